@@ -1,0 +1,1 @@
+"""Embedding-layer research framework: token embeddings, positional schemes, LM training."""

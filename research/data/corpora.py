@@ -1,0 +1,273 @@
+"""Named text corpora, chosen by one config string, split into train / valid / test documents.
+
+Specs (see docs/data.md):
+  wikipedia-sample        ~105 English Wikipedia articles shipped inside gensim (CC BY-SA); the default
+  lee                     gensim's Lee background corpus (300 news documents, one per line)
+  text:<path|glob|dir>    local UTF-8 files
+  hf:<name>[/<config>]    a Hugging Face dataset (needs the optional `datasets` package and a network)
+
+Everything here is offline except `hf:`. Only `wikipedia-sample` is slow enough (markup removal, ~2 s) to be
+cached; the cache file is keyed by CORPUS_VERSION so a change of the cleaning code invalidates it.
+"""
+
+from __future__ import annotations
+
+import bz2
+import dataclasses
+import glob as globlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+# Bump whenever extraction / cleaning / splitting changes: it is part of every cache key downstream.
+CORPUS_VERSION = "1"
+SPLITS = ("train", "valid", "test")
+VALID_SPECS = ("wikipedia-sample", "lee", "text:<path|glob|dir>", "hf:<name>[/<config>]")
+DEFAULT_CORPUS = "wikipedia-sample"
+WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+# At least this many files make `text:` split by file; fewer files are split by lines.
+MIN_FILES_FOR_FILE_SPLIT = 20
+ERROR_POLICIES = ("strict", "replace", "ignore")
+
+
+class CorpusError(ValueError):
+  """A corpus spec or its files cannot give a usable corpus; the message names the culprit."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+  """Documents of one corpus, already split. Each document is one string."""
+
+  name: str
+  train: list[str]
+  valid: list[str]
+  test: list[str]
+
+  def split(self, name: str) -> list[str]:
+    if name not in SPLITS:
+      raise ValueError(f"unknown split {name!r}; valid splits: {', '.join(SPLITS)}")
+    return getattr(self, name)
+
+  def num_chars(self) -> dict[str, int]:
+    return {s: sum(len(d) for d in self.split(s)) for s in SPLITS}
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+  """cache_dir, else $RESEARCH_CACHE_DIR, else ~/.cache/research."""
+  if cache_dir is not None:
+    return Path(cache_dir)
+  env = os.environ.get("RESEARCH_CACHE_DIR")
+  return Path(env) if env else Path.home() / ".cache" / "research"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+  """Write via a temporary file in the same directory + os.replace, so readers never see half a file."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except BaseException:
+    Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def split_documents(docs: Sequence[str], name: str) -> Corpus:
+  """Deterministic contiguous split: the last 5 % (at least one) is test, the 5 % before it valid."""
+  docs = [d for d in docs if d.strip()]
+  n = len(docs)
+  if n == 0:
+    raise CorpusError(f"corpus {name!r} is empty: no non-blank document")
+  if n < 3:
+    raise CorpusError(f"corpus {name!r} has {n} document(s); at least 3 are needed for train/valid/test")
+  n_held = max(1, round(0.05 * n))
+  n_train = n - 2 * n_held
+  return Corpus(name, docs[:n_train], docs[n_train:n_train + n_held], docs[n_train + n_held:])
+
+
+def _check_splits(corpus: Corpus) -> Corpus:
+  for s in SPLITS:
+    if not any(d.strip() for d in corpus.split(s)):
+      raise CorpusError(f"corpus {corpus.name!r}: split {s!r} is empty")
+  return corpus
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# wikipedia-sample
+
+_QUOTES = re.compile(r"'{2,}")  # ''italic'', '''bold'''
+_HEADING = re.compile(r"^[ \t]*(=+)[ \t]*(.*?)[ \t]*\1[ \t]*$", re.M)
+_EMPTY_BRACKETS = re.compile(r"\(\s*(?:[,;:.]\s*)*\)|\[\s*\]|\{\s*\}")
+_LIST_MARK = re.compile(r"^[ \t]*[*#:;]+[ \t]*", re.M)
+_DEBRIS_LINE = re.compile(r"^[ \t]*(?:[|!{}=\-*#:;,.]+[ \t]*)*$", re.M)  # lines of markup debris only
+_TEMPLATE_DEBRIS = re.compile(r"\{\{|\}\}|\{\||\|\}")
+_GALLERY_FILE = re.compile(r"^[ \t]*(?:(?:File|Image):[^|\n]*|[^|\n]*\.(?:jpe?g|png|gif|svg|tiff?))\|[ \t]*", re.M | re.I)
+_ALT_TEXT = re.compile(r"(?:\||^)[ \t]*alt=[^\n]*", re.M)
+_SPACE_BEFORE_PUNCT = re.compile(r"[ \t]+([,.;:!?)])")
+_OPEN_PAREN_SPACE = re.compile(r"\([ \t]+")
+_SPACES = re.compile(r"[ \t\xa0]{2,}")
+_BLANK_LINES = re.compile(r"\n[ \t]*\n(?:[ \t]*\n)+")
+
+
+def clean_wiki_text(text: str) -> str:
+  """Tidy what gensim's `filter_wiki` leaves: quote runs, headings, empty brackets, list marks, debris lines."""
+  text = _QUOTES.sub("", text)
+  text = _HEADING.sub(r"\2", text)
+  text = _TEMPLATE_DEBRIS.sub("", text)
+  text = _GALLERY_FILE.sub("", text)  # gallery lines "File:x.jpg|caption" keep the caption
+  text = _ALT_TEXT.sub("", text)
+  for _ in range(3):  # brackets emptied by template removal can nest: "( ( ) )"
+    text = _EMPTY_BRACKETS.sub("", text)
+  text = _LIST_MARK.sub("", text)
+  text = _OPEN_PAREN_SPACE.sub("(", text)
+  text = _SPACE_BEFORE_PUNCT.sub(r"\1", text)
+  text = _SPACES.sub(" ", text)
+  text = _DEBRIS_LINE.sub("", text)
+  text = "\n".join(line.strip() for line in text.split("\n"))
+  text = _BLANK_LINES.sub("\n\n", text)
+  return text.strip()
+
+
+def extract_wikipedia_sample() -> list[tuple[str, str]]:
+  """(title, cleaned text) of the main-namespace, non-redirect pages of gensim's bundled dump, in file order."""
+  from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+  from gensim.test.utils import datapath
+
+  path = datapath(WIKI_FILE)
+  if not os.path.exists(path):
+    raise CorpusError(f"gensim's bundled Wikipedia sample is missing: {path}")
+  articles = []
+  with bz2.open(path, "rb") as f:
+    for title, raw, _ in extract_pages(f, filter_namespaces=("0",)):
+      if not raw.strip() or raw.lstrip().lower().startswith("#redirect"):
+        continue
+      text = clean_wiki_text(filter_wiki(raw))
+      if text:
+        articles.append((title, text))
+  return articles
+
+
+def _wikipedia_sample(cache_dir) -> Corpus:
+  path = cache_root(cache_dir) / "corpora" / f"wikipedia-sample-v{CORPUS_VERSION}.json"
+  if path.exists():
+    try:
+      data = json.loads(path.read_text(encoding="utf-8"))
+      return Corpus("wikipedia-sample", data["train"], data["valid"], data["test"])
+    except (ValueError, KeyError):
+      pass  # a corrupt cache (should not happen: writes are atomic) is rebuilt below
+  articles = extract_wikipedia_sample()
+  corpus = split_documents([f"{title}\n\n{text}" for title, text in articles], "wikipedia-sample")
+  atomic_write_text(path, json.dumps({s: corpus.split(s) for s in SPLITS}, ensure_ascii=False))
+  return corpus
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# local files
+
+
+def read_text_file(path: str | os.PathLike, errors: str = "strict") -> str:
+  """Read UTF-8; an undecodable byte is an error naming the file and byte offset unless errors= says otherwise."""
+  if errors not in ERROR_POLICIES:
+    raise ValueError(f"unknown errors policy {errors!r}; valid: {', '.join(ERROR_POLICIES)}")
+  path = Path(path)
+  try:
+    data = path.read_bytes()
+  except FileNotFoundError:
+    raise CorpusError(f"corpus file not found: {path}") from None
+  try:
+    return data.decode("utf-8", errors=errors)
+  except UnicodeDecodeError as e:
+    raise CorpusError(
+        f"{path}: invalid UTF-8 at byte offset {e.start} ({data[e.start:e.start + 4]!r}); "
+        "pass errors='replace' or errors='ignore' to load it anyway") from None
+
+
+def resolve_text_files(pattern: str) -> list[Path]:
+  """A file, a directory (all non-hidden files below it, sorted) or a glob (sorted matches that are files)."""
+  if not pattern:
+    raise CorpusError("empty path in corpus spec 'text:'")
+  expanded = os.path.expanduser(pattern)
+  if globlib.has_magic(expanded):
+    files = sorted(Path(p) for p in globlib.glob(expanded, recursive=True) if os.path.isfile(p))
+    if not files:
+      raise CorpusError(f"glob {pattern!r} matched no files")
+    return files
+  path = Path(expanded)
+  if path.is_dir():
+    files = sorted(p for p in path.rglob("*")
+                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    if not files:
+      raise CorpusError(f"directory {path} contains no files")
+    return files
+  if not path.exists():
+    raise CorpusError(f"corpus path not found: {path}")
+  return [path]
+
+
+def _text_corpus(pattern: str, errors: str) -> Corpus:
+  files = resolve_text_files(pattern)
+  texts = [read_text_file(f, errors) for f in files]
+  for f, t in zip(files, texts):
+    if not t.strip():
+      raise CorpusError(f"corpus file is empty: {f}")
+  name = f"text:{pattern}"
+  if len(files) >= MIN_FILES_FOR_FILE_SPLIT:
+    docs = [t.strip() for t in texts]  # one document per file
+  else:
+    docs = [line.strip() for t in texts for line in t.splitlines() if line.strip()]  # one per non-blank line
+  return _check_splits(split_documents(docs, name))
+
+
+def _lee() -> Corpus:
+  from gensim.test.utils import datapath
+  text = read_text_file(datapath("lee_background.cor"))
+  return _check_splits(split_documents([line.strip() for line in text.splitlines()], "lee"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Hugging Face hub (optional)
+
+
+def _hf_corpus(spec: str, cache_dir) -> Corpus:
+  try:
+    import datasets  # optional extra
+  except ImportError:
+    raise ImportError(f"corpus spec 'hf:{spec}' needs the optional package `datasets` "
+                      "(pip install datasets) and a network connection") from None
+  name, _, config = spec.partition("/")
+  if not name:
+    raise CorpusError("corpus spec 'hf:' needs a dataset name: hf:<name>[/<config>]")
+  hf_cache = str(cache_root(cache_dir) / "hf")
+  ds = datasets.load_dataset(name, config or None, cache_dir=hf_cache)
+  if "train" not in ds:
+    raise CorpusError(f"hf:{spec} has no 'train' split (it has {', '.join(ds)})")
+  column = "text" if "text" in ds["train"].column_names else ds["train"].column_names[0]
+
+  def docs(split):
+    return [t for t in ds[split][column] if isinstance(t, str) and t.strip()]
+
+  valid_name = next((s for s in ("validation", "valid", "dev") if s in ds), None)
+  if valid_name and "test" in ds:
+    corpus = Corpus(f"hf:{spec}", docs("train"), docs(valid_name), docs("test"))
+  else:
+    corpus = split_documents(docs("train"), f"hf:{spec}")
+  return _check_splits(corpus)
+
+
+def load_corpus(spec: str = DEFAULT_CORPUS, *, errors: str = "strict", cache_dir=None) -> Corpus:
+  """Load the corpus named by `spec` (see the module docstring); errors= applies to local text files."""
+  if errors not in ERROR_POLICIES:
+    raise ValueError(f"unknown errors policy {errors!r}; valid: {', '.join(ERROR_POLICIES)}")
+  if spec == "wikipedia-sample":
+    return _check_splits(_wikipedia_sample(cache_dir))
+  if spec == "lee":
+    return _lee()
+  if spec.startswith("text:"):
+    return _text_corpus(spec[len("text:"):], errors)
+  if spec.startswith("hf:"):
+    return _hf_corpus(spec[len("hf:"):], cache_dir)
+  raise CorpusError(f"unknown corpus spec {spec!r}; valid specs: {', '.join(VALID_SPECS)}")

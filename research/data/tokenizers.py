@@ -1,0 +1,253 @@
+"""Train, save and load Hugging Face `tokenizers`, with the same special-token ids for every kind.
+
+Special tokens have FIXED ids, the first five of every vocabulary:
+  [PAD]=0  [UNK]=1  [CLS]=2  [SEP]=3  [MASK]=4
+CLM uses [SEP] as the document separator (the token cache writes `[SEP] doc1 [SEP] doc2 [SEP] …`, so it plays the
+part of <bos>/<eos>); MLM sequences are `[CLS] … [SEP]`. No tokenizer adds special tokens by itself (no
+post-processor): packing is the job of `research.data.batches`.
+
+Kinds (all trained on the text you pass, i.e. the train split only):
+  bpe        byte-level BPE (GPT-2 style); lossless on any Unicode; never emits [UNK]; minimum vocab 5 + 256
+  bpe-char   character-level BPE over a whitespace-marking (Metaspace) pre-tokenizer; [UNK] for unseen characters
+  wordpiece  BERT WordPiece (whitespace + punctuation split, "##" continuations); [UNK] for unseen characters
+  unigram    SentencePiece-style unigram LM over Metaspace; [UNK] for unseen characters
+  word       whole words (whitespace + punctuation split); the most frequent words, [UNK] for the rest
+  char       one token per Unicode code point; lossless on text within its alphabet, [UNK] elsewhere
+  byte       one token per UTF-8 byte (id = byte + 5, 261 ids in all); lossless on any Unicode
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from research.data.corpora import atomic_write_text
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIAL_TOKENS))
+SPECIAL_IDS = (PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID)
+KINDS = ("bpe", "bpe-char", "wordpiece", "unigram", "word", "char", "byte")
+LOSSLESS_KINDS = ("bpe", "byte")  # decode(encode(x)) == x for every string; `char` only within its alphabet
+NUM_BYTES = 256
+TOKENIZER_FILE = "tokenizer.json"
+COUNTS_FILE = "token_counts.npy"
+METASPACE = "\u2581"  # "▁", marks a preceding space in bpe-char / unigram
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+  """GPT-2's byte → printable character table, the one `pre_tokenizers.ByteLevel` uses."""
+  bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+  cs = bs[:]
+  n = 0
+  for b in range(NUM_BYTES):
+    if b not in bs:
+      bs.append(b)
+      cs.append(NUM_BYTES + n)
+      n += 1
+  return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+def _check_kind(kind: str) -> None:
+  if kind not in KINDS:
+    raise ValueError(f"unknown tokenizer kind {kind!r}; valid kinds: {', '.join(KINDS)}")
+
+
+def _alphabet(texts: list[str], kind: str) -> set[str]:
+  """Characters that the trainer of `kind` must keep as single-symbol tokens."""
+  chars = set().union(*map(set, texts)) if texts else set()
+  if kind in ("bpe-char", "unigram"):
+    chars = {c for c in chars if not c.isspace()} | {METASPACE}  # Metaspace turns spaces into ▁
+  elif kind == "wordpiece":  # word-initial characters, and "##c" for the others (BERT pre-tokenizer)
+    split = pre_tokenizers.BertPreTokenizer().pre_tokenize_str
+    chars = set()
+    for t in texts:
+      for word, _ in split(t):
+        chars.add(word[0])
+        chars.update("##" + c for c in word[1:])
+  return chars
+
+
+def min_vocab_size(kind: str, texts: list[str]) -> int:
+  """The smallest vocab_size that `kind` can honour on `texts` (specials + alphabet)."""
+  _check_kind(kind)
+  n_special = len(SPECIAL_TOKENS)
+  if kind in ("bpe", "byte"):
+    return n_special + NUM_BYTES
+  if kind == "word":
+    return n_special + 1
+  return n_special + len(_alphabet(texts, kind))
+
+
+def _char_counts(texts: list[str]) -> collections.Counter:
+  counts = collections.Counter()
+  for t in texts:
+    counts.update(t)
+  return counts
+
+
+def _word_level(vocab_tokens: Iterable[str], pre_tokenizer, decoder) -> Tokenizer:
+  vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+  for tok in vocab_tokens:
+    vocab.setdefault(tok, len(vocab))
+  tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+  tok.pre_tokenizer = pre_tokenizer
+  tok.decoder = decoder
+  tok.add_special_tokens(list(SPECIAL_TOKENS))
+  return tok
+
+
+def _every_char():
+  # One token per code point, whitespace and newlines included (Oniguruma's "." would skip "\n").
+  return pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+
+
+def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int) -> Tokenizer:
+  """Train a tokenizer of `kind` with `vocab_size` ids (ids 0..4 are SPECIAL_TOKENS) on `texts`."""
+  _check_kind(kind)
+  texts = [t for t in texts if t]
+  if not texts:
+    raise ValueError(f"cannot train a {kind!r} tokenizer on no text")
+  minimum = min_vocab_size(kind, texts)
+  if vocab_size < minimum:
+    raise ValueError(f"vocab_size={vocab_size} is too small for a {kind!r} tokenizer on this text: the minimum is "
+                     f"{minimum} ({len(SPECIAL_TOKENS)} special tokens + the alphabet)")
+  specials = list(SPECIAL_TOKENS)
+
+  if kind == "byte":
+    table = _bytes_to_unicode()
+    return _word_level(
+        (table[b] for b in range(NUM_BYTES)),
+        pre_tokenizers.Sequence([pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False), _every_char()]),
+        decoders.ByteLevel())
+  if kind == "char":
+    by_freq = sorted(_char_counts(texts).items(), key=lambda kv: (-kv[1], kv[0]))
+    return _word_level((c for c, _ in by_freq), _every_char(), decoders.Fuse())
+
+  if kind == "bpe":
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  elif kind == "bpe-char":
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement=METASPACE, prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement=METASPACE, prepend_scheme="first")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+  elif kind == "wordpiece":
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+  elif kind == "unigram":
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement=METASPACE, prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement=METASPACE, prepend_scheme="first")
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="[UNK]",
+                                      show_progress=False, initial_alphabet=sorted(_alphabet(texts, kind)))
+  else:  # word
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+  tok.train_from_iterator(texts, trainer=trainer)
+  target = vocab_size
+  # The unigram trainer adds required characters on top of `vocab_size` pieces: ask for fewer until it fits.
+  while kind == "unigram" and tok.get_vocab_size() > vocab_size and target > minimum:
+    target = max(minimum, target - (tok.get_vocab_size() - vocab_size))
+    trainer = trainers.UnigramTrainer(vocab_size=target, special_tokens=specials, unk_token="[UNK]",
+                                      show_progress=False, initial_alphabet=sorted(_alphabet(texts, kind)))
+    tok.train_from_iterator(texts, trainer=trainer)
+  if tok.get_vocab_size() > vocab_size:
+    raise ValueError(f"vocab_size={vocab_size} is too small for a {kind!r} tokenizer on this text: the trainer "
+                     f"needs at least {tok.get_vocab_size()} ids")
+  _check_specials(tok, kind)
+  return tok
+
+
+def _check_specials(tok: Tokenizer, kind: str) -> None:
+  for i, s in enumerate(SPECIAL_TOKENS):
+    if tok.token_to_id(s) != i:
+      raise AssertionError(f"{kind!r} tokenizer gave {s} id {tok.token_to_id(s)}, expected {i}")
+
+
+def fingerprint(tok: Tokenizer) -> str:
+  """A content hash of the tokenizer (model, vocab, pre-tokenizer, …): equal tokenizers, equal fingerprints."""
+  return hashlib.sha256(tok.to_str().encode("utf-8")).hexdigest()[:16]
+
+
+def tokenizer_path(path: str | os.PathLike) -> Path:
+  """`path` itself when it names a .json file, else `path/tokenizer.json`."""
+  path = Path(path)
+  return path if path.suffix == ".json" else path / TOKENIZER_FILE
+
+
+def counts_path(path: str | os.PathLike) -> Path:
+  """Where the token counts of the tokenizer at `path` live: `token_counts.npy` in the same directory."""
+  return tokenizer_path(path).parent / COUNTS_FILE
+
+
+def save_tokenizer(tok: Tokenizer, path: str | os.PathLike) -> Path:
+  """Write `tokenizer.json` atomically (path = a directory or a .json file); returns the file written."""
+  target = tokenizer_path(path)
+  atomic_write_text(target, tok.to_str(pretty=True))
+  return target
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+  target = tokenizer_path(path)
+  if not target.exists():
+    raise FileNotFoundError(f"no tokenizer at {target}")
+  return Tokenizer.from_file(str(target))
+
+
+def encode_ids(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
+  """Token ids of each text, without special tokens (batched: the Rust side parallelises over texts)."""
+  return [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+
+
+def token_counts(tok: Tokenizer, texts: Iterable[str]) -> np.ndarray:
+  """How often each id occurs when `texts` are encoded: int64 array of shape [vocab]."""
+  vocab = tok.get_vocab_size(with_added_tokens=True)
+  counts = np.zeros(vocab, np.int64)
+  for ids in encode_ids(tok, list(texts)):
+    counts += np.bincount(np.asarray(ids, np.int64), minlength=vocab)
+  return counts
+
+
+def save_counts(counts: np.ndarray, path: str | os.PathLike) -> Path:
+  """Save beside the tokenizer at `path` (a directory or its tokenizer.json); atomic."""
+  target = counts_path(path)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp.npy")
+  np.save(tmp, np.asarray(counts, np.int64))
+  os.replace(tmp, target)
+  return target
+
+
+def load_counts(path: str | os.PathLike) -> np.ndarray:
+  return np.load(counts_path(path))
+
+
+def build_or_load_tokenizer(kind: str, corpus, vocab_size: int, *, cache_dir=None) -> tuple[Tokenizer, Path]:
+  """Train on `corpus.train` (with counts saved beside it), or load when the same settings were trained before.
+
+  Cached under <cache_root>/tokenizers/<corpus name>-<kind>-<vocab_size>-v<CORPUS_VERSION>/; returns the tokenizer
+  and its directory.
+  """
+  from research.data.corpora import CORPUS_VERSION, cache_root
+  _check_kind(kind)
+  safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in corpus.name)
+  key = hashlib.sha256(corpus.name.encode()).hexdigest()[:8]
+  directory = cache_root(cache_dir) / "tokenizers" / f"{safe[:40]}-{key}-{kind}-{vocab_size}-v{CORPUS_VERSION}"
+  if tokenizer_path(directory).exists() and counts_path(directory).exists():
+    return load_tokenizer(directory), directory
+  tok = train_tokenizer(kind, corpus.train, vocab_size)
+  save_counts(token_counts(tok, corpus.train), directory)
+  save_tokenizer(tok, directory)  # written last: its presence means the directory is complete
+  return tok, directory

@@ -1,0 +1,56 @@
+"""Absolute positional schemes, acting at the input: none (NoPE), learned, sinusoidal.
+
+How the vector joins the token vector (`model.combine`): `add` (same width d_model) or `concat` (the positional
+vector has `pos_dim` channels, default d_model, and the transformer width becomes d_model + pos_dim).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from research.embeddings.registry import PositionalScheme, register
+from research.embeddings.token import lookup
+
+
+def sinusoidal(positions_BxL, dim: int, max_wavelength: float = 10_000.0):
+  """PE[p, 2i] = sin(p / w^(2i/d)), PE[p, 2i+1] = cos(p / w^(2i/d)) (Vaswani et al. 2017); any length, any p."""
+  half = (dim + 1) // 2
+  inv_freq_H = max_wavelength ** (-2.0 * jnp.arange(half, dtype=jnp.float32) / dim)
+  angles_BxLxH = positions_BxL.astype(jnp.float32)[..., None] * inv_freq_H
+  interleaved = jnp.stack([jnp.sin(angles_BxLxH), jnp.cos(angles_BxLxH)], axis=-1)  # [..., H, 2]
+  return interleaved.reshape(*positions_BxL.shape, 2 * half)[..., :dim]
+
+
+@register("none")
+class NoPositions(PositionalScheme):
+  """NoPE: no positional information at all (a causal mask still orders a decoder's tokens)."""
+
+
+@register("learned")
+class LearnedPositions(PositionalScheme):
+  """A trainable L×d table (L = model.max_len). A position >= L is an error naming both, never a clamp."""
+
+  has_input = True
+
+  @classmethod
+  def max_length(cls, cfg) -> int:
+    return cfg.max_len
+
+  def setup(self):
+    self.embedding = self.param(
+        "embedding", nn.initializers.normal(stddev=self.cfg.embed_init_std), (self.cfg.max_len, self.input_width()),
+        jnp.float32)
+
+  def embed(self, positions_BxL):
+    return lookup(self.embedding, positions_BxL, what=f"position (learned table of length {self.cfg.max_len})")
+
+
+@register("sinusoidal")
+class SinusoidalPositions(PositionalScheme):
+  """Fixed sinusoids with max wavelength `model.sinusoidal_wavelength`; defined at every position."""
+
+  has_input = True
+
+  def embed(self, positions_BxL):
+    return sinusoidal(positions_BxL, self.input_width(), self.cfg.sinusoidal_wavelength)

@@ -1,0 +1,101 @@
+"""The token embedding: a V×d lookup table, its initialisers, dropout, and the tied output head `attend`."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = Any
+Initializer = Callable[..., Array]
+
+
+def check_ids(ids: Array, size: int, what: str = "token id") -> None:
+  """Raises ValueError naming the first id outside [0, size); a no-op for traced (abstract) arrays.
+
+  JAX gathers clamp out-of-range indices silently. Concrete inputs (eager calls, host batches) are checked here;
+  under `jit` the lookups below fill out-of-range rows with NaN instead, so a bad id can never pass as a clamp.
+  """
+  if isinstance(ids, jax.core.Tracer):
+    return
+  ids = np.asarray(ids)
+  if ids.size == 0:
+    return
+  bad = (ids < 0) | (ids >= size)
+  if bad.any():
+    value = int(ids[bad].flat[0])
+    raise ValueError(f"{what} {value} is outside [0, {size}) ({int(bad.sum())} such entries)")
+
+
+def lookup(table_NxD: Array, ids: Array, what: str = "token id") -> Array:
+  """table[ids] that errors (eager) or yields NaN rows (traced) for ids outside the table, never a clamp."""
+  check_ids(ids, table_NxD.shape[0], what)
+  return jnp.take(table_NxD, ids, axis=0, mode="fill", fill_value=jnp.nan)
+
+
+def from_matrix(matrix: Array) -> Initializer:
+  """An initializer that returns `matrix` (e.g. pretrained vectors aligned to the vocabulary)."""
+  matrix = np.asarray(matrix, dtype=np.float32)
+
+  def init(key, shape, dtype=jnp.float32):
+    del key
+    if tuple(shape) != matrix.shape:
+      raise ValueError(f"pretrained matrix has shape {matrix.shape}, the embedding table needs {tuple(shape)}")
+    return jnp.asarray(matrix, dtype)
+
+  return init
+
+
+def make_init(kind: str, std: float) -> Initializer:
+  """normal(std), or uniform on [-a, a] with a = std·√3 so that both have standard deviation `std`."""
+  if kind == "normal":
+    return nn.initializers.normal(stddev=std)
+  if kind == "uniform":
+    a = std * np.sqrt(3.0)
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -a, a)
+  raise ValueError(f"embedding init {kind!r} is not one of normal, uniform")
+
+
+class TokenEmbedding(nn.Module):
+  """V×d table. `__call__(ids)` embeds; `attend(h)` returns h·Eᵀ, the tied output head.
+
+  Attributes:
+    vocab_size, features: the table shape V×d (parameters always float32).
+    embedding_init: any initializer; `make_init` or `from_matrix` give the usual ones.
+    scale: multiply outputs by √d (Vaswani et al. 2017).
+    dropout: ordinary dropout on the output vectors.
+    token_dropout: AWD-LSTM embedding dropout: each vocabulary row is zeroed for the whole step with this
+      probability (every occurrence of that token loses its vector) and kept rows are scaled by 1/(1-p).
+    dtype: compute dtype of the outputs.
+  """
+
+  vocab_size: int
+  features: int
+  embedding_init: Initializer = nn.initializers.normal(stddev=0.02)
+  scale: bool = False
+  dropout: float = 0.0
+  token_dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.embedding = self.param("embedding", self.embedding_init, (self.vocab_size, self.features), jnp.float32)
+    self.drop = nn.Dropout(self.dropout)
+
+  def __call__(self, ids_BxL: Array, *, deterministic: bool = True) -> Array:
+    x_BxLxD = lookup(self.embedding, ids_BxL).astype(self.dtype)
+    if self.token_dropout > 0.0 and not deterministic:
+      keep_V = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - self.token_dropout, (self.vocab_size,))
+      keep_BxL = jnp.take(keep_V, ids_BxL, axis=0, mode="clip")  # ids are already checked above
+      x_BxLxD = x_BxLxD * (keep_BxL[..., None] / (1.0 - self.token_dropout)).astype(self.dtype)
+    if self.scale:
+      x_BxLxD = x_BxLxD * jnp.sqrt(float(self.features)).astype(self.dtype)
+    if self.dropout > 0.0:
+      x_BxLxD = self.drop(x_BxLxD, deterministic=deterministic)
+    return x_BxLxD
+
+  def attend(self, h_BxLxD: Array) -> Array:
+    """Logits h·Eᵀ through the same table (weight tying, Press & Wolf 2017; Inan et al. 2017)."""
+    return jnp.einsum("...d,vd->...v", h_BxLxD, self.embedding.astype(h_BxLxD.dtype))

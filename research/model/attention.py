@@ -1,0 +1,70 @@
+"""Multi-head attention that applies whatever the positional scheme hands it, never asking which scheme it is.
+
+Two numerically equivalent paths (tests check it): an explicit einsum reference, and `jax.nn.dot_product_attention`
+(XLA's fused implementation; supports every scheme here since all of them are either a q/k transform or an
+additive bias).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = Any
+_NEG_INF = -1e30  # finite, so a fully masked row gives a uniform softmax instead of NaN
+
+
+def attention_mask(length_q: int, length_k: int, causal: bool, key_mask_BxL: Array | None = None) -> Array | None:
+  """Boolean [B or 1, 1, Lq, Lk], True where attention is allowed. Causality is by index within the row (token
+  order), not by position value, so packed rows and offset positions need nothing special."""
+  mask = None
+  if causal:
+    mask = jnp.tril(jnp.ones((length_q, length_k), bool), k=length_k - length_q)[None, None]
+  if key_mask_BxL is not None:
+    keys = key_mask_BxL.astype(bool)[:, None, None, :]
+    mask = keys if mask is None else mask & keys
+  return mask
+
+
+def einsum_attention(q_BxLxHxD, k_BxSxHxD, v_BxSxHxD, bias_BxHxLxS=None, mask=None):
+  """Reference softmax(q·kᵀ/√d + bias)·v, scores and softmax in float32."""
+  scale = q_BxLxHxD.shape[-1] ** -0.5
+  scores_BxHxLxS = jnp.einsum("blhd,bshd->bhls", q_BxLxHxD, k_BxSxHxD).astype(jnp.float32) * scale
+  if bias_BxHxLxS is not None:
+    scores_BxHxLxS = scores_BxHxLxS + bias_BxHxLxS.astype(jnp.float32)
+  if mask is not None:
+    scores_BxHxLxS = jnp.where(mask, scores_BxHxLxS, _NEG_INF)
+  probs_BxHxLxS = jax.nn.softmax(scores_BxHxLxS, axis=-1).astype(v_BxSxHxD.dtype)
+  return jnp.einsum("bhls,bshd->blhd", probs_BxHxLxS, v_BxSxHxD)
+
+
+def xla_attention(q_BxLxHxD, k_BxSxHxD, v_BxSxHxD, bias_BxHxLxS=None, mask=None):
+  """The same through `jax.nn.dot_product_attention`."""
+  if bias_BxHxLxS is not None:
+    bias_BxHxLxS = bias_BxHxLxS.astype(q_BxLxHxD.dtype)
+  return jax.nn.dot_product_attention(q_BxLxHxD, k_BxSxHxD, v_BxSxHxD, bias=bias_BxHxLxS, mask=mask)
+
+
+ATTENTION_FNS: dict[str, Callable] = {"einsum": einsum_attention, "xla": xla_attention}
+
+
+class MultiHeadAttention(nn.Module):
+  """Self-attention. `rotary` (a q/k transform) and `bias` (additive, per head) come from the positional scheme;
+  either may be None."""
+
+  cfg: Any
+
+  @nn.compact
+  def __call__(self, x_BxLxD, *, rotary=None, bias=None, mask=None):
+    cfg = self.cfg
+    dense = lambda features, axis, name: nn.DenseGeneral(  # noqa: E731
+        features, axis=axis, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32, name=name)
+    qkv_BxLx3xHxDh = dense((3, cfg.num_heads, cfg.head_dim), -1, "qkv")(x_BxLxD)
+    q, k, v = (qkv_BxLx3xHxDh[:, :, i] for i in range(3))
+    if rotary is not None:
+      q, k = rotary(q), rotary(k)
+    out_BxLxHxDh = ATTENTION_FNS[cfg.attention](q, k, v, bias, mask)
+    return dense(cfg.width, (-2, -1), "out")(out_BxLxHxDh)

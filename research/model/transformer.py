@@ -1,0 +1,119 @@
+"""The transformer: token embedding + positional scheme → blocks → final norm → LM head (tied or untied).
+
+`kind="decoder"` is a causal LM, `kind="encoder"` a bidirectional masked LM; they differ only in the mask (and in
+the causal/bidirectional variants of ALiBi and T5 buckets, which read `cfg.causal`). Parameter layout, which the
+optimizer's rules rely on:
+
+  token_embed/embedding   [V, d_model]    the token table (the only V×d parameter when tied)
+  position_embed/...      whatever the scheme owns (learned: embedding [max_len, pos width]; t5: rel_bias)
+  block_{i}/...           attention qkv / out, mlp, layer norms
+  final_norm/             pre-LN only
+  head_proj/kernel        [width, d_model]  only when tied and concat makes width > d_model
+  lm_head/kernel          [width, V]        only when untied
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from research.embeddings import registry, token
+from research.model.attention import MultiHeadAttention, attention_mask
+from research.model.config import ModelConfig
+
+Array = Any
+
+
+class Mlp(nn.Module):
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD):
+    cfg = self.cfg
+    h = nn.Dense(cfg.mlp_dim, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32, name="fc1")(x_BxLxD)
+    h = nn.gelu(h)
+    return nn.Dense(cfg.width, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32, name="fc2")(h)
+
+
+class Block(nn.Module):
+  """Pre-LN (default): x + f(LN(x)); post-LN (original transformer, BERT): LN(x + f(x))."""
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BxLxD, *, rotary=None, bias=None, mask=None, deterministic=True):
+    cfg = self.cfg
+    norm = lambda name: nn.LayerNorm(dtype=cfg.compute_dtype, param_dtype=jnp.float32, name=name)  # noqa: E731
+    drop = lambda y: nn.Dropout(cfg.dropout)(y, deterministic=deterministic)  # noqa: E731
+    attend = lambda y: MultiHeadAttention(cfg, name="attention")(y, rotary=rotary, bias=bias, mask=mask)  # noqa
+    if cfg.norm == "pre":
+      x_BxLxD = x_BxLxD + drop(attend(norm("norm_attention")(x_BxLxD)))
+      return x_BxLxD + drop(Mlp(cfg, name="mlp")(norm("norm_mlp")(x_BxLxD)))
+    x_BxLxD = norm("norm_attention")(x_BxLxD + drop(attend(x_BxLxD)))
+    return norm("norm_mlp")(x_BxLxD + drop(Mlp(cfg, name="mlp")(x_BxLxD)))
+
+
+class Transformer(nn.Module):
+  """`__call__(tokens, positions)` → logits [B, L, V] (or the final hidden states with `return_hidden=True`;
+  `logits(h)` is the head alone, so a loss can apply it chunk by chunk)."""
+
+  cfg: ModelConfig
+  embedding_init: Any = None  # overrides cfg.embed_init, e.g. `token.from_matrix(pretrained)`
+
+  def setup(self):
+    cfg = self.cfg
+    self.token_embed = token.TokenEmbedding(
+        cfg.vocab_size, cfg.d_model,
+        embedding_init=self.embedding_init or token.make_init(cfg.embed_init, cfg.embed_init_std),
+        scale=cfg.embed_scale, dropout=cfg.embedding_dropout, token_dropout=cfg.token_dropout,
+        dtype=cfg.compute_dtype)
+    self.position_embed = registry.get_scheme(cfg.position)(cfg)
+    self.blocks = [Block(cfg, name=f"block_{i}") for i in range(cfg.num_layers)]
+    if cfg.norm == "pre":
+      self.final_norm = nn.LayerNorm(dtype=cfg.compute_dtype, param_dtype=jnp.float32)
+    if not cfg.tie_embeddings:
+      self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32)
+    elif cfg.width != cfg.d_model:
+      self.head_proj = nn.Dense(cfg.d_model, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32)
+
+  def embed(self, tokens_BxL, positions_BxL, *, deterministic=True):
+    """The input hook: token vectors, plus or concatenated with the scheme's positional vectors (if any)."""
+    x_BxLxD = self.token_embed(tokens_BxL, deterministic=deterministic)
+    pos_BxLxP = self.position_embed.embed(positions_BxL)
+    if pos_BxLxP is None:
+      return x_BxLxD
+    pos_BxLxP = pos_BxLxP.astype(x_BxLxD.dtype)
+    if self.cfg.combine == "concat":
+      return jnp.concatenate([x_BxLxD, pos_BxLxP], axis=-1)
+    return x_BxLxD + pos_BxLxP
+
+  def __call__(self, tokens_BxL, positions_BxL=None, *, key_mask_BxL=None, deterministic=True,
+               return_hidden=False):
+    cfg = self.cfg
+    if positions_BxL is None:
+      positions_BxL = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1]), tokens_BxL.shape)
+    x_BxLxD = self.embed(tokens_BxL, positions_BxL, deterministic=deterministic)
+    # Computed once and shared by every layer (T5 shares its bias table across layers).
+    rotary = self.position_embed.rotary(positions_BxL)
+    bias = self.position_embed.bias(positions_BxL, positions_BxL)
+    mask = attention_mask(tokens_BxL.shape[1], tokens_BxL.shape[1], cfg.causal, key_mask_BxL)
+    for block in self.blocks:
+      x_BxLxD = block(x_BxLxD, rotary=rotary, bias=bias, mask=mask, deterministic=deterministic)
+    if cfg.norm == "pre":
+      x_BxLxD = self.final_norm(x_BxLxD)
+    return x_BxLxD if return_hidden else self.logits(x_BxLxD)
+
+  def logits(self, h_BxLxD):
+    """The LM head: h·Eᵀ through the token table when tied, a separate V-way projection when untied."""
+    if not self.cfg.tie_embeddings:
+      return self.lm_head(h_BxLxD)
+    if self.cfg.width != self.cfg.d_model:
+      h_BxLxD = self.head_proj(h_BxLxD)  # concat widened the stream; project back to the table's width
+    return self.token_embed.attend(h_BxLxD)
+
+
+def count_params(params) -> int:
+  import jax
+  return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))

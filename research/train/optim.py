@@ -1,0 +1,190 @@
+"""Optax optimizers, schedules and the embedding-specific options.
+
+`make_optimizer(train_cfg)` returns one `optax.GradientTransformationExtraArgs`:
+
+    clip_by_global_norm(grad_clip)            # skipped when grad_clip == 0
+    partition by param_groups(params):
+      'other':     optimizer(schedule)       with the weight-decay mask
+      'embedding': optimizer(mult * schedule) with the weight-decay mask,
+                   wrapped in lazy_rows(...) when embedding.lazy,
+                   or set_to_zero()          when embedding.freeze
+
+Lazy updates need to know which rows of the table the batch used, so the train step passes them as an
+extra argument (optax's extra-args mechanism; transformations that do not use it ignore it):
+
+    updates, opt_state = tx.update(grads, opt_state, params, row_mask=present_rows(inputs, vocab_size))
+
+The embedding table is the leaf whose path ends in ('token_embed', 'embedding'), wherever it is nested.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+EMBEDDING_PATH_SUFFIX = ('token_embed', 'embedding')
+NO_DECAY_NAMES = frozenset({'bias', 'scale'})
+OPTIMIZERS = ('adamw', 'adam', 'sgd', 'adafactor', 'lion')
+SCHEDULES = ('constant', 'cosine', 'linear', 'rsqrt')
+
+
+def _key_name(key: Any) -> Any:
+  for attr in ('key', 'name', 'idx'):
+    if hasattr(key, attr):
+      return getattr(key, attr)
+  return str(key)
+
+
+def path_names(path: tuple[Any, ...]) -> tuple[Any, ...]:
+  """('token_embed', 'embedding') from a jax key path of DictKey / GetAttrKey / SequenceKey."""
+  return tuple(_key_name(k) for k in path)
+
+
+def is_embedding_path(path: tuple[Any, ...]) -> bool:
+  return path_names(path)[-2:] == EMBEDDING_PATH_SUFFIX
+
+
+def param_groups(params: Any) -> Any:
+  """Labels every leaf 'embedding' (the token table) or 'other'; same tree structure as `params`."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: 'embedding' if is_embedding_path(path) else 'other', params)
+
+
+def decay_mask(params: Any, embedding_weight_decay: bool = True) -> Any:
+  """True where weight decay applies: >=2-d leaves not named bias/scale; the table iff the flag says so."""
+
+  def rule(path, leaf):
+    if is_embedding_path(path):
+      return bool(embedding_weight_decay)
+    name = path_names(path)[-1] if path else None
+    return jnp.ndim(leaf) >= 2 and name not in NO_DECAY_NAMES
+
+  return jax.tree_util.tree_map_with_path(rule, params)
+
+
+def present_rows(token_ids: jax.Array, vocab_size: int) -> jax.Array:
+  """bool[V]: True for every row of the table that `token_ids` (any shape) looks up."""
+  ids = jnp.asarray(token_ids).reshape(-1)
+  # Negative ids would wrap around in .at[]; send them (and ids >= V) out of range, where they are dropped.
+  ids = jnp.where(ids < 0, vocab_size, ids)
+  return jnp.zeros((vocab_size,), jnp.bool_).at[ids].set(True, mode='drop')
+
+
+def _check_choice(kind: str, value: str, valid: tuple[str, ...]) -> None:
+  if value not in valid:
+    raise ValueError(f'unknown {kind} {value!r}; valid choices: {", ".join(valid)}')
+
+
+def make_schedule(train_cfg: Mapping[str, Any]) -> optax.Schedule:
+  """Linear warmup from 0 to `learning_rate` over `warmup_steps`, then the named decay.
+
+  constant: stays at the peak.  cosine / linear: decay to `min_lr_ratio * learning_rate` (default 0) at
+  `steps`.  rsqrt: peak * sqrt(warmup_steps / step), i.e. 1/sqrt(step) decay continuous at the peak.
+  """
+  name = train_cfg['schedule']
+  _check_choice('schedule', name, SCHEDULES)
+  peak = float(train_cfg['learning_rate'])
+  warmup = int(train_cfg.get('warmup_steps', 0))
+  total = int(train_cfg.get('steps', 0))
+  floor = peak * float(train_cfg.get('min_lr_ratio', 0.0))
+  decay_steps = max(total - warmup, 1)
+
+  if name == 'constant':
+    decay = optax.constant_schedule(peak)
+  elif name == 'cosine':
+    decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=floor / peak if peak else 0.0)
+  elif name == 'linear':
+    decay = optax.linear_schedule(peak, floor, decay_steps)
+  else:  # rsqrt
+    offset = max(warmup, 1)
+    decay = lambda count: peak * jax.lax.rsqrt(jnp.asarray(count + offset, jnp.float32) / offset)
+  if warmup <= 0:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def _core(name: str, lr: optax.ScalarOrSchedule, train_cfg: Mapping[str, Any],
+          mask: Callable[[Any], Any]) -> optax.GradientTransformation:
+  """The named optimizer with its weight decay (decoupled for adamw/lion/adafactor, L2 for adam/sgd)."""
+  wd = float(train_cfg.get('weight_decay', 0.0))
+  b1, b2 = float(train_cfg.get('b1', 0.9)), float(train_cfg.get('b2', 0.999))
+  if name == 'adamw':
+    return optax.adamw(lr, b1=b1, b2=b2, weight_decay=wd, mask=mask)
+  if name == 'lion':
+    return optax.lion(lr, b1=b1, b2=b2, weight_decay=wd, mask=mask)
+  if name == 'adafactor':
+    return optax.adafactor(lr, weight_decay_rate=wd or None, weight_decay_mask=mask)
+  # Classic (coupled) L2: the decay enters the gradient, before moments / momentum.
+  l2 = [optax.add_decayed_weights(wd, mask)] if wd else []
+  if name == 'adam':
+    return optax.chain(*l2, optax.adam(lr, b1=b1, b2=b2))
+  momentum = float(train_cfg.get('momentum', 0.0))
+  return optax.chain(*l2, optax.sgd(lr, momentum=momentum or None))
+
+
+def lazy_rows(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+  """Applies `inner` only to the rows flagged by the extra argument `row_mask` (bool[V]), like LazyAdam.
+
+  Rows not in the batch get a zero update and keep their optimizer statistics bit-identical, so neither
+  momentum nor weight decay touches them.  Every state leaf of `inner` must be a scalar (e.g. a step count,
+  shared by all rows as in TensorFlow's LazyAdam) or have V rows; anything else (a factored second moment)
+  cannot be updated row by row and raises.
+  """
+
+  def init_fn(params):
+    return inner.init(params)
+
+  def update_fn(updates, state, params=None, *, row_mask=None, **extra_args):
+    if row_mask is None:
+      raise ValueError('lazy embedding updates need the rows present in the batch: '
+                       'tx.update(grads, state, params, row_mask=present_rows(token_ids, vocab_size))')
+    new_updates, new_state = inner.update(updates, state, params, **extra_args)
+    rows = row_mask.shape[0]
+
+    def select(new, old):
+      if jnp.ndim(new) == 0:
+        return new
+      if new.shape[0] != rows:
+        raise ValueError(f'lazy updates need per-row optimizer state; got a state leaf of shape {new.shape} '
+                         f'for a table with {rows} rows')
+      keep = row_mask.reshape((rows,) + (1,) * (new.ndim - 1))
+      return jnp.where(keep, new, old)
+
+    new_updates = jax.tree.map(lambda u: select(u, jnp.zeros_like(u)), new_updates)
+    new_state = jax.tree.map(select, new_state, state)
+    return new_updates, new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def make_optimizer(train_cfg: Mapping[str, Any]) -> optax.GradientTransformationExtraArgs:
+  """Clipping + optimizer + weight-decay mask + embedding options, from `config.train`."""
+  name = train_cfg['optimizer']
+  _check_choice('optimizer', name, OPTIMIZERS)
+  emb = train_cfg.get('embedding', None) or {}
+  emb_decay = bool(emb.get('weight_decay', True))
+  multiplier = float(emb.get('lr_multiplier', 1.0))
+  freeze, lazy = bool(emb.get('freeze', False)), bool(emb.get('lazy', False))
+  if lazy and not freeze and name == 'adafactor':
+    raise ValueError("embedding.lazy is not supported with optimizer 'adafactor': its factored second moment "
+                     'mixes all rows; use adamw, adam, sgd or lion')
+
+  schedule = make_schedule(train_cfg)
+  mask = lambda params: decay_mask(params, emb_decay)
+  if freeze:
+    embedding_tx = optax.set_to_zero()
+  else:
+    embedding_lr = schedule if multiplier == 1.0 else (lambda count: multiplier * schedule(count))
+    embedding_tx = _core(name, embedding_lr, train_cfg, mask)
+    if lazy:
+      embedding_tx = lazy_rows(embedding_tx)
+  grouped = optax.partition({'embedding': embedding_tx, 'other': _core(name, schedule, train_cfg, mask)},
+                            param_groups)
+  clip = float(train_cfg.get('grad_clip', 0.0))
+  if clip > 0:
+    return optax.chain(optax.clip_by_global_norm(clip), grouped)
+  return optax.with_extra_args_support(grouped)
