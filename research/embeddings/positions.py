@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from research.embeddings.registry import PositionalScheme, register
 from research.embeddings.token import lookup
@@ -16,8 +17,8 @@ from research.embeddings.token import lookup
 def sinusoidal(positions_BxL, dim: int, max_wavelength: float = 10_000.0):
   """PE[p, 2i] = sin(p / w^(2i/d)), PE[p, 2i+1] = cos(p / w^(2i/d)) (Vaswani et al. 2017); any length, any p."""
   half = (dim + 1) // 2
-  inv_freq_H = max_wavelength ** (-2.0 * jnp.arange(half, dtype=jnp.float32) / dim)
-  angles_BxLxH = positions_BxL.astype(jnp.float32)[..., None] * inv_freq_H
+  inv_freq_H = jnp.asarray(max_wavelength ** (-2.0 * np.arange(half) / dim), jnp.float32)  # exact in f64 first
+  angles_BxLxH = positions_BxL.astype(jnp.float32)[..., None] * inv_freq_H.reshape((1,) * positions_BxL.ndim + (-1,))
   interleaved = jnp.stack([jnp.sin(angles_BxLxH), jnp.cos(angles_BxLxH)], axis=-1)  # [..., H, 2]
   return interleaved.reshape(*positions_BxL.shape, 2 * half)[..., :dim]
 
@@ -43,7 +44,8 @@ class LearnedPositions(PositionalScheme):
         jnp.float32)
 
   def embed(self, positions_BxL):
-    return lookup(self.embedding, positions_BxL, what=f"position (learned table of length {self.cfg.max_len})")
+    return lookup(self.embedding, positions_BxL, "position",
+                  f": the learned table has length {self.cfg.max_len} (model.max_len)")
 
 
 @register("sinusoidal")

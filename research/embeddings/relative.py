@@ -58,7 +58,7 @@ def apply_rope(x_BxLxHxD, positions_BxL, inv_freq_R, attention_factor: float = 1
   """Rotates the first 2R channels of every head by angle position·θ_i (half-split pairs (i, i+R), as GPT-NeoX
   and Hugging Face Llama do); the remaining channels pass through unchanged."""
   rot = 2 * inv_freq_R.shape[0]
-  angles_BxLxR = positions_BxL.astype(jnp.float32)[..., None] * inv_freq_R
+  angles_BxLxR = positions_BxL.astype(jnp.float32)[..., None] * inv_freq_R[None, None, :]
   cos_BxLx1xR = (jnp.cos(angles_BxLxR) * attention_factor)[:, :, None, :]
   sin_BxLx1xR = (jnp.sin(angles_BxLxR) * attention_factor)[:, :, None, :]
   x = x_BxLxHxD.astype(jnp.float32)

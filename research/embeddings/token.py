@@ -13,7 +13,7 @@ Array = Any
 Initializer = Callable[..., Array]
 
 
-def check_ids(ids: Array, size: int, what: str = "token id") -> None:
+def check_ids(ids: Array, size: int, what: str = "token id", hint: str = "") -> None:
   """Raises ValueError naming the first id outside [0, size); a no-op for traced (abstract) arrays.
 
   JAX gathers clamp out-of-range indices silently. Concrete inputs (eager calls, host batches) are checked here;
@@ -24,15 +24,16 @@ def check_ids(ids: Array, size: int, what: str = "token id") -> None:
   ids = np.asarray(ids)
   if ids.size == 0:
     return
-  bad = (ids < 0) | (ids >= size)
-  if bad.any():
-    value = int(ids[bad].flat[0])
-    raise ValueError(f"{what} {value} is outside [0, {size}) ({int(bad.sum())} such entries)")
+  low, high = int(ids.min()), int(ids.max())
+  if low < 0 or high >= size:
+    value = high if high >= size else low
+    count = int(((ids < 0) | (ids >= size)).sum())
+    raise ValueError(f"{what} {value} is outside [0, {size}){hint} ({count} such entries)")
 
 
-def lookup(table_NxD: Array, ids: Array, what: str = "token id") -> Array:
+def lookup(table_NxD: Array, ids: Array, what: str = "token id", hint: str = "") -> Array:
   """table[ids] that errors (eager) or yields NaN rows (traced) for ids outside the table, never a clamp."""
-  check_ids(ids, table_NxD.shape[0], what)
+  check_ids(ids, table_NxD.shape[0], what, hint)
   return jnp.take(table_NxD, ids, axis=0, mode="fill", fill_value=jnp.nan)
 
 
@@ -85,7 +86,7 @@ class TokenEmbedding(nn.Module):
     self.drop = nn.Dropout(self.dropout)
 
   def __call__(self, ids_BxL: Array, *, deterministic: bool = True) -> Array:
-    x_BxLxD = lookup(self.embedding, ids_BxL).astype(self.dtype)
+    x_BxLxD = lookup(self.embedding, ids_BxL, "token id", " (the vocabulary size)").astype(self.dtype)
     if self.token_dropout > 0.0 and not deterministic:
       keep_V = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - self.token_dropout, (self.vocab_size,))
       keep_BxL = jnp.take(keep_V, ids_BxL, axis=0, mode="clip")  # ids are already checked above

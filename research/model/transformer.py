@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from research.embeddings import registry, token
@@ -91,19 +92,24 @@ class Transformer(nn.Module):
 
   def __call__(self, tokens_BxL, positions_BxL=None, *, key_mask_BxL=None, deterministic=True,
                return_hidden=False):
-    cfg = self.cfg
     if positions_BxL is None:
       positions_BxL = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1]), tokens_BxL.shape)
     x_BxLxD = self.embed(tokens_BxL, positions_BxL, deterministic=deterministic)
+    h_BxLxD = self.encode(x_BxLxD, positions_BxL, key_mask_BxL=key_mask_BxL, deterministic=deterministic)
+    return h_BxLxD if return_hidden else self.logits(h_BxLxD)
+
+  def encode(self, x_BxLxD, positions_BxL, *, key_mask_BxL=None, deterministic=True):
+    """Blocks and final norm over already-embedded inputs (for analysis, and inputs built elsewhere)."""
     # Computed once and shared by every layer (T5 shares its bias table across layers).
     rotary = self.position_embed.rotary(positions_BxL)
     bias = self.position_embed.bias(positions_BxL, positions_BxL)
-    mask = attention_mask(tokens_BxL.shape[1], tokens_BxL.shape[1], cfg.causal, key_mask_BxL)
+    length = x_BxLxD.shape[1]
+    mask = attention_mask(length, length, self.cfg.causal, key_mask_BxL)
     for block in self.blocks:
       x_BxLxD = block(x_BxLxD, rotary=rotary, bias=bias, mask=mask, deterministic=deterministic)
-    if cfg.norm == "pre":
+    if self.cfg.norm == "pre":
       x_BxLxD = self.final_norm(x_BxLxD)
-    return x_BxLxD if return_hidden else self.logits(x_BxLxD)
+    return x_BxLxD
 
   def logits(self, h_BxLxD):
     """The LM head: h·Eᵀ through the token table when tied, a separate V-way projection when untied."""
@@ -115,5 +121,4 @@ class Transformer(nn.Module):
 
 
 def count_params(params) -> int:
-  import jax
   return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))

@@ -44,7 +44,9 @@ def next_token_targets(tokens_BxL: jax.Array, weights_BxL: jax.Array | None = No
   shifted targets.
   """
   targets_BxL = jnp.concatenate([tokens_BxL[:, 1:], jnp.zeros_like(tokens_BxL[:, :1])], axis=1)
-  weights = jnp.ones(tokens_BxL.shape, jnp.float32) if weights_BxL is None else weights_BxL.astype(jnp.float32)
+  if weights_BxL is None:
+    weights_BxL = jnp.ones(tokens_BxL.shape)
+  weights = weights_BxL.astype(jnp.float32)
   weights_BxL = jnp.concatenate([weights[:, 1:], jnp.zeros_like(weights[:, :1])], axis=1)
   return targets_BxL, weights_BxL
 
@@ -91,7 +93,7 @@ def group_norms(tree: Any, groups: Any) -> dict[str, jax.Array]:
   labels = jax.tree.leaves(groups)
   if len(leaves) != len(labels):
     raise ValueError(f'tree has {len(leaves)} leaves but groups has {len(labels)} labels')
-  squares: dict[str, jax.Array] = {'embedding': jnp.zeros((), jnp.float32), 'other': jnp.zeros((), jnp.float32)}
+  squares: dict[str, jax.Array] = {label: jnp.zeros((), jnp.float32) for label in ('embedding', 'other')}
   for leaf, label in zip(leaves, labels):
     squares[label] = squares.get(label, 0.0) + jnp.sum(jnp.square(jnp.asarray(leaf, jnp.float32)))
   norms = {label: jnp.sqrt(s) for label, s in squares.items()}

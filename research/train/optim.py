@@ -83,7 +83,8 @@ def make_schedule(train_cfg: Mapping[str, Any]) -> optax.Schedule:
   """Linear warmup from 0 to `learning_rate` over `warmup_steps`, then the named decay.
 
   constant: stays at the peak.  cosine / linear: decay to `min_lr_ratio * learning_rate` (default 0) at
-  `steps`.  rsqrt: peak * sqrt(warmup_steps / step), i.e. 1/sqrt(step) decay continuous at the peak.
+  `steps`.  rsqrt: peak * sqrt(warmup_steps / step), i.e. 1/sqrt(step) decay continuous at the peak
+  (peak / sqrt(step + 1) without warmup).  Unknown names raise ValueError listing SCHEDULES.
   """
   name = train_cfg['schedule']
   _check_choice('schedule', name, SCHEDULES)

@@ -1,0 +1,228 @@
+"""The one module that talks to Orbax: atomic checkpoints of the train state, the data-iterator state and
+metadata, keeping the last K plus the best by validation loss.
+
+Layout of `directory` (one Orbax step directory per saved step):
+
+    <directory>/<step>/state/   the train state (ocp.args.StandardSave: arrays, any pytree)
+    <directory>/<step>/data/    the data-iterator state (ocp.args.JsonSave)
+    <directory>/<step>/meta/    {'step', 'metrics', 'metadata', 'typed_keys'} (ocp.args.JsonSave)
+    <directory>/<step>/metrics/ the tracked metric ({'valid_loss': x}) Orbax ranks checkpoints by
+
+Atomicity is Orbax's: a step is written under `<step>.orbax-checkpoint-tmp*` and renamed (or, on object
+stores, marked with a commit file) only when complete, so an interrupted save leaves an unfinalized
+directory that `latest_step` / `restore` ignore and the next `Checkpointer` removes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as ocp_policies
+
+BEST_METRIC = 'valid_loss'
+_ITEMS = ('state', 'data', 'meta')
+
+
+def _is_typed_key(x: Any) -> bool:
+  return hasattr(x, 'dtype') and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _keystr(path) -> str:
+  return jax.tree_util.keystr(path)
+
+
+def _to_savable(state: Any) -> tuple[Any, dict[str, str]]:
+  """Typed PRNG keys -> their raw uint32 data (+ the impl name per path, to re-wrap them on restore)."""
+  impls: dict[str, str] = {}
+
+  def convert(path, leaf):
+    if _is_typed_key(leaf):
+      impls[_keystr(path)] = str(jax.random.key_impl(leaf))
+      return jax.random.key_data(leaf)
+    return leaf
+
+  return jax.tree_util.tree_map_with_path(convert, state), impls
+
+
+def _abstract(leaf: Any) -> Any:
+  """A restore target leaf: ShapeDtypeStruct (with sharding) for arrays, typed keys as their uint32 data."""
+  if _is_typed_key(leaf):
+    data = jax.eval_shape(jax.random.key_data, leaf)
+    sharding = getattr(leaf, 'sharding', None)
+    return jax.ShapeDtypeStruct(data.shape, data.dtype, sharding=sharding)
+  if isinstance(leaf, jax.Array):
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
+  return leaf
+
+
+def _from_restored(restored: Any, target: Any, impls: Mapping[str, str]) -> Any:
+  def convert(path, value, like):
+    if _is_typed_key(like):
+      return jax.random.wrap_key_data(value, impl=impls.get(_keystr(path), 'threefry2x32'))
+    return value
+
+  return jax.tree_util.tree_map_with_path(convert, restored, target)
+
+
+def _jsonable(tree: Any) -> Any:
+  """Metrics may arrive as jax / numpy scalars; JSON wants Python numbers."""
+  def convert(x):
+    if isinstance(x, (jax.Array, np.ndarray, np.generic)):
+      return np.asarray(x).item() if np.ndim(x) == 0 else np.asarray(x).tolist()
+    return x
+
+  return jax.tree.map(convert, tree)
+
+
+class Checkpointer:
+  """Orbax CheckpointManager with keep-last-K + best-by-`valid_loss` retention.
+
+  Args:
+    directory: where step directories go (created if missing).
+    keep: how many of the most recent checkpoints to keep.
+    keep_best: also keep the checkpoint with the lowest `metrics['valid_loss']` seen so far.
+    async_save: write in a background thread (call `wait()` before reading the files or exiting).
+  """
+
+  def __init__(self, directory: str | os.PathLike, *, keep: int = 3, keep_best: bool = True,
+               async_save: bool = True):
+    if keep < 1:
+      raise ValueError(f'keep must be >= 1, got {keep}')
+    policies: list[Any] = [ocp_policies.LatestN(n=keep)]
+    if keep_best:
+      # reverse=True sorts descending, and BestN keeps the tail: the lowest loss.
+      policies.append(ocp_policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=True, n=1,
+                                         keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        # best_fn/best_mode make Orbax store the metrics and rank by them (best_step()); which checkpoints
+        # survive is decided by the preservation policy alone.
+        best_fn=lambda m: m[BEST_METRIC], best_mode='min',
+        preservation_policy=ocp_policies.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=True,
+        create=True)
+    self._manager = ocp.CheckpointManager(os.fspath(directory), options=options, item_names=_ITEMS)
+
+  @property
+  def directory(self):
+    return self._manager.directory
+
+  def save(self, step: int, state: Any, data_state: Mapping[str, Any],
+           metrics: Mapping[str, Any] | None = None, force: bool = False, *,
+           metadata: Mapping[str, Any] | None = None) -> bool:
+    """Saves `state` (any pytree of arrays), `data_state` and optional metrics / metadata (JSON-able;
+    numpy / jax values become Python numbers or lists).
+
+    Only `metrics['valid_loss']` ranks checkpoints; checkpoints saved without it are kept by recency
+    only.  Returns whether a save was started (Orbax skips a step that already exists).
+    """
+    savable, impls = _to_savable(state)
+    metrics = _jsonable(dict(metrics)) if metrics else {}
+    meta = {'step': int(step), 'metrics': metrics, 'metadata': _jsonable(dict(metadata or {})),
+            'typed_keys': impls}
+    tracked = {BEST_METRIC: float(metrics[BEST_METRIC])} if BEST_METRIC in metrics else None
+    args = ocp.args.Composite(state=ocp.args.StandardSave(savable),
+                              data=ocp.args.JsonSave(_jsonable(dict(data_state))),
+                              meta=ocp.args.JsonSave(meta))
+    return self._manager.save(int(step), args=args, metrics=tracked, force=force)
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def best_step(self) -> int | None:
+    """The kept step with the lowest valid_loss; None if no kept checkpoint has one."""
+    # Orbax's in-memory ranking (best_fn / best_mode='min'); it skips checkpoints saved without metrics.
+    return self._manager.best_step() if self._manager.all_steps() else None
+
+  def _resolve(self, step: int | None) -> int:
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'no finalized checkpoint in {self.directory}')
+    return step
+
+  def read_metadata(self, step: int | None = None) -> dict[str, Any]:
+    """{'step', 'metrics', 'metadata', ...} stored with `step` (default: latest)."""
+    step = self._resolve(step)
+    return dict(self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+
+  def restore(self, step: int | None = None, target: Any = None) -> tuple[Any, dict[str, Any]]:
+    """Returns (state, data_state) of `step` (default: latest).
+
+    `target` is the state's abstract tree (`jax.eval_shape` output with `sharding=` set on each
+    ShapeDtypeStruct) or a concrete state to mimic; arrays come back with the target's shardings, so a
+    checkpoint written on one mesh restores onto another.  Typed PRNG keys in `target` come back typed.
+    Without a target, Orbax restores the saved structure with the saved shardings.
+    """
+    step = self._resolve(step)
+    meta = self.read_metadata(step)
+    abstract = None if target is None else jax.tree.map(_abstract, target)
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+    state = restored.state if target is None else _from_restored(restored.state, target, meta['typed_keys'])
+    return state, dict(restored.data)
+
+  def wait(self) -> None:
+    """Blocks until the pending async save is committed."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
+  if isinstance(tree, Mapping):
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+      out.update(_flatten(value, f'{prefix}.{key}' if prefix else str(key)))
+    return out
+  return {prefix: tree}
+
+
+_MISSING = '<missing>'
+
+
+def check_config_compatible(saved: Mapping[str, Any], current: Mapping[str, Any],
+                            shape_fields: Iterable[str]) -> None:
+  """Raises ValueError naming every field in `shape_fields` whose value differs between the configs.
+
+  A field is a dotted path ('model.d_model'); a path naming a sub-dict ('model') compares every field
+  under it.  Values are compared after JSON normalisation (tuples == lists), since saved configs are JSON.
+  """
+  flat_saved, flat_current = _flatten(_jsonable_config(saved)), _flatten(_jsonable_config(current))
+  diffs = []
+  for field in shape_fields:
+    keys = sorted({k for k in (*flat_saved, *flat_current) if k == field or k.startswith(field + '.')})
+    for key in keys or [field]:
+      a, b = flat_saved.get(key, _MISSING), flat_current.get(key, _MISSING)
+      if a != b:
+        diffs.append(f'{key}: {a!r} (saved) != {b!r} (current)')
+  if diffs:
+    raise ValueError('checkpoint is incompatible with the current config:\n  ' + '\n  '.join(diffs))
+
+
+def _jsonable_config(cfg: Mapping[str, Any]) -> Any:
+  if hasattr(cfg, 'to_dict'):
+    cfg = cfg.to_dict()
+
+  def norm(x):
+    if isinstance(x, Mapping):
+      return {str(k): norm(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+      return [norm(v) for v in x]
+    return x
+
+  return norm(cfg)

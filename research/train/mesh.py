@@ -1,0 +1,120 @@
+"""Device mesh ('data', 'fsdp') and the sharding rules for parameters, optimizer state and batches.
+
+- Parameters (and everything shaped like them: optimizer moments) follow one rule: a leaf with >= 2
+  dimensions is split over 'fsdp' along its largest dimension divisible by the fsdp size; all other leaves
+  (biases, norms, scalars, keys, and leaves with no divisible dimension) are replicated.  Parameters are
+  therefore replicated across 'data' and sharded across 'fsdp' (ZeRO-3 style); XLA inserts the gathers.
+- Batches are split along their first (batch) dimension over both axes, ('data', 'fsdp'): every device
+  holds a distinct slice of the batch, which is what FSDP needs to use all devices for compute.  The
+  global batch size must therefore be divisible by data * fsdp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXES = ('data', 'fsdp')
+BATCH_AXES = ('data', 'fsdp')
+
+
+def make_mesh(data: int, fsdp: int, devices: Sequence[Any] | None = None) -> Mesh:
+  """A ('data', 'fsdp') mesh over `devices` (default: all); one of the sizes may be -1 (fill the rest)."""
+  devices = list(jax.devices() if devices is None else devices)
+  n = len(devices)
+  sizes = [data, fsdp]
+  if sizes.count(-1) > 1:
+    raise ValueError(f'at most one mesh axis may be -1, got data={data}, fsdp={fsdp}')
+  if any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f'mesh axis sizes must be positive or -1, got data={data}, fsdp={fsdp}')
+  if -1 in sizes:
+    known = abs(int(np.prod(sizes)))
+    if n % known:
+      raise ValueError(f'cannot fill mesh data={data}, fsdp={fsdp}: {n} devices not divisible by {known}')
+    sizes = [n // known if s == -1 else s for s in sizes]
+  if sizes[0] * sizes[1] != n:
+    raise ValueError(f'mesh data={sizes[0]} x fsdp={sizes[1]} = {sizes[0] * sizes[1]} devices, '
+                     f'but {n} devices are available')
+  # Auto axes: shardings are hints to the compiler (jax.make_mesh defaults to Explicit axes).
+  return jax.make_mesh(tuple(sizes), AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2, devices=devices)
+
+
+def leaf_spec(shape: Sequence[int], fsdp_size: int) -> P:
+  """The parameter rule for one leaf's shape (see module docstring)."""
+  if len(shape) < 2 or fsdp_size <= 1:
+    return P()
+  candidates = [i for i, dim in enumerate(shape) if dim % fsdp_size == 0]
+  if not candidates:
+    return P()
+  # Largest dimension; on ties the first, e.g. a square kernel splits its input dimension.
+  axis = max(candidates, key=lambda i: (shape[i], -i))
+  return P(*([None] * axis + ['fsdp']))
+
+
+def param_sharding(tree: Any, mesh: Mesh) -> Any:
+  """NamedSharding per leaf of params, optimizer state or a whole train state (arrays or abstract)."""
+  fsdp_size = mesh.shape['fsdp']
+  rule = lambda x: NamedSharding(mesh, leaf_spec(getattr(x, 'shape', np.shape(x)), fsdp_size))
+  return jax.tree.map(rule, tree)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dimension over ('data', 'fsdp'), the rest replicated."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def shard_batch(batch: Any, mesh: Mesh) -> Any:
+  """Places a host batch (pytree of arrays, leading dim = this process's share) on the mesh.
+
+  Single process: the batch is the global batch.  Multi-host: each process passes its own slice and the
+  result is one global array (jax.make_array_from_process_local_data).
+  """
+  sharding = batch_sharding(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+
+_MULTIHOST_ENV = ('JAX_COORDINATOR_ADDRESS',)
+_COUNT_ENV = ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE', 'JAX_NUM_PROCESSES')
+
+
+def multihost_env(environ: dict[str, str] | None = None) -> bool:
+  """Whether the environment describes a multi-process job.
+
+  Recognised: JAX_COORDINATOR_ADDRESS (explicit setup), SLURM_NTASKS / OMPI_COMM_WORLD_SIZE /
+  JAX_NUM_PROCESSES > 1 (GPU clusters), TPU_WORKER_HOSTNAMES listing more than one host (TPU pod slices).
+  """
+  env = os.environ if environ is None else environ
+  if any(env.get(k) for k in _MULTIHOST_ENV):
+    return True
+  for key in _COUNT_ENV:
+    try:
+      if int(env.get(key, '1')) > 1:
+        return True
+    except ValueError:
+      pass
+  return len([h for h in env.get('TPU_WORKER_HOSTNAMES', '').split(',') if h.strip()]) > 1
+
+
+def maybe_initialize_distributed(distributed: bool | None = None) -> bool:
+  """Calls `jax.distributed.initialize()` for multi-host runs; returns whether it did.
+
+  distributed: True forces it (config.mesh.distributed = True), False never, None (default) decides from
+  the environment (`multihost_env`).  Must run before anything touches the devices.  Arguments come from
+  JAX's own cluster detection (TPU pods, SLURM, Open MPI) or, for a hand-made cluster, from
+  JAX_COORDINATOR_ADDRESS (read by JAX) plus JAX_NUM_PROCESSES and JAX_PROCESS_ID (read here).
+  """
+  wanted = multihost_env() if distributed is None else distributed
+  if not wanted or jax.distributed.is_initialized():
+    return False
+  kwargs = {}
+  if os.environ.get('JAX_NUM_PROCESSES'):
+    kwargs['num_processes'] = int(os.environ['JAX_NUM_PROCESSES'])
+  if os.environ.get('JAX_PROCESS_ID'):
+    kwargs['process_id'] = int(os.environ['JAX_PROCESS_ID'])
+  jax.distributed.initialize(**kwargs)
+  return True

@@ -1,0 +1,340 @@
+"""Token cache, packed batches (coverage, determinism, resume, sharding), evaluation windows, MLM masking."""
+
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from research.data import batches as B
+from research.data import tokenizers as T
+from research.data.corpora import load_corpus
+
+HYP = settings(max_examples=40, deadline=None)
+KEYS = ("inputs", "targets", "positions", "weights")
+
+
+def stream(n):
+  """A stream whose every token is distinct, so lost or duplicated tokens are visible (no special ids)."""
+  return np.arange(10, 10 + n, dtype=np.uint32)
+
+
+def check_format(batch, b, length):
+  assert sorted(batch) == sorted(KEYS)
+  for k in KEYS:
+    assert batch[k].shape == (b, length), k
+  assert batch["inputs"].dtype == batch["targets"].dtype == batch["positions"].dtype == np.int32
+  assert batch["weights"].dtype == np.float32
+  np.testing.assert_array_equal(batch["positions"], np.broadcast_to(np.arange(length), (b, length)))
+
+
+def scored_targets(batches):
+  return np.concatenate([b["targets"][b["weights"] > 0] for b in batches])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CLM packing
+
+
+@HYP
+@given(n=st.integers(2, 300), length=st.integers(1, 17), batch=st.integers(1, 5), seed=st.integers(0, 2**31))
+def test_clm_epoch_scores_every_target_once(n, length, batch, seed):
+  it = B.ClmBatches(stream(n), length, batch, seed=seed, num_epochs=1)
+  out = list(it)
+  assert len(out) == it.steps_per_epoch
+  for b in out:
+    check_format(b, batch, length)
+    w = b["weights"] > 0
+    np.testing.assert_array_equal(b["targets"][w], b["inputs"][w] + 1)  # targets are the next token
+    assert (b["inputs"][~w & (b["inputs"] != 0)] >= 10).all()
+  np.testing.assert_array_equal(np.sort(scored_targets(out)), stream(n)[1:])
+
+
+def test_clm_shuffles_per_epoch_and_seed():
+  ids = stream(2000)
+  first = lambda it: next(it)["inputs"][:, 0].tolist()
+  a, b, c = (B.ClmBatches(ids, 16, 8, seed=s) for s in (0, 0, 1))
+  assert first(a) == first(b) != first(c)
+  epoch1 = [next(a)["inputs"][:, 0].tolist() for _ in range(a.steps_per_epoch - 1)]
+  epoch2 = [next(a)["inputs"][:, 0].tolist() for _ in range(a.steps_per_epoch)]
+  assert a.epoch == 2 and sorted(sum(epoch2, [])) != sum(epoch2, [])  # shuffled, not in stream order
+  assert epoch2[:3] != epoch1[:3]
+
+
+@HYP
+@given(n=st.integers(50, 400), length=st.integers(3, 12), batch=st.integers(1, 4), cut=st.integers(0, 40),
+       objective=st.sampled_from(B.OBJECTIVES))
+def test_restore_mid_epoch_yields_exactly_the_remaining_batches(n, length, batch, cut, objective):
+  make = functools.partial(B.PackedBatches, stream(n), length, batch, objective=objective, seed=7)
+  ref = make()
+  expected = [next(ref) for _ in range(cut + 3 * ref.steps_per_epoch)]
+  it = make()
+  for _ in range(cut):
+    next(it)
+  state = json.loads(json.dumps(it.get_state()))  # must survive a JSON round trip (checkpoint metadata)
+  assert len(json.dumps(state)) < 400
+  resumed = make(seed=123)  # the seed comes from the state
+  resumed.set_state(state)
+  for want in expected[cut:]:
+    got = next(resumed)
+    for k in KEYS:
+      np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_set_state_rejects_other_layout():
+  it = B.ClmBatches(stream(100), 8, 2)
+  state = it.get_state()
+  with pytest.raises(ValueError, match="seq_len=8 in the state but 16 here"):
+    B.ClmBatches(stream(100), 16, 2).set_state(state)
+  with pytest.raises(ValueError, match="process_count"):
+    B.ClmBatches(stream(100), 8, 2, process_index=1, process_count=2).set_state(state)
+
+
+@pytest.mark.parametrize("objective", B.OBJECTIVES)
+@HYP
+@given(n=st.integers(2, 500), seed=st.integers(0, 100))
+def test_four_hosts_disjoint_and_complete(objective, n, seed):
+  hosts = [B.PackedBatches(stream(n), 6, 3, objective=objective, seed=seed, process_index=h, process_count=4,
+                           num_epochs=1) for h in range(4)]
+  per_host = [list(h) for h in hosts]
+  assert len({len(p) for p in per_host}) == 1  # lockstep: same number of steps on every host
+  if objective == "clm":
+    seen = [set(scored_targets(p).tolist()) for p in per_host]
+    expected = stream(n)[1:]
+  else:
+    seen = [set(np.concatenate([b["inputs"][b["inputs"] >= 10] for b in p]).tolist()) for p in per_host]
+    expected = stream(n)
+  for i in range(4):
+    for j in range(i + 1, 4):
+      assert not seen[i] & seen[j]
+  assert sorted(set.union(*seen)) == expected.tolist()
+  assert sum(map(len, seen)) == len(expected)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MLM packing
+
+
+@HYP
+@given(n=st.integers(2, 300), length=st.integers(3, 16), batch=st.integers(1, 4))
+def test_mlm_rows_are_cls_chunk_sep_and_cover_the_stream(n, length, batch):
+  out = list(B.MlmBatches(stream(n), length, batch, seed=3, num_epochs=1))
+  tokens = []
+  for b in out:
+    check_format(b, batch, length)
+    np.testing.assert_array_equal(b["targets"], b["inputs"])  # unmasked: masking is mask_tokens' job
+    for row, w in zip(b["inputs"], b["weights"]):
+      if w.sum() == 0:
+        assert (row == T.PAD_ID).all()
+        continue
+      real = row[w > 0]
+      assert real[0] == T.CLS_ID and real[-1] == T.SEP_ID and (row[w == 0] == T.PAD_ID).all()
+      assert (w[:len(real)] == 1).all()  # padding only at the end
+      tokens.append(real[1:-1])
+  np.testing.assert_array_equal(np.sort(np.concatenate(tokens)), stream(n))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# evaluation
+
+
+@HYP
+@given(n=st.integers(2, 400), length=st.integers(1, 20), batch=st.integers(1, 5), data=st.data())
+def test_eval_scores_every_target_exactly_once(n, length, batch, data):
+  mode = data.draw(st.sampled_from(B.EVAL_MODES))
+  stride = data.draw(st.integers(1, length)) if mode == "sliding" else None
+  out = list(B.eval_batches(stream(n), length, batch, mode, stride))
+  for b in out:
+    check_format(b, batch, length)
+    w = b["weights"] > 0
+    np.testing.assert_array_equal(b["targets"][w], b["inputs"][w] + 1)
+  np.testing.assert_array_equal(np.sort(scored_targets(out)), stream(n)[1:])
+  assert len(out) == -(-B.num_eval_windows(n, length, mode, stride) // batch)
+
+
+def test_sliding_scores_only_last_stride_with_full_context():
+  n, length, stride = 100, 16, 4
+  rows = [r for b in B.eval_batches(stream(n), length, 64, "sliding", stride) for r in zip(b["inputs"], b["weights"])]
+  assert rows[0][1].sum() == length  # the first window scores everything
+  for inputs, w in rows[1:]:
+    if w.sum() == 0:
+      continue
+    scored = np.nonzero(w)[0]
+    assert scored[0] == length - stride and len(scored) <= stride
+    assert inputs[0] >= 10  # a full window of context precedes every scored token
+
+
+@HYP
+@given(n=st.integers(2, 300), length=st.integers(1, 12), mode=st.sampled_from(B.EVAL_MODES))
+def test_eval_sharded_over_hosts_scores_each_target_once(n, length, mode):
+  stride = max(1, length // 3) if mode == "sliding" else None
+  per_host = [list(B.eval_batches(stream(n), length, 2, mode, stride, process_index=h, process_count=3))
+              for h in range(3)]
+  assert len({len(p) for p in per_host}) == 1
+  np.testing.assert_array_equal(np.sort(np.concatenate([scored_targets(p) for p in per_host])), stream(n)[1:])
+
+
+def test_eval_errors_name_the_value():
+  with pytest.raises(ValueError, match="'strided'"):
+    list(B.eval_batches(stream(10), 4, 2, "strided"))
+  with pytest.raises(ValueError, match="stride=None"):
+    list(B.eval_batches(stream(10), 4, 2, "sliding"))
+  with pytest.raises(ValueError, match="stride=5"):
+    list(B.eval_batches(stream(10), 4, 2, "sliding", 5))
+
+
+def test_batch_constructor_errors_name_the_value():
+  with pytest.raises(ValueError, match="'prefix'"):
+    B.PackedBatches(stream(10), 4, 2, objective="prefix")
+  with pytest.raises(ValueError, match="process_index=4"):
+    B.ClmBatches(stream(10), 4, 2, process_index=4, process_count=4)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MLM masking
+
+V = 1000
+
+
+@functools.lru_cache(maxsize=None)
+def _masker(**kwargs):
+  return jax.jit(functools.partial(B.mask_tokens, vocab_size=V, **kwargs))
+
+
+def _tokens(seed, shape=(64, 512), pad_tail=True):
+  tokens = np.array(jax.random.randint(jax.random.key(seed), shape, 0, V))
+  if pad_tail:
+    tokens[:, -64:] = T.PAD_ID
+  return jnp.asarray(tokens, jnp.int32)
+
+
+@pytest.mark.parametrize("rates", [(0.15, 0.8, 0.1), (0.3, 0.5, 0.25)])
+def test_masking_rates_statistically(rates):
+  select_rate, mask_rate, random_rate = rates
+  tokens = _tokens(0)
+  inputs, targets, weights = _masker(select_rate=select_rate, mask_rate=mask_rate, random_rate=random_rate)(
+      jax.random.key(1), tokens)
+  tokens, inputs, targets, sel = map(np.asarray, (tokens, inputs, targets, weights > 0))
+  eligible = tokens >= 5
+  n_elig, n_sel = eligible.sum(), sel.sum()
+
+  def close(count, total, p):  # within 5 standard deviations of a binomial
+    assert abs(count - total * p) < 5 * np.sqrt(total * p * (1 - p)) + 1, (count, total, p)
+
+  close(n_sel, n_elig, select_rate)
+  masked, kept = (inputs == T.MASK_ID) & sel, (inputs == tokens) & sel
+  randomised = sel & ~masked & ~kept
+  close(masked.sum(), n_sel, mask_rate)
+  # a random draw equals the original token with probability 1/(V-5): count it with "kept"
+  close(randomised.sum(), n_sel, random_rate * (1 - 1 / (V - 5)))
+  np.testing.assert_array_equal(targets, tokens)
+  assert weights.dtype == jnp.float32
+
+
+@HYP
+@given(seed=st.integers(0, 2**31 - 1))
+def test_masking_never_touches_specials_and_is_deterministic(seed):
+  special = np.asarray(_tokens(seed, (4, 64), pad_tail=False)) % 5  # all special
+  mixed = np.where(np.arange(64)[None, :] % 2 == 0, special, np.asarray(_tokens(seed + 1, (4, 64), False)))
+  mixed = jnp.asarray(mixed, jnp.int32)
+  f = _masker(select_rate=0.9)
+  inputs, _, weights = f(jax.random.key(seed), mixed)
+  is_special = np.isin(np.asarray(mixed), T.SPECIAL_IDS)
+  assert not np.asarray(weights)[is_special].any()
+  np.testing.assert_array_equal(np.asarray(inputs)[is_special], np.asarray(mixed)[is_special])
+  replaced = (np.asarray(inputs) != np.asarray(mixed)) & (np.asarray(inputs) != T.MASK_ID)
+  assert (np.asarray(inputs)[replaced] >= 5).all()  # random replacements are never special ids
+  again = f(jax.random.key(seed), mixed)
+  np.testing.assert_array_equal(np.asarray(again[0]), np.asarray(inputs))
+
+
+def test_masking_same_without_jit():
+  tokens = _tokens(3, (2, 32))
+  eager = B.mask_tokens(jax.random.key(5), tokens, vocab_size=V)
+  jitted = _masker()(jax.random.key(5), tokens)
+  for a, b in zip(eager, jitted):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_masking_rejects_bad_rates():
+  with pytest.raises(ValueError, match="0.8, 0.3"):
+    B.mask_tokens(jax.random.key(0), _tokens(0, (1, 4)), vocab_size=V, mask_rate=0.8, random_rate=0.3)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# token cache
+
+
+class CountingTokenizer:
+  """Delegates to a real tokenizer and counts encode calls."""
+
+  def __init__(self, tok):
+    self.tok, self.calls = tok, 0
+
+  def encode_batch(self, *args, **kwargs):
+    self.calls += 1
+    return self.tok.encode_batch(*args, **kwargs)
+
+  def __getattr__(self, name):
+    return getattr(self.tok, name)
+
+
+@pytest.fixture(scope="module")
+def lee_tok():
+  lee = load_corpus("lee")
+  return lee, T.train_tokenizer("bpe", lee.train, 400)
+
+
+def test_cache_builds_once_loads_memmapped_and_rebuilds_on_new_key(lee_tok, tmp_path):
+  lee, tok = lee_tok
+  counting = CountingTokenizer(tok)
+  built = B.build_or_load_cache("lee", counting, "bpe-400", tmp_path, corpus=lee)
+  assert counting.calls == 3  # one batch per split
+  for split, ids in built.items():
+    assert isinstance(ids, np.memmap) and ids.dtype == np.uint16
+    assert ids[0] == ids[-1] == T.SEP_ID
+    docs = lee.split(split)
+    assert (np.asarray(ids) == T.SEP_ID).sum() == len(docs) + 1
+    first = tok.encode(docs[0], add_special_tokens=False).ids
+    np.testing.assert_array_equal(ids[1:1 + len(first)], first)
+
+  loaded = B.build_or_load_cache("lee", counting, "bpe-400", tmp_path)
+  assert counting.calls == 3  # no tokenizing on a hit
+  for split in built:
+    np.testing.assert_array_equal(loaded[split], built[split])
+
+  B.build_or_load_cache("lee", counting, "bpe-400-retrained", tmp_path, corpus=lee)
+  assert counting.calls == 6  # a changed key rebuilds
+  assert len(list((tmp_path / "tokens").iterdir())) == 2  # no temporary directories left behind
+
+
+def test_cache_key_covers_corpus_tokenizer_and_versions(monkeypatch):
+  base = B.cache_key("lee", "t")
+  assert base == B.cache_key("lee", "t")
+  assert len({base, B.cache_key("wikipedia-sample", "t"), B.cache_key("lee", "u")}) == 3
+  monkeypatch.setattr(B, "TOKEN_CACHE_VERSION", "999")
+  assert B.cache_key("lee", "t") != base
+
+
+def test_default_tokenizer_key_is_its_fingerprint(lee_tok, tmp_path):
+  lee, tok = lee_tok
+  B.build_or_load_cache("lee", tok, cache_dir=tmp_path, corpus=lee)
+  meta = json.loads(next((tmp_path / "tokens").glob("*/meta.json")).read_text())
+  assert meta["tokenizer"] == T.fingerprint(tok) and meta["corpus"] == "lee"
+  assert meta["num_tokens"]["train"] > 0
+
+
+def test_uint32_for_large_vocabularies():
+  assert B.id_dtype(65536) == np.uint16 and B.id_dtype(65537) == np.uint32
+
+
+def test_end_to_end_lee_clm_batches(lee_tok, tmp_path):
+  lee, tok = lee_tok
+  ids = B.build_or_load_cache("lee", tok, "k", tmp_path, corpus=lee)["valid"]
+  out = list(B.ClmBatches(ids, 32, 4, num_epochs=1))
+  assert scored_targets(out).size == ids.size - 1
+  assert max(int(b["inputs"].max()) for b in out) < tok.get_vocab_size()

@@ -1,0 +1,189 @@
+"""Tokenizers: fixed special ids, lossless round trips, [UNK] only for missing symbols, save/load, counts, errors."""
+
+import functools
+import re
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from research.data import tokenizers as T
+from research.data.corpora import load_corpus
+
+VOCAB = {"bpe": 400, "bpe-char": 300, "wordpiece": 300, "unigram": 300, "word": 300, "char": 300, "byte": 261}
+HYP = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+# Built once per session; plain cached functions rather than fixtures so hypothesis failure reports stay short.
+@functools.lru_cache(maxsize=None)
+def _lee():
+  return load_corpus("lee")
+
+
+@functools.lru_cache(maxsize=None)
+def _toks():
+  return {k: T.train_tokenizer(k, _lee().train[:60], VOCAB[k]) for k in T.KINDS}
+
+
+@pytest.fixture(scope="session")
+def lee():
+  return _lee()
+
+
+@pytest.fixture(scope="session")
+def train_texts():
+  return _lee().train[:60]
+
+
+@pytest.fixture(scope="session")
+def toks():
+  return _toks()
+
+
+def _alphabet():
+  return sorted(set("".join(_lee().train[:60])) - set("[]"))
+
+
+def enc(tok, text):
+  return tok.encode(text, add_special_tokens=False).ids
+
+
+def dec(tok, ids):
+  return tok.decode(ids, skip_special_tokens=False)
+
+
+@pytest.mark.parametrize("kind", T.KINDS)
+def test_special_ids_fixed_and_vocab_bounded(toks, kind):
+  tok = toks[kind]
+  assert [tok.token_to_id(s) for s in T.SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
+  assert (T.PAD_ID, T.UNK_ID, T.CLS_ID, T.SEP_ID, T.MASK_ID) == (0, 1, 2, 3, 4)
+  assert tok.get_vocab_size() <= VOCAB[kind]
+  assert sorted(tok.get_vocab().values()) == list(range(tok.get_vocab_size()))  # dense ids
+
+
+@pytest.mark.parametrize("kind", ["bpe", "bpe-char", "wordpiece", "unigram", "word"])
+def test_trained_kinds_use_their_budget(toks, kind):
+  assert tok_size(toks[kind]) == VOCAB[kind]
+
+
+def tok_size(tok):
+  return tok.get_vocab_size()
+
+
+def test_no_post_processor_adds_specials(toks):
+  for kind, tok in toks.items():
+    assert T.CLS_ID not in tok.encode("hello world").ids, kind
+
+
+@pytest.mark.parametrize("kind", T.LOSSLESS_KINDS)
+@HYP
+@given(text=st.text(max_size=60))
+def test_lossless_round_trip_any_unicode(kind, text):
+  tok = _toks()[kind]
+  ids = enc(tok, text)
+  assert T.UNK_ID not in ids
+  assert dec(tok, ids) == text
+
+
+def test_byte_ids_are_utf8_bytes_plus_five(toks):
+  text = "aé😀\n"
+  assert enc(toks["byte"], text) == [b + 5 for b in text.encode("utf-8")]
+
+
+@HYP
+@given(data=st.data())
+def test_char_lossless_within_alphabet_unk_outside(data):
+  tok = _toks()["char"]
+  alphabet = _alphabet()
+  text = data.draw(st.text(alphabet=alphabet, max_size=60))
+  ids = enc(tok, text)
+  assert len(ids) == len(text) and T.UNK_ID not in ids
+  assert dec(tok, ids) == text
+  foreign = data.draw(st.characters(blacklist_characters=alphabet + list("[]")))
+  ids = enc(tok, text + foreign)
+  assert ids[-1] == T.UNK_ID and T.UNK_ID not in ids[:-1]
+
+
+@pytest.mark.parametrize("kind", ["bpe-char", "wordpiece", "unigram"])
+@HYP
+@given(data=st.data())
+def test_unk_only_for_symbols_outside_alphabet(kind, data):
+  tok = _toks()[kind]
+  alphabet = _alphabet()
+  if kind == "wordpiece":  # a WordPiece symbol is c word-initially and ##c inside a word: keep chars having both
+    vocab = tok.get_vocab()
+    alphabet = [c for c in alphabet if c in vocab and "##" + c in vocab]
+  known = data.draw(st.text(alphabet=alphabet, min_size=1, max_size=40))
+  assert T.UNK_ID not in enc(tok, known)
+  foreign = data.draw(st.characters(whitelist_categories=("Lo", "So"), blacklist_characters=alphabet + [T.METASPACE]))
+  ids = enc(tok, f"{known} {foreign} {known}")
+  assert ids.count(T.UNK_ID) == 1
+
+
+def test_word_unk_exactly_for_out_of_vocabulary_words(toks):
+  tok = toks["word"]
+  vocab = tok.get_vocab()
+  words = ["the", "of", "zzyzxq", "Australia", "qqqplm"]
+  ids = enc(tok, " ".join(words))
+  assert ids == [vocab.get(w, T.UNK_ID) for w in words]
+  assert ids[2] == ids[4] == T.UNK_ID and T.UNK_ID not in (ids[0], ids[1])
+
+
+@pytest.mark.parametrize("kind", T.KINDS)
+def test_save_load_identical(toks, lee, tmp_path, kind):
+  path = T.save_tokenizer(toks[kind], tmp_path)
+  assert path == tmp_path / "tokenizer.json"
+  loaded = T.load_tokenizer(tmp_path)
+  if kind != "unigram":  # unigram log-probabilities are re-printed with a different number of digits
+    assert loaded.to_str() == toks[kind].to_str()
+    assert T.fingerprint(loaded) == T.fingerprint(toks[kind])
+  assert loaded.get_vocab() == toks[kind].get_vocab()
+  for text in lee.valid + ["ünïcödé 😀 [MASK] x"]:
+    assert enc(loaded, text) == enc(toks[kind], text)
+    assert dec(loaded, enc(loaded, text)) == dec(toks[kind], enc(toks[kind], text))
+
+
+def test_token_counts_match_encoding_and_round_trip(toks, train_texts, tmp_path):
+  tok = toks["bpe"]
+  counts = T.token_counts(tok, train_texts)
+  assert counts.shape == (tok.get_vocab_size(),)
+  assert counts.sum() == sum(len(enc(tok, t)) for t in train_texts)
+  the = tok.encode(" the", add_special_tokens=False).ids
+  assert len(the) == 1 and counts[the[0]] > 100  # frequent
+  assert counts[: len(T.SPECIAL_TOKENS)].sum() == 0
+  T.save_tokenizer(tok, tmp_path)
+  assert T.save_counts(counts, tmp_path / "tokenizer.json") == tmp_path / "token_counts.npy"
+  np.testing.assert_array_equal(T.load_counts(tmp_path), counts)
+
+
+def test_build_or_load_tokenizer_caches(lee, tmp_path, monkeypatch):
+  tok, directory = T.build_or_load_tokenizer("bpe", lee, 300, cache_dir=tmp_path)
+  assert (directory / "tokenizer.json").exists() and (directory / "token_counts.npy").exists()
+  monkeypatch.setattr(T, "train_tokenizer", lambda *a, **k: pytest.fail("retrained on a cache hit"))
+  again, directory2 = T.build_or_load_tokenizer("bpe", lee, 300, cache_dir=tmp_path)
+  assert directory2 == directory and again.to_str() == tok.to_str()
+
+
+def test_unknown_kind_lists_kinds(train_texts):
+  with pytest.raises(ValueError, match=r"'sentencepiece'.*bpe, bpe-char, wordpiece, unigram, word, char, byte"):
+    T.train_tokenizer("sentencepiece", train_texts, 100)
+
+
+@pytest.mark.parametrize("kind", ["bpe", "byte", "char", "bpe-char", "word"])
+def test_vocab_too_small_states_minimum(train_texts, kind):
+  minimum = T.min_vocab_size(kind, train_texts)
+  with pytest.raises(ValueError, match=f"minimum is {minimum}"):
+    T.train_tokenizer(kind, train_texts, minimum - 1)
+  assert T.train_tokenizer(kind, train_texts, minimum).get_vocab_size() <= minimum
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "unigram"])
+def test_vocab_too_small_for_trainer_states_need(train_texts, kind):
+  with pytest.raises(ValueError, match=re.escape("vocab_size=") + r".*(minimum is|needs at least) \d+"):
+    T.train_tokenizer(kind, train_texts, T.min_vocab_size(kind, train_texts))
+
+
+def test_empty_training_text_is_an_error():
+  with pytest.raises(ValueError, match="no text"):
+    T.train_tokenizer("bpe", ["", ""], 300)

@@ -1,0 +1,302 @@
+"""Properties of the token embedding and the transformer, for every scheme."""
+
+import dataclasses
+import itertools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from research.embeddings import registry, token
+from research.model.config import ModelConfig
+from research.model.transformer import Transformer, count_params
+
+SCHEMES = ["none", "learned", "sinusoidal", "rope", "alibi", "t5"]
+V, L = 37, 7
+
+
+def tiny(**overrides) -> ModelConfig:
+  base = dict(vocab_size=V, d_model=16, num_layers=2, num_heads=2, mlp_dim=32, max_len=16, pos_dim=8)
+  return ModelConfig(**{**base, **overrides})
+
+
+def init(cfg, length=L, seed=0):
+  return jax.jit(Transformer(cfg).init)(jax.random.key(seed), jnp.zeros((1, length), jnp.int32))
+
+
+def tokens(batch=2, length=L, seed=1):
+  return jax.random.randint(jax.random.key(seed), (batch, length), 0, V)
+
+
+def vocabulary_matrices(params, cfg):
+  """Parameters with a V-sized axis: the token table, and the head when untied."""
+  return [x for x in jax.tree_util.tree_leaves(params) if cfg.vocab_size in x.shape]
+
+
+# ------------------------------------------------------------------------------------------- shapes, all schemes
+
+
+@pytest.mark.parametrize("scheme,kind", itertools.product(SCHEMES, ["decoder", "encoder"]))
+def test_shapes_for_every_scheme_kind_head_and_combine(scheme, kind):
+  for tie, combine in itertools.product([True, False], ["add", "concat"]):
+    cfg = tiny(position=scheme, kind=kind, tie_embeddings=tie, combine=combine)
+    variables = init(cfg)
+    model = Transformer(cfg)
+    hidden, logits = jax.jit(lambda v, ids: (model.apply(v, ids, return_hidden=True), model.apply(v, ids)))(
+        variables, tokens())
+    assert logits.shape == (2, L, V) and logits.dtype == jnp.float32
+    assert np.all(np.isfinite(logits))
+    assert hidden.shape == (2, L, cfg.width)
+    assert len(vocabulary_matrices(variables, cfg)) == (1 if tie else 2)
+    assert variables["params"]["token_embed"]["embedding"].shape == (V, cfg.d_model)
+
+
+# ---------------------------------------------------------------------------------------------------- causality
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_decoder_output_at_t_has_zero_gradient_wrt_inputs_after_t(scheme, norm):
+  cfg = tiny(position=scheme, norm=norm)
+  model = Transformer(cfg)
+  variables = init(cfg)
+  x = jax.random.normal(jax.random.key(3), (1, L, cfg.width))
+  pos = jnp.arange(L)[None]
+  w = jax.random.normal(jax.random.key(4), (cfg.width,))  # a plain sum of a LayerNorm output has zero gradient
+  for t in (0, 3, L - 2):
+    grad = jax.grad(lambda x: model.apply(variables, x, pos, method=Transformer.encode)[0, t] @ w)(x)
+    assert np.all(grad[0, t + 1:] == 0.0), (scheme, t)
+    assert np.any(grad[0, :t + 1] != 0.0)
+
+
+def test_encoder_sees_the_future():
+  cfg = tiny(position="alibi", kind="encoder")
+  variables = init(cfg)
+  x = jax.random.normal(jax.random.key(3), (1, L, cfg.width))
+  w = jax.random.normal(jax.random.key(4), (cfg.width,))
+  grad = jax.grad(lambda x: Transformer(cfg).apply(variables, x, jnp.arange(L)[None],
+                                                   method=Transformer.encode)[0, 0] @ w)(x)
+  assert np.all(np.any(grad[0] != 0.0, axis=-1))
+
+
+# ---------------------------------------------------------------------------------------------------- NoPE/shift
+
+
+def test_nope_encoder_is_permutation_equivariant():
+  cfg = tiny(position="none", kind="encoder")
+  variables = init(cfg)
+  ids = tokens(batch=1)
+  perm = np.random.default_rng(0).permutation(L)
+  out = Transformer(cfg).apply(variables, ids)
+  out_perm = Transformer(cfg).apply(variables, ids[:, perm])
+  assert np.allclose(out[:, perm], out_perm, atol=1e-5)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_shifting_positions_changes_only_absolute_schemes(scheme):
+  cfg = tiny(position=scheme, max_len=64)
+  variables = init(cfg)
+  ids = tokens()
+  pos = jnp.broadcast_to(jnp.arange(L), ids.shape)
+  model = Transformer(cfg)
+  default = model.apply(variables, ids)
+  assert np.array_equal(default, model.apply(variables, ids, pos))  # implicit positions are arange
+  shifted = model.apply(variables, ids, pos + 40)
+  relative_only = not registry.get_scheme(scheme).has_input
+  assert np.allclose(default, shifted, atol=2e-4) == relative_only
+
+
+# ------------------------------------------------------------------------------------------------------- tying
+
+
+def test_tied_gradient_is_the_sum_of_input_and_output_uses():
+  tied = tiny(position="rope")
+  untied = dataclasses.replace(tied, tie_embeddings=False)
+  variables = init(tied)
+  table = variables["params"]["token_embed"]["embedding"]
+  untied_vars = {"params": {**variables["params"], "lm_head": {"kernel": table.T}}}
+  ids = tokens()
+  targets = tokens(seed=5)
+
+  def loss(model, v):
+    logits = model.apply(v, ids)
+    return -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1).mean()
+
+  assert np.allclose(loss(Transformer(tied), variables), loss(Transformer(untied), untied_vars), rtol=1e-6)
+  g_tied = jax.grad(lambda v: loss(Transformer(tied), v))(variables)["params"]
+  g_untied = jax.grad(lambda v: loss(Transformer(untied), v))(untied_vars)["params"]
+  via_input = g_untied["token_embed"]["embedding"]
+  via_output = g_untied["lm_head"]["kernel"].T
+  absent = np.setdiff1d(np.arange(V), np.asarray(ids))
+  assert np.all(via_input[absent] == 0) and np.any(via_output[absent] != 0)  # both uses contribute...
+  assert np.allclose(g_tied["token_embed"]["embedding"], via_input + via_output, atol=1e-6)  # ...and add up
+
+
+def test_parameter_count_differs_by_exactly_the_head():
+  tied, untied = tiny(), tiny(tie_embeddings=False)
+  assert count_params(init(untied)) - count_params(init(tied)) == V * 16
+
+
+# --------------------------------------------------------------------------------------------- attention paths
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("kind", ["decoder", "encoder"])
+def test_xla_attention_matches_the_einsum_reference(scheme, kind):
+  cfg = tiny(position=scheme, kind=kind)
+  variables = init(cfg)
+  ids = tokens()
+  key_mask = jnp.array([[1] * L, [1] * (L - 2) + [0] * 2])
+  reference = Transformer(cfg).apply(variables, ids, key_mask_BxL=key_mask)
+  fused = Transformer(dataclasses.replace(cfg, attention="xla")).apply(variables, ids, key_mask_BxL=key_mask)
+  assert np.allclose(reference, fused, atol=1e-5)
+
+
+def test_key_mask_hides_padding():
+  cfg = tiny(position="learned", kind="encoder")
+  variables = init(cfg)
+  ids = tokens(batch=1)
+  mask = jnp.array([[1] * (L - 2) + [0, 0]])
+  a = Transformer(cfg).apply(variables, ids, key_mask_BxL=mask)
+  b = Transformer(cfg).apply(variables, ids.at[0, -2:].set(0), key_mask_BxL=mask)
+  assert np.allclose(a[:, :L - 2], b[:, :L - 2], atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------- dtypes
+
+
+def test_bf16_compute_keeps_f32_parameters_and_tracks_f32():
+  cfg = tiny(position="rope")
+  variables = init(dataclasses.replace(cfg, dtype="bfloat16"))
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(variables))
+  f32 = Transformer(cfg).apply(variables, tokens())
+  with jax.numpy_rank_promotion("raise"):
+    bf16 = Transformer(dataclasses.replace(cfg, dtype="bfloat16")).apply(variables, tokens())
+  assert bf16.dtype == jnp.bfloat16
+  assert np.abs(np.asarray(bf16, np.float32) - f32).max() < 0.05 * np.abs(f32).max() + 0.05
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_no_implicit_rank_promotion(scheme):
+  cfg = tiny(position=scheme, combine="concat", tie_embeddings=True)
+  with jax.numpy_rank_promotion("raise"):
+    variables = Transformer(cfg).init(jax.random.key(0), tokens())
+    jax.grad(lambda v: Transformer(cfg).apply(v, tokens()).sum())(variables)
+
+
+# ---------------------------------------------------------------------------------------------- token embedding
+
+
+def test_out_of_vocabulary_id_is_an_error_naming_id_and_v():
+  cfg = tiny()
+  variables = init(cfg)
+  with pytest.raises(ValueError, match=rf"token id {V + 3} is outside \[0, {V}\)"):
+    Transformer(cfg).apply(variables, jnp.array([[1, V + 3]]))
+  with pytest.raises(ValueError, match=r"token id -1 is outside"):
+    Transformer(cfg).apply(variables, jnp.array([[1, -1]]))
+  # Under jit: NaN, never the clamped last row.
+  assert np.all(np.isnan(jax.jit(Transformer(cfg).apply)(variables, jnp.array([[1, V + 3]]))[0, 1]))
+
+
+def test_embedding_init_scale_and_pretrained_matrix():
+  matrix = np.random.default_rng(0).normal(size=(V, 16)).astype(np.float32)
+  emb = token.TokenEmbedding(V, 16, embedding_init=token.from_matrix(matrix), scale=True)
+  variables = emb.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
+  assert np.array_equal(variables["params"]["embedding"], matrix)
+  out = emb.apply(variables, jnp.array([[3, 5]]))
+  assert np.allclose(out[0], matrix[[3, 5]] * 4.0)  # √16
+  with pytest.raises(ValueError, match=r"\(37, 16\).*\(37, 8\)"):
+    token.TokenEmbedding(V, 8, embedding_init=token.from_matrix(matrix)).init(jax.random.key(0), jnp.zeros((1, 1),
+                                                                                                        jnp.int32))
+
+
+@pytest.mark.parametrize("kind", ["normal", "uniform"])
+def test_initialisers_have_the_configured_std(kind):
+  table = token.make_init(kind, 0.05)(jax.random.key(0), (400, 100))
+  assert abs(float(table.std()) - 0.05) < 0.002
+  if kind == "uniform":
+    assert float(jnp.abs(table).max()) <= 0.05 * np.sqrt(3) + 1e-6
+
+
+def test_token_dropout_zeroes_whole_vocabulary_rows():
+  emb = token.TokenEmbedding(V, 4, token_dropout=0.5)
+  variables = emb.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
+  ids = jnp.tile(jnp.arange(V), (1, 20))  # every token 20 times
+  out = emb.apply(variables, ids, deterministic=False, rngs={"dropout": jax.random.key(7)})
+  table = variables["params"]["embedding"]
+  dropped = np.all(out[0] == 0, axis=-1).reshape(20, V)
+  assert np.all(dropped == dropped[0])  # a row is dropped everywhere or nowhere
+  assert 0 < dropped[0].sum() < V
+  kept = ~dropped[0]
+  assert np.allclose(out[0, :V][kept], 2.0 * table[kept])  # scaled by 1/(1-p)
+  assert np.array_equal(emb.apply(variables, ids), table[ids])  # deterministic: identity
+
+
+def test_embedding_dropout_is_elementwise_and_off_in_eval():
+  emb = token.TokenEmbedding(V, 64, dropout=0.5)
+  variables = emb.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
+  out = emb.apply(variables, jnp.array([[2, 2]]), deterministic=False, rngs={"dropout": jax.random.key(1)})
+  zero_fraction = float(jnp.mean(out == 0))
+  assert 0.3 < zero_fraction < 0.7 and not np.array_equal(out[0, 0] == 0, out[0, 1] == 0)
+
+
+# ------------------------------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(num_heads=3), r"num_heads=3 does not divide the model width 16; allowed head counts: 1, 2, 4, 8, 16"),
+    (dict(position="rope", d_model=18, num_heads=2), r"rope needs an even head dimension, got 9"),
+    (dict(max_len=0), r"model.max_len=0 must be >= 1"),
+    (dict(position="fire"), r"unknown positional scheme 'fire'; registered schemes: .*alibi.*rope.*t5"),
+    (dict(combine="mul"), r"model.combine='mul' is not one of add, concat"),
+    (dict(kind="seq2seq"), r"model.kind='seq2seq' is not one of decoder, encoder"),
+    (dict(dropout=1.5), r"model.dropout=1.5 must be in \[0, 1\)"),
+])
+def test_invalid_configs_fail_at_construction_naming_the_value(overrides, message):
+  with pytest.raises(ValueError, match=message):
+    tiny(**overrides)
+
+
+def test_unknown_field_lists_the_valid_ones():
+  with pytest.raises(ValueError, match=r"unknown model field\(s\) d_modle; valid fields: .*d_model"):
+    ModelConfig.from_dict({"d_modle": 8})
+
+
+# ---------------------------------------------------------------------------------------------- the registry
+
+
+def test_a_new_scheme_plugs_in_through_the_public_registry_only():
+
+  @registry.register("toy_constant_bias")
+  class ConstantBias(registry.PositionalScheme):
+    """A constant score bias: softmax-invariant, so the model must equal NoPE."""
+
+    def bias(self, q_positions_BxL, k_positions_BxL):
+      return jnp.full((1, self.cfg.num_heads, q_positions_BxL.shape[1], k_positions_BxL.shape[1]), 3.0)
+
+  @registry.register("toy_first_key")
+  class FirstKeyOnly(registry.PositionalScheme):
+    """Attend only to the first key: every position's attention output must be the same."""
+
+    def bias(self, q_positions_BxL, k_positions_BxL):
+      first = (k_positions_BxL == 0)[:, None, None, :]
+      return jnp.where(first, 0.0, -1e9) * jnp.ones((1, self.cfg.num_heads, q_positions_BxL.shape[1], 1))
+
+  try:
+    assert "toy_constant_bias" in registry.names()
+    ids = tokens()
+    variables = init(tiny(position="none"))
+    nope = Transformer(tiny(position="none")).apply(variables, ids)
+    assert np.allclose(Transformer(tiny(position="toy_constant_bias")).apply(variables, ids), nope, atol=1e-5)
+    assert not np.allclose(Transformer(tiny(position="toy_first_key")).apply(variables, ids), nope, atol=1e-3)
+  finally:
+    registry.unregister("toy_constant_bias")
+    registry.unregister("toy_first_key")
+  assert "toy_constant_bias" not in registry.names()
+
+
+def test_registering_a_non_scheme_is_refused():
+  with pytest.raises(TypeError, match="must subclass PositionalScheme"):
+    registry.register("bad")(nn.Dense)

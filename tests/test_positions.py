@@ -1,0 +1,192 @@
+"""Properties of every positional scheme (DESIGN.md), checked against closed forms, not against the code's output."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from research.embeddings import positions, registry, relative
+from research.model.config import ModelConfig
+from research.model.transformer import Transformer, count_params
+
+# ---------------------------------------------------------------------------------------------------- sinusoidal
+
+
+@given(st.lists(st.integers(0, 200_000), min_size=1, max_size=5), st.sampled_from([2, 6, 7, 16]))
+@settings(max_examples=25, deadline=None)
+def test_sinusoidal_matches_formula_at_any_position(pos, dim):
+  pe = np.asarray(positions.sinusoidal(jnp.asarray([pos]), dim, 10_000.0))[0]
+  for row, p in enumerate(pos):
+    for c in range(dim):
+      i = c // 2
+      angle = p / 10_000.0 ** (2 * i / dim)
+      expected = math.sin(angle) if c % 2 == 0 else math.cos(angle)
+      # float32 angles lose absolute precision as p grows: tolerance relative to the angle's magnitude.
+      assert abs(pe[row, c] - expected) < 1e-5 + 1e-6 * abs(angle), (p, c)
+
+
+def test_sinusoidal_wavelength_is_configurable():
+  a = positions.sinusoidal(jnp.arange(5)[None], 8, 10_000.0)
+  b = positions.sinusoidal(jnp.arange(5)[None], 8, 100.0)
+  assert np.allclose(a[..., 0], b[..., 0])  # i = 0 has wavelength 2π whatever the maximum
+  assert not np.allclose(a[..., 2:], b[..., 2:])
+
+
+# ---------------------------------------------------------------------------------------------------------- RoPE
+
+
+def _rope(x, pos, **kw):
+  inv, factor = relative.rope_frequencies(x.shape[-1], **kw)
+  return relative.apply_rope(x, pos, inv, factor)
+
+
+@given(st.integers(0, 5000), st.integers(0, 5000), st.integers(-3000, 3000), st.integers(0, 2**31 - 1))
+@settings(max_examples=30, deadline=None)
+def test_rope_score_depends_only_on_distance(m, n, shift, seed):
+  shift = max(shift, -min(m, n))
+  q, k = jax.random.normal(jax.random.key(seed), (2, 1, 1, 1, 16))
+  score = lambda a, b: float(jnp.sum(_rope(q, jnp.array([[a]])) * _rope(k, jnp.array([[b]]))))  # noqa: E731
+  assert score(m, n) == pytest.approx(score(m + shift, n + shift), rel=2e-3, abs=2e-3)
+
+
+def test_rope_preserves_norms_and_passes_unrotated_channels():
+  x = jax.random.normal(jax.random.key(1), (2, 9, 3, 12))
+  pos = jnp.broadcast_to(jnp.arange(9) * 37, (2, 9))
+  inv, _ = relative.rope_frequencies(8)  # rotate 8 of 12 channels
+  y = relative.apply_rope(x, pos, inv)
+  assert np.allclose(jnp.linalg.norm(y, axis=-1), jnp.linalg.norm(x, axis=-1), rtol=1e-5)
+  assert np.array_equal(y[..., 8:], x[..., 8:])
+  assert np.allclose(y[:, 0], x[:, 0])  # position 0 is the identity rotation
+
+
+def test_rope_linear_scaling_is_position_interpolation():
+  x = jax.random.normal(jax.random.key(2), (1, 6, 2, 8))
+  pos = jnp.arange(0, 24, 4)[None]
+  scaled = _rope(x, pos, scaling="linear", factor=4.0)
+  assert np.allclose(scaled, _rope(x, pos // 4), atol=1e-5)
+
+
+def test_rope_ntk_uses_the_scaled_base():
+  d, s, b = 16, 8.0, 10_000.0
+  ntk, factor = relative.rope_frequencies(d, b, "ntk", s)
+  plain, _ = relative.rope_frequencies(d, b * s ** (d / (d - 2)))
+  assert factor == 1.0 and np.allclose(ntk, plain)
+  assert ntk[0] == pytest.approx(1.0)  # the highest frequency is untouched; the lowest is interpolated by s
+  assert float(ntk[-1]) == pytest.approx(float(relative.rope_frequencies(d, b)[0][-1]) / s, rel=1e-5)
+
+
+def test_rope_yarn_keeps_high_frequencies_interpolates_low_and_sets_temperature():
+  d, s = 64, 8.0
+  yarn, factor = relative.rope_frequencies(d, 10_000.0, "yarn", s, original_len=4096)
+  plain, _ = relative.rope_frequencies(d, 10_000.0)
+  assert factor == pytest.approx(0.1 * math.log(s) + 1)
+  # Pair i makes L·θ_i/2π rotations over the original length L. Pairs with more than beta_fast = 32 rotations
+  # (i <= 10 here) are kept; pairs with fewer than beta_slow = 1 (i >= 23) are interpolated by s.
+  rotations = 4096 * np.asarray(plain) / (2 * math.pi)
+  assert np.allclose(yarn[rotations > 32], plain[rotations > 32])
+  assert np.allclose(yarn[rotations < 1], plain[rotations < 1] / s)
+  assert np.all(np.diff(np.asarray(yarn / plain)) <= 1e-7)  # the ramp in between is monotone
+
+
+# --------------------------------------------------------------------------------------------------------- ALiBi
+
+
+def _paper_slopes(n):
+  """The ALiBi authors' reference implementation (github.com/ofirpress/attention_with_linear_biases)."""
+
+  def get_slopes_power_of_2(n):
+    start = 2 ** (-2 ** -(math.log2(n) - 3))
+    return [start * start ** i for i in range(n)]
+
+  if math.log2(n).is_integer():
+    return get_slopes_power_of_2(n)
+  closest = 2 ** math.floor(math.log2(n))
+  return get_slopes_power_of_2(closest) + _paper_slopes(2 * closest)[0::2][: n - closest]
+
+
+@pytest.mark.parametrize("heads", range(1, 17))
+def test_alibi_slopes_match_the_paper(heads):
+  assert np.allclose(relative.alibi_slopes(heads), _paper_slopes(heads), rtol=1e-12)
+
+
+def test_alibi_slopes_for_eight_heads_are_halvings():
+  assert np.allclose(relative.alibi_slopes(8), [1 / 2 ** h for h in range(1, 9)])
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_alibi_bias_is_linear_in_distance(causal):
+  pos = jnp.array([[3, 4, 5, 6, 7, 8]])
+  bias = np.asarray(relative.alibi_bias(pos, pos, relative.alibi_slopes(4), causal))
+  slopes = relative.alibi_slopes(4)
+  for h in range(4):
+    for i in range(6):
+      for j in range(6):
+        if causal and j > i:
+          continue  # masked by causality
+        assert bias[0, h, i, j] == pytest.approx(-slopes[h] * abs(i - j))
+
+
+# ------------------------------------------------------------------------------------------------------ T5 bias
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_t5_buckets_are_exact_near_and_logarithmic_far(bidirectional):
+  rel = jnp.arange(-300, 301)
+  b = np.asarray(relative.t5_buckets(rel, bidirectional, 32, 128))
+  half = 16 if bidirectional else 32
+  exact = half // 2
+  past = b[rel <= 0][::-1]  # distance 0, 1, 2, ... into the past
+  assert list(past[:exact]) == list(range(exact))
+  assert np.all(np.diff(past) >= 0) and past.max() == half - 1
+  assert np.all(past[128:] == half - 1)  # beyond max_distance everything shares the last bucket
+  future = b[rel > 0]
+  if bidirectional:
+    assert future.min() >= half  # the other half of the buckets
+  else:
+    assert np.all(future == 0)  # a causal model never looks ahead
+
+
+def test_t5_bias_is_shift_invariant_and_one_table():
+  cfg = ModelConfig(vocab_size=11, d_model=8, num_heads=2, mlp_dim=8, num_layers=3, position="t5")
+  scheme = registry.get_scheme("t5")(cfg)
+  pos = jnp.arange(10)[None]
+  variables = scheme.init(jax.random.key(0), pos, pos, method="bias")
+  a = scheme.apply(variables, pos, pos, method="bias")
+  b = scheme.apply(variables, pos + 1000, pos + 1000, method="bias")
+  assert np.array_equal(a, b)
+  params = Transformer(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+  tables = [p for p, _ in jax.tree_util.tree_flatten_with_path(params)[0] if "rel_bias" in jax.tree_util.keystr(p)]
+  assert len(tables) == 1  # shared by the three layers
+
+
+# ------------------------------------------------------------------------------------------- learned and concat
+
+
+def test_learned_position_beyond_table_is_an_error_naming_both():
+  cfg = ModelConfig(vocab_size=11, d_model=8, num_heads=2, mlp_dim=8, position="learned", max_len=6)
+  model = Transformer(cfg)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 6), jnp.int32))
+  with pytest.raises(ValueError, match=r"position 7 is outside \[0, 6\): the learned table has length 6"):
+    model.apply(variables, jnp.zeros((1, 8), jnp.int32))
+  # Under jit the check cannot run; the lookup must then poison the output instead of clamping to row 5.
+  logits = jax.jit(model.apply)(variables, jnp.zeros((1, 8), jnp.int32))
+  assert np.all(np.isnan(logits[0, 6:]))
+
+
+@pytest.mark.parametrize("scheme", ["learned", "sinusoidal"])
+def test_concat_grows_the_width_and_the_parameter_count(scheme):
+  base = dict(vocab_size=11, d_model=8, num_heads=2, mlp_dim=16, num_layers=1, position=scheme, max_len=5)
+  add = ModelConfig(**base, combine="add")
+  cat = ModelConfig(**base, combine="concat", pos_dim=4)
+  assert add.width == 8 and cat.width == 12
+  count = lambda c: count_params(Transformer(c).init(jax.random.key(0), jnp.zeros((1, 3), jnp.int32)))  # noqa
+  # Width w: qkv 3w², out w², mlp 2·16w, two block norms + final norm 3·2w; tables 11·8 (+ 5·pos for learned);
+  # tied head with concat projects w → 8.
+  def expected(w, pos_width, head_proj):
+    learned = 5 * pos_width if scheme == "learned" else 0
+    return 4 * w * w + 32 * w + 6 * w + 11 * 8 + learned + (w * 8 if head_proj else 0)
+  assert count(add) == expected(8, 8, False)
+  assert count(cat) == expected(12, 4, True)
