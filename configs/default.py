@@ -66,6 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.b2 = 0.95
   c.train.momentum = 0.9  # sgd only
   c.train.z_loss = 0.0
+  c.train.loss_chunk = 0  # tokens per chunk of LM head + loss (never the full logits); 0 = all at once
   c.train.checkpoint_every = 500
   c.train.keep_checkpoints = 2  # plus the best by validation loss
   c.train.async_checkpoints = True

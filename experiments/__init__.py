@@ -1,0 +1,1 @@
+"""Thin command-line entry points (absl): train, evaluate, sweep, report, quickstart."""

@@ -1,0 +1,129 @@
+"""Training throughput and MFU of the real model and train step, per positional scheme.
+
+  python3 benchmarks/throughput.py [--schemes learned,rope,alibi,...] [--json] [--loss-chunk N] [--attention xla]
+
+Shape (the issue's): V=8192, d=256, 4 layers, 4 heads, MLP 1024, T=256, batch 16, float32, AdamW, tied embeddings.
+Each scheme runs in its own process (so compile time and peak RSS are its own); the parent first measures the
+float32 matmul peak on the spot (best of several 2048³ matmuls through jax).
+
+Per scheme: tokens/s from the best of `--windows` windows of `--steps` steps after warm-up (the machine is shared,
+so the best window is the one least disturbed by other work; the median is printed too), MFU = tokens/s × FLOPs per
+token / peak with FLOPs per token = 6·N + 12·layers·heads·head_dim·T (PaLM appendix B, nanoGPT's estimate_mfu; N is
+defined in `common.flops_per_token`), compile seconds (lower + compile of the train step) and the worker's peak RSS.
+`--json` prints one object per scheme: scheme, tokens_per_s, mfu, compile_s, peak_rss_mb (and a few more keys).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+DEFAULT_SCHEMES = "none,learned,sinusoidal,rope,alibi,t5"
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--schemes", default=DEFAULT_SCHEMES, help="comma-separated registered scheme names")
+  p.add_argument("--json", action="store_true", help="one JSON object per scheme instead of a table")
+  p.add_argument("--vocab", type=int, default=8192)
+  p.add_argument("--d-model", type=int, default=256)
+  p.add_argument("--layers", type=int, default=4)
+  p.add_argument("--heads", type=int, default=4)
+  p.add_argument("--mlp-dim", type=int, default=1024)
+  p.add_argument("--seq-len", type=int, default=256)
+  p.add_argument("--batch", type=int, default=16)
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  p.add_argument("--attention", default="xla", choices=("xla", "einsum"))
+  p.add_argument("--loss-chunk", type=int, default=1024, help="tokens per LM-head/cross-entropy chunk; 0 = off")
+  p.add_argument("--warmup", type=int, default=3, help="steps run before timing")
+  p.add_argument("--steps", type=int, default=3, help="steps per timing window")
+  p.add_argument("--windows", type=int, default=8, help="timing windows; the best one is reported")
+  p.add_argument("--peak-size", type=int, default=2048, help="n of the n³ matmul that measures the peak")
+  p.add_argument("--peak", type=float, default=0.0, help="use this f32 peak (FLOP/s) instead of measuring it")
+  p.add_argument("--worker", default="", help=argparse.SUPPRESS)
+  return p.parse_args(argv)
+
+
+def shape_from(args):
+  from common import Shape
+  return Shape(vocab=args.vocab, d_model=args.d_model, layers=args.layers, heads=args.heads, mlp_dim=args.mlp_dim,
+               seq_len=args.seq_len, batch=args.batch, dtype=args.dtype)
+
+
+def run_scheme(args) -> dict:
+  """Worker: compile and time one scheme in this process; returns the result row."""
+  import jax
+
+  import common
+  from research.train import steps
+
+  shape = shape_from(args)
+  cfg = shape.model_config(args.worker, args.attention)
+  fpt, n = common.flops_per_token(cfg, shape.seq_len)
+  settings = steps.StepSettings(objective="clm", vocab_size=shape.vocab, loss_chunk=args.loss_chunk)
+  step, state = common.build_step(cfg, settings, shape.seq_len)
+  batch = common.make_batch(shape)
+  compile_s, compiled = common.compile_seconds(step, state, batch)
+  del compiled  # the jitted function compiles again on first call (cache hit for the persistent cache only)
+
+  def run(k):
+    nonlocal state
+    for _ in range(k):
+      state, metrics = step(state, batch)
+    jax.block_until_ready((state, metrics))
+    return metrics
+
+  metrics = run(args.warmup)
+  best, times = common.best_window(run, args.windows, args.steps)
+  tokens = shape.batch * shape.seq_len
+  return {"scheme": args.worker, "tokens_per_s": tokens / best, "mfu": tokens / best * fpt / args.peak,
+          "compile_s": compile_s, "peak_rss_mb": common.peak_rss_mb(),
+          "median_tokens_per_s": tokens / statistics.median(times), "step_ms": best * 1e3,
+          "flops_per_token": fpt, "n_params_counted": n, "loss": float(metrics["loss"])}
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  if args.worker:
+    print(json.dumps(run_scheme(args)))
+    return
+  import common
+
+  peak = args.peak or common.matmul_peak(args.peak_size)
+  rows = []
+  passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--json"]
+  for scheme in [s for s in args.schemes.split(",") if s]:
+    cmd = [sys.executable, os.path.abspath(__file__), *passthrough, "--worker", scheme, "--peak", repr(peak)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+      sys.stderr.write(out.stderr)
+      raise SystemExit(f"scheme {scheme} failed (exit {out.returncode})")
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    row["peak_gflops"] = peak / 1e9
+    rows.append(row)
+    if args.json:
+      print(json.dumps(row), flush=True)
+  if args.json:
+    return
+  shape = shape_from(args)
+  print(f"commit {common.commit()}  {time.strftime('%Y-%m-%d %H:%M')}  shape V={shape.vocab} d={shape.d_model} "
+        f"L={shape.layers} H={shape.heads} mlp={shape.mlp_dim} T={shape.seq_len} B={shape.batch} {shape.dtype}  "
+        f"attention={args.attention} loss_chunk={args.loss_chunk}  XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+  print(f"f32 matmul peak {peak / 1e9:.0f} GFLOP/s ({args.peak_size}³, best of 10)  "
+        f"FLOPs/token {rows[0]['flops_per_token'] / 1e6:.2f} M (N={rows[0]['n_params_counted']:,})" if rows else "")
+  print(f"{'scheme':<11} {'tokens/s':>9} {'(median)':>9} {'MFU':>6} {'step ms':>8} {'compile s':>9} {'RSS MB':>7}")
+  for r in rows:
+    print(f"{r['scheme']:<11} {r['tokens_per_s']:9.0f} {r['median_tokens_per_s']:9.0f} {r['mfu']:6.1%} "
+          f"{r['step_ms']:8.0f} {r['compile_s']:9.1f} {r['peak_rss_mb']:7.0f}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,43 @@
+r"""Write an ablation report for a sweep (or run) directory.
+
+  research-report runs/positions
+  python -m experiments.report runs/positions
+
+Writes DIR/report.md, DIR/table.csv, DIR/table.tex and PNG plots, prints the table and the paths written. A missing,
+empty or foreign directory prints `error: <message>` and exits with status 2.
+"""
+
+import sys
+
+from absl import app
+
+from research.report import ReportError, build_report
+
+USAGE = "usage: research-report DIR (a sweep directory with sweep.json, a directory of runs, or one run)"
+
+
+def main(argv):
+  if len(argv) != 2:
+    print(f"error: {USAGE}", file=sys.stderr)
+    sys.exit(2)
+  try:
+    report = build_report(argv[1])
+  except ReportError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(report.table)
+  print()
+  print(f"report: {report.markdown_path}")
+  print(f"tables: {report.csv_path} {report.latex_path}")
+  for path in report.plots.values():
+    print(f"plot: {path}")
+  for name, reason in report.skipped.items():
+    print(f"skipped {name}: {reason}")
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

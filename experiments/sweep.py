@@ -1,0 +1,63 @@
+r"""Run a sweep: one process per trial, resumable, with a sweep.json index.
+
+  research-sweep --sweep=configs/sweeps/positions.py --workdir=runs/positions [--jobs=N] [--dry_run] [--evaluate]
+  research-sweep --sweep=configs/sweeps/positions.py --workdir=gs://bucket/positions --print_commands \
+                 --tpu=NAME --zone=ZONE
+
+Rerunning skips finished trials and resumes interrupted ones from their checkpoints; a failed trial is recorded
+with its error (sweep.json, and <trial>/error.log) and does not stop the others.
+"""
+
+import dataclasses
+
+from absl import app, flags
+
+from experiments.common import run_main
+from research import sweeps
+from research.train.configuration import ConfigError
+
+_SWEEP = flags.DEFINE_string("sweep", None, "Sweep file defining get_sweep().")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory: one subdirectory per trial.")
+_JOBS = flags.DEFINE_integer("jobs", 1, "Trials run at the same time.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the trials and their commands; run nothing.")
+_EVALUATE = flags.DEFINE_bool("evaluate", None, "Run research-evaluate after each trial (default: the sweep "
+                              "file's EVALUATE; --noevaluate turns it off).")
+_PRINT = flags.DEFINE_bool("print_commands", False, "Print per-host TPU pod commands instead of running.")
+_TPU = flags.DEFINE_string("tpu", None, "TPU VM name (with --print_commands).")
+_ZONE = flags.DEFINE_string("zone", None, "TPU zone (with --print_commands).")
+
+
+@run_main
+def main(argv):
+  if len(argv) > 1:
+    raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+  sweep = sweeps.load_sweep(_SWEEP.value)
+  if _EVALUATE.value is False:
+    sweep = dataclasses.replace(sweep, evaluate=None)
+  elif _EVALUATE.value and not sweep.evaluate:
+    sweep = dataclasses.replace(sweep, evaluate={"lengths": [1, 2, 4, 8, 16]})
+  if _PRINT.value:
+    if not _TPU.value or not _ZONE.value:
+      raise ConfigError("--print_commands needs --tpu=NAME and --zone=ZONE")
+    for line in sweeps.tpu_commands(sweep, _WORKDIR.value, _TPU.value, _ZONE.value):
+      print(line)
+    return
+  if _DRY_RUN.value:
+    for trial in sweep.trials:
+      print(f"{trial.name}: {' '.join(sweeps.train_command(sweep, trial, f'{_WORKDIR.value}/{trial.name}'))}")
+    print(f"{len(sweep.trials)} trials")
+    return
+  status = sweeps.run_sweep(sweep, _WORKDIR.value, jobs=_JOBS.value)
+  failed = [name for name, record in status.items() if record["status"] == "failed"]
+  print(f"{len(status) - len(failed)} of {len(status)} trials finished; sweep index: {_WORKDIR.value}/sweep.json")
+  if failed:
+    raise SystemExit(1)
+
+
+def run():
+  flags.mark_flags_as_required(["sweep", "workdir"])
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,38 @@
+r"""Train (or resume) one run.
+
+  research-train --config=configs/clm.py --workdir=runs/clm [--config.model.position=alibi ...]
+  python -m experiments.train --config=configs/tiny.py --workdir=/tmp/run
+
+Rerunning the same command in the same workdir resumes from the latest checkpoint.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from experiments.common import check_override_flags, run_main
+from research.train import configuration, loop
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config().",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; resumed when it holds a run).")
+
+
+@run_main
+def main(argv):
+  if len(argv) > 1:
+    raise configuration.ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.ERROR)  # Orbax logs every save (and saves without metrics) at INFO/WARNING
+  summary = loop.train(_CONFIG.value, _WORKDIR.value)
+  print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
+
+
+def run():
+  check_override_flags(sys.argv)
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

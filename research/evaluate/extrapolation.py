@@ -1,0 +1,154 @@
+"""Length extrapolation: perplexity of a trained run at multiples of its training length.
+
+`evaluate_run(workdir, lengths=(1, 2, 4, 8, 16), mode=..., stride=...)` scores every token of a split once at each
+length (nonoverlapping windows, or the ALiBi paper's sliding windows that score only the last `stride` tokens of
+each window) and writes `RUN/eval/extrapolation.json`:
+
+  {"train_len": T, "mode": ..., "stride": S | null, "split": "valid", "checkpoint_step": k, "rope_scaling": ...,
+   "results": [{"multiple": m, "length": m*T, "ppl": x, "tokens": n}, ...]}
+
+A scheme that cannot represent a length (a learned table shorter than m·T) gets `"ppl": null` and a `"note"`:
+reported as n/a, never a crash and never a clamped number. Memory stays bounded: the batch shrinks as the length
+grows (`max_tokens_per_batch`), so at most one [H, L, L] score tensor per row is live.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from research.data import batches as batches_lib
+from research.data import tokenizers as tokenizers_lib
+from research.embeddings import registry
+from research.model.config import ModelConfig
+from research.model.transformer import Transformer
+from research.train import checkpoint as checkpoint_lib
+from research.train import configuration, loop, optim, steps
+
+MODES = batches_lib.EVAL_MODES
+EVAL_DIR = "eval"
+
+
+class EvaluationError(ValueError):
+  """A user error: a directory that is not a finished or checkpointed run, a bad length or mode."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedRun:
+  config: ml_collections.ConfigDict
+  model_cfg: ModelConfig
+  params: Any
+  step: int
+  splits: dict[str, np.ndarray]
+
+
+def load_run(workdir: str | Path, checkpoint: str = "best") -> LoadedRun:
+  """Config, tokenizer, token streams and the parameters of the run's best (or last) checkpoint."""
+  workdir = Path(workdir)
+  if not (workdir / loop.CONFIG_FILE).exists():
+    raise EvaluationError(f"{str(workdir)!r} is not a run directory (no {loop.CONFIG_FILE})")
+  config = ml_collections.ConfigDict(json.loads((workdir / loop.CONFIG_FILE).read_text()))
+  tokenizer = tokenizers_lib.load_tokenizer(workdir)
+  splits = batches_lib.build_or_load_cache(config.data.corpus, tokenizer, cache_dir=config.data.cache_dir or None,
+                                           errors=config.data.errors)
+  ckpt_dir = workdir / "checkpoints"
+  if not ckpt_dir.exists():
+    raise EvaluationError(f"run {str(workdir)!r} has no checkpoints to evaluate")
+  model_cfg = configuration.model_config(config, tokenizer.get_vocab_size())
+  # Restore onto this process's first device, whatever mesh the run was trained on.
+  model, tx = Transformer(model_cfg), optim.make_optimizer(config.train)
+  abstract = jax.eval_shape(lambda r: steps.init_state(r, model=model, optimizer=tx, seq_len=config.data.seq_len),
+                            jax.random.key(0))
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
+  with checkpoint_lib.Checkpointer(ckpt_dir, keep=10**6, async_save=False) as ckpt:
+    step = (ckpt.best_step() if checkpoint == "best" else None) or ckpt.latest_step()
+    if step is None:
+      raise EvaluationError(f"run {str(workdir)!r} has no complete checkpoint")
+    state, _ = ckpt.restore(step, target=target)
+  return LoadedRun(config, model_cfg, state.params, int(step), splits)
+
+
+def _batch_size(length: int, max_tokens_per_batch: int) -> int:
+  return max(1, max_tokens_per_batch // length)
+
+
+def split_perplexity(run: LoadedRun, model_cfg: ModelConfig, ids: np.ndarray, length: int, *,
+                     mode: str = "nonoverlapping", stride: int | None = None,
+                     max_tokens_per_batch: int = 8192) -> tuple[float, int]:
+  """(perplexity, tokens scored) of `ids` at window `length`; every target token is scored exactly once."""
+  model = Transformer(model_cfg)
+  settings = steps.StepSettings(objective=run.config.objective, vocab_size=model_cfg.vocab_size,
+                                mlm_select_rate=run.config.data.mlm_select_rate,
+                                mlm_mask_rate=run.config.data.mlm_mask_rate,
+                                mlm_random_rate=run.config.data.mlm_random_rate)
+  step = jax.jit(functools.partial(steps.eval_step, model=model, settings=settings))
+  batch_size = _batch_size(length, max_tokens_per_batch)
+  if run.config.objective == "clm":
+    it = batches_lib.eval_batches(ids, length, batch_size, mode, stride)
+  else:
+    if mode != "nonoverlapping":
+      raise EvaluationError(f"mode={mode!r} is for causal LMs; a masked LM is evaluated nonoverlapping")
+    it = batches_lib.PackedBatches(ids, length, batch_size, objective="mlm", shuffle=False, num_epochs=1)
+  rng = jax.random.key(run.config.seed + 1)
+  nll, tokens = 0.0, 0.0
+  for batch in it:
+    sums = jax.device_get(step(run.params, batch, rng))
+    nll += float(sums["nll_sum"])
+    tokens += float(sums["weight_sum"])
+  return math.exp(nll / max(tokens, 1.0)), int(round(tokens))
+
+
+def evaluate_run(workdir: str | Path, lengths: Sequence[int] = (1, 2, 4, 8, 16), *, mode: str = "nonoverlapping",
+                 stride: int | None = None, split: str = "valid", checkpoint: str = "best",
+                 rope_scaling: str | None = None, rope_factor: float | None = None,
+                 max_tokens_per_batch: int = 8192, output: str | None = None) -> dict[str, Any]:
+  """Perplexity at each multiple in `lengths` of the training length; writes and returns the JSON described above.
+
+  `rope_scaling` (linear | ntk | yarn) switches RoPE scaling on at evaluation time; `rope_factor` None means "the
+  multiple itself" at each length (scale so that the evaluated length maps onto the trained one).
+  """
+  if mode not in MODES:
+    raise EvaluationError(f"mode={mode!r} is not one of {', '.join(MODES)}")
+  if not lengths or any(int(m) < 1 for m in lengths):
+    raise EvaluationError(f"lengths={list(lengths)!r} must be positive multiples of the training length")
+  run = load_run(workdir, checkpoint)
+  if split not in run.splits:
+    raise EvaluationError(f"split={split!r} is not one of {', '.join(run.splits)}")
+  train_len = int(run.config.data.seq_len)
+  if mode == "sliding":
+    stride = stride or max(1, train_len // 2)
+  results = []
+  for multiple in lengths:
+    length = int(multiple) * train_len
+    if mode == "sliding" and stride > length:
+      raise EvaluationError(f"stride={stride} is longer than the window length {length}")
+    model_cfg = run.model_cfg
+    if rope_scaling:
+      model_cfg = dataclasses.replace(model_cfg, rope_scaling=rope_scaling,
+                                      rope_factor=float(rope_factor or max(1.0, float(multiple))),
+                                      rope_original_len=train_len)
+    limit = registry.get_scheme(model_cfg.position).max_length(model_cfg)
+    if limit is not None and length > limit:
+      results.append({"multiple": int(multiple), "length": length, "ppl": None, "tokens": 0,
+                      "note": f"{model_cfg.position} positions are defined up to {limit}, not {length}"})
+      continue
+    ppl, tokens = split_perplexity(run, model_cfg, run.splits[split], length, mode=mode, stride=stride,
+                                   max_tokens_per_batch=max_tokens_per_batch)
+    results.append({"multiple": int(multiple), "length": length, "ppl": ppl, "tokens": tokens})
+  report = {"train_len": train_len, "mode": mode, "stride": stride if mode == "sliding" else None, "split": split,
+            "checkpoint_step": run.step, "rope_scaling": rope_scaling,
+            "rope_factor": rope_factor if rope_scaling else None, "results": results}
+  out_dir = Path(workdir) / EVAL_DIR
+  out_dir.mkdir(exist_ok=True)
+  name = output or ("extrapolation.json" if not rope_scaling else f"extrapolation_{rope_scaling}.json")
+  loop.atomic_write_json(out_dir / name, report)
+  return report

@@ -1,0 +1,136 @@
+"""build_report(directory): load the runs, write report.md, table.csv, table.tex and the PNG plots."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import re
+
+from research.report import plots, tables
+from research.report.runs import RunSet, load_runs
+
+REPORT_MD = "report.md"
+TABLE_CSV = "table.csv"
+TABLE_TEX = "table.tex"
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+  directory: pathlib.Path
+  markdown_path: pathlib.Path
+  csv_path: pathlib.Path
+  latex_path: pathlib.Path
+  plots: dict[str, pathlib.Path]  # file name -> path, for the plots written
+  skipped: dict[str, str]  # file name -> why the plot was not drawn
+  table: str  # the markdown table followed by its footnotes (what the CLI prints)
+  runs: RunSet
+  data: tables.Table
+
+  @property
+  def paths(self) -> list[pathlib.Path]:
+    return [self.markdown_path, self.csv_path, self.latex_path, *self.plots.values()]
+
+
+def _write(path: pathlib.Path, text: str) -> None:
+  tmp = path.with_name(f".{path.name}.tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+  text = re.sub(r"\s+", " ", str(text)).strip()
+  return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _evaluation_line(runs: RunSet) -> str | None:
+  settings = []
+  for t in runs.trials:
+    e = t.extrapolation
+    if t.finished and e is not None:
+      s = f"mode={e.mode}" + (f", stride={e.stride}" if e.stride is not None else "")
+      s += f", split={e.split}, train length={e.train_len}"
+      if s not in settings:
+        settings.append(s)
+  if not settings:
+    return None
+  line = "Evaluation: " + "; ".join(settings) + "."
+  if len(settings) > 1:
+    line += " **Warning:** the trials were evaluated with different settings."
+  return line
+
+
+def render_markdown(runs: RunSet, table: tables.Table, written: dict[str, pathlib.Path],
+                    skipped: dict[str, str]) -> tuple[str, str]:
+  """(report.md text, the table with its footnotes)."""
+  md_table, footnotes = tables.to_markdown(table)
+  table_text = md_table + ("\n\n" + "\n".join(footnotes) if footnotes else "")
+  counts: dict[str, int] = {}
+  for t in runs.trials:
+    counts[t.status] = counts.get(t.status, 0) + 1
+  swept = ", ".join(f"`{f}`" for f in table.fields) or "none"
+  seeds = ", ".join(f"`{f}`" for f in runs.replicate_fields)
+  out = [
+      f"# Report: {runs.name}",
+      "",
+      f"Directory: `{runs.directory}` ({runs.layout}). Trials: {len(runs.trials)} ("
+      + ", ".join(f"{n} {s}" for s, n in counts.items()) + ").",
+      "",
+      f"Rows group the trials by the swept fields {swept}"
+      + (f"; {seeds} are replicates" if seeds else "") + ". Cells are perplexities, mean ± sample std (ddof=1) over "
+      "the finished trials of a row (`n`; a cell's own n is shown where it differs); lower is better, the best mean "
+      "per column is in **bold**; n/a = no value (footnotes say why).",
+  ]
+  line = _evaluation_line(runs)
+  if line:
+    out += ["", line]
+  out += ["", table_text, ""]
+  not_finished = [t for t in runs.trials if not t.finished]
+  out += ["## Failed and unfinished trials", ""]
+  if not_finished:
+    for t in not_finished:
+      out.append(f"- `{t.name}`: {t.status}" + (f": {_one_line(t.error)}" if t.error else ""))
+  else:
+    out.append("None: every trial finished.")
+  out += ["", "## Plots", ""]
+  titles = {plots.PPL_VS_LENGTH: "Perplexity vs evaluation length", plots.CURVES: "Training and validation loss",
+            plots.TIED_VS_UNTIED: "Tied vs untied embeddings"}
+  for name, title in titles.items():
+    if name in written:
+      out += [f"### {title}", "", f"![{title}]({name})", ""]
+    else:
+      out += [f"- {title} (`{name}`): skipped, {skipped[name]}.", ""]
+  out += [f"Tables: [{TABLE_CSV}]({TABLE_CSV}), [{TABLE_TEX}]({TABLE_TEX}).", ""]
+  return "\n".join(out), table_text
+
+
+def build_report(directory: str | os.PathLike) -> Report:
+  """Reads the run files under `directory` and writes report.md, table.csv, table.tex and the PNGs into it.
+
+  Raises `ReportError` (a ValueError) for a missing, empty or foreign directory or malformed run files. A plot
+  whose data is missing is skipped (the reason is in report.md) and a stale PNG of that name is removed.
+  """
+  runs = load_runs(directory)
+  out_dir = runs.directory
+  table = tables.build_table(runs)
+  drawers = {
+      plots.PPL_VS_LENGTH: lambda p: plots.plot_ppl_vs_length(table, p),
+      plots.CURVES: lambda p: plots.plot_curves(table, runs, p),
+      plots.TIED_VS_UNTIED: lambda p: plots.plot_tied_vs_untied(table, p),
+  }
+  written, skipped = {}, {}
+  for name, draw in drawers.items():
+    path = out_dir / name
+    reason = draw(path)
+    if reason is None:
+      written[name] = path
+    else:
+      skipped[name] = reason
+      path.unlink(missing_ok=True)  # a PNG from an earlier report would contradict this one
+  csv_path, tex_path, md_path = out_dir / TABLE_CSV, out_dir / TABLE_TEX, out_dir / REPORT_MD
+  _write(csv_path, tables.to_csv(table))
+  _write(tex_path, tables.to_latex(table))
+  markdown, table_text = render_markdown(runs, table, written, skipped)
+  _write(md_path, markdown)
+  return Report(directory=out_dir, markdown_path=md_path, csv_path=csv_path, latex_path=tex_path, plots=written,
+                skipped=skipped, table=table_text, runs=runs, data=table)

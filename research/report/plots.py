@@ -1,0 +1,149 @@
+"""PNG plots from a table and its runs. Uses matplotlib's object API with the Agg canvas (no pyplot, no global
+backend state), so it works headless and from threads.
+
+Each plot function writes its file and returns None, or returns the reason it was skipped (and writes nothing).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from research.report.runs import RunSet
+from research.report.tables import VALID_PPL, Table, format_value
+
+PPL_VS_LENGTH = "ppl_vs_length.png"
+CURVES = "curves.png"
+TIED_VS_UNTIED = "tied_vs_untied.png"
+
+
+def _color(i: int) -> str:
+  return f"C{i % 10}"
+
+
+def _save(fig: Figure, path: pathlib.Path) -> None:
+  FigureCanvasAgg(fig)
+  fig.tight_layout()
+  tmp = path.with_name(f".{path.name}.tmp")
+  fig.savefig(tmp, format="png", dpi=120)
+  os.replace(tmp, path)
+
+
+def plot_ppl_vs_length(table: Table, path: pathlib.Path) -> str | None:
+  """Mean perplexity per group against evaluation length (log-log), shaded min..max over seeds; n/a skipped."""
+  eval_columns = [c for c in table.columns if c.length is not None]
+  series = []
+  for gi, g in enumerate(table.groups):
+    pts = []
+    for c in eval_columns:
+      cell = table.cell(gi, c)
+      if cell.n:
+        pts.append((c.length, cell.mean, min(cell.values), max(cell.values)))
+    if pts:
+      series.append((gi, g, sorted(pts)))
+  if not series:
+    return "no finished trial has an evaluated length (eval/extrapolation.json with a perplexity)"
+  fig = Figure(figsize=(7, 4.5))
+  ax = fig.add_subplot()
+  for gi, g, pts in series:
+    xs, means, lows, highs = zip(*pts)
+    ax.plot(xs, means, marker="o", color=_color(gi), label=f"{g.label} (n={g.n})")
+    if any(lo != hi for lo, hi in zip(lows, highs)):
+      ax.fill_between(xs, lows, highs, color=_color(gi), alpha=0.2, linewidth=0)
+  train_lens = {c.length for c in eval_columns if c.multiple == 1}
+  for t in train_lens:
+    ax.axvline(t, color="0.6", linestyle=":", linewidth=1)
+  ax.set_xscale("log", base=2)
+  ax.set_yscale("log")
+  ax.set_xticks(sorted({c.length for c in eval_columns}))
+  ax.set_xticklabels([str(x) for x in sorted({c.length for c in eval_columns})])
+  ax.set_xlabel("evaluation length (tokens)" + ("; dotted: training length" if train_lens else ""))
+  ax.set_ylabel("perplexity (log scale)")
+  ax.set_title(f"{table.title}: perplexity vs length (mean, band = min..max over seeds)", fontsize=10)
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend(fontsize=8)
+  _save(fig, path)
+  return None
+
+
+def plot_curves(table: Table, runs: RunSet, path: pathlib.Path) -> str | None:
+  """Training and validation loss against step, one line per trial, colored by group."""
+  by_trial = {id(t): gi for gi, g in enumerate(table.groups) for t in g.trials}
+  lines = []
+  for t in runs.trials:
+    curves = {}
+    for split in ("train", "valid"):
+      pts = sorted((r["step"], r["loss"]) for r in t.metrics
+                   if r.get("split") == split and r.get("step") is not None and r.get("loss") is not None)
+      if pts:
+        curves[split] = pts
+    if curves:
+      lines.append((t, curves))
+  if not lines:
+    return "no trial has a metrics.jsonl with losses"
+  fig = Figure(figsize=(10, 4))
+  axes = {"train": fig.add_subplot(1, 2, 1), "valid": fig.add_subplot(1, 2, 2)}
+  labelled = set()
+  for t, curves in lines:
+    gi = by_trial.get(id(t), 0)
+    for split, pts in curves.items():
+      steps, losses = zip(*pts)
+      label = None
+      if (gi, split) not in labelled:
+        labelled.add((gi, split))
+        label = table.groups[gi].label
+      axes[split].plot(steps, losses, color=_color(gi), alpha=0.8, linewidth=1.2, label=label,
+                       linestyle="-" if t.finished else "--", marker="o" if split == "valid" else None, markersize=3)
+  for split, ax in axes.items():
+    ax.set_title(f"{split} loss (one line per trial; dashed = not finished)", fontsize=10)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(True, alpha=0.3)
+    if ax.lines:
+      ax.legend(fontsize=7)
+  _save(fig, path)
+  return None
+
+
+def tie_field(table: Table) -> str | None:
+  return next((f for f in table.fields if f.rsplit(".", 1)[-1] == "tie_embeddings"), None)
+
+
+def plot_tied_vs_untied(table: Table, path: pathlib.Path) -> str | None:
+  """Validation perplexity, tied vs untied bars per combination of the other swept fields, error bars = std."""
+  field = tie_field(table)
+  if field is None:
+    return "tie_embeddings is not among the swept fields"
+  others = [f for f in table.fields if f != field]
+  pairs: dict[tuple, dict[bool, tuple[float, float]]] = {}
+  for gi, g in enumerate(table.groups):
+    cell = table.cell(gi, VALID_PPL)
+    key = tuple(format_value(g.values[f]) for f in others)
+    pairs.setdefault(key, {})
+    if cell.n:
+      pairs[key][bool(g.values[field])] = (cell.mean, cell.std or 0.0)
+  pairs = {k: v for k, v in pairs.items() if v}
+  if not pairs:
+    return "no finished trial has a validation perplexity"
+  fig = Figure(figsize=(max(5, 1.3 * len(pairs) + 2), 4))
+  ax = fig.add_subplot()
+  width = 0.38
+  labels = [", ".join(f"{table.short[f]}={v}" for f, v in zip(others, k)) or "all" for k in pairs]
+  for offset, tied, color in ((-width / 2, True, "C0"), (width / 2, False, "C1")):
+    xs = [i + offset for i, v in enumerate(pairs.values()) if tied in v]
+    ys = [v[tied][0] for v in pairs.values() if tied in v]
+    errs = [v[tied][1] for v in pairs.values() if tied in v]
+    if xs:
+      ax.bar(xs, ys, width, yerr=errs, capsize=4, color=color, label="tied" if tied else "untied")
+  ax.set_xticks(range(len(pairs)))
+  ax.set_xticklabels(labels, rotation=20 if len(pairs) > 3 else 0, ha="right" if len(pairs) > 3 else "center",
+                     fontsize=8)
+  ax.set_ylabel("validation perplexity")
+  ax.set_title(f"{table.title}: tied vs untied embeddings (error bars: std over seeds)", fontsize=10)
+  ax.grid(True, axis="y", alpha=0.3)
+  ax.legend()
+  _save(fig, path)
+  return None

@@ -1,0 +1,270 @@
+"""Discover and load run directories (JSON / JSONL files only) into plain dataclasses.
+
+Three layouts are accepted:
+  * a sweep directory: `sweep.json` plus one subdirectory per trial (the sweep runner's index is authoritative for
+    the list of trials, their overrides, status and error);
+  * a directory of runs without `sweep.json`: every subdirectory holding `config.json` or `summary.json` is a trial;
+  * a single run directory: `config.json` and/or `summary.json` in the directory itself.
+
+Nothing here imports the model, the trainer, JAX or Flax: reports read run directories only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+from typing import Any
+
+SWEEP_FILE = "sweep.json"
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.jsonl"
+EXTRAPOLATION_FILE = pathlib.Path("eval") / "extrapolation.json"
+
+MISSING = "<missing>"  # value of a field a config does not have (when deriving swept fields from configs)
+
+
+class ReportError(ValueError):
+  """A directory that cannot be reported on: missing, empty, foreign or holding malformed run files."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalPoint:
+  """One evaluation length of `eval/extrapolation.json`; `ppl` is None where the scheme cannot run (see `note`)."""
+  multiple: float
+  length: int
+  ppl: float | None
+  tokens: int | None = None
+  note: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Extrapolation:
+  train_len: int | None
+  mode: str | None
+  stride: int | None
+  split: str | None
+  points: tuple[EvalPoint, ...]
+
+
+@dataclasses.dataclass
+class Trial:
+  """One run. `status` is 'finished' exactly when `summary` is present (summary.json is written last)."""
+  name: str
+  path: pathlib.Path
+  status: str  # finished | failed | pending | running | unfinished
+  overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+  error: str | None = None
+  config: dict[str, Any] | None = None  # nested, as in config.json
+  summary: dict[str, Any] | None = None
+  metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  extrapolation: Extrapolation | None = None
+
+  @property
+  def finished(self) -> bool:
+    return self.status == "finished" and self.summary is not None
+
+  def field(self, name: str) -> Any:
+    """A dotted config field: the sweep override when there is one, else the resolved config's value."""
+    if name in self.overrides:
+      return self.overrides[name]
+    return lookup(self.config or {}, name, MISSING)
+
+
+@dataclasses.dataclass
+class RunSet:
+  """Everything `report` knows about a directory."""
+  directory: pathlib.Path
+  name: str
+  layout: str  # sweep | runs | single
+  trials: list[Trial]
+  swept_fields: list[str]  # dotted names whose values differ across trials, seeds included
+
+  @property
+  def replicate_fields(self) -> list[str]:
+    return [f for f in self.swept_fields if is_seed_field(f)]
+
+  @property
+  def group_fields(self) -> list[str]:
+    return [f for f in self.swept_fields if not is_seed_field(f)]
+
+
+def is_seed_field(name: str) -> bool:
+  """`seed`, `data.seed`, ...: replicates, averaged over rather than grouped by."""
+  return name.rsplit(".", 1)[-1] == "seed"
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict) and value:
+      out.update(flatten(value, name + "."))
+    else:
+      out[name] = value
+  return out
+
+
+def lookup(tree: dict[str, Any], name: str, default: Any = None) -> Any:
+  node: Any = tree
+  for part in name.split("."):
+    if not isinstance(node, dict) or part not in node:
+      return default
+    node = node[part]
+  return node
+
+
+def hashable(value: Any) -> Any:
+  """A hashable stand-in for a JSON value (lists and dicts become canonical JSON text)."""
+  if isinstance(value, (list, dict)):
+    return json.dumps(value, sort_keys=True)
+  return value
+
+
+def _read_json(path: pathlib.Path) -> Any:
+  try:
+    text = path.read_text()
+  except OSError as e:
+    raise ReportError(f"cannot read {path}: {e.strerror or e}") from None
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    raise ReportError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def _read_json_object(path: pathlib.Path) -> dict[str, Any]:
+  value = _read_json(path)
+  if not isinstance(value, dict):
+    raise ReportError(f"{path} should hold a JSON object, found {type(value).__name__}")
+  return value
+
+
+def _read_metrics(path: pathlib.Path) -> list[dict[str, Any]]:
+  """metrics.jsonl; a truncated last line (a run still writing) is ignored, a bad line elsewhere is an error."""
+  if not path.is_file():
+    return []
+  lines = path.read_text().splitlines()
+  records = []
+  for i, line in enumerate(lines):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      if i == len(lines) - 1:
+        break
+      raise ReportError(f"{path} line {i + 1} is not valid JSON") from None
+    if isinstance(record, dict):
+      records.append(record)
+  return records
+
+
+def _finite_or_none(value: Any) -> float | None:
+  if value is None:
+    return None
+  value = float(value)
+  return value if math.isfinite(value) else None
+
+
+def _read_extrapolation(path: pathlib.Path) -> Extrapolation | None:
+  if not path.is_file():
+    return None
+  data = _read_json_object(path)
+  results = data.get("results")
+  if not isinstance(results, list):
+    raise ReportError(f"{path} has no 'results' list")
+  train_len = data.get("train_len")
+  points = []
+  for r in results:
+    try:
+      multiple = float(r["multiple"])
+      length = int(r["length"]) if r.get("length") is not None else int(round(multiple * train_len))
+    except (KeyError, TypeError, ValueError):
+      raise ReportError(f"{path}: every result needs 'multiple' and 'length', got {r!r}") from None
+    raw = r.get("ppl")
+    ppl = _finite_or_none(raw)
+    note = r.get("note")
+    if ppl is None and note is None:
+      note = "not evaluated" if raw is None else f"non-finite perplexity ({raw})"
+    points.append(EvalPoint(multiple=multiple, length=length, ppl=ppl, tokens=r.get("tokens"),
+                            note=None if ppl is not None else str(note)))
+  return Extrapolation(train_len=train_len, mode=data.get("mode"), stride=data.get("stride"),
+                       split=data.get("split"), points=tuple(sorted(points, key=lambda p: (p.length, p.multiple))))
+
+
+def _load_trial(path: pathlib.Path, name: str, status: str | None = None, overrides: dict | None = None,
+                error: str | None = None) -> Trial:
+  config = _read_json_object(path / CONFIG_FILE) if (path / CONFIG_FILE).is_file() else None
+  summary = _read_json_object(path / SUMMARY_FILE) if (path / SUMMARY_FILE).is_file() else None
+  if status is None:  # no sweep index: summary.json is the only sign of completion
+    status = "finished" if summary is not None else "unfinished"
+  elif status != "failed" and summary is not None:
+    status = "finished"  # summary.json is written last; a stale index may still say pending/running
+  elif status == "finished" and summary is None:
+    status, error = "unfinished", error or f"marked finished in {SWEEP_FILE} but {path / SUMMARY_FILE} is missing"
+  return Trial(name=name, path=path, status=status, overrides=dict(overrides or {}), error=error, config=config,
+               summary=summary if status == "finished" else None, metrics=_read_metrics(path / METRICS_FILE),
+               extrapolation=_read_extrapolation(path / EXTRAPOLATION_FILE))
+
+
+def _is_run_dir(path: pathlib.Path) -> bool:
+  return (path / CONFIG_FILE).is_file() or (path / SUMMARY_FILE).is_file()
+
+
+def _differing_fields(trials: list[Trial], names: list[str]) -> list[str]:
+  return [n for n in names if len({hashable(t.field(n)) for t in trials}) > 1]
+
+
+def _load_sweep(directory: pathlib.Path) -> RunSet:
+  index = _read_json_object(directory / SWEEP_FILE)
+  entries = index.get("trials")
+  if not isinstance(entries, list):
+    raise ReportError(f"{directory / SWEEP_FILE} has no 'trials' list (expected the sweep runner's index)")
+  trials = []
+  override_names: list[str] = []
+  for i, entry in enumerate(entries):
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+      raise ReportError(f"{directory / SWEEP_FILE}: trial #{i} has no 'name'")
+    overrides = entry.get("overrides") or {}
+    for key in overrides:
+      if key not in override_names:
+        override_names.append(key)
+    trials.append(_load_trial(directory / entry["name"], entry["name"], status=str(entry.get("status") or "pending"),
+                              overrides=overrides, error=entry.get("error")))
+  return RunSet(directory=directory, name=str(index.get("sweep") or directory.name), layout="sweep", trials=trials,
+                swept_fields=_differing_fields(trials, override_names))
+
+
+def _config_fields(trials: list[Trial]) -> list[str]:
+  names: list[str] = []
+  seen = set()
+  for t in trials:
+    for key in flatten(t.config or {}):
+      if key not in seen:
+        seen.add(key)
+        names.append(key)
+  return names
+
+
+def load_runs(directory: str | pathlib.Path) -> RunSet:
+  """Loads a sweep directory, a directory of runs or a single run; anything else is a `ReportError`."""
+  directory = pathlib.Path(directory)
+  if not directory.exists():
+    raise ReportError(f"{directory} does not exist (expected a sweep or run directory)")
+  if not directory.is_dir():
+    raise ReportError(f"{directory} is not a directory (expected a sweep or run directory)")
+  if (directory / SWEEP_FILE).is_file():
+    return _load_sweep(directory)
+  if _is_run_dir(directory):
+    trial = _load_trial(directory, directory.resolve().name)
+    return RunSet(directory=directory, name=trial.name, layout="single", trials=[trial], swept_fields=[])
+  subdirs = sorted(p for p in directory.iterdir() if p.is_dir() and _is_run_dir(p))
+  if not subdirs:
+    what = "is empty" if not any(directory.iterdir()) else "holds no runs"
+    raise ReportError(f"{directory} {what}: expected {SWEEP_FILE}, or {CONFIG_FILE}/{SUMMARY_FILE} in it or in its "
+                      f"subdirectories")
+  trials = [_load_trial(p, p.name) for p in subdirs]
+  return RunSet(directory=directory, name=directory.resolve().name, layout="runs", trials=trials,
+                swept_fields=_differing_fields(trials, _config_fields(trials)))

@@ -1,0 +1,248 @@
+"""Ablation tables: group trials by the swept fields (seeds are replicates), mean ± std per column, md / csv / tex.
+
+Rows are groups (one per combination of the swept fields other than seed), columns are `valid ppl` (summary.json)
+and one per evaluation length (eval/extrapolation.json). A cell is the mean and sample standard deviation (ddof=1)
+over the group's finished trials; lower is better and the lowest mean per column is marked best.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import re
+from typing import Any
+
+from research.report.runs import EXTRAPOLATION_FILE, MISSING, RunSet, Trial, hashable
+
+VALID_PPL = "valid_ppl"
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+  key: str  # machine name: valid_ppl | ppl_1x_64
+  header: str  # valid ppl | 1× (64)
+  multiple: float | None = None
+  length: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  values: tuple[float, ...]  # one per trial that has a value
+  notes: tuple[str, ...] = ()  # why the group's other trials have none
+
+  @property
+  def n(self) -> int:
+    return len(self.values)
+
+  @property
+  def mean(self) -> float | None:
+    return math.fsum(self.values) / self.n if self.values else None
+
+  @property
+  def std(self) -> float | None:
+    """Sample standard deviation (ddof=1); None for fewer than two values."""
+    if self.n < 2:
+      return None
+    m = self.mean
+    return math.sqrt(math.fsum((v - m)**2 for v in self.values) / (self.n - 1))
+
+
+@dataclasses.dataclass
+class Group:
+  label: str
+  values: dict[str, Any]  # dotted swept field -> value
+  trials: list[Trial]  # every trial of the group, finished or not
+
+  @property
+  def finished(self) -> list[Trial]:
+    return [t for t in self.trials if t.finished]
+
+  @property
+  def n(self) -> int:
+    return len(self.finished)
+
+
+@dataclasses.dataclass
+class Table:
+  title: str
+  fields: list[str]  # dotted group fields (swept, seeds excluded)
+  short: dict[str, str]  # dotted -> display name
+  columns: list[Column]
+  groups: list[Group]
+  cells: dict[tuple[int, str], Cell]  # (group index, column key) -> cell
+  best: dict[str, set[int]]  # column key -> group indices with the lowest mean
+
+  def cell(self, group_index: int, column: Column | str) -> Cell:
+    return self.cells[(group_index, column if isinstance(column, str) else column.key)]
+
+
+def short_names(fields: list[str]) -> dict[str, str]:
+  """Last path component (`model.position` -> `position`) unless two fields share it."""
+  last = [f.rsplit(".", 1)[-1] for f in fields]
+  return {f: (s if last.count(s) == 1 else f) for f, s in zip(fields, last)}
+
+
+def format_value(value: Any) -> str:
+  if isinstance(value, str):
+    return "(unset)" if value == MISSING else value
+  if isinstance(value, (list, dict)):
+    return hashable(value)
+  return str(value)
+
+
+def _multiple_text(m: float) -> str:
+  return f"{m:g}"
+
+
+def _columns(trials: list[Trial]) -> list[Column]:
+  pairs = sorted({(p.length, p.multiple) for t in trials if t.extrapolation for p in t.extrapolation.points})
+  columns = [Column(VALID_PPL, "valid ppl")]
+  for length, multiple in pairs:
+    columns.append(Column(f"ppl_{_multiple_text(multiple)}x_{length}", f"{_multiple_text(multiple)}× ({length})",
+                          multiple=multiple, length=length))
+  return columns
+
+
+def _trial_value(trial: Trial, column: Column) -> tuple[float | None, str | None]:
+  """(value, None) or (None, why not)."""
+  if column.key == VALID_PPL:
+    raw = (trial.summary or {}).get("valid_ppl")
+    if raw is None or not math.isfinite(float(raw)):
+      return None, f"valid_ppl missing or non-finite in summary.json ({raw})"
+    return float(raw), None
+  if trial.extrapolation is None:
+    return None, f"not evaluated (no {EXTRAPOLATION_FILE.as_posix()})"
+  for p in trial.extrapolation.points:
+    if p.length == column.length and p.multiple == column.multiple:
+      return (p.ppl, None) if p.ppl is not None else (None, p.note or "not evaluated")
+  return None, f"length {column.length} not evaluated"
+
+
+def build_table(runs: RunSet) -> Table:
+  fields = runs.group_fields
+  short = short_names(fields)
+  groups: list[Group] = []
+  index: dict[tuple, int] = {}
+  for t in runs.trials:
+    key = tuple(hashable(t.field(f)) for f in fields)
+    if key not in index:
+      index[key] = len(groups)
+      values = {f: t.field(f) for f in fields}
+      label = ", ".join(f"{short[f]}={format_value(v)}" for f, v in values.items()) or runs.name
+      groups.append(Group(label=label, values=values, trials=[]))
+    groups[index[key]].trials.append(t)
+
+  columns = _columns([t for t in runs.trials if t.finished])
+  cells: dict[tuple[int, str], Cell] = {}
+  for gi, g in enumerate(groups):
+    for c in columns:
+      values, notes = [], []
+      for t in g.finished:
+        v, why = _trial_value(t, c)
+        if v is None:
+          notes.append(why)
+        else:
+          values.append(v)
+      if not g.finished:
+        notes.append("no finished trial (see the failed and unfinished trials)")
+      cells[(gi, c.key)] = Cell(tuple(values), tuple(dict.fromkeys(notes)))
+
+  best: dict[str, set[int]] = {}
+  for c in columns:
+    means = {gi: cells[(gi, c.key)].mean for gi in range(len(groups)) if cells[(gi, c.key)].n}
+    if len(means) >= 2:  # bolding the only number in a column says nothing
+      low = min(means.values())
+      best[c.key] = {gi for gi, m in means.items() if m == low}
+  return Table(title=runs.name, fields=fields, short=short, columns=columns, groups=groups, cells=cells, best=best)
+
+
+def format_number(x: float) -> str:
+  return f"{x:.2f}" if abs(x) < 1e5 else f"{x:.3g}"
+
+
+def _cell_text(cell: Cell, row_n: int, pm: str) -> str:
+  if not cell.n:
+    return "n/a"
+  text = format_number(cell.mean)
+  if cell.std is not None:
+    text += f" {pm} {format_number(cell.std)}"
+  if cell.n != row_n:
+    text += f" (n={cell.n})"
+  return text
+
+
+def to_markdown(table: Table) -> tuple[str, list[str]]:
+  """The markdown table and its footnotes (`[^k]: note`), numbered in order of first use."""
+  notes: dict[str, int] = {}
+  header = ["group", "n"] + [c.header for c in table.columns]
+  lines = ["| " + " | ".join(header) + " |", "|:--|--:|" + "--:|" * len(table.columns)]
+  for gi, g in enumerate(table.groups):
+    row = [g.label.replace("|", "\\|"), str(g.n)]
+    for c in table.columns:
+      cell = table.cell(gi, c)
+      text = _cell_text(cell, g.n, "±")
+      if gi in table.best.get(c.key, ()):
+        text = f"**{text}**"
+      for note in cell.notes:
+        text += f"[^{notes.setdefault(note, len(notes) + 1)}]"
+      row.append(text.replace("|", "\\|"))
+    lines.append("| " + " | ".join(row) + " |")
+  footnotes = [f"[^{k}]: {note}" for note, k in notes.items()]
+  return "\n".join(lines), footnotes
+
+
+def to_csv(table: Table) -> str:
+  """One row per group: the raw swept values, the label, n, then mean / std / n per column (empty where n/a)."""
+  out = io.StringIO()
+  writer = csv.writer(out, lineterminator="\n")
+  header = [table.short[f] for f in table.fields] + ["group", "n"]
+  for c in table.columns:
+    header += [f"{c.key}_mean", f"{c.key}_std", f"{c.key}_n"]
+  writer.writerow(header)
+  for gi, g in enumerate(table.groups):
+    row = [format_value(g.values[f]) for f in table.fields] + [g.label, g.n]
+    for c in table.columns:
+      cell = table.cell(gi, c)
+      row += ["" if cell.mean is None else repr(cell.mean), "" if cell.std is None else repr(cell.std), cell.n]
+    writer.writerow(row)
+  return out.getvalue()
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text: str) -> str:
+  return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def to_latex(table: Table) -> str:
+  """A booktabs table (needs `\\usepackage{booktabs}`); every label and header is escaped."""
+  headers = ["group", "$n$", "valid ppl"]
+  for c in table.columns[1:]:
+    headers.append(f"${_multiple_text(c.multiple)}\\times$ ({c.length})")
+  lines = [
+      "% generated by research-report; needs \\usepackage{booktabs}",
+      "\\begin{table}[t]",
+      "\\centering",
+      f"\\caption{{{latex_escape(table.title)}: perplexity, mean $\\pm$ sample std over seeds (lower is better; "
+      f"best per column in bold).}}",
+      f"\\label{{tab:{re.sub(r'[^A-Za-z0-9:-]+', '-', table.title)}}}",
+      "\\begin{tabular}{l" + "r" * (len(table.columns) + 1) + "}",
+      "\\toprule",
+      " & ".join(headers) + " \\\\",
+      "\\midrule",
+  ]
+  for gi, g in enumerate(table.groups):
+    row = [latex_escape(g.label), str(g.n)]
+    for c in table.columns:
+      cell = table.cell(gi, c)
+      text = _cell_text(cell, g.n, "$\\pm$").replace("(n=", "($n$=")
+      if gi in table.best.get(c.key, ()):
+        text = f"\\textbf{{{text}}}"
+      row.append(text)
+    lines.append(" & ".join(row) + " \\\\")
+  lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+  return "\n".join(lines) + "\n"

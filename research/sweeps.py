@@ -1,0 +1,250 @@
+"""Sweeps: a list of override dicts, run as one process per trial, resumable.
+
+A sweep file (`configs/sweeps/NAME.py`) defines
+
+    BASE_CONFIG = "configs/clm.py"            # the config every trial starts from (relative to the repo root)
+    EVALUATE = {"lengths": [1, 2, 4, 8, 16]}   # optional: research-evaluate arguments run after each trial
+    def get_sweep():                           # a list of {"dotted.field": value} overrides
+      return product(seeds(3), {"model.position": ["none", "alibi"]})
+
+as big_vision's sweep functions do. `product`, `zip_` and `seeds` build the lists. Every override key is validated
+against the base config before any trial starts. Each trial runs in its own process under `DIR/<trial>/`, named by
+its overrides; `DIR/sweep.json` records trials, overrides, status and errors. A trial with `summary.json` (and its
+evaluation file, when the sweep evaluates) is finished and skipped on a rerun; an interrupted one resumes from its
+checkpoints; a failed one is recorded with its error and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import importlib.util
+import itertools
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from research.train import configuration
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP_FILE = "sweep.json"
+
+
+# ------------------------------------------------------------------------------------------------ sweep helpers
+
+
+def product(*axes: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+  """Cartesian product. Each argument is either {field: [values]} (one axis per field) or a list of override
+  dicts (one axis whose points are those dicts). product({"a": [1, 2]}, {"b": [3]}) = [{a:1,b:3}, {a:2,b:3}]."""
+  expanded: list[list[dict[str, Any]]] = []
+  for axis in axes:
+    if isinstance(axis, Mapping):
+      for field, values in axis.items():
+        expanded.append([{field: v} for v in values])
+    else:
+      expanded.append([dict(point) for point in axis])
+  out = []
+  for combo in itertools.product(*expanded):
+    merged: dict[str, Any] = {}
+    for point in combo:
+      merged.update(point)
+    out.append(merged)
+  return out
+
+
+def zip_(**fields: Sequence[Any]) -> list[dict[str, Any]]:
+  """Points that vary together: zip_(a=[1, 2], b=[3, 4]) = [{a:1,b:3}, {a:2,b:4}]."""
+  lengths = {len(v) for v in fields.values()}
+  if len(lengths) > 1:
+    raise ValueError(f"zip_ needs equally long lists, got lengths {sorted(lengths)} for {', '.join(fields)}")
+  return [dict(zip(fields, values)) for values in zip(*fields.values())]
+
+
+def seeds(n: int, start: int = 0) -> list[dict[str, int]]:
+  return [{"seed": s} for s in range(start, start + n)]
+
+
+# ------------------------------------------------------------------------------------------------ sweep files
+
+
+@dataclasses.dataclass(frozen=True)
+class Trial:
+  name: str
+  overrides: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+  name: str
+  base_config: str
+  trials: list[Trial]
+  evaluate: dict[str, Any] | None
+
+
+def _value_text(value: Any) -> str:
+  text = str(value)
+  return re.sub(r"[^A-Za-z0-9.+-]", "_", text)
+
+
+def trial_name(overrides: Mapping[str, Any]) -> str:
+  """position=alibi,seed=1 — short field names (last component), filesystem-safe, stable."""
+  if not overrides:
+    return "base"
+  return ",".join(f"{k.split('.')[-1]}={_value_text(v)}" for k, v in overrides.items())
+
+
+def load_config_file(path: str | Path):
+  path = Path(path)
+  if not path.is_absolute():
+    path = (ROOT / path) if (ROOT / path).exists() else path.resolve()
+  if not path.exists():
+    raise configuration.ConfigError(f"config file {str(path)!r} does not exist")
+  spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def load_sweep(path: str | Path) -> Sweep:
+  """Reads a sweep file and validates every trial's overrides against its base config (no trial runs yet)."""
+  module = load_config_file(path)
+  if not hasattr(module, "get_sweep"):
+    raise configuration.ConfigError(f"sweep file {str(path)!r} defines no get_sweep()")
+  base = getattr(module, "BASE_CONFIG", "configs/clm.py")
+  base_config = load_config_file(base).get_config()
+  trials, names = [], set()
+  for overrides in module.get_sweep():
+    config = configuration.apply_overrides(base_config, overrides)  # unknown fields fail here
+    configuration.validate(config)  # unknown choices, bad numbers, bad shapes fail here
+    name = trial_name(overrides)
+    if name in names:
+      raise configuration.ConfigError(f"sweep {str(path)!r} has two trials named {name!r}")
+    names.add(name)
+    trials.append(Trial(name, dict(overrides)))
+  evaluate = getattr(module, "EVALUATE", None)
+  return Sweep(Path(path).stem, base, trials, dict(evaluate) if evaluate else None)
+
+
+# ------------------------------------------------------------------------------------------------ commands
+
+
+def _flag_value(value: Any) -> str:
+  return str(value)
+
+
+def train_command(sweep: Sweep, trial: Trial, workdir: str, python: str = sys.executable) -> list[str]:
+  return [python, "-m", "experiments.train", f"--config={sweep.base_config}", f"--workdir={workdir}",
+          *(f"--config.{k}={_flag_value(v)}" for k, v in trial.overrides.items())]
+
+
+def evaluate_command(sweep: Sweep, workdir: str, python: str = sys.executable) -> list[str]:
+  args = [python, "-m", "experiments.evaluate", f"--workdir={workdir}"]
+  for key, value in (sweep.evaluate or {}).items():
+    if isinstance(value, (list, tuple)):
+      value = ",".join(str(v) for v in value)
+    args.append(f"--{key}={value}")
+  return args
+
+
+def eval_file(sweep: Sweep) -> str:
+  scaling = (sweep.evaluate or {}).get("rope_scaling")
+  return f"extrapolation_{scaling}.json" if scaling else "extrapolation.json"
+
+
+def is_finished(sweep: Sweep, trial_dir: Path) -> bool:
+  if not (trial_dir / "summary.json").exists():
+    return False
+  return sweep.evaluate is None or (trial_dir / "eval" / eval_file(sweep)).exists()
+
+
+def tpu_commands(sweep: Sweep, directory: str, tpu: str, zone: str, repo_dir: str = "~/research") -> list[str]:
+  """One command per trial that runs it on every host of a TPU VM pod slice (each host runs the same program;
+  the trainer calls jax.distributed.initialize(), which finds the slice's coordinator by itself)."""
+  out = []
+  for trial in sweep.trials:
+    workdir = f"{directory.rstrip('/')}/{trial.name}"
+    steps = [shlex.join(train_command(sweep, trial, workdir, python="python3"))]
+    if sweep.evaluate:
+      steps.append(shlex.join(evaluate_command(sweep, workdir, python="python3")))
+    remote = f"cd {repo_dir} && " + " && ".join(steps)
+    out.append(f"gcloud compute tpus tpu-vm ssh {shlex.quote(tpu)} --zone={shlex.quote(zone)} --worker=all "
+               f"--command={shlex.quote(remote)}")
+  return out
+
+
+# ------------------------------------------------------------------------------------------------ running
+
+
+def _write_index(directory: Path, sweep: Sweep, status: dict[str, dict[str, Any]]) -> None:
+  index = {"sweep": sweep.name, "base_config": sweep.base_config, "evaluate": sweep.evaluate,
+           "trials": [{"name": t.name, "overrides": t.overrides, **status[t.name]} for t in sweep.trials]}
+  tmp = directory / f".{SWEEP_FILE}.tmp"
+  tmp.write_text(json.dumps(index, indent=1) + "\n")
+  os.replace(tmp, directory / SWEEP_FILE)
+
+
+def _last_error(stderr: str) -> str:
+  lines = [line for line in stderr.strip().splitlines() if line.strip()]
+  errors = [line for line in lines if line.startswith("error: ")]
+  return (errors[-1][len("error: "):] if errors else (lines[-1] if lines else "unknown error"))[:2000]
+
+
+def run_trial(sweep: Sweep, trial: Trial, directory: Path) -> dict[str, Any]:
+  """Trains (resuming if interrupted) and evaluates one trial in subprocesses; returns its status record."""
+  workdir = directory / trial.name
+  start = time.time()
+  commands = [train_command(sweep, trial, str(workdir))]
+  if sweep.evaluate:
+    commands.append(evaluate_command(sweep, str(workdir)))
+  for command in commands:
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+      workdir.mkdir(parents=True, exist_ok=True)
+      (workdir / "error.log").write_text(result.stderr)
+      return {"status": "failed", "error": _last_error(result.stderr), "wall_s": time.time() - start}
+  return {"status": "finished", "error": None, "wall_s": time.time() - start}
+
+
+def run_sweep(sweep: Sweep, directory: str | Path, jobs: int = 1,
+              log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+  """Runs the unfinished trials (`jobs` at a time); returns {trial: status}. One progress line per trial."""
+  directory = Path(directory).resolve()  # trials run with the repository root as their working directory
+  directory.mkdir(parents=True, exist_ok=True)
+  status: dict[str, dict[str, Any]] = {}
+  todo = []
+  for trial in sweep.trials:
+    if is_finished(sweep, directory / trial.name):
+      status[trial.name] = {"status": "finished", "error": None}
+    else:
+      status[trial.name] = {"status": "pending", "error": None}
+      todo.append(trial)
+  _write_index(directory, sweep, status)
+  total, done = len(sweep.trials), len(sweep.trials) - len(todo)
+  if done:
+    log(f"[{done}/{total}] already finished, skipped")
+  with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    futures = {}
+    for trial in todo:
+      status[trial.name] = {"status": "running", "error": None}
+      futures[pool.submit(run_trial, sweep, trial, directory)] = trial
+    _write_index(directory, sweep, status)
+    for future in concurrent.futures.as_completed(futures):
+      trial = futures[future]
+      status[trial.name] = future.result()
+      done += 1
+      _write_index(directory, sweep, status)
+      record = status[trial.name]
+      detail = ""
+      summary_path = directory / trial.name / "summary.json"
+      if record["status"] == "finished" and summary_path.exists():
+        detail = f" valid_ppl={json.loads(summary_path.read_text())['valid_ppl']:.2f}"
+      elif record["error"]:
+        detail = f" error: {record['error']}"
+      log(f"[{done}/{total}] {trial.name}: {record['status']}{detail} ({record['wall_s']:.0f} s)")
+  return status

@@ -1,0 +1,331 @@
+"""`train(config, workdir)`: the host loop around the jitted steps.
+
+Run directory (DESIGN.md):
+  config.json     the fully resolved config (written first; a rerun compares shapes against it)
+  tokenizer.json  the tokenizer used (+ token_counts.npy: train-split frequencies)
+  metrics.jsonl   one JSON object per logged step: step, split, loss, ppl, lr, tokens_per_s, ...
+  checkpoints/    Orbax (train state, data-iterator state, metadata)
+  events.*        TensorBoard
+  summary.json    final figures, written last: its presence means "finished"
+
+A rerun of the same command in the same workdir resumes from the latest checkpoint: parameters, optimizer state,
+step, rng and the data iterator's position, so that it continues bit-identically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from research.data import batches as batches_lib
+from research.data import corpora
+from research.data import tokenizers as tokenizers_lib
+from research.embeddings.token import check_ids
+from research.model.transformer import Transformer, count_params
+from research.train import checkpoint as checkpoint_lib
+from research.train import configuration, mesh as mesh_lib, optim, steps
+
+CONFIG_FILE, TOKENIZER_FILE, METRICS_FILE, SUMMARY_FILE = "config.json", "tokenizer.json", "metrics.jsonl", \
+    "summary.json"
+
+
+class NonFiniteError(RuntimeError):
+  """Training produced a non-finite loss or gradient norm."""
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+  tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+  os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------------- data
+
+
+@dataclasses.dataclass
+class RunData:
+  tokenizer: Any
+  splits: dict[str, np.ndarray]
+  vocab_size: int
+
+
+def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> RunData:
+  """Corpus → tokenizer (reused from the workdir when resuming) → memory-mapped token streams."""
+  cache_dir = config.data.cache_dir or None
+  corpus = corpora.load_corpus(config.data.corpus, errors=config.data.errors, cache_dir=cache_dir)
+  saved = workdir / TOKENIZER_FILE
+  if saved.exists():
+    tokenizer = tokenizers_lib.load_tokenizer(workdir)
+  else:
+    try:
+      tokenizer, directory = tokenizers_lib.build_or_load_tokenizer(config.data.tokenizer, corpus,
+                                                                    config.data.vocab_size, cache_dir=cache_dir)
+    except ValueError as e:  # e.g. a vocabulary too small for the alphabet: a user error, not a bug
+      raise configuration.ConfigError(f"data.tokenizer={config.data.tokenizer!r}, data.vocab_size="
+                                      f"{config.data.vocab_size}: {e}") from None
+    shutil.copyfile(tokenizers_lib.counts_path(directory), tokenizers_lib.counts_path(workdir))
+    tokenizers_lib.save_tokenizer(tokenizer, workdir)
+  splits = batches_lib.build_or_load_cache(config.data.corpus, tokenizer, cache_dir=cache_dir, corpus=corpus)
+  return RunData(tokenizer, splits, tokenizer.get_vocab_size())
+
+
+def train_batches(config, data: RunData) -> batches_lib.PackedBatches:
+  return batches_lib.PackedBatches(
+      data.splits["train"], config.data.seq_len, config.train.batch_size // jax.process_count(),
+      objective=config.objective, seed=config.seed, process_index=jax.process_index(),
+      process_count=jax.process_count())
+
+
+def valid_batches(config, ids: np.ndarray, batch_size: int) -> Iterator[dict]:
+  """The validation split in order: CLM nonoverlapping windows, MLM [CLS] … [SEP] rows; optionally truncated."""
+  if config.objective == "clm":
+    it = batches_lib.eval_batches(ids, config.data.seq_len, batch_size, process_index=jax.process_index(),
+                                  process_count=jax.process_count())
+  else:
+    it = batches_lib.PackedBatches(ids, config.data.seq_len, batch_size, objective="mlm", shuffle=False,
+                                   num_epochs=1, process_index=jax.process_index(),
+                                   process_count=jax.process_count())
+  for i, batch in enumerate(it):
+    if config.train.eval_batches and i >= config.train.eval_batches:
+      return
+    yield batch
+
+
+# ---------------------------------------------------------------------------------------------------- workdir
+
+
+def prepare_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
+  """Creates the workdir and writes config.json, or checks a resumed one's config for shape changes."""
+  path = Path(workdir)
+  if path.exists() and not path.is_dir():
+    raise configuration.ConfigError(f"workdir {str(path)!r} exists and is not a directory")
+  path.mkdir(parents=True, exist_ok=True)
+  saved = path / CONFIG_FILE
+  current = config.to_dict()
+  if saved.exists():
+    try:
+      checkpoint_lib.check_config_compatible(json.loads(saved.read_text()), current, configuration.SHAPE_FIELDS)
+    except ValueError as e:
+      raise configuration.ConfigError(
+          f"workdir {str(path)!r} holds a run of another shape; use a new workdir. {e}") from None
+  if jax.process_index() == 0:
+    atomic_write_json(saved, current)
+  return path
+
+
+class MetricsLog:
+  """metrics.jsonl (+ TensorBoard). On resume, lines past the restored step are dropped: they will be rewritten."""
+
+  def __init__(self, workdir: Path, resume_step: int):
+    self.path = workdir / METRICS_FILE
+    self.enabled = jax.process_index() == 0
+    if self.enabled and self.path.exists():
+      kept = [line for line in self.path.read_text().splitlines()
+              if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+      self.path.write_text("".join(line + "\n" for line in kept))
+    self.writer = None
+    if self.enabled:
+      from tensorboardX import SummaryWriter
+      self.writer = SummaryWriter(str(workdir))
+
+  def write(self, record: dict[str, Any]) -> None:
+    if not self.enabled:
+      return
+    with self.path.open("a") as f:
+      f.write(json.dumps(record, sort_keys=True) + "\n")
+    for key, value in record.items():
+      if isinstance(value, (int, float)) and key not in ("step",):
+        self.writer.add_scalar(f"{record['split']}/{key}", value, record["step"])
+
+  def close(self) -> None:
+    if self.writer is not None:
+      self.writer.close()
+
+
+def _progress(total: int, initial: int):
+  from tqdm import tqdm
+  return tqdm(total=total, initial=initial, disable=not sys.stderr.isatty(), dynamic_ncols=True, unit="step")
+
+
+def _floats(metrics: dict) -> dict[str, float]:
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+# ---------------------------------------------------------------------------------------------------- train
+
+
+@dataclasses.dataclass
+class Trainer:
+  """What the loop needs, built once: model, optimizer, jitted steps, mesh and shardings."""
+
+  config: ml_collections.ConfigDict
+  model: Transformer
+  mesh: Any
+  optimizer: Any
+  schedule: Any
+  settings: steps.StepSettings
+
+  @classmethod
+  def build(cls, config, vocab_size: int) -> "Trainer":
+    model_cfg = configuration.model_config(config, vocab_size)
+    mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
+    if config.train.batch_size % mesh.size:
+      raise configuration.ConfigError(
+          f"train.batch_size={config.train.batch_size} is not divisible by the {mesh.size} devices of the mesh")
+    settings = steps.StepSettings(
+        objective=config.objective, vocab_size=vocab_size, grad_accum=config.train.grad_accum,
+        z_loss=config.train.z_loss, loss_chunk=config.train.loss_chunk,
+        mlm_select_rate=config.data.mlm_select_rate, mlm_mask_rate=config.data.mlm_mask_rate,
+        mlm_random_rate=config.data.mlm_random_rate)
+    return cls(config, Transformer(model_cfg), mesh, optim.make_optimizer(config.train),
+               optim.make_schedule(config.train), settings)
+
+  @functools.cached_property
+  def state_shardings(self):
+    abstract = jax.eval_shape(self._init, jax.random.key(0))
+    return mesh_lib.param_sharding(abstract, self.mesh)
+
+  def _init(self, rng):
+    return steps.init_state(rng, model=self.model, optimizer=self.optimizer, seq_len=self.config.data.seq_len)
+
+  def init_state(self) -> steps.TrainState:
+    return jax.jit(self._init, out_shardings=self.state_shardings)(jax.random.key(self.config.seed))
+
+  @functools.cached_property
+  def train_step(self):
+    step = functools.partial(steps.train_step, model=self.model, optimizer=self.optimizer, schedule=self.schedule,
+                             settings=self.settings)
+    return jax.jit(step, in_shardings=(self.state_shardings, mesh_lib.batch_sharding(self.mesh)),
+                   out_shardings=(self.state_shardings, None), donate_argnums=0)
+
+  @functools.cached_property
+  def eval_step(self):
+    step = functools.partial(steps.eval_step, model=self.model, settings=self.settings)
+    return jax.jit(step, in_shardings=(self.state_shardings.params, mesh_lib.batch_sharding(self.mesh), None))
+
+  def evaluate(self, params, ids: np.ndarray) -> dict[str, float]:
+    """Loss, perplexity and accuracy over the validation split (MLM masks with a fixed key: comparable evals)."""
+    totals: dict[str, float] = {}
+    rng = jax.random.key(self.config.seed + 1)
+    for batch in valid_batches(self.config, ids, self.config.train.batch_size // jax.process_count()):
+      sums = jax.device_get(self.eval_step(params, mesh_lib.shard_batch(batch, self.mesh), rng))
+      for key, value in sums.items():
+        totals[key] = totals.get(key, 0.0) + float(value)
+    weight = max(totals.get("weight_sum", 0.0), 1e-9)
+    nll = totals.get("nll_sum", 0.0) / weight
+    return {"loss": totals.get("loss_sum", 0.0) / weight, "ppl": math.exp(min(nll, 700.0)),
+            "accuracy": totals.get("correct_sum", 0.0) / weight, "tokens": totals.get("weight_sum", 0.0)}
+
+
+def check_finite(step: int, metrics: dict[str, float], last_saved: int | None) -> None:
+  bad = [k for k in ("loss", "grad_norm/total") if k in metrics and not math.isfinite(metrics[k])]
+  if bad:
+    kept = f"the last good checkpoint (step {last_saved}) is kept" if last_saved else "no checkpoint was written"
+    raise NonFiniteError(f"non-finite {' and '.join(bad)} at step {step} "
+                         f"(loss={metrics.get('loss')}); stopping: {kept}")
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
+  """Trains (or resumes) the run in `workdir`; returns the summary written to summary.json."""
+  start_time = time.time()
+  configuration.validate(config)
+  distributed = str(config.mesh.distributed).lower()
+  mesh_lib.maybe_initialize_distributed(None if distributed == "auto" else distributed == "true")
+  workdir = prepare_workdir(config, workdir)
+  data = prepare_data(config, workdir)
+  trainer = Trainer.build(config, data.vocab_size)
+  t = config.train
+
+  checkpointer = checkpoint_lib.Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints, keep_best=True,
+                                             async_save=t.async_checkpoints)
+  state = trainer.init_state()
+  iterator = train_batches(config, data)
+  progress_state = {"tokens_seen": 0.0, "wall_s": 0.0}
+  last_saved = checkpointer.latest_step()
+  if last_saved is not None:
+    state, saved = checkpointer.restore(last_saved, target=state)
+    iterator.set_state(saved["iterator"])
+    progress_state = {k: saved[k] for k in progress_state}
+  start_step = int(state.step)
+  num_params = count_params(state.params)
+  log = MetricsLog(workdir, start_step)
+  bar = _progress(t.steps, start_step)
+  window = {"time": time.time(), "tokens": 0.0, "loss_sum": 0.0, "count": 0}
+  last_train: dict[str, float] = {}
+  valid: dict[str, float] = {}
+  pending = None  # (step, device metrics) of the step dispatched last: read only after the next dispatch
+
+  def drain():
+    """Reads the pending step's metrics: accumulate, check finiteness, log at log_every."""
+    nonlocal pending, last_train
+    if pending is None:
+      return
+    step, device_metrics = pending
+    pending = None
+    m = _floats(device_metrics)
+    check_finite(step, m, last_saved)
+    progress_state["tokens_seen"] += m["tokens"]
+    window["tokens"] += m["tokens"]
+    window["loss_sum"] += m["loss"]
+    window["count"] += 1
+    if step % t.log_every == 0 or step == t.steps:
+      elapsed = max(time.time() - window["time"], 1e-9)
+      last_train = {**m, "loss": window["loss_sum"] / window["count"], "tokens_per_s": window["tokens"] / elapsed}
+      last_train["ppl"] = math.exp(min(last_train["loss"], 700.0))
+      log.write({"step": step, "split": "train", **last_train, "tokens_seen": progress_state["tokens_seen"]})
+      bar.set_postfix(loss=f"{last_train['loss']:.3f}", tok_s=f"{last_train['tokens_per_s']:.0f}")
+      window.update(time=time.time(), tokens=0.0, loss_sum=0.0, count=0)
+
+  try:
+    for step in range(start_step + 1, t.steps + 1):
+      batch = next(iterator)
+      check_ids(batch["inputs"], data.vocab_size)
+      state, metrics = trainer.train_step(state, mesh_lib.shard_batch(batch, trainer.mesh))
+      drain()  # step − 1, while step runs
+      pending = (step, metrics)
+      bar.update(1)
+      evaluate_now = step % t.eval_every == 0 or step == t.steps
+      save_now = step % t.checkpoint_every == 0 or step == t.steps
+      if evaluate_now or save_now:
+        drain()  # never evaluate or save a state whose loss we have not checked
+      if evaluate_now:
+        valid = trainer.evaluate(state.params, data.splits["valid"])
+        log.write({"step": step, "split": "valid", **valid, "lr": last_train.get("lr", 0.0)})
+      if save_now:
+        progress_state["wall_s"] += time.time() - start_time
+        start_time = time.time()
+        data_state = {"iterator": iterator.get_state(), **progress_state}
+        checkpointer.save(step, state, data_state, {"valid_loss": valid["loss"]} if evaluate_now else None,
+                          metadata={"config": config.to_dict()})
+        last_saved = step
+    drain()
+  finally:
+    bar.close()
+    checkpointer.wait()
+    checkpointer.close()
+    log.close()
+
+  if not valid:  # e.g. steps == 0, or resumed at the end
+    valid = trainer.evaluate(state.params, data.splits["valid"])
+  progress_state["wall_s"] += time.time() - start_time
+  summary = {"step": int(state.step), "train_loss": last_train.get("loss"), "valid_loss": valid["loss"],
+             "valid_ppl": valid["ppl"], "valid_accuracy": valid["accuracy"],
+             "tokens_seen": progress_state["tokens_seen"], "num_params": num_params,
+             "num_embedding_params": int(state.params["token_embed"]["embedding"].size),
+             "vocab_size": data.vocab_size, "wall_s": progress_state["wall_s"]}
+  if jax.process_index() == 0:
+    atomic_write_json(workdir / SUMMARY_FILE, summary)
+  return summary

@@ -1,0 +1,184 @@
+"""The pure, module-level train and eval steps (STYLE.md "Borrow" 7).
+
+`train_step(state, batch, *, model, optimizer, schedule, settings) -> (state, metrics)`: static pieces are bound with
+`functools.partial` and the result is jitted once with shardings and a donated state (see `loop.py`). Randomness
+is `fold_in(state.rng, state.step)`, so a resumed run draws the same numbers as an uninterrupted one.
+
+Losses are sums divided once by the total weight, so gradient accumulation over micro-batches gives the same
+gradient as one big batch, and padded rows (weight 0) never count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from research.data.batches import mask_tokens
+from research.data.tokenizers import SPECIAL_IDS
+from research.model.transformer import Transformer
+from research.train import objectives, optim
+
+Array = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: Array  # int32 scalar: optimizer steps taken
+  params: Any
+  opt_state: Any
+  rng: Array  # typed PRNG key; per-step keys are fold_in(rng, step)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+  """Static, hashable settings of the step (bound with functools.partial, never traced)."""
+
+  objective: str = "clm"  # clm | mlm
+  vocab_size: int = 256
+  grad_accum: int = 1
+  z_loss: float = 0.0
+  loss_chunk: int = 0  # tokens per chunk of the LM head + cross-entropy; 0 = whole batch at once
+  mlm_select_rate: float = 0.15
+  mlm_mask_rate: float = 0.8
+  mlm_random_rate: float = 0.1
+
+
+def init_state(rng, *, model: Transformer, optimizer: optax.GradientTransformation, seq_len: int) -> TrainState:
+  init_rng, state_rng = jax.random.split(rng)
+  params = model.init(init_rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), rng=state_rng)
+
+
+def prepare_inputs(batch, rng, settings: StepSettings):
+  """(inputs, targets, weights, positions): MLM applies the BERT masking here, from the step's key."""
+  if settings.objective == "mlm":
+    inputs, targets, selected = mask_tokens(
+        rng, batch["inputs"], vocab_size=settings.vocab_size, select_rate=settings.mlm_select_rate,
+        mask_rate=settings.mlm_mask_rate, random_rate=settings.mlm_random_rate, special_ids=SPECIAL_IDS)
+    return inputs, targets, selected * batch["weights"], batch["positions"]
+  return batch["inputs"], batch["targets"], batch["weights"], batch["positions"]
+
+
+def lm_loss_sums(params, model: Transformer, inputs, targets, weights, positions, *, deterministic: bool, rngs=None,
+                 z_loss: float = 0.0, loss_chunk: int = 0):
+  """(loss_sum, weight_sum, extras). With `loss_chunk`, the head and the cross-entropy run over chunks of that
+  many tokens under `jax.checkpoint`, so the full [tokens, V] logits never exist at once (forward or backward).
+
+  The values are those of `objectives.cross_entropy`; it is restated here in a form that is cheaper to
+  differentiate on CPU (benchmarks/throughput.py): the target logit and the accuracy are read with an iota
+  comparison instead of `take_along_axis` (whose gradient is a scatter) and `argmax` (a slow variadic reduce)."""
+
+  def cross_entropy(logits_BxLxV, targets_BxL, weights_BxL):
+    logits = logits_BxLxV.astype(jnp.float32)
+    lse_BxL = jax.nn.logsumexp(logits, axis=-1)
+    vocab_V = jax.lax.broadcasted_iota(jnp.int32, (logits.shape[-1],), 0)
+    t_BxLx1 = targets_BxL[..., None].astype(jnp.int32)
+    is_target = vocab_V == t_BxLx1
+    # Exactly the target logit: every other term of the sum is 0.
+    target_logit_BxL = jnp.sum(jnp.where(is_target, logits, 0.0), axis=-1)
+    nll_BxL = lse_BxL - target_logit_BxL
+    z_BxL = z_loss * jnp.square(lse_BxL)
+    # argmax == target, argmax being the first index of the maximum with NaN above everything: correct unless
+    # an earlier logit is >= the target's or a later one is > it.
+    logits_ng, target_ng = jax.lax.stop_gradient(logits), jax.lax.stop_gradient(target_logit_BxL)[..., None]
+    nan_j, nan_t = jnp.isnan(logits_ng), jnp.isnan(target_ng)
+    ge = (logits_ng >= target_ng) | nan_j
+    gt = (logits_ng > target_ng) | (nan_j & ~nan_t)
+    beaten = jnp.where(vocab_V < t_BxLx1, ge, jnp.where(is_target, False, gt))
+    correct_BxL = (~jnp.any(beaten, axis=-1)).astype(jnp.float32)
+
+    weights = weights_BxL.astype(jnp.float32)
+    counted = weights != 0
+    # where, not multiply: 0 * inf is nan, and padding logits may be anything.
+    wsum = lambda x_BxL: jnp.sum(jnp.where(counted, x_BxL * weights, 0.0))  # noqa: E731
+    nll_sum, z_sum = wsum(nll_BxL), wsum(z_BxL)
+    extras = {"nll_sum": nll_sum, "z_loss_sum": z_sum, "correct_sum": wsum(correct_BxL)}
+    return nll_sum + z_sum, jnp.sum(weights), extras
+
+  variables = {"params": params}
+  hidden_BxLxD = model.apply(variables, inputs, positions, deterministic=deterministic, rngs=rngs,
+                             return_hidden=True)
+  n = targets.size
+  if not loss_chunk or loss_chunk >= n or n % loss_chunk:
+    logits = model.apply(variables, hidden_BxLxD, method=Transformer.logits)
+    return cross_entropy(logits, targets, weights)
+
+  @jax.checkpoint
+  def chunk_sums(h_CxD, t_C, w_C):
+    logits_1xCxV = model.apply(variables, h_CxD[None], method=Transformer.logits)
+    return cross_entropy(logits_1xCxV, t_C[None], w_C[None])
+
+  def body(carry, chunk):
+    sums = chunk_sums(*chunk)
+    return jax.tree.map(jnp.add, carry, sums), None
+
+  chunks = (hidden_BxLxD.reshape(n // loss_chunk, loss_chunk, -1), targets.reshape(-1, loss_chunk),
+            weights.reshape(-1, loss_chunk))
+  zero = jnp.zeros((), jnp.float32)
+  init = (zero, zero, {"nll_sum": zero, "z_loss_sum": zero, "correct_sum": zero})
+  sums, _ = jax.lax.scan(body, init, chunks)
+  return sums
+
+
+def _split_micro(x, k: int):
+  return x.reshape(k, x.shape[0] // k, *x.shape[1:])
+
+
+def train_step(state: TrainState, batch, *, model: Transformer, optimizer, schedule, settings: StepSettings):
+  """One optimizer step over `batch` (split into `settings.grad_accum` micro-batches). Returns (state, metrics)."""
+  rng = jax.random.fold_in(state.rng, state.step)
+  mask_rng, dropout_rng = jax.random.split(rng)
+  inputs, targets, weights, positions = prepare_inputs(batch, mask_rng, settings)
+
+  def sums_and_grads(micro, key):
+    def loss_fn(params):
+      loss_sum, weight_sum, extras = lm_loss_sums(
+          params, model, *micro, deterministic=False, rngs={"dropout": key}, z_loss=settings.z_loss,
+          loss_chunk=settings.loss_chunk)
+      return loss_sum, (weight_sum, extras)
+
+    (loss_sum, (weight_sum, extras)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return (loss_sum, weight_sum, extras), grads
+
+  data = (inputs, targets, weights, positions)
+  if settings.grad_accum == 1:
+    sums, grads = sums_and_grads(data, dropout_rng)
+  else:
+    micro = jax.tree.map(lambda x: _split_micro(x, settings.grad_accum), data)
+    keys = jax.random.split(dropout_rng, settings.grad_accum)
+
+    def body(carry, xs):
+      out = sums_and_grads(*xs)
+      return jax.tree.map(jnp.add, carry, out), None
+
+    zero = jax.eval_shape(sums_and_grads, jax.tree.map(lambda x: x[0], micro), keys[0])
+    sums, grads = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, zero), (micro, keys))[0]
+  loss_sum, weight_sum, extras = sums
+  denom = jnp.maximum(weight_sum, 1.0)
+  grads = jax.tree.map(lambda g: g / denom, grads)
+
+  row_mask = optim.present_rows(jnp.concatenate([inputs, targets], axis=1), settings.vocab_size)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params, row_mask=row_mask)
+  params = optax.apply_updates(state.params, updates)
+
+  groups = optim.param_groups(state.params)
+  metrics = objectives.loss_metrics(loss_sum, weight_sum, extras)
+  metrics["lr"] = schedule(state.step)
+  for name, tree in (("grad_norm", grads), ("param_norm", params), ("update_norm", updates)):
+    for group, value in objectives.group_norms(tree, groups).items():
+      metrics[f"{name}/{group}"] = value
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  return new_state, metrics
+
+
+def eval_step(params, batch, rng, *, model: Transformer, settings: StepSettings):
+  """Loss sums over one evaluation batch (MLM masks with `rng`, fixed by the caller for comparable evals)."""
+  inputs, targets, weights, positions = prepare_inputs(batch, rng, settings)
+  loss_sum, weight_sum, extras = lm_loss_sums(params, model, inputs, targets, weights, positions,
+                                              deterministic=True, loss_chunk=settings.loss_chunk)
+  return {"loss_sum": loss_sum, "weight_sum": weight_sum, **extras}

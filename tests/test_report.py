@@ -1,0 +1,322 @@
+"""Reports from fabricated run directories (the JSON files are written here directly, as the trainer would)."""
+
+import csv
+import json
+import math
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+from research.report import ReportError, build_report, load_runs
+from research.report.tables import short_names
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TRAIN_LEN = 64
+MULTIPLES = (1, 2, 4, 8)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+LEARNED_NOTE = "position 127 is beyond the learned table (max_len=64)"
+
+
+def _write_json(path, obj):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(obj))
+
+
+def _ppl(scheme, seed, multiple, tie=True):
+  """Deterministic, realistic-looking numbers: rope best at 1×, alibi best beyond; seeds differ a little."""
+  rng = np.random.default_rng(zlib.crc32(f"{scheme}/{seed}/{multiple}/{tie}".encode()))
+  base = {"alibi": 20.0, "rope": 19.5, "learned": 22.0, "t5": 21.0}[scheme] + (0.0 if tie else 0.8)
+  growth = {"alibi": 0.02, "rope": 0.6, "learned": 5.0, "t5": 0.1}[scheme]
+  return float(base * (1 + growth * math.log2(multiple)) + rng.normal(0, 0.3))
+
+
+def write_trial(directory, name, scheme, seed, tie=True, evaluate=True):
+  """Writes config.json, metrics.jsonl, summary.json and eval/extrapolation.json; returns the numbers written."""
+  trial = directory / name
+  _write_json(trial / "config.json", {
+      "seed": seed, "objective": "clm", "data": {"seq_len": TRAIN_LEN, "batch_size": 8},
+      "model": {"position": scheme, "tie_embeddings": tie, "d_model": 64, "num_layers": 2},
+      "train": {"steps": 100, "learning_rate": 1e-3}})
+  records = []
+  for step in range(0, 101, 20):
+    loss = 6.0 * math.exp(-step / 60) + math.log(_ppl(scheme, seed, 1, tie))
+    records.append({"step": step, "split": "train", "loss": loss, "ppl": math.exp(loss), "lr": 1e-3,
+                    "tokens_per_s": 1e4})
+    if step % 50 == 0:
+      records.append({"step": step, "split": "valid", "loss": loss + 0.05, "ppl": math.exp(loss + 0.05), "lr": 1e-3})
+  (trial / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  valid_ppl = _ppl(scheme, seed, 1, tie)
+  _write_json(trial / "summary.json", {
+      "step": 100, "train_loss": 3.0, "valid_loss": math.log(valid_ppl), "valid_ppl": valid_ppl,
+      "valid_accuracy": 0.3, "tokens_seen": 51200, "num_params": 100000, "num_embedding_params": 32768,
+      "vocab_size": 512, "wall_s": 12.5})
+  ppls = {}
+  if evaluate:
+    results = []
+    for m in MULTIPLES:
+      if scheme == "learned" and m > 1:
+        results.append({"multiple": m, "length": m * TRAIN_LEN, "ppl": None, "tokens": 0, "note": LEARNED_NOTE})
+      else:
+        ppls[m] = _ppl(scheme, seed, m, tie)
+        results.append({"multiple": m, "length": m * TRAIN_LEN, "ppl": ppls[m], "tokens": 4096})
+    _write_json(trial / "eval" / "extrapolation.json", {"train_len": TRAIN_LEN, "mode": "nonoverlapping",
+                                                        "stride": None, "split": "valid", "results": results})
+  return valid_ppl, ppls
+
+
+def make_sweep(directory, schemes=("alibi", "rope", "learned"), seeds=(0, 1, 2), ties=None):
+  """3 schemes × 3 seeds, one failed trial (t5) and one pending trial; returns {(scheme, tie): [(valid, ppls)]}."""
+  trials, values = [], {}
+  for scheme in schemes:
+    for tie in (ties or (True,)):
+      for seed in seeds:
+        name = f"{scheme}-{'tied' if tie else 'untied'}-s{seed}" if ties else f"{scheme}-s{seed}"
+        values.setdefault((scheme, tie), []).append(write_trial(directory, name, scheme, seed, tie))
+        overrides = {"model.position": scheme, "seed": seed}
+        if ties:
+          overrides["model.tie_embeddings"] = tie
+        trials.append({"name": name, "overrides": overrides, "status": "finished", "error": None})
+  _write_json(directory / "t5-s0" / "config.json", {"seed": 0, "model": {"position": "t5"}})
+  trials.append({"name": "t5-s0", "overrides": {"model.position": "t5", "seed": 0}, "status": "failed",
+                 "error": "RESOURCE_EXHAUSTED: out of memory\nwhile allocating 3.2G"})
+  trials.append({"name": "rope-s9", "overrides": {"model.position": "rope", "seed": 9}, "status": "pending",
+                 "error": None})
+  _write_json(directory / "sweep.json", {"sweep": "positions_demo", "base_config": "configs/clm.py",
+                                         "trials": trials})
+  return values
+
+
+def parse_md_table(text):
+  """{row label: [cell texts]} and the header, from the first markdown table in `text`."""
+  lines = [l for l in text.splitlines() if l.startswith("|")]
+  split = lambda l: [c.strip() for c in l.strip().strip("|").split("|")]
+  header = split(lines[0])
+  rows = {split(l)[0]: split(l)[1:] for l in lines[2:]}
+  return header, rows
+
+
+@pytest.fixture
+def sweep(tmp_path):
+  values = make_sweep(tmp_path / "sweep")
+  return tmp_path / "sweep", values
+
+
+def test_cells_are_numpy_mean_and_sample_std(sweep):
+  directory, values = sweep
+  report = build_report(directory)
+  table = report.data
+  labels = [g.label for g in table.groups]
+  assert labels == ["position=alibi", "position=rope", "position=learned", "position=t5"]
+  header, rows = parse_md_table(report.table)
+  assert header == ["group", "n", "valid ppl", "1× (64)", "2× (128)", "4× (256)", "8× (512)"]
+  for gi, scheme in enumerate(["alibi", "rope", "learned"]):
+    seeds = values[(scheme, True)]
+    expected = [[v for v, _ in seeds]] + [[p[m] for _, p in seeds if m in p] for m in MULTIPLES]
+    for column, vals in zip(table.columns, expected):
+      cell = table.cell(gi, column)
+      if not vals:
+        assert cell.n == 0
+        continue
+      assert cell.mean == pytest.approx(np.mean(vals), rel=1e-12)
+      assert cell.std == pytest.approx(np.std(vals, ddof=1), rel=1e-12)
+    text = rows[f"position={scheme}"][1].strip("*")
+    assert text.startswith(f"{np.mean(expected[0]):.2f} ± {np.std(expected[0], ddof=1):.2f}")
+    assert rows[f"position={scheme}"][0] == "3"  # n: the pending rope seed does not count
+
+
+def test_best_per_column_is_bold_and_only_it(sweep):
+  directory, values = sweep
+  _, rows = parse_md_table(build_report(directory).table)
+  means = {s: [np.mean([v for v, _ in values[(s, True)]])] +
+          [np.mean([p[m] for _, p in values[(s, True)]]) if s != "learned" or m == 1 else np.inf for m in MULTIPLES]
+          for s in ("alibi", "rope", "learned")}
+  for col in range(1 + len(MULTIPLES)):
+    best = min(means, key=lambda s: means[s][col])
+    bold = [label for label, cells in rows.items() if cells[1 + col].startswith("**")]
+    assert bold == [f"position={best}"], (col, bold)
+  # the fabricated numbers put rope first at 1× and alibi first far beyond, so both rows get a bold cell
+  assert rows["position=rope"][2].startswith("**") and rows["position=alibi"][-1].startswith("**")
+
+
+def test_na_where_ppl_is_null_with_the_note_and_failed_trials_listed(sweep):
+  directory, _ = sweep
+  report = build_report(directory)
+  _, rows = parse_md_table(report.table)
+  learned = rows["position=learned"]
+  assert not learned[2].startswith("n/a")  # 1× has numbers
+  marks = {re.fullmatch(r"n/a\[\^(\d+)\]", c).group(1) for c in learned[3:]}
+  assert len(marks) == 1
+  assert f"[^{marks.pop()}]: {LEARNED_NOTE}" in report.table
+  assert rows["position=t5"][0] == "0" and all(c.startswith("n/a") for c in rows["position=t5"][1:])
+  md = report.markdown_path.read_text()
+  assert md.startswith("# Report: positions_demo")
+  failed = md.split("## Failed and unfinished trials")[1].split("##")[0]
+  assert "`t5-s0`: failed: RESOURCE_EXHAUSTED: out of memory while allocating 3.2G" in failed
+  assert "`rope-s9`: pending" in failed
+  assert "alibi-s0" not in failed
+
+
+def test_csv_parses_back_to_the_same_means(sweep):
+  directory, values = sweep
+  report = build_report(directory)
+  with open(report.csv_path, newline="") as f:
+    rows = {r["group"]: r for r in csv.DictReader(f)}
+  assert set(rows) == {"position=alibi", "position=rope", "position=learned", "position=t5"}
+  for scheme in ("alibi", "rope", "learned"):
+    row, seeds = rows[f"position={scheme}"], values[(scheme, True)]
+    assert row["position"] == scheme and int(row["n"]) == 3
+    assert float(row["valid_ppl_mean"]) == pytest.approx(np.mean([v for v, _ in seeds]), rel=1e-12)
+    assert float(row["valid_ppl_std"]) == pytest.approx(np.std([v for v, _ in seeds], ddof=1), rel=1e-12)
+    assert float(row["ppl_1x_64_mean"]) == pytest.approx(np.mean([p[1] for _, p in seeds]), rel=1e-12)
+  assert rows["position=learned"]["ppl_2x_128_mean"] == "" and rows["position=learned"]["ppl_2x_128_n"] == "0"
+  assert float(rows["position=alibi"]["ppl_8x_512_mean"]) == pytest.approx(
+      np.mean([p[8] for _, p in values[("alibi", True)]]), rel=1e-12)
+  assert rows["position=t5"]["n"] == "0" and rows["position=t5"]["valid_ppl_mean"] == ""
+
+
+def test_latex_is_booktabs_and_escaped(tmp_path):
+  make_sweep(tmp_path, schemes=("alibi", "rope"), seeds=(0, 1), ties=(True, False))
+  tex = build_report(tmp_path).latex_path.read_text()
+  for rule in ("\\toprule", "\\midrule", "\\bottomrule"):
+    assert tex.count(rule) == 1
+  assert tex.index("\\toprule") < tex.index("\\midrule") < tex.index("\\bottomrule")
+  assert "position=alibi, tie\\_embeddings=True" in tex
+  assert "positions\\_demo" in tex
+  assert not re.search(r"(?<!\\)_", tex.replace("\\usepackage", "")), "unescaped underscore"
+  body = tex.split("\\midrule")[1].split("\\bottomrule")[0]
+  assert body.count("\\textbf{") == 5  # one per column: valid ppl and four lengths
+  assert "$\\pm$" in body and "±" not in tex
+
+
+def test_pngs_are_written_and_tied_plot_only_when_tie_is_swept(tmp_path):
+  scheme_dir, tie_dir = tmp_path / "schemes", tmp_path / "ties"
+  make_sweep(scheme_dir)
+  make_sweep(tie_dir, schemes=("alibi", "rope"), seeds=(0, 1), ties=(True, False))
+  (scheme_dir / "tied_vs_untied.png").write_bytes(PNG_MAGIC + b"stale")  # an earlier report's plot
+  schemes, ties = build_report(scheme_dir), build_report(tie_dir)
+  assert set(schemes.plots) == {"ppl_vs_length.png", "curves.png"}
+  assert not (scheme_dir / "tied_vs_untied.png").exists()
+  assert "tie_embeddings is not among the swept fields" in schemes.markdown_path.read_text()
+  assert set(ties.plots) == {"ppl_vs_length.png", "curves.png", "tied_vs_untied.png"}
+  for report in (schemes, ties):
+    md = report.markdown_path.read_text()
+    for name, path in report.plots.items():
+      data = path.read_bytes()
+      assert data[:8] == PNG_MAGIC and len(data) > 10_000, name
+      assert f"]({name})" in md
+  labels = [g.label for g in ties.data.groups]
+  assert labels[:2] == ["position=alibi, tie_embeddings=True", "position=alibi, tie_embeddings=False"]
+
+
+def test_plots_are_skipped_and_said_so_when_data_is_missing(tmp_path):
+  write_trial(tmp_path, "only", "rope", 0, evaluate=False)
+  (tmp_path / "only" / "metrics.jsonl").unlink()
+  report = build_report(tmp_path / "only")
+  assert report.plots == {}
+  md = report.markdown_path.read_text()
+  assert "(`ppl_vs_length.png`): skipped, no finished trial has an evaluated length" in md
+  assert "(`curves.png`): skipped, no trial has a metrics.jsonl" in md
+
+
+def test_single_run_directory_shows_the_mean_without_std(tmp_path):
+  valid, _ = write_trial(tmp_path, "run", "alibi", 0)
+  report = build_report(tmp_path / "run")
+  assert report.runs.layout == "single" and len(report.data.groups) == 1
+  _, rows = parse_md_table(report.table)
+  assert rows["run"][:2] == ["1", f"{valid:.2f}"]  # n=1: no ± and nothing bolded in a one-row table
+  assert (tmp_path / "run" / "report.md").is_file()
+
+
+def test_directory_of_runs_without_sweep_json_derives_the_swept_fields(tmp_path):
+  values = {}
+  for scheme in ("alibi", "rope"):
+    for seed in (0, 1):
+      values.setdefault(scheme, []).append(write_trial(tmp_path, f"{scheme}{seed}", scheme, seed)[0])
+  (tmp_path / "notes").mkdir()  # not a run: ignored
+  runs = load_runs(tmp_path)
+  assert runs.layout == "runs" and runs.swept_fields == ["seed", "model.position"]
+  report = build_report(tmp_path)
+  _, rows = parse_md_table(report.table)
+  assert set(rows) == {"position=alibi", "position=rope"}
+  assert report.data.cell(0, "valid_ppl").mean == pytest.approx(np.mean(values["alibi"]), rel=1e-12)
+
+
+def test_partially_evaluated_group_shows_its_own_n(tmp_path):
+  seeds = [write_trial(tmp_path, f"a{s}", "alibi", s, evaluate=s != 2) for s in range(3)]
+  seeds += [write_trial(tmp_path, f"r{s}", "rope", s) for s in range(3)]
+  report = build_report(tmp_path)
+  _, rows = parse_md_table(report.table)
+  cell = rows["position=alibi"][2]
+  assert re.search(r" \(n=2\)\**\[\^\d\]$", cell), cell
+  assert report.data.cell(0, "ppl_1x_64").mean == pytest.approx(np.mean([p[1] for _, p in seeds[:2]]), rel=1e-12)
+  assert "not evaluated (no eval/extrapolation.json)" in report.table
+
+
+def test_short_names_use_the_full_path_only_when_ambiguous():
+  assert short_names(["model.dropout", "train.dropout", "model.position"]) == {
+      "model.dropout": "model.dropout", "train.dropout": "train.dropout", "model.position": "position"}
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "foreign", "file"])
+def test_unusable_directories_are_errors_naming_the_path(tmp_path, kind):
+  path = tmp_path / "runs"
+  if kind == "empty":
+    path.mkdir()
+  elif kind == "foreign":
+    (path / "subdir").mkdir(parents=True)
+    (path / "README.txt").write_text("not a run")
+    (path / "subdir" / "data.json").write_text("{}")
+  elif kind == "file":
+    path.write_text("x")
+  with pytest.raises(ReportError) as info:
+    build_report(path)
+  assert isinstance(info.value, ValueError)
+  assert str(path) in str(info.value)
+  if kind in ("empty", "foreign"):
+    assert "sweep.json" in str(info.value) and "config.json" in str(info.value)
+  assert not (path / "report.md").exists()
+
+
+def test_malformed_run_file_names_the_file(tmp_path):
+  write_trial(tmp_path, "run", "alibi", 0)
+  (tmp_path / "run" / "summary.json").write_text("{not json")
+  with pytest.raises(ReportError, match=re.escape(str(tmp_path / "run" / "summary.json"))):
+    build_report(tmp_path / "run")
+
+
+def _cli(*args):
+  env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  return subprocess.run([sys.executable, "-m", "experiments.report", *map(str, args)], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=60)
+
+
+def test_cli_prints_the_table_and_paths(sweep, tmp_path):
+  directory, _ = sweep
+  result = _cli(directory)
+  assert result.returncode == 0, result.stderr
+  assert "| group | n | valid ppl | 1× (64) |" in result.stdout
+  assert "| position=learned | 3 |" in result.stdout
+  assert f"report: {directory / 'report.md'}" in result.stdout
+  assert f"plot: {directory / 'ppl_vs_length.png'}" in result.stdout
+  assert (directory / "table.tex").is_file()
+
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  result = _cli(empty)
+  assert result.returncode == 2 and result.stdout == ""
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and str(empty) in lines[0]
+
+
+def test_report_package_does_not_import_jax_flax_model_or_trainer():
+  code = ("import sys, research.report, experiments.report; "
+          "bad = [m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'optax') "
+          "or m.startswith(('research.model', 'research.train'))]; print(bad); sys.exit(1 if bad else 0)")
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,186 @@
+"""The training loop end to end on the real default corpus: learning, run directory, resume, errors."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from research.train import checkpoint as checkpoint_lib
+from research.train import configuration, loop
+from tests.train_utils import ROOT, cli, read_metrics, tiny_config
+
+RUN_FILES = ("config.json", "tokenizer.json", "token_counts.npy", "metrics.jsonl", "summary.json", "checkpoints")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["clm", "mlm"])
+def test_tiny_run_learns_well_below_uniform_and_writes_the_run_directory(objective, tmp_path):
+  config = tiny_config(**{"objective": objective, "train.steps": 300, "train.eval_every": 150,
+                          "train.checkpoint_every": 150})
+  summary = loop.train(config, tmp_path)
+  uniform = math.log(summary["vocab_size"])
+  # MLM scores only the 15 % masked tokens, so it sees ~7x fewer targets in the same steps and learns slower.
+  margin = 1.0 if objective == "clm" else 0.75
+  assert summary["valid_loss"] < uniform - margin, (summary["valid_loss"], uniform)
+  assert summary["step"] == 300 and summary["num_params"] > summary["num_embedding_params"] > 0
+  for name in RUN_FILES:
+    assert (tmp_path / name).exists(), name
+  assert list(tmp_path.glob("events.*")), "TensorBoard events"
+  assert json.loads((tmp_path / "summary.json").read_text()) == pytest.approx(summary)
+  assert json.loads((tmp_path / "config.json").read_text()) == config.to_dict()
+  train = read_metrics(tmp_path, "train")
+  valid = read_metrics(tmp_path, "valid")
+  assert [r["step"] for r in valid] == [150, 300]
+  assert [r["step"] for r in train] == list(range(20, 301, 20))
+  for key in ("loss", "ppl", "lr", "tokens_per_s", "grad_norm/embedding", "update_norm/other", "param_norm/total"):
+    assert all(math.isfinite(r[key]) for r in train), key
+  assert train[-1]["loss"] < train[0]["loss"] - 0.5
+  assert summary["tokens_seen"] == pytest.approx(train[-1]["tokens_seen"])
+  # A rerun of a finished run resumes at the end: nothing is trained again and the summary is unchanged.
+  again = loop.train(config, tmp_path)
+  assert again["valid_loss"] == pytest.approx(summary["valid_loss"]) and again["step"] == 300
+
+
+def _final_params(workdir):
+  with checkpoint_lib.Checkpointer(Path(workdir) / "checkpoints", keep=2) as ckpt:
+    state, _ = ckpt.restore(ckpt.latest_step())
+  return jax.tree.leaves(state["params"])
+
+
+@pytest.mark.slow
+def test_kill_9_and_rerun_continues_bit_identically(tmp_path):
+  args = ["--config=configs/tiny.py", "--config.train.steps=40", "--config.train.checkpoint_every=10",
+          "--config.train.eval_every=20", "--config.train.log_every=1", "--config.model.dropout=0.1"]
+  reference = cli(*args, f"--workdir={tmp_path / 'reference'}")
+  assert reference.returncode == 0, reference.stderr[-2000:]
+
+  crashed = tmp_path / "crashed"
+  proc = subprocess.Popen([sys.executable, "-m", "experiments.train", *args, f"--workdir={crashed}"], cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    metrics = crashed / "metrics.jsonl"
+    if metrics.exists() and any(json.loads(l)["step"] >= 25 for l in metrics.read_text().splitlines() if l):
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "the run finished before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (crashed / "summary.json").exists()
+  steps_saved = sorted(int(p.name) for p in (crashed / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps_saved and max(steps_saved) < 40
+
+  resumed = cli(*args, f"--workdir={crashed}")
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  ref, res = read_metrics(tmp_path / "reference"), read_metrics(crashed)
+  assert [r["step"] for r in res] == list(range(1, 41))  # lines past the checkpoint were rewritten, not duplicated
+  assert [r["loss"] for r in res] == [r["loss"] for r in ref]  # bit-identical, not approximately
+  assert [r["grad_norm/total"] for r in res] == [r["grad_norm/total"] for r in ref]
+  for a, b in zip(_final_params(crashed), _final_params(tmp_path / "reference")):
+    assert np.array_equal(a, b)
+
+
+def test_a_workdir_of_another_shape_is_refused_naming_the_fields(tmp_path):
+  loop.prepare_workdir(tiny_config(), tmp_path)
+  with pytest.raises(configuration.ConfigError, match=r"model.d_model: 64 \(saved\) != 32 \(current\)") as err:
+    loop.prepare_workdir(tiny_config(**{"model.d_model": 32, "model.position": "rope"}), tmp_path)
+  assert "model.position: 'learned' (saved) != 'rope' (current)" in str(err.value)
+  assert json.loads((tmp_path / "config.json").read_text())["model"]["d_model"] == 64  # never overwritten
+  loop.prepare_workdir(tiny_config(**{"train.learning_rate": 1e-4}), tmp_path)  # not a shape: allowed
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path):
+  result = cli("--config=configs/tiny.py", f"--workdir={tmp_path}", "--config.train.learning_rate=1e30",
+               "--config.train.grad_clip=0.0", "--config.train.warmup_steps=0", "--config.train.steps=50",
+               "--config.train.checkpoint_every=1", "--config.train.eval_every=1000", "--config.train.optimizer=sgd",
+               "--config.train.momentum=0.0")
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  step = int(lines[0].split(" at step ")[1].split()[0])
+  assert lines[0].startswith("error: non-finite loss") and step >= 1
+  saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert (not saved and step == 1) or max(saved) == step - 1
+  assert not (tmp_path / "summary.json").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.model.positon=alibi"], "unknown config field 'model.positon' (did you mean model.position"),
+    (["--config.model.position=fire"], "model.position='fire' is not one of alibi, learned, none, rope, sinusoidal, t5"),
+    (["--config.train.optimizer=adamax"], "train.optimizer='adamax' is not one of adamw, adam, sgd, adafactor, lion"),
+    (["--config.train.steps=-5"], "train.steps=-5 must be an integer >= 0"),
+    (["--config.data.seq_len=1"], "data.seq_len=1 must be >= 2"),
+    (["--config.data.vocab_size=100"], "data.vocab_size=100: vocab_size=100 is too small for a 'bpe' tokenizer"),
+    (["--config.model.num_heads=3"], "model.num_heads=3 does not divide the model width 64"),
+    (["--config.objective=seq2seq"], "objective='seq2seq' is not one of clm, mlm"),
+])
+def test_cli_user_errors_are_one_line_without_traceback(args, message, tmp_path):
+  result = cli("--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}", *args)
+  assert result.returncode == 2
+  assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr[-2000:]
+  assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+  assert not (tmp_path / "run" / "checkpoints").exists()  # failed before training started
+
+
+def test_cli_refuses_a_workdir_that_is_a_file(tmp_path):
+  path = tmp_path / "file"
+  path.write_text("not a directory")
+  result = cli("--config=configs/tiny.py", f"--workdir={path}")
+  assert result.returncode == 2 and result.stderr.strip() == f"error: workdir '{path}' exists and is not a directory"
+  assert path.read_text() == "not a directory"
+
+
+_MESH_SCRIPT = r"""
+import json, os, sys
+from research.train import loop
+from tests.train_utils import tiny_config
+out = {}
+base = {"train.steps": 6, "train.eval_every": 3, "train.checkpoint_every": 3, "train.log_every": 1,
+        "train.eval_batches": 2, "train.async_checkpoints": False}
+for name, (data, fsdp) in {"1x1": (1, 1), "8x1": (8, 1), "2x4": (2, 4)}.items():
+  devices = 1 if name == "1x1" else 8
+  import jax
+  config = tiny_config(**base, **{"mesh.data": data, "mesh.fsdp": fsdp})
+  if name == "1x1":
+    # The same computation on one device: a mesh over the first device only.
+    from research.train import mesh as mesh_lib
+    orig = mesh_lib.make_mesh
+    mesh_lib.make_mesh = lambda d, f, devices=None: orig(1, 1, jax.devices()[:1])
+  loop.train(config, os.path.join(sys.argv[1], name))
+  if name == "1x1":
+    mesh_lib.make_mesh = orig
+  out[name] = [r["loss"] for r in map(json.loads, open(os.path.join(sys.argv[1], name, "metrics.jsonl")))
+               if r["split"] == "train"]
+# Resume a 2x4 checkpoint on an 8x1 mesh and on 1x8.
+for name, (data, fsdp) in {"2x4->8x1": (8, 1), "2x4->1x8": (1, 8)}.items():
+  import shutil
+  path = os.path.join(sys.argv[1], name)
+  shutil.copytree(os.path.join(sys.argv[1], "2x4"), path)
+  for step in ("6",):
+    shutil.rmtree(os.path.join(path, "checkpoints", step))
+  os.remove(os.path.join(path, "summary.json"))
+  loop.train(tiny_config(**base, **{"mesh.data": data, "mesh.fsdp": fsdp}), path)
+  out[name] = [r["loss"] for r in map(json.loads, open(os.path.join(path, "metrics.jsonl"))) if r["split"] == "train"]
+print("RESULT" + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_same_losses_on_meshes_1x1_8x1_2x4_and_restore_across_meshes(tmp_path):
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "PYTHONPATH": str(ROOT)}
+  result = subprocess.run([sys.executable, "-c", _MESH_SCRIPT, str(tmp_path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  losses = json.loads(result.stdout.split("RESULT")[1])
+  assert len(losses["1x1"]) == 6
+  for name in ("8x1", "2x4", "2x4->8x1", "2x4->1x8"):
+    np.testing.assert_allclose(losses[name], losses["1x1"], rtol=2e-5, err_msg=name)

@@ -1,0 +1,102 @@
+"""The pure train / eval steps on a tiny model (no corpus): accumulation, chunked loss, lazy rows, MLM."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from research.model.config import ModelConfig
+from research.model.transformer import Transformer
+from research.train import optim, steps
+
+V, B, L = 41, 8, 12
+
+
+def setup(objective="clm", grad_accum=1, loss_chunk=0, **train):
+  cfg = ModelConfig(vocab_size=V, d_model=16, num_layers=1, num_heads=2, mlp_dim=32, max_len=L,
+                    kind="decoder" if objective == "clm" else "encoder", tie_embeddings=train.pop("tie", True))
+  train_cfg = {"optimizer": "adamw", "learning_rate": 1e-2, "schedule": "constant", "warmup_steps": 0, "steps": 10,
+               "weight_decay": 0.1, "grad_clip": 1.0, "b1": 0.9, "b2": 0.95,
+               "embedding": {"weight_decay": True, "lr_multiplier": 1.0, "freeze": False, "lazy": False}}
+  for k, v in train.items():
+    if k.startswith("embedding_"):
+      train_cfg["embedding"][k[len("embedding_"):]] = v
+    else:
+      train_cfg[k] = v
+  model, tx = Transformer(cfg), optim.make_optimizer(train_cfg)
+  settings = steps.StepSettings(objective=objective, vocab_size=V, grad_accum=grad_accum, loss_chunk=loss_chunk)
+  state = steps.init_state(jax.random.key(0), model=model, optimizer=tx, seq_len=L)
+  step = jax.jit(functools.partial(steps.train_step, model=model, optimizer=tx,
+                                   schedule=optim.make_schedule(train_cfg), settings=settings))
+  return state, step
+
+
+def batch(seed=0, low=5, high=V):
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(low, high, (B, L + 1)).astype(np.int32)
+  weights = np.ones((B, L), np.float32)
+  weights[-1, 5:] = 0.0  # a padded row tail: must not count
+  return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": weights,
+          "positions": np.broadcast_to(np.arange(L, dtype=np.int32), (B, L)).copy()}
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+  (s1, step1), (s4, step4) = setup(grad_accum=1), setup(grad_accum=4)
+  for i in range(3):
+    s1, m1 = step1(s1, batch(i))
+    s4, m4 = step4(s4, batch(i))
+    assert float(m1["loss"]) == pytest.approx(float(m4["loss"]), rel=1e-5)
+    assert float(m1["tokens"]) == float(m4["tokens"]) == B * L - 7
+  for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s4.params)):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
+
+
+def test_chunked_loss_equals_the_full_logits_loss():
+  (s1, full), (s2, chunked) = setup(), setup(loss_chunk=16)
+  for i in range(2):
+    s1, m1 = full(s1, batch(i))
+    s2, m2 = chunked(s2, batch(i))
+    assert float(m1["loss"]) == pytest.approx(float(m2["loss"]), rel=1e-5)
+    assert float(m1["grad_norm/total"]) == pytest.approx(float(m2["grad_norm/total"]), rel=1e-4)
+
+
+def test_padding_weights_do_not_change_the_loss():
+  state, step = setup()
+  b = batch()
+  b2 = {**b, "targets": b["targets"].copy()}
+  b2["targets"][-1, 5:] = 0  # different targets where the weight is 0
+  _, m = step(state, b)
+  _, m2 = step(state, b2)
+  assert float(m["loss"]) == float(m2["loss"])
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_lazy_rows_freeze_absent_rows_in_the_real_step(lazy):
+  state, step = setup(tie=False, embedding_lazy=lazy)
+  for i in range(2):  # ids 20..40 never appear in inputs or targets
+    new_state, _ = step(state, batch(i, low=5, high=20))
+    table, old = new_state.params["token_embed"]["embedding"], state.params["token_embed"]["embedding"]
+    moved = np.any(np.asarray(table[20:]) != np.asarray(old[20:]))
+    assert moved != lazy
+    assert np.any(np.asarray(table[5:20]) != np.asarray(old[5:20]))
+    state = new_state
+
+
+def test_mlm_step_scores_only_masked_tokens():
+  state, step = setup(objective="mlm")
+  b = batch()
+  _, m = step(state, b)
+  scored = float(m["tokens"])
+  assert 0 < scored < 0.35 * (B * L)  # 15 % selected on average; never padding
+  assert float(m["loss"]) > 0
+
+
+def test_per_group_norms_are_reported_and_consistent():
+  state, step = setup()
+  _, m = step(state, batch())
+  for name in ("grad_norm", "param_norm", "update_norm"):
+    total = float(m[f"{name}/total"])
+    parts = float(m[f"{name}/embedding"]) ** 2 + float(m[f"{name}/other"]) ** 2
+    assert total == pytest.approx(parts ** 0.5, rel=1e-5) and total > 0
