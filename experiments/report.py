@@ -7,6 +7,7 @@ Writes DIR/report.md, DIR/table.csv, DIR/table.tex and PNG plots, prints the tab
 empty or foreign directory prints `error: <message>` and exits with status 2.
 """
 
+import signal
 import sys
 
 from absl import app
@@ -36,6 +37,8 @@ def main(argv):
 
 
 def run():
+  if hasattr(signal, "SIGPIPE"):  # `research-report DIR | head` ends quietly
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
   app.run(main)
 
 

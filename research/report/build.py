@@ -77,9 +77,10 @@ def render_markdown(runs: RunSet, table: tables.Table, written: dict[str, pathli
       + ", ".join(f"{n} {s}" for s, n in counts.items()) + ").",
       "",
       f"Rows group the trials by the swept fields {swept}"
-      + (f"; {seeds} are replicates" if seeds else "") + ". Cells are perplexities, mean ± sample std (ddof=1) over "
-      "the finished trials of a row (`n`; a cell's own n is shown where it differs); lower is better, the best mean "
-      "per column is in **bold**; n/a = no value (footnotes say why).",
+      + (f" (replicates, averaged over: {seeds})" if seeds else "")
+      + ". Cells are perplexities, mean ± sample std (ddof=1) over the finished trials of a row (`n`; a cell's "
+      "own n is shown where it differs); lower is better, the best mean per column is in **bold**; n/a = no value "
+      "(footnotes say why).",
   ]
   line = _evaluation_line(runs)
   if line:

@@ -11,6 +11,7 @@ import pathlib
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from research.report.runs import RunSet
 from research.report.tables import VALID_PPL, Table, format_value
@@ -61,8 +62,13 @@ def plot_ppl_vs_length(table: Table, path: pathlib.Path) -> str | None:
   ax.set_xticks(sorted({c.length for c in eval_columns}))
   ax.set_xticklabels([str(x) for x in sorted({c.length for c in eval_columns})])
   ax.set_xlabel("evaluation length (tokens)" + ("; dotted: training length" if train_lens else ""))
+  plain = FuncFormatter(lambda v, _: f"{v:g}")
+  ax.yaxis.set_major_formatter(plain)
+  ax.yaxis.set_minor_formatter(plain)
+  ax.tick_params(axis="y", which="minor", labelsize=7)
   ax.set_ylabel("perplexity (log scale)")
-  ax.set_title(f"{table.title}: perplexity vs length (mean, band = min..max over seeds)", fontsize=10)
+  ax.set_title(f"{table.title}\nperplexity vs evaluation length (line: mean; band: min..max over seeds)",
+               fontsize=10)
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8)
   _save(fig, path)
@@ -142,7 +148,7 @@ def plot_tied_vs_untied(table: Table, path: pathlib.Path) -> str | None:
   ax.set_xticklabels(labels, rotation=20 if len(pairs) > 3 else 0, ha="right" if len(pairs) > 3 else "center",
                      fontsize=8)
   ax.set_ylabel("validation perplexity")
-  ax.set_title(f"{table.title}: tied vs untied embeddings (error bars: std over seeds)", fontsize=10)
+  ax.set_title(f"{table.title}\ntied vs untied embeddings (error bars: std over seeds)", fontsize=10)
   ax.grid(True, axis="y", alpha=0.3)
   ax.legend()
   _save(fig, path)
