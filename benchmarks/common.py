@@ -8,7 +8,6 @@ import functools
 import os
 import resource
 import subprocess
-import sys
 import time
 
 import jax
@@ -93,7 +92,7 @@ def build_step(cfg: ModelConfig, settings: steps.StepSettings, seq_len: int, tra
 
 
 def compile_seconds(step, state, batch) -> tuple[float, object]:
-  """Seconds to lower and compile (no execution); returns the compiled executable too."""
+  """Seconds to lower and compile the step (no execution); returns the compiled executable too."""
   t = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   return time.perf_counter() - t, compiled
@@ -123,7 +122,3 @@ def commit() -> str:
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
   return f"{head} dirty" if dirty else head
-
-
-def python_command(script: str, *args: str) -> list[str]:
-  return [sys.executable, script, *args]

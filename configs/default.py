@@ -38,7 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.token_dropout = 0.0
   c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
   c.model.norm = "pre"  # pre | post
-  c.model.attention = "xla"  # xla (jax.nn.dot_product_attention) | einsum (reference)
+  c.model.attention = "einsum"  # einsum (reference; fastest on CPU) | xla (jax.nn.dot_product_attention)
   c.model.embed_init = "normal"  # normal | uniform
   c.model.embed_init_std = 0.02
   c.model.embed_scale = False
@@ -66,7 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.b2 = 0.95
   c.train.momentum = 0.9  # sgd only
   c.train.z_loss = 0.0
-  c.train.loss_chunk = 0  # tokens per chunk of LM head + loss (never the full logits); 0 = all at once
+  c.train.loss_chunk = 512  # tokens per chunk of LM head + loss (never the full logits); 0 = all at once
   c.train.checkpoint_every = 500
   c.train.keep_checkpoints = 2  # plus the best by validation loss
   c.train.async_checkpoints = True

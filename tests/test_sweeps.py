@@ -154,3 +154,20 @@ def test_evaluating_a_non_run_is_a_clear_error(tmp_path):
   result = cli("experiments.evaluate", f"--workdir={tmp_path}")
   assert result.returncode == 2 and result.stderr.strip() == f"error: '{tmp_path}' is not a run directory (no " \
                                                              "config.json)"
+
+
+@pytest.mark.slow
+def test_rope_scaling_switched_on_at_evaluation(tmp_path):
+  result = cli("--config=configs/tiny.py", f"--workdir={tmp_path}", "--config.model.position=rope",
+               *(f"--config.{k}={v}" for k, v in FAST.items()))
+  assert result.returncode == 0, result.stderr[-2000:]
+  plain = extrapolation.evaluate_run(tmp_path, (1, 2))
+  out = cli("experiments.evaluate", f"--workdir={tmp_path}", "--lengths=1,2", "--rope_scaling=yarn")
+  assert out.returncode == 0, out.stderr[-2000:]
+  yarn = json.loads((tmp_path / "eval" / "extrapolation_yarn.json").read_text())
+  assert yarn["rope_scaling"] == "yarn" and json.loads(
+      (tmp_path / "eval" / "extrapolation.json").read_text())["rope_scaling"] is None
+  # Factor "auto" = the multiple: at 1× nothing is scaled, at 2× the frequencies (and the temperature) change.
+  assert yarn["results"][0]["ppl"] == pytest.approx(plain["results"][0]["ppl"], rel=1e-6)
+  assert yarn["results"][1]["ppl"] != pytest.approx(plain["results"][1]["ppl"], rel=1e-4)
+  assert "ppl" in out.stdout.splitlines()[0] and len(out.stdout.strip().splitlines()) == 3

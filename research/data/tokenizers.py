@@ -167,7 +167,10 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int) -> Tokeniz
     raise ValueError(f"vocab_size={vocab_size} is too small for a {kind!r} tokenizer on this text: the trainer "
                      f"needs at least {tok.get_vocab_size()} ids")
   _check_specials(tok, kind)
-  return tok
+  # Return the tokenizer as its saved form reloads: the unigram model's log-probabilities are printed with fewer
+  # digits than they are held in memory, and near-ties can then segment differently. Training, caching and every
+  # later run must all use the same tokenizer, so the in-memory one is the round-tripped one.
+  return Tokenizer.from_str(tok.to_str())
 
 
 def _check_specials(tok: Tokenizer, kind: str) -> None:

@@ -33,9 +33,12 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x_BxLxD):
     cfg = self.cfg
-    h = nn.Dense(cfg.mlp_dim, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32, name="fc1")(x_BxLxD)
+    # Over [tokens, d] (see MultiHeadAttention): the weight gradients are then plain matmuls on XLA:CPU.
+    x_NxD = x_BxLxD.reshape(-1, x_BxLxD.shape[-1])
+    h = nn.Dense(cfg.mlp_dim, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32, name="fc1")(x_NxD)
     h = nn.gelu(h)
-    return nn.Dense(cfg.width, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32, name="fc2")(h)
+    out_NxD = nn.Dense(cfg.width, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32, name="fc2")(h)
+    return out_NxD.reshape(*x_BxLxD.shape[:-1], cfg.width)
 
 
 class Block(nn.Module):

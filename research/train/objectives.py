@@ -20,17 +20,30 @@ def cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_BxL: 
   Returns (loss_sum, weight_sum, extras) with extras = {nll_sum, z_loss_sum, correct_sum}.  Positions of
   weight 0 contribute exactly nothing, even where their logits are inf or nan.
   """
+  # The target logit and the accuracy are read with an iota comparison rather than `take_along_axis` (whose
+  # gradient is a scatter) and `argmax` (a slow variadic reduce on CPU): same values, cheaper to differentiate
+  # (benchmarks/throughput.py).
   logits = logits_BxLxV.astype(jnp.float32)
   lse_BxL = jax.nn.logsumexp(logits, axis=-1)
-  target_logit_BxL = jnp.take_along_axis(logits, targets_BxL[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  vocab_V = jax.lax.broadcasted_iota(jnp.int32, (logits.shape[-1],), 0)
+  t_BxLx1 = targets_BxL[..., None].astype(jnp.int32)
+  is_target = vocab_V == t_BxLx1
+  target_logit_BxL = jnp.sum(jnp.where(is_target, logits, 0.0), axis=-1)  # every other term is exactly 0
   nll_BxL = lse_BxL - target_logit_BxL
   z_BxL = z_loss * jnp.square(lse_BxL)
-  correct_BxL = (jnp.argmax(logits, axis=-1) == targets_BxL).astype(jnp.float32)
+  # argmax == target (argmax = first index of the maximum, NaN above everything): correct unless an earlier
+  # logit is >= the target's or a later one is > it.
+  logits_ng, target_ng = jax.lax.stop_gradient(logits), jax.lax.stop_gradient(target_logit_BxL)[..., None]
+  nan_j, nan_t = jnp.isnan(logits_ng), jnp.isnan(target_ng)
+  ge = (logits_ng >= target_ng) | nan_j
+  gt = (logits_ng > target_ng) | (nan_j & ~nan_t)
+  beaten = jnp.where(vocab_V < t_BxLx1, ge, jnp.where(is_target, False, gt))
+  correct_BxL = (~jnp.any(beaten, axis=-1)).astype(jnp.float32)
 
   weights = weights_BxL.astype(jnp.float32)
   counted = weights != 0
   # where, not multiply: 0 * inf is nan, and padding logits may be anything.
-  wsum = lambda x_BxL: jnp.sum(jnp.where(counted, x_BxL * weights, 0.0))
+  wsum = lambda x_BxL: jnp.sum(jnp.where(counted, x_BxL * weights, 0.0))  # noqa: E731
   nll_sum, z_sum = wsum(nll_BxL), wsum(z_BxL)
   extras = {'nll_sum': nll_sum, 'z_loss_sum': z_sum, 'correct_sum': wsum(correct_BxL)}
   return nll_sum + z_sum, jnp.sum(weights), extras

@@ -67,57 +67,29 @@ def prepare_inputs(batch, rng, settings: StepSettings):
 def lm_loss_sums(params, model: Transformer, inputs, targets, weights, positions, *, deterministic: bool, rngs=None,
                  z_loss: float = 0.0, loss_chunk: int = 0):
   """(loss_sum, weight_sum, extras). With `loss_chunk`, the head and the cross-entropy run over chunks of that
-  many tokens under `jax.checkpoint`, so the full [tokens, V] logits never exist at once (forward or backward).
-
-  The values are those of `objectives.cross_entropy`; it is restated here in a form that is cheaper to
-  differentiate on CPU (benchmarks/throughput.py): the target logit and the accuracy are read with an iota
-  comparison instead of `take_along_axis` (whose gradient is a scatter) and `argmax` (a slow variadic reduce)."""
-
-  def cross_entropy(logits_BxLxV, targets_BxL, weights_BxL):
-    logits = logits_BxLxV.astype(jnp.float32)
-    lse_BxL = jax.nn.logsumexp(logits, axis=-1)
-    vocab_V = jax.lax.broadcasted_iota(jnp.int32, (logits.shape[-1],), 0)
-    t_BxLx1 = targets_BxL[..., None].astype(jnp.int32)
-    is_target = vocab_V == t_BxLx1
-    # Exactly the target logit: every other term of the sum is 0.
-    target_logit_BxL = jnp.sum(jnp.where(is_target, logits, 0.0), axis=-1)
-    nll_BxL = lse_BxL - target_logit_BxL
-    z_BxL = z_loss * jnp.square(lse_BxL)
-    # argmax == target, argmax being the first index of the maximum with NaN above everything: correct unless
-    # an earlier logit is >= the target's or a later one is > it.
-    logits_ng, target_ng = jax.lax.stop_gradient(logits), jax.lax.stop_gradient(target_logit_BxL)[..., None]
-    nan_j, nan_t = jnp.isnan(logits_ng), jnp.isnan(target_ng)
-    ge = (logits_ng >= target_ng) | nan_j
-    gt = (logits_ng > target_ng) | (nan_j & ~nan_t)
-    beaten = jnp.where(vocab_V < t_BxLx1, ge, jnp.where(is_target, False, gt))
-    correct_BxL = (~jnp.any(beaten, axis=-1)).astype(jnp.float32)
-
-    weights = weights_BxL.astype(jnp.float32)
-    counted = weights != 0
-    # where, not multiply: 0 * inf is nan, and padding logits may be anything.
-    wsum = lambda x_BxL: jnp.sum(jnp.where(counted, x_BxL * weights, 0.0))  # noqa: E731
-    nll_sum, z_sum = wsum(nll_BxL), wsum(z_BxL)
-    extras = {"nll_sum": nll_sum, "z_loss_sum": z_sum, "correct_sum": wsum(correct_BxL)}
-    return nll_sum + z_sum, jnp.sum(weights), extras
+  many tokens under `jax.checkpoint`, so the full [tokens, V] logits never exist at once (forward or backward)."""
 
   variables = {"params": params}
   hidden_BxLxD = model.apply(variables, inputs, positions, deterministic=deterministic, rngs=rngs,
                              return_hidden=True)
   n = targets.size
+  # The head runs on [tokens, d], not [B, L, d]: with one contracting dimension the weight gradient of the head
+  # is a plain matmul; with two, XLA:CPU materialises a transposed copy of the [tokens, V] logits gradient.
+  hidden_NxD = hidden_BxLxD.reshape(n, hidden_BxLxD.shape[-1])
   if not loss_chunk or loss_chunk >= n or n % loss_chunk:
-    logits = model.apply(variables, hidden_BxLxD, method=Transformer.logits)
-    return cross_entropy(logits, targets, weights)
+    logits_NxV = model.apply(variables, hidden_NxD, method=Transformer.logits)
+    return objectives.cross_entropy(logits_NxV, targets.reshape(n), weights.reshape(n), z_loss)
 
   @jax.checkpoint
   def chunk_sums(h_CxD, t_C, w_C):
-    logits_1xCxV = model.apply(variables, h_CxD[None], method=Transformer.logits)
-    return cross_entropy(logits_1xCxV, t_C[None], w_C[None])
+    logits_CxV = model.apply(variables, h_CxD, method=Transformer.logits)
+    return objectives.cross_entropy(logits_CxV, t_C, w_C, z_loss)
 
   def body(carry, chunk):
     sums = chunk_sums(*chunk)
     return jax.tree.map(jnp.add, carry, sums), None
 
-  chunks = (hidden_BxLxD.reshape(n // loss_chunk, loss_chunk, -1), targets.reshape(-1, loss_chunk),
+  chunks = (hidden_NxD.reshape(n // loss_chunk, loss_chunk, -1), targets.reshape(-1, loss_chunk),
             weights.reshape(-1, loss_chunk))
   zero = jnp.zeros((), jnp.float32)
   init = (zero, zero, {"nll_sum": zero, "z_loss_sum": zero, "correct_sum": zero})
