@@ -3,7 +3,7 @@ length. Finishes in well under 10 minutes on 2 CPU cores (docs/results.md has th
 
 from research.sweeps import product, seeds
 
-BASE_CONFIG = "configs/tiny.py"
+BASE_CONFIG = "configs/quickstart.py"
 EVALUATE = {"lengths": [1, 2, 4, 8]}
 
 
