@@ -40,8 +40,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.norm = "pre"  # pre | post
   c.model.attention = "einsum"  # einsum (reference; fastest on CPU) | xla (jax.nn.dot_product_attention)
   c.model.embed_init = "normal"  # normal | uniform
-  c.model.embed_init_std = 0.02
-  c.model.embed_scale = False
+  # Unit-scale token vectors, as fairseq / Vaswani et al.: table ~ N(0, 1/d), multiplied by sqrt(d) at the input.
+  # A table of std 0.02 without the scale is swamped by unit-amplitude sinusoids (docs/results.md).
+  c.model.embed_init_std = 0.0  # 0 = d_model ** -0.5
+  c.model.embed_scale = True
   c.model.sinusoidal_wavelength = 10_000.0
   c.model.rope_base = 10_000.0
   c.model.rope_fraction = 1.0

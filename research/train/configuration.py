@@ -97,6 +97,7 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int | None = Non
   values["rope_original_len"] = values["rope_original_len"] or config.data.seq_len
   values["kind"] = "decoder" if config.objective == "clm" else "encoder"
   values["vocab_size"] = int(vocab_size or config.data.vocab_size)
+  values["embed_init_std"] = values["embed_init_std"] or values["d_model"] ** -0.5
   try:
     return ModelConfig.from_dict(values)
   except ValueError as e:
