@@ -4,7 +4,7 @@
 
 Shape (the issue's): V=8192, d=256, 4 layers, 4 heads, MLP 1024, T=256, batch 16, float32, AdamW, tied embeddings.
 Each scheme runs in its own process (so compile time and peak RSS are its own); the parent first measures the
-float32 matmul peak on the spot (best of several 2048³ matmuls through jax).
+matmul peak of the compute dtype (`--dtype`) on the spot (best of several 2048³ matmuls through jax).
 
 Per scheme: tokens/s from the best of `--windows` windows of `--steps` steps after warm-up (the machine is shared,
 so the best window is the one least disturbed by other work; the median is printed too), MFU = tokens/s × FLOPs per
@@ -47,7 +47,8 @@ def parse_args(argv=None):
   p.add_argument("--steps", type=int, default=2, help="steps per timing window")
   p.add_argument("--windows", type=int, default=6, help="timing windows; the best one is reported")
   p.add_argument("--peak-size", type=int, default=2048, help="n of the n³ matmul that measures the peak")
-  p.add_argument("--peak", type=float, default=0.0, help="use this f32 peak (FLOP/s) instead of measuring it")
+  p.add_argument("--peak", type=float, default=0.0,
+                 help="use this matmul peak (FLOP/s, in --dtype) instead of measuring it")
   p.add_argument("--worker", default="", help=argparse.SUPPRESS)
   return p.parse_args(argv)
 
@@ -97,7 +98,9 @@ def main(argv=None):
     return
   import common
 
-  peak = args.peak or common.matmul_peak(args.peak_size)
+  import jax.numpy as jnp
+  # MFU is against the peak of the compute dtype: a bf16 run divided by the f32 peak would overstate it (GPUs).
+  peak = args.peak or common.matmul_peak(args.peak_size, dtype=jnp.dtype(args.dtype))
   rows = []
   passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--json"]
   for scheme in [s for s in args.schemes.split(",") if s]:
@@ -117,7 +120,7 @@ def main(argv=None):
   print(f"commit {common.commit()}  {time.strftime('%Y-%m-%d %H:%M')}  shape V={shape.vocab} d={shape.d_model} "
         f"L={shape.layers} H={shape.heads} mlp={shape.mlp_dim} T={shape.seq_len} B={shape.batch} {shape.dtype}  "
         f"attention={args.attention} loss_chunk={args.loss_chunk}  XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-  print(f"f32 matmul peak {peak / 1e9:.0f} GFLOP/s ({args.peak_size}³, best of 10)  "
+  print(f"{args.dtype} matmul peak {peak / 1e9:.0f} GFLOP/s ({args.peak_size}³, best of 10)  "
         f"FLOPs/token {rows[0]['flops_per_token'] / 1e6:.2f} M (N={rows[0]['n_params_counted']:,})" if rows else "")
   print(f"{'scheme':<11} {'tokens/s':>9} {'(median)':>9} {'MFU':>6} {'step ms':>8} {'compile s':>9} {'RSS MB':>7}")
   for r in rows:

@@ -42,11 +42,19 @@ def test_tiny_run_learns_well_below_uniform_and_writes_the_run_directory(objecti
   assert [r["step"] for r in train] == list(range(20, 301, 20))
   for key in ("loss", "ppl", "lr", "tokens_per_s", "grad_norm/embedding", "update_norm/other", "param_norm/total"):
     assert all(math.isfinite(r[key]) for r in train), key
+  for key in ("loss", "ppl", "lr", "tokens_per_s"):
+    assert all(math.isfinite(r[key]) for r in valid), key
   assert train[-1]["loss"] < train[0]["loss"] - 0.5
   assert summary["tokens_seen"] == pytest.approx(train[-1]["tokens_seen"])
+  # Tokens seen counts what the model read, not only the scored targets (MLM scores ~15 % of them): packed rows
+  # are nearly full, so it is close to steps x batch x seq_len for both objectives.
+  read = 300 * config.train.batch_size * config.data.seq_len
+  assert 0.9 * read <= summary["tokens_seen"] <= read
   # A rerun of a finished run resumes at the end: nothing is trained again and the summary is unchanged.
   again = loop.train(config, tmp_path)
-  assert again["valid_loss"] == pytest.approx(summary["valid_loss"]) and again["step"] == 300
+  assert {k: v for k, v in again.items() if k != "wall_s"} == pytest.approx(
+      {k: v for k, v in summary.items() if k != "wall_s"})
+  assert [r["step"] for r in read_metrics(tmp_path, "train")] == list(range(20, 301, 20))
 
 
 def _final_params(workdir):
@@ -77,11 +85,20 @@ def test_kill_9_and_rerun_continues_bit_identically(tmp_path):
   assert not (crashed / "summary.json").exists()
   steps_saved = sorted(int(p.name) for p in (crashed / "checkpoints").iterdir() if p.name.isdigit())
   assert steps_saved and max(steps_saved) < 40
+  # Mark the logged steps the checkpoint covers: a true resume keeps them (only later lines are rewritten), a
+  # rerun that silently started over would overwrite them.
+  restored = max(steps_saved)
+  lines = [json.loads(l) for l in (crashed / "metrics.jsonl").read_text().splitlines() if l]
+  for r in lines:
+    if r["step"] <= restored and r["split"] == "train":
+      r["sentinel"] = True
+  (crashed / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
 
   resumed = cli(*args, f"--workdir={crashed}")
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   ref, res = read_metrics(tmp_path / "reference"), read_metrics(crashed)
   assert [r["step"] for r in res] == list(range(1, 41))  # lines past the checkpoint were rewritten, not duplicated
+  assert [r["step"] for r in res if r.get("sentinel")] == list(range(1, restored + 1))
   assert [r["loss"] for r in res] == [r["loss"] for r in ref]  # bit-identical, not approximately
   assert [r["grad_norm/total"] for r in res] == [r["grad_norm/total"] for r in ref]
   for a, b in zip(_final_params(crashed), _final_params(tmp_path / "reference")):
@@ -89,7 +106,7 @@ def test_kill_9_and_rerun_continues_bit_identically(tmp_path):
 
 
 def test_a_workdir_of_another_shape_is_refused_naming_the_fields(tmp_path):
-  loop.prepare_workdir(tiny_config(), tmp_path)
+  loop.write_config(tiny_config(), loop.prepare_workdir(tiny_config(), tmp_path))
   with pytest.raises(configuration.ConfigError, match=r"model.d_model: 64 \(saved\) != 32 \(current\)") as err:
     loop.prepare_workdir(tiny_config(**{"model.d_model": 32, "model.position": "rope"}), tmp_path)
   assert "model.position: 'learned' (saved) != 'rope' (current)" in str(err.value)
@@ -122,13 +139,35 @@ def test_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_pa
     (["--config.data.vocab_size=100"], "data.vocab_size=100: vocab_size=100 is too small for a 'bpe' tokenizer"),
     (["--config.model.num_heads=3"], "model.num_heads=3 does not divide the model width 64"),
     (["--config.objective=seq2seq"], "objective='seq2seq' is not one of clm, mlm"),
+    (["--config.mesh.data=3"], "mesh.data=3, mesh.fsdp=1: mesh data=3 x fsdp=1 = 3 devices, but 1 devices"),
 ])
 def test_cli_user_errors_are_one_line_without_traceback(args, message, tmp_path):
   result = cli("--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}", *args)
   assert result.returncode == 2
   assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr[-2000:]
   assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
-  assert not (tmp_path / "run" / "checkpoints").exists()  # failed before training started
+  # Failed before training started, and left no config behind that would refuse the corrected command.
+  for name in ("checkpoints", "config.json", "metrics.jsonl"):
+    assert not (tmp_path / "run" / name).exists(), name
+
+
+@pytest.mark.slow
+def test_corrected_command_runs_after_a_user_error_and_other_shapes_are_refused_in_one_line(tmp_path):
+  import shutil
+  workdir = f"--workdir={tmp_path / 'run'}"
+  train = shutil.which("research-train")  # the console script itself
+  assert train, "research-train is not installed"
+  run = lambda *args: subprocess.run([train, "--config=configs/tiny.py", workdir, "--config.train.steps=2",  # noqa
+                                      "--config.train.eval_batches=1", *args], cwd=ROOT, capture_output=True,
+                                     text=True, timeout=300)
+  assert run("--config.data.vocab_size=100").returncode == 2
+  ok = run()
+  assert ok.returncode == 0, ok.stderr[-2000:]
+  saved = (tmp_path / "run" / "config.json").read_text()
+  refused = run("--config.model.d_model=32", "--config.model.num_heads=2")
+  assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr[-2000:]
+  assert "model.d_model: 64 (saved) != 32 (current); model.num_heads: 4 (saved) != 2 (current)" in refused.stderr
+  assert (tmp_path / "run" / "config.json").read_text() == saved
 
 
 def test_cli_refuses_a_workdir_that_is_a_file(tmp_path):
@@ -184,3 +223,41 @@ def test_same_losses_on_meshes_1x1_8x1_2x4_and_restore_across_meshes(tmp_path):
   assert len(losses["1x1"]) == 6
   for name in ("8x1", "2x4", "2x4->8x1", "2x4->1x8"):
     np.testing.assert_allclose(losses[name], losses["1x1"], rtol=2e-5, err_msg=name)
+
+
+def test_the_best_checkpoint_by_validation_loss_is_kept_beside_the_last(tmp_path, monkeypatch):
+  losses = iter([3.0, 9.0, 1.0, 2.0])  # valid losses at steps 2, 3, 4, 6
+
+  def fake_evaluate(self, params, ids):
+    loss = next(losses)
+    return {"loss": loss, "ppl": math.exp(loss), "accuracy": 0.0, "tokens": 1.0, "tokens_per_s": 1.0}
+
+  monkeypatch.setattr(loop.Trainer, "evaluate", fake_evaluate)
+  config = tiny_config(**{"train.steps": 6, "train.checkpoint_every": 2, "train.eval_every": 3,
+                          "train.keep_checkpoints": 1, "train.async_checkpoints": False})
+  loop.train(config, tmp_path)
+  with checkpoint_lib.Checkpointer(tmp_path / "checkpoints", keep=1) as ckpt:
+    assert ckpt.best_step() == 4 and ckpt.latest_step() == 6
+  kept = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert kept == [4, 6]
+  # eval_every=3 does not divide checkpoint_every=2: every save step is evaluated anyway, so that each checkpoint
+  # carries its own validation loss.
+  assert [r["step"] for r in read_metrics(tmp_path, "valid")] == [2, 3, 4, 6]
+
+
+PUBLIC_FIELDS = (
+    "seed", "objective", "data.corpus", "data.tokenizer", "data.vocab_size", "data.seq_len", "model.position",
+    "model.combine", "model.tie_embeddings", "model.d_model", "model.num_layers", "model.num_heads", "model.mlp_dim",
+    "model.dropout", "model.embedding_dropout", "model.dtype", "train.steps", "train.batch_size",
+    "train.learning_rate", "train.optimizer", "train.schedule", "train.warmup_steps", "train.weight_decay",
+    "train.checkpoint_every", "train.eval_every", "mesh.data", "mesh.fsdp")
+
+
+@pytest.mark.parametrize("name", ["default", "clm", "mlm", "tiny", "quickstart"])
+def test_every_config_file_has_the_public_fields_and_validates(name):
+  import importlib
+  config = importlib.import_module(f"configs.{name}").get_config()
+  fields = configuration.flatten(config)
+  assert [f for f in PUBLIC_FIELDS if f not in fields] == []
+  configuration.validate(config)  # raises on any bad value or unknown field
+  assert config.objective == ("mlm" if name == "mlm" else "clm")

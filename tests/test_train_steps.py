@@ -14,9 +14,10 @@ from research.train import optim, steps
 V, B, L = 41, 8, 12
 
 
-def setup(objective="clm", grad_accum=1, loss_chunk=0, **train):
+def setup(objective="clm", grad_accum=1, loss_chunk=0, dtype="float32", **train):
   cfg = ModelConfig(vocab_size=V, d_model=16, num_layers=1, num_heads=2, mlp_dim=32, max_len=L,
-                    kind="decoder" if objective == "clm" else "encoder", tie_embeddings=train.pop("tie", True))
+                    kind="decoder" if objective == "clm" else "encoder", tie_embeddings=train.pop("tie", True),
+                    dtype=dtype)
   train_cfg = {"optimizer": "adamw", "learning_rate": 1e-2, "schedule": "constant", "warmup_steps": 0, "steps": 10,
                "weight_decay": 0.1, "grad_clip": 1.0, "b1": 0.9, "b2": 0.95,
                "embedding": {"weight_decay": True, "lr_multiplier": 1.0, "freeze": False, "lazy": False}}
@@ -100,3 +101,22 @@ def test_per_group_norms_are_reported_and_consistent():
     total = float(m[f"{name}/total"])
     parts = float(m[f"{name}/embedding"]) ** 2 + float(m[f"{name}/other"]) ** 2
     assert total == pytest.approx(parts ** 0.5, rel=1e-5) and total > 0
+
+
+def test_bf16_compute_steps_keep_f32_parameters_and_moments_and_track_f32():
+  (s32, step32), (s16, step16) = setup(), setup(dtype="bfloat16")
+  for i in range(3):
+    s32, m32 = step32(s32, batch(i))
+    s16, m16 = step16(s16, batch(i))
+    assert float(m16["loss"]) == pytest.approx(float(m32["loss"]), rel=2e-2)
+  assert {x.dtype for x in jax.tree.leaves((s16.params, s16.opt_state)) if jnp.issubdtype(x.dtype, jnp.floating)} \
+      == {jnp.dtype(jnp.float32)}
+  assert float(m16["loss"]) < float(step16(setup(dtype="bfloat16")[0], batch(2))[1]["loss"])  # it learned
+
+
+def test_input_tokens_count_what_the_model_read():
+  (s, step), (sm, step_mlm) = setup(), setup(objective="mlm")
+  _, m = step(s, batch(0))
+  _, mm = step_mlm(sm, batch(0))
+  assert float(m["input_tokens"]) == float(mm["input_tokens"]) == B * L - 7
+  assert 0 < float(mm["tokens"]) < 0.5 * float(mm["input_tokens"])  # MLM scores only the masked ~15 %

@@ -211,7 +211,7 @@ def check_config_compatible(saved: Mapping[str, Any], current: Mapping[str, Any]
       if a != b:
         diffs.append(f'{key}: {a!r} (saved) != {b!r} (current)')
   if diffs:
-    raise ValueError('checkpoint is incompatible with the current config:\n  ' + '\n  '.join(diffs))
+    raise ValueError('checkpoint is incompatible with the current config: ' + '; '.join(diffs))
 
 
 def _jsonable_config(cfg: Mapping[str, Any]) -> Any:

@@ -66,8 +66,9 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> RunData:
   """Corpus → tokenizer (reused from the workdir when resuming) → memory-mapped token streams."""
   cache_dir = config.data.cache_dir or None
   corpus = corpora.load_corpus(config.data.corpus, errors=config.data.errors, cache_dir=cache_dir)
-  saved = workdir / TOKENIZER_FILE
-  if saved.exists():
+  # A tokenizer in the workdir is reused only by a run that got as far as writing config.json (a resume, whose
+  # shape was checked); one left by a start that failed later is stale and rebuilt.
+  if (workdir / TOKENIZER_FILE).exists() and (workdir / CONFIG_FILE).exists():
     tokenizer = tokenizers_lib.load_tokenizer(workdir)
   else:
     try:
@@ -108,7 +109,9 @@ def valid_batches(config, ids: np.ndarray, batch_size: int) -> Iterator[dict]:
 
 
 def prepare_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
-  """Creates the workdir and writes config.json, or checks a resumed one's config for shape changes."""
+  """Creates the workdir, or checks a resumed one's config.json for shape changes. Writes nothing else: config.json
+  is written by `write_config` once data and model are built, so a start that fails on a user error leaves no
+  config behind to refuse the corrected command."""
   path = Path(workdir)
   if path.exists() and not path.is_dir():
     raise configuration.ConfigError(f"workdir {str(path)!r} exists and is not a directory")
@@ -121,9 +124,12 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLik
     except ValueError as e:
       raise configuration.ConfigError(
           f"workdir {str(path)!r} holds a run of another shape; use a new workdir. {e}") from None
-  if jax.process_index() == 0:
-    atomic_write_json(saved, current)
   return path
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
+  if jax.process_index() == 0:
+    atomic_write_json(Path(workdir) / CONFIG_FILE, config.to_dict())
 
 
 class MetricsLog:
@@ -167,6 +173,14 @@ def _floats(metrics: dict) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------------- train
 
 
+def make_mesh(config):
+  """The run's mesh; sizes that do not fit the devices are a user error (one line, before anything is written)."""
+  try:
+    return mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
+  except ValueError as e:
+    raise configuration.ConfigError(f"mesh.data={config.mesh.data}, mesh.fsdp={config.mesh.fsdp}: {e}") from None
+
+
 @dataclasses.dataclass
 class Trainer:
   """What the loop needs, built once: model, optimizer, jitted steps, mesh and shardings."""
@@ -181,7 +195,7 @@ class Trainer:
   @classmethod
   def build(cls, config, vocab_size: int) -> "Trainer":
     model_cfg = configuration.model_config(config, vocab_size)
-    mesh = mesh_lib.make_mesh(config.mesh.data, config.mesh.fsdp)
+    mesh = make_mesh(config)
     if config.train.batch_size % mesh.size:
       raise configuration.ConfigError(
           f"train.batch_size={config.train.batch_size} is not divisible by the {mesh.size} devices of the mesh")
@@ -219,6 +233,7 @@ class Trainer:
   def evaluate(self, params, ids: np.ndarray) -> dict[str, float]:
     """Loss, perplexity and accuracy over the validation split (MLM masks with a fixed key: comparable evals)."""
     totals: dict[str, float] = {}
+    start = time.time()
     rng = jax.random.key(self.config.seed + 1)
     for batch in valid_batches(self.config, ids, self.config.train.batch_size // jax.process_count()):
       sums = jax.device_get(self.eval_step(params, mesh_lib.shard_batch(batch, self.mesh), rng))
@@ -227,7 +242,8 @@ class Trainer:
     weight = max(totals.get("weight_sum", 0.0), 1e-9)
     nll = totals.get("nll_sum", 0.0) / weight
     return {"loss": totals.get("loss_sum", 0.0) / weight, "ppl": math.exp(min(nll, 700.0)),
-            "accuracy": totals.get("correct_sum", 0.0) / weight, "tokens": totals.get("weight_sum", 0.0)}
+            "accuracy": totals.get("correct_sum", 0.0) / weight, "tokens": totals.get("weight_sum", 0.0),
+            "tokens_per_s": totals.get("input_tokens", 0.0) / max(time.time() - start, 1e-9)}
 
 
 def check_finite(step: int, metrics: dict[str, float], last_saved: int | None) -> None:
@@ -244,21 +260,24 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   configuration.validate(config)
   distributed = str(config.mesh.distributed).lower()
   mesh_lib.maybe_initialize_distributed(None if distributed == "auto" else distributed == "true")
+  make_mesh(config)  # a mesh that does not fit the devices fails here, before the workdir is touched
   workdir = prepare_workdir(config, workdir)
   data = prepare_data(config, workdir)
   trainer = Trainer.build(config, data.vocab_size)
+  write_config(config, workdir)
   t = config.train
 
   checkpointer = checkpoint_lib.Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints, keep_best=True,
                                              async_save=t.async_checkpoints)
   state = trainer.init_state()
   iterator = train_batches(config, data)
-  progress_state = {"tokens_seen": 0.0, "wall_s": 0.0}
+  # Host-side progress that a checkpoint carries, so that a resumed run reports the same figures.
+  progress_state = {"tokens_seen": 0.0, "wall_s": 0.0, "train_loss": None}
   last_saved = checkpointer.latest_step()
   if last_saved is not None:
     state, saved = checkpointer.restore(last_saved, target=state)
     iterator.set_state(saved["iterator"])
-    progress_state = {k: saved[k] for k in progress_state}
+    progress_state.update({k: saved[k] for k in progress_state if k in saved})
   start_step = int(state.step)
   num_params = count_params(state.params)
   log = MetricsLog(workdir, start_step)
@@ -277,14 +296,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     pending = None
     m = _floats(device_metrics)
     check_finite(step, m, last_saved)
-    progress_state["tokens_seen"] += m["tokens"]
-    window["tokens"] += m["tokens"]
+    progress_state["tokens_seen"] += m["input_tokens"]
+    window["tokens"] += m["input_tokens"]
     window["loss_sum"] += m["loss"]
     window["count"] += 1
     if step % t.log_every == 0 or step == t.steps:
       elapsed = max(time.time() - window["time"], 1e-9)
       last_train = {**m, "loss": window["loss_sum"] / window["count"], "tokens_per_s": window["tokens"] / elapsed}
       last_train["ppl"] = math.exp(min(last_train["loss"], 700.0))
+      progress_state["train_loss"] = last_train["loss"]
       log.write({"step": step, "split": "train", **last_train, "tokens_seen": progress_state["tokens_seen"]})
       bar.set_postfix(loss=f"{last_train['loss']:.3f}", tok_s=f"{last_train['tokens_per_s']:.0f}")
       window.update(time=time.time(), tokens=0.0, loss_sum=0.0, count=0)
@@ -299,16 +319,17 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
       bar.update(1)
       evaluate_now = step % t.eval_every == 0 or step == t.steps
       save_now = step % t.checkpoint_every == 0 or step == t.steps
-      if evaluate_now or save_now:
-        drain()  # never evaluate or save a state whose loss we have not checked
+      # Every checkpoint carries its validation loss, so "the best by validation loss" is always defined.
+      evaluate_now = evaluate_now or save_now
       if evaluate_now:
+        drain()  # never evaluate or save a state whose loss we have not checked
         valid = trainer.evaluate(state.params, data.splits["valid"])
         log.write({"step": step, "split": "valid", **valid, "lr": last_train.get("lr", 0.0)})
       if save_now:
         progress_state["wall_s"] += time.time() - start_time
         start_time = time.time()
         data_state = {"iterator": iterator.get_state(), **progress_state}
-        checkpointer.save(step, state, data_state, {"valid_loss": valid["loss"]} if evaluate_now else None,
+        checkpointer.save(step, state, data_state, {"valid_loss": valid["loss"]},
                           metadata={"config": config.to_dict()})
         last_saved = step
     drain()
@@ -321,7 +342,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   if not valid:  # e.g. steps == 0, or resumed at the end
     valid = trainer.evaluate(state.params, data.splits["valid"])
   progress_state["wall_s"] += time.time() - start_time
-  summary = {"step": int(state.step), "train_loss": last_train.get("loss"), "valid_loss": valid["loss"],
+  summary = {"step": int(state.step), "train_loss": progress_state["train_loss"], "valid_loss": valid["loss"],
              "valid_ppl": valid["ppl"], "valid_accuracy": valid["accuracy"],
              "tokens_seen": progress_state["tokens_seen"], "num_params": num_params,
              "num_embedding_params": int(state.params["token_embed"]["embedding"].size),

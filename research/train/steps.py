@@ -141,6 +141,8 @@ def train_step(state: TrainState, batch, *, model: Transformer, optimizer, sched
   groups = optim.param_groups(state.params)
   metrics = objectives.loss_metrics(loss_sum, weight_sum, extras)
   metrics["lr"] = schedule(state.step)
+  # Tokens the model read (non-padding inputs); for MLM `tokens` counts only the ~15 % that are scored.
+  metrics["input_tokens"] = jnp.sum(batch["weights"]).astype(jnp.float32)
   for name, tree in (("grad_norm", grads), ("param_norm", params), ("update_norm", updates)):
     for group, value in objectives.group_norms(tree, groups).items():
       metrics[f"{name}/{group}"] = value
@@ -153,4 +155,5 @@ def eval_step(params, batch, rng, *, model: Transformer, settings: StepSettings)
   inputs, targets, weights, positions = prepare_inputs(batch, rng, settings)
   loss_sum, weight_sum, extras = lm_loss_sums(params, model, inputs, targets, weights, positions,
                                               deterministic=True, loss_chunk=settings.loss_chunk)
-  return {"loss_sum": loss_sum, "weight_sum": weight_sum, **extras}
+  return {"loss_sum": loss_sum, "weight_sum": weight_sum, "input_tokens": jnp.sum(batch["weights"]).astype(jnp.float32),
+          **extras}
