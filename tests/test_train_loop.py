@@ -261,3 +261,20 @@ def test_every_config_file_has_the_public_fields_and_validates(name):
   assert [f for f in PUBLIC_FIELDS if f not in fields] == []
   configuration.validate(config)  # raises on any bad value or unknown field
   assert config.objective == ("mlm" if name == "mlm" else "clm")
+
+
+def test_a_token_cache_with_ids_outside_the_vocabulary_is_refused_naming_the_id(tmp_path, monkeypatch):
+  from research.data import batches as batches_lib
+  real = batches_lib.build_or_load_cache
+
+  def corrupted(*args, **kwargs):  # e.g. a cache written for a bigger tokenizer
+    splits = dict(real(*args, **kwargs))
+    valid = np.array(splits["valid"])
+    valid[7] = 512
+    return {**splits, "valid": valid}
+
+  monkeypatch.setattr(batches_lib, "build_or_load_cache", corrupted)
+  with pytest.raises(configuration.ConfigError, match=r"token id 512 is outside \[0, 512\) \(the vocabulary size\) "
+                                                      r"in the valid split"):
+    loop.train(tiny_config(**{"train.steps": 1}), tmp_path)
+  assert not (tmp_path / "checkpoints").exists()

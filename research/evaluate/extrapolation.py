@@ -62,6 +62,7 @@ def load_run(workdir: str | Path, checkpoint: str = "best") -> LoadedRun:
   ckpt_dir = workdir / "checkpoints"
   if not ckpt_dir.exists():
     raise EvaluationError(f"run {str(workdir)!r} has no checkpoints to evaluate")
+  loop.check_splits(splits, tokenizer.get_vocab_size())
   model_cfg = configuration.model_config(config, tokenizer.get_vocab_size())
   # Restore onto this process's first device, whatever mesh the run was trained on.
   model, tx = Transformer(model_cfg), optim.make_optimizer(config.train)
@@ -104,6 +105,9 @@ def split_perplexity(run: LoadedRun, model_cfg: ModelConfig, ids: np.ndarray, le
     sums = jax.device_get(step(run.params, batch, rng))
     nll += float(sums["nll_sum"])
     tokens += float(sums["weight_sum"])
+  if not math.isfinite(nll):  # never report a number computed from NaN rows
+    raise EvaluationError(f"non-finite loss at length {length} ({mode}): the checkpoint's parameters or the "
+                          f"inputs are not finite")
   return math.exp(nll / max(tokens, 1.0)), int(round(tokens))
 
 

@@ -80,7 +80,19 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> RunData:
     shutil.copyfile(tokenizers_lib.counts_path(directory), tokenizers_lib.counts_path(workdir))
     tokenizers_lib.save_tokenizer(tokenizer, workdir)
   splits = batches_lib.build_or_load_cache(config.data.corpus, tokenizer, cache_dir=cache_dir, corpus=corpus)
+  check_splits(splits, tokenizer.get_vocab_size())
   return RunData(tokenizer, splits, tokenizer.get_vocab_size())
+
+
+def check_splits(splits: dict[str, np.ndarray], vocab_size: int) -> None:
+  """Every id of every split is in [0, V), checked once on the host: inside jit a bad input id would only show as
+  NaN and a bad target id as a silently wrong (finite) loss."""
+  for name, ids in splits.items():
+    try:
+      check_ids(ids, vocab_size, hint=f" (the vocabulary size) in the {name} split")
+    except ValueError as e:
+      raise configuration.ConfigError(f"{e}: the token cache does not match the tokenizer; delete the cache "
+                                      f"(data.cache_dir) and rerun") from None
 
 
 def train_batches(config, data: RunData) -> batches_lib.PackedBatches:
