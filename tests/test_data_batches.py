@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from research.data import batches as B
 from research.data import tokenizers as T
-from research.data.corpora import load_corpus
+from research.data.corpora import CorpusError, load_corpus
 
 HYP = settings(max_examples=40, deadline=None)
 KEYS = ("inputs", "targets", "positions", "weights")
@@ -76,13 +76,19 @@ def test_restore_mid_epoch_yields_exactly_the_remaining_batches(n, length, batch
   for _ in range(cut):
     next(it)
   state = json.loads(json.dumps(it.get_state()))  # must survive a JSON round trip (checkpoint metadata)
-  assert len(json.dumps(state)) < 400
+  assert len(json.dumps(state)) < 300  # the bound docs/data.md states
   resumed = make(seed=123)  # the seed comes from the state
   resumed.set_state(state)
   for want in expected[cut:]:
     got = next(resumed)
     for k in KEYS:
       np.testing.assert_array_equal(got[k], want[k])
+
+
+def test_state_small_even_for_large_runs():
+  it = B.ClmBatches(stream(100_000), 512, 32, seed=2**31 - 1, process_index=1023, process_count=1024)
+  it.epoch = 10**7
+  assert len(json.dumps(it.get_state())) < 300  # the bound docs/data.md states
 
 
 def test_set_state_rejects_other_layout():
@@ -318,6 +324,46 @@ def test_cache_key_covers_corpus_tokenizer_and_versions(monkeypatch):
   assert len({base, B.cache_key("wikipedia-sample", "t"), B.cache_key("lee", "u")}) == 3
   monkeypatch.setattr(B, "TOKEN_CACHE_VERSION", "999")
   assert B.cache_key("lee", "t") != base
+
+
+def _write_docs(path, prefix, n=40):
+  path.write_text("".join(f"{prefix} number {i} of the test text\n" for i in range(n)), encoding="utf-8")
+
+
+def test_cache_rebuilds_when_a_text_file_changes(lee_tok, tmp_path):
+  _, tok = lee_tok
+  data = tmp_path / "data"
+  data.mkdir()
+  for name in ("a", "b", "c"):
+    _write_docs(data / f"{name}.txt", name)
+  spec, cache = f"text:{data}", tmp_path / "cache"
+  counting = CountingTokenizer(tok)
+  first = B.build_or_load_cache(spec, counting, "k", cache)
+  assert counting.calls == 3
+  B.build_or_load_cache(spec, counting, "k", cache)
+  assert counting.calls == 3  # unchanged files: a hit
+  _write_docs(data / "b.txt", "edited b")  # new contents (and size) under the same name
+  second = B.build_or_load_cache(spec, counting, "k", cache)
+  assert counting.calls == 6
+  assert not np.array_equal(second["train"], first["train"])  # the edit reached the streams
+  (data / "d.txt").write_text("one more line\n", encoding="utf-8")  # a new file matched by the spec
+  B.build_or_load_cache(spec, counting, "k", cache)
+  assert counting.calls == 9
+
+
+def test_cache_key_covers_errors_policy_of_text_corpora(tmp_path):
+  _write_docs(tmp_path / "a.txt", "a")
+  spec = f"text:{tmp_path}"
+  keys = {e: B.cache_key(spec, "t", e) for e in ("strict", "replace", "ignore")}
+  assert len(set(keys.values())) == 3
+  assert B.cache_key(spec, "t") == keys["strict"]
+  # Bundled corpora are never decoded under errors=: their cache is shared whatever policy a caller passes.
+  assert B.cache_key("lee", "t", "replace") == B.cache_key("lee", "t", "strict")
+
+
+def test_cache_key_names_a_vanished_text_path(tmp_path):
+  with pytest.raises(CorpusError, match="nope"):
+    B.cache_key(f"text:{tmp_path}/nope.txt", "t")
 
 
 def test_default_tokenizer_key_is_its_fingerprint(lee_tok, tmp_path):

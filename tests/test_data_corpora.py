@@ -2,6 +2,9 @@
 
 import json
 import re
+import socket
+import sys
+import types
 
 import pytest
 
@@ -24,8 +27,12 @@ def test_wikipedia_sample_split_sizes_and_disjoint(wiki):
   assert sizes == {"train": 96, "valid": 5, "test": 5}
   titles = [{d.split("\n", 1)[0] for d in wiki.split(s)} for s in SPLITS]
   assert sum(map(len, titles)) == 106 and len(set.union(*titles)) == 106
+  # Bounds around the measured 3,033,714 characters / 474,005 words: a cleaning change that drops or keeps
+  # noticeably more text (a whole article, or markup left in) moves them out of this ±3 % band.
+  chars = sum(wiki.num_chars().values())
   words = sum(len(d.split()) for s in SPLITS for d in wiki.split(s))
-  assert 400_000 < words < 520_000
+  assert 2.95e6 < chars < 3.15e6
+  assert 460_000 < words < 490_000
 
 
 def test_wikipedia_sample_markup_removed(wiki):
@@ -79,23 +86,53 @@ def test_text_single_file_split_by_lines(tmp_path):
   assert c.valid == ["line 36", "line 37"] and c.test == ["line 38", "line 39"]
 
 
-def test_text_directory_of_many_files_split_by_file(tmp_path):
-  for i in range(25):
-    (tmp_path / f"doc{i:02d}.txt").write_text(f"document {i}\nsecond line", encoding="utf-8")
-  (tmp_path / ".hidden").write_text("never read", encoding="utf-8")
-  c = load_corpus(f"text:{tmp_path}")
-  assert len(c.train) + len(c.valid) + len(c.test) == 25
-  assert c.test == ["document 24\nsecond line"]
-  assert not any("never read" in d for d in c.train)
-
-
-def test_text_glob(tmp_path):
-  _write_lines(tmp_path / "a.txt", 10, "a")
-  _write_lines(tmp_path / "b.txt", 10, "b")
-  _write_lines(tmp_path / "c.md", 10, "c")
-  c = load_corpus(f"text:{tmp_path}/*.txt")
+@pytest.mark.parametrize("n_files", [3, corpora.MIN_FILES_FOR_FILE_SPLIT - 1, corpora.MIN_FILES_FOR_FILE_SPLIT, 25])
+@pytest.mark.parametrize("form", ["directory", "glob"])
+def test_text_directory_or_glob_splits_by_line_or_by_file(tmp_path, form, n_files):
+  lines = 3
+  for i in range(n_files):
+    (tmp_path / f"doc{i:02d}.txt").write_text("".join(f"file {i} line {j}\n" for j in range(lines)), encoding="utf-8")
+  (tmp_path / ".hidden").write_text("never read\n", encoding="utf-8")  # skipped in a directory
+  if form == "glob":
+    (tmp_path / "notes.md").write_text("not a txt\n", encoding="utf-8")  # not matched, so not counted either
+  c = load_corpus(f"text:{tmp_path}" if form == "directory" else f"text:{tmp_path}/*.txt")
   docs = c.train + c.valid + c.test
-  assert len(docs) == 20 and not any(d.startswith("c") for d in docs)
+  assert not any("never read" in d or "not a txt" in d for d in docs)
+  by_file = n_files >= corpora.MIN_FILES_FOR_FILE_SPLIT
+  if by_file:  # one document per file, its lines together, so no file straddles two splits
+    expected = ["".join(f"file {i} line {j}\n" for j in range(lines)).strip() for i in range(n_files)]
+  else:  # one document per line
+    expected = [f"file {i} line {j}" for i in range(n_files) for j in range(lines)]
+  assert sorted(docs) == sorted(expected)  # every document exactly once: splits disjoint and complete
+  assert c.test[-1] == expected[-1]  # files are read in sorted order, and the split is contiguous
+  assert c.valid and c.test and len(c.train) > len(c.valid)
+
+
+def test_text_recursive_glob_reaches_subfolders(tmp_path):
+  _write_lines(tmp_path / "top.txt", 5, "top")
+  (tmp_path / "sub" / "deeper").mkdir(parents=True)
+  _write_lines(tmp_path / "sub" / "mid.txt", 5, "mid")
+  _write_lines(tmp_path / "sub" / "deeper" / "low.txt", 5, "low")
+  _write_lines(tmp_path / "sub" / "deeper" / "skip.md", 5, "skip")
+  c = load_corpus(f"text:{tmp_path}/**/*.txt")
+  prefixes = {d.split()[0] for d in c.train + c.valid + c.test}
+  assert prefixes == {"top", "mid", "low"}  # `**` matches zero or more folders
+  assert len(c.train + c.valid + c.test) == 15
+
+
+def test_text_empty_directory_named(tmp_path):
+  empty = tmp_path / "empty_dir"
+  empty.mkdir()
+  (empty / ".only_hidden").write_text("hidden files do not count", encoding="utf-8")
+  with pytest.raises(CorpusError, match=f"directory {re.escape(str(empty))} contains no files"):
+    load_corpus(f"text:{empty}")
+
+
+def test_empty_split_named():
+  with pytest.raises(CorpusError, match="'x'.*split 'valid' is empty"):
+    corpora._check_splits(corpora.Corpus("x", ["a doc"], ["  ", ""], ["another"]))
+  ok = corpora.Corpus("x", ["a"], ["b"], ["c"])
+  assert corpora._check_splits(ok) is ok
 
 
 def test_text_missing_path_named(tmp_path):
@@ -144,13 +181,85 @@ def test_split_documents_rejects_empty():
     corpora.split_documents(["", "  "], "x")
 
 
-def test_hf_corpus_when_available(tmp_path):
-  datasets = pytest.importorskip("datasets")
+def _hub_reachable():
   try:
-    c = load_corpus("hf:wikitext/wikitext-2-raw-v1", cache_dir=tmp_path)
-  except Exception as e:  # offline: the only acceptable failure is a network one
-    pytest.skip(f"hub unreachable: {e!r} (datasets {datasets.__version__})")
+    socket.create_connection(("huggingface.co", 443), 3).close()
+    return True
+  except OSError:
+    return False
+
+
+def test_hf_corpus_when_available(tmp_path):
+  pytest.importorskip("datasets")
+  if not _hub_reachable():
+    pytest.skip("huggingface.co:443 unreachable (offline)")
+  # Online with `datasets` installed: any exception from here on is a bug, not a reason to skip.
+  c = load_corpus("hf:wikitext/wikitext-2-raw-v1", cache_dir=tmp_path)
   assert c.train and c.valid and c.test
+  assert all(isinstance(d, str) and d.strip() for s in SPLITS for d in c.split(s))
+
+
+class _FakeSplit:
+  """The slice of `datasets.Dataset` that _hf_corpus uses: `column_names` and `split[column]` (a list)."""
+
+  def __init__(self, rows):
+    self.rows = rows
+    self.column_names = list(rows[0]) if rows else []
+
+  def __getitem__(self, column):
+    return [r[column] for r in self.rows]
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+  """Installs a fake `datasets` module whose load_dataset serves `hub[(name, config)]`; records the calls."""
+  hub, calls = {}, []
+
+  def load_dataset(name, config=None, *, cache_dir=None):
+    calls.append((name, config, cache_dir))
+    return {split: _FakeSplit(rows) for split, rows in hub[(name, config)].items()}
+
+  monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+  return hub, calls
+
+
+def _rows(prefix, n):
+  return [{"id": i, "text": f"{prefix} doc {i}", "label": i % 2} for i in range(n)]
+
+
+def test_hf_uses_text_column_and_own_splits(fake_hub, tmp_path):
+  hub, calls = fake_hub
+  # "id" is the first column: choosing it would give no string document at all.
+  hub[("fake", "cfg")] = {"train": _rows("tr", 30), "validation": _rows("va", 4), "test": _rows("te", 3)}
+  c = load_corpus("hf:fake/cfg", cache_dir=tmp_path)
+  assert c.name == "hf:fake/cfg"
+  assert c.train == [f"tr doc {i}" for i in range(30)]
+  assert c.valid == [f"va doc {i}" for i in range(4)]  # validation -> valid
+  assert c.test == [f"te doc {i}" for i in range(3)]
+  assert calls == [("fake", "cfg", str(tmp_path / "hf"))]
+
+
+def test_hf_first_column_without_text_and_split_of_train_without_own(fake_hub, tmp_path):
+  hub, _ = fake_hub
+  hub[("plain", None)] = {"train": [{"sentence": f"s {i}", "n": i} for i in range(40)], "extra": []}
+  c = load_corpus("hf:plain", cache_dir=tmp_path)
+  assert c.train + c.valid + c.test == [f"s {i}" for i in range(40)]  # our contiguous split of train
+  assert (len(c.valid), len(c.test)) == (2, 2)
+
+
+def test_hf_missing_train_split_names_dataset(fake_hub, tmp_path):
+  hub, _ = fake_hub
+  hub[("notrain", "x")] = {"validation": _rows("va", 4), "test": _rows("te", 4)}
+  with pytest.raises(CorpusError, match=r"hf:notrain/x has no 'train' split \(it has validation, test\)"):
+    load_corpus("hf:notrain/x", cache_dir=tmp_path)
+
+
+def test_hf_empty_split_is_an_error(fake_hub, tmp_path):
+  hub, _ = fake_hub
+  blank = [{"text": " ", "id": 0}, {"text": "", "id": 1}]
+  hub[("hollow", None)] = {"train": _rows("tr", 10), "validation": blank, "test": _rows("te", 3)}
+  with pytest.raises(CorpusError, match=r"'hf:hollow'.*split 'valid' is empty"):
+    load_corpus("hf:hollow", cache_dir=tmp_path)
 
 
 def test_hf_without_datasets_says_what_to_install(monkeypatch):

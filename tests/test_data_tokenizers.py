@@ -1,5 +1,6 @@
 """Tokenizers: fixed special ids, lossless round trips, [UNK] only for missing symbols, save/load, counts, errors."""
 
+import dataclasses
 import functools
 import re
 
@@ -9,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from research.data import tokenizers as T
-from research.data.corpora import load_corpus
+from research.data.corpora import Corpus, load_corpus
 
 VOCAB = {"bpe": 400, "bpe-char": 300, "wordpiece": 300, "unigram": 300, "word": 300, "char": 300, "byte": 261}
 HYP = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -164,23 +165,59 @@ def test_build_or_load_tokenizer_caches(lee, tmp_path, monkeypatch):
   assert directory2 == directory and again.to_str() == tok.to_str()
 
 
+class _CountTraining:
+  """Wraps the real train_tokenizer and counts its calls."""
+
+  def __init__(self, monkeypatch):
+    self.calls, real = 0, T.train_tokenizer
+
+    def counted(*args, **kwargs):
+      self.calls += 1
+      return real(*args, **kwargs)
+
+    monkeypatch.setattr(T, "train_tokenizer", counted)
+
+
+def test_tokenizer_cache_keyed_on_train_text_and_version(tmp_path, monkeypatch):
+  base = Corpus("toy", ["alpha beta", "gamma delta", "beta gamma"], ["delta"], ["alpha"])
+  counter = _CountTraining(monkeypatch)
+  _, d0 = T.build_or_load_tokenizer("char", base, 100, cache_dir=tmp_path)
+  _, d_valid = T.build_or_load_tokenizer("char", dataclasses.replace(base, valid=["omega"]), 100, cache_dir=tmp_path)
+  assert counter.calls == 1 and d_valid == d0  # valid/test are not training data: no retraining for them
+  edited = dataclasses.replace(base, train=base.train[:-1] + ["beta gammas"])  # same name, one train doc edited
+  _, d_edit = T.build_or_load_tokenizer("char", edited, 100, cache_dir=tmp_path)
+  assert counter.calls == 2 and d_edit != d0
+  monkeypatch.setattr(T, "TOKENIZER_VERSION", T.TOKENIZER_VERSION + "-bumped")
+  _, d_bump = T.build_or_load_tokenizer("char", base, 100, cache_dir=tmp_path)
+  assert counter.calls == 3 and d_bump not in (d0, d_edit)
+
+
+def test_tokenizer_trained_on_train_split_only(tmp_path):
+  # "z" and "q" occur only in valid/test: a tokenizer that saw them would give them ids.
+  corpus = Corpus("toy", ["abc cab", "bca abc", "cc aa bb"], ["abz", "zz"], ["qa"])
+  tok, directory = T.build_or_load_tokenizer("char", corpus, 100, cache_dir=tmp_path)
+  assert tok.token_to_id("z") is None and tok.token_to_id("q") is None
+  assert enc(tok, "az") == [tok.token_to_id("a"), T.UNK_ID]
+  counts = T.load_counts(directory)
+  np.testing.assert_array_equal(counts, T.token_counts(tok, corpus.train))
+  assert (T.token_counts(tok, corpus.train + corpus.valid + corpus.test) != counts).any()  # the check can fail
+  assert counts[T.UNK_ID] == 0
+
+
 def test_unknown_kind_lists_kinds(train_texts):
   with pytest.raises(ValueError, match=r"'sentencepiece'.*bpe, bpe-char, wordpiece, unigram, word, char, byte"):
     T.train_tokenizer("sentencepiece", train_texts, 100)
 
 
-@pytest.mark.parametrize("kind", ["bpe", "byte", "char", "bpe-char", "word"])
-def test_vocab_too_small_states_minimum(train_texts, kind):
-  minimum = T.min_vocab_size(kind, train_texts)
-  with pytest.raises(ValueError, match=f"minimum is {minimum}"):
-    T.train_tokenizer(kind, train_texts, minimum - 1)
-  assert T.train_tokenizer(kind, train_texts, minimum).get_vocab_size() <= minimum
-
-
-@pytest.mark.parametrize("kind", ["wordpiece", "unigram"])
-def test_vocab_too_small_for_trainer_states_need(train_texts, kind):
-  with pytest.raises(ValueError, match=re.escape("vocab_size=") + r".*(minimum is|needs at least) \d+"):
-    T.train_tokenizer(kind, train_texts, T.min_vocab_size(kind, train_texts))
+@pytest.mark.parametrize("kind", T.KINDS)
+def test_vocab_too_small_states_the_size_that_works(train_texts, kind):
+  with pytest.raises(ValueError, match=re.escape("vocab_size=")) as too_small:
+    T.train_tokenizer(kind, train_texts, T.min_vocab_size(kind, train_texts) - 1)
+  n = int(re.search(r"(?:minimum is|needs at least) (\d+)", str(too_small.value)).group(1))
+  assert T.train_tokenizer(kind, train_texts, n).get_vocab_size() <= n  # the size the message states works …
+  with pytest.raises(ValueError, match=rf"vocab_size={n - 1} .*(minimum is|needs at least) {n}\b"):
+    T.train_tokenizer(kind, train_texts, n - 1)  # … and one less fails, stating the same size
+  assert n == T.min_vocab_size(kind, train_texts)  # so min_vocab_size predicts what the trainers need
 
 
 def test_empty_training_text_is_an_error():

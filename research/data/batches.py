@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research.data.corpora import CORPUS_VERSION, SPLITS, Corpus, cache_root, load_corpus
+from research.data.corpora import CORPUS_VERSION, SPLITS, Corpus, cache_root, corpus_fingerprint, load_corpus
 from research.data.tokenizers import (CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_IDS, encode_ids, fingerprint)
 
 # Bump whenever the stream layout or encoding changes: part of the token-cache key.
@@ -63,10 +63,16 @@ def encode_splits(corpus: Corpus, tokenizer) -> dict[str, np.ndarray]:
   return {s: encode_split(tokenizer, corpus.split(s)) for s in SPLITS}
 
 
-def cache_key(corpus_spec: str, tokenizer_key: str) -> str:
-  """Hash of (corpus spec, tokenizer settings, code versions): any change gives a new cache directory."""
+def cache_key(corpus_spec: str, tokenizer_key: str, errors: str = "strict") -> str:
+  """Hash of (corpus spec, tokenizer settings, code versions, and for `text:` the errors policy and the files'
+  fingerprint): any change gives a new cache directory."""
   parts = {"corpus": corpus_spec, "tokenizer": tokenizer_key, "corpus_version": CORPUS_VERSION,
            "token_cache_version": TOKEN_CACHE_VERSION}
+  if corpus_spec.startswith("text:"):
+    # Only local files are decoded under `errors` (see load_corpus); keying the other specs on it would make two
+    # callers that pass different (irrelevant) policies build two identical caches.
+    parts["errors"] = errors
+    parts["files"] = corpus_fingerprint(corpus_spec)
   return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -76,12 +82,14 @@ def build_or_load_cache(corpus_spec: str, tokenizer, tokenizer_key: str | None =
 
   `tokenizer_key` defaults to a hash of the tokenizer's JSON (so a retrained tokenizer gets a new cache); passing
   it explicitly lets a cache hit skip touching the tokenizer at all. `corpus` avoids re-loading a corpus already
-  in memory; it must be the one `corpus_spec` names. Layout: <cache_root>/tokens/<key>/{train,valid,test}.npy
-  and meta.json; the directory is renamed into place in one step, so a crash never leaves half a cache.
+  in memory; it must be the one `corpus_spec` and `errors` give. For `text:` specs the key covers the errors
+  policy and each file's (path, size, mtime), so an edited file rebuilds without the corpus being read on a hit.
+  Layout: <cache_root>/tokens/<key>/{train,valid,test}.npy and meta.json; the directory is renamed into place in
+  one step, so a crash never leaves half a cache.
   """
   if tokenizer_key is None:
     tokenizer_key = fingerprint(tokenizer)
-  key = cache_key(corpus_spec, tokenizer_key)
+  key = cache_key(corpus_spec, tokenizer_key, errors)
   root = cache_root(cache_dir) / "tokens"
   final = root / key
   if not (final / "meta.json").exists():
@@ -92,7 +100,7 @@ def build_or_load_cache(corpus_spec: str, tokenizer, tokenizer_key: str | None =
     try:
       for s, ids in streams.items():
         np.save(tmp / f"{s}.npy", ids)
-      meta = {"corpus": corpus_spec, "tokenizer": tokenizer_key, "corpus_version": CORPUS_VERSION,
+      meta = {"corpus": corpus_spec, "tokenizer": tokenizer_key, "corpus_version": CORPUS_VERSION, "errors": errors,
               "token_cache_version": TOKEN_CACHE_VERSION, "vocab_size": tokenizer.get_vocab_size(),
               "num_tokens": {s: int(v.size) for s, v in streams.items()}}
       (tmp / "meta.json").write_text(json.dumps(meta, indent=1))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import bz2
 import dataclasses
 import glob as globlib
+import hashlib
 import json
 import os
 import re
@@ -206,6 +207,22 @@ def resolve_text_files(pattern: str) -> list[Path]:
   if not path.exists():
     raise CorpusError(f"corpus path not found: {path}")
   return [path]
+
+
+def corpus_fingerprint(spec: str) -> str | None:
+  """A hash of (resolved path, size, mtime_ns) of every file a `text:` spec names; None for the other specs.
+
+  Downstream caches key on it so that editing, adding or removing a file invalidates them without reading any
+  file. The bundled corpora need none: their content is fixed by the installed gensim and CORPUS_VERSION. `hf:`
+  datasets are versioned by the hub and not fingerprinted here.
+  """
+  if not spec.startswith("text:"):
+    return None
+  stats = []
+  for f in resolve_text_files(spec[len("text:"):]):
+    st = f.stat()
+    stats.append((str(f.resolve()), st.st_size, st.st_mtime_ns))
+  return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
 
 
 def _text_corpus(pattern: str, errors: str) -> Corpus:

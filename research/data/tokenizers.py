@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Iterable
@@ -38,6 +39,9 @@ NUM_BYTES = 256
 TOKENIZER_FILE = "tokenizer.json"
 COUNTS_FILE = "token_counts.npy"
 METASPACE = "\u2581"  # "▁", marks a preceding space in bpe-char / unigram
+# Bump whenever training (trainer settings, pre-tokenizers, special tokens) changes: it is part of the key of every
+# cached tokenizer, so a change of the code retrains instead of reusing a tokenizer the new code would not give.
+TOKENIZER_VERSION = "1"
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -63,12 +67,14 @@ def _alphabet(texts: list[str], kind: str) -> set[str]:
   chars = set().union(*map(set, texts)) if texts else set()
   if kind in ("bpe-char", "unigram"):
     chars = {c for c in chars if not c.isspace()} | {METASPACE}  # Metaspace turns spaces into ▁
-  elif kind == "wordpiece":  # word-initial characters, and "##c" for the others (BERT pre-tokenizer)
+  elif kind == "wordpiece":  # BERT pre-tokenizer words
+    # The WordPiece trainer keeps every character of every word as a word-initial token (even one that only ever
+    # occurs inside words) and adds "##c" for each non-initial one.
     split = pre_tokenizers.BertPreTokenizer().pre_tokenize_str
     chars = set()
     for t in texts:
       for word, _ in split(t):
-        chars.add(word[0])
+        chars.update(word)
         chars.update("##" + c for c in word[1:])
   return chars
 
@@ -81,6 +87,12 @@ def min_vocab_size(kind: str, texts: list[str]) -> int:
     return n_special + NUM_BYTES
   if kind == "word":
     return n_special + 1
+  if kind == "unigram":
+    # One more than the alphabet: the unigram trainer stops adding pieces only when its vocabulary reaches the size
+    # exactly, so when the required characters alone fill it, it adds every piece it found (measured on lee: vocab
+    # 79 = 5 + 74 characters gives 108 ids, 80 gives 80). One too many only on text without any multi-character
+    # piece, where there is nothing to add.
+    return n_special + len(_alphabet(texts, kind)) + 1
   return n_special + len(_alphabet(texts, kind))
 
 
@@ -115,8 +127,9 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int) -> Tokeniz
     raise ValueError(f"cannot train a {kind!r} tokenizer on no text")
   minimum = min_vocab_size(kind, texts)
   if vocab_size < minimum:
+    extra = " + 1" if kind == "unigram" else ""
     raise ValueError(f"vocab_size={vocab_size} is too small for a {kind!r} tokenizer on this text: the minimum is "
-                     f"{minimum} ({len(SPECIAL_TOKENS)} special tokens + the alphabet)")
+                     f"{minimum} ({len(SPECIAL_TOKENS)} special tokens + the alphabet{extra})")
   specials = list(SPECIAL_TOKENS)
 
   if kind == "byte":
@@ -237,17 +250,33 @@ def load_counts(path: str | os.PathLike) -> np.ndarray:
   return np.load(counts_path(path))
 
 
+def tokenizer_cache_key(kind: str, corpus, vocab_size: int) -> str:
+  """Hash of everything a trained tokenizer depends on: the train split's text, kind, size and code versions.
+
+  The train text itself is hashed (a few ms for wikipedia-sample) rather than the corpus spec: the corpus is in
+  memory anyway, and its content is what training sees, whatever edited file, errors= policy or hand-built Corpus
+  produced it.
+  """
+  from research.data.corpora import CORPUS_VERSION
+  text = hashlib.sha256()
+  for doc in corpus.train:
+    text.update(hashlib.sha256(doc.encode("utf-8", "surrogatepass")).digest())  # per-document: no join ambiguity
+  parts = {"corpus": corpus.name, "train_sha256": text.hexdigest(), "kind": kind, "vocab_size": vocab_size,
+           "corpus_version": CORPUS_VERSION, "tokenizer_version": TOKENIZER_VERSION}
+  return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def build_or_load_tokenizer(kind: str, corpus, vocab_size: int, *, cache_dir=None) -> tuple[Tokenizer, Path]:
   """Train on `corpus.train` (with counts saved beside it), or load when the same settings were trained before.
 
-  Cached under <cache_root>/tokenizers/<corpus name>-<kind>-<vocab_size>-v<CORPUS_VERSION>/; returns the tokenizer
-  and its directory.
+  Cached under <cache_root>/tokenizers/<corpus name>-<kind>-<vocab_size>-<tokenizer_cache_key>/; returns the
+  tokenizer and its directory.
   """
-  from research.data.corpora import CORPUS_VERSION, cache_root
+  from research.data.corpora import cache_root
   _check_kind(kind)
   safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in corpus.name)
-  key = hashlib.sha256(corpus.name.encode()).hexdigest()[:8]
-  directory = cache_root(cache_dir) / "tokenizers" / f"{safe[:40]}-{key}-{kind}-{vocab_size}-v{CORPUS_VERSION}"
+  key = tokenizer_cache_key(kind, corpus, vocab_size)
+  directory = cache_root(cache_dir) / "tokenizers" / f"{safe[:40]}-{kind}-{vocab_size}-{key}"
   if tokenizer_path(directory).exists() and counts_path(directory).exists():
     return load_tokenizer(directory), directory
   tok = train_tokenizer(kind, corpus.train, vocab_size)
