@@ -140,6 +140,7 @@ def test_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_pa
     (["--config.model.num_heads=3"], "model.num_heads=3 does not divide the model width 64"),
     (["--config.objective=seq2seq"], "objective='seq2seq' is not one of clm, mlm"),
     (["--config.mesh.data=3"], "mesh.data=3, mesh.fsdp=1: mesh data=3 x fsdp=1 = 3 devices, but 1 devices"),
+    (["--workdir=gs://bucket/run"], "workdir 'gs://bucket/run' is a URL; run directories are local or shared"),
 ])
 def test_cli_user_errors_are_one_line_without_traceback(args, message, tmp_path):
   result = cli("--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}", *args)
