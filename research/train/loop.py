@@ -79,7 +79,8 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> RunData:
                                       f"{config.data.vocab_size}: {e}") from None
     shutil.copyfile(tokenizers_lib.counts_path(directory), tokenizers_lib.counts_path(workdir))
     tokenizers_lib.save_tokenizer(tokenizer, workdir)
-  splits = batches_lib.build_or_load_cache(config.data.corpus, tokenizer, cache_dir=cache_dir, corpus=corpus)
+  splits = batches_lib.build_or_load_cache(config.data.corpus, tokenizer, cache_dir=cache_dir, corpus=corpus,
+                                           errors=config.data.errors)
   check_splits(splits, tokenizer.get_vocab_size())
   return RunData(tokenizer, splits, tokenizer.get_vocab_size())
 
