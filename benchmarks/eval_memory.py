@@ -1,11 +1,13 @@
 r"""Peak memory of length-extrapolation evaluation at long windows.
 
-  python benchmarks/eval_memory.py [--schemes=none,sinusoidal,rope,alibi,t5] [--length=4096] [--json]
+  python benchmarks/eval_memory.py [--schemes=none,sinusoidal,rope,alibi,t5] [--length=4096]
+                                   [--attention=einsum|xla] [--json]
 
 Builds the benchmark model (V=8192, d=256, 4 layers, 4 heads, trained length 256), and scores a synthetic token
 stream of 3 windows at `--length` through the real evaluation path (`research.evaluate.extrapolation
 .split_perplexity`), each scheme in a fresh process, and reports the process's peak RSS. Goal (issue): under 4 GB
-at 16 × 256 = 4096 tokens.
+at 16 × 256 = 4096 tokens. `--attention` defaults to the model's default (einsum), i.e. what research-evaluate runs
+on a run trained with the default config.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 SCHEMES = ["none", "sinusoidal", "rope", "alibi", "t5"]
 
 
-def measure(scheme: str, length: int) -> dict:
+def measure(scheme: str, length: int, attention: str) -> dict:
   import jax
   import ml_collections
   import numpy as np
@@ -30,7 +32,7 @@ def measure(scheme: str, length: int) -> dict:
   from research.model.transformer import Transformer
 
   cfg = ModelConfig(vocab_size=8192, d_model=256, num_layers=4, num_heads=4, mlp_dim=1024, position=scheme,
-                    max_len=256, attention="xla")
+                    max_len=256, attention=attention)
   params = jax.jit(Transformer(cfg).init)(jax.random.key(0), np.zeros((1, 8), np.int32))["params"]
   config = ml_collections.ConfigDict({"objective": "clm", "seed": 0, "data": {
       "mlm_select_rate": 0.15, "mlm_mask_rate": 0.8, "mlm_random_rate": 0.1}})
@@ -40,29 +42,34 @@ def measure(scheme: str, length: int) -> dict:
   ppl, tokens = extrapolation.split_perplexity(run, cfg, ids, length)
   seconds = time.perf_counter() - start
   peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-  return {"scheme": scheme, "length": length, "tokens": tokens, "ppl": ppl, "seconds": seconds,
-          "peak_rss_mb": peak_mb}
+  return {"scheme": scheme, "length": length, "attention": attention, "tokens": tokens, "ppl": ppl,
+          "seconds": seconds, "peak_rss_mb": peak_mb}
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--schemes", default=",".join(SCHEMES))
   parser.add_argument("--length", type=int, default=4096)
+  # The model's default, so that the benchmark measures what research-evaluate runs on a default-config run.
+  from research.model.config import ATTENTION_IMPLS, ModelConfig
+  parser.add_argument("--attention", choices=list(ATTENTION_IMPLS), default=ModelConfig.attention)
   parser.add_argument("--json", action="store_true")
   parser.add_argument("--child", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
-    print(json.dumps(measure(args.child, args.length)))
+    print(json.dumps(measure(args.child, args.length, args.attention)))
     return
   rows = []
   for scheme in args.schemes.split(","):
-    out = subprocess.run([sys.executable, __file__, f"--child={scheme}", f"--length={args.length}"],
+    out = subprocess.run([sys.executable, __file__, f"--child={scheme}", f"--length={args.length}",
+                          f"--attention={args.attention}"],
                          capture_output=True, text=True, check=True)
     rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
   if args.json:
     for row in rows:
       print(json.dumps(row))
     return
+  print(f"attention={args.attention}")
   print(f"{'scheme':<11} {'length':>6} {'tokens':>7} {'eval s':>7} {'peak RSS MB':>12}")
   for r in rows:
     print(f"{r['scheme']:<11} {r['length']:>6} {r['tokens']:>7} {r['seconds']:>7.1f} {r['peak_rss_mb']:>12.0f}")

@@ -19,8 +19,8 @@ _MODE = flags.DEFINE_enum("mode", "nonoverlapping", list(extrapolation.MODES), "
 _STRIDE = flags.DEFINE_integer("stride", None, "Sliding mode: tokens scored per window (default: half the "
                                "training length).")
 _SPLIT = flags.DEFINE_string("split", "valid", "Split to score (train, valid, test).")
-_CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "last"], "Which checkpoint to score.")
-_ROPE_SCALING = flags.DEFINE_enum("rope_scaling", None, ["linear", "ntk", "yarn"], "RoPE scaling at evaluation.")
+_CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", list(extrapolation.CHECKPOINTS), "Which checkpoint to score.")
+_ROPE_SCALING = flags.DEFINE_enum("rope_scaling", None, list(extrapolation.ROPE_SCALINGS), "RoPE scaling at evaluation.")
 _ROPE_FACTOR = flags.DEFINE_float("rope_factor", None, "Scaling factor (default: the multiple at each length).")
 _MAX_TOKENS = flags.DEFINE_integer("max_tokens_per_batch", 8192, "Bounds memory: batch = this // length.")
 

@@ -5,8 +5,11 @@ training length, with its report — in under 10 minutes on 2 CPU cores.
 
 Equivalent to
   research-sweep --sweep=configs/sweeps/quickstart.py --workdir=runs/quickstart && research-report runs/quickstart
-Rerunning skips the trials already finished.
+Rerunning skips the trials already finished. Exits with status 1 when a trial failed (after printing the report of
+the others; the errors are in the report and in sweep.json).
 """
+
+import sys
 
 from absl import app, flags
 
@@ -15,18 +18,22 @@ from research import sweeps
 from research.report import build_report
 from research.train.configuration import ConfigError
 
+SWEEP = "configs/sweeps/quickstart.py"
 _WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart", "Sweep directory.")
 _JOBS = flags.DEFINE_integer("jobs", 1, "Trials run at the same time.")
-SWEEP = "configs/sweeps/quickstart.py"
+# Lets a test (or a user) run this same entry point on another, e.g. tiny, sweep.
+_SWEEP = flags.DEFINE_string("sweep", SWEEP, "Sweep file.")
 
 
 @run_main
 def main(argv):
   if len(argv) > 1:
     raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
-  sweep = sweeps.load_sweep(sweeps.ROOT / SWEEP)
+  if _JOBS.value < 1:
+    raise ConfigError(f"--jobs={_JOBS.value} must be >= 1")
+  sweep = sweeps.load_sweep(_SWEEP.value)
   print(f"quickstart: {len(sweep.trials)} trials of {sweep.base_config} on the built-in corpus -> {_WORKDIR.value}")
-  sweeps.run_sweep(sweep, _WORKDIR.value, jobs=_JOBS.value)
+  status = sweeps.run_sweep(sweep, _WORKDIR.value, jobs=_JOBS.value)
   report = build_report(_WORKDIR.value)
   print()
   print(report.table)
@@ -34,6 +41,11 @@ def main(argv):
   print(f"report: {report.markdown_path}")
   for path in report.plots.values():
     print(f"plot: {path}")
+  failed = [name for name, record in status.items() if record["status"] == "failed"]
+  if failed:
+    print(f"error: {len(failed)} of {len(status)} trials failed ({', '.join(failed)}); their errors are in "
+          f"{report.markdown_path} and {_WORKDIR.value}/sweep.json", file=sys.stderr)
+    sys.exit(1)
 
 
 def run():

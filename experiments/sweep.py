@@ -1,14 +1,17 @@
 r"""Run a sweep: one process per trial, resumable, with a sweep.json index.
 
-  research-sweep --sweep=configs/sweeps/positions.py --workdir=runs/positions [--jobs=N] [--dry_run] [--evaluate]
-  research-sweep --sweep=configs/sweeps/positions.py --workdir=gs://bucket/positions --print_commands \
-                 --tpu=NAME --zone=ZONE
+  research-sweep --sweep=configs/sweeps/positions.py --workdir=runs/positions [--jobs=N] [--dry_run]
+                 [--evaluate | --noevaluate]
+  research-sweep --sweep=configs/sweeps/positions.py --workdir=/mnt/shared/positions --print_commands \
+                 --tpu=NAME --zone=ZONE [--repo_dir=~/research]
 
 Rerunning skips finished trials and resumes interrupted ones from their checkpoints; a failed trial is recorded
-with its error (sweep.json, and <trial>/error.log) and does not stop the others.
+with its error (sweep.json, and <trial>/error.log) and does not stop the others. With --print_commands the
+workdir must be a filesystem every TPU worker mounts (gcsfuse, NFS), not a gs:// URL.
 """
 
 import dataclasses
+import shlex
 
 from absl import app, flags
 
@@ -25,27 +28,36 @@ _EVALUATE = flags.DEFINE_bool("evaluate", None, "Run research-evaluate after eac
 _PRINT = flags.DEFINE_bool("print_commands", False, "Print per-host TPU pod commands instead of running.")
 _TPU = flags.DEFINE_string("tpu", None, "TPU VM name (with --print_commands).")
 _ZONE = flags.DEFINE_string("zone", None, "TPU zone (with --print_commands).")
+_REPO_DIR = flags.DEFINE_string("repo_dir", "~/research", "This repository's clone on every TPU worker (with "
+                                "--print_commands).")
+
+DEFAULT_EVALUATE = {"lengths": [1, 2, 4, 8, 16]}  # --evaluate on a sweep whose file sets EVALUATE = None
 
 
 @run_main
 def main(argv):
   if len(argv) > 1:
     raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if _JOBS.value < 1:
+    raise ConfigError(f"--jobs={_JOBS.value} must be >= 1")
   sweep = sweeps.load_sweep(_SWEEP.value)
   if _EVALUATE.value is False:
     sweep = dataclasses.replace(sweep, evaluate=None)
   elif _EVALUATE.value and not sweep.evaluate:
-    sweep = dataclasses.replace(sweep, evaluate={"lengths": [1, 2, 4, 8, 16]})
+    sweep = dataclasses.replace(sweep, evaluate=dict(DEFAULT_EVALUATE))
   if _PRINT.value:
     if not _TPU.value or not _ZONE.value:
       raise ConfigError("--print_commands needs --tpu=NAME and --zone=ZONE")
-    for line in sweeps.tpu_commands(sweep, _WORKDIR.value, _TPU.value, _ZONE.value):
+    for line in sweeps.tpu_commands(sweep, _WORKDIR.value, _TPU.value, _ZONE.value, repo_dir=_REPO_DIR.value):
       print(line)
     return
   if _DRY_RUN.value:
     for trial in sweep.trials:
-      print(f"{trial.name}: {' '.join(sweeps.train_command(sweep, trial, f'{_WORKDIR.value}/{trial.name}'))}")
-    print(f"{len(sweep.trials)} trials")
+      workdir = f"{_WORKDIR.value.rstrip('/')}/{trial.name}"
+      print(f"{trial.name}: {shlex.join(sweeps.train_command(sweep, trial, workdir))}")
+      if sweep.evaluate:
+        print(f"  then: {shlex.join(sweeps.evaluate_command(sweep, workdir))}")
+    print(f"{len(sweep.trials)} trials, " + ("each evaluated after training" if sweep.evaluate else "no evaluation"))
     return
   status = sweeps.run_sweep(sweep, _WORKDIR.value, jobs=_JOBS.value)
   failed = [name for name, record in status.items() if record["status"] == "failed"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import importlib.util
+import inspect
 import itertools
 import json
 import os
@@ -26,10 +27,12 @@ import re
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from research.evaluate import extrapolation
 from research.train import configuration
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,7 +131,37 @@ def load_sweep(path: str | Path) -> Sweep:
     names.add(name)
     trials.append(Trial(name, dict(overrides)))
   evaluate = getattr(module, "EVALUATE", None)
+  if evaluate:
+    check_evaluate_options(evaluate, path)
   return Sweep(Path(path).stem, base, trials, dict(evaluate) if evaluate else None)
+
+
+# The research-evaluate flags with a fixed set of values (experiments/evaluate.py's enums).
+EVALUATE_CHOICES = {"mode": tuple(extrapolation.MODES), "checkpoint": extrapolation.CHECKPOINTS,
+                    "rope_scaling": extrapolation.ROPE_SCALINGS}
+
+
+def evaluate_options() -> list[str]:
+  """The EVALUATE keys a sweep may set: evaluate_run's keywords that are also research-evaluate flags (`workdir` is
+  the trial's own directory and `output` has no flag, so neither can be set per sweep)."""
+  params = inspect.signature(extrapolation.evaluate_run).parameters
+  return [name for name in params if name not in ("workdir", "output")]
+
+
+def check_evaluate_options(evaluate: Any, path: str | Path) -> None:
+  """A misspelt EVALUATE key would otherwise fail in every trial's evaluate step, after all the training."""
+  if not isinstance(evaluate, Mapping):
+    raise configuration.ConfigError(f"sweep {str(path)!r}: EVALUATE must be a dict of research-evaluate options or "
+                                    f"None, got {type(evaluate).__name__}")
+  allowed = evaluate_options()
+  for key, value in evaluate.items():
+    if key not in allowed:
+      raise configuration.ConfigError(f"sweep {str(path)!r}: EVALUATE key {key!r} is not a research-evaluate "
+                                      f"option; allowed: {', '.join(allowed)}")
+    choices = EVALUATE_CHOICES.get(key)
+    if choices and value is not None and value not in choices:
+      raise configuration.ConfigError(f"sweep {str(path)!r}: EVALUATE[{key!r}]={value!r} is not one of "
+                                      f"{', '.join(choices)}")
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -163,18 +196,33 @@ def is_finished(sweep: Sweep, trial_dir: Path) -> bool:
   return sweep.evaluate is None or (trial_dir / "eval" / eval_file(sweep)).exists()
 
 
+def is_url(path: str | os.PathLike) -> bool:
+  return "://" in str(path)
+
+
 def tpu_commands(sweep: Sweep, directory: str, tpu: str, zone: str, repo_dir: str = "~/research") -> list[str]:
-  """One command per trial that runs it on every host of a TPU VM pod slice (each host runs the same program;
-  the trainer calls jax.distributed.initialize(), which finds the slice's coordinator by itself)."""
+  """One line per trial: train on every host of a TPU VM pod slice, then evaluate on worker 0.
+
+  Every host runs the same training program (the trainer calls jax.distributed.initialize(), which finds the slice's
+  coordinator by itself), so `directory` must be a filesystem shared by all workers (gcsfuse, NFS), and `repo_dir`
+  this repository's clone on each. Evaluation is one process on one host; a single host cannot bring up a slice's
+  TPU runtime without the others (JAX waits for them), so it runs on that host's CPUs (JAX_PLATFORMS=cpu). It
+  starts only after training succeeded on every host (`&&`).
+  """
+  if is_url(directory):
+    raise configuration.ConfigError(f"workdir {directory!r} is a URL; TPU workers need a shared filesystem path "
+                                    f"(mount the bucket with gcsfuse, or use NFS / Filestore)")
   out = []
+  ssh = f"gcloud compute tpus tpu-vm ssh {shlex.quote(tpu)} --zone={shlex.quote(zone)}"
   for trial in sweep.trials:
     workdir = f"{directory.rstrip('/')}/{trial.name}"
-    steps = [shlex.join(train_command(sweep, trial, workdir, python="python3"))]
+    # repo_dir is left unquoted so that the remote shell expands its `~`.
+    train = f"cd {repo_dir} && {shlex.join(train_command(sweep, trial, workdir, python='python3'))}"
+    line = f"{ssh} --worker=all --command={shlex.quote(train)}"
     if sweep.evaluate:
-      steps.append(shlex.join(evaluate_command(sweep, workdir, python="python3")))
-    remote = f"cd {repo_dir} && " + " && ".join(steps)
-    out.append(f"gcloud compute tpus tpu-vm ssh {shlex.quote(tpu)} --zone={shlex.quote(zone)} --worker=all "
-               f"--command={shlex.quote(remote)}")
+      evaluate = f"cd {repo_dir} && JAX_PLATFORMS=cpu {shlex.join(evaluate_command(sweep, workdir, python='python3'))}"
+      line += f" && {ssh} --worker=0 --command={shlex.quote(evaluate)}"
+    out.append(line)
   return out
 
 
@@ -213,33 +261,43 @@ def run_trial(sweep: Sweep, trial: Trial, directory: Path) -> dict[str, Any]:
 
 def run_sweep(sweep: Sweep, directory: str | Path, jobs: int = 1,
               log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
-  """Runs the unfinished trials (`jobs` at a time); returns {trial: status}. One progress line per trial."""
+  """Runs the unfinished trials (`jobs` at a time); returns {trial: status}. One progress line per trial, skipped
+  ones included."""
+  if is_url(directory):
+    raise configuration.ConfigError(f"workdir {str(directory)!r} is a URL; a sweep directory is a local or shared "
+                                    f"filesystem path (mount a bucket with gcsfuse)")
   directory = Path(directory).resolve()  # trials run with the repository root as their working directory
   directory.mkdir(parents=True, exist_ok=True)
   status: dict[str, dict[str, Any]] = {}
   todo = []
+  total, done = len(sweep.trials), 0
   for trial in sweep.trials:
     if is_finished(sweep, directory / trial.name):
       status[trial.name] = {"status": "finished", "error": None}
+      done += 1
+      log(f"[{done}/{total}] {trial.name}: finished (skipped)")
     else:
       status[trial.name] = {"status": "pending", "error": None}
       todo.append(trial)
   _write_index(directory, sweep, status)
-  total, done = len(sweep.trials), len(sweep.trials) - len(todo)
-  if done:
-    log(f"[{done}/{total}] already finished, skipped")
-  with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-    futures = {}
-    for trial in todo:
+  lock = threading.Lock()  # worker threads and this one both update `status` and rewrite sweep.json
+
+  def start(trial: Trial) -> dict[str, Any]:
+    # "running" only once a worker picks the trial up: with jobs < pending trials the rest stay "pending".
+    with lock:
       status[trial.name] = {"status": "running", "error": None}
-      futures[pool.submit(run_trial, sweep, trial, directory)] = trial
-    _write_index(directory, sweep, status)
+      _write_index(directory, sweep, status)
+    return run_trial(sweep, trial, directory)
+
+  with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    futures = {pool.submit(start, trial): trial for trial in todo}
     for future in concurrent.futures.as_completed(futures):
       trial = futures[future]
-      status[trial.name] = future.result()
-      done += 1
-      _write_index(directory, sweep, status)
-      record = status[trial.name]
+      record = future.result()
+      with lock:
+        status[trial.name] = record
+        done += 1
+        _write_index(directory, sweep, status)
       detail = ""
       summary_path = directory / trial.name / "summary.json"
       if record["status"] == "finished" and summary_path.exists():

@@ -321,3 +321,54 @@ def test_report_package_does_not_import_jax_flax_model_or_trainer():
           "or m.startswith(('research.model', 'research.train'))]; print(bad); sys.exit(1 if bad else 0)")
   result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
   assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _write_scaled(trial_dir, scaling, seed, factor=None):
+  """eval/extrapolation_<scaling>.json as research-evaluate --rope_scaling writes it; returns {multiple: ppl}."""
+  ppls = {m: _ppl("rope", seed, m) * (1.0 - 0.05 * math.log2(m)) for m in MULTIPLES}  # scaling helps beyond 1×
+  results = [{"multiple": m, "length": m * TRAIN_LEN, "ppl": p, "tokens": 4096} for m, p in ppls.items()]
+  _write_json(trial_dir / "eval" / f"extrapolation_{scaling}.json", {
+      "train_len": TRAIN_LEN, "mode": "nonoverlapping", "stride": None, "split": "valid", "checkpoint_step": 100,
+      "rope_scaling": scaling, "rope_factor": factor, "results": results})
+  return ppls
+
+
+def test_rope_scaled_evaluations_are_extra_rows_below_their_group(tmp_path):
+  directory = tmp_path / "sweep"
+  make_sweep(directory, schemes=("alibi", "rope"))
+  plain = build_report(directory)
+  assert "rope_scaling" not in plain.table + plain.csv_path.read_text() + plain.markdown_path.read_text()
+  plain_rows = parse_md_table(plain.table)[1]
+
+  yarn = [_write_scaled(directory / f"rope-s{s}", "yarn", s) for s in (0, 1)]  # seed 2 has no yarn evaluation
+  linear = [_write_scaled(directory / f"rope-s{s}", "linear", s, factor=4.0) for s in (0, 1, 2)]
+  report = build_report(directory)
+  labels = [g.label for g in report.data.groups]
+  assert labels == ["position=alibi", "position=rope", "position=rope, rope_scaling=linear",
+                    "position=rope, rope_scaling=yarn", "position=t5"]
+  header, rows = parse_md_table(report.table)
+  assert header == ["group", "n", "valid ppl", "1× (64)", "2× (128)", "4× (256)", "8× (512)"]
+  bare = lambda cells: [re.sub(r"\*\*|\[\^\d+\]", "", c) for c in cells]
+  for label in plain_rows:  # the unscaled rows keep their numbers (bold and footnote numbers may move)
+    assert bare(rows[label]) == bare(plain_rows[label])
+  gi = labels.index("position=rope, rope_scaling=yarn")
+  for m in MULTIPLES:
+    cell = report.data.cell(gi, f"ppl_{m}x_{m * TRAIN_LEN}")
+    assert cell.n == 2 and cell.mean == pytest.approx(np.mean([p[m] for p in yarn]), rel=1e-12)
+  assert report.data.cell(labels.index("position=rope, rope_scaling=linear"), "ppl_8x_512").mean == pytest.approx(
+      np.mean([p[8] for p in linear]), rel=1e-12)
+  yarn_row = rows["position=rope, rope_scaling=yarn"]
+  assert yarn_row[0] == "3" and re.fullmatch(r"n/a\[\^\d+\]", yarn_row[1])  # valid ppl belongs to the plain row
+  assert all(re.search(r" \(n=2\)\**\[\^\d+\]$", c) for c in yarn_row[2:]), yarn_row
+  assert "not evaluated (no eval/extrapolation_yarn.json)" in report.table
+  assert "valid ppl is in the row without rope_scaling" in report.table
+  md = report.markdown_path.read_text()
+  assert "yarn, factor = the multiple at each length" in md and "linear, factor 4" in md
+  with open(report.csv_path, newline="") as f:
+    csv_rows = {r["group"]: r for r in csv.DictReader(f)}
+  assert csv_rows["position=rope, rope_scaling=yarn"]["rope_scaling"] == "yarn"
+  assert csv_rows["position=rope"]["rope_scaling"] == "" and csv_rows["position=rope"]["position"] == "rope"
+  assert float(csv_rows["position=rope, rope_scaling=linear"]["ppl_4x_256_mean"]) == pytest.approx(
+      np.mean([p[4] for p in linear]), rel=1e-12)
+  assert "position=rope, rope\\_scaling=yarn" in report.latex_path.read_text()
+  assert set(report.plots) == {"ppl_vs_length.png", "curves.png"}

@@ -1,18 +1,20 @@
-"""Sweeps: expansion, validation before any trial, resumability, failures, TPU commands; evaluation coverage."""
+"""Sweeps: expansion, validation before any trial, dry runs, jobs and statuses, resumability, failures, TPU
+commands. (Evaluation itself: tests/test_evaluate.py.)"""
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from research import sweeps
-from research.evaluate import extrapolation
 from research.report import build_report
 from research.train import configuration
 from tests.train_utils import ROOT, cli
@@ -67,55 +69,217 @@ def test_every_override_is_validated_before_any_trial_starts(tmp_path, trials, m
   assert not (tmp_path / "out").exists()
 
 
-def test_tpu_commands_run_every_trial_on_every_host(tmp_path):
-  path = write_sweep(tmp_path / "s.py", [{"model.position": "rope", **FAST}, {"model.position": "alibi", **FAST}],
+@pytest.mark.parametrize("evaluate,message", [
+    ({"length": [1, 2]}, "EVALUATE key 'length' is not a research-evaluate option; allowed: lengths, mode, stride, "
+                         "split, checkpoint, rope_scaling, rope_factor, max_tokens_per_batch"),
+    ({"lengths": [1, 2], "workdir": "/elsewhere"}, "EVALUATE key 'workdir' is not a research-evaluate option"),
+    ({"mode": "sliding_window"}, "EVALUATE['mode']='sliding_window' is not one of nonoverlapping, sliding"),
+    ({"rope_scaling": "dynamic"}, "EVALUATE['rope_scaling']='dynamic' is not one of linear, ntk, yarn"),
+])
+def test_evaluate_options_are_validated_before_any_trial_starts(tmp_path, evaluate, message):
+  path = write_sweep(tmp_path / "bad.py", [{"model.position": "rope"}], evaluate=evaluate)
+  result = cli("experiments.sweep", f"--sweep={path}", f"--workdir={tmp_path / 'out'}")
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], \
+      result.stderr
+  assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_options_are_the_evaluate_flags():
+  """What load_sweep allows is what research-evaluate accepts: each key becomes a --key= flag of that CLI."""
+  from absl import flags
+  import experiments.evaluate  # noqa: F401 (defines the flags)
+  assert set(sweeps.evaluate_options()) <= set(flags.FLAGS) and "workdir" not in sweeps.evaluate_options()
+
+
+def _dry_run(path, out, *flags):
+  result = cli("experiments.sweep", f"--sweep={path}", f"--workdir={out}", "--dry_run", *flags)
+  assert result.returncode == 0, result.stderr
+  return result.stdout.strip().splitlines()
+
+
+def test_dry_run_lists_the_trials_and_their_commands_and_runs_nothing(tmp_path):
+  trials = [{"model.position": p, "train.steps": 5} for p in ("rope", "alibi", "t5")]
+  path = write_sweep(tmp_path / "s.py", trials, evaluate={"lengths": [1, 4], "mode": "sliding"})
+  out = tmp_path / "out dir"  # a space: the printed commands must survive copy-paste into a shell
+  lines = _dry_run(path, out)
+  assert lines[-1] == "3 trials, each evaluated after training" and len(lines) == 7
+  for trial, train, evaluate in zip(trials, lines[0:6:2], lines[1:6:2]):
+    name = sweeps.trial_name(trial)
+    assert train.startswith(f"{name}: ") and evaluate.startswith("  then: ")
+    args = shlex.split(train[len(name) + 2:])
+    assert args[1:] == ["-m", "experiments.train", "--config=configs/tiny.py", f"--workdir={out}/{name}",
+                        f"--config.model.position={trial['model.position']}", "--config.train.steps=5"]
+    args = shlex.split(evaluate[len("  then: "):])
+    assert args[1:] == ["-m", "experiments.evaluate", f"--workdir={out}/{name}", "--lengths=1,4", "--mode=sliding"]
+  assert not out.exists()
+
+  lines = _dry_run(path, out, "--noevaluate")
+  assert lines[-1] == "3 trials, no evaluation" and len(lines) == 4
+  assert not any("experiments.evaluate" in line for line in lines)
+
+
+def test_evaluate_flag_turns_evaluation_on_for_a_sweep_without_it(tmp_path):
+  path = write_sweep(tmp_path / "s.py", [{"model.position": "rope"}, {"model.position": "alibi"}], evaluate=None)
+  lines = _dry_run(path, tmp_path / "out")
+  assert lines[-1] == "2 trials, no evaluation" and not any("experiments.evaluate" in line for line in lines)
+  lines = _dry_run(path, tmp_path / "out", "--evaluate")
+  assert lines[-1] == "2 trials, each evaluated after training"
+  evaluates = [line for line in lines if line.startswith("  then: ")]
+  assert len(evaluates) == 2 and all(line.endswith("-m experiments.evaluate --workdir=" + str(tmp_path / "out") +
+                                                   f"/position={p} --lengths=1,2,4,8,16")
+                                     for line, p in zip(evaluates, ("rope", "alibi")))
+
+
+def test_jobs_run_trials_concurrently_and_queued_ones_stay_pending(tmp_path, monkeypatch):
+  """Two workers for three trials: two run at once, the third is 'pending' (not 'running') until one ends; a
+  rerun skips all three with one line each. run_trial is replaced: this tests the scheduling, not training."""
+  path = write_sweep(tmp_path / "s.py", [{"model.position": p} for p in ("rope", "alibi", "t5")])
+  sweep = sweeps.load_sweep(path)
+  out = tmp_path / "out"
+  lock, both_started = threading.Lock(), threading.Event()
+  running, seen = [], {}
+
+  def fake_run_trial(sweep_, trial, directory):
+    with lock:
+      running.append(trial.name)
+      seen[trial.name] = (len(running), json.loads((directory / "sweep.json").read_text()))
+      if len(running) == 2:
+        both_started.set()
+    try:
+      if len(seen) <= 2:  # the first two wait for each other: proof that they overlap
+        assert both_started.wait(timeout=30), "the second worker never started"
+      (directory / trial.name).mkdir()
+      (directory / trial.name / "summary.json").write_text(json.dumps({"valid_ppl": 10.0 + len(seen)}))
+      return {"status": "finished", "error": None, "wall_s": 0.0}
+    finally:
+      with lock:
+        running.remove(trial.name)
+
+  monkeypatch.setattr(sweeps, "run_trial", fake_run_trial)
+  logs = []
+  status = sweeps.run_sweep(sweep, out, jobs=2, log=logs.append)
+  assert {r["status"] for r in status.values()} == {"finished"}
+  names = [t.name for t in sweep.trials]
+  concurrent, index = seen[names[1]]
+  assert concurrent == 2  # rope and alibi ran at the same time
+  assert _statuses_from(index) == {names[0]: "running", names[1]: "running", names[2]: "pending"}
+  assert _statuses(out) == dict.fromkeys(names, "finished")
+  assert len(logs) == 3 and all(re.fullmatch(r"\[\d/3\] position=\w+: finished valid_ppl=1\d\.00 \(0 s\)", line)
+                                for line in logs), logs
+
+  monkeypatch.setattr(sweeps, "run_trial", lambda *a: pytest.fail("a finished trial was run again"))
+  logs = []
+  sweeps.run_sweep(sweep, out, jobs=2, log=logs.append)
+  assert logs == [f"[{k}/3] {name}: finished (skipped)" for k, name in enumerate(names, 1)]
+
+
+def _tpu_sweep(tmp_path):
+  return write_sweep(tmp_path / "s.py", [{"model.position": "rope", **FAST}, {"model.position": "alibi", **FAST}],
                      evaluate={"lengths": [1, 4]})
-  result = cli("experiments.sweep", f"--sweep={path}", "--workdir=gs://bucket/runs", "--print_commands",
-               "--tpu=my-v4-32", "--zone=us-central2-b")
+
+
+def test_tpu_commands_train_on_every_host_and_evaluate_on_worker_0(tmp_path):
+  path = _tpu_sweep(tmp_path)
+  result = cli("experiments.sweep", f"--sweep={path}", "--workdir=/mnt/shared/runs", "--print_commands",
+               "--tpu=my-v4-32", "--zone=us-central2-b", "--repo_dir=/opt/research")
   assert result.returncode == 0, result.stderr
   lines = result.stdout.strip().splitlines()
   assert len(lines) == 2
+  ssh = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "my-v4-32", "--zone=us-central2-b"]
   for line, scheme in zip(lines, ["rope", "alibi"]):
-    assert line.startswith("gcloud compute tpus tpu-vm ssh my-v4-32 --zone=us-central2-b --worker=all --command=")
-    assert f"--config.model.position={scheme}" in line and f"--workdir=gs://bucket/runs/position={scheme}," in line
-    assert "python3 -m experiments.train --config=configs/tiny.py" in line
-    assert "python3 -m experiments.evaluate" in line and "--lengths=1,4" in line
-  assert not Path("gs:").exists()
+    words = shlex.split(line)  # exactly what the local shell will run
+    assert words.count("&&") == 1, line  # train, and only if it succeeded, evaluate
+    train, evaluate = words[:words.index("&&")], words[words.index("&&") + 1:]
+    assert train[:-1] == ssh + ["--worker=all"] and evaluate[:-1] == ssh + ["--worker=0"]
+    remote_train, remote_eval = train[-1].removeprefix("--command="), evaluate[-1].removeprefix("--command=")
+    workdir = f"/mnt/shared/runs/{sweeps.trial_name({'model.position': scheme, **FAST})}"
+    assert remote_train.startswith("cd /opt/research && python3 -m experiments.train --config=configs/tiny.py ")
+    assert f"--config.model.position={scheme}" in remote_train and f"--workdir={workdir}" in remote_train
+    assert "experiments.evaluate" not in remote_train
+    assert remote_eval == (f"cd /opt/research && JAX_PLATFORMS=cpu python3 -m experiments.evaluate "
+                           f"--workdir={workdir} --lengths=1,4")
+
+
+def test_tpu_commands_default_repo_dir_and_refuse_urls(tmp_path):
+  sweep = sweeps.load_sweep(_tpu_sweep(tmp_path))
+  lines = sweeps.tpu_commands(sweep, "/mnt/shared/runs/", "tpu", "zone")
+  # `~` reaches the worker's shell unquoted, so that it expands there
+  for line in lines:
+    remotes = [w.removeprefix("--command=") for w in shlex.split(line) if w.startswith("--command=")]
+    assert len(remotes) == 2 and all(r.startswith("cd ~/research && ") for r in remotes), remotes
+  assert "/mnt/shared/runs/position=rope," in lines[0] and "runs//" not in lines[0]
+  result = cli("experiments.sweep", f"--sweep={tmp_path / 's.py'}", "--workdir=gs://bucket/runs",
+               "--print_commands", "--tpu=t", "--zone=z")
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == 2 and len(lines) == 1 and "'gs://bucket/runs' is a URL" in lines[0], result.stderr
+  assert "gcsfuse" in lines[0] and result.stdout == ""
+
+
+def _statuses_from(index):
+  return {t["name"]: t["status"] for t in index["trials"]}
 
 
 def _statuses(directory):
-  return {t["name"]: t["status"] for t in json.loads((directory / "sweep.json").read_text())["trials"]}
+  return _statuses_from(json.loads((directory / "sweep.json").read_text()))
+
+
+def _step_dirs(workdir):
+  ckpt = workdir / "checkpoints"
+  return sorted(int(p.name) for p in ckpt.iterdir() if re.fullmatch(r"\d+", p.name)) if ckpt.is_dir() else []
+
+
+def _lines_up_to(workdir, step):
+  return [line for line in (workdir / "metrics.jsonl").read_text().splitlines() if json.loads(line)["step"] <= step]
 
 
 @pytest.mark.slow
-def test_killed_sweep_reruns_only_unfinished_trials_and_records_failures(tmp_path):
-  trials = [{"model.position": p, **FAST} for p in ("learned", "alibi")]
-  trials.append({"model.position": "none", "data.tokenizer": "byte", "data.vocab_size": 100, **FAST})  # fails
+def test_killed_sweep_resumes_the_interrupted_trial_and_records_failures(tmp_path):
+  # The failing trial comes first, so the first run shows that a failure does not stop the trials after it.
+  trials = [{"model.position": "none", "data.tokenizer": "byte", "data.vocab_size": 100, **FAST},  # fails
+            {"model.position": "learned", **FAST},
+            # longer, so that it is caught between its first checkpoint and its summary
+            {"model.position": "alibi", **FAST, "train.steps": 60}]
   path = write_sweep(tmp_path / "s.py", trials, evaluate={"lengths": [1, 2]})
   out = tmp_path / "out"
   names = [sweeps.trial_name(t) for t in trials]
+  failed, finished, killed = (out / name for name in names)
   proc = subprocess.Popen([sys.executable, "-m", "experiments.sweep", f"--sweep={path}", f"--workdir={out}"],
                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-  first = out / names[0] / "eval" / "extrapolation.json"
   deadline = time.time() + 300
-  while time.time() < deadline and not first.exists() and proc.poll() is None:
-    time.sleep(0.1)
-  assert first.exists(), proc.communicate()[1][-2000:] if proc.poll() is not None else "timeout"
+  while time.time() < deadline and proc.poll() is None and not (_step_dirs(killed)
+                                                                and not (killed / "summary.json").exists()):
+    time.sleep(0.02)
   os.killpg(proc.pid, signal.SIGKILL)  # the sweep and the trial it was running
-  proc.wait()
-  assert not (out / names[1] / "summary.json").exists()
-  finished_mtime = (out / names[0] / "summary.json").stat().st_mtime_ns
+  stdout, stderr = proc.communicate()
+  assert proc.returncode == -signal.SIGKILL, (stdout, stderr[-2000:])
+  assert not (killed / "summary.json").exists(), "the trial finished before it could be killed"
+  checkpointed = _step_dirs(killed)[-1]
+  assert 0 < checkpointed < 60
+  assert _statuses(out) == {names[0]: "failed", names[1]: "finished", names[2]: "running"}
+  before = _lines_up_to(killed, checkpointed)
+  assert any(json.loads(line)["split"] == "train" for line in before)
+  finished_mtimes = [(finished / f).stat().st_mtime_ns for f in ("summary.json", "eval/extrapolation.json")]
 
   result = cli("experiments.sweep", f"--sweep={path}", f"--workdir={out}", timeout=600)
-  assert result.returncode == 1  # one trial failed
-  assert "[1/3] already finished, skipped" in result.stdout
-  assert (out / names[0] / "summary.json").stat().st_mtime_ns == finished_mtime  # untouched
-  assert _statuses(out) == {names[0]: "finished", names[1]: "finished", names[2]: "failed"}
+  assert result.returncode == 1, result.stderr[-2000:]  # one trial failed
+  progress = [line for line in result.stdout.splitlines() if line.startswith("[")]
+  assert progress[0] == f"[1/3] {names[1]}: finished (skipped)" and len(progress) == 3, result.stdout
+  assert progress[1].startswith(f"[2/3] {names[0]}: failed error: ") and progress[2].startswith(f"[3/3] {names[2]}: "
+                                                                                                  "finished")
+  assert [(finished / f).stat().st_mtime_ns for f in ("summary.json", "eval/extrapolation.json")] == finished_mtimes
+  # Resumed, not restarted: the logged lines up to the checkpoint (train lines carry their wall-clock tokens/s) are
+  # kept byte for byte, and the steps after it were logged again up to the end.
+  assert _lines_up_to(killed, checkpointed) == before
+  steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+  assert steps == sorted(steps) and steps[-1] == 60
+  assert json.loads((killed / "summary.json").read_text())["step"] == 60
+  assert _statuses(out) == {names[0]: "failed", names[1]: "finished", names[2]: "finished"}
   index = json.loads((out / "sweep.json").read_text())
-  failed = [t for t in index["trials"] if t["status"] == "failed"][0]
-  assert "vocab_size=100 is too small" in failed["error"] and "minimum is 261" in failed["error"]
-  assert (out / names[1] / "eval" / "extrapolation.json").exists()
-  assert sum(1 for line in result.stdout.splitlines() if line.startswith("[")) == 3  # one line per trial
+  error = index["trials"][0]["error"]
+  assert "vocab_size=100 is too small" in error and "minimum is 261" in error
+  assert "minimum is 261" in (failed / "error.log").read_text()
+  assert (killed / "eval" / "extrapolation.json").exists()
 
   # The report of this real sweep: n/a beyond the learned table, numbers for ALiBi, the failure listed.
   report = build_report(out)
@@ -123,51 +287,31 @@ def test_killed_sweep_reruns_only_unfinished_trials_and_records_failures(tmp_pat
   learned = [c.strip() for c in rows[next(k for k in rows if "learned" in k)].split("|")[2:-1]]
   alibi = [c.strip() for c in rows[next(k for k in rows if "alibi" in k)].split("|")[2:-1]]
   assert "n/a" in learned[-1] and "n/a" not in "".join(alibi)
-  summary = json.loads((out / names[1] / "summary.json").read_text())
+  summary = json.loads((killed / "summary.json").read_text())
   assert f"{summary['valid_ppl']:.2f}" in "".join(alibi)
   markdown = report.markdown_path.read_text()
   assert "minimum is 261" in markdown and (out / "ppl_vs_length.png").exists() and (out / "table.tex").exists()
 
 
 @pytest.mark.slow
-def test_extrapolation_scores_every_token_once_and_reports_na_beyond_a_learned_table(tmp_path):
-  for position in ("learned", "alibi"):
-    workdir = tmp_path / position
-    result = cli("--config=configs/tiny.py", f"--workdir={workdir}", f"--config.model.position={position}",
-                 *(f"--config.{k}={v}" for k, v in FAST.items()))
-    assert result.returncode == 0, result.stderr[-2000:]
-    run = extrapolation.load_run(workdir)
-    targets = len(run.splits["valid"]) - 1
-    for mode, stride in (("nonoverlapping", None), ("sliding", 24)):
-      report = extrapolation.evaluate_run(workdir, (1, 2, 4), mode=mode, stride=stride)
-      assert report["train_len"] == 32 and report["mode"] == mode
-      for r in report["results"]:
-        if position == "learned" and r["multiple"] > 1:
-          assert r["ppl"] is None and "learned positions are defined up to 32, not" in r["note"]
-        else:
-          assert r["tokens"] == targets and np.isfinite(r["ppl"]) and r["ppl"] > 1
-    saved = json.loads((workdir / "eval" / "extrapolation.json").read_text())
-    assert saved["mode"] == "sliding" and saved["stride"] == 24
-
-
-def test_evaluating_a_non_run_is_a_clear_error(tmp_path):
-  result = cli("experiments.evaluate", f"--workdir={tmp_path}")
-  assert result.returncode == 2 and result.stderr.strip() == f"error: '{tmp_path}' is not a run directory (no " \
-                                                             "config.json)"
-
-
-@pytest.mark.slow
-def test_rope_scaling_switched_on_at_evaluation(tmp_path):
-  result = cli("--config=configs/tiny.py", f"--workdir={tmp_path}", "--config.model.position=rope",
-               *(f"--config.{k}={v}" for k, v in FAST.items()))
+def test_quickstart_entry_prints_the_report_and_fails_when_a_trial_failed(tmp_path):
+  trials = [{"model.position": p, **FAST} for p in ("rope", "alibi")]
+  path = write_sweep(tmp_path / "tiny.py", trials, evaluate={"lengths": [1, 2]})
+  out = tmp_path / "qs"
+  result = cli("experiments.quickstart", f"--sweep={path}", f"--workdir={out}", timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
-  plain = extrapolation.evaluate_run(tmp_path, (1, 2))
-  out = cli("experiments.evaluate", f"--workdir={tmp_path}", "--lengths=1,2", "--rope_scaling=yarn")
-  assert out.returncode == 0, out.stderr[-2000:]
-  yarn = json.loads((tmp_path / "eval" / "extrapolation_yarn.json").read_text())
-  assert yarn["rope_scaling"] == "yarn" and json.loads(
-      (tmp_path / "eval" / "extrapolation.json").read_text())["rope_scaling"] is None
-  # Factor "auto" = the multiple: at 1× nothing is scaled, at 2× the frequencies (and the temperature) change.
-  assert yarn["results"][0]["ppl"] == pytest.approx(plain["results"][0]["ppl"], rel=1e-6)
-  assert yarn["results"][1]["ppl"] != pytest.approx(plain["results"][1]["ppl"], rel=1e-4)
-  assert "ppl" in out.stdout.splitlines()[0] and len(out.stdout.strip().splitlines()) == 3
+  assert "| group | n | valid ppl | 1× (32) | 2× (64) |" in result.stdout
+  assert sum(line.startswith("| position=") for line in result.stdout.splitlines()) == 2
+  assert f"report: {out / 'report.md'}" in result.stdout and (out / "report.md").is_file()
+  plots = [line[len("plot: "):] for line in result.stdout.splitlines() if line.startswith("plot: ")]
+  assert {Path(p).name for p in plots} == {"ppl_vs_length.png", "curves.png"} and all(Path(p).is_file() for p in plots)
+
+  # One more trial that fails: the finished ones are skipped, the table of them is still printed, the exit is 1.
+  trials.append({"model.position": "none", "data.tokenizer": "byte", "data.vocab_size": 100, **FAST})
+  write_sweep(path, trials, evaluate={"lengths": [1, 2]})
+  result = cli("experiments.quickstart", f"--sweep={path}", f"--workdir={out}", timeout=600)
+  assert result.returncode == 1
+  assert result.stdout.count(": finished (skipped)") == 2 and "| group | n | valid ppl |" in result.stdout
+  assert f"report: {out / 'report.md'}" in result.stdout
+  assert result.stderr.strip().splitlines()[-1].startswith("error: 1 of 3 trials failed (position=none,")
+  assert "minimum is 261" in (out / "report.md").read_text()

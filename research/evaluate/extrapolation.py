@@ -34,6 +34,8 @@ from research.train import checkpoint as checkpoint_lib
 from research.train import configuration, loop, optim, steps
 
 MODES = batches_lib.EVAL_MODES
+CHECKPOINTS = ("best", "last")
+ROPE_SCALINGS = ("linear", "ntk", "yarn")  # evaluation-time RoPE scalings (ModelConfig's, less "none")
 EVAL_DIR = "eval"
 
 
@@ -50,12 +52,17 @@ class LoadedRun:
   splits: dict[str, np.ndarray]
 
 
-def load_run(workdir: str | Path, checkpoint: str = "best") -> LoadedRun:
-  """Config, tokenizer, token streams and the parameters of the run's best (or last) checkpoint."""
+def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
   workdir = Path(workdir)
   if not (workdir / loop.CONFIG_FILE).exists():
     raise EvaluationError(f"{str(workdir)!r} is not a run directory (no {loop.CONFIG_FILE})")
-  config = ml_collections.ConfigDict(json.loads((workdir / loop.CONFIG_FILE).read_text()))
+  return ml_collections.ConfigDict(json.loads((workdir / loop.CONFIG_FILE).read_text()))
+
+
+def load_run(workdir: str | Path, checkpoint: str = "best") -> LoadedRun:
+  """Config, tokenizer, token streams and the parameters of the run's best (or last) checkpoint."""
+  workdir = Path(workdir)
+  config = read_config(workdir)
   tokenizer = tokenizers_lib.load_tokenizer(workdir)
   splits = batches_lib.build_or_load_cache(config.data.corpus, tokenizer, cache_dir=config.data.cache_dir or None,
                                            errors=config.data.errors)
@@ -124,6 +131,16 @@ def evaluate_run(workdir: str | Path, lengths: Sequence[int] = (1, 2, 4, 8, 16),
     raise EvaluationError(f"mode={mode!r} is not one of {', '.join(MODES)}")
   if not lengths or any(int(m) < 1 for m in lengths):
     raise EvaluationError(f"lengths={list(lengths)!r} must be positive multiples of the training length")
+  if checkpoint not in CHECKPOINTS:
+    raise EvaluationError(f"checkpoint={checkpoint!r} is not one of {', '.join(CHECKPOINTS)}")
+  if rope_scaling is not None and rope_scaling not in ROPE_SCALINGS:
+    raise EvaluationError(f"rope_scaling={rope_scaling!r} is not one of {', '.join(ROPE_SCALINGS)}")
+  position = read_config(workdir).model.position
+  if rope_scaling and position != "rope":
+    # Only the RoPE scheme reads the scaling: another scheme would run unchanged and extrapolation_<scaling>.json
+    # would hold plain numbers labelled as scaled ones. Checked before the checkpoint is restored.
+    raise EvaluationError(f"rope_scaling={rope_scaling!r} needs a RoPE run, but {str(workdir)!r} was trained with "
+                          f"model.position={position!r}")
   run = load_run(workdir, checkpoint)
   if split not in run.splits:
     raise EvaluationError(f"split={split!r} is not one of {', '.join(run.splits)}")

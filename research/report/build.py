@@ -44,19 +44,31 @@ def _one_line(text: str, limit: int = 500) -> str:
 
 
 def _evaluation_line(runs: RunSet) -> str | None:
-  settings = []
+  settings, scalings = [], {}
   for t in runs.trials:
-    e = t.extrapolation
-    if t.finished and e is not None:
+    if not t.finished:
+      continue
+    for e in (t.extrapolation, *t.scaled.values()):
+      if e is None:
+        continue
       s = f"mode={e.mode}" + (f", stride={e.stride}" if e.stride is not None else "")
       s += f", split={e.split}, train length={e.train_len}"
       if s not in settings:
         settings.append(s)
+      if e.rope_scaling is not None:
+        factor = f"factor {e.rope_factor:g}" if e.rope_factor is not None else "factor = the multiple at each length"
+        scalings.setdefault(e.rope_scaling, [])
+        if factor not in scalings[e.rope_scaling]:
+          scalings[e.rope_scaling].append(factor)
   if not settings:
     return None
   line = "Evaluation: " + "; ".join(settings) + "."
   if len(settings) > 1:
     line += " **Warning:** the trials were evaluated with different settings."
+  if scalings:
+    line += (" Rows labelled `rope_scaling=S` are the same trials evaluated with RoPE scaling S switched on at "
+             "evaluation time (`eval/extrapolation_S.json`: " + "; ".join(
+                 f"{s}, {', '.join(f)}" for s, f in scalings.items()) + ").")
   return line
 
 

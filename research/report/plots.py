@@ -51,7 +51,8 @@ def plot_ppl_vs_length(table: Table, path: pathlib.Path) -> str | None:
   ax = fig.add_subplot()
   for gi, g, pts in series:
     xs, means, lows, highs = zip(*pts)
-    ax.plot(xs, means, marker="o", color=_color(gi), label=f"{g.label} (n={g.n})")
+    ax.plot(xs, means, marker="o", color=_color(gi), label=f"{g.label} (n={g.n})",
+            linestyle="--" if g.rope_scaling else "-")
     if any(lo != hi for lo, hi in zip(lows, highs)):
       ax.fill_between(xs, lows, highs, color=_color(gi), alpha=0.2, linewidth=0)
   train_lens = {c.length for c in eval_columns if c.multiple == 1}
@@ -67,7 +68,8 @@ def plot_ppl_vs_length(table: Table, path: pathlib.Path) -> str | None:
   ax.yaxis.set_minor_formatter(plain)
   ax.tick_params(axis="y", which="minor", labelsize=7)
   ax.set_ylabel("perplexity (log scale)")
-  ax.set_title(f"{table.title}\nperplexity vs evaluation length (line: mean; band: min..max over seeds)",
+  scaled = "; dashed: RoPE scaling at evaluation" if any(g.rope_scaling for g in table.groups) else ""
+  ax.set_title(f"{table.title}\nperplexity vs evaluation length (line: mean; band: min..max over seeds{scaled})",
                fontsize=10)
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8)
@@ -77,7 +79,8 @@ def plot_ppl_vs_length(table: Table, path: pathlib.Path) -> str | None:
 
 def plot_curves(table: Table, runs: RunSet, path: pathlib.Path) -> str | None:
   """Training and validation loss against step, one line per trial, colored by group."""
-  by_trial = {id(t): gi for gi, g in enumerate(table.groups) for t in g.trials}
+  # A trial's training curve belongs to its own group, not to the rows of its RoPE-scaled evaluations.
+  by_trial = {id(t): gi for gi, g in enumerate(table.groups) if g.rope_scaling is None for t in g.trials}
   lines = []
   for t in runs.trials:
     curves = {}
@@ -126,6 +129,8 @@ def plot_tied_vs_untied(table: Table, path: pathlib.Path) -> str | None:
   others = [f for f in table.fields if f != field]
   pairs: dict[tuple, dict[bool, tuple[float, float]]] = {}
   for gi, g in enumerate(table.groups):
+    if g.rope_scaling is not None:  # same trials as their unscaled row, no validation perplexity of their own
+      continue
     cell = table.cell(gi, VALID_PPL)
     key = tuple(format_value(g.values[f]) for f in others)
     pairs.setdefault(key, {})

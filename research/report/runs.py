@@ -6,6 +6,9 @@ Three layouts are accepted:
   * a directory of runs without `sweep.json`: every subdirectory holding `config.json` or `summary.json` is a trial;
   * a single run directory: `config.json` and/or `summary.json` in the directory itself.
 
+Besides `eval/extrapolation.json`, evaluations with RoPE scaling switched on (`eval/extrapolation_<scaling>.json`)
+are loaded into `Trial.scaled`.
+
 Nothing here imports the model, the trainer, JAX or Flax: reports read run directories only.
 """
 
@@ -22,6 +25,14 @@ CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
 EXTRAPOLATION_FILE = pathlib.Path("eval") / "extrapolation.json"
+SCALED_PREFIX = "extrapolation_"  # eval/extrapolation_<scaling>.json: research-evaluate --rope_scaling=<scaling>
+
+
+def extrapolation_file(rope_scaling: str | None = None) -> pathlib.Path:
+  """eval/extrapolation.json, or eval/extrapolation_<scaling>.json for an evaluation with RoPE scaling."""
+  if rope_scaling is None:
+    return EXTRAPOLATION_FILE
+  return EXTRAPOLATION_FILE.with_name(f"{SCALED_PREFIX}{rope_scaling}.json")
 
 MISSING = "<missing>"  # value of a field a config does not have (when deriving swept fields from configs)
 
@@ -47,6 +58,8 @@ class Extrapolation:
   stride: int | None
   split: str | None
   points: tuple[EvalPoint, ...]
+  rope_scaling: str | None = None
+  rope_factor: float | None = None  # None with a scaling: the multiple itself at each length
 
 
 @dataclasses.dataclass
@@ -61,6 +74,10 @@ class Trial:
   summary: dict[str, Any] | None = None
   metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
   extrapolation: Extrapolation | None = None
+  scaled: dict[str, Extrapolation] = dataclasses.field(default_factory=dict)  # rope scaling -> its evaluation
+
+  def evaluation(self, rope_scaling: str | None = None) -> Extrapolation | None:
+    return self.extrapolation if rope_scaling is None else self.scaled.get(rope_scaling)
 
   @property
   def finished(self) -> bool:
@@ -168,7 +185,7 @@ def _finite_or_none(value: Any) -> float | None:
   return value if math.isfinite(value) else None
 
 
-def _read_extrapolation(path: pathlib.Path) -> Extrapolation | None:
+def _read_extrapolation(path: pathlib.Path, rope_scaling: str | None = None) -> Extrapolation | None:
   if not path.is_file():
     return None
   data = _read_json_object(path)
@@ -191,7 +208,22 @@ def _read_extrapolation(path: pathlib.Path) -> Extrapolation | None:
     points.append(EvalPoint(multiple=multiple, length=length, ppl=ppl, tokens=r.get("tokens"),
                             note=None if ppl is not None else str(note)))
   return Extrapolation(train_len=train_len, mode=data.get("mode"), stride=data.get("stride"),
-                       split=data.get("split"), points=tuple(sorted(points, key=lambda p: (p.length, p.multiple))))
+                       split=data.get("split"), points=tuple(sorted(points, key=lambda p: (p.length, p.multiple))),
+                       rope_scaling=rope_scaling, rope_factor=_finite_or_none(data.get("rope_factor")))
+
+
+def _read_scaled(path: pathlib.Path) -> dict[str, Extrapolation]:
+  """{scaling: evaluation} from eval/extrapolation_<scaling>.json; the file name names the scaling, as the
+  evaluator names the file."""
+  eval_dir = path / EXTRAPOLATION_FILE.parent
+  if not eval_dir.is_dir():
+    return {}
+  out = {}
+  for file in sorted(eval_dir.glob(f"{SCALED_PREFIX}*.json")):
+    scaling = file.stem[len(SCALED_PREFIX):]
+    if scaling:
+      out[scaling] = _read_extrapolation(file, scaling)
+  return out
 
 
 def _load_trial(path: pathlib.Path, name: str, status: str | None = None, overrides: dict | None = None,
@@ -206,7 +238,7 @@ def _load_trial(path: pathlib.Path, name: str, status: str | None = None, overri
     status, error = "unfinished", error or f"marked finished in {SWEEP_FILE} but {path / SUMMARY_FILE} is missing"
   return Trial(name=name, path=path, status=status, overrides=dict(overrides or {}), error=error, config=config,
                summary=summary if status == "finished" else None, metrics=_read_metrics(path / METRICS_FILE),
-               extrapolation=_read_extrapolation(path / EXTRAPOLATION_FILE))
+               extrapolation=_read_extrapolation(path / EXTRAPOLATION_FILE), scaled=_read_scaled(path))
 
 
 def _is_run_dir(path: pathlib.Path) -> bool:

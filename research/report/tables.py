@@ -1,8 +1,10 @@
 """Ablation tables: group trials by the swept fields (seeds are replicates), mean ± std per column, md / csv / tex.
 
 Rows are groups (one per combination of the swept fields other than seed), columns are `valid ppl` (summary.json)
-and one per evaluation length (eval/extrapolation.json). A cell is the mean and sample standard deviation (ddof=1)
-over the group's finished trials; lower is better and the lowest mean per column is marked best.
+and one per evaluation length (eval/extrapolation.json). A group whose trials were also evaluated with RoPE scaling
+(eval/extrapolation_<scaling>.json) gets one more row per scaling, right below it, labelled `..., rope_scaling=S`.
+A cell is the mean and sample standard deviation (ddof=1) over the group's finished trials; lower is better and the
+lowest mean per column is marked best.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import math
 import re
 from typing import Any
 
-from research.report.runs import EXTRAPOLATION_FILE, MISSING, RunSet, Trial, hashable
+from research.report.runs import MISSING, RunSet, Trial, extrapolation_file, hashable
 
 VALID_PPL = "valid_ppl"
 
@@ -54,6 +56,7 @@ class Group:
   label: str
   values: dict[str, Any]  # dotted swept field -> value
   trials: list[Trial]  # every trial of the group, finished or not
+  rope_scaling: str | None = None  # a row of the same trials evaluated with this RoPE scaling
 
   @property
   def finished(self) -> list[Trial]:
@@ -97,7 +100,8 @@ def _multiple_text(m: float) -> str:
 
 
 def _columns(trials: list[Trial]) -> list[Column]:
-  pairs = sorted({(p.length, p.multiple) for t in trials if t.extrapolation for p in t.extrapolation.points})
+  evaluations = [e for t in trials for e in (t.extrapolation, *t.scaled.values()) if e is not None]
+  pairs = sorted({(p.length, p.multiple) for e in evaluations for p in e.points})
   columns = [Column(VALID_PPL, "valid ppl")]
   for length, multiple in pairs:
     columns.append(Column(f"ppl_{_multiple_text(multiple)}x_{length}", f"{_multiple_text(multiple)}× ({length})",
@@ -105,19 +109,33 @@ def _columns(trials: list[Trial]) -> list[Column]:
   return columns
 
 
-def _trial_value(trial: Trial, column: Column) -> tuple[float | None, str | None]:
+def _trial_value(trial: Trial, column: Column, rope_scaling: str | None = None) -> tuple[float | None, str | None]:
   """(value, None) or (None, why not)."""
   if column.key == VALID_PPL:
+    if rope_scaling is not None:  # the trainer's figure is the unscaled row's; repeating it would tie for best
+      return None, "RoPE scaling is switched on at evaluation only: valid ppl is in the row without rope_scaling"
     raw = (trial.summary or {}).get("valid_ppl")
     if raw is None or not math.isfinite(float(raw)):
       return None, f"valid_ppl missing or non-finite in summary.json ({raw})"
     return float(raw), None
-  if trial.extrapolation is None:
-    return None, f"not evaluated (no {EXTRAPOLATION_FILE.as_posix()})"
-  for p in trial.extrapolation.points:
+  evaluation = trial.evaluation(rope_scaling)
+  if evaluation is None:
+    return None, f"not evaluated (no {extrapolation_file(rope_scaling).as_posix()})"
+  for p in evaluation.points:
     if p.length == column.length and p.multiple == column.multiple:
       return (p.ppl, None) if p.ppl is not None else (None, p.note or "not evaluated")
   return None, f"length {column.length} not evaluated"
+
+
+def _with_scaled_rows(groups: list[Group]) -> list[Group]:
+  """Each group followed by one row per RoPE scaling that any of its trials was evaluated with."""
+  out = []
+  for g in groups:
+    out.append(g)
+    scalings = dict.fromkeys(s for t in g.trials for s in t.scaled)
+    for s in scalings:
+      out.append(Group(label=f"{g.label}, rope_scaling={s}", values=g.values, trials=g.trials, rope_scaling=s))
+  return out
 
 
 def build_table(runs: RunSet) -> Table:
@@ -133,6 +151,7 @@ def build_table(runs: RunSet) -> Table:
       label = ", ".join(f"{short[f]}={format_value(v)}" for f, v in values.items()) or runs.name
       groups.append(Group(label=label, values=values, trials=[]))
     groups[index[key]].trials.append(t)
+  groups = _with_scaled_rows(groups)
 
   columns = _columns([t for t in runs.trials if t.finished])
   cells: dict[tuple[int, str], Cell] = {}
@@ -140,7 +159,7 @@ def build_table(runs: RunSet) -> Table:
     for c in columns:
       values, notes = [], []
       for t in g.finished:
-        v, why = _trial_value(t, c)
+        v, why = _trial_value(t, c, g.rope_scaling)
         if v is None:
           notes.append(why)
         else:
@@ -197,12 +216,14 @@ def to_csv(table: Table) -> str:
   """One row per group: the raw swept values, the label, n, then mean / std / n per column (empty where n/a)."""
   out = io.StringIO()
   writer = csv.writer(out, lineterminator="\n")
-  header = [table.short[f] for f in table.fields] + ["group", "n"]
+  scaled = any(g.rope_scaling for g in table.groups)  # the column exists only when there are such rows
+  header = [table.short[f] for f in table.fields] + (["rope_scaling"] if scaled else []) + ["group", "n"]
   for c in table.columns:
     header += [f"{c.key}_mean", f"{c.key}_std", f"{c.key}_n"]
   writer.writerow(header)
   for gi, g in enumerate(table.groups):
-    row = [format_value(g.values[f]) for f in table.fields] + [g.label, g.n]
+    row = [format_value(g.values[f]) for f in table.fields] + ([g.rope_scaling or ""] if scaled else [])
+    row += [g.label, g.n]
     for c in table.columns:
       cell = table.cell(gi, c)
       row += ["" if cell.mean is None else repr(cell.mean), "" if cell.std is None else repr(cell.std), cell.n]

@@ -1,0 +1,162 @@
+"""Length-extrapolation evaluation (research/evaluate, research-evaluate) on tiny runs trained once per module."""
+
+import json
+import math
+
+import pytest
+
+from research.evaluate import extrapolation
+from research.report import build_report
+from research.train import checkpoint as checkpoint_lib
+from research.train import loop
+from tests.train_utils import cli, tiny_config
+
+TRAIN_LEN = 32
+SETTINGS = {"train.steps": 30, "train.warmup_steps": 5, "train.eval_every": 10, "train.checkpoint_every": 10,
+            "train.log_every": 10, "data.seq_len": TRAIN_LEN, "train.eval_batches": 2, "train.async_checkpoints": False}
+FAKE_VALID_LOSSES = {10: 3.0, 20: 1.0, 30: 2.0}  # the learned run's best checkpoint is step 20, its last step 30
+
+
+def _train(workdir, **overrides):
+  loop.train(tiny_config(**SETTINGS, **overrides), workdir)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """{position: run directory} for learned (best checkpoint != last), alibi and rope, ~30 steps each."""
+  root = tmp_path_factory.mktemp("runs")
+  out = {}
+  with pytest.MonkeyPatch.context() as mp:
+    # The trainer's validation loss only ranks checkpoints; faking it makes "best" and "last" differ for certain.
+    calls = iter(sorted(FAKE_VALID_LOSSES))
+
+    def fake_evaluate(self, params, ids):
+      loss = FAKE_VALID_LOSSES[next(calls)]
+      return {"loss": loss, "ppl": math.exp(loss), "accuracy": 0.0, "tokens": 1.0, "tokens_per_s": 1.0}
+
+    mp.setattr(loop.Trainer, "evaluate", fake_evaluate)
+    out["learned"] = _train(root / "learned", **{"model.position": "learned"})
+  for position in ("alibi", "rope"):
+    out[position] = _train(root / position, **{"model.position": position})
+  return out
+
+
+def _targets(workdir, split="valid"):
+  """Target tokens of a split under the CLM objective: every token but the first is predicted once."""
+  return len(extrapolation.load_run(workdir).splits[split]) - 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("position", ["learned", "alibi"])
+@pytest.mark.parametrize("mode,stride,multiples", [("nonoverlapping", None, (1, 2, 4)), ("sliding", 16, (1, 2))])
+def test_every_target_token_is_scored_once_and_lengths_beyond_a_learned_table_are_na(runs, position, mode, stride,
+                                                                                      multiples):
+  workdir = runs[position]
+  report = extrapolation.evaluate_run(workdir, multiples, mode=mode, stride=stride)
+  assert report["train_len"] == TRAIN_LEN and report["mode"] == mode and report["stride"] == stride
+  assert report["rope_scaling"] is None and report["split"] == "valid"
+  targets = _targets(workdir)
+  assert len(report["results"]) == len(multiples)
+  for r, multiple in zip(report["results"], multiples):
+    assert r["multiple"] == multiple and r["length"] == multiple * TRAIN_LEN
+    if position == "learned" and multiple > 1:
+      assert set(r) == {"multiple", "length", "ppl", "tokens", "note"}
+      assert r["ppl"] is None and r["tokens"] == 0
+      assert r["note"] == f"learned positions are defined up to {TRAIN_LEN}, not {multiple * TRAIN_LEN}"
+    else:
+      assert set(r) == {"multiple", "length", "ppl", "tokens"}
+      # Same count at every length and in both modes: no token is dropped at a window edge or scored twice.
+      assert r["tokens"] == targets and math.isfinite(r["ppl"]) and r["ppl"] > 1
+  saved = json.loads((workdir / "eval" / "extrapolation.json").read_text())
+  assert saved == json.loads(json.dumps(report))
+
+
+@pytest.mark.slow
+def test_sliding_windows_see_more_context_than_nonoverlapping_ones(runs):
+  # At 1× a sliding window scores each token after at least train_len - stride tokens of context, a nonoverlapping
+  # one scores the first tokens of every window with almost none: the trained model must do better with context.
+  plain = extrapolation.evaluate_run(runs["alibi"], (1,))["results"][0]["ppl"]
+  sliding = extrapolation.evaluate_run(runs["alibi"], (1,), mode="sliding", stride=8)["results"][0]["ppl"]
+  assert sliding < plain
+
+
+@pytest.mark.slow
+def test_best_and_last_checkpoints(runs):
+  workdir = runs["learned"]
+  with checkpoint_lib.Checkpointer(workdir / "checkpoints", keep=10, async_save=False) as ckpt:
+    assert (ckpt.best_step(), ckpt.latest_step()) == (20, 30)
+  best = extrapolation.evaluate_run(workdir, (1,), checkpoint="best")
+  last = extrapolation.evaluate_run(workdir, (1,), checkpoint="last")
+  assert best["checkpoint_step"] == 20 and last["checkpoint_step"] == 30
+  assert best["results"][0]["ppl"] != pytest.approx(last["results"][0]["ppl"], rel=1e-6)  # other parameters
+  assert extrapolation.evaluate_run(workdir, (1,))["checkpoint_step"] == 20  # "best" is the default
+  with pytest.raises(extrapolation.EvaluationError, match="checkpoint='first' is not one of best, last"):
+    extrapolation.evaluate_run(workdir, (1,), checkpoint="first")
+
+
+@pytest.mark.slow
+def test_cli_prints_the_table_and_writes_the_file(runs):
+  workdir = runs["learned"]
+  result = cli("experiments.evaluate", f"--workdir={workdir}", "--mode=sliding", "--stride=16", "--lengths=1,2")
+  assert result.returncode == 0, result.stderr[-2000:]
+  saved = json.loads((workdir / "eval" / "extrapolation.json").read_text())
+  assert saved["mode"] == "sliding" and saved["stride"] == 16 and [r["multiple"] for r in saved["results"]] == [1, 2]
+  lines = result.stdout.strip().splitlines()
+  assert lines[0].split() == ["multiple", "length", "ppl", "tokens"] and len(lines) == 3
+  assert lines[1].split() == ["1", str(TRAIN_LEN), f"{saved['results'][0]['ppl']:.2f}", str(_targets(workdir))]
+  assert lines[2].split() == ["2", str(2 * TRAIN_LEN), "n/a", "0"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args,message", [
+    (["--workdir={missing}"], "error: '{missing}' is not a run directory (no config.json)"),
+    (["--workdir={alibi}", "--lengths=1,two"], "error: --lengths=1,two must be integers"),
+    (["--workdir={alibi}", "--lengths=0,1"], "error: lengths=[0, 1] must be positive multiples of the training "
+                                             "length"),
+    (["--workdir={alibi}", "--rope_scaling=yarn"], "error: rope_scaling='yarn' needs a RoPE run, but '{alibi}' was "
+                                                   "trained with model.position='alibi'"),
+])
+def test_cli_errors_are_one_line_with_status_2(runs, tmp_path, args, message):
+  paths = {"missing": tmp_path / "no_such_run", "alibi": runs["alibi"]}
+  result = cli("experiments.evaluate", *(a.format(**paths) for a in args))
+  assert result.returncode == 2 and result.stdout == ""
+  assert result.stderr.strip() == message.format(**paths), result.stderr[-2000:]
+  assert not (runs["alibi"] / "eval" / "extrapolation_yarn.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("position", ["alibi", "learned"])
+def test_rope_scaling_on_a_run_without_rope_names_its_scheme(runs, position):
+  with pytest.raises(extrapolation.EvaluationError, match=f"was trained with model.position='{position}'"):
+    extrapolation.evaluate_run(runs[position], (1, 2), rope_scaling="linear")
+  assert not (runs[position] / "eval" / "extrapolation_linear.json").exists()
+
+
+@pytest.fixture(scope="module")
+def rope_plain(runs):
+  return extrapolation.evaluate_run(runs["rope"], (1, 2))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scaling", ["linear", "ntk", "yarn"])
+def test_rope_scaling_switched_on_at_evaluation_and_reported(runs, rope_plain, scaling):
+  workdir = runs["rope"]
+  scaled = extrapolation.evaluate_run(workdir, (1, 2), rope_scaling=scaling)
+  assert json.loads((workdir / "eval" / f"extrapolation_{scaling}.json").read_text()) == json.loads(
+      json.dumps(scaled))
+  assert scaled["rope_scaling"] == scaling and scaled["rope_factor"] is None
+  assert json.loads((workdir / "eval" / "extrapolation.json").read_text())["rope_scaling"] is None  # not overwritten
+  # Factor "auto" = the multiple: at 1× nothing is scaled, at 2× the frequencies change.
+  assert scaled["results"][0]["ppl"] == pytest.approx(rope_plain["results"][0]["ppl"], rel=1e-6)
+  # (Barely trained, the model hardly uses low frequencies, which NTK changes most: differences can be ~1e-5.)
+  assert scaled["results"][1]["ppl"] != pytest.approx(rope_plain["results"][1]["ppl"], rel=1e-7, abs=0)
+  assert scaled["results"][1]["tokens"] == rope_plain["results"][1]["tokens"] == _targets(workdir)
+
+  # The report of the run directory shows the scaled evaluation as its own row.
+  report = build_report(workdir)
+  rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+          for line in report.table.splitlines() if line.startswith("| rope")}
+  row = rows[f"rope, rope_scaling={scaling}"]
+  assert row[3].strip("*") == f"{scaled['results'][1]['ppl']:.2f}"
+  assert rows["rope"][3].strip("*") == f"{rope_plain['results'][1]['ppl']:.2f}"
