@@ -20,7 +20,8 @@ _STRIDE = flags.DEFINE_integer("stride", None, "Sliding mode: tokens scored per 
                                "training length).")
 _SPLIT = flags.DEFINE_string("split", "valid", "Split to score (train, valid, test).")
 _CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", list(extrapolation.CHECKPOINTS), "Which checkpoint to score.")
-_ROPE_SCALING = flags.DEFINE_enum("rope_scaling", None, list(extrapolation.ROPE_SCALINGS), "RoPE scaling at evaluation.")
+_ROPE_SCALING = flags.DEFINE_enum("rope_scaling", None, list(extrapolation.ROPE_SCALINGS),
+                                  "RoPE scaling at evaluation (a RoPE run only).")
 _ROPE_FACTOR = flags.DEFINE_float("rope_factor", None, "Scaling factor (default: the multiple at each length).")
 _MAX_TOKENS = flags.DEFINE_integer("max_tokens_per_batch", 8192, "Bounds memory: batch = this // length.")
 

@@ -8,8 +8,8 @@ A sweep file (`configs/sweeps/NAME.py`) defines
       return product(seeds(3), {"model.position": ["none", "alibi"]})
 
 as big_vision's sweep functions do. `product`, `zip_` and `seeds` build the lists. Every override key is validated
-against the base config before any trial starts. Each trial runs in its own process under `DIR/<trial>/`, named by
-its overrides; `DIR/sweep.json` records trials, overrides, status and errors. A trial with `summary.json` (and its
+against the base config, and every EVALUATE key against research-evaluate's options, before any trial starts. Each trial runs in its own process under `DIR/<trial>/`, named by
+its overrides; `DIR/sweep.json` records trials, overrides, status (pending, running, finished, failed) and errors. A trial with `summary.json` (and its
 evaluation file, when the sweep evaluates) is finished and skipped on a rerun; an interrupted one resumes from its
 checkpoints; a failed one is recorded with its error and does not stop the others.
 """

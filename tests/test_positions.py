@@ -69,13 +69,45 @@ def test_rope_linear_scaling_is_position_interpolation():
   assert np.allclose(scaled, _rope(x, pos // 4), atol=1e-5)
 
 
-def test_rope_ntk_uses_the_scaled_base():
-  d, s, b = 16, 8.0, 10_000.0
-  ntk, factor = relative.rope_frequencies(d, b, "ntk", s)
-  plain, _ = relative.rope_frequencies(d, b * s ** (d / (d - 2)))
-  assert factor == 1.0 and np.allclose(ntk, plain)
-  assert ntk[0] == pytest.approx(1.0)  # the highest frequency is untouched; the lowest is interpolated by s
-  assert float(ntk[-1]) == pytest.approx(float(relative.rope_frequencies(d, b)[0][-1]) / s, rel=1e-5)
+@pytest.mark.parametrize("s", [2.0, 3.5, 8.0])
+def test_rope_linear_scaling_at_p_equals_plain_rope_at_p_over_s(s):
+  # Fractional positions p/s too: apply_rope takes any real position, and interpolation is exactly that.
+  x = jax.random.normal(jax.random.key(3), (2, 11, 2, 16))
+  pos = jnp.broadcast_to(jnp.arange(11) * 7 + 3, (2, 11))
+  scaled = _rope(x, pos, scaling="linear", factor=s)
+  assert np.allclose(scaled, _rope(x, pos / s), atol=2e-5)
+  assert not np.allclose(scaled, _rope(x, pos), atol=1e-2)
+
+
+@pytest.mark.parametrize("d", [4, 16, 64])
+@pytest.mark.parametrize("s", [2.0, 4.0, 8.0])
+def test_rope_ntk_keeps_the_highest_frequency_and_interpolates_the_lowest_by_s(d, s):
+  # bloc97's argument: change only the base so that the fastest pair still extrapolates (unchanged) while the
+  # slowest is interpolated exactly like linear scaling; in between the ratio θ'_i/θ_i is geometric in i.
+  ntk, factor = relative.rope_frequencies(d, 10_000.0, "ntk", s)
+  plain, _ = relative.rope_frequencies(d, 10_000.0)
+  assert factor == 1.0
+  ratio = np.asarray(ntk, np.float64) / np.asarray(plain, np.float64)
+  assert ratio[0] == pytest.approx(1.0, rel=1e-6)
+  assert ratio[-1] == pytest.approx(1.0 / s, rel=1e-5)
+  steps = np.diff(np.log(ratio))
+  assert np.allclose(steps, steps[0], atol=1e-5) and np.all(steps < 0)
+
+
+@pytest.mark.parametrize("s", [2.0, 4.0, 16.0])
+def test_rope_ntk_equals_hugging_face_dynamic_at_s_times_the_original_length(s):
+  # HF's `_compute_dynamic_ntk_parameters`, transcribed: at current length L > L0,
+  # base' = base·(s_hf·L/L0 − (s_hf − 1))^(d/(d−2)). With s_hf = 1 and L = s·L0 that is the static NTK base.
+  d, base, original = 32, 10_000.0, 256
+
+  def hf_dynamic(seq_len, factor):
+    seq_len = seq_len if seq_len > original else original
+    scaled_base = base * ((factor * seq_len / original) - (factor - 1)) ** (d / (d - 2))
+    return 1.0 / scaled_base ** (np.arange(0, d, 2) / d)
+
+  ntk, _ = relative.rope_frequencies(d, base, "ntk", s)
+  assert np.allclose(ntk, hf_dynamic(int(s * original), 1.0), rtol=1e-6)
+  assert not np.allclose(ntk, hf_dynamic(int(s * original), s), rtol=1e-3)  # not with HF's factor set to s
 
 
 def test_rope_yarn_keeps_high_frequencies_interpolates_low_and_sets_temperature():
@@ -89,6 +121,73 @@ def test_rope_yarn_keeps_high_frequencies_interpolates_low_and_sets_temperature(
   assert np.allclose(yarn[rotations > 32], plain[rotations > 32])
   assert np.allclose(yarn[rotations < 1], plain[rotations < 1] / s)
   assert np.all(np.diff(np.asarray(yarn / plain)) <= 1e-7)  # the ramp in between is monotone
+
+
+def _hf_yarn(dim, base, factor, original_len, beta_fast=32, beta_slow=1):
+  """Hugging Face transformers' `_compute_yarn_parameters` (defaults: truncate, no mscale overrides), transcribed
+  in float64 numpy."""
+
+  def find_correction_dim(num_rotations):
+    return (dim * math.log(original_len / (num_rotations * 2 * math.pi))) / (2 * math.log(base))
+
+  def find_correction_range(low_rot, high_rot):
+    low = math.floor(find_correction_dim(low_rot))
+    high = math.ceil(find_correction_dim(high_rot))
+    return max(low, 0), min(high, dim - 1)
+
+  def linear_ramp_factor(low, high, n):
+    if low == high:
+      high += 0.001
+    return np.clip((np.arange(n, dtype=np.float64) - low) / (high - low), 0, 1)
+
+  pos_freqs = base ** (np.arange(0, dim, 2) / dim)
+  inv_freq_extrapolation = 1.0 / pos_freqs
+  inv_freq_interpolation = 1.0 / (factor * pos_freqs)
+  low, high = find_correction_range(beta_fast, beta_slow)
+  extrapolation_factor = 1 - linear_ramp_factor(low, high, dim // 2)
+  inv_freq = inv_freq_interpolation * (1 - extrapolation_factor) + inv_freq_extrapolation * extrapolation_factor
+  return inv_freq, 0.1 * math.log(factor) + 1.0
+
+
+# original_len 4: both ends of the range clamp to 0 (the low == high case); 64: the low end clamps; 2048: a ramp
+# strictly inside; 2**30: the high end clamps to dim − 1 and every pair extrapolates.
+@pytest.mark.parametrize("dim", [16, 64])
+@pytest.mark.parametrize("factor", [2.0, 4.0, 8.0])
+@pytest.mark.parametrize("original_len", [4, 64, 2048, 2**30])
+def test_rope_yarn_matches_the_hugging_face_reference(dim, factor, original_len):
+  inv_freq, attention_factor = relative.rope_frequencies(dim, 10_000.0, "yarn", factor, original_len)
+  expected, expected_factor = _hf_yarn(dim, 10_000.0, factor, original_len)
+  assert inv_freq.shape == (dim // 2,) and inv_freq.dtype == jnp.float32
+  assert np.allclose(inv_freq, expected, rtol=1e-6, atol=0)
+  assert attention_factor == pytest.approx(expected_factor, rel=1e-12)
+
+
+def test_rope_attention_factor_scales_the_rotated_channels_only():
+  x = jax.random.normal(jax.random.key(4), (2, 9, 3, 12))
+  pos = jnp.broadcast_to(jnp.arange(9) * 101, (2, 9))
+  inv, factor = relative.rope_frequencies(8, 10_000.0, "yarn", 8.0, original_len=64)  # rotate 8 of 12 channels
+  assert factor > 1.0
+  y = relative.apply_rope(x, pos, inv, factor)
+  # A rotation keeps the norm of the rotated channels, so the factor multiplies it exactly...
+  assert np.allclose(jnp.linalg.norm(y[..., :8], axis=-1), factor * jnp.linalg.norm(x[..., :8], axis=-1), rtol=1e-5)
+  assert np.array_equal(y[..., 8:], x[..., 8:])  # ...and never touches the pass-through channels
+  # A q·k score over the rotated channels grows by factor² (YaRN's temperature: √(1/t) = factor).
+  q, k = x[:, :1, :, :8], x[:, 1:2, :, :8]
+  same = jnp.zeros((2, 1), jnp.int32)
+  plain = jnp.sum(relative.apply_rope(q, same, inv) * relative.apply_rope(k, same, inv))
+  scaled = jnp.sum(relative.apply_rope(q, same, inv, factor) * relative.apply_rope(k, same, inv, factor))
+  assert float(scaled) == pytest.approx(factor ** 2 * float(plain), rel=1e-5)
+
+
+def test_rope_fraction_rotates_only_the_leading_channels_of_each_head():
+  cfg = ModelConfig(vocab_size=11, d_model=16, num_heads=2, mlp_dim=8, position="rope", rope_fraction=0.5)
+  assert cfg.head_dim == 8
+  rotary = registry.get_scheme("rope")(cfg).rotary(jnp.broadcast_to(jnp.arange(5) * 3, (2, 5)))
+  x = jax.random.normal(jax.random.key(5), (2, 5, 2, 8))
+  y = rotary(x)
+  assert np.array_equal(y[..., 4:], x[..., 4:])  # half of the 8 head channels pass through
+  assert not np.allclose(y[:, 1:, :, :4], x[:, 1:, :, :4], atol=1e-3)  # the first 4 rotate (position 0 is fixed)
+  assert np.allclose(jnp.linalg.norm(y[..., :4], axis=-1), jnp.linalg.norm(x[..., :4], axis=-1), rtol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------------------- ALiBi
@@ -147,6 +246,37 @@ def test_t5_buckets_are_exact_near_and_logarithmic_far(bidirectional):
     assert future.min() >= half  # the other half of the buckets
   else:
     assert np.all(future == 0)  # a causal model never looks ahead
+
+
+def _t5_bucket_closed_form(relative_position, bidirectional, num_buckets, max_distance):
+  """One bucket from the closed form: n = query − key; exact below max_exact = half/2, then
+  max_exact + floor(ln(n/max_exact) / ln(max_distance/max_exact) · (half − max_exact)), saturating at half − 1;
+  bidirectional splits num_buckets into a past half and a future half."""
+  n = -relative_position
+  half, offset = num_buckets, 0
+  if bidirectional:
+    half = num_buckets // 2
+    offset = half if n < 0 else 0
+    n = abs(n)
+  n = max(n, 0)
+  max_exact = half // 2
+  if n < max_exact:
+    return offset + n
+  if n >= max_distance:
+    return offset + half - 1
+  return offset + max_exact + math.floor(math.log(n / max_exact) / math.log(max_distance / max_exact)
+                                         * (half - max_exact))
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("num_buckets,max_distance", [(32, 128), (16, 64), (8, 20), (64, 1000), (10, 50)])
+def test_t5_buckets_match_the_closed_form(bidirectional, num_buckets, max_distance):
+  rel = np.arange(-2 * max_distance - 5, 2 * max_distance + 6)
+  got = np.asarray(relative.t5_buckets(jnp.asarray(rel), bidirectional, num_buckets, max_distance))
+  expected = [_t5_bucket_closed_form(int(r), bidirectional, num_buckets, max_distance) for r in rel]
+  assert got.tolist() == expected
+  if bidirectional:  # the sign of the distance alone picks the half
+    assert np.all(got[rel > 0] >= num_buckets // 2) and np.all(got[rel <= 0] < num_buckets // 2)
 
 
 def test_t5_bias_is_shift_invariant_and_one_table():

@@ -21,16 +21,27 @@ from research.embeddings.registry import PositionalScheme, register
 
 def rope_frequencies(rot_dim: int, base: float = 10_000.0, scaling: str = "none", factor: float = 1.0,
                      original_len: int = 2048, beta_fast: float = 32.0, beta_slow: float = 1.0):
-  """Inverse frequencies θ_i = base^(-2i/rot_dim) of RoPE (Su et al. 2021) and the attention factor.
+  """Inverse frequencies θ_i = base^(-2i/d) of RoPE (Su et al. 2021), d = rot_dim, and the attention factor.
 
-  Scalings for extrapolation by a factor s, as Hugging Face transformers defines them
-  (`modeling_rope_utils.ROPE_INIT_FUNCTIONS`):
-    - "linear": position interpolation (Chen et al. 2023): θ_i / s.
-    - "ntk": NTK-aware base scaling (bloc97, 2023): base' = base · s^(d/(d−2)).
-    - "yarn": YaRN (Peng et al. 2023): per-frequency blend of interpolation θ_i/s and extrapolation θ_i, with a
-      linear ramp between the dimensions whose wavelength makes `beta_fast` and `beta_slow` rotations over
-      `original_len`; attention factor 0.1·ln(s) + 1 multiplies cos and sin.
-  Returns (inv_freq of shape [rot_dim // 2], attention_factor).
+  Scalings that stretch a model trained on length L0 = `original_len` by a factor s = `factor`:
+    - "linear": position interpolation (Chen et al. 2023; kaiokendev): θ_i / s, i.e. position p acts as p/s.
+      Hugging Face transformers' `_compute_linear_scaling_rope_parameters`.
+    - "ntk": static NTK-aware base scaling (bloc97, 2023, reddit r/LocalLLaMA "NTK-Aware Scaled RoPE allows LLaMA
+      models to have extended (8k+) context size without any fine-tuning"): base' = base · s^(d/(d−2)) at every
+      length, so θ'_i = θ_i · s^(−2i/(d−2)): the highest frequency (i = 0) is kept and the lowest (i = d/2 − 1) is
+      divided by exactly s, as linear scaling would. Hugging Face has no static form. Its "dynamic"
+      (`_compute_dynamic_ntk_parameters`, bloc97 and emozilla) recomputes the base from the current length L when
+      L > L0: base' = base · (s_hf·L/L0 − (s_hf − 1))^(d/(d−2)), i.e. this formula with s = s_hf·L/L0 − s_hf + 1.
+      It therefore equals ours at L = s·L0 with its own factor s_hf = 1 (with s_hf = s it would be s² − s + 1).
+    - "yarn": YaRN (Peng et al. 2023), as Hugging Face's `_compute_yarn_parameters` with its defaults. The
+      correction range comes from `find_correction_dim(r) = d·ln(L0 / (2π·r)) / (2·ln base)`, the pair index
+      whose wavelength makes r rotations over L0: low = floor(.) at r = `beta_fast`, high = ceil(.) at r =
+      `beta_slow` (HF's `truncate=True`), clamped to [0, d − 1] (d, not d/2, as HF does), and high + 0.001 when
+      low == high. The ramp γ_i = clip((i − low) / (high − low), 0, 1) over pair index i blends θ'_i =
+      (θ_i / s)·γ_i + θ_i·(1 − γ_i): fast pairs keep θ_i (extrapolation), slow ones are interpolated. The
+      attention factor (HF's "mscale", `get_mscale(s)` = 0.1·ln(s) + 1 with `attention_factor`, `mscale` and
+      `mscale_all_dim` unset) multiplies cos and sin, so q·k logits of the rotated channels grow by its square.
+  Returns (inv_freq of shape [rot_dim // 2], attention_factor); factor 1 (or "none") is plain RoPE.
   """
   exponents = np.arange(0, rot_dim, 2, dtype=np.float64) / rot_dim
   if scaling == "none" or factor == 1.0:
@@ -80,8 +91,12 @@ class RotaryPositions(PositionalScheme):
   def validate(cls, cfg) -> None:
     head_dim = cfg.width // cfg.num_heads
     if head_dim % 2:
+      # Name the head counts that would work, so the fix is one edit: h divides the width with an even quotient.
+      allowed = [h for h in range(1, cfg.width + 1) if cfg.width % h == 0 and (cfg.width // h) % 2 == 0]
+      choices = (f"allowed num_heads for width {cfg.width}: {', '.join(map(str, allowed))}" if allowed else
+                 f"no head count gives an even head dimension for the odd width {cfg.width}; change d_model")
       raise ValueError(f"rope needs an even head dimension, got {head_dim} (= width {cfg.width} / "
-                       f"{cfg.num_heads} heads); choose d_model and num_heads so that d_model/num_heads is even")
+                       f"{cfg.num_heads} heads); {choices}")
     if not 0.0 < cfg.rope_fraction <= 1.0 or rope_rotary_dim(head_dim, cfg.rope_fraction) < 2:
       raise ValueError(f"model.rope_fraction={cfg.rope_fraction} must be in (0, 1] and rotate at least 2 of the "
                        f"{head_dim} head dimensions")

@@ -35,7 +35,8 @@ def einsum_attention(q_BxLxHxD, k_BxSxHxD, v_BxSxHxD, bias_BxHxLxS=None, mask=No
   # Head-major copies first: each (b, h) matrix is then contiguous, and XLA:CPU's batched matmuls run faster than on
   # the strided [B, L, H, D] views (forward ~2x, forward+backward ~15%; same products and sums, bitwise the same).
   q_BxHxLxD, k_BxHxSxD, v_BxHxSxD = (x.transpose(0, 2, 1, 3) for x in (q_BxLxHxD, k_BxSxHxD, v_BxSxHxD))
-  scores_BxHxLxS = jnp.einsum("bhld,bhsd->bhls", q_BxHxLxD, k_BxHxSxD).astype(jnp.float32) * scale
+  # Products in the compute dtype, accumulated and returned in float32 (bf16 operands, f32 scores), as the XLA path.
+  scores_BxHxLxS = jnp.einsum("bhld,bhsd->bhls", q_BxHxLxD, k_BxHxSxD, preferred_element_type=jnp.float32) * scale
   if bias_BxHxLxS is not None:
     scores_BxHxLxS = scores_BxHxLxS + bias_BxHxLxS.astype(jnp.float32)
   if mask is not None:
@@ -45,9 +46,13 @@ def einsum_attention(q_BxLxHxD, k_BxSxHxD, v_BxSxHxD, bias_BxHxLxS=None, mask=No
 
 
 def xla_attention(q_BxLxHxD, k_BxSxHxD, v_BxSxHxD, bias_BxHxLxS=None, mask=None):
-  """The same through `jax.nn.dot_product_attention`."""
-  if bias_BxHxLxS is not None:
-    bias_BxHxLxS = bias_BxHxLxS.astype(q_BxLxHxD.dtype)
+  """The same through `jax.nn.dot_product_attention`.
+
+  The bias stays float32 even when q, k, v are bf16: its default (XLA) implementation computes the scores in float32
+  (bf16 products, f32 accumulation) and adds the bias there, so rounding ALiBi or T5 biases to bf16 first (8
+  significant bits: between 128 and 256 the spacing is 1) would only lose precision. (`implementation="cudnn"`, which
+  we do not request, would want the bias in q's dtype.)
+  """
   return jax.nn.dot_product_attention(q_BxLxHxD, k_BxSxHxD, v_BxSxHxD, bias=bias_BxHxLxS, mask=mask)
 
 
