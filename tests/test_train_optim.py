@@ -263,3 +263,19 @@ def test_rsqrt_decays_as_inverse_sqrt():
   s = schedule('rsqrt')
   for factor in (4, 16, 100):
     np.testing.assert_allclose(float(s(factor * WARMUP)), PEAK / np.sqrt(factor), rtol=1e-5)
+
+
+@pytest.mark.parametrize('name', ['adam', 'sgd', 'lion'])
+def test_lazy_keeps_absent_rows_and_their_state_for_every_row_wise_optimizer(name):
+  # Dense, momentum (sgd with momentum 0.9, lion) and decay would all move an absent row; lazy must not.
+  cfg = make_cfg(optimizer=name, momentum=0.9, embedding={'lazy': True, 'weight_decay': True})
+  (_, _), (p1, s1), (p2, s2) = run(cfg, [BATCH_ALL, BATCH_B])
+  np.testing.assert_array_equal(table(p2)[ABSENT], table(p1)[ABSENT])
+  leaves1, leaves2 = table_state_leaves(s1), table_state_leaves(s2)
+  assert leaves1, 'momentum state expected'
+  for m1, m2 in zip(leaves1, leaves2):
+    np.testing.assert_array_equal(m2[ABSENT], m1[ABSENT])
+  assert np.all(table(p2)[PRESENT] != table(p1)[PRESENT])
+  dense = make_cfg(optimizer=name, momentum=0.9, embedding={'lazy': False, 'weight_decay': True})
+  (_, _), (d1, _), (d2, _) = run(dense, [BATCH_ALL, BATCH_B])
+  assert np.any(table(d2)[ABSENT] != table(d1)[ABSENT])  # the dense optimizer does move them
