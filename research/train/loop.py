@@ -210,9 +210,9 @@ class Trainer:
   settings: steps.StepSettings
 
   @classmethod
-  def build(cls, config, vocab_size: int) -> "Trainer":
+  def build(cls, config, vocab_size: int, mesh=None) -> "Trainer":
     model_cfg = configuration.model_config(config, vocab_size)
-    mesh = make_mesh(config)
+    mesh = mesh if mesh is not None else make_mesh(config)
     if config.train.batch_size % mesh.size:
       raise configuration.ConfigError(
           f"train.batch_size={config.train.batch_size} is not divisible by the {mesh.size} devices of the mesh")
@@ -277,10 +277,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   configuration.validate(config)
   distributed = str(config.mesh.distributed).lower()
   mesh_lib.maybe_initialize_distributed(None if distributed == "auto" else distributed == "true")
-  make_mesh(config)  # a mesh that does not fit the devices fails here, before the workdir is touched
+  mesh = make_mesh(config)  # a mesh that does not fit the devices fails here, before the workdir is touched
   workdir = prepare_workdir(config, workdir)
   data = prepare_data(config, workdir)
-  trainer = Trainer.build(config, data.vocab_size)
+  trainer = Trainer.build(config, data.vocab_size, mesh)
   write_config(config, workdir)
   t = config.train
 

@@ -155,5 +155,5 @@ def eval_step(params, batch, rng, *, model: Transformer, settings: StepSettings)
   inputs, targets, weights, positions = prepare_inputs(batch, rng, settings)
   loss_sum, weight_sum, extras = lm_loss_sums(params, model, inputs, targets, weights, positions,
                                               deterministic=True, loss_chunk=settings.loss_chunk)
-  return {"loss_sum": loss_sum, "weight_sum": weight_sum, "input_tokens": jnp.sum(batch["weights"]).astype(jnp.float32),
-          **extras}
+  input_tokens = jnp.sum(batch["weights"]).astype(jnp.float32)
+  return {"loss_sum": loss_sum, "weight_sum": weight_sum, "input_tokens": input_tokens, **extras}
