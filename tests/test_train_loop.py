@@ -279,3 +279,19 @@ def test_a_token_cache_with_ids_outside_the_vocabulary_is_refused_naming_the_id(
                                                       r"in the valid split"):
     loop.train(tiny_config(**{"train.steps": 1}), tmp_path)
   assert not (tmp_path / "checkpoints").exists()
+
+
+def test_progress_bar_shows_step_and_eta_on_a_terminal_and_is_off_otherwise(monkeypatch):
+  import io
+  monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal
+  assert loop._progress(100, 10).disable
+  terminal = io.StringIO()
+  terminal.isatty = lambda: True
+  monkeypatch.setattr(sys, "stderr", terminal)
+  bar = loop._progress(100, 10)
+  bar.set_postfix(loss="3.210", tok_s="4000")
+  bar.update(5)
+  text, disabled = str(bar), bar.disable
+  bar.close()
+  assert not disabled and "15/100" in text and "<" in text  # step/total and elapsed<remaining (the ETA)
+  assert "loss=3.210" in text and "tok_s=4000" in text
