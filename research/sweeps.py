@@ -8,8 +8,9 @@ A sweep file (`configs/sweeps/NAME.py`) defines
       return product(seeds(3), {"model.position": ["none", "alibi"]})
 
 as big_vision's sweep functions do. `product`, `zip_` and `seeds` build the lists. Every override key is validated
-against the base config, and every EVALUATE key against research-evaluate's options, before any trial starts. Each trial runs in its own process under `DIR/<trial>/`, named by
-its overrides; `DIR/sweep.json` records trials, overrides, status (pending, running, finished, failed) and errors. A trial with `summary.json` (and its
+against the base config, and every EVALUATE key against research-evaluate's options, before any trial starts. Each
+trial runs in its own process under `DIR/<trial>/`, named by its overrides; `DIR/sweep.json` records trials,
+overrides, status (pending, running, finished, failed) and errors. A trial with `summary.json` (and its
 evaluation file, when the sweep evaluates) is finished and skipped on a rerun; an interrupted one resumes from its
 checkpoints; a failed one is recorded with its error and does not stop the others.
 """
@@ -196,10 +197,6 @@ def is_finished(sweep: Sweep, trial_dir: Path) -> bool:
   return sweep.evaluate is None or (trial_dir / "eval" / eval_file(sweep)).exists()
 
 
-def is_url(path: str | os.PathLike) -> bool:
-  return "://" in str(path)
-
-
 def tpu_commands(sweep: Sweep, directory: str, tpu: str, zone: str, repo_dir: str = "~/research") -> list[str]:
   """One line per trial: train on every host of a TPU VM pod slice, then evaluate on worker 0.
 
@@ -209,7 +206,7 @@ def tpu_commands(sweep: Sweep, directory: str, tpu: str, zone: str, repo_dir: st
   TPU runtime without the others (JAX waits for them), so it runs on that host's CPUs (JAX_PLATFORMS=cpu). It
   starts only after training succeeded on every host (`&&`).
   """
-  if is_url(directory):
+  if configuration.is_url(directory):
     raise configuration.ConfigError(f"workdir {directory!r} is a URL; TPU workers need a shared filesystem path "
                                     f"(mount the bucket with gcsfuse, or use NFS / Filestore)")
   out = []
@@ -263,7 +260,7 @@ def run_sweep(sweep: Sweep, directory: str | Path, jobs: int = 1,
               log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
   """Runs the unfinished trials (`jobs` at a time); returns {trial: status}. One progress line per trial, skipped
   ones included."""
-  if is_url(directory):
+  if configuration.is_url(directory):
     raise configuration.ConfigError(f"workdir {str(directory)!r} is a URL; a sweep directory is a local or shared "
                                     f"filesystem path (mount a bucket with gcsfuse)")
   directory = Path(directory).resolve()  # trials run with the repository root as their working directory

@@ -28,6 +28,7 @@ import numpy as np
 from research.data import batches as batches_lib
 from research.data import tokenizers as tokenizers_lib
 from research.embeddings import registry
+from research.model import config as model_config_lib
 from research.model.config import ModelConfig
 from research.model.transformer import Transformer
 from research.train import checkpoint as checkpoint_lib
@@ -35,7 +36,7 @@ from research.train import configuration, loop, optim, steps
 
 MODES = batches_lib.EVAL_MODES
 CHECKPOINTS = ("best", "last")
-ROPE_SCALINGS = ("linear", "ntk", "yarn")  # evaluation-time RoPE scalings (ModelConfig's, less "none")
+ROPE_SCALINGS = tuple(s for s in model_config_lib.ROPE_SCALINGS if s != "none")  # switched on at evaluation
 EVAL_DIR = "eval"
 
 

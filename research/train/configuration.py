@@ -33,6 +33,11 @@ class ConfigError(ValueError):
   """A user error in the config or the command line."""
 
 
+def is_url(path: Any) -> bool:
+  """gs://bucket/run and the like: pathlib would quietly turn one into a local folder gs:/bucket/run."""
+  return "://" in str(path)
+
+
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
   """{'model.d_model': 128, ...} from a ConfigDict / dict."""
   items = config.items() if isinstance(config, Mapping) or hasattr(config, "items") else []

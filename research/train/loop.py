@@ -125,7 +125,7 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLik
   """Creates the workdir, or checks a resumed one's config.json for shape changes. Writes nothing else: config.json
   is written by `write_config` once data and model are built, so a start that fails on a user error leaves no
   config behind to refuse the corrected command."""
-  if "://" in str(workdir):  # pathlib would quietly turn gs://bucket/run into a local folder gs:/bucket/run
+  if configuration.is_url(workdir):
     raise configuration.ConfigError(
         f"workdir {str(workdir)!r} is a URL; run directories are local or shared-filesystem paths (mount a bucket "
         f"with gcsfuse, or use NFS / Filestore, and pass the mounted path)")
