@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from research.embeddings import registry, token
+from research.model import attention
 from research.model.config import ModelConfig
 from research.model.transformer import Block, Transformer, count_params
 
@@ -164,6 +165,46 @@ def test_xla_attention_matches_the_einsum_reference(scheme, kind, norm):
   reference = Transformer(cfg).apply(variables, ids, key_mask_BxL=key_mask)
   fused = Transformer(dataclasses.replace(cfg, attention="xla")).apply(variables, ids, key_mask_BxL=key_mask)
   assert np.allclose(reference, fused, atol=1e-5)
+
+
+@pytest.mark.parametrize("length,block", [(7, 3), (256, 128), (4096, 128), (100, 128), (9, 1)])
+def test_causal_blocks_tile_the_queries(length, block):
+  blocks = attention.causal_blocks(length, block)
+  assert blocks[0][0] == 0 and blocks[-1][1] == length
+  assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))  # contiguous, no overlap
+  assert len(blocks) <= attention.MAX_CAUSAL_BLOCKS
+  assert max(stop - start for start, stop in blocks) <= max(block, -(-length // attention.MAX_CAUSAL_BLOCKS))
+
+
+@pytest.mark.parametrize("bias_batch", [None, 1, 2])
+def test_causal_blocks_give_the_full_causal_attention_and_gradient(bias_batch):
+  """Skipping the all-masked key blocks changes nothing: outputs and gradients (bias included) as without."""
+  b, length, h, d = 2, 11, 2, 4
+  q, k, v, g = (jax.random.normal(jax.random.key(i), (b, length, h, d)) for i in range(4))
+  bias = None if bias_batch is None else jax.random.normal(jax.random.key(9), (bias_batch, h, length, length))
+  mask = attention.attention_mask(length, length, causal=True)
+
+  def loss(q, k, v, bias, causal):
+    return jnp.sum(attention.einsum_attention(q, k, v, bias, mask, causal=causal, block=4) * g)
+
+  whole, blocked = (jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(q, k, v, bias, c) for c in (False, True))
+  for x, y in zip(jax.tree.leaves(whole), jax.tree.leaves(blocked)):
+    np.testing.assert_allclose(y, x, rtol=1e-6, atol=1e-6)
+  assert len(attention.causal_blocks(length, 4)) == 3
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_a_causal_decoder_with_query_blocks_matches_xla_attention(scheme, monkeypatch):
+  """Through the model: a decoder without key padding takes the blocked einsum path (block 3 of 7 tokens here)."""
+  monkeypatch.setattr(attention, "CAUSAL_BLOCK", 3)
+  cfg = tiny(position=scheme, kind="decoder")
+  variables = init(cfg)
+  calls = []
+  monkeypatch.setattr(attention, "causal_blocks", lambda *a: calls.append(a) or [(0, 3), (3, 6), (6, 7)])
+  blocked = Transformer(cfg).apply(variables, tokens())
+  assert calls  # the blocked path ran
+  fused = Transformer(dataclasses.replace(cfg, attention="xla")).apply(variables, tokens())
+  np.testing.assert_allclose(blocked, fused, atol=1e-5)
 
 
 @pytest.mark.parametrize("norm", ["pre", "post"])

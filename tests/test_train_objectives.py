@@ -129,3 +129,90 @@ def test_group_norms():
 def test_group_norms_rejects_mismatched_trees():
   with pytest.raises(ValueError):
     objectives.group_norms({'a': jnp.ones(2), 'b': jnp.ones(2)}, {'a': 'other'})
+
+
+def _head_problem(seed=0, n=24, d=6, vocab=11, dtype=jnp.float32):
+  rng = np.random.default_rng(seed)
+  params = {'w': jnp.asarray(rng.standard_normal((d, vocab)), jnp.float32),
+            'b': jnp.asarray(rng.standard_normal(vocab), jnp.float32)}
+  h = jnp.asarray(rng.standard_normal((n, d)), dtype)
+  targets = jnp.asarray(rng.integers(0, vocab, n))
+  weights = jnp.asarray((rng.random(n) > 0.25).astype(np.float32))
+  head = lambda p, x: (x @ p['w'].astype(x.dtype) + p['b'].astype(x.dtype))  # noqa: E731
+  return head, params, h, targets, weights
+
+
+@pytest.mark.parametrize('z_loss', [0.0, 1e-2])
+def test_chunked_cross_entropy_equals_the_whole_loss_and_its_gradient(z_loss):
+  head, params, h, targets, weights = _head_problem()
+
+  def whole(p, x):
+    return objectives.cross_entropy(head(p, x), targets, weights, z_loss)
+
+  def chunked(p, x):
+    return objectives.chunked_cross_entropy(head, p, x, targets, weights, chunk=8, z_loss=z_loss)
+
+  expected, got = whole(params, h), jax.jit(chunked)(params, h)
+  for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+  g_whole = jax.grad(lambda p, x: whole(p, x)[0], argnums=(0, 1))(params, h)
+  g_chunk = jax.jit(jax.grad(lambda p, x: chunked(p, x)[0], argnums=(0, 1)))(params, h)
+  for a, b in zip(jax.tree.leaves(g_whole), jax.tree.leaves(g_chunk)):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+  # The cotangent of loss_sum scales the gradient (e.g. a mean taken outside): 3·loss gives 3× the gradient.
+  g3 = jax.grad(lambda p, x: 3.0 * chunked(p, x)[0], argnums=1)(params, h)
+  np.testing.assert_allclose(g3, 3.0 * g_chunk[1], rtol=1e-6)
+
+
+def test_chunked_cross_entropy_keeps_the_hidden_dtype_and_rejects_a_ragged_chunk():
+  head, params, h, targets, weights = _head_problem(dtype=jnp.bfloat16)
+  g_h = jax.grad(lambda x: objectives.chunked_cross_entropy(head, params, x, targets, weights, chunk=6)[0])(h)
+  assert g_h.dtype == jnp.bfloat16 and g_h.shape == h.shape
+  with pytest.raises(ValueError, match='chunk=5 does not divide the 24 tokens'):
+    objectives.chunked_cross_entropy(head, params, h, targets, weights, chunk=5)
+
+
+def _count_vocab_matmuls(jaxpr, vocab) -> int:
+  """dot_generals with a V-sized operand or result, through scans and other sub-jaxprs."""
+  count = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'dot_general':
+      shapes = [v.aval.shape for v in (*eqn.invars, *eqn.outvars)]
+      count += any(vocab in s for s in shapes)
+    for sub in jax.core.jaxprs_in_params(eqn.params):
+      count += _count_vocab_matmuls(sub, vocab)
+  return count
+
+
+def test_chunked_cross_entropy_makes_each_chunks_logits_once():
+  """Loss + gradient take 3 head matmuls per chunk (logits, then d/dh and d/dW from the same logits); a loss that
+  rematerialises the logits in the backward pass takes 4."""
+  head, params, h, targets, weights = _head_problem(vocab=13)
+  grad_fn = jax.grad(lambda p, x: objectives.chunked_cross_entropy(head, p, x, targets, weights, chunk=8)[0],
+                     argnums=(0, 1))
+  assert _count_vocab_matmuls(jax.make_jaxpr(grad_fn)(params, h).jaxpr, 13) == 3
+
+  @jax.checkpoint
+  def remat_chunk(p, x, t, w):
+    return objectives.cross_entropy(head(p, x), t, w)[0]
+
+  def remat(p, x):
+    xs = (x.reshape(3, 8, -1), targets.reshape(3, 8), weights.reshape(3, 8))
+    return jax.lax.scan(lambda c, a: (c + remat_chunk(p, *a), None), 0.0, xs)[0]
+
+  assert _count_vocab_matmuls(jax.make_jaxpr(jax.grad(remat, argnums=(0, 1)))(params, h).jaxpr, 13) == 4
+
+
+def test_accuracy_is_argmax_with_ties_infinities_and_nans():
+  """Correct means jnp.argmax(logits) == target: the first maximum on ties, the first NaN when there is one."""
+  rows = np.array([[1.0, 3.0, 3.0, 0.0],         # tie: index 1 wins, not 2
+                   [np.inf, 2.0, np.inf, 0.0],   # +inf tie
+                   [0.0, np.nan, 5.0, np.nan],   # first NaN (1) beats the larger 5.0
+                   [-np.inf, -np.inf, -1.0, -np.inf],
+                   [2.0, 2.0, 2.0, 2.0]], np.float32)
+  argmax = np.asarray(jnp.argmax(jnp.asarray(rows), axis=-1))
+  assert list(argmax) == [1, 0, 1, 2, 0]
+  for target in range(4):
+    targets = jnp.full((len(rows),), target)
+    _, _, extras = objectives.cross_entropy(jnp.asarray(rows), targets, jnp.ones(len(rows)))
+    assert float(extras['correct_sum']) == float(np.sum(argmax == target)), target

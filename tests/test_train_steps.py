@@ -14,10 +14,10 @@ from research.train import optim, steps
 V, B, L = 41, 8, 12
 
 
-def setup(objective="clm", grad_accum=1, loss_chunk=0, dtype="float32", **train):
+def setup(objective="clm", grad_accum=1, loss_chunk=0, dtype="float32", model_kw=None, **train):
   cfg = ModelConfig(vocab_size=V, d_model=16, num_layers=1, num_heads=2, mlp_dim=32, max_len=L,
                     kind="decoder" if objective == "clm" else "encoder", tie_embeddings=train.pop("tie", True),
-                    dtype=dtype)
+                    dtype=dtype, **(model_kw or {}))
   train_cfg = {"optimizer": "adamw", "learning_rate": 1e-2, "schedule": "constant", "warmup_steps": 0, "steps": 10,
                "weight_decay": 0.1, "grad_clip": 1.0, "b1": 0.9, "b2": 0.95,
                "embedding": {"weight_decay": True, "lr_multiplier": 1.0, "freeze": False, "lazy": False}}
@@ -54,8 +54,12 @@ def test_gradient_accumulation_equals_one_big_batch():
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
 
 
-def test_chunked_loss_equals_the_full_logits_loss():
-  (s1, full), (s2, chunked) = setup(), setup(loss_chunk=16)
+@pytest.mark.parametrize("head", ["tied", "untied", "tied_concat"])
+def test_chunked_loss_equals_the_full_logits_loss(head):
+  """Every head layout: the tied table, a separate lm_head, and concat's head_proj in front of the tied table."""
+  kw = {"tie": head != "untied", "model_kw": {"combine": "concat", "position": "learned", "pos_dim": 8}
+        if head == "tied_concat" else None}
+  (s1, full), (s2, chunked) = setup(**kw), setup(loss_chunk=16, **kw)
   for i in range(2):
     s1, m1 = full(s1, batch(i))
     s2, m2 = chunked(s2, batch(i))

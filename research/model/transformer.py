@@ -47,11 +47,12 @@ class Block(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD, *, rotary=None, bias=None, mask=None, deterministic=True):
+  def __call__(self, x_BxLxD, *, rotary=None, bias=None, mask=None, causal=False, deterministic=True):
     cfg = self.cfg
     norm = lambda name: nn.LayerNorm(dtype=cfg.compute_dtype, param_dtype=jnp.float32, name=name)  # noqa: E731
     drop = lambda y: nn.Dropout(cfg.dropout)(y, deterministic=deterministic)  # noqa: E731
-    attend = lambda y: MultiHeadAttention(cfg, name="attention")(y, rotary=rotary, bias=bias, mask=mask)  # noqa
+    attend = lambda y: MultiHeadAttention(cfg, name="attention")(  # noqa: E731
+        y, rotary=rotary, bias=bias, mask=mask, causal=causal)
     if cfg.norm == "pre":
       x_BxLxD = x_BxLxD + drop(attend(norm("norm_attention")(x_BxLxD)))
       return x_BxLxD + drop(Mlp(cfg, name="mlp")(norm("norm_mlp")(x_BxLxD)))
@@ -108,8 +109,10 @@ class Transformer(nn.Module):
     bias = self.position_embed.bias(positions_BxL, positions_BxL)
     length = x_BxLxD.shape[1]
     mask = attention_mask(length, length, self.cfg.causal, key_mask_BxL)
+    # Without key padding a causal mask leaves every query a key, so attention may skip the all-masked blocks.
+    causal = self.cfg.causal and key_mask_BxL is None
     for block in self.blocks:
-      x_BxLxD = block(x_BxLxD, rotary=rotary, bias=bias, mask=mask, deterministic=deterministic)
+      x_BxLxD = block(x_BxLxD, rotary=rotary, bias=bias, mask=mask, causal=causal, deterministic=deterministic)
     if self.cfg.norm == "pre":
       x_BxLxD = self.final_norm(x_BxLxD)
     return x_BxLxD

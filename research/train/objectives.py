@@ -7,7 +7,7 @@ dtype, with logsumexp, so bf16 logits do not lose the loss.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -20,25 +20,23 @@ def cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_BxL: 
   Returns (loss_sum, weight_sum, extras) with extras = {nll_sum, z_loss_sum, correct_sum}.  Positions of
   weight 0 contribute exactly nothing, even where their logits are inf or nan.
   """
-  # The target logit and the accuracy are read with an iota comparison rather than `take_along_axis` (whose
-  # gradient is a scatter) and `argmax` (a slow variadic reduce on CPU): same values, cheaper to differentiate
-  # (benchmarks/throughput.py).
+  # The target logit is read with an iota comparison rather than `take_along_axis` (whose gradient is a scatter),
+  # and the accuracy from the row maximum the logsumexp takes anyway rather than with `argmax` (a slow variadic
+  # reduce on CPU): same values, fewer passes over the [tokens, V] logits (benchmarks/throughput.py).
   logits = logits_BxLxV.astype(jnp.float32)
   lse_BxL = jax.nn.logsumexp(logits, axis=-1)
   vocab_V = jax.lax.broadcasted_iota(jnp.int32, (logits.shape[-1],), 0)
-  t_BxLx1 = targets_BxL[..., None].astype(jnp.int32)
-  is_target = vocab_V == t_BxLx1
-  target_logit_BxL = jnp.sum(jnp.where(is_target, logits, 0.0), axis=-1)  # every other term is exactly 0
+  t_BxL = targets_BxL.astype(jnp.int32)
+  target_logit_BxL = jnp.sum(jnp.where(vocab_V == t_BxL[..., None], logits, 0.0), axis=-1)  # other terms are 0
   nll_BxL = lse_BxL - target_logit_BxL
   z_BxL = z_loss * jnp.square(lse_BxL)
-  # argmax == target (argmax = first index of the maximum, NaN above everything): correct unless an earlier
-  # logit is >= the target's or a later one is > it.
-  logits_ng, target_ng = jax.lax.stop_gradient(logits), jax.lax.stop_gradient(target_logit_BxL)[..., None]
-  nan_j, nan_t = jnp.isnan(logits_ng), jnp.isnan(target_ng)
-  ge = (logits_ng >= target_ng) | nan_j
-  gt = (logits_ng > target_ng) | (nan_j & ~nan_t)
-  beaten = jnp.where(vocab_V < t_BxLx1, ge, jnp.where(is_target, False, gt))
-  correct_BxL = (~jnp.any(beaten, axis=-1)).astype(jnp.float32)
+  # argmax == target, argmax being the first index of the row maximum, or of the first NaN (as jnp.argmax): the
+  # maximum is NaN when a NaN is present, and then only the NaNs qualify.
+  logits_ng = jax.lax.stop_gradient(logits)
+  row_max_BxLx1 = jnp.max(logits_ng, axis=-1, keepdims=True)
+  is_max = (logits_ng == row_max_BxLx1) | jnp.isnan(logits_ng)
+  first_max_BxL = jnp.min(jnp.where(is_max, vocab_V, logits.shape[-1]), axis=-1)
+  correct_BxL = (first_max_BxL == t_BxL).astype(jnp.float32)
 
   weights = weights_BxL.astype(jnp.float32)
   counted = weights != 0
@@ -47,6 +45,66 @@ def cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_BxL: 
   nll_sum, z_sum = wsum(nll_BxL), wsum(z_BxL)
   extras = {'nll_sum': nll_sum, 'z_loss_sum': z_sum, 'correct_sum': wsum(correct_BxL)}
   return nll_sum + z_sum, jnp.sum(weights), extras
+
+
+def _tree_add(a, b):
+  return jax.tree.map(jnp.add, a, b)
+
+
+def chunked_cross_entropy(head_fn: Callable[[Any, jax.Array], jax.Array], head_params: Any, hidden_NxD: jax.Array,
+                          targets_N: jax.Array, weights_N: jax.Array, *, chunk: int, z_loss: float = 0.0
+                          ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+  """`cross_entropy(head_fn(head_params, hidden), targets, weights)` over chunks of `chunk` tokens, so the full
+  [N, V] logits never exist, with the gradient computed in the forward pass ("fused linear cross-entropy", as
+  Liger-Kernel's): each chunk's logits are made once, and the gradients of its loss with respect to the head
+  parameters and to its hidden states are taken right there, while the logits are at hand. A rematerialising
+  chunked loss (`jax.checkpoint` per chunk) makes every chunk's logits twice, once for the loss and once again
+  in the backward pass: one more N×d×V matmul, the largest in a small model.
+
+  Only `loss_sum` (the first output) is differentiable; `weight_sum` and the extras are metrics, and cotangents
+  given for them are ignored. Without differentiation (evaluation) only the forward sums are computed.
+  `N` must be a multiple of `chunk`.
+  """
+  n = hidden_NxD.shape[0]
+  if n % chunk:
+    raise ValueError(f"chunk={chunk} does not divide the {n} tokens")
+
+  def split(x):
+    return x.reshape(n // chunk, chunk, *x.shape[1:])
+
+  def sums_of(params, h_CxD, t_C, w_C):
+    return cross_entropy(head_fn(params, h_CxD), t_C, w_C, z_loss)
+
+  zero = jnp.zeros((), jnp.float32)
+  zero_sums = (zero, zero, {"nll_sum": zero, "z_loss_sum": zero, "correct_sum": zero})
+
+  @jax.custom_vjp
+  def fused(params, h_NxD, t_N, w_N):
+    def body(sums, xs):
+      return _tree_add(sums, sums_of(params, *xs)), None
+    return jax.lax.scan(body, zero_sums, (split(h_NxD), split(t_N), split(w_N)))[0]
+
+  def fused_fwd(params, h_NxD, t_N, w_N):
+    def body(carry, xs):
+      sums, g_params = carry
+      h_CxD, t_C, w_C = xs
+      loss_and_sums = lambda p, h: (lambda s: (s[0], s))(sums_of(p, h, t_C, w_C))  # noqa: E731
+      (_, chunk_sums), (g_p, g_h_CxD) = jax.value_and_grad(loss_and_sums, argnums=(0, 1), has_aux=True)(
+          params, h_CxD)
+      return (_tree_add(sums, chunk_sums), _tree_add(g_params, g_p)), g_h_CxD
+
+    init = (zero_sums, jax.tree.map(jnp.zeros_like, params))
+    (sums, g_params), g_h = jax.lax.scan(body, init, (split(h_NxD), split(t_N), split(w_N)))
+    return sums, (g_params, g_h.reshape(h_NxD.shape))
+
+  def fused_bwd(residuals, cotangents):
+    g_params, g_h_NxD = residuals
+    ct = cotangents[0]  # d(objective)/d(loss_sum); the other outputs are metrics
+    scale = lambda g: (g * ct).astype(g.dtype)  # noqa: E731
+    return jax.tree.map(scale, g_params), scale(g_h_NxD), None, None
+
+  fused.defvjp(fused_fwd, fused_bwd)
+  return fused(head_params, hidden_NxD, targets_N, weights_N)
 
 
 def next_token_targets(tokens_BxL: jax.Array, weights_BxL: jax.Array | None = None

@@ -24,6 +24,8 @@ from research.model.transformer import Transformer
 from research.train import objectives, optim
 
 Array = Any
+# The modules `Transformer.logits` reads (see the parameter layout in transformer.py).
+HEAD_MODULES = ("token_embed", "head_proj", "lm_head")
 
 
 @flax.struct.dataclass
@@ -67,7 +69,8 @@ def prepare_inputs(batch, rng, settings: StepSettings):
 def lm_loss_sums(params, model: Transformer, inputs, targets, weights, positions, *, deterministic: bool, rngs=None,
                  z_loss: float = 0.0, loss_chunk: int = 0):
   """(loss_sum, weight_sum, extras). With `loss_chunk`, the head and the cross-entropy run over chunks of that
-  many tokens under `jax.checkpoint`, so the full [tokens, V] logits never exist at once (forward or backward)."""
+  many tokens (`objectives.chunked_cross_entropy`): the full [tokens, V] logits never exist, and each chunk's
+  logits are made once, with the head's gradients taken in the forward pass."""
 
   variables = {"params": params}
   hidden_BxLxD = model.apply(variables, inputs, positions, deterministic=deterministic, rngs=rngs,
@@ -80,21 +83,11 @@ def lm_loss_sums(params, model: Transformer, inputs, targets, weights, positions
     logits_NxV = model.apply(variables, hidden_NxD, method=Transformer.logits)
     return objectives.cross_entropy(logits_NxV, targets.reshape(n), weights.reshape(n), z_loss)
 
-  @jax.checkpoint
-  def chunk_sums(h_CxD, t_C, w_C):
-    logits_CxV = model.apply(variables, h_CxD, method=Transformer.logits)
-    return objectives.cross_entropy(logits_CxV, t_C, w_C, z_loss)
-
-  def body(carry, chunk):
-    sums = chunk_sums(*chunk)
-    return jax.tree.map(jnp.add, carry, sums), None
-
-  chunks = (hidden_NxD.reshape(n // loss_chunk, loss_chunk, -1), targets.reshape(-1, loss_chunk),
-            weights.reshape(-1, loss_chunk))
-  zero = jnp.zeros((), jnp.float32)
-  init = (zero, zero, {"nll_sum": zero, "z_loss_sum": zero, "correct_sum": zero})
-  sums, _ = jax.lax.scan(body, init, chunks)
-  return sums
+  # Only the head's parameters go through the fused loss (the rest would only carry zero gradients).
+  head_params = {name: params[name] for name in HEAD_MODULES if name in params}
+  head_fn = lambda p, h_CxD: model.apply({"params": p}, h_CxD, method=Transformer.logits)  # noqa: E731
+  return objectives.chunked_cross_entropy(head_fn, head_params, hidden_NxD, targets.reshape(n), weights.reshape(n),
+                                          chunk=loss_chunk, z_loss=z_loss)
 
 
 def _split_micro(x, k: int):
