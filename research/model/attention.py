@@ -32,16 +32,28 @@ def attention_mask(length_q: int, length_k: int, causal: bool, key_mask_BxL: Arr
 
 
 def _softmax_attention(q_BxHxLxD, k_BxHxSxD, v_BxHxSxD, bias=None, mask=None):
-  """softmax(q·kᵀ/√d + bias)·v on head-major [B, H, L, D] arrays; scores and softmax in float32."""
-  scale = q_BxHxLxD.shape[-1] ** -0.5
+  """softmax(q·kᵀ/√d + bias)·v on head-major [B, H, L, D] arrays; scores and softmax in float32.
+
+  Two rearrangements that change no value beyond rounding, each measured faster on XLA:CPU (forward + backward of
+  the T=256 causal attention ~37 → ~28 ms): q is scaled before the product ([L, D] multiplies rather than
+  [L, S]), and the softmax is normalised after the product with v, exp(s − max)·v / Σ exp(s − max) (as flash
+  attention does), so the division touches [L, D] rather than [L, S].
+  """
+  q_BxHxLxD = q_BxHxLxD * jnp.asarray(q_BxHxLxD.shape[-1] ** -0.5, q_BxHxLxD.dtype)
   # Products in the compute dtype, accumulated and returned in float32 (bf16 operands, f32 scores), as the XLA path.
-  scores_BxHxLxS = jnp.einsum("bhld,bhsd->bhls", q_BxHxLxD, k_BxHxSxD, preferred_element_type=jnp.float32) * scale
+  scores_BxHxLxS = jnp.einsum("bhld,bhsd->bhls", q_BxHxLxD, k_BxHxSxD, preferred_element_type=jnp.float32)
   if bias is not None:
     scores_BxHxLxS = scores_BxHxLxS + bias.astype(jnp.float32)
   if mask is not None:
     scores_BxHxLxS = jnp.where(mask, scores_BxHxLxS, _NEG_INF)
-  probs_BxHxLxS = jax.nn.softmax(scores_BxHxLxS, axis=-1).astype(v_BxHxSxD.dtype)
-  return jnp.einsum("bhls,bhsd->bhld", probs_BxHxLxS, v_BxHxSxD)
+  # The row maximum is only a shift for stability (any value gives the same softmax), hence stop_gradient, as in
+  # jax.nn.softmax. A fully masked row has max −1e30 and becomes uniform, as before.
+  row_max_BxHxLx1 = jax.lax.stop_gradient(jnp.max(scores_BxHxLxS, axis=-1, keepdims=True))
+  unnormalised_BxHxLxS = jnp.exp(scores_BxHxLxS - row_max_BxHxLx1)
+  denominator_BxHxLx1 = jnp.sum(unnormalised_BxHxLxS, axis=-1, keepdims=True)
+  out_BxHxLxD = jnp.einsum("bhls,bhsd->bhld", unnormalised_BxHxLxS.astype(v_BxHxSxD.dtype), v_BxHxSxD,
+                           preferred_element_type=jnp.float32)
+  return (out_BxHxLxD / denominator_BxHxLx1).astype(v_BxHxSxD.dtype)
 
 
 def causal_blocks(length: int, block: int) -> list[tuple[int, int]]:

@@ -20,23 +20,23 @@ def cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_BxL: 
   Returns (loss_sum, weight_sum, extras) with extras = {nll_sum, z_loss_sum, correct_sum}.  Positions of
   weight 0 contribute exactly nothing, even where their logits are inf or nan.
   """
-  # The target logit is read with an iota comparison rather than `take_along_axis` (whose gradient is a scatter),
-  # and the accuracy from the row maximum the logsumexp takes anyway rather than with `argmax` (a slow variadic
-  # reduce on CPU): same values, fewer passes over the [tokens, V] logits (benchmarks/throughput.py).
+  # The target logit is a gather, and the accuracy is read from the row maximum rather than with `argmax` (a slow
+  # variadic reduce on CPU): same values, fewer and smaller passes over the [tokens, V] logits (measured on a
+  # 512 × 8192 chunk, loss + gradient: 2.6 ms against 3–4 ms for an iota-select target and an index reduce).
   logits = logits_BxLxV.astype(jnp.float32)
   lse_BxL = jax.nn.logsumexp(logits, axis=-1)
-  vocab_V = jax.lax.broadcasted_iota(jnp.int32, (logits.shape[-1],), 0)
   t_BxL = targets_BxL.astype(jnp.int32)
-  target_logit_BxL = jnp.sum(jnp.where(vocab_V == t_BxL[..., None], logits, 0.0), axis=-1)  # other terms are 0
+  target_logit_BxL = jnp.take_along_axis(logits, t_BxL[..., None], axis=-1)[..., 0]
   nll_BxL = lse_BxL - target_logit_BxL
   z_BxL = z_loss * jnp.square(lse_BxL)
-  # argmax == target, argmax being the first index of the row maximum, or of the first NaN (as jnp.argmax): the
-  # maximum is NaN when a NaN is present, and then only the NaNs qualify.
-  logits_ng = jax.lax.stop_gradient(logits)
-  row_max_BxLx1 = jnp.max(logits_ng, axis=-1, keepdims=True)
-  is_max = (logits_ng == row_max_BxLx1) | jnp.isnan(logits_ng)
-  first_max_BxL = jnp.min(jnp.where(is_max, vocab_V, logits.shape[-1]), axis=-1)
-  correct_BxL = (first_max_BxL == t_BxL).astype(jnp.float32)
+  # argmax == target, argmax being the first index of the row maximum, or of the first NaN (as jnp.argmax; the
+  # maximum is NaN when a NaN is present): the target is a maximum (or a NaN) and no earlier index is one.
+  logits_ng, target_ng = jax.lax.stop_gradient(logits), jax.lax.stop_gradient(target_logit_BxL)
+  row_max_BxL = jnp.max(logits_ng, axis=-1)
+  is_max_BxLxV = (logits_ng == row_max_BxL[..., None]) | jnp.isnan(logits_ng)
+  vocab_V = jax.lax.broadcasted_iota(jnp.int32, (logits.shape[-1],), 0)
+  earlier_max_BxL = jnp.any(is_max_BxLxV & (vocab_V < t_BxL[..., None]), axis=-1)
+  correct_BxL = (((target_ng == row_max_BxL) | jnp.isnan(target_ng)) & ~earlier_max_BxL).astype(jnp.float32)
 
   weights = weights_BxL.astype(jnp.float32)
   counted = weights != 0
