@@ -49,6 +49,8 @@ def parse_args(argv=None):
   p.add_argument("--peak-size", type=int, default=2048, help="n of the n³ matmul that measures the peak")
   p.add_argument("--peak", type=float, default=0.0,
                  help="use this matmul peak (FLOP/s, in --dtype) instead of measuring it")
+  p.add_argument("--no-huge-pages", action="store_true",
+                 help="run without glibc's malloc huge pages (research/hugepages.py), to measure their effect")
   p.add_argument("--worker", default="", help=argparse.SUPPRESS)
   return p.parse_args(argv)
 
@@ -91,11 +93,26 @@ def run_scheme(args) -> dict:
           "flops_per_token": fpt, "n_params_counted": n, "loss": float(metrics["loss"])}
 
 
+def use_huge_pages(wanted: bool) -> None:
+  """Restarts this process (and so its workers) with huge pages on, as the training entry points do, or off."""
+  from research import hugepages
+  if wanted:
+    hugepages.maybe_reexec()
+    return
+  tunables = os.environ.get("GLIBC_TUNABLES", "")
+  if "hugetlb" in tunables or os.environ.get(hugepages.OPT_OUT) != "0":
+    kept = ":".join(t for t in tunables.split(":") if t and not t.startswith("glibc.malloc.hugetlb"))
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env.update({hugepages.OPT_OUT: "0", **({"GLIBC_TUNABLES": kept} if kept else {})})
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
 def main(argv=None):
   args = parse_args(argv)
   if args.worker:
     print(json.dumps(run_scheme(args)))
     return
+  use_huge_pages(not args.no_huge_pages)
   import common
 
   import jax.numpy as jnp
@@ -119,7 +136,8 @@ def main(argv=None):
   shape = shape_from(args)
   print(f"commit {common.commit()}  {time.strftime('%Y-%m-%d %H:%M')}  shape V={shape.vocab} d={shape.d_model} "
         f"L={shape.layers} H={shape.heads} mlp={shape.mlp_dim} T={shape.seq_len} B={shape.batch} {shape.dtype}  "
-        f"attention={args.attention} loss_chunk={args.loss_chunk}  XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+        f"attention={args.attention} loss_chunk={args.loss_chunk}  XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}  "
+        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
   print(f"{args.dtype} matmul peak {peak / 1e9:.0f} GFLOP/s ({args.peak_size}³, best of 10)  "
         f"FLOPs/token {rows[0]['flops_per_token'] / 1e6:.2f} M (N={rows[0]['n_params_counted']:,})" if rows else "")
   print(f"{'scheme':<11} {'tokens/s':>9} {'(median)':>9} {'MFU':>6} {'step ms':>8} {'compile s':>9} {'RSS MB':>7}")

@@ -11,6 +11,7 @@ import sys
 from absl import app, flags, logging
 
 from experiments.common import run_main
+from research import hugepages
 from research.evaluate import extrapolation
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory to evaluate.")
@@ -46,6 +47,7 @@ def main(argv):
 
 
 def run():
+  hugepages.maybe_reexec()  # first: restarts the process with huge pages for XLA's buffers (Linux)
   flags.mark_flags_as_required(["workdir"])
   app.run(main)
 

@@ -12,6 +12,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments.common import check_override_flags, run_main
+from research import hugepages
 from research.train import configuration, loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config().",
@@ -29,6 +30,7 @@ def main(argv):
 
 
 def run():
+  hugepages.maybe_reexec()  # first: restarts the process with huge pages for XLA's buffers (Linux)
   check_override_flags(sys.argv)
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)

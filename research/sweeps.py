@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from research import hugepages
 from research.evaluate import extrapolation
 from research.train import configuration
 
@@ -248,7 +249,8 @@ def run_trial(sweep: Sweep, trial: Trial, directory: Path) -> dict[str, Any]:
   if sweep.evaluate:
     commands.append(evaluate_command(sweep, str(workdir)))
   for command in commands:
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    # With huge pages already in their environment, the trials need not restart themselves for them.
+    result = subprocess.run(command, cwd=ROOT, env=hugepages.environment(), capture_output=True, text=True)
     if result.returncode != 0:
       workdir.mkdir(parents=True, exist_ok=True)
       (workdir / "error.log").write_text(result.stderr)
