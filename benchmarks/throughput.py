@@ -11,6 +11,8 @@ so the best window is the one least disturbed by other work; the median is print
 token / peak with FLOPs per token = 6·N + 12·layers·heads·head_dim·T (PaLM appendix B, nanoGPT's estimate_mfu; N is
 defined in `common.flops_per_token`), compile seconds (lower + compile of the train step) and the worker's peak RSS.
 `--json` prints one object per scheme: scheme, tokens_per_s, mfu, compile_s, peak_rss_mb (and a few more keys).
+Like `research-train`, the script restarts itself with glibc's malloc huge pages (research/hugepages.py);
+`--no-huge-pages` measures without them.
 """
 
 from __future__ import annotations
