@@ -41,7 +41,7 @@ COUNTS_FILE = "token_counts.npy"
 METASPACE = "\u2581"  # "▁", marks a preceding space in bpe-char / unigram
 # Bump whenever training (trainer settings, pre-tokenizers, special tokens) changes: it is part of the key of every
 # cached tokenizer, so a change of the code retrains instead of reusing a tokenizer the new code would not give.
-TOKENIZER_VERSION = "1"
+TOKENIZER_VERSION = "2"  # 2: special-token strings in the text encode as text
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -111,7 +111,7 @@ def _word_level(vocab_tokens: Iterable[str], pre_tokenizer, decoder) -> Tokenize
   tok.pre_tokenizer = pre_tokenizer
   tok.decoder = decoder
   tok.add_special_tokens(list(SPECIAL_TOKENS))
-  return tok
+  return _text_is_text(tok)
 
 
 def _every_char():
@@ -183,7 +183,17 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int) -> Tokeniz
   # Return the tokenizer as its saved form reloads: the unigram model's log-probabilities are printed with fewer
   # digits than they are held in memory, and near-ties can then segment differently. Training, caching and every
   # later run must all use the same tokenizer, so the in-memory one is the round-tripped one.
-  return Tokenizer.from_str(tok.to_str())
+  return _text_is_text(Tokenizer.from_str(tok.to_str()))
+
+
+def _text_is_text(tok: Tokenizer) -> Tokenizer:
+  """Special tokens are ids, never text: a corpus that literally contains "[UNK]" or "[MASK]" encodes those
+  characters like any others (by default `tokenizers` would turn them into the special ids, so a byte-level
+  tokenizer would not be lossless). The setting is not saved in tokenizer.json, hence set on every load. Unigram is
+  the exception: its trained model holds the special strings as pieces of its own vocabulary, so its segmentation
+  still maps a literal "[MASK]" to the special id."""
+  tok.encode_special_tokens = True
+  return tok
 
 
 def _check_specials(tok: Tokenizer, kind: str) -> None:
@@ -219,7 +229,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
   target = tokenizer_path(path)
   if not target.exists():
     raise FileNotFoundError(f"no tokenizer at {target}")
-  return Tokenizer.from_file(str(target))
+  return _text_is_text(Tokenizer.from_file(str(target)))
 
 
 def encode_ids(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
