@@ -225,11 +225,10 @@ def test_empty_training_text_is_an_error():
     T.train_tokenizer("bpe", ["", ""], 300)
 
 
-@pytest.mark.parametrize("kind", [k for k in T.KINDS if k != "unigram"])
+@pytest.mark.parametrize("kind", T.KINDS)
 def test_special_token_strings_in_the_text_are_text(kind, tmp_path):
   """A corpus may literally contain "[MASK]" or "[UNK]": those are characters, not the special ids (hypothesis
-  found "[UNK]" breaking the byte tokenizer's round trip), also after a save and load. Not unigram: its trained
-  model holds the special strings as pieces of its own vocabulary (docs/data.md)."""
+  found "[UNK]" breaking the byte tokenizer's round trip), also after a save and load."""
   tok = _toks()[kind]
   text = "a [UNK] b [MASK][CLS] [SEP][PAD]"
   for t in (tok, T.load_tokenizer(T.save_tokenizer(tok, tmp_path / kind))):

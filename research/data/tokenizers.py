@@ -41,7 +41,8 @@ COUNTS_FILE = "token_counts.npy"
 METASPACE = "\u2581"  # "▁", marks a preceding space in bpe-char / unigram
 # Bump whenever training (trainer settings, pre-tokenizers, special tokens) changes: it is part of the key of every
 # cached tokenizer, so a change of the code retrains instead of reusing a tokenizer the new code would not give.
-TOKENIZER_VERSION = "2"  # 2: special-token strings in the text encode as text
+TOKENIZER_VERSION = "3"  # 2, 3: special-token strings in the text encode as text (3: unigram too)
+_NEVER = -1e9  # unigram score of the special pieces: no segmentation prefers them
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -183,15 +184,28 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int) -> Tokeniz
   # Return the tokenizer as its saved form reloads: the unigram model's log-probabilities are printed with fewer
   # digits than they are held in memory, and near-ties can then segment differently. Training, caching and every
   # later run must all use the same tokenizer, so the in-memory one is the round-tripped one.
-  return _text_is_text(Tokenizer.from_str(tok.to_str()))
+  saved = tok.to_str()
+  if kind == "unigram":
+    saved = _unigram_specials_never_segment(saved)
+  return _text_is_text(Tokenizer.from_str(saved))
+
+
+def _unigram_specials_never_segment(saved: str) -> str:
+  """The unigram trainer puts the special tokens among the model's pieces with log-probability 0, the highest
+  there is, so the Viterbi segmentation would read a literal "[MASK]" in the text as the [MASK] piece. Give them a
+  score no segmentation can prefer (their ids, and their use as ids by the batchers, are unchanged)."""
+  spec = json.loads(saved)
+  for piece in spec["model"]["vocab"]:
+    if piece[0] in SPECIAL_TOKENS:
+      piece[1] = _NEVER
+  return json.dumps(spec, ensure_ascii=False)
 
 
 def _text_is_text(tok: Tokenizer) -> Tokenizer:
   """Special tokens are ids, never text: a corpus that literally contains "[UNK]" or "[MASK]" encodes those
   characters like any others (by default `tokenizers` would turn them into the special ids, so a byte-level
-  tokenizer would not be lossless). The setting is not saved in tokenizer.json, hence set on every load. Unigram is
-  the exception: its trained model holds the special strings as pieces of its own vocabulary, so its segmentation
-  still maps a literal "[MASK]" to the special id."""
+  tokenizer would not be lossless). The setting is not saved in tokenizer.json, hence set on every load. (Unigram
+  also needs `_unigram_specials_never_segment`.)"""
   tok.encode_special_tokens = True
   return tok
 
