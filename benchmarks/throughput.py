@@ -95,26 +95,14 @@ def run_scheme(args) -> dict:
           "flops_per_token": fpt, "n_params_counted": n, "loss": float(metrics["loss"])}
 
 
-def use_huge_pages(wanted: bool) -> None:
-  """Restarts this process (and so its workers) with huge pages on, as the training entry points do, or off."""
-  from research import hugepages
-  if wanted:
-    hugepages.maybe_reexec()
-    return
-  tunables = os.environ.get("GLIBC_TUNABLES", "")
-  if "hugetlb" in tunables or os.environ.get(hugepages.OPT_OUT) != "0":
-    kept = ":".join(t for t in tunables.split(":") if t and not t.startswith("glibc.malloc.hugetlb"))
-    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    env.update({hugepages.OPT_OUT: "0", **({"GLIBC_TUNABLES": kept} if kept else {})})
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
-
-
 def main(argv=None):
   args = parse_args(argv)
   if args.worker:
     print(json.dumps(run_scheme(args)))
     return
-  use_huge_pages(not args.no_huge_pages)
+  from research import hugepages
+  # Restarts this process (and so its workers) with huge pages on, as the training entry points do, or off.
+  hugepages.maybe_reexec(enabled=not args.no_huge_pages)
   import common
 
   import jax.numpy as jnp

@@ -71,3 +71,9 @@ def test_the_entry_point_restarts_with_the_tunable_and_keeps_its_arguments(tmp_p
   result = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--workdir={missing}"], env=env,
                           capture_output=True, text=True)
   assert result.returncode == 2 and str(missing) in result.stderr
+
+
+def test_disabled_environment_removes_only_the_huge_page_tunable():
+  env = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1", "PATH": "/bin"}
+  assert hugepages.environment(env, enabled=False) == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "PATH": "/bin"}
+  assert hugepages.environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, enabled=False) == {}

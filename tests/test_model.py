@@ -14,6 +14,7 @@ from research.embeddings import registry, token
 from research.model import attention
 from research.model.config import ModelConfig
 from research.model.transformer import Block, Transformer, count_params
+from tests.train_utils import dot_generals
 
 SCHEMES = ["none", "learned", "sinusoidal", "rope", "alibi", "t5"]
 V, L = 37, 7
@@ -243,20 +244,6 @@ def _bf16_init(scheme):
   return init(tiny(position=scheme, dtype="bfloat16"))
 
 
-def _dot_generals(jaxpr):
-  """(operand dtypes, output dtype) of every dot_general in a jaxpr, including nested (jit, custom_*) ones."""
-  found = []
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "dot_general":
-      found.append((tuple(v.aval.dtype for v in eqn.invars), eqn.outvars[0].aval.dtype))
-    for value in eqn.params.values():
-      for sub in value if isinstance(value, (list, tuple)) else [value]:
-        sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr wraps a Jaxpr
-        if hasattr(sub, "eqns"):
-          found += _dot_generals(sub)
-  return found
-
-
 @pytest.mark.parametrize("scheme,attention", itertools.product(SCHEMES, ["einsum", "xla"]))
 def test_bf16_compute_keeps_f32_parameters_and_tracks_f32(scheme, attention):
   cfg = tiny(position=scheme, attention=attention)
@@ -266,7 +253,8 @@ def test_bf16_compute_keeps_f32_parameters_and_tracks_f32(scheme, attention):
   ids = tokens()
   # The compute really is bf16: every matmul takes bf16 operands, and only attention accumulates into float32: the
   # scores (one q·kᵀ per layer) and, on the einsum path, the unnormalised probabilities·v, divided in float32.
-  dots = _dot_generals(jax.make_jaxpr(Transformer(cfg16).apply)(variables, ids).jaxpr)
+  dots = [(tuple(v.aval.dtype for v in eqn.invars), eqn.outvars[0].aval.dtype)
+          for eqn in dot_generals(jax.make_jaxpr(Transformer(cfg16).apply)(variables, ids).jaxpr)]
   assert dots and all(operands == (jnp.bfloat16, jnp.bfloat16) for operands, _ in dots), dots
   f32_per_layer = 2 if attention == "einsum" else 1
   assert sum(out == jnp.float32 for _, out in dots) == f32_per_layer * cfg.num_layers, dots

@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from research.train import objectives, optim
+from tests.train_utils import dot_generals
 
 B, L, V = 2, 5, 7
 
@@ -174,14 +175,7 @@ def test_chunked_cross_entropy_keeps_the_hidden_dtype_and_rejects_a_ragged_chunk
 
 def _count_vocab_matmuls(jaxpr, vocab) -> int:
   """dot_generals with a V-sized operand or result, through scans and other sub-jaxprs."""
-  count = 0
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == 'dot_general':
-      shapes = [v.aval.shape for v in (*eqn.invars, *eqn.outvars)]
-      count += any(vocab in s for s in shapes)
-    for sub in jax.core.jaxprs_in_params(eqn.params):
-      count += _count_vocab_matmuls(sub, vocab)
-  return count
+  return sum(any(vocab in v.aval.shape for v in (*eqn.invars, *eqn.outvars)) for eqn in dot_generals(jaxpr))
 
 
 def test_chunked_cross_entropy_makes_each_chunks_logits_once():

@@ -28,3 +28,17 @@ def cli(*args, env=None, timeout=300, **kwargs):
 def read_metrics(workdir, split="train"):
   lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
   return [r for r in map(json.loads, lines) if r["split"] == split]
+
+
+def dot_generals(jaxpr) -> list:
+  """Every dot_general equation of a jaxpr, including those in nested jaxprs (jit, scan, custom_vjp, ...)."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      found.append(eqn)
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (list, tuple)) else [value]:
+        sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr wraps a Jaxpr
+        if hasattr(sub, "eqns"):
+          found += dot_generals(sub)
+  return found

@@ -25,6 +25,8 @@ from research.model.attention import MultiHeadAttention, attention_mask
 from research.model.config import ModelConfig
 
 Array = Any
+# The modules `Transformer.logits` reads (the last three lines of the layout above).
+HEAD_MODULES = ("token_embed", "head_proj", "lm_head")
 
 
 class Mlp(nn.Module):

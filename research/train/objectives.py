@@ -75,8 +75,9 @@ def chunked_cross_entropy(head_fn: Callable[[Any, jax.Array], jax.Array], head_p
   def sums_of(params, h_CxD, t_C, w_C):
     return cross_entropy(head_fn(params, h_CxD), t_C, w_C, z_loss)
 
-  zero = jnp.zeros((), jnp.float32)
-  zero_sums = (zero, zero, {"nll_sum": zero, "z_loss_sum": zero, "correct_sum": zero})
+  # Zeros shaped like one chunk's (loss_sum, weight_sum, extras), whatever cross_entropy returns.
+  zero_sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(
+      sums_of, head_params, hidden_NxD[:chunk], targets_N[:chunk], weights_N[:chunk]))
 
   @jax.custom_vjp
   def fused(params, h_NxD, t_N, w_N):

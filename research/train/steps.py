@@ -20,12 +20,10 @@ import optax
 
 from research.data.batches import mask_tokens
 from research.data.tokenizers import SPECIAL_IDS
-from research.model.transformer import Transformer
+from research.model.transformer import HEAD_MODULES, Transformer
 from research.train import objectives, optim
 
 Array = Any
-# The modules `Transformer.logits` reads (see the parameter layout in transformer.py).
-HEAD_MODULES = ("token_embed", "head_proj", "lm_head")
 
 
 @flax.struct.dataclass
