@@ -21,8 +21,26 @@ V, L = 37, 7
 
 
 def tiny(**overrides) -> ModelConfig:
+  """Small shapes; every other field, the token table's std (d^-0.5) and √d scale included, as a run has them."""
   base = dict(vocab_size=V, d_model=16, num_layers=2, num_heads=2, mlp_dim=32, max_len=16, pos_dim=8)
   return ModelConfig(**{**base, **overrides})
+
+
+# The property tests run under the embedding settings runs use (ModelConfig's defaults: std d^-0.5, √d at the
+# input), and the cheap ones also under the other common convention (std 0.02, unscaled: GPT-2, BERT).
+EMBEDDINGS = {"run-defaults": {}, "std0.02-unscaled": {"embed_init_std": 0.02, "embed_scale": False}}
+embeddings = pytest.mark.parametrize("embedding", list(EMBEDDINGS.values()), ids=list(EMBEDDINGS))
+
+
+def test_model_defaults_are_the_run_defaults():
+  from research import schema
+  cfg = ModelConfig()
+  assert cfg.embed_scale and cfg.embed_init_std == pytest.approx(cfg.d_model ** -0.5)
+  model = schema.get_config().model.to_dict()
+  assert {k: v for k, v in dataclasses.asdict(cfg).items() if k in model and k not in ("max_len", "embed_init_std")} \
+      == {k: v for k, v in model.items() if k not in ("max_len", "embed_init_std")}
+  table = init(tiny())["params"]["token_embed"]["embedding"]
+  assert float(table.std()) == pytest.approx(16 ** -0.5, rel=0.15)
 
 
 def init(cfg, length=L, seed=0):
@@ -80,8 +98,9 @@ def test_decoder_output_at_t_has_zero_gradient_wrt_inputs_after_t(scheme, norm):
     assert np.any(grad[0, :t + 1] != 0.0)
 
 
-def test_encoder_sees_the_future():
-  cfg = tiny(position="alibi", kind="encoder")
+@embeddings
+def test_encoder_sees_the_future(embedding):
+  cfg = tiny(position="alibi", kind="encoder", **embedding)
   variables = init(cfg)
   x = jax.random.normal(jax.random.key(3), (1, L, cfg.width))
   w = jax.random.normal(jax.random.key(4), (cfg.width,))
@@ -93,8 +112,9 @@ def test_encoder_sees_the_future():
 # ---------------------------------------------------------------------------------------------------- NoPE/shift
 
 
-def test_nope_encoder_is_permutation_equivariant():
-  cfg = tiny(position="none", kind="encoder")
+@embeddings
+def test_nope_encoder_is_permutation_equivariant(embedding):
+  cfg = tiny(position="none", kind="encoder", **embedding)
   variables = init(cfg)
   ids = tokens(batch=1)
   perm = np.random.default_rng(0).permutation(L)
@@ -103,9 +123,10 @@ def test_nope_encoder_is_permutation_equivariant():
   assert np.allclose(out[:, perm], out_perm, atol=1e-5)
 
 
+@embeddings
 @pytest.mark.parametrize("scheme", SCHEMES)
-def test_shifting_positions_changes_only_absolute_schemes(scheme):
-  cfg = tiny(position=scheme, max_len=64)
+def test_shifting_positions_changes_only_absolute_schemes(scheme, embedding):
+  cfg = tiny(position=scheme, max_len=64, **embedding)
   variables = init(cfg)
   ids = tokens()
   pos = jnp.broadcast_to(jnp.arange(L), ids.shape)
@@ -120,8 +141,9 @@ def test_shifting_positions_changes_only_absolute_schemes(scheme):
 # ------------------------------------------------------------------------------------------------------- tying
 
 
-def test_tied_gradient_is_the_sum_of_input_and_output_uses():
-  tied = tiny(position="rope")
+@embeddings
+def test_tied_gradient_is_the_sum_of_input_and_output_uses(embedding):
+  tied = tiny(position="rope", **embedding)
   untied = dataclasses.replace(tied, tie_embeddings=False)
   variables = init(tied)
   table = variables["params"]["token_embed"]["embedding"]

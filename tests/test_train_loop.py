@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from research import schema
 from research.train import checkpoint as checkpoint_lib
 from research.train import configuration, loop
 from tests.train_utils import ROOT, cli, read_metrics, tiny_config
@@ -105,13 +106,65 @@ def test_kill_9_and_rerun_continues_bit_identically(tmp_path):
     assert np.array_equal(a, b)
 
 
-def test_a_workdir_of_another_shape_is_refused_naming_the_fields(tmp_path):
-  loop.write_config(tiny_config(), loop.prepare_workdir(tiny_config(), tmp_path))
-  with pytest.raises(configuration.ConfigError, match=r"model.d_model: 64 \(saved\) != 32 \(current\)") as err:
-    loop.prepare_workdir(tiny_config(**{"model.d_model": 32, "model.position": "rope"}), tmp_path)
-  assert "model.position: 'learned' (saved) != 'rope' (current)" in str(err.value)
-  assert json.loads((tmp_path / "config.json").read_text())["model"]["d_model"] == 64  # never overwritten
-  loop.prepare_workdir(tiny_config(**{"train.learning_rate": 1e-4}), tmp_path)  # not a shape: allowed
+def _changed(value):
+  """Another value of the same type (check_workdir runs before validation, so it need not be a valid one)."""
+  if isinstance(value, bool):
+    return not value
+  if isinstance(value, int):
+    return value + 1
+  if isinstance(value, float):
+    return value * 2 + 1.0
+  return f"{value}-changed"
+
+
+def _snapshot(directory):
+  return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(Path(directory).rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished_tiny_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("resume") / "run"
+  config = tiny_config(**{"train.steps": 2, "train.eval_batches": 1, "train.async_checkpoints": False})
+  loop.train(config, workdir)
+  return config, workdir
+
+
+PROTECTED = sorted(set(configuration.flatten(configuration.reference_config())) - set(schema.RESUMABLE_FIELDS))
+
+
+@pytest.mark.parametrize("field", PROTECTED)
+def test_a_resume_that_changes_any_protected_field_is_refused_in_one_line_and_touches_nothing(field,
+                                                                                             finished_tiny_run):
+  config, workdir = finished_tiny_run
+  before = _snapshot(workdir)
+  value = configuration.flatten(config)[field]
+  with pytest.raises(configuration.ConfigError) as err:
+    loop.train(configuration.apply_overrides(config, {field: _changed(value)}), workdir)
+  message = str(err.value)
+  assert "\n" not in message and f"{field}: {value!r} (saved) != {_changed(value)!r} (current)" in message
+  assert _snapshot(workdir) == before
+
+
+def test_every_differing_field_is_named_and_only_the_allow_list_may_change(finished_tiny_run):
+  config, workdir = finished_tiny_run
+  changed = {"model.rope_base": 500.0, "train.grad_clip": 0.0, "model.norm": "post"}
+  with pytest.raises(configuration.ConfigError) as err:
+    loop.check_workdir(configuration.apply_overrides(config, changed), workdir)
+  assert all(f"{field}: " in str(err.value) for field in changed)
+  # Cadence, steps, cache and mesh may change: the same run continues.
+  allowed = {"train.steps": 3, "train.eval_every": 7, "train.log_every": 3, "train.checkpoint_every": 9,
+             "train.keep_checkpoints": 4, "train.async_checkpoints": True, "train.eval_batches": 2,
+             "data.cache_dir": "", "mesh.data": 1, "mesh.fsdp": 1, "mesh.distributed": "false"}
+  assert set(allowed) == set(schema.RESUMABLE_FIELDS)
+  assert loop.check_workdir(configuration.apply_overrides(config, allowed), workdir) == workdir
+
+
+def test_a_field_the_saved_run_lacks_is_a_difference(tmp_path):
+  saved = tiny_config().to_dict()
+  del saved["train"]["position"]  # a run written before the field existed
+  tmp_path.joinpath("config.json").write_text(json.dumps(saved))
+  with pytest.raises(configuration.ConfigError, match=r"train.position.weight_decay: '<missing>' \(saved\) != False"):
+    loop.check_workdir(tiny_config(), tmp_path)
 
 
 @pytest.mark.slow

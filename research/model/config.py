@@ -1,8 +1,13 @@
 """The frozen model config: every shape and choice of the network, nothing about training.
 
-Separate from the experiment `ml_collections.ConfigDict` (STYLE.md "Borrow" 5): the experiment config is converted
-once with `ModelConfig.from_dict`, and evaluation variants are derived with `dataclasses.replace`. Invalid combinations
-fail here, at construction, with a message that names the bad value and what is allowed.
+Separate from the experiment `ml_collections.ConfigDict` (docs/architecture.md, "Configs"): the experiment config is
+converted once with `ModelConfig.from_dict`, and evaluation variants are derived with `dataclasses.replace`. Invalid
+combinations fail here, at construction, with a message that names the bad value and what is allowed.
+
+These field defaults ARE the defaults of the experiment config's `model` section (`research.schema` builds that
+section from them), so a model built here without arguments is the model a run builds. Two fields are set from
+the rest of the experiment config instead: `vocab_size` (the tokenizer's size) and `kind` (from `objective`); and
+the experiment's `model.max_len = 0` means `data.seq_len`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ DTYPES = ("float32", "bfloat16")
 INITS = ("normal", "uniform")
 ATTENTION_IMPLS = ("einsum", "xla")
 ROPE_SCALINGS = ("none", "linear", "ntk", "yarn")
+DERIVED_FIELDS = ("vocab_size", "kind")  # set from the tokenizer and the objective, not by the experiment config
 
 
 def _choice(field: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -37,43 +43,49 @@ class ModelConfig:
   `d_model + pos_dim` (see `width`), and the parameter count grows accordingly.
   """
 
-  vocab_size: int = 256
-  d_model: int = 64
+  vocab_size: int = 256  # set from the tokenizer in a run
+  d_model: int = 128
   num_layers: int = 2
   num_heads: int = 4
-  mlp_dim: int = 256
-  kind: str = "decoder"  # decoder = causal LM; encoder = bidirectional (masked LM)
+  mlp_dim: int = 512
+  kind: str = "decoder"  # decoder = causal LM; encoder = bidirectional (masked LM); set from `objective` in a run
   # Positions.
-  position: str = "learned"
-  combine: str = "add"
+  position: str = "learned"  # none | learned | sinusoidal | rope | alibi | t5 (or any registered scheme)
+  combine: str = "add"  # add | concat
   pos_dim: int = 0  # width of the positional vector for combine=concat; 0 means d_model
-  max_len: int = 128  # size of a learned position table; other schemes ignore it
+  max_len: int = 128  # size of a learned position table; other schemes ignore it (experiments: 0 = data.seq_len)
   sinusoidal_wavelength: float = 10_000.0
   rope_base: float = 10_000.0
   rope_fraction: float = 1.0  # fraction of each head's dimensions that rotate
-  rope_scaling: str = "none"
+  rope_scaling: str = "none"  # none | linear | ntk | yarn
   rope_factor: float = 1.0  # s: the context-length ratio the scaling targets
-  rope_original_len: int = 0  # training length the scaling extends from (YaRN's ramp); 0 = max_len
+  rope_original_len: int = 0  # training length the scaling extends from (YaRN's ramp); 0 = max_len (= data.seq_len)
   t5_buckets: int = 32
   t5_max_distance: int = 128
   # Embeddings.
   tie_embeddings: bool = True
-  embed_init: str = "normal"
-  embed_init_std: float = 0.02
-  embed_scale: bool = False  # multiply token vectors by sqrt(d_model), as Vaswani et al.
+  embed_init: str = "normal"  # normal | uniform
+  # Unit-scale token vectors, as fairseq / Vaswani et al.: table ~ N(0, 1/d), multiplied by sqrt(d) at the input.
+  # A table of std 0.02 without the scale is swamped by unit-amplitude sinusoids (docs/results.md).
+  embed_init_std: float = 0.0  # 0 = d_model ** -0.5 (resolved at construction); also the learned / T5 tables' std
+  embed_scale: bool = True  # multiply token vectors by sqrt(d_model), as Vaswani et al.
   embedding_dropout: float = 0.0  # dropout on the embedded vectors
   token_dropout: float = 0.0  # AWD-LSTM: drop whole vocabulary rows for a step
   # Blocks.
   norm: str = "pre"
   dropout: float = 0.0
-  dtype: str = "float32"  # compute dtype; parameters are always float32
-  attention: str = "einsum"  # einsum = explicit reference path; xla = jax.nn.dot_product_attention
+  dtype: str = "float32"  # compute dtype: float32 | bfloat16; parameters are always float32
+  attention: str = "einsum"  # einsum = explicit reference path (fastest on CPU); xla = jax.nn.dot_product_attention
 
   def __post_init__(self):
     for name in ("vocab_size", "d_model", "num_layers", "num_heads", "mlp_dim"):
       value = getattr(self, name)
       if not isinstance(value, int) or value < 1:
         raise ValueError(f"model.{name}={value!r} must be a positive integer")
+    if not self.embed_init_std:  # frozen: the resolved std is set once here, so every reader sees the same number
+      object.__setattr__(self, "embed_init_std", float(self.d_model) ** -0.5)
+    if self.embed_init_std < 0:
+      raise ValueError(f"model.embed_init_std={self.embed_init_std!r} must be >= 0 (0 = d_model ** -0.5)")
     if self.max_len < 1:
       raise ValueError(f"model.max_len={self.max_len!r} must be >= 1 (the learned position table length)")
     _choice("model.kind", self.kind, KINDS)
@@ -117,6 +129,11 @@ class ModelConfig:
   @property
   def causal(self) -> bool:
     return self.kind == "decoder"
+
+  @classmethod
+  def experiment_fields(cls) -> dict[str, Any]:
+    """{field: default} of the fields an experiment config sets (all but vocab_size and kind)."""
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.name not in DERIVED_FIELDS}
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":

@@ -214,6 +214,25 @@ def check_config_compatible(saved: Mapping[str, Any], current: Mapping[str, Any]
     raise ValueError('checkpoint is incompatible with the current config: ' + '; '.join(diffs))
 
 
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], *,
+                       ignore: Iterable[str] = ()) -> list[str]:
+  """'field: saved (saved) != current (current)' for every leaf field whose value differs, over the union of both
+  configs' fields (a field only one of them has differs from `<missing>`), except those under a path in `ignore`.
+
+  The inverse of `check_config_compatible`: everything is compared unless allowed to change, so a field added to
+  the schema later is protected without anyone remembering to list it.
+  """
+  flat_saved, flat_current = _flatten(_jsonable_config(saved)), _flatten(_jsonable_config(current))
+  ignore = tuple(ignore)
+  skip = lambda key: any(key == f or key.startswith(f + '.') for f in ignore)  # noqa: E731
+  diffs = []
+  for key in sorted(set(flat_saved) | set(flat_current)):
+    a, b = flat_saved.get(key, _MISSING), flat_current.get(key, _MISSING)
+    if not skip(key) and a != b:
+      diffs.append(f'{key}: {a!r} (saved) != {b!r} (current)')
+  return diffs
+
+
 def _jsonable_config(cfg: Mapping[str, Any]) -> Any:
   if hasattr(cfg, 'to_dict'):
     cfg = cfg.to_dict()

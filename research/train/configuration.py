@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 import ml_collections
 
+from research import schema
 from research.data import tokenizers
 from research.embeddings import registry
 from research.model.config import ModelConfig
@@ -19,15 +20,6 @@ from research.train import optim
 OBJECTIVES = ("clm", "mlm")
 DISTRIBUTED = ("auto", "true", "false")
 ERROR_POLICIES = ("strict", "replace", "ignore")
-
-# Fields that change the shapes of the parameters, the optimizer state or the data: a workdir written with other
-# values cannot be resumed with these (checkpoint.check_config_compatible names the differences).
-SHAPE_FIELDS = (
-    "objective", "data.corpus", "data.tokenizer", "data.vocab_size", "data.seq_len", "model.d_model",
-    "model.num_layers", "model.num_heads", "model.mlp_dim", "model.position", "model.combine", "model.pos_dim",
-    "model.max_len", "model.tie_embeddings", "model.t5_buckets", "train.optimizer", "train.batch_size",
-    "train.embedding.freeze", "train.embedding.lazy")
-
 
 class ConfigError(ValueError):
   """A user error in the config or the command line."""
@@ -52,8 +44,8 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def reference_config() -> ml_collections.ConfigDict:
-  from configs import default  # the schema: every valid field, with its type
-  return default.get_config()
+  """The schema: every valid field, with its default and type."""
+  return schema.get_config()
 
 
 def check_fields(config: ml_collections.ConfigDict) -> None:
@@ -102,7 +94,6 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int | None = Non
   values["rope_original_len"] = values["rope_original_len"] or config.data.seq_len
   values["kind"] = "decoder" if config.objective == "clm" else "encoder"
   values["vocab_size"] = int(vocab_size or config.data.vocab_size)
-  values["embed_init_std"] = values["embed_init_std"] or values["d_model"] ** -0.5
   try:
     return ModelConfig.from_dict(values)
   except ValueError as e:

@@ -1,7 +1,7 @@
 """`train(config, workdir)`: the host loop around the jitted steps.
 
-Run directory (DESIGN.md):
-  config.json     the fully resolved config (written first; a rerun compares shapes against it)
+Run directory (docs/architecture.md):
+  config.json     the fully resolved config (a rerun must match it outside schema.RESUMABLE_FIELDS)
   tokenizer.json  the tokenizer used (+ token_counts.npy: train-split frequencies)
   metrics.jsonl   one JSON object per logged step: step, split, loss, ppl, lr, tokens_per_s, ...
   checkpoints/    Orbax (train state, data-iterator state, metadata)
@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from research import schema
 from research.data import batches as batches_lib
 from research.data import corpora
 from research.data import tokenizers as tokenizers_lib
@@ -121,10 +122,11 @@ def valid_batches(config, ids: np.ndarray, batch_size: int) -> Iterator[dict]:
 # ---------------------------------------------------------------------------------------------------- workdir
 
 
-def prepare_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
-  """Creates the workdir, or checks a resumed one's config.json for shape changes. Writes nothing else: config.json
-  is written by `write_config` once data and model are built, so a start that fails on a user error leaves no
-  config behind to refuse the corrected command."""
+def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
+  """The workdir as a Path, checked and left untouched: not a URL, not a file, and, when it holds a run (its
+  config.json), a config that differs from that run's only in `schema.RESUMABLE_FIELDS`. Every differing field is
+  named in one line. Runs before the config is validated, so a value that would not even be valid is reported as
+  what it is here: another run."""
   if configuration.is_url(workdir):
     raise configuration.ConfigError(
         f"workdir {str(workdir)!r} is a URL; run directories are local or shared-filesystem paths (mount a bucket "
@@ -132,15 +134,14 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLik
   path = Path(workdir)
   if path.exists() and not path.is_dir():
     raise configuration.ConfigError(f"workdir {str(path)!r} exists and is not a directory")
-  path.mkdir(parents=True, exist_ok=True)
   saved = path / CONFIG_FILE
-  current = config.to_dict()
   if saved.exists():
-    try:
-      checkpoint_lib.check_config_compatible(json.loads(saved.read_text()), current, configuration.SHAPE_FIELDS)
-    except ValueError as e:
+    diffs = checkpoint_lib.config_differences(json.loads(saved.read_text()), config.to_dict(),
+                                              ignore=schema.RESUMABLE_FIELDS)
+    if diffs:
       raise configuration.ConfigError(
-          f"workdir {str(path)!r} holds a run of another shape; use a new workdir. {e}") from None
+          f"workdir {str(path)!r} holds another run, and resuming it with this config would train another model: "
+          f"{'; '.join(diffs)}. Only {', '.join(schema.RESUMABLE_FIELDS)} may change on resume; use a new workdir")
   return path
 
 
@@ -274,11 +275,13 @@ def check_finite(step: int, metrics: dict[str, float], last_saved: int | None) -
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
   """Trains (or resumes) the run in `workdir`; returns the summary written to summary.json."""
   start_time = time.time()
+  configuration.check_fields(config)
+  workdir = check_workdir(config, workdir)  # a rerun that would become another model is refused first
   configuration.validate(config)
   distributed = str(config.mesh.distributed).lower()
   mesh_lib.maybe_initialize_distributed(None if distributed == "auto" else distributed == "true")
   mesh = make_mesh(config)  # a mesh that does not fit the devices fails here, before the workdir is touched
-  workdir = prepare_workdir(config, workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
   data = prepare_data(config, workdir)
   trainer = Trainer.build(config, data.vocab_size, mesh)
   write_config(config, workdir)

@@ -1,0 +1,89 @@
+"""The experiment config's schema: every field a run reads, with its default, in one place.
+
+Field names are a public contract (users' scripts and sweeps override them by name): extend, never rename.
+`get_config()` returns the defaults as an `ml_collections.ConfigDict`; config files (`configs/*.py`) start from it
+and change a few values; the library validates every config against it (`research.train.configuration`).
+
+The `model` section is generated from `ModelConfig`'s fields and defaults (research/model/config.py), so a model
+field is declared once, where the model reads it. The one experiment-level difference: `model.max_len = 0` means
+"data.seq_len" (a learned table exactly as long as the training windows).
+
+`RESUMABLE_FIELDS` lists the only fields a rerun in an existing workdir may change; every other field, including any
+field added later, must match the saved config.json, or the rerun is refused (docs/training.md, "Resuming").
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from research.model.config import ModelConfig
+
+# Fields that change when, how often or where a run does its work, never what model it trains. `train.steps`
+# extends (or shortens) a run; note that the learning-rate schedule is computed from it, so a cosine run extended
+# past its planned end continues from the schedule's new shape (docs/training.md).
+RESUMABLE_FIELDS = (
+    "train.steps", "train.eval_every", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+    "train.async_checkpoints", "train.eval_batches", "data.cache_dir", "mesh.data", "mesh.fsdp", "mesh.distributed")
+
+
+def _model_section() -> ml_collections.ConfigDict:
+  model = ml_collections.ConfigDict(ModelConfig.experiment_fields())
+  model.max_len = 0  # 0 = data.seq_len
+  return model
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.objective = "clm"  # clm | mlm
+
+  c.data = ml_collections.ConfigDict()
+  c.data.corpus = "wikipedia-sample"  # wikipedia-sample | lee | text:<path|glob|dir> | hf:<name>[/<config>]
+  c.data.errors = "strict"  # how undecodable bytes in text: corpora are handled: strict | replace | ignore
+  c.data.tokenizer = "bpe"  # bpe | bpe-char | wordpiece | unigram | word | char | byte
+  c.data.vocab_size = 4096
+  c.data.seq_len = 128
+  c.data.cache_dir = ""  # tokenizers and token caches; "" = $RESEARCH_CACHE_DIR or ~/.cache/research
+  c.data.mlm_select_rate = 0.15
+  c.data.mlm_mask_rate = 0.8
+  c.data.mlm_random_rate = 0.1
+
+  c.model = _model_section()
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1000
+  c.train.batch_size = 32
+  c.train.grad_accum = 1  # micro-batches per step; batch_size is the total
+  c.train.learning_rate = 3e-3
+  c.train.optimizer = "adamw"  # adamw | adam | sgd | adafactor | lion
+  c.train.schedule = "cosine"  # constant | cosine | linear | rsqrt (all after linear warmup)
+  c.train.warmup_steps = 100
+  c.train.min_lr_ratio = 0.0
+  c.train.weight_decay = 0.1  # on the transformer's matrices; the token table and positional parameters: below
+  c.train.grad_clip = 1.0  # global norm; 0 = off
+  c.train.b1 = 0.9
+  c.train.b2 = 0.95
+  c.train.momentum = 0.9  # sgd only
+  c.train.z_loss = 0.0
+  c.train.loss_chunk = 512  # tokens per chunk of LM head + loss (never the full logits); 0 = all at once
+  c.train.checkpoint_every = 500
+  c.train.keep_checkpoints = 2  # plus the best by validation loss
+  c.train.async_checkpoints = True
+  c.train.eval_every = 250
+  c.train.eval_batches = 0  # validation batches per evaluation; 0 = the whole split
+  c.train.log_every = 50
+  c.train.embedding = ml_collections.ConfigDict()
+  c.train.embedding.weight_decay = False  # decay the token table?
+  c.train.embedding.lr_multiplier = 1.0
+  c.train.embedding.freeze = False
+  c.train.embedding.lazy = False  # LazyAdam-style: rows absent from the batch keep values and moments
+  c.train.position = ml_collections.ConfigDict()
+  # Decay the positional scheme's parameters (learned table, T5 buckets, ...)? Off, as the token table, and as
+  # minGPT's configure_optimizers (its position embedding is "not decayed"): docs/training.md, "Parameter groups".
+  c.train.position.weight_decay = False
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # -1 fills with the devices left
+  c.mesh.fsdp = 1
+  c.mesh.distributed = "auto"  # auto | true | false: call jax.distributed.initialize()
+  return c
