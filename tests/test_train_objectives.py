@@ -67,31 +67,6 @@ def test_bf16_logits_computed_in_f32():
   np.testing.assert_allclose(loss_sum, np.sum(np.asarray(ref) * np.asarray(weights)), rtol=1e-6)
 
 
-def test_next_token_targets_and_clm_loss():
-  tokens = jnp.array([[1, 2, 3, 4], [5, 6, 0, 0]])
-  pad = jnp.array([[1, 1, 1, 1], [1, 1, 0, 0]], jnp.float32)
-  targets, weights = objectives.next_token_targets(tokens, pad)
-  np.testing.assert_array_equal(targets[:, :3], tokens[:, 1:])
-  np.testing.assert_array_equal(weights, [[1, 1, 1, 0], [1, 0, 0, 0]])
-  logits = jnp.asarray(np.random.default_rng(0).standard_normal((2, 4, 7)), jnp.float32)
-  loss_sum, weight_sum, _ = objectives.clm_loss(logits, targets, weights)
-  ref = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-  np.testing.assert_allclose(loss_sum, ref[0, :3].sum() + ref[1, 0], rtol=1e-6)
-  assert float(weight_sum) == 4.0
-
-
-def test_mlm_loss_counts_only_masked_positions():
-  logits, targets, _ = sample(3)
-  masked = jnp.zeros((B, L), bool).at[0, 1].set(True).at[1, 3].set(True)
-  loss_sum, weight_sum, _ = objectives.mlm_loss(logits, targets, masked)
-  ref = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-  np.testing.assert_allclose(loss_sum, ref[0, 1] + ref[1, 3], rtol=1e-6)
-  assert float(weight_sum) == 2.0
-  # Unmasked positions can predict anything.
-  scrambled = jnp.where(masked[..., None], logits, -logits)
-  assert float(objectives.mlm_loss(scrambled, targets, masked)[0]) == float(loss_sum)
-
-
 def test_loss_metrics():
   logits, targets, weights = sample(4)
   m = objectives.loss_metrics(*objectives.cross_entropy(logits, targets, weights))

@@ -20,10 +20,13 @@ def setup(objective="clm", grad_accum=1, loss_chunk=0, dtype="float32", model_kw
                     dtype=dtype, **(model_kw or {}))
   train_cfg = {"optimizer": "adamw", "learning_rate": 1e-2, "schedule": "constant", "warmup_steps": 0, "steps": 10,
                "weight_decay": 0.1, "grad_clip": 1.0, "b1": 0.9, "b2": 0.95,
-               "embedding": {"weight_decay": True, "lr_multiplier": 1.0, "freeze": False, "lazy": False}}
+               "embedding": {"weight_decay": True, "lr_multiplier": 1.0, "freeze": False, "lazy": False},
+               "position": {"weight_decay": False}}
   for k, v in train.items():
     if k.startswith("embedding_"):
       train_cfg["embedding"][k[len("embedding_"):]] = v
+    elif k.startswith("position_"):
+      train_cfg["position"][k[len("position_"):]] = v
     else:
       train_cfg[k] = v
   model, tx = Transformer(cfg), optim.make_optimizer(train_cfg)
@@ -77,9 +80,12 @@ def test_padding_weights_do_not_change_the_loss():
   assert float(m["loss"]) == float(m2["loss"])
 
 
+@pytest.mark.parametrize("tie", [True, False])
 @pytest.mark.parametrize("lazy", [False, True])
-def test_lazy_rows_freeze_absent_rows_in_the_real_step(lazy):
-  state, step = setup(tie=False, embedding_lazy=lazy)
+def test_lazy_rows_freeze_absent_rows_in_the_real_step(lazy, tie):
+  # Tied (the default), an absent row still gets a gradient from the softmax over the whole vocabulary: lazy rows
+  # must keep it anyway; dense updates move it, tied or not (untied through weight decay and Adam's moments).
+  state, step = setup(tie=tie, embedding_lazy=lazy)
   for i in range(2):  # ids 20..40 never appear in inputs or targets
     new_state, _ = step(state, batch(i, low=5, high=20))
     table, old = new_state.params["token_embed"]["embedding"], state.params["token_embed"]["embedding"]
@@ -87,6 +93,57 @@ def test_lazy_rows_freeze_absent_rows_in_the_real_step(lazy):
     assert moved != lazy
     assert np.any(np.asarray(table[5:20]) != np.asarray(old[5:20]))
     state = new_state
+
+
+def test_mlm_inputs_are_80_10_10_masked_and_targets_are_the_original_tokens():
+  from research.data.tokenizers import MASK_ID, SPECIAL_IDS
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(5, V, (256, 64)).astype(np.int32)
+  tokens[:, 0], tokens[:, -1], tokens[-4:, 40:] = 2, 3, 0  # [CLS] … [SEP], and padded tails
+  weights = (tokens != 0).astype(np.float32)
+  b = {"inputs": tokens, "targets": tokens.copy(), "weights": weights,
+       "positions": np.broadcast_to(np.arange(64, dtype=np.int32), tokens.shape).copy()}
+  settings = steps.StepSettings(objective="mlm", vocab_size=V)
+  inputs, targets, w, _, key_mask = jax.jit(steps.prepare_inputs, static_argnums=2)(b, jax.random.key(3), settings)
+  inputs, targets, selected = np.asarray(inputs), np.asarray(targets), np.asarray(w) > 0
+  assert np.array_equal(targets, tokens) and np.array_equal(np.asarray(key_mask), tokens != 0)
+  assert not selected[np.isin(tokens, SPECIAL_IDS)].any()  # [CLS], [SEP], [PAD] never selected
+  eligible = ~np.isin(tokens, SPECIAL_IDS)
+  assert abs(selected.sum() / eligible.sum() - 0.15) < 0.01
+  assert np.array_equal(inputs[~selected], tokens[~selected])  # unselected: the original token
+  masked, kept = inputs[selected] == MASK_ID, inputs[selected] == tokens[selected]
+  replaced = ~masked & ~kept
+  n = selected.sum()
+  assert abs(masked.sum() / n - 0.8) < 0.02
+  # 10 % unchanged, plus the random draws that hit the original token (1 in V − 5 non-special ids).
+  assert abs(kept.sum() / n - (0.1 + 0.1 / (V - 5))) < 0.015
+  assert abs(replaced.sum() / n - 0.1 * (1 - 1 / (V - 5))) < 0.015
+  assert not np.isin(inputs[selected][replaced], SPECIAL_IDS).any()
+
+
+@pytest.mark.parametrize("objective,attention", [("clm", "einsum"), ("mlm", "einsum"), ("mlm", "xla")])
+def test_appended_pad_columns_change_no_row_loss(objective, attention):
+  """Padding is not attended to: a row's loss is the same with and without extra [PAD] columns after it."""
+  cfg = ModelConfig(vocab_size=V, d_model=16, num_layers=2, num_heads=2, mlp_dim=32, max_len=2 * L, position="rope",
+                    kind="decoder" if objective == "clm" else "encoder", attention=attention)
+  model = Transformer(cfg)
+  params = model.init(jax.random.key(0), jnp.zeros((1, L), jnp.int32))["params"]
+  settings = steps.StepSettings(objective=objective, vocab_size=V)
+  narrow = batch(0)
+  narrow["inputs"][-1, 5:] = narrow["targets"][-1, 5:] = 0  # the padded tail of the last row, as batches.py pads
+  pad = lambda x, value: np.concatenate([x, np.full((B, 6), value, x.dtype)], axis=1)  # noqa: E731
+  wide = {"inputs": pad(narrow["inputs"], 0), "targets": pad(narrow["targets"], 0),
+          "weights": pad(narrow["weights"], 0.0), "positions": np.broadcast_to(np.arange(L + 6), (B, L + 6)).copy()}
+  # The same masked positions in both: masking draws for the wide batch, the narrow one is its first L columns.
+  wide_inputs = steps.prepare_inputs(wide, jax.random.key(1), settings)
+  narrow_inputs = [None if x is None else x[:, :L] for x in wide_inputs]
+
+  def row_losses(inputs, targets, weights, positions, key_mask):
+    return [float(steps.lm_loss_sums(params, model, inputs[r:r + 1], targets[r:r + 1], weights[r:r + 1],
+                                     positions[r:r + 1], None if key_mask is None else key_mask[r:r + 1],
+                                     deterministic=True)[0]) for r in range(B)]
+
+  np.testing.assert_allclose(row_losses(*wide_inputs), row_losses(*narrow_inputs), rtol=1e-5, atol=1e-6)
 
 
 def test_mlm_step_scores_only_masked_tokens():
@@ -99,12 +156,30 @@ def test_mlm_step_scores_only_masked_tokens():
 
 
 def test_per_group_norms_are_reported_and_consistent():
-  state, step = setup()
+  state, step = setup(model_kw={"position": "learned"})
   _, m = step(state, batch())
   for name in ("grad_norm", "param_norm", "update_norm"):
     total = float(m[f"{name}/total"])
-    parts = float(m[f"{name}/embedding"]) ** 2 + float(m[f"{name}/other"]) ** 2
-    assert total == pytest.approx(parts ** 0.5, rel=1e-5) and total > 0
+    parts = sum(float(m[f"{name}/{group}"]) ** 2 for group in ("embedding", "position", "other"))
+    assert total == pytest.approx(parts ** 0.5, rel=1e-5) and float(m[f"{name}/position"]) > 0
+  _, m = setup(model_kw={"position": "rope"})[1](setup(model_kw={"position": "rope"})[0], batch())
+  assert float(m["param_norm/position"]) == 0.0  # RoPE owns no parameters: the group is empty, the key is kept
+
+
+@pytest.mark.parametrize("position", ["learned", "t5"])
+def test_positional_parameters_are_not_decayed_unless_asked(position):
+  """train.position.weight_decay off: the positional parameters' update is the update without any weight decay."""
+  def after_step(**train):
+    state, step = setup(model_kw={"position": position}, embedding_weight_decay=False, **train)
+    return step(state, batch())[0].params
+
+  off, none, on = after_step(), after_step(weight_decay=0.0), after_step(position_weight_decay=True)
+  for a, b in zip(jax.tree.leaves(off["position_embed"]), jax.tree.leaves(none["position_embed"])):
+    assert np.array_equal(a, b)
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(on["position_embed"]),
+                                                      jax.tree.leaves(none["position_embed"])))
+  # The flag is the positional group's only: the transformer's matrices are decayed in both runs.
+  assert not np.array_equal(off["block_0"]["mlp"]["fc1"]["kernel"], none["block_0"]["mlp"]["fc1"]["kernel"])
 
 
 def test_bf16_compute_steps_keep_f32_parameters_and_moments_and_track_f32():

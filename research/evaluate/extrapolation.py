@@ -107,10 +107,9 @@ def split_perplexity(run: LoadedRun, model_cfg: ModelConfig, ids: np.ndarray, le
     if mode != "nonoverlapping":
       raise EvaluationError(f"mode={mode!r} is for causal LMs; a masked LM is evaluated nonoverlapping")
     it = batches_lib.PackedBatches(ids, length, batch_size, objective="mlm", shuffle=False, num_epochs=1)
-  rng = jax.random.key(run.config.seed + 1)
   nll, tokens = 0.0, 0.0
-  for batch in it:
-    sums = jax.device_get(step(run.params, batch, rng))
+  for i, batch in enumerate(it):
+    sums = jax.device_get(step(run.params, batch, steps.eval_key(run.config.seed, length, i)))
     nll += float(sums["nll_sum"])
     tokens += float(sums["weight_sum"])
   if not math.isfinite(nll):  # never report a number computed from NaN rows

@@ -249,11 +249,12 @@ class Trainer:
     return jax.jit(step, in_shardings=(self.state_shardings.params, mesh_lib.batch_sharding(self.mesh), None))
 
   def evaluate(self, params, ids: np.ndarray) -> dict[str, float]:
-    """Loss, perplexity and accuracy over the validation split (MLM masks with a fixed key: comparable evals)."""
+    """Loss, perplexity and accuracy over the validation split. MLM masks batch i with `steps.eval_key(seed, seq_len,
+    i)`: other masks in every batch, the same ones at every evaluation (comparable checkpoints)."""
     totals: dict[str, float] = {}
     start = time.time()
-    rng = jax.random.key(self.config.seed + 1)
-    for batch in valid_batches(self.config, ids, self.config.train.batch_size // jax.process_count()):
+    for i, batch in enumerate(valid_batches(self.config, ids, self.config.train.batch_size // jax.process_count())):
+      rng = steps.eval_key(self.config.seed, self.config.data.seq_len, i)
       sums = jax.device_get(self.eval_step(params, mesh_lib.shard_batch(batch, self.mesh), rng))
       for key, value in sums.items():
         totals[key] = totals.get(key, 0.0) + float(value)

@@ -108,44 +108,6 @@ def chunked_cross_entropy(head_fn: Callable[[Any, jax.Array], jax.Array], head_p
   return fused(head_params, hidden_NxD, targets_N, weights_N)
 
 
-def next_token_targets(tokens_BxL: jax.Array, weights_BxL: jax.Array | None = None
-                       ) -> tuple[jax.Array, jax.Array]:
-  """Targets for causal LM when inputs and targets are the same sequence: position t predicts token t+1.
-
-  The last position has no target and gets weight 0.  Not needed when the data pipeline already gives
-  shifted targets.
-  """
-  targets_BxL = jnp.concatenate([tokens_BxL[:, 1:], jnp.zeros_like(tokens_BxL[:, :1])], axis=1)
-  if weights_BxL is None:
-    weights_BxL = jnp.ones(tokens_BxL.shape)
-  weights = weights_BxL.astype(jnp.float32)
-  weights_BxL = jnp.concatenate([weights[:, 1:], jnp.zeros_like(weights[:, :1])], axis=1)
-  return targets_BxL, weights_BxL
-
-
-def clm_loss(logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_BxL: jax.Array | None = None,
-             z_loss: float = 0.0):
-  """Causal LM loss: logits at position t against targets_BxL[t] (already the next token).
-
-  `weights_BxL` marks real tokens (0 for padding); default all ones.
-  """
-  if weights_BxL is None:
-    weights_BxL = jnp.ones(targets_BxL.shape, jnp.float32)
-  return cross_entropy(logits_BxLxV, targets_BxL, weights_BxL, z_loss)
-
-
-def mlm_loss(logits_BxLxV: jax.Array, targets_BxL: jax.Array, masked_BxL: jax.Array,
-             weights_BxL: jax.Array | None = None, z_loss: float = 0.0):
-  """Masked LM loss: only positions selected for prediction (`masked_BxL` true) count.
-
-  `targets_BxL` are the original tokens; `weights_BxL` (optional) additionally zeroes padding.
-  """
-  weights = masked_BxL.astype(jnp.float32)
-  if weights_BxL is not None:
-    weights = weights * weights_BxL.astype(jnp.float32)
-  return cross_entropy(logits_BxLxV, targets_BxL, weights, z_loss)
-
-
 def loss_metrics(loss_sum: jax.Array, weight_sum: jax.Array, extras: dict[str, jax.Array]
                  ) -> dict[str, jax.Array]:
   """loss (incl. z-loss), nll, ppl = exp(nll), weighted accuracy and the token count, from the sums."""
@@ -159,13 +121,13 @@ def loss_metrics(loss_sum: jax.Array, weight_sum: jax.Array, extras: dict[str, j
 def group_norms(tree: Any, groups: Any) -> dict[str, jax.Array]:
   """Global L2 norm of `tree` per group label (from `optim.param_groups`) and over all leaves ('total').
 
-  Always reports 'embedding' and 'other' (0 when a group is empty) so that logs keep the same keys.
+  Always reports 'embedding', 'position' and 'other' (0 when a group is empty) so that logs keep the same keys.
   """
   leaves = jax.tree.leaves(tree)
   labels = jax.tree.leaves(groups)
   if len(leaves) != len(labels):
     raise ValueError(f'tree has {len(leaves)} leaves but groups has {len(labels)} labels')
-  squares: dict[str, jax.Array] = {label: jnp.zeros((), jnp.float32) for label in ('embedding', 'other')}
+  squares: dict[str, jax.Array] = {label: jnp.zeros((), jnp.float32) for label in ('embedding', 'position', 'other')}
   for leaf, label in zip(leaves, labels):
     squares[label] = squares.get(label, 0.0) + jnp.sum(jnp.square(jnp.asarray(leaf, jnp.float32)))
   norms = {label: jnp.sqrt(s) for label, s in squares.items()}

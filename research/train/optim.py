@@ -5,7 +5,8 @@
     clip_by_global_norm(grad_clip)            # skipped when grad_clip == 0
     partition by param_groups(params):
       'other':     optimizer(schedule)       with the weight-decay mask
-      'embedding': optimizer(mult * schedule) with the weight-decay mask,
+      'position':  optimizer(schedule)       decayed iff position.weight_decay
+      'embedding': optimizer(mult * schedule) decayed iff embedding.weight_decay,
                    wrapped in lazy_rows(...) when embedding.lazy,
                    or set_to_zero()          when embedding.freeze
 
@@ -14,7 +15,11 @@ extra argument (optax's extra-args mechanism; transformations that do not use it
 
     updates, opt_state = tx.update(grads, opt_state, params, row_mask=present_rows(inputs, vocab_size))
 
-The embedding table is the leaf whose path ends in ('token_embed', 'embedding'), wherever it is nested.
+The embedding table is the leaf whose path ends in ('token_embed', 'embedding'), wherever it is nested. The
+positional parameters are every leaf under a module named `position_embed` (the scheme's module, shared by all
+layers, or one per layer inside a block): a learned table, T5's bucket biases, and whatever a scheme owns. They are
+a group of their own so that no scheme is regularised differently from another by accident: with the defaults
+neither the token table nor any positional parameter is decayed (docs/training.md, "Parameter groups").
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import jax.numpy as jnp
 import optax
 
 EMBEDDING_PATH_SUFFIX = ('token_embed', 'embedding')
+POSITION_MODULE = 'position_embed'
+GROUPS = ('embedding', 'position', 'other')
 NO_DECAY_NAMES = frozenset({'bias', 'scale'})
 OPTIMIZERS = ('adamw', 'adam', 'sgd', 'adafactor', 'lion')
 SCHEDULES = ('constant', 'cosine', 'linear', 'rsqrt')
@@ -48,18 +55,31 @@ def is_embedding_path(path: tuple[Any, ...]) -> bool:
   return path_names(path)[-2:] == EMBEDDING_PATH_SUFFIX
 
 
+def is_position_path(path: tuple[Any, ...]) -> bool:
+  return POSITION_MODULE in path_names(path)
+
+
+def group_of(path: tuple[Any, ...]) -> str:
+  if is_embedding_path(path):
+    return 'embedding'
+  return 'position' if is_position_path(path) else 'other'
+
+
 def param_groups(params: Any) -> Any:
-  """Labels every leaf 'embedding' (the token table) or 'other'; same tree structure as `params`."""
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: 'embedding' if is_embedding_path(path) else 'other', params)
+  """Labels every leaf 'embedding' (the token table), 'position' (the positional scheme's parameters) or 'other';
+  same tree structure as `params`."""
+  return jax.tree_util.tree_map_with_path(lambda path, _: group_of(path), params)
 
 
-def decay_mask(params: Any, embedding_weight_decay: bool = True) -> Any:
-  """True where weight decay applies: >=2-d leaves not named bias/scale; the table iff the flag says so."""
+def decay_mask(params: Any, embedding_weight_decay: bool = True, position_weight_decay: bool = True) -> Any:
+  """True where weight decay applies: >=2-d leaves not named bias/scale; the token table and the positional
+  parameters (of any rank) iff their flags say so."""
 
   def rule(path, leaf):
     if is_embedding_path(path):
       return bool(embedding_weight_decay)
+    if is_position_path(path):
+      return bool(position_weight_decay)
     name = path_names(path)[-1] if path else None
     return jnp.ndim(leaf) >= 2 and name not in NO_DECAY_NAMES
 
@@ -168,6 +188,7 @@ def make_optimizer(train_cfg: Mapping[str, Any]) -> optax.GradientTransformation
   _check_choice('optimizer', name, OPTIMIZERS)
   emb = train_cfg.get('embedding', None) or {}
   emb_decay = bool(emb.get('weight_decay', True))
+  position_decay = bool((train_cfg.get('position', None) or {}).get('weight_decay', True))
   multiplier = float(emb.get('lr_multiplier', 1.0))
   freeze, lazy = bool(emb.get('freeze', False)), bool(emb.get('lazy', False))
   if lazy and not freeze and name == 'adafactor':
@@ -175,7 +196,7 @@ def make_optimizer(train_cfg: Mapping[str, Any]) -> optax.GradientTransformation
                      'mixes all rows; use adamw, adam, sgd or lion')
 
   schedule = make_schedule(train_cfg)
-  mask = lambda params: decay_mask(params, emb_decay)
+  mask = lambda params: decay_mask(params, emb_decay, position_decay)
   if freeze:
     embedding_tx = optax.set_to_zero()
   else:
@@ -183,8 +204,8 @@ def make_optimizer(train_cfg: Mapping[str, Any]) -> optax.GradientTransformation
     embedding_tx = _core(name, embedding_lr, train_cfg, mask)
     if lazy:
       embedding_tx = lazy_rows(embedding_tx)
-  grouped = optax.partition({'embedding': embedding_tx, 'other': _core(name, schedule, train_cfg, mask)},
-                            param_groups)
+  grouped = optax.partition({'embedding': embedding_tx, 'position': _core(name, schedule, train_cfg, mask),
+                             'other': _core(name, schedule, train_cfg, mask)}, param_groups)
   clip = float(train_cfg.get('grad_clip', 0.0))
   if clip > 0:
     return optax.chain(optax.clip_by_global_norm(clip), grouped)

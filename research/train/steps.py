@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from research.data.batches import mask_tokens
-from research.data.tokenizers import SPECIAL_IDS
+from research.data.tokenizers import PAD_ID, SPECIAL_IDS
 from research.model.transformer import HEAD_MODULES, Transformer
 from research.train import objectives, optim
 
@@ -55,24 +55,40 @@ def init_state(rng, *, model: Transformer, optimizer: optax.GradientTransformati
 
 
 def prepare_inputs(batch, rng, settings: StepSettings):
-  """(inputs, targets, weights, positions): MLM applies the BERT masking here, from the step's key."""
+  """(inputs, targets, weights, positions, key_mask): MLM applies the BERT masking here, from the step's key.
+
+  key_mask (bool [B, L] or None) marks the keys attention may read. An encoder gets one wherever [PAD] can occur
+  (the tail of a short row, an empty row): without it every token would attend to the padding. A decoder gets None:
+  padding only ever ends a row (batches.py), after every real token, so the causal mask already hides it, and
+  without a key mask causal attention may skip its all-masked blocks (a test checks that appended [PAD] columns
+  change neither objective's loss).
+  """
   if settings.objective == "mlm":
     inputs, targets, selected = mask_tokens(
         rng, batch["inputs"], vocab_size=settings.vocab_size, select_rate=settings.mlm_select_rate,
         mask_rate=settings.mlm_mask_rate, random_rate=settings.mlm_random_rate, special_ids=SPECIAL_IDS)
-    return inputs, targets, selected * batch["weights"], batch["positions"]
-  return batch["inputs"], batch["targets"], batch["weights"], batch["positions"]
+    # [PAD] is special, so masking never selects it nor draws it as a random replacement: the original inputs tell.
+    return inputs, targets, selected * batch["weights"], batch["positions"], batch["inputs"] != PAD_ID
+  return batch["inputs"], batch["targets"], batch["weights"], batch["positions"], None
 
 
-def lm_loss_sums(params, model: Transformer, inputs, targets, weights, positions, *, deterministic: bool, rngs=None,
-                 z_loss: float = 0.0, loss_chunk: int = 0):
+def eval_key(seed: int, length: int, batch_index: int) -> jax.Array:
+  """The MLM masking key of evaluation batch `batch_index` at window `length`: every batch draws its own masks (one
+  key for all would mask the same (row, position) pairs in every batch), and a rerun draws the same ones. The
+  masks depend on how the split is cut into batches, so the trainer's validation (batches of train.batch_size) and
+  research-evaluate (batches of max_tokens_per_batch // length) score an MLM on different, equally likely masks."""
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed + 1), length), batch_index)
+
+
+def lm_loss_sums(params, model: Transformer, inputs, targets, weights, positions, key_mask=None, *,
+                 deterministic: bool, rngs=None, z_loss: float = 0.0, loss_chunk: int = 0):
   """(loss_sum, weight_sum, extras). With `loss_chunk`, the head and the cross-entropy run over chunks of that
   many tokens (`objectives.chunked_cross_entropy`): the full [tokens, V] logits never exist, and each chunk's
   logits are made once, with the head's gradients taken in the forward pass."""
 
   variables = {"params": params}
-  hidden_BxLxD = model.apply(variables, inputs, positions, deterministic=deterministic, rngs=rngs,
-                             return_hidden=True)
+  hidden_BxLxD = model.apply(variables, inputs, positions, key_mask_BxL=key_mask, deterministic=deterministic,
+                             rngs=rngs, return_hidden=True)
   n = targets.size
   # The head runs on [tokens, d], not [B, L, d]: with one contracting dimension the weight gradient of the head
   # is a plain matmul; with two, XLA:CPU materialises a transposed copy of the [tokens, V] logits gradient.
@@ -96,7 +112,7 @@ def train_step(state: TrainState, batch, *, model: Transformer, optimizer, sched
   """One optimizer step over `batch` (split into `settings.grad_accum` micro-batches). Returns (state, metrics)."""
   rng = jax.random.fold_in(state.rng, state.step)
   mask_rng, dropout_rng = jax.random.split(rng)
-  inputs, targets, weights, positions = prepare_inputs(batch, mask_rng, settings)
+  inputs, targets, weights, positions, key_mask = prepare_inputs(batch, mask_rng, settings)
 
   def sums_and_grads(micro, key):
     def loss_fn(params):
@@ -108,7 +124,7 @@ def train_step(state: TrainState, batch, *, model: Transformer, optimizer, sched
     (loss_sum, (weight_sum, extras)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     return (loss_sum, weight_sum, extras), grads
 
-  data = (inputs, targets, weights, positions)
+  data = (inputs, targets, weights, positions, key_mask)
   if settings.grad_accum == 1:
     sums, grads = sums_and_grads(data, dropout_rng)
   else:
@@ -142,9 +158,8 @@ def train_step(state: TrainState, batch, *, model: Transformer, optimizer, sched
 
 
 def eval_step(params, batch, rng, *, model: Transformer, settings: StepSettings):
-  """Loss sums over one evaluation batch (MLM masks with `rng`, fixed by the caller for comparable evals)."""
-  inputs, targets, weights, positions = prepare_inputs(batch, rng, settings)
-  loss_sum, weight_sum, extras = lm_loss_sums(params, model, inputs, targets, weights, positions,
+  """Loss sums over one evaluation batch (MLM masks with `rng`: `eval_key(seed, length, batch_index)`)."""
+  loss_sum, weight_sum, extras = lm_loss_sums(params, model, *prepare_inputs(batch, rng, settings),
                                               deterministic=True, loss_chunk=settings.loss_chunk)
   input_tokens = jnp.sum(batch["weights"]).astype(jnp.float32)
   return {"loss_sum": loss_sum, "weight_sum": weight_sum, "input_tokens": input_tokens, **extras}
