@@ -18,7 +18,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory to evaluate.")
 _LENGTHS = flags.DEFINE_list("lengths", ["1", "2", "4", "8", "16"], "Multiples of the training length.")
 _MODE = flags.DEFINE_enum("mode", "nonoverlapping", list(extrapolation.MODES), "Window mode.")
 _STRIDE = flags.DEFINE_integer("stride", None, "Sliding mode: tokens scored per window (default: half the "
-                               "training length).")
+                               "training length, at every multiple; 1 = score only the last token of each window, "
+                               "as the ALiBi paper's sliding-window evaluation).")
 _SPLIT = flags.DEFINE_string("split", "valid", "Split to score (train, valid, test).")
 _CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", list(extrapolation.CHECKPOINTS), "Which checkpoint to score.")
 _ROPE_SCALING = flags.DEFINE_enum("rope_scaling", None, list(extrapolation.ROPE_SCALINGS),

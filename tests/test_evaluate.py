@@ -18,7 +18,7 @@ FAKE_VALID_LOSSES = {10: 3.0, 20: 1.0, 30: 2.0}  # the learned run's best checkp
 
 
 def _train(workdir, **overrides):
-  loop.train(tiny_config(**SETTINGS, **overrides), workdir)
+  loop.train(tiny_config(**{**SETTINGS, **overrides}), workdir)
   return workdir
 
 
@@ -160,3 +160,57 @@ def test_rope_scaling_switched_on_at_evaluation_and_reported(runs, rope_plain, s
   row = rows[f"rope, rope_scaling={scaling}"]
   assert row[3].strip("*") == f"{scaled['results'][1]['ppl']:.2f}"
   assert rows["rope"][3].strip("*") == f"{rope_plain['results'][1]['ppl']:.2f}"
+
+
+def test_a_learned_table_longer_than_the_training_length_reports_untrained_lengths_as_na(tmp_path):
+  workdir = _train(tmp_path / "long_table", **{"model.position": "learned", "model.max_len": 4 * TRAIN_LEN,
+                                               "train.steps": 2, "train.eval_every": 2, "train.checkpoint_every": 2})
+  results = extrapolation.evaluate_run(workdir, (1, 2, 4, 8))["results"]
+  assert results[0]["ppl"] is not None
+  assert [r["ppl"] for r in results[1:]] == [None, None, None]
+  assert "beyond 32 were never trained (model.max_len=128 > data.seq_len=32)" in results[1]["note"]
+  assert "defined up to 128, not 256" in results[3]["note"]
+
+
+def _mlm_run(seq_len=16):
+  """A LoadedRun of an untrained tiny encoder (masking, not learning, is under test)."""
+  import jax
+  from research.model.transformer import Transformer
+  from research.train import configuration
+  config = tiny_config(**{"objective": "mlm", "data.seq_len": seq_len, "model.position": "alibi"})
+  model_cfg = configuration.model_config(config, 64)
+  params = Transformer(model_cfg).init(jax.random.key(0), jax.numpy.zeros((1, seq_len), "int32"))["params"]
+  return extrapolation.LoadedRun(config, model_cfg, params, 0, {}), config, model_cfg, params
+
+
+def test_mlm_evaluation_draws_other_masks_in_every_batch_and_the_same_on_a_rerun():
+  import numpy as np
+  run, config, model_cfg, params = _mlm_run()
+  chunk = np.random.default_rng(0).integers(5, 64, 14)  # seq_len − 2: every [CLS] chunk [SEP] row is identical
+  one, four = chunk.astype(np.uint16), np.tile(chunk, 4).astype(np.uint16)
+  # One row per batch: batches identical but for their masking key. With one key for every batch, four identical
+  # rows would score exactly like one.
+  ppl_one, _ = extrapolation.split_perplexity(run, model_cfg, one, 16, max_tokens_per_batch=16)
+  ppl_four, _ = extrapolation.split_perplexity(run, model_cfg, four, 16, max_tokens_per_batch=16)
+  assert ppl_four != ppl_one
+  assert extrapolation.split_perplexity(run, model_cfg, four, 16, max_tokens_per_batch=16)[0] == ppl_four
+  # The trainer's validation: the same property, through Trainer.evaluate.
+  trainer = loop.Trainer.build(config, 64)
+  state = trainer.init_state()
+  losses = [trainer.evaluate(state.params, np.tile(chunk, n).astype(np.uint16))["loss"] for n in (16, 32, 32)]
+  assert losses[1] != losses[0] and losses[2] == losses[1]
+
+
+def test_mlm_evaluation_keys_select_different_positions_per_batch_and_length():
+  import jax
+  import numpy as np
+  from research.train import steps
+  tokens = np.random.default_rng(0).integers(5, 64, (8, 32)).astype(np.int32)
+  batch = {"inputs": tokens, "targets": tokens, "weights": np.ones_like(tokens, np.float32),
+           "positions": np.broadcast_to(np.arange(32), tokens.shape)}
+  settings = steps.StepSettings(objective="mlm", vocab_size=64)
+  selected = lambda key: np.asarray(steps.prepare_inputs(batch, key, settings)[2]) > 0  # noqa: E731
+  pairs = {i: set(zip(*np.nonzero(selected(steps.eval_key(0, 32, i))))) for i in range(3)}
+  assert pairs[0] != pairs[1] != pairs[2] != pairs[0]
+  assert set(zip(*np.nonzero(selected(steps.eval_key(0, 64, 0))))) != pairs[0]  # the length is folded in too
+  assert set(zip(*np.nonzero(selected(steps.eval_key(0, 32, 1))))) == pairs[1]  # and nothing else

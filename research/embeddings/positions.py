@@ -38,6 +38,10 @@ class LearnedPositions(PositionalScheme):
   def max_length(cls, cfg) -> int:
     return cfg.max_len
 
+  @classmethod
+  def trained_length(cls, cfg, train_len: int) -> int | None:
+    return train_len if cfg.max_len > train_len else None  # rows >= train_len got no gradient
+
   def setup(self):
     self.embedding = self.param(
         "embedding", nn.initializers.normal(stddev=self.cfg.embed_init_std), (self.cfg.max_len, self.input_width()),

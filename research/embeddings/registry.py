@@ -38,6 +38,13 @@ class PositionalScheme(nn.Module):
     """The longest sequence the scheme can represent, or None when unbounded."""
     return None
 
+  @classmethod
+  def trained_length(cls, cfg, train_len: int) -> int | None:
+    """The longest sequence whose every positional parameter training updated, when that is shorter than
+    `max_length` (a learned table longer than the training windows has rows no step touched), else None.
+    Evaluation reports longer lengths as n/a rather than score untrained rows as if they were real."""
+    return None
+
   def embed(self, positions_BxL: Array) -> Array | None:
     return None
 

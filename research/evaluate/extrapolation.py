@@ -1,14 +1,15 @@
 """Length extrapolation: perplexity of a trained run at multiples of its training length.
 
 `evaluate_run(workdir, lengths=(1, 2, 4, 8, 16), mode=..., stride=...)` scores every token of a split once at each
-length (nonoverlapping windows, or the ALiBi paper's sliding windows that score only the last `stride` tokens of
-each window) and writes `RUN/eval/extrapolation.json`:
+length (nonoverlapping windows, or strided sliding windows that score only the last `stride` tokens of each window;
+docs/reports.md, "Evaluation protocol") and writes `RUN/eval/extrapolation.json`:
 
   {"train_len": T, "mode": ..., "stride": S | null, "split": "valid", "checkpoint_step": k, "rope_scaling": ...,
    "results": [{"multiple": m, "length": m*T, "ppl": x, "tokens": n}, ...]}
 
-A scheme that cannot represent a length (a learned table shorter than m·T) gets `"ppl": null` and a `"note"`:
-reported as n/a, never a crash and never a clamped number. Memory stays bounded: the batch shrinks as the length
+A scheme that cannot represent a length (a learned table shorter than m·T), or whose parameters for it were never
+trained (a learned table longer than the training length T), gets `"ppl": null` and a `"note"` with the reason:
+reported as n/a, never a crash, never a clamped number and never a number from untrained rows. Memory stays bounded: the batch shrinks as the length
 grows (`max_tokens_per_batch`), so at most one [H, L, L] score tensor per row is live.
 """
 
@@ -118,6 +119,19 @@ def split_perplexity(run: LoadedRun, model_cfg: ModelConfig, ids: np.ndarray, le
   return math.exp(nll / max(tokens, 1.0)), int(round(tokens))
 
 
+def unscorable_note(model_cfg: ModelConfig, length: int, train_len: int) -> str | None:
+  """Why the run's scheme cannot be scored at `length` (reported as n/a), or None when it can."""
+  scheme = registry.get_scheme(model_cfg.position)
+  limit = scheme.max_length(model_cfg)
+  if limit is not None and length > limit:
+    return f"{model_cfg.position} positions are defined up to {limit}, not {length}"
+  trained = scheme.trained_length(model_cfg, train_len)
+  if trained is not None and length > trained:
+    return (f"{model_cfg.position} positions beyond {trained} were never trained (model.max_len={model_cfg.max_len} "
+            f"> data.seq_len={train_len})")
+  return None
+
+
 def evaluate_run(workdir: str | Path, lengths: Sequence[int] = (1, 2, 4, 8, 16), *, mode: str = "nonoverlapping",
                  stride: int | None = None, split: str = "valid", checkpoint: str = "best",
                  rope_scaling: str | None = None, rope_factor: float | None = None,
@@ -146,7 +160,7 @@ def evaluate_run(workdir: str | Path, lengths: Sequence[int] = (1, 2, 4, 8, 16),
     raise EvaluationError(f"split={split!r} is not one of {', '.join(run.splits)}")
   train_len = int(run.config.data.seq_len)
   if mode == "sliding":
-    stride = stride or max(1, train_len // 2)
+    stride = stride or max(1, train_len // 2)  # T/2 at every multiple; the ALiBi paper's Appendix B uses 1
   results = []
   for multiple in lengths:
     length = int(multiple) * train_len
@@ -157,10 +171,9 @@ def evaluate_run(workdir: str | Path, lengths: Sequence[int] = (1, 2, 4, 8, 16),
       model_cfg = dataclasses.replace(model_cfg, rope_scaling=rope_scaling,
                                       rope_factor=float(rope_factor or max(1.0, float(multiple))),
                                       rope_original_len=train_len)
-    limit = registry.get_scheme(model_cfg.position).max_length(model_cfg)
-    if limit is not None and length > limit:
-      results.append({"multiple": int(multiple), "length": length, "ppl": None, "tokens": 0,
-                      "note": f"{model_cfg.position} positions are defined up to {limit}, not {length}"})
+    note = unscorable_note(model_cfg, length, train_len)
+    if note:
+      results.append({"multiple": int(multiple), "length": length, "ppl": None, "tokens": 0, "note": note})
       continue
     ppl, tokens = split_perplexity(run, model_cfg, run.splits[split], length, mode=mode, stride=stride,
                                    max_tokens_per_batch=max_tokens_per_batch)
