@@ -26,6 +26,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -97,8 +98,30 @@ def _value_text(value: Any) -> str:
   return re.sub(r"[^A-Za-z0-9.+-]", "_", text)
 
 
+def short_field_name(field: str, fields: Sequence[str] | None = None) -> str:
+  """The shortest dotted suffix of `field` that no other field of the schema (or of `fields`) ends with:
+  `model.position` → `position`, but `train.weight_decay` → `train.weight_decay` and `train.embedding.weight_decay` →
+  `embedding.weight_decay`, which both end in `weight_decay`."""
+  names = list(fields) if fields is not None else list(configuration.flatten(configuration.reference_config()))
+  names = set(names) | {field}
+  parts = field.split(".")
+  for k in range(1, len(parts) + 1):
+    suffix = ".".join(parts[-k:])
+    if not any(other != field and (other == suffix or other.endswith("." + suffix)) for other in names):
+      return suffix
+  return field
+
+
 def trial_name(overrides: Mapping[str, Any]) -> str:
-  """position=alibi,seed=1 — short field names (last component), filesystem-safe, stable."""
+  """position=alibi,seed=1 — each field by its shortest unambiguous name (`short_field_name`), filesystem-safe,
+  stable."""
+  if not overrides:
+    return "base"
+  return ",".join(f"{short_field_name(k)}={_value_text(v)}" for k, v in overrides.items())
+
+
+def legacy_trial_name(overrides: Mapping[str, Any]) -> str:
+  """The name sweeps gave a trial before names were unambiguous: the last component of every field."""
   if not overrides:
     return "base"
   return ",".join(f"{k.split('.')[-1]}={_value_text(v)}" for k, v in overrides.items())
@@ -173,13 +196,26 @@ def _flag_value(value: Any) -> str:
   return str(value)
 
 
-def train_command(sweep: Sweep, trial: Trial, workdir: str, python: str = sys.executable) -> list[str]:
-  return [python, "-m", "experiments.train", f"--config={sweep.base_config}", f"--workdir={workdir}",
+def script(name: str) -> str:
+  """The installed console script `name` (research-train, research-evaluate): the one beside this interpreter (the
+  same environment), else the one on PATH. Trials run through it, so the library never names its entry points."""
+  beside = Path(sys.executable).parent / name
+  if beside.exists():
+    return str(beside)
+  found = shutil.which(name)
+  if not found:
+    raise configuration.ConfigError(f"the console script {name!r} is not installed beside {sys.executable} nor on "
+                                    f"PATH; install this package (pip install -e .)")
+  return found
+
+
+def train_command(sweep: Sweep, trial: Trial, workdir: str, train: str | None = None) -> list[str]:
+  return [train or script("research-train"), f"--config={sweep.base_config}", f"--workdir={workdir}",
           *(f"--config.{k}={_flag_value(v)}" for k, v in trial.overrides.items())]
 
 
-def evaluate_command(sweep: Sweep, workdir: str, python: str = sys.executable) -> list[str]:
-  args = [python, "-m", "experiments.evaluate", f"--workdir={workdir}"]
+def evaluate_command(sweep: Sweep, workdir: str, evaluate: str | None = None) -> list[str]:
+  args = [evaluate or script("research-evaluate"), f"--workdir={workdir}"]
   for key, value in (sweep.evaluate or {}).items():
     if isinstance(value, (list, tuple)):
       value = ",".join(str(v) for v in value)
@@ -203,7 +239,8 @@ def tpu_commands(sweep: Sweep, directory: str, tpu: str, zone: str, repo_dir: st
 
   Every host runs the same training program (the trainer calls jax.distributed.initialize(), which finds the slice's
   coordinator by itself), so `directory` must be a filesystem shared by all workers (gcsfuse, NFS), and `repo_dir`
-  this repository's clone on each. Evaluation is one process on one host; a single host cannot bring up a slice's
+  this repository's clone on each, installed there (`pip install -e .`, which puts research-train and
+  research-evaluate on PATH). Evaluation is one process on one host; a single host cannot bring up a slice's
   TPU runtime without the others (JAX waits for them), so it runs on that host's CPUs (JAX_PLATFORMS=cpu). It
   starts only after training succeeded on every host (`&&`).
   """
@@ -215,10 +252,11 @@ def tpu_commands(sweep: Sweep, directory: str, tpu: str, zone: str, repo_dir: st
   for trial in sweep.trials:
     workdir = f"{directory.rstrip('/')}/{trial.name}"
     # repo_dir is left unquoted so that the remote shell expands its `~`.
-    train = f"cd {repo_dir} && {shlex.join(train_command(sweep, trial, workdir, python='python3'))}"
+    train = f"cd {repo_dir} && {shlex.join(train_command(sweep, trial, workdir, train='research-train'))}"
     line = f"{ssh} --worker=all --command={shlex.quote(train)}"
     if sweep.evaluate:
-      evaluate = f"cd {repo_dir} && JAX_PLATFORMS=cpu {shlex.join(evaluate_command(sweep, workdir, python='python3'))}"
+      evaluate = (f"cd {repo_dir} && JAX_PLATFORMS=cpu "
+                  f"{shlex.join(evaluate_command(sweep, workdir, evaluate='research-evaluate'))}")
       line += f" && {ssh} --worker=0 --command={shlex.quote(evaluate)}"
     out.append(line)
   return out
@@ -258,6 +296,21 @@ def run_trial(sweep: Sweep, trial: Trial, directory: Path) -> dict[str, Any]:
   return {"status": "finished", "error": None, "wall_s": time.time() - start}
 
 
+def adopt_legacy_trial_dirs(sweep: Sweep, directory: Path, log: Callable[[str], None] = print) -> None:
+  """A trial directory written under its legacy name (`legacy_trial_name`) is renamed to the trial's current name,
+  so that a sweep started before names were unambiguous resumes and skips what it finished instead of starting
+  over. Only when the legacy name is no other trial's name and its config.json holds the trial's overrides."""
+  names = {t.name for t in sweep.trials}
+  for trial in sweep.trials:
+    old, new = directory / legacy_trial_name(trial.overrides), directory / trial.name
+    if old == new or old.name in names or new.exists() or not (old / "config.json").exists():
+      continue
+    saved = configuration.flatten(json.loads((old / "config.json").read_text()))
+    if all(saved.get(k) == v for k, v in trial.overrides.items()):
+      os.replace(old, new)
+      log(f"{old.name}: renamed to {new.name} (trial names are now unambiguous)")
+
+
 def run_sweep(sweep: Sweep, directory: str | Path, jobs: int = 1,
               log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
   """Runs the unfinished trials (`jobs` at a time); returns {trial: status}. One progress line per trial, skipped
@@ -267,6 +320,7 @@ def run_sweep(sweep: Sweep, directory: str | Path, jobs: int = 1,
                                     f"filesystem path (mount a bucket with gcsfuse)")
   directory = Path(directory).resolve()  # trials run with the repository root as their working directory
   directory.mkdir(parents=True, exist_ok=True)
+  adopt_legacy_trial_dirs(sweep, directory, log)
   status: dict[str, dict[str, Any]] = {}
   todo = []
   total, done = len(sweep.trials), 0

@@ -1,4 +1,4 @@
-"""Properties of every positional scheme (DESIGN.md), checked against closed forms, not against the code's output."""
+"""Properties of every positional scheme (docs/architecture.md), checked against closed forms, not against the code's output."""
 
 import math
 

@@ -42,6 +42,29 @@ def test_product_zip_and_seeds():
   assert sweeps.trial_name({"model.position": "alibi", "seed": 1}) == "position=alibi,seed=1"
 
 
+def test_trial_names_are_unambiguous_and_legacy_directories_are_adopted(tmp_path):
+  names = {f: sweeps.short_field_name(f) for f in ("train.weight_decay", "train.embedding.weight_decay",
+                                                    "train.position.weight_decay", "model.d_model", "seed")}
+  assert names == {"train.weight_decay": "train.weight_decay", "train.embedding.weight_decay": "embedding.weight_decay",
+                   "train.position.weight_decay": "position.weight_decay", "model.d_model": "d_model", "seed": "seed"}
+  a, b = {"train.weight_decay": 0.0}, {"train.embedding.weight_decay": True, "train.weight_decay": 0.1}
+  assert sweeps.trial_name(a) != sweeps.trial_name({"train.embedding.weight_decay": 0.0})
+  # Every field of the schema gets a name no other field could also be read as.
+  fields = list(configuration.flatten(configuration.reference_config()))
+  short = [sweeps.short_field_name(f) for f in fields]
+  assert len(set(short)) == len(short)
+  # A sweep begun under the old names resumes in its directories.
+  path = write_sweep(tmp_path / "s.py", [a, b])
+  sweep = sweeps.load_sweep(path)
+  out = tmp_path / "out"
+  legacy = out / sweeps.legacy_trial_name(a)
+  legacy.mkdir(parents=True)
+  (legacy / "config.json").write_text(json.dumps({"train": {"weight_decay": 0.0}}))
+  logged = []
+  sweeps.adopt_legacy_trial_dirs(sweep, out, logged.append)
+  assert not legacy.exists() and (out / sweeps.trial_name(a) / "config.json").exists() and len(logged) == 1
+
+
 @pytest.mark.parametrize("name", ["positions", "tying", "mlm_vs_clm", "quickstart"])
 def test_shipped_sweeps_expand_and_validate(name):
   sweep = sweeps.load_sweep(ROOT / "configs" / "sweeps" / f"{name}.py")
@@ -108,25 +131,27 @@ def test_dry_run_lists_the_trials_and_their_commands_and_runs_nothing(tmp_path):
     name = sweeps.trial_name(trial)
     assert train.startswith(f"{name}: ") and evaluate.startswith("  then: ")
     args = shlex.split(train[len(name) + 2:])
-    assert args[1:] == ["-m", "experiments.train", "--config=configs/tiny.py", f"--workdir={out}/{name}",
+    assert args[0].endswith("research-train") and os.access(args[0], os.X_OK)  # the console script
+    assert args[1:] == ["--config=configs/tiny.py", f"--workdir={out}/{name}",
                         f"--config.model.position={trial['model.position']}", "--config.train.steps=5"]
     args = shlex.split(evaluate[len("  then: "):])
-    assert args[1:] == ["-m", "experiments.evaluate", f"--workdir={out}/{name}", "--lengths=1,4", "--mode=sliding"]
+    assert args[0].endswith("research-evaluate") and os.access(args[0], os.X_OK)
+    assert args[1:] == [f"--workdir={out}/{name}", "--lengths=1,4", "--mode=sliding"]
   assert not out.exists()
 
   lines = _dry_run(path, out, "--noevaluate")
   assert lines[-1] == "3 trials, no evaluation" and len(lines) == 4
-  assert not any("experiments.evaluate" in line for line in lines)
+  assert not any("research-evaluate" in line for line in lines)
 
 
 def test_evaluate_flag_turns_evaluation_on_for_a_sweep_without_it(tmp_path):
   path = write_sweep(tmp_path / "s.py", [{"model.position": "rope"}, {"model.position": "alibi"}], evaluate=None)
   lines = _dry_run(path, tmp_path / "out")
-  assert lines[-1] == "2 trials, no evaluation" and not any("experiments.evaluate" in line for line in lines)
+  assert lines[-1] == "2 trials, no evaluation" and not any("research-evaluate" in line for line in lines)
   lines = _dry_run(path, tmp_path / "out", "--evaluate")
   assert lines[-1] == "2 trials, each evaluated after training"
   evaluates = [line for line in lines if line.startswith("  then: ")]
-  assert len(evaluates) == 2 and all(line.endswith("-m experiments.evaluate --workdir=" + str(tmp_path / "out") +
+  assert len(evaluates) == 2 and all(line.endswith("research-evaluate --workdir=" + str(tmp_path / "out") +
                                                    f"/position={p} --lengths=1,2,4,8,16")
                                      for line, p in zip(evaluates, ("rope", "alibi")))
 
@@ -194,10 +219,10 @@ def test_tpu_commands_train_on_every_host_and_evaluate_on_worker_0(tmp_path):
     assert train[:-1] == ssh + ["--worker=all"] and evaluate[:-1] == ssh + ["--worker=0"]
     remote_train, remote_eval = train[-1].removeprefix("--command="), evaluate[-1].removeprefix("--command=")
     workdir = f"/mnt/shared/runs/{sweeps.trial_name({'model.position': scheme, **FAST})}"
-    assert remote_train.startswith("cd /opt/research && python3 -m experiments.train --config=configs/tiny.py ")
+    assert remote_train.startswith("cd /opt/research && research-train --config=configs/tiny.py ")
     assert f"--config.model.position={scheme}" in remote_train and f"--workdir={workdir}" in remote_train
-    assert "experiments.evaluate" not in remote_train
-    assert remote_eval == (f"cd /opt/research && JAX_PLATFORMS=cpu python3 -m experiments.evaluate "
+    assert "research-evaluate" not in remote_train
+    assert remote_eval == (f"cd /opt/research && JAX_PLATFORMS=cpu research-evaluate "
                            f"--workdir={workdir} --lengths=1,4")
 
 

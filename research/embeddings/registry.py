@@ -1,6 +1,6 @@
 """One interface for every positional scheme, and the registry that names them.
 
-A scheme can act at three places (DESIGN.md, "Positional schemes"):
+A scheme can act at three places (docs/architecture.md, "Positional schemes"):
 
 1. `embed(positions)`: a vector per position for the input, added to or concatenated with the token vector;
 2. `rotary(positions)`: a position-dependent transform of queries and keys, returned as a pure function;

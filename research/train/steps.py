@@ -1,4 +1,4 @@
-"""The pure, module-level train and eval steps (STYLE.md "Borrow" 7).
+"""The pure, module-level train and eval steps (docs/architecture.md; the pattern of nanodo and big_vision).
 
 `train_step(state, batch, *, model, optimizer, schedule, settings) -> (state, metrics)`: static pieces are bound with
 `functools.partial` and the result is jitted once with shardings and a donated state (see `loop.py`). Randomness
