@@ -224,8 +224,7 @@ def evaluate_command(sweep: Sweep, workdir: str, evaluate: str | None = None) ->
 
 
 def eval_file(sweep: Sweep) -> str:
-  scaling = (sweep.evaluate or {}).get("rope_scaling")
-  return f"extrapolation_{scaling}.json" if scaling else "extrapolation.json"
+  return extrapolation.report_file((sweep.evaluate or {}).get("rope_scaling"))
 
 
 def is_finished(sweep: Sweep, trial_dir: Path) -> bool:
@@ -265,7 +264,7 @@ def tpu_commands(sweep: Sweep, directory: str, tpu: str, zone: str, repo_dir: st
 # ------------------------------------------------------------------------------------------------ running
 
 
-def _write_index(directory: Path, sweep: Sweep, status: dict[str, dict[str, Any]]) -> None:
+def write_index(directory: Path, sweep: Sweep, status: dict[str, dict[str, Any]]) -> None:
   index = {"sweep": sweep.name, "base_config": sweep.base_config, "evaluate": sweep.evaluate,
            "trials": [{"name": t.name, "overrides": t.overrides, **status[t.name]} for t in sweep.trials]}
   tmp = directory / f".{SWEEP_FILE}.tmp"
@@ -332,14 +331,14 @@ def run_sweep(sweep: Sweep, directory: str | Path, jobs: int = 1,
     else:
       status[trial.name] = {"status": "pending", "error": None}
       todo.append(trial)
-  _write_index(directory, sweep, status)
+  write_index(directory, sweep, status)
   lock = threading.Lock()  # worker threads and this one both update `status` and rewrite sweep.json
 
   def start(trial: Trial) -> dict[str, Any]:
     # "running" only once a worker picks the trial up: with jobs < pending trials the rest stay "pending".
     with lock:
       status[trial.name] = {"status": "running", "error": None}
-      _write_index(directory, sweep, status)
+      write_index(directory, sweep, status)
     return run_trial(sweep, trial, directory)
 
   with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -350,7 +349,7 @@ def run_sweep(sweep: Sweep, directory: str | Path, jobs: int = 1,
       with lock:
         status[trial.name] = record
         done += 1
-        _write_index(directory, sweep, status)
+        write_index(directory, sweep, status)
       detail = ""
       summary_path = directory / trial.name / "summary.json"
       if record["status"] == "finished" and summary_path.exists():

@@ -1,4 +1,5 @@
-"""Reports from fabricated run directories (the JSON files are written here directly, as the trainer would)."""
+"""Reports from run directories: fixtures written with made-up numbers by the trainer's, evaluator's and sweep
+runner's own writers (so a drift between writer and reader fails here), and one report over real tiny runs."""
 
 import csv
 import json
@@ -13,19 +14,29 @@ import zlib
 import numpy as np
 import pytest
 
+from configs import tiny
+from research import sweeps
+from research.evaluate import extrapolation
 from research.report import ReportError, build_report, load_runs
 from research.report.tables import short_names
+from research.train import configuration, loop
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TRAIN_LEN = 64
 MULTIPLES = (1, 2, 4, 8)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-LEARNED_NOTE = "position 127 is beyond the learned table (max_len=64)"
 
 
-def _write_json(path, obj):
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(obj))
+def trial_config(scheme, seed, tie=True):
+  """The config a trial of this scheme really runs with (the tiny config: 64-token windows)."""
+  return configuration.apply_overrides(tiny.get_config(), {"model.position": scheme, "model.tie_embeddings": tie,
+                                                           "seed": seed, "train.steps": 100})
+
+
+def learned_note(multiple):
+  """The evaluator's own note for a length a learned table cannot represent."""
+  config = trial_config("learned", 0)
+  return extrapolation.unscorable_note(configuration.model_config(config), multiple * TRAIN_LEN, TRAIN_LEN)
 
 
 def _ppl(scheme, seed, multiple, tie=True):
@@ -37,42 +48,46 @@ def _ppl(scheme, seed, multiple, tie=True):
 
 
 def write_trial(directory, name, scheme, seed, tie=True, evaluate=True):
-  """Writes config.json, metrics.jsonl, summary.json and eval/extrapolation.json; returns the numbers written."""
+  """A finished trial's files, written by the trainer's and the evaluator's own writers (config.json, metrics.jsonl,
+  summary.json, eval/extrapolation.json) with made-up numbers; returns the numbers written."""
   trial = directory / name
-  _write_json(trial / "config.json", {
-      "seed": seed, "objective": "clm", "data": {"seq_len": TRAIN_LEN, "batch_size": 8},
-      "model": {"position": scheme, "tie_embeddings": tie, "d_model": 64, "num_layers": 2},
-      "train": {"steps": 100, "learning_rate": 1e-3}})
-  records = []
+  trial.mkdir(parents=True, exist_ok=True)
+  config = trial_config(scheme, seed, tie)
+  loop.write_config(config, trial)
+  log = loop.MetricsLog(trial, resume_step=0)
   for step in range(0, 101, 20):
     loss = 6.0 * math.exp(-step / 60) + math.log(_ppl(scheme, seed, 1, tie))
-    records.append({"step": step, "split": "train", "loss": loss, "ppl": math.exp(loss), "lr": 1e-3,
-                    "tokens_per_s": 1e4})
+    log.write(loop.train_record(step, {"loss": loss, "ppl": math.exp(loss), "lr": 1e-3, "tokens_per_s": 1e4},
+                                tokens_seen=step * 1024.0))
     if step % 50 == 0:
-      records.append({"step": step, "split": "valid", "loss": loss + 0.05, "ppl": math.exp(loss + 0.05), "lr": 1e-3})
-  (trial / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+      valid = {"loss": loss + 0.05, "ppl": math.exp(loss + 0.05), "accuracy": 0.3, "tokens": 4096.0,
+               "tokens_per_s": 1e5}
+      log.write(loop.valid_record(step, valid, lr=1e-3))
+  log.close()
   valid_ppl = _ppl(scheme, seed, 1, tie) * 1.01  # the trainer's validation differs a little from the 1× evaluation
-  _write_json(trial / "summary.json", {
-      "step": 100, "train_loss": 3.0, "valid_loss": math.log(valid_ppl), "valid_ppl": valid_ppl,
-      "valid_accuracy": 0.3, "tokens_seen": 51200, "num_params": 100000, "num_embedding_params": 32768,
-      "vocab_size": 512, "wall_s": 12.5})
+  valid = {"loss": math.log(valid_ppl), "ppl": valid_ppl, "accuracy": 0.3}
+  loop.write_summary(trial, loop.summary_record(step=100, train_loss=3.0, valid=valid, tokens_seen=51200.0,
+                                                num_params=100000, num_embedding_params=32768, vocab_size=512,
+                                                wall_s=12.5))
   ppls = {}
   if evaluate:
     results = []
     for m in MULTIPLES:
       if scheme == "learned" and m > 1:
-        results.append({"multiple": m, "length": m * TRAIN_LEN, "ppl": None, "tokens": 0, "note": LEARNED_NOTE})
+        results.append(extrapolation.result_record(m, m * TRAIN_LEN, note=learned_note(m)))
       else:
         ppls[m] = _ppl(scheme, seed, m, tie)
-        results.append({"multiple": m, "length": m * TRAIN_LEN, "ppl": ppls[m], "tokens": 4096})
-    _write_json(trial / "eval" / "extrapolation.json", {"train_len": TRAIN_LEN, "mode": "nonoverlapping",
-                                                        "stride": None, "split": "valid", "results": results})
+        results.append(extrapolation.result_record(m, m * TRAIN_LEN, ppls[m], 4096))
+    extrapolation.write_report(trial, extrapolation.report_record(
+        train_len=TRAIN_LEN, mode="nonoverlapping", stride=None, split="valid", checkpoint_step=100,
+        rope_scaling=None, rope_factor=None, results=results))
   return valid_ppl, ppls
 
 
 def make_sweep(directory, schemes=("alibi", "rope", "learned"), seeds=(0, 1, 2), ties=None):
-  """3 schemes × 3 seeds, one failed trial (t5) and one pending trial; returns {(scheme, tie): [(valid, ppls)]}."""
-  trials, values = [], {}
+  """3 schemes × 3 seeds, one failed trial (t5) and one pending trial; returns {(scheme, tie): [(valid, ppls)]}.
+  sweep.json is written by the sweep runner's own writer."""
+  trials, status, values = [], {}, {}
   for scheme in schemes:
     for tie in (ties or (True,)):
       for seed in seeds:
@@ -81,15 +96,16 @@ def make_sweep(directory, schemes=("alibi", "rope", "learned"), seeds=(0, 1, 2),
         overrides = {"model.position": scheme, "seed": seed}
         if ties:
           overrides["model.tie_embeddings"] = tie
-        trials.append({"name": name, "overrides": overrides, "status": "finished", "error": None})
+        trials.append(sweeps.Trial(name, overrides))
+        status[name] = {"status": "finished", "error": None}
   tie = {"model.tie_embeddings": True} if ties else {}
-  _write_json(directory / "t5-s0" / "config.json", {"seed": 0, "model": {"position": "t5", "tie_embeddings": True}})
-  trials.append({"name": "t5-s0", "overrides": {"model.position": "t5", "seed": 0, **tie}, "status": "failed",
-                 "error": "RESOURCE_EXHAUSTED: out of memory\nwhile allocating 3.2G"})
-  trials.append({"name": "rope-s9", "overrides": {"model.position": "rope", "seed": 9, **tie}, "status": "pending",
-                 "error": None})
-  _write_json(directory / "sweep.json", {"sweep": "positions_demo", "base_config": "configs/clm.py",
-                                         "trials": trials})
+  (directory / "t5-s0").mkdir(parents=True)
+  loop.write_config(trial_config("t5", 0), directory / "t5-s0")  # failed after writing its config
+  trials.append(sweeps.Trial("t5-s0", {"model.position": "t5", "seed": 0, **tie}))
+  status["t5-s0"] = {"status": "failed", "error": "RESOURCE_EXHAUSTED: out of memory\nwhile allocating 3.2G"}
+  trials.append(sweeps.Trial("rope-s9", {"model.position": "rope", "seed": 9, **tie}))
+  status["rope-s9"] = {"status": "pending", "error": None}
+  sweeps.write_index(directory, sweeps.Sweep("positions_demo", "configs/clm.py", trials, None), status)
   return values
 
 
@@ -151,9 +167,9 @@ def test_na_where_ppl_is_null_with_the_note_and_failed_trials_listed(sweep):
   _, rows = parse_md_table(report.table)
   learned = rows["position=learned"]
   assert not learned[2].startswith("n/a")  # 1× has numbers
-  marks = {re.fullmatch(r"n/a\[\^(\d+)\]", c).group(1) for c in learned[3:]}
-  assert len(marks) == 1
-  assert f"[^{marks.pop()}]: {LEARNED_NOTE}" in report.table
+  marks = [re.fullmatch(r"n/a\[\^(\d+)\]", c).group(1) for c in learned[3:]]
+  for mark, m in zip(marks, MULTIPLES[1:]):  # the evaluator's note names the length: one footnote per length
+    assert f"[^{mark}]: {learned_note(m)}" in report.table
   assert rows["position=t5"][0] == "0" and all(c.startswith("n/a") for c in rows["position=t5"][1:])
   md = report.markdown_path.read_text()
   assert md.startswith("# Report: positions_demo")
@@ -241,7 +257,7 @@ def test_directory_of_runs_without_sweep_json_derives_the_swept_fields(tmp_path)
       values.setdefault(scheme, []).append(write_trial(tmp_path, f"{scheme}{seed}", scheme, seed)[0])
   (tmp_path / "notes").mkdir()  # not a run: ignored
   runs = load_runs(tmp_path)
-  assert runs.layout == "runs" and runs.swept_fields == ["seed", "model.position"]
+  assert runs.layout == "runs" and runs.swept_fields == ["model.position", "seed"]  # config.json order (sorted)
   report = build_report(tmp_path)
   _, rows = parse_md_table(report.table)
   assert set(rows) == {"position=alibi", "position=rope"}
@@ -326,10 +342,10 @@ def test_report_package_does_not_import_jax_flax_model_or_trainer():
 def _write_scaled(trial_dir, scaling, seed, factor=None):
   """eval/extrapolation_<scaling>.json as research-evaluate --rope_scaling writes it; returns {multiple: ppl}."""
   ppls = {m: _ppl("rope", seed, m) * (1.0 - 0.05 * math.log2(m)) for m in MULTIPLES}  # scaling helps beyond 1×
-  results = [{"multiple": m, "length": m * TRAIN_LEN, "ppl": p, "tokens": 4096} for m, p in ppls.items()]
-  _write_json(trial_dir / "eval" / f"extrapolation_{scaling}.json", {
-      "train_len": TRAIN_LEN, "mode": "nonoverlapping", "stride": None, "split": "valid", "checkpoint_step": 100,
-      "rope_scaling": scaling, "rope_factor": factor, "results": results})
+  results = [extrapolation.result_record(m, m * TRAIN_LEN, p, 4096) for m, p in ppls.items()]
+  extrapolation.write_report(trial_dir, extrapolation.report_record(
+      train_len=TRAIN_LEN, mode="nonoverlapping", stride=None, split="valid", checkpoint_step=100,
+      rope_scaling=scaling, rope_factor=factor, results=results))
   return ppls
 
 
@@ -371,4 +387,45 @@ def test_rope_scaled_evaluations_are_extra_rows_below_their_group(tmp_path):
   assert float(csv_rows["position=rope, rope_scaling=linear"]["ppl_4x_256_mean"]) == pytest.approx(
       np.mean([p[4] for p in linear]), rel=1e-12)
   assert "position=rope, rope\\_scaling=yarn" in report.latex_path.read_text()
+  assert set(report.plots) == {"ppl_vs_length.png", "curves.png"}
+
+
+@pytest.fixture(scope="session")
+def real_sweep(tmp_path_factory):
+  """Two real tiny trials (trained, evaluated at 1× and 2×) and their sweep.json, built once per session."""
+  directory = tmp_path_factory.mktemp("real") / "sweep"
+  trials, status = [], {}
+  for scheme in ("alibi", "learned"):
+    overrides = {"model.position": scheme, "seed": 0}
+    trial = sweeps.Trial(sweeps.trial_name(overrides), overrides)
+    config = configuration.apply_overrides(tiny.get_config(), {
+        **overrides, "data.seq_len": 32, "train.steps": 20, "train.eval_every": 10, "train.checkpoint_every": 10,
+        "train.eval_batches": 0, "train.async_checkpoints": False})
+    loop.train(config, directory / trial.name)
+    extrapolation.evaluate_run(directory / trial.name, (1, 2))
+    trials.append(trial)
+    status[trial.name] = {"status": "finished", "error": None}
+  sweeps.write_index(directory, sweeps.Sweep("real", "configs/tiny.py", trials, {"lengths": [1, 2]}), status)
+  return directory
+
+
+@pytest.mark.slow
+def test_a_report_over_real_runs_shows_what_the_trainer_and_evaluator_wrote(real_sweep):
+  report = build_report(real_sweep)
+  header, rows = parse_md_table(report.table)
+  assert header == ["group", "n", "valid ppl", "1× (32)", "2× (64)"]
+  assert set(rows) == {"position=alibi", "position=learned"}
+  for scheme in ("alibi", "learned"):
+    trial = real_sweep / f"position={scheme},seed=0"
+    summary = json.loads((trial / "summary.json").read_text())
+    evaluated = json.loads((trial / "eval" / "extrapolation.json").read_text())["results"]
+    gi = [g.label for g in report.data.groups].index(f"position={scheme}")
+    assert report.data.cell(gi, "valid_ppl").mean == pytest.approx(summary["valid_ppl"], rel=1e-12)
+    assert report.data.cell(gi, "ppl_1x_32").mean == pytest.approx(evaluated[0]["ppl"], rel=1e-12)
+    # The trainer's whole-split validation and the evaluator's 1× window are the same windows: the same number.
+    assert evaluated[0]["ppl"] == pytest.approx(summary["valid_ppl"], rel=1e-4)
+  learned = rows["position=learned"]
+  assert re.fullmatch(r"n/a\[\^\d+\]", learned[3])
+  note = json.loads((real_sweep / "position=learned,seed=0" / "eval" / "extrapolation.json").read_text())
+  assert note["results"][1]["note"] in report.table
   assert set(report.plots) == {"ppl_vs_length.png", "curves.png"}

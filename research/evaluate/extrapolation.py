@@ -173,16 +173,41 @@ def evaluate_run(workdir: str | Path, lengths: Sequence[int] = (1, 2, 4, 8, 16),
                                       rope_original_len=train_len)
     note = unscorable_note(model_cfg, length, train_len)
     if note:
-      results.append({"multiple": int(multiple), "length": length, "ppl": None, "tokens": 0, "note": note})
+      results.append(result_record(int(multiple), length, note=note))
       continue
     ppl, tokens = split_perplexity(run, model_cfg, run.splits[split], length, mode=mode, stride=stride,
                                    max_tokens_per_batch=max_tokens_per_batch)
-    results.append({"multiple": int(multiple), "length": length, "ppl": ppl, "tokens": tokens})
-  report = {"train_len": train_len, "mode": mode, "stride": stride if mode == "sliding" else None, "split": split,
-            "checkpoint_step": run.step, "rope_scaling": rope_scaling,
-            "rope_factor": rope_factor if rope_scaling else None, "results": results}
+    results.append(result_record(int(multiple), length, ppl, tokens))
+  report = report_record(train_len=train_len, mode=mode, stride=stride, split=split, checkpoint_step=run.step,
+                         rope_scaling=rope_scaling, rope_factor=rope_factor, results=results)
+  write_report(workdir, report, output)
+  return report
+
+
+# The records of eval/extrapolation*.json, what research.report reads (tests build report fixtures with them).
+
+
+def result_record(multiple: int, length: int, ppl: float | None = None, tokens: int = 0,
+                  note: str | None = None) -> dict[str, Any]:
+  """One length: its perplexity and tokens scored, or ppl None with the `note` saying why (n/a)."""
+  record = {"multiple": int(multiple), "length": int(length), "ppl": ppl, "tokens": int(tokens)}
+  return {**record, "note": note} if note else record
+
+
+def report_record(*, train_len: int, mode: str, stride: int | None, split: str, checkpoint_step: int,
+                  rope_scaling: str | None, rope_factor: float | None, results: list[dict]) -> dict[str, Any]:
+  return {"train_len": train_len, "mode": mode, "stride": stride if mode == "sliding" else None, "split": split,
+          "checkpoint_step": checkpoint_step, "rope_scaling": rope_scaling,
+          "rope_factor": rope_factor if rope_scaling else None, "results": results}
+
+
+def report_file(rope_scaling: str | None = None) -> str:
+  return "extrapolation.json" if not rope_scaling else f"extrapolation_{rope_scaling}.json"
+
+
+def write_report(workdir: str | Path, report: dict[str, Any], output: str | None = None) -> Path:
   out_dir = Path(workdir) / EVAL_DIR
   out_dir.mkdir(exist_ok=True)
-  name = output or ("extrapolation.json" if not rope_scaling else f"extrapolation_{rope_scaling}.json")
-  loop.atomic_write_json(out_dir / name, report)
-  return report
+  path = out_dir / (output or report_file(report["rope_scaling"]))
+  loop.atomic_write_json(path, report)
+  return path

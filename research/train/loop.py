@@ -150,6 +150,33 @@ def write_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
     atomic_write_json(Path(workdir) / CONFIG_FILE, config.to_dict())
 
 
+# The records of metrics.jsonl and summary.json: what research.report reads. Tests build report fixtures with these
+# same functions, so a writer and its reader cannot drift apart unnoticed.
+
+
+def train_record(step: int, metrics: dict[str, float], tokens_seen: float) -> dict[str, Any]:
+  """A `split: train` line: the step's metrics (loss averaged over the log window, tokens_per_s, lr, norms, ...)."""
+  return {"step": step, "split": "train", **metrics, "tokens_seen": tokens_seen}
+
+
+def valid_record(step: int, valid: dict[str, float], lr: float) -> dict[str, Any]:
+  """A `split: valid` line: `Trainer.evaluate`'s loss, ppl, accuracy, tokens, tokens_per_s, and the lr."""
+  return {"step": step, "split": "valid", **valid, "lr": lr}
+
+
+def summary_record(*, step: int, train_loss: float | None, valid: dict[str, float], tokens_seen: float,
+                   num_params: int, num_embedding_params: int, vocab_size: int, wall_s: float) -> dict[str, Any]:
+  return {"step": step, "train_loss": train_loss, "valid_loss": valid["loss"], "valid_ppl": valid["ppl"],
+          "valid_accuracy": valid["accuracy"], "tokens_seen": tokens_seen, "num_params": num_params,
+          "num_embedding_params": num_embedding_params, "vocab_size": vocab_size, "wall_s": wall_s}
+
+
+def write_summary(workdir: Path, summary: dict[str, Any]) -> None:
+  """summary.json, written last by the trainer: its presence means "finished"."""
+  if jax.process_index() == 0:
+    atomic_write_json(Path(workdir) / SUMMARY_FILE, summary)
+
+
 class MetricsLog:
   """metrics.jsonl (+ TensorBoard). On resume, lines past the restored step are dropped: they will be rewritten."""
 
@@ -326,7 +353,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
       last_train = {**m, "loss": window["loss_sum"] / window["count"], "tokens_per_s": window["tokens"] / elapsed}
       last_train["ppl"] = math.exp(min(last_train["loss"], 700.0))
       progress_state["train_loss"] = last_train["loss"]
-      log.write({"step": step, "split": "train", **last_train, "tokens_seen": progress_state["tokens_seen"]})
+      log.write(train_record(step, last_train, progress_state["tokens_seen"]))
       bar.set_postfix(loss=f"{last_train['loss']:.3f}", tok_s=f"{last_train['tokens_per_s']:.0f}")
       window.update(time=time.time(), tokens=0.0, loss_sum=0.0, count=0)
 
@@ -345,7 +372,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
       if evaluate_now:
         drain()  # never evaluate or save a state whose loss we have not checked
         valid = trainer.evaluate(state.params, data.splits["valid"])
-        log.write({"step": step, "split": "valid", **valid, "lr": last_train.get("lr", 0.0)})
+        log.write(valid_record(step, valid, last_train.get("lr", 0.0)))
       if save_now:
         progress_state["wall_s"] += time.time() - start_time
         start_time = time.time()
@@ -363,11 +390,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   if not valid:  # e.g. steps == 0, or resumed at the end
     valid = trainer.evaluate(state.params, data.splits["valid"])
   progress_state["wall_s"] += time.time() - start_time
-  summary = {"step": int(state.step), "train_loss": progress_state["train_loss"], "valid_loss": valid["loss"],
-             "valid_ppl": valid["ppl"], "valid_accuracy": valid["accuracy"],
-             "tokens_seen": progress_state["tokens_seen"], "num_params": num_params,
-             "num_embedding_params": int(state.params["token_embed"]["embedding"].size),
-             "vocab_size": data.vocab_size, "wall_s": progress_state["wall_s"]}
-  if jax.process_index() == 0:
-    atomic_write_json(workdir / SUMMARY_FILE, summary)
+  summary = summary_record(step=int(state.step), train_loss=progress_state["train_loss"], valid=valid,
+                           tokens_seen=progress_state["tokens_seen"], num_params=num_params,
+                           num_embedding_params=int(state.params["token_embed"]["embedding"].size),
+                           vocab_size=data.vocab_size, wall_s=progress_state["wall_s"])
+  write_summary(workdir, summary)
   return summary
