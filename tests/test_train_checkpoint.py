@@ -113,13 +113,22 @@ def test_keeps_last_k_plus_best(tmp_path, keep_best, survivors):
 CRASH = textwrap.dedent('''
     import os, sys
     import jax.numpy as jnp
+    from orbax.checkpoint._src.path import async_path
     from research.train.checkpoint import Checkpointer
     ckpt = Checkpointer(sys.argv[1], keep=3, keep_best=False, async_save=True)
-    ckpt.save(1, {'w': jnp.arange(4.0), 'big': jnp.zeros((8, 1024, 1024))}, {'position': 1})
+    ckpt.save(1, {'w': jnp.arange(4.0), 'big': jnp.zeros((8, 64))}, {'position': 1})
     ckpt.wait()
-    # Large enough that the background write is still running when the process dies.
-    ckpt.save(2, {'w': jnp.arange(4.0) + 1, 'big': jnp.ones((8, 1024, 1024))}, {'position': 2})
-    os._exit(3)
+    # Die at the one moment that matters, deterministically: step 2 is fully written under its temporary name and
+    # Orbax is about to rename it into place (its commit). The process ends there, as with kill -9.
+    rename = async_path.rename
+    async def rename_or_die(src, dst):
+      if src.name.startswith('2') and 'tmp' in src.name:
+        os._exit(3)
+      return await rename(src, dst)
+    async_path.rename = rename_or_die
+    ckpt.save(2, {'w': jnp.arange(4.0) + 1, 'big': jnp.ones((8, 64))}, {'position': 2})
+    ckpt.wait()
+    os._exit(4)  # not reached: the commit above always dies
 ''')
 
 
@@ -129,7 +138,7 @@ def test_crash_mid_save_leaves_previous_checkpoint_restorable(tmp_path):
   assert proc.returncode == 3, proc.stderr
   leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith('2')]
   assert leftovers and all('tmp' in name for name in leftovers), leftovers  # an uncommitted step 2
-  target = {'w': jnp.zeros(4), 'big': jnp.zeros((8, 1024, 1024))}
+  target = {'w': jnp.zeros(4), 'big': jnp.zeros((8, 64))}
   with Checkpointer(tmp_path, keep=3, keep_best=False, async_save=False) as ckpt:
     assert ckpt.latest_step() == 1 and ckpt.all_steps() == [1]
     state, data_state = ckpt.restore(target=target)

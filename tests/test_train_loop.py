@@ -299,6 +299,27 @@ def test_the_best_checkpoint_by_validation_loss_is_kept_beside_the_last(tmp_path
   assert [r["step"] for r in read_metrics(tmp_path, "valid")] == [2, 3, 4, 6]
 
 
+@pytest.mark.slow
+def test_the_best_checkpoint_is_the_one_with_the_lowest_real_validation_loss(tmp_path):
+  # A learning rate of 1 (after one step at 0: warmup) wrecks the model after its first real update, so real
+  # validation losses rise after step 1 and the best checkpoint is not the last one.
+  config = tiny_config(**{"train.steps": 4, "train.warmup_steps": 1, "train.learning_rate": 1.0,
+                          "train.schedule": "constant", "train.checkpoint_every": 1, "train.eval_every": 1,
+                          "train.keep_checkpoints": 1, "train.eval_batches": 2, "train.async_checkpoints": False})
+  loop.train(config, tmp_path)
+  losses = {r["step"]: r["loss"] for r in read_metrics(tmp_path, "valid")}
+  assert sorted(losses) == [1, 2, 3, 4]
+  best = min(losses, key=losses.get)
+  assert best != 4 and losses[4] > losses[best] + 0.1
+  with checkpoint_lib.Checkpointer(tmp_path / "checkpoints", keep=1) as ckpt:
+    assert ckpt.best_step() == best and ckpt.latest_step() == 4
+    assert ckpt.read_metadata(best)["metrics"]["valid_loss"] == pytest.approx(losses[best])
+  kept = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert kept == [best, 4]
+  from research.evaluate import extrapolation
+  assert extrapolation.evaluate_run(tmp_path, (1,))["checkpoint_step"] == best
+
+
 PUBLIC_FIELDS = (
     "seed", "objective", "data.corpus", "data.tokenizer", "data.vocab_size", "data.seq_len", "model.position",
     "model.combine", "model.tie_embeddings", "model.d_model", "model.num_layers", "model.num_heads", "model.mlp_dim",
