@@ -124,7 +124,8 @@ def unscorable_note(model_cfg: ModelConfig, length: int, train_len: int) -> str 
   scheme = registry.get_scheme(model_cfg.position)
   limit = scheme.max_length(model_cfg)
   if limit is not None and length > limit:
-    return f"{model_cfg.position} positions are defined up to {limit}, not {length}"
+    # The same text at every length, so a report shows one footnote for the row, not one per column.
+    return f"{model_cfg.position} positions are defined up to {limit} tokens (model.max_len)"
   trained = scheme.trained_length(model_cfg, train_len)
   if trained is not None and length > trained:
     return (f"{model_cfg.position} positions beyond {trained} were never trained (model.max_len={model_cfg.max_len} "
