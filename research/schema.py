@@ -26,6 +26,18 @@ RESUMABLE_FIELDS = (
     "train.async_checkpoints", "train.eval_batches", "data.cache_dir", "mesh.data", "mesh.fsdp", "mesh.distributed")
 
 
+# The value that reproduces a run written before the field existed, where that is not the field's default. A saved
+# config.json that lacks a field is compared as if it held this value (else the default): an old run resumes when
+# the current config trains the same model, and is refused, naming the field, when the new default would change it
+# (an old learned or T5 run decayed its positional table: resume it with train.position.weight_decay=true).
+LEGACY_VALUES = {"train.position.weight_decay": True}
+
+
+def saved_value(field: str, default):
+  """What a saved config that lacks `field` meant by it."""
+  return LEGACY_VALUES.get(field, default)
+
+
 def _model_section() -> ml_collections.ConfigDict:
   model = ml_collections.ConfigDict(ModelConfig.experiment_fields())
   model.max_len = 0  # 0 = data.seq_len

@@ -159,12 +159,18 @@ def test_every_differing_field_is_named_and_only_the_allow_list_may_change(finis
   assert loop.check_workdir(configuration.apply_overrides(config, allowed), workdir) == workdir
 
 
-def test_a_field_the_saved_run_lacks_is_a_difference(tmp_path):
-  saved = tiny_config().to_dict()
-  del saved["train"]["position"]  # a run written before the field existed
+def test_a_field_the_saved_run_lacks_means_what_runs_did_before_it_existed(tmp_path):
+  saved = tiny_config(**{"model.position": "t5"}).to_dict()
+  del saved["train"]["position"]  # written before train.position.weight_decay: its T5 table was decayed
+  del saved["model"]["attention"]  # a field whose default is what runs did before it existed
   tmp_path.joinpath("config.json").write_text(json.dumps(saved))
-  with pytest.raises(configuration.ConfigError, match=r"train.position.weight_decay: '<missing>' \(saved\) != False"):
-    loop.check_workdir(tiny_config(), tmp_path)
+  before = _snapshot(tmp_path)
+  with pytest.raises(configuration.ConfigError) as err:
+    loop.check_workdir(tiny_config(**{"model.position": "t5"}), tmp_path)
+  assert "train.position.weight_decay: True (saved) != False (current)" in str(err.value)
+  assert "model.attention" not in str(err.value) and _snapshot(tmp_path) == before
+  # The same model as before: resumable.
+  assert loop.check_workdir(tiny_config(**{"model.position": "t5", "train.position.weight_decay": True}), tmp_path)
 
 
 @pytest.mark.slow
