@@ -39,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
   c.model.norm = "pre"  # pre | post
   c.model.attention = "einsum"  # einsum (reference; fastest on CPU) | xla (jax.nn.dot_product_attention)
-  c.model.embed_init = "normal"  # normal | uniform
+  c.model.embed_init = "normal"  # normal | uniform | pretrained (vectors from model.pretrained.path)
   # Unit-scale token vectors, as fairseq / Vaswani et al.: table ~ N(0, 1/d), multiplied by sqrt(d) at the input.
   # A table of std 0.02 without the scale is swamped by unit-amplitude sinusoids (docs/results.md).
   c.model.embed_init_std = 0.0  # 0 = d_model ** -0.5
@@ -52,6 +52,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.rope_original_len = 0  # 0 = data.seq_len
   c.model.t5_buckets = 32
   c.model.t5_max_distance = 128
+  # Initial table from word vectors, with model.embed_init=pretrained (docs/embeddings.md); read at a fresh start only.
+  c.model.pretrained = ml_collections.ConfigDict()
+  c.model.pretrained.path = ""  # word2vec / GloVe / fastText file
+  c.model.pretrained.format = "auto"  # auto | word2vec | word2vec-binary | glove | fasttext | fasttext-bin
+  c.model.pretrained.oov = "random"  # uncovered rows: random (normal init at the covered norm) | mean (+ noise)
+  c.model.pretrained.dim_mismatch = "error"  # error | project (fixed random orthogonal projection, seeded)
+  c.model.pretrained.scale = "match"  # match (covered mean norm = the normal init's) | keep
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000
@@ -79,6 +86,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.embedding.weight_decay = False  # decay the token table?
   c.train.embedding.lr_multiplier = 1.0
   c.train.embedding.freeze = False
+  c.train.embedding.freeze_steps = 0  # the table gets zero updates for the first K steps, then trains
   c.train.embedding.lazy = False  # LazyAdam-style: rows absent from the batch keep values and moments
 
   c.mesh = ml_collections.ConfigDict()

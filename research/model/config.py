@@ -18,7 +18,7 @@ KINDS = ("decoder", "encoder")
 COMBINES = ("add", "concat")
 NORMS = ("pre", "post")
 DTYPES = ("float32", "bfloat16")
-INITS = ("normal", "uniform")
+INITS = ("normal", "uniform", "pretrained")  # pretrained: the trainer sets the table
 ATTENTION_IMPLS = ("einsum", "xla")
 ROPE_SCALINGS = ("none", "linear", "ntk", "yarn")
 

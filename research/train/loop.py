@@ -7,6 +7,7 @@ Run directory (DESIGN.md):
   checkpoints/    Orbax (train state, data-iterator state, metadata)
   events.*        TensorBoard
   summary.json    final figures, written last: its presence means "finished"
+  embedding_init.json   with model.embed_init=pretrained: the coverage report of the vectors (fresh start only)
 
 A rerun of the same command in the same workdir resumes from the latest checkpoint: parameters, optimizer state,
 step, rng and the data iterator's position, so that it continues bit-identically.
@@ -33,6 +34,7 @@ import numpy as np
 from research.data import batches as batches_lib
 from research.data import corpora
 from research.data import tokenizers as tokenizers_lib
+from research.embeddings import pretrained as pretrained_lib
 from research.embeddings.token import check_ids
 from research.model.transformer import Transformer, count_params
 from research.train import checkpoint as checkpoint_lib
@@ -40,6 +42,7 @@ from research.train import configuration, mesh as mesh_lib, optim, steps
 
 CONFIG_FILE, TOKENIZER_FILE, METRICS_FILE, SUMMARY_FILE = "config.json", "tokenizer.json", "metrics.jsonl", \
     "summary.json"
+EMBEDDING_INIT_FILE = "embedding_init.json"
 
 
 class NonFiniteError(RuntimeError):
@@ -83,6 +86,38 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> RunData:
                                            errors=config.data.errors)
   check_splits(splits, tokenizer.get_vocab_size())
   return RunData(tokenizer, splits, tokenizer.get_vocab_size())
+
+
+def vocabulary(tokenizer) -> list[str]:
+  """The token string of every id, in id order."""
+  return [tokenizer.id_to_token(i) or "" for i in range(tokenizer.get_vocab_size())]
+
+
+def pretrained_table(config, data: RunData, workdir: Path) -> tuple[np.ndarray, dict[str, Any]]:
+  """The aligned [V, d_model] initial table and its coverage report; bad input is a one-line ConfigError."""
+  p = config.model.pretrained
+  model_cfg = configuration.model_config(config, data.vocab_size)
+  counts_file = tokenizers_lib.counts_path(workdir)
+  counts = np.load(counts_file) if counts_file.exists() else None
+  try:
+    return pretrained_lib.pretrained_table(
+        p.path, vocabulary(data.tokenizer), config.data.tokenizer, d_model=model_cfg.d_model,
+        std=model_cfg.embed_init_std, format=p.format, oov=p.oov, dim_mismatch=p.dim_mismatch, scale=p.scale,
+        seed=config.seed, counts=counts)
+  except pretrained_lib.PretrainedError as e:
+    raise configuration.ConfigError(str(e)) from None
+
+
+def with_table(state: steps.TrainState, table_VxD: np.ndarray) -> steps.TrainState:
+  """`state` with the token table replaced, on the table's sharding. Set after init rather than passed as an
+  initializer (`token.from_matrix`) so that the jitted init does not carry a V×d constant; the optimizer state
+  does not depend on the initial values (moments start at zero)."""
+  old = state.params["token_embed"]["embedding"]
+  if old.shape != table_VxD.shape:
+    raise ValueError(f"pretrained table has shape {table_VxD.shape}, the model's is {old.shape}")
+  new = jax.make_array_from_callback(old.shape, old.sharding, lambda index: table_VxD[index].astype(old.dtype))
+  params = {**state.params, "token_embed": {**state.params["token_embed"], "embedding": new}}
+  return state.replace(params=params)
 
 
 def check_splits(splits: dict[str, np.ndarray], vocab_size: int) -> None:
@@ -281,16 +316,29 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   workdir = prepare_workdir(config, workdir)
   data = prepare_data(config, workdir)
   trainer = Trainer.build(config, data.vocab_size, mesh)
-  write_config(config, workdir)
   t = config.train
-
   checkpointer = checkpoint_lib.Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints, keep_best=True,
                                              async_save=t.async_checkpoints)
+  last_saved = checkpointer.latest_step()
+  table, table_report = None, None
+  if last_saved is None and config.model.embed_init == "pretrained":
+    # Fresh start only: a resumed run's table is in its checkpoint, and the vector file is never read again.
+    try:
+      table, table_report = pretrained_table(config, data, workdir)
+    except configuration.ConfigError:
+      checkpointer.close()
+      raise
+  write_config(config, workdir)
+
   state = trainer.init_state()
+  if table is not None:
+    state = with_table(state, table)
+    if jax.process_index() == 0:
+      atomic_write_json(workdir / EMBEDDING_INIT_FILE, table_report)
+      print(pretrained_lib.summary_line(table_report), flush=True)
   iterator = train_batches(config, data)
   # Host-side progress that a checkpoint carries, so that a resumed run reports the same figures.
   progress_state = {"tokens_seen": 0.0, "wall_s": 0.0, "train_loss": None}
-  last_saved = checkpointer.latest_step()
   if last_saved is not None:
     state, saved = checkpointer.restore(last_saved, target=state)
     iterator.set_state(saved["iterator"])
