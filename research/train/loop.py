@@ -317,18 +317,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   data = prepare_data(config, workdir)
   trainer = Trainer.build(config, data.vocab_size, mesh)
   t = config.train
+  table, table_report = None, None
+  if config.model.embed_init == "pretrained" and not checkpoint_lib.has_checkpoint(workdir / "checkpoints"):
+    # Fresh start only: a resumed run's table is in its checkpoint, and the vector file is never read again.
+    table, table_report = pretrained_table(config, data, workdir)
+  write_config(config, workdir)
   checkpointer = checkpoint_lib.Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints, keep_best=True,
                                              async_save=t.async_checkpoints)
   last_saved = checkpointer.latest_step()
-  table, table_report = None, None
-  if last_saved is None and config.model.embed_init == "pretrained":
-    # Fresh start only: a resumed run's table is in its checkpoint, and the vector file is never read again.
-    try:
-      table, table_report = pretrained_table(config, data, workdir)
-    except configuration.ConfigError:
-      checkpointer.close()
-      raise
-  write_config(config, workdir)
 
   state = trainer.init_state()
   if table is not None:
