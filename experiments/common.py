@@ -6,12 +6,15 @@ import sys
 from typing import Callable
 
 from research.data.corpora import CorpusError
+from research.embeddings.pretrained import PretrainedError
+from research.embeddings.train_vectors import VectorsError
 from research.evaluate.extrapolation import EvaluationError
 from research.report import ReportError
 from research.train.configuration import ConfigError
 from research.train.loop import NonFiniteError
 
-USER_ERRORS = (ConfigError, CorpusError, NonFiniteError, EvaluationError, ReportError, FileNotFoundError, NotADirectoryError)
+USER_ERRORS = (ConfigError, CorpusError, NonFiniteError, EvaluationError, ReportError, PretrainedError, VectorsError,
+               FileNotFoundError, NotADirectoryError)
 
 
 def check_override_flags(argv: list[str]) -> None:

@@ -303,3 +303,49 @@ def test_a_pretrained_run_starts_from_the_vectors_freezes_them_for_k_steps_and_r
   vectors.unlink()
   loop.train(tiny_config(**overrides), tmp_path / "b")
   np.testing.assert_array_equal(_tables(tmp_path / "b")[3], tables[3])
+
+
+# ------------------------------------------------------------------------------------------ research-vectors
+
+
+@pytest.fixture(scope="module")
+def lee_sentences():
+  from research.data import corpora
+  from research.embeddings import train_vectors
+  return train_vectors.sentences_of(corpora.load_corpus("lee").train[:80], tokenizers.split_words)
+
+
+@pytest.mark.parametrize("method, suffix", [("word2vec", ".txt"), ("fasttext", ".bin")])
+def test_trained_vectors_are_deterministic_and_read_back_by_the_loader(method, suffix, lee_sentences, tmp_path):
+  from research.embeddings import train_vectors
+  train = lambda: train_vectors.train_vectors(lee_sentences, method, 8, epochs=1, seed=3)  # noqa: E731
+  model, again = train(), train()
+  np.testing.assert_array_equal(model.wv.vectors, again.wv.vectors)
+  fmt = train_vectors.save_vectors(model, tmp_path / f"v{suffix}", method)
+  kv, detected = pretrained.load_vectors(tmp_path / f"v{suffix}")
+  assert detected == fmt == ("word2vec" if method == "word2vec" else "fasttext-bin")
+  assert kv.index_to_key == model.wv.index_to_key
+  np.testing.assert_allclose(kv.vectors, model.wv.vectors, rtol=1e-6, atol=1e-7)
+  if method == "fasttext":  # the subword model survives: an unseen word gets the same n-gram vector
+    np.testing.assert_allclose(kv.get_vector("unseenword"), model.wv.get_vector("unseenword"), rtol=1e-5, atol=1e-7)
+  assert all(" " not in w for w in kv.index_to_key)
+
+
+def test_the_vectors_cli_trains_on_train_text_only_and_is_reproducible_across_processes(tmp_path):
+  lines = [f"alpha beta gamma {i % 3}" for i in range(36)] + ["validonly word", "validonly other",
+                                                               "testonly word", "testonly other"]
+  (tmp_path / "c.txt").write_text("\n".join(lines) + "\n")
+  outputs = []
+  for seed in ("1", "2"):
+    out = tmp_path / f"v{seed}.txt"
+    result = cli("experiments.vectors", f"--corpus=text:{tmp_path / 'c.txt'}", "--method=word2vec", "--dim=4",
+                 "--min_count=1", "--epochs=1", f"--out={out}", f"--cache_dir={tmp_path / 'cache'}",
+                 env={"PYTHONHASHSEED": seed})
+    assert result.returncode == 0, result.stderr[-2000:]
+    outputs.append(out.read_bytes())
+  assert outputs[0] == outputs[1]
+  words = set(gensim_vectors(tmp_path / "v1.txt").index_to_key)
+  assert {"alpha", "beta", "gamma", "0"} <= words
+  assert not words & {"validonly", "testonly", "word", "other"}
+  bad = cli("experiments.vectors", "--corpus=lee", "--dim=0", f"--out={tmp_path / 'x.txt'}")
+  assert bad.returncode == 2 and bad.stderr.strip().splitlines() == ["error: --dim=0 must be an integer >= 1"]
