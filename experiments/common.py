@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
+from research.analysis.quality import AnalysisError
 from research.data.corpora import CorpusError
 from research.embeddings.pretrained import PretrainedError
 from research.embeddings.train_vectors import VectorsError
@@ -14,6 +15,7 @@ from research.train.configuration import ConfigError
 from research.train.loop import NonFiniteError
 
 USER_ERRORS = (ConfigError, CorpusError, NonFiniteError, EvaluationError, ReportError, PretrainedError, VectorsError,
+               AnalysisError,
                FileNotFoundError, NotADirectoryError)
 
 
