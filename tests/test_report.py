@@ -372,3 +372,30 @@ def test_rope_scaled_evaluations_are_extra_rows_below_their_group(tmp_path):
       np.mean([p[4] for p in linear]), rel=1e-12)
   assert "position=rope, rope\\_scaling=yarn" in report.latex_path.read_text()
   assert set(report.plots) == {"ppl_vs_length.png", "curves.png"}
+
+
+def _write_quality(trial_dir, analogy, wordsim, simlex):
+  """eval/embedding_quality.json as research-analyze writes it (the figures reports read)."""
+  _write_json(trial_dir / "eval" / "embedding_quality.json", {"checkpoint_step": 100, "benchmarks": {
+      "analogy": {"accuracy": analogy, "coverage": 0.5}, "wordsim353": {"spearman": wordsim, "coverage": 0.8},
+      "simlex999": {"spearman": simlex, "coverage": 0.7}}, "neighbours": {}})
+
+
+def test_embedding_quality_columns_appear_when_analyzed_and_the_highest_is_best(tmp_path):
+  for seed in (0, 1):
+    write_trial(tmp_path, f"a{seed}", "alibi", seed)
+    write_trial(tmp_path, f"r{seed}", "rope", seed)
+  report = build_report(tmp_path)
+  assert "analogy acc" not in report.table  # no run analyzed: no quality columns
+  _write_quality(tmp_path / "a0", 0.10, 0.30, 0.20)
+  _write_quality(tmp_path / "a1", 0.20, 0.40, None)
+  _write_quality(tmp_path / "r0", 0.05, 0.50, 0.10)
+  report = build_report(tmp_path)
+  header, rows = parse_md_table(report.table)
+  assert header[-3:] == ["analogy acc", "WordSim ρ", "SimLex ρ"]
+  alibi, rope = rows["position=alibi"], rows["position=rope"]
+  assert alibi[-3].startswith("**0.150 ± 0.071") and alibi[-2].startswith("0.350 ± 0.071")
+  assert rope[-3].startswith("0.050 (n=1)") and rope[-2].startswith("**0.500 (n=1)")
+  assert alibi[-1].startswith("**0.200 (n=1)")  # a null correlation is n/a for that trial, not a zero
+  assert "not analyzed (no eval/embedding_quality.json; run research-analyze)" in report.table
+  assert "analogy acc." in (tmp_path / "table.tex").read_text()
