@@ -125,6 +125,8 @@ def test_alignment_strips_each_tokenizer_kinds_markers(kind, texts, tmp_path):
     assert marked, kind
     for i in marked:
       assert words[i] == tokens[i][len(marker):]
+      assert pretrained.starts_word(tokens[i], kind) == (kind != "wordpiece")
+  assert not any(pretrained.starts_word(t, kind) for t in SPECIALS)
   # Vectors for every word form: each non-special row with text is covered, by exact match, with its word's vector.
   forms = sorted({w for w in words if w})
   path = write_w2v(tmp_path / "v.txt", {w: [float(j), 1.0] for j, w in enumerate(forms)})

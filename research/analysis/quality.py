@@ -196,7 +196,8 @@ def analyze_run(workdir: str | os.PathLike, checkpoint: str = "best", *, export_
   kind = run.config.data.tokenizer
   tokens = [tokenizer.id_to_token(i) or "" for i in range(tokenizer.get_vocab_size())]
   kv, sizes = word_vectors(table_VxD, tokenizer, kind, benchmark_words())
-  words = pretrained.token_words(tokens, kind)
+  # Query words: tokens that begin a word (not "##ing" or a BPE piece inside a word), most frequent first.
+  words = [w if pretrained.starts_word(t, kind) else "" for t, w in zip(tokens, pretrained.token_words(tokens, kind))]
   query = [w for w in frequent_words(words, counts) if w in kv.key_to_index]
   report = {"checkpoint_step": run.step, "tokenizer": kind, "vocab_size": len(tokens),
             "dim": int(table_VxD.shape[1]),

@@ -128,6 +128,20 @@ def token_word(token: str, kind: str) -> str:
   return token.strip()
 
 
+def starts_word(token: str, kind: str) -> bool:
+  """Whether the token begins a word in running text (`Ġthe`, `▁the`, `the` but not `##ing`); for the byte-level and
+  Metaspace kinds a piece without its space marker continues a word."""
+  if token in SPECIAL_TOKENS:
+    return False
+  if kind in BYTE_LEVEL_KINDS:
+    return token.startswith("\u0120")  # "Ġ", the byte-level form of a space
+  if kind in METASPACE_KINDS:
+    return token.startswith(METASPACE)
+  if kind == "wordpiece":
+    return not token.startswith("##")
+  return True
+
+
 def token_words(tokens: Sequence[str], kind: str) -> list[str]:
   return [token_word(t, kind) for t in tokens]
 
