@@ -19,6 +19,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.vocab_size = 4096
   c.data.seq_len = 128
   c.data.cache_dir = ""  # tokenizers and token caches; "" = $RESEARCH_CACHE_DIR or ~/.cache/research
+  # Share of the train token stream the LM trains on: a prefix, cut at a document boundary. The tokenizer, its counts
+  # and research-vectors still see the whole train split (what "less LM data, same unlabeled text" studies need).
+  c.data.train_fraction = 1.0
   c.data.mlm_select_rate = 0.15
   c.data.mlm_mask_rate = 0.8
   c.data.mlm_random_rate = 0.1

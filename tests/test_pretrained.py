@@ -351,3 +351,33 @@ def test_the_vectors_cli_trains_on_train_text_only_and_is_reproducible_across_pr
   assert not words & {"validonly", "testonly", "word", "other"}
   bad = cli("experiments.vectors", "--corpus=lee", "--dim=0", f"--out={tmp_path / 'x.txt'}")
   assert bad.returncode == 2 and bad.stderr.strip().splitlines() == ["error: --dim=0 must be an integer >= 1"]
+
+
+# ------------------------------------------------------------------------------------ the pretrained sweep
+
+
+def test_a_train_fraction_is_a_prefix_cut_at_a_document_boundary(tmp_path):
+  from research.data import batches
+  sep = tokenizers.SEP_ID
+  stream = np.array([sep, 7, 8, 9, sep, 10, 11, sep, 12, 13, 14, 15, sep], np.uint16)
+  assert batches.stream_prefix(stream, 1.0) is stream
+  np.testing.assert_array_equal(batches.stream_prefix(stream, 0.01), stream[:5])  # at least one whole document
+  np.testing.assert_array_equal(batches.stream_prefix(stream, 0.4), stream[:8])  # 5.2 tokens → the next boundary
+  np.testing.assert_array_equal(batches.stream_prefix(stream, 0.99), stream)
+  (tmp_path / "full").mkdir()
+  (tmp_path / "tenth").mkdir()
+  full = loop.prepare_data(tiny_config(), tmp_path / "full").splits["train"]
+  tenth = loop.prepare_data(tiny_config(**{"data.train_fraction": 0.1}), tmp_path / "tenth").splits["train"]
+  assert 0.1 * len(full) <= len(tenth) < 0.15 * len(full) and tenth[-1] == sep
+  np.testing.assert_array_equal(tenth, full[:len(tenth)])
+  with pytest.raises(configuration.ConfigError, match=r"data.train_fraction=0.0 must be in \(0, 1\]"):
+    configuration.validate(tiny_config(**{"data.train_fraction": 0.0}))
+
+
+def test_the_pretrained_sweep_expands_and_validates():
+  from research import sweeps
+  sweep = sweeps.load_sweep(Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "pretrained.py")
+  assert len({t.name for t in sweep.trials}) == len(sweep.trials) == 18
+  assert {t.overrides["data.train_fraction"] for t in sweep.trials} == {0.1, 0.3, 1.0}
+  paths = {t.overrides.get("model.pretrained.path") for t in sweep.trials}
+  assert len(paths) == 3 and None in paths  # normal (no path), word2vec, fastText

@@ -133,6 +133,8 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
     raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.grad_accum={t.grad_accum}")
   if not t.learning_rate > 0:
     raise ConfigError(f"train.learning_rate={t.learning_rate!r} must be > 0")
+  if not 0.0 < config.data.train_fraction <= 1.0:
+    raise ConfigError(f"data.train_fraction={config.data.train_fraction!r} must be in (0, 1]")
   if config.data.seq_len < 2:
     raise ConfigError(f"data.seq_len={config.data.seq_len!r} must be >= 2")
   if config.objective == "mlm" and config.data.seq_len < 3:

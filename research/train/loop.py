@@ -85,6 +85,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> RunData:
   splits = batches_lib.build_or_load_cache(config.data.corpus, tokenizer, cache_dir=cache_dir, corpus=corpus,
                                            errors=config.data.errors)
   check_splits(splits, tokenizer.get_vocab_size())
+  splits = {**splits, "train": batches_lib.stream_prefix(splits["train"], config.data.train_fraction)}
   return RunData(tokenizer, splits, tokenizer.get_vocab_size())
 
 
@@ -337,7 +338,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   progress_state = {"tokens_seen": 0.0, "wall_s": 0.0, "train_loss": None}
   if last_saved is not None:
     state, saved = checkpointer.restore(last_saved, target=state)
-    iterator.set_state(saved["iterator"])
+    try:
+      iterator.set_state(saved["iterator"])
+    except ValueError as e:  # e.g. another data.train_fraction: the checkpoint's position is in other data
+      checkpointer.close()
+      raise configuration.ConfigError(f"workdir {str(workdir)!r} holds a run over other training data (was "
+                                      f"data.train_fraction changed?); use a new workdir. {e}") from None
     progress_state.update({k: saved[k] for k in progress_state if k in saved})
   start_step = int(state.step)
   num_params = count_params(state.params)
