@@ -1,7 +1,6 @@
 """research-analyze: word-vector benchmarks through gensim, a run's table as word vectors, the exports."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -9,8 +9,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-from gensim.models import FastText, KeyedVectors
-from gensim.models.fasttext import save_facebook_model
+from gensim.models import KeyedVectors
 from gensim.test.utils import datapath
 
 from research.data import tokenizers

@@ -1,7 +1,7 @@
 """Quality of an embedding table as word vectors: Google analogies, WordSim-353, SimLex-999, nearest neighbours.
 
-    report = analyze_run("runs/x")                 # the input table of the best checkpoint → RUN/eval/embedding_quality.json
-    report = analyze_vectors("vectors.txt")        # the same benchmarks for a word2vec / GloVe / fastText file
+    report = analyze_run("runs/x")           # the best checkpoint's input table → RUN/eval/embedding_quality.json
+    report = analyze_vectors("vectors.txt")  # the same benchmarks for a word2vec / GloVe / fastText file
 
 Every figure comes from gensim itself (`KeyedVectors.evaluate_word_analogies`, `evaluate_word_pairs`, `most_similar`)
 on the benchmark files gensim ships, with its defaults (case-insensitive, the 300 000 first keys). Each benchmark also

@@ -2,8 +2,9 @@
 
 Rows are groups (one per combination of the swept fields other than seed), columns are `valid ppl` (summary.json),
 one per evaluation length (eval/extrapolation.json) and, when any trial was analyzed (eval/embedding_quality.json),
-analogy accuracy and the WordSim-353 / SimLex-999 Spearman correlations of its table. A group whose trials were also evaluated with RoPE scaling
-(eval/extrapolation_<scaling>.json) gets one more row per scaling, right below it, labelled `..., rope_scaling=S`.
+analogy accuracy and the WordSim-353 / SimLex-999 Spearman correlations of its table. A group whose trials were
+also evaluated with RoPE scaling (eval/extrapolation_<scaling>.json) gets one more row per scaling, right below it,
+labelled `..., rope_scaling=S`.
 A cell is the mean and sample standard deviation (ddof=1) over the group's finished trials; the best mean per column
 is marked: the lowest perplexity, the highest quality figure.
 """
