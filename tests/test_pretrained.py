@@ -212,6 +212,7 @@ def test_bad_input_gives_one_line_errors_naming_the_value(tmp_path):
       (lambda: table(datapath("questions-words.txt")), ["questions-words.txt", "does not parse as 'glove'"]),
       (lambda: table(datapath("test_glove.txt"), format="word2vec-binary"), ["does not parse as 'word2vec-binary'"]),
       (lambda: table(datapath("test_glove.txt"), format="word2vec"), ["does not parse as 'word2vec'"]),
+      (lambda: table(path, format="word2vec-binary"), ["does not parse as 'word2vec-binary'", "line breaks"]),
       (lambda: pretrained.pretrained_table(path, tokens, "word", d_model=6, std=0.1), ["4-dimensional", "d_model=6"]),
       (lambda: pretrained.pretrained_table(path, SPECIALS + ["Ġxx", "Ġyy", "Ġzz", "Ġqq"], "bpe", d_model=4,
                                            std=0.1), ["'bpe'", "'Ġxx', 'Ġyy', 'Ġzz'"]),

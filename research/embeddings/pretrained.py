@@ -103,6 +103,10 @@ def load_vectors(path: str | os.PathLike, format: str = "auto") -> tuple[Any, st
   except Exception as e:  # gensim raises ValueError, EOFError, UnicodeDecodeError, struct.error, ... on bad input
     raise PretrainedError(f"model.pretrained.path={str(path)!r} does not parse as {resolved!r}"
                           f"{' (auto-detected)' if format == 'auto' else ''}: {_one_line(e)}") from None
+  if resolved == "word2vec-binary" and any("\n" in key for key in kv.index_to_key[:1000]):
+    # gensim's binary reader accepts a text file with a count header: words then swallow the text's line breaks.
+    raise PretrainedError(f"model.pretrained.path={str(path)!r} does not parse as 'word2vec-binary': its words "
+                          f"contain line breaks (a text file? try model.pretrained.format=word2vec)")
   if len(kv.index_to_key) == 0 or kv.vector_size < 1:
     raise PretrainedError(f"model.pretrained.path={str(path)!r} holds no vectors (format {resolved!r})")
   return kv, resolved
