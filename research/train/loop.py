@@ -326,6 +326,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   checkpointer = checkpoint_lib.Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints, keep_best=True,
                                              async_save=t.async_checkpoints)
   last_saved = checkpointer.latest_step()
+  if last_saved is None and table is None and config.model.embed_init == "pretrained":
+    table, table_report = pretrained_table(config, data, workdir)  # only if the disk and Orbax ever disagree
 
   state = trainer.init_state()
   if table is not None:
