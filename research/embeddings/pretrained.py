@@ -212,7 +212,8 @@ def pretrained_table(path: str | os.PathLike, tokens: Sequence[str], kind: str, 
   vectors_VxS, rule_V, words = align(kv, tokens, kind)
   covered_V = rule_V >= 0
   if not covered_V.any():
-    samples = [t for t, w in zip(tokens, words) if w][:3] or list(tokens[:3])
+    order = range(len(tokens)) if counts is None else np.argsort(-np.asarray(counts)[:len(tokens)], kind="stable")
+    samples = [tokens[i] for i in order if words[i]][:3] or list(tokens[:3])  # the most frequent, with counts
     raise PretrainedError(f"model.pretrained.path={str(path)!r} covers no token of the {kind!r} vocabulary "
                           f"(e.g. {', '.join(repr(s) for s in samples)}); check the tokenizer and the file's language "
                           f"and casing")
