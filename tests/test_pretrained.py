@@ -246,6 +246,18 @@ def test_a_missing_vector_file_fails_the_cli_in_one_line_before_any_config_is_wr
   assert not (tmp_path / "run" / "config.json").exists()
 
 
+def test_the_trainer_reports_vector_problems_as_config_errors_before_writing_the_config(tmp_path):
+  path = write_w2v(tmp_path / "v.txt", {"zzzq": [1.0, 2.0, 3.0, 4.0], "qqqz": [0.0, 1.0, 0.0, 1.0]})
+  base = {"model.embed_init": "pretrained", "model.pretrained.path": str(path), "data.tokenizer": "word"}
+  for extra, parts in (({}, ["4-dimensional", "model.d_model=64"]),
+                       ({"model.pretrained.dim_mismatch": "project"}, ["covers no token of the 'word' vocabulary",
+                                                                       "(e.g. '"])):
+    with pytest.raises(configuration.ConfigError) as info:
+      loop.train(tiny_config(**base, **extra), tmp_path / "run")
+    assert all(part in str(info.value) for part in parts), str(info.value)
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
 # ---------------------------------------------------------------------------------------------- freeze_steps
 
 
