@@ -5,13 +5,18 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
+from research.analysis.quality import AnalysisError
 from research.data.corpora import CorpusError
+from research.embeddings.pretrained import PretrainedError
+from research.embeddings.train_vectors import VectorsError
 from research.evaluate.extrapolation import EvaluationError
 from research.report import ReportError
 from research.train.configuration import ConfigError
 from research.train.loop import NonFiniteError
 
-USER_ERRORS = (ConfigError, CorpusError, NonFiniteError, EvaluationError, ReportError, FileNotFoundError, NotADirectoryError)
+USER_ERRORS = (ConfigError, CorpusError, NonFiniteError, EvaluationError, ReportError, PretrainedError, VectorsError,
+               AnalysisError,
+               FileNotFoundError, NotADirectoryError)
 
 
 def check_override_flags(argv: list[str]) -> None:

@@ -41,6 +41,14 @@ def saved_value(field: str, default):
 def _model_section() -> ml_collections.ConfigDict:
   model = ml_collections.ConfigDict(ModelConfig.experiment_fields())
   model.max_len = 0  # 0 = data.seq_len
+  # Initial table from word vectors, with model.embed_init=pretrained (docs/embeddings.md); read at a fresh start
+  # only, by the trainer (not a ModelConfig field: the model only sees the resulting matrix).
+  model.pretrained = ml_collections.ConfigDict()
+  model.pretrained.path = ""  # word2vec / GloVe / fastText file
+  model.pretrained.format = "auto"  # auto | word2vec | word2vec-binary | glove | fasttext | fasttext-bin
+  model.pretrained.oov = "random"  # uncovered rows: random (normal init at the covered norm) | mean (+ noise)
+  model.pretrained.dim_mismatch = "error"  # error | project (fixed random orthogonal projection, seeded)
+  model.pretrained.scale = "match"  # match (covered mean norm = the normal init's) | keep
   return model
 
 
@@ -56,6 +64,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.vocab_size = 4096
   c.data.seq_len = 128
   c.data.cache_dir = ""  # tokenizers and token caches; "" = $RESEARCH_CACHE_DIR or ~/.cache/research
+  # Share of the train token stream the LM trains on: a prefix, cut at a document boundary. The tokenizer, its counts
+  # and research-vectors still see the whole train split (what "less LM data, same unlabeled text" studies need).
+  c.data.train_fraction = 1.0
   c.data.mlm_select_rate = 0.15
   c.data.mlm_mask_rate = 0.8
   c.data.mlm_random_rate = 0.1
@@ -88,6 +99,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.embedding.weight_decay = False  # decay the token table?
   c.train.embedding.lr_multiplier = 1.0
   c.train.embedding.freeze = False
+  c.train.embedding.freeze_steps = 0  # the table gets zero updates for the first K steps, then trains
   c.train.embedding.lazy = False  # LazyAdam-style: rows absent from the batch keep values and moments
   c.train.position = ml_collections.ConfigDict()
   # Decay the positional scheme's parameters (learned table, T5 buckets, ...)? Off, as the token table, and as

@@ -429,3 +429,44 @@ def test_a_report_over_real_runs_shows_what_the_trainer_and_evaluator_wrote(real
   note = json.loads((real_sweep / "position=learned,seed=0" / "eval" / "extrapolation.json").read_text())
   assert note["results"][1]["note"] in report.table
   assert set(report.plots) == {"ppl_vs_length.png", "curves.png"}
+
+
+@pytest.fixture(scope="module")
+def quality_benchmarks():
+  """The benchmarks record research-analyze computes, from gensim's own test vectors (its keys are what reports
+  read; the test then sets the figures it needs)."""
+  from gensim.models import KeyedVectors
+  from gensim.test.utils import datapath
+  from research.analysis import quality
+  kv = KeyedVectors.load_word2vec_format(datapath("euclidean_vectors.bin"), binary=True)
+  return quality.benchmarks(kv)
+
+
+def _write_quality(trial_dir, benchmarks, analogy, wordsim, simlex):
+  """eval/embedding_quality.json through research-analyze's writer, with these figures."""
+  import copy
+  from research.analysis import quality
+  record = copy.deepcopy(benchmarks)
+  record["analogy"]["accuracy"], record["wordsim353"]["spearman"], record["simlex999"]["spearman"] = \
+      analogy, wordsim, simlex
+  quality.write_quality(trial_dir, {"checkpoint_step": 100, "benchmarks": record, "neighbours": {}})
+
+
+def test_embedding_quality_columns_appear_when_analyzed_and_the_highest_is_best(tmp_path, quality_benchmarks):
+  for seed in (0, 1):
+    write_trial(tmp_path, f"a{seed}", "alibi", seed)
+    write_trial(tmp_path, f"r{seed}", "rope", seed)
+  report = build_report(tmp_path)
+  assert "analogy acc" not in report.table  # no run analyzed: no quality columns
+  _write_quality(tmp_path / "a0", quality_benchmarks, 0.10, 0.30, 0.20)
+  _write_quality(tmp_path / "a1", quality_benchmarks, 0.20, 0.40, None)
+  _write_quality(tmp_path / "r0", quality_benchmarks, 0.05, 0.50, 0.10)
+  report = build_report(tmp_path)
+  header, rows = parse_md_table(report.table)
+  assert header[-3:] == ["analogy acc", "WordSim ρ", "SimLex ρ"]
+  alibi, rope = rows["position=alibi"], rows["position=rope"]
+  assert alibi[-3].startswith("**0.150 ± 0.071") and alibi[-2].startswith("0.350 ± 0.071")
+  assert rope[-3].startswith("0.050 (n=1)") and rope[-2].startswith("**0.500 (n=1)")
+  assert alibi[-1].startswith("**0.200 (n=1)")  # a null correlation is n/a for that trial, not a zero
+  assert "not analyzed (no eval/embedding_quality.json; run research-analyze)" in report.table
+  assert "analogy acc." in (tmp_path / "table.tex").read_text()

@@ -339,3 +339,16 @@ def mask_tokens(rng: jax.Array, tokens: jax.Array, *, vocab_size: int, select_ra
   inputs = jnp.where(to_mask, jnp.asarray(mask_id, tokens.dtype), tokens)
   inputs = jnp.where(to_random, random_ids.astype(tokens.dtype), inputs)
   return inputs, tokens, selected.astype(jnp.float32)
+
+
+def stream_prefix(ids: np.ndarray, fraction: float) -> np.ndarray:
+  """The first `fraction` of a `[SEP] doc1 [SEP] doc2 [SEP] …` stream, cut at the first document boundary at or past
+  that share of tokens (so no document is truncated and at least one is kept); the whole stream for fraction >= 1.
+  A view of `ids` (a memory map stays one)."""
+  if fraction >= 1.0 or len(ids) < 2:
+    return ids
+  target = max(1, int(round(fraction * len(ids))))
+  boundaries = np.flatnonzero(np.asarray(ids[1:]) == SEP_ID) + 1  # every [SEP] after the leading one
+  after = boundaries[boundaries >= target]
+  end = int(after[0]) if len(after) else len(ids) - 1
+  return ids[:end + 1]

@@ -115,6 +115,17 @@ def _word_level(vocab_tokens: Iterable[str], pre_tokenizer, decoder) -> Tokenize
   return _text_is_text(tok)
 
 
+def word_pre_tokenizer():
+  """The `word` kind's pre-tokenizer (BERT: split on whitespace and around punctuation): what a word is here, for
+  the word tokenizer and for word vectors trained on the corpus (research/embeddings/train_vectors.py)."""
+  return pre_tokenizers.BertPreTokenizer()
+
+
+def split_words(text: str) -> list[str]:
+  """`text` as the `word` tokenizer splits it into words (case kept: the word tokenizer has no normalizer)."""
+  return [word for word, _ in word_pre_tokenizer().pre_tokenize_str(text)]
+
+
 def _every_char():
   # One token per code point, whitespace and newlines included (Oniguruma's "." would skip "\n").
   return pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
@@ -167,7 +178,7 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int) -> Tokeniz
                                       show_progress=False, initial_alphabet=sorted(_alphabet(texts, kind)))
   else:  # word
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.pre_tokenizer = word_pre_tokenizer()
     trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
   tok.train_from_iterator(texts, trainer=trainer)
   target = vocab_size

@@ -51,13 +51,17 @@ def from_matrix(matrix: Array) -> Initializer:
 
 
 def make_init(kind: str, std: float) -> Initializer:
-  """normal(std), or uniform on [-a, a] with a = std·√3 so that both have standard deviation `std`."""
-  if kind == "normal":
+  """normal(std), or uniform on [-a, a] with a = std·√3 so that both have standard deviation `std`.
+
+  `pretrained` gives normal(std) too: the table's shape and placeholder values, which the trainer replaces with the
+  aligned vectors at a fresh start (research/embeddings/pretrained.py) and a restore replaces with the checkpoint's.
+  """
+  if kind in ("normal", "pretrained"):
     return nn.initializers.normal(stddev=std)
   if kind == "uniform":
     a = std * np.sqrt(3.0)
     return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -a, a)
-  raise ValueError(f"embedding init {kind!r} is not one of normal, uniform")
+  raise ValueError(f"embedding init {kind!r} is not one of normal, uniform, pretrained")
 
 
 class TokenEmbedding(nn.Module):

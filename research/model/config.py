@@ -23,7 +23,7 @@ KINDS = ("decoder", "encoder")
 COMBINES = ("add", "concat")
 NORMS = ("pre", "post")
 DTYPES = ("float32", "bfloat16")
-INITS = ("normal", "uniform")
+INITS = ("normal", "uniform", "pretrained")  # pretrained: the trainer sets the table
 ATTENTION_IMPLS = ("einsum", "xla")
 ROPE_SCALINGS = ("none", "linear", "ntk", "yarn")
 DERIVED_FIELDS = ("vocab_size", "kind")  # set from the tokenizer and the objective, not by the experiment config
@@ -64,7 +64,7 @@ class ModelConfig:
   t5_max_distance: int = 128
   # Embeddings.
   tie_embeddings: bool = True
-  embed_init: str = "normal"  # normal | uniform
+  embed_init: str = "normal"  # normal | uniform | pretrained (vectors from model.pretrained.path, set by the trainer)
   # Unit-scale token vectors, as fairseq / Vaswani et al.: table ~ N(0, 1/d), multiplied by sqrt(d) at the input.
   # A table of std 0.02 without the scale is swamped by unit-amplitude sinusoids (docs/results.md).
   embed_init_std: float = 0.0  # 0 = d_model ** -0.5 (resolved at construction); also the learned / T5 tables' std

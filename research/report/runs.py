@@ -7,7 +7,7 @@ Three layouts are accepted:
   * a single run directory: `config.json` and/or `summary.json` in the directory itself.
 
 Besides `eval/extrapolation.json`, evaluations with RoPE scaling switched on (`eval/extrapolation_<scaling>.json`)
-are loaded into `Trial.scaled`.
+are loaded into `Trial.scaled`, and research-analyze's `eval/embedding_quality.json` into `Trial.quality`.
 
 Nothing here imports the model, the trainer, JAX or Flax: reports read run directories only.
 """
@@ -25,6 +25,10 @@ CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
 EXTRAPOLATION_FILE = pathlib.Path("eval") / "extrapolation.json"
+QUALITY_FILE = pathlib.Path("eval") / "embedding_quality.json"
+# Figures of embedding_quality.json that reports show: name -> path under "benchmarks" (higher is better for all).
+QUALITY_FIGURES = {"analogy": ("analogy", "accuracy"), "wordsim353": ("wordsim353", "spearman"),
+                   "simlex999": ("simlex999", "spearman")}
 SCALED_PREFIX = "extrapolation_"  # eval/extrapolation_<scaling>.json: research-evaluate --rope_scaling=<scaling>
 
 
@@ -75,6 +79,7 @@ class Trial:
   metrics: list[dict[str, Any]] = dataclasses.field(default_factory=list)
   extrapolation: Extrapolation | None = None
   scaled: dict[str, Extrapolation] = dataclasses.field(default_factory=dict)  # rope scaling -> its evaluation
+  quality: dict[str, float | None] | None = None  # QUALITY_FIGURES of eval/embedding_quality.json, if analyzed
 
   def evaluation(self, rope_scaling: str | None = None) -> Extrapolation | None:
     return self.extrapolation if rope_scaling is None else self.scaled.get(rope_scaling)
@@ -226,6 +231,19 @@ def _read_scaled(path: pathlib.Path) -> dict[str, Extrapolation]:
   return out
 
 
+def _read_quality(path: pathlib.Path) -> dict[str, float | None] | None:
+  if not path.is_file():
+    return None
+  benchmarks = _read_json_object(path).get("benchmarks")
+  if not isinstance(benchmarks, dict):
+    raise ReportError(f"{path} has no 'benchmarks' object")
+  out = {}
+  for name, (section, key) in QUALITY_FIGURES.items():
+    value = benchmarks.get(section, {}).get(key) if isinstance(benchmarks.get(section), dict) else None
+    out[name] = _finite_or_none(value)
+  return out
+
+
 def _load_trial(path: pathlib.Path, name: str, status: str | None = None, overrides: dict | None = None,
                 error: str | None = None) -> Trial:
   config = _read_json_object(path / CONFIG_FILE) if (path / CONFIG_FILE).is_file() else None
@@ -238,7 +256,8 @@ def _load_trial(path: pathlib.Path, name: str, status: str | None = None, overri
     status, error = "unfinished", error or f"marked finished in {SWEEP_FILE} but {path / SUMMARY_FILE} is missing"
   return Trial(name=name, path=path, status=status, overrides=dict(overrides or {}), error=error, config=config,
                summary=summary if status == "finished" else None, metrics=_read_metrics(path / METRICS_FILE),
-               extrapolation=_read_extrapolation(path / EXTRAPOLATION_FILE), scaled=_read_scaled(path))
+               extrapolation=_read_extrapolation(path / EXTRAPOLATION_FILE), scaled=_read_scaled(path),
+               quality=_read_quality(path / QUALITY_FILE))
 
 
 def _is_run_dir(path: pathlib.Path) -> bool:

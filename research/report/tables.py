@@ -1,10 +1,12 @@
 """Ablation tables: group trials by the swept fields (seeds are replicates), mean ± std per column, md / csv / tex.
 
-Rows are groups (one per combination of the swept fields other than seed), columns are `valid ppl` (summary.json)
-and one per evaluation length (eval/extrapolation.json). A group whose trials were also evaluated with RoPE scaling
-(eval/extrapolation_<scaling>.json) gets one more row per scaling, right below it, labelled `..., rope_scaling=S`.
-A cell is the mean and sample standard deviation (ddof=1) over the group's finished trials; lower is better and the
-lowest mean per column is marked best.
+Rows are groups (one per combination of the swept fields other than seed), columns are `valid ppl` (summary.json),
+one per evaluation length (eval/extrapolation.json) and, when any trial was analyzed (eval/embedding_quality.json),
+analogy accuracy and the WordSim-353 / SimLex-999 Spearman correlations of its table. A group whose trials were
+also evaluated with RoPE scaling (eval/extrapolation_<scaling>.json) gets one more row per scaling, right below it,
+labelled `..., rope_scaling=S`.
+A cell is the mean and sample standard deviation (ddof=1) over the group's finished trials; the best mean per column
+is marked: the lowest perplexity, the highest quality figure.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import math
 import re
 from typing import Any
 
-from research.report.runs import MISSING, RunSet, Trial, extrapolation_file, hashable
+from research.report.runs import MISSING, QUALITY_FIGURES, QUALITY_FILE, RunSet, Trial, extrapolation_file, hashable
 
 VALID_PPL = "valid_ppl"
+QUALITY_HEADERS = {"analogy": "analogy acc", "wordsim353": "WordSim ρ", "simlex999": "SimLex ρ"}
+QUALITY_LATEX = {"analogy": "analogy acc.", "wordsim353": "WordSim $\\rho$", "simlex999": "SimLex $\\rho$"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +31,11 @@ class Column:
   header: str  # valid ppl | 1× (64)
   multiple: float | None = None
   length: int | None = None
+  quality: str | None = None  # a QUALITY_FIGURES name: higher is better
+
+  @property
+  def higher_is_better(self) -> bool:
+    return self.quality is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +115,8 @@ def _columns(trials: list[Trial]) -> list[Column]:
   for length, multiple in pairs:
     columns.append(Column(f"ppl_{_multiple_text(multiple)}x_{length}", f"{_multiple_text(multiple)}× ({length})",
                           multiple=multiple, length=length))
+  if any(t.quality is not None for t in trials):
+    columns += [Column(f"quality_{name}", QUALITY_HEADERS[name], quality=name) for name in QUALITY_FIGURES]
   return columns
 
 
@@ -118,6 +129,13 @@ def _trial_value(trial: Trial, column: Column, rope_scaling: str | None = None) 
     if raw is None or not math.isfinite(float(raw)):
       return None, f"valid_ppl missing or non-finite in summary.json ({raw})"
     return float(raw), None
+  if column.quality is not None:
+    if rope_scaling is not None:
+      return None, "the table's quality does not depend on RoPE scaling: it is in the row without rope_scaling"
+    if trial.quality is None:
+      return None, f"not analyzed (no {QUALITY_FILE.as_posix()}; run research-analyze)"
+    value = trial.quality.get(column.quality)
+    return (value, None) if value is not None else (None, f"{column.quality} not scored (no covered items)")
   evaluation = trial.evaluation(rope_scaling)
   if evaluation is None:
     return None, f"not evaluated (no {extrapolation_file(rope_scaling).as_posix()})"
@@ -172,21 +190,21 @@ def build_table(runs: RunSet) -> Table:
   for c in columns:
     means = {gi: cells[(gi, c.key)].mean for gi in range(len(groups)) if cells[(gi, c.key)].n}
     if len(means) >= 2:  # bolding the only number in a column says nothing
-      low = min(means.values())
-      best[c.key] = {gi for gi, m in means.items() if m == low}
+      top = max(means.values()) if c.higher_is_better else min(means.values())
+      best[c.key] = {gi for gi, m in means.items() if m == top}
   return Table(title=runs.name, fields=fields, short=short, columns=columns, groups=groups, cells=cells, best=best)
 
 
-def format_number(x: float) -> str:
-  return f"{x:.2f}" if abs(x) < 1e5 else f"{x:.3g}"
+def format_number(x: float, digits: int = 2) -> str:
+  return f"{x:.{digits}f}" if abs(x) < 1e5 else f"{x:.3g}"
 
 
-def _cell_text(cell: Cell, row_n: int, pm: str) -> str:
+def _cell_text(cell: Cell, row_n: int, pm: str, digits: int = 2) -> str:
   if not cell.n:
     return "n/a"
-  text = format_number(cell.mean)
+  text = format_number(cell.mean, digits)
   if cell.std is not None:
-    text += f" {pm} {format_number(cell.std)}"
+    text += f" {pm} {format_number(cell.std, digits)}"
   if cell.n != row_n:
     text += f" (n={cell.n})"
   return text
@@ -201,7 +219,7 @@ def to_markdown(table: Table) -> tuple[str, list[str]]:
     row = [g.label.replace("|", "\\|"), str(g.n)]
     for c in table.columns:
       cell = table.cell(gi, c)
-      text = _cell_text(cell, g.n, "±")
+      text = _cell_text(cell, g.n, "±", 3 if c.quality else 2)  # accuracies and correlations in [-1, 1]
       if gi in table.best.get(c.key, ()):
         text = f"**{text}**"
       for note in cell.notes:
@@ -243,12 +261,16 @@ def to_latex(table: Table) -> str:
   """A booktabs table (needs `\\usepackage{booktabs}`); every label and header is escaped."""
   headers = ["group", "$n$", "valid ppl"]
   for c in table.columns[1:]:
-    headers.append(f"${_multiple_text(c.multiple)}\\times$ ({c.length})")
+    if c.quality is not None:
+      headers.append(QUALITY_LATEX[c.quality])
+    else:
+      headers.append(f"${_multiple_text(c.multiple)}\\times$ ({c.length})")
   lines = [
       "% generated by research-report; needs \\usepackage{booktabs}",
       "\\begin{table}[t]",
       "\\centering",
       f"\\caption{{{latex_escape(table.title)}: perplexity, mean $\\pm$ sample std over seeds (lower is better; "
+      f"{'embedding quality: higher is better; ' if any(c.quality for c in table.columns) else ''}"
       f"best per column in bold).}}",
       f"\\label{{tab:{re.sub(r'[^A-Za-z0-9:-]+', '-', table.title)}}}",
       "\\begin{tabular}{l" + "r" * (len(table.columns) + 1) + "}",
@@ -260,7 +282,7 @@ def to_latex(table: Table) -> str:
     row = [latex_escape(g.label), str(g.n)]
     for c in table.columns:
       cell = table.cell(gi, c)
-      text = _cell_text(cell, g.n, "$\\pm$").replace("(n=", "($n$=")
+      text = _cell_text(cell, g.n, "$\\pm$", 3 if c.quality else 2).replace("(n=", "($n$=")
       if gi in table.best.get(c.key, ()):
         text = f"\\textbf{{{text}}}"
       row.append(text)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 import os
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -181,6 +182,13 @@ class Checkpointer:
 
   def __exit__(self, *exc):
     self.close()
+
+
+def has_checkpoint(directory: str | os.PathLike) -> bool:
+  """Whether `directory` holds a finalized checkpoint, read from disk without starting a CheckpointManager (whose
+  start-up clean-up thread must not be left running by a process that exits on a user error)."""
+  directory = Path(directory)
+  return directory.is_dir() and bool(ocp.utils.checkpoint_steps(directory))
 
 
 def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:

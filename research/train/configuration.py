@@ -13,7 +13,7 @@ import ml_collections
 
 from research import schema
 from research.data import tokenizers
-from research.embeddings import registry
+from research.embeddings import pretrained, registry
 from research.model.config import ModelConfig
 from research.train import optim
 
@@ -90,6 +90,8 @@ def _choice(name: str, value: Any, allowed) -> None:
 def model_config(config: ml_collections.ConfigDict, vocab_size: int | None = None) -> ModelConfig:
   """The frozen model config of a run; `vocab_size` is the tokenizer's real size (defaults to data.vocab_size)."""
   values = config.model.to_dict()
+  # The vector-file options are read by the trainer at a fresh start, not by the model: not a ModelConfig field.
+  values.pop("pretrained", None)
   values["max_len"] = values["max_len"] or config.data.seq_len
   values["rope_original_len"] = values["rope_original_len"] or config.data.seq_len
   values["kind"] = "decoder" if config.objective == "clm" else "encoder"
@@ -122,12 +124,37 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
     raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.grad_accum={t.grad_accum}")
   if not t.learning_rate > 0:
     raise ConfigError(f"train.learning_rate={t.learning_rate!r} must be > 0")
+  if not 0.0 < config.data.train_fraction <= 1.0:
+    raise ConfigError(f"data.train_fraction={config.data.train_fraction!r} must be in (0, 1]")
   if config.data.seq_len < 2:
     raise ConfigError(f"data.seq_len={config.data.seq_len!r} must be >= 2")
   if config.objective == "mlm" and config.data.seq_len < 3:
     raise ConfigError(f"data.seq_len={config.data.seq_len!r} must be >= 3 for mlm ([CLS] … [SEP])")
+  validate_pretrained(config)
   minimum = len(tokenizers.SPECIAL_TOKENS) + 1
   if config.data.vocab_size < minimum:
     raise ConfigError(f"data.vocab_size={config.data.vocab_size!r} is too small: at least {minimum} "
                       f"({len(tokenizers.SPECIAL_TOKENS)} special tokens + 1), and the tokenizer kind may need more")
   return model_config(config)
+
+
+def validate_pretrained(config: ml_collections.ConfigDict) -> None:
+  """The pretrained-init options and `train.embedding.freeze_steps`. The vector file itself is read (and its
+  existence checked) only at a fresh start, before anything compiles: a resumed run has its table in the
+  checkpoint and needs no file."""
+  p = config.model.pretrained
+  _choice("model.pretrained.format", p.format, pretrained.FORMATS)
+  _choice("model.pretrained.oov", p.oov, pretrained.OOV_POLICIES)
+  _choice("model.pretrained.dim_mismatch", p.dim_mismatch, pretrained.DIM_MISMATCH_POLICIES)
+  _choice("model.pretrained.scale", p.scale, pretrained.SCALES)
+  if config.model.embed_init == "pretrained" and not str(p.path).strip():
+    raise ConfigError("model.embed_init='pretrained' needs model.pretrained.path (a word2vec, GloVe or fastText "
+                      "file)")
+  emb = config.train.embedding
+  k = emb.freeze_steps
+  if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+    raise ConfigError(f"train.embedding.freeze_steps={k!r} must be an integer >= 0")
+  if k and config.train.optimizer == "adafactor" and emb.weight_decay and config.train.weight_decay:
+    raise ConfigError(f"train.embedding.freeze_steps={k} with optimizer 'adafactor' and train.embedding."
+                      f"weight_decay=True: adafactor's decay is not scaled by the learning rate, so the table would "
+                      f"still move; turn the table's weight decay off or use another optimizer")

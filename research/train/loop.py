@@ -7,6 +7,7 @@ Run directory (docs/architecture.md):
   checkpoints/    Orbax (train state, data-iterator state, metadata)
   events.*        TensorBoard
   summary.json    final figures, written last: its presence means "finished"
+  embedding_init.json   with model.embed_init=pretrained: the coverage report of the vectors (fresh start only)
 
 A rerun of the same command in the same workdir resumes from the latest checkpoint: parameters, optimizer state,
 step, rng and the data iterator's position, so that it continues bit-identically.
@@ -34,6 +35,7 @@ from research import schema
 from research.data import batches as batches_lib
 from research.data import corpora
 from research.data import tokenizers as tokenizers_lib
+from research.embeddings import pretrained as pretrained_lib
 from research.embeddings.token import check_ids
 from research.model.transformer import Transformer, count_params
 from research.train import checkpoint as checkpoint_lib
@@ -41,6 +43,7 @@ from research.train import configuration, mesh as mesh_lib, optim, steps
 
 CONFIG_FILE, TOKENIZER_FILE, METRICS_FILE, SUMMARY_FILE = "config.json", "tokenizer.json", "metrics.jsonl", \
     "summary.json"
+EMBEDDING_INIT_FILE = "embedding_init.json"
 
 
 class NonFiniteError(RuntimeError):
@@ -83,7 +86,40 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> RunData:
   splits = batches_lib.build_or_load_cache(config.data.corpus, tokenizer, cache_dir=cache_dir, corpus=corpus,
                                            errors=config.data.errors)
   check_splits(splits, tokenizer.get_vocab_size())
+  splits = {**splits, "train": batches_lib.stream_prefix(splits["train"], config.data.train_fraction)}
   return RunData(tokenizer, splits, tokenizer.get_vocab_size())
+
+
+def vocabulary(tokenizer) -> list[str]:
+  """The token string of every id, in id order."""
+  return [tokenizer.id_to_token(i) or "" for i in range(tokenizer.get_vocab_size())]
+
+
+def pretrained_table(config, data: RunData, workdir: Path) -> tuple[np.ndarray, dict[str, Any]]:
+  """The aligned [V, d_model] initial table and its coverage report; bad input is a one-line ConfigError."""
+  p = config.model.pretrained
+  model_cfg = configuration.model_config(config, data.vocab_size)
+  counts_file = tokenizers_lib.counts_path(workdir)
+  counts = np.load(counts_file) if counts_file.exists() else None
+  try:
+    return pretrained_lib.pretrained_table(
+        p.path, vocabulary(data.tokenizer), config.data.tokenizer, d_model=model_cfg.d_model,
+        std=model_cfg.embed_init_std, format=p.format, oov=p.oov, dim_mismatch=p.dim_mismatch, scale=p.scale,
+        seed=config.seed, counts=counts)
+  except pretrained_lib.PretrainedError as e:
+    raise configuration.ConfigError(str(e)) from None
+
+
+def with_table(state: steps.TrainState, table_VxD: np.ndarray) -> steps.TrainState:
+  """`state` with the token table replaced, on the table's sharding. Set after init rather than passed as an
+  initializer (`token.from_matrix`) so that the jitted init does not carry a V×d constant; the optimizer state
+  does not depend on the initial values (moments start at zero)."""
+  old = state.params["token_embed"]["embedding"]
+  if old.shape != table_VxD.shape:
+    raise ValueError(f"pretrained table has shape {table_VxD.shape}, the model's is {old.shape}")
+  new = jax.make_array_from_callback(old.shape, old.sharding, lambda index: table_VxD[index].astype(old.dtype))
+  params = {**state.params, "token_embed": {**state.params["token_embed"], "embedding": new}}
+  return state.replace(params=params)
 
 
 def check_splits(splits: dict[str, np.ndarray], vocab_size: int) -> None:
@@ -328,19 +364,35 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   workdir.mkdir(parents=True, exist_ok=True)
   data = prepare_data(config, workdir)
   trainer = Trainer.build(config, data.vocab_size, mesh)
-  write_config(config, workdir)
   t = config.train
-
+  table, table_report = None, None
+  if config.model.embed_init == "pretrained" and not checkpoint_lib.has_checkpoint(workdir / "checkpoints"):
+    # Fresh start only: a resumed run's table is in its checkpoint, and the vector file is never read again.
+    table, table_report = pretrained_table(config, data, workdir)
+  write_config(config, workdir)
   checkpointer = checkpoint_lib.Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints, keep_best=True,
                                              async_save=t.async_checkpoints)
+  last_saved = checkpointer.latest_step()
+  if last_saved is None and table is None and config.model.embed_init == "pretrained":
+    table, table_report = pretrained_table(config, data, workdir)  # only if the disk and Orbax ever disagree
+
   state = trainer.init_state()
+  if table is not None:
+    state = with_table(state, table)
+    if jax.process_index() == 0:
+      atomic_write_json(workdir / EMBEDDING_INIT_FILE, table_report)
+      print(pretrained_lib.summary_line(table_report), flush=True)
   iterator = train_batches(config, data)
   # Host-side progress that a checkpoint carries, so that a resumed run reports the same figures.
   progress_state = {"tokens_seen": 0.0, "wall_s": 0.0, "train_loss": None}
-  last_saved = checkpointer.latest_step()
   if last_saved is not None:
     state, saved = checkpointer.restore(last_saved, target=state)
-    iterator.set_state(saved["iterator"])
+    try:
+      iterator.set_state(saved["iterator"])
+    except ValueError as e:  # e.g. another data.train_fraction: the checkpoint's position is in other data
+      checkpointer.close()
+      raise configuration.ConfigError(f"workdir {str(workdir)!r} holds a run over other training data (was "
+                                      f"data.train_fraction changed?); use a new workdir. {e}") from None
     progress_state.update({k: saved[k] for k in progress_state if k in saved})
   start_step = int(state.step)
   num_params = count_params(state.params)

@@ -6,7 +6,8 @@
     partition by param_groups(params):
       'other':     optimizer(schedule)       with the weight-decay mask
       'position':  optimizer(schedule)       decayed iff position.weight_decay
-      'embedding': optimizer(mult * schedule) decayed iff embedding.weight_decay,
+      'embedding': optimizer(mult * schedule) decayed iff embedding.weight_decay (that rate is 0 for the first
+                   embedding.freeze_steps steps),
                    wrapped in lazy_rows(...) when embedding.lazy,
                    or set_to_zero()          when embedding.freeze
 
@@ -182,6 +183,19 @@ def lazy_rows(inner: optax.GradientTransformation) -> optax.GradientTransformati
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def frozen_for(lr: optax.Schedule, steps: int) -> optax.Schedule:
+  """`lr`, but exactly 0 while the update count is below `steps` (`embedding.freeze_steps`).
+
+  Keyed on the count of the optimizer's own schedule state, which is the train step (it counts every update from
+  the first), so a resumed run freezes and unfreezes at the same step, and the optimizer state has the same
+  structure whatever `steps` is. With the learning rate at 0 every optimizer's update of the table is an exact zero
+  (their weight decay is multiplied by the learning rate too; adafactor's is not, see configuration), so the table
+  is bit-identical for `steps` steps. Its moments (Adam's mu and nu, momentum) still accumulate the gradients
+  meanwhile: at step `steps` the table starts with warm statistics rather than fresh ones.
+  """
+  return lambda count: jnp.where(count < steps, 0.0, lr(count))
+
+
 def make_optimizer(train_cfg: Mapping[str, Any]) -> optax.GradientTransformationExtraArgs:
   """Clipping + optimizer + weight-decay mask + embedding options, from `config.train`."""
   name = train_cfg['optimizer']
@@ -191,6 +205,7 @@ def make_optimizer(train_cfg: Mapping[str, Any]) -> optax.GradientTransformation
   position_decay = bool((train_cfg.get('position', None) or {}).get('weight_decay', True))
   multiplier = float(emb.get('lr_multiplier', 1.0))
   freeze, lazy = bool(emb.get('freeze', False)), bool(emb.get('lazy', False))
+  freeze_steps = int(emb.get('freeze_steps', 0) or 0)
   if lazy and not freeze and name == 'adafactor':
     raise ValueError("embedding.lazy is not supported with optimizer 'adafactor': its factored second moment "
                      'mixes all rows; use adamw, adam, sgd or lion')
@@ -201,6 +216,8 @@ def make_optimizer(train_cfg: Mapping[str, Any]) -> optax.GradientTransformation
     embedding_tx = optax.set_to_zero()
   else:
     embedding_lr = schedule if multiplier == 1.0 else (lambda count: multiplier * schedule(count))
+    if freeze_steps > 0:
+      embedding_lr = frozen_for(embedding_lr, freeze_steps)
     embedding_tx = _core(name, embedding_lr, train_cfg, mask)
     if lazy:
       embedding_tx = lazy_rows(embedding_tx)

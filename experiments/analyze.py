@@ -1,0 +1,67 @@
+r"""Analyses of an embedding table: word-vector benchmarks, exports.
+
+  research-analyze --workdir=RUN [--checkpoint=best|last] [--export_word2vec=FILE] [--export_projector=DIR]
+  research-analyze --vectors=FILE [--format=auto|word2vec|...] [--output=FILE.json]
+
+With --workdir: scores the input table of the run's best checkpoint (Google analogies, WordSim-353, SimLex-999 with
+their coverage; nearest neighbours of 10 frequent words) and writes RUN/eval/embedding_quality.json;
+--export_word2vec writes the table as word2vec text keyed by token strings, --export_projector TensorBoard projector
+files (token and training count as metadata). With --vectors: the same benchmarks for a vector file.
+
+One entry point for every analysis of a table: a new one is a flag and one more step in `main`.
+"""
+
+from absl import app, flags, logging
+
+from experiments.common import run_main
+from research import hugepages
+from research.analysis import quality
+from research.embeddings import pretrained
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory whose table to analyze.")
+_VECTORS = flags.DEFINE_string("vectors", None, "A word2vec / GloVe / fastText file to analyze instead of a run.")
+_FORMAT = flags.DEFINE_enum("format", "auto", list(pretrained.FORMATS), "Format of --vectors.")
+_CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "last"], "Which checkpoint of --workdir.")
+_OUTPUT = flags.DEFINE_string("output", None, "With --vectors: also write the report as JSON here.")
+_EXPORT_WORD2VEC = flags.DEFINE_string("export_word2vec", None, "Write the run's table as word2vec text here.")
+_EXPORT_PROJECTOR = flags.DEFINE_string("export_projector", None, "Write TensorBoard projector files here.")
+
+
+def check_flags() -> None:
+  if bool(_WORKDIR.value) == bool(_VECTORS.value):
+    raise quality.AnalysisError("give exactly one of --workdir=RUN and --vectors=FILE")
+  if _VECTORS.value:
+    for name, flag in (("export_word2vec", _EXPORT_WORD2VEC), ("export_projector", _EXPORT_PROJECTOR)):
+      if flag.value:
+        raise quality.AnalysisError(f"--{name} exports a run's table: use it with --workdir, not --vectors")
+  elif _OUTPUT.value:
+    raise quality.AnalysisError("--output is for --vectors; a run's report goes to RUN/eval/embedding_quality.json")
+
+
+@run_main
+def main(argv):
+  if len(argv) > 1:
+    raise quality.AnalysisError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.ERROR)
+  check_flags()
+  if _VECTORS.value:
+    report = quality.analyze_vectors(_VECTORS.value, _FORMAT.value)
+    if _OUTPUT.value:
+      quality.write_json(report, _OUTPUT.value)
+  else:
+    report = quality.analyze_run(_WORKDIR.value, _CHECKPOINT.value, export_word2vec_path=_EXPORT_WORD2VEC.value,
+                                 export_projector_dir=_EXPORT_PROJECTOR.value)
+    print(f"{_WORKDIR.value}/{quality.EVAL_DIR}/{quality.QUALITY_FILE} (step {report['checkpoint_step']})")
+  print("\n".join(quality.summary_lines(report)))
+  for path in (_EXPORT_WORD2VEC.value, _EXPORT_PROJECTOR.value, _OUTPUT.value):
+    if path:
+      print(f"wrote {path}")
+
+
+def run():
+  hugepages.maybe_reexec()  # first: restarts the process with huge pages for XLA's buffers (Linux)
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,48 @@
+r"""Train word vectors (gensim Word2Vec or FastText) on a corpus's train split and write a standard file.
+
+  research-vectors --corpus=wikipedia-sample --method=word2vec|fasttext --dim=128 --out=FILE [--split=train]
+                   [--window=5] [--min_count=2] [--epochs=5] [--seed=0]
+
+Words are split as the `word` tokenizer splits them. word2vec writes word2vec text; fasttext writes a fastText
+`.bin` with its subword model. Either file is a `--config.model.pretrained.path` for research-train.
+"""
+
+from absl import app, flags, logging
+
+from experiments.common import run_main
+from research.data import corpora, tokenizers
+from research.embeddings import train_vectors
+
+_CORPUS = flags.DEFINE_string("corpus", "wikipedia-sample", "Corpus spec (as data.corpus).")
+_SPLIT = flags.DEFINE_enum("split", "train", ["train"], "Split to train on: train only (never validation text).")
+_METHOD = flags.DEFINE_enum("method", "word2vec", list(train_vectors.METHODS), "gensim model.")
+_DIM = flags.DEFINE_integer("dim", 128, "Vector dimension.")
+_OUT = flags.DEFINE_string("out", None, "Output file (word2vec text, or fastText .bin for --method=fasttext).")
+_WINDOW = flags.DEFINE_integer("window", 5, "Context window.")
+_MIN_COUNT = flags.DEFINE_integer("min_count", 2, "Ignore words seen fewer times.")
+_EPOCHS = flags.DEFINE_integer("epochs", 5, "Passes over the text.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed (training runs on one worker thread: deterministic).")
+_CACHE_DIR = flags.DEFINE_string("cache_dir", "", "Corpus cache (as data.cache_dir).")
+
+
+@run_main
+def main(argv):
+  if len(argv) > 1:
+    raise train_vectors.VectorsError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.WARNING)  # gensim logs every epoch at INFO
+  corpus = corpora.load_corpus(_CORPUS.value, cache_dir=_CACHE_DIR.value or None)
+  sentences = train_vectors.sentences_of(corpus.split(_SPLIT.value), tokenizers.split_words)
+  model = train_vectors.train_vectors(sentences, _METHOD.value, _DIM.value, window=_WINDOW.value,
+                                      min_count=_MIN_COUNT.value, epochs=_EPOCHS.value, seed=_SEED.value)
+  fmt = train_vectors.save_vectors(model, _OUT.value, _METHOD.value)
+  print(f"{_OUT.value}: {len(model.wv.index_to_key)} words × {_DIM.value} ({fmt}) from {len(sentences)} lines of "
+        f"{corpus.name}/{_SPLIT.value}")
+
+
+def run():
+  flags.mark_flags_as_required(["out"])
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

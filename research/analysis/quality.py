@@ -1,0 +1,236 @@
+"""Quality of an embedding table as word vectors: Google analogies, WordSim-353, SimLex-999, nearest neighbours.
+
+    report = analyze_run("runs/x")           # the best checkpoint's input table → RUN/eval/embedding_quality.json
+    report = analyze_vectors("vectors.txt")  # the same benchmarks for a word2vec / GloVe / fastText file
+
+Every figure comes from gensim itself (`KeyedVectors.evaluate_word_analogies`, `evaluate_word_pairs`, `most_similar`)
+on the benchmark files gensim ships, with its defaults (case-insensitive, the 300 000 first keys). Each benchmark also
+reports its coverage: the share of its items (questions, pairs) whose words are all in the vocabulary.
+
+A run's table becomes word vectors like this (docs/embeddings.md): the keys are the word forms of the vocabulary
+(tokens without their markers, `pretrained.token_words`) followed by the benchmark words; a key's vector is the
+mean of the table rows of the pieces the run's tokenizer splits it into (for the `word` tokenizer, a word in the
+vocabulary is one piece: the row itself). A word that encodes to `[UNK]` has no vector (it is out of vocabulary).
+Byte-level tokenizers encode a word with a leading space, the form it has inside running text ("Ġword").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from research.embeddings import pretrained
+
+QUALITY_FILE = "embedding_quality.json"
+EVAL_DIR = "eval"
+UNK_ID = 1
+RESTRICT_VOCAB = 300_000  # gensim's default for both evaluations
+NUM_NEIGHBOUR_WORDS, NUM_NEIGHBOURS = 10, 5
+PAIR_BENCHMARKS = {"wordsim353": "wordsim353.tsv", "simlex999": "simlex999.txt"}
+ANALOGY_FILE = "questions-words.txt"
+
+
+class AnalysisError(ValueError):
+  """A user error on the command line of research-analyze."""
+
+
+def datapath(name: str) -> str:
+  from gensim.test.utils import datapath as gensim_datapath
+  return gensim_datapath(name)
+
+
+# ------------------------------------------------------------------------------------------------- benchmarks
+
+
+def benchmark_words() -> list[str]:
+  """Every word of the three benchmark files, in file order, once each."""
+  words: dict[str, None] = {}
+  with open(datapath(ANALOGY_FILE), encoding="utf-8") as f:
+    for line in f:
+      if not line.startswith(":"):
+        words.update(dict.fromkeys(line.split()))
+  for name in PAIR_BENCHMARKS.values():
+    with open(datapath(name), encoding="utf-8") as f:
+      for line in f:
+        if not line.startswith("#"):
+          words.update(dict.fromkeys(line.split("\t")[:2]))
+  return [w.strip() for w in words if w.strip()]
+
+
+def _count_items(name: str, analogy: bool) -> int:
+  with open(datapath(name), encoding="utf-8") as f:
+    if analogy:
+      return sum(1 for line in f if line.strip() and not line.startswith(":"))
+    return sum(1 for line in f if line.strip() and not line.startswith("#"))
+
+
+def _finite(x: Any) -> float | None:
+  x = float(x)
+  return x if math.isfinite(x) else None
+
+
+def benchmarks(kv) -> dict[str, Any]:
+  """Analogy accuracy and word-pair correlations of gensim KeyedVectors `kv`, each with its coverage."""
+  import logging
+  logging.getLogger("gensim").setLevel(logging.ERROR)  # gensim logs every section at INFO
+  score, sections = kv.evaluate_word_analogies(datapath(ANALOGY_FILE), restrict_vocab=RESTRICT_VOCAB)
+  total = next(s for s in sections if s["section"] == "Total accuracy")
+  scored = len(total["correct"]) + len(total["incorrect"])
+  questions = _count_items(ANALOGY_FILE, analogy=True)
+  out: dict[str, Any] = {"analogy": {"accuracy": float(score), "correct": len(total["correct"]),
+                                     "scored": scored, "items": questions, "coverage": scored / questions}}
+  for name, file in PAIR_BENCHMARKS.items():
+    pearson, spearman, oov_percent = kv.evaluate_word_pairs(datapath(file), restrict_vocab=RESTRICT_VOCAB)
+    items = _count_items(file, analogy=False)
+    out[name] = {"spearman": _finite(spearman[0]), "pearson": _finite(pearson[0]), "items": items,
+                 "coverage": 1.0 - float(oov_percent) / 100.0}
+  return out
+
+
+def neighbours(kv, words: Sequence[str], topn: int = NUM_NEIGHBOURS) -> dict[str, list[list[Any]]]:
+  """{word: [[neighbour, cosine], ...]} by gensim's most_similar."""
+  return {w: [[n, float(s)] for n, s in kv.most_similar(w, topn=topn)] for w in words if w in kv.key_to_index}
+
+
+def frequent_words(keys: Sequence[str], counts: Sequence[float] | None = None,
+                   n: int = NUM_NEIGHBOUR_WORDS) -> list[str]:
+  """The n most frequent alphabetic keys (in key order when there are no counts, as vector files are sorted)."""
+  order = range(len(keys)) if counts is None else np.argsort(-np.asarray(counts), kind="stable")
+  picked: list[str] = []
+  for i in order:
+    if keys[i].isalpha() and keys[i] not in picked:
+      picked.append(keys[i])
+      if len(picked) == n:
+        break
+  return picked
+
+
+# ----------------------------------------------------------------------------------------- a table as vectors
+
+
+def _keyed(keys: Sequence[str], vectors_NxD: np.ndarray):
+  from gensim.models import KeyedVectors
+  kv = KeyedVectors(vectors_NxD.shape[1])
+  if len(keys):
+    kv.add_vectors(list(keys), np.asarray(vectors_NxD, np.float32))
+  return kv
+
+
+def word_vectors(table_VxD: np.ndarray, tokenizer, kind: str, extra_words: Sequence[str] = ()) -> tuple[Any, dict]:
+  """(KeyedVectors of words, {word: row count}) from a run's table: see the module docstring."""
+  tokens = [tokenizer.id_to_token(i) or "" for i in range(tokenizer.get_vocab_size())]
+  candidates = list(dict.fromkeys([w for w in pretrained.token_words(tokens, kind) if w] + list(extra_words)))
+  prefix = " " if kind in pretrained.BYTE_LEVEL_KINDS else ""
+  encodings = tokenizer.encode_batch([prefix + w for w in candidates], add_special_tokens=False)
+  keys, rows = [], []
+  for word, encoding in zip(candidates, encodings):
+    ids = encoding.ids
+    if ids and UNK_ID not in ids:
+      keys.append(word)
+      rows.append(np.asarray(table_VxD, np.float64)[ids].mean(axis=0))
+  vectors = np.asarray(rows, np.float32).reshape(len(rows), table_VxD.shape[1])
+  return _keyed(keys, vectors), {"words": len(keys), "candidates": len(candidates)}
+
+
+def export_key(token: str) -> str:
+  """A token string as a word2vec / TSV key: whitespace (which those formats split on) becomes <U+XXXX>."""
+  key = "".join(f"<U+{ord(c):04X}>" if c.isspace() else c for c in token)
+  return key or "<empty>"
+
+
+def export_word2vec(table_VxD: np.ndarray, tokens: Sequence[str], path: str | os.PathLike) -> Path:
+  """Every row of the table as word2vec text, keyed by its token string (row i ↔ key i), through gensim."""
+  path = Path(path)
+  kv = _keyed([export_key(t) for t in tokens], np.asarray(table_VxD, np.float32))
+  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+  kv.save_word2vec_format(str(tmp), binary=False)
+  os.replace(tmp, path)
+  return path
+
+
+def export_projector(table_VxD: np.ndarray, tokens: Sequence[str], counts: np.ndarray | None,
+                     directory: str | os.PathLike) -> Path:
+  """TensorBoard projector files (tensorboardX `add_embedding`): the table, with token and training count."""
+  from tensorboardX import SummaryWriter
+  directory = Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  counts = np.zeros(len(tokens), np.int64) if counts is None else np.asarray(counts)
+  metadata = [[export_key(t), str(int(counts[i]) if i < len(counts) else 0)] for i, t in enumerate(tokens)]
+  with SummaryWriter(str(directory)) as writer:
+    writer.add_embedding(np.asarray(table_VxD, np.float32), metadata=metadata, metadata_header=["token", "count"],
+                         tag="token_embedding")
+  return directory
+
+
+# ---------------------------------------------------------------------------------------------- entry points
+
+
+def analyze_vectors(path: str | os.PathLike, format: str = "auto") -> dict[str, Any]:
+  """The benchmarks and neighbours of a vector file (any format `pretrained.load_vectors` reads)."""
+  kv, resolved = pretrained.load_vectors(path, format)
+  return {"vectors": str(path), "format": resolved, "words": len(kv.index_to_key), "dim": int(kv.vector_size),
+          "benchmarks": benchmarks(kv), "neighbours": neighbours(kv, frequent_words(kv.index_to_key))}
+
+
+def run_table(workdir: str | os.PathLike, checkpoint: str = "best"):
+  """(loaded run, [V, d] input table as numpy, tokenizer, counts or None)."""
+  from research.data import tokenizers as tokenizers_lib
+  from research.evaluate import extrapolation
+  run = extrapolation.load_run(workdir, checkpoint)
+  tokenizer = tokenizers_lib.load_tokenizer(workdir)
+  counts_file = tokenizers_lib.counts_path(workdir)
+  counts = np.load(counts_file) if counts_file.exists() else None
+  return run, np.asarray(run.params["token_embed"]["embedding"], np.float32), tokenizer, counts
+
+
+def analyze_run(workdir: str | os.PathLike, checkpoint: str = "best", *, export_word2vec_path=None,
+                export_projector_dir=None) -> dict[str, Any]:
+  """Scores the input table of the run's best (or last) checkpoint; writes RUN/eval/embedding_quality.json."""
+  workdir = Path(workdir)
+  run, table_VxD, tokenizer, counts = run_table(workdir, checkpoint)
+  kind = run.config.data.tokenizer
+  tokens = [tokenizer.id_to_token(i) or "" for i in range(tokenizer.get_vocab_size())]
+  kv, sizes = word_vectors(table_VxD, tokenizer, kind, benchmark_words())
+  # Query words: tokens that begin a word (not "##ing" or a BPE piece inside a word), most frequent first.
+  words = [w if pretrained.starts_word(t, kind) else "" for t, w in zip(tokens, pretrained.token_words(tokens, kind))]
+  query = [w for w in frequent_words(words, counts) if w in kv.key_to_index]
+  report = {"checkpoint_step": run.step, "tokenizer": kind, "vocab_size": len(tokens),
+            "dim": int(table_VxD.shape[1]),
+            "word_vectors": "row" if kind == "word" else "mean of the pieces' rows", **sizes,
+            "benchmarks": benchmarks(kv), "neighbours": neighbours(kv, query)}
+  write_quality(workdir, report)
+  if export_word2vec_path:
+    export_word2vec(table_VxD, tokens, export_word2vec_path)
+  if export_projector_dir:
+    export_projector(table_VxD, tokens, counts, export_projector_dir)
+  return report
+
+
+def write_quality(workdir: str | os.PathLike, report: dict[str, Any]) -> Path:
+  """RUN/eval/embedding_quality.json (what research.report reads; its tests write fixtures through this too)."""
+  from research.train import loop
+  out_dir = Path(workdir) / EVAL_DIR
+  out_dir.mkdir(exist_ok=True)
+  loop.atomic_write_json(out_dir / QUALITY_FILE, report)
+  return out_dir / QUALITY_FILE
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+  b = report["benchmarks"]
+  pct = lambda x: "n/a" if x is None else f"{100 * x:.1f} %"  # noqa: E731
+  num = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+  lines = [f"analogy accuracy {pct(b['analogy']['accuracy'])} (coverage {pct(b['analogy']['coverage'])})"]
+  for name in PAIR_BENCHMARKS:
+    lines.append(f"{name} spearman {num(b[name]['spearman'])} (coverage {pct(b[name]['coverage'])})")
+  for word, near in report["neighbours"].items():
+    lines.append(f"{word}: {', '.join(n for n, _ in near)}")
+  return lines
+
+
+def write_json(report: dict[str, Any], path: str | os.PathLike) -> None:
+  Path(path).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")

@@ -1,0 +1,123 @@
+"""research-analyze: word-vector benchmarks through gensim, a run's table as word vectors, the exports."""
+
+import json
+
+import numpy as np
+import pytest
+from gensim.models import KeyedVectors
+from gensim.test.utils import datapath
+
+from research.analysis import quality
+from research.data import tokenizers
+from research.train import loop
+from tests.train_utils import cli, tiny_config
+
+
+@pytest.fixture(scope="module")
+def word_run(tmp_path_factory):
+  """A real tiny run with the word tokenizer (two steps: the table is what matters here)."""
+  workdir = tmp_path_factory.mktemp("run")
+  loop.train(tiny_config(**{"data.tokenizer": "word", "train.steps": 2, "train.checkpoint_every": 2,
+                            "train.eval_batches": 1, "train.async_checkpoints": False}), workdir)
+  return workdir
+
+
+def test_the_benchmarks_are_gensims_own_numbers_with_their_coverage():
+  kv = KeyedVectors.load_word2vec_format(datapath("word2vec_pre_kv_c"))
+  report = quality.analyze_vectors(datapath("word2vec_pre_kv_c"))
+  b = report["benchmarks"]
+  score, sections = kv.evaluate_word_analogies(datapath("questions-words.txt"))
+  total = sections[-1]
+  assert b["analogy"]["accuracy"] == score
+  assert b["analogy"]["correct"] == len(total["correct"]) and b["analogy"]["items"] == 19544
+  assert b["analogy"]["coverage"] == (len(total["correct"]) + len(total["incorrect"])) / 19544
+  for name, file, items in (("wordsim353", "wordsim353.tsv", 353), ("simlex999", "simlex999.txt", 999)):
+    pearson, spearman, oov = kv.evaluate_word_pairs(datapath(file))
+    assert b[name]["spearman"] == pytest.approx(spearman[0], abs=0, rel=0)
+    assert b[name]["pearson"] == pytest.approx(pearson[0], abs=0, rel=0)
+    assert b[name]["items"] == items and b[name]["coverage"] == pytest.approx(1 - oov / 100)
+    assert 0 < b[name]["coverage"] < 1
+  assert len(report["neighbours"]) == 10
+  first = next(iter(report["neighbours"]))
+  assert first == kv.index_to_key[0] and [n for n, _ in report["neighbours"][first]] == \
+      [n for n, _ in kv.most_similar(first, topn=5)]
+
+
+def test_a_word_runs_table_is_scored_row_by_row_and_written_to_eval(word_run):
+  report = quality.analyze_run(word_run)
+  assert json.loads((word_run / "eval" / "embedding_quality.json").read_text()) == json.loads(json.dumps(report))
+  assert report["checkpoint_step"] == 2 and report["tokenizer"] == "word" and report["word_vectors"] == "row"
+  run, table, tok, counts = quality.run_table(word_run)
+  kv, _ = quality.word_vectors(table, tok, "word", quality.benchmark_words())
+  the = tok.token_to_id("the")
+  np.testing.assert_array_equal(kv["the"], table[the])
+  # Only words of the vocabulary have vectors: the same numbers as gensim on these vectors, at a coverage below 1.
+  assert set(kv.index_to_key) <= set(tok.get_vocab())
+  pearson, spearman, oov = kv.evaluate_word_pairs(datapath("wordsim353.tsv"))
+  assert report["benchmarks"]["wordsim353"]["spearman"] == pytest.approx(spearman[0])
+  assert report["benchmarks"]["wordsim353"]["coverage"] == pytest.approx(1 - oov / 100)
+  assert 0 < report["benchmarks"]["wordsim353"]["coverage"] < 1
+  assert len(report["neighbours"]) == 10 and all(w.isalpha() for w in report["neighbours"])
+  most_frequent = max((w for w in tok.get_vocab() if w.isalpha()), key=lambda w: counts[tok.token_to_id(w)])
+  assert next(iter(report["neighbours"])) == most_frequent
+
+
+def test_a_subword_word_vector_is_the_mean_of_its_pieces_rows():
+  from research.data import corpora
+  tok = tokenizers.train_tokenizer("bpe", corpora.load_corpus("lee").train[:100], 400)
+  table = np.random.default_rng(0).normal(size=(tok.get_vocab_size(), 6)).astype(np.float32)
+  kv, sizes = quality.word_vectors(table, tok, "bpe", ["unbelievably"])
+  pieces = tok.encode(" unbelievably", add_special_tokens=False).ids
+  assert len(pieces) > 1 and sizes["words"] == len(kv.index_to_key)
+  np.testing.assert_allclose(kv["unbelievably"], table[pieces].mean(axis=0), rtol=1e-6)
+
+
+def test_the_word2vec_export_round_trips_through_gensim(word_run, tmp_path):
+  _, table, tok, counts = quality.run_table(word_run)
+  tokens = [tok.id_to_token(i) for i in range(tok.get_vocab_size())]
+  path = quality.export_word2vec(table, tokens, tmp_path / "table.txt")
+  kv = KeyedVectors.load_word2vec_format(str(path))
+  assert kv.index_to_key == [quality.export_key(t) for t in tokens]
+  np.testing.assert_array_equal(kv.vectors, table)  # str(float32) is exact
+  unit = table / np.linalg.norm(table, axis=1, keepdims=True)
+  row = tok.token_to_id("the")
+  cosines = unit @ unit[row]
+  cosines[row] = -np.inf
+  assert kv.most_similar("the", topn=1)[0][0] == tokens[int(np.argmax(cosines))]
+  assert quality.export_key("a b\n") == "a<U+0020>b<U+000A>"
+
+
+def test_the_projector_export_has_the_table_and_token_metadata(word_run, tmp_path):
+  _, table, tok, counts = quality.run_table(word_run)
+  tokens = [tok.id_to_token(i) for i in range(tok.get_vocab_size())]
+  quality.export_projector(table, tokens, counts, tmp_path / "proj")
+  config = (tmp_path / "proj" / "projector_config.pbtxt").read_text()
+  assert "token_embedding" in config
+  meta = next((tmp_path / "proj").rglob("metadata.tsv")).read_text().splitlines()
+  tensors = next((tmp_path / "proj").rglob("tensors.tsv")).read_text().splitlines()
+  assert meta[0] == "token\tcount" and len(meta) == len(tokens) + 1 == len(tensors) + 1
+  assert meta[1 + tok.token_to_id("the")] == f"the\t{counts[tok.token_to_id('the')]}"
+  np.testing.assert_allclose(np.array(tensors[7].split("\t"), float), table[7], rtol=1e-5)
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "give exactly one of --workdir=RUN and --vectors=FILE"),
+    (["--vectors=/nonexistent/v.txt"], "model.pretrained.path='/nonexistent/v.txt': no such file"),
+    (["--vectors=x.txt", "--export_word2vec=y.txt"], "--export_word2vec exports a run's table"),
+    (["--workdir=/nonexistent/run"], "'/nonexistent/run' is not a run directory"),
+])
+def test_cli_user_errors_are_one_line(args, message):
+  result = cli("experiments.analyze", *args)
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and message in lines[0], lines
+
+
+def test_the_cli_analyzes_a_run_and_writes_both_exports(word_run, tmp_path):
+  result = cli("experiments.analyze", f"--workdir={word_run}", f"--export_word2vec={tmp_path / 'w.txt'}",
+               f"--export_projector={tmp_path / 'proj'}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "analogy accuracy" in result.stdout and "wordsim353 spearman" in result.stdout
+  assert (word_run / "eval" / "embedding_quality.json").exists()
+  assert len(KeyedVectors.load_word2vec_format(str(tmp_path / "w.txt")).index_to_key) == 512
+  assert (tmp_path / "proj" / "projector_config.pbtxt").exists()

@@ -1,0 +1,395 @@
+"""Pretrained initial tables: every vector format through gensim, alignment per tokenizer kind, coverage arithmetic,
+the OOV / projection / scale policies, freeze_steps in a real run, and the one-line errors."""
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from gensim.models import KeyedVectors
+from gensim.test.utils import datapath
+
+from research.data import tokenizers
+from research.embeddings import pretrained
+from research.train import checkpoint as checkpoint_lib
+from research.train import configuration, loop, optim
+from tests.train_utils import cli, tiny_config
+
+SPECIALS = list(tokenizers.SPECIAL_TOKENS)
+
+
+def write_w2v(path, vectors: dict[str, list[float]], binary=False) -> Path:
+  """A word2vec file written by gensim itself."""
+  kv = KeyedVectors(len(next(iter(vectors.values()))))
+  kv.add_vectors(list(vectors), np.asarray(list(vectors.values()), np.float32))
+  kv.save_word2vec_format(str(path), binary=binary)
+  return Path(path)
+
+
+def gensim_vectors(path, **kwargs):
+  return KeyedVectors.load_word2vec_format(str(path), **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------ formats
+
+
+@pytest.mark.parametrize("name, fmt", [("word2vec_pre_kv_c", "word2vec"), ("test_glove.txt", "glove"),
+                                       ("lee_fasttext.vec", "fasttext"), ("toy-model.bin", "fasttext-bin"),
+                                       ("lee_fasttext.bin", "fasttext-bin")])
+def test_each_shipped_file_is_detected_and_loads_the_same_vectors_as_gensim(name, fmt):
+  kv, resolved = pretrained.load_vectors(datapath(name))
+  assert resolved == fmt
+  if fmt == "fasttext-bin":
+    from gensim.models.fasttext import load_facebook_vectors
+    reference = load_facebook_vectors(datapath(name))
+  else:
+    reference = gensim_vectors(datapath(name), no_header=fmt == "glove")
+  assert kv.index_to_key == reference.index_to_key and len(kv.index_to_key) > 10
+  np.testing.assert_array_equal(kv.vectors, reference.vectors)
+  again, _ = pretrained.load_vectors(datapath(name), fmt)  # the explicit format reads the same
+  np.testing.assert_array_equal(again.vectors, kv.vectors)
+
+
+def test_word2vec_binary_written_by_gensim_is_detected_and_equals_the_text_file(tmp_path):
+  source = gensim_vectors(datapath("word2vec_pre_kv_c"))
+  source.save_word2vec_format(str(tmp_path / "v.bin"), binary=True)
+  kv, fmt = pretrained.load_vectors(tmp_path / "v.bin")
+  assert fmt == "word2vec-binary"
+  assert kv.index_to_key == source.index_to_key
+  np.testing.assert_array_equal(kv.vectors, source.vectors)
+
+
+def test_a_fasttext_bin_composes_uncovered_pieces_from_character_ngrams():
+  tokens = SPECIALS + ["the", "Ġthe", "thee", "##ing"]
+  kv, _ = pretrained.load_vectors(datapath("lee_fasttext.bin"))
+  assert "thee" not in kv.key_to_index and "ing" not in kv.key_to_index
+  table, report = pretrained.pretrained_table(datapath("lee_fasttext.bin"), tokens, "wordpiece", d_model=10,
+                                              std=0.1, scale="keep")
+  np.testing.assert_allclose(table[5], kv["the"], rtol=1e-6)
+  np.testing.assert_allclose(table[7], kv.get_vector("thee"), rtol=1e-6)  # gensim's own n-gram composition
+  np.testing.assert_allclose(table[8], kv.get_vector("ing"), rtol=1e-6)
+  # For wordpiece "Ġthe" is literal text, composed from n-grams too.
+  assert report["rules"] == {"exact": 1, "lower": 0, "subword": 3, "special": 5, "uncovered": 0}
+
+
+# --------------------------------------------------------------------------------------- alignment / coverage
+
+
+def test_coverage_arithmetic_on_a_hand_built_vocabulary(tmp_path):
+  path = write_w2v(tmp_path / "v.txt", {"the": [1, 0, 0, 0], "cat": [0, 2, 0, 0], "sat": [0, 0, 3, 0]})
+  tokens = SPECIALS + ["the", "The", "Ġcat", "dog", "ĠSAT", "zz"]
+  counts = np.array([0, 3, 0, 50, 0, 100, 10, 20, 30, 5, 7])
+  table, report = pretrained.pretrained_table(path, tokens, "bpe", d_model=4, std=0.1, scale="keep",
+                                              counts=counts)
+  assert report["rules"] == {"exact": 2, "lower": 2, "subword": 0, "special": 5, "uncovered": 2}
+  assert report["rows"] == 11 and report["rows_covered"] == 4
+  assert report["share_rows_covered"] == pytest.approx(4 / 11)
+  assert report["training_tokens"] == 225
+  assert report["share_tokens_covered"] == pytest.approx((100 + 10 + 20 + 5) / 225)
+  assert report["uncovered_examples"] == ["dog", "zz"]  # most frequent first; special tokens never listed
+  np.testing.assert_array_equal(table[[5, 6, 7, 9]], [[1, 0, 0, 0], [1, 0, 0, 0], [0, 2, 0, 0], [0, 0, 3, 0]])
+
+
+def test_the_uncovered_examples_are_at_most_twenty_and_specials_are_never_covered(tmp_path):
+  # A file that has vectors for the special strings themselves: they still are not covered.
+  path = write_w2v(tmp_path / "v.txt", {**{s: [1.0, 1.0] for s in SPECIALS}, "a": [1.0, 0.0]})
+  tokens = SPECIALS + ["a"] + [f"w{i}" for i in range(30)]
+  _, report = pretrained.pretrained_table(path, tokens, "word", d_model=2, std=0.1)
+  assert report["rows_covered"] == 1 and report["rules"]["special"] == 5
+  assert len(report["uncovered_examples"]) == 20 and report["share_tokens_covered"] is None
+
+
+@pytest.fixture(scope="module")
+def texts():
+  from research.data import corpora
+  return corpora.load_corpus("lee").train[:120]
+
+
+def vocab(tok):
+  return [tok.id_to_token(i) for i in range(tok.get_vocab_size())]
+
+
+@pytest.mark.parametrize("kind", ["word", "bpe", "wordpiece", "unigram"])
+def test_alignment_strips_each_tokenizer_kinds_markers(kind, texts, tmp_path):
+  tok = tokenizers.train_tokenizer(kind, texts, 600)
+  tokens = vocab(tok)
+  words = pretrained.token_words(tokens, kind)
+  assert words[:5] == [""] * 5
+  marker = {"bpe": "Ġ", "wordpiece": "##", "unigram": "▁"}.get(kind)
+  if marker:
+    marked = [i for i, t in enumerate(tokens) if t.startswith(marker) and len(t) > len(marker) + 1]
+    assert marked, kind
+    for i in marked:
+      assert words[i] == tokens[i][len(marker):]
+      assert pretrained.starts_word(tokens[i], kind) == (kind != "wordpiece")
+  assert not any(pretrained.starts_word(t, kind) for t in SPECIALS)
+  # Vectors for every word form: each non-special row with text is covered, by exact match, with its word's vector.
+  forms = sorted({w for w in words if w})
+  path = write_w2v(tmp_path / "v.txt", {w: [float(j), 1.0] for j, w in enumerate(forms)})
+  table, report = pretrained.pretrained_table(path, tokens, kind, d_model=2, std=0.1, scale="keep")
+  index = {w: j for j, w in enumerate(forms)}
+  for i, w in enumerate(words):
+    if w:
+      assert table[i, 0] == index[w], (kind, tokens[i])
+  assert report["rules"]["exact"] == sum(1 for w in words if w)
+  assert report["rules"]["uncovered"] == sum(1 for w in words[5:] if not w)
+
+
+def test_byte_level_pieces_are_decoded_to_text_before_matching(tmp_path):
+  path = write_w2v(tmp_path / "v.txt", {"café": [1.0, 2.0], "the": [3.0, 4.0]})
+  # GPT-2's byte alphabet: "Ġcafé" is spelled with the two bytes of é; a lone lead byte stands for no text.
+  tokens = SPECIALS + ["ĠcafÃ©", "the", "Ã"]
+  table, report = pretrained.pretrained_table(path, tokens, "bpe", d_model=2, std=0.1, scale="keep")
+  np.testing.assert_array_equal(table[5:7], [[1, 2], [3, 4]])
+  assert report["uncovered_examples"] == ["Ã"]
+
+
+# ------------------------------------------------------------------------------------------------- policies
+
+
+def small_case(tmp_path, dim=4):
+  rng = np.random.default_rng(0)
+  words = [f"w{i}" for i in range(6)]
+  path = write_w2v(tmp_path / f"v{dim}.txt", {w: list(rng.normal(size=dim)) for w in words})
+  tokens = SPECIALS + words + ["u1", "u2", "u3"]
+  return path, tokens, gensim_vectors(path)
+
+
+@pytest.mark.parametrize("oov", ["random", "mean"])
+def test_oov_policies_keep_the_shape_and_the_covered_rows_exact_under_keep(oov, tmp_path):
+  path, tokens, kv = small_case(tmp_path)
+  table, report = pretrained.pretrained_table(path, tokens, "word", d_model=4, std=0.1, oov=oov, scale="keep")
+  assert table.shape == (len(tokens), 4) and table.dtype == np.float32
+  np.testing.assert_array_equal(table[5:11], kv.vectors)
+  covered_norm = np.linalg.norm(kv.vectors, axis=1).mean()
+  fill = np.r_[table[:5], table[11:]]
+  assert len(np.unique(fill, axis=0)) == len(fill)  # no two uncovered rows alike
+  if oov == "random":
+    assert np.linalg.norm(fill, axis=1).mean() == pytest.approx(covered_norm, rel=1e-5)
+  else:
+    spread = np.linalg.norm(fill - kv.vectors.mean(0), axis=1)
+    assert spread.max() < 0.05 * covered_norm
+  assert report["covered_mean_norm"] == pytest.approx(covered_norm, rel=1e-6)
+
+
+def test_scale_match_gives_the_normal_inits_mean_norm_and_keeps_directions(tmp_path):
+  path, tokens, kv = small_case(tmp_path, dim=64)
+  table, report = pretrained.pretrained_table(path, tokens, "word", d_model=64, std=0.125)
+  norms = np.linalg.norm(table[5:11], axis=1)
+  draws = np.random.default_rng(1).normal(0, 0.125, (20000, 64))
+  assert norms.mean() == pytest.approx(np.linalg.norm(draws, axis=1).mean(), rel=5e-3)
+  np.testing.assert_allclose(table[5:11] / report["scale_factor"], kv.vectors, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("source, target", [(4, 8), (8, 4)])
+def test_projection_is_a_fixed_seeded_orthogonal_map(source, target, tmp_path):
+  path, tokens, kv = small_case(tmp_path, dim=source)
+  run = lambda seed: pretrained.pretrained_table(path, tokens, "word", d_model=target, std=0.1,  # noqa: E731
+                                                 dim_mismatch="project", scale="keep", seed=seed)
+  table, report = run(0)
+  assert table.shape == (len(tokens), target) and report["projected"]
+  np.testing.assert_array_equal(table, run(0)[0])
+  assert not np.allclose(table, run(1)[0])
+  p = pretrained.orthogonal_projection(source, target, 0)
+  np.testing.assert_allclose(table[5:11], kv.vectors @ p, rtol=1e-5, atol=1e-6)
+  if source < target:  # widening keeps every inner product of the covered rows
+    np.testing.assert_allclose(table[5:11] @ table[5:11].T, kv.vectors @ kv.vectors.T, rtol=1e-4, atol=1e-5)
+  else:
+    np.testing.assert_allclose(p.T @ p, np.eye(target), atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------- errors
+
+
+def test_bad_input_gives_one_line_errors_naming_the_value(tmp_path):
+  path, tokens, _ = small_case(tmp_path)
+  table = lambda p, **kw: pretrained.pretrained_table(p, tokens, "word", d_model=4, std=0.1, **kw)  # noqa: E731
+  cases = [
+      (lambda: table(tmp_path / "nope.vec"), ["nope.vec", "no such file"]),
+      (lambda: table(datapath("questions-words.txt")), ["questions-words.txt", "does not parse as 'glove'"]),
+      (lambda: table(datapath("test_glove.txt"), format="word2vec-binary"), ["does not parse as 'word2vec-binary'"]),
+      (lambda: table(datapath("test_glove.txt"), format="word2vec"), ["does not parse as 'word2vec'"]),
+      (lambda: table(path, format="word2vec-binary"), ["does not parse as 'word2vec-binary'", "line breaks"]),
+      (lambda: pretrained.pretrained_table(path, tokens, "word", d_model=6, std=0.1), ["4-dimensional", "d_model=6"]),
+      (lambda: pretrained.pretrained_table(path, SPECIALS + ["Ġxx", "Ġyy", "Ġzz", "Ġqq"], "bpe", d_model=4,
+                                           std=0.1), ["'bpe'", "'Ġxx', 'Ġyy', 'Ġzz'"]),
+  ]
+  for call, parts in cases:
+    with pytest.raises(pretrained.PretrainedError) as info:
+      call()
+    message = str(info.value)
+    assert "\n" not in message
+    for part in parts:
+      assert part in message, (part, message)
+
+
+def test_the_config_checks_the_options_before_anything_loads():
+  with pytest.raises(configuration.ConfigError, match="model.embed_init='pretrained' needs model.pretrained.path"):
+    configuration.validate(tiny_config(**{"model.embed_init": "pretrained"}))
+  with pytest.raises(configuration.ConfigError, match="model.pretrained.oov='zero' is not one of random, mean"):
+    configuration.validate(tiny_config(**{"model.pretrained.oov": "zero"}))
+  with pytest.raises(configuration.ConfigError, match="freeze_steps=-1"):
+    configuration.validate(tiny_config(**{"train.embedding.freeze_steps": -1}))
+  model_cfg = configuration.validate(tiny_config(**{"model.embed_init": "pretrained", "model.pretrained.path": "x"}))
+  assert model_cfg.embed_init == "pretrained"
+
+
+def test_a_missing_vector_file_fails_the_cli_in_one_line_before_any_config_is_written(tmp_path):
+  result = cli("--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}", "--config.model.embed_init=pretrained",
+               f"--config.model.pretrained.path={tmp_path / 'missing.vec'}", "--config.data.tokenizer=word")
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [f"error: model.pretrained.path='{tmp_path / 'missing.vec'}': "
+                                                f"no such file"]
+  assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_the_trainer_reports_vector_problems_as_config_errors_before_writing_the_config(tmp_path):
+  path = write_w2v(tmp_path / "v.txt", {"zzzq": [1.0, 2.0, 3.0, 4.0], "qqqz": [0.0, 1.0, 0.0, 1.0]})
+  base = {"model.embed_init": "pretrained", "model.pretrained.path": str(path), "data.tokenizer": "word"}
+  for extra, parts in (({}, ["4-dimensional", "model.d_model=64"]),
+                       ({"model.pretrained.dim_mismatch": "project"}, ["covers no token of the 'word' vocabulary",
+                                                                       "(e.g. '"])):
+    with pytest.raises(configuration.ConfigError) as info:
+      loop.train(tiny_config(**base, **extra), tmp_path / "run")
+    assert all(part in str(info.value) for part in parts), str(info.value)
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------- freeze_steps
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam", "sgd", "lion", "adafactor"])
+def test_freeze_steps_gives_the_table_exact_zero_updates_then_trains(name):
+  k = 3
+  cfg = ml_collections.ConfigDict(dict(
+      optimizer=name, learning_rate=0.1, schedule="constant", warmup_steps=0, steps=10, momentum=0.9,
+      weight_decay=0.0 if name == "adafactor" else 0.1, grad_clip=1.0, b1=0.9, b2=0.99,
+      embedding=dict(weight_decay=name != "adafactor", lr_multiplier=1.0, freeze=False, lazy=False,
+                     freeze_steps=k)))
+  tx = optim.make_optimizer(cfg)
+  rng = np.random.default_rng(0)
+  params = {"token_embed": {"embedding": jnp.asarray(rng.normal(size=(6, 4)), jnp.float32)},
+            "dense": {"kernel": jnp.asarray(rng.normal(size=(4, 4)), jnp.float32)}}
+  loss = lambda p: jnp.sum(jnp.tanh(p["token_embed"]["embedding"] @ p["dense"]["kernel"]) ** 2)  # noqa: E731
+  state = tx.init(params)
+  table0, kernel0 = np.asarray(params["token_embed"]["embedding"]), np.asarray(params["dense"]["kernel"])
+  for step in range(k + 1):
+    updates, state = tx.update(jax.grad(loss)(params), state, params, row_mask=jnp.ones(6, bool))
+    params = optax.apply_updates(params, updates)
+    table = np.asarray(params["token_embed"]["embedding"])
+    if step < k:
+      np.testing.assert_array_equal(table, table0)
+      assert not np.array_equal(np.asarray(params["dense"]["kernel"]), kernel0)
+  assert not np.array_equal(table, table0)
+
+
+def _tables(workdir):
+  with checkpoint_lib.Checkpointer(Path(workdir) / "checkpoints", keep=10) as ckpt:
+    return {step: np.asarray(ckpt.restore(step)[0]["params"]["token_embed"]["embedding"])
+            for step in ckpt.all_steps()}
+
+
+def test_a_pretrained_run_starts_from_the_vectors_freezes_them_for_k_steps_and_resumes_identically(tmp_path):
+  vectors = tmp_path / "vectors.txt"
+  texts = ["the cat sat on the mat", "of in and to a"]
+  rng = np.random.default_rng(0)
+  write_w2v(vectors, {w: list(rng.normal(size=64)) for t in texts for w in t.split()})
+  overrides = {"model.embed_init": "pretrained", "model.pretrained.path": str(vectors), "data.tokenizer": "word",
+               "train.embedding.freeze_steps": 2, "train.steps": 3, "train.warmup_steps": 0,
+               "train.schedule": "constant", "train.checkpoint_every": 1, "train.keep_checkpoints": 5,
+               "train.eval_batches": 1, "train.async_checkpoints": False}
+  loop.train(tiny_config(**overrides), tmp_path / "a")
+  import json
+  report = json.loads((tmp_path / "a" / "embedding_init.json").read_text())
+  assert report["rows_covered"] > 3 and report["format"] == "word2vec"
+  data = loop.prepare_data(tiny_config(**overrides), tmp_path / "a")
+  initial, _ = loop.pretrained_table(tiny_config(**overrides), data, tmp_path / "a")
+  tables = _tables(tmp_path / "a")
+  np.testing.assert_array_equal(tables[1], initial)
+  np.testing.assert_array_equal(tables[2], initial)
+  assert not np.array_equal(tables[3], initial)
+  # Resumed after step 2 (with the vector file gone: a resume never reads it), the table moves at step 3 exactly
+  # as in the uninterrupted run.
+  loop.train(tiny_config(**{**overrides, "train.steps": 2}), tmp_path / "b")
+  vectors.unlink()
+  loop.train(tiny_config(**overrides), tmp_path / "b")
+  np.testing.assert_array_equal(_tables(tmp_path / "b")[3], tables[3])
+
+
+# ------------------------------------------------------------------------------------------ research-vectors
+
+
+@pytest.fixture(scope="module")
+def lee_sentences():
+  from research.data import corpora
+  from research.embeddings import train_vectors
+  return train_vectors.sentences_of(corpora.load_corpus("lee").train[:80], tokenizers.split_words)
+
+
+@pytest.mark.parametrize("method, suffix", [("word2vec", ".txt"), ("fasttext", ".bin")])
+def test_trained_vectors_are_deterministic_and_read_back_by_the_loader(method, suffix, lee_sentences, tmp_path):
+  from research.embeddings import train_vectors
+  train = lambda: train_vectors.train_vectors(lee_sentences, method, 8, epochs=1, seed=3)  # noqa: E731
+  model, again = train(), train()
+  np.testing.assert_array_equal(model.wv.vectors, again.wv.vectors)
+  fmt = train_vectors.save_vectors(model, tmp_path / f"v{suffix}", method)
+  kv, detected = pretrained.load_vectors(tmp_path / f"v{suffix}")
+  assert detected == fmt == ("word2vec" if method == "word2vec" else "fasttext-bin")
+  assert kv.index_to_key == model.wv.index_to_key
+  np.testing.assert_allclose(kv.vectors, model.wv.vectors, rtol=1e-6, atol=1e-7)
+  if method == "fasttext":  # the subword model survives: an unseen word gets the same n-gram vector
+    np.testing.assert_allclose(kv.get_vector("unseenword"), model.wv.get_vector("unseenword"), rtol=1e-5, atol=1e-7)
+  assert all(" " not in w for w in kv.index_to_key)
+
+
+def test_the_vectors_cli_trains_on_train_text_only_and_is_reproducible_across_processes(tmp_path):
+  lines = [f"alpha beta gamma {i % 3}" for i in range(36)] + ["validonly word", "validonly other",
+                                                               "testonly word", "testonly other"]
+  (tmp_path / "c.txt").write_text("\n".join(lines) + "\n")
+  outputs = []
+  for seed in ("1", "2"):
+    out = tmp_path / f"v{seed}.txt"
+    result = cli("experiments.vectors", f"--corpus=text:{tmp_path / 'c.txt'}", "--method=word2vec", "--dim=4",
+                 "--min_count=1", "--epochs=1", f"--out={out}", f"--cache_dir={tmp_path / 'cache'}",
+                 env={"PYTHONHASHSEED": seed})
+    assert result.returncode == 0, result.stderr[-2000:]
+    outputs.append(out.read_bytes())
+  assert outputs[0] == outputs[1]
+  words = set(gensim_vectors(tmp_path / "v1.txt").index_to_key)
+  assert {"alpha", "beta", "gamma", "0"} <= words
+  assert not words & {"validonly", "testonly", "word", "other"}
+  bad = cli("experiments.vectors", "--corpus=lee", "--dim=0", f"--out={tmp_path / 'x.txt'}")
+  assert bad.returncode == 2 and bad.stderr.strip().splitlines() == ["error: --dim=0 must be an integer >= 1"]
+
+
+# ------------------------------------------------------------------------------------ the pretrained sweep
+
+
+def test_a_train_fraction_is_a_prefix_cut_at_a_document_boundary(tmp_path):
+  from research.data import batches
+  sep = tokenizers.SEP_ID
+  stream = np.array([sep, 7, 8, 9, sep, 10, 11, sep, 12, 13, 14, 15, sep], np.uint16)
+  assert batches.stream_prefix(stream, 1.0) is stream
+  np.testing.assert_array_equal(batches.stream_prefix(stream, 0.01), stream[:5])  # at least one whole document
+  np.testing.assert_array_equal(batches.stream_prefix(stream, 0.4), stream[:8])  # 5.2 tokens → the next boundary
+  np.testing.assert_array_equal(batches.stream_prefix(stream, 0.99), stream)
+  (tmp_path / "full").mkdir()
+  (tmp_path / "tenth").mkdir()
+  full = loop.prepare_data(tiny_config(), tmp_path / "full").splits["train"]
+  tenth = loop.prepare_data(tiny_config(**{"data.train_fraction": 0.1}), tmp_path / "tenth").splits["train"]
+  assert 0.1 * len(full) <= len(tenth) < 0.15 * len(full) and tenth[-1] == sep
+  np.testing.assert_array_equal(tenth, full[:len(tenth)])
+  with pytest.raises(configuration.ConfigError, match=r"data.train_fraction=0.0 must be in \(0, 1\]"):
+    configuration.validate(tiny_config(**{"data.train_fraction": 0.0}))
+
+
+def test_the_pretrained_sweep_expands_and_validates():
+  from research import sweeps
+  sweep = sweeps.load_sweep(Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "pretrained.py")
+  assert len({t.name for t in sweep.trials}) == len(sweep.trials) == 18
+  assert {t.overrides["data.train_fraction"] for t in sweep.trials} == {0.1, 0.3, 1.0}
+  paths = {t.overrides.get("model.pretrained.path") for t in sweep.trials}
+  assert len(paths) == 3 and None in paths  # normal (no path), word2vec, fastText
