@@ -7,6 +7,7 @@ the command-line entry points print it as one line.
 from __future__ import annotations
 
 import difflib
+import json
 from typing import Any, Mapping
 
 import ml_collections
@@ -46,6 +47,23 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
 def reference_config() -> ml_collections.ConfigDict:
   """The schema: every valid field, with its default and type."""
   return schema.get_config()
+
+
+def with_defaults(saved: Mapping[str, Any]) -> dict[str, Any]:
+  """A saved run config (nested dicts, config.json) with every schema field it lacks filled in with what it meant
+  when the run was written, before the field existed (`schema.saved_value`: the field's default, or its entry in
+  `schema.LEGACY_VALUES` where the default changes what such a run did)."""
+  out = json.loads(json.dumps(saved))
+  for field, default in flatten(reference_config()).items():
+    *parents, leaf = field.split(".")
+    node = out
+    for parent in parents:
+      node = node.setdefault(parent, {})
+      if not isinstance(node, dict):
+        break
+    else:
+      node.setdefault(leaf, schema.saved_value(field, default))
+  return out
 
 
 def check_fields(config: ml_collections.ConfigDict) -> None:

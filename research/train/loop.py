@@ -158,22 +158,6 @@ def valid_batches(config, ids: np.ndarray, batch_size: int) -> Iterator[dict]:
 # ---------------------------------------------------------------------------------------------------- workdir
 
 
-def complete_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
-  """A saved config.json with every schema field it lacks (written before the field existed) filled in with what it
-  meant then (`schema.saved_value`)."""
-  out = json.loads(json.dumps(saved))
-  for field, default in configuration.flatten(schema.get_config()).items():
-    *parents, leaf = field.split(".")
-    node = out
-    for parent in parents:
-      node = node.setdefault(parent, {})
-      if not isinstance(node, dict):
-        break
-    else:
-      node.setdefault(leaf, schema.saved_value(field, default))
-  return out
-
-
 def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
   """The workdir as a Path, checked and left untouched: not a URL, not a file, and, when it holds a run (its
   config.json), a config that differs from that run's only in `schema.RESUMABLE_FIELDS`. Every differing field is
@@ -188,7 +172,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike)
     raise configuration.ConfigError(f"workdir {str(path)!r} exists and is not a directory")
   saved = path / CONFIG_FILE
   if saved.exists():
-    diffs = checkpoint_lib.config_differences(complete_saved_config(json.loads(saved.read_text())),
+    diffs = checkpoint_lib.config_differences(configuration.with_defaults(json.loads(saved.read_text())),
                                               config.to_dict(), ignore=schema.RESUMABLE_FIELDS)
     if diffs:
       raise configuration.ConfigError(

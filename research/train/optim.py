@@ -4,8 +4,8 @@
 
     clip_by_global_norm(grad_clip)            # skipped when grad_clip == 0
     partition by param_groups(params):
-      'other':     optimizer(schedule)       with the weight-decay mask
-      'position':  optimizer(schedule)       decayed iff position.weight_decay
+      'other':     optimizer(schedule)       with the weight-decay mask; the positional parameters are in this
+                                            partition, decayed iff position.weight_decay
       'embedding': optimizer(mult * schedule) decayed iff embedding.weight_decay (that rate is 0 for the first
                    embedding.freeze_steps steps),
                    wrapped in lazy_rows(...) when embedding.lazy,
@@ -19,8 +19,10 @@ extra argument (optax's extra-args mechanism; transformations that do not use it
 The embedding table is the leaf whose path ends in ('token_embed', 'embedding'), wherever it is nested. The
 positional parameters are every leaf under a module named `position_embed` (the scheme's module, shared by all
 layers, or one per layer inside a block): a learned table, T5's bucket biases, and whatever a scheme owns. They are
-a group of their own so that no scheme is regularised differently from another by accident: with the defaults
-neither the token table nor any positional parameter is decayed (docs/training.md, "Parameter groups").
+a group of their own (their own norms, their own decay flag) so that no scheme is regularised differently from
+another by accident: with the defaults neither the token table nor any positional parameter is decayed
+(docs/training.md, "Parameter groups"). They share the 'other' partition's optimizer (same rule, same learning
+rate), which keeps the optimizer state's structure what it was before the group existed: older checkpoints restore.
 """
 
 from __future__ import annotations
@@ -70,6 +72,12 @@ def param_groups(params: Any) -> Any:
   """Labels every leaf 'embedding' (the token table), 'position' (the positional scheme's parameters) or 'other';
   same tree structure as `params`."""
   return jax.tree_util.tree_map_with_path(lambda path, _: group_of(path), params)
+
+
+def partition_labels(params: Any) -> Any:
+  """The optimizer's partition: 'embedding' (the token table) or 'other' (everything else, positional parameters
+  included: they differ from the rest only in `decay_mask`)."""
+  return jax.tree.map(lambda group: 'embedding' if group == 'embedding' else 'other', param_groups(params))
 
 
 def decay_mask(params: Any, embedding_weight_decay: bool = True, position_weight_decay: bool = True) -> Any:
@@ -221,8 +229,8 @@ def make_optimizer(train_cfg: Mapping[str, Any]) -> optax.GradientTransformation
     embedding_tx = _core(name, embedding_lr, train_cfg, mask)
     if lazy:
       embedding_tx = lazy_rows(embedding_tx)
-  grouped = optax.partition({'embedding': embedding_tx, 'position': _core(name, schedule, train_cfg, mask),
-                             'other': _core(name, schedule, train_cfg, mask)}, param_groups)
+  grouped = optax.partition({'embedding': embedding_tx, 'other': _core(name, schedule, train_cfg, mask)},
+                            partition_labels)
   clip = float(train_cfg.get('grad_clip', 0.0))
   if clip > 0:
     return optax.chain(optax.clip_by_global_norm(clip), grouped)
