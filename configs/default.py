@@ -24,7 +24,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.mlm_random_rate = 0.1
 
   c.model = ml_collections.ConfigDict()
-  c.model.position = "learned"  # none | learned | sinusoidal | rope | alibi | t5 (or any registered scheme)
+  # none | learned | sinusoidal | rope | alibi | t5 | fire | kerple_log | kerple_power | xpos | cope | sandwich |
+  # p_rope (or any registered scheme, or package.module:Class for a scheme class of your own)
+  c.model.position = "learned"
   c.model.combine = "add"  # add | concat
   c.model.pos_dim = 0  # positional width for combine=concat; 0 = d_model
   c.model.max_len = 0  # learned table length; 0 = data.seq_len
@@ -52,6 +54,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.rope_original_len = 0  # 0 = data.seq_len
   c.model.t5_buckets = 32
   c.model.t5_max_distance = 128
+  c.model.rope_keep_fraction = 1.0  # p_rope: fraction of RoPE frequencies kept (the highest); 0 = NoPE, 1 = RoPE
+  c.model.cope_max_pos = 64  # cope: positions per layer table (contextual positions clamp to cope_max_pos - 1)
+  c.model.position_sampling = "none"  # none | randomized (Ruoss et al. 2023: sorted random positions in training)
+  c.model.max_position = 0  # randomized positions are drawn from [0, max_position); 0 = data.seq_len
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000
