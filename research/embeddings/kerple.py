@@ -19,6 +19,8 @@ and which is the symmetric kernel in an encoder.
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -29,9 +31,15 @@ EPS = 1e-2
 MAX_POWER = 2.0
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
 def straight_through_clip(x, low, high=None):
-  """clip(x, low, high) in value, identity in gradient (the reference's in-place clamp of `.data`)."""
-  return x + jax.lax.stop_gradient(jnp.clip(x, low, high) - x)
+  """clip(x, low, high) exactly in value, identity in gradient (the reference's in-place clamp of `.data`)."""
+  return jnp.clip(x, low, high)
+
+
+@straight_through_clip.defjvp
+def _straight_through_clip_jvp(low, high, primals, tangents):
+  return straight_through_clip(primals[0], low, high), tangents[0]
 
 
 def _distance_BxLxS(q_positions_BxL, k_positions_BxS):
