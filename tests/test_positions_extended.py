@@ -4,11 +4,13 @@ named `package.module:Class`. Closed forms and invariances, not numbers copied f
 
 import dataclasses
 import functools
+import json
 import math
 import re
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -622,3 +624,17 @@ def test_an_external_scheme_is_validated_in_a_sweep_before_any_trial(tmp_path):
   names = [t.name for t in sweeps.load_sweep(path).trials]
   assert names == ["position=tests.position_helpers_HalvedAlibi",
                    "position=tests.position_helpers_LearnedSlopePerLayer"]
+
+
+def test_a_run_written_before_the_new_fields_existed_still_resumes_and_evaluates():
+  from research.train import checkpoint as checkpoint_lib
+  current = tiny_config(**{"model.position": "rope"}).to_dict()
+  old = json.loads(json.dumps(current))
+  for field in ("cope_max_pos", "rope_keep_fraction", "position_sampling", "max_position"):
+    del old["model"][field]
+  with pytest.raises(ValueError, match=r"model.cope_max_pos"):
+    checkpoint_lib.check_config_compatible(old, current, configuration.SHAPE_FIELDS)  # missing != default
+  filled = configuration.with_defaults(old)
+  checkpoint_lib.check_config_compatible(filled, current, configuration.SHAPE_FIELDS)
+  assert filled["model"]["position"] == "rope" and filled["model"]["cope_max_pos"] == 64
+  assert configuration.model_config(ml_collections.ConfigDict(filled)).max_position == 64

@@ -1,4 +1,5 @@
-"""Absolute positional schemes, acting at the input: none (NoPE), learned, sinusoidal.
+"""Absolute positional schemes, acting at the input: none (NoPE), learned, sinusoidal; and randomized positions
+(Ruoss et al. 2023), which any scheme can train on (`randomized_positions`).
 
 How the vector joins the token vector (`model.combine`): `add` (same width d_model) or `concat` (the positional
 vector has `pos_dim` channels, default d_model, and the transformer width becomes d_model + pos_dim).

@@ -57,7 +57,8 @@ def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
   workdir = Path(workdir)
   if not (workdir / loop.CONFIG_FILE).exists():
     raise EvaluationError(f"{str(workdir)!r} is not a run directory (no {loop.CONFIG_FILE})")
-  return ml_collections.ConfigDict(json.loads((workdir / loop.CONFIG_FILE).read_text()))
+  # Fields added since the run was written take their defaults, which is how the run behaved.
+  return ml_collections.ConfigDict(configuration.with_defaults(json.loads((workdir / loop.CONFIG_FILE).read_text())))
 
 
 def load_run(workdir: str | Path, checkpoint: str = "best") -> LoadedRun:

@@ -56,6 +56,22 @@ def reference_config() -> ml_collections.ConfigDict:
   return default.get_config()
 
 
+def with_defaults(values: Mapping[str, Any]) -> dict[str, Any]:
+  """A saved run config (nested dicts) with every field it lacks set to today's default: a run written before a
+  field existed ran as that default does (e.g. model.cope_max_pos, model.position_sampling)."""
+  merged = reference_config().to_dict()
+
+  def fill(into, source):
+    for key, value in source.items():
+      if isinstance(value, Mapping) and isinstance(into.get(key), Mapping):
+        fill(into[key], value)
+      else:
+        into[key] = value
+
+  fill(merged, values)
+  return merged
+
+
 def check_fields(config: ml_collections.ConfigDict) -> None:
   valid = flatten(reference_config())
   unknown = sorted(set(flatten(config)) - set(valid))

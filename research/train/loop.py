@@ -137,7 +137,8 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLik
   current = config.to_dict()
   if saved.exists():
     try:
-      checkpoint_lib.check_config_compatible(json.loads(saved.read_text()), current, configuration.SHAPE_FIELDS)
+      checkpoint_lib.check_config_compatible(configuration.with_defaults(json.loads(saved.read_text())), current,
+                                             configuration.SHAPE_FIELDS)
     except ValueError as e:
       raise configuration.ConfigError(
           f"workdir {str(path)!r} holds a run of another shape; use a new workdir. {e}") from None
