@@ -394,6 +394,12 @@ def test_randomized_positions_reach_the_model_in_the_train_step():
   _, plain_step, _ = _step_setup(cfg)
   randomized_loss = float(step(state, _batch())[1]["loss"])
   assert np.isfinite(randomized_loss) and randomized_loss != float(plain_step(state, _batch())[1]["loss"])
+  # The draw is a function of (state.rng, state.step) alone: a resumed run repeats it bit for bit, and the next
+  # step draws anew.
+  again = step(state, _batch())
+  assert float(again[1]["loss"]) == randomized_loss
+  next_state = again[0].replace(params=state.params, opt_state=state.opt_state)
+  assert float(step(next_state, _batch())[1]["loss"]) != randomized_loss
   # A learned table shorter than max_position cannot represent the draws.
   with pytest.raises(ValueError, match=r"model.max_position=65 exceeds the 64 positions that "
                                        r"model.position='learned' can represent"):
