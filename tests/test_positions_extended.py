@@ -644,3 +644,19 @@ def test_a_run_written_before_the_new_fields_existed_still_resumes_and_evaluates
   checkpoint_lib.check_config_compatible(filled, current, configuration.SHAPE_FIELDS)
   assert filled["model"]["position"] == "rope" and filled["model"]["cope_max_pos"] == 64
   assert configuration.model_config(ml_collections.ConfigDict(filled)).max_position == 64
+
+
+@pytest.mark.slow
+def test_an_external_scheme_runs_as_a_sweep_trial_subprocess_and_is_evaluated(tmp_path):
+  from research import sweeps
+  fast = {"train.steps": 4, "train.warmup_steps": 1, "train.eval_every": 4, "train.checkpoint_every": 4,
+          "train.log_every": 2, "train.eval_batches": 1, "data.seq_len": 32, "train.async_checkpoints": False}
+  path = tmp_path / "s.py"
+  trial = {"model.position": "tests.position_helpers:HalvedAlibi", **fast}
+  path.write_text(f"BASE_CONFIG = 'configs/tiny.py'\nEVALUATE = {{'lengths': [1, 2]}}\n"
+                  f"def get_sweep():\n  return [{trial!r}]\n")
+  sweep = sweeps.load_sweep(path)
+  status = sweeps.run_sweep(sweep, tmp_path / "out", jobs=1, log=lambda line: None)
+  (record,) = status.values()
+  assert record["status"] == "finished", record
+  assert (tmp_path / "out" / sweep.trials[0].name / "eval" / "extrapolation.json").exists()

@@ -25,8 +25,8 @@ ERROR_POLICIES = ("strict", "replace", "ignore")
 SHAPE_FIELDS = (
     "objective", "data.corpus", "data.tokenizer", "data.vocab_size", "data.seq_len", "model.d_model",
     "model.num_layers", "model.num_heads", "model.mlp_dim", "model.position", "model.combine", "model.pos_dim",
-    "model.max_len", "model.tie_embeddings", "model.t5_buckets", "model.cope_max_pos", "train.optimizer", "train.batch_size",
-    "train.embedding.freeze", "train.embedding.lazy")
+    "model.max_len", "model.tie_embeddings", "model.t5_buckets", "model.cope_max_pos", "train.optimizer",
+    "train.batch_size", "train.embedding.freeze", "train.embedding.lazy")
 
 
 class ConfigError(ValueError):
