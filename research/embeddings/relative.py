@@ -103,11 +103,14 @@ class RotaryPositions(PositionalScheme):
     if cfg.rope_factor < 1.0:
       raise ValueError(f"model.rope_factor={cfg.rope_factor} must be >= 1")
 
-  def rotary(self, positions_BxL):
+  def frequencies(self):
+    """(inv_freq [rotary_dim // 2], attention_factor) for this config (see `rope_frequencies`)."""
     cfg = self.cfg
-    inv_freq, attention_factor = rope_frequencies(
-        rope_rotary_dim(cfg.width // cfg.num_heads, cfg.rope_fraction), cfg.rope_base, cfg.rope_scaling,
-        cfg.rope_factor, cfg.rope_original_len or cfg.max_len)
+    return rope_frequencies(rope_rotary_dim(cfg.width // cfg.num_heads, cfg.rope_fraction), cfg.rope_base,
+                            cfg.rope_scaling, cfg.rope_factor, cfg.rope_original_len or cfg.max_len)
+
+  def rotary(self, positions_BxL):
+    inv_freq, attention_factor = self.frequencies()
     return functools.partial(apply_rope, positions_BxL=positions_BxL, inv_freq_R=inv_freq,
                              attention_factor=attention_factor)
 
@@ -222,11 +225,9 @@ class PartialFrequencyRotaryPositions(RotaryPositions):
     if not 0.0 <= cfg.rope_keep_fraction <= 1.0:
       raise ValueError(f"model.rope_keep_fraction={cfg.rope_keep_fraction} must be in [0, 1] (0 = NoPE, 1 = RoPE)")
 
-  def rotary(self, positions_BxL):
-    rope = super().rotary(positions_BxL)
-    return functools.partial(apply_rope, positions_BxL=positions_BxL,
-                             inv_freq_R=p_rope_frequencies(rope.keywords["inv_freq_R"], self.cfg.rope_keep_fraction),
-                             attention_factor=rope.keywords["attention_factor"])
+  def frequencies(self):
+    inv_freq, attention_factor = super().frequencies()
+    return p_rope_frequencies(inv_freq, self.cfg.rope_keep_fraction), attention_factor
 
 
 # ----------------------------------------------------------------------------------------------------------- xPos
