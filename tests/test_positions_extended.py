@@ -218,6 +218,8 @@ def test_xpos_zeta_is_the_paper_formula():
 def test_xpos_in_an_encoder_is_an_error_with_the_reason():
   with pytest.raises(ValueError, match=r"xpos' needs a causal decoder .* keys after the query would be amplified"):
     tiny(position="xpos", kind="encoder")
+  with pytest.raises(ValueError, match=r"model.rope_scaling='yarn' does not apply to xpos"):
+    tiny(position="xpos", rope_scaling="yarn", rope_factor=2.0)
 
 
 # -------------------------------------------------------------------------------------------------------- CoPE

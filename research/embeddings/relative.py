@@ -278,6 +278,9 @@ class XposPositions(PositionalScheme):
       raise ValueError("model.position='xpos' needs a causal decoder (objective=clm): it grows keys by ζ^(−m/B) and "
                        "shrinks queries by ζ^(n/B), so a score carries ζ^((n−m)/B), a decay only for keys before the "
                        "query; in an encoder, keys after the query would be amplified without bound")
+    if cfg.rope_scaling != "none":
+      raise ValueError(f"model.rope_scaling={cfg.rope_scaling!r} does not apply to xpos (its scale already "
+                       "controls long-range scores); use none")
     RotaryPositions.validate(cfg)
 
   def rotary(self, positions_BxL):
