@@ -278,6 +278,15 @@ def _last_error(stderr: str) -> str:
   return (errors[-1][len("error: "):] if errors else (lines[-1] if lines else "unknown error"))[:2000]
 
 
+def trial_environment() -> dict[str, str]:
+  """The trials' environment: huge pages for XLA's buffers (they need not restart themselves for them), and the
+  directory the sweep was started from on PYTHONPATH, so that a user's `model.position=my_pkg.mod:Scheme` imports in
+  every trial as it did when the sweep file was validated (trials run with the repository root as cwd)."""
+  env = hugepages.environment()
+  paths = [os.getcwd()] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+  return {**env, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
+
+
 def run_trial(sweep: Sweep, trial: Trial, directory: Path) -> dict[str, Any]:
   """Trains (resuming if interrupted) and evaluates one trial in subprocesses; returns its status record."""
   workdir = directory / trial.name
@@ -287,7 +296,7 @@ def run_trial(sweep: Sweep, trial: Trial, directory: Path) -> dict[str, Any]:
     commands.append(evaluate_command(sweep, str(workdir)))
   for command in commands:
     # With huge pages already in their environment, the trials need not restart themselves for them.
-    result = subprocess.run(command, cwd=ROOT, env=hugepages.environment(), capture_output=True, text=True)
+    result = subprocess.run(command, cwd=ROOT, env=trial_environment(), capture_output=True, text=True)
     if result.returncode != 0:
       workdir.mkdir(parents=True, exist_ok=True)
       (workdir / "error.log").write_text(result.stderr)

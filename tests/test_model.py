@@ -368,7 +368,7 @@ def test_embedding_dropout_is_elementwise_and_off_in_eval():
     (dict(position="rope", rope_fraction=0.1), r"model.rope_fraction=0.1 .* rotate at least 2 of the 8 head"),
     (dict(position="rope", rope_factor=0.5), r"model.rope_factor=0.5 must be >= 1"),
     (dict(max_len=0), r"model.max_len=0 must be >= 1"),
-    (dict(position="fire"), r"unknown positional scheme 'fire'; registered schemes: .*alibi.*rope.*t5"),
+    (dict(position="bogus"), r"unknown positional scheme 'bogus'; registered schemes: .*alibi.*rope.*t5"),
     (dict(combine="mul"), r"model.combine='mul' is not one of add, concat"),
     (dict(kind="seq2seq"), r"model.kind='seq2seq' is not one of decoder, encoder"),
     (dict(dropout=1.5), r"model.dropout=1.5 must be in \[0, 1\)"),

@@ -82,7 +82,7 @@ def test_shipped_sweeps_expand_and_validate(name):
 
 @pytest.mark.parametrize("trials,message", [
     ([{"model.positon": "rope"}], "unknown config field 'model.positon'"),
-    ([{"model.position": "rope"}, {"model.position": "fire"}], "model.position='fire' is not one of"),
+    ([{"model.position": "rope"}, {"model.position": "bogus"}], "model.position='bogus' is not one of"),
     ([{"train.steps": -1}], "train.steps=-1 must be an integer >= 0"),
 ])
 def test_every_override_is_validated_before_any_trial_starts(tmp_path, trials, message):

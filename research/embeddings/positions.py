@@ -1,4 +1,5 @@
-"""Absolute positional schemes, acting at the input: none (NoPE), learned, sinusoidal.
+"""Absolute positional schemes, acting at the input: none (NoPE), learned, sinusoidal; and randomized positions
+(Ruoss et al. 2023), which any scheme can train on (`randomized_positions`).
 
 How the vector joins the token vector (`model.combine`): `add` (same width d_model) or `concat` (the positional
 vector has `pos_dim` channels, default d_model, and the transformer width becomes d_model + pos_dim).
@@ -7,6 +8,7 @@ vector has `pos_dim` channels, default d_model, and the transformer width become
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -40,7 +42,10 @@ class LearnedPositions(PositionalScheme):
 
   @classmethod
   def trained_length(cls, cfg, train_len: int) -> int | None:
-    return train_len if cfg.max_len > train_len else None  # rows >= train_len got no gradient
+    # Rows at or beyond the positions training used got no gradient: arange(train_len), or [0, max_position) with
+    # randomized positions.
+    trained = max(train_len, cfg.max_position if cfg.position_sampling == "randomized" else 0)
+    return trained if cfg.max_len > trained else None
 
   def setup(self):
     self.embedding = self.param(
@@ -60,3 +65,19 @@ class SinusoidalPositions(PositionalScheme):
 
   def embed(self, positions_BxL):
     return sinusoidal(positions_BxL, self.input_width(), self.cfg.sinusoidal_wavelength)
+
+
+# --------------------------------------------------------------------------------------------- randomized positions
+
+
+def randomized_positions(rng, positions_BxL, max_position: int):
+  """Randomized positional encodings (Ruoss et al. 2023, "Randomized Positional Encodings Boost Length
+  Generalization of Transformers", arXiv 2305.16843): each row draws L distinct positions from [0, max_position)
+  uniformly without replacement and sorts them, so order is kept and training sees the positions of sequences up
+  to max_position long. The row's positions p (0..L−1, as the batches give them) become sample[p]; with
+  max_position = L the sample is 0..L−1 and positions are unchanged. Any scheme reads the result."""
+  rows, length = positions_BxL.shape
+  keys = jax.random.split(rng, rows)
+  draw = lambda key: jnp.sort(jax.random.choice(key, max_position, (length,), replace=False))  # noqa: E731
+  sample_BxL = jax.vmap(draw)(keys).astype(positions_BxL.dtype)
+  return jnp.take_along_axis(sample_BxL, positions_BxL, axis=1)

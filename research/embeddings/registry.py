@@ -1,24 +1,49 @@
 """One interface for every positional scheme, and the registry that names them.
 
-A scheme can act at three places (docs/architecture.md, "Positional schemes"):
+A scheme can act at four places (docs/architecture.md, "Positional schemes"):
 
 1. `embed(positions)`: a vector per position for the input, added to or concatenated with the token vector;
-2. `rotary(positions)`: a position-dependent transform of queries and keys, returned as a pure function;
-3. `bias(q_positions, k_positions)`: an additive bias on attention scores, one per head.
+2. `rotary(positions)`: a position-dependent transform of queries and keys, returned as a pure function applied to
+   both, or as a pair `(q_fn, k_fn)` when queries and keys transform differently (xPos);
+3. `bias(q_positions, k_positions)`: an additive bias on attention scores, one per head;
+4. `logit_bias(q_positions, k_positions)`: a pure function `(q, scores, mask) -> bias` for a bias that depends on
+   the layer's queries and attention logits (CoPE); attention computes the logits and adds what it returns.
 
 Every hook has a no-op default (None), so a scheme implements only what it needs and attention never branches on
 which scheme is running. A scheme is a `flax.linen.Module` whose only attribute is `cfg`, the model config (read by
-attribute, so this package does not depend on `research.model`). Register a new one with `@register("name")`.
+attribute, so this package does not depend on `research.model`). Register a new one with `@register("name")`, or
+name it as `model.position=package.module:Class` (`get_scheme` imports it).
+
+Where a scheme lives: by default the transformer builds one instance, `position_embed`, calls `embed` at the input
+and computes the attention hooks once per forward pass for every layer (a T5 table is shared, as in T5). A scheme
+with `per_layer = True` is instead built inside every attention layer, again named `position_embed`
+(`block_{i}/attention/position_embed/...`), and its attention hooks are computed there, so each layer owns its
+parameters (FIRE, Kerple, CoPE). The optimizer and the docs find positional parameters by that path component.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+import importlib
+import os
+import sys
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import flax.linen as nn
 
 Array = Any
 RotaryFn = Callable[[Array], Array]  # x_BxLxHxDh -> x_BxLxHxDh, applied to queries and to keys
+# (q_BxLxHxDh after the q/k transform, scores_BxHxLxS = q·kᵀ/√d + bias in float32 before masking, boolean mask
+# [B|1, 1, L, S] or None) -> an additive float32 bias broadcastable to [B, H, L, S].
+LogitBiasFn = Callable[[Array, Array, Array | None], Array]
+
+
+class AttentionHooks(NamedTuple):
+  """What one attention layer applies: q/k transforms, a score bias, a logit-dependent bias (each may be None)."""
+
+  q_fn: RotaryFn | None = None
+  k_fn: RotaryFn | None = None
+  bias: Array | None = None
+  logit_bias: LogitBiasFn | None = None
 
 _SCHEMES: dict[str, type["PositionalScheme"]] = {}
 
@@ -28,6 +53,8 @@ class PositionalScheme(nn.Module):
 
   cfg: Any
   has_input: ClassVar[bool] = False  # True when `embed` contributes channels (then `combine` applies)
+  # True: one instance per attention layer (its own parameters), hooks computed there; `embed` is then never called.
+  per_layer: ClassVar[bool] = False
 
   @classmethod
   def validate(cls, cfg) -> None:
@@ -48,11 +75,22 @@ class PositionalScheme(nn.Module):
   def embed(self, positions_BxL: Array) -> Array | None:
     return None
 
-  def rotary(self, positions_BxL: Array) -> RotaryFn | None:
+  def rotary(self, positions_BxL: Array) -> RotaryFn | tuple[RotaryFn, RotaryFn] | None:
+    """One function for queries and keys, or a pair (q_fn, k_fn)."""
     return None
 
   def bias(self, q_positions_BxL: Array, k_positions_BxL: Array) -> Array | None:
     return None
+
+  def logit_bias(self, q_positions_BxL: Array, k_positions_BxL: Array) -> LogitBiasFn | None:
+    return None
+
+  def attention_hooks(self, q_positions_BxL: Array, k_positions_BxL: Array) -> AttentionHooks:
+    """The three attention hooks in the form attention applies them (a single rotary function serves q and k)."""
+    rotary = self.rotary(q_positions_BxL)
+    q_fn, k_fn = rotary if isinstance(rotary, tuple) else (rotary, rotary)
+    return AttentionHooks(q_fn, k_fn, self.bias(q_positions_BxL, k_positions_BxL),
+                          self.logit_bias(q_positions_BxL, k_positions_BxL))
 
   def input_width(self) -> int:
     """Channels of `embed`'s output: d_model when adding, the positional width when concatenating."""
@@ -67,12 +105,20 @@ def register(name: str) -> Callable[[type[PositionalScheme]], type[PositionalSch
   def wrap(cls: type[PositionalScheme]) -> type[PositionalScheme]:
     if not (isinstance(cls, type) and issubclass(cls, PositionalScheme)):
       raise TypeError(f"{cls!r} must subclass PositionalScheme to be registered as {name!r}")
+    _check_scheme_class(cls)
     if name in _SCHEMES and _SCHEMES[name] is not cls:
       raise ValueError(f"positional scheme {name!r} is already registered by {_SCHEMES[name].__qualname__}")
     _SCHEMES[name] = cls
     return cls
 
   return wrap
+
+
+def _check_scheme_class(cls: type[PositionalScheme]) -> None:
+  if cls.per_layer and cls.has_input:
+    # The shared instance that would compute `embed` would also create the per-layer parameters once more.
+    raise TypeError(f"{cls.__qualname__}: a per-layer scheme (per_layer=True) cannot have an input hook "
+                    "(has_input=True); split it into two schemes or make it shared")
 
 
 def unregister(name: str) -> None:
@@ -82,11 +128,48 @@ def unregister(name: str) -> None:
 
 def _load_builtin() -> None:
   # The built-in schemes register themselves on import; importing here keeps `registry` the one entry point.
-  from research.embeddings import positions, relative  # noqa: F401
+  from research.embeddings import cope, fire, kerple, positions, relative  # noqa: F401
+
+
+def is_external(name: str) -> bool:
+  """True for `package.module:Class`, a scheme imported by path rather than registered by name."""
+  return ":" in name
+
+
+def _import_scheme(spec: str) -> type[PositionalScheme]:
+  """The class named by `package.module:Class` (Class may be dotted), imported with importlib; any failure is a
+  one-line ValueError naming the value, since it ends up in `model.position` on a command line."""
+  module_name, _, attribute = spec.partition(":")
+  where = f"model.position={spec!r}"
+  if not module_name or not attribute:
+    raise ValueError(f"{where} must be a registered name or package.module:Class")
+  # As `python -m` would: a module in the current directory is importable, also from a console script (whose
+  # sys.path starts at its bin directory). Appended, so an installed package of the same name wins.
+  if os.getcwd() not in sys.path and "" not in sys.path:
+    sys.path.append(os.getcwd())
+  try:
+    obj = importlib.import_module(module_name)
+  except Exception as e:  # noqa: BLE001 - any import failure (missing module, syntax error, its own ImportError)
+    detail = (str(e).splitlines() or [""])[0]
+    raise ValueError(f"{where}: cannot import module {module_name!r} ({type(e).__name__}: {detail})") from None
+  for part in attribute.split("."):
+    if not hasattr(obj, part):
+      raise ValueError(f"{where}: module {module_name!r} has no attribute {attribute!r}")
+    obj = getattr(obj, part)
+  if not (isinstance(obj, type) and issubclass(obj, PositionalScheme)):
+    raise ValueError(f"{where}: {module_name}.{attribute} is {obj!r}, not a PositionalScheme subclass")
+  try:
+    _check_scheme_class(obj)
+  except TypeError as e:
+    raise ValueError(f"{where}: {e}") from None
+  return obj
 
 
 def get_scheme(name: str) -> type[PositionalScheme]:
+  """The scheme class registered as `name`, or imported from `package.module:Class`."""
   _load_builtin()
+  if is_external(name):
+    return _import_scheme(name)
   if name not in _SCHEMES:
     raise ValueError(f"unknown positional scheme {name!r}; registered schemes: {', '.join(names())}")
   return _SCHEMES[name]

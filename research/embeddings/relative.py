@@ -103,11 +103,14 @@ class RotaryPositions(PositionalScheme):
     if cfg.rope_factor < 1.0:
       raise ValueError(f"model.rope_factor={cfg.rope_factor} must be >= 1")
 
-  def rotary(self, positions_BxL):
+  def frequencies(self):
+    """(inv_freq [rotary_dim // 2], attention_factor) for this config (see `rope_frequencies`)."""
     cfg = self.cfg
-    inv_freq, attention_factor = rope_frequencies(
-        rope_rotary_dim(cfg.width // cfg.num_heads, cfg.rope_fraction), cfg.rope_base, cfg.rope_scaling,
-        cfg.rope_factor, cfg.rope_original_len or cfg.max_len)
+    return rope_frequencies(rope_rotary_dim(cfg.width // cfg.num_heads, cfg.rope_fraction), cfg.rope_base,
+                            cfg.rope_scaling, cfg.rope_factor, cfg.rope_original_len or cfg.max_len)
+
+  def rotary(self, positions_BxL):
+    inv_freq, attention_factor = self.frequencies()
     return functools.partial(apply_rope, positions_BxL=positions_BxL, inv_freq_R=inv_freq,
                              attention_factor=attention_factor)
 
@@ -187,3 +190,128 @@ class T5Positions(PositionalScheme):
     buckets_BxLxL = t5_buckets(relative_BxLxL.astype(jnp.int32), not self.cfg.causal, self.cfg.t5_buckets,
                                self.cfg.t5_max_distance)
     return jnp.moveaxis(jnp.take(self.rel_bias, buckets_BxLxL, axis=0), -1, 1)  # [B, H, Lq, Lk]
+
+
+# --------------------------------------------------------------------------------------------------------- p-RoPE
+
+
+def p_rope_frequencies(inv_freq_R, keep_fraction: float):
+  """p-RoPE (Barbero et al. 2025, "Round and Round We Go! What makes Rotary Positional Encodings useful?", arXiv
+  2410.06205, section 6): keep the ⌊p·R⌋ highest of RoPE's R frequencies θ_i and set the lowest (1 − p) fraction
+  to 0, so those channel pairs are never rotated (a 0 angle is the identity, exactly). As the paper's JAX
+  `apply_p_rope`, which pads the timescales with ∞ after `int(p · head_dim // 2)` rotating pairs. p = 1 is RoPE,
+  p = 0 is NoPE."""
+  pairs = inv_freq_R.shape[0]
+  kept = int(keep_fraction * 2 * pairs // 2)
+  return jnp.where(jnp.arange(pairs) < kept, inv_freq_R, 0.0).astype(inv_freq_R.dtype)
+
+
+@register("p_rope")
+class PartialFrequencyRotaryPositions(RotaryPositions):
+  """p-RoPE: RoPE (same base, fraction, scaling) whose lowest (1 − p) fraction of frequencies is removed,
+  p = `model.rope_keep_fraction` (see `p_rope_frequencies`).
+
+  Not `model.rope_fraction`: that rotates the leading fraction of each head's channels with a complete frequency
+  ladder base^(−2i/d_rot) recomputed over the fewer rotated channels (GPT-NeoX's rotary_pct), so the slowest
+  frequency is still 1/base. p-RoPE keeps RoPE's own ladder over all rotated channels and zeroes its slow end: the
+  remaining frequencies are exactly RoPE's highest ones, and the channels of the removed ones carry no position
+  at all (the paper's argument: low frequencies act as position-free "semantic" channels, but rotate slowly
+  enough to drift at long range).
+  """
+
+  @classmethod
+  def validate(cls, cfg) -> None:
+    super().validate(cfg)
+    if not 0.0 <= cfg.rope_keep_fraction <= 1.0:
+      raise ValueError(f"model.rope_keep_fraction={cfg.rope_keep_fraction} must be in [0, 1] (0 = NoPE, 1 = RoPE)")
+
+  def frequencies(self):
+    inv_freq, attention_factor = super().frequencies()
+    return p_rope_frequencies(inv_freq, self.cfg.rope_keep_fraction), attention_factor
+
+
+# ----------------------------------------------------------------------------------------------------------- xPos
+
+XPOS_GAMMA = 0.4  # γ of ζ_i = (2i/d + γ)/(1 + γ) (the paper and x-transformers)
+XPOS_SCALE_BASE = 512.0  # B (the paper and x-transformers' default)
+
+
+def xpos_zeta(rot_dim: int, gamma: float = XPOS_GAMMA):
+  """ζ_i = (2i/d + γ)/(1 + γ) for pair i = 0..d/2 − 1 (Sun et al. 2022): from γ/(1 + γ) for the fastest pair up to
+  nearly 1 for the slowest, so fast-rotating pairs decay most with distance; x-transformers writes it
+  (2i + γd)/((1 + γ)d)."""
+  return jnp.asarray((np.arange(0, rot_dim, 2) / rot_dim + gamma) / (1.0 + gamma), jnp.float32)
+
+
+def apply_xpos(x_BxLxHxD, positions_BxL, inv_freq_R, zeta_R, centre_Bx1, sign: float,
+               scale_base: float = XPOS_SCALE_BASE):
+  """RoPE, then every rotated pair times ζ_i^(sign·(n − c)/B) (Sun et al. 2022, "A Length-Extrapolatable
+  Transformer", arXiv 2212.10554, eq. 11): queries with sign +1, keys with −1, so that a score q_n·k_m carries
+  ζ^((n − m)/B), which decays with the distance n − m ≥ 0. The offset c (`centre_Bx1`, the same for queries and
+  keys) cancels in every score; subtracting it keeps ζ^(±n/B) finite at large positions, as x-transformers
+  centres the positions at seq_len // 2. Channels past 2R pass unscaled and unrotated."""
+  rot = 2 * inv_freq_R.shape[0]
+  rotated_BxLxHxD = apply_rope(x_BxLxHxD.astype(jnp.float32), positions_BxL, inv_freq_R)
+  power_BxL = sign * (positions_BxL - centre_Bx1).astype(jnp.float32) / scale_base
+  scale_BxLxR = zeta_R[None, None, :] ** power_BxL[..., None]
+  ones_BxLxP = jnp.ones(scale_BxLxR.shape[:2] + (x_BxLxHxD.shape[-1] - rot,), jnp.float32)
+  scale_BxLx1xD = jnp.concatenate([scale_BxLxR, scale_BxLxR, ones_BxLxP], axis=-1)[:, :, None, :]
+  return (rotated_BxLxHxD * scale_BxLx1xD).astype(x_BxLxHxD.dtype)
+
+
+def xpos_centre(positions_BxL):
+  """The offset c of `apply_xpos`: the middle of each row's position range (shifting every position of a row by s
+  shifts c by s, so the scaled q and k are shift-invariant exactly, not just their scores)."""
+  return (jnp.min(positions_BxL, axis=1, keepdims=True) + jnp.max(positions_BxL, axis=1, keepdims=True)) // 2
+
+
+@register("xpos")
+class XposPositions(PositionalScheme):
+  """xPos: RoPE (base `model.rope_base`, fraction `model.rope_fraction`; RoPE scalings do not apply) with queries
+  scaled by ζ^(n/B) and keys by ζ^(−m/B), γ = 0.4, B = 512 (see `apply_xpos`). Follows x-transformers'
+  `RotaryEmbedding(use_xpos=True)` (scale = (arange(0, d, 2) + 0.4d)/1.4d, power = (t − L//2)/scale_base,
+  rotate then scale) and the torchscale reference; causal only."""
+
+  @classmethod
+  def validate(cls, cfg) -> None:
+    if not cfg.causal:
+      raise ValueError("model.position='xpos' needs a causal decoder (objective=clm): it grows keys by ζ^(−m/B) and "
+                       "shrinks queries by ζ^(n/B), so a score carries ζ^((n−m)/B), a decay only for keys before the "
+                       "query; in an encoder, keys after the query would be amplified without bound")
+    if cfg.rope_scaling != "none":
+      raise ValueError(f"model.rope_scaling={cfg.rope_scaling!r} does not apply to xpos (its scale already "
+                       "controls long-range scores); use none")
+    RotaryPositions.validate(cfg)
+
+  def rotary(self, positions_BxL):
+    cfg = self.cfg
+    rot_dim = rope_rotary_dim(cfg.width // cfg.num_heads, cfg.rope_fraction)
+    inv_freq, _ = rope_frequencies(rot_dim, cfg.rope_base)
+    centre_Bx1 = xpos_centre(positions_BxL)
+    common = dict(positions_BxL=positions_BxL, inv_freq_R=inv_freq, zeta_R=xpos_zeta(rot_dim), centre_Bx1=centre_Bx1)
+    return functools.partial(apply_xpos, sign=1.0, **common), functools.partial(apply_xpos, sign=-1.0, **common)
+
+
+# ------------------------------------------------------------------------------------------------------- Sandwich
+
+
+def sandwich_bias(q_positions_BxL, k_positions_BxL, num_heads: int, dim: int):
+  """Sandwich (Chi et al. 2023, "Dissecting Transformer Length Extrapolation via the Lens of Receptive Field
+  Analysis", arXiv 2212.10356): the inner product of two sinusoidal position embeddings minus its maximum,
+  Σ_{i=1}^{d'/2} cos((m − n)/10000^(2i/d')) − d'/2, divided by 8h/H for head h = 1..H (ALiBi-like head scales).
+  As NeMo's `SandwichRelativePositionEmbedding` (i from 1, d' = the head dimension, divisor h·8/H); the paper's
+  d' is a hyperparameter. 0 at distance 0, < 0 elsewhere, and symmetric, so it serves encoders unchanged."""
+  half = dim // 2
+  inv_freq_I = jnp.asarray(10_000.0 ** (-2.0 * np.arange(1, half + 1) / dim), jnp.float32)
+  distance_BxLxS = (q_positions_BxL[:, :, None] - k_positions_BxL[:, None, :]).astype(jnp.float32)
+  kernel_BxLxS = jnp.sum(jnp.cos(distance_BxLxS[..., None] * inv_freq_I), axis=-1) - half
+  head_divisor_H = jnp.asarray(np.arange(1, num_heads + 1) * 8.0 / num_heads, jnp.float32)
+  return kernel_BxLxS[:, None] / head_divisor_H[None, :, None, None]
+
+
+@register("sandwich")
+class SandwichPositions(PositionalScheme):
+  """Sandwich: a parameter-free, per-head-scaled sinusoidal-kernel bias (see `sandwich_bias`), shared by layers."""
+
+  def bias(self, q_positions_BxL, k_positions_BxL):
+    return sandwich_bias(q_positions_BxL, k_positions_BxL, self.cfg.num_heads, self.cfg.width // self.cfg.num_heads)

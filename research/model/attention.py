@@ -1,8 +1,10 @@
 """Multi-head attention that applies whatever the positional scheme hands it, never asking which scheme it is.
 
 Two numerically equivalent paths (tests check it): an explicit einsum reference, and `jax.nn.dot_product_attention`
-(XLA's fused implementation; supports every scheme here since all of them are either a q/k transform or an
-additive bias).
+(XLA's fused implementation; supports every scheme here since all of them are q/k transforms or additive biases).
+A bias that depends on the logits themselves (CoPE's `logit_bias` hook) is computed here from q·kᵀ before either
+path runs and handed to it as an ordinary additive bias: that costs one more q·kᵀ per layer for such schemes only,
+and keeps both paths unaware of it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from research.embeddings.registry import AttentionHooks
 
 Array = Any
 _NEG_INF = -1e30  # finite, so a fully masked row gives a uniform softmax instead of NaN
@@ -54,6 +58,12 @@ def _softmax_attention(q_BxHxLxD, k_BxHxSxD, v_BxHxSxD, bias=None, mask=None):
   out_BxHxLxD = jnp.einsum("bhls,bhsd->bhld", unnormalised_BxHxLxS.astype(v_BxHxSxD.dtype), v_BxHxSxD,
                            preferred_element_type=jnp.float32)
   return (out_BxHxLxD / denominator_BxHxLx1).astype(v_BxHxSxD.dtype)
+
+
+def attention_logits(q_BxLxHxD, k_BxSxHxD):
+  """q·kᵀ/√d as [B, H, L, S] in float32, with the operations and order of `_softmax_attention` (q scaled first)."""
+  q_BxLxHxD = q_BxLxHxD * jnp.asarray(q_BxLxHxD.shape[-1] ** -0.5, q_BxLxHxD.dtype)
+  return jnp.einsum("blhd,bshd->bhls", q_BxLxHxD, k_BxSxHxD, preferred_element_type=jnp.float32)
 
 
 def causal_blocks(length: int, block: int) -> list[tuple[int, int]]:
@@ -110,13 +120,15 @@ ATTENTION_FNS: dict[str, Callable] = {"einsum": einsum_attention, "xla": xla_att
 
 
 class MultiHeadAttention(nn.Module):
-  """Self-attention. `rotary` (a q/k transform) and `bias` (additive, per head) come from the positional scheme;
-  either may be None. `causal=True` says the mask is causal with no key padding (see `einsum_attention`)."""
+  """Self-attention. The positional scheme's `hooks` (q/k transforms, a score bias, a logit-dependent bias, each
+  possibly None) are computed once by the transformer for a shared scheme; a per-layer scheme (`per_layer`) is
+  built here as the submodule `position_embed` and computes them from `positions_BxL`. `causal=True` says the mask
+  is causal with no key padding (see `einsum_attention`)."""
 
   cfg: Any
 
   @nn.compact
-  def __call__(self, x_BxLxD, *, rotary=None, bias=None, mask=None, causal=False):
+  def __call__(self, x_BxLxD, *, hooks: AttentionHooks | None = None, positions_BxL=None, mask=None, causal=False):
     cfg = self.cfg
     dense = lambda features, axis, name: nn.DenseGeneral(  # noqa: E731
         features, axis=axis, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32, name=name)
@@ -127,8 +139,21 @@ class MultiHeadAttention(nn.Module):
     qkv_Nx3xHxDh = dense((3, cfg.num_heads, cfg.head_dim), -1, "qkv")(x_NxD)
     qkv_BxLx3xHxDh = qkv_Nx3xHxDh.reshape(batch, length, *qkv_Nx3xHxDh.shape[1:])
     q, k, v = (qkv_BxLx3xHxDh[:, :, i] for i in range(3))
-    if rotary is not None:
-      q, k = rotary(q), rotary(k)
+    scheme = cfg.scheme
+    if scheme.per_layer:
+      hooks = scheme(cfg, name="position_embed").attention_hooks(positions_BxL, positions_BxL)
+    hooks = hooks or AttentionHooks()
+    if hooks.q_fn is not None:
+      q = hooks.q_fn(q)
+    if hooks.k_fn is not None:
+      k = hooks.k_fn(k)
+    bias = hooks.bias
+    if hooks.logit_bias is not None:
+      scores_BxHxLxS = attention_logits(q, k)
+      if bias is not None:
+        scores_BxHxLxS = scores_BxHxLxS + bias.astype(jnp.float32)
+      extra = hooks.logit_bias(q, scores_BxHxLxS, mask).astype(jnp.float32)
+      bias = extra if bias is None else bias.astype(jnp.float32) + extra
     out_BxLxHxDh = ATTENTION_FNS[cfg.attention](q, k, v, bias, mask, causal=causal)
     out_NxHxDh = out_BxLxHxDh.reshape(batch * length, *out_BxLxHxDh.shape[2:])
     return dense(cfg.width, (-2, -1), "out")(out_NxHxDh).reshape(batch, length, cfg.width)

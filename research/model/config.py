@@ -27,6 +27,7 @@ INITS = ("normal", "uniform", "pretrained")  # pretrained: the trainer sets the 
 ATTENTION_IMPLS = ("einsum", "xla")
 ROPE_SCALINGS = ("none", "linear", "ntk", "yarn")
 DERIVED_FIELDS = ("vocab_size", "kind")  # set from the tokenizer and the objective, not by the experiment config
+POSITION_SAMPLINGS = ("none", "randomized")
 
 
 def _choice(field: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -62,6 +63,12 @@ class ModelConfig:
   rope_original_len: int = 0  # training length the scaling extends from (YaRN's ramp); 0 = max_len (= data.seq_len)
   t5_buckets: int = 32
   t5_max_distance: int = 128
+  rope_keep_fraction: float = 1.0  # p-RoPE: fraction p of RoPE's frequencies kept (the highest); the rest are 0
+  cope_max_pos: int = 64  # CoPE: size of each layer's position table; contextual positions clamp to it minus 1
+  # Randomized positions (Ruoss et al. 2023): during training each row's positions are a sorted sample from
+  # [0, max_position); evaluation uses arange. 0 = the training length (resolved by the training config).
+  position_sampling: str = "none"
+  max_position: int = 0
   # Embeddings.
   tie_embeddings: bool = True
   embed_init: str = "normal"  # normal | uniform | pretrained (vectors from model.pretrained.path, set by the trainer)
@@ -95,6 +102,7 @@ class ModelConfig:
     _choice("model.embed_init", self.embed_init, INITS)
     _choice("model.attention", self.attention, ATTENTION_IMPLS)
     _choice("model.rope_scaling", self.rope_scaling, ROPE_SCALINGS)
+    _choice("model.position_sampling", self.position_sampling, POSITION_SAMPLINGS)
     if self.pos_dim < 0:
       raise ValueError(f"model.pos_dim={self.pos_dim} must be >= 0")
     for name in ("dropout", "embedding_dropout", "token_dropout"):
@@ -105,7 +113,19 @@ class ModelConfig:
       raise ValueError(
           f"model.num_heads={self.num_heads} does not divide the model width {self.width}; "
           f"allowed head counts: {', '.join(str(h) for h in _divisors(self.width))}")
-    registry.get_scheme(self.position).validate(self)
+    if not isinstance(self.max_position, int) or self.max_position < 0:
+      raise ValueError(f"model.max_position={self.max_position!r} must be an integer >= 0 (0 = the training length)")
+    scheme = self.scheme
+    scheme.validate(self)
+    limit = scheme.max_length(self)
+    if self.position_sampling == "randomized" and limit is not None and self.max_position > limit:
+      raise ValueError(f"model.max_position={self.max_position} exceeds the {limit} positions that "
+                       f"model.position={self.position!r} can represent (raise model.max_len or lower max_position)")
+
+  @property
+  def scheme(self) -> type[registry.PositionalScheme]:
+    """The positional scheme's class (registered name or package.module:Class)."""
+    return registry.get_scheme(self.position)
 
   @property
   def head_dim(self) -> int:
@@ -114,7 +134,7 @@ class ModelConfig:
   @property
   def positional_width(self) -> int:
     """Channels that an absolute scheme concatenates to the token vector (0 when adding)."""
-    if self.combine != "concat" or not registry.get_scheme(self.position).has_input:
+    if self.combine != "concat" or not self.scheme.has_input:
       return 0
     return self.pos_dim or self.d_model
 

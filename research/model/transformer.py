@@ -5,8 +5,9 @@ the causal/bidirectional variants of ALiBi and T5 buckets, which read `cfg.causa
 optimizer's rules rely on:
 
   token_embed/embedding   [V, d_model]    the token table (the only V×d parameter when tied)
-  position_embed/...      whatever the scheme owns (learned: embedding [max_len, pos width]; t5: rel_bias)
-  block_{i}/...           attention qkv / out, mlp, layer norms
+  position_embed/...      whatever a shared scheme owns (learned: embedding [max_len, pos width]; t5: rel_bias)
+  block_{i}/...           attention qkv / out, mlp, layer norms; a per-layer scheme's parameters (fire, kerple_*,
+                          cope) at block_{i}/attention/position_embed/...
   final_norm/             pre-LN only
   head_proj/kernel        [width, d_model]  only when tied and concat makes width > d_model
   lm_head/kernel          [width, V]        only when untied
@@ -20,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.embeddings import registry, token
+from research.embeddings import token
 from research.model.attention import MultiHeadAttention, attention_mask
 from research.model.config import ModelConfig
 
@@ -49,12 +50,12 @@ class Block(nn.Module):
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD, *, rotary=None, bias=None, mask=None, causal=False, deterministic=True):
+  def __call__(self, x_BxLxD, *, hooks=None, positions_BxL=None, mask=None, causal=False, deterministic=True):
     cfg = self.cfg
     norm = lambda name: nn.LayerNorm(dtype=cfg.compute_dtype, param_dtype=jnp.float32, name=name)  # noqa: E731
     drop = lambda y: nn.Dropout(cfg.dropout)(y, deterministic=deterministic)  # noqa: E731
     attend = lambda y: MultiHeadAttention(cfg, name="attention")(  # noqa: E731
-        y, rotary=rotary, bias=bias, mask=mask, causal=causal)
+        y, hooks=hooks, positions_BxL=positions_BxL, mask=mask, causal=causal)
     if cfg.norm == "pre":
       x_BxLxD = x_BxLxD + drop(attend(norm("norm_attention")(x_BxLxD)))
       return x_BxLxD + drop(Mlp(cfg, name="mlp")(norm("norm_mlp")(x_BxLxD)))
@@ -76,7 +77,9 @@ class Transformer(nn.Module):
         embedding_init=self.embedding_init or token.make_init(cfg.embed_init, cfg.embed_init_std),
         scale=cfg.embed_scale, dropout=cfg.embedding_dropout, token_dropout=cfg.token_dropout,
         dtype=cfg.compute_dtype)
-    self.position_embed = registry.get_scheme(cfg.position)(cfg)
+    # A per-layer scheme's instance here is never called (so it owns no parameters); each attention layer builds its
+    # own (see MultiHeadAttention).
+    self.position_embed = cfg.scheme(cfg)
     self.blocks = [Block(cfg, name=f"block_{i}") for i in range(cfg.num_layers)]
     if cfg.norm == "pre":
       self.final_norm = nn.LayerNorm(dtype=cfg.compute_dtype, param_dtype=jnp.float32)
@@ -88,7 +91,7 @@ class Transformer(nn.Module):
   def embed(self, tokens_BxL, positions_BxL, *, deterministic=True):
     """The input hook: token vectors, plus or concatenated with the scheme's positional vectors (if any)."""
     x_BxLxD = self.token_embed(tokens_BxL, deterministic=deterministic)
-    pos_BxLxP = self.position_embed.embed(positions_BxL)
+    pos_BxLxP = self.position_embed.embed(positions_BxL) if self.cfg.scheme.has_input else None
     if pos_BxLxP is None:
       return x_BxLxD
     pos_BxLxP = pos_BxLxP.astype(x_BxLxD.dtype)
@@ -106,15 +109,16 @@ class Transformer(nn.Module):
 
   def encode(self, x_BxLxD, positions_BxL, *, key_mask_BxL=None, deterministic=True):
     """Blocks and final norm over already-embedded inputs (for analysis, and inputs built elsewhere)."""
-    # Computed once and shared by every layer (T5 shares its bias table across layers).
-    rotary = self.position_embed.rotary(positions_BxL)
-    bias = self.position_embed.bias(positions_BxL, positions_BxL)
+    # A shared scheme's hooks are computed once for every layer (T5 shares its bias table across layers); a per-layer
+    # scheme computes them in each attention layer from the positions.
+    hooks = None if self.cfg.scheme.per_layer else self.position_embed.attention_hooks(positions_BxL, positions_BxL)
     length = x_BxLxD.shape[1]
     mask = attention_mask(length, length, self.cfg.causal, key_mask_BxL)
     # Without key padding a causal mask leaves every query a key, so attention may skip the all-masked blocks.
     causal = self.cfg.causal and key_mask_BxL is None
     for block in self.blocks:
-      x_BxLxD = block(x_BxLxD, rotary=rotary, bias=bias, mask=mask, causal=causal, deterministic=deterministic)
+      x_BxLxD = block(x_BxLxD, hooks=hooks, positions_BxL=positions_BxL, mask=mask, causal=causal,
+                      deterministic=deterministic)
     if self.cfg.norm == "pre":
       x_BxLxD = self.final_norm(x_BxLxD)
     return x_BxLxD

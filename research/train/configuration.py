@@ -112,6 +112,7 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int | None = Non
   values.pop("pretrained", None)
   values["max_len"] = values["max_len"] or config.data.seq_len
   values["rope_original_len"] = values["rope_original_len"] or config.data.seq_len
+  values["max_position"] = values["max_position"] or config.data.seq_len
   values["kind"] = "decoder" if config.objective == "clm" else "encoder"
   values["vocab_size"] = int(vocab_size or config.data.vocab_size)
   try:
@@ -126,7 +127,13 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
   _choice("objective", config.objective, OBJECTIVES)
   _choice("data.tokenizer", config.data.tokenizer, tokenizers.KINDS)
   _choice("data.errors", config.data.errors, ERROR_POLICIES)
-  _choice("model.position", config.model.position, registry.names())
+  if registry.is_external(config.model.position):
+    try:
+      registry.get_scheme(config.model.position)  # imports it: a bad path fails here, naming the value
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+  else:
+    _choice("model.position", config.model.position, registry.names())
   _choice("train.optimizer", config.train.optimizer, optim.OPTIMIZERS)
   _choice("train.schedule", config.train.schedule, optim.SCHEDULES)
   _choice("mesh.distributed", str(config.mesh.distributed).lower(), DISTRIBUTED)
@@ -149,6 +156,9 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
   if config.objective == "mlm" and config.data.seq_len < 3:
     raise ConfigError(f"data.seq_len={config.data.seq_len!r} must be >= 3 for mlm ([CLS] … [SEP])")
   validate_pretrained(config)
+  if config.model.max_position and config.model.max_position < config.data.seq_len:
+    raise ConfigError(f"model.max_position={config.model.max_position} is smaller than data.seq_len="
+                      f"{config.data.seq_len}: randomized positions draw seq_len distinct positions from it")
   minimum = len(tokenizers.SPECIAL_TOKENS) + 1
   if config.data.vocab_size < minimum:
     raise ConfigError(f"data.vocab_size={config.data.vocab_size!r} is too small: at least {minimum} "

@@ -284,7 +284,8 @@ class Trainer:
         objective=config.objective, vocab_size=vocab_size, grad_accum=config.train.grad_accum,
         z_loss=config.train.z_loss, loss_chunk=config.train.loss_chunk,
         mlm_select_rate=config.data.mlm_select_rate, mlm_mask_rate=config.data.mlm_mask_rate,
-        mlm_random_rate=config.data.mlm_random_rate)
+        mlm_random_rate=config.data.mlm_random_rate, position_sampling=model_cfg.position_sampling,
+        max_position=model_cfg.max_position)
     return cls(config, Transformer(model_cfg), mesh, optim.make_optimizer(config.train),
                optim.make_schedule(config.train), settings)
 

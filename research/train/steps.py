@@ -20,10 +20,14 @@ import optax
 
 from research.data.batches import mask_tokens
 from research.data.tokenizers import PAD_ID, SPECIAL_IDS
+from research.embeddings.positions import randomized_positions
 from research.model.transformer import HEAD_MODULES, Transformer
 from research.train import objectives, optim
 
 Array = Any
+# fold_in tag of the randomized-positions key: a separate stream of the step's key, so that the MLM masking and
+# dropout keys (split from the same key) are exactly those of a run without randomized positions.
+POSITION_STREAM = 0x9051
 
 
 @flax.struct.dataclass
@@ -46,6 +50,8 @@ class StepSettings:
   mlm_select_rate: float = 0.15
   mlm_mask_rate: float = 0.8
   mlm_random_rate: float = 0.1
+  position_sampling: str = "none"  # none | randomized (training only; evaluation always uses the batch's arange)
+  max_position: int = 0  # randomized positions come from [0, max_position); 0 = the batch's length
 
 
 def init_state(rng, *, model: Transformer, optimizer: optax.GradientTransformation, seq_len: int) -> TrainState:
@@ -54,8 +60,10 @@ def init_state(rng, *, model: Transformer, optimizer: optax.GradientTransformati
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), rng=state_rng)
 
 
-def prepare_inputs(batch, rng, settings: StepSettings):
-  """(inputs, targets, weights, positions, key_mask): MLM applies the BERT masking here, from the step's key.
+def prepare_inputs(batch, rng, settings: StepSettings, *, training: bool = False):
+  """(inputs, targets, weights, positions, key_mask): MLM applies the BERT masking here, from the step's key; in
+  training, `position_sampling=randomized` replaces the positions by a sorted random sample (Ruoss et al. 2023)
+  drawn from `fold_in(rng, POSITION_STREAM)`, so a resumed run draws the same positions.
 
   key_mask (bool [B, L] or None) marks the keys attention may read. An encoder gets one wherever [PAD] can occur
   (the tail of a short row, an empty row): without it every token would attend to the padding. A decoder gets None:
@@ -63,13 +71,17 @@ def prepare_inputs(batch, rng, settings: StepSettings):
   without a key mask causal attention may skip its all-masked blocks (a test checks that appended [PAD] columns
   change neither objective's loss).
   """
+  positions = batch["positions"]
+  if training and settings.position_sampling == "randomized":
+    positions = randomized_positions(jax.random.fold_in(rng, POSITION_STREAM), positions,
+                                     settings.max_position or positions.shape[1])
   if settings.objective == "mlm":
     inputs, targets, selected = mask_tokens(
         rng, batch["inputs"], vocab_size=settings.vocab_size, select_rate=settings.mlm_select_rate,
         mask_rate=settings.mlm_mask_rate, random_rate=settings.mlm_random_rate, special_ids=SPECIAL_IDS)
     # [PAD] is special, so masking never selects it nor draws it as a random replacement: the original inputs tell.
-    return inputs, targets, selected * batch["weights"], batch["positions"], batch["inputs"] != PAD_ID
-  return batch["inputs"], batch["targets"], batch["weights"], batch["positions"], None
+    return inputs, targets, selected * batch["weights"], positions, batch["inputs"] != PAD_ID
+  return batch["inputs"], batch["targets"], batch["weights"], positions, None
 
 
 def eval_key(seed: int, length: int, batch_index: int) -> jax.Array:
@@ -112,7 +124,7 @@ def train_step(state: TrainState, batch, *, model: Transformer, optimizer, sched
   """One optimizer step over `batch` (split into `settings.grad_accum` micro-batches). Returns (state, metrics)."""
   rng = jax.random.fold_in(state.rng, state.step)
   mask_rng, dropout_rng = jax.random.split(rng)
-  inputs, targets, weights, positions, key_mask = prepare_inputs(batch, mask_rng, settings)
+  inputs, targets, weights, positions, key_mask = prepare_inputs(batch, mask_rng, settings, training=True)
 
   def sums_and_grads(micro, key):
     def loss_fn(params):

@@ -1,0 +1,69 @@
+"""FIRE: Functional Interpolation for Relative positions (Li et al. 2023, "Functional Interpolation for Relative
+Positions Improves Long Context Transformers", arXiv 2310.04418, eq. 6 and appendix code).
+
+    b_h(i, j) = f_θ( ψ(i − j) / ψ(max(L, i)) ),   ψ(x) = log(c·x + 1),   L = |L_mult| · L_init
+
+f_θ is an MLP 1 → 32 → H with a ReLU (one output per head); c (init 0.1) and the multiplier L_mult (init 1) are
+learned, L_init = 512 is fixed. Dividing by ψ(max(L, i)) maps every query's distances into [0, 1] (progressive
+interpolation), so a longer sequence never feeds the MLP an input it has not seen. Each attention layer owns its
+FIRE (per_layer), as in the paper.
+
+What we follow: the paper's appendix PyTorch module (`FIRE.forward`): abs(c·(i − j)) inside ψ, the normaliser
+ψ(max(|L_mult·L_init|, i)) plus eps = 1e-6, PyTorch's default Linear init (kaiming-uniform, i.e. uniform in
+±1/√fan_in for weights and biases). The reference is decoder-only; an encoder uses |i − j| and normalises by
+ψ(max(L, i, j)) so that keys after the query also map into [0, 1] (identical to the reference wherever j ≤ i).
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from research.embeddings.registry import PositionalScheme, register
+
+MLP_WIDTH = 32
+INIT_C = 0.1
+INIT_L = 512.0
+EPS = 1e-6
+
+
+def fire_inputs(q_positions_BxL, k_positions_BxS, c, threshold, causal: bool):
+  """The MLP's input ψ(|i − j|) / (ψ(max(threshold, i)) + eps), ψ(x) = log(|c·x| + 1), as [B, L, S] in float32;
+  an encoder normalises by max(threshold, i, j). In [0, 1] for every j ≤ i (and for every j in an encoder)."""
+  i_BxLx1 = q_positions_BxL.astype(jnp.float32)[:, :, None]
+  j_Bx1xS = k_positions_BxS.astype(jnp.float32)[:, None, :]
+  psi = lambda x: jnp.log(jnp.abs(c * x) + 1.0)  # noqa: E731
+  normaliser = jnp.maximum(i_BxLx1, threshold) if causal else jnp.maximum(jnp.maximum(i_BxLx1, j_Bx1xS), threshold)
+  return psi(jnp.abs(i_BxLx1 - j_Bx1xS)) / (psi(normaliser) + EPS)
+
+
+def torch_linear_init(fan_in: int):
+  """PyTorch's nn.Linear default for weights and biases alike: uniform in ±1/√fan_in (kaiming_uniform, a = √5)."""
+  bound = 1.0 / math.sqrt(fan_in)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+@register("fire")
+class FirePositions(PositionalScheme):
+  """FIRE bias per layer: params mlp_hidden (1→32, bias), mlp_out (32→H, bias), c (scalar), length_multiplier
+  (scalar). The [B, L, S, 32] hidden activations make it the most memory-hungry bias here (as in the paper)."""
+
+  per_layer = True
+
+  def setup(self):
+    dense = lambda features, fan_in, name: nn.Dense(  # noqa: E731
+        features, kernel_init=torch_linear_init(fan_in), bias_init=torch_linear_init(fan_in), dtype=jnp.float32,
+        param_dtype=jnp.float32, name=name)
+    self.mlp_hidden = dense(MLP_WIDTH, 1, "mlp_hidden")
+    self.mlp_out = dense(self.cfg.num_heads, MLP_WIDTH, "mlp_out")
+    self.c = self.param("c", nn.initializers.constant(INIT_C), (), jnp.float32)
+    self.length_multiplier = self.param("length_multiplier", nn.initializers.ones, (), jnp.float32)
+
+  def bias(self, q_positions_BxL, k_positions_BxL):
+    threshold = jnp.abs(self.length_multiplier * INIT_L)
+    x_BxLxS = fire_inputs(q_positions_BxL, k_positions_BxL, self.c, threshold, self.cfg.causal)
+    bias_BxLxSxH = self.mlp_out(nn.relu(self.mlp_hidden(x_BxLxS[..., None])))
+    return jnp.moveaxis(bias_BxLxSxH, -1, 1)  # [B, H, L, S]

@@ -1,0 +1,95 @@
+"""KERPLE: kernelized relative positional biases (Chi et al. 2022, "KERPLE: Kernelized Relative Positional
+Embedding for Length Extrapolation", arXiv 2205.09921, eq. 4–5), two learned scalars per head and layer:
+
+    kerple_log:    b_h(m, n) = −r1_h · log(1 + r2_h·|m − n|)
+    kerple_power:  b_h(m, n) = −r1_h · |m − n|^r2_h,   0 < r2_h ≤ 2
+
+Both are 0 at distance 0, ≤ 0 and non-increasing in distance (conditionally positive definite kernels, shifted);
+power with r2 = 1 is ALiBi with a learned slope r1.
+
+What we follow: the authors' gpt-neox code (github.com/chijames/KERPLE, `ParallelKerpleLog`, `ParallelKerplePower`
+in megatron/model/positional_embeddings.py): one module per attention layer; log inits r1 ~ U(0, 2) (`bias_p`) and
+r2 ~ U(0, 1) (`bias_a`); power inits the multiplier r1 ~ U(0, 1) (`bias_a`) and the exponent r2 ~ U(0, 2)
+(`bias_p`); every parameter clamped to ≥ 1e-2 and the exponent to ≤ 2 before use. The reference clamps the stored
+tensor in place each step; here the clamp is in the forward pass with a straight-through gradient, so the value
+used is the same and a clamped parameter can still move back inside the range. The reference masks the future
+with tril (distance 0 above the diagonal); we use |m − n| everywhere, which the causal mask hides in a decoder
+and which is the symmetric kernel in an encoder.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from research.embeddings.registry import PositionalScheme, register
+
+EPS = 1e-2
+MAX_POWER = 2.0
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def straight_through_clip(x, low, high=None):
+  """clip(x, low, high) exactly in value, identity in gradient (the reference's in-place clamp of `.data`)."""
+  return jnp.clip(x, low, high)
+
+
+@straight_through_clip.defjvp
+def _straight_through_clip_jvp(low, high, primals, tangents):
+  return straight_through_clip(primals[0], low, high), tangents[0]
+
+
+def _distance_BxLxS(q_positions_BxL, k_positions_BxS):
+  return jnp.abs(q_positions_BxL[:, :, None] - k_positions_BxS[:, None, :]).astype(jnp.float32)
+
+
+def kerple_log_bias(q_positions_BxL, k_positions_BxS, r1_H, r2_H):
+  """−r1_h·log(1 + r2_h·|m − n|) as [B, H, L, S]."""
+  distance_Bx1xLxS = _distance_BxLxS(q_positions_BxL, k_positions_BxS)[:, None]
+  return -r1_H[None, :, None, None] * jnp.log1p(r2_H[None, :, None, None] * distance_Bx1xLxS)
+
+
+def kerple_power_bias(q_positions_BxL, k_positions_BxS, r1_H, r2_H):
+  """−r1_h·|m − n|^r2_h as [B, H, L, S]; 0^r2 = 0, with a zero (not NaN) gradient for r2 there."""
+  distance_Bx1xLxS = _distance_BxLxS(q_positions_BxL, k_positions_BxS)[:, None]
+  positive = distance_Bx1xLxS > 0
+  # d^r2 = exp(r2·log d): log 0 would give 0·(−inf) = NaN in the r2 gradient, so distance 0 takes another path.
+  powered = jnp.where(positive, jnp.power(jnp.where(positive, distance_Bx1xLxS, 1.0), r2_H[None, :, None, None]), 0.0)
+  return -r1_H[None, :, None, None] * powered
+
+
+def _uniform(scale: float):
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, 0.0, scale)
+
+
+@register("kerple_log")
+class KerpleLogPositions(PositionalScheme):
+  """KERPLE logarithmic kernel, per layer: params r1, r2 [H] (see the module docstring)."""
+
+  per_layer = True
+
+  def setup(self):
+    self.r1 = self.param("r1", _uniform(2.0), (self.cfg.num_heads,), jnp.float32)
+    self.r2 = self.param("r2", _uniform(1.0), (self.cfg.num_heads,), jnp.float32)
+
+  def bias(self, q_positions_BxL, k_positions_BxL):
+    return kerple_log_bias(q_positions_BxL, k_positions_BxL, straight_through_clip(self.r1, EPS),
+                           straight_through_clip(self.r2, EPS))
+
+
+@register("kerple_power")
+class KerplePowerPositions(PositionalScheme):
+  """KERPLE power kernel, per layer: params r1 (multiplier), r2 (exponent ≤ 2) [H] (see the module docstring)."""
+
+  per_layer = True
+
+  def setup(self):
+    self.r1 = self.param("r1", _uniform(1.0), (self.cfg.num_heads,), jnp.float32)
+    self.r2 = self.param("r2", _uniform(2.0), (self.cfg.num_heads,), jnp.float32)
+
+  def bias(self, q_positions_BxL, k_positions_BxL):
+    return kerple_power_bias(q_positions_BxL, k_positions_BxL, straight_through_clip(self.r1, EPS),
+                             straight_through_clip(self.r2, EPS, MAX_POWER))
