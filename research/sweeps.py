@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from research import hugepages
+from research.embeddings import registry
 from research.evaluate import extrapolation
 from research.train import configuration
 
@@ -280,11 +281,13 @@ def _last_error(stderr: str) -> str:
 
 def trial_environment() -> dict[str, str]:
   """The trials' environment: huge pages for XLA's buffers (they need not restart themselves for them), and the
-  directory the sweep was started from on PYTHONPATH, so that a user's `model.position=my_pkg.mod:Scheme` imports in
-  every trial as it did when the sweep file was validated (trials run with the repository root as cwd)."""
+  directory the sweep was started from as `registry.SCHEME_PATH_ENV`, so that a user's
+  `model.position=my_pkg.mod:Scheme` imports in every trial as it did when the sweep file was validated (trials run
+  with the repository root as cwd). Not PYTHONPATH: a folder there would shadow installed packages, this library's
+  own included."""
   env = hugepages.environment()
-  paths = [os.getcwd()] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-  return {**env, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
+  paths = [os.getcwd()] + [p for p in env.get(registry.SCHEME_PATH_ENV, "").split(os.pathsep) if p]
+  return {**env, registry.SCHEME_PATH_ENV: os.pathsep.join(dict.fromkeys(paths))}
 
 
 def run_trial(sweep: Sweep, trial: Trial, directory: Path) -> dict[str, Any]:

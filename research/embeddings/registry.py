@@ -131,6 +131,9 @@ def _load_builtin() -> None:
   from research.embeddings import cope, fire, kerple, positions, relative  # noqa: F401
 
 
+SCHEME_PATH_ENV = "RESEARCH_SCHEME_PATH"  # extra directories `module:Class` schemes are imported from
+
+
 def is_external(name: str) -> bool:
   """True for `package.module:Class`, a scheme imported by path rather than registered by name."""
   return ":" in name
@@ -144,9 +147,11 @@ def _import_scheme(spec: str) -> type[PositionalScheme]:
   if not module_name or not attribute:
     raise ValueError(f"{where} must be a registered name or package.module:Class")
   # As `python -m` would: a module in the current directory is importable, also from a console script (whose
-  # sys.path starts at its bin directory). Appended, so an installed package of the same name wins.
-  if os.getcwd() not in sys.path and "" not in sys.path:
-    sys.path.append(os.getcwd())
+  # sys.path starts at its bin directory), and so is one in the directories a sweep started its trials from
+  # (SCHEME_PATH_ENV). Appended, so that an installed package of the same name wins.
+  for path in [os.getcwd(), *os.environ.get(SCHEME_PATH_ENV, "").split(os.pathsep)]:
+    if path and path not in sys.path:
+      sys.path.append(path)
   try:
     obj = importlib.import_module(module_name)
   except Exception as e:  # noqa: BLE001 - any import failure (missing module, syntax error, its own ImportError)
