@@ -214,3 +214,19 @@ def test_mlm_evaluation_keys_select_different_positions_per_batch_and_length():
   assert pairs[0] != pairs[1] != pairs[2] != pairs[0]
   assert set(zip(*np.nonzero(selected(steps.eval_key(0, 64, 0))))) != pairs[0]  # the length is folded in too
   assert set(zip(*np.nonzero(selected(steps.eval_key(0, 32, 1))))) == pairs[1]  # and nothing else
+
+
+@pytest.mark.slow
+def test_only_parameters_are_restored_so_a_changed_optimizer_layout_still_evaluates(runs, tmp_path):
+  import shutil
+  copy = tmp_path / "copy"
+  shutil.copytree(runs["alibi"], copy)
+  expected = extrapolation.evaluate_run(copy, (1,))["results"][0]["ppl"]
+  config = json.loads((copy / "config.json").read_text())
+  config["train"]["optimizer"] = "sgd"  # another optimizer state than the checkpoint holds (as after a code change)
+  (copy / "config.json").write_text(json.dumps(config))
+  assert extrapolation.evaluate_run(copy, (1,))["results"][0]["ppl"] == expected
+  config["model"]["d_model"] = 32  # but parameters of another shape are refused, naming the run
+  (copy / "config.json").write_text(json.dumps(config))
+  with pytest.raises(extrapolation.EvaluationError, match="do not match the model"):
+    extrapolation.evaluate_run(copy, (1,))

@@ -33,7 +33,7 @@ from research.model import config as model_config_lib
 from research.model.config import ModelConfig
 from research.model.transformer import Transformer
 from research.train import checkpoint as checkpoint_lib
-from research.train import configuration, loop, optim, steps
+from research.train import configuration, loop, steps
 
 MODES = batches_lib.EVAL_MODES
 CHECKPOINTS = ("best", "last")
@@ -74,18 +74,20 @@ def load_run(workdir: str | Path, checkpoint: str = "best") -> LoadedRun:
     raise EvaluationError(f"run {str(workdir)!r} has no checkpoints to evaluate")
   loop.check_splits(splits, tokenizer.get_vocab_size())
   model_cfg = configuration.model_config(config, tokenizer.get_vocab_size())
-  # Restore onto this process's first device, whatever mesh the run was trained on.
-  model, tx = Transformer(model_cfg), optim.make_optimizer(config.train)
-  abstract = jax.eval_shape(lambda r: steps.init_state(r, model=model, optimizer=tx, seq_len=config.data.seq_len),
-                            jax.random.key(0))
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
+  # Only the parameters, onto this process's first device, whatever mesh the run was trained on and whatever its
+  # optimizer state looks like; their structure must be the model's.
+  model = Transformer(model_cfg)
+  expected = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.numpy.zeros((1, 1), "int32")))["params"]
   with checkpoint_lib.Checkpointer(ckpt_dir, keep=10**6, async_save=False) as ckpt:
     step = (ckpt.best_step() if checkpoint == "best" else None) or ckpt.latest_step()
     if step is None:
       raise EvaluationError(f"run {str(workdir)!r} has no complete checkpoint")
-    state, _ = ckpt.restore(step, target=target)
-  return LoadedRun(config, model_cfg, state.params, int(step), splits)
+    params = ckpt.restore_params(step)
+  shapes = lambda tree: jax.tree.map(lambda a: (tuple(a.shape), str(a.dtype)), tree)  # noqa: E731
+  if shapes(params) != shapes(expected):
+    raise EvaluationError(f"run {str(workdir)!r}: the checkpoint's parameters do not match the model its config.json "
+                          f"describes")
+  return LoadedRun(config, model_cfg, params, int(step), splits)
 
 
 def _batch_size(length: int, max_tokens_per_batch: int) -> int:

@@ -170,6 +170,28 @@ class Checkpointer:
     state = restored.state if target is None else _from_restored(restored.state, target, meta['typed_keys'])
     return state, dict(restored.data)
 
+  def restore_params(self, step: int | None = None, sharding: Any = None) -> Any:
+    """The parameters of `step` (default: latest) alone, restored with `sharding` (default: this process's first
+    device). The target is built from the checkpoint's own metadata, not from a model and an optimizer, so a run
+    still evaluates after the optimizer state's layout changed (a new optimizer option, another version of this
+    code) and whatever mesh it was trained on."""
+    step = self._resolve(step)
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    path = os.path.join(os.fspath(self.directory), str(step), 'state')
+    with ocp.StandardCheckpointer() as reader:
+      metadata = reader.metadata(path)
+    tree = getattr(metadata, 'item_metadata', metadata)
+    tree = getattr(tree, 'tree', tree)
+    is_array = lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype')  # noqa: E731
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(tuple(a.shape), a.dtype, sharding=sharding),
+                          {'params': tree['params']}, is_leaf=is_array)
+    # Its own one-shot checkpointer: the manager binds one handler per item, and `restore` uses StandardRestore.
+    with ocp.PyTreeCheckpointer() as checkpointer:
+      restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+          item=target, restore_args=jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding), target),
+          partial_restore=True))
+    return restored['params']
+
   def wait(self) -> None:
     """Blocks until the pending async save is committed."""
     self._manager.wait_until_finished()
