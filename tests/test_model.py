@@ -37,8 +37,10 @@ def test_model_defaults_are_the_run_defaults():
   cfg = ModelConfig()
   assert cfg.embed_scale and cfg.embed_init_std == pytest.approx(cfg.d_model ** -0.5)
   model = schema.get_config().model.to_dict()
+  model.pop("pretrained")  # the trainer's vector-file options: not a model field
   assert {k: v for k, v in dataclasses.asdict(cfg).items() if k in model and k not in ("max_len", "embed_init_std")} \
       == {k: v for k, v in model.items() if k not in ("max_len", "embed_init_std")}
+  assert set(model) == {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size", "kind"}
   table = init(tiny())["params"]["token_embed"]["embedding"]
   assert float(table.std()) == pytest.approx(16 ** -0.5, rel=0.15)
 

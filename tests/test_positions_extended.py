@@ -493,9 +493,11 @@ def test_per_layer_schemes_live_in_every_attention_layer_under_position_embed(sc
   paths = position_paths(params)
   assert paths and all(re.search(r"\['block_\d'\]\['attention'\]\['position_embed'\]", p) for p in paths)
   assert {re.search(r"block_(\d)", p).group(1) for p in paths} == {"0", "1", "2"}
-  # The optimizer's groups see them as ordinary (non-embedding) parameters.
-  groups = optim.param_groups(params)
-  assert all(g == "other" for g in jax.tree.leaves(groups["block_0"]["attention"]["position_embed"]))
+  # The optimizer's groups see them as positional parameters (train.position.weight_decay, their own norms), and
+  # its partition as ordinary (non-embedding) ones.
+  groups, partition = optim.param_groups(params), optim.partition_labels(params)
+  assert all(g == "position" for g in jax.tree.leaves(groups["block_0"]["attention"]["position_embed"]))
+  assert all(g == "other" for g in jax.tree.leaves(partition["block_0"]["attention"]["position_embed"]))
 
 
 @pytest.mark.parametrize("scheme", NEW_SCHEMES)
