@@ -26,6 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from research import schema
 from research.data import batches as batches_lib
 from research.data import tokenizers as tokenizers_lib
 from research.embeddings import registry
@@ -75,8 +76,9 @@ def load_run(workdir: str | Path, checkpoint: str = "best") -> LoadedRun:
   model_cfg = configuration.model_config(config, tokenizer.get_vocab_size())
   # Restore onto this process's first device, whatever mesh the run was trained on.
   model, tx = Transformer(model_cfg), optim.make_optimizer(config.train)
-  abstract = jax.eval_shape(lambda r: steps.init_state(r, model=model, optimizer=tx, seq_len=config.data.seq_len),
-                            jax.random.key(0))
+  count_updates = bool(config.train.get("count_updates", schema.saved_value("train.count_updates", True)))
+  abstract = jax.eval_shape(lambda r: steps.init_state(r, model=model, optimizer=tx, seq_len=config.data.seq_len,
+                                                       count_updates=count_updates), jax.random.key(0))
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
   with checkpoint_lib.Checkpointer(ckpt_dir, keep=10**6, async_save=False) as ckpt:

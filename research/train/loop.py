@@ -8,6 +8,8 @@ Run directory (docs/architecture.md):
   events.*        TensorBoard
   summary.json    final figures, written last: its presence means "finished"
   embedding_init.json   with model.embed_init=pretrained: the coverage report of the vectors (fresh start only)
+  embedding_init.npy    the initial token table [V, table width] (fresh start only), so drift can be measured
+  update_counts.npz     with train.count_updates: `present` and `nonzero` int32 [V] (written at the end)
 
 A rerun of the same command in the same workdir resumes from the latest checkpoint: parameters, optimizer state,
 step, rng and the data iterator's position, so that it continues bit-identically.
@@ -44,6 +46,7 @@ from research.train import configuration, mesh as mesh_lib, optim, steps
 CONFIG_FILE, TOKENIZER_FILE, METRICS_FILE, SUMMARY_FILE = "config.json", "tokenizer.json", "metrics.jsonl", \
     "summary.json"
 EMBEDDING_INIT_FILE = "embedding_init.json"
+INIT_TABLE_FILE, UPDATE_COUNTS_FILE = "embedding_init.npy", "update_counts.npz"
 
 
 class NonFiniteError(RuntimeError):
@@ -54,6 +57,44 @@ def atomic_write_json(path: Path, obj: Any) -> None:
   tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
   tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
   os.replace(tmp, path)
+
+
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+  with tmp.open("wb") as f:
+    np.save(f, array)
+  os.replace(tmp, path)
+
+
+def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
+  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+  with tmp.open("wb") as f:
+    np.savez(f, **arrays)
+  os.replace(tmp, path)
+
+
+def host_array(x) -> np.ndarray:
+  """A global jax array as numpy on every process (an all-gather when other hosts hold parts of it)."""
+  if getattr(x, "is_fully_addressable", True):
+    return np.asarray(jax.device_get(x))
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def write_init_table(workdir: Path, state: "steps.TrainState") -> None:
+  """RUN/embedding_init.npy: the table the run starts from (random or pretrained), for drift analyses."""
+  table = host_array(steps.table_leaf(state.params))  # every process joins the gather; process 0 writes
+  if jax.process_index() == 0:
+    atomic_save_npy(Path(workdir) / INIT_TABLE_FILE, table.astype(np.float32))
+
+
+def write_update_counts(workdir: Path, counts: dict[str, Any] | None) -> None:
+  """RUN/update_counts.npz (`present`, `nonzero`: int32 [V]) from the train state's counts."""
+  if counts is None:
+    return
+  arrays = {key: host_array(counts[key]).astype(np.int32) for key in steps.COUNT_KEYS}
+  if jax.process_index() == 0:
+    atomic_save_npz(Path(workdir) / UPDATE_COUNTS_FILE, **arrays)
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -300,7 +341,7 @@ class Trainer:
         objective=config.objective, vocab_size=vocab_size, grad_accum=config.train.grad_accum,
         z_loss=config.train.z_loss, loss_chunk=config.train.loss_chunk,
         mlm_select_rate=config.data.mlm_select_rate, mlm_mask_rate=config.data.mlm_mask_rate,
-        mlm_random_rate=config.data.mlm_random_rate)
+        mlm_random_rate=config.data.mlm_random_rate, count_updates=bool(config.train.count_updates))
     return cls(config, Transformer(model_cfg), mesh, optim.make_optimizer(config.train),
                optim.make_schedule(config.train), settings)
 
@@ -310,7 +351,8 @@ class Trainer:
     return mesh_lib.param_sharding(abstract, self.mesh)
 
   def _init(self, rng):
-    return steps.init_state(rng, model=self.model, optimizer=self.optimizer, seq_len=self.config.data.seq_len)
+    return steps.init_state(rng, model=self.model, optimizer=self.optimizer, seq_len=self.config.data.seq_len,
+                            count_updates=self.settings.count_updates)
 
   def init_state(self) -> steps.TrainState:
     return jax.jit(self._init, out_shardings=self.state_shardings)(jax.random.key(self.config.seed))
@@ -382,6 +424,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     if jax.process_index() == 0:
       atomic_write_json(workdir / EMBEDDING_INIT_FILE, table_report)
       print(pretrained_lib.summary_line(table_report), flush=True)
+  if last_saved is None:
+    write_init_table(workdir, state)  # fresh start only: a resumed run's first table is already there
   iterator = train_batches(config, data)
   # Host-side progress that a checkpoint carries, so that a resumed run reports the same figures.
   progress_state = {"tokens_seen": 0.0, "wall_s": 0.0, "train_loss": None}
@@ -462,5 +506,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
                            tokens_seen=progress_state["tokens_seen"], num_params=num_params,
                            num_embedding_params=int(state.params["token_embed"]["embedding"].size),
                            vocab_size=data.vocab_size, wall_s=progress_state["wall_s"])
-  write_summary(workdir, summary)
+  write_update_counts(workdir, state.counts)
+  write_summary(workdir, summary)  # last: its presence means "finished"
   return summary

@@ -32,6 +32,10 @@ class TrainState:
   params: Any
   opt_state: Any
   rng: Array  # typed PRNG key; per-step keys are fold_in(rng, step)
+  # With train.count_updates: {'present': int32 [V], 'nonzero': int32 [V]}, per row of the token table the number of
+  # steps whose batch held it (inputs or targets, as `optim.present_rows`) and whose update of it was non-zero. Part
+  # of the state, so checkpointed with it: a resumed run counts exactly as an uninterrupted one. None when off.
+  counts: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,12 +50,40 @@ class StepSettings:
   mlm_select_rate: float = 0.15
   mlm_mask_rate: float = 0.8
   mlm_random_rate: float = 0.1
+  count_updates: bool = False  # keep state.counts (train.count_updates)
 
 
-def init_state(rng, *, model: Transformer, optimizer: optax.GradientTransformation, seq_len: int) -> TrainState:
+COUNT_KEYS = ("present", "nonzero")
+
+
+def zero_counts(vocab_size: int) -> dict[str, Array]:
+  return {key: jnp.zeros((vocab_size,), jnp.int32) for key in COUNT_KEYS}
+
+
+def init_state(rng, *, model: Transformer, optimizer: optax.GradientTransformation, seq_len: int,
+               count_updates: bool = False) -> TrainState:
   init_rng, state_rng = jax.random.split(rng)
   params = model.init(init_rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), rng=state_rng)
+  counts = zero_counts(model.cfg.vocab_size) if count_updates else None
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), rng=state_rng,
+                    counts=counts)
+
+
+def table_leaf(tree) -> Array:
+  """The token table's leaf of a parameter (or update) tree: the leaf whose path ends in ('token_embed',
+  'embedding'), as the optimizer's embedding group finds it."""
+  leaves = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0] if optim.is_embedding_path(path)]
+  if len(leaves) != 1:
+    raise ValueError(f"expected one token table leaf ('token_embed', 'embedding'), found {len(leaves)}")
+  return leaves[0]
+
+
+def count_rows(counts: dict[str, Array], row_mask_V: Array, table_update_VxE: Array) -> dict[str, Array]:
+  """counts + this step: `present` where the batch held the row, `nonzero` where any element of its update is not
+  exactly zero (a dense optimizer moves absent rows through momentum and decay; lazy or frozen rows stay at 0)."""
+  nonzero_V = jnp.any(table_update_VxE != 0, axis=tuple(range(1, table_update_VxE.ndim)))
+  return {"present": counts["present"] + row_mask_V.astype(jnp.int32),
+          "nonzero": counts["nonzero"] + nonzero_V.astype(jnp.int32)}
 
 
 def prepare_inputs(batch, rng, settings: StepSettings):
@@ -153,7 +185,10 @@ def train_step(state: TrainState, batch, *, model: Transformer, optimizer, sched
   for name, tree in (("grad_norm", grads), ("param_norm", params), ("update_norm", updates)):
     for group, value in objectives.group_norms(tree, groups).items():
       metrics[f"{name}/{group}"] = value
-  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  counts = state.counts
+  if settings.count_updates:
+    counts = count_rows(state.counts, row_mask, table_leaf(updates))
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, counts=counts)
   return new_state, metrics
 
 
