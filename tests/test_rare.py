@@ -72,3 +72,124 @@ def test_nonzero_counts_follow_the_update_lazy_or_dense(lazy):
 def test_counts_off_leave_no_counts_in_the_state():
   state, step = ts.setup()
   assert state.counts is None and step(state, ts.batch())[0].counts is None
+
+
+# --------------------------------------------------------------------------------------------------- analyses
+
+from research.analysis import rare  # noqa: E402
+
+
+def test_buckets_of_a_hand_built_table():
+  counts = np.array([0, 0, 1, 5, 9, 10, 99, 100, 1000])
+  assert rare.bucket_index(counts).tolist() == [0, 0, 1, 1, 1, 2, 2, 3, 4]
+  table = np.zeros((9, 2))
+  table[:, 0] = np.arange(9)  # row norms 0..8 (row 0 is the zero vector)
+  init = table.copy()
+  init[:, 1] = 1.0  # every row drifted by exactly 1 in L2
+  present = np.arange(9) * 2
+  out = rare.buckets(table, counts, init_VxD=init, present_V=present)
+  assert [b["label"] for b in out] == ["0", "[1, 10)", "[10, 100)", "[100, 1000)", "[1000, 10000)"]
+  assert [b["rows"] for b in out] == [2, 3, 2, 1, 1]
+  assert [b["tokens"] for b in out] == [0, 15, 109, 100, 1000]
+  assert [b["mean_norm"] for b in out] == [0.5, 3.0, 5.5, 7.0, 8.0]
+  assert [b["mean_present"] for b in out] == [1.0, 6.0, 11.0, 14.0, 16.0]
+  assert all(b["mean_drift_l2"] == pytest.approx(1.0) for b in out)
+  # cos(row, init): row i = (i, 0) against (i, 1) is i / sqrt(i² + 1); row 0 is the zero vector (cosine 0).
+  cos = [i / np.hypot(i, 1) if i else 0.0 for i in range(9)]
+  assert out[1]["mean_cosine_to_init"] == pytest.approx(np.mean(cos[2:5]))
+  assert out[0]["mean_cosine_to_init"] == pytest.approx(np.mean(cos[:2]))
+
+
+def test_knn_cosine_matches_a_brute_force_search_across_chunks():
+  table = np.random.default_rng(0).normal(size=(300, 8))
+  unit = table / np.linalg.norm(table, axis=1, keepdims=True)
+  sims = unit @ unit.T
+  np.fill_diagonal(sims, -np.inf)
+  expected = np.sort(sims, axis=1)[:, -10:].mean(axis=1)
+  np.testing.assert_allclose(rare.knn_cosine(table, chunk=64), expected, rtol=1e-5)
+
+
+def _isotropic(v=4000, d=32, seed=0):
+  return np.random.default_rng(seed).normal(scale=d ** -0.5, size=(v, d))
+
+
+def _rank_one_dominated(v=4000, d=32, seed=0):
+  """Every row ≈ a_i · u with a_i > 0 spread out (one common, varying direction) plus small isotropic noise."""
+  rng = np.random.default_rng(seed)
+  u = rng.normal(size=d)
+  u /= np.linalg.norm(u)
+  a = rng.uniform(4.0, 8.0, size=(v, 1))
+  return a * u + rng.normal(scale=0.02, size=(v, d))
+
+
+def test_geometry_of_an_isotropic_table():
+  g = rare.geometry(_isotropic())
+  assert abs(g["anisotropy"]) < 0.02
+  assert g["variance_top1"] == pytest.approx(1 / 32, rel=0.35)  # every direction has ~1/d of the variance
+  assert g["variance_top10"] == pytest.approx(10 / 32, rel=0.15)
+  assert g["isotropy"] > 0.9
+
+
+def test_geometry_of_a_rank_one_dominated_table():
+  g = rare.geometry(_rank_one_dominated())
+  assert g["anisotropy"] > 0.99
+  assert g["variance_top1"] > 0.95 and g["variance_top10"] > g["variance_top1"]
+  # Z(u) = Σ exp(a_i) ≈ V·E[e^a] ≈ 700·V, while Z(-u) ≈ V·E[e^-a] and Z(c ⊥ u) ≈ V.
+  assert g["isotropy"] < 1e-4
+
+
+def test_isotropy_is_exactly_the_partition_function_ratio():
+  """Against a direct transcription of Mu & Viswanath's I(W) on a small table (no logsumexp)."""
+  w = _isotropic(50, 4, seed=3) * 3
+  _, c = np.linalg.eigh(w.T @ w)
+  z = np.concatenate([np.exp(w @ c).sum(axis=0), np.exp(-(w @ c)).sum(axis=0)])
+  assert rare.isotropy(w) == pytest.approx(z.min() / z.max(), rel=1e-12)
+
+
+def test_norm_frequency_spearman_sign():
+  counts = np.arange(1, 201)
+  table = np.random.default_rng(0).normal(size=(200, 8))
+  table /= np.linalg.norm(table, axis=1, keepdims=True)
+  assert rare.norm_frequency_spearman(table * np.log(counts)[:, None], counts) == pytest.approx(1.0)
+  assert rare.norm_frequency_spearman(table / counts[:, None], counts) == pytest.approx(-1.0)
+  assert rare.norm_frequency_spearman(table, np.ones(200)) is None
+
+
+@pytest.fixture(scope="module")
+def word_run(tmp_path_factory):
+  """A real tiny untied word-tokenizer run (4 steps, counts on)."""
+  workdir = tmp_path_factory.mktemp("rare_run")
+  loop.train(tiny_config(**{"data.tokenizer": "word", "train.steps": 4, "train.checkpoint_every": 4,
+                            "train.eval_batches": 1, "train.async_checkpoints": False,
+                            "model.tie_embeddings": False}), workdir)
+  return workdir
+
+
+@pytest.mark.slow
+def test_a_runs_rare_token_report_from_its_files(word_run):
+  from research.analysis import quality
+  report = rare.analyze_run(word_run)
+  saved = __import__("json").loads((word_run / "eval" / rare.RARE_FILE).read_text())
+  assert saved == __import__("json").loads(__import__("json").dumps(report))
+  for name in (rare.NORM_PLOT, rare.BUCKETS_PLOT):
+    assert (word_run / "eval" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  _, table, tok, counts = quality.run_table(word_run)
+  assert sum(b["rows"] for b in report["buckets"]) == tok.get_vocab_size() == 512
+  assert sum(b["tokens"] for b in report["buckets"]) == counts.sum()
+  present = np.load(word_run / loop.UPDATE_COUNTS_FILE)["present"]
+  assert report["has_init"] and report["has_update_counts"]
+  frequent = report["buckets"][-1]  # the most frequent words are in every batch
+  assert frequent["mean_present"] == pytest.approx(present[rare.bucket_index(counts) == frequent["bucket"]].mean())
+  # Untied, no table decay: a row no batch fed to the input has zero gradient, so AdamW never moves it; the rows
+  # that moved are exactly those with a non-zero update at some step.
+  nonzero = np.load(word_run / loop.UPDATE_COUNTS_FILE)["nonzero"]
+  drift = np.linalg.norm(table - np.load(word_run / loop.INIT_TABLE_FILE), axis=1)
+  np.testing.assert_array_equal(drift > 0, nonzero > 0)
+  assert (drift[present == 0] == 0).all() and (present == 0).any() and (nonzero < present).any()
+  assert frequent["mean_drift_l2"] > 0 and frequent["mean_cosine_to_init"] < 1
+  assert set(report["geometry"]) == {"input", "output"}  # untied: the head's columns too
+  assert set(report["geometry"]["output"]) == set(rare.GEOMETRY_METRICS)
+  # Word tokenizer: gensim's benchmarks on each bucket's words (coverage below the whole vocabulary's).
+  whole = quality.analyze_run(word_run)["benchmarks"]["wordsim353"]["coverage"]
+  scored = [b["benchmarks"]["wordsim353"]["coverage"] for b in report["buckets"] if b.get("benchmarks")]
+  assert scored and all(c <= whole for c in scored)
