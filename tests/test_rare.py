@@ -1,5 +1,6 @@
 """Rare tokens: per-row update counts in the train state (resumable), and the rare-token analyses."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -193,3 +194,54 @@ def test_a_runs_rare_token_report_from_its_files(word_run):
   whole = quality.analyze_run(word_run)["benchmarks"]["wordsim353"]["coverage"]
   scored = [b["benchmarks"]["wordsim353"]["coverage"] for b in report["buckets"] if b.get("benchmarks")]
   assert scored and all(c <= whole for c in scored)
+
+
+# ------------------------------------------------------------------------------------------------ factorized
+
+
+def _init(**kw):
+  import jax.numpy as jnp
+  from research.model.config import ModelConfig
+  from research.model.transformer import Transformer
+  cfg = ModelConfig(vocab_size=41, d_model=16, num_layers=1, num_heads=2, mlp_dim=32, max_len=8, **kw)
+  model = Transformer(cfg)
+  return model, model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_factorized_embedding_parameter_counts(tie):
+  from research.model.transformer import count_embedding_params, count_params
+  v, e, d = 41, 4, 16
+  _, params = _init(table_dim=e, tie_embeddings=tie)
+  _, plain = _init(tie_embeddings=tie)
+  shapes = jax.tree.map(lambda x: x.shape, params["token_embed"])
+  assert shapes["embedding"] == (v, e) and shapes["projection"]["kernel"] == (e, d)
+  assert ("head_projection" in shapes) == tie
+  assert count_embedding_params(params) == v * e + e * d + (d * e if tie else 0)
+  assert count_embedding_params(plain) == v * d and _init(table_dim=d, tie_embeddings=tie)[1].keys() == plain.keys()
+  assert count_params(plain) - count_params(params) == v * d - count_embedding_params(params)
+  # The table is still the optimizer's embedding group; the projections are ordinary matrices.
+  from research.train import optim
+  groups = optim.param_groups(params)["token_embed"]
+  assert groups["embedding"] == "embedding" and groups["projection"]["kernel"] == "other"
+
+
+def test_the_factorized_tied_head_goes_back_through_the_table():
+  import jax.numpy as jnp
+  model, params = _init(table_dim=4)
+  h = np.random.default_rng(0).normal(size=(3, 16)).astype(np.float32)
+  logits = model.apply({"params": params}, jnp.asarray(h), method=type(model).logits)
+  te = params["token_embed"]
+  np.testing.assert_allclose(logits, h @ np.asarray(te["head_projection"]["kernel"]) @ np.asarray(te["embedding"]).T,
+                             rtol=1e-5, atol=1e-6)
+  x = model.apply({"params": params}, jnp.array([[5, 7]]), method=lambda m, ids: m.token_embed(ids))
+  np.testing.assert_allclose(x[0], np.asarray(te["embedding"])[[5, 7]] * 4.0 @ np.asarray(te["projection"]["kernel"]),
+                             rtol=1e-5)  # √d_model = 4
+
+
+@pytest.mark.slow
+def test_summary_counts_the_factorized_embedding(tmp_path):
+  summary = loop.train(tiny_config(**{"train.steps": 1, "train.eval_batches": 1, "train.async_checkpoints": False,
+                                      "model.table_dim": 16}), tmp_path)
+  assert summary["num_embedding_params"] == 512 * 16 + 16 * 64 + 64 * 16
+  assert np.load(tmp_path / loop.INIT_TABLE_FILE).shape == (512, 16)

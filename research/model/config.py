@@ -69,6 +69,9 @@ class ModelConfig:
   # A table of std 0.02 without the scale is swamped by unit-amplitude sinusoids (docs/results.md).
   embed_init_std: float = 0.0  # 0 = d_model ** -0.5 (resolved at construction); also the learned / T5 tables' std
   embed_scale: bool = True  # multiply token vectors by sqrt(d_model), as Vaswani et al.
+  # ALBERT's factorized embedding: a V×table_dim table and a learned table_dim→d_model projection (the tied head
+  # projects d_model→table_dim and goes back through the same table). 0 = d_model: the plain V×d table.
+  table_dim: int = 0
   embedding_dropout: float = 0.0  # dropout on the embedded vectors
   token_dropout: float = 0.0  # AWD-LSTM: drop whole vocabulary rows for a step
   # Blocks.
@@ -95,6 +98,8 @@ class ModelConfig:
     _choice("model.embed_init", self.embed_init, INITS)
     _choice("model.attention", self.attention, ATTENTION_IMPLS)
     _choice("model.rope_scaling", self.rope_scaling, ROPE_SCALINGS)
+    if not isinstance(self.table_dim, int) or self.table_dim < 0:
+      raise ValueError(f"model.table_dim={self.table_dim!r} must be an integer >= 0 (0 = d_model)")
     if self.pos_dim < 0:
       raise ValueError(f"model.pos_dim={self.pos_dim} must be >= 0")
     for name in ("dropout", "embedding_dropout", "token_dropout"):
@@ -106,6 +111,15 @@ class ModelConfig:
           f"model.num_heads={self.num_heads} does not divide the model width {self.width}; "
           f"allowed head counts: {', '.join(str(h) for h in _divisors(self.width))}")
     registry.get_scheme(self.position).validate(self)
+
+  @property
+  def table_width(self) -> int:
+    """Width e of the token table's rows (model.table_dim, or d_model)."""
+    return self.table_dim or self.d_model
+
+  @property
+  def factorized(self) -> bool:
+    return self.table_width != self.d_model
 
   @property
   def head_dim(self) -> int:

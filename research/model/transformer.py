@@ -4,7 +4,9 @@
 the causal/bidirectional variants of ALiBi and T5 buckets, which read `cfg.causal`). Parameter layout, which the
 optimizer's rules rely on:
 
-  token_embed/embedding   [V, d_model]    the token table (the only V×d parameter when tied)
+  token_embed/embedding   [V, e]          the token table (the only V×d parameter when tied); e = model.table_dim or d_model
+  token_embed/projection/kernel       [e, d_model]  factorized (e != d_model) only: table → model width
+  token_embed/head_projection/kernel  [d_model, e]  factorized and tied only: the head's way back to the table
   position_embed/...      whatever the scheme owns (learned: embedding [max_len, pos width]; t5: rel_bias)
   block_{i}/...           attention qkv / out, mlp, layer norms
   final_norm/             pre-LN only
@@ -72,7 +74,7 @@ class Transformer(nn.Module):
   def setup(self):
     cfg = self.cfg
     self.token_embed = token.TokenEmbedding(
-        cfg.vocab_size, cfg.d_model,
+        cfg.vocab_size, cfg.table_width, out_features=cfg.d_model,
         embedding_init=self.embedding_init or token.make_init(cfg.embed_init, cfg.embed_init_std),
         scale=cfg.embed_scale, dropout=cfg.embedding_dropout, token_dropout=cfg.token_dropout,
         dtype=cfg.compute_dtype)
@@ -130,3 +132,12 @@ class Transformer(nn.Module):
 
 def count_params(params) -> int:
   return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
+
+
+# The modules that make token vectors: the table with its projections, and the character CNN.
+EMBEDDING_MODULES = ("token_embed", "char_embed")
+
+
+def count_embedding_params(params) -> int:
+  """Parameters of the token vectors: the table, a factorized table's projections, the character CNN."""
+  return sum(count_params(params[name]) for name in EMBEDDING_MODULES if name in params)

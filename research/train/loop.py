@@ -39,7 +39,7 @@ from research.data import corpora
 from research.data import tokenizers as tokenizers_lib
 from research.embeddings import pretrained as pretrained_lib
 from research.embeddings.token import check_ids
-from research.model.transformer import Transformer, count_params
+from research.model.transformer import Transformer, count_embedding_params, count_params
 from research.train import checkpoint as checkpoint_lib
 from research.train import configuration, mesh as mesh_lib, optim, steps
 
@@ -137,14 +137,14 @@ def vocabulary(tokenizer) -> list[str]:
 
 
 def pretrained_table(config, data: RunData, workdir: Path) -> tuple[np.ndarray, dict[str, Any]]:
-  """The aligned [V, d_model] initial table and its coverage report; bad input is a one-line ConfigError."""
+  """The aligned [V, table width] initial table and its coverage report; bad input is a one-line ConfigError."""
   p = config.model.pretrained
   model_cfg = configuration.model_config(config, data.vocab_size)
   counts_file = tokenizers_lib.counts_path(workdir)
   counts = np.load(counts_file) if counts_file.exists() else None
   try:
     return pretrained_lib.pretrained_table(
-        p.path, vocabulary(data.tokenizer), config.data.tokenizer, d_model=model_cfg.d_model,
+        p.path, vocabulary(data.tokenizer), config.data.tokenizer, d_model=model_cfg.table_width,
         std=model_cfg.embed_init_std, format=p.format, oov=p.oov, dim_mismatch=p.dim_mismatch, scale=p.scale,
         seed=config.seed, counts=counts)
   except pretrained_lib.PretrainedError as e:
@@ -504,7 +504,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   progress_state["wall_s"] += time.time() - start_time
   summary = summary_record(step=int(state.step), train_loss=progress_state["train_loss"], valid=valid,
                            tokens_seen=progress_state["tokens_seen"], num_params=num_params,
-                           num_embedding_params=int(state.params["token_embed"]["embedding"].size),
+                           num_embedding_params=count_embedding_params(state.params),
                            vocab_size=data.vocab_size, wall_s=progress_state["wall_s"])
   write_update_counts(workdir, state.counts)
   write_summary(workdir, summary)  # last: its presence means "finished"
