@@ -245,3 +245,56 @@ def test_summary_counts_the_factorized_embedding(tmp_path):
                                       "model.table_dim": 16}), tmp_path)
   assert summary["num_embedding_params"] == 512 * 16 + 16 * 64 + 64 * 16
   assert np.load(tmp_path / loop.INIT_TABLE_FILE).shape == (512, 16)
+
+
+# ------------------------------------------------------------------------------------------- character CNN
+
+from research.embeddings import chars  # noqa: E402
+
+
+def test_spellings_as_char_ids():
+  tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "cat", "act", "a" * 30]
+  ids = chars.char_ids(tokens, "word")
+  assert ids.shape == (8, chars.MAX_CHARS) and ids.dtype == np.int32
+  assert ids[0, :3].tolist() == [chars.BOW, 3, chars.EOW] and ids[4, 1] == 7  # one reserved char per special
+  a, c, t = (chars.FIRST_CHAR_ID + i for i in range(3))  # the alphabet a, c, t in sorted order
+  assert ids[5, :6].tolist() == [chars.BOW, c, a, t, chars.EOW, chars.PAD]
+  assert ids[6, :5].tolist() == [chars.BOW, a, c, t, chars.EOW]
+  assert ids[7, -1] == chars.EOW and (ids[7, 1:-1] == a).all()  # cut at 20 with its end mark
+  assert chars.char_ids(["Ġthe", "the"], "bpe")[0].tolist() == chars.char_ids(["the", "x"], "word")[0].tolist()
+
+
+@pytest.mark.parametrize("combine", ["sum", "concat"])
+def test_unseen_words_get_distinct_input_vectors_from_their_spellings(combine):
+  """Two vocabulary words that never occur in training keep whatever their table rows are: give both the same row,
+  and their input vectors (and tied output vectors) still differ, through the character CNN of their spellings."""
+  import jax.numpy as jnp
+  from research.model.config import ModelConfig
+  from research.model.transformer import Transformer
+  tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(30)] + ["unseen", "unsaid"]
+  ids = chars.Constant(chars.char_ids(tokens, "word"))
+  cfg = ModelConfig(vocab_size=len(tokens), d_model=16, num_layers=1, num_heads=2, mlp_dim=32, max_len=8,
+                    char_embeddings=combine, char_dim=8, char_filters="1:8,2:8,3:8")
+  model = Transformer(cfg, char_ids=ids)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+  # Same table row for both: any difference comes from the spelling alone.
+  table = params["token_embed"]["embedding"]
+  params = {**params, "token_embed": {**params["token_embed"], "embedding": table.at[36].set(table[35])}}
+  x = model.apply({"params": params}, jnp.array([[35, 36]]), jnp.zeros((1, 2), jnp.int32),
+                  method=lambda m, t, p: m.embed(t, p))[0]
+  assert not np.allclose(x[0], x[1], atol=1e-4)
+  h = np.random.default_rng(0).normal(size=(2, 16)).astype(np.float32)
+  logits = np.asarray(model.apply({"params": params}, jnp.asarray(h), method=type(model).logits))
+  assert not np.allclose(logits[:, 35], logits[:, 36], atol=1e-5)
+  assert "char_embed" in params and ("char_combine" in params) == (combine == "concat")
+
+
+@pytest.mark.slow
+def test_a_char_aware_run_trains_and_resumes(tmp_path):
+  overrides = {"data.tokenizer": "word", "train.steps": 2, "train.checkpoint_every": 1, "train.eval_batches": 1,
+               "train.async_checkpoints": False, "model.char_embeddings": "sum", "model.char_filters": "1:16,3:16"}
+  summary = loop.train(tiny_config(**overrides), tmp_path)
+  assert np.isfinite(summary["valid_loss"]) and summary["num_embedding_params"] > 512 * 64
+  from research.evaluate import extrapolation
+  run = extrapolation.load_run(tmp_path)  # evaluation rebuilds the char ids from the run's tokenizer
+  assert run.char_ids is not None and run.char_ids.array.shape[0] == 512

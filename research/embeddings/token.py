@@ -117,6 +117,16 @@ class TokenEmbedding(nn.Module):
       x_BxLxD = self.drop(x_BxLxD, deterministic=deterministic)
     return x_BxLxD
 
+  def all_vectors(self) -> Array:
+    """[V, d]: every row as the lookup returns it (scaled, projected), without dropout."""
+    x_VxD = self.embedding.astype(self.dtype)
+    if self.scale:
+      x_VxD = x_VxD * jnp.sqrt(float(self.width)).astype(self.dtype)
+    return self.projection(x_VxD) if self.width != self.features else x_VxD
+
+  def dropout_vectors(self, x_BxLxD: Array, *, deterministic: bool = True) -> Array:
+    return self.drop(x_BxLxD, deterministic=deterministic) if self.dropout > 0.0 else x_BxLxD
+
   def attend(self, h_BxLxD: Array) -> Array:
     """Logits h·Eᵀ through the same table (weight tying, Press & Wolf 2017; Inan et al. 2017); factorized, the
     hidden state is first projected d→e."""

@@ -53,6 +53,7 @@ class LoadedRun:
   params: Any
   step: int
   splits: dict[str, np.ndarray]
+  char_ids: Any = None  # with model.char_embeddings: the model's constant (loop.char_ids)
 
 
 def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
@@ -75,7 +76,8 @@ def load_run(workdir: str | Path, checkpoint: str = "best") -> LoadedRun:
   loop.check_splits(splits, tokenizer.get_vocab_size())
   model_cfg = configuration.model_config(config, tokenizer.get_vocab_size())
   # Restore onto this process's first device, whatever mesh the run was trained on.
-  model, tx = Transformer(model_cfg), optim.make_optimizer(config.train)
+  char_ids = loop.char_ids(config, tokenizer)
+  model, tx = Transformer(model_cfg, char_ids=char_ids), optim.make_optimizer(config.train)
   count_updates = bool(config.train.get("count_updates", schema.saved_value("train.count_updates", True)))
   abstract = jax.eval_shape(lambda r: steps.init_state(r, model=model, optimizer=tx, seq_len=config.data.seq_len,
                                                        count_updates=count_updates), jax.random.key(0))
@@ -86,7 +88,7 @@ def load_run(workdir: str | Path, checkpoint: str = "best") -> LoadedRun:
     if step is None:
       raise EvaluationError(f"run {str(workdir)!r} has no complete checkpoint")
     state, _ = ckpt.restore(step, target=target)
-  return LoadedRun(config, model_cfg, state.params, int(step), splits)
+  return LoadedRun(config, model_cfg, state.params, int(step), splits, char_ids)
 
 
 def _batch_size(length: int, max_tokens_per_batch: int) -> int:
@@ -97,7 +99,7 @@ def split_perplexity(run: LoadedRun, model_cfg: ModelConfig, ids: np.ndarray, le
                      mode: str = "nonoverlapping", stride: int | None = None,
                      max_tokens_per_batch: int = 8192) -> tuple[float, int]:
   """(perplexity, tokens scored) of `ids` at window `length`; every target token is scored exactly once."""
-  model = Transformer(model_cfg)
+  model = Transformer(model_cfg, char_ids=run.char_ids)
   settings = steps.StepSettings(objective=run.config.objective, vocab_size=model_cfg.vocab_size,
                                 mlm_select_rate=run.config.data.mlm_select_rate,
                                 mlm_mask_rate=run.config.data.mlm_mask_rate,

@@ -10,6 +10,8 @@ optimizer's rules rely on:
   position_embed/...      whatever the scheme owns (learned: embedding [max_len, pos width]; t5: rel_bias)
   block_{i}/...           attention qkv / out, mlp, layer norms
   final_norm/             pre-LN only
+  char_embed/...          model.char_embeddings only: the character CNN (chars, conv_<w>, highway, out for sum)
+  char_combine/kernel     [d_model + Σ filters, d_model]  char_embeddings=concat only
   head_proj/kernel        [width, d_model]  only when tied and concat makes width > d_model
   lm_head/kernel          [width, V]        only when untied
 """
@@ -22,13 +24,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.embeddings import registry, token
+from research.embeddings import chars, registry, token
 from research.model.attention import MultiHeadAttention, attention_mask
 from research.model.config import ModelConfig
 
 Array = Any
 # The modules `Transformer.logits` reads (the last three lines of the layout above).
 HEAD_MODULES = ("token_embed", "head_proj", "lm_head")
+CHAR_MODULES = ("char_embed", "char_combine")
 
 
 class Mlp(nn.Module):
@@ -70,6 +73,9 @@ class Transformer(nn.Module):
 
   cfg: ModelConfig
   embedding_init: Any = None  # overrides cfg.embed_init, e.g. `token.from_matrix(pretrained)`
+  # With cfg.char_embeddings: the vocabulary's spellings as char ids, int [V, C] (`chars.char_ids`, wrapped in
+  # `chars.Constant`), a constant of the model, not a parameter.
+  char_ids: Any = None
 
   def setup(self):
     cfg = self.cfg
@@ -78,6 +84,17 @@ class Transformer(nn.Module):
         embedding_init=self.embedding_init or token.make_init(cfg.embed_init, cfg.embed_init_std),
         scale=cfg.embed_scale, dropout=cfg.embedding_dropout, token_dropout=cfg.token_dropout,
         dtype=cfg.compute_dtype)
+    if cfg.uses_chars:
+      if self.char_ids is None:
+        raise ValueError("model.char_embeddings needs the vocabulary's char ids (Transformer(cfg, char_ids=...))")
+      ids = self.char_ids.array if isinstance(self.char_ids, chars.Constant) else self.char_ids
+      if ids.shape[0] != cfg.vocab_size:
+        raise ValueError(f"char ids have {ids.shape[0]} rows, the vocabulary {cfg.vocab_size}")
+      self.char_embed = chars.CharCNN(
+          num_chars=int(ids.max()) + 1, char_dim=cfg.char_dim, filters=chars.parse_filters(cfg.char_filters),
+          out_features=cfg.d_model if cfg.char_embeddings == "sum" else 0, dtype=cfg.compute_dtype)
+      if cfg.char_embeddings == "concat":
+        self.char_combine = nn.Dense(cfg.d_model, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32)
     self.position_embed = registry.get_scheme(cfg.position)(cfg)
     self.blocks = [Block(cfg, name=f"block_{i}") for i in range(cfg.num_layers)]
     if cfg.norm == "pre":
@@ -87,9 +104,23 @@ class Transformer(nn.Module):
     elif cfg.width != cfg.d_model:
       self.head_proj = nn.Dense(cfg.d_model, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32)
 
-  def embed(self, tokens_BxL, positions_BxL, *, deterministic=True):
+  def vocab_vectors(self):
+    """[V, d_model] with char embeddings: every token vector (scaled, projected) combined with its spelling's CNN
+    vector; computed once per forward pass, for the input lookup and the tied head alike."""
+    tok_VxD = self.token_embed.all_vectors()
+    char_VxF = self.char_embed(chars.as_jax(self.char_ids))
+    if self.cfg.char_embeddings == "sum":
+      return tok_VxD + char_VxF
+    return self.char_combine(jnp.concatenate([tok_VxD, char_VxF.astype(tok_VxD.dtype)], axis=-1))
+
+  def embed(self, tokens_BxL, positions_BxL, *, deterministic=True, vocab_VxD=None):
     """The input hook: token vectors, plus or concatenated with the scheme's positional vectors (if any)."""
-    x_BxLxD = self.token_embed(tokens_BxL, deterministic=deterministic)
+    if self.cfg.uses_chars:
+      vocab_VxD = self.vocab_vectors() if vocab_VxD is None else vocab_VxD
+      x_BxLxD = token.lookup(vocab_VxD, tokens_BxL, "token id", " (the vocabulary size)")
+      x_BxLxD = self.token_embed.dropout_vectors(x_BxLxD, deterministic=deterministic)
+    else:
+      x_BxLxD = self.token_embed(tokens_BxL, deterministic=deterministic)
     pos_BxLxP = self.position_embed.embed(positions_BxL)
     if pos_BxLxP is None:
       return x_BxLxD
@@ -102,9 +133,10 @@ class Transformer(nn.Module):
                return_hidden=False):
     if positions_BxL is None:
       positions_BxL = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1]), tokens_BxL.shape)
-    x_BxLxD = self.embed(tokens_BxL, positions_BxL, deterministic=deterministic)
+    vocab_VxD = self.vocab_vectors() if self.cfg.uses_chars else None  # once, for input and head
+    x_BxLxD = self.embed(tokens_BxL, positions_BxL, deterministic=deterministic, vocab_VxD=vocab_VxD)
     h_BxLxD = self.encode(x_BxLxD, positions_BxL, key_mask_BxL=key_mask_BxL, deterministic=deterministic)
-    return h_BxLxD if return_hidden else self.logits(h_BxLxD)
+    return h_BxLxD if return_hidden else self.logits(h_BxLxD, vocab_VxD=vocab_VxD)
 
   def encode(self, x_BxLxD, positions_BxL, *, key_mask_BxL=None, deterministic=True):
     """Blocks and final norm over already-embedded inputs (for analysis, and inputs built elsewhere)."""
@@ -121,12 +153,19 @@ class Transformer(nn.Module):
       x_BxLxD = self.final_norm(x_BxLxD)
     return x_BxLxD
 
-  def logits(self, h_BxLxD):
-    """The LM head: h·Eᵀ through the token table when tied, a separate V-way projection when untied."""
+  def logits(self, h_BxLxD, vocab_VxD=None):
+    """The LM head: h·Eᵀ through the token table when tied, a separate V-way projection when untied. With char
+    embeddings, tied: h·Mᵀ/√d through the combined vectors M (`vocab_vectors`; √d undoes the input scale, so the
+    token part is the unscaled table, as without chars)."""
     if not self.cfg.tie_embeddings:
       return self.lm_head(h_BxLxD)
     if self.cfg.width != self.cfg.d_model:
       h_BxLxD = self.head_proj(h_BxLxD)  # concat widened the stream; project back to the table's width
+    if self.cfg.uses_chars:
+      vocab_VxD = self.vocab_vectors() if vocab_VxD is None else vocab_VxD
+      if self.cfg.embed_scale:
+        vocab_VxD = vocab_VxD / jnp.sqrt(float(self.cfg.d_model)).astype(vocab_VxD.dtype)
+      return jnp.einsum("...d,vd->...v", h_BxLxD, vocab_VxD.astype(h_BxLxD.dtype))
     return self.token_embed.attend(h_BxLxD)
 
 

@@ -37,6 +37,7 @@ from research import schema
 from research.data import batches as batches_lib
 from research.data import corpora
 from research.data import tokenizers as tokenizers_lib
+from research.embeddings import chars as chars_lib
 from research.embeddings import pretrained as pretrained_lib
 from research.embeddings.token import check_ids
 from research.model.transformer import Transformer, count_embedding_params, count_params
@@ -134,6 +135,13 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> RunData:
 def vocabulary(tokenizer) -> list[str]:
   """The token string of every id, in id order."""
   return [tokenizer.id_to_token(i) or "" for i in range(tokenizer.get_vocab_size())]
+
+
+def char_ids(config, tokenizer) -> "chars_lib.Constant | None":
+  """With model.char_embeddings: the vocabulary's spellings as char ids [V, C] (chars.char_ids), for the model."""
+  if config.model.get("char_embeddings", "none") == "none":
+    return None
+  return chars_lib.Constant(chars_lib.char_ids(vocabulary(tokenizer), config.data.tokenizer))
 
 
 def pretrained_table(config, data: RunData, workdir: Path) -> tuple[np.ndarray, dict[str, Any]]:
@@ -331,7 +339,7 @@ class Trainer:
   settings: steps.StepSettings
 
   @classmethod
-  def build(cls, config, vocab_size: int, mesh=None) -> "Trainer":
+  def build(cls, config, vocab_size: int, mesh=None, char_ids=None) -> "Trainer":
     model_cfg = configuration.model_config(config, vocab_size)
     mesh = mesh if mesh is not None else make_mesh(config)
     if config.train.batch_size % mesh.size:
@@ -342,7 +350,7 @@ class Trainer:
         z_loss=config.train.z_loss, loss_chunk=config.train.loss_chunk,
         mlm_select_rate=config.data.mlm_select_rate, mlm_mask_rate=config.data.mlm_mask_rate,
         mlm_random_rate=config.data.mlm_random_rate, count_updates=bool(config.train.count_updates))
-    return cls(config, Transformer(model_cfg), mesh, optim.make_optimizer(config.train),
+    return cls(config, Transformer(model_cfg, char_ids=char_ids), mesh, optim.make_optimizer(config.train),
                optim.make_schedule(config.train), settings)
 
   @functools.cached_property
@@ -405,7 +413,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   mesh = make_mesh(config)  # a mesh that does not fit the devices fails here, before the workdir is touched
   workdir.mkdir(parents=True, exist_ok=True)
   data = prepare_data(config, workdir)
-  trainer = Trainer.build(config, data.vocab_size, mesh)
+  trainer = Trainer.build(config, data.vocab_size, mesh, char_ids=char_ids(config, data.tokenizer))
   t = config.train
   table, table_report = None, None
   if config.model.embed_init == "pretrained" and not checkpoint_lib.has_checkpoint(workdir / "checkpoints"):

@@ -119,9 +119,15 @@ def lm_loss_sums(params, model: Transformer, inputs, targets, weights, positions
   logits are made once, with the head's gradients taken in the forward pass."""
 
   variables = {"params": params}
+  n = targets.size
+  if model.cfg.uses_chars:
+    # The char CNN runs once per forward pass over the whole vocabulary, for the input and the tied head together:
+    # the full logits at once (train.loss_chunk does not apply).
+    logits_BxLxV = model.apply(variables, inputs, positions, key_mask_BxL=key_mask, deterministic=deterministic,
+                               rngs=rngs)
+    return objectives.cross_entropy(logits_BxLxV.reshape(n, -1), targets.reshape(n), weights.reshape(n), z_loss)
   hidden_BxLxD = model.apply(variables, inputs, positions, key_mask_BxL=key_mask, deterministic=deterministic,
                              rngs=rngs, return_hidden=True)
-  n = targets.size
   # The head runs on [tokens, d], not [B, L, d]: with one contracting dimension the weight gradient of the head
   # is a plain matmul; with two, XLA:CPU materialises a transposed copy of the [tokens, V] logits gradient.
   hidden_NxD = hidden_BxLxD.reshape(n, hidden_BxLxD.shape[-1])
