@@ -298,3 +298,14 @@ def test_a_char_aware_run_trains_and_resumes(tmp_path):
   from research.evaluate import extrapolation
   run = extrapolation.load_run(tmp_path)  # evaluation rebuilds the char ids from the run's tokenizer
   assert run.char_ids is not None and run.char_ids.array.shape[0] == 512
+
+
+def test_a_run_from_before_the_counts_resumes_only_without_them(tmp_path):
+  import json
+  from research.train import configuration
+  saved = tiny_config().to_dict()
+  del saved["train"]["count_updates"]  # written before train.count_updates existed: it counted nothing
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  with pytest.raises(configuration.ConfigError, match=r"train.count_updates: False \(saved\) != True \(current\)"):
+    loop.check_workdir(tiny_config(), tmp_path)
+  assert loop.check_workdir(tiny_config(**{"train.count_updates": False}), tmp_path) == tmp_path
