@@ -245,6 +245,7 @@ def test_summary_counts_the_factorized_embedding(tmp_path):
                                       "model.table_dim": 16}), tmp_path)
   assert summary["num_embedding_params"] == 512 * 16 + 16 * 64 + 64 * 16
   assert np.load(tmp_path / loop.INIT_TABLE_FILE).shape == (512, 16)
+  assert "valid_ppl_rare" in summary  # None here: every token of a 512-piece vocabulary is frequent
 
 
 # ------------------------------------------------------------------------------------------- character CNN
@@ -309,3 +310,33 @@ def test_a_run_from_before_the_counts_resumes_only_without_them(tmp_path):
   with pytest.raises(configuration.ConfigError, match=r"train.count_updates: False \(saved\) != True \(current\)"):
     loop.check_workdir(tiny_config(), tmp_path)
   assert loop.check_workdir(tiny_config(**{"train.count_updates": False}), tmp_path) == tmp_path
+
+
+# ------------------------------------------------------------------------------------------------ valid_ppl_rare
+
+
+def test_rare_target_sums_select_exactly_the_rare_targets():
+  import functools
+
+  import jax.numpy as jnp
+  from research.model.config import ModelConfig
+  from research.model.transformer import Transformer
+  cfg = ModelConfig(vocab_size=ts.V, d_model=16, num_layers=1, num_heads=2, mlp_dim=32, max_len=ts.L)
+  model = Transformer(cfg)
+  params = model.init(jax.random.key(0), jnp.zeros((1, ts.L), jnp.int32))["params"]
+  settings = steps.StepSettings(vocab_size=ts.V)
+  b = ts.batch(0)
+  rare_V = np.zeros(ts.V, bool)
+  rare_V[10:20] = True
+
+  def sums(mask):
+    step = jax.jit(functools.partial(steps.eval_step, model=model, settings=settings, rare_V=jnp.asarray(mask)))
+    return {k: float(v) for k, v in step(params, b, jax.random.key(0)).items()}
+
+  every, none, some = sums(np.ones(ts.V, bool)), sums(np.zeros(ts.V, bool)), sums(rare_V)
+  assert every["rare_nll_sum"] == pytest.approx(every["nll_sum"], rel=1e-6)
+  assert every["rare_weight_sum"] == every["weight_sum"] and none["rare_weight_sum"] == none["rare_nll_sum"] == 0
+  expected = float((rare_V[b["targets"]] * b["weights"]).sum())
+  assert some["rare_weight_sum"] == expected > 0 and 0 < some["rare_nll_sum"] < every["nll_sum"]
+  assert loop.rare_perplexity(none) == {"ppl_rare": None, "tokens_rare": 0.0}
+  assert loop.rare_perplexity(some)["ppl_rare"] == pytest.approx(np.exp(some["rare_nll_sum"] / expected))

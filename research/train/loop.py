@@ -48,6 +48,8 @@ CONFIG_FILE, TOKENIZER_FILE, METRICS_FILE, SUMMARY_FILE = "config.json", "tokeni
     "summary.json"
 EMBEDDING_INIT_FILE = "embedding_init.json"
 INIT_TABLE_FILE, UPDATE_COUNTS_FILE = "embedding_init.npy", "update_counts.npz"
+# valid_ppl_rare: the perplexity of the validation targets whose training count (token_counts.npy) is below this.
+RARE_TRAIN_COUNT = 10
 
 
 class NonFiniteError(RuntimeError):
@@ -268,6 +270,7 @@ def valid_record(step: int, valid: dict[str, float], lr: float) -> dict[str, Any
 def summary_record(*, step: int, train_loss: float | None, valid: dict[str, float], tokens_seen: float,
                    num_params: int, num_embedding_params: int, vocab_size: int, wall_s: float) -> dict[str, Any]:
   return {"step": step, "train_loss": train_loss, "valid_loss": valid["loss"], "valid_ppl": valid["ppl"],
+          "valid_ppl_rare": valid.get("ppl_rare"),
           "valid_accuracy": valid["accuracy"], "tokens_seen": tokens_seen, "num_params": num_params,
           "num_embedding_params": num_embedding_params, "vocab_size": vocab_size, "wall_s": wall_s}
 
@@ -337,9 +340,10 @@ class Trainer:
   optimizer: Any
   schedule: Any
   settings: steps.StepSettings
+  rare_V: Any = None  # bool [V]: rows with training count < RARE_TRAIN_COUNT (for valid_ppl_rare), or None
 
   @classmethod
-  def build(cls, config, vocab_size: int, mesh=None, char_ids=None) -> "Trainer":
+  def build(cls, config, vocab_size: int, mesh=None, char_ids=None, train_counts=None) -> "Trainer":
     model_cfg = configuration.model_config(config, vocab_size)
     mesh = mesh if mesh is not None else make_mesh(config)
     if config.train.batch_size % mesh.size:
@@ -350,8 +354,9 @@ class Trainer:
         z_loss=config.train.z_loss, loss_chunk=config.train.loss_chunk,
         mlm_select_rate=config.data.mlm_select_rate, mlm_mask_rate=config.data.mlm_mask_rate,
         mlm_random_rate=config.data.mlm_random_rate, count_updates=bool(config.train.count_updates))
+    rare_V = None if train_counts is None else np.asarray(train_counts)[:vocab_size] < RARE_TRAIN_COUNT
     return cls(config, Transformer(model_cfg, char_ids=char_ids), mesh, optim.make_optimizer(config.train),
-               optim.make_schedule(config.train), settings)
+               optim.make_schedule(config.train), settings, rare_V)
 
   @functools.cached_property
   def state_shardings(self):
@@ -374,7 +379,8 @@ class Trainer:
 
   @functools.cached_property
   def eval_step(self):
-    step = functools.partial(steps.eval_step, model=self.model, settings=self.settings)
+    rare_V = None if self.rare_V is None else jnp.asarray(self.rare_V)  # a small constant of the compiled step
+    step = functools.partial(steps.eval_step, model=self.model, settings=self.settings, rare_V=rare_V)
     return jax.jit(step, in_shardings=(self.state_shardings.params, mesh_lib.batch_sharding(self.mesh), None))
 
   def evaluate(self, params, ids: np.ndarray) -> dict[str, float]:
@@ -391,7 +397,17 @@ class Trainer:
     nll = totals.get("nll_sum", 0.0) / weight
     return {"loss": totals.get("loss_sum", 0.0) / weight, "ppl": math.exp(min(nll, 700.0)),
             "accuracy": totals.get("correct_sum", 0.0) / weight, "tokens": totals.get("weight_sum", 0.0),
-            "tokens_per_s": totals.get("input_tokens", 0.0) / max(time.time() - start, 1e-9)}
+            "tokens_per_s": totals.get("input_tokens", 0.0) / max(time.time() - start, 1e-9),
+            **rare_perplexity(totals)}
+
+
+def rare_perplexity(totals: dict[str, float]) -> dict[str, float | None]:
+  """{'ppl_rare', 'tokens_rare'} from the evaluation sums: None without rare targets (or without counts)."""
+  if "rare_weight_sum" not in totals:
+    return {}
+  weight = totals["rare_weight_sum"]
+  ppl = math.exp(min(totals["rare_nll_sum"] / weight, 700.0)) if weight > 0 else None
+  return {"ppl_rare": ppl, "tokens_rare": weight}
 
 
 def check_finite(step: int, metrics: dict[str, float], last_saved: int | None) -> None:
@@ -413,7 +429,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   mesh = make_mesh(config)  # a mesh that does not fit the devices fails here, before the workdir is touched
   workdir.mkdir(parents=True, exist_ok=True)
   data = prepare_data(config, workdir)
-  trainer = Trainer.build(config, data.vocab_size, mesh, char_ids=char_ids(config, data.tokenizer))
+  counts_file = tokenizers_lib.counts_path(workdir)
+  trainer = Trainer.build(config, data.vocab_size, mesh, char_ids=char_ids(config, data.tokenizer),
+                          train_counts=np.load(counts_file) if counts_file.exists() else None)
   t = config.train
   table, table_report = None, None
   if config.model.embed_init == "pretrained" and not checkpoint_lib.has_checkpoint(workdir / "checkpoints"):

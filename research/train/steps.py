@@ -198,9 +198,19 @@ def train_step(state: TrainState, batch, *, model: Transformer, optimizer, sched
   return new_state, metrics
 
 
-def eval_step(params, batch, rng, *, model: Transformer, settings: StepSettings):
-  """Loss sums over one evaluation batch (MLM masks with `rng`: `eval_key(seed, length, batch_index)`)."""
-  loss_sum, weight_sum, extras = lm_loss_sums(params, model, *prepare_inputs(batch, rng, settings),
+def eval_step(params, batch, rng, *, model: Transformer, settings: StepSettings, rare_V=None):
+  """Loss sums over one evaluation batch (MLM masks with `rng`: `eval_key(seed, length, batch_index)`).
+
+  With `rare_V` (bool [V]: the rare rows, e.g. training count < 10) also `rare_nll_sum` and `rare_weight_sum` over
+  the scored targets that are rare (a second pass with those targets' weights only; evaluation is cheap)."""
+  inputs, targets, weights, positions, key_mask = prepare_inputs(batch, rng, settings)
+  loss_sum, weight_sum, extras = lm_loss_sums(params, model, inputs, targets, weights, positions, key_mask,
                                               deterministic=True, loss_chunk=settings.loss_chunk)
   input_tokens = jnp.sum(batch["weights"]).astype(jnp.float32)
-  return {"loss_sum": loss_sum, "weight_sum": weight_sum, "input_tokens": input_tokens, **extras}
+  out = {"loss_sum": loss_sum, "weight_sum": weight_sum, "input_tokens": input_tokens, **extras}
+  if rare_V is not None:
+    rare_weights = weights * jnp.take(rare_V, targets, axis=0, mode="fill", fill_value=False).astype(weights.dtype)
+    _, rare_weight_sum, rare_extras = lm_loss_sums(params, model, inputs, targets, rare_weights, positions, key_mask,
+                                                   deterministic=True, loss_chunk=settings.loss_chunk)
+    out.update(rare_nll_sum=rare_extras["nll_sum"], rare_weight_sum=rare_weight_sum)
+  return out
