@@ -4,7 +4,7 @@
 the causal/bidirectional variants of ALiBi and T5 buckets, which read `cfg.causal`). Parameter layout, which the
 optimizer's rules rely on:
 
-  token_embed/embedding   [V, e]          the token table (the only V×d parameter when tied); e = model.table_dim or d_model
+  token_embed/embedding   [V, e]          the token table (the only V×e parameter when tied); e = table_dim or d_model
   token_embed/projection/kernel       [e, d_model]  factorized (e != d_model) only: table → model width
   token_embed/head_projection/kernel  [d_model, e]  factorized and tied only: the head's way back to the table
   position_embed/...      whatever the scheme owns (learned: embedding [max_len, pos width]; t5: rel_bias)

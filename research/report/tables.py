@@ -4,9 +4,9 @@ Rows are groups (one per combination of the swept fields other than seed), colum
 one per evaluation length (eval/extrapolation.json) and, when any trial was analyzed (eval/embedding_quality.json),
 analogy accuracy and the WordSim-353 / SimLex-999 Spearman correlations of its table, and, when any trial was
 analyzed with `--rare` (eval/rare_tokens.json), the input table's geometry (anisotropy, variance share of the top 1
-and 10 components, Mu & Viswanath's isotropy, Spearman of norm with frequency; descriptive: no best is marked). A group whose trials were
-also evaluated with RoPE scaling (eval/extrapolation_<scaling>.json) gets one more row per scaling, right below it,
-labelled `..., rope_scaling=S`.
+and 10 components, Mu & Viswanath's isotropy, Spearman of norm with frequency; descriptive: no best is marked).
+A group whose trials were also evaluated with RoPE scaling (eval/extrapolation_<scaling>.json) gets one more row per
+scaling, right below it, labelled `..., rope_scaling=S`.
 A cell is the mean and sample standard deviation (ddof=1) over the group's finished trials; the best mean per column
 is marked: the lowest perplexity, the highest quality figure.
 """
