@@ -340,3 +340,16 @@ def test_rare_target_sums_select_exactly_the_rare_targets():
   assert some["rare_weight_sum"] == expected > 0 and 0 < some["rare_nll_sum"] < every["nll_sum"]
   assert loop.rare_perplexity(none) == {"ppl_rare": None, "tokens_rare": 0.0}
   assert loop.rare_perplexity(some)["ppl_rare"] == pytest.approx(np.exp(some["rare_nll_sum"] / expected))
+
+
+@pytest.mark.slow
+def test_the_cli_runs_the_rare_analysis(word_run):
+  from tests.train_utils import cli
+  result = cli("experiments.analyze", f"--workdir={word_run}", "--rare")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "rare_tokens.json" in result.stdout and "input: anisotropy" in result.stdout
+  assert "output: anisotropy" in result.stdout  # the untied head's columns
+  for name in (rare.RARE_FILE, rare.NORM_PLOT, rare.BUCKETS_PLOT):
+    assert (word_run / "eval" / name).exists()
+  bad = cli("experiments.analyze", "--vectors=x.txt", "--rare")
+  assert bad.returncode == 2 and "--rare analyzes or exports a run's table" in bad.stderr

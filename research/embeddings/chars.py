@@ -81,11 +81,14 @@ def char_ids(tokens: Sequence[str], kind: str, max_chars: int = MAX_CHARS) -> np
 
 
 class Highway(nn.Module):
+  dtype: Any = jnp.float32
+
   @nn.compact
   def __call__(self, x_NxF):
     f = x_NxF.shape[-1]
-    gate = nn.sigmoid(nn.Dense(f, bias_init=nn.initializers.constant(-2.0), name="gate")(x_NxF))
-    return gate * nn.relu(nn.Dense(f, name="transform")(x_NxF)) + (1.0 - gate) * x_NxF
+    dense = lambda name, **kw: nn.Dense(f, dtype=self.dtype, param_dtype=jnp.float32, name=name, **kw)  # noqa: E731
+    gate = nn.sigmoid(dense("gate", bias_init=nn.initializers.constant(-2.0))(x_NxF))
+    return gate * nn.relu(dense("transform")(x_NxF)) + (1.0 - gate) * x_NxF
 
 
 class CharCNN(nn.Module):
@@ -109,7 +112,7 @@ class CharCNN(nn.Module):
       conv = nn.Conv(count, (w,), padding="VALID", param_dtype=jnp.float32, dtype=self.dtype,
                      name=f"conv_{width}")(x_VxCxE)
       pooled.append(jnp.max(jnp.tanh(conv), axis=1))  # max over time
-    h_VxF = Highway(name="highway")(jnp.concatenate(pooled, axis=-1))
+    h_VxF = Highway(dtype=self.dtype, name="highway")(jnp.concatenate(pooled, axis=-1))
     if self.out_features:
       h_VxF = nn.Dense(self.out_features, use_bias=False, param_dtype=jnp.float32, dtype=self.dtype,
                        name="out")(h_VxF)
