@@ -511,3 +511,21 @@ def test_rare_token_geometry_columns_and_bucket_plots(tmp_path):
     (tmp_path / name / "eval" / "rare_tokens.json").unlink()
   report = build_report(tmp_path)
   assert "anisotropy" not in report.table and not list(tmp_path.glob("rare_*.png"))
+
+
+def test_a_rare_target_perplexity_column_when_summaries_have_it(tmp_path):
+  for seed in (0, 1):
+    write_trial(tmp_path, f"a{seed}", "alibi", seed)
+    write_trial(tmp_path, f"r{seed}", "rope", seed)
+  assert "valid ppl (rare)" not in build_report(tmp_path).table  # older summaries: no column
+  for name, value in (("a0", 300.0), ("a1", 320.0), ("r0", 250.0), ("r1", None)):
+    summary = json.loads((tmp_path / name / "summary.json").read_text())
+    valid = {"loss": summary["valid_loss"], "ppl": summary["valid_ppl"], "accuracy": summary["valid_accuracy"],
+             "ppl_rare": value}
+    loop.write_summary(tmp_path / name, loop.summary_record(
+        step=100, train_loss=3.0, valid=valid, tokens_seen=51200.0, num_params=100000, num_embedding_params=32768,
+        vocab_size=512, wall_s=12.5))
+  header, rows = parse_md_table(build_report(tmp_path).table)
+  column = header.index("valid ppl (rare)") - 1
+  assert rows["position=alibi"][column].startswith("310.00 ± 14.14")
+  assert rows["position=rope"][column].startswith("**250.00 (n=1)")  # lower is better

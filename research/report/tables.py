@@ -1,7 +1,7 @@
 """Ablation tables: group trials by the swept fields (seeds are replicates), mean ± std per column, md / csv / tex.
 
 Rows are groups (one per combination of the swept fields other than seed), columns are `valid ppl` (summary.json),
-one per evaluation length (eval/extrapolation.json) and, when any trial was analyzed (eval/embedding_quality.json),
+`valid ppl (rare)` when any trial has summary.json's `valid_ppl_rare`, one per evaluation length (eval/extrapolation.json) and, when any trial was analyzed (eval/embedding_quality.json),
 analogy accuracy and the WordSim-353 / SimLex-999 Spearman correlations of its table, and, when any trial was
 analyzed with `--rare` (eval/rare_tokens.json), the input table's geometry (anisotropy, variance share of the top 1
 and 10 components, Mu & Viswanath's isotropy, Spearman of norm with frequency; descriptive: no best is marked).
@@ -24,6 +24,7 @@ from research.report.runs import (MISSING, QUALITY_FIGURES, QUALITY_FILE, RARE_F
                                   extrapolation_file, hashable)
 
 VALID_PPL = "valid_ppl"
+VALID_PPL_RARE = "valid_ppl_rare"  # summary.json: validation targets seen < 10 times in training (docs/rare_tokens.md)
 QUALITY_HEADERS = {"analogy": "analogy acc", "wordsim353": "WordSim ρ", "simlex999": "SimLex ρ"}
 QUALITY_LATEX = {"analogy": "analogy acc.", "wordsim353": "WordSim $\\rho$", "simlex999": "SimLex $\\rho$"}
 # The input table's geometry (eval/rare_tokens.json): no direction is better, so no column marks a best.
@@ -121,6 +122,8 @@ def _columns(trials: list[Trial]) -> list[Column]:
   evaluations = [e for t in trials for e in (t.extrapolation, *t.scaled.values()) if e is not None]
   pairs = sorted({(p.length, p.multiple) for e in evaluations for p in e.points})
   columns = [Column(VALID_PPL, "valid ppl")]
+  if any((t.summary or {}).get(VALID_PPL_RARE) is not None for t in trials):
+    columns.append(Column(VALID_PPL_RARE, "valid ppl (rare)"))
   for length, multiple in pairs:
     columns.append(Column(f"ppl_{_multiple_text(multiple)}x_{length}", f"{_multiple_text(multiple)}× ({length})",
                           multiple=multiple, length=length))
@@ -133,6 +136,13 @@ def _columns(trials: list[Trial]) -> list[Column]:
 
 def _trial_value(trial: Trial, column: Column, rope_scaling: str | None = None) -> tuple[float | None, str | None]:
   """(value, None) or (None, why not)."""
+  if column.key == VALID_PPL_RARE:
+    if rope_scaling is not None:
+      return None, "RoPE scaling is switched on at evaluation only: valid ppl is in the row without rope_scaling"
+    raw = (trial.summary or {}).get(VALID_PPL_RARE)
+    if raw is None or not math.isfinite(float(raw)):
+      return None, "no validation target seen fewer than 10 times in training (or a run without the figure)"
+    return float(raw), None
   if column.key == VALID_PPL:
     if rope_scaling is not None:  # the trainer's figure is the unscaled row's; repeating it would tie for best
       return None, "RoPE scaling is switched on at evaluation only: valid ppl is in the row without rope_scaling"
@@ -284,6 +294,8 @@ def to_latex(table: Table) -> str:
       headers.append(QUALITY_LATEX[c.quality])
     elif c.geometry is not None:
       headers.append(GEOMETRY_LATEX[c.geometry])
+    elif c.key == VALID_PPL_RARE:
+      headers.append("valid ppl (rare)")
     else:
       headers.append(f"${_multiple_text(c.multiple)}\\times$ ({c.length})")
   lines = [
