@@ -96,8 +96,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.eval_batches = 0  # validation batches per evaluation; 0 = the whole split
   c.train.log_every = 50
   # Per row of the token table, count the steps whose batch held it and whose update of it was non-zero (int32 [V]
-  # arrays in the train state, checkpointed; RUN/update_counts.npz at the end). Costs well under 1 % of a step
-  # (docs/benchmarks.md); runs written before it existed counted nothing (LEGACY_VALUES).
+  # arrays in the train state, checkpointed; RUN/update_counts.npz at the end). About 0.3 ms a step, within the
+  # noise of the step time (docs/benchmarks.md); runs written before it existed counted nothing (LEGACY_VALUES).
   c.train.count_updates = True
   c.train.embedding = ml_collections.ConfigDict()
   c.train.embedding.weight_decay = False  # decay the token table?
