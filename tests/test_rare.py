@@ -291,7 +291,7 @@ def test_unseen_words_get_distinct_input_vectors_from_their_spellings(combine):
 
 
 @pytest.mark.slow
-def test_a_char_aware_run_trains_and_resumes(tmp_path):
+def test_a_char_aware_run_trains_and_loads_for_evaluation(tmp_path):
   overrides = {"data.tokenizer": "word", "train.steps": 2, "train.checkpoint_every": 1, "train.eval_batches": 1,
                "train.async_checkpoints": False, "model.char_embeddings": "sum", "model.char_filters": "1:16,3:16"}
   summary = loop.train(tiny_config(**overrides), tmp_path)
