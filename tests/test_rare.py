@@ -353,3 +353,40 @@ def test_the_cli_runs_the_rare_analysis(word_run):
     assert (word_run / "eval" / name).exists()
   bad = cli("experiments.analyze", "--vectors=x.txt", "--rare")
   assert bad.returncode == 2 and "--rare analyzes or exports a run's table" in bad.stderr
+
+
+COUNTS_ON_MESHES = '''
+import functools, json
+import jax, numpy as np
+from research.train import mesh as mesh_lib, steps
+from tests import test_train_steps as ts
+
+def counts(data, fsdp):
+  mesh = mesh_lib.make_mesh(data, fsdp, devices=jax.devices()[:data * fsdp])
+  state, step = ts.setup(count_updates=True, embedding_lazy=True)
+  shardings = mesh_lib.param_sharding(state, mesh)
+  state = jax.device_put(state, shardings)
+  for i in range(3):
+    state, _ = step(state, mesh_lib.shard_batch(ts.batch(i, low=5, high=20 + 5 * i), mesh))
+  return {k: np.asarray(v).tolist() for k, v in state.counts.items()}
+
+print(json.dumps({f"{d}x{f}": counts(d, f) for d, f in ((1, 1), (8, 1), (2, 4))}))
+'''
+
+
+@pytest.mark.slow
+def test_counts_are_the_same_on_every_mesh():
+  """The real train step with lazy rows on 1×1, 8×1 and 2×4 meshes of simulated CPU devices: the same counts."""
+  import json
+  import os
+  import subprocess
+  import sys
+  from tests.train_utils import ROOT
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+         "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run([sys.executable, "-c", COUNTS_ON_MESHES], cwd=ROOT, capture_output=True, text=True, env=env,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out["8x1"] == out["2x4"] == out["1x1"]
+  assert out["1x1"]["present"] == out["1x1"]["nonzero"] and max(out["1x1"]["present"]) == 3
