@@ -125,6 +125,11 @@ def _keyed(keys: Sequence[str], vectors_NxD: np.ndarray):
   return kv
 
 
+def keyed_vectors(keys: Sequence[str], vectors_NxD: np.ndarray):
+  """gensim KeyedVectors with these keys and rows (e.g. one frequency bucket's words, research/analysis/rare.py)."""
+  return _keyed(keys, vectors_NxD)
+
+
 def word_vectors(table_VxD: np.ndarray, tokenizer, kind: str, extra_words: Sequence[str] = ()) -> tuple[Any, dict]:
   """(KeyedVectors of words, {word: row count}) from a run's table: see the module docstring."""
   tokens = [tokenizer.id_to_token(i) or "" for i in range(tokenizer.get_vocab_size())]

@@ -133,11 +133,9 @@ def bucket_benchmarks(table_VxD: np.ndarray, rows: np.ndarray, words: Sequence[s
     if w and w not in keys:
       keys.append(w)
       picked.append(r)
-  kv = quality._keyed(keys, np.asarray(table_VxD, np.float32)[np.asarray(picked, np.int64)]
-                      if picked else np.zeros((0, table_VxD.shape[1]), np.float32))
   if not keys:
     return {}
-  return quality.benchmarks(kv)
+  return quality.benchmarks(quality.keyed_vectors(keys, np.asarray(table_VxD, np.float32)[np.asarray(picked)]))
 
 
 # ------------------------------------------------------------------------------------------------- geometry
@@ -237,6 +235,8 @@ def plot_buckets(report: dict[str, Any], path: Path, title: str = "") -> None:
     if pts:
       xs, ys = zip(*pts)
       ax.plot(xs, ys, marker="o")
+    else:  # e.g. no embedding_init.npy / update_counts.npz (a run from before they existed, counts off)
+      ax.text(0.5, 0.5, "not available for this run", ha="center", va="center", transform=ax.transAxes, fontsize=8)
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels([r["label"] for r in rows], rotation=30, fontsize=7)
     ax.set_xlabel("training count bucket")
