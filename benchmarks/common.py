@@ -84,8 +84,8 @@ def build_step(cfg: ModelConfig, settings: steps.StepSettings, seq_len: int, tra
   train_cfg = train_cfg or TRAIN_CFG
   model = Transformer(cfg)
   optimizer, schedule = optim.make_optimizer(train_cfg), optim.make_schedule(train_cfg)
-  state = jax.jit(functools.partial(steps.init_state, model=model, optimizer=optimizer, seq_len=seq_len))(
-      jax.random.key(0))
+  state = jax.jit(functools.partial(steps.init_state, model=model, optimizer=optimizer, seq_len=seq_len,
+                                    count_updates=settings.count_updates))(jax.random.key(0))
   step = jax.jit(functools.partial(steps.train_step, model=model, optimizer=optimizer, schedule=schedule,
                                    settings=settings), donate_argnums=0)
   return step, state

@@ -11,6 +11,9 @@ so the best window is the one least disturbed by other work; the median is print
 token / peak with FLOPs per token = 6·N + 12·layers·heads·head_dim·T (PaLM appendix B, nanoGPT's estimate_mfu; N is
 defined in `common.flops_per_token`), compile seconds (lower + compile of the train step) and the worker's peak RSS.
 `--json` prints one object per scheme: scheme, tokens_per_s, mfu, compile_s, peak_rss_mb (and a few more keys).
+`--count_updates` measures, per scheme, the step with and without `train.count_updates` (the per-row update counts)
+side by side in one worker: both steps compiled, their timing windows interleaved (so machine load hits both alike),
+and prints both step times and their ratio.
 Like `research-train`, the script restarts itself with glibc's malloc huge pages (research/hugepages.py);
 `--no-huge-pages` measures without them.
 """
@@ -53,6 +56,8 @@ def parse_args(argv=None):
                  help="use this matmul peak (FLOP/s, in --dtype) instead of measuring it")
   p.add_argument("--no-huge-pages", action="store_true",
                  help="run without glibc's malloc huge pages (research/hugepages.py), to measure their effect")
+  p.add_argument("--count_updates", action="store_true",
+                 help="time the step with and without train.count_updates, interleaved, and print the ratio")
   p.add_argument("--worker", default="", help=argparse.SUPPRESS)
   return p.parse_args(argv)
 
@@ -86,6 +91,8 @@ def run_scheme(args) -> dict:
     jax.block_until_ready((state, metrics))
     return metrics
 
+  if args.count_updates:
+    return count_updates_row(args, cfg, shape, batch, step, state)
   metrics = run(args.warmup)
   best, times = common.best_window(run, args.windows, args.steps)
   tokens = shape.batch * shape.seq_len
@@ -93,6 +100,38 @@ def run_scheme(args) -> dict:
           "compile_s": compile_s, "peak_rss_mb": common.peak_rss_mb(),
           "median_tokens_per_s": tokens / statistics.median(times), "step_ms": best * 1e3,
           "flops_per_token": fpt, "n_params_counted": n, "loss": float(metrics["loss"])}
+
+
+def count_updates_row(args, cfg, shape, batch, step_off, state_off) -> dict:
+  """Best-window step time without and with the update counts, windows interleaved (off, on, off, on, ...)."""
+  import jax
+
+  import common
+  from research.train import steps
+
+  settings_on = steps.StepSettings(objective="clm", vocab_size=shape.vocab, loss_chunk=args.loss_chunk,
+                                   count_updates=True)
+  step_on, state_on = common.build_step(cfg, settings_on, shape.seq_len)
+  states = {"off": state_off, "on": state_on}
+  fns = {"off": step_off, "on": step_on}
+
+  def run(which, k):
+    for _ in range(k):
+      states[which], metrics = fns[which](states[which], batch)
+    jax.block_until_ready(states[which])
+
+  for which in fns:
+    run(which, args.warmup)
+  times = {"off": [], "on": []}
+  for _ in range(args.windows):
+    for which in fns:
+      t = time.perf_counter()
+      run(which, args.steps)
+      times[which].append((time.perf_counter() - t) / args.steps)
+  off, on = min(times["off"]), min(times["on"])
+  return {"scheme": args.worker, "step_ms_off": off * 1e3, "step_ms_on": on * 1e3, "ratio": on / off,
+          "median_ratio": statistics.median(times["on"]) / statistics.median(times["off"]),
+          "tokens_per_s": shape.batch * shape.seq_len / off, "peak_rss_mb": common.peak_rss_mb()}
 
 
 def main(argv=None):
@@ -124,6 +163,14 @@ def main(argv=None):
   if args.json:
     return
   shape = shape_from(args)
+  if args.count_updates:
+    print(f"commit {common.commit()}  {time.strftime('%Y-%m-%d %H:%M')}  shape V={shape.vocab} d={shape.d_model} "
+          f"L={shape.layers} T={shape.seq_len} B={shape.batch} {shape.dtype}  train.count_updates off vs on")
+    print(f"{'scheme':<11} {'off ms':>8} {'on ms':>8} {'ratio':>7} {'(median)':>9}")
+    for r in rows:
+      print(f"{r['scheme']:<11} {r['step_ms_off']:8.1f} {r['step_ms_on']:8.1f} {r['ratio']:7.4f} "
+            f"{r['median_ratio']:9.4f}")
+    return
   print(f"commit {common.commit()}  {time.strftime('%Y-%m-%d %H:%M')}  shape V={shape.vocab} d={shape.d_model} "
         f"L={shape.layers} H={shape.heads} mlp={shape.mlp_dim} T={shape.seq_len} B={shape.batch} {shape.dtype}  "
         f"attention={args.attention} loss_chunk={args.loss_chunk}  XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}  "

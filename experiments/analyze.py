@@ -1,12 +1,14 @@
 r"""Analyses of an embedding table: word-vector benchmarks, exports.
 
-  research-analyze --workdir=RUN [--checkpoint=best|last] [--export_word2vec=FILE] [--export_projector=DIR]
+  research-analyze --workdir=RUN [--checkpoint=best|last] [--export_word2vec=FILE] [--export_projector=DIR] [--rare]
   research-analyze --vectors=FILE [--format=auto|word2vec|...] [--output=FILE.json]
 
 With --workdir: scores the input table of the run's best checkpoint (Google analogies, WordSim-353, SimLex-999 with
 their coverage; nearest neighbours of 10 frequent words) and writes RUN/eval/embedding_quality.json;
 --export_word2vec writes the table as word2vec text keyed by token strings, --export_projector TensorBoard projector
-files (token and training count as metadata). With --vectors: the same benchmarks for a vector file.
+files (token and training count as metadata), --rare the rare-token analyses (frequency buckets, geometry:
+RUN/eval/rare_tokens.json, norm_vs_frequency.png, buckets.png; docs/rare_tokens.md). With --vectors: the same
+benchmarks for a vector file.
 
 One entry point for every analysis of a table: a new one is a flag and one more step in `main`.
 """
@@ -15,7 +17,7 @@ from absl import app, flags, logging
 
 from experiments.common import run_main
 from research import hugepages
-from research.analysis import quality
+from research.analysis import quality, rare
 from research.embeddings import pretrained
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory whose table to analyze.")
@@ -25,15 +27,18 @@ _CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "last"], "Which c
 _OUTPUT = flags.DEFINE_string("output", None, "With --vectors: also write the report as JSON here.")
 _EXPORT_WORD2VEC = flags.DEFINE_string("export_word2vec", None, "Write the run's table as word2vec text here.")
 _EXPORT_PROJECTOR = flags.DEFINE_string("export_projector", None, "Write TensorBoard projector files here.")
+_RARE = flags.DEFINE_bool("rare", False, "Also the rare-token analyses: RUN/eval/rare_tokens.json and its plots.")
 
 
 def check_flags() -> None:
   if bool(_WORKDIR.value) == bool(_VECTORS.value):
     raise quality.AnalysisError("give exactly one of --workdir=RUN and --vectors=FILE")
   if _VECTORS.value:
-    for name, flag in (("export_word2vec", _EXPORT_WORD2VEC), ("export_projector", _EXPORT_PROJECTOR)):
+    for name, flag in (("export_word2vec", _EXPORT_WORD2VEC), ("export_projector", _EXPORT_PROJECTOR),
+                       ("rare", _RARE)):
       if flag.value:
-        raise quality.AnalysisError(f"--{name} exports a run's table: use it with --workdir, not --vectors")
+        raise quality.AnalysisError(f"--{name} analyzes or exports a run's table: use it with --workdir, not "
+                                    f"--vectors")
   elif _OUTPUT.value:
     raise quality.AnalysisError("--output is for --vectors; a run's report goes to RUN/eval/embedding_quality.json")
 
@@ -53,6 +58,10 @@ def main(argv):
                                  export_projector_dir=_EXPORT_PROJECTOR.value)
     print(f"{_WORKDIR.value}/{quality.EVAL_DIR}/{quality.QUALITY_FILE} (step {report['checkpoint_step']})")
   print("\n".join(quality.summary_lines(report)))
+  if _RARE.value:
+    rare_report = rare.analyze_run(_WORKDIR.value, _CHECKPOINT.value)
+    print(f"{_WORKDIR.value}/{quality.EVAL_DIR}/{rare.RARE_FILE} (step {rare_report['checkpoint_step']})")
+    print("\n".join(rare.summary_lines(rare_report)))
   for path in (_EXPORT_WORD2VEC.value, _EXPORT_PROJECTOR.value, _OUTPUT.value):
     if path:
       print(f"wrote {path}")

@@ -30,7 +30,7 @@ RESUMABLE_FIELDS = (
 # config.json that lacks a field is compared as if it held this value (else the default): an old run resumes when
 # the current config trains the same model, and is refused, naming the field, when the new default would change it
 # (an old learned or T5 run decayed its positional table: resume it with train.position.weight_decay=true).
-LEGACY_VALUES = {"train.position.weight_decay": True}
+LEGACY_VALUES = {"train.position.weight_decay": True, "train.count_updates": False}
 
 
 def saved_value(field: str, default):
@@ -95,6 +95,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 250
   c.train.eval_batches = 0  # validation batches per evaluation; 0 = the whole split
   c.train.log_every = 50
+  # Per row of the token table, count the steps whose batch held it and whose update of it was non-zero (int32 [V]
+  # arrays in the train state, checkpointed; RUN/update_counts.npz at the end). About 0.3 ms a step, within the
+  # noise of the step time (docs/benchmarks.md); runs written before it existed counted nothing (LEGACY_VALUES).
+  c.train.count_updates = True
   c.train.embedding = ml_collections.ConfigDict()
   c.train.embedding.weight_decay = False  # decay the token table?
   c.train.embedding.lr_multiplier = 1.0

@@ -103,7 +103,7 @@ def test_the_projector_export_has_the_table_and_token_metadata(word_run, tmp_pat
 @pytest.mark.parametrize("args, message", [
     ([], "give exactly one of --workdir=RUN and --vectors=FILE"),
     (["--vectors=/nonexistent/v.txt"], "model.pretrained.path='/nonexistent/v.txt': no such file"),
-    (["--vectors=x.txt", "--export_word2vec=y.txt"], "--export_word2vec exports a run's table"),
+    (["--vectors=x.txt", "--export_word2vec=y.txt"], "--export_word2vec analyzes or exports a run's table"),
     (["--workdir=/nonexistent/run"], "'/nonexistent/run' is not a run directory"),
 ])
 def test_cli_user_errors_are_one_line(args, message):

@@ -470,3 +470,62 @@ def test_embedding_quality_columns_appear_when_analyzed_and_the_highest_is_best(
   assert alibi[-1].startswith("**0.200 (n=1)")  # a null correlation is n/a for that trial, not a zero
   assert "not analyzed (no eval/embedding_quality.json; run research-analyze)" in report.table
   assert "analogy acc." in (tmp_path / "table.tex").read_text()
+
+
+def _write_rare(trial_dir, scale, seed):
+  """eval/rare_tokens.json as research-analyze --rare writes it: rare.rare_report on a real (random) table."""
+  from research.analysis import rare
+  rng = np.random.default_rng(seed)
+  counts = (1000 / np.arange(1, 201)).astype(np.int64)
+  counts[-20:] = 0
+  table = rng.normal(size=(200, 8)) * scale + (scale - 1.0)  # scale 1: isotropic; larger: a common direction
+  report = rare.rare_report(table, counts, init_VxD=table * 0.5, present_V=counts // 10)
+  rare.write_rare(trial_dir, {"checkpoint_step": 100, **report})
+  return report
+
+
+def test_rare_token_geometry_columns_and_bucket_plots(tmp_path):
+  from research.analysis import rare
+  from research.report import plots, runs
+  assert runs.RARE_GEOMETRY == rare.GEOMETRY_METRICS and runs.RARE_BUCKET_METRICS.keys() == rare.BUCKET_METRICS.keys()
+  for seed in (0, 1):
+    write_trial(tmp_path, f"a{seed}", "alibi", seed)
+    write_trial(tmp_path, f"r{seed}", "rope", seed)
+  report = build_report(tmp_path)
+  assert "anisotropy" not in report.table and not list(tmp_path.glob("rare_*.png"))
+  written = {name: _write_rare(tmp_path / name, scale, seed)
+             for name, scale, seed in (("a0", 1.0, 0), ("a1", 1.0, 1), ("r0", 3.0, 2))}
+  report = build_report(tmp_path)
+  header, rows = parse_md_table(report.table)
+  assert header[-5:] == ["anisotropy", "var top-1", "var top-10", "isotropy", "norm~freq ρ"]
+  alibi, rope = rows["position=alibi"], rows["position=rope"]
+  mean = np.mean([written[n]["geometry"]["input"]["anisotropy"] for n in ("a0", "a1")])
+  assert alibi[-5].startswith(f"{mean:.3f} ± ")
+  assert rope[-5].startswith(f"{written['r0']['geometry']['input']['anisotropy']:.3f} (n=1)")
+  assert not any("**" in cell for cell in alibi[-5:] + rope[-5:])  # geometry has no better direction
+  assert "not analyzed (no eval/rare_tokens.json; run research-analyze --rare)" in report.table
+  for metric in runs.RARE_BUCKET_METRICS:
+    assert (tmp_path / plots.rare_plot_name(metric)).read_bytes()[:8] == PNG_MAGIC
+  assert "isotropy" in (tmp_path / "table.tex").read_text()
+  for name in written:  # analyses removed: the columns and plots go too
+    (tmp_path / name / "eval" / "rare_tokens.json").unlink()
+  report = build_report(tmp_path)
+  assert "anisotropy" not in report.table and not list(tmp_path.glob("rare_*.png"))
+
+
+def test_a_rare_target_perplexity_column_when_summaries_have_it(tmp_path):
+  for seed in (0, 1):
+    write_trial(tmp_path, f"a{seed}", "alibi", seed)
+    write_trial(tmp_path, f"r{seed}", "rope", seed)
+  assert "valid ppl (rare)" not in build_report(tmp_path).table  # older summaries: no column
+  for name, value in (("a0", 300.0), ("a1", 320.0), ("r0", 250.0), ("r1", None)):
+    summary = json.loads((tmp_path / name / "summary.json").read_text())
+    valid = {"loss": summary["valid_loss"], "ppl": summary["valid_ppl"], "accuracy": summary["valid_accuracy"],
+             "ppl_rare": value}
+    loop.write_summary(tmp_path / name, loop.summary_record(
+        step=100, train_loss=3.0, valid=valid, tokens_seen=51200.0, num_params=100000, num_embedding_params=32768,
+        vocab_size=512, wall_s=12.5))
+  header, rows = parse_md_table(build_report(tmp_path).table)
+  column = header.index("valid ppl (rare)") - 1
+  assert rows["position=alibi"][column].startswith("310.00 ± 14.14")
+  assert rows["position=rope"][column].startswith("**250.00 (n=1)")  # lower is better

@@ -14,7 +14,7 @@ from research.train import optim, steps
 V, B, L = 41, 8, 12
 
 
-def setup(objective="clm", grad_accum=1, loss_chunk=0, dtype="float32", model_kw=None, **train):
+def setup(objective="clm", grad_accum=1, loss_chunk=0, dtype="float32", model_kw=None, count_updates=False, **train):
   cfg = ModelConfig(vocab_size=V, d_model=16, num_layers=1, num_heads=2, mlp_dim=32, max_len=L,
                     kind="decoder" if objective == "clm" else "encoder", tie_embeddings=train.pop("tie", True),
                     dtype=dtype, **(model_kw or {}))
@@ -30,8 +30,9 @@ def setup(objective="clm", grad_accum=1, loss_chunk=0, dtype="float32", model_kw
     else:
       train_cfg[k] = v
   model, tx = Transformer(cfg), optim.make_optimizer(train_cfg)
-  settings = steps.StepSettings(objective=objective, vocab_size=V, grad_accum=grad_accum, loss_chunk=loss_chunk)
-  state = steps.init_state(jax.random.key(0), model=model, optimizer=tx, seq_len=L)
+  settings = steps.StepSettings(objective=objective, vocab_size=V, grad_accum=grad_accum, loss_chunk=loss_chunk,
+                                count_updates=count_updates)
+  state = steps.init_state(jax.random.key(0), model=model, optimizer=tx, seq_len=L, count_updates=count_updates)
   step = jax.jit(functools.partial(steps.train_step, model=model, optimizer=tx,
                                    schedule=optim.make_schedule(train_cfg), settings=settings))
   return state, step

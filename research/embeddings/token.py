@@ -68,9 +68,14 @@ class TokenEmbedding(nn.Module):
   """V×d table. `__call__(ids)` embeds; `attend(h)` returns h·Eᵀ, the tied output head.
 
   Attributes:
-    vocab_size, features: the table shape V×d (parameters always float32).
+    vocab_size, features: the table shape V×e (parameters always float32).
+    out_features: the width d of the vectors it returns; 0 = features. When it differs (ALBERT's factorized
+      embedding, Lan et al. 2020) a learned e→d `projection` follows the lookup, and `attend` first projects the
+      hidden state d→e (`head_projection`) and then goes back through the same table: V·e + 2·e·d parameters
+      instead of V·d. The table leaf stays ('token_embed', 'embedding'), so the optimizer's embedding group finds it;
+      the projections are ordinary matrices (group 'other').
     embedding_init: any initializer; `make_init` or `from_matrix` give the usual ones.
-    scale: multiply outputs by √d (Vaswani et al. 2017).
+    scale: multiply the looked-up rows by √d (Vaswani et al. 2017; d = out_features, before any projection).
     dropout: ordinary dropout on the output vectors.
     token_dropout: AWD-LSTM embedding dropout: each vocabulary row is zeroed for the whole step with this
       probability (every occurrence of that token loses its vector) and kept rows are scaled by 1/(1-p).
@@ -84,10 +89,19 @@ class TokenEmbedding(nn.Module):
   dropout: float = 0.0
   token_dropout: float = 0.0
   dtype: Any = jnp.float32
+  out_features: int = 0
+
+  @property
+  def width(self) -> int:
+    return self.out_features or self.features
 
   def setup(self):
     self.embedding = self.param("embedding", self.embedding_init, (self.vocab_size, self.features), jnp.float32)
     self.drop = nn.Dropout(self.dropout)
+    if self.width != self.features:
+      dense = lambda n, name: nn.Dense(n, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32, name=name)  # noqa
+      self.projection = dense(self.width, "projection")  # kernel [e, d]
+      self.head_projection = dense(self.features, "head_projection")  # kernel [d, e]
 
   def __call__(self, ids_BxL: Array, *, deterministic: bool = True) -> Array:
     x_BxLxD = lookup(self.embedding, ids_BxL, "token id", " (the vocabulary size)").astype(self.dtype)
@@ -96,11 +110,26 @@ class TokenEmbedding(nn.Module):
       keep_BxL = jnp.take(keep_V, ids_BxL, axis=0, mode="clip")  # ids are already checked above
       x_BxLxD = x_BxLxD * (keep_BxL[..., None] / (1.0 - self.token_dropout)).astype(self.dtype)
     if self.scale:
-      x_BxLxD = x_BxLxD * jnp.sqrt(float(self.features)).astype(self.dtype)
+      x_BxLxD = x_BxLxD * jnp.sqrt(float(self.width)).astype(self.dtype)
+    if self.width != self.features:
+      x_BxLxD = self.projection(x_BxLxD)
     if self.dropout > 0.0:
       x_BxLxD = self.drop(x_BxLxD, deterministic=deterministic)
     return x_BxLxD
 
+  def all_vectors(self) -> Array:
+    """[V, d]: every row as the lookup returns it (scaled, projected), without dropout."""
+    x_VxD = self.embedding.astype(self.dtype)
+    if self.scale:
+      x_VxD = x_VxD * jnp.sqrt(float(self.width)).astype(self.dtype)
+    return self.projection(x_VxD) if self.width != self.features else x_VxD
+
+  def dropout_vectors(self, x_BxLxD: Array, *, deterministic: bool = True) -> Array:
+    return self.drop(x_BxLxD, deterministic=deterministic) if self.dropout > 0.0 else x_BxLxD
+
   def attend(self, h_BxLxD: Array) -> Array:
-    """Logits h·Eᵀ through the same table (weight tying, Press & Wolf 2017; Inan et al. 2017)."""
+    """Logits h·Eᵀ through the same table (weight tying, Press & Wolf 2017; Inan et al. 2017); factorized, the
+    hidden state is first projected d→e."""
+    if self.width != self.features:
+      h_BxLxD = self.head_projection(h_BxLxD)
     return jnp.einsum("...d,vd->...v", h_BxLxD, self.embedding.astype(h_BxLxD.dtype))

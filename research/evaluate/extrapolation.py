@@ -26,6 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from research import schema
 from research.data import batches as batches_lib
 from research.data import tokenizers as tokenizers_lib
 from research.embeddings import registry
@@ -52,6 +53,7 @@ class LoadedRun:
   params: Any
   step: int
   splits: dict[str, np.ndarray]
+  char_ids: Any = None  # with model.char_embeddings: the model's constant (loop.char_ids)
 
 
 def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
@@ -75,8 +77,9 @@ def load_run(workdir: str | Path, checkpoint: str = "best") -> LoadedRun:
   loop.check_splits(splits, tokenizer.get_vocab_size())
   model_cfg = configuration.model_config(config, tokenizer.get_vocab_size())
   # Only the parameters, onto this process's first device, whatever mesh the run was trained on and whatever its
-  # optimizer state looks like; their structure must be the model's.
-  model = Transformer(model_cfg)
+  # optimizer state looks like (counts, optimizer options); their structure must be the model's.
+  char_ids = loop.char_ids(config, tokenizer)
+  model = Transformer(model_cfg, char_ids=char_ids)
   expected = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.numpy.zeros((1, 1), "int32")))["params"]
   with checkpoint_lib.Checkpointer(ckpt_dir, keep=10**6, async_save=False) as ckpt:
     step = (ckpt.best_step() if checkpoint == "best" else None) or ckpt.latest_step()
@@ -87,7 +90,7 @@ def load_run(workdir: str | Path, checkpoint: str = "best") -> LoadedRun:
   if shapes(params) != shapes(expected):
     raise EvaluationError(f"run {str(workdir)!r}: the checkpoint's parameters do not match the model its config.json "
                           f"describes")
-  return LoadedRun(config, model_cfg, params, int(step), splits)
+  return LoadedRun(config, model_cfg, params, int(step), splits, char_ids)
 
 
 def _batch_size(length: int, max_tokens_per_batch: int) -> int:
@@ -98,7 +101,7 @@ def split_perplexity(run: LoadedRun, model_cfg: ModelConfig, ids: np.ndarray, le
                      mode: str = "nonoverlapping", stride: int | None = None,
                      max_tokens_per_batch: int = 8192) -> tuple[float, int]:
   """(perplexity, tokens scored) of `ids` at window `length`; every target token is scored exactly once."""
-  model = Transformer(model_cfg)
+  model = Transformer(model_cfg, char_ids=run.char_ids)
   settings = steps.StepSettings(objective=run.config.objective, vocab_size=model_cfg.vocab_size,
                                 mlm_select_rate=run.config.data.mlm_select_rate,
                                 mlm_mask_rate=run.config.data.mlm_mask_rate,

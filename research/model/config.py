@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
-from research.embeddings import registry
+from research.embeddings import chars, registry
 
 KINDS = ("decoder", "encoder")
 COMBINES = ("add", "concat")
@@ -26,6 +26,7 @@ DTYPES = ("float32", "bfloat16")
 INITS = ("normal", "uniform", "pretrained")  # pretrained: the trainer sets the table
 ATTENTION_IMPLS = ("einsum", "xla")
 ROPE_SCALINGS = ("none", "linear", "ntk", "yarn")
+CHAR_EMBEDDINGS = ("none", "concat", "sum")
 DERIVED_FIELDS = ("vocab_size", "kind")  # set from the tokenizer and the objective, not by the experiment config
 POSITION_SAMPLINGS = ("none", "randomized")
 
@@ -76,6 +77,15 @@ class ModelConfig:
   # A table of std 0.02 without the scale is swamped by unit-amplitude sinusoids (docs/results.md).
   embed_init_std: float = 0.0  # 0 = d_model ** -0.5 (resolved at construction); also the learned / T5 tables' std
   embed_scale: bool = True  # multiply token vectors by sqrt(d_model), as Vaswani et al.
+  # ALBERT's factorized embedding: a V×table_dim table and a learned table_dim→d_model projection (the tied head
+  # projects d_model→table_dim and goes back through the same table). 0 = d_model: the plain V×d table.
+  table_dim: int = 0
+  # Kim et al. 2016's character CNN over every vocabulary entry's spelling (research/embeddings/chars.py), combined
+  # with the token vectors: none | sum (CNN → d_model, added) | concat ([token; CNN] → d_model by a learned map).
+  # The tied head then uses the combined vectors. The trainer passes the spellings' char ids to the model.
+  char_embeddings: str = "none"
+  char_dim: int = 16  # width of a character's embedding
+  char_filters: str = chars.DEFAULT_FILTERS  # "width:count,...": one convolution per width (Kim et al.'s small model)
   embedding_dropout: float = 0.0  # dropout on the embedded vectors
   token_dropout: float = 0.0  # AWD-LSTM: drop whole vocabulary rows for a step
   # Blocks.
@@ -103,6 +113,15 @@ class ModelConfig:
     _choice("model.attention", self.attention, ATTENTION_IMPLS)
     _choice("model.rope_scaling", self.rope_scaling, ROPE_SCALINGS)
     _choice("model.position_sampling", self.position_sampling, POSITION_SAMPLINGS)
+    if not isinstance(self.table_dim, int) or self.table_dim < 0:
+      raise ValueError(f"model.table_dim={self.table_dim!r} must be an integer >= 0 (0 = d_model)")
+    _choice("model.char_embeddings", self.char_embeddings, CHAR_EMBEDDINGS)
+    if self.char_embeddings != "none":
+      chars.parse_filters(self.char_filters)
+      if not isinstance(self.char_dim, int) or self.char_dim < 1:
+        raise ValueError(f"model.char_dim={self.char_dim!r} must be a positive integer")
+      if self.token_dropout:
+        raise ValueError("model.token_dropout drops table rows; with model.char_embeddings it is not supported")
     if self.pos_dim < 0:
       raise ValueError(f"model.pos_dim={self.pos_dim} must be >= 0")
     for name in ("dropout", "embedding_dropout", "token_dropout"):
@@ -126,6 +145,19 @@ class ModelConfig:
   def scheme(self) -> type[registry.PositionalScheme]:
     """The positional scheme's class (registered name or package.module:Class)."""
     return registry.get_scheme(self.position)
+
+  @property
+  def table_width(self) -> int:
+    """Width e of the token table's rows (model.table_dim, or d_model)."""
+    return self.table_dim or self.d_model
+
+  @property
+  def uses_chars(self) -> bool:
+    return self.char_embeddings != "none"
+
+  @property
+  def factorized(self) -> bool:
+    return self.table_width != self.d_model
 
   @property
   def head_dim(self) -> int:

@@ -4,11 +4,15 @@
 the causal/bidirectional variants of ALiBi and T5 buckets, which read `cfg.causal`). Parameter layout, which the
 optimizer's rules rely on:
 
-  token_embed/embedding   [V, d_model]    the token table (the only V×d parameter when tied)
+  token_embed/embedding   [V, e]          the token table (the only V×e parameter when tied); e = table_dim or d_model
+  token_embed/projection/kernel       [e, d_model]  factorized (e != d_model) only: table → model width
+  token_embed/head_projection/kernel  [d_model, e]  factorized and tied only: the head's way back to the table
   position_embed/...      whatever a shared scheme owns (learned: embedding [max_len, pos width]; t5: rel_bias)
   block_{i}/...           attention qkv / out, mlp, layer norms; a per-layer scheme's parameters (fire, kerple_*,
                           cope) at block_{i}/attention/position_embed/...
   final_norm/             pre-LN only
+  char_embed/...          model.char_embeddings only: the character CNN (chars, conv_<w>, highway, out for sum)
+  char_combine/kernel     [d_model + Σ filters, d_model]  char_embeddings=concat only
   head_proj/kernel        [width, d_model]  only when tied and concat makes width > d_model
   lm_head/kernel          [width, V]        only when untied
 """
@@ -21,13 +25,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.embeddings import token
+from research.embeddings import chars, token
 from research.model.attention import MultiHeadAttention, attention_mask
 from research.model.config import ModelConfig
 
 Array = Any
 # The modules `Transformer.logits` reads (the last three lines of the layout above).
 HEAD_MODULES = ("token_embed", "head_proj", "lm_head")
+CHAR_MODULES = ("char_embed", "char_combine")
 
 
 class Mlp(nn.Module):
@@ -69,14 +74,28 @@ class Transformer(nn.Module):
 
   cfg: ModelConfig
   embedding_init: Any = None  # overrides cfg.embed_init, e.g. `token.from_matrix(pretrained)`
+  # With cfg.char_embeddings: the vocabulary's spellings as char ids, int [V, C] (`chars.char_ids`, wrapped in
+  # `chars.Constant`), a constant of the model, not a parameter.
+  char_ids: Any = None
 
   def setup(self):
     cfg = self.cfg
     self.token_embed = token.TokenEmbedding(
-        cfg.vocab_size, cfg.d_model,
+        cfg.vocab_size, cfg.table_width, out_features=cfg.d_model,
         embedding_init=self.embedding_init or token.make_init(cfg.embed_init, cfg.embed_init_std),
         scale=cfg.embed_scale, dropout=cfg.embedding_dropout, token_dropout=cfg.token_dropout,
         dtype=cfg.compute_dtype)
+    if cfg.uses_chars:
+      if self.char_ids is None:
+        raise ValueError("model.char_embeddings needs the vocabulary's char ids (Transformer(cfg, char_ids=...))")
+      ids = self.char_ids.array if isinstance(self.char_ids, chars.Constant) else self.char_ids
+      if ids.shape[0] != cfg.vocab_size:
+        raise ValueError(f"char ids have {ids.shape[0]} rows, the vocabulary {cfg.vocab_size}")
+      self.char_embed = chars.CharCNN(
+          num_chars=int(ids.max()) + 1, char_dim=cfg.char_dim, filters=chars.parse_filters(cfg.char_filters),
+          out_features=cfg.d_model if cfg.char_embeddings == "sum" else 0, dtype=cfg.compute_dtype)
+      if cfg.char_embeddings == "concat":
+        self.char_combine = nn.Dense(cfg.d_model, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32)
     # A per-layer scheme's instance here is never called (so it owns no parameters); each attention layer builds its
     # own (see MultiHeadAttention).
     self.position_embed = cfg.scheme(cfg)
@@ -88,9 +107,23 @@ class Transformer(nn.Module):
     elif cfg.width != cfg.d_model:
       self.head_proj = nn.Dense(cfg.d_model, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32)
 
-  def embed(self, tokens_BxL, positions_BxL, *, deterministic=True):
+  def vocab_vectors(self):
+    """[V, d_model] with char embeddings: every token vector (scaled, projected) combined with its spelling's CNN
+    vector; computed once per forward pass, for the input lookup and the tied head alike."""
+    tok_VxD = self.token_embed.all_vectors()
+    char_VxF = self.char_embed(chars.as_jax(self.char_ids))
+    if self.cfg.char_embeddings == "sum":
+      return tok_VxD + char_VxF
+    return self.char_combine(jnp.concatenate([tok_VxD, char_VxF.astype(tok_VxD.dtype)], axis=-1))
+
+  def embed(self, tokens_BxL, positions_BxL, *, deterministic=True, vocab_VxD=None):
     """The input hook: token vectors, plus or concatenated with the scheme's positional vectors (if any)."""
-    x_BxLxD = self.token_embed(tokens_BxL, deterministic=deterministic)
+    if self.cfg.uses_chars:
+      vocab_VxD = self.vocab_vectors() if vocab_VxD is None else vocab_VxD
+      x_BxLxD = token.lookup(vocab_VxD, tokens_BxL, "token id", " (the vocabulary size)")
+      x_BxLxD = self.token_embed.dropout_vectors(x_BxLxD, deterministic=deterministic)
+    else:
+      x_BxLxD = self.token_embed(tokens_BxL, deterministic=deterministic)
     pos_BxLxP = self.position_embed.embed(positions_BxL) if self.cfg.scheme.has_input else None
     if pos_BxLxP is None:
       return x_BxLxD
@@ -103,9 +136,10 @@ class Transformer(nn.Module):
                return_hidden=False):
     if positions_BxL is None:
       positions_BxL = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1]), tokens_BxL.shape)
-    x_BxLxD = self.embed(tokens_BxL, positions_BxL, deterministic=deterministic)
+    vocab_VxD = self.vocab_vectors() if self.cfg.uses_chars else None  # once, for input and head
+    x_BxLxD = self.embed(tokens_BxL, positions_BxL, deterministic=deterministic, vocab_VxD=vocab_VxD)
     h_BxLxD = self.encode(x_BxLxD, positions_BxL, key_mask_BxL=key_mask_BxL, deterministic=deterministic)
-    return h_BxLxD if return_hidden else self.logits(h_BxLxD)
+    return h_BxLxD if return_hidden else self.logits(h_BxLxD, vocab_VxD=vocab_VxD)
 
   def encode(self, x_BxLxD, positions_BxL, *, key_mask_BxL=None, deterministic=True):
     """Blocks and final norm over already-embedded inputs (for analysis, and inputs built elsewhere)."""
@@ -123,14 +157,30 @@ class Transformer(nn.Module):
       x_BxLxD = self.final_norm(x_BxLxD)
     return x_BxLxD
 
-  def logits(self, h_BxLxD):
-    """The LM head: h·Eᵀ through the token table when tied, a separate V-way projection when untied."""
+  def logits(self, h_BxLxD, vocab_VxD=None):
+    """The LM head: h·Eᵀ through the token table when tied, a separate V-way projection when untied. With char
+    embeddings, tied: h·Mᵀ/√d through the combined vectors M (`vocab_vectors`; √d undoes the input scale, so the
+    token part is the unscaled table, as without chars)."""
     if not self.cfg.tie_embeddings:
       return self.lm_head(h_BxLxD)
     if self.cfg.width != self.cfg.d_model:
       h_BxLxD = self.head_proj(h_BxLxD)  # concat widened the stream; project back to the table's width
+    if self.cfg.uses_chars:
+      vocab_VxD = self.vocab_vectors() if vocab_VxD is None else vocab_VxD
+      if self.cfg.embed_scale:
+        vocab_VxD = vocab_VxD / jnp.sqrt(float(self.cfg.d_model)).astype(vocab_VxD.dtype)
+      return jnp.einsum("...d,vd->...v", h_BxLxD, vocab_VxD.astype(h_BxLxD.dtype))
     return self.token_embed.attend(h_BxLxD)
 
 
 def count_params(params) -> int:
   return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
+
+
+# The modules that make token vectors: the table with its projections, and the character CNN.
+EMBEDDING_MODULES = ("token_embed", "char_embed")
+
+
+def count_embedding_params(params) -> int:
+  """Parameters of the token vectors: the table, a factorized table's projections, the character CNN."""
+  return sum(count_params(params[name]) for name in EMBEDDING_MODULES if name in params)

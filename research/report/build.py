@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import pathlib
 import re
 
 from research.report import plots, tables
-from research.report.runs import RunSet, load_runs
+from research.report.runs import RARE_BUCKET_METRICS, RunSet, load_runs
 
 REPORT_MD = "report.md"
 TABLE_CSV = "table.csv"
@@ -72,6 +73,11 @@ def _evaluation_line(runs: RunSet) -> str | None:
   return line
 
 
+def _has_rare(runs: RunSet) -> bool:
+  """Any trial analyzed with research-analyze --rare: only then are the per-bucket plots drawn (or explained)."""
+  return any(t.rare is not None for t in runs.trials)
+
+
 def render_markdown(runs: RunSet, table: tables.Table, written: dict[str, pathlib.Path],
                     skipped: dict[str, str]) -> tuple[str, str]:
   """(report.md text, the table with its footnotes)."""
@@ -108,6 +114,9 @@ def render_markdown(runs: RunSet, table: tables.Table, written: dict[str, pathli
   out += ["", "## Plots", ""]
   titles = {plots.PPL_VS_LENGTH: "Perplexity vs evaluation length", plots.CURVES: "Training and validation loss",
             plots.TIED_VS_UNTIED: "Tied vs untied embeddings"}
+  if _has_rare(runs):
+    titles.update({plots.rare_plot_name(m): f"Rare tokens: {label} per frequency bucket"
+                   for m, label in RARE_BUCKET_METRICS.items()})
   for name, title in titles.items():
     if name in written:
       out += [f"### {title}", "", f"![{title}]({name})", ""]
@@ -131,6 +140,11 @@ def build_report(directory: str | os.PathLike) -> Report:
       plots.CURVES: lambda p: plots.plot_curves(table, runs, p),
       plots.TIED_VS_UNTIED: lambda p: plots.plot_tied_vs_untied(table, p),
   }
+  for metric in RARE_BUCKET_METRICS:
+    if _has_rare(runs):
+      drawers[plots.rare_plot_name(metric)] = functools.partial(plots.plot_rare_bucket_metric, table, metric)
+    else:  # not analyzed (any more): a per-bucket plot from an earlier report would contradict this one
+      (out_dir / plots.rare_plot_name(metric)).unlink(missing_ok=True)
   written, skipped = {}, {}
   for name, draw in drawers.items():
     path = out_dir / name

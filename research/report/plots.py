@@ -13,12 +13,17 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from research.report.runs import RunSet
+from research.report.runs import RARE_BUCKET_METRICS, RunSet
 from research.report.tables import VALID_PPL, Table, format_value
 
 PPL_VS_LENGTH = "ppl_vs_length.png"
 CURVES = "curves.png"
 TIED_VS_UNTIED = "tied_vs_untied.png"
+
+
+def rare_plot_name(metric: str) -> str:
+  """rare_<metric>.png: one per RARE_BUCKET_METRICS entry, drawn when a trial has eval/rare_tokens.json."""
+  return f"rare_{metric}.png"
 
 
 def _color(i: int) -> str:
@@ -156,5 +161,36 @@ def plot_tied_vs_untied(table: Table, path: pathlib.Path) -> str | None:
   ax.set_title(f"{table.title}\ntied vs untied embeddings (error bars: std over seeds)", fontsize=10)
   ax.grid(True, axis="y", alpha=0.3)
   ax.legend()
+  _save(fig, path)
+  return None
+
+
+def plot_rare_bucket_metric(table: Table, metric: str, path: pathlib.Path) -> str | None:
+  """One line per group: the bucket mean of `metric` (eval/rare_tokens.json) against the bucket's lowest training
+  count (log x; the never-seen bucket at 0.5), averaged over the group's finished trials."""
+  series = []
+  for gi, g in enumerate(table.groups):
+    if g.rope_scaling is not None:
+      continue
+    by_low: dict[float, list[float]] = {}
+    for t in g.finished:
+      for b in (t.rare.buckets if t.rare is not None else ()):
+        if b.values.get(metric) is not None:
+          by_low.setdefault(b.low if b.low > 0 else 0.5, []).append(b.values[metric])
+    if by_low:
+      series.append((gi, g, sorted((x, sum(v) / len(v)) for x, v in by_low.items())))
+  if not series:
+    return f"no finished trial has {metric} in eval/rare_tokens.json (research-analyze --rare)"
+  fig = Figure(figsize=(7, 4.5))
+  ax = fig.add_subplot()
+  for gi, g, pts in series:
+    xs, ys = zip(*pts)
+    ax.plot(xs, ys, marker="o", color=_color(gi), label=f"{g.label} (n={g.n})")
+  ax.set_xscale("log")
+  ax.set_xlabel("training count bucket: lowest count (log; never seen at 0.5)")
+  ax.set_ylabel(RARE_BUCKET_METRICS[metric])
+  ax.set_title(f"{table.title}\n{RARE_BUCKET_METRICS[metric]} per frequency bucket (mean over seeds)", fontsize=10)
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend(fontsize=8)
   _save(fig, path)
   return None

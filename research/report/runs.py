@@ -7,7 +7,8 @@ Three layouts are accepted:
   * a single run directory: `config.json` and/or `summary.json` in the directory itself.
 
 Besides `eval/extrapolation.json`, evaluations with RoPE scaling switched on (`eval/extrapolation_<scaling>.json`)
-are loaded into `Trial.scaled`, and research-analyze's `eval/embedding_quality.json` into `Trial.quality`.
+are loaded into `Trial.scaled`, research-analyze's `eval/embedding_quality.json` into `Trial.quality` and its
+`eval/rare_tokens.json` (`--rare`) into `Trial.rare`.
 
 Nothing here imports the model, the trainer, JAX or Flax: reports read run directories only.
 """
@@ -29,6 +30,13 @@ QUALITY_FILE = pathlib.Path("eval") / "embedding_quality.json"
 # Figures of embedding_quality.json that reports show: name -> path under "benchmarks" (higher is better for all).
 QUALITY_FIGURES = {"analogy": ("analogy", "accuracy"), "wordsim353": ("wordsim353", "spearman"),
                    "simlex999": ("simlex999", "spearman")}
+RARE_FILE = pathlib.Path("eval") / "rare_tokens.json"
+# Figures of rare_tokens.json that reports show (research/analysis/rare.py writes them; a test keeps the names in
+# step): the input table's geometry, one table column each, and the per-bucket means, one plot each.
+RARE_GEOMETRY = ("anisotropy", "variance_top1", "variance_top10", "isotropy", "norm_freq_spearman")
+RARE_BUCKET_METRICS = {"mean_norm": "mean row norm", "mean_drift_l2": "mean L2 drift from init",
+                       "mean_cosine_to_init": "mean cosine to the initial row",
+                       "mean_knn_cosine": "mean cosine to the 10 nearest rows", "mean_present": "mean steps present"}
 SCALED_PREFIX = "extrapolation_"  # eval/extrapolation_<scaling>.json: research-evaluate --rope_scaling=<scaling>
 
 
@@ -66,6 +74,22 @@ class Extrapolation:
   rope_factor: float | None = None  # None with a scaling: the multiple itself at each length
 
 
+@dataclasses.dataclass(frozen=True)
+class RareBucket:
+  """One frequency bucket of eval/rare_tokens.json: training counts in [low, high), its RARE_BUCKET_METRICS."""
+  label: str
+  low: float
+  high: float
+  rows: int
+  values: dict[str, float | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class RareTokens:
+  geometry: dict[str, float | None]  # RARE_GEOMETRY of the input table
+  buckets: tuple[RareBucket, ...]
+
+
 @dataclasses.dataclass
 class Trial:
   """One run. `status` is 'finished' exactly when `summary` is present (summary.json is written last)."""
@@ -80,6 +104,7 @@ class Trial:
   extrapolation: Extrapolation | None = None
   scaled: dict[str, Extrapolation] = dataclasses.field(default_factory=dict)  # rope scaling -> its evaluation
   quality: dict[str, float | None] | None = None  # QUALITY_FIGURES of eval/embedding_quality.json, if analyzed
+  rare: RareTokens | None = None  # eval/rare_tokens.json, if analyzed with --rare
 
   def evaluation(self, rope_scaling: str | None = None) -> Extrapolation | None:
     return self.extrapolation if rope_scaling is None else self.scaled.get(rope_scaling)
@@ -244,6 +269,24 @@ def _read_quality(path: pathlib.Path) -> dict[str, float | None] | None:
   return out
 
 
+def _read_rare(path: pathlib.Path) -> RareTokens | None:
+  if not path.is_file():
+    return None
+  data = _read_json_object(path)
+  geometry = (data.get("geometry") or {}).get("input")
+  if not isinstance(geometry, dict) or not isinstance(data.get("buckets"), list):
+    raise ReportError(f"{path} needs 'geometry.input' and a 'buckets' list")
+  buckets = []
+  for b in data["buckets"]:
+    try:
+      buckets.append(RareBucket(label=str(b["label"]), low=float(b["low"]), high=float(b["high"]),
+                                rows=int(b["rows"]),
+                                values={m: _finite_or_none(b.get(m)) for m in RARE_BUCKET_METRICS}))
+    except (KeyError, TypeError, ValueError):
+      raise ReportError(f"{path}: every bucket needs 'label', 'low', 'high' and 'rows', got {b!r}") from None
+  return RareTokens(geometry={m: _finite_or_none(geometry.get(m)) for m in RARE_GEOMETRY}, buckets=tuple(buckets))
+
+
 def _load_trial(path: pathlib.Path, name: str, status: str | None = None, overrides: dict | None = None,
                 error: str | None = None) -> Trial:
   config = _read_json_object(path / CONFIG_FILE) if (path / CONFIG_FILE).is_file() else None
@@ -257,7 +300,7 @@ def _load_trial(path: pathlib.Path, name: str, status: str | None = None, overri
   return Trial(name=name, path=path, status=status, overrides=dict(overrides or {}), error=error, config=config,
                summary=summary if status == "finished" else None, metrics=_read_metrics(path / METRICS_FILE),
                extrapolation=_read_extrapolation(path / EXTRAPOLATION_FILE), scaled=_read_scaled(path),
-               quality=_read_quality(path / QUALITY_FILE))
+               quality=_read_quality(path / QUALITY_FILE), rare=_read_rare(path / RARE_FILE))
 
 
 def _is_run_dir(path: pathlib.Path) -> bool:

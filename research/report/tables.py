@@ -1,10 +1,12 @@
 """Ablation tables: group trials by the swept fields (seeds are replicates), mean ± std per column, md / csv / tex.
 
 Rows are groups (one per combination of the swept fields other than seed), columns are `valid ppl` (summary.json),
-one per evaluation length (eval/extrapolation.json) and, when any trial was analyzed (eval/embedding_quality.json),
-analogy accuracy and the WordSim-353 / SimLex-999 Spearman correlations of its table. A group whose trials were
-also evaluated with RoPE scaling (eval/extrapolation_<scaling>.json) gets one more row per scaling, right below it,
-labelled `..., rope_scaling=S`.
+`valid ppl (rare)` when any trial has summary.json's `valid_ppl_rare`, one per evaluation length (eval/extrapolation.json) and, when any trial was analyzed (eval/embedding_quality.json),
+analogy accuracy and the WordSim-353 / SimLex-999 Spearman correlations of its table, and, when any trial was
+analyzed with `--rare` (eval/rare_tokens.json), the input table's geometry (anisotropy, variance share of the top 1
+and 10 components, Mu & Viswanath's isotropy, Spearman of norm with frequency; descriptive: no best is marked).
+A group whose trials were also evaluated with RoPE scaling (eval/extrapolation_<scaling>.json) gets one more row per
+scaling, right below it, labelled `..., rope_scaling=S`.
 A cell is the mean and sample standard deviation (ddof=1) over the group's finished trials; the best mean per column
 is marked: the lowest perplexity, the highest quality figure.
 """
@@ -18,11 +20,18 @@ import math
 import re
 from typing import Any
 
-from research.report.runs import MISSING, QUALITY_FIGURES, QUALITY_FILE, RunSet, Trial, extrapolation_file, hashable
+from research.report.runs import (MISSING, QUALITY_FIGURES, QUALITY_FILE, RARE_FILE, RARE_GEOMETRY, RunSet, Trial,
+                                  extrapolation_file, hashable)
 
 VALID_PPL = "valid_ppl"
+VALID_PPL_RARE = "valid_ppl_rare"  # summary.json: validation targets seen < 10 times in training (docs/rare_tokens.md)
 QUALITY_HEADERS = {"analogy": "analogy acc", "wordsim353": "WordSim ρ", "simlex999": "SimLex ρ"}
 QUALITY_LATEX = {"analogy": "analogy acc.", "wordsim353": "WordSim $\\rho$", "simlex999": "SimLex $\\rho$"}
+# The input table's geometry (eval/rare_tokens.json): no direction is better, so no column marks a best.
+GEOMETRY_HEADERS = {"anisotropy": "anisotropy", "variance_top1": "var top-1", "variance_top10": "var top-10",
+                    "isotropy": "isotropy", "norm_freq_spearman": "norm~freq ρ"}
+GEOMETRY_LATEX = {"anisotropy": "anisotropy", "variance_top1": "var.\\ top-1", "variance_top10": "var.\\ top-10",
+                  "isotropy": "isotropy", "norm_freq_spearman": "norm--freq.\\ $\\rho$"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +41,7 @@ class Column:
   multiple: float | None = None
   length: int | None = None
   quality: str | None = None  # a QUALITY_FIGURES name: higher is better
+  geometry: str | None = None  # a RARE_GEOMETRY name: descriptive, no best
 
   @property
   def higher_is_better(self) -> bool:
@@ -112,16 +122,27 @@ def _columns(trials: list[Trial]) -> list[Column]:
   evaluations = [e for t in trials for e in (t.extrapolation, *t.scaled.values()) if e is not None]
   pairs = sorted({(p.length, p.multiple) for e in evaluations for p in e.points})
   columns = [Column(VALID_PPL, "valid ppl")]
+  if any((t.summary or {}).get(VALID_PPL_RARE) is not None for t in trials):
+    columns.append(Column(VALID_PPL_RARE, "valid ppl (rare)"))
   for length, multiple in pairs:
     columns.append(Column(f"ppl_{_multiple_text(multiple)}x_{length}", f"{_multiple_text(multiple)}× ({length})",
                           multiple=multiple, length=length))
   if any(t.quality is not None for t in trials):
     columns += [Column(f"quality_{name}", QUALITY_HEADERS[name], quality=name) for name in QUALITY_FIGURES]
+  if any(t.rare is not None for t in trials):
+    columns += [Column(f"geometry_{name}", GEOMETRY_HEADERS[name], geometry=name) for name in RARE_GEOMETRY]
   return columns
 
 
 def _trial_value(trial: Trial, column: Column, rope_scaling: str | None = None) -> tuple[float | None, str | None]:
   """(value, None) or (None, why not)."""
+  if column.key == VALID_PPL_RARE:
+    if rope_scaling is not None:
+      return None, "RoPE scaling is switched on at evaluation only: valid ppl is in the row without rope_scaling"
+    raw = (trial.summary or {}).get(VALID_PPL_RARE)
+    if raw is None or not math.isfinite(float(raw)):
+      return None, "no validation target seen fewer than 10 times in training (or a run without the figure)"
+    return float(raw), None
   if column.key == VALID_PPL:
     if rope_scaling is not None:  # the trainer's figure is the unscaled row's; repeating it would tie for best
       return None, "RoPE scaling is switched on at evaluation only: valid ppl is in the row without rope_scaling"
@@ -136,6 +157,13 @@ def _trial_value(trial: Trial, column: Column, rope_scaling: str | None = None) 
       return None, f"not analyzed (no {QUALITY_FILE.as_posix()}; run research-analyze)"
     value = trial.quality.get(column.quality)
     return (value, None) if value is not None else (None, f"{column.quality} not scored (no covered items)")
+  if column.geometry is not None:
+    if rope_scaling is not None:
+      return None, "the table's geometry does not depend on RoPE scaling: it is in the row without rope_scaling"
+    if trial.rare is None:
+      return None, f"not analyzed (no {RARE_FILE.as_posix()}; run research-analyze --rare)"
+    value = trial.rare.geometry.get(column.geometry)
+    return (value, None) if value is not None else (None, f"{column.geometry} undefined for this table")
   evaluation = trial.evaluation(rope_scaling)
   if evaluation is None:
     return None, f"not evaluated (no {extrapolation_file(rope_scaling).as_posix()})"
@@ -189,7 +217,7 @@ def build_table(runs: RunSet) -> Table:
   best: dict[str, set[int]] = {}
   for c in columns:
     means = {gi: cells[(gi, c.key)].mean for gi in range(len(groups)) if cells[(gi, c.key)].n}
-    if len(means) >= 2:  # bolding the only number in a column says nothing
+    if len(means) >= 2 and c.geometry is None:  # bolding the only number in a column says nothing
       top = max(means.values()) if c.higher_is_better else min(means.values())
       best[c.key] = {gi for gi, m in means.items() if m == top}
   return Table(title=runs.name, fields=fields, short=short, columns=columns, groups=groups, cells=cells, best=best)
@@ -219,7 +247,8 @@ def to_markdown(table: Table) -> tuple[str, list[str]]:
     row = [g.label.replace("|", "\\|"), str(g.n)]
     for c in table.columns:
       cell = table.cell(gi, c)
-      text = _cell_text(cell, g.n, "±", 3 if c.quality else 2)  # accuracies and correlations in [-1, 1]
+      # Accuracies, correlations, cosines and shares in [-1, 1]: three decimals.
+      text = _cell_text(cell, g.n, "±", 3 if c.quality or c.geometry else 2)
       if gi in table.best.get(c.key, ()):
         text = f"**{text}**"
       for note in cell.notes:
@@ -263,6 +292,10 @@ def to_latex(table: Table) -> str:
   for c in table.columns[1:]:
     if c.quality is not None:
       headers.append(QUALITY_LATEX[c.quality])
+    elif c.geometry is not None:
+      headers.append(GEOMETRY_LATEX[c.geometry])
+    elif c.key == VALID_PPL_RARE:
+      headers.append("valid ppl (rare)")
     else:
       headers.append(f"${_multiple_text(c.multiple)}\\times$ ({c.length})")
   lines = [
@@ -282,7 +315,7 @@ def to_latex(table: Table) -> str:
     row = [latex_escape(g.label), str(g.n)]
     for c in table.columns:
       cell = table.cell(gi, c)
-      text = _cell_text(cell, g.n, "$\\pm$", 3 if c.quality else 2).replace("(n=", "($n$=")
+      text = _cell_text(cell, g.n, "$\\pm$", 3 if c.quality or c.geometry else 2).replace("(n=", "($n$=")
       if gi in table.best.get(c.key, ()):
         text = f"\\textbf{{{text}}}"
       row.append(text)

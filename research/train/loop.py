@@ -8,6 +8,8 @@ Run directory (docs/architecture.md):
   events.*        TensorBoard
   summary.json    final figures, written last: its presence means "finished"
   embedding_init.json   with model.embed_init=pretrained: the coverage report of the vectors (fresh start only)
+  embedding_init.npy    the initial token table [V, table width] (fresh start only), so drift can be measured
+  update_counts.npz     with train.count_updates: `present` and `nonzero` int32 [V] (written at the end)
 
 A rerun of the same command in the same workdir resumes from the latest checkpoint: parameters, optimizer state,
 step, rng and the data iterator's position, so that it continues bit-identically.
@@ -35,15 +37,19 @@ from research import schema
 from research.data import batches as batches_lib
 from research.data import corpora
 from research.data import tokenizers as tokenizers_lib
+from research.embeddings import chars as chars_lib
 from research.embeddings import pretrained as pretrained_lib
 from research.embeddings.token import check_ids
-from research.model.transformer import Transformer, count_params
+from research.model.transformer import Transformer, count_embedding_params, count_params
 from research.train import checkpoint as checkpoint_lib
 from research.train import configuration, mesh as mesh_lib, optim, steps
 
 CONFIG_FILE, TOKENIZER_FILE, METRICS_FILE, SUMMARY_FILE = "config.json", "tokenizer.json", "metrics.jsonl", \
     "summary.json"
 EMBEDDING_INIT_FILE = "embedding_init.json"
+INIT_TABLE_FILE, UPDATE_COUNTS_FILE = "embedding_init.npy", "update_counts.npz"
+# valid_ppl_rare: the perplexity of the validation targets whose training count (token_counts.npy) is below this.
+RARE_TRAIN_COUNT = 10
 
 
 class NonFiniteError(RuntimeError):
@@ -54,6 +60,44 @@ def atomic_write_json(path: Path, obj: Any) -> None:
   tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
   tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
   os.replace(tmp, path)
+
+
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+  with tmp.open("wb") as f:
+    np.save(f, array)
+  os.replace(tmp, path)
+
+
+def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
+  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+  with tmp.open("wb") as f:
+    np.savez(f, **arrays)
+  os.replace(tmp, path)
+
+
+def host_array(x) -> np.ndarray:
+  """A global jax array as numpy on every process (an all-gather when other hosts hold parts of it)."""
+  if getattr(x, "is_fully_addressable", True):
+    return np.asarray(jax.device_get(x))
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def write_init_table(workdir: Path, state: "steps.TrainState") -> None:
+  """RUN/embedding_init.npy: the table the run starts from (random or pretrained), for drift analyses."""
+  table = host_array(steps.table_leaf(state.params))  # every process joins the gather; process 0 writes
+  if jax.process_index() == 0:
+    atomic_save_npy(Path(workdir) / INIT_TABLE_FILE, table.astype(np.float32))
+
+
+def write_update_counts(workdir: Path, counts: dict[str, Any] | None) -> None:
+  """RUN/update_counts.npz (`present`, `nonzero`: int32 [V]) from the train state's counts."""
+  if counts is None:
+    return
+  arrays = {key: host_array(counts[key]).astype(np.int32) for key in steps.COUNT_KEYS}
+  if jax.process_index() == 0:
+    atomic_save_npz(Path(workdir) / UPDATE_COUNTS_FILE, **arrays)
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -95,15 +139,22 @@ def vocabulary(tokenizer) -> list[str]:
   return [tokenizer.id_to_token(i) or "" for i in range(tokenizer.get_vocab_size())]
 
 
+def char_ids(config, tokenizer) -> "chars_lib.Constant | None":
+  """With model.char_embeddings: the vocabulary's spellings as char ids [V, C] (chars.char_ids), for the model."""
+  if config.model.get("char_embeddings", "none") == "none":
+    return None
+  return chars_lib.Constant(chars_lib.char_ids(vocabulary(tokenizer), config.data.tokenizer))
+
+
 def pretrained_table(config, data: RunData, workdir: Path) -> tuple[np.ndarray, dict[str, Any]]:
-  """The aligned [V, d_model] initial table and its coverage report; bad input is a one-line ConfigError."""
+  """The aligned [V, table width] initial table and its coverage report; bad input is a one-line ConfigError."""
   p = config.model.pretrained
   model_cfg = configuration.model_config(config, data.vocab_size)
   counts_file = tokenizers_lib.counts_path(workdir)
   counts = np.load(counts_file) if counts_file.exists() else None
   try:
     return pretrained_lib.pretrained_table(
-        p.path, vocabulary(data.tokenizer), config.data.tokenizer, d_model=model_cfg.d_model,
+        p.path, vocabulary(data.tokenizer), config.data.tokenizer, d_model=model_cfg.table_width,
         std=model_cfg.embed_init_std, format=p.format, oov=p.oov, dim_mismatch=p.dim_mismatch, scale=p.scale,
         seed=config.seed, counts=counts)
   except pretrained_lib.PretrainedError as e:
@@ -203,6 +254,7 @@ def valid_record(step: int, valid: dict[str, float], lr: float) -> dict[str, Any
 def summary_record(*, step: int, train_loss: float | None, valid: dict[str, float], tokens_seen: float,
                    num_params: int, num_embedding_params: int, vocab_size: int, wall_s: float) -> dict[str, Any]:
   return {"step": step, "train_loss": train_loss, "valid_loss": valid["loss"], "valid_ppl": valid["ppl"],
+          "valid_ppl_rare": valid.get("ppl_rare"),
           "valid_accuracy": valid["accuracy"], "tokens_seen": tokens_seen, "num_params": num_params,
           "num_embedding_params": num_embedding_params, "vocab_size": vocab_size, "wall_s": wall_s}
 
@@ -272,9 +324,10 @@ class Trainer:
   optimizer: Any
   schedule: Any
   settings: steps.StepSettings
+  rare_V: Any = None  # bool [V]: rows with training count < RARE_TRAIN_COUNT (for valid_ppl_rare), or None
 
   @classmethod
-  def build(cls, config, vocab_size: int, mesh=None) -> "Trainer":
+  def build(cls, config, vocab_size: int, mesh=None, char_ids=None, train_counts=None) -> "Trainer":
     model_cfg = configuration.model_config(config, vocab_size)
     mesh = mesh if mesh is not None else make_mesh(config)
     if config.train.batch_size % mesh.size:
@@ -285,9 +338,10 @@ class Trainer:
         z_loss=config.train.z_loss, loss_chunk=config.train.loss_chunk,
         mlm_select_rate=config.data.mlm_select_rate, mlm_mask_rate=config.data.mlm_mask_rate,
         mlm_random_rate=config.data.mlm_random_rate, position_sampling=model_cfg.position_sampling,
-        max_position=model_cfg.max_position)
-    return cls(config, Transformer(model_cfg), mesh, optim.make_optimizer(config.train),
-               optim.make_schedule(config.train), settings)
+        max_position=model_cfg.max_position, count_updates=bool(config.train.count_updates))
+    rare_V = None if train_counts is None else np.asarray(train_counts)[:vocab_size] < RARE_TRAIN_COUNT
+    return cls(config, Transformer(model_cfg, char_ids=char_ids), mesh, optim.make_optimizer(config.train),
+               optim.make_schedule(config.train), settings, rare_V)
 
   @functools.cached_property
   def state_shardings(self):
@@ -295,7 +349,8 @@ class Trainer:
     return mesh_lib.param_sharding(abstract, self.mesh)
 
   def _init(self, rng):
-    return steps.init_state(rng, model=self.model, optimizer=self.optimizer, seq_len=self.config.data.seq_len)
+    return steps.init_state(rng, model=self.model, optimizer=self.optimizer, seq_len=self.config.data.seq_len,
+                            count_updates=self.settings.count_updates)
 
   def init_state(self) -> steps.TrainState:
     return jax.jit(self._init, out_shardings=self.state_shardings)(jax.random.key(self.config.seed))
@@ -309,7 +364,8 @@ class Trainer:
 
   @functools.cached_property
   def eval_step(self):
-    step = functools.partial(steps.eval_step, model=self.model, settings=self.settings)
+    rare_V = None if self.rare_V is None else jnp.asarray(self.rare_V)  # a small constant of the compiled step
+    step = functools.partial(steps.eval_step, model=self.model, settings=self.settings, rare_V=rare_V)
     return jax.jit(step, in_shardings=(self.state_shardings.params, mesh_lib.batch_sharding(self.mesh), None))
 
   def evaluate(self, params, ids: np.ndarray) -> dict[str, float]:
@@ -326,7 +382,17 @@ class Trainer:
     nll = totals.get("nll_sum", 0.0) / weight
     return {"loss": totals.get("loss_sum", 0.0) / weight, "ppl": math.exp(min(nll, 700.0)),
             "accuracy": totals.get("correct_sum", 0.0) / weight, "tokens": totals.get("weight_sum", 0.0),
-            "tokens_per_s": totals.get("input_tokens", 0.0) / max(time.time() - start, 1e-9)}
+            "tokens_per_s": totals.get("input_tokens", 0.0) / max(time.time() - start, 1e-9),
+            **rare_perplexity(totals)}
+
+
+def rare_perplexity(totals: dict[str, float]) -> dict[str, float | None]:
+  """{'ppl_rare', 'tokens_rare'} from the evaluation sums: None without rare targets (or without counts)."""
+  if "rare_weight_sum" not in totals:
+    return {}
+  weight = totals["rare_weight_sum"]
+  ppl = math.exp(min(totals["rare_nll_sum"] / weight, 700.0)) if weight > 0 else None
+  return {"ppl_rare": ppl, "tokens_rare": weight}
 
 
 def check_finite(step: int, metrics: dict[str, float], last_saved: int | None) -> None:
@@ -348,7 +414,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   mesh = make_mesh(config)  # a mesh that does not fit the devices fails here, before the workdir is touched
   workdir.mkdir(parents=True, exist_ok=True)
   data = prepare_data(config, workdir)
-  trainer = Trainer.build(config, data.vocab_size, mesh)
+  counts_file = tokenizers_lib.counts_path(workdir)
+  trainer = Trainer.build(config, data.vocab_size, mesh, char_ids=char_ids(config, data.tokenizer),
+                          train_counts=np.load(counts_file) if counts_file.exists() else None)
   t = config.train
   table, table_report = None, None
   if config.model.embed_init == "pretrained" and not checkpoint_lib.has_checkpoint(workdir / "checkpoints"):
@@ -367,6 +435,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     if jax.process_index() == 0:
       atomic_write_json(workdir / EMBEDDING_INIT_FILE, table_report)
       print(pretrained_lib.summary_line(table_report), flush=True)
+  if last_saved is None:
+    write_init_table(workdir, state)  # fresh start only: a resumed run's first table is already there
   iterator = train_batches(config, data)
   # Host-side progress that a checkpoint carries, so that a resumed run reports the same figures.
   progress_state = {"tokens_seen": 0.0, "wall_s": 0.0, "train_loss": None}
@@ -445,7 +515,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   progress_state["wall_s"] += time.time() - start_time
   summary = summary_record(step=int(state.step), train_loss=progress_state["train_loss"], valid=valid,
                            tokens_seen=progress_state["tokens_seen"], num_params=num_params,
-                           num_embedding_params=int(state.params["token_embed"]["embedding"].size),
+                           num_embedding_params=count_embedding_params(state.params),
                            vocab_size=data.vocab_size, wall_s=progress_state["wall_s"])
-  write_summary(workdir, summary)
+  write_update_counts(workdir, state.counts)
+  write_summary(workdir, summary)  # last: its presence means "finished"
   return summary

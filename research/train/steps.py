@@ -36,6 +36,10 @@ class TrainState:
   params: Any
   opt_state: Any
   rng: Array  # typed PRNG key; per-step keys are fold_in(rng, step)
+  # With train.count_updates: {'present': int32 [V], 'nonzero': int32 [V]}, per row of the token table the number of
+  # steps whose batch held it (inputs or targets, as `optim.present_rows`) and whose update of it was non-zero. Part
+  # of the state, so checkpointed with it: a resumed run counts exactly as an uninterrupted one. None when off.
+  counts: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,12 +56,40 @@ class StepSettings:
   mlm_random_rate: float = 0.1
   position_sampling: str = "none"  # none | randomized (training only; evaluation always uses the batch's arange)
   max_position: int = 0  # randomized positions come from [0, max_position); 0 = the batch's length
+  count_updates: bool = False  # keep state.counts (train.count_updates)
 
 
-def init_state(rng, *, model: Transformer, optimizer: optax.GradientTransformation, seq_len: int) -> TrainState:
+COUNT_KEYS = ("present", "nonzero")
+
+
+def zero_counts(vocab_size: int) -> dict[str, Array]:
+  return {key: jnp.zeros((vocab_size,), jnp.int32) for key in COUNT_KEYS}
+
+
+def init_state(rng, *, model: Transformer, optimizer: optax.GradientTransformation, seq_len: int,
+               count_updates: bool = False) -> TrainState:
   init_rng, state_rng = jax.random.split(rng)
   params = model.init(init_rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), rng=state_rng)
+  counts = zero_counts(model.cfg.vocab_size) if count_updates else None
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), rng=state_rng,
+                    counts=counts)
+
+
+def table_leaf(tree) -> Array:
+  """The token table's leaf of a parameter (or update) tree: the leaf whose path ends in ('token_embed',
+  'embedding'), as the optimizer's embedding group finds it."""
+  leaves = [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0] if optim.is_embedding_path(path)]
+  if len(leaves) != 1:
+    raise ValueError(f"expected one token table leaf ('token_embed', 'embedding'), found {len(leaves)}")
+  return leaves[0]
+
+
+def count_rows(counts: dict[str, Array], row_mask_V: Array, table_update_VxE: Array) -> dict[str, Array]:
+  """counts + this step: `present` where the batch held the row, `nonzero` where any element of its update is not
+  exactly zero (a dense optimizer moves absent rows through momentum and decay; lazy or frozen rows stay at 0)."""
+  nonzero_V = jnp.any(table_update_VxE != 0, axis=tuple(range(1, table_update_VxE.ndim)))
+  return {"present": counts["present"] + row_mask_V.astype(jnp.int32),
+          "nonzero": counts["nonzero"] + nonzero_V.astype(jnp.int32)}
 
 
 def prepare_inputs(batch, rng, settings: StepSettings, *, training: bool = False):
@@ -99,9 +131,15 @@ def lm_loss_sums(params, model: Transformer, inputs, targets, weights, positions
   logits are made once, with the head's gradients taken in the forward pass."""
 
   variables = {"params": params}
+  n = targets.size
+  if model.cfg.uses_chars:
+    # The char CNN runs once per forward pass over the whole vocabulary, for the input and the tied head together:
+    # the full logits at once (train.loss_chunk does not apply).
+    logits_BxLxV = model.apply(variables, inputs, positions, key_mask_BxL=key_mask, deterministic=deterministic,
+                               rngs=rngs)
+    return objectives.cross_entropy(logits_BxLxV.reshape(n, -1), targets.reshape(n), weights.reshape(n), z_loss)
   hidden_BxLxD = model.apply(variables, inputs, positions, key_mask_BxL=key_mask, deterministic=deterministic,
                              rngs=rngs, return_hidden=True)
-  n = targets.size
   # The head runs on [tokens, d], not [B, L, d]: with one contracting dimension the weight gradient of the head
   # is a plain matmul; with two, XLA:CPU materialises a transposed copy of the [tokens, V] logits gradient.
   hidden_NxD = hidden_BxLxD.reshape(n, hidden_BxLxD.shape[-1])
@@ -165,13 +203,26 @@ def train_step(state: TrainState, batch, *, model: Transformer, optimizer, sched
   for name, tree in (("grad_norm", grads), ("param_norm", params), ("update_norm", updates)):
     for group, value in objectives.group_norms(tree, groups).items():
       metrics[f"{name}/{group}"] = value
-  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  counts = state.counts
+  if settings.count_updates:
+    counts = count_rows(state.counts, row_mask, table_leaf(updates))
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, counts=counts)
   return new_state, metrics
 
 
-def eval_step(params, batch, rng, *, model: Transformer, settings: StepSettings):
-  """Loss sums over one evaluation batch (MLM masks with `rng`: `eval_key(seed, length, batch_index)`)."""
-  loss_sum, weight_sum, extras = lm_loss_sums(params, model, *prepare_inputs(batch, rng, settings),
+def eval_step(params, batch, rng, *, model: Transformer, settings: StepSettings, rare_V=None):
+  """Loss sums over one evaluation batch (MLM masks with `rng`: `eval_key(seed, length, batch_index)`).
+
+  With `rare_V` (bool [V]: the rare rows, e.g. training count < 10) also `rare_nll_sum` and `rare_weight_sum` over
+  the scored targets that are rare (a second pass with those targets' weights only; evaluation is cheap)."""
+  inputs, targets, weights, positions, key_mask = prepare_inputs(batch, rng, settings)
+  loss_sum, weight_sum, extras = lm_loss_sums(params, model, inputs, targets, weights, positions, key_mask,
                                               deterministic=True, loss_chunk=settings.loss_chunk)
   input_tokens = jnp.sum(batch["weights"]).astype(jnp.float32)
-  return {"loss_sum": loss_sum, "weight_sum": weight_sum, "input_tokens": input_tokens, **extras}
+  out = {"loss_sum": loss_sum, "weight_sum": weight_sum, "input_tokens": input_tokens, **extras}
+  if rare_V is not None:
+    rare_weights = weights * jnp.take(rare_V, targets, axis=0, mode="fill", fill_value=False).astype(weights.dtype)
+    _, rare_weight_sum, rare_extras = lm_loss_sums(params, model, inputs, targets, rare_weights, positions, key_mask,
+                                                   deterministic=True, loss_chunk=settings.loss_chunk)
+    out.update(rare_nll_sum=rare_extras["nll_sum"], rare_weight_sum=rare_weight_sum)
+  return out

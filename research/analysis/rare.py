@@ -1,0 +1,316 @@
+"""Rare tokens: how a table's rows depend on their training frequency, and the table's geometry.
+
+    report = analyze_run("runs/x")   # RUN/eval/rare_tokens.json, RUN/eval/norm_vs_frequency.png, RUN/eval/buckets.png
+    report = rare_report(table_VxD, counts_V, init_VxD=..., present_V=...)   # the same figures for arrays
+
+Frequency buckets are log-spaced over the training counts (`RUN/token_counts.npy`): bucket 0 holds the rows never
+seen in training (count 0), bucket k ≥ 1 the rows with count in [base^(k-1), base^k) (base 10 by default), so a
+hand-built table's buckets can be checked by eye. Per bucket: rows, training tokens, mean count, mean presence
+(steps whose batch held the row, `RUN/update_counts.npz`), mean row norm, mean drift from the initial table
+(`RUN/embedding_init.npy`: L2 distance and cosine to the initial row), mean cosine to the row's 10 nearest
+neighbours (over the whole table, itself excluded) and, for the word tokenizer, gensim's analogy / word-pair scores
+of the KeyedVectors restricted to the bucket's words (`quality.benchmarks`).
+
+Geometry (`geometry`), for the input table and, when untied, the output head's columns (`lm_head/kernel`ᵀ):
+  anisotropy          mean cosine between random row pairs (Ethayarajh 2019): 0 for isotropic rows, 1 for one direction
+  variance_top1/10    share of the (centred) variance in the first 1 / 10 principal components
+  isotropy            Mu & Viswanath 2018: min_c Z(c) / max_c Z(c) over the eigenvectors c of WᵀW (uncentred),
+                      Z(c) = Σ_w exp(c·w); 1 for a perfectly isotropic table, → 0 when one direction dominates.
+                      Both signs ±c of each (unit) eigenvector are used: a solver's sign choice changes nothing
+  norm_freq_spearman  Spearman correlation of the row norm with log(1 + training count) (rank-based: the log only
+                      documents what is meant)
+
+Everything is numpy / scipy; neighbours are searched in chunks of rows (no V×V matrix), so a 32 768-row table is
+analysed in well under a minute on two cores (benchmarks/rare.py).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+RARE_FILE = "rare_tokens.json"
+NORM_PLOT, BUCKETS_PLOT = "norm_vs_frequency.png", "buckets.png"
+NUM_NEIGHBOURS = 10
+NUM_PAIRS = 10_000
+CHUNK_ROWS = 512
+TOP_COMPONENTS = (1, 10)
+# The per-bucket figures a report plots (one line per group): name -> axis label.
+BUCKET_METRICS = {"mean_norm": "mean row norm", "mean_drift_l2": "mean L2 drift from init",
+                  "mean_cosine_to_init": "mean cosine to the initial row", "mean_knn_cosine": "mean cosine to 10-NN",
+                  "mean_present": "mean steps present"}
+GEOMETRY_METRICS = ("anisotropy", "variance_top1", "variance_top10", "isotropy", "norm_freq_spearman")
+
+
+# -------------------------------------------------------------------------------------------------- buckets
+
+
+def bucket_index(counts_V: np.ndarray, base: float = 10.0) -> np.ndarray:
+  """int [V]: 0 for count 0, k >= 1 for counts in [base^(k-1), base^k)."""
+  counts_V = np.asarray(counts_V, np.float64)
+  out = np.zeros(counts_V.shape, np.int64)
+  seen = counts_V > 0
+  # floor(log_base(c)) + 1, computed with a small tolerance so exact powers (10, 100) land in their own bucket.
+  out[seen] = np.floor(np.log(counts_V[seen]) / np.log(base) + 1e-9).astype(np.int64) + 1
+  return out
+
+
+def bucket_bounds(k: int, base: float = 10.0) -> tuple[float, float]:
+  """[low, high) of bucket k in training counts."""
+  return (0.0, 1.0) if k == 0 else (float(base ** (k - 1)), float(base ** k))
+
+
+def bucket_label(k: int, base: float = 10.0) -> str:
+  low, high = bucket_bounds(k, base)
+  return "0" if k == 0 else f"[{low:g}, {high:g})"
+
+
+def _unit(x_NxD: np.ndarray) -> np.ndarray:
+  norms = np.linalg.norm(x_NxD, axis=1, keepdims=True)
+  return x_NxD / np.maximum(norms, 1e-12)
+
+
+def knn_cosine(table_VxD: np.ndarray, k: int = NUM_NEIGHBOURS, chunk: int = CHUNK_ROWS) -> np.ndarray:
+  """float [V]: each row's mean cosine to its k nearest rows (by cosine, itself excluded), chunk rows at a time."""
+  unit_VxD = _unit(np.asarray(table_VxD, np.float32))
+  v = unit_VxD.shape[0]
+  k = min(k, v - 1)
+  out = np.zeros(v, np.float64)
+  if k < 1:
+    return out
+  for start in range(0, v, chunk):
+    sims_CxV = unit_VxD[start:start + chunk] @ unit_VxD.T
+    rows = np.arange(sims_CxV.shape[0])
+    sims_CxV[rows, start + rows] = -np.inf  # not its own neighbour
+    top_CxK = np.partition(sims_CxV, v - k, axis=1)[:, v - k:]
+    out[start:start + chunk] = top_CxK.mean(axis=1)
+  return out
+
+
+def _mean(x: np.ndarray) -> float | None:
+  return float(np.mean(x)) if x.size else None
+
+
+def buckets(table_VxD: np.ndarray, counts_V: np.ndarray, *, init_VxD: np.ndarray | None = None,
+            present_V: np.ndarray | None = None, words: Sequence[str] | None = None,
+            base: float = 10.0) -> list[dict[str, Any]]:
+  """One record per non-empty bucket, in order of frequency (see the module docstring)."""
+  table_VxD = np.asarray(table_VxD, np.float64)
+  counts_V = np.asarray(counts_V, np.float64)
+  index_V = bucket_index(counts_V, base)
+  norms_V = np.linalg.norm(table_VxD, axis=1)
+  knn_V = knn_cosine(table_VxD)
+  if init_VxD is not None:
+    init_VxD = np.asarray(init_VxD, np.float64)
+    drift_V = np.linalg.norm(table_VxD - init_VxD, axis=1)
+    cos_V = np.sum(_unit(table_VxD) * _unit(init_VxD), axis=1)
+  out = []
+  for k in np.unique(index_V):
+    rows = np.flatnonzero(index_V == k)
+    low, high = bucket_bounds(int(k), base)
+    record: dict[str, Any] = {
+        "bucket": int(k), "label": bucket_label(int(k), base), "low": low, "high": high, "rows": int(rows.size),
+        "tokens": float(counts_V[rows].sum()), "mean_count": _mean(counts_V[rows]),
+        "mean_present": None if present_V is None else _mean(np.asarray(present_V, np.float64)[rows]),
+        "mean_norm": _mean(norms_V[rows]), "mean_knn_cosine": _mean(knn_V[rows]),
+        "mean_drift_l2": None if init_VxD is None else _mean(drift_V[rows]),
+        "mean_cosine_to_init": None if init_VxD is None else _mean(cos_V[rows])}
+    if words is not None:
+      record["benchmarks"] = bucket_benchmarks(table_VxD, rows, words)
+    out.append(record)
+  return out
+
+
+def bucket_benchmarks(table_VxD: np.ndarray, rows: np.ndarray, words: Sequence[str]) -> dict[str, Any]:
+  """gensim's analogy and word-pair scores of the KeyedVectors restricted to these rows' words (word tokenizer)."""
+  from research.analysis import quality
+  keys, picked = [], []
+  for r in rows:
+    w = words[r]
+    if w and w not in keys:
+      keys.append(w)
+      picked.append(r)
+  if not keys:
+    return {}
+  return quality.benchmarks(quality.keyed_vectors(keys, np.asarray(table_VxD, np.float32)[np.asarray(picked)]))
+
+
+# ------------------------------------------------------------------------------------------------- geometry
+
+
+def anisotropy(table_VxD: np.ndarray, pairs: int = NUM_PAIRS, seed: int = 0) -> float:
+  """Mean cosine of `pairs` random pairs of distinct rows (seeded)."""
+  v = table_VxD.shape[0]
+  rng = np.random.default_rng(seed)
+  i = rng.integers(0, v, pairs)
+  j = (i + rng.integers(1, v, pairs)) % v  # j != i
+  unit = _unit(np.asarray(table_VxD, np.float64))
+  return float(np.mean(np.sum(unit[i] * unit[j], axis=1)))
+
+
+def variance_shares(table_VxD: np.ndarray, top: Sequence[int] = TOP_COMPONENTS) -> dict[int, float]:
+  """{k: share of the centred variance in the first k principal components}."""
+  x = np.asarray(table_VxD, np.float64)
+  x = x - x.mean(axis=0)
+  eig = np.sort(np.linalg.eigvalsh(x.T @ x))[::-1]
+  total = max(float(eig.sum()), 1e-300)
+  return {k: float(eig[:k].sum() / total) for k in top}
+
+
+def isotropy(table_VxD: np.ndarray) -> float:
+  """Mu & Viswanath 2018: min_c Z(c) / max_c Z(c), c over ± the eigenvectors of WᵀW, Z(c) = Σ_w exp(c·w); in log
+  space (logsumexp), so large norms do not overflow."""
+  from scipy.special import logsumexp
+  w = np.asarray(table_VxD, np.float64)
+  _, vectors_DxD = np.linalg.eigh(w.T @ w)
+  proj_VxD = w @ vectors_DxD
+  # An eigenvector's sign is the solver's choice: both c and -c are used, so the figure does not depend on it.
+  log_z = np.concatenate([logsumexp(proj_VxD, axis=0), logsumexp(-proj_VxD, axis=0)])
+  return float(np.exp(log_z.min() - log_z.max()))
+
+
+def norm_frequency_spearman(table_VxD: np.ndarray, counts_V: np.ndarray) -> float | None:
+  from scipy.stats import spearmanr
+  norms = np.linalg.norm(np.asarray(table_VxD, np.float64), axis=1)
+  logf = np.log1p(np.asarray(counts_V, np.float64))
+  if np.ptp(norms) == 0 or np.ptp(logf) == 0:
+    return None
+  return float(spearmanr(norms, logf).statistic)
+
+
+def geometry(table_VxD: np.ndarray, counts_V: np.ndarray | None = None) -> dict[str, float | None]:
+  shares = variance_shares(table_VxD)
+  return {"anisotropy": anisotropy(table_VxD), "variance_top1": shares[1], "variance_top10": shares[10],
+          "isotropy": isotropy(table_VxD),
+          "norm_freq_spearman": None if counts_V is None else norm_frequency_spearman(table_VxD, counts_V)}
+
+
+def rare_report(table_VxD: np.ndarray, counts_V: np.ndarray, *, init_VxD: np.ndarray | None = None,
+                present_V: np.ndarray | None = None, head_VxD: np.ndarray | None = None,
+                words: Sequence[str] | None = None, base: float = 10.0) -> dict[str, Any]:
+  """The figures of rare_tokens.json for arrays: buckets of the input table, geometry of it (and of the head)."""
+  report: dict[str, Any] = {
+      "vocab_size": int(table_VxD.shape[0]), "dim": int(table_VxD.shape[1]), "bucket_base": base,
+      "buckets": buckets(table_VxD, counts_V, init_VxD=init_VxD, present_V=present_V, words=words, base=base),
+      "geometry": {"input": geometry(table_VxD, counts_V)}}
+  if head_VxD is not None:
+    report["geometry"]["output"] = geometry(head_VxD, counts_V)
+  return report
+
+
+# ---------------------------------------------------------------------------------------------------- plots
+
+
+def plot_norm_vs_frequency(table_VxD: np.ndarray, counts_V: np.ndarray, path: Path, title: str = "") -> None:
+  """Row norm against training count (log x; never-seen rows drawn at 0.5, left of 1)."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  norms = np.linalg.norm(np.asarray(table_VxD, np.float64), axis=1)
+  counts = np.asarray(counts_V, np.float64)
+  fig = Figure(figsize=(6, 4))
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot()
+  ax.scatter(np.where(counts > 0, counts, 0.5), norms, s=3, alpha=0.4, linewidths=0)
+  ax.set_xscale("log")
+  ax.set_xlabel("training count (log; never seen at 0.5)")
+  ax.set_ylabel("row norm")
+  ax.set_title(f"{title}\nrow norm vs training frequency".strip(), fontsize=10)
+  ax.grid(True, alpha=0.3)
+  _save(fig, path)
+
+
+def plot_buckets(report: dict[str, Any], path: Path, title: str = "") -> None:
+  """One panel per bucket metric, x = frequency bucket."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  rows = report["buckets"]
+  fig = Figure(figsize=(4 * len(BUCKET_METRICS), 3.6))
+  FigureCanvasAgg(fig)
+  for i, (metric, label) in enumerate(BUCKET_METRICS.items()):
+    ax = fig.add_subplot(1, len(BUCKET_METRICS), i + 1)
+    pts = [(j, r[metric]) for j, r in enumerate(rows) if r.get(metric) is not None]
+    if pts:
+      xs, ys = zip(*pts)
+      ax.plot(xs, ys, marker="o")
+    else:  # e.g. no embedding_init.npy / update_counts.npz (a run from before they existed, counts off)
+      ax.text(0.5, 0.5, "not available for this run", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([r["label"] for r in rows], rotation=30, fontsize=7)
+    ax.set_xlabel("training count bucket")
+    ax.set_title(label, fontsize=9)
+    ax.grid(True, alpha=0.3)
+  fig.suptitle(title, fontsize=10)
+  _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+  fig.tight_layout()
+  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+  fig.savefig(tmp, format="png", dpi=110)
+  os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------- entry point
+
+
+def run_arrays(workdir: Path, params: Any) -> dict[str, Any]:
+  """(init table or None, present counts or None, head [V, width] or None) from a run's files and parameters."""
+  from research.train import loop
+  init_file, counts_file = workdir / loop.INIT_TABLE_FILE, workdir / loop.UPDATE_COUNTS_FILE
+  head = params.get("lm_head", {}).get("kernel") if isinstance(params.get("lm_head"), dict) else None
+  return {"init_VxD": np.load(init_file) if init_file.exists() else None,
+          "present_V": np.load(counts_file)["present"] if counts_file.exists() else None,
+          "head_VxD": None if head is None else np.asarray(head, np.float32).T}
+
+
+def analyze_run(workdir: str | os.PathLike, checkpoint: str = "best", base: float = 10.0) -> dict[str, Any]:
+  """The rare-token figures of the run's best (or last) checkpoint: RUN/eval/rare_tokens.json and two plots."""
+  from research.analysis import quality
+  from research.data import tokenizers as tokenizers_lib
+  from research.embeddings import pretrained
+  workdir = Path(workdir)
+  run, table_VxD, tokenizer, counts = quality.run_table(workdir, checkpoint)
+  if counts is None:
+    raise quality.AnalysisError(f"run {str(workdir)!r} has no token_counts.npy: frequency buckets need it")
+  kind = run.config.data.tokenizer
+  tokens = [tokenizer.id_to_token(i) or "" for i in range(tokenizer.get_vocab_size())]
+  arrays = run_arrays(workdir, run.params)
+  init = arrays["init_VxD"]
+  if init is not None and init.shape != table_VxD.shape:
+    init = None  # not this table (an older run's file): no drift rather than a wrong one
+  words = pretrained.token_words(tokens, kind) if kind == "word" else None
+  if words is not None:  # the five special tokens are not words
+    words = ["" if t in tokenizers_lib.SPECIAL_TOKENS else w for t, w in zip(tokens, words)]
+  report = {"checkpoint_step": run.step, "tokenizer": kind,
+            "tied": bool(run.config.model.tie_embeddings),
+            **rare_report(table_VxD, counts, init_VxD=init, present_V=arrays["present_V"],
+                          head_VxD=arrays["head_VxD"], words=words, base=base),
+            "has_init": init is not None, "has_update_counts": arrays["present_V"] is not None}
+  out_dir = write_rare(workdir, report).parent
+  plot_norm_vs_frequency(table_VxD, counts, out_dir / NORM_PLOT, title=workdir.resolve().name)
+  plot_buckets(report, out_dir / BUCKETS_PLOT, title=workdir.resolve().name)
+  return report
+
+
+def write_rare(workdir: str | os.PathLike, report: dict[str, Any]) -> Path:
+  """RUN/eval/rare_tokens.json (what research.report reads; its tests write fixtures through this)."""
+  from research.analysis import quality
+  from research.train import loop
+  out_dir = Path(workdir) / quality.EVAL_DIR
+  out_dir.mkdir(parents=True, exist_ok=True)
+  loop.atomic_write_json(out_dir / RARE_FILE, report)
+  return out_dir / RARE_FILE
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+  num = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+  lines = []
+  for side, g in report["geometry"].items():
+    lines.append(f"{side}: " + ", ".join(f"{k} {num(g[k])}" for k in GEOMETRY_METRICS))
+  for b in report["buckets"]:
+    lines.append(f"count {b['label']}: {b['rows']} rows, norm {num(b['mean_norm'])}, drift {num(b['mean_drift_l2'])}"
+                 f", 10-NN cosine {num(b['mean_knn_cosine'])}")
+  return lines

@@ -1,0 +1,392 @@
+"""Rare tokens: per-row update counts in the train state (resumable), and the rare-token analyses."""
+
+import jax
+import numpy as np
+import pytest
+
+from research.train import loop, steps
+from tests import test_train_steps as ts
+from tests.train_utils import tiny_config
+
+
+# ------------------------------------------------------------------------------------------------ update counts
+
+
+def _direct_presence(config, workdir, num_steps):
+  """Per row, the number of the run's first `num_steps` batches that hold it (inputs or targets), by numpy."""
+  data = loop.prepare_data(config, workdir)
+  iterator = loop.train_batches(config, data)
+  present = np.zeros(data.vocab_size, np.int64)
+  for _ in range(num_steps):
+    batch = next(iterator)
+    present[np.unique(np.concatenate([batch["inputs"], batch["targets"]], axis=1))] += 1
+  return present
+
+
+COUNT_RUN = {"train.steps": 6, "train.checkpoint_every": 3, "train.eval_every": 3, "train.eval_batches": 1,
+             "train.async_checkpoints": False, "train.warmup_steps": 2}
+
+
+@pytest.mark.slow
+def test_presence_counts_equal_a_direct_count_and_survive_a_resume(tmp_path):
+  whole = tmp_path / "whole"
+  loop.train(tiny_config(**COUNT_RUN), whole)
+  resumed = tmp_path / "resumed"
+  loop.train(tiny_config(**{**COUNT_RUN, "train.steps": 3}), resumed)
+  first = dict(np.load(resumed / loop.UPDATE_COUNTS_FILE))
+  init_after_first = np.load(resumed / loop.INIT_TABLE_FILE)
+  loop.train(tiny_config(**COUNT_RUN), resumed)  # same workdir, more steps: resumes from step 3
+  a, b = dict(np.load(whole / loop.UPDATE_COUNTS_FILE)), dict(np.load(resumed / loop.UPDATE_COUNTS_FILE))
+  np.testing.assert_array_equal(a["present"], _direct_presence(tiny_config(**COUNT_RUN), whole, 6))
+  np.testing.assert_array_equal(first["present"], _direct_presence(tiny_config(**COUNT_RUN), whole, 3))
+  for key in ("present", "nonzero"):
+    assert a[key].dtype == np.int32 and a[key].shape == (512,)
+    np.testing.assert_array_equal(a[key], b[key])
+  assert 0 < a["present"].max() <= 6 and (a["present"] < 6).any()  # some rows are absent from some batches
+  # Tied + dense AdamW: every row's update is non-zero at every step but the first, where warmup's lr is 0.
+  assert (a["nonzero"] == 5).all()
+  # The initial table: written at the fresh start, not rewritten by the resume; the trained table moved from it.
+  init = np.load(resumed / loop.INIT_TABLE_FILE)
+  np.testing.assert_array_equal(init, init_after_first)
+  np.testing.assert_array_equal(init, np.load(whole / loop.INIT_TABLE_FILE))
+  assert init.shape == (512, 64) and init.dtype == np.float32
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_nonzero_counts_follow_the_update_lazy_or_dense(lazy):
+  """In the real step: lazy rows get a non-zero update exactly when present; dense (tied) ones at every step."""
+  state, step = ts.setup(embedding_lazy=lazy, count_updates=True)
+  expected = np.zeros(ts.V, np.int64)
+  for i in range(3):
+    b = ts.batch(i, low=5, high=20 + 5 * i)  # ids 30..40 never appear
+    expected[np.unique(np.concatenate([b["inputs"], b["targets"]], axis=1))] += 1
+    state, _ = step(state, b)
+  present, nonzero = (np.asarray(state.counts[k]) for k in ("present", "nonzero"))
+  np.testing.assert_array_equal(present, expected)
+  assert expected.min() == 0 and expected.max() == 3
+  if lazy:
+    np.testing.assert_array_equal(nonzero, expected)
+  else:
+    assert (nonzero == 3).all()
+
+
+def test_counts_off_leave_no_counts_in_the_state():
+  state, step = ts.setup()
+  assert state.counts is None and step(state, ts.batch())[0].counts is None
+
+
+# --------------------------------------------------------------------------------------------------- analyses
+
+from research.analysis import rare  # noqa: E402
+
+
+def test_buckets_of_a_hand_built_table():
+  counts = np.array([0, 0, 1, 5, 9, 10, 99, 100, 1000])
+  assert rare.bucket_index(counts).tolist() == [0, 0, 1, 1, 1, 2, 2, 3, 4]
+  table = np.zeros((9, 2))
+  table[:, 0] = np.arange(9)  # row norms 0..8 (row 0 is the zero vector)
+  init = table.copy()
+  init[:, 1] = 1.0  # every row drifted by exactly 1 in L2
+  present = np.arange(9) * 2
+  out = rare.buckets(table, counts, init_VxD=init, present_V=present)
+  assert [b["label"] for b in out] == ["0", "[1, 10)", "[10, 100)", "[100, 1000)", "[1000, 10000)"]
+  assert [b["rows"] for b in out] == [2, 3, 2, 1, 1]
+  assert [b["tokens"] for b in out] == [0, 15, 109, 100, 1000]
+  assert [b["mean_norm"] for b in out] == [0.5, 3.0, 5.5, 7.0, 8.0]
+  assert [b["mean_present"] for b in out] == [1.0, 6.0, 11.0, 14.0, 16.0]
+  assert all(b["mean_drift_l2"] == pytest.approx(1.0) for b in out)
+  # cos(row, init): row i = (i, 0) against (i, 1) is i / sqrt(i² + 1); row 0 is the zero vector (cosine 0).
+  cos = [i / np.hypot(i, 1) if i else 0.0 for i in range(9)]
+  assert out[1]["mean_cosine_to_init"] == pytest.approx(np.mean(cos[2:5]))
+  assert out[0]["mean_cosine_to_init"] == pytest.approx(np.mean(cos[:2]))
+
+
+def test_knn_cosine_matches_a_brute_force_search_across_chunks():
+  table = np.random.default_rng(0).normal(size=(300, 8))
+  unit = table / np.linalg.norm(table, axis=1, keepdims=True)
+  sims = unit @ unit.T
+  np.fill_diagonal(sims, -np.inf)
+  expected = np.sort(sims, axis=1)[:, -10:].mean(axis=1)
+  np.testing.assert_allclose(rare.knn_cosine(table, chunk=64), expected, rtol=1e-5)
+
+
+def _isotropic(v=4000, d=32, seed=0):
+  return np.random.default_rng(seed).normal(scale=d ** -0.5, size=(v, d))
+
+
+def _rank_one_dominated(v=4000, d=32, seed=0):
+  """Every row ≈ a_i · u with a_i > 0 spread out (one common, varying direction) plus small isotropic noise."""
+  rng = np.random.default_rng(seed)
+  u = rng.normal(size=d)
+  u /= np.linalg.norm(u)
+  a = rng.uniform(4.0, 8.0, size=(v, 1))
+  return a * u + rng.normal(scale=0.02, size=(v, d))
+
+
+def test_geometry_of_an_isotropic_table():
+  g = rare.geometry(_isotropic())
+  assert abs(g["anisotropy"]) < 0.02
+  assert g["variance_top1"] == pytest.approx(1 / 32, rel=0.35)  # every direction has ~1/d of the variance
+  assert g["variance_top10"] == pytest.approx(10 / 32, rel=0.15)
+  assert g["isotropy"] > 0.9
+
+
+def test_geometry_of_a_rank_one_dominated_table():
+  g = rare.geometry(_rank_one_dominated())
+  assert g["anisotropy"] > 0.99
+  assert g["variance_top1"] > 0.95 and g["variance_top10"] > g["variance_top1"]
+  # Z(u) = Σ exp(a_i) ≈ V·E[e^a] ≈ 700·V, while Z(-u) ≈ V·E[e^-a] and Z(c ⊥ u) ≈ V.
+  assert g["isotropy"] < 1e-4
+
+
+def test_isotropy_is_exactly_the_partition_function_ratio():
+  """Against a direct transcription of Mu & Viswanath's I(W) on a small table (no logsumexp)."""
+  w = _isotropic(50, 4, seed=3) * 3
+  _, c = np.linalg.eigh(w.T @ w)
+  z = np.concatenate([np.exp(w @ c).sum(axis=0), np.exp(-(w @ c)).sum(axis=0)])
+  assert rare.isotropy(w) == pytest.approx(z.min() / z.max(), rel=1e-12)
+
+
+def test_norm_frequency_spearman_sign():
+  counts = np.arange(1, 201)
+  table = np.random.default_rng(0).normal(size=(200, 8))
+  table /= np.linalg.norm(table, axis=1, keepdims=True)
+  assert rare.norm_frequency_spearman(table * np.log(counts)[:, None], counts) == pytest.approx(1.0)
+  assert rare.norm_frequency_spearman(table / counts[:, None], counts) == pytest.approx(-1.0)
+  assert rare.norm_frequency_spearman(table, np.ones(200)) is None
+
+
+@pytest.fixture(scope="module")
+def word_run(tmp_path_factory):
+  """A real tiny untied word-tokenizer run (4 steps, counts on)."""
+  workdir = tmp_path_factory.mktemp("rare_run")
+  loop.train(tiny_config(**{"data.tokenizer": "word", "train.steps": 4, "train.checkpoint_every": 4,
+                            "train.eval_batches": 1, "train.async_checkpoints": False,
+                            "model.tie_embeddings": False}), workdir)
+  return workdir
+
+
+@pytest.mark.slow
+def test_a_runs_rare_token_report_from_its_files(word_run):
+  from research.analysis import quality
+  report = rare.analyze_run(word_run)
+  saved = __import__("json").loads((word_run / "eval" / rare.RARE_FILE).read_text())
+  assert saved == __import__("json").loads(__import__("json").dumps(report))
+  for name in (rare.NORM_PLOT, rare.BUCKETS_PLOT):
+    assert (word_run / "eval" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  _, table, tok, counts = quality.run_table(word_run)
+  assert sum(b["rows"] for b in report["buckets"]) == tok.get_vocab_size() == 512
+  assert sum(b["tokens"] for b in report["buckets"]) == counts.sum()
+  present = np.load(word_run / loop.UPDATE_COUNTS_FILE)["present"]
+  assert report["has_init"] and report["has_update_counts"]
+  frequent = report["buckets"][-1]  # the most frequent words are in every batch
+  assert frequent["mean_present"] == pytest.approx(present[rare.bucket_index(counts) == frequent["bucket"]].mean())
+  # Untied, no table decay: a row no batch fed to the input has zero gradient, so AdamW never moves it; the rows
+  # that moved are exactly those with a non-zero update at some step.
+  nonzero = np.load(word_run / loop.UPDATE_COUNTS_FILE)["nonzero"]
+  drift = np.linalg.norm(table - np.load(word_run / loop.INIT_TABLE_FILE), axis=1)
+  np.testing.assert_array_equal(drift > 0, nonzero > 0)
+  assert (drift[present == 0] == 0).all() and (present == 0).any() and (nonzero < present).any()
+  assert frequent["mean_drift_l2"] > 0 and frequent["mean_cosine_to_init"] < 1
+  assert set(report["geometry"]) == {"input", "output"}  # untied: the head's columns too
+  assert set(report["geometry"]["output"]) == set(rare.GEOMETRY_METRICS)
+  # Word tokenizer: gensim's benchmarks on each bucket's words (coverage below the whole vocabulary's).
+  whole = quality.analyze_run(word_run)["benchmarks"]["wordsim353"]["coverage"]
+  scored = [b["benchmarks"]["wordsim353"]["coverage"] for b in report["buckets"] if b.get("benchmarks")]
+  assert scored and all(c <= whole for c in scored)
+
+
+# ------------------------------------------------------------------------------------------------ factorized
+
+
+def _init(**kw):
+  import jax.numpy as jnp
+  from research.model.config import ModelConfig
+  from research.model.transformer import Transformer
+  cfg = ModelConfig(vocab_size=41, d_model=16, num_layers=1, num_heads=2, mlp_dim=32, max_len=8, **kw)
+  model = Transformer(cfg)
+  return model, model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_factorized_embedding_parameter_counts(tie):
+  from research.model.transformer import count_embedding_params, count_params
+  v, e, d = 41, 4, 16
+  _, params = _init(table_dim=e, tie_embeddings=tie)
+  _, plain = _init(tie_embeddings=tie)
+  shapes = jax.tree.map(lambda x: x.shape, params["token_embed"])
+  assert shapes["embedding"] == (v, e) and shapes["projection"]["kernel"] == (e, d)
+  assert ("head_projection" in shapes) == tie
+  assert count_embedding_params(params) == v * e + e * d + (d * e if tie else 0)
+  assert count_embedding_params(plain) == v * d and _init(table_dim=d, tie_embeddings=tie)[1].keys() == plain.keys()
+  assert count_params(plain) - count_params(params) == v * d - count_embedding_params(params)
+  # The table is still the optimizer's embedding group; the projections are ordinary matrices.
+  from research.train import optim
+  groups = optim.param_groups(params)["token_embed"]
+  assert groups["embedding"] == "embedding" and groups["projection"]["kernel"] == "other"
+
+
+def test_the_factorized_tied_head_goes_back_through_the_table():
+  import jax.numpy as jnp
+  model, params = _init(table_dim=4)
+  h = np.random.default_rng(0).normal(size=(3, 16)).astype(np.float32)
+  logits = model.apply({"params": params}, jnp.asarray(h), method=type(model).logits)
+  te = params["token_embed"]
+  np.testing.assert_allclose(logits, h @ np.asarray(te["head_projection"]["kernel"]) @ np.asarray(te["embedding"]).T,
+                             rtol=1e-5, atol=1e-6)
+  x = model.apply({"params": params}, jnp.array([[5, 7]]), method=lambda m, ids: m.token_embed(ids))
+  np.testing.assert_allclose(x[0], np.asarray(te["embedding"])[[5, 7]] * 4.0 @ np.asarray(te["projection"]["kernel"]),
+                             rtol=1e-5)  # √d_model = 4
+
+
+@pytest.mark.slow
+def test_summary_counts_the_factorized_embedding(tmp_path):
+  summary = loop.train(tiny_config(**{"train.steps": 1, "train.eval_batches": 1, "train.async_checkpoints": False,
+                                      "model.table_dim": 16}), tmp_path)
+  assert summary["num_embedding_params"] == 512 * 16 + 16 * 64 + 64 * 16
+  assert np.load(tmp_path / loop.INIT_TABLE_FILE).shape == (512, 16)
+  assert "valid_ppl_rare" in summary  # None here: every token of a 512-piece vocabulary is frequent
+
+
+# ------------------------------------------------------------------------------------------- character CNN
+
+from research.embeddings import chars  # noqa: E402
+
+
+def test_spellings_as_char_ids():
+  tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "cat", "act", "a" * 30]
+  ids = chars.char_ids(tokens, "word")
+  assert ids.shape == (8, chars.MAX_CHARS) and ids.dtype == np.int32
+  assert ids[0, :3].tolist() == [chars.BOW, 3, chars.EOW] and ids[4, 1] == 7  # one reserved char per special
+  a, c, t = (chars.FIRST_CHAR_ID + i for i in range(3))  # the alphabet a, c, t in sorted order
+  assert ids[5, :6].tolist() == [chars.BOW, c, a, t, chars.EOW, chars.PAD]
+  assert ids[6, :5].tolist() == [chars.BOW, a, c, t, chars.EOW]
+  assert ids[7, -1] == chars.EOW and (ids[7, 1:-1] == a).all()  # cut at 20 with its end mark
+  assert chars.char_ids(["Ġthe", "the"], "bpe")[0].tolist() == chars.char_ids(["the", "x"], "word")[0].tolist()
+
+
+@pytest.mark.parametrize("combine", ["sum", "concat"])
+def test_unseen_words_get_distinct_input_vectors_from_their_spellings(combine):
+  """Two vocabulary words that never occur in training keep whatever their table rows are: give both the same row,
+  and their input vectors (and tied output vectors) still differ, through the character CNN of their spellings."""
+  import jax.numpy as jnp
+  from research.model.config import ModelConfig
+  from research.model.transformer import Transformer
+  tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(30)] + ["unseen", "unsaid"]
+  ids = chars.Constant(chars.char_ids(tokens, "word"))
+  cfg = ModelConfig(vocab_size=len(tokens), d_model=16, num_layers=1, num_heads=2, mlp_dim=32, max_len=8,
+                    char_embeddings=combine, char_dim=8, char_filters="1:8,2:8,3:8")
+  model = Transformer(cfg, char_ids=ids)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+  # Same table row for both: any difference comes from the spelling alone.
+  table = params["token_embed"]["embedding"]
+  params = {**params, "token_embed": {**params["token_embed"], "embedding": table.at[36].set(table[35])}}
+  x = model.apply({"params": params}, jnp.array([[35, 36]]), jnp.zeros((1, 2), jnp.int32),
+                  method=lambda m, t, p: m.embed(t, p))[0]
+  assert not np.allclose(x[0], x[1], atol=1e-4)
+  h = np.random.default_rng(0).normal(size=(2, 16)).astype(np.float32)
+  logits = np.asarray(model.apply({"params": params}, jnp.asarray(h), method=type(model).logits))
+  assert not np.allclose(logits[:, 35], logits[:, 36], atol=1e-5)
+  assert "char_embed" in params and ("char_combine" in params) == (combine == "concat")
+
+
+@pytest.mark.slow
+def test_a_char_aware_run_trains_and_loads_for_evaluation(tmp_path):
+  overrides = {"data.tokenizer": "word", "train.steps": 2, "train.checkpoint_every": 1, "train.eval_batches": 1,
+               "train.async_checkpoints": False, "model.char_embeddings": "sum", "model.char_filters": "1:16,3:16"}
+  summary = loop.train(tiny_config(**overrides), tmp_path)
+  assert np.isfinite(summary["valid_loss"]) and summary["num_embedding_params"] > 512 * 64
+  from research.evaluate import extrapolation
+  run = extrapolation.load_run(tmp_path)  # evaluation rebuilds the char ids from the run's tokenizer
+  assert run.char_ids is not None and run.char_ids.array.shape[0] == 512
+
+
+def test_a_run_from_before_the_counts_resumes_only_without_them(tmp_path):
+  import json
+  from research.train import configuration
+  saved = tiny_config().to_dict()
+  del saved["train"]["count_updates"]  # written before train.count_updates existed: it counted nothing
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  with pytest.raises(configuration.ConfigError, match=r"train.count_updates: False \(saved\) != True \(current\)"):
+    loop.check_workdir(tiny_config(), tmp_path)
+  assert loop.check_workdir(tiny_config(**{"train.count_updates": False}), tmp_path) == tmp_path
+
+
+# ------------------------------------------------------------------------------------------------ valid_ppl_rare
+
+
+def test_rare_target_sums_select_exactly_the_rare_targets():
+  import functools
+
+  import jax.numpy as jnp
+  from research.model.config import ModelConfig
+  from research.model.transformer import Transformer
+  cfg = ModelConfig(vocab_size=ts.V, d_model=16, num_layers=1, num_heads=2, mlp_dim=32, max_len=ts.L)
+  model = Transformer(cfg)
+  params = model.init(jax.random.key(0), jnp.zeros((1, ts.L), jnp.int32))["params"]
+  settings = steps.StepSettings(vocab_size=ts.V)
+  b = ts.batch(0)
+  rare_V = np.zeros(ts.V, bool)
+  rare_V[10:20] = True
+
+  def sums(mask):
+    step = jax.jit(functools.partial(steps.eval_step, model=model, settings=settings, rare_V=jnp.asarray(mask)))
+    return {k: float(v) for k, v in step(params, b, jax.random.key(0)).items()}
+
+  every, none, some = sums(np.ones(ts.V, bool)), sums(np.zeros(ts.V, bool)), sums(rare_V)
+  assert every["rare_nll_sum"] == pytest.approx(every["nll_sum"], rel=1e-6)
+  assert every["rare_weight_sum"] == every["weight_sum"] and none["rare_weight_sum"] == none["rare_nll_sum"] == 0
+  expected = float((rare_V[b["targets"]] * b["weights"]).sum())
+  assert some["rare_weight_sum"] == expected > 0 and 0 < some["rare_nll_sum"] < every["nll_sum"]
+  assert loop.rare_perplexity(none) == {"ppl_rare": None, "tokens_rare": 0.0}
+  assert loop.rare_perplexity(some)["ppl_rare"] == pytest.approx(np.exp(some["rare_nll_sum"] / expected))
+
+
+@pytest.mark.slow
+def test_the_cli_runs_the_rare_analysis(word_run):
+  from tests.train_utils import cli
+  result = cli("experiments.analyze", f"--workdir={word_run}", "--rare")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "rare_tokens.json" in result.stdout and "input: anisotropy" in result.stdout
+  assert "output: anisotropy" in result.stdout  # the untied head's columns
+  for name in (rare.RARE_FILE, rare.NORM_PLOT, rare.BUCKETS_PLOT):
+    assert (word_run / "eval" / name).exists()
+  bad = cli("experiments.analyze", "--vectors=x.txt", "--rare")
+  assert bad.returncode == 2 and "--rare analyzes or exports a run's table" in bad.stderr
+
+
+COUNTS_ON_MESHES = '''
+import functools, json
+import jax, numpy as np
+from research.train import mesh as mesh_lib, steps
+from tests import test_train_steps as ts
+
+def counts(data, fsdp):
+  mesh = mesh_lib.make_mesh(data, fsdp, devices=jax.devices()[:data * fsdp])
+  state, step = ts.setup(count_updates=True, embedding_lazy=True)
+  shardings = mesh_lib.param_sharding(state, mesh)
+  state = jax.device_put(state, shardings)
+  for i in range(3):
+    state, _ = step(state, mesh_lib.shard_batch(ts.batch(i, low=5, high=20 + 5 * i), mesh))
+  return {k: np.asarray(v).tolist() for k, v in state.counts.items()}
+
+print(json.dumps({f"{d}x{f}": counts(d, f) for d, f in ((1, 1), (8, 1), (2, 4))}))
+'''
+
+
+@pytest.mark.slow
+def test_counts_are_the_same_on_every_mesh():
+  """The real train step with lazy rows on 1×1, 8×1 and 2×4 meshes of simulated CPU devices: the same counts."""
+  import json
+  import os
+  import subprocess
+  import sys
+  from tests.train_utils import ROOT
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+         "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run([sys.executable, "-c", COUNTS_ON_MESHES], cwd=ROOT, capture_output=True, text=True, env=env,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out["8x1"] == out["2x4"] == out["1x1"]
+  assert out["1x1"]["present"] == out["1x1"]["nonzero"] and max(out["1x1"]["present"]) == 3
