@@ -413,7 +413,7 @@ def real_sweep(tmp_path_factory):
 def test_a_report_over_real_runs_shows_what_the_trainer_and_evaluator_wrote(real_sweep):
   report = build_report(real_sweep)
   header, rows = parse_md_table(report.table)
-  assert header == ["group", "n", "valid ppl", "1× (32)", "2× (64)"]
+  assert header == ["group", "n", "valid ppl", "valid ppl (rare)", "1× (32)", "2× (64)"]
   assert set(rows) == {"position=alibi", "position=learned"}
   for scheme in ("alibi", "learned"):
     trial = real_sweep / f"position={scheme},seed=0"
@@ -421,11 +421,13 @@ def test_a_report_over_real_runs_shows_what_the_trainer_and_evaluator_wrote(real
     evaluated = json.loads((trial / "eval" / "extrapolation.json").read_text())["results"]
     gi = [g.label for g in report.data.groups].index(f"position={scheme}")
     assert report.data.cell(gi, "valid_ppl").mean == pytest.approx(summary["valid_ppl"], rel=1e-12)
+    if summary.get("valid_ppl_rare") is not None:
+      assert report.data.cell(gi, "valid_ppl_rare").mean == pytest.approx(summary["valid_ppl_rare"], rel=1e-12)
     assert report.data.cell(gi, "ppl_1x_32").mean == pytest.approx(evaluated[0]["ppl"], rel=1e-12)
     # The trainer's whole-split validation and the evaluator's 1× window are the same windows: the same number.
     assert evaluated[0]["ppl"] == pytest.approx(summary["valid_ppl"], rel=1e-4)
   learned = rows["position=learned"]
-  assert re.fullmatch(r"n/a\[\^\d+\]", learned[3])
+  assert re.fullmatch(r"n/a\[\^\d+\]", learned[header.index("2× (64)") - 1])
   note = json.loads((real_sweep / "position=learned,seed=0" / "eval" / "extrapolation.json").read_text())
   assert note["results"][1]["note"] in report.table
   assert set(report.plots) == {"ppl_vs_length.png", "curves.png"}
