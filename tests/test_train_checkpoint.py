@@ -150,26 +150,21 @@ def test_crash_mid_save_leaves_previous_checkpoint_restorable(tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == ['1', '2']  # the partial write was cleaned up
 
 
-def test_config_mismatch_names_every_field():
+def test_config_differences_name_every_field_outside_the_ignored_ones():
   saved = {'model': {'d_model': 64, 'vocab_size': 100, 'num_layers': 2, 'position': 'rope'},
            'train': {'learning_rate': 1e-3}}
   current = ml_collections.ConfigDict({'model': {'d_model': 128, 'vocab_size': 100, 'num_layers': 3,
                                                  'position': 'rope', 'dropout': 0.1},
                                        'train': {'learning_rate': 3e-4}})
-  with pytest.raises(ValueError) as err:
-    checkpoint.check_config_compatible(
-        saved, current, ['model.d_model', 'model.num_layers', 'model.vocab_size', 'model.dropout'])
-  message = str(err.value)
-  assert 'model.d_model: 64 (saved) != 128 (current)' in message
-  assert 'model.num_layers: 2 (saved) != 3 (current)' in message
-  assert "model.dropout: '<missing>' (saved) != 0.1 (current)" in message
-  assert 'vocab_size' not in message and 'learning_rate' not in message
-  # A prefix compares everything under it; fields outside shape_fields never matter.
-  with pytest.raises(ValueError, match='model.d_model') as err:
-    checkpoint.check_config_compatible(saved, current, ['model'])
-  assert 'learning_rate' not in str(err.value)
-  checkpoint.check_config_compatible(saved, current, ['model.vocab_size', 'model.position'])
-  checkpoint.check_config_compatible({'a': (1, 2)}, {'a': [1, 2]}, ['a'])  # JSON round trip of tuples
+  diffs = checkpoint.config_differences(saved, current, ignore=['train'])
+  assert 'model.d_model: 64 (saved) != 128 (current)' in diffs
+  assert 'model.num_layers: 2 (saved) != 3 (current)' in diffs
+  assert "model.dropout: '<missing>' (saved) != 0.1 (current)" in diffs
+  assert not any('vocab_size' in d or 'learning_rate' in d for d in diffs)
+  # An ignored prefix skips every field under it; nothing else is ever skipped.
+  assert any('learning_rate' in d for d in checkpoint.config_differences(saved, current))
+  assert checkpoint.config_differences(saved, current, ignore=['model', 'train']) == []
+  assert checkpoint.config_differences({'a': (1, 2)}, {'a': [1, 2]}) == []  # JSON round trip of tuples
 
 
 RESHARD = textwrap.dedent('''

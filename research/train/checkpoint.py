@@ -225,32 +225,14 @@ def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
 _MISSING = '<missing>'
 
 
-def check_config_compatible(saved: Mapping[str, Any], current: Mapping[str, Any],
-                            shape_fields: Iterable[str]) -> None:
-  """Raises ValueError naming every field in `shape_fields` whose value differs between the configs.
-
-  A field is a dotted path ('model.d_model'); a path naming a sub-dict ('model') compares every field
-  under it.  Values are compared after JSON normalisation (tuples == lists), since saved configs are JSON.
-  """
-  flat_saved, flat_current = _flatten(_jsonable_config(saved)), _flatten(_jsonable_config(current))
-  diffs = []
-  for field in shape_fields:
-    keys = sorted({k for k in (*flat_saved, *flat_current) if k == field or k.startswith(field + '.')})
-    for key in keys or [field]:
-      a, b = flat_saved.get(key, _MISSING), flat_current.get(key, _MISSING)
-      if a != b:
-        diffs.append(f'{key}: {a!r} (saved) != {b!r} (current)')
-  if diffs:
-    raise ValueError('checkpoint is incompatible with the current config: ' + '; '.join(diffs))
-
-
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], *,
                        ignore: Iterable[str] = ()) -> list[str]:
   """'field: saved (saved) != current (current)' for every leaf field whose value differs, over the union of both
   configs' fields (a field only one of them has differs from `<missing>`), except those under a path in `ignore`.
 
-  The inverse of `check_config_compatible`: everything is compared unless allowed to change, so a field added to
-  the schema later is protected without anyone remembering to list it.
+  Everything is compared unless allowed to change, so a field added to the schema later is protected without
+  anyone remembering to list it. Values are compared after JSON normalisation (tuples == lists), since saved
+  configs are JSON.
   """
   flat_saved, flat_current = _flatten(_jsonable_config(saved)), _flatten(_jsonable_config(current))
   ignore = tuple(ignore)
