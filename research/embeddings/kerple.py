@@ -20,6 +20,7 @@ and which is the symmetric kernel in an encoder.
 from __future__ import annotations
 
 import functools
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -65,15 +66,23 @@ def _uniform(scale: float):
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, 0.0, scale)
 
 
-@register("kerple_log")
-class KerpleLogPositions(PositionalScheme):
-  """KERPLE logarithmic kernel, per layer: params r1, r2 [H] (see the module docstring)."""
+class _KerplePositions(PositionalScheme):
+  """Per layer: params r1, r2 [H], initialised uniform on [0, R1_INIT) and [0, R2_INIT) as the reference code."""
 
   per_layer = True
+  R1_INIT: ClassVar[float] = 1.0
+  R2_INIT: ClassVar[float] = 1.0
 
   def setup(self):
-    self.r1 = self.param("r1", _uniform(2.0), (self.cfg.num_heads,), jnp.float32)
-    self.r2 = self.param("r2", _uniform(1.0), (self.cfg.num_heads,), jnp.float32)
+    self.r1 = self.param("r1", _uniform(self.R1_INIT), (self.cfg.num_heads,), jnp.float32)
+    self.r2 = self.param("r2", _uniform(self.R2_INIT), (self.cfg.num_heads,), jnp.float32)
+
+
+@register("kerple_log")
+class KerpleLogPositions(_KerplePositions):
+  """KERPLE logarithmic kernel, per layer: params r1, r2 [H] (see the module docstring)."""
+
+  R1_INIT, R2_INIT = 2.0, 1.0
 
   def bias(self, q_positions_BxL, k_positions_BxL):
     return kerple_log_bias(q_positions_BxL, k_positions_BxL, straight_through_clip(self.r1, EPS),
@@ -81,14 +90,10 @@ class KerpleLogPositions(PositionalScheme):
 
 
 @register("kerple_power")
-class KerplePowerPositions(PositionalScheme):
+class KerplePowerPositions(_KerplePositions):
   """KERPLE power kernel, per layer: params r1 (multiplier), r2 (exponent ≤ 2) [H] (see the module docstring)."""
 
-  per_layer = True
-
-  def setup(self):
-    self.r1 = self.param("r1", _uniform(1.0), (self.cfg.num_heads,), jnp.float32)
-    self.r2 = self.param("r2", _uniform(2.0), (self.cfg.num_heads,), jnp.float32)
+  R1_INIT, R2_INIT = 1.0, 2.0
 
   def bias(self, q_positions_BxL, k_positions_BxL):
     return kerple_power_bias(q_positions_BxL, k_positions_BxL, straight_through_clip(self.r1, EPS),
