@@ -50,7 +50,7 @@ def main(argv=None):
   start = time.perf_counter()
   kv, _ = quality.word_vectors(table, tokenizer, "word", quality.benchmark_words())
   scores = quality.benchmarks(kv)
-  tokens = [tokenizer.id_to_token(i) or "" for i in range(vocab)]
+  tokens = tokenizers.vocabulary(tokenizer)
   quality.neighbours(kv, [w for w in quality.frequent_words(tokens) if w in kv.key_to_index])
   analysis_s = time.perf_counter() - start
   print(f"analysis of a {vocab} x {args.dim} table ({len(kv.index_to_key)} word vectors, analogy coverage "

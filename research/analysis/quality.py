@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from research.data import tokenizers as tokenizers_lib
 from research.embeddings import pretrained
 
 QUALITY_FILE = "embedding_quality.json"
@@ -132,7 +133,7 @@ def keyed_vectors(keys: Sequence[str], vectors_NxD: np.ndarray):
 
 def word_vectors(table_VxD: np.ndarray, tokenizer, kind: str, extra_words: Sequence[str] = ()) -> tuple[Any, dict]:
   """(KeyedVectors of words, {word: row count}) from a run's table: see the module docstring."""
-  tokens = [tokenizer.id_to_token(i) or "" for i in range(tokenizer.get_vocab_size())]
+  tokens = tokenizers_lib.vocabulary(tokenizer)
   candidates = list(dict.fromkeys([w for w in pretrained.token_words(tokens, kind) if w] + list(extra_words)))
   prefix = " " if kind in pretrained.BYTE_LEVEL_KINDS else ""
   encodings = tokenizer.encode_batch([prefix + w for w in candidates], add_special_tokens=False)
@@ -188,7 +189,6 @@ def analyze_vectors(path: str | os.PathLike, format: str = "auto") -> dict[str, 
 
 def run_table(workdir: str | os.PathLike, checkpoint: str = "best"):
   """(loaded run, [V, d] input table as numpy, tokenizer, counts or None)."""
-  from research.data import tokenizers as tokenizers_lib
   from research.evaluate import extrapolation
   run = extrapolation.load_run(workdir, checkpoint)
   tokenizer = tokenizers_lib.load_tokenizer(workdir)
@@ -203,7 +203,7 @@ def analyze_run(workdir: str | os.PathLike, checkpoint: str = "best", *, export_
   workdir = Path(workdir)
   run, table_VxD, tokenizer, counts = run_table(workdir, checkpoint)
   kind = run.config.data.tokenizer
-  tokens = [tokenizer.id_to_token(i) or "" for i in range(tokenizer.get_vocab_size())]
+  tokens = tokenizers_lib.vocabulary(tokenizer)
   kv, sizes = word_vectors(table_VxD, tokenizer, kind, benchmark_words())
   # Query words: tokens that begin a word (not "##ing" or a BPE piece inside a word), most frequent first.
   words = [w if pretrained.starts_word(t, kind) else "" for t, w in zip(tokens, pretrained.token_words(tokens, kind))]

@@ -276,7 +276,7 @@ def analyze_run(workdir: str | os.PathLike, checkpoint: str = "best", base: floa
   if counts is None:
     raise quality.AnalysisError(f"run {str(workdir)!r} has no token_counts.npy: frequency buckets need it")
   kind = run.config.data.tokenizer
-  tokens = [tokenizer.id_to_token(i) or "" for i in range(tokenizer.get_vocab_size())]
+  tokens = tokenizers_lib.vocabulary(tokenizer)
   arrays = run_arrays(workdir, run.params)
   init = arrays["init_VxD"]
   if init is not None and init.shape != table_VxD.shape:

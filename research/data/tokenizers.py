@@ -318,3 +318,8 @@ def build_or_load_tokenizer(kind: str, corpus, vocab_size: int, *, cache_dir=Non
   save_counts(token_counts(tok, corpus.train), directory)
   save_tokenizer(tok, directory)  # written last: its presence means the directory is complete
   return tok, directory
+
+
+def vocabulary(tokenizer) -> list[str]:
+  """The token string of every id, in id order ("" for an id the tokenizer has no string for)."""
+  return [tokenizer.id_to_token(i) or "" for i in range(tokenizer.get_vocab_size())]

@@ -26,7 +26,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -56,24 +56,24 @@ class NonFiniteError(RuntimeError):
   """Training produced a non-finite loss or gradient norm."""
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
+def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+  """`write(binary file)` into a temporary beside `path`, then renamed over it: a crash never leaves half a file."""
   tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-  tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+  with tmp.open("wb") as f:
+    write(f)
   os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+  _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()))
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-  with tmp.open("wb") as f:
-    np.save(f, array)
-  os.replace(tmp, path)
+  _atomic_write(path, lambda f: np.save(f, array))
 
 
 def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
-  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-  with tmp.open("wb") as f:
-    np.savez(f, **arrays)
-  os.replace(tmp, path)
+  _atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def host_array(x) -> np.ndarray:
@@ -134,16 +134,11 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> RunData:
   return RunData(tokenizer, splits, tokenizer.get_vocab_size())
 
 
-def vocabulary(tokenizer) -> list[str]:
-  """The token string of every id, in id order."""
-  return [tokenizer.id_to_token(i) or "" for i in range(tokenizer.get_vocab_size())]
-
-
 def char_ids(config, tokenizer) -> "chars_lib.Constant | None":
   """With model.char_embeddings: the vocabulary's spellings as char ids [V, C] (chars.char_ids), for the model."""
   if config.model.get("char_embeddings", "none") == "none":
     return None
-  return chars_lib.Constant(chars_lib.char_ids(vocabulary(tokenizer), config.data.tokenizer))
+  return chars_lib.Constant(chars_lib.char_ids(tokenizers_lib.vocabulary(tokenizer), config.data.tokenizer))
 
 
 def pretrained_table(config, data: RunData, workdir: Path) -> tuple[np.ndarray, dict[str, Any]]:
@@ -154,7 +149,7 @@ def pretrained_table(config, data: RunData, workdir: Path) -> tuple[np.ndarray, 
   counts = np.load(counts_file) if counts_file.exists() else None
   try:
     return pretrained_lib.pretrained_table(
-        p.path, vocabulary(data.tokenizer), config.data.tokenizer, d_model=model_cfg.table_width,
+        p.path, tokenizers_lib.vocabulary(data.tokenizer), config.data.tokenizer, d_model=model_cfg.table_width,
         std=model_cfg.embed_init_std, format=p.format, oov=p.oov, dim_mismatch=p.dim_mismatch, scale=p.scale,
         seed=config.seed, counts=counts)
   except pretrained_lib.PretrainedError as e:
