@@ -515,6 +515,33 @@ def test_rare_token_geometry_columns_and_bucket_plots(tmp_path):
   assert "anisotropy" not in report.table and not list(tmp_path.glob("rare_*.png"))
 
 
+def test_a_best_valid_ppl_column_only_when_some_run_was_best_before_its_end(tmp_path):
+  for seed in (0, 1):
+    write_trial(tmp_path, f"a{seed}", "alibi", seed)
+    write_trial(tmp_path, f"r{seed}", "rope", seed)
+
+  def rewrite(name, best_step, best_ppl):
+    summary = json.loads((tmp_path / name / "summary.json").read_text())
+    valid = {"loss": summary["valid_loss"], "ppl": summary["valid_ppl"], "accuracy": summary["valid_accuracy"]}
+    best = {"best_valid_loss": math.log(best_ppl), "best_valid_ppl": best_ppl, "best_step": best_step}
+    loop.write_summary(tmp_path / name, loop.summary_record(
+        step=100, train_loss=3.0, valid=valid, tokens_seen=51200.0, num_params=100000, num_embedding_params=32768,
+        vocab_size=512, wall_s=12.5, best=best))
+    return summary["valid_ppl"]
+
+  finals = {name: rewrite(name, 100, 1.0) for name in ("a0", "a1", "r0", "r1")}
+  for name in finals:  # best == final everywhere: no column
+    rewrite(name, 100, finals[name])
+  assert "best valid ppl" not in build_report(tmp_path).table
+  rewrite("a0", 40, 90.0)
+  rewrite("a1", 60, 110.0)
+  header, rows = parse_md_table(build_report(tmp_path).table)
+  column = header.index("best valid ppl") - 1
+  assert rows["position=alibi"][column].strip("*").startswith("100.00 ± 14.14")
+  assert rows["position=rope"][column].strip("*").startswith(f"{(finals['r0'] + finals['r1']) / 2:.2f} ± ")
+  assert "best valid ppl" in (tmp_path / "table.tex").read_text()
+
+
 def test_a_rare_target_perplexity_column_when_summaries_have_it(tmp_path):
   for seed in (0, 1):
     write_trial(tmp_path, f"a{seed}", "alibi", seed)

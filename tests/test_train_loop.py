@@ -46,6 +46,10 @@ def test_tiny_run_learns_well_below_uniform_and_writes_the_run_directory(objecti
   for key in ("loss", "ppl", "lr", "tokens_per_s"):
     assert all(math.isfinite(r[key]) for r in valid), key
   assert train[-1]["loss"] < train[0]["loss"] - 0.5
+  best = min(valid, key=lambda r: r["loss"])
+  assert (summary["best_step"], summary["best_valid_loss"], summary["best_valid_ppl"]) == (
+      best["step"], best["loss"], best["ppl"])
+  assert summary["best_valid_loss"] <= summary["valid_loss"]
   assert summary["tokens_seen"] == pytest.approx(train[-1]["tokens_seen"])
   # Tokens seen counts what the model read, not only the scored targets (MLM scores ~15 % of them): packed rows
   # are nearly full, so it is close to steps x batch x seq_len for both objectives.
@@ -376,3 +380,20 @@ def test_progress_bar_shows_step_and_eta_on_a_terminal_and_is_off_otherwise(monk
   bar.close()
   assert not disabled and "15/100" in text and "<" in text  # step/total and elapsed<remaining (the ETA)
   assert "loss=3.210" in text and "tok_s=4000" in text
+
+
+def test_the_best_validation_is_the_lowest_loss_the_log_holds_up_to_the_step(tmp_path):
+  log = loop.MetricsLog(tmp_path, resume_step=0)
+  for step, loss in ((100, 3.0), (200, 2.5), (300, 2.5), (400, 2.9)):
+    log.write(loop.valid_record(step, {"loss": loss, "ppl": math.exp(loss), "accuracy": 0.1}, lr=1e-3))
+    log.write(loop.train_record(step, {"loss": 0.1, "lr": 1e-3, "tokens_per_s": 1.0}, 1000.0 * step))
+  log.close()
+  final = {"loss": 2.9, "ppl": math.exp(2.9)}
+  # Train lines (whose loss is lower) never count; the earliest of two equal losses wins.
+  assert loop.best_validation(log.path, 400, final) == {"best_valid_loss": 2.5, "best_valid_ppl": math.exp(2.5),
+                                                        "best_step": 200}
+  # Lines past the step (a log not yet truncated by a resume) do not count either.
+  assert loop.best_validation(log.path, 150, final)["best_step"] == 100
+  # No validation line at all: the final evaluation is the best.
+  assert loop.best_validation(tmp_path / "absent.jsonl", 7, final) == {
+      "best_valid_loss": 2.9, "best_valid_ppl": math.exp(2.9), "best_step": 7}

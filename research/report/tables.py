@@ -1,6 +1,7 @@
 """Ablation tables: group trials by the swept fields (seeds are replicates), mean ± std per column, md / csv / tex.
 
 Rows are groups (one per combination of the swept fields other than seed), columns are `valid ppl` (summary.json),
+`best valid ppl` (summary.json's best evaluation) when any trial's best evaluation came before its last,
 `valid ppl (rare)` when any trial has summary.json's `valid_ppl_rare`, one per evaluation length (eval/extrapolation.json) and, when any trial was analyzed (eval/embedding_quality.json),
 analogy accuracy and the WordSim-353 / SimLex-999 Spearman correlations of its table, and, when any trial was
 analyzed with `--rare` (eval/rare_tokens.json), the input table's geometry (anisotropy, variance share of the top 1
@@ -24,6 +25,7 @@ from research.report.runs import (MISSING, QUALITY_FIGURES, QUALITY_FILE, RARE_F
                                   extrapolation_file, hashable)
 
 VALID_PPL = "valid_ppl"
+BEST_VALID_PPL = "best_valid_ppl"  # summary.json: the run's best evaluation (early stopping's figure)
 VALID_PPL_RARE = "valid_ppl_rare"  # summary.json: validation targets seen < 10 times in training (docs/rare_tokens.md)
 QUALITY_HEADERS = {"analogy": "analogy acc", "wordsim353": "WordSim ρ", "simlex999": "SimLex ρ"}
 QUALITY_LATEX = {"analogy": "analogy acc.", "wordsim353": "WordSim $\\rho$", "simlex999": "SimLex $\\rho$"}
@@ -118,10 +120,18 @@ def _multiple_text(m: float) -> str:
   return f"{m:g}"
 
 
+def _overfit(trial: Trial) -> bool:
+  """Did the run's best evaluation come before its last (so that best and final perplexity differ)?"""
+  summary = trial.summary or {}
+  return summary.get("best_step") is not None and summary["best_step"] != summary.get("step")
+
+
 def _columns(trials: list[Trial]) -> list[Column]:
   evaluations = [e for t in trials for e in (t.extrapolation, *t.scaled.values()) if e is not None]
   pairs = sorted({(p.length, p.multiple) for e in evaluations for p in e.points})
   columns = [Column(VALID_PPL, "valid ppl")]
+  if any(_overfit(t) for t in trials):
+    columns.append(Column(BEST_VALID_PPL, "best valid ppl"))
   if any((t.summary or {}).get(VALID_PPL_RARE) is not None for t in trials):
     columns.append(Column(VALID_PPL_RARE, "valid ppl (rare)"))
   for length, multiple in pairs:
@@ -142,6 +152,13 @@ def _trial_value(trial: Trial, column: Column, rope_scaling: str | None = None) 
     raw = (trial.summary or {}).get(VALID_PPL_RARE)
     if raw is None or not math.isfinite(float(raw)):
       return None, "no validation target seen fewer than 10 times in training (or a run without the figure)"
+    return float(raw), None
+  if column.key == BEST_VALID_PPL:
+    if rope_scaling is not None:
+      return None, "RoPE scaling is switched on at evaluation only: best valid ppl is in the row without rope_scaling"
+    raw = (trial.summary or {}).get(BEST_VALID_PPL)
+    if raw is None or not math.isfinite(float(raw)):
+      return None, "best_valid_ppl missing in summary.json (a run written before the figure existed)"
     return float(raw), None
   if column.key == VALID_PPL:
     if rope_scaling is not None:  # the trainer's figure is the unscaled row's; repeating it would tie for best
@@ -294,8 +311,8 @@ def to_latex(table: Table) -> str:
       headers.append(QUALITY_LATEX[c.quality])
     elif c.geometry is not None:
       headers.append(GEOMETRY_LATEX[c.geometry])
-    elif c.key == VALID_PPL_RARE:
-      headers.append("valid ppl (rare)")
+    elif c.key in (VALID_PPL_RARE, BEST_VALID_PPL):
+      headers.append(c.header)
     else:
       headers.append(f"${_multiple_text(c.multiple)}\\times$ ({c.length})")
   lines = [

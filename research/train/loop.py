@@ -246,10 +246,28 @@ def valid_record(step: int, valid: dict[str, float], lr: float) -> dict[str, Any
   return {"step": step, "split": "valid", **valid, "lr": lr}
 
 
+def best_validation(metrics_path: Path, step: int, valid: dict[str, float]) -> dict[str, Any]:
+  """The lowest validation loss of the run (metrics.jsonl's `split: valid` lines, which a resumed run rewrote from
+  its restored step on, so an interrupted run finds the same), as `best_valid_loss`, `best_valid_ppl`, `best_step`:
+  early stopping's figure, next to the final one (docs/training.md, "summary.json"). The earliest step wins a tie."""
+  records = []
+  if metrics_path.exists():
+    for line in metrics_path.read_text().splitlines():
+      if line.strip():
+        record = json.loads(line)
+        if record.get("split") == "valid" and record.get("step", 0) <= step:
+          records.append(record)
+  if not records:
+    records = [{"step": step, **valid}]
+  best = min(records, key=lambda r: (r["loss"], r["step"]))
+  return {"best_valid_loss": best["loss"], "best_valid_ppl": best["ppl"], "best_step": best["step"]}
+
+
 def summary_record(*, step: int, train_loss: float | None, valid: dict[str, float], tokens_seen: float,
-                   num_params: int, num_embedding_params: int, vocab_size: int, wall_s: float) -> dict[str, Any]:
+                   num_params: int, num_embedding_params: int, vocab_size: int, wall_s: float,
+                   best: dict[str, Any] | None = None) -> dict[str, Any]:
   return {"step": step, "train_loss": train_loss, "valid_loss": valid["loss"], "valid_ppl": valid["ppl"],
-          "valid_ppl_rare": valid.get("ppl_rare"),
+          **(best or {}), "valid_ppl_rare": valid.get("ppl_rare"),
           "valid_accuracy": valid["accuracy"], "tokens_seen": tokens_seen, "num_params": num_params,
           "num_embedding_params": num_embedding_params, "vocab_size": vocab_size, "wall_s": wall_s}
 
@@ -511,7 +529,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   summary = summary_record(step=int(state.step), train_loss=progress_state["train_loss"], valid=valid,
                            tokens_seen=progress_state["tokens_seen"], num_params=num_params,
                            num_embedding_params=count_embedding_params(state.params),
-                           vocab_size=data.vocab_size, wall_s=progress_state["wall_s"])
+                           vocab_size=data.vocab_size, wall_s=progress_state["wall_s"],
+                           best=best_validation(log.path, int(state.step), valid))
   write_update_counts(workdir, state.counts)
   write_summary(workdir, summary)  # last: its presence means "finished"
   return summary
