@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research.data import passkey
 from research.data.corpora import CORPUS_VERSION, SPLITS, Corpus, cache_root, corpus_fingerprint, load_corpus
 from research.data.tokenizers import (CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_IDS, encode_ids, fingerprint)
 
@@ -73,6 +74,8 @@ def cache_key(corpus_spec: str, tokenizer_key: str, errors: str = "strict") -> s
     # callers that pass different (irrelevant) policies build two identical caches.
     parts["errors"] = errors
     parts["files"] = corpus_fingerprint(corpus_spec)
+  if corpus_spec == "passkey":  # generated: its documents change with the generator's own version
+    parts["passkey_version"] = passkey.CORPUS_VERSION
   return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 

@@ -3,6 +3,7 @@
 Specs (see docs/data.md):
   wikipedia-sample        ~105 English Wikipedia articles shipped inside gensim (CC BY-SA); the default
   lee                     gensim's Lee background corpus (300 news documents, one per line)
+  passkey                 synthetic passkey-retrieval documents (research/data/passkey.py), generated, seeded
   text:<path|glob|dir>    local UTF-8 files
   hf:<name>[/<config>]    a Hugging Face dataset (needs the optional `datasets` package and a network)
 
@@ -23,10 +24,12 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from research.data import passkey
+
 # Bump whenever extraction / cleaning / splitting changes: it is part of every cache key downstream.
 CORPUS_VERSION = "1"
 SPLITS = ("train", "valid", "test")
-VALID_SPECS = ("wikipedia-sample", "lee", "text:<path|glob|dir>", "hf:<name>[/<config>]")
+VALID_SPECS = ("wikipedia-sample", "lee", "passkey", "text:<path|glob|dir>", "hf:<name>[/<config>]")
 DEFAULT_CORPUS = "wikipedia-sample"
 WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 # At least this many files make `text:` split by file; fewer files are split by lines.
@@ -283,6 +286,8 @@ def load_corpus(spec: str = DEFAULT_CORPUS, *, errors: str = "strict", cache_dir
     return _check_splits(_wikipedia_sample(cache_dir))
   if spec == "lee":
     return _lee()
+  if spec == "passkey":
+    return _check_splits(split_documents(passkey.corpus_documents(), "passkey"))
   if spec.startswith("text:"):
     return _text_corpus(spec[len("text:"):], errors)
   if spec.startswith("hf:"):

@@ -11,6 +11,10 @@ A scheme that cannot represent a length (a learned table shorter than m·T), or 
 trained (a learned table longer than the training length T), gets `"ppl": null` and a `"note"` with the reason:
 reported as n/a, never a crash, never a clamped number and never a number from untrained rows. Memory stays bounded: the batch shrinks as the length
 grows (`max_tokens_per_batch`), so at most one [H, L, L] score tensor per row is live.
+
+Two diagnostics ride along: `by_position` (the same passes' loss per window column, eval/loss_by_position.json,
+research/evaluate/by_position.py) and `passkey` (retrieval of a key hidden in filler text at the same lengths,
+eval/passkey.json and eval/passkey.png, research/evaluate/passkey.py).
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from research import schema
 from research.data import batches as batches_lib
 from research.data import tokenizers as tokenizers_lib
 from research.embeddings import registry
+from research.evaluate import by_position as by_position_lib
+from research.evaluate import passkey as passkey_lib
+from research.evaluate.errors import EvaluationError  # noqa: F401 (public here: research.evaluate.extrapolation's)
 from research.model import config as model_config_lib
 from research.model.config import ModelConfig
 from research.model.transformer import Transformer
@@ -40,10 +47,6 @@ MODES = batches_lib.EVAL_MODES
 CHECKPOINTS = ("best", "last")
 ROPE_SCALINGS = tuple(s for s in model_config_lib.ROPE_SCALINGS if s != "none")  # switched on at evaluation
 EVAL_DIR = "eval"
-
-
-class EvaluationError(ValueError):
-  """A user error: a directory that is not a finished or checkpointed run, a bad length or mode."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,16 +100,35 @@ def _batch_size(length: int, max_tokens_per_batch: int) -> int:
   return max(1, max_tokens_per_batch // length)
 
 
+@dataclasses.dataclass(frozen=True)
+class SplitScores:
+  """A split scored at one window length. With `by_position`, the NLL and target count summed per column of the
+  window (float64 [length]), from the same forward passes as the totals."""
+  ppl: float
+  tokens: int
+  nll_by_column: np.ndarray | None = None
+  tokens_by_column: np.ndarray | None = None
+
+
 def split_perplexity(run: LoadedRun, model_cfg: ModelConfig, ids: np.ndarray, length: int, *,
                      mode: str = "nonoverlapping", stride: int | None = None,
                      max_tokens_per_batch: int = 8192) -> tuple[float, int]:
   """(perplexity, tokens scored) of `ids` at window `length`; every target token is scored exactly once."""
+  scores = split_scores(run, model_cfg, ids, length, mode=mode, stride=stride,
+                        max_tokens_per_batch=max_tokens_per_batch)
+  return scores.ppl, scores.tokens
+
+
+def split_scores(run: LoadedRun, model_cfg: ModelConfig, ids: np.ndarray, length: int, *,
+                 mode: str = "nonoverlapping", stride: int | None = None, max_tokens_per_batch: int = 8192,
+                 by_position: bool = False) -> SplitScores:
+  """`split_perplexity`'s scores, and with `by_position` the per-column sums of the same passes."""
   model = Transformer(model_cfg, char_ids=run.char_ids)
   settings = steps.StepSettings(objective=run.config.objective, vocab_size=model_cfg.vocab_size,
                                 mlm_select_rate=run.config.data.mlm_select_rate,
                                 mlm_mask_rate=run.config.data.mlm_mask_rate,
                                 mlm_random_rate=run.config.data.mlm_random_rate)
-  step = jax.jit(functools.partial(steps.eval_step, model=model, settings=settings))
+  step = jax.jit(functools.partial(steps.eval_step, model=model, settings=settings, by_position=by_position))
   batch_size = _batch_size(length, max_tokens_per_batch)
   if run.config.objective == "clm":
     it = batches_lib.eval_batches(ids, length, batch_size, mode, stride)
@@ -115,14 +137,19 @@ def split_perplexity(run: LoadedRun, model_cfg: ModelConfig, ids: np.ndarray, le
       raise EvaluationError(f"mode={mode!r} is for causal LMs; a masked LM is evaluated nonoverlapping")
     it = batches_lib.PackedBatches(ids, length, batch_size, objective="mlm", shuffle=False, num_epochs=1)
   nll, tokens = 0.0, 0.0
+  nll_by_column = np.zeros(length) if by_position else None
+  tokens_by_column = np.zeros(length) if by_position else None
   for i, batch in enumerate(it):
     sums = jax.device_get(step(run.params, batch, steps.eval_key(run.config.seed, length, i)))
     nll += float(sums["nll_sum"])
     tokens += float(sums["weight_sum"])
+    if by_position:
+      nll_by_column += np.asarray(sums["nll_by_segment"], np.float64)
+      tokens_by_column += np.asarray(sums["weight_by_segment"], np.float64)
   if not math.isfinite(nll):  # never report a number computed from NaN rows
     raise EvaluationError(f"non-finite loss at length {length} ({mode}): the checkpoint's parameters or the "
                           f"inputs are not finite")
-  return math.exp(nll / max(tokens, 1.0)), int(round(tokens))
+  return SplitScores(math.exp(nll / max(tokens, 1.0)), int(round(tokens)), nll_by_column, tokens_by_column)
 
 
 def unscorable_note(model_cfg: ModelConfig, length: int, train_len: int) -> str | None:
@@ -141,12 +168,18 @@ def unscorable_note(model_cfg: ModelConfig, length: int, train_len: int) -> str 
 
 def evaluate_run(workdir: str | Path, lengths: Sequence[int] = (1, 2, 4, 8, 16), *, mode: str = "nonoverlapping",
                  stride: int | None = None, split: str = "valid", checkpoint: str = "best",
-                 rope_scaling: str | None = None, rope_factor: float | None = None,
-                 max_tokens_per_batch: int = 8192, output: str | None = None) -> dict[str, Any]:
+                 rope_scaling: str | None = None, rope_factor: float | None = None, by_position: bool = False,
+                 passkey: bool = False, passkey_depths: Sequence[float] = passkey_lib.DEPTHS,
+                 passkey_trials: int = passkey_lib.TRIALS, max_tokens_per_batch: int = 8192,
+                 output: str | None = None) -> dict[str, Any]:
   """Perplexity at each multiple in `lengths` of the training length; writes and returns the JSON described above.
 
   `rope_scaling` (linear | ntk | yarn) switches RoPE scaling on at evaluation time; `rope_factor` None means "the
   multiple itself" at each length (scale so that the evaluated length maps onto the trained one).
+  `by_position` also writes eval/loss_by_position.json (research/evaluate/by_position.py) from the same passes;
+  `passkey` also runs passkey retrieval at the same lengths (research/evaluate/passkey.py: eval/passkey.json and
+  its heatmap; causal LMs only). With a scaling, both files carry its name as extrapolation_<scaling>.json does.
+  They are written before extrapolation.json, whose presence therefore means that the whole evaluation finished.
   """
   if mode not in MODES:
     raise EvaluationError(f"mode={mode!r} is not one of {', '.join(MODES)}")
@@ -156,19 +189,27 @@ def evaluate_run(workdir: str | Path, lengths: Sequence[int] = (1, 2, 4, 8, 16),
     raise EvaluationError(f"checkpoint={checkpoint!r} is not one of {', '.join(CHECKPOINTS)}")
   if rope_scaling is not None and rope_scaling not in ROPE_SCALINGS:
     raise EvaluationError(f"rope_scaling={rope_scaling!r} is not one of {', '.join(ROPE_SCALINGS)}")
-  position = read_config(workdir).model.position
+  if passkey:
+    passkey_lib.check_options(passkey_depths, passkey_trials)
+  config = read_config(workdir)
+  position = config.model.position
   if rope_scaling and position != "rope":
     # Only the RoPE scheme reads the scaling: another scheme would run unchanged and extrapolation_<scaling>.json
     # would hold plain numbers labelled as scaled ones. Checked before the checkpoint is restored.
     raise EvaluationError(f"rope_scaling={rope_scaling!r} needs a RoPE run, but {str(workdir)!r} was trained with "
                           f"model.position={position!r}")
+  if passkey and config.objective != "clm":
+    raise EvaluationError(f"passkey retrieval needs a causal LM, but {str(workdir)!r} was trained with "
+                          f"objective={config.objective!r} (a masked LM does not generate the key left to right)")
+  train_len = int(config.data.seq_len)
+  # Prompts first (tokenization only): a tokenizer that cannot spell the keys fails before anything loads.
+  prompts = passkey_prompts(workdir, config, lengths, passkey_depths, passkey_trials) if passkey else None
   run = load_run(workdir, checkpoint)
   if split not in run.splits:
     raise EvaluationError(f"split={split!r} is not one of {', '.join(run.splits)}")
-  train_len = int(run.config.data.seq_len)
   if mode == "sliding":
     stride = stride or max(1, train_len // 2)  # T/2 at every multiple; the ALiBi paper's Appendix B uses 1
-  results = []
+  results, position_results, passkey_results = [], [], []
   for multiple in lengths:
     length = int(multiple) * train_len
     if mode == "sliding" and stride > length:
@@ -181,14 +222,65 @@ def evaluate_run(workdir: str | Path, lengths: Sequence[int] = (1, 2, 4, 8, 16),
     note = unscorable_note(model_cfg, length, train_len)
     if note:
       results.append(result_record(int(multiple), length, note=note))
-      continue
-    ppl, tokens = split_perplexity(run, model_cfg, run.splits[split], length, mode=mode, stride=stride,
-                                   max_tokens_per_batch=max_tokens_per_batch)
-    results.append(result_record(int(multiple), length, ppl, tokens))
+      position_results.append(by_position_lib.result_record(int(multiple), length, note=note))
+    else:
+      scores = split_scores(run, model_cfg, run.splits[split], length, mode=mode, stride=stride,
+                            max_tokens_per_batch=max_tokens_per_batch, by_position=by_position)
+      results.append(result_record(int(multiple), length, scores.ppl, scores.tokens))
+      if by_position:
+        position_results.append(by_position_lib.result_record(
+            int(multiple), length, train_len=train_len, nll_by_column=scores.nll_by_column,
+            tokens_by_column=scores.tokens_by_column))
+    if passkey:
+      passkey_results += passkey_cells(run, model_cfg, int(multiple), length, prompts[length], note,
+                                       max_tokens_per_batch)
+  out_dir = Path(workdir) / EVAL_DIR
+  out_dir.mkdir(exist_ok=True)
+  if by_position:
+    loop.atomic_write_json(out_dir / by_position_lib.report_file(rope_scaling), by_position_lib.report_record(
+        train_len=train_len, mode=mode, stride=stride, split=split, checkpoint_step=run.step,
+        objective=run.config.objective, rope_scaling=rope_scaling, rope_factor=rope_factor, results=position_results))
+  if passkey:
+    passkey_report = passkey_lib.report_record(
+        train_len=train_len, checkpoint_step=run.step, seed=int(run.config.seed), trials=passkey_trials,
+        depths=passkey_depths, rope_scaling=rope_scaling, rope_factor=rope_factor, results=passkey_results)
+    loop.atomic_write_json(out_dir / passkey_lib.report_file(rope_scaling), passkey_report)
+    passkey_lib.plot_heatmap(passkey_report, out_dir / passkey_lib.plot_file(rope_scaling))
   report = report_record(train_len=train_len, mode=mode, stride=stride, split=split, checkpoint_step=run.step,
                          rope_scaling=rope_scaling, rope_factor=rope_factor, results=results)
   write_report(workdir, report, output)
   return report
+
+
+def passkey_prompts(workdir: str | Path, config: ml_collections.ConfigDict, lengths: Sequence[int],
+                    depths: Sequence[float], trials: int) -> dict[int, dict[float, list | None]]:
+  """{length: {depth: the cell's prompts, or None when not even the needle and question fit}}; keys seeded by
+  (config.seed, length, depth)."""
+  tokenizer = tokenizers_lib.load_tokenizer(workdir)
+  train_len, out = int(config.data.seq_len), {}
+  for multiple in lengths:
+    length = int(multiple) * train_len
+    out[length] = {}
+    for depth in depths:
+      cell = [passkey_lib.build_prompt(tokenizer, key, length, float(depth), config.data.tokenizer)
+              for key in passkey_lib.keys(config.seed, length, depth, trials)]
+      out[length][float(depth)] = None if any(p is None for p in cell) else cell
+  return out
+
+
+def passkey_cells(run: LoadedRun, model_cfg: ModelConfig, multiple: int, length: int,
+                  prompts: dict[float, list | None], note: str | None, max_tokens_per_batch: int) -> list[dict]:
+  """The passkey records of one length: one per depth, n/a where the scheme cannot run or the prompt cannot fit."""
+  records = []
+  for depth, cell in prompts.items():
+    if note or cell is None:
+      why = note or f"{length} tokens cannot hold the needle and the question"
+      records.append(passkey_lib.cell_record(multiple, length, depth, note=why))
+      continue
+    correct = passkey_lib.score_prompts(run.params, model_cfg, cell, length, char_ids=run.char_ids,
+                                        max_tokens_per_batch=max_tokens_per_batch)
+    records.append(passkey_lib.cell_record(multiple, length, depth, prompts=cell, correct=correct))
+  return records
 
 
 # The records of eval/extrapolation*.json, what research.report reads (tests build report fixtures with them).

@@ -73,6 +73,12 @@ def _evaluation_line(runs: RunSet) -> str | None:
   return line
 
 
+def _has_by_position(runs: RunSet) -> bool:
+  """Any trial evaluated with research-evaluate --by_position: only then is loss_by_position.png drawn (or
+  explained)."""
+  return any(t.by_position is not None for t in runs.trials)
+
+
 def _has_rare(runs: RunSet) -> bool:
   """Any trial analyzed with research-analyze --rare: only then are the per-bucket plots drawn (or explained)."""
   return any(t.rare is not None for t in runs.trials)
@@ -114,6 +120,8 @@ def render_markdown(runs: RunSet, table: tables.Table, written: dict[str, pathli
   out += ["", "## Plots", ""]
   titles = {plots.PPL_VS_LENGTH: "Perplexity vs evaluation length", plots.CURVES: "Training and validation loss",
             plots.TIED_VS_UNTIED: "Tied vs untied embeddings"}
+  if _has_by_position(runs):
+    titles[plots.LOSS_BY_POSITION] = "Loss by position"
   if _has_rare(runs):
     titles.update({plots.rare_plot_name(m): f"Rare tokens: {label} per frequency bucket"
                    for m, label in RARE_BUCKET_METRICS.items()})
@@ -140,6 +148,10 @@ def build_report(directory: str | os.PathLike) -> Report:
       plots.CURVES: lambda p: plots.plot_curves(table, runs, p),
       plots.TIED_VS_UNTIED: lambda p: plots.plot_tied_vs_untied(table, p),
   }
+  if _has_by_position(runs):
+    drawers[plots.LOSS_BY_POSITION] = lambda p: plots.plot_loss_by_position(table, p)
+  else:  # not evaluated by position (any more): a plot from an earlier report would contradict this one
+    (out_dir / plots.LOSS_BY_POSITION).unlink(missing_ok=True)
   for metric in RARE_BUCKET_METRICS:
     if _has_rare(runs):
       drawers[plots.rare_plot_name(metric)] = functools.partial(plots.plot_rare_bucket_metric, table, metric)

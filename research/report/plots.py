@@ -6,6 +6,7 @@ Each plot function writes its file and returns None, or returns the reason it wa
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 
@@ -17,6 +18,7 @@ from research.report.runs import RARE_BUCKET_METRICS, RunSet
 from research.report.tables import VALID_PPL, Table, format_value
 
 PPL_VS_LENGTH = "ppl_vs_length.png"
+LOSS_BY_POSITION = "loss_by_position.png"
 CURVES = "curves.png"
 TIED_VS_UNTIED = "tied_vs_untied.png"
 
@@ -192,5 +194,73 @@ def plot_rare_bucket_metric(table: Table, metric: str, path: pathlib.Path) -> st
   ax.set_title(f"{table.title}\n{RARE_BUCKET_METRICS[metric]} per frequency bucket (mean over seeds)", fontsize=10)
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8)
+  _save(fig, path)
+  return None
+
+
+def position_series(table: Table) -> dict[int, dict[str, list]]:
+  """{length: {"lines": [(group index, group, xs, mean losses, train_len)], "na": [(group, note)]}} from the groups'
+  finished trials' eval/loss_by_position.json. A bucket's x is the 1-based centre of its columns ((lo + hi + 1) / 2:
+  a CLM target there has that many tokens of context); its y the mean over trials of the bucket's mean loss
+  (empty buckets left out). Trials of a group whose buckets at a length differ from its first trial's are left out
+  there (another training length)."""
+  out: dict[int, dict[str, list]] = {}
+  for gi, g in enumerate(table.groups):
+    if g.rope_scaling is not None:  # the same trials, evaluated without scaling
+      continue
+    by_length: dict[int, tuple[tuple[int, ...], list[list[float]], int | None]] = {}
+    notes: dict[int, str] = {}
+    for t in g.finished:
+      if t.by_position is None:
+        continue
+      for c in t.by_position.curves:
+        if c.note is not None:
+          notes.setdefault(c.length, c.note)
+          continue
+        edges, values, train_len = by_length.setdefault(c.length, (c.edges, [[] for _ in c.loss],
+                                                                   t.by_position.train_len))
+        if c.edges == edges:
+          for b, v in enumerate(c.loss):
+            if v is not None:
+              values[b].append(v)
+    for length, (edges, values, train_len) in by_length.items():
+      pts = [((edges[b] + edges[b + 1] + 1) / 2, sum(v) / len(v)) for b, v in enumerate(values) if v]
+      if pts:
+        xs, ys = zip(*pts)
+        out.setdefault(length, {"lines": [], "na": []})["lines"].append((gi, g, xs, ys, train_len))
+    for length, note in notes.items():
+      if length not in by_length:
+        out.setdefault(length, {"lines": [], "na": []})["na"].append((g, note))
+  return dict(sorted(out.items()))
+
+
+def plot_loss_by_position(table: Table, path: pathlib.Path) -> str | None:
+  """One panel per evaluated length: mean loss against position in the window (log x), one line per group = mean
+  over its finished trials, dotted line at the training length; groups that are n/a at a length are named there."""
+  series = {length: s for length, s in position_series(table).items() if s["lines"]}
+  if not series:
+    return "no finished trial has a loss by position (eval/loss_by_position.json: research-evaluate --by_position)"
+  cols = min(3, len(series))
+  rows = math.ceil(len(series) / cols)
+  fig = Figure(figsize=(5.2 * cols, 3.9 * rows))
+  for i, (length, s) in enumerate(series.items()):
+    ax = fig.add_subplot(rows, cols, i + 1)
+    for gi, g, xs, ys, _ in s["lines"]:
+      ax.plot(xs, ys, marker=".", markersize=4, linewidth=1.2, color=_color(gi), label=f"{g.label} (n={g.n})")
+    for t in sorted({train_len for *_, train_len in s["lines"] if train_len and train_len < length}):
+      ax.axvline(t + 0.5, color="0.4", linestyle=":", linewidth=1)
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_title(f"evaluated at {length} tokens", fontsize=9)
+    ax.set_xlabel("position in the window (1-based; dotted: training length)", fontsize=8)
+    ax.set_ylabel("mean loss (nats)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    if s["na"]:
+      ax.text(0.01, 0.01, "n/a: " + "; ".join(g.label for g, _ in s["na"]), transform=ax.transAxes, fontsize=6,
+              va="bottom", color="0.3")
+    if i == 0:
+      ax.legend(fontsize=6)
+  fig.suptitle(f"{table.title}: loss by position (line: mean over seeds)", fontsize=10)
   _save(fig, path)
   return None

@@ -7,7 +7,8 @@ Three layouts are accepted:
   * a single run directory: `config.json` and/or `summary.json` in the directory itself.
 
 Besides `eval/extrapolation.json`, evaluations with RoPE scaling switched on (`eval/extrapolation_<scaling>.json`)
-are loaded into `Trial.scaled`, research-analyze's `eval/embedding_quality.json` into `Trial.quality` and its
+are loaded into `Trial.scaled`, research-evaluate's `eval/loss_by_position.json` (`--by_position`) into
+`Trial.by_position`, research-analyze's `eval/embedding_quality.json` into `Trial.quality` and its
 `eval/rare_tokens.json` (`--rare`) into `Trial.rare`.
 
 Nothing here imports the model, the trainer, JAX or Flax: reports read run directories only.
@@ -37,6 +38,7 @@ RARE_GEOMETRY = ("anisotropy", "variance_top1", "variance_top10", "isotropy", "n
 RARE_BUCKET_METRICS = {"mean_norm": "mean row norm", "mean_drift_l2": "mean L2 drift from init",
                        "mean_cosine_to_init": "mean cosine to the initial row",
                        "mean_knn_cosine": "mean cosine to the 10 nearest rows", "mean_present": "mean steps present"}
+BY_POSITION_FILE = pathlib.Path("eval") / "loss_by_position.json"  # research-evaluate --by_position
 SCALED_PREFIX = "extrapolation_"  # eval/extrapolation_<scaling>.json: research-evaluate --rope_scaling=<scaling>
 
 
@@ -75,6 +77,26 @@ class Extrapolation:
 
 
 @dataclasses.dataclass(frozen=True)
+class PositionCurve:
+  """One length of eval/loss_by_position.json: bucket b holds window columns edges[b] <= p < edges[b+1], with
+  tokens[b] scored targets of mean loss loss[b] (None where empty); n/a lengths have only the `note`."""
+  multiple: float
+  length: int
+  edges: tuple[int, ...] = ()
+  tokens: tuple[int, ...] = ()
+  loss: tuple[float | None, ...] = ()
+  note: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class LossByPosition:
+  train_len: int | None
+  mode: str | None
+  objective: str | None
+  curves: tuple[PositionCurve, ...]  # sorted by length
+
+
+@dataclasses.dataclass(frozen=True)
 class RareBucket:
   """One frequency bucket of eval/rare_tokens.json: training counts in [low, high), its RARE_BUCKET_METRICS."""
   label: str
@@ -105,6 +127,7 @@ class Trial:
   scaled: dict[str, Extrapolation] = dataclasses.field(default_factory=dict)  # rope scaling -> its evaluation
   quality: dict[str, float | None] | None = None  # QUALITY_FIGURES of eval/embedding_quality.json, if analyzed
   rare: RareTokens | None = None  # eval/rare_tokens.json, if analyzed with --rare
+  by_position: LossByPosition | None = None  # eval/loss_by_position.json, if evaluated with --by_position
 
   def evaluation(self, rope_scaling: str | None = None) -> Extrapolation | None:
     return self.extrapolation if rope_scaling is None else self.scaled.get(rope_scaling)
@@ -242,6 +265,31 @@ def _read_extrapolation(path: pathlib.Path, rope_scaling: str | None = None) -> 
                        rope_scaling=rope_scaling, rope_factor=_finite_or_none(data.get("rope_factor")))
 
 
+def _read_by_position(path: pathlib.Path) -> LossByPosition | None:
+  if not path.is_file():
+    return None
+  data = _read_json_object(path)
+  if not isinstance(data.get("results"), list):
+    raise ReportError(f"{path} has no 'results' list")
+  curves = []
+  for r in data["results"]:
+    try:
+      multiple, length = float(r["multiple"]), int(r["length"])
+      if r.get("note") is not None:
+        curves.append(PositionCurve(multiple, length, note=str(r["note"])))
+        continue
+      edges, tokens = tuple(int(e) for e in r["edges"]), tuple(int(t) for t in r["tokens"])
+      loss = tuple(_finite_or_none(v) for v in r["loss"])
+    except (KeyError, TypeError, ValueError):
+      raise ReportError(f"{path}: every result needs 'multiple', 'length' and a 'note' or 'edges', 'tokens' and "
+                        f"'loss', got {r!r}") from None
+    if not len(edges) - 1 == len(tokens) == len(loss) or list(edges) != sorted(set(edges)):
+      raise ReportError(f"{path}: length {length} needs increasing 'edges' and one 'tokens' and 'loss' per bucket")
+    curves.append(PositionCurve(multiple, length, edges, tokens, loss))
+  return LossByPosition(train_len=data.get("train_len"), mode=data.get("mode"), objective=data.get("objective"),
+                        curves=tuple(sorted(curves, key=lambda c: (c.length, c.multiple))))
+
+
 def _read_scaled(path: pathlib.Path) -> dict[str, Extrapolation]:
   """{scaling: evaluation} from eval/extrapolation_<scaling>.json; the file name names the scaling, as the
   evaluator names the file."""
@@ -300,7 +348,8 @@ def _load_trial(path: pathlib.Path, name: str, status: str | None = None, overri
   return Trial(name=name, path=path, status=status, overrides=dict(overrides or {}), error=error, config=config,
                summary=summary if status == "finished" else None, metrics=_read_metrics(path / METRICS_FILE),
                extrapolation=_read_extrapolation(path / EXTRAPOLATION_FILE), scaled=_read_scaled(path),
-               quality=_read_quality(path / QUALITY_FILE), rare=_read_rare(path / RARE_FILE))
+               quality=_read_quality(path / QUALITY_FILE), rare=_read_rare(path / RARE_FILE),
+               by_position=_read_by_position(path / BY_POSITION_FILE))
 
 
 def _is_run_dir(path: pathlib.Path) -> bool:

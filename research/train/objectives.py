@@ -14,11 +14,14 @@ import jax.numpy as jnp
 
 
 def cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_BxL: jax.Array,
-                  z_loss: float = 0.0) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
+                  z_loss: float = 0.0, segments_BxL: jax.Array | None = None,
+                  num_segments: int = 0) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
   """Weighted token cross-entropy (+ z_loss * logsumexp^2, PaLM's auxiliary loss).
 
   Returns (loss_sum, weight_sum, extras) with extras = {nll_sum, z_loss_sum, correct_sum}.  Positions of
-  weight 0 contribute exactly nothing, even where their logits are inf or nan.
+  weight 0 contribute exactly nothing, even where their logits are inf or nan. With `segments_BxL` (int ids in
+  [0, num_segments), e.g. each token's position in its window) extras also hold `nll_by_segment` and
+  `weight_by_segment` [num_segments]: the same weighted sums per segment, from the same per-token losses.
   """
   # The target logit is a gather, and the accuracy is read from the row maximum rather than with `argmax` (a slow
   # variadic reduce on CPU): same values, fewer and smaller passes over the [tokens, V] logits (measured on a
@@ -44,6 +47,11 @@ def cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array, weights_BxL: 
   wsum = lambda x_BxL: jnp.sum(jnp.where(counted, x_BxL * weights, 0.0))  # noqa: E731
   nll_sum, z_sum = wsum(nll_BxL), wsum(z_BxL)
   extras = {'nll_sum': nll_sum, 'z_loss_sum': z_sum, 'correct_sum': wsum(correct_BxL)}
+  if segments_BxL is not None:
+    by_segment = lambda x_BxL: jax.ops.segment_sum(  # noqa: E731
+        jnp.where(counted, x_BxL, 0.0).reshape(-1), segments_BxL.reshape(-1), num_segments=num_segments)
+    extras['nll_by_segment'] = by_segment(nll_BxL * weights)
+    extras['weight_by_segment'] = by_segment(weights)
   return nll_sum + z_sum, jnp.sum(weights), extras
 
 

@@ -125,19 +125,30 @@ def eval_key(seed: int, length: int, batch_index: int) -> jax.Array:
 
 
 def lm_loss_sums(params, model: Transformer, inputs, targets, weights, positions, key_mask=None, *,
-                 deterministic: bool, rngs=None, z_loss: float = 0.0, loss_chunk: int = 0):
+                 deterministic: bool, rngs=None, z_loss: float = 0.0, loss_chunk: int = 0,
+                 by_position: bool = False):
   """(loss_sum, weight_sum, extras). With `loss_chunk`, the head and the cross-entropy run over chunks of that
   many tokens (`objectives.chunked_cross_entropy`): the full [tokens, V] logits never exist, and each chunk's
-  logits are made once, with the head's gradients taken in the forward pass."""
+  logits are made once, with the head's gradients taken in the forward pass.
+
+  `by_position` (evaluation) adds extras `nll_by_segment` / `weight_by_segment` [L]: the sums per column of the
+  window (the token's index in its row, whatever its `positions`), from the same per-token losses as the totals;
+  the whole batch's logits at once (loss_chunk does not apply)."""
 
   variables = {"params": params}
   n = targets.size
+  segments = {}
+  if by_position:
+    column_BxL = jnp.broadcast_to(jnp.arange(targets.shape[1], dtype=jnp.int32), targets.shape)
+    segments = {"segments_BxL": column_BxL.reshape(n), "num_segments": targets.shape[1]}
+    loss_chunk = 0
   if model.cfg.uses_chars:
     # The char CNN runs once per forward pass over the whole vocabulary, for the input and the tied head together:
     # the full logits at once (train.loss_chunk does not apply).
     logits_BxLxV = model.apply(variables, inputs, positions, key_mask_BxL=key_mask, deterministic=deterministic,
                                rngs=rngs)
-    return objectives.cross_entropy(logits_BxLxV.reshape(n, -1), targets.reshape(n), weights.reshape(n), z_loss)
+    return objectives.cross_entropy(logits_BxLxV.reshape(n, -1), targets.reshape(n), weights.reshape(n), z_loss,
+                                    **segments)
   hidden_BxLxD = model.apply(variables, inputs, positions, key_mask_BxL=key_mask, deterministic=deterministic,
                              rngs=rngs, return_hidden=True)
   # The head runs on [tokens, d], not [B, L, d]: with one contracting dimension the weight gradient of the head
@@ -145,7 +156,7 @@ def lm_loss_sums(params, model: Transformer, inputs, targets, weights, positions
   hidden_NxD = hidden_BxLxD.reshape(n, hidden_BxLxD.shape[-1])
   if not loss_chunk or loss_chunk >= n or n % loss_chunk:
     logits_NxV = model.apply(variables, hidden_NxD, method=Transformer.logits)
-    return objectives.cross_entropy(logits_NxV, targets.reshape(n), weights.reshape(n), z_loss)
+    return objectives.cross_entropy(logits_NxV, targets.reshape(n), weights.reshape(n), z_loss, **segments)
 
   # Only the head's parameters go through the fused loss (the rest would only carry zero gradients).
   head_params = {name: params[name] for name in HEAD_MODULES if name in params}
@@ -210,14 +221,18 @@ def train_step(state: TrainState, batch, *, model: Transformer, optimizer, sched
   return new_state, metrics
 
 
-def eval_step(params, batch, rng, *, model: Transformer, settings: StepSettings, rare_V=None):
+def eval_step(params, batch, rng, *, model: Transformer, settings: StepSettings, rare_V=None,
+              by_position: bool = False):
   """Loss sums over one evaluation batch (MLM masks with `rng`: `eval_key(seed, length, batch_index)`).
 
   With `rare_V` (bool [V]: the rare rows, e.g. training count < 10) also `rare_nll_sum` and `rare_weight_sum` over
-  the scored targets that are rare (a second pass with those targets' weights only; evaluation is cheap)."""
+  the scored targets that are rare (a second pass with those targets' weights only; evaluation is cheap).
+  `by_position` adds `nll_by_segment` and `weight_by_segment` [L], the sums per column of the window, from the
+  same forward pass (`lm_loss_sums`)."""
   inputs, targets, weights, positions, key_mask = prepare_inputs(batch, rng, settings)
   loss_sum, weight_sum, extras = lm_loss_sums(params, model, inputs, targets, weights, positions, key_mask,
-                                              deterministic=True, loss_chunk=settings.loss_chunk)
+                                              deterministic=True, loss_chunk=settings.loss_chunk,
+                                              by_position=by_position)
   input_tokens = jnp.sum(batch["weights"]).astype(jnp.float32)
   out = {"loss_sum": loss_sum, "weight_sum": weight_sum, "input_tokens": input_tokens, **extras}
   if rare_V is not None:

@@ -1,0 +1,33 @@
+"""The schemes beyond the ALiBi paper's anchors, under CLM, 3 seeds, on positions.py's budget (64-token windows, 800
+steps), evaluated up to 16× (1024 tokens) with the loss by position (issue 13's extended ablation):
+
+  research-sweep --sweep=configs/sweeps/positions_extended.py --workdir=runs/positions_extended
+  research-report runs/positions_extended     # the table, ppl_vs_length.png and loss_by_position.png
+
+Arms: every registered scheme that is not one of positions.py's six anchors (fire, kerple_log, kerple_power, xpos,
+cope, sandwich, p_rope), randomized RoPE (Ruoss et al. 2023: training positions sampled from [0, 16·64), so every
+evaluated position was seen in training), and the anchors none, rope and alibi for reference. Every trial differs
+from the others only in the swept fields (a test checks it): the scheme's own options keep their defaults.
+"""
+
+from research.sweeps import product, seeds
+
+BASE_CONFIG = "configs/clm.py"
+TRAIN_LEN = 64
+MULTIPLES = [1, 2, 4, 8, 16]
+EVALUATE = {"lengths": MULTIPLES, "by_position": True}
+ANCHORS = ["none", "rope", "alibi"]
+NEW_SCHEMES = ["fire", "kerple_log", "kerple_power", "xpos", "cope", "sandwich", "p_rope"]
+RANDOMIZED_ROPE = {"model.position": "rope", "model.position_sampling": "randomized",
+                   "model.max_position": max(MULTIPLES) * TRAIN_LEN}
+# positions.py's shared budget, so that the two tables compare.
+SHARED = {"data.seq_len": [TRAIN_LEN], "train.steps": [800], "train.eval_every": [400], "train.checkpoint_every": [400]}
+
+
+def arms():
+  return [{"model.position": s} for s in ANCHORS] + [dict(RANDOMIZED_ROPE)] + [{"model.position": s}
+                                                                                for s in NEW_SCHEMES]
+
+
+def get_sweep():
+  return product(arms(), seeds(3), SHARED)
