@@ -324,6 +324,10 @@ def test_cache_key_covers_corpus_tokenizer_and_versions(monkeypatch):
   assert len({base, B.cache_key("wikipedia-sample", "t"), B.cache_key("lee", "u")}) == 3
   monkeypatch.setattr(B, "TOKEN_CACHE_VERSION", "999")
   assert B.cache_key("lee", "t") != base
+  # The generated passkey corpus also carries its generator's version; the other specs do not.
+  passkey, lee = B.cache_key("passkey", "t"), B.cache_key("lee", "t")
+  monkeypatch.setattr(B.passkey, "CORPUS_VERSION", "999")
+  assert B.cache_key("passkey", "t") != passkey and B.cache_key("lee", "t") == lee
 
 
 def _write_docs(path, prefix, n=40):

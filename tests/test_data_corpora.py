@@ -69,6 +69,23 @@ def test_lee_is_split_deterministically():
   assert (len(a.train), len(a.valid), len(a.test)) == (270, 15, 15)
 
 
+def test_passkey_corpus_is_deterministic_and_every_document_is_a_solved_prompt():
+  from research.data import passkey
+  a, b = load_corpus("passkey"), load_corpus("passkey")
+  assert a == b and (len(a.train), len(a.valid), len(a.test)) == (18000, 1000, 1000)
+  docs = a.train + a.valid + a.test
+  pattern = re.compile(r"(?:(?:[A-Z][a-z ]+)\. )*The pass key is (\d{5})\. Remember it\. (\d{5}) is the pass key\. "
+                       r"(?:(?:[A-Z][a-z ]+)\. )*What is the pass key\? The pass key is (\d{5})\.")
+  keys, fillers = set(), []
+  for doc in docs:
+    match = pattern.fullmatch(doc)
+    assert match and match[1] == match[2] == match[3], doc
+    keys.add(match[1])
+    fillers.append(sum(doc.count(s) for s in passkey.FILLER))
+  assert len(keys) > 15000 and min(fillers) == 0 and max(fillers) == passkey.CORPUS_MAX_FILLER
+  assert docs[:3] == passkey.corpus_documents(3)  # the generator's seeded sequence, split in order
+
+
 def test_unknown_spec_lists_valid_ones():
   with pytest.raises(CorpusError, match=r"'wikipedia-smaple'.*wikipedia-sample.*lee.*text:.*hf:"):
     load_corpus("wikipedia-smaple")

@@ -230,3 +230,178 @@ def test_only_parameters_are_restored_so_a_changed_optimizer_layout_still_evalua
   (copy / "config.json").write_text(json.dumps(config))
   with pytest.raises(extrapolation.EvaluationError, match="do not match the model"):
     extrapolation.evaluate_run(copy, (1,))
+
+
+# ------------------------------------------------------------------------------------------------ loss by position
+
+
+def _bucket_mean(result):
+  """The token-weighted mean of a length's bucket losses (what must give back log(ppl))."""
+  pairs = [(t, v) for t, v in zip(result["tokens"], result["loss"]) if t]
+  return math.fsum(t * v for t, v in pairs) / sum(t for t, _ in pairs)
+
+
+@pytest.mark.parametrize("position,mode,stride", [("learned", "nonoverlapping", None), ("alibi", "sliding", 16)])
+def test_loss_by_position_averages_back_to_the_perplexity_and_lengths_beyond_a_table_are_na(runs, position, mode,
+                                                                                             stride):
+  workdir = runs[position]
+  report = extrapolation.evaluate_run(workdir, (1, 2), mode=mode, stride=stride, by_position=True)
+  saved = json.loads((workdir / "eval" / "loss_by_position.json").read_text())
+  assert (saved["train_len"], saved["mode"], saved["stride"], saved["objective"]) == (TRAIN_LEN, mode, stride, "clm")
+  for r, p in zip(report["results"], saved["results"]):
+    assert (p["multiple"], p["length"]) == (r["multiple"], r["length"])
+    if r["ppl"] is None:  # learned at 2×: n/a with the extrapolation's own note
+      assert p == {"multiple": 2, "length": 2 * TRAIN_LEN, "note": r["note"]}
+      continue
+    edges = p["edges"]
+    assert edges[0] == 0 and edges[-1] == r["length"] and edges == sorted(set(edges))
+    assert len(p["tokens"]) == len(p["loss"]) == len(edges) - 1
+    assert TRAIN_LEN in edges  # no bucket mixes trained and untrained columns
+    assert sum(p["tokens"]) == r["tokens"]  # every scored target in exactly one bucket
+    assert _bucket_mean(p) == pytest.approx(math.log(r["ppl"]), rel=1e-5)
+  if mode == "sliding":  # column 0 is scored in the first window only: its one target
+    assert [p["tokens"][0] for p in saved["results"]] == [1, 1]
+  else:  # every window scores column 0
+    windows = -(-_targets(workdir) // TRAIN_LEN)
+    assert saved["results"][0]["tokens"][0] == windows
+
+
+def test_mlm_loss_by_position_counts_only_masked_targets_and_averages_back():
+  import numpy as np
+  run, _, model_cfg, _ = _mlm_run()
+  ids = np.random.default_rng(1).integers(5, 64, 14 * 40).astype(np.uint16)
+  scores = extrapolation.split_scores(run, model_cfg, ids, 16, max_tokens_per_batch=16 * 8, by_position=True)
+  assert scores.tokens_by_column[0] == 0 and scores.tokens_by_column[-1] == 0  # [CLS] and [SEP] are never masked
+  assert scores.tokens_by_column.sum() == scores.tokens > 0
+  assert scores.nll_by_column.sum() / scores.tokens == pytest.approx(math.log(scores.ppl), rel=1e-5)
+
+
+def test_bucket_edges_are_half_octaves_plus_the_training_length():
+  from research.evaluate import by_position
+  assert by_position.bucket_edges(64, 64) == [0, 1, 2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64]
+  edges = by_position.bucket_edges(1024, 48)
+  assert 48 in edges and edges[-1] == 1024 and len(edges) == len(set(edges)) == 22
+  assert by_position.bucket_edges(1, 1) == [0, 1]
+
+
+# ------------------------------------------------------------------------------------------------ passkey
+
+
+@pytest.fixture(scope="module")
+def alibi_tokenizer(runs):
+  from research.data import tokenizers
+  return tokenizers.load_tokenizer(runs["alibi"])
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.25, 0.5, 0.75, 1.0])
+def test_passkey_prompt_holds_the_key_at_its_depth_and_is_the_longest_that_fits(alibi_tokenizer, depth):
+  from research.data import passkey as text
+  from research.evaluate import passkey
+  tok, length = alibi_tokenizer, 160
+  prompt = passkey.build_prompt(tok, "48213", length, depth, "bpe")
+  assert prompt.ids[0] == 3 and len(prompt.ids) + len(prompt.answer) <= length  # [SEP], then the prompt
+  decoded = tok.decode(prompt.ids[1:].tolist())
+  n = sum(decoded.count(s) for s in text.FILLER)
+  assert n >= 3 and decoded.endswith(text.QUESTION)
+  # The key's first token: everything before it is filler sentences, the needle's head, and as many as the depth says.
+  before = tok.decode(prompt.ids[1:prompt.key_position].tolist())
+  assert sum(before.count(s) for s in text.FILLER) == text.depth_split(n, depth)
+  assert before.endswith("The pass key is")
+  assert tok.decode(prompt.ids[prompt.key_position:prompt.key_position + len(prompt.answer)].tolist()) == " 48213"
+  assert tok.decode(prompt.answer.tolist()) == " 48213"
+  # Longest: one more filler sentence would not fit.
+  longer = passkey.tokenize_prompt(tok, "48213", n + 1, depth)
+  assert len(longer.ids) + len(longer.answer) > length
+
+
+def test_passkey_keys_are_reproducible_five_digits_and_differ_per_cell():
+  from research.evaluate import passkey
+  keys = passkey.keys(0, 64, 0.5, 20)
+  assert keys == passkey.keys(0, 64, 0.5, 20) and all(len(k) == 5 and k[0] != "0" for k in keys)
+  assert len(set(keys)) > 15
+  for other in (passkey.keys(1, 64, 0.5, 20), passkey.keys(0, 128, 0.5, 20), passkey.keys(0, 64, 0.25, 20)):
+    assert other != keys
+
+
+def test_greedy_decoding_is_the_argmax_continuation_of_full_forward_passes(runs, alibi_tokenizer):
+  import jax
+  import numpy as np
+  from research.evaluate import passkey
+  from research.model.transformer import Transformer
+  run = extrapolation.load_run(runs["alibi"])
+  model = Transformer(run.model_cfg)
+  prompts = [passkey.build_prompt(alibi_tokenizer, key, length, 0.5) for key, length in (("12345", 64), ("90871", 80))]
+  ids = np.zeros((3, 96), np.int32)  # a third row of padding only, as the last batch of a length has
+  lengths = np.ones(3, np.int32)
+  for i, p in enumerate(prompts):
+    ids[i, :len(p.ids)], lengths[i] = p.ids, len(p.ids)
+  out = passkey.greedy_decode(run.params, run.model_cfg, ids, lengths, 4)
+  assert out.shape == (3, 4)
+  for i, p in enumerate(prompts):
+    prefix = list(p.ids)
+    for _ in range(4):
+      logits = model.apply({"params": run.params}, jax.numpy.asarray([prefix]))
+      prefix.append(int(np.argmax(np.asarray(logits[0, -1]))))
+    assert out[i].tolist() == prefix[len(p.ids):]
+
+
+def test_passkey_cells_cover_lengths_and_depths_with_na_where_a_scheme_or_the_length_cannot(runs):
+  from research.evaluate import passkey
+  depths = (0.0, 1.0)
+  for position in ("alibi", "learned"):
+    extrapolation.evaluate_run(runs[position], (1, 2), passkey=True, passkey_depths=depths, passkey_trials=2)
+    saved = json.loads((runs[position] / "eval" / "passkey.json").read_text())
+    assert saved["trials"] == 2 and saved["depths"] == list(depths) and saved["seed"] == 0
+    cells = {(r["length"], r["depth"]): r for r in saved["results"]}
+    assert set(cells) == {(m * TRAIN_LEN, d) for m in (1, 2) for d in depths}
+    for d in depths:
+      short = cells[(TRAIN_LEN, d)]  # 32 tokens cannot hold the needle and the question
+      assert short["accuracy"] is None and short["n"] == 0 and "cannot hold the needle" in short["note"]
+      long = cells[(2 * TRAIN_LEN, d)]
+      if position == "learned":
+        assert long["accuracy"] is None and long["note"] == "learned positions are defined up to 32 tokens " \
+                                                           "(model.max_len)"
+      else:
+        assert long["n"] == 2 and long["accuracy"] in (0.0, 0.5, 1.0) and long["correct"] == 2 * long["accuracy"]
+        assert long["prompt_tokens"] + long["key_tokens"] <= 2 * TRAIN_LEN
+    png = (runs[position] / "eval" / passkey.PLOT).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _fake_run_dir(path, **overrides):
+  """A run directory with only config.json (and a tokenizer): passkey's checks come before any checkpoint."""
+  path.mkdir(parents=True)
+  loop.write_config(tiny_config(**overrides), path)
+  return path
+
+
+def test_passkey_errors_are_one_line_before_anything_loads(tmp_path):
+  from research.data import tokenizers
+  mlm = _fake_run_dir(tmp_path / "mlm", objective="mlm")
+  with pytest.raises(extrapolation.EvaluationError, match=r"passkey retrieval needs a causal LM, but .* was trained "
+                                                          r"with objective='mlm' \(a masked LM does not generate"):
+    extrapolation.evaluate_run(mlm, (1,), passkey=True)
+  words = _fake_run_dir(tmp_path / "words", **{"data.tokenizer": "word"})
+  tokenizers.save_tokenizer(tokenizers.train_tokenizer("word", ["the pass key is what remember it"] * 5, 64), words)
+  with pytest.raises(extrapolation.EvaluationError, match=r"needs a tokenizer that spells digits, but "
+                                                          r"data.tokenizer='word' cannot spell the key \d{5}: it "
+                                                          r"encodes to \['\[UNK\]'\]"):
+    extrapolation.evaluate_run(words, (4,), passkey=True)
+  for kwargs, message in (({"passkey_depths": (0.5, 1.5)}, r"passkey_depths=\[0.5, 1.5\] must be fractions in "
+                                                           r"\[0, 1\]"),
+                          ({"passkey_depths": ()}, r"passkey_depths=\[\] must be"),
+                          ({"passkey_trials": 0}, "passkey_trials=0 must be an integer >= 1")):
+    with pytest.raises(extrapolation.EvaluationError, match=message):
+      extrapolation.evaluate_run(mlm, (1,), passkey=True, **kwargs)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--passkey"], "error: passkey retrieval needs a causal LM, but '{mlm}' was trained with objective='mlm' (a "
+                    "masked LM does not generate the key left to right)"),
+    (["--passkey", "--passkey_depths=0,half"], "error: --passkey_depths=0,half must be numbers in [0, 1]"),
+])
+def test_passkey_cli_errors_are_one_line_with_status_2(tmp_path, args, message):
+  mlm = _fake_run_dir(tmp_path / "mlm", objective="mlm")
+  result = cli("experiments.evaluate", f"--workdir={mlm}", *args)
+  assert result.returncode == 2 and result.stdout == ""
+  assert result.stderr.strip() == message.format(mlm=mlm), result.stderr[-2000:]

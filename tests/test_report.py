@@ -402,7 +402,7 @@ def real_sweep(tmp_path_factory):
         **overrides, "data.seq_len": 32, "train.steps": 20, "train.eval_every": 10, "train.checkpoint_every": 10,
         "train.eval_batches": 0, "train.async_checkpoints": False})
     loop.train(config, directory / trial.name)
-    extrapolation.evaluate_run(directory / trial.name, (1, 2))
+    extrapolation.evaluate_run(directory / trial.name, (1, 2), by_position=True)
     trials.append(trial)
     status[trial.name] = {"status": "finished", "error": None}
   sweeps.write_index(directory, sweeps.Sweep("real", "configs/tiny.py", trials, {"lengths": [1, 2]}), status)
@@ -430,7 +430,21 @@ def test_a_report_over_real_runs_shows_what_the_trainer_and_evaluator_wrote(real
   assert re.fullmatch(r"n/a\[\^\d+\]", learned[header.index("2× (64)") - 1])
   note = json.loads((real_sweep / "position=learned,seed=0" / "eval" / "extrapolation.json").read_text())
   assert note["results"][1]["note"] in report.table
-  assert set(report.plots) == {"ppl_vs_length.png", "curves.png"}
+  assert set(report.plots) == {"ppl_vs_length.png", "curves.png", "loss_by_position.png"}
+  # What research-evaluate --by_position wrote is what the report read: the same buckets, and per length they
+  # average back to the table's perplexity.
+  for trial in report.runs.trials:
+    written = json.loads((trial.path / "eval" / "loss_by_position.json").read_text())["results"]
+    assert len(trial.by_position.curves) == len(written) == 2 and trial.by_position.train_len == 32
+    gi = [g.label for g in report.data.groups].index(f"position={trial.field('model.position')}")
+    for curve, w, column in zip(trial.by_position.curves, written, ("ppl_1x_32", "ppl_2x_64")):
+      assert (curve.multiple, curve.length, curve.note) == (w["multiple"], w["length"], w.get("note"))
+      if curve.note is None:
+        assert (list(curve.edges), list(curve.tokens), list(curve.loss)) == (w["edges"], w["tokens"], w["loss"])
+        mean = math.fsum(t * v for t, v in zip(curve.tokens, curve.loss) if t) / sum(curve.tokens)
+        assert mean == pytest.approx(math.log(report.data.cell(gi, column).mean), rel=1e-5)
+      else:
+        assert curve.note == note["results"][1]["note"]
 
 
 @pytest.fixture(scope="module")
@@ -558,3 +572,56 @@ def test_a_rare_target_perplexity_column_when_summaries_have_it(tmp_path):
   column = header.index("valid ppl (rare)") - 1
   assert rows["position=alibi"][column].startswith("310.00 ± 14.14")
   assert rows["position=rope"][column].startswith("**250.00 (n=1)")  # lower is better
+
+
+def _write_by_position(trial_dir, scheme, seed):
+  """eval/loss_by_position.json as research-evaluate --by_position writes it (its own record writers), with made-up
+  per-column sums: the loss falls with context and, beyond the training length, rises for rope. Returns it."""
+  from research.evaluate import by_position
+  rng = np.random.default_rng(zlib.crc32(f"{scheme}/{seed}".encode()))
+  results = []
+  for m in MULTIPLES:
+    length = m * TRAIN_LEN
+    if scheme == "learned" and m > 1:
+      results.append(by_position.result_record(m, length, note=learned_note(m)))
+      continue
+    columns = np.arange(length)
+    tokens = np.full(length, 50.0)
+    loss = 4.0 / np.log2(columns + 2) + (0.01 * np.maximum(columns - TRAIN_LEN, 0) if scheme == "rope" else 0)
+    results.append(by_position.result_record(m, length, train_len=TRAIN_LEN, tokens_by_column=tokens,
+                                             nll_by_column=tokens * (loss + rng.normal(0, 0.05, length))))
+  report = by_position.report_record(train_len=TRAIN_LEN, mode="nonoverlapping", stride=None, split="valid",
+                                     checkpoint_step=100, objective="clm", rope_scaling=None, rope_factor=None,
+                                     results=results)
+  by_position.write_report(trial_dir, report)
+  return report
+
+
+def test_loss_by_position_plot_averages_seeds_per_bucket_and_names_na_groups(tmp_path):
+  from research.report import plots
+  for scheme in ("alibi", "rope", "learned"):
+    for seed in (0, 1):
+      write_trial(tmp_path, f"{scheme}{seed}", scheme, seed)
+  (tmp_path / plots.LOSS_BY_POSITION).write_bytes(PNG_MAGIC + b"stale")
+  report = build_report(tmp_path)  # no trial evaluated by position: no plot, no mention, the stale one removed
+  assert plots.LOSS_BY_POSITION not in report.plots and not (tmp_path / plots.LOSS_BY_POSITION).exists()
+  assert "Loss by position" not in report.markdown_path.read_text()
+  written = {(scheme, seed): _write_by_position(tmp_path / f"{scheme}{seed}", scheme, seed)
+             for scheme in ("alibi", "rope", "learned") for seed in (0, 1)}
+  report = build_report(tmp_path)
+  assert report.plots[plots.LOSS_BY_POSITION].read_bytes()[:8] == PNG_MAGIC
+  assert "![Loss by position](loss_by_position.png)" in report.markdown_path.read_text()
+  series = plots.position_series(report.data)
+  assert list(series) == [m * TRAIN_LEN for m in MULTIPLES]
+  for i, m in enumerate(MULTIPLES):
+    lines = {g.label: (xs, ys) for _, g, xs, ys, _ in series[m * TRAIN_LEN]["lines"]}
+    assert set(lines) == ({"position=alibi", "position=rope", "position=learned"} if m == 1 else
+                          {"position=alibi", "position=rope"})
+    xs, ys = lines["position=rope"]
+    first = [written[("rope", s)]["results"][i] for s in (0, 1)]
+    edges = first[0]["edges"]
+    assert list(xs) == [(lo + hi + 1) / 2 for lo, hi in zip(edges, edges[1:])]
+    assert list(ys) == pytest.approx(np.mean([r["loss"] for r in first], axis=0), rel=1e-12)
+    if m > 1:
+      assert [g.label for g, _ in series[m * TRAIN_LEN]["na"]] == ["position=learned"]
+      assert ys[-1] > ys[edges.index(TRAIN_LEN) - 1]  # the made-up rope degrades past the training length

@@ -65,7 +65,7 @@ def test_trial_names_are_unambiguous_and_legacy_directories_are_adopted(tmp_path
   assert not legacy.exists() and (out / sweeps.trial_name(a) / "config.json").exists() and len(logged) == 1
 
 
-@pytest.mark.parametrize("name", ["positions", "tying", "mlm_vs_clm", "quickstart"])
+@pytest.mark.parametrize("name", ["positions", "positions_extended", "tying", "mlm_vs_clm", "quickstart"])
 def test_shipped_sweeps_expand_and_validate(name):
   sweep = sweeps.load_sweep(ROOT / "configs" / "sweeps" / f"{name}.py")
   assert len({t.name for t in sweep.trials}) == len(sweep.trials) > 1
@@ -78,6 +78,31 @@ def test_shipped_sweeps_expand_and_validate(name):
     assert {t.overrides["model.position"] for t in sweep.trials} == {"none", "learned", "sinusoidal", "rope",
                                                                      "alibi", "t5"}
     assert max(sweep.evaluate["lengths"]) == 16 and {t.overrides["seed"] for t in sweep.trials} == {0, 1, 2}
+
+
+def test_the_extended_positions_sweep_differs_only_in_the_swept_fields():
+  from research.embeddings import registry
+  sweep = sweeps.load_sweep(ROOT / "configs" / "sweeps" / "positions_extended.py")
+  base = sweeps.load_config_file(sweep.base_config).get_config()
+  resolved = [configuration.flatten(configuration.apply_overrides(base, t.overrides)) for t in sweep.trials]
+  differing = {f for f in resolved[0] if len({json.dumps(r[f]) for r in resolved}) > 1}
+  assert differing == {"model.position", "model.position_sampling", "model.max_position", "seed"}
+  arms = {(r["model.position"], r["model.position_sampling"], r["model.max_position"]) for r in resolved}
+  anchors = {"none", "learned", "sinusoidal", "rope", "alibi", "t5"}  # positions.py's six
+  assert {p for p, _, _ in arms} == (set(registry.names()) - anchors) | {"none", "rope", "alibi"}
+  assert ("rope", "randomized", 16 * 64) in arms and ("rope", "none", 0) in arms and len(arms) == 11
+  assert all(sampling == "none" and top == 0 for p, sampling, top in arms if p != "rope")
+  for arm in arms:  # 3 seeds each
+    assert sorted(r["seed"] for r in resolved if (r["model.position"], r["model.position_sampling"],
+                                                 r["model.max_position"]) == arm) == [0, 1, 2]
+  # positions.py's training budget, so that the two tables compare.
+  anchor = sweeps.load_sweep(ROOT / "configs" / "sweeps" / "positions.py")
+  shared = ("data.seq_len", "train.steps", "train.eval_every", "train.checkpoint_every")
+  assert {tuple(r[f] for f in shared) for r in resolved} == {(64, 800, 400, 400)} == {
+      tuple(t.overrides[f] for f in shared) for t in anchor.trials}
+  assert sweep.evaluate == {"lengths": [1, 2, 4, 8, 16], "by_position": True}
+  assert sweeps.evaluate_command(sweep, "W", evaluate="research-evaluate")[2:] == ["--lengths=1,2,4,8,16",
+                                                                                  "--by_position=True"]
 
 
 @pytest.mark.parametrize("trials,message", [
@@ -94,7 +119,8 @@ def test_every_override_is_validated_before_any_trial_starts(tmp_path, trials, m
 
 @pytest.mark.parametrize("evaluate,message", [
     ({"length": [1, 2]}, "EVALUATE key 'length' is not a research-evaluate option; allowed: lengths, mode, stride, "
-                         "split, checkpoint, rope_scaling, rope_factor, max_tokens_per_batch"),
+                         "split, checkpoint, rope_scaling, rope_factor, by_position, passkey, passkey_depths, "
+                         "passkey_trials, max_tokens_per_batch"),
     ({"lengths": [1, 2], "workdir": "/elsewhere"}, "EVALUATE key 'workdir' is not a research-evaluate option"),
     ({"mode": "sliding_window"}, "EVALUATE['mode']='sliding_window' is not one of nonoverlapping, sliding"),
     ({"rope_scaling": "dynamic"}, "EVALUATE['rope_scaling']='dynamic' is not one of linear, ntk, yarn"),

@@ -47,6 +47,19 @@ def test_zero_weight_positions_are_ignored_exactly():
     assert float(changed[2]['correct_sum']) == float(base[2]['correct_sum'])
 
 
+def test_per_segment_sums_are_the_weighted_losses_of_each_segment_and_ignore_zero_weights():
+  logits, targets, weights = sample()
+  logits = jnp.where(weights[..., None] == 0, jnp.nan, logits)  # unscored tokens may hold anything
+  columns = jnp.broadcast_to(jnp.arange(L), (B, L))
+  _, weight_sum, extras = objectives.cross_entropy(logits, targets, weights, segments_BxL=columns, num_segments=L)
+  ref = np.asarray(optax.softmax_cross_entropy_with_integer_labels(jnp.nan_to_num(logits), targets))
+  w = np.asarray(weights)
+  np.testing.assert_allclose(extras['nll_by_segment'], np.sum(ref * w, axis=0), rtol=1e-5)
+  np.testing.assert_array_equal(extras['weight_by_segment'], w.sum(axis=0))
+  np.testing.assert_allclose(np.sum(extras['nll_by_segment']), extras['nll_sum'], rtol=1e-6)
+  assert float(np.sum(extras['weight_by_segment'])) == float(weight_sum)
+
+
 def test_z_loss_adds_weighted_mean_lse_squared():
   logits, targets, weights = sample(1)
   z = 1e-2

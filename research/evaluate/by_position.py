@@ -19,9 +19,12 @@ last `stride` columns of every window after the first are scored.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from research.train import loop
 
 BUCKETS = "log2, 2 per octave, + T"  # what `bucket_edges` does, recorded in the file
 FILE = "loss_by_position.json"
@@ -73,3 +76,11 @@ def report_record(*, train_len: int, mode: str, stride: int | None, split: str, 
 
 def report_file(rope_scaling: str | None = None) -> str:
   return FILE if not rope_scaling else f"loss_by_position_{rope_scaling}.json"
+
+
+def write_report(workdir: str | Path, report: dict[str, Any]) -> Path:
+  """RUN/eval/loss_by_position.json (loss_by_position_<scaling>.json with a RoPE scaling), written atomically."""
+  path = Path(workdir) / "eval" / report_file(report["rope_scaling"])
+  path.parent.mkdir(exist_ok=True)
+  loop.atomic_write_json(path, report)
+  return path

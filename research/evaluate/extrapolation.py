@@ -234,18 +234,14 @@ def evaluate_run(workdir: str | Path, lengths: Sequence[int] = (1, 2, 4, 8, 16),
     if passkey:
       passkey_results += passkey_cells(run, model_cfg, int(multiple), length, prompts[length], note,
                                        max_tokens_per_batch)
-  out_dir = Path(workdir) / EVAL_DIR
-  out_dir.mkdir(exist_ok=True)
   if by_position:
-    loop.atomic_write_json(out_dir / by_position_lib.report_file(rope_scaling), by_position_lib.report_record(
+    by_position_lib.write_report(workdir, by_position_lib.report_record(
         train_len=train_len, mode=mode, stride=stride, split=split, checkpoint_step=run.step,
         objective=run.config.objective, rope_scaling=rope_scaling, rope_factor=rope_factor, results=position_results))
   if passkey:
-    passkey_report = passkey_lib.report_record(
+    passkey_lib.write_report(workdir, passkey_lib.report_record(
         train_len=train_len, checkpoint_step=run.step, seed=int(run.config.seed), trials=passkey_trials,
-        depths=passkey_depths, rope_scaling=rope_scaling, rope_factor=rope_factor, results=passkey_results)
-    loop.atomic_write_json(out_dir / passkey_lib.report_file(rope_scaling), passkey_report)
-    passkey_lib.plot_heatmap(passkey_report, out_dir / passkey_lib.plot_file(rope_scaling))
+        depths=passkey_depths, rope_scaling=rope_scaling, rope_factor=rope_factor, results=passkey_results))
   report = report_record(train_len=train_len, mode=mode, stride=stride, split=split, checkpoint_step=run.step,
                          rope_scaling=rope_scaling, rope_factor=rope_factor, results=results)
   write_report(workdir, report, output)

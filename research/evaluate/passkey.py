@@ -35,6 +35,7 @@ from research.data.tokenizers import PAD_ID, SEP_ID, UNK_ID
 from research.evaluate.errors import EvaluationError
 from research.model.config import ModelConfig
 from research.model.transformer import Transformer
+from research.train import loop
 
 DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 TRIALS = 10
@@ -47,7 +48,7 @@ class Prompt:
   ids: np.ndarray  # int32 [P]: [SEP] + the prompt's tokens (the model reads a document after its separator)
   answer: np.ndarray  # int32 [k]: the key's tokens in context, what the model must produce after `ids`
   key: str
-  key_position: int  # index in `ids` of the first token of the needle's key
+  key_position: int  # index in `ids` of the needle key's first token (the one holding its leading space, if any)
   depth: float
 
 
@@ -84,7 +85,11 @@ def tokenize_prompt(tokenizer, key: str, num_filler: int, depth: float, kind: st
   spelled = tokenizer.decode(answer).replace(" ", "").replace("\u2581", "").replace("##", "")
   if UNK_ID in answer or spelled != key:
     raise _spell_error(kind, key, f"it encodes to {[tokenizer.id_to_token(i) for i in answer]}")
-  key_token = encoding.char_to_token(prompt.index(key))
+  # The key's first token: the one holding the space before it, where the tokenizer keeps spaces (byte-level BPE's
+  # "Ġ4"), else its first digit's.
+  start = prompt.index(key)
+  key_token = encoding.char_to_token(start - 1)
+  key_token = encoding.char_to_token(start) if key_token is None else key_token
   return Prompt(ids=np.asarray([SEP_ID, *ids], np.int32), answer=np.asarray(answer, np.int32), key=key,
                 key_position=1 + int(key_token), depth=float(depth))
 
@@ -186,6 +191,15 @@ def plot_file(rope_scaling: str | None = None) -> str:
   return PLOT if not rope_scaling else f"passkey_{rope_scaling}.png"
 
 
+def write_report(workdir: str | os.PathLike, report: dict[str, Any]) -> tuple[Path, Path]:
+  """RUN/eval/passkey.json and its heatmap RUN/eval/passkey.png (`_<scaling>` with a RoPE scaling)."""
+  out_dir = Path(workdir) / "eval"
+  out_dir.mkdir(exist_ok=True)
+  path = out_dir / report_file(report["rope_scaling"])
+  loop.atomic_write_json(path, report)
+  return path, plot_heatmap(report, out_dir / plot_file(report["rope_scaling"]))
+
+
 def plot_heatmap(report: dict[str, Any], path: str | os.PathLike) -> Path:
   """Depth (rows) × length (columns) accuracy, each cell annotated; n/a cells grey."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -201,8 +215,7 @@ def plot_heatmap(report: dict[str, Any], path: str | os.PathLike) -> Path:
   fig = Figure(figsize=(1.1 * len(columns) + 2.5, 0.55 * len(depths) + 1.8))
   FigureCanvasAgg(fig)
   ax = fig.add_subplot()
-  cmap = matplotlib.colormaps["viridis"].copy()
-  cmap.set_bad("0.85")
+  cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")
   image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
   for i in range(len(depths)):
     for j in range(len(columns)):
