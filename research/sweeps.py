@@ -36,7 +36,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from research import hugepages
 from research.embeddings import registry
-from research.evaluate import extrapolation
+from research.evaluate import by_position, extrapolation, passkey
 from research.train import configuration
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -228,10 +228,27 @@ def eval_file(sweep: Sweep) -> str:
   return extrapolation.report_file((sweep.evaluate or {}).get("rope_scaling"))
 
 
+def eval_files(sweep: Sweep) -> list[str]:
+  """The files under RUN/eval/ that the sweep's evaluation writes: extrapolation.json, and loss_by_position.json /
+  passkey.json when EVALUATE asks for them (a trial evaluated before they were asked for is evaluated again)."""
+  evaluate = sweep.evaluate or {}
+  scaling = evaluate.get("rope_scaling")
+  files = [eval_file(sweep)]
+  if _flag_on(evaluate.get("by_position")):
+    files.append(by_position.report_file(scaling))
+  if _flag_on(evaluate.get("passkey")):
+    files.append(passkey.report_file(scaling))
+  return files
+
+
+def _flag_on(value: Any) -> bool:
+  return value is True or str(value).lower() in ("true", "1")
+
+
 def is_finished(sweep: Sweep, trial_dir: Path) -> bool:
   if not (trial_dir / "summary.json").exists():
     return False
-  return sweep.evaluate is None or (trial_dir / "eval" / eval_file(sweep)).exists()
+  return sweep.evaluate is None or all((trial_dir / "eval" / f).exists() for f in eval_files(sweep))
 
 
 def tpu_commands(sweep: Sweep, directory: str, tpu: str, zone: str, repo_dir: str = "~/research") -> list[str]:

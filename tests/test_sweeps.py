@@ -105,6 +105,20 @@ def test_the_extended_positions_sweep_differs_only_in_the_swept_fields():
                                                                                   "--by_position=True"]
 
 
+def test_a_trial_is_finished_only_with_every_file_its_evaluation_writes(tmp_path):
+  path = write_sweep(tmp_path / "s.py", [{"model.position": "rope"}], evaluate={"lengths": [1], "by_position": True,
+                                                                              "passkey": True})
+  sweep = sweeps.load_sweep(path)
+  assert sweeps.eval_files(sweep) == ["extrapolation.json", "loss_by_position.json", "passkey.json"]
+  trial = tmp_path / "t"
+  (trial / "eval").mkdir(parents=True)
+  for name in ("summary.json", "eval/extrapolation.json", "eval/loss_by_position.json"):
+    (trial / name).write_text("{}")
+    assert not sweeps.is_finished(sweep, trial)  # evaluated before passkey was asked for: evaluated again
+  (trial / "eval" / "passkey.json").write_text("{}")
+  assert sweeps.is_finished(sweep, trial)
+
+
 @pytest.mark.parametrize("trials,message", [
     ([{"model.positon": "rope"}], "unknown config field 'model.positon'"),
     ([{"model.position": "rope"}, {"model.position": "bogus"}], "model.position='bogus' is not one of"),
