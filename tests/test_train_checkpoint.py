@@ -81,6 +81,20 @@ def test_restore_like_a_concrete_state(tmp_path):
   assert_bit_identical(restored, state)
 
 
+def test_parameters_restore_through_a_relative_directory(tmp_path, monkeypatch):
+  # `research-analyze --workdir=runs/x` passes a relative path; Orbax's metadata reader found nothing under one.
+  state = make_state()
+  (tmp_path / 'runs' / 'x').mkdir(parents=True)
+  monkeypatch.chdir(tmp_path)
+  with Checkpointer('runs/x/checkpoints', keep=1, keep_best=False, async_save=False) as ckpt:
+    ckpt.save(3, state, {})
+  monkeypatch.chdir(tmp_path / 'runs')
+  with Checkpointer('x/checkpoints', keep=1, keep_best=False, async_save=False) as ckpt:
+    assert ckpt.latest_step() == 3
+    params = ckpt.restore_params()
+  assert_bit_identical(params, state['params'])
+
+
 def test_no_checkpoint_raises(tmp_path):
   with Checkpointer(tmp_path, keep=1, keep_best=False, async_save=False) as ckpt:
     assert ckpt.latest_step() is None and ckpt.best_step() is None

@@ -107,7 +107,10 @@ class Checkpointer:
         enable_async_checkpointing=async_save,
         cleanup_tmp_directories=True,
         create=True)
-    self._manager = ocp.CheckpointManager(os.fspath(directory), options=options, item_names=_ITEMS)
+    # Absolute: Orbax's metadata reader finds nothing under a relative path (`research-analyze --workdir=runs/x`
+    # restored no parameters), while the manager itself copes with one.
+    self._manager = ocp.CheckpointManager(os.path.abspath(os.fspath(directory)), options=options,
+                                          item_names=_ITEMS)
 
   @property
   def directory(self):
