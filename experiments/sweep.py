@@ -7,7 +7,8 @@ r"""Run a sweep: one process per trial, resumable, with a sweep.json index.
 
 Rerunning skips finished trials and resumes interrupted ones from their checkpoints; a failed trial is recorded
 with its error (sweep.json, and <trial>/error.log) and does not stop the others. With --print_commands the
-workdir must be a filesystem every TPU worker mounts (gcsfuse, NFS), not a gs:// URL.
+workdir must be a filesystem every TPU worker mounts (gcsfuse, NFS), not a gs:// URL. Multi-process trials (started
+with the same command on every host, in a cluster's environment) run one at a time: --jobs > 1 is refused.
 """
 
 import dataclasses
@@ -21,7 +22,7 @@ from research.train.configuration import ConfigError
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file defining get_sweep().")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory: one subdirectory per trial.")
-_JOBS = flags.DEFINE_integer("jobs", 1, "Trials run at the same time.")
+_JOBS = flags.DEFINE_integer("jobs", 1, "Trials run at the same time (multi-process trials: 1, see docs/training.md).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the trials and their commands; run nothing.")
 _EVALUATE = flags.DEFINE_bool("evaluate", None, "Run research-evaluate after each trial (default: the sweep "
                               "file's EVALUATE; --noevaluate turns it off).")

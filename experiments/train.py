@@ -3,7 +3,9 @@ r"""Train (or resume) one run.
   research-train --config=configs/clm.py --workdir=runs/clm [--config.model.position=alibi ...]
   python -m experiments.train --config=configs/tiny.py --workdir=/tmp/run
 
-Rerunning the same command in the same workdir resumes from the latest checkpoint.
+Rerunning the same command in the same workdir resumes from the latest checkpoint. In a multi-process job the
+command runs the trainer under a supervisor (research/supervisor.py): when a process is lost, the others end with one
+line naming it (exit status 3) instead of hanging or printing the runtime's C++ report.
 """
 
 import sys
@@ -12,7 +14,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments.common import check_override_flags, run_main
-from research import hugepages
+from research import hugepages, supervisor
 from research.train import configuration, loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config().",
@@ -32,6 +34,7 @@ def main(argv):
 def run():
   hugepages.maybe_reexec()  # first: restarts the process with huge pages for XLA's buffers (Linux)
   check_override_flags(sys.argv)
+  supervisor.maybe_supervise()  # multi-process jobs: a lost process ends the others with one line (exits here)
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)
 

@@ -23,7 +23,8 @@ from research.model.config import ModelConfig
 # past its planned end continues from the schedule's new shape (docs/training.md).
 RESUMABLE_FIELDS = (
     "train.steps", "train.eval_every", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-    "train.async_checkpoints", "train.eval_batches", "data.cache_dir", "mesh.data", "mesh.fsdp", "mesh.distributed")
+    "train.async_checkpoints", "train.eval_batches", "data.cache_dir", "mesh.data", "mesh.fsdp", "mesh.distributed",
+    "mesh.heartbeat_timeout_s", "mesh.init_timeout_s")
 
 
 # The value that reproduces a run written before the field existed, where that is not the field's default. A saved
@@ -114,4 +115,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.mesh.data = -1  # -1 fills with the devices left
   c.mesh.fsdp = 1
   c.mesh.distributed = "auto"  # auto | true | false: call jax.distributed.initialize()
+  # Multi-process runs (docs/training.md, "Multi-host"): a process that sends no heartbeat for this long is lost, and
+  # every other process stops with one line naming it (JAX's default is 100 s); and how long the processes wait for
+  # each other at start.
+  c.mesh.heartbeat_timeout_s = 60
+  c.mesh.init_timeout_s = 300
   return c

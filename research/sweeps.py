@@ -12,7 +12,9 @@ against the base config, and every EVALUATE key against research-evaluate's opti
 trial runs in its own process under `DIR/<trial>/`, named by its overrides; `DIR/sweep.json` records trials,
 overrides, status (pending, running, finished, failed) and errors. A trial with `summary.json` (and its
 evaluation file, when the sweep evaluates) is finished and skipped on a rerun; an interrupted one resumes from its
-checkpoints; a failed one is recorded with its error and does not stop the others.
+checkpoints; a failed one is recorded with its error and does not stop the others. Multi-process trials (the
+environment describes a multi-process job, or a trial sets mesh.distributed=true) run one at a time: `jobs` > 1 is
+refused in one line (`check_jobs`), since trials side by side would share one coordinator address and process ids.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from typing import Any, Callable, Mapping, Sequence
 from research import hugepages
 from research.embeddings import registry
 from research.evaluate import by_position, extrapolation, passkey
-from research.train import configuration
+from research.train import configuration, mesh as mesh_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP_FILE = "sweep.json"
@@ -339,6 +341,30 @@ def adopt_legacy_trial_dirs(sweep: Sweep, directory: Path, log: Callable[[str], 
       log(f"{old.name}: renamed to {new.name} (trial names are now unambiguous)")
 
 
+def multiprocess_trials(sweep: Sweep, environ: Mapping[str, str] | None = None) -> str | None:
+  """Why the sweep's trials are multi-process jobs (each joins a distributed runtime), or None: the environment the
+  trials inherit describes one (`mesh.multihost_reason`), or a trial sets mesh.distributed=true."""
+  reason = mesh_lib.multihost_reason(environ)
+  if reason:
+    return f"{reason} in the environment"
+  base = load_config_file(sweep.base_config).get_config()
+  for trial in sweep.trials:
+    if str(configuration.apply_overrides(base, trial.overrides).mesh.distributed).lower() == "true":
+      return f"trial {trial.name!r} sets mesh.distributed=true"
+  return None
+
+
+def check_jobs(sweep: Sweep, jobs: int, environ: Mapping[str, str] | None = None) -> None:
+  """Multi-process trials run one at a time: trials side by side on a host would all start with the same coordinator
+  address and process id (the environment is the sweep's), so they would join one another's job or fail to bind
+  the coordinator's port. A one-line ConfigError before anything starts."""
+  reason = multiprocess_trials(sweep, environ) if jobs > 1 else None
+  if reason:
+    raise configuration.ConfigError(
+        f"--jobs={jobs} cannot run multi-process trials ({reason}): trials side by side would share one coordinator "
+        f"address and process ids; use --jobs=1 and start the same research-sweep command on every host")
+
+
 def run_sweep(sweep: Sweep, directory: str | Path, jobs: int = 1,
               log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
   """Runs the unfinished trials (`jobs` at a time); returns {trial: status}. One progress line per trial, skipped
@@ -346,6 +372,7 @@ def run_sweep(sweep: Sweep, directory: str | Path, jobs: int = 1,
   if configuration.is_url(directory):
     raise configuration.ConfigError(f"workdir {str(directory)!r} is a URL; a sweep directory is a local or shared "
                                     f"filesystem path (mount a bucket with gcsfuse)")
+  check_jobs(sweep, jobs)
   directory = Path(directory).resolve()  # trials run with the repository root as their working directory
   directory.mkdir(parents=True, exist_ok=True)
   adopt_legacy_trial_dirs(sweep, directory, log)

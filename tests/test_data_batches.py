@@ -100,6 +100,45 @@ def test_set_state_rejects_other_layout():
     B.ClmBatches(stream(100), 8, 2, process_index=1, process_count=2).set_state(state)
 
 
+def _rows(batches):
+  """The multiset of real (non-padding) rows of one step across hosts, as tuples: hosts interleave differently."""
+  return sorted(tuple(row) for b in batches for row, w in zip(b["inputs"].tolist(), b["weights"]) if w.any())
+
+
+@HYP
+@given(n=st.integers(2, 300), per_host=st.integers(1, 3), cut=st.integers(0, 30), saved_on=st.sampled_from([1, 2, 4]),
+       resumed_on=st.sampled_from([1, 2, 4]), objective=st.sampled_from(B.OBJECTIVES))
+def test_a_state_saved_on_some_hosts_resumes_on_any_number_with_the_same_rows_at_every_step(n, per_host, cut,
+                                                                                            saved_on, resumed_on,
+                                                                                            objective):
+  global_batch = 4 * per_host
+
+  def hosts(count):
+    return [B.PackedBatches(stream(n), 6, global_batch // count, objective=objective, seed=5, process_index=h,
+                            process_count=count) for h in range(count)]
+
+  reference, saved = hosts(1)[0], hosts(saved_on)
+  assert {it.steps_per_epoch for it in saved} == {reference.steps_per_epoch}  # the same steps whatever the hosts
+  for _ in range(cut):
+    next(reference)
+    for it in saved:
+      next(it)
+  state = json.loads(json.dumps(saved[0].get_state()))  # what a checkpoint keeps: process 0's state
+  resumed = hosts(resumed_on)
+  for it in resumed:
+    it.set_state(state)
+  for _ in range(reference.steps_per_epoch + 2):  # across an epoch boundary
+    assert _rows([next(it) for it in resumed]) == _rows([next(reference)])
+
+
+def test_set_state_refuses_another_global_batch():
+  state = B.ClmBatches(stream(100), 8, 4, process_index=1, process_count=2).get_state()  # 8 rows per step
+  B.ClmBatches(stream(100), 8, 8).set_state(state)
+  with pytest.raises(ValueError, match=r"a global batch of 8 rows \(batch_size=4 x process_count=2\) in the state "
+                                       r"but 4 here \(batch_size=4 x process_count=1\)"):
+    B.ClmBatches(stream(100), 8, 4).set_state(state)
+
+
 @pytest.mark.parametrize("objective", B.OBJECTIVES)
 @HYP
 @given(n=st.integers(2, 500), seed=st.integers(0, 100))

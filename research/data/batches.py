@@ -166,7 +166,8 @@ class PackedBatches:
   """Shuffled, packed, per-host batches of one token stream, for `objective` 'clm' or 'mlm'.
 
   An iterator (`next(it)`); `num_epochs=None` runs forever. `get_state()` returns a small JSON-serialisable dict;
-  `set_state(state)` on an iterator built with the same arguments resumes with exactly the remaining batches.
+  `set_state(state)` on an iterator built with the same arguments resumes with exactly the remaining batches, and on
+  one built for another number of hosts with the same global batch, with the same remaining rows per step.
   """
 
   def __init__(self, ids: np.ndarray, seq_len: int, batch_size: int, *, objective: str = "clm", seed: int = 0,
@@ -231,11 +232,21 @@ class PackedBatches:
             "process_index": self.process_index, "process_count": self.process_count}
 
   def set_state(self, state: Mapping) -> None:
-    """Resume at `state`; the data layout (rows, length, batch, hosts) must be the one it was saved with."""
-    for field in ("objective", "seq_len", "batch_size", "process_count", "process_index", "num_rows"):
+    """Resume at `state`, saved by any host of a run over the same rows (objective, length, stream size) with the
+    same global batch (batch_size × process_count), on this or any other number of hosts: step i of an epoch covers
+    rows [i·B, (i+1)·B) of the epoch's permutation across all hosts, however many there are (docs/data.md), so
+    (epoch, index) means the same batches everywhere."""
+    for field in ("objective", "seq_len", "num_rows"):
       if field in state and state[field] != getattr(self, field):
         raise ValueError(f"cannot restore iterator state: {field}={state[field]!r} in the state but "
                          f"{getattr(self, field)!r} here")
+    if "batch_size" in state:
+      saved = int(state["batch_size"]) * int(state.get("process_count", 1))
+      here = self.batch_size * self.process_count
+      if saved != here:
+        raise ValueError(f"cannot restore iterator state: a global batch of {saved} rows (batch_size="
+                         f"{state['batch_size']} x process_count={state.get('process_count', 1)}) in the state but "
+                         f"{here} here (batch_size={self.batch_size} x process_count={self.process_count})")
     index = int(state["index"])
     if not 0 <= index < self.steps_per_epoch:
       raise ValueError(f"cannot restore iterator state: index={index} not in [0, {self.steps_per_epoch})")

@@ -142,7 +142,9 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
                            ("train.grad_accum", t.grad_accum, 1), ("train.warmup_steps", t.warmup_steps, 0),
                            ("train.checkpoint_every", t.checkpoint_every, 1), ("train.eval_every", t.eval_every, 1),
                            ("train.log_every", t.log_every, 1), ("train.keep_checkpoints", t.keep_checkpoints, 1),
-                           ("train.eval_batches", t.eval_batches, 0)):
+                           ("train.eval_batches", t.eval_batches, 0),
+                           ("mesh.heartbeat_timeout_s", config.mesh.heartbeat_timeout_s, 1),
+                           ("mesh.init_timeout_s", config.mesh.init_timeout_s, 1)):
     if not isinstance(value, int) or value < low:
       raise ConfigError(f"{name}={value!r} must be an integer >= {low}")
   if t.batch_size % t.grad_accum:

@@ -22,7 +22,6 @@ import functools
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -125,7 +124,9 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> RunData:
     except ValueError as e:  # e.g. a vocabulary too small for the alphabet: a user error, not a bug
       raise configuration.ConfigError(f"data.tokenizer={config.data.tokenizer!r}, data.vocab_size="
                                       f"{config.data.vocab_size}: {e}") from None
-    shutil.copyfile(tokenizers_lib.counts_path(directory), tokenizers_lib.counts_path(workdir))
+    # Atomically: in a multi-process run every process writes it while the others may be reading it.
+    counts = tokenizers_lib.counts_path(directory).read_bytes()
+    _atomic_write(tokenizers_lib.counts_path(workdir), lambda f: f.write(counts))
     tokenizers_lib.save_tokenizer(tokenizer, workdir)
   splits = batches_lib.build_or_load_cache(config.data.corpus, tokenizer, cache_dir=cache_dir, corpus=corpus,
                                            errors=config.data.errors)
@@ -423,7 +424,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   workdir = check_workdir(config, workdir)  # a rerun that would become another model is refused first
   configuration.validate(config)
   distributed = str(config.mesh.distributed).lower()
-  mesh_lib.maybe_initialize_distributed(None if distributed == "auto" else distributed == "true")
+  mesh_lib.maybe_initialize_distributed(None if distributed == "auto" else distributed == "true",
+                                        heartbeat_timeout_s=config.mesh.heartbeat_timeout_s,
+                                        init_timeout_s=config.mesh.init_timeout_s)
   mesh = make_mesh(config)  # a mesh that does not fit the devices fails here, before the workdir is touched
   workdir.mkdir(parents=True, exist_ok=True)
   data = prepare_data(config, workdir)

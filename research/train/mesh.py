@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 import os
 from typing import Any
 
@@ -82,31 +82,47 @@ _MULTIHOST_ENV = ('JAX_COORDINATOR_ADDRESS',)
 _COUNT_ENV = ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE', 'JAX_NUM_PROCESSES')
 
 
-def multihost_env(environ: dict[str, str] | None = None) -> bool:
-  """Whether the environment describes a multi-process job.
+def multihost_reason(environ: Mapping[str, str] | None = None) -> str | None:
+  """What in the environment describes a multi-process job (e.g. 'JAX_NUM_PROCESSES=2'), or None.
 
   Recognised: JAX_COORDINATOR_ADDRESS (explicit setup), SLURM_NTASKS / OMPI_COMM_WORLD_SIZE /
   JAX_NUM_PROCESSES > 1 (GPU clusters), TPU_WORKER_HOSTNAMES listing more than one host (TPU pod slices).
   """
   env = os.environ if environ is None else environ
-  if any(env.get(k) for k in _MULTIHOST_ENV):
-    return True
+  for key in _MULTIHOST_ENV:
+    if env.get(key):
+      return f'{key}={env[key]}'
   for key in _COUNT_ENV:
     try:
       if int(env.get(key, '1')) > 1:
-        return True
+        return f'{key}={env[key]}'
     except ValueError:
       pass
-  return len([h for h in env.get('TPU_WORKER_HOSTNAMES', '').split(',') if h.strip()]) > 1
+  if len([h for h in env.get('TPU_WORKER_HOSTNAMES', '').split(',') if h.strip()]) > 1:
+    return 'TPU_WORKER_HOSTNAMES lists several hosts'
+  return None
 
 
-def maybe_initialize_distributed(distributed: bool | None = None) -> bool:
+def multihost_env(environ: Mapping[str, str] | None = None) -> bool:
+  """Whether the environment describes a multi-process job (`multihost_reason`)."""
+  return multihost_reason(environ) is not None
+
+
+def maybe_initialize_distributed(distributed: bool | None = None, *, heartbeat_timeout_s: int = 60,
+                                 init_timeout_s: int = 300) -> bool:
   """Calls `jax.distributed.initialize()` for multi-host runs; returns whether it did.
 
   distributed: True forces it (config.mesh.distributed = True), False never, None (default) decides from
   the environment (`multihost_env`).  Must run before anything touches the devices.  Arguments come from
   JAX's own cluster detection (TPU pods, SLURM, Open MPI) or, for a hand-made cluster, from
   JAX_COORDINATOR_ADDRESS (read by JAX) plus JAX_NUM_PROCESSES and JAX_PROCESS_ID (read here).
+
+  heartbeat_timeout_s: a process whose heartbeats (sent by the runtime's own thread, whatever Python is doing)
+  stop for this long is declared dead, and the runtime ends every other process (research/supervisor.py turns
+  that into one line naming the lost process). It also bounds the wait at exit for the other processes (JAX's
+  shutdown barrier, 300 s by default), so a process that ends on an error while the others are blocked in a
+  collective ends them within that time too. init_timeout_s: how long a process waits for all the others to
+  join at start.
   """
   wanted = multihost_env() if distributed is None else distributed
   if not wanted or jax.distributed.is_initialized():
@@ -116,5 +132,7 @@ def maybe_initialize_distributed(distributed: bool | None = None) -> bool:
     kwargs['num_processes'] = int(os.environ['JAX_NUM_PROCESSES'])
   if os.environ.get('JAX_PROCESS_ID'):
     kwargs['process_id'] = int(os.environ['JAX_PROCESS_ID'])
-  jax.distributed.initialize(**kwargs)
+  jax.distributed.initialize(heartbeat_timeout_seconds=int(heartbeat_timeout_s),
+                             shutdown_timeout_seconds=int(heartbeat_timeout_s),
+                             initialization_timeout=int(init_timeout_s), **kwargs)
   return True

@@ -1,0 +1,359 @@
+"""Multi-process training for real: two `research-train` processes on this machine (JAX's distributed runtime, the
+coordinator on 127.0.0.1, 4 CPU devices each) against one process with 8 devices; checkpoints across process counts;
+a process killed mid-run; sweeps with multi-process trials. (docs/training.md, "Multi-host".)
+
+Every subprocess has a timeout (and `mesh.init_timeout_s` bounds a process waiting for a peer that never came), so no
+test can hang the suite. The runs share JAX's persistent compilation cache (a module temporary directory), which only
+process 0 of a job writes: the later runs skip most of their compilation."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from research import supervisor, sweeps
+from research.train import configuration
+from tests.train_utils import ROOT, read_metrics
+
+STEPS, CHECKPOINT_EVERY, HEARTBEAT_S = 12, 3, 10
+ARGS = ("--config=configs/tiny.py", f"--config.train.steps={STEPS}", "--config.train.log_every=1",
+        f"--config.train.checkpoint_every={CHECKPOINT_EVERY}", f"--config.train.eval_every={CHECKPOINT_EVERY}",
+        "--config.train.eval_batches=1", "--config.train.keep_checkpoints=10", "--config.model.num_layers=1",
+        f"--config.mesh.heartbeat_timeout_s={HEARTBEAT_S}", "--config.mesh.init_timeout_s=120")
+RUN_TIMEOUT_S = 600  # a two-process start took 234 s on the 2-core machine at load 14 (other jobs)
+# The measured gap between one process with 8 devices and two with 4 (another order of the cross-device sums) is
+# at most 7e-8 relative over the 12 steps (docs/training.md, "Multi-process runs").
+RTOL = 1e-6
+_JOB_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+  return tmp_path_factory.mktemp("jax-cache")
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _env(cache: Path, devices: int, **extra: str) -> dict[str, str]:
+  env = {k: v for k, v in os.environ.items() if k not in _JOB_ENV}
+  return {**env, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu",
+          "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0", **extra}
+
+
+def _start(workdir: Path, env: dict[str, str]) -> subprocess.Popen:
+  return subprocess.Popen([sys.executable, "-m", "experiments.train", *ARGS, f"--workdir={workdir}"], cwd=ROOT,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _start_two(workdir: Path, cache: Path) -> list[subprocess.Popen]:
+  """Processes 0 and 1 of one job, 4 CPU devices each (research-train supervises each: research/supervisor.py)."""
+  job = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{_free_port()}", "JAX_NUM_PROCESSES": "2"}
+  return [_start(workdir, _env(cache, 4, **job, JAX_PROCESS_ID=str(i))) for i in range(2)]
+
+
+def _kill(procs: list[subprocess.Popen]) -> list[str]:
+  """Kills every process (a supervisor's trainer dies with it) and returns the ends of their stderr."""
+  errs = []
+  for proc in procs:
+    proc.kill()
+    try:
+      errs.append(proc.communicate(timeout=30)[1][-2000:])
+    except subprocess.TimeoutExpired:
+      errs.append("(no output)")
+  return errs
+
+
+def _finish(procs: list[subprocess.Popen], timeout: float = RUN_TIMEOUT_S) -> list[tuple[int, str, str]]:
+  """(returncode, stdout, stderr) of each; past the timeout all of them are killed and the test fails."""
+  deadline = time.monotonic() + timeout
+  results = []
+  try:
+    for proc in procs:
+      out, err = proc.communicate(timeout=max(deadline - time.monotonic(), 1))
+      results.append((proc.returncode, out, err))
+  except subprocess.TimeoutExpired:
+    pytest.fail(f"research-train did not finish within {timeout} s: {_kill(procs)}")
+  return results
+
+
+def _wait_for(path: Path, procs: list[subprocess.Popen], what: str) -> None:
+  """Polls until `path` exists while every process runs; otherwise kills them all and fails."""
+  deadline = time.monotonic() + RUN_TIMEOUT_S
+  while not path.exists():
+    if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+      pytest.fail(f"{what}: {_kill(procs)}")
+    time.sleep(0.02)
+
+
+def _ok(results):
+  for code, _, err in results:
+    assert code == 0, err[-3000:]
+
+
+def _losses(workdir: Path, split: str = "train") -> dict[int, float]:
+  records = read_metrics(workdir, split)
+  steps = [r["step"] for r in records]
+  assert len(steps) == len(set(steps)), f"a step logged twice: {steps}"  # two writers, or a resume that repeated
+  return {r["step"]: r["loss"] for r in records}
+
+
+def _close(a: dict[int, float], b: dict[int, float]):
+  assert sorted(a) == sorted(b)
+  for step in a:
+    assert a[step] == pytest.approx(b[step], rel=RTOL), step
+
+
+def _saved_steps(workdir: Path) -> list[int]:
+  return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, compile_cache):
+  """The reference: one process with 8 devices, uninterrupted."""
+  workdir = tmp_path_factory.mktemp("one") / "run"
+  _ok(_finish([_start(workdir, _env(compile_cache, 8))]))
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory, compile_cache):
+  """Two processes with 4 devices each, uninterrupted."""
+  workdir = tmp_path_factory.mktemp("two") / "run"
+  results = _finish(_start_two(workdir, compile_cache))
+  _ok(results)
+  return workdir, results
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_with_eight_devices(one_process, two_processes):
+  workdir, results = two_processes
+  # Process 0 alone writes the run's files: one line per step (two writers would log every step twice).
+  assert sorted(_losses(workdir)) == list(range(1, STEPS + 1))
+  _close(_losses(workdir), _losses(one_process))
+  _close(_losses(workdir, "valid"), _losses(one_process, "valid"))
+  summaries = [json.loads((w / "summary.json").read_text()) for w in (workdir, one_process)]
+  assert summaries[0]["valid_loss"] == pytest.approx(summaries[1]["valid_loss"], rel=RTOL)
+  assert summaries[0]["tokens_seen"] == summaries[1]["tokens_seen"]
+  # Both processes report the summary of the same job.
+  assert results[0][1].strip().splitlines()[-1].split(" wall_s=")[0] == \
+      results[1][1].strip().splitlines()[-1].split(" wall_s=")[0]
+
+
+def _stopped_after(source: Path, dest: Path, step: int) -> Path:
+  """A copy of the finished run in `source` as it was right after its checkpoint at `step` (a run stopped there):
+  later checkpoints, the log past `step` and the end-of-run files removed, so that a resume must recompute them."""
+  shutil.copytree(source, dest)
+  for path in (dest / "checkpoints").iterdir():
+    if path.name.isdigit() and int(path.name) > step:
+      shutil.rmtree(path)
+  for name in ("summary.json", "update_counts.npz"):
+    (dest / name).unlink(missing_ok=True)
+  lines = (dest / "metrics.jsonl").read_text().splitlines()
+  (dest / "metrics.jsonl").write_text("".join(l + "\n" for l in lines if json.loads(l)["step"] <= step))
+  return dest
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("written_by, resumed_by", [(2, 1), (1, 2)])
+def test_a_checkpoint_resumes_on_another_number_of_processes(written_by, resumed_by, one_process, two_processes,
+                                                             compile_cache, tmp_path):
+  source = two_processes[0] if written_by == 2 else one_process
+  middle = 2 * CHECKPOINT_EVERY
+  workdir = _stopped_after(source, tmp_path / "run", middle)
+  assert _saved_steps(workdir)[-1] == middle
+  procs = _start_two(workdir, compile_cache) if resumed_by == 2 else [_start(workdir, _env(compile_cache, 8))]
+  _ok(_finish(procs))
+  resumed = _losses(workdir)
+  assert sorted(resumed) == list(range(1, STEPS + 1))  # steps after the checkpoint recomputed, none repeated
+  _close(resumed, _losses(one_process))
+  _close(_losses(workdir, "valid"), _losses(one_process, "valid"))
+  assert json.loads((workdir / "summary.json").read_text())["step"] == STEPS
+
+
+@pytest.mark.slow
+def test_a_killed_process_ends_the_other_in_one_line_and_the_rerun_resumes(two_processes, compile_cache, tmp_path):
+  workdir = tmp_path / "run"
+  procs = _start_two(workdir, compile_cache)
+  # The step directory appears when the checkpoint is committed (renamed into place).
+  _wait_for(workdir / "checkpoints" / str(CHECKPOINT_EVERY), procs, f"no checkpoint at step {CHECKPOINT_EVERY}")
+  procs[1].send_signal(signal.SIGKILL)  # its supervisor; the trainer dies with it (PR_SET_PDEATHSIG)
+  killed = time.monotonic()
+  (code, _, err), (killed_code, _, _) = _finish(procs, timeout=120)
+  elapsed = time.monotonic() - killed
+  assert killed_code == -signal.SIGKILL
+  assert code == supervisor.LOST_PEER_EXIT, err[-3000:]
+  # Found by its missing heartbeats (mesh.heartbeat_timeout_s), not after JAX's defaults (100 s, 300 s).
+  assert elapsed < HEARTBEAT_S + 30, elapsed
+  lines = [line for line in err.splitlines() if line.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error: lost process 1 of 2: no heartbeat"), err[-3000:]
+  assert "mesh.heartbeat_timeout_s" in lines[0] and "rerun every process" in lines[0]
+  assert not (workdir / "summary.json").exists(), "the run finished before it could be killed"
+  saved = _saved_steps(workdir)
+  assert CHECKPOINT_EVERY <= saved[-1] < STEPS
+
+  # The same command on both processes resumes from the last checkpoint: the losses of an uninterrupted two-process
+  # run, bit for bit (the same programs on the same devices).
+  _ok(_finish(_start_two(workdir, compile_cache)))
+  assert _losses(workdir) == _losses(two_processes[0])
+  assert _losses(workdir, "valid") == _losses(two_processes[0], "valid")
+
+
+@pytest.mark.slow
+def test_a_killed_coordinator_ends_the_other_process_in_one_line(compile_cache, tmp_path):
+  workdir = tmp_path / "run"
+  procs = _start_two(workdir, compile_cache)
+  # Process 0 writes config.json after the job came together and before anything compiles: kill it there (process 1
+  # is then building its data or compiling), so that the test costs little more than the start-up.
+  _wait_for(workdir / "config.json", procs, "the job did not start")
+  procs[0].send_signal(signal.SIGKILL)
+  killed = time.monotonic()
+  (_, _, _), (code, _, err) = _finish(procs, timeout=120)
+  assert code == supervisor.LOST_PEER_EXIT, err[-3000:]
+  assert time.monotonic() - killed < HEARTBEAT_S + 30
+  lines = [line for line in err.splitlines() if line.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error: lost the coordinator, process 0 of 2 at 127.0.0.1:"), err
+
+
+# ------------------------------------------------------------------------------------------ sweeps
+
+
+def _sweep_file(path: Path, trials) -> Path:
+  path.write_text(f"BASE_CONFIG = 'configs/tiny.py'\nEVALUATE = None\n\ndef get_sweep():\n  return {trials!r}\n")
+  return path
+
+
+@pytest.mark.parametrize("environ, trials, reason", [
+    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, [{"seed": 0}, {"seed": 1}],
+     "JAX_COORDINATOR_ADDRESS=10.0.0.1:1234 in the environment"),
+    ({"SLURM_NTASKS": "4"}, [{"seed": 0}], "SLURM_NTASKS=4 in the environment"),
+    ({}, [{"seed": 0}, {"seed": 1, "mesh.distributed": "true"}], "trial 'seed=1,distributed=true' sets "
+                                                                     "mesh.distributed=true"),
+])
+def test_a_sweep_refuses_multi_process_trials_side_by_side(environ, trials, reason, tmp_path):
+  sweep = sweeps.load_sweep(_sweep_file(tmp_path / "sweep.py", trials))
+  with pytest.raises(configuration.ConfigError) as err:
+    sweeps.check_jobs(sweep, 2, environ)
+  message = str(err.value)
+  assert "\n" not in message and message.startswith(f"--jobs=2 cannot run multi-process trials ({reason})")
+  assert "--jobs=1" in message
+  sweeps.check_jobs(sweep, 1, environ)  # one at a time: allowed
+  if environ:  # the same trials without the cluster's environment run side by side
+    sweeps.check_jobs(sweep, 2, {})
+
+
+def test_research_sweep_jobs_2_in_a_multi_process_environment_is_one_line_and_starts_nothing(tmp_path):
+  path = _sweep_file(tmp_path / "sweep.py", [{"seed": 0}, {"seed": 1}])
+  env = {**os.environ, "JAX_COORDINATOR_ADDRESS": "127.0.0.1:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"}
+  result = subprocess.run([sys.executable, "-m", "experiments.sweep", f"--sweep={path}",
+                           f"--workdir={tmp_path / 'out'}", "--jobs=2"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: --jobs=2 cannot run multi-process trials "
+                                                 "(JAX_COORDINATOR_ADDRESS=127.0.0.1:1 in the environment)")
+  assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------ the supervisor's parts
+
+# What JAX's runtime prints when it ends a process (jaxlib 0.10.2, abbreviated after the first stack frame): process
+# 0 after process 1 was killed; process 1 after the coordinator was killed; a process whose peer never started.
+HEARTBEATS_REPORT = """\
+E1201 11:40:51.821088    6443 coordination_service.cc:1549] [17322386971978136830] Use error polling to propagate \
+the following error to all tasks: UNAVAILABLE: The following tasks are unhealthy (stopped sending heartbeats):
+1
+The tasks have crashed. Check the task logs for an earlier error, or scheduler events (e.g. preemption, eviction) to \
+debug further. [type.googleapis.com/tensorflow.CoordinationServiceError='']
+F1201 11:39:49.171966    5695 client.h:80] Terminating process because the JAX distributed service detected fatal \
+errors. This most likely indicates that another task died; see the other task logs for more details. absl::Status: \
+UNAVAILABLE: The following tasks are unhealthy (stopped sending heartbeats):
+1
+RPC: /xla.coordination.CoordinationService/PollForError [type.googleapis.com/tensorflow.CoordinationServiceError='']
+*** Check failure stack trace: ***
+    @     0x7fe1f7640634  absl::lts_20260107::log_internal::LogMessage::SendToLog()
+"""
+COORDINATOR_REPORT = """\
+Traceback (most recent call last):
+jax.errors.JaxRuntimeError: UNKNOWN: Gloo all-reduce failed: [external/gloo/gloo/transport/tcp/pair.cc:538] Read \
+error [127.0.0.1]:2707: Connection reset by peer
+E1201 11:43:32.338336    8932 coordination_service_agent.cc:289] Polled an error from coordination service (this \
+can be an error from this or another task).
+F1201 11:43:32.338341    8932 client.h:80] Terminating process because the JAX distributed service detected fatal \
+errors. This most likely indicates that another task died; see the other task logs for more details.
+Additional GRPC error information from remote target coordination_service while calling \
+/xla.coordination.CoordinationService/PollForError:
+:UNKNOWN:Error received from peer  {grpc_message:"Socket closed", grpc_status:14}
+*** Check failure stack trace: ***
+"""
+INIT_REPORT = """\
+F1201 11:44:26.592192    9490 client.h:80] Terminating process because the JAX distributed service detected fatal \
+errors. This most likely indicates that another task died; see the other task logs for more details. absl::Status: \
+DEADLINE_EXCEEDED: Deadline Exceeded
+
+RPC: /xla.coordination.CoordinationService/RegisterTask
+*** Check failure stack trace: ***
+"""
+BUG_REPORT = """\
+Traceback (most recent call last):
+  File "/work/research/train/loop.py", line 1, in train
+ValueError: something else went wrong
+"""
+
+
+@pytest.mark.parametrize("report, process, expected", [
+    (HEARTBEATS_REPORT, "0", "lost process 1 of 2: no heartbeat for mesh.heartbeat_timeout_s seconds; process 0 "
+                             "stops too; rerun every process with the same command to resume from the last checkpoint"),
+    (HEARTBEATS_REPORT, "1", "this process (process 1 of 2) sent no heartbeat for mesh.heartbeat_timeout_s seconds"),
+    (COORDINATOR_REPORT, "1", "lost the coordinator, process 0 of 2 at 127.0.0.1:4321 (its connection closed); "
+                              "process 1 stops too"),
+    (INIT_REPORT, "1", "the job did not come together: not all 2 processes reached the coordinator at "
+                       "127.0.0.1:4321 within mesh.init_timeout_s seconds"),
+    (BUG_REPORT, "0", None),
+])
+def test_the_runtime_report_becomes_one_line_naming_the_lost_process(report, process, expected):
+  env = {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:4321", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": process}
+  message = supervisor.lost_peer_message(report, env)
+  assert message == expected if expected is None else message.startswith(expected), message
+  assert message is None or "\n" not in message
+
+
+def test_relay_copies_lines_and_holds_back_a_report_only_while_it_may_be_the_end():
+  read, write = os.pipe()
+  out_read, out_write = os.pipe()
+
+  def child():
+    with open(write, "wb", buffering=0) as stderr:
+      stderr.write(b"error-free line\nW1201 11:00:00.000000  1 some.cc:1] a warning\ncontinued\n")
+      time.sleep(0.6)  # longer than hold_s: the warning was not the end, and is copied
+      stderr.write(b"more\nF1201 11:00:01.000000  1 client.h:80] Terminating process\n  @ 0x1 frame\n")
+
+  writer = threading.Thread(target=child)
+  writer.start()
+  with open(read, "rb") as stream, open(out_write, "wb") as out:
+    held, errored = supervisor.relay(stream, out, hold_s=0.2)
+  writer.join()
+  with open(out_read, "rb") as copied:
+    assert copied.read() == b"error-free line\nW1201 11:00:00.000000  1 some.cc:1] a warning\ncontinued\nmore\n"
+  assert held == b"F1201 11:00:01.000000  1 client.h:80] Terminating process\n  @ 0x1 frame\n" and not errored
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({}, False), ({"JAX_NUM_PROCESSES": "2"}, True), ({"JAX_NUM_PROCESSES": "1"}, False),
+    ({"JAX_COORDINATOR_ADDRESS": "h:1"}, True), ({"JAX_COORDINATOR_ADDRESS": "h:1", supervisor.OPT_OUT: "0"}, False),
+    ({"JAX_COORDINATOR_ADDRESS": "h:1", supervisor.CHILD_ENV: "123"}, False),
+])
+def test_the_supervisor_runs_for_multi_process_jobs_only(environ, expected):
+  assert supervisor.wanted(environ) is expected
