@@ -96,8 +96,9 @@ def _mean(x: np.ndarray) -> float | None:
 
 def buckets(table_VxD: np.ndarray, counts_V: np.ndarray, *, init_VxD: np.ndarray | None = None,
             present_V: np.ndarray | None = None, words: Sequence[str] | None = None,
-            base: float = 10.0) -> list[dict[str, Any]]:
-  """One record per non-empty bucket, in order of frequency (see the module docstring)."""
+            base: float = 10.0, scorer: str = "batched") -> list[dict[str, Any]]:
+  """One record per non-empty bucket, in order of frequency (see the module docstring); `scorer`: the analogy
+  scorer of the word benchmarks (`quality.benchmarks`)."""
   table_VxD = np.asarray(table_VxD, np.float64)
   counts_V = np.asarray(counts_V, np.float64)
   index_V = bucket_index(counts_V, base)
@@ -119,12 +120,13 @@ def buckets(table_VxD: np.ndarray, counts_V: np.ndarray, *, init_VxD: np.ndarray
         "mean_drift_l2": None if init_VxD is None else _mean(drift_V[rows]),
         "mean_cosine_to_init": None if init_VxD is None else _mean(cos_V[rows])}
     if words is not None:
-      record["benchmarks"] = bucket_benchmarks(table_VxD, rows, words)
+      record["benchmarks"] = bucket_benchmarks(table_VxD, rows, words, scorer)
     out.append(record)
   return out
 
 
-def bucket_benchmarks(table_VxD: np.ndarray, rows: np.ndarray, words: Sequence[str]) -> dict[str, Any]:
+def bucket_benchmarks(table_VxD: np.ndarray, rows: np.ndarray, words: Sequence[str],
+                      scorer: str = "batched") -> dict[str, Any]:
   """gensim's analogy and word-pair scores of the KeyedVectors restricted to these rows' words (word tokenizer)."""
   from research.analysis import quality
   keys, picked = [], []
@@ -135,7 +137,8 @@ def bucket_benchmarks(table_VxD: np.ndarray, rows: np.ndarray, words: Sequence[s
       picked.append(r)
   if not keys:
     return {}
-  return quality.benchmarks(quality.keyed_vectors(keys, np.asarray(table_VxD, np.float32)[np.asarray(picked)]))
+  vectors_NxD = np.asarray(table_VxD, np.float32)[np.asarray(picked)]
+  return quality.benchmarks(quality.keyed_vectors(keys, vectors_NxD), scorer=scorer)
 
 
 # ------------------------------------------------------------------------------------------------- geometry
@@ -190,11 +193,12 @@ def geometry(table_VxD: np.ndarray, counts_V: np.ndarray | None = None) -> dict[
 
 def rare_report(table_VxD: np.ndarray, counts_V: np.ndarray, *, init_VxD: np.ndarray | None = None,
                 present_V: np.ndarray | None = None, head_VxD: np.ndarray | None = None,
-                words: Sequence[str] | None = None, base: float = 10.0) -> dict[str, Any]:
+                words: Sequence[str] | None = None, base: float = 10.0, scorer: str = "batched") -> dict[str, Any]:
   """The figures of rare_tokens.json for arrays: buckets of the input table, geometry of it (and of the head)."""
   report: dict[str, Any] = {
       "vocab_size": int(table_VxD.shape[0]), "dim": int(table_VxD.shape[1]), "bucket_base": base,
-      "buckets": buckets(table_VxD, counts_V, init_VxD=init_VxD, present_V=present_V, words=words, base=base),
+      "buckets": buckets(table_VxD, counts_V, init_VxD=init_VxD, present_V=present_V, words=words, base=base,
+                         scorer=scorer),
       "geometry": {"input": geometry(table_VxD, counts_V)}}
   if head_VxD is not None:
     report["geometry"]["output"] = geometry(head_VxD, counts_V)
