@@ -191,6 +191,19 @@ def geometry(table_VxD: np.ndarray, counts_V: np.ndarray | None = None) -> dict[
           "norm_freq_spearman": None if counts_V is None else norm_frequency_spearman(table_VxD, counts_V)}
 
 
+# ------------------------------------------------------------------------------------------- absent rows
+
+
+def absent_rows(table_VxD: np.ndarray, init_VxD: np.ndarray, present_V: np.ndarray) -> dict[str, Any]:
+  """The rows no batch held (present == 0): `rows` (how many), `rows_changed` (how many differ from their initial
+  value in any element) and `max_abs_change` (the largest |w − w₀| over their elements; exactly 0.0 when none
+  moved, None when no row is absent). The table must be the one the counts describe (same step)."""
+  absent_V = np.asarray(present_V) == 0
+  change_AxD = np.abs(np.asarray(table_VxD, np.float64)[absent_V] - np.asarray(init_VxD, np.float64)[absent_V])
+  return {"rows": int(absent_V.sum()), "rows_changed": int((change_AxD > 0).any(axis=1).sum()),
+          "max_abs_change": float(change_AxD.max()) if change_AxD.size else None}
+
+
 def rare_report(table_VxD: np.ndarray, counts_V: np.ndarray, *, init_VxD: np.ndarray | None = None,
                 present_V: np.ndarray | None = None, head_VxD: np.ndarray | None = None,
                 words: Sequence[str] | None = None, base: float = 10.0, scorer: str = "batched") -> dict[str, Any]:
@@ -270,6 +283,46 @@ def run_arrays(workdir: Path, params: Any) -> dict[str, Any]:
           "head_VxD": None if head is None else np.asarray(head, np.float32).T}
 
 
+def _table_at(workdir: Path, step: int) -> np.ndarray | None:
+  """The token table of the run's checkpoint at `step`, or None when that checkpoint is not kept."""
+  from research.train import checkpoint as checkpoint_lib
+  with checkpoint_lib.Checkpointer(workdir / "checkpoints", keep=10**6, async_save=False) as ckpt:
+    if step not in ckpt.all_steps():
+      return None
+    params = ckpt.restore_params(step)
+  return np.asarray(params["token_embed"]["embedding"], np.float32)
+
+
+def run_absent_rows(workdir: Path, run_step: int, table_VxD: np.ndarray,
+                    init_VxD: np.ndarray | None) -> dict[str, Any]:
+  """`absent_rows` of a run, measured at the step its update_counts.npz counts up to (its `step`; the summary's
+  step for a file written before it had one: both are written at the end of training): the analysed checkpoint's
+  table when that is the step (a finished run's last checkpoint), else the checkpoint of that step. Also `step`
+  and `note`: why the figures are None, when they are."""
+  import json
+
+  from research.train import loop
+  out: dict[str, Any] = {"rows": None, "rows_changed": None, "max_abs_change": None, "step": None, "note": None}
+  counts_file = workdir / loop.UPDATE_COUNTS_FILE
+  if not counts_file.exists():
+    return {**out, "note": f"no {loop.UPDATE_COUNTS_FILE} (train.count_updates off, or the run did not finish)"}
+  if init_VxD is None:
+    return {**out, "note": f"no {loop.INIT_TABLE_FILE} of this table's shape"}
+  with np.load(counts_file) as npz:
+    present_V = npz["present"]
+    step = int(npz["step"]) if "step" in npz.files else None
+  summary_file = workdir / loop.SUMMARY_FILE
+  if step is None and summary_file.exists():
+    step = json.loads(summary_file.read_text()).get("step")
+  if step is None:
+    return {**out, "note": f"the step {loop.UPDATE_COUNTS_FILE} counts up to is unknown"}
+  table = table_VxD if step == run_step else _table_at(workdir, step)
+  if table is None:
+    return {**out, "step": step, "note": f"no checkpoint of step {step}, the step {loop.UPDATE_COUNTS_FILE} "
+                                         f"counts up to"}
+  return {**absent_rows(table, init_VxD, present_V), "step": step, "note": None}
+
+
 def analyze_run(workdir: str | os.PathLike, checkpoint: str = "best", base: float = 10.0) -> dict[str, Any]:
   """The rare-token figures of the run's best (or last) checkpoint: RUN/eval/rare_tokens.json and two plots."""
   from research.analysis import quality
@@ -292,7 +345,8 @@ def analyze_run(workdir: str | os.PathLike, checkpoint: str = "best", base: floa
             "tied": bool(run.config.model.tie_embeddings),
             **rare_report(table_VxD, counts, init_VxD=init, present_V=arrays["present_V"],
                           head_VxD=arrays["head_VxD"], words=words, base=base),
-            "has_init": init is not None, "has_update_counts": arrays["present_V"] is not None}
+            "has_init": init is not None, "has_update_counts": arrays["present_V"] is not None,
+            "absent_rows": run_absent_rows(workdir, run.step, table_VxD, init)}
   out_dir = write_rare(workdir, report).parent
   plot_norm_vs_frequency(table_VxD, counts, out_dir / NORM_PLOT, title=workdir.resolve().name)
   plot_buckets(report, out_dir / BUCKETS_PLOT, title=workdir.resolve().name)
@@ -317,4 +371,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
   for b in report["buckets"]:
     lines.append(f"count {b['label']}: {b['rows']} rows, norm {num(b['mean_norm'])}, drift {num(b['mean_drift_l2'])}"
                  f", 10-NN cosine {num(b['mean_knn_cosine'])}")
+  absent = report.get("absent_rows")
+  if absent and absent["note"]:
+    lines.append(f"rows absent from every batch: not measured ({absent['note']})")
+  elif absent:
+    change = "n/a" if absent["max_abs_change"] is None else f"{absent['max_abs_change']:.3g}"
+    lines.append(f"rows absent from every batch (to step {absent['step']}): {absent['rows']}, of which "
+                 f"{absent['rows_changed']} moved from init; max |change| {change}")
   return lines
