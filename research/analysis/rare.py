@@ -20,8 +20,9 @@ Geometry (`geometry`), for the input table and, when untied, the output head's c
   norm_freq_spearman  Spearman correlation of the row norm with log(1 + training count) (rank-based: the log only
                       documents what is meant)
 
-Everything is numpy / scipy; neighbours are searched in chunks of rows (no V×V matrix), so a 32 768-row table is
-analysed in well under a minute on two cores (benchmarks/rare.py).
+Everything is numpy / scipy; neighbours are searched in chunks of rows (no V×V matrix, and each pair of rows is
+compared once), so a 32 768-row table is analysed in well under a minute on two cores (benchmarks/rare.py,
+benchmarks/embedding_quality.py --rare).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from research.analysis import blas
 
 RARE_FILE = "rare_tokens.json"
 NORM_PLOT, BUCKETS_PLOT = "norm_vs_frequency.png", "buckets.png"
@@ -73,21 +76,33 @@ def _unit(x_NxD: np.ndarray) -> np.ndarray:
   return x_NxD / np.maximum(norms, 1e-12)
 
 
+def _top_k(x_NxM: np.ndarray, k: int) -> np.ndarray:
+  """The k largest entries of each row (in no order), partitioning x in place."""
+  x_NxM.partition(x_NxM.shape[1] - k, axis=1)
+  return x_NxM[:, -k:]
+
+
 def knn_cosine(table_VxD: np.ndarray, k: int = NUM_NEIGHBOURS, chunk: int = CHUNK_ROWS) -> np.ndarray:
-  """float [V]: each row's mean cosine to its k nearest rows (by cosine, itself excluded), chunk rows at a time."""
+  """float [V]: each row's mean cosine to its k nearest rows (by cosine, itself excluded), chunk rows at a time.
+
+  Cosine is symmetric, so a chunk is compared with itself and the rows after it only (half the products of a full
+  search): its rows merge those columns into their running top k, and the later rows merge the chunk's rows into
+  theirs (the transposed block). Never more than a chunk × V block of similarities at once."""
   unit_VxD = _unit(np.asarray(table_VxD, np.float32))
   v = unit_VxD.shape[0]
   k = min(k, v - 1)
-  out = np.zeros(v, np.float64)
   if k < 1:
-    return out
+    return np.zeros(v, np.float64)
+  top_VxK = np.full((v, k), -np.inf, np.float32)
   for start in range(0, v, chunk):
-    sims_CxV = unit_VxD[start:start + chunk] @ unit_VxD.T
-    rows = np.arange(sims_CxV.shape[0])
-    sims_CxV[rows, start + rows] = -np.inf  # not its own neighbour
-    top_CxK = np.partition(sims_CxV, v - k, axis=1)[:, v - k:]
-    out[start:start + chunk] = top_CxK.mean(axis=1)
-  return out
+    stop = min(start + chunk, v)
+    sims_CxR = unit_VxD[start:stop] @ unit_VxD[start:].T  # this chunk against itself and every later row
+    rows = np.arange(stop - start)
+    sims_CxR[rows, rows] = -np.inf  # not its own neighbour
+    top_VxK[start:stop] = _top_k(np.concatenate([top_VxK[start:stop], sims_CxR], axis=1), k)
+    if stop < v:
+      top_VxK[stop:] = _top_k(np.concatenate([top_VxK[stop:], sims_CxR[:, stop - start:].T], axis=1), k)
+  return top_VxK.mean(axis=1, dtype=np.float64)
 
 
 def _mean(x: np.ndarray) -> float | None:
@@ -129,10 +144,11 @@ def bucket_benchmarks(table_VxD: np.ndarray, rows: np.ndarray, words: Sequence[s
                       scorer: str = "batched") -> dict[str, Any]:
   """gensim's analogy and word-pair scores of the KeyedVectors restricted to these rows' words (word tokenizer)."""
   from research.analysis import quality
-  keys, picked = [], []
+  keys, picked, seen = [], [], set()
   for r in rows:
     w = words[r]
-    if w and w not in keys:
+    if w and w not in seen:
+      seen.add(w)
       keys.append(w)
       picked.append(r)
   if not keys:
@@ -158,20 +174,27 @@ def variance_shares(table_VxD: np.ndarray, top: Sequence[int] = TOP_COMPONENTS) 
   """{k: share of the centred variance in the first k principal components}."""
   x = np.asarray(table_VxD, np.float64)
   x = x - x.mean(axis=0)
-  eig = np.sort(np.linalg.eigvalsh(x.T @ x))[::-1]
+  with blas.one_thread():  # a d × d eigenproblem: docs/benchmarks.md on OpenBLAS threads
+    eig = np.sort(np.linalg.eigvalsh(x.T @ x))[::-1]
   total = max(float(eig.sum()), 1e-300)
   return {k: float(eig[:k].sum() / total) for k in top}
 
 
+def _logsumexp_columns(x_VxD: np.ndarray, sign: float) -> np.ndarray:
+  """log Σ_v exp(sign · x[v, d]) per column d, shifted by the column's maximum so that nothing overflows."""
+  peak_D = (x_VxD.max(axis=0) if sign > 0 else -x_VxD.min(axis=0))
+  return peak_D + np.log(np.exp(sign * x_VxD - peak_D).sum(axis=0))
+
+
 def isotropy(table_VxD: np.ndarray) -> float:
   """Mu & Viswanath 2018: min_c Z(c) / max_c Z(c), c over ± the eigenvectors of WᵀW, Z(c) = Σ_w exp(c·w); in log
-  space (logsumexp), so large norms do not overflow."""
-  from scipy.special import logsumexp
+  space (shifted by the maximum), so large norms do not overflow."""
   w = np.asarray(table_VxD, np.float64)
-  _, vectors_DxD = np.linalg.eigh(w.T @ w)
+  with blas.one_thread():
+    _, vectors_DxD = np.linalg.eigh(w.T @ w)
   proj_VxD = w @ vectors_DxD
   # An eigenvector's sign is the solver's choice: both c and -c are used, so the figure does not depend on it.
-  log_z = np.concatenate([logsumexp(proj_VxD, axis=0), logsumexp(-proj_VxD, axis=0)])
+  log_z = np.concatenate([_logsumexp_columns(proj_VxD, 1.0), _logsumexp_columns(proj_VxD, -1.0)])
   return float(np.exp(log_z.min() - log_z.max()))
 
 
