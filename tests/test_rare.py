@@ -188,12 +188,67 @@ def test_a_runs_rare_token_report_from_its_files(word_run):
   np.testing.assert_array_equal(drift > 0, nonzero > 0)
   assert (drift[present == 0] == 0).all() and (present == 0).any() and (nonzero < present).any()
   assert frequent["mean_drift_l2"] > 0 and frequent["mean_cosine_to_init"] < 1
+  # Dense AdamW, untied, no table decay: the rows no batch held never moved (zero gradient, zero moments).
+  absent = report["absent_rows"]
+  assert absent == {"rows": int((present == 0).sum()), "rows_changed": 0, "max_abs_change": 0.0, "step": 4,
+                    "note": None} and absent["rows"] > 0
   assert set(report["geometry"]) == {"input", "output"}  # untied: the head's columns too
   assert set(report["geometry"]["output"]) == set(rare.GEOMETRY_METRICS)
   # Word tokenizer: gensim's benchmarks on each bucket's words (coverage below the whole vocabulary's).
   whole = quality.analyze_run(word_run)["benchmarks"]["wordsim353"]["coverage"]
   scored = [b["benchmarks"]["wordsim353"]["coverage"] for b in report["buckets"] if b.get("benchmarks")]
   assert scored and all(c <= whole for c in scored)
+
+
+ABSENT_RUN = {"data.tokenizer": "word", "train.steps": 3, "train.checkpoint_every": 1, "train.eval_batches": 1,
+              "train.async_checkpoints": False, "train.warmup_steps": 0}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides, moved", [
+    ({"train.optimizer": "sgd", "model.tie_embeddings": False}, False),  # zero gradient, zero momentum
+    ({"train.embedding.lazy": True, "model.tie_embeddings": True}, False),  # masked: values and moments kept
+    ({"model.tie_embeddings": True}, True),  # dense AdamW, tied: the head's softmax sends gradient to every row
+    ({"train.optimizer": "sgd", "model.tie_embeddings": True}, True),  # so does SGD's, through the tied head
+], ids=["sgd-untied", "lazy-adamw-tied", "dense-adamw-tied", "sgd-tied"])
+def test_rows_no_batch_held_stay_unchanged_exactly_when_no_gradient_reaches_them(tmp_path, overrides, moved):
+  """"Rows for tokens not present remain unchanged", measured on real runs at the step the counts describe (the
+  last checkpoint), whatever checkpoint is analysed: exactly 0 or clearly not."""
+  loop.train(tiny_config(**ABSENT_RUN, **overrides), tmp_path)
+  init = np.load(tmp_path / loop.INIT_TABLE_FILE)
+  present = np.load(tmp_path / loop.UPDATE_COUNTS_FILE)["present"]
+  assert int(np.load(tmp_path / loop.UPDATE_COUNTS_FILE)["step"]) == 3
+  # Analysed at step 1 (say, the best): the figures still come from step 3's checkpoint, not from this table.
+  absent = rare.run_absent_rows(tmp_path, 1, np.full_like(init, np.nan), init)
+  assert absent["step"] == 3 and absent["note"] is None and absent["rows"] == (present == 0).sum() > 0
+  if moved:
+    assert absent["max_abs_change"] > 0 and absent["rows_changed"] == absent["rows"]
+  else:
+    assert absent["max_abs_change"] == 0.0 and absent["rows_changed"] == 0
+  # Without the counts' checkpoint there is no figure, and the note says why.
+  assert "no update_counts.npz" in rare.run_absent_rows(tmp_path / "elsewhere", 1, init, init)["note"]
+
+
+def test_absent_rows_on_a_hand_built_table():
+  init = np.zeros((5, 2))
+  table = init.copy()
+  table[0] = 1.0  # present: may move
+  table[3, 1] = -0.25  # absent, but moved
+  assert rare.absent_rows(table, init, np.array([2, 0, 0, 0, 1])) == {"rows": 3, "rows_changed": 1,
+                                                                       "max_abs_change": 0.25}
+  assert rare.absent_rows(table, init, np.ones(5))["max_abs_change"] is None
+
+
+def test_one_blas_thread_inside_the_block_and_the_old_count_after():
+  from research.analysis import blas
+  libs = blas._loaded_openblas()
+  before = [get() for _, get in libs]
+  x = np.random.default_rng(0).normal(size=(64, 64))
+  with blas.one_thread():
+    assert all(get() == 1 for _, get in libs)
+    inside = np.linalg.eigvalsh(x @ x.T)
+  assert [get() for _, get in libs] == before
+  np.testing.assert_allclose(inside, np.linalg.eigvalsh(x @ x.T), rtol=1e-10)
 
 
 # ------------------------------------------------------------------------------------------------ factorized
