@@ -499,3 +499,23 @@ def test_the_closer_spelling_gets_the_closer_vector_after_training_on_a_toy_corp
     params, opt_state = step(params, opt_state)
   np.testing.assert_array_equal(params["token_embed"]["embedding"][unseen], start_rows)  # never moved
   assert wins(params).all() and before.mean() < 0.8
+
+
+def test_the_rare_token_and_embedding_variant_sweeps_expand_and_validate():
+  from pathlib import Path
+
+  from research import sweeps
+  from research.model.config import ModelConfig
+  root = Path(__file__).resolve().parents[1] / "configs" / "sweeps"
+  rare_sweep = sweeps.load_sweep(root / "rare_tokens.py")
+  assert len({t.name for t in rare_sweep.trials}) == len(rare_sweep.trials) == 3 * 2 * 2 * 3
+  arms = {(t.overrides["train.optimizer"], t.overrides["train.embedding.lazy"]) for t in rare_sweep.trials}
+  assert arms == {("adamw", False), ("adamw", True), ("sgd", False)}
+  for t in rare_sweep.trials:  # the positions sweep's budget, no decay anywhere
+    assert (t.overrides["data.seq_len"], t.overrides["train.steps"], t.overrides["train.weight_decay"]) == (64, 800, 0)
+    assert ("train.learning_rate" in t.overrides) == (t.overrides["train.optimizer"] == "sgd")
+  variants = sweeps.load_sweep(root / "embedding_variants.py")
+  assert len({t.name for t in variants.trials}) == len(variants.trials) == 3 * 2 * 3
+  assert {t.overrides["model.table_dim"] for t in variants.trials} == {0, ModelConfig().d_model // 4}
+  assert {t.overrides["model.char_embeddings"] for t in variants.trials} == {"none", "concat", "sum"}
+  assert all(t.overrides["data.tokenizer"] == "word" for t in variants.trials)

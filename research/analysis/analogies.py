@@ -25,7 +25,8 @@ matrix-matrix product: the two sum in different orders, so a score may differ in
 product). Wherever the decision could depend on that — two candidates up to the chosen one's rank whose scores are
 within twice the bound, an exact tie included, or a non-finite score — the question is scored again by gensim's own
 `most_similar`, exactly as `evaluate_word_analogies` calls it. So the result is gensim's, ties and all; on real
-tables about one question in a hundred takes that path (`stats["rescored"]`).
+tables about one question in a hundred takes that path (`stats["rescored"]`). One difference: for a file without
+a single question gensim divides by zero, this returns (0.0, sections).
 """
 
 from __future__ import annotations

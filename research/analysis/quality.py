@@ -6,9 +6,9 @@
 Every figure is gensim's (`KeyedVectors.evaluate_word_analogies`, `evaluate_word_pairs`, `most_similar`) on the
 benchmark files gensim ships, with its defaults (case-insensitive, the 300 000 first keys). Analogies are scored by
 `analogies.evaluate_word_analogies`, gensim's rule batched into one matrix product per block of questions, which gives
-gensim's own numbers (tested) about a hundred times faster on a 32 768-word table; `scorer="gensim"` calls gensim's
-per-question loop instead (benchmarks/embedding_quality.py --gensim). Each benchmark also reports its coverage: the
-share of its items (questions, pairs) whose words are all in the vocabulary.
+gensim's own numbers (tested), 12–17 times faster on a 32 768-word table (docs/benchmarks.md); `scorer="gensim"`
+calls gensim's per-question loop instead (benchmarks/embedding_quality.py --scorer=gensim). Each benchmark also
+reports its coverage: the share of its items (questions, pairs) whose words are all in the vocabulary.
 
 A run's table becomes word vectors like this (docs/embeddings.md): the keys are the word forms of the vocabulary
 (tokens without their markers, `pretrained.token_words`) followed by the benchmark words; a key's vector is the
