@@ -6,9 +6,9 @@ r"""Analyses of an embedding table: word-vector benchmarks, exports.
 With --workdir: scores the input table of the run's best checkpoint (Google analogies, WordSim-353, SimLex-999 with
 their coverage; nearest neighbours of 10 frequent words) and writes RUN/eval/embedding_quality.json;
 --export_word2vec writes the table as word2vec text keyed by token strings, --export_projector TensorBoard projector
-files (token and training count as metadata), --rare the rare-token analyses (frequency buckets, geometry:
-RUN/eval/rare_tokens.json, norm_vs_frequency.png, buckets.png; docs/rare_tokens.md). With --vectors: the same
-benchmarks for a vector file.
+files (token and training count as metadata), --rare the rare-token analyses (frequency buckets, geometry, rows no
+batch held and how far they moved: RUN/eval/rare_tokens.json, norm_vs_frequency.png, buckets.png;
+docs/rare_tokens.md). With --vectors: the same benchmarks for a vector file.
 
 One entry point for every analysis of a table: a new one is a flag and one more step in `main`.
 """

@@ -188,12 +188,67 @@ def test_a_runs_rare_token_report_from_its_files(word_run):
   np.testing.assert_array_equal(drift > 0, nonzero > 0)
   assert (drift[present == 0] == 0).all() and (present == 0).any() and (nonzero < present).any()
   assert frequent["mean_drift_l2"] > 0 and frequent["mean_cosine_to_init"] < 1
+  # Dense AdamW, untied, no table decay: the rows no batch held never moved (zero gradient, zero moments).
+  absent = report["absent_rows"]
+  assert absent == {"rows": int((present == 0).sum()), "rows_changed": 0, "max_abs_change": 0.0, "step": 4,
+                    "note": None} and absent["rows"] > 0
   assert set(report["geometry"]) == {"input", "output"}  # untied: the head's columns too
   assert set(report["geometry"]["output"]) == set(rare.GEOMETRY_METRICS)
   # Word tokenizer: gensim's benchmarks on each bucket's words (coverage below the whole vocabulary's).
   whole = quality.analyze_run(word_run)["benchmarks"]["wordsim353"]["coverage"]
   scored = [b["benchmarks"]["wordsim353"]["coverage"] for b in report["buckets"] if b.get("benchmarks")]
   assert scored and all(c <= whole for c in scored)
+
+
+ABSENT_RUN = {"data.tokenizer": "word", "train.steps": 3, "train.checkpoint_every": 1, "train.eval_batches": 1,
+              "train.async_checkpoints": False, "train.warmup_steps": 0}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides, moved", [
+    ({"train.optimizer": "sgd", "model.tie_embeddings": False}, False),  # zero gradient, zero momentum
+    ({"train.embedding.lazy": True, "model.tie_embeddings": True}, False),  # masked: values and moments kept
+    ({"model.tie_embeddings": True}, True),  # dense AdamW, tied: the head's softmax sends gradient to every row
+    ({"train.optimizer": "sgd", "model.tie_embeddings": True}, True),  # so does SGD's, through the tied head
+], ids=["sgd-untied", "lazy-adamw-tied", "dense-adamw-tied", "sgd-tied"])
+def test_rows_no_batch_held_stay_unchanged_exactly_when_no_gradient_reaches_them(tmp_path, overrides, moved):
+  """"Rows for tokens not present remain unchanged", measured on real runs at the step the counts describe (the
+  last checkpoint), whatever checkpoint is analysed: exactly 0 or clearly not."""
+  loop.train(tiny_config(**ABSENT_RUN, **overrides), tmp_path)
+  init = np.load(tmp_path / loop.INIT_TABLE_FILE)
+  present = np.load(tmp_path / loop.UPDATE_COUNTS_FILE)["present"]
+  assert int(np.load(tmp_path / loop.UPDATE_COUNTS_FILE)["step"]) == 3
+  # Analysed at step 1 (say, the best): the figures still come from step 3's checkpoint, not from this table.
+  absent = rare.run_absent_rows(tmp_path, 1, np.full_like(init, np.nan), init)
+  assert absent["step"] == 3 and absent["note"] is None and absent["rows"] == (present == 0).sum() > 0
+  if moved:
+    assert absent["max_abs_change"] > 0 and absent["rows_changed"] == absent["rows"]
+  else:
+    assert absent["max_abs_change"] == 0.0 and absent["rows_changed"] == 0
+  # Without the counts' checkpoint there is no figure, and the note says why.
+  assert "no update_counts.npz" in rare.run_absent_rows(tmp_path / "elsewhere", 1, init, init)["note"]
+
+
+def test_absent_rows_on_a_hand_built_table():
+  init = np.zeros((5, 2))
+  table = init.copy()
+  table[0] = 1.0  # present: may move
+  table[3, 1] = -0.25  # absent, but moved
+  assert rare.absent_rows(table, init, np.array([2, 0, 0, 0, 1])) == {"rows": 3, "rows_changed": 1,
+                                                                       "max_abs_change": 0.25}
+  assert rare.absent_rows(table, init, np.ones(5))["max_abs_change"] is None
+
+
+def test_one_blas_thread_inside_the_block_and_the_old_count_after():
+  from research.analysis import blas
+  libs = blas._loaded_openblas()
+  before = [get() for _, get in libs]
+  x = np.random.default_rng(0).normal(size=(64, 64))
+  with blas.one_thread():
+    assert all(get() == 1 for _, get in libs)
+    inside = np.linalg.eigvalsh(x @ x.T)
+  assert [get() for _, get in libs] == before
+  np.testing.assert_allclose(inside, np.linalg.eigvalsh(x @ x.T), rtol=1e-10)
 
 
 # ------------------------------------------------------------------------------------------------ factorized
@@ -390,3 +445,77 @@ def test_counts_are_the_same_on_every_mesh():
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert out["8x1"] == out["2x4"] == out["1x1"]
   assert out["1x1"]["present"] == out["1x1"]["nonzero"] and max(out["1x1"]["present"]) == 3
+
+
+def test_the_closer_spelling_gets_the_closer_vector_after_training_on_a_toy_corpus():
+  """A corpus built for it: every form of a verb stem is followed by the word its suffix calls for ("walking now",
+  "walked then", ...). Four -ing forms and four unrelated words are in the vocabulary but never in the data, so
+  (untied head) their table rows never move; all eight start from the same row. After training, each held-out
+  -ing form's combined input vector is closer (cosine) to every trained -ing form's than any unrelated word's is:
+  only the spelling, through the character CNN, can put it there (before training: about half the comparisons)."""
+  import jax.numpy as jnp
+  import optax
+  from research.model.config import ModelConfig
+  from research.model.transformer import Transformer
+  marker = {"": "please", "s": "often", "ed": "then", "ing": "now"}
+  stems = ["walk", "talk", "jump", "play", "look", "cook", "work", "park", "kick", "pick", "lift", "pull", "push",
+           "wash"]
+  held, far = ["kicking", "picking", "pushing", "washing"], ["zebra", "quartz", "oxygen", "vinyl"]
+  seen = [s + x for s in stems for x in marker if s + x not in held]
+  tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(marker.values()) + seen + held + far
+  ix = {t: i for i, t in enumerate(tokens)}
+  data = jnp.array([[ix[s + x], ix[marker[x]], ix["[SEP]"]] for s in stems for x in marker if s + x in ix
+                    and s + x not in held])
+  cfg = ModelConfig(vocab_size=len(tokens), d_model=32, num_layers=1, num_heads=2, mlp_dim=64, max_len=4,
+                    tie_embeddings=False, char_embeddings="sum", char_dim=8, char_filters="1:16,2:16,3:32")
+  model = Transformer(cfg, char_ids=chars.Constant(chars.char_ids(tokens, "word")))
+  params = model.init(jax.random.key(0), jnp.zeros((1, 3), jnp.int32))["params"]
+  unseen = jnp.array([ix[w] for w in held + far])
+  table = params["token_embed"]["embedding"]
+  params = {**params, "token_embed": {**params["token_embed"], "embedding": table.at[unseen].set(table[unseen[0]])}}
+  start_rows = params["token_embed"]["embedding"][unseen]
+
+  def loss(p):
+    logits = model.apply({"params": p}, data[:, :-1])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, data[:, 1:]).mean()
+
+  tx = optax.adam(1e-2)
+
+  @jax.jit
+  def step(p, opt_state):
+    grads = jax.grad(loss)(p)
+    updates, opt_state = tx.update(grads, opt_state, p)
+    return optax.apply_updates(p, updates), opt_state
+
+  def wins(p):
+    m = np.asarray(model.apply({"params": p}, method=lambda mdl: mdl.vocab_vectors()))
+    m = m / np.linalg.norm(m, axis=1, keepdims=True)
+    trained = [ix[s + "ing"] for s in stems if s + "ing" not in held]
+    return np.array([m[ix[h]] @ m[g] > m[ix[f]] @ m[g] for h in held for f in far for g in trained])
+
+  before = wins(params)
+  opt_state = tx.init(params)
+  for _ in range(200):
+    params, opt_state = step(params, opt_state)
+  np.testing.assert_array_equal(params["token_embed"]["embedding"][unseen], start_rows)  # never moved
+  assert wins(params).all() and before.mean() < 0.8
+
+
+def test_the_rare_token_and_embedding_variant_sweeps_expand_and_validate():
+  from pathlib import Path
+
+  from research import sweeps
+  from research.model.config import ModelConfig
+  root = Path(__file__).resolve().parents[1] / "configs" / "sweeps"
+  rare_sweep = sweeps.load_sweep(root / "rare_tokens.py")
+  assert len({t.name for t in rare_sweep.trials}) == len(rare_sweep.trials) == 3 * 2 * 2 * 3
+  arms = {(t.overrides["train.optimizer"], t.overrides["train.embedding.lazy"]) for t in rare_sweep.trials}
+  assert arms == {("adamw", False), ("adamw", True), ("sgd", False)}
+  for t in rare_sweep.trials:  # the positions sweep's budget, no decay anywhere
+    assert (t.overrides["data.seq_len"], t.overrides["train.steps"], t.overrides["train.weight_decay"]) == (64, 800, 0)
+    assert ("train.learning_rate" in t.overrides) == (t.overrides["train.optimizer"] == "sgd")
+  variants = sweeps.load_sweep(root / "embedding_variants.py")
+  assert len({t.name for t in variants.trials}) == len(variants.trials) == 3 * 2 * 3
+  assert {t.overrides["model.table_dim"] for t in variants.trials} == {0, ModelConfig().d_model // 4}
+  assert {t.overrides["model.char_embeddings"] for t in variants.trials} == {"none", "concat", "sum"}
+  assert all(t.overrides["data.tokenizer"] == "word" for t in variants.trials)

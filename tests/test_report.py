@@ -529,6 +529,35 @@ def test_rare_token_geometry_columns_and_bucket_plots(tmp_path):
   assert "anisotropy" not in report.table and not list(tmp_path.glob("rare_*.png"))
 
 
+def test_absent_row_columns_when_rare_tokens_json_has_them(tmp_path):
+  """rows / max |Δ| of the rows no batch held: exact zeros read 0, tiny changes keep their digits, no best."""
+  from research.analysis import rare
+  from research.report import runs
+  for seed in (0, 1):
+    write_trial(tmp_path, f"a{seed}", "alibi", seed)
+    write_trial(tmp_path, f"r{seed}", "rope", seed)
+  for name in ("a0", "a1", "r0", "r1"):
+    _write_rare(tmp_path / name, 1.0, 0)
+  assert "absent rows" not in build_report(tmp_path).table  # files from before the figure: no columns
+  init = np.zeros((6, 2))
+  present = np.array([3, 0, 0, 5, 0, 1])
+  moved = init.copy()
+  moved[1, 0] = 2e-6
+  for name, table in (("a0", init), ("a1", init), ("r0", moved)):
+    report = json.loads((tmp_path / name / "eval" / "rare_tokens.json").read_text())
+    report["absent_rows"] = {**rare.absent_rows(table, init, present), "step": 100, "note": None}
+    rare.write_rare(tmp_path / name, report)
+  report = json.loads((tmp_path / "r1" / "eval" / "rare_tokens.json").read_text())
+  rare.write_rare(tmp_path / "r1", {**report, "absent_rows": {**dict.fromkeys(runs.RARE_ABSENT), "step": None,
+                                                              "note": "no update_counts.npz"}})
+  header, rows = parse_md_table(build_report(tmp_path).table)
+  assert header[-2:] == ["absent rows", "absent max Δ"]
+  assert rows["position=alibi"][-2:] == ["3 ± 0", "0 ± 0"]
+  assert rows["position=rope"][-2].startswith("3 (n=1)") and rows["position=rope"][-1].startswith("2e-06 (n=1)")
+  assert "absent rows not measured: no update_counts.npz" in build_report(tmp_path).table
+  assert "absent max $|\\Delta|$" in (tmp_path / "table.tex").read_text()
+
+
 def test_a_best_valid_ppl_column_only_when_some_run_was_best_before_its_end(tmp_path):
   for seed in (0, 1):
     write_trial(tmp_path, f"a{seed}", "alibi", seed)

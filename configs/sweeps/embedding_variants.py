@@ -1,28 +1,29 @@
-"""Embedding variants at one model width: the plain table, ALBERT's factorized table (e = 32, 64) and Kim et al.'s
-character CNN summed with or concatenated to the table, word tokenizer, tied head, 2 seeds.
+"""Embedding variants: Kim et al.'s character CNN (none | concat | sum) × ALBERT's factorized table (table_dim d or
+d/4), word tokenizer, tied head, CLM, 3 seeds (18 trials).
+
+  char_embeddings  none (the table alone) | concat | sum (docs/rare_tokens.md, "Character-aware embeddings")
+  table_dim        0 (= d_model = 128, the plain table) | 32 (d/4: a V × 32 table and a 32 → 128 projection)
+
+Every arm has the budget of configs/sweeps/positions.py (data.seq_len 64, 800 steps, evaluated and checkpointed
+every 400), RoPE, the schema's optimizer, schedule and regularisation, the same 16 384-word vocabulary and the same
+data; only the two fields above change. summary.json's num_embedding_params shows what each variant costs (table,
+projections, CNN); valid_ppl_rare (validation targets seen fewer than 10 times in training) is where the char-aware
+claim should show.
 
   research-sweep --sweep=configs/sweeps/embedding_variants.py --workdir=runs/embedding_variants
   for t in runs/embedding_variants/*/; do research-analyze --workdir=$t --rare; done
   research-report runs/embedding_variants
-
-summary.json's num_embedding_params shows what each variant costs (table, projections, CNN); valid_ppl_rare how
-it does on rare targets.
 """
 
 from research.sweeps import product, seeds
 
 BASE_CONFIG = "configs/clm.py"
 EVALUATE = None
-
-VARIANTS = [
-    {"model.table_dim": 0, "model.char_embeddings": "none"},
-    {"model.table_dim": 32, "model.char_embeddings": "none"},
-    {"model.table_dim": 64, "model.char_embeddings": "none"},
-    {"model.table_dim": 0, "model.char_embeddings": "sum"},
-    {"model.table_dim": 0, "model.char_embeddings": "concat"},
-]
+D_MODEL = 128  # the schema's model.d_model, which every arm keeps
 
 
 def get_sweep():
-  return product(VARIANTS, seeds(2), {"data.tokenizer": ["word"], "data.vocab_size": [16384],
-                                      "model.position": ["rope"], "train.steps": [800]})
+  shared = {"data.seq_len": [64], "train.steps": [800], "train.eval_every": [400], "train.checkpoint_every": [400],
+            "data.tokenizer": ["word"], "data.vocab_size": [16384], "model.position": ["rope"]}
+  return product({"model.char_embeddings": ["none", "concat", "sum"]}, {"model.table_dim": [0, D_MODEL // 4]},
+                 seeds(3), shared)

@@ -1,12 +1,31 @@
-"""Rare tokens: how the table treats infrequent rows under dense vs lazy updates, tied vs untied, 2 seeds.
+"""Rare tokens: how the table treats infrequent rows, by optimizer × head × tokenizer, CLM, 3 seeds (36 trials).
 
-Every trial counts its per-row updates (train.count_updates, on by default) and keeps its initial table, so the
-analysis can relate drift and norm to frequency and presence. The word tokenizer with a large vocabulary gives many
-rare rows and per-bucket word benchmarks:
+Arms (docs/rare_tokens.md, "Sweeps"):
+  optimizer  adamw dense | adamw lazy (train.embedding.lazy: rows absent from a batch keep values and moments) |
+             sgd (momentum 0.9, the schema's default, learning rate SGD_LR: see below)
+  head       tied | untied
+  tokenizer  word | bpe, both with 16 384 entries (the same table size for both; word gives many rare rows, BPE
+             shares pieces)
+
+The claim under test, "rows for tokens not present remain unchanged", is measured on each trained run by
+`research-analyze --rare` (rare_tokens.json `absent_rows`: rows with update_counts.npz `present` == 0 and their
+largest change from RUN/embedding_init.npy, at the last checkpoint, the step the counts describe). What the tiny
+runs of tests/test_rare.py show, and this sweep measures at scale: exactly 0 for lazy AdamW and for untied SGD;
+> 0 with a tied head for dense AdamW and SGD alike (the softmax of the tied head sends gradient to every row);
+untied dense AdamW leaves them unchanged too (zero gradient, zero moments), because no arm decays the table.
+
+Everything that could favour an arm is the same in all of them: the budget of configs/sweeps/positions.py
+(data.seq_len 64, 800 steps, evaluated and checkpointed every 400), RoPE, the schema's schedule (100 warmup steps,
+cosine), batch, clipping (global norm 1), model and data; no weight decay anywhere (train.weight_decay 0: coupled
+L2 under SGD and decoupled decay under AdamW are not the same amount of decay at any one value, and decay would
+move absent rows by itself; the table is never decayed, train.embedding.weight_decay false, the default).
+AdamW keeps the schema's learning rate 3e-3; SGD gets SGD_LR, the best final valid perplexity of a 200-step probe
+over {0.03, 0.1, 0.3, 1.0} on the word arm (docs/rare_tokens.md), since SGD's step size is not comparable with
+Adam's at any shared value.
 
   research-sweep --sweep=configs/sweeps/rare_tokens.py --workdir=runs/rare_tokens
   for t in runs/rare_tokens/*/; do research-analyze --workdir=$t --rare; done
-  research-report runs/rare_tokens      # geometry columns, valid ppl; rare_<metric>.png per bucket metric
+  research-report runs/rare_tokens      # geometry and absent-row columns, valid ppl; rare_<metric>.png per bucket
 
 summary.json's `valid_ppl_rare` is the perplexity of validation targets seen fewer than 10 times in training.
 """
@@ -15,9 +34,16 @@ from research.sweeps import product, seeds
 
 BASE_CONFIG = "configs/clm.py"
 EVALUATE = None
+SGD_LR = 0.3
+OPTIMIZERS = [
+    {"train.optimizer": "adamw", "train.embedding.lazy": False},
+    {"train.optimizer": "adamw", "train.embedding.lazy": True},
+    {"train.optimizer": "sgd", "train.embedding.lazy": False, "train.learning_rate": SGD_LR},
+]
+SHARED = {"data.seq_len": [64], "train.steps": [800], "train.eval_every": [400], "train.checkpoint_every": [400],
+          "data.vocab_size": [16384], "model.position": ["rope"], "train.weight_decay": [0.0]}
 
 
 def get_sweep():
-  return product({"train.embedding.lazy": [False, True]}, {"model.tie_embeddings": [True, False]}, seeds(2),
-                 {"data.tokenizer": ["word"], "data.vocab_size": [16384], "model.position": ["rope"],
-                  "train.steps": [800]})
+  return product(OPTIMIZERS, {"model.tie_embeddings": [True, False]}, {"data.tokenizer": ["word", "bpe"]}, seeds(3),
+                 SHARED)

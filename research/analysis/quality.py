@@ -3,8 +3,11 @@
     report = analyze_run("runs/x")           # the best checkpoint's input table → RUN/eval/embedding_quality.json
     report = analyze_vectors("vectors.txt")  # the same benchmarks for a word2vec / GloVe / fastText file
 
-Every figure comes from gensim itself (`KeyedVectors.evaluate_word_analogies`, `evaluate_word_pairs`, `most_similar`)
-on the benchmark files gensim ships, with its defaults (case-insensitive, the 300 000 first keys). Each benchmark also
+Every figure is gensim's (`KeyedVectors.evaluate_word_analogies`, `evaluate_word_pairs`, `most_similar`) on the
+benchmark files gensim ships, with its defaults (case-insensitive, the 300 000 first keys). Analogies are scored by
+`analogies.evaluate_word_analogies`, gensim's rule batched into one matrix product per block of questions, which gives
+gensim's own numbers (tested), 12–17 times faster on a 32 768-word table (docs/benchmarks.md); `scorer="gensim"`
+calls gensim's per-question loop instead (benchmarks/embedding_quality.py --scorer=gensim). Each benchmark also
 reports its coverage: the share of its items (questions, pairs) whose words are all in the vocabulary.
 
 A run's table becomes word vectors like this (docs/embeddings.md): the keys are the word forms of the vocabulary
@@ -16,6 +19,7 @@ Byte-level tokenizers encode a word with a leading space, the form it has inside
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -24,6 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from research.analysis import analogies
 from research.data import tokenizers as tokenizers_lib
 from research.embeddings import pretrained
 
@@ -75,11 +80,19 @@ def _finite(x: Any) -> float | None:
   return x if math.isfinite(x) else None
 
 
-def benchmarks(kv) -> dict[str, Any]:
-  """Analogy accuracy and word-pair correlations of gensim KeyedVectors `kv`, each with its coverage."""
+SCORERS = ("batched", "gensim")
+
+
+def benchmarks(kv, scorer: str = "batched") -> dict[str, Any]:
+  """Analogy accuracy and word-pair correlations of gensim KeyedVectors `kv`, each with its coverage; `scorer` picks
+  the analogy scorer (the same numbers either way: see the module docstring)."""
   import logging
   logging.getLogger("gensim").setLevel(logging.ERROR)  # gensim logs every section at INFO
-  score, sections = kv.evaluate_word_analogies(datapath(ANALOGY_FILE), restrict_vocab=RESTRICT_VOCAB)
+  if scorer not in SCORERS:
+    raise ValueError(f"analogy scorer {scorer!r}: expected one of {', '.join(SCORERS)}")
+  evaluate = kv.evaluate_word_analogies if scorer == "gensim" else functools.partial(
+      analogies.evaluate_word_analogies, kv)
+  score, sections = evaluate(datapath(ANALOGY_FILE), restrict_vocab=RESTRICT_VOCAB)
   total = next(s for s in sections if s["section"] == "Total accuracy")
   scored = len(total["correct"]) + len(total["incorrect"])
   questions = _count_items(ANALOGY_FILE, analogy=True)
@@ -137,14 +150,16 @@ def word_vectors(table_VxD: np.ndarray, tokenizer, kind: str, extra_words: Seque
   candidates = list(dict.fromkeys([w for w in pretrained.token_words(tokens, kind) if w] + list(extra_words)))
   prefix = " " if kind in pretrained.BYTE_LEVEL_KINDS else ""
   encodings = tokenizer.encode_batch([prefix + w for w in candidates], add_special_tokens=False)
-  keys, rows = [], []
-  for word, encoding in zip(candidates, encodings):
-    ids = encoding.ids
-    if ids and UNK_ID not in ids:
-      keys.append(word)
-      rows.append(np.asarray(table_VxD, np.float64)[ids].mean(axis=0))
-  vectors = np.asarray(rows, np.float32).reshape(len(rows), table_VxD.shape[1])
-  return _keyed(keys, vectors), {"words": len(keys), "candidates": len(candidates)}
+  kept = [(word, e.ids) for word, e in zip(candidates, encodings) if e.ids and UNK_ID not in e.ids]
+  vectors = np.zeros((len(kept), table_VxD.shape[1]), np.float32)
+  by_length: dict[int, list[int]] = {}
+  for i, (_, ids) in enumerate(kept):
+    by_length.setdefault(len(ids), []).append(i)
+  for length, where in by_length.items():  # words of n pieces at once: the mean of n rows, in float64
+    ids_NxL = np.asarray([kept[i][1] for i in where], np.int64).reshape(len(where), length)
+    rows_NxLxD = np.asarray(table_VxD)[ids_NxL]
+    vectors[where] = rows_NxLxD[:, 0] if length == 1 else rows_NxLxD.astype(np.float64).mean(axis=1)
+  return _keyed([w for w, _ in kept], vectors), {"words": len(kept), "candidates": len(candidates)}
 
 
 def export_key(token: str) -> str:

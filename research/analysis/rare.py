@@ -20,8 +20,9 @@ Geometry (`geometry`), for the input table and, when untied, the output head's c
   norm_freq_spearman  Spearman correlation of the row norm with log(1 + training count) (rank-based: the log only
                       documents what is meant)
 
-Everything is numpy / scipy; neighbours are searched in chunks of rows (no V×V matrix), so a 32 768-row table is
-analysed in well under a minute on two cores (benchmarks/rare.py).
+Everything is numpy / scipy; neighbours are searched in chunks of rows (no V×V matrix, and each pair of rows is
+compared once), so a 32 768-row table is analysed in well under a minute on two cores (benchmarks/rare.py,
+benchmarks/embedding_quality.py --rare).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from research.analysis import blas
 
 RARE_FILE = "rare_tokens.json"
 NORM_PLOT, BUCKETS_PLOT = "norm_vs_frequency.png", "buckets.png"
@@ -73,21 +76,33 @@ def _unit(x_NxD: np.ndarray) -> np.ndarray:
   return x_NxD / np.maximum(norms, 1e-12)
 
 
+def _top_k(x_NxM: np.ndarray, k: int) -> np.ndarray:
+  """The k largest entries of each row (in no order), partitioning x in place."""
+  x_NxM.partition(x_NxM.shape[1] - k, axis=1)
+  return x_NxM[:, -k:]
+
+
 def knn_cosine(table_VxD: np.ndarray, k: int = NUM_NEIGHBOURS, chunk: int = CHUNK_ROWS) -> np.ndarray:
-  """float [V]: each row's mean cosine to its k nearest rows (by cosine, itself excluded), chunk rows at a time."""
+  """float [V]: each row's mean cosine to its k nearest rows (by cosine, itself excluded), chunk rows at a time.
+
+  Cosine is symmetric, so a chunk is compared with itself and the rows after it only (half the products of a full
+  search): its rows merge those columns into their running top k, and the later rows merge the chunk's rows into
+  theirs (the transposed block). Never more than a chunk × V block of similarities at once."""
   unit_VxD = _unit(np.asarray(table_VxD, np.float32))
   v = unit_VxD.shape[0]
   k = min(k, v - 1)
-  out = np.zeros(v, np.float64)
   if k < 1:
-    return out
+    return np.zeros(v, np.float64)
+  top_VxK = np.full((v, k), -np.inf, np.float32)
   for start in range(0, v, chunk):
-    sims_CxV = unit_VxD[start:start + chunk] @ unit_VxD.T
-    rows = np.arange(sims_CxV.shape[0])
-    sims_CxV[rows, start + rows] = -np.inf  # not its own neighbour
-    top_CxK = np.partition(sims_CxV, v - k, axis=1)[:, v - k:]
-    out[start:start + chunk] = top_CxK.mean(axis=1)
-  return out
+    stop = min(start + chunk, v)
+    sims_CxR = unit_VxD[start:stop] @ unit_VxD[start:].T  # this chunk against itself and every later row
+    rows = np.arange(stop - start)
+    sims_CxR[rows, rows] = -np.inf  # not its own neighbour
+    top_VxK[start:stop] = _top_k(np.concatenate([top_VxK[start:stop], sims_CxR], axis=1), k)
+    if stop < v:
+      top_VxK[stop:] = _top_k(np.concatenate([top_VxK[stop:], sims_CxR[:, stop - start:].T], axis=1), k)
+  return top_VxK.mean(axis=1, dtype=np.float64)
 
 
 def _mean(x: np.ndarray) -> float | None:
@@ -96,8 +111,9 @@ def _mean(x: np.ndarray) -> float | None:
 
 def buckets(table_VxD: np.ndarray, counts_V: np.ndarray, *, init_VxD: np.ndarray | None = None,
             present_V: np.ndarray | None = None, words: Sequence[str] | None = None,
-            base: float = 10.0) -> list[dict[str, Any]]:
-  """One record per non-empty bucket, in order of frequency (see the module docstring)."""
+            base: float = 10.0, scorer: str = "batched") -> list[dict[str, Any]]:
+  """One record per non-empty bucket, in order of frequency (see the module docstring); `scorer`: the analogy
+  scorer of the word benchmarks (`quality.benchmarks`)."""
   table_VxD = np.asarray(table_VxD, np.float64)
   counts_V = np.asarray(counts_V, np.float64)
   index_V = bucket_index(counts_V, base)
@@ -119,23 +135,26 @@ def buckets(table_VxD: np.ndarray, counts_V: np.ndarray, *, init_VxD: np.ndarray
         "mean_drift_l2": None if init_VxD is None else _mean(drift_V[rows]),
         "mean_cosine_to_init": None if init_VxD is None else _mean(cos_V[rows])}
     if words is not None:
-      record["benchmarks"] = bucket_benchmarks(table_VxD, rows, words)
+      record["benchmarks"] = bucket_benchmarks(table_VxD, rows, words, scorer)
     out.append(record)
   return out
 
 
-def bucket_benchmarks(table_VxD: np.ndarray, rows: np.ndarray, words: Sequence[str]) -> dict[str, Any]:
+def bucket_benchmarks(table_VxD: np.ndarray, rows: np.ndarray, words: Sequence[str],
+                      scorer: str = "batched") -> dict[str, Any]:
   """gensim's analogy and word-pair scores of the KeyedVectors restricted to these rows' words (word tokenizer)."""
   from research.analysis import quality
-  keys, picked = [], []
+  keys, picked, seen = [], [], set()
   for r in rows:
     w = words[r]
-    if w and w not in keys:
+    if w and w not in seen:
+      seen.add(w)
       keys.append(w)
       picked.append(r)
   if not keys:
     return {}
-  return quality.benchmarks(quality.keyed_vectors(keys, np.asarray(table_VxD, np.float32)[np.asarray(picked)]))
+  vectors_NxD = np.asarray(table_VxD, np.float32)[np.asarray(picked)]
+  return quality.benchmarks(quality.keyed_vectors(keys, vectors_NxD), scorer=scorer)
 
 
 # ------------------------------------------------------------------------------------------------- geometry
@@ -155,20 +174,27 @@ def variance_shares(table_VxD: np.ndarray, top: Sequence[int] = TOP_COMPONENTS) 
   """{k: share of the centred variance in the first k principal components}."""
   x = np.asarray(table_VxD, np.float64)
   x = x - x.mean(axis=0)
-  eig = np.sort(np.linalg.eigvalsh(x.T @ x))[::-1]
+  with blas.one_thread():  # a d × d eigenproblem: docs/benchmarks.md on OpenBLAS threads
+    eig = np.sort(np.linalg.eigvalsh(x.T @ x))[::-1]
   total = max(float(eig.sum()), 1e-300)
   return {k: float(eig[:k].sum() / total) for k in top}
 
 
+def _logsumexp_columns(x_VxD: np.ndarray, sign: float) -> np.ndarray:
+  """log Σ_v exp(sign · x[v, d]) per column d, shifted by the column's maximum so that nothing overflows."""
+  peak_D = (x_VxD.max(axis=0) if sign > 0 else -x_VxD.min(axis=0))
+  return peak_D + np.log(np.exp(sign * x_VxD - peak_D).sum(axis=0))
+
+
 def isotropy(table_VxD: np.ndarray) -> float:
   """Mu & Viswanath 2018: min_c Z(c) / max_c Z(c), c over ± the eigenvectors of WᵀW, Z(c) = Σ_w exp(c·w); in log
-  space (logsumexp), so large norms do not overflow."""
-  from scipy.special import logsumexp
+  space (shifted by the maximum), so large norms do not overflow."""
   w = np.asarray(table_VxD, np.float64)
-  _, vectors_DxD = np.linalg.eigh(w.T @ w)
+  with blas.one_thread():
+    _, vectors_DxD = np.linalg.eigh(w.T @ w)
   proj_VxD = w @ vectors_DxD
   # An eigenvector's sign is the solver's choice: both c and -c are used, so the figure does not depend on it.
-  log_z = np.concatenate([logsumexp(proj_VxD, axis=0), logsumexp(-proj_VxD, axis=0)])
+  log_z = np.concatenate([_logsumexp_columns(proj_VxD, 1.0), _logsumexp_columns(proj_VxD, -1.0)])
   return float(np.exp(log_z.min() - log_z.max()))
 
 
@@ -188,13 +214,27 @@ def geometry(table_VxD: np.ndarray, counts_V: np.ndarray | None = None) -> dict[
           "norm_freq_spearman": None if counts_V is None else norm_frequency_spearman(table_VxD, counts_V)}
 
 
+# ------------------------------------------------------------------------------------------- absent rows
+
+
+def absent_rows(table_VxD: np.ndarray, init_VxD: np.ndarray, present_V: np.ndarray) -> dict[str, Any]:
+  """The rows no batch held (present == 0): `rows` (how many), `rows_changed` (how many differ from their initial
+  value in any element) and `max_abs_change` (the largest |w − w₀| over their elements; exactly 0.0 when none
+  moved, None when no row is absent). The table must be the one the counts describe (same step)."""
+  absent_V = np.asarray(present_V) == 0
+  change_AxD = np.abs(np.asarray(table_VxD, np.float64)[absent_V] - np.asarray(init_VxD, np.float64)[absent_V])
+  return {"rows": int(absent_V.sum()), "rows_changed": int((change_AxD > 0).any(axis=1).sum()),
+          "max_abs_change": float(change_AxD.max()) if change_AxD.size else None}
+
+
 def rare_report(table_VxD: np.ndarray, counts_V: np.ndarray, *, init_VxD: np.ndarray | None = None,
                 present_V: np.ndarray | None = None, head_VxD: np.ndarray | None = None,
-                words: Sequence[str] | None = None, base: float = 10.0) -> dict[str, Any]:
+                words: Sequence[str] | None = None, base: float = 10.0, scorer: str = "batched") -> dict[str, Any]:
   """The figures of rare_tokens.json for arrays: buckets of the input table, geometry of it (and of the head)."""
   report: dict[str, Any] = {
       "vocab_size": int(table_VxD.shape[0]), "dim": int(table_VxD.shape[1]), "bucket_base": base,
-      "buckets": buckets(table_VxD, counts_V, init_VxD=init_VxD, present_V=present_V, words=words, base=base),
+      "buckets": buckets(table_VxD, counts_V, init_VxD=init_VxD, present_V=present_V, words=words, base=base,
+                         scorer=scorer),
       "geometry": {"input": geometry(table_VxD, counts_V)}}
   if head_VxD is not None:
     report["geometry"]["output"] = geometry(head_VxD, counts_V)
@@ -266,6 +306,46 @@ def run_arrays(workdir: Path, params: Any) -> dict[str, Any]:
           "head_VxD": None if head is None else np.asarray(head, np.float32).T}
 
 
+def _table_at(workdir: Path, step: int) -> np.ndarray | None:
+  """The token table of the run's checkpoint at `step`, or None when that checkpoint is not kept."""
+  from research.train import checkpoint as checkpoint_lib
+  with checkpoint_lib.Checkpointer(workdir / "checkpoints", keep=10**6, async_save=False) as ckpt:
+    if step not in ckpt.all_steps():
+      return None
+    params = ckpt.restore_params(step)
+  return np.asarray(params["token_embed"]["embedding"], np.float32)
+
+
+def run_absent_rows(workdir: Path, run_step: int, table_VxD: np.ndarray,
+                    init_VxD: np.ndarray | None) -> dict[str, Any]:
+  """`absent_rows` of a run, measured at the step its update_counts.npz counts up to (its `step`; the summary's
+  step for a file written before it had one: both are written at the end of training): the analysed checkpoint's
+  table when that is the step (a finished run's last checkpoint), else the checkpoint of that step. Also `step`
+  and `note`: why the figures are None, when they are."""
+  import json
+
+  from research.train import loop
+  out: dict[str, Any] = {"rows": None, "rows_changed": None, "max_abs_change": None, "step": None, "note": None}
+  counts_file = workdir / loop.UPDATE_COUNTS_FILE
+  if not counts_file.exists():
+    return {**out, "note": f"no {loop.UPDATE_COUNTS_FILE} (train.count_updates off, or the run did not finish)"}
+  if init_VxD is None:
+    return {**out, "note": f"no {loop.INIT_TABLE_FILE} of this table's shape"}
+  with np.load(counts_file) as npz:
+    present_V = npz["present"]
+    step = int(npz["step"]) if "step" in npz.files else None
+  summary_file = workdir / loop.SUMMARY_FILE
+  if step is None and summary_file.exists():
+    step = json.loads(summary_file.read_text()).get("step")
+  if step is None:
+    return {**out, "note": f"the step {loop.UPDATE_COUNTS_FILE} counts up to is unknown"}
+  table = table_VxD if step == run_step else _table_at(workdir, step)
+  if table is None:
+    return {**out, "step": step, "note": f"no checkpoint of step {step}, the step {loop.UPDATE_COUNTS_FILE} "
+                                         f"counts up to"}
+  return {**absent_rows(table, init_VxD, present_V), "step": step, "note": None}
+
+
 def analyze_run(workdir: str | os.PathLike, checkpoint: str = "best", base: float = 10.0) -> dict[str, Any]:
   """The rare-token figures of the run's best (or last) checkpoint: RUN/eval/rare_tokens.json and two plots."""
   from research.analysis import quality
@@ -288,7 +368,8 @@ def analyze_run(workdir: str | os.PathLike, checkpoint: str = "best", base: floa
             "tied": bool(run.config.model.tie_embeddings),
             **rare_report(table_VxD, counts, init_VxD=init, present_V=arrays["present_V"],
                           head_VxD=arrays["head_VxD"], words=words, base=base),
-            "has_init": init is not None, "has_update_counts": arrays["present_V"] is not None}
+            "has_init": init is not None, "has_update_counts": arrays["present_V"] is not None,
+            "absent_rows": run_absent_rows(workdir, run.step, table_VxD, init)}
   out_dir = write_rare(workdir, report).parent
   plot_norm_vs_frequency(table_VxD, counts, out_dir / NORM_PLOT, title=workdir.resolve().name)
   plot_buckets(report, out_dir / BUCKETS_PLOT, title=workdir.resolve().name)
@@ -313,4 +394,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
   for b in report["buckets"]:
     lines.append(f"count {b['label']}: {b['rows']} rows, norm {num(b['mean_norm'])}, drift {num(b['mean_drift_l2'])}"
                  f", 10-NN cosine {num(b['mean_knn_cosine'])}")
+  absent = report.get("absent_rows")
+  if absent and absent["note"]:
+    lines.append(f"rows absent from every batch: not measured ({absent['note']})")
+  elif absent:
+    change = "n/a" if absent["max_abs_change"] is None else f"{absent['max_abs_change']:.3g}"
+    lines.append(f"rows absent from every batch (to step {absent['step']}): {absent['rows']}, of which "
+                 f"{absent['rows_changed']} moved from init; max |change| {change}")
   return lines

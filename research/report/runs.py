@@ -39,6 +39,9 @@ RARE_BUCKET_METRICS = {"mean_norm": "mean row norm", "mean_drift_l2": "mean L2 d
                        "mean_cosine_to_init": "mean cosine to the initial row",
                        "mean_knn_cosine": "mean cosine to the 10 nearest rows", "mean_present": "mean steps present"}
 BY_POSITION_FILE = pathlib.Path("eval") / "loss_by_position.json"  # research-evaluate --by_position
+# absent_rows of rare_tokens.json: rows no batch held ("rows"), and the largest change of theirs from the initial
+# table ("max_abs_change": exactly 0 when none moved), both at the step update_counts.npz counts up to.
+RARE_ABSENT = ("rows", "max_abs_change")
 SCALED_PREFIX = "extrapolation_"  # eval/extrapolation_<scaling>.json: research-evaluate --rope_scaling=<scaling>
 
 
@@ -110,6 +113,9 @@ class RareBucket:
 class RareTokens:
   geometry: dict[str, float | None]  # RARE_GEOMETRY of the input table
   buckets: tuple[RareBucket, ...]
+  # `absent_rows` of rare_tokens.json (rows no batch held: RARE_ABSENT figures, `note` when not measured); None for
+  # a file written before it existed.
+  absent: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass
@@ -332,7 +338,14 @@ def _read_rare(path: pathlib.Path) -> RareTokens | None:
                                 values={m: _finite_or_none(b.get(m)) for m in RARE_BUCKET_METRICS}))
     except (KeyError, TypeError, ValueError):
       raise ReportError(f"{path}: every bucket needs 'label', 'low', 'high' and 'rows', got {b!r}") from None
-  return RareTokens(geometry={m: _finite_or_none(geometry.get(m)) for m in RARE_GEOMETRY}, buckets=tuple(buckets))
+  absent = data.get("absent_rows")
+  if absent is not None and not isinstance(absent, dict):
+    raise ReportError(f"{path}: 'absent_rows' must be an object, got {absent!r}")
+  if absent is not None:
+    absent = {**{m: _finite_or_none(absent.get(m)) for m in RARE_ABSENT},
+              "note": None if absent.get("note") is None else str(absent["note"])}
+  return RareTokens(geometry={m: _finite_or_none(geometry.get(m)) for m in RARE_GEOMETRY}, buckets=tuple(buckets),
+                    absent=absent)
 
 
 def _load_trial(path: pathlib.Path, name: str, status: str | None = None, overrides: dict | None = None,

@@ -5,7 +5,10 @@ Rows are groups (one per combination of the swept fields other than seed), colum
 `valid ppl (rare)` when any trial has summary.json's `valid_ppl_rare`, one per evaluation length (eval/extrapolation.json) and, when any trial was analyzed (eval/embedding_quality.json),
 analogy accuracy and the WordSim-353 / SimLex-999 Spearman correlations of its table, and, when any trial was
 analyzed with `--rare` (eval/rare_tokens.json), the input table's geometry (anisotropy, variance share of the top 1
-and 10 components, Mu & Viswanath's isotropy, Spearman of norm with frequency; descriptive: no best is marked).
+and 10 components, Mu & Viswanath's isotropy, Spearman of norm with frequency; descriptive: no best is marked) and,
+when rare_tokens.json has `absent_rows`, the rows no batch held and the largest change of theirs from the initial
+table (`absent rows`, `absent max Δ` = max |Δ|: three significant digits, so an exact 0 reads `0` and a tiny
+change does not; descriptive too).
 A group whose trials were also evaluated with RoPE scaling (eval/extrapolation_<scaling>.json) gets one more row per
 scaling, right below it, labelled `..., rope_scaling=S`.
 A cell is the mean and sample standard deviation (ddof=1) over the group's finished trials; the best mean per column
@@ -21,8 +24,8 @@ import math
 import re
 from typing import Any
 
-from research.report.runs import (MISSING, QUALITY_FIGURES, QUALITY_FILE, RARE_FILE, RARE_GEOMETRY, RunSet, Trial,
-                                  extrapolation_file, hashable)
+from research.report.runs import (MISSING, QUALITY_FIGURES, QUALITY_FILE, RARE_ABSENT, RARE_FILE, RARE_GEOMETRY,
+                                  RunSet, Trial, extrapolation_file, hashable)
 
 VALID_PPL = "valid_ppl"
 BEST_VALID_PPL = "best_valid_ppl"  # summary.json: the run's best evaluation (early stopping's figure)
@@ -34,6 +37,10 @@ GEOMETRY_HEADERS = {"anisotropy": "anisotropy", "variance_top1": "var top-1", "v
                     "isotropy": "isotropy", "norm_freq_spearman": "norm~freq ρ"}
 GEOMETRY_LATEX = {"anisotropy": "anisotropy", "variance_top1": "var.\\ top-1", "variance_top10": "var.\\ top-10",
                   "isotropy": "isotropy", "norm_freq_spearman": "norm--freq.\\ $\\rho$"}
+# Rows absent from every batch (eval/rare_tokens.json's absent_rows): descriptive, no best.
+# (max |Δ|: a "|" in a header would split the markdown cell)
+ABSENT_HEADERS = {"rows": "absent rows", "max_abs_change": "absent max Δ"}
+ABSENT_LATEX = {"rows": "absent rows", "max_abs_change": "absent max $|\\Delta|$"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +51,11 @@ class Column:
   length: int | None = None
   quality: str | None = None  # a QUALITY_FIGURES name: higher is better
   geometry: str | None = None  # a RARE_GEOMETRY name: descriptive, no best
+  absent: str | None = None  # a RARE_ABSENT name: descriptive, no best
+
+  @property
+  def descriptive(self) -> bool:
+    return self.geometry is not None or self.absent is not None
 
   @property
   def higher_is_better(self) -> bool:
@@ -141,6 +153,8 @@ def _columns(trials: list[Trial]) -> list[Column]:
     columns += [Column(f"quality_{name}", QUALITY_HEADERS[name], quality=name) for name in QUALITY_FIGURES]
   if any(t.rare is not None for t in trials):
     columns += [Column(f"geometry_{name}", GEOMETRY_HEADERS[name], geometry=name) for name in RARE_GEOMETRY]
+  if any(t.rare is not None and t.rare.absent is not None for t in trials):
+    columns += [Column(f"absent_{name}", ABSENT_HEADERS[name], absent=name) for name in RARE_ABSENT]
   return columns
 
 
@@ -181,6 +195,17 @@ def _trial_value(trial: Trial, column: Column, rope_scaling: str | None = None) 
       return None, f"not analyzed (no {RARE_FILE.as_posix()}; run research-analyze --rare)"
     value = trial.rare.geometry.get(column.geometry)
     return (value, None) if value is not None else (None, f"{column.geometry} undefined for this table")
+  if column.absent is not None:
+    if rope_scaling is not None:
+      return None, "the table does not depend on RoPE scaling: its absent rows are in the row without rope_scaling"
+    if trial.rare is None:
+      return None, f"not analyzed (no {RARE_FILE.as_posix()}; run research-analyze --rare)"
+    if trial.rare.absent is None:
+      return None, f"no absent_rows in {RARE_FILE.as_posix()} (analyzed before it existed: rerun --rare)"
+    if trial.rare.absent.get("note"):
+      return None, f"absent rows not measured: {trial.rare.absent['note']}"
+    value = trial.rare.absent.get(column.absent)
+    return (value, None) if value is not None else (None, "no row was absent from every batch")
   evaluation = trial.evaluation(rope_scaling)
   if evaluation is None:
     return None, f"not evaluated (no {extrapolation_file(rope_scaling).as_posix()})"
@@ -234,7 +259,7 @@ def build_table(runs: RunSet) -> Table:
   best: dict[str, set[int]] = {}
   for c in columns:
     means = {gi: cells[(gi, c.key)].mean for gi in range(len(groups)) if cells[(gi, c.key)].n}
-    if len(means) >= 2 and c.geometry is None:  # bolding the only number in a column says nothing
+    if len(means) >= 2 and not c.descriptive:  # bolding the only number in a column says nothing
       top = max(means.values()) if c.higher_is_better else min(means.values())
       best[c.key] = {gi for gi, m in means.items() if m == top}
   return Table(title=runs.name, fields=fields, short=short, columns=columns, groups=groups, cells=cells, best=best)
@@ -244,12 +269,24 @@ def format_number(x: float, digits: int = 2) -> str:
   return f"{x:.{digits}f}" if abs(x) < 1e5 else f"{x:.3g}"
 
 
-def _cell_text(cell: Cell, row_n: int, pm: str, digits: int = 2) -> str:
+def _digits(column: Column) -> int | None:
+  """Decimals of a column's cells: 3 for accuracies, correlations, cosines and shares in [-1, 1], 2 for perplexity,
+  None (three significant digits) for the absent rows' changes, where 0 must read differently from 2e-06."""
+  if column.absent is not None:
+    return None
+  return 3 if column.quality or column.geometry else 2
+
+
+def _number(x: float, digits: int | None) -> str:
+  return f"{x:.3g}" if digits is None else format_number(x, digits)
+
+
+def _cell_text(cell: Cell, row_n: int, pm: str, digits: int | None = 2) -> str:
   if not cell.n:
     return "n/a"
-  text = format_number(cell.mean, digits)
+  text = _number(cell.mean, digits)
   if cell.std is not None:
-    text += f" {pm} {format_number(cell.std, digits)}"
+    text += f" {pm} {_number(cell.std, digits)}"
   if cell.n != row_n:
     text += f" (n={cell.n})"
   return text
@@ -264,8 +301,7 @@ def to_markdown(table: Table) -> tuple[str, list[str]]:
     row = [g.label.replace("|", "\\|"), str(g.n)]
     for c in table.columns:
       cell = table.cell(gi, c)
-      # Accuracies, correlations, cosines and shares in [-1, 1]: three decimals.
-      text = _cell_text(cell, g.n, "±", 3 if c.quality or c.geometry else 2)
+      text = _cell_text(cell, g.n, "±", _digits(c))
       if gi in table.best.get(c.key, ()):
         text = f"**{text}**"
       for note in cell.notes:
@@ -311,6 +347,8 @@ def to_latex(table: Table) -> str:
       headers.append(QUALITY_LATEX[c.quality])
     elif c.geometry is not None:
       headers.append(GEOMETRY_LATEX[c.geometry])
+    elif c.absent is not None:
+      headers.append(ABSENT_LATEX[c.absent])
     elif c.key in (VALID_PPL_RARE, BEST_VALID_PPL):
       headers.append(c.header)
     else:
@@ -332,7 +370,7 @@ def to_latex(table: Table) -> str:
     row = [latex_escape(g.label), str(g.n)]
     for c in table.columns:
       cell = table.cell(gi, c)
-      text = _cell_text(cell, g.n, "$\\pm$", 3 if c.quality or c.geometry else 2).replace("(n=", "($n$=")
+      text = _cell_text(cell, g.n, "$\\pm$", _digits(c)).replace("(n=", "($n$=")
       if gi in table.best.get(c.key, ()):
         text = f"\\textbf{{{text}}}"
       row.append(text)

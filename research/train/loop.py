@@ -9,7 +9,7 @@ Run directory (docs/architecture.md):
   summary.json    final figures, written last: its presence means "finished"
   embedding_init.json   with model.embed_init=pretrained: the coverage report of the vectors (fresh start only)
   embedding_init.npy    the initial token table [V, table width] (fresh start only), so drift can be measured
-  update_counts.npz     with train.count_updates: `present` and `nonzero` int32 [V] (written at the end)
+  update_counts.npz     with train.count_updates: `present` and `nonzero` int32 [V], `step` (written at the end)
 
 A rerun of the same command in the same workdir resumes from the latest checkpoint: parameters, optimizer state,
 step, rng and the data iterator's position, so that it continues bit-identically.
@@ -90,11 +90,13 @@ def write_init_table(workdir: Path, state: "steps.TrainState") -> None:
     atomic_save_npy(Path(workdir) / INIT_TABLE_FILE, table.astype(np.float32))
 
 
-def write_update_counts(workdir: Path, counts: dict[str, Any] | None) -> None:
-  """RUN/update_counts.npz (`present`, `nonzero`: int32 [V]) from the train state's counts."""
+def write_update_counts(workdir: Path, counts: dict[str, Any] | None, step: int) -> None:
+  """RUN/update_counts.npz (`present`, `nonzero`: int32 [V]) from the train state's counts, and `step` (int64
+  scalar), the step they count up to (the analyses compare a table with them at that step's checkpoint)."""
   if counts is None:
     return
   arrays = {key: host_array(counts[key]).astype(np.int32) for key in steps.COUNT_KEYS}
+  arrays["step"] = np.asarray(step, np.int64)
   if jax.process_index() == 0:
     atomic_save_npz(Path(workdir) / UPDATE_COUNTS_FILE, **arrays)
 
@@ -534,6 +536,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
                            num_embedding_params=count_embedding_params(state.params),
                            vocab_size=data.vocab_size, wall_s=progress_state["wall_s"],
                            best=best_validation(log.path, int(state.step), valid))
-  write_update_counts(workdir, state.counts)
+  write_update_counts(workdir, state.counts, int(state.step))
   write_summary(workdir, summary)  # last: its presence means "finished"
   return summary
