@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from research.data import batches
-from research.data.tokenizers import CLS_ID, MASK_ID, PAD_ID, SEP_ID
+from research.data.tokenizers import CLS_ID, MASK_ID, SEP_ID
 from research.embeddings import registry
 from research.model import attention
 from research.model.config import ModelConfig

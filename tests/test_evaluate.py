@@ -12,8 +12,7 @@ from research.evaluate import extrapolation
 from research.report import build_report
 from research.train import checkpoint as checkpoint_lib
 from research.train import loop
-from tests.test_positions_analysis import check_attention_bounds, check_pictures
-from tests.train_utils import cli, tiny_config
+from tests.train_utils import check_attention_bounds, check_pictures, cli, tiny_config
 
 TRAIN_LEN = 32
 SETTINGS = {"train.steps": 30, "train.warmup_steps": 5, "train.eval_every": 10, "train.checkpoint_every": 10,

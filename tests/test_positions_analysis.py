@@ -1,9 +1,8 @@
 """research-analyze --positions: pictures of a run's positional scheme and the numbers behind them on a real tiny run
-(the q/k-transform family here; the input and bias families on tests/test_evaluate.py's runs, which reuse the checks
-below); the model's optional attention probabilities."""
+(the q/k-transform family here; the input and bias families on tests/test_evaluate.py's runs); the model's optional
+attention probabilities."""
 
 import json
-import math
 import shutil
 
 import jax
@@ -17,7 +16,7 @@ from research.model import attention
 from research.model.config import ModelConfig
 from research.model.transformer import Transformer
 from research.train import loop
-from tests.train_utils import cli, tiny_config
+from tests.train_utils import check_attention_bounds, check_pictures, cli, tiny_config
 
 T = 32
 
@@ -33,26 +32,6 @@ def rope_run(tmp_path_factory):
                             "train.checkpoint_every": 2, "train.eval_batches": 1,
                             "train.async_checkpoints": False}), workdir)
   return workdir, positions.analyze_run(workdir, num_batches=2)
-
-
-def check_pictures(workdir, report, plots):
-  """The PNGs of `plots` are written (and no other picture of this module), positions.json is the report."""
-  assert report["plots"] == plots
-  for png in plots:
-    assert (workdir / "eval" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  others = {positions.SIMILARITY_PLOT, positions.ROTARY_PLOT, positions.BIAS_PLOT} - set(plots)
-  assert not any((workdir / "eval" / png).exists() for png in others)
-  assert json.loads((workdir / "eval" / "positions.json").read_text()) == json.loads(json.dumps(report))
-
-
-def check_attention_bounds(stats, length, heads, batches):
-  """Entropy between 0 and log(keys allowed) <= log(length); mean distance between 0 and length − 1."""
-  assert stats["batches"] == batches and stats["queries"] > 0
-  assert 0 < stats["max_entropy"] <= math.log(length) + 1e-9 and 0 < stats["uniform_mean_distance"] <= length - 1
-  for layer in stats["layers"]:
-    assert len(layer["entropy"]) == len(layer["mean_distance"]) == heads
-    assert all(0 <= e <= stats["max_entropy"] + 1e-6 for e in layer["entropy"])
-    assert all(0 <= d <= length - 1 for d in layer["mean_distance"])
 
 
 def test_a_rope_run_gets_its_rotary_kernel_and_attention_pictures(rope_run):
@@ -107,9 +86,9 @@ def test_attention_probabilities_are_sown_only_when_asked_and_change_nothing():
   variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 12), jnp.int32))
   tokens = jax.random.randint(jax.random.key(1), (3, 12), 5, 40)
   segments = jnp.asarray([[0] * 5 + [1] * 7, [0] * 12, [0, 1] * 6])
-  plain = jax.jit(lambda v, t, s: model.apply(v, t, segments_BxL=s))(variables, tokens, segments)
-  sown, state = jax.jit(lambda v, t, s: model.apply(v, t, segments_BxL=s, mutable=[attention.INTERMEDIATES]))(
-      variables, tokens, segments)
+  plain, (sown, state) = jax.jit(lambda v, t, s: (
+      model.apply(v, t, segments_BxL=s), model.apply(v, t, segments_BxL=s, mutable=[attention.INTERMEDIATES])))(
+          variables, tokens, segments)
   assert np.array_equal(plain, sown)
   mask = np.asarray(attention.attention_mask(12, 12, True, None, segments))  # [3, 1, 12, 12]
   for i in range(cfg.num_layers):

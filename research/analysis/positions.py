@@ -82,7 +82,8 @@ def distances(length: int, causal: bool) -> np.ndarray:
 
 
 def _rotary_scores(module, positions_NxL, u_NxHxD):
-  """q·k of q = k = u after the module's q/k transform, [N, H, L (query at d), L (key at d)], or None."""
+  """q·k of q = k = u after the module's q/k transform, as two [N, H, L]: the query at position d with the key at 0,
+  and the query at 0 with the key at d; None when the scheme has no q/k transform."""
   import jax.numpy as jnp
   rotary = module.rotary(positions_NxL)
   if rotary is None:
@@ -90,7 +91,6 @@ def _rotary_scores(module, positions_NxL, u_NxHxD):
   q_fn, k_fn = rotary if isinstance(rotary, tuple) else (rotary, rotary)
   x_NxLxHxD = jnp.broadcast_to(u_NxHxD[:, None], (u_NxHxD.shape[0], positions_NxL.shape[1], *u_NxHxD.shape[1:]))
   q, k = q_fn(x_NxLxHxD).astype(jnp.float32), k_fn(x_NxLxHxD).astype(jnp.float32)
-  # Query at d with the key at 0, and query at 0 with the key at d (for keys after the query).
   return jnp.einsum("nlhd,nhd->nhl", q, k[:, 0]), jnp.einsum("nhd,nlhd->nhl", q[:, 0], k)
 
 
