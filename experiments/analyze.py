@@ -1,6 +1,7 @@
 r"""Analyses of an embedding table: word-vector benchmarks, exports.
 
   research-analyze --workdir=RUN [--checkpoint=best|last] [--export_word2vec=FILE] [--export_projector=DIR] [--rare]
+                   [--positions [--positions_batches=N]]
   research-analyze --vectors=FILE [--format=auto|word2vec|...] [--output=FILE.json]
 
 With --workdir: scores the input table of the run's best checkpoint (Google analogies, WordSim-353, SimLex-999 with
@@ -8,7 +9,9 @@ their coverage; nearest neighbours of 10 frequent words) and writes RUN/eval/emb
 --export_word2vec writes the table as word2vec text keyed by token strings, --export_projector TensorBoard projector
 files (token and training count as metadata), --rare the rare-token analyses (frequency buckets, geometry, rows no
 batch held and how far they moved: RUN/eval/rare_tokens.json, norm_vs_frequency.png, buckets.png;
-docs/rare_tokens.md). With --vectors: the same benchmarks for a vector file.
+docs/rare_tokens.md), --positions pictures of the run's positional scheme (RUN/eval/positions.json and the PNGs its
+hooks have: position_similarity.png, rotary_kernel.png, bias_by_distance.png, attention.png;
+research/analysis/positions.py, docs/architecture.md). With --vectors: the same benchmarks for a vector file.
 
 One entry point for every analysis of a table: a new one is a flag and one more step in `main`.
 """
@@ -17,7 +20,7 @@ from absl import app, flags, logging
 
 from experiments.common import run_main
 from research import hugepages
-from research.analysis import quality, rare
+from research.analysis import positions, quality, rare
 from research.embeddings import pretrained
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory whose table to analyze.")
@@ -28,6 +31,10 @@ _OUTPUT = flags.DEFINE_string("output", None, "With --vectors: also write the re
 _EXPORT_WORD2VEC = flags.DEFINE_string("export_word2vec", None, "Write the run's table as word2vec text here.")
 _EXPORT_PROJECTOR = flags.DEFINE_string("export_projector", None, "Write TensorBoard projector files here.")
 _RARE = flags.DEFINE_bool("rare", False, "Also the rare-token analyses: RUN/eval/rare_tokens.json and its plots.")
+_POSITIONS = flags.DEFINE_bool("positions", False, "Also pictures of the run's positional scheme and its attention: "
+                               "RUN/eval/positions.json and its plots.")
+_POSITIONS_BATCHES = flags.DEFINE_integer("positions_batches", positions.DEFAULT_BATCHES,
+                                          "With --positions: validation batches for the attention statistics.")
 
 
 def check_flags() -> None:
@@ -35,12 +42,16 @@ def check_flags() -> None:
     raise quality.AnalysisError("give exactly one of --workdir=RUN and --vectors=FILE")
   if _VECTORS.value:
     for name, flag in (("export_word2vec", _EXPORT_WORD2VEC), ("export_projector", _EXPORT_PROJECTOR),
-                       ("rare", _RARE)):
+                       ("rare", _RARE), ("positions", _POSITIONS)):
       if flag.value:
         raise quality.AnalysisError(f"--{name} analyzes or exports a run's table: use it with --workdir, not "
                                     f"--vectors")
   elif _OUTPUT.value:
     raise quality.AnalysisError("--output is for --vectors; a run's report goes to RUN/eval/embedding_quality.json")
+  if _POSITIONS_BATCHES.present and not _POSITIONS.value:
+    raise quality.AnalysisError("--positions_batches is for --positions")
+  if _POSITIONS_BATCHES.value < 1:
+    raise quality.AnalysisError(f"--positions_batches={_POSITIONS_BATCHES.value} must be >= 1")
 
 
 @run_main
@@ -62,6 +73,10 @@ def main(argv):
     rare_report = rare.analyze_run(_WORKDIR.value, _CHECKPOINT.value)
     print(f"{_WORKDIR.value}/{quality.EVAL_DIR}/{rare.RARE_FILE} (step {rare_report['checkpoint_step']})")
     print("\n".join(rare.summary_lines(rare_report)))
+  if _POSITIONS.value:
+    pictures = positions.analyze_run(_WORKDIR.value, _CHECKPOINT.value, _POSITIONS_BATCHES.value)
+    print(f"{_WORKDIR.value}/{quality.EVAL_DIR}/{positions.POSITIONS_FILE} (step {pictures['checkpoint_step']})")
+    print("\n".join(positions.summary_lines(pictures)))
   for path in (_EXPORT_WORD2VEC.value, _EXPORT_PROJECTOR.value, _OUTPUT.value):
     if path:
       print(f"wrote {path}")

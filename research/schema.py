@@ -71,6 +71,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.mlm_select_rate = 0.15
   c.data.mlm_mask_rate = 0.8
   c.data.mlm_random_rate = 0.1
+  # Document boundaries inside a packed row (a [SEP] opens the document after it; docs/data.md): positions
+  # continuous (arange over the row) | reset (0 at every [SEP]); document_mask: attention stays within a document.
+  # Both change the model a run trains, so neither may change on resume; runs before them were continuous / False.
+  c.data.document_positions = "continuous"
+  c.data.document_mask = False
 
   c.model = _model_section()
 

@@ -3,13 +3,16 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
+from research.analysis import positions
+from research.embeddings import relative
 from research.evaluate import extrapolation
 from research.report import build_report
 from research.train import checkpoint as checkpoint_lib
 from research.train import loop
-from tests.train_utils import cli, tiny_config
+from tests.train_utils import check_attention_bounds, check_pictures, cli, tiny_config
 
 TRAIN_LEN = 32
 SETTINGS = {"train.steps": 30, "train.warmup_steps": 5, "train.eval_every": 10, "train.checkpoint_every": 10,
@@ -405,3 +408,41 @@ def test_passkey_cli_errors_are_one_line_with_status_2(tmp_path, args, message):
   result = cli("experiments.evaluate", f"--workdir={mlm}", *args)
   assert result.returncode == 2 and result.stdout == ""
   assert result.stderr.strip() == message.format(mlm=mlm), result.stderr[-2000:]
+
+
+# research-analyze --positions on these runs: the input family (learned) and the score-bias family (alibi); the q/k
+# family is drawn in tests/test_positions_analysis.py, on an MLM run of its own.
+
+
+@pytest.fixture(scope="module")
+def position_reports(runs):
+  return {name: positions.analyze_run(runs[name], num_batches=2) for name in ("learned", "alibi")}
+
+
+@pytest.mark.slow
+def test_a_learned_table_is_drawn_as_the_cosine_similarity_of_its_trained_rows(runs, position_reports):
+  report = position_reports["learned"]
+  check_pictures(runs["learned"], report, [positions.SIMILARITY_PLOT, positions.ATTENTION_PLOT])
+  assert report["hooks"] == {"input": True, "rotary": False, "bias": False, "logit_bias": False}
+  run = extrapolation.load_run(runs["learned"])
+  assert report["checkpoint_step"] == run.step == 20  # the best checkpoint's table, as trained
+  table = np.asarray(run.params["position_embed"]["embedding"], np.float64)[:TRAIN_LEN]
+  unit = table / np.linalg.norm(table, axis=1, keepdims=True)
+  assert report["similarity"]["positions"] == list(range(TRAIN_LEN))
+  np.testing.assert_allclose(report["similarity"]["cosine"], unit @ unit.T, atol=1e-6)
+  check_attention_bounds(report["attention"], TRAIN_LEN, heads=4, batches=2)
+
+
+@pytest.mark.slow
+def test_alibi_is_drawn_as_a_bias_linear_in_distance_with_the_schemes_slopes(runs, position_reports):
+  report = position_reports["alibi"]
+  check_pictures(runs["alibi"], report, [positions.BIAS_PLOT, positions.ATTENTION_PLOT])
+  bias = report["bias"]
+  assert bias["distance"] == list(range(TRAIN_LEN)) and [entry["layer"] for entry in bias["layers"]] == ["shared"]
+  slopes = relative.alibi_slopes(4)
+  np.testing.assert_allclose(bias["layers"][0]["bias"], -slopes[:, None] * np.arange(TRAIN_LEN)[None, :], rtol=1e-6,
+                             atol=1e-6)
+  stats = report["attention"]
+  check_attention_bounds(stats, TRAIN_LEN, heads=4, batches=2)
+  # The steepest head (slope 1/4) attends nearer than uniform attention over the same keys would.
+  assert all(layer["mean_distance"][0] < 0.6 * stats["uniform_mean_distance"] for layer in stats["layers"])

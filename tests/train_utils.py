@@ -1,12 +1,14 @@
 """Helpers for tests that train real (tiny) runs."""
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 from configs import tiny
+from research.analysis import positions
 from research.train import configuration
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,3 +44,23 @@ def dot_generals(jaxpr) -> list:
         if hasattr(sub, "eqns"):
           found += dot_generals(sub)
   return found
+
+
+def check_pictures(workdir, report, plots):
+  """research-analyze --positions wrote the PNGs of `plots` (and no other family's); positions.json is the report."""
+  assert report["plots"] == plots
+  for png in plots:
+    assert (workdir / "eval" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  others = {positions.SIMILARITY_PLOT, positions.ROTARY_PLOT, positions.BIAS_PLOT} - set(plots)
+  assert not any((workdir / "eval" / png).exists() for png in others)
+  assert json.loads((workdir / "eval" / "positions.json").read_text()) == json.loads(json.dumps(report))
+
+
+def check_attention_bounds(stats, length, heads, batches):
+  """Entropy between 0 and log(keys allowed) <= log(length); mean distance between 0 and length − 1."""
+  assert stats["batches"] == batches and stats["queries"] > 0
+  assert 0 < stats["max_entropy"] <= math.log(length) + 1e-9 and 0 < stats["uniform_mean_distance"] <= length - 1
+  for layer in stats["layers"]:
+    assert len(layer["entropy"]) == len(layer["mean_distance"]) == heads
+    assert all(0 <= e <= stats["max_entropy"] + 1e-6 for e in layer["entropy"])
+    assert all(0 <= d <= length - 1 for d in layer["mean_distance"])

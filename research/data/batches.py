@@ -6,7 +6,8 @@ Token stream. Each split is cached as ONE flat id array: `[SEP] doc1 [SEP] doc2 
 Batch format (every iterator here yields dicts of numpy arrays, B = batch size, L = sequence length):
   inputs     int32   [B, L]  token ids fed to the model ([PAD]=0 where a row or a window ends early)
   targets    int32   [B, L]  CLM: the next token; MLM: the same as inputs (mask with `mask_tokens`)
-  positions  int32   [B, L]  arange(L) in every row; NOT reset at document boundaries inside a packed row
+  positions  int32   [B, L]  arange(L) in every row; NOT reset at document boundaries inside a packed row (the train
+                             step resets them with data.document_positions=reset: `document_positions` below)
   weights    float32 [B, L]  1 where the target is scored, 0 on padding
 
 CLM packing: window k covers stream[k·L : k·L + L + 1]; inputs = window[:-1], targets = window[1:]. Windows
@@ -320,6 +321,30 @@ def eval_batches(ids: np.ndarray, length: int, batch_size: int, mode: str = "non
 
 def num_eval_windows(num_tokens: int, length: int, mode: str = "nonoverlapping", stride: int | None = None) -> int:
   return len(eval_window_starts(num_tokens, length, mode, stride)[0])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# document boundaries inside a row (data.document_positions, data.document_mask; docs/data.md)
+#
+# A [SEP] opens the document that follows it: it is that document's first token (position 0, like a <bos>), so in
+# a CLM row the [SEP] whose output predicts a document's first token sees nothing of the document before it. Pure
+# jnp on the batch's token ids (jit-able), so training and evaluation derive them the same way from any row.
+
+
+def document_ids(tokens_BxL, separator: int = SEP_ID):
+  """int32 [B, L]: the number of separators at or before each column, i.e. which document of the row the token
+  belongs to (0 for the tail of a document that began in an earlier row). Two tokens of a row share a document
+  exactly when their ids are equal."""
+  return jnp.cumsum(jnp.asarray(tokens_BxL) == separator, axis=1, dtype=jnp.int32)
+
+
+def document_positions(tokens_BxL, positions_BxL, separator: int = SEP_ID):
+  """positions − the position of the document's first token in the row: every separator gets 0 and positions count
+  up from it to the next one; a document that began in an earlier row counts from the row's first column."""
+  tokens_BxL, positions_BxL = jnp.asarray(tokens_BxL), jnp.asarray(positions_BxL)
+  columns_BxL = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1], dtype=jnp.int32), tokens_BxL.shape)
+  starts_BxL = jax.lax.cummax(jnp.where(tokens_BxL == separator, columns_BxL, 0), axis=1)
+  return positions_BxL - jnp.take_along_axis(positions_BxL, starts_BxL, axis=1)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -127,7 +127,8 @@ def split_scores(run: LoadedRun, model_cfg: ModelConfig, ids: np.ndarray, length
   settings = steps.StepSettings(objective=run.config.objective, vocab_size=model_cfg.vocab_size,
                                 mlm_select_rate=run.config.data.mlm_select_rate,
                                 mlm_mask_rate=run.config.data.mlm_mask_rate,
-                                mlm_random_rate=run.config.data.mlm_random_rate)
+                                mlm_random_rate=run.config.data.mlm_random_rate,
+                                **steps.document_settings(run.config.data))
   step = jax.jit(functools.partial(steps.eval_step, model=model, settings=settings, by_position=by_position))
   batch_size = _batch_size(length, max_tokens_per_batch)
   if run.config.objective == "clm":

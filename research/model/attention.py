@@ -23,15 +23,21 @@ CAUSAL_BLOCK = 128  # query block of the causal einsum path (benchmarks/throughp
 MAX_CAUSAL_BLOCKS = 8
 
 
-def attention_mask(length_q: int, length_k: int, causal: bool, key_mask_BxL: Array | None = None) -> Array | None:
+def attention_mask(length_q: int, length_k: int, causal: bool, key_mask_BxL: Array | None = None,
+                   segments_BxL: Array | None = None) -> Array | None:
   """Boolean [B or 1, 1, Lq, Lk], True where attention is allowed. Causality is by index within the row (token
-  order), not by position value, so packed rows and offset positions need nothing special."""
+  order), not by position value, so packed rows and offset positions need nothing special. `segments_BxL` (int
+  document ids of a self-attention's tokens, data.document_mask) allows only pairs of the same document: a causal
+  mask stays lower-triangular with its diagonal, so every query keeps a key."""
   mask = None
   if causal:
     mask = jnp.tril(jnp.ones((length_q, length_k), bool), k=length_k - length_q)[None, None]
   if key_mask_BxL is not None:
     keys = key_mask_BxL.astype(bool)[:, None, None, :]
     mask = keys if mask is None else mask & keys
+  if segments_BxL is not None:
+    same_BxLxL = segments_BxL[:, :, None] == segments_BxL[:, None, :]
+    mask = same_BxLxL[:, None] if mask is None else mask & same_BxLxL[:, None]
   return mask
 
 
@@ -117,6 +123,21 @@ def xla_attention(q_BxLxHxD, k_BxSxHxD, v_BxSxHxD, bias_BxHxLxS=None, mask=None,
 
 
 ATTENTION_FNS: dict[str, Callable] = {"einsum": einsum_attention, "xla": xla_attention}
+# The collection attention probabilities are sown into when the caller asks for it (analysis only): apply(...,
+# mutable=[INTERMEDIATES]) returns them at intermediates/block_{i}/attention/probabilities, a 1-tuple of
+# float32 [B, H, L, S] per layer. Otherwise nothing is computed or stored (is_mutable_collection is a trace-time check).
+INTERMEDIATES = "intermediates"
+
+
+def attention_probabilities(q_BxLxHxD, k_BxSxHxD, bias=None, mask=None):
+  """softmax(q·kᵀ/√d + bias) over the allowed keys, float32 [B, H, L, S] (0 exactly on masked keys; a query with no
+  allowed key gets a uniform row, as both attention paths do)."""
+  scores_BxHxLxS = attention_logits(q_BxLxHxD, k_BxSxHxD)
+  if bias is not None:
+    scores_BxHxLxS = scores_BxHxLxS + bias.astype(jnp.float32)
+  if mask is not None:
+    scores_BxHxLxS = jnp.where(mask, scores_BxHxLxS, _NEG_INF)
+  return jax.nn.softmax(scores_BxHxLxS, axis=-1)
 
 
 class MultiHeadAttention(nn.Module):
@@ -154,6 +175,8 @@ class MultiHeadAttention(nn.Module):
         scores_BxHxLxS = scores_BxHxLxS + bias.astype(jnp.float32)
       extra = hooks.logit_bias(q, scores_BxHxLxS, mask).astype(jnp.float32)
       bias = extra if bias is None else bias.astype(jnp.float32) + extra
+    if self.is_mutable_collection(INTERMEDIATES):  # analysis asked for the probabilities (research.analysis)
+      self.sow(INTERMEDIATES, "probabilities", attention_probabilities(q, k, bias, mask))
     out_BxLxHxDh = ATTENTION_FNS[cfg.attention](q, k, v, bias, mask, causal=causal)
     out_NxHxDh = out_BxLxHxDh.reshape(batch * length, *out_BxLxHxDh.shape[2:])
     return dense(cfg.width, (-2, -1), "out")(out_NxHxDh).reshape(batch, length, cfg.width)

@@ -132,23 +132,27 @@ class Transformer(nn.Module):
       return jnp.concatenate([x_BxLxD, pos_BxLxP], axis=-1)
     return x_BxLxD + pos_BxLxP
 
-  def __call__(self, tokens_BxL, positions_BxL=None, *, key_mask_BxL=None, deterministic=True,
+  def __call__(self, tokens_BxL, positions_BxL=None, *, key_mask_BxL=None, segments_BxL=None, deterministic=True,
                return_hidden=False):
+    """`segments_BxL` (int document ids, or None): attention only between tokens of the same id (data.document_mask;
+    the train step derives them from [SEP], `steps.segments`)."""
     if positions_BxL is None:
       positions_BxL = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1]), tokens_BxL.shape)
     vocab_VxD = self.vocab_vectors() if self.cfg.uses_chars else None  # once, for input and head
     x_BxLxD = self.embed(tokens_BxL, positions_BxL, deterministic=deterministic, vocab_VxD=vocab_VxD)
-    h_BxLxD = self.encode(x_BxLxD, positions_BxL, key_mask_BxL=key_mask_BxL, deterministic=deterministic)
+    h_BxLxD = self.encode(x_BxLxD, positions_BxL, key_mask_BxL=key_mask_BxL, segments_BxL=segments_BxL,
+                          deterministic=deterministic)
     return h_BxLxD if return_hidden else self.logits(h_BxLxD, vocab_VxD=vocab_VxD)
 
-  def encode(self, x_BxLxD, positions_BxL, *, key_mask_BxL=None, deterministic=True):
+  def encode(self, x_BxLxD, positions_BxL, *, key_mask_BxL=None, segments_BxL=None, deterministic=True):
     """Blocks and final norm over already-embedded inputs (for analysis, and inputs built elsewhere)."""
     # A shared scheme's hooks are computed once for every layer (T5 shares its bias table across layers); a per-layer
     # scheme computes them in each attention layer from the positions.
     hooks = None if self.cfg.scheme.per_layer else self.position_embed.attention_hooks(positions_BxL, positions_BxL)
     length = x_BxLxD.shape[1]
-    mask = attention_mask(length, length, self.cfg.causal, key_mask_BxL)
-    # Without key padding a causal mask leaves every query a key, so attention may skip the all-masked blocks.
+    mask = attention_mask(length, length, self.cfg.causal, key_mask_BxL, segments_BxL)
+    # Without key padding a causal mask leaves every query a key (a document mask keeps each query's own one), so
+    # attention may skip the all-masked blocks.
     causal = self.cfg.causal and key_mask_BxL is None
     for block in self.blocks:
       x_BxLxD = block(x_BxLxD, hooks=hooks, positions_BxL=positions_BxL, mask=mask, causal=causal,

@@ -21,6 +21,7 @@ from research.train import optim
 OBJECTIVES = ("clm", "mlm")
 DISTRIBUTED = ("auto", "true", "false")
 ERROR_POLICIES = ("strict", "replace", "ignore")
+DOCUMENT_POSITIONS = ("continuous", "reset")
 
 class ConfigError(ValueError):
   """A user error in the config or the command line."""
@@ -157,6 +158,7 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
     raise ConfigError(f"data.seq_len={config.data.seq_len!r} must be >= 2")
   if config.objective == "mlm" and config.data.seq_len < 3:
     raise ConfigError(f"data.seq_len={config.data.seq_len!r} must be >= 3 for mlm ([CLS] … [SEP])")
+  validate_documents(config.data)
   validate_pretrained(config)
   if config.model.max_position and config.model.max_position < config.data.seq_len:
     raise ConfigError(f"model.max_position={config.model.max_position} is smaller than data.seq_len="
@@ -166,6 +168,13 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
     raise ConfigError(f"data.vocab_size={config.data.vocab_size!r} is too small: at least {minimum} "
                       f"({len(tokenizers.SPECIAL_TOKENS)} special tokens + 1), and the tokenizer kind may need more")
   return model_config(config)
+
+
+def validate_documents(data: ml_collections.ConfigDict) -> None:
+  """data.document_positions and data.document_mask (research-evaluate reads them from a run's saved config)."""
+  _choice("data.document_positions", data.document_positions, DOCUMENT_POSITIONS)
+  if not isinstance(data.document_mask, bool):
+    raise ConfigError(f"data.document_mask={data.document_mask!r} must be true or false")
 
 
 def validate_pretrained(config: ml_collections.ConfigDict) -> None:

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from research.data.batches import mask_tokens
+from research.data.batches import document_ids, document_positions, mask_tokens
 from research.data.tokenizers import PAD_ID, SPECIAL_IDS
 from research.embeddings.positions import randomized_positions
 from research.model.transformer import HEAD_MODULES, Transformer
@@ -57,6 +57,15 @@ class StepSettings:
   position_sampling: str = "none"  # none | randomized (training only; evaluation always uses the batch's arange)
   max_position: int = 0  # randomized positions come from [0, max_position); 0 = the batch's length
   count_updates: bool = False  # keep state.counts (train.count_updates)
+  # Document boundaries inside a row (data.document_positions / data.document_mask), training and evaluation alike.
+  document_positions: str = "continuous"  # continuous | reset (0 at every [SEP])
+  document_mask: bool = False  # attention only within a document
+
+
+def document_settings(data_config) -> dict[str, Any]:
+  """The StepSettings fields a run's `data` section sets for document boundaries (the trainer and every evaluation
+  build their settings with these, so a run is scored the way it trained)."""
+  return {"document_positions": str(data_config.document_positions), "document_mask": bool(data_config.document_mask)}
 
 
 COUNT_KEYS = ("present", "nonzero")
@@ -93,9 +102,11 @@ def count_rows(counts: dict[str, Array], row_mask_V: Array, table_update_VxE: Ar
 
 
 def prepare_inputs(batch, rng, settings: StepSettings, *, training: bool = False):
-  """(inputs, targets, weights, positions, key_mask): MLM applies the BERT masking here, from the step's key; in
-  training, `position_sampling=randomized` replaces the positions by a sorted random sample (Ruoss et al. 2023)
-  drawn from `fold_in(rng, POSITION_STREAM)`, so a resumed run draws the same positions.
+  """(inputs, targets, weights, positions, key_mask): MLM applies the BERT masking here, from the step's key;
+  `document_positions=reset` restarts the positions at every [SEP] of the row (`batches.document_positions`); in
+  training, `position_sampling=randomized` then replaces the positions by a sorted random sample (Ruoss et al. 2023)
+  drawn from `fold_in(rng, POSITION_STREAM)`, so a resumed run draws the same positions (with reset positions, each
+  document of the row reads the sample from its start: sample[0], sample[1], …).
 
   key_mask (bool [B, L] or None) marks the keys attention may read. An encoder gets one wherever [PAD] can occur
   (the tail of a short row, an empty row): without it every token would attend to the padding. A decoder gets None:
@@ -104,6 +115,8 @@ def prepare_inputs(batch, rng, settings: StepSettings, *, training: bool = False
   change neither objective's loss).
   """
   positions = batch["positions"]
+  if settings.document_positions == "reset":
+    positions = document_positions(batch["inputs"], positions)
   if training and settings.position_sampling == "randomized":
     positions = randomized_positions(jax.random.fold_in(rng, POSITION_STREAM), positions,
                                      settings.max_position or positions.shape[1])
@@ -116,6 +129,12 @@ def prepare_inputs(batch, rng, settings: StepSettings, *, training: bool = False
   return batch["inputs"], batch["targets"], batch["weights"], positions, None
 
 
+def segments(batch, settings: StepSettings):
+  """int32 [B, L] document ids of the rows (`batches.document_ids`, from the unmasked inputs) with
+  `document_mask`, which the model turns into a mask that keeps attention within a document; else None."""
+  return document_ids(batch["inputs"]) if settings.document_mask else None
+
+
 def eval_key(seed: int, length: int, batch_index: int) -> jax.Array:
   """The MLM masking key of evaluation batch `batch_index` at window `length`: every batch draws its own masks (one
   key for all would mask the same (row, position) pairs in every batch), and a rerun draws the same ones. The
@@ -124,12 +143,13 @@ def eval_key(seed: int, length: int, batch_index: int) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed + 1), length), batch_index)
 
 
-def lm_loss_sums(params, model: Transformer, inputs, targets, weights, positions, key_mask=None, *,
-                 deterministic: bool, rngs=None, z_loss: float = 0.0, loss_chunk: int = 0,
+def lm_loss_sums(params, model: Transformer, inputs, targets, weights, positions, key_mask=None, segments_BxL=None,
+                 *, deterministic: bool, rngs=None, z_loss: float = 0.0, loss_chunk: int = 0,
                  by_position: bool = False):
   """(loss_sum, weight_sum, extras). With `loss_chunk`, the head and the cross-entropy run over chunks of that
   many tokens (`objectives.chunked_cross_entropy`): the full [tokens, V] logits never exist, and each chunk's
-  logits are made once, with the head's gradients taken in the forward pass.
+  logits are made once, with the head's gradients taken in the forward pass. `segments_BxL` (`segments`) keeps
+  attention within documents.
 
   `by_position` (evaluation) adds extras `nll_by_segment` / `weight_by_segment` [L]: the sums per column of the
   window (the token's index in its row, whatever its `positions`), from the same per-token losses as the totals;
@@ -137,26 +157,26 @@ def lm_loss_sums(params, model: Transformer, inputs, targets, weights, positions
 
   variables = {"params": params}
   n = targets.size
-  segments = {}
+  by_column = {}  # cross_entropy's per-segment sums, one segment per column of the window
   if by_position:
     column_BxL = jnp.broadcast_to(jnp.arange(targets.shape[1], dtype=jnp.int32), targets.shape)
-    segments = {"segments_BxL": column_BxL.reshape(n), "num_segments": targets.shape[1]}
+    by_column = {"segments_BxL": column_BxL.reshape(n), "num_segments": targets.shape[1]}
     loss_chunk = 0
   if model.cfg.uses_chars:
     # The char CNN runs once per forward pass over the whole vocabulary, for the input and the tied head together:
     # the full logits at once (train.loss_chunk does not apply).
-    logits_BxLxV = model.apply(variables, inputs, positions, key_mask_BxL=key_mask, deterministic=deterministic,
-                               rngs=rngs)
+    logits_BxLxV = model.apply(variables, inputs, positions, key_mask_BxL=key_mask, segments_BxL=segments_BxL,
+                               deterministic=deterministic, rngs=rngs)
     return objectives.cross_entropy(logits_BxLxV.reshape(n, -1), targets.reshape(n), weights.reshape(n), z_loss,
-                                    **segments)
-  hidden_BxLxD = model.apply(variables, inputs, positions, key_mask_BxL=key_mask, deterministic=deterministic,
-                             rngs=rngs, return_hidden=True)
+                                    **by_column)
+  hidden_BxLxD = model.apply(variables, inputs, positions, key_mask_BxL=key_mask, segments_BxL=segments_BxL,
+                             deterministic=deterministic, rngs=rngs, return_hidden=True)
   # The head runs on [tokens, d], not [B, L, d]: with one contracting dimension the weight gradient of the head
   # is a plain matmul; with two, XLA:CPU materialises a transposed copy of the [tokens, V] logits gradient.
   hidden_NxD = hidden_BxLxD.reshape(n, hidden_BxLxD.shape[-1])
   if not loss_chunk or loss_chunk >= n or n % loss_chunk:
     logits_NxV = model.apply(variables, hidden_NxD, method=Transformer.logits)
-    return objectives.cross_entropy(logits_NxV, targets.reshape(n), weights.reshape(n), z_loss, **segments)
+    return objectives.cross_entropy(logits_NxV, targets.reshape(n), weights.reshape(n), z_loss, **by_column)
 
   # Only the head's parameters go through the fused loss (the rest would only carry zero gradients).
   head_params = {name: params[name] for name in HEAD_MODULES if name in params}
@@ -174,6 +194,7 @@ def train_step(state: TrainState, batch, *, model: Transformer, optimizer, sched
   rng = jax.random.fold_in(state.rng, state.step)
   mask_rng, dropout_rng = jax.random.split(rng)
   inputs, targets, weights, positions, key_mask = prepare_inputs(batch, mask_rng, settings, training=True)
+  segments_BxL = segments(batch, settings)
 
   def sums_and_grads(micro, key):
     def loss_fn(params):
@@ -185,7 +206,7 @@ def train_step(state: TrainState, batch, *, model: Transformer, optimizer, sched
     (loss_sum, (weight_sum, extras)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     return (loss_sum, weight_sum, extras), grads
 
-  data = (inputs, targets, weights, positions, key_mask)
+  data = (inputs, targets, weights, positions, key_mask, segments_BxL)
   if settings.grad_accum == 1:
     sums, grads = sums_and_grads(data, dropout_rng)
   else:
@@ -230,14 +251,15 @@ def eval_step(params, batch, rng, *, model: Transformer, settings: StepSettings,
   `by_position` adds `nll_by_segment` and `weight_by_segment` [L], the sums per column of the window, from the
   same forward pass (`lm_loss_sums`)."""
   inputs, targets, weights, positions, key_mask = prepare_inputs(batch, rng, settings)
+  segments_BxL = segments(batch, settings)
   loss_sum, weight_sum, extras = lm_loss_sums(params, model, inputs, targets, weights, positions, key_mask,
-                                              deterministic=True, loss_chunk=settings.loss_chunk,
+                                              segments_BxL, deterministic=True, loss_chunk=settings.loss_chunk,
                                               by_position=by_position)
   input_tokens = jnp.sum(batch["weights"]).astype(jnp.float32)
   out = {"loss_sum": loss_sum, "weight_sum": weight_sum, "input_tokens": input_tokens, **extras}
   if rare_V is not None:
     rare_weights = weights * jnp.take(rare_V, targets, axis=0, mode="fill", fill_value=False).astype(weights.dtype)
     _, rare_weight_sum, rare_extras = lm_loss_sums(params, model, inputs, targets, rare_weights, positions, key_mask,
-                                                   deterministic=True, loss_chunk=settings.loss_chunk)
+                                                   segments_BxL, deterministic=True, loss_chunk=settings.loss_chunk)
     out.update(rare_nll_sum=rare_extras["nll_sum"], rare_weight_sum=rare_weight_sum)
   return out
