@@ -447,6 +447,7 @@ def test_counts_are_the_same_on_every_mesh():
   assert out["1x1"]["present"] == out["1x1"]["nonzero"] and max(out["1x1"]["present"]) == 3
 
 
+@pytest.mark.slow  # ~8 s of CPU, but ~50 s of wall time on the loaded 2-core machine
 def test_the_closer_spelling_gets_the_closer_vector_after_training_on_a_toy_corpus():
   """A corpus built for it: every form of a verb stem is followed by the word its suffix calls for ("walking now",
   "walked then", ...). Four -ing forms and four unrelated words are in the vocabulary but never in the data, so
