@@ -18,7 +18,8 @@ HLO (`Compiled.as_text()`) says what each instruction is:
               is not a metric)
   metrics     gradient / parameter / update norms and the loss metrics the step returns
   embedding   the token lookup and its gradient (scatter-add)
-  other       residual adds, copies, dtype converts, loop bookkeeping
+  copies      fusions that only move or retype data: dtype converts, transposes, pads, slices, copies
+  other       residual adds and the rest
   host        wall-clock time of a step not covered by any operation: dispatch, argument handling, waiting
 
 Each category is split into forward and backward (the HLO metadata's `transpose(jvp(...))` marks backward work).
@@ -46,8 +47,13 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.p
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 TRACE_FLAG = "--xla_cpu_enable_xprof_traceme=true"
-CATEGORIES = ("matmul", "softmax", "norms", "gelu", "loss", "adamw", "metrics", "embedding", "other")
+CATEGORIES = ("matmul", "softmax", "norms", "gelu", "loss", "adamw", "metrics", "embedding", "copies", "other")
 CONTAINERS = ("while", "call", "conditional")  # their events span their bodies' events: not counted themselves
+# Operations that move or retype data without arithmetic: a fusion of only these is a copy (dtype converts, layout
+# transposes, pads, slices).
+DATA_MOVEMENT = {"parameter", "constant", "convert", "bitcast", "bitcast-convert", "transpose", "copy", "pad", "slice",
+                 "reshape", "broadcast", "dynamic-slice", "dynamic-update-slice", "concatenate", "tuple",
+                 "get-tuple-element", "iota"}
 
 
 def parse_args(argv=None):
@@ -198,13 +204,25 @@ def dots_inside(name: str, instructions, computations, memo=None) -> list[Instru
   return found
 
 
-def category(instr: Instruction, has_dot: bool, frames: dict[int, list[str]]) -> tuple[str, str]:
+def only_moves_data(name: str, instructions, computations) -> bool:
+  """Whether an instruction (through the computations it calls) only moves or retypes data."""
+  instr = instructions[name]
+  if instr.opcode == "fusion":
+    return all(only_moves_data(inner, instructions, computations)
+               for comp in instr.calls for inner in computations.get(comp, []))
+  return instr.opcode in DATA_MOVEMENT
+
+
+def category(instr: Instruction, has_dot: bool, frames: dict[int, list[str]], moves_data: bool = False
+             ) -> tuple[str, str]:
   """(category, 'fwd' | 'bwd') of one instruction (see the module docstring)."""
   op = instr.op_name
   direction = "bwd" if "transpose(jvp" in op else "fwd"
   functions = frames.get(instr.frame, [])
   if has_dot:
     return "matmul", direction
+  if moves_data:
+    return "copies", direction
   if any(f in ("group_norms", "loss_metrics") for f in functions):
     return "metrics", direction
   if re.search(r"/(norm_attention|norm_mlp|final_norm)/", op):
@@ -258,7 +276,7 @@ def attribute(events, instructions, computations, frames, steps: int):
     if instr is None or instr.opcode in CONTAINERS:
       continue
     dots = dots_inside(name, instructions, computations, memo)
-    key = category(instr, bool(dots), frames)
+    key = category(instr, bool(dots), frames, only_moves_data(name, instructions, computations))
     rows[key]["ms"] += e["dur"] / 1e3 / steps
     rows[key]["flops"] += sum(dot_flops(d, instructions) for d in dots) / steps
     rows[key]["count"] += 1

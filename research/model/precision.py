@@ -51,7 +51,7 @@ def _swap_last(x):
   return jnp.swapaxes(x, -1, -2)
 
 
-def _transposed_product(x16_BxMxX, y16_BxMxY):
+def _transposed_product(x16_BxMxX, y16_BxMxY, pad: bool = True):
   """xᵀ·y: [(B,) X, Y] in float32, contracting the M axis that both operands lead with (a weight gradient, with M
   the tokens).
 
@@ -61,9 +61,12 @@ def _transposed_product(x16_BxMxX, y16_BxMxY):
   front of the product does not help: XLA folds it back into the product's dimension numbers. So the smaller
   operand is transposed and padded by one zero row that the result then drops: a pad is not a transpose and cannot
   be folded, so the product stays [X + 1, M] · [M, Y] and runs at the bf16 rate, for one copy of the smaller
-  operand.
+  operand. With `pad=False` (other backends, whose bf16 kernels take any layout) the operands are multiplied as
+  they are.
   """
   rank = x16_BxMxX.ndim
+  if not pad:
+    return jax.lax.dot_general(x16_BxMxX, y16_BxMxY, _dims(rank, -2, -2), preferred_element_type=jnp.float32)
   pad_row = [(0, 0, 0)] * (rank - 2) + [(0, 1, 0), (0, 0, 0)]
   zero = jnp.zeros((), OPERAND_DTYPE)
   swap = x16_BxMxX.shape[-1] > y16_BxMxY.shape[-1]
@@ -97,7 +100,8 @@ def _bf16_matmul_bwd(rhs_contract_last, residuals, g_BxMxN):
   # dimension numbers), both forms that the bf16 kernels take.
   g_a = jax.lax.dot_general(g16, b16, _dims(rank, -1, -2 if rhs_contract_last else -1),
                             preferred_element_type=jnp.float32)
-  g_b = _transposed_product(g16, a16) if rhs_contract_last else _transposed_product(a16, g16)  # gᵀ·a or aᵀ·g
+  pad = jax.default_backend() == "cpu"
+  g_b = _transposed_product(g16, a16, pad) if rhs_contract_last else _transposed_product(a16, g16, pad)  # gᵀa, aᵀg
   return g_a.astype(a_like.dtype), g_b.astype(b_like.dtype)
 
 
