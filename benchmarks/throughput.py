@@ -16,7 +16,8 @@ side by side in one worker: both steps compiled, their timing windows interleave
 and prints both step times and their ratio.
 `--dtypes=float32,bfloat16` measures every scheme in each dtype side by side in one worker: one step compiled per
 dtype, their timing windows interleaved (A B, then B A, ...; `--windows` rounds of `--steps` steps), and prints the
-median tokens/s of each, the bf16/f32 ratio (the median of the per-round ratios, and of the best windows) and MFU
+median tokens/s of each, the bf16/f32 ratio (the median of the per-round ratios, the ratio of the best windows, and
+the median ratio of the process's CPU seconds per step, which waiting for a core on a shared machine affects less) and MFU
 against each dtype's own peak (the bf16 peak is bf16 × bf16 → f32, as the model multiplies). The output names the
 CPU and whether it has AVX512-BF16 (without it XLA emulates bf16 products and bf16 is not expected to be faster).
 Like `research-train`, the script restarts itself with glibc's malloc huge pages (research/hugepages.py);
@@ -162,7 +163,7 @@ def dtypes_row(args) -> dict:
     step, state = common.build_step(cfg, settings, shape.seq_len)
     batch = common.make_batch(shape)
     compile_s, _ = common.compile_seconds(step, state, batch)
-    runs[dtype] = {"step": step, "state": state, "batch": batch, "compile_s": compile_s, "times": []}
+    runs[dtype] = {"step": step, "state": state, "batch": batch, "compile_s": compile_s, "times": [], "cpu": []}
   fpt, n = common.flops_per_token(cfg, shape.seq_len)
 
   def run(dtype, k):
@@ -175,14 +176,16 @@ def dtypes_row(args) -> dict:
     run(dtype, args.warmup)
   for i in range(args.windows):
     for dtype in (dtypes if i % 2 == 0 else dtypes[::-1]):
-      t = time.perf_counter()
+      t, cpu = time.perf_counter(), time.process_time()
       run(dtype, args.steps)
       runs[dtype]["times"].append((time.perf_counter() - t) / args.steps)
+      runs[dtype]["cpu"].append((time.process_time() - cpu) / args.steps)
   tokens = shape.batch * shape.seq_len
   out = {"scheme": args.worker, "flops_per_token": fpt, "n_params_counted": n, "tokens": tokens,
          "peak_rss_mb": common.peak_rss_mb(), "dtypes": {}}
   for dtype, r in runs.items():
-    out["dtypes"][dtype] = {"times_s": r["times"], "median_tokens_per_s": tokens / statistics.median(r["times"]),
+    out["dtypes"][dtype] = {"times_s": r["times"], "cpu_s": r["cpu"],
+                            "median_tokens_per_s": tokens / statistics.median(r["times"]),
                             "best_tokens_per_s": tokens / min(r["times"]), "compile_s": r["compile_s"],
                             "loss": float(r["metrics"]["loss"])}
   base = dtypes[0]
@@ -190,6 +193,10 @@ def dtypes_row(args) -> dict:
     paired = [b / t for b, t in zip(runs[base]["times"], runs[dtype]["times"])]
     out["dtypes"][dtype]["ratio"] = statistics.median(paired)  # speed-up over the first dtype, paired by round
     out["dtypes"][dtype]["best_ratio"] = min(runs[base]["times"]) / min(runs[dtype]["times"])
+    # The same from the process's CPU seconds per step (all threads): less sensitive to waiting for a core on a
+    # loaded machine, though not to contention for memory bandwidth and caches.
+    out["dtypes"][dtype]["cpu_ratio"] = statistics.median(
+        [b / t for b, t in zip(runs[base]["cpu"], runs[dtype]["cpu"])])
   return out
 
 
@@ -213,17 +220,18 @@ def print_dtypes_table(args, rows, peaks) -> None:
         f"{args.windows} rounds × {args.steps} steps, medians  GLIBC_TUNABLES="
         f"{os.environ.get('GLIBC_TUNABLES', '')!r}")
   print(bf16_support_line(common.cpu_info()))
-  print("matmul peaks (2048³, operands → float32, best of 10): " + ", ".join(
+  print(f"matmul peaks ({args.peak_size}³, operands → float32, best of 3 × 10 interleaved): " + ", ".join(
       f"{d} {peaks[d] / 1e9:.0f} GFLOP/s" for d in dtypes))
   base = dtypes[0]
   head = f"{'scheme':<11}" + "".join(f" {d + ' tok/s':>16}" for d in dtypes)
-  head += "".join(f" {d + '/' + base:>18} {'(best)':>7}" for d in dtypes[1:])
+  head += "".join(f" {d + '/' + base:>18} {'(best)':>7} {'(CPU s)':>8}" for d in dtypes[1:])
   head += "".join(f" {'MFU ' + d:>14}" for d in dtypes)
   print(head)
   for r in rows:
     cells = r["dtypes"]
     line = f"{r['scheme']:<11}" + "".join(f" {cells[d]['median_tokens_per_s']:16.0f}" for d in dtypes)
-    line += "".join(f" {cells[d]['ratio']:18.2f} {cells[d]['best_ratio']:7.2f}" for d in dtypes[1:])
+    line += "".join(f" {cells[d]['ratio']:18.2f} {cells[d]['best_ratio']:7.2f} {cells[d]['cpu_ratio']:8.2f}"
+                    for d in dtypes[1:])
     line += "".join(f" {cells[d]['median_tokens_per_s'] * r['flops_per_token'] / peaks[d]:14.1%}" for d in dtypes)
     print(line)
 
@@ -289,7 +297,11 @@ def dtypes_main(args, argv) -> None:
   for dtype in dtypes:
     if dtype not in ("float32", "bfloat16"):
       raise SystemExit(f"--dtypes: {dtype!r} is not one of float32, bfloat16")
-  peaks = {d: common.matmul_peak(args.peak_size, dtype=jnp.dtype(d)) for d in dtypes}
+  # Interleaved, best of 3 rounds of best-of-10 each, so a busy moment does not land on one dtype only.
+  peaks = {d: 0.0 for d in dtypes}
+  for _ in range(3):
+    for d in dtypes:
+      peaks[d] = max(peaks[d], common.matmul_peak(args.peak_size, dtype=jnp.dtype(d)))
   passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--json"]
   rows = []
   for scheme in [s for s in args.schemes.split(",") if s]:
