@@ -24,7 +24,10 @@ HLO (`Compiled.as_text()`) says what each instruction is:
 
 Each category is split into forward and backward (the HLO metadata's `transpose(jvp(...))` marks backward work).
 XLA:CPU may run two operations at once on the two cores, so the operation times are summed per category (thread
-time) and the table also reports their union (the busy wall time) against the step's wall time.
+time) and the table also reports their union (the busy wall time) against the step's wall time. On a shared
+machine the figures are medians: each operation's median duration (times the number of times a step runs it), the
+median busy time and the median wall time of the traced steps, each step timed alone (dispatch to result), so
+"host" (wall − busy) also holds the time the step waited for a core.
 `--json` prints the table as one JSON object. `Compiled.cost_analysis()` gives the step's FLOPs and bytes; the
 matmul FLOPs are counted per dot from its shapes, so the table shows the matmuls' achieved GFLOP/s.
 """
@@ -39,6 +42,7 @@ import gzip
 import json
 import os
 import re
+import statistics
 import sys
 import tempfile
 import time
@@ -65,6 +69,7 @@ def parse_args(argv=None):
   p.add_argument("--warmup", type=int, default=3)
   p.add_argument("--steps", type=int, default=6, help="steps traced")
   p.add_argument("--json", action="store_true")
+  p.add_argument("--top", type=int, default=15, help="also list this many of the slowest operations")
   p.add_argument("--keep-trace", default="", help="write the trace here instead of a temporary directory")
   for name, default in (("vocab", 8192), ("d-model", 256), ("layers", 4), ("heads", 4), ("mlp-dim", 1024),
                         ("seq-len", 256), ("batch", 16)):
@@ -266,22 +271,35 @@ def union_us(intervals: list[tuple[float, float]]) -> float:
 
 
 def attribute(events, instructions, computations, frames, steps: int):
-  """Per (category, direction): thread ms per step, and matmul GFLOP/s; plus the busy (union) ms per step."""
+  """Per (category, direction): thread ms per step, and the FLOPs of its dots per step; plus the busy (union) ms of
+  a step. Robust to a shared machine: an operation's time per step is its median duration times the number of
+  times a step runs it (the loss's chunks run 8 times), and the busy time is the median over the traced steps
+  (events carry their execution's `run_id`)."""
   memo = {}
-  rows = collections.defaultdict(lambda: {"ms": 0.0, "flops": 0.0, "count": 0})
-  intervals = []
+  durations = collections.defaultdict(list)
+  runs = collections.defaultdict(list)
   for e in events:
     name = e["args"]["hlo_op"]
     instr = instructions.get(name)
     if instr is None or instr.opcode in CONTAINERS:
       continue
+    durations[name].append(e["dur"])
+    runs[e["args"].get("run_id", "")].append((e["ts"], e["ts"] + e["dur"]))
+  rows = collections.defaultdict(lambda: {"ms": 0.0, "flops": 0.0, "count": 0})
+  ops = []
+  for name, durs in durations.items():
     dots = dots_inside(name, instructions, computations, memo)
-    key = category(instr, bool(dots), frames, only_moves_data(name, instructions, computations))
-    rows[key]["ms"] += e["dur"] / 1e3 / steps
-    rows[key]["flops"] += sum(dot_flops(d, instructions) for d in dots) / steps
-    rows[key]["count"] += 1
-    intervals.append((e["ts"], e["ts"] + e["dur"]))
-  return dict(rows), union_us(intervals) / 1e3 / steps
+    key = category(instructions[name], bool(dots), frames, only_moves_data(name, instructions, computations))
+    per_step = len(durs) / steps
+    ms, flops = statistics.median(durs) * per_step / 1e3, sum(dot_flops(d, instructions) for d in dots) * per_step
+    rows[key]["ms"] += ms
+    rows[key]["flops"] += flops
+    rows[key]["count"] += per_step
+    ops.append({"op": name, "category": "/".join(key), "ms": ms, "flops": flops, "per_step": per_step,
+                "op_name": instructions[name].op_name})
+  busy = [union_us(intervals) / 1e3 for intervals in runs.values()]
+  ops.sort(key=lambda o: -o["ms"])
+  return dict(rows), (statistics.median(busy) if busy else 0.0), ops
 
 
 # ------------------------------------------------------------------------------------------------------- the run
@@ -307,18 +325,20 @@ def profile(args) -> dict:
     state, metrics = step(state, batch)
   jax.block_until_ready(state)
   trace_dir = args.keep_trace or tempfile.mkdtemp(prefix="profile_step_")
+  walls = []
   with jax.profiler.trace(trace_dir):
-    t = time.perf_counter()
     for _ in range(args.steps):
+      t = time.perf_counter()
       state, metrics = step(state, batch)
-    jax.block_until_ready(state)
-    wall_ms = (time.perf_counter() - t) * 1e3 / args.steps
+      jax.block_until_ready(state)
+      walls.append((time.perf_counter() - t) * 1e3)
+  wall_ms = statistics.median(walls)
   module = compiled.as_text().split(",", 1)[0].split()[-1]  # "HloModule jit_train_step, ..." → jit_train_step
-  rows, busy_ms = attribute(trace_events(trace_dir, module), instructions, computations, frames, args.steps)
+  rows, busy_ms, ops = attribute(trace_events(trace_dir, module), instructions, computations, frames, args.steps)
   return {"scheme": args.scheme, "dtype": args.dtype, "wall_ms": wall_ms, "busy_ms": busy_ms,
           "flops": float(cost.get("flops", 0.0)), "bytes": float(cost.get("bytes accessed", 0.0)),
           "rows": {f"{c}/{d}": v for (c, d), v in sorted(rows.items())}, "trace_dir": trace_dir,
-          "tokens": shape.batch * shape.seq_len}
+          "tokens": shape.batch * shape.seq_len, "ops": ops[:args.top]}
 
 
 def print_table(result: dict) -> None:
@@ -341,6 +361,11 @@ def print_table(result: dict) -> None:
     fwd = parts["fwd"]["ms"] + parts["-"]["ms"]
     print(f"{cat:<10} {fwd:8.1f} {parts['bwd']['ms']:8.1f} {total:9.1f} {total / thread_ms:9.1%} {rate}")
   print(f"{'host':<10} {'':>8} {'':>8} {max(wall - busy, 0.0):9.1f} {'':>9}   (wall − busy)")
+  if result["ops"]:
+    print(f"\nslowest operations: ms per step (times run per step), category, GFLOP/s, the HLO op_name's tail")
+  for o in result["ops"]:
+    rate = f"{o['flops'] / o['ms'] / 1e6:6.0f}" if o["flops"] else f"{'':>6}"
+    print(f"{o['ms']:8.1f} (x{o['per_step']:g}) {o['category']:<13} {rate}  {o['op_name'][-90:]}")
 
 
 def main(argv=None):
