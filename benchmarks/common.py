@@ -58,10 +58,13 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> tuple[float, int]:
 
 
 def matmul_peak(size: int = 2048, repeats: int = 10, dtype=jnp.float32) -> float:
-  """Best-of-`repeats` FLOP/s of a size³ matmul through jax (2·size³ FLOPs), after a warm-up call."""
+  """Best-of-`repeats` FLOP/s of a size³ matmul through jax (2·size³ FLOPs), after a warm-up call. Operands in
+  `dtype`, the result in float32 (`preferred_element_type`), as the model multiplies: a bf16 peak is bf16 × bf16 →
+  f32, which on a CPU with AVX512-BF16 runs at about twice the float32 rate (a bf16 result runs slower than
+  float32; docs/benchmarks.md)."""
   a = jax.random.normal(jax.random.key(0), (size, size), dtype)
   b = jax.random.normal(jax.random.key(1), (size, size), dtype)
-  f = jax.jit(jnp.matmul)
+  f = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
   f(a, b).block_until_ready()
   best = float("inf")
   for _ in range(repeats):
@@ -106,6 +109,24 @@ def best_window(run_steps, windows: int, steps_per_window: int) -> tuple[float, 
     run_steps(steps_per_window)
     times.append((time.perf_counter() - t) / steps_per_window)
   return min(times), times
+
+
+def cpu_info(path: str = "/proc/cpuinfo") -> dict:
+  """{'model': model name, 'family': CPU family, 'avx512_bf16': bool, 'amx_bf16': bool} of the first CPU listed
+  (empty strings and False where the file or a field is missing, e.g. off Linux)."""
+  fields = {}
+  try:
+    with open(path) as f:
+      for line in f:
+        if not line.strip():
+          break  # the first processor's block ends here
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+  except OSError:
+    pass
+  flags = set(fields.get("flags", "").split())
+  return {"model": fields.get("model name", ""), "family": fields.get("cpu family", ""),
+          "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags}
 
 
 def peak_rss_mb() -> float:

@@ -80,6 +80,8 @@ class TokenEmbedding(nn.Module):
     token_dropout: AWD-LSTM embedding dropout: each vocabulary row is zeroed for the whole step with this
       probability (every occurrence of that token loses its vector) and kept rows are scaled by 1/(1-p).
     dtype: compute dtype of the outputs.
+    dot_general: the product of the projections and of `attend` (`jax.lax.dot_general`, or the model's
+      `ModelConfig.dot_general`).
   """
 
   vocab_size: int
@@ -90,6 +92,7 @@ class TokenEmbedding(nn.Module):
   token_dropout: float = 0.0
   dtype: Any = jnp.float32
   out_features: int = 0
+  dot_general: Callable = jax.lax.dot_general
 
   @property
   def width(self) -> int:
@@ -99,7 +102,8 @@ class TokenEmbedding(nn.Module):
     self.embedding = self.param("embedding", self.embedding_init, (self.vocab_size, self.features), jnp.float32)
     self.drop = nn.Dropout(self.dropout)
     if self.width != self.features:
-      dense = lambda n, name: nn.Dense(n, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32, name=name)  # noqa
+      dense = lambda n, name: nn.Dense(n, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,  # noqa: E731
+                                       dot_general=self.dot_general, name=name)
       self.projection = dense(self.width, "projection")  # kernel [e, d]
       self.head_projection = dense(self.features, "head_projection")  # kernel [d, e]
 
@@ -132,4 +136,10 @@ class TokenEmbedding(nn.Module):
     hidden state is first projected d→e."""
     if self.width != self.features:
       h_BxLxD = self.head_projection(h_BxLxD)
-    return jnp.einsum("...d,vd->...v", h_BxLxD, self.embedding.astype(h_BxLxD.dtype))
+    return attend_rows(h_BxLxD, self.embedding.astype(h_BxLxD.dtype), self.dot_general)
+
+
+def attend_rows(h_BxLxD: Array, rows_VxD: Array, dot_general: Callable = jax.lax.dot_general) -> Array:
+  """h·Rᵀ: "...d,vd->...v" (every leading axis of h kept, d contracted with the rows' last axis) through
+  `dot_general`."""
+  return dot_general(h_BxLxD, rows_VxD, (((h_BxLxD.ndim - 1,), (1,)), ((), ())))

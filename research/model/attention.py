@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from research.embeddings.registry import AttentionHooks
+from research.model import precision
 
 Array = Any
 _NEG_INF = -1e30  # finite, so a fully masked row gives a uniform softmax instead of NaN
@@ -41,8 +42,9 @@ def attention_mask(length_q: int, length_k: int, causal: bool, key_mask_BxL: Arr
   return mask
 
 
-def _softmax_attention(q_BxHxLxD, k_BxHxSxD, v_BxHxSxD, bias=None, mask=None):
-  """softmax(q·kᵀ/√d + bias)·v on head-major [B, H, L, D] arrays; scores and softmax in float32.
+def _softmax_attention(q_BxHxLxD, k_BxHxSxD, v_BxHxSxD, bias=None, mask=None, dot_general=jax.lax.dot_general):
+  """softmax(q·kᵀ/√d + bias)·v on head-major [B, H, L, D] arrays; scores and softmax in float32; both products
+  through `dot_general` (`ModelConfig.dot_general`).
 
   Two rearrangements that change no value beyond rounding, each measured faster on XLA:CPU (forward + backward of
   the T=256 causal attention ~37 → ~28 ms): q is scaled before the product ([L, D] multiplies rather than
@@ -50,8 +52,9 @@ def _softmax_attention(q_BxHxLxD, k_BxHxSxD, v_BxHxSxD, bias=None, mask=None):
   attention does), so the division touches [L, D] rather than [L, S].
   """
   q_BxHxLxD = q_BxHxLxD * jnp.asarray(q_BxHxLxD.shape[-1] ** -0.5, q_BxHxLxD.dtype)
-  # Products in the compute dtype, accumulated and returned in float32 (bf16 operands, f32 scores), as the XLA path.
-  scores_BxHxLxS = jnp.einsum("bhld,bhsd->bhls", q_BxHxLxD, k_BxHxSxD, preferred_element_type=jnp.float32)
+  # Products accumulated and returned in float32 (with model.dtype=bfloat16: bf16 operands, f32 scores).
+  scores_BxHxLxS = precision.batched_matmul(dot_general, q_BxHxLxD, k_BxHxSxD, contract_last=True,
+                                            preferred_element_type=jnp.float32)
   if bias is not None:
     scores_BxHxLxS = scores_BxHxLxS + bias.astype(jnp.float32)
   if mask is not None:
@@ -61,15 +64,16 @@ def _softmax_attention(q_BxHxLxD, k_BxHxSxD, v_BxHxSxD, bias=None, mask=None):
   row_max_BxHxLx1 = jax.lax.stop_gradient(jnp.max(scores_BxHxLxS, axis=-1, keepdims=True))
   unnormalised_BxHxLxS = jnp.exp(scores_BxHxLxS - row_max_BxHxLx1)
   denominator_BxHxLx1 = jnp.sum(unnormalised_BxHxLxS, axis=-1, keepdims=True)
-  out_BxHxLxD = jnp.einsum("bhls,bhsd->bhld", unnormalised_BxHxLxS.astype(v_BxHxSxD.dtype), v_BxHxSxD,
-                           preferred_element_type=jnp.float32)
+  out_BxHxLxD = precision.batched_matmul(dot_general, unnormalised_BxHxLxS.astype(v_BxHxSxD.dtype), v_BxHxSxD,
+                                         preferred_element_type=jnp.float32)
   return (out_BxHxLxD / denominator_BxHxLx1).astype(v_BxHxSxD.dtype)
 
 
-def attention_logits(q_BxLxHxD, k_BxSxHxD):
+def attention_logits(q_BxLxHxD, k_BxSxHxD, dot_general=jax.lax.dot_general):
   """q·kᵀ/√d as [B, H, L, S] in float32, with the operations and order of `_softmax_attention` (q scaled first)."""
   q_BxLxHxD = q_BxLxHxD * jnp.asarray(q_BxLxHxD.shape[-1] ** -0.5, q_BxLxHxD.dtype)
-  return jnp.einsum("blhd,bshd->bhls", q_BxLxHxD, k_BxSxHxD, preferred_element_type=jnp.float32)
+  # "blhd,bshd->bhls": batch (b, h), contract d; dot_general puts the batch axes first, then l, then s.
+  return dot_general(q_BxLxHxD, k_BxSxHxD, (((3,), (3,)), ((0, 2), (0, 2))), preferred_element_type=jnp.float32)
 
 
 def causal_blocks(length: int, block: int) -> list[tuple[int, int]]:
@@ -89,8 +93,8 @@ def _rows(x, start: int, stop: int):
 
 
 def einsum_attention(q_BxLxHxD, k_BxSxHxD, v_BxSxHxD, bias_BxHxLxS=None, mask=None, *, causal=False,
-                     block=None):
-  """Reference softmax(q·kᵀ/√d + bias)·v, scores and softmax in float32.
+                     block=None, dot_general=jax.lax.dot_general):
+  """Reference softmax(q·kᵀ/√d + bias)·v, scores and softmax in float32, the products through `dot_general`.
 
   With `causal=True` (the caller vouches that `mask` is lower-triangular and leaves every query at least one key,
   i.e. a causal mask without key padding), queries go in blocks of `block` and each block reads only the keys up to
@@ -104,21 +108,31 @@ def einsum_attention(q_BxLxHxD, k_BxSxHxD, v_BxSxHxD, bias_BxHxLxS=None, mask=No
   q, k, v = (x.transpose(0, 2, 1, 3) for x in (q_BxLxHxD, k_BxSxHxD, v_BxSxHxD))
   length = q.shape[2]
   if not causal or k.shape[2] != length or length <= block:
-    return _softmax_attention(q, k, v, bias_BxHxLxS, mask).transpose(0, 2, 1, 3)
+    return _softmax_attention(q, k, v, bias_BxHxLxS, mask, dot_general).transpose(0, 2, 1, 3)
   outs = [_softmax_attention(q[:, :, start:stop], k[:, :, :stop], v[:, :, :stop], _rows(bias_BxHxLxS, start, stop),
-                             _rows(mask, start, stop))
+                             _rows(mask, start, stop), dot_general)
           for start, stop in causal_blocks(length, block)]
   return jnp.concatenate(outs, axis=2).transpose(0, 2, 1, 3)
 
 
-def xla_attention(q_BxLxHxD, k_BxSxHxD, v_BxSxHxD, bias_BxHxLxS=None, mask=None, *, causal=False):
+def xla_attention(q_BxLxHxD, k_BxSxHxD, v_BxSxHxD, bias_BxHxLxS=None, mask=None, *, causal=False,
+                  dot_general=jax.lax.dot_general):
   """The same through `jax.nn.dot_product_attention` (`causal` is unused: the mask already carries causality).
+
+  `jax.nn.dot_product_attention` makes its own products, so `dot_general` only says which operands they get: with
+  `precision.bf16_dot_general`, q, k, v enter as bf16 and the result returns to their dtype (its XLA implementation
+  then computes the scores as bf16 × bf16 → f32, but the probabilities·v as bf16 → bf16, and its backward pass
+  mixes f32 and bf16 operands; the einsum path's products are all bf16 × bf16 → f32).
 
   The bias stays float32 even when q, k, v are bf16: its default (XLA) implementation computes the scores in float32
   (bf16 products, f32 accumulation) and adds the bias there, so rounding ALiBi or T5 biases to bf16 first (8
   significant bits: between 128 and 256 the spacing is 1) would only lose precision. (`implementation="cudnn"`, which
   we do not request, would want the bias in q's dtype.)
   """
+  if dot_general is precision.bf16_dot_general:
+    dtype = q_BxLxHxD.dtype
+    q16, k16, v16 = (x.astype(precision.OPERAND_DTYPE) for x in (q_BxLxHxD, k_BxSxHxD, v_BxSxHxD))
+    return jax.nn.dot_product_attention(q16, k16, v16, bias=bias_BxHxLxS, mask=mask).astype(dtype)
   return jax.nn.dot_product_attention(q_BxLxHxD, k_BxSxHxD, v_BxSxHxD, bias=bias_BxHxLxS, mask=mask)
 
 
@@ -152,7 +166,8 @@ class MultiHeadAttention(nn.Module):
   def __call__(self, x_BxLxD, *, hooks: AttentionHooks | None = None, positions_BxL=None, mask=None, causal=False):
     cfg = self.cfg
     dense = lambda features, axis, name: nn.DenseGeneral(  # noqa: E731
-        features, axis=axis, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32, name=name)
+        features, axis=axis, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+        dot_general=cfg.dot_general, name=name)
     batch, length = x_BxLxD.shape[:2]
     # Projections over [tokens, ...] rather than [B, L, ...]: a weight gradient that contracts one flattened token
     # axis is a plain matmul on XLA:CPU; contracting (B, L) makes it materialise transposed copies.
@@ -170,13 +185,13 @@ class MultiHeadAttention(nn.Module):
       k = hooks.k_fn(k)
     bias = hooks.bias
     if hooks.logit_bias is not None:
-      scores_BxHxLxS = attention_logits(q, k)
+      scores_BxHxLxS = attention_logits(q, k, cfg.dot_general)
       if bias is not None:
         scores_BxHxLxS = scores_BxHxLxS + bias.astype(jnp.float32)
       extra = hooks.logit_bias(q, scores_BxHxLxS, mask).astype(jnp.float32)
       bias = extra if bias is None else bias.astype(jnp.float32) + extra
     if self.is_mutable_collection(INTERMEDIATES):  # analysis asked for the probabilities (research.analysis)
       self.sow(INTERMEDIATES, "probabilities", attention_probabilities(q, k, bias, mask))
-    out_BxLxHxDh = ATTENTION_FNS[cfg.attention](q, k, v, bias, mask, causal=causal)
+    out_BxLxHxDh = ATTENTION_FNS[cfg.attention](q, k, v, bias, mask, causal=causal, dot_general=cfg.dot_general)
     out_NxHxDh = out_BxLxHxDh.reshape(batch * length, *out_BxLxHxDh.shape[2:])
     return dense(cfg.width, (-2, -1), "out")(out_NxHxDh).reshape(batch, length, cfg.width)

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 
 from research.embeddings import chars, registry
+from research.model import precision
 
 KINDS = ("decoder", "encoder")
 COMBINES = ("add", "concat")
@@ -91,7 +92,9 @@ class ModelConfig:
   # Blocks.
   norm: str = "pre"
   dropout: float = 0.0
-  dtype: str = "float32"  # compute dtype: float32 | bfloat16; parameters are always float32
+  # Matmul operands: float32 | bfloat16 (bf16 operands, float32 results, in the forward and backward pass:
+  # research/model/precision.py). Activations, softmax, norms, the loss and the parameters are float32 in both.
+  dtype: str = "float32"
   attention: str = "einsum"  # einsum = explicit reference path (fastest on CPU); xla = jax.nn.dot_product_attention
 
   def __post_init__(self):
@@ -176,7 +179,14 @@ class ModelConfig:
 
   @property
   def compute_dtype(self):
-    return jnp.dtype(self.dtype)
+    """The dtype of activations, norms and softmax: float32 whatever `dtype` says (bf16 enters the products only,
+    through `dot_general`)."""
+    return jnp.dtype(jnp.float32)
+
+  @property
+  def dot_general(self):
+    """The product every matmul of the model uses (`precision.dot_general_for(dtype)`)."""
+    return precision.dot_general_for(self.dtype)
 
   @property
   def causal(self) -> bool:

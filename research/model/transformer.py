@@ -43,9 +43,11 @@ class Mlp(nn.Module):
     cfg = self.cfg
     # Over [tokens, d] (see MultiHeadAttention): the weight gradients are then plain matmuls on XLA:CPU.
     x_NxD = x_BxLxD.reshape(-1, x_BxLxD.shape[-1])
-    h = nn.Dense(cfg.mlp_dim, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32, name="fc1")(x_NxD)
-    h = nn.gelu(h)
-    out_NxD = nn.Dense(cfg.width, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32, name="fc2")(h)
+    dense = lambda features, name: nn.Dense(  # noqa: E731
+        features, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32, dot_general=cfg.dot_general,
+        name=name)
+    h = nn.gelu(dense(cfg.mlp_dim, "fc1")(x_NxD))
+    out_NxD = dense(cfg.width, "fc2")(h)
     return out_NxD.reshape(*x_BxLxD.shape[:-1], cfg.width)
 
 
@@ -84,7 +86,7 @@ class Transformer(nn.Module):
         cfg.vocab_size, cfg.table_width, out_features=cfg.d_model,
         embedding_init=self.embedding_init or token.make_init(cfg.embed_init, cfg.embed_init_std),
         scale=cfg.embed_scale, dropout=cfg.embedding_dropout, token_dropout=cfg.token_dropout,
-        dtype=cfg.compute_dtype)
+        dtype=cfg.compute_dtype, dot_general=cfg.dot_general)
     if cfg.uses_chars:
       if self.char_ids is None:
         raise ValueError("model.char_embeddings needs the vocabulary's char ids (Transformer(cfg, char_ids=...))")
@@ -95,7 +97,8 @@ class Transformer(nn.Module):
           num_chars=int(ids.max()) + 1, char_dim=cfg.char_dim, filters=chars.parse_filters(cfg.char_filters),
           out_features=cfg.d_model if cfg.char_embeddings == "sum" else 0, dtype=cfg.compute_dtype)
       if cfg.char_embeddings == "concat":
-        self.char_combine = nn.Dense(cfg.d_model, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32)
+        self.char_combine = nn.Dense(cfg.d_model, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+                                     dot_general=cfg.dot_general)
     # A per-layer scheme's instance here is never called (so it owns no parameters); each attention layer builds its
     # own (see MultiHeadAttention).
     self.position_embed = cfg.scheme(cfg)
@@ -103,9 +106,11 @@ class Transformer(nn.Module):
     if cfg.norm == "pre":
       self.final_norm = nn.LayerNorm(dtype=cfg.compute_dtype, param_dtype=jnp.float32)
     if not cfg.tie_embeddings:
-      self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32)
+      self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+                              dot_general=cfg.dot_general)
     elif cfg.width != cfg.d_model:
-      self.head_proj = nn.Dense(cfg.d_model, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32)
+      self.head_proj = nn.Dense(cfg.d_model, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+                                dot_general=cfg.dot_general)
 
   def vocab_vectors(self):
     """[V, d_model] with char embeddings: every token vector (scaled, projected) combined with its spelling's CNN
@@ -173,7 +178,7 @@ class Transformer(nn.Module):
       vocab_VxD = self.vocab_vectors() if vocab_VxD is None else vocab_VxD
       if self.cfg.embed_scale:
         vocab_VxD = vocab_VxD / jnp.sqrt(float(self.cfg.d_model)).astype(vocab_VxD.dtype)
-      return jnp.einsum("...d,vd->...v", h_BxLxD, vocab_VxD.astype(h_BxLxD.dtype))
+      return token.attend_rows(h_BxLxD, vocab_VxD.astype(h_BxLxD.dtype), self.cfg.dot_general)
     return self.token_embed.attend(h_BxLxD)
 
 
