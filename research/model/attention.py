@@ -117,6 +117,20 @@ def xla_attention(q_BxLxHxD, k_BxSxHxD, v_BxSxHxD, bias_BxHxLxS=None, mask=None,
 
 
 ATTENTION_FNS: dict[str, Callable] = {"einsum": einsum_attention, "xla": xla_attention}
+# `model.attention=auto`: the path per backend (jax.default_backend()'s name). The einsum path is the faster one on
+# XLA:CPU (docs/benchmarks.md); on GPU and TPU jax.nn.dot_product_attention is the one XLA (and, with
+# `implementation="cudnn"`, cuDNN) fuses. A backend not named here gets the fused path too.
+AUTO_ATTENTION = {"cpu": "einsum", "gpu": "xla", "cuda": "xla", "rocm": "xla", "tpu": "xla"}
+
+
+def resolve(kind: str, backend: str | None = None) -> str:
+  """The attention path `model.attention=kind` runs on `backend` (default: jax.default_backend()): "auto" becomes
+  einsum on CPU and xla on GPU / TPU (`AUTO_ATTENTION`); "einsum" and "xla" stay what they are. The one place that
+  decides: the model calls it, and so does whatever needs to know what a run computes with (resume checks)."""
+  if kind != "auto":
+    return kind
+  backend = (backend or jax.default_backend()).lower()
+  return AUTO_ATTENTION.get(backend, "xla")
 
 
 class MultiHeadAttention(nn.Module):
@@ -154,6 +168,6 @@ class MultiHeadAttention(nn.Module):
         scores_BxHxLxS = scores_BxHxLxS + bias.astype(jnp.float32)
       extra = hooks.logit_bias(q, scores_BxHxLxS, mask).astype(jnp.float32)
       bias = extra if bias is None else bias.astype(jnp.float32) + extra
-    out_BxLxHxDh = ATTENTION_FNS[cfg.attention](q, k, v, bias, mask, causal=causal)
+    out_BxLxHxDh = ATTENTION_FNS[resolve(cfg.attention)](q, k, v, bias, mask, causal=causal)
     out_NxHxDh = out_BxLxHxDh.reshape(batch * length, *out_BxLxHxDh.shape[2:])
     return dense(cfg.width, (-2, -1), "out")(out_NxHxDh).reshape(batch, length, cfg.width)
