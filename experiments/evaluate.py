@@ -4,6 +4,7 @@ r"""Length extrapolation of a trained run: perplexity at multiples of its traini
                     [--split=valid] [--checkpoint=best|last] [--rope_scaling=linear|ntk|yarn [--rope_factor=F]]
 
 Writes RUN/eval/extrapolation.json (RUN/eval/extrapolation_<scaling>.json with --rope_scaling) and prints a table.
+With more than one device it evaluates on the run's mesh (docs/reports.md, "Evaluation protocol").
 """
 
 import sys
