@@ -17,6 +17,13 @@ and prints both step times and their ratio.
 Like `research-train`, the script restarts itself with glibc's malloc huge pages (research/hugepages.py);
 `--no-huge-pages` measures without them.
 
+`--interleave` runs every row in ONE worker instead: all steps compiled first, then `--windows` rounds in which each
+row times one window of `--steps` steps, the rows in turn (the first row of each round rotates), so load from
+other work hits every row alike. A row is a scheme name, optionally with model fields after `+`
+(`rope+position_sampling=randomized+max_position=1024`, `none+table_dim=64`). Per row: best and median tokens/s
+and the step time relative to the first row, as the median over rounds of the ratio within each round (the most
+robust figure on a shared machine), with its range. The header names the CPU (model and family) and the load.
+
 `--preset=gpt2-small` times instead the train step of configs/gpt2_small.py (124 M parameters, T = 1024,
 V = 50,304), built by the trainer itself (`loop.Trainer`: the config's optimizer, loss chunking, update counts and
 mesh over every device), on random ids: no corpus is read. It reports tokens/s, step time, MFU and memory. The peak
@@ -78,6 +85,8 @@ def parse_args(argv=None):
                  help="run without glibc's malloc huge pages (research/hugepages.py), to measure their effect")
   p.add_argument("--count_updates", action="store_true",
                  help="time the step with and without train.count_updates, interleaved, and print the ratio")
+  p.add_argument("--interleave", action="store_true",
+                 help="all rows in one worker, timing windows in turn each round; ratios to the first row")
   p.add_argument("--preset", default="", choices=("",) + tuple(PRESETS),
                  help="time a named model's train step on random ids (configs/gpt2_small.py) instead of the schemes")
   p.add_argument("--remat", default="", help="--preset only: model.remat (none | block | dots_saveable)")
@@ -155,6 +164,92 @@ def count_updates_row(args, cfg, shape, batch, step_off, state_off) -> dict:
   return {"scheme": args.worker, "step_ms_off": off * 1e3, "step_ms_on": on * 1e3, "ratio": on / off,
           "median_ratio": statistics.median(times["on"]) / statistics.median(times["off"]),
           "tokens_per_s": shape.batch * shape.seq_len / off, "peak_rss_mb": common.peak_rss_mb()}
+
+
+def row_config(args, spec: str):
+  """The ModelConfig of a row spec: `scheme[+field=value...]` at the benchmark shape (values typed as the field's
+  default)."""
+  import dataclasses
+
+  from research.model.config import ModelConfig
+
+  scheme, *fields = spec.split("+")
+  cfg = shape_from(args).model_config(scheme, args.attention)
+  defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+  overrides = {}
+  for item in fields:
+    name, _, value = item.partition("=")
+    if name not in defaults:
+      raise SystemExit(f"row {spec!r}: {name!r} is not a model field")
+    kind = type(defaults[name])
+    overrides[name] = value.lower() == "true" if kind is bool else kind(value)
+  return dataclasses.replace(cfg, **overrides)
+
+
+def run_interleaved(args, specs: list[str], peak: float) -> list[dict]:
+  """Every row's step compiled in this process, then `args.windows` rounds of one window per row, in turn."""
+  import jax
+
+  import common
+  from research.train import steps
+
+  shape = shape_from(args)
+  batch = common.make_batch(shape)
+  rows = []
+  for spec in specs:
+    cfg = row_config(args, spec)
+    settings = steps.StepSettings(objective="clm", vocab_size=shape.vocab, loss_chunk=args.loss_chunk,
+                                  position_sampling=cfg.position_sampling, max_position=cfg.max_position)
+    step, state = common.build_step(cfg, settings, shape.seq_len)
+    compile_s, _ = common.compile_seconds(step, state, batch)
+    fpt, n = common.flops_per_token(cfg, shape.seq_len)
+    rows.append({"row": spec, "step": step, "state": state, "compile_s": compile_s, "flops_per_token": fpt,
+                 "n_params_counted": n, "times": []})
+
+  def run(row, k):
+    for _ in range(k):
+      row["state"], metrics = row["step"](row["state"], batch)
+    jax.block_until_ready(row["state"])
+    return metrics
+
+  for row in rows:
+    row["loss"] = float(run(row, args.warmup)["loss"])
+  for r in range(args.windows):
+    for row in rows[r % len(rows):] + rows[:r % len(rows)]:
+      start = time.perf_counter()
+      run(row, args.steps)
+      row["times"].append((time.perf_counter() - start) / args.steps)
+  tokens = shape.batch * shape.seq_len
+  base = rows[0]["times"]
+  out = []
+  for row in rows:
+    ratios = [t / b for t, b in zip(row["times"], base)]
+    best = min(row["times"])
+    out.append({"row": row["row"], "tokens_per_s": tokens / best,
+                "median_tokens_per_s": tokens / statistics.median(row["times"]), "step_ms": best * 1e3,
+                "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+                "best_ratio": best / min(base), "mfu": tokens / best * row["flops_per_token"] / peak,
+                "flops_per_token": row["flops_per_token"], "n_params_counted": row["n_params_counted"],
+                "compile_s": row["compile_s"], "loss": row["loss"], "step_ms_all": [t * 1e3 for t in row["times"]]})
+  return out
+
+
+def print_interleaved(args, rows: list[dict], peak: float, load_before, load_after) -> None:
+  import common
+  import hardware
+
+  shape = shape_from(args)
+  print(f"commit {common.commit()}  {time.strftime('%Y-%m-%d %H:%M')}  {hardware.cpu_description()}  load average "
+        f"{load_before[0]:.1f} before, {load_after[0]:.1f} after")
+  print(f"shape V={shape.vocab} d={shape.d_model} L={shape.layers} H={shape.heads} mlp={shape.mlp_dim} "
+        f"T={shape.seq_len} B={shape.batch} {shape.dtype}  attention={args.attention} loss_chunk={args.loss_chunk}  "
+        f"{args.windows} rounds × {args.steps} steps, interleaved  {args.dtype} matmul peak {peak / 1e9:.0f} GFLOP/s")
+  base, width = rows[0]["row"], max(len(r["row"]) for r in rows)
+  print(f"{'row':<{width}} {'tokens/s':>9} {'(median)':>9} {'step ms':>8} {'MFU':>6} {'vs ' + base:>10} {'range':>13} "
+        f"{'best/best':>9}")
+  for r in rows:
+    print(f"{r['row']:<{width}} {r['tokens_per_s']:9.0f} {r['median_tokens_per_s']:9.0f} {r['step_ms']:8.0f} "
+          f"{r['mfu']:6.1%} {r['ratio']:10.3f} {r['ratio_min']:6.3f}–{r['ratio_max']:<6.3f} {r['best_ratio']:9.3f}")
 
 
 def _given(argv, flag: str) -> bool:
@@ -317,6 +412,16 @@ def main(argv=None):
   import jax.numpy as jnp
   # MFU is against the peak of the compute dtype: a bf16 run divided by the f32 peak would overstate it (GPUs).
   peak = args.peak or common.matmul_peak(args.peak_size, dtype=jnp.dtype(args.dtype))
+  if args.interleave:
+    specs = [s for s in args.schemes.split(",") if s]
+    load_before = os.getloadavg()
+    rows = run_interleaved(args, specs, peak)
+    if args.json:
+      for row in rows:
+        print(json.dumps({**row, "peak_gflops": peak / 1e9}))
+    else:
+      print_interleaved(args, rows, peak, load_before, os.getloadavg())
+    return
   rows = []
   passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--json"]
   for scheme in [s for s in args.schemes.split(",") if s]:
