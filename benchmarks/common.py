@@ -43,7 +43,8 @@ class Shape:
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> tuple[float, int]:
   """PaLM appendix B / nanoGPT's estimate_mfu: 6·N + 12·layers·heads·head_dim·T, with N = every parameter of the
   blocks (attention, MLP, layer norms) and the final norm, plus the tied output projection V·d counted once as a
-  matmul (PaLM counts the output projection; the input lookup is not a matmul). Positional tables (learned
+  matmul (PaLM counts the output projection; the input lookup is not a matmul; a factorized V×e table counts V·e and
+  its e×d projections, which are matmuls). Positional tables (learned
   positions, T5 bias buckets) are lookups and are left out. Returns (flops per token, N)."""
   params = jax.eval_shape(Transformer(cfg).init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
   n = 0
@@ -52,7 +53,9 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> tuple[float, int]:
     if top.startswith("block_") or top in ("final_norm", "head_proj", "lm_head"):
       n += int(np.prod(leaf.shape))
   if cfg.tie_embeddings:
-    n += cfg.vocab_size * cfg.d_model
+    n += cfg.vocab_size * cfg.table_width
+  if cfg.factorized:  # ALBERT's projections are matmuls on every token: e → d at the input, d → e before a tied head
+    n += cfg.table_width * cfg.d_model * (2 if cfg.tie_embeddings else 1)
   attention = 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim * seq_len
   return 6.0 * n + attention, n
 

@@ -22,6 +22,22 @@ against each dtype's own peak (the bf16 peak is bf16 × bf16 → f32, as the mod
 CPU and whether it has AVX512-BF16 (without it XLA emulates bf16 products and bf16 is not expected to be faster).
 Like `research-train`, the script restarts itself with glibc's malloc huge pages (research/hugepages.py);
 `--no-huge-pages` measures without them.
+
+`--interleave` runs every row in ONE worker instead: all steps compiled first, then `--windows` rounds in which each
+row times one window of `--steps` steps, the rows in turn (the first row of each round rotates), so load from
+other work hits every row alike. A row is a scheme name, optionally with model fields after `+`
+(`rope+position_sampling=randomized+max_position=1024`, `none+table_dim=64`). Per row: best and median tokens/s
+and the step time relative to the first row, as the median over rounds of the ratio within each round (the most
+robust figure on a shared machine), with its range. The header names the CPU (model and family) and the load.
+
+`--preset=gpt2-small` times instead the train step of configs/gpt2_small.py (124 M parameters, T = 1024,
+V = 50,304), built by the trainer itself (`loop.Trainer`: the config's optimizer, loss chunking, update counts and
+mesh over every device), on random ids: no corpus is read. It reports tokens/s, step time, MFU and memory. The peak
+is measured on the spot on CPU (the `--dtype` matmul, as above) and taken from the table of published dense bf16
+peaks in benchmarks/hardware.py on a GPU or TPU (chosen by `jax.devices()[0].device_kind`; `--peak` overrides).
+On CPU it runs a few steps of one sequence (`PRESET_RUNS`) so that the path is exercised; the shape flags
+(`--seq-len`, `--batch`, `--layers`, ...) and `--attention`, `--remat`, `--loss-chunk` change the preset only when
+given. `--dtype` is the compute dtype (float32 unless given; bfloat16 on accelerators).
 """
 
 from __future__ import annotations
@@ -38,6 +54,17 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.p
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 DEFAULT_SCHEMES = "none,learned,sinusoidal,rope,alibi,t5"
+PRESETS = {"gpt2-small": "gpt2_small"}  # --preset → configs/<module>.py
+# How a preset runs: on CPU a few steps of one sequence (a 124 M step at T = 1024 takes seconds there; the point is
+# to exercise the path), on an accelerator a micro-batch of 16 sequences per device, as nanoGPT's.
+PRESET_RUNS = {"cpu": {"batch": 1, "warmup": 1, "steps": 1, "windows": 2},
+               "accelerator": {"batch": 16, "warmup": 3, "steps": 10, "windows": 5}}
+# Command-line flags that override a preset's config field, only when given.
+PRESET_FIELDS = {"--vocab": ("vocab", "data.vocab_size"), "--d-model": ("d_model", "model.d_model"),
+                 "--layers": ("layers", "model.num_layers"), "--heads": ("heads", "model.num_heads"),
+                 "--mlp-dim": ("mlp_dim", "model.mlp_dim"), "--seq-len": ("seq_len", "data.seq_len"),
+                 "--attention": ("attention", "model.attention"), "--remat": ("remat", "model.remat"),
+                 "--loss-chunk": ("loss_chunk", "train.loss_chunk")}
 
 
 def parse_args(argv=None):
@@ -66,6 +93,11 @@ def parse_args(argv=None):
                  help="time the step with and without train.count_updates, interleaved, and print the ratio")
   p.add_argument("--dtypes", default="",
                  help="comma-separated dtypes (e.g. float32,bfloat16) timed side by side per scheme; overrides --dtype")
+  p.add_argument("--interleave", action="store_true",
+                 help="all rows in one worker, timing windows in turn each round; ratios to the first row")
+  p.add_argument("--preset", default="", choices=("",) + tuple(PRESETS),
+                 help="time a named model's train step on random ids (configs/gpt2_small.py) instead of the schemes")
+  p.add_argument("--remat", default="", help="--preset only: model.remat (none | block | dots_saveable)")
   p.add_argument("--worker", default="", help=argparse.SUPPRESS)
   return p.parse_args(argv)
 
@@ -142,6 +174,232 @@ def count_updates_row(args, cfg, shape, batch, step_off, state_off) -> dict:
   return {"scheme": args.worker, "step_ms_off": off * 1e3, "step_ms_on": on * 1e3, "ratio": on / off,
           "median_ratio": statistics.median(times["on"]) / statistics.median(times["off"]),
           "tokens_per_s": shape.batch * shape.seq_len / off, "peak_rss_mb": common.peak_rss_mb()}
+
+
+def row_config(args, spec: str):
+  """The ModelConfig of a row spec: `scheme[+field=value...]` at the benchmark shape (values typed as the field's
+  default)."""
+  import dataclasses
+
+  from research.model.config import ModelConfig
+
+  scheme, *fields = spec.split("+")
+  cfg = shape_from(args).model_config(scheme, args.attention)
+  defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+  overrides = {}
+  for item in fields:
+    name, _, value = item.partition("=")
+    if name not in defaults:
+      raise SystemExit(f"row {spec!r}: {name!r} is not a model field")
+    kind = type(defaults[name])
+    overrides[name] = value.lower() == "true" if kind is bool else kind(value)
+  return dataclasses.replace(cfg, **overrides)
+
+
+def run_interleaved(args, specs: list[str], peak: float) -> list[dict]:
+  """Every row's step compiled in this process, then `args.windows` rounds of one window per row, in turn."""
+  import jax
+
+  import common
+  from research.train import steps
+
+  shape = shape_from(args)
+  batch = common.make_batch(shape)
+  rows = []
+  for spec in specs:
+    cfg = row_config(args, spec)
+    settings = steps.StepSettings(objective="clm", vocab_size=shape.vocab, loss_chunk=args.loss_chunk,
+                                  position_sampling=cfg.position_sampling, max_position=cfg.max_position)
+    step, state = common.build_step(cfg, settings, shape.seq_len)
+    compile_s, _ = common.compile_seconds(step, state, batch)
+    fpt, n = common.flops_per_token(cfg, shape.seq_len)
+    rows.append({"row": spec, "step": step, "state": state, "compile_s": compile_s, "flops_per_token": fpt,
+                 "n_params_counted": n, "times": []})
+
+  def run(row, k):
+    for _ in range(k):
+      row["state"], metrics = row["step"](row["state"], batch)
+    jax.block_until_ready(row["state"])
+    return metrics
+
+  for row in rows:
+    row["loss"] = float(run(row, args.warmup)["loss"])
+  for r in range(args.windows):
+    for row in rows[r % len(rows):] + rows[:r % len(rows)]:
+      start = time.perf_counter()
+      run(row, args.steps)
+      row["times"].append((time.perf_counter() - start) / args.steps)
+  tokens = shape.batch * shape.seq_len
+  base = rows[0]["times"]
+  out = []
+  for row in rows:
+    ratios = [t / b for t, b in zip(row["times"], base)]
+    best = min(row["times"])
+    out.append({"row": row["row"], "tokens_per_s": tokens / best,
+                "median_tokens_per_s": tokens / statistics.median(row["times"]), "step_ms": best * 1e3,
+                "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+                "best_ratio": best / min(base), "mfu": tokens / best * row["flops_per_token"] / peak,
+                "flops_per_token": row["flops_per_token"], "n_params_counted": row["n_params_counted"],
+                "compile_s": row["compile_s"], "loss": row["loss"], "step_ms_all": [t * 1e3 for t in row["times"]]})
+  return out
+
+
+def print_interleaved(args, rows: list[dict], peak: float, load_before, load_after) -> None:
+  import common
+  import hardware
+
+  shape = shape_from(args)
+  print(f"commit {common.commit()}  {time.strftime('%Y-%m-%d %H:%M')}  {hardware.cpu_description()}  load average "
+        f"{load_before[0]:.1f} before, {load_after[0]:.1f} after")
+  print(f"shape V={shape.vocab} d={shape.d_model} L={shape.layers} H={shape.heads} mlp={shape.mlp_dim} "
+        f"T={shape.seq_len} B={shape.batch} {shape.dtype}  attention={args.attention} loss_chunk={args.loss_chunk}  "
+        f"{args.windows} rounds × {args.steps} steps, interleaved  {args.dtype} matmul peak {peak / 1e9:.0f} GFLOP/s")
+  base, width = rows[0]["row"], max(len(r["row"]) for r in rows)
+  print(f"{'row':<{width}} {'tokens/s':>9} {'(median)':>9} {'step ms':>8} {'MFU':>6} {'vs ' + base:>10} {'range':>13} "
+        f"{'best/best':>9}")
+  for r in rows:
+    print(f"{r['row']:<{width}} {r['tokens_per_s']:9.0f} {r['median_tokens_per_s']:9.0f} {r['step_ms']:8.0f} "
+          f"{r['mfu']:6.1%} {r['ratio']:10.3f} {r['ratio_min']:6.3f}–{r['ratio_max']:<6.3f} {r['best_ratio']:9.3f}")
+
+
+def _given(argv, flag: str) -> bool:
+  return any(a == flag or a.startswith(flag + "=") for a in argv)
+
+
+def preset_config(args, argv):
+  """The preset's experiment config: configs/<preset>.py, the shape flags given on the command line, `--dtype`,
+  one micro-batch per step (no accumulation) and a data-parallel mesh over every device."""
+  import importlib
+
+  import jax
+
+  from research.train import configuration
+
+  config = importlib.import_module(f"configs.{PRESETS[args.preset]}").get_config()
+  overrides = {field: getattr(args, dest) for flag, (dest, field) in PRESET_FIELDS.items() if _given(argv, flag)}
+  run = preset_run(args, argv)
+  overrides.update({"model.dtype": args.dtype, "train.batch_size": run["batch"], "train.grad_accum": 1,
+                    "mesh.data": -1, "mesh.fsdp": 1})
+  config = configuration.apply_overrides(config, overrides)
+  configuration.validate(config)
+  if run["batch"] % jax.device_count():
+    raise SystemExit(f"--batch={run['batch']} is not divisible by the {jax.device_count()} devices")
+  return config
+
+
+def preset_run(args, argv) -> dict:
+  """Batch (all devices together), warm-up steps, steps per window and windows: PRESET_RUNS for this platform, each
+  replaced by its flag when given."""
+  import jax
+
+  platform = "cpu" if jax.devices()[0].platform == "cpu" else "accelerator"
+  run = dict(PRESET_RUNS[platform])
+  if platform == "accelerator":
+    run["batch"] *= jax.device_count()
+  for name in run:
+    if _given(argv, f"--{name}"):
+      run[name] = getattr(args, name)
+  return run
+
+
+def device_peak(args) -> tuple[float, str]:
+  """(peak FLOP/s of all devices together, where it comes from): `--peak`, a matmul measured here on CPU, or the
+  published dense bf16 peak of the accelerator's kind (benchmarks/hardware.py) times the device count."""
+  import jax
+  import jax.numpy as jnp
+
+  import common
+  import hardware
+
+  if args.peak:
+    return args.peak, "--peak"
+  device = jax.devices()[0]
+  if device.platform == "cpu":
+    peak = common.matmul_peak(args.peak_size, dtype=jnp.dtype(args.dtype))
+    return peak, f"measured here: {args.dtype} {args.peak_size}³ matmul, best of 10"
+  found = hardware.published_peak(device.device_kind)
+  if found is None:
+    raise SystemExit(f"no published peak for device kind {device.device_kind!r} (benchmarks/hardware.py); "
+                     f"pass --peak=FLOP/s")
+  flops, name = found
+  return flops * jax.device_count(), f"published {name} dense bf16 {flops / 1e12:.0f} TFLOP/s × {jax.device_count()}"
+
+
+def run_preset(args, argv) -> dict:
+  """Builds the preset's train step with the trainer (loop.Trainer), times it on random ids and returns the row."""
+  import jax
+  import numpy as np
+
+  import common
+  import hardware
+  from research.model import attention
+  from research.train import configuration, loop
+  from research.train import mesh as mesh_lib
+
+  config = preset_config(args, argv)
+  run = preset_run(args, argv)
+  vocab, seq_len, batch_size = config.data.vocab_size, config.data.seq_len, config.train.batch_size
+  trainer = loop.Trainer.build(config, vocab, loop.make_mesh(config))
+  model_cfg = trainer.model.cfg
+  peak, peak_source = device_peak(args)
+  fpt, n = common.flops_per_token(model_cfg, seq_len)
+  tokens = np.random.default_rng(0).integers(0, vocab, (batch_size, seq_len + 1), dtype=np.int32)
+  batch = mesh_lib.shard_batch({"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+                                "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32),
+                                                             (batch_size, seq_len)).copy(),
+                                "weights": np.ones((batch_size, seq_len), np.float32)}, trainer.mesh)
+  state = trainer.init_state()
+  compile_s, _ = common.compile_seconds(trainer.train_step, state, batch)
+
+  def steps(k):
+    nonlocal state
+    for _ in range(k):
+      state, metrics = trainer.train_step(state, batch)
+    jax.block_until_ready((state, metrics))
+    return metrics
+
+  metrics = steps(run["warmup"])
+  best, times = common.best_window(steps, run["windows"], run["steps"])
+  device = jax.devices()[0]
+  stats = device.memory_stats() if device.platform != "cpu" else None
+  return {"preset": args.preset, "device": device_description(), "devices": jax.device_count(),
+          "dtype": model_cfg.dtype, "attention": attention.resolve(model_cfg.attention), "remat": model_cfg.remat,
+          "seq_len": seq_len, "batch": batch_size, "n_params": configuration_params(trainer),
+          "n_params_counted": n, "flops_per_token": fpt, "peak_flops": peak, "peak_source": peak_source,
+          "tokens_per_s": batch_size * seq_len / best, "step_ms": best * 1e3,
+          "median_step_ms": float(np.median(times)) * 1e3, "mfu": batch_size * seq_len / best * fpt / peak,
+          "compile_s": compile_s, "peak_rss_mb": common.peak_rss_mb(),
+          "peak_device_mb": stats["peak_bytes_in_use"] / 2**20 if stats and "peak_bytes_in_use" in stats else None,
+          "loss": float(metrics["loss"]), "commit": common.commit(), "cpu": hardware.cpu_description(),
+          **{k: run[k] for k in ("warmup", "steps", "windows")}}
+
+
+def configuration_params(trainer) -> int:
+  import jax
+  import jax.numpy as jnp
+
+  from research.model.transformer import count_params
+  return count_params(jax.eval_shape(trainer.model.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"])
+
+
+def device_description() -> str:
+  import jax
+  device = jax.devices()[0]
+  return f"{device.platform}: {device.device_kind}"
+
+
+def print_preset(row: dict) -> None:
+  memory = f"peak device memory {row['peak_device_mb']:.0f} MB" if row["peak_device_mb"] is not None else \
+      f"peak RSS {row['peak_rss_mb']:.0f} MB"
+  print(f"commit {row['commit']}  {time.strftime('%Y-%m-%d %H:%M')}  preset {row['preset']}  {row['device']} × "
+        f"{row['devices']}  host CPU: {row['cpu']}")
+  print(f"T={row['seq_len']} B={row['batch']} {row['dtype']} attention={row['attention']} remat={row['remat']}  "
+        f"parameters {row['n_params']:,}  FLOPs/token {row['flops_per_token'] / 1e6:.1f} M "
+        f"(6·N + 12·layers·heads·head_dim·T, N={row['n_params_counted']:,})")
+  print(f"peak {row['peak_flops'] / 1e12:.3f} TFLOP/s ({row['peak_source']})")
+  print(f"tokens/s {row['tokens_per_s']:.0f}  step {row['step_ms']:.0f} ms (median {row['median_step_ms']:.0f})  "
+        f"MFU {row['mfu']:.1%}  compile {row['compile_s']:.1f} s  {memory}  loss {row['loss']:.3f}  "
+        f"({row['warmup']} warm-up steps, best of {row['windows']} windows of {row['steps']})")
 
 
 def dtypes_row(args) -> dict:
@@ -237,7 +495,14 @@ def print_dtypes_table(args, rows, peaks) -> None:
 
 
 def main(argv=None):
+  argv = list(sys.argv[1:] if argv is None else argv)
   args = parse_args(argv)
+  if args.preset and not args.worker:
+    from research import hugepages
+    hugepages.maybe_reexec(enabled=not args.no_huge_pages)
+    row = run_preset(args, argv)
+    print(json.dumps(row)) if args.json else print_preset(row)
+    return
   if args.worker:
     print(json.dumps(run_scheme(args)))
     return
@@ -252,6 +517,16 @@ def main(argv=None):
     return
   # MFU is against the peak of the compute dtype: a bf16 run divided by the f32 peak would overstate it (GPUs).
   peak = args.peak or common.matmul_peak(args.peak_size, dtype=jnp.dtype(args.dtype))
+  if args.interleave:
+    specs = [s for s in args.schemes.split(",") if s]
+    load_before = os.getloadavg()
+    rows = run_interleaved(args, specs, peak)
+    if args.json:
+      for row in rows:
+        print(json.dumps({**row, "peak_gflops": peak / 1e9}))
+    else:
+      print_interleaved(args, rows, peak, load_before, os.getloadavg())
+    return
   rows = []
   passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--json"]
   for scheme in [s for s in args.schemes.split(",") if s]:

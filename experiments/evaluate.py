@@ -7,6 +7,7 @@ r"""Length extrapolation of a trained run: perplexity at multiples of its traini
 Writes RUN/eval/extrapolation.json (RUN/eval/extrapolation_<scaling>.json with --rope_scaling) and prints a table;
 --by_position also writes RUN/eval/loss_by_position.json (mean loss per window position, from the same passes);
 --passkey also writes RUN/eval/passkey.json and the heatmap RUN/eval/passkey.png and prints their accuracy table.
+With more than one device it evaluates on the run's mesh (docs/reports.md, "Evaluation protocol").
 """
 
 import json

@@ -9,7 +9,9 @@ field is declared once, where the model reads it. The one experiment-level diffe
 "data.seq_len" (a learned table exactly as long as the training windows).
 
 `RESUMABLE_FIELDS` lists the only fields a rerun in an existing workdir may change; every other field, including any
-field added later, must match the saved config.json, or the rerun is refused (docs/training.md, "Resuming").
+field added later, must match the saved config.json, or the rerun is refused (docs/training.md, "Resuming"). A field
+in `configuration.BACKEND_RESOLVED` (model.attention) matches when both values resolve to the same choice on the
+backend the rerun runs on (auto = einsum on CPU, so an einsum run resumes under the new default there).
 """
 
 from __future__ import annotations
@@ -18,20 +20,22 @@ import ml_collections
 
 from research.model.config import ModelConfig
 
-# Fields that change when, how often or where a run does its work, never what model it trains. `train.steps`
+# Fields that change when, how often or where a run does its work, never what model it trains (model.remat: which
+# activations the backward pass keeps or recomputes, the same operations either way). `train.steps`
 # extends (or shortens) a run; note that the learning-rate schedule is computed from it, so a cosine run extended
 # past its planned end continues from the schedule's new shape (docs/training.md).
 RESUMABLE_FIELDS = (
     "train.steps", "train.eval_every", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
     "train.async_checkpoints", "train.eval_batches", "data.cache_dir", "mesh.data", "mesh.fsdp", "mesh.distributed",
-    "mesh.heartbeat_timeout_s", "mesh.init_timeout_s")
+    "mesh.heartbeat_timeout_s", "mesh.init_timeout_s", "model.remat")
 
 
 # The value that reproduces a run written before the field existed, where that is not the field's default. A saved
 # config.json that lacks a field is compared as if it held this value (else the default): an old run resumes when
 # the current config trains the same model, and is refused, naming the field, when the new default would change it
 # (an old learned or T5 run decayed its positional table: resume it with train.position.weight_decay=true).
-LEGACY_VALUES = {"train.position.weight_decay": True, "train.count_updates": False}
+# model.attention existed with the default einsum before auto: an old run that lacks the field ran einsum.
+LEGACY_VALUES = {"train.position.weight_decay": True, "train.count_updates": False, "model.attention": "einsum"}
 
 
 def saved_value(field: str, default):

@@ -12,7 +12,7 @@ from research.evaluate import extrapolation
 from research.report import build_report
 from research.train import checkpoint as checkpoint_lib
 from research.train import loop
-from tests.train_utils import check_attention_bounds, check_pictures, cli, tiny_config
+from tests.train_utils import ROOT, check_attention_bounds, check_pictures, cli, tiny_config
 
 TRAIN_LEN = 32
 SETTINGS = {"train.steps": 30, "train.warmup_steps": 5, "train.eval_every": 10, "train.checkpoint_every": 10,
@@ -139,6 +139,48 @@ def test_rope_scaling_on_a_run_without_rope_names_its_scheme(runs, position):
 @pytest.fixture(scope="module")
 def rope_plain(runs):
   return extrapolation.evaluate_run(runs["rope"], (1, 2))
+
+
+# Evaluation on 4 simulated CPU devices (XLA_FLAGS must be set before jax is imported: a subprocess). Batches of
+# 3 rows (96 tokens at T=32, 1 row at 2T) must be padded to the 4 devices; the MLM case checks that the padding
+# leaves the masks of the real rows alone (an untrained encoder: masking, not learning, is under test).
+FOUR_DEVICES = """
+import json, sys
+import jax, numpy as np
+from research.evaluate import extrapolation
+from research.model.transformer import Transformer
+from research.train import configuration
+from tests.train_utils import tiny_config
+report = extrapolation.evaluate_run(sys.argv[1], (1, 2), max_tokens_per_batch=96, output="mesh4.json")
+run = extrapolation.load_run(sys.argv[1])
+config = tiny_config(**{"objective": "mlm", "data.seq_len": 16, "model.position": "alibi"})
+model_cfg = configuration.model_config(config, 64)
+params = Transformer(model_cfg).init(jax.random.key(0), np.zeros((1, 16), np.int32))["params"]
+ids = np.random.default_rng(0).integers(5, 64, 14 * 7).astype(np.uint16)
+mlm = [extrapolation.split_perplexity(extrapolation.LoadedRun(config, model_cfg, params, 0, {}, mesh=mesh),
+                                      model_cfg, ids, 16, max_tokens_per_batch=48)[0]
+       for mesh in (None, extrapolation.evaluation_mesh(config))]
+print(json.dumps({"devices": jax.device_count(), "mesh": dict(run.mesh.shape), "mlm": mlm,
+                  "table_devices": len(run.params["token_embed"]["embedding"].sharding.device_set),
+                  "results": report["results"]}))
+"""
+
+
+@pytest.mark.slow
+def test_on_four_devices_evaluation_uses_the_mesh_and_gives_the_single_device_perplexity(runs, rope_plain):
+  import os
+  import subprocess
+  import sys
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+  out = subprocess.run([sys.executable, "-c", FOUR_DEVICES, str(runs["rope"])], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  got = json.loads(out.stdout.strip().splitlines()[-1])
+  assert got["devices"] == 4 and got["mesh"] == {"data": 4, "fsdp": 1} and got["table_devices"] == 4
+  for four, one in zip(got["results"], rope_plain["results"]):
+    assert four["tokens"] == one["tokens"] and four["ppl"] == pytest.approx(one["ppl"], rel=1e-5)
+  assert got["mlm"][1] == pytest.approx(got["mlm"][0], rel=1e-5)
+  assert json.loads((runs["rope"] / "eval" / "mesh4.json").read_text())["results"] == got["results"]
 
 
 @pytest.mark.slow

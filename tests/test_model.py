@@ -259,6 +259,81 @@ def test_key_mask_hides_padding():
   assert np.allclose(a[:, :L - 2], b[:, :L - 2], atol=1e-5)
 
 
+@pytest.mark.parametrize("backend,expected", [("cpu", "einsum"), ("gpu", "xla"), ("cuda", "xla"), ("rocm", "xla"),
+                                              ("tpu", "xla"), ("TPU", "xla")])
+def test_auto_attention_resolves_per_backend_and_explicit_paths_stay(backend, expected):
+  assert attention.resolve("auto", backend) == expected
+  assert attention.resolve("einsum", backend) == "einsum" and attention.resolve("xla", backend) == "xla"
+
+
+def test_the_model_runs_the_path_resolve_names_on_this_backend():
+  """auto traces to exactly the program of the path `attention.resolve` names for jax.default_backend()."""
+  assert ModelConfig().attention == "auto"
+  cfg = tiny(position="alibi")
+  variables = init(cfg)
+  program = lambda kind: str(jax.make_jaxpr(Transformer(dataclasses.replace(cfg, attention=kind)).apply)(  # noqa
+      variables, tokens()))
+  resolved = attention.resolve("auto")
+  assert resolved == attention.resolve("auto", jax.default_backend())
+  other = {"einsum": "xla", "xla": "einsum"}[resolved]
+  assert program("auto") == program(resolved) != program(other)
+
+
+# ------------------------------------------------------------------------------------------- gradient checkpoints
+
+
+def _loss_and_grads(cfg, variables, ids):
+  """Loss of a training-mode forward (dropout on) and its gradient with respect to every parameter."""
+  def loss(params):
+    logits = Transformer(cfg).apply({"params": params}, ids, deterministic=False, rngs={"dropout": jax.random.key(7)})
+    return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, ids[..., None], -1)[..., 0])
+  return jax.jit(jax.value_and_grad(loss))(variables["params"])
+
+
+# A shared bias table (its gradient flows into both rematerialised blocks through the hooks) in a decoder, and a
+# q/k transform in an encoder (the key-mask path).
+@pytest.mark.parametrize("scheme,kind", [("t5", "decoder"), ("rope", "encoder")])
+def test_remat_gives_the_same_loss_and_gradients(scheme, kind):
+  cfg = tiny(position=scheme, kind=kind, dropout=0.1)
+  variables, ids = init(cfg), tokens()
+  loss, grads = _loss_and_grads(cfg, variables, ids)
+  for remat in ("block", "dots_saveable"):
+    remat_loss, remat_grads = _loss_and_grads(dataclasses.replace(cfg, remat=remat), variables, ids)
+    np.testing.assert_allclose(remat_loss, loss, rtol=1e-6)
+    assert jax.tree.structure(remat_grads) == jax.tree.structure(grads)
+    for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(remat_grads)):
+      np.testing.assert_allclose(r, g, rtol=1e-5, atol=1e-7)
+
+
+def _checkpoints(jaxpr) -> list:
+  """The policies of every jax.checkpoint (remat) equation in a jaxpr, nested ones included."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name in ("remat2", "checkpoint"):
+      found.append(eqn.params["policy"])
+    for value in eqn.params.values():
+      sub = getattr(value, "jaxpr", value)
+      if hasattr(sub, "eqns"):
+        found += _checkpoints(sub)
+  return found
+
+
+def test_each_remat_value_reaches_the_model_and_keeps_fewer_activations():
+  cfg = tiny(position="rope")
+  variables, ids = init(cfg), tokens()
+  residual_bytes = {}
+  for remat in ("none", "block", "dots_saveable"):
+    c = dataclasses.replace(cfg, remat=remat)
+    apply = lambda params: Transformer(c).apply({"params": params}, ids).sum()  # noqa: E731
+    policies = _checkpoints(jax.make_jaxpr(apply)(variables["params"]).jaxpr)
+    expected = {"none": [], "block": [None] * 2, "dots_saveable": [jax.checkpoint_policies.dots_saveable] * 2}
+    assert policies == expected[remat]
+    backward = jax.jit(lambda p: jax.vjp(apply, p)[1])(variables["params"])  # its leaves: what backward keeps
+    residual_bytes[remat] = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(backward))
+  # What the backward pass keeps: the block's inputs alone < plus its matmul outputs < everything.
+  assert residual_bytes["block"] < residual_bytes["dots_saveable"] < residual_bytes["none"]
+
+
 # ------------------------------------------------------------------------------------------------------- dtypes
 
 
@@ -374,6 +449,8 @@ def test_embedding_dropout_is_elementwise_and_off_in_eval():
     (dict(combine="mul"), r"model.combine='mul' is not one of add, concat"),
     (dict(kind="seq2seq"), r"model.kind='seq2seq' is not one of decoder, encoder"),
     (dict(dropout=1.5), r"model.dropout=1.5 must be in \[0, 1\)"),
+    (dict(remat="full"), r"^model.remat='full' is not one of none, block, dots_saveable$"),
+    (dict(attention="flash"), r"^model.attention='flash' is not one of auto, einsum, xla$"),
 ])
 def test_invalid_configs_fail_at_construction_naming_the_value(overrides, message):
   with pytest.raises(ValueError, match=message):

@@ -162,6 +162,27 @@ def test_kerple_init_follows_the_reference_ranges(name, r1_range, r2_range):
   assert not np.array_equal(layer0, layer1)  # each layer draws its own
 
 
+@pytest.mark.parametrize("scheme,kind", [("fire", "decoder"), ("kerple_power", "encoder")])
+def test_a_per_layer_bias_is_computed_once_for_rows_that_share_positions_with_the_same_values(scheme, kind):
+  """registry.bias_for_shared_rows: rows with the first row's positions take the one-row branch, others their own;
+  either way every row's bias (and its gradient) is that row's own bias."""
+  cfg = tiny(position=scheme, kind=kind)
+  module = cfg.scheme(cfg)
+  shared = jnp.broadcast_to(jnp.arange(L), (3, L))
+  mixed = shared.at[1].add(5)
+  variables = module.init(jax.random.key(0), shared, shared, method=module.bias)
+  batched = lambda v, p: module.apply(v, p, p, method=module.bias)  # noqa: E731
+  row_by_row = lambda v, p: jnp.concatenate(  # noqa: E731  the per-row computation, one row at a time
+      [module.apply(v, p[i:i + 1], p[i:i + 1], method=module.rows_bias) for i in range(p.shape[0])])
+  for positions in (shared, mixed):
+    bias = batched(variables, positions)
+    np.testing.assert_allclose(bias, row_by_row(variables, positions), rtol=1e-6, atol=1e-6)
+    g = jax.random.normal(jax.random.key(1), bias.shape)
+    grads = [jax.jit(jax.grad(lambda v: jnp.sum(fn(v, positions) * g)))(variables) for fn in (batched, row_by_row)]
+    for a, b in zip(*map(jax.tree.leaves, grads)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 # -------------------------------------------------------------------------------------------------------- xPos
 
 

@@ -159,7 +159,7 @@ def test_every_differing_field_is_named_and_only_the_allow_list_may_change(finis
   allowed = {"train.steps": 3, "train.eval_every": 7, "train.log_every": 3, "train.checkpoint_every": 9,
              "train.keep_checkpoints": 4, "train.async_checkpoints": True, "train.eval_batches": 2,
              "data.cache_dir": "", "mesh.data": 1, "mesh.fsdp": 1, "mesh.distributed": "false",
-             "mesh.heartbeat_timeout_s": 30, "mesh.init_timeout_s": 600}
+             "mesh.heartbeat_timeout_s": 30, "mesh.init_timeout_s": 600, "model.remat": "block"}
   assert set(allowed) == set(schema.RESUMABLE_FIELDS)
   assert loop.check_workdir(configuration.apply_overrides(config, allowed), workdir) == workdir
 
@@ -167,7 +167,7 @@ def test_every_differing_field_is_named_and_only_the_allow_list_may_change(finis
 def test_a_field_the_saved_run_lacks_means_what_runs_did_before_it_existed(tmp_path):
   saved = tiny_config(**{"model.position": "t5"}).to_dict()
   del saved["train"]["position"]  # written before train.position.weight_decay: its T5 table was decayed
-  del saved["model"]["attention"]  # a field whose default is what runs did before it existed
+  del saved["model"]["attention"]  # before auto: einsum (LEGACY_VALUES), which auto is on this CPU
   tmp_path.joinpath("config.json").write_text(json.dumps(saved))
   before = _snapshot(tmp_path)
   with pytest.raises(configuration.ConfigError) as err:
@@ -176,6 +176,29 @@ def test_a_field_the_saved_run_lacks_means_what_runs_did_before_it_existed(tmp_p
   assert "model.attention" not in str(err.value) and _snapshot(tmp_path) == before
   # The same model as before: resumable.
   assert loop.check_workdir(tiny_config(**{"model.position": "t5", "train.position.weight_decay": True}), tmp_path)
+
+
+def test_an_einsum_run_resumes_under_auto_where_auto_is_einsum_and_keeps_einsum(tmp_path):
+  config_differences = checkpoint_lib.config_differences
+  current = tiny_config()  # model.attention = auto (the default)
+  for saved_value in ("einsum", None):  # written with einsum, or before the field existed
+    saved = current.to_dict()
+    if saved_value is None:
+      del saved["model"]["attention"]
+    else:
+      saved["model"]["attention"] = saved_value
+    tmp_path.joinpath("config.json").write_text(json.dumps(saved))
+    assert loop.check_workdir(current, tmp_path) == tmp_path  # auto = einsum on CPU: the same computation
+    assert loop.keep_saved_choices(current, tmp_path).model.attention == "einsum"  # what config.json keeps
+    filled = configuration.with_defaults(saved)
+    # Where auto means jax.nn.dot_product_attention, the same pair is another computation: refused, naming it.
+    on_gpu = configuration.align_backend_choices(filled, current.to_dict(), backend="gpu")
+    assert config_differences(on_gpu, current.to_dict(), ignore=schema.RESUMABLE_FIELDS) == [
+        "model.attention: 'einsum' (saved) != 'auto' (current)"]
+    assert configuration.align_backend_choices(filled, current.to_dict(), backend="cpu") == current.to_dict()
+  with pytest.raises(configuration.ConfigError, match=r"model.attention: 'einsum' \(saved\) != 'xla' \(current\)"):
+    loop.check_workdir(configuration.apply_overrides(current, {"model.attention": "xla"}), tmp_path)
+  assert loop.keep_saved_choices(current, tmp_path / "fresh") is current  # a fresh run keeps its own config
 
 
 @pytest.mark.slow

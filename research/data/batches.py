@@ -154,6 +154,24 @@ def _positions(rows: int, length: int) -> np.ndarray:
   return np.broadcast_to(np.arange(length, dtype=np.int32), (rows, length)).copy()
 
 
+def pad_rows(batch: Batch, multiple: int) -> Batch:
+  """`batch` with empty rows appended until its row count is a multiple of `multiple` (so that it divides evenly
+  over devices): [PAD] tokens, arange positions and zero weights, the rows `eval_batches` and `_mlm_rows` already
+  use for "no window", which add nothing to any loss sum."""
+  rows = next(iter(batch.values())).shape[0]
+  extra = -rows % multiple
+  if not extra:
+    return batch
+  out = {}
+  for key, value in batch.items():
+    if key == "positions":
+      fill = _positions(extra, value.shape[1]).astype(value.dtype)
+    else:
+      fill = np.full((extra, *value.shape[1:]), PAD_ID if np.issubdtype(value.dtype, np.integer) else 0, value.dtype)
+    out[key] = np.concatenate([np.asarray(value), fill])
+  return out
+
+
 def num_clm_windows(num_tokens: int, length: int) -> int:
   """Windows of `length` targets needed to cover the num_tokens − 1 targets of a stream."""
   return -(-(num_tokens - 1) // length)

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.embeddings.registry import PositionalScheme, register
+from research.embeddings.registry import PositionalScheme, bias_for_shared_rows, register
 
 MLP_WIDTH = 32
 INIT_C = 0.1
@@ -63,6 +63,10 @@ class FirePositions(PositionalScheme):
     self.length_multiplier = self.param("length_multiplier", nn.initializers.ones, (), jnp.float32)
 
   def bias(self, q_positions_BxL, k_positions_BxL):
+    # Once for the batch when its rows share positions: the [B, L, S, 32] hidden layer is most of FIRE's cost.
+    return bias_for_shared_rows(self, FirePositions.rows_bias, q_positions_BxL, k_positions_BxL)
+
+  def rows_bias(self, q_positions_BxL, k_positions_BxL):
     threshold = jnp.abs(self.length_multiplier * INIT_L)
     x_BxLxS = fire_inputs(q_positions_BxL, k_positions_BxL, self.c, threshold, self.cfg.causal)
     bias_BxLxSxH = self.mlp_out(nn.relu(self.mlp_hidden(x_BxLxS[..., None])))

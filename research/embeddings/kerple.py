@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.embeddings.registry import PositionalScheme, register
+from research.embeddings.registry import PositionalScheme, bias_for_shared_rows, register
 
 EPS = 1e-2
 MAX_POWER = 2.0
@@ -77,6 +77,13 @@ class _KerplePositions(PositionalScheme):
     self.r1 = self.param("r1", _uniform(self.R1_INIT), (self.cfg.num_heads,), jnp.float32)
     self.r2 = self.param("r2", _uniform(self.R2_INIT), (self.cfg.num_heads,), jnp.float32)
 
+  def bias(self, q_positions_BxL, k_positions_BxL):
+    # Once for the batch when its rows share positions (the kernels' log / pow per pair are the cost).
+    return bias_for_shared_rows(self, type(self).rows_bias, q_positions_BxL, k_positions_BxL)
+
+  def rows_bias(self, q_positions_BxL, k_positions_BxL):
+    raise NotImplementedError
+
 
 @register("kerple_log")
 class KerpleLogPositions(_KerplePositions):
@@ -84,7 +91,7 @@ class KerpleLogPositions(_KerplePositions):
 
   R1_INIT, R2_INIT = 2.0, 1.0
 
-  def bias(self, q_positions_BxL, k_positions_BxL):
+  def rows_bias(self, q_positions_BxL, k_positions_BxL):
     return kerple_log_bias(q_positions_BxL, k_positions_BxL, straight_through_clip(self.r1, EPS),
                            straight_through_clip(self.r2, EPS))
 
@@ -95,6 +102,6 @@ class KerplePowerPositions(_KerplePositions):
 
   R1_INIT, R2_INIT = 1.0, 2.0
 
-  def bias(self, q_positions_BxL, k_positions_BxL):
+  def rows_bias(self, q_positions_BxL, k_positions_BxL):
     return kerple_power_bias(q_positions_BxL, k_positions_BxL, straight_through_clip(self.r1, EPS),
                              straight_through_clip(self.r2, EPS, MAX_POWER))

@@ -29,6 +29,7 @@ import sys
 from typing import Any, Callable, ClassVar, NamedTuple
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 Array = Any
 RotaryFn = Callable[[Array], Array]  # x_BxLxHxDh -> x_BxLxHxDh, applied to queries and to keys
@@ -97,6 +98,25 @@ class PositionalScheme(nn.Module):
     if self.cfg.combine == "concat":
       return self.cfg.pos_dim or self.cfg.d_model
     return self.cfg.d_model
+
+
+def bias_for_shared_rows(module: nn.Module, bias_fn: Callable[..., Array], q_positions_BxL: Array,
+                         k_positions_BxL: Array) -> Array:
+  """`bias_fn(module, q_positions, k_positions)` (a bias [rows, H, L, S] that is a function of each row's positions
+  alone) computed for the first row only and broadcast over the batch when every row has the first row's
+  positions, the usual case (arange rows, in training and evaluation), else row by row; decided at run time with
+  `nn.cond`, since positions are arrays. The same values either way; the work of a per-layer bias whose cost is
+  per (query, key) pair (FIRE's MLP, Kerple's kernels) falls by the batch size (docs/benchmarks.md)."""
+  rows = q_positions_BxL.shape[0]
+  if rows == 1 or k_positions_BxL.shape[0] != rows:
+    return bias_fn(module, q_positions_BxL, k_positions_BxL)
+  shared = jnp.all(q_positions_BxL == q_positions_BxL[:1]) & jnp.all(k_positions_BxL == k_positions_BxL[:1])
+
+  def first_row(mdl, q_BxL, k_BxL):
+    bias_1xHxLxS = bias_fn(mdl, q_BxL[:1], k_BxL[:1])
+    return jnp.broadcast_to(bias_1xHxLxS, (rows, *bias_1xHxLxS.shape[1:]))
+
+  return nn.cond(shared, first_row, bias_fn, module, q_positions_BxL, k_positions_BxL)
 
 
 def register(name: str) -> Callable[[type[PositionalScheme]], type[PositionalScheme]]:

@@ -15,6 +15,12 @@ grows (`max_tokens_per_batch`), so at most one [H, L, L] score tensor per row is
 Two diagnostics ride along: `by_position` (the same passes' loss per window column, eval/loss_by_position.json,
 research/evaluate/by_position.py) and `passkey` (retrieval of a key hidden in filler text at the same lengths,
 eval/passkey.json and eval/passkey.png, research/evaluate/passkey.py).
+
+With more than one device (a GPU host, a TPU slice, simulated CPU devices) the evaluation runs on the run's mesh
+(`evaluation_mesh`): parameters restored straight onto it with the trainer's sharding rule, every batch padded with
+empty rows to a multiple of the devices and split over them, each process scoring its own share of the windows
+(`jax.distributed` is started as in training, from `mesh.distributed`). Every target is still scored exactly once,
+so the perplexity is the single-device one (a test checks it on 4 simulated devices, to 1e-5).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from research.model.config import ModelConfig
 from research.model.transformer import Transformer
 from research.train import checkpoint as checkpoint_lib
 from research.train import configuration, loop, steps
+from research.train import mesh as mesh_lib
 
 MODES = batches_lib.EVAL_MODES
 CHECKPOINTS = ("best", "last")
@@ -57,6 +64,7 @@ class LoadedRun:
   step: int
   splits: dict[str, np.ndarray]
   char_ids: Any = None  # with model.char_embeddings: the model's constant (loop.char_ids)
+  mesh: Any = None  # `evaluation_mesh`: None = this process's first device
 
 
 def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
@@ -65,6 +73,27 @@ def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
     raise EvaluationError(f"{str(workdir)!r} is not a run directory (no {loop.CONFIG_FILE})")
   # Fields added since the run was written take what they meant then (configuration.with_defaults).
   return ml_collections.ConfigDict(configuration.with_defaults(json.loads((workdir / loop.CONFIG_FILE).read_text())))
+
+
+def evaluation_mesh(config: ml_collections.ConfigDict):
+  """The run's mesh (mesh.data × mesh.fsdp, as the trainer builds it) over this job's devices when there is more
+  than one, else None (the first device alone, as before meshes were used here). A run trained on more devices than
+  are here does not fit its own sizes: then data parallelism with the run's fsdp, then data parallelism alone."""
+  if jax.device_count() == 1:
+    return None
+  for data, fsdp in ((config.mesh.data, config.mesh.fsdp), (-1, config.mesh.fsdp), (-1, 1)):
+    try:
+      return mesh_lib.make_mesh(data, fsdp)
+    except ValueError:
+      continue
+  return None
+
+
+def start_distributed(config: ml_collections.ConfigDict) -> None:
+  """`jax.distributed.initialize()` where training would call it (mesh.distributed; auto = from the environment),
+  so every host of a pod slice evaluates its share; before anything touches the devices."""
+  distributed = str(config.mesh.distributed).lower()
+  mesh_lib.maybe_initialize_distributed(None if distributed == "auto" else distributed == "true")
 
 
 def load_run(workdir: str | Path, checkpoint: str = "best") -> LoadedRun:
@@ -79,21 +108,23 @@ def load_run(workdir: str | Path, checkpoint: str = "best") -> LoadedRun:
     raise EvaluationError(f"run {str(workdir)!r} has no checkpoints to evaluate")
   loop.check_splits(splits, tokenizer.get_vocab_size())
   model_cfg = configuration.model_config(config, tokenizer.get_vocab_size())
-  # Only the parameters, onto this process's first device, whatever mesh the run was trained on and whatever its
-  # optimizer state looks like (counts, optimizer options); their structure must be the model's.
+  # Only the parameters, onto this process's first device or the evaluation mesh (with the trainer's rule), whatever
+  # mesh the run was trained on and whatever its optimizer state looks like (counts, optimizer options); their
+  # structure must be the model's.
   char_ids = loop.char_ids(config, tokenizer)
+  mesh = evaluation_mesh(config)
   model = Transformer(model_cfg, char_ids=char_ids)
   expected = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.numpy.zeros((1, 1), "int32")))["params"]
   with checkpoint_lib.Checkpointer(ckpt_dir, keep=10**6, async_save=False) as ckpt:
     step = (ckpt.best_step() if checkpoint == "best" else None) or ckpt.latest_step()
     if step is None:
       raise EvaluationError(f"run {str(workdir)!r} has no complete checkpoint")
-    params = ckpt.restore_params(step)
+    params = ckpt.restore_params(step, None if mesh is None else functools.partial(mesh_lib.leaf_sharding, mesh=mesh))
   shapes = lambda tree: jax.tree.map(lambda a: (tuple(a.shape), str(a.dtype)), tree)  # noqa: E731
   if shapes(params) != shapes(expected):
     raise EvaluationError(f"run {str(workdir)!r}: the checkpoint's parameters do not match the model its config.json "
                           f"describes")
-  return LoadedRun(config, model_cfg, params, int(step), splits, char_ids)
+  return LoadedRun(config, model_cfg, params, int(step), splits, char_ids, mesh)
 
 
 def _batch_size(length: int, max_tokens_per_batch: int) -> int:
@@ -131,16 +162,25 @@ def split_scores(run: LoadedRun, model_cfg: ModelConfig, ids: np.ndarray, length
                                 **steps.document_settings(run.config.data))
   step = jax.jit(functools.partial(steps.eval_step, model=model, settings=settings, by_position=by_position))
   batch_size = _batch_size(length, max_tokens_per_batch)
+  # On a mesh each process takes its share of the windows (all of them in one process) and pads its rows to a
+  # multiple of its devices; the sums are global.
+  index, count = (jax.process_index(), jax.process_count()) if run.mesh is not None else (0, 1)
+  batch_size = -(-batch_size // count)
   if run.config.objective == "clm":
-    it = batches_lib.eval_batches(ids, length, batch_size, mode, stride)
+    it = batches_lib.eval_batches(ids, length, batch_size, mode, stride, process_index=index, process_count=count)
   else:
     if mode != "nonoverlapping":
       raise EvaluationError(f"mode={mode!r} is for causal LMs; a masked LM is evaluated nonoverlapping")
-    it = batches_lib.PackedBatches(ids, length, batch_size, objective="mlm", shuffle=False, num_epochs=1)
+    it = batches_lib.PackedBatches(ids, length, batch_size, objective="mlm", shuffle=False, num_epochs=1,
+                                   process_index=index, process_count=count)
   nll, tokens = 0.0, 0.0
   nll_by_column = np.zeros(length) if by_position else None
   tokens_by_column = np.zeros(length) if by_position else None
   for i, batch in enumerate(it):
+    if run.mesh is not None:
+      # Appended empty rows leave the real rows' MLM masks as they are: jax's random bits for a row do not depend on
+      # the rows after it (threefry, partitionable).
+      batch = mesh_lib.shard_batch(batches_lib.pad_rows(batch, jax.local_device_count()), run.mesh)
     sums = jax.device_get(step(run.params, batch, steps.eval_key(run.config.seed, length, i)))
     nll += float(sums["nll_sum"])
     tokens += float(sums["weight_sum"])
@@ -205,6 +245,7 @@ def evaluate_run(workdir: str | Path, lengths: Sequence[int] = (1, 2, 4, 8, 16),
   train_len = int(config.data.seq_len)
   # Prompts first (tokenization only): a tokenizer that cannot spell the keys fails before anything loads.
   prompts = passkey_prompts(workdir, config, lengths, passkey_depths, passkey_trials) if passkey else None
+  start_distributed(config)
   run = load_run(workdir, checkpoint)
   if split not in run.splits:
     raise EvaluationError(f"split={split!r} is not one of {', '.join(run.splits)}")
@@ -302,8 +343,10 @@ def report_file(rope_scaling: str | None = None) -> str:
 
 
 def write_report(workdir: str | Path, report: dict[str, Any], output: str | None = None) -> Path:
+  """Writes the report (process 0 only: every process of a multi-host evaluation holds the same one)."""
   out_dir = Path(workdir) / EVAL_DIR
-  out_dir.mkdir(exist_ok=True)
   path = out_dir / (output or report_file(report["rope_scaling"]))
-  loop.atomic_write_json(path, report)
+  if jax.process_index() == 0:
+    out_dir.mkdir(exist_ok=True)
+    loop.atomic_write_json(path, report)
   return path

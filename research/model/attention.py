@@ -153,6 +153,21 @@ def attention_probabilities(q_BxLxHxD, k_BxSxHxD, bias=None, mask=None):
     scores_BxHxLxS = jnp.where(mask, scores_BxHxLxS, _NEG_INF)
   return jax.nn.softmax(scores_BxHxLxS, axis=-1)
 
+# `model.attention=auto`: the path per backend (jax.default_backend()'s name). The einsum path is the faster one on
+# XLA:CPU (docs/benchmarks.md); on GPU and TPU jax.nn.dot_product_attention is the one XLA (and, with
+# `implementation="cudnn"`, cuDNN) fuses. A backend not named here gets the fused path too.
+AUTO_ATTENTION = {"cpu": "einsum", "gpu": "xla", "cuda": "xla", "rocm": "xla", "tpu": "xla"}
+
+
+def resolve(kind: str, backend: str | None = None) -> str:
+  """The attention path `model.attention=kind` runs on `backend` (default: jax.default_backend()): "auto" becomes
+  einsum on CPU and xla on GPU / TPU (`AUTO_ATTENTION`); "einsum" and "xla" stay what they are. The one place that
+  decides: the model calls it, and so does whatever needs to know what a run computes with (resume checks)."""
+  if kind != "auto":
+    return kind
+  backend = (backend or jax.default_backend()).lower()
+  return AUTO_ATTENTION.get(backend, "xla")
+
 
 class MultiHeadAttention(nn.Module):
   """Self-attention. The positional scheme's `hooks` (q/k transforms, a score bias, a logit-dependent bias, each
@@ -192,6 +207,7 @@ class MultiHeadAttention(nn.Module):
       bias = extra if bias is None else bias.astype(jnp.float32) + extra
     if self.is_mutable_collection(INTERMEDIATES):  # analysis asked for the probabilities (research.analysis)
       self.sow(INTERMEDIATES, "probabilities", attention_probabilities(q, k, bias, mask))
-    out_BxLxHxDh = ATTENTION_FNS[cfg.attention](q, k, v, bias, mask, causal=causal, dot_general=cfg.dot_general)
+    out_BxLxHxDh = ATTENTION_FNS[resolve(cfg.attention)](q, k, v, bias, mask, causal=causal,
+                                                         dot_general=cfg.dot_general)
     out_NxHxDh = out_BxLxHxDh.reshape(batch * length, *out_BxLxHxDh.shape[2:])
     return dense(cfg.width, (-2, -1), "out")(out_NxHxDh).reshape(batch, length, cfg.width)

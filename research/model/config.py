@@ -25,7 +25,8 @@ COMBINES = ("add", "concat")
 NORMS = ("pre", "post")
 DTYPES = ("float32", "bfloat16")
 INITS = ("normal", "uniform", "pretrained")  # pretrained: the trainer sets the table
-ATTENTION_IMPLS = ("einsum", "xla")
+ATTENTION_IMPLS = ("auto", "einsum", "xla")  # auto: attention.resolve picks per backend
+REMATS = ("none", "block", "dots_saveable")
 ROPE_SCALINGS = ("none", "linear", "ntk", "yarn")
 CHAR_EMBEDDINGS = ("none", "concat", "sum")
 DERIVED_FIELDS = ("vocab_size", "kind")  # set from the tokenizer and the objective, not by the experiment config
@@ -95,7 +96,13 @@ class ModelConfig:
   # Matmul operands: float32 | bfloat16 (bf16 operands, float32 results, in the forward and backward pass:
   # research/model/precision.py). Activations, softmax, norms, the loss and the parameters are float32 in both.
   dtype: str = "float32"
-  attention: str = "einsum"  # einsum = explicit reference path (fastest on CPU); xla = jax.nn.dot_product_attention
+  # einsum = explicit reference path (fastest on CPU); xla = jax.nn.dot_product_attention; auto (default) = einsum on
+  # CPU, xla on GPU / TPU (research.model.attention.resolve). Runs before auto existed ran einsum (schema.LEGACY_VALUES).
+  attention: str = "auto"
+  # Gradient checkpointing per block (flax nn.remat): none | block (keep each block's inputs, recompute the rest in
+  # the backward pass) | dots_saveable (keep the matmul outputs too, recompute the elementwise work). Same values and
+  # gradients; less activation memory for more compute.
+  remat: str = "none"
 
   def __post_init__(self):
     for name in ("vocab_size", "d_model", "num_layers", "num_heads", "mlp_dim"):
@@ -114,6 +121,7 @@ class ModelConfig:
     _choice("model.dtype", self.dtype, DTYPES)
     _choice("model.embed_init", self.embed_init, INITS)
     _choice("model.attention", self.attention, ATTENTION_IMPLS)
+    _choice("model.remat", self.remat, REMATS)
     _choice("model.rope_scaling", self.rope_scaling, ROPE_SCALINGS)
     _choice("model.position_sampling", self.position_sampling, POSITION_SAMPLINGS)
     if not isinstance(self.table_dim, int) or self.table_dim < 0:

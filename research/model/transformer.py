@@ -52,13 +52,17 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-LN (default): x + f(LN(x)); post-LN (original transformer, BERT): LN(x + f(x))."""
+  """Pre-LN (default): x + f(LN(x)); post-LN (original transformer, BERT): LN(x + f(x)).
+
+  Arguments are positional so that `remat_block` can mark `hooks`, `causal` and `deterministic` static (nn.remat's
+  static_argnums); `hooks` may arrive wrapped in `Static`."""
 
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, x_BxLxD, *, hooks=None, positions_BxL=None, mask=None, causal=False, deterministic=True):
+  def __call__(self, x_BxLxD, positions_BxL=None, mask=None, hooks=None, causal=False, deterministic=True):
     cfg = self.cfg
+    hooks = hooks.value if isinstance(hooks, Static) else hooks
     norm = lambda name: nn.LayerNorm(dtype=cfg.compute_dtype, param_dtype=jnp.float32, name=name)  # noqa: E731
     drop = lambda y: nn.Dropout(cfg.dropout)(y, deterministic=deterministic)  # noqa: E731
     attend = lambda y: MultiHeadAttention(cfg, name="attention")(  # noqa: E731
@@ -68,6 +72,32 @@ class Block(nn.Module):
       return x_BxLxD + drop(Mlp(cfg, name="mlp")(norm("norm_mlp")(x_BxLxD)))
     x_BxLxD = norm("norm_attention")(x_BxLxD + drop(attend(x_BxLxD)))
     return norm("norm_mlp")(x_BxLxD + drop(Mlp(cfg, name="mlp")(x_BxLxD)))
+
+
+class Static:
+  """A static argument of a rematerialised block, hashed by identity. jax.checkpoint must hash its static arguments,
+  and the attention hooks can be neither traced (they hold functions) nor hashed (they hold arrays); inside the
+  block the arrays they close over are read as closed-over values, which jax.checkpoint turns into inputs, so their
+  gradients flow as without remat."""
+
+  __slots__ = ("value",)
+
+  def __init__(self, value):
+    self.value = value
+
+
+# model.remat → jax.checkpoint's policy: block keeps nothing but the block's inputs; dots_saveable keeps the outputs
+# of the matmuls (no batch dimensions) and recomputes the elementwise work between them.
+REMAT_POLICIES = {"block": None, "dots_saveable": jax.checkpoint_policies.dots_saveable}
+
+
+def remat_block(cfg: ModelConfig):
+  """The block class for `cfg.remat`: Block itself, or Block under nn.remat with the policy of REMAT_POLICIES
+  (same parameter names, same values and gradients; tests check both)."""
+  if cfg.remat == "none":
+    return Block
+  # Argument 0 is the module: hooks (4), causal (5) and deterministic (6) are static.
+  return nn.remat(Block, static_argnums=(4, 5, 6), policy=REMAT_POLICIES[cfg.remat])
 
 
 class Transformer(nn.Module):
@@ -102,7 +132,8 @@ class Transformer(nn.Module):
     # A per-layer scheme's instance here is never called (so it owns no parameters); each attention layer builds its
     # own (see MultiHeadAttention).
     self.position_embed = cfg.scheme(cfg)
-    self.blocks = [Block(cfg, name=f"block_{i}") for i in range(cfg.num_layers)]
+    block = remat_block(cfg)
+    self.blocks = [block(cfg, name=f"block_{i}") for i in range(cfg.num_layers)]
     if cfg.norm == "pre":
       self.final_norm = nn.LayerNorm(dtype=cfg.compute_dtype, param_dtype=jnp.float32)
     if not cfg.tie_embeddings:
@@ -159,9 +190,9 @@ class Transformer(nn.Module):
     # Without key padding a causal mask leaves every query a key (a document mask keeps each query's own one), so
     # attention may skip the all-masked blocks.
     causal = self.cfg.causal and key_mask_BxL is None
+    static_hooks = Static(hooks) if self.cfg.remat != "none" else hooks
     for block in self.blocks:
-      x_BxLxD = block(x_BxLxD, hooks=hooks, positions_BxL=positions_BxL, mask=mask, causal=causal,
-                      deterministic=deterministic)
+      x_BxLxD = block(x_BxLxD, positions_BxL, mask, static_hooks, causal, deterministic)
     if self.cfg.norm == "pre":
       x_BxLxD = self.final_norm(x_BxLxD)
     return x_BxLxD

@@ -174,19 +174,22 @@ class Checkpointer:
     return state, dict(restored.data)
 
   def restore_params(self, step: int | None = None, sharding: Any = None) -> Any:
-    """The parameters of `step` (default: latest) alone, restored with `sharding` (default: this process's first
-    device). The target is built from the checkpoint's own metadata, not from a model and an optimizer, so a run
-    still evaluates after the optimizer state's layout changed (a new optimizer option, another version of this
-    code) and whatever mesh it was trained on."""
+    """The parameters of `step` (default: latest) alone, restored with `sharding`: one Sharding for every leaf, or a
+    function of a leaf's shape that returns its Sharding (a mesh's rule, `mesh.leaf_sharding`); default: this
+    process's first device. The target is built from the checkpoint's own metadata, not from a model and an
+    optimizer, so a run still evaluates after the optimizer state's layout changed (a new optimizer option, another
+    version of this code) and whatever mesh it was trained on."""
     step = self._resolve(step)
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    sharding_of = sharding if callable(sharding) else (lambda shape: sharding)
     path = os.path.join(os.fspath(self.directory), str(step), 'state')
     with ocp.StandardCheckpointer() as reader:
       metadata = reader.metadata(path)
     tree = getattr(metadata, 'item_metadata', metadata)
     tree = getattr(tree, 'tree', tree)
     is_array = lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype')  # noqa: E731
-    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(tuple(a.shape), a.dtype, sharding=sharding),
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(tuple(a.shape), a.dtype,
+                                                         sharding=sharding_of(tuple(a.shape))),
                           {'params': tree['params']}, is_leaf=is_array)
     # Its own one-shot checkpointer: the manager binds one handler per item, and `restore` uses StandardRestore.
     with ocp.PyTreeCheckpointer() as checkpointer:

@@ -15,6 +15,7 @@ import ml_collections
 from research import schema
 from research.data import tokenizers
 from research.embeddings import pretrained, registry
+from research.model import attention
 from research.model.config import ModelConfig
 from research.train import optim
 
@@ -64,6 +65,30 @@ def with_defaults(saved: Mapping[str, Any]) -> dict[str, Any]:
         break
     else:
       node.setdefault(leaf, schema.saved_value(field, default))
+  return out
+
+
+# Fields whose value may name a choice made per backend ("auto"), with the function that makes it. A rerun's value
+# and the saved one are the same run when they resolve to the same choice on this backend: a run written with
+# model.attention=einsum resumes under the default auto on CPU (both einsum, bit for bit), and is refused on a GPU,
+# where auto would switch it to jax.nn.dot_product_attention.
+BACKEND_RESOLVED = {"model.attention": attention.resolve}
+
+
+def align_backend_choices(saved: Mapping[str, Any], current: Mapping[str, Any],
+                          backend: str | None = None) -> dict[str, Any]:
+  """A copy of `saved` (nested dicts) in which each `BACKEND_RESOLVED` field takes `current`'s value where the two
+  resolve to the same choice on `backend` (default: this process's, jax.default_backend()), so that a resume check
+  compares what the runs compute with."""
+  out = json.loads(json.dumps(saved))
+  for field, resolve in BACKEND_RESOLVED.items():
+    *parents, leaf = field.split(".")
+    node, now = out, current
+    for parent in parents:
+      node, now = node.get(parent, {}), now.get(parent, {})
+    if leaf in node and leaf in now and node[leaf] != now[leaf] and \
+        resolve(node[leaf], backend) == resolve(now[leaf], backend):
+      node[leaf] = now[leaf]
   return out
 
 

@@ -221,13 +221,25 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike)
     raise configuration.ConfigError(f"workdir {str(path)!r} exists and is not a directory")
   saved = path / CONFIG_FILE
   if saved.exists():
-    diffs = checkpoint_lib.config_differences(configuration.with_defaults(json.loads(saved.read_text())),
-                                              config.to_dict(), ignore=schema.RESUMABLE_FIELDS)
+    current = config.to_dict()
+    previous = configuration.align_backend_choices(configuration.with_defaults(json.loads(saved.read_text())), current)
+    diffs = checkpoint_lib.config_differences(previous, current, ignore=schema.RESUMABLE_FIELDS)
     if diffs:
       raise configuration.ConfigError(
           f"workdir {str(path)!r} holds another run, and resuming it with this config would train another model: "
           f"{'; '.join(diffs)}. Only {', '.join(schema.RESUMABLE_FIELDS)} may change on resume; use a new workdir")
   return path
+
+
+def keep_saved_choices(config: ml_collections.ConfigDict, workdir: Path) -> ml_collections.ConfigDict:
+  """`config` with each `configuration.BACKEND_RESOLVED` field (model.attention) set to the value of the run in
+  `workdir`, if any: `check_workdir` vouched that both resolve to the same choice here, and config.json then keeps
+  saying what the run was trained with (an einsum run resumed under auto still evaluates with einsum on a GPU)."""
+  saved = Path(workdir) / CONFIG_FILE
+  if not saved.exists():
+    return config
+  previous = configuration.flatten(configuration.with_defaults(json.loads(saved.read_text())))
+  return configuration.apply_overrides(config, {f: previous[f] for f in configuration.BACKEND_RESOLVED})
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
@@ -425,6 +437,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   start_time = time.time()
   configuration.check_fields(config)
   workdir = check_workdir(config, workdir)  # a rerun that would become another model is refused first
+  config = keep_saved_choices(config, workdir)
   configuration.validate(config)
   distributed = str(config.mesh.distributed).lower()
   mesh_lib.maybe_initialize_distributed(None if distributed == "auto" else distributed == "true",

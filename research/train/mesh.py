@@ -56,11 +56,14 @@ def leaf_spec(shape: Sequence[int], fsdp_size: int) -> P:
   return P(*([None] * axis + ['fsdp']))
 
 
+def leaf_sharding(shape: Sequence[int], mesh: Mesh) -> NamedSharding:
+  """The NamedSharding of one parameter-shaped leaf on `mesh` (the rule of `leaf_spec`)."""
+  return NamedSharding(mesh, leaf_spec(shape, mesh.shape['fsdp']))
+
+
 def param_sharding(tree: Any, mesh: Mesh) -> Any:
   """NamedSharding per leaf of params, optimizer state or a whole train state (arrays or abstract)."""
-  fsdp_size = mesh.shape['fsdp']
-  rule = lambda x: NamedSharding(mesh, leaf_spec(getattr(x, 'shape', np.shape(x)), fsdp_size))
-  return jax.tree.map(rule, tree)
+  return jax.tree.map(lambda x: leaf_sharding(getattr(x, 'shape', np.shape(x)), mesh), tree)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

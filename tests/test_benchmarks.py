@@ -1,0 +1,64 @@
+"""The GPT-2 small preset (configs/gpt2_small.py, benchmarks/throughput.py --preset) and the peak table it uses."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from configs import gpt2_small
+from research.model import attention
+from research.model.transformer import Transformer, count_params
+from research.train import configuration
+from tests.train_utils import ROOT
+
+
+def _module(name):
+  spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_gpt2_small_is_124m_parameters_with_tied_embeddings():
+  config = gpt2_small.get_config()
+  cfg = configuration.validate(config)
+  assert (cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.mlp_dim, cfg.vocab_size, config.data.seq_len) == \
+      (12, 768, 12, 3072, 50_304, 1024)
+  assert cfg.tie_embeddings and cfg.position == "learned" and cfg.max_len == 1024
+  params = jax.eval_shape(Transformer(cfg).init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
+  assert abs(count_params(params) - 124e6) < 1e6
+  assert "lm_head" not in params  # tied: the table is the only V × d matrix
+  assert count_params(params["token_embed"]) == 50_304 * 768
+
+
+@pytest.mark.parametrize("kind,tflops", [
+    ("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 PCIe", 756), ("NVIDIA H200", 989), ("NVIDIA A100-SXM4-80GB", 312),
+    ("NVIDIA A100 80GB PCIe", 312), ("TPU v4", 275), ("TPU v5 lite", 197), ("TPU v5e", 197), ("TPU v5", 459),
+    ("TPU v5p", 459), ("NVIDIA H100 NVL", None), ("NVIDIA H200 NVL", None), ("TPU v6 lite", None), ("cpu", None)])
+def test_published_peaks_are_chosen_by_device_kind_and_unknown_kinds_have_none(kind, tflops):
+  found = _module("hardware").published_peak(kind)
+  assert (found and found[0] / 1e12) == tflops if tflops else found is None
+
+
+def test_the_preset_runs_its_train_step_on_random_ids_and_reports_mfu(tmp_path):
+  """The preset's code path at a tiny scale (the shape flags override it only when given; one sequence on CPU)."""
+  shape = ["--layers=1", "--d-model=64", "--heads=2", "--mlp-dim=128", "--vocab=512", "--seq-len=32"]
+  out = subprocess.run([sys.executable, "benchmarks/throughput.py", "--preset=gpt2-small", "--json", "--peak-size=256",
+                        "--no-huge-pages", *shape], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  row = json.loads(out.stdout.strip().splitlines()[-1])
+  config = configuration.apply_overrides(gpt2_small.get_config(), {
+      "model.num_layers": 1, "model.d_model": 64, "model.num_heads": 2, "model.mlp_dim": 128,
+      "data.vocab_size": 512, "data.seq_len": 32})
+  cfg = configuration.validate(config)
+  params = jax.eval_shape(Transformer(cfg).init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
+  assert row["n_params"] == count_params(params) and row["seq_len"] == 32 and row["batch"] == 1
+  assert row["attention"] == attention.resolve("auto", "cpu") == "einsum" and row["remat"] == "none"
+  assert row["dtype"] == "float32" and row["peak_source"].startswith("measured here")
+  assert row["tokens_per_s"] > 0 and row["step_ms"] > 0 and 0 < row["mfu"] < 1.5
+  assert abs(row["loss"] - float(jnp.log(512))) < 1.0  # an untrained model's loss on random ids
+  assert row["cpu"] and row["commit"]
