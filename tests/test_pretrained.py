@@ -389,7 +389,16 @@ def test_a_train_fraction_is_a_prefix_cut_at_a_document_boundary(tmp_path):
 def test_the_pretrained_sweep_expands_and_validates():
   from research import sweeps
   sweep = sweeps.load_sweep(Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "pretrained.py")
-  assert len({t.name for t in sweep.trials}) == len(sweep.trials) == 18
-  assert {t.overrides["data.train_fraction"] for t in sweep.trials} == {0.1, 0.3, 1.0}
-  paths = {t.overrides.get("model.pretrained.path") for t in sweep.trials}
+  # word: 3 initial tables x 3 fractions x 3 seeds; BPE: normal and fastText at fraction 0.1 x 3 seeds.
+  assert len({t.name for t in sweep.trials}) == len(sweep.trials) == 27 + 6
+  word = [t.overrides for t in sweep.trials if t.overrides["data.tokenizer"] == "word"]
+  bpe = [t.overrides for t in sweep.trials if t.overrides["data.tokenizer"] == "bpe"]
+  assert len(word) == 27 and len(bpe) == 6
+  assert {t["data.train_fraction"] for t in word} == {0.1, 0.3, 1.0} and {t["data.train_fraction"] for t in bpe} == {0.1}
+  assert {t.overrides["seed"] for t in sweep.trials} == {0, 1, 2}
+  paths = {t.get("model.pretrained.path") for t in word}
   assert len(paths) == 3 and None in paths  # normal (no path), word2vec, fastText
+  assert {t.get("model.pretrained.path") for t in bpe} == {None, "runs/vectors/fasttext-128.bin"}
+  # Every arm has the same budget; only the swept fields differ.
+  shared = ("data.seq_len", "train.steps", "train.eval_every", "train.checkpoint_every", "model.position")
+  assert len({tuple(t.overrides[f] for f in shared) for t in sweep.trials}) == 1
