@@ -9,7 +9,9 @@ child and relays its output (`maybe_supervise`):
 - the child's stdout and stdin are this process's; its stderr comes through a pipe and is copied line by line, except
   that from a line that may start such a report (a glog line `F1201 11:40:51.82 ... file.cc:80] ...`, or a Python
   traceback) the lines are held back until `HOLD_S` pass without another one (then they are copied: it was not the
-  end) or until the child ends;
+  end) or until the child ends; from a fatal glog line (`F...`, which always ends the process: its stack trace can
+  take longer than `HOLD_S` to print on a loaded machine) or the coordination service's "Use error polling to
+  propagate" (which ends every process with one) they are held until the child ends;
 - when the child ends with the runtime's report (`lost_peer_message` reads it), this process prints instead one line,
   `error: lost process 1 of 2: no heartbeat for mesh.heartbeat_timeout_s seconds; process 0 stops too; rerun every
   process with the same command to resume from the last checkpoint`, and exits with `LOST_PEER_EXIT` (3); when the
@@ -45,6 +47,8 @@ HOLD_S = 10.0
 RERUN = "rerun every process with the same command to resume from the last checkpoint"
 
 _REPORT_START = re.compile(rb"^([IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]|Traceback \(most recent call last\))")
+# glog's fatal line (abort() follows), and the coordination service's error that makes every task end with one.
+_FATAL_LINE = re.compile(rb"^F\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]|.*Use error polling to propagate")
 _FATAL = "JAX distributed service detected fatal errors"
 _UNHEALTHY = re.compile(r"stopped sending heartbeats\)?:?\s*((?:\d+[ \t,]*\n?)+)")
 _TASK = re.compile(r"/task:(\d+)")
@@ -132,17 +136,18 @@ def _pump(stream: BinaryIO, lines: queue.Queue) -> None:
 
 def relay(stream: BinaryIO, out: BinaryIO, hold_s: float = HOLD_S) -> tuple[bytes, bool]:
   """Copies `stream` to `out` line by line until its end, holding back lines from one that may start a failure
-  report (`_REPORT_START`) until `hold_s` seconds pass without another line. Returns what is held at the end, and
-  whether an `error: ` line (the trainer's own one-line error) went through."""
+  report (`_REPORT_START`) until `hold_s` seconds pass without another line, and from a fatal glog line
+  (`_FATAL_LINE`) until the end. Returns what is held at the end, and whether an `error: ` line (the trainer's own
+  one-line error) went through."""
   lines: queue.Queue = queue.Queue()
   threading.Thread(target=_pump, args=(stream, lines), daemon=True).start()
   held: list[bytes] = []
-  last, errored = 0.0, False
+  last, errored, fatal = 0.0, False, False
   while True:
     try:
       line = lines.get(timeout=min(0.5, hold_s))
     except queue.Empty:
-      if held and time.monotonic() - last > hold_s:
+      if held and not fatal and time.monotonic() - last > hold_s:
         out.write(b"".join(held))
         out.flush()
         held = []
@@ -152,6 +157,7 @@ def relay(stream: BinaryIO, out: BinaryIO, hold_s: float = HOLD_S) -> tuple[byte
     if held or _REPORT_START.match(line):
       held.append(line)
       last = time.monotonic()
+      fatal = fatal or bool(_FATAL_LINE.match(line))
     else:
       errored = errored or line.startswith(b"error: ")
       out.write(line)

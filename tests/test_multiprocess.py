@@ -338,7 +338,9 @@ def test_relay_copies_lines_and_holds_back_a_report_only_while_it_may_be_the_end
     with open(write, "wb", buffering=0) as stderr:
       stderr.write(b"error-free line\nW1201 11:00:00.000000  1 some.cc:1] a warning\ncontinued\n")
       time.sleep(0.6)  # longer than hold_s: the warning was not the end, and is copied
-      stderr.write(b"more\nF1201 11:00:01.000000  1 client.h:80] Terminating process\n  @ 0x1 frame\n")
+      stderr.write(b"more\nF1201 11:00:01.000000  1 client.h:80] Terminating process\n")
+      time.sleep(0.6)  # a fatal line is always the end, however long its stack trace takes (a loaded machine)
+      stderr.write(b"  @ 0x1 frame\nFatal Python error: Aborted\n")
 
   writer = threading.Thread(target=child)
   writer.start()
@@ -347,7 +349,8 @@ def test_relay_copies_lines_and_holds_back_a_report_only_while_it_may_be_the_end
   writer.join()
   with open(out_read, "rb") as copied:
     assert copied.read() == b"error-free line\nW1201 11:00:00.000000  1 some.cc:1] a warning\ncontinued\nmore\n"
-  assert held == b"F1201 11:00:01.000000  1 client.h:80] Terminating process\n  @ 0x1 frame\n" and not errored
+  assert held == (b"F1201 11:00:01.000000  1 client.h:80] Terminating process\n  @ 0x1 frame\n"
+                  b"Fatal Python error: Aborted\n") and not errored
 
 
 @pytest.mark.parametrize("environ, expected", [
