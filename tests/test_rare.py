@@ -191,7 +191,9 @@ def test_a_runs_rare_token_report_from_its_files(word_run):
   # Dense AdamW, untied, no table decay: the rows no batch held never moved (zero gradient, zero moments).
   absent = report["absent_rows"]
   assert absent == {"rows": int((present == 0).sum()), "rows_changed": 0, "max_abs_change": 0.0, "step": 4,
-                    "note": None} and absent["rows"] > 0
+                    "note": None, **rare.updated_while_absent(present, nonzero)} and absent["rows"] > 0
+  # ...but per step, dense AdamW's moments move a row in steps after the one that held it.
+  assert absent["updated_while_absent"] > 0
   assert set(report["geometry"]) == {"input", "output"}  # untied: the head's columns too
   assert set(report["geometry"]["output"]) == set(rare.GEOMETRY_METRICS)
   # Word tokenizer: gensim's benchmarks on each bucket's words (coverage below the whole vocabulary's).
@@ -205,15 +207,20 @@ ABSENT_RUN = {"data.tokenizer": "word", "train.steps": 3, "train.checkpoint_ever
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides, moved", [
-    ({"train.optimizer": "sgd", "model.tie_embeddings": False}, False),  # zero gradient, zero momentum
-    ({"train.embedding.lazy": True, "model.tie_embeddings": True}, False),  # masked: values and moments kept
-    ({"model.tie_embeddings": True}, True),  # dense AdamW, tied: the head's softmax sends gradient to every row
-    ({"train.optimizer": "sgd", "model.tie_embeddings": True}, True),  # so does SGD's, through the tied head
-], ids=["sgd-untied", "lazy-adamw-tied", "dense-adamw-tied", "sgd-tied"])
-def test_rows_no_batch_held_stay_unchanged_exactly_when_no_gradient_reaches_them(tmp_path, overrides, moved):
+@pytest.mark.parametrize("overrides, moved, moved_while_absent", [
+    # Zero gradient, zero momentum for a row never held; but momentum 0.9 moves a row in the steps after one that
+    # held it. Plain SGD (momentum 0) moves a row only in a step that holds it.
+    ({"train.optimizer": "sgd", "model.tie_embeddings": False}, False, True),
+    ({"train.optimizer": "sgd", "train.momentum": 0.0, "model.tie_embeddings": False}, False, False),
+    ({"train.embedding.lazy": True, "model.tie_embeddings": True}, False, False),  # masked: values, moments kept
+    ({"model.tie_embeddings": True}, True, True),  # dense AdamW, tied: the head's softmax reaches every row
+    ({"train.optimizer": "sgd", "model.tie_embeddings": True}, True, True),  # so does SGD's, through the tied head
+], ids=["sgd-untied", "plain-sgd-untied", "lazy-adamw-tied", "dense-adamw-tied", "sgd-tied"])
+def test_rows_no_batch_held_stay_unchanged_exactly_when_no_gradient_reaches_them(tmp_path, overrides, moved,
+                                                                              moved_while_absent):
   """"Rows for tokens not present remain unchanged", measured on real runs at the step the counts describe (the
-  last checkpoint), whatever checkpoint is analysed: exactly 0 or clearly not."""
+  last checkpoint), whatever checkpoint is analysed: exactly 0 or clearly not; and per step, from the counts (a row
+  updated in more steps than batches held it)."""
   loop.train(tiny_config(**ABSENT_RUN, **overrides), tmp_path)
   init = np.load(tmp_path / loop.INIT_TABLE_FILE)
   present = np.load(tmp_path / loop.UPDATE_COUNTS_FILE)["present"]
@@ -225,6 +232,9 @@ def test_rows_no_batch_held_stay_unchanged_exactly_when_no_gradient_reaches_them
     assert absent["max_abs_change"] > 0 and absent["rows_changed"] == absent["rows"]
   else:
     assert absent["max_abs_change"] == 0.0 and absent["rows_changed"] == 0
+  assert (absent["updated_while_absent"] > 0) is moved_while_absent, absent
+  counts = np.load(tmp_path / loop.UPDATE_COUNTS_FILE)
+  assert absent["updated_while_absent"] == int((counts["nonzero"] > counts["present"]).sum())
   # Without the counts' checkpoint there is no figure, and the note says why.
   assert "no update_counts.npz" in rare.run_absent_rows(tmp_path / "elsewhere", 1, init, init)["note"]
 
@@ -237,6 +247,12 @@ def test_absent_rows_on_a_hand_built_table():
   assert rare.absent_rows(table, init, np.array([2, 0, 0, 0, 1])) == {"rows": 3, "rows_changed": 1,
                                                                        "max_abs_change": 0.25}
   assert rare.absent_rows(table, init, np.ones(5))["max_abs_change"] is None
+
+
+def test_updated_while_absent_counts_the_rows_updated_in_more_steps_than_batches_held_them():
+  present, nonzero = np.array([5, 5, 0, 2, 0]), np.array([5, 3, 0, 4, 1])
+  assert rare.updated_while_absent(present, nonzero) == {"updated_while_absent": 2, "updated_while_absent_steps": 3}
+  assert rare.updated_while_absent(present, np.minimum(nonzero, present))["updated_while_absent"] == 0
 
 
 def test_one_blas_thread_inside_the_block_and_the_old_count_after():
@@ -509,9 +525,10 @@ def test_the_rare_token_and_embedding_variant_sweeps_expand_and_validate():
   from research.model.config import ModelConfig
   root = Path(__file__).resolve().parents[1] / "configs" / "sweeps"
   rare_sweep = sweeps.load_sweep(root / "rare_tokens.py")
-  assert len({t.name for t in rare_sweep.trials}) == len(rare_sweep.trials) == 3 * 2 * 2 * 3
-  arms = {(t.overrides["train.optimizer"], t.overrides["train.embedding.lazy"]) for t in rare_sweep.trials}
-  assert arms == {("adamw", False), ("adamw", True), ("sgd", False)}
+  assert len({t.name for t in rare_sweep.trials}) == len(rare_sweep.trials) == 4 * 2 * 2 * 3
+  arms = {(t.overrides["train.optimizer"], t.overrides["train.embedding.lazy"], t.overrides.get("train.momentum"))
+          for t in rare_sweep.trials}
+  assert arms == {("adamw", False, None), ("adamw", True, None), ("sgd", False, None), ("sgd", False, 0.0)}
   for t in rare_sweep.trials:  # the positions sweep's budget, no decay anywhere
     assert (t.overrides["data.seq_len"], t.overrides["train.steps"], t.overrides["train.weight_decay"]) == (64, 800, 0)
     assert ("train.learning_rate" in t.overrides) == (t.overrides["train.optimizer"] == "sgd")

@@ -541,19 +541,22 @@ def test_absent_row_columns_when_rare_tokens_json_has_them(tmp_path):
   assert "absent rows" not in build_report(tmp_path).table  # files from before the figure: no columns
   init = np.zeros((6, 2))
   present = np.array([3, 0, 0, 5, 0, 1])
+  nonzero = {"a0": present, "a1": present, "r0": present + np.array([0, 0, 0, 0, 0, 2])}  # r0: one row, 2 steps
   moved = init.copy()
   moved[1, 0] = 2e-6
   for name, table in (("a0", init), ("a1", init), ("r0", moved)):
     report = json.loads((tmp_path / name / "eval" / "rare_tokens.json").read_text())
-    report["absent_rows"] = {**rare.absent_rows(table, init, present), "step": 100, "note": None}
+    report["absent_rows"] = {**rare.absent_rows(table, init, present), "step": 100, "note": None,
+                             **rare.updated_while_absent(present, nonzero[name])}
     rare.write_rare(tmp_path / name, report)
   report = json.loads((tmp_path / "r1" / "eval" / "rare_tokens.json").read_text())
   rare.write_rare(tmp_path / "r1", {**report, "absent_rows": {**dict.fromkeys(runs.RARE_ABSENT), "step": None,
                                                               "note": "no update_counts.npz"}})
   header, rows = parse_md_table(build_report(tmp_path).table)
-  assert header[-2:] == ["absent rows", "absent max Δ"]
-  assert rows["position=alibi"][-2:] == ["3 ± 0", "0 ± 0"]
-  assert rows["position=rope"][-2].startswith("3 (n=1)") and rows["position=rope"][-1].startswith("2e-06 (n=1)")
+  assert header[-3:] == ["absent rows", "absent max Δ", "moved while absent"]
+  assert rows["position=alibi"][-3:] == ["3 ± 0", "0 ± 0", "0 ± 0"]
+  assert rows["position=rope"][-3].startswith("3 (n=1)") and rows["position=rope"][-2].startswith("2e-06 (n=1)")
+  assert rows["position=rope"][-1].startswith("1 (n=1)")
   assert "absent rows not measured: no update_counts.npz" in build_report(tmp_path).table
   assert "absent max $|\\Delta|$" in (tmp_path / "table.tex").read_text()
 

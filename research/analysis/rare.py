@@ -227,6 +227,17 @@ def absent_rows(table_VxD: np.ndarray, init_VxD: np.ndarray, present_V: np.ndarr
           "max_abs_change": float(change_AxD.max()) if change_AxD.size else None}
 
 
+def updated_while_absent(present_V: np.ndarray, nonzero_V: np.ndarray) -> dict[str, int]:
+  """The per-step form of "rows for tokens not present remain unchanged", from the counts alone: a row whose update
+  was non-zero in more steps than a batch held it was updated in at least (nonzero − present) steps without being in
+  the batch. `updated_while_absent`: how many rows that is (0 is what the claim needs; any other value disproves it
+  for that many rows); `updated_while_absent_steps`: Σ max(nonzero − present, 0), a lower bound on the row-steps
+  updated while absent (a row can also keep still in a step that held it: untied, present only as a target)."""
+  excess_V = np.asarray(nonzero_V, np.int64) - np.asarray(present_V, np.int64)
+  return {"updated_while_absent": int((excess_V > 0).sum()),
+          "updated_while_absent_steps": int(np.maximum(excess_V, 0).sum())}
+
+
 def rare_report(table_VxD: np.ndarray, counts_V: np.ndarray, *, init_VxD: np.ndarray | None = None,
                 present_V: np.ndarray | None = None, head_VxD: np.ndarray | None = None,
                 words: Sequence[str] | None = None, base: float = 10.0, scorer: str = "batched") -> dict[str, Any]:
@@ -325,15 +336,17 @@ def run_absent_rows(workdir: Path, run_step: int, table_VxD: np.ndarray,
   import json
 
   from research.train import loop
-  out: dict[str, Any] = {"rows": None, "rows_changed": None, "max_abs_change": None, "step": None, "note": None}
+  out: dict[str, Any] = {"rows": None, "rows_changed": None, "max_abs_change": None, "updated_while_absent": None,
+                         "updated_while_absent_steps": None, "step": None, "note": None}
   counts_file = workdir / loop.UPDATE_COUNTS_FILE
   if not counts_file.exists():
     return {**out, "note": f"no {loop.UPDATE_COUNTS_FILE} (train.count_updates off, or the run did not finish)"}
-  if init_VxD is None:
-    return {**out, "note": f"no {loop.INIT_TABLE_FILE} of this table's shape"}
   with np.load(counts_file) as npz:
     present_V = npz["present"]
     step = int(npz["step"]) if "step" in npz.files else None
+    out.update(updated_while_absent(present_V, npz["nonzero"]))  # counts only: no table needed
+  if init_VxD is None:
+    return {**out, "note": f"no {loop.INIT_TABLE_FILE} of this table's shape"}
   summary_file = workdir / loop.SUMMARY_FILE
   if step is None and summary_file.exists():
     step = json.loads(summary_file.read_text()).get("step")
@@ -343,7 +356,7 @@ def run_absent_rows(workdir: Path, run_step: int, table_VxD: np.ndarray,
   if table is None:
     return {**out, "step": step, "note": f"no checkpoint of step {step}, the step {loop.UPDATE_COUNTS_FILE} "
                                          f"counts up to"}
-  return {**absent_rows(table, init_VxD, present_V), "step": step, "note": None}
+  return {**out, **absent_rows(table, init_VxD, present_V), "step": step, "note": None}
 
 
 def analyze_run(workdir: str | os.PathLike, checkpoint: str = "best", base: float = 10.0) -> dict[str, Any]:
@@ -401,4 +414,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     change = "n/a" if absent["max_abs_change"] is None else f"{absent['max_abs_change']:.3g}"
     lines.append(f"rows absent from every batch (to step {absent['step']}): {absent['rows']}, of which "
                  f"{absent['rows_changed']} moved from init; max |change| {change}")
+  if absent and absent.get("updated_while_absent") is not None:
+    lines.append(f"rows updated in a step no batch held them: {absent['updated_while_absent']} "
+                 f"(at least {absent['updated_while_absent_steps']} row-steps)")
   return lines

@@ -41,7 +41,7 @@ RARE_BUCKET_METRICS = {"mean_norm": "mean row norm", "mean_drift_l2": "mean L2 d
 BY_POSITION_FILE = pathlib.Path("eval") / "loss_by_position.json"  # research-evaluate --by_position
 # absent_rows of rare_tokens.json: rows no batch held ("rows"), and the largest change of theirs from the initial
 # table ("max_abs_change": exactly 0 when none moved), both at the step update_counts.npz counts up to.
-RARE_ABSENT = ("rows", "max_abs_change")
+RARE_ABSENT = ("rows", "max_abs_change", "updated_while_absent")
 SCALED_PREFIX = "extrapolation_"  # eval/extrapolation_<scaling>.json: research-evaluate --rope_scaling=<scaling>
 
 

@@ -39,8 +39,9 @@ GEOMETRY_LATEX = {"anisotropy": "anisotropy", "variance_top1": "var.\\ top-1", "
                   "isotropy": "isotropy", "norm_freq_spearman": "norm--freq.\\ $\\rho$"}
 # Rows absent from every batch (eval/rare_tokens.json's absent_rows): descriptive, no best.
 # (max |Δ|: a "|" in a header would split the markdown cell)
-ABSENT_HEADERS = {"rows": "absent rows", "max_abs_change": "absent max Δ"}
-ABSENT_LATEX = {"rows": "absent rows", "max_abs_change": "absent max $|\\Delta|$"}
+ABSENT_HEADERS = {"rows": "absent rows", "max_abs_change": "absent max Δ",
+                  "updated_while_absent": "moved while absent"}
+ABSENT_LATEX = {"rows": "absent rows", "max_abs_change": "absent max $|\\Delta|$", "updated_while_absent": "moved while absent"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,6 +206,8 @@ def _trial_value(trial: Trial, column: Column, rope_scaling: str | None = None) 
     if trial.rare.absent.get("note"):
       return None, f"absent rows not measured: {trial.rare.absent['note']}"
     value = trial.rare.absent.get(column.absent)
+    if value is None and column.absent == "updated_while_absent":
+      return None, f"not in {RARE_FILE.as_posix()} (analyzed before the figure existed: rerun --rare)"
     return (value, None) if value is not None else (None, "no row was absent from every batch")
   evaluation = trial.evaluation(rope_scaling)
   if evaluation is None:
