@@ -24,9 +24,9 @@ SCHEMES = ["none", "sinusoidal", "rope", "alibi", "t5"]
 
 def measure(scheme: str, length: int, attention: str) -> dict:
   import jax
-  import ml_collections
   import numpy as np
 
+  from research import schema
   from research.evaluate import extrapolation
   from research.model.config import ModelConfig
   from research.model.transformer import Transformer
@@ -34,8 +34,8 @@ def measure(scheme: str, length: int, attention: str) -> dict:
   cfg = ModelConfig(vocab_size=8192, d_model=256, num_layers=4, num_heads=4, mlp_dim=1024, position=scheme,
                     max_len=256, attention=attention)
   params = jax.jit(Transformer(cfg).init)(jax.random.key(0), np.zeros((1, 8), np.int32))["params"]
-  config = ml_collections.ConfigDict({"objective": "clm", "seed": 0, "data": {
-      "mlm_select_rate": 0.15, "mlm_mask_rate": 0.8, "mlm_random_rate": 0.1}})
+  config = schema.get_config()  # the library's defaults (CLM, continuous document positions, ...)
+  config.objective, config.seed = "clm", 0
   run = extrapolation.LoadedRun(config, cfg, params, 0, {})
   ids = np.random.default_rng(0).integers(5, 8192, 3 * length + 1).astype(np.uint16)
   start = time.perf_counter()

@@ -62,3 +62,10 @@ def test_the_preset_runs_its_train_step_on_random_ids_and_reports_mfu(tmp_path):
   assert row["tokens_per_s"] > 0 and row["step_ms"] > 0 and 0 < row["mfu"] < 1.5
   assert abs(row["loss"] - float(jnp.log(512))) < 1.0  # an untrained model's loss on random ids
   assert row["cpu"] and row["commit"]
+
+
+def test_the_evaluation_memory_benchmark_scores_its_windows_through_the_real_evaluator():
+  """benchmarks/eval_memory.py's measurement at a short length (its config is the library's schema, so a new data
+  or model field cannot break it unseen)."""
+  row = _module("eval_memory").measure("cope", 64, "auto")
+  assert row["tokens"] == 3 * 64 and 1 < row["ppl"] < 10 * 8192 and row["peak_rss_mb"] > 0
