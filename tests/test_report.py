@@ -657,3 +657,22 @@ def test_loss_by_position_plot_averages_seeds_per_bucket_and_names_na_groups(tmp
     if m > 1:
       assert [g.label for g, _ in series[m * TRAIN_LEN]["na"]] == ["position=learned"]
       assert ys[-1] > ys[edges.index(TRAIN_LEN) - 1]  # the made-up rope degrades past the training length
+
+
+def test_a_pending_trial_groups_with_its_arm_when_another_arm_sets_more_fields(tmp_path):
+  """A trial not started has no config.json: it groups by the config it will run with (the sweep's base config +
+  its overrides), not under `(unset)` for the fields only another arm overrides (randomized RoPE's)."""
+  directory = tmp_path / "sweep"
+  randomized = {"model.position_sampling": "randomized", "model.max_position": 256}
+  write_trial(directory, "rope-s0", "rope", 0)
+  write_trial(directory, "randomized-s0", "rope", 0)
+  loop.write_config(configuration.apply_overrides(trial_config("rope", 0), randomized), directory / "randomized-s0")
+  trials = [sweeps.Trial("rope-s0", {"model.position": "rope", "seed": 0}),
+            sweeps.Trial("randomized-s0", {"model.position": "rope", **randomized, "seed": 0}),
+            sweeps.Trial("rope-s1", {"model.position": "rope", "seed": 1})]
+  status = {"rope-s0": {"status": "finished", "error": None}, "randomized-s0": {"status": "finished", "error": None},
+            "rope-s1": {"status": "pending", "error": None}}
+  sweeps.write_index(directory, sweeps.Sweep("pending_demo", "configs/clm.py", trials, None), status)
+  _, rows = parse_md_table(build_report(directory).table)
+  assert sorted(rows) == ["position_sampling=none, max_position=0", "position_sampling=randomized, max_position=256"]
+  assert rows["position_sampling=none, max_position=0"][0] == "1"  # the pending seed does not count

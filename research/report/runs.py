@@ -389,8 +389,25 @@ def _load_sweep(directory: pathlib.Path) -> RunSet:
         override_names.append(key)
     trials.append(_load_trial(directory / entry["name"], entry["name"], status=str(entry.get("status") or "pending"),
                               overrides=overrides, error=entry.get("error")))
+  planned = [t for t in trials if t.config is None]
+  if planned and isinstance(index.get("base_config"), str):
+    for t in planned:
+      t.config = _planned_config(index["base_config"], t.overrides)
   return RunSet(directory=directory, name=str(index.get("sweep") or directory.name), layout="sweep", trials=trials,
                 swept_fields=_differing_fields(trials, override_names))
+
+
+def _planned_config(base_config: str, overrides: dict[str, Any]) -> dict[str, Any] | None:
+  """The config a trial that has not written config.json yet will run with (the sweep's base config + its
+  overrides), so that a pending trial groups with the finished trials of its arm instead of under `(unset)`
+  fields; None when the base config cannot be read here."""
+  from research import sweeps
+  from research.train import configuration
+  try:
+    config = configuration.apply_overrides(sweeps.load_config_file(base_config).get_config(), overrides)
+  except Exception:  # noqa: BLE001 (a foreign or moved base config: group by the overrides alone, as before)
+    return None
+  return config.to_dict()
 
 
 def _config_fields(trials: list[Trial]) -> list[str]:
