@@ -86,7 +86,11 @@ def test_the_extended_positions_sweep_differs_only_in_the_swept_fields():
   base = sweeps.load_config_file(sweep.base_config).get_config()
   resolved = [configuration.flatten(configuration.apply_overrides(base, t.overrides)) for t in sweep.trials]
   differing = {f for f in resolved[0] if len({json.dumps(r[f]) for r in resolved}) > 1}
-  assert differing == {"model.position", "model.position_sampling", "model.max_position", "seed"}
+  assert differing == {"model.position", "model.position_sampling", "model.max_position", "model.rope_keep_fraction",
+                       "seed"}
+  # p-RoPE at the paper's p = 0.75 (its default, 1.0, is RoPE); every other arm keeps the neutral default.
+  assert {r["model.rope_keep_fraction"] for r in resolved if r["model.position"] == "p_rope"} == {0.75}
+  assert {r["model.rope_keep_fraction"] for r in resolved if r["model.position"] != "p_rope"} == {1.0}
   arms = {(r["model.position"], r["model.position_sampling"], r["model.max_position"]) for r in resolved}
   anchors = {"none", "learned", "sinusoidal", "rope", "alibi", "t5"}  # positions.py's six
   assert {p for p, _, _ in arms} == (set(registry.names()) - anchors) | {"none", "rope", "alibi"}
