@@ -304,6 +304,20 @@ def test_cope_owns_one_zero_table_per_layer():
 # ---------------------------------------------------------------------------------------------------- Sandwich
 
 
+def test_sandwich_as_an_inner_product_equals_the_sum_of_cosines_of_the_distance_at_16x_lengths():
+  """The kernel is computed as the inner product of sinusoidal embeddings (no [L, S, d/2] tensor); against the
+  paper's Σ cos((m − n)ω) − d/2 in float64 at positions up to 4096, random and sorted as randomized sampling gives."""
+  dim, heads = 64, 4
+  pos = np.sort(np.random.default_rng(0).choice(4096, size=(2, 96), replace=False), axis=-1)
+  bias = np.asarray(relative.sandwich_bias(jnp.asarray(pos), jnp.asarray(pos), heads, dim))
+  inv_freq = 10_000.0 ** (-2.0 * np.arange(1, dim // 2 + 1) / dim)
+  distance = (pos[:, :, None] - pos[:, None, :]).astype(np.float64)
+  kernel = np.cos(distance[..., None] * inv_freq).sum(-1) - dim // 2
+  expected = kernel[:, None] / (np.arange(1, heads + 1) * 8.0 / heads)[None, :, None, None]
+  np.testing.assert_allclose(bias, expected, atol=1e-2)
+  assert np.abs(expected).max() > 1.0  # a kernel far from 0, so the tolerance is small beside it
+
+
 @pytest.mark.parametrize("heads,dim", [(2, 8), (4, 16), (3, 6)])
 def test_sandwich_is_zero_at_distance_zero_toeplitz_non_positive_and_scaled_per_head(heads, dim):
   pos = jnp.arange(20)[None]
