@@ -134,6 +134,8 @@ class Trial:
   quality: dict[str, float | None] | None = None  # QUALITY_FIGURES of eval/embedding_quality.json, if analyzed
   rare: RareTokens | None = None  # eval/rare_tokens.json, if analyzed with --rare
   by_position: LossByPosition | None = None  # eval/loss_by_position.json, if evaluated with --by_position
+  # For a trial without config.json: the base config's values of fields other trials override (`_load_sweep`).
+  defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def evaluation(self, rope_scaling: str | None = None) -> Extrapolation | None:
     return self.extrapolation if rope_scaling is None else self.scaled.get(rope_scaling)
@@ -146,6 +148,8 @@ class Trial:
     """A dotted config field: the sweep override when there is one, else the resolved config's value."""
     if name in self.overrides:
       return self.overrides[name]
+    if self.config is None and name in self.defaults:
+      return self.defaults[name]
     return lookup(self.config or {}, name, MISSING)
 
 
@@ -389,25 +393,23 @@ def _load_sweep(directory: pathlib.Path) -> RunSet:
         override_names.append(key)
     trials.append(_load_trial(directory / entry["name"], entry["name"], status=str(entry.get("status") or "pending"),
                               overrides=overrides, error=entry.get("error")))
-  planned = [t for t in trials if t.config is None]
-  if planned and isinstance(index.get("base_config"), str):
-    for t in planned:
-      t.config = _planned_config(index["base_config"], t.overrides)
+  # A trial that has not written config.json yet runs with the base config where it overrides nothing: the value
+  # any started trial that does not override the field has. So it groups with the finished trials of its arm
+  # instead of under `(unset)` for a field only another arm overrides (no config is imported here).
+  for t in trials:
+    if t.config is None:
+      t.defaults = {name: _base_value(trials, name) for name in override_names if name not in t.overrides}
   return RunSet(directory=directory, name=str(index.get("sweep") or directory.name), layout="sweep", trials=trials,
                 swept_fields=_differing_fields(trials, override_names))
 
 
-def _planned_config(base_config: str, overrides: dict[str, Any]) -> dict[str, Any] | None:
-  """The config a trial that has not written config.json yet will run with (the sweep's base config + its
-  overrides), so that a pending trial groups with the finished trials of its arm instead of under `(unset)`
-  fields; None when the base config cannot be read here."""
-  from research import sweeps
-  from research.train import configuration
-  try:
-    config = configuration.apply_overrides(sweeps.load_config_file(base_config).get_config(), overrides)
-  except Exception:  # noqa: BLE001 (a foreign or moved base config: group by the overrides alone, as before)
-    return None
-  return config.to_dict()
+def _base_value(trials: list[Trial], name: str) -> Any:
+  """The base config's value of `name`, as the config.json of a trial that does not override it shows; MISSING when
+  no such trial has started."""
+  for t in trials:
+    if t.config is not None and name not in t.overrides:
+      return lookup(t.config, name, MISSING)
+  return MISSING
 
 
 def _config_fields(trials: list[Trial]) -> list[str]:
