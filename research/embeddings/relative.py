@@ -304,7 +304,7 @@ def sandwich_bias(q_positions_BxL, k_positions_BxL, num_heads: int, dim: int):
   d' is a hyperparameter. 0 at distance 0, < 0 elsewhere, and symmetric, so it serves encoders unchanged.
 
   Computed as that inner product, cos((m − n)ω) = cos(mω)cos(nω) + sin(mω)sin(nω): one [L, d'] × [d', S] product
-  per row instead of a [L, S, d'/2] tensor of cosines (at 16 × 256 tokens: 1.0 GB of evaluation memory instead of
+  per row instead of a [L, S, d'/2] tensor of cosines (at 16 × 256 tokens: 1.1 GB of evaluation memory instead of
   5.3 GB, docs/benchmarks.md). Positions in float32, so the angle of position p is rounded at p · 2⁻²⁴ relative:
   < 3e-4 rad at p = 4096, a kernel error below 1e-2 on a kernel of magnitude up to d'/2."""
   half = dim // 2

@@ -396,9 +396,10 @@ def _load_sweep(directory: pathlib.Path) -> RunSet:
   # A trial that has not written config.json yet runs with the base config where it overrides nothing: the value
   # any started trial that does not override the field has. So it groups with the finished trials of its arm
   # instead of under `(unset)` for a field only another arm overrides (no config is imported here).
-  for t in trials:
-    if t.config is None:
-      t.defaults = {name: _base_value(trials, name) for name in override_names if name not in t.overrides}
+  planned = [t for t in trials if t.config is None]
+  base = {name: _base_value(trials, name) for name in override_names} if planned else {}
+  for t in planned:
+    t.defaults = {name: value for name, value in base.items() if name not in t.overrides}
   return RunSet(directory=directory, name=str(index.get("sweep") or directory.name), layout="sweep", trials=trials,
                 swept_fields=_differing_fields(trials, override_names))
 
