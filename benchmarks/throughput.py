@@ -108,21 +108,29 @@ def shape_from(args):
                seq_len=args.seq_len, batch=args.batch, dtype=args.dtype)
 
 
+def scheme_step(args, scheme: str):
+  """(model config, shape, jitted train step, initial state, batch) of one scheme at the benchmark shape: the step
+  this script times (benchmarks/peers.py builds ours with it too)."""
+  import common
+  from research.train import steps
+
+  shape = shape_from(args)
+  cfg = shape.model_config(scheme, args.attention)
+  settings = steps.StepSettings(objective="clm", vocab_size=shape.vocab, loss_chunk=args.loss_chunk)
+  step, state = common.build_step(cfg, settings, shape.seq_len)
+  return cfg, shape, step, state, common.make_batch(shape)
+
+
 def run_scheme(args) -> dict:
   """Worker: compile and time one scheme in this process; returns the result row."""
   import jax
 
   import common
-  from research.train import steps
 
   if args.dtypes:
     return dtypes_row(args)
-  shape = shape_from(args)
-  cfg = shape.model_config(args.worker, args.attention)
+  cfg, shape, step, state, batch = scheme_step(args, args.worker)
   fpt, n = common.flops_per_token(cfg, shape.seq_len)
-  settings = steps.StepSettings(objective="clm", vocab_size=shape.vocab, loss_chunk=args.loss_chunk)
-  step, state = common.build_step(cfg, settings, shape.seq_len)
-  batch = common.make_batch(shape)
   compile_s, compiled = common.compile_seconds(step, state, batch)
   del compiled  # the jitted function compiles again on first call (cache hit for the persistent cache only)
 
