@@ -51,8 +51,8 @@ Remaining differences (the rows are the same size and depth, but not bit-for-bit
   - T5: theirs multiplies the bucket bias by √head_dim before adding it; ours adds it as it is.
   - Execution, not architecture: ours is one XLA program (jit, donated state); the cross-entropy goes in chunks of
     `--loss-chunk` tokens (theirs materialises all B·T × V logits); our einsum attention skips the all-masked
-    blocks of causal scores (theirs computes every score and masks, unless `--flash`); theirs runs eager (no
-    torch.compile). Our step also computes per-group gradient, parameter and update norms for its metrics.
+    blocks of causal scores (theirs computes every score and masks; with `--flash`, torch's causal kernel skips
+    them too where no score bias is added); theirs runs eager (no torch.compile). Our step also computes per-group gradient, parameter and update norms for its metrics.
 """
 
 from __future__ import annotations
