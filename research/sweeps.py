@@ -287,7 +287,7 @@ def tpu_commands(sweep: Sweep, directory: str, tpu: str, zone: str, repo_dir: st
 def write_index(directory: Path, sweep: Sweep, status: dict[str, dict[str, Any]]) -> None:
   index = {"sweep": sweep.name, "base_config": sweep.base_config, "evaluate": sweep.evaluate,
            "trials": [{"name": t.name, "overrides": t.overrides, **status[t.name]} for t in sweep.trials]}
-  tmp = directory / f".{SWEEP_FILE}.tmp"
+  tmp = directory / f".{SWEEP_FILE}.tmp{os.getpid()}"  # per process: two sweeps may share a directory
   tmp.write_text(json.dumps(index, indent=1) + "\n")
   os.replace(tmp, directory / SWEEP_FILE)
 

@@ -384,3 +384,28 @@ def test_quickstart_entry_prints_the_report_and_fails_when_a_trial_failed(tmp_pa
   assert f"report: {out / 'report.md'}" in result.stdout
   assert result.stderr.strip().splitlines()[-1].startswith("error: 1 of 3 trials failed (position=none,")
   assert "minimum is 261" in (out / "report.md").read_text()
+
+
+
+def _write_indexes(directory: str, label: str) -> None:
+  trials = [sweeps.Trial(name=f"t{i}", overrides={"train.seed": i}) for i in range(3)]
+  sweep = sweeps.Sweep(f"writer_{label}", "configs/tiny.py", trials, None)
+  for _ in range(300):
+    sweeps.write_index(Path(directory), sweep, {t.name: {"status": "pending", "error": None} for t in trials})
+
+
+def test_two_sweeps_in_one_directory_do_not_break_each_others_index(tmp_path):
+  # Two research-sweep processes over one workdir (e.g. one seed each, pinned to one core each) rewrite sweep.json
+  # side by side; with one shared temporary name one process's rename finds the other's file gone and dies.
+  # Forked writers (no second import of the library); they touch only json and the filesystem.
+  import multiprocessing
+  context = multiprocessing.get_context("fork")
+  procs = [context.Process(target=_write_indexes, args=(str(tmp_path), label)) for label in "ab"]
+  for p in procs:
+    p.start()
+  for p in procs:
+    p.join(timeout=120)
+  assert [p.exitcode for p in procs] == [0, 0]
+  index = json.loads((tmp_path / sweeps.SWEEP_FILE).read_text())  # the last complete write of one of them
+  assert index["sweep"] in ("writer_a", "writer_b") and len(index["trials"]) == 3
+  assert [p.name for p in tmp_path.iterdir()] == [sweeps.SWEEP_FILE]  # no temporary left behind

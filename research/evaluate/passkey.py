@@ -230,7 +230,7 @@ def plot_heatmap(report: dict[str, Any], path: str | os.PathLike) -> Path:
   fig.colorbar(image, ax=ax, label="accuracy")
   fig.tight_layout()
   path = Path(path)
-  tmp = path.with_name(f".{path.name}.tmp")
+  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
   fig.savefig(tmp, format="png", dpi=110)
   os.replace(tmp, path)
   return path

@@ -34,7 +34,7 @@ class Report:
 
 
 def _write(path: pathlib.Path, text: str) -> None:
-  tmp = path.with_name(f".{path.name}.tmp")
+  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
   tmp.write_text(text)
   os.replace(tmp, path)
 

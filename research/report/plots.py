@@ -35,7 +35,7 @@ def _color(i: int) -> str:
 def _save(fig: Figure, path: pathlib.Path) -> None:
   FigureCanvasAgg(fig)
   fig.tight_layout()
-  tmp = path.with_name(f".{path.name}.tmp")
+  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
   fig.savefig(tmp, format="png", dpi=120)
   os.replace(tmp, path)
 
