@@ -103,10 +103,14 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = os.cpu_count()")
   p.add_argument("--warmup", type=int, default=3, help="steps of each run before timing")
   p.add_argument("--steps", type=int, default=2, help="steps per timing window")
+  p.add_argument("--settle", type=int, default=1,
+                 help="untimed steps at the start of each window (the switch from the other side costs the first)")
   p.add_argument("--windows", type=int, default=8, help="rounds, each one window of ours and one of theirs")
   p.add_argument("--target", type=float, default=2.0, help="the ours/theirs ratio each scheme should reach")
   p.add_argument("--no-huge-pages", action="store_true",
                  help="run without glibc's malloc huge pages (research/hugepages.py; on by default, as throughput.py)")
+  p.add_argument("--side", default="", choices=("", "ours", "theirs"), help=argparse.SUPPRESS)
+  p.add_argument("--worker", default="", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   for name in ("warmup", "steps", "windows"):
     if getattr(args, name) < 1:
@@ -239,20 +243,82 @@ def build_ours(args, scheme: str):
   return cfg, shape, batch, run, {"params": count_params(state.params)}
 
 
+def serve(args) -> None:
+  """Worker (`--side ours|theirs --worker SCHEME`): builds one side's step, takes `--warmup` steps, prints one JSON
+  line {"ready": ...}, then for each line N read from stdin takes N steps and prints {"s": seconds, "loss": ...}
+  (the time of the steps alone, measured here, so the pipe costs nothing)."""
+  scheme = args.worker
+  if args.side == "theirs":
+    import torch
+
+    torch.set_num_threads(args.threads or os.cpu_count())
+    import common
+
+    shape = throughput.shape_from(args)  # our shape and model config, without building our step in this process
+    cfg = shape.model_config(scheme, args.attention)
+    batch = common.make_batch(shape)
+    run, info = build_theirs(scheme, cfg, shape, batch, args.flash)
+    info["threads"] = torch.get_num_threads()
+  else:
+    _, _, _, run, info = build_ours(args, scheme)
+  loss = run(args.warmup)  # the first call compiles ours
+  print(json.dumps({"ready": info, "loss": loss}), flush=True)
+  for line in sys.stdin:
+    k = int(line)
+    if args.settle:
+      run(args.settle)  # untimed: the first step after waiting on the other side pays for the switch (see measure)
+    start = time.perf_counter()
+    loss = run(k)
+    print(json.dumps({"s": time.perf_counter() - start, "loss": loss}), flush=True)
+
+
+def worker_argv(args, side: str, scheme: str) -> list[str]:
+  flags = ["--vocab", args.vocab, "--d-model", args.d_model, "--layers", args.layers, "--heads", args.heads,
+           "--mlp-dim", args.mlp_dim, "--seq-len", args.seq_len, "--batch", args.batch, "--attention", args.attention,
+           "--loss-chunk", args.loss_chunk, "--threads", args.threads, "--warmup", args.warmup,
+           "--settle", args.settle]
+  return [sys.executable, os.path.abspath(__file__), "--side", side, "--worker", scheme, *map(str, flags)] + \
+      (["--flash"] if args.flash else []) + (["--no-huge-pages"] if args.no_huge_pages else [])
+
+
 def measure(args, scheme: str) -> dict:
-  """Both steps for one scheme, warmed up, then `args.windows` alternating rounds; the scheme's row."""
-  cfg, shape, batch, ours, ours_info = build_ours(args, scheme)
-  theirs, theirs_info = build_theirs(scheme, cfg, shape, batch, args.flash)
-  runs = {"ours": ours, "theirs": theirs}
-  loss = {name: run(args.warmup) for name, run in runs.items()}  # the first call compiles ours
-  times = {"ours": [], "theirs": []}
-  load_before = os.getloadavg()
-  for r in range(args.windows):
-    for name in (("ours", "theirs") if r % 2 == 0 else ("theirs", "ours")):
-      start = time.perf_counter()
-      loss[name] = runs[name](args.steps)
-      times[name].append((time.perf_counter() - start) / args.steps)
-  tokens = shape.batch * shape.seq_len
+  """Both steps for one scheme, each in its own worker process, warmed up, then `args.windows` alternating rounds
+  (one worker steps while the other waits on its pipe); the scheme's row. Separate processes because in one the two
+  runtimes disturb each other: measured in one process at `bf6c5fa`, our step ran at 4,600–7,500 tokens/s against
+  7,200–7,600 alone (the two thread pools and one malloc heap shared). In separate processes the first step of a
+  window that follows the other side's is still slow (ours 770–1,090 ms against 535–550 ms after its own window, at
+  `bf6c5fa`): each window therefore starts with `--settle` untimed steps, so the figures are each step's steady
+  state, as in a training run, where no other framework runs in between."""
+  import subprocess
+
+  procs = {side: subprocess.Popen(worker_argv(args, side, scheme), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True) for side in ("ours", "theirs")}
+  try:
+    def ask(side: str, line: str | None = None) -> dict:
+      proc = procs[side]
+      if line is not None:
+        proc.stdin.write(line + "\n")
+        proc.stdin.flush()
+      out = proc.stdout.readline()
+      if not out:
+        raise SystemExit(f"benchmarks/peers.py: the {side} worker for {scheme} ended (exit {proc.wait()})")
+      return json.loads(out)
+
+    ready = {side: ask(side) for side in procs}  # both built and warmed up (they warm up side by side)
+    loss = {side: ready[side]["loss"] for side in procs}
+    times = {"ours": [], "theirs": []}
+    load_before = os.getloadavg()
+    for r in range(args.windows):
+      for side in (("ours", "theirs") if r % 2 == 0 else ("theirs", "ours")):
+        reply = ask(side, str(args.steps))
+        times[side].append(reply["s"] / args.steps)
+        loss[side] = reply["loss"]
+  finally:
+    for proc in procs.values():
+      proc.stdin.close()
+      proc.wait()
+  ours_info, theirs_info = ready["ours"]["ready"], ready["theirs"]["ready"]
+  tokens = args.batch * args.seq_len
   ratios = [t / o for o, t in zip(times["ours"], times["theirs"])]  # our tokens/s over theirs, round by round
   ratio = statistics.median(ratios)
   return {"scheme": scheme, "ours_tokens_per_s": tokens / statistics.median(times["ours"]),
@@ -261,7 +327,8 @@ def measure(args, scheme: str) -> dict:
           "ours_step_ms": [t * 1e3 for t in times["ours"]], "theirs_step_ms": [t * 1e3 for t in times["theirs"]],
           "ours_loss": loss["ours"], "theirs_loss": loss["theirs"], "ours_params": ours_info["params"],
           "theirs_params": theirs_info["params"], "theirs_flash": theirs_info["flash"],
-          "theirs_adamw": theirs_info["adamw"], "load_before": load_before[0], "load_after": os.getloadavg()[0]}
+          "theirs_adamw": theirs_info["adamw"], "theirs_threads": theirs_info["threads"],
+          "load_before": load_before[0], "load_after": os.getloadavg()[0]}
 
 
 def run_header(args) -> dict:
@@ -278,7 +345,7 @@ def run_header(args) -> dict:
   return {"commit": common.commit(), "date": time.strftime("%Y-%m-%d %H:%M"), "cpu_model": cpu["model"] or "unknown",
           "cpu_family": cpu["family"] or "?", "cpus": os.cpu_count(), "jax": jax.__version__,
           "torch": torch.__version__, "x_transformers": importlib.metadata.version("x-transformers"),
-          "torch_threads": torch.get_num_threads(), "shape": dataclasses.asdict(shape), "attention": args.attention,
+          "torch_threads": args.threads or os.cpu_count(), "shape": dataclasses.asdict(shape), "attention": args.attention,
           "loss_chunk": args.loss_chunk, "warmup": args.warmup, "steps": args.steps, "windows": args.windows,
           "target": args.target, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
 
@@ -309,9 +376,9 @@ def main(argv=None) -> None:
   from research import hugepages
   # As throughput.py (and research-train): restart with glibc's malloc huge pages, which both steps then get.
   hugepages.maybe_reexec(enabled=not args.no_huge_pages)
-  import torch
-
-  torch.set_num_threads(args.threads or os.cpu_count())
+  if args.side:
+    serve(args)
+    return
   header = run_header(args)
   load_before = os.getloadavg()
   rows = []
