@@ -89,13 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--schemes", default=throughput.DEFAULT_SCHEMES, help="comma-separated: " + ", ".join(SCHEME_OPTIONS))
   p.add_argument("--json", action="store_true", help="one JSON object per scheme instead of a table")
-  p.add_argument("--vocab", type=int, default=8192)
-  p.add_argument("--d-model", type=int, default=256)
-  p.add_argument("--layers", type=int, default=4)
-  p.add_argument("--heads", type=int, default=4)
-  p.add_argument("--mlp-dim", type=int, default=1024)
-  p.add_argument("--seq-len", type=int, default=256)
-  p.add_argument("--batch", type=int, default=16)
+  throughput.add_shape_args(p)
   p.add_argument("--attention", default="einsum", choices=("xla", "einsum"), help="our attention path")
   p.add_argument("--loss-chunk", type=int, default=512, help="our tokens per LM-head/cross-entropy chunk; 0 = off")
   p.add_argument("--flash", action="store_true",
@@ -273,11 +267,10 @@ def serve(args) -> None:
 
 
 def worker_argv(args, side: str, scheme: str) -> list[str]:
-  flags = ["--vocab", args.vocab, "--d-model", args.d_model, "--layers", args.layers, "--heads", args.heads,
-           "--mlp-dim", args.mlp_dim, "--seq-len", args.seq_len, "--batch", args.batch, "--attention", args.attention,
-           "--loss-chunk", args.loss_chunk, "--threads", args.threads, "--warmup", args.warmup,
-           "--settle", args.settle]
-  return [sys.executable, os.path.abspath(__file__), "--side", side, "--worker", scheme, *map(str, flags)] + \
+  flags = ["--attention", args.attention, "--loss-chunk", args.loss_chunk, "--threads", args.threads,
+           "--warmup", args.warmup, "--settle", args.settle]
+  return [sys.executable, os.path.abspath(__file__), "--side", side, "--worker", scheme, *throughput.shape_argv(args),
+          *map(str, flags)] + \
       (["--flash"] if args.flash else []) + (["--no-huge-pages"] if args.no_huge_pages else [])
 
 

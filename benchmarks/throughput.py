@@ -67,17 +67,26 @@ PRESET_FIELDS = {"--vocab": ("vocab", "data.vocab_size"), "--d-model": ("d_model
                  "--loss-chunk": ("loss_chunk", "train.loss_chunk")}
 
 
+# The benchmark shape's flags and defaults (the issue's shape); benchmarks/peers.py takes the same ones.
+SHAPE_FLAGS = (("--vocab", 8192), ("--d-model", 256), ("--layers", 4), ("--heads", 4), ("--mlp-dim", 1024),
+               ("--seq-len", 256), ("--batch", 16))
+
+
+def add_shape_args(p: argparse.ArgumentParser) -> None:
+  for flag, default in SHAPE_FLAGS:
+    p.add_argument(flag, type=int, default=default)
+
+
+def shape_argv(args) -> list[str]:
+  """The shape flags of `args` as command-line words (for a worker process)."""
+  return [word for flag, _ in SHAPE_FLAGS for word in (flag, str(getattr(args, flag[2:].replace("-", "_"))))]
+
+
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--schemes", default=DEFAULT_SCHEMES, help="comma-separated registered scheme names")
   p.add_argument("--json", action="store_true", help="one JSON object per scheme instead of a table")
-  p.add_argument("--vocab", type=int, default=8192)
-  p.add_argument("--d-model", type=int, default=256)
-  p.add_argument("--layers", type=int, default=4)
-  p.add_argument("--heads", type=int, default=4)
-  p.add_argument("--mlp-dim", type=int, default=1024)
-  p.add_argument("--seq-len", type=int, default=256)
-  p.add_argument("--batch", type=int, default=16)
+  add_shape_args(p)
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--attention", default="einsum", choices=("xla", "einsum"))
   p.add_argument("--loss-chunk", type=int, default=512, help="tokens per LM-head/cross-entropy chunk; 0 = off")
