@@ -109,6 +109,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   for name in ("warmup", "steps", "windows"):
     if getattr(args, name) < 1:
       p.error(f"--{name} must be at least 1")
+  if args.settle < 0:
+    p.error(f"--settle={args.settle}: must be 0 or more (untimed steps per window)")
   args.dtype = "float32"  # the step; throughput.shape_from reads it
   return args
 

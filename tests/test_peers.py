@@ -47,6 +47,13 @@ def test_the_command_line_refuses_an_unknown_scheme():
       "--schemes: fire; x-transformers has equivalents of none, learned, sinusoidal, rope, alibi, t5 only"]
 
 
+def test_a_negative_settle_is_refused_in_one_line_naming_it():
+  out = subprocess.run([sys.executable, "benchmarks/peers.py", "--settle", "-1"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+  assert out.returncode == 2 and out.stderr.strip().splitlines()[-1] == (
+      "peers.py: error: --settle=-1: must be 0 or more (untimed steps per window)")
+
+
 @pytest.mark.parametrize("blocked", ["torch", "x_transformers"])
 def test_a_missing_peer_exits_2_with_one_line_naming_it_and_the_install(blocked):
   # None in sys.modules makes the import fail whether or not the package is installed in this interpreter.
