@@ -69,3 +69,26 @@ def test_the_evaluation_memory_benchmark_scores_its_windows_through_the_real_eva
   or model field cannot break it unseen)."""
   row = _module("eval_memory").measure("cope", 64, "auto")
   assert row["tokens"] == 3 * 64 and 1 < row["ppl"] < 10 * 8192 and row["peak_rss_mb"] > 0
+
+
+def test_the_char_cnn_formulations_compute_the_modules_vectors_and_gradients():
+  """benchmarks/char_cnn.py times its alternatives only after checking them against chars.CharCNN; here the check
+  itself: every variant gives the module's loss and parameter gradients on spellings with padding and a filter wider
+  than the longest spelling (6 > C = 5, where the module clamps the kernel), and a changed parameter is caught."""
+  bench = _module("char_cnn")
+  from research.embeddings import chars
+  filters = chars.parse_filters("1:3,2:4,6:5")
+  num_chars = chars.FIRST_CHAR_ID + 12
+  ids = jnp.asarray(bench.spellings(48, 5, num_chars))
+  assert (ids[:, 0] == chars.BOW).all() and (ids == chars.PAD).any()
+  module = chars.CharCNN(num_chars=num_chars, char_dim=8, filters=filters, out_features=16)
+  params = module.init(jax.random.PRNGKey(1), ids)
+  steps = {name: jax.jit(jax.value_and_grad(lambda p, fn=bench.variant_fn(name, filters): jnp.sum(fn(p, ids) ** 2)))
+           for name in bench.VARIANTS}
+  for name, (loss_err, grad_err) in bench.differences(steps, params).items():
+    assert loss_err < 1e-5 and grad_err < 1e-4, (name, loss_err, grad_err)
+  # A variant that is not the module is caught: the module's step on other parameters.
+  other = jax.tree_util.tree_map(lambda x: x * 1.01, params)
+  steps["perturbed"] = jax.jit(lambda p: steps["module"](other))
+  loss_err, grad_err = bench.differences(steps, params)["perturbed"]
+  assert loss_err > 1e-3 and grad_err > 1e-3
