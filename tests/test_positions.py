@@ -62,6 +62,36 @@ def test_rope_preserves_norms_and_passes_unrotated_channels():
   assert np.allclose(y[:, 0], x[:, 0])  # position 0 is the identity rotation
 
 
+@pytest.mark.parametrize("shared", [True, False], ids=["rows-share-positions", "rows-differ"])
+def test_rope_tables_are_the_scaled_cosines_and_sines_of_each_rows_angles(shared):
+  # Both branches of per_row_tables: the first row's tables broadcast, and every row's own.
+  offsets = np.zeros((3, 1)) if shared else np.array([[0], [500], [2000]])
+  pos = jnp.asarray(np.arange(10)[None] * 3 + offsets, jnp.int32)
+  inv, _ = relative.rope_frequencies(8)
+  cos, sin = relative.rope_tables(pos, inv, 0.5)
+  angles = np.asarray(pos, np.float64)[..., None] * np.asarray(inv, np.float64)
+  assert cos.shape == sin.shape == (3, 10, 1, 4)
+  # float32 angles: absolute error up to ~2e3 · 2^-24 rad at these positions
+  np.testing.assert_allclose(np.asarray(cos)[:, :, 0], 0.5 * np.cos(angles), atol=2e-4)
+  np.testing.assert_allclose(np.asarray(sin)[:, :, 0], 0.5 * np.sin(angles), atol=2e-4)
+
+
+@pytest.mark.parametrize("position", ["rope", "xpos"])
+def test_the_compiled_gradient_evaluates_the_rotation_tables_once(position):
+  # XLA fuses elementwise producers into their consumers: without the conditional in per_row_tables, every q and k
+  # rotation of every layer, forward and backward, evaluated its own cosines and sines (12 copies of each at 3
+  # layers), once per head. Here: one per branch of the conditional. The positions are an argument, as in the train
+  # step (batch["positions"]); positions that are compile-time constants let XLA fold the conditional away.
+  cfg = ModelConfig(vocab_size=11, d_model=16, num_heads=2, mlp_dim=8, num_layers=3, position=position)
+  model = Transformer(cfg)
+  ids = jnp.zeros((2, 6), jnp.int32)
+  positions = jnp.broadcast_to(jnp.arange(6), (2, 6))
+  params = model.init(jax.random.key(0), ids)["params"]
+  loss = lambda p, pos: jnp.sum(model.apply({"params": p}, ids, pos) ** 2)  # noqa: E731
+  hlo = jax.jit(jax.grad(loss)).lower(params, positions).compile().as_text()
+  assert 1 <= hlo.count(" sine(") <= 2 and 1 <= hlo.count(" cosine(") <= 2, (hlo.count(" sine("), position)
+
+
 def test_rope_linear_scaling_is_position_interpolation():
   x = jax.random.normal(jax.random.key(2), (1, 6, 2, 8))
   pos = jnp.arange(0, 24, 4)[None]

@@ -66,17 +66,50 @@ def rope_frequencies(rot_dim: int, base: float = 10_000.0, scaling: str = "none"
   raise ValueError(f"rope scaling {scaling!r} is not one of none, linear, ntk, yarn")
 
 
-def apply_rope(x_BxLxHxD, positions_BxL, inv_freq_R, attention_factor: float = 1.0):
-  """Rotates the first 2R channels of every head by angle position·θ_i (half-split pairs (i, i+R), as GPT-NeoX
-  and Hugging Face Llama do); the remaining channels pass through unchanged."""
-  rot = 2 * inv_freq_R.shape[0]
-  angles_BxLxR = positions_BxL.astype(jnp.float32)[..., None] * inv_freq_R[None, None, :]
-  cos_BxLx1xR = (jnp.cos(angles_BxLxR) * attention_factor)[:, :, None, :]
-  sin_BxLx1xR = (jnp.sin(angles_BxLxR) * attention_factor)[:, :, None, :]
+def rope_tables(positions_BxL, inv_freq_R, attention_factor: float = 1.0):
+  """(cos, sin) of the angles position·θ_i, each [B, L, 1, R] and times `attention_factor`, computed once (for the
+  first row alone when every row has its positions) behind a conditional (`per_row_tables`), so that every head,
+  layer and the backward pass reads them from memory instead of evaluating them again (docs/benchmarks.md)."""
+
+  def tables(pos_BxL):
+    angles_BxLxR = pos_BxL.astype(jnp.float32)[..., None] * inv_freq_R[None, None, :]
+    return ((jnp.cos(angles_BxLxR) * attention_factor)[:, :, None, :],
+            (jnp.sin(angles_BxLxR) * attention_factor)[:, :, None, :])
+
+  return per_row_tables(tables, positions_BxL)
+
+
+def per_row_tables(tables_fn, positions_BxL):
+  """`tables_fn(positions)`, a pytree of arrays [rows, ...] each a function of its row's positions alone, computed
+  for the first row only and broadcast when every row has the first row's positions (the usual case), else row by
+  row, decided at run time by `jax.lax.cond`. The conditional is also a fusion boundary, which is its main purpose:
+  XLA would otherwise fuse the cosines, sines and powers of these tables into each consumer's loop and evaluate them
+  once per head, per use and again in the backward pass (16 fused copies in the benchmark's 4-layer step); on a CPU
+  whose vector sine is slow (AMD family 25, AVX2) that made the rope step 1.5x slower than the other schemes'.
+  (`jax.lax.optimization_barrier` does not help: XLA:CPU removes it before fusion.)"""
+  rows = positions_BxL.shape[0]
+  shared = jnp.all(positions_BxL == positions_BxL[:1])
+
+  def first_row(pos_BxL):
+    return jax.tree.map(lambda t: jnp.broadcast_to(t, (rows, *t.shape[1:])), tables_fn(pos_BxL[:1]))
+
+  return jax.lax.cond(shared, first_row, tables_fn, positions_BxL)
+
+
+def rotate(x_BxLxHxD, cos_BxLx1xR, sin_BxLx1xR):
+  """Rotates the first 2R channels of every head by the angles whose cosines and sines `rope_tables` gives
+  (half-split pairs (i, i+R), as GPT-NeoX and Hugging Face Llama do); the remaining channels pass unchanged."""
+  rot = 2 * cos_BxLx1xR.shape[-1]
   x = x_BxLxHxD.astype(jnp.float32)
   x1, x2, rest = x[..., :rot // 2], x[..., rot // 2:rot], x[..., rot:]
   rotated = [x1 * cos_BxLx1xR - x2 * sin_BxLx1xR, x2 * cos_BxLx1xR + x1 * sin_BxLx1xR, rest]
   return jnp.concatenate(rotated, axis=-1).astype(x_BxLxHxD.dtype)
+
+
+def apply_rope(x_BxLxHxD, positions_BxL, inv_freq_R, attention_factor: float = 1.0):
+  """Rotates the first 2R channels of every head by angle position·θ_i (half-split pairs (i, i+R), as GPT-NeoX
+  and Hugging Face Llama do); the remaining channels pass through unchanged."""
+  return rotate(x_BxLxHxD, *rope_tables(positions_BxL, inv_freq_R, attention_factor))
 
 
 def rope_rotary_dim(head_dim: int, fraction: float) -> int:
@@ -112,8 +145,8 @@ class RotaryPositions(PositionalScheme):
 
   def rotary(self, positions_BxL):
     inv_freq, attention_factor = self.frequencies()
-    return functools.partial(apply_rope, positions_BxL=positions_BxL, inv_freq_R=inv_freq,
-                             attention_factor=attention_factor)
+    cos_BxLx1xR, sin_BxLx1xR = rope_tables(positions_BxL, inv_freq, attention_factor)  # once for q and k
+    return functools.partial(rotate, cos_BxLx1xR=cos_BxLx1xR, sin_BxLx1xR=sin_BxLx1xR)
 
 
 # --------------------------------------------------------------------------------------------------------- ALiBi
@@ -244,20 +277,38 @@ def xpos_zeta(rot_dim: int, gamma: float = XPOS_GAMMA):
   return jnp.asarray((np.arange(0, rot_dim, 2) / rot_dim + gamma) / (1.0 + gamma), jnp.float32)
 
 
-def apply_xpos(x_BxLxHxD, positions_BxL, inv_freq_R, zeta_R, centre_Bx1, sign: float,
-               scale_base: float = XPOS_SCALE_BASE):
+def xpos_tables(positions_BxL, inv_freq_R, zeta_R, scale_base: float = XPOS_SCALE_BASE):
+  """(cos, sin, query scale, key scale) of `apply_xpos`, each [B, L, 1, R]: the rotation's tables and
+  ζ_i^(±(n − c)/B), with c `xpos_centre` of each row; computed once for queries and keys like `rope_tables`."""
+
+  def tables(pos_BxL):
+    power_BxLx1 = (pos_BxL - xpos_centre(pos_BxL)).astype(jnp.float32)[..., None] / scale_base
+    angles_BxLxR = pos_BxL.astype(jnp.float32)[..., None] * inv_freq_R[None, None, :]
+    scales = [zeta_R[None, None, :] ** (sign * power_BxLx1) for sign in (1.0, -1.0)]
+    return tuple(t[:, :, None, :] for t in (jnp.cos(angles_BxLxR), jnp.sin(angles_BxLxR), *scales))
+
+  return per_row_tables(tables, positions_BxL)
+
+
+def scale_rotated(x_BxLxHxD, cos_BxLx1xR, sin_BxLx1xR, scale_BxLx1xR):
+  """`rotate`, then every rotated pair times its scale; channels past 2R pass unscaled and unrotated."""
+  rotated_BxLxHxD = rotate(x_BxLxHxD.astype(jnp.float32), cos_BxLx1xR, sin_BxLx1xR)
+  rot = 2 * scale_BxLx1xR.shape[-1]
+  ones_BxLx1xP = jnp.ones(scale_BxLx1xR.shape[:3] + (x_BxLxHxD.shape[-1] - rot,), jnp.float32)
+  scale_BxLx1xD = jnp.concatenate([scale_BxLx1xR, scale_BxLx1xR, ones_BxLx1xP], axis=-1)
+  return (rotated_BxLxHxD * scale_BxLx1xD).astype(x_BxLxHxD.dtype)
+
+
+def apply_xpos(x_BxLxHxD, positions_BxL, inv_freq_R, zeta_R, sign: float, scale_base: float = XPOS_SCALE_BASE):
   """RoPE, then every rotated pair times ζ_i^(sign·(n − c)/B) (Sun et al. 2022, "A Length-Extrapolatable
   Transformer", arXiv 2212.10554, eq. 11): queries with sign +1, keys with −1, so that a score q_n·k_m carries
-  ζ^((n − m)/B), which decays with the distance n − m ≥ 0. The offset c (`centre_Bx1`, the same for queries and
-  keys) cancels in every score; subtracting it keeps ζ^(±n/B) finite at large positions, as x-transformers
-  centres the positions at seq_len // 2. Channels past 2R pass unscaled and unrotated."""
-  rot = 2 * inv_freq_R.shape[0]
-  rotated_BxLxHxD = apply_rope(x_BxLxHxD.astype(jnp.float32), positions_BxL, inv_freq_R)
-  power_BxL = sign * (positions_BxL - centre_Bx1).astype(jnp.float32) / scale_base
-  scale_BxLxR = zeta_R[None, None, :] ** power_BxL[..., None]
-  ones_BxLxP = jnp.ones(scale_BxLxR.shape[:2] + (x_BxLxHxD.shape[-1] - rot,), jnp.float32)
-  scale_BxLx1xD = jnp.concatenate([scale_BxLxR, scale_BxLxR, ones_BxLxP], axis=-1)[:, :, None, :]
-  return (rotated_BxLxHxD * scale_BxLx1xD).astype(x_BxLxHxD.dtype)
+  ζ^((n − m)/B), which decays with the distance n − m ≥ 0. The offset c (`xpos_centre` of each row, the same for
+  queries and keys) cancels in every score; subtracting it keeps ζ^(±n/B) finite at large positions, as
+  x-transformers centres the positions at seq_len // 2. Channels past 2R pass unscaled and unrotated."""
+  cos_BxLx1xR, sin_BxLx1xR, q_scale_BxLx1xR, k_scale_BxLx1xR = xpos_tables(positions_BxL, inv_freq_R, zeta_R,
+                                                                            scale_base)
+  scale_BxLx1xR = q_scale_BxLx1xR if sign > 0 else k_scale_BxLx1xR
+  return scale_rotated(x_BxLxHxD, cos_BxLx1xR, sin_BxLx1xR, scale_BxLx1xR)
 
 
 def xpos_centre(positions_BxL):
@@ -288,9 +339,12 @@ class XposPositions(PositionalScheme):
     cfg = self.cfg
     rot_dim = rope_rotary_dim(cfg.width // cfg.num_heads, cfg.rope_fraction)
     inv_freq, _ = rope_frequencies(rot_dim, cfg.rope_base)
-    centre_Bx1 = xpos_centre(positions_BxL)
-    common = dict(positions_BxL=positions_BxL, inv_freq_R=inv_freq, zeta_R=xpos_zeta(rot_dim), centre_Bx1=centre_Bx1)
-    return functools.partial(apply_xpos, sign=1.0, **common), functools.partial(apply_xpos, sign=-1.0, **common)
+    zeta = xpos_zeta(rot_dim)
+    cos_BxLx1xR, sin_BxLx1xR, q_scale_BxLx1xR, k_scale_BxLx1xR = xpos_tables(positions_BxL, inv_freq, zeta)
+    return (functools.partial(scale_rotated, cos_BxLx1xR=cos_BxLx1xR, sin_BxLx1xR=sin_BxLx1xR,
+                              scale_BxLx1xR=q_scale_BxLx1xR),
+            functools.partial(scale_rotated, cos_BxLx1xR=cos_BxLx1xR, sin_BxLx1xR=sin_BxLx1xR,
+                              scale_BxLx1xR=k_scale_BxLx1xR))
 
 
 # ------------------------------------------------------------------------------------------------------- Sandwich
