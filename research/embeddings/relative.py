@@ -70,13 +70,15 @@ def rope_tables(positions_BxL, inv_freq_R, attention_factor: float = 1.0):
   """(cos, sin) of the angles position·θ_i, each [B, L, 1, R] and times `attention_factor`, computed once (for the
   first row alone when every row has its positions) behind a conditional (`per_row_tables`), so that every head,
   layer and the backward pass reads them from memory instead of evaluating them again (docs/benchmarks.md)."""
+  return per_row_tables(lambda pos_BxL: cos_sin(pos_BxL, inv_freq_R, attention_factor), positions_BxL)
 
-  def tables(pos_BxL):
-    angles_BxLxR = pos_BxL.astype(jnp.float32)[..., None] * inv_freq_R[None, None, :]
-    return ((jnp.cos(angles_BxLxR) * attention_factor)[:, :, None, :],
-            (jnp.sin(angles_BxLxR) * attention_factor)[:, :, None, :])
 
-  return per_row_tables(tables, positions_BxL)
+def cos_sin(positions_BxL, inv_freq_R, attention_factor: float = 1.0):
+  """cos and sin of the angles position·θ_i times `attention_factor`, each [B, L, 1, R], computed where called
+  (`rope_tables` and `xpos_tables` call it once per step, through `per_row_tables`)."""
+  angles_BxLxR = positions_BxL.astype(jnp.float32)[..., None] * inv_freq_R[None, None, :]
+  return ((jnp.cos(angles_BxLxR) * attention_factor)[:, :, None, :],
+          (jnp.sin(angles_BxLxR) * attention_factor)[:, :, None, :])
 
 
 def per_row_tables(tables_fn, positions_BxL):
@@ -84,8 +86,9 @@ def per_row_tables(tables_fn, positions_BxL):
   for the first row only and broadcast when every row has the first row's positions (the usual case), else row by
   row, decided at run time by `jax.lax.cond`. The conditional is also a fusion boundary, which is its main purpose:
   XLA would otherwise fuse the cosines, sines and powers of these tables into each consumer's loop and evaluate them
-  once per head, per use and again in the backward pass (16 fused copies in the benchmark's 4-layer step); on a CPU
-  whose vector sine is slow (AMD family 25, AVX2) that made the rope step 1.5x slower than the other schemes'.
+  once per head, per use and again in the backward pass (16 fused copies in the benchmark's 4-layer step); on an
+  AMD family-25 CPU (AVX2) that was ~6 % of the rope step's time and made the xpos step ~1.4x learned's
+  (docs/benchmarks.md).
   (`jax.lax.optimization_barrier` does not help: XLA:CPU removes it before fusion.)"""
   rows = positions_BxL.shape[0]
   shared = jnp.all(positions_BxL == positions_BxL[:1])
@@ -282,10 +285,9 @@ def xpos_tables(positions_BxL, inv_freq_R, zeta_R, scale_base: float = XPOS_SCAL
   ζ_i^(±(n − c)/B), with c `xpos_centre` of each row; computed once for queries and keys like `rope_tables`."""
 
   def tables(pos_BxL):
-    power_BxLx1 = (pos_BxL - xpos_centre(pos_BxL)).astype(jnp.float32)[..., None] / scale_base
-    angles_BxLxR = pos_BxL.astype(jnp.float32)[..., None] * inv_freq_R[None, None, :]
-    scales = [zeta_R[None, None, :] ** (sign * power_BxLx1) for sign in (1.0, -1.0)]
-    return tuple(t[:, :, None, :] for t in (jnp.cos(angles_BxLxR), jnp.sin(angles_BxLxR), *scales))
+    power_BxLx1x1 = (pos_BxL - xpos_centre(pos_BxL)).astype(jnp.float32)[..., None, None] / scale_base
+    scales = [zeta_R ** (sign * power_BxLx1x1) for sign in (1.0, -1.0)]
+    return (*cos_sin(pos_BxL, inv_freq_R), *scales)
 
   return per_row_tables(tables, positions_BxL)
 
@@ -339,12 +341,9 @@ class XposPositions(PositionalScheme):
     cfg = self.cfg
     rot_dim = rope_rotary_dim(cfg.width // cfg.num_heads, cfg.rope_fraction)
     inv_freq, _ = rope_frequencies(rot_dim, cfg.rope_base)
-    zeta = xpos_zeta(rot_dim)
-    cos_BxLx1xR, sin_BxLx1xR, q_scale_BxLx1xR, k_scale_BxLx1xR = xpos_tables(positions_BxL, inv_freq, zeta)
-    return (functools.partial(scale_rotated, cos_BxLx1xR=cos_BxLx1xR, sin_BxLx1xR=sin_BxLx1xR,
-                              scale_BxLx1xR=q_scale_BxLx1xR),
-            functools.partial(scale_rotated, cos_BxLx1xR=cos_BxLx1xR, sin_BxLx1xR=sin_BxLx1xR,
-                              scale_BxLx1xR=k_scale_BxLx1xR))
+    cos_BxLx1xR, sin_BxLx1xR, *q_and_k_scales = xpos_tables(positions_BxL, inv_freq, xpos_zeta(rot_dim))
+    return tuple(functools.partial(scale_rotated, cos_BxLx1xR=cos_BxLx1xR, sin_BxLx1xR=sin_BxLx1xR,
+                                   scale_BxLx1xR=scale_BxLx1xR) for scale_BxLx1xR in q_and_k_scales)
 
 
 # ------------------------------------------------------------------------------------------------------- Sandwich
