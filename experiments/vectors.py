@@ -1,7 +1,7 @@
 r"""Train word vectors (gensim Word2Vec or FastText) on a corpus's train split and write a standard file.
 
   research-vectors --corpus=wikipedia-sample --method=word2vec|fasttext --dim=128 --out=FILE [--split=train]
-                   [--window=5] [--min_count=2] [--epochs=5] [--seed=0]
+                   [--window=5] [--min_count=2] [--epochs=5] [--seed=0] [--errors=strict|replace|ignore]
 
 Words are split as the `word` tokenizer splits them. word2vec writes word2vec text; fasttext writes a fastText
 `.bin` with its subword model. Either file is a `--config.model.pretrained.path` for research-train.
@@ -23,6 +23,8 @@ _MIN_COUNT = flags.DEFINE_integer("min_count", 2, "Ignore words seen fewer times
 _EPOCHS = flags.DEFINE_integer("epochs", 5, "Passes over the text.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed (training runs on one worker thread: deterministic).")
 _CACHE_DIR = flags.DEFINE_string("cache_dir", "", "Corpus cache (as data.cache_dir).")
+_ERRORS = flags.DEFINE_enum("errors", "strict", list(corpora.ERROR_POLICIES),
+                            "Undecodable bytes in text: corpora (as data.errors).")
 
 
 @run_main
@@ -30,7 +32,7 @@ def main(argv):
   if len(argv) > 1:
     raise train_vectors.VectorsError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)  # gensim logs every epoch at INFO
-  corpus = corpora.load_corpus(_CORPUS.value, cache_dir=_CACHE_DIR.value or None)
+  corpus = corpora.load_corpus(_CORPUS.value, errors=_ERRORS.value, cache_dir=_CACHE_DIR.value or None)
   sentences = train_vectors.sentences_of(corpus.split(_SPLIT.value), tokenizers.split_words)
   model = train_vectors.train_vectors(sentences, _METHOD.value, _DIM.value, window=_WINDOW.value,
                                       min_count=_MIN_COUNT.value, epochs=_EPOCHS.value, seed=_SEED.value)

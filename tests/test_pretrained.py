@@ -365,6 +365,21 @@ def test_the_vectors_cli_trains_on_train_text_only_and_is_reproducible_across_pr
   assert bad.returncode == 2 and bad.stderr.strip().splitlines() == ["error: --dim=0 must be an integer >= 1"]
 
 
+
+def test_the_vectors_cli_refuses_undecodable_text_in_one_line_and_loads_it_with_errors_replace(tmp_path):
+  lines = [f"alpha beta gamma {i % 3}" for i in range(30)]
+  (tmp_path / "c.txt").write_bytes(("\n".join(lines) + "\n").encode() + b"caf\xe9 alpha beta\n")
+  args = (f"--corpus=text:{tmp_path / 'c.txt'}", "--method=word2vec", "--dim=4", "--min_count=1", "--epochs=1",
+          f"--out={tmp_path / 'v.txt'}", f"--cache_dir={tmp_path / 'cache'}")
+  bad = cli("experiments.vectors", *args)
+  assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr[-2000:]
+  assert "invalid UTF-8" in bad.stderr and "data.errors=replace" in bad.stderr and "--errors" in bad.stderr
+  assert not (tmp_path / "v.txt").exists()
+  good = cli("experiments.vectors", *args, "--errors=replace")
+  assert good.returncode == 0, good.stderr[-2000:]
+  assert {"alpha", "beta"} <= set(gensim_vectors(tmp_path / "v.txt").index_to_key)
+
+
 # ------------------------------------------------------------------------------------ the pretrained sweep
 
 

@@ -187,7 +187,7 @@ def read_text_file(path: str | os.PathLike, errors: str = "strict") -> str:
   except UnicodeDecodeError as e:
     raise CorpusError(
         f"{path}: invalid UTF-8 at byte offset {e.start} ({data[e.start:e.start + 4]!r}); "
-        "pass errors='replace' or errors='ignore' to load it anyway") from None
+        "set data.errors=replace or data.errors=ignore (research-vectors: --errors) to load it anyway") from None
 
 
 def resolve_text_files(pattern: str) -> list[Path]:
