@@ -62,6 +62,43 @@ def test_a_word_runs_table_is_scored_row_by_row_and_written_to_eval(word_run):
   assert next(iter(report["neighbours"])) == most_frequent
 
 
+def test_the_initial_table_is_scored_on_the_same_words_as_the_floor(word_run, tmp_path):
+  import shutil
+  report = quality.analyze_run(word_run)
+  _, table, tok, _ = quality.run_table(word_run)
+  init = np.load(word_run / loop.INIT_TABLE_FILE)
+  assert init.shape == table.shape and not np.array_equal(init, table)
+  expected = quality.benchmarks(quality.word_vectors(init, tok, "word", quality.benchmark_words())[0])
+  assert report["benchmarks_init"] == expected
+  lines = quality.summary_lines(report)
+  assert lines[0].endswith(f"; initial table {100 * expected['analogy']['accuracy']:.1f} %)")
+  assert lines[1].endswith(f"; initial table {expected['wordsim353']['spearman']:.3f})")
+  # A run without its initial table (one from before the file existed, or a file of another shape): no floor.
+  for damage in ("remove", "reshape"):
+    copy = shutil.copytree(word_run, tmp_path / damage)
+    if damage == "remove":
+      (copy / loop.INIT_TABLE_FILE).unlink()
+    else:
+      np.save(copy / loop.INIT_TABLE_FILE, init[:, :-1])
+    older = quality.analyze_run(copy)
+    assert older["benchmarks_init"] is None and older["benchmarks"] == report["benchmarks"]
+    assert not any("initial table" in line for line in quality.summary_lines(older))
+
+
+def test_random_subword_tables_score_on_analogies_from_spelling_alone():
+  """Why the floor is reported: composing words from shared pieces solves syntactic analogies (walk : walked ::
+  jump : jumped) with random rows; the same words with unshared random vectors solve next to none."""
+  from research.data import corpora
+  tok = tokenizers.train_tokenizer("bpe", corpora.load_corpus("lee").train, 2000)
+  table = np.random.default_rng(0).normal(size=(tok.get_vocab_size(), 32)).astype(np.float32)
+  composed, _ = quality.word_vectors(table, tok, "bpe", quality.benchmark_words())
+  unshared = quality.keyed_vectors(composed.index_to_key,
+                                   np.random.default_rng(1).normal(size=composed.vectors.shape))
+  spelled, independent = quality.benchmarks(composed)["analogy"], quality.benchmarks(unshared)["analogy"]
+  assert spelled["coverage"] == independent["coverage"] > 0.9
+  assert spelled["accuracy"] > 0.05 > 0.005 > independent["accuracy"]
+
+
 def test_a_subword_word_vector_is_the_mean_of_its_pieces_rows():
   from research.data import corpora
   tok = tokenizers.train_tokenizer("bpe", corpora.load_corpus("lee").train[:100], 400)

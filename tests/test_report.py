@@ -458,14 +458,20 @@ def quality_benchmarks():
   return quality.benchmarks(kv)
 
 
-def _write_quality(trial_dir, benchmarks, analogy, wordsim, simlex):
-  """eval/embedding_quality.json through research-analyze's writer, with these figures."""
+def _write_quality(trial_dir, benchmarks, analogy, wordsim, simlex, analogy_init=None):
+  """eval/embedding_quality.json through research-analyze's writer, with these figures (and the initial table's
+  analogy accuracy when given; None writes what a run without embedding_init.npy gets)."""
   import copy
   from research.analysis import quality
   record = copy.deepcopy(benchmarks)
   record["analogy"]["accuracy"], record["wordsim353"]["spearman"], record["simlex999"]["spearman"] = \
       analogy, wordsim, simlex
-  quality.write_quality(trial_dir, {"checkpoint_step": 100, "benchmarks": record, "neighbours": {}})
+  start = None
+  if analogy_init is not None:
+    start = copy.deepcopy(benchmarks)
+    start["analogy"]["accuracy"] = analogy_init
+  quality.write_quality(trial_dir, {"checkpoint_step": 100, "benchmarks": record, "neighbours": {},
+                                    "benchmarks_init": start})
 
 
 def test_embedding_quality_columns_appear_when_analyzed_and_the_highest_is_best(tmp_path, quality_benchmarks):
@@ -486,6 +492,28 @@ def test_embedding_quality_columns_appear_when_analyzed_and_the_highest_is_best(
   assert alibi[-1].startswith("**0.200 (n=1)")  # a null correlation is n/a for that trial, not a zero
   assert "not analyzed (no eval/embedding_quality.json; run research-analyze)" in report.table
   assert "analogy acc." in (tmp_path / "table.tex").read_text()
+
+
+def test_the_initial_tables_analogy_floor_is_a_descriptive_column_when_any_trial_has_it(tmp_path,
+                                                                                        quality_benchmarks):
+  for seed in (0, 1):
+    write_trial(tmp_path, f"a{seed}", "alibi", seed)
+    write_trial(tmp_path, f"r{seed}", "rope", seed)
+  for name, analogy in (("a0", 0.10), ("a1", 0.20), ("r0", 0.05), ("r1", 0.07)):
+    _write_quality(tmp_path / name, quality_benchmarks, analogy, 0.3, 0.2)
+  assert "analogy acc at init" not in build_report(tmp_path).table  # no trial has the figure: no column
+  for name, floor in (("a0", 0.02), ("a1", 0.04), ("r0", 0.30)):
+    _write_quality(tmp_path / name, quality_benchmarks, 0.10 if name == "a0" else 0.20 if name == "a1" else 0.05,
+                   0.3, 0.2, analogy_init=floor)
+  report = build_report(tmp_path)
+  header, rows = parse_md_table(report.table)
+  at = header.index("analogy acc at init") - len(header)  # rows are indexed from the end, as above
+  assert header[at - 3:at] == ["analogy acc", "WordSim ρ", "SimLex ρ"]
+  alibi, rope = rows["position=alibi"], rows["position=rope"]
+  assert alibi[at].startswith("0.030 ± 0.014") and rope[at].startswith("0.300 (n=1)")  # descriptive: no bold
+  assert "**" not in alibi[at] + rope[at]
+  assert "no initial table scored" in report.table  # r1 was analyzed without one
+  assert "analogy acc.\\ at init" in (tmp_path / "table.tex").read_text()
 
 
 def _write_rare(trial_dir, scale, seed):

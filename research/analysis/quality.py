@@ -15,6 +15,11 @@ A run's table becomes word vectors like this (docs/embeddings.md): the keys are 
 mean of the table rows of the pieces the run's tokenizer splits it into (for the `word` tokenizer, a word in the
 vocabulary is one piece: the row itself). A word that encodes to `[UNK]` has no vector (it is out of vocabulary).
 Byte-level tokenizers encode a word with a leading space, the form it has inside running text ("Ġword").
+
+A run's figures come with the same benchmarks on its initial table (`RUN/embedding_init.npy`, `benchmarks_init`):
+for a subword tokenizer, vectors composed from the pieces score well above zero on the analogies from spelling
+alone, random rows included (the syntactic sections: walk − walked + swim is near swam's pieces), so the initial
+figure is the floor a trained table is read against (docs/embeddings.md, "The floor of a subword table").
 """
 
 from __future__ import annotations
@@ -212,6 +217,16 @@ def run_table(workdir: str | os.PathLike, checkpoint: str = "best"):
   return run, np.asarray(run.params["token_embed"]["embedding"], np.float32), tokenizer, counts
 
 
+def initial_table(workdir: str | os.PathLike, shape: tuple[int, ...]) -> np.ndarray | None:
+  """RUN/embedding_init.npy when it is this table's start (same shape), else None (a run from before the file)."""
+  from research.train import loop
+  path = Path(workdir) / loop.INIT_TABLE_FILE
+  if not path.exists():
+    return None
+  init_VxD = np.load(path)
+  return init_VxD if init_VxD.shape == tuple(shape) else None
+
+
 def analyze_run(workdir: str | os.PathLike, checkpoint: str = "best", *, export_word2vec_path=None,
                 export_projector_dir=None) -> dict[str, Any]:
   """Scores the input table of the run's best (or last) checkpoint; writes RUN/eval/embedding_quality.json."""
@@ -220,13 +235,17 @@ def analyze_run(workdir: str | os.PathLike, checkpoint: str = "best", *, export_
   kind = run.config.data.tokenizer
   tokens = tokenizers_lib.vocabulary(tokenizer)
   kv, sizes = word_vectors(table_VxD, tokenizer, kind, benchmark_words())
+  init_VxD = initial_table(workdir, table_VxD.shape)
   # Query words: tokens that begin a word (not "##ing" or a BPE piece inside a word), most frequent first.
   words = [w if pretrained.starts_word(t, kind) else "" for t, w in zip(tokens, pretrained.token_words(tokens, kind))]
   query = [w for w in frequent_words(words, counts) if w in kv.key_to_index]
   report = {"checkpoint_step": run.step, "tokenizer": kind, "vocab_size": len(tokens),
             "dim": int(table_VxD.shape[1]),
             "word_vectors": "row" if kind == "word" else "mean of the pieces' rows", **sizes,
-            "benchmarks": benchmarks(kv), "neighbours": neighbours(kv, query)}
+            "benchmarks": benchmarks(kv), "neighbours": neighbours(kv, query),
+            # The same words composed from the initial table: the floor the trained figures are read against.
+            "benchmarks_init": None if init_VxD is None else benchmarks(
+                word_vectors(init_VxD, tokenizer, kind, benchmark_words())[0])}
   write_quality(workdir, report)
   if export_word2vec_path:
     export_word2vec(table_VxD, tokens, export_word2vec_path)
@@ -246,11 +265,16 @@ def write_quality(workdir: str | os.PathLike, report: dict[str, Any]) -> Path:
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
   b = report["benchmarks"]
+  start = report.get("benchmarks_init") or {}  # absent for a vector file, None for a run without its initial table
   pct = lambda x: "n/a" if x is None else f"{100 * x:.1f} %"  # noqa: E731
   num = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
-  lines = [f"analogy accuracy {pct(b['analogy']['accuracy'])} (coverage {pct(b['analogy']['coverage'])})"]
-  for name in PAIR_BENCHMARKS:
-    lines.append(f"{name} spearman {num(b[name]['spearman'])} (coverage {pct(b[name]['coverage'])})")
+
+  def line(name: str, label: str, key: str, fmt) -> str:
+    floor = f"; initial table {fmt(start[name][key])}" if start else ""
+    return f"{label} {fmt(b[name][key])} (coverage {pct(b[name]['coverage'])}{floor})"
+
+  lines = [line("analogy", "analogy accuracy", "accuracy", pct)]
+  lines += [line(name, f"{name} spearman", "spearman", num) for name in PAIR_BENCHMARKS]
   for word, near in report["neighbours"].items():
     lines.append(f"{word}: {', '.join(n for n, _ in near)}")
   return lines

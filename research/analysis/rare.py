@@ -307,12 +307,14 @@ def _save(fig, path: Path) -> None:
 # ----------------------------------------------------------------------------------------------- entry point
 
 
-def run_arrays(workdir: Path, params: Any) -> dict[str, Any]:
-  """(init table or None, present counts or None, head [V, width] or None) from a run's files and parameters."""
+def run_arrays(workdir: Path, params: Any, table_shape: tuple[int, ...]) -> dict[str, Any]:
+  """(init table or None, present counts or None, head [V, width] or None) from a run's files and parameters; the
+  init table is None when it is not this table's start (an older run's file)."""
+  from research.analysis import quality
   from research.train import loop
-  init_file, counts_file = workdir / loop.INIT_TABLE_FILE, workdir / loop.UPDATE_COUNTS_FILE
+  counts_file = workdir / loop.UPDATE_COUNTS_FILE
   head = params.get("lm_head", {}).get("kernel") if isinstance(params.get("lm_head"), dict) else None
-  return {"init_VxD": np.load(init_file) if init_file.exists() else None,
+  return {"init_VxD": quality.initial_table(workdir, table_shape),
           "present_V": np.load(counts_file)["present"] if counts_file.exists() else None,
           "head_VxD": None if head is None else np.asarray(head, np.float32).T}
 
@@ -370,10 +372,8 @@ def analyze_run(workdir: str | os.PathLike, checkpoint: str = "best", base: floa
     raise quality.AnalysisError(f"run {str(workdir)!r} has no token_counts.npy: frequency buckets need it")
   kind = run.config.data.tokenizer
   tokens = tokenizers_lib.vocabulary(tokenizer)
-  arrays = run_arrays(workdir, run.params)
-  init = arrays["init_VxD"]
-  if init is not None and init.shape != table_VxD.shape:
-    init = None  # not this table (an older run's file): no drift rather than a wrong one
+  arrays = run_arrays(workdir, run.params, table_VxD.shape)
+  init = arrays["init_VxD"]  # None for an older run's file: no drift rather than a wrong one
   words = pretrained.token_words(tokens, kind) if kind == "word" else None
   if words is not None:  # the five special tokens are not words
     words = ["" if t in tokenizers_lib.SPECIAL_TOKENS else w for t, w in zip(tokens, words)]

@@ -28,9 +28,13 @@ SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
 EXTRAPOLATION_FILE = pathlib.Path("eval") / "extrapolation.json"
 QUALITY_FILE = pathlib.Path("eval") / "embedding_quality.json"
-# Figures of embedding_quality.json that reports show: name -> path under "benchmarks" (higher is better for all).
-QUALITY_FIGURES = {"analogy": ("analogy", "accuracy"), "wordsim353": ("wordsim353", "spearman"),
-                   "simlex999": ("simlex999", "spearman")}
+# Figures of embedding_quality.json that reports show: name -> (block, benchmark, key); "benchmarks" is the trained
+# table (higher is better), "benchmarks_init" the same words from the initial table (the floor: descriptive).
+QUALITY_FIGURES = {"analogy": ("benchmarks", "analogy", "accuracy"),
+                   "wordsim353": ("benchmarks", "wordsim353", "spearman"),
+                   "simlex999": ("benchmarks", "simlex999", "spearman"),
+                   "analogy_init": ("benchmarks_init", "analogy", "accuracy")}
+QUALITY_FLOORS = ("analogy_init",)
 RARE_FILE = pathlib.Path("eval") / "rare_tokens.json"
 # Figures of rare_tokens.json that reports show (research/analysis/rare.py writes them; a test keeps the names in
 # step): the input table's geometry, one table column each, and the per-bucket means, one plot each.
@@ -317,12 +321,13 @@ def _read_scaled(path: pathlib.Path) -> dict[str, Extrapolation]:
 def _read_quality(path: pathlib.Path) -> dict[str, float | None] | None:
   if not path.is_file():
     return None
-  benchmarks = _read_json_object(path).get("benchmarks")
-  if not isinstance(benchmarks, dict):
+  data = _read_json_object(path)
+  if not isinstance(data.get("benchmarks"), dict):
     raise ReportError(f"{path} has no 'benchmarks' object")
   out = {}
-  for name, (section, key) in QUALITY_FIGURES.items():
-    value = benchmarks.get(section, {}).get(key) if isinstance(benchmarks.get(section), dict) else None
+  for name, (block, section, key) in QUALITY_FIGURES.items():  # benchmarks_init: null or absent in older files
+    figures = data.get(block) if isinstance(data.get(block), dict) else {}
+    value = figures.get(section, {}).get(key) if isinstance(figures.get(section), dict) else None
     out[name] = _finite_or_none(value)
   return out
 

@@ -3,7 +3,9 @@
 Rows are groups (one per combination of the swept fields other than seed), columns are `valid ppl` (summary.json),
 `best valid ppl` (summary.json's best evaluation) when any trial's best evaluation came before its last,
 `valid ppl (rare)` when any trial has summary.json's `valid_ppl_rare`, one per evaluation length (eval/extrapolation.json) and, when any trial was analyzed (eval/embedding_quality.json),
-analogy accuracy and the WordSim-353 / SimLex-999 Spearman correlations of its table, and, when any trial was
+analogy accuracy and the WordSim-353 / SimLex-999 Spearman correlations of its table (plus `analogy acc at init`,
+the same analogies on its initial table when any trial has that figure: the floor a subword table's composed
+vectors reach from spelling alone; descriptive), and, when any trial was
 analyzed with `--rare` (eval/rare_tokens.json), the input table's geometry (anisotropy, variance share of the top 1
 and 10 components, Mu & Viswanath's isotropy, Spearman of norm with frequency; descriptive: no best is marked) and,
 when rare_tokens.json has `absent_rows`, the rows no batch held and the largest change of theirs from the initial
@@ -24,14 +26,16 @@ import math
 import re
 from typing import Any
 
-from research.report.runs import (MISSING, QUALITY_FIGURES, QUALITY_FILE, RARE_ABSENT, RARE_FILE, RARE_GEOMETRY,
-                                  RunSet, Trial, extrapolation_file, hashable)
+from research.report.runs import (MISSING, QUALITY_FIGURES, QUALITY_FILE, QUALITY_FLOORS, RARE_ABSENT, RARE_FILE,
+                                  RARE_GEOMETRY, RunSet, Trial, extrapolation_file, hashable)
 
 VALID_PPL = "valid_ppl"
 BEST_VALID_PPL = "best_valid_ppl"  # summary.json: the run's best evaluation (early stopping's figure)
 VALID_PPL_RARE = "valid_ppl_rare"  # summary.json: validation targets seen < 10 times in training (docs/rare_tokens.md)
-QUALITY_HEADERS = {"analogy": "analogy acc", "wordsim353": "WordSim ρ", "simlex999": "SimLex ρ"}
-QUALITY_LATEX = {"analogy": "analogy acc.", "wordsim353": "WordSim $\\rho$", "simlex999": "SimLex $\\rho$"}
+QUALITY_HEADERS = {"analogy": "analogy acc", "wordsim353": "WordSim ρ", "simlex999": "SimLex ρ",
+                   "analogy_init": "analogy acc at init"}
+QUALITY_LATEX = {"analogy": "analogy acc.", "wordsim353": "WordSim $\\rho$", "simlex999": "SimLex $\\rho$",
+                 "analogy_init": "analogy acc.\\ at init"}
 # The input table's geometry (eval/rare_tokens.json): no direction is better, so no column marks a best.
 GEOMETRY_HEADERS = {"anisotropy": "anisotropy", "variance_top1": "var top-1", "variance_top10": "var top-10",
                     "isotropy": "isotropy", "norm_freq_spearman": "norm~freq ρ"}
@@ -50,17 +54,17 @@ class Column:
   header: str  # valid ppl | 1× (64)
   multiple: float | None = None
   length: int | None = None
-  quality: str | None = None  # a QUALITY_FIGURES name: higher is better
+  quality: str | None = None  # a QUALITY_FIGURES name: higher is better (a QUALITY_FLOORS one: descriptive)
   geometry: str | None = None  # a RARE_GEOMETRY name: descriptive, no best
   absent: str | None = None  # a RARE_ABSENT name: descriptive, no best
 
   @property
   def descriptive(self) -> bool:
-    return self.geometry is not None or self.absent is not None
+    return self.geometry is not None or self.absent is not None or self.quality in QUALITY_FLOORS
 
   @property
   def higher_is_better(self) -> bool:
-    return self.quality is not None
+    return self.quality is not None and self.quality not in QUALITY_FLOORS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +155,8 @@ def _columns(trials: list[Trial]) -> list[Column]:
     columns.append(Column(f"ppl_{_multiple_text(multiple)}x_{length}", f"{_multiple_text(multiple)}× ({length})",
                           multiple=multiple, length=length))
   if any(t.quality is not None for t in trials):
-    columns += [Column(f"quality_{name}", QUALITY_HEADERS[name], quality=name) for name in QUALITY_FIGURES]
+    columns += [Column(f"quality_{name}", QUALITY_HEADERS[name], quality=name) for name in QUALITY_FIGURES
+                if name not in QUALITY_FLOORS or any((t.quality or {}).get(name) is not None for t in trials)]
   if any(t.rare is not None for t in trials):
     columns += [Column(f"geometry_{name}", GEOMETRY_HEADERS[name], geometry=name) for name in RARE_GEOMETRY]
   if any(t.rare is not None and t.rare.absent is not None for t in trials):
@@ -188,6 +193,8 @@ def _trial_value(trial: Trial, column: Column, rope_scaling: str | None = None) 
     if trial.quality is None:
       return None, f"not analyzed (no {QUALITY_FILE.as_posix()}; run research-analyze)"
     value = trial.quality.get(column.quality)
+    if value is None and column.quality in QUALITY_FLOORS:
+      return None, "no initial table scored (a run without RUN/embedding_init.npy, or analyzed before the figure)"
     return (value, None) if value is not None else (None, f"{column.quality} not scored (no covered items)")
   if column.geometry is not None:
     if rope_scaling is not None:
