@@ -226,6 +226,10 @@ def test_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_pa
     (["--config.data.seq_len=1"], "data.seq_len=1 must be >= 2"),
     (["--config.data.vocab_size=100"], "data.vocab_size=100: vocab_size=100 is too small for a 'bpe' tokenizer"),
     (["--config.model.num_heads=3"], "model.num_heads=3 does not divide the model width 64"),
+    (["--config.model.table_dim=-1"], "model.table_dim=-1 must be an integer >= 0 (0 = d_model)"),
+    # checked with the CNN off too, so a sweep that switches it on does not fail in its 40th trial
+    (["--config.model.char_filters=3:"], "model.char_filters='3:': expected 'width:count,...' such as"),
+    (["--config.model.char_embeddings=sum", "--config.model.char_dim=0"], "model.char_dim=0 must be a positive"),
     (["--config.objective=seq2seq"], "objective='seq2seq' is not one of clm, mlm"),
     (["--config.mesh.data=3"], "mesh.data=3, mesh.fsdp=1: mesh data=3 x fsdp=1 = 3 devices, but 1 devices"),
     (["--workdir=gs://bucket/run"], "workdir 'gs://bucket/run' is a URL; run directories are local or shared"),

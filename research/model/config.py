@@ -127,10 +127,10 @@ class ModelConfig:
     if not isinstance(self.table_dim, int) or self.table_dim < 0:
       raise ValueError(f"model.table_dim={self.table_dim!r} must be an integer >= 0 (0 = d_model)")
     _choice("model.char_embeddings", self.char_embeddings, CHAR_EMBEDDINGS)
+    chars.parse_filters(self.char_filters)  # checked even when unused: a sweep that switches the CNN on meets it
+    if not isinstance(self.char_dim, int) or self.char_dim < 1:
+      raise ValueError(f"model.char_dim={self.char_dim!r} must be a positive integer")
     if self.char_embeddings != "none":
-      chars.parse_filters(self.char_filters)
-      if not isinstance(self.char_dim, int) or self.char_dim < 1:
-        raise ValueError(f"model.char_dim={self.char_dim!r} must be a positive integer")
       if self.token_dropout:
         raise ValueError("model.token_dropout drops table rows; with model.char_embeddings it is not supported")
     if self.pos_dim < 0:
