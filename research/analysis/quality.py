@@ -18,7 +18,7 @@ Byte-level tokenizers encode a word with a leading space, the form it has inside
 
 A run's figures come with the same benchmarks on its initial table (`RUN/embedding_init.npy`, `benchmarks_init`):
 for a subword tokenizer, vectors composed from the pieces score well above zero on the analogies from spelling
-alone, random rows included (the syntactic sections: walk − walked + swim is near swam's pieces), so the initial
+alone, random rows included (the syntactic sections: walking − walk + swim shares swimming's pieces), so the initial
 figure is the floor a trained table is read against (docs/embeddings.md, "The floor of a subword table").
 """
 
