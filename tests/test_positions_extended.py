@@ -98,6 +98,49 @@ def test_fire_bias_depends_only_on_distance_while_positions_stay_within_l(kind):
   assert not np.allclose(a, c, atol=1e-4)
 
 
+@pytest.mark.parametrize("batch,length,block_budget", [(1, 40, 40 * fire.MLP_WIDTH * 7),  # 6 rows a block
+                                                         (3, 33, 1), (2, 16, 10**9)])  # 1 row; one whole block
+def test_fire_in_query_blocks_is_the_same_mlp(batch, length, block_budget):
+  import flax.linen as nn
+  params = init(tiny(position="fire"))["params"]["block_0"]["attention"]["position_embed"]
+  params = perturbed({"position_embed": params})["position_embed"]
+  pos = jnp.arange(batch * length).reshape(batch, length) % 29 * 37  # beyond L too, rows differ
+  x = fire.fire_inputs(pos, pos, params["c"], 512.0, causal=True)
+  direct = nn.Dense(2).apply({"params": params["mlp_out"]},
+                             nn.relu(nn.Dense(fire.MLP_WIDTH).apply({"params": params["mlp_hidden"]}, x[..., None])))
+  blocked = fire.mlp_in_query_blocks(x, params["mlp_hidden"], params["mlp_out"], block_budget)
+  assert blocked.shape == (batch, 2, length, length)
+  np.testing.assert_allclose(blocked, jnp.moveaxis(direct, -1, 1), rtol=1e-6, atol=1e-6)
+
+
+def test_fire_above_the_hidden_budget_runs_in_blocks_with_the_same_loss_and_gradients_and_less_memory(monkeypatch):
+  cfg = tiny(position="fire")
+  variables = perturbed(init(cfg))
+  x = tokens(batch=2, length=24)
+
+  def loss(params):
+    return jnp.mean(Transformer(cfg).apply({"params": params}, x) ** 2)
+
+  def bias_temp_bytes(hidden_budget, block_budget):
+    """XLA's own account of the compiled bias at 2048 × 2048 (temporaries, the output excluded)."""
+    monkeypatch.setattr(fire, "HIDDEN_BUDGET", hidden_budget)
+    monkeypatch.setattr(fire, "BLOCK_BUDGET", block_budget)
+    own = {"params": variables["params"]["block_0"]["attention"]["position_embed"]}
+    fn = jax.jit(lambda v, p: fire.FirePositions(cfg).apply(v, p, p, method="bias"))
+    return fn.lower(own, jnp.arange(2048)[None]).compile().memory_analysis().temp_size_in_bytes
+
+  direct = jax.value_and_grad(loss)(variables["params"])
+  monkeypatch.setattr(fire, "HIDDEN_BUDGET", 24 * 24 * fire.MLP_WIDTH - 1)  # this batch's shared row: just over
+  monkeypatch.setattr(fire, "BLOCK_BUDGET", 24 * 5 * fire.MLP_WIDTH)  # 5 query rows a block
+  blocked = jax.value_and_grad(loss)(variables["params"])
+  np.testing.assert_allclose(blocked[0], direct[0], rtol=1e-6)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7), blocked[1], direct[1])
+  hidden_bytes = 2048 * 2048 * fire.MLP_WIDTH * 4  # the [L, S, 32] float32 hidden layer: 512 MiB
+  whole, in_blocks = bias_temp_bytes(10**12, 1 << 20), bias_temp_bytes(1 << 20, 1 << 20)
+  # What is left in blocks is the [H, L, S] bias, its input and one 4 MiB block: a few [L, S] arrays, not 32.
+  assert whole >= hidden_bytes > 4 * in_blocks and whole > 5 * in_blocks, (whole, in_blocks)
+
+
 def test_fire_owns_an_mlp_c_and_a_length_multiplier_in_every_layer():
   params = init(tiny(position="fire", num_layers=3))["params"]
   for i in range(3):

@@ -28,6 +28,11 @@ MLP_WIDTH = 32
 INIT_C = 0.1
 INIT_L = 512.0
 EPS = 1e-6
+# The MLP's hidden activations [rows, L, S, 32] are computed in blocks of query rows when they would exceed this many
+# elements (256 MiB of float32): a 4096-token evaluation needs 2.1 GB per layer in one piece, 8192 tokens 8.6 GB.
+# Training shapes (one shared row of 256 × 256: 2 M) stay in one piece, so their numerics do not change.
+HIDDEN_BUDGET = 1 << 26
+BLOCK_BUDGET = 1 << 24  # elements of one block's hidden activations (64 MiB)
 
 
 def fire_inputs(q_positions_BxL, k_positions_BxS, c, threshold, causal: bool):
@@ -69,5 +74,29 @@ class FirePositions(PositionalScheme):
   def rows_bias(self, q_positions_BxL, k_positions_BxL):
     threshold = jnp.abs(self.length_multiplier * INIT_L)
     x_BxLxS = fire_inputs(q_positions_BxL, k_positions_BxL, self.c, threshold, self.cfg.causal)
+    if x_BxLxS.size * MLP_WIDTH > HIDDEN_BUDGET and not self.is_initializing():
+      return mlp_in_query_blocks(x_BxLxS, self.mlp_hidden.variables["params"], self.mlp_out.variables["params"])
     bias_BxLxSxH = self.mlp_out(nn.relu(self.mlp_hidden(x_BxLxS[..., None])))
     return jnp.moveaxis(bias_BxLxSxH, -1, 1)  # [B, H, L, S]
+
+
+def mlp_in_query_blocks(x_BxLxS, hidden_params, out_params, block_budget: int = BLOCK_BUDGET):
+  """The bias f_θ(x) as [B, H, L, S], computed in a loop over blocks of query rows written in place into one
+  output, so only one block's [B, rows, S, 32] hidden activations are live at a time (the same two Dense layers,
+  applied to the given params)."""
+  B, L, S = x_BxLxS.shape
+  H = out_params["bias"].shape[0]
+  rows = max(1, min(L, block_budget // (B * S * MLP_WIDTH)))
+  blocks = -(-L // rows)
+  x_BxPxS = jnp.pad(x_BxLxS, ((0, 0), (0, blocks * rows - L), (0, 0)))  # P = blocks·rows ≥ L (no copy when equal)
+  # Unbound copies of the two layers (parent=None: not submodules of the calling module), applied to given params.
+  hidden = nn.Dense(MLP_WIDTH, dtype=jnp.float32, param_dtype=jnp.float32, parent=None)
+  out = nn.Dense(H, dtype=jnp.float32, param_dtype=jnp.float32, parent=None)
+
+  def block(i, bias_BxHxPxS):
+    x_BxRxS = jax.lax.dynamic_slice_in_dim(x_BxPxS, i * rows, rows, axis=1)
+    y_BxRxSxH = out.apply({"params": out_params}, nn.relu(hidden.apply({"params": hidden_params}, x_BxRxS[..., None])))
+    return jax.lax.dynamic_update_slice_in_dim(bias_BxHxPxS, jnp.moveaxis(y_BxRxSxH, -1, 1), i * rows, axis=2)
+
+  bias_BxHxPxS = jax.lax.fori_loop(0, blocks, block, jnp.zeros((B, H, blocks * rows, S), jnp.float32))
+  return bias_BxHxPxS[:, :, :L]
