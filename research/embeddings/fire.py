@@ -54,7 +54,8 @@ def torch_linear_init(fan_in: int):
 @register("fire")
 class FirePositions(PositionalScheme):
   """FIRE bias per layer: params mlp_hidden (1→32, bias), mlp_out (32→H, bias), c (scalar), length_multiplier
-  (scalar). The [B, L, S, 32] hidden activations make it the most memory-hungry bias here (as in the paper)."""
+  (scalar). The [B, L, S, 32] hidden activations make it the most memory-hungry bias here (as in the paper); above
+  HIDDEN_BUDGET they are computed in blocks of query rows (docs/benchmarks.md, "FIRE's MLP in query blocks")."""
 
   per_layer = True
 
