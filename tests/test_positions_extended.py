@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from research.embeddings import cope, fire, kerple, positions, registry, relative
+from research.model import attention as attention_lib
 from research.model.attention import attention_logits, attention_mask
 from research.model.config import ModelConfig
 from research.model.transformer import Transformer
@@ -743,3 +744,44 @@ def test_an_external_scheme_runs_as_a_sweep_trial_subprocess_and_is_evaluated(tm
   (record,) = status.values()
   assert record["status"] == "finished", record
   assert (tmp_path / "out" / sweep.trials[0].name / "eval" / "extrapolation.json").exists()
+
+
+@pytest.mark.parametrize("position", ["fire", "kerple_log"])
+def test_a_per_layer_bias_in_layer_order_is_the_same_bias_and_gradient(position, monkeypatch):
+  cfg = tiny(position=position)
+  variables = perturbed(init(cfg))
+  x = tokens(batch=2, length=12)
+  pos = jnp.arange(24).reshape(2, 12) % 9  # rows differ: the per-row path
+
+  def loss(params):
+    return jnp.mean(Transformer(cfg).apply({"params": params}, x, pos) ** 2)
+
+  monkeypatch.setattr(attention_lib, "LAYER_ORDER_BUDGET", 10**12)  # the bias as the scheme computes it
+  direct = jax.jit(jax.value_and_grad(loss))(variables["params"])
+  monkeypatch.setattr(attention_lib, "LAYER_ORDER_BUDGET", 0)  # every layer's bias behind its conditional
+  ordered = jax.jit(jax.value_and_grad(loss))(variables["params"])
+  np.testing.assert_allclose(ordered[0], direct[0], rtol=1e-6)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), ordered[1], direct[1])
+
+
+@pytest.mark.parametrize("position", ["fire", "kerple_power"])
+def test_long_inputs_keep_one_layers_position_bias_live_not_one_per_layer(position, monkeypatch):
+  """XLA's own account of a 4-layer forward at 1,024 tokens against 1 layer: above LAYER_ORDER_BUDGET each layer's
+  [H, L, S] bias is computed in its layer, so three more layers add less than one more bias (without it they add
+  about three: 96 -> 159 MB for FIRE)."""
+  length, heads = 1024, 4
+  bias_bytes = heads * length * length * 4  # 16 MiB
+  monkeypatch.setattr(attention_lib, "LAYER_ORDER_BUDGET", attention_lib.LAYER_ORDER_BUDGET // 16)  # 1 M elements
+  assert heads * length * length > attention_lib.LAYER_ORDER_BUDGET
+  monkeypatch.setattr(fire, "HIDDEN_BUDGET", 1 << 20)  # FIRE's hidden layer in blocks, as at long lengths
+  monkeypatch.setattr(fire, "BLOCK_BUDGET", 1 << 20)
+
+  def temp_bytes(layers):
+    cfg = ModelConfig(vocab_size=V, d_model=32, num_layers=layers, num_heads=heads, mlp_dim=64, max_len=length,
+                      position=position)
+    variables = init(cfg)
+    fn = jax.jit(lambda v, t: Transformer(cfg).apply(v, t, jnp.arange(length)[None]))
+    return fn.lower(variables, jnp.zeros((1, length), jnp.int32)).compile().memory_analysis().temp_size_in_bytes
+
+  one, four = temp_bytes(1), temp_bytes(4)
+  assert four - one < bias_bytes, (one, four, bias_bytes)

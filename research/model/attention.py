@@ -22,6 +22,14 @@ Array = Any
 _NEG_INF = -1e30  # finite, so a fully masked row gives a uniform softmax instead of NaN
 CAUSAL_BLOCK = 128  # query block of the causal einsum path (benchmarks/throughput.py: 128 and 64 tie at T=256)
 MAX_CAUSAL_BLOCKS = 8
+# A per-layer scheme's bias (FIRE, Kerple) depends on positions and its own parameters alone, so XLA is free to compute
+# every layer's bias at the start of the forward pass and does: all of them are live at once (4 layers of FIRE at
+# 1,024 tokens: 152 MiB of temporaries against 92 for one layer). Above this many bias elements per row ([H, L, S],
+# 64 MiB of float32) the bias is computed inside a conditional on a value of the layer's input, which cannot run
+# before that input exists, so each layer's bias lives during its layer only (docs/benchmarks.md, "Per-layer biases
+# in layer order"). Every training shape here stays below it (configs/gpt2_small.py: 12 · 1024² = 12.6 M) and is
+# compiled as before; the conditional changes XLA's fusions, so values agree to rounding, not bit for bit.
+LAYER_ORDER_BUDGET = 1 << 24
 
 
 def attention_mask(length_q: int, length_k: int, causal: bool, key_mask_BxL: Array | None = None,
@@ -169,6 +177,16 @@ def resolve(kind: str, backend: str | None = None) -> str:
   return AUTO_ATTENTION.get(backend, "xla")
 
 
+def bias_in_layer_order(own: nn.Module, x_BxLxD: Array, positions_BxL: Array) -> Array:
+  """`own`'s bias, computed only once the layer's input `x_BxLxD` exists: both branches of the conditional compute
+  the same bias, and its predicate reads x (NaN there takes the other branch, which gives the same bias), so the
+  value is the scheme's own and only the schedule changes (see LAYER_ORDER_BUDGET). The bias the caller computed
+  outside is unused and removed by XLA."""
+  def bias(module, positions):
+    return module.attention_hooks(positions, positions).bias
+  return nn.cond(jnp.isnan(x_BxLxD[0, 0, 0]), bias, bias, own, positions_BxL)
+
+
 class MultiHeadAttention(nn.Module):
   """Self-attention. The positional scheme's `hooks` (q/k transforms, a score bias, a logit-dependent bias, each
   possibly None) are computed once by the transformer for a shared scheme; a per-layer scheme (`per_layer`) is
@@ -192,7 +210,11 @@ class MultiHeadAttention(nn.Module):
     q, k, v = (qkv_BxLx3xHxDh[:, :, i] for i in range(3))
     scheme = cfg.scheme
     if scheme.per_layer:
-      hooks = scheme(cfg, name="position_embed").attention_hooks(positions_BxL, positions_BxL)
+      own = scheme(cfg, name="position_embed")
+      hooks = own.attention_hooks(positions_BxL, positions_BxL)
+      if (hooks.bias is not None and hooks.bias.size // hooks.bias.shape[0] > LAYER_ORDER_BUDGET
+          and not self.is_initializing()):
+        hooks = hooks._replace(bias=bias_in_layer_order(own, x_BxLxD, positions_BxL))
     hooks = hooks or AttentionHooks()
     if hooks.q_fn is not None:
       q = hooks.q_fn(q)
