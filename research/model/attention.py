@@ -212,7 +212,8 @@ class MultiHeadAttention(nn.Module):
     if scheme.per_layer:
       own = scheme(cfg, name="position_embed")
       hooks = own.attention_hooks(positions_BxL, positions_BxL)
-      if (hooks.bias is not None and hooks.bias.size // hooks.bias.shape[0] > LAYER_ORDER_BUDGET
+      bias = hooks.bias
+      if (bias is not None and (bias.size // bias.shape[0] if bias.ndim == 4 else bias.size) > LAYER_ORDER_BUDGET
           and not self.is_initializing()):
         hooks = hooks._replace(bias=bias_in_layer_order(own, x_BxLxD, positions_BxL))
     hooks = hooks or AttentionHooks()
