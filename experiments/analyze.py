@@ -1,11 +1,13 @@
 r"""Analyses of an embedding table: word-vector benchmarks, exports.
 
   research-analyze --workdir=RUN [--checkpoint=best|last] [--export_word2vec=FILE] [--export_projector=DIR] [--rare]
-                   [--positions [--positions_batches=N]]
+                   [--positions [--positions_batches=N]] [--vectors_of=table|input]
   research-analyze --vectors=FILE [--format=auto|word2vec|...] [--output=FILE.json]
 
 With --workdir: scores the input table of the run's best checkpoint (Google analogies, WordSim-353, SimLex-999 with
-their coverage; nearest neighbours of 10 frequent words) and writes RUN/eval/embedding_quality.json;
+their coverage; nearest neighbours of 10 frequent words) and writes RUN/eval/embedding_quality.json (with
+--vectors_of=input: the model's input vectors, table projected and combined with the character CNN, to
+RUN/eval/embedding_quality_input.json);
 --export_word2vec writes the table as word2vec text keyed by token strings, --export_projector TensorBoard projector
 files (token and training count as metadata), --rare the rare-token analyses (frequency buckets, geometry, rows no
 batch held and how far they moved: RUN/eval/rare_tokens.json, norm_vs_frequency.png, buckets.png;
@@ -30,6 +32,10 @@ _CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "last"], "Which c
 _OUTPUT = flags.DEFINE_string("output", None, "With --vectors: also write the report as JSON here.")
 _EXPORT_WORD2VEC = flags.DEFINE_string("export_word2vec", None, "Write the run's table as word2vec text here.")
 _EXPORT_PROJECTOR = flags.DEFINE_string("export_projector", None, "Write TensorBoard projector files here.")
+_VECTORS_OF = flags.DEFINE_enum("vectors_of", "table", list(quality.VECTORS_OF),
+                                 "With --workdir: score the table parameter (RUN/eval/embedding_quality.json) or the "
+                                 "model's input vectors: projected, combined with the character CNN "
+                                 "(RUN/eval/embedding_quality_input.json).")
 _RARE = flags.DEFINE_bool("rare", False, "Also the rare-token analyses: RUN/eval/rare_tokens.json and its plots.")
 _POSITIONS = flags.DEFINE_bool("positions", False, "Also pictures of the run's positional scheme and its attention: "
                                "RUN/eval/positions.json and its plots.")
@@ -42,10 +48,13 @@ def check_flags() -> None:
     raise quality.AnalysisError("give exactly one of --workdir=RUN and --vectors=FILE")
   if _VECTORS.value:
     for name, flag in (("export_word2vec", _EXPORT_WORD2VEC), ("export_projector", _EXPORT_PROJECTOR),
-                       ("rare", _RARE), ("positions", _POSITIONS)):
-      if flag.value:
+                       ("rare", _RARE), ("positions", _POSITIONS), ("vectors_of", _VECTORS_OF)):
+      if flag.value and (name != "vectors_of" or flag.present):
         raise quality.AnalysisError(f"--{name} analyzes or exports a run's table: use it with --workdir, not "
                                     f"--vectors")
+  elif _VECTORS_OF.value != "table" and _RARE.value:
+    raise quality.AnalysisError("--rare analyses the table parameter (drift from RUN/embedding_init.npy); run it "
+                                "without --vectors_of=input")
   elif _OUTPUT.value:
     raise quality.AnalysisError("--output is for --vectors; a run's report goes to RUN/eval/embedding_quality.json")
   if _POSITIONS_BATCHES.present and not _POSITIONS.value:
@@ -66,8 +75,9 @@ def main(argv):
       quality.write_json(report, _OUTPUT.value)
   else:
     report = quality.analyze_run(_WORKDIR.value, _CHECKPOINT.value, export_word2vec_path=_EXPORT_WORD2VEC.value,
-                                 export_projector_dir=_EXPORT_PROJECTOR.value)
-    print(f"{_WORKDIR.value}/{quality.EVAL_DIR}/{quality.QUALITY_FILE} (step {report['checkpoint_step']})")
+                                 export_projector_dir=_EXPORT_PROJECTOR.value, vectors_of=_VECTORS_OF.value)
+    print(f"{_WORKDIR.value}/{quality.EVAL_DIR}/{quality.QUALITY_FILES[_VECTORS_OF.value]} "
+          f"(step {report['checkpoint_step']})")
   print("\n".join(quality.summary_lines(report)))
   if _RARE.value:
     rare_report = rare.analyze_run(_WORKDIR.value, _CHECKPOINT.value)

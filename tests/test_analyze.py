@@ -1,5 +1,6 @@
 """research-analyze: word-vector benchmarks through gensim, a run's table as word vectors, the exports."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -142,6 +143,8 @@ def test_the_projector_export_has_the_table_and_token_metadata(word_run, tmp_pat
     (["--vectors=/nonexistent/v.txt"], "model.pretrained.path='/nonexistent/v.txt': no such file"),
     (["--vectors=x.txt", "--export_word2vec=y.txt"], "--export_word2vec analyzes or exports a run's table"),
     (["--workdir=/nonexistent/run"], "'/nonexistent/run' is not a run directory"),
+    (["--workdir=/nonexistent/run", "--vectors_of=input", "--rare"], "--rare analyses the table parameter"),
+    (["--vectors=x.txt", "--vectors_of=input"], "--vectors_of analyzes or exports a run's table"),
 ])
 def test_cli_user_errors_are_one_line(args, message):
   result = cli("experiments.analyze", *args)
@@ -158,3 +161,40 @@ def test_the_cli_analyzes_a_run_and_writes_both_exports(word_run, tmp_path):
   assert (word_run / "eval" / "embedding_quality.json").exists()
   assert len(KeyedVectors.load_word2vec_format(str(tmp_path / "w.txt")).index_to_key) == 512
   assert (tmp_path / "proj" / "projector_config.pbtxt").exists()
+
+
+def test_the_input_vectors_of_a_plain_table_are_its_rows_scaled(word_run):
+  run, table, _, _ = quality.run_table(word_run)
+  vectors = quality.input_vectors(run)
+  assert vectors.shape == table.shape
+  cosine = np.sum(vectors * table, 1) / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(table, axis=1))
+  np.testing.assert_allclose(cosine, 1.0, atol=1e-5)  # the same directions: only the model's input scale
+  report = quality.analyze_run(word_run, vectors_of="input")
+  assert report["vectors_of"] == "input" and report["benchmarks_init"] is None
+  assert json.loads((word_run / "eval" / "embedding_quality_input.json").read_text())["vectors_of"] == "input"
+  table_report = json.loads((word_run / "eval" / "embedding_quality.json").read_text())
+  for name in ("wordsim353", "simlex999"):  # cosine benchmarks: equal up to float rounding of the scale
+    assert report["benchmarks"][name]["spearman"] == pytest.approx(table_report["benchmarks"][name]["spearman"],
+                                                                   abs=1e-3)
+
+
+def test_a_char_aware_factorized_run_scores_its_combined_input_vectors(tmp_path):
+  workdir = tmp_path / "run"
+  loop.train(tiny_config(**{"data.tokenizer": "word", "train.steps": 2, "train.checkpoint_every": 2,
+                            "train.eval_batches": 1, "train.async_checkpoints": False,
+                            "model.char_embeddings": "sum", "model.table_dim": 8}), workdir)
+  run, table, _, _ = quality.run_table(workdir)
+  vectors = quality.input_vectors(run)
+  assert table.shape[1] == 8 and vectors.shape == (table.shape[0], run.model_cfg.d_model)
+  # Two rows whose table parts are equal still differ through their spellings.
+  rows = run.params["token_embed"]["embedding"].at[5].set(run.params["token_embed"]["embedding"][6])
+  same_table = dataclasses.replace(run, params={**run.params, "token_embed": {**run.params["token_embed"],
+                                                                               "embedding": rows}})
+  moved = quality.input_vectors(same_table)
+  assert not np.allclose(moved[5], moved[6])
+  result = cli("experiments.analyze", f"--workdir={workdir}", "--vectors_of=input")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "embedding_quality_input.json" in result.stdout
+  saved = json.loads((workdir / "eval" / "embedding_quality_input.json").read_text())
+  assert saved["dim"] == run.model_cfg.d_model and saved["vectors_of"] == "input"
+  assert not (workdir / "eval" / "embedding_quality.json").exists()  # the table's report is another file

@@ -38,6 +38,11 @@ from research.data import tokenizers as tokenizers_lib
 from research.embeddings import pretrained
 
 QUALITY_FILE = "embedding_quality.json"
+# What `analyze_run` scores: "table", the token_embed/embedding parameter (V × e), or "input", the vectors the model
+# feeds its first block for each id (scaled, projected to d_model, combined with the character CNN's vector), which
+# is where a factorized or character-aware run's tokens differ from their table rows.
+VECTORS_OF = ("table", "input")
+QUALITY_FILES = {"table": QUALITY_FILE, "input": "embedding_quality_input.json"}
 EVAL_DIR = "eval"
 UNK_ID = 1
 RESTRICT_VOCAB = 300_000  # gensim's default for both evaluations
@@ -217,6 +222,20 @@ def run_table(workdir: str | os.PathLike, checkpoint: str = "best"):
   return run, np.asarray(run.params["token_embed"]["embedding"], np.float32), tokenizer, counts
 
 
+def input_vectors(run) -> np.ndarray:
+  """[V, d_model]: every token's input vector as the model computes it (Transformer.vocab_vectors with the character
+  CNN, else the table's scaled and projected rows), without dropout or positions."""
+  import jax
+
+  from research.model.transformer import Transformer
+
+  def vectors(model):
+    return model.vocab_vectors() if model.cfg.uses_chars else model.token_embed.all_vectors()
+
+  model = Transformer(run.model_cfg, char_ids=run.char_ids)
+  return np.asarray(jax.jit(lambda p: model.apply({"params": p}, method=vectors))(run.params), np.float32)
+
+
 def initial_table(workdir: str | os.PathLike, shape: tuple[int, ...]) -> np.ndarray | None:
   """RUN/embedding_init.npy when it is this table's start (same shape), else None (a run from before the file)."""
   from research.train import loop
@@ -228,25 +247,31 @@ def initial_table(workdir: str | os.PathLike, shape: tuple[int, ...]) -> np.ndar
 
 
 def analyze_run(workdir: str | os.PathLike, checkpoint: str = "best", *, export_word2vec_path=None,
-                export_projector_dir=None) -> dict[str, Any]:
-  """Scores the input table of the run's best (or last) checkpoint; writes RUN/eval/embedding_quality.json."""
+                export_projector_dir=None, vectors_of: str = "table") -> dict[str, Any]:
+  """Scores the input table of the run's best (or last) checkpoint; writes RUN/eval/embedding_quality.json. With
+  vectors_of="input", the model's input vectors instead (`input_vectors`), written to
+  RUN/eval/embedding_quality_input.json; their initial values are not kept, so `benchmarks_init` is null there."""
+  if vectors_of not in VECTORS_OF:
+    raise AnalysisError(f"vectors_of={vectors_of!r} is not one of {', '.join(VECTORS_OF)}")
   workdir = Path(workdir)
   run, table_VxD, tokenizer, counts = run_table(workdir, checkpoint)
+  init_VxD = initial_table(workdir, table_VxD.shape) if vectors_of == "table" else None
+  if vectors_of == "input":
+    table_VxD = input_vectors(run)
   kind = run.config.data.tokenizer
   tokens = tokenizers_lib.vocabulary(tokenizer)
   kv, sizes = word_vectors(table_VxD, tokenizer, kind, benchmark_words())
-  init_VxD = initial_table(workdir, table_VxD.shape)
   # Query words: tokens that begin a word (not "##ing" or a BPE piece inside a word), most frequent first.
   words = [w if pretrained.starts_word(t, kind) else "" for t, w in zip(tokens, pretrained.token_words(tokens, kind))]
   query = [w for w in frequent_words(words, counts) if w in kv.key_to_index]
-  report = {"checkpoint_step": run.step, "tokenizer": kind, "vocab_size": len(tokens),
+  report = {"checkpoint_step": run.step, "tokenizer": kind, "vocab_size": len(tokens), "vectors_of": vectors_of,
             "dim": int(table_VxD.shape[1]),
             "word_vectors": "row" if kind == "word" else "mean of the pieces' rows", **sizes,
             "benchmarks": benchmarks(kv), "neighbours": neighbours(kv, query),
             # The same words composed from the initial table: the floor the trained figures are read against.
             "benchmarks_init": None if init_VxD is None else benchmarks(
                 word_vectors(init_VxD, tokenizer, kind, benchmark_words())[0])}
-  write_quality(workdir, report)
+  write_quality(workdir, report, QUALITY_FILES[vectors_of])
   if export_word2vec_path:
     export_word2vec(table_VxD, tokens, export_word2vec_path)
   if export_projector_dir:
@@ -254,13 +279,14 @@ def analyze_run(workdir: str | os.PathLike, checkpoint: str = "best", *, export_
   return report
 
 
-def write_quality(workdir: str | os.PathLike, report: dict[str, Any]) -> Path:
-  """RUN/eval/embedding_quality.json (what research.report reads; its tests write fixtures through this too)."""
+def write_quality(workdir: str | os.PathLike, report: dict[str, Any], name: str = QUALITY_FILE) -> Path:
+  """RUN/eval/embedding_quality.json (what research.report reads; its tests write fixtures through this too), or
+  `name` there."""
   from research.train import loop
   out_dir = Path(workdir) / EVAL_DIR
   out_dir.mkdir(exist_ok=True)
-  loop.atomic_write_json(out_dir / QUALITY_FILE, report)
-  return out_dir / QUALITY_FILE
+  loop.atomic_write_json(out_dir / name, report)
+  return out_dir / name
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
