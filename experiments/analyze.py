@@ -48,10 +48,13 @@ def check_flags() -> None:
     raise quality.AnalysisError("give exactly one of --workdir=RUN and --vectors=FILE")
   if _VECTORS.value:
     for name, flag in (("export_word2vec", _EXPORT_WORD2VEC), ("export_projector", _EXPORT_PROJECTOR),
-                       ("rare", _RARE), ("positions", _POSITIONS), ("vectors_of", _VECTORS_OF)):
-      if flag.value and (name != "vectors_of" or flag.present):
+                       ("rare", _RARE), ("positions", _POSITIONS)):
+      if flag.value:
         raise quality.AnalysisError(f"--{name} analyzes or exports a run's table: use it with --workdir, not "
                                     f"--vectors")
+    if _VECTORS_OF.present:  # its default ("table") is a value, so it is refused only when given
+      raise quality.AnalysisError("--vectors_of analyzes or exports a run's table: use it with --workdir, not "
+                                  "--vectors")
   elif _VECTORS_OF.value != "table" and _RARE.value:
     raise quality.AnalysisError("--rare analyses the table parameter (drift from RUN/embedding_init.npy); run it "
                                 "without --vectors_of=input")

@@ -223,17 +223,14 @@ def run_table(workdir: str | os.PathLike, checkpoint: str = "best"):
 
 
 def input_vectors(run) -> np.ndarray:
-  """[V, d_model]: every token's input vector as the model computes it (Transformer.vocab_vectors with the character
-  CNN, else the table's scaled and projected rows), without dropout or positions."""
+  """[V, d_model]: every token's input vector as the model computes it (Transformer.vocab_vectors: the table's
+  scaled and projected rows, combined with the character CNN's vectors), without dropout or positions."""
   import jax
 
   from research.model.transformer import Transformer
 
-  def vectors(model):
-    return model.vocab_vectors() if model.cfg.uses_chars else model.token_embed.all_vectors()
-
   model = Transformer(run.model_cfg, char_ids=run.char_ids)
-  return np.asarray(jax.jit(lambda p: model.apply({"params": p}, method=vectors))(run.params), np.float32)
+  return np.asarray(jax.jit(lambda p: model.apply({"params": p}, method="vocab_vectors"))(run.params), np.float32)
 
 
 def initial_table(workdir: str | os.PathLike, shape: tuple[int, ...]) -> np.ndarray | None:

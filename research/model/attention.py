@@ -213,8 +213,8 @@ class MultiHeadAttention(nn.Module):
       own = scheme(cfg, name="position_embed")
       hooks = own.attention_hooks(positions_BxL, positions_BxL)
       bias = hooks.bias
-      if (bias is not None and (bias.size // bias.shape[0] if bias.ndim == 4 else bias.size) > LAYER_ORDER_BUDGET
-          and not self.is_initializing()):
+      row_size = 0 if bias is None else bias.size // bias.shape[0] if bias.ndim == 4 else bias.size  # [H, L, S]
+      if row_size > LAYER_ORDER_BUDGET and not self.is_initializing():
         hooks = hooks._replace(bias=bias_in_layer_order(own, x_BxLxD, positions_BxL))
     hooks = hooks or AttentionHooks()
     if hooks.q_fn is not None:

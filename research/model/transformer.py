@@ -144,9 +144,12 @@ class Transformer(nn.Module):
                                 dot_general=cfg.dot_general)
 
   def vocab_vectors(self):
-    """[V, d_model] with char embeddings: every token vector (scaled, projected) combined with its spelling's CNN
-    vector; computed once per forward pass, for the input lookup and the tied head alike."""
+    """[V, d_model]: every token's input vector (scaled, projected), with char embeddings combined with its
+    spelling's CNN vector; computed once per forward pass, for the input lookup and the tied head alike, when the
+    model has char embeddings (without them the lookup reads the table directly)."""
     tok_VxD = self.token_embed.all_vectors()
+    if not self.cfg.uses_chars:
+      return tok_VxD
     char_VxF = self.char_embed(chars.as_jax(self.char_ids))
     if self.cfg.char_embeddings == "sum":
       return tok_VxD + char_VxF
