@@ -15,6 +15,13 @@ names the commit, the CPU (model and family, /proc/cpuinfo), the load average be
 x-transformers versions and the torch thread count (`--threads`, default os.cpu_count(): XLA:CPU uses every core).
 `--json` prints one object per scheme (with the header's fields in each).
 
+Against the machine's ceiling: before the workers start, the parent measures the float32 matmul peak (best of 10
+`--peak-size`³ products through jax, as throughput.py; `--peak` gives it instead). Each row then reports both sides'
+MFU, counted with the same model FLOPs per token (throughput.py's `common.flops_per_token`), and `bar needs`: the
+MFU our step would need for ours/theirs to reach `--target` at their measured rate (target × their MFU). Above
+100 %, no implementation of this step reaches the target on this machine, so the row says what the code can and
+cannot change.
+
 Neither torch nor x-transformers is a dependency of the project: install them in a separate virtual environment
 that sees the project's packages,
   python -m venv --system-site-packages VENV && VENV/bin/pip install torch==2.13.0 x-transformers
@@ -101,6 +108,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="untimed steps at the start of each window (the switch from the other side costs the first)")
   p.add_argument("--windows", type=int, default=8, help="rounds, each one window of ours and one of theirs")
   p.add_argument("--target", type=float, default=2.0, help="the ours/theirs ratio each scheme should reach")
+  p.add_argument("--peak-size", type=int, default=2048, help="n of the n³ float32 matmul that measures the peak")
+  p.add_argument("--peak", type=float, default=0.0,
+                 help="use this float32 matmul peak (FLOP/s) instead of measuring it before the workers start")
   p.add_argument("--no-huge-pages", action="store_true",
                  help="run without glibc's malloc huge pages (research/hugepages.py; on by default, as throughput.py)")
   p.add_argument("--side", default="", choices=("", "ours", "theirs"), help=argparse.SUPPRESS)
@@ -111,6 +121,9 @@ def parse_args(argv=None) -> argparse.Namespace:
       p.error(f"--{name} must be at least 1")
   if args.settle < 0:
     p.error(f"--settle={args.settle}: must be 0 or more (untimed steps per window)")
+  if args.peak_size < 1 or args.peak < 0:
+    p.error(f"--peak-size={args.peak_size} --peak={args.peak:g}: the size must be at least 1 and the peak 0 (measure "
+            "it) or more")
   args.dtype = "float32"  # the issue's step; throughput.shape_from reads it
   return args
 
@@ -326,6 +339,18 @@ def measure(args, scheme: str) -> dict:
           "load_before": load_before[0], "load_after": os.getloadavg()[0]}
 
 
+def ceiling(row: dict, flops_per_token: float, peak: float, target: float) -> dict:
+  """What the row's tokens/s are as a share of the machine's float32 matmul peak, both sides counted with the same
+  model FLOPs per token (`common.flops_per_token`, as throughput.py's MFU), and the share our step would need for
+  ours/theirs to reach `target` at their measured rate: `bar_mfu` = target × theirs_mfu. A `bar_mfu` above 1
+  means no implementation of this model's step reaches the target on this machine (its products alone would have
+  to run faster than the best large matmul measured there), whatever the code."""
+  ours = row["ours_tokens_per_s"] * flops_per_token / peak
+  theirs = row["theirs_tokens_per_s"] * flops_per_token / peak
+  return {"flops_per_token": flops_per_token, "peak_gflops": peak / 1e9, "ours_mfu": ours, "theirs_mfu": theirs,
+          "bar_mfu": target * theirs}
+
+
 def run_header(args) -> dict:
   """What the figures are recorded with: commit, CPU, versions, threads, shape and timing plan."""
   import importlib.metadata
@@ -342,7 +367,7 @@ def run_header(args) -> dict:
           "torch": torch.__version__, "x_transformers": importlib.metadata.version("x-transformers"),
           "torch_threads": args.threads or os.cpu_count(), "shape": dataclasses.asdict(shape), "attention": args.attention,
           "loss_chunk": args.loss_chunk, "warmup": args.warmup, "steps": args.steps, "windows": args.windows,
-          "target": args.target, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
+          "target": args.target, "peak_size": args.peak_size, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", "")}
 
 
 def print_table(header: dict, rows: list[dict], load_before, load_after) -> None:
@@ -354,12 +379,16 @@ def print_table(header: dict, rows: list[dict], load_before, load_after) -> None
   print(f"shape V={s['vocab']} d={s['d_model']} L={s['layers']} H={s['heads']} mlp={s['mlp_dim']} T={s['seq_len']} "
         f"B={s['batch']} {s['dtype']}  ours: attention={h['attention']} loss_chunk={h['loss_chunk']}  theirs: eager, "
         f"AdamW {rows[0]['theirs_adamw'] if rows else '?'}  {h['windows']} rounds × {h['steps']} steps, alternating")
+  print(f"float32 matmul peak {h['peak_gflops']:.0f} GFLOP/s ({h['peak_size']}³, best of 10, or --peak); MFU = tokens/s "
+        f"× model FLOPs per token / peak, the same FLOPs for both sides; 'bar needs' = {h['target']:g} × theirs MFU")
   target = f">= {h['target']:g}x"
   print(f"{'scheme':<11} {'ours tok/s':>10} {'theirs tok/s':>12} {'ours/theirs':>11} {'range':>13} {target:>7} "
-        f"{'flash':>5} {'loss ours':>9} {'theirs':>7} {'params ours':>11} {'theirs':>9}")
+        f"{'MFU ours':>8} {'theirs':>6} {'bar needs':>9} {'flash':>5} {'loss ours':>9} {'theirs':>7} "
+        f"{'params ours':>11} {'theirs':>9}")
   for r in rows:
     print(f"{r['scheme']:<11} {r['ours_tokens_per_s']:10.0f} {r['theirs_tokens_per_s']:12.0f} {r['ratio']:11.2f} "
           f"{r['ratio_min']:6.2f}–{r['ratio_max']:<6.2f} {'yes' if r['meets_target'] else 'NO':>7} "
+          f"{r['ours_mfu']:8.1%} {r['theirs_mfu']:6.1%} {r['bar_mfu']:9.1%} "
           f"{'yes' if r['theirs_flash'] else 'no':>5} {r['ours_loss']:9.3f} {r['theirs_loss']:7.3f} "
           f"{r['ours_params']:11,} {r['theirs_params']:9,}")
 
@@ -375,10 +404,17 @@ def main(argv=None) -> None:
     serve(args)
     return
   header = run_header(args)
+  import common
+
+  # Measured before the workers start, so nothing else of this script runs beside it.
+  header["peak_gflops"] = (args.peak or common.matmul_peak(args.peak_size)) / 1e9
+  shape = throughput.shape_from(args)
   load_before = os.getloadavg()
   rows = []
   for scheme in schemes:
     row = measure(args, scheme)
+    fpt, _ = common.flops_per_token(shape.model_config(scheme, args.attention), shape.seq_len)
+    row.update(ceiling(row, fpt, header["peak_gflops"] * 1e9, args.target))
     rows.append(row)
     if args.json:
       print(json.dumps({**header, **row}), flush=True)

@@ -79,3 +79,21 @@ def test_both_steps_run_side_by_side_at_a_tiny_shape():
   assert row["commit"] and row["x_transformers"] and row["torch_threads"] >= 1
   # The same model size but for the norms' biases: ours has 3 LayerNorms with a bias of d each, theirs none.
   assert row["ours_params"] - row["theirs_params"] == 3 * 64
+  assert row["peak_gflops"] > 0 and 0 < row["ours_mfu"] and row["bar_mfu"] == pytest.approx(2 * row["theirs_mfu"])
+
+
+def test_the_ceiling_counts_both_sides_with_the_same_flops_and_the_bar_is_the_target_times_theirs():
+  peers = _peers()
+  row = {"ours_tokens_per_s": 3600.0, "theirs_tokens_per_s": 2700.0}
+  out = peers.ceiling(row, flops_per_token=33.6e6, peak=150e9, target=2.0)
+  assert out["ours_mfu"] / out["theirs_mfu"] == pytest.approx(3600 / 2700)  # the MFU ratio is the tokens/s ratio
+  assert out["ours_mfu"] == pytest.approx(3600 * 33.6e6 / 150e9) and out["peak_gflops"] == pytest.approx(150)
+  # 2 × theirs at 60.5 % is 121 %: beyond the peak, i.e. out of any implementation's reach on that machine.
+  assert out["bar_mfu"] == pytest.approx(2 * out["theirs_mfu"]) and out["bar_mfu"] > 1
+  assert peers.ceiling(row, 33.6e6, 400e9, 2.0)["bar_mfu"] < 1  # a machine with more headroom
+
+
+def test_a_bad_peak_size_is_refused_in_one_line():
+  out = subprocess.run([sys.executable, "benchmarks/peers.py", "--peak-size=0"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+  assert out.returncode == 2 and "--peak-size=0" in out.stderr.strip().splitlines()[-1]
