@@ -458,9 +458,10 @@ def quality_benchmarks():
   return quality.benchmarks(kv)
 
 
-def _write_quality(trial_dir, benchmarks, analogy, wordsim, simlex, analogy_init=None):
+def _write_quality(trial_dir, benchmarks, analogy, wordsim, simlex, analogy_init=None, vectors_of="table"):
   """eval/embedding_quality.json through research-analyze's writer, with these figures (and the initial table's
-  analogy accuracy when given; None writes what a run without embedding_init.npy gets)."""
+  analogy accuracy when given; None writes what a run without embedding_init.npy gets); with vectors_of="input",
+  the file of `research-analyze --vectors_of=input` instead."""
   import copy
   from research.analysis import quality
   record = copy.deepcopy(benchmarks)
@@ -471,7 +472,8 @@ def _write_quality(trial_dir, benchmarks, analogy, wordsim, simlex, analogy_init
     start = copy.deepcopy(benchmarks)
     start["analogy"]["accuracy"] = analogy_init
   quality.write_quality(trial_dir, {"checkpoint_step": 100, "benchmarks": record, "neighbours": {},
-                                    "benchmarks_init": start})
+                                    "benchmarks_init": start, "vectors_of": vectors_of},
+                        quality.QUALITY_FILES[vectors_of])
 
 
 def test_embedding_quality_columns_appear_when_analyzed_and_the_highest_is_best(tmp_path, quality_benchmarks):
@@ -514,6 +516,26 @@ def test_the_initial_tables_analogy_floor_is_a_descriptive_column_when_any_trial
   assert "**" not in alibi[at] + rope[at]
   assert "no initial table scored" in report.table  # r1 was analyzed without one
   assert "analogy acc.\\ at init" in (tmp_path / "table.tex").read_text()
+
+
+def test_the_input_vectors_scores_are_their_own_columns_next_to_the_tables(tmp_path, quality_benchmarks):
+  for seed in (0, 1):
+    write_trial(tmp_path, f"a{seed}", "alibi", seed)
+    write_trial(tmp_path, f"r{seed}", "rope", seed)
+  for name in ("a0", "a1", "r0", "r1"):
+    _write_quality(tmp_path / name, quality_benchmarks, 0.01, 0.05, 0.07)
+  assert "(input)" not in build_report(tmp_path).table  # no run scored its input vectors: no such columns
+  for name, wordsim in (("a0", 0.10), ("a1", 0.14), ("r0", 0.30)):
+    _write_quality(tmp_path / name, quality_benchmarks, 0.02, wordsim, 0.15, vectors_of="input")
+  report = build_report(tmp_path)
+  header, rows = parse_md_table(report.table)
+  assert header[-6:] == ["analogy acc", "WordSim ρ", "SimLex ρ", "analogy acc (input)", "WordSim ρ (input)",
+                         "SimLex ρ (input)"]
+  alibi, rope = rows["position=alibi"], rows["position=rope"]
+  assert "0.050 ± 0.000" in alibi[-5] and "0.050 ± 0.000" in rope[-5]  # the table's figures, unchanged
+  assert alibi[-2].startswith("0.120 ± 0.028") and rope[-2].startswith("**0.300 (n=1)")  # the input file's
+  assert "not analyzed (no eval/embedding_quality_input.json; run research-analyze --vectors_of=input)" in report.table
+  assert "WordSim $\\rho$ (input)" in (tmp_path / "table.tex").read_text()
 
 
 def _write_rare(trial_dir, scale, seed):

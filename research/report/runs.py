@@ -8,7 +8,8 @@ Three layouts are accepted:
 
 Besides `eval/extrapolation.json`, evaluations with RoPE scaling switched on (`eval/extrapolation_<scaling>.json`)
 are loaded into `Trial.scaled`, research-evaluate's `eval/loss_by_position.json` (`--by_position`) into
-`Trial.by_position`, research-analyze's `eval/embedding_quality.json` into `Trial.quality` and its
+`Trial.by_position`, research-analyze's `eval/embedding_quality.json` into `Trial.quality`, its
+`eval/embedding_quality_input.json` (`--vectors_of=input`) into `Trial.quality_input` and its
 `eval/rare_tokens.json` (`--rare`) into `Trial.rare`.
 
 Nothing here imports the model, the trainer, JAX or Flax: reports read run directories only.
@@ -35,6 +36,10 @@ QUALITY_FIGURES = {"analogy": ("benchmarks", "analogy", "accuracy"),
                    "simlex999": ("benchmarks", "simlex999", "spearman"),
                    "analogy_init": ("benchmarks_init", "analogy", "accuracy")}
 QUALITY_FLOORS = ("analogy_init",)
+# research-analyze --vectors_of=input: the same benchmarks on the vectors the model feeds its first block (a factorized
+# table projected, combined with the character CNN); no floor (the initial CNN and projection are not kept).
+QUALITY_INPUT_FILE = pathlib.Path("eval") / "embedding_quality_input.json"
+QUALITY_INPUT_FIGURES = {f"{name}_input": QUALITY_FIGURES[name] for name in ("analogy", "wordsim353", "simlex999")}
 RARE_FILE = pathlib.Path("eval") / "rare_tokens.json"
 # Figures of rare_tokens.json that reports show (research/analysis/rare.py writes them; a test keeps the names in
 # step): the input table's geometry, one table column each, and the per-bucket means, one plot each.
@@ -136,6 +141,7 @@ class Trial:
   extrapolation: Extrapolation | None = None
   scaled: dict[str, Extrapolation] = dataclasses.field(default_factory=dict)  # rope scaling -> its evaluation
   quality: dict[str, float | None] | None = None  # QUALITY_FIGURES of eval/embedding_quality.json, if analyzed
+  quality_input: dict[str, float | None] | None = None  # QUALITY_INPUT_FIGURES of eval/embedding_quality_input.json
   rare: RareTokens | None = None  # eval/rare_tokens.json, if analyzed with --rare
   by_position: LossByPosition | None = None  # eval/loss_by_position.json, if evaluated with --by_position
   # For a trial without config.json: the base config's values of fields other trials override (`_load_sweep`).
@@ -318,14 +324,14 @@ def _read_scaled(path: pathlib.Path) -> dict[str, Extrapolation]:
   return out
 
 
-def _read_quality(path: pathlib.Path) -> dict[str, float | None] | None:
+def _read_quality(path: pathlib.Path, figures: dict = QUALITY_FIGURES) -> dict[str, float | None] | None:
   if not path.is_file():
     return None
   data = _read_json_object(path)
   if not isinstance(data.get("benchmarks"), dict):
     raise ReportError(f"{path} has no 'benchmarks' object")
   out = {}
-  for name, (block, section, key) in QUALITY_FIGURES.items():  # benchmarks_init: null or absent in older files
+  for name, (block, section, key) in figures.items():  # benchmarks_init: null or absent in older files
     figures = data.get(block) if isinstance(data.get(block), dict) else {}
     value = figures.get(section, {}).get(key) if isinstance(figures.get(section), dict) else None
     out[name] = _finite_or_none(value)
@@ -370,7 +376,8 @@ def _load_trial(path: pathlib.Path, name: str, status: str | None = None, overri
   return Trial(name=name, path=path, status=status, overrides=dict(overrides or {}), error=error, config=config,
                summary=summary if status == "finished" else None, metrics=_read_metrics(path / METRICS_FILE),
                extrapolation=_read_extrapolation(path / EXTRAPOLATION_FILE), scaled=_read_scaled(path),
-               quality=_read_quality(path / QUALITY_FILE), rare=_read_rare(path / RARE_FILE),
+               quality=_read_quality(path / QUALITY_FILE),
+               quality_input=_read_quality(path / QUALITY_INPUT_FILE, QUALITY_INPUT_FIGURES), rare=_read_rare(path / RARE_FILE),
                by_position=_read_by_position(path / BY_POSITION_FILE))
 
 

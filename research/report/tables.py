@@ -26,16 +26,19 @@ import math
 import re
 from typing import Any
 
-from research.report.runs import (MISSING, QUALITY_FIGURES, QUALITY_FILE, QUALITY_FLOORS, RARE_ABSENT, RARE_FILE,
-                                  RARE_GEOMETRY, RunSet, Trial, extrapolation_file, hashable)
+from research.report.runs import (MISSING, QUALITY_FIGURES, QUALITY_FILE, QUALITY_FLOORS, QUALITY_INPUT_FIGURES,
+                                  QUALITY_INPUT_FILE, RARE_ABSENT, RARE_FILE, RARE_GEOMETRY, RunSet, Trial,
+                                  extrapolation_file, hashable)
 
 VALID_PPL = "valid_ppl"
 BEST_VALID_PPL = "best_valid_ppl"  # summary.json: the run's best evaluation (early stopping's figure)
 VALID_PPL_RARE = "valid_ppl_rare"  # summary.json: validation targets seen < 10 times in training (docs/rare_tokens.md)
 QUALITY_HEADERS = {"analogy": "analogy acc", "wordsim353": "WordSim ρ", "simlex999": "SimLex ρ",
-                   "analogy_init": "analogy acc at init"}
+                   "analogy_init": "analogy acc at init", "analogy_input": "analogy acc (input)",
+                   "wordsim353_input": "WordSim ρ (input)", "simlex999_input": "SimLex ρ (input)"}
 QUALITY_LATEX = {"analogy": "analogy acc.", "wordsim353": "WordSim $\\rho$", "simlex999": "SimLex $\\rho$",
-                 "analogy_init": "analogy acc.\\ at init"}
+                 "analogy_init": "analogy acc.\\ at init", "analogy_input": "analogy acc.\\ (input)",
+                 "wordsim353_input": "WordSim $\\rho$ (input)", "simlex999_input": "SimLex $\\rho$ (input)"}
 # The input table's geometry (eval/rare_tokens.json): no direction is better, so no column marks a best.
 GEOMETRY_HEADERS = {"anisotropy": "anisotropy", "variance_top1": "var top-1", "variance_top10": "var top-10",
                     "isotropy": "isotropy", "norm_freq_spearman": "norm~freq ρ"}
@@ -157,6 +160,8 @@ def _columns(trials: list[Trial]) -> list[Column]:
   if any(t.quality is not None for t in trials):
     columns += [Column(f"quality_{name}", QUALITY_HEADERS[name], quality=name) for name in QUALITY_FIGURES
                 if name not in QUALITY_FLOORS or any((t.quality or {}).get(name) is not None for t in trials)]
+  if any(t.quality_input is not None for t in trials):
+    columns += [Column(f"quality_{name}", QUALITY_HEADERS[name], quality=name) for name in QUALITY_INPUT_FIGURES]
   if any(t.rare is not None for t in trials):
     columns += [Column(f"geometry_{name}", GEOMETRY_HEADERS[name], geometry=name) for name in RARE_GEOMETRY]
   if any(t.rare is not None and t.rare.absent is not None for t in trials):
@@ -190,9 +195,13 @@ def _trial_value(trial: Trial, column: Column, rope_scaling: str | None = None) 
   if column.quality is not None:
     if rope_scaling is not None:
       return None, "the table's quality does not depend on RoPE scaling: it is in the row without rope_scaling"
-    if trial.quality is None:
-      return None, f"not analyzed (no {QUALITY_FILE.as_posix()}; run research-analyze)"
-    value = trial.quality.get(column.quality)
+    if column.quality in QUALITY_INPUT_FIGURES:
+      figures, file, command = trial.quality_input, QUALITY_INPUT_FILE, "research-analyze --vectors_of=input"
+    else:
+      figures, file, command = trial.quality, QUALITY_FILE, "research-analyze"
+    if figures is None:
+      return None, f"not analyzed (no {file.as_posix()}; run {command})"
+    value = figures.get(column.quality)
     if value is None and column.quality in QUALITY_FLOORS:
       return None, "no initial table scored (a run without RUN/embedding_init.npy, or analyzed before the figure)"
     return (value, None) if value is not None else (None, f"{column.quality} not scored (no covered items)")
