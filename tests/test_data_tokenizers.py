@@ -236,3 +236,22 @@ def test_special_token_strings_in_the_text_are_text(kind, tmp_path):
     assert not set(ids) & {T.PAD_ID, T.CLS_ID, T.SEP_ID, T.MASK_ID}, ids
     if kind in T.LOSSLESS_KINDS:
       assert T.UNK_ID not in ids and dec(t, ids) == text
+
+
+def test_a_tokenizer_smaller_than_asked_or_mostly_unk_gets_a_note_and_a_normal_one_none(tmp_path):
+  from research.train import loop
+  from tests.train_utils import tiny_config
+  corpus = _lee()
+
+  def notes(kind, vocab):
+    tokenizer, directory = T.build_or_load_tokenizer(kind, corpus, vocab, cache_dir=tmp_path)
+    config = tiny_config(**{"data.tokenizer": kind, "data.vocab_size": vocab, "data.corpus": "lee"})
+    return tokenizer, loop.data_notes(config, tokenizer, np.load(T.counts_path(directory)))
+
+  tokenizer, found = notes("word", 40)  # 35 words for a whole corpus: most tokens are [UNK]
+  assert len(found) == 1 and found[0].startswith("note: ") and "are [UNK] with data.tokenizer='word'" in found[0]
+  tokenizer, found = notes("bpe", 60_000)  # more merges than the corpus has pairs
+  assert tokenizer.get_vocab_size() < 60_000
+  assert found == [f"note: data.tokenizer='bpe' learned {tokenizer.get_vocab_size()} tokens from 'lee', fewer than "
+                   f"data.vocab_size=60000; the model's table has {tokenizer.get_vocab_size()} rows"]
+  assert notes("bpe", 512)[1] == []  # byte-level BPE: no [UNK], the size asked for

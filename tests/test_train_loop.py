@@ -164,11 +164,21 @@ def test_every_differing_field_is_named_and_only_the_allow_list_may_change(finis
   assert loop.check_workdir(configuration.apply_overrides(config, allowed), workdir) == workdir
 
 
+def _finished(workdir):
+  """Marks `workdir` as a run that trained (summary.json through the trainer's writer): a config.json alone is a
+  start that saved nothing, which another config may replace."""
+  loop.write_summary(workdir, loop.summary_record(step=2, train_loss=6.0, valid={"loss": 6.0, "ppl": 403.4,
+                                                                                   "accuracy": 0.05},
+                                                  tokens_seen=2048.0, num_params=1, num_embedding_params=1,
+                                                  vocab_size=512, wall_s=1.0))
+
+
 def test_a_field_the_saved_run_lacks_means_what_runs_did_before_it_existed(tmp_path):
   saved = tiny_config(**{"model.position": "t5"}).to_dict()
   del saved["train"]["position"]  # written before train.position.weight_decay: its T5 table was decayed
   del saved["model"]["attention"]  # before auto: einsum (LEGACY_VALUES), which auto is on this CPU
   tmp_path.joinpath("config.json").write_text(json.dumps(saved))
+  _finished(tmp_path)
   before = _snapshot(tmp_path)
   with pytest.raises(configuration.ConfigError) as err:
     loop.check_workdir(tiny_config(**{"model.position": "t5"}), tmp_path)
@@ -188,6 +198,7 @@ def test_an_einsum_run_resumes_under_auto_where_auto_is_einsum_and_keeps_einsum(
     else:
       saved["model"]["attention"] = saved_value
     tmp_path.joinpath("config.json").write_text(json.dumps(saved))
+    _finished(tmp_path)
     assert loop.check_workdir(current, tmp_path) == tmp_path  # auto = einsum on CPU: the same computation
     assert loop.keep_saved_choices(current, tmp_path).model.attention == "einsum"  # what config.json keeps
     filled = configuration.with_defaults(saved)
@@ -231,6 +242,21 @@ def test_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_pa
     (["--config.model.char_filters=3:"], "model.char_filters='3:': expected 'width:count,...' such as"),
     (["--config.model.char_embeddings=sum", "--config.model.char_dim=0"], "model.char_dim=0 must be a positive"),
     (["--config.objective=seq2seq"], "objective='seq2seq' is not one of clm, mlm"),
+    # values that used to pass and fail only after compiling (a NaN loss, or an error inside the jitted step)
+    (["--config.model.position=learned", "--config.model.max_len=10"],
+     "model.max_len=10 is smaller than data.seq_len=64: model.position='learned' represents positions 0 … 9 only"),
+    (["--config.model.position=rope", "--config.model.rope_base=0"], "model.rope_base=0.0 must be a finite number > 0"),
+    (["--config.model.sinusoidal_wavelength=-1"], "model.sinusoidal_wavelength=-1.0 must be a finite number > 0"),
+    (["--config.objective=mlm", "--config.data.mlm_mask_rate=0.9", "--config.data.mlm_random_rate=0.5"],
+     "data.mlm_mask_rate=0.9 + data.mlm_random_rate=0.5 = 1.4 must be <= 1"),
+    (["--config.objective=mlm", "--config.data.mlm_select_rate=0"], "data.mlm_select_rate=0 selects no token"),
+    (["--config.data.mlm_select_rate=2"], "data.mlm_select_rate=2.0 must be a number in [0, 1]"),
+    (["--config.train.grad_clip=-1"], "train.grad_clip=-1.0 must be a finite number >= 0 (0 = off)"),
+    (["--config.train.b1=1.5"], "train.b1=1.5 must be a finite number in [0, 1)"),
+    (["--config.train.min_lr_ratio=5"], "train.min_lr_ratio=5.0 must be a finite number in [0, 1]"),
+    (["--config.train.embedding.lr_multiplier=-1"], "train.embedding.lr_multiplier=-1.0 must be a finite number >= 0"),
+    (["--config.train.weight_decay=-0.1"], "train.weight_decay=-0.1 must be a finite number >= 0"),
+    (["--config.train.loss_chunk=-3"], "train.loss_chunk=-3 must be an integer >= 0"),
     (["--config.mesh.data=3"], "mesh.data=3, mesh.fsdp=1: mesh data=3 x fsdp=1 = 3 devices, but 1 devices"),
     (["--workdir=gs://bucket/run"], "workdir 'gs://bucket/run' is a URL; run directories are local or shared"),
 ])

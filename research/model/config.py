@@ -113,6 +113,10 @@ class ModelConfig:
       object.__setattr__(self, "embed_init_std", float(self.d_model) ** -0.5)
     if self.embed_init_std < 0:
       raise ValueError(f"model.embed_init_std={self.embed_init_std!r} must be >= 0 (0 = d_model ** -0.5)")
+    for name in ("rope_base", "sinusoidal_wavelength"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ValueError(f"model.{name}={value!r} must be a finite number > 0 (the base of the wavelengths)")
     if self.max_len < 1:
       raise ValueError(f"model.max_len={self.max_len!r} must be >= 1 (the learned position table length)")
     _choice("model.kind", self.kind, KINDS)

@@ -212,11 +212,16 @@ class Checkpointer:
     self.close()
 
 
-def has_checkpoint(directory: str | os.PathLike) -> bool:
-  """Whether `directory` holds a finalized checkpoint, read from disk without starting a CheckpointManager (whose
-  start-up clean-up thread must not be left running by a process that exits on a user error)."""
+def checkpoint_steps(directory: str | os.PathLike) -> list[int]:
+  """The finalized checkpoint steps in `directory`, ascending, read from disk without starting a CheckpointManager
+  (whose start-up clean-up thread must not be left running by a process that exits on a user error)."""
   directory = Path(directory)
-  return directory.is_dir() and bool(ocp.utils.checkpoint_steps(directory))
+  return sorted(ocp.utils.checkpoint_steps(directory)) if directory.is_dir() else []
+
+
+def has_checkpoint(directory: str | os.PathLike) -> bool:
+  """Whether `directory` holds a finalized checkpoint (`checkpoint_steps`)."""
+  return bool(checkpoint_steps(directory))
 
 
 def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from typing import Any, Mapping
 
 import ml_collections
@@ -173,6 +174,21 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
                            ("mesh.init_timeout_s", config.mesh.init_timeout_s, 1)):
     if not isinstance(value, int) or value < low:
       raise ConfigError(f"{name}={value!r} must be an integer >= {low}")
+  for name, value, low, high, what in (
+      ("train.grad_clip", t.grad_clip, 0.0, math.inf, ">= 0 (0 = off)"),
+      ("train.weight_decay", t.weight_decay, 0.0, math.inf, ">= 0"),
+      ("train.b1", t.b1, 0.0, 1.0 - 1e-12, "in [0, 1)"), ("train.b2", t.b2, 0.0, 1.0 - 1e-12, "in [0, 1)"),
+      ("train.momentum", t.momentum, 0.0, 1.0 - 1e-12, "in [0, 1)"),
+      ("train.min_lr_ratio", t.min_lr_ratio, 0.0, 1.0, "in [0, 1] (the floor as a share of the peak)"),
+      ("train.z_loss", t.z_loss, 0.0, math.inf, ">= 0"),
+      ("train.embedding.lr_multiplier", t.embedding.lr_multiplier, 0.0, math.inf,
+       ">= 0 (a negative one would ascend the loss)")):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+        not low <= value <= high:
+      raise ConfigError(f"{name}={value!r} must be a finite number {what}")
+  if isinstance(t.loss_chunk, bool) or not isinstance(t.loss_chunk, int) or t.loss_chunk < 0:
+    raise ConfigError(f"train.loss_chunk={t.loss_chunk!r} must be an integer >= 0 (0 = all tokens at once)")
+  validate_mlm_rates(config.data)
   if t.batch_size % t.grad_accum:
     raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.grad_accum={t.grad_accum}")
   if not t.learning_rate > 0:
@@ -192,7 +208,28 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
   if config.data.vocab_size < minimum:
     raise ConfigError(f"data.vocab_size={config.data.vocab_size!r} is too small: at least {minimum} "
                       f"({len(tokenizers.SPECIAL_TOKENS)} special tokens + 1), and the tokenizer kind may need more")
-  return model_config(config)
+  cfg = model_config(config)
+  limit = cfg.scheme.max_length(cfg)
+  if limit is not None and limit < config.data.seq_len:
+    raise ConfigError(f"model.max_len={config.model.max_len} is smaller than data.seq_len={config.data.seq_len}: "
+                      f"model.position={config.model.position!r} represents positions 0 … {limit - 1} only; set "
+                      f"model.max_len >= {config.data.seq_len} (0 = data.seq_len)")
+  return cfg
+
+
+def validate_mlm_rates(data: ml_collections.ConfigDict) -> None:
+  """BERT's masking rates (checked for CLM runs too: a sweep that switches the objective meets them)."""
+  select, mask, random = data.mlm_select_rate, data.mlm_mask_rate, data.mlm_random_rate
+  for name, value in (("data.mlm_select_rate", select), ("data.mlm_mask_rate", mask),
+                      ("data.mlm_random_rate", random)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+      raise ConfigError(f"{name}={value!r} must be a number in [0, 1]")
+  if select == 0:
+    raise ConfigError("data.mlm_select_rate=0 selects no token to predict: an MLM run would score nothing; it must "
+                      "be in (0, 1]")
+  if mask + random > 1.0 + 1e-9:
+    raise ConfigError(f"data.mlm_mask_rate={mask!r} + data.mlm_random_rate={random!r} = {mask + random:g} must be "
+                      f"<= 1 (the shares of the selected tokens replaced by [MASK] and by a random token)")
 
 
 def validate_documents(data: ml_collections.ConfigDict) -> None:

@@ -10,6 +10,9 @@ Run directory (docs/architecture.md):
   embedding_init.json   with model.embed_init=pretrained: the coverage report of the vectors (fresh start only)
   embedding_init.npy    the initial token table [V, table width] (fresh start only), so drift can be measured
   update_counts.npz     with train.count_updates: `present` and `nonzero` int32 [V], `step` (written at the end)
+  data.json       SHA-256 and length of the train and valid token streams the run started on (a resume on other
+                  data is refused)
+  checkpoints_unreadable/  checkpoints a resume could not restore, moved aside (it resumes from the newest good one)
 
 A rerun of the same command in the same workdir resumes from the latest checkpoint: parameters, optimizer state,
 step, rng and the data iterator's position, so that it continues bit-identically.
@@ -19,9 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -47,6 +52,8 @@ CONFIG_FILE, TOKENIZER_FILE, METRICS_FILE, SUMMARY_FILE = "config.json", "tokeni
     "summary.json"
 EMBEDDING_INIT_FILE = "embedding_init.json"
 INIT_TABLE_FILE, UPDATE_COUNTS_FILE = "embedding_init.npy", "update_counts.npz"
+DATA_FILE, UNREADABLE_DIR = "data.json", "checkpoints_unreadable"
+DATA_SPLITS = ("train", "valid")  # what a run's model and its best checkpoint depend on
 # valid_ppl_rare: the perplexity of the validation targets whose training count (token_counts.npy) is below this.
 RARE_TRAIN_COUNT = 10
 
@@ -115,9 +122,9 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> RunData:
   """Corpus → tokenizer (reused from the workdir when resuming) → memory-mapped token streams."""
   cache_dir = config.data.cache_dir or None
   corpus = corpora.load_corpus(config.data.corpus, errors=config.data.errors, cache_dir=cache_dir)
-  # A tokenizer in the workdir is reused only by a run that got as far as writing config.json (a resume, whose
-  # shape was checked); one left by a start that failed later is stale and rebuilt.
-  if (workdir / TOKENIZER_FILE).exists() and (workdir / CONFIG_FILE).exists():
+  # A tokenizer in the workdir is reused only by a run that saved a checkpoint (a resume, whose config was checked);
+  # one left by a start that failed before its first checkpoint may belong to another config, and is rebuilt.
+  if (workdir / TOKENIZER_FILE).exists() and checkpoint_lib.has_checkpoint(workdir / "checkpoints"):
     tokenizer = tokenizers_lib.load_tokenizer(workdir)
   else:
     try:
@@ -130,11 +137,37 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> RunData:
     counts = tokenizers_lib.counts_path(directory).read_bytes()
     _atomic_write(tokenizers_lib.counts_path(workdir), lambda f: f.write(counts))
     tokenizers_lib.save_tokenizer(tokenizer, workdir)
+    if jax.process_index() == 0:
+      for line in data_notes(config, tokenizer, np.load(tokenizers_lib.counts_path(workdir))):
+        print(line, file=sys.stderr, flush=True)
   splits = batches_lib.build_or_load_cache(config.data.corpus, tokenizer, cache_dir=cache_dir, corpus=corpus,
                                            errors=config.data.errors)
   check_splits(splits, tokenizer.get_vocab_size())
   splits = {**splits, "train": batches_lib.stream_prefix(splits["train"], config.data.train_fraction)}
   return RunData(tokenizer, splits, tokenizer.get_vocab_size())
+
+
+# A fresh tokenizer whose train split is more [UNK] than this is worth a note: the model would mostly learn [UNK].
+UNK_NOTE_SHARE = 0.05
+
+
+def data_notes(config: ml_collections.ConfigDict, tokenizer, counts: np.ndarray) -> list[str]:
+  """Notes (not errors: the run is legal) on a freshly built tokenizer that is not what the config asked for: a
+  vocabulary smaller than data.vocab_size (a corpus too small for it; the model's table has the tokenizer's size,
+  which summary.json's vocab_size records), and a train split with more than UNK_NOTE_SHARE of [UNK] tokens."""
+  notes = []
+  size, asked = tokenizer.get_vocab_size(), config.data.vocab_size
+  if size < asked:
+    notes.append(f"note: data.tokenizer={config.data.tokenizer!r} learned {size} tokens from {config.data.corpus!r}, "
+                 f"fewer than data.vocab_size={asked}; the model's table has {size} rows")
+  total = int(counts.sum())
+  if total and counts.size > tokenizers_lib.UNK_ID:
+    share = float(counts[tokenizers_lib.UNK_ID]) / total
+    if share > UNK_NOTE_SHARE:
+      notes.append(f"note: {share:.1%} of the train split's tokens are [UNK] with data.tokenizer="
+                   f"{config.data.tokenizer!r}, data.vocab_size={asked} (a larger vocabulary, or a tokenizer "
+                   f"without [UNK] such as bpe or byte, keeps more of the text)")
+  return notes
 
 
 def char_ids(config, tokenizer) -> "chars_lib.Constant | None":
@@ -224,11 +257,50 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike)
     current = config.to_dict()
     previous = configuration.align_backend_choices(configuration.with_defaults(json.loads(saved.read_text())), current)
     diffs = checkpoint_lib.config_differences(previous, current, ignore=schema.RESUMABLE_FIELDS)
-    if diffs:
+    if diffs and not checkpoint_lib.has_checkpoint(path / "checkpoints") and not (path / SUMMARY_FILE).exists():
+      # A start that failed before its first checkpoint (a non-finite loss at step 1, a kill): nothing of that
+      # model exists, so the corrected command starts over in the same workdir (its files are rewritten).
+      print(f"note: workdir {str(path)!r} holds a start of another run that saved no checkpoint ({'; '.join(diffs)}); "
+            f"starting over with this config", file=sys.stderr, flush=True)
+    elif diffs:
       raise configuration.ConfigError(
           f"workdir {str(path)!r} holds another run, and resuming it with this config would train another model: "
           f"{'; '.join(diffs)}. Only {', '.join(schema.RESUMABLE_FIELDS)} may change on resume; use a new workdir")
   return path
+
+
+def data_record(splits: dict[str, np.ndarray]) -> dict[str, Any]:
+  """RUN/data.json's content: SHA-256 and length of the token streams in `DATA_SPLITS` (whole splits, before
+  data.train_fraction's prefix). Token ids, not files: touching a corpus file changes nothing here, editing its text
+  does."""
+  return {"splits": {name: {"sha256": hashlib.sha256(np.ascontiguousarray(splits[name]).tobytes()).hexdigest(),
+                            "tokens": int(splits[name].size), "dtype": str(splits[name].dtype)}
+                     for name in DATA_SPLITS}}
+
+
+def check_resume(config: ml_collections.ConfigDict, workdir: Path, data: "RunData") -> None:
+  """Before config.json is rewritten: a rerun of a run that saved checkpoints neither shortens it (train.steps below
+  the newest checkpoint's step) nor continues it on other token streams than it started on (RUN/data.json: a corpus
+  file edited in place). Each is one line. Then writes data.json where it is missing (a fresh start, or a run
+  written before the file existed, which is checked from now on)."""
+  saved_steps = checkpoint_lib.checkpoint_steps(workdir / "checkpoints")
+  if saved_steps and config.train.steps < saved_steps[-1]:
+    raise configuration.ConfigError(
+        f"train.steps={config.train.steps} is below step {saved_steps[-1]}, which the run in {str(workdir)!r} has "
+        f"reached; a run is not shortened: pass train.steps >= {saved_steps[-1]} (research-evaluate "
+        f"--checkpoint=best|last scores its checkpoints)")
+  current = data_record(data.splits)
+  path = workdir / DATA_FILE
+  if saved_steps and path.exists():
+    saved = json.loads(path.read_text()).get("splits", {})
+    changed = [name for name in DATA_SPLITS if saved.get(name) != current["splits"][name]]
+    if changed:
+      raise configuration.ConfigError(
+          f"workdir {str(workdir)!r} holds a run trained on other data: the {' and '.join(changed)} token "
+          f"stream{'s differ' if len(changed) > 1 else ' differs'} from the one{'s' if len(changed) > 1 else ''} "
+          f"it started on (was {config.data.corpus!r} edited?); restore the corpus or use a new workdir")
+  if (not saved_steps or not path.exists()) and jax.process_index() == 0:
+    atomic_write_json(path, current)
 
 
 def keep_saved_choices(config: ml_collections.ConfigDict, workdir: Path) -> ml_collections.ConfigDict:
@@ -245,6 +317,45 @@ def keep_saved_choices(config: ml_collections.ConfigDict, workdir: Path) -> ml_c
 def write_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
   if jax.process_index() == 0:
     atomic_write_json(Path(workdir) / CONFIG_FILE, config.to_dict())
+
+
+def restore_newest_good(checkpointer, workdir: Path, target, reopen: Callable[[], Any]):
+  """(checkpointer, step, state, data state) of the newest checkpoint that restores. A damaged one (a truncated
+  array file, a missing item: a disk that failed under a finalized save) is moved to RUN/checkpoints_unreadable/
+  with a note, and the run resumes from the one before, bit-identically from there; when none restores, one line
+  naming the first error. The checkpointer is closed and `reopen()`ed after a move, so it no longer lists them."""
+  errors = []
+  for step in reversed(checkpointer.all_steps()):
+    try:
+      state, saved = checkpointer.restore(step, target=target)
+    except Exception as e:  # noqa: BLE001 — Orbax and TensorStore raise many types for a damaged file
+      errors.append((step, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"))
+      continue
+    if errors:
+      checkpointer.close()
+      _move_unreadable(workdir, [s for s, _ in errors])
+      checkpointer = reopen()
+      for bad, why in errors:
+        print(f"note: checkpoint step {bad} of {str(workdir)!r} could not be restored ({why[:300]}); moved to "
+              f"{UNREADABLE_DIR}/{bad}; resuming from step {step}", file=sys.stderr, flush=True)
+    return checkpointer, step, state, saved
+  checkpointer.close()
+  step, why = errors[0]
+  raise configuration.ConfigError(f"no checkpoint of {str(workdir / 'checkpoints')!r} restores (step {step}: "
+                                  f"{why[:300]}); use a new workdir, or restore the checkpoints from a copy")
+
+
+def _move_unreadable(workdir: Path, bad_steps: list[int]) -> None:
+  if jax.process_index() == 0:
+    for step in bad_steps:
+      target = workdir / UNREADABLE_DIR / str(step)
+      if target.exists():  # a step moved once before: keep both
+        target = target.with_name(f"{step}.{time.strftime('%Y%m%d-%H%M%S')}")
+      target.parent.mkdir(parents=True, exist_ok=True)
+      shutil.move(str(workdir / "checkpoints" / str(step)), str(target))
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("research: unreadable checkpoints moved")
 
 
 # The records of metrics.jsonl and summary.json: what research.report reads. Tests build report fixtures with these
@@ -267,11 +378,7 @@ def best_validation(metrics_path: Path, step: int, valid: dict[str, float]) -> d
   early stopping's figure, next to the final one (docs/training.md, "summary.json"). The earliest step wins a tie."""
   records = []
   if metrics_path.exists():
-    for line in metrics_path.read_text().splitlines():
-      if line.strip():
-        record = json.loads(line)
-        if record.get("split") == "valid" and record.get("step", 0) <= step:
-          records.append(record)
+    records = [r for r in read_metrics(metrics_path) if r.get("split") == "valid" and r.get("step", 0) <= step]
   if not records:
     records = [{"step": step, **valid}]
   best = min(records, key=lambda r: (r["loss"], r["step"]))
@@ -293,6 +400,20 @@ def write_summary(workdir: Path, summary: dict[str, Any]) -> None:
     atomic_write_json(Path(workdir) / SUMMARY_FILE, summary)
 
 
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+  """The records of metrics.jsonl; a line that is not a JSON object (the torn last line of a crash or a full disk
+  during an append) is skipped: the rerun rewrites what it held."""
+  records = []
+  for line in path.read_text(errors="replace").splitlines():
+    try:
+      record = json.loads(line)
+    except ValueError:
+      continue
+    if isinstance(record, dict):
+      records.append(record)
+  return records
+
+
 class MetricsLog:
   """metrics.jsonl (+ TensorBoard). On resume, lines past the restored step are dropped: they will be rewritten."""
 
@@ -300,9 +421,8 @@ class MetricsLog:
     self.path = workdir / METRICS_FILE
     self.enabled = jax.process_index() == 0
     if self.enabled and self.path.exists():
-      kept = [line for line in self.path.read_text().splitlines()
-              if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-      self.path.write_text("".join(line + "\n" for line in kept))
+      kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
+      _atomic_write(self.path, lambda f: f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept).encode()))
     self.writer = None
     if self.enabled:
       from tensorboardX import SummaryWriter
@@ -454,9 +574,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   if config.model.embed_init == "pretrained" and not checkpoint_lib.has_checkpoint(workdir / "checkpoints"):
     # Fresh start only: a resumed run's table is in its checkpoint, and the vector file is never read again.
     table, table_report = pretrained_table(config, data, workdir)
+  check_resume(config, workdir, data)
   write_config(config, workdir)
-  checkpointer = checkpoint_lib.Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints, keep_best=True,
-                                             async_save=t.async_checkpoints)
+  reopen = functools.partial(checkpoint_lib.Checkpointer, workdir / "checkpoints", keep=t.keep_checkpoints,
+                             keep_best=True, async_save=t.async_checkpoints)
+  checkpointer = reopen()
   last_saved = checkpointer.latest_step()
   if last_saved is None and table is None and config.model.embed_init == "pretrained":
     table, table_report = pretrained_table(config, data, workdir)  # only if the disk and Orbax ever disagree
@@ -469,11 +591,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
       print(pretrained_lib.summary_line(table_report), flush=True)
   if last_saved is None:
     write_init_table(workdir, state)  # fresh start only: a resumed run's first table is already there
+    if table is None and jax.process_index() == 0:  # a coverage report left by a failed start of another config
+      (workdir / EMBEDDING_INIT_FILE).unlink(missing_ok=True)
   iterator = train_batches(config, data)
   # Host-side progress that a checkpoint carries, so that a resumed run reports the same figures.
   progress_state = {"tokens_seen": 0.0, "wall_s": 0.0, "train_loss": None}
   if last_saved is not None:
-    state, saved = checkpointer.restore(last_saved, target=state)
+    checkpointer, last_saved, state, saved = restore_newest_good(checkpointer, workdir, state, reopen)
     try:
       iterator.set_state(saved["iterator"])
     except ValueError as e:  # e.g. another data.train_fraction: the checkpoint's position is in other data

@@ -1,0 +1,136 @@
+"""Resuming what a crash, a disk or a user left behind: a start that saved nothing, a torn metrics line, a damaged
+checkpoint, a shortened run, a corpus edited in place (docs/training.md, "Resuming")."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gensim.test.utils import datapath
+
+from research.train import checkpoint as checkpoint_lib
+from research.train import configuration, loop
+from tests.train_utils import tiny_config
+
+BASE = {"train.eval_batches": 1, "train.async_checkpoints": False, "train.log_every": 1}
+
+
+def _config(**overrides):
+  return tiny_config(**{**BASE, **overrides})
+
+
+def _metrics(workdir):
+  return [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _params(workdir, step=None):
+  with checkpoint_lib.Checkpointer(Path(workdir) / "checkpoints") as c:
+    return [np.asarray(x) for x in __import__("jax").tree.leaves(c.restore_params(step))]
+
+
+def test_a_start_that_saved_no_checkpoint_does_not_block_the_corrected_command(tmp_path, capsys):
+  workdir = tmp_path / "run"
+  diverges = _config(**{"train.learning_rate": 1e30, "train.grad_clip": 0.0, "train.warmup_steps": 0,
+                        "train.optimizer": "sgd", "train.momentum": 0.0, "train.steps": 5,
+                        "train.checkpoint_every": 1000})
+  with pytest.raises(loop.NonFiniteError, match="no checkpoint was written"):
+    loop.train(diverges, workdir)
+  assert (workdir / "config.json").exists() and not checkpoint_lib.has_checkpoint(workdir / "checkpoints")
+  # The corrected command differs in the learning rate and in the tokenizer's size: it starts over, with a tokenizer
+  # of its own (the failed start's one belongs to the other vocabulary).
+  fixed = _config(**{"train.steps": 2, "data.vocab_size": 600})
+  summary = loop.train(fixed, workdir)
+  assert "starting over with this config" in capsys.readouterr().err
+  assert json.loads((workdir / "config.json").read_text())["train"]["learning_rate"] == fixed.train.learning_rate
+  assert summary["vocab_size"] == 600 and summary["step"] == 2
+  assert json.loads((workdir / "tokenizer.json").read_text())["model"]["vocab"].__len__() == 600
+  # Once the run has a checkpoint, another config is refused again.
+  with pytest.raises(configuration.ConfigError, match="holds another run"):
+    loop.train(_config(**{"train.steps": 2, "data.vocab_size": 600, "train.learning_rate": 1e-3}), workdir)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+  """4 steps, checkpoints at 2 and 4, every step logged: the uninterrupted run the damaged copies are held to."""
+  workdir = tmp_path_factory.mktemp("reference") / "run"
+  loop.train(_config(**{"train.steps": 4, "train.checkpoint_every": 2, "train.keep_checkpoints": 3}), workdir)
+  return workdir
+
+
+def _copy(reference_run, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(reference_run, workdir)
+  return workdir
+
+
+def test_a_torn_last_metrics_line_is_dropped_and_the_run_extends(reference_run, tmp_path):
+  workdir = _copy(reference_run, tmp_path)
+  with (workdir / "metrics.jsonl").open("a") as f:
+    f.write('{"accuracy": 0.07, "grad_norm/emb')  # a crash or a full disk in the middle of an append
+  loop.train(_config(**{"train.steps": 6, "train.checkpoint_every": 2, "train.keep_checkpoints": 3}), workdir)
+  records = _metrics(workdir)  # every line parses again
+  assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3, 4, 5, 6]
+  assert records[:len(_metrics(reference_run))] == _metrics(reference_run)
+
+
+def test_a_damaged_latest_checkpoint_is_moved_aside_and_the_run_resumes_from_the_one_before(reference_run, tmp_path,
+                                                                                          capsys):
+  workdir = _copy(reference_run, tmp_path)
+  shutil.rmtree(workdir / "checkpoints" / "4" / "state")  # the array data of the newest checkpoint is gone
+  (workdir / "summary.json").unlink()  # as if the run had died right after writing step 4
+  loop.train(_config(**{"train.steps": 4, "train.checkpoint_every": 2, "train.keep_checkpoints": 3}), workdir)
+  err = capsys.readouterr().err
+  assert "checkpoint step 4" in err and "moved to checkpoints_unreadable/4; resuming from step 2" in err
+  assert (workdir / "checkpoints_unreadable" / "4" / "meta").is_dir()  # kept, not deleted
+  # Steps 3 and 4 were trained again from step 2's state and data position: the same losses and parameters.
+  timeless = lambda records: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in records]  # noqa: E731
+  assert timeless(_metrics(workdir)) == timeless(_metrics(reference_run))
+  for a, b in zip(_params(workdir, 4), _params(reference_run, 4)):
+    assert np.array_equal(a, b)
+
+
+def test_when_no_checkpoint_restores_the_rerun_is_refused_in_one_line(reference_run, tmp_path):
+  workdir = _copy(reference_run, tmp_path)
+  for step in ("2", "4"):
+    for array_file in (workdir / "checkpoints" / step / "state").rglob("*"):
+      if array_file.is_file() and "ocdbt" in str(array_file) and array_file.stat().st_size > 0:
+        array_file.write_bytes(b"")  # truncated to nothing
+    shutil.rmtree(workdir / "checkpoints" / step / "state" / "_METADATA", ignore_errors=True)
+    (workdir / "checkpoints" / step / "state" / "_METADATA").unlink(missing_ok=True)
+  with pytest.raises(configuration.ConfigError) as err:
+    loop.train(_config(**{"train.steps": 6, "train.checkpoint_every": 2, "train.keep_checkpoints": 3}), workdir)
+  message = str(err.value)
+  assert "\n" not in message and "no checkpoint of" in message and "(step 4: " in message
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "4"]  # untouched
+
+
+def test_a_rerun_may_not_shorten_the_run_and_leaves_its_config(reference_run, tmp_path):
+  workdir = _copy(reference_run, tmp_path)
+  before = (workdir / "config.json").read_text()
+  with pytest.raises(configuration.ConfigError) as err:
+    loop.train(_config(**{"train.steps": 3, "train.checkpoint_every": 2, "train.keep_checkpoints": 3}), workdir)
+  assert "train.steps=3 is below step 4, which the run in" in str(err.value) and "\n" not in str(err.value)
+  assert (workdir / "config.json").read_text() == before
+
+
+def test_a_corpus_edited_in_place_is_refused_on_resume_and_a_touched_one_is_not(tmp_path):
+  corpus = tmp_path / "lee.txt"
+  shutil.copyfile(datapath("lee_background.cor"), corpus)
+  workdir = tmp_path / "run"
+  config = lambda steps: _config(**{"train.steps": steps, "train.checkpoint_every": 1,  # noqa: E731
+                                    "data.corpus": f"text:{corpus}", "data.cache_dir": str(tmp_path / "cache")})
+  loop.train(config(1), workdir)
+  record = json.loads((workdir / "data.json").read_text())["splits"]
+  assert set(record) == {"train", "valid"} and all(len(r["sha256"]) == 64 and r["tokens"] > 0
+                                                   for r in record.values())
+  os.utime(corpus)  # a new mtime, the same text: the same tokens, so the run continues
+  loop.train(config(2), workdir)
+  text = corpus.read_text()
+  corpus.write_text(text.replace(" the ", " a ", 50))  # edited in place: the same length in lines and documents
+  with pytest.raises(configuration.ConfigError) as err:
+    loop.train(config(3), workdir)
+  message = str(err.value)
+  assert "\n" not in message and "holds a run trained on other data" in message and "train" in message
+  assert json.loads((workdir / "config.json").read_text())["train"]["steps"] == 2  # untouched
