@@ -8,6 +8,7 @@ Writes RUN/eval/extrapolation.json (RUN/eval/extrapolation_<scaling>.json with -
 --by_position also writes RUN/eval/loss_by_position.json (mean loss per window position, from the same passes);
 --passkey also writes RUN/eval/passkey.json and the heatmap RUN/eval/passkey.png and prints their accuracy table.
 With more than one device it evaluates on the run's mesh (docs/reports.md, "Evaluation protocol").
+Every option is checked, for every length, before anything is loaded or scored: a bad one fails in one line (status 2).
 """
 
 import json
@@ -21,16 +22,20 @@ from research import hugepages
 from research.evaluate import extrapolation, passkey
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory to evaluate.")
-_LENGTHS = flags.DEFINE_list("lengths", ["1", "2", "4", "8", "16"], "Multiples of the training length.")
+_LENGTHS = flags.DEFINE_list("lengths", ["1", "2", "4", "8", "16"], "Multiples of the training length, integers "
+                             ">= 1; a repeated one is scored once (1,2,1 = 1,2).")
 _MODE = flags.DEFINE_enum("mode", "nonoverlapping", list(extrapolation.MODES), "Window mode.")
-_STRIDE = flags.DEFINE_integer("stride", None, "Sliding mode: tokens scored per window (default: half the "
-                               "training length, at every multiple; 1 = score only the last token of each window, "
-                               "as the ALiBi paper's sliding-window evaluation).")
+_STRIDE = flags.DEFINE_integer("stride", None, "--mode=sliding only: tokens scored per window, an integer from 1 to "
+                               "the shortest window asked for (default: half the training length, at every "
+                               "multiple; 0 is refused, not the default; 1 = score only the last token of each "
+                               "window, as the ALiBi paper's sliding-window evaluation).")
 _SPLIT = flags.DEFINE_string("split", "valid", "Split to score (train, valid, test).")
 _CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", list(extrapolation.CHECKPOINTS), "Which checkpoint to score.")
 _ROPE_SCALING = flags.DEFINE_enum("rope_scaling", None, list(extrapolation.ROPE_SCALINGS),
                                   "RoPE scaling at evaluation (a RoPE run only).")
-_ROPE_FACTOR = flags.DEFINE_float("rope_factor", None, "Scaling factor (default: the multiple at each length).")
+_ROPE_FACTOR = flags.DEFINE_float("rope_factor", None, "With --rope_scaling only: the scaling factor, a finite "
+                                   "number >= 1 (default: the multiple at each length; 0 is refused, not the "
+                                   "default).")
 _BY_POSITION = flags.DEFINE_boolean("by_position", False, "Also write eval/loss_by_position.json: the mean loss "
                                     "per (bucketed) window position at each length, from the same passes.")
 _PASSKEY = flags.DEFINE_boolean("passkey", False, "Also score passkey retrieval at each length (causal LMs): "
@@ -38,7 +43,8 @@ _PASSKEY = flags.DEFINE_boolean("passkey", False, "Also score passkey retrieval 
 _PASSKEY_DEPTHS = flags.DEFINE_list("passkey_depths", [f"{d:g}" for d in passkey.DEPTHS],
                                     "Depths of the key in the filler, fractions in [0, 1].")
 _PASSKEY_TRIALS = flags.DEFINE_integer("passkey_trials", passkey.TRIALS, "Keys per (length, depth) cell.")
-_MAX_TOKENS = flags.DEFINE_integer("max_tokens_per_batch", 8192, "Bounds memory: batch = this // length.")
+_MAX_TOKENS = flags.DEFINE_integer("max_tokens_per_batch", 8192, "Bounds memory: batch = this // length (at least "
+                                   "one window); an integer >= 1.")
 
 
 @run_main

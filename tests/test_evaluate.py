@@ -488,3 +488,121 @@ def test_alibi_is_drawn_as_a_bias_linear_in_distance_with_the_schemes_slopes(run
   check_attention_bounds(stats, TRAIN_LEN, heads=4, batches=2)
   # The steepest head (slope 1/4) attends nearer than uniform attention over the same keys would.
   assert all(layer["mean_distance"][0] < 0.6 * stats["uniform_mean_distance"] for layer in stats["layers"])
+
+
+# ------------------------------------------------------------------------------------------------ option checks
+# Every option is checked, for every length, before anything loads: on a run directory that holds only config.json
+# (no tokenizer, no checkpoint) a late check would fail with another message.
+
+def _one_line_error(result):
+  assert result.returncode == 2 and result.stdout == "", result.stderr[-2000:]
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1, result.stderr[-2000:]
+  return lines[0]
+
+
+STRIDE_RANGE = ("error: --stride={stride} must be an integer between 1 and {shortest}, the shortest window asked for "
+                "(multiple {multiple} x data.seq_len=32); leave it out for the default, 16 (half the training length)")
+ROPE_FACTOR = "error: --rope_factor={factor} must be a finite number >= 1; leave it out for the multiple at each length"
+MAX_TOKENS = ("error: --max_tokens_per_batch={n} must be an integer >= 1 (batch = this // length, at least one "
+              "window)")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--mode=sliding", "--stride=-3"], STRIDE_RANGE.format(stride=-3, shortest=32, multiple=1)),
+    (["--mode=sliding", "--stride=0"], STRIDE_RANGE.format(stride=0, shortest=32, multiple=1)),  # 0 is no default
+    # The shortest length bounds the stride, whatever the order: 2× (64 tokens) would have been scored first.
+    (["--lengths=2,1", "--mode=sliding", "--stride=48"], STRIDE_RANGE.format(stride=48, shortest=32, multiple=1)),
+    (["--lengths=4,2", "--mode=sliding", "--stride=100"], STRIDE_RANGE.format(stride=100, shortest=64, multiple=2)),
+    (["--stride=5"], "error: --stride=5 applies to --mode=sliding only (--mode=nonoverlapping scores every token of "
+                     "each window once)"),
+    (["--rope_scaling=linear", "--rope_factor=-2"], ROPE_FACTOR.format(factor=-2)),
+    (["--rope_scaling=yarn", "--rope_factor=nan"], ROPE_FACTOR.format(factor="nan")),
+    (["--rope_scaling=ntk", "--rope_factor=0"], ROPE_FACTOR.format(factor=0)),  # 0 is no default either
+    (["--rope_factor=2"], "error: --rope_factor=2 applies with --rope_scaling=linear|ntk|yarn only"),
+    (["--max_tokens_per_batch=0"], MAX_TOKENS.format(n=0)),
+    (["--max_tokens_per_batch=-5"], MAX_TOKENS.format(n=-5)),
+    (["--split=dev"], "error: split='dev' is not one of train, valid, test"),
+])
+def test_cli_option_errors_are_one_line_naming_the_value_before_anything_loads(tmp_path, args, message):
+  rope = _fake_run_dir(tmp_path / "rope", **{"model.position": "rope", "data.seq_len": TRAIN_LEN})
+  assert _one_line_error(cli("experiments.evaluate", f"--workdir={rope}", *args)) == message
+  assert not (rope / "eval").exists()
+
+
+def test_sliding_mode_on_a_masked_lm_is_refused_before_anything_loads(tmp_path):
+  mlm = _fake_run_dir(tmp_path / "mlm", objective="mlm")
+  line = _one_line_error(cli("experiments.evaluate", f"--workdir={mlm}", "--mode=sliding"))
+  assert line == (f"error: --mode=sliding is for causal LMs, but '{mlm}' was trained with objective='mlm': a masked "
+                  f"LM is evaluated nonoverlapping")
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"mode": "sliding", "stride": 1.5}, r"--stride=1.5 must be an integer between 1 and 32"),
+    ({"mode": "sliding", "stride": True}, r"--stride=True must be an integer between 1 and 32"),
+    ({"rope_scaling": "linear", "rope_factor": float("inf")}, r"--rope_factor=inf must be a finite number >= 1"),
+    ({"rope_scaling": "linear", "rope_factor": 0.5}, r"--rope_factor=0.5 must be a finite number >= 1"),
+    ({"rope_scaling": "linear", "rope_factor": "2"}, r"--rope_factor='2' must be a finite number >= 1"),
+    ({"max_tokens_per_batch": 8.0}, r"--max_tokens_per_batch=8.0 must be an integer >= 1"),
+])
+def test_evaluate_run_checks_the_same_options_before_anything_loads(tmp_path, kwargs, message):
+  rope = _fake_run_dir(tmp_path / "rope", **{"model.position": "rope", "data.seq_len": TRAIN_LEN})
+  with pytest.raises(extrapolation.EvaluationError, match=message):
+    extrapolation.evaluate_run(rope, (1, 2), **kwargs)
+
+
+def test_repeated_multiples_are_scored_once_in_the_order_first_given():
+  assert extrapolation.check_options((2, 1, 2, 1, 4)) == [2, 1, 4]
+  assert extrapolation.check_options([1]) == [1]
+
+
+FAKE_STEP_LOSSES = (1.0, 2.0)  # validation at steps 1 and 2: the best checkpoint is step 1, the last step 2
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory):
+  """A tiny RoPE run (two steps) with checkpoints at steps 1 (best) and 2 (last)."""
+  losses = iter(FAKE_STEP_LOSSES)
+
+  def fake_evaluate(self, params, ids):
+    loss = next(losses)
+    return {"loss": loss, "ppl": math.exp(loss), "accuracy": 0.0, "tokens": 1.0, "tokens_per_s": 1.0}
+
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(loop.Trainer, "evaluate", fake_evaluate)
+    return _train(tmp_path_factory.mktemp("two_checkpoints") / "run",
+                  **{"model.position": "rope", "train.steps": 2, "train.warmup_steps": 1, "train.eval_every": 1,
+                     "train.checkpoint_every": 1, "train.eval_batches": 1})
+
+
+def test_cli_scores_a_repeated_multiple_once(two_checkpoints):
+  result = cli("experiments.evaluate", f"--workdir={two_checkpoints}", "--lengths=2,1,2", "--max_tokens_per_batch=64")
+  assert result.returncode == 0, result.stderr[-2000:]
+  saved = json.loads((two_checkpoints / "eval" / "extrapolation.json").read_text())
+  assert [r["multiple"] for r in saved["results"]] == [2, 1] and saved["checkpoint_step"] == 1
+  assert [line.split()[0] for line in result.stdout.strip().splitlines()] == ["multiple", "2", "1"]
+
+
+@pytest.mark.parametrize("damaged,checkpoint,hint", [
+    (2, "last", "try --checkpoint=best (step 1)"),
+    (1, "best", "try --checkpoint=last (step 2)"),
+    (2, "best+", "the run has no other checkpoint to evaluate"),  # step 1 removed: best and last are both step 2
+])
+def test_a_damaged_checkpoint_is_one_line_naming_its_step_and_directory(two_checkpoints, tmp_path, damaged,
+                                                                       checkpoint, hint):
+  import shutil
+  copy = tmp_path / "run"
+  shutil.copytree(two_checkpoints, copy, ignore=shutil.ignore_patterns("eval"))
+  if checkpoint == "best+":
+    checkpoint = "best"
+    shutil.rmtree(copy / "checkpoints" / "1")
+  step_dir = copy / "checkpoints" / str(damaged)
+  shutil.rmtree(step_dir / "state")  # what a disk-full or interrupted copy leaves behind
+  line = _one_line_error(cli("experiments.evaluate", f"--workdir={copy}", "--lengths=1", f"--checkpoint={checkpoint}"))
+  assert line.startswith(f"error: checkpoint step {damaged} ('{step_dir}', --checkpoint={checkpoint}) cannot be "
+                         f"restored, its files are missing or damaged (")
+  assert line.endswith(hint)
+  assert not (copy / "eval").exists()
+  if hint.startswith("try "):  # the way out it names works
+    other = hint.split()[1].partition("=")[2]
+    assert extrapolation.evaluate_run(copy, (1,), checkpoint=other)["checkpoint_step"] == 3 - damaged

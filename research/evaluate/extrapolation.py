@@ -119,12 +119,37 @@ def load_run(workdir: str | Path, checkpoint: str = "best") -> LoadedRun:
     step = (ckpt.best_step() if checkpoint == "best" else None) or ckpt.latest_step()
     if step is None:
       raise EvaluationError(f"run {str(workdir)!r} has no complete checkpoint")
-    params = ckpt.restore_params(step, None if mesh is None else functools.partial(mesh_lib.leaf_sharding, mesh=mesh))
+    try:
+      params = ckpt.restore_params(step, None if mesh is None else functools.partial(mesh_lib.leaf_sharding,
+                                                                                     mesh=mesh))
+    except Exception as e:  # noqa: BLE001 (Orbax raises TypeError, ValueError or a bare Exception for missing files)
+      raise EvaluationError(unrestorable_message(ckpt, ckpt_dir, int(step), checkpoint, e)) from None
   shapes = lambda tree: jax.tree.map(lambda a: (tuple(a.shape), str(a.dtype)), tree)  # noqa: E731
   if shapes(params) != shapes(expected):
     raise EvaluationError(f"run {str(workdir)!r}: the checkpoint's parameters do not match the model its config.json "
                           f"describes")
   return LoadedRun(config, model_cfg, params, int(step), splits, char_ids, mesh)
+
+
+def unrestorable_message(ckpt: checkpoint_lib.Checkpointer, ckpt_dir: Path, step: int, checkpoint: str,
+                         error: Exception) -> str:
+  """The one line for a checkpoint whose parameters cannot be read (files missing or damaged), with a way out."""
+  detail = (str(error).strip().splitlines() or [""])[0]
+  detail = f"{type(error).__name__}: {detail[:100]}{'...' if len(detail) > 100 else ''}" if detail else \
+      type(error).__name__
+  best, latest = ckpt.best_step(), ckpt.latest_step()
+  earlier = [s for s in ckpt.all_steps() if s < step]
+  if checkpoint == "last" and best is not None and best != step:
+    hint = f"try --checkpoint=best (step {best})"
+  elif checkpoint == "best" and latest is not None and latest != step:
+    hint = f"try --checkpoint=last (step {latest})"
+  elif earlier:
+    hint = (f"--checkpoint=best and --checkpoint=last both select it; move {str(ckpt_dir / str(step))!r} out of "
+            f"{str(ckpt_dir)!r} to evaluate an earlier step ({', '.join(map(str, earlier))})")
+  else:
+    hint = "the run has no other checkpoint to evaluate"
+  return (f"checkpoint step {step} ({str(ckpt_dir / str(step))!r}, --checkpoint={checkpoint}) cannot be restored, "
+          f"its files are missing or damaged ({detail}); {hint}")
 
 
 def _batch_size(length: int, max_tokens_per_batch: int) -> int:
@@ -207,6 +232,75 @@ def unscorable_note(model_cfg: ModelConfig, length: int, train_len: int) -> str 
   return None
 
 
+def _is_int(value: Any) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+
+
+def _show(value: Any) -> str:
+  """A value as its flag would be written: 2 for 2.0, nan, inf; repr for anything that is not a number."""
+  return f"{value:g}" if _is_number(value) else repr(value)
+
+
+def check_options(lengths: Sequence[int], *, mode: str = "nonoverlapping", stride: int | None = None,
+                  split: str = "valid", checkpoint: str = "best", rope_scaling: str | None = None,
+                  rope_factor: float | None = None, max_tokens_per_batch: int = 8192) -> list[int]:
+  """One-line errors for options that are wrong whatever the run; returns the multiples, each once, in the order
+  first given. Called before anything is read, loaded or compiled."""
+  if mode not in MODES:
+    raise EvaluationError(f"mode={mode!r} is not one of {', '.join(MODES)}")
+  if not lengths or any(int(m) < 1 for m in lengths):
+    raise EvaluationError(f"lengths={list(lengths)!r} must be positive multiples of the training length")
+  multiples = list(dict.fromkeys(int(m) for m in lengths))  # a repeated multiple is scored once
+  if checkpoint not in CHECKPOINTS:
+    raise EvaluationError(f"checkpoint={checkpoint!r} is not one of {', '.join(CHECKPOINTS)}")
+  if split not in batches_lib.SPLITS:
+    raise EvaluationError(f"split={split!r} is not one of {', '.join(batches_lib.SPLITS)}")
+  if rope_scaling is not None and rope_scaling not in ROPE_SCALINGS:
+    raise EvaluationError(f"rope_scaling={rope_scaling!r} is not one of {', '.join(ROPE_SCALINGS)}")
+  if stride is not None and mode != "sliding":  # its range needs the training length: check_run_options
+    raise EvaluationError(f"--stride={stride} applies to --mode=sliding only (--mode={mode} scores every token of "
+                          f"each window once)")
+  if rope_factor is not None:
+    if rope_scaling is None:
+      raise EvaluationError(f"--rope_factor={_show(rope_factor)} applies with "
+                            f"--rope_scaling={'|'.join(ROPE_SCALINGS)} only")
+    if not _is_number(rope_factor) or not math.isfinite(rope_factor) or rope_factor < 1:
+      raise EvaluationError(f"--rope_factor={_show(rope_factor)} must be a finite number >= 1; leave it out for "
+                            f"the multiple at each length")
+  if not _is_int(max_tokens_per_batch) or max_tokens_per_batch < 1:
+    raise EvaluationError(f"--max_tokens_per_batch={max_tokens_per_batch} must be an integer >= 1 (batch = this // "
+                          f"length, at least one window)")
+  return multiples
+
+
+def check_run_options(workdir: str | Path, config: ml_collections.ConfigDict, multiples: Sequence[int], *,
+                      mode: str, stride: int | None, rope_scaling: str | None, passkey: bool) -> None:
+  """One-line errors for options the run's config.json rules out; before its checkpoint is restored."""
+  position = config.model.position
+  if rope_scaling and position != "rope":
+    # Only the RoPE scheme reads the scaling: another scheme would run unchanged and extrapolation_<scaling>.json
+    # would hold plain numbers labelled as scaled ones.
+    raise EvaluationError(f"rope_scaling={rope_scaling!r} needs a RoPE run, but {str(workdir)!r} was trained with "
+                          f"model.position={position!r}")
+  if passkey and config.objective != "clm":
+    raise EvaluationError(f"passkey retrieval needs a causal LM, but {str(workdir)!r} was trained with "
+                          f"objective={config.objective!r} (a masked LM does not generate the key left to right)")
+  if mode != "nonoverlapping" and config.objective != "clm":
+    raise EvaluationError(f"--mode={mode} is for causal LMs, but {str(workdir)!r} was trained with "
+                          f"objective={config.objective!r}: a masked LM is evaluated nonoverlapping")
+  train_len = int(config.data.seq_len)
+  shortest = min(multiples) * train_len
+  if stride is not None and (not _is_int(stride) or not 1 <= stride <= shortest):
+    # Against the shortest length asked for, so that no length is scored before another one fails.
+    raise EvaluationError(f"--stride={stride} must be an integer between 1 and {shortest}, the shortest window asked "
+                          f"for (multiple {min(multiples)} x data.seq_len={train_len}); leave it out for the default, "
+                          f"{max(1, train_len // 2)} (half the training length)")
+
+
 def evaluate_run(workdir: str | Path, lengths: Sequence[int] = (1, 2, 4, 8, 16), *, mode: str = "nonoverlapping",
                  stride: int | None = None, split: str = "valid", checkpoint: str = "best",
                  rope_scaling: str | None = None, rope_factor: float | None = None, by_position: bool = False,
@@ -222,44 +316,31 @@ def evaluate_run(workdir: str | Path, lengths: Sequence[int] = (1, 2, 4, 8, 16),
   its heatmap; causal LMs only). With a scaling, both files carry its name as extrapolation_<scaling>.json does.
   They are written before extrapolation.json, whose presence therefore means that the whole evaluation finished.
   """
-  if mode not in MODES:
-    raise EvaluationError(f"mode={mode!r} is not one of {', '.join(MODES)}")
-  if not lengths or any(int(m) < 1 for m in lengths):
-    raise EvaluationError(f"lengths={list(lengths)!r} must be positive multiples of the training length")
-  if checkpoint not in CHECKPOINTS:
-    raise EvaluationError(f"checkpoint={checkpoint!r} is not one of {', '.join(CHECKPOINTS)}")
-  if rope_scaling is not None and rope_scaling not in ROPE_SCALINGS:
-    raise EvaluationError(f"rope_scaling={rope_scaling!r} is not one of {', '.join(ROPE_SCALINGS)}")
+  # Every option is checked first, for every length at once: nothing is read, loaded or scored before.
+  multiples = check_options(lengths, mode=mode, stride=stride, split=split, checkpoint=checkpoint,
+                            rope_scaling=rope_scaling, rope_factor=rope_factor,
+                            max_tokens_per_batch=max_tokens_per_batch)
   if passkey:
     passkey_lib.check_options(passkey_depths, passkey_trials)
   config = read_config(workdir)
-  position = config.model.position
-  if rope_scaling and position != "rope":
-    # Only the RoPE scheme reads the scaling: another scheme would run unchanged and extrapolation_<scaling>.json
-    # would hold plain numbers labelled as scaled ones. Checked before the checkpoint is restored.
-    raise EvaluationError(f"rope_scaling={rope_scaling!r} needs a RoPE run, but {str(workdir)!r} was trained with "
-                          f"model.position={position!r}")
-  if passkey and config.objective != "clm":
-    raise EvaluationError(f"passkey retrieval needs a causal LM, but {str(workdir)!r} was trained with "
-                          f"objective={config.objective!r} (a masked LM does not generate the key left to right)")
+  check_run_options(workdir, config, multiples, mode=mode, stride=stride, rope_scaling=rope_scaling,
+                    passkey=passkey)
   train_len = int(config.data.seq_len)
   # Prompts first (tokenization only): a tokenizer that cannot spell the keys fails before anything loads.
-  prompts = passkey_prompts(workdir, config, lengths, passkey_depths, passkey_trials) if passkey else None
+  prompts = passkey_prompts(workdir, config, multiples, passkey_depths, passkey_trials) if passkey else None
   start_distributed(config)
   run = load_run(workdir, checkpoint)
   if split not in run.splits:
     raise EvaluationError(f"split={split!r} is not one of {', '.join(run.splits)}")
-  if mode == "sliding":
-    stride = stride or max(1, train_len // 2)  # T/2 at every multiple; the ALiBi paper's Appendix B uses 1
+  if mode == "sliding" and stride is None:
+    stride = max(1, train_len // 2)  # T/2 at every multiple; the ALiBi paper's Appendix B uses 1
   results, position_results, passkey_results = [], [], []
-  for multiple in lengths:
+  for multiple in multiples:
     length = int(multiple) * train_len
-    if mode == "sliding" and stride > length:
-      raise EvaluationError(f"stride={stride} is longer than the window length {length}")
     model_cfg = run.model_cfg
     if rope_scaling:
-      model_cfg = dataclasses.replace(model_cfg, rope_scaling=rope_scaling,
-                                      rope_factor=float(rope_factor or max(1.0, float(multiple))),
+      factor = max(1.0, float(multiple)) if rope_factor is None else float(rope_factor)
+      model_cfg = dataclasses.replace(model_cfg, rope_scaling=rope_scaling, rope_factor=factor,
                                       rope_original_len=train_len)
     note = unscorable_note(model_cfg, length, train_len)
     if note:
