@@ -606,3 +606,15 @@ def test_a_damaged_checkpoint_is_one_line_naming_its_step_and_directory(two_chec
   if hint.startswith("try "):  # the way out it names works
     other = hint.split()[1].partition("=")[2]
     assert extrapolation.evaluate_run(copy, (1,), checkpoint=other)["checkpoint_step"] == 3 - damaged
+
+
+def test_a_run_whose_checkpoints_directory_holds_no_finished_step_is_one_line(two_checkpoints, tmp_path):
+  import shutil
+  copy = tmp_path / "run"
+  shutil.copytree(two_checkpoints, copy, ignore=shutil.ignore_patterns("eval"))
+  for step in ("1", "2"):  # what a start killed during its first save leaves: no finalized step
+    (copy / "checkpoints" / step).rename(copy / "checkpoints" / f"{step}.orbax-checkpoint-tmp-1")
+  result = cli("experiments.evaluate", f"--workdir={copy}", "--lengths=1")
+  # One line, and no traceback of a checkpoint manager's thread after it (it is never started).
+  assert _one_line_error(result) == f"error: run '{copy}' has no complete checkpoint"
+  assert "Traceback" not in result.stderr

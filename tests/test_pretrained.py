@@ -226,6 +226,173 @@ def test_bad_input_gives_one_line_errors_naming_the_value(tmp_path):
       assert part in message, (part, message)
 
 
+# A real file written by gensim (its shipped 1750 × 10 word2vec vectors), then broken the way files break.
+
+
+def shipped(tmp_path, binary=False) -> tuple[Path, KeyedVectors]:
+  source = gensim_vectors(datapath("word2vec_pre_kv_c"))
+  path = tmp_path / ("v.bin" if binary else "v.txt")
+  source.save_word2vec_format(str(path), binary=binary)
+  return path, source
+
+
+def edit_line(path: Path, line_no: int, edit) -> Path:
+  """Line `line_no` (1-based, the header is line 1) of a text vector file replaced by edit(line)."""
+  lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+  lines[line_no - 1] = edit(lines[line_no - 1])
+  path.write_text("".join(lines), encoding="utf-8")
+  return path
+
+
+def binary_offset(source: KeyedVectors, row: int) -> int:
+  """Where vector `row`'s record (its word) starts in gensim's binary: 'COUNT DIM\n', then word, space, float32s."""
+  header = len(f"{len(source.index_to_key)} {source.vector_size}\n")
+  return header + sum(len(w.encode()) + 1 + 4 * source.vector_size for w in source.index_to_key[:row])
+
+
+def refusal(call) -> str:
+  with pytest.raises(pretrained.PretrainedError) as info:
+    call()
+  message = str(info.value)
+  assert "\n" not in message
+  return message
+
+
+@pytest.mark.parametrize("value", ["nan", "-inf", "1e39"])
+def test_a_non_finite_value_in_a_text_file_is_refused_at_load_naming_the_word(value, tmp_path):
+  path, source = shipped(tmp_path)
+  word = source.index_to_key[39]  # line 41
+  edit_line(path, 41, lambda line: line.split(" ", 2)[0] + f" {value} " + line.split(" ", 2)[2])  # its 1st number
+  assert f"{word} {value} " in path.read_text()
+  message = refusal(lambda: pretrained.load_vectors(path))
+  assert str(path) in message and f"{word!r} (vector 40)" in message and "must be finite float32" in message
+  assert ("NaN" if value == "nan" else "inf") in message
+  message = refusal(lambda: pretrained.pretrained_table(path, SPECIALS + ["the"], "word", d_model=10, std=0.1))
+  assert f"{word!r}" in message and "finite float32" in message
+
+
+def test_a_nan_in_a_binary_file_and_in_a_fasttext_model_is_refused(tmp_path):
+  path, source = shipped(tmp_path, binary=True)
+  data = bytearray(path.read_bytes())
+  at = binary_offset(source, 7) + len(source.index_to_key[7].encode()) + 1 + 4 * 3  # vector 8's 4th value
+  data[at:at + 4] = np.float32("nan").tobytes()
+  path.write_bytes(bytes(data))
+  message = refusal(lambda: pretrained.load_vectors(path))
+  assert f"{source.index_to_key[7]!r} (vector 8) holds NaN" in message
+  # A fastText model whose training diverged, saved by gensim: its words compose from the NaN n-gram.
+  from gensim.models.fasttext import load_facebook_model, save_facebook_model
+  model = load_facebook_model(datapath("lee_fasttext.bin"))
+  model.wv.vectors_ngrams[model.wv.bucket - 1] = np.nan
+  save_facebook_model(model, str(tmp_path / "ft.bin"))
+  message = refusal(lambda: pretrained.load_vectors(tmp_path / "ft.bin"))
+  assert "ft.bin" in message and "must be finite float32" in message
+
+
+def test_zero_vectors_all_refused_some_kept_and_reported(tmp_path):
+  rng = np.random.default_rng(0)
+  zero = write_w2v(tmp_path / "zero.txt", {w: [0.0] * 4 for w in ("the", "cat", "sat")})
+  message = refusal(lambda: pretrained.load_vectors(zero))
+  assert "zero.txt" in message and "all 3 vectors are zero" in message and "no information" in message
+  # Zero rows are legal (a padding vector): copied as they are, counted, the others scaled as usual ...
+  some = write_w2v(tmp_path / "some.txt", {"<pad>": [0.0] * 4, "the": list(rng.normal(size=4)),
+                                          "cat": list(rng.normal(size=4)), "dog": [0.0] * 4})
+  tokens = SPECIALS + ["the", "cat", "dog", "zz"]
+  table, report = pretrained.pretrained_table(some, tokens, "word", d_model=4, std=0.1)
+  assert report["zero_rows_covered"] == 1 and report["rows_covered"] == 3
+  np.testing.assert_array_equal(table[7], 0)
+  assert np.linalg.norm(table[5:8], axis=1).mean() == pytest.approx(pretrained.normal_mean_norm(0.1, 4), rel=1e-5)
+  assert np.all(np.isfinite(table)) and np.linalg.norm(table[8]) > 0
+  assert "zero vectors kept in 1 covered row(s)" in pretrained.summary_line(report)
+  # ... but a vocabulary that only zero rows cover is refused: the table would be all zeros.
+  message = refusal(lambda: pretrained.pretrained_table(some, SPECIALS + ["dog", "zz"], "word", d_model=4, std=0.1))
+  assert "every vector covering the 'word' vocabulary (1 rows) is zero" in message
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_a_duplicate_word_keeps_its_first_vector_and_is_counted(binary, tmp_path):
+  path, source = shipped(tmp_path, binary=binary)
+  keys = source.index_to_key
+  later = next(i for i in range(40, len(keys)) if len(keys[i]) == len(keys[2]))  # same length: bytes stay aligned
+  if binary:
+    data = path.read_bytes()
+    at = binary_offset(source, later)
+    path.write_bytes(data[:at] + keys[2].encode() + data[at + len(keys[2]):])
+  else:
+    edit_line(path, later + 2, lambda line: keys[2] + line[len(keys[later]):])
+  kv, _ = pretrained.load_vectors(path, notes=(notes := {}))
+  assert notes == {"duplicate_words": 1, "duplicate_example": keys[2]}
+  assert len(kv.index_to_key) == len(kv.vectors) == len(keys) - 1 and None not in kv.index_to_key
+  np.testing.assert_array_equal(kv[keys[2]], source[keys[2]])  # the first vector wins
+  assert keys[later] not in kv.key_to_index
+  table, report = pretrained.pretrained_table(path, SPECIALS + [keys[2]], "word", d_model=10, std=0.1, scale="keep")
+  np.testing.assert_array_equal(table[5], source[keys[2]])
+  assert report["source_vocab"] == len(keys) - 1 and report["duplicate_words"] == 1
+  assert f"1 duplicate word skipped (e.g. {keys[2]!r}: its first vector kept)" in pretrained.summary_line(report)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_a_header_count_other_than_the_vectors_found_is_refused(binary, tmp_path):
+  path, source = shipped(tmp_path, binary=binary)
+  data = path.read_bytes()
+  for count in (1740, 1760):
+    path.write_bytes(data.replace(b"1750 10\n", f"{count} 10\n".encode(), 1))
+    message = refusal(lambda: pretrained.load_vectors(path))
+    assert f"its header announces {count} vectors but the file holds 1750" in message, message
+
+
+def test_errors_name_the_option_that_gave_the_file(tmp_path):
+  names = {"path": "--vectors", "format": "--format"}
+  message = refusal(lambda: pretrained.load_vectors(tmp_path / "nope.txt", names=names))
+  assert message == f"--vectors={str(tmp_path / 'nope.txt')!r}: no such file"
+  path, _ = shipped(tmp_path)
+  message = refusal(lambda: pretrained.load_vectors(path, "word2vec-binary", names=names))
+  assert message.startswith("--vectors=") and "try --format=word2vec" in message
+
+
+def test_a_factorized_tables_width_mismatch_names_its_field(tmp_path):
+  path, tokens, _ = small_case(tmp_path)
+  message = refusal(lambda: pretrained.pretrained_table(path, tokens, "word", d_model=8, std=0.1,
+                                                        width_option="model.table_dim"))
+  assert "the table has model.table_dim=8; set model.table_dim=4 or model.pretrained.dim_mismatch=project" in message
+
+
+def test_unusable_files_say_what_is_wrong(tmp_path):
+  (tmp_path / "empty.txt").write_bytes(b"")
+  (tmp_path / "dir.txt").mkdir()
+  (tmp_path / "random.bin").write_bytes(np.random.default_rng(0).bytes(4096))
+  kv = KeyedVectors(4)
+  kv.add_vectors(["the", "new york", "cat", "dog"], np.arange(16, dtype=np.float32).reshape(4, 4) + 0.5)
+  kv.save_word2vec_format(str(tmp_path / "space.txt"))
+  kv.save_word2vec_format(str(tmp_path / "space.bin"), binary=True)
+  cases = [("empty.txt", "auto", "the file is empty"),
+           ("dir.txt", "auto", "is a directory"),
+           ("random.bin", "auto", "does not parse as 'fasttext-bin' (auto-detected): it is not a fastText binary"),
+           ("random.bin", "word2vec-binary", "its first line is not a 'COUNT DIM' header"),
+           ("space.txt", "auto", "line 3: the word 'new york' contains a space"),
+           ("space.bin", "auto", "vector 2 reads b'new': a word containing a space?")]
+  for name, fmt, part in cases:
+    message = refusal(lambda: pretrained.load_vectors(tmp_path / name, fmt))
+    assert str(tmp_path / name) in message and part in message, (name, message)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_words_that_are_not_utf8_are_refused_by_default_and_read_with_unicode_errors(binary, tmp_path):
+  kv = KeyedVectors(4)
+  kv.add_vectors(["the", "café", "cat"], np.arange(12, dtype=np.float32).reshape(3, 4) + 0.5)
+  path = tmp_path / ("v.bin" if binary else "v.txt")
+  kv.save_word2vec_format(str(path), binary=binary)
+  # Latin-1 text (é as one byte); a binary whose word was cut inside é, as word2vec.c cuts long words.
+  path.write_bytes(path.read_bytes().replace("café".encode(), b"caf\xc3" if binary else b"caf\xe9"))
+  message = refusal(lambda: pretrained.load_vectors(path))
+  assert "not UTF-8" in message and "unicode_errors" in message
+  assert ("vector 2" if binary else "line 3") in message
+  names = {"unicode_errors": "model.pretrained.unicode_errors"}
+  assert "set model.pretrained.unicode_errors=replace" in refusal(lambda: pretrained.load_vectors(path, names=names))
+  read, _ = pretrained.load_vectors(path, unicode_errors="replace")
+  assert len(read.index_to_key) == 3 and "\ufffd" in read.index_to_key[1]
+  np.testing.assert_array_equal(read.vectors, kv.vectors)
+
+
 def test_the_config_checks_the_options_before_anything_loads():
   with pytest.raises(configuration.ConfigError, match="model.embed_init='pretrained' needs model.pretrained.path"):
     configuration.validate(tiny_config(**{"model.embed_init": "pretrained"}))
@@ -256,6 +423,40 @@ def test_the_trainer_reports_vector_problems_as_config_errors_before_writing_the
       loop.train(tiny_config(**base, **extra), tmp_path / "run")
     assert all(part in str(info.value) for part in parts), str(info.value)
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_the_trainer_refuses_broken_vector_files_before_anything_compiles(tmp_path):
+  rng = np.random.default_rng(0)
+  words = ["the", "of", "and", "to", "a", "in"]
+  nan = write_w2v(tmp_path / "nan.txt", {w: list(rng.normal(size=64)) for w in words})
+  edit_line(nan, 4, lambda line: line.split(" ", 2)[0] + " nan " + line.split(" ", 2)[2])
+  zero = write_w2v(tmp_path / "zero.txt", {**{w: [0.0] * 64 for w in words}, "zzzq": list(rng.normal(size=64))})
+  short = write_w2v(tmp_path / "short.txt", {w: list(rng.normal(size=64)) for w in words})
+  short.write_text(short.read_text().replace("6 64\n", "4 64\n", 1))
+  for path, parts in ((nan, ["nan.txt", "'and' (vector 3) holds NaN", "must be finite float32"]),
+                      (zero, ["zero.txt", "every vector covering the 'word' vocabulary", "no information"]),
+                      (short, ["short.txt", "header announces 4 vectors but the file holds 6"])):
+    config = tiny_config(**{"model.embed_init": "pretrained", "model.pretrained.path": str(path),
+                            "data.tokenizer": "word"})
+    with pytest.raises(configuration.ConfigError) as info:
+      loop.train(config, tmp_path / "run")
+    assert all(part in str(info.value) for part in parts), str(info.value)
+    assert not (tmp_path / "run" / "config.json").exists()
+  result = cli("--config=configs/tiny.py", f"--workdir={tmp_path / 'cli'}", "--config.model.embed_init=pretrained",
+               f"--config.model.pretrained.path={nan}", "--config.data.tokenizer=word", "--config.train.steps=3")
+  errors = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]  # after data notes
+  assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert errors[0].startswith("error: model.pretrained.path=") and "finite float32" in errors[0]
+  assert not (tmp_path / "cli" / "config.json").exists() and not (tmp_path / "cli" / "embedding_init.json").exists()
+
+
+def test_a_factorized_runs_width_mismatch_names_model_table_dim(tmp_path):
+  path = write_w2v(tmp_path / "v.txt", {"the": list(np.ones(64)), "of": list(np.arange(64.0))})
+  config = tiny_config(**{"model.embed_init": "pretrained", "model.pretrained.path": str(path),
+                          "data.tokenizer": "word", "model.table_dim": 32})
+  with pytest.raises(configuration.ConfigError) as info:
+    loop.train(config, tmp_path / "run")
+  assert "model.table_dim=32; set model.table_dim=64 or model.pretrained.dim_mismatch=project" in str(info.value)
 
 
 # ---------------------------------------------------------------------------------------------- freeze_steps

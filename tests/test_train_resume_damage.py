@@ -42,7 +42,7 @@ def test_a_start_that_saved_no_checkpoint_does_not_block_the_corrected_command(t
   # of its own (the failed start's one belongs to the other vocabulary).
   fixed = _config(**{"train.steps": 2, "data.vocab_size": 600})
   summary = loop.train(fixed, workdir)
-  assert "starting over with this config" in capsys.readouterr().err
+  assert "starting over with this config" in capsys.readouterr().out
   assert json.loads((workdir / "config.json").read_text())["train"]["learning_rate"] == fixed.train.learning_rate
   assert summary["vocab_size"] == 600 and summary["step"] == 2
   assert json.loads((workdir / "tokenizer.json").read_text())["model"]["vocab"].__len__() == 600
@@ -81,8 +81,8 @@ def test_a_damaged_latest_checkpoint_is_moved_aside_and_the_run_resumes_from_the
   shutil.rmtree(workdir / "checkpoints" / "4" / "state")  # the array data of the newest checkpoint is gone
   (workdir / "summary.json").unlink()  # as if the run had died right after writing step 4
   loop.train(_config(**{"train.steps": 4, "train.checkpoint_every": 2, "train.keep_checkpoints": 3}), workdir)
-  err = capsys.readouterr().err
-  assert "checkpoint step 4" in err and "moved to checkpoints_unreadable/4; resuming from step 2" in err
+  out = capsys.readouterr().out
+  assert "checkpoint step 4" in out and "moved to checkpoints_unreadable/4; resuming from step 2" in out
   assert (workdir / "checkpoints_unreadable" / "4" / "meta").is_dir()  # kept, not deleted
   # Steps 3 and 4 were trained again from step 2's state and data position: the same losses and parameters.
   timeless = lambda records: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in records]  # noqa: E731

@@ -205,10 +205,26 @@ def export_projector(table_VxD: np.ndarray, tokens: Sequence[str], counts: np.nd
 # ---------------------------------------------------------------------------------------------- entry points
 
 
-def analyze_vectors(path: str | os.PathLike, format: str = "auto") -> dict[str, Any]:
-  """The benchmarks and neighbours of a vector file (any format `pretrained.load_vectors` reads)."""
-  kv, resolved = pretrained.load_vectors(path, format)
-  return {"vectors": str(path), "format": resolved, "words": len(kv.index_to_key), "dim": int(kv.vector_size),
+CLI_NAMES = {"path": "--vectors", "format": "--format"}  # what research-analyze's messages name
+
+
+def analyze_vectors(path: str | os.PathLike, format: str = "auto", names: dict[str, str] | None = None,
+                    unicode_errors: str = "strict") -> dict[str, Any]:
+  """The benchmarks and neighbours of a vector file (any format `pretrained.load_vectors` reads; its errors name
+  the file by `names`, research-analyze's flags by default). A word given twice keeps its first vector
+  (`duplicate_words`); a zero vector has no direction (its cosines are 0/0), so its word is left out of the
+  benchmarks and neighbours, as out of vocabulary, and counted in `zero_vectors`."""
+  notes: dict[str, Any] = {}
+  kv, resolved = pretrained.load_vectors(path, format, names=names or CLI_NAMES, unicode_errors=unicode_errors,
+                                         notes=notes)
+  words = len(kv.index_to_key)
+  nonzero = np.flatnonzero(np.concatenate([np.any(kv.vectors[i:i + 65536], axis=1)  # blocks: bounded memory
+                                             for i in range(0, words, 65536)]))
+  if len(nonzero) < words:  # load_vectors refuses a file with no other vector
+    kv = _keyed([kv.index_to_key[i] for i in nonzero], kv.vectors[nonzero])
+  return {"vectors": str(path), "format": resolved, "words": words, "dim": int(kv.vector_size),
+          "duplicate_words": notes["duplicate_words"], "duplicate_example": notes["duplicate_example"],
+          "zero_vectors": words - len(nonzero),
           "benchmarks": benchmarks(kv), "neighbours": neighbours(kv, frequent_words(kv.index_to_key))}
 
 
@@ -296,7 +312,13 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     floor = f"; initial table {fmt(start[name][key])}" if start else ""
     return f"{label} {fmt(b[name][key])} (coverage {pct(b[name]['coverage'])}{floor})"
 
-  lines = [line("analogy", "analogy accuracy", "accuracy", pct)]
+  lines = []
+  if report.get("duplicate_words") or report.get("zero_vectors"):  # a vector file's notes
+    notes = pretrained.duplicate_note(report).lstrip("; ")
+    zero = report.get("zero_vectors")
+    notes += f"{'; ' if notes else ''}{zero} zero vector{'s' if zero > 1 else ''} left out" if zero else ""
+    lines.append(f"{report['vectors']}: {notes}")
+  lines.append(line("analogy", "analogy accuracy", "accuracy", pct))
   lines += [line(name, f"{name} spearman", "spearman", num) for name in PAIR_BENCHMARKS]
   for word, near in report["neighbours"].items():
     lines.append(f"{word}: {', '.join(n for n, _ in near)}")

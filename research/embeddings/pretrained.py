@@ -10,8 +10,14 @@ character n-grams. Special tokens are never covered. Uncovered rows follow `oov`
 an error or a fixed random orthogonal projection; `scale=match` rescales the vectors so that the covered rows' mean
 norm is the one the normal initialiser gives at the run's std.
 
+The file is checked when it is read (`load_vectors`, before anything compiles): every vector finite float32, a
+header count equal to the vectors the file holds, not every vector zero. A word given twice keeps its first vector
+(gensim's rule), reported as `duplicate_words`; zero rows are legal (a padding vector) and copied as they are, but a
+vocabulary covered by zero vectors only is refused.
+
 This module knows tokens and vectors only: no corpus, no tokenizer object, no training loop. Errors are
-`PretrainedError` (a ValueError) with a one-line message naming the value; the trainer reports them as config errors.
+`PretrainedError` (a ValueError) with a one-line message naming the value and the option that gave it (`names`);
+the trainer reports them as config errors.
 """
 
 from __future__ import annotations
@@ -79,37 +85,294 @@ def _one_line(e: BaseException) -> str:
   return text[:300]
 
 
-def load_vectors(path: str | os.PathLike, format: str = "auto") -> tuple[Any, str]:
-  """(gensim KeyedVectors, the format used). A missing file or a file that does not parse is a PretrainedError."""
-  if format not in FORMATS:
-    raise PretrainedError(f"model.pretrained.format={format!r} is not one of {', '.join(FORMATS)}")
-  path = Path(path)
-  if not path.is_file():
-    raise PretrainedError(f"model.pretrained.path={str(path)!r}: no such file")
-  if not os.access(path, os.R_OK):
-    raise PretrainedError(f"model.pretrained.path={str(path)!r}: the file is not readable")
+# What each format is, for the message of a file that does not parse as it.
+DESCRIPTIONS = {
+    "word2vec": "word2vec text: a 'COUNT DIM' line, then one 'word x1 ... xDIM' line per vector",
+    "fasttext": "fastText .vec text: a 'COUNT DIM' line, then one 'word x1 ... xDIM' line per vector",
+    "glove": "GloVe text: one 'word x1 ... xD' line per vector, no header",
+    "word2vec-binary": "a word2vec binary: a 'COUNT DIM' line, then per vector a word, a space and DIM float32s",
+    "fasttext-bin": "a fastText binary model (a .bin written by fastText or gensim's save_facebook_model)",
+}
+# The option names messages print: the trainer's config fields by default; research-analyze passes its flags. A
+# "unicode_errors" entry, where the caller has such an option, is named in the message of a file that is not UTF-8.
+CONFIG_NAMES = {"path": "model.pretrained.path", "format": "model.pretrained.format"}
+UNICODE_ERRORS = ("strict", "replace", "ignore")  # gensim's `unicode_errors` for word2vec / GloVe words
+_CHECK_ROWS = 1 << 16  # rows per block of the finiteness check (bounded memory on 3M × 300 files)
+
+
+def _has_header(resolved: str) -> bool:
+  return resolved in ("word2vec", "fasttext", "word2vec-binary")
+
+
+def _header(path: Path) -> tuple[int, int] | None:
+  """(count, dim) of a 'COUNT DIM' first line, else None."""
+  from gensim import utils
+  with utils.open(str(path), "rb") as f:
+    line = f.readline()
+  return tuple(int(p) for p in line.split()) if _is_count_header(line.strip()) else None  # type: ignore[return-value]
+
+
+def _text_lines(path: Path):
+  from gensim import utils
+  with utils.open(str(path), "rb") as f:
+    yield from f
+
+
+def _binary_words(path: Path, dim: int, chunk: int = 1 << 20):
+  """The raw word of each complete record of a word2vec binary, in the layout gensim's reader walks
+  (`keyedvectors._add_bytes_to_kv`: a word, a space, DIM float32s; newlines before a word are dropped). Only to count
+  the records and to point at a bad one: the vectors themselves are gensim's."""
+  from gensim import utils
+  record = 4 * dim
+  with utils.open(str(path), "rb") as f:
+    f.readline()
+    buf, start = b"", 0
+    while True:
+      space = buf.find(b" ", start)
+      if space == -1 or len(buf) - space - 1 < record:
+        more = f.read(chunk)
+        if not more:
+          return
+        buf, start = buf[start:] + more, 0
+        continue
+      yield buf[start:space].lstrip(b"\n")
+      start = space + 1 + record
+
+
+def _vectors_in_file(path: Path, resolved: str, dim: int) -> int:
+  """How many vectors the file holds: its non-blank lines after the header (text), its records (binary)."""
+  if resolved == "word2vec-binary":
+    return sum(1 for _ in _binary_words(path, dim))
+  return sum(1 for line in _text_lines(path) if line.strip()) - (1 if _has_header(resolved) else 0)
+
+
+def _is_number(text: str) -> bool:
   try:
+    float(text)
+  except ValueError:
+    return False
+  return True
+
+
+def _undecodable(raw: bytes, encoding: str) -> UnicodeDecodeError | None:
+  try:
+    raw.decode(encoding)
+  except UnicodeDecodeError as e:
+    return e
+  return None
+
+
+def _out_of_step(i: int, word, previous) -> str:
+  before = f" (vector {i} reads {previous!r}: a word containing a space?)" if previous is not None else ""
+  return (f"the word of vector {i + 1} ({word[:20]!r}) holds control characters, so the records are out of "
+          f"step{before}; a word2vec binary cannot hold words with spaces")
+
+
+def _unicode_hint(names: dict[str, str]) -> str:
+  option = names.get("unicode_errors")
+  return (f"set {option}=replace (or ignore) to read it with gensim's unicode_errors" if option else
+          "re-encode the file as UTF-8 (gensim reads it only with unicode_errors='replace' or 'ignore', which this "
+          "command does not set)")
+
+
+def _diagnose(path: Path, resolved: str, encoding: str, names: dict[str, str]) -> str | None:
+  """Why gensim could not read the file, when the file shows it (the first bad line or record), else None."""
+  header = _header(path)
+  if _has_header(resolved) and header is None:
+    return "its first line is not a 'COUNT DIM' header"
+  if resolved == "word2vec-binary":
+    count, dim = header
+    previous = None
+    for i, raw in enumerate(_binary_words(path, dim)):
+      e = _undecodable(raw, encoding)
+      if e is not None:
+        if any(b < 0x20 for b in raw):  # float bytes read as a word: the records are out of step
+          return _out_of_step(i, raw, previous)
+        return (f"the word of vector {i + 1} ({raw[:40]!r}) is not UTF-8 ({e.reason}): the file's words are in "
+                f"another encoding or cut inside a character; {_unicode_hint(names)}")
+      previous = raw
+    return None
+  if resolved not in ("word2vec", "fasttext", "glove"):
+    return None
+  dim = header[1] if header else None
+  for line_no, raw in enumerate(_text_lines(path), 1):
+    if header and line_no == 1:
+      continue
+    e = _undecodable(raw, encoding)
+    if e is not None:
+      return (f"line {line_no} holds bytes that are not UTF-8 ({e.reason} at byte {e.start}: "
+              f"{raw[max(0, e.start - 10):e.start + 10]!r}): {_unicode_hint(names)}")
+    if not raw.strip():
+      return f"line {line_no} is blank"
+    parts = raw.decode(encoding).rstrip().split(" ")
+    if dim is None:
+      dim = len(parts) - 1
+    if len(parts) > dim + 1 and all(_is_number(x) for x in parts[-dim:]):
+      return (f"line {line_no}: the word {' '.join(parts[:-dim])!r} contains a space, which separates the fields "
+              f"of word2vec text: gensim reads such a line as a word and a non-number (it has no option for it); "
+              f"rename or drop that word")
+    if len(parts) != dim + 1:
+      return f"line {line_no} ({parts[0]!r}) has {len(parts) - 1} numbers where the first vector has {dim}"
+    bad = next((x for x in parts[1:] if not _is_number(x)), None)
+    if bad is not None:
+      return f"line {line_no} ({parts[0]!r}): {bad!r} is not a number"
+  return None
+
+
+class _Duplicates:
+  """Collects the words gensim's word2vec reader reports as duplicates (it keeps the first vector of each)."""
+
+  def __init__(self):
+    import logging
+    self.words: list[str] = []
+    self._logger = logging.getLogger("gensim.models.keyedvectors")
+    self._handler = logging.Handler(logging.WARNING)
+    self._handler.emit = self._emit  # type: ignore[method-assign]
+
+  def _emit(self, record) -> None:
+    if str(record.msg).startswith("duplicate word") and record.args:
+      self.words.append(str(record.args[0]))
+
+  def __enter__(self):
+    self._saved = self._logger.level, self._logger.propagate
+    self._logger.setLevel(30)  # WARNING, whatever the caller set on "gensim"
+    self._logger.propagate = False  # the note goes into the report, not onto stderr
+    self._logger.addHandler(self._handler)
+    return self
+
+  def __exit__(self, *exc):
+    self._logger.removeHandler(self._handler)
+    self._logger.setLevel(self._saved[0])
+    self._logger.propagate = self._saved[1]
+
+
+def _drop_unfilled(kv) -> int:
+  """gensim sizes its table by the header's (or the lines') count and skips a duplicate word's later vectors,
+  leaving None keys and zero rows at the end (its own shrink compares against a length that counts them): keep the
+  filled rows only, as that shrink means to. Returns how many were dropped."""
+  filled = len(kv.key_to_index)
+  dropped = len(kv.index_to_key) - filled
+  if dropped > 0:
+    kv.index_to_key = kv.index_to_key[:filled]
+    kv.vectors = np.ascontiguousarray(kv.vectors[:filled])
+    for name, values in list(kv.expandos.items()):
+      kv.expandos[name] = values[:filled]
+    kv.norms = None
+  return dropped
+
+
+def _first_non_finite(matrix) -> int | None:
+  for start in range(0, len(matrix), _CHECK_ROWS):
+    bad = ~np.isfinite(matrix[start:start + _CHECK_ROWS]).all(axis=1)
+    if bad.any():
+      return start + int(np.argmax(bad))
+  return None
+
+
+def _all_zero(matrix) -> bool:
+  return not any(np.any(matrix[start:start + _CHECK_ROWS]) for start in range(0, len(matrix), _CHECK_ROWS))
+
+
+def load_vectors(path: str | os.PathLike, format: str = "auto", *, names: dict[str, str] | None = None,
+                 unicode_errors: str = "strict", notes: dict[str, Any] | None = None) -> tuple[Any, str]:
+  """(gensim KeyedVectors, the format used). Every problem with the file is a one-line PretrainedError naming the
+  file by `names["path"]` (the option that gave it): missing, a directory, empty, unreadable, not of the format, a
+  header count other than the vectors found, a vector that is not finite float32, or no vector other than zero.
+
+  A word given twice keeps its first vector (gensim's rule); `notes`, if given, receives `duplicate_words` (how
+  many later vectors were skipped) and `duplicate_example` (the first such word). `unicode_errors` is gensim's, for
+  the words of word2vec / GloVe files that are not UTF-8 ("strict" refuses them)."""
+  names = {**CONFIG_NAMES, **(names or {})}
+  where = f"{names['path']}={str(path)!r}"
+  if format not in FORMATS:
+    raise PretrainedError(f"{names['format']}={format!r} is not one of {', '.join(FORMATS)}")
+  if unicode_errors not in UNICODE_ERRORS:
+    raise PretrainedError(f"unicode_errors={unicode_errors!r} is not one of {', '.join(UNICODE_ERRORS)}")
+  path = Path(path)
+  if path.is_dir():
+    raise PretrainedError(f"{where} is a directory; give a vector file")
+  if not path.is_file():
+    raise PretrainedError(f"{where}: no such file")
+  if not os.access(path, os.R_OK):
+    raise PretrainedError(f"{where}: the file is not readable")
+  try:
+    empty = path.stat().st_size == 0 or not _first_bytes(path, 1)
     resolved = detect_format(path) if format == "auto" else format
   except OSError as e:
-    raise PretrainedError(f"model.pretrained.path={str(path)!r}: cannot read the file: {_one_line(e)}") from None
+    raise PretrainedError(f"{where}: cannot read the file: {_one_line(e)}") from None
+  if empty:
+    raise PretrainedError(f"{where}: the file is empty (no vectors)")
+  auto = " (auto-detected)" if format == "auto" else ""
+  import warnings
+
   from gensim.models import KeyedVectors
   from gensim.models.fasttext import load_facebook_vectors
+  duplicates = _Duplicates()
   try:
-    if resolved == "fasttext-bin":
-      kv = load_facebook_vectors(str(path))
-    else:
-      kv = KeyedVectors.load_word2vec_format(str(path), binary=resolved == "word2vec-binary",
-                                             no_header=resolved == "glove")
+    with duplicates, warnings.catch_warnings():
+      warnings.simplefilter("ignore")  # numpy's overflow warning for 1e39 and the like: refused below, in one line
+      if resolved == "fasttext-bin":
+        kv = load_facebook_vectors(str(path))
+      else:
+        kv = KeyedVectors.load_word2vec_format(str(path), binary=resolved == "word2vec-binary",
+                                               no_header=resolved == "glove", unicode_errors=unicode_errors)
   except Exception as e:  # gensim raises ValueError, EOFError, UnicodeDecodeError, struct.error, ... on bad input
-    raise PretrainedError(f"model.pretrained.path={str(path)!r} does not parse as {resolved!r}"
-                          f"{' (auto-detected)' if format == 'auto' else ''}: {_one_line(e)}") from None
-  if resolved == "word2vec-binary" and any("\n" in key for key in kv.index_to_key[:1000]):
-    # gensim's binary reader accepts a text file with a count header: words then swallow the text's line breaks.
-    raise PretrainedError(f"model.pretrained.path={str(path)!r} does not parse as 'word2vec-binary': its words "
-                          f"contain line breaks (a text file? try model.pretrained.format=word2vec)")
+    try:
+      header = _header(path)
+      if isinstance(e, EOFError) and header is not None and resolved != "fasttext-bin":
+        found = _vectors_in_file(path, resolved, header[1])
+        reason = (f"its header announces {header[0]} vectors but the file holds {found}; correct the header's "
+                  f"first number")
+      else:
+        reason = _diagnose(path, resolved, "utf-8", names)
+    except Exception:  # the diagnosis is best effort: gensim's own message below
+      reason = None
+    reason = reason or f"it is not {DESCRIPTIONS[resolved]} (gensim: {_one_line(e)})"
+    raise PretrainedError(f"{where} does not parse as {resolved!r}{auto}: {reason}") from None
+  if resolved == "word2vec-binary":
+    keys = kv.index_to_key
+    if any("\n" in key for key in keys[:1000] if key):
+      # gensim's binary reader accepts a text file with a count header: words then swallow the text's line breaks.
+      raise PretrainedError(f"{where} does not parse as 'word2vec-binary': its words contain line breaks (a text "
+                            f"file? try {names['format']}=word2vec)")
+    import re
+    control = re.compile("[\x00-\x1f\x7f]")
+    bad = None
+    if control.search("".join(key for key in keys if key)):  # one scan; the loop only to find the word
+      bad = next((i for i, key in enumerate(keys) if key and control.search(key)), None)
+    if bad is not None:
+      raise PretrainedError(f"{where} does not parse as 'word2vec-binary'{auto}: "
+                            f"{_out_of_step(bad, keys[bad], keys[bad - 1] if bad else None)}")
+  dropped = _drop_unfilled(kv) if resolved != "fasttext-bin" else 0
+  if notes is not None:
+    notes.update(duplicate_words=dropped, duplicate_example=duplicates.words[0] if duplicates.words else None)
   if len(kv.index_to_key) == 0 or kv.vector_size < 1:
-    raise PretrainedError(f"model.pretrained.path={str(path)!r} holds no vectors (format {resolved!r})")
+    raise PretrainedError(f"{where} holds no vectors (format {resolved!r})")
+  if _has_header(resolved):
+    count = dropped + len(kv.index_to_key)  # what gensim read: the header's count
+    found = _vectors_in_file(path, resolved, kv.vector_size)
+    if found > count:
+      unit = "vectors" if resolved == "word2vec-binary" else "vector lines"
+      raise PretrainedError(f"{where}: its header announces {count} vectors but the file holds {found} {unit}; "
+                            f"gensim would read only the first {count}: correct the header's first number")
+  bad = _first_non_finite(kv.vectors)
+  if bad is not None:
+    raise PretrainedError(f"{where}: the vector of {kv.index_to_key[bad]!r} (vector {bad + 1}) holds "
+                          f"{_bad_value(kv.vectors[bad])}; vectors must be finite float32 (|x| <= 3.4e38)")
+  ngrams = getattr(kv, "vectors_ngrams", None)
+  if ngrams is not None and len(ngrams):
+    bad = _first_non_finite(ngrams)
+    if bad is not None:
+      raise PretrainedError(f"{where}: the vector of character n-gram bucket {bad} holds {_bad_value(ngrams[bad])}; "
+                            f"vectors must be finite float32 (|x| <= 3.4e38)")
+  if _all_zero(kv.vectors):
+    raise PretrainedError(f"{where}: all {len(kv.index_to_key)} vectors are zero: the vectors carry no information")
   return kv, resolved
+
+
+def _bad_value(row) -> str:
+  value = row[~np.isfinite(row)][0]
+  return "NaN" if np.isnan(value) else f"{value} (or a value beyond float32's range)"
 
 
 # --------------------------------------------------------------------------------------------------- alignment
@@ -197,30 +460,38 @@ def _mean_norm(x_NxD: np.ndarray) -> float:
 
 def pretrained_table(path: str | os.PathLike, tokens: Sequence[str], kind: str, *, d_model: int, std: float,
                      format: str = "auto", oov: str = "random", dim_mismatch: str = "error", scale: str = "match",
-                     seed: int = 0, counts: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-  """The [V, d_model] float32 initial table and its coverage report (see the module docstring)."""
+                     seed: int = 0, counts: np.ndarray | None = None, width_option: str = "model.d_model",
+                     unicode_errors: str = "strict") -> tuple[np.ndarray, dict[str, Any]]:
+  """The [V, d_model] float32 initial table and its coverage report (see the module docstring). `d_model` is the
+  table's width and `width_option` the config field that sets it (`model.table_dim` for a factorized table), for
+  the message of a width mismatch."""
   for name, value, allowed in (("oov", oov, OOV_POLICIES), ("dim_mismatch", dim_mismatch, DIM_MISMATCH_POLICIES),
                                ("scale", scale, SCALES)):
     if value not in allowed:
       raise PretrainedError(f"model.pretrained.{name}={value!r} is not one of {', '.join(allowed)}")
-  kv, resolved = load_vectors(path, format)
+  notes: dict[str, Any] = {}
+  kv, resolved = load_vectors(path, format, unicode_errors=unicode_errors, notes=notes)
+  where = f"{CONFIG_NAMES['path']}={str(path)!r}"
   source_dim = int(kv.vector_size)
   if source_dim != d_model and dim_mismatch == "error":
-    raise PretrainedError(f"model.pretrained.path={str(path)!r} has {source_dim}-dimensional vectors but the table "
-                          f"has model.d_model={d_model}; set model.d_model={source_dim} or "
-                          f"model.pretrained.dim_mismatch=project")
+    raise PretrainedError(f"{where} has {source_dim}-dimensional vectors but the table has {width_option}={d_model}; "
+                          f"set {width_option}={source_dim} or model.pretrained.dim_mismatch=project")
   vectors_VxS, rule_V, words = align(kv, tokens, kind)
   covered_V = rule_V >= 0
   if not covered_V.any():
     order = range(len(tokens)) if counts is None else np.argsort(-np.asarray(counts)[:len(tokens)], kind="stable")
     samples = [tokens[i] for i in order if words[i]][:3] or list(tokens[:3])  # the most frequent, with counts
-    raise PretrainedError(f"model.pretrained.path={str(path)!r} covers no token of the {kind!r} vocabulary "
+    raise PretrainedError(f"{where} covers no token of the {kind!r} vocabulary "
                           f"(e.g. {', '.join(repr(s) for s in samples)}); check the tokenizer and the file's language "
                           f"and casing")
   vectors_VxD = vectors_VxS.astype(np.float64)
   if source_dim != d_model:
     vectors_VxD = vectors_VxD @ orthogonal_projection(source_dim, d_model, seed)
   covered_norm = _mean_norm(vectors_VxD[covered_V])
+  if covered_norm == 0:  # zero rows are legal (a padding vector), but not all of them: nothing to scale or copy
+    raise PretrainedError(f"{where}: every vector covering the {kind!r} vocabulary ({int(covered_V.sum())} rows) "
+                          f"is zero: the vectors carry no information")
+  zero_rows = int((~vectors_VxD[covered_V].any(axis=1)).sum())
   target_norm = normal_mean_norm(std, d_model)
   factor = target_norm / covered_norm if scale == "match" and covered_norm > 0 else 1.0
   table_VxD = vectors_VxD * factor
@@ -236,8 +507,13 @@ def pretrained_table(path: str | os.PathLike, tokens: Sequence[str], kind: str, 
     mean_D = table_VxD[covered_V].mean(axis=0)
     fill_NxD = mean_D + rng.normal(0.0, MEAN_NOISE * covered_norm / math.sqrt(d_model), (missing, d_model))
   table_VxD[~covered_V] = fill_NxD
+  if not np.abs(table_VxD).max() <= np.finfo(np.float32).max:  # scale=keep after a widening projection of huge values
+    raise PretrainedError(f"{where}: the table overflows float32 ({kind!r} vocabulary, scale={scale}); use "
+                          f"model.pretrained.scale=match")
   report = coverage_report(tokens, words, rule_V, counts)
   report.update({"path": str(path), "format": resolved, "source_vocab": len(kv.index_to_key),
+                 "duplicate_words": notes["duplicate_words"], "duplicate_example": notes["duplicate_example"],
+                 "zero_rows_covered": zero_rows,
                  "source_dim": source_dim, "table_shape": [len(tokens), d_model], "tokenizer": kind, "oov": oov,
                  "dim_mismatch": dim_mismatch, "projected": source_dim != d_model, "scale": scale,
                  "scale_factor": factor, "covered_mean_norm": covered_norm, "init_mean_norm": target_norm})
@@ -276,4 +552,15 @@ def summary_line(report: dict[str, Any]) -> str:
           f"({100 * report['share_rows_covered']:.1f} %)"
           f"{'' if tokens is None else f', {100 * tokens:.1f} % of training tokens'} covered by "
           f"{report['path']} ({report['format']}, {report['source_vocab']}×{report['source_dim']}"
-          f"{', projected' if report['projected'] else ''}; {rules}; oov={report['oov']}, scale={report['scale']})")
+          f"{', projected' if report['projected'] else ''}; {rules}; oov={report['oov']}, scale={report['scale']})"
+          f"{duplicate_note(report)}"
+          f"{f'; zero vectors kept in {z} covered row(s)' if (z := report.get('zero_rows_covered')) else ''}")
+
+
+def duplicate_note(report: dict[str, Any]) -> str:
+  """'; N duplicate words ...' for a file that repeats words (gensim keeps each one's first vector), else ''."""
+  n = report.get("duplicate_words")
+  if not n:
+    return ""
+  return (f"; {n} duplicate word{'s' if n > 1 else ''} skipped (e.g. {report['duplicate_example']!r}: its first "
+          f"vector kept)")

@@ -106,6 +106,8 @@ def load_run(workdir: str | Path, checkpoint: str = "best") -> LoadedRun:
   ckpt_dir = workdir / "checkpoints"
   if not ckpt_dir.exists():
     raise EvaluationError(f"run {str(workdir)!r} has no checkpoints to evaluate")
+  if not checkpoint_lib.has_checkpoint(ckpt_dir):  # read from disk: no CheckpointManager thread left at exit
+    raise EvaluationError(f"run {str(workdir)!r} has no complete checkpoint")
   loop.check_splits(splits, tokenizer.get_vocab_size())
   model_cfg = configuration.model_config(config, tokenizer.get_vocab_size())
   # Only the parameters, onto this process's first device or the evaluation mesh (with the trainer's rule), whatever

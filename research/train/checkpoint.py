@@ -183,10 +183,14 @@ class Checkpointer:
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
     sharding_of = sharding if callable(sharding) else (lambda shape: sharding)
     path = os.path.join(os.fspath(self.directory), str(step), 'state')
+    if not os.path.isdir(path):
+      raise FileNotFoundError(f'checkpoint step {step}: {path} is missing')
     with ocp.StandardCheckpointer() as reader:
       metadata = reader.metadata(path)
     tree = getattr(metadata, 'item_metadata', metadata)
     tree = getattr(tree, 'tree', tree)
+    if not isinstance(tree, Mapping) or 'params' not in tree:
+      raise FileNotFoundError(f'checkpoint step {step}: {path} has no parameter metadata')
     is_array = lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype')  # noqa: E731
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(tuple(a.shape), a.dtype,
                                                          sharding=sharding_of(tuple(a.shape))),

@@ -139,7 +139,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> RunData:
     tokenizers_lib.save_tokenizer(tokenizer, workdir)
     if jax.process_index() == 0:
       for line in data_notes(config, tokenizer, np.load(tokenizers_lib.counts_path(workdir))):
-        print(line, file=sys.stderr, flush=True)
+        print(line, flush=True)  # stdout: stderr holds errors alone
   splits = batches_lib.build_or_load_cache(config.data.corpus, tokenizer, cache_dir=cache_dir, corpus=corpus,
                                            errors=config.data.errors)
   check_splits(splits, tokenizer.get_vocab_size())
@@ -187,7 +187,7 @@ def pretrained_table(config, data: RunData, workdir: Path) -> tuple[np.ndarray, 
     return pretrained_lib.pretrained_table(
         p.path, tokenizers_lib.vocabulary(data.tokenizer), config.data.tokenizer, d_model=model_cfg.table_width,
         std=model_cfg.embed_init_std, format=p.format, oov=p.oov, dim_mismatch=p.dim_mismatch, scale=p.scale,
-        seed=config.seed, counts=counts)
+        seed=config.seed, counts=counts, width_option="model.table_dim" if model_cfg.table_dim else "model.d_model")
   except pretrained_lib.PretrainedError as e:
     raise configuration.ConfigError(str(e)) from None
 
@@ -261,7 +261,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike)
       # A start that failed before its first checkpoint (a non-finite loss at step 1, a kill): nothing of that
       # model exists, so the corrected command starts over in the same workdir (its files are rewritten).
       print(f"note: workdir {str(path)!r} holds a start of another run that saved no checkpoint ({'; '.join(diffs)}); "
-            f"starting over with this config", file=sys.stderr, flush=True)
+            f"starting over with this config", flush=True)
     elif diffs:
       raise configuration.ConfigError(
           f"workdir {str(path)!r} holds another run, and resuming it with this config would train another model: "
@@ -337,7 +337,7 @@ def restore_newest_good(checkpointer, workdir: Path, target, reopen: Callable[[]
       checkpointer = reopen()
       for bad, why in errors:
         print(f"note: checkpoint step {bad} of {str(workdir)!r} could not be restored ({why[:300]}); moved to "
-              f"{UNREADABLE_DIR}/{bad}; resuming from step {step}", file=sys.stderr, flush=True)
+              f"{UNREADABLE_DIR}/{bad}; resuming from step {step}", flush=True)
     return checkpointer, step, state, saved
   checkpointer.close()
   step, why = errors[0]
