@@ -134,3 +134,22 @@ def test_a_corpus_edited_in_place_is_refused_on_resume_and_a_touched_one_is_not(
   message = str(err.value)
   assert "\n" not in message and "holds a run trained on other data" in message and "train" in message
   assert json.loads((workdir / "config.json").read_text())["train"]["steps"] == 2  # untouched
+
+
+@pytest.mark.parametrize("damage", ["config", "tokenizer"])
+def test_a_damaged_config_or_tokenizer_is_one_line_for_train_and_evaluate(reference_run, tmp_path, damage):
+  from research.evaluate import extrapolation
+  workdir = _copy(reference_run, tmp_path)
+  name = "config.json" if damage == "config" else "tokenizer.json"
+  text = (workdir / name).read_text()
+  (workdir / name).write_text(text[:len(text) // 2])  # truncated by a full disk
+  for call in (lambda: loop.train(_config(**{"train.steps": 6, "train.checkpoint_every": 2,
+                                             "train.keep_checkpoints": 3}), workdir),
+               lambda: extrapolation.evaluate_run(workdir, (1,))):
+    with pytest.raises((configuration.ConfigError, extrapolation.EvaluationError)) as err:
+      call()
+    message = str(err.value)
+    assert "\n" not in message and f"'{workdir / name}'" in message
+    assert ("is damaged (JSONDecodeError" in message and "checkpoints/<step>/meta/metadata" in message) if \
+        damage == "config" else "cannot be read (" in message
+  assert (workdir / name).read_text() == text[:len(text) // 2]  # left as it was

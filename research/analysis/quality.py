@@ -232,7 +232,7 @@ def run_table(workdir: str | os.PathLike, checkpoint: str = "best"):
   """(loaded run, [V, d] input table as numpy, tokenizer, counts or None)."""
   from research.evaluate import extrapolation
   run = extrapolation.load_run(workdir, checkpoint)
-  tokenizer = tokenizers_lib.load_tokenizer(workdir)
+  tokenizer = tokenizers_lib.load_tokenizer(workdir)  # load_run read it already: a damaged one failed there
   counts_file = tokenizers_lib.counts_path(workdir)
   counts = np.load(counts_file) if counts_file.exists() else None
   return run, np.asarray(run.params["token_embed"]["embedding"], np.float32), tokenizer, counts

@@ -72,7 +72,7 @@ def read_config(workdir: str | Path) -> ml_collections.ConfigDict:
   if not (workdir / loop.CONFIG_FILE).exists():
     raise EvaluationError(f"{str(workdir)!r} is not a run directory (no {loop.CONFIG_FILE})")
   # Fields added since the run was written take what they meant then (configuration.with_defaults).
-  return ml_collections.ConfigDict(configuration.with_defaults(json.loads((workdir / loop.CONFIG_FILE).read_text())))
+  return ml_collections.ConfigDict(configuration.with_defaults(loop.read_saved_config(workdir)))
 
 
 def evaluation_mesh(config: ml_collections.ConfigDict):
@@ -100,7 +100,7 @@ def load_run(workdir: str | Path, checkpoint: str = "best") -> LoadedRun:
   """Config, tokenizer, token streams and the parameters of the run's best (or last) checkpoint."""
   workdir = Path(workdir)
   config = read_config(workdir)
-  tokenizer = tokenizers_lib.load_tokenizer(workdir)
+  tokenizer = loop.load_run_tokenizer(workdir)
   splits = batches_lib.build_or_load_cache(config.data.corpus, tokenizer, cache_dir=config.data.cache_dir or None,
                                            errors=config.data.errors)
   ckpt_dir = workdir / "checkpoints"
@@ -377,7 +377,7 @@ def passkey_prompts(workdir: str | Path, config: ml_collections.ConfigDict, leng
                     depths: Sequence[float], trials: int) -> dict[int, dict[float, list | None]]:
   """{length: {depth: the cell's prompts, or None when not even the needle and question fit}}; keys seeded by
   (config.seed, length, depth)."""
-  tokenizer = tokenizers_lib.load_tokenizer(workdir)
+  tokenizer = loop.load_run_tokenizer(workdir)
   train_len, out = int(config.data.seq_len), {}
   for multiple in lengths:
     length = int(multiple) * train_len

@@ -125,7 +125,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> RunData:
   # A tokenizer in the workdir is reused only by a run that saved a checkpoint (a resume, whose config was checked);
   # one left by a start that failed before its first checkpoint may belong to another config, and is rebuilt.
   if (workdir / TOKENIZER_FILE).exists() and checkpoint_lib.has_checkpoint(workdir / "checkpoints"):
-    tokenizer = tokenizers_lib.load_tokenizer(workdir)
+    tokenizer = load_run_tokenizer(workdir)
   else:
     try:
       tokenizer, directory = tokenizers_lib.build_or_load_tokenizer(config.data.tokenizer, corpus,
@@ -168,6 +168,20 @@ def data_notes(config: ml_collections.ConfigDict, tokenizer, counts: np.ndarray)
                    f"{config.data.tokenizer!r}, data.vocab_size={asked} (a larger vocabulary, or a tokenizer "
                    f"without [UNK] such as bpe or byte, keeps more of the text)")
   return notes
+
+
+def load_run_tokenizer(workdir: str | os.PathLike):
+  """RUN/tokenizer.json; a damaged one is one line (the tokenizers library raises a bare Exception)."""
+  path = Path(workdir) / TOKENIZER_FILE
+  if not path.exists():
+    raise configuration.ConfigError(f"{str(workdir)!r} has no {TOKENIZER_FILE}: not a run directory, or a start "
+                                    f"that failed before writing it")
+  try:
+    return tokenizers_lib.load_tokenizer(workdir)
+  except Exception as e:  # noqa: BLE001
+    raise configuration.ConfigError(f"{str(path)!r} cannot be read ({str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}); "
+                                    f"the run's token ids depend on it: restore it from a copy, or use a new "
+                                    f"workdir") from None
 
 
 def char_ids(config, tokenizer) -> "chars_lib.Constant | None":
@@ -255,7 +269,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike)
   saved = path / CONFIG_FILE
   if saved.exists():
     current = config.to_dict()
-    previous = configuration.align_backend_choices(configuration.with_defaults(json.loads(saved.read_text())), current)
+    previous = configuration.align_backend_choices(configuration.with_defaults(read_saved_config(path)), current)
     diffs = checkpoint_lib.config_differences(previous, current, ignore=schema.RESUMABLE_FIELDS)
     if diffs and not checkpoint_lib.has_checkpoint(path / "checkpoints") and not (path / SUMMARY_FILE).exists():
       # A start that failed before its first checkpoint (a non-finite loss at step 1, a kill): nothing of that
@@ -303,6 +317,24 @@ def check_resume(config: ml_collections.ConfigDict, workdir: Path, data: "RunDat
     atomic_write_json(path, current)
 
 
+def read_saved_config(workdir: str | os.PathLike) -> dict[str, Any]:
+  """RUN/config.json as a dict; a damaged one (truncated by a full disk, edited by hand) is one line naming the file
+  and where the run's config is kept besides (every checkpoint's meta/metadata holds a copy under "config")."""
+  path = Path(workdir) / CONFIG_FILE
+  try:
+    saved = json.loads(path.read_text())
+  except (ValueError, UnicodeDecodeError) as e:
+    saved, error = None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+  else:
+    error = None if isinstance(saved, dict) else f"a JSON {type(saved).__name__}, not an object"
+  if error:
+    raise configuration.ConfigError(
+        f"{str(path)!r} is damaged ({error}); every checkpoint keeps a copy of the run's config "
+        f"(checkpoints/<step>/meta/metadata, under \"metadata\": {{\"config\": ...}}): restore it from there, or use a "
+        f"new workdir")
+  return saved
+
+
 def keep_saved_choices(config: ml_collections.ConfigDict, workdir: Path) -> ml_collections.ConfigDict:
   """`config` with each `configuration.BACKEND_RESOLVED` field (model.attention) set to the value of the run in
   `workdir`, if any: `check_workdir` vouched that both resolve to the same choice here, and config.json then keeps
@@ -310,7 +342,7 @@ def keep_saved_choices(config: ml_collections.ConfigDict, workdir: Path) -> ml_c
   saved = Path(workdir) / CONFIG_FILE
   if not saved.exists():
     return config
-  previous = configuration.flatten(configuration.with_defaults(json.loads(saved.read_text())))
+  previous = configuration.flatten(configuration.with_defaults(read_saved_config(workdir)))
   return configuration.apply_overrides(config, {f: previous[f] for f in configuration.BACKEND_RESOLVED})
 
 
