@@ -18,9 +18,11 @@ research/analysis/positions.py, docs/architecture.md). With --vectors: the same 
 One entry point for every analysis of a table: a new one is a flag and one more step in `main`.
 """
 
+from pathlib import Path
+
 from absl import app, flags, logging
 
-from experiments.common import run_main
+from experiments.common import parse_flags, run_main
 from research import hugepages
 from research.analysis import positions, quality, rare
 from research.embeddings import pretrained
@@ -59,7 +61,25 @@ def check_flags() -> None:
     raise quality.AnalysisError("--rare analyses the table parameter (drift from RUN/embedding_init.npy); run it "
                                 "without --vectors_of=input")
   elif _OUTPUT.value:
-    raise quality.AnalysisError("--output is for --vectors; a run's report goes to RUN/eval/embedding_quality.json")
+    raise quality.AnalysisError(f"--output is for --vectors; a run's report goes to "
+                                f"RUN/{quality.EVAL_DIR}/{quality.QUALITY_FILES[_VECTORS_OF.value]}")
+  if _WORKDIR.value and _FORMAT.present:
+    raise quality.AnalysisError("--format is for --vectors (a run's table needs none)")
+  if _VECTORS.value and _CHECKPOINT.present:
+    raise quality.AnalysisError("--checkpoint is for --workdir (a vector file has no checkpoints)")
+  # Where results go is checked before the analysis runs (it may take minutes), naming the flag.
+  for name, flag in (("output", _OUTPUT), ("export_word2vec", _EXPORT_WORD2VEC)):
+    if flag.value:
+      path = Path(flag.value)
+      if path.is_dir() or not path.name:
+        raise quality.AnalysisError(f"--{name}={flag.value!r} is a directory; give a file path")
+      if not path.absolute().parent.is_dir():
+        raise quality.AnalysisError(f"--{name}={flag.value!r}: the directory {str(path.absolute().parent)!r} does "
+                                    f"not exist")
+  if _EXPORT_PROJECTOR.value and Path(_EXPORT_PROJECTOR.value).exists() and \
+      not Path(_EXPORT_PROJECTOR.value).is_dir():
+    raise quality.AnalysisError(f"--export_projector={_EXPORT_PROJECTOR.value!r} is a file; give a directory (it "
+                                f"is created)")
   if _POSITIONS_BATCHES.present and not _POSITIONS.value:
     raise quality.AnalysisError("--positions_batches is for --positions")
   if _POSITIONS_BATCHES.value < 1:
@@ -97,7 +117,7 @@ def main(argv):
 
 def run():
   hugepages.maybe_reexec()  # first: restarts the process with huge pages for XLA's buffers (Linux)
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

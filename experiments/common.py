@@ -2,21 +2,116 @@
 
 from __future__ import annotations
 
+import os
+import re
 import sys
-from typing import Callable
+from typing import Callable, NoReturn
 
-from research.analysis.quality import AnalysisError
-from research.data.corpora import CorpusError
-from research.embeddings.pretrained import PretrainedError
-from research.embeddings.train_vectors import VectorsError
-from research.evaluate.extrapolation import EvaluationError
-from research.report import ReportError
-from research.train.configuration import ConfigError
-from research.train.loop import NonFiniteError
+from absl import flags
 
-USER_ERRORS = (ConfigError, CorpusError, NonFiniteError, EvaluationError, ReportError, PretrainedError, VectorsError,
-               AnalysisError,
-               FileNotFoundError, NotADirectoryError)
+
+def user_errors() -> tuple[type[Exception], ...]:
+  """The exceptions that are a user's error: one line, no traceback. Imported when asked for, not with this module,
+  so that research-report, which parses its flags here, does not import JAX."""
+  from research.analysis.quality import AnalysisError
+  from research.data.corpora import CorpusError
+  from research.embeddings.pretrained import PretrainedError
+  from research.embeddings.train_vectors import VectorsError
+  from research.evaluate.extrapolation import EvaluationError
+  from research.report import ReportError
+  from research.train.configuration import ConfigError
+  from research.train.loop import NonFiniteError
+  return (ConfigError, CorpusError, NonFiniteError, EvaluationError, ReportError, PretrainedError, VectorsError,
+          AnalysisError, FileNotFoundError, NotADirectoryError)
+
+
+def fail(message: str) -> NoReturn:
+  """The one line of a user error, on stderr, and exit status 2."""
+  print("error: " + " ".join(line.strip() for line in message.splitlines() if line.strip()), file=sys.stderr)
+  sys.exit(2)
+
+
+def expected_flag_value(parser: flags.ArgumentParser) -> str | None:
+  """What a flag's parser accepts, in words ('an integer', 'true or false', 'one of best, last'), or None."""
+  if isinstance(parser, flags.BooleanParser):
+    return "true or false"
+  if isinstance(parser, flags.EnumParser):
+    return f"one of {', '.join(parser.enum_values)}"
+  if isinstance(parser, flags.EnumClassParser):
+    return f"one of {', '.join(parser.enum_class.__members__)}"
+  return getattr(parser, "syntactic_help", None) or None  # 'an integer', 'a positive integer', 'a number', ...
+
+
+def _bad_value(parser: flags.ArgumentParser, text: str) -> tuple[str, str] | None:
+  """absl says `flag --NAME=VALUE: REASON`; `text` is 'VALUE: REASON'. The split whose VALUE, parsed again, fails
+  with REASON (a value may hold ': ' too); None when none does."""
+  for match in re.finditer(": ", text):
+    value, reason = text[:match.start()], text[match.end():]
+    try:
+      parser.parse(value)
+    except (TypeError, ValueError, OverflowError) as e:
+      if str(e) == reason:
+        return value, reason
+  return None
+
+
+def flag_error_message(error: flags.Error, flag_values: flags.FlagValues = flags.FLAGS) -> str:
+  """One line for a flag that did not parse: `--config.train.steps='abc': expected an integer` (the flag, the value
+  as given, and what it accepts); `--workdir is required`; `unknown flag --foo`."""
+  message = str(error)
+  if isinstance(error, flags.UnrecognizedFlagError):
+    tip = message.partition(". Did you mean: ")[2].rstrip(" ?")
+    return f"unknown flag --{error.flagname}" + (f"; did you mean --{tip.replace(', ', ', --')}?" if tip else "")
+  match = re.fullmatch(r"flag --([^=\s]+)=(.*)", message, re.S)
+  if not match or match.group(1) not in flag_values:
+    return message
+  name, text = match.groups()
+  if text.endswith(f"Flag --{name} must have a value other than None."):  # flags.mark_flags_as_required
+    return f"--{name} is required"
+  parser = flag_values[name].parser
+  found = _bad_value(parser, text)
+  if found is None and "Error whilst parsing config file:" in text:
+    # ml_collections: the config file's get_config() raised; its traceback follows, the exception last.
+    value, _, trace = text.partition(": Error whilst parsing config file:")
+    return f"--{name}={value!r}: get_config() raised {trace.strip().splitlines()[-1].strip()}"
+  if found is None:
+    return f"--{name}: {text}"
+  value, reason = found
+  expected = expected_flag_value(parser)
+  return f"--{name}={value!r}: " + (f"expected {expected}" if expected else reason)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """`app.run(main, flags_parser=parse_flags)`: parses the command line as app.run does, but a flag that does not
+  parse (a value of the wrong type, an unknown choice or flag, a required flag missing) prints one line `error:
+  ...` and exits with status 2 instead of absl's two lines and status 1. --help and --helpfull work as before."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(flag_error_message(e))
+  except SyntaxError as e:  # a config file (ml_collections imports it while parsing --config)
+    fail(f"config file {e.filename!r} line {e.lineno}: SyntaxError: {e.msg}")
+
+
+def check_config_file(argv: list[str], name: str = "config") -> None:
+  """A `--config=PATH` (ml_collections' config file flag) that names no file fails here with one line; ml_collections
+  would raise `OSError: Failed loading config file` with a traceback, while parsing flags or when the config is
+  first read. A relative PATH is resolved against the current directory, as ml_collections does."""
+  given = None
+  for i, arg in enumerate(argv[1:], 1):
+    match = re.fullmatch(rf"--?{re.escape(name)}(=(.*))?", arg, re.S)
+    if match:
+      given = match.group(2) if match.group(1) is not None else (argv[i + 1] if i + 1 < len(argv) else None)
+  if given is None:
+    return  # absent: the required-flag check reports it
+  path = given.split(":", 1)[0]  # ml_collections passes what follows a colon to get_config()
+  if not path:
+    fail(f"--{name}={given!r}: expected a Python config file")
+  if not os.path.isfile(path):
+    what = "is a directory, not a config file" if os.path.isdir(path) else "does not exist"
+    where = "" if os.path.isabs(path) else f" (a relative path is resolved against the current directory, " \
+                                           f"{os.getcwd()})"
+    fail(f"--{name}={given!r}: config file {path!r} {what}{where}")
 
 
 def check_override_flags(argv: list[str]) -> None:
@@ -32,9 +127,8 @@ def check_override_flags(argv: list[str]) -> None:
     for name in overrides:
       if name not in valid:
         configuration.apply_overrides(configuration.reference_config(), {name: None})  # raises with the list
-  except ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  except configuration.ConfigError as e:
+    fail(str(e))
 
 
 def run_main(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
@@ -43,8 +137,7 @@ def run_main(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
   def wrapped(argv):
     try:
       main(argv)
-    except USER_ERRORS as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
+    except user_errors() as e:  # evaluated only when main raised
+      fail(str(e))
 
   return wrapped

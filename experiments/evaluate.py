@@ -17,7 +17,7 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from experiments.common import run_main
+from experiments.common import parse_flags, run_main
 from research import hugepages
 from research.evaluate import extrapolation, passkey
 
@@ -89,7 +89,7 @@ def print_passkey(workdir: str, rope_scaling: str | None) -> None:
 def run():
   hugepages.maybe_reexec()  # first: restarts the process with huge pages for XLA's buffers (Linux)
   flags.mark_flags_as_required(["workdir"])
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

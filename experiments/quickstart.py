@@ -13,7 +13,7 @@ import sys
 
 from absl import app, flags
 
-from experiments.common import run_main
+from experiments.common import parse_flags, run_main
 from research import sweeps
 from research.report import build_report
 from research.train.configuration import ConfigError
@@ -32,6 +32,7 @@ def main(argv):
   if _JOBS.value < 1:
     raise ConfigError(f"--jobs={_JOBS.value} must be >= 1")
   sweep = sweeps.load_sweep(_SWEEP.value)
+  sweeps.check_directory(_WORKDIR.value)
   print(f"quickstart: {len(sweep.trials)} trials of {sweep.base_config} on the built-in corpus -> {_WORKDIR.value}")
   status = sweeps.run_sweep(sweep, _WORKDIR.value, jobs=_JOBS.value)
   report = build_report(_WORKDIR.value)
@@ -49,7 +50,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import sys
 
 from absl import app
 
+from experiments.common import parse_flags
 from research.report import ReportError, build_report
 
 USAGE = "usage: research-report DIR (a sweep directory with sweep.json, a directory of runs, or one run)"
@@ -39,7 +40,7 @@ def main(argv):
 def run():
   if hasattr(signal, "SIGPIPE"):  # `research-report DIR | head` ends quietly
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

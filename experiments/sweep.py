@@ -16,7 +16,7 @@ import shlex
 
 from absl import app, flags
 
-from experiments.common import run_main
+from experiments.common import parse_flags, run_main
 from research import sweeps
 from research.train.configuration import ConfigError
 
@@ -53,6 +53,7 @@ def main(argv):
       print(line)
     return
   if _DRY_RUN.value:
+    sweeps.check_directory(_WORKDIR.value)  # what the real run would refuse
     for trial in sweep.trials:
       workdir = f"{_WORKDIR.value.rstrip('/')}/{trial.name}"
       print(f"{trial.name}: {shlex.join(sweeps.train_command(sweep, trial, workdir))}")
@@ -69,7 +70,7 @@ def main(argv):
 
 def run():
   flags.mark_flags_as_required(["sweep", "workdir"])
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments.common import check_override_flags, run_main
+from experiments.common import check_config_file, check_override_flags, parse_flags, run_main
 from research import hugepages, supervisor
 from research.train import configuration, loop
 
@@ -33,10 +33,11 @@ def main(argv):
 
 def run():
   hugepages.maybe_reexec()  # first: restarts the process with huge pages for XLA's buffers (Linux)
+  check_config_file(sys.argv)
   check_override_flags(sys.argv)
   supervisor.maybe_supervise()  # multi-process jobs: a lost process ends the others with one line (exits here)
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

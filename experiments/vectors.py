@@ -9,7 +9,7 @@ Words are split as the `word` tokenizer splits them. word2vec writes word2vec te
 
 from absl import app, flags, logging
 
-from experiments.common import run_main
+from experiments.common import parse_flags, run_main
 from research.data import corpora, tokenizers
 from research.embeddings import train_vectors
 
@@ -32,6 +32,7 @@ def main(argv):
   if len(argv) > 1:
     raise train_vectors.VectorsError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)  # gensim logs every epoch at INFO
+  train_vectors.check_out(_OUT.value)  # before the corpus is read and the vectors trained
   corpus = corpora.load_corpus(_CORPUS.value, errors=_ERRORS.value, cache_dir=_CACHE_DIR.value or None)
   sentences = train_vectors.sentences_of(corpus.split(_SPLIT.value), tokenizers.split_words)
   model = train_vectors.train_vectors(sentences, _METHOD.value, _DIM.value, window=_WINDOW.value,
@@ -43,7 +44,7 @@ def main(argv):
 
 def run():
   flags.mark_flags_as_required(["out"])
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ A sweep file (`configs/sweeps/NAME.py`) defines
       return product(seeds(3), {"model.position": ["none", "alibi"]})
 
 as big_vision's sweep functions do. `product`, `zip_` and `seeds` build the lists. Every override key is validated
-against the base config, and every EVALUATE key against research-evaluate's options, before any trial starts. Each
+against the base config, and every EVALUATE key and value as research-evaluate would check it (for each trial's
+config), before any trial starts; a sweep file that does not load or has no trials fails in one line too. Each
 trial runs in its own process under `DIR/<trial>/`, named by its overrides; `DIR/sweep.json` records trials,
 overrides, status (pending, running, finished, failed) and errors. A trial with `summary.json` (and its
 evaluation file, when the sweep evaluates) is finished and skipped on a rerun; an interrupted one resumes from its
@@ -33,8 +34,11 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
+
+from absl import flags
 
 from research import hugepages
 from research.embeddings import registry
@@ -130,15 +134,30 @@ def legacy_trial_name(overrides: Mapping[str, Any]) -> str:
   return ",".join(f"{k.split('.')[-1]}={_value_text(v)}" for k, v in overrides.items())
 
 
+def _file_error(path: Path, error: BaseException) -> str:
+  """'line N: SyntaxError: invalid syntax': where in the file `path` (the innermost line there) and what."""
+  line = error.lineno if isinstance(error, SyntaxError) and error.filename == str(path) else None
+  for frame in traceback.extract_tb(error.__traceback__):
+    if frame.filename == str(path):
+      line = frame.lineno
+  text = error.msg if isinstance(error, SyntaxError) else str(error)
+  return (f"line {line}: " if line else "") + f"{type(error).__name__}: {text}"
+
+
 def load_config_file(path: str | Path):
+  """A config or sweep file as a module. One that does not exist, or does not run (a syntax error, an exception at
+  import), is a ConfigError naming the file and the line."""
   path = Path(path)
   if not path.is_absolute():
     path = (ROOT / path) if (ROOT / path).exists() else path.resolve()
-  if not path.exists():
+  if not path.is_file():
     raise configuration.ConfigError(f"config file {str(path)!r} does not exist")
   spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # noqa: BLE001 (a user's file: whatever it raises is reported in one line)
+    raise configuration.ConfigError(f"file {str(path)!r} cannot be loaded: {_file_error(path, e)}") from None
   return module
 
 
@@ -149,8 +168,20 @@ def load_sweep(path: str | Path) -> Sweep:
     raise configuration.ConfigError(f"sweep file {str(path)!r} defines no get_sweep()")
   base = getattr(module, "BASE_CONFIG", "configs/clm.py")
   base_config = load_config_file(base).get_config()
-  trials, names = [], set()
-  for overrides in module.get_sweep():
+  try:
+    points = module.get_sweep()
+  except Exception as e:  # noqa: BLE001 (a user's file: whatever it raises is reported in one line)
+    file = Path(module.__file__)
+    raise configuration.ConfigError(f"sweep {str(path)!r}: get_sweep() fails: {_file_error(file, e)}") from None
+  if not isinstance(points, Sequence) or isinstance(points, (str, bytes)) or \
+      not all(isinstance(p, Mapping) for p in points):
+    raise configuration.ConfigError(f"sweep {str(path)!r}: get_sweep() must return a list of {{field: value}} "
+                                    f"override dicts, got {_short_repr(points)}")
+  if not points:
+    raise configuration.ConfigError(f"sweep {str(path)!r}: get_sweep() returned no trials (an empty grid: is one "
+                                    f"axis an empty list?)")
+  trials, names, configs = [], set(), {}
+  for overrides in points:
     config = configuration.apply_overrides(base_config, overrides)  # unknown fields fail here
     configuration.validate(config)  # unknown choices, bad numbers, bad shapes fail here
     name = trial_name(overrides)
@@ -158,15 +189,29 @@ def load_sweep(path: str | Path) -> Sweep:
       raise configuration.ConfigError(f"sweep {str(path)!r} has two trials named {name!r}")
     names.add(name)
     trials.append(Trial(name, dict(overrides)))
+    configs[name] = config
   evaluate = getattr(module, "EVALUATE", None)
   if evaluate:
-    check_evaluate_options(evaluate, path)
+    check_evaluate_options(evaluate, path, configs)
   return Sweep(Path(path).stem, base, trials, dict(evaluate) if evaluate else None)
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+  text = repr(value)
+  return text if len(text) <= limit else text[:limit] + "..."
 
 
 # The research-evaluate flags with a fixed set of values (experiments/evaluate.py's enums).
 EVALUATE_CHOICES = {"mode": tuple(extrapolation.MODES), "checkpoint": extrapolation.CHECKPOINTS,
                     "rope_scaling": extrapolation.ROPE_SCALINGS}
+# The parser of each research-evaluate flag (experiments/evaluate.py; tests/test_sweeps.py checks that they are the
+# same kinds): an EVALUATE value becomes the text of `--key=value` (`evaluate_command`), which must parse.
+EVALUATE_PARSERS: dict[str, flags.ArgumentParser] = {
+    "lengths": flags.ListParser(), "stride": flags.IntegerParser(), "split": flags.ArgumentParser(),
+    "rope_factor": flags.FloatParser(), "by_position": flags.BooleanParser(), "passkey": flags.BooleanParser(),
+    "passkey_depths": flags.ListParser(), "passkey_trials": flags.IntegerParser(),
+    "max_tokens_per_batch": flags.IntegerParser(),
+    **{key: flags.EnumParser(list(choices)) for key, choices in EVALUATE_CHOICES.items()}}
 
 
 def evaluate_options() -> list[str]:
@@ -176,20 +221,65 @@ def evaluate_options() -> list[str]:
   return [name for name in params if name not in ("workdir", "output")]
 
 
-def check_evaluate_options(evaluate: Any, path: str | Path) -> None:
-  """A misspelt EVALUATE key would otherwise fail in every trial's evaluate step, after all the training."""
+def _flag_text(value: Any) -> str:
+  """An EVALUATE value as `evaluate_command` writes it after `--key=`: lists comma-separated."""
+  return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _accepted(parser: flags.ArgumentParser) -> str:
+  if isinstance(parser, flags.EnumParser):
+    return f"one of {', '.join(parser.enum_values)}"
+  return "true or false" if isinstance(parser, flags.BooleanParser) else parser.syntactic_help
+
+
+def check_evaluate_options(evaluate: Any, path: str | Path, configs: Mapping[str, Any] | None = None) -> None:
+  """Every EVALUATE key and value that research-evaluate would refuse, refused here in one line before any trial
+  trains (it would otherwise fail in every trial's evaluate step, after all the training): a key that is no option,
+  a value whose flag does not parse, what `extrapolation.check_options` / `passkey.check_options` refuse, and, for
+  each trial's config in `configs` ({name: config}), what `extrapolation.check_run_options` refuses (RoPE scaling
+  of another scheme, passkey or sliding windows for a masked LM, a stride longer than the shortest window)."""
+  where = f"sweep {str(path)!r}: EVALUATE"
   if not isinstance(evaluate, Mapping):
-    raise configuration.ConfigError(f"sweep {str(path)!r}: EVALUATE must be a dict of research-evaluate options or "
-                                    f"None, got {type(evaluate).__name__}")
+    raise configuration.ConfigError(f"{where} must be a dict of research-evaluate options or None, got "
+                                    f"{type(evaluate).__name__}")
   allowed = evaluate_options()
+  options = {name: p.default for name, p in inspect.signature(extrapolation.evaluate_run).parameters.items()
+             if name in allowed}
   for key, value in evaluate.items():
     if key not in allowed:
-      raise configuration.ConfigError(f"sweep {str(path)!r}: EVALUATE key {key!r} is not a research-evaluate "
-                                      f"option; allowed: {', '.join(allowed)}")
-    choices = EVALUATE_CHOICES.get(key)
-    if choices and value is not None and value not in choices:
-      raise configuration.ConfigError(f"sweep {str(path)!r}: EVALUATE[{key!r}]={value!r} is not one of "
-                                      f"{', '.join(choices)}")
+      raise configuration.ConfigError(f"{where} key {key!r} is not a research-evaluate option; allowed: "
+                                      f"{', '.join(allowed)}")
+    if value is None:  # research-evaluate's default: `evaluate_command` passes no flag
+      continue
+    parser = EVALUATE_PARSERS[key]
+    try:
+      options[key] = parser.parse(_flag_text(value))
+    except (TypeError, ValueError):
+      raise configuration.ConfigError(f"{where}[{key!r}]={value!r} is not {_accepted(parser)} (research-evaluate "
+                                      f"--{key})") from None
+  # As experiments/evaluate.py converts its list flags.
+  for key, convert, what in (("lengths", int, "positive integers: multiples of the training length"),
+                             ("passkey_depths", float, "numbers in [0, 1]")):
+    try:
+      options[key] = [convert(v) for v in options[key]]
+    except (TypeError, ValueError):
+      raise configuration.ConfigError(f"{where}[{key!r}]={evaluate[key]!r} must be {what}") from None
+  try:
+    multiples = extrapolation.check_options(
+        options["lengths"], mode=options["mode"], stride=options["stride"], split=options["split"],
+        checkpoint=options["checkpoint"], rope_scaling=options["rope_scaling"], rope_factor=options["rope_factor"],
+        max_tokens_per_batch=options["max_tokens_per_batch"])
+    if options["passkey"]:
+      passkey.check_options(options["passkey_depths"], options["passkey_trials"])
+  except extrapolation.EvaluationError as e:
+    raise configuration.ConfigError(f"{where}: {e}") from None
+  for name, config in (configs or {}).items():
+    try:
+      extrapolation.check_run_options(name, config, multiples, mode=options["mode"],
+                                      stride=options["stride"], rope_scaling=options["rope_scaling"],
+                                      passkey=options["passkey"])
+    except extrapolation.EvaluationError as e:
+      raise configuration.ConfigError(f"{where} does not suit trial {name!r}: {e}") from None
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -220,9 +310,8 @@ def train_command(sweep: Sweep, trial: Trial, workdir: str, train: str | None = 
 def evaluate_command(sweep: Sweep, workdir: str, evaluate: str | None = None) -> list[str]:
   args = [evaluate or script("research-evaluate"), f"--workdir={workdir}"]
   for key, value in (sweep.evaluate or {}).items():
-    if isinstance(value, (list, tuple)):
-      value = ",".join(str(v) for v in value)
-    args.append(f"--{key}={value}")
+    if value is not None:  # None: research-evaluate's default
+      args.append(f"--{key}={_flag_text(value)}")
   return args
 
 
@@ -365,6 +454,13 @@ def check_jobs(sweep: Sweep, jobs: int, environ: Mapping[str, str] | None = None
         f"address and process ids; use --jobs=1 and start the same research-sweep command on every host")
 
 
+def check_directory(directory: str | Path) -> None:
+  """A sweep directory that is an existing file fails in one line (as research-train's workdir does)."""
+  path = Path(directory)
+  if path.exists() and not path.is_dir():
+    raise configuration.ConfigError(f"workdir {str(path)!r} exists and is not a directory")
+
+
 def run_sweep(sweep: Sweep, directory: str | Path, jobs: int = 1,
               log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
   """Runs the unfinished trials (`jobs` at a time); returns {trial: status}. One progress line per trial, skipped
@@ -372,6 +468,7 @@ def run_sweep(sweep: Sweep, directory: str | Path, jobs: int = 1,
   if configuration.is_url(directory):
     raise configuration.ConfigError(f"workdir {str(directory)!r} is a URL; a sweep directory is a local or shared "
                                     f"filesystem path (mount a bucket with gcsfuse)")
+  check_directory(directory)
   check_jobs(sweep, jobs)
   directory = Path(directory).resolve()  # trials run with the repository root as their working directory
   directory.mkdir(parents=True, exist_ok=True)

@@ -215,12 +215,26 @@ def test_zero_vectors_are_left_out_of_the_scores_as_out_of_vocabulary(tmp_path):
     quality.analyze_vectors(path)
 
 
-@pytest.mark.xfail(strict=True, reason="experiments/analyze.py's check_flags names embedding_quality.json for every "
-                                       "--vectors_of; remove this mark when it names QUALITY_FILES[vectors_of]")
 def test_output_with_input_vectors_points_at_the_file_that_mode_writes():
   result = cli("experiments.analyze", "--workdir=/nonexistent/run", "--vectors_of=input", "--output=x.json")
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].endswith("RUN/eval/embedding_quality_input.json")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--format=glove"], "--format is for --vectors (a run's table needs none)"),
+    (["--export_word2vec=/nonexistent/dir/w.txt"], "--export_word2vec='/nonexistent/dir/w.txt': the directory "
+                                                     "'/nonexistent/dir' does not exist"),
+    (["--export_projector={file}"], "--export_projector='{file}' is a file; give a directory (it is created)"),
+])
+def test_output_paths_and_flags_for_the_other_mode_are_refused_before_the_analysis(args, message, tmp_path):
+  file = tmp_path / "a_file.txt"
+  file.write_text("x")
+  result = cli("experiments.analyze", "--workdir=/nonexistent/run", *[a.format(file=file) for a in args])
+  assert result.returncode == 2 and result.stderr.strip() == "error: " + message.format(file=file)
+  vectors = cli("experiments.analyze", f"--vectors={file}", "--checkpoint=last", f"--output={tmp_path / 'no' / 'x'}")
+  assert vectors.returncode == 2 and vectors.stderr.strip() == \
+      "error: --checkpoint is for --workdir (a vector file has no checkpoints)"
 
 
 def test_the_cli_analyzes_a_run_and_writes_both_exports(word_run, tmp_path):

@@ -566,6 +566,18 @@ def test_the_vectors_cli_trains_on_train_text_only_and_is_reproducible_across_pr
   assert bad.returncode == 2 and bad.stderr.strip().splitlines() == ["error: --dim=0 must be an integer >= 1"]
 
 
+@pytest.mark.parametrize("out,message", [
+    ("", "--out is empty: give the vector file to write"),
+    ("{tmp}", "--out='{tmp}' is a directory; give a file path"),
+    ("{tmp}/missing/v.txt", "--out='{tmp}/missing/v.txt': the directory '{tmp}/missing' does not exist"),
+])
+def test_the_vectors_cli_checks_out_before_reading_the_corpus(out, message, tmp_path):
+  # A corpus that does not exist: had the corpus been read first, its error would be the one printed.
+  result = cli("experiments.vectors", "--corpus=text:/nonexistent/corpus.txt", f"--out={out.format(tmp=tmp_path)}")
+  assert result.returncode == 2 and result.stderr.strip() == "error: " + message.format(tmp=tmp_path)
+  assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
 
 def test_the_vectors_cli_refuses_undecodable_text_in_one_line_and_loads_it_with_errors_replace(tmp_path):
   lines = [f"alpha beta gamma {i % 3}" for i in range(30)]

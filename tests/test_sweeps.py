@@ -159,6 +159,111 @@ def test_evaluate_options_are_the_evaluate_flags():
   assert set(sweeps.evaluate_options()) <= set(flags.FLAGS) and "workdir" not in sweeps.evaluate_options()
 
 
+def _one_error_line(result) -> str:
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+  return lines[0]
+
+
+@pytest.mark.parametrize("evaluate,message", [
+    ({"lengths": [0]}, "EVALUATE: lengths=[0] must be positive multiples of the training length"),
+    ({"lengths": []}, "EVALUATE: lengths=[] must be positive multiples of the training length"),
+    ({"lengths": [1.5]}, "EVALUATE['lengths']=[1.5] must be positive integers"),
+    ({"stride": "abc"}, "EVALUATE['stride']='abc' is not an integer (research-evaluate --stride)"),
+    ({"rope_factor": "big"}, "EVALUATE['rope_factor']='big' is not a number"),
+    ({"by_position": "yes"}, "EVALUATE['by_position']='yes' is not true or false"),
+    ({"checkpoint": "first"}, "EVALUATE['checkpoint']='first' is not one of best, last"),
+    ({"max_tokens_per_batch": "lots"}, "EVALUATE['max_tokens_per_batch']='lots' is not an integer"),
+    ({"passkey_depths": ["x"]}, "EVALUATE['passkey_depths']=['x'] must be numbers in [0, 1]"),
+    ({"split": "dev"}, "EVALUATE: split='dev' is not one of train, valid, test"),
+    ({"passkey": True, "passkey_depths": [2]}, "EVALUATE: passkey_depths=[2.0] must be fractions in [0, 1]"),
+    ({"passkey": True, "passkey_trials": 0}, "EVALUATE: passkey_trials=0 must be an integer >= 1"),
+    # What only a trial's config rules out: named with the trial.
+    ({"rope_scaling": "linear"}, "EVALUATE does not suit trial 'position=alibi': rope_scaling='linear' needs a RoPE "
+                                 "run"),
+    ({"mode": "sliding", "stride": 1000}, "EVALUATE does not suit trial 'position=rope': --stride=1000 must be an "
+                                          "integer between 1 and 64"),
+])
+def test_every_evaluate_value_research_evaluate_would_refuse_is_refused_when_the_sweep_loads(tmp_path, evaluate,
+                                                                                              message):
+  path = write_sweep(tmp_path / "bad.py", [{"model.position": "rope"}, {"model.position": "alibi"}],
+                     evaluate=evaluate)
+  with pytest.raises(configuration.ConfigError, match=re.escape(f"sweep {str(path)!r}: {message}")):
+    sweeps.load_sweep(path)
+
+
+def test_evaluate_for_a_masked_lm_trial_is_refused_when_the_sweep_loads(tmp_path):
+  path = write_sweep(tmp_path / "bad.py", [{"objective": "clm"}, {"objective": "mlm"}], evaluate={"passkey": True})
+  with pytest.raises(configuration.ConfigError, match="EVALUATE does not suit trial 'objective=mlm': passkey "
+                                                      "retrieval needs a causal LM"):
+    sweeps.load_sweep(path)
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_bad_evaluate_value_fails_in_one_line_before_any_trial(tmp_path, dry_run):
+  path = write_sweep(tmp_path / "bad.py", [{"model.position": "rope", "train.steps": 2}], evaluate={"lengths": [0]})
+  result = cli("experiments.sweep", f"--sweep={path}", f"--workdir={tmp_path / 'out'}",
+               *(["--dry_run"] if dry_run else []))
+  assert _one_error_line(result) == (f"error: sweep {str(path)!r}: EVALUATE: lengths=[0] must be positive multiples "
+                                     f"of the training length")
+  assert not (tmp_path / "out").exists() and result.stdout == ""
+
+
+def test_an_evaluate_value_of_none_is_research_evaluates_default(tmp_path):
+  path = write_sweep(tmp_path / "s.py", [{"model.position": "rope"}],
+                     evaluate={"lengths": [1, 2], "rope_scaling": None, "stride": None})
+  sweep = sweeps.load_sweep(path)
+  assert sweeps.evaluate_command(sweep, "RUN", evaluate="E") == ["E", "--workdir=RUN", "--lengths=1,2"]
+  assert sweeps.eval_files(sweep) == ["extrapolation.json"]
+
+
+def test_evaluate_parsers_are_those_of_the_evaluate_flags():
+  """An EVALUATE value is checked with the parser its research-evaluate flag has: the same kind, the same choices."""
+  from absl import flags
+  import experiments.evaluate  # noqa: F401 (defines the flags)
+  assert set(sweeps.EVALUATE_PARSERS) == set(sweeps.evaluate_options())
+  for key, parser in sweeps.EVALUATE_PARSERS.items():
+    theirs = flags.FLAGS[key].parser
+    assert type(parser) is type(theirs), key
+    assert getattr(parser, "enum_values", None) == getattr(theirs, "enum_values", None), key
+
+
+@pytest.mark.parametrize("source,message", [
+    ("BASE_CONFIG = 'configs/tiny.py'\ndef get_sweep(:\n  return []\n",
+     "cannot be loaded: line 2: SyntaxError: invalid syntax"),
+    ("BASE_CONFIG = 'configs/tiny.py'\nfrom research.sweeps import product\n\n"
+     "def get_sweep():\n  return product({'model.position': []})\n",
+     "get_sweep() returned no trials (an empty grid: is one axis an empty list?)"),
+    ("BASE_CONFIG = 'configs/tiny.py'\nfrom research.sweeps import zip_\n\n"
+     "def get_sweep():\n  return zip_(seed=[1], **{'model.position': ['rope', 'alibi']})\n",
+     "get_sweep() fails: line 5: ValueError: zip_ needs equally long lists"),
+    ("BASE_CONFIG = 'configs/tiny.py'\n\ndef get_sweep():\n  return {'model.position': ['rope']}\n",
+     "get_sweep() must return a list of {field: value} override dicts, got {'model.position': ['rope']}"),
+])
+def test_a_sweep_file_that_does_not_load_or_has_no_trials_fails_in_one_line(tmp_path, source, message):
+  path = tmp_path / "s.py"
+  path.write_text(source)
+  with pytest.raises(configuration.ConfigError, match=re.escape(message)) as error:
+    sweeps.load_sweep(path)
+  assert str(path) in str(error.value)
+  if "SyntaxError" in message or "empty grid" in message:  # and the command line's one line
+    line = _one_error_line(cli("experiments.sweep", f"--sweep={path}", f"--workdir={tmp_path / 'out'}"))
+    assert str(path) in line and line.endswith(message) and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("module,args", [
+    ("experiments.sweep", ["--sweep=configs/sweeps/positions.py"]),
+    ("experiments.sweep", ["--sweep=configs/sweeps/positions.py", "--dry_run"]),
+    ("experiments.quickstart", []),
+])
+def test_a_workdir_that_is_a_file_fails_in_one_line(tmp_path, module, args):
+  workdir = tmp_path / "somefile"
+  workdir.write_text("not a directory")
+  line = _one_error_line(cli(module, *args, f"--workdir={workdir}"))
+  assert line == f"error: workdir {str(workdir)!r} exists and is not a directory"  # research-train's words
+  assert workdir.read_text() == "not a directory"
+
+
 def _dry_run(path, out, *flags):
   result = cli("experiments.sweep", f"--sweep={path}", f"--workdir={out}", "--dry_run", *flags)
   assert result.returncode == 0, result.stderr

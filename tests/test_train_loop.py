@@ -258,6 +258,8 @@ def test_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_pa
     (["--config.train.weight_decay=-0.1"], "train.weight_decay=-0.1 must be a finite number >= 0"),
     (["--config.train.loss_chunk=-3"], "train.loss_chunk=-3 must be an integer >= 0"),
     (["--config.mesh.data=3"], "mesh.data=3, mesh.fsdp=1: mesh data=3 x fsdp=1 = 3 devices, but 1 devices"),
+    (["--config.mesh.distributed=true"], "mesh.distributed=true, but no multi-process job was found: set "
+                                         "JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID"),
     (["--workdir=gs://bucket/run"], "workdir 'gs://bucket/run' is a URL; run directories are local or shared"),
 ])
 def test_cli_user_errors_are_one_line_without_traceback(args, message, tmp_path):

@@ -60,12 +60,23 @@ def train_vectors(sentences: list[list[str]], method: str, dim: int, *, window: 
   return model
 
 
+def check_out(path: str | os.PathLike) -> Path:
+  """`--out` as a Path, or one line: empty, a directory, or in a directory that does not exist. research-vectors
+  calls it before the corpus is read (training may take hours), save_vectors again before writing."""
+  if not str(path).strip():
+    raise VectorsError("--out is empty: give the vector file to write")
+  path = Path(path)
+  if path.is_dir():
+    raise VectorsError(f"--out={str(path)!r} is a directory; give a file path")
+  if not path.absolute().parent.is_dir():
+    raise VectorsError(f"--out={str(path)!r}: the directory {str(path.absolute().parent)!r} does not exist")
+  return path
+
+
 def save_vectors(model, path: str | os.PathLike, method: str) -> str:
   """Writes `model` (word2vec text, or fastText .bin with its n-gram buckets); returns the file's format name as
   `research.embeddings.pretrained` knows it."""
-  path = Path(path)
-  if not path.parent.is_dir():
-    raise VectorsError(f"--out={str(path)!r}: the directory {str(path.parent)!r} does not exist")
+  path = check_out(path)
   tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
   if method == "fasttext":
     from gensim.models.fasttext import save_facebook_model

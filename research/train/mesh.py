@@ -130,12 +130,23 @@ def maybe_initialize_distributed(distributed: bool | None = None, *, heartbeat_t
   wanted = multihost_env() if distributed is None else distributed
   if not wanted or jax.distributed.is_initialized():
     return False
+  from research.train.configuration import ConfigError  # here: configuration does not import this module's users
   kwargs = {}
-  if os.environ.get('JAX_NUM_PROCESSES'):
-    kwargs['num_processes'] = int(os.environ['JAX_NUM_PROCESSES'])
-  if os.environ.get('JAX_PROCESS_ID'):
-    kwargs['process_id'] = int(os.environ['JAX_PROCESS_ID'])
-  jax.distributed.initialize(heartbeat_timeout_seconds=int(heartbeat_timeout_s),
-                             shutdown_timeout_seconds=int(heartbeat_timeout_s),
-                             initialization_timeout=int(init_timeout_s), **kwargs)
+  for name, key in (('JAX_NUM_PROCESSES', 'num_processes'), ('JAX_PROCESS_ID', 'process_id')):
+    if os.environ.get(name):
+      try:
+        kwargs[key] = int(os.environ[name])
+      except ValueError:
+        raise ConfigError(f'{name}={os.environ[name]!r} must be an integer') from None
+  try:
+    jax.distributed.initialize(heartbeat_timeout_seconds=int(heartbeat_timeout_s),
+                               shutdown_timeout_seconds=int(heartbeat_timeout_s),
+                               initialization_timeout=int(init_timeout_s), **kwargs)
+  except ValueError as e:
+    if 'should be defined' not in str(e) and 'must be defined' not in str(e):
+      raise
+    raise ConfigError('mesh.distributed=true, but no multi-process job was found: set JAX_COORDINATOR_ADDRESS='
+                      'host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID on every process, or run under SLURM / Open '
+                      'MPI or on every worker of a TPU pod slice (docs/training.md, "Multi-process runs"); '
+                      f'JAX said: {str(e).splitlines()[0]}') from None
   return True

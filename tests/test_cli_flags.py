@@ -1,0 +1,102 @@
+"""Command lines that do not parse: every entry point answers one line `error: ...` naming the flag, the value as
+given and what it accepts, with exit status 2 and no traceback (experiments/common.py: parse_flags,
+check_config_file), before anything compiles. --help still prints the usage."""
+
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+from experiments import common
+from research import sweeps
+from tests.train_utils import ROOT, cli
+
+
+def error_line(result) -> str:
+  """The one stderr line of a refused command line (exit status 2)."""
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), \
+      (result.returncode, result.stderr)
+  return lines[0]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.steps=abc", "--config.train.steps='abc': expected an integer"),
+    ("train.steps=2.5", "--config.train.steps='2.5': expected an integer"),
+    ("train.learning_rate=fast", "--config.train.learning_rate='fast': expected a number"),
+    ("model.tie_embeddings=yes", "--config.model.tie_embeddings='yes': expected true or false"),
+])
+def test_a_config_override_of_the_wrong_type_is_one_line(tmp_path, override, message):
+  result = cli("--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}", f"--config.{override}")
+  assert error_line(result) == f"error: {message}"
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("module,args,message", [
+    ("experiments.sweep", ["--sweep=configs/sweeps/positions.py", "--workdir=OUT", "--jobs=two"],
+     "--jobs='two': expected an integer"),
+    ("experiments.sweep", ["--sweep=configs/sweeps/positions.py", "--workdir=OUT", "--job=2"],
+     "unknown flag --job; did you mean --jobs?"),
+    ("experiments.sweep", ["--workdir=OUT"], "--sweep is required"),
+    ("experiments.quickstart", ["--workdir=OUT", "--jobs=x"], "--jobs='x': expected an integer"),
+    ("experiments.vectors", ["--out=OUT", "--method=glove"], "--method='glove': expected one of word2vec, fasttext"),
+    ("experiments.report", ["--verbosity=loud", "OUT"], "--verbosity='loud': expected an integer"),
+    ("experiments.analyze", ["--workdir=OUT", "--checkpoint=bogus"],
+     "--checkpoint='bogus': expected one of best, last"),
+    ("experiments.analyze", ["--workdir=OUT", "--rare=maybe"], "--rare='maybe': expected true or false"),
+])
+def test_every_entry_point_refuses_a_flag_that_does_not_parse_in_one_line(tmp_path, module, args, message):
+  out = tmp_path / "out"
+  result = cli(module, *[a.replace("OUT", str(out)) for a in args])
+  assert error_line(result) == f"error: {message}"
+  assert not out.exists()
+
+
+def test_research_evaluate_refuses_a_bad_choice_in_one_line_with_parse_flags(tmp_path):
+  """What experiments/evaluate.py gets from `app.run(main, flags_parser=parse_flags)`."""
+  code = ("from absl import app; from experiments import common, evaluate; "
+          "app.run(evaluate.main, flags_parser=common.parse_flags)")
+  result = subprocess.run([sys.executable, "-c", code, f"--workdir={tmp_path}", "--checkpoint=bogus"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+  assert error_line(result) == "error: --checkpoint='bogus': expected one of best, last"
+
+
+def test_a_value_holding_a_colon_is_named_whole():
+  """absl's message is `flag --NAME=VALUE: REASON`; the value is found by parsing it again, not by the first ': '."""
+  values = flags.FlagValues()
+  flags.DEFINE_integer("n", 1, "", flag_values=values)
+  flags.DEFINE_enum("mode", "a", ["a", "b"], "", flag_values=values)
+  for argv, message in ((["x", "--n=a: b"], "--n='a: b': expected an integer"),
+                        (["x", "--mode=c: d"], "--mode='c: d': expected one of a, b")):
+    with pytest.raises(flags.Error) as error:
+      values(argv)
+    assert common.flag_error_message(error.value, values) == message
+
+
+def test_help_still_prints_the_usage():
+  result = cli("experiments.sweep", "--helpfull")
+  assert "--jobs" in result.stdout and "--dry_run" in result.stdout and "error:" not in result.stderr
+
+
+def test_a_config_file_that_does_not_exist_is_one_line(tmp_path):
+  missing = tmp_path / "nowhere.py"
+  result = cli(f"--config={missing}", f"--workdir={tmp_path / 'run'}", "--config.train.steps=3")
+  assert error_line(result) == f"error: --config='{missing}': config file '{missing}' does not exist"
+  # A relative path is resolved against the current directory, not the repository's: named in the line.
+  command = [sweeps.script("research-train"), "--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}"]
+  result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+  assert error_line(result) == ("error: --config='configs/tiny.py': config file 'configs/tiny.py' does not exist (a "
+                                f"relative path is resolved against the current directory, {tmp_path})")
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("source,message", [
+    ("def get_config(:\n  pass\n", "line 1: SyntaxError: invalid syntax"),
+    ("def get_config():\n  raise ValueError('no such model')\n", "get_config() raised ValueError: no such model"),
+])
+def test_a_config_file_that_does_not_load_is_one_line(tmp_path, source, message):
+  path = tmp_path / "broken.py"
+  path.write_text(source)
+  line = error_line(cli(f"--config={path}", f"--workdir={tmp_path / 'run'}"))
+  assert str(path) in line and line.endswith(message), line
