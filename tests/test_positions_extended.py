@@ -21,7 +21,7 @@ from research.model.attention import attention_logits, attention_mask
 from research.model.config import ModelConfig
 from research.model.transformer import Transformer
 from research.train import configuration, optim, steps
-from tests.train_utils import cli, read_metrics, tiny_config
+from tests.train_utils import cli, mark_finished, read_metrics, tiny_config
 
 NEW_SCHEMES = ["fire", "kerple_log", "kerple_power", "xpos", "cope", "sandwich", "p_rope"]
 PER_LAYER = ["fire", "kerple_log", "kerple_power", "cope"]
@@ -722,6 +722,7 @@ def test_a_run_written_before_the_new_fields_existed_still_resumes_and_evaluates
   for field in ("cope_max_pos", "rope_keep_fraction", "position_sampling", "max_position"):
     del old["model"][field]
   (tmp_path / "config.json").write_text(json.dumps(old))
+  mark_finished(tmp_path)
   assert loop.check_workdir(current, tmp_path) == tmp_path  # the defaults are how the run behaved: resumable
   with pytest.raises(configuration.ConfigError, match=r"model.cope_max_pos: 64 \(saved\) != 32 \(current\)"):
     loop.check_workdir(configuration.apply_overrides(current, {"model.cope_max_pos": 32}), tmp_path)

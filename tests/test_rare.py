@@ -6,7 +6,7 @@ import pytest
 
 from research.train import loop, steps
 from tests import test_train_steps as ts
-from tests.train_utils import tiny_config
+from tests.train_utils import mark_finished, tiny_config
 
 
 # ------------------------------------------------------------------------------------------------ update counts
@@ -378,6 +378,7 @@ def test_a_run_from_before_the_counts_resumes_only_without_them(tmp_path):
   saved = tiny_config().to_dict()
   del saved["train"]["count_updates"]  # written before train.count_updates existed: it counted nothing
   (tmp_path / "config.json").write_text(json.dumps(saved))
+  mark_finished(tmp_path)
   with pytest.raises(configuration.ConfigError, match=r"train.count_updates: False \(saved\) != True \(current\)"):
     loop.check_workdir(tiny_config(), tmp_path)
   assert loop.check_workdir(tiny_config(**{"train.count_updates": False}), tmp_path) == tmp_path

@@ -16,7 +16,7 @@ import pytest
 from research import schema
 from research.train import checkpoint as checkpoint_lib
 from research.train import configuration, loop
-from tests.train_utils import ROOT, cli, read_metrics, tiny_config
+from tests.train_utils import ROOT, cli, mark_finished, read_metrics, tiny_config
 
 RUN_FILES = ("config.json", "tokenizer.json", "token_counts.npy", "metrics.jsonl", "summary.json", "checkpoints")
 
@@ -164,21 +164,12 @@ def test_every_differing_field_is_named_and_only_the_allow_list_may_change(finis
   assert loop.check_workdir(configuration.apply_overrides(config, allowed), workdir) == workdir
 
 
-def _finished(workdir):
-  """Marks `workdir` as a run that trained (summary.json through the trainer's writer): a config.json alone is a
-  start that saved nothing, which another config may replace."""
-  loop.write_summary(workdir, loop.summary_record(step=2, train_loss=6.0, valid={"loss": 6.0, "ppl": 403.4,
-                                                                                   "accuracy": 0.05},
-                                                  tokens_seen=2048.0, num_params=1, num_embedding_params=1,
-                                                  vocab_size=512, wall_s=1.0))
-
-
 def test_a_field_the_saved_run_lacks_means_what_runs_did_before_it_existed(tmp_path):
   saved = tiny_config(**{"model.position": "t5"}).to_dict()
   del saved["train"]["position"]  # written before train.position.weight_decay: its T5 table was decayed
   del saved["model"]["attention"]  # before auto: einsum (LEGACY_VALUES), which auto is on this CPU
   tmp_path.joinpath("config.json").write_text(json.dumps(saved))
-  _finished(tmp_path)
+  mark_finished(tmp_path)
   before = _snapshot(tmp_path)
   with pytest.raises(configuration.ConfigError) as err:
     loop.check_workdir(tiny_config(**{"model.position": "t5"}), tmp_path)
@@ -198,7 +189,7 @@ def test_an_einsum_run_resumes_under_auto_where_auto_is_einsum_and_keeps_einsum(
     else:
       saved["model"]["attention"] = saved_value
     tmp_path.joinpath("config.json").write_text(json.dumps(saved))
-    _finished(tmp_path)
+    mark_finished(tmp_path)
     assert loop.check_workdir(current, tmp_path) == tmp_path  # auto = einsum on CPU: the same computation
     assert loop.keep_saved_choices(current, tmp_path).model.attention == "einsum"  # what config.json keeps
     filled = configuration.with_defaults(saved)

@@ -153,3 +153,21 @@ def test_a_damaged_config_or_tokenizer_is_one_line_for_train_and_evaluate(refere
     assert ("is damaged (JSONDecodeError" in message and "checkpoints/<step>/meta/metadata" in message) if \
         damage == "config" else "cannot be read (" in message
   assert (workdir / name).read_text() == text[:len(text) // 2]  # left as it was
+
+
+def test_a_second_trainer_in_the_same_workdir_is_refused_in_one_line_while_the_first_holds_it(tmp_path):
+  import fcntl
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  first = loop.lock_workdir(workdir)  # what a running research-train holds
+  try:
+    with pytest.raises(configuration.ConfigError) as err:
+      loop.train(_config(**{"train.steps": 1}), workdir)
+    message = str(err.value)
+    assert "\n" not in message and "is in use by another research-train (pid " in message
+    assert not (workdir / "config.json").exists()  # refused before anything was written
+  finally:
+    first.close()
+  loop.train(_config(**{"train.steps": 1}), workdir)  # released (as at the first one's exit, kill -9 included)
+  with open(workdir / loop.LOCK_FILE) as f:  # and the finished run released its own
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -52,7 +52,7 @@ CONFIG_FILE, TOKENIZER_FILE, METRICS_FILE, SUMMARY_FILE = "config.json", "tokeni
     "summary.json"
 EMBEDDING_INIT_FILE = "embedding_init.json"
 INIT_TABLE_FILE, UPDATE_COUNTS_FILE = "embedding_init.npy", "update_counts.npz"
-DATA_FILE, UNREADABLE_DIR = "data.json", "checkpoints_unreadable"
+DATA_FILE, UNREADABLE_DIR, LOCK_FILE = "data.json", "checkpoints_unreadable", ".lock"
 DATA_SPLITS = ("train", "valid")  # what a run's model and its best checkpoint depend on
 # valid_ppl_rare: the perplexity of the validation targets whose training count (token_counts.npy) is below this.
 RARE_TRAIN_COUNT = 10
@@ -597,6 +597,39 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
                                         init_timeout_s=config.mesh.init_timeout_s)
   mesh = make_mesh(config)  # a mesh that does not fit the devices fails here, before the workdir is touched
   workdir.mkdir(parents=True, exist_ok=True)
+  lock = lock_workdir(workdir)
+  try:
+    return _train_locked(config, workdir, mesh, start_time)
+  finally:
+    if lock is not None:
+      lock.close()  # releases the lock (as the end of the process would)
+
+
+def lock_workdir(workdir: Path):
+  """An exclusive lock on RUN/.lock for the trainer's lifetime (process 0 of a job: the other processes of a
+  multi-process run share the workdir by design), so that a second research-train in the same workdir (the command
+  launched twice) fails in one line instead of interleaving checkpoints and logs. flock: the kernel drops it when
+  the process ends, kill -9 included, so no stale lock is ever left. Returns the open file, or None."""
+  if jax.process_index() != 0:
+    return None
+  import fcntl
+  import socket
+  f = open(workdir / LOCK_FILE, "a+")
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    f.seek(0)
+    holder = f.read().strip()
+    f.close()
+    raise configuration.ConfigError(f"workdir {str(workdir)!r} is in use by another research-train "
+                                    f"({holder or 'a running process'}); wait for it to end, or use another workdir")
+  f.truncate(0)
+  f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+  f.flush()
+  return f
+
+
+def _train_locked(config: ml_collections.ConfigDict, workdir: Path, mesh, start_time: float) -> dict[str, Any]:
   data = prepare_data(config, workdir)
   counts_file = tokenizers_lib.counts_path(workdir)
   trainer = Trainer.build(config, data.vocab_size, mesh, char_ids=char_ids(config, data.tokenizer),
