@@ -92,6 +92,9 @@ def main(argv):
     raise quality.AnalysisError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.ERROR)
   check_flags()
+  if _WORKDIR.value:
+    from research.train import loop
+    loop.check_writable(Path(_WORKDIR.value) / "eval")  # before the analyses, not at their final write
   if _VECTORS.value:
     report = quality.analyze_vectors(_VECTORS.value, _FORMAT.value)
     if _OUTPUT.value:

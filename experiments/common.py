@@ -20,8 +20,8 @@ def user_errors() -> tuple[type[Exception], ...]:
   from research.evaluate.extrapolation import EvaluationError
   from research.report import ReportError
   from research.train.configuration import ConfigError
-  from research.train.loop import NonFiniteError
-  return (ConfigError, CorpusError, NonFiniteError, EvaluationError, ReportError, PretrainedError, VectorsError,
+  from research.train.loop import NonFiniteError, StorageError
+  return (ConfigError, CorpusError, NonFiniteError, StorageError, EvaluationError, ReportError, PretrainedError, VectorsError,
           AnalysisError, FileNotFoundError, NotADirectoryError)
 
 

@@ -12,7 +12,7 @@ from gensim.test.utils import datapath
 
 from research.train import checkpoint as checkpoint_lib
 from research.train import configuration, loop
-from tests.train_utils import tiny_config
+from tests.train_utils import ROOT, tiny_config
 
 BASE = {"train.eval_batches": 1, "train.async_checkpoints": False, "train.log_every": 1}
 
@@ -171,3 +171,43 @@ def test_a_second_trainer_in_the_same_workdir_is_refused_in_one_line_while_the_f
   loop.train(_config(**{"train.steps": 1}), workdir)  # released (as at the first one's exit, kill -9 included)
   with open(workdir / loop.LOCK_FILE) as f:  # and the finished run released its own
     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_a_workdir_inside_another_run_or_a_sweep_directory_is_refused(reference_run, tmp_path):
+  from research import sweeps
+  config = _config(**{"train.steps": 1})
+  for inside in (reference_run / "checkpoints", reference_run / "eval" / "mine"):
+    with pytest.raises(configuration.ConfigError, match=f"is inside the run '{reference_run}'; give a directory"):
+      loop.check_workdir(config, inside)
+  sweep_dir = tmp_path / "sweep"
+  sweep_dir.mkdir()
+  sweep = sweeps.load_sweep(ROOT / "configs" / "sweeps" / "positions.py")
+  sweeps.write_index(sweep_dir, sweep, {t.name: {"status": "pending"} for t in sweep.trials})  # research-sweep's
+  with pytest.raises(configuration.ConfigError, match="is a sweep directory"):
+    loop.check_workdir(config, sweep_dir)
+  assert loop.check_workdir(config, sweep_dir / "my_trial") == sweep_dir / "my_trial"  # its trials are runs
+
+
+def test_an_unwritable_directory_is_one_line_before_anything_runs():
+  # /proc: a file system where no file can be created, whoever runs the tests (root included, unlike chmod).
+  for call in (lambda: loop.check_writable(Path("/proc") / "eval"), lambda: loop.lock_workdir(Path("/proc"))):
+    with pytest.raises(configuration.ConfigError, match=r"is not writable \(") as err:
+      call()
+    assert "\n" not in str(err.value)
+
+
+def test_a_full_device_is_recognised_through_the_exceptions_orbax_and_python_raise():
+  import errno
+  full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/run/checkpoints/20/state")
+  try:
+    try:
+      raise full
+    except OSError as inner:
+      raise ValueError("Error saving the checkpoint") from inner  # how a wrapper passes it on
+  except ValueError as outer:
+    assert loop.is_disk_full(outer)
+  assert loop.is_disk_full(ValueError('RESOURCE_EXHAUSTED: Error writing "params.final_norm.scale/0" to '
+                                      '"/run/checkpoints/20.orbax-checkpoint-tmp/state": No space left on device'))
+  assert loop.is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+  assert not loop.is_disk_full(ValueError("NOT_FOUND: checkpoints/50.orbax-checkpoint-tmp/state"))
+  assert not loop.is_disk_full(OSError(errno.ENOENT, "No such file or directory"))

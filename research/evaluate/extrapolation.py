@@ -325,6 +325,7 @@ def evaluate_run(workdir: str | Path, lengths: Sequence[int] = (1, 2, 4, 8, 16),
   if passkey:
     passkey_lib.check_options(passkey_depths, passkey_trials)
   config = read_config(workdir)
+  loop.check_writable(Path(workdir) / "eval")  # before the evaluation, not at its final write
   check_run_options(workdir, config, multiples, mode=mode, stride=stride, rope_scaling=rope_scaling,
                     passkey=passkey)
   train_len = int(config.data.seq_len)

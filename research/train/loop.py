@@ -21,6 +21,7 @@ step, rng and the data iterator's position, so that it continues bit-identically
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import hashlib
 import json
@@ -266,6 +267,13 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike)
   path = Path(workdir)
   if path.exists() and not path.is_dir():
     raise configuration.ConfigError(f"workdir {str(path)!r} exists and is not a directory")
+  for parent in path.absolute().parents:  # a run's files written among another run's (its checkpoints/, eval/)
+    if (parent / CONFIG_FILE).is_file() and ((parent / TOKENIZER_FILE).exists() or (parent / "checkpoints").is_dir()):
+      raise configuration.ConfigError(f"workdir {str(path)!r} is inside the run {str(parent)!r}; give a directory "
+                                      f"of its own")
+  if (path / "sweep.json").is_file():
+    raise configuration.ConfigError(f"workdir {str(path)!r} is a sweep directory (sweep.json); a run goes in a "
+                                    f"directory of its own")
   saved = path / CONFIG_FILE
   if saved.exists():
     current = config.to_dict()
@@ -600,9 +608,59 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   lock = lock_workdir(workdir)
   try:
     return _train_locked(config, workdir, mesh, start_time)
+  except Exception as e:
+    if not is_disk_full(e):
+      raise
+    saved = checkpoint_lib.checkpoint_steps(workdir / "checkpoints")
+    resume = f"it resumes from step {saved[-1]}" if saved else "it starts over (no checkpoint was finished)"
+    raise StorageError(f"no space left on the device of {str(workdir)!r} ({_first_line(e)[:200]}); what was written "
+                       f"before is intact: free space and rerun the command, {resume}") from None
   finally:
     if lock is not None:
       lock.close()  # releases the lock (as the end of the process would)
+
+
+class StorageError(RuntimeError):
+  """The run directory's device is full (or a file would exceed its size limit): a user's environment, one line."""
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "File too large")
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def is_disk_full(e: BaseException) -> bool:
+  """Whether `e`, or an exception it was raised from or during, is a full device: an OSError with ENOSPC, EDQUOT or
+  EFBIG (Python's own writes), or TensorStore's RESOURCE_EXHAUSTED / errno text that Orbax passes on as ValueError."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
+      return True
+    text = str(e)
+    if any(t in text for t in DISK_FULL_TEXT) or ("RESOURCE_EXHAUSTED" in text and "writing" in text.lower()):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
+def check_writable(directory: str | os.PathLike) -> None:
+  """One line when `directory` (or, while it does not exist yet, its parent) cannot be written: a read-only mount,
+  another user's run. research-evaluate and research-analyze call it for RUN/eval before they compute anything, so
+  no evaluation is lost at the final write. A missing parent is left to the callers' own checks."""
+  import tempfile
+  directory = Path(directory)
+  target = directory if directory.exists() else directory.parent
+  if not target.is_dir():
+    return
+  try:
+    tempfile.TemporaryFile(dir=target).close()
+  except OSError as e:
+    raise configuration.ConfigError(f"{str(target)!r} is not writable ({e.strerror}); results are written there")
 
 
 def lock_workdir(workdir: Path):
@@ -614,7 +672,11 @@ def lock_workdir(workdir: Path):
     return None
   import fcntl
   import socket
-  f = open(workdir / LOCK_FILE, "a+")
+  try:
+    f = open(workdir / LOCK_FILE, "a+")
+  except OSError as e:  # a read-only mount, a directory of another user: before anything is read or compiled
+    raise configuration.ConfigError(f"workdir {str(workdir)!r} is not writable ({e.strerror}); a run writes its "
+                                    f"checkpoints and logs there") from None
   try:
     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except OSError:
