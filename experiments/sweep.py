@@ -5,7 +5,10 @@ r"""Run a sweep: one process per trial, resumable, with a sweep.json index.
   research-sweep --sweep=configs/sweeps/positions.py --workdir=/mnt/shared/positions --print_commands \
                  --tpu=NAME --zone=ZONE [--repo_dir=~/research]
 
-Rerunning skips finished trials and resumes interrupted ones from their checkpoints; a failed trial is recorded
+Rerunning skips finished trials (evaluating one again when EVALUATE asks for a length or options its evaluation
+lacks) and resumes interrupted ones from their checkpoints; a trial directory holding a run of another config (the
+sweep file's BASE_CONFIG or overrides edited) refuses the sweep in one line: use a new --workdir. --dry_run says
+which trials are finished and would be skipped; a failed trial is recorded
 with its error (sweep.json, and <trial>/error.log) and does not stop the others. With --print_commands the
 workdir must be a filesystem every TPU worker mounts (gcsfuse, NFS), not a gs:// URL. Multi-process trials (started
 with the same command on every host, in a cluster's environment) run one at a time: --jobs > 1 is refused.
@@ -13,6 +16,7 @@ with the same command on every host, in a cluster's environment) run one at a ti
 
 import dataclasses
 import shlex
+from pathlib import Path
 
 from absl import app, flags
 
@@ -54,12 +58,23 @@ def main(argv):
     return
   if _DRY_RUN.value:
     sweeps.check_directory(_WORKDIR.value)  # what the real run would refuse
+    sweeps.check_trial_directories(sweep, _WORKDIR.value)
+    skipped = 0
     for trial in sweep.trials:
       workdir = f"{_WORKDIR.value.rstrip('/')}/{trial.name}"
-      print(f"{trial.name}: {shlex.join(sweeps.train_command(sweep, trial, workdir))}")
-      if sweep.evaluate:
-        print(f"  then: {shlex.join(sweeps.evaluate_command(sweep, workdir))}")
-    print(f"{len(sweep.trials)} trials, " + ("each evaluated after training" if sweep.evaluate else "no evaluation"))
+      plan, why = sweeps.trial_plan(sweep, Path(_WORKDIR.value) / trial.name)
+      if plan == "skip":
+        skipped += 1
+        print(f"{trial.name}: finished (would be skipped)")
+      elif plan == "evaluate":
+        print(f"{trial.name}: finished; evaluated again ({why}), not trained: "
+              f"{shlex.join(sweeps.evaluate_command(sweep, workdir))}")
+      else:
+        print(f"{trial.name}: {shlex.join(sweeps.train_command(sweep, trial, workdir))}")
+        if sweep.evaluate:
+          print(f"  then: {shlex.join(sweeps.evaluate_command(sweep, workdir))}")
+    print(f"{len(sweep.trials)} trials, " + ("each evaluated after training" if sweep.evaluate else "no evaluation")
+          + (f"; {skipped} finished (would be skipped)" if skipped else ""))
     return
   status = sweeps.run_sweep(sweep, _WORKDIR.value, jobs=_JOBS.value)
   failed = [name for name, record in status.items() if record["status"] == "failed"]

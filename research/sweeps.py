@@ -12,8 +12,12 @@ against the base config, and every EVALUATE key and value as research-evaluate w
 config), before any trial starts; a sweep file that does not load or has no trials fails in one line too. Each
 trial runs in its own process under `DIR/<trial>/`, named by its overrides; `DIR/sweep.json` records trials,
 overrides, status (pending, running, finished, failed) and errors. A trial with `summary.json` (and its
-evaluation file, when the sweep evaluates) is finished and skipped on a rerun; an interrupted one resumes from its
-checkpoints; a failed one is recorded with its error and does not stop the others. Multi-process trials (the
+evaluation files, when the sweep evaluates) is finished and skipped on a rerun, unless its evaluation lacks a
+length EVALUATE now asks for or was made with other options (`evaluation_outdated`): then only the evaluation runs
+again (the previous files are kept under RUN/eval/previous/). An interrupted one resumes from its checkpoints; a
+failed one is recorded with its error and does not stop the others. A trial directory holding a run of another
+config (BASE_CONFIG or an override edited since) refuses the whole sweep in one line before any trial runs
+(`check_trial_directories`, research-train's own check). Trial processes die with the sweep (Linux). Multi-process trials (the
 environment describes a multi-process job, or a trial sets mesh.distributed=true) run one at a time: `jobs` > 1 is
 refused in one line (`check_jobs`), since trials side by side would share one coordinator address and process ids.
 """
@@ -21,7 +25,10 @@ refused in one line (`check_jobs`), since trials side by side would share one co
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
+import functools
+import io
 import importlib.util
 import inspect
 import itertools
@@ -40,10 +47,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 from absl import flags
 
-from research import hugepages
+from research import hugepages, supervisor
 from research.embeddings import registry
 from research.evaluate import by_position, extrapolation, passkey
-from research.train import configuration, mesh as mesh_lib
+from research.train import configuration, loop, mesh as mesh_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP_FILE = "sweep.json"
@@ -239,6 +246,19 @@ def check_evaluate_options(evaluate: Any, path: str | Path, configs: Mapping[str
   each trial's config in `configs` ({name: config}), what `extrapolation.check_run_options` refuses (RoPE scaling
   of another scheme, passkey or sliding windows for a masked LM, a stride longer than the shortest window)."""
   where = f"sweep {str(path)!r}: EVALUATE"
+  options, multiples = resolved_evaluate_options(evaluate, where)
+  for name, config in (configs or {}).items():
+    try:
+      extrapolation.check_run_options(name, config, multiples, mode=options["mode"],
+                                      stride=options["stride"], rope_scaling=options["rope_scaling"],
+                                      passkey=options["passkey"])
+    except extrapolation.EvaluationError as e:
+      raise configuration.ConfigError(f"{where} does not suit trial {name!r}: {e}") from None
+
+
+def resolved_evaluate_options(evaluate: Any, where: str = "EVALUATE") -> tuple[dict[str, Any], list[int]]:
+  """({option: value} as research-evaluate would run with it, defaults filled in; the checked multiples), or the
+  one-line ConfigError research-evaluate's checks give (`where` prefixes it)."""
   if not isinstance(evaluate, Mapping):
     raise configuration.ConfigError(f"{where} must be a dict of research-evaluate options or None, got "
                                     f"{type(evaluate).__name__}")
@@ -273,13 +293,7 @@ def check_evaluate_options(evaluate: Any, path: str | Path, configs: Mapping[str
       passkey.check_options(options["passkey_depths"], options["passkey_trials"])
   except extrapolation.EvaluationError as e:
     raise configuration.ConfigError(f"{where}: {e}") from None
-  for name, config in (configs or {}).items():
-    try:
-      extrapolation.check_run_options(name, config, multiples, mode=options["mode"],
-                                      stride=options["stride"], rope_scaling=options["rope_scaling"],
-                                      passkey=options["passkey"])
-    except extrapolation.EvaluationError as e:
-      raise configuration.ConfigError(f"{where} does not suit trial {name!r}: {e}") from None
+  return options, [int(m) for m in multiples]
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -342,6 +356,75 @@ def is_finished(sweep: Sweep, trial_dir: Path) -> bool:
   return sweep.evaluate is None or all((trial_dir / "eval" / f).exists() for f in eval_files(sweep))
 
 
+def trial_config(sweep: Sweep, trial: Trial, base: Any = None):
+  """The config research-train resolves for `trial` (`train_command`: the base config file with the trial's
+  overrides); `base`, the base config already loaded, saves reading it again for every trial."""
+  base = load_config_file(sweep.base_config).get_config() if base is None else base
+  return configuration.apply_overrides(base, trial.overrides)
+
+
+def check_trial_directories(sweep: Sweep, directory: str | Path) -> None:
+  """Refuses the sweep in one line, before any trial runs, when a trial's directory holds a run (its config.json)
+  that the trial's config would not resume: research-train's own check (`loop.check_workdir`: every field but
+  `schema.RESUMABLE_FIELDS`), for a finished trial too, which would otherwise be skipped and reported as this
+  sweep's. A directory without config.json, or one holding only a start that saved no checkpoint (research-train
+  starts such a one over), is no conflict."""
+  directory = Path(directory)
+  base = None
+  for trial in sweep.trials:
+    workdir = directory / trial.name
+    if not (workdir / loop.CONFIG_FILE).is_file():
+      continue
+    base = load_config_file(sweep.base_config).get_config() if base is None else base
+    try:
+      with contextlib.redirect_stdout(io.StringIO()):  # research-train's note about a start it would replace
+        loop.check_workdir(trial_config(sweep, trial, base), workdir)
+    except configuration.ConfigError as e:
+      raise configuration.ConfigError(
+          f"trial {trial.name!r} of this sweep was run with another config (were BASE_CONFIG or the sweep's "
+          f"overrides edited?): {e} (--workdir of research-sweep)") from None
+
+
+def evaluation_outdated(sweep: Sweep, trial_dir: Path) -> str | None:
+  """Why a trial evaluated before (every file of `eval_files` exists) must be evaluated again for this sweep's
+  EVALUATE, or None: its extrapolation file lacks a requested length, or records other options (mode, stride, split,
+  RoPE factor; the scaling is in the file's name). What the file does not record is not compared: `checkpoint` (it
+  holds the step, not best/last), `max_tokens_per_batch` (batching only), by_position / passkey options (their
+  files' presence is `is_finished`'s)."""
+  if not sweep.evaluate:
+    return None
+  path = trial_dir / "eval" / eval_file(sweep)
+  try:
+    report = json.loads(path.read_text())
+    recorded = [int(r["multiple"]) for r in report["results"]]
+    train_len = int(report["train_len"])
+  except (OSError, ValueError, TypeError, KeyError):
+    return f"eval/{path.name} cannot be read"
+  options, multiples = resolved_evaluate_options(sweep.evaluate)
+  missing = [m for m in multiples if m not in recorded]
+  if missing:
+    return f"eval/{path.name} lacks length{'s' if len(missing) > 1 else ''} {', '.join(f'{m}x' for m in missing)}"
+  stride = options["stride"]
+  if options["mode"] == "sliding" and stride is None:
+    stride = max(1, train_len // 2)  # as evaluate_run fills it in
+  wanted = {"mode": options["mode"], "stride": stride if options["mode"] == "sliding" else None,
+            "split": options["split"]}
+  if options["rope_scaling"]:
+    wanted["rope_factor"] = options["rope_factor"]
+  differ = [f"{key}={report.get(key)!r} (now {value!r})" for key, value in wanted.items() if report.get(key) != value]
+  return f"eval/{path.name} was made with {', '.join(differ)}" if differ else None
+
+
+def trial_plan(sweep: Sweep, trial_dir: Path) -> tuple[str, str | None]:
+  """What a (re)run does with a trial: ("skip", None) when finished; ("evaluate", why) when trained and evaluated,
+  but with an evaluation this sweep's EVALUATE outdated (only the evaluation runs again); ("run", None) otherwise
+  (train, resuming from its checkpoints, then evaluate)."""
+  if not is_finished(sweep, trial_dir):
+    return "run", None
+  why = evaluation_outdated(sweep, trial_dir)
+  return ("evaluate", why) if why else ("skip", None)
+
+
 def tpu_commands(sweep: Sweep, directory: str, tpu: str, zone: str, repo_dir: str = "~/research") -> list[str]:
   """One line per trial: train on every host of a TPU VM pod slice, then evaluate on worker 0.
 
@@ -398,16 +481,34 @@ def trial_environment() -> dict[str, str]:
   return {**env, registry.SCHEME_PATH_ENV: os.pathsep.join(dict.fromkeys(paths))}
 
 
-def run_trial(sweep: Sweep, trial: Trial, directory: Path) -> dict[str, Any]:
-  """Trains (resuming if interrupted) and evaluates one trial in subprocesses; returns its status record."""
+def keep_previous_evaluation(sweep: Sweep, workdir: Path) -> Path | None:
+  """Copies the eval files an evaluation is about to rewrite to RUN/eval/previous/<UTC time>/ (a folder
+  research-report does not read), so that evaluating a trial again loses none of what it wrote."""
+  files = [workdir / "eval" / f for f in eval_files(sweep) if (workdir / "eval" / f).is_file()]
+  if not files:
+    return None
+  target = workdir / "eval" / "previous" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+  target.mkdir(parents=True, exist_ok=True)
+  for file in files:
+    shutil.copy2(file, target / file.name)
+  return target
+
+
+def run_trial(sweep: Sweep, trial: Trial, directory: Path, train: bool = True) -> dict[str, Any]:
+  """Trains (resuming if interrupted; with `train` False, only evaluates) and evaluates one trial in subprocesses;
+  returns its status record. The subprocesses die with this process (`supervisor._die_with_parent`, Linux), so a
+  sweep killed however it is leaves no trainer behind to collide with the rerun's."""
   workdir = directory / trial.name
   start = time.time()
-  commands = [train_command(sweep, trial, str(workdir))]
+  commands = [train_command(sweep, trial, str(workdir))] if train else []
   if sweep.evaluate:
+    if not train:
+      keep_previous_evaluation(sweep, workdir)
     commands.append(evaluate_command(sweep, str(workdir)))
   for command in commands:
     # With huge pages already in their environment, the trials need not restart themselves for them.
-    result = subprocess.run(command, cwd=ROOT, env=trial_environment(), capture_output=True, text=True)
+    result = subprocess.run(command, cwd=ROOT, env=trial_environment(), capture_output=True, text=True,
+                            preexec_fn=functools.partial(supervisor._die_with_parent, os.getpid()))
     if result.returncode != 0:
       workdir.mkdir(parents=True, exist_ok=True)
       (workdir / "error.log").write_text(result.stderr)
@@ -473,17 +574,21 @@ def run_sweep(sweep: Sweep, directory: str | Path, jobs: int = 1,
   directory = Path(directory).resolve()  # trials run with the repository root as their working directory
   directory.mkdir(parents=True, exist_ok=True)
   adopt_legacy_trial_dirs(sweep, directory, log)
+  check_trial_directories(sweep, directory)  # a trial directory holding another model refuses the whole sweep
   status: dict[str, dict[str, Any]] = {}
-  todo = []
+  todo, evaluate_again = [], {}
   total, done = len(sweep.trials), 0
   for trial in sweep.trials:
-    if is_finished(sweep, directory / trial.name):
+    plan, why = trial_plan(sweep, directory / trial.name)
+    if plan == "skip":
       status[trial.name] = {"status": "finished", "error": None}
       done += 1
       log(f"[{done}/{total}] {trial.name}: finished (skipped)")
     else:
       status[trial.name] = {"status": "pending", "error": None}
       todo.append(trial)
+      if plan == "evaluate":
+        evaluate_again[trial.name] = why
   write_index(directory, sweep, status)
   lock = threading.Lock()  # worker threads and this one both update `status` and rewrite sweep.json
 
@@ -492,7 +597,7 @@ def run_sweep(sweep: Sweep, directory: str | Path, jobs: int = 1,
     with lock:
       status[trial.name] = {"status": "running", "error": None}
       write_index(directory, sweep, status)
-    return run_trial(sweep, trial, directory)
+    return run_trial(sweep, trial, directory, train=trial.name not in evaluate_again)
 
   with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
     futures = {pool.submit(start, trial): trial for trial in todo}
@@ -503,11 +608,11 @@ def run_sweep(sweep: Sweep, directory: str | Path, jobs: int = 1,
         status[trial.name] = record
         done += 1
         write_index(directory, sweep, status)
-      detail = ""
+      detail = f" (evaluated again, not trained: {evaluate_again[trial.name]})" if trial.name in evaluate_again else ""
       summary_path = directory / trial.name / "summary.json"
       if record["status"] == "finished" and summary_path.exists():
-        detail = f" valid_ppl={json.loads(summary_path.read_text())['valid_ppl']:.2f}"
+        detail += f" valid_ppl={json.loads(summary_path.read_text())['valid_ppl']:.2f}"
       elif record["error"]:
-        detail = f" error: {record['error']}"
+        detail += f" error: {record['error']}"
       log(f"[{done}/{total}] {trial.name}: {record['status']}{detail} ({record['wall_s']:.0f} s)")
   return status

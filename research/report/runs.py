@@ -86,6 +86,7 @@ class Extrapolation:
   points: tuple[EvalPoint, ...]
   rope_scaling: str | None = None
   rope_factor: float | None = None  # None with a scaling: the multiple itself at each length
+  checkpoint_step: int | None = None  # the step of the checkpoint research-evaluate scored
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +107,7 @@ class LossByPosition:
   mode: str | None
   objective: str | None
   curves: tuple[PositionCurve, ...]  # sorted by length
+  checkpoint_step: int | None = None  # the step of the checkpoint research-evaluate scored
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +155,48 @@ class Trial:
   @property
   def finished(self) -> bool:
     return self.status == "finished" and self.summary is not None
+
+  def stale_note(self, checkpoint_step: int | None, file: str) -> str | None:
+    """Why an evaluation of checkpoint `checkpoint_step` (written to `file`) no longer stands for the finished run,
+    or None. research-evaluate scores the best checkpoint (lowest validation loss) or the last one; the evaluation
+    is stale when it scored one that neither choice selects now. Only the final step (summary.json's `step`: the
+    trainer always checkpoints it, and keeps the latest) is known from the run's files to be a checkpoint, so the
+    rule is: stale when `checkpoint_step` < `step` and the final checkpoint's validation loss (metrics.jsonl) is
+    lower than that of `checkpoint_step` (then it is neither the last checkpoint nor the best). It never flags a
+    fresh evaluation; it misses one whose checkpoint was beaten only by an intermediate checkpoint
+    (docs/reports.md, "Stale evaluations")."""
+    summary = self.summary if self.finished else None
+    if summary is None or checkpoint_step is None or summary.get("step") is None:
+      return None
+    step = int(summary["step"])
+    if checkpoint_step >= step:  # the last checkpoint (or a summary older than the evaluation: nothing to compare)
+      return None
+    losses = self.valid_losses()
+    final = losses.get(step, _finite_or_none(summary.get("valid_loss")))
+    scored = losses.get(checkpoint_step)
+    if final is None or scored is None or not final < scored:
+      return None
+    return (f"{self.name}: {file} scored the checkpoint of step {checkpoint_step}; the run has since reached step "
+            f"{step}, whose checkpoint has a lower validation loss ({final:.4g} < {scored:.4g}), so neither "
+            f"--checkpoint=best nor --checkpoint=last selects step {checkpoint_step} now: stale, left out of the "
+            f"mean (rerun research-evaluate)")
+
+  def valid_losses(self) -> dict[int, float]:
+    """{step: validation loss} of metrics.jsonl's `split: valid` lines (the last line of a step wins)."""
+    out = {}
+    for r in self.metrics:
+      if r.get("split") == "valid" and isinstance(r.get("step"), int):
+        loss = _finite_or_none(r.get("loss")) if isinstance(r.get("loss"), (int, float)) else None
+        if loss is not None:
+          out[r["step"]] = loss
+    return out
+
+  def stale_evaluations(self) -> list[str]:
+    """The stale notes of every evaluation file of the trial (extrapolation, RoPE-scaled, loss by position)."""
+    files = [(self.extrapolation, extrapolation_file(None)), *((e, extrapolation_file(s)) for s, e in self.scaled.items()),
+             (self.by_position, BY_POSITION_FILE)]
+    notes = [self.stale_note(e.checkpoint_step, f.as_posix()) for e, f in files if e is not None]
+    return [n for n in notes if n is not None]
 
   def field(self, name: str) -> Any:
     """A dotted config field: the sweep override when there is one, else the resolved config's value."""
@@ -258,6 +302,14 @@ def _finite_or_none(value: Any) -> float | None:
   return value if math.isfinite(value) else None
 
 
+def _step_or_none(path: pathlib.Path, value: Any) -> int | None:
+  if value is None:
+    return None
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+    raise ReportError(f"{path}: 'checkpoint_step' must be an integer, got {value!r}")
+  return int(value)
+
+
 def _read_extrapolation(path: pathlib.Path, rope_scaling: str | None = None) -> Extrapolation | None:
   if not path.is_file():
     return None
@@ -282,7 +334,8 @@ def _read_extrapolation(path: pathlib.Path, rope_scaling: str | None = None) -> 
                             note=None if ppl is not None else str(note)))
   return Extrapolation(train_len=train_len, mode=data.get("mode"), stride=data.get("stride"),
                        split=data.get("split"), points=tuple(sorted(points, key=lambda p: (p.length, p.multiple))),
-                       rope_scaling=rope_scaling, rope_factor=_finite_or_none(data.get("rope_factor")))
+                       rope_scaling=rope_scaling, rope_factor=_finite_or_none(data.get("rope_factor")),
+                       checkpoint_step=_step_or_none(path, data.get("checkpoint_step")))
 
 
 def _read_by_position(path: pathlib.Path) -> LossByPosition | None:
@@ -307,7 +360,8 @@ def _read_by_position(path: pathlib.Path) -> LossByPosition | None:
       raise ReportError(f"{path}: length {length} needs increasing 'edges' and one 'tokens' and 'loss' per bucket")
     curves.append(PositionCurve(multiple, length, edges, tokens, loss))
   return LossByPosition(train_len=data.get("train_len"), mode=data.get("mode"), objective=data.get("objective"),
-                        curves=tuple(sorted(curves, key=lambda c: (c.length, c.multiple))))
+                        curves=tuple(sorted(curves, key=lambda c: (c.length, c.multiple))),
+                        checkpoint_step=_step_or_none(path, data.get("checkpoint_step")))
 
 
 def _read_scaled(path: pathlib.Path) -> dict[str, Extrapolation]:
