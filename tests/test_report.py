@@ -726,3 +726,110 @@ def test_a_pending_trial_groups_with_its_arm_when_another_arm_sets_more_fields(t
   _, rows = parse_md_table(build_report(directory).table)
   assert sorted(rows) == ["position_sampling=none, max_position=0", "position_sampling=randomized, max_position=256"]
   assert rows["position_sampling=none, max_position=0"][0] == "1"  # the pending seed does not count
+
+
+# --- stale evaluations: an eval/*.json of a checkpoint the run has since left behind -------------------------------
+
+
+def _train_session(trial_dir, steps, valid_losses, resume_step=0, scheme="alibi", seed=0):
+  """One research-train session as the trainer's writers leave it: config.json (train.steps), metrics.jsonl (lines
+  past `resume_step` dropped, then a valid line per {step: loss}) and summary.json with the best evaluation."""
+  trial_dir.mkdir(parents=True, exist_ok=True)
+  loop.write_config(configuration.apply_overrides(trial_config(scheme, seed), {"train.steps": steps}), trial_dir)
+  log = loop.MetricsLog(trial_dir, resume_step=resume_step)
+  for step, loss in valid_losses.items():
+    log.write(loop.valid_record(step, {"loss": loss, "ppl": math.exp(loss), "accuracy": 0.3, "tokens": 4096.0,
+                                       "tokens_per_s": 1e5}, lr=1e-3))
+  log.close()
+  valid = {"loss": valid_losses[steps], "ppl": math.exp(valid_losses[steps]), "accuracy": 0.3}
+  loop.write_summary(trial_dir, loop.summary_record(
+      step=steps, train_loss=3.0, valid=valid, tokens_seen=steps * 1024.0, num_params=100000,
+      num_embedding_params=32768, vocab_size=512, wall_s=1.0,
+      best=loop.best_validation(trial_dir / loop.METRICS_FILE, steps, valid)))
+
+
+def _evaluate(trial_dir, checkpoint_step, ppl, rope_scaling=None):
+  """eval/extrapolation(_<scaling>).json of `checkpoint_step` by the evaluator's writers: 1× and 2×."""
+  results = [extrapolation.result_record(m, m * TRAIN_LEN, ppl * m, 4096) for m in (1, 2)]
+  extrapolation.write_report(trial_dir, extrapolation.report_record(
+      train_len=TRAIN_LEN, mode="nonoverlapping", stride=None, split="valid", checkpoint_step=checkpoint_step,
+      rope_scaling=rope_scaling, rope_factor=None, results=results), extrapolation.report_file(rope_scaling))
+
+
+def test_a_last_checkpoint_evaluated_mid_training_is_stale_and_left_out_of_the_mean(tmp_path):
+  """research-evaluate --checkpoint=last at step 120, training then finished at 800 with a lower validation loss:
+  the step-120 figures are not averaged with the final ones (nor win the bold), and a footnote says so."""
+  losses = {120: 4.0, 400: 3.4, 800: 3.1}
+  for seed in (0, 1):
+    _train_session(tmp_path / f"alibi-s{seed}", 800, losses, scheme="alibi", seed=seed)
+  _evaluate(tmp_path / "alibi-s0", 800, 30.0)
+  _evaluate(tmp_path / "alibi-s1", 120, 10.0)  # stale: would otherwise pull the mean down and win the bold
+  _train_session(tmp_path / "rope-s0", 800, losses, scheme="rope")
+  _evaluate(tmp_path / "rope-s0", 800, 25.0)
+  report = build_report(tmp_path)
+  table = report.data
+  alibi = [g.label for g in table.groups].index("position=alibi")
+  rope = [g.label for g in table.groups].index("position=rope")
+  for column, value in (("ppl_1x_64", 30.0), ("ppl_2x_128", 60.0)):
+    cell = table.cell(alibi, column)
+    assert cell.values == (value,)
+    assert len(cell.notes) == 1 and "step 120" in cell.notes[0] and "reached step 800" in cell.notes[0]
+    assert table.best[column] == {rope}
+  assert table.cell(alibi, "valid_ppl").n == 2  # the trainer's own figure is not stale
+  _, rows = parse_md_table(report.table)
+  assert rows["position=alibi"][2] == "30.00 (n=1)[^1]" and rows["position=alibi"][3] == "60.00 (n=1)[^1]"
+  assert "[^1]: alibi-s1: eval/extrapolation.json scored the checkpoint of step 120" in report.table
+  assert "- alibi-s1: eval/extrapolation.json" in report.markdown_path.read_text()
+  row = next(r for r in csv.DictReader(report.csv_path.open()) if r["position"] == "alibi")
+  assert (row["ppl_1x_64_n"], float(row["ppl_1x_64_mean"])) == ("1", 30.0)
+
+
+def test_a_best_evaluation_is_stale_after_a_resume_that_found_a_better_checkpoint(tmp_path):
+  """Evaluated at step 40 (then the best and the last), resumed to 120 with a lower loss: the plain, RoPE-scaled and
+  by-position evaluations of step 40 are all stale; before the resume none was."""
+  from research.report import plots
+  run = tmp_path / "run"
+  _train_session(run, 40, {20: 4.0, 40: 3.5})
+  _evaluate(run, 40, 30.0)
+  _evaluate(run, 40, 28.0, rope_scaling="yarn")
+  report = _write_by_position(run, "alibi", 0)
+  report["checkpoint_step"] = 40
+  from research.evaluate import by_position
+  by_position.write_report(run, report)
+  before = build_report(run)
+  assert before.data.cell(0, "ppl_1x_64").values == (30.0,) and before.data.cell(1, "ppl_2x_128").values == (56.0,)
+  assert "Stale" not in before.markdown_path.read_text() and plots.position_series(before.data)
+  _train_session(run, 120, {80: 3.2, 120: 3.0}, resume_step=40)
+  summary = json.loads((run / loop.SUMMARY_FILE).read_text())
+  assert (summary["step"], summary["best_step"]) == (120, 120)
+  after = build_report(run)
+  trial = after.runs.trials[0]
+  assert len(trial.stale_evaluations()) == 3
+  for gi in (0, 1):  # the plain row and the rope_scaling=yarn row
+    cell = after.data.cell(gi, "ppl_1x_64")
+    assert cell.n == 0 and "step 40" in cell.notes[0] and "reached step 120" in cell.notes[0]
+  assert "eval/extrapolation_yarn.json scored the checkpoint of step 40" in after.table
+  assert "eval/loss_by_position.json scored the checkpoint of step 40" in after.markdown_path.read_text()
+  assert plots.position_series(after.data) == {}
+  assert plots.LOSS_BY_POSITION not in after.plots
+
+
+def test_a_fresh_best_evaluation_of_an_overfit_run_is_not_flagged(tmp_path):
+  """The default --checkpoint=best scores the lowest-loss checkpoint, before the final step when the run overfits:
+  not stale. Nor is an evaluation of the final step, nor one of a run without summary.json (nothing to compare)."""
+  _train_session(tmp_path / "overfit", 100, {50: 3.0, 100: 3.4})
+  _evaluate(tmp_path / "overfit", 50, 30.0)
+  _train_session(tmp_path / "final", 100, {50: 3.3, 100: 3.1})
+  _evaluate(tmp_path / "final", 100, 40.0)
+  (tmp_path / "unfinished").mkdir()
+  loop.write_config(trial_config("rope", 0), tmp_path / "unfinished")
+  _evaluate(tmp_path / "unfinished", 50, 20.0)
+  runs = load_runs(tmp_path)
+  assert [t.stale_evaluations() for t in runs.trials] == [[], [], []]
+  report = build_report(tmp_path)
+  labels = [g.label for g in report.data.groups]
+  assert report.data.cell(labels.index("position=alibi"), "ppl_1x_64").values == (40.0, 30.0)
+  assert report.data.cell(labels.index("position=alibi"), "ppl_1x_64").notes == ()
+  assert "Stale" not in report.markdown_path.read_text()
+  overfit = next(t for t in runs.trials if t.name == "overfit")
+  assert overfit.summary["best_step"] == 50 != overfit.summary["step"]
