@@ -164,14 +164,25 @@ def relay(stream: BinaryIO, out: BinaryIO, hold_s: float = HOLD_S) -> tuple[byte
       out.flush()
 
 
+def _libc():
+  try:
+    return ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+  except OSError:
+    return None
+
+
+# Loaded once, in the parent: research-sweep calls _die_with_parent as a preexec_fn from pool threads, where the forked
+# child should do no more than a system call (no dlopen, whose loader lock another thread may have held at the fork).
+_LIBC = _libc()
+
+
 def _die_with_parent(parent_pid: int) -> None:
-  """Linux: this process gets SIGKILL when its parent (the supervisor) dies, however it dies."""
-  if not sys.platform.startswith("linux"):
+  """Linux: this process gets SIGKILL when its parent (the supervisor, or research-sweep) dies, however it dies."""
+  if _LIBC is None:
     return
   try:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-  except (OSError, AttributeError):
+    _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+  except AttributeError:
     return
   if os.getppid() != parent_pid:  # the supervisor died before prctl: nobody would stop this process
     os._exit(1)

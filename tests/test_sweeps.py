@@ -521,3 +521,122 @@ def test_two_sweeps_in_one_directory_do_not_break_each_others_index(tmp_path):
   index = json.loads((tmp_path / sweeps.SWEEP_FILE).read_text())  # the last complete write of one of them
   assert index["sweep"] in ("writer_a", "writer_b") and len(index["trials"]) == 3
   assert [p.name for p in tmp_path.iterdir()] == [sweeps.SWEEP_FILE]  # no temporary left behind
+
+
+TINY = {"train.steps": 4, "train.eval_every": 4, "train.checkpoint_every": 4, "train.log_every": 2,
+        "data.seq_len": 32, "train.eval_batches": 1}
+
+
+def _sweep_cli(path, out, *flags):
+  return cli("experiments.sweep", f"--sweep={path}", f"--workdir={out}", *flags, timeout=600)
+
+
+def test_a_rerun_evaluates_new_lengths_again_and_refuses_a_trial_of_another_config(tmp_path):
+  trials = [{"seed": 0, **TINY}]
+  name = sweeps.trial_name(trials[0])
+  path = write_sweep(tmp_path / "s.py", trials, evaluate={"lengths": [1]})
+  out = tmp_path / "out"
+  run = out / name
+  result = _sweep_cli(path, out)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert _dry_run(path, out)[0] == f"{name}: finished (would be skipped)"
+  trained = {f: (run / f).stat().st_mtime_ns for f in ("summary.json", "config.json", "metrics.jsonl")}
+
+  # EVALUATE asks for one more length: only the evaluation runs again; the previous file is kept.
+  write_sweep(path, trials, evaluate={"lengths": [1, 2]})
+  lines = _dry_run(path, out)
+  assert lines[0].startswith(f"{name}: finished; evaluated again (eval/extrapolation.json lacks length 2x), not "
+                             f"trained: ") and "--lengths=1,2" in lines[0]
+  result = _sweep_cli(path, out)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert f"[1/1] {name}: finished (evaluated again, not trained: eval/extrapolation.json lacks length 2x)" \
+      in result.stdout, result.stdout
+  report = json.loads((run / "eval" / "extrapolation.json").read_text())
+  assert [r["multiple"] for r in report["results"]] == [1, 2]
+  assert {f: (run / f).stat().st_mtime_ns for f in trained} == trained  # not trained again
+  previous = list((run / "eval" / "previous").glob("*/extrapolation.json"))
+  assert len(previous) == 1 and [r["multiple"] for r in json.loads(previous[0].read_text())["results"]] == [1]
+  assert f"[1/1] {name}: finished (skipped)" in _sweep_cli(path, out).stdout  # now up to date
+  # Other options than the file records (sliding windows) are evaluated again too.
+  write_sweep(path, trials, evaluate={"lengths": [1, 2], "mode": "sliding"})
+  assert "was made with mode='nonoverlapping' (now 'sliding')" in _dry_run(path, out)[0]
+
+  # BASE_CONFIG now another model: refused up front, dry run included, nothing touched.
+  base = tmp_path / "smaller.py"
+  base.write_text(f"import importlib.util\nspec = importlib.util.spec_from_file_location('tiny', "
+                  f"{str(ROOT / 'configs' / 'tiny.py')!r})\ntiny = importlib.util.module_from_spec(spec)\n"
+                  f"spec.loader.exec_module(tiny)\n\ndef get_config():\n  c = tiny.get_config()\n"
+                  f"  c.model.d_model = 32\n  c.train.learning_rate = 1e-3\n  return c\n")
+  write_sweep(path, trials, evaluate={"lengths": [1, 2]}, base=str(base))
+  index = (out / "sweep.json").read_text()
+  for flags in ((), ("--dry_run",)):
+    line = _one_error_line(_sweep_cli(path, out, *flags))
+    assert f"trial {name!r}" in line and "model.d_model" in line and "train.learning_rate" in line, line
+    assert "new workdir" in line and "finished" not in line
+  assert (out / "sweep.json").read_text() == index
+  assert {f: (run / f).stat().st_mtime_ns for f in trained} == trained
+  assert json.loads((run / "config.json").read_text())["model"]["d_model"] == 64
+
+
+def test_a_trial_directory_without_a_saved_run_is_no_conflict(tmp_path):
+  path = write_sweep(tmp_path / "s.py", [{"seed": 0, **TINY}])
+  sweep = sweeps.load_sweep(path)
+  run = tmp_path / "out" / sweep.trials[0].name
+  run.mkdir(parents=True)
+  other = configuration.apply_overrides(sweeps.trial_config(sweep, sweep.trials[0]), {"model.d_model": 32})
+  (run / "config.json").write_text(json.dumps(other.to_dict()))
+  sweeps.check_trial_directories(sweep, tmp_path / "out")  # a start that saved no checkpoint: replaced
+  (run / "summary.json").write_text("{}")
+  with pytest.raises(configuration.ConfigError, match=r"model\.d_model"):
+    sweeps.check_trial_directories(sweep, tmp_path / "out")
+  (run / "config.json").write_text(json.dumps(sweeps.trial_config(sweep, sweep.trials[0]).to_dict()))
+  sweeps.check_trial_directories(sweep, tmp_path / "out")  # its own config
+
+
+def _alive(pid: int) -> bool:
+  try:
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+  except OSError:
+    return False
+  return state not in ("Z", "X")  # a zombie nobody reaped has ended
+
+
+def _trainer_in(workdir: Path) -> int | None:
+  """The pid of the research-train whose --workdir is `workdir` (a /proc scan: RUN/.lock is written only once the
+  trainer has set up)."""
+  for entry in Path("/proc").iterdir():
+    try:
+      args = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
+    except OSError:
+      continue
+    if f"--workdir={workdir}".encode() in args and any(a.endswith(b"research-train") for a in args):
+      return int(entry.name)
+  return None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_killed_sweep_takes_its_trainer_with_it(tmp_path):
+  trials = [{"seed": 0, **TINY, "train.steps": 100000, "train.eval_every": 100000, "train.checkpoint_every": 100000}]
+  path = write_sweep(tmp_path / "s.py", trials)
+  lock = tmp_path / "out" / sweeps.trial_name(trials[0]) / ".lock"
+  proc = subprocess.Popen([sys.executable, "-m", "experiments.sweep", f"--sweep={path}", f"--workdir={tmp_path / 'out'}"],
+                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+  pid = None
+  try:
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and pid is None:
+      match = re.match(r"pid (\d+) on ", lock.read_text()) if lock.exists() else None
+      pid = int(match.group(1)) if match else _trainer_in(lock.parent)
+      time.sleep(0.05)
+    assert pid is not None and _alive(pid), "the trainer never started"
+    os.kill(proc.pid, signal.SIGKILL)  # the sweep alone, not its process group
+    proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and _alive(pid):
+      time.sleep(0.05)
+    assert not _alive(pid), "the trainer outlived the sweep"
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+    if pid is not None and _alive(pid):
+      os.kill(pid, signal.SIGKILL)
