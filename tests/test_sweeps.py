@@ -314,7 +314,7 @@ def test_jobs_run_trials_concurrently_and_queued_ones_stay_pending(tmp_path, mon
   lock, both_started = threading.Lock(), threading.Event()
   running, seen = [], {}
 
-  def fake_run_trial(sweep_, trial, directory):
+  def fake_run_trial(sweep_, trial, directory, train=True):
     with lock:
       running.append(trial.name)
       seen[trial.name] = (len(running), json.loads((directory / "sweep.json").read_text()))
@@ -342,7 +342,7 @@ def test_jobs_run_trials_concurrently_and_queued_ones_stay_pending(tmp_path, mon
   assert len(logs) == 3 and all(re.fullmatch(r"\[\d/3\] position=\w+: finished valid_ppl=1\d\.00 \(0 s\)", line)
                                 for line in logs), logs
 
-  monkeypatch.setattr(sweeps, "run_trial", lambda *a: pytest.fail("a finished trial was run again"))
+  monkeypatch.setattr(sweeps, "run_trial", lambda *a, **k: pytest.fail("a finished trial was run again"))
   logs = []
   sweeps.run_sweep(sweep, out, jobs=2, log=logs.append)
   assert logs == [f"[{k}/3] {name}: finished (skipped)" for k, name in enumerate(names, 1)]
