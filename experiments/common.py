@@ -91,6 +91,11 @@ def parse_flags(argv: list[str]) -> list[str]:
     fail(flag_error_message(e))
   except SyntaxError as e:  # a config file (ml_collections imports it while parsing --config)
     fail(f"config file {e.filename!r} line {e.lineno}: SyntaxError: {e.msg}")
+  except Exception as e:  # noqa: BLE001 — the config file's own code (ml_collections runs it while parsing --config)
+    import traceback
+    frame = traceback.extract_tb(e.__traceback__)[-1]
+    text = str(e).strip().splitlines()
+    fail(f"config file {frame.filename!r} line {frame.lineno}: {type(e).__name__}" + (f": {text[0]}" if text else ""))
 
 
 def check_config_file(argv: list[str], name: str = "config") -> None:

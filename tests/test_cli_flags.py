@@ -94,6 +94,8 @@ def test_a_config_file_that_does_not_exist_is_one_line(tmp_path):
 @pytest.mark.parametrize("source,message", [
     ("def get_config(:\n  pass\n", "line 1: SyntaxError: invalid syntax"),
     ("def get_config():\n  raise ValueError('no such model')\n", "get_config() raised ValueError: no such model"),
+    ("def get_config():\n  return undefined_name\n", "line 2: NameError: name 'undefined_name' is not defined"),
+    ("import no_such_module_here\n", "line 1: ModuleNotFoundError: No module named 'no_such_module_here'"),
 ])
 def test_a_config_file_that_does_not_load_is_one_line(tmp_path, source, message):
   path = tmp_path / "broken.py"
