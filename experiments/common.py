@@ -9,6 +9,8 @@ from typing import Callable, NoReturn
 
 from absl import flags
 
+from research.flag_text import expected_flag_value
+
 
 def user_errors() -> tuple[type[Exception], ...]:
   """The exceptions that are a user's error: one line, no traceback. Imported when asked for, not with this module,
@@ -21,7 +23,8 @@ def user_errors() -> tuple[type[Exception], ...]:
   from research.report import ReportError
   from research.train.configuration import ConfigError
   from research.train.loop import NonFiniteError, StorageError
-  return (ConfigError, CorpusError, NonFiniteError, StorageError, EvaluationError, ReportError, PretrainedError, VectorsError,
+  return (ConfigError, CorpusError, NonFiniteError, StorageError, EvaluationError, ReportError, PretrainedError,
+          VectorsError,
           AnalysisError, FileNotFoundError, NotADirectoryError)
 
 
@@ -29,17 +32,6 @@ def fail(message: str) -> NoReturn:
   """The one line of a user error, on stderr, and exit status 2."""
   print("error: " + " ".join(line.strip() for line in message.splitlines() if line.strip()), file=sys.stderr)
   sys.exit(2)
-
-
-def expected_flag_value(parser: flags.ArgumentParser) -> str | None:
-  """What a flag's parser accepts, in words ('an integer', 'true or false', 'one of best, last'), or None."""
-  if isinstance(parser, flags.BooleanParser):
-    return "true or false"
-  if isinstance(parser, flags.EnumParser):
-    return f"one of {', '.join(parser.enum_values)}"
-  if isinstance(parser, flags.EnumClassParser):
-    return f"one of {', '.join(parser.enum_class.__members__)}"
-  return getattr(parser, "syntactic_help", None) or None  # 'an integer', 'a positive integer', 'a number', ...
 
 
 def _bad_value(parser: flags.ArgumentParser, text: str) -> tuple[str, str] | None:

@@ -17,7 +17,8 @@ length EVALUATE now asks for or was made with other options (`evaluation_outdate
 again (the previous files are kept under RUN/eval/previous/). An interrupted one resumes from its checkpoints; a
 failed one is recorded with its error and does not stop the others. A trial directory holding a run of another
 config (BASE_CONFIG or an override edited since) refuses the whole sweep in one line before any trial runs
-(`check_trial_directories`, research-train's own check). Trial processes die with the sweep (Linux). Multi-process trials (the
+(`check_trial_directories`, research-train's own check). Trial processes die with the sweep (Linux).
+Multi-process trials (the
 environment describes a multi-process job, or a trial sets mesh.distributed=true) run one at a time: `jobs` > 1 is
 refused in one line (`check_jobs`), since trials side by side would share one coordinator address and process ids.
 """
@@ -48,6 +49,7 @@ from typing import Any, Callable, Mapping, Sequence
 from absl import flags
 
 from research import hugepages, supervisor
+from research.flag_text import expected_flag_value
 from research.embeddings import registry
 from research.evaluate import by_position, extrapolation, passkey
 from research.train import configuration, loop, mesh as mesh_lib
@@ -233,12 +235,6 @@ def _flag_text(value: Any) -> str:
   return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
 
 
-def _accepted(parser: flags.ArgumentParser) -> str:
-  if isinstance(parser, flags.EnumParser):
-    return f"one of {', '.join(parser.enum_values)}"
-  return "true or false" if isinstance(parser, flags.BooleanParser) else parser.syntactic_help
-
-
 def check_evaluate_options(evaluate: Any, path: str | Path, configs: Mapping[str, Any] | None = None) -> None:
   """Every EVALUATE key and value that research-evaluate would refuse, refused here in one line before any trial
   trains (it would otherwise fail in every trial's evaluate step, after all the training): a key that is no option,
@@ -275,8 +271,8 @@ def resolved_evaluate_options(evaluate: Any, where: str = "EVALUATE") -> tuple[d
     try:
       options[key] = parser.parse(_flag_text(value))
     except (TypeError, ValueError):
-      raise configuration.ConfigError(f"{where}[{key!r}]={value!r} is not {_accepted(parser)} (research-evaluate "
-                                      f"--{key})") from None
+      raise configuration.ConfigError(f"{where}[{key!r}]={value!r} is not {expected_flag_value(parser)} "
+                                      f"(research-evaluate --{key})") from None
   # As experiments/evaluate.py converts its list flags.
   for key, convert, what in (("lengths", int, "positive integers: multiples of the training length"),
                              ("passkey_depths", float, "numbers in [0, 1]")):

@@ -63,6 +63,12 @@ class NonFiniteError(RuntimeError):
   """Training produced a non-finite loss or gradient norm."""
 
 
+def _first_line(e: BaseException) -> str:
+  """'Type: the first line of its message' (or 'Type'): an exception from a library, in a one-line error."""
+  text = str(e).strip()
+  return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
 def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
   """`write(binary file)` into a temporary beside `path`, then renamed over it: a crash never leaves half a file."""
   tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -180,9 +186,8 @@ def load_run_tokenizer(workdir: str | os.PathLike):
   try:
     return tokenizers_lib.load_tokenizer(workdir)
   except Exception as e:  # noqa: BLE001
-    raise configuration.ConfigError(f"{str(path)!r} cannot be read ({str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}); "
-                                    f"the run's token ids depend on it: restore it from a copy, or use a new "
-                                    f"workdir") from None
+    raise configuration.ConfigError(f"{str(path)!r} cannot be read ({_first_line(e)[:200]}); the run's token ids "
+                                    f"depend on it: restore it from a copy, or use a new workdir") from None
 
 
 def char_ids(config, tokenizer) -> "chars_lib.Constant | None":
@@ -332,7 +337,7 @@ def read_saved_config(workdir: str | os.PathLike) -> dict[str, Any]:
   try:
     saved = json.loads(path.read_text())
   except (ValueError, UnicodeDecodeError) as e:
-    saved, error = None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    saved, error = None, _first_line(e)
   else:
     error = None if isinstance(saved, dict) else f"a JSON {type(saved).__name__}, not an object"
   if error:
@@ -369,7 +374,7 @@ def restore_newest_good(checkpointer, workdir: Path, target, reopen: Callable[[]
     try:
       state, saved = checkpointer.restore(step, target=target)
     except Exception as e:  # noqa: BLE001 — Orbax and TensorStore raise many types for a damaged file
-      errors.append((step, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"))
+      errors.append((step, _first_line(e)))
       continue
     if errors:
       checkpointer.close()
@@ -626,11 +631,6 @@ class StorageError(RuntimeError):
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "File too large")
-
-
-def _first_line(e: BaseException) -> str:
-  text = str(e).strip()
-  return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 def is_disk_full(e: BaseException) -> bool:
