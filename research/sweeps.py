@@ -359,6 +359,18 @@ def trial_config(sweep: Sweep, trial: Trial, base: Any = None):
   return configuration.apply_overrides(base, trial.overrides)
 
 
+@functools.cache
+def trial_backend() -> str:
+  """The JAX backend the trials train on (jax.default_backend() in a process with their environment). Asked of a
+  child process, once per sweep and only when a field decided per backend differs (`check_trial_directories`): a
+  JAX client started in the sweep's own process would hold, on a GPU, memory its trials need."""
+  result = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"], cwd=ROOT,
+                          env=trial_environment(), capture_output=True, text=True)
+  if result.returncode != 0:
+    raise configuration.ConfigError(f"could not start JAX to learn the trials' backend: {_last_error(result.stderr)}")
+  return result.stdout.strip().splitlines()[-1]
+
+
 def check_trial_directories(sweep: Sweep, directory: str | Path) -> None:
   """Refuses the sweep in one line, before any trial runs, when a trial's directory holds a run (its config.json)
   that the trial's config would not resume: research-train's own check (`loop.check_workdir`: every field but
@@ -374,7 +386,7 @@ def check_trial_directories(sweep: Sweep, directory: str | Path) -> None:
     base = load_config_file(sweep.base_config).get_config() if base is None else base
     try:
       with contextlib.redirect_stdout(io.StringIO()):  # research-train's note about a start it would replace
-        loop.check_workdir(trial_config(sweep, trial, base), workdir)
+        loop.check_workdir(trial_config(sweep, trial, base), workdir, backend=trial_backend)
     except configuration.ConfigError as e:
       raise configuration.ConfigError(
           f"trial {trial.name!r} of this sweep was run with another config (were BASE_CONFIG or the sweep's "
@@ -384,9 +396,9 @@ def check_trial_directories(sweep: Sweep, directory: str | Path) -> None:
 def evaluation_outdated(sweep: Sweep, trial_dir: Path) -> str | None:
   """Why a trial evaluated before (every file of `eval_files` exists) must be evaluated again for this sweep's
   EVALUATE, or None: its extrapolation file lacks a requested length, or records other options (mode, stride, split,
-  RoPE factor; the scaling is in the file's name). What the file does not record is not compared: `checkpoint` (it
-  holds the step, not best/last), `max_tokens_per_batch` (batching only), by_position / passkey options (their
-  files' presence is `is_finished`'s)."""
+  RoPE factor, and `checkpoint` where the file records it, as files written since it does; the scaling is in the
+  file's name). What the file does not record is not compared: `max_tokens_per_batch` (batching only), by_position /
+  passkey options (their files' presence is `is_finished`'s)."""
   if not sweep.evaluate:
     return None
   path = trial_dir / "eval" / eval_file(sweep)
@@ -407,6 +419,8 @@ def evaluation_outdated(sweep: Sweep, trial_dir: Path) -> str | None:
             "split": options["split"]}
   if options["rope_scaling"]:
     wanted["rope_factor"] = options["rope_factor"]
+  if report.get("checkpoint") is not None:
+    wanted["checkpoint"] = options["checkpoint"]
   differ = [f"{key}={report.get(key)!r} (now {value!r})" for key, value in wanted.items() if report.get(key) != value]
   return f"eval/{path.name} was made with {', '.join(differ)}" if differ else None
 

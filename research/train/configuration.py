@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import ml_collections
 
@@ -77,19 +77,22 @@ BACKEND_RESOLVED = {"model.attention": attention.resolve}
 
 
 def align_backend_choices(saved: Mapping[str, Any], current: Mapping[str, Any],
-                          backend: str | None = None) -> dict[str, Any]:
+                          backend: str | Callable[[], str] | None = None) -> dict[str, Any]:
   """A copy of `saved` (nested dicts) in which each `BACKEND_RESOLVED` field takes `current`'s value where the two
   resolve to the same choice on `backend` (default: this process's, jax.default_backend()), so that a resume check
-  compares what the runs compute with."""
+  compares what the runs compute with. `backend` may be a function giving the name, called only when such a field
+  differs: a process that must not start a JAX client of its own (a sweep's parent, whose client would hold GPU
+  memory its trials need) asks another process, and only when it has to."""
   out = json.loads(json.dumps(saved))
   for field, resolve in BACKEND_RESOLVED.items():
     *parents, leaf = field.split(".")
     node, now = out, current
     for parent in parents:
       node, now = node.get(parent, {}), now.get(parent, {})
-    if leaf in node and leaf in now and node[leaf] != now[leaf] and \
-        resolve(node[leaf], backend) == resolve(now[leaf], backend):
-      node[leaf] = now[leaf]
+    if leaf in node and leaf in now and node[leaf] != now[leaf]:
+      backend = backend() if callable(backend) else backend
+      if resolve(node[leaf], backend) == resolve(now[leaf], backend):
+        node[leaf] = now[leaf]
   return out
 
 
@@ -248,6 +251,7 @@ def validate_pretrained(config: ml_collections.ConfigDict) -> None:
   _choice("model.pretrained.oov", p.oov, pretrained.OOV_POLICIES)
   _choice("model.pretrained.dim_mismatch", p.dim_mismatch, pretrained.DIM_MISMATCH_POLICIES)
   _choice("model.pretrained.scale", p.scale, pretrained.SCALES)
+  _choice("model.pretrained.unicode_errors", p.unicode_errors, pretrained.UNICODE_ERRORS)
   if config.model.embed_init == "pretrained" and not str(p.path).strip():
     raise ConfigError("model.embed_init='pretrained' needs model.pretrained.path (a word2vec, GloVe or fastText "
                       "file)")

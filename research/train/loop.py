@@ -207,7 +207,8 @@ def pretrained_table(config, data: RunData, workdir: Path) -> tuple[np.ndarray, 
     return pretrained_lib.pretrained_table(
         p.path, tokenizers_lib.vocabulary(data.tokenizer), config.data.tokenizer, d_model=model_cfg.table_width,
         std=model_cfg.embed_init_std, format=p.format, oov=p.oov, dim_mismatch=p.dim_mismatch, scale=p.scale,
-        seed=config.seed, counts=counts, width_option="model.table_dim" if model_cfg.table_dim else "model.d_model")
+        seed=config.seed, counts=counts, width_option="model.table_dim" if model_cfg.table_dim else "model.d_model",
+        unicode_errors=p.unicode_errors)
   except pretrained_lib.PretrainedError as e:
     raise configuration.ConfigError(str(e)) from None
 
@@ -260,11 +261,13 @@ def valid_batches(config, ids: np.ndarray, batch_size: int) -> Iterator[dict]:
 # ---------------------------------------------------------------------------------------------------- workdir
 
 
-def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Path:
+def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+                  backend: str | Callable[[], str] | None = None) -> Path:
   """The workdir as a Path, checked and left untouched: not a URL, not a file, and, when it holds a run (its
   config.json), a config that differs from that run's only in `schema.RESUMABLE_FIELDS`. Every differing field is
   named in one line. Runs before the config is validated, so a value that would not even be valid is reported as
-  what it is here: another run."""
+  what it is here: another run. `backend`: the backend the run trains on, for the fields decided per backend
+  (`configuration.align_backend_choices`; default this process's)."""
   if configuration.is_url(workdir):
     raise configuration.ConfigError(
         f"workdir {str(workdir)!r} is a URL; run directories are local or shared-filesystem paths (mount a bucket "
@@ -282,7 +285,8 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike)
   saved = path / CONFIG_FILE
   if saved.exists():
     current = config.to_dict()
-    previous = configuration.align_backend_choices(configuration.with_defaults(read_saved_config(path)), current)
+    previous = configuration.align_backend_choices(configuration.with_defaults(read_saved_config(path)), current,
+                                                     backend)
     diffs = checkpoint_lib.config_differences(previous, current, ignore=schema.RESUMABLE_FIELDS)
     if diffs and not checkpoint_lib.has_checkpoint(path / "checkpoints") and not (path / SUMMARY_FILE).exists():
       # A start that failed before its first checkpoint (a non-finite loss at step 1, a kill): nothing of that
