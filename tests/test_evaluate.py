@@ -92,6 +92,8 @@ def test_best_and_last_checkpoints(runs):
   best = extrapolation.evaluate_run(workdir, (1,), checkpoint="best")
   last = extrapolation.evaluate_run(workdir, (1,), checkpoint="last")
   assert best["checkpoint_step"] == 20 and last["checkpoint_step"] == 30
+  assert (best["checkpoint"], last["checkpoint"]) == ("best", "last")  # the choice, for research-report's staleness
+  assert json.loads((workdir / "eval" / "extrapolation.json").read_text())["checkpoint"] == "last"
   assert best["results"][0]["ppl"] != pytest.approx(last["results"][0]["ppl"], rel=1e-6)  # other parameters
   assert extrapolation.evaluate_run(workdir, (1,))["checkpoint_step"] == 20  # "best" is the default
   with pytest.raises(extrapolation.EvaluationError, match="checkpoint='first' is not one of best, last"):

@@ -748,12 +748,24 @@ def _train_session(trial_dir, steps, valid_losses, resume_step=0, scheme="alibi"
       best=loop.best_validation(trial_dir / loop.METRICS_FILE, steps, valid)))
 
 
-def _evaluate(trial_dir, checkpoint_step, ppl, rope_scaling=None):
-  """eval/extrapolation(_<scaling>).json of `checkpoint_step` by the evaluator's writers: 1× and 2×."""
+def _evaluate(trial_dir, checkpoint_step, ppl, rope_scaling=None, checkpoint=None):
+  """eval/extrapolation(_<scaling>).json of `checkpoint_step` by the evaluator's writers: 1× and 2×. `checkpoint`
+  None: a file as research-evaluate wrote it before it recorded its choice."""
   results = [extrapolation.result_record(m, m * TRAIN_LEN, ppl * m, 4096) for m in (1, 2)]
   extrapolation.write_report(trial_dir, extrapolation.report_record(
       train_len=TRAIN_LEN, mode="nonoverlapping", stride=None, split="valid", checkpoint_step=checkpoint_step,
-      rope_scaling=rope_scaling, rope_factor=None, results=results), extrapolation.report_file(rope_scaling))
+      rope_scaling=rope_scaling, rope_factor=None, results=results, checkpoint=checkpoint),
+      extrapolation.report_file(rope_scaling))
+
+
+def _save_checkpoints(trial_dir, valid_losses):
+  """RUN/checkpoints/<step> by the trainer's own Checkpointer (a tiny state), each with its validation loss."""
+  from research.train import checkpoint as checkpoint_lib
+  with checkpoint_lib.Checkpointer(trial_dir / "checkpoints", keep=10, async_save=False) as ckpt:
+    for step, loss in valid_losses.items():
+      ckpt.save(step, {"w": np.zeros(2, np.float32)}, {"iterator": {}}, {"valid_loss": loss})
+    best = ckpt.best_step()
+  return best
 
 
 def test_a_last_checkpoint_evaluated_mid_training_is_stale_and_left_out_of_the_mean(tmp_path):
@@ -833,3 +845,33 @@ def test_a_fresh_best_evaluation_of_an_overfit_run_is_not_flagged(tmp_path):
   assert "Stale" not in report.markdown_path.read_text()
   overfit = next(t for t in runs.trials if t.name == "overfit")
   assert overfit.summary["best_step"] == 50 != overfit.summary["step"]
+
+
+def test_the_recorded_choice_flags_a_checkpoint_beaten_only_by_an_intermediate_one(tmp_path):
+  """Checkpoints at 40, 80, 120 with losses 3.3, 3.0, 3.4 (the run overfits after 80). An evaluation of step 40
+  made mid-training (--checkpoint=best then) is stale: best is 80 now. The final loss (3.4) is not below 3.3, so
+  without the recorded choice (an older file) it cannot be told. `last` at 80 is stale (the last is 120); best at
+  80 and last at 120 are fresh."""
+  losses = {40: 3.3, 80: 3.0, 120: 3.4}
+  cases = {"best40": (40, "best", True), "best80": (80, "best", False), "last80": (80, "last", True),
+           "last120": (120, "last", False), "old40": (40, None, False)}
+  for name, (step, choice, _) in cases.items():
+    _train_session(tmp_path / name, 120, losses)
+    assert _save_checkpoints(tmp_path / name, losses) == 80  # Orbax's own ranking agrees with metrics.jsonl
+    _evaluate(tmp_path / name, step, 30.0, checkpoint=choice)
+  runs = {t.name: t for t in load_runs(tmp_path).trials}
+  for name, (step, choice, stale) in cases.items():
+    notes = runs[name].stale_evaluations()
+    assert bool(notes) == stale, (name, notes)
+    if stale:
+      assert f"step {step} (--checkpoint={choice})" in notes[0]
+      assert ("best checkpoint is now step 80" if choice == "best" else "last checkpoint is now step 120") in notes[0]
+  # Without checkpoints/ (a run copied without them) the recorded choice has nothing to select from: the old rule.
+  import shutil
+  shutil.rmtree(tmp_path / "best40" / "checkpoints")
+  assert load_runs(tmp_path / "best40").trials[0].stale_evaluations() == []
+  # A recorded choice that is neither is a damaged file, named in one line.
+  path = tmp_path / "last80" / "eval" / "extrapolation.json"
+  path.write_text(path.read_text().replace('"last"', '"newest"'))
+  with pytest.raises(ReportError, match=r"'checkpoint' must be one of best, last, got 'newest'"):
+    load_runs(tmp_path / "last80")

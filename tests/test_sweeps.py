@@ -640,3 +640,48 @@ def test_a_killed_sweep_takes_its_trainer_with_it(tmp_path):
       proc.kill()
     if pid is not None and _alive(pid):
       os.kill(pid, signal.SIGKILL)
+
+
+def test_the_sweep_parent_starts_no_jax_client_to_compare_per_backend_fields(tmp_path):
+  # A finished trial saved with model.attention=einsum, the sweep now asking for the default "auto". Which run that
+  # is depends on the backend the trials train on; the parent learns it from a child process, so no JAX client (on a
+  # GPU, memory the trials need) starts in the parent. On CPU auto is einsum: the same run. "xla" is another one.
+  path = write_sweep(tmp_path / "s.py", [{"seed": 0, **TINY}])
+  sweep = sweeps.load_sweep(path)
+  run = tmp_path / "out" / sweep.trials[0].name
+  run.mkdir(parents=True)
+  saved = sweeps.trial_config(sweep, sweep.trials[0]).to_dict()
+  assert saved["model"]["attention"] == "auto"
+  (run / "summary.json").write_text("{}")
+  script = ("import sys\nfrom research import sweeps\nfrom jax._src import xla_bridge\n"
+            f"sweeps.check_trial_directories(sweeps.load_sweep({str(path)!r}), {str(tmp_path / 'out')!r})\n"
+            "print('clients', len(xla_bridge._backends))\n")
+  for attention, accepted in (("einsum", True), ("xla", False)):
+    (run / "config.json").write_text(json.dumps({**saved, "model": {**saved["model"], "attention": attention}}))
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
+    if accepted:
+      assert result.returncode == 0, result.stderr
+      assert "clients 0" in result.stdout
+    else:
+      assert result.returncode != 0 and "model.attention" in result.stderr, result.stderr
+
+
+def test_an_evaluation_that_records_another_checkpoint_choice_is_outdated(tmp_path):
+  """EVALUATE's checkpoint against the one an evaluation file records (research-evaluate's writer); a file written
+  before the choice was recorded is not compared on it."""
+  from research.evaluate import extrapolation
+  trial_dir = tmp_path / "t"
+  (trial_dir / "eval").mkdir(parents=True)
+  results = [extrapolation.result_record(m, m * 64, 30.0 * m, 4096) for m in (1, 2)]
+  for recorded, evaluate, outdated in (("best", {"lengths": [1, 2]}, False),
+                                       ("best", {"lengths": [1, 2], "checkpoint": "last"}, True),
+                                       ("last", {"lengths": [1, 2], "checkpoint": "last"}, False),
+                                       (None, {"lengths": [1, 2], "checkpoint": "last"}, False)):
+    extrapolation.write_report(trial_dir, extrapolation.report_record(
+        train_len=64, mode="nonoverlapping", stride=None, split="valid", checkpoint_step=40, rope_scaling=None,
+        rope_factor=None, results=results, checkpoint=recorded))
+    sweep = sweeps.load_sweep(write_sweep(tmp_path / "s.py", [{"seed": 0, **TINY}], evaluate=evaluate))
+    why = sweeps.evaluation_outdated(sweep, trial_dir)
+    assert (why is not None) == outdated, (recorded, evaluate, why)
+    if outdated:
+      assert f"checkpoint={recorded!r} (now 'last')" in why

@@ -1,8 +1,8 @@
 """Loss by position: the mean loss of the scored targets at each position of the evaluation windows, bucketed
 (`research-evaluate --by_position`, docs/reports.md "Loss by position"), written to `RUN/eval/loss_by_position.json`:
 
-  {"train_len": T, "mode": ..., "stride": S | null, "split": "valid", "checkpoint_step": k, "objective": "clm",
-   "rope_scaling": ..., "rope_factor": ..., "buckets": "log2, 2 per octave, + T",
+  {"train_len": T, "mode": ..., "stride": S | null, "split": "valid", "checkpoint_step": k, "checkpoint": "best",
+   "objective": "clm", "rope_scaling": ..., "rope_factor": ..., "buckets": "log2, 2 per octave, + T",
    "results": [{"multiple": m, "length": L, "edges": [0, 1, 2, 3, 4, 6, 8, ...], "tokens": [...], "loss": [...]},
                {"multiple": m, "length": L, "note": "..."}  (n/a, as in extrapolation.json), ...]}
 
@@ -68,9 +68,10 @@ def result_record(multiple: int, length: int, *, train_len: int | None = None, n
 
 
 def report_record(*, train_len: int, mode: str, stride: int | None, split: str, checkpoint_step: int, objective: str,
-                  rope_scaling: str | None, rope_factor: float | None, results: list[dict]) -> dict[str, Any]:
+                  rope_scaling: str | None, rope_factor: float | None, results: list[dict],
+                  checkpoint: str | None = None) -> dict[str, Any]:
   return {"train_len": train_len, "mode": mode, "stride": stride if mode == "sliding" else None, "split": split,
-          "checkpoint_step": checkpoint_step, "objective": objective, "rope_scaling": rope_scaling,
+          "checkpoint_step": checkpoint_step, "checkpoint": checkpoint, "objective": objective, "rope_scaling": rope_scaling,
           "rope_factor": rope_factor if rope_scaling else None, "buckets": BUCKETS, "results": results}
 
 

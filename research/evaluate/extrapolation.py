@@ -4,7 +4,8 @@
 length (nonoverlapping windows, or strided sliding windows that score only the last `stride` tokens of each window;
 docs/reports.md, "Evaluation protocol") and writes `RUN/eval/extrapolation.json`:
 
-  {"train_len": T, "mode": ..., "stride": S | null, "split": "valid", "checkpoint_step": k, "rope_scaling": ...,
+  {"train_len": T, "mode": ..., "stride": S | null, "split": "valid", "checkpoint_step": k, "checkpoint": "best",
+   "rope_scaling": ...,
    "results": [{"multiple": m, "length": m*T, "ppl": x, "tokens": n}, ...]}
 
 A scheme that cannot represent a length (a learned table shorter than m·T), or whose parameters for it were never
@@ -362,14 +363,14 @@ def evaluate_run(workdir: str | Path, lengths: Sequence[int] = (1, 2, 4, 8, 16),
                                        max_tokens_per_batch)
   if by_position:
     by_position_lib.write_report(workdir, by_position_lib.report_record(
-        train_len=train_len, mode=mode, stride=stride, split=split, checkpoint_step=run.step,
+        train_len=train_len, mode=mode, stride=stride, split=split, checkpoint_step=run.step, checkpoint=checkpoint,
         objective=run.config.objective, rope_scaling=rope_scaling, rope_factor=rope_factor, results=position_results))
   if passkey:
     passkey_lib.write_report(workdir, passkey_lib.report_record(
-        train_len=train_len, checkpoint_step=run.step, seed=int(run.config.seed), trials=passkey_trials,
+        train_len=train_len, checkpoint_step=run.step, checkpoint=checkpoint, seed=int(run.config.seed), trials=passkey_trials,
         depths=passkey_depths, rope_scaling=rope_scaling, rope_factor=rope_factor, results=passkey_results))
   report = report_record(train_len=train_len, mode=mode, stride=stride, split=split, checkpoint_step=run.step,
-                         rope_scaling=rope_scaling, rope_factor=rope_factor, results=results)
+                         checkpoint=checkpoint, rope_scaling=rope_scaling, rope_factor=rope_factor, results=results)
   write_report(workdir, report, output)
   return report
 
@@ -416,9 +417,12 @@ def result_record(multiple: int, length: int, ppl: float | None = None, tokens: 
 
 
 def report_record(*, train_len: int, mode: str, stride: int | None, split: str, checkpoint_step: int,
-                  rope_scaling: str | None, rope_factor: float | None, results: list[dict]) -> dict[str, Any]:
+                  rope_scaling: str | None, rope_factor: float | None, results: list[dict],
+                  checkpoint: str | None = None) -> dict[str, Any]:
+  """`checkpoint`: the choice (best | last) that selected `checkpoint_step`, so that a report can tell when the
+  same choice would select another step now (docs/reports.md, "Stale evaluations")."""
   return {"train_len": train_len, "mode": mode, "stride": stride if mode == "sliding" else None, "split": split,
-          "checkpoint_step": checkpoint_step, "rope_scaling": rope_scaling,
+          "checkpoint_step": checkpoint_step, "checkpoint": checkpoint, "rope_scaling": rope_scaling,
           "rope_factor": rope_factor if rope_scaling else None, "results": results}
 
 

@@ -7,8 +7,8 @@ tokens as the key has, tokenized in context (what follows the prompt in `prompt 
 when every decoded token is the key's (exact match). Keys are seeded by (run seed, L, d): a rerun, and every arm of
 a sweep with the same seed, sees the same keys. Writes `RUN/eval/passkey.json`:
 
-  {"train_len": T, "checkpoint_step": k, "seed": s, "trials": N, "depths": [...], "rope_scaling": ...,
-   "rope_factor": ..., "filler": [...], "needle": ..., "question": ...,
+  {"train_len": T, "checkpoint_step": k, "checkpoint": "best", "seed": s, "trials": N, "depths": [...],
+   "rope_scaling": ..., "rope_factor": ..., "filler": [...], "needle": ..., "question": ...,
    "results": [{"multiple": m, "length": L, "depth": d, "accuracy": a, "correct": c, "n": N,
                 "prompt_tokens": mean prompt length, "key_tokens": mean key length}, ...
                {"multiple": m, "length": L, "depth": d, "accuracy": null, "correct": 0, "n": 0, "note": ...}]}
@@ -176,8 +176,9 @@ def cell_record(multiple: int, length: int, depth: float, *, prompts: list[Promp
 
 
 def report_record(*, train_len: int, checkpoint_step: int, seed: int, trials: int, depths: Sequence[float],
-                  rope_scaling: str | None, rope_factor: float | None, results: list[dict]) -> dict[str, Any]:
-  return {"train_len": train_len, "checkpoint_step": checkpoint_step, "seed": seed, "trials": trials,
+                  rope_scaling: str | None, rope_factor: float | None, results: list[dict],
+                  checkpoint: str | None = None) -> dict[str, Any]:
+  return {"train_len": train_len, "checkpoint_step": checkpoint_step, "checkpoint": checkpoint, "seed": seed, "trials": trials,
           "depths": [float(d) for d in depths], "rope_scaling": rope_scaling,
           "rope_factor": rope_factor if rope_scaling else None, "filler": list(text.FILLER), "needle": text.NEEDLE,
           "question": text.QUESTION, "results": results}

@@ -211,7 +211,8 @@ def position_series(table: Table) -> dict[int, dict[str, list]]:
     by_length: dict[int, tuple[tuple[int, ...], list[list[float]], int | None]] = {}
     notes: dict[int, str] = {}
     for t in g.finished:
-      if t.by_position is None or t.stale_note(t.by_position.checkpoint_step, "") is not None:
+      if t.by_position is None or \
+          t.stale_note(t.by_position.checkpoint_step, "", t.by_position.checkpoint) is not None:
         continue  # a stale evaluation (an old checkpoint's) is left out, as in the table; report.md names it
       for c in t.by_position.curves:
         if c.note is not None:

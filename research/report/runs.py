@@ -60,6 +60,7 @@ def extrapolation_file(rope_scaling: str | None = None) -> pathlib.Path:
     return EXTRAPOLATION_FILE
   return EXTRAPOLATION_FILE.with_name(f"{SCALED_PREFIX}{rope_scaling}.json")
 
+CHECKPOINT_CHOICES = ("best", "last")  # research-evaluate --checkpoint
 MISSING = "<missing>"  # value of a field a config does not have (when deriving swept fields from configs)
 
 
@@ -87,6 +88,7 @@ class Extrapolation:
   rope_scaling: str | None = None
   rope_factor: float | None = None  # None with a scaling: the multiple itself at each length
   checkpoint_step: int | None = None  # the step of the checkpoint research-evaluate scored
+  checkpoint: str | None = None  # the choice that selected it (best | last); None in files written before
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +110,7 @@ class LossByPosition:
   objective: str | None
   curves: tuple[PositionCurve, ...]  # sorted by length
   checkpoint_step: int | None = None  # the step of the checkpoint research-evaluate scored
+  checkpoint: str | None = None  # the choice that selected it (best | last); None in files written before
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,18 +159,24 @@ class Trial:
   def finished(self) -> bool:
     return self.status == "finished" and self.summary is not None
 
-  def stale_note(self, checkpoint_step: int | None, file: str) -> str | None:
+  def stale_note(self, checkpoint_step: int | None, file: str, checkpoint: str | None = None) -> str | None:
     """Why an evaluation of checkpoint `checkpoint_step` (written to `file`) no longer stands for the finished run,
-    or None. research-evaluate scores the best checkpoint (lowest validation loss) or the last one; the evaluation
-    is stale when it scored one that neither choice selects now. Only the final step (summary.json's `step`: the
-    trainer always checkpoints it, and keeps the latest) is known from the run's files to be a checkpoint, so the
-    rule is: stale when `checkpoint_step` < `step` and the final checkpoint's validation loss (metrics.jsonl) is
-    lower than that of `checkpoint_step` (then it is neither the last checkpoint nor the best). It never flags a
-    fresh evaluation; it misses one whose checkpoint was beaten only by an intermediate checkpoint
-    (docs/reports.md, "Stale evaluations")."""
+    or None. research-evaluate scores the best checkpoint (lowest validation loss) or the last one.
+
+    With the choice recorded (`checkpoint`, in files written since it is) and the run's checkpoints on disk, the
+    evaluation is stale when that choice selects another step now: "last" a later checkpoint, "best" a kept one
+    whose validation loss (metrics.jsonl, the loss the checkpoint was ranked by) is lower than the scored one's.
+    Otherwise (an older file, or a run copied without its checkpoints/) only the final step (summary.json's `step`:
+    the trainer always checkpoints it) is known to be a checkpoint, and the rule is: stale when `checkpoint_step` <
+    `step` and the final checkpoint's validation loss is lower (then neither choice selects it); that rule misses a
+    checkpoint beaten only by an intermediate one. Neither flags a fresh evaluation (docs/reports.md, "Stale
+    evaluations")."""
     summary = self.summary if self.finished else None
     if summary is None or checkpoint_step is None or summary.get("step") is None:
       return None
+    kept = self.checkpoint_steps()
+    if checkpoint is not None and kept:
+      return self._stale_by_choice(checkpoint_step, file, checkpoint, kept)
     step = int(summary["step"])
     if checkpoint_step >= step:  # the last checkpoint (or a summary older than the evaluation: nothing to compare)
       return None
@@ -180,6 +189,30 @@ class Trial:
             f"{step}, whose checkpoint has a lower validation loss ({final:.4g} < {scored:.4g}), so neither "
             f"--checkpoint=best nor --checkpoint=last selects step {checkpoint_step} now: stale, left out of the "
             f"mean (rerun research-evaluate)")
+
+  def checkpoint_steps(self) -> list[int]:
+    """The steps of the run's finished checkpoints (RUN/checkpoints/<step>; Orbax's unfinished saves carry a
+    suffix), ascending."""
+    try:
+      return sorted(int(p.name) for p in (self.path / "checkpoints").iterdir() if p.name.isdigit() and p.is_dir())
+    except OSError:
+      return []
+
+  def _stale_by_choice(self, checkpoint_step: int, file: str, checkpoint: str, kept: list[int]) -> str | None:
+    """`stale_note` for a file that records its choice, given the kept checkpoint steps."""
+    why = f"{self.name}: {file} scored the checkpoint of step {checkpoint_step} (--checkpoint={checkpoint}); "
+    tail = ": stale, left out of the mean (rerun research-evaluate)"
+    if checkpoint == "last":
+      return None if checkpoint_step >= kept[-1] else f"{why}the last checkpoint is now step {kept[-1]}{tail}"
+    losses = self.valid_losses()
+    scored = losses.get(checkpoint_step)
+    ranked = [(losses[s], s) for s in kept if s in losses]
+    if scored is None or not ranked:
+      return None  # nothing to rank by: not known to be stale
+    best_loss, best = min(ranked)
+    if not best_loss < scored:  # a tie with the scored step is no change of what "best" means
+      return None
+    return f"{why}the best checkpoint is now step {best} (validation loss {best_loss:.4g} < {scored:.4g}){tail}"
 
   def valid_losses(self) -> dict[int, float]:
     """{step: validation loss} of metrics.jsonl's `split: valid` lines (the last line of a step wins)."""
@@ -195,7 +228,7 @@ class Trial:
     """The stale notes of every evaluation file of the trial (extrapolation, RoPE-scaled, loss by position)."""
     files = [(self.extrapolation, extrapolation_file(None)), *((e, extrapolation_file(s)) for s, e in self.scaled.items()),
              (self.by_position, BY_POSITION_FILE)]
-    notes = [self.stale_note(e.checkpoint_step, f.as_posix()) for e, f in files if e is not None]
+    notes = [self.stale_note(e.checkpoint_step, f.as_posix(), e.checkpoint) for e, f in files if e is not None]
     return [n for n in notes if n is not None]
 
   def field(self, name: str) -> Any:
@@ -310,6 +343,14 @@ def _step_or_none(path: pathlib.Path, value: Any) -> int | None:
   return int(value)
 
 
+def _choice_or_none(path: pathlib.Path, value: Any) -> str | None:
+  if value is None:
+    return None
+  if value not in CHECKPOINT_CHOICES:
+    raise ReportError(f"{path}: 'checkpoint' must be one of {', '.join(CHECKPOINT_CHOICES)}, got {value!r}")
+  return value
+
+
 def _read_extrapolation(path: pathlib.Path, rope_scaling: str | None = None) -> Extrapolation | None:
   if not path.is_file():
     return None
@@ -335,7 +376,8 @@ def _read_extrapolation(path: pathlib.Path, rope_scaling: str | None = None) -> 
   return Extrapolation(train_len=train_len, mode=data.get("mode"), stride=data.get("stride"),
                        split=data.get("split"), points=tuple(sorted(points, key=lambda p: (p.length, p.multiple))),
                        rope_scaling=rope_scaling, rope_factor=_finite_or_none(data.get("rope_factor")),
-                       checkpoint_step=_step_or_none(path, data.get("checkpoint_step")))
+                       checkpoint_step=_step_or_none(path, data.get("checkpoint_step")),
+                       checkpoint=_choice_or_none(path, data.get("checkpoint")))
 
 
 def _read_by_position(path: pathlib.Path) -> LossByPosition | None:
@@ -361,7 +403,8 @@ def _read_by_position(path: pathlib.Path) -> LossByPosition | None:
     curves.append(PositionCurve(multiple, length, edges, tokens, loss))
   return LossByPosition(train_len=data.get("train_len"), mode=data.get("mode"), objective=data.get("objective"),
                         curves=tuple(sorted(curves, key=lambda c: (c.length, c.multiple))),
-                        checkpoint_step=_step_or_none(path, data.get("checkpoint_step")))
+                        checkpoint_step=_step_or_none(path, data.get("checkpoint_step")),
+                        checkpoint=_choice_or_none(path, data.get("checkpoint")))
 
 
 def _read_scaled(path: pathlib.Path) -> dict[str, Extrapolation]:
