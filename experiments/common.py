@@ -73,10 +73,41 @@ def flag_error_message(error: flags.Error, flag_values: flags.FlagValues = flags
   return f"--{name}={value!r}: " + (f"expected {expected}" if expected else reason)
 
 
+HELP_ARGS = ("--help", "-help", "-h", "--helpshort", "-helpshort", "-?")
+
+
+def entry_module():
+  """The entry point's module (experiments.<name>, not this one): the nearest caller in the stack that is one (its
+  `run()` called app.run, which called `parse_flags`); None if none is."""
+  frame = sys._getframe(1)
+  while frame is not None:
+    spec = frame.f_globals.get("__spec__")  # `python -m experiments.x` runs it as __main__
+    name = spec.name if spec is not None else frame.f_globals.get("__name__", "")
+    if name.startswith("experiments.") and name != __name__:
+      return sys.modules.get(frame.f_globals.get("__name__", ""))
+    frame = frame.f_back
+  return None
+
+
+def print_help(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """--help: the entry point's docstring (what it does, how it is called) and its own flags, on stdout. absl's
+  --help prints the docstring of `__main__`, which for a console script is an empty wrapper's."""
+  module = entry_module()
+  doc = (module.__doc__ or "").strip() if module else ""
+  own = flag_values.module_help(module.__name__) if module else ""
+  if own:  # absl heads the list with the module's name ("__main__:" under python -m)
+    own = "flags:\n" + own.strip("\n").split("\n", 1)[1]
+  print("\n\n".join(part for part in (doc, own, "--helpfull lists every flag, absl's own included.") if part))
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """`app.run(main, flags_parser=parse_flags)`: parses the command line as app.run does, but a flag that does not
   parse (a value of the wrong type, an unknown choice or flag, a required flag missing) prints one line `error:
-  ...` and exits with status 2 instead of absl's two lines and status 1. --help and --helpfull work as before."""
+  ...` and exits with status 2 instead of absl's two lines and status 1. --help (`HELP_ARGS`) prints the entry
+  point's docstring and flags and exits with status 0; --helpfull works as before."""
+  if any(arg in HELP_ARGS for arg in argv[1:]):
+    print_help()
+    sys.exit(0)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
