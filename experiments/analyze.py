@@ -30,6 +30,8 @@ from research.embeddings import pretrained
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory whose table to analyze.")
 _VECTORS = flags.DEFINE_string("vectors", None, "A word2vec / GloVe / fastText file to analyze instead of a run.")
 _FORMAT = flags.DEFINE_enum("format", "auto", list(pretrained.FORMATS), "Format of --vectors.")
+_UNICODE_ERRORS = flags.DEFINE_enum("unicode_errors", "strict", list(pretrained.UNICODE_ERRORS),
+                                    "With --vectors: undecodable bytes in its words (gensim's unicode_errors).")
 _CHECKPOINT = flags.DEFINE_enum("checkpoint", "best", ["best", "last"], "Which checkpoint of --workdir.")
 _OUTPUT = flags.DEFINE_string("output", None, "With --vectors: also write the report as JSON here.")
 _EXPORT_WORD2VEC = flags.DEFINE_string("export_word2vec", None, "Write the run's table as word2vec text here.")
@@ -63,8 +65,9 @@ def check_flags() -> None:
   elif _OUTPUT.value:
     raise quality.AnalysisError(f"--output is for --vectors; a run's report goes to "
                                 f"RUN/{quality.EVAL_DIR}/{quality.QUALITY_FILES[_VECTORS_OF.value]}")
-  if _WORKDIR.value and _FORMAT.present:
-    raise quality.AnalysisError("--format is for --vectors (a run's table needs none)")
+  for flag in (_FORMAT, _UNICODE_ERRORS):
+    if _WORKDIR.value and flag.present:
+      raise quality.AnalysisError(f"--{flag.name} is for --vectors (a run's table needs none)")
   if _VECTORS.value and _CHECKPOINT.present:
     raise quality.AnalysisError("--checkpoint is for --workdir (a vector file has no checkpoints)")
   # Where results go is checked before the analysis runs (it may take minutes), naming the flag.
@@ -96,7 +99,7 @@ def main(argv):
     from research.train import loop
     loop.check_writable(Path(_WORKDIR.value) / "eval")  # before the analyses, not at their final write
   if _VECTORS.value:
-    report = quality.analyze_vectors(_VECTORS.value, _FORMAT.value)
+    report = quality.analyze_vectors(_VECTORS.value, _FORMAT.value, unicode_errors=_UNICODE_ERRORS.value)
     if _OUTPUT.value:
       quality.write_json(report, _OUTPUT.value)
   else:

@@ -54,6 +54,9 @@ def _model_section() -> ml_collections.ConfigDict:
   model.pretrained.oov = "random"  # uncovered rows: random (normal init at the covered norm) | mean (+ noise)
   model.pretrained.dim_mismatch = "error"  # error | project (fixed random orthogonal projection, seeded)
   model.pretrained.scale = "match"  # match (covered mean norm = the normal init's) | keep
+  # Undecodable bytes in a text file's words (gensim's unicode_errors): strict (refused, naming the line) | replace
+  # | ignore. Binary words too.
+  model.pretrained.unicode_errors = "strict"
   return model
 
 

@@ -425,6 +425,29 @@ def test_the_trainer_reports_vector_problems_as_config_errors_before_writing_the
     assert not (tmp_path / "run" / "config.json").exists()
 
 
+def test_the_trainer_reads_words_that_are_not_utf8_with_model_pretrained_unicode_errors(tmp_path):
+  """Latin-1 words: refused by default, naming the field that reads them; with unicode_errors=replace the file
+  loads (the run then stops at the next check, its 4-wide vectors against d_model=64, before anything compiles)."""
+  path = write_w2v(tmp_path / "v.txt", {"the": [1.0, 2.0, 3.0, 4.0], "café": [0.0, 1.0, 0.0, 1.0]})
+  path.write_bytes(path.read_bytes().replace("café".encode(), b"caf\xe9"))
+  base = {"model.embed_init": "pretrained", "model.pretrained.path": str(path), "data.tokenizer": "word"}
+  with pytest.raises(configuration.ConfigError, match=r"line 3.*set model\.pretrained\.unicode_errors=replace"):
+    loop.train(tiny_config(**base), tmp_path / "run")
+  with pytest.raises(configuration.ConfigError, match="4-dimensional"):
+    loop.train(tiny_config(**base, **{"model.pretrained.unicode_errors": "replace"}), tmp_path / "run")
+  with pytest.raises(configuration.ConfigError,
+                     match="model.pretrained.unicode_errors='latin1' is not one of strict, replace, ignore"):
+    configuration.validate(tiny_config(**{"model.pretrained.unicode_errors": "latin1"}))
+  assert not (tmp_path / "run" / "config.json").exists()
+  # research-analyze's own flag, for a file given to it (and refused with a run, which has no file).
+  refused = cli("experiments.analyze", f"--vectors={path}")
+  assert refused.returncode == 2 and "set --unicode_errors=replace" in refused.stderr, refused.stderr
+  read = cli("experiments.analyze", f"--vectors={path}", "--unicode_errors=replace")
+  assert read.returncode == 0, read.stderr[-2000:]
+  other = cli("experiments.analyze", f"--workdir={tmp_path}", "--unicode_errors=replace")
+  assert other.stderr.strip() == "error: --unicode_errors is for --vectors (a run's table needs none)"
+
+
 def test_the_trainer_refuses_broken_vector_files_before_anything_compiles(tmp_path):
   rng = np.random.default_rng(0)
   words = ["the", "of", "and", "to", "a", "in"]

@@ -205,7 +205,7 @@ def export_projector(table_VxD: np.ndarray, tokens: Sequence[str], counts: np.nd
 # ---------------------------------------------------------------------------------------------- entry points
 
 
-CLI_NAMES = {"path": "--vectors", "format": "--format"}  # what research-analyze's messages name
+CLI_NAMES = {"path": "--vectors", "format": "--format", "unicode_errors": "--unicode_errors"}  # research-analyze's
 
 
 def analyze_vectors(path: str | os.PathLike, format: str = "auto", names: dict[str, str] | None = None,

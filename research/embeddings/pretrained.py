@@ -95,7 +95,8 @@ DESCRIPTIONS = {
 }
 # The option names messages print: the trainer's config fields by default; research-analyze passes its flags. A
 # "unicode_errors" entry, where the caller has such an option, is named in the message of a file that is not UTF-8.
-CONFIG_NAMES = {"path": "model.pretrained.path", "format": "model.pretrained.format"}
+CONFIG_NAMES = {"path": "model.pretrained.path", "format": "model.pretrained.format",
+                "unicode_errors": "model.pretrained.unicode_errors"}
 UNICODE_ERRORS = ("strict", "replace", "ignore")  # gensim's `unicode_errors` for word2vec / GloVe words
 _CHECK_ROWS = 1 << 16  # rows per block of the finiteness check (bounded memory on 3M × 300 files)
 
