@@ -10,6 +10,7 @@ from typing import Callable, NoReturn
 from absl import flags
 
 from research.flag_text import expected_flag_value
+from research.error_text import file_error
 
 
 def user_errors() -> tuple[type[Exception], ...]:
@@ -112,24 +113,27 @@ def parse_flags(argv: list[str]) -> list[str]:
     return flags.FLAGS(argv)
   except flags.Error as e:
     fail(flag_error_message(e))
-  except SyntaxError as e:  # a config file (ml_collections imports it while parsing --config)
-    fail(f"config file {e.filename!r} line {e.lineno}: SyntaxError: {e.msg}")
   except Exception as e:  # noqa: BLE001 — the config file's own code (ml_collections runs it while parsing --config)
-    import traceback
-    frame = traceback.extract_tb(e.__traceback__)[-1]
-    text = str(e).strip().splitlines()
-    fail(f"config file {frame.filename!r} line {frame.lineno}: {type(e).__name__}" + (f": {text[0]}" if text else ""))
+    given = config_flag_value(argv)
+    path = given.split(":", 1)[0] if given else getattr(e, "filename", None) or "?"
+    fail(f"config file {path!r} {file_error(path, e)}")
+
+
+def config_flag_value(argv: list[str], name: str = "config") -> str | None:
+  """The value of `--config=VALUE` (or `--config VALUE`) on the command line, the last one given; None if absent."""
+  given = None
+  for i, arg in enumerate(argv[1:], 1):
+    match = re.fullmatch(rf"--?{re.escape(name)}(=(.*))?", arg, re.S)
+    if match:
+      given = match.group(2) if match.group(1) is not None else (argv[i + 1] if i + 1 < len(argv) else None)
+  return given
 
 
 def check_config_file(argv: list[str], name: str = "config") -> None:
   """A `--config=PATH` (ml_collections' config file flag) that names no file fails here with one line; ml_collections
   would raise `OSError: Failed loading config file` with a traceback, while parsing flags or when the config is
   first read. A relative PATH is resolved against the current directory, as ml_collections does."""
-  given = None
-  for i, arg in enumerate(argv[1:], 1):
-    match = re.fullmatch(rf"--?{re.escape(name)}(=(.*))?", arg, re.S)
-    if match:
-      given = match.group(2) if match.group(1) is not None else (argv[i + 1] if i + 1 < len(argv) else None)
+  given = config_flag_value(argv, name)
   if given is None:
     return  # absent: the required-flag check reports it
   path = given.split(":", 1)[0]  # ml_collections passes what follows a colon to get_config()

@@ -42,7 +42,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -50,6 +49,7 @@ from absl import flags
 
 from research import hugepages, supervisor
 from research.flag_text import expected_flag_value
+from research.error_text import file_error
 from research.embeddings import registry
 from research.evaluate import by_position, extrapolation, passkey
 from research.train import configuration, loop, mesh as mesh_lib
@@ -143,16 +143,6 @@ def legacy_trial_name(overrides: Mapping[str, Any]) -> str:
   return ",".join(f"{k.split('.')[-1]}={_value_text(v)}" for k, v in overrides.items())
 
 
-def _file_error(path: Path, error: BaseException) -> str:
-  """'line N: SyntaxError: invalid syntax': where in the file `path` (the innermost line there) and what."""
-  line = error.lineno if isinstance(error, SyntaxError) and error.filename == str(path) else None
-  for frame in traceback.extract_tb(error.__traceback__):
-    if frame.filename == str(path):
-      line = frame.lineno
-  text = error.msg if isinstance(error, SyntaxError) else str(error)
-  return (f"line {line}: " if line else "") + f"{type(error).__name__}: {text}"
-
-
 def load_config_file(path: str | Path):
   """A config or sweep file as a module. One that does not exist, or does not run (a syntax error, an exception at
   import), is a ConfigError naming the file and the line."""
@@ -166,7 +156,7 @@ def load_config_file(path: str | Path):
   try:
     spec.loader.exec_module(module)
   except Exception as e:  # noqa: BLE001 (a user's file: whatever it raises is reported in one line)
-    raise configuration.ConfigError(f"file {str(path)!r} cannot be loaded: {_file_error(path, e)}") from None
+    raise configuration.ConfigError(f"file {str(path)!r} cannot be loaded: {file_error(path, e)}") from None
   return module
 
 
@@ -181,7 +171,7 @@ def load_sweep(path: str | Path) -> Sweep:
     points = module.get_sweep()
   except Exception as e:  # noqa: BLE001 (a user's file: whatever it raises is reported in one line)
     file = Path(module.__file__)
-    raise configuration.ConfigError(f"sweep {str(path)!r}: get_sweep() fails: {_file_error(file, e)}") from None
+    raise configuration.ConfigError(f"sweep {str(path)!r}: get_sweep() fails: {file_error(file, e)}") from None
   if not isinstance(points, Sequence) or isinstance(points, (str, bytes)) or \
       not all(isinstance(p, Mapping) for p in points):
     raise configuration.ConfigError(f"sweep {str(path)!r}: get_sweep() must return a list of {{field: value}} "
@@ -566,10 +556,9 @@ def check_jobs(sweep: Sweep, jobs: int, environ: Mapping[str, str] | None = None
 
 
 def check_directory(directory: str | Path) -> None:
-  """A sweep directory that is an existing file fails in one line (as research-train's workdir does)."""
-  path = Path(directory)
-  if path.exists() and not path.is_dir():
-    raise configuration.ConfigError(f"workdir {str(path)!r} exists and is not a directory")
+  """A sweep directory that is an existing file fails in one line (research-train's own check of its workdir; the
+  rest of `loop.check_workdir` does not apply: it refuses a sweep directory)."""
+  loop.check_not_a_file(directory)
 
 
 def run_sweep(sweep: Sweep, directory: str | Path, jobs: int = 1,

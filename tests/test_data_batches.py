@@ -427,3 +427,23 @@ def test_end_to_end_lee_clm_batches(lee_tok, tmp_path):
   out = list(B.ClmBatches(ids, 32, 4, num_epochs=1))
   assert scored_targets(out).size == ids.size - 1
   assert max(int(b["inputs"].max()) for b in out) < tok.get_vocab_size()
+
+
+@settings(max_examples=40, deadline=None)
+@given(tokens=st.integers(2, 400), seq_len=st.integers(4, 64), batch=st.integers(1, 12),
+       objective=st.sampled_from(["clm", "mlm"]))
+def test_a_stream_shorter_than_one_batch_gets_a_note_saying_how_many_rows_each_step_trains_on(tokens, seq_len, batch,
+                                                                                             objective):
+  """The note of research-train (loop.stream_notes) against what the batcher really yields: a note exactly when the
+  first batch holds fewer real rows (any weight) than train.batch_size, and it names that number."""
+  import ml_collections
+  from research.train import loop
+  config = ml_collections.ConfigDict({"objective": objective, "data": {"seq_len": seq_len},
+                                      "train": {"batch_size": batch}})
+  ids = stream(tokens)
+  first = next(iter(B.PackedBatches(ids, seq_len, batch, objective=objective)))
+  real = int((first["weights"].sum(axis=1) > 0).sum())
+  notes = loop.stream_notes(config, ids)
+  assert bool(notes) == (real < batch)
+  if notes:
+    assert f"packs into {real} row" in notes[0] and f"train.batch_size={batch}" in notes[0]

@@ -444,3 +444,33 @@ def test_the_best_validation_is_the_lowest_loss_the_log_holds_up_to_the_step(tmp
   # No validation line at all: the final evaluation is the best.
   assert loop.best_validation(tmp_path / "absent.jsonl", 7, final) == {
       "best_valid_loss": 2.9, "best_valid_ppl": math.exp(2.9), "best_step": 7}
+
+
+def test_the_state_a_device_holds_is_counted_exactly_before_anything_allocates():
+  """`state_bytes_per_device` (from shapes alone) against the bytes device 0 really holds of an initialized state,
+  whose gradients are one more copy of the parameters; for AdamW and for Adafactor's factored moments."""
+  for overrides in ({}, {"model.table_dim": 16, "train.optimizer": "adafactor"}):
+    trainer = loop.Trainer.build(tiny_config(**overrides), 512)
+    state = trainer.init_state()
+    device = trainer.mesh.devices.flat[0]
+    held = sum(s.data.nbytes for leaf in jax.tree.leaves(state) for s in leaf.addressable_shards
+               if s.device == device)
+    params = sum(s.data.nbytes for leaf in jax.tree.leaves(state.params) for s in leaf.addressable_shards
+                 if s.device == device)
+    assert loop.state_bytes_per_device(trainer.abstract_state, trainer.state_shardings) == held + params
+
+
+def test_a_model_too_large_for_the_machine_is_one_line_before_anything_allocates(tmp_path):
+  """d_model 65,536 gives ~10^11 parameters: terabytes of state on any machine. Refused, naming the fields and the
+  sizes, before config.json is written or anything compiles (the eval_shape is abstract)."""
+  have, _ = loop.device_memory_bytes(jax.devices()[0])
+  assert have is not None and have > 0  # MemAvailable on a Linux CPU host
+  config = tiny_config(**{"model.d_model": 65536, "model.mlp_dim": 262144, "train.steps": 2})
+  start = time.time()
+  with pytest.raises(configuration.ConfigError) as info:
+    loop.train(config, tmp_path / "run")
+  message = str(info.value)
+  assert message.startswith("the model does not fit: ") and "model.d_model=65536" in message, message
+  assert "model.mlp_dim=262144" in message and f"has {have / 2**30:.1f} GiB" in message
+  assert not (tmp_path / "run" / "config.json").exists()
+  assert time.time() - start < 120

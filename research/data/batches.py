@@ -177,6 +177,12 @@ def num_clm_windows(num_tokens: int, length: int) -> int:
   return -(-(num_tokens - 1) // length)
 
 
+def num_rows(num_tokens: int, length: int, objective: str) -> int:
+  """Training rows of `length` one epoch of a stream of `num_tokens` packs into (`PackedBatches`): CLM windows, or
+  MLM `[CLS] … [SEP]` rows of length − 2 stream tokens each."""
+  return num_clm_windows(num_tokens, length) if objective == "clm" else -(-num_tokens // (length - 2))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # training batches
 
@@ -206,10 +212,7 @@ class PackedBatches:
     self.ids, self.seq_len, self.batch_size, self.objective = ids, seq_len, batch_size, objective
     self.seed, self.process_index, self.process_count = seed, process_index, process_count
     self.shuffle, self.num_epochs = shuffle, num_epochs
-    if objective == "clm":
-      self.num_rows = num_clm_windows(ids.shape[0], seq_len)
-    else:
-      self.num_rows = -(-ids.shape[0] // (seq_len - 2))
+    self.num_rows = num_rows(ids.shape[0], seq_len, objective)
     rows_per_host = -(-self.num_rows // process_count)
     self.steps_per_epoch = -(-rows_per_host // batch_size)
     self.epoch, self.index = 0, 0

@@ -38,6 +38,7 @@ import ml_collections
 import numpy as np
 
 from research import schema
+from research.error_text import first_line
 from research.data import batches as batches_lib
 from research.data import tokenizers as tokenizers_lib
 from research.embeddings import registry
@@ -137,9 +138,7 @@ def load_run(workdir: str | Path, checkpoint: str = "best") -> LoadedRun:
 def unrestorable_message(ckpt: checkpoint_lib.Checkpointer, ckpt_dir: Path, step: int, checkpoint: str,
                          error: Exception) -> str:
   """The one line for a checkpoint whose parameters cannot be read (files missing or damaged), with a way out."""
-  detail = (str(error).strip().splitlines() or [""])[0]
-  detail = f"{type(error).__name__}: {detail[:100]}{'...' if len(detail) > 100 else ''}" if detail else \
-      type(error).__name__
+  detail = first_line(error, limit=100)
   best, latest = ckpt.best_step(), ckpt.latest_step()
   earlier = [s for s in ckpt.all_steps() if s < step]
   if checkpoint == "last" and best is not None and best != step:

@@ -39,6 +39,7 @@ import ml_collections
 import numpy as np
 
 from research import schema
+from research.error_text import first_line
 from research.data import batches as batches_lib
 from research.data import corpora
 from research.data import tokenizers as tokenizers_lib
@@ -61,12 +62,6 @@ RARE_TRAIN_COUNT = 10
 
 class NonFiniteError(RuntimeError):
   """Training produced a non-finite loss or gradient norm."""
-
-
-def _first_line(e: BaseException) -> str:
-  """'Type: the first line of its message' (or 'Type'): an exception from a library, in a one-line error."""
-  text = str(e).strip()
-  return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
@@ -151,7 +146,22 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> RunData:
                                            errors=config.data.errors)
   check_splits(splits, tokenizer.get_vocab_size())
   splits = {**splits, "train": batches_lib.stream_prefix(splits["train"], config.data.train_fraction)}
+  if jax.process_index() == 0:
+    for line in stream_notes(config, splits["train"]):
+      print(line, flush=True)
   return RunData(tokenizer, splits, tokenizer.get_vocab_size())
+
+
+def stream_notes(config: ml_collections.ConfigDict, train_ids: np.ndarray) -> list[str]:
+  """A note (the run is legal) when the train stream packs into fewer rows than train.batch_size: every step then
+  trains on those rows alone, the rest of the batch being padding that carries no loss, so a step sees fewer tokens
+  than the config suggests (a tiny corpus, a small data.train_fraction)."""
+  rows = batches_lib.num_rows(int(train_ids.size), int(config.data.seq_len), config.objective)
+  if rows >= config.train.batch_size:
+    return []
+  return [f"note: the train split ({train_ids.size} tokens) packs into {rows} row{'s' if rows != 1 else ''} of "
+          f"data.seq_len={config.data.seq_len}, fewer than train.batch_size={config.train.batch_size}: every step "
+          f"trains on {'those rows' if rows != 1 else 'that row'} and pads the rest (no loss)"]
 
 
 # A fresh tokenizer whose train split is more [UNK] than this is worth a note: the model would mostly learn [UNK].
@@ -186,7 +196,7 @@ def load_run_tokenizer(workdir: str | os.PathLike):
   try:
     return tokenizers_lib.load_tokenizer(workdir)
   except Exception as e:  # noqa: BLE001
-    raise configuration.ConfigError(f"{str(path)!r} cannot be read ({_first_line(e)[:200]}); the run's token ids "
+    raise configuration.ConfigError(f"{str(path)!r} cannot be read ({first_line(e)[:200]}); the run's token ids "
                                     f"depend on it: restore it from a copy, or use a new workdir") from None
 
 
@@ -261,6 +271,43 @@ def valid_batches(config, ids: np.ndarray, batch_size: int) -> Iterator[dict]:
 # ---------------------------------------------------------------------------------------------------- workdir
 
 
+def state_bytes_per_device(abstract_state, shardings) -> int:
+  """Bytes one device holds of a train state laid out by `shardings` (each leaf's shard), plus one more copy of the
+  parameters' shards for their gradients."""
+  def shard_bytes(leaf, sharding) -> int:
+    return int(np.prod(sharding.shard_shape(leaf.shape))) * leaf.dtype.itemsize  # typed PRNG keys too
+  def total(tree, tree_shardings) -> int:
+    return sum(jax.tree.leaves(jax.tree.map(shard_bytes, tree, tree_shardings)))
+  return total(abstract_state, shardings) + total(abstract_state.params, shardings.params)
+
+
+def device_memory_bytes(device) -> tuple[int | None, str]:
+  """(bytes a train state may use on `device`, how to name it): an accelerator's `bytes_limit`; on CPU the host's
+  MemAvailable (Linux /proc/meminfo) divided among this process's CPU devices. (None, ...) when unknown."""
+  if device.platform != "cpu":
+    stats = device.memory_stats() or {}
+    limit = stats.get("bytes_limit")
+    return (int(limit), f"{device.device_kind} {device.id}") if limit else (None, "")
+  try:
+    meminfo = Path("/proc/meminfo").read_text()
+  except OSError:
+    return None, ""
+  for line in meminfo.splitlines():
+    if line.startswith("MemAvailable:"):
+      local = max(1, len([d for d in jax.local_devices() if d.platform == "cpu"]))
+      available = int(line.split()[1]) * 1024
+      return available // local, ("this host" if local == 1 else f"each of this host's {local} CPU devices")
+  return None, ""
+
+
+def check_not_a_file(workdir: str | os.PathLike) -> Path:
+  """The workdir as a Path; one that exists and is not a directory (a file) is one line."""
+  path = Path(workdir)
+  if path.exists() and not path.is_dir():
+    raise configuration.ConfigError(f"workdir {str(path)!r} exists and is not a directory")
+  return path
+
+
 def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                   backend: str | Callable[[], str] | None = None) -> Path:
   """The workdir as a Path, checked and left untouched: not a URL, not a file, and, when it holds a run (its
@@ -272,9 +319,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     raise configuration.ConfigError(
         f"workdir {str(workdir)!r} is a URL; run directories are local or shared-filesystem paths (mount a bucket "
         f"with gcsfuse, or use NFS / Filestore, and pass the mounted path)")
-  path = Path(workdir)
-  if path.exists() and not path.is_dir():
-    raise configuration.ConfigError(f"workdir {str(path)!r} exists and is not a directory")
+  path = check_not_a_file(workdir)
   for parent in path.absolute().parents:  # a run's files written among another run's (its checkpoints/, eval/)
     if (parent / CONFIG_FILE).is_file() and ((parent / TOKENIZER_FILE).exists() or (parent / "checkpoints").is_dir()):
       raise configuration.ConfigError(f"workdir {str(path)!r} is inside the run {str(parent)!r}; give a directory "
@@ -341,7 +386,7 @@ def read_saved_config(workdir: str | os.PathLike) -> dict[str, Any]:
   try:
     saved = json.loads(path.read_text())
   except (ValueError, UnicodeDecodeError) as e:
-    saved, error = None, _first_line(e)
+    saved, error = None, first_line(e)
   else:
     error = None if isinstance(saved, dict) else f"a JSON {type(saved).__name__}, not an object"
   if error:
@@ -378,7 +423,7 @@ def restore_newest_good(checkpointer, workdir: Path, target, reopen: Callable[[]
     try:
       state, saved = checkpointer.restore(step, target=target)
     except Exception as e:  # noqa: BLE001 — Orbax and TensorStore raise many types for a damaged file
-      errors.append((step, _first_line(e)))
+      errors.append((step, first_line(e)))
       continue
     if errors:
       checkpointer.close()
@@ -542,9 +587,32 @@ class Trainer:
                optim.make_schedule(config.train), settings, rare_V)
 
   @functools.cached_property
+  def abstract_state(self):
+    """The train state's shapes and dtypes (jax.eval_shape: nothing is allocated or compiled)."""
+    return jax.eval_shape(self._init, jax.random.key(0))
+
+  @functools.cached_property
   def state_shardings(self):
-    abstract = jax.eval_shape(self._init, jax.random.key(0))
-    return mesh_lib.param_sharding(abstract, self.mesh)
+    return mesh_lib.param_sharding(self.abstract_state, self.mesh)
+
+  def check_memory(self) -> None:
+    """One line, before anything allocates or compiles, when the train state alone cannot fit: per device, the
+    shards of the parameters, the optimizer state and the gradients (`state_bytes_per_device`) against the device's
+    memory (GPU / TPU: its `bytes_limit`; CPU: the host's MemAvailable shared by this process's devices). Without
+    this, such a run fails inside XLA's allocator or is killed by the kernel with no word. Activations are not
+    counted, so passing this check does not promise that a run fits."""
+    need = state_bytes_per_device(self.abstract_state, self.state_shardings)
+    device = self.mesh.devices.flat[0]
+    have, where = device_memory_bytes(device)
+    if have is None or need <= have:
+      return
+    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.abstract_state.params))
+    m = self.model.cfg
+    raise configuration.ConfigError(
+        f"the model does not fit: {params:,} parameters (model.d_model={m.d_model}, model.num_layers="
+        f"{m.num_layers}, model.mlp_dim={m.mlp_dim}, a vocabulary of {m.vocab_size:,}) need "
+        f"{need / 2**30:.1f} GiB per device for the parameters, the optimizer state and the gradients, and {where} "
+        f"has {have / 2**30:.1f} GiB; use a smaller model, or more devices (mesh.fsdp shards the state)")
 
   def _init(self, rng):
     return steps.init_state(rng, model=self.model, optimizer=self.optimizer, seq_len=self.config.data.seq_len,
@@ -622,7 +690,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
       raise
     saved = checkpoint_lib.checkpoint_steps(workdir / "checkpoints")
     resume = f"it resumes from step {saved[-1]}" if saved else "it starts over (no checkpoint was finished)"
-    raise StorageError(f"no space left on the device of {str(workdir)!r} ({_first_line(e)[:200]}); what was written "
+    raise StorageError(f"no space left on the device of {str(workdir)!r} ({first_line(e)[:200]}); what was written "
                        f"before is intact: free space and rerun the command, {resume}") from None
   finally:
     if lock is not None:
@@ -700,6 +768,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, mesh, start_
   counts_file = tokenizers_lib.counts_path(workdir)
   trainer = Trainer.build(config, data.vocab_size, mesh, char_ids=char_ids(config, data.tokenizer),
                           train_counts=np.load(counts_file) if counts_file.exists() else None)
+  trainer.check_memory()  # before the vector file is read, config.json written or anything compiled
   t = config.train
   table, table_report = None, None
   if config.model.embed_init == "pretrained" and not checkpoint_lib.has_checkpoint(workdir / "checkpoints"):
