@@ -120,20 +120,25 @@ def test_group_norms_rejects_mismatched_trees():
     objectives.group_norms({'a': jnp.ones(2), 'b': jnp.ones(2)}, {'a': 'other'})
 
 
-def _head_problem(seed=0, n=24, d=6, vocab=11, dtype=jnp.float32):
+def _head_problem(seed=0, n=24, d=6, vocab=11, dtype=jnp.float32, tied=False):
+  """An untied head ([d, V] weight) or, `tied`, a table-shaped one ([V, d], applied transposed: the fused loss sums
+  its gradient in the [d, V] layout and transposes it once)."""
   rng = np.random.default_rng(seed)
-  params = {'w': jnp.asarray(rng.standard_normal((d, vocab)), jnp.float32),
+  params = {'w': jnp.asarray(rng.standard_normal((vocab, d) if tied else (d, vocab)), jnp.float32),
             'b': jnp.asarray(rng.standard_normal(vocab), jnp.float32)}
   h = jnp.asarray(rng.standard_normal((n, d)), dtype)
   targets = jnp.asarray(rng.integers(0, vocab, n))
   weights = jnp.asarray((rng.random(n) > 0.25).astype(np.float32))
-  head = lambda p, x: (x @ p['w'].astype(x.dtype) + p['b'].astype(x.dtype))  # noqa: E731
+  def head(p, x):
+    w = p['w'].astype(x.dtype)
+    return x @ (w.T if tied else w) + p['b'].astype(x.dtype)
   return head, params, h, targets, weights
 
 
+@pytest.mark.parametrize('tied', [False, True])
 @pytest.mark.parametrize('z_loss', [0.0, 1e-2])
-def test_chunked_cross_entropy_equals_the_whole_loss_and_its_gradient(z_loss):
-  head, params, h, targets, weights = _head_problem()
+def test_chunked_cross_entropy_equals_the_whole_loss_and_its_gradient(z_loss, tied):
+  head, params, h, targets, weights = _head_problem(tied=tied)
 
   def whole(p, x):
     return objectives.cross_entropy(head(p, x), targets, weights, z_loss)

@@ -59,6 +59,16 @@ def _tree_add(a, b):
   return jax.tree.map(jnp.add, a, b)
 
 
+def _wide_last(x):
+  """A matrix with its longer axis last ([d, V] for a tied head's [V, d] table); anything else as it is. The fused
+  loss sums the head's chunk gradients in this layout and transposes the total once: a weight gradient's bf16
+  product comes out with its shorter axis first (`precision._transposed_product`), so summing it in the
+  parameter's own layout was a strided transposing add per chunk (57 ms of an 860 ms bf16 step on Zen 4, and a
+  slower product). The sums are the same numbers added in the same order, so gradients are bit-identical (f32 and
+  bf16; docs/benchmarks.md, "The head's gradient in the product's layout")."""
+  return x.T if x.ndim == 2 and x.shape[0] > x.shape[1] else x
+
+
 def chunked_cross_entropy(head_fn: Callable[[Any, jax.Array], jax.Array], head_params: Any, hidden_NxD: jax.Array,
                           targets_N: jax.Array, weights_N: jax.Array, *, chunk: int, z_loss: float = 0.0
                           ) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
@@ -100,10 +110,11 @@ def chunked_cross_entropy(head_fn: Callable[[Any, jax.Array], jax.Array], head_p
       loss_and_sums = lambda p, h: (lambda s: (s[0], s))(sums_of(p, h, t_C, w_C))  # noqa: E731
       (_, chunk_sums), (g_p, g_h_CxD) = jax.value_and_grad(loss_and_sums, argnums=(0, 1), has_aux=True)(
           params, h_CxD)
-      return (_tree_add(sums, chunk_sums), _tree_add(g_params, g_p)), g_h_CxD
+      return (_tree_add(sums, chunk_sums), _tree_add(g_params, jax.tree.map(_wide_last, g_p))), g_h_CxD
 
-    init = (zero_sums, jax.tree.map(jnp.zeros_like, params))
+    init = (zero_sums, jax.tree.map(lambda p: jnp.zeros_like(_wide_last(p)), params))
     (sums, g_params), g_h = jax.lax.scan(body, init, (split(h_NxD), split(t_N), split(w_N)))
+    g_params = jax.tree.map(lambda g, p: g.T if g.shape != p.shape else g, g_params, params)  # back, once
     return sums, (g_params, g_h.reshape(h_NxD.shape))
 
   def fused_bwd(residuals, cotangents):
