@@ -59,10 +59,10 @@ def main(argv):
   if _DRY_RUN.value:
     sweeps.check_directory(_WORKDIR.value)  # what the real run would refuse
     sweeps.check_trial_directories(sweep, _WORKDIR.value)
-    skipped = 0
+    skipped, steps = 0, sweeps.trial_steps(sweep)
     for trial in sweep.trials:
       workdir = f"{_WORKDIR.value.rstrip('/')}/{trial.name}"
-      plan, why = sweeps.trial_plan(sweep, Path(_WORKDIR.value) / trial.name)
+      plan, why = sweeps.trial_plan(sweep, Path(_WORKDIR.value) / trial.name, steps[trial.name])
       if plan == "skip":
         skipped += 1
         print(f"{trial.name}: finished (would be skipped)")
@@ -70,6 +70,8 @@ def main(argv):
         print(f"{trial.name}: finished; evaluated again ({why}), not trained: "
               f"{shlex.join(sweeps.evaluate_command(sweep, workdir))}")
       else:
+        if why:
+          print(f"{trial.name}: {why}: training continues")
         print(f"{trial.name}: {shlex.join(sweeps.train_command(sweep, trial, workdir))}")
         if sweep.evaluate:
           print(f"  then: {shlex.join(sweeps.evaluate_command(sweep, workdir))}")

@@ -396,7 +396,7 @@ def evaluation_outdated(sweep: Sweep, trial_dir: Path) -> str | None:
     report = json.loads(path.read_text())
     recorded = [int(r["multiple"]) for r in report["results"]]
     train_len = int(report["train_len"])
-  except (OSError, ValueError, TypeError, KeyError):
+  except (OSError, ValueError, TypeError, KeyError, OverflowError):  # "train_len": Infinity
     return f"eval/{path.name} cannot be read"
   options, multiples = resolved_evaluate_options(sweep.evaluate)
   missing = [m for m in multiples if m not in recorded]
@@ -415,14 +415,38 @@ def evaluation_outdated(sweep: Sweep, trial_dir: Path) -> str | None:
   return f"eval/{path.name} was made with {', '.join(differ)}" if differ else None
 
 
-def trial_plan(sweep: Sweep, trial_dir: Path) -> tuple[str, str | None]:
-  """What a (re)run does with a trial: ("skip", None) when finished; ("evaluate", why) when trained and evaluated,
-  but with an evaluation this sweep's EVALUATE outdated (only the evaluation runs again); ("run", None) otherwise
-  (train, resuming from its checkpoints, then evaluate)."""
-  if not is_finished(sweep, trial_dir):
+def trial_plan(sweep: Sweep, trial_dir: Path, steps: int | None = None) -> tuple[str, str | None]:
+  """What a (re)run does with a trial:
+  - ("run", None): not trained to the end (no summary.json): train, resuming from its checkpoints, then evaluate;
+  - ("run", why): trained, but to fewer steps than the trial's `train.steps` (`steps`; the sweep was edited to
+    train longer, a resumable change): research-train continues it from its last checkpoint, then it is evaluated;
+  - ("evaluate", why): trained to the end, but its evaluation lacks a file EVALUATE now writes (by_position,
+    passkey; or an evaluation that never ran) or was made with other options (`evaluation_outdated`): only the
+    evaluation runs (again), the old files kept in eval/previous/ (`keep_previous_evaluation`);
+  - ("skip", None): finished."""
+  summary = trial_dir / "summary.json"
+  if not summary.exists():
     return "run", None
+  if steps is not None:
+    try:
+      reached = int(json.loads(summary.read_text())["step"])
+    except (OSError, ValueError, TypeError, KeyError, OverflowError):
+      reached = None
+    if reached is not None and reached < steps:
+      return "run", f"trained to step {reached}, train.steps is now {steps}"
+  if not sweep.evaluate:
+    return "skip", None
+  missing = [f for f in eval_files(sweep) if not (trial_dir / "eval" / f).exists()]
+  if missing:
+    return "evaluate", f"eval/{missing[0]} is missing"
   why = evaluation_outdated(sweep, trial_dir)
   return ("evaluate", why) if why else ("skip", None)
+
+
+def trial_steps(sweep: Sweep) -> dict[str, int]:
+  """{trial name: its train.steps}, from the configs research-train would resolve (`trial_plan`'s `steps`)."""
+  base = load_config_file(sweep.base_config).get_config()
+  return {t.name: int(trial_config(sweep, t, base).train.steps) for t in sweep.trials}
 
 
 def tpu_commands(sweep: Sweep, directory: str, tpu: str, zone: str, repo_dir: str = "~/research") -> list[str]:
@@ -502,8 +526,7 @@ def run_trial(sweep: Sweep, trial: Trial, directory: Path, train: bool = True) -
   start = time.time()
   commands = [train_command(sweep, trial, str(workdir))] if train else []
   if sweep.evaluate:
-    if not train:
-      keep_previous_evaluation(sweep, workdir)
+    keep_previous_evaluation(sweep, workdir)  # a trial evaluated before (then trained longer, or evaluated again)
     commands.append(evaluate_command(sweep, str(workdir)))
   for command in commands:
     # With huge pages already in their environment, the trials need not restart themselves for them.
@@ -577,8 +600,9 @@ def run_sweep(sweep: Sweep, directory: str | Path, jobs: int = 1,
   status: dict[str, dict[str, Any]] = {}
   todo, evaluate_again = [], {}
   total, done = len(sweep.trials), 0
+  steps = trial_steps(sweep)
   for trial in sweep.trials:
-    plan, why = trial_plan(sweep, directory / trial.name)
+    plan, why = trial_plan(sweep, directory / trial.name, steps[trial.name])
     if plan == "skip":
       status[trial.name] = {"status": "finished", "error": None}
       done += 1
@@ -588,6 +612,8 @@ def run_sweep(sweep: Sweep, directory: str | Path, jobs: int = 1,
       todo.append(trial)
       if plan == "evaluate":
         evaluate_again[trial.name] = why
+      elif why:
+        log(f"{trial.name}: {why}: training continues")
   write_index(directory, sweep, status)
   lock = threading.Lock()  # worker threads and this one both update `status` and rewrite sweep.json
 

@@ -875,3 +875,32 @@ def test_the_recorded_choice_flags_a_checkpoint_beaten_only_by_an_intermediate_o
   path.write_text(path.read_text().replace('"last"', '"newest"'))
   with pytest.raises(ReportError, match=r"'checkpoint' must be one of best, last, got 'newest'"):
     load_runs(tmp_path / "last80")
+
+
+def test_a_recorded_last_is_judged_by_the_final_step_without_checkpoints_and_damaged_figures_are_one_line(tmp_path):
+  """`last` at step 20 of a run that reached 40: stale even without checkpoints/ (the final step is always the last
+  checkpoint) and even when the final loss is the worse one, which the older rule needs. Losses that differ only
+  past 4 digits print differently. A non-finite checkpoint_step or a non-number loss in metrics.jsonl is one line."""
+  run = tmp_path / "run"
+  _train_session(run, 40, {20: 5.69, 40: 6.0})
+  _evaluate(run, 20, 30.0, checkpoint="last")
+  notes = load_runs(run).trials[0].stale_evaluations()
+  assert len(notes) == 1 and "(--checkpoint=last); the last checkpoint is now step 40" in notes[0], notes
+  _evaluate(run, 40, 30.0, checkpoint="last")
+  assert load_runs(run).trials[0].stale_evaluations() == []
+  close = tmp_path / "close"
+  _train_session(close, 40, {20: 5.692, 40: 5.6918})
+  _evaluate(close, 20, 30.0)  # an older file: the older rule, the final loss lower by 0.0002
+  notes = load_runs(close).trials[0].stale_evaluations()
+  assert len(notes) == 1 and "(5.6918 < 5.692)" in notes[0], notes
+  path = run / "eval" / "extrapolation.json"
+  for bad in ("NaN", "Infinity"):
+    path.write_text(re.sub(r'"checkpoint_step": \d+', f'"checkpoint_step": {bad}', path.read_text()))
+    with pytest.raises(ReportError, match=f"'checkpoint_step' must be an integer, got {bad.lower()[:3]}"):
+      load_runs(run)
+    _evaluate(run, 40, 30.0, checkpoint="last")
+  with (run / "metrics.jsonl").open("a") as f:
+    f.write('{"split": "valid", "step": 40, "loss": "x"}\n{"split": "valid", "step": 40, "loss": 6.0}\n')
+  with pytest.raises(ReportError, match=r"metrics.jsonl line \d+: 'loss' must be a number, got 'x'"):
+    load_runs(run)
+

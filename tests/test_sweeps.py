@@ -685,3 +685,31 @@ def test_an_evaluation_that_records_another_checkpoint_choice_is_outdated(tmp_pa
     assert (why is not None) == outdated, (recorded, evaluate, why)
     if outdated:
       assert f"checkpoint={recorded!r} (now 'last')" in why
+
+
+def test_a_trained_trial_is_evaluated_for_a_new_eval_file_and_trained_on_when_steps_grow(tmp_path):
+  """A finished trial whose evaluation lacks a file EVALUATE now writes (by_position) is evaluated, not trained
+  again (research-train would rewrite its summary); one whose train.steps the sweep raised trains on."""
+  import math
+  from research.evaluate import extrapolation
+  from research.train import loop
+  path = write_sweep(tmp_path / "s.py", [{"seed": 0, **TINY}], evaluate={"lengths": [1]})
+  sweep = sweeps.load_sweep(path)
+  trial = sweep.trials[0]
+  run = tmp_path / "out" / trial.name
+  run.mkdir(parents=True)
+  valid = {"loss": 3.0, "ppl": math.exp(3.0), "accuracy": 0.3}
+  loop.write_summary(run, loop.summary_record(step=4, train_loss=3.0, valid=valid, tokens_seen=4096.0,
+                                              num_params=1000, num_embedding_params=100, vocab_size=512,
+                                              wall_s=1.0))
+  extrapolation.write_report(run, extrapolation.report_record(
+      train_len=32, mode="nonoverlapping", stride=None, split="valid", checkpoint_step=4, rope_scaling=None,
+      rope_factor=None, results=[extrapolation.result_record(1, 32, 20.0, 100)], checkpoint="best"))
+  assert sweeps.trial_steps(sweep) == {trial.name: 4}
+  assert sweeps.trial_plan(sweep, run, 4) == ("skip", None)
+  assert sweeps.trial_plan(sweep, run, 8) == ("run", "trained to step 4, train.steps is now 8")
+  by_position = sweeps.load_sweep(write_sweep(tmp_path / "s2.py", [{"seed": 0, **TINY}],
+                                              evaluate={"lengths": [1], "by_position": True}))
+  assert sweeps.trial_plan(by_position, run, 4) == ("evaluate", "eval/loss_by_position.json is missing")
+  (run / "eval" / "extrapolation.json").unlink()  # trained, never evaluated (killed in between): evaluate only
+  assert sweeps.trial_plan(sweep, run, 4) == ("evaluate", "eval/extrapolation.json is missing")

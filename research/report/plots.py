@@ -32,6 +32,11 @@ def _color(i: int) -> str:
   return f"C{i % 10}"
 
 
+def _any_stale(table: Table) -> bool:
+  """Whether a finished trial of the table has a stale evaluation (left out of the plots; report.md names it)."""
+  return any(t.stale_evaluations() for g in table.groups for t in g.finished)
+
+
 def _save(fig: Figure, path: pathlib.Path) -> None:
   FigureCanvasAgg(fig)
   fig.tight_layout()
@@ -53,7 +58,8 @@ def plot_ppl_vs_length(table: Table, path: pathlib.Path) -> str | None:
     if pts:
       series.append((gi, g, sorted(pts)))
   if not series:
-    return "no finished trial has an evaluated length (eval/extrapolation.json with a perplexity)"
+    return "no finished trial has an evaluated length (eval/extrapolation.json with a perplexity" + \
+        ("; stale evaluations are left out, see report.md" if _any_stale(table) else "") + ")"
   fig = Figure(figsize=(7, 4.5))
   ax = fig.add_subplot()
   for gi, g, pts in series:
@@ -240,6 +246,8 @@ def plot_loss_by_position(table: Table, path: pathlib.Path) -> str | None:
   over its finished trials, dotted line at the training length; groups that are n/a at a length are named there."""
   series = {length: s for length, s in position_series(table).items() if s["lines"]}
   if not series:
+    if _any_stale(table):
+      return "no finished trial has a loss by position that is not stale (see report.md: rerun research-evaluate)"
     return "no finished trial has a loss by position (eval/loss_by_position.json: research-evaluate --by_position)"
   cols = min(3, len(series))
   rows = math.ceil(len(series) / cols)

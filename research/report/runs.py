@@ -175,6 +175,8 @@ class Trial:
     if summary is None or checkpoint_step is None or summary.get("step") is None:
       return None
     kept = self.checkpoint_steps()
+    if checkpoint == "last" and not kept:
+      kept = [int(summary["step"])]  # the final step is always checkpointed and kept: the last one
     if checkpoint is not None and kept:
       return self._stale_by_choice(checkpoint_step, file, checkpoint, kept)
     step = int(summary["step"])
@@ -185,10 +187,11 @@ class Trial:
     scored = losses.get(checkpoint_step)
     if final is None or scored is None or not final < scored:
       return None
+    low, high = _distinct(final, scored)
     return (f"{self.name}: {file} scored the checkpoint of step {checkpoint_step}; the run has since reached step "
-            f"{step}, whose checkpoint has a lower validation loss ({final:.4g} < {scored:.4g}), so neither "
+            f"{step}, whose checkpoint has a lower validation loss ({low} < {high}), so neither "
             f"--checkpoint=best nor --checkpoint=last selects step {checkpoint_step} now: stale, left out of the "
-            f"mean (rerun research-evaluate)")
+            f"means and plots (rerun research-evaluate)")
 
   def checkpoint_steps(self) -> list[int]:
     """The steps of the run's finished checkpoints (RUN/checkpoints/<step>; Orbax's unfinished saves carry a
@@ -201,7 +204,7 @@ class Trial:
   def _stale_by_choice(self, checkpoint_step: int, file: str, checkpoint: str, kept: list[int]) -> str | None:
     """`stale_note` for a file that records its choice, given the kept checkpoint steps."""
     why = f"{self.name}: {file} scored the checkpoint of step {checkpoint_step} (--checkpoint={checkpoint}); "
-    tail = ": stale, left out of the mean (rerun research-evaluate)"
+    tail = ": stale, left out of the means and plots (rerun research-evaluate)"
     if checkpoint == "last":
       return None if checkpoint_step >= kept[-1] else f"{why}the last checkpoint is now step {kept[-1]}{tail}"
     losses = self.valid_losses()
@@ -212,7 +215,8 @@ class Trial:
     best_loss, best = min(ranked)
     if not best_loss < scored:  # a tie with the scored step is no change of what "best" means
       return None
-    return f"{why}the best checkpoint is now step {best} (validation loss {best_loss:.4g} < {scored:.4g}){tail}"
+    low, high = _distinct(best_loss, scored)
+    return f"{why}the best checkpoint is now step {best} (validation loss {low} < {high}){tail}"
 
   def valid_losses(self) -> dict[int, float]:
     """{step: validation loss} of metrics.jsonl's `split: valid` lines (the last line of a step wins)."""
@@ -324,8 +328,22 @@ def _read_metrics(path: pathlib.Path) -> list[dict[str, Any]]:
         break
       raise ReportError(f"{path} line {i + 1} is not valid JSON") from None
     if isinstance(record, dict):
+      for key, kinds, what in (("step", (int,), "an integer"), ("loss", (int, float), "a number")):
+        value = record.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+          raise ReportError(f"{path} line {i + 1}: {key!r} must be {what}, got {value!r}")
       records.append(record)
   return records
+
+
+def _distinct(a: float, b: float) -> tuple[str, str]:
+  """`a` and `b` printed with 4 significant digits, or as many more as it takes for two different numbers to read
+  differently (5.6918 against 5.692, not 5.692 against 5.692)."""
+  for digits in range(4, 18):
+    x, y = f"{a:.{digits}g}", f"{b:.{digits}g}"
+    if x != y or a == b:
+      return x, y
+  return repr(a), repr(b)
 
 
 def _finite_or_none(value: Any) -> float | None:
@@ -338,7 +356,8 @@ def _finite_or_none(value: Any) -> float | None:
 def _step_or_none(path: pathlib.Path, value: Any) -> int | None:
   if value is None:
     return None
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+      value != int(value):
     raise ReportError(f"{path}: 'checkpoint_step' must be an integer, got {value!r}")
   return int(value)
 
