@@ -52,6 +52,9 @@ def flag_error_message(error: flags.Error, flag_values: flags.FlagValues = flags
   """One line for a flag that did not parse: `--config.train.steps='abc': expected an integer` (the flag, the value
   as given, and what it accepts); `--workdir is required`; `unknown flag --foo`."""
   message = str(error)
+  required = re.findall(r"Flag --(\S+) must have a value other than None", message)
+  if len(required) > 1:  # flags.mark_flags_as_required, several missing: absl strings its messages together
+    return f"{' and '.join(f'--{name}' for name in required)} are required"
   if isinstance(error, flags.UnrecognizedFlagError):
     tip = message.partition(". Did you mean: ")[2].rstrip(" ?")
     return f"unknown flag --{error.flagname}" + (f"; did you mean --{tip.replace(', ', ', --')}?" if tip else "")
@@ -64,9 +67,15 @@ def flag_error_message(error: flags.Error, flag_values: flags.FlagValues = flags
   parser = flag_values[name].parser
   found = _bad_value(parser, text)
   if found is None and "Error whilst parsing config file:" in text:
-    # ml_collections: the config file's get_config() raised; its traceback follows, the exception last.
+    # ml_collections: loading the config file or its get_config() raised; the traceback follows, the exception last.
     value, _, trace = text.partition(": Error whilst parsing config file:")
-    return f"--{name}={value!r}: get_config() raised {trace.strip().splitlines()[-1].strip()}"
+    lines = trace.strip().splitlines()
+    path = value.split(":", 1)[0]
+    frames = [m for m in (re.match(r'\s*File "(.*)", line (\d+), in (\S+)', line) for line in lines)
+              if m and os.path.realpath(m.group(1)) == os.path.realpath(path)]
+    where = f"line {frames[-1].group(2)}: " if frames else ""
+    raised = "get_config() raised" if frames and frames[-1].group(3) == "get_config" else "loading it raised"
+    return f"--{name}={value!r}: {where}{raised} {lines[-1].strip()}"
   if found is None:
     return f"--{name}: {text}"
   value, reason = found
@@ -75,6 +84,17 @@ def flag_error_message(error: flags.Error, flag_values: flags.FlagValues = flags
 
 
 HELP_ARGS = ("--help", "-help", "-h", "--helpshort", "-helpshort", "-?")
+FULL_HELP_ARGS = ("--helpfull", "-helpfull")
+_TRUE = ("", "=true", "=True", "=1")
+
+
+def help_asked(argv: list[str]) -> str | None:
+  """"short" for --help (`HELP_ARGS`, also written --help=true), "full" for --helpfull, else None."""
+  for arg in argv[1:]:
+    for names, kind in ((HELP_ARGS, "short"), (FULL_HELP_ARGS, "full")):
+      if any(arg == name + value for name in names for value in _TRUE):
+        return kind
+  return None
 
 
 def entry_module():
@@ -90,15 +110,21 @@ def entry_module():
   return None
 
 
-def print_help(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-  """--help: the entry point's docstring (what it does, how it is called) and its own flags, on stdout. absl's
-  --help prints the docstring of `__main__`, which for a console script is an empty wrapper's."""
+def print_help(flag_values: flags.FlagValues = flags.FLAGS, full: bool = False) -> None:
+  """--help: the entry point's docstring (what it does, how it is called) and its own flags, on stdout; --helpfull
+  (`full`) every flag, absl's and JAX's included. absl's --help prints the docstring of `__main__`, which for a
+  console script is an empty wrapper's, and exits with status 1. Output cut short by its reader (`| head`) is no
+  error."""
   module = entry_module()
   doc = (module.__doc__ or "").strip() if module else ""
   own = flag_values.module_help(module.__name__) if module else ""
   if own:  # absl heads the list with the module's name ("__main__:" under python -m)
     own = "flags:\n" + own.strip("\n").split("\n", 1)[1]
-  print("\n\n".join(part for part in (doc, own, "--helpfull lists every flag, absl's own included.") if part))
+  rest = "all flags:\n" + flag_values.get_help() if full else "--helpfull lists every flag, absl's own included."
+  try:
+    print("\n\n".join(part for part in (doc, own, rest) if part), flush=True)
+  except BrokenPipeError:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -106,17 +132,29 @@ def parse_flags(argv: list[str]) -> list[str]:
   parse (a value of the wrong type, an unknown choice or flag, a required flag missing) prints one line `error:
   ...` and exits with status 2 instead of absl's two lines and status 1. --help (`HELP_ARGS`) prints the entry
   point's docstring and flags and exits with status 0; --helpfull works as before."""
-  if any(arg in HELP_ARGS for arg in argv[1:]):
-    print_help()
+  asked = help_asked(argv)
+  if asked:
+    print_help(full=asked == "full")
     sys.exit(0)
+  from absl import logging
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)  # ml_collections' warning about a get_config() that returned None: see below
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
+    given = config_flag_value(argv)
+    if given is not None and "Flag --config must have a value other than None" in str(e):
+      fail(f"--config={given!r}: get_config() returned None; it must return the config (an "
+           f"ml_collections.ConfigDict)")
     fail(flag_error_message(e))
   except Exception as e:  # noqa: BLE001 — the config file's own code (ml_collections runs it while parsing --config)
     given = config_flag_value(argv)
     path = given.split(":", 1)[0] if given else getattr(e, "filename", None) or "?"
+    if isinstance(e, AttributeError) and "get_config" in str(e):
+      fail(f"config file {path!r} defines no get_config()")
     fail(f"config file {path!r} {file_error(path, e)}")
+  finally:
+    logging.set_verbosity(verbosity)
 
 
 def config_flag_value(argv: list[str], name: str = "config") -> str | None:
@@ -134,8 +172,8 @@ def check_config_file(argv: list[str], name: str = "config") -> None:
   would raise `OSError: Failed loading config file` with a traceback, while parsing flags or when the config is
   first read. A relative PATH is resolved against the current directory, as ml_collections does."""
   given = config_flag_value(argv, name)
-  if given is None:
-    return  # absent: the required-flag check reports it
+  if given is None or help_asked(argv):
+    return  # absent: the required-flag check reports it; with --help, help wins
   path = given.split(":", 1)[0]  # ml_collections passes what follows a colon to get_config()
   if not path:
     fail(f"--{name}={given!r}: expected a Python config file")

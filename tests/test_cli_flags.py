@@ -79,6 +79,19 @@ def test_help_still_prints_the_usage():
   assert "--jobs" in result.stdout and "--dry_run" in result.stdout and "error:" not in result.stderr
 
 
+def test_helpfull_help_true_and_help_beside_a_bad_config_are_help_and_two_missing_flags_one_line(tmp_path):
+  full = cli("experiments.train", "--helpfull")
+  assert full.returncode == 0 and full.stdout.startswith("Train (or resume) one run.")
+  assert "all flags:" in full.stdout and "--workdir" in full.stdout
+  for args in (["--help=true"], [f"--config={tmp_path / 'missing.py'}", "--help"]):
+    result = cli("experiments.train", *args)
+    assert result.returncode == 0 and result.stdout.startswith("Train (or resume) one run."), result.stderr
+  assert error_line(cli("experiments.train")) == "error: --config and --workdir are required"
+  piped = subprocess.run(f"{sys.executable} -m experiments.train --help | head -1", shell=True, cwd=ROOT,
+                         capture_output=True, text=True)
+  assert piped.stdout.strip() == "Train (or resume) one run." and "Traceback" not in piped.stderr
+
+
 @pytest.mark.parametrize("module,flag,own", [
     ("experiments.train", "--help", ["--config", "--workdir"]), ("experiments.sweep", "-h", ["--jobs", "--dry_run"]),
     ("experiments.evaluate", "--helpshort", ["--lengths", "--checkpoint"]), ("experiments.report", "--help", [])])
@@ -111,6 +124,11 @@ def test_a_config_file_that_does_not_exist_is_one_line(tmp_path):
     ("def get_config():\n  raise ValueError('no such model')\n", "get_config() raised ValueError: no such model"),
     ("def get_config():\n  return undefined_name\n", "line 2: NameError: name 'undefined_name' is not defined"),
     ("import no_such_module_here\n", "line 1: ModuleNotFoundError: No module named 'no_such_module_here'"),
+    ("raise ValueError('top level boom')\ndef get_config():\n  pass\n",
+     "line 1: loading it raised ValueError: top level boom"),
+    ("def get_config():\n  return None\n",
+     "get_config() returned None; it must return the config (an ml_collections.ConfigDict)"),
+    ("x = 1\n", "defines no get_config()"),
 ])
 def test_a_config_file_that_does_not_load_is_one_line(tmp_path, source, message):
   path = tmp_path / "broken.py"

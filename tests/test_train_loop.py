@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -471,6 +472,41 @@ def test_a_model_too_large_for_the_machine_is_one_line_before_anything_allocates
     loop.train(config, tmp_path / "run")
   message = str(info.value)
   assert message.startswith("the model does not fit: ") and "model.d_model=65536" in message, message
-  assert "model.mlp_dim=262144" in message and f"has {have / 2**30:.1f} GiB" in message
+  assert "model.mlp_dim=262144" in message and re.search(r"this host has [\d.]+ GiB", message), message
   assert not (tmp_path / "run" / "config.json").exists()
   assert time.time() - start < 120
+
+
+@pytest.mark.parametrize("overrides", [{}, {"model.table_dim": 16}, {"model.tie_embeddings": False},
+                                       {"model.combine": "concat", "model.position": "learned", "model.pos_dim": 16}])
+def test_the_config_lower_bound_never_exceeds_the_real_parameter_count(overrides):
+  trainer = loop.Trainer.build(tiny_config(**overrides), 512)
+  real = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trainer.abstract_state.params))
+  assert 0.5 * real <= loop.matrix_params(trainer.model.cfg) <= real  # a bound, and not a loose one
+
+
+def test_a_model_absurdly_deep_is_refused_from_its_config_without_tracing_every_layer():
+  """100,000 layers: jax.eval_shape would trace each one for minutes (and the tracing's own memory would shrink
+  what the check measures); the config's lower bound refuses it at once."""
+  trainer = loop.Trainer.build(tiny_config(**{"model.num_layers": 100_000}), 512)
+  start = time.time()
+  with pytest.raises(configuration.ConfigError, match=r"at least [\d,]+ parameters .* and their gradients alone"):
+    trainer.check_memory()
+  assert time.time() - start < 10 and "abstract_state" not in trainer.__dict__  # never traced
+
+
+def test_a_validation_split_that_scores_nothing_gets_a_note(tmp_path, capsys):
+  """An MLM on a tiny corpus with a low select rate masks no validation token: the trainer's valid_loss 0 and
+  valid_ppl 1 would read as a perfect model, so a note says they mean nothing."""
+  corpus = tmp_path / "c.txt"
+  corpus.write_text("\n".join(f"line {i} of a very small corpus about cats and dogs" for i in range(12)) + "\n")
+  config = tiny_config(**{"objective": "mlm", "data.corpus": f"text:{corpus}", "data.tokenizer": "word",
+                          "data.vocab_size": 64, "data.mlm_select_rate": 0.001, "train.steps": 2,
+                          "train.eval_every": 2, "train.checkpoint_every": 2, "train.log_every": 1})
+  summary = loop.train(config, tmp_path / "run")
+  out = capsys.readouterr().out
+  assert summary["valid_ppl"] == 1.0 and summary["valid_loss"] == 0.0  # nothing scored (the seed is fixed)
+  assert "note: the validation split" in out and "gave no target to score" in out and "MLM" in out, out
+  normal = loop.train(tiny_config(**{"train.steps": 2, "train.eval_every": 2, "train.checkpoint_every": 2}),
+                      tmp_path / "normal")
+  assert normal["valid_ppl"] > 1 and "gave no target to score" not in capsys.readouterr().out

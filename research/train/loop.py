@@ -281,6 +281,14 @@ def state_bytes_per_device(abstract_state, shardings) -> int:
   return total(abstract_state, shardings) + total(abstract_state.params, shardings.params)
 
 
+def matrix_params(m) -> int:
+  """A lower bound on a model's parameter count from its config alone: the token table (V × table width) and each
+  block's attention (4 · width²) and MLP (2 · width · mlp_dim) matrices; biases, norms, positions and heads are
+  left out."""
+  width = int(m.width)
+  return int(m.vocab_size) * int(m.table_width) + int(m.num_layers) * (4 * width * width + 2 * width * int(m.mlp_dim))
+
+
 def device_memory_bytes(device) -> tuple[int | None, str]:
   """(bytes a train state may use on `device`, how to name it): an accelerator's `bytes_limit`; on CPU the host's
   MemAvailable (Linux /proc/meminfo) divided among this process's CPU devices. (None, ...) when unknown."""
@@ -600,19 +608,29 @@ class Trainer:
     shards of the parameters, the optimizer state and the gradients (`state_bytes_per_device`) against the device's
     memory (GPU / TPU: its `bytes_limit`; CPU: the host's MemAvailable shared by this process's devices). Without
     this, such a run fails inside XLA's allocator or is killed by the kernel with no word. Activations are not
-    counted, so passing this check does not promise that a run fits."""
-    need = state_bytes_per_device(self.abstract_state, self.state_shardings)
+    counted, so passing this check does not promise that a run fits.
+
+    The memory is read first (tracing a very deep model takes memory of its own), and a lower bound from the config
+    alone (`matrix_params`: the table and the blocks' matrices, float32, with their gradients, spread over every
+    device) refuses an absurd model at once, before `jax.eval_shape` traces every layer."""
     device = self.mesh.devices.flat[0]
     have, where = device_memory_bytes(device)
-    if have is None or need <= have:
+    if have is None:
       return
-    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.abstract_state.params))
     m = self.model.cfg
-    raise configuration.ConfigError(
-        f"the model does not fit: {params:,} parameters (model.d_model={m.d_model}, model.num_layers="
-        f"{m.num_layers}, model.mlp_dim={m.mlp_dim}, a vocabulary of {m.vocab_size:,}) need "
-        f"{need / 2**30:.1f} GiB per device for the parameters, the optimizer state and the gradients, and {where} "
-        f"has {have / 2**30:.1f} GiB; use a smaller model, or more devices (mesh.fsdp shards the state)")
+    def refuse(params: str, need: float, of_what: str) -> None:
+      raise configuration.ConfigError(
+          f"the model does not fit: {params} parameters (model.d_model={m.d_model}, model.num_layers="
+          f"{m.num_layers}, model.mlp_dim={m.mlp_dim}, a vocabulary of {m.vocab_size:,}) need {need / 2**30:.1f} "
+          f"GiB per device for {of_what}, and {where} has {have / 2**30:.1f} GiB; use a smaller model, or more "
+          f"devices (mesh.fsdp shards the state)")
+    lower = matrix_params(m)
+    if lower * 8 / self.mesh.size > have:
+      refuse(f"at least {lower:,}", lower * 8 / self.mesh.size, "the parameters and their gradients alone")
+    need = state_bytes_per_device(self.abstract_state, self.state_shardings)
+    if need > have:
+      params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.abstract_state.params))
+      refuse(f"{params:,}", need, "the parameters, the optimizer state and the gradients")
 
   def _init(self, rng):
     return steps.init_state(rng, model=self.model, optimizer=self.optimizer, seq_len=self.config.data.seq_len,
@@ -868,6 +886,11 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, mesh, start_
 
   if not valid:  # e.g. steps == 0, or resumed at the end
     valid = trainer.evaluate(state.params, data.splits["valid"])
+  if not valid.get("tokens") and jax.process_index() == 0:
+    why = " (an MLM scores only the tokens it masks, about data.mlm_select_rate of them)" \
+        if config.objective == "mlm" else ""
+    print(f"note: the validation split ({data.splits['valid'].size} tokens) gave no target to score{why}: "
+          f"valid_loss=0 and valid_ppl=1 say nothing; use a larger corpus", flush=True)
   progress_state["wall_s"] += time.time() - start_time
   summary = summary_record(step=int(state.step), train_loss=progress_state["train_loss"], valid=valid,
                            tokens_seen=progress_state["tokens_seen"], num_params=num_params,
