@@ -131,7 +131,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   """`app.run(main, flags_parser=parse_flags)`: parses the command line as app.run does, but a flag that does not
   parse (a value of the wrong type, an unknown choice or flag, a required flag missing) prints one line `error:
   ...` and exits with status 2 instead of absl's two lines and status 1. --help (`HELP_ARGS`) prints the entry
-  point's docstring and flags and exits with status 0; --helpfull works as before."""
+  point's docstring and its own flags, --helpfull every flag (`print_help`), both with status 0."""
   asked = help_asked(argv)
   if asked:
     print_help(full=asked == "full")

@@ -13,12 +13,12 @@ config), before any trial starts; a sweep file that does not load or has no tria
 trial runs in its own process under `DIR/<trial>/`, named by its overrides; `DIR/sweep.json` records trials,
 overrides, status (pending, running, finished, failed) and errors. A trial with `summary.json` (and its
 evaluation files, when the sweep evaluates) is finished and skipped on a rerun, unless its evaluation lacks a
-length EVALUATE now asks for or was made with other options (`evaluation_outdated`): then only the evaluation runs
-again (the previous files are kept under RUN/eval/previous/). An interrupted one resumes from its checkpoints; a
-failed one is recorded with its error and does not stop the others. A trial directory holding a run of another
-config (BASE_CONFIG or an override edited since) refuses the whole sweep in one line before any trial runs
-(`check_trial_directories`, research-train's own check). Trial processes die with the sweep (Linux).
-Multi-process trials (the
+file, length or option EVALUATE now asks for (`trial_plan`, `evaluation_outdated`): then only the evaluation runs
+again (the previous files are kept under RUN/eval/previous/); one whose train.steps the sweep raised trains on. An
+interrupted one resumes from its checkpoints; a failed one is recorded with its error and does not stop the others.
+A trial directory holding a run of another config (BASE_CONFIG or an override edited since) refuses the whole sweep
+in one line before any trial runs (`check_trial_directories`, research-train's own check). Trial processes die with
+the sweep (Linux). Multi-process trials (the
 environment describes a multi-process job, or a trial sets mesh.distributed=true) run one at a time: `jobs` > 1 is
 refused in one line (`check_jobs`), since trials side by side would share one coordinator address and process ids.
 """
@@ -336,10 +336,14 @@ def _flag_on(value: Any) -> bool:
   return value is True or str(value).lower() in ("true", "1")
 
 
+def missing_eval_files(sweep: Sweep, trial_dir: Path) -> list[str]:
+  """The files of `eval_files` the trial's eval/ lacks (none when the sweep does not evaluate)."""
+  return [f for f in eval_files(sweep) if not (trial_dir / "eval" / f).exists()] if sweep.evaluate else []
+
+
 def is_finished(sweep: Sweep, trial_dir: Path) -> bool:
-  if not (trial_dir / "summary.json").exists():
-    return False
-  return sweep.evaluate is None or all((trial_dir / "eval" / f).exists() for f in eval_files(sweep))
+  """Trained to the end (summary.json) and evaluated with every file the sweep's EVALUATE writes."""
+  return (trial_dir / "summary.json").exists() and not missing_eval_files(sweep, trial_dir)
 
 
 def trial_config(sweep: Sweep, trial: Trial, base: Any = None):
@@ -388,7 +392,7 @@ def evaluation_outdated(sweep: Sweep, trial_dir: Path) -> str | None:
   EVALUATE, or None: its extrapolation file lacks a requested length, or records other options (mode, stride, split,
   RoPE factor, and `checkpoint` where the file records it, as files written since it does; the scaling is in the
   file's name). What the file does not record is not compared: `max_tokens_per_batch` (batching only), by_position /
-  passkey options (their files' presence is `is_finished`'s)."""
+  passkey options (their files' presence is `missing_eval_files`')."""
   if not sweep.evaluate:
     return None
   path = trial_dir / "eval" / eval_file(sweep)
@@ -436,7 +440,7 @@ def trial_plan(sweep: Sweep, trial_dir: Path, steps: int | None = None) -> tuple
       return "run", f"trained to step {reached}, train.steps is now {steps}"
   if not sweep.evaluate:
     return "skip", None
-  missing = [f for f in eval_files(sweep) if not (trial_dir / "eval" / f).exists()]
+  missing = missing_eval_files(sweep, trial_dir)
   if missing:
     return "evaluate", f"eval/{missing[0]} is missing"
   why = evaluation_outdated(sweep, trial_dir)

@@ -71,7 +71,8 @@ def report_record(*, train_len: int, mode: str, stride: int | None, split: str, 
                   rope_scaling: str | None, rope_factor: float | None, results: list[dict],
                   checkpoint: str | None = None) -> dict[str, Any]:
   return {"train_len": train_len, "mode": mode, "stride": stride if mode == "sliding" else None, "split": split,
-          "checkpoint_step": checkpoint_step, "checkpoint": checkpoint, "objective": objective, "rope_scaling": rope_scaling,
+          "checkpoint_step": checkpoint_step, "checkpoint": checkpoint, "objective": objective,
+          "rope_scaling": rope_scaling,
           "rope_factor": rope_factor if rope_scaling else None, "buckets": BUCKETS, "results": results}
 
 

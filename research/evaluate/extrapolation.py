@@ -366,8 +366,9 @@ def evaluate_run(workdir: str | Path, lengths: Sequence[int] = (1, 2, 4, 8, 16),
         objective=run.config.objective, rope_scaling=rope_scaling, rope_factor=rope_factor, results=position_results))
   if passkey:
     passkey_lib.write_report(workdir, passkey_lib.report_record(
-        train_len=train_len, checkpoint_step=run.step, checkpoint=checkpoint, seed=int(run.config.seed), trials=passkey_trials,
-        depths=passkey_depths, rope_scaling=rope_scaling, rope_factor=rope_factor, results=passkey_results))
+        train_len=train_len, checkpoint_step=run.step, checkpoint=checkpoint, seed=int(run.config.seed),
+        trials=passkey_trials, depths=passkey_depths, rope_scaling=rope_scaling, rope_factor=rope_factor,
+        results=passkey_results))
   report = report_record(train_len=train_len, mode=mode, stride=stride, split=split, checkpoint_step=run.step,
                          checkpoint=checkpoint, rope_scaling=rope_scaling, rope_factor=rope_factor, results=results)
   write_report(workdir, report, output)

@@ -178,8 +178,8 @@ def cell_record(multiple: int, length: int, depth: float, *, prompts: list[Promp
 def report_record(*, train_len: int, checkpoint_step: int, seed: int, trials: int, depths: Sequence[float],
                   rope_scaling: str | None, rope_factor: float | None, results: list[dict],
                   checkpoint: str | None = None) -> dict[str, Any]:
-  return {"train_len": train_len, "checkpoint_step": checkpoint_step, "checkpoint": checkpoint, "seed": seed, "trials": trials,
-          "depths": [float(d) for d in depths], "rope_scaling": rope_scaling,
+  return {"train_len": train_len, "checkpoint_step": checkpoint_step, "checkpoint": checkpoint, "seed": seed,
+          "trials": trials, "depths": [float(d) for d in depths], "rope_scaling": rope_scaling,
           "rope_factor": rope_factor if rope_scaling else None, "filler": list(text.FILLER), "needle": text.NEEDLE,
           "question": text.QUESTION, "results": results}
 

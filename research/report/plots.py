@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from research.report.runs import RARE_BUCKET_METRICS, RunSet
+from research.report.runs import BY_POSITION_FILE, RARE_BUCKET_METRICS, RunSet
 from research.report.tables import VALID_PPL, Table, format_value
 
 PPL_VS_LENGTH = "ppl_vs_length.png"
@@ -34,7 +34,7 @@ def _color(i: int) -> str:
 
 def _any_stale(table: Table) -> bool:
   """Whether a finished trial of the table has a stale evaluation (left out of the plots; report.md names it)."""
-  return any(t.stale_evaluations() for g in table.groups for t in g.finished)
+  return any(t.stale for g in table.groups for t in g.finished)
 
 
 def _save(fig: Figure, path: pathlib.Path) -> None:
@@ -217,8 +217,7 @@ def position_series(table: Table) -> dict[int, dict[str, list]]:
     by_length: dict[int, tuple[tuple[int, ...], list[list[float]], int | None]] = {}
     notes: dict[int, str] = {}
     for t in g.finished:
-      if t.by_position is None or \
-          t.stale_note(t.by_position.checkpoint_step, "", t.by_position.checkpoint) is not None:
+      if t.by_position is None or BY_POSITION_FILE.as_posix() in t.stale:
         continue  # a stale evaluation (an old checkpoint's) is left out, as in the table; report.md names it
       for c in t.by_position.curves:
         if c.note is not None:

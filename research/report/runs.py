@@ -18,6 +18,7 @@ Nothing here imports the model, the trainer, JAX or Flax: reports read run direc
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import pathlib
@@ -228,12 +229,20 @@ class Trial:
           out[r["step"]] = loss
     return out
 
+  @functools.cached_property
+  def stale(self) -> dict[str, str]:
+    """{eval file (as `extrapolation_file` and BY_POSITION_FILE name it): its stale note} for the trial's stale
+    evaluations (extrapolation, RoPE-scaled, loss by position), judged once: the table's cells, the plots and
+    report.md look them up here."""
+    files = [(self.extrapolation, extrapolation_file(None)),
+             *((e, extrapolation_file(s)) for s, e in self.scaled.items()), (self.by_position, BY_POSITION_FILE)]
+    notes = {f.as_posix(): self.stale_note(e.checkpoint_step, f.as_posix(), e.checkpoint)
+             for e, f in files if e is not None}
+    return {file: note for file, note in notes.items() if note is not None}
+
   def stale_evaluations(self) -> list[str]:
-    """The stale notes of every evaluation file of the trial (extrapolation, RoPE-scaled, loss by position)."""
-    files = [(self.extrapolation, extrapolation_file(None)), *((e, extrapolation_file(s)) for s, e in self.scaled.items()),
-             (self.by_position, BY_POSITION_FILE)]
-    notes = [self.stale_note(e.checkpoint_step, f.as_posix(), e.checkpoint) for e, f in files if e is not None]
-    return [n for n in notes if n is not None]
+    """The stale notes of every evaluation file of the trial, in `stale`'s order."""
+    return list(self.stale.values())
 
   def field(self, name: str) -> Any:
     """A dotted config field: the sweep override when there is one, else the resolved config's value."""

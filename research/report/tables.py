@@ -228,8 +228,7 @@ def _trial_value(trial: Trial, column: Column, rope_scaling: str | None = None) 
   evaluation = trial.evaluation(rope_scaling)
   if evaluation is None:
     return None, f"not evaluated (no {extrapolation_file(rope_scaling).as_posix()})"
-  stale = trial.stale_note(evaluation.checkpoint_step, extrapolation_file(rope_scaling).as_posix(),
-                           evaluation.checkpoint)
+  stale = trial.stale.get(extrapolation_file(rope_scaling).as_posix())
   if stale is not None:  # an old checkpoint's figures next to the final ones: out of the mean, said in a footnote
     return None, stale
   for p in evaluation.points:
