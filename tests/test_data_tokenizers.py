@@ -101,7 +101,8 @@ def test_char_lossless_within_alphabet_unk_outside(data):
   ids = enc(tok, text)
   assert len(ids) == len(text) and T.UNK_ID not in ids
   assert dec(tok, ids) == text
-  foreign = data.draw(st.characters(blacklist_characters=alphabet + list("[]")))
+  # A lone surrogate (category Cs) is no text a decoded corpus can hold, and tokenizers (Rust) refuses it as such.
+  foreign = data.draw(st.characters(blacklist_characters=alphabet + list("[]"), blacklist_categories=("Cs",)))
   ids = enc(tok, text + foreign)
   assert ids[-1] == T.UNK_ID and T.UNK_ID not in ids[:-1]
 
