@@ -99,6 +99,29 @@ def test_fire_bias_depends_only_on_distance_while_positions_stay_within_l(kind):
   assert not np.allclose(a, c, atol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["decoder", "encoder"])
+def test_fire_init_length_is_the_threshold_l_init(kind):
+  """model.fire_init_length is L_init in L = |L_mult| · L_init: halving it while doubling the learned multiplier is
+  the same bias; with L_init = 16 the normaliser is ψ(16) for queries up to 16 and ψ(i) beyond (so the bias of a
+  distance changes from position 16 on, where with the default 512 it would not), and 512 is the paper's default."""
+  assert ModelConfig().fire_init_length == 512.0
+  pos = jnp.arange(40)[None]
+  short = tiny(position="fire", kind=kind, fire_init_length=16.0)
+  a, variables = _scheme_bias("fire", short, pos)
+  doubled = jax.tree_util.tree_map(lambda x: x, variables)
+  doubled["params"]["length_multiplier"] = 2 * variables["params"]["length_multiplier"]
+  b, _ = _scheme_bias("fire", tiny(position="fire", kind=kind, fire_init_length=8.0), pos, variables=doubled)
+  np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+  default, _ = _scheme_bias("fire", tiny(position="fire", kind=kind), pos, variables=variables)
+  for bias, constant in ((a, 14), (default, 37)):  # distance 3 at queries i = 3 .. 39: constant while i <= L only
+    diagonal = np.diagonal(bias, offset=-3, axis1=-2, axis2=-1)[0]  # [H, 37], query i = 3 + index
+    np.testing.assert_allclose(diagonal[:, :constant], diagonal[:, :1].repeat(constant, -1), rtol=1e-5, atol=1e-6)
+    assert np.all(np.abs(diagonal[:, constant:] - diagonal[:, :1]) > 1e-5)  # i = 17 ..: ψ(3)/ψ(i) falls
+  for bad in (0.0, -4.0, float("inf"), float("nan"), True):
+    with pytest.raises(ValueError, match=r"model.fire_init_length=.* must be a finite number > 0"):
+      tiny(position="rope", fire_init_length=bad)
+
+
 @pytest.mark.parametrize("batch,length,block_budget", [(1, 40, 40 * fire.MLP_WIDTH * 7),  # 6 rows a block
                                                          (3, 33, 1), (2, 16, 10**9)])  # 1 row; one whole block
 def test_fire_in_query_blocks_is_the_same_mlp(batch, length, block_budget):
@@ -719,7 +742,7 @@ def test_a_run_written_before_the_new_fields_existed_still_resumes_and_evaluates
   from research.train import loop
   current = tiny_config(**{"model.position": "rope"})
   old = json.loads(json.dumps(current.to_dict()))
-  for field in ("cope_max_pos", "rope_keep_fraction", "position_sampling", "max_position"):
+  for field in ("cope_max_pos", "rope_keep_fraction", "position_sampling", "max_position", "fire_init_length"):
     del old["model"][field]
   (tmp_path / "config.json").write_text(json.dumps(old))
   mark_finished(tmp_path)

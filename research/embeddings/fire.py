@@ -4,9 +4,9 @@ Positions Improves Long Context Transformers", arXiv 2310.04418, eq. 6 and appen
     b_h(i, j) = f_θ( ψ(i − j) / ψ(max(L, i)) ),   ψ(x) = log(c·x + 1),   L = |L_mult| · L_init
 
 f_θ is an MLP 1 → 32 → H with a ReLU (one output per head); c (init 0.1) and the multiplier L_mult (init 1) are
-learned, L_init = 512 is fixed. Dividing by ψ(max(L, i)) maps every query's distances into [0, 1] (progressive
-interpolation), so a longer sequence never feeds the MLP an input it has not seen. Each attention layer owns its
-FIRE (per_layer), as in the paper.
+learned, L_init is fixed (`model.fire_init_length`, default the paper's 512). Dividing by ψ(max(L, i)) maps every
+query's distances into [0, 1] (progressive interpolation), so a longer sequence never feeds the MLP an input it has
+not seen. Each attention layer owns its FIRE (per_layer), as in the paper.
 
 What we follow: the paper's appendix PyTorch module (`FIRE.forward`): abs(c·(i − j)) inside ψ, the normaliser
 ψ(max(|L_mult·L_init|, i)) plus eps = 1e-6, PyTorch's default Linear init (kaiming-uniform, i.e. uniform in
@@ -26,7 +26,6 @@ from research.embeddings.registry import PositionalScheme, bias_for_shared_rows,
 
 MLP_WIDTH = 32
 INIT_C = 0.1
-INIT_L = 512.0
 EPS = 1e-6
 # The MLP's hidden activations [rows, L, S, 32] are computed in blocks of query rows when they would exceed this many
 # elements (256 MiB of float32): a 4096-token evaluation needs 2.1 GB per layer in one piece, 8192 tokens 8.6 GB.
@@ -73,7 +72,7 @@ class FirePositions(PositionalScheme):
     return bias_for_shared_rows(self, FirePositions.rows_bias, q_positions_BxL, k_positions_BxL)
 
   def rows_bias(self, q_positions_BxL, k_positions_BxL):
-    threshold = jnp.abs(self.length_multiplier * INIT_L)
+    threshold = jnp.abs(self.length_multiplier * self.cfg.fire_init_length)
     x_BxLxS = fire_inputs(q_positions_BxL, k_positions_BxL, self.c, threshold, self.cfg.causal)
     if x_BxLxS.size * MLP_WIDTH > HIDDEN_BUDGET and not self.is_initializing():
       return mlp_in_query_blocks(x_BxLxS, self.mlp_hidden.variables["params"], self.mlp_out.variables["params"])

@@ -68,6 +68,9 @@ class ModelConfig:
   t5_max_distance: int = 128
   rope_keep_fraction: float = 1.0  # p-RoPE: fraction p of RoPE's frequencies kept (the highest); the rest are 0
   cope_max_pos: int = 64  # CoPE: size of each layer's position table; contextual positions clamp to it minus 1
+  # FIRE: L_init, the fixed length of its threshold L = |L_mult| · L_init (the paper's 512, set for training at 2,048
+  # tokens; distances are normalised by ψ(max(L, i)), so a run on shorter windows only sees inputs up to ψ(T)/ψ(L)).
+  fire_init_length: float = 512.0
   # Randomized positions (Ruoss et al. 2023): during training each row's positions are a sorted sample from
   # [0, max_position); evaluation uses arange. 0 = the training length (resolved by the training config).
   position_sampling: str = "none"
@@ -119,6 +122,9 @@ class ModelConfig:
         raise ValueError(f"model.{name}={value!r} must be a finite number > 0 (the base of the wavelengths)")
     if self.max_len < 1:
       raise ValueError(f"model.max_len={self.max_len!r} must be >= 1 (the learned position table length)")
+    length = self.fire_init_length  # checked for every scheme: a sweep that switches FIRE on meets it
+    if isinstance(length, bool) or not isinstance(length, (int, float)) or not 0 < length < float("inf"):
+      raise ValueError(f"model.fire_init_length={length!r} must be a finite number > 0 (FIRE's L_init)")
     _choice("model.kind", self.kind, KINDS)
     _choice("model.combine", self.combine, COMBINES)
     _choice("model.norm", self.norm, NORMS)
