@@ -65,7 +65,8 @@ def test_trial_names_are_unambiguous_and_legacy_directories_are_adopted(tmp_path
   assert not legacy.exists() and (out / sweeps.trial_name(a) / "config.json").exists() and len(logged) == 1
 
 
-@pytest.mark.parametrize("name", ["positions", "positions_extended", "tying", "mlm_vs_clm", "quickstart"])
+@pytest.mark.parametrize("name", ["positions", "positions_extended", "tying", "mlm_vs_clm", "quickstart",
+                                  "fire_length"])
 def test_shipped_sweeps_expand_and_validate(name):
   sweep = sweeps.load_sweep(ROOT / "configs" / "sweeps" / f"{name}.py")
   assert len({t.name for t in sweep.trials}) == len(sweep.trials) > 1
@@ -78,6 +79,17 @@ def test_shipped_sweeps_expand_and_validate(name):
     assert {t.overrides["model.position"] for t in sweep.trials} == {"none", "learned", "sinusoidal", "rope",
                                                                      "alibi", "t5"}
     assert max(sweep.evaluate["lengths"]) == 16 and {t.overrides["seed"] for t in sweep.trials} == {0, 1, 2}
+  if name == "fire_length":  # FIRE's L_init is the one swept field, on positions_extended.py's budget and evaluation
+    base = sweeps.load_config_file(sweep.base_config).get_config()
+    resolved = [configuration.flatten(configuration.apply_overrides(base, t.overrides)) for t in sweep.trials]
+    differing = {f for f in resolved[0] if len({json.dumps(r[f]) for r in resolved}) > 1}
+    assert differing == {"model.fire_init_length", "seed"} and {r["model.position"] for r in resolved} == {"fire"}
+    assert {r["model.fire_init_length"] for r in resolved} == {16.0, 64.0, 512.0}  # 512: the extended sweep's arm
+    extended = sweeps.load_sweep(ROOT / "configs" / "sweeps" / "positions_extended.py")
+    fire_arm = [t.overrides for t in extended.trials if t.overrides["model.position"] == "fire"]
+    assert [{k: v for k, v in t.overrides.items() if k != "model.fire_init_length"} for t in sweep.trials
+            if t.overrides["model.fire_init_length"] == 512.0] == fire_arm
+    assert sweep.evaluate == extended.evaluate
 
 
 def test_the_extended_positions_sweep_differs_only_in_the_swept_fields():
