@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -215,6 +216,69 @@ def test_kerple_clamps_its_parameters_in_value_but_not_in_gradient(name):
   scheme = registry.get_scheme(name)(cfg)
   grads = jax.grad(lambda v: scheme.apply(v, pos, pos, method="bias").sum())(wild)["params"]
   assert all(np.all(np.isfinite(g)) and np.all(g != 0) for g in jax.tree.leaves(grads))  # straight through
+
+
+@pytest.mark.parametrize("name", ["kerple_log", "kerple_power"])
+def test_kerple_follows_the_references_in_place_clamp_through_adam(name):
+  """The reference clamps the stored tensor before each use (`w = clamp(w); w -= adam(g)`); projecting after each
+  update gives the same value at every use. Clamping in the forward pass alone does not: pushed below the bound for
+  40 steps and then pulled up, that parameter stays at the bound for about as long as it was pushed."""
+  scheme = registry.get_scheme(name)
+  low, high = scheme.param_bounds["r2"]
+  assert scheme.param_bounds["r1"] == (kerple.EPS, None) and low == kerple.EPS
+  assert high == (kerple.MAX_POWER if name == "kerple_power" else None)
+  gradients = [1.0] * 40 + [-1.0] * 40  # descent: pushed down, then up
+  tx = optax.adam(1e-2)
+
+  def run(step_fn):
+    w, state, used = jnp.asarray([0.2]), None, []
+    state = tx.init(w)
+    for g in gradients:
+      w, state, value = step_fn(w, state, jnp.asarray([g]))
+      used.append(float(value[0]))
+    return np.asarray(used)
+
+  def reference(w, state, g):
+    w = jnp.clip(w, low, high)  # the in-place clamp before the forward pass
+    updates, state = tx.update(g, state, w)
+    return optax.apply_updates(w, updates), state, w
+
+  def ours(w, state, g):
+    value = jnp.clip(w, low, high)  # what the forward pass uses
+    updates, state = tx.update(g, state, w)
+    params = registry.project_params({"block_0": {"attention": {"position_embed": {"r2": optax.apply_updates(
+        w, updates)}}}}, scheme)
+    return params["block_0"]["attention"]["position_embed"]["r2"], state, value
+
+  def forward_clamp_only(w, state, g):
+    updates, state = tx.update(g, state, w)
+    return optax.apply_updates(w, updates), state, jnp.clip(w, low, high)
+
+  np.testing.assert_allclose(run(ours), run(reference), rtol=1e-6)
+  assert run(reference)[60] > 5 * low and run(forward_clamp_only)[60] == pytest.approx(low)
+
+
+def test_the_train_step_keeps_kerples_parameters_in_their_box():
+  """Through the real train step (AdamW at a rate that drives the kernels to extremes), every stored r1, r2 of every
+  layer stays within its box, and some were clipped; an unconstrained leaf beside them (FIRE's c) is not."""
+  for name in ("kerple_power", "kerple_log"):
+    state, step, _ = _step_setup(tiny(position=name), learning_rate=2.0)
+    clipped = 0
+    for seed in range(6):
+      state, _ = step(state, _batch(seed=seed))
+      for layer in range(2):
+        own = state.params[f"block_{layer}"]["attention"]["position_embed"]
+        for leaf, (low, high) in ((own["r1"], registry.get_scheme(name).param_bounds["r1"]),
+                                  (own["r2"], registry.get_scheme(name).param_bounds["r2"])):
+          leaf = np.asarray(leaf)
+          assert np.all(leaf >= low) and (high is None or np.all(leaf <= high)), (name, layer, leaf)
+          clipped += int(np.sum(leaf == low) + (0 if high is None else np.sum(leaf == high)))
+    assert clipped > 0  # the rate did push parameters out of their box
+  params = {"position_embed": {"c": jnp.asarray(-5.0), "r1": jnp.asarray([-1.0, 3.0])}}
+  assert registry.project_params(params, registry.get_scheme("fire")) is params
+  projected = registry.project_params(params, registry.get_scheme("kerple_power"))
+  assert float(projected["position_embed"]["c"]) == -5.0
+  np.testing.assert_array_equal(projected["position_embed"]["r1"], np.float32([kerple.EPS, 3.0]))
 
 
 @pytest.mark.parametrize("name,r1_range,r2_range", [("kerple_log", 2.0, 1.0), ("kerple_power", 1.0, 2.0)])
@@ -460,8 +524,8 @@ def test_randomized_positions_differ_between_rows_and_keys_and_repeat_for_a_key(
   assert not np.array_equal(a, positions.randomized_positions(jax.random.key(1), base, 1000))
 
 
-def _step_setup(cfg, objective="clm", **settings_kw):
-  train_cfg = {"optimizer": "adamw", "learning_rate": 1e-2, "schedule": "constant", "warmup_steps": 0, "steps": 10,
+def _step_setup(cfg, objective="clm", learning_rate=1e-2, **settings_kw):
+  train_cfg = {"optimizer": "adamw", "learning_rate": learning_rate, "schedule": "constant", "warmup_steps": 0, "steps": 10,
                "weight_decay": 0.1, "grad_clip": 1.0, "b1": 0.9, "b2": 0.95,
                "embedding": {"weight_decay": True, "lr_multiplier": 1.0, "freeze": False, "lazy": False}}
   model, tx = Transformer(cfg), optim.make_optimizer(train_cfg)

@@ -11,8 +11,12 @@ What we follow: the authors' gpt-neox code (github.com/chijames/KERPLE, `Paralle
 in megatron/model/positional_embeddings.py): one module per attention layer; log inits r1 ~ U(0, 2) (`bias_p`) and
 r2 ~ U(0, 1) (`bias_a`); power inits the multiplier r1 ~ U(0, 1) (`bias_a`) and the exponent r2 ~ U(0, 2)
 (`bias_p`); every parameter clamped to ≥ 1e-2 and the exponent to ≤ 2 before use. The reference clamps the stored
-tensor in place each step; here the clamp is in the forward pass with a straight-through gradient, so the value
-used is the same and a clamped parameter can still move back inside the range. The reference masks the future
+tensor in place before each forward pass, so the optimizer's next update starts from the clamped value. Here the
+train step projects the stored parameters onto the same box after every update (`param_bounds`,
+`registry.project_params`), which gives the same value at every use (a test follows both through Adam), and the
+forward pass clamps too, with a straight-through gradient, for the initial draw (U(0, ·) can fall below 1e-2) and
+for parameters set by hand. Clamping in the forward pass alone is not the same: a stored value pushed past the
+bound keeps drifting, and when the gradient turns it takes as many steps to come back. The reference masks the future
 with tril (distance 0 above the diagonal); we use |m − n| everywhere, which the causal mask hides in a decoder
 and which is the symmetric kernel in an encoder.
 """
@@ -81,6 +85,10 @@ class _KerplePositions(PositionalScheme):
     # Once for the batch when its rows share positions (the kernels' log / pow per pair are the cost).
     return bias_for_shared_rows(self, type(self).rows_bias, q_positions_BxL, k_positions_BxL)
 
+  def clipped(self):
+    """(r1, r2) clamped into `param_bounds` in value, identity in gradient."""
+    return tuple(straight_through_clip(getattr(self, name), *self.param_bounds[name]) for name in ("r1", "r2"))
+
   def rows_bias(self, q_positions_BxL, k_positions_BxL):
     raise NotImplementedError
 
@@ -90,10 +98,10 @@ class KerpleLogPositions(_KerplePositions):
   """KERPLE logarithmic kernel, per layer: params r1, r2 [H] (see the module docstring)."""
 
   R1_INIT, R2_INIT = 2.0, 1.0
+  param_bounds = {"r1": (EPS, None), "r2": (EPS, None)}
 
   def rows_bias(self, q_positions_BxL, k_positions_BxL):
-    return kerple_log_bias(q_positions_BxL, k_positions_BxL, straight_through_clip(self.r1, EPS),
-                           straight_through_clip(self.r2, EPS))
+    return kerple_log_bias(q_positions_BxL, k_positions_BxL, *self.clipped())
 
 
 @register("kerple_power")
@@ -101,7 +109,7 @@ class KerplePowerPositions(_KerplePositions):
   """KERPLE power kernel, per layer: params r1 (multiplier), r2 (exponent ≤ 2) [H] (see the module docstring)."""
 
   R1_INIT, R2_INIT = 1.0, 2.0
+  param_bounds = {"r1": (EPS, None), "r2": (EPS, MAX_POWER)}
 
   def rows_bias(self, q_positions_BxL, k_positions_BxL):
-    return kerple_power_bias(q_positions_BxL, k_positions_BxL, straight_through_clip(self.r1, EPS),
-                             straight_through_clip(self.r2, EPS, MAX_POWER))
+    return kerple_power_bias(q_positions_BxL, k_positions_BxL, *self.clipped())

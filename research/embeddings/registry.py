@@ -29,6 +29,7 @@ import sys
 from typing import Any, Callable, ClassVar, NamedTuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 Array = Any
@@ -56,6 +57,10 @@ class PositionalScheme(nn.Module):
   has_input: ClassVar[bool] = False  # True when `embed` contributes channels (then `combine` applies)
   # True: one instance per attention layer (its own parameters), hooks computed there; `embed` is then never called.
   per_layer: ClassVar[bool] = False
+  # Box constraints on the scheme's own parameters, {param name: (low, high or None)}: the train step projects each
+  # such leaf onto its box after every optimizer update (`project_params`: projected gradient descent, what a
+  # reference's in-place `.data.clamp_` before each use amounts to). Empty: unconstrained.
+  param_bounds: ClassVar[dict[str, tuple[float, float | None]]] = {}
 
   @classmethod
   def validate(cls, cfg) -> None:
@@ -117,6 +122,23 @@ def bias_for_shared_rows(module: nn.Module, bias_fn: Callable[..., Array], q_pos
     return jnp.broadcast_to(bias_1xHxLxS, (rows, *bias_1xHxLxS.shape[1:]))
 
   return nn.cond(shared, first_row, bias_fn, module, q_positions_BxL, k_positions_BxL)
+
+
+def project_params(params, scheme: type[PositionalScheme]):
+  """`params` with every leaf of `scheme.param_bounds` clipped into its box: the leaves named so directly under a
+  `position_embed` module (the shared instance or each layer's). Other leaves are returned as they are."""
+  bounds = scheme.param_bounds
+  if not bounds:
+    return params
+
+  def project(path, leaf):
+    names = [getattr(key, "key", getattr(key, "name", None)) for key in path]
+    if len(names) >= 2 and names[-2] == "position_embed" and names[-1] in bounds:
+      low, high = bounds[names[-1]]
+      return jnp.clip(leaf, low, high)
+    return leaf
+
+  return jax.tree_util.tree_map_with_path(project, params)
 
 
 def register(name: str) -> Callable[[type[PositionalScheme]], type[PositionalScheme]]:

@@ -20,6 +20,7 @@ import optax
 
 from research.data.batches import document_ids, document_positions, mask_tokens
 from research.data.tokenizers import PAD_ID, SPECIAL_IDS
+from research.embeddings import registry
 from research.embeddings.positions import randomized_positions
 from research.model.transformer import HEAD_MODULES, Transformer
 from research.train import objectives, optim
@@ -225,7 +226,8 @@ def train_step(state: TrainState, batch, *, model: Transformer, optimizer, sched
 
   row_mask = optim.present_rows(jnp.concatenate([inputs, targets], axis=1), settings.vocab_size)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params, row_mask=row_mask)
-  params = optax.apply_updates(state.params, updates)
+  # A scheme's constrained parameters (Kerple's r ≥ 1e-2) are projected back into their box after the update.
+  params = registry.project_params(optax.apply_updates(state.params, updates), registry.get_scheme(model.cfg.position))
 
   groups = optim.param_groups(state.params)
   metrics = objectives.loss_metrics(loss_sum, weight_sum, extras)
