@@ -45,6 +45,20 @@ def test_the_benchmarks_are_gensims_own_numbers_with_their_coverage():
       [n for n, _ in kv.most_similar(first, topn=5)]
 
 
+def test_coverage_counts_the_covered_pairs_even_below_the_two_a_correlation_needs():
+  """SimLex-999 holds the pair (dog, cat) once: vectors of those two words cover 1 of its 999 pairs. gensim cannot
+  correlate one pair (it raises), so the correlations are null, but the coverage is the true 1/999, not 0; and it
+  is gensim's own count (dummy4unknown) wherever gensim can correlate."""
+  rng = np.random.default_rng(0)
+  one = quality.benchmarks(quality.keyed_vectors(["dog", "cat"], rng.normal(size=(2, 8))))["simlex999"]
+  assert one == {"spearman": None, "pearson": None, "items": 999, "coverage": pytest.approx(1 / 999)}
+  none = quality.benchmarks(quality.keyed_vectors(["qqqq", "zzzz"], rng.normal(size=(2, 8))))["simlex999"]
+  assert none["coverage"] == 0.0 and none["spearman"] is None
+  kv = KeyedVectors.load_word2vec_format(datapath("word2vec_pre_kv_c"))
+  for file in ("wordsim353.tsv", "simlex999.txt"):
+    assert quality._pair_coverage(kv, file) == pytest.approx(1 - kv.evaluate_word_pairs(datapath(file))[2] / 100)
+
+
 def test_a_word_runs_table_is_scored_row_by_row_and_written_to_eval(word_run):
   report = quality.analyze_run(word_run)
   assert json.loads((word_run / "eval" / "embedding_quality.json").read_text()) == json.loads(json.dumps(report))

@@ -387,6 +387,49 @@ def test_a_run_from_before_the_counts_resumes_only_without_them(tmp_path):
 # ------------------------------------------------------------------------------------------------ valid_ppl_rare
 
 
+@pytest.mark.parametrize("objective", ["clm", "mlm"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_training_counts_are_what_one_epoch_of_rows_holds(objective, seed):
+  """batches.stream_counts against the real batcher's rows over one epoch: MLM rows hold exactly the counted tokens
+  ([CLS] stream slice [SEP]); CLM inputs hold every stream token but the last (which only a target holds)."""
+  from research.data import batches
+  from research.data.tokenizers import PAD_ID, SEP_ID
+  rng = np.random.default_rng(seed)
+  docs = [rng.integers(6, 50, rng.integers(1, 40)) for _ in range(rng.integers(3, 30))]
+  ids = np.concatenate([[SEP_ID]] + [np.append(d, SEP_ID) for d in docs]).astype(np.int32)
+  seq_len = int(rng.integers(4, 20))
+  held = np.zeros(50, np.int64)
+  for b in batches.PackedBatches(ids, seq_len, 3, objective=objective, num_epochs=1, seed=seed):
+    inputs = b["inputs"][b["weights"] > 0] if objective == "clm" else b["inputs"][b["inputs"] != PAD_ID]
+    held += np.bincount(inputs, minlength=50)
+  if objective == "clm":
+    held[ids[-1]] += 1
+  counts = batches.stream_counts(ids, 50, seq_len=seq_len, objective=objective)
+  np.testing.assert_array_equal(counts, held)
+  assert counts[SEP_ID] >= len(docs) + 1  # the [SEP] between documents is a token the model reads and predicts
+
+
+@pytest.mark.parametrize("overrides", [{}, {"data.train_fraction": 0.3}, {"objective": "mlm"}])
+def test_a_run_saves_the_counts_of_the_stream_it_trains_on(tmp_path, overrides):
+  """RUN/token_counts.npy (the valid_ppl_rare rule and the rare buckets) counts the training stream as packed:
+  [SEP] included, and only data.train_fraction's prefix."""
+  from research.data import batches
+  from research.data.tokenizers import CLS_ID, SEP_ID
+  config = tiny_config(**{"data.tokenizer": "word", **overrides})
+  data = loop.prepare_data(config, tmp_path)
+  counts = np.load(tmp_path / "token_counts.npy")
+  train = data.splits["train"]
+  np.testing.assert_array_equal(counts, batches.stream_counts(train, data.vocab_size, seq_len=config.data.seq_len,
+                                                              objective=config.objective))
+  mlm_rows = batches.num_rows(len(train), config.data.seq_len, "mlm") if config.objective == "mlm" else 0
+  assert counts.sum() == len(train) + 2 * mlm_rows and counts[SEP_ID] == np.sum(train == SEP_ID) + mlm_rows > 0
+  assert counts[CLS_ID] == mlm_rows
+  if "data.train_fraction" in overrides:
+    whole = loop.prepare_data(tiny_config(**{"data.tokenizer": "word"}), tmp_path / "whole").splits["train"]
+    assert len(train) < 0.4 * len(whole) and counts.sum() == len(train)
+
+
+
 def test_rare_target_sums_select_exactly_the_rare_targets():
   import functools
 

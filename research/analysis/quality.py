@@ -28,6 +28,7 @@ import functools
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -93,6 +94,16 @@ def _finite(x: Any) -> float | None:
 SCORERS = ("batched", "gensim")
 
 
+def _pair_coverage(kv, file: str) -> float:
+  """The share of `file`'s pairs whose words are both in `kv`, by gensim's own rule (`dummy4unknown=True` scores an
+  uncovered pair as 0 instead of skipping it, so gensim reports the uncovered share even when fewer than 2 pairs
+  are covered, where a correlation does not exist)."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # the correlations of mostly-zero similarities: not used
+    return 1.0 - float(kv.evaluate_word_pairs(datapath(file), restrict_vocab=RESTRICT_VOCAB,
+                                              dummy4unknown=True)[2]) / 100.0
+
+
 def benchmarks(kv, scorer: str = "batched") -> dict[str, Any]:
   """Analogy accuracy and word-pair correlations of gensim KeyedVectors `kv`, each with its coverage; `scorer` picks
   the analogy scorer (the same numbers either way: see the module docstring)."""
@@ -112,8 +123,8 @@ def benchmarks(kv, scorer: str = "batched") -> dict[str, Any]:
     items = _count_items(file, analogy=False)
     try:
       pearson, spearman, oov_percent = kv.evaluate_word_pairs(datapath(file), restrict_vocab=RESTRICT_VOCAB)
-    except ValueError:  # gensim raises when no pair is covered (a small vocabulary, one frequency bucket)
-      out[name] = {"spearman": None, "pearson": None, "items": items, "coverage": 0.0}
+    except ValueError:  # gensim raises when fewer than 2 pairs are covered (a small vocabulary, one frequency bucket)
+      out[name] = {"spearman": None, "pearson": None, "items": items, "coverage": _pair_coverage(kv, file)}
       continue
     out[name] = {"spearman": _finite(spearman[0]), "pearson": _finite(pearson[0]), "items": items,
                  "coverage": 1.0 - float(oov_percent) / 100.0}
@@ -308,9 +319,13 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
   pct = lambda x: "n/a" if x is None else f"{100 * x:.1f} %"  # noqa: E731
   num = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
 
+  def coverage(x: float | None) -> str:  # a sliver of the items shows its digits ("0.01 %"), never a flat 0.0 %
+    return f"{100 * x:.2g} %" if x is not None and 0 < x < 0.001 else pct(x)
+
   def line(name: str, label: str, key: str, fmt) -> str:
     floor = f"; initial table {fmt(start[name][key])}" if start else ""
-    return f"{label} {fmt(b[name][key])} (coverage {pct(b[name]['coverage'])}{floor})"
+    scored = f"{b[name]['scored']} questions scored; " if "scored" in b[name] else ""
+    return f"{label} {fmt(b[name][key])} ({scored}coverage {coverage(b[name]['coverage'])}{floor})"
 
   lines = []
   if report.get("duplicate_words") or report.get("zero_vectors"):  # a vector file's notes

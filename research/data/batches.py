@@ -183,6 +183,21 @@ def num_rows(num_tokens: int, length: int, objective: str) -> int:
   return num_clm_windows(num_tokens, length) if objective == "clm" else -(-num_tokens // (length - 2))
 
 
+def stream_counts(ids: np.ndarray, vocab_size: int, *, seq_len: int, objective: str) -> np.ndarray:
+  """How often each id occurs in one epoch of the training rows packed from the stream `ids` (int64 [vocab_size]):
+  the stream's tokens, the [SEP] between documents included, and for MLM each row's [CLS] and closing [SEP]. These
+  are a run's training counts (`RUN/token_counts.npy`): what the model reads, after data.train_fraction's cut."""
+  counts = np.zeros(vocab_size, np.int64)
+  chunk = 1 << 24  # bincount of a memory-mapped stream a slice at a time (int64 copies of 16 M ids: 128 MiB)
+  for start in range(0, len(ids), chunk):
+    counts += np.bincount(np.asarray(ids[start:start + chunk], np.int64), minlength=vocab_size)[:vocab_size]
+  if objective == "mlm":
+    rows = num_rows(len(ids), seq_len, objective)
+    counts[CLS_ID] += rows
+    counts[SEP_ID] += rows
+  return counts
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # training batches
 

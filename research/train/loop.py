@@ -2,7 +2,7 @@
 
 Run directory (docs/architecture.md):
   config.json     the fully resolved config (a rerun must match it outside schema.RESUMABLE_FIELDS)
-  tokenizer.json  the tokenizer used (+ token_counts.npy: train-split frequencies)
+  tokenizer.json  the tokenizer used (+ token_counts.npy: each id's count in one epoch of the training rows)
   metrics.jsonl   one JSON object per logged step: step, split, loss, ppl, lr, tokens_per_s, ...
   checkpoints/    Orbax (train state, data-iterator state, metadata)
   events.*        TensorBoard
@@ -126,7 +126,8 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> RunData:
   corpus = corpora.load_corpus(config.data.corpus, errors=config.data.errors, cache_dir=cache_dir)
   # A tokenizer in the workdir is reused only by a run that saved a checkpoint (a resume, whose config was checked);
   # one left by a start that failed before its first checkpoint may belong to another config, and is rebuilt.
-  if (workdir / TOKENIZER_FILE).exists() and checkpoint_lib.has_checkpoint(workdir / "checkpoints"):
+  resumed = (workdir / TOKENIZER_FILE).exists() and checkpoint_lib.has_checkpoint(workdir / "checkpoints")
+  if resumed:
     tokenizer = load_run_tokenizer(workdir)
   else:
     try:
@@ -135,17 +136,19 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> RunData:
     except ValueError as e:  # e.g. a vocabulary too small for the alphabet: a user error, not a bug
       raise configuration.ConfigError(f"data.tokenizer={config.data.tokenizer!r}, data.vocab_size="
                                       f"{config.data.vocab_size}: {e}") from None
-    # Atomically: in a multi-process run every process writes it while the others may be reading it.
-    counts = tokenizers_lib.counts_path(directory).read_bytes()
-    _atomic_write(tokenizers_lib.counts_path(workdir), lambda f: f.write(counts))
     tokenizers_lib.save_tokenizer(tokenizer, workdir)
-    if jax.process_index() == 0:
-      for line in data_notes(config, tokenizer, np.load(tokenizers_lib.counts_path(workdir))):
-        print(line, flush=True)  # stdout: stderr holds errors alone
   splits = batches_lib.build_or_load_cache(config.data.corpus, tokenizer, cache_dir=cache_dir, corpus=corpus,
                                            errors=config.data.errors)
   check_splits(splits, tokenizer.get_vocab_size())
   splits = {**splits, "train": batches_lib.stream_prefix(splits["train"], config.data.train_fraction)}
+  if not resumed:  # a resumed run keeps the counts it started with (its valid_ppl_rare rule, its rare buckets)
+    counts = batches_lib.stream_counts(splits["train"], tokenizer.get_vocab_size(), seq_len=config.data.seq_len,
+                                       objective=config.objective)
+    # Atomically: in a multi-process run every process writes it while the others may be reading it.
+    atomic_save_npy(tokenizers_lib.counts_path(workdir), counts)
+    if jax.process_index() == 0:
+      for line in data_notes(config, tokenizer, counts):
+        print(line, flush=True)  # stdout: stderr holds errors alone
   if jax.process_index() == 0:
     for line in stream_notes(config, splits["train"]):
       print(line, flush=True)
