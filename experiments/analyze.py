@@ -98,6 +98,8 @@ def main(argv):
   if _WORKDIR.value:
     from research.train import loop
     loop.check_writable(Path(_WORKDIR.value) / "eval")  # before the analyses, not at their final write
+    if _RARE.value:  # --rare's input, checked before the quality analysis writes its file
+      rare.check_run_files(_WORKDIR.value)
   if _VECTORS.value:
     report = quality.analyze_vectors(_VECTORS.value, _FORMAT.value, unicode_errors=_UNICODE_ERRORS.value)
     if _OUTPUT.value:

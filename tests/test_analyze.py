@@ -151,6 +151,15 @@ def test_the_projector_export_has_the_table_and_token_metadata(word_run, tmp_pat
   assert meta[0] == "token\tcount" and len(meta) == len(tokens) + 1 == len(tensors) + 1
   assert meta[1 + tok.token_to_id("the")] == f"the\t{counts[tok.token_to_id('the')]}"
   np.testing.assert_allclose(np.array(tensors[7].split("\t"), float), table[7], rtol=1e-5)
+  # Exported again into the same directory (a later checkpoint, say): one entry, the new table; an entry of another
+  # projector in that directory stays.
+  with open(tmp_path / "proj" / "projector_config.pbtxt", "a") as f:
+    f.write('embeddings {\ntensor_name: "other:00000"\ntensor_path: "00000/other/tensors.tsv"\n}\n')
+  quality.export_projector(2 * table, tokens, counts, tmp_path / "proj")
+  config = (tmp_path / "proj" / "projector_config.pbtxt").read_text()
+  assert config.count('tensor_name: "token_embedding:00000"') == 1 and 'tensor_name: "other:00000"' in config
+  tensors = next((tmp_path / "proj").rglob("tensors.tsv")).read_text().splitlines()
+  np.testing.assert_allclose(np.array(tensors[7].split("\t"), float), 2 * table[7], rtol=1e-5)
 
 
 @pytest.mark.parametrize("args, message", [

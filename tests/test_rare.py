@@ -470,6 +470,20 @@ def test_the_cli_runs_the_rare_analysis(word_run):
   assert bad.returncode == 2 and "--rare analyzes or exports a run's table" in bad.stderr
 
 
+
+@pytest.mark.slow
+def test_rare_without_the_runs_counts_is_refused_before_anything_is_written(word_run, tmp_path):
+  import shutil
+
+  from tests.train_utils import cli
+  run = shutil.copytree(word_run, tmp_path / "run", ignore=shutil.ignore_patterns("eval"))
+  (run / "token_counts.npy").unlink()
+  result = cli("experiments.analyze", f"--workdir={run}", "--rare")
+  assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+      f"error: run {str(run)!r} has no token_counts.npy: frequency buckets need it"]
+  assert not (run / "eval").exists() or not any((run / "eval").iterdir())
+
+
 COUNTS_ON_MESHES = '''
 import functools, json
 import jax, numpy as np

@@ -199,6 +199,22 @@ def export_word2vec(table_VxD: np.ndarray, tokens: Sequence[str], path: str | os
   return path
 
 
+PROJECTOR_TAG = "token_embedding"
+
+
+def _drop_projector_entry(directory: Path, tag: str) -> None:
+  """Removes an earlier export of `tag` from a projector directory (its files and its `embeddings { … }` entry in
+  projector_config.pbtxt), which tensorboardX's add_embedding would otherwise list a second time; other entries
+  stay."""
+  import re
+  import shutil
+  shutil.rmtree(directory / "00000" / tag, ignore_errors=True)
+  config = directory / "projector_config.pbtxt"
+  if config.exists():
+    entries = re.findall(r"embeddings \{.*?\n\}\n?", config.read_text(), flags=re.S)
+    config.write_text("".join(e for e in entries if f'tensor_name: "{tag}:00000"' not in e))
+
+
 def export_projector(table_VxD: np.ndarray, tokens: Sequence[str], counts: np.ndarray | None,
                      directory: str | os.PathLike) -> Path:
   """TensorBoard projector files (tensorboardX `add_embedding`): the table, with token and training count."""
@@ -207,9 +223,10 @@ def export_projector(table_VxD: np.ndarray, tokens: Sequence[str], counts: np.nd
   directory.mkdir(parents=True, exist_ok=True)
   counts = np.zeros(len(tokens), np.int64) if counts is None else np.asarray(counts)
   metadata = [[export_key(t), str(int(counts[i]) if i < len(counts) else 0)] for i, t in enumerate(tokens)]
+  _drop_projector_entry(directory, PROJECTOR_TAG)
   with SummaryWriter(str(directory)) as writer:
     writer.add_embedding(np.asarray(table_VxD, np.float32), metadata=metadata, metadata_header=["token", "count"],
-                         tag="token_embedding")
+                         tag=PROJECTOR_TAG)
   return directory
 
 

@@ -361,6 +361,15 @@ def run_absent_rows(workdir: Path, run_step: int, table_VxD: np.ndarray,
   return {**out, **absent_rows(table, init_VxD, present_V), "step": step, "note": None}
 
 
+def check_run_files(workdir: str | os.PathLike) -> None:
+  """The files the analysis cannot do without (a run directory's token counts), before anything else runs."""
+  from research.analysis import quality
+  from research.data import tokenizers as tokenizers_lib
+  if Path(workdir).is_dir() and (Path(workdir) / "config.json").exists() and \
+      not tokenizers_lib.counts_path(workdir).exists():
+    raise quality.AnalysisError(f"run {str(workdir)!r} has no token_counts.npy: frequency buckets need it")
+
+
 def analyze_run(workdir: str | os.PathLike, checkpoint: str = "best", base: float = 10.0) -> dict[str, Any]:
   """The rare-token figures of the run's best (or last) checkpoint: RUN/eval/rare_tokens.json and two plots."""
   from research.analysis import quality
