@@ -393,6 +393,46 @@ def test_words_that_are_not_utf8_are_refused_by_default_and_read_with_unicode_er
   np.testing.assert_array_equal(read.vectors, kv.vectors)
 
 
+def test_a_fasttext_bin_whose_words_are_not_utf8_follows_unicode_errors_too():
+  """gensim ships a fastText .bin trained on cp852 text (69 of its 171 words are not UTF-8). gensim's .bin reader
+  never refuses: it logs an error per word and keeps it with backslash escapes. strict (the default) refuses it in one
+  line, as for text formats; replace and ignore decode those words as gensim's text readers do."""
+  import logging
+  from gensim.models.fasttext import load_facebook_vectors
+  path = datapath("cp852_fasttext.bin")
+  logged = []
+  handler = logging.Handler(logging.ERROR)
+  handler.emit = logged.append
+  logging.getLogger("gensim").addHandler(handler)
+  try:
+    message = refusal(lambda: pretrained.load_vectors(path))
+  finally:
+    logging.getLogger("gensim").removeHandler(handler)
+  assert "69 of its words are not UTF-8 (the first: b'kter\\xec')" in message and "unicode_errors" in message
+  assert not logged  # no error line per word on the console
+  reference = load_facebook_vectors(path)
+  for errors in ("replace", "ignore"):
+    kv, resolved = pretrained.load_vectors(path, unicode_errors=errors)
+    assert resolved == "fasttext-bin" and len(kv.index_to_key) == len(reference.index_to_key) == 171
+    np.testing.assert_array_equal(kv.vectors, reference.vectors)  # same rows, in the same order
+    renamed = [(old, new) for old, new in zip(reference.index_to_key, kv.index_to_key) if old != new]
+    assert len(renamed) > 40 and all("\\x" in old and "\\x" not in new for old, new in renamed)
+    assert all(("\ufffd" in new) == (errors == "replace") for _, new in renamed)
+    assert kv.key_to_index == {word: i for i, word in enumerate(kv.index_to_key)}
+  assert "jen" in kv.key_to_index and "kter" in kv.key_to_index  # ignore: 'kter\xec' loses its byte
+
+
+@pytest.mark.parametrize("name", ["word2vec_old", "ft_kv_3.6.0.model.gz", "model-from-gensim-3.8.0.w2v"])
+@pytest.mark.parametrize("fmt", ["auto", "word2vec", "glove"])
+def test_a_pickled_gensim_model_is_named_as_such_and_not_unpickled(name, fmt):
+  """gensim's test data holds models written by .save() (pickles, one gzipped): refused in one line that says what
+  the file is and how to write its vectors, whatever format is asked for (they used to be parsed as GloVe and
+  refused as 'not UTF-8', with advice that could not help)."""
+  message = refusal(lambda: pretrained.load_vectors(datapath(name), fmt))
+  assert "is a pickled gensim model (written by .save()), not a vector file" in message
+  assert "save_word2vec_format" in message and "UTF-8" not in message
+
+
 def test_the_config_checks_the_options_before_anything_loads():
   with pytest.raises(configuration.ConfigError, match="model.embed_init='pretrained' needs model.pretrained.path"):
     configuration.validate(tiny_config(**{"model.embed_init": "pretrained"}))

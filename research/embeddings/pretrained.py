@@ -57,6 +57,13 @@ def _first_bytes(path: Path, n: int = 256) -> bytes:
     return f.read(n)
 
 
+def _is_pickle(path: Path) -> bool:
+  """A Python pickle (protocol 2 and later open with 0x80 and the protocol number), what gensim's `.save()` writes
+  (.model, .kv, .w2v, also gzipped): no vector format starts with that byte."""
+  head = _first_bytes(path, 2)
+  return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
 def _is_count_header(line: bytes) -> bool:
   """'400000 300' — the first line of word2vec (text or binary) and fastText .vec files."""
   parts = line.split()
@@ -247,6 +254,46 @@ class _Duplicates:
     self._logger.propagate = self._saved[1]
 
 
+class _DecodeFailures:
+  """Collects the words gensim's fastText .bin reader could not decode as UTF-8, as (raw bytes, the word it kept):
+  it logs each at ERROR and keeps the word with backslash escapes whatever the caller wants."""
+
+  def __init__(self):
+    import logging
+    self.words: list[tuple[bytes, str]] = []
+    self._logger = logging.getLogger("gensim.models._fasttext_bin")
+    self._handler = logging.Handler(logging.ERROR)
+    self._handler.emit = self._emit  # type: ignore[method-assign]
+
+  def _emit(self, record) -> None:
+    if str(record.msg).startswith("failed to decode") and len(record.args or ()) == 2:
+      self.words.append((bytes(record.args[0]), str(record.args[1])))
+
+  def __enter__(self):
+    self._saved = self._logger.level, self._logger.propagate
+    self._logger.setLevel(40)  # ERROR
+    self._logger.propagate = False  # the refusal or the renaming below says it, not a log line per word
+    self._logger.addHandler(self._handler)
+    return self
+
+  def __exit__(self, *exc):
+    self._logger.removeHandler(self._handler)
+    self._logger.setLevel(self._saved[0])
+    self._logger.propagate = self._saved[1]
+
+
+def _redecode_keys(kv, failures: list[tuple[bytes, str]], unicode_errors: str) -> None:
+  """Renames the words of `failures` in `kv` to their bytes decoded with `unicode_errors` (replace: U+FFFD, ignore:
+  dropped), as gensim's text readers would; a word that would collide with another keeps gensim's escaped form."""
+  for raw, kept in failures:
+    word = raw.decode("utf-8", unicode_errors)
+    if kept not in kv.key_to_index or word in kv.key_to_index or not word:
+      continue
+    index = kv.key_to_index.pop(kept)
+    kv.key_to_index[word] = index
+    kv.index_to_key[index] = word
+
+
 def _drop_unfilled(kv) -> int:
   """gensim sizes its table by the header's (or the lines') count and skips a duplicate word's later vectors,
   leaving None keys and zero rows at the end (its own shrink compares against a length that counts them): keep the
@@ -282,7 +329,8 @@ def load_vectors(path: str | os.PathLike, format: str = "auto", *, names: dict[s
 
   A word given twice keeps its first vector (gensim's rule); `notes`, if given, receives `duplicate_words` (how
   many later vectors were skipped) and `duplicate_example` (the first such word). `unicode_errors` is gensim's, for
-  the words of word2vec / GloVe files that are not UTF-8 ("strict" refuses them)."""
+  the words of a file that are not UTF-8 ("strict" refuses them; for a fastText .bin, whose gensim reader keeps
+  them with backslash escapes, the same rule is applied after loading)."""
   names = {**CONFIG_NAMES, **(names or {})}
   where = f"{names['path']}={str(path)!r}"
   if format not in FORMATS:
@@ -303,14 +351,19 @@ def load_vectors(path: str | os.PathLike, format: str = "auto", *, names: dict[s
     raise PretrainedError(f"{where}: cannot read the file: {_one_line(e)}") from None
   if empty:
     raise PretrainedError(f"{where}: the file is empty (no vectors)")
+  if _is_pickle(path):
+    raise PretrainedError(f"{where} is a pickled gensim model (written by .save()), not a vector file; unpickling "
+                          f"runs code, so it is not read: write its vectors with gensim, e.g. "
+                          f"KeyedVectors.load(FILE).save_word2vec_format('vectors.txt') (Word2Vec / FastText: "
+                          f".load(FILE).wv.save_word2vec_format), and give that file")
   auto = " (auto-detected)" if format == "auto" else ""
   import warnings
 
   from gensim.models import KeyedVectors
   from gensim.models.fasttext import load_facebook_vectors
-  duplicates = _Duplicates()
+  duplicates, undecodable = _Duplicates(), _DecodeFailures()
   try:
-    with duplicates, warnings.catch_warnings():
+    with duplicates, undecodable, warnings.catch_warnings():
       warnings.simplefilter("ignore")  # numpy's overflow warning for 1e39 and the like: refused below, in one line
       if resolved == "fasttext-bin":
         kv = load_facebook_vectors(str(path))
@@ -330,6 +383,12 @@ def load_vectors(path: str | os.PathLike, format: str = "auto", *, names: dict[s
       reason = None
     reason = reason or f"it is not {DESCRIPTIONS[resolved]} (gensim: {_one_line(e)})"
     raise PretrainedError(f"{where} does not parse as {resolved!r}{auto}: {reason}") from None
+  if undecodable.words:  # gensim's .bin reader never refuses: it keeps such words with backslash escapes
+    if unicode_errors == "strict":
+      raw, _ = undecodable.words[0]
+      raise PretrainedError(f"{where}: {len(undecodable.words)} of its words are not UTF-8 (the first: {raw!r}); "
+                            f"{_unicode_hint(names)}")
+    _redecode_keys(kv, undecodable.words, unicode_errors)
   if resolved == "word2vec-binary":
     keys = kv.index_to_key
     if any("\n" in key for key in keys[:1000] if key):
