@@ -1,5 +1,6 @@
 """Corpora: the offline default, lee, local text files, and every error naming its culprit."""
 
+import dataclasses
 import json
 import re
 import socket
@@ -135,6 +136,81 @@ def test_text_recursive_glob_reaches_subfolders(tmp_path):
   prefixes = {d.split()[0] for d in c.train + c.valid + c.test}
   assert prefixes == {"top", "mid", "low"}  # `**` matches zero or more folders
   assert len(c.train + c.valid + c.test) == 15
+
+
+def test_an_existing_path_with_glob_characters_is_that_file(tmp_path):
+  """`notes [final].txt` is a file, not the pattern `[final]` (which would match `notesf.txt`, or nothing)."""
+  _write_lines(tmp_path / "data[1].txt", 30, "bracketed")
+  _write_lines(tmp_path / "data1.txt", 30, "sibling")  # what the pattern data[1].txt matches
+  docs = lambda spec: (lambda c: c.train + c.valid + c.test)(load_corpus(spec))  # noqa: E731
+  assert {d.split()[0] for d in docs(f"text:{tmp_path}/data[1].txt")} == {"bracketed"}
+  assert {d.split()[0] for d in docs(f"text:{tmp_path}/data[0-9].txt")} == {"sibling"}  # a real glob still globs
+
+
+@pytest.mark.parametrize("form", ["directory", "glob"])
+def test_a_file_reached_twice_through_symlinks_is_one_document(tmp_path, form):
+  """A `latest -> v2` link beside v2, and a link to the directory itself: each real file is read once, so no copy of
+  a valid or test document sits in train; a symlinked directory is followed in both forms."""
+  root = tmp_path / "data"
+  (root / "v2").mkdir(parents=True)
+  for i in range(corpora.MIN_FILES_FOR_FILE_SPLIT + 5):
+    (root / "v2" / f"doc{i:02d}.txt").write_text(f"document {i}\n", encoding="utf-8")
+  (root / "latest").symlink_to("v2", target_is_directory=True)
+  (root / "v2" / "self").symlink_to(".", target_is_directory=True)
+  (root / "dangling.txt").symlink_to(tmp_path / "missing.txt")
+  c = load_corpus(f"text:{root}" if form == "directory" else f"text:{root}/**/*.txt")
+  docs = c.train + c.valid + c.test
+  assert sorted(docs) == sorted(f"document {i}" for i in range(corpora.MIN_FILES_FOR_FILE_SPLIT + 5))
+  assert not set(c.train) & set(c.valid + c.test)
+  only_link = tmp_path / "only_link"
+  only_link.mkdir()
+  (only_link / "corpus").symlink_to(root / "v2", target_is_directory=True)  # the data only behind a link
+  assert sorted(load_corpus(f"text:{only_link}").train + load_corpus(f"text:{only_link}").valid +
+                load_corpus(f"text:{only_link}").test) == sorted(docs)
+
+
+def test_a_glob_that_matches_a_directory_reads_its_files(tmp_path):
+  (tmp_path / "corpus_a").mkdir()
+  for i in range(3):
+    _write_lines(tmp_path / "corpus_a" / f"{i}.txt", 10, f"a{i}")
+  _write_lines(tmp_path / "corpus_b.txt", 10, "b")
+  c = load_corpus(f"text:{tmp_path}/corpus_*")
+  assert {d.split()[0] for d in c.train + c.valid + c.test} == {"a0", "a1", "a2", "b"}
+
+
+def test_line_endings_bom_and_separators_inside_a_line(tmp_path):
+  """The same text saved on Windows (CRLF, a BOM) is the same corpus, by line and by file; form feeds, U+2028 and
+  NEL inside a line do not cut it (str.splitlines would); a blank file among many is a dropped blank document."""
+  lines = [f"line {i} \f page\u2028sep\x85nel" for i in range(30)]
+  unix, windows = tmp_path / "unix", tmp_path / "windows"
+  unix.mkdir(), windows.mkdir()
+  (unix / "a.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+  (windows / "a.txt").write_bytes(("\ufeff" + "\r\n".join(lines) + "\r\n").encode("utf-8"))
+  by_line = load_corpus(f"text:{unix}/a.txt")
+  assert load_corpus(f"text:{windows}/a.txt") == dataclasses.replace(by_line, name=f"text:{windows}/a.txt")
+  assert by_line.train + by_line.valid + by_line.test == [line.strip() for line in lines]
+  for i in range(corpora.MIN_FILES_FOR_FILE_SPLIT + 1):
+    (unix / f"f{i:02d}.txt").write_text("first\nsecond\n", encoding="utf-8")
+    (windows / f"f{i:02d}.txt").write_bytes("\ufefffirst\r\nsecond\r\n".encode("utf-8"))
+  (unix / "zz_blank.txt").write_text(" \n\n", encoding="utf-8")
+  (windows / "zz_blank.txt").write_text(" \r\n", encoding="utf-8")
+  by_file = load_corpus(f"text:{unix}")
+  assert load_corpus(f"text:{windows}") == dataclasses.replace(by_file, name=f"text:{windows}")
+  assert "first\nsecond" in by_file.train and all(d.strip() for d in by_file.train + by_file.valid + by_file.test)
+
+
+def test_the_fingerprint_follows_content_not_size_and_time(tmp_path):
+  """A file replaced by other text of the same size with its old modification time (cp -p, rsync -a, tar x) has
+  another fingerprint, so no cache keyed on it serves the old text; the same content has the same one."""
+  import os
+  f = _write_lines(tmp_path / "a.txt", 30, "alpha")
+  before, stat = corpora.corpus_fingerprint(f"text:{f}"), f.stat()
+  f.write_text(f.read_text().replace("alpha", "omega"), encoding="utf-8")
+  os.utime(f, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+  assert f.stat().st_size == stat.st_size and f.stat().st_mtime_ns == stat.st_mtime_ns
+  assert corpora.corpus_fingerprint(f"text:{f}") != before
+  f.write_text(f.read_text().replace("omega", "alpha"), encoding="utf-8")
+  assert corpora.corpus_fingerprint(f"text:{f}") == before
 
 
 def test_text_empty_directory_named(tmp_path):

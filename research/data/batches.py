@@ -87,7 +87,7 @@ def build_or_load_cache(corpus_spec: str, tokenizer, tokenizer_key: str | None =
   `tokenizer_key` defaults to a hash of the tokenizer's JSON (so a retrained tokenizer gets a new cache); passing
   it explicitly lets a cache hit skip touching the tokenizer at all. `corpus` avoids re-loading a corpus already
   in memory; it must be the one `corpus_spec` and `errors` give. For `text:` specs the key covers the errors
-  policy and each file's (path, size, mtime), so an edited file rebuilds without the corpus being read on a hit.
+  policy and each file's path and content hash, so an edited file rebuilds (`corpora.corpus_fingerprint`).
   Layout: <cache_root>/tokens/<key>/{train,valid,test}.npy and meta.json; the directory is renamed into place in
   one step, so a crash never leaves half a cache.
   """

@@ -190,55 +190,104 @@ def read_text_file(path: str | os.PathLike, errors: str = "strict") -> str:
         "set data.errors=replace or data.errors=ignore (research-vectors: --errors) to load it anyway") from None
 
 
+def _files_under(directory: Path) -> list[Path]:
+  """Every non-hidden file below `directory` (no part of its path below `directory` starts with '.'), following
+  symlinked directories, each real directory once (a link to an ancestor is no loop)."""
+  files, seen = [], set()
+  for root, dirs, names in os.walk(directory, followlinks=True):
+    real = os.path.realpath(root)
+    if real in seen:
+      dirs[:] = []
+      continue
+    seen.add(real)
+    dirs[:] = [d for d in dirs if not d.startswith(".")]
+    files += [Path(root) / n for n in names if not n.startswith(".") and os.path.isfile(os.path.join(root, n))]
+  return sorted(files)
+
+
+def _distinct(files: Sequence[Path]) -> list[Path]:
+  """`files` in order, each real file once: a file reached again through a symlink (a `latest -> v2` directory, a
+  `**` glob that follows links) would otherwise be a second document, and could land in train and valid alike."""
+  seen, out = set(), []
+  for f in files:
+    real = os.path.realpath(f)
+    if real not in seen:
+      seen.add(real)
+      out.append(f)
+  return out
+
+
 def resolve_text_files(pattern: str) -> list[Path]:
-  """A file, a directory (all non-hidden files below it, sorted) or a glob (sorted matches that are files)."""
+  """A file, a directory (all non-hidden files below it, sorted, following symlinked directories) or a glob (its
+  sorted matches; a matched directory contributes its files), each real file once. A path that exists is taken as
+  itself even when it holds glob characters (`notes [final].txt`)."""
   if not pattern:
     raise CorpusError("empty path in corpus spec 'text:'")
   expanded = os.path.expanduser(pattern)
-  if globlib.has_magic(expanded):
-    files = sorted(Path(p) for p in globlib.glob(expanded, recursive=True) if os.path.isfile(p))
+  path = Path(expanded)
+  if globlib.has_magic(expanded) and not path.exists():
+    files = []
+    for match in sorted(globlib.glob(expanded, recursive=True)):
+      files += _files_under(Path(match)) if os.path.isdir(match) else [Path(match)] if os.path.isfile(match) else []
     if not files:
       raise CorpusError(f"glob {pattern!r} matched no files")
-    return files
-  path = Path(expanded)
+    return _distinct(files)
   if path.is_dir():
-    files = sorted(p for p in path.rglob("*")
-                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    files = _files_under(path)
     if not files:
       raise CorpusError(f"directory {path} contains no files")
-    return files
+    return _distinct(files)
   if not path.exists():
     raise CorpusError(f"corpus path not found: {path}")
   return [path]
 
 
-def corpus_fingerprint(spec: str) -> str | None:
-  """A hash of (resolved path, size, mtime_ns) of every file a `text:` spec names; None for the other specs.
+# Bump when the way text files become documents changes (line splitting, BOM, line endings): part of their fingerprint.
+TEXT_READER_VERSION = 2
 
-  Downstream caches key on it so that editing, adding or removing a file invalidates them without reading any
-  file. The bundled corpora need none: their content is fixed by the installed gensim and CORPUS_VERSION. `hf:`
-  datasets are versioned by the hub and not fingerprinted here.
+
+def corpus_fingerprint(spec: str) -> str | None:
+  """A hash of the resolved path and the content (SHA-256) of every file a `text:` spec names, and of
+  TEXT_READER_VERSION; None for the other specs.
+
+  Downstream caches key on it, so editing, adding or removing a file invalidates them, even an edit that keeps the
+  file's size and modification time (`cp -p`, `rsync -a`, `tar x`, a shuffle of lines); the files are read for it
+  (about a second per GB). The bundled corpora need none: their content is fixed by the installed gensim and
+  CORPUS_VERSION. `hf:` datasets are versioned by the hub and not fingerprinted here.
   """
   if not spec.startswith("text:"):
     return None
-  stats = []
+  parts: list = [TEXT_READER_VERSION]
   for f in resolve_text_files(spec[len("text:"):]):
-    st = f.stat()
-    stats.append((str(f.resolve()), st.st_size, st.st_mtime_ns))
-  return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
+    digest = hashlib.sha256()
+    try:
+      with open(f, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+          digest.update(block)
+    except FileNotFoundError:
+      raise CorpusError(f"corpus file not found: {f}") from None
+    parts.append((str(f.resolve()), digest.hexdigest()))
+  return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def normalise_text(text: str) -> str:
+  """A file's text as documents are cut from it: a leading byte-order mark dropped, Windows (CRLF) and old Mac (CR)
+  line endings made LF, so that the same text saved on another system is the same corpus."""
+  return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _text_corpus(pattern: str, errors: str) -> Corpus:
   files = resolve_text_files(pattern)
-  texts = [read_text_file(f, errors) for f in files]
-  for f, t in zip(files, texts):
-    if not t.strip():
-      raise CorpusError(f"corpus file is empty: {f}")
+  texts = [normalise_text(read_text_file(f, errors)) for f in files]
+  if len(files) == 1 and not texts[0].strip():
+    raise CorpusError(f"corpus file is empty: {files[0]}")
   name = f"text:{pattern}"
   if len(files) >= MIN_FILES_FOR_FILE_SPLIT:
-    docs = [t.strip() for t in texts]  # one document per file
+    docs = [t.strip() for t in texts]  # one document per file (a blank file is a blank document: dropped)
   else:
-    docs = [line.strip() for t in texts for line in t.splitlines() if line.strip()]  # one per non-blank line
+    # One per non-blank line. Lines end at "\n" only: str.splitlines would also cut at form feeds, U+2028, NEL and
+    # other separators that are text inside a line.
+    docs = [line.strip() for t in texts for line in t.split("\n") if line.strip()]
   return _check_splits(split_documents(docs, name))
 
 
