@@ -507,6 +507,10 @@ def test_a_validation_split_that_scores_nothing_gets_a_note(tmp_path, capsys):
   out = capsys.readouterr().out
   assert summary["valid_ppl"] == 1.0 and summary["valid_loss"] == 0.0  # nothing scored (the seed is fixed)
   assert "note: the validation split" in out and "gave no target to score" in out and "MLM" in out, out
+  # research-evaluate on the same run: n/a with the reason, not a perfect 1.00 (exp of 0 / 0 tokens).
+  from research.evaluate import extrapolation
+  result = extrapolation.evaluate_run(tmp_path / "run", [1])["results"][0]
+  assert result["ppl"] is None and result["tokens"] == 0 and "no target to score in the valid split" in result["note"]
   normal = loop.train(tiny_config(**{"train.steps": 2, "train.eval_every": 2, "train.checkpoint_every": 2}),
                       tmp_path / "normal")
   assert normal["valid_ppl"] > 1 and "gave no target to score" not in capsys.readouterr().out

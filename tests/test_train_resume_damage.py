@@ -134,6 +134,16 @@ def test_a_corpus_edited_in_place_is_refused_on_resume_and_a_touched_one_is_not(
   message = str(err.value)
   assert "\n" not in message and "holds a run trained on other data" in message and "train" in message
   assert json.loads((workdir / "config.json").read_text())["train"]["steps"] == 2  # untouched
+  # research-evaluate refuses the same run on the edited corpus (it scored it silently), and scores it once restored.
+  from research.evaluate import extrapolation
+  (workdir / "eval").mkdir(exist_ok=True)
+  with pytest.raises(extrapolation.EvaluationError) as err:
+    extrapolation.evaluate_run(workdir, [1])
+  message = str(err.value)
+  assert "\n" not in message and "was trained on other data: the train token stream differs" in message
+  assert not (workdir / "eval" / "extrapolation.json").exists()
+  corpus.write_text(text)
+  assert extrapolation.evaluate_run(workdir, [1])["results"][0]["ppl"] > 1
 
 
 @pytest.mark.parametrize("damage", ["config", "tokenizer"])

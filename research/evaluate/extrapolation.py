@@ -98,6 +98,28 @@ def start_distributed(config: ml_collections.ConfigDict) -> None:
   mesh_lib.maybe_initialize_distributed(None if distributed == "auto" else distributed == "true")
 
 
+def check_same_data(workdir: Path, config, splits) -> None:
+  """The token streams the run trained and chose its best checkpoint on (RUN/data.json) are the ones its config gives
+  now: a corpus edited in place, or a relative `text:` path read from another working directory, would be scored
+  silently otherwise (research-train refuses the same rerun). Runs written before data.json existed are not
+  checked."""
+  path = workdir / loop.DATA_FILE
+  if not path.exists():
+    return
+  try:
+    saved = json.loads(path.read_text()).get("splits", {})
+  except (ValueError, AttributeError):
+    return  # a damaged record checks nothing; research-train rewrites it only on a fresh start
+  current = loop.data_record(splits)["splits"]
+  changed = [name for name in loop.DATA_SPLITS if name in saved and saved[name] != current[name]]
+  if changed:
+    raise EvaluationError(
+        f"run {str(workdir)!r} was trained on other data: the {' and '.join(changed)} token "
+        f"stream{'s differ' if len(changed) > 1 else ' differs'} from RUN/{loop.DATA_FILE}'s record (was "
+        f"data.corpus={config.data.corpus!r} edited, or is it a relative path read from another directory?); "
+        f"restore the corpus, or evaluate from the directory the run was started in")
+
+
 def load_run(workdir: str | Path, checkpoint: str = "best") -> LoadedRun:
   """Config, tokenizer, token streams and the parameters of the run's best (or last) checkpoint."""
   workdir = Path(workdir)
@@ -111,6 +133,7 @@ def load_run(workdir: str | Path, checkpoint: str = "best") -> LoadedRun:
   if not checkpoint_lib.has_checkpoint(ckpt_dir):  # read from disk: no CheckpointManager thread left at exit
     raise EvaluationError(f"run {str(workdir)!r} has no complete checkpoint")
   loop.check_splits(splits, tokenizer.get_vocab_size())
+  check_same_data(workdir, config, splits)
   model_cfg = configuration.model_config(config, tokenizer.get_vocab_size())
   # Only the parameters, onto this process's first device or the evaluation mesh (with the trainer's rule), whatever
   # mesh the run was trained on and whatever its optimizer state looks like (counts, optimizer options); their
@@ -352,7 +375,11 @@ def evaluate_run(workdir: str | Path, lengths: Sequence[int] = (1, 2, 4, 8, 16),
     else:
       scores = split_scores(run, model_cfg, run.splits[split], length, mode=mode, stride=stride,
                             max_tokens_per_batch=max_tokens_per_batch, by_position=by_position)
-      results.append(result_record(int(multiple), length, scores.ppl, scores.tokens))
+      if scores.tokens:
+        results.append(result_record(int(multiple), length, scores.ppl, scores.tokens))
+      else:  # exp(0 / 0) would read as a perfect 1.00
+        results.append(result_record(int(multiple), length, note=f"no target to score in the {split} split at this "
+                                     f"length (an MLM selects ~15 % of a split's tokens: a tiny split may give none)"))
       if by_position:
         position_results.append(by_position_lib.result_record(
             int(multiple), length, train_len=train_len, nll_by_column=scores.nll_by_column,
