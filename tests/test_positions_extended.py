@@ -525,8 +525,8 @@ def test_randomized_positions_differ_between_rows_and_keys_and_repeat_for_a_key(
 
 
 def _step_setup(cfg, objective="clm", learning_rate=1e-2, **settings_kw):
-  train_cfg = {"optimizer": "adamw", "learning_rate": learning_rate, "schedule": "constant", "warmup_steps": 0, "steps": 10,
-               "weight_decay": 0.1, "grad_clip": 1.0, "b1": 0.9, "b2": 0.95,
+  train_cfg = {"optimizer": "adamw", "learning_rate": learning_rate, "schedule": "constant", "warmup_steps": 0,
+               "steps": 10, "weight_decay": 0.1, "grad_clip": 1.0, "b1": 0.9, "b2": 0.95,
                "embedding": {"weight_decay": True, "lr_multiplier": 1.0, "freeze": False, "lazy": False}}
   model, tx = Transformer(cfg), optim.make_optimizer(train_cfg)
   settings_ = steps.StepSettings(objective=objective, vocab_size=cfg.vocab_size, **settings_kw)

@@ -227,24 +227,26 @@ def _diagnose(path: Path, resolved: str, encoding: str, names: dict[str, str]) -
   return None
 
 
-class _Duplicates:
-  """Collects the words gensim's word2vec reader reports as duplicates (it keeps the first vector of each)."""
+class _LogCapture:
+  """Collects, while active, the records of one gensim logger whose message starts with `prefix`, as their args, and
+  keeps them off the console (what they say goes into a report or a refusal instead). `level` is set on the logger
+  for the duration, whatever the caller set on "gensim"."""
 
-  def __init__(self):
+  def __init__(self, logger: str, level: int, prefix: str):
     import logging
-    self.words: list[str] = []
-    self._logger = logging.getLogger("gensim.models.keyedvectors")
-    self._handler = logging.Handler(logging.WARNING)
+    self.records: list[tuple] = []
+    self._logger, self._level, self._prefix = logging.getLogger(logger), level, prefix
+    self._handler = logging.Handler(level)
     self._handler.emit = self._emit  # type: ignore[method-assign]
 
   def _emit(self, record) -> None:
-    if str(record.msg).startswith("duplicate word") and record.args:
-      self.words.append(str(record.args[0]))
+    if str(record.msg).startswith(self._prefix) and record.args:
+      self.records.append(tuple(record.args))
 
   def __enter__(self):
     self._saved = self._logger.level, self._logger.propagate
-    self._logger.setLevel(30)  # WARNING, whatever the caller set on "gensim"
-    self._logger.propagate = False  # the note goes into the report, not onto stderr
+    self._logger.setLevel(self._level)
+    self._logger.propagate = False
     self._logger.addHandler(self._handler)
     return self
 
@@ -254,32 +256,15 @@ class _Duplicates:
     self._logger.propagate = self._saved[1]
 
 
-class _DecodeFailures:
-  """Collects the words gensim's fastText .bin reader could not decode as UTF-8, as (raw bytes, the word it kept):
-  it logs each at ERROR and keeps the word with backslash escapes whatever the caller wants."""
+def _duplicates() -> _LogCapture:
+  """The words gensim's word2vec reader reports as duplicates (it keeps the first vector of each): record[0]."""
+  return _LogCapture("gensim.models.keyedvectors", 30, "duplicate word")  # WARNING
 
-  def __init__(self):
-    import logging
-    self.words: list[tuple[bytes, str]] = []
-    self._logger = logging.getLogger("gensim.models._fasttext_bin")
-    self._handler = logging.Handler(logging.ERROR)
-    self._handler.emit = self._emit  # type: ignore[method-assign]
 
-  def _emit(self, record) -> None:
-    if str(record.msg).startswith("failed to decode") and len(record.args or ()) == 2:
-      self.words.append((bytes(record.args[0]), str(record.args[1])))
-
-  def __enter__(self):
-    self._saved = self._logger.level, self._logger.propagate
-    self._logger.setLevel(40)  # ERROR
-    self._logger.propagate = False  # the refusal or the renaming below says it, not a log line per word
-    self._logger.addHandler(self._handler)
-    return self
-
-  def __exit__(self, *exc):
-    self._logger.removeHandler(self._handler)
-    self._logger.setLevel(self._saved[0])
-    self._logger.propagate = self._saved[1]
+def _decode_failures() -> _LogCapture:
+  """The words gensim's fastText .bin reader could not decode as UTF-8, as (raw bytes, the word it kept): it logs
+  each at ERROR and keeps the word with backslash escapes whatever the caller wants."""
+  return _LogCapture("gensim.models._fasttext_bin", 40, "failed to decode")  # ERROR
 
 
 def _redecode_keys(kv, failures: list[tuple[bytes, str]], unicode_errors: str) -> None:
@@ -361,7 +346,7 @@ def load_vectors(path: str | os.PathLike, format: str = "auto", *, names: dict[s
 
   from gensim.models import KeyedVectors
   from gensim.models.fasttext import load_facebook_vectors
-  duplicates, undecodable = _Duplicates(), _DecodeFailures()
+  duplicates, undecodable = _duplicates(), _decode_failures()
   try:
     with duplicates, undecodable, warnings.catch_warnings():
       warnings.simplefilter("ignore")  # numpy's overflow warning for 1e39 and the like: refused below, in one line
@@ -383,12 +368,13 @@ def load_vectors(path: str | os.PathLike, format: str = "auto", *, names: dict[s
       reason = None
     reason = reason or f"it is not {DESCRIPTIONS[resolved]} (gensim: {_one_line(e)})"
     raise PretrainedError(f"{where} does not parse as {resolved!r}{auto}: {reason}") from None
-  if undecodable.words:  # gensim's .bin reader never refuses: it keeps such words with backslash escapes
+  failures = [(bytes(r[0]), str(r[1])) for r in undecodable.records if len(r) == 2]
+  if failures:  # gensim's .bin reader never refuses: it keeps such words with backslash escapes
     if unicode_errors == "strict":
-      raw, _ = undecodable.words[0]
-      raise PretrainedError(f"{where}: {len(undecodable.words)} of its words are not UTF-8 (the first: {raw!r}); "
+      raw, _ = failures[0]
+      raise PretrainedError(f"{where}: {len(failures)} of its words are not UTF-8 (the first: {raw!r}); "
                             f"{_unicode_hint(names)}")
-    _redecode_keys(kv, undecodable.words, unicode_errors)
+    _redecode_keys(kv, failures, unicode_errors)
   if resolved == "word2vec-binary":
     keys = kv.index_to_key
     if any("\n" in key for key in keys[:1000] if key):
@@ -405,7 +391,8 @@ def load_vectors(path: str | os.PathLike, format: str = "auto", *, names: dict[s
                             f"{_out_of_step(bad, keys[bad], keys[bad - 1] if bad else None)}")
   dropped = _drop_unfilled(kv) if resolved != "fasttext-bin" else 0
   if notes is not None:
-    notes.update(duplicate_words=dropped, duplicate_example=duplicates.words[0] if duplicates.words else None)
+    example = str(duplicates.records[0][0]) if duplicates.records else None
+    notes.update(duplicate_words=dropped, duplicate_example=example)
   if len(kv.index_to_key) == 0 or kv.vector_size < 1:
     raise PretrainedError(f"{where} holds no vectors (format {resolved!r})")
   if _has_header(resolved):
