@@ -249,6 +249,8 @@ def test_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_pa
     (["--config.train.embedding.lr_multiplier=-1"], "train.embedding.lr_multiplier=-1.0 must be a finite number >= 0"),
     (["--config.train.weight_decay=-0.1"], "train.weight_decay=-0.1 must be a finite number >= 0"),
     (["--config.train.loss_chunk=-3"], "train.loss_chunk=-3 must be an integer >= 0"),
+    (["--config.train.optimizer=adafactor", "--config.train.embedding.lazy=true"],
+     "train.embedding.lazy=True is not supported with train.optimizer='adafactor'"),
     (["--config.mesh.data=3"], "mesh.data=3, mesh.fsdp=1: mesh data=3 x fsdp=1 = 3 devices, but 1 devices"),
     (["--config.mesh.distributed=true"], "mesh.distributed=true, but no multi-process job was found: set "
                                          "JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID"),
@@ -262,6 +264,8 @@ def test_cli_user_errors_are_one_line_without_traceback(args, message, tmp_path)
   # Failed before training started, and left no config behind that would refuse the corrected command.
   for name in ("checkpoints", "config.json", "metrics.jsonl"):
     assert not (tmp_path / "run" / name).exists(), name
+  if "adafactor" in message:  # refused before the data is prepared: nothing written at all
+    assert not (tmp_path / "run" / "tokenizer.json").exists()
 
 
 @pytest.mark.slow

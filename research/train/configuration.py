@@ -259,6 +259,9 @@ def validate_pretrained(config: ml_collections.ConfigDict) -> None:
   k = emb.freeze_steps
   if not isinstance(k, int) or isinstance(k, bool) or k < 0:
     raise ConfigError(f"train.embedding.freeze_steps={k!r} must be an integer >= 0")
+  if emb.lazy and not emb.freeze and config.train.optimizer == "adafactor":  # optim.make_optimizer's own rule
+    raise ConfigError("train.embedding.lazy=True is not supported with train.optimizer='adafactor': its factored "
+                      "second moment mixes all rows; use adamw, adam, sgd or lion")
   if k and config.train.optimizer == "adafactor" and emb.weight_decay and config.train.weight_decay:
     raise ConfigError(f"train.embedding.freeze_steps={k} with optimizer 'adafactor' and train.embedding."
                       f"weight_decay=True: adafactor's decay is not scaled by the learning rate, so the table would "
