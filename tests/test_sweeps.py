@@ -84,7 +84,7 @@ def test_shipped_sweeps_expand_and_validate(name):
     resolved = [configuration.flatten(configuration.apply_overrides(base, t.overrides)) for t in sweep.trials]
     differing = {f for f in resolved[0] if len({json.dumps(r[f]) for r in resolved}) > 1}
     assert differing == {"model.fire_init_length", "seed"} and {r["model.position"] for r in resolved} == {"fire"}
-    assert {r["model.fire_init_length"] for r in resolved} == {16.0, 64.0, 512.0}  # 512: the extended sweep's arm
+    assert {r["model.fire_init_length"] for r in resolved} == {16.0, 64.0, 512.0, 2048.0}  # 512: the extended arm
     extended = sweeps.load_sweep(ROOT / "configs" / "sweeps" / "positions_extended.py")
     fire_arm = [t.overrides for t in extended.trials if t.overrides["model.position"] == "fire"]
     assert [{k: v for k, v in t.overrides.items() if k != "model.fire_init_length"} for t in sweep.trials
