@@ -88,6 +88,7 @@ def variant_fn(name: str, filters):
                                  filters=filters, out_features=p["out"]["kernel"].shape[1])
       return module.apply(params, ids_VxC)
     x_VxCxE = jnp.take(p["chars"]["embedding"], ids_VxC, axis=0)
+    x_VxCxE = jnp.where((ids_VxC != chars_lib.PAD)[..., None], x_VxCxE, 0.0)  # the module's zero padding vector
     pooled = []
     if name == "fused_matmul":
       # A filter wider than the longest spelling has a kernel as wide as the spelling (as in the module).

@@ -35,7 +35,9 @@ RESUMABLE_FIELDS = (
 # the current config trains the same model, and is refused, naming the field, when the new default would change it
 # (an old learned or T5 run decayed its positional table: resume it with train.position.weight_decay=true).
 # model.attention existed with the default einsum before auto: an old run that lacks the field ran einsum.
-LEGACY_VALUES = {"train.position.weight_decay": True, "train.count_updates": False, "model.attention": "einsum"}
+# model.char_padding: the CNN's padding character was an ordinary learned row before the field existed.
+LEGACY_VALUES = {"train.position.weight_decay": True, "train.count_updates": False, "model.attention": "einsum",
+                 "model.char_padding": "learned"}
 
 
 def saved_value(field: str, default):

@@ -361,6 +361,32 @@ def test_unseen_words_get_distinct_input_vectors_from_their_spellings(combine):
   assert "char_embed" in params and ("char_combine" in params) == (combine == "concat")
 
 
+@pytest.mark.parametrize("padding", ["zero", "learned"])
+def test_the_padding_character_is_a_zero_vector_without_gradient_as_in_kims_code(padding):
+  """model.char_padding=zero (the default; Kim et al.'s lstm-char-cnn keeps the padding vector at zero): the PAD row
+  gets no gradient, and changing it changes nothing; learned (runs written before the field) is an ordinary row."""
+  import jax.numpy as jnp
+  tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "tiger", "elephant"]
+  ids = jnp.asarray(chars.char_ids(tokens, "word"))
+  assert (ids == chars.PAD).any()
+  cnn = chars.CharCNN(num_chars=int(ids.max()) + 1, char_dim=4, filters=chars.parse_filters("1:3,2:3,4:3"),
+                      out_features=6, zero_padding=padding == "zero")
+  params = cnn.init(jax.random.key(0), ids)
+  loss = lambda p: jnp.sum(cnn.apply(p, ids) ** 2)  # noqa: E731
+  pad_grad = np.asarray(jax.grad(loss)(params)["params"]["chars"]["embedding"][chars.PAD])
+  moved = jax.tree_util.tree_map(lambda x: x, params)
+  moved["params"]["chars"]["embedding"] = params["params"]["chars"]["embedding"].at[chars.PAD].add(1.0)
+  same = np.allclose(cnn.apply(moved, ids), cnn.apply(params, ids))
+  if padding == "zero":
+    assert np.all(pad_grad == 0) and same
+  else:
+    assert np.any(pad_grad != 0) and not same
+  from research.model.config import ModelConfig
+  assert ModelConfig().char_padding == "zero"
+  from research import schema
+  assert schema.saved_value("model.char_padding", "zero") == "learned"  # what a run saved before the field did
+
+
 @pytest.mark.slow
 def test_a_char_aware_run_trains_and_loads_for_evaluation(tmp_path):
   overrides = {"data.tokenizer": "word", "train.steps": 2, "train.checkpoint_every": 1, "train.eval_batches": 1,

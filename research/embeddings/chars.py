@@ -16,7 +16,9 @@ they cannot collide with the text). A byte-level piece that decodes to no text (
 spelled with its raw token string (GPT-2's byte alphabet: `Ã`, `¤`, ...), so distinct pieces keep distinct spellings.
 The five special tokens ([PAD], [UNK], [CLS], [SEP], [MASK]) are spelled with one reserved character each (ids
 3–7), not with their bracketed names. Characters get ids from 8 up in sorted order of the vocabulary's characters;
-id 0 pads. Spellings are cut at `MAX_CHARS` = 20 characters including the two word-boundary marks (C = the longest
+id 0 pads, with a zero vector that gets no gradient (`model.char_padding=zero`, as in Kim et al.'s code; `learned`
+makes it an ordinary row, as runs before that field had it), so a window over padding contributes tanh(bias) alone.
+A filter wider than the longest spelling C is narrowed to C (one window over the whole spelling). Spellings are cut at `MAX_CHARS` = 20 characters including the two word-boundary marks (C = the longest
 spelling, capped): a longer word keeps its first 18 characters and its end mark.
 """
 
@@ -99,11 +101,14 @@ class CharCNN(nn.Module):
   filters: tuple[tuple[int, int], ...] = parse_filters(DEFAULT_FILTERS)
   out_features: int = 0
   dtype: Any = jnp.float32
+  zero_padding: bool = True  # the PAD character's vector is 0 and gets no gradient (Kim et al.'s code)
 
   @nn.compact
   def __call__(self, ids_VxC):
     x_VxCxE = nn.Embed(self.num_chars, self.char_dim, param_dtype=jnp.float32, dtype=self.dtype,
                        name="chars")(ids_VxC)
+    if self.zero_padding:  # the table keeps a row for PAD (one tree either way); masked, it is 0 and gets no gradient
+      x_VxCxE = jnp.where((ids_VxC != PAD)[..., None], x_VxCxE, jnp.zeros((), x_VxCxE.dtype))
     length = ids_VxC.shape[1]
     pooled = []
     for width, count in self.filters:

@@ -29,6 +29,7 @@ ATTENTION_IMPLS = ("auto", "einsum", "xla")  # auto: attention.resolve picks per
 REMATS = ("none", "block", "dots_saveable")
 ROPE_SCALINGS = ("none", "linear", "ntk", "yarn")
 CHAR_EMBEDDINGS = ("none", "concat", "sum")
+CHAR_PADDINGS = ("zero", "learned")
 DERIVED_FIELDS = ("vocab_size", "kind")  # set from the tokenizer and the objective, not by the experiment config
 POSITION_SAMPLINGS = ("none", "randomized")
 
@@ -90,6 +91,9 @@ class ModelConfig:
   # The tied head then uses the combined vectors. The trainer passes the spellings' char ids to the model.
   char_embeddings: str = "none"
   char_dim: int = 16  # width of a character's embedding
+  # The padding character's vector: zero (Kim et al.'s code holds it at zero, no gradient) | learned (an ordinary
+  # row, what runs before the field existed did: schema.LEGACY_VALUES).
+  char_padding: str = "zero"
   char_filters: str = chars.DEFAULT_FILTERS  # "width:count,...": one convolution per width (Kim et al.'s small model)
   embedding_dropout: float = 0.0  # dropout on the embedded vectors
   token_dropout: float = 0.0  # AWD-LSTM: drop whole vocabulary rows for a step
@@ -137,6 +141,7 @@ class ModelConfig:
     if not isinstance(self.table_dim, int) or self.table_dim < 0:
       raise ValueError(f"model.table_dim={self.table_dim!r} must be an integer >= 0 (0 = d_model)")
     _choice("model.char_embeddings", self.char_embeddings, CHAR_EMBEDDINGS)
+    _choice("model.char_padding", self.char_padding, CHAR_PADDINGS)
     chars.parse_filters(self.char_filters)  # checked even when unused: a sweep that switches the CNN on meets it
     if not isinstance(self.char_dim, int) or self.char_dim < 1:
       raise ValueError(f"model.char_dim={self.char_dim!r} must be a positive integer")

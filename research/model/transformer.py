@@ -125,7 +125,8 @@ class Transformer(nn.Module):
         raise ValueError(f"char ids have {ids.shape[0]} rows, the vocabulary {cfg.vocab_size}")
       self.char_embed = chars.CharCNN(
           num_chars=int(ids.max()) + 1, char_dim=cfg.char_dim, filters=chars.parse_filters(cfg.char_filters),
-          out_features=cfg.d_model if cfg.char_embeddings == "sum" else 0, dtype=cfg.compute_dtype)
+          out_features=cfg.d_model if cfg.char_embeddings == "sum" else 0, dtype=cfg.compute_dtype,
+          zero_padding=cfg.char_padding == "zero")
       if cfg.char_embeddings == "concat":
         self.char_combine = nn.Dense(cfg.d_model, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
                                      dot_general=cfg.dot_general)
