@@ -31,7 +31,8 @@ CORPUS_MAX_FILLER = 10  # sentences of filler per document: 0 … this many (abo
 
 
 def random_key(rng: np.random.Generator) -> str:
-  """A 5-digit key without a leading zero (10000 … 99999), as the paper's random integers."""
+  """A 5-digit key without a leading zero (10000 … 99999); the paper draws randint(1, 50000), keys of 1–5 digits
+  (docs/reports.md, "Passkey retrieval")."""
   return str(int(rng.integers(10 ** (KEY_DIGITS - 1), 10 ** KEY_DIGITS)))
 
 
