@@ -548,12 +548,14 @@ def test_counts_are_the_same_on_every_mesh():
 
 
 @pytest.mark.slow  # ~8 s of CPU, but ~50 s of wall time on the loaded 2-core machine
-def test_the_closer_spelling_gets_the_closer_vector_after_training_on_a_toy_corpus():
+@pytest.mark.parametrize("padding", ["zero", "learned"])
+def test_the_closer_spelling_gets_the_closer_vector_after_training_on_a_toy_corpus(padding):
   """A corpus built for it: every form of a verb stem is followed by the word its suffix calls for ("walking now",
   "walked then", ...). Four -ing forms and four unrelated words are in the vocabulary but never in the data, so
   (untied head) their table rows never move; all eight start from the same row. After training, each held-out
-  -ing form's combined input vector is closer (cosine) to every trained -ing form's than any unrelated word's is:
-  only the spelling, through the character CNN, can put it there (before training: about half the comparisons)."""
+  -ing form's combined input vector is closer (cosine) to the trained -ing forms' than the unrelated words' are: only
+  the spelling, through the character CNN, can put it there. Before training about half of these 160 comparisons
+  hold; after, at least 85 % (zero padding, Kim et al.'s: 91 % at this seed; a learned padding vector: all)."""
   import jax.numpy as jnp
   import optax
   from research.model.config import ModelConfig
@@ -568,7 +570,8 @@ def test_the_closer_spelling_gets_the_closer_vector_after_training_on_a_toy_corp
   data = jnp.array([[ix[s + x], ix[marker[x]], ix["[SEP]"]] for s in stems for x in marker if s + x in ix
                     and s + x not in held])
   cfg = ModelConfig(vocab_size=len(tokens), d_model=32, num_layers=1, num_heads=2, mlp_dim=64, max_len=4,
-                    tie_embeddings=False, char_embeddings="sum", char_dim=8, char_filters="1:16,2:16,3:32")
+                    tie_embeddings=False, char_embeddings="sum", char_dim=8, char_filters="1:16,2:16,3:32",
+                    char_padding=padding)
   model = Transformer(cfg, char_ids=chars.Constant(chars.char_ids(tokens, "word")))
   params = model.init(jax.random.key(0), jnp.zeros((1, 3), jnp.int32))["params"]
   unseen = jnp.array([ix[w] for w in held + far])
@@ -599,7 +602,9 @@ def test_the_closer_spelling_gets_the_closer_vector_after_training_on_a_toy_corp
   for _ in range(200):
     params, opt_state = step(params, opt_state)
   np.testing.assert_array_equal(params["token_embed"]["embedding"][unseen], start_rows)  # never moved
-  assert wins(params).all() and before.mean() < 0.8
+  after = wins(params)
+  assert before.mean() < 0.6 and after.mean() >= 0.85 and after.mean() > before.mean() + 0.3, (before.mean(),
+                                                                                                after.mean())
 
 
 def test_the_rare_token_and_embedding_variant_sweeps_expand_and_validate():
