@@ -732,6 +732,19 @@ def test_a_per_layer_scheme_cannot_also_have_an_input_hook():
     registry.register("toy_both")(Both)
 
 
+@pytest.mark.parametrize("bounds", [{"r": (1.0, 0.5)}, {"r": (float("nan"), None)}, {"r": 0.1}, {"r": (0.1,)},
+                                    [("r", (0.0, 1.0))], {"r": (True, None)}])
+def test_a_schemes_param_bounds_are_checked_at_registration(bounds):
+  """A box the train step could not project onto (low >= high, NaN, not a (low, high) pair) is refused when the
+  scheme is registered (or imported as package.module:Class), not at the first step."""
+  scheme = type("Boxed", (registry.PositionalScheme,), {"param_bounds": bounds})
+  with pytest.raises(TypeError, match=r"Boxed.param_bounds"):
+    registry.register("toy_boxed")(scheme)
+  assert "toy_boxed" not in registry.names()
+  registry.register("toy_fine")(type("Fine", (registry.PositionalScheme,), {"param_bounds": {"r": (0, None)}}))
+  registry.unregister("toy_fine")
+
+
 # --------------------------------------------------------------------------------------------- external schemes
 
 

@@ -24,6 +24,7 @@ parameters (FIRE, Kerple, CoPE). The optimizer and the docs find positional para
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import sys
 from typing import Any, Callable, ClassVar, NamedTuple
@@ -161,6 +162,19 @@ def _check_scheme_class(cls: type[PositionalScheme]) -> None:
     # The shared instance that would compute `embed` would also create the per-layer parameters once more.
     raise TypeError(f"{cls.__qualname__}: a per-layer scheme (per_layer=True) cannot have an input hook "
                     "(has_input=True); split it into two schemes or make it shared")
+  bounds = cls.param_bounds
+  if not isinstance(bounds, dict):
+    raise TypeError(f"{cls.__qualname__}.param_bounds={bounds!r} must be a dict {{param name: (low, high or None)}}")
+  for name, box in bounds.items():
+    ok = isinstance(name, str) and isinstance(box, tuple) and len(box) == 2 and _is_bound(box[0]) and (
+        box[1] is None or (_is_bound(box[1]) and box[1] > box[0]))
+    if not ok:
+      raise TypeError(f"{cls.__qualname__}.param_bounds[{name!r}]={box!r} must be (low, high or None): finite "
+                      f"numbers with low < high")
+
+
+def _is_bound(x) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def unregister(name: str) -> None:
