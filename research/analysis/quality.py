@@ -28,6 +28,8 @@ import functools
 import json
 import math
 import os
+import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -206,8 +208,6 @@ def _drop_projector_entry(directory: Path, tag: str) -> None:
   """Removes an earlier export of `tag` from a projector directory (its files and its `embeddings { … }` entry in
   projector_config.pbtxt), which tensorboardX's add_embedding would otherwise list a second time; other entries
   stay."""
-  import re
-  import shutil
   shutil.rmtree(directory / "00000" / tag, ignore_errors=True)
   config = directory / "projector_config.pbtxt"
   if config.exists():

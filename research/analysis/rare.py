@@ -377,8 +377,7 @@ def analyze_run(workdir: str | os.PathLike, checkpoint: str = "best", base: floa
   from research.embeddings import pretrained
   workdir = Path(workdir)
   run, table_VxD, tokenizer, counts = quality.run_table(workdir, checkpoint)
-  if counts is None:
-    raise quality.AnalysisError(f"run {str(workdir)!r} has no token_counts.npy: frequency buckets need it")
+  check_run_files(workdir)  # counts is None without the file
   kind = run.config.data.tokenizer
   tokens = tokenizers_lib.vocabulary(tokenizer)
   arrays = run_arrays(workdir, run.params, table_VxD.shape)

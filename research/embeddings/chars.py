@@ -18,8 +18,9 @@ The five special tokens ([PAD], [UNK], [CLS], [SEP], [MASK]) are spelled with on
 3–7), not with their bracketed names. Characters get ids from 8 up in sorted order of the vocabulary's characters;
 id 0 pads, with a zero vector that gets no gradient (`model.char_padding=zero`, as in Kim et al.'s code; `learned`
 makes it an ordinary row, as runs before that field had it), so a window over padding contributes tanh(bias) alone.
-A filter wider than the longest spelling C is narrowed to C (one window over the whole spelling). Spellings are cut at `MAX_CHARS` = 20 characters including the two word-boundary marks (C = the longest
-spelling, capped): a longer word keeps its first 18 characters and its end mark.
+A filter wider than the longest spelling C is narrowed to C (one window over the whole spelling). Spellings are cut
+at `MAX_CHARS` = 20 characters including the two word-boundary marks (C = the longest spelling, capped): a longer
+word keeps its first 18 characters and its end mark.
 """
 
 from __future__ import annotations

@@ -110,12 +110,11 @@ def check_same_data(workdir: Path, config, splits) -> None:
     saved = json.loads(path.read_text()).get("splits", {})
   except (ValueError, AttributeError):
     return  # a damaged record checks nothing; research-train rewrites it only on a fresh start
-  current = loop.data_record(splits)["splits"]
-  changed = [name for name in loop.DATA_SPLITS if name in saved and saved[name] != current[name]]
+  current = {name: stream for name, stream in loop.data_record(splits)["splits"].items() if name in saved}
+  changed, differ = loop.changed_streams(saved, current)
   if changed:
     raise EvaluationError(
-        f"run {str(workdir)!r} was trained on other data: the {' and '.join(changed)} token "
-        f"stream{'s differ' if len(changed) > 1 else ' differs'} from RUN/{loop.DATA_FILE}'s record (was "
+        f"run {str(workdir)!r} was trained on other data: {differ} from RUN/{loop.DATA_FILE}'s record (was "
         f"data.corpus={config.data.corpus!r} edited, or is it a relative path read from another directory?); "
         f"restore the corpus, or evaluate from the directory the run was started in")
 

@@ -365,6 +365,15 @@ def data_record(splits: dict[str, np.ndarray]) -> dict[str, Any]:
                      for name in DATA_SPLITS}}
 
 
+def changed_streams(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], str]:
+  """The splits of `current` (entries of `data_record(splits)["splits"]`) whose stream differs from `saved`,
+  RUN/data.json's "splits" (a split `saved` lacks differs), and how to say it: "the train and valid token streams
+  differ" (research-train's resume check and research-evaluate's share it)."""
+  changed = [name for name in current if saved.get(name) != current[name]]
+  return changed, (f"the {' and '.join(changed)} token stream{'s differ' if len(changed) > 1 else ' differs'}"
+                   if changed else "")
+
+
 def check_resume(config: ml_collections.ConfigDict, workdir: Path, data: "RunData") -> None:
   """Before config.json is rewritten: a rerun of a run that saved checkpoints neither shortens it (train.steps below
   the newest checkpoint's step) nor continues it on other token streams than it started on (RUN/data.json: a corpus
@@ -380,12 +389,12 @@ def check_resume(config: ml_collections.ConfigDict, workdir: Path, data: "RunDat
   path = workdir / DATA_FILE
   if saved_steps and path.exists():
     saved = json.loads(path.read_text()).get("splits", {})
-    changed = [name for name in DATA_SPLITS if saved.get(name) != current["splits"][name]]
+    changed, differ = changed_streams(saved, current["splits"])
     if changed:
       raise configuration.ConfigError(
-          f"workdir {str(workdir)!r} holds a run trained on other data: the {' and '.join(changed)} token "
-          f"stream{'s differ' if len(changed) > 1 else ' differs'} from the one{'s' if len(changed) > 1 else ''} "
-          f"it started on (was {config.data.corpus!r} edited?); restore the corpus or use a new workdir")
+          f"workdir {str(workdir)!r} holds a run trained on other data: {differ} from the "
+          f"one{'s' if len(changed) > 1 else ''} it started on (was {config.data.corpus!r} edited?); restore the "
+          f"corpus or use a new workdir")
   if (not saved_steps or not path.exists()) and jax.process_index() == 0:
     atomic_write_json(path, current)
 
