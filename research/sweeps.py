@@ -13,8 +13,10 @@ config), before any trial starts; a sweep file that does not load or has no tria
 trial runs in its own process under `DIR/<trial>/`, named by its overrides; `DIR/sweep.json` records trials,
 overrides, status (pending, running, finished, failed) and errors. A trial with `summary.json` (and its
 evaluation files, when the sweep evaluates) is finished and skipped on a rerun, unless its evaluation lacks a
-file, length or option EVALUATE now asks for (`trial_plan`, `evaluation_outdated`): then only the evaluation runs
-again (the previous files are kept under RUN/eval/previous/); one whose train.steps the sweep raised trains on. An
+file, length or option EVALUATE now asks for, or scored a checkpoint the run has since moved past
+(`trial_plan`, `evaluation_outdated`): then only the evaluation runs again (the previous files are kept under
+RUN/eval/previous/); one whose train.steps the sweep raised (in BASE_CONFIG: an override is part of the name)
+trains on. An
 interrupted one resumes from its checkpoints; a failed one is recorded with its error and does not stop the others.
 A trial directory holding a run of another config (BASE_CONFIG or an override edited since) refuses the whole sweep
 in one line before any trial runs (`check_trial_directories`, research-train's own check). Trial processes die with
@@ -29,6 +31,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import io
 import importlib.util
 import inspect
@@ -52,6 +55,7 @@ from research.flag_text import expected_flag_value
 from research.error_text import file_error
 from research.embeddings import registry
 from research.evaluate import by_position, extrapolation, passkey
+from research.report import runs as report_runs
 from research.train import configuration, loop, mesh as mesh_lib
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,27 +132,48 @@ def short_field_name(field: str, fields: Sequence[str] | None = None) -> str:
   return field
 
 
+# The longest trial name (a directory name: most filesystems allow 255 bytes); a longer one keeps its first
+# characters and ends in a hash of the overrides (`_capped`).
+MAX_TRIAL_NAME = 200
+
+
 def trial_name(overrides: Mapping[str, Any]) -> str:
   """position=alibi,seed=1 — each field by its shortest unambiguous name (`short_field_name`), filesystem-safe,
-  stable."""
+  stable; one longer than MAX_TRIAL_NAME is cut and ends in `~` and 16 hex digits of the overrides' hash."""
   if not overrides:
     return "base"
-  return ",".join(f"{short_field_name(k)}={_value_text(v)}" for k, v in overrides.items())
+  return _capped(",".join(f"{short_field_name(k)}={_value_text(v)}" for k, v in overrides.items()), overrides)
 
 
 def legacy_trial_name(overrides: Mapping[str, Any]) -> str:
   """The name sweeps gave a trial before names were unambiguous: the last component of every field."""
   if not overrides:
     return "base"
-  return ",".join(f"{k.split('.')[-1]}={_value_text(v)}" for k, v in overrides.items())
+  return _capped(",".join(f"{k.split('.')[-1]}={_value_text(v)}" for k, v in overrides.items()), overrides)
+
+
+def _capped(name: str, overrides: Mapping[str, Any]) -> str:
+  """`name` (ASCII: `_value_text`), or, when longer than MAX_TRIAL_NAME, its start + `~` + a hash of the overrides
+  (fields, values and their order, as the full name depends on them), so that two long names stay apart."""
+  if len(name) <= MAX_TRIAL_NAME:
+    return name
+  text = json.dumps([[k, v] for k, v in overrides.items()], default=repr)
+  return f"{name[:MAX_TRIAL_NAME - 17]}~{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def config_path(path: str | Path) -> Path:
+  """Where a config or sweep file named `path` is: relative to the repository root when it exists there (the
+  shipped configs/...), else to the current directory."""
+  path = Path(path)
+  if not path.is_absolute():
+    path = (ROOT / path) if (ROOT / path).exists() else path.resolve()
+  return path
 
 
 def load_config_file(path: str | Path):
   """A config or sweep file as a module. One that does not exist, or does not run (a syntax error, an exception at
   import), is a ConfigError naming the file and the line."""
-  path = Path(path)
-  if not path.is_absolute():
-    path = (ROOT / path) if (ROOT / path).exists() else path.resolve()
+  path = config_path(path)
   if not path.is_file():
     raise configuration.ConfigError(f"config file {str(path)!r} does not exist")
   spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
@@ -166,6 +191,12 @@ def load_sweep(path: str | Path) -> Sweep:
   if not hasattr(module, "get_sweep"):
     raise configuration.ConfigError(f"sweep file {str(path)!r} defines no get_sweep()")
   base = getattr(module, "BASE_CONFIG", "configs/clm.py")
+  if not isinstance(base, (str, os.PathLike)):
+    raise configuration.ConfigError(f"sweep {str(path)!r}: BASE_CONFIG must be a config file's path, got "
+                                    f"{_short_repr(base)}")
+  if not Path(base).is_absolute() and not (ROOT / base).exists():
+    # Found from the current directory: the trials run in the repository root (`run_trial`), so they get it whole.
+    base = str(config_path(base))
   base_config = load_config_file(base).get_config()
   try:
     points = module.get_sweep()
@@ -179,14 +210,20 @@ def load_sweep(path: str | Path) -> Sweep:
   if not points:
     raise configuration.ConfigError(f"sweep {str(path)!r}: get_sweep() returned no trials (an empty grid: is one "
                                     f"axis an empty list?)")
-  trials, names, configs = [], set(), {}
+  trials, names, configs, same = [], set(), {}, {}
   for overrides in points:
     config = configuration.apply_overrides(base_config, overrides)  # unknown fields fail here
     configuration.validate(config)  # unknown choices, bad numbers, bad shapes fail here
     name = trial_name(overrides)
     if name in names:
       raise configuration.ConfigError(f"sweep {str(path)!r} has two trials named {name!r}")
+    key = json.dumps(config.to_dict(), sort_keys=True, default=repr)
+    if key in same:
+      raise configuration.ConfigError(
+          f"sweep {str(path)!r}: trials {same[key]!r} and {name!r} are the same config (the same overrides in "
+          f"another order or spelling, e.g. 1 and 1.0); keep one")
     names.add(name)
+    same[key] = name
     trials.append(Trial(name, dict(overrides)))
     configs[name] = config
   evaluate = getattr(module, "EVALUATE", None)
@@ -416,7 +453,17 @@ def evaluation_outdated(sweep: Sweep, trial_dir: Path) -> str | None:
   if report.get("checkpoint") is not None:
     wanted["checkpoint"] = options["checkpoint"]
   differ = [f"{key}={report.get(key)!r} (now {value!r})" for key, value in wanted.items() if report.get(key) != value]
-  return f"eval/{path.name} was made with {', '.join(differ)}" if differ else None
+  if differ:
+    return f"eval/{path.name} was made with {', '.join(differ)}"
+  # The run trained on after it was evaluated (a sweep killed while evaluating a trial that had trained on): the
+  # checkpoint it scored is no longer the one --checkpoint selects. research-report's rule (docs/reports.md, "Stale
+  # evaluations"), so that what the report leaves out as stale the rerun evaluates again.
+  try:
+    stale = report_runs.load_run(trial_dir).stale
+  except report_runs.ReportError as e:
+    return f"the run's files cannot be read ({e})"
+  notes = [stale[f"eval/{f}"] for f in eval_files(sweep) if f"eval/{f}" in stale]
+  return notes[0].split(": ", 1)[1].split(": stale", 1)[0] if notes else None
 
 
 def trial_plan(sweep: Sweep, trial_dir: Path, steps: int | None = None) -> tuple[str, str | None]:

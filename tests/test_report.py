@@ -904,3 +904,39 @@ def test_a_recorded_last_is_judged_by_the_final_step_without_checkpoints_and_dam
   with pytest.raises(ReportError, match=r"metrics.jsonl line \d+: 'loss' must be a number, got 'x'"):
     load_runs(run)
 
+
+
+def test_a_legends_n_counts_the_trials_each_line_averages(tmp_path):
+  """Not the group's n: a trial without the file (or with a stale one) is not in the line."""
+  from research.report import plots
+  for seed in (0, 1):
+    write_trial(tmp_path, f"rope{seed}", "rope", seed)
+    _write_by_position(tmp_path / f"rope{seed}", "rope", seed)
+  scaled = json.loads((tmp_path / "rope0" / "eval" / "extrapolation.json").read_text())
+  scaled.update(rope_scaling="linear", rope_factor=2.0)
+  extrapolation.write_report(tmp_path / "rope0", scaled)  # RoPE-scaled rows for one trial only
+  (tmp_path / "rope1" / "eval" / "loss_by_position.json").unlink()
+  report = build_report(tmp_path)
+  series = {g.rope_scaling: n for _, g, _, n in plots.ppl_series(report.data)}
+  assert series == {None: "2", "linear": "1"} and report.data.groups[0].n == 2
+  by_position = plots.position_series(report.data)
+  assert {length: s["n"] for length, s in by_position.items()} == {m * TRAIN_LEN: {0: 1} for m in MULTIPLES}
+  assert plots._n_text([2, 1, 2]) == "1–2"
+
+
+@pytest.mark.parametrize("file,key,value,message", [
+    ("summary.json", "valid_ppl", "abc", "'valid_ppl' must be a number, got 'abc'"),
+    ("summary.json", "step", "x", "'step' must be an integer, got 'x'"),
+    ("summary.json", "best_valid_ppl", [1.0], "'best_valid_ppl' must be a number, got [1.0]"),
+    ("eval/extrapolation.json", "ppl", "abc", "'ppl' must be a number, got 'abc'"),
+])
+def test_a_figure_that_is_not_a_number_is_one_error_naming_the_file(tmp_path, file, key, value, message):
+  write_trial(tmp_path, "run", "alibi", 0)
+  path = tmp_path / "run" / file
+  data = json.loads(path.read_text())
+  (data["results"][0] if key == "ppl" else data)[key] = value
+  path.write_text(json.dumps(data))
+  with pytest.raises(ReportError, match=re.escape(f"{path}: {message}")):
+    build_report(tmp_path / "run")
+  result = _cli(tmp_path / "run")
+  assert result.returncode == 2 and "Traceback" not in result.stderr and message in result.stderr

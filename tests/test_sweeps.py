@@ -725,3 +725,74 @@ def test_a_trained_trial_is_evaluated_for_a_new_eval_file_and_trained_on_when_st
   assert sweeps.trial_plan(by_position, run, 4) == ("evaluate", "eval/loss_by_position.json is missing")
   (run / "eval" / "extrapolation.json").unlink()  # trained, never evaluated (killed in between): evaluate only
   assert sweeps.trial_plan(sweep, run, 4) == ("evaluate", "eval/extrapolation.json is missing")
+
+
+@pytest.mark.parametrize("final_loss,outdated", [(2.5, True), (3.5, False)])
+def test_an_evaluation_of_a_checkpoint_the_run_trained_past_is_evaluated_again(tmp_path, final_loss, outdated):
+  """A sweep killed while evaluating a trial that had trained on (4 → 8 steps) leaves the old evaluation of step 4
+  beside the new summary: the rerun evaluates it again exactly when research-report would call it stale (step 8's
+  checkpoint has the lower validation loss, so --checkpoint=best no longer selects step 4)."""
+  import math
+  from research.evaluate import extrapolation
+  from research.report.runs import load_run
+  from research.train import loop
+  sweep = sweeps.load_sweep(write_sweep(tmp_path / "s.py", [{"seed": 0, **TINY}], evaluate={"lengths": [1]}))
+  run = tmp_path / "out" / sweep.trials[0].name
+  run.mkdir(parents=True)
+  log = loop.MetricsLog(run, resume_step=0)
+  for step, loss in ((4, 3.0), (8, final_loss)):
+    log.write(loop.valid_record(step, {"loss": loss, "ppl": math.exp(loss), "accuracy": 0.3}, 1e-3))
+  log.close()
+  valid = {"loss": final_loss, "ppl": math.exp(final_loss), "accuracy": 0.3}
+  loop.write_summary(run, loop.summary_record(step=8, train_loss=3.0, valid=valid, tokens_seen=4096.0,
+                                              num_params=1000, num_embedding_params=100, vocab_size=512,
+                                              wall_s=1.0))
+  extrapolation.write_report(run, extrapolation.report_record(
+      train_len=32, mode="nonoverlapping", stride=None, split="valid", checkpoint_step=4, rope_scaling=None,
+      rope_factor=None, results=[extrapolation.result_record(1, 32, 20.0, 100)], checkpoint="best"))
+  plan, why = sweeps.trial_plan(sweep, run, 8)
+  assert (plan == "evaluate") == outdated and bool(load_run(run).stale) == outdated, why
+  if outdated:
+    assert why.startswith("eval/extrapolation.json scored the checkpoint of step 4") and "stale" not in why
+
+
+def test_overrides_of_the_wrong_type_fail_in_one_line_before_any_trial(tmp_path):
+  """What ml_collections refuses to assign (a string for a number, a float for an integer, None), and a bool for a
+  number, which it would take: one line naming the field, the value and what it takes."""
+  for trials, message in (([{"train.learning_rate": "1e-3"}], "train.learning_rate='1e-3': expected a number"),
+                          ([{"model.tie_embeddings": "true"}], "model.tie_embeddings='true': expected true or false"),
+                          ([{"seed": 1.0}], "seed=1.0: expected an integer"),
+                          ([{"seed": True}], "seed=True: expected an integer"),
+                          ([{"train.learning_rate": None}], "train.learning_rate=None: expected a number")):
+    path = write_sweep(tmp_path / "bad.py", trials)
+    result = cli("experiments.sweep", f"--sweep={path}", f"--workdir={tmp_path / 'out'}", "--dry_run")
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+  # An integer for a float field is the float (the same config, so the same trial as 1.0 would be).
+  config = configuration.apply_overrides(configuration.reference_config(), {"train.learning_rate": 1})
+  assert isinstance(config.train.learning_rate, float)
+
+
+def test_two_trials_of_one_config_are_refused_and_long_names_are_cut_with_a_hash(tmp_path):
+  for trials in ([{"seed": 0, "model.position": "rope"}, {"model.position": "rope", "seed": 0}],
+                 [{"train.learning_rate": 1}, {"train.learning_rate": 1.0}]):
+    with pytest.raises(configuration.ConfigError, match="are the same config"):
+      sweeps.load_sweep(write_sweep(tmp_path / "dup.py", trials))
+  long_a = {"data.corpus": "text:" + "a" * 300, "seed": 0}
+  long_b = {"data.corpus": "text:" + "a" * 300 + "b", "seed": 0}
+  names = [sweeps.trial_name(o) for o in (long_a, long_b)]
+  assert len(set(names)) == 2 and all(len(n) <= sweeps.MAX_TRIAL_NAME for n in names)
+  assert names[0] == sweeps.trial_name(dict(long_a))  # stable
+  assert len(sweeps.legacy_trial_name(long_a)) <= sweeps.MAX_TRIAL_NAME
+  assert sweeps.trial_name({"seed": 0}) == "seed=0"  # a short name is unchanged
+  (tmp_path / "out" / names[0]).mkdir(parents=True)  # a directory of that name can be made
+
+
+def test_a_relative_base_config_from_the_current_directory_reaches_the_trials(tmp_path, monkeypatch):
+  """Found from the current directory (not the repository root, where trials run): the trials get its whole path."""
+  (tmp_path / "mybase.py").write_text((ROOT / "configs" / "tiny.py").read_text())
+  path = write_sweep(tmp_path / "s.py", [{"seed": 0}], base="mybase.py")
+  monkeypatch.chdir(tmp_path)
+  sweep = sweeps.load_sweep(path)
+  assert sweep.base_config == str(tmp_path / "mybase.py")
+  assert f"--config={tmp_path / 'mybase.py'}" in sweeps.train_command(sweep, sweep.trials[0], "w", train="t")
+  assert sweeps.load_sweep(write_sweep(tmp_path / "s2.py", [{"seed": 0}])).base_config == "configs/tiny.py"

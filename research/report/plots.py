@@ -45,26 +45,38 @@ def _save(fig: Figure, path: pathlib.Path) -> None:
   os.replace(tmp, path)
 
 
-def plot_ppl_vs_length(table: Table, path: pathlib.Path) -> str | None:
-  """Mean perplexity per group against evaluation length (log-log), shaded min..max over seeds; n/a skipped."""
+def _n_text(counts) -> str:
+  """A legend's n: how many trials a line averages, `2` or, when its points average different numbers (a length
+  or bucket some trials lack), the range `1–2`."""
+  counts = sorted(set(counts))
+  return str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+
+
+def ppl_series(table: Table) -> list[tuple]:
+  """[(group index, group, sorted [(length, mean, min, max)], legend n)] of the groups with an evaluated length: the
+  lines of ppl_vs_length.png (the table's cells, so stale and n/a values are left out as there)."""
   eval_columns = [c for c in table.columns if c.length is not None]
   series = []
   for gi, g in enumerate(table.groups):
-    pts = []
-    for c in eval_columns:
-      cell = table.cell(gi, c)
-      if cell.n:
-        pts.append((c.length, cell.mean, min(cell.values), max(cell.values)))
+    cells = [(c, table.cell(gi, c)) for c in eval_columns]
+    pts = [(c.length, cell.mean, min(cell.values), max(cell.values)) for c, cell in cells if cell.n]
     if pts:
-      series.append((gi, g, sorted(pts)))
+      series.append((gi, g, sorted(pts), _n_text(cell.n for _, cell in cells if cell.n)))
+  return series
+
+
+def plot_ppl_vs_length(table: Table, path: pathlib.Path) -> str | None:
+  """Mean perplexity per group against evaluation length (log-log), shaded min..max over seeds; n/a skipped."""
+  eval_columns = [c for c in table.columns if c.length is not None]
+  series = ppl_series(table)
   if not series:
     return "no finished trial has an evaluated length (eval/extrapolation.json with a perplexity" + \
         ("; stale evaluations are left out, see report.md" if _any_stale(table) else "") + ")"
   fig = Figure(figsize=(7, 4.5))
   ax = fig.add_subplot()
-  for gi, g, pts in series:
+  for gi, g, pts, n in series:
     xs, means, lows, highs = zip(*pts)
-    ax.plot(xs, means, marker="o", color=_color(gi), label=f"{g.label} (n={g.n})",
+    ax.plot(xs, means, marker="o", color=_color(gi), label=f"{g.label} (n={n})",
             linestyle="--" if g.rope_scaling else "-")
     if any(lo != hi for lo, hi in zip(lows, highs)):
       ax.fill_between(xs, lows, highs, color=_color(gi), alpha=0.2, linewidth=0)
@@ -186,14 +198,15 @@ def plot_rare_bucket_metric(table: Table, metric: str, path: pathlib.Path) -> st
         if b.values.get(metric) is not None:
           by_low.setdefault(b.low if b.low > 0 else 0.5, []).append(b.values[metric])
     if by_low:
-      series.append((gi, g, sorted((x, sum(v) / len(v)) for x, v in by_low.items())))
+      series.append((gi, g, sorted((x, sum(v) / len(v)) for x, v in by_low.items()),
+                     _n_text(len(v) for v in by_low.values())))
   if not series:
     return f"no finished trial has {metric} in eval/rare_tokens.json (research-analyze --rare)"
   fig = Figure(figsize=(7, 4.5))
   ax = fig.add_subplot()
-  for gi, g, pts in series:
+  for gi, g, pts, n in series:
     xs, ys = zip(*pts)
-    ax.plot(xs, ys, marker="o", color=_color(gi), label=f"{g.label} (n={g.n})")
+    ax.plot(xs, ys, marker="o", color=_color(gi), label=f"{g.label} (n={n})")
   ax.set_xscale("log")
   ax.set_xlabel("training count bucket: lowest count (log; never seen at 0.5)")
   ax.set_ylabel(RARE_BUCKET_METRICS[metric])
@@ -205,8 +218,8 @@ def plot_rare_bucket_metric(table: Table, metric: str, path: pathlib.Path) -> st
 
 
 def position_series(table: Table) -> dict[int, dict[str, list]]:
-  """{length: {"lines": [(group index, group, xs, mean losses, train_len)], "na": [(group, note)]}} from the groups'
-  finished trials' eval/loss_by_position.json. A bucket's x is the 1-based centre of its columns ((lo + hi + 1) / 2:
+  """{length: {"lines": [(group index, group, xs, mean losses, train_len)], "na": [(group, note)], "n": {group index:
+  trials averaged}}} from the groups' finished trials' eval/loss_by_position.json. A bucket's x is the 1-based centre of its columns ((lo + hi + 1) / 2:
   a CLM target there has that many tokens of context); its y the mean over trials of the bucket's mean loss
   (empty buckets left out). Trials of a group whose buckets at a length differ from its first trial's are left out
   there (another training length)."""
@@ -223,20 +236,23 @@ def position_series(table: Table) -> dict[int, dict[str, list]]:
         if c.note is not None:
           notes.setdefault(c.length, c.note)
           continue
-        edges, values, train_len = by_length.setdefault(c.length, (c.edges, [[] for _ in c.loss],
-                                                                   t.by_position.train_len))
+        edges, values, train_len, used = by_length.setdefault(c.length, (c.edges, [[] for _ in c.loss],
+                                                                         t.by_position.train_len, []))
         if c.edges == edges:
+          used.append(t.name)
           for b, v in enumerate(c.loss):
             if v is not None:
               values[b].append(v)
-    for length, (edges, values, train_len) in by_length.items():
+    for length, (edges, values, train_len, used) in by_length.items():
       pts = [((edges[b] + edges[b + 1] + 1) / 2, sum(v) / len(v)) for b, v in enumerate(values) if v]
       if pts:
         xs, ys = zip(*pts)
-        out.setdefault(length, {"lines": [], "na": []})["lines"].append((gi, g, xs, ys, train_len))
+        entry = out.setdefault(length, {"lines": [], "na": [], "n": {}})
+        entry["lines"].append((gi, g, xs, ys, train_len))
+        entry["n"][gi] = len(used)
     for length, note in notes.items():
       if length not in by_length:
-        out.setdefault(length, {"lines": [], "na": []})["na"].append((g, note))
+        out.setdefault(length, {"lines": [], "na": [], "n": {}})["na"].append((g, note))
   return dict(sorted(out.items()))
 
 
@@ -254,7 +270,7 @@ def plot_loss_by_position(table: Table, path: pathlib.Path) -> str | None:
   for i, (length, s) in enumerate(series.items()):
     ax = fig.add_subplot(rows, cols, i + 1)
     for gi, g, xs, ys, _ in s["lines"]:
-      ax.plot(xs, ys, marker=".", markersize=4, linewidth=1.2, color=_color(gi), label=f"{g.label} (n={g.n})")
+      ax.plot(xs, ys, marker=".", markersize=4, linewidth=1.2, color=_color(gi), label=f"{g.label} (n={s['n'][gi]})")
     for t in sorted({train_len for *_, train_len in s["lines"] if train_len and train_len < length}):
       ax.axvline(t + 0.5, color="0.4", linestyle=":", linewidth=1)
     ax.set_xscale("log", base=2)

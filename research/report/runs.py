@@ -355,19 +355,60 @@ def _distinct(a: float, b: float) -> tuple[str, str]:
   return repr(a), repr(b)
 
 
-def _finite_or_none(value: Any) -> float | None:
+class _NotANumber(ReportError):
+  """A figure that is not a JSON number; `_names_file` says which file it was in."""
+
+
+def _finite_or_none(value: Any, key: str | None = None) -> float | None:
+  """A JSON number as a float, None for null or a non-finite one; anything else (a string, a list) is an error
+  (naming `key`, the figure's name in its file, when given)."""
   if value is None:
     return None
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    raise _NotANumber(f"{key + ' ' if key else 'a figure '}must be a number, got {value!r}")
   value = float(value)
   return value if math.isfinite(value) else None
 
 
-def _step_or_none(path: pathlib.Path, value: Any) -> int | None:
+def _names_file(reader):
+  """A reader of one file (its first argument) whose figures that are not numbers are one ReportError naming it."""
+  @functools.wraps(reader)
+  def read(path, *args, **kwargs):
+    try:
+      return reader(path, *args, **kwargs)
+    except _NotANumber as e:
+      raise ReportError(f"{path}: {e}") from None
+  return read
+
+
+# summary.json's figures that reports read: each a JSON number (or null), the steps integers.
+SUMMARY_NUMBERS = ("valid_loss", "valid_ppl", "best_valid_loss", "best_valid_ppl", "valid_ppl_rare", "train_loss")
+SUMMARY_STEPS = ("step", "best_step")
+
+
+def _check_summary(path: pathlib.Path, summary: dict[str, Any]) -> dict[str, Any]:
+  """`summary` (read from `path`), or one ReportError naming a figure of SUMMARY_NUMBERS / SUMMARY_STEPS that is
+  not a number (an integer for the steps)."""
+  for key in SUMMARY_NUMBERS + SUMMARY_STEPS:
+    value = summary.get(key)
+    if value is None:
+      continue
+    if key in SUMMARY_STEPS:
+      _step_or_none(path, value, key)
+    else:
+      try:
+        _finite_or_none(value, repr(key))
+      except _NotANumber as e:
+        raise ReportError(f"{path}: {e}") from None
+  return summary
+
+
+def _step_or_none(path: pathlib.Path, value: Any, key: str = "checkpoint_step") -> int | None:
   if value is None:
     return None
   if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
       value != int(value):
-    raise ReportError(f"{path}: 'checkpoint_step' must be an integer, got {value!r}")
+    raise ReportError(f"{path}: {key!r} must be an integer, got {value!r}")
   return int(value)
 
 
@@ -379,6 +420,7 @@ def _choice_or_none(path: pathlib.Path, value: Any) -> str | None:
   return value
 
 
+@_names_file
 def _read_extrapolation(path: pathlib.Path, rope_scaling: str | None = None) -> Extrapolation | None:
   if not path.is_file():
     return None
@@ -395,7 +437,7 @@ def _read_extrapolation(path: pathlib.Path, rope_scaling: str | None = None) -> 
     except (KeyError, TypeError, ValueError):
       raise ReportError(f"{path}: every result needs 'multiple' and 'length', got {r!r}") from None
     raw = r.get("ppl")
-    ppl = _finite_or_none(raw)
+    ppl = _finite_or_none(raw, "'ppl'")
     note = r.get("note")
     if ppl is None and note is None:
       note = "not evaluated" if raw is None else f"non-finite perplexity ({raw})"
@@ -403,11 +445,12 @@ def _read_extrapolation(path: pathlib.Path, rope_scaling: str | None = None) -> 
                             note=None if ppl is not None else str(note)))
   return Extrapolation(train_len=train_len, mode=data.get("mode"), stride=data.get("stride"),
                        split=data.get("split"), points=tuple(sorted(points, key=lambda p: (p.length, p.multiple))),
-                       rope_scaling=rope_scaling, rope_factor=_finite_or_none(data.get("rope_factor")),
+                       rope_scaling=rope_scaling, rope_factor=_finite_or_none(data.get("rope_factor"), "'rope_factor'"),
                        checkpoint_step=_step_or_none(path, data.get("checkpoint_step")),
                        checkpoint=_choice_or_none(path, data.get("checkpoint")))
 
 
+@_names_file
 def _read_by_position(path: pathlib.Path) -> LossByPosition | None:
   if not path.is_file():
     return None
@@ -449,6 +492,7 @@ def _read_scaled(path: pathlib.Path) -> dict[str, Extrapolation]:
   return out
 
 
+@_names_file
 def _read_quality(path: pathlib.Path, figures: dict = QUALITY_FIGURES) -> dict[str, float | None] | None:
   if not path.is_file():
     return None
@@ -463,6 +507,7 @@ def _read_quality(path: pathlib.Path, figures: dict = QUALITY_FIGURES) -> dict[s
   return out
 
 
+@_names_file
 def _read_rare(path: pathlib.Path) -> RareTokens | None:
   if not path.is_file():
     return None
@@ -491,7 +536,8 @@ def _read_rare(path: pathlib.Path) -> RareTokens | None:
 def _load_trial(path: pathlib.Path, name: str, status: str | None = None, overrides: dict | None = None,
                 error: str | None = None) -> Trial:
   config = _read_json_object(path / CONFIG_FILE) if (path / CONFIG_FILE).is_file() else None
-  summary = _read_json_object(path / SUMMARY_FILE) if (path / SUMMARY_FILE).is_file() else None
+  summary = _check_summary(path / SUMMARY_FILE, _read_json_object(path / SUMMARY_FILE)) \
+      if (path / SUMMARY_FILE).is_file() else None
   if status is None:  # no sweep index: summary.json is the only sign of completion
     status = "finished" if summary is not None else "unfinished"
   elif status != "failed" and summary is not None:
@@ -504,6 +550,13 @@ def _load_trial(path: pathlib.Path, name: str, status: str | None = None, overri
                quality=_read_quality(path / QUALITY_FILE),
                quality_input=_read_quality(path / QUALITY_INPUT_FILE, QUALITY_INPUT_FIGURES), rare=_read_rare(path / RARE_FILE),
                by_position=_read_by_position(path / BY_POSITION_FILE))
+
+
+def load_run(path: str | pathlib.Path) -> Trial:
+  """One run directory as a Trial (finished when it has summary.json): what the sweep runner asks of a trial's
+  evaluations (`Trial.stale`). A malformed file is a ReportError, as in `load_runs`."""
+  path = pathlib.Path(path)
+  return _load_trial(path, path.name)
 
 
 def _is_run_dir(path: pathlib.Path) -> bool:

@@ -126,8 +126,30 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
     default = valid[name]
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
       value = float(value)
-    node[leaf] = value
+    if value is None and default is not None:
+      raise ConfigError(f"{name}=None: expected {_kind_text(default)}")
+    if isinstance(value, bool) and not isinstance(default, bool) and isinstance(default, (int, float)):
+      raise ConfigError(f"{name}={value!r}: expected {_kind_text(default)}, got a bool")
+    try:
+      node[leaf] = value
+    except (TypeError, ValueError):  # ml_collections' type check: '1e-3' for a float, 'true' for a bool
+      raise ConfigError(f"{name}={value!r}: expected {_kind_text(default)}, got a {type(value).__name__}") from None
   return config
+
+
+def _kind_text(default: Any) -> str:
+  """What a field holding `default` accepts, in words, as the command line's errors say it."""
+  if isinstance(default, bool):
+    return "true or false"
+  if isinstance(default, float):
+    return "a number"
+  if isinstance(default, int):
+    return "an integer"
+  if isinstance(default, str):
+    return "a string"
+  if isinstance(default, (list, tuple)):
+    return "a list"
+  return f"a {type(default).__name__}"
 
 
 def _choice(name: str, value: Any, allowed) -> None:
