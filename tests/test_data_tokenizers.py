@@ -210,8 +210,15 @@ def test_unknown_kind_lists_kinds(train_texts):
     T.train_tokenizer("sentencepiece", train_texts, 100)
 
 
+# Whitespace other than the space (tab, newline, NBSP, ideographic space, vertical tab): Metaspace marks only spaces,
+# so bpe-char and unigram keep these as symbols of their own.
+ODD_SPACES = ["a\tb c d", "a b\nc d\u00a0e", "c d a b\u3000f", "ab\x0bcd ef", "fe dc ba"]
+
+
+@pytest.mark.parametrize("texts", ["lee", "odd spaces"])
 @pytest.mark.parametrize("kind", T.KINDS)
-def test_vocab_too_small_states_the_size_that_works(train_texts, kind):
+def test_vocab_too_small_states_the_size_that_works(train_texts, kind, texts):
+  train_texts = train_texts if texts == "lee" else ODD_SPACES
   with pytest.raises(ValueError, match=re.escape("vocab_size=")) as too_small:
     T.train_tokenizer(kind, train_texts, T.min_vocab_size(kind, train_texts) - 1)
   n = int(re.search(r"(?:minimum is|needs at least) (\d+)", str(too_small.value)).group(1))

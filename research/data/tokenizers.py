@@ -41,7 +41,8 @@ COUNTS_FILE = "token_counts.npy"
 METASPACE = "\u2581"  # "▁", marks a preceding space in bpe-char / unigram
 # Bump whenever training (trainer settings, pre-tokenizers, special tokens) changes: it is part of the key of every
 # cached tokenizer, so a change of the code retrains instead of reusing a tokenizer the new code would not give.
-TOKENIZER_VERSION = "3"  # 2, 3: special-token strings in the text encode as text (3: unigram too)
+TOKENIZER_VERSION = "4"  # 2, 3: special-token strings in the text encode as text (3: unigram too); 4: unigram's
+# initial alphabet keeps tabs, newlines and other non-space whitespace (Metaspace marks only the space)
 _NEVER = -1e9  # unigram score of the special pieces: no segmentation prefers them
 
 
@@ -67,7 +68,7 @@ def _alphabet(texts: list[str], kind: str) -> set[str]:
   """Characters that the trainer of `kind` must keep as single-symbol tokens."""
   chars = set().union(*map(set, texts)) if texts else set()
   if kind in ("bpe-char", "unigram"):
-    chars = {c for c in chars if not c.isspace()} | {METASPACE}  # Metaspace turns spaces into ▁
+    chars = (chars - {" "}) | {METASPACE}  # Metaspace turns spaces into ▁; tabs, newlines, NBSP stay themselves
   elif kind == "wordpiece":  # BERT pre-tokenizer words
     # The WordPiece trainer keeps every character of every word as a word-initial token (even one that only ever
     # occurs inside words) and adds "##c" for each non-initial one.
