@@ -33,6 +33,8 @@ def main(argv):
     raise train_vectors.VectorsError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)  # gensim logs every epoch at INFO
   train_vectors.check_out(_OUT.value)  # before the corpus is read and the vectors trained
+  train_vectors.check_options(_METHOD.value, _DIM.value, window=_WINDOW.value, min_count=_MIN_COUNT.value,
+                              epochs=_EPOCHS.value, seed=_SEED.value)
   corpus = corpora.load_corpus(_CORPUS.value, errors=_ERRORS.value, cache_dir=_CACHE_DIR.value or None)
   sentences = train_vectors.sentences_of(corpus.split(_SPLIT.value), tokenizers.split_words)
   model = train_vectors.train_vectors(sentences, _METHOD.value, _DIM.value, window=_WINDOW.value,

@@ -375,6 +375,37 @@ def test_unusable_files_say_what_is_wrong(tmp_path):
     assert str(tmp_path / name) in message and part in message, (name, message)
 
 
+def test_the_reason_named_is_the_lines_own(tmp_path):
+  """A line with one number too many is not 'a word with a space'; a binary file named .txt says so; a file whose
+  only problem is a non-number is not told to set unicode_errors when it is set already; a compressed fastText .bin
+  is refused before gensim reads garbage from it."""
+  import gzip
+  kv = KeyedVectors(4)
+  kv.add_vectors(["the", "cat", "dog"], np.arange(12, dtype=np.float32).reshape(3, 4) + 0.5)
+  kv.save_word2vec_format(str(tmp_path / "glove.txt"), write_header=False)
+  with open(tmp_path / "glove.txt", "a") as f:
+    f.write("extra 0.1 0.2 0.3 0.4 0.5\n")
+  kv.save_word2vec_format(str(tmp_path / "header.txt"))
+  (tmp_path / "header.txt").write_bytes((tmp_path / "header.txt").read_bytes().replace(b"3 4\n", b"3 3\n", 1))
+  kv.save_word2vec_format(str(tmp_path / "binary.txt"), binary=True)
+  kv.save_word2vec_format(str(tmp_path / "latin.txt"))
+  data = (tmp_path / "latin.txt").read_bytes().replace(b"cat", b"caf\xe9")
+  (tmp_path / "latin.txt").write_bytes(data.replace(b"dog 8.5", b"dog abc"))
+  (tmp_path / "ft.bin.gz").write_bytes(gzip.compress(Path(datapath("lee_fasttext.bin")).read_bytes()))
+  cases = [("glove.txt", {}, "line 4 ('extra') has 5 numbers where the first vector has 4"),
+           ("header.txt", {}, "line 2 ('the') has 4 numbers where the header says 3"),
+           ("binary.txt", {}, "holds NUL bytes: the file looks binary (a word2vec binary named like text?); set "
+                              "model.pretrained.format=word2vec-binary"),
+           ("latin.txt", {}, "line 3 holds bytes that are not UTF-8"),
+           ("latin.txt", {"unicode_errors": "replace"}, "line 4 ('dog'): 'abc' is not a number"),
+           ("ft.bin.gz", {}, "a compressed fastText .bin is not read")]
+  for name, options, part in cases:
+    message = refusal(lambda: pretrained.load_vectors(tmp_path / name, **options))
+    assert part in message and "contains a space" not in message, (name, message)
+    if options:
+      assert "unicode_errors" not in message
+
+
 @pytest.mark.parametrize("binary", [False, True])
 def test_words_that_are_not_utf8_are_refused_by_default_and_read_with_unicode_errors(binary, tmp_path):
   kv = KeyedVectors(4)
@@ -629,14 +660,18 @@ def test_the_vectors_cli_trains_on_train_text_only_and_is_reproducible_across_pr
   assert bad.returncode == 2 and bad.stderr.strip().splitlines() == ["error: --dim=0 must be an integer >= 1"]
 
 
-@pytest.mark.parametrize("out,message", [
-    ("", "--out is empty: give the vector file to write"),
-    ("{tmp}", "--out='{tmp}' is a directory; give a file path"),
-    ("{tmp}/missing/v.txt", "--out='{tmp}/missing/v.txt': the directory '{tmp}/missing' does not exist"),
+@pytest.mark.parametrize("out,message,extra", [
+    ("", "--out is empty: give the vector file to write", []),
+    ("{tmp}", "--out='{tmp}' is a directory; give a file path", []),
+    ("{tmp}/missing/v.txt", "--out='{tmp}/missing/v.txt': the directory '{tmp}/missing' does not exist", []),
+    ("{tmp}/v.txt", "--seed=-1 must be an integer in 0 ... 4294967295", ["--seed=-1"]),  # gensim: a traceback
+    ("{tmp}/v.txt", "--seed=4294967296 must be an integer in 0 ... 4294967295", ["--seed=4294967296"]),
+    ("{tmp}/v.txt", "--window=0 must be an integer >= 1", ["--window=0"]),
 ])
-def test_the_vectors_cli_checks_out_before_reading_the_corpus(out, message, tmp_path):
+def test_the_vectors_cli_checks_out_before_reading_the_corpus(out, message, extra, tmp_path):
   # A corpus that does not exist: had the corpus been read first, its error would be the one printed.
-  result = cli("experiments.vectors", "--corpus=text:/nonexistent/corpus.txt", f"--out={out.format(tmp=tmp_path)}")
+  result = cli("experiments.vectors", "--corpus=text:/nonexistent/corpus.txt", f"--out={out.format(tmp=tmp_path)}",
+               *extra)
   assert result.returncode == 2 and result.stderr.strip() == "error: " + message.format(tmp=tmp_path)
   assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
 

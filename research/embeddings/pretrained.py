@@ -70,11 +70,14 @@ def _is_count_header(line: bytes) -> bool:
   return len(parts) == 2 and all(p.isdigit() for p in parts)
 
 
+COMPRESSED = (".gz", ".bz2")  # what gensim's readers decompress (word2vec / GloVe text and word2vec binaries)
+
+
 def detect_format(path: str | os.PathLike) -> str:
   """By extension and header: a fastText magic number → fasttext-bin; a count header → word2vec (binary for .bin,
   `fasttext` for .vec); a .bin without one → fasttext-bin (the old fastText layout); other text → glove."""
   path = Path(path)
-  suffixes = [s for s in path.suffixes if s not in (".gz", ".bz2")]
+  suffixes = [s for s in path.suffixes if s.lower() not in COMPRESSED]
   ext = suffixes[-1].lower() if suffixes else ""
   head = _first_bytes(path)
   if len(head) >= 4 and struct.unpack("<i", head[:4])[0] == FASTTEXT_MAGIC:
@@ -183,19 +186,23 @@ def _unicode_hint(names: dict[str, str]) -> str:
           "command does not set)")
 
 
-def _diagnose(path: Path, resolved: str, encoding: str, names: dict[str, str]) -> str | None:
-  """Why gensim could not read the file, when the file shows it (the first bad line or record), else None."""
+def _diagnose(path: Path, resolved: str, encoding: str, names: dict[str, str],
+              unicode_errors: str = "strict") -> str | None:
+  """Why gensim could not read the file, when the file shows it (the first bad line or record), else None. Words
+  that are not UTF-8 are the reason only under `unicode_errors` "strict" (else gensim read them, and the problem is
+  elsewhere)."""
   header = _header(path)
   if _has_header(resolved) and header is None:
     return "its first line is not a 'COUNT DIM' header"
+  strict = unicode_errors == "strict"
   if resolved == "word2vec-binary":
     count, dim = header
     previous = None
     for i, raw in enumerate(_binary_words(path, dim)):
+      if any(b < 0x20 for b in raw):  # float bytes read as a word: the records are out of step
+        return _out_of_step(i, raw, previous)
       e = _undecodable(raw, encoding)
-      if e is not None:
-        if any(b < 0x20 for b in raw):  # float bytes read as a word: the records are out of step
-          return _out_of_step(i, raw, previous)
+      if e is not None and strict:
         return (f"the word of vector {i + 1} ({raw[:40]!r}) is not UTF-8 ({e.reason}): the file's words are in "
                 f"another encoding or cut inside a character; {_unicode_hint(names)}")
       previous = raw
@@ -203,24 +210,29 @@ def _diagnose(path: Path, resolved: str, encoding: str, names: dict[str, str]) -
   if resolved not in ("word2vec", "fasttext", "glove"):
     return None
   dim = header[1] if header else None
+  what = "the header says" if header else "the first vector has"
   for line_no, raw in enumerate(_text_lines(path), 1):
     if header and line_no == 1:
       continue
+    if b"\0" in raw:  # float32 bytes: a binary file read as text
+      return (f"line {line_no} holds NUL bytes: the file looks binary (a word2vec binary named like text?); "
+              f"set {names['format']}=word2vec-binary if it is one")
     e = _undecodable(raw, encoding)
-    if e is not None:
+    if e is not None and strict:
       return (f"line {line_no} holds bytes that are not UTF-8 ({e.reason} at byte {e.start}: "
               f"{raw[max(0, e.start - 10):e.start + 10]!r}): {_unicode_hint(names)}")
     if not raw.strip():
       return f"line {line_no} is blank"
-    parts = raw.decode(encoding).rstrip().split(" ")
+    parts = raw.decode(encoding, errors=unicode_errors).rstrip().split(" ")
     if dim is None:
       dim = len(parts) - 1
-    if len(parts) > dim + 1 and all(_is_number(x) for x in parts[-dim:]):
+    if len(parts) > dim + 1 and all(_is_number(x) for x in parts[-dim:]) and \
+        not all(_is_number(x) for x in parts[1:]):
       return (f"line {line_no}: the word {' '.join(parts[:-dim])!r} contains a space, which separates the fields "
               f"of word2vec text: gensim reads such a line as a word and a non-number (it has no option for it); "
               f"rename or drop that word")
     if len(parts) != dim + 1:
-      return f"line {line_no} ({parts[0]!r}) has {len(parts) - 1} numbers where the first vector has {dim}"
+      return f"line {line_no} ({parts[0]!r}) has {len(parts) - 1} numbers where {what} {dim}"
     bad = next((x for x in parts[1:] if not _is_number(x)), None)
     if bad is not None:
       return f"line {line_no} ({parts[0]!r}): {bad!r} is not a number"
@@ -336,6 +348,10 @@ def load_vectors(path: str | os.PathLike, format: str = "auto", *, names: dict[s
     raise PretrainedError(f"{where}: cannot read the file: {_one_line(e)}") from None
   if empty:
     raise PretrainedError(f"{where}: the file is empty (no vectors)")
+  if resolved == "fasttext-bin" and path.suffix.lower() in COMPRESSED:
+    # gensim's fastText reader parses a compressed stream into garbage (NaN vectors, "not a fastText model").
+    raise PretrainedError(f"{where}: a compressed fastText .bin is not read (gensim reads fastText models "
+                          f"uncompressed only); decompress it first (gunzip / bunzip2)")
   if _is_pickle(path):
     raise PretrainedError(f"{where} is a pickled gensim model (written by .save()), not a vector file; unpickling "
                           f"runs code, so it is not read: write its vectors with gensim, e.g. "
@@ -363,7 +379,7 @@ def load_vectors(path: str | os.PathLike, format: str = "auto", *, names: dict[s
         reason = (f"its header announces {header[0]} vectors but the file holds {found}; correct the header's "
                   f"first number")
       else:
-        reason = _diagnose(path, resolved, "utf-8", names)
+        reason = _diagnose(path, resolved, "utf-8", names, unicode_errors)
     except Exception:  # the diagnosis is best effort: gensim's own message below
       reason = None
     reason = reason or f"it is not {DESCRIPTIONS[resolved]} (gensim: {_one_line(e)})"

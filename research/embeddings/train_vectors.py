@@ -39,15 +39,27 @@ def sentences_of(texts: Iterable[str], split_words: Callable[[str], list[str]]) 
   return [s for s in sentences if s]
 
 
-def train_vectors(sentences: list[list[str]], method: str, dim: int, *, window: int = 5, min_count: int = 2,
-                  epochs: int = 5, seed: int = 0, sg: bool = True):
-  """A trained gensim Word2Vec / FastText model (skip-gram by default; one worker thread: deterministic)."""
+MAX_SEED = 2 ** 32 - 1  # gensim seeds numpy's legacy generator, which takes 0 ... 2**32 - 1
+
+
+def check_options(method: str, dim: int, *, window: int = 5, min_count: int = 2, epochs: int = 5,
+                  seed: int = 0) -> None:
+  """One VectorsError line for an option gensim would refuse (or take and fail on later); research-vectors calls it
+  before the corpus is read."""
   if method not in METHODS:
     raise VectorsError(f"--method={method!r} is not one of {', '.join(METHODS)}")
   for name, value, low in (("dim", dim, 1), ("window", window, 1), ("min_count", min_count, 1),
                            ("epochs", epochs, 1)):
     if not isinstance(value, int) or value < low:
       raise VectorsError(f"--{name}={value!r} must be an integer >= {low}")
+  if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+    raise VectorsError(f"--seed={seed!r} must be an integer in 0 ... {MAX_SEED}")
+
+
+def train_vectors(sentences: list[list[str]], method: str, dim: int, *, window: int = 5, min_count: int = 2,
+                  epochs: int = 5, seed: int = 0, sg: bool = True):
+  """A trained gensim Word2Vec / FastText model (skip-gram by default; one worker thread: deterministic)."""
+  check_options(method, dim, window=window, min_count=min_count, epochs=epochs, seed=seed)
   if not sentences:
     raise VectorsError("no text to train word vectors on")
   from gensim.models import FastText, Word2Vec
