@@ -65,8 +65,7 @@ def flag_error_message(error: flags.Error, flag_values: flags.FlagValues = flags
   if text.endswith(f"Flag --{name} must have a value other than None."):  # flags.mark_flags_as_required
     return f"--{name} is required"
   parser = flag_values[name].parser
-  found = _bad_value(parser, text)
-  if found is None and "Error whilst parsing config file:" in text:
+  if "Error whilst parsing config file:" in text:  # before _bad_value: parsing the file again raises the same text
     # ml_collections: loading the config file or its get_config() raised; the traceback follows, the exception last.
     value, _, trace = text.partition(": Error whilst parsing config file:")
     lines = trace.strip().splitlines()
@@ -76,6 +75,7 @@ def flag_error_message(error: flags.Error, flag_values: flags.FlagValues = flags
     where = f"line {frames[-1].group(2)}: " if frames else ""
     raised = "get_config() raised" if frames and frames[-1].group(3) == "get_config" else "loading it raised"
     return f"--{name}={value!r}: {where}{raised} {lines[-1].strip()}"
+  found = _bad_value(parser, text)
   if found is None:
     return f"--{name}: {text}"
   value, reason = found
@@ -140,7 +140,9 @@ def parse_flags(argv: list[str]) -> list[str]:
   verbosity = logging.get_verbosity()
   logging.set_verbosity(logging.ERROR)  # ml_collections' warning about a get_config() that returned None: see below
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(argv)
+    check_empty_paths()
+    return rest
   except flags.Error as e:
     given = config_flag_value(argv)
     if given is not None and "Flag --config must have a value other than None" in str(e):
@@ -155,6 +157,20 @@ def parse_flags(argv: list[str]) -> list[str]:
     fail(f"config file {path!r} {file_error(path, e)}")
   finally:
     logging.set_verbosity(verbosity)
+
+
+# Path flags of the entry points, and what each names: given empty (`--workdir=`), absl takes "" and the path would
+# be the current directory (research-train trained a run into it), so an empty one is refused (`check_empty_paths`).
+PATH_FLAGS = {"workdir": "a directory", "vectors": "a vector file", "output": "a file path",
+              "export_word2vec": "a file path", "export_projector": "a directory", "sweep": "a sweep file"}
+
+
+def check_empty_paths(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """One line for a path flag of PATH_FLAGS given as an empty (or blank) string."""
+  for name, what in PATH_FLAGS.items():
+    if name in flag_values and flag_values[name].present and isinstance(flag_values[name].value, str) and \
+        not flag_values[name].value.strip():
+      fail(f"--{name} is empty: give {what}")
 
 
 def config_flag_value(argv: list[str], name: str = "config") -> str | None:

@@ -630,9 +630,16 @@ def check_jobs(sweep: Sweep, jobs: int, environ: Mapping[str, str] | None = None
 
 
 def check_directory(directory: str | Path) -> None:
-  """A sweep directory that is an existing file fails in one line (research-train's own check of its workdir; the
-  rest of `loop.check_workdir` does not apply: it refuses a sweep directory)."""
-  loop.check_not_a_file(directory)
+  """A sweep directory that is an existing file, a run directory (`loop.is_run_directory`: the sweep's sweep.json
+  and report would go among the run's files, and research-train refuses a workdir holding sweep.json) or a
+  directory inside a run fails in one line, before anything is written (research-train's own checks of its
+  workdir; the rest of `loop.check_workdir` does not apply: it refuses a sweep directory)."""
+  path = loop.check_not_a_file(directory)
+  for run in (path.absolute(), *path.absolute().parents):
+    if loop.is_run_directory(run):
+      where = "is the run" if run == path.absolute() else "is inside the run"
+      raise configuration.ConfigError(f"sweep directory {str(directory)!r} {where} {str(run)!r}; give the sweep a "
+                                      f"directory of its own (--workdir)")
 
 
 def run_sweep(sweep: Sweep, directory: str | Path, jobs: int = 1,

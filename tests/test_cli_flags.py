@@ -53,6 +53,23 @@ def test_every_entry_point_refuses_a_flag_that_does_not_parse_in_one_line(tmp_pa
   assert not out.exists()
 
 
+@pytest.mark.parametrize("module,args,message", [
+    ("experiments.train", ["--config=ROOT/configs/tiny.py", "--workdir="], "--workdir is empty: give a directory"),
+    ("experiments.evaluate", ["--workdir="], "--workdir is empty: give a directory"),
+    ("experiments.analyze", ["--workdir=OUT", "--export_word2vec="], "--export_word2vec is empty: give a file path"),
+    ("experiments.sweep", ["--sweep=ROOT/configs/sweeps/positions.py", "--workdir= "],
+     "--workdir is empty: give a directory"),
+])
+def test_an_empty_path_flag_is_refused_not_read_as_the_current_directory(tmp_path, module, args, message):
+  """absl takes `--workdir=` as "", which a path reads as the current directory: research-train trained a run into
+  it. The command runs in a directory of its own here, so that anything it wrote would show."""
+  out, cwd = tmp_path / "out", tmp_path / "cwd"
+  cwd.mkdir()
+  result = cli(module, *[a.replace("OUT", str(out)).replace("ROOT", str(ROOT)) for a in args], cwd=cwd)
+  assert error_line(result) == f"error: {message}"
+  assert not out.exists() and not list(cwd.iterdir())
+
+
 def test_research_evaluate_refuses_a_bad_choice_in_one_line_with_parse_flags(tmp_path):
   """What experiments/evaluate.py gets from `app.run(main, flags_parser=parse_flags)`."""
   code = ("from absl import app; from experiments import common, evaluate; "
@@ -129,6 +146,10 @@ def test_a_config_file_that_does_not_exist_is_one_line(tmp_path):
     ("def get_config():\n  return None\n",
      "get_config() returned None; it must return the config (an ml_collections.ConfigDict)"),
     ("x = 1\n", "defines no get_config()"),
+    # ml_collections' type check inside get_config(): its message, not the whole traceback on one line
+    ("from configs import tiny\ndef get_config():\n  c = tiny.get_config()\n  c.model.d_model = 64.0\n  return c\n",
+     "line 4: get_config() raised TypeError: Could not override field 'd_model' (reference). 64.0 is of original "
+     "type <class 'float'> and cannot be casted to type <class 'int'>"),
 ])
 def test_a_config_file_that_does_not_load_is_one_line(tmp_path, source, message):
   path = tmp_path / "broken.py"

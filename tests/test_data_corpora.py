@@ -1,6 +1,7 @@
 """Corpora: the offline default, lee, local text files, and every error naming its culprit."""
 
 import dataclasses
+import importlib.util
 import json
 import re
 import socket
@@ -11,6 +12,7 @@ import pytest
 
 from research.data import corpora
 from research.data.corpora import SPLITS, CorpusError, load_corpus
+from tests.train_utils import cli
 
 
 @pytest.fixture(scope="session")
@@ -365,5 +367,13 @@ def test_hf_without_datasets_says_what_to_install(monkeypatch):
     return real_import(name, *args, **kwargs)
 
   monkeypatch.setattr(builtins, "__import__", fake_import)
-  with pytest.raises(ImportError, match="pip install datasets"):
+  with pytest.raises(CorpusError, match="pip install datasets"):  # a user's error: one line from the entry points
     load_corpus("hf:wikitext/wikitext-2-raw-v1")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="datasets is installed here")
+def test_research_train_on_an_hf_corpus_without_datasets_is_one_line(tmp_path):
+  result = cli("experiments.train", "--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}",
+               "--config.data.corpus=hf:wikitext/wikitext-2-raw-v1")
+  assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines()[-1].endswith("(pip install datasets) and a network connection")

@@ -759,7 +759,7 @@ def test_an_evaluation_of_a_checkpoint_the_run_trained_past_is_evaluated_again(t
 def test_overrides_of_the_wrong_type_fail_in_one_line_before_any_trial(tmp_path):
   """What ml_collections refuses to assign (a string for a number, a float for an integer, None), and a bool for a
   number, which it would take: one line naming the field, the value and what it takes."""
-  for trials, message in (([{"train.learning_rate": "1e-3"}], "train.learning_rate='1e-3': expected a number"),
+  for trials, message in (([{1: 2}], "override key 1 is not a field name"),([{"train.learning_rate": "1e-3"}], "train.learning_rate='1e-3': expected a number"),
                           ([{"model.tie_embeddings": "true"}], "model.tie_embeddings='true': expected true or false"),
                           ([{"seed": 1.0}], "seed=1.0: expected an integer"),
                           ([{"seed": True}], "seed=True: expected an integer"),
@@ -796,3 +796,22 @@ def test_a_relative_base_config_from_the_current_directory_reaches_the_trials(tm
   assert sweep.base_config == str(tmp_path / "mybase.py")
   assert f"--config={tmp_path / 'mybase.py'}" in sweeps.train_command(sweep, sweep.trials[0], "w", train="t")
   assert sweeps.load_sweep(write_sweep(tmp_path / "s2.py", [{"seed": 0}])).base_config == "configs/tiny.py"
+
+
+@pytest.mark.parametrize("where", ["run", "inside"])
+def test_a_sweep_directory_that_is_a_run_or_inside_one_is_refused_before_anything_is_written(tmp_path, where):
+  """sweep.json and the report among a run's files made the run refuse to resume (research-train refuses a workdir
+  holding sweep.json)."""
+  from research.train import loop
+  run = tmp_path / "run"
+  run.mkdir()
+  loop.write_config(configuration.apply_overrides(configuration.reference_config(), {}), run)
+  (run / "tokenizer.json").write_text("{}")  # a start that got as far as its tokenizer
+  before = sorted(p.name for p in run.iterdir())
+  target = run if where == "run" else run / "eval" / "sweep"
+  path = write_sweep(tmp_path / "s.py", [{"seed": 0, **TINY}])
+  for dry_run in ([], ["--dry_run"]):
+    result = cli("experiments.sweep", f"--sweep={path}", f"--workdir={target}", *dry_run)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert f"is {'the run' if where == 'run' else 'inside the run'} {str(run)!r}" in result.stderr
+  assert sorted(p.name for p in run.iterdir()) == before

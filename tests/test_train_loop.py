@@ -255,6 +255,9 @@ def test_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_pa
     (["--config.mesh.distributed=true"], "mesh.distributed=true, but no multi-process job was found: set "
                                          "JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID"),
     (["--workdir=gs://bucket/run"], "workdir 'gs://bucket/run' is a URL; run directories are local or shared"),
+    # a traceback from numpy after compiling, and a NaN that would refuse the identical rerun ("nan != nan")
+    (["--config.seed=-1"], "seed=-1 must be an integer in 0 ... 4294967295"),
+    (["--config.model.position=rope", "--config.model.rope_factor=nan"], "model.rope_factor=nan must be a finite"),
 ])
 def test_cli_user_errors_are_one_line_without_traceback(args, message, tmp_path):
   result = cli("--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}", *args)
@@ -266,6 +269,31 @@ def test_cli_user_errors_are_one_line_without_traceback(args, message, tmp_path)
     assert not (tmp_path / "run" / name).exists(), name
   if "adafactor" in message:  # refused before the data is prepared: nothing written at all
     assert not (tmp_path / "run" / "tokenizer.json").exists()
+
+
+def test_every_float_field_must_be_finite_and_the_seed_fit_jax_and_numpy():
+  """NaN passes every range check (`nan < 1` is False) and inf several (a learning rate of inf is > 0): both compiled
+  and failed mid-run, and a NaN in config.json never equals itself, so the identical rerun was refused. Every float
+  field of the schema, model and experiment alike, is checked before anything compiles."""
+  base = tiny_config()
+  floats = [name for name, value in configuration.flatten(configuration.reference_config()).items()
+            if isinstance(value, float)]
+  assert "train.learning_rate" in floats and "model.rope_factor" in floats and "data.train_fraction" in floats
+  for name in floats:
+    for bad in (float("nan"), float("inf"), -float("inf")):
+      with pytest.raises(configuration.ConfigError, match=re.escape(f"{name}={bad!r} must be a finite number")):
+        configuration.validate(configuration.apply_overrides(base, {name: bad}))
+  for seed, ok in ((0, True), (2 ** 32 - 1, True), (-1, False), (2 ** 32, False)):  # jax.random.key(2**32) == key(0)
+    config = configuration.apply_overrides(base, {"seed": seed})
+    if ok:
+      configuration.validate(config)
+    else:
+      with pytest.raises(configuration.ConfigError, match=re.escape(f"seed={seed} must be an integer in 0 ... ")):
+        configuration.validate(config)
+  yarn = {"model.position": "rope", "model.rope_scaling": "yarn", "model.rope_factor": 2.0,
+          "model.rope_original_len": -1}
+  with pytest.raises(configuration.ConfigError, match=re.escape("model.rope_original_len=-1 must be an integer >= 0")):
+    configuration.validate(configuration.apply_overrides(base, yarn))
 
 
 @pytest.mark.slow

@@ -23,7 +23,10 @@ def cli(*args, env=None, timeout=300, **kwargs):
   module = args[0] if args and args[0].startswith("experiments.") else "experiments.train"
   args = args[1:] if args and args[0].startswith("experiments.") else args
   full_env = {**os.environ, **(env or {})}
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=full_env, capture_output=True,
+  cwd = kwargs.pop("cwd", ROOT)
+  if cwd != ROOT:  # the repository's packages importable from elsewhere too
+    full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), full_env.get("PYTHONPATH")) if p)
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True,
                         text=True, timeout=timeout, **kwargs)
 
 

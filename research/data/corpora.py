@@ -305,7 +305,7 @@ def _hf_corpus(spec: str, cache_dir) -> Corpus:
   try:
     import datasets  # optional extra
   except ImportError:
-    raise ImportError(f"corpus spec 'hf:{spec}' needs the optional package `datasets` "
+    raise CorpusError(f"corpus spec 'hf:{spec}' needs the optional package `datasets` "
                       "(pip install datasets) and a network connection") from None
   name, _, config = spec.partition("/")
   if not name:

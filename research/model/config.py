@@ -13,6 +13,7 @@ the experiment's `model.max_len = 0` means `data.seq_len`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Mapping
 
 import jax.numpy as jnp
@@ -32,6 +33,11 @@ CHAR_EMBEDDINGS = ("none", "concat", "sum")
 CHAR_PADDINGS = ("zero", "learned")
 DERIVED_FIELDS = ("vocab_size", "kind")  # set from the tokenizer and the objective, not by the experiment config
 POSITION_SAMPLINGS = ("none", "randomized")
+
+
+def _float_fields() -> tuple[str, ...]:
+  """ModelConfig's fields whose default is a float: each must be a finite number (`__post_init__`)."""
+  return tuple(f.name for f in dataclasses.fields(ModelConfig) if isinstance(f.default, float))
 
 
 def _choice(field: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -116,10 +122,16 @@ class ModelConfig:
       value = getattr(self, name)
       if not isinstance(value, int) or value < 1:
         raise ValueError(f"model.{name}={value!r} must be a positive integer")
+    for name in _float_fields():  # NaN passes every range check below, and a NaN field never equals itself on resume
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"model.{name}={value!r} must be a finite number")
     if not self.embed_init_std:  # frozen: the resolved std is set once here, so every reader sees the same number
       object.__setattr__(self, "embed_init_std", float(self.d_model) ** -0.5)
     if self.embed_init_std < 0:
       raise ValueError(f"model.embed_init_std={self.embed_init_std!r} must be >= 0 (0 = d_model ** -0.5)")
+    if not isinstance(self.rope_original_len, int) or self.rope_original_len < 0:
+      raise ValueError(f"model.rope_original_len={self.rope_original_len!r} must be an integer >= 0 (0 = max_len)")
     for name in ("rope_base", "sinusoidal_wavelength"):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):

@@ -117,6 +117,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
   config = ml_collections.ConfigDict(config.to_dict())
   valid = flatten(reference_config())
   for name, value in overrides.items():
+    if not isinstance(name, str):
+      raise ConfigError(f"override key {name!r} is not a field name (a dotted string such as 'model.position')")
     if name not in valid:
       raise ConfigError(unknown_field_message(name, valid))
     node = config
@@ -173,9 +175,19 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int | None = Non
     raise ConfigError(str(e)) from None
 
 
+# jax.random.key takes a uint32 seed (2**32 wraps to 0) and numpy's generators a non-negative one.
+MAX_SEED = 2 ** 32 - 1
+
+
 def validate(config: ml_collections.ConfigDict) -> ModelConfig:
   """Every check that needs no data and no compilation. Returns the model config (with data.vocab_size)."""
   check_fields(config)
+  reference = flatten(reference_config())
+  for name, value in flatten(config).items():  # NaN passes every range check, and never equals itself on resume
+    if isinstance(reference.get(name), float) and isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(f"{name}={value!r} must be a finite number")
+  if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not 0 <= config.seed <= MAX_SEED:
+    raise ConfigError(f"seed={config.seed!r} must be an integer in 0 ... {MAX_SEED}")
   _choice("objective", config.objective, OBJECTIVES)
   _choice("data.tokenizer", config.data.tokenizer, tokenizers.KINDS)
   _choice("data.errors", config.data.errors, ERROR_POLICIES)

@@ -311,6 +311,13 @@ def device_memory_bytes(device) -> tuple[int | None, str]:
   return None, ""
 
 
+def is_run_directory(path: Path) -> bool:
+  """Whether `path` holds a run: its config.json beside its tokenizer.json or checkpoints/ (a start that got that
+  far), or its summary.json."""
+  return ((path / CONFIG_FILE).is_file() and ((path / TOKENIZER_FILE).exists() or (path / "checkpoints").is_dir())) \
+      or (path / SUMMARY_FILE).is_file()
+
+
 def check_not_a_file(workdir: str | os.PathLike) -> Path:
   """The workdir as a Path; one that exists and is not a directory (a file) is one line."""
   path = Path(workdir)
@@ -332,7 +339,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         f"with gcsfuse, or use NFS / Filestore, and pass the mounted path)")
   path = check_not_a_file(workdir)
   for parent in path.absolute().parents:  # a run's files written among another run's (its checkpoints/, eval/)
-    if (parent / CONFIG_FILE).is_file() and ((parent / TOKENIZER_FILE).exists() or (parent / "checkpoints").is_dir()):
+    if is_run_directory(parent):
       raise configuration.ConfigError(f"workdir {str(path)!r} is inside the run {str(parent)!r}; give a directory "
                                       f"of its own")
   if (path / "sweep.json").is_file():
