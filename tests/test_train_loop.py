@@ -271,6 +271,12 @@ def test_cli_user_errors_are_one_line_without_traceback(args, message, tmp_path)
     assert not (tmp_path / "run" / "tokenizer.json").exists()
 
 
+def _refusal(base, overrides) -> str:
+  with pytest.raises(configuration.ConfigError) as error:
+    configuration.validate(configuration.apply_overrides(base, overrides))
+  return str(error.value)
+
+
 def test_every_float_field_must_be_finite_and_the_seed_fit_jax_and_numpy():
   """NaN passes every range check (`nan < 1` is False) and inf several (a learning rate of inf is > 0): both compiled
   and failed mid-run, and a NaN in config.json never equals itself, so the identical rerun was refused. Every float
@@ -280,9 +286,12 @@ def test_every_float_field_must_be_finite_and_the_seed_fit_jax_and_numpy():
             if isinstance(value, float)]
   assert "train.learning_rate" in floats and "model.rope_factor" in floats and "data.train_fraction" in floats
   for name in floats:
-    for bad in (float("nan"), float("inf"), -float("inf")):
-      with pytest.raises(configuration.ConfigError, match=re.escape(f"{name}={bad!r} must be a finite number")):
+    for bad in (float("nan"), float("inf"), -float("inf")):  # refused naming field and value (a field's own check
+      # may say more, e.g. "must be in [0, 1)")
+      with pytest.raises(configuration.ConfigError, match="^" + re.escape(f"{name}={bad!r} must be ")):
         configuration.validate(configuration.apply_overrides(base, {name: bad}))
+  assert "must be a finite number" in _refusal(base, {"train.learning_rate": float("inf")})
+  assert "must be a finite number" in _refusal(base, {"model.embed_init_std": float("nan")})
   for seed, ok in ((0, True), (2 ** 32 - 1, True), (-1, False), (2 ** 32, False)):  # jax.random.key(2**32) == key(0)
     config = configuration.apply_overrides(base, {"seed": seed})
     if ok:

@@ -122,10 +122,6 @@ class ModelConfig:
       value = getattr(self, name)
       if not isinstance(value, int) or value < 1:
         raise ValueError(f"model.{name}={value!r} must be a positive integer")
-    for name in _float_fields():  # NaN passes every range check below, and a NaN field never equals itself on resume
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"model.{name}={value!r} must be a finite number")
     if not self.embed_init_std:  # frozen: the resolved std is set once here, so every reader sees the same number
       object.__setattr__(self, "embed_init_std", float(self.d_model) ** -0.5)
     if self.embed_init_std < 0:
@@ -172,6 +168,10 @@ class ModelConfig:
           f"allowed head counts: {', '.join(str(h) for h in _divisors(self.width))}")
     if not isinstance(self.max_position, int) or self.max_position < 0:
       raise ValueError(f"model.max_position={self.max_position!r} must be an integer >= 0 (0 = the training length)")
+    for name in _float_fields():  # after the fields' own checks: what NaN or inf passed (`nan < 1` is False), and a
+      value = getattr(self, name)  # NaN field never equals itself on resume
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"model.{name}={value!r} must be a finite number")
     scheme = self.scheme
     scheme.validate(self)
     limit = scheme.max_length(self)

@@ -182,10 +182,6 @@ MAX_SEED = 2 ** 32 - 1
 def validate(config: ml_collections.ConfigDict) -> ModelConfig:
   """Every check that needs no data and no compilation. Returns the model config (with data.vocab_size)."""
   check_fields(config)
-  reference = flatten(reference_config())
-  for name, value in flatten(config).items():  # NaN passes every range check, and never equals itself on resume
-    if isinstance(reference.get(name), float) and isinstance(value, float) and not math.isfinite(value):
-      raise ConfigError(f"{name}={value!r} must be a finite number")
   if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not 0 <= config.seed <= MAX_SEED:
     raise ConfigError(f"seed={config.seed!r} must be an integer in 0 ... {MAX_SEED}")
   _choice("objective", config.objective, OBJECTIVES)
@@ -245,6 +241,11 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
   if config.data.vocab_size < minimum:
     raise ConfigError(f"data.vocab_size={config.data.vocab_size!r} is too small: at least {minimum} "
                       f"({len(tokenizers.SPECIAL_TOKENS)} special tokens + 1), and the tokenizer kind may need more")
+  reference = flatten(reference_config())
+  for name, value in flatten(config).items():  # after the fields' own checks: what NaN or inf passed (`nan < 1` is
+    # False, a learning rate of inf is > 0); a NaN in config.json would also never equal itself on resume
+    if isinstance(reference.get(name), float) and isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(f"{name}={value!r} must be a finite number")
   cfg = model_config(config)
   limit = cfg.scheme.max_length(cfg)
   if limit is not None and limit < config.data.seq_len:
