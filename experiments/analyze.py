@@ -18,6 +18,7 @@ research/analysis/positions.py, docs/architecture.md). With --vectors: the same 
 One entry point for every analysis of a table: a new one is a flag and one more step in `main`.
 """
 
+import tempfile
 from pathlib import Path
 
 from absl import app, flags, logging
@@ -79,6 +80,11 @@ def check_flags() -> None:
       if not path.absolute().parent.is_dir():
         raise quality.AnalysisError(f"--{name}={flag.value!r}: the directory {str(path.absolute().parent)!r} does "
                                     f"not exist")
+      try:
+        tempfile.TemporaryFile(dir=path.absolute().parent).close()
+      except OSError as e:
+        raise quality.AnalysisError(f"--{name}={flag.value!r}: the directory {str(path.absolute().parent)!r} is not "
+                                    f"writable ({e.strerror})") from None
   if _EXPORT_PROJECTOR.value and Path(_EXPORT_PROJECTOR.value).exists() and \
       not Path(_EXPORT_PROJECTOR.value).is_dir():
     raise quality.AnalysisError(f"--export_projector={_EXPORT_PROJECTOR.value!r} is a file; give a directory (it "

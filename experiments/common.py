@@ -32,7 +32,25 @@ def user_errors() -> tuple[type[Exception], ...]:
 def fail(message: str) -> NoReturn:
   """The one line of a user error, on stderr, and exit status 2."""
   print("error: " + " ".join(line.strip() for line in message.splitlines() if line.strip()), file=sys.stderr)
-  sys.exit(2)
+  exit_now(2)
+
+
+def exit_now(code: int) -> NoReturn:
+  """sys.exit(code); or, when a thread that is not a daemon is still alive (Orbax's signalling threads after a save
+  that failed wait forever, and the interpreter would wait for them at exit), the streams flushed and os._exit."""
+  import threading
+  stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+  if stuck:
+    for t in stuck:
+      try:
+        t.join(timeout=2.0)
+      except Exception:  # noqa: BLE001 — Orbax's threads raise TimeoutError from join(timeout)
+        pass
+    if any(t.is_alive() for t in stuck):
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(code)
+  sys.exit(code)
 
 
 def _bad_value(parser: flags.ArgumentParser, text: str) -> tuple[str, str] | None:
@@ -225,5 +243,9 @@ def run_main(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
       main(argv)
     except user_errors() as e:  # evaluated only when main raised
       fail(str(e))
+    except Exception:  # noqa: BLE001 — a bug's traceback, then the exit a stuck thread cannot hold up
+      import traceback
+      traceback.print_exc()
+      exit_now(1)
 
   return wrapped

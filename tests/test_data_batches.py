@@ -447,3 +447,33 @@ def test_a_stream_shorter_than_one_batch_gets_a_note_saying_how_many_rows_each_s
   assert bool(notes) == (real < batch)
   if notes:
     assert f"packs into {real} row" in notes[0] and f"train.batch_size={batch}" in notes[0]
+
+
+def test_a_damaged_token_cache_is_tokenized_again_not_read(tmp_path, capsys):
+  """A cache file truncated by a full disk (np.load refuses it), or one shorter than meta.json says, is moved aside
+  and rebuilt with a note; the streams equal a fresh cache's."""
+  corpus = load_corpus("lee")
+  tok = T.train_tokenizer("char", corpus.train, 100)
+  fresh = {s: np.array(v) for s, v in B.build_or_load_cache("lee", tok, cache_dir=tmp_path).items()}
+  (cache,) = (tmp_path / "tokens").iterdir()
+  for damage in ("truncate", "shorter"):
+    path = cache / "train.npy"
+    if damage == "truncate":
+      path.write_bytes(path.read_bytes()[:1000])
+    else:
+      np.save(path, fresh["train"][:-5])
+    again = B.build_or_load_cache("lee", tok, cache_dir=tmp_path)
+    assert "is damaged" in capsys.readouterr().out
+    assert all(np.array_equal(again[s], fresh[s]) for s in fresh)
+  assert [p.name for p in (tmp_path / "tokens").iterdir()] == [cache.name]  # nothing left aside
+
+
+def test_a_damaged_cached_tokenizer_is_trained_again(tmp_path, capsys):
+  corpus = load_corpus("lee")
+  tok, directory = T.build_or_load_tokenizer("bpe", corpus, 300, cache_dir=tmp_path)
+  path = T.tokenizer_path(directory)
+  path.write_text(path.read_text()[:500])
+  again, same = T.build_or_load_tokenizer("bpe", corpus, 300, cache_dir=tmp_path)
+  assert same == directory and "is damaged" in capsys.readouterr().out
+  assert again.to_str() == tok.to_str()  # bpe trains deterministically
+  assert T.load_tokenizer(directory).to_str() == tok.to_str()

@@ -940,3 +940,17 @@ def test_a_figure_that_is_not_a_number_is_one_error_naming_the_file(tmp_path, fi
     build_report(tmp_path / "run")
   result = _cli(tmp_path / "run")
   assert result.returncode == 2 and "Traceback" not in result.stderr and message in result.stderr
+
+
+def test_a_run_training_on_past_its_summary_is_unfinished_not_reported_with_the_old_end(tmp_path):
+  """train.steps raised (config.json rewritten by research-train) and killed before the new end: summary.json is
+  the old end's and must not stand for the run."""
+  write_trial(tmp_path, "a", "rope", 0)
+  write_trial(tmp_path, "b", "rope", 1)
+  loop.write_config(configuration.apply_overrides(trial_config("rope", 1), {"train.steps": 200}), tmp_path / "b")
+  runs = load_runs(tmp_path)
+  status = {t.name: (t.status, t.error) for t in runs.trials}
+  assert status["a"] == ("finished", None)
+  assert status["b"][0] == "unfinished" and "training on to step 200" in status["b"][1] and "of step 100" in status["b"][1]
+  report = build_report(tmp_path)
+  assert report.data.groups[0].n == 1

@@ -221,3 +221,126 @@ def test_a_full_device_is_recognised_through_the_exceptions_orbax_and_python_rai
   assert loop.is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
   assert not loop.is_disk_full(ValueError("NOT_FOUND: checkpoints/50.orbax-checkpoint-tmp/state"))
   assert not loop.is_disk_full(OSError(errno.ENOENT, "No such file or directory"))
+
+
+REF = {"train.steps": 4, "train.checkpoint_every": 2, "train.keep_checkpoints": 3}
+
+
+def test_a_torn_final_valid_line_is_written_again_so_the_best_figures_hold(reference_run, tmp_path):
+  """A finished run whose last metrics line (the valid line of its last step) was torn: the rerun evaluates again
+  at the end; that line goes back into metrics.jsonl, so summary.json's best is not drawn from a shortened log."""
+  workdir = _copy(reference_run, tmp_path)
+  lines = (workdir / "metrics.jsonl").read_text().splitlines(keepends=True)
+  assert json.loads(lines[-1])["split"] == "valid" and json.loads(lines[-1])["step"] == 4
+  (workdir / "metrics.jsonl").write_text("".join(lines[:-1]) + lines[-1][:30])
+  summary = loop.train(_config(**REF), workdir)
+  reference = json.loads((reference_run / "summary.json").read_text())
+  for key in ("valid_loss", "best_valid_loss", "best_step"):
+    assert summary[key] == reference[key], key
+  assert summary["best_valid_loss"] <= summary["valid_loss"]
+  valid = [r for r in _metrics(workdir) if r["split"] == "valid"]
+  assert [r["step"] for r in valid] == [r["step"] for r in _metrics(reference_run) if r["split"] == "valid"]
+
+
+def test_damaged_run_files_are_one_line_or_recovered_and_config_json_is_required(reference_run, tmp_path, capsys):
+  """What a full disk or a hand leaves: data.json damaged (one line: the only record of the streams), a truncated
+  token_counts.npy (counted again from the stream it counts), a checkpoint whose metrics file is damaged (Orbax
+  reads every step's when it opens the directory: moved aside, resumed from the one before), config.json gone
+  while checkpoints exist (one line: nothing would say which model they are)."""
+  workdir = _copy(reference_run, tmp_path / "a")
+  (workdir / "data.json").write_text('{"splits": [')
+  with pytest.raises(configuration.ConfigError, match=r"data.json' is damaged .*delete it to accept"):
+    loop.train(_config(**REF), workdir)
+  from research.evaluate import extrapolation
+  with pytest.raises(extrapolation.EvaluationError, match=r"data.json' is damaged"):
+    extrapolation.evaluate_run(workdir, [1])
+
+  workdir = _copy(reference_run, tmp_path / "b")
+  counts = np.load(workdir / "token_counts.npy")
+  (workdir / "token_counts.npy").write_bytes((workdir / "token_counts.npy").read_bytes()[:100])
+  (workdir / "checkpoints" / "4" / "metrics" / "metrics").write_text("garbage{")
+  (workdir / "summary.json").unlink()
+  loop.train(_config(**REF), workdir)
+  out = capsys.readouterr().out
+  assert "token_counts.npy' is damaged" in out and "has a damaged metrics file" in out
+  np.testing.assert_array_equal(np.load(workdir / "token_counts.npy"), counts)
+  assert (workdir / "checkpoints_unreadable" / "4").is_dir()
+  for a, b in zip(_params(workdir, 4), _params(reference_run, 4)):  # steps 3-4 trained again from step 2
+    assert np.array_equal(a, b)
+
+  workdir = _copy(reference_run, tmp_path / "c")
+  (workdir / "config.json").unlink()
+  with pytest.raises(configuration.ConfigError, match="holds checkpoints but no config.json"):
+    loop.train(_config(**{**REF, "train.learning_rate": 1e-2, "train.steps": 6}), workdir)
+  assert not (workdir / "config.json").exists()
+
+
+def test_a_workdir_with_brackets_is_refused_before_anything_is_written(tmp_path):
+  """Orbax globs a checkpoint's directory for its per-process files: with '[1]' in the path every save reported
+  success and none restored."""
+  workdir = tmp_path / "run[1]"
+  with pytest.raises(configuration.ConfigError, match=r"a path with '\[' or '\]' cannot hold checkpoints"):
+    loop.train(_config(**REF), workdir)
+  assert not workdir.exists()
+
+
+def _tensorboard_scalars(workdir):
+  """{(tag, step): [values]} as TensorBoard reads the run's event files: in the order they were written, and a
+  `file_version` event with a step (tensorboardX's purge_step) drops what earlier files logged from that step on.
+  The files are TFRecords (length, its CRC, the Event proto, its CRC), parsed with tensorboardX's own proto."""
+  import struct
+  from tensorboardX.proto import event_pb2
+  files = sorted(Path(workdir).glob("events.out.tfevents.*"), key=lambda p: (int(p.name.split(".")[3]), p.name))
+  scalars: dict = {}
+  for path in files:
+    data, i = path.read_bytes(), 0
+    while i < len(data):
+      (n,) = struct.unpack("<Q", data[i:i + 8])
+      event = event_pb2.Event()
+      event.ParseFromString(data[i + 12:i + 12 + n])
+      i += 12 + n + 4
+      if event.file_version and event.step:
+        scalars = {key: v for key, v in scalars.items() if key[1] < event.step}
+      for value in event.summary.value:
+        scalars.setdefault((value.tag, event.step), []).append(value.simple_value)
+  return scalars
+
+
+def test_tensorboard_shows_each_step_once_after_a_resume_from_an_earlier_checkpoint(reference_run, tmp_path):
+  """The run logged steps 3 and 4, then lost checkpoint 4: the rerun logs them again from step 2's checkpoint, and
+  its events purge the earlier process's from step 3 on (else every curve shows steps 3 and 4 twice)."""
+  workdir = _copy(reference_run, tmp_path)
+  shutil.rmtree(workdir / "checkpoints" / "4")
+  (workdir / "summary.json").unlink()
+  loop.train(_config(**REF), workdir)
+  scalars = _tensorboard_scalars(workdir)
+  assert sorted(step for tag, step in scalars if tag == "train/loss") == [1, 2, 3, 4]
+  assert sorted(step for tag, step in scalars if tag == "valid/loss") == [2, 4]
+  assert all(len(values) == 1 for values in scalars.values())
+  logged = {r["step"]: r["loss"] for r in _metrics(workdir) if r["split"] == "train"}
+  assert {step: v[0] for (tag, step), v in scalars.items() if tag == "train/loss"} == pytest.approx(logged)
+
+
+@pytest.mark.skipif(not (shutil.which("setpriv") and hasattr(os, "geteuid") and os.geteuid() == 0),
+                    reason="needs root and setpriv to drop the capability that lets root write anywhere")
+def test_a_checkpoint_that_cannot_be_written_ends_the_run_in_one_line_instead_of_hanging(reference_run, tmp_path):
+  """A save refused by the filesystem (here: checkpoints/ read-only, root's override capability dropped): Orbax's
+  signalling threads wait forever after it, and the process used to hang at exit after a traceback."""
+  import subprocess
+  import sys
+  workdir = _copy(reference_run, tmp_path)
+  (workdir / "summary.json").unlink()
+  os.chmod(workdir / "checkpoints", 0o555)
+  overrides = {**BASE, **REF, "train.steps": 6}
+  args = [f"--config.{k}={v}" for k, v in overrides.items()]
+  drop = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search"]
+  try:
+    result = subprocess.run([*drop, sys.executable, "-m", "experiments.train", "--config=configs/tiny.py",
+                             f"--workdir={workdir}", *args], cwd=ROOT, capture_output=True, text=True, timeout=240,
+                            env={**os.environ, "RESEARCH_HUGE_PAGES": "0"})
+  finally:
+    os.chmod(workdir / "checkpoints", 0o755)
+  last = result.stderr.strip().splitlines()[-1]
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert last.startswith("error: a file of") and "could not be written (PermissionError" in last
+  assert last.endswith("it resumes from step 4")

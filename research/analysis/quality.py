@@ -358,4 +358,6 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
 
 
 def write_json(report: dict[str, Any], path: str | os.PathLike) -> None:
-  Path(path).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+  """`report` as JSON at `path`, atomically (a kill never leaves half a file)."""
+  from research.train import loop
+  loop.atomic_write_json(Path(path), report)

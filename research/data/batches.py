@@ -96,6 +96,18 @@ def build_or_load_cache(corpus_spec: str, tokenizer, tokenizer_key: str | None =
   key = cache_key(corpus_spec, tokenizer_key, errors)
   root = cache_root(cache_dir) / "tokens"
   final = root / key
+  if (final / "meta.json").exists():
+    try:
+      return _load_streams(final)
+    except (OSError, ValueError, KeyError, TypeError) as e:  # a truncated file (a full disk), a damaged meta.json
+      print(f"note: the token cache {str(final)!r} is damaged ({' '.join(str(e).split())[:200]}); tokenizing the "
+            f"corpus again", flush=True)
+      aside = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}.damaged."))
+      try:
+        os.replace(final, aside / key)
+      except OSError:  # another process moved or rebuilt it first
+        pass
+      shutil.rmtree(aside, ignore_errors=True)
   if not (final / "meta.json").exists():
     corpus = corpus if corpus is not None else load_corpus(corpus_spec, errors=errors, cache_dir=cache_dir)
     streams = encode_splits(corpus, tokenizer)
@@ -115,7 +127,18 @@ def build_or_load_cache(corpus_spec: str, tokenizer, tokenizer_key: str | None =
           raise
     finally:
       shutil.rmtree(tmp, ignore_errors=True)
-  return {s: np.load(final / f"{s}.npy", mmap_mode="r") for s in SPLITS}
+  return _load_streams(final)
+
+
+def _load_streams(final: Path) -> dict[str, np.ndarray]:
+  """The cached streams, memory-mapped, each as long as meta.json says (np.load refuses a truncated array file;
+  a shorter one with a rewritten header would pass it)."""
+  counts = json.loads((final / "meta.json").read_text())["num_tokens"]
+  streams = {s: np.load(final / f"{s}.npy", mmap_mode="r") for s in SPLITS}
+  short = [s for s in SPLITS if streams[s].size != int(counts[s])]
+  if short:
+    raise ValueError(f"{short[0]}.npy holds {streams[short[0]].size} tokens, meta.json says {counts[short[0]]}")
+  return streams
 
 
 # ----------------------------------------------------------------------------------------------------------------

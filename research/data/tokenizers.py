@@ -314,7 +314,13 @@ def build_or_load_tokenizer(kind: str, corpus, vocab_size: int, *, cache_dir=Non
   key = tokenizer_cache_key(kind, corpus, vocab_size)
   directory = cache_root(cache_dir) / "tokenizers" / f"{safe[:40]}-{kind}-{vocab_size}-{key}"
   if tokenizer_path(directory).exists() and counts_path(directory).exists():
-    return load_tokenizer(directory), directory
+    try:
+      load_counts(directory)
+      return load_tokenizer(directory), directory
+    except Exception as e:  # noqa: BLE001 — the tokenizers library raises a bare Exception for a damaged file
+      print(f"note: the cached tokenizer {str(directory)!r} is damaged ({' '.join(str(e).split())[:200]}); training "
+            f"it again (wordpiece and unigram training is not deterministic: runs started before may have other "
+            f"ids; each run keeps its own RUN/tokenizer.json)", flush=True)
   tok = train_tokenizer(kind, corpus.train, vocab_size)
   save_counts(token_counts(tok, corpus.train), directory)
   save_tokenizer(tok, directory)  # written last: its presence means the directory is complete

@@ -14,7 +14,9 @@ Like the rest of `research.embeddings` this module knows no corpus: it takes tex
 
 from __future__ import annotations
 
+import glob
 import os
+import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -82,13 +84,27 @@ def check_out(path: str | os.PathLike) -> Path:
     raise VectorsError(f"--out={str(path)!r} is a directory; give a file path")
   if not path.absolute().parent.is_dir():
     raise VectorsError(f"--out={str(path)!r}: the directory {str(path.absolute().parent)!r} does not exist")
+  try:
+    tempfile.TemporaryFile(dir=path.absolute().parent).close()
+  except OSError as e:
+    raise VectorsError(f"--out={str(path)!r}: the directory {str(path.absolute().parent)!r} is not writable "
+                       f"({e.strerror})") from None
   return path
+
+
+def _remove_dead_temporaries(path: Path) -> None:
+  """`.NAME.tmp<pid>` files beside `path` left by a research-vectors killed while writing (its pid is gone)."""
+  for tmp in path.absolute().parent.glob(f".{glob.escape(path.name)}.tmp*"):
+    pid = tmp.name.rsplit(".tmp", 1)[-1]
+    if pid.isdigit() and not os.path.exists(f"/proc/{pid}") and os.path.isdir("/proc/self"):
+      tmp.unlink(missing_ok=True)
 
 
 def save_vectors(model, path: str | os.PathLike, method: str) -> str:
   """Writes `model` (word2vec text, or fastText .bin with its n-gram buckets); returns the file's format name as
   `research.embeddings.pretrained` knows it."""
   path = check_out(path)
+  _remove_dead_temporaries(path)
   tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
   if method == "fasttext":
     from gensim.models.fasttext import save_facebook_model

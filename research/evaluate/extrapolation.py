@@ -107,9 +107,9 @@ def check_same_data(workdir: Path, config, splits) -> None:
   if not path.exists():
     return
   try:
-    saved = json.loads(path.read_text()).get("splits", {})
-  except (ValueError, AttributeError):
-    return  # a damaged record checks nothing; research-train rewrites it only on a fresh start
+    saved = loop.read_data_record(workdir)
+  except configuration.ConfigError as e:
+    raise EvaluationError(str(e)) from None
   current = {name: stream for name, stream in loop.data_record(splits)["splits"].items() if name in saved}
   changed, differ = loop.changed_streams(saved, current)
   if changed:
@@ -141,7 +141,13 @@ def load_run(workdir: str | Path, checkpoint: str = "best") -> LoadedRun:
   mesh = evaluation_mesh(config)
   model = Transformer(model_cfg, char_ids=char_ids)
   expected = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.numpy.zeros((1, 1), "int32")))["params"]
-  with checkpoint_lib.Checkpointer(ckpt_dir, keep=10**6, async_save=False) as ckpt:
+  try:
+    opened = checkpoint_lib.Checkpointer(ckpt_dir, keep=10**6, async_save=False)
+  except checkpoint_lib.DamagedCheckpoints as e:
+    raise EvaluationError(f"run {str(workdir)!r}: {e}; research-train moves such a checkpoint aside when the run is "
+                          f"resumed, or move {str(ckpt_dir / str(e.steps[0]))!r} out of {str(ckpt_dir)!r} "
+                          f"yourself") from None
+  with opened as ckpt:
     step = (ckpt.best_step() if checkpoint == "best" else None) or ckpt.latest_step()
     if step is None:
       raise EvaluationError(f"run {str(workdir)!r} has no complete checkpoint")

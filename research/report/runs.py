@@ -544,6 +544,12 @@ def _load_trial(path: pathlib.Path, name: str, status: str | None = None, overri
     status = "finished"  # summary.json is written last; a stale index may still say pending/running
   elif status == "finished" and summary is None:
     status, error = "unfinished", error or f"marked finished in {SWEEP_FILE} but {path / SUMMARY_FILE} is missing"
+  steps = lookup(config, "train.steps") if config is not None else None
+  if summary is not None and status != "failed" and isinstance(steps, int) and isinstance(summary.get("step"), int) \
+      and summary["step"] < steps:
+    # Trained on (train.steps raised) and not finished again: summary.json is the earlier end's.
+    status, error = "unfinished", (f"training on to step {steps}: {path / SUMMARY_FILE} is of step "
+                                   f"{summary['step']}, the end of an earlier train.steps")
   return Trial(name=name, path=path, status=status, overrides=dict(overrides or {}), error=error, config=config,
                summary=summary if status == "finished" else None, metrics=_read_metrics(path / METRICS_FILE),
                extrapolation=_read_extrapolation(path / EXTRAPOLATION_FILE), scaled=_read_scaled(path),

@@ -16,6 +16,7 @@ directory that `latest_step` / `restore` ignore and the next `Checkpointer` remo
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_policies
+
+from research.error_text import first_line
 
 BEST_METRIC = 'valid_loss'
 _ITEMS = ('state', 'data', 'meta')
@@ -80,6 +83,31 @@ def _jsonable(tree: Any) -> Any:
   return jax.tree.map(convert, tree)
 
 
+class DamagedCheckpoints(ValueError):
+  """Checkpoints whose metrics file (<step>/metrics/metrics, which Orbax reads for every step when it opens the
+  directory) is not a JSON object: `steps`, and the error Orbax met."""
+
+  def __init__(self, steps: list[int], why: str):
+    self.steps, self.why = steps, why
+    super().__init__(f"the metrics of checkpoint step{'s' if len(steps) > 1 else ''} "
+                     f"{', '.join(map(str, steps))} are damaged ({why[:200]})")
+
+
+def damaged_metrics(directory: str | os.PathLike) -> list[int]:
+  """The finalized steps of `directory` whose metrics file exists but does not hold a JSON object."""
+  bad = []
+  for step in checkpoint_steps(directory):
+    path = Path(directory) / str(step) / "metrics" / "metrics"
+    if path.is_file():
+      try:
+        ok = isinstance(json.loads(path.read_text()), dict)
+      except (ValueError, UnicodeDecodeError):
+        ok = False
+      if not ok:
+        bad.append(step)
+  return bad
+
+
 class Checkpointer:
   """Orbax CheckpointManager with keep-last-K + best-by-`valid_loss` retention.
 
@@ -109,8 +137,14 @@ class Checkpointer:
         create=True)
     # Absolute: Orbax's metadata reader finds nothing under a relative path (`research-analyze --workdir=runs/x`
     # restored no parameters), while the manager itself copes with one.
-    self._manager = ocp.CheckpointManager(os.path.abspath(os.fspath(directory)), options=options,
-                                          item_names=_ITEMS)
+    try:
+      self._manager = ocp.CheckpointManager(os.path.abspath(os.fspath(directory)), options=options,
+                                            item_names=_ITEMS)
+    except Exception as e:  # noqa: BLE001 — Orbax reads every step's metrics here: a damaged one fails it whole
+      damaged = damaged_metrics(directory)
+      if damaged:
+        raise DamagedCheckpoints(damaged, first_line(e)) from None
+      raise
 
   @property
   def directory(self):

@@ -141,12 +141,22 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> RunData:
                                            errors=config.data.errors)
   check_splits(splits, tokenizer.get_vocab_size())
   splits = {**splits, "train": batches_lib.stream_prefix(splits["train"], config.data.train_fraction)}
-  if not resumed:  # a resumed run keeps the counts it started with (its valid_ppl_rare rule, its rare buckets)
+  counts_file = tokenizers_lib.counts_path(workdir)
+  damaged = None
+  if resumed and counts_file.exists():
+    try:
+      np.load(counts_file)
+    except (OSError, ValueError, EOFError) as e:  # truncated by a full disk: one epoch of the stream, counted again
+      damaged = first_line(e)
+  if not resumed or damaged:  # a resumed run keeps the counts it started with (its valid_ppl_rare rule, its buckets)
+    if damaged and jax.process_index() == 0:
+      print(f"note: {str(counts_file)!r} is damaged ({damaged[:200]}); counting the training stream again",
+            flush=True)
     counts = batches_lib.stream_counts(splits["train"], tokenizer.get_vocab_size(), seq_len=config.data.seq_len,
                                        objective=config.objective)
     # Atomically: in a multi-process run every process writes it while the others may be reading it.
     atomic_save_npy(tokenizers_lib.counts_path(workdir), counts)
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and not resumed:
       for line in data_notes(config, tokenizer, counts):
         print(line, flush=True)  # stdout: stderr holds errors alone
   if jax.process_index() == 0:
@@ -311,6 +321,15 @@ def device_memory_bytes(device) -> tuple[int | None, str]:
   return None, ""
 
 
+def check_no_brackets(path: Path) -> None:
+  """A workdir whose absolute path holds '[' or ']' is one line: Orbax finds a checkpoint's per-process files with a
+  glob over its directory, which reads the brackets as a pattern, so every save "succeeded" and none restores."""
+  text = str(path.absolute())
+  if "[" in text or "]" in text:
+    raise configuration.ConfigError(f"workdir {str(path)!r}: a path with '[' or ']' cannot hold checkpoints (Orbax "
+                                    f"reads them as a glob pattern, and its saves would never restore); rename it")
+
+
 def is_run_directory(path: Path) -> bool:
   """Whether `path` holds a run: its config.json beside its tokenizer.json or checkpoints/ (a start that got that
   far), or its summary.json."""
@@ -338,6 +357,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         f"workdir {str(workdir)!r} is a URL; run directories are local or shared-filesystem paths (mount a bucket "
         f"with gcsfuse, or use NFS / Filestore, and pass the mounted path)")
   path = check_not_a_file(workdir)
+  check_no_brackets(path)
   for parent in path.absolute().parents:  # a run's files written among another run's (its checkpoints/, eval/)
     if is_run_directory(parent):
       raise configuration.ConfigError(f"workdir {str(path)!r} is inside the run {str(parent)!r}; give a directory "
@@ -360,6 +380,13 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
       raise configuration.ConfigError(
           f"workdir {str(path)!r} holds another run, and resuming it with this config would train another model: "
           f"{'; '.join(diffs)}. Only {', '.join(schema.RESUMABLE_FIELDS)} may change on resume; use a new workdir")
+  elif checkpoint_lib.has_checkpoint(path / "checkpoints"):
+    # Without config.json nothing says which model the checkpoints are; resuming them under any config (another
+    # learning rate, another scheme) would continue them as that model, and config.json would then misdescribe them.
+    raise configuration.ConfigError(
+        f"workdir {str(path)!r} holds checkpoints but no {CONFIG_FILE}, so nothing says which run they are; restore "
+        f"{CONFIG_FILE} from a copy (every checkpoint's meta/metadata holds the config it was trained with), or use "
+        f"a new workdir")
   return path
 
 
@@ -395,7 +422,7 @@ def check_resume(config: ml_collections.ConfigDict, workdir: Path, data: "RunDat
   current = data_record(data.splits)
   path = workdir / DATA_FILE
   if saved_steps and path.exists():
-    saved = json.loads(path.read_text()).get("splits", {})
+    saved = read_data_record(workdir)
     changed, differ = changed_streams(saved, current["splits"])
     if changed:
       raise configuration.ConfigError(
@@ -404,6 +431,22 @@ def check_resume(config: ml_collections.ConfigDict, workdir: Path, data: "RunDat
           f"corpus or use a new workdir")
   if (not saved_steps or not path.exists()) and jax.process_index() == 0:
     atomic_write_json(path, current)
+
+
+def read_data_record(workdir: Path) -> dict[str, Any]:
+  """RUN/data.json's "splits" ({split: {sha256, tokens, dtype}}); a damaged file is one line: it is the only record
+  of the streams the run started on, so it is not rewritten from today's data unasked."""
+  path = Path(workdir) / DATA_FILE
+  try:
+    splits = json.loads(path.read_text()).get("splits")
+    if not isinstance(splits, dict) or not all(isinstance(v, dict) for v in splits.values()):
+      raise ValueError(f"'splits' is {type(splits).__name__}, not an object of splits")
+  except (ValueError, AttributeError, UnicodeDecodeError) as e:
+    raise configuration.ConfigError(
+        f"{str(path)!r} is damaged ({first_line(e)[:200]}); it records the token streams the run started on: "
+        f"restore it from a copy, or delete it to accept the data the config gives now (it is written again from "
+        f"those streams)") from None
+  return splits
 
 
 def read_saved_config(workdir: str | os.PathLike) -> dict[str, Any]:
@@ -464,6 +507,20 @@ def restore_newest_good(checkpointer, workdir: Path, target, reopen: Callable[[]
   step, why = errors[0]
   raise configuration.ConfigError(f"no checkpoint of {str(workdir / 'checkpoints')!r} restores (step {step}: "
                                   f"{why[:300]}); use a new workdir, or restore the checkpoints from a copy")
+
+
+def open_checkpointer(workdir: Path, reopen: Callable[[], Any]):
+  """`reopen()`, the run's Checkpointer; checkpoints whose metrics file is damaged (Orbax reads them all when it
+  opens the directory, and one bad file fails it whole) are moved to RUN/checkpoints_unreadable/ with a note, as
+  `restore_newest_good` moves a checkpoint that does not restore."""
+  try:
+    return reopen()
+  except checkpoint_lib.DamagedCheckpoints as e:
+    _move_unreadable(workdir, e.steps)
+    for step in e.steps:
+      print(f"note: checkpoint step {step} of {str(workdir)!r} has a damaged metrics file ({e.why[:300]}); moved "
+            f"to {UNREADABLE_DIR}/{step}", flush=True)
+    return reopen()
 
 
 def _move_unreadable(workdir: Path, bad_steps: list[int]) -> None:
@@ -547,7 +604,9 @@ class MetricsLog:
     self.writer = None
     if self.enabled:
       from tensorboardX import SummaryWriter
-      self.writer = SummaryWriter(str(workdir))
+      # purge_step: TensorBoard drops the events of earlier processes from the restored step on, which this run
+      # logs again (else a resumed curve shows those steps twice, zigzagging).
+      self.writer = SummaryWriter(str(workdir), purge_step=resume_step + 1 if resume_step else None)
 
   def write(self, record: dict[str, Any]) -> None:
     if not self.enabled:
@@ -557,6 +616,21 @@ class MetricsLog:
     for key, value in record.items():
       if isinstance(value, (int, float)) and key not in ("step",):
         self.writer.add_scalar(f"{record['split']}/{key}", value, record["step"])
+
+  def flush(self) -> None:
+    """The TensorBoard events so far onto disk (at every checkpoint: a crash after it loses none of them)."""
+    if self.writer is not None:
+      self.writer.flush()
+
+  def write_missing_valid(self, record: dict[str, Any]) -> None:
+    """Appends the `split: valid` line of `record`'s step to metrics.jsonl unless it has one (after close: the
+    TensorBoard writer is not used)."""
+    if not self.enabled:
+      return
+    if any(r.get("split") == "valid" and r.get("step") == record["step"] for r in read_metrics(self.path)):
+      return
+    with self.path.open("a") as f:
+      f.write(json.dumps(record, sort_keys=True) + "\n")
 
   def close(self) -> None:
     if self.writer is not None:
@@ -723,12 +797,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   try:
     return _train_locked(config, workdir, mesh, start_time)
   except Exception as e:
-    if not is_disk_full(e):
+    full, denied = is_disk_full(e), is_write_denied(e)
+    if not (full or denied):
       raise
     saved = checkpoint_lib.checkpoint_steps(workdir / "checkpoints")
     resume = f"it resumes from step {saved[-1]}" if saved else "it starts over (no checkpoint was finished)"
-    raise StorageError(f"no space left on the device of {str(workdir)!r} ({first_line(e)[:200]}); what was written "
-                       f"before is intact: free space and rerun the command, {resume}") from None
+    if full:
+      raise StorageError(f"no space left on the device of {str(workdir)!r} ({first_line(e)[:200]}); what was "
+                         f"written before is intact: free space and rerun the command, {resume}") from None
+    raise StorageError(f"a file of {str(workdir)!r} could not be written ({first_line(denied)[:200]}); what was "
+                       f"written before is intact: make it writable and rerun the command, {resume}") from None
   finally:
     if lock is not None:
       lock.close()  # releases the lock (as the end of the process would)
@@ -755,6 +833,20 @@ def is_disk_full(e: BaseException) -> bool:
       return True
     e = e.__cause__ or e.__context__
   return False
+
+
+WRITE_DENIED_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def is_write_denied(e: BaseException) -> BaseException | None:
+  """The OSError of a denied write (permissions, a read-only mount) that `e` was raised from or during, or None."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in WRITE_DENIED_ERRNOS:
+      return e
+    e = e.__cause__ or e.__context__
+  return None
 
 
 def check_writable(directory: str | os.PathLike) -> None:
@@ -815,7 +907,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, mesh, start_
   write_config(config, workdir)
   reopen = functools.partial(checkpoint_lib.Checkpointer, workdir / "checkpoints", keep=t.keep_checkpoints,
                              keep_best=True, async_save=t.async_checkpoints)
-  checkpointer = reopen()
+  checkpointer = open_checkpointer(workdir, reopen)
   last_saved = checkpointer.latest_step()
   if last_saved is None and table is None and config.model.embed_init == "pretrained":
     table, table_report = pretrained_table(config, data, workdir)  # only if the disk and Orbax ever disagree
@@ -895,16 +987,21 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, mesh, start_
         data_state = {"iterator": iterator.get_state(), **progress_state}
         checkpointer.save(step, state, data_state, {"valid_loss": valid["loss"]},
                           metadata={"config": config.to_dict()})
+        log.flush()
         last_saved = step
     drain()
   finally:
     bar.close()
-    checkpointer.wait()
-    checkpointer.close()
-    log.close()
+    try:
+      checkpointer.wait()  # raises what a background save met (a permission error, a full disk)
+    finally:
+      checkpointer.close()  # else its threads, and tensorboardX's, keep the process from ever exiting
+      log.close()
 
   if not valid:  # e.g. steps == 0, or resumed at the end
     valid = trainer.evaluate(state.params, data.splits["valid"])
+    if int(state.step) > 0:  # resumed at the end: a metrics.jsonl whose last line was torn lacks it
+      log.write_missing_valid(valid_record(int(state.step), valid, last_train.get("lr", 0.0)))
   if not valid.get("tokens") and jax.process_index() == 0:
     why = " (an MLM scores only the tokens it masks, about data.mlm_select_rate of them)" \
         if config.objective == "mlm" else ""
