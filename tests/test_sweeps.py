@@ -699,24 +699,32 @@ def test_an_evaluation_that_records_another_checkpoint_choice_is_outdated(tmp_pa
       assert f"checkpoint={recorded!r} (now 'last')" in why
 
 
-def test_a_trained_trial_is_evaluated_for_a_new_eval_file_and_trained_on_when_steps_grow(tmp_path):
-  """A finished trial whose evaluation lacks a file EVALUATE now writes (by_position) is evaluated, not trained
-  again (research-train would rewrite its summary); one whose train.steps the sweep raised trains on."""
+def _write_trained_and_evaluated(run, *, step, valid_loss, checkpoint_step):
+  """summary.json of a run trained to `step` and its eval/extrapolation.json of `checkpoint_step` (--checkpoint=best,
+  1× only), through the trainer's and the evaluator's own writers."""
   import math
   from research.evaluate import extrapolation
   from research.train import loop
+  valid = {"loss": valid_loss, "ppl": math.exp(valid_loss), "accuracy": 0.3}
+  loop.write_summary(run, loop.summary_record(step=step, train_loss=3.0, valid=valid, tokens_seen=4096.0,
+                                              num_params=1000, num_embedding_params=100, vocab_size=512,
+                                              wall_s=1.0))
+  extrapolation.write_report(run, extrapolation.report_record(
+      train_len=32, mode="nonoverlapping", stride=None, split="valid", checkpoint_step=checkpoint_step,
+      rope_scaling=None, rope_factor=None, results=[extrapolation.result_record(1, 32, 20.0, 100)],
+      checkpoint="best"))
+
+
+def test_a_trained_trial_is_evaluated_for_a_new_eval_file_and_trained_on_when_steps_grow(tmp_path):
+  """A finished trial whose evaluation lacks a file EVALUATE now writes (by_position) is evaluated, not trained
+  again (research-train would rewrite its summary); one whose train.steps the sweep raised trains on."""
+  from research.evaluate import extrapolation
   path = write_sweep(tmp_path / "s.py", [{"seed": 0, **TINY}], evaluate={"lengths": [1]})
   sweep = sweeps.load_sweep(path)
   trial = sweep.trials[0]
   run = tmp_path / "out" / trial.name
   run.mkdir(parents=True)
-  valid = {"loss": 3.0, "ppl": math.exp(3.0), "accuracy": 0.3}
-  loop.write_summary(run, loop.summary_record(step=4, train_loss=3.0, valid=valid, tokens_seen=4096.0,
-                                              num_params=1000, num_embedding_params=100, vocab_size=512,
-                                              wall_s=1.0))
-  extrapolation.write_report(run, extrapolation.report_record(
-      train_len=32, mode="nonoverlapping", stride=None, split="valid", checkpoint_step=4, rope_scaling=None,
-      rope_factor=None, results=[extrapolation.result_record(1, 32, 20.0, 100)], checkpoint="best"))
+  _write_trained_and_evaluated(run, step=4, valid_loss=3.0, checkpoint_step=4)
   assert sweeps.trial_steps(sweep) == {trial.name: 4}
   assert sweeps.trial_plan(sweep, run, 4) == ("skip", None)
   assert sweeps.trial_plan(sweep, run, 8) == ("run", "trained to step 4, train.steps is now 8")
@@ -743,13 +751,7 @@ def test_an_evaluation_of_a_checkpoint_the_run_trained_past_is_evaluated_again(t
   for step, loss in ((4, 3.0), (8, final_loss)):
     log.write(loop.valid_record(step, {"loss": loss, "ppl": math.exp(loss), "accuracy": 0.3}, 1e-3))
   log.close()
-  valid = {"loss": final_loss, "ppl": math.exp(final_loss), "accuracy": 0.3}
-  loop.write_summary(run, loop.summary_record(step=8, train_loss=3.0, valid=valid, tokens_seen=4096.0,
-                                              num_params=1000, num_embedding_params=100, vocab_size=512,
-                                              wall_s=1.0))
-  extrapolation.write_report(run, extrapolation.report_record(
-      train_len=32, mode="nonoverlapping", stride=None, split="valid", checkpoint_step=4, rope_scaling=None,
-      rope_factor=None, results=[extrapolation.result_record(1, 32, 20.0, 100)], checkpoint="best"))
+  _write_trained_and_evaluated(run, step=8, valid_loss=final_loss, checkpoint_step=4)
   plan, why = sweeps.trial_plan(sweep, run, 8)
   assert (plan == "evaluate") == outdated and bool(load_run(run).stale) == outdated, why
   if outdated:
