@@ -41,9 +41,11 @@ def exit_now(code: int) -> NoReturn:
   import threading
   stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
   if stuck:
+    import time
+    deadline = time.monotonic() + 2.0  # for all of them together
     for t in stuck:
       try:
-        t.join(timeout=2.0)
+        t.join(timeout=max(0.0, deadline - time.monotonic()))
       except Exception:  # noqa: BLE001 — Orbax's threads raise TimeoutError from join(timeout)
         pass
     if any(t.is_alive() for t in stuck):

@@ -22,6 +22,9 @@ def main(argv):
   if len(argv) != 2:
     print(f"error: {USAGE}", file=sys.stderr)
     sys.exit(2)
+  if not argv[1].strip():  # "" reads as the current directory, where the report's files would be written
+    print(f"error: DIR is empty; {USAGE}", file=sys.stderr)
+    sys.exit(2)
   try:
     report = build_report(argv[1])
   except ReportError as e:

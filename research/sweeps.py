@@ -132,9 +132,10 @@ def short_field_name(field: str, fields: Sequence[str] | None = None) -> str:
   return field
 
 
-# The longest trial name (a directory name: most filesystems allow 255 bytes); a longer one keeps its first
-# characters and ends in a hash of the overrides (`_capped`).
-MAX_TRIAL_NAME = 200
+# The longest trial name: a directory name, which most filesystems limit to 255 bytes (names are ASCII). A longer
+# one, which could never be created, keeps its first characters and ends in a hash of the overrides (`_capped`);
+# every name that worked before keeps it.
+MAX_TRIAL_NAME = 255
 
 
 def trial_name(overrides: Mapping[str, Any]) -> str:
@@ -460,8 +461,8 @@ def evaluation_outdated(sweep: Sweep, trial_dir: Path) -> str | None:
   # evaluations"), so that what the report leaves out as stale the rerun evaluates again.
   try:
     stale = report_runs.load_run(trial_dir).stale
-  except report_runs.ReportError as e:
-    return f"the run's files cannot be read ({e})"
+  except report_runs.ReportError:
+    return None  # a file the evaluation does not write (an analysis, the summary): evaluating again cannot mend it
   notes = [stale[f"eval/{f}"] for f in eval_files(sweep) if f"eval/{f}" in stale]
   return notes[0].split(": ", 1)[1].split(": stale", 1)[0] if notes else None
 
@@ -635,6 +636,7 @@ def check_directory(directory: str | Path) -> None:
   directory inside a run fails in one line, before anything is written (research-train's own checks of its
   workdir; the rest of `loop.check_workdir` does not apply: it refuses a sweep directory)."""
   path = loop.check_not_a_file(directory)
+  loop.check_no_brackets(path)  # the trials' workdirs are inside it
   for run in (path.absolute(), *path.absolute().parents):
     if loop.is_run_directory(run):
       where = "is the run" if run == path.absolute() else "is inside the run"

@@ -70,6 +70,23 @@ def test_an_empty_path_flag_is_refused_not_read_as_the_current_directory(tmp_pat
   assert not out.exists() and not list(cwd.iterdir())
 
 
+@pytest.mark.parametrize("line,message", [
+    ("c.train.steps = True", "train.steps=True: expected an integer, got a bool"),  # trained 1 step
+    ("c.train.learning_rate = None", "train.learning_rate=None: expected a number"),  # a TypeError traceback
+])
+def test_what_ml_collections_lets_a_config_file_assign_is_refused_by_validation(tmp_path, line, message):
+  path = tmp_path / "mine.py"
+  path.write_text(f"from configs import tiny\ndef get_config():\n  c = tiny.get_config()\n  {line}\n  return c\n")
+  assert error_line(cli(f"--config={path}", f"--workdir={tmp_path / 'run'}")) == f"error: {message}"
+  assert not (tmp_path / "run").exists()
+
+
+def test_research_report_refuses_an_empty_directory_argument(tmp_path):
+  result = cli("experiments.report", "", cwd=tmp_path)
+  assert error_line(result).startswith("error: DIR is empty; usage: research-report DIR")
+  assert not list(tmp_path.iterdir())
+
+
 def test_research_evaluate_refuses_a_bad_choice_in_one_line_with_parse_flags(tmp_path):
   """What experiments/evaluate.py gets from `app.run(main, flags_parser=parse_flags)`."""
   code = ("from absl import app; from experiments import common, evaluate; "

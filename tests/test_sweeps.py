@@ -741,8 +741,7 @@ def test_an_evaluation_of_a_checkpoint_the_run_trained_past_is_evaluated_again(t
   beside the new summary: the rerun evaluates it again exactly when research-report would call it stale (step 8's
   checkpoint has the lower validation loss, so --checkpoint=best no longer selects step 4)."""
   import math
-  from research.evaluate import extrapolation
-  from research.report.runs import load_run
+  from research.report.runs import ReportError, load_run
   from research.train import loop
   sweep = sweeps.load_sweep(write_sweep(tmp_path / "s.py", [{"seed": 0, **TINY}], evaluate={"lengths": [1]}))
   run = tmp_path / "out" / sweep.trials[0].name
@@ -752,6 +751,11 @@ def test_an_evaluation_of_a_checkpoint_the_run_trained_past_is_evaluated_again(t
     log.write(loop.valid_record(step, {"loss": loss, "ppl": math.exp(loss), "accuracy": 0.3}, 1e-3))
   log.close()
   _write_trained_and_evaluated(run, step=8, valid_loss=final_loss, checkpoint_step=4)
+  (run / "eval" / "embedding_quality.json").write_text('{"benchmarks": {"analogy": {"accuracy": "n/a"}}}')
+  with pytest.raises(ReportError, match=r"'benchmarks.analogy.accuracy' must be a number"):
+    load_run(run)  # a damaged file the evaluation does not write: research-report names it ...
+  assert sweeps.trial_plan(sweep, run, 8) == ("skip", None)  # ... and evaluating again would not mend it
+  (run / "eval" / "embedding_quality.json").unlink()
   plan, why = sweeps.trial_plan(sweep, run, 8)
   assert (plan == "evaluate") == outdated and bool(load_run(run).stale) == outdated, why
   if outdated:
@@ -786,6 +790,8 @@ def test_two_trials_of_one_config_are_refused_and_long_names_are_cut_with_a_hash
   assert names[0] == sweeps.trial_name(dict(long_a))  # stable
   assert len(sweeps.legacy_trial_name(long_a)) <= sweeps.MAX_TRIAL_NAME
   assert sweeps.trial_name({"seed": 0}) == "seed=0"  # a short name is unchanged
+  fits = {"data.corpus": "text:" + "a" * 220}  # 231 characters: a directory name that always worked keeps its name
+  assert sweeps.trial_name(fits) == "corpus=text_" + "a" * 220
   (tmp_path / "out" / names[0]).mkdir(parents=True)  # a directory of that name can be made
 
 
@@ -800,7 +806,7 @@ def test_a_relative_base_config_from_the_current_directory_reaches_the_trials(tm
   assert sweeps.load_sweep(write_sweep(tmp_path / "s2.py", [{"seed": 0}])).base_config == "configs/tiny.py"
 
 
-@pytest.mark.parametrize("where", ["run", "inside"])
+@pytest.mark.parametrize("where", ["run", "inside", "brackets"])
 def test_a_sweep_directory_that_is_a_run_or_inside_one_is_refused_before_anything_is_written(tmp_path, where):
   """sweep.json and the report among a run's files made the run refuse to resume (research-train refuses a workdir
   holding sweep.json)."""
@@ -810,10 +816,17 @@ def test_a_sweep_directory_that_is_a_run_or_inside_one_is_refused_before_anythin
   loop.write_config(configuration.apply_overrides(configuration.reference_config(), {}), run)
   (run / "tokenizer.json").write_text("{}")  # a start that got as far as its tokenizer
   before = sorted(p.name for p in run.iterdir())
-  target = run if where == "run" else run / "eval" / "sweep"
+  target = {"run": run, "inside": run / "eval" / "sweep", "brackets": tmp_path / "s[1]"}[where]
   path = write_sweep(tmp_path / "s.py", [{"seed": 0, **TINY}])
   for dry_run in ([], ["--dry_run"]):
     result = cli("experiments.sweep", f"--sweep={path}", f"--workdir={target}", *dry_run)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert f"is {'the run' if where == 'run' else 'inside the run'} {str(run)!r}" in result.stderr
-  assert sorted(p.name for p in run.iterdir()) == before
+    expected = {"run": f"is the run {str(run)!r}", "inside": f"is inside the run {str(run)!r}",
+                "brackets": "a path with '[' or ']' cannot hold checkpoints"}[where]
+    assert expected in result.stderr
+  assert sorted(p.name for p in run.iterdir()) == before and not (tmp_path / "s[1]").exists()
+  # A summary.json or config.json alone above a directory is anyone's file, not a run.
+  (tmp_path / "project").mkdir()
+  (tmp_path / "project" / "summary.json").write_text("{}")
+  (tmp_path / "project" / "config.json").write_text("{}")
+  sweeps.check_directory(tmp_path / "project" / "sweeps" / "s1")

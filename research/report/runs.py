@@ -503,7 +503,7 @@ def _read_quality(path: pathlib.Path, figures: dict = QUALITY_FIGURES) -> dict[s
   for name, (block, section, key) in figures.items():  # benchmarks_init: null or absent in older files
     figures = data.get(block) if isinstance(data.get(block), dict) else {}
     value = figures.get(section, {}).get(key) if isinstance(figures.get(section), dict) else None
-    out[name] = _finite_or_none(value)
+    out[name] = _finite_or_none(value, repr(f"{block}.{section}.{key}"))
   return out
 
 
@@ -516,20 +516,21 @@ def _read_rare(path: pathlib.Path) -> RareTokens | None:
   if not isinstance(geometry, dict) or not isinstance(data.get("buckets"), list):
     raise ReportError(f"{path} needs 'geometry.input' and a 'buckets' list")
   buckets = []
-  for b in data["buckets"]:
+  for i, b in enumerate(data["buckets"]):
     try:
-      buckets.append(RareBucket(label=str(b["label"]), low=float(b["low"]), high=float(b["high"]),
-                                rows=int(b["rows"]),
-                                values={m: _finite_or_none(b.get(m)) for m in RARE_BUCKET_METRICS}))
+      label, low, high, rows = str(b["label"]), float(b["low"]), float(b["high"]), int(b["rows"])
     except (KeyError, TypeError, ValueError):
       raise ReportError(f"{path}: every bucket needs 'label', 'low', 'high' and 'rows', got {b!r}") from None
+    values = {m: _finite_or_none(b.get(m), repr(f"buckets[{i}].{m}")) for m in RARE_BUCKET_METRICS}
+    buckets.append(RareBucket(label=label, low=low, high=high, rows=rows, values=values))
   absent = data.get("absent_rows")
   if absent is not None and not isinstance(absent, dict):
     raise ReportError(f"{path}: 'absent_rows' must be an object, got {absent!r}")
   if absent is not None:
-    absent = {**{m: _finite_or_none(absent.get(m)) for m in RARE_ABSENT},
+    absent = {**{m: _finite_or_none(absent.get(m), repr(f"absent_rows.{m}")) for m in RARE_ABSENT},
               "note": None if absent.get("note") is None else str(absent["note"])}
-  return RareTokens(geometry={m: _finite_or_none(geometry.get(m)) for m in RARE_GEOMETRY}, buckets=tuple(buckets),
+  return RareTokens(geometry={m: _finite_or_none(geometry.get(m), repr(f"geometry.input.{m}")) for m in RARE_GEOMETRY},
+                    buckets=tuple(buckets),
                     absent=absent)
 
 

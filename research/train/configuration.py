@@ -175,6 +175,18 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int | None = Non
     raise ConfigError(str(e)) from None
 
 
+def check_kinds(config: ml_collections.ConfigDict) -> None:
+  """What a config file may assign that ml_collections lets through: None to a field whose default is not None, and
+  a bool to a number field (True would train 1 step). One line naming the field, as `apply_overrides` says it."""
+  reference = flatten(reference_config())
+  for name, value in flatten(config).items():
+    default = reference.get(name)
+    if value is None and default is not None:
+      raise ConfigError(f"{name}=None: expected {_kind_text(default)}")
+    if isinstance(value, bool) and not isinstance(default, bool) and isinstance(default, (int, float)):
+      raise ConfigError(f"{name}={value!r}: expected {_kind_text(default)}, got a bool")
+
+
 # jax.random.key takes a uint32 seed (2**32 wraps to 0) and numpy's generators a non-negative one.
 MAX_SEED = 2 ** 32 - 1
 
@@ -182,6 +194,7 @@ MAX_SEED = 2 ** 32 - 1
 def validate(config: ml_collections.ConfigDict) -> ModelConfig:
   """Every check that needs no data and no compilation. Returns the model config (with data.vocab_size)."""
   check_fields(config)
+  check_kinds(config)
   if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not 0 <= config.seed <= MAX_SEED:
     raise ConfigError(f"seed={config.seed!r} must be an integer in 0 ... {MAX_SEED}")
   _choice("objective", config.objective, OBJECTIVES)

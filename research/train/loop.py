@@ -332,9 +332,8 @@ def check_no_brackets(path: Path) -> None:
 
 def is_run_directory(path: Path) -> bool:
   """Whether `path` holds a run: its config.json beside its tokenizer.json or checkpoints/ (a start that got that
-  far), or its summary.json."""
-  return ((path / CONFIG_FILE).is_file() and ((path / TOKENIZER_FILE).exists() or (path / "checkpoints").is_dir())) \
-      or (path / SUMMARY_FILE).is_file()
+  far). A config.json or summary.json alone may be anyone's file."""
+  return (path / CONFIG_FILE).is_file() and ((path / TOKENIZER_FILE).exists() or (path / "checkpoints").is_dir())
 
 
 def check_not_a_file(workdir: str | os.PathLike) -> Path:
@@ -605,8 +604,9 @@ class MetricsLog:
     if self.enabled:
       from tensorboardX import SummaryWriter
       # purge_step: TensorBoard drops the events of earlier processes from the restored step on, which this run
-      # logs again (else a resumed curve shows those steps twice, zigzagging).
-      self.writer = SummaryWriter(str(workdir), purge_step=resume_step + 1 if resume_step else None)
+      # logs again (else a resumed curve shows those steps twice, zigzagging); from step 1 on a fresh start, which
+      # may follow a start that failed before its first checkpoint.
+      self.writer = SummaryWriter(str(workdir), purge_step=resume_step + 1)
 
   def write(self, record: dict[str, Any]) -> None:
     if not self.enabled:
@@ -1001,7 +1001,9 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, mesh, start_
   if not valid:  # e.g. steps == 0, or resumed at the end
     valid = trainer.evaluate(state.params, data.splits["valid"])
     if int(state.step) > 0:  # resumed at the end: a metrics.jsonl whose last line was torn lacks it
-      log.write_missing_valid(valid_record(int(state.step), valid, last_train.get("lr", 0.0)))
+      lr = float(optim.make_schedule(t)(int(state.step) - 1))  # the step's train line's lr (the train step logs
+      # schedule(step before its update))
+      log.write_missing_valid(valid_record(int(state.step), valid, lr))
   if not valid.get("tokens") and jax.process_index() == 0:
     why = " (an MLM scores only the tokens it masks, about data.mlm_select_rate of them)" \
         if config.objective == "mlm" else ""
