@@ -392,13 +392,17 @@ def test_the_reason_named_is_the_lines_own(tmp_path):
   data = (tmp_path / "latin.txt").read_bytes().replace(b"cat", b"caf\xe9")
   (tmp_path / "latin.txt").write_bytes(data.replace(b"dog 8.5", b"dog abc"))
   (tmp_path / "ft.bin.gz").write_bytes(gzip.compress(Path(datapath("lee_fasttext.bin")).read_bytes()))
+  kv.save_word2vec_format(str(tmp_path / "single.txt"))  # one number on a line: gensim broadcasts it, silently
+  (tmp_path / "single.txt").write_bytes((tmp_path / "single.txt").read_bytes().replace(b"cat 4.5 5.5 6.5 7.5",
+                                                                                         b"cat 4.5"))
   cases = [("glove.txt", {}, "line 4 ('extra') has 5 numbers where the first vector has 4"),
            ("header.txt", {}, "line 2 ('the') has 4 numbers where the header says 3"),
            ("binary.txt", {}, "holds NUL bytes: the file looks binary (a word2vec binary named like text?); set "
                               "model.pretrained.format=word2vec-binary"),
            ("latin.txt", {}, "line 3 holds bytes that are not UTF-8"),
            ("latin.txt", {"unicode_errors": "replace"}, "line 4 ('dog'): 'abc' is not a number"),
-           ("ft.bin.gz", {}, "a compressed fastText .bin is not read")]
+           ("ft.bin.gz", {}, "a compressed fastText .bin is not read"),
+           ("single.txt", {}, "line 3 ('cat') has 1 number where the header says 4")]
   for name, options, part in cases:
     message = refusal(lambda: pretrained.load_vectors(tmp_path / name, **options))
     assert part in message and "contains a space" not in message, (name, message)

@@ -157,6 +157,20 @@ def _vectors_in_file(path: Path, resolved: str, dim: int) -> int:
   return sum(1 for line in _text_lines(path) if line.strip()) - (1 if _has_header(resolved) else 0)
 
 
+def _line_of_other_width(path: Path, resolved: str, dim: int) -> tuple[int, bytes, int] | None:
+  """(line number, word, count of numbers) of the first vector line of a text file whose count of numbers is not
+  `dim`, counted as gensim splits a line (on " ", after stripping the line's end), or None. gensim refuses most such
+  lines, but one with a single number it broadcasts over the whole vector, silently."""
+  skip = 1 if _has_header(resolved) else 0
+  for line_no, raw in enumerate(_text_lines(path), 1):
+    if line_no <= skip:
+      continue
+    line = raw.rstrip(b" \t\r\n\x0b\x0c")
+    if line and line.count(b" ") != dim:
+      return line_no, line.split(b" ", 1)[0], line.count(b" ")
+  return None
+
+
 def _is_number(text: str) -> bool:
   try:
     float(text)
@@ -418,6 +432,14 @@ def load_vectors(path: str | os.PathLike, format: str = "auto", *, names: dict[s
       unit = "vectors" if resolved == "word2vec-binary" else "vector lines"
       raise PretrainedError(f"{where}: its header announces {count} vectors but the file holds {found} {unit}; "
                             f"gensim would read only the first {count}: correct the header's first number")
+  if resolved in ("word2vec", "fasttext", "glove"):
+    other = _line_of_other_width(path, resolved, kv.vector_size)
+    if other is not None:
+      line_no, word, numbers = other
+      what = "the header says" if _has_header(resolved) else "the first vector has"
+      raise PretrainedError(f"{where} does not parse as {resolved!r}{auto}: line {line_no} "
+                            f"({word.decode(errors='replace')!r}) has {numbers} number{'s' if numbers != 1 else ''} "
+                            f"where {what} {kv.vector_size} (gensim would repeat a single number across the vector)")
   bad = _first_non_finite(kv.vectors)
   if bad is not None:
     raise PretrainedError(f"{where}: the vector of {kv.index_to_key[bad]!r} (vector {bad + 1}) holds "
