@@ -460,11 +460,10 @@ def evaluation_outdated(sweep: Sweep, trial_dir: Path) -> str | None:
   # checkpoint it scored is no longer the one --checkpoint selects. research-report's rule (docs/reports.md, "Stale
   # evaluations"), so that what the report leaves out as stale the rerun evaluates again.
   try:
-    stale = report_runs.load_run(trial_dir).stale
+    stale = report_runs.load_run(trial_dir).stale_reasons
   except report_runs.ReportError:
     return None  # a file the evaluation does not write (an analysis, the summary): evaluating again cannot mend it
-  notes = [stale[f"eval/{f}"] for f in eval_files(sweep) if f"eval/{f}" in stale]
-  return notes[0].split(": ", 1)[1].split(": stale", 1)[0] if notes else None
+  return next((stale[f"eval/{f}"] for f in eval_files(sweep) if f"eval/{f}" in stale), None)
 
 
 def trial_plan(sweep: Sweep, trial_dir: Path, steps: int | None = None) -> tuple[str, str | None]:

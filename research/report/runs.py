@@ -160,9 +160,10 @@ class Trial:
   def finished(self) -> bool:
     return self.status == "finished" and self.summary is not None
 
-  def stale_note(self, checkpoint_step: int | None, file: str, checkpoint: str | None = None) -> str | None:
+  def stale_reason(self, checkpoint_step: int | None, file: str, checkpoint: str | None = None) -> str | None:
     """Why an evaluation of checkpoint `checkpoint_step` (written to `file`) no longer stands for the finished run,
-    or None. research-evaluate scores the best checkpoint (lowest validation loss) or the last one.
+    or None (`stale` says it with the trial's name and what the report does with it). research-evaluate scores the
+    best checkpoint (lowest validation loss) or the last one.
 
     With the choice recorded (`checkpoint`, in files written since it is) and the run's checkpoints on disk, the
     evaluation is stale when that choice selects another step now: "last" a later checkpoint, "best" a kept one
@@ -189,10 +190,9 @@ class Trial:
     if final is None or scored is None or not final < scored:
       return None
     low, high = _distinct(final, scored)
-    return (f"{self.name}: {file} scored the checkpoint of step {checkpoint_step}; the run has since reached step "
-            f"{step}, whose checkpoint has a lower validation loss ({low} < {high}), so neither "
-            f"--checkpoint=best nor --checkpoint=last selects step {checkpoint_step} now: stale, left out of the "
-            f"means and plots (rerun research-evaluate)")
+    return (f"{file} scored the checkpoint of step {checkpoint_step}; the run has since reached step {step}, whose "
+            f"checkpoint has a lower validation loss ({low} < {high}), so neither --checkpoint=best nor "
+            f"--checkpoint=last selects step {checkpoint_step} now")
 
   def checkpoint_steps(self) -> list[int]:
     """The steps of the run's finished checkpoints (RUN/checkpoints/<step>; Orbax's unfinished saves carry a
@@ -203,11 +203,10 @@ class Trial:
       return []
 
   def _stale_by_choice(self, checkpoint_step: int, file: str, checkpoint: str, kept: list[int]) -> str | None:
-    """`stale_note` for a file that records its choice, given the kept checkpoint steps."""
-    why = f"{self.name}: {file} scored the checkpoint of step {checkpoint_step} (--checkpoint={checkpoint}); "
-    tail = ": stale, left out of the means and plots (rerun research-evaluate)"
+    """`stale_reason` for a file that records its choice, given the kept checkpoint steps."""
+    why = f"{file} scored the checkpoint of step {checkpoint_step} (--checkpoint={checkpoint}); "
     if checkpoint == "last":
-      return None if checkpoint_step >= kept[-1] else f"{why}the last checkpoint is now step {kept[-1]}{tail}"
+      return None if checkpoint_step >= kept[-1] else f"{why}the last checkpoint is now step {kept[-1]}"
     losses = self.valid_losses()
     scored = losses.get(checkpoint_step)
     ranked = [(losses[s], s) for s in kept if s in losses]
@@ -217,7 +216,7 @@ class Trial:
     if not best_loss < scored:  # a tie with the scored step is no change of what "best" means
       return None
     low, high = _distinct(best_loss, scored)
-    return f"{why}the best checkpoint is now step {best} (validation loss {low} < {high}){tail}"
+    return f"{why}the best checkpoint is now step {best} (validation loss {low} < {high})"
 
   def valid_losses(self) -> dict[int, float]:
     """{step: validation loss} of metrics.jsonl's `split: valid` lines (the last line of a step wins)."""
@@ -230,15 +229,22 @@ class Trial:
     return out
 
   @functools.cached_property
-  def stale(self) -> dict[str, str]:
-    """{eval file (as `extrapolation_file` and BY_POSITION_FILE name it): its stale note} for the trial's stale
-    evaluations (extrapolation, RoPE-scaled, loss by position), judged once: the table's cells, the plots and
-    report.md look them up here."""
+  def stale_reasons(self) -> dict[str, str]:
+    """{eval file (as `extrapolation_file` and BY_POSITION_FILE name it): its `stale_reason`} for the trial's stale
+    evaluations (extrapolation, RoPE-scaled, loss by position), judged once (the sweep runner evaluates these
+    again)."""
     files = [(self.extrapolation, extrapolation_file(None)),
              *((e, extrapolation_file(s)) for s, e in self.scaled.items()), (self.by_position, BY_POSITION_FILE)]
-    notes = {f.as_posix(): self.stale_note(e.checkpoint_step, f.as_posix(), e.checkpoint)
-             for e, f in files if e is not None}
-    return {file: note for file, note in notes.items() if note is not None}
+    reasons = {f.as_posix(): self.stale_reason(e.checkpoint_step, f.as_posix(), e.checkpoint)
+               for e, f in files if e is not None}
+    return {file: reason for file, reason in reasons.items() if reason is not None}
+
+  @functools.cached_property
+  def stale(self) -> dict[str, str]:
+    """{eval file: its stale note} (each of `stale_reasons` with the trial's name and what the report does): the
+    table's cells, the plots and report.md look them up here."""
+    return {file: f"{self.name}: {reason}: stale, left out of the means and plots (rerun research-evaluate)"
+            for file, reason in self.stale_reasons.items()}
 
   def stale_evaluations(self) -> list[str]:
     """The stale notes of every evaluation file of the trial, in `stale`'s order."""
