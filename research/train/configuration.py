@@ -128,10 +128,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
     default = valid[name]
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
       value = float(value)
-    if value is None and default is not None:
-      raise ConfigError(f"{name}=None: expected {_kind_text(default)}")
-    if isinstance(value, bool) and not isinstance(default, bool) and isinstance(default, (int, float)):
-      raise ConfigError(f"{name}={value!r}: expected {_kind_text(default)}, got a bool")
+    _check_kind(name, value, default)  # what ml_collections would take
     try:
       node[leaf] = value
     except (TypeError, ValueError):  # ml_collections' type check: '1e-3' for a float, 'true' for a bool
@@ -180,11 +177,15 @@ def check_kinds(config: ml_collections.ConfigDict) -> None:
   a bool to a number field (True would train 1 step). One line naming the field, as `apply_overrides` says it."""
   reference = flatten(reference_config())
   for name, value in flatten(config).items():
-    default = reference.get(name)
-    if value is None and default is not None:
-      raise ConfigError(f"{name}=None: expected {_kind_text(default)}")
-    if isinstance(value, bool) and not isinstance(default, bool) and isinstance(default, (int, float)):
-      raise ConfigError(f"{name}={value!r}: expected {_kind_text(default)}, got a bool")
+    _check_kind(name, value, reference.get(name))
+
+
+def _check_kind(name: str, value: Any, default: Any) -> None:
+  """None for a field whose default is not None, or a bool for a number field: one ConfigError line."""
+  if value is None and default is not None:
+    raise ConfigError(f"{name}=None: expected {_kind_text(default)}")
+  if isinstance(value, bool) and not isinstance(default, bool) and isinstance(default, (int, float)):
+    raise ConfigError(f"{name}={value!r}: expected {_kind_text(default)}, got a bool")
 
 
 # jax.random.key takes a uint32 seed (2**32 wraps to 0) and numpy's generators a non-negative one.

@@ -118,6 +118,7 @@ class RunData:
   tokenizer: Any
   splits: dict[str, np.ndarray]
   vocab_size: int
+  train_counts: np.ndarray | None = None  # RUN/token_counts.npy (None: a run written before the file existed)
 
 
 def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> RunData:
@@ -142,10 +143,10 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> RunData:
   check_splits(splits, tokenizer.get_vocab_size())
   splits = {**splits, "train": batches_lib.stream_prefix(splits["train"], config.data.train_fraction)}
   counts_file = tokenizers_lib.counts_path(workdir)
-  damaged = None
+  counts, damaged = None, None
   if resumed and counts_file.exists():
     try:
-      np.load(counts_file)
+      counts = np.load(counts_file)
     except (OSError, ValueError, EOFError) as e:  # truncated by a full disk: one epoch of the stream, counted again
       damaged = first_line(e)
   if not resumed or damaged:  # a resumed run keeps the counts it started with (its valid_ppl_rare rule, its buckets)
@@ -162,7 +163,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> RunData:
   if jax.process_index() == 0:
     for line in stream_notes(config, splits["train"]):
       print(line, flush=True)
-  return RunData(tokenizer, splits, tokenizer.get_vocab_size())
+  return RunData(tokenizer, splits, tokenizer.get_vocab_size(), counts)
 
 
 def stream_notes(config: ml_collections.ConfigDict, train_ids: np.ndarray) -> list[str]:
@@ -823,16 +824,22 @@ DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "File too la
 def is_disk_full(e: BaseException) -> bool:
   """Whether `e`, or an exception it was raised from or during, is a full device: an OSError with ENOSPC, EDQUOT or
   EFBIG (Python's own writes), or TensorStore's RESOURCE_EXHAUSTED / errno text that Orbax passes on as ValueError."""
-  seen = set()
-  while e is not None and id(e) not in seen:
-    seen.add(id(e))
+  for e in _exception_chain(e):
     if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
       return True
     text = str(e)
     if any(t in text for t in DISK_FULL_TEXT) or ("RESOURCE_EXHAUSTED" in text and "writing" in text.lower()):
       return True
-    e = e.__cause__ or e.__context__
   return False
+
+
+def _exception_chain(e: BaseException | None):
+  """`e`, then the exceptions it was raised from or during (`__cause__`, else `__context__`), each once."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    yield e
+    e = e.__cause__ or e.__context__
 
 
 WRITE_DENIED_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
@@ -840,13 +847,7 @@ WRITE_DENIED_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 def is_write_denied(e: BaseException) -> BaseException | None:
   """The OSError of a denied write (permissions, a read-only mount) that `e` was raised from or during, or None."""
-  seen = set()
-  while e is not None and id(e) not in seen:
-    seen.add(id(e))
-    if isinstance(e, OSError) and e.errno in WRITE_DENIED_ERRNOS:
-      return e
-    e = e.__cause__ or e.__context__
-  return None
+  return next((x for x in _exception_chain(e) if isinstance(x, OSError) and x.errno in WRITE_DENIED_ERRNOS), None)
 
 
 def check_writable(directory: str | os.PathLike) -> None:
@@ -894,9 +895,8 @@ def lock_workdir(workdir: Path):
 
 def _train_locked(config: ml_collections.ConfigDict, workdir: Path, mesh, start_time: float) -> dict[str, Any]:
   data = prepare_data(config, workdir)
-  counts_file = tokenizers_lib.counts_path(workdir)
   trainer = Trainer.build(config, data.vocab_size, mesh, char_ids=char_ids(config, data.tokenizer),
-                          train_counts=np.load(counts_file) if counts_file.exists() else None)
+                          train_counts=data.train_counts)
   trainer.check_memory()  # before the vector file is read, config.json written or anything compiled
   t = config.train
   table, table_report = None, None
