@@ -61,6 +61,7 @@ def main(argv):
   except ValueError:
     raise extrapolation.EvaluationError(f"--passkey_depths={','.join(_PASSKEY_DEPTHS.value)} must be numbers in "
                                         f"[0, 1]") from None
+  passkey.check_given(_PASSKEY.value, [flag.name for flag in (_PASSKEY_DEPTHS, _PASSKEY_TRIALS) if flag.present])
   report = extrapolation.evaluate_run(
       _WORKDIR.value, lengths, mode=_MODE.value, stride=_STRIDE.value, split=_SPLIT.value,
       checkpoint=_CHECKPOINT.value, rope_scaling=_ROPE_SCALING.value, rope_factor=_ROPE_FACTOR.value,

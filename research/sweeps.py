@@ -309,6 +309,8 @@ def resolved_evaluate_options(evaluate: Any, where: str = "EVALUATE") -> tuple[d
     except (TypeError, ValueError):
       raise configuration.ConfigError(f"{where}[{key!r}]={evaluate[key]!r} must be {what}") from None
   try:
+    passkey.check_given(options["passkey"], [key for key in ("passkey_depths", "passkey_trials")
+                                             if evaluate.get(key) is not None])
     multiples = extrapolation.check_options(
         options["lengths"], mode=options["mode"], stride=options["stride"], split=options["split"],
         checkpoint=options["checkpoint"], rope_scaling=options["rope_scaling"], rope_factor=options["rope_factor"],

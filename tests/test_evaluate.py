@@ -446,6 +446,11 @@ def test_passkey_errors_are_one_line_before_anything_loads(tmp_path):
     (["--passkey"], "error: passkey retrieval needs a causal LM, but '{mlm}' was trained with objective='mlm' (a "
                     "masked LM does not generate the key left to right)"),
     (["--passkey", "--passkey_depths=0,half"], "error: --passkey_depths=0,half must be numbers in [0, 1]"),
+    # Passkey options without --passkey were accepted and nothing was scored.
+    (["--passkey_trials=3"], "error: --passkey_trials applies with --passkey only (without it no passkey retrieval "
+                             "is scored)"),
+    (["--passkey_depths=0.5", "--passkey_trials=3"], "error: --passkey_depths, --passkey_trials apply with "
+                                                     "--passkey only (without it no passkey retrieval is scored)"),
 ])
 def test_passkey_cli_errors_are_one_line_with_status_2(tmp_path, args, message):
   mlm = _fake_run_dir(tmp_path / "mlm", objective="mlm")

@@ -190,6 +190,8 @@ def _one_error_line(result) -> str:
     ({"split": "dev"}, "EVALUATE: split='dev' is not one of train, valid, test"),
     ({"passkey": True, "passkey_depths": [2]}, "EVALUATE: passkey_depths=[2.0] must be fractions in [0, 1]"),
     ({"passkey": True, "passkey_trials": 0}, "EVALUATE: passkey_trials=0 must be an integer >= 1"),
+    ({"passkey_trials": 3}, "EVALUATE: --passkey_trials applies with --passkey only"),
+    ({"passkey": False, "passkey_depths": [0.5]}, "EVALUATE: --passkey_depths applies with --passkey only"),
     # What only a trial's config rules out: named with the trial.
     ({"rope_scaling": "linear"}, "EVALUATE does not suit trial 'position=alibi': rope_scaling='linear' needs a RoPE "
                                  "run"),

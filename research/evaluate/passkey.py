@@ -61,6 +61,15 @@ def check_options(depths: Sequence[float], trials: int) -> None:
     raise EvaluationError(f"passkey_trials={trials!r} must be an integer >= 1")
 
 
+def check_given(passkey: bool, given: Sequence[str]) -> None:
+  """A one-line error for passkey options given without `passkey`: they would be accepted and nothing scored.
+  `given` names the options set explicitly (a flag present, an EVALUATE key not None)."""
+  if given and not passkey:
+    verb = "applies" if len(given) == 1 else "apply"
+    raise EvaluationError(f"{', '.join('--' + name for name in given)} {verb} with --passkey only (without it no "
+                          f"passkey retrieval is scored)")
+
+
 def keys(seed: int, length: int, depth: float, n: int) -> list[str]:
   """The `n` keys of cell (length, depth): a generator seeded by (seed, length, depth in thousandths)."""
   rng = np.random.default_rng([abs(int(seed)), int(length), int(round(float(depth) * 1000))])
