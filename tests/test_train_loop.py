@@ -478,14 +478,33 @@ def test_the_best_validation_is_the_lowest_loss_the_log_holds_up_to_the_step(tmp
     log.write(loop.train_record(step, {"loss": 0.1, "lr": 1e-3, "tokens_per_s": 1.0}, 1000.0 * step))
   log.close()
   final = {"loss": 2.9, "ppl": math.exp(2.9)}
-  # Train lines (whose loss is lower) never count; the earliest of two equal losses wins.
+  # Train lines (whose loss is lower) never count; the later of two equal losses wins, as in Orbax's ranking.
   assert loop.best_validation(log.path, 400, final) == {"best_valid_loss": 2.5, "best_valid_ppl": math.exp(2.5),
-                                                        "best_step": 200}
+                                                        "best_step": 300}
   # Lines past the step (a log not yet truncated by a resume) do not count either.
   assert loop.best_validation(log.path, 150, final)["best_step"] == 100
   # No validation line at all: the final evaluation is the best.
   assert loop.best_validation(tmp_path / "absent.jsonl", 7, final) == {
       "best_valid_loss": 2.9, "best_valid_ppl": math.exp(2.9), "best_step": 7}
+
+
+@pytest.mark.parametrize("losses", [(3.0, 2.5, 2.5, 2.9), (2.0, 2.0, 2.0, 2.0), (2.5, 2.0, 3.0, 2.0)])
+def test_the_best_validation_names_the_checkpoint_orbax_ranks_best_and_keeps_on_a_tie(tmp_path, losses):
+  """summary.json's best_step is the checkpoint research-evaluate --checkpoint=best and research-analyze read: the
+  real Checkpointer's best_step() after the trainer's retention (keep 2 + the best), ties included."""
+  log = loop.MetricsLog(tmp_path, resume_step=0)
+  with checkpoint_lib.Checkpointer(tmp_path / "checkpoints", keep=2, async_save=False) as ckpt:
+    for i, loss in enumerate(losses):
+      step = 10 * (i + 1)
+      log.write(loop.valid_record(step, {"loss": loss, "ppl": math.exp(loss), "accuracy": 0.1}, lr=1e-3))
+      ckpt.save(step, {"w": np.full(2, float(i), np.float32)}, {"i": i}, metrics={"valid_loss": loss})
+    ckpt.wait()
+    best_step, kept = ckpt.best_step(), ckpt.all_steps()
+  log.close()
+  final = {"loss": losses[-1], "ppl": math.exp(losses[-1])}
+  summary = loop.best_validation(log.path, 10 * len(losses), final)
+  assert summary["best_step"] == best_step and best_step in kept
+  assert summary["best_valid_loss"] == min(losses)
 
 
 def test_the_state_a_device_holds_is_counted_exactly_before_anything_allocates():

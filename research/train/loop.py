@@ -553,13 +553,15 @@ def valid_record(step: int, valid: dict[str, float], lr: float) -> dict[str, Any
 def best_validation(metrics_path: Path, step: int, valid: dict[str, float]) -> dict[str, Any]:
   """The lowest validation loss of the run (metrics.jsonl's `split: valid` lines, which a resumed run rewrote from
   its restored step on, so an interrupted run finds the same), as `best_valid_loss`, `best_valid_ppl`, `best_step`:
-  early stopping's figure, next to the final one (docs/training.md, "summary.json"). The earliest step wins a tie."""
+  early stopping's figure, next to the final one (docs/training.md, "summary.json"). The latest step wins a tie, as
+  in the Orbax ranking `Checkpointer.best_step()` and the BestN retention use (a stable sort, best last), so on a tie
+  summary.json names the checkpoint that is kept and that research-evaluate and research-analyze read."""
   records = []
   if metrics_path.exists():
     records = [r for r in read_metrics(metrics_path) if r.get("split") == "valid" and r.get("step", 0) <= step]
   if not records:
     records = [{"step": step, **valid}]
-  best = min(records, key=lambda r: (r["loss"], r["step"]))
+  best = min(records, key=lambda r: (r["loss"], -r["step"]))
   return {"best_valid_loss": best["loss"], "best_valid_ppl": best["ppl"], "best_step": best["step"]}
 
 
