@@ -422,6 +422,28 @@ def _fake_run_dir(path, **overrides):
   return path
 
 
+def test_an_evaluation_scaling_the_run_cannot_take_is_one_line_before_anything_loads(tmp_path):
+  """--rope_scaling replaces the model's scaling (factor = the multiple): refused on a run trained with a scaling of
+  its own, which would be dropped, and where the scaling cannot be computed (it raised ZeroDivisionError at 2x,
+  after scoring 1x)."""
+  scaled = _fake_run_dir(tmp_path / "scaled", **{"model.position": "rope", "model.rope_scaling": "linear",
+                                                 "model.rope_factor": 4.0})
+  with pytest.raises(extrapolation.EvaluationError, match=r"^rope_scaling='ntk' would replace the scaling '.*scaled' "
+                                                          r"was trained with \(model.rope_scaling='linear', "
+                                                          r"rope_factor=4\); its plain evaluation already applies"):
+    extrapolation.evaluate_run(scaled, (1, 2), rope_scaling="ntk")
+  narrow = _fake_run_dir(tmp_path / "narrow", **{"model.position": "rope", "model.rope_fraction": 0.125})
+  with pytest.raises(extrapolation.EvaluationError, match=r"^rope_scaling='ntk' does not suit '.*narrow': "
+                                                          r"model.rope_scaling='ntk' needs a rotary dimension >= 4"):
+    extrapolation.evaluate_run(narrow, (1, 2), rope_scaling="ntk")
+  base_one = _fake_run_dir(tmp_path / "base_one", **{"model.position": "rope", "model.rope_base": 1.0})
+  with pytest.raises(extrapolation.EvaluationError, match=r"^rope_scaling='yarn' does not suit .*rope_base > 1"):
+    extrapolation.evaluate_run(base_one, (1, 2), rope_scaling="yarn")
+  extrapolation.check_run_options(narrow, tiny_config(**{"model.position": "rope", "model.rope_fraction": 0.125}),
+                                  [1, 2], mode="nonoverlapping", stride=None, rope_scaling="yarn",
+                                  passkey=False)  # what it can take passes
+
+
 def test_passkey_errors_are_one_line_before_anything_loads(tmp_path):
   from research.data import tokenizers
   mlm = _fake_run_dir(tmp_path / "mlm", objective="mlm")

@@ -444,6 +444,12 @@ def test_embedding_dropout_is_elementwise_and_off_in_eval():
     (dict(position="rope", rope_fraction=0.0), r"model.rope_fraction=0.0 must be in \(0, 1\]"),
     (dict(position="rope", rope_fraction=0.1), r"model.rope_fraction=0.1 .* rotate at least 2 of the 8 head"),
     (dict(position="rope", rope_factor=0.5), r"model.rope_factor=0.5 must be >= 1"),
+    # Scalings rope_frequencies cannot compute (a ZeroDivisionError at the first factor > 1, mid-evaluation).
+    (dict(position="rope", rope_fraction=0.25, rope_scaling="ntk"),
+     r"^model.rope_scaling='ntk' needs a rotary dimension >= 4 \(its base exponent is d/\(d-2\)\), got 2"),
+    (dict(position="rope", rope_scaling="yarn", rope_base=1.0),
+     r"^model.rope_scaling='yarn' needs model.rope_base > 1 \(its correction range divides by ln\(base\)\), got 1$"),
+    (dict(position="rope", rope_scaling="yarn", rope_base=0.5), r"needs model.rope_base > 1 .*got 0.5$"),
     (dict(max_len=0), r"model.max_len=0 must be >= 1"),
     (dict(position="bogus"), r"unknown positional scheme 'bogus'; registered schemes: .*alibi.*rope.*t5"),
     (dict(combine="mul"), r"model.combine='mul' is not one of add, concat"),

@@ -66,6 +66,17 @@ def rope_frequencies(rot_dim: int, base: float = 10_000.0, scaling: str = "none"
   raise ValueError(f"rope scaling {scaling!r} is not one of none, linear, ntk, yarn")
 
 
+def check_scaling(scaling: str, rot_dim: int, base: float) -> None:
+  """A one-line ValueError for a scaling `rope_frequencies` cannot compute at any factor > 1: static NTK divides
+  its exponent by rot_dim − 2, YaRN's correction range by ln(base)."""
+  if scaling == "ntk" and rot_dim <= 2:
+    raise ValueError(f"model.rope_scaling='ntk' needs a rotary dimension >= 4 (its base exponent is d/(d-2)), got "
+                     f"{rot_dim} (head dimension x model.rope_fraction, rounded down to even)")
+  if scaling == "yarn" and not base > 1.0:
+    raise ValueError(f"model.rope_scaling='yarn' needs model.rope_base > 1 (its correction range divides by "
+                     f"ln(base)), got {base:g}")
+
+
 def rope_tables(positions_BxL, inv_freq_R, attention_factor: float = 1.0):
   """(cos, sin) of the angles position·θ_i, each [B, L, 1, R] and times `attention_factor`, computed once (for the
   first row alone when every row has its positions) behind a conditional (`per_row_tables`), so that every head,
@@ -139,6 +150,7 @@ class RotaryPositions(PositionalScheme):
                        f"{head_dim} head dimensions")
     if cfg.rope_factor < 1.0:
       raise ValueError(f"model.rope_factor={cfg.rope_factor} must be >= 1")
+    check_scaling(cfg.rope_scaling, rope_rotary_dim(head_dim, cfg.rope_fraction), cfg.rope_base)
 
   def frequencies(self):
     """(inv_freq [rotary_dim // 2], attention_factor) for this config (see `rope_frequencies`)."""

@@ -316,6 +316,17 @@ def check_run_options(workdir: str | Path, config: ml_collections.ConfigDict, mu
     # would hold plain numbers labelled as scaled ones.
     raise EvaluationError(f"rope_scaling={rope_scaling!r} needs a RoPE run, but {str(workdir)!r} was trained with "
                           f"model.position={position!r}")
+  if rope_scaling and config.model.rope_scaling != "none":
+    # The evaluation's scaling replaces the model's (factor = the multiple): the run's trained one would be dropped,
+    # and extrapolation_<scaling>.json would hold another model's numbers.
+    raise EvaluationError(f"rope_scaling={rope_scaling!r} would replace the scaling {str(workdir)!r} was trained "
+                          f"with (model.rope_scaling={config.model.rope_scaling!r}, "
+                          f"rope_factor={config.model.rope_factor:g}); its plain evaluation already applies that one")
+  if rope_scaling:
+    try:
+      dataclasses.replace(configuration.model_config(config), rope_scaling=rope_scaling)
+    except (ValueError, configuration.ConfigError) as e:
+      raise EvaluationError(f"rope_scaling={rope_scaling!r} does not suit {str(workdir)!r}: {e}") from None
   if passkey and config.objective != "clm":
     raise EvaluationError(f"passkey retrieval needs a causal LM, but {str(workdir)!r} was trained with "
                           f"objective={config.objective!r} (a masked LM does not generate the key left to right)")
