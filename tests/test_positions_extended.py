@@ -293,6 +293,28 @@ def test_kerple_init_follows_the_reference_ranges(name, r1_range, r2_range):
   assert not np.array_equal(layer0, layer1)  # each layer draws its own
 
 
+@pytest.mark.parametrize("name,kind", [("kerple_log", "decoder"), ("kerple_power", "encoder")])
+def test_shared_kerple_is_the_per_layer_scheme_with_one_parameter_set_for_every_layer(name, kind):
+  """kerple_*_shared (the reference's one module passed to every layer) holds 2·H positional parameters at the top,
+  and gives the per-layer scheme's logits when every layer of that one holds the same values."""
+  shared = perturbed(init(tiny(position=f"{name}_shared", kind=kind)))["params"]
+  assert position_paths(shared) == ["['position_embed']['r1']", "['position_embed']['r2']"]
+  own = {key: value for key, value in shared.items() if key != "position_embed"}
+  for layer in range(2):
+    block = dict(own[f"block_{layer}"])
+    block["attention"] = {**block["attention"], "position_embed": shared["position_embed"]}
+    own[f"block_{layer}"] = block
+  assert jax.tree.structure(own) == jax.tree.structure(init(tiny(position=name, kind=kind))["params"])
+  ids = tokens()
+  shared_logits = Transformer(tiny(position=f"{name}_shared", kind=kind)).apply({"params": shared}, ids)
+  own_logits = Transformer(tiny(position=name, kind=kind)).apply({"params": own}, ids)
+  np.testing.assert_allclose(shared_logits, own_logits, rtol=1e-5, atol=1e-5)
+  # And the box holds for the shared leaves too (project_params finds them under the top-level position_embed).
+  projected = registry.project_params({"position_embed": {"r1": jnp.asarray([-1.0, 3.0])}},
+                                      registry.get_scheme(f"{name}_shared"))
+  np.testing.assert_array_equal(projected["position_embed"]["r1"], np.float32([kerple.EPS, 3.0]))
+
+
 @pytest.mark.parametrize("scheme,kind", [("fire", "decoder"), ("kerple_power", "encoder")])
 def test_a_per_layer_bias_is_computed_once_for_rows_that_share_positions_with_the_same_values(scheme, kind):
   """registry.bias_for_shared_rows: rows with the first row's positions take the one-row branch, others their own;

@@ -223,7 +223,7 @@ def test_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_pa
 @pytest.mark.parametrize("args,message", [
     (["--config.model.positon=alibi"], "unknown config field 'model.positon' (did you mean model.position"),
     (["--config.model.position=bogus"], "model.position='bogus' is not one of alibi, cope, fire, kerple_log, "
-                                        "kerple_power, learned, none, p_rope, rope, sandwich, sinusoidal, t5, xpos"),
+                                        "kerple_log_shared, kerple_power, kerple_power_shared, learned, none, p_rope, rope, sandwich, sinusoidal, t5, xpos"),
     (["--config.train.optimizer=adamax"], "train.optimizer='adamax' is not one of adamw, adam, sgd, adafactor, lion"),
     (["--config.train.steps=-5"], "train.steps=-5 must be an integer >= 0"),
     (["--config.data.seq_len=1"], "data.seq_len=1 must be >= 2"),

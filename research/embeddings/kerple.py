@@ -8,7 +8,11 @@ Both are 0 at distance 0, ≤ 0 and non-increasing in distance (conditionally po
 power with r2 = 1 is ALiBi with a learned slope r1.
 
 What we follow: the authors' gpt-neox code (github.com/chijames/KERPLE, `ParallelKerpleLog`, `ParallelKerplePower`
-in megatron/model/positional_embeddings.py): one module per attention layer; log inits r1 ~ U(0, 2) (`bias_p`) and
+in megatron/model/positional_embeddings.py), with one difference in where the parameters live. The reference builds
+one module before its layer loop and passes it to every layer (megatron/model/gpt2_model.py: `rpe=rpe_emb`), so all
+layers share 2·H parameters; `kerple_log` and `kerple_power` give each attention layer its own (2·H per layer, as
+FIRE and CoPE), and `kerple_log_shared` / `kerple_power_shared` are the reference's sharing (one module, computed
+once per forward pass for every layer, like ALiBi and T5). The rest is the same for both: log inits r1 ~ U(0, 2) (`bias_p`) and
 r2 ~ U(0, 1) (`bias_a`); power inits the multiplier r1 ~ U(0, 1) (`bias_a`) and the exponent r2 ~ U(0, 2)
 (`bias_p`); every parameter clamped to ≥ 1e-2 and the exponent to ≤ 2 before use. The reference clamps the stored
 tensor in place before each forward pass, so the optimizer's next update starts from the clamped value. Here the
@@ -113,3 +117,17 @@ class KerplePowerPositions(_KerplePositions):
 
   def rows_bias(self, q_positions_BxL, k_positions_BxL):
     return kerple_power_bias(q_positions_BxL, k_positions_BxL, *self.clipped())
+
+
+@register("kerple_log_shared")
+class KerpleLogSharedPositions(KerpleLogPositions):
+  """kerple_log with one r1, r2 [H] for every layer, as the reference code shares its module."""
+
+  per_layer = False
+
+
+@register("kerple_power_shared")
+class KerplePowerSharedPositions(KerplePowerPositions):
+  """kerple_power with one r1, r2 [H] for every layer, as the reference code shares its module."""
+
+  per_layer = False
