@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,6 +74,34 @@ def test_every_target_token_is_scored_once_and_lengths_beyond_a_learned_table_ar
       assert r["tokens"] == targets and math.isfinite(r["ppl"]) and r["ppl"] > 1
   saved = json.loads((workdir / "eval" / "extrapolation.json").read_text())
   assert saved == json.loads(json.dumps(report))
+
+
+@pytest.mark.slow
+def test_a_length_the_split_cannot_fill_one_window_of_is_na_not_a_shorter_lengths_score(tmp_path):
+  """A split of N targets holds one window of L only while L <= N; past it every length would score the same partial
+  window (one number repeated under 16x and 32x). The longest length that fits is scored on every target."""
+  import gensim.test.utils
+  lines = Path(gensim.test.utils.datapath("lee_background.cor")).read_text().splitlines()[:30]
+  (tmp_path / "small.txt").write_text("\n".join(lines) + "\n")  # real text; its valid split is 2 documents
+  run = _train(tmp_path / "run", **{"model.position": "alibi", "data.corpus": f"text:{tmp_path / 'small.txt'}",
+                                    "train.steps": 2, "train.eval_every": 2, "train.checkpoint_every": 2})
+  targets = _targets(run)
+  fits, beyond = targets // TRAIN_LEN, targets // TRAIN_LEN + 1
+  report = extrapolation.evaluate_run(run, (fits, beyond, 2 * beyond))
+  scored, *unfilled = report["results"]
+  assert scored["tokens"] == targets and math.isfinite(scored["ppl"])
+  for r in unfilled:
+    assert r["ppl"] is None and r["tokens"] == 0
+    assert r["note"] == (f"the valid split holds {targets} targets, fewer than one window of {r['length']} (it "
+                         f"would be scored at a shorter length)")
+
+
+def test_the_short_split_rule_counts_what_a_window_holds():
+  # A CLM window of L inputs scores L targets of stream[1:]; an MLM row holds L - 2 stream tokens.
+  assert extrapolation.short_split_note("clm", 65, 64, "valid") is None
+  assert "holds 63 targets, fewer than one window of 64" in extrapolation.short_split_note("clm", 64, 64, "valid")
+  assert extrapolation.short_split_note("mlm", 62, 64, "test") is None
+  assert "test split holds 61 tokens" in extrapolation.short_split_note("mlm", 61, 64, "test")
 
 
 @pytest.mark.slow

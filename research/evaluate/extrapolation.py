@@ -262,6 +262,19 @@ def unscorable_note(model_cfg: ModelConfig, length: int, train_len: int) -> str 
   return None
 
 
+def short_split_note(objective: str, num_tokens: int, length: int, split: str) -> str | None:
+  """n/a at a length the split cannot fill one window of: its one (partial) window would be scored at every such
+  length, the same number under each (a 32x column of a split shorter than 16x would repeat 16x's score)."""
+  # A CLM window of L inputs scores L targets (stream[1:]); an MLM row holds L - 2 stream tokens ([CLS] ... [SEP]).
+  fits = num_tokens - 1 if objective == "clm" else num_tokens
+  needed = length if objective == "clm" else length - 2
+  if fits >= needed:
+    return None
+  what = "targets" if objective == "clm" else "tokens"
+  return (f"the {split} split holds {fits} {what}, fewer than one window of {length} (it would be scored at a "
+          f"shorter length)")
+
+
 def _is_int(value: Any) -> bool:
   return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
@@ -384,7 +397,8 @@ def evaluate_run(workdir: str | Path, lengths: Sequence[int] = (1, 2, 4, 8, 16),
       factor = max(1.0, float(multiple)) if rope_factor is None else float(rope_factor)
       model_cfg = dataclasses.replace(model_cfg, rope_scaling=rope_scaling, rope_factor=factor,
                                       rope_original_len=train_len)
-    note = unscorable_note(model_cfg, length, train_len)
+    note = (unscorable_note(model_cfg, length, train_len)
+            or short_split_note(run.config.objective, len(run.splits[split]), length, split))
     if note:
       results.append(result_record(int(multiple), length, note=note))
       position_results.append(by_position_lib.result_record(int(multiple), length, note=note))
