@@ -263,3 +263,22 @@ def test_a_tokenizer_smaller_than_asked_or_mostly_unk_gets_a_note_and_a_normal_o
   assert found == [f"note: data.tokenizer='bpe' learned {tokenizer.get_vocab_size()} tokens from 'lee', fewer than "
                    f"data.vocab_size=60000; the model's table has {tokenizer.get_vocab_size()} rows"]
   assert notes("bpe", 512)[1] == []  # byte-level BPE: no [UNK], the size asked for
+
+
+@pytest.mark.parametrize("objective", ["clm", "mlm"])
+def test_the_unk_share_is_a_share_of_the_texts_tokens_not_of_the_separators(objective):
+  """One-word documents (a word list): as many [SEP] as words. The note's share is [UNK] over the text's tokens, as
+  encoding the documents alone gives it (it was over text + [SEP] (+ MLM's [CLS]), about half, and hid the note)."""
+  from research.data import batches
+  from research.train import loop
+  from tests.train_utils import tiny_config
+  words = [w for doc in _lee().train[:40] for w in doc.split()][:3000]
+  tokenizer = T.train_tokenizer("word", words, 300)
+  stream = batches.encode_split(tokenizer, words)
+  counts = batches.stream_counts(stream, tokenizer.get_vocab_size(), seq_len=32, objective=objective)
+  text = [i for ids in T.encode_ids(tokenizer, words) for i in ids]
+  share = text.count(T.UNK_ID) / len(text)
+  config = tiny_config(**{"data.tokenizer": "word", "data.vocab_size": 300, "objective": objective})
+  found = [n for n in loop.data_notes(config, tokenizer, counts) if "[UNK]" in n]
+  assert share > 2 * loop.UNK_NOTE_SHARE and len(found) == 1
+  assert found[0].startswith(f"note: {share:.1%} of the train split's tokens are [UNK]")

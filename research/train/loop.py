@@ -185,13 +185,15 @@ UNK_NOTE_SHARE = 0.05
 def data_notes(config: ml_collections.ConfigDict, tokenizer, counts: np.ndarray) -> list[str]:
   """Notes (not errors: the run is legal) on a freshly built tokenizer that is not what the config asked for: a
   vocabulary smaller than data.vocab_size (a corpus too small for it; the model's table has the tokenizer's size,
-  which summary.json's vocab_size records), and a train split with more than UNK_NOTE_SHARE of [UNK] tokens."""
+  which summary.json's vocab_size records), and a train split with more than UNK_NOTE_SHARE of [UNK] tokens (a share
+  of the text's tokens: the [SEP] between documents and an MLM row's [CLS] / [SEP] are not text)."""
   notes = []
   size, asked = tokenizer.get_vocab_size(), config.data.vocab_size
   if size < asked:
     notes.append(f"note: data.tokenizer={config.data.tokenizer!r} learned {size} tokens from {config.data.corpus!r}, "
                  f"fewer than data.vocab_size={asked}; the model's table has {size} rows")
-  total = int(counts.sum())
+  markers = [i for i in tokenizers_lib.SPECIAL_IDS if i != tokenizers_lib.UNK_ID and i < counts.size]
+  total = int(counts.sum()) - int(counts[markers].sum())
   if total and counts.size > tokenizers_lib.UNK_ID:
     share = float(counts[tokenizers_lib.UNK_ID]) / total
     if share > UNK_NOTE_SHARE:
