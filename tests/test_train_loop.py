@@ -223,11 +223,16 @@ def test_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_pa
 @pytest.mark.parametrize("args,message", [
     (["--config.model.positon=alibi"], "unknown config field 'model.positon' (did you mean model.position"),
     (["--config.model.position=bogus"], "model.position='bogus' is not one of alibi, cope, fire, kerple_log, "
-                                        "kerple_log_shared, kerple_power, kerple_power_shared, learned, none, p_rope, rope, sandwich, sinusoidal, t5, xpos"),
+                                        "kerple_log_shared, kerple_power, kerple_power_shared, learned, none, p_rope, "
+                                        "rope, sandwich, sinusoidal, t5, xpos"),
     (["--config.train.optimizer=adamax"], "train.optimizer='adamax' is not one of adamw, adam, sgd, adafactor, lion"),
     (["--config.train.steps=-5"], "train.steps=-5 must be an integer >= 0"),
     (["--config.data.seq_len=1"], "data.seq_len=1 must be >= 2"),
     (["--config.data.vocab_size=100"], "data.vocab_size=100: vocab_size=100 is too small for a 'bpe' tokenizer"),
+    # The BPE trainer aborted the process allocating 70 GB; unigram raised OverflowError past 2^32.
+    (["--config.data.vocab_size=1000000000"], "data.vocab_size=1000000000 is too large: at most 16,777,216 (2^24;"),
+    (["--config.data.tokenizer=unigram", "--config.data.vocab_size=18446744073709551616"],
+     "data.vocab_size=18446744073709551616 is too large: at most 16,777,216"),
     (["--config.model.num_heads=3"], "model.num_heads=3 does not divide the model width 64"),
     (["--config.model.table_dim=-1"], "model.table_dim=-1 must be an integer >= 0 (0 = d_model)"),
     # checked with the CNN off too, so a sweep that switches it on does not fail in its 40th trial

@@ -31,6 +31,9 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 from research.data.corpora import atomic_write_text
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+# The largest vocabulary a run may ask for: far above any model's (GPT-2 50k, Gemma 256k); Hugging Face's BPE trainer
+# reserves ~70 bytes per requested id up front (1e9 aborted the process allocating 70 GB), and ids are 32-bit.
+MAX_VOCAB_SIZE = 2 ** 24
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIAL_TOKENS))
 SPECIAL_IDS = (PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID)
 KINDS = ("bpe", "bpe-char", "wordpiece", "unigram", "word", "char", "byte")
@@ -138,6 +141,8 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int) -> Tokeniz
   texts = [t for t in texts if t]
   if not texts:
     raise ValueError(f"cannot train a {kind!r} tokenizer on no text")
+  if vocab_size > MAX_VOCAB_SIZE:
+    raise ValueError(f"vocab_size={vocab_size} is too large: at most {MAX_VOCAB_SIZE:,} (2^24)")
   minimum = min_vocab_size(kind, texts)
   if vocab_size < minimum:
     extra = " + 1" if kind == "unigram" else ""

@@ -255,6 +255,9 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
   if config.data.vocab_size < minimum:
     raise ConfigError(f"data.vocab_size={config.data.vocab_size!r} is too small: at least {minimum} "
                       f"({len(tokenizers.SPECIAL_TOKENS)} special tokens + 1), and the tokenizer kind may need more")
+  if config.data.vocab_size > tokenizers.MAX_VOCAB_SIZE:
+    raise ConfigError(f"data.vocab_size={config.data.vocab_size!r} is too large: at most {tokenizers.MAX_VOCAB_SIZE:,} "
+                      f"(2^24; Hugging Face's trainers reserve memory per requested id, and ids are 32-bit)")
   reference = flatten(reference_config())
   for name, value in flatten(config).items():  # after the fields' own checks: what NaN or inf passed (`nan < 1` is
     # False, a learning rate of inf is > 0); a NaN in config.json would also never equal itself on resume
