@@ -716,6 +716,24 @@ def test_a_train_fraction_is_a_prefix_cut_at_a_document_boundary(tmp_path):
     configuration.validate(tiny_config(**{"data.train_fraction": 0.0}))
 
 
+@pytest.mark.slow
+def test_a_run_on_a_train_fraction_is_evaluated_and_analyzed_on_the_streams_it_trained_on(tmp_path):
+  """research-evaluate and research-analyze load the train split cut as the trainer cut it, so RUN/data.json's record
+  matches (they refused every such run: 'trained on other data'); --split=train scores the prefix it trained on."""
+  from research.analysis import quality
+  from research.evaluate import extrapolation
+  config = tiny_config(**{"data.train_fraction": 0.3, "train.steps": 2, "train.eval_every": 2,
+                          "train.checkpoint_every": 2, "train.async_checkpoints": False})
+  loop.train(config, tmp_path / "run")
+  trained = loop.prepare_data(config, tmp_path / "run").splits
+  loaded = extrapolation.load_run(tmp_path / "run")
+  for name in trained:
+    np.testing.assert_array_equal(loaded.splits[name], trained[name])
+  report = extrapolation.evaluate_run(tmp_path / "run", (1,), split="train")
+  assert report["results"][0]["tokens"] == len(trained["train"]) - 1
+  assert quality.analyze_run(tmp_path / "run")["checkpoint_step"] == 2
+
+
 def test_the_pretrained_sweep_expands_and_validates():
   from research import sweeps
   sweep = sweeps.load_sweep(Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "pretrained.py")

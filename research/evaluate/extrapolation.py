@@ -132,6 +132,7 @@ def load_run(workdir: str | Path, checkpoint: str = "best") -> LoadedRun:
   if not checkpoint_lib.has_checkpoint(ckpt_dir):  # read from disk: no CheckpointManager thread left at exit
     raise EvaluationError(f"run {str(workdir)!r} has no complete checkpoint")
   loop.check_splits(splits, tokenizer.get_vocab_size())
+  splits = loop.trained_splits(config, splits)  # data.json records the train split after data.train_fraction's cut
   check_same_data(workdir, config, splits)
   model_cfg = configuration.model_config(config, tokenizer.get_vocab_size())
   # Only the parameters, onto this process's first device or the evaluation mesh (with the trainer's rule), whatever

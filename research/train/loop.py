@@ -141,7 +141,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> RunData:
   splits = batches_lib.build_or_load_cache(config.data.corpus, tokenizer, cache_dir=cache_dir, corpus=corpus,
                                            errors=config.data.errors)
   check_splits(splits, tokenizer.get_vocab_size())
-  splits = {**splits, "train": batches_lib.stream_prefix(splits["train"], config.data.train_fraction)}
+  splits = trained_splits(config, splits)
   counts_file = tokenizers_lib.counts_path(workdir)
   counts, damaged = None, None
   if resumed and counts_file.exists():
@@ -164,6 +164,12 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> RunData:
     for line in stream_notes(config, splits["train"]):
       print(line, flush=True)
   return RunData(tokenizer, splits, tokenizer.get_vocab_size(), counts)
+
+
+def trained_splits(config: ml_collections.ConfigDict, splits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The run's streams: the corpus's, with the train split cut to data.train_fraction's prefix (whole documents). What
+  RUN/data.json records and the trainer reads; research-evaluate and research-analyze load the same."""
+  return {**splits, "train": batches_lib.stream_prefix(splits["train"], config.data.train_fraction)}
 
 
 def stream_notes(config: ml_collections.ConfigDict, train_ids: np.ndarray) -> list[str]:
