@@ -16,7 +16,7 @@ import pytest
 
 from research import schema
 from research.train import checkpoint as checkpoint_lib
-from research.train import configuration, loop
+from research.train import configuration, loop, optim
 from tests.train_utils import ROOT, cli, mark_finished, read_metrics, tiny_config
 
 RUN_FILES = ("config.json", "tokenizer.json", "token_counts.npy", "metrics.jsonl", "summary.json", "checkpoints")
@@ -474,6 +474,36 @@ def test_progress_bar_shows_step_and_eta_on_a_terminal_and_is_off_otherwise(monk
   bar.close()
   assert not disabled and "15/100" in text and "<" in text  # step/total and elapsed<remaining (the ETA)
   assert "loss=3.210" in text and "tok_s=4000" in text
+
+
+def test_a_log_window_open_at_a_checkpoint_resumes_with_its_steps_and_lines_read_their_own_figures(tmp_path):
+  """A checkpoint between two train lines (checkpoint_every 5, log_every 4): a run resumed from it writes the same
+  step-6 line as the uninterrupted run (the window's sums travel in the checkpoint; it averaged step 6 alone). With a
+  z-loss, a line's ppl is exp(its nll), not exp(loss + z-loss); nll and accuracy are window means like the loss; and
+  a valid line's lr is its own step's rate (it was the last logged train line's, or 0)."""
+  import shutil
+  settings = {"train.steps": 6, "train.checkpoint_every": 5, "train.log_every": 4, "train.eval_every": 3,
+              "train.warmup_steps": 2, "train.keep_checkpoints": 5, "train.eval_batches": 1, "train.z_loss": 0.01,
+              "train.async_checkpoints": False}
+  loop.train(tiny_config(**settings), tmp_path / "whole")
+  shutil.copytree(tmp_path / "whole", tmp_path / "resumed")
+  shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "6")
+  (tmp_path / "resumed" / "summary.json").unlink()
+  loop.train(tiny_config(**settings), tmp_path / "resumed")
+  figures = ("loss", "nll", "ppl", "accuracy", "lr")
+  whole, resumed = ([{k: r[k] for k in ("step", *figures)} for r in read_metrics(tmp_path / d)]
+                    for d in ("whole", "resumed"))
+  assert [r["step"] for r in whole] == [4, 6] and resumed == whole
+  summaries = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("whole", "resumed")]
+  assert summaries[0]["train_loss"] == summaries[1]["train_loss"] == whole[-1]["loss"]
+  schedule = optim.make_schedule(tiny_config(**settings).train)
+  for line in whole:
+    assert line["ppl"] == pytest.approx(math.exp(line["nll"]), rel=1e-6) and line["loss"] > line["nll"]
+    assert line["lr"] == pytest.approx(float(schedule(line["step"] - 1)))
+  valid = read_metrics(tmp_path / "whole", split="valid")
+  assert [r["step"] for r in valid] == [3, 5, 6]
+  for line in valid:
+    assert line["lr"] == pytest.approx(float(schedule(line["step"] - 1))) and line["lr"] > 0
 
 
 def test_the_best_validation_is_the_lowest_loss_the_log_holds_up_to_the_step(tmp_path):

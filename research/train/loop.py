@@ -548,8 +548,24 @@ def _move_unreadable(workdir: Path, bad_steps: list[int]) -> None:
 # same functions, so a writer and its reader cannot drift apart unnoticed.
 
 
+# The train line's figures averaged over the steps since the previous line; the others (lr, norms, tokens) are the
+# line's own step's.
+WINDOW_MEANS = ("loss", "nll", "accuracy")
+
+
+def window_record(metrics: dict[str, float], progress: dict[str, Any], tokens_per_s: float) -> dict[str, float]:
+  """A train line's figures: the step's `metrics` with loss, nll and accuracy the means over the log window whose
+  sums `progress` holds (`window_<key>`, `window_count`), ppl = exp(mean nll), and `tokens_per_s`."""
+  count = max(int(progress["window_count"]), 1)
+  record = {**metrics, **{key: progress[f"window_{key}"] / count for key in WINDOW_MEANS}}
+  record["ppl"] = math.exp(min(record["nll"], 700.0))
+  record["tokens_per_s"] = tokens_per_s
+  return record
+
+
 def train_record(step: int, metrics: dict[str, float], tokens_seen: float) -> dict[str, Any]:
-  """A `split: train` line: the step's metrics (loss averaged over the log window, tokens_per_s, lr, norms, ...)."""
+  """A `split: train` line: the step's metrics (loss, nll, accuracy averaged over the log window; tokens_per_s, lr,
+  norms, ...)."""
   return {"step": step, "split": "train", **metrics, "tokens_seen": tokens_seen}
 
 
@@ -933,8 +949,10 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, mesh, start_
     if table is None and jax.process_index() == 0:  # a coverage report left by a failed start of another config
       (workdir / EMBEDDING_INIT_FILE).unlink(missing_ok=True)
   iterator = train_batches(config, data)
-  # Host-side progress that a checkpoint carries, so that a resumed run reports the same figures.
-  progress_state = {"tokens_seen": 0.0, "wall_s": 0.0, "train_loss": None}
+  # Host-side progress that a checkpoint carries, so that a resumed run reports the same figures: with the sums of
+  # the log window open at the checkpoint (a checkpoint between two log lines), the next line averages the same steps.
+  progress_state = {"tokens_seen": 0.0, "wall_s": 0.0, "train_loss": None,
+                    **{f"window_{key}": 0.0 for key in WINDOW_MEANS}, "window_count": 0}
   if last_saved is not None:
     checkpointer, last_saved, state, saved = restore_newest_good(checkpointer, workdir, state, reopen)
     try:
@@ -948,10 +966,11 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, mesh, start_
   num_params = count_params(state.params)
   log = MetricsLog(workdir, start_step)
   bar = _progress(t.steps, start_step)
-  window = {"time": time.time(), "tokens": 0.0, "loss_sum": 0.0, "count": 0}
+  schedule = optim.make_schedule(t)
   last_train: dict[str, float] = {}
   valid: dict[str, float] = {}
   pending = None  # (step, device metrics) of the step dispatched last: read only after the next dispatch
+  clock = {"time": time.time(), "tokens": 0.0}  # tokens_per_s: input tokens over wall clock since the last line
 
   def drain():
     """Reads the pending step's metrics: accumulate, check finiteness, log at log_every."""
@@ -963,17 +982,18 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, mesh, start_
     m = _floats(device_metrics)
     check_finite(step, m, last_saved)
     progress_state["tokens_seen"] += m["input_tokens"]
-    window["tokens"] += m["input_tokens"]
-    window["loss_sum"] += m["loss"]
-    window["count"] += 1
+    clock["tokens"] += m["input_tokens"]
+    for key in WINDOW_MEANS:
+      progress_state[f"window_{key}"] += m[key]
+    progress_state["window_count"] += 1
     if step % t.log_every == 0 or step == t.steps:
-      elapsed = max(time.time() - window["time"], 1e-9)
-      last_train = {**m, "loss": window["loss_sum"] / window["count"], "tokens_per_s": window["tokens"] / elapsed}
-      last_train["ppl"] = math.exp(min(last_train["loss"], 700.0))
+      elapsed = max(time.time() - clock["time"], 1e-9)
+      last_train = window_record(m, progress_state, tokens_per_s=clock["tokens"] / elapsed)
       progress_state["train_loss"] = last_train["loss"]
       log.write(train_record(step, last_train, progress_state["tokens_seen"]))
       bar.set_postfix(loss=f"{last_train['loss']:.3f}", tok_s=f"{last_train['tokens_per_s']:.0f}")
-      window.update(time=time.time(), tokens=0.0, loss_sum=0.0, count=0)
+      clock.update(time=time.time(), tokens=0.0)
+      progress_state.update({f"window_{key}": 0.0 for key in WINDOW_MEANS}, window_count=0)
 
   try:
     for step in range(start_step + 1, t.steps + 1):
@@ -990,7 +1010,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, mesh, start_
       if evaluate_now:
         drain()  # never evaluate or save a state whose loss we have not checked
         valid = trainer.evaluate(state.params, data.splits["valid"])
-        log.write(valid_record(step, valid, last_train.get("lr", 0.0)))
+        log.write(valid_record(step, valid, float(schedule(step - 1))))  # the step's train line's lr
       if save_now:
         progress_state["wall_s"] += time.time() - start_time
         start_time = time.time()
@@ -1011,9 +1031,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, mesh, start_
   if not valid:  # e.g. steps == 0, or resumed at the end
     valid = trainer.evaluate(state.params, data.splits["valid"])
     if int(state.step) > 0:  # resumed at the end: a metrics.jsonl whose last line was torn lacks it
-      lr = float(optim.make_schedule(t)(int(state.step) - 1))  # the step's train line's lr (the train step logs
-      # schedule(step before its update))
-      log.write_missing_valid(valid_record(int(state.step), valid, lr))
+      log.write_missing_valid(valid_record(int(state.step), valid, float(schedule(int(state.step) - 1))))
   if not valid.get("tokens") and jax.process_index() == 0:
     why = " (an MLM scores only the tokens it masks, about data.mlm_select_rate of them)" \
         if config.objective == "mlm" else ""
