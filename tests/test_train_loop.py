@@ -158,7 +158,7 @@ def test_every_differing_field_is_named_and_only_the_allow_list_may_change(finis
   assert all(f"{field}: " in str(err.value) for field in changed)
   # Cadence, steps, cache and mesh may change: the same run continues.
   allowed = {"train.steps": 3, "train.eval_every": 7, "train.log_every": 3, "train.checkpoint_every": 9,
-             "train.keep_checkpoints": 4, "train.async_checkpoints": True, "train.eval_batches": 2,
+             "train.keep_checkpoints": 4, "train.async_checkpoints": True,
              "data.cache_dir": "", "mesh.data": 1, "mesh.fsdp": 1, "mesh.distributed": "false",
              "mesh.heartbeat_timeout_s": 30, "mesh.init_timeout_s": 600, "model.remat": "block"}
   assert set(allowed) == set(schema.RESUMABLE_FIELDS)
