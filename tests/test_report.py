@@ -826,6 +826,43 @@ def test_a_best_evaluation_is_stale_after_a_resume_that_found_a_better_checkpoin
   assert plots.LOSS_BY_POSITION not in after.plots
 
 
+def test_an_analysis_of_a_checkpoint_the_run_moved_past_is_stale_and_left_out(tmp_path, quality_benchmarks):
+  """research-analyze's files (embedding_quality.json, rare_tokens.json) record their checkpoint like the
+  evaluations: analyzed at step 20 (then the best), trained on to 40 with a lower loss, their figures are left out of
+  the table and the bucket plots with a note naming research-analyze; a fresh analysis of step 40 is shown. They are
+  not the sweep runner's to redo (`stale` lists the evaluations only)."""
+  import copy
+  from research.analysis import quality, rare
+  from research.report import plots
+  run = tmp_path / "run"
+  _train_session(run, 20, {10: 4.0, 20: 3.5})
+  record = copy.deepcopy(quality_benchmarks)
+  record["analogy"]["accuracy"] = 0.25
+  quality.write_quality(run, {"checkpoint_step": 20, "checkpoint": "best", "benchmarks": record, "neighbours": {},
+                              "benchmarks_init": None, "vectors_of": "table"}, quality.QUALITY_FILES["table"])
+  counts = (1000 / np.arange(1, 201)).astype(np.int64)
+  table = np.random.default_rng(0).normal(size=(200, 8))
+  rare.write_rare(run, {"checkpoint_step": 20, "checkpoint": "best",
+                        **rare.rare_report(table, counts, init_VxD=table * 0.5, present_V=counts // 10)})
+  before = build_report(run)
+  assert before.data.cell(0, "quality_analogy").values == (0.25,) and before.runs.trials[0].analysis_stale == {}
+  assert (run / plots.rare_plot_name("mean_norm")).is_file()
+  _train_session(run, 40, {30: 3.2, 40: 3.0}, resume_step=20)
+  after = build_report(run)
+  trial = after.runs.trials[0]
+  assert sorted(trial.analysis_stale) == ["eval/embedding_quality.json", "eval/rare_tokens.json"]
+  assert trial.stale == {}  # nothing for research-evaluate (or the sweep runner) to redo
+  cell = after.data.cell(0, "quality_analogy")
+  assert cell.n == 0 and "step 20" in cell.notes[0] and "rerun research-analyze" in cell.notes[0]
+  geometry = next(c.key for c in after.data.columns if c.geometry is not None)
+  assert after.data.cell(0, geometry).n == 0
+  assert plots.plot_rare_bucket_metric(after.data, "mean_norm", tmp_path / "x.png").startswith("no finished trial")
+  assert "eval/rare_tokens.json scored the checkpoint of step 20" in after.markdown_path.read_text()
+  quality.write_quality(run, {"checkpoint_step": 40, "checkpoint": "best", "benchmarks": record, "neighbours": {},
+                              "benchmarks_init": None, "vectors_of": "table"}, quality.QUALITY_FILES["table"])
+  assert build_report(run).data.cell(0, "quality_analogy").values == (0.25,)  # analyzed again: shown
+
+
 def test_a_fresh_best_evaluation_of_an_overfit_run_is_not_flagged(tmp_path):
   """The default --checkpoint=best scores the lowest-loss checkpoint, before the final step when the run overfits:
   not stale. Nor is an evaluation of the final step, nor one of a run without summary.json (nothing to compare)."""

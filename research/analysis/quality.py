@@ -305,7 +305,8 @@ def analyze_run(workdir: str | os.PathLike, checkpoint: str = "best", *, export_
   # Query words: tokens that begin a word (not "##ing" or a BPE piece inside a word), most frequent first.
   words = [w if pretrained.starts_word(t, kind) else "" for t, w in zip(tokens, pretrained.token_words(tokens, kind))]
   query = [w for w in frequent_words(words, counts) if w in kv.key_to_index]
-  report = {"checkpoint_step": run.step, "tokenizer": kind, "vocab_size": len(tokens), "vectors_of": vectors_of,
+  report = {"checkpoint_step": run.step, "checkpoint": checkpoint, "tokenizer": kind, "vocab_size": len(tokens),
+            "vectors_of": vectors_of,
             "dim": int(table_VxD.shape[1]),
             "word_vectors": "row" if kind == "word" else "mean of the pieces' rows", **sizes,
             "benchmarks": benchmarks(kv), "neighbours": neighbours(kv, query),

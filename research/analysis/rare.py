@@ -385,7 +385,7 @@ def analyze_run(workdir: str | os.PathLike, checkpoint: str = "best", base: floa
   words = pretrained.token_words(tokens, kind) if kind == "word" else None
   if words is not None:  # the five special tokens are not words
     words = ["" if t in tokenizers_lib.SPECIAL_TOKENS else w for t, w in zip(tokens, words)]
-  report = {"checkpoint_step": run.step, "tokenizer": kind,
+  report = {"checkpoint_step": run.step, "checkpoint": checkpoint, "tokenizer": kind,
             "tied": bool(run.config.model.tie_embeddings),
             **rare_report(table_VxD, counts, init_VxD=init, present_V=arrays["present_V"],
                           head_VxD=arrays["head_VxD"], words=words, base=base),

@@ -109,10 +109,11 @@ def render_markdown(runs: RunSet, table: tables.Table, written: dict[str, pathli
   line = _evaluation_line(runs)
   if line:
     out += ["", line]
-  stale = [note for t in runs.trials for note in t.stale_evaluations()]
+  stale = [note for t in runs.trials for note in (*t.stale_evaluations(), *t.analysis_stale.values())]
   if stale:
-    out += ["", "**Stale evaluations** (an older checkpoint than the one research-evaluate would score now; left out "
-            "of the means, the plots and the best marks, rerun research-evaluate):", ""] + [f"- {n}" for n in stale]
+    out += ["", "**Stale evaluations** (an older checkpoint than the one research-evaluate or research-analyze would "
+            "score now; left out of the means, the plots and the best marks, rerun the command each note names):",
+            ""] + [f"- {n}" for n in stale]
   out += ["", table_text, ""]
   not_finished = [t for t in runs.trials if not t.finished]
   out += ["## Failed and unfinished trials", ""]

@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from research.report.runs import BY_POSITION_FILE, RARE_BUCKET_METRICS, RunSet
+from research.report.runs import BY_POSITION_FILE, RARE_BUCKET_METRICS, RARE_FILE, RunSet
 from research.report.tables import VALID_PPL, Table, format_value
 
 PPL_VS_LENGTH = "ppl_vs_length.png"
@@ -194,7 +194,9 @@ def plot_rare_bucket_metric(table: Table, metric: str, path: pathlib.Path) -> st
       continue
     by_low: dict[float, list[float]] = {}
     for t in g.finished:
-      for b in (t.rare.buckets if t.rare is not None else ()):
+      if t.rare is None or RARE_FILE.as_posix() in t.analysis_stale:  # a stale analysis: left out, as in the table
+        continue
+      for b in t.rare.buckets:
         if b.values.get(metric) is not None:
           by_low.setdefault(b.low if b.low > 0 else 0.5, []).append(b.values[metric])
     if by_low:

@@ -150,6 +150,9 @@ class Trial:
   quality_input: dict[str, float | None] | None = None  # QUALITY_INPUT_FIGURES of eval/embedding_quality_input.json
   rare: RareTokens | None = None  # eval/rare_tokens.json, if analyzed with --rare
   by_position: LossByPosition | None = None  # eval/loss_by_position.json, if evaluated with --by_position
+  # {analysis file (QUALITY_FILE, QUALITY_INPUT_FILE, RARE_FILE, as posix): (checkpoint_step, checkpoint choice)} of
+  # the research-analyze files the trial has: `analysis_stale` judges them by the evaluations' rule.
+  analysis_checkpoints: dict[str, tuple[int | None, str | None]] = dataclasses.field(default_factory=dict)
   # For a trial without config.json: the base config's values of fields other trials override (`_load_sweep`).
   defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -245,6 +248,18 @@ class Trial:
     table's cells, the plots and report.md look them up here."""
     return {file: f"{self.name}: {reason}: stale, left out of the means and plots (rerun research-evaluate)"
             for file, reason in self.stale_reasons.items()}
+
+  @functools.cached_property
+  def analysis_stale(self) -> dict[str, str]:
+    """{analysis file: its stale note}: research-analyze's figures of a checkpoint the run has since moved past, by
+    `stale_reason`'s rule, left out of the table and the plots like a stale evaluation. Apart from `stale`, which the
+    sweep runner reads to evaluate again: only research-analyze rewrites these files."""
+    notes = {}
+    for file, (step, choice) in self.analysis_checkpoints.items():
+      reason = self.stale_reason(step, file, choice)
+      if reason is not None:
+        notes[file] = f"{self.name}: {reason}: stale, left out of the means and plots (rerun research-analyze)"
+    return notes
 
   def stale_evaluations(self) -> list[str]:
     """The stale notes of every evaluation file of the trial, in `stale`'s order."""
@@ -551,12 +566,18 @@ def _load_trial(path: pathlib.Path, name: str, status: str | None = None, overri
     # Trained on (train.steps raised) and not finished again: summary.json is the earlier end's.
     status, error = "unfinished", (f"training on to step {steps}: {path / SUMMARY_FILE} is of step "
                                    f"{summary['step']}, the end of an earlier train.steps")
+  analysis = {}
+  for file in (QUALITY_FILE, QUALITY_INPUT_FILE, RARE_FILE):
+    if (path / file).is_file():
+      data = _read_json_object(path / file)
+      analysis[file.as_posix()] = (_step_or_none(path / file, data.get("checkpoint_step")),
+                                   _choice_or_none(path / file, data.get("checkpoint")))
   return Trial(name=name, path=path, status=status, overrides=dict(overrides or {}), error=error, config=config,
                summary=summary if status == "finished" else None, metrics=_read_metrics(path / METRICS_FILE),
                extrapolation=_read_extrapolation(path / EXTRAPOLATION_FILE), scaled=_read_scaled(path),
                quality=_read_quality(path / QUALITY_FILE),
                quality_input=_read_quality(path / QUALITY_INPUT_FILE, QUALITY_INPUT_FIGURES), rare=_read_rare(path / RARE_FILE),
-               by_position=_read_by_position(path / BY_POSITION_FILE))
+               by_position=_read_by_position(path / BY_POSITION_FILE), analysis_checkpoints=analysis)
 
 
 def load_run(path: str | pathlib.Path) -> Trial:

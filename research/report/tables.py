@@ -201,6 +201,9 @@ def _trial_value(trial: Trial, column: Column, rope_scaling: str | None = None) 
       figures, file, command = trial.quality, QUALITY_FILE, "research-analyze"
     if figures is None:
       return None, f"not analyzed (no {file.as_posix()}; run {command})"
+    stale = trial.analysis_stale.get(file.as_posix())
+    if stale is not None:
+      return None, stale
     value = figures.get(column.quality)
     if value is None and column.quality in QUALITY_FLOORS:
       return None, "no initial table scored (a run without RUN/embedding_init.npy, or analyzed before the figure)"
@@ -210,6 +213,8 @@ def _trial_value(trial: Trial, column: Column, rope_scaling: str | None = None) 
       return None, "the table's geometry does not depend on RoPE scaling: it is in the row without rope_scaling"
     if trial.rare is None:
       return None, f"not analyzed (no {RARE_FILE.as_posix()}; run research-analyze --rare)"
+    if RARE_FILE.as_posix() in trial.analysis_stale:
+      return None, trial.analysis_stale[RARE_FILE.as_posix()]
     value = trial.rare.geometry.get(column.geometry)
     return (value, None) if value is not None else (None, f"{column.geometry} undefined for this table")
   if column.absent is not None:
@@ -217,6 +222,8 @@ def _trial_value(trial: Trial, column: Column, rope_scaling: str | None = None) 
       return None, "the table does not depend on RoPE scaling: its absent rows are in the row without rope_scaling"
     if trial.rare is None:
       return None, f"not analyzed (no {RARE_FILE.as_posix()}; run research-analyze --rare)"
+    if RARE_FILE.as_posix() in trial.analysis_stale:
+      return None, trial.analysis_stale[RARE_FILE.as_posix()]
     if trial.rare.absent is None:
       return None, f"no absent_rows in {RARE_FILE.as_posix()} (analyzed before it existed: rerun --rare)"
     if trial.rare.absent.get("note"):
