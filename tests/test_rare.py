@@ -1,5 +1,7 @@
 """Rare tokens: per-row update counts in the train state (resumable), and the rare-token analyses."""
 
+import math
+
 import jax
 import numpy as np
 import pytest
@@ -78,6 +80,18 @@ def test_counts_off_leave_no_counts_in_the_state():
 # --------------------------------------------------------------------------------------------------- analyses
 
 from research.analysis import rare  # noqa: E402
+
+
+@pytest.mark.parametrize("base", [10.0, 2.0, 3.0])
+def test_every_count_is_in_the_bucket_whose_reported_bounds_hold_it(base):
+  """bucket_bounds(k) = [low, high) holds every count of bucket k: around every power up to 10^15 (the logarithm put
+  999,999,999 in [1e9, 1e10)) and over a range of ordinary counts."""
+  powers = [int(round(base ** k)) for k in range(int(15 * math.log(10) / math.log(base)) + 1)]
+  counts = np.unique(np.array([c + d for c in powers for d in (-1, 0, 1) if c + d >= 0] + list(range(3000)),
+                              np.int64))
+  for count, k in zip(counts, rare.bucket_index(counts, base=base)):
+    low, high = rare.bucket_bounds(int(k), base=base)
+    assert low <= count < high, (count, k, low, high)
 
 
 def test_buckets_of_a_hand_built_table():

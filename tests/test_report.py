@@ -609,6 +609,13 @@ def test_absent_row_columns_when_rare_tokens_json_has_them(tmp_path):
   assert rows["position=rope"][-1].startswith("1 (n=1)")
   assert "absent rows not measured: no update_counts.npz" in build_report(tmp_path).table
   assert "absent max $|\\Delta|$" in (tmp_path / "table.tex").read_text()
+  # Counts keep their digits (2016 and 2017 read 2.02e+03 ± 0.707), whatever their size.
+  for name, rows_absent in (("a0", 2016), ("a1", 2017)):
+    report = json.loads((tmp_path / name / "eval" / "rare_tokens.json").read_text())
+    report["absent_rows"].update(rows=rows_absent, updated_while_absent=123456)
+    rare.write_rare(tmp_path / name, report)
+  _, rows = parse_md_table(build_report(tmp_path).table)
+  assert rows["position=alibi"][-3] == "2016.5 ± 0.71" and rows["position=alibi"][-1] == "123456 ± 0"
 
 
 def test_a_best_valid_ppl_column_only_when_some_run_was_best_before_its_end(tmp_path):

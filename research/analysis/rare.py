@@ -56,8 +56,13 @@ def bucket_index(counts_V: np.ndarray, base: float = 10.0) -> np.ndarray:
   counts_V = np.asarray(counts_V, np.float64)
   out = np.zeros(counts_V.shape, np.int64)
   seen = counts_V > 0
-  # floor(log_base(c)) + 1, computed with a small tolerance so exact powers (10, 100) land in their own bucket.
-  out[seen] = np.floor(np.log(counts_V[seen]) / np.log(base) + 1e-9).astype(np.int64) + 1
+  # floor(log_base(c)) + 1: the float estimate, then moved so that base^(k-1) <= c < base^k holds against the same
+  # powers `bucket_bounds` reports (the logarithm alone puts exact powers, or counts just below one, a bucket off).
+  c = counts_V[seen]
+  k = np.floor(np.log(c) / np.log(base)).astype(np.int64)
+  k -= np.power(base, k.astype(np.float64)) > c
+  k += np.power(base, (k + 1).astype(np.float64)) <= c
+  out[seen] = k + 1
   return out
 
 

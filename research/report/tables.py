@@ -298,15 +298,21 @@ def format_number(x: float, digits: int = 2) -> str:
   return f"{x:.{digits}f}" if abs(x) < 1e5 else f"{x:.3g}"
 
 
+COUNT = -1  # `_digits` of a column of counts
+
+
 def _digits(column: Column) -> int | None:
   """Decimals of a column's cells: 3 for accuracies, correlations, cosines and shares in [-1, 1], 2 for perplexity,
-  None (three significant digits) for the absent rows' changes, where 0 must read differently from 2e-06."""
+  None (three significant digits) for the absent rows' largest change, where 0 must read differently from 2e-06,
+  and COUNT for their row counts (means over seeds of whole numbers: 3, 2016.5, never 2.02e+03)."""
   if column.absent is not None:
-    return None
+    return None if column.absent == "max_abs_change" else COUNT
   return 3 if column.quality or column.geometry else 2
 
 
 def _number(x: float, digits: int | None) -> str:
+  if digits == COUNT:  # every digit of the whole part, at most two decimals, no trailing zeros
+    return f"{x:.2f}".rstrip("0").rstrip(".")
   return f"{x:.3g}" if digits is None else format_number(x, digits)
 
 
