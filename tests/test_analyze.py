@@ -52,8 +52,11 @@ def test_coverage_counts_the_covered_pairs_even_below_the_two_a_correlation_need
   rng = np.random.default_rng(0)
   one = quality.benchmarks(quality.keyed_vectors(["dog", "cat"], rng.normal(size=(2, 8))))["simlex999"]
   assert one == {"spearman": None, "pearson": None, "items": 999, "coverage": pytest.approx(1 / 999)}
-  none = quality.benchmarks(quality.keyed_vectors(["qqqq", "zzzz"], rng.normal(size=(2, 8))))["simlex999"]
-  assert none["coverage"] == 0.0 and none["spearman"] is None
+  none = quality.benchmarks(quality.keyed_vectors(["qqqq", "zzzz"], rng.normal(size=(2, 8))))
+  assert none["simlex999"]["coverage"] == 0.0 and none["simlex999"]["spearman"] is None
+  # No analogy question scored: gensim says 0.0 (0 / 0); the accuracy is n/a, not a measured 0 %.
+  assert none["analogy"] == {"accuracy": None, "correct": 0, "scored": 0, "items": 19544, "coverage": 0.0}
+  assert quality.summary_lines({"benchmarks": none, "neighbours": {}})[0].startswith("analogy accuracy n/a (0 questions")
   kv = KeyedVectors.load_word2vec_format(datapath("word2vec_pre_kv_c"))
   for file in ("wordsim353.tsv", "simlex999.txt"):
     assert quality._pair_coverage(kv, file) == pytest.approx(1 - kv.evaluate_word_pairs(datapath(file))[2] / 100)

@@ -119,7 +119,8 @@ def benchmarks(kv, scorer: str = "batched") -> dict[str, Any]:
   total = next(s for s in sections if s["section"] == "Total accuracy")
   scored = len(total["correct"]) + len(total["incorrect"])
   questions = _count_items(ANALOGY_FILE, analogy=True)
-  out: dict[str, Any] = {"analogy": {"accuracy": float(score), "correct": len(total["correct"]),
+  # No question scored: gensim's 0.0 is 0 / 0, so the accuracy is None (n/a), as a correlation with no pair is.
+  out: dict[str, Any] = {"analogy": {"accuracy": float(score) if scored else None, "correct": len(total["correct"]),
                                      "scored": scored, "items": questions, "coverage": scored / questions}}
   for name, file in PAIR_BENCHMARKS.items():
     items = _count_items(file, analogy=False)
