@@ -427,6 +427,18 @@ def check_trial_directories(sweep: Sweep, directory: str | Path) -> None:
           f"overrides edited?): {e} (--workdir of research-sweep)") from None
 
 
+def check_trials_outside_corpus(sweep: Sweep, directory: Path) -> None:
+  """research-train's `loop.check_outside_corpus` for every trial before any runs: a sweep directory inside a trial's
+  `text:` corpus would otherwise fail every trial, one by one."""
+  base = load_config_file(sweep.base_config).get_config()
+  for trial in sweep.trials:
+    try:
+      loop.check_outside_corpus(trial_config(sweep, trial, base), directory / trial.name, "trial directory")
+    except configuration.ConfigError as e:
+      raise configuration.ConfigError(f"sweep directory {str(directory)!r}: {e} (--workdir of research-sweep)") \
+          from None
+
+
 def evaluation_outdated(sweep: Sweep, trial_dir: Path) -> str | None:
   """Why a trial evaluated before (every file of `eval_files` exists) must be evaluated again for this sweep's
   EVALUATE, or None: its extrapolation file lacks a requested length, or records other options (mode, stride, split,
@@ -655,6 +667,7 @@ def run_sweep(sweep: Sweep, directory: str | Path, jobs: int = 1,
   check_directory(directory)
   check_jobs(sweep, jobs)
   directory = Path(directory).resolve()  # trials run with the repository root as their working directory
+  check_trials_outside_corpus(sweep, directory)
   directory.mkdir(parents=True, exist_ok=True)
   adopt_legacy_trial_dirs(sweep, directory, log)
   check_trial_directories(sweep, directory)  # a trial directory holding another model refuses the whole sweep

@@ -12,6 +12,23 @@ import pytest
 
 from research.data import corpora
 from research.data.corpora import SPLITS, CorpusError, load_corpus
+
+
+def test_a_text_corpus_reads_a_path_inside_its_directory_or_matched_by_its_glob(tmp_path):
+  """`reads_path`: where a run's workdir would become training text (a run there trained once, then its next start
+  read its own checkpoints as corpus files)."""
+  (tmp_path / "data" / "sub").mkdir(parents=True)
+  data = tmp_path / "data"
+  assert corpora.reads_path(f"text:{data}", data / "run") and corpora.reads_path(f"text:{data}", data)
+  assert corpora.reads_path(f"text:{data}", data / "sub" / "deep" / "run")
+  assert not corpora.reads_path(f"text:{data}", tmp_path / "run")
+  assert not corpora.reads_path(f"text:{data / 'sub'}", data / "run")  # a sibling of the corpus directory
+  assert corpora.reads_path(f"text:{data}/*", data / "run")  # the glob matches the directory itself
+  assert corpora.reads_path(f"text:{tmp_path}/**/*.json", data / "run")  # ... or its config.json
+  assert not corpora.reads_path(f"text:{data}/*.txt", data / "run")  # no run file is a .txt
+  (data / "a.txt").write_text("one line\n")
+  assert not corpora.reads_path(f"text:{data / 'a.txt'}", data / "run")  # a file corpus
+  assert not corpora.reads_path("lee", tmp_path) and not corpora.reads_path("text:", tmp_path)
 from tests.train_utils import cli
 
 

@@ -808,6 +808,18 @@ def test_a_relative_base_config_from_the_current_directory_reaches_the_trials(tm
   assert sweeps.load_sweep(write_sweep(tmp_path / "s2.py", [{"seed": 0}])).base_config == "configs/tiny.py"
 
 
+def test_a_sweep_directory_inside_a_trials_text_corpus_is_refused_before_anything_is_written(tmp_path):
+  """The trials' run files would become their corpus's text (each trial failed on its own, after the sweep began)."""
+  corpus = tmp_path / "corpus"
+  corpus.mkdir()
+  (corpus / "a.txt").write_text((ROOT / "README.md").read_text())
+  path = write_sweep(tmp_path / "s.py", [{"seed": 0, **TINY, "data.corpus": f"text:{corpus}"}])
+  result = cli("experiments.sweep", f"--sweep={path}", f"--workdir={corpus / 'sweep'}")
+  assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert f"is inside data.corpus='text:{corpus}'" in result.stderr and "trial directory" in result.stderr
+  assert sorted(p.name for p in corpus.iterdir()) == ["a.txt"]
+
+
 @pytest.mark.parametrize("where", ["run", "inside", "brackets"])
 def test_a_sweep_directory_that_is_a_run_or_inside_one_is_refused_before_anything_is_written(tmp_path, where):
   """sweep.json and the report among a run's files made the run refuse to resume (research-train refuses a workdir

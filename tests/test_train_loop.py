@@ -150,6 +150,20 @@ def test_a_resume_that_changes_any_protected_field_is_refused_in_one_line_and_to
   assert _snapshot(workdir) == before
 
 
+def test_a_workdir_inside_its_text_corpus_is_refused_before_anything_is_written(tmp_path):
+  """It trained once, then every resume and evaluation read its checkpoints as corpus files (invalid UTF-8)."""
+  corpus = tmp_path / "corpus"
+  corpus.mkdir()
+  (corpus / "a.txt").write_text((ROOT / "README.md").read_text())
+  result = cli(f"--config={ROOT / 'configs' / 'tiny.py'}", f"--workdir={corpus / 'run'}",
+               f"--config.data.corpus=text:{corpus}", "--config.train.steps=1")
+  assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert result.stderr.strip() == (f"error: workdir '{corpus / 'run'}' is inside data.corpus='text:{corpus}': the "
+                                   f"run's files (checkpoints, logs) would become training text at its next start; "
+                                   f"give it a directory outside the corpus")
+  assert sorted(p.name for p in corpus.iterdir()) == ["a.txt"]
+
+
 def test_every_differing_field_is_named_and_only_the_allow_list_may_change(finished_tiny_run):
   config, workdir = finished_tiny_run
   changed = {"model.rope_base": 500.0, "train.grad_clip": 0.0, "model.norm": "post"}

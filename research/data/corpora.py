@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bz2
 import dataclasses
+import fnmatch
 import glob as globlib
 import hashlib
 import json
@@ -215,6 +216,23 @@ def _distinct(files: Sequence[Path]) -> list[Path]:
       seen.add(real)
       out.append(f)
   return out
+
+
+def reads_path(spec: str, path: str | os.PathLike) -> bool:
+  """Whether the corpus `spec` would read files at or below `path` (a run's workdir, a sweep's directory): a `text:`
+  directory that holds it, or a glob matching it, one of its parents or a file in it (fnmatch, whose `*` also
+  crosses '/', so a doubtful pattern counts as reading it). The run's own files would otherwise become training text
+  at its next start, and its data.json check would refuse every resume. False for other specs."""
+  if not isinstance(spec, str) or not spec.startswith("text:") or not spec[len("text:"):]:
+    return False
+  expanded = os.path.expanduser(spec[len("text:"):])
+  target = Path(os.path.realpath(path))
+  if globlib.has_magic(expanded) and not Path(expanded).exists():
+    pattern = os.path.abspath(expanded)
+    candidates = [target, *target.parents, target / "config.json", target / "checkpoints" / "1" / "x"]
+    return any(fnmatch.fnmatchcase(str(c), pattern) for c in candidates if c != Path(c.anchor))
+  corpus = Path(os.path.realpath(expanded))
+  return os.path.isdir(corpus) and (target == corpus or corpus in target.parents)
 
 
 def resolve_text_files(pattern: str) -> list[Path]:

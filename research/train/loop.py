@@ -373,6 +373,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
   if (path / "sweep.json").is_file():
     raise configuration.ConfigError(f"workdir {str(path)!r} is a sweep directory (sweep.json); a run goes in a "
                                     f"directory of its own")
+  check_outside_corpus(config, path, "workdir")
   saved = path / CONFIG_FILE
   if saved.exists():
     current = config.to_dict()
@@ -396,6 +397,15 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         f"{CONFIG_FILE} from a copy (every checkpoint's meta/metadata holds the config it was trained with), or use "
         f"a new workdir")
   return path
+
+
+def check_outside_corpus(config: ml_collections.ConfigDict, path: Path, what: str) -> None:
+  """A one-line ConfigError when the run's `text:` corpus would read `path` (`corpora.reads_path`)."""
+  corpus = config.get("data", {}).get("corpus") if hasattr(config, "get") else None
+  if corpora.reads_path(corpus, path):
+    raise configuration.ConfigError(
+        f"{what} {str(path)!r} is inside data.corpus={corpus!r}: the run's files (checkpoints, logs) would become "
+        f"training text at its next start; give it a directory outside the corpus")
 
 
 def data_record(splits: dict[str, np.ndarray]) -> dict[str, Any]:
