@@ -29,6 +29,23 @@ def test_a_text_corpus_reads_a_path_inside_its_directory_or_matched_by_its_glob(
   (data / "a.txt").write_text("one line\n")
   assert not corpora.reads_path(f"text:{data / 'a.txt'}", data / "run")  # a file corpus
   assert not corpora.reads_path("lee", tmp_path) and not corpora.reads_path("text:", tmp_path)
+  # Globs that match files a run writes besides config.json (the re-audit: metrics.jsonl became text).
+  for pattern in ("**/*.jsonl", "**/*.npy", "*/*/metrics.jsonl", "**/events.out.tfevents.*", "sub/run/eval/*"):
+    assert corpora.reads_path(f"text:{data}/{pattern}", data / "sub" / "run"), pattern
+  # Hidden names are never read (the walk and glob's * skip them): a workdir there is allowed.
+  for spec in (f"text:{data}", f"text:{data}/*", f"text:{data}/**/*"):
+    assert not corpora.reads_path(spec, data / ".runs" / "r"), spec
+  # Symlinked directories are followed by the reader, so by the check too.
+  (tmp_path / "outside").mkdir()
+  (data / "link").symlink_to(tmp_path / "outside")
+  assert corpora.reads_path(f"text:{data}", tmp_path / "outside" / "run")
+  (tmp_path / "alias").symlink_to(data)
+  assert corpora.reads_path(f"text:{tmp_path / 'alias'}/*", data / "run")
+  # And the answer is the reader's: where it says False, the run's files are not among the corpus's files.
+  run = data / ".runs" / "r"
+  run.mkdir(parents=True)
+  (run / "metrics.jsonl").write_text("{}\n")
+  assert all(".runs" not in str(f) for f in corpora.resolve_text_files(str(data)))
 from tests.train_utils import cli
 
 

@@ -445,11 +445,11 @@ def test_embedding_dropout_is_elementwise_and_off_in_eval():
     (dict(position="rope", rope_fraction=0.1), r"model.rope_fraction=0.1 .* rotate at least 2 of the 8 head"),
     (dict(position="rope", rope_factor=0.5), r"model.rope_factor=0.5 must be >= 1"),
     # Scalings rope_frequencies cannot compute (a ZeroDivisionError at the first factor > 1, mid-evaluation).
-    (dict(position="rope", rope_fraction=0.25, rope_scaling="ntk"),
+    (dict(position="rope", rope_fraction=0.25, rope_scaling="ntk", rope_factor=2.0),
      r"^model.rope_scaling='ntk' needs a rotary dimension >= 4 \(its base exponent is d/\(d-2\)\), got 2"),
-    (dict(position="rope", rope_scaling="yarn", rope_base=1.0),
+    (dict(position="rope", rope_scaling="yarn", rope_base=1.0, rope_factor=4.0),
      r"^model.rope_scaling='yarn' needs model.rope_base > 1 \(its correction range divides by ln\(base\)\), got 1$"),
-    (dict(position="rope", rope_scaling="yarn", rope_base=0.5), r"needs model.rope_base > 1 .*got 0.5$"),
+    (dict(position="rope", rope_scaling="yarn", rope_base=0.5, rope_factor=1.5), r"needs model.rope_base > 1 .*got 0.5$"),
     (dict(max_len=0), r"model.max_len=0 must be >= 1"),
     (dict(position="bogus"), r"unknown positional scheme 'bogus'; registered schemes: .*alibi.*rope.*t5"),
     (dict(combine="mul"), r"model.combine='mul' is not one of add, concat"),
@@ -461,6 +461,17 @@ def test_embedding_dropout_is_elementwise_and_off_in_eval():
 def test_invalid_configs_fail_at_construction_naming_the_value(overrides, message):
   with pytest.raises(ValueError, match=message):
     tiny(**overrides)
+
+
+def test_a_scaling_at_factor_one_is_plain_rope_and_accepted_whatever_it_could_not_scale():
+  """NTK on a rotary dimension of 2 and YaRN at base 1 are refused only with a factor > 1: at 1 they are plain RoPE
+  (a run trained so resumes and evaluates)."""
+  for overrides in (dict(rope_fraction=0.25, rope_scaling="ntk"), dict(rope_scaling="yarn", rope_base=1.0)):
+    cfg = tiny(position="rope", **overrides)
+    plain = tiny(position="rope", **{k: v for k, v in overrides.items() if k != "rope_scaling"})
+    ids = jnp.array([[1, 2, 3, 4]])
+    variables = Transformer(plain).init(jax.random.key(0), ids)
+    np.testing.assert_array_equal(Transformer(cfg).apply(variables, ids), Transformer(plain).apply(variables, ids))
 
 
 def test_unknown_field_lists_the_valid_ones():

@@ -476,6 +476,21 @@ def _write_quality(trial_dir, benchmarks, analogy, wordsim, simlex, analogy_init
                         quality.QUALITY_FILES[vectors_of])
 
 
+def test_an_analogy_accuracy_of_no_scored_question_is_na_in_files_written_before_it_was_null(tmp_path,
+                                                                                               quality_benchmarks):
+  """research-analyze used to write gensim's 0.0 for 0 / 0 questions; the report reads it as n/a, not a measured 0."""
+  import copy
+  from research.analysis import quality
+  write_trial(tmp_path, "a0", "alibi", 0)
+  record = copy.deepcopy(quality_benchmarks)
+  record["analogy"].update(accuracy=0.0, correct=0, scored=0, coverage=0.0)
+  quality.write_quality(tmp_path / "a0", {"checkpoint_step": 100, "benchmarks": record, "neighbours": {},
+                                          "benchmarks_init": None, "vectors_of": "table"},
+                        quality.QUALITY_FILES["table"])
+  cell = build_report(tmp_path).data.cell(0, "quality_analogy")
+  assert cell.n == 0 and cell.notes == ("analogy not scored (no covered items)",)
+
+
 def test_embedding_quality_columns_appear_when_analyzed_and_the_highest_is_best(tmp_path, quality_benchmarks):
   for seed in (0, 1):
     write_trial(tmp_path, f"a{seed}", "alibi", seed)

@@ -106,7 +106,7 @@ def test_the_extended_positions_sweep_differs_only_in_the_swept_fields():
   arms = {(r["model.position"], r["model.position_sampling"], r["model.max_position"]) for r in resolved}
   anchors = {"none", "learned", "sinusoidal", "rope", "alibi", "t5"}  # positions.py's six
   assert {p for p, _, _ in arms} == (set(registry.names()) - anchors) | {"none", "rope", "alibi"}
-  assert ("rope", "randomized", 16 * 64) in arms and ("rope", "none", 0) in arms and len(arms) == 11
+  assert ("rope", "randomized", 16 * 64) in arms and ("rope", "none", 0) in arms and len(arms) == 13
   assert all(sampling == "none" and top == 0 for p, sampling, top in arms if p != "rope")
   for arm in arms:  # 3 seeds each
     assert sorted(r["seed"] for r in resolved if (r["model.position"], r["model.position_sampling"],

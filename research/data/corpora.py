@@ -218,21 +218,89 @@ def _distinct(files: Sequence[Path]) -> list[Path]:
   return out
 
 
+# What a run directory holds (research/train/loop.py writes these; data may not import train): `reads_path` asks
+# whether a corpus would read any of them. Only their names matter to a glob.
+RUN_FILES = ("config.json", "data.json", "metrics.jsonl", "summary.json", "tokenizer.json", "token_counts.npy",
+             "embedding_init.json", "embedding_init.npy", "update_counts.npz", "events.out.tfevents.0.host",
+             "checkpoints/1/_CHECKPOINT_METADATA", "checkpoints/1/state/d/0", "checkpoints_unreadable/1/x",
+             "eval/extrapolation.json", "eval/ppl_vs_length.png", "eval/previous/extrapolation.json")
+
+
 def reads_path(spec: str, path: str | os.PathLike) -> bool:
-  """Whether the corpus `spec` would read files at or below `path` (a run's workdir, a sweep's directory): a `text:`
-  directory that holds it, or a glob matching it, one of its parents or a file in it (fnmatch, whose `*` also
-  crosses '/', so a doubtful pattern counts as reading it). The run's own files would otherwise become training text
-  at its next start, and its data.json check would refuse every resume. False for other specs."""
+  """Whether the corpus `spec` would read a run's files (`RUN_FILES`) written under `path` (a workdir, a sweep's
+  trial directory), by the reader's own rules (`resolve_text_files`): a `text:` directory whose walk (non-hidden
+  names, symlinked directories followed) reaches `path`, or a glob that matches `path`, a directory above it (its
+  walk then reaches `path`) or one of those files. The run's files would otherwise become training text at its next
+  start, and its data.json check would refuse every resume. False for other specs."""
   if not isinstance(spec, str) or not spec.startswith("text:") or not spec[len("text:"):]:
     return False
   expanded = os.path.expanduser(spec[len("text:"):])
-  target = Path(os.path.realpath(path))
+  target = _real_target(Path(os.path.abspath(path)))
   if globlib.has_magic(expanded) and not Path(expanded).exists():
-    pattern = os.path.abspath(expanded)
-    candidates = [target, *target.parents, target / "config.json", target / "checkpoints" / "1" / "x"]
-    return any(fnmatch.fnmatchcase(str(c), pattern) for c in candidates if c != Path(c.anchor))
-  corpus = Path(os.path.realpath(expanded))
-  return os.path.isdir(corpus) and (target == corpus or corpus in target.parents)
+    pattern = _real_prefix(os.path.abspath(expanded))
+    for match in globlib.glob(expanded, recursive=True):  # directories matched now: the reader walks them
+      if os.path.isdir(match) and _walk_reaches(Path(match), target):
+        return True
+    candidates = [target / f for f in RUN_FILES] + [target, *target.parents]
+    for candidate in candidates:  # what the glob may match once the run has written its files
+      for above in (candidate, *candidate.parents):
+        if _glob_matches(pattern.parts, above.parts) and (above == candidate or _visible(candidate, above)):
+          return True
+    return False
+  corpus = Path(expanded)
+  return corpus.is_dir() and _walk_reaches(corpus, target)
+
+
+def _real_target(path: Path) -> Path:
+  """`path` with its deepest existing ancestor resolved (symlinks), the rest (not created yet) as written."""
+  for above in (path, *path.parents):
+    if above.exists():
+      return Path(os.path.realpath(above)) / path.relative_to(above)
+  return path
+
+
+def _real_prefix(pattern: str) -> Path:
+  """A glob pattern with its literal leading directories resolved (symlinks), so it compares with real paths."""
+  parts = Path(pattern).parts
+  literal = next((i for i, part in enumerate(parts) if globlib.has_magic(part)), len(parts))
+  head = Path(*parts[:literal]) if literal else Path(parts[0])
+  return Path(os.path.realpath(head), *parts[literal:])
+
+
+def _visible(path: Path, root: Path) -> bool:
+  """No name of `path` below `root` starts with '.' (the reader skips hidden files and directories)."""
+  return not any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _walk_reaches(directory: Path, target: Path) -> bool:
+  """Whether `_files_under(directory)` would read files under `target` (a real path): some directory its walk
+  visits is `target` or a directory above it with no hidden name between."""
+  for root, dirs, _ in os.walk(directory, followlinks=True):
+    dirs[:] = [d for d in dirs if not d.startswith(".")]
+    real = Path(os.path.realpath(root))
+    if (real == target or real in target.parents) and _visible(target, real):
+      return True
+  return False
+
+
+def _glob_matches(pattern: Sequence[str], parts: Sequence[str]) -> bool:
+  """glob's matching of one path (`parts`, from the root) by `pattern`'s components: `**` spans any number of
+  non-hidden names, `*`/`?`/`[..]` stay within one name and match a hidden one only when the component itself
+  starts with '.', as `glob.glob(..., recursive=True)` does."""
+  if not pattern:
+    return not parts
+  head, rest = pattern[0], pattern[1:]
+  if head == "**":
+    return any(_glob_matches(rest, parts[i:]) for i in range(len(parts) + 1)
+               if not any(p.startswith(".") for p in parts[:i]))
+  if not parts:
+    return False
+  name = parts[0]
+  if globlib.has_magic(head):
+    if name.startswith(".") and not head.startswith("."):
+      return False
+    return fnmatch.fnmatchcase(name, head) and _glob_matches(rest, parts[1:])
+  return name == head and _glob_matches(rest, parts[1:])
 
 
 def resolve_text_files(pattern: str) -> list[Path]:

@@ -150,7 +150,8 @@ class RotaryPositions(PositionalScheme):
                        f"{head_dim} head dimensions")
     if cfg.rope_factor < 1.0:
       raise ValueError(f"model.rope_factor={cfg.rope_factor} must be >= 1")
-    check_scaling(cfg.rope_scaling, rope_rotary_dim(head_dim, cfg.rope_fraction), cfg.rope_base)
+    if cfg.rope_factor > 1.0:  # at factor 1 every scaling is plain RoPE (`rope_frequencies` returns before dividing)
+      check_scaling(cfg.rope_scaling, rope_rotary_dim(head_dim, cfg.rope_fraction), cfg.rope_base)
 
   def frequencies(self):
     """(inv_freq [rotary_dim // 2], attention_factor) for this config (see `rope_frequencies`)."""

@@ -41,7 +41,7 @@ from research import schema
 from research.error_text import first_line
 from research.data import batches as batches_lib
 from research.data import tokenizers as tokenizers_lib
-from research.embeddings import registry
+from research.embeddings import registry, relative
 from research.evaluate import by_position as by_position_lib
 from research.evaluate import passkey as passkey_lib
 from research.evaluate.errors import EvaluationError  # noqa: F401 (public here: research.evaluate.extrapolation's)
@@ -336,10 +336,12 @@ def check_run_options(workdir: str | Path, config: ml_collections.ConfigDict, mu
     raise EvaluationError(f"rope_scaling={rope_scaling!r} would replace the scaling {str(workdir)!r} was trained "
                           f"with (model.rope_scaling={config.model.rope_scaling!r}, "
                           f"rope_factor={config.model.rope_factor:g}); its plain evaluation already applies that one")
-  if rope_scaling:
+  if rope_scaling:  # the factor is the multiple (> 1 past 1x) unless --rope_factor says otherwise
+    model_cfg = configuration.model_config(config)
     try:
-      dataclasses.replace(configuration.model_config(config), rope_scaling=rope_scaling)
-    except (ValueError, configuration.ConfigError) as e:
+      relative.check_scaling(rope_scaling, relative.rope_rotary_dim(model_cfg.width // model_cfg.num_heads,
+                                                                    model_cfg.rope_fraction), model_cfg.rope_base)
+    except ValueError as e:
       raise EvaluationError(f"rope_scaling={rope_scaling!r} does not suit {str(workdir)!r}: {e}") from None
   if passkey and config.objective != "clm":
     raise EvaluationError(f"passkey retrieval needs a causal LM, but {str(workdir)!r} was trained with "

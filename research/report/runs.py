@@ -518,6 +518,8 @@ def _read_quality(path: pathlib.Path, figures: dict = QUALITY_FIGURES) -> dict[s
   for name, (block, section, key) in figures.items():  # benchmarks_init: null or absent in older files
     figures = data.get(block) if isinstance(data.get(block), dict) else {}
     value = figures.get(section, {}).get(key) if isinstance(figures.get(section), dict) else None
+    if key == "accuracy" and isinstance(figures.get(section), dict) and figures[section].get("scored") == 0:
+      value = None  # no question scored: a file written before research-analyze said null there holds 0.0 (0 / 0)
     out[name] = _finite_or_none(value, repr(f"{block}.{section}.{key}"))
   return out
 

@@ -409,8 +409,8 @@ def check_outside_corpus(config: ml_collections.ConfigDict, path: Path, what: st
 
 
 def data_record(splits: dict[str, np.ndarray]) -> dict[str, Any]:
-  """RUN/data.json's content: SHA-256 and length of the token streams in `DATA_SPLITS` (whole splits, before
-  data.train_fraction's prefix). Token ids, not files: touching a corpus file changes nothing here, editing its text
+  """RUN/data.json's content: SHA-256 and length of the token streams in `DATA_SPLITS` as the run reads them (the
+  train split after data.train_fraction's prefix: `trained_splits`). Token ids, not files: touching a corpus file changes nothing here, editing its text
   does."""
   return {"splits": {name: {"sha256": hashlib.sha256(np.ascontiguousarray(splits[name]).tobytes()).hexdigest(),
                             "tokens": int(splits[name].size), "dtype": str(splits[name].dtype)}
