@@ -433,7 +433,8 @@ def check_trials_outside_corpus(sweep: Sweep, directory: Path) -> None:
   base = load_config_file(sweep.base_config).get_config()
   for trial in sweep.trials:
     try:
-      loop.check_outside_corpus(trial_config(sweep, trial, base), directory / trial.name, "trial directory")
+      with contextlib.chdir(ROOT):  # trials run there: a relative text: path is read from there
+        loop.check_outside_corpus(trial_config(sweep, trial, base), directory / trial.name, "trial directory")
     except configuration.ConfigError as e:
       raise configuration.ConfigError(f"sweep directory {str(directory)!r}: {e} (--workdir of research-sweep)") \
           from None

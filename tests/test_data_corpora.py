@@ -41,6 +41,17 @@ def test_a_text_corpus_reads_a_path_inside_its_directory_or_matched_by_its_glob(
   assert corpora.reads_path(f"text:{data}", tmp_path / "outside" / "run")
   (tmp_path / "alias").symlink_to(data)
   assert corpora.reads_path(f"text:{tmp_path / 'alias'}/*", data / "run")
+  # A hidden workdir under a glob that matches its parent (the walk skips it), and no hang on a corpus holding two
+  # links to itself (the walk visits each real directory once, as the reader's does).
+  assert not corpora.reads_path(f"text:{data}/**", data / ".runs" / "r")
+  loops = tmp_path / "loops"
+  loops.mkdir()
+  (loops / "a.txt").write_text("text\n")
+  (loops / "self1").symlink_to(loops)
+  (loops / "self2").symlink_to(loops)
+  assert not corpora.reads_path(f"text:{loops}", tmp_path / "runs" / "x")
+  assert corpora.reads_path(f"text:{loops}", loops / "x")
+  assert not corpora.reads_path(f"text:{tmp_path / ('c' * 300)}", tmp_path / "run")  # a name too long: the reader's
   # And the answer is the reader's: where it says False, the run's files are not among the corpus's files.
   run = data / ".runs" / "r"
   run.mkdir(parents=True)

@@ -561,7 +561,8 @@ def _one_line_error(result):
 
 STRIDE_RANGE = ("error: --stride={stride} must be an integer between 1 and {shortest}, the shortest window asked for "
                 "(multiple {multiple} x data.seq_len=32); leave it out for the default, 16 (half the training length)")
-ROPE_FACTOR = "error: --rope_factor={factor} must be a finite number >= 1; leave it out for the multiple at each length"
+ROPE_FACTOR = ("error: --rope_factor={factor} must be a number in [1, 1048576]; leave it out for the multiple at each "
+               "length")
 MAX_TOKENS = ("error: --max_tokens_per_batch={n} must be an integer >= 1 (batch = this // length, at least one "
               "window)")
 
@@ -598,9 +599,11 @@ def test_sliding_mode_on_a_masked_lm_is_refused_before_anything_loads(tmp_path):
 @pytest.mark.parametrize("kwargs,message", [
     ({"mode": "sliding", "stride": 1.5}, r"--stride=1.5 must be an integer between 1 and 32"),
     ({"mode": "sliding", "stride": True}, r"--stride=True must be an integer between 1 and 32"),
-    ({"rope_scaling": "linear", "rope_factor": float("inf")}, r"--rope_factor=inf must be a finite number >= 1"),
-    ({"rope_scaling": "linear", "rope_factor": 0.5}, r"--rope_factor=0.5 must be a finite number >= 1"),
-    ({"rope_scaling": "linear", "rope_factor": "2"}, r"--rope_factor='2' must be a finite number >= 1"),
+    ({"rope_scaling": "linear", "rope_factor": float("inf")}, r"--rope_factor=inf must be a number in \[1, 1048576\]"),
+    ({"rope_scaling": "linear", "rope_factor": 0.5}, r"--rope_factor=0.5 must be a number in \[1, 1048576\]"),
+    ({"rope_scaling": "linear", "rope_factor": "2"}, r"--rope_factor='2' must be a number in \[1, 1048576\]"),
+    # NTK's base overflowed (OverflowError) far above any context extension
+    ({"rope_scaling": "ntk", "rope_factor": 1e200}, r"--rope_factor=1e\+200 must be a number in \[1, 1048576\]"),
     ({"max_tokens_per_batch": 8.0}, r"--max_tokens_per_batch=8.0 must be an integer >= 1"),
 ])
 def test_evaluate_run_checks_the_same_options_before_anything_loads(tmp_path, kwargs, message):

@@ -443,7 +443,8 @@ def test_embedding_dropout_is_elementwise_and_off_in_eval():
      r"got 5 .*; no head count gives an even head dimension for the odd width 15"),
     (dict(position="rope", rope_fraction=0.0), r"model.rope_fraction=0.0 must be in \(0, 1\]"),
     (dict(position="rope", rope_fraction=0.1), r"model.rope_fraction=0.1 .* rotate at least 2 of the 8 head"),
-    (dict(position="rope", rope_factor=0.5), r"model.rope_factor=0.5 must be >= 1"),
+    (dict(position="rope", rope_factor=0.5), r"model.rope_factor=0.5 must be in \[1, 1048576\]"),
+    (dict(position="rope", rope_scaling="ntk", rope_factor=1e200), r"model.rope_factor=1e\+200 must be in \[1, "),
     # Scalings rope_frequencies cannot compute (a ZeroDivisionError at the first factor > 1, mid-evaluation).
     (dict(position="rope", rope_fraction=0.25, rope_scaling="ntk", rope_factor=2.0),
      r"^model.rope_scaling='ntk' needs a rotary dimension >= 4 \(its base exponent is d/\(d-2\)\), got 2"),

@@ -818,6 +818,12 @@ def test_a_sweep_directory_inside_a_trials_text_corpus_is_refused_before_anythin
   assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
   assert f"is inside data.corpus='text:{corpus}'" in result.stderr and "trial directory" in result.stderr
   assert sorted(p.name for p in corpus.iterdir()) == ["a.txt"]
+  # A relative corpus is read where the trials run (the repository root), whatever directory the sweep starts in.
+  relative = write_sweep(tmp_path / "rel.py", [{"seed": 0, **TINY, "data.corpus": "text:configs"}])
+  inside = ROOT / "configs" / "sweeps" / "never_written"
+  result = cli("experiments.sweep", f"--sweep={relative}", f"--workdir={inside}", cwd=tmp_path)
+  assert result.returncode == 2 and "is inside data.corpus='text:configs'" in result.stderr, result.stderr[-2000:]
+  assert not inside.exists()
 
 
 @pytest.mark.parametrize("where", ["run", "inside", "brackets"])

@@ -164,6 +164,34 @@ def test_a_workdir_inside_its_text_corpus_is_refused_before_anything_is_written(
   assert sorted(p.name for p in corpus.iterdir()) == ["a.txt"]
 
 
+def test_a_corpus_that_reads_the_runs_own_files_at_a_later_start_is_refused_with_the_way_out(tmp_path):
+  """What the first start cannot foresee (here a glob matching a name Orbax writes, state/manifest.ocdbt, that the
+  check does not list): the next start finds the run's files among the corpus's and says to move the run out;
+  moved, it resumes, because the corpus reads what it read at the start."""
+  import shutil
+  (tmp_path / "corpus").mkdir()
+  (tmp_path / "corpus" / "notes.ocdbt").write_text((ROOT / "README.md").read_text())
+  spec = f"text:{tmp_path}/**/*.ocdbt"
+  settings = {"data.corpus": spec, "train.steps": 2, "train.eval_every": 2, "train.checkpoint_every": 2,
+              "train.async_checkpoints": False}
+  loop.train(tiny_config(**settings), tmp_path / "run")
+  with pytest.raises(configuration.ConfigError) as err:
+    loop.train(tiny_config(**{**settings, "train.steps": 3}), tmp_path / "run")
+  message = str(err.value)
+  assert "\n" not in message and f"data.corpus={spec!r} reads this run's own files (" in message
+  assert f"move the run directory '{tmp_path / 'run'}' outside the corpus and rerun there" in message
+  from research.evaluate import extrapolation
+  with pytest.raises(extrapolation.EvaluationError, match="reads this run's own files"):
+    extrapolation.load_run(tmp_path / "run")
+  import tempfile
+  moved = Path(tempfile.mkdtemp()) / "run"  # out of the glob's reach; the same spec (it is part of the run)
+  shutil.move(tmp_path / "run", moved)
+  try:
+    assert loop.train(tiny_config(**{**settings, "train.steps": 3}), moved)["step"] == 3
+  finally:
+    shutil.rmtree(moved.parent)
+
+
 def test_every_differing_field_is_named_and_only_the_allow_list_may_change(finished_tiny_run):
   config, workdir = finished_tiny_run
   changed = {"model.rope_base": 500.0, "train.grad_clip": 0.0, "model.norm": "post"}

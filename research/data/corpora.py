@@ -219,36 +219,60 @@ def _distinct(files: Sequence[Path]) -> list[Path]:
 
 
 # What a run directory holds (research/train/loop.py writes these; data may not import train): `reads_path` asks
-# whether a corpus would read any of them. Only their names matter to a glob.
+# whether a glob would match one of them. Names only; files whose names vary (Orbax's) are caught by
+# `files_inside` at the next start.
 RUN_FILES = ("config.json", "data.json", "metrics.jsonl", "summary.json", "tokenizer.json", "token_counts.npy",
              "embedding_init.json", "embedding_init.npy", "update_counts.npz", "events.out.tfevents.0.host",
-             "checkpoints/1/_CHECKPOINT_METADATA", "checkpoints/1/state/d/0", "checkpoints_unreadable/1/x",
-             "eval/extrapolation.json", "eval/ppl_vs_length.png", "eval/previous/extrapolation.json")
+             "checkpoints/1/_CHECKPOINT_METADATA", "checkpoints/1/commit_success.txt", "checkpoints/1/state/d/0",
+             "checkpoints/1/meta/metadata", "checkpoints_unreadable/1/x", "eval/extrapolation.json",
+             "eval/ppl_vs_length.png", "eval/previous/extrapolation.json")
 
 
 def reads_path(spec: str, path: str | os.PathLike) -> bool:
-  """Whether the corpus `spec` would read a run's files (`RUN_FILES`) written under `path` (a workdir, a sweep's
-  trial directory), by the reader's own rules (`resolve_text_files`): a `text:` directory whose walk (non-hidden
-  names, symlinked directories followed) reaches `path`, or a glob that matches `path`, a directory above it (its
-  walk then reaches `path`) or one of those files. The run's files would otherwise become training text at its next
-  start, and its data.json check would refuse every resume. False for other specs."""
+  """Whether the corpus `spec` will read files a run writes under `path` (a workdir, a sweep's trial directory),
+  as far as can be told before they exist, by the reader's own rules (`resolve_text_files`): a `text:` directory
+  whose walk (non-hidden names, symlinked directories followed) reaches `path`; a glob whose matches include such a
+  directory, or that matches `path`, a directory above it or one of `RUN_FILES`. What this cannot foresee (a file
+  name it does not list, a symlink made later) `files_inside` finds at the run's next start. False for other specs,
+  and for a path the system cannot even look at (the reader reports that itself)."""
   if not isinstance(spec, str) or not spec.startswith("text:") or not spec[len("text:"):]:
     return False
-  expanded = os.path.expanduser(spec[len("text:"):])
-  target = _real_target(Path(os.path.abspath(path)))
+  try:
+    return _reads_path(os.path.expanduser(spec[len("text:"):]), _real_target(Path(os.path.abspath(path))))
+  except (OSError, ValueError):  # a name too long, a NUL: not a corpus the reader can open either
+    return False
+
+
+def _reads_path(expanded: str, target: Path) -> bool:
   if globlib.has_magic(expanded) and not Path(expanded).exists():
-    pattern = _real_prefix(os.path.abspath(expanded))
     for match in globlib.glob(expanded, recursive=True):  # directories matched now: the reader walks them
       if os.path.isdir(match) and _walk_reaches(Path(match), target):
         return True
-    candidates = [target / f for f in RUN_FILES] + [target, *target.parents]
-    for candidate in candidates:  # what the glob may match once the run has written its files
-      for above in (candidate, *candidate.parents):
-        if _glob_matches(pattern.parts, above.parts) and (above == candidate or _visible(candidate, above)):
-          return True
+    pattern = _real_prefix(os.path.abspath(expanded)).parts
+    for above in (target, *target.parents):  # a directory matched: its walk reads the non-hidden names below it
+      if _glob_matches(pattern, above.parts) and _visible(target, above):
+        return True
+    for name in RUN_FILES:  # a file the run writes, or a directory of them, matched by name
+      file = target / name
+      if any(_glob_matches(pattern, above.parts) for above in (file, *file.parents) if target in above.parents):
+        return True
     return False
   corpus = Path(expanded)
   return corpus.is_dir() and _walk_reaches(corpus, target)
+
+
+def files_inside(spec: str, path: str | os.PathLike) -> list[Path]:
+  """The files of the `text:` corpus `spec` that lie under `path` (compared by real path), as the reader resolves
+  them now: a run's own files read as its training text. [] for other specs and for a corpus the reader refuses
+  (`load_corpus` then says why)."""
+  if not isinstance(spec, str) or not spec.startswith("text:"):
+    return []
+  try:
+    root = Path(os.path.realpath(path))
+    files = resolve_text_files(spec[len("text:"):])
+  except (CorpusError, OSError, ValueError):
+    return []
+  return [f for f in files if root in Path(os.path.realpath(f)).parents]
 
 
 def _real_target(path: Path) -> Path:
@@ -274,10 +298,16 @@ def _visible(path: Path, root: Path) -> bool:
 
 def _walk_reaches(directory: Path, target: Path) -> bool:
   """Whether `_files_under(directory)` would read files under `target` (a real path): some directory its walk
-  visits is `target` or a directory above it with no hidden name between."""
+  visits (each real directory once, as that walk does) is `target` or a directory above it with no hidden name
+  between."""
+  seen = set()
   for root, dirs, _ in os.walk(directory, followlinks=True):
-    dirs[:] = [d for d in dirs if not d.startswith(".")]
     real = Path(os.path.realpath(root))
+    if real in seen:
+      dirs[:] = []
+      continue
+    seen.add(real)
+    dirs[:] = [d for d in dirs if not d.startswith(".")]
     if (real == target or real in target.parents) and _visible(target, real):
       return True
   return False

@@ -66,6 +66,9 @@ def rope_frequencies(rot_dim: int, base: float = 10_000.0, scaling: str = "none"
   raise ValueError(f"rope scaling {scaling!r} is not one of none, linear, ntk, yarn")
 
 
+MAX_ROPE_FACTOR = 2 ** 20
+
+
 def check_scaling(scaling: str, rot_dim: int, base: float) -> None:
   """A one-line ValueError for a scaling `rope_frequencies` cannot compute at any factor > 1: static NTK divides
   its exponent by rot_dim − 2, YaRN's correction range by ln(base)."""
@@ -148,8 +151,9 @@ class RotaryPositions(PositionalScheme):
     if not 0.0 < cfg.rope_fraction <= 1.0 or rope_rotary_dim(head_dim, cfg.rope_fraction) < 2:
       raise ValueError(f"model.rope_fraction={cfg.rope_fraction} must be in (0, 1] and rotate at least 2 of the "
                        f"{head_dim} head dimensions")
-    if cfg.rope_factor < 1.0:
-      raise ValueError(f"model.rope_factor={cfg.rope_factor} must be >= 1")
+    if not 1.0 <= cfg.rope_factor <= MAX_ROPE_FACTOR:
+      raise ValueError(f"model.rope_factor={cfg.rope_factor:g} must be in [1, {MAX_ROPE_FACTOR}] (a context up to "
+                       f"2^20 times the original length; larger overflows NTK's base)")
     if cfg.rope_factor > 1.0:  # at factor 1 every scaling is plain RoPE (`rope_frequencies` returns before dividing)
       check_scaling(cfg.rope_scaling, rope_rotary_dim(head_dim, cfg.rope_fraction), cfg.rope_base)
 

@@ -123,6 +123,10 @@ def load_run(workdir: str | Path, checkpoint: str = "best") -> LoadedRun:
   """Config, tokenizer, token streams and the parameters of the run's best (or last) checkpoint."""
   workdir = Path(workdir)
   config = read_config(workdir)
+  try:
+    loop.check_corpus_excludes_run(config, workdir)  # else "trained on other data", which hides why
+  except configuration.ConfigError as e:
+    raise EvaluationError(str(e)) from None
   tokenizer = loop.load_run_tokenizer(workdir)
   splits = batches_lib.build_or_load_cache(config.data.corpus, tokenizer, cache_dir=config.data.cache_dir or None,
                                            errors=config.data.errors)
@@ -312,9 +316,9 @@ def check_options(lengths: Sequence[int], *, mode: str = "nonoverlapping", strid
     if rope_scaling is None:
       raise EvaluationError(f"--rope_factor={_show(rope_factor)} applies with "
                             f"--rope_scaling={'|'.join(ROPE_SCALINGS)} only")
-    if not _is_number(rope_factor) or not math.isfinite(rope_factor) or rope_factor < 1:
-      raise EvaluationError(f"--rope_factor={_show(rope_factor)} must be a finite number >= 1; leave it out for "
-                            f"the multiple at each length")
+    if not _is_number(rope_factor) or not 1 <= rope_factor <= relative.MAX_ROPE_FACTOR:
+      raise EvaluationError(f"--rope_factor={_show(rope_factor)} must be a number in [1, "
+                            f"{relative.MAX_ROPE_FACTOR}]; leave it out for the multiple at each length")
   if not _is_int(max_tokens_per_batch) or max_tokens_per_batch < 1:
     raise EvaluationError(f"--max_tokens_per_batch={max_tokens_per_batch} must be an integer >= 1 (batch = this // "
                           f"length, at least one window)")

@@ -124,6 +124,7 @@ class RunData:
 def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> RunData:
   """Corpus → tokenizer (reused from the workdir when resuming) → memory-mapped token streams."""
   cache_dir = config.data.cache_dir or None
+  check_corpus_excludes_run(config, workdir)
   corpus = corpora.load_corpus(config.data.corpus, errors=config.data.errors, cache_dir=cache_dir)
   # A tokenizer in the workdir is reused only by a run that saved a checkpoint (a resume, whose config was checked);
   # one left by a start that failed before its first checkpoint may belong to another config, and is rebuilt.
@@ -406,6 +407,19 @@ def check_outside_corpus(config: ml_collections.ConfigDict, path: Path, what: st
     raise configuration.ConfigError(
         f"{what} {str(path)!r} is inside data.corpus={corpus!r}: the run's files (checkpoints, logs) would become "
         f"training text at its next start; give it a directory outside the corpus")
+
+
+def check_corpus_excludes_run(config: ml_collections.ConfigDict, workdir: Path) -> None:
+  """A one-line ConfigError when the run's `text:` corpus now reads files inside its workdir (`corpora.files_inside`):
+  what `check_outside_corpus` could not foresee at the first start (a file name it does not know, a symlink made
+  since). Moving the run directory out restores the corpus the run started on, so the rerun resumes."""
+  inside = corpora.files_inside(config.data.corpus, workdir)
+  if inside:
+    more = f" and {len(inside) - 1} more" if len(inside) > 1 else ""
+    raise configuration.ConfigError(
+        f"data.corpus={config.data.corpus!r} reads this run's own files ({str(inside[0])!r}{more}) as training "
+        f"text; move the run directory {str(workdir)!r} outside the corpus and rerun there (the corpus then reads "
+        f"what it read at the run's start)")
 
 
 def data_record(splits: dict[str, np.ndarray]) -> dict[str, Any]:
