@@ -565,9 +565,8 @@ def test_freeze_steps_gives_the_table_exact_zero_updates_then_trains(name):
   k = 3
   cfg = ml_collections.ConfigDict(dict(
       optimizer=name, learning_rate=0.1, schedule="constant", warmup_steps=0, steps=10, momentum=0.9,
-      weight_decay=0.0 if name == "adafactor" else 0.1, grad_clip=1.0, b1=0.9, b2=0.99,
-      embedding=dict(weight_decay=name != "adafactor", lr_multiplier=1.0, freeze=False, lazy=False,
-                     freeze_steps=k)))
+      weight_decay=0.1, grad_clip=1.0, b1=0.9, b2=0.99,  # decay on: every optimizer's is scaled by the rate
+      embedding=dict(weight_decay=True, lr_multiplier=1.0, freeze=False, lazy=False, freeze_steps=k)))
   tx = optim.make_optimizer(cfg)
   rng = np.random.default_rng(0)
   params = {"token_embed": {"embedding": jnp.asarray(rng.normal(size=(6, 4)), jnp.float32)},

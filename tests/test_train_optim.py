@@ -279,3 +279,57 @@ def test_lazy_keeps_absent_rows_and_their_state_for_every_row_wise_optimizer(nam
   dense = make_cfg(optimizer=name, momentum=0.9, embedding={'lazy': False, 'weight_decay': True})
   (_, _), (d1, _), (d2, _) = run(dense, [BATCH_ALL, BATCH_B])
   assert np.any(table(d2)[ABSENT] != table(d1)[ABSENT])  # the dense optimizer does move them
+
+
+def test_adafactor_decay_is_scaled_by_the_learning_rate_and_without_decay_it_is_optaxs_own():
+  """optax's weight_decay_rate subtracts wd·p whatever the rate (10 % of every matrix per step at wd 0.1, during
+  warmup too); ours is Hugging Face's / fairseq's: lr · param_scale · wd · p, so it is 0 at lr 0 and linear in lr."""
+  params = init_params()
+  zero = jax.tree.map(jnp.zeros_like, params)
+
+  def update(lr, wd, grads=zero):
+    tx = optim.make_optimizer(make_cfg(optimizer='adafactor', learning_rate=lr, weight_decay=wd))
+    return tx.update(grads, tx.init(params), params)[0]
+
+  kernel = lambda u: np.asarray(u['decoder']['block']['dense']['kernel'])  # noqa: E731 (a decayed matrix)
+  assert not np.any(kernel(update(0.0, 0.1)))  # lr 0 (a warmup's first step): no update at all
+  small, large = kernel(update(1e-3, 0.1)), kernel(update(2e-3, 0.1))
+  np.testing.assert_allclose(large, 2 * small, rtol=1e-6)
+  p = np.asarray(params['decoder']['block']['dense']['kernel'])
+  scale = max(np.sqrt(np.mean(p ** 2)), 1e-3)  # optax.scale_by_param_block_rms
+  np.testing.assert_allclose(small, -1e-3 * scale * 0.1 * p, rtol=1e-5)
+  grads = jax.grad(loss_fn)(params, BATCH_B)
+  ours, theirs = update(1e-2, 0.0, grads), optax.adafactor(1e-2).update(grads, optax.adafactor(1e-2).init(params),
+                                                                         params)[0]
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_frozen_table_is_left_out_of_the_clipping_norm():
+  """As in PyTorch (a frozen parameter has no .grad): the other parameters' step is clipped by their own norm, the
+  same with the table frozen as with no table at all."""
+  params = init_params()
+  grads = jax.grad(loss_fn)(params, BATCH_B)
+  clip = 1e-3
+  tx = optim.make_optimizer(make_cfg(optimizer='sgd', learning_rate=1.0, weight_decay=0.0, grad_clip=clip,
+                                     embedding={'freeze': True}))
+  updates = tx.update(grads, tx.init(params), params)[0]
+  assert not np.any(np.asarray(updates['decoder']['token_embed']['embedding']))
+  others = [g for path, g in jax.tree_util.tree_flatten_with_path(grads)[0] if 'token_embed' not in str(path)]
+  norm = float(np.sqrt(sum(np.sum(np.asarray(g, np.float64) ** 2) for g in others)))
+  np.testing.assert_allclose(updates['lm_head']['kernel'], -grads['lm_head']['kernel'] * clip / norm, rtol=1e-5)
+
+
+def test_the_api_defaults_decay_neither_the_table_nor_positions_as_the_schema_and_docs_say():
+  params = init_params()
+  params['position_embed'] = {'embedding': jnp.ones((4, 4))}
+  mask = optim.decay_mask(params)
+  assert not mask['decoder']['token_embed']['embedding'] and not mask['position_embed']['embedding']
+  assert mask['decoder']['block']['dense']['kernel']
+  cfg = make_cfg(optimizer='adamw', learning_rate=0.1)
+  del cfg.embedding['weight_decay']
+  tx = optim.make_optimizer(cfg)
+  zero = jax.tree.map(jnp.zeros_like, params)  # zero gradients: what moves is the decay alone
+  updates = tx.update(zero, tx.init(params), params)[0]
+  assert not np.any(np.asarray(updates['decoder']['token_embed']['embedding']))
+  assert np.all(np.asarray(updates['decoder']['block']['dense']['kernel']) != 0)

@@ -314,7 +314,3 @@ def validate_pretrained(config: ml_collections.ConfigDict) -> None:
   if emb.lazy and not emb.freeze and config.train.optimizer == "adafactor":  # optim.make_optimizer's own rule
     raise ConfigError("train.embedding.lazy=True is not supported with train.optimizer='adafactor': its factored "
                       "second moment mixes all rows; use adamw, adam, sgd or lion")
-  if k and config.train.optimizer == "adafactor" and emb.weight_decay and config.train.weight_decay:
-    raise ConfigError(f"train.embedding.freeze_steps={k} with optimizer 'adafactor' and train.embedding."
-                      f"weight_decay=True: adafactor's decay is not scaled by the learning rate, so the table would "
-                      f"still move; turn the table's weight decay off or use another optimizer")

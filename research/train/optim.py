@@ -80,7 +80,7 @@ def partition_labels(params: Any) -> Any:
   return jax.tree.map(lambda group: 'embedding' if group == 'embedding' else 'other', param_groups(params))
 
 
-def decay_mask(params: Any, embedding_weight_decay: bool = True, position_weight_decay: bool = True) -> Any:
+def decay_mask(params: Any, embedding_weight_decay: bool = False, position_weight_decay: bool = False) -> Any:
   """True where weight decay applies: >=2-d leaves not named bias/scale; the token table and the positional
   parameters (of any rank) iff their flags say so."""
 
@@ -139,7 +139,10 @@ def make_schedule(train_cfg: Mapping[str, Any]) -> optax.Schedule:
 
 def _core(name: str, lr: optax.ScalarOrSchedule, train_cfg: Mapping[str, Any],
           mask: Callable[[Any], Any]) -> optax.GradientTransformation:
-  """The named optimizer with its weight decay (decoupled for adamw/lion/adafactor, L2 for adam/sgd)."""
+  """The named optimizer with its weight decay (decoupled for adamw/lion/adafactor, L2 for adam/sgd). Decoupled decay
+  is scaled by the learning rate in all three: adafactor's as Hugging Face's and fairseq's Adafactor do it
+  (p -= lr · param_scale · wd · p), which optax's `weight_decay_rate` does not (it subtracts wd · p whatever the
+  rate: 10 % of every matrix per step at wd 0.1, even during warmup)."""
   wd = float(train_cfg.get('weight_decay', 0.0))
   b1, b2 = float(train_cfg.get('b1', 0.9)), float(train_cfg.get('b2', 0.999))
   if name == 'adamw':
@@ -147,7 +150,12 @@ def _core(name: str, lr: optax.ScalarOrSchedule, train_cfg: Mapping[str, Any],
   if name == 'lion':
     return optax.lion(lr, b1=b1, b2=b2, weight_decay=wd, mask=mask)
   if name == 'adafactor':
-    return optax.adafactor(lr, weight_decay_rate=wd or None, weight_decay_mask=mask)
+    # optax.adafactor's own chain with its defaults, the decay added before the learning rate and the parameter
+    # scale instead of after them; without decay it is optax.adafactor(lr) transform for transform.
+    decay = [optax.add_decayed_weights(wd, mask)] if wd else []
+    return optax.chain(optax.scale_by_factored_rms(), optax.clip_by_block_rms(1.0), *decay,
+                       optax.scale_by_learning_rate(lr, flip_sign=False), optax.scale_by_param_block_rms(),
+                       optax.scale(-1))
   # Classic (coupled) L2: the decay enters the gradient, before moments / momentum.
   l2 = [optax.add_decayed_weights(wd, mask)] if wd else []
   if name == 'adam':
@@ -197,7 +205,7 @@ def frozen_for(lr: optax.Schedule, steps: int) -> optax.Schedule:
   Keyed on the count of the optimizer's own schedule state, which is the train step (it counts every update from
   the first), so a resumed run freezes and unfreezes at the same step, and the optimizer state has the same
   structure whatever `steps` is. With the learning rate at 0 every optimizer's update of the table is an exact zero
-  (their weight decay is multiplied by the learning rate too; adafactor's is not, see configuration), so the table
+  (their weight decay is multiplied by the learning rate too), so the table
   is bit-identical for `steps` steps. Its moments (Adam's mu and nu, momentum) still accumulate the gradients
   meanwhile: at step `steps` the table starts with warm statistics rather than fresh ones.
   """
@@ -209,8 +217,8 @@ def make_optimizer(train_cfg: Mapping[str, Any]) -> optax.GradientTransformation
   name = train_cfg['optimizer']
   _check_choice('optimizer', name, OPTIMIZERS)
   emb = train_cfg.get('embedding', None) or {}
-  emb_decay = bool(emb.get('weight_decay', True))
-  position_decay = bool((train_cfg.get('position', None) or {}).get('weight_decay', True))
+  emb_decay = bool(emb.get('weight_decay', False))  # the schema's defaults (docs/training.md, "Parameter groups")
+  position_decay = bool((train_cfg.get('position', None) or {}).get('weight_decay', False))
   multiplier = float(emb.get('lr_multiplier', 1.0))
   freeze, lazy = bool(emb.get('freeze', False)), bool(emb.get('lazy', False))
   freeze_steps = int(emb.get('freeze_steps', 0) or 0)
@@ -229,9 +237,13 @@ def make_optimizer(train_cfg: Mapping[str, Any]) -> optax.GradientTransformation
     embedding_tx = _core(name, embedding_lr, train_cfg, mask)
     if lazy:
       embedding_tx = lazy_rows(embedding_tx)
-  grouped = optax.partition({'embedding': embedding_tx, 'other': _core(name, schedule, train_cfg, mask)},
-                            partition_labels)
+  other_tx = _core(name, schedule, train_cfg, mask)
   clip = float(train_cfg.get('grad_clip', 0.0))
-  if clip > 0:
+  if clip > 0 and freeze:
+    # A frozen table has no gradient to speak of: the global norm is the other parameters' (as in PyTorch, where
+    # a frozen parameter has no .grad), so freezing the table does not shrink every other step.
+    other_tx = optax.chain(optax.clip_by_global_norm(clip), other_tx)
+  grouped = optax.partition({'embedding': embedding_tx, 'other': other_tx}, partition_labels)
+  if clip > 0 and not freeze:
     return optax.chain(optax.clip_by_global_norm(clip), grouped)
   return optax.with_extra_args_support(grouped)
