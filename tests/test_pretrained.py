@@ -666,18 +666,30 @@ def test_the_vectors_cli_trains_on_train_text_only_and_is_reproducible_across_pr
 @pytest.mark.parametrize("out,message,extra", [
     ("", "--out is empty: give the vector file to write", []),
     ("{tmp}", "--out='{tmp}' is a directory; give a file path", []),
-    ("{tmp}/missing/v.txt", "--out='{tmp}/missing/v.txt': the directory '{tmp}/missing' does not exist", []),
+    ("{tmp}/afile/v.txt", "--out='{tmp}/afile/v.txt': '{tmp}/afile' is a file, so the directory '{tmp}/afile' "
+                          "cannot be made", []),
     ("{tmp}/v.txt", "--seed=-1 must be an integer in 0 ... 4294967295", ["--seed=-1"]),  # gensim: a traceback
     ("{tmp}/v.txt", "--seed=4294967296 must be an integer in 0 ... 4294967295", ["--seed=4294967296"]),
     ("{tmp}/v.txt", "--window=0 must be an integer >= 1", ["--window=0"]),
 ])
 def test_the_vectors_cli_checks_out_before_reading_the_corpus(out, message, extra, tmp_path):
   # A corpus that does not exist: had the corpus been read first, its error would be the one printed.
+  (tmp_path / "afile").write_text("a file where --out wants a directory")
   result = cli("experiments.vectors", "--corpus=text:/nonexistent/corpus.txt", f"--out={out.format(tmp=tmp_path)}",
                *extra)
   assert result.returncode == 2 and result.stderr.strip() == "error: " + message.format(tmp=tmp_path)
   assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
 
+
+
+def test_the_vectors_cli_makes_the_directories_of_out_as_research_train_makes_its_workdir(tmp_path):
+  """docs/walkthrough.md's first command writes runs/walk/w2v-64.txt in a fresh checkout, which has no runs/."""
+  (tmp_path / "c.txt").write_text("\n".join(f"alpha beta gamma {i % 3}" for i in range(30)) + "\n")
+  out = tmp_path / "runs" / "walk" / "v.txt"
+  result = cli("experiments.vectors", f"--corpus=text:{tmp_path / 'c.txt'}", "--method=word2vec", "--dim=4",
+               "--min_count=1", "--epochs=1", f"--out={out}", f"--cache_dir={tmp_path / 'cache'}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert {"alpha", "beta"} <= set(gensim_vectors(out).index_to_key)
 
 
 def test_the_vectors_cli_refuses_undecodable_text_in_one_line_and_loads_it_with_errors_replace(tmp_path):

@@ -75,19 +75,24 @@ def train_vectors(sentences: list[list[str]], method: str, dim: int, *, window: 
 
 
 def check_out(path: str | os.PathLike) -> Path:
-  """`--out` as a Path, or one line: empty, a directory, or in a directory that does not exist. research-vectors
-  calls it before the corpus is read (training may take hours), save_vectors again before writing."""
+  """`--out` as a Path, or one line: empty, a directory, or under a path that cannot hold it (a file where a
+  directory should be, a directory that is not writable). Missing directories are created when the file is saved
+  (`save_vectors`), as research-train creates its workdir. research-vectors calls it before the corpus is read
+  (training may take hours), save_vectors again before writing."""
   if not str(path).strip():
     raise VectorsError("--out is empty: give the vector file to write")
   path = Path(path)
   if path.is_dir():
     raise VectorsError(f"--out={str(path)!r} is a directory; give a file path")
-  if not path.absolute().parent.is_dir():
-    raise VectorsError(f"--out={str(path)!r}: the directory {str(path.absolute().parent)!r} does not exist")
+  parent = path.absolute().parent
+  existing = next(p for p in (parent, *parent.parents) if p.exists())  # the root always exists
+  if not existing.is_dir():
+    raise VectorsError(f"--out={str(path)!r}: {str(existing)!r} is a file, so the directory {str(parent)!r} cannot "
+                       f"be made")
   try:
-    tempfile.TemporaryFile(dir=path.absolute().parent).close()
+    tempfile.TemporaryFile(dir=existing).close()
   except OSError as e:
-    raise VectorsError(f"--out={str(path)!r}: the directory {str(path.absolute().parent)!r} is not writable "
+    raise VectorsError(f"--out={str(path)!r}: the directory {str(existing)!r} is not writable "
                        f"({e.strerror})") from None
   return path
 
@@ -104,6 +109,7 @@ def save_vectors(model, path: str | os.PathLike, method: str) -> str:
   """Writes `model` (word2vec text, or fastText .bin with its n-gram buckets); returns the file's format name as
   `research.embeddings.pretrained` knows it."""
   path = check_out(path)
+  path.absolute().parent.mkdir(parents=True, exist_ok=True)
   _remove_dead_temporaries(path)
   tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
   if method == "fasttext":
