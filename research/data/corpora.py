@@ -191,10 +191,11 @@ def read_text_file(path: str | os.PathLike, errors: str = "strict") -> str:
         "set data.errors=replace or data.errors=ignore (research-vectors: --errors) to load it anyway") from None
 
 
-def _files_under(directory: Path) -> list[Path]:
-  """Every non-hidden file below `directory` (no part of its path below `directory` starts with '.'), following
-  symlinked directories, each real directory once (a link to an ancestor is no loop)."""
-  files, seen = [], set()
+def _walk(directory: Path):
+  """(directory as reached, its real path, its file and link names) for every directory the reader visits below
+  `directory`: non-hidden names only, symlinked directories followed, each real directory once (a link to an
+  ancestor is no loop). `_files_under` reads their files; `_walk_reaches` asks whether it reaches a path."""
+  seen = set()
   for root, dirs, names in os.walk(directory, followlinks=True):
     real = os.path.realpath(root)
     if real in seen:
@@ -202,8 +203,14 @@ def _files_under(directory: Path) -> list[Path]:
       continue
     seen.add(real)
     dirs[:] = [d for d in dirs if not d.startswith(".")]
-    files += [Path(root) / n for n in names if not n.startswith(".") and os.path.isfile(os.path.join(root, n))]
-  return sorted(files)
+    yield root, real, names
+
+
+def _files_under(directory: Path) -> list[Path]:
+  """Every non-hidden file below `directory` (no part of its path below `directory` starts with '.'), following
+  symlinked directories, each real directory once (`_walk`)."""
+  return sorted(Path(root) / n for root, _, names in _walk(directory)
+                for n in names if not n.startswith(".") and os.path.isfile(os.path.join(root, n)))
 
 
 def _distinct(files: Sequence[Path]) -> list[Path]:
@@ -298,19 +305,9 @@ def _visible(path: Path, root: Path) -> bool:
 
 def _walk_reaches(directory: Path, target: Path) -> bool:
   """Whether `_files_under(directory)` would read files under `target` (a real path): some directory its walk
-  visits (each real directory once, as that walk does) is `target` or a directory above it with no hidden name
-  between."""
-  seen = set()
-  for root, dirs, _ in os.walk(directory, followlinks=True):
-    real = Path(os.path.realpath(root))
-    if real in seen:
-      dirs[:] = []
-      continue
-    seen.add(real)
-    dirs[:] = [d for d in dirs if not d.startswith(".")]
-    if (real == target or real in target.parents) and _visible(target, real):
-      return True
-  return False
+  (`_walk`) visits is `target` or a directory above it with no hidden name between."""
+  return any((Path(real) == target or Path(real) in target.parents) and _visible(target, Path(real))
+             for _, real, _ in _walk(directory))
 
 
 def _glob_matches(pattern: Sequence[str], parts: Sequence[str]) -> bool:

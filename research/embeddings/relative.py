@@ -69,9 +69,11 @@ def rope_frequencies(rot_dim: int, base: float = 10_000.0, scaling: str = "none"
 MAX_ROPE_FACTOR = 2 ** 20
 
 
-def check_scaling(scaling: str, rot_dim: int, base: float) -> None:
-  """A one-line ValueError for a scaling `rope_frequencies` cannot compute at any factor > 1: static NTK divides
-  its exponent by rot_dim − 2, YaRN's correction range by ln(base)."""
+def check_scaling(cfg, scaling: str) -> None:
+  """A one-line ValueError for a scaling `rope_frequencies` cannot compute at any factor > 1 for the model config
+  `cfg`: static NTK divides its exponent by rot_dim − 2, YaRN's correction range by ln(base). RoPE's validation
+  checks the model's own scaling, research-evaluate one it applies at evaluation."""
+  rot_dim, base = rope_rotary_dim(cfg.width // cfg.num_heads, cfg.rope_fraction), cfg.rope_base
   if scaling == "ntk" and rot_dim <= 2:
     raise ValueError(f"model.rope_scaling='ntk' needs a rotary dimension >= 4 (its base exponent is d/(d-2)), got "
                      f"{rot_dim} (head dimension x model.rope_fraction, rounded down to even)")
@@ -155,7 +157,7 @@ class RotaryPositions(PositionalScheme):
       raise ValueError(f"model.rope_factor={cfg.rope_factor:g} must be in [1, {MAX_ROPE_FACTOR}] (a context up to "
                        f"2^20 times the original length; larger overflows NTK's base)")
     if cfg.rope_factor > 1.0:  # at factor 1 every scaling is plain RoPE (`rope_frequencies` returns before dividing)
-      check_scaling(cfg.rope_scaling, rope_rotary_dim(head_dim, cfg.rope_fraction), cfg.rope_base)
+      check_scaling(cfg, cfg.rope_scaling)
 
   def frequencies(self):
     """(inv_freq [rotary_dim // 2], attention_factor) for this config (see `rope_frequencies`)."""

@@ -341,10 +341,8 @@ def check_run_options(workdir: str | Path, config: ml_collections.ConfigDict, mu
                           f"with (model.rope_scaling={config.model.rope_scaling!r}, "
                           f"rope_factor={config.model.rope_factor:g}); its plain evaluation already applies that one")
   if rope_scaling:  # the factor is the multiple (> 1 past 1x) unless --rope_factor says otherwise
-    model_cfg = configuration.model_config(config)
     try:
-      relative.check_scaling(rope_scaling, relative.rope_rotary_dim(model_cfg.width // model_cfg.num_heads,
-                                                                    model_cfg.rope_fraction), model_cfg.rope_base)
+      relative.check_scaling(configuration.model_config(config), rope_scaling)
     except ValueError as e:
       raise EvaluationError(f"rope_scaling={rope_scaling!r} does not suit {str(workdir)!r}: {e}") from None
   if passkey and config.objective != "clm":

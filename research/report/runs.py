@@ -508,10 +508,11 @@ def _read_scaled(path: pathlib.Path) -> dict[str, Extrapolation]:
 
 
 @_names_file
-def _read_quality(path: pathlib.Path, figures: dict = QUALITY_FIGURES) -> dict[str, float | None] | None:
-  if not path.is_file():
+def _read_quality(path: pathlib.Path, data: dict[str, Any] | None,
+                  figures: dict = QUALITY_FIGURES) -> dict[str, float | None] | None:
+  """The figures of an embedding_quality*.json (`data`, read from `path`; None when there is none)."""
+  if data is None:
     return None
-  data = _read_json_object(path)
   if not isinstance(data.get("benchmarks"), dict):
     raise ReportError(f"{path} has no 'benchmarks' object")
   out = {}
@@ -525,10 +526,10 @@ def _read_quality(path: pathlib.Path, figures: dict = QUALITY_FIGURES) -> dict[s
 
 
 @_names_file
-def _read_rare(path: pathlib.Path) -> RareTokens | None:
-  if not path.is_file():
+def _read_rare(path: pathlib.Path, data: dict[str, Any] | None) -> RareTokens | None:
+  """The figures of a rare_tokens.json (`data`, read from `path`; None when there is none)."""
+  if data is None:
     return None
-  data = _read_json_object(path)
   geometry = (data.get("geometry") or {}).get("input")
   if not isinstance(geometry, dict) or not isinstance(data.get("buckets"), list):
     raise ReportError(f"{path} needs 'geometry.input' and a 'buckets' list")
@@ -568,17 +569,19 @@ def _load_trial(path: pathlib.Path, name: str, status: str | None = None, overri
     # Trained on (train.steps raised) and not finished again: summary.json is the earlier end's.
     status, error = "unfinished", (f"training on to step {steps}: {path / SUMMARY_FILE} is of step "
                                    f"{summary['step']}, the end of an earlier train.steps")
-  analysis = {}
-  for file in (QUALITY_FILE, QUALITY_INPUT_FILE, RARE_FILE):
-    if (path / file).is_file():
-      data = _read_json_object(path / file)
-      analysis[file.as_posix()] = (_step_or_none(path / file, data.get("checkpoint_step")),
-                                   _choice_or_none(path / file, data.get("checkpoint")))
+  # research-analyze's files, each read once: its figures, and the checkpoint it analyzed (`analysis_stale`).
+  analyzed = {file: _read_json_object(path / file) if (path / file).is_file() else None
+              for file in (QUALITY_FILE, QUALITY_INPUT_FILE, RARE_FILE)}
+  analysis = {file.as_posix(): (_step_or_none(path / file, data.get("checkpoint_step")),
+                                _choice_or_none(path / file, data.get("checkpoint")))
+              for file, data in analyzed.items() if data is not None}
   return Trial(name=name, path=path, status=status, overrides=dict(overrides or {}), error=error, config=config,
                summary=summary if status == "finished" else None, metrics=_read_metrics(path / METRICS_FILE),
                extrapolation=_read_extrapolation(path / EXTRAPOLATION_FILE), scaled=_read_scaled(path),
-               quality=_read_quality(path / QUALITY_FILE),
-               quality_input=_read_quality(path / QUALITY_INPUT_FILE, QUALITY_INPUT_FIGURES), rare=_read_rare(path / RARE_FILE),
+               quality=_read_quality(path / QUALITY_FILE, analyzed[QUALITY_FILE]),
+               quality_input=_read_quality(path / QUALITY_INPUT_FILE, analyzed[QUALITY_INPUT_FILE],
+                                           QUALITY_INPUT_FIGURES),
+               rare=_read_rare(path / RARE_FILE, analyzed[RARE_FILE]),
                by_position=_read_by_position(path / BY_POSITION_FILE), analysis_checkpoints=analysis)
 
 
