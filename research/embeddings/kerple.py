@@ -12,11 +12,11 @@ in megatron/model/positional_embeddings.py), with one difference in where the pa
 one module before its layer loop and passes it to every layer (megatron/model/gpt2_model.py: `rpe=rpe_emb`), so all
 layers share 2·H parameters; `kerple_log` and `kerple_power` give each attention layer its own (2·H per layer, as
 FIRE and CoPE), and `kerple_log_shared` / `kerple_power_shared` are the reference's sharing (one module, computed
-once per forward pass for every layer, like ALiBi and T5). The rest is the same for both: log inits r1 ~ U(0, 2) (`bias_p`) and
-r2 ~ U(0, 1) (`bias_a`); power inits the multiplier r1 ~ U(0, 1) (`bias_a`) and the exponent r2 ~ U(0, 2)
-(`bias_p`); every parameter clamped to ≥ 1e-2 and the exponent to ≤ 2 before use. The reference clamps the stored
-tensor in place before each forward pass, so the optimizer's next update starts from the clamped value. Here the
-train step projects the stored parameters onto the same box after every update (`param_bounds`,
+once per forward pass for every layer, like ALiBi and T5). The rest is the same for both: log inits r1 ~ U(0, 2)
+(`bias_p`) and r2 ~ U(0, 1) (`bias_a`); power inits the multiplier r1 ~ U(0, 1) (`bias_a`) and the exponent
+r2 ~ U(0, 2) (`bias_p`); every parameter clamped to ≥ 1e-2 and the exponent to ≤ 2 before use. The reference
+clamps the stored tensor in place before each forward pass, so the optimizer's next update starts from the clamped
+value. Here the train step projects the stored parameters onto the same box after every update (`param_bounds`,
 `registry.project_params`), which gives the same value at every use (a test follows both through Adam), and the
 forward pass clamps too, with a straight-through gradient, for the initial draw (U(0, ·) can fall below 1e-2) and
 for parameters set by hand. Clamping in the forward pass alone is not the same: a stored value pushed past the

@@ -402,7 +402,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
 
 def check_outside_corpus(config: ml_collections.ConfigDict, path: Path, what: str) -> None:
   """A one-line ConfigError when the run's `text:` corpus would read `path` (`corpora.reads_path`)."""
-  corpus = config.get("data", {}).get("corpus") if hasattr(config, "get") else None
+  corpus = config.data.corpus
   if corpora.reads_path(corpus, path):
     raise configuration.ConfigError(
         f"{what} {str(path)!r} is inside data.corpus={corpus!r}: the run's files (checkpoints, logs) would become "
@@ -424,8 +424,8 @@ def check_corpus_excludes_run(config: ml_collections.ConfigDict, workdir: Path) 
 
 def data_record(splits: dict[str, np.ndarray]) -> dict[str, Any]:
   """RUN/data.json's content: SHA-256 and length of the token streams in `DATA_SPLITS` as the run reads them (the
-  train split after data.train_fraction's prefix: `trained_splits`). Token ids, not files: touching a corpus file changes nothing here, editing its text
-  does."""
+  train split after data.train_fraction's prefix: `trained_splits`). Token ids, not files: touching a corpus file
+  changes nothing here, editing its text does."""
   return {"splits": {name: {"sha256": hashlib.sha256(np.ascontiguousarray(splits[name]).tobytes()).hexdigest(),
                             "tokens": int(splits[name].size), "dtype": str(splits[name].dtype)}
                      for name in DATA_SPLITS}}
