@@ -27,6 +27,7 @@ def main(argv):
   if len(argv) > 1:
     raise configuration.ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.ERROR)  # Orbax logs every save (and saves without metrics) at INFO/WARNING
+  loop.quiet_storage_failures()  # a full disk: the one line, not Orbax's thread tracebacks before it
   summary = loop.train(_CONFIG.value, _WORKDIR.value)
   print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
 

@@ -300,7 +300,9 @@ def _tensorboard_scalars(workdir):
   for path in files:
     data, i = path.read_bytes(), 0
     while i < len(data):
-      (n,) = struct.unpack("<Q", data[i:i + 8])
+      (n,) = struct.unpack("<Q", data[i:i + 8]) if i + 8 <= len(data) else (len(data),)
+      if i + 12 + n + 4 > len(data):  # a torn last record (a failed write): TensorBoard's reader stops there too
+        break
       event = event_pb2.Event()
       event.ParseFromString(data[i + 12:i + 12 + n])
       i += 12 + n + 4
@@ -349,3 +351,62 @@ def test_a_checkpoint_that_cannot_be_written_ends_the_run_in_one_line_instead_of
   assert result.returncode == 2, result.stderr[-3000:]
   assert last.startswith("error: a file of") and "could not be written (PermissionError" in last
   assert last.endswith("it resumes from step 4")
+
+
+def _train_below_file_size(workdir, limit, overrides, timeout=150):
+  """research-train as a user runs it, with every file it writes held below `limit` bytes (RLIMIT_FSIZE, SIGXFSZ
+  ignored: a write past it fails with EFBIG, as one on a full device fails with ENOSPC); limit None: no limit."""
+  import resource
+  import signal
+  import subprocess
+  import sys
+
+  def limit_files():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+  args = [f"--config.{k}={v}" for k, v in overrides.items()]
+  # Without the tests' JAX compilation cache: an entry past the limit would be left there truncated.
+  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+  env.update(RESEARCH_HUGE_PAGES="0", JAX_ENABLE_COMPILATION_CACHE="false")
+  return subprocess.run([sys.executable, "-m", "experiments.train", "--config=configs/tiny.py", f"--workdir={workdir}",
+                         *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env,
+                        preexec_fn=limit_files if limit else None)
+
+
+def _one_error_line(result):
+  assert result.returncode == 2, result.stderr[-3000:]
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]  # no thread's traceback before it
+  return lines[0]
+
+
+FILE_TOO_LARGE = "would exceed the largest file size allowed (the process's `ulimit -f` or the file system's)"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="RLIMIT_FSIZE: POSIX")
+def test_a_tensorboard_write_that_fails_ends_the_run_in_one_line_instead_of_hanging(reference_run, tmp_path):
+  """The event file is the file that grows past the limit (every step logged, no checkpoint before the end):
+  tensorboardX's SummaryWriter wrote from a thread that died on the failed write, and the run then blocked forever
+  on its full queue. (reference_run: the data cache is written, so no other file reaches the limit first.)"""
+  workdir = tmp_path / "run"
+  overrides = {"train.steps": 150, "train.log_every": 1, "train.checkpoint_every": 1000, "train.eval_every": 1000,
+               "train.eval_batches": 1}
+  line = _one_error_line(_train_below_file_size(workdir, 140_000, overrides))
+  assert FILE_TOO_LARGE in line and line.endswith("it starts over (no checkpoint was finished)")
+  assert [p.stat().st_size for p in workdir.glob("events.out.tfevents.*")] == [140_000]  # it was that file
+  assert all(json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines())
+  rerun = _train_below_file_size(workdir, None, overrides)  # the limit raised: the same command runs through
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  scalars = _tensorboard_scalars(workdir)
+  assert sorted(step for tag, step in scalars if tag == "train/loss") == list(range(1, 151))
+  assert all(len(values) == 1 for values in scalars.values())  # the failed start's events purged
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="RLIMIT_FSIZE: POSIX")
+def test_a_checkpoint_past_the_file_size_limit_is_one_line_without_orbax_thread_tracebacks(reference_run, tmp_path):
+  """A checkpoint's files (1.2 MB at this size) fail in Orbax's background threads; they log each failure with
+  its traceback, and TensorStore's callbacks into the closed event loop print more, before the run's own line."""
+  workdir = tmp_path / "run"
+  line = _one_error_line(_train_below_file_size(workdir, 300_000, {"train.steps": 120, "train.eval_batches": 1}))
+  assert FILE_TOO_LARGE in line and line.endswith("it starts over (no checkpoint was finished)")
+  assert not checkpoint_lib.has_checkpoint(workdir / "checkpoints")

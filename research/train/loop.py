@@ -25,6 +25,7 @@ import errno
 import functools
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -642,6 +643,37 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
   return records
 
 
+class EventLog:
+  """A TensorBoard event file (`events.out.tfevents.*`) written as tensorboardX's SummaryWriter writes it (its
+  EventsWriter, `summary.scalar`, the Event protos, the purge event of `purge_step`), but from the calling thread.
+
+  SummaryWriter writes from a background thread fed by a queue of 10 events: when a write fails there (a full disk),
+  the thread dies with its traceback on stderr and the 11th event the run adds blocks it forever (seen on a full
+  tmpfs). Here a failed write raises in the training loop, which ends in its one line (`StorageError`). Writes are
+  buffered by the file and reach the disk at `flush` (every checkpoint) and `close`."""
+
+  def __init__(self, workdir: Path, purge_step: int):
+    from tensorboardX.event_file_writer import EventsWriter
+    from tensorboardX.proto import event_pb2
+    self._event = event_pb2.Event
+    self._events = EventsWriter(str(workdir / "events"))  # its first event: the file version, as SummaryWriter's
+    self._write(step=purge_step, file_version="brain.Event:2")  # SummaryWriter's purge_step: these two events
+    self._write(step=purge_step, session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START))
+
+  def _write(self, **fields) -> None:
+    self._events.write_event(self._event(wall_time=time.time(), **fields))
+
+  def add_scalar(self, tag: str, value: float, step: int) -> None:
+    from tensorboardX.summary import scalar
+    self._write(step=int(step), summary=scalar(tag, value))
+
+  def flush(self) -> None:
+    self._events.flush()
+
+  def close(self) -> None:
+    self._events.close()
+
+
 class MetricsLog:
   """metrics.jsonl (+ TensorBoard). On resume, lines past the restored step are dropped: they will be rewritten."""
 
@@ -653,11 +685,10 @@ class MetricsLog:
       _atomic_write(self.path, lambda f: f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept).encode()))
     self.writer = None
     if self.enabled:
-      from tensorboardX import SummaryWriter
       # purge_step: TensorBoard drops the events of earlier processes from the restored step on, which this run
       # logs again (else a resumed curve shows those steps twice, zigzagging); from step 1 on a fresh start, which
       # may follow a start that failed before its first checkpoint.
-      self.writer = SummaryWriter(str(workdir), purge_step=resume_step + 1)
+      self.writer = EventLog(workdir, purge_step=resume_step + 1)
 
   def write(self, record: dict[str, Any]) -> None:
     if not self.enabled:
@@ -848,14 +879,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   try:
     return _train_locked(config, workdir, mesh, start_time)
   except Exception as e:
-    full, denied = is_disk_full(e), is_write_denied(e)
+    full, denied = disk_full_reason(e), is_write_denied(e)
     if not (full or denied):
       raise
     saved = checkpoint_lib.checkpoint_steps(workdir / "checkpoints")
     resume = f"it resumes from step {saved[-1]}" if saved else "it starts over (no checkpoint was finished)"
     if full:
-      raise StorageError(f"no space left on the device of {str(workdir)!r} ({first_line(e)[:200]}); what was "
-                         f"written before is intact: free space and rerun the command, {resume}") from None
+      what, remedy = DISK_FULL_MESSAGES[full]
+      raise StorageError(f"{what.format(workdir=str(workdir))} ({full}); what was written before is intact: "
+                         f"{remedy} and rerun the command, {resume}") from None
     raise StorageError(f"a file of {str(workdir)!r} could not be written ({first_line(denied)[:200]}); what was "
                        f"written before is intact: make it writable and rerun the command, {resume}") from None
   finally:
@@ -867,20 +899,37 @@ class StorageError(RuntimeError):
   """The run directory's device is full (or a file would exceed its size limit): a user's environment, one line."""
 
 
-DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "File too large")
+DISK_FULL_ERRNOS = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded",
+                    errno.EFBIG: "File too large"}
+# What each reason says, and what to do: the errno text, as Python's OSError and TensorStore's message carry it.
+DISK_FULL_MESSAGES = {
+    "No space left on device": ("no space left on the device of {workdir!r}", "free space"),
+    "Disk quota exceeded": ("the disk quota of {workdir!r} is exceeded", "free space or raise the quota"),
+    "File too large": ("a file of {workdir!r} would exceed the largest file size allowed (the process's `ulimit -f` "
+                       "or the file system's)", "raise the limit"),
+}
+
+
+def disk_full_reason(e: BaseException) -> str | None:
+  """Why `e`, or an exception it was raised from or during, is a full device, as its errno text ("No space left on
+  device", "Disk quota exceeded", "File too large"), or None: an OSError with ENOSPC, EDQUOT or EFBIG (Python's own
+  writes), or the errno text in TensorStore's RESOURCE_EXHAUSTED / OUT_OF_RANGE messages that Orbax passes on as
+  ValueError (a RESOURCE_EXHAUSTED write without it counts as a full device)."""
+  for e in _exception_chain(e):
+    if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
+      return DISK_FULL_ERRNOS[e.errno]
+    text = str(e)
+    reason = next((t for t in DISK_FULL_MESSAGES if t in text), None)
+    if reason is None and "RESOURCE_EXHAUSTED" in text and "writing" in text.lower():
+      reason = DISK_FULL_ERRNOS[errno.ENOSPC]
+    if reason is not None:
+      return reason
+  return None
 
 
 def is_disk_full(e: BaseException) -> bool:
-  """Whether `e`, or an exception it was raised from or during, is a full device: an OSError with ENOSPC, EDQUOT or
-  EFBIG (Python's own writes), or TensorStore's RESOURCE_EXHAUSTED / errno text that Orbax passes on as ValueError."""
-  for e in _exception_chain(e):
-    if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
-      return True
-    text = str(e)
-    if any(t in text for t in DISK_FULL_TEXT) or ("RESOURCE_EXHAUSTED" in text and "writing" in text.lower()):
-      return True
-  return False
+  """Whether `e` is a full device (`disk_full_reason`)."""
+  return disk_full_reason(e) is not None
 
 
 def _exception_chain(e: BaseException | None):
@@ -898,6 +947,41 @@ WRITE_DENIED_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
 def is_write_denied(e: BaseException) -> BaseException | None:
   """The OSError of a denied write (permissions, a read-only mount) that `e` was raised from or during, or None."""
   return next((x for x in _exception_chain(e) if isinstance(x, OSError) and x.errno in WRITE_DENIED_ERRNOS), None)
+
+
+class _OrbaxStorageNoise(logging.Filter):
+  """Drops the errors Orbax's background save threads log (and asyncio's "Task exception was never retrieved" for
+  the writes they abandon), traceback and all, when what failed is a full device or a denied write: the main
+  thread's wait for the save raises the same exception, and `train` turns it into its one line (StorageError). Any
+  other record, Orbax's other errors included, passes."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    ours = record.name == "asyncio" or f"{os.sep}orbax{os.sep}" in record.pathname
+    if record.levelno < logging.ERROR or not ours:
+      return True
+    exc = record.exc_info[1] if record.exc_info else ValueError(record.getMessage())
+    return not (exc is not None and (is_disk_full(exc) or is_write_denied(exc)))
+
+
+def _unraisable_without_closed_loops(default: Callable) -> Callable:
+  """sys.unraisablehook that drops TensorStore's callbacks into the event loop Orbax closed after a failed write
+  (RuntimeError "Event loop is closed", one traceback per pending write) and passes everything else to `default`."""
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+      default(unraisable)
+  hook.quiet_closed_loops = True
+  return hook
+
+
+def quiet_storage_failures() -> None:
+  """For research-train's process: a full device or a denied write in a checkpoint's background save prints the
+  run's one line only, not Orbax's thread tracebacks before it (see `_OrbaxStorageNoise`). Idempotent."""
+  from absl import logging as absl_logging
+  for logger in (absl_logging.get_absl_logger(), logging.getLogger("asyncio")):
+    if not any(isinstance(f, _OrbaxStorageNoise) for f in logger.filters):
+      logger.addFilter(_OrbaxStorageNoise())
+  if not getattr(sys.unraisablehook, "quiet_closed_loops", False):
+    sys.unraisablehook = _unraisable_without_closed_loops(sys.unraisablehook)
 
 
 def check_writable(directory: str | os.PathLike) -> None:
@@ -1049,7 +1133,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, mesh, start_
     try:
       checkpointer.wait()  # raises what a background save met (a permission error, a full disk)
     finally:
-      checkpointer.close()  # else its threads, and tensorboardX's, keep the process from ever exiting
+      checkpointer.close()  # else its threads keep the process from ever exiting
       log.close()
 
   if not valid:  # e.g. steps == 0, or resumed at the end
