@@ -18,7 +18,7 @@ from pathlib import Path
 from absl import app, flags, logging
 
 from experiments.common import parse_flags, run_main
-from research import hugepages
+from research import hugepages, supervisor
 from research.evaluate import extrapolation, passkey
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory to evaluate.")
@@ -89,6 +89,7 @@ def print_passkey(workdir: str, rope_scaling: str | None) -> None:
 
 def run():
   hugepages.maybe_reexec()  # first: restarts the process with huge pages for XLA's buffers (Linux)
+  supervisor.maybe_supervise()  # multi-process jobs: a lost or missing process is one line, not a C++ report
   flags.mark_flags_as_required(["workdir"])
   app.run(main, flags_parser=parse_flags)
 

@@ -207,7 +207,7 @@ def supervise(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> 
   sys.stderr.buffer.write(held)
   if code < 0:
     index, count = process_identity(env)
-    print(f"error: the trainer ({_process(index, count)}) was ended by signal {signal.Signals(-code).name}",
+    print(f"error: the supervised command ({_process(index, count)}) was ended by signal {signal.Signals(-code).name}",
           file=sys.stderr, flush=True)
     return 128 - code
   return code

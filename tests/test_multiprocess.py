@@ -227,6 +227,91 @@ def test_a_killed_coordinator_ends_the_other_process_in_one_line(compile_cache, 
   assert len(lines) == 1 and lines[0].startswith("error: lost the coordinator, process 0 of 2 at 127.0.0.1:"), err
 
 
+def _start_pair(workdirs, extra, devices, cache: Path) -> list[subprocess.Popen]:
+  """Processes 0 and 1 of one job, each with its own workdir, extra arguments and number of devices."""
+  job = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{_free_port()}", "JAX_NUM_PROCESSES": "2"}
+  return [subprocess.Popen([sys.executable, "-m", "experiments.train", *ARGS, f"--workdir={workdirs[i]}", *extra[i]],
+                           cwd=ROOT, env=_env(cache, devices[i], **job, JAX_PROCESS_ID=str(i)),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra, devices, other_workdir, expected", [
+    ([[], ["--config.seed=7"]], (4, 4), False, "--config.seed=7 (process 0: 0)"),
+    ([[], []], (4, 4), True, "--workdir="),
+    ([["--config.train.batch_size=12"], ["--config.train.batch_size=12"]], (4, 2), False,
+     "local devices=2 (process 0: 4)"),
+])
+def test_processes_started_with_other_settings_refuse_in_one_line(extra, devices, other_workdir, expected,
+                                                                   compile_cache, tmp_path):
+  """Another seed trained an inconsistent model with exit 0 (config.json held process 0's); two workdirs hung at the
+  first checkpoint; unequal device shares failed in Orbax with a traceback. Every process says the same line."""
+  workdirs = [tmp_path / "run", tmp_path / ("other" if other_workdir else "run")]
+  results = _finish(_start_pair(workdirs, extra, devices, compile_cache), timeout=240)
+  for code, _, err in results:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err[-3000:]
+    assert lines[0].startswith("error: process 1 of 2 was started with ") and expected in lines[0], lines[0]
+    assert "every process of a job runs the same command" in lines[0]
+  assert not any((w / "config.json").exists() for w in workdirs)  # refused before anything was written
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_multi_process_run(compile_cache, tmp_path):
+  """jax.distributed.initialize installs JAX's preemption notifier, which caught SIGTERM: a scheduler's TERM did
+  nothing and the run went on to its last step. TERM now ends it, as in a single-process run."""
+  workdir = tmp_path / "run"
+  procs = _start_two(workdir, compile_cache)
+  _wait_for(workdir / "config.json", procs, "the job did not start")
+  for proc in procs:
+    proc.send_signal(signal.SIGTERM)  # the supervisors, which forward it to their trainers
+  sent = time.monotonic()
+  results = _finish(procs, timeout=120)
+  assert time.monotonic() - sent < 60
+  assert all(code != 0 for code, _, _ in results), [err[-2000:] for _, _, err in results]
+  assert not (workdir / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_research_evaluate_alone_in_a_two_process_job_is_one_line_within_the_runs_start_timeout(one_process,
+                                                                                                 compile_cache,
+                                                                                                 tmp_path):
+  """research-evaluate joins the job as training does: a host that evaluates while the others do not waited JAX's
+  default 300 s and then printed the runtime's C++ report (status 134). Now the run's mesh.init_timeout_s bounds
+  the wait and the supervisor makes it one line."""
+  workdir = tmp_path / "run"
+  shutil.copytree(one_process, workdir)
+  config = json.loads((workdir / "config.json").read_text())
+  config["mesh"]["init_timeout_s"] = 5  # a resumable field: the run is the same model
+  (workdir / "config.json").write_text(json.dumps(config))
+  job = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{_free_port()}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"}
+  started = time.monotonic()
+  result = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--workdir={workdir}", "--lengths=1"],
+                          cwd=ROOT, env=_env(compile_cache, 4, **job), capture_output=True, text=True, timeout=240)
+  assert time.monotonic() - started < 120
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert result.returncode == supervisor.LOST_PEER_EXIT and len(lines) == 1, result.stderr[-3000:]
+  assert lines[0].startswith("error: the job did not come together: not all 2 processes reached the coordinator")
+
+
+@pytest.mark.parametrize("environ, message", [
+    ({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"}, "JAX_PROCESS_ID=2 must be 0 … 1, one number per process"),
+    ({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "-1"}, "JAX_PROCESS_ID=-1 must be 0 … 1"),
+    ({"JAX_NUM_PROCESSES": "0", "JAX_PROCESS_ID": "0"}, "JAX_NUM_PROCESSES=0 must be at least 1"),
+    ({"JAX_PROCESS_ID": "-3"}, "JAX_PROCESS_ID=-3 must be at least 0"),
+])
+def test_process_numbers_out_of_range_are_one_line_before_the_job_starts(environ, message, monkeypatch):
+  from research.train import mesh
+  for key in _JOB_ENV:
+    monkeypatch.delenv(key, raising=False)
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "127.0.0.1:1")
+  for key, value in environ.items():
+    monkeypatch.setenv(key, value)
+  with pytest.raises(configuration.ConfigError, match=message) as err:
+    mesh.maybe_initialize_distributed(True, init_timeout_s=1)
+  assert "\n" not in str(err.value)
+
+
 # ------------------------------------------------------------------------------------------ sweeps
 
 

@@ -92,10 +92,13 @@ def evaluation_mesh(config: ml_collections.ConfigDict):
 
 
 def start_distributed(config: ml_collections.ConfigDict) -> None:
-  """`jax.distributed.initialize()` where training would call it (mesh.distributed; auto = from the environment),
-  so every host of a pod slice evaluates its share; before anything touches the devices."""
+  """`jax.distributed.initialize()` where training would call it (mesh.distributed; auto = from the environment,
+  with the run's heartbeat and start-up timeouts), so every host of a pod slice evaluates its share; before anything
+  touches the devices."""
   distributed = str(config.mesh.distributed).lower()
-  mesh_lib.maybe_initialize_distributed(None if distributed == "auto" else distributed == "true")
+  mesh_lib.maybe_initialize_distributed(None if distributed == "auto" else distributed == "true",
+                                        heartbeat_timeout_s=config.mesh.heartbeat_timeout_s,
+                                        init_timeout_s=config.mesh.init_timeout_s)
 
 
 def check_same_data(workdir: Path, config, splits) -> None:

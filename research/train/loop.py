@@ -873,6 +873,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   mesh_lib.maybe_initialize_distributed(None if distributed == "auto" else distributed == "true",
                                         heartbeat_timeout_s=config.mesh.heartbeat_timeout_s,
                                         init_timeout_s=config.mesh.init_timeout_s)
+  check_same_job(config, workdir)  # every process of a multi-process job was given the same command
   mesh = make_mesh(config)  # a mesh that does not fit the devices fails here, before the workdir is touched
   workdir.mkdir(parents=True, exist_ok=True)
   lock = lock_workdir(workdir)
@@ -893,6 +894,56 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   finally:
     if lock is not None:
       lock.close()  # releases the lock (as the end of the process would)
+
+
+# Fields a process may set for itself: where its host keeps the data cache.
+HOST_LOCAL_FIELDS = frozenset({"data.cache_dir"})
+
+
+def job_description(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
+  """What every process of one job must agree on: the config's fields (but `HOST_LOCAL_FIELDS`), the run directory
+  and this process's number of devices (the mesh and the checkpoints' layout assume equal shares)."""
+  fields = {k: v for k, v in configuration.flatten(config).items() if k not in HOST_LOCAL_FIELDS}
+  return {**{f"--config.{k}": v for k, v in fields.items()}, "--workdir": str(Path(workdir).resolve()),
+          "local devices": jax.local_device_count()}
+
+
+def job_differences(descriptions: list[dict[str, Any]], limit: int = 3) -> str | None:
+  """None when every process's `job_description` equals process 0's; else one text naming the first process that
+  differs and up to `limit` of its differences, each with process 0's value."""
+  first = descriptions[0]
+  for index, other in enumerate(descriptions[1:], start=1):
+    keys = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
+    if keys:
+      shown = ", ".join(f"{k}={other.get(k)!r} (process 0: {first.get(k)!r})" for k in keys[:limit])
+      more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+      return f"process {index} of {len(descriptions)} was started with {shown}{more}"
+  return None
+
+
+def check_same_job(config: ml_collections.ConfigDict, workdir: Path) -> None:
+  """In a multi-process job, every process refuses in the same one line when any of them was given another config,
+  run directory or number of devices: such a job would train a model that none of the configs describes (each
+  process its own learning rate or seed, config.json only process 0's), or hang at its first checkpoint (two run
+  directories), or fail in Orbax (unequal device shares). One all-gather of each process's `job_description`
+  (its JSON, padded to the longest), before anything is written or compiled."""
+  if jax.process_count() == 1:
+    return
+  # The device counts first, from the device list every process sees (the all-gather below needs equal shares).
+  shares = [sum(d.process_index == i for d in jax.devices()) for i in range(jax.process_count())]
+  _refuse_differences([{"local devices": share} for share in shares])
+  from jax.experimental import multihost_utils
+  mine = json.dumps(job_description(config, workdir), sort_keys=True, default=repr).encode()
+  longest = int(np.max(multihost_utils.process_allgather(np.array([len(mine)], np.int32))))
+  padded = np.frombuffer(mine.ljust(longest, b" "), np.uint8)
+  _refuse_differences([json.loads(row.tobytes()) for row in np.asarray(multihost_utils.process_allgather(padded))])
+
+
+def _refuse_differences(descriptions: list[dict[str, Any]]) -> None:
+  differences = job_differences(descriptions)
+  if differences:
+    raise configuration.ConfigError(f"{differences}: every process of a job runs the same command with the same "
+                                    "number of devices (docs/training.md, \"Multi-process runs\")")
 
 
 class StorageError(RuntimeError):

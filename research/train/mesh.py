@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 import os
+import signal
+import threading
 from typing import Any
 
 import jax
@@ -138,15 +140,29 @@ def maybe_initialize_distributed(distributed: bool | None = None, *, heartbeat_t
         kwargs[key] = int(os.environ[name])
       except ValueError:
         raise ConfigError(f'{name}={os.environ[name]!r} must be an integer') from None
+  count, index = kwargs.get('num_processes'), kwargs.get('process_id')
+  if count is not None and count < 1:
+    raise ConfigError(f'JAX_NUM_PROCESSES={count} must be at least 1 (the number of processes of the job)')
+  if index is not None and (index < 0 or (count is not None and index >= count)):
+    allowed = f'0 … {count - 1}, one number per process of JAX_NUM_PROCESSES={count}' if count else 'at least 0'
+    raise ConfigError(f'JAX_PROCESS_ID={index} must be {allowed}')
   try:
     jax.distributed.initialize(heartbeat_timeout_seconds=int(heartbeat_timeout_s),
                                shutdown_timeout_seconds=int(heartbeat_timeout_s),
                                initialization_timeout=int(init_timeout_s), **kwargs)
   except ValueError as e:
+    said = str(e).splitlines()[0]
     if 'should be defined' not in str(e) and 'must be defined' not in str(e):
-      raise
-    raise ConfigError('mesh.distributed=true, but no multi-process job was found: set JAX_COORDINATOR_ADDRESS='
-                      'host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID on every process, or run under SLURM / Open '
-                      'MPI or on every worker of a TPU pod slice (docs/training.md, "Multi-process runs"); '
-                      f'JAX said: {str(e).splitlines()[0]}') from None
+      raise ConfigError(f'the multi-process job cannot start: {said}') from None
+    why = ('mesh.distributed=true' if distributed else
+           f'the environment names a multi-process job ({multihost_reason()})')
+    raise ConfigError(f'{why}, but not all of it is set: set JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES '
+                      'and JAX_PROCESS_ID on every process, or run under SLURM / Open MPI or on every worker of a '
+                      'TPU pod slice (docs/training.md, "Multi-process runs"); '
+                      f'JAX said: {said}') from None
+  # jax.distributed.initialize installs JAX's preemption notifier, which catches SIGTERM for a preemption sync
+  # point that nothing here uses: a scheduler's or `timeout`'s TERM then did nothing (the run went on to its last
+  # step). Back to the default, as in a single-process run: TERM ends the process (docs/training.md).
+  if threading.current_thread() is threading.main_thread():  # (signal handlers are the main thread's to set)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
   return True
