@@ -4,7 +4,7 @@ r"""Write an ablation report for a sweep (or run) directory.
   python -m experiments.report runs/positions
 
 Writes DIR/report.md, DIR/table.csv, DIR/table.tex and PNG plots, prints the table and the paths written. A missing,
-empty or foreign directory prints `error: <message>` and exits with status 2.
+empty, foreign or unwritable directory, or a malformed run file, prints `error: <message>` and exits with status 2.
 """
 
 import signal

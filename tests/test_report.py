@@ -7,6 +7,7 @@ import math
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import zlib
@@ -1017,3 +1018,128 @@ def test_a_run_training_on_past_its_summary_is_unfinished_not_reported_with_the_
   assert status["b"][0] == "unfinished" and "training on to step 200" in status["b"][1] and "of step 100" in status["b"][1]
   report = build_report(tmp_path)
   assert report.data.groups[0].n == 1
+
+
+def test_an_unwritable_directory_is_one_line_before_anything_is_read(tmp_path):
+  # /proc: no file can be created there, whoever runs the tests (root included, unlike chmod); nothing is read first
+  with pytest.raises(ReportError, match=r"^'/proc' is not writable \(.*\); research-report writes report.md"):
+    build_report("/proc")
+
+
+@pytest.mark.skipif(not (shutil.which("setpriv") and hasattr(os, "geteuid") and os.geteuid() == 0),
+                    reason="needs root and setpriv to drop the capability that lets root write anywhere")
+def test_a_read_only_sweep_is_one_error_line_from_the_cli(tmp_path):
+  directory = tmp_path / "sweep"
+  make_sweep(directory, schemes=("alibi",), seeds=(0,))
+  os.chmod(directory, 0o555)
+  drop = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner",
+          "--inh-caps=-dac_override,-dac_read_search,-fowner"]
+  env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  try:
+    result = subprocess.run([*drop, sys.executable, "-m", "experiments.report", str(directory)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+  finally:
+    os.chmod(directory, 0o755)
+  assert result.returncode == 2 and result.stdout == "", result.stderr[-3000:]
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f"error: {str(directory)!r} is not writable (Permission denied)")
+  assert sorted(p.name for p in directory.iterdir() if p.is_file()) == ["sweep.json"]  # nothing written
+
+
+def _score_nothing_at_the_end(trial_dir, best_step=None):
+  """The trainer's files of a run whose validation at step 60 scored targets and at step 100, the last, none:
+  metrics.jsonl's line of step 100 has tokens 0 and the placeholders loss 0, ppl 1, and summary.json repeats them."""
+  log = loop.MetricsLog(trial_dir, resume_step=59)  # the lines from step 60 on dropped, as on a resume
+  log.write(loop.valid_record(60, {"loss": 3.5, "ppl": math.exp(3.5), "accuracy": 0.3, "tokens": 4096.0,
+                                   "tokens_per_s": 1e5}, lr=1e-3))
+  log.write(loop.valid_record(100, {"loss": 0.0, "ppl": 1.0, "accuracy": 0.0, "tokens": 0.0, "tokens_per_s": 1e5},
+                              lr=1e-3))
+  log.close()
+  valid = {"loss": 0.0, "ppl": 1.0, "accuracy": 0.0}
+  best = {"best_valid_loss": 0.0, "best_valid_ppl": 1.0, "best_step": best_step or 100}
+  loop.write_summary(trial_dir, loop.summary_record(step=100, train_loss=3.0, valid=valid, tokens_seen=51200.0,
+                                                    num_params=100000, num_embedding_params=32768, vocab_size=512,
+                                                    wall_s=12.5, best=best))
+
+
+def test_a_validation_that_scored_no_target_is_na_not_a_perplexity_of_one(tmp_path):
+  """An MLM on a tiny corpus can mask none of its validation split: the trainer writes loss 0, ppl 1 and says so.
+  Averaging that 1 with a real perplexity would make a meaningless mean and std."""
+  from research.report import plots
+  real, _ = write_trial(tmp_path, "s0", "rope", 0)
+  write_trial(tmp_path, "s1", "rope", 1)
+  _score_nothing_at_the_end(tmp_path / "s1")
+  summary = json.loads((tmp_path / "s0" / "summary.json").read_text())  # s0 best at step 50: a best column
+  loop.write_summary(tmp_path / "s0", {**summary, "best_step": 50, "best_valid_ppl": real * 0.9})
+  _evaluate(tmp_path / "s1", 60, 30.0)  # an older file, no choice recorded: judged by the final step's loss
+  report = build_report(tmp_path)
+  for column, value in (("valid_ppl", real), ("best_valid_ppl", real * 0.9)):
+    cell = report.data.cell(0, column)
+    assert cell.values == (pytest.approx(value),)
+    assert len(cell.notes) == 1 and cell.notes[0].startswith("s1: the validation at step 100 scored no target")
+  _, rows = parse_md_table(report.table)
+  assert rows[tmp_path.name][:2] == ["2", f"{real:.2f} (n=1)[^1]"]  # no ± : one value, not a mean with 1.0
+  assert "[^1]: s1: the validation at step 100 scored no target" in report.table
+  trial = next(t for t in report.runs.trials if t.name == "s1")
+  assert trial.scored_nothing(100) and not trial.scored_nothing(60)
+  assert trial.valid_losses() == {0: pytest.approx(9.0, abs=0.5), 60: 3.5}
+  assert trial.stale == {}  # a placeholder loss 0 is not a better final checkpoint
+  assert [s for s, _ in plots.loss_curves(trial)["valid"]] == [0, 60]  # curves.png leaves the placeholder out
+
+
+@pytest.mark.parametrize("damage", ["summary", "metrics_torn_last_line", "metrics_middle_line", "sweep"])
+def test_bytes_that_are_not_utf8_are_one_error_naming_the_file_or_a_torn_last_line(tmp_path, damage):
+  directory = tmp_path / "sweep"
+  make_sweep(directory, schemes=("alibi",), seeds=(0, 1))
+  metrics = directory / "alibi-s0" / "metrics.jsonl"
+  count = len(load_runs(directory).trials[0].metrics)
+  if damage == "summary":
+    path = directory / "alibi-s0" / "summary.json"
+    path.write_bytes(b'\xff\xfe{"step": 1}')
+  elif damage == "sweep":
+    path = directory / "sweep.json"
+    path.write_bytes(path.read_bytes().replace(b"alibi-s0", b"alibi-s\xff", 1))
+  elif damage == "metrics_torn_last_line":  # a run killed mid-append: the rest of the file stands
+    with metrics.open("ab") as f:
+      f.write(b'{"step": 120, "split": "train", "loss": \xff\xfe')
+    assert len(build_report(directory).runs.trials[0].metrics) == count
+    return
+  else:
+    path = metrics
+    lines = metrics.read_bytes().splitlines(keepends=True)
+    metrics.write_bytes(b"".join([*lines[:2], b'{"step": \xff}\n', *lines[2:]]))
+  with pytest.raises(ReportError, match=re.escape(str(path))):
+    build_report(directory)
+  result = _cli(directory)
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and str(path) in lines[0]
+
+
+@pytest.mark.parametrize("overrides", [[["model.position", "alibi"]], "model.position=alibi", 3])
+def test_a_sweep_trial_whose_overrides_are_not_an_object_is_one_line_naming_it(tmp_path, overrides):
+  directory = tmp_path / "sweep"
+  make_sweep(directory, schemes=("alibi",), seeds=(0, 1))
+  index = json.loads((directory / "sweep.json").read_text())
+  index["trials"][1]["overrides"] = overrides
+  (directory / "sweep.json").write_text(json.dumps(index))
+  message = f"{directory / 'sweep.json'}: trial 'alibi-s1' has 'overrides' {overrides!r}; expected an object"
+  with pytest.raises(ReportError, match=re.escape(message)):
+    load_runs(directory)
+  result = _cli(directory)
+  assert result.returncode == 2
+  assert result.stderr.strip() == f"error: {message} of dotted config fields and their values"
+
+
+def test_a_one_seed_arm_has_no_error_bar_in_the_tied_plot(tmp_path):
+  """Its std is undefined (n=1): a zero-length error bar would read as "no spread"."""
+  from research.report import plots
+  make_sweep(tmp_path, schemes=("alibi", "rope"), seeds=(0, 1), ties=(True, False))
+  (tmp_path / "rope-untied-s1" / "summary.json").unlink()  # that arm keeps one finished seed
+  report = build_report(tmp_path)
+  assert "tied_vs_untied.png" in report.plots
+  bars = plots.tied_bars(report.data)
+  assert set(bars) == {("alibi",), ("rope",)}
+  assert bars[("rope",)][False][1] is None
+  others = [std for key, arm in bars.items() for tied, (_, std) in arm.items() if (key, tied) != (("rope",), False)]
+  assert len(others) == 3 and all(std > 0 for std in others)

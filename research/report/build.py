@@ -7,9 +7,10 @@ import functools
 import os
 import pathlib
 import re
+import tempfile
 
 from research.report import plots, tables
-from research.report.runs import RARE_BUCKET_METRICS, RunSet, load_runs
+from research.report.runs import RARE_BUCKET_METRICS, ReportError, RunSet, load_runs
 
 REPORT_MD = "report.md"
 TABLE_CSV = "table.csv"
@@ -37,6 +38,22 @@ def _write(path: pathlib.Path, text: str) -> None:
   tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
   tmp.write_text(text)
   os.replace(tmp, path)
+
+
+def check_writable(directory: str | os.PathLike) -> None:
+  """One ReportError when `directory` cannot be written to (a read-only mount, another user's runs): the report's
+  files go there, so this is said before any run file is read, not as a traceback at the first plot. The test is
+  a real file created and removed there (permission bits say nothing for root, or on a read-only mount).
+  research/train/loop.py's `check_writable` does the same for research-evaluate and research-analyze; it is not
+  imported here, since that module imports JAX. A path that is not a directory is left to `load_runs`."""
+  path = pathlib.Path(directory)
+  if not path.is_dir():
+    return
+  try:
+    tempfile.TemporaryFile(dir=path).close()
+  except OSError as e:
+    raise ReportError(f"{str(path)!r} is not writable ({e.strerror or e}); research-report writes report.md, "
+                      f"table.csv, table.tex and the plots there") from None
 
 
 def _one_line(text: str, limit: int = 500) -> str:
@@ -142,9 +159,11 @@ def render_markdown(runs: RunSet, table: tables.Table, written: dict[str, pathli
 def build_report(directory: str | os.PathLike) -> Report:
   """Reads the run files under `directory` and writes report.md, table.csv, table.tex and the PNGs into it.
 
-  Raises `ReportError` (a ValueError) for a missing, empty or foreign directory or malformed run files. A plot
-  whose data is missing is skipped (the reason is in report.md) and a stale PNG of that name is removed.
+  Raises `ReportError` (a ValueError) for a missing, empty, foreign or unwritable directory or malformed run files
+  (the directory is checked before anything is read). A plot whose data is missing is skipped (the reason is in
+  report.md) and a stale PNG of that name is removed.
   """
+  check_writable(directory)
   runs = load_runs(directory)
   out_dir = runs.directory
   table = tables.build_table(runs)

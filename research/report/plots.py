@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from research.report.runs import BY_POSITION_FILE, RARE_BUCKET_METRICS, RARE_FILE, RunSet
+from research.report.runs import BY_POSITION_FILE, RARE_BUCKET_METRICS, RARE_FILE, RunSet, Trial, unscored
 from research.report.tables import VALID_PPL, Table, format_value
 
 PPL_VS_LENGTH = "ppl_vs_length.png"
@@ -102,20 +102,24 @@ def plot_ppl_vs_length(table: Table, path: pathlib.Path) -> str | None:
   return None
 
 
+def loss_curves(trial: Trial) -> dict[str, list[tuple[int, float]]]:
+  """{split: sorted [(step, loss)]} of the trial's metrics.jsonl, train and valid, for the splits it has: the lines
+  of curves.png. A validation that scored no target (`runs.unscored`: its loss 0 is a placeholder) is left out."""
+  curves = {}
+  for split in ("train", "valid"):
+    pts = sorted((r["step"], r["loss"]) for r in trial.metrics
+                 if r.get("split") == split and r.get("step") is not None and r.get("loss") is not None
+                 and not unscored(r))
+    if pts:
+      curves[split] = pts
+  return curves
+
+
 def plot_curves(table: Table, runs: RunSet, path: pathlib.Path) -> str | None:
   """Training and validation loss against step, one line per trial, colored by group."""
   # A trial's training curve belongs to its own group, not to the rows of its RoPE-scaled evaluations.
   by_trial = {id(t): gi for gi, g in enumerate(table.groups) if g.rope_scaling is None for t in g.trials}
-  lines = []
-  for t in runs.trials:
-    curves = {}
-    for split in ("train", "valid"):
-      pts = sorted((r["step"], r["loss"]) for r in t.metrics
-                   if r.get("split") == split and r.get("step") is not None and r.get("loss") is not None)
-      if pts:
-        curves[split] = pts
-    if curves:
-      lines.append((t, curves))
+  lines = [(t, curves) for t in runs.trials if (curves := loss_curves(t))]
   if not lines:
     return "no trial has a metrics.jsonl with losses"
   fig = Figure(figsize=(10, 4))
@@ -146,13 +150,13 @@ def tie_field(table: Table) -> str | None:
   return next((f for f in table.fields if f.rsplit(".", 1)[-1] == "tie_embeddings"), None)
 
 
-def plot_tied_vs_untied(table: Table, path: pathlib.Path) -> str | None:
-  """Validation perplexity, tied vs untied bars per combination of the other swept fields, error bars = std."""
+def tied_bars(table: Table) -> dict[tuple, dict[bool, tuple[float, float | None]]]:
+  """{values of the other swept fields: {tied: (mean, sample std)}}: the bars of tied_vs_untied.png (the table's
+  valid ppl cells). The std is None for a one-trial arm: undefined, so that bar gets no error bar (a zero-length
+  one would read as "no spread")."""
   field = tie_field(table)
-  if field is None:
-    return "tie_embeddings is not among the swept fields"
   others = [f for f in table.fields if f != field]
-  pairs: dict[tuple, dict[bool, tuple[float, float]]] = {}
+  pairs: dict[tuple, dict[bool, tuple[float, float | None]]] = {}
   for gi, g in enumerate(table.groups):
     if g.rope_scaling is not None:  # same trials as their unscaled row, no validation perplexity of their own
       continue
@@ -160,8 +164,18 @@ def plot_tied_vs_untied(table: Table, path: pathlib.Path) -> str | None:
     key = tuple(format_value(g.values[f]) for f in others)
     pairs.setdefault(key, {})
     if cell.n:
-      pairs[key][bool(g.values[field])] = (cell.mean, cell.std or 0.0)
-  pairs = {k: v for k, v in pairs.items() if v}
+      pairs[key][bool(g.values[field])] = (cell.mean, cell.std)
+  return {k: v for k, v in pairs.items() if v}
+
+
+def plot_tied_vs_untied(table: Table, path: pathlib.Path) -> str | None:
+  """Validation perplexity, tied vs untied bars per combination of the other swept fields, error bars = sample
+  std over seeds (none for a one-seed arm)."""
+  field = tie_field(table)
+  if field is None:
+    return "tie_embeddings is not among the swept fields"
+  others = [f for f in table.fields if f != field]
+  pairs = tied_bars(table)
   if not pairs:
     return "no finished trial has a validation perplexity"
   fig = Figure(figsize=(max(5, 1.3 * len(pairs) + 2), 4))
@@ -169,16 +183,20 @@ def plot_tied_vs_untied(table: Table, path: pathlib.Path) -> str | None:
   width = 0.38
   labels = [", ".join(f"{table.short[f]}={v}" for f, v in zip(others, k)) or "all" for k in pairs]
   for offset, tied, color in ((-width / 2, True, "C0"), (width / 2, False, "C1")):
-    xs = [i + offset for i, v in enumerate(pairs.values()) if tied in v]
-    ys = [v[tied][0] for v in pairs.values() if tied in v]
-    errs = [v[tied][1] for v in pairs.values() if tied in v]
-    if xs:
-      ax.bar(xs, ys, width, yerr=errs, capsize=4, color=color, label="tied" if tied else "untied")
+    bars = [(i + offset, *v[tied]) for i, v in enumerate(pairs.values()) if tied in v]
+    if bars:
+      xs, ys, _ = zip(*bars)
+      ax.bar(xs, ys, width, color=color, label="tied" if tied else "untied")
+      spread = [(x, y, std) for x, y, std in bars if std is not None]
+      if spread:
+        ax.errorbar([x for x, _, _ in spread], [y for _, y, _ in spread], yerr=[s for *_, s in spread], fmt="none",
+                    ecolor="k", capsize=4)
   ax.set_xticks(range(len(pairs)))
   ax.set_xticklabels(labels, rotation=20 if len(pairs) > 3 else 0, ha="right" if len(pairs) > 3 else "center",
                      fontsize=8)
   ax.set_ylabel("validation perplexity")
-  ax.set_title(f"{table.title}\ntied vs untied embeddings (error bars: std over seeds)", fontsize=10)
+  ax.set_title(f"{table.title}\ntied vs untied embeddings (error bars: sample std over seeds; none for one seed)",
+               fontsize=10)
   ax.grid(True, axis="y", alpha=0.3)
   ax.legend()
   _save(fig, path)

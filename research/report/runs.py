@@ -188,7 +188,7 @@ class Trial:
     if checkpoint_step >= step:  # the last checkpoint (or a summary older than the evaluation: nothing to compare)
       return None
     losses = self.valid_losses()
-    final = losses.get(step, _finite_or_none(summary.get("valid_loss")))
+    final = None if self.scored_nothing(step) else losses.get(step, _finite_or_none(summary.get("valid_loss")))
     scored = losses.get(checkpoint_step)
     if final is None or scored is None or not final < scored:
       return None
@@ -222,14 +222,26 @@ class Trial:
     return f"{why}the best checkpoint is now step {best} (validation loss {low} < {high})"
 
   def valid_losses(self) -> dict[int, float]:
-    """{step: validation loss} of metrics.jsonl's `split: valid` lines (the last line of a step wins)."""
+    """{step: validation loss} of metrics.jsonl's `split: valid` lines (the last line of a step wins); a validation
+    that scored no target (`scored_nothing`) has no loss: its 0 is the trainer's placeholder."""
     out = {}
     for r in self.metrics:
       if r.get("split") == "valid" and isinstance(r.get("step"), int):
         loss = _finite_or_none(r.get("loss")) if isinstance(r.get("loss"), (int, float)) else None
-        if loss is not None:
+        if loss is not None and not unscored(r):
           out[r["step"]] = loss
+        else:
+          out.pop(r["step"], None)
     return out
+
+  def scored_nothing(self, step: Any) -> bool:
+    """Whether the validation at `step` scored no target: the last `split: valid` line of that step in metrics.jsonl
+    has `tokens` 0 (a tiny split; an MLM scores only the tokens it masks). Its loss 0 and perplexity 1 are the
+    trainer's placeholders, and summary.json's figures of that step are too (summary.json does not record the
+    tokens: metrics.jsonl is the only record). False where metrics.jsonl has no such line or no `tokens` (a run
+    written before the figure): nothing says the figure is a placeholder."""
+    lines = [r for r in self.metrics if r.get("split") == "valid" and r.get("step") == step]
+    return bool(lines) and unscored(lines[-1])
 
   @functools.cached_property
   def stale_reasons(self) -> dict[str, str]:
@@ -292,6 +304,14 @@ class RunSet:
     return [f for f in self.swept_fields if not is_seed_field(f)]
 
 
+def unscored(record: dict[str, Any]) -> bool:
+  """Whether a metrics.jsonl line is a validation that scored no target (`tokens` 0): its loss 0 and perplexity 1
+  are placeholders, not figures (the trainer prints a note saying so)."""
+  tokens = record.get("tokens")
+  return record.get("split") == "valid" and isinstance(tokens, (int, float)) and not isinstance(tokens, bool) \
+      and tokens == 0
+
+
 def is_seed_field(name: str) -> bool:
   """`seed`, `data.seed`, ...: replicates, averaged over rather than grouped by."""
   return name.rsplit(".", 1)[-1] == "seed"
@@ -326,9 +346,12 @@ def hashable(value: Any) -> Any:
 
 def _read_json(path: pathlib.Path) -> Any:
   try:
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
   except OSError as e:
     raise ReportError(f"cannot read {path}: {e.strerror or e}") from None
+  except UnicodeDecodeError as e:  # JSON is UTF-8 text: a damaged or foreign file is one line naming it
+    raise ReportError(f"{path} is not valid JSON (not UTF-8 text: byte {e.object[e.start]:#04x} at offset "
+                      f"{e.start})") from None
   try:
     return json.loads(text)
   except json.JSONDecodeError as e:
@@ -346,7 +369,10 @@ def _read_metrics(path: pathlib.Path) -> list[dict[str, Any]]:
   """metrics.jsonl; a truncated last line (a run still writing) is ignored, a bad line elsewhere is an error."""
   if not path.is_file():
     return []
-  lines = path.read_text().splitlines()
+  try:  # undecodable bytes (a torn append, a damaged disk) become U+FFFD, as in the trainer's own reader: a bad
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()  # last line is ignored, others fail
+  except OSError as e:
+    raise ReportError(f"cannot read {path}: {e.strerror or e}") from None
   records = []
   for i, line in enumerate(lines):
     if not line.strip():
@@ -364,6 +390,12 @@ def _read_metrics(path: pathlib.Path) -> list[dict[str, Any]]:
           raise ReportError(f"{path} line {i + 1}: {key!r} must be {what}, got {value!r}")
       records.append(record)
   return records
+
+
+def _short(value: Any, limit: int = 80) -> str:
+  """`value`'s repr, cut to `limit` characters: a value quoted in a one-line error."""
+  text = repr(value)
+  return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _distinct(a: float, b: float) -> tuple[str, str]:
@@ -610,7 +642,12 @@ def _load_sweep(directory: pathlib.Path) -> RunSet:
   for i, entry in enumerate(entries):
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
       raise ReportError(f"{directory / SWEEP_FILE}: trial #{i} has no 'name'")
-    overrides = entry.get("overrides") or {}
+    overrides = entry.get("overrides")
+    if overrides is None:
+      overrides = {}
+    if not isinstance(overrides, dict):
+      raise ReportError(f"{directory / SWEEP_FILE}: trial {entry['name']!r} has 'overrides' {_short(overrides)}; "
+                        f"expected an object of dotted config fields and their values")
     for key in overrides:
       if key not in override_names:
         override_names.append(key)

@@ -169,6 +169,13 @@ def _columns(trials: list[Trial]) -> list[Column]:
   return columns
 
 
+def unscored_note(trial: Trial, step: int) -> str:
+  """Why `trial`'s validation perplexity of `step` is n/a: its validation scored no target."""
+  return (f"{trial.name}: the validation at step {step} scored no target (metrics.jsonl: tokens 0; a split too "
+          f"small, or an MLM that masked none of it): summary.json's perplexity 1 of that step is a placeholder, "
+          f"not a figure; use a larger validation split")
+
+
 def _trial_value(trial: Trial, column: Column, rope_scaling: str | None = None) -> tuple[float | None, str | None]:
   """(value, None) or (None, why not)."""
   if column.key == VALID_PPL_RARE:
@@ -184,6 +191,9 @@ def _trial_value(trial: Trial, column: Column, rope_scaling: str | None = None) 
     raw = (trial.summary or {}).get(BEST_VALID_PPL)
     if raw is None or not math.isfinite(float(raw)):
       return None, "best_valid_ppl missing in summary.json (a run written before the figure existed)"
+    step = (trial.summary or {}).get("best_step")
+    if trial.scored_nothing(step):
+      return None, unscored_note(trial, step)
     return float(raw), None
   if column.key == VALID_PPL:
     if rope_scaling is not None:  # the trainer's figure is the unscaled row's; repeating it would tie for best
@@ -191,6 +201,9 @@ def _trial_value(trial: Trial, column: Column, rope_scaling: str | None = None) 
     raw = (trial.summary or {}).get("valid_ppl")
     if raw is None or not math.isfinite(float(raw)):
       return None, f"valid_ppl missing or non-finite in summary.json ({raw})"
+    step = (trial.summary or {}).get("step")
+    if trial.scored_nothing(step):
+      return None, unscored_note(trial, step)
     return float(raw), None
   if column.quality is not None:
     if rope_scaling is not None:
