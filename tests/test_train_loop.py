@@ -584,6 +584,27 @@ def test_the_best_validation_names_the_checkpoint_orbax_ranks_best_and_keeps_on_
   assert summary["best_valid_loss"] == min(losses)
 
 
+def test_a_validation_that_scored_no_target_is_never_the_best_checkpoint(tmp_path):
+  """A validation with `tokens` 0 (a tiny split; an MLM that masked none of it) has the placeholder loss 0: it ranked
+  first for summary.json's best and for Orbax's ranking, so research-evaluate --checkpoint=best read a checkpoint
+  chosen on nothing. Both now rank it last (`loop.ranking_loss`), and agree."""
+  records = [(10, 3.0, 500.0), (20, 0.0, 0.0), (30, 2.5, 500.0), (40, 0.0, 0.0)]
+  log = loop.MetricsLog(tmp_path, resume_step=0)
+  with checkpoint_lib.Checkpointer(tmp_path / "checkpoints", keep=2, async_save=False) as ckpt:
+    for step, loss, tokens in records:
+      valid = {"loss": loss, "ppl": math.exp(loss), "accuracy": 0.0, "tokens": tokens}
+      log.write(loop.valid_record(step, valid, lr=1e-3))
+      ckpt.save(step, {"w": np.full(2, float(step), np.float32)}, {"s": step},
+                metrics={"valid_loss": loop.ranking_loss(valid)})
+    ckpt.wait()
+    best_step = ckpt.best_step()
+  log.close()
+  summary = loop.best_validation(log.path, 40, {"loss": 0.0, "ppl": 1.0, "tokens": 0.0})
+  assert summary["best_step"] == best_step == 30 and summary["best_valid_loss"] == 2.5
+  # Nothing scored at all: the latest step, as on any tie.
+  assert loop.best_validation(tmp_path / "absent.jsonl", 7, {"loss": 0.0, "ppl": 1.0, "tokens": 0.0})["best_step"] == 7
+
+
 def test_the_state_a_device_holds_is_counted_exactly_before_anything_allocates():
   """`state_bytes_per_device` (from shapes alone) against the bytes device 0 really holds of an initialized state,
   whose gradients are one more copy of the parameters; for AdamW and for Adafactor's factored moments."""

@@ -610,8 +610,16 @@ def best_validation(metrics_path: Path, step: int, valid: dict[str, float]) -> d
     records = [r for r in read_metrics(metrics_path) if r.get("split") == "valid" and r.get("step", 0) <= step]
   if not records:
     records = [{"step": step, **valid}]
-  best = min(records, key=lambda r: (r["loss"], -r["step"]))
+  best = min(records, key=lambda r: (ranking_loss(r), -r["step"]))
   return {"best_valid_loss": best["loss"], "best_valid_ppl": best["ppl"], "best_step": best["step"]}
+
+
+def ranking_loss(valid: dict[str, Any]) -> float:
+  """The loss a validation ranks its checkpoint by: its loss, or +inf when it scored no target (`tokens` 0: a split
+  too small, an MLM that masked none of it), whose loss 0 is a placeholder that would otherwise be "the best". The
+  summary's best and the Orbax ranking of the checkpoints use it alike. Lines without `tokens` (older runs) rank
+  by their loss."""
+  return math.inf if valid.get("tokens", 1) == 0 else valid["loss"]
 
 
 def summary_record(*, step: int, train_loss: float | None, valid: dict[str, float], tokens_seen: float,
@@ -1174,7 +1182,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, mesh, start_
         progress_state["wall_s"] += time.time() - start_time
         start_time = time.time()
         data_state = {"iterator": iterator.get_state(), **progress_state}
-        checkpointer.save(step, state, data_state, {"valid_loss": valid["loss"]},
+        checkpointer.save(step, state, data_state, {"valid_loss": ranking_loss(valid)},
                           metadata={"config": config.to_dict()})
         log.flush()
         last_saved = step
