@@ -13,7 +13,7 @@ import sys
 
 from absl import app, flags
 
-from experiments.common import parse_flags, run_main
+from experiments.common import exit_now, parse_flags, run_main
 from research import sweeps
 from research.report import build_report
 from research.train.configuration import ConfigError
@@ -34,7 +34,11 @@ def main(argv):
   sweep = sweeps.load_sweep(_SWEEP.value)
   sweeps.check_directory(_WORKDIR.value)
   print(f"quickstart: {len(sweep.trials)} trials of {sweep.base_config} on the built-in corpus -> {_WORKDIR.value}")
-  status = sweeps.run_sweep(sweep, _WORKDIR.value, jobs=_JOBS.value)
+  try:
+    status = sweeps.run_sweep(sweep, _WORKDIR.value, jobs=_JOBS.value)
+  except sweeps.SweepInterrupted as e:  # Ctrl-C or SIGTERM: research-sweep's one line and status
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    exit_now(e.exit_code)
   report = build_report(_WORKDIR.value)
   print()
   print(report.table)

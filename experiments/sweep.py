@@ -8,19 +8,28 @@ r"""Run a sweep: one process per trial, resumable, with a sweep.json index.
 Rerunning skips finished trials (evaluating one again when EVALUATE asks for a length or options its evaluation
 lacks) and resumes interrupted ones from their checkpoints; a trial directory holding a run of another config (the
 sweep file's BASE_CONFIG or overrides edited) refuses the sweep in one line: use a new --workdir. --dry_run says
-which trials are finished and would be skipped; a failed trial is recorded
-with its error (sweep.json, and <trial>/error.log) and does not stop the others. With --print_commands the
-workdir must be a filesystem every TPU worker mounts (gcsfuse, NFS), not a gs:// URL. Multi-process trials (started
-with the same command on every host, in a cluster's environment) run one at a time: --jobs > 1 is refused.
+which trials are finished and would be skipped, and prints the others' commands, to paste in the directory it ran
+in; a failed trial is recorded with its error (sweep.json, and <trial>/error.log) and does not stop the others.
+
+Trials run in the current directory: a relative path in an override or the base config (a text: corpus, a vector
+file) is read from there, as research-train reads it. A relative --sweep is a file in the current directory, else the
+shipped one of that path (configs/sweeps/...); a relative BASE_CONFIG is looked up in the repository root, then in the
+current directory. Ctrl-C (SIGINT) or SIGTERM stops the sweep: the running trials get the signal (a second one kills
+them) and are recorded as interrupted, queued ones stay pending, and it exits with one line and status 128 + the
+signal's number; rerunning resumes them. With --print_commands the workdir must be a filesystem every TPU worker
+mounts (gcsfuse, NFS), not a gs:// URL. Multi-process trials (started with the same command on every host, in a
+cluster's environment) run one at a time: --jobs > 1 is refused.
 """
 
 import dataclasses
 import shlex
+import signal
+import sys
 from pathlib import Path
 
 from absl import app, flags
 
-from experiments.common import parse_flags, run_main
+from experiments.common import exit_now, parse_flags, run_main
 from research import sweeps
 from research.train.configuration import ConfigError
 
@@ -58,6 +67,8 @@ def main(argv):
     return
   if _DRY_RUN.value:
     sweeps.check_directory(_WORKDIR.value)  # what the real run would refuse
+    sweeps.check_jobs(sweep, _JOBS.value)
+    sweeps.check_trials_outside_corpus(sweep, Path(_WORKDIR.value).resolve())
     sweeps.check_trial_directories(sweep, _WORKDIR.value)
     skipped, steps = 0, sweeps.trial_steps(sweep)
     for trial in sweep.trials:
@@ -78,16 +89,25 @@ def main(argv):
     print(f"{len(sweep.trials)} trials, " + ("each evaluated after training" if sweep.evaluate else "no evaluation")
           + (f"; {skipped} finished (would be skipped)" if skipped else ""))
     return
-  status = sweeps.run_sweep(sweep, _WORKDIR.value, jobs=_JOBS.value)
+  try:
+    status = sweeps.run_sweep(sweep, _WORKDIR.value, jobs=_JOBS.value)
+  except sweeps.SweepInterrupted as e:  # Ctrl-C or SIGTERM: the trials stopped, sweep.json says which
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    exit_now(e.exit_code)
   failed = [name for name, record in status.items() if record["status"] == "failed"]
-  print(f"{len(status) - len(failed)} of {len(status)} trials finished; sweep index: {_WORKDIR.value}/sweep.json")
+  print(f"{len(status) - len(failed)} of {len(status)} trials finished"
+        f"{'; failed: ' + ', '.join(failed) if failed else ''}; sweep index: {_WORKDIR.value}/sweep.json")
   if failed:
     raise SystemExit(1)
 
 
 def run():
   flags.mark_flags_as_required(["sweep", "workdir"])
-  app.run(main, flags_parser=parse_flags)
+  try:
+    app.run(main, flags_parser=parse_flags)
+  except KeyboardInterrupt:  # Ctrl-C before any trial started (loading, checking): nothing to stop or record
+    print("error: interrupted before any trial started", file=sys.stderr, flush=True)
+    exit_now(128 + signal.SIGINT)
 
 
 if __name__ == "__main__":

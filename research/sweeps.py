@@ -2,22 +2,26 @@
 
 A sweep file (`configs/sweeps/NAME.py`) defines
 
-    BASE_CONFIG = "configs/clm.py"            # the config every trial starts from (relative to the repo root)
+    BASE_CONFIG = "configs/clm.py"            # the config every trial starts from (`config_path`: repo root first)
     EVALUATE = {"lengths": [1, 2, 4, 8, 16]}   # optional: research-evaluate arguments run after each trial
     def get_sweep():                           # a list of {"dotted.field": value} overrides
       return product(seeds(3), {"model.position": ["none", "alibi"]})
 
 as big_vision's sweep functions do. `product`, `zip_` and `seeds` build the lists. Every override key is validated
 against the base config, and every EVALUATE key and value as research-evaluate would check it (for each trial's
-config), before any trial starts; a sweep file that does not load or has no trials fails in one line too. Each
-trial runs in its own process under `DIR/<trial>/`, named by its overrides; `DIR/sweep.json` records trials,
-overrides, status (pending, running, finished, failed) and errors. A trial with `summary.json` (and its
+config), before any trial starts; a sweep file that does not load or has no trials, or a BASE_CONFIG research-train
+would refuse, fails in one line too. Each trial runs in its own process under `DIR/<trial>/`, named by its
+overrides, in the directory research-sweep runs in (a relative path in an override means what it means to the user,
+as for research-train); `DIR/sweep.json` records trials, overrides, status (pending, running, finished, failed,
+interrupted) and errors. A trial with `summary.json` (and its
 evaluation files, when the sweep evaluates) is finished and skipped on a rerun, unless its evaluation lacks a
 file, length or option EVALUATE now asks for, or scored a checkpoint the run has since moved past
 (`trial_plan`, `evaluation_outdated`): then only the evaluation runs again (the previous files are kept under
 RUN/eval/previous/); one whose train.steps the sweep raised (in BASE_CONFIG: an override is part of the name)
-trains on. An
-interrupted one resumes from its checkpoints; a failed one is recorded with its error and does not stop the others.
+trains on; one whose train.steps was lowered below its newest checkpoint refuses the sweep (`check_not_shortened`).
+An interrupted one resumes from its checkpoints; a failed one is recorded with its error and does not stop the
+others. SIGINT / SIGTERM stop the sweep (`stopping_on_signals`): no trial starts after it, running ones get the
+signal, and research-sweep ends with one line.
 A trial directory holding a run of another config (BASE_CONFIG or an override edited since) refuses the whole sweep
 in one line before any trial runs (`check_trial_directories`, research-train's own check). Trial processes die with
 the sweep (Linux). Multi-process trials (the
@@ -33,6 +37,7 @@ import dataclasses
 import functools
 import hashlib
 import io
+import importlib.machinery
 import importlib.util
 import inspect
 import itertools
@@ -41,6 +46,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -49,6 +55,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from absl import flags
+import ml_collections
 
 from research import hugepages, supervisor
 from research.flag_text import expected_flag_value
@@ -56,7 +63,7 @@ from research.error_text import file_error
 from research.embeddings import registry
 from research.evaluate import by_position, extrapolation, passkey
 from research.report import runs as report_runs
-from research.train import configuration, loop, mesh as mesh_lib
+from research.train import checkpoint as checkpoint_lib, configuration, loop, mesh as mesh_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP_FILE = "sweep.json"
@@ -162,28 +169,58 @@ def _capped(name: str, overrides: Mapping[str, Any]) -> str:
   return f"{name[:MAX_TRIAL_NAME - 17]}~{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
-def config_path(path: str | Path) -> Path:
-  """Where a config or sweep file named `path` is: relative to the repository root when it exists there (the
-  shipped configs/...), else to the current directory."""
+def config_path(path: str | Path, root_first: bool = False) -> Path:
+  """Where a config or sweep file named `path` is, as an absolute path: a relative one in the current directory
+  (where research-sweep runs: a user's own file wins), else in the repository root (the shipped configs/..., from any
+  directory). `root_first` looks in the repository root first: BASE_CONFIG's documented lookup, so that a shipped
+  sweep's "configs/clm.py" is the library's config whatever directory it runs in."""
   path = Path(path)
-  if not path.is_absolute():
-    path = (ROOT / path) if (ROOT / path).exists() else path.resolve()
-  return path
+  if path.is_absolute():
+    return path
+  here, shipped = path.resolve(), ROOT / path
+  first, second = (shipped, here) if root_first else (here, shipped)
+  return first if first.exists() else second if second.exists() else here
 
 
-def load_config_file(path: str | Path):
-  """A config or sweep file as a module. One that does not exist, or does not run (a syntax error, an exception at
+def load_config_file(path: str | Path, root_first: bool = False):
+  """A config or sweep file as a module, read as Python source whatever its name ends in (research-train's --config
+  takes a file without `.py` too). One that does not exist, or does not run (a syntax error, an exception at
   import), is a ConfigError naming the file and the line."""
-  path = config_path(path)
+  path = config_path(path, root_first)
   if not path.is_file():
     raise configuration.ConfigError(f"config file {str(path)!r} does not exist")
-  spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
+  name = f"_config_{re.sub(r'[^A-Za-z0-9_]', '_', path.stem)}"
+  loader = importlib.machinery.SourceFileLoader(name, str(path))
+  spec = importlib.util.spec_from_file_location(name, path, loader=loader)
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)
   except Exception as e:  # noqa: BLE001 (a user's file: whatever it raises is reported in one line)
     raise configuration.ConfigError(f"file {str(path)!r} cannot be loaded: {file_error(path, e)}") from None
   return module
+
+
+def load_base_config(path: str | Path) -> ml_collections.ConfigDict:
+  """The config a BASE_CONFIG file's get_config() returns, or research-train's one line for a file it would refuse:
+  no get_config(), one that raises (`line N: get_config() raised Type: message`), or one that returns no
+  ConfigDict (None, a dict)."""
+  module = load_config_file(path, root_first=True)
+  file = Path(module.__file__)
+  if not callable(getattr(module, "get_config", None)):
+    raise configuration.ConfigError(f"config file {str(file)!r} defines no get_config()")
+  try:
+    config = module.get_config()
+  except Exception as e:  # noqa: BLE001 (a user's file: whatever it raises is reported in one line)
+    where = file_error(file, e)
+    line = re.match(r"line \d+: ", where)
+    prefix = line.group(0) if line else ""
+    raise configuration.ConfigError(f"config file {str(file)!r}: {prefix}get_config() raised "
+                                    f"{where[len(prefix):]}") from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    got = "None" if config is None else f"a {type(config).__name__}"
+    raise configuration.ConfigError(f"config file {str(file)!r}: get_config() returned {got}; it must return the "
+                                    f"config (an ml_collections.ConfigDict)")
+  return config
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -195,10 +232,12 @@ def load_sweep(path: str | Path) -> Sweep:
   if not isinstance(base, (str, os.PathLike)):
     raise configuration.ConfigError(f"sweep {str(path)!r}: BASE_CONFIG must be a config file's path, got "
                                     f"{_short_repr(base)}")
-  if not Path(base).is_absolute() and not (ROOT / base).exists():
-    # Found from the current directory: the trials run in the repository root (`run_trial`), so they get it whole.
-    base = str(config_path(base))
-  base_config = load_config_file(base).get_config()
+  # Absolute, so that the trials (run in this directory) and the printed commands find it from there.
+  base = str(config_path(base, root_first=True))
+  try:
+    base_config = load_base_config(base)
+  except configuration.ConfigError as e:
+    raise configuration.ConfigError(f"sweep {str(path)!r}: BASE_CONFIG: {e}") from None
   try:
     points = module.get_sweep()
   except Exception as e:  # noqa: BLE001 (a user's file: whatever it raises is reported in one line)
@@ -355,25 +394,27 @@ def evaluate_command(sweep: Sweep, workdir: str, evaluate: str | None = None) ->
   return args
 
 
+def _options(sweep: Sweep) -> dict[str, Any]:
+  """The sweep's EVALUATE as research-evaluate parses it (`"passkey": "t"` is on, as `--passkey=t` is), defaults
+  filled in; {} when the sweep does not evaluate."""
+  return resolved_evaluate_options(sweep.evaluate)[0] if sweep.evaluate else {}
+
+
 def eval_file(sweep: Sweep) -> str:
-  return extrapolation.report_file((sweep.evaluate or {}).get("rope_scaling"))
+  return extrapolation.report_file(_options(sweep).get("rope_scaling"))
 
 
 def eval_files(sweep: Sweep) -> list[str]:
   """The files under RUN/eval/ that the sweep's evaluation writes: extrapolation.json, and loss_by_position.json /
   passkey.json when EVALUATE asks for them (a trial evaluated before they were asked for is evaluated again)."""
-  evaluate = sweep.evaluate or {}
-  scaling = evaluate.get("rope_scaling")
+  options = _options(sweep)
+  scaling = options.get("rope_scaling")
   files = [eval_file(sweep)]
-  if _flag_on(evaluate.get("by_position")):
+  if options.get("by_position"):
     files.append(by_position.report_file(scaling))
-  if _flag_on(evaluate.get("passkey")):
+  if options.get("passkey"):
     files.append(passkey.report_file(scaling))
   return files
-
-
-def _flag_on(value: Any) -> bool:
-  return value is True or str(value).lower() in ("true", "1")
 
 
 def missing_eval_files(sweep: Sweep, trial_dir: Path) -> list[str]:
@@ -389,7 +430,7 @@ def is_finished(sweep: Sweep, trial_dir: Path) -> bool:
 def trial_config(sweep: Sweep, trial: Trial, base: Any = None):
   """The config research-train resolves for `trial` (`train_command`: the base config file with the trial's
   overrides); `base`, the base config already loaded, saves reading it again for every trial."""
-  base = load_config_file(sweep.base_config).get_config() if base is None else base
+  base = load_base_config(sweep.base_config) if base is None else base
   return configuration.apply_overrides(base, trial.overrides)
 
 
@@ -417,24 +458,38 @@ def check_trial_directories(sweep: Sweep, directory: str | Path) -> None:
     workdir = directory / trial.name
     if not (workdir / loop.CONFIG_FILE).is_file():
       continue
-    base = load_config_file(sweep.base_config).get_config() if base is None else base
+    base = load_base_config(sweep.base_config) if base is None else base
+    config = trial_config(sweep, trial, base)
     try:
       with contextlib.redirect_stdout(io.StringIO()):  # research-train's note about a start it would replace
-        loop.check_workdir(trial_config(sweep, trial, base), workdir, backend=trial_backend)
+        loop.check_workdir(config, workdir, backend=trial_backend)
     except configuration.ConfigError as e:
       raise configuration.ConfigError(
           f"trial {trial.name!r} of this sweep was run with another config (were BASE_CONFIG or the sweep's "
           f"overrides edited?): {e} (--workdir of research-sweep)") from None
+    check_not_shortened(trial.name, config, workdir)
+
+
+def check_not_shortened(name: str, config: ml_collections.ConfigDict, workdir: Path) -> None:
+  """research-train's rule (`loop.check_resume`) before any trial runs: a trial's train.steps below the step of its
+  newest checkpoint is refused in one line. The trial would otherwise count as finished and be skipped, its model
+  trained longer than the sweep now says (or, unfinished, fail on its own after the others trained)."""
+  saved = checkpoint_lib.checkpoint_steps(workdir / "checkpoints")
+  if saved and config.train.steps < saved[-1]:
+    raise configuration.ConfigError(
+        f"trial {name!r}: train.steps={config.train.steps} is below step {saved[-1]}, which its run in "
+        f"{str(workdir)!r} has reached; a run is not shortened: set train.steps >= {saved[-1]} (BASE_CONFIG or the "
+        f"sweep's overrides), or give the shorter sweep a new --workdir")
 
 
 def check_trials_outside_corpus(sweep: Sweep, directory: Path) -> None:
   """research-train's `loop.check_outside_corpus` for every trial before any runs: a sweep directory inside a trial's
   `text:` corpus would otherwise fail every trial, one by one."""
-  base = load_config_file(sweep.base_config).get_config()
+  base = load_base_config(sweep.base_config)
   for trial in sweep.trials:
-    try:
-      with contextlib.chdir(ROOT):  # trials run there: a relative text: path is read from there
-        loop.check_outside_corpus(trial_config(sweep, trial, base), directory / trial.name, "trial directory")
+    try:  # the trials run in this process's directory: a relative text: path is read from here, as they read it
+      loop.check_outside_corpus(trial_config(sweep, trial, base), Path(directory).absolute() / trial.name,
+                                "trial directory")
     except configuration.ConfigError as e:
       raise configuration.ConfigError(f"sweep directory {str(directory)!r}: {e} (--workdir of research-sweep)") \
           from None
@@ -444,8 +499,9 @@ def evaluation_outdated(sweep: Sweep, trial_dir: Path) -> str | None:
   """Why a trial evaluated before (every file of `eval_files` exists) must be evaluated again for this sweep's
   EVALUATE, or None: its extrapolation file lacks a requested length, or records other options (mode, stride, split,
   RoPE factor, and `checkpoint` where the file records it, as files written since it does; the scaling is in the
-  file's name). What the file does not record is not compared: `max_tokens_per_batch` (batching only), by_position /
-  passkey options (their files' presence is `missing_eval_files`')."""
+  file's name), or its passkey file other depths, trials or lengths (`passkey_outdated`). What the files do not
+  record is not compared: `max_tokens_per_batch` (batching only); by_position's file is compared by its presence
+  (`missing_eval_files`)."""
   if not sweep.evaluate:
     return None
   path = trial_dir / "eval" / eval_file(sweep)
@@ -471,6 +527,10 @@ def evaluation_outdated(sweep: Sweep, trial_dir: Path) -> str | None:
   differ = [f"{key}={report.get(key)!r} (now {value!r})" for key, value in wanted.items() if report.get(key) != value]
   if differ:
     return f"eval/{path.name} was made with {', '.join(differ)}"
+  if options["passkey"]:
+    why = passkey_outdated(trial_dir / "eval" / passkey.report_file(options["rope_scaling"]), options, multiples)
+    if why:
+      return why
   # The run trained on after it was evaluated (a sweep killed while evaluating a trial that had trained on): the
   # checkpoint it scored is no longer the one --checkpoint selects. research-report's rule (docs/reports.md, "Stale
   # evaluations"), so that what the report leaves out as stale the rerun evaluates again.
@@ -479,6 +539,24 @@ def evaluation_outdated(sweep: Sweep, trial_dir: Path) -> str | None:
   except report_runs.ReportError:
     return None  # a file the evaluation does not write (an analysis, the summary): evaluating again cannot mend it
   return next((stale[f"eval/{f}"] for f in eval_files(sweep) if f"eval/{f}" in stale), None)
+
+
+def passkey_outdated(path: Path, options: Mapping[str, Any], multiples: Sequence[int]) -> str | None:
+  """Why an existing eval/passkey.json does not answer EVALUATE's passkey options, or None: it lacks a length, or
+  records other depths or another number of trials (passkey_depths, passkey_trials)."""
+  try:
+    report = json.loads(path.read_text())
+    recorded = {int(r["multiple"]) for r in report["results"]}
+    depths, trials = [float(d) for d in report["depths"]], report["trials"]
+  except (OSError, ValueError, TypeError, KeyError, OverflowError):
+    return f"eval/{path.name} cannot be read"
+  missing = [m for m in multiples if m not in recorded]
+  if missing:
+    return f"eval/{path.name} lacks length{'s' if len(missing) > 1 else ''} {', '.join(f'{m}x' for m in missing)}"
+  wanted = {"depths": [float(d) for d in options["passkey_depths"]], "trials": options["passkey_trials"]}
+  differ = [f"{key}={got!r} (now {wanted[key]!r})" for key, got in (("depths", depths), ("trials", trials))
+            if got != wanted[key]]
+  return f"eval/{path.name} was made with {', '.join(differ)}" if differ else None
 
 
 def trial_plan(sweep: Sweep, trial_dir: Path, steps: int | None = None) -> tuple[str, str | None]:
@@ -511,8 +589,17 @@ def trial_plan(sweep: Sweep, trial_dir: Path, steps: int | None = None) -> tuple
 
 def trial_steps(sweep: Sweep) -> dict[str, int]:
   """{trial name: its train.steps}, from the configs research-train would resolve (`trial_plan`'s `steps`)."""
-  base = load_config_file(sweep.base_config).get_config()
+  base = load_base_config(sweep.base_config)
   return {t.name: int(trial_config(sweep, t, base).train.steps) for t in sweep.trials}
+
+
+def repo_relative(path: str) -> str:
+  """`path` relative to the repository root when it is inside it (a shipped config: the TPU workers' commands run in
+  their own clone, `repo_dir`), else as it is."""
+  try:
+    return Path(path).relative_to(ROOT).as_posix()
+  except ValueError:
+    return path
 
 
 def tpu_commands(sweep: Sweep, directory: str, tpu: str, zone: str, repo_dir: str = "~/research") -> list[str]:
@@ -529,6 +616,7 @@ def tpu_commands(sweep: Sweep, directory: str, tpu: str, zone: str, repo_dir: st
     raise configuration.ConfigError(f"workdir {directory!r} is a URL; TPU workers need a shared filesystem path "
                                     f"(mount the bucket with gcsfuse, or use NFS / Filestore)")
   out = []
+  sweep = dataclasses.replace(sweep, base_config=repo_relative(sweep.base_config))
   ssh = f"gcloud compute tpus tpu-vm ssh {shlex.quote(tpu)} --zone={shlex.quote(zone)}"
   for trial in sweep.trials:
     workdir = f"{directory.rstrip('/')}/{trial.name}"
@@ -554,18 +642,35 @@ def write_index(directory: Path, sweep: Sweep, status: dict[str, dict[str, Any]]
   os.replace(tmp, directory / SWEEP_FILE)
 
 
-def _last_error(stderr: str) -> str:
+def signal_text(number: int) -> str:
+  """"signal SIGKILL" (the number where Python knows no name)."""
+  try:
+    return f"signal {signal.Signals(number).name}"
+  except ValueError:
+    return f"signal {number}"
+
+
+def _last_error(stderr: str, returncode: int | None = None) -> str:
+  """A failed process's error in one line: its last `error: ` line, else, when a signal ended it (`returncode` < 0:
+  a kill -9, the kernel's out-of-memory killer), which one, else its last line of stderr, else its exit status."""
   lines = [line for line in stderr.strip().splitlines() if line.strip()]
   errors = [line for line in lines if line.startswith("error: ")]
-  return (errors[-1][len("error: "):] if errors else (lines[-1] if lines else "unknown error"))[:2000]
+  if errors:
+    return errors[-1][len("error: "):][:2000]
+  if returncode is not None and returncode < 0:
+    cause = " (from outside the sweep, or the kernel's out-of-memory killer)" if -returncode == signal.SIGKILL else ""
+    return f"ended by {signal_text(-returncode)}{cause}"
+  if lines:
+    return lines[-1][:2000]
+  return "unknown error" if returncode is None else f"exit status {returncode} and nothing on stderr"
 
 
 def trial_environment() -> dict[str, str]:
   """The trials' environment: huge pages for XLA's buffers (they need not restart themselves for them), and the
   directory the sweep was started from as `registry.SCHEME_PATH_ENV`, so that a user's
-  `model.position=my_pkg.mod:Scheme` imports in every trial as it did when the sweep file was validated (trials run
-  with the repository root as cwd). Not PYTHONPATH: a folder there would shadow installed packages, this library's
-  own included."""
+  `model.position=my_pkg.mod:Scheme` imports in every trial as it did when the sweep file was validated (a console
+  script's sys.path does not hold its working directory). Not PYTHONPATH: a folder there would shadow installed
+  packages, this library's own included."""
   env = hugepages.environment()
   paths = [os.getcwd()] + [p for p in env.get(registry.SCHEME_PATH_ENV, "").split(os.pathsep) if p]
   return {**env, registry.SCHEME_PATH_ENV: os.pathsep.join(dict.fromkeys(paths))}
@@ -584,24 +689,116 @@ def keep_previous_evaluation(sweep: Sweep, workdir: Path) -> Path | None:
   return target
 
 
-def run_trial(sweep: Sweep, trial: Trial, directory: Path, train: bool = True) -> dict[str, Any]:
-  """Trains (resuming if interrupted; with `train` False, only evaluates) and evaluates one trial in subprocesses;
-  returns its status record. The subprocesses die with this process (`supervisor._die_with_parent`, Linux), so a
-  sweep killed however it is leaves no trainer behind to collide with the rerun's."""
+class SweepInterrupted(Exception):
+  """A sweep stopped by SIGINT or SIGTERM (`run_sweep`): its message is the one line research-sweep ends with,
+  `exit_code` 128 + the signal's number, as a shell reports a process that a signal ended."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.exit_code = 128 + signum
+
+
+class TrialProcesses:
+  """The trial processes running now, each in a process group of its own (its trainer and whatever it starts, a
+  supervised trainer included), and the signal that stopped the sweep, if one did. `stop` forwards that signal to
+  every group (a second one kills them); once stopped, `start` starts nothing. One lock orders the two, so that no
+  trial starts after a stop: only worker threads and the signal handler take it, never the main thread's own code,
+  which the handler interrupts."""
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._running: set[subprocess.Popen] = set()
+    self.signum: int | None = None
+
+  def start(self, command: Sequence[str], **kwargs) -> subprocess.Popen | None:
+    """`command` started in a new process group (None once the sweep was stopped)."""
+    with self._lock:
+      if self.signum is not None:
+        return None
+      proc = subprocess.Popen(command, process_group=0, **kwargs)
+      self._running.add(proc)
+      return proc
+
+  def done(self, proc: subprocess.Popen) -> None:
+    with self._lock:
+      self._running.discard(proc)
+
+  def stop(self, signum: int) -> int:
+    """Forwards `signum` to every running trial's process group, SIGKILL from the second stop on; returns how many
+    groups were signalled."""
+    with self._lock:
+      again = self.signum is not None
+      self.signum = self.signum if again else signum
+      running = list(self._running)
+    for proc in running:
+      try:
+        os.killpg(proc.pid, signal.SIGKILL if again else signum)
+      except (ProcessLookupError, PermissionError):  # ended (and reaped) meanwhile
+        pass
+    return len(running)
+
+
+@contextlib.contextmanager
+def stopping_on_signals(processes: TrialProcesses, log: Callable[[str], None]):
+  """Within it, SIGINT (Ctrl-C) and SIGTERM stop the sweep (`TrialProcesses.stop`) instead of raising in this
+  process: the running trials get the signal (their process groups are their own, so a Ctrl-C reaches them only
+  this way, once), queued ones do not start, and `run_sweep` returns only when the running ones have ended. A second
+  signal kills them. Only in the main thread, where Python runs signal handlers."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+
+  def handler(signum, frame):
+    again = processes.signum is not None
+    count = processes.stop(signum)
+    # os.write, not print: the handler may interrupt this thread inside a print of its own.
+    os.write(sys.stderr.fileno(), (
+        f"research-sweep: {signal_text(signum)}: killing {count} running trial(s)\n" if again else
+        f"research-sweep: {signal_text(signum)}: stopping {count} running trial(s) (a checkpointed trial resumes on "
+        f"a rerun), starting no more; send it again to kill them\n").encode())
+
+  previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield
+  finally:
+    for sig, old in previous.items():
+      signal.signal(sig, old)
+
+
+def run_trial(sweep: Sweep, trial: Trial, directory: Path, train: bool = True,
+              processes: TrialProcesses | None = None) -> dict[str, Any]:
+  """Trains (resuming if interrupted; with `train` False, only evaluates) and evaluates one trial in subprocesses,
+  in this process's working directory (relative paths in the trial's config mean what they mean to the user who
+  started the sweep); returns its status record: "interrupted" when the sweep was stopped (`processes`) during it,
+  "pending" when it was stopped before the trial's first process started. The subprocesses die with this process
+  (`supervisor._die_with_parent`, Linux), so a sweep killed however it is leaves no trainer behind to collide with
+  the rerun's."""
+  processes = processes or TrialProcesses()
   workdir = directory / trial.name
   start = time.time()
   commands = [train_command(sweep, trial, str(workdir))] if train else []
   if sweep.evaluate:
     keep_previous_evaluation(sweep, workdir)  # a trial evaluated before (then trained longer, or evaluated again)
     commands.append(evaluate_command(sweep, str(workdir)))
-  for command in commands:
+  for i, command in enumerate(commands):
     # With huge pages already in their environment, the trials need not restart themselves for them.
-    result = subprocess.run(command, cwd=ROOT, env=trial_environment(), capture_output=True, text=True,
-                            preexec_fn=functools.partial(supervisor._die_with_parent, os.getpid()))
-    if result.returncode != 0:
+    proc = processes.start(command, env=trial_environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True,
+                           preexec_fn=functools.partial(supervisor._die_with_parent, os.getpid()))
+    if proc is None:  # the sweep was stopped before this command started
+      return {"status": "interrupted" if i else "pending", "error": None, "wall_s": time.time() - start}
+    try:
+      _, stderr = proc.communicate()
+    finally:
+      processes.done(proc)
+    if proc.returncode != 0:
+      stopped = processes.signum is not None
+      error = f"stopped by {signal_text(processes.signum)} to research-sweep" if stopped else \
+          _last_error(stderr, proc.returncode)
       workdir.mkdir(parents=True, exist_ok=True)
-      (workdir / "error.log").write_text(result.stderr)
-      return {"status": "failed", "error": _last_error(result.stderr), "wall_s": time.time() - start}
+      ended = f"\nresearch-sweep: {Path(command[0]).name} {error}\n" if proc.returncode < 0 or stopped else ""
+      (workdir / "error.log").write_text(stderr + ended)
+      return {"status": "interrupted" if stopped else "failed", "error": error, "wall_s": time.time() - start}
   return {"status": "finished", "error": None, "wall_s": time.time() - start}
 
 
@@ -626,7 +823,7 @@ def multiprocess_trials(sweep: Sweep, environ: Mapping[str, str] | None = None) 
   reason = mesh_lib.multihost_reason(environ)
   if reason:
     return f"{reason} in the environment"
-  base = load_config_file(sweep.base_config).get_config()
+  base = load_base_config(sweep.base_config)
   for trial in sweep.trials:
     if str(configuration.apply_overrides(base, trial.overrides).mesh.distributed).lower() == "true":
       return f"trial {trial.name!r} sets mesh.distributed=true"
@@ -660,14 +857,16 @@ def check_directory(directory: str | Path) -> None:
 
 def run_sweep(sweep: Sweep, directory: str | Path, jobs: int = 1,
               log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
-  """Runs the unfinished trials (`jobs` at a time); returns {trial: status}. One progress line per trial, skipped
-  ones included."""
+  """Runs the unfinished trials (`jobs` at a time), in this process's working directory; returns {trial: status}.
+  One progress line per trial, skipped ones included. SIGINT / SIGTERM stop it (`stopping_on_signals`): the running
+  trials are stopped and recorded as "interrupted", the queued ones stay "pending", and SweepInterrupted is raised
+  once the running ones have ended (a rerun resumes them all)."""
   if configuration.is_url(directory):
     raise configuration.ConfigError(f"workdir {str(directory)!r} is a URL; a sweep directory is a local or shared "
                                     f"filesystem path (mount a bucket with gcsfuse)")
   check_directory(directory)
   check_jobs(sweep, jobs)
-  directory = Path(directory).resolve()  # trials run with the repository root as their working directory
+  directory = Path(directory).resolve()
   check_trials_outside_corpus(sweep, directory)
   directory.mkdir(parents=True, exist_ok=True)
   adopt_legacy_trial_dirs(sweep, directory, log)
@@ -691,28 +890,42 @@ def run_sweep(sweep: Sweep, directory: str | Path, jobs: int = 1,
         log(f"{trial.name}: {why}: training continues")
   write_index(directory, sweep, status)
   lock = threading.Lock()  # worker threads and this one both update `status` and rewrite sweep.json
+  processes = TrialProcesses()
 
   def start(trial: Trial) -> dict[str, Any]:
+    if processes.signum is not None:  # stopped while it was queued: it stays "pending"
+      return {"status": "pending", "error": None, "wall_s": 0.0}
     # "running" only once a worker picks the trial up: with jobs < pending trials the rest stay "pending".
     with lock:
       status[trial.name] = {"status": "running", "error": None}
       write_index(directory, sweep, status)
-    return run_trial(sweep, trial, directory, train=trial.name not in evaluate_again)
+    return run_trial(sweep, trial, directory, train=trial.name not in evaluate_again, processes=processes)
 
-  with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+  with stopping_on_signals(processes, log), \
+      concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
     futures = {pool.submit(start, trial): trial for trial in todo}
     for future in concurrent.futures.as_completed(futures):
       trial = futures[future]
       record = future.result()
       with lock:
         status[trial.name] = record
-        done += 1
+        if record["status"] != "pending":
+          done += 1
         write_index(directory, sweep, status)
+      if record["status"] == "pending":
+        continue
       detail = f" (evaluated again, not trained: {evaluate_again[trial.name]})" if trial.name in evaluate_again else ""
       summary_path = directory / trial.name / "summary.json"
       if record["status"] == "finished" and summary_path.exists():
         detail += f" valid_ppl={json.loads(summary_path.read_text())['valid_ppl']:.2f}"
       elif record["error"]:
-        detail += f" error: {record['error']}"
+        detail += f" ({record['error']})" if record["status"] == "interrupted" else f" error: {record['error']}"
       log(f"[{done}/{total}] {trial.name}: {record['status']}{detail} ({record['wall_s']:.0f} s)")
+  if processes.signum is not None:
+    stopped = [name for name, r in status.items() if r["status"] == "interrupted"]
+    queued = sum(r["status"] == "pending" for r in status.values())
+    raise SweepInterrupted(
+        f"sweep stopped by {signal_text(processes.signum)}: {len(stopped)} running trial(s) interrupted"
+        f"{' (' + ', '.join(stopped) + ')' if stopped else ''}, {queued} not started; rerun the same command to "
+        f"resume them (sweep index: {directory / SWEEP_FILE})", processes.signum)
   return status

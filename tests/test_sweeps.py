@@ -295,7 +295,7 @@ def test_dry_run_lists_the_trials_and_their_commands_and_runs_nothing(tmp_path):
     assert train.startswith(f"{name}: ") and evaluate.startswith("  then: ")
     args = shlex.split(train[len(name) + 2:])
     assert args[0].endswith("research-train") and os.access(args[0], os.X_OK)  # the console script
-    assert args[1:] == ["--config=configs/tiny.py", f"--workdir={out}/{name}",
+    assert args[1:] == [f"--config={ROOT / 'configs' / 'tiny.py'}", f"--workdir={out}/{name}",
                         f"--config.model.position={trial['model.position']}", "--config.train.steps=5"]
     args = shlex.split(evaluate[len("  then: "):])
     assert args[0].endswith("research-evaluate") and os.access(args[0], os.X_OK)
@@ -328,7 +328,7 @@ def test_jobs_run_trials_concurrently_and_queued_ones_stay_pending(tmp_path, mon
   lock, both_started = threading.Lock(), threading.Event()
   running, seen = [], {}
 
-  def fake_run_trial(sweep_, trial, directory, train=True):
+  def fake_run_trial(sweep_, trial, directory, train=True, processes=None):
     with lock:
       running.append(trial.name)
       seen[trial.name] = (len(running), json.loads((directory / "sweep.json").read_text()))
@@ -798,14 +798,16 @@ def test_two_trials_of_one_config_are_refused_and_long_names_are_cut_with_a_hash
 
 
 def test_a_relative_base_config_from_the_current_directory_reaches_the_trials(tmp_path, monkeypatch):
-  """Found from the current directory (not the repository root, where trials run): the trials get its whole path."""
+  """Found from the current directory (none of that name in the repository root): the trials get its whole path, as
+  they get a shipped one's."""
   (tmp_path / "mybase.py").write_text((ROOT / "configs" / "tiny.py").read_text())
   path = write_sweep(tmp_path / "s.py", [{"seed": 0}], base="mybase.py")
   monkeypatch.chdir(tmp_path)
   sweep = sweeps.load_sweep(path)
   assert sweep.base_config == str(tmp_path / "mybase.py")
   assert f"--config={tmp_path / 'mybase.py'}" in sweeps.train_command(sweep, sweep.trials[0], "w", train="t")
-  assert sweeps.load_sweep(write_sweep(tmp_path / "s2.py", [{"seed": 0}])).base_config == "configs/tiny.py"
+  assert sweeps.load_sweep(write_sweep(tmp_path / "s2.py", [{"seed": 0}])).base_config == \
+      str(ROOT / "configs" / "tiny.py")
 
 
 def test_a_sweep_directory_inside_a_trials_text_corpus_is_refused_before_anything_is_written(tmp_path):
@@ -818,12 +820,12 @@ def test_a_sweep_directory_inside_a_trials_text_corpus_is_refused_before_anythin
   assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
   assert f"is inside data.corpus='text:{corpus}'" in result.stderr and "trial directory" in result.stderr
   assert sorted(p.name for p in corpus.iterdir()) == ["a.txt"]
-  # A relative corpus is read where the trials run (the repository root), whatever directory the sweep starts in.
-  relative = write_sweep(tmp_path / "rel.py", [{"seed": 0, **TINY, "data.corpus": "text:configs"}])
-  inside = ROOT / "configs" / "sweeps" / "never_written"
-  result = cli("experiments.sweep", f"--sweep={relative}", f"--workdir={inside}", cwd=tmp_path)
-  assert result.returncode == 2 and "is inside data.corpus='text:configs'" in result.stderr, result.stderr[-2000:]
-  assert not inside.exists()
+  # A relative corpus is read where the trials run: the directory the sweep was started in, the dry run's too.
+  relative = write_sweep(tmp_path / "rel.py", [{"seed": 0, **TINY, "data.corpus": "text:corpus"}])
+  for dry_run in ([], ["--dry_run"]):
+    result = cli("experiments.sweep", f"--sweep={relative}", "--workdir=corpus/sweep", *dry_run, cwd=tmp_path)
+    assert result.returncode == 2 and "is inside data.corpus='text:corpus'" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and sorted(p.name for p in corpus.iterdir()) == ["a.txt"]
 
 
 @pytest.mark.parametrize("where", ["run", "inside", "brackets"])
@@ -850,3 +852,169 @@ def test_a_sweep_directory_that_is_a_run_or_inside_one_is_refused_before_anythin
   (tmp_path / "project" / "summary.json").write_text("{}")
   (tmp_path / "project" / "config.json").write_text("{}")
   sweeps.check_directory(tmp_path / "project" / "sweeps" / "s1")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_the_sweep_its_running_trial_and_every_queued_one(tmp_path, signum):
+  """SIGINT (Ctrl-C) or SIGTERM to research-sweep alone: the running trial gets it, no other trial starts, sweep.json
+  says interrupted / pending, and the sweep ends at once with one line and 128 + the signal (it used to train and
+  evaluate every remaining trial, then print a traceback, its index still 'running')."""
+  trials = [{"seed": s, **TINY, "train.steps": 100000, "train.eval_every": 100000, "train.checkpoint_every": 100000}
+            for s in (0, 1)]
+  path = write_sweep(tmp_path / "s.py", trials, evaluate={"lengths": [1]})
+  out = tmp_path / "out"
+  first, second = (out / sweeps.trial_name(t) for t in trials)
+  proc = subprocess.Popen([sys.executable, "-m", "experiments.sweep", f"--sweep={path}", f"--workdir={out}"],
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True)
+  pid = None
+  try:
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and pid is None:
+      pid = _trainer_in(first)
+      time.sleep(0.05)
+    assert pid is not None, "the trainer never started"
+    os.kill(proc.pid, signum)  # the sweep alone: its trials have process groups of their own
+    stdout, stderr = proc.communicate(timeout=60)
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+    if pid is not None and _alive(pid):
+      os.kill(pid, signal.SIGKILL)
+  assert proc.returncode == 128 + signum, stderr[-2000:]
+  lines = stderr.strip().splitlines()
+  assert "Traceback" not in stderr and lines[-1].startswith(f"error: sweep stopped by signal {signum.name}: 1 running "
+                                                            f"trial(s) interrupted ({first.name}), 1 not started")
+  assert not _alive(pid) and not second.exists()
+  assert _statuses(out) == {first.name: "interrupted", second.name: "pending"}
+  assert f"[1/2] {first.name}: interrupted (stopped by signal {signum.name} to research-sweep)" in stdout
+  assert "research-sweep: research-train stopped by" in (first / "error.log").read_text()
+  # A rerun trains both (resuming the first from its checkpoints, if it saved any).
+  lines = _dry_run(path, out)
+  assert lines[0].startswith(f"{first.name}: ") and lines[2].startswith(f"{second.name}: ")
+  assert "finished" not in lines[0]
+
+
+def _base_with_steps(directory: Path, steps: int) -> Path:
+  """A BASE_CONFIG file: configs/tiny.py at TINY's sizes, trained for `steps` (a checkpoint every 4)."""
+  path = directory / "base.py"
+  sets = "".join(f"  c.{field} = {value!r}\n" for field, value in {**TINY, "train.steps": steps}.items()
+                 if field != "seed")
+  path.write_text(f"from configs import tiny\n\ndef get_config():\n  c = tiny.get_config()\n{sets}  return c\n")
+  return path
+
+
+def test_trials_run_in_the_directory_the_sweep_started_in_and_a_lowered_step_count_is_refused(tmp_path):
+  """A relative `text:` path is the user's file, as for research-train (trials ran in the repository root and read
+  the library's README.md); the printed commands work there. Lowering BASE_CONFIG's train.steps below a
+  trial's newest checkpoint is refused in one line, as research-train refuses it (the trial was skipped as
+  finished)."""
+  mine = (ROOT / "docs" / "data.md").read_text()  # the user's README.md, not the library's
+  (tmp_path / "README.md").write_text(mine)
+  trials = [{"seed": 0, "data.corpus": "text:README.md", "data.tokenizer": "char"}]
+  path = write_sweep(tmp_path / "s.py", trials, base=str(_base_with_steps(tmp_path, 4)))
+  name = sweeps.trial_name(trials[0])
+  result = cli("experiments.sweep", f"--sweep={path}", "--workdir=out", "--dry_run", cwd=tmp_path)
+  assert result.returncode == 0, result.stderr[-2000:]
+  args = shlex.split(result.stdout.splitlines()[0][len(name) + 2:])
+  assert args[1:3] == [f"--config={tmp_path / 'base.py'}", f"--workdir=out/{name}"]
+  result = cli("experiments.sweep", f"--sweep={path}", "--workdir=out", cwd=tmp_path, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  run = tmp_path / "out" / name
+  assert _statuses(tmp_path / "out") == {name: "finished"} and _step_dirs(run) == [4]
+  tokens = sum(split["tokens"] for split in json.loads((run / "data.json").read_text())["splits"].values())
+  assert abs(tokens - len(mine)) < abs(tokens - len((ROOT / "README.md").read_text())), tokens  # a character each
+
+  _base_with_steps(tmp_path, 2)
+  index = (tmp_path / "out" / "sweep.json").read_text()
+  for flags in ((), ("--dry_run",)):
+    line = _one_error_line(cli("experiments.sweep", f"--sweep={path}", "--workdir=out", *flags, cwd=tmp_path))
+    assert line.startswith(f"error: trial {name!r}: train.steps=2 is below step 4, which its run in ") and \
+        "a run is not shortened" in line, line
+  assert (tmp_path / "out" / "sweep.json").read_text() == index
+
+
+def test_an_evaluation_with_other_passkey_depths_or_trials_is_evaluated_again(tmp_path):
+  """eval/passkey.json records its depths and trials: a sweep asking for others evaluates again (it skipped the trial).
+  `"passkey": "t"` is on, as research-evaluate --passkey=t is (the passkey file was never asked for)."""
+  from research.evaluate import passkey
+  run = tmp_path / "out" / "seed=0"
+  run.mkdir(parents=True)
+  _write_trained_and_evaluated(run, step=4, valid_loss=3.0, checkpoint_step=4)
+  record = passkey.report_record(train_len=32, checkpoint_step=4, seed=0, trials=2, depths=[0, 1], rope_scaling=None,
+                                 rope_factor=None, checkpoint="best",
+                                 results=[passkey.cell_record(1, 32, d, note="too short") for d in (0, 1)])
+  (run / "eval" / "passkey.json").write_text(json.dumps(record))
+
+  def plan(evaluate):
+    return sweeps.trial_plan(sweeps.load_sweep(write_sweep(tmp_path / "s.py", [{"seed": 0, **TINY}], evaluate)), run, 4)
+
+  same = {"lengths": [1], "passkey": True, "passkey_trials": 2, "passkey_depths": [0, 1]}
+  assert plan(same) == ("skip", None)
+  assert plan({**same, "passkey_trials": 3}) == ("evaluate", "eval/passkey.json was made with trials=2 (now 3)")
+  assert plan({**same, "passkey_depths": [0, 0.5, 1]}) == (
+      "evaluate", "eval/passkey.json was made with depths=[0.0, 1.0] (now [0.0, 0.5, 1.0])")
+  (run / "eval" / "passkey.json").unlink()
+  assert plan({"lengths": [1], "passkey": "t"}) == ("evaluate", "eval/passkey.json is missing")
+
+
+def test_a_sweep_file_of_the_current_directory_wins_over_the_shipped_one_of_that_path(tmp_path, monkeypatch):
+  mine = tmp_path / "configs" / "sweeps" / "quickstart.py"
+  mine.parent.mkdir(parents=True)
+  write_sweep(mine, [{"seed": 7}])
+  monkeypatch.chdir(tmp_path)
+  assert [t.name for t in sweeps.load_sweep("configs/sweeps/quickstart.py").trials] == ["seed=7"]
+  monkeypatch.chdir(tmp_path / "configs")  # no such file here: the shipped sweep, from any directory
+  assert len(sweeps.load_sweep("configs/sweeps/quickstart.py").trials) == 6
+
+
+@pytest.mark.parametrize("source,message", [
+    ("def get_config():\n  raise ValueError('bad base')\n", "line 2: get_config() raised ValueError: bad base"),
+    ("X = 1\n", "defines no get_config()"),
+    ("def get_config():\n  return None\n",
+     "get_config() returned None; it must return the config (an ml_collections.ConfigDict)"),
+    ("def get_config():\n  return {'model': {'position': 'rope'}}\n",
+     "get_config() returned a dict; it must return the config (an ml_collections.ConfigDict)"),
+])
+def test_a_broken_base_config_fails_in_research_trains_one_line(tmp_path, source, message):
+  base = tmp_path / "base.py"
+  base.write_text(source)
+  path = write_sweep(tmp_path / "s.py", [{"seed": 0}], base=str(base))
+  line = _one_error_line(cli("experiments.sweep", f"--sweep={path}", f"--workdir={tmp_path / 'out'}", "--dry_run"))
+  assert line == f"error: sweep {str(path)!r}: BASE_CONFIG: config file {str(base)!r}" + \
+      (" " if message.startswith("defines") else ": ") + message
+
+
+def test_a_sweep_file_and_a_base_config_without_py_load_as_research_train_loads_them(tmp_path):
+  base = tmp_path / "base.cfg"
+  base.write_text((ROOT / "configs" / "tiny.py").read_text())
+  sweep = sweeps.load_sweep(write_sweep(tmp_path / "sweep.txt", [{"seed": 3}], base=str(base)))
+  from configs import tiny
+  assert [t.name for t in sweep.trials] == ["seed=3"] and sweep.base_config == str(base)
+  assert sweeps.load_base_config(base).to_dict() == tiny.get_config().to_dict()
+
+
+def test_a_failed_trial_is_named_and_a_trainer_ended_by_a_signal_says_which(tmp_path):
+  assert sweeps._last_error("", -signal.SIGKILL).startswith("ended by signal SIGKILL (")
+  assert sweeps._last_error("error: bad\n", -signal.SIGKILL) == "bad"
+  assert sweeps._last_error("", 1) == "exit status 1 and nothing on stderr"
+  trials = [{"model.position": "none", "data.tokenizer": "byte", "data.vocab_size": 100, **TINY}]  # fails at once
+  path = write_sweep(tmp_path / "s.py", trials)
+  result = _sweep_cli(path, tmp_path / "out")
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert result.stdout.strip().splitlines()[-1] == (f"0 of 1 trials finished; failed: {sweeps.trial_name(trials[0])}; "
+                                                    f"sweep index: {tmp_path / 'out'}/sweep.json")
+
+
+def test_a_dry_run_refuses_what_the_run_refuses(tmp_path):
+  corpus = tmp_path / "corpus"
+  corpus.mkdir()
+  (corpus / "a.txt").write_text("text")
+  path = write_sweep(tmp_path / "s.py", [{"seed": 0, "data.corpus": f"text:{corpus}"}])
+  line = _one_error_line(cli("experiments.sweep", f"--sweep={path}", f"--workdir={corpus / 'sweep'}", "--dry_run"))
+  assert "trial directory" in line and f"is inside data.corpus='text:{corpus}'" in line
+  path = write_sweep(tmp_path / "s.py", [{"seed": s, "mesh.distributed": "true"} for s in (0, 1)])
+  line = _one_error_line(cli("experiments.sweep", f"--sweep={path}", f"--workdir={tmp_path / 'out'}", "--jobs=2",
+                             "--dry_run"))
+  assert line.startswith("error: --jobs=2 cannot run multi-process trials (trial 'seed=0,distributed=true' sets ")

@@ -5,8 +5,9 @@ train token stream the LM sees (data.train_fraction ∈ {0.1, 0.3, 1.0}), × 3 s
 row (normal vs fastText at train_fraction 0.1) where the fastText .bin covers word pieces through character
 n-grams. Every arm trains the same model for the same number of steps on 64-token windows (the positions sweep's
 budget): a smaller fraction repeats a shorter prefix more often, so compare `best valid ppl` (the best of the
-evaluations every 100 steps, early stopping) as well as the final `valid ppl`. Prepare the vectors once (from the repository
-root: trials run there, and the paths below are relative to it), then sweep, analyze and report:
+evaluations every 100 steps, early stopping) as well as the final `valid ppl`. Prepare the vectors once (in the
+directory you run the sweep in: trials run there, and the paths below are relative to it), then sweep, analyze and
+report:
 
   research-vectors --method=word2vec --dim=128 --out=runs/vectors/word2vec-128.txt
   research-vectors --method=fasttext --dim=128 --out=runs/vectors/fasttext-128.bin
