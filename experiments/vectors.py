@@ -3,8 +3,9 @@ r"""Train word vectors (gensim Word2Vec or FastText) on a corpus's train split a
   research-vectors --corpus=wikipedia-sample --method=word2vec|fasttext --dim=128 --out=FILE [--split=train]
                    [--window=5] [--min_count=2] [--epochs=5] [--seed=0] [--errors=strict|replace|ignore]
 
-Words are split as the `word` tokenizer splits them. word2vec writes word2vec text; fasttext writes a fastText
-`.bin` with its subword model. Either file is a `--config.model.pretrained.path` for research-train.
+Words are split as the `word` tokenizer splits them. word2vec writes word2vec text (a word2vec binary for a `.bin`
+FILE); fasttext writes a fastText `.bin` with its subword model. FILE ending .gz / .bz2 / .xz is compressed (not for
+fasttext: refused). --dim is at most 4096. Either file is a `--config.model.pretrained.path` for research-train.
 """
 
 from absl import app, flags, logging
@@ -16,8 +17,9 @@ from research.embeddings import train_vectors
 _CORPUS = flags.DEFINE_string("corpus", "wikipedia-sample", "Corpus spec (as data.corpus).")
 _SPLIT = flags.DEFINE_enum("split", "train", ["train"], "Split to train on: train only (never validation text).")
 _METHOD = flags.DEFINE_enum("method", "word2vec", list(train_vectors.METHODS), "gensim model.")
-_DIM = flags.DEFINE_integer("dim", 128, "Vector dimension.")
-_OUT = flags.DEFINE_string("out", None, "Output file (word2vec text, or fastText .bin for --method=fasttext).")
+_DIM = flags.DEFINE_integer("dim", 128, f"Vector dimension (1 ... {train_vectors.MAX_DIM}).")
+_OUT = flags.DEFINE_string("out", None, "Output file (word2vec text, a word2vec binary if named .bin, or fastText .bin "
+                           "for --method=fasttext; .gz / .bz2 / .xz compress word2vec files).")
 _WINDOW = flags.DEFINE_integer("window", 5, "Context window.")
 _MIN_COUNT = flags.DEFINE_integer("min_count", 2, "Ignore words seen fewer times.")
 _EPOCHS = flags.DEFINE_integer("epochs", 5, "Passes over the text.")
@@ -32,7 +34,7 @@ def main(argv):
   if len(argv) > 1:
     raise train_vectors.VectorsError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)  # gensim logs every epoch at INFO
-  train_vectors.check_out(_OUT.value)  # before the corpus is read and the vectors trained
+  train_vectors.check_out(_OUT.value, _METHOD.value)  # before the corpus is read and the vectors trained
   train_vectors.check_options(_METHOD.value, _DIM.value, window=_WINDOW.value, min_count=_MIN_COUNT.value,
                               epochs=_EPOCHS.value, seed=_SEED.value)
   corpus = corpora.load_corpus(_CORPUS.value, errors=_ERRORS.value, cache_dir=_CACHE_DIR.value or None)

@@ -143,6 +143,21 @@ def test_the_word2vec_export_round_trips_through_gensim(word_run, tmp_path):
   assert quality.export_key("a b\n") == "a<U+0020>b<U+000A>"
 
 
+@pytest.mark.parametrize("name", ["table.txt.gz", "table.txt.bz2", "table.bin"])
+def test_a_compressed_or_bin_export_name_is_written_as_gensim_reads_that_name(name, word_run, tmp_path):
+  """gensim compresses by the name it writes to: the export used to go through a temporary name without the .gz,
+  so FILE.txt.gz held plain text that gensim could not read; a .bin name gets a word2vec binary, as research-vectors
+  writes it and the loader detects it."""
+  _, table, tok, _ = quality.run_table(word_run)
+  tokens = [tok.id_to_token(i) for i in range(tok.get_vocab_size())]
+  quality.export_word2vec(table, tokens, tmp_path / name)
+  kv = KeyedVectors.load_word2vec_format(str(tmp_path / name), binary=name.endswith(".bin"))
+  assert kv.index_to_key == [quality.export_key(t) for t in tokens]
+  np.testing.assert_array_equal(kv.vectors, table)
+  assert pretrained.load_vectors(tmp_path / name)[1] == ("word2vec-binary" if name.endswith(".bin") else "word2vec")
+  assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
 def test_the_projector_export_has_the_table_and_token_metadata(word_run, tmp_path):
   _, table, tok, counts = quality.run_table(word_run)
   tokens = [tok.id_to_token(i) for i in range(tok.get_vocab_size())]

@@ -410,6 +410,68 @@ def test_the_reason_named_is_the_lines_own(tmp_path):
       assert "unicode_errors" not in message
 
 
+def test_the_other_of_word2vec_text_and_binary_is_named_with_the_format_that_reads_it(tmp_path):
+  """A word2vec binary read as text is not 'bytes that are not UTF-8: set unicode_errors' (which cannot help), and a
+  text file named .bin (what research-vectors used to write for --out=X.bin) is not a header count to correct: each
+  says which format reads it (docs/embeddings.md: "(a text file? try format=word2vec)")."""
+  path, source = shipped(tmp_path, binary=True)
+  for fmt in ("word2vec", "fasttext", "glove"):
+    message = refusal(lambda: pretrained.load_vectors(path, fmt))
+    assert "it is a word2vec binary (its header's 1750 records of 10 float32s follow); set " \
+           "model.pretrained.format=word2vec-binary" in message and "unicode_errors" not in message, (fmt, message)
+  from research.data import corpora
+  from research.embeddings import train_vectors
+  sentences = train_vectors.sentences_of(corpora.load_corpus("lee").train, tokenizers.split_words)
+  model = train_vectors.train_vectors(sentences, "word2vec", 8, epochs=1)
+  model.wv.save_word2vec_format(str(tmp_path / "text.bin"))  # text under a .bin name
+  message = refusal(lambda: pretrained.load_vectors(tmp_path / "text.bin"))
+  assert "does not parse as 'word2vec-binary' (auto-detected)" in message and "header announces" not in message
+  assert "a text file? try model.pretrained.format=word2vec" in message
+  kv, _ = pretrained.load_vectors(tmp_path / "text.bin", "word2vec")
+  assert kv.index_to_key == model.wv.index_to_key
+
+
+def test_a_binary_headers_wrong_dim_and_an_absurd_count_are_named_as_such(tmp_path):
+  """A binary whose header DIM is not its records' width falls out of step; that is not 'a word containing a space'.
+  A count too large to allocate is refused with the two numbers, as any other count (not 'gensim: MemoryError')."""
+  path, _ = shipped(tmp_path, binary=True)
+  data = path.read_bytes()
+  for dim in (9, 11, 40):
+    path.write_bytes(data.replace(b"1750 10\n", f"1750 {dim}\n".encode(), 1))
+    message = refusal(lambda: pretrained.load_vectors(path))
+    assert f"its header says each vector has {dim} numbers but its records hold 10 float32s each; correct the " \
+           f"header's second number" in message and "space" not in message, message
+  text, _ = shipped(tmp_path)
+  text.write_bytes(text.read_bytes().replace(b"1750 10\n", b"100000000000 10\n", 1))
+  path.write_bytes(data.replace(b"1750 10\n", b"100000000000 10\n", 1))
+  for broken in (text, path):
+    message = refusal(lambda: pretrained.load_vectors(broken))
+    assert "its header announces 100000000000 vectors but the file holds 1750" in message, message
+
+
+def test_a_byte_order_mark_is_refused_as_such_and_xz_names_are_compressed(tmp_path):
+  """A UTF-8 BOM before the header used to be auto-detected as GloVe (refused for a width it did not have); as GloVe
+  its first word would silently carry U+FEFF. .xz is decompressed as .gz and .bz2 are (smart_open): a word2vec binary
+  named .bin.xz is detected as one, a fastText .bin.xz refused as the other compressions are."""
+  import lzma
+  path, source = shipped(tmp_path)
+  glove = tmp_path / "glove.txt"
+  source.save_word2vec_format(str(glove), write_header=False)
+  for name in (path, glove):
+    name.write_bytes(b"\xef\xbb\xbf" + name.read_bytes())
+    for fmt in ("auto", "word2vec", "glove"):
+      message = refusal(lambda: pretrained.load_vectors(name, fmt))
+      assert "opens with a UTF-8 byte-order mark (bytes EF BB BF)" in message, (name, fmt, message)
+  binary, _ = shipped(tmp_path, binary=True)
+  (tmp_path / "v.bin.xz").write_bytes(lzma.compress(binary.read_bytes()))
+  kv, fmt = pretrained.load_vectors(tmp_path / "v.bin.xz")
+  assert fmt == "word2vec-binary" and kv.index_to_key == source.index_to_key
+  (tmp_path / "ft.bin.xz").write_bytes(lzma.compress(Path(datapath("lee_fasttext.bin")).read_bytes()))
+  assert "a compressed fastText .bin is not read" in refusal(lambda: pretrained.load_vectors(tmp_path / "ft.bin.xz"))
+  (tmp_path / "v.txt.zst").write_bytes(b"not read")
+  assert ".zst compression is not read" in refusal(lambda: pretrained.load_vectors(tmp_path / "v.txt.zst"))
+
+
 @pytest.mark.parametrize("binary", [False, True])
 def test_words_that_are_not_utf8_are_refused_by_default_and_read_with_unicode_errors(binary, tmp_path):
   kv = KeyedVectors(4)
@@ -643,6 +705,46 @@ def test_trained_vectors_are_deterministic_and_read_back_by_the_loader(method, s
   assert all(" " not in w for w in kv.index_to_key)
 
 
+@pytest.mark.parametrize("name", ["v.txt.gz", "v.txt.bz2", "v.txt.xz", "V.TXT.GZ", "v.bin", "v.bin.gz"])
+def test_a_compressed_or_bin_name_is_written_as_gensim_reads_that_name(name, lee_sentences, tmp_path):
+  """gensim compresses by the name it writes to; the file used to be written under a temporary name without the
+  ending, so a .gz / .bz2 name got plain text that neither gensim nor the loader could read back. A .bin name gets a
+  word2vec binary (it used to get text, which the loader then auto-detected as binary and refused)."""
+  from research.embeddings import train_vectors
+  model = train_vectors.train_vectors(lee_sentences, "word2vec", 8, epochs=1, seed=3)
+  fmt = train_vectors.save_vectors(model, tmp_path / name, "word2vec")
+  binary = ".bin" in name
+  assert fmt == ("word2vec-binary" if binary else "word2vec")
+  kv = KeyedVectors.load_word2vec_format(str(tmp_path / name), binary=binary)  # gensim's own loader, by the name
+  assert kv.index_to_key == model.wv.index_to_key
+  np.testing.assert_allclose(kv.vectors, model.wv.vectors, rtol=1e-6, atol=1e-7)
+  read, detected = pretrained.load_vectors(tmp_path / name)
+  assert detected == fmt and read.index_to_key == model.wv.index_to_key
+  magic = {".gz": b"\x1f\x8b", ".bz2": b"BZh", ".xz": b"\xfd7zXZ"}.get(Path(name.lower()).suffix, b"")
+  assert (tmp_path / name).read_bytes().startswith(magic or (b"%d 8\n" % len(kv.index_to_key)))
+  assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary left behind
+
+
+def test_the_vectors_cli_turns_running_out_of_memory_into_one_line(tmp_path):
+  """fastText allocates its 2 000 000 n-gram buckets × dim float32s after the corpus was read: 30.5 GiB at the
+  largest --dim. Under an address-space limit numpy cannot allocate them; that was a traceback."""
+  import resource
+  limit = 8 << 30
+
+  def limit_memory():
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+  (tmp_path / "c.txt").write_text("\n".join(f"alpha beta gamma {i % 3}" for i in range(30)) + "\n")
+  result = cli("experiments.vectors", f"--corpus=text:{tmp_path / 'c.txt'}", "--method=fasttext", "--dim=4096",
+               "--min_count=1", "--epochs=1", f"--out={tmp_path / 'f.bin'}", f"--cache_dir={tmp_path / 'cache'}",
+               preexec_fn=limit_memory)
+  assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
+  assert result.stderr.strip() == ("error: --dim=4096: not enough memory to train fasttext vectors (6 words × 4096 "
+                                   "and 2000000 n-gram buckets × 4096 float32s; numpy could not allocate 30.5 GiB "
+                                   "for (2000000, 4096)); use a smaller --dim")
+  assert not (tmp_path / "f.bin").exists()
+
+
 def test_the_vectors_cli_trains_on_train_text_only_and_is_reproducible_across_processes(tmp_path):
   lines = [f"alpha beta gamma {i % 3}" for i in range(36)] + ["validonly word", "validonly other",
                                                                "testonly word", "testonly other"]
@@ -671,6 +773,12 @@ def test_the_vectors_cli_trains_on_train_text_only_and_is_reproducible_across_pr
     ("{tmp}/v.txt", "--seed=-1 must be an integer in 0 ... 4294967295", ["--seed=-1"]),  # gensim: a traceback
     ("{tmp}/v.txt", "--seed=4294967296 must be an integer in 0 ... 4294967295", ["--seed=4294967296"]),
     ("{tmp}/v.txt", "--window=0 must be an integer >= 1", ["--window=0"]),
+    ("{tmp}/v.txt", "--dim=1000000000 must be at most 4096 (published word vectors have 300 dimensions; research-train "
+                    "projects them to a wider table with model.pretrained.dim_mismatch=project)", ["--dim=1000000000"]),
+    ("{tmp}/f.bin.gz", "--out='{tmp}/f.bin.gz': a fastText .bin cannot be compressed (gensim writes and reads fastText "
+                       "models uncompressed only); drop the .gz", ["--method=fasttext"]),
+    ("{tmp}/v.txt.zst", "--out='{tmp}/v.txt.zst': .zst compression is not written (its package is not a dependency); "
+                        "use .gz, .bz2, .xz or no compression", []),
 ])
 def test_the_vectors_cli_checks_out_before_reading_the_corpus(out, message, extra, tmp_path):
   # A corpus that does not exist: had the corpus been read first, its error would be the one printed.

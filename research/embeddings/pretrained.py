@@ -70,19 +70,29 @@ def _is_count_header(line: bytes) -> bool:
   return len(parts) == 2 and all(p.isdigit() for p in parts)
 
 
-COMPRESSED = (".gz", ".bz2")  # what gensim's readers decompress (word2vec / GloVe text and word2vec binaries)
+# What gensim (smart_open, by the name's last suffix) decompresses when reading and compresses when writing word2vec /
+# GloVe text and word2vec binaries, with Python's own codecs; smart_open's other two need packages that are not
+# dependencies (it fails on them with a traceback), so such names are refused.
+COMPRESSED = (".gz", ".bz2", ".xz")
+UNWRITTEN_COMPRESSIONS = (".zst", ".lz4")
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark: gensim reads it as part of the first line
+
+
+def extension(path: str | os.PathLike) -> str:
+  """The name's format suffix in lower case, compression suffixes skipped ("v.bin.gz" → ".bin"), or ""."""
+  suffixes = [s for s in Path(path).suffixes if s.lower() not in COMPRESSED]
+  return suffixes[-1].lower() if suffixes else ""
 
 
 def detect_format(path: str | os.PathLike) -> str:
   """By extension and header: a fastText magic number → fasttext-bin; a count header → word2vec (binary for .bin,
   `fasttext` for .vec); a .bin without one → fasttext-bin (the old fastText layout); other text → glove."""
   path = Path(path)
-  suffixes = [s for s in path.suffixes if s.lower() not in COMPRESSED]
-  ext = suffixes[-1].lower() if suffixes else ""
+  ext = extension(path)
   head = _first_bytes(path)
   if len(head) >= 4 and struct.unpack("<i", head[:4])[0] == FASTTEXT_MAGIC:
     return "fasttext-bin"
-  header = _is_count_header(head.split(b"\n", 1)[0])
+  header = _is_count_header(head.removeprefix(BOM).split(b"\n", 1)[0])  # refused in load_vectors, but by its format
   if ext == ".bin":
     return "word2vec-binary" if header else "fasttext-bin"
   if header:
@@ -150,6 +160,78 @@ def _binary_words(path: Path, dim: int, chunk: int = 1 << 20):
       start = space + 1 + record
 
 
+def _is_binary(path: Path, count: int, dim: int) -> bool:
+  """Whether what follows the 'COUNT DIM' line is exactly `count` word2vec binary records of `dim` float32s whose
+  words hold no control characters: a word2vec binary with a true header."""
+  n = 0
+  for word in _binary_words(path, dim):
+    n += 1
+    if not word or n > count or any(b < 0x20 for b in word):
+      return False
+  return n == count
+
+
+def _walks(data: bytes, start: int, width: int, records: int, whole: bool) -> bool:
+  """Whether `records` more word2vec binary records of `width` float32s, the first starting at `start` in `data`,
+  each have a word of at most 256 bytes without control characters, ended by a space; `whole` (`data` is the whole
+  rest of the file): then the last one must end where the file does (or before one line break)."""
+  for _ in range(records):
+    if start >= len(data):
+      return not whole
+    while data[start:start + 1] == b"\n":
+      start += 1
+    space = data.find(b" ", start, start + 256)
+    if space <= start or any(b < 0x20 for b in data[start:space]):
+      return False
+    start = space + 1 + 4 * width
+  return not whole or start <= len(data) and data[start:] in (b"", b"\n")
+
+
+def _binary_width(path: Path, count: int, dim: int, limit: int = 1 << 16) -> int | None:
+  """The width, other than the header's DIM and at most `limit`, at which the records after the header are `count`
+  clean word2vec binary records (a header whose second number is wrong), or None. A cheap walk of the first four
+  records (of every record, for a file read whole) rules out nearly every width before a pass over the file confirms
+  one."""
+  from gensim import utils
+  wanted = 4 * (4 * limit + 257)
+  with utils.open(str(path), "rb") as f:
+    f.readline()
+    data = f.read(wanted)
+  whole = len(data) < wanted
+  first = data.find(b" ", 0, 256)
+  if first <= 0:
+    return None
+  for width in range(1, limit + 1):
+    records = count - 1 if whole else min(count, 4) - 1
+    if width != dim and _walks(data, first + 1 + 4 * width, width, records, whole) and \
+        _is_binary(path, count, width):
+      return width
+  return None
+
+
+def _is_binary_file(path: Path, header: tuple[int, int]) -> bool:
+  """A word2vec binary read as text: its records walk the file as the header says, and its first lines after the
+  header are not text vector lines (tiny text files can walk as records by chance)."""
+  return not _looks_like_text(path, header[1]) and _is_binary(path, *header)
+
+
+def _binary_hint(header: tuple[int, int], names: dict[str, str]) -> str:
+  return (f"it is a word2vec binary (its header's {header[0]} records of {header[1]} float32s follow); set "
+          f"{names['format']}=word2vec-binary")
+
+
+def _looks_like_text(path: Path, dim: int) -> bool:
+  """Whether the two lines after the header are word2vec text lines ('word x1 ... xDIM'): a text file read as a
+  word2vec binary."""
+  lines = []
+  for line_no, raw in enumerate(_text_lines(path)):
+    if line_no:
+      lines.append(raw.decode("utf-8", "replace").rstrip().split(" "))
+    if len(lines) == 2:
+      break
+  return bool(lines) and all(len(parts) == dim + 1 and all(_is_number(x) for x in parts[1:]) for parts in lines)
+
+
 def _vectors_in_file(path: Path, resolved: str, dim: int) -> int:
   """How many vectors the file holds: its non-blank lines after the header (text), its records (binary)."""
   if resolved == "word2vec-binary":
@@ -193,6 +275,36 @@ def _out_of_step(i: int, word, previous) -> str:
           f"step{before}; a word2vec binary cannot hold words with spaces")
 
 
+def _binary_out_of_step(path: Path, header: tuple[int, int], i: int, word, previous) -> str:
+  """A word2vec binary's records out of step at vector i + 1: a header DIM other than the records' width when another
+  width reads the file cleanly, else a word with a space."""
+  width = _binary_width(path, *header)
+  if width is not None:
+    return (f"its header says each vector has {header[1]} number{'s' if header[1] != 1 else ''} but its records "
+            f"hold {width} float32s each; correct the header's second number")
+  return _out_of_step(i, word, previous)
+
+
+def _failure(path: Path, resolved: str, e: BaseException, names: dict[str, str], unicode_errors: str) -> str | None:
+  """Why gensim raised `e` on the file, when the file shows it: a text file read as a binary, a binary header DIM
+  that is not the records' width, a header count other than the vectors found (gensim runs off the end, or cannot
+  allocate a count's worth), else `_diagnose`'s first bad line or record (or a binary read as text)."""
+  header = _header(path)
+  if header is not None and resolved == "word2vec-binary":
+    if _looks_like_text(path, header[1]):
+      return f"its vectors are text lines ('word x1 ... xDIM'): a text file? try {names['format']}=word2vec"
+    width = _binary_width(path, *header)
+    if width is not None:
+      return _binary_out_of_step(path, header, 0, b"", None)
+  if isinstance(e, (EOFError, MemoryError)) and header is not None and resolved != "fasttext-bin":
+    if resolved != "word2vec-binary" and _is_binary_file(path, header):
+      return _binary_hint(header, names)
+    found = _vectors_in_file(path, resolved, header[1])
+    if found != header[0]:
+      return f"its header announces {header[0]} vectors but the file holds {found}; correct the header's first number"
+  return _diagnose(path, resolved, "utf-8", names, unicode_errors)
+
+
 def _unicode_hint(names: dict[str, str]) -> str:
   option = names.get("unicode_errors")
   return (f"set {option}=replace (or ignore) to read it with gensim's unicode_errors" if option else
@@ -214,7 +326,7 @@ def _diagnose(path: Path, resolved: str, encoding: str, names: dict[str, str],
     previous = None
     for i, raw in enumerate(_binary_words(path, dim)):
       if any(b < 0x20 for b in raw):  # float bytes read as a word: the records are out of step
-        return _out_of_step(i, raw, previous)
+        return _binary_out_of_step(path, header, i, raw, previous)
       e = _undecodable(raw, encoding)
       if e is not None and strict:
         return (f"the word of vector {i + 1} ({raw[:40]!r}) is not UTF-8 ({e.reason}): the file's words are in "
@@ -223,13 +335,28 @@ def _diagnose(path: Path, resolved: str, encoding: str, names: dict[str, str],
     return None
   if resolved not in ("word2vec", "fasttext", "glove"):
     return None
+  reason = _first_bad_line(path, header, encoding, names, unicode_errors)
+  # A line "not UTF-8", "blank", ... is a binary's float bytes when its records walk the file (NUL bytes say so already)
+  if reason is not None and _NUL not in reason and header is not None and _is_binary_file(path, header):
+    return _binary_hint(header, names)
+  return reason
+
+
+_NUL = "holds NUL bytes"
+
+
+def _first_bad_line(path: Path, header: tuple[int, int] | None, encoding: str, names: dict[str, str],
+                    unicode_errors: str) -> str | None:
+  """The first line of a text vector file that gensim cannot read as a word and the header's (or the first vector's)
+  count of numbers, and why, else None."""
+  strict = unicode_errors == "strict"
   dim = header[1] if header else None
   what = "the header says" if header else "the first vector has"
   for line_no, raw in enumerate(_text_lines(path), 1):
     if header and line_no == 1:
       continue
     if b"\0" in raw:  # float32 bytes: a binary file read as text
-      return (f"line {line_no} holds NUL bytes: the file looks binary (a word2vec binary named like text?); "
+      return (f"line {line_no} {_NUL}: the file looks binary (a word2vec binary named like text?); "
               f"set {names['format']}=word2vec-binary if it is one")
     e = _undecodable(raw, encoding)
     if e is not None and strict:
@@ -355,6 +482,9 @@ def load_vectors(path: str | os.PathLike, format: str = "auto", *, names: dict[s
     raise PretrainedError(f"{where}: no such file")
   if not os.access(path, os.R_OK):
     raise PretrainedError(f"{where}: the file is not readable")
+  if path.suffix.lower() in UNWRITTEN_COMPRESSIONS:
+    raise PretrainedError(f"{where}: {path.suffix.lower()} compression is not read (its package is not a "
+                          f"dependency); decompress it, or compress it as {', '.join(COMPRESSED)}")
   try:
     empty = path.stat().st_size == 0 or not _first_bytes(path, 1)
     resolved = detect_format(path) if format == "auto" else format
@@ -365,7 +495,11 @@ def load_vectors(path: str | os.PathLike, format: str = "auto", *, names: dict[s
   if resolved == "fasttext-bin" and path.suffix.lower() in COMPRESSED:
     # gensim's fastText reader parses a compressed stream into garbage (NaN vectors, "not a fastText model").
     raise PretrainedError(f"{where}: a compressed fastText .bin is not read (gensim reads fastText models "
-                          f"uncompressed only); decompress it first (gunzip / bunzip2)")
+                          f"uncompressed only); decompress it first (gunzip / bunzip2 / unxz)")
+  if resolved != "fasttext-bin" and _first_bytes(path, len(BOM)) == BOM:
+    raise PretrainedError(f"{where} opens with a UTF-8 byte-order mark (bytes EF BB BF), which gensim reads as part "
+                          f"of the first line ({'its COUNT DIM header' if _has_header(resolved) else 'the first word'}"
+                          f"); remove those three bytes")
   if _is_pickle(path):
     raise PretrainedError(f"{where} is a pickled gensim model (written by .save()), not a vector file; unpickling "
                           f"runs code, so it is not read: write its vectors with gensim, e.g. "
@@ -385,15 +519,9 @@ def load_vectors(path: str | os.PathLike, format: str = "auto", *, names: dict[s
       else:
         kv = KeyedVectors.load_word2vec_format(str(path), binary=resolved == "word2vec-binary",
                                                no_header=resolved == "glove", unicode_errors=unicode_errors)
-  except Exception as e:  # gensim raises ValueError, EOFError, UnicodeDecodeError, struct.error, ... on bad input
+  except Exception as e:  # gensim raises ValueError, EOFError, UnicodeDecodeError, MemoryError, ... on bad input
     try:
-      header = _header(path)
-      if isinstance(e, EOFError) and header is not None and resolved != "fasttext-bin":
-        found = _vectors_in_file(path, resolved, header[1])
-        reason = (f"its header announces {header[0]} vectors but the file holds {found}; correct the header's "
-                  f"first number")
-      else:
-        reason = _diagnose(path, resolved, "utf-8", names, unicode_errors)
+      reason = _failure(path, resolved, e, names, unicode_errors)
     except Exception:  # the diagnosis is best effort: gensim's own message below
       reason = None
     reason = reason or f"it is not {DESCRIPTIONS[resolved]} (gensim: {_one_line(e)})"
@@ -409,16 +537,16 @@ def load_vectors(path: str | os.PathLike, format: str = "auto", *, names: dict[s
     keys = kv.index_to_key
     if any("\n" in key for key in keys[:1000] if key):
       # gensim's binary reader accepts a text file with a count header: words then swallow the text's line breaks.
-      raise PretrainedError(f"{where} does not parse as 'word2vec-binary': its words contain line breaks (a text "
-                            f"file? try {names['format']}=word2vec)")
+      raise PretrainedError(f"{where} does not parse as 'word2vec-binary'{auto}: its words contain line breaks (a "
+                            f"text file? try {names['format']}=word2vec)")
     import re
     control = re.compile("[\x00-\x1f\x7f]")
     bad = None
     if control.search("".join(key for key in keys if key)):  # one scan; the loop only to find the word
       bad = next((i for i, key in enumerate(keys) if key and control.search(key)), None)
     if bad is not None:
-      raise PretrainedError(f"{where} does not parse as 'word2vec-binary'{auto}: "
-                            f"{_out_of_step(bad, keys[bad], keys[bad - 1] if bad else None)}")
+      reason = _binary_out_of_step(path, (len(keys), kv.vector_size), bad, keys[bad], keys[bad - 1] if bad else None)
+      raise PretrainedError(f"{where} does not parse as 'word2vec-binary'{auto}: {reason}")
   dropped = _drop_unfilled(kv) if resolved != "fasttext-bin" else 0
   if notes is not None:
     example = str(duplicates.records[0][0]) if duplicates.records else None
