@@ -294,6 +294,20 @@ def test_research_evaluate_alone_in_a_two_process_job_is_one_line_within_the_run
   assert lines[0].startswith("error: the job did not come together: not all 2 processes reached the coordinator")
 
 
+def test_the_job_check_compares_the_model_and_run_but_not_how_each_process_joins(tmp_path):
+  """`loop.check_same_job`'s comparison: another seed is a difference; each process's data cache, mesh.distributed
+  (auto on one, true on another: the same job) and its own timeouts are not."""
+  from research.train import loop
+  from tests.train_utils import tiny_config
+  base = loop.job_description(tiny_config(), tmp_path / "run")
+  same = loop.job_description(tiny_config(**{"data.cache_dir": "/elsewhere", "mesh.distributed": "true",
+                                             "mesh.init_timeout_s": 30, "mesh.heartbeat_timeout_s": 20}),
+                              tmp_path / "x" / ".." / "run")
+  assert loop.job_differences([base, same]) is None
+  other = loop.job_description(tiny_config(seed=7), tmp_path / "run")
+  assert loop.job_differences([base, same, other]) == "process 2 of 3 was started with --config.seed=7 (process 0: 0)"
+
+
 @pytest.mark.parametrize("environ, message", [
     ({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"}, "JAX_PROCESS_ID=2 must be 0 … 1, one number per process"),
     ({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "-1"}, "JAX_PROCESS_ID=-1 must be 0 … 1"),

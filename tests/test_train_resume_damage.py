@@ -410,3 +410,30 @@ def test_a_checkpoint_past_the_file_size_limit_is_one_line_without_orbax_thread_
   line = _one_error_line(_train_below_file_size(workdir, 300_000, {"train.steps": 120, "train.eval_batches": 1}))
   assert FILE_TOO_LARGE in line and line.endswith("it starts over (no checkpoint was finished)")
   assert not checkpoint_lib.has_checkpoint(workdir / "checkpoints")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="RLIMIT_FSIZE: POSIX")
+def test_a_short_numpy_write_is_the_storage_line_naming_both_places_it_may_be(reference_run, tmp_path):
+  """numpy's np.save (embedding_init.npy, 131 KB here) raises an OSError without errno on a short write ("32768
+  requested and 25568 written"): it was a traceback. Nothing names the file, so the line names the run directory
+  and the data cache (outside it here, as by default)."""
+  workdir = tmp_path / "run"
+  line = _one_error_line(_train_below_file_size(workdir, 100_000, {"train.steps": 20, "train.eval_batches": 1}))
+  assert line.startswith(f"error: a write to {str(workdir)!r} or of data.cache_dir '") and "was cut short" in line
+  assert "(a write was cut short)" in line and line.endswith("it starts over (no checkpoint was finished)")
+  assert not (workdir / "embedding_init.npy").exists()  # the half-written temporary file was not renamed into place
+
+
+def test_a_storage_line_names_the_file_outside_the_run_where_it_failed(tmp_path):
+  import errno
+  config = _config(**{"data.cache_dir": str(tmp_path / "cache")})
+  workdir = tmp_path / "run"
+  in_cache = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "cache" / "tokens" / "a.npy"))
+  assert loop.storage_place(in_cache, workdir, config) == repr(str(tmp_path / "cache" / "tokens" / "a.npy"))
+  in_run = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(workdir / "metrics.jsonl"))
+  assert loop.storage_place(in_run, workdir, config) == repr(str(workdir))
+  orbax = ValueError(f'RESOURCE_EXHAUSTED: Error writing "x/0" in OCDBT database at local file "{workdir}/checkpoints'
+                     f'/20.orbax-checkpoint-tmp/": No space left on device')
+  assert loop.storage_place(orbax, workdir, config) == repr(str(workdir))
+  assert loop.disk_full_reason(OSError("32768 requested and 25568 written")) == "a write was cut short"
+  assert loop.disk_full_reason(OSError("something else")) is None

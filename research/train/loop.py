@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -895,8 +896,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     resume = f"it resumes from step {saved[-1]}" if saved else "it starts over (no checkpoint was finished)"
     if full:
       what, remedy = DISK_FULL_MESSAGES[full]
-      raise StorageError(f"{what.format(workdir=str(workdir))} ({full}); what was written before is intact: "
-                         f"{remedy} and rerun the command, {resume}") from None
+      raise StorageError(f"{what.format(place=storage_place(e, workdir, config))} ({full}); what was written before "
+                         f"is intact: {remedy} and rerun the command, {resume}") from None
     raise StorageError(f"a file of {str(workdir)!r} could not be written ({first_line(denied)[:200]}); what was "
                        f"written before is intact: make it writable and rerun the command, {resume}") from None
   finally:
@@ -904,8 +905,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
       lock.close()  # releases the lock (as the end of the process would)
 
 
-# Fields a process may set for itself: where its host keeps the data cache.
-HOST_LOCAL_FIELDS = frozenset({"data.cache_dir"})
+# Fields a process may set for itself: where its host keeps the data cache, and how it joins the job (auto on one
+# process and true on another start the same job; the timeouts are each process's own waits).
+HOST_LOCAL_FIELDS = frozenset({"data.cache_dir", "mesh.distributed", "mesh.heartbeat_timeout_s", "mesh.init_timeout_s"})
 
 
 def job_description(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
@@ -962,11 +964,34 @@ DISK_FULL_ERRNOS = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk
                     errno.EFBIG: "File too large"}
 # What each reason says, and what to do: the errno text, as Python's OSError and TensorStore's message carry it.
 DISK_FULL_MESSAGES = {
-    "No space left on device": ("no space left on the device of {workdir!r}", "free space"),
-    "Disk quota exceeded": ("the disk quota of {workdir!r} is exceeded", "free space or raise the quota"),
-    "File too large": ("a file of {workdir!r} would exceed the largest file size allowed (the process's `ulimit -f` "
+    "No space left on device": ("no space left on the device of {place}", "free space"),
+    "Disk quota exceeded": ("the disk quota of {place} is exceeded", "free space or raise the quota"),
+    "File too large": ("a file of {place} would exceed the largest file size allowed (the process's `ulimit -f` "
                        "or the file system's)", "raise the limit"),
+    # numpy's tofile (np.save) on a short write: an OSError with no errno, so no telling which of the three it was.
+    "a write was cut short": ("a write to {place} was cut short: its device is full, a quota is exceeded or a file "
+                              "would exceed the largest file size allowed (`ulimit -f`)",
+                              "free space or raise the limit"),
 }
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+
+
+def storage_place(e: BaseException, workdir: Path, config: ml_collections.ConfigDict) -> str:
+  """Where a storage failure happened, for its line: the file an OSError of `e`'s chain names when it is outside the
+  run directory (the data cache, often on another device), else the run directory, with the data cache beside it
+  when nothing says which of the two it was (numpy's short writes name no file)."""
+  named = next((x.filename for x in _exception_chain(e) if isinstance(x, OSError) and x.filename), None)
+  run = Path(workdir).resolve()
+  if named is not None:
+    path = Path(os.fsdecode(named)).resolve()
+    return repr(str(workdir)) if path == run or run in path.parents else repr(str(path))
+  cache = corpora.cache_root(config.data.cache_dir or None).resolve()
+  texts = " ".join(str(x) for x in _exception_chain(e))
+  if str(run) in texts or cache == run or run in cache.parents:  # TensorStore's messages name the file
+    return repr(str(workdir))
+  if str(cache) in texts:
+    return repr(str(cache))
+  return f"{str(workdir)!r} or of data.cache_dir {str(cache)!r}"
 
 
 def disk_full_reason(e: BaseException) -> str | None:
@@ -978,9 +1003,11 @@ def disk_full_reason(e: BaseException) -> str | None:
     if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
       return DISK_FULL_ERRNOS[e.errno]
     text = str(e)
-    reason = next((t for t in DISK_FULL_MESSAGES if t in text), None)
+    reason = next((t for t in DISK_FULL_ERRNOS.values() if t in text), None)
     if reason is None and "RESOURCE_EXHAUSTED" in text and "writing" in text.lower():
       reason = DISK_FULL_ERRNOS[errno.ENOSPC]
+    if reason is None and isinstance(e, OSError) and e.errno is None and _SHORT_WRITE.search(text):
+      reason = "a write was cut short"
     if reason is not None:
       return reason
   return None
