@@ -9,6 +9,7 @@ Rerunning skips the trials already finished. Exits with status 1 when a trial fa
 the others; the errors are in the report and in sweep.json).
 """
 
+import signal
 import sys
 
 from absl import app, flags
@@ -27,18 +28,26 @@ _SWEEP = flags.DEFINE_string("sweep", SWEEP, "Sweep file.")
 
 @run_main
 def main(argv):
+  try:
+    _main(argv)
+  except sweeps.SweepInterrupted as e:  # Ctrl-C or SIGTERM: the trials stopped, sweep.json says which
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    exit_now(e.exit_code)
+
+
+def _main(argv):
   if len(argv) > 1:
     raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
   if _JOBS.value < 1:
     raise ConfigError(f"--jobs={_JOBS.value} must be >= 1")
   sweep = sweeps.load_sweep(_SWEEP.value)
   sweeps.check_directory(_WORKDIR.value)
+  sweeps.check_not_interrupted()
   print(f"quickstart: {len(sweep.trials)} trials of {sweep.base_config} on the built-in corpus -> {_WORKDIR.value}")
-  try:
-    status = sweeps.run_sweep(sweep, _WORKDIR.value, jobs=_JOBS.value)
-  except sweeps.SweepInterrupted as e:  # Ctrl-C or SIGTERM: research-sweep's one line and status
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    exit_now(e.exit_code)
+  status = sweeps.run_sweep(sweep, _WORKDIR.value, jobs=_JOBS.value)
+  # The report: a Ctrl-C ends it at once (KeyboardInterrupt, one line in `run`), a TERM as by default.
+  signal.signal(signal.SIGINT, signal.default_int_handler)
+  signal.signal(signal.SIGTERM, signal.SIG_DFL)
   report = build_report(_WORKDIR.value)
   print()
   print(report.table)
@@ -54,7 +63,12 @@ def main(argv):
 
 
 def run():
-  app.run(main, flags_parser=parse_flags)
+  sweeps.defer_signals()  # a Ctrl-C while the sweep loads stops it before its first trial (never lost)
+  try:
+    app.run(main, flags_parser=parse_flags)
+  except KeyboardInterrupt:  # during the report: the trials are done, the report is written again by a rerun
+    print("error: interrupted while writing the report; rerun the command to write it", file=sys.stderr, flush=True)
+    exit_now(128 + signal.SIGINT)
 
 
 if __name__ == "__main__":

@@ -50,11 +50,20 @@ DEFAULT_EVALUATE = {"lengths": [1, 2, 4, 8, 16]}  # --evaluate on a sweep whose 
 
 @run_main
 def main(argv):
+  try:
+    _main(argv)
+  except sweeps.SweepInterrupted as e:  # Ctrl-C or SIGTERM: the trials stopped, sweep.json says which
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    exit_now(e.exit_code)
+
+
+def _main(argv):
   if len(argv) > 1:
     raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
   if _JOBS.value < 1:
     raise ConfigError(f"--jobs={_JOBS.value} must be >= 1")
   sweep = sweeps.load_sweep(_SWEEP.value)
+  sweeps.check_not_interrupted()
   if _EVALUATE.value is False:
     sweep = dataclasses.replace(sweep, evaluate=None)
   elif _EVALUATE.value and not sweep.evaluate:
@@ -62,7 +71,9 @@ def main(argv):
   if _PRINT.value:
     if not _TPU.value or not _ZONE.value:
       raise ConfigError("--print_commands needs --tpu=NAME and --zone=ZONE")
-    for line in sweeps.tpu_commands(sweep, _WORKDIR.value, _TPU.value, _ZONE.value, repo_dir=_REPO_DIR.value):
+    lines = sweeps.tpu_commands(sweep, _WORKDIR.value, _TPU.value, _ZONE.value, repo_dir=_REPO_DIR.value)
+    sweeps.check_not_interrupted()
+    for line in lines:
       print(line)
     return
   if _DRY_RUN.value:
@@ -88,12 +99,9 @@ def main(argv):
           print(f"  then: {shlex.join(sweeps.evaluate_command(sweep, workdir))}")
     print(f"{len(sweep.trials)} trials, " + ("each evaluated after training" if sweep.evaluate else "no evaluation")
           + (f"; {skipped} finished (would be skipped)" if skipped else ""))
+    sweeps.check_not_interrupted()
     return
-  try:
-    status = sweeps.run_sweep(sweep, _WORKDIR.value, jobs=_JOBS.value)
-  except sweeps.SweepInterrupted as e:  # Ctrl-C or SIGTERM: the trials stopped, sweep.json says which
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    exit_now(e.exit_code)
+  status = sweeps.run_sweep(sweep, _WORKDIR.value, jobs=_JOBS.value)
   failed = [name for name, record in status.items() if record["status"] == "failed"]
   print(f"{len(status) - len(failed)} of {len(status)} trials finished"
         f"{'; failed: ' + ', '.join(failed) if failed else ''}; sweep index: {_WORKDIR.value}/sweep.json")
@@ -102,10 +110,11 @@ def main(argv):
 
 
 def run():
+  sweeps.defer_signals()  # a Ctrl-C while the sweep loads stops it before its first trial (never lost)
   flags.mark_flags_as_required(["sweep", "workdir"])
   try:
     app.run(main, flags_parser=parse_flags)
-  except KeyboardInterrupt:  # Ctrl-C before any trial started (loading, checking): nothing to stop or record
+  except KeyboardInterrupt:  # (signals are deferred from the start of run: only a caller's own raise gets here)
     print("error: interrupted before any trial started", file=sys.stderr, flush=True)
     exit_now(128 + signal.SIGINT)
 

@@ -738,6 +738,26 @@ class TrialProcesses:
     return len(running)
 
 
+_DEFERRED: list[int] = []  # SIGINT / SIGTERM received since `defer_signals`, before `stopping_on_signals`
+
+
+def defer_signals() -> None:
+  """For research-sweep's and research-quickstart's process, from the start of their `run`: SIGINT and SIGTERM are
+  recorded, not raised, until `stopping_on_signals` takes over (which then stops the sweep before any trial starts).
+  A KeyboardInterrupt raised while the sweep loads can land in a callback that swallows it (JAX's gc hook prints
+  "Exception ignored" and goes on), and the sweep then trained every trial and exited 0. Main thread only."""
+  if threading.current_thread() is threading.main_thread():
+    for sig in (signal.SIGINT, signal.SIGTERM):
+      signal.signal(sig, lambda signum, frame: _DEFERRED.append(signum))
+
+
+def check_not_interrupted() -> None:
+  """SweepInterrupted (research-sweep's one line and status) when `defer_signals` recorded a signal: for the paths
+  that start no trial (a dry run, the printed commands, the checks before the first trial)."""
+  if _DEFERRED:
+    raise SweepInterrupted(f"interrupted by {signal_text(_DEFERRED[0])} before any trial started", _DEFERRED[0])
+
+
 @contextlib.contextmanager
 def stopping_on_signals(processes: TrialProcesses, log: Callable[[str], None]):
   """Within it, SIGINT (Ctrl-C) and SIGTERM stop the sweep (`TrialProcesses.stop`) instead of raising in this
@@ -758,6 +778,8 @@ def stopping_on_signals(processes: TrialProcesses, log: Callable[[str], None]):
         f"a rerun), starting no more; send it again to kill them\n").encode())
 
   previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+  if _DEFERRED:  # a signal came while the command was loading (`defer_signals`): stop before any trial starts
+    handler(_DEFERRED[0], None)
   try:
     yield
   finally:
@@ -924,8 +946,10 @@ def run_sweep(sweep: Sweep, directory: str | Path, jobs: int = 1,
   if processes.signum is not None:
     stopped = [name for name, r in status.items() if r["status"] == "interrupted"]
     queued = sum(r["status"] == "pending" for r in status.values())
+    failed = [name for name, r in status.items() if r["status"] == "failed"]
     raise SweepInterrupted(
         f"sweep stopped by {signal_text(processes.signum)}: {len(stopped)} running trial(s) interrupted"
-        f"{' (' + ', '.join(stopped) + ')' if stopped else ''}, {queued} not started; rerun the same command to "
-        f"resume them (sweep index: {directory / SWEEP_FILE})", processes.signum)
+        f"{' (' + ', '.join(stopped) + ')' if stopped else ''}, {queued} not started"
+        f"{'; failed: ' + ', '.join(failed) if failed else ''}; rerun the same command to resume them (sweep index: "
+        f"{directory / SWEEP_FILE})", processes.signum)
   return status

@@ -896,6 +896,25 @@ def test_a_signal_stops_the_sweep_its_running_trial_and_every_queued_one(tmp_pat
   assert "finished" not in lines[0]
 
 
+@pytest.mark.parametrize("command", ["experiments.sweep", "experiments.quickstart"])
+def test_a_ctrl_c_while_the_sweep_loads_is_never_lost(tmp_path, command):
+  """A Ctrl-C that lands in a callback which swallows exceptions (JAX's gc hook prints "Exception ignored" and goes
+  on; here an object's __del__, during get_sweep) was lost: the sweep then trained every trial and exited 0. Signals
+  are recorded from the start of the command, and the sweep stops before its first trial with one line."""
+  trials = [{"seed": 0, **TINY}]
+  path = tmp_path / "s.py"
+  path.write_text(
+      "import os, signal\n\nBASE_CONFIG = 'configs/tiny.py'\nEVALUATE = None\n\n\n"
+      "class Swallows:\n  def __del__(self):\n    os.kill(os.getpid(), signal.SIGINT)\n"
+      "    for _ in range(100000):  # the handler runs here, where a KeyboardInterrupt is 'ignored'\n      pass\n\n\n"
+      f"def get_sweep():\n  Swallows()\n  return {trials!r}\n")
+  out = tmp_path / "out"
+  result = cli(command, f"--sweep={path}", f"--workdir={out}", timeout=240)
+  assert result.returncode == 128 + signal.SIGINT, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines()[-1] == "error: interrupted by signal SIGINT before any trial started"
+  assert not (out / sweeps.trial_name(trials[0])).exists()
+
+
 def _base_with_steps(directory: Path, steps: int) -> Path:
   """A BASE_CONFIG file: configs/tiny.py at TINY's sizes, trained for `steps` (a checkpoint every 4)."""
   path = directory / "base.py"
