@@ -63,7 +63,7 @@ from research.error_text import file_error
 from research.embeddings import registry
 from research.evaluate import by_position, extrapolation, passkey
 from research.report import runs as report_runs
-from research.train import checkpoint as checkpoint_lib, configuration, loop, mesh as mesh_lib
+from research.train import configuration, loop, mesh as mesh_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP_FILE = "sweep.json"
@@ -471,15 +471,11 @@ def check_trial_directories(sweep: Sweep, directory: str | Path) -> None:
 
 
 def check_not_shortened(name: str, config: ml_collections.ConfigDict, workdir: Path) -> None:
-  """research-train's rule (`loop.check_resume`) before any trial runs: a trial's train.steps below the step of its
-  newest checkpoint is refused in one line. The trial would otherwise count as finished and be skipped, its model
-  trained longer than the sweep now says (or, unfinished, fail on its own after the others trained)."""
-  saved = checkpoint_lib.checkpoint_steps(workdir / "checkpoints")
-  if saved and config.train.steps < saved[-1]:
-    raise configuration.ConfigError(
-        f"trial {name!r}: train.steps={config.train.steps} is below step {saved[-1]}, which its run in "
-        f"{str(workdir)!r} has reached; a run is not shortened: set train.steps >= {saved[-1]} (BASE_CONFIG or the "
-        f"sweep's overrides), or give the shorter sweep a new --workdir")
+  """research-train's rule (`loop.check_not_shortened`) before any trial runs: a trial's train.steps below the step
+  of its newest checkpoint is refused in one line. The trial would otherwise count as finished and be skipped, its
+  model trained longer than the sweep now says (or, unfinished, fail on its own after the others trained)."""
+  loop.check_not_shortened(config, workdir, "set train.steps >= {step} (BASE_CONFIG or the sweep's overrides), or "
+                           "give the shorter sweep a new --workdir", who=f"trial {name!r}: ")
 
 
 def check_trials_outside_corpus(sweep: Sweep, directory: Path) -> None:

@@ -949,7 +949,7 @@ def test_trials_run_in_the_directory_the_sweep_started_in_and_a_lowered_step_cou
   index = (tmp_path / "out" / "sweep.json").read_text()
   for flags in ((), ("--dry_run",)):
     line = _one_error_line(cli("experiments.sweep", f"--sweep={path}", "--workdir=out", *flags, cwd=tmp_path))
-    assert line.startswith(f"error: trial {name!r}: train.steps=2 is below step 4, which its run in ") and \
+    assert line.startswith(f"error: trial {name!r}: train.steps=2 is below step 4, which the run in ") and \
         "a run is not shortened" in line, line
   assert (tmp_path / "out" / "sweep.json").read_text() == index
 

@@ -442,17 +442,25 @@ def changed_streams(saved: dict[str, Any], current: dict[str, Any]) -> tuple[lis
                    if changed else "")
 
 
+def check_not_shortened(config: ml_collections.ConfigDict, workdir: Path, remedy: str, who: str = "") -> None:
+  """One line when config.train.steps is below the step of the run's newest checkpoint (a run is extended, never
+  shortened): research-train's rule, which research-sweep applies to every trial before any runs. `remedy` (with
+  `{step}` for that step) says what to do; `who` prefixes the line (a sweep's trial)."""
+  saved = checkpoint_lib.checkpoint_steps(workdir / "checkpoints")
+  if saved and config.train.steps < saved[-1]:
+    raise configuration.ConfigError(
+        f"{who}train.steps={config.train.steps} is below step {saved[-1]}, which the run in {str(workdir)!r} has "
+        f"reached; a run is not shortened: {remedy.format(step=saved[-1])}")
+
+
 def check_resume(config: ml_collections.ConfigDict, workdir: Path, data: "RunData") -> None:
   """Before config.json is rewritten: a rerun of a run that saved checkpoints neither shortens it (train.steps below
   the newest checkpoint's step) nor continues it on other token streams than it started on (RUN/data.json: a corpus
   file edited in place). Each is one line. Then writes data.json where it is missing (a fresh start, or a run
   written before the file existed, which is checked from now on)."""
+  check_not_shortened(config, workdir, "pass train.steps >= {step} (research-evaluate --checkpoint=best|last scores "
+                                      "its checkpoints)")
   saved_steps = checkpoint_lib.checkpoint_steps(workdir / "checkpoints")
-  if saved_steps and config.train.steps < saved_steps[-1]:
-    raise configuration.ConfigError(
-        f"train.steps={config.train.steps} is below step {saved_steps[-1]}, which the run in {str(workdir)!r} has "
-        f"reached; a run is not shortened: pass train.steps >= {saved_steps[-1]} (research-evaluate "
-        f"--checkpoint=best|last scores its checkpoints)")
   current = data_record(data.splits)
   path = workdir / DATA_FILE
   if saved_steps and path.exists():
