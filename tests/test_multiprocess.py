@@ -294,6 +294,18 @@ def test_research_evaluate_alone_in_a_two_process_job_is_one_line_within_the_run
   assert lines[0].startswith("error: the job did not come together: not all 2 processes reached the coordinator")
 
 
+def test_an_environment_that_names_a_job_but_not_this_process_says_so_in_one_line(compile_cache, tmp_path):
+  """JAX_PROCESS_ID missing with mesh.distributed=auto: the line named `mesh.distributed=true`, which the user never
+  set; it names what in the environment asked for a job."""
+  job = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{_free_port()}", "JAX_NUM_PROCESSES": "2"}
+  result = subprocess.run([sys.executable, "-m", "experiments.train", *ARGS, f"--workdir={tmp_path / 'run'}"],
+                          cwd=ROOT, env=_env(compile_cache, 1, **job), capture_output=True, text=True, timeout=120)
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
+  assert lines[0].startswith(f"error: the environment names a multi-process job (JAX_COORDINATOR_ADDRESS="
+                             f"{job['JAX_COORDINATOR_ADDRESS']}), but not all of it is set: set JAX_COORDINATOR_")
+
+
 def test_the_job_check_compares_the_model_and_run_but_not_how_each_process_joins(tmp_path):
   """`loop.check_same_job`'s comparison: another seed is a difference; each process's data cache, mesh.distributed
   (auto on one, true on another: the same job) and its own timeouts are not."""

@@ -154,9 +154,9 @@ def maybe_initialize_distributed(distributed: bool | None = None, *, heartbeat_t
     said = str(e).splitlines()[0]
     if 'should be defined' not in str(e) and 'must be defined' not in str(e):
       raise ConfigError(f'the multi-process job cannot start: {said}') from None
-    why = ('mesh.distributed=true' if distributed else
-           f'the environment names a multi-process job ({multihost_reason()})')
-    raise ConfigError(f'{why}, but not all of it is set: set JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES '
+    why = ('mesh.distributed=true, but no multi-process job was found' if distributed else
+           f'the environment names a multi-process job ({multihost_reason()}), but not all of it is set')
+    raise ConfigError(f'{why}: set JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES '
                       'and JAX_PROCESS_ID on every process, or run under SLURM / Open MPI or on every worker of a '
                       'TPU pod slice (docs/training.md, "Multi-process runs"); '
                       f'JAX said: {said}') from None
