@@ -85,6 +85,8 @@ def check_flags() -> None:
       except OSError as e:
         raise quality.AnalysisError(f"--{name}={flag.value!r}: the directory {str(path.absolute().parent)!r} is not "
                                     f"writable ({e.strerror})") from None
+  if _EXPORT_WORD2VEC.value:
+    quality.check_export_name(_EXPORT_WORD2VEC.value)
   if _EXPORT_PROJECTOR.value and Path(_EXPORT_PROJECTOR.value).exists() and \
       not Path(_EXPORT_PROJECTOR.value).is_dir():
     raise quality.AnalysisError(f"--export_projector={_EXPORT_PROJECTOR.value!r} is a file; give a directory (it "

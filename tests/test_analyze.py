@@ -267,6 +267,9 @@ def test_output_with_input_vectors_points_at_the_file_that_mode_writes():
     (["--export_word2vec=/nonexistent/dir/w.txt"], "--export_word2vec='/nonexistent/dir/w.txt': the directory "
                                                      "'/nonexistent/dir' does not exist"),
     (["--export_projector={file}"], "--export_projector='{file}' is a file; give a directory (it is created)"),
+    # (it was refused only after the analysis had run)
+    (["--export_word2vec={file}.zst"], "--export_word2vec='{file}.zst': .zst compression is not written (its "
+                                       "package is not a dependency); use .gz, .bz2, .xz or no compression"),
 ])
 def test_output_paths_and_flags_for_the_other_mode_are_refused_before_the_analysis(args, message, tmp_path):
   file = tmp_path / "a_file.txt"

@@ -192,15 +192,22 @@ def export_key(token: str) -> str:
   return key or "<empty>"
 
 
+def check_export_name(path: str | os.PathLike) -> Path:
+  """`--export_word2vec`'s file name as a Path, or one line when it asks for a compression gensim cannot write here
+  (.zst, .lz4: their packages are not dependencies). research-analyze checks it before the analysis runs."""
+  path = Path(path)
+  if path.suffix.lower() in pretrained.UNWRITTEN_COMPRESSIONS:
+    raise AnalysisError(f"--export_word2vec={str(path)!r}: {path.suffix.lower()} compression is not written (its "
+                        f"package is not a dependency); use {', '.join(pretrained.COMPRESSED)} or no compression")
+  return path
+
+
 def export_word2vec(table_VxD: np.ndarray, tokens: Sequence[str], path: str | os.PathLike) -> Path:
   """Every row of the table as word2vec text (a word2vec binary for a `.bin` name, as research-vectors writes and
   `pretrained.detect_format` reads it), keyed by its token string (row i ↔ key i), through gensim; compressed for a
   .gz / .bz2 / .xz name (the temporary file keeps that ending: gensim compresses by the name)."""
   from research.embeddings import train_vectors
-  path = Path(path)
-  if path.suffix.lower() in pretrained.UNWRITTEN_COMPRESSIONS:
-    raise AnalysisError(f"--export_word2vec={str(path)!r}: {path.suffix.lower()} compression is not written (its "
-                        f"package is not a dependency); use {', '.join(pretrained.COMPRESSED)} or no compression")
+  path = check_export_name(path)
   kv = _keyed([export_key(t) for t in tokens], np.asarray(table_VxD, np.float32))
   tmp = train_vectors.temporary_path(path)
   kv.save_word2vec_format(str(tmp), binary=pretrained.extension(path) == ".bin")
