@@ -18,7 +18,6 @@ research/analysis/positions.py, docs/architecture.md). With --vectors: the same 
 One entry point for every analysis of a table: a new one is a flag and one more step in `main`.
 """
 
-import tempfile
 from pathlib import Path
 
 from absl import app, flags, logging
@@ -27,6 +26,7 @@ from experiments.common import parse_flags, run_main
 from research import hugepages
 from research.analysis import positions, quality, rare
 from research.embeddings import pretrained
+from research.error_text import unwritable
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory whose table to analyze.")
 _VECTORS = flags.DEFINE_string("vectors", None, "A word2vec / GloVe / fastText file to analyze instead of a run.")
@@ -80,11 +80,10 @@ def check_flags() -> None:
       if not path.absolute().parent.is_dir():
         raise quality.AnalysisError(f"--{name}={flag.value!r}: the directory {str(path.absolute().parent)!r} does "
                                     f"not exist")
-      try:
-        tempfile.TemporaryFile(dir=path.absolute().parent).close()
-      except OSError as e:
+      why = unwritable(path.absolute().parent)
+      if why:
         raise quality.AnalysisError(f"--{name}={flag.value!r}: the directory {str(path.absolute().parent)!r} is not "
-                                    f"writable ({e.strerror})") from None
+                                    f"writable ({why})")
   if _EXPORT_WORD2VEC.value:
     quality.check_export_name(_EXPORT_WORD2VEC.value)
   if _EXPORT_PROJECTOR.value and Path(_EXPORT_PROJECTOR.value).exists() and \

@@ -20,11 +20,11 @@ from __future__ import annotations
 import glob
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
 from research.embeddings import pretrained
+from research.error_text import unwritable
 
 METHODS = ("word2vec", "fasttext")
 # gensim's trainers silently drop the words of a sentence past this many (MAX_WORDS_IN_BATCH): cut long lines.
@@ -134,11 +134,9 @@ def check_out(path: str | os.PathLike, method: str = "word2vec") -> Path:
   if not existing.is_dir():
     raise VectorsError(f"--out={str(path)!r}: {str(existing)!r} is a file, so the directory {str(parent)!r} cannot "
                        f"be made")
-  try:
-    tempfile.TemporaryFile(dir=existing).close()
-  except OSError as e:
-    raise VectorsError(f"--out={str(path)!r}: the directory {str(existing)!r} is not writable "
-                       f"({e.strerror})") from None
+  why = unwritable(existing)
+  if why:
+    raise VectorsError(f"--out={str(path)!r}: the directory {str(existing)!r} is not writable ({why})")
   return path
 
 

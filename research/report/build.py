@@ -7,8 +7,8 @@ import functools
 import os
 import pathlib
 import re
-import tempfile
 
+from research.error_text import unwritable
 from research.report import plots, tables
 from research.report.runs import RARE_BUCKET_METRICS, ReportError, RunSet, load_runs
 
@@ -44,16 +44,15 @@ def check_writable(directory: str | os.PathLike) -> None:
   """One ReportError when `directory` cannot be written to (a read-only mount, another user's runs): the report's
   files go there, so this is said before any run file is read, not as a traceback at the first plot. The test is
   a real file created and removed there (permission bits say nothing for root, or on a read-only mount).
-  research/train/loop.py's `check_writable` does the same for research-evaluate and research-analyze; it is not
-  imported here, since that module imports JAX. A path that is not a directory is left to `load_runs`."""
+  The probe is `error_text.unwritable`, as for research-evaluate and research-analyze (`loop.check_writable`, not
+  imported here: that module imports JAX). A path that is not a directory is left to `load_runs`."""
   path = pathlib.Path(directory)
   if not path.is_dir():
     return
-  try:
-    tempfile.TemporaryFile(dir=path).close()
-  except OSError as e:
-    raise ReportError(f"{str(path)!r} is not writable ({e.strerror or e}); research-report writes report.md, "
-                      f"table.csv, table.tex and the plots there") from None
+  why = unwritable(path)
+  if why:
+    raise ReportError(f"{str(path)!r} is not writable ({why}); research-report writes report.md, table.csv, "
+                      f"table.tex and the plots there")
 
 
 def _one_line(text: str, limit: int = 500) -> str:

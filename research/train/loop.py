@@ -41,7 +41,7 @@ import ml_collections
 import numpy as np
 
 from research import schema
-from research.error_text import first_line
+from research.error_text import first_line, unwritable
 from research.data import batches as batches_lib
 from research.data import corpora
 from research.data import tokenizers as tokenizers_lib
@@ -1082,15 +1082,13 @@ def check_writable(directory: str | os.PathLike) -> None:
   """One line when `directory` (or, while it does not exist yet, its parent) cannot be written: a read-only mount,
   another user's run. research-evaluate and research-analyze call it for RUN/eval before they compute anything, so
   no evaluation is lost at the final write. A missing parent is left to the callers' own checks."""
-  import tempfile
   directory = Path(directory)
   target = directory if directory.exists() else directory.parent
   if not target.is_dir():
     return
-  try:
-    tempfile.TemporaryFile(dir=target).close()
-  except OSError as e:
-    raise configuration.ConfigError(f"{str(target)!r} is not writable ({e.strerror}); results are written there")
+  why = unwritable(target)
+  if why:
+    raise configuration.ConfigError(f"{str(target)!r} is not writable ({why}); results are written there")
 
 
 def lock_workdir(workdir: Path):
