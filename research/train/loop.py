@@ -672,7 +672,8 @@ class EventLog:
   def __init__(self, workdir: Path, purge_step: int):
     from tensorboardX.event_file_writer import EventsWriter
     from tensorboardX.proto import event_pb2
-    self._event = event_pb2.Event
+    from tensorboardX.summary import scalar
+    self._event, self._scalar = event_pb2.Event, scalar
     self._events = EventsWriter(str(workdir / "events"))  # its first event: the file version, as SummaryWriter's
     self._write(step=purge_step, file_version="brain.Event:2")  # SummaryWriter's purge_step: these two events
     self._write(step=purge_step, session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START))
@@ -681,8 +682,7 @@ class EventLog:
     self._events.write_event(self._event(wall_time=time.time(), **fields))
 
   def add_scalar(self, tag: str, value: float, step: int) -> None:
-    from tensorboardX.summary import scalar
-    self._write(step=int(step), summary=scalar(tag, value))
+    self._write(step=int(step), summary=self._scalar(tag, value))
 
   def flush(self) -> None:
     self._events.flush()
