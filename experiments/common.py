@@ -22,17 +22,18 @@ def user_errors() -> tuple[type[Exception], ...]:
   from research.embeddings.train_vectors import VectorsError
   from research.evaluate.extrapolation import EvaluationError
   from research.report import ReportError
+  from research.sweeps import SweepInterrupted
   from research.train.configuration import ConfigError
   from research.train.loop import NonFiniteError, StorageError
   return (ConfigError, CorpusError, NonFiniteError, StorageError, EvaluationError, ReportError, PretrainedError,
           VectorsError,
-          AnalysisError, FileNotFoundError, NotADirectoryError)
+          AnalysisError, SweepInterrupted, FileNotFoundError, NotADirectoryError)
 
 
-def fail(message: str) -> NoReturn:
-  """The one line of a user error, on stderr, and exit status 2."""
+def fail(message: str, code: int = 2) -> NoReturn:
+  """The one line of a user error, on stderr, and exit status `code` (2; a stopped sweep's 128 + its signal)."""
   print("error: " + " ".join(line.strip() for line in message.splitlines() if line.strip()), file=sys.stderr)
-  exit_now(2)
+  exit_now(code)
 
 
 def exit_now(code: int) -> NoReturn:
@@ -244,7 +245,7 @@ def run_main(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
     try:
       main(argv)
     except user_errors() as e:  # evaluated only when main raised
-      fail(str(e))
+      fail(str(e), getattr(e, "exit_code", 2))  # SweepInterrupted: 128 + the signal that stopped the sweep
     except Exception:  # noqa: BLE001 — a bug's traceback, then the exit a stuck thread cannot hold up
       import traceback
       traceback.print_exc()

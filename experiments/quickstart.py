@@ -26,16 +26,8 @@ _JOBS = flags.DEFINE_integer("jobs", 1, "Trials run at the same time.")
 _SWEEP = flags.DEFINE_string("sweep", SWEEP, "Sweep file.")
 
 
-@run_main
+@run_main  # a SweepInterrupted (Ctrl-C or SIGTERM; sweep.json says which trials stopped): its line, 128 + signal
 def main(argv):
-  try:
-    _main(argv)
-  except sweeps.SweepInterrupted as e:  # Ctrl-C or SIGTERM: the trials stopped, sweep.json says which
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    exit_now(e.exit_code)
-
-
-def _main(argv):
   if len(argv) > 1:
     raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
   if _JOBS.value < 1:

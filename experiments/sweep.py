@@ -48,16 +48,8 @@ _REPO_DIR = flags.DEFINE_string("repo_dir", "~/research", "This repository's clo
 DEFAULT_EVALUATE = {"lengths": [1, 2, 4, 8, 16]}  # --evaluate on a sweep whose file sets EVALUATE = None
 
 
-@run_main
+@run_main  # a SweepInterrupted (Ctrl-C or SIGTERM; sweep.json says which trials stopped): its line, 128 + signal
 def main(argv):
-  try:
-    _main(argv)
-  except sweeps.SweepInterrupted as e:  # Ctrl-C or SIGTERM: the trials stopped, sweep.json says which
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    exit_now(e.exit_code)
-
-
-def _main(argv):
   if len(argv) > 1:
     raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
   if _JOBS.value < 1:
