@@ -56,6 +56,8 @@ def main(argv):
     raise ConfigError(f"--jobs={_JOBS.value} must be >= 1")
   sweep = sweeps.load_sweep(_SWEEP.value)
   sweeps.check_not_interrupted()
+  for note in sweep.notes:
+    print(f"warning: {note}", file=sys.stderr, flush=True)
   if _EVALUATE.value is False:
     sweep = dataclasses.replace(sweep, evaluate=None)
   elif _EVALUATE.value and not sweep.evaluate:

@@ -57,13 +57,13 @@ from typing import Any, Callable, Mapping, Sequence
 from absl import flags
 import ml_collections
 
-from research import hugepages, supervisor
+from research import hugepages, schema, supervisor
 from research.flag_text import expected_flag_value
 from research.error_text import file_error
 from research.embeddings import registry
 from research.evaluate import by_position, extrapolation, passkey
 from research.report import runs as report_runs
-from research.train import configuration, loop, mesh as mesh_lib
+from research.train import checkpoint as checkpoint_lib, configuration, loop, mesh as mesh_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP_FILE = "sweep.json"
@@ -118,6 +118,7 @@ class Sweep:
   base_config: str
   trials: list[Trial]
   evaluate: dict[str, Any] | None
+  notes: tuple[str, ...] = ()  # warnings printed before the sweep runs (`same_model_notes`)
 
 
 def _value_text(value: Any) -> str:
@@ -269,7 +270,35 @@ def load_sweep(path: str | Path) -> Sweep:
   evaluate = getattr(module, "EVALUATE", None)
   if evaluate:
     check_evaluate_options(evaluate, path, configs)
-  return Sweep(Path(path).stem, base, trials, dict(evaluate) if evaluate else None)
+  return Sweep(Path(path).stem, base, trials, dict(evaluate) if evaluate else None,
+               notes=tuple(same_model_notes(configs)))
+
+
+# Resumable fields that still change what a run trains: a longer run is another point of the comparison.
+_MODEL_FIELDS = ("train.steps",)
+
+
+def same_model_notes(configs: Mapping[str, Any]) -> list[str]:
+  """A warning for each group of trials that train the same model: their configs differ only in fields that change
+  when, how often or where a run works (`schema.RESUMABLE_FIELDS` but train.steps), e.g. a sweep over
+  train.log_every or model.remat. Such a sweep is legitimate to measure speed or memory, so it is said, not refused;
+  as an ablation it would report one model twice (its arms' losses differ only by float rounding, if at all)."""
+  ignore = [f for f in schema.RESUMABLE_FIELDS if f not in _MODEL_FIELDS]
+  groups: list[list[str]] = []
+  for name, config in configs.items():
+    group = next((g for g in groups if not checkpoint_lib.config_differences(configs[g[0]], config, ignore=ignore)),
+                 None)
+    if group is None:
+      groups.append([name])
+    else:
+      group.append(name)
+  notes = []
+  for group in (g for g in groups if len(g) > 1):
+    fields = sorted({diff.split(":", 1)[0] for name in group[1:]
+                     for diff in checkpoint_lib.config_differences(configs[group[0]], configs[name])})
+    notes.append(f"trials {', '.join(map(repr, group))} train the same model: they differ only in {', '.join(fields)} (when, how "
+                 f"often or where a run works, not what it trains)")
+  return notes
 
 
 def _short_repr(value: Any, limit: int = 80) -> str:

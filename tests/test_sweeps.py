@@ -780,6 +780,23 @@ def test_overrides_of_the_wrong_type_fail_in_one_line_before_any_trial(tmp_path)
   assert isinstance(config.train.learning_rate, float)
 
 
+def test_trials_that_train_the_same_model_are_named_in_a_warning(tmp_path):
+  # Arms that differ only in when or where a run works (here model.remat, train.log_every) are one model twice:
+  # said before anything runs, not refused (a remat sweep measures memory). Another step count is another model.
+  trials = [{"seed": s, "model.remat": r} for s in (0, 1) for r in ("none", "block")]
+  trials += [{"seed": 2, "train.log_every": 3}, {"seed": 2, "train.log_every": 5, "mesh.data": 1},
+             {"seed": 3, "train.steps": 7}, {"seed": 3, "train.steps": 8}]
+  sweep = sweeps.load_sweep(write_sweep(tmp_path / "same.py", trials))
+  assert len(sweep.notes) == 3, sweep.notes
+  assert "'seed=0,remat=none', 'seed=0,remat=block' train the same model" in sweep.notes[0]
+  assert "differ only in model.remat " in sweep.notes[0] and "seed=1" in sweep.notes[1]
+  assert "differ only in mesh.data, train.log_every " in sweep.notes[2]
+  assert not any("steps" in note for note in sweep.notes)
+  assert not sweeps.load_sweep(write_sweep(tmp_path / "other.py", [{"seed": 0}, {"seed": 1}])).notes
+  result = cli("experiments.sweep", f"--sweep={tmp_path / 'same.py'}", f"--workdir={tmp_path / 'out'}", "--dry_run")
+  assert result.returncode == 0 and result.stderr.count("warning: trials ") == 3, result.stderr
+
+
 def test_two_trials_of_one_config_are_refused_and_long_names_are_cut_with_a_hash(tmp_path):
   for trials in ([{"seed": 0, "model.position": "rope"}, {"model.position": "rope", "seed": 0}],
                  [{"train.learning_rate": 1}, {"train.learning_rate": 1.0}]):
