@@ -1,6 +1,7 @@
 """Pretrained initial tables: every vector format through gensim, alignment per tokenizer kind, coverage arithmetic,
 the OOV / projection / scale policies, freeze_steps in a real run, and the one-line errors."""
 
+import os
 from pathlib import Path
 
 import jax
@@ -723,6 +724,20 @@ def test_a_compressed_or_bin_name_is_written_as_gensim_reads_that_name(name, lee
   magic = {".gz": b"\x1f\x8b", ".bz2": b"BZh", ".xz": b"\xfd7zXZ"}.get(Path(name.lower()).suffix, b"")
   assert (tmp_path / name).read_bytes().startswith(magic or (b"%d 8\n" % len(kv.index_to_key)))
   assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary left behind
+
+
+def test_temporaries_of_a_killed_writer_are_removed_in_either_form_and_a_live_ones_kept(lee_sentences, tmp_path):
+  """A research-vectors killed while writing leaves `.NAME.tmp<pid>[.gz]`; the next save removes it once that pid is
+  gone, in the form written before the compression ending was kept too, and never another file or a live writer's."""
+  from research.embeddings import train_vectors
+  dead = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # a pid no process can have
+  left = [f".v.txt.gz.tmp{dead}.gz", f".v.txt.gz.tmp{dead}"]
+  kept = [f".v.txt.gz.tmp{os.getppid()}.gz", f".v.txt.gz.tmp{dead}.bak", f".v.txt.gz.tmp{dead}x", "v.txt"]
+  for name in left + kept:
+    (tmp_path / name).write_text("half")
+  model = train_vectors.train_vectors(lee_sentences, "word2vec", 8, epochs=1, seed=3)
+  train_vectors.save_vectors(model, tmp_path / "v.txt.gz", "word2vec")
+  assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + ["v.txt.gz"])
 
 
 def test_the_vectors_cli_turns_running_out_of_memory_into_one_line(tmp_path):

@@ -148,11 +148,12 @@ def temporary_path(path: Path, pid: int | None = None) -> Path:
 
 
 def _remove_dead_temporaries(path: Path) -> None:
-  """`temporary_path` files beside `path` left by a research-vectors killed while writing (its pid is gone)."""
+  """`temporary_path` files beside `path` left by a research-vectors killed while writing (its pid is gone), also
+  in the form before the compression ending was kept (`.NAME.tmp<pid>`)."""
   for tmp in path.absolute().parent.glob(f".{glob.escape(path.name)}.tmp*"):
     pid = tmp.name.rsplit(".tmp", 1)[-1].split(".", 1)[0]
-    if pid.isdigit() and tmp.name == temporary_path(path, int(pid)).name and not os.path.exists(f"/proc/{pid}") \
-        and os.path.isdir("/proc/self"):
+    if pid.isdigit() and tmp.name in (temporary_path(path, int(pid)).name, f".{path.name}.tmp{pid}") \
+        and not os.path.exists(f"/proc/{pid}") and os.path.isdir("/proc/self"):
       tmp.unlink(missing_ok=True)
 
 
