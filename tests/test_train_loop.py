@@ -590,7 +590,7 @@ def test_a_validation_that_scored_no_target_is_never_the_best_checkpoint(tmp_pat
   chosen on nothing. Both now rank it last (`loop.ranking_loss`), and agree."""
   records = [(10, 3.0, 500.0), (20, 0.0, 0.0), (30, 2.5, 500.0), (40, 0.0, 0.0)]
   log = loop.MetricsLog(tmp_path, resume_step=0)
-  with checkpoint_lib.Checkpointer(tmp_path / "checkpoints", keep=2, async_save=False) as ckpt:
+  with checkpoint_lib.Checkpointer(tmp_path / "checkpoints", keep=4, async_save=False) as ckpt:
     for step, loss, tokens in records:
       valid = {"loss": loss, "ppl": math.exp(loss), "accuracy": 0.0, "tokens": tokens}
       log.write(loop.valid_record(step, valid, lr=1e-3))
@@ -601,6 +601,11 @@ def test_a_validation_that_scored_no_target_is_never_the_best_checkpoint(tmp_pat
   log.close()
   summary = loop.best_validation(log.path, 40, {"loss": 0.0, "ppl": 1.0, "tokens": 0.0})
   assert summary["best_step"] == best_step == 30 and summary["best_valid_loss"] == 2.5
+  # What Orbax wrote of the ranking is standard JSON (no Infinity), which any reader takes.
+  written = [p for p in (tmp_path / "checkpoints").rglob("*") if p.name in ("metrics", "metadata") and p.is_file()]
+  assert written
+  for path in written:
+    json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"{path}: {name} is not JSON"))
   # Nothing scored at all: the latest step, as on any tie.
   assert loop.best_validation(tmp_path / "absent.jsonl", 7, {"loss": 0.0, "ppl": 1.0, "tokens": 0.0})["best_step"] == 7
 

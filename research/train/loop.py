@@ -624,11 +624,12 @@ def best_validation(metrics_path: Path, step: int, valid: dict[str, float]) -> d
 
 
 def ranking_loss(valid: dict[str, Any]) -> float:
-  """The loss a validation ranks its checkpoint by: its loss, or +inf when it scored no target (`tokens` 0: a split
-  too small, an MLM that masked none of it), whose loss 0 is a placeholder that would otherwise be "the best". The
-  summary's best and the Orbax ranking of the checkpoints use it alike. Lines without `tokens` (older runs) rank
-  by their loss."""
-  return math.inf if valid.get("tokens", 1) == 0 else valid["loss"]
+  """The loss a validation ranks its checkpoint by: its loss, or the largest float when it scored no target
+  (`tokens` 0: a split too small, an MLM that masked none of it), whose loss 0 is a placeholder that would otherwise
+  be "the best". The summary's best and the Orbax ranking of the checkpoints use it alike. Finite, not +inf: Orbax
+  writes it into JSON files, where `Infinity` is not standard JSON (Python reads it, other readers refuse it).
+  Lines without `tokens` (older runs) rank by their loss."""
+  return sys.float_info.max if valid.get("tokens", 1) == 0 else valid["loss"]
 
 
 def summary_record(*, step: int, train_loss: float | None, valid: dict[str, float], tokens_seen: float,
