@@ -153,6 +153,12 @@ def test_crash_mid_save_leaves_previous_checkpoint_restorable(tmp_path):
   leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith('2')]
   assert leftovers and all('tmp' in name for name in leftovers), leftovers  # an uncommitted step 2
   target = {'w': jnp.zeros(4), 'big': jnp.zeros((8, 64))}
+  # A reader (research-evaluate, research-analyze while the run trains) leaves what may be a save in progress.
+  with Checkpointer(tmp_path, keep=3, keep_best=False, async_save=False, read_only=True) as reader:
+    assert reader.latest_step() == 1 and reader.all_steps() == [1]
+    np.testing.assert_array_equal(reader.restore(target=target)[0]['w'], np.arange(4.0))
+    assert not reader.save(2, target, {'position': 2})
+  assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith('2')) == sorted(leftovers)
   with Checkpointer(tmp_path, keep=3, keep_best=False, async_save=False) as ckpt:
     assert ckpt.latest_step() == 1 and ckpt.all_steps() == [1]
     state, data_state = ckpt.restore(target=target)
@@ -162,6 +168,25 @@ def test_crash_mid_save_leaves_previous_checkpoint_restorable(tmp_path):
     assert ckpt.save(2, target, {'position': 2})
     assert ckpt.all_steps() == [1, 2]
   assert sorted(p.name for p in tmp_path.iterdir()) == ['1', '2']  # the partial write was cleaned up
+
+
+def test_evaluating_or_analysing_a_run_leaves_the_trainers_save_in_progress_alone(tmp_path):
+  """research-evaluate and research-analyze open a run's checkpoints while it may still train. Their opening removed
+  every `<step>.orbax-checkpoint-tmp*` directory, the trainer's save in progress among them, and the trainer then
+  crashed. Here the save in progress is a step directory under its temporary name."""
+  import shutil
+  from research.analysis import rare
+  from research.evaluate import extrapolation
+  from research.train import loop
+  from tests.train_utils import tiny_config
+  workdir = tmp_path / 'run'
+  loop.train(tiny_config(**{'train.steps': 4, 'train.checkpoint_every': 4, 'train.eval_every': 4,
+                            'train.async_checkpoints': False}), workdir)
+  in_progress = workdir / 'checkpoints' / '8.orbax-checkpoint-tmp-1764000000000000'
+  shutil.copytree(workdir / 'checkpoints' / '4', in_progress)
+  assert extrapolation.evaluate_run(workdir, (1,))['checkpoint_step'] == 4
+  assert rare._table_at(workdir, 4) is not None
+  assert in_progress.is_dir()
 
 
 def test_config_differences_name_every_field_outside_the_ignored_ones():

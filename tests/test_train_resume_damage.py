@@ -273,6 +273,15 @@ def test_damaged_run_files_are_one_line_or_recovered_and_config_json_is_required
   for a, b in zip(_params(workdir, 4), _params(reference_run, 4)):  # steps 3-4 trained again from step 2
     assert np.array_equal(a, b)
 
+  # A metrics file that is a JSON object without the ranked loss opened fine and then failed the first ranking in
+  # a KeyError (research-evaluate's traceback; a resumed run crashed after its next save).
+  workdir = _copy(reference_run, tmp_path / "d")
+  for step, text in ((2, "{}"), (4, '{"valid_loss": "low"}')):
+    (workdir / "checkpoints" / str(step) / "metrics" / "metrics").write_text(text)
+    with pytest.raises(extrapolation.EvaluationError, match=rf"the metrics of checkpoint step {step} are damaged"):
+      extrapolation.evaluate_run(workdir, [1])
+    shutil.rmtree(workdir / "checkpoints" / str(step))
+
   workdir = _copy(reference_run, tmp_path / "c")
   (workdir / "config.json").unlink()
   with pytest.raises(configuration.ConfigError, match="holds checkpoints but no config.json"):

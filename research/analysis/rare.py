@@ -327,7 +327,7 @@ def run_arrays(workdir: Path, params: Any, table_shape: tuple[int, ...]) -> dict
 def _table_at(workdir: Path, step: int) -> np.ndarray | None:
   """The token table of the run's checkpoint at `step`, or None when that checkpoint is not kept."""
   from research.train import checkpoint as checkpoint_lib
-  with checkpoint_lib.Checkpointer(workdir / "checkpoints", keep=10**6, async_save=False) as ckpt:
+  with checkpoint_lib.Checkpointer(workdir / "checkpoints", keep=10**6, async_save=False, read_only=True) as ckpt:
     if step not in ckpt.all_steps():
       return None
     params = ckpt.restore_params(step)

@@ -150,7 +150,7 @@ def load_run(workdir: str | Path, checkpoint: str = "best") -> LoadedRun:
   model = Transformer(model_cfg, char_ids=char_ids)
   expected = jax.eval_shape(lambda: model.init(jax.random.key(0), jax.numpy.zeros((1, 1), "int32")))["params"]
   try:
-    opened = checkpoint_lib.Checkpointer(ckpt_dir, keep=10**6, async_save=False)
+    opened = checkpoint_lib.Checkpointer(ckpt_dir, keep=10**6, async_save=False, read_only=True)
   except checkpoint_lib.DamagedCheckpoints as e:
     raise EvaluationError(f"run {str(workdir)!r}: {e}; research-train moves such a checkpoint aside when the run is "
                           f"resumed, or move {str(ckpt_dir / str(e.steps[0]))!r} out of {str(ckpt_dir)!r} "

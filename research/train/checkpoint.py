@@ -94,13 +94,16 @@ class DamagedCheckpoints(ValueError):
 
 
 def damaged_metrics(directory: str | os.PathLike) -> list[int]:
-  """The finalized steps of `directory` whose metrics file exists but does not hold a JSON object."""
+  """The finalized steps of `directory` whose metrics file exists but does not hold a JSON object with a number for
+  `BEST_METRIC` (the only metric `save` writes, and the file is written only with it: `{}` fails the ranking)."""
   bad = []
   for step in checkpoint_steps(directory):
     path = Path(directory) / str(step) / "metrics" / "metrics"
     if path.is_file():
       try:
-        ok = isinstance(json.loads(path.read_text()), dict)
+        metrics = json.loads(path.read_text())
+        ok = isinstance(metrics, dict) and isinstance(metrics.get(BEST_METRIC), (int, float)) \
+            and not isinstance(metrics[BEST_METRIC], bool)
       except (ValueError, UnicodeDecodeError):
         ok = False
       if not ok:
@@ -116,10 +119,14 @@ class Checkpointer:
     keep: how many of the most recent checkpoints to keep.
     keep_best: also keep the checkpoint with the lowest `metrics['valid_loss']` seen so far.
     async_save: write in a background thread (call `wait()` before reading the files or exiting).
+    read_only: a reader's (research-evaluate, research-analyze), which may open the directory while its trainer
+      writes: it neither saves nor deletes, and leaves the `<step>.orbax-checkpoint-tmp*` directories alone (a
+      writer's opening removes them as the remains of a crash; a reader's removed the trainer's save in progress,
+      and the trainer crashed).
   """
 
   def __init__(self, directory: str | os.PathLike, *, keep: int = 3, keep_best: bool = True,
-               async_save: bool = True):
+               async_save: bool = True, read_only: bool = False):
     if keep < 1:
       raise ValueError(f'keep must be >= 1, got {keep}')
     policies: list[Any] = [ocp_policies.LatestN(n=keep)]
@@ -133,10 +140,14 @@ class Checkpointer:
         best_fn=lambda m: m[BEST_METRIC], best_mode='min',
         preservation_policy=ocp_policies.AnyPreservationPolicy(policies),
         enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=True,
-        create=True)
+        read_only=read_only,
+        cleanup_tmp_directories=not read_only,
+        create=not read_only)
     # Absolute: Orbax's metadata reader finds nothing under a relative path (`research-analyze --workdir=runs/x`
     # restored no parameters), while the manager itself copes with one.
+    damaged = damaged_metrics(directory) if os.path.isdir(directory) else []
+    if damaged:  # (a JSON object without the metric opens, then fails the first ranking in a KeyError)
+      raise DamagedCheckpoints(damaged, f"no number for {BEST_METRIC!r}")
     try:
       self._manager = ocp.CheckpointManager(os.path.abspath(os.fspath(directory)), options=options,
                                             item_names=_ITEMS)
