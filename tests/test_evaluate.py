@@ -277,6 +277,33 @@ def test_mlm_evaluation_draws_other_masks_in_every_batch_and_the_same_on_a_rerun
   assert losses[1] != losses[0] and losses[2] == losses[1]
 
 
+def test_a_batch_larger_than_the_split_is_cut_to_its_windows_with_the_same_scores(runs):
+  """--max_tokens_per_batch=10**12 asked numpy for a batch of billions of padding rows (a traceback: 116 GiB). The
+  batch now holds at most the split's windows; the scores are those of any batch that holds them all (the same
+  masks for an MLM: a row's random bits do not depend on the rows after it)."""
+  import numpy as np
+  from research.data import batches
+  run = extrapolation.load_run(runs["alibi"])
+  cases = [(run, run.model_cfg, np.asarray(run.splits["valid"]))]
+  mlm, _, model_cfg, _ = _mlm_run()
+  cases.append((mlm, model_cfg, np.random.default_rng(0).integers(5, 64, 200).astype(np.uint16)))
+  for loaded, cfg, tokens in cases:
+    for mode in (("nonoverlapping", "sliding") if loaded.config.objective == "clm" else ("nonoverlapping",)):
+      stride = 8 if mode == "sliding" else None
+      rows = extrapolation.batch_rows(len(tokens), 16, 10**12, loaded.config.objective, mode, stride)
+      if loaded.config.objective == "clm":  # one batch of every window, none of them padding
+        (batch,) = batches.eval_batches(tokens, 16, rows, mode, stride)
+      else:
+        (batch,) = [b for _, b in zip(range(2), batches.PackedBatches(tokens, 16, rows, objective="mlm",
+                                                                         shuffle=False, num_epochs=1))]
+      assert batch["weights"].sum(axis=1).min() > 0
+      every = extrapolation.split_perplexity(loaded, cfg, tokens, 16, mode=mode, stride=stride,
+                                             max_tokens_per_batch=16 * 4096)
+      ppl, scored = extrapolation.split_perplexity(loaded, cfg, tokens, 16, mode=mode, stride=stride,
+                                                   max_tokens_per_batch=10**12)
+      assert scored == every[1] and ppl == pytest.approx(every[0], rel=1e-6)  # (float32 sums of other shapes)
+
+
 def test_mlm_evaluation_keys_select_different_positions_per_batch_and_length():
   import jax
   import numpy as np

@@ -190,8 +190,14 @@ def unrestorable_message(ckpt: checkpoint_lib.Checkpointer, ckpt_dir: Path, step
           f"its files are missing or damaged ({detail}); {hint}")
 
 
-def _batch_size(length: int, max_tokens_per_batch: int) -> int:
-  return max(1, max_tokens_per_batch // length)
+def batch_rows(num_tokens: int, length: int, max_tokens_per_batch: int, objective: str = "clm",
+               mode: str = "nonoverlapping", stride: int | None = None) -> int:
+  """Rows of an evaluation batch: `max_tokens_per_batch // length`, but never more than the split has windows (rows
+  for an MLM). A large --max_tokens_per_batch asked numpy for billions of padding rows; cut to the windows, the
+  batch holds them all and scores as the larger one would (no row depends on the rows after it)."""
+  windows = (batches_lib.num_eval_windows(num_tokens, length, mode, stride) if objective == "clm"
+             else batches_lib.num_rows(num_tokens, length, "mlm"))
+  return max(1, min(max_tokens_per_batch // length, windows))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,7 +230,7 @@ def split_scores(run: LoadedRun, model_cfg: ModelConfig, ids: np.ndarray, length
                                 mlm_random_rate=run.config.data.mlm_random_rate,
                                 **steps.document_settings(run.config.data))
   step = jax.jit(functools.partial(steps.eval_step, model=model, settings=settings, by_position=by_position))
-  batch_size = _batch_size(length, max_tokens_per_batch)
+  batch_size = batch_rows(len(ids), length, max_tokens_per_batch, run.config.objective, mode, stride)
   # On a mesh each process takes its share of the windows (all of them in one process) and pads its rows to a
   # multiple of its devices; the sums are global.
   index, count = (jax.process_index(), jax.process_count()) if run.mesh is not None else (0, 1)
