@@ -41,7 +41,8 @@ _BY_POSITION = flags.DEFINE_boolean("by_position", False, "Also write eval/loss_
 _PASSKEY = flags.DEFINE_boolean("passkey", False, "Also score passkey retrieval at each length (causal LMs): "
                                 "eval/passkey.json and eval/passkey.png.")
 _PASSKEY_DEPTHS = flags.DEFINE_list("passkey_depths", [f"{d:g}" for d in passkey.DEPTHS],
-                                    "Depths of the key in the filler, fractions in [0, 1].")
+                                    "Depths of the key in the filler, fractions in [0, 1]; a repeated one is "
+                                    "scored once (0.5,1,0.5 = 0.5,1).")
 _PASSKEY_TRIALS = flags.DEFINE_integer("passkey_trials", passkey.TRIALS, "Keys per (length, depth) cell.")
 _MAX_TOKENS = flags.DEFINE_integer("max_tokens_per_batch", 8192, "Bounds memory: batch = this // length (at least "
                                    "one window); an integer >= 1.")

@@ -336,7 +336,9 @@ def check_evaluate_options(evaluate: Any, path: str | Path, configs: Mapping[str
   trains (it would otherwise fail in every trial's evaluate step, after all the training): a key that is no option,
   a value whose flag does not parse, what `extrapolation.check_options` / `passkey.check_options` refuse, and, for
   each trial's config in `configs` ({name: config}), what `extrapolation.check_run_options` refuses (RoPE scaling
-  of another scheme, passkey or sliding windows for a masked LM, a stride longer than the shortest window)."""
+  of another scheme, passkey or sliding windows for a masked LM, passkey with a tokenizer kind that cannot spell
+  its keys, a stride longer than the shortest window). One refusal is left to the evaluation, since only the trained
+  tokenizer tells: passkey with a tokenizer whose learned alphabet lacks a digit (`passkey.tokenize_prompt`)."""
   where = f"sweep {str(path)!r}: EVALUATE"
   options, multiples = resolved_evaluate_options(evaluate, where)
   for name, config in (configs or {}).items():
@@ -383,8 +385,8 @@ def resolved_evaluate_options(evaluate: Any, where: str = "EVALUATE") -> tuple[d
         options["lengths"], mode=options["mode"], stride=options["stride"], split=options["split"],
         checkpoint=options["checkpoint"], rope_scaling=options["rope_scaling"], rope_factor=options["rope_factor"],
         max_tokens_per_batch=options["max_tokens_per_batch"])
-    if options["passkey"]:
-      passkey.check_options(options["passkey_depths"], options["passkey_trials"])
+    if options["passkey"]:  # as research-evaluate runs them: each depth once, -0 as 0 (what passkey.json records)
+      options["passkey_depths"] = passkey.check_options(options["passkey_depths"], options["passkey_trials"])
   except extrapolation.EvaluationError as e:
     raise configuration.ConfigError(f"{where}: {e}") from None
   return options, [int(m) for m in multiples]
@@ -703,8 +705,11 @@ def trial_environment() -> dict[str, str]:
 
 def keep_previous_evaluation(sweep: Sweep, workdir: Path) -> Path | None:
   """Copies the eval files an evaluation is about to rewrite to RUN/eval/previous/<UTC time>/ (a folder
-  research-report does not read), so that evaluating a trial again loses none of what it wrote."""
-  files = [workdir / "eval" / f for f in eval_files(sweep) if (workdir / "eval" / f).is_file()]
+  research-report does not read), so that evaluating a trial again loses none of what it wrote: `eval_files` and
+  the plot research-evaluate draws beside them (passkey.png, passkey_<scaling>.png; it draws no other)."""
+  options = _options(sweep)
+  plots = [passkey.plot_file(options.get("rope_scaling"))] if options.get("passkey") else []
+  files = [workdir / "eval" / f for f in eval_files(sweep) + plots if (workdir / "eval" / f).is_file()]
   if not files:
     return None
   target = workdir / "eval" / "previous" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

@@ -471,6 +471,37 @@ def test_passkey_cells_cover_lengths_and_depths_with_na_where_a_scheme_or_the_le
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_repeated_passkey_depths_are_scored_drawn_and_recorded_once_and_minus_zero_is_zero(runs):
+  """Cells are keyed by depth: a repeated depth was listed twice in passkey.json beside one result, and drawn as an
+  n/a row of the heatmap; -0 was recorded and printed as -0."""
+  from research.evaluate import passkey
+  assert passkey.check_options((0.5, 1, 0.5, -0.0), 1) == [0.5, 1.0, 0.0]
+  assert str(passkey.check_options([-0.0], 1)[0]) == "0.0"
+  extrapolation.evaluate_run(runs["alibi"], (2,), passkey=True, passkey_depths=(0.5, 1, 0.5, -0.0), passkey_trials=1)
+  saved = json.loads((runs["alibi"] / "eval" / "passkey.json").read_text())
+  assert saved["depths"] == [0.5, 1.0, 0.0] and str(saved["depths"][-1]) == "0.0"
+  assert [r["depth"] for r in saved["results"]] == saved["depths"] and all(r["n"] == 1 for r in saved["results"])
+
+
+@pytest.mark.slow
+def test_a_passkey_cell_is_scored_where_the_split_is_too_short_for_the_perplexity(tmp_path):
+  """The prompts are generated text: a split shorter than one window makes the perplexity n/a, not the passkey cell
+  (it was n/a with the split's note), whichever split is asked for."""
+  from research.data import passkey as text
+  (tmp_path / "small.txt").write_text("\n".join(text.corpus_documents(40)) + "\n")
+  run = _train(tmp_path / "run", **{"model.position": "alibi", "data.corpus": f"text:{tmp_path / 'small.txt'}",
+                                    "data.vocab_size": 300, "train.steps": 2, "train.eval_every": 2,
+                                    "train.checkpoint_every": 2})
+  beyond = max(_targets(run, split) for split in ("valid", "test")) // TRAIN_LEN + 1
+  for split in ("valid", "test"):
+    report = extrapolation.evaluate_run(run, (beyond,), split=split, passkey=True, passkey_depths=(0.5,),
+                                        passkey_trials=2)
+    assert report["results"][0]["ppl"] is None and "fewer than one window" in report["results"][0]["note"]
+    [cell] = json.loads((run / "eval" / "passkey.json").read_text())["results"]
+    assert cell["length"] == beyond * TRAIN_LEN and "note" not in cell, cell
+    assert cell["n"] == 2 and cell["accuracy"] in (0.0, 0.5, 1.0)
+
+
 def _fake_run_dir(path, **overrides):
   """A run directory with only config.json (and a tokenizer): passkey's checks come before any checkpoint."""
   path.mkdir(parents=True)
@@ -506,12 +537,22 @@ def test_passkey_errors_are_one_line_before_anything_loads(tmp_path):
   with pytest.raises(extrapolation.EvaluationError, match=r"passkey retrieval needs a causal LM, but .* was trained "
                                                           r"with objective='mlm' \(a masked LM does not generate"):
     extrapolation.evaluate_run(mlm, (1,), passkey=True)
+  # The word kind can never spell a random key: refused from the config alone (a sweep refuses it before training,
+  # tests/test_sweeps.py), with the kinds that can.
   words = _fake_run_dir(tmp_path / "words", **{"data.tokenizer": "word"})
-  tokenizers.save_tokenizer(tokenizers.train_tokenizer("word", ["the pass key is what remember it"] * 5, 64), words)
-  with pytest.raises(extrapolation.EvaluationError, match=r"needs a tokenizer that spells digits, but "
-                                                          r"data.tokenizer='word' cannot spell the key \d{5}: it "
-                                                          r"encodes to \['\[UNK\]'\]"):
+  with pytest.raises(extrapolation.EvaluationError, match=r"^passkey retrieval needs a tokenizer that spells digits, "
+                                                          r"but data.tokenizer='word' cannot spell the random keys: a "
+                                                          r"word-level vocabulary encodes a number it did not hold as "
+                                                          r"a word to \[UNK\]; allowed kinds: bpe, bpe-char, "
+                                                          r"wordpiece, unigram, char, byte$"):
     extrapolation.evaluate_run(words, (4,), passkey=True)
+  # A kind that spells digits, trained on text without any: only its trained tokenizer tells, by a key's tokens.
+  chars = _fake_run_dir(tmp_path / "chars", **{"data.tokenizer": "char"})
+  tokenizers.save_tokenizer(tokenizers.train_tokenizer("char", ["the pass key is what remember it"] * 5, 64), chars)
+  with pytest.raises(extrapolation.EvaluationError, match=r"needs a tokenizer that spells digits, but "
+                                                          r"data.tokenizer='char' cannot spell the key \d{5}: it "
+                                                          r"encodes to \[' ', '\[UNK\]'"):
+    extrapolation.evaluate_run(chars, (4,), passkey=True)
   for kwargs, message in (({"passkey_depths": (0.5, 1.5)}, r"passkey_depths=\[0.5, 1.5\] must be fractions in "
                                                            r"\[0, 1\]"),
                           ({"passkey_depths": ()}, r"passkey_depths=\[\] must be"),

@@ -213,6 +213,19 @@ def test_evaluate_for_a_masked_lm_trial_is_refused_when_the_sweep_loads(tmp_path
     sweeps.load_sweep(path)
 
 
+def test_passkey_for_a_trial_whose_tokenizer_cannot_spell_the_keys_is_refused_when_the_sweep_loads(tmp_path):
+  """The word kind can never spell a random key: research-evaluate refused it only after the trial had trained."""
+  evaluate = {"lengths": [1], "passkey": True, "passkey_trials": 2}
+  path = write_sweep(tmp_path / "bad.py", [{"data.tokenizer": "bpe"}, {"data.tokenizer": "word"}], evaluate=evaluate)
+  with pytest.raises(configuration.ConfigError, match=re.escape(
+      f"sweep {str(path)!r}: EVALUATE does not suit trial 'tokenizer=word': passkey retrieval needs a tokenizer that "
+      f"spells digits, but data.tokenizer='word' cannot spell the random keys: a word-level vocabulary encodes a "
+      f"number it did not hold as a word to [UNK]; allowed kinds: bpe, bpe-char, wordpiece, unigram, char, byte")):
+    sweeps.load_sweep(path)
+  sweeps.load_sweep(write_sweep(tmp_path / "good.py", [{"data.tokenizer": "bpe"}, {"data.tokenizer": "char"}],
+                                evaluate=evaluate))  # kinds that spell digits load
+
+
 @pytest.mark.parametrize("dry_run", [False, True])
 def test_a_bad_evaluate_value_fails_in_one_line_before_any_trial(tmp_path, dry_run):
   path = write_sweep(tmp_path / "bad.py", [{"model.position": "rope", "train.steps": 2}], evaluate={"lengths": [0]})
@@ -991,8 +1004,37 @@ def test_an_evaluation_with_other_passkey_depths_or_trials_is_evaluated_again(tm
   assert plan({**same, "passkey_trials": 3}) == ("evaluate", "eval/passkey.json was made with trials=2 (now 3)")
   assert plan({**same, "passkey_depths": [0, 0.5, 1]}) == (
       "evaluate", "eval/passkey.json was made with depths=[0.0, 1.0] (now [0.0, 0.5, 1.0])")
+  # Repeated depths are scored once and -0 is 0, as research-evaluate records them: nothing to evaluate again.
+  assert plan({**same, "passkey_depths": [0, 1, 0, -0.0, 1]}) == ("skip", None)
+  assert plan({**same, "passkey_depths": [1, 0]}) == (
+      "evaluate", "eval/passkey.json was made with depths=[0.0, 1.0] (now [1.0, 0.0])")
   (run / "eval" / "passkey.json").unlink()
   assert plan({"lengths": [1], "passkey": "t"}) == ("evaluate", "eval/passkey.json is missing")
+
+
+@pytest.mark.parametrize("scaling", [None, "linear"])
+def test_evaluating_again_keeps_the_passkey_heatmap_it_redraws(tmp_path, scaling):
+  """keep_previous_evaluation copied only the JSON files: passkey.png (passkey_<scaling>.png), which research-evaluate
+  --passkey redraws, was overwritten without a copy. It draws no other plot."""
+  from research.evaluate import extrapolation, passkey
+  evaluate = {"lengths": [1], "passkey": True, "passkey_trials": 2, "rope_scaling": scaling}
+  sweep = sweeps.load_sweep(write_sweep(tmp_path / "s.py", [{"model.position": "rope", **TINY}], evaluate))
+  run = tmp_path / "out" / sweep.trials[0].name
+  run.mkdir(parents=True)
+  extrapolation.write_report(run, extrapolation.report_record(
+      train_len=32, mode="nonoverlapping", stride=None, split="valid", checkpoint_step=4, rope_scaling=scaling,
+      rope_factor=None, results=[extrapolation.result_record(1, 32, 20.0, 100)], checkpoint="best"))
+  record = passkey.report_record(train_len=32, checkpoint_step=4, seed=0, trials=2, depths=[0.5], rope_scaling=scaling,
+                                 rope_factor=None, checkpoint="best",
+                                 results=[passkey.cell_record(1, 32, 0.5, note="too short")])
+  written = passkey.write_report(run, record)
+  assert [p.name for p in written] == [passkey.report_file(scaling), passkey.plot_file(scaling)]
+  (run / "eval" / "unrelated.png").write_bytes(b"not the evaluation's")
+  previous = sweeps.keep_previous_evaluation(sweep, run)
+  suffix = f"_{scaling}" if scaling else ""
+  assert sorted(p.name for p in previous.iterdir()) == sorted(
+      [f"extrapolation{suffix}.json", f"passkey{suffix}.json", f"passkey{suffix}.png"])
+  assert (previous / f"passkey{suffix}.png").read_bytes() == written[1].read_bytes()
 
 
 def test_a_sweep_file_of_the_current_directory_wins_over_the_shipped_one_of_that_path(tmp_path, monkeypatch):

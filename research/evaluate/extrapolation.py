@@ -336,7 +336,8 @@ def check_options(lengths: Sequence[int], *, mode: str = "nonoverlapping", strid
 
 def check_run_options(workdir: str | Path, config: ml_collections.ConfigDict, multiples: Sequence[int], *,
                       mode: str, stride: int | None, rope_scaling: str | None, passkey: bool) -> None:
-  """One-line errors for options the run's config.json rules out; before its checkpoint is restored."""
+  """One-line errors for options the run's config.json rules out; before its checkpoint is restored (and before a
+  sweep trains the run: research/sweeps.py `check_evaluate_options`)."""
   position = config.model.position
   if rope_scaling and position != "rope":
     # Only the RoPE scheme reads the scaling: another scheme would run unchanged and extrapolation_<scaling>.json
@@ -357,6 +358,8 @@ def check_run_options(workdir: str | Path, config: ml_collections.ConfigDict, mu
   if passkey and config.objective != "clm":
     raise EvaluationError(f"passkey retrieval needs a causal LM, but {str(workdir)!r} was trained with "
                           f"objective={config.objective!r} (a masked LM does not generate the key left to right)")
+  if passkey:
+    passkey_lib.check_tokenizer(config.data.tokenizer)
   if mode != "nonoverlapping" and config.objective != "clm":
     raise EvaluationError(f"--mode={mode} is for causal LMs, but {str(workdir)!r} was trained with "
                           f"objective={config.objective!r}: a masked LM is evaluated nonoverlapping")
@@ -389,7 +392,7 @@ def evaluate_run(workdir: str | Path, lengths: Sequence[int] = (1, 2, 4, 8, 16),
                             rope_scaling=rope_scaling, rope_factor=rope_factor,
                             max_tokens_per_batch=max_tokens_per_batch)
   if passkey:
-    passkey_lib.check_options(passkey_depths, passkey_trials)
+    passkey_depths = passkey_lib.check_options(passkey_depths, passkey_trials)  # each once, -0 as 0
   config = read_config(workdir)
   loop.check_writable(Path(workdir) / "eval")  # before the evaluation, not at its final write
   check_run_options(workdir, config, multiples, mode=mode, stride=stride, rope_scaling=rope_scaling,
@@ -411,8 +414,8 @@ def evaluate_run(workdir: str | Path, lengths: Sequence[int] = (1, 2, 4, 8, 16),
       factor = max(1.0, float(multiple)) if rope_factor is None else float(rope_factor)
       model_cfg = dataclasses.replace(model_cfg, rope_scaling=rope_scaling, rope_factor=factor,
                                       rope_original_len=train_len)
-    note = (unscorable_note(model_cfg, length, train_len)
-            or short_split_note(run.config.objective, len(run.splits[split]), length, split))
+    unscorable = unscorable_note(model_cfg, length, train_len)
+    note = unscorable or short_split_note(run.config.objective, len(run.splits[split]), length, split)
     if note:
       results.append(result_record(int(multiple), length, note=note))
       position_results.append(by_position_lib.result_record(int(multiple), length, note=note))
@@ -428,8 +431,8 @@ def evaluate_run(workdir: str | Path, lengths: Sequence[int] = (1, 2, 4, 8, 16),
         position_results.append(by_position_lib.result_record(
             int(multiple), length, train_len=train_len, nll_by_column=scores.nll_by_column,
             tokens_by_column=scores.tokens_by_column))
-    if passkey:
-      passkey_results += passkey_cells(run, model_cfg, int(multiple), length, prompts[length], note,
+    if passkey:  # only the scheme's limit applies: the prompts are generated text and never read the split
+      passkey_results += passkey_cells(run, model_cfg, int(multiple), length, prompts[length], unscorable,
                                        max_tokens_per_batch)
   if by_position:
     by_position_lib.write_report(workdir, by_position_lib.report_record(

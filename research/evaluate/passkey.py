@@ -14,8 +14,9 @@ a sweep with the same seed, sees the same keys. Writes `RUN/eval/passkey.json`:
                {"multiple": m, "length": L, "depth": d, "accuracy": null, "correct": 0, "n": 0, "note": ...}]}
 
 and the depth × length heatmap `RUN/eval/passkey.png`. Lengths a scheme cannot run at are n/a (`note`), as in
-extrapolation.json. Decoding is a loop of full forward passes over the growing prefix (no KV cache): the prompts
-are at most 16·T tokens, and one compiled step serves every prompt of a length.
+extrapolation.json; a split too short for a window is not (the prompts are generated text and never read it). A
+repeated depth is scored once (0.5,1,0.5 = 0.5,1). Decoding is a loop of full forward passes over the growing
+prefix (no KV cache): the prompts are at most 16·T tokens, and one compiled step serves every prompt of a length.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research.data import passkey as text
+from research.data import tokenizers
 from research.data.tokenizers import PAD_ID, SEP_ID, UNK_ID
 from research.evaluate.errors import EvaluationError
 from research.model.config import ModelConfig
@@ -41,6 +43,10 @@ DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 TRIALS = 10
 FILE = "passkey.json"
 PLOT = "passkey.png"
+# Tokenizer kinds that cannot spell the keys whatever they were trained on: `word` holds a number only as a whole word
+# seen in training and encodes the others to [UNK]. The other kinds spell digits where their learned alphabet has them
+# (`tokenize_prompt` checks every key once the run's tokenizer exists).
+UNSPELLING_TOKENIZERS = ("word",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,13 +58,26 @@ class Prompt:
   depth: float
 
 
-def check_options(depths: Sequence[float], trials: int) -> None:
-  """One-line errors for depths outside [0, 1] (or none) and a trial count below 1."""
+def check_options(depths: Sequence[float], trials: int) -> list[float]:
+  """One-line errors for depths outside [0, 1] (or none) and a trial count below 1; returns the depths, each once in
+  the order first given, -0 as 0 (0.5,1,0.5,-0 = 0.5,1,0): a cell is keyed by its depth, so a repeated one would be
+  scored once but listed, drawn and printed twice."""
   if not depths or any(not isinstance(d, (int, float)) or not 0.0 <= float(d) <= 1.0 for d in depths):
     raise EvaluationError(f"passkey_depths={list(depths)!r} must be fractions in [0, 1] (0 = the key at the start "
                           f"of the filler, 1 = right before the question)")
   if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
     raise EvaluationError(f"passkey_trials={trials!r} must be an integer >= 1")
+  return list(dict.fromkeys(float(d) + 0.0 for d in depths))  # + 0.0: -0.0 becomes 0.0
+
+
+def check_tokenizer(kind: str) -> None:
+  """A one-line error for a tokenizer kind that can never spell the keys (UNSPELLING_TOKENIZERS): known from the
+  config alone, so research-evaluate and a sweep (before any trial trains) refuse it alike. A kind whose learned
+  alphabet lacks a digit is only known once its tokenizer is trained: `tokenize_prompt` refuses it."""
+  if kind in UNSPELLING_TOKENIZERS:
+    allowed = ", ".join(k for k in tokenizers.KINDS if k not in UNSPELLING_TOKENIZERS)
+    raise _spell_error(kind, "the random keys", f"a word-level vocabulary encodes a number it did not hold as a word "
+                       f"to [UNK]; allowed kinds: {allowed}")
 
 
 def check_given(passkey: bool, given: Sequence[str]) -> None:
@@ -76,9 +95,9 @@ def keys(seed: int, length: int, depth: float, n: int) -> list[str]:
   return [text.random_key(rng) for _ in range(n)]
 
 
-def _spell_error(kind: str, key: str, detail: str) -> EvaluationError:
+def _spell_error(kind: str, what: str, detail: str) -> EvaluationError:
   return EvaluationError(f"passkey retrieval needs a tokenizer that spells digits, but data.tokenizer={kind!r} "
-                         f"cannot spell the key {key}: {detail}")
+                         f"cannot spell {what}: {detail}")
 
 
 def tokenize_prompt(tokenizer, key: str, num_filler: int, depth: float, kind: str = "?") -> Prompt:
@@ -89,11 +108,11 @@ def tokenize_prompt(tokenizer, key: str, num_filler: int, depth: float, kind: st
   full = tokenizer.encode(prompt + text.answer_text(key)).ids
   ids = encoding.ids
   if full[:len(ids)] != ids or len(full) == len(ids):
-    raise _spell_error(kind, key, "its tokens merge with the end of the prompt")
+    raise _spell_error(kind, f"the key {key}", "its tokens merge with the end of the prompt")
   answer = full[len(ids):]
   spelled = tokenizer.decode(answer).replace(" ", "").replace("\u2581", "").replace("##", "")
   if UNK_ID in answer or spelled != key:
-    raise _spell_error(kind, key, f"it encodes to {[tokenizer.id_to_token(i) for i in answer]}")
+    raise _spell_error(kind, f"the key {key}", f"it encodes to {[tokenizer.id_to_token(i) for i in answer]}")
   # The key's first token: the one holding the space before it, where the tokenizer keeps spaces (byte-level BPE's
   # "Ġ4"), else its first digit's.
   start = prompt.index(key)
