@@ -18,12 +18,16 @@ research/analysis/positions.py, docs/architecture.md). With --vectors: the same 
 One entry point for every analysis of a table: a new one is a flag and one more step in `main`.
 """
 
+from research import hugepages
+
+if __name__ == "__main__":  # `python -m`: restart first, before the imports below (JAX's) are made twice
+  hugepages.maybe_reexec()
+
 from pathlib import Path
 
 from absl import app, flags, logging
 
 from experiments.common import parse_flags, run_main
-from research import hugepages
 from research.analysis import positions, quality, rare
 from research.embeddings import pretrained
 from research.error_text import unwritable

@@ -11,6 +11,11 @@ With more than one device it evaluates on the run's mesh (docs/reports.md, "Eval
 Every option is checked, for every length, before anything is loaded or scored: a bad one fails in one line (status 2).
 """
 
+from research import hugepages
+
+if __name__ == "__main__":  # `python -m`: restart first, before the imports below (JAX's) are made twice
+  hugepages.maybe_reexec()
+
 import json
 import sys
 from pathlib import Path
@@ -18,7 +23,7 @@ from pathlib import Path
 from absl import app, flags, logging
 
 from experiments.common import parse_flags, run_main
-from research import hugepages, supervisor
+from research import supervisor
 from research.evaluate import extrapolation, passkey
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory to evaluate.")

@@ -8,13 +8,18 @@ command runs the trainer under a supervisor (research/supervisor.py): when a pro
 line naming it (exit status 3) instead of hanging or printing the runtime's C++ report.
 """
 
+from research import hugepages
+
+if __name__ == "__main__":  # `python -m`: restart first, before the imports below (JAX's) are made twice
+  hugepages.maybe_reexec()
+
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments.common import check_config_file, check_override_flags, parse_flags, run_main
-from research import hugepages, supervisor
+from research import supervisor
 from research.train import configuration, loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config().",

@@ -73,6 +73,24 @@ def test_the_entry_point_restarts_with_the_tunable_and_keeps_its_arguments(tmp_p
   assert result.returncode == 2 and str(missing) in result.stderr
 
 
+@pytest.mark.skipif(hugepages.thp_mode() != "madvise" or not sys.platform.startswith("linux"),
+                    reason="needs Linux with transparent huge pages in madvise mode")
+@pytest.mark.parametrize("name", ["train", "evaluate", "analyze"])
+def test_an_entry_point_restarts_before_it_imports_jax(name, tmp_path):
+  """Each restarting command imported JAX and the library (~2 s) before its restart replaced the process, then again:
+  twice the start-up of every command. Now the process that restarts has imported neither: through `python -m` and
+  through the console scripts' functions (experiments/launch.py)."""
+  env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+  module = [sys.executable, "-X", "importtime", "-m", f"experiments.{name}", f"--workdir={tmp_path / 'missing'}"]
+  launcher = [sys.executable, "-X", "importtime", "-c", f"from experiments import launch; launch.{name}()",
+              f"--workdir={tmp_path / 'missing'}"]
+  for command in (module, launcher):
+    imports = subprocess.run(command, env=env, capture_output=True, text=True).stderr.splitlines()
+    names = [line.split("|")[-1].strip() for line in imports if line.startswith("import time:")]
+    assert names.count("research.hugepages") == 2, command  # it did restart
+    assert names.count("jax") == 1, command
+
+
 def test_disabled_environment_removes_only_the_huge_page_tunable():
   env = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1", "PATH": "/bin"}
   assert hugepages.environment(env, enabled=False) == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "PATH": "/bin"}
