@@ -17,7 +17,6 @@ if __name__ == "__main__":  # `python -m`: restart first, before the imports bel
   hugepages.maybe_reexec()
 
 import json
-import sys
 from pathlib import Path
 
 from absl import app, flags, logging
