@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,10 +36,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from research import schema
 from research.error_text import first_line
 from research.data import batches as batches_lib
-from research.data import tokenizers as tokenizers_lib
 from research.embeddings import registry, relative
 from research.evaluate import by_position as by_position_lib
 from research.evaluate import passkey as passkey_lib
