@@ -362,7 +362,7 @@ def print_table(result: dict) -> None:
     print(f"{cat:<10} {fwd:8.1f} {parts['bwd']['ms']:8.1f} {total:9.1f} {total / thread_ms:9.1%} {rate}")
   print(f"{'host':<10} {'':>8} {'':>8} {max(wall - busy, 0.0):9.1f} {'':>9}   (wall − busy)")
   if result["ops"]:
-    print(f"\nslowest operations: ms per step (times run per step), category, GFLOP/s, the HLO op_name's tail")
+    print("\nslowest operations: ms per step (times run per step), category, GFLOP/s, the HLO op_name's tail")
   for o in result["ops"]:
     rate = f"{o['flops'] / o['ms'] / 1e6:6.0f}" if o["flops"] else f"{'':>6}"
     print(f"{o['ms']:8.1f} (x{o['per_step']:g}) {o['category']:<13} {rate}  {o['op_name'][-90:]}")

@@ -350,7 +350,7 @@ def run_preset(args, argv) -> dict:
   import common
   import hardware
   from research.model import attention
-  from research.train import configuration, loop
+  from research.train import loop
   from research.train import mesh as mesh_lib
 
   config = preset_config(args, argv)

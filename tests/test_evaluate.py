@@ -305,7 +305,6 @@ def test_a_batch_larger_than_the_split_is_cut_to_its_windows_with_the_same_score
 
 
 def test_mlm_evaluation_keys_select_different_positions_per_batch_and_length():
-  import jax
   import numpy as np
   from research.train import steps
   tokens = np.random.default_rng(0).integers(5, 64, (8, 32)).astype(np.int32)

@@ -25,7 +25,6 @@ figure is the floor a trained table is read against (docs/embeddings.md, "The fl
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import re

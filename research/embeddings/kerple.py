@@ -30,7 +30,6 @@ from __future__ import annotations
 import functools
 from typing import ClassVar
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
