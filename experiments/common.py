@@ -163,6 +163,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     rest = flags.FLAGS(argv)
     check_empty_paths()
+    check_config_returned(argv)
     return rest
   except flags.Error as e:
     given = config_flag_value(argv)
@@ -194,6 +195,19 @@ def check_empty_paths(flag_values: flags.FlagValues = flags.FLAGS) -> None:
       fail(f"--{name} is empty: give {what}")
 
 
+def check_config_returned(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """One line when a config file's get_config() returned something other than a ConfigDict (a dict, a list):
+  ml_collections passes it on, and the trainer failed on its first attribute with a traceback. None has its own line
+  in `parse_flags` (ml_collections' required-flag error)."""
+  import ml_collections
+  if "config" not in flag_values or not flag_values["config"].present:
+    return
+  value = flag_values["config"].value
+  if value is not None and not isinstance(value, ml_collections.ConfigDict):
+    fail(f"--config={config_flag_value(argv)!r}: get_config() returned a {type(value).__name__}; it must return the "
+         f"config (an ml_collections.ConfigDict)")
+
+
 def config_flag_value(argv: list[str], name: str = "config") -> str | None:
   """The value of `--config=VALUE` (or `--config VALUE`) on the command line, the last one given; None if absent."""
   given = None
@@ -222,12 +236,14 @@ def check_config_file(argv: list[str], name: str = "config") -> None:
 
 
 def check_override_flags(argv: list[str]) -> None:
-  """Unknown `--config.FIELD=...` names fail here with one line (ml_collections would raise with a traceback)."""
+  """Unknown `--config.FIELD=...` names fail here with one line (ml_collections would raise with a traceback); absl
+  takes `-config.FIELD=...` (one dash) as the same flag, so it is checked too."""
   from research.train import configuration
   overrides = {}
   for arg in argv[1:]:
-    if arg.startswith("--config."):
-      name, _, value = arg[len("--config."):].partition("=")
+    match = re.match(r"--?config\.", arg)
+    if match:
+      name, _, value = arg[match.end():].partition("=")
       overrides[name] = value
   try:
     valid = configuration.flatten(configuration.reference_config())

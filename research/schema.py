@@ -38,8 +38,9 @@ RESUMABLE_FIELDS = (
 # (an old learned or T5 run decayed its positional table: resume it with train.position.weight_decay=true).
 # model.attention existed with the default einsum before auto: an old run that lacks the field ran einsum.
 # model.char_padding: the CNN's padding character was an ordinary learned row before the field existed.
+# model.char_spelling: a piece that stands for no text was spelled with its raw string alone, without the mark.
 LEGACY_VALUES = {"train.position.weight_decay": True, "train.count_updates": False, "model.attention": "einsum",
-                 "model.char_padding": "learned"}
+                 "model.char_padding": "learned", "model.char_spelling": "raw"}
 
 
 def saved_value(field: str, default):

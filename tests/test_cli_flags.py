@@ -73,6 +73,9 @@ def test_an_empty_path_flag_is_refused_not_read_as_the_current_directory(tmp_pat
 @pytest.mark.parametrize("line,message", [
     ("c.train.steps = True", "train.steps=True: expected an integer, got a bool"),  # trained 1 step
     ("c.train.learning_rate = None", "train.learning_rate=None: expected a number"),  # a TypeError traceback
+    # a ConfigDict built from a dict (from YAML, say) takes any kind: 'false' trained a frozen table
+    ("import ml_collections; d = c.to_dict(); d['train']['embedding']['freeze'] = 'false'; "
+     "c = ml_collections.ConfigDict(d)", "train.embedding.freeze='false': expected true or false, got a str"),
 ])
 def test_what_ml_collections_lets_a_config_file_assign_is_refused_by_validation(tmp_path, line, message):
   path = tmp_path / "mine.py"
@@ -153,6 +156,14 @@ def test_a_config_file_that_does_not_exist_is_one_line(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
+def test_a_single_dash_config_override_is_checked_as_the_double_dash_one(tmp_path):
+  """absl takes `-config.FIELD=...` as `--config.FIELD=...`; an unknown FIELD printed "config file ... AttributeError:
+  'bogus'"."""
+  line = error_line(cli("--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}", "-config.model.bogus=1"))
+  assert line.startswith("error: unknown config field 'model.bogus' (did you mean "), line
+  assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("source,message", [
     ("def get_config(:\n  pass\n", "line 1: SyntaxError: invalid syntax"),
     ("def get_config():\n  raise ValueError('no such model')\n", "get_config() raised ValueError: no such model"),
@@ -163,6 +174,11 @@ def test_a_config_file_that_does_not_exist_is_one_line(tmp_path):
     ("def get_config():\n  return None\n",
      "get_config() returned None; it must return the config (an ml_collections.ConfigDict)"),
     ("x = 1\n", "defines no get_config()"),
+    # ml_collections passes these on: the trainer failed on their first attribute with a traceback
+    ("def get_config():\n  return {'seed': 0}\n",
+     "get_config() returned a dict; it must return the config (an ml_collections.ConfigDict)"),
+    ("def get_config():\n  return [1, 2]\n",
+     "get_config() returned a list; it must return the config (an ml_collections.ConfigDict)"),
     # ml_collections' type check inside get_config(): its message, not the whole traceback on one line
     ("from configs import tiny\ndef get_config():\n  c = tiny.get_config()\n  c.model.d_model = 64.0\n  return c\n",
      "line 4: get_config() raised TypeError: Could not override field 'd_model' (reference). 64.0 is of original "

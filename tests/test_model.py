@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from research.embeddings import registry, token
+from research.embeddings import chars, registry, token
 from research.model import attention
 from research.model.config import ModelConfig
 from research.model.transformer import Block, Transformer, count_params
@@ -390,6 +390,33 @@ def test_out_of_vocabulary_id_is_an_error_naming_id_and_v():
   assert np.all(np.isnan(jax.jit(Transformer(cfg).apply)(variables, jnp.array([[1, V + 3]]))[0, 1]))
 
 
+def test_a_negative_id_or_position_is_refused_eager_and_nan_under_jit_never_the_last_row():
+  """jnp.take turns −1 into the last row before its fill mode sees it: the lookup must poison a negative id's row
+  too, for the token table, the char-aware vocabulary vectors and the learned position table alike."""
+  table = jnp.arange(12.0).reshape(4, 3)
+  rows = np.asarray(jax.jit(token.lookup)(table, jnp.array([-1, 4, 1, -4])))
+  assert np.all(np.isnan(rows[[0, 1, 3]])) and np.array_equal(rows[2], table[1])
+  with pytest.raises(ValueError, match=r"token id -4 is outside \[0, 4\) \(2 such entries\)"):
+    token.lookup(table, np.array([-1, 1, -4]))
+  vocab = list(chars.SPECIAL_TOKENS) + [f"w{i}" for i in range(V - len(chars.SPECIAL_TOKENS))]
+  for cfg, char_ids in ((tiny(position="learned"), None),
+                        (tiny(char_embeddings="concat", char_filters="1:4,2:4"), chars.Constant(chars.char_ids(
+                            vocab, "word")))):
+    model = Transformer(cfg, char_ids=char_ids)
+    tokens = jnp.array([[1, 2, 3, 4]])
+    positions = jnp.arange(4)[None]
+    variables = model.init(jax.random.key(0), tokens)
+    apply = jax.jit(lambda v, t, p: model.apply(v, t, p))  # noqa: B023
+    assert not np.any(np.isnan(apply(variables, tokens, positions)))
+    with pytest.raises(ValueError, match=r"token id -1 is outside"):
+      model.apply(variables, tokens.at[0, 0].set(-1), positions)
+    assert np.all(np.isnan(apply(variables, tokens.at[0, 0].set(-1), positions)[0, 0]))
+    if cfg.position == "learned":
+      with pytest.raises(ValueError, match=r"position -1 is outside \[0, 16\)"):
+        model.apply(variables, tokens, positions.at[0, 0].set(-1))
+      assert np.all(np.isnan(apply(variables, tokens, positions.at[0, 0].set(-1))[0, 0]))
+
+
 def test_embedding_init_scale_and_pretrained_matrix():
   matrix = np.random.default_rng(0).normal(size=(V, 16)).astype(np.float32)
   emb = token.TokenEmbedding(V, 16, embedding_init=token.from_matrix(matrix), scale=True)
@@ -458,10 +485,28 @@ def test_embedding_dropout_is_elementwise_and_off_in_eval():
     (dict(dropout=1.5), r"model.dropout=1.5 must be in \[0, 1\)"),
     (dict(remat="full"), r"^model.remat='full' is not one of none, block, dots_saveable$"),
     (dict(attention="flash"), r"^model.attention='flash' is not one of auto, einsum, xla$"),
+    # finite in float64, inf in the float32 table: a non-finite loss at step 1 that named no field
+    (dict(embed_init_std=1e40), r"^model.embed_init_std=1e\+40 must be at most 1e\+06 \(larger float32 tables"),
+    (dict(embed_init_std=1e30), r"^model.embed_init_std=1e\+30 must be at most 1e\+06"),
+    # an OverflowError (int32) inside the first train step, after the run had written its files
+    (dict(position="rope", position_sampling="randomized", max_position=3_000_000_000),
+     r"^model.max_position=3000000000 is too large: at most 16,777,216 \(2\^24: positions are float32"),
 ])
 def test_invalid_configs_fail_at_construction_naming_the_value(overrides, message):
   with pytest.raises(ValueError, match=message):
     tiny(**overrides)
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_the_largest_embed_init_std_keeps_the_loss_and_its_gradient_finite(norm):
+  """model.embed_init_std's bound (config.MAX_EMBED_INIT_STD) is one the float32 model survives at step 1."""
+  from research.model import config as config_lib
+  cfg = tiny(embed_init_std=config_lib.MAX_EMBED_INIT_STD, norm=norm, position="learned")
+  tokens = jax.random.randint(jax.random.key(1), (2, L), 0, V)
+  variables = init(cfg)
+  loss = lambda v: -jnp.mean(jax.nn.log_softmax(Transformer(cfg).apply(v, tokens))[..., 0])  # noqa: E731
+  value, grads = jax.value_and_grad(loss)(variables)
+  assert np.isfinite(float(value)) and all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
 
 
 def test_a_scaling_at_factor_one_is_plain_rope_and_accepted_whatever_it_could_not_scale():

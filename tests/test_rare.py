@@ -1,6 +1,8 @@
 """Rare tokens: per-row update counts in the train state (resumable), and the rare-token analyses."""
 
+import itertools
 import math
+import re
 
 import jax
 import numpy as np
@@ -350,6 +352,75 @@ def test_spellings_as_char_ids():
   assert chars.char_ids(["Ġthe", "the"], "bpe")[0].tolist() == chars.char_ids(["the", "x"], "word")[0].tolist()
 
 
+def test_a_piece_that_stands_for_no_text_never_shares_a_text_pieces_spelling_and_old_runs_keep_theirs():
+  """Byte-level `é` (the lead byte 0xE9, no text) and `Ã©` (the character é) were both spelled `é`: the same char ids,
+  the same CNN vector. Marked (the default), the lead byte is the mark then `é`; `raw` is what runs saved before
+  model.char_spelling keep (their config.json lacks it), and a vocabulary of text pieces is the same either way."""
+  from research.data import tokenizers as tokenizers_lib
+  from research.model.config import ModelConfig
+  from research.train import configuration
+  specials = list(chars.SPECIAL_TOKENS)
+  tokens = specials + ["é", "Ã©", "Ġ", "Äł", "Ġthe"]  # Äł decodes to the character Ġ; Ġ alone to a space
+  marked = chars.char_ids(tokens, "bpe")
+  rows = {tuple(r) for r in marked[5:]}
+  assert len(rows) == 5 and marked[5].tolist()[:2] == [chars.BOW, int(marked.max())]  # the mark: the last id
+  raw = chars.char_ids(tokens, "bpe", spelling_of="raw")
+  assert marked[6].tolist() == raw[6].tolist() and marked[9].tolist() == raw[9].tolist()  # text pieces unchanged
+  assert raw[5].tolist() == raw[6].tolist() and raw[7].tolist() == raw[8].tolist()  # the old collisions, kept
+  words = specials + ["cat", "act", "a" * 30]
+  assert chars.char_ids(words, "word").tolist() == chars.char_ids(words, "word", spelling_of="raw").tolist()
+  with pytest.raises(ValueError, match=r"^model.char_spelling='bytes' is not one of marked, raw$"):
+    ModelConfig(char_spelling="bytes")
+  # The trainer, resume and evaluation build the ids with the run's field; a config saved before it means raw.
+  tok = tokenizers_lib.train_tokenizer("byte", ["naïve café"], 300)
+  saved = tiny_config(**{"data.tokenizer": "byte", "model.char_embeddings": "sum"}).to_dict()
+  del saved["model"]["char_spelling"]
+  old = configuration.with_defaults(saved)
+  assert old["model"]["char_spelling"] == "raw" and ModelConfig().char_spelling == "marked"
+  import ml_collections
+  vocab = tokenizers_lib.vocabulary(tok)
+  assert loop.char_ids(ml_collections.ConfigDict(old), tok).array.tolist() == chars.char_ids(
+      vocab, "byte", spelling_of="raw").tolist()
+  new = loop.char_ids(tiny_config(**{"data.tokenizer": "byte", "model.char_embeddings": "sum"}), tok).array
+  assert new.tolist() == chars.char_ids(vocab, "byte").tolist() and new.shape[1] == 4  # BOW, mark, byte, EOW
+
+
+@pytest.mark.parametrize("spec,width", [("2:10,2:20", 2), ("1:25,01:10", 1)])
+def test_a_repeated_filter_width_is_one_line_before_anything_is_built(spec, width, tmp_path):
+  """Each width is the module conv_<w>: a repeated one was flax's NameInUseError after the tokenizer was built."""
+  from research.model.config import ModelConfig
+  from tests.train_utils import cli
+  message = f"model.char_filters={spec!r} repeats width {width}: each width once"
+  with pytest.raises(ValueError, match="^" + re.escape(message)):
+    chars.parse_filters(spec)
+  with pytest.raises(ValueError, match=re.escape(message)):
+    ModelConfig(char_embeddings="sum", char_filters=spec)
+  assert chars.parse_filters("2:30,1:5") == ((2, 30), (1, 5))
+  if width == 2:  # the command line too: one line, and nothing written (no tokenizer.json)
+    result = cli("--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}", "--config.model.char_embeddings=sum",
+                 f"--config.model.char_filters={spec}")
+    assert result.returncode == 2 and result.stderr.strip() == f"error: {message} (give it the sum of the counts " \
+        "instead)", result.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_char_cnn_too_large_for_the_machine_is_refused_naming_char_filters():
+  """1:3000000 makes a highway of 2·(3·10^6)² parameters: the refusal named d_model, num_layers and mlp_dim, not the
+  field that caused it."""
+  from research.train import configuration
+  tokens = list(chars.SPECIAL_TOKENS) + [f"w{i}" for i in range(512 - len(chars.SPECIAL_TOKENS))]
+  ids = chars.Constant(chars.char_ids(tokens, "word"))
+  config = tiny_config(**{"model.char_embeddings": "sum", "model.char_filters": "1:3000000"})
+  with pytest.raises(configuration.ConfigError) as info:
+    loop.Trainer.build(config, 512, char_ids=ids).check_memory()
+  message = str(info.value)
+  assert message.startswith("the model does not fit: ") and "in the character CNN: model.char_filters='1:3000000', " \
+      "model.char_dim=16;" in message, message
+  with pytest.raises(configuration.ConfigError) as info:  # a model large for other reasons names no CNN
+    loop.Trainer.build(tiny_config(**{"model.d_model": 65536, "model.mlp_dim": 262144}), 512).check_memory()
+  assert "model.d_model=65536" in str(info.value) and "character CNN" not in str(info.value)
+
+
 @pytest.mark.parametrize("combine", ["sum", "concat"])
 def test_unseen_words_get_distinct_input_vectors_from_their_spellings(combine):
   """Two vocabulary words that never occur in training keep whatever their table rows are: give both the same row,
@@ -373,6 +444,34 @@ def test_unseen_words_get_distinct_input_vectors_from_their_spellings(combine):
   logits = np.asarray(model.apply({"params": params}, jnp.asarray(h), method=type(model).logits))
   assert not np.allclose(logits[:, 35], logits[:, 36], atol=1e-5)
   assert "char_embed" in params and ("char_combine" in params) == (combine == "concat")
+
+
+def test_the_embedding_count_is_every_module_that_makes_input_token_vectors():
+  """num_embedding_params, exactly, for every combination: the table (V·e), a factorized table's e→d projection and,
+  tied without chars, its d→e head_projection; the CNN (char table, convolutions, highway) with its F→d `out` for
+  sum, or char_combine ((d+F)→d, which builds every token vector) for concat. Never the head's own matrices (lm_head,
+  head_proj), the positions or the blocks."""
+  import jax.numpy as jnp
+  from research.model.config import ModelConfig
+  from research.model.transformer import EMBEDDING_MODULES, Transformer, count_embedding_params
+  v, d, c = 45, 16, 4
+  tokens = list(chars.SPECIAL_TOKENS) + [f"w{i}" for i in range(v - len(chars.SPECIAL_TOKENS))]
+  ids = chars.char_ids(tokens, "word")
+  n_chars = int(ids.max()) + 1
+  filters, f = ((1, 3), (2, 5)), 8
+  cnn = n_chars * c + sum(w * c * k + k for w, k in filters) + 2 * (f * f + f)
+  for combine, e, tie, pos in itertools.product(["none", "sum", "concat"], [d, 4], [True, False], ["add", "concat"]):
+    cfg = ModelConfig(vocab_size=v, d_model=d, num_layers=1, num_heads=2, mlp_dim=32, max_len=8, table_dim=e,
+                      tie_embeddings=tie, char_embeddings=combine, char_dim=c, char_filters="1:3,2:5", combine=pos,
+                      pos_dim=8)
+    model = Transformer(cfg, char_ids=chars.Constant(ids) if combine != "none" else None)
+    params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    expected = v * e + (e * d if e != d else 0) + (d * e if e != d and tie and combine == "none" else 0)
+    expected += {"none": 0, "sum": cnn + f * d, "concat": cnn + (d + f) * d}[combine]
+    assert count_embedding_params(params) == expected, (combine, e, tie, pos)
+    others = set(params) - set(EMBEDDING_MODULES)
+    assert others <= {"block_0", "final_norm", "position_embed", "lm_head", "head_proj"}, others
+    assert ("head_proj" in params) == (tie and pos == "concat") and ("lm_head" in params) == (not tie)
 
 
 @pytest.mark.parametrize("padding", ["zero", "learned"])

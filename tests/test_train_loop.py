@@ -134,7 +134,8 @@ def finished_tiny_run(tmp_path_factory):
   return config, workdir
 
 
-PROTECTED = sorted(set(configuration.flatten(configuration.reference_config())) - set(schema.RESUMABLE_FIELDS))
+PROTECTED = sorted(set(configuration.flatten(configuration.reference_config())) - set(schema.RESUMABLE_FIELDS)
+                   - set(loop.CHAR_FIELDS))  # (compared only with a char CNN: the next test)
 
 
 @pytest.mark.parametrize("field", PROTECTED)
@@ -148,6 +149,21 @@ def test_a_resume_that_changes_any_protected_field_is_refused_in_one_line_and_to
   message = str(err.value)
   assert "\n" not in message and f"{field}: {value!r} (saved) != {_changed(value)!r} (current)" in message
   assert _snapshot(workdir) == before
+
+
+@pytest.mark.parametrize("field", loop.CHAR_FIELDS)
+def test_a_resume_that_changes_a_char_cnn_field_is_refused_when_either_run_has_the_cnn(field, tmp_path):
+  for saved_chars, chars in (("sum", "sum"), ("none", "concat"), ("none", "none")):
+    saved = tiny_config(**{"model.char_embeddings": saved_chars})
+    tmp_path.joinpath("config.json").write_text(json.dumps(saved.to_dict()))
+    mark_finished(tmp_path)
+    value = configuration.flatten(saved)[field]
+    current = configuration.apply_overrides(saved, {"model.char_embeddings": chars, field: _changed(value)})
+    if saved_chars == chars == "none":
+      assert loop.check_workdir(current, tmp_path) == tmp_path  # shapes nothing on either side
+    else:
+      with pytest.raises(configuration.ConfigError, match=re.escape(f"{field}: {value!r} (saved)")):
+        loop.check_workdir(current, tmp_path)
 
 
 def test_a_workdir_inside_its_text_corpus_is_refused_before_anything_is_written(tmp_path):
@@ -220,6 +236,29 @@ def test_a_field_the_saved_run_lacks_means_what_runs_did_before_it_existed(tmp_p
   assert "model.attention" not in str(err.value) and _snapshot(tmp_path) == before
   # The same model as before: resumable.
   assert loop.check_workdir(tiny_config(**{"model.position": "t5", "train.position.weight_decay": True}), tmp_path)
+
+
+def test_a_run_without_a_char_cnn_resumes_whatever_the_cnns_fields_say(tmp_path):
+  """The char CNN's fields added since a run was written count as their legacy values (char_padding learned,
+  char_spelling raw), which every old run would have had to repeat on the command line to resume, though it never had
+  a CNN. Without a CNN on either side they are not compared; with one, each is (another CNN is another model)."""
+  for chars in ("none", "sum"):
+    saved = tiny_config(**{"model.char_embeddings": chars}).to_dict()
+    del saved["model"]["char_padding"], saved["model"]["char_spelling"]  # written before both fields
+    tmp_path.joinpath("config.json").write_text(json.dumps(saved))
+    mark_finished(tmp_path)
+    current = tiny_config(**{"model.char_embeddings": chars})
+    if chars == "none":
+      assert loop.check_workdir(current, tmp_path) == tmp_path
+      assert loop.check_workdir(configuration.apply_overrides(current, {"model.char_dim": 8}), tmp_path)
+    else:
+      with pytest.raises(configuration.ConfigError) as err:
+        loop.check_workdir(current, tmp_path)
+      assert "model.char_padding: 'learned' (saved)" in str(err.value) and "model.char_spelling" in str(err.value)
+      assert loop.check_workdir(configuration.apply_overrides(
+          current, {"model.char_padding": "learned", "model.char_spelling": "raw"}), tmp_path)
+    with pytest.raises(configuration.ConfigError, match="model.char_embeddings"):  # switching the CNN on or off
+      loop.check_workdir(tiny_config(**{"model.char_embeddings": "concat" if chars == "none" else "none"}), tmp_path)
 
 
 def test_an_einsum_run_resumes_under_auto_where_auto_is_einsum_and_keeps_einsum(tmp_path):
@@ -350,6 +389,151 @@ def test_every_float_field_must_be_finite_and_the_seed_fit_jax_and_numpy():
           "model.rope_original_len": -1}
   with pytest.raises(configuration.ConfigError, match=re.escape("model.rope_original_len=-1 must be an integer >= 0")):
     configuration.validate(configuration.apply_overrides(base, yarn))
+
+
+def _from_dict(**changes):
+  """tiny's config rebuilt from a plain dict, as a config file that reads YAML or JSON builds it: ml_collections
+  then checks no value's kind. `changes`: {'train.steps': 3} as train__steps=3."""
+  import ml_collections
+  values = tiny_config().to_dict()
+  for name, value in changes.items():
+    *parents, leaf = name.split("__")
+    node = values
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return ml_collections.ConfigDict(values)
+
+
+def _wrong_kinds(default):
+  """Values of another kind than `default`'s, as a config file might hold them."""
+  if isinstance(default, bool):
+    return ["false", "true", 1, 0]
+  if isinstance(default, int):
+    return [2.5, "1", [1], True]
+  if isinstance(default, float):
+    return ["1e-3", True, [1.0]]
+  return [1, True, ["rope"]]
+
+
+def test_every_field_must_hold_its_schema_kind_in_a_config_built_from_a_dict():
+  """A ConfigDict built from a dict takes any value: train.embedding.freeze='false' trained a frozen table (a
+  non-empty string is true), learning_rate='1e-3' was a TypeError inside validate, mesh.data=2.5 passed. Each is
+  refused in the line a --config.FIELD override of the wrong kind gets; an int where the schema has a float, and
+  mesh.distributed's three strings, are still taken."""
+  reference = configuration.flatten(configuration.reference_config())
+  assert {type(v) for v in reference.values()} == {bool, int, float, str}  # the kinds _wrong_kinds covers
+  for name, default in reference.items():
+    for bad in _wrong_kinds(default):
+      with pytest.raises(configuration.ConfigError) as err:
+        configuration.validate(_from_dict(**{name.replace(".", "__"): bad}))
+      kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[type(default)]
+      assert str(err.value) == f"{name}={bad!r}: expected {kind}, got a {type(bad).__name__}", (name, bad)
+  configuration.validate(_from_dict(train__learning_rate=1, model__position="rope", model__rope_factor=2))  # a number
+  for distributed in ("auto", "true", "false"):
+    configuration.validate(_from_dict(mesh__distributed=distributed))
+
+
+def test_a_frozen_flag_given_as_the_string_false_never_trains(tmp_path):
+  with pytest.raises(configuration.ConfigError, match=re.escape("train.embedding.freeze='false': expected true or "
+                                                                "false, got a str")):
+    loop.train(_from_dict(train__embedding__freeze="false", train__steps=2), tmp_path / "run")
+  assert not (tmp_path / "run").exists()
+
+
+def test_a_config_that_lacks_fields_or_is_no_config_dict_is_one_line_naming_what(tmp_path):
+  """A get_config() that builds a ConfigDict of a few fields, or replaces a section by one, failed in the trainer
+  with a KeyError or AttributeError traceback; a dict, on its first attribute. Refused, naming what it lacks (a
+  section that lacks everything once, as 'data.*'), before anything is written."""
+  import ml_collections
+  config = tiny_config()
+  config.model = ml_collections.ConfigDict({"d_model": 64})
+  fresh = ml_collections.ConfigDict({"seed": 0, "train": {"steps": 3}})
+  fields = configuration.flatten(configuration.reference_config())
+  model = sum(name.startswith("model.") for name in fields)
+  for bad, start in ((config, f"the config lacks {model - 1} fields of the schema: model.attention, model.char_dim, "),
+                     (fresh, f"the config lacks {len(fields) - 2} fields of the schema: data.*, mesh.*, model.*, "
+                             f"objective, "),
+                     (tiny_config().to_dict(), "the config is a dict, not an ml_collections.ConfigDict: a config "
+                                               "file's get_config() must return one")):
+    for call in (lambda: loop.train(bad, tmp_path / "run"), lambda: configuration.validate(bad),
+                 lambda: configuration.apply_overrides(bad, {"seed": 1})):
+      with pytest.raises(configuration.ConfigError) as err:
+        call()
+      assert str(err.value).startswith(start) and "\n" not in str(err.value), str(err.value)
+  assert not (tmp_path / "run").exists()
+  section = _from_dict(train=5)
+  with pytest.raises(configuration.ConfigError, match=re.escape("train=5: expected a section (an ml_collections."
+                                                                "ConfigDict of the fields train.*), got a int")):
+    configuration.validate(section)
+
+
+def test_an_unknown_section_is_named_as_a_section_with_the_sections_there_are():
+  config = tiny_config()
+  config.extra = {"a": 1}
+  with pytest.raises(configuration.ConfigError) as err:
+    configuration.validate(config)
+  assert str(err.value) == ("unknown config field 'extra.a': there is no section 'extra'; sections: data, mesh, "
+                            "model, model.pretrained, train, train.embedding, train.position")
+
+
+@pytest.mark.parametrize("overrides,message", [
+    # config.json said learned + yarn 8.0, and the model trained unscaled
+    ({"model.position": "learned", "model.rope_scaling": "yarn", "model.rope_factor": 8.0},
+     "model.rope_scaling='yarn' with model.rope_factor=8 applies to model.position=p_rope or rope only; "
+     "model.position='learned' would ignore it: set model.rope_scaling='none' and model.rope_factor=1"),
+    ({"model.position": "alibi", "model.rope_factor": 4.0}, "model.rope_scaling='none' with model.rope_factor=4 "
+                                                             "applies to model.position=p_rope or rope only; "
+                                                             "model.position='alibi' would ignore it"),
+    # an OverflowError (int32) in the first step, after config.json, checkpoints/ and the tokenizer were written
+    ({"model.position": "rope", "model.position_sampling": "randomized", "model.max_position": 3_000_000_000},
+     "model.max_position=3000000000 is too large: at most 16,777,216 (2^24: "),
+    ({"data.cache_dir": " "}, "data.cache_dir=' ' is blank: give a directory, or \"\" for the default"),
+    ({"data.corpus": "bogus"}, "unknown corpus spec 'bogus'; valid specs: wikipedia-sample, lee, passkey, "
+                               "text:<path|glob|dir>, hf:<name>[/<config>]"),
+    ({"data.corpus": ""}, "unknown corpus spec ''; valid specs: "),
+    ({"data.corpus": "text:"}, "data.corpus='text:' lacks the <path|glob|dir> part; the form is text:<path|glob|dir>"),
+    ({"data.corpus": "hf:/wikitext-2-raw-v1"}, "data.corpus='hf:/wikitext-2-raw-v1' lacks the <name>[/<config>] part"),
+    ({"model.embed_init": "pretrained", "model.pretrained.path": "no-such-vectors.txt"},
+     "model.pretrained.path='no-such-vectors.txt': no such file"),
+])
+def test_errors_that_need_no_data_are_refused_before_the_workdir_exists(tmp_path, monkeypatch, overrides, message):
+  """Each of these wrote into the run directory first (a .lock, tokenizer.json, token_counts.npy; a blank cache_dir
+  made a directory ' ' in the current one) or trained a model other than its config.json says."""
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(configuration.ConfigError) as err:  # (a run of one step, should it start)
+    loop.train(tiny_config(**overrides, **{"train.steps": 1, "train.eval_batches": 1}), tmp_path / "run")
+  assert str(err.value).startswith(message) and "\n" not in str(err.value), str(err.value)
+  assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_rope_scaling_is_taken_by_the_schemes_that_rotate_with_ropes_frequencies():
+  for position in ("rope", "p_rope"):
+    configuration.validate(tiny_config(**{"model.position": position, "model.rope_scaling": "yarn",
+                                          "model.rope_factor": 4.0}))
+  with pytest.raises(configuration.ConfigError, match="does not apply to xpos"):  # xpos's own line
+    configuration.validate(tiny_config(**{"model.position": "xpos", "model.rope_scaling": "yarn"}))
+  configuration.validate(tiny_config(**{"model.position": "rope", "model.position_sampling": "randomized",
+                                        "model.max_position": 2 ** 24}))
+
+
+def test_a_batch_that_does_not_split_over_the_devices_is_refused_before_the_workdir_exists(tmp_path):
+  result = cli("--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}", "--config.train.batch_size=7",
+               env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  assert result.returncode == 2 and result.stderr.strip() == \
+      "error: train.batch_size=7 is not divisible by the 2 devices of the mesh", result.stderr[-2000:]
+  assert not (tmp_path / "run").exists()  # it wrote tokenizer.json and token_counts.npy first
+
+
+def test_a_warmup_longer_than_the_run_is_a_note(tmp_path, capsys):
+  """warmup_steps > steps is legal (a smoke run of a config with a long warmup), but the learning rate never
+  reaches its peak nor the schedule's decay: the run says so."""
+  loop.train(tiny_config(**{"train.steps": 3, "train.eval_batches": 1, "train.checkpoint_every": 3,
+                            "train.eval_every": 3}), tmp_path / "run")
+  assert ("note: train.warmup_steps=20 is more than train.steps=3: the learning rate warms up for the whole run, to "
+          "10% of train.learning_rate at the last step, and the cosine schedule after warmup never starts") \
+      in capsys.readouterr().out
+  assert configuration.schedule_notes(tiny_config(**{"train.steps": 20})) == []
 
 
 @pytest.mark.slow

@@ -12,10 +12,16 @@ map to the model width (for `model.char_embeddings=sum`; for `concat` the model 
 **Spellings** (`spelling`): a token's word form as the pretrained-vector alignment computes it
 (`pretrained.token_word`: byte-level `Ġthe` → `the`, `▁the` → `the`, `##ing` → `ing`, the word tokenizer's token
 itself), between a begin-of-word and an end-of-word character (Kim et al.'s `{` and `}`; here reserved ids, so
-they cannot collide with the text). A byte-level piece that decodes to no text (part of a multi-byte character) is
-spelled with its raw token string (GPT-2's byte alphabet: `Ã`, `¤`, ...), so distinct pieces keep distinct spellings.
+they cannot collide with the text). A piece that stands for no text (a byte-level piece of a multi-byte character
+such as the lead byte `é` = 0xE9, or a piece of whitespace alone such as `Ġ`) is spelled with its raw token string
+(GPT-2's byte alphabet: `Ã`, `¤`, ...) after a mark (`model.char_spelling=marked`, the default): the id after
+the last character's, which no character has, so such a piece never shares a spelling with a piece of text
+(`é` the lead byte against `Ã©`, which decodes to the character é). `raw` leaves the mark out, as runs before that
+field had it (they resume and evaluate with the spellings they trained with); there `é` and `Ã©` collide.
 The five special tokens ([PAD], [UNK], [CLS], [SEP], [MASK]) are spelled with one reserved character each (ids
-3–7), not with their bracketed names. Characters get ids from 8 up in sorted order of the vocabulary's characters;
+3–7), not with their bracketed names. Characters get ids from 8 up in sorted order of the vocabulary's characters
+(then the mark, only when some piece needs it: a vocabulary in which every piece stands for text, such as the word
+tokenizer's, has the same ids under either value);
 id 0 pads, with a zero vector that gets no gradient (`model.char_padding=zero`, as in Kim et al.'s code; `learned`
 makes it an ordinary row, as runs before that field had it), so a window over padding contributes tanh(bias) alone.
 A filter wider than the longest spelling C is narrowed to C (one window over the whole spelling). Spellings are cut
@@ -38,12 +44,16 @@ MAX_CHARS = 20
 PAD, BOW, EOW = 0, 1, 2
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # the tokenizers' five, in id order
 FIRST_CHAR_ID = 3 + len(SPECIAL_TOKENS)
+SPELLINGS = ("marked", "raw")  # model.char_spelling: how a piece that stands for no text is spelled
 # Kim et al.'s small model: widths 1..6 with 25·w filters each (525 features).
 DEFAULT_FILTERS = "1:25,2:50,3:75,4:100,5:125,6:150"
 
 
 def parse_filters(spec: str) -> tuple[tuple[int, int], ...]:
-  """"1:25,2:50" → ((1, 25), (2, 50)): (width, number of filters) per convolution."""
+  """"1:25,2:50" → ((1, 25), (2, 50)): (width, number of filters) per convolution.
+
+  Each width once: the convolution of width w is the module `conv_<w>` (a repeated width would be a second module
+  of that name, a flax error after the tokenizer was built; "1:25,01:10" repeats width 1 too)."""
   out = []
   for part in str(spec).split(","):
     try:
@@ -53,6 +63,9 @@ def parse_filters(spec: str) -> tuple[tuple[int, int], ...]:
           from None
     if width < 1 or count < 1:
       raise ValueError(f"model.char_filters={spec!r}: widths and counts must be >= 1")
+    if any(width == w for w, _ in out):
+      raise ValueError(f"model.char_filters={spec!r} repeats width {width}: each width once (give it the sum of the "
+                       f"counts instead)")
     out.append((width, count))
   if not out:
     raise ValueError(f"model.char_filters={spec!r} names no convolution")
@@ -60,22 +73,32 @@ def parse_filters(spec: str) -> tuple[tuple[int, int], ...]:
 
 
 def spelling(token: str, kind: str) -> str:
-  """The characters a token is spelled with (without the word-boundary marks); see the module docstring."""
+  """The characters a token is spelled with (without the word-boundary marks, and without the mark that `char_ids`
+  puts before a piece that stands for no text, whose spelling is its raw token string); see the module docstring."""
   word = pretrained.token_word(token, kind)
   return word if word else token
 
 
-def char_ids(tokens: Sequence[str], kind: str, max_chars: int = MAX_CHARS) -> np.ndarray:
-  """int32 [V, C]: BOW, the spelling's character ids, EOW, then PAD; C = the longest, at most `max_chars`."""
-  spelled = [None if t in SPECIAL_TOKENS else spelling(t, kind) for t in tokens]
+def char_ids(tokens: Sequence[str], kind: str, max_chars: int = MAX_CHARS, spelling_of: str = "marked") -> np.ndarray:
+  """int32 [V, C]: BOW, the spelling's character ids, EOW, then PAD; C = the longest, at most `max_chars`.
+
+  `spelling_of` (model.char_spelling): `marked` puts the mark (the id after the last character's) after BOW in the
+  row of a piece that stands for no text; `raw` does not (runs before the field)."""
+  if spelling_of not in SPELLINGS:
+    raise ValueError(f"model.char_spelling={spelling_of!r} is not one of {', '.join(SPELLINGS)}")
+  words = [None if t in SPECIAL_TOKENS else pretrained.token_word(t, kind) for t in tokens]
+  spelled = [None if w is None else w or t for t, w in zip(tokens, words)]  # as `spelling`, each word found once
+  marked = [w == "" and spelling_of == "marked" for w in words]
   alphabet = sorted({c for s in spelled if s for c in s})
   index = {c: FIRST_CHAR_ID + i for i, c in enumerate(alphabet)}
+  mark = FIRST_CHAR_ID + len(alphabet)
   rows = []
-  for token, s in zip(tokens, spelled):
+  for token, s, m in zip(tokens, spelled, marked):
     if s is None:
       rows.append([BOW, 3 + SPECIAL_TOKENS.index(token), EOW])
     else:
-      rows.append([BOW] + [index[c] for c in s][:max_chars - 2] + [EOW])
+      head = [BOW, mark] if m else [BOW]
+      rows.append(head + [index[c] for c in s][:max_chars - 1 - len(head)] + [EOW])
   width = min(max(len(r) for r in rows), max_chars)
   out = np.full((len(rows), width), PAD, np.int32)
   for i, r in enumerate(rows):

@@ -32,9 +32,14 @@ def check_ids(ids: Array, size: int, what: str = "token id", hint: str = "") -> 
 
 
 def lookup(table_NxD: Array, ids: Array, what: str = "token id", hint: str = "") -> Array:
-  """table[ids] that errors (eager) or yields NaN rows (traced) for ids outside the table, never a clamp."""
+  """table[ids] that errors (eager) or yields NaN rows (traced) for ids outside the table, never a clamp.
+
+  jnp.take normalises negative indices (−1 → the last row) before its fill mode looks at them, so a negative id's
+  row is set to NaN afterwards (on the output, which is safe for any integer dtype of `ids`)."""
   check_ids(ids, table_NxD.shape[0], what, hint)
-  return jnp.take(table_NxD, ids, axis=0, mode="fill", fill_value=jnp.nan)
+  ids = jnp.asarray(ids)
+  rows = jnp.take(table_NxD, ids, axis=0, mode="fill", fill_value=jnp.nan)
+  return jnp.where((ids < 0)[..., None], jnp.nan, rows).astype(rows.dtype)
 
 
 def from_matrix(matrix: Array) -> Initializer:

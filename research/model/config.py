@@ -33,6 +33,13 @@ CHAR_EMBEDDINGS = ("none", "concat", "sum")
 CHAR_PADDINGS = ("zero", "learned")
 DERIVED_FIELDS = ("vocab_size", "kind")  # set from the tokenizer and the objective, not by the experiment config
 POSITION_SAMPLINGS = ("none", "randomized")
+# The largest model.embed_init_std. The tables are float32: 1e40 is inf there, and from about 1e15 (post-LN) the
+# loss or its gradients overflow at step 1, a non-finite loss that named no field. Up to 1e10 both norms stay finite.
+MAX_EMBED_INIT_STD = 1e6
+# The largest model.max_position: the schemes compute with positions as float32 (exact integers up to 2^24), and
+# `positions.randomized_positions` permutes all of [0, max_position) for every row of every step (int32 indices:
+# 3e9 was an OverflowError once the run had written its files).
+MAX_POSITION = 2 ** 24
 
 
 def _float_fields() -> tuple[str, ...]:
@@ -100,6 +107,10 @@ class ModelConfig:
   # The padding character's vector: zero (Kim et al.'s code holds it at zero, no gradient) | learned (an ordinary
   # row, what runs before the field existed did: schema.LEGACY_VALUES).
   char_padding: str = "zero"
+  # How a piece that stands for no text (a byte of a multi-byte character, whitespace alone) is spelled: marked (a
+  # reserved mark, then its raw token string, never a text piece's spelling) | raw (the raw string alone, which can
+  # be a text piece's: what runs before the field existed did, schema.LEGACY_VALUES). research/embeddings/chars.py.
+  char_spelling: str = "marked"
   char_filters: str = chars.DEFAULT_FILTERS  # "width:count,...": one convolution per width (Kim et al.'s small model)
   embedding_dropout: float = 0.0  # dropout on the embedded vectors
   token_dropout: float = 0.0  # AWD-LSTM: drop whole vocabulary rows for a step
@@ -126,6 +137,9 @@ class ModelConfig:
       object.__setattr__(self, "embed_init_std", float(self.d_model) ** -0.5)
     if self.embed_init_std < 0:
       raise ValueError(f"model.embed_init_std={self.embed_init_std!r} must be >= 0 (0 = d_model ** -0.5)")
+    if self.embed_init_std > MAX_EMBED_INIT_STD:
+      raise ValueError(f"model.embed_init_std={self.embed_init_std!r} must be at most {MAX_EMBED_INIT_STD:g} (larger "
+                       f"float32 tables overflow the loss or its gradient; 0 = d_model ** -0.5)")
     if not isinstance(self.rope_original_len, int) or self.rope_original_len < 0:
       raise ValueError(f"model.rope_original_len={self.rope_original_len!r} must be an integer >= 0 (0 = max_len)")
     for name in ("rope_base", "sinusoidal_wavelength"):
@@ -150,6 +164,7 @@ class ModelConfig:
       raise ValueError(f"model.table_dim={self.table_dim!r} must be an integer >= 0 (0 = d_model)")
     _choice("model.char_embeddings", self.char_embeddings, CHAR_EMBEDDINGS)
     _choice("model.char_padding", self.char_padding, CHAR_PADDINGS)
+    _choice("model.char_spelling", self.char_spelling, chars.SPELLINGS)
     chars.parse_filters(self.char_filters)  # checked even when unused: a sweep that switches the CNN on meets it
     if not isinstance(self.char_dim, int) or self.char_dim < 1:
       raise ValueError(f"model.char_dim={self.char_dim!r} must be a positive integer")
@@ -168,6 +183,10 @@ class ModelConfig:
           f"allowed head counts: {', '.join(str(h) for h in _divisors(self.width))}")
     if not isinstance(self.max_position, int) or self.max_position < 0:
       raise ValueError(f"model.max_position={self.max_position!r} must be an integer >= 0 (0 = the training length)")
+    if self.position_sampling == "randomized" and self.max_position > MAX_POSITION:
+      raise ValueError(f"model.max_position={self.max_position} is too large: at most {MAX_POSITION:,} (2^24: "
+                       f"positions are float32 in every scheme, exact up to 2^24, and randomized positions draw "
+                       f"each row's sample from a permutation of [0, max_position))")
     for name in _float_fields():  # after the fields' own checks: what NaN or inf passed (`nan < 1` is False), and a
       value = getattr(self, name)  # NaN field never equals itself on resume
       if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

@@ -221,10 +221,13 @@ def count_params(params) -> int:
   return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))
 
 
-# The modules that make token vectors: the table with its projections, and the character CNN.
-EMBEDDING_MODULES = ("token_embed", "char_embed")
+# The modules that make the input token vectors: the token embedding (its table, a factorized table's e→d
+# projection, and tied its d→e head_projection, the head's way back through that table), the character CNN and,
+# for char_embeddings=concat, char_combine, which maps every [table row; CNN vector] to d_model. Not the head's own
+# matrices: lm_head (untied) and head_proj (combine=concat's widened stream back to d_model).
+EMBEDDING_MODULES = ("token_embed",) + CHAR_MODULES
 
 
 def count_embedding_params(params) -> int:
-  """Parameters of the token vectors: the table, a factorized table's projections, the character CNN."""
+  """Parameters of the token vectors (EMBEDDING_MODULES): summary.json's num_embedding_params."""
   return sum(count_params(params[name]) for name in EMBEDDING_MODULES if name in params)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import os
 from typing import Any, Callable, Mapping
 
 import ml_collections
 
 from research import schema
-from research.data import tokenizers
-from research.embeddings import pretrained, registry
+from research.data import corpora, tokenizers
+from research.embeddings import pretrained, registry, relative
 from research.model import attention
 from research.model.config import ModelConfig
 from research.train import optim
@@ -96,24 +97,72 @@ def align_backend_choices(saved: Mapping[str, Any], current: Mapping[str, Any],
   return out
 
 
-def check_fields(config: ml_collections.ConfigDict) -> None:
+def check_fields(config: Any) -> None:
+  """The config is an ml_collections.ConfigDict holding exactly the schema's fields: none unknown, none missing
+  (a get_config() that builds a ConfigDict of a few fields, or replaces a section by one, would fail later with a
+  KeyError or AttributeError traceback, or after files were written), and no value where the schema has a
+  section. Missing fields are refused, not filled in: which defaults a config file meant to inherit is its
+  author's to say, by starting from `research.schema.get_config()` (or a config of configs/)."""
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"the config is a {type(config).__name__}, not an ml_collections.ConfigDict: a config file's "
+                      f"get_config() must return one (research.schema.get_config() or a config of configs/, with "
+                      f"its values changed)")
   valid = flatten(reference_config())
-  unknown = sorted(set(flatten(config)) - set(valid))
+  given = flatten(config)
+  sections = _sections(valid)
+  for name, value in given.items():
+    if name in sections:
+      raise ConfigError(f"{name}={value!r}: expected a section (an ml_collections.ConfigDict of the fields "
+                        f"{name}.*), got a {type(value).__name__}")
+  unknown = sorted(set(given) - set(valid))
   if unknown:
     raise ConfigError(unknown_field_message(unknown[0], valid))
+  missing = [name for name in valid if name not in given]
+  if missing:
+    raise ConfigError(missing_fields_message(missing, valid))
+
+
+def _sections(valid: Mapping[str, Any]) -> list[str]:
+  """The schema's sections, sorted: 'data', 'model', 'model.pretrained', ..."""
+  return sorted({".".join(name.split(".")[:i]) for name in valid for i in range(1, name.count(".") + 1)})
+
+
+def missing_fields_message(missing: list[str], valid: Mapping[str, Any], shown: int = 8) -> str:
+  """One line naming the fields a config lacks; a section that lacks all its fields is named once, as 'model.*'."""
+  parts: list[str] = []
+  for name in missing:
+    section = name
+    for candidate in _sections(valid):  # the outermost section whose every field is missing
+      if name.startswith(candidate + ".") and all(v in missing for v in valid if v.startswith(candidate + ".")):
+        section = candidate + ".*"
+        break
+    if section not in parts:
+      parts.append(section)
+  more = f" and {len(parts) - shown} more" if len(parts) > shown else ""
+  return f"the config lacks {len(missing)} field{'s' if len(missing) != 1 else ''} of the schema: " \
+         f"{', '.join(parts[:shown])}{more}; a config file's get_config() starts from research.schema.get_config() " \
+         f"(or a config of configs/) and changes its values"
 
 
 def unknown_field_message(name: str, valid: Mapping[str, Any]) -> str:
   close = difflib.get_close_matches(name, list(valid), n=3, cutoff=0.6)
   hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-  section = name.rsplit(".", 1)[0] + "." if "." in name else ""
-  siblings = sorted(v for v in valid if section and v.startswith(section)) or sorted(valid)
-  return f"unknown config field {name!r}{hint}; valid fields{' in ' + section[:-1] if section and siblings else ''}: " \
-         f"{', '.join(siblings)}"
+  sections = _sections(valid)
+  if "." not in name:
+    top = sorted(v for v in valid if "." not in v)
+    return f"unknown config field {name!r}{hint}; top-level fields: {', '.join(top)}; sections: " \
+           f"{', '.join(s for s in sections if '.' not in s)}"
+  section = name.rsplit(".", 1)[0]
+  if section not in sections:
+    return f"unknown config field {name!r}{hint}: there is no section {section!r}; sections: {', '.join(sections)}"
+  siblings = sorted(v for v in valid if v.startswith(section + "."))
+  return f"unknown config field {name!r}{hint}; valid fields in {section}: {', '.join(siblings)}"
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
-  """A copy of `config` with dotted-name overrides ({'model.position': 'alibi'}); unknown names are an error."""
+  """A copy of `config` with dotted-name overrides ({'model.position': 'alibi'}); unknown names are an error, and so
+  is a `config` that `check_fields` refuses (a sweep's base config: no KeyError on a section it lacks)."""
+  check_fields(config)
   config = ml_collections.ConfigDict(config.to_dict())
   valid = flatten(reference_config())
   for name, value in overrides.items():
@@ -128,11 +177,11 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
     default = valid[name]
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
       value = float(value)
-    _check_kind(name, value, default)  # what ml_collections would take
+    _check_kind(name, value, default)  # the kinds `check_kinds` takes, a stricter rule than ml_collections'
     try:
       node[leaf] = value
-    except (TypeError, ValueError):  # ml_collections' type check: '1e-3' for a float, 'true' for a bool
-      raise ConfigError(f"{name}={value!r}: expected {_kind_text(default)}, got a {type(value).__name__}") from None
+    except (TypeError, ValueError):  # ml_collections' own type check, should it refuse what _check_kind took
+      raise ConfigError(_kind_message(name, value, default)) from None
   return config
 
 
@@ -173,19 +222,44 @@ def model_config(config: ml_collections.ConfigDict, vocab_size: int | None = Non
 
 
 def check_kinds(config: ml_collections.ConfigDict) -> None:
-  """What a config file may assign that ml_collections lets through: None to a field whose default is not None, and
-  a bool to a number field (True would train 1 step). One line naming the field, as `apply_overrides` says it."""
+  """Every field holds a value of its schema default's kind (`_check_kind`). ml_collections checks kinds only on
+  assignment to a field that already holds a value: a ConfigDict a config file builds from a dict (or from YAML)
+  takes whatever it is given, and a string "false" for train.embedding.freeze trained a frozen table (a non-empty
+  string is true). One line naming the field, as `apply_overrides` says it."""
   reference = flatten(reference_config())
   for name, value in flatten(config).items():
     _check_kind(name, value, reference.get(name))
 
 
+def _kind_ok(value: Any, default: Any) -> bool:
+  """Whether a field whose default is `default` takes `value`: a bool for a bool (not 1, not "false"), an int for an
+  int (not True, not 2.5, not "1"), an int or a float for a float, a string for a string, a list or tuple for one."""
+  if isinstance(default, bool):
+    return isinstance(value, bool)
+  if isinstance(default, int):
+    return isinstance(value, int) and not isinstance(value, bool)
+  if isinstance(default, float):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if isinstance(default, str):
+    return isinstance(value, str)
+  if isinstance(default, (list, tuple)):
+    return isinstance(value, (list, tuple))
+  return True  # a field without a default's kind (None): the field's own check decides
+
+
+def _kind_message(name: str, value: Any, default: Any) -> str:
+  if value is None:
+    return f"{name}=None: expected {_kind_text(default)}"
+  return f"{name}={value!r}: expected {_kind_text(default)}, got a {type(value).__name__}"
+
+
 def _check_kind(name: str, value: Any, default: Any) -> None:
-  """None for a field whose default is not None, or a bool for a number field: one ConfigError line."""
-  if value is None and default is not None:
-    raise ConfigError(f"{name}=None: expected {_kind_text(default)}")
-  if isinstance(value, bool) and not isinstance(default, bool) and isinstance(default, (int, float)):
-    raise ConfigError(f"{name}={value!r}: expected {_kind_text(default)}, got a bool")
+  """A value of another kind than the field's default (`_kind_ok`; None only where the default is None): one
+  ConfigError line naming the field, the value and the kind expected."""
+  if value is None and default is None:
+    return
+  if value is None or not _kind_ok(value, default):
+    raise ConfigError(_kind_message(name, value, default))
 
 
 # jax.random.key takes a uint32 seed (2**32 wraps to 0) and numpy's generators a non-negative one.
@@ -201,6 +275,10 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
   _choice("objective", config.objective, OBJECTIVES)
   _choice("data.tokenizer", config.data.tokenizer, tokenizers.KINDS)
   _choice("data.errors", config.data.errors, ERROR_POLICIES)
+  validate_corpus(config.data.corpus)
+  if config.data.cache_dir and not config.data.cache_dir.strip():
+    raise ConfigError(f"data.cache_dir={config.data.cache_dir!r} is blank: give a directory, or \"\" for the default "
+                      f"($RESEARCH_CACHE_DIR or ~/.cache/research)")
   if registry.is_external(config.model.position):
     try:
       registry.get_scheme(config.model.position)  # imports it: a bad path fails here, naming the value
@@ -264,12 +342,72 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
     if isinstance(reference.get(name), float) and isinstance(value, float) and not math.isfinite(value):
       raise ConfigError(f"{name}={value!r} must be a finite number")
   cfg = model_config(config)
+  validate_rope_scaling(cfg)
   limit = cfg.scheme.max_length(cfg)
   if limit is not None and limit < config.data.seq_len:
     raise ConfigError(f"model.max_len={config.model.max_len} is smaller than data.seq_len={config.data.seq_len}: "
                       f"model.position={config.model.position!r} represents positions 0 … {limit - 1} only; set "
                       f"model.max_len >= {config.data.seq_len} (0 = data.seq_len)")
   return cfg
+
+
+def validate_corpus(spec: str) -> None:
+  """The syntax of data.corpus (`corpora.VALID_SPECS`), checked before the run directory is created: a name, or
+  `text:` / `hf:` followed by what they read. Whether the files exist is `corpora.load_corpus`'s to say."""
+  names = [v for v in corpora.VALID_SPECS if "<" not in v]
+  forms = {v.split("<", 1)[0]: v for v in corpora.VALID_SPECS if "<" in v}  # {'text:': 'text:<path|glob|dir>'}
+  prefix = next((p for p in forms if spec.startswith(p)), None)
+  if spec not in names and prefix is None:
+    raise ConfigError(f"unknown corpus spec {spec!r}; valid specs: {', '.join(corpora.VALID_SPECS)}")
+  rest = spec[len(prefix):] if prefix is not None else spec
+  if prefix is not None and not (rest.split("/", 1)[0] if prefix == "hf:" else rest):  # hf:<name>: the name first
+    raise ConfigError(f"data.corpus={spec!r} lacks the {forms[prefix][len(prefix):]} part; the form is {forms[prefix]}")
+
+
+def validate_rope_scaling(cfg: ModelConfig) -> None:
+  """model.rope_scaling and model.rope_factor on a scheme that rotates with RoPE's frequencies (a subclass of
+  `relative.RotaryPositions`: rope, p_rope); any other scheme would train unscaled while config.json says scaled.
+  Checked for training only: research-evaluate still reads a run written before this check."""
+  defaults = ModelConfig.experiment_fields()
+  if cfg.rope_scaling == defaults["rope_scaling"] and cfg.rope_factor == defaults["rope_factor"]:
+    return
+  if issubclass(cfg.scheme, relative.RotaryPositions):
+    return
+  rotary = [n for n in registry.names() if issubclass(registry.get_scheme(n), relative.RotaryPositions)]
+  raise ConfigError(f"model.rope_scaling={cfg.rope_scaling!r} with model.rope_factor={cfg.rope_factor:g} applies to "
+                    f"model.position={' or '.join(rotary)} only; model.position={cfg.position!r} would ignore it: "
+                    f"set model.rope_scaling={defaults['rope_scaling']!r} and "
+                    f"model.rope_factor={defaults['rope_factor']:g}")
+
+
+def check_batch_devices(config: ml_collections.ConfigDict, devices: int) -> None:
+  """train.batch_size splits evenly over the mesh's `devices` (the trainer checks it once the mesh exists, before
+  the run directory is created)."""
+  if config.train.batch_size % devices:
+    raise ConfigError(f"train.batch_size={config.train.batch_size} is not divisible by the {devices} devices of the "
+                      f"mesh")
+
+
+def check_vector_file(config: ml_collections.ConfigDict) -> None:
+  """A fresh start's model.pretrained.path that names no file, before the run directory is created (the trainer
+  reads the file only after the data; `pretrained.load_vectors` says the same of it, and everything else)."""
+  path = str(config.model.pretrained.path)
+  where = f"{pretrained.CONFIG_NAMES['path']}={path!r}"
+  if config.model.embed_init != "pretrained" or os.path.isfile(path):
+    return
+  raise ConfigError(f"{where} is a directory; give a vector file" if os.path.isdir(path) else f"{where}: no such file")
+
+
+def schedule_notes(config: ml_collections.ConfigDict) -> list[str]:
+  """A note (the run is legal) when train.warmup_steps > train.steps: the learning rate then rises for the whole
+  run, never reaching train.learning_rate nor the schedule's decay. Not refused: a short run of a config with a
+  long warmup (a smoke test of configs/tiny.py) is meant, and a resumed run may raise train.steps past it."""
+  t = config.train
+  if not 0 < t.steps < t.warmup_steps:
+    return []
+  return [f"note: train.warmup_steps={t.warmup_steps} is more than train.steps={t.steps}: the learning rate warms "
+          f"up for the whole run, to {(t.steps - 1) / t.warmup_steps:.0%} of train.learning_rate at the last step, "
+          f"and the {t.schedule} schedule after warmup never starts"]
 
 
 def validate_mlm_rates(data: ml_collections.ConfigDict) -> None:

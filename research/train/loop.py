@@ -33,7 +33,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -48,7 +48,7 @@ from research.data import tokenizers as tokenizers_lib
 from research.embeddings import chars as chars_lib
 from research.embeddings import pretrained as pretrained_lib
 from research.embeddings.token import check_ids
-from research.model.transformer import Transformer, count_embedding_params, count_params
+from research.model.transformer import CHAR_MODULES, Transformer, count_embedding_params, count_params
 from research.train import checkpoint as checkpoint_lib
 from research.train import configuration, mesh as mesh_lib, optim, steps
 
@@ -229,7 +229,8 @@ def char_ids(config, tokenizer) -> "chars_lib.Constant | None":
   """With model.char_embeddings: the vocabulary's spellings as char ids [V, C] (chars.char_ids), for the model."""
   if config.model.get("char_embeddings", "none") == "none":
     return None
-  return chars_lib.Constant(chars_lib.char_ids(tokenizers_lib.vocabulary(tokenizer), config.data.tokenizer))
+  return chars_lib.Constant(chars_lib.char_ids(tokenizers_lib.vocabulary(tokenizer), config.data.tokenizer,
+                                              spelling_of=config.model.char_spelling))
 
 
 def pretrained_table(config, data: RunData, workdir: Path) -> tuple[np.ndarray, dict[str, Any]]:
@@ -356,6 +357,18 @@ def check_not_a_file(workdir: str | os.PathLike) -> Path:
   return path
 
 
+# The character CNN's settings, which shape nothing while model.char_embeddings is none.
+CHAR_FIELDS = ("model.char_dim", "model.char_padding", "model.char_spelling", "model.char_filters")
+
+
+def unused_fields(previous: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[str, ...]:
+  """Fields that may differ between a saved run's config and a rerun's because neither model uses them: the char
+  CNN's when both have model.char_embeddings none. Without it every old run would need the legacy value of each char
+  field added since (schema.LEGACY_VALUES) to resume, though it never had a CNN."""
+  off = lambda c: c.get("model", {}).get("char_embeddings", "none") == "none"  # noqa: E731
+  return CHAR_FIELDS if off(previous) and off(current) else ()
+
+
 def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                   backend: str | Callable[[], str] | None = None) -> Path:
   """The workdir as a Path, checked and left untouched: not a URL, not a file, and, when it holds a run (its
@@ -382,7 +395,8 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     current = config.to_dict()
     previous = configuration.align_backend_choices(configuration.with_defaults(read_saved_config(path)), current,
                                                      backend)
-    diffs = checkpoint_lib.config_differences(previous, current, ignore=schema.RESUMABLE_FIELDS)
+    diffs = checkpoint_lib.config_differences(previous, current,
+                                              ignore=schema.RESUMABLE_FIELDS + unused_fields(previous, current))
     if diffs and not checkpoint_lib.has_checkpoint(path / "checkpoints") and not (path / SUMMARY_FILE).exists():
       # A start that failed before its first checkpoint (a non-finite loss at step 1, a kill): nothing of that
       # model exists, so the corrected command starts over in the same workdir (its files are rewritten).
@@ -773,9 +787,7 @@ class Trainer:
   def build(cls, config, vocab_size: int, mesh=None, char_ids=None, train_counts=None) -> "Trainer":
     model_cfg = configuration.model_config(config, vocab_size)
     mesh = mesh if mesh is not None else make_mesh(config)
-    if config.train.batch_size % mesh.size:
-      raise configuration.ConfigError(
-          f"train.batch_size={config.train.batch_size} is not divisible by the {mesh.size} devices of the mesh")
+    configuration.check_batch_devices(config, mesh.size)
     settings = steps.StepSettings(
         objective=config.objective, vocab_size=vocab_size, grad_accum=config.train.grad_accum,
         z_loss=config.train.z_loss, loss_chunk=config.train.loss_chunk,
@@ -811,9 +823,12 @@ class Trainer:
     if have is None:
       return
     m = self.model.cfg
-    def refuse(params: str, need: float, of_what: str) -> None:
+    def refuse(params: str, need: float, of_what: str, cnn: int = 0) -> None:
+      # The character CNN's size follows model.char_filters (its highway is (Σ counts)² wide): named when it is most.
+      chars = (f"{cnn:,} of them in the character CNN: model.char_filters={m.char_filters!r}, model.char_dim="
+               f"{m.char_dim}; ") if cnn else ""
       raise configuration.ConfigError(
-          f"the model does not fit: {params} parameters (model.d_model={m.d_model}, model.num_layers="
+          f"the model does not fit: {params} parameters ({chars}model.d_model={m.d_model}, model.num_layers="
           f"{m.num_layers}, model.mlp_dim={m.mlp_dim}, a vocabulary of {m.vocab_size:,}) need {need / 2**30:.1f} "
           f"GiB per device for {of_what}, and {where} has {have / 2**30:.1f} GiB; use a smaller model, or more "
           f"devices (mesh.fsdp shards the state)")
@@ -822,8 +837,11 @@ class Trainer:
       refuse(f"at least {lower:,}", lower * 8 / self.mesh.size, "the parameters and their gradients alone")
     need = state_bytes_per_device(self.abstract_state, self.state_shardings)
     if need > have:
-      params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.abstract_state.params))
-      refuse(f"{params:,}", need, "the parameters, the optimizer state and the gradients")
+      tree = self.abstract_state.params
+      params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+      cnn = sum(int(np.prod(x.shape)) for x in jax.tree.leaves([tree[k] for k in CHAR_MODULES if k in tree]))
+      refuse(f"{params:,}", need, "the parameters, the optimizer state and the gradients",
+             cnn if 2 * cnn > params else 0)
 
   def _init(self, rng):
     return steps.init_state(rng, model=self.model, optimizer=self.optimizer, seq_len=self.config.data.seq_len,
@@ -893,6 +911,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
                                         init_timeout_s=config.mesh.init_timeout_s)
   check_same_job(config, workdir)  # every process of a multi-process job was given the same command
   mesh = make_mesh(config)  # a mesh that does not fit the devices fails here, before the workdir is touched
+  configuration.check_batch_devices(config, mesh.size)
+  if not checkpoint_lib.has_checkpoint(workdir / "checkpoints"):  # a fresh start reads the vector file
+    configuration.check_vector_file(config)
+  for line in configuration.schedule_notes(config):
+    print(line, flush=True)
   workdir.mkdir(parents=True, exist_ok=True)
   lock = lock_workdir(workdir)
   try:
