@@ -71,6 +71,21 @@ def test_chunked_loss_equals_the_full_logits_loss(head):
     assert float(m1["grad_norm/total"]) == pytest.approx(float(m2["grad_norm/total"]), rel=1e-4)
 
 
+def test_a_chunk_that_does_not_divide_the_tokens_pads_its_last_chunk_and_never_makes_the_full_logits():
+  """B × L = 96 tokens in chunks of 20: the last chunk is filled with unscored rows. It used to fall back to the full
+  [96, V] logits without a word (train.loss_chunk's promise is that they never exist)."""
+  (s1, full), (s2, chunked) = setup(), setup(loss_chunk=20)
+  for i in range(2):
+    s1, m1 = full(s1, batch(i))
+    s2, m2 = chunked(s2, batch(i))
+    assert float(m1["loss"]) == pytest.approx(float(m2["loss"]), rel=1e-5)
+    assert float(m1["tokens"]) == float(m2["tokens"]) == B * L - 7
+    assert float(m1["grad_norm/total"]) == pytest.approx(float(m2["grad_norm/total"]), rel=1e-4)
+  text = str(jax.make_jaxpr(chunked)(s2, batch()))  # the jitted step's program, its scan's body included
+  assert f"f32[{B * L},{V}]" not in text and f"f32[20,{V}]" in text
+  assert f"f32[{B * L},{V}]" in str(jax.make_jaxpr(full)(s1, batch()))  # (the full logits, as the check sees them)
+
+
 def test_padding_weights_do_not_change_the_loss():
   state, step = setup()
   b = batch()

@@ -175,14 +175,19 @@ def lm_loss_sums(params, model: Transformer, inputs, targets, weights, positions
   # The head runs on [tokens, d], not [B, L, d]: with one contracting dimension the weight gradient of the head
   # is a plain matmul; with two, XLA:CPU materialises a transposed copy of the [tokens, V] logits gradient.
   hidden_NxD = hidden_BxLxD.reshape(n, hidden_BxLxD.shape[-1])
-  if not loss_chunk or loss_chunk >= n or n % loss_chunk:
+  targets_N, weights_N = targets.reshape(n), weights.reshape(n)
+  if not loss_chunk or loss_chunk >= n:
     logits_NxV = model.apply(variables, hidden_NxD, method=Transformer.logits)
-    return objectives.cross_entropy(logits_NxV, targets.reshape(n), weights.reshape(n), z_loss, **by_column)
+    return objectives.cross_entropy(logits_NxV, targets_N, weights_N, z_loss, **by_column)
+  pad = -n % loss_chunk
+  if pad:  # the last chunk filled with unscored rows (weight 0): the full logits never exist, whatever B × L is
+    hidden_NxD = jnp.pad(hidden_NxD, ((0, pad), (0, 0)))
+    targets_N, weights_N = jnp.pad(targets_N, (0, pad)), jnp.pad(weights_N, (0, pad))
 
   # Only the head's parameters go through the fused loss (the rest would only carry zero gradients).
   head_params = {name: params[name] for name in HEAD_MODULES if name in params}
   head_fn = lambda p, h_CxD: model.apply({"params": p}, h_CxD, method=Transformer.logits)  # noqa: E731
-  return objectives.chunked_cross_entropy(head_fn, head_params, hidden_NxD, targets.reshape(n), weights.reshape(n),
+  return objectives.chunked_cross_entropy(head_fn, head_params, hidden_NxD, targets_N, weights_N,
                                           chunk=loss_chunk, z_loss=z_loss)
 
 
