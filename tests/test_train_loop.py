@@ -768,6 +768,28 @@ def test_the_best_validation_names_the_checkpoint_orbax_ranks_best_and_keeps_on_
   assert summary["best_valid_loss"] == min(losses)
 
 
+def test_train_lines_average_only_the_steps_that_scored_a_target(tmp_path):
+  """A batch-1 MLM over rows of 6 tokens selects no target in many steps; their loss 0 is a placeholder that was
+  averaged into the train line (a loss far below the validation's). Each line is now the mean of the steps of its
+  window that scored, recomputed here from a run of the same model that logs every step; a window without one is
+  null, never 0."""
+  overrides = {"objective": "mlm", "data.seq_len": 6, "train.batch_size": 1, "train.steps": 40,
+               "train.eval_every": 40, "train.checkpoint_every": 40, "train.eval_batches": 1,
+               "train.async_checkpoints": False, "train.warmup_steps": 0}
+  loop.train(tiny_config(**overrides, **{"train.log_every": 1}), tmp_path / "every")
+  loop.train(tiny_config(**overrides, **{"train.log_every": 4}), tmp_path / "window")
+  steps = {r["step"]: r for r in read_metrics(tmp_path / "every")}
+  assert any(r["tokens"] == 0 for r in steps.values()) and any(r["tokens"] > 0 for r in steps.values())
+  assert all((r["loss"] is None) == (r["tokens"] == 0) for r in steps.values())
+  lines = read_metrics(tmp_path / "window")
+  assert [r["step"] for r in lines] == list(range(4, 41, 4))
+  for line in lines:
+    scored = [steps[s] for s in range(line["step"] - 3, line["step"] + 1) if steps[s]["tokens"] > 0]
+    for key in ("loss", "nll", "accuracy"):
+      expected = sum(r[key] for r in scored) / len(scored) if scored else None
+      assert line[key] == (pytest.approx(expected, rel=1e-6) if scored else None), (line["step"], key)
+
+
 def test_a_validation_that_scored_no_target_is_never_the_best_checkpoint(tmp_path):
   """A validation with `tokens` 0 (a tiny split; an MLM that masked none of it) has the placeholder loss 0: it ranked
   first for summary.json's best and for Orbax's ranking, so research-evaluate --checkpoint=best read a checkpoint

@@ -602,13 +602,25 @@ WINDOW_MEANS = ("loss", "nll", "accuracy")
 
 
 def window_record(metrics: dict[str, float], progress: dict[str, Any], tokens_per_s: float) -> dict[str, float]:
-  """A train line's figures: the step's `metrics` with loss, nll and accuracy the means over the log window whose
-  sums `progress` holds (`window_<key>`, `window_count`), ppl = exp(mean nll), and `tokens_per_s`."""
-  count = max(int(progress["window_count"]), 1)
-  record = {**metrics, **{key: progress[f"window_{key}"] / count for key in WINDOW_MEANS}}
-  record["ppl"] = math.exp(min(record["nll"], 700.0))
+  """A train line's figures: the step's `metrics` with loss, nll and accuracy the means over the steps of the log
+  window that scored a target, whose sums `progress` holds (`window_<key>`, `window_count`: `accumulate_window`),
+  ppl = exp(mean nll), and `tokens_per_s`. None (null) for each when no step of the window scored one."""
+  count = int(progress["window_count"])
+  record = {**metrics, **{key: progress[f"window_{key}"] / count if count else None for key in WINDOW_MEANS}}
+  record["ppl"] = math.exp(min(record["nll"], 700.0)) if count else None
   record["tokens_per_s"] = tokens_per_s
   return record
+
+
+def accumulate_window(progress: dict[str, Any], metrics: dict[str, float]) -> None:
+  """Adds a step's loss, nll and accuracy to the log window's sums, unless it scored no target (`tokens` 0: an MLM
+  step that selected none), whose 0s are placeholders: averaged in, they pulled the line's loss down (59 of 100 steps
+  of a batch-1, length-6 MLM run scored nothing, and its line said 2.6 where the scored steps averaged 6.4)."""
+  if metrics.get("tokens", 1) == 0:
+    return
+  for key in WINDOW_MEANS:
+    progress[f"window_{key}"] += metrics[key]
+  progress["window_count"] += 1
 
 
 def train_record(step: int, metrics: dict[str, float], tokens_seen: float) -> dict[str, Any]:
@@ -1207,15 +1219,14 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, mesh, start_
     check_finite(step, m, last_saved)
     progress_state["tokens_seen"] += m["input_tokens"]
     clock["tokens"] += m["input_tokens"]
-    for key in WINDOW_MEANS:
-      progress_state[f"window_{key}"] += m[key]
-    progress_state["window_count"] += 1
+    accumulate_window(progress_state, m)
     if step % t.log_every == 0 or step == t.steps:
       elapsed = max(time.time() - clock["time"], 1e-9)
       last_train = window_record(m, progress_state, tokens_per_s=clock["tokens"] / elapsed)
       progress_state["train_loss"] = last_train["loss"]
       log.write(train_record(step, last_train, progress_state["tokens_seen"]))
-      bar.set_postfix(loss=f"{last_train['loss']:.3f}", tok_s=f"{last_train['tokens_per_s']:.0f}")
+      bar.set_postfix(loss="n/a" if last_train["loss"] is None else f"{last_train['loss']:.3f}",
+                      tok_s=f"{last_train['tokens_per_s']:.0f}")
       clock.update(time=time.time(), tokens=0.0)
       progress_state.update({f"window_{key}": 0.0 for key in WINDOW_MEANS}, window_count=0)
 
