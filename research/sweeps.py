@@ -281,13 +281,17 @@ _MODEL_FIELDS = ("train.steps",)
 def same_model_notes(configs: Mapping[str, Any]) -> list[str]:
   """A warning for each group of trials that train the same model: their configs differ only in fields that change
   when, how often or where a run works (`schema.RESUMABLE_FIELDS` but train.steps), e.g. a sweep over
-  train.log_every or model.remat. Such a sweep is legitimate to measure speed or memory, so it is said, not refused;
+  train.log_every or model.remat, or that neither model uses (`loop.unused_fields`: the char CNN's, without one). Such a sweep is legitimate to measure speed or memory, so it is said, not refused;
   as an ablation it would report one model twice (its arms' losses differ only by float rounding, if at all)."""
-  ignore = [f for f in schema.RESUMABLE_FIELDS if f not in _MODEL_FIELDS]
+  resumable = tuple(f for f in schema.RESUMABLE_FIELDS if f not in _MODEL_FIELDS)
+
+  def same(a, b) -> bool:  # the char CNN's fields too, while neither has the CNN (research-train's rule)
+    a, b = configs[a].to_dict(), configs[b].to_dict()
+    return not checkpoint_lib.config_differences(a, b, ignore=resumable + loop.unused_fields(a, b))
+
   groups: list[list[str]] = []
-  for name, config in configs.items():
-    group = next((g for g in groups if not checkpoint_lib.config_differences(configs[g[0]], config, ignore=ignore)),
-                 None)
+  for name in configs:
+    group = next((g for g in groups if same(g[0], name)), None)
     if group is None:
       groups.append([name])
     else:
@@ -296,8 +300,8 @@ def same_model_notes(configs: Mapping[str, Any]) -> list[str]:
   for group in (g for g in groups if len(g) > 1):
     fields = sorted({diff.split(":", 1)[0] for name in group[1:]
                      for diff in checkpoint_lib.config_differences(configs[group[0]], configs[name])})
-    notes.append(f"trials {', '.join(map(repr, group))} train the same model: they differ only in {', '.join(fields)} (when, how "
-                 f"often or where a run works, not what it trains)")
+    notes.append(f"trials {', '.join(map(repr, group))} train the same model: they differ only in "
+                 f"{', '.join(fields)} (when, how often or where a run works, or what neither model uses)")
   return notes
 
 

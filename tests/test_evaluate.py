@@ -304,6 +304,19 @@ def test_a_batch_larger_than_the_split_is_cut_to_its_windows_with_the_same_score
       assert scored == every[1] and ppl == pytest.approx(every[0], rel=1e-6)  # (float32 sums of other shapes)
 
 
+def test_a_diverged_checkpoint_scores_the_capped_perplexity_not_a_traceback(runs):
+  """A mean NLL above ~709 has no float64 perplexity: research-evaluate ended in an OverflowError (a run trained
+  with model.embed_init_std=1e6). It reports exp(700), the trainer's cap (`loop.perplexity`), as its validation does."""
+  import dataclasses
+  import jax
+  import numpy as np
+  run = extrapolation.load_run(runs["alibi"])
+  diverged = dataclasses.replace(run, params=jax.tree.map(lambda p: p * 100.0, run.params))
+  ppl, tokens = extrapolation.split_perplexity(diverged, run.model_cfg, np.asarray(run.splits["valid"])[:400], 16)
+  assert ppl == math.exp(700.0) and tokens == 399
+  assert loop.perplexity(math.log(5.0)) == pytest.approx(5.0)
+
+
 def test_mlm_evaluation_keys_select_different_positions_per_batch_and_length():
   import numpy as np
   from research.train import steps

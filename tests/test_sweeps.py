@@ -798,16 +798,20 @@ def test_trials_that_train_the_same_model_are_named_in_a_warning(tmp_path):
   # said before anything runs, not refused (a remat sweep measures memory). Another step count is another model.
   trials = [{"seed": s, "model.remat": r} for s in (0, 1) for r in ("none", "block")]
   trials += [{"seed": 2, "train.log_every": 3}, {"seed": 2, "train.log_every": 5, "mesh.data": 1},
-             {"seed": 3, "train.steps": 7}, {"seed": 3, "train.steps": 8}]
+             {"seed": 3, "train.steps": 7}, {"seed": 3, "train.steps": 8},
+             {"seed": 4, "model.char_dim": 8}, {"seed": 4, "model.char_dim": 12},  # no CNN: unused
+             {"seed": 5, "model.char_dim": 8, "model.char_embeddings": "sum"},
+             {"seed": 5, "model.char_dim": 12, "model.char_embeddings": "sum"}]
   sweep = sweeps.load_sweep(write_sweep(tmp_path / "same.py", trials))
-  assert len(sweep.notes) == 3, sweep.notes
+  assert len(sweep.notes) == 4, sweep.notes
+  assert "'seed=4,char_dim=8', 'seed=4,char_dim=12' train the same model" in sweep.notes[3]
   assert "'seed=0,remat=none', 'seed=0,remat=block' train the same model" in sweep.notes[0]
   assert "differ only in model.remat " in sweep.notes[0] and "seed=1" in sweep.notes[1]
   assert "differ only in mesh.data, train.log_every " in sweep.notes[2]
   assert not any("steps" in note for note in sweep.notes)
   assert not sweeps.load_sweep(write_sweep(tmp_path / "other.py", [{"seed": 0}, {"seed": 1}])).notes
   result = cli("experiments.sweep", f"--sweep={tmp_path / 'same.py'}", f"--workdir={tmp_path / 'out'}", "--dry_run")
-  assert result.returncode == 0 and result.stderr.count("warning: trials ") == 3, result.stderr
+  assert result.returncode == 0 and result.stderr.count("warning: trials ") == 4, result.stderr
 
 
 def test_two_trials_of_one_config_are_refused_and_long_names_are_cut_with_a_hash(tmp_path):

@@ -282,6 +282,18 @@ def test_damaged_run_files_are_one_line_or_recovered_and_config_json_is_required
       extrapolation.evaluate_run(workdir, [1])
     shutil.rmtree(workdir / "checkpoints" / str(step))
 
+  # Every checkpoint's metrics damaged: moving them all aside started the run over from step 0 without a word.
+  workdir = _copy(reference_run, tmp_path / "e")
+  for step in (2, 4):
+    (workdir / "checkpoints" / str(step) / "metrics" / "metrics").write_text("{}")
+  (workdir / "summary.json").unlink()
+  files = lambda: {p: p.read_bytes() for p in sorted((workdir / "checkpoints").rglob("*")) if p.is_file()}  # noqa
+  before = files()
+  with pytest.raises(configuration.ConfigError, match=r"no checkpoint of .* is readable: the metrics of checkpoint "
+                                                      r"steps 2, 4 are damaged .*restore the checkpoints from a copy"):
+    loop.train(_config(**REF), workdir)
+  assert not (workdir / "checkpoints_unreadable").exists() and files() == before
+
   workdir = _copy(reference_run, tmp_path / "c")
   (workdir / "config.json").unlink()
   with pytest.raises(configuration.ConfigError, match="holds checkpoints but no config.json"):

@@ -256,7 +256,7 @@ def split_scores(run: LoadedRun, model_cfg: ModelConfig, ids: np.ndarray, length
   if not math.isfinite(nll):  # never report a number computed from NaN rows
     raise EvaluationError(f"non-finite loss at length {length} ({mode}): the checkpoint's parameters or the "
                           f"inputs are not finite")
-  return SplitScores(math.exp(nll / max(tokens, 1.0)), int(round(tokens)), nll_by_column, tokens_by_column)
+  return SplitScores(loop.perplexity(nll / max(tokens, 1.0)), int(round(tokens)), nll_by_column, tokens_by_column)
 
 
 def unscorable_note(model_cfg: ModelConfig, length: int, train_len: int) -> str | None:

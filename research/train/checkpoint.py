@@ -104,6 +104,8 @@ def damaged_metrics(directory: str | os.PathLike) -> list[int]:
         metrics = json.loads(path.read_text())
         ok = isinstance(metrics, dict) and isinstance(metrics.get(BEST_METRIC), (int, float)) \
             and not isinstance(metrics[BEST_METRIC], bool)
+      except FileNotFoundError:  # deleted since it was listed (the trainer's retention, beside a reader)
+        ok = True
       except (ValueError, UnicodeDecodeError):
         ok = False
       if not ok:
@@ -149,13 +151,23 @@ class Checkpointer:
     if damaged:  # (a JSON object without the metric opens, then fails the first ranking in a KeyError)
       raise DamagedCheckpoints(damaged, f"no number for {BEST_METRIC!r}")
     try:
-      self._manager = ocp.CheckpointManager(os.path.abspath(os.fspath(directory)), options=options,
-                                            item_names=_ITEMS)
+      self._manager = self._open(directory, options, retries=3 if read_only else 0)
     except Exception as e:  # noqa: BLE001 — Orbax reads every step's metrics here: a damaged one fails it whole
       damaged = damaged_metrics(directory)
       if damaged:
         raise DamagedCheckpoints(damaged, first_line(e)) from None
       raise
+
+  @staticmethod
+  def _open(directory, options, retries: int):
+    """The CheckpointManager; a reader's opening is tried again when a step it listed vanished before it read it:
+    the trainer's retention deleted it meanwhile (Orbax's listing and reading are not one operation)."""
+    for attempt in range(retries + 1):
+      try:
+        return ocp.CheckpointManager(os.path.abspath(os.fspath(directory)), options=options, item_names=_ITEMS)
+      except FileNotFoundError:
+        if attempt == retries:
+          raise
 
   @property
   def directory(self):

@@ -572,6 +572,12 @@ def open_checkpointer(workdir: Path, reopen: Callable[[], Any]):
   try:
     return reopen()
   except checkpoint_lib.DamagedCheckpoints as e:
+    if not set(checkpoint_lib.checkpoint_steps(workdir / "checkpoints")) - set(e.steps):
+      # Moving every one aside would start the run over from step 0 without a word (as `restore_newest_good`,
+      # which refuses when no checkpoint restores).
+      raise configuration.ConfigError(
+          f"no checkpoint of {str(workdir / 'checkpoints')!r} is readable: {e}; restore the checkpoints from a copy, "
+          f"or use a new workdir") from None
     _move_unreadable(workdir, e.steps)
     for step in e.steps:
       print(f"note: checkpoint step {step} of {str(workdir)!r} has a damaged metrics file ({e.why[:300]}); moved "
@@ -601,13 +607,19 @@ def _move_unreadable(workdir: Path, bad_steps: list[int]) -> None:
 WINDOW_MEANS = ("loss", "nll", "accuracy")
 
 
+def perplexity(mean_nll: float) -> float:
+  """exp(mean NLL), capped at exp(700) ≈ 1e304: a diverged model's loss (a mean NLL above ~709) has no float64
+  perplexity, and the figure is only ever read as "astronomical"."""
+  return math.exp(min(mean_nll, 700.0))
+
+
 def window_record(metrics: dict[str, float], progress: dict[str, Any], tokens_per_s: float) -> dict[str, float]:
   """A train line's figures: the step's `metrics` with loss, nll and accuracy the means over the steps of the log
   window that scored a target, whose sums `progress` holds (`window_<key>`, `window_count`: `accumulate_window`),
   ppl = exp(mean nll), and `tokens_per_s`. None (null) for each when no step of the window scored one."""
   count = int(progress["window_count"])
   record = {**metrics, **{key: progress[f"window_{key}"] / count if count else None for key in WINDOW_MEANS}}
-  record["ppl"] = math.exp(min(record["nll"], 700.0)) if count else None
+  record["ppl"] = perplexity(record["nll"]) if count else None
   record["tokens_per_s"] = tokens_per_s
   return record
 
@@ -887,7 +899,7 @@ class Trainer:
         totals[key] = totals.get(key, 0.0) + float(value)
     weight = max(totals.get("weight_sum", 0.0), 1e-9)
     nll = totals.get("nll_sum", 0.0) / weight
-    return {"loss": totals.get("loss_sum", 0.0) / weight, "ppl": math.exp(min(nll, 700.0)),
+    return {"loss": totals.get("loss_sum", 0.0) / weight, "ppl": perplexity(nll),
             "accuracy": totals.get("correct_sum", 0.0) / weight, "tokens": totals.get("weight_sum", 0.0),
             "tokens_per_s": totals.get("input_tokens", 0.0) / max(time.time() - start, 1e-9),
             **rare_perplexity(totals)}
@@ -898,7 +910,7 @@ def rare_perplexity(totals: dict[str, float]) -> dict[str, float | None]:
   if "rare_weight_sum" not in totals:
     return {}
   weight = totals["rare_weight_sum"]
-  ppl = math.exp(min(totals["rare_nll_sum"] / weight, 700.0)) if weight > 0 else None
+  ppl = perplexity(totals["rare_nll_sum"] / weight) if weight > 0 else None
   return {"ppl_rare": ppl, "tokens_rare": weight}
 
 
