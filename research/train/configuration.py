@@ -163,8 +163,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
   """A copy of `config` with dotted-name overrides ({'model.position': 'alibi'}); unknown names are an error, and so
   is a `config` that `check_fields` refuses (a sweep's base config: no KeyError on a section it lacks)."""
   check_fields(config)
-  config = ml_collections.ConfigDict(config.to_dict())
   valid = flatten(reference_config())
+  config = ml_collections.ConfigDict(_floats_where_floats(config.to_dict(), valid))
   for name, value in overrides.items():
     if not isinstance(name, str):
       raise ConfigError(f"override key {name!r} is not a field name (a dotted string such as 'model.position')")
@@ -183,6 +183,21 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
     except (TypeError, ValueError):  # ml_collections' own type check, should it refuse what _check_kind took
       raise ConfigError(_kind_message(name, value, default)) from None
   return config
+
+
+def _floats_where_floats(values: dict[str, Any], reference: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """`values` (nested dicts) with an int in each field whose schema default is a float made that float: a config
+  built from a dict (or YAML) with `learning_rate = 1` holds an int, and ml_collections then refused 0.5 for it."""
+  out = {}
+  for key, value in values.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      out[key] = _floats_where_floats(value, reference, f"{name}.")
+    elif isinstance(reference.get(name), float) and isinstance(value, int) and not isinstance(value, bool):
+      out[key] = float(value)
+    else:
+      out[key] = value
+  return out
 
 
 def _kind_text(default: Any) -> str:

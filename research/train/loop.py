@@ -361,12 +361,32 @@ def check_not_a_file(workdir: str | os.PathLike) -> Path:
 CHAR_FIELDS = ("model.char_dim", "model.char_padding", "model.char_spelling", "model.char_filters")
 
 
+# RoPE's scaling, which shapes nothing in a scheme that does not rotate with RoPE's frequencies.
+ROPE_SCALING_FIELDS = ("model.rope_scaling", "model.rope_factor")
+
+
+def _rotates(config: Mapping[str, Any]) -> bool | None:
+  """Whether the config's scheme rotates with RoPE's frequencies (rope, p_rope); None when it cannot be told (an
+  external scheme that does not import here)."""
+  from research.embeddings import registry, relative
+  try:
+    return issubclass(registry.get_scheme(config.get("model", {}).get("position", "")), relative.RotaryPositions)
+  except Exception:  # noqa: BLE001 (a user's module: whatever it raises means "cannot tell")
+    return None
+
+
 def unused_fields(previous: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[str, ...]:
   """Fields that may differ between a saved run's config and a rerun's because neither model uses them: the char
-  CNN's when both have model.char_embeddings none. Without it every old run would need the legacy value of each char
-  field added since (schema.LEGACY_VALUES) to resume, though it never had a CNN."""
+  CNN's when both have model.char_embeddings none; RoPE's scaling when neither scheme rotates with RoPE's
+  frequencies. Without it every old run would need the legacy value of each char field added since
+  (schema.LEGACY_VALUES) to resume, though it never had a CNN, and a run written with a scaling its scheme ignored
+  (accepted before `configuration.validate_rope_scaling`) could not resume at all: validation refuses the saved
+  value, the resume check the default."""
   off = lambda c: c.get("model", {}).get("char_embeddings", "none") == "none"  # noqa: E731
-  return CHAR_FIELDS if off(previous) and off(current) else ()
+  unused = CHAR_FIELDS if off(previous) and off(current) else ()
+  if _rotates(previous) is False and _rotates(current) is False:
+    unused += ROPE_SCALING_FIELDS
+  return unused
 
 
 def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
