@@ -237,11 +237,11 @@ def check_config_file(argv: list[str], name: str = "config") -> None:
 
 def check_override_flags(argv: list[str]) -> None:
   """Unknown `--config.FIELD=...` names fail here with one line (ml_collections would raise with a traceback); absl
-  takes `-config.FIELD=...` (one dash) as the same flag, so it is checked too."""
+  takes `-config.FIELD=...` (one dash) as the same flag, and `--noconfig.FIELD` sets a bool one: checked too."""
   from research.train import configuration
   overrides = {}
   for arg in argv[1:]:
-    match = re.match(r"--?config\.", arg)
+    match = re.match(r"--?(?:no)?config\.", arg)
     if match:
       name, _, value = arg[match.end():].partition("=")
       overrides[name] = value

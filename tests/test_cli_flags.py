@@ -156,10 +156,11 @@ def test_a_config_file_that_does_not_exist_is_one_line(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
-def test_a_single_dash_config_override_is_checked_as_the_double_dash_one(tmp_path):
-  """absl takes `-config.FIELD=...` as `--config.FIELD=...`; an unknown FIELD printed "config file ... AttributeError:
-  'bogus'"."""
-  line = error_line(cli("--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}", "-config.model.bogus=1"))
+@pytest.mark.parametrize("flag", ["-config.model.bogus=1", "--noconfig.model.bogus", "-noconfig.model.bogus"])
+def test_a_single_dash_or_no_config_override_is_checked_as_the_double_dash_one(flag, tmp_path):
+  """absl takes `-config.FIELD=...` as `--config.FIELD=...`, and `--noconfig.FIELD` sets a bool field false; an
+  unknown FIELD printed "config file ... AttributeError: 'bogus'" (with an escaped newline)."""
+  line = error_line(cli("--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}", flag))
   assert line.startswith("error: unknown config field 'model.bogus' (did you mean "), line
   assert not (tmp_path / "run").exists()
 
