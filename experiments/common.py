@@ -254,6 +254,17 @@ def check_override_flags(argv: list[str]) -> None:
     fail(str(e))
 
 
+def end_interrupted(what: str) -> NoReturn:
+  """After a Ctrl-C (KeyboardInterrupt) reached the top of a command: one line saying what is kept, instead of
+  Python's traceback, then the process ends by SIGINT itself (status -2, 130 in a shell), so that a shell or a
+  parent (research-sweep) sees what ended it."""
+  import signal
+  print(f"error: interrupted (Ctrl-C); {what}", file=sys.stderr, flush=True)
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+  os.kill(os.getpid(), signal.SIGINT)
+  exit_now(128 + signal.SIGINT)  # (where the signal does not end the process at once)
+
+
 def run_main(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
   """Wraps an absl main: a user error prints `error: <message>` on stderr and exits with status 2."""
 

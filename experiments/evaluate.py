@@ -21,7 +21,7 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from experiments.common import parse_flags, run_main
+from experiments.common import end_interrupted, parse_flags, run_main
 from research import supervisor
 from research.evaluate import extrapolation, passkey
 
@@ -96,7 +96,10 @@ def run():
   hugepages.maybe_reexec()  # first: restarts the process with huge pages for XLA's buffers (Linux)
   supervisor.maybe_supervise()  # multi-process jobs: a lost or missing process is one line, not a C++ report
   flags.mark_flags_as_required(["workdir"])
-  app.run(main, flags_parser=parse_flags)
+  try:
+    app.run(main, flags_parser=parse_flags)
+  except KeyboardInterrupt:
+    end_interrupted("nothing was scored to the end: rerun the command to evaluate")
 
 
 if __name__ == "__main__":

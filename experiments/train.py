@@ -18,7 +18,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments.common import check_config_file, check_override_flags, parse_flags, run_main
+from experiments.common import check_config_file, check_override_flags, end_interrupted, parse_flags, run_main
 from research import supervisor
 from research.train import configuration, loop
 
@@ -43,7 +43,10 @@ def run():
   check_override_flags(sys.argv)
   supervisor.maybe_supervise()  # multi-process jobs: a lost process ends the others with one line (exits here)
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main, flags_parser=parse_flags)
+  try:
+    app.run(main, flags_parser=parse_flags)
+  except KeyboardInterrupt:
+    end_interrupted("the checkpoints written so far are kept: rerun the same command to resume from the last one")
 
 
 if __name__ == "__main__":

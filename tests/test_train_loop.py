@@ -111,6 +111,28 @@ def test_kill_9_and_rerun_continues_bit_identically(tmp_path):
     assert np.array_equal(a, b)
 
 
+def test_ctrl_c_ends_a_run_in_one_line_by_sigint_and_the_rerun_resumes(tmp_path):
+  """A Ctrl-C printed Python's KeyboardInterrupt traceback. Now one line says what is kept, and the process still
+  ends by SIGINT (a shell or research-sweep sees what ended it)."""
+  workdir = tmp_path / "run"
+  args = ["--config=configs/tiny.py", "--config.train.steps=400", "--config.train.checkpoint_every=5",
+          "--config.train.eval_every=5", "--config.train.log_every=1", f"--workdir={workdir}"]
+  proc = subprocess.Popen([sys.executable, "-m", "experiments.train", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None and not (workdir / "checkpoints" / "5").is_dir():
+    time.sleep(0.05)
+  assert proc.poll() is None, "the run ended before it could be interrupted"
+  proc.send_signal(signal.SIGINT)
+  stderr = proc.communicate(timeout=120)[1]
+  assert proc.returncode == -signal.SIGINT and "Traceback" not in stderr, stderr[-3000:]
+  assert stderr.strip().splitlines()[-1].startswith("error: interrupted (Ctrl-C); the checkpoints written so far "), \
+      stderr[-3000:]
+  saved = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  resumed = cli(*args[:1], f"--config.train.steps={saved + 2}", *args[2:])
+  assert resumed.returncode == 0 and f"step={saved + 2} " in resumed.stdout, resumed.stderr[-2000:]
+
+
 def _changed(value):
   """Another value of the same type (check_workdir runs before validation, so it need not be a valid one)."""
   if isinstance(value, bool):
