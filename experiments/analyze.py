@@ -27,7 +27,7 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from experiments.common import parse_flags, run_main
+from experiments.common import end_interrupted, parse_flags, run_main
 from research.analysis import positions, quality, rare
 from research.embeddings import pretrained
 from research.error_text import unwritable
@@ -136,7 +136,10 @@ def main(argv):
 
 def run():
   hugepages.maybe_reexec()  # first: restarts the process with huge pages for XLA's buffers (Linux)
-  app.run(main, flags_parser=parse_flags)
+  try:
+    app.run(main, flags_parser=parse_flags)
+  except KeyboardInterrupt:
+    end_interrupted("rerun the command to analyze the run")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ fasttext: refused). --dim is at most 4096. Either file is a `--config.model.pret
 
 from absl import app, flags, logging
 
-from experiments.common import parse_flags, run_main
+from experiments.common import end_interrupted, parse_flags, run_main
 from research.data import corpora, tokenizers
 from research.embeddings import train_vectors
 
@@ -48,7 +48,10 @@ def main(argv):
 
 def run():
   flags.mark_flags_as_required(["out"])
-  app.run(main, flags_parser=parse_flags)
+  try:
+    app.run(main, flags_parser=parse_flags)
+  except KeyboardInterrupt:
+    end_interrupted("--out is written only when training finished: rerun the command")
 
 
 if __name__ == "__main__":
