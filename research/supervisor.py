@@ -46,14 +46,21 @@ LOST_PEER_EXIT = 3
 HOLD_S = 10.0
 RERUN = "rerun every process with the same command to resume from the last checkpoint"
 
-_REPORT_START = re.compile(rb"^([IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]|Traceback \(most recent call last\))")
-# glog's fatal line (abort() follows), and the coordination service's error that makes every task end with one.
-_FATAL_LINE = re.compile(rb"^F\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]|.*Use error polling to propagate")
+_REPORT_START = re.compile(rb"^([IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]|Traceback \(most recent call last\)|"
+                           rb"terminate called after throwing an instance of 'gloo::)")
+# glog's fatal line (abort() follows), the coordination service's error that makes every task end with one, and a
+# C++ exception out of gloo (std::terminate, then abort()).
+_FATAL_LINE = re.compile(rb"^F\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]|.*Use error polling to propagate|"
+                         rb"^terminate called after throwing an instance of 'gloo::")
 _FATAL = "JAX distributed service detected fatal errors"
 _UNHEALTHY = re.compile(r"stopped sending heartbeats\)?:?\s*((?:\d+[ \t,]*\n?)+)")
 _TASK = re.compile(r"/task:(\d+)")
 _CONNECTION_LOST = ("Socket closed", "failed to connect", "Connection refused", "Connection reset", "UNAVAILABLE")
-_GLOO = re.compile(r"Gloo [\w-]+ failed: .*?(Connection (?:reset|closed) by peer)")
+# A collective that failed because a peer went away: its connection closed, or (a peer killed while it sent) a message
+# that arrived torn, which gloo reports as a size mismatch from an uncaught C++ exception. Every process of a job runs
+# the same program (`loop.check_same_job`), so a real mismatch of collectives is not what that means here.
+_GLOO = re.compile(r"Gloo [\w-]+ failed: .*?(Connection (?:reset|closed) by peer)|"
+                   r"gloo::EnforceNotMet.*?(Received data size doesn't match expected size)", re.S)
 
 
 def wanted(environ: Mapping[str, str] | None = None) -> bool:
@@ -123,7 +130,7 @@ def lost_peer_message(report: str, environ: Mapping[str, str]) -> str | None:
   if index != 0 and "CoordinationService/" in report and any(s in report for s in _CONNECTION_LOST):
     return f"lost the coordinator, {_process(0, count)}{at} (its connection closed); {me}"
   if gloo:
-    return f"lost a peer process: a collective failed ({gloo.group(1)}); {me}"
+    return f"lost a peer process: a collective failed ({gloo.group(1) or gloo.group(2)}); {me}"
   status = re.search(r"absl::Status: ([^\n]*)", report)
   return f"the distributed runtime stopped the run ({status.group(1) if status else 'see its log'}); {me}"
 

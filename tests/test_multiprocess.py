@@ -417,6 +417,15 @@ DEADLINE_EXCEEDED: Deadline Exceeded
 RPC: /xla.coordination.CoordinationService/RegisterTask
 *** Check failure stack trace: ***
 """
+TORN_REPORT = """\
+terminate called after throwing an instance of 'gloo::EnforceNotMet'
+  what():  [enforce fail at external/gloo/gloo/transport/tcp/pair.cc:459] op.preamble.length <= op.nbytes. 3072 vs 4. \
+Received data size doesn't match expected size. Is there a distributed collective mismatch in your code?
+Fatal Python error: Aborted
+
+Thread 0x00007f0e553a16c0 (most recent call first):
+  File "/root/.pyenv/versions/3.11.7/lib/python3.11/concurrent/futures/thread.py", line 81 in _worker
+"""
 BUG_REPORT = """\
 Traceback (most recent call last):
   File "/work/research/train/loop.py", line 1, in train
@@ -432,6 +441,9 @@ ValueError: something else went wrong
                               "process 1 stops too"),
     (INIT_REPORT, "1", "the job did not come together: not all 2 processes reached the coordinator at "
                        "127.0.0.1:4321 within mesh.init_timeout_s seconds"),
+    # A peer killed while it sent: the survivor's gloo read a torn message (seen once in CI under load).
+    (TORN_REPORT, "0", "lost a peer process: a collective failed (Received data size doesn't match expected size); "
+                       "process 0 stops too"),
     (BUG_REPORT, "0", None),
 ])
 def test_the_runtime_report_becomes_one_line_naming_the_lost_process(report, process, expected):
@@ -462,6 +474,28 @@ def test_relay_copies_lines_and_holds_back_a_report_only_while_it_may_be_the_end
     assert copied.read() == b"error-free line\nW1201 11:00:00.000000  1 some.cc:1] a warning\ncontinued\nmore\n"
   assert held == (b"F1201 11:00:01.000000  1 client.h:80] Terminating process\n  @ 0x1 frame\n"
                   b"Fatal Python error: Aborted\n") and not errored
+
+
+def test_relay_holds_back_a_c_plus_plus_exception_out_of_gloo_to_the_end():
+  """std::terminate after a gloo exception (a peer killed while it sent) always ends in abort(): the lines from it on
+  are the report, held however long abort() takes, so that `lost_peer_message` reads them."""
+  read, write = os.pipe()
+  out_read, out_write = os.pipe()
+
+  def child():
+    with open(write, "wb", buffering=0) as stderr:
+      stderr.write(b"step 3\nterminate called after throwing an instance of 'gloo::EnforceNotMet'\n")
+      time.sleep(0.6)  # longer than hold_s
+      stderr.write(b"  what():  torn\n")
+
+  writer = threading.Thread(target=child)
+  writer.start()
+  with open(read, "rb") as stream, open(out_write, "wb") as out:
+    held, errored = supervisor.relay(stream, out, hold_s=0.2)
+  writer.join()
+  with open(out_read, "rb") as copied:
+    assert copied.read() == b"step 3\n"
+  assert held == b"terminate called after throwing an instance of 'gloo::EnforceNotMet'\n  what():  torn\n"
 
 
 @pytest.mark.parametrize("environ, expected", [
