@@ -453,17 +453,14 @@ def test_the_runtime_report_becomes_one_line_naming_the_lost_process(report, pro
   assert message is None or "\n" not in message
 
 
-def test_relay_copies_lines_and_holds_back_a_report_only_while_it_may_be_the_end():
+def _relay(writes) -> tuple[bytes, bytes, bool]:
+  """(what `supervisor.relay` copied, what it held back, errored) for a child that calls `writes(stderr)`."""
   read, write = os.pipe()
   out_read, out_write = os.pipe()
 
   def child():
     with open(write, "wb", buffering=0) as stderr:
-      stderr.write(b"error-free line\nW1201 11:00:00.000000  1 some.cc:1] a warning\ncontinued\n")
-      time.sleep(0.6)  # longer than hold_s: the warning was not the end, and is copied
-      stderr.write(b"more\nF1201 11:00:01.000000  1 client.h:80] Terminating process\n")
-      time.sleep(0.6)  # a fatal line is always the end, however long its stack trace takes (a loaded machine)
-      stderr.write(b"  @ 0x1 frame\nFatal Python error: Aborted\n")
+      writes(stderr)
 
   writer = threading.Thread(target=child)
   writer.start()
@@ -471,7 +468,19 @@ def test_relay_copies_lines_and_holds_back_a_report_only_while_it_may_be_the_end
     held, errored = supervisor.relay(stream, out, hold_s=0.2)
   writer.join()
   with open(out_read, "rb") as copied:
-    assert copied.read() == b"error-free line\nW1201 11:00:00.000000  1 some.cc:1] a warning\ncontinued\nmore\n"
+    return copied.read(), held, errored
+
+
+def test_relay_copies_lines_and_holds_back_a_report_only_while_it_may_be_the_end():
+  def writes(stderr):
+    stderr.write(b"error-free line\nW1201 11:00:00.000000  1 some.cc:1] a warning\ncontinued\n")
+    time.sleep(0.6)  # longer than hold_s: the warning was not the end, and is copied
+    stderr.write(b"more\nF1201 11:00:01.000000  1 client.h:80] Terminating process\n")
+    time.sleep(0.6)  # a fatal line is always the end, however long its stack trace takes (a loaded machine)
+    stderr.write(b"  @ 0x1 frame\nFatal Python error: Aborted\n")
+
+  copied, held, errored = _relay(writes)
+  assert copied == b"error-free line\nW1201 11:00:00.000000  1 some.cc:1] a warning\ncontinued\nmore\n"
   assert held == (b"F1201 11:00:01.000000  1 client.h:80] Terminating process\n  @ 0x1 frame\n"
                   b"Fatal Python error: Aborted\n") and not errored
 
@@ -479,22 +488,13 @@ def test_relay_copies_lines_and_holds_back_a_report_only_while_it_may_be_the_end
 def test_relay_holds_back_a_c_plus_plus_exception_out_of_gloo_to_the_end():
   """std::terminate after a gloo exception (a peer killed while it sent) always ends in abort(): the lines from it on
   are the report, held however long abort() takes, so that `lost_peer_message` reads them."""
-  read, write = os.pipe()
-  out_read, out_write = os.pipe()
+  def writes(stderr):
+    stderr.write(b"step 3\nterminate called after throwing an instance of 'gloo::EnforceNotMet'\n")
+    time.sleep(0.6)  # longer than hold_s
+    stderr.write(b"  what():  torn\n")
 
-  def child():
-    with open(write, "wb", buffering=0) as stderr:
-      stderr.write(b"step 3\nterminate called after throwing an instance of 'gloo::EnforceNotMet'\n")
-      time.sleep(0.6)  # longer than hold_s
-      stderr.write(b"  what():  torn\n")
-
-  writer = threading.Thread(target=child)
-  writer.start()
-  with open(read, "rb") as stream, open(out_write, "wb") as out:
-    held, errored = supervisor.relay(stream, out, hold_s=0.2)
-  writer.join()
-  with open(out_read, "rb") as copied:
-    assert copied.read() == b"step 3\n"
+  copied, held, _ = _relay(writes)
+  assert copied == b"step 3\n"
   assert held == b"terminate called after throwing an instance of 'gloo::EnforceNotMet'\n  what():  torn\n"
 
 
