@@ -459,6 +459,16 @@ def _all_zero(matrix) -> bool:
   return not any(np.any(matrix[start:start + _CHECK_ROWS]) for start in range(0, len(matrix), _CHECK_ROWS))
 
 
+def check_vector_path(path: str | os.PathLike, name: str = CONFIG_NAMES["path"]) -> None:
+  """One PretrainedError line when `path` (given by the option `name`) is a directory or no file: `load_vectors`'
+  first check, which the trainer also makes before the run directory is created."""
+  where = f"{name}={str(path)!r}"
+  if os.path.isdir(path):
+    raise PretrainedError(f"{where} is a directory; give a vector file")
+  if not os.path.isfile(path):
+    raise PretrainedError(f"{where}: no such file")
+
+
 def load_vectors(path: str | os.PathLike, format: str = "auto", *, names: dict[str, str] | None = None,
                  unicode_errors: str = "strict", notes: dict[str, Any] | None = None) -> tuple[Any, str]:
   """(gensim KeyedVectors, the format used). Every problem with the file is a one-line PretrainedError naming the
@@ -476,10 +486,7 @@ def load_vectors(path: str | os.PathLike, format: str = "auto", *, names: dict[s
   if unicode_errors not in UNICODE_ERRORS:
     raise PretrainedError(f"unicode_errors={unicode_errors!r} is not one of {', '.join(UNICODE_ERRORS)}")
   path = Path(path)
-  if path.is_dir():
-    raise PretrainedError(f"{where} is a directory; give a vector file")
-  if not path.is_file():
-    raise PretrainedError(f"{where}: no such file")
+  check_vector_path(path, names["path"])
   if not os.access(path, os.R_OK):
     raise PretrainedError(f"{where}: the file is not readable")
   if path.suffix.lower() in UNWRITTEN_COMPRESSIONS:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import difflib
 import json
 import math
-import os
 from typing import Any, Callable, Mapping
 
 import ml_collections
@@ -405,12 +404,13 @@ def check_batch_devices(config: ml_collections.ConfigDict, devices: int) -> None
 
 def check_vector_file(config: ml_collections.ConfigDict) -> None:
   """A fresh start's model.pretrained.path that names no file, before the run directory is created (the trainer
-  reads the file only after the data; `pretrained.load_vectors` says the same of it, and everything else)."""
-  path = str(config.model.pretrained.path)
-  where = f"{pretrained.CONFIG_NAMES['path']}={path!r}"
-  if config.model.embed_init != "pretrained" or os.path.isfile(path):
+  reads the file only after the data; `pretrained.load_vectors` checks the rest of it)."""
+  if config.model.embed_init != "pretrained":
     return
-  raise ConfigError(f"{where} is a directory; give a vector file" if os.path.isdir(path) else f"{where}: no such file")
+  try:
+    pretrained.check_vector_path(str(config.model.pretrained.path))
+  except pretrained.PretrainedError as e:
+    raise ConfigError(str(e)) from None
 
 
 def schedule_notes(config: ml_collections.ConfigDict) -> list[str]:
