@@ -1,7 +1,7 @@
 """Exceptions in one line, for the one-line errors of every entry point: a library's exception as its type and the
 first line of its message (`first_line`), and where a user's Python file (a config file, a sweep file) failed
-(`file_error`), and why a directory cannot be written (`unwritable`). experiments/common.py, research/sweeps.py, research/train/loop.py and the evaluator word them the
-same way through these. Standard library only (no JAX)."""
+(`file_error`), and why a directory cannot be written (`unwritable`). experiments/common.py, research/sweeps.py,
+research/train/loop.py and the evaluator word them the same way through these. Standard library only (no JAX)."""
 
 from __future__ import annotations
 

@@ -281,12 +281,14 @@ _MODEL_FIELDS = ("train.steps",)
 def same_model_notes(configs: Mapping[str, Any]) -> list[str]:
   """A warning for each group of trials that train the same model: their configs differ only in fields that change
   when, how often or where a run works (`schema.RESUMABLE_FIELDS` but train.steps), e.g. a sweep over
-  train.log_every or model.remat, or that neither model uses (`loop.unused_fields`: the char CNN's, without one). Such a sweep is legitimate to measure speed or memory, so it is said, not refused;
-  as an ablation it would report one model twice (its arms' losses differ only by float rounding, if at all)."""
+  train.log_every or model.remat, or that neither model uses (`loop.unused_fields`: the char CNN's, without one).
+  Such a sweep is legitimate to measure speed or memory, so it is said, not refused; as an ablation it would report
+  one model twice (its arms' losses differ only by float rounding, if at all)."""
   resumable = tuple(f for f in schema.RESUMABLE_FIELDS if f not in _MODEL_FIELDS)
+  dicts = {name: config.to_dict() for name, config in configs.items()}
 
-  def same(a, b) -> bool:  # the char CNN's fields too, while neither has the CNN (research-train's rule)
-    a, b = configs[a].to_dict(), configs[b].to_dict()
+  def same(a, b) -> bool:  # research-train's resume rule, unused fields included
+    a, b = dicts[a], dicts[b]
     return not checkpoint_lib.config_differences(a, b, ignore=resumable + loop.unused_fields(a, b))
 
   groups: list[list[str]] = []
@@ -299,7 +301,7 @@ def same_model_notes(configs: Mapping[str, Any]) -> list[str]:
   notes = []
   for group in (g for g in groups if len(g) > 1):
     fields = sorted({diff.split(":", 1)[0] for name in group[1:]
-                     for diff in checkpoint_lib.config_differences(configs[group[0]], configs[name])})
+                     for diff in checkpoint_lib.config_differences(dicts[group[0]], dicts[name])})
     notes.append(f"trials {', '.join(map(repr, group))} train the same model: they differ only in "
                  f"{', '.join(fields)} (when, how often or where a run works, or what neither model uses)")
   return notes

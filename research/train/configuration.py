@@ -378,6 +378,12 @@ def validate_corpus(spec: str) -> None:
     raise ConfigError(f"data.corpus={spec!r} lacks the {forms[prefix][len(prefix):]} part; the form is {forms[prefix]}")
 
 
+def rotates_with_rope(position: str) -> bool:
+  """Whether the scheme `position` names rotates with RoPE's frequencies (a subclass of `relative.RotaryPositions`:
+  rope, p_rope), the only ones model.rope_scaling changes. Raises for a name that names no scheme."""
+  return issubclass(registry.get_scheme(position), relative.RotaryPositions)
+
+
 def validate_rope_scaling(cfg: ModelConfig) -> None:
   """model.rope_scaling and model.rope_factor on a scheme that rotates with RoPE's frequencies (a subclass of
   `relative.RotaryPositions`: rope, p_rope); any other scheme would train unscaled while config.json says scaled.
@@ -385,9 +391,9 @@ def validate_rope_scaling(cfg: ModelConfig) -> None:
   defaults = ModelConfig.experiment_fields()
   if cfg.rope_scaling == defaults["rope_scaling"] and cfg.rope_factor == defaults["rope_factor"]:
     return
-  if issubclass(cfg.scheme, relative.RotaryPositions):
+  if rotates_with_rope(cfg.position):
     return
-  rotary = [n for n in registry.names() if issubclass(registry.get_scheme(n), relative.RotaryPositions)]
+  rotary = [n for n in registry.names() if rotates_with_rope(n)]
   raise ConfigError(f"model.rope_scaling={cfg.rope_scaling!r} with model.rope_factor={cfg.rope_factor:g} applies to "
                     f"model.position={' or '.join(rotary)} only; model.position={cfg.position!r} would ignore it: "
                     f"set model.rope_scaling={defaults['rope_scaling']!r} and "

@@ -368,9 +368,8 @@ ROPE_SCALING_FIELDS = ("model.rope_scaling", "model.rope_factor")
 def _rotates(config: Mapping[str, Any]) -> bool | None:
   """Whether the config's scheme rotates with RoPE's frequencies (rope, p_rope); None when it cannot be told (an
   external scheme that does not import here)."""
-  from research.embeddings import registry, relative
   try:
-    return issubclass(registry.get_scheme(config.get("model", {}).get("position", "")), relative.RotaryPositions)
+    return configuration.rotates_with_rope(config.get("model", {}).get("position", ""))
   except Exception:  # noqa: BLE001 (a user's module: whatever it raises means "cannot tell")
     return None
 
