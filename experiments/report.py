@@ -14,6 +14,7 @@ from absl import app
 
 from experiments.common import parse_flags
 from research.report import ReportError, build_report
+from research.report.runs import display
 
 USAGE = "usage: research-report DIR (a sweep directory with sweep.json, a directory of runs, or one run)"
 
@@ -28,16 +29,16 @@ def main(argv):
   try:
     report = build_report(argv[1])
   except ReportError as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(display(f"error: {e}"), file=sys.stderr)
     sys.exit(2)
   print(report.table)
-  print()
-  print(f"report: {report.markdown_path}")
-  print(f"tables: {report.csv_path} {report.latex_path}")
+  print()  # paths as report.md shows names: undecodable bytes escaped (`runs.display`), printable on any stdout
+  print(display(f"report: {report.markdown_path}"))
+  print(display(f"tables: {report.csv_path} {report.latex_path}"))
   for path in report.plots.values():
-    print(f"plot: {path}")
+    print(display(f"plot: {path}"))
   for name, reason in report.skipped.items():
-    print(f"skipped {name}: {reason}")
+    print(display(f"skipped {name}: {reason}"))
 
 
 def run():

@@ -1143,3 +1143,55 @@ def test_a_one_seed_arm_has_no_error_bar_in_the_tied_plot(tmp_path):
   assert bars[("rope",)][False][1] is None
   others = [std for key, arm in bars.items() for tied, (_, std) in arm.items() if (key, tied) != (("rope",), False)]
   assert len(others) == 3 and all(std > 0 for std in others)
+
+
+def test_names_that_are_not_utf8_are_shown_escaped_everywhere(tmp_path):
+  """A directory name's undecodable bytes (surrogate escapes in Python) are written `\\xe9` in report.md, the tables,
+  the plots and the CLI's lines, instead of failing the first write or plot; a write that fails removes its temp
+  file."""
+  from research.report import build
+  root = tmp_path / "runs"
+  write_trial(root, "alibi0", "alibi", 0)
+  named = os.fsdecode(b"rope\xe9")
+  write_trial(root, named, "rope", 0)
+  unfinished = root / os.fsdecode(b"x\xfe")
+  unfinished.mkdir()
+  shutil.copy(root / "alibi0" / "config.json", unfinished / "config.json")
+  assert {b"rope\xe9", b"x\xfe"} <= set(os.listdir(os.fsencode(root)))
+  report = build_report(root)
+  text = (root / "report.md").read_text(encoding="utf-8")
+  assert "`x\\xfe`: unfinished" in text and "rope\\xe9" not in text  # rope\xe9 is a row of position=rope
+  single = build_report(root / named)  # one run: its name is the title and the row
+  assert single.data.title == "rope\\xe9" and [g.label for g in single.data.groups] == ["rope\\xe9"]
+  assert "rope\\xe9" in (root / named / "table.csv").read_text(encoding="utf-8")
+  assert "rope\\textbackslash{}xe9" in (root / named / "table.tex").read_text(encoding="utf-8")
+  assert "# Report: rope\\xe9" in (root / named / "report.md").read_text(encoding="utf-8")
+  assert {"ppl_vs_length.png", "curves.png"} <= set(single.plots)
+  result = _cli(root / named)
+  assert result.returncode == 0, result.stderr
+  assert "| rope\\xe9 | 1 |" in result.stdout and "rope\\xe9/report.md" in result.stdout
+  for directory in (root, root / named):
+    assert not [p for p in os.listdir(directory) if ".tmp" in p]
+  (root / "blocked").mkdir()  # os.replace cannot put a file over a non-empty directory
+  (root / "blocked" / "keep").write_text("x")
+  with pytest.raises(OSError):
+    build._write(root / "blocked", "text")
+  assert not [p for p in os.listdir(root) if ".tmp" in p]
+  assert report.runs.layout == "runs"
+
+
+@pytest.mark.parametrize("damage,message", [
+    ({"geometry": [{"input": {}}]}, "needs 'geometry.input' and a 'buckets' list"),
+    ({"geometry": "input"}, "needs 'geometry.input' and a 'buckets' list"),
+    ({"geometry": {"input": []}}, "needs 'geometry.input' and a 'buckets' list"),
+    ({"buckets": {"a": 1}}, "needs 'geometry.input' and a 'buckets' list"),
+    ({"buckets": [1]}, "every bucket needs 'label', 'low', 'high' and 'rows', got 1"),
+    ({"buckets": ["abc"]}, "every bucket needs 'label', 'low', 'high' and 'rows', got 'abc'"),
+])
+def test_a_malformed_rare_tokens_json_is_one_error_naming_the_file(tmp_path, damage, message):
+  write_trial(tmp_path, "run", "alibi", 0)
+  _write_rare(tmp_path / "run", 1.0, 0)
+  path = tmp_path / "run" / "eval" / "rare_tokens.json"
+  path.write_text(json.dumps({**json.loads(path.read_text()), **damage}))
+  with pytest.raises(ReportError, match=re.escape(f"{path}") + ".*" + re.escape(message)):
+    build_report(tmp_path / "run")

@@ -10,7 +10,7 @@ import re
 
 from research.error_text import unwritable
 from research.report import plots, tables
-from research.report.runs import RARE_BUCKET_METRICS, ReportError, RunSet, load_runs
+from research.report.runs import RARE_BUCKET_METRICS, ReportError, RunSet, display, load_runs
 
 REPORT_MD = "report.md"
 TABLE_CSV = "table.csv"
@@ -35,9 +35,15 @@ class Report:
 
 
 def _write(path: pathlib.Path, text: str) -> None:
+  """`text` into `path` atomically (a temp file renamed over it), every name in it `display`ed (a name that is not
+  UTF-8 would fail the encoding); a write that fails removes its temp file."""
   tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-  tmp.write_text(text)
-  os.replace(tmp, path)
+  try:
+    tmp.write_text(display(text), encoding="utf-8")
+    os.replace(tmp, path)
+  except BaseException:
+    tmp.unlink(missing_ok=True)
+    raise
 
 
 def check_writable(directory: str | os.PathLike) -> None:
@@ -152,7 +158,7 @@ def render_markdown(runs: RunSet, table: tables.Table, written: dict[str, pathli
     else:
       out += [f"- {title} (`{name}`): skipped, {skipped[name]}.", ""]
   out += [f"Tables: [{TABLE_CSV}]({TABLE_CSV}), [{TABLE_TEX}]({TABLE_TEX}).", ""]
-  return "\n".join(out), table_text
+  return display("\n".join(out)), display(table_text)
 
 
 def build_report(directory: str | os.PathLike) -> Report:

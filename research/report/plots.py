@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import pathlib
+import textwrap
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -38,11 +39,22 @@ def _any_stale(table: Table) -> bool:
 
 
 def _save(fig: Figure, path: pathlib.Path) -> None:
+  """The figure as a PNG at `path`, atomically (a temp file renamed over it; removed when saving fails)."""
   FigureCanvasAgg(fig)
-  fig.tight_layout()
   tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-  fig.savefig(tmp, format="png", dpi=120)
-  os.replace(tmp, path)
+  try:
+    fig.savefig(tmp, format="png", dpi=120)
+    os.replace(tmp, path)
+  except BaseException:
+    tmp.unlink(missing_ok=True)
+    raise
+
+
+def _wrapped(text: str, inches: float, fontsize: float = 10) -> str:
+  """`text` with each line wrapped to the width of `inches` at `fontsize` (about 0.55 em a character): a long sweep
+  name or group label would otherwise run past the figure's edge and be clipped."""
+  width = max(20, int(inches * 72 / (0.55 * fontsize)))
+  return "\n".join(textwrap.fill(line, width) for line in text.split("\n"))
 
 
 def _n_text(counts) -> str:
@@ -72,13 +84,16 @@ def plot_ppl_vs_length(table: Table, path: pathlib.Path) -> str | None:
   if not series:
     return "no finished trial has an evaluated length (eval/extrapolation.json with a perplexity" + \
         ("; stale evaluations are left out, see report.md" if _any_stale(table) else "") + ")"
-  fig = Figure(figsize=(7, 4.5))
+  fig = Figure(figsize=(7, 4.5), layout="constrained")
   ax = fig.add_subplot()
   for gi, g, pts, n in series:
     xs, means, lows, highs = zip(*pts)
     ax.plot(xs, means, marker="o", color=_color(gi), label=f"{g.label} (n={n})",
             linestyle="--" if g.rope_scaling else "-")
-    if any(lo != hi for lo, hi in zip(lows, highs)):
+    if len(xs) == 1 and lows[0] != highs[0]:  # a band needs two points: one point shows its spread as an error bar
+      ax.errorbar(xs, means, yerr=[[means[0] - lows[0]], [highs[0] - means[0]]], fmt="none", color=_color(gi),
+                  capsize=4)
+    elif any(lo != hi for lo, hi in zip(lows, highs)):
       ax.fill_between(xs, lows, highs, color=_color(gi), alpha=0.2, linewidth=0)
   train_lens = {c.length for c in eval_columns if c.multiple == 1}
   for t in train_lens:
@@ -94,8 +109,8 @@ def plot_ppl_vs_length(table: Table, path: pathlib.Path) -> str | None:
   ax.tick_params(axis="y", which="minor", labelsize=7)
   ax.set_ylabel("perplexity (log scale)")
   scaled = "; dashed: RoPE scaling at evaluation" if any(g.rope_scaling for g in table.groups) else ""
-  ax.set_title(f"{table.title}\nperplexity vs evaluation length (line: mean; band: min..max over seeds{scaled})",
-               fontsize=10)
+  ax.set_title(_wrapped(f"{table.title}\nperplexity vs evaluation length (line: mean; band or error bar: min..max over "
+                        f"seeds{scaled})", fig.get_figwidth()), fontsize=10)
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8)
   _save(fig, path)
@@ -122,7 +137,7 @@ def plot_curves(table: Table, runs: RunSet, path: pathlib.Path) -> str | None:
   lines = [(t, curves) for t in runs.trials if (curves := loss_curves(t))]
   if not lines:
     return "no trial has a metrics.jsonl with losses"
-  fig = Figure(figsize=(10, 4))
+  fig = Figure(figsize=(10, 4), layout="constrained")
   axes = {"train": fig.add_subplot(1, 2, 1), "valid": fig.add_subplot(1, 2, 2)}
   labelled = set()
   for t, curves in lines:
@@ -136,7 +151,8 @@ def plot_curves(table: Table, runs: RunSet, path: pathlib.Path) -> str | None:
       axes[split].plot(steps, losses, color=_color(gi), alpha=0.8, linewidth=1.2, label=label,
                        linestyle="-" if t.finished else "--", marker="o" if split == "valid" else None, markersize=3)
   for split, ax in axes.items():
-    ax.set_title(f"{split} loss (one line per trial; dashed = not finished)", fontsize=10)
+    ax.set_title(_wrapped(f"{split} loss (one line per trial; dashed = not finished)", fig.get_figwidth() / 2),
+                 fontsize=10)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(True, alpha=0.3)
@@ -178,7 +194,7 @@ def plot_tied_vs_untied(table: Table, path: pathlib.Path) -> str | None:
   pairs = tied_bars(table)
   if not pairs:
     return "no finished trial has a validation perplexity"
-  fig = Figure(figsize=(max(5, 1.3 * len(pairs) + 2), 4))
+  fig = Figure(figsize=(max(5, 1.3 * len(pairs) + 2), 4), layout="constrained")
   ax = fig.add_subplot()
   width = 0.38
   labels = [", ".join(f"{table.short[f]}={v}" for f, v in zip(others, k)) or "all" for k in pairs]
@@ -195,8 +211,8 @@ def plot_tied_vs_untied(table: Table, path: pathlib.Path) -> str | None:
   ax.set_xticklabels(labels, rotation=20 if len(pairs) > 3 else 0, ha="right" if len(pairs) > 3 else "center",
                      fontsize=8)
   ax.set_ylabel("validation perplexity")
-  ax.set_title(f"{table.title}\ntied vs untied embeddings (error bars: sample std over seeds; none for one seed)",
-               fontsize=10)
+  ax.set_title(_wrapped(f"{table.title}\ntied vs untied embeddings (error bars: sample std over seeds; none for one "
+                        f"seed)", fig.get_figwidth()), fontsize=10)
   ax.grid(True, axis="y", alpha=0.3)
   ax.legend()
   _save(fig, path)
@@ -222,7 +238,7 @@ def plot_rare_bucket_metric(table: Table, metric: str, path: pathlib.Path) -> st
                      _n_text(len(v) for v in by_low.values())))
   if not series:
     return f"no finished trial has {metric} in eval/rare_tokens.json (research-analyze --rare)"
-  fig = Figure(figsize=(7, 4.5))
+  fig = Figure(figsize=(7, 4.5), layout="constrained")
   ax = fig.add_subplot()
   for gi, g, pts, n in series:
     xs, ys = zip(*pts)
@@ -230,7 +246,8 @@ def plot_rare_bucket_metric(table: Table, metric: str, path: pathlib.Path) -> st
   ax.set_xscale("log")
   ax.set_xlabel("training count bucket: lowest count (log; never seen at 0.5)")
   ax.set_ylabel(RARE_BUCKET_METRICS[metric])
-  ax.set_title(f"{table.title}\n{RARE_BUCKET_METRICS[metric]} per frequency bucket (mean over seeds)", fontsize=10)
+  ax.set_title(_wrapped(f"{table.title}\n{RARE_BUCKET_METRICS[metric]} per frequency bucket (mean over seeds)",
+                        fig.get_figwidth()), fontsize=10)
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8)
   _save(fig, path)
@@ -286,7 +303,7 @@ def plot_loss_by_position(table: Table, path: pathlib.Path) -> str | None:
     return "no finished trial has a loss by position (eval/loss_by_position.json: research-evaluate --by_position)"
   cols = min(3, len(series))
   rows = math.ceil(len(series) / cols)
-  fig = Figure(figsize=(5.2 * cols, 3.9 * rows))
+  fig = Figure(figsize=(5.2 * cols, 3.9 * rows), layout="constrained")
   for i, (length, s) in enumerate(series.items()):
     ax = fig.add_subplot(rows, cols, i + 1)
     for gi, g, xs, ys, _ in s["lines"]:
@@ -305,6 +322,6 @@ def plot_loss_by_position(table: Table, path: pathlib.Path) -> str | None:
               va="bottom", color="0.3")
     if i == 0:
       ax.legend(fontsize=6)
-  fig.suptitle(f"{table.title}: loss by position (line: mean over seeds)", fontsize=10)
+  fig.suptitle(_wrapped(f"{table.title}: loss by position (line: mean over seeds)", fig.get_figwidth()), fontsize=10)
   _save(fig, path)
   return None

@@ -337,6 +337,16 @@ def lookup(tree: dict[str, Any], name: str, default: Any = None) -> Any:
   return node
 
 
+def display(text: Any) -> str:
+  """`text` as a report shows it: a name that is not valid UTF-8 (a directory name's undecodable bytes, which Python
+  holds as surrogate escapes on POSIX) with those bytes written `\\xe9`, so that it can be written as UTF-8 text and
+  drawn; any other text unchanged."""
+  try:
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+  except UnicodeEncodeError:  # a lone surrogate no file name holds (JSON's "\\ud800"): escaped as itself
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def hashable(value: Any) -> Any:
   """A hashable stand-in for a JSON value (lists and dicts become canonical JSON text)."""
   if isinstance(value, (list, dict)):
@@ -562,11 +572,14 @@ def _read_rare(path: pathlib.Path, data: dict[str, Any] | None) -> RareTokens | 
   """The figures of a rare_tokens.json (`data`, read from `path`; None when there is none)."""
   if data is None:
     return None
-  geometry = (data.get("geometry") or {}).get("input")
+  geometry = data.get("geometry")
+  geometry = geometry.get("input") if isinstance(geometry, dict) else None
   if not isinstance(geometry, dict) or not isinstance(data.get("buckets"), list):
     raise ReportError(f"{path} needs 'geometry.input' and a 'buckets' list")
   buckets = []
   for i, b in enumerate(data["buckets"]):
+    if not isinstance(b, dict):
+      raise ReportError(f"{path}: every bucket needs 'label', 'low', 'high' and 'rows', got {_short(b)}")
     try:
       label, low, high, rows = str(b["label"]), float(b["low"]), float(b["high"]), int(b["rows"])
     except (KeyError, TypeError, ValueError):

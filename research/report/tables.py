@@ -28,7 +28,7 @@ from typing import Any
 
 from research.report.runs import (MISSING, QUALITY_FIGURES, QUALITY_FILE, QUALITY_FLOORS, QUALITY_INPUT_FIGURES,
                                   QUALITY_INPUT_FILE, RARE_ABSENT, RARE_FILE, RARE_GEOMETRY, RunSet, Trial,
-                                  extrapolation_file, hashable)
+                                  display, extrapolation_file, hashable)
 
 VALID_PPL = "valid_ppl"
 BEST_VALID_PPL = "best_valid_ppl"  # summary.json: the run's best evaluation (early stopping's figure)
@@ -278,7 +278,7 @@ def build_table(runs: RunSet) -> Table:
     if key not in index:
       index[key] = len(groups)
       values = {f: t.field(f) for f in fields}
-      label = ", ".join(f"{short[f]}={format_value(v)}" for f, v in values.items()) or runs.name
+      label = display(", ".join(f"{short[f]}={format_value(v)}" for f, v in values.items()) or runs.name)
       groups.append(Group(label=label, values=values, trials=[]))
     groups[index[key]].trials.append(t)
   groups = _with_scaled_rows(groups)
@@ -304,7 +304,7 @@ def build_table(runs: RunSet) -> Table:
     if len(means) >= 2 and not c.descriptive:  # bolding the only number in a column says nothing
       top = max(means.values()) if c.higher_is_better else min(means.values())
       best[c.key] = {gi for gi, m in means.items() if m == top}
-  return Table(title=runs.name, fields=fields, short=short, columns=columns, groups=groups, cells=cells, best=best)
+  return Table(title=display(runs.name), fields=fields, short=short, columns=columns, groups=groups, cells=cells, best=best)
 
 
 def format_number(x: float, digits: int = 2) -> str:
