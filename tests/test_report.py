@@ -1195,3 +1195,24 @@ def test_a_malformed_rare_tokens_json_is_one_error_naming_the_file(tmp_path, dam
   path.write_text(json.dumps({**json.loads(path.read_text()), **damage}))
   with pytest.raises(ReportError, match=re.escape(f"{path}") + ".*" + re.escape(message)):
     build_report(tmp_path / "run")
+
+
+def test_an_evaluations_rope_scaling_is_its_own_csv_column_when_the_training_scaling_is_swept(tmp_path):
+  """Swept model.rope_scaling (label `rope_scaling`) next to research-evaluate --rope_scaling rows: the csv had two
+  `rope_scaling` columns; the evaluation's is `eval_rope_scaling` and its rows say `eval rope_scaling=S`."""
+  write_trial(tmp_path, "none0", "rope", 0)
+  write_trial(tmp_path, "linear0", "rope", 0)
+  loop.write_config(configuration.apply_overrides(trial_config("rope", 0), {"model.rope_scaling": "linear"}),
+                    tmp_path / "linear0")
+  _write_scaled(tmp_path / "none0", "ntk", 0)
+  report = build_report(tmp_path)
+  labels = [g.label for g in report.data.groups]
+  assert labels == ["rope_scaling=linear", "rope_scaling=none", "rope_scaling=none, eval rope_scaling=ntk"]
+  with open(report.csv_path, newline="") as f:
+    header = next(csv.reader(f))
+  assert header[:4] == ["rope_scaling", "eval_rope_scaling", "group", "n"]
+  with open(report.csv_path, newline="") as f:
+    rows = {r["group"]: r for r in csv.DictReader(f)}
+  assert rows["rope_scaling=none, eval rope_scaling=ntk"]["eval_rope_scaling"] == "ntk"
+  assert rows["rope_scaling=none, eval rope_scaling=ntk"]["rope_scaling"] == "none"
+  assert "Rows labelled `eval rope_scaling=S`" in report.markdown_path.read_text()

@@ -66,7 +66,7 @@ def _one_line(text: str, limit: int = 500) -> str:
   return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def _evaluation_line(runs: RunSet) -> str | None:
+def _evaluation_line(runs: RunSet, table: tables.Table) -> str | None:
   settings, scalings = [], {}
   for t in runs.trials:
     if not t.finished:
@@ -89,8 +89,8 @@ def _evaluation_line(runs: RunSet) -> str | None:
   if len(settings) > 1:
     line += " **Warning:** the trials were evaluated with different settings."
   if scalings:
-    line += (" Rows labelled `rope_scaling=S` are the same trials evaluated with RoPE scaling S switched on at "
-             "evaluation time (`eval/extrapolation_S.json`: " + "; ".join(
+    line += (f" Rows labelled `{tables.scaling_label(table.short)}=S` are the same trials evaluated with RoPE "
+             "scaling S switched on at evaluation time (`eval/extrapolation_S.json`: " + "; ".join(
                  f"{s}, {', '.join(f)}" for s, f in scalings.items()) + ").")
   return line
 
@@ -128,7 +128,7 @@ def render_markdown(runs: RunSet, table: tables.Table, written: dict[str, pathli
       "own n is shown where it differs); lower is better, the best mean per column is in **bold**; n/a = no value "
       "(footnotes say why).",
   ]
-  line = _evaluation_line(runs)
+  line = _evaluation_line(runs, table)
   if line:
     out += ["", line]
   stale = [note for t in runs.trials for note in (*t.stale_evaluations(), *t.analysis_stale.values())]

@@ -257,14 +257,26 @@ def _trial_value(trial: Trial, column: Column, rope_scaling: str | None = None) 
   return None, f"length {column.length} not evaluated"
 
 
-def _with_scaled_rows(groups: list[Group]) -> list[Group]:
+def scaling_name(short: dict[str, str]) -> str:
+  """The name of the evaluation's RoPE scaling in labels and table.csv: `rope_scaling`, or `eval_rope_scaling` when
+  a swept field is itself labelled `rope_scaling` (model.rope_scaling: the training's, another value in the row)."""
+  return "eval_rope_scaling" if "rope_scaling" in short.values() else "rope_scaling"
+
+
+def scaling_label(short: dict[str, str]) -> str:
+  """`scaling_name` as row labels write it: `rope_scaling`, or `eval rope_scaling`."""
+  return scaling_name(short).replace("eval_", "eval ")
+
+
+def _with_scaled_rows(groups: list[Group], short: dict[str, str]) -> list[Group]:
   """Each group followed by one row per RoPE scaling that any of its trials was evaluated with."""
+  name = scaling_label(short)
   out = []
   for g in groups:
     out.append(g)
     scalings = dict.fromkeys(s for t in g.trials for s in t.scaled)
     for s in scalings:
-      out.append(Group(label=f"{g.label}, rope_scaling={s}", values=g.values, trials=g.trials, rope_scaling=s))
+      out.append(Group(label=f"{g.label}, {name}={s}", values=g.values, trials=g.trials, rope_scaling=s))
   return out
 
 
@@ -281,7 +293,7 @@ def build_table(runs: RunSet) -> Table:
       label = display(", ".join(f"{short[f]}={format_value(v)}" for f, v in values.items()) or runs.name)
       groups.append(Group(label=label, values=values, trials=[]))
     groups[index[key]].trials.append(t)
-  groups = _with_scaled_rows(groups)
+  groups = _with_scaled_rows(groups, short)
 
   columns = _columns([t for t in runs.trials if t.finished])
   cells: dict[tuple[int, str], Cell] = {}
@@ -365,7 +377,7 @@ def to_csv(table: Table) -> str:
   out = io.StringIO()
   writer = csv.writer(out, lineterminator="\n")
   scaled = any(g.rope_scaling for g in table.groups)  # the column exists only when there are such rows
-  header = [table.short[f] for f in table.fields] + (["rope_scaling"] if scaled else []) + ["group", "n"]
+  header = [table.short[f] for f in table.fields] + ([scaling_name(table.short)] if scaled else []) + ["group", "n"]
   for c in table.columns:
     header += [f"{c.key}_mean", f"{c.key}_std", f"{c.key}_n"]
   writer.writerow(header)
