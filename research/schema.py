@@ -18,18 +18,12 @@ from __future__ import annotations
 
 import ml_collections
 
+from research import run_fields
 from research.model.config import ModelConfig
 
-# Fields that change when, how often or where a run does its work, never what model it trains (model.remat: which
-# activations the backward pass keeps or recomputes, the same operations either way). `train.steps`
-# extends (or shortens) a run; note that the learning-rate schedule is computed from it, so a cosine run extended
-# past its planned end continues from the schedule's new shape (docs/training.md). Not `train.eval_batches`: the
-# validation loss it measures ranks the run's checkpoints (best_step, the checkpoint research-evaluate reads), and
-# losses over other windows are not comparable.
-RESUMABLE_FIELDS = (
-    "train.steps", "train.eval_every", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-    "train.async_checkpoints", "data.cache_dir", "mesh.data", "mesh.fsdp", "mesh.distributed",
-    "mesh.heartbeat_timeout_s", "mesh.init_timeout_s", "model.remat")
+
+# The fields a rerun may change (research/run_fields.py says which and why; defined there without JAX, for reports).
+RESUMABLE_FIELDS = run_fields.RESUMABLE_FIELDS
 
 
 # The value that reproduces a run written before the field existed, where that is not the field's default. A saved

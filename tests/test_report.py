@@ -1216,3 +1216,32 @@ def test_an_evaluations_rope_scaling_is_its_own_csv_column_when_the_training_sca
   assert rows["rope_scaling=none, eval rope_scaling=ntk"]["eval_rope_scaling"] == "ntk"
   assert rows["rope_scaling=none, eval rope_scaling=ntk"]["rope_scaling"] == "none"
   assert "Rows labelled `eval rope_scaling=S`" in report.markdown_path.read_text()
+
+
+def test_a_copied_run_is_counted_once_and_runs_differing_only_in_cadence_share_a_row(tmp_path):
+  """A directory of runs: a copy of a run (the same config, seed included) is the same model, counted once and
+  named under Duplicates; a field that does not change the model (train.log_every) is not a swept field."""
+  values = {"alibi": [write_trial(tmp_path, f"alibi{s}", "alibi", s)[0] for s in (0, 1)],
+            "rope": [write_trial(tmp_path, f"rope{s}", "rope", s)[0] for s in (0, 1)]}
+  loop.write_config(configuration.apply_overrides(trial_config("rope", 1), {"train.log_every": 7}),
+                    tmp_path / "rope1")
+  shutil.copytree(tmp_path / "alibi0", tmp_path / "alibi0_backup")
+  shutil.copytree(tmp_path / "alibi0", tmp_path / "a_unfinished")  # listed first, but the finished copy is kept
+  (tmp_path / "a_unfinished" / "summary.json").unlink()
+  (tmp_path / "summary_only").mkdir()  # a trial without config.json: compared with nothing, said in report.md
+  shutil.copy(tmp_path / "rope0" / "summary.json", tmp_path / "summary_only" / "summary.json")
+  report = build_report(tmp_path)
+  assert report.runs.swept_fields == ["model.position", "seed"]
+  assert [(t.name, kept) for t, kept in report.runs.duplicates] == [("a_unfinished", "alibi0"),
+                                                                     ("alibi0_backup", "alibi0")]
+  _, rows = parse_md_table(report.table)
+  assert set(rows) == {"position=alibi", "position=rope", "position=(unset)"}
+  assert rows["position=alibi"][0] == "2" and rows["position=rope"][0] == "2"
+  gi = [g.label for g in report.data.groups].index("position=alibi")
+  assert report.data.cell(gi, "valid_ppl").mean == pytest.approx(np.mean(values["alibi"]), rel=1e-12)
+  gi = [g.label for g in report.data.groups].index("position=rope")
+  assert report.data.cell(gi, "valid_ppl").mean == pytest.approx(np.mean(values["rope"]), rel=1e-12)
+  md = report.markdown_path.read_text()
+  assert "## Duplicates" in md and "- `alibi0_backup` (finished): duplicates `alibi0`" in md
+  assert "- `a_unfinished` (unfinished): duplicates `alibi0`" in md
+  assert "Trials without config.json" in md and "`summary_only`" in md

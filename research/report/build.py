@@ -120,7 +120,8 @@ def render_markdown(runs: RunSet, table: tables.Table, written: dict[str, pathli
       f"# Report: {runs.name}",
       "",
       f"Directory: `{runs.directory}` ({runs.layout}). Trials: {len(runs.trials)} ("
-      + ", ".join(f"{n} {s}" for s, n in counts.items()) + ").",
+      + ", ".join(f"{n} {s}" for s, n in counts.items()) + ")"
+      + (f", and {len(runs.duplicates)} duplicate(s), left out (below)." if runs.duplicates else "."),
       "",
       f"Rows group the trials by the swept fields {swept}"
       + (f" (replicates, averaged over: {seeds})" if seeds else "")
@@ -128,6 +129,9 @@ def render_markdown(runs: RunSet, table: tables.Table, written: dict[str, pathli
       "own n is shown where it differs); lower is better, the best mean per column is in **bold**; n/a = no value "
       "(footnotes say why).",
   ]
+  if runs.without_config:
+    out += ["", "Trials without config.json (their fields are compared with no other trial's; rows show them as "
+            "`(unset)`): " + ", ".join(f"`{name}`" for name in runs.without_config) + "."]
   line = _evaluation_line(runs, table)
   if line:
     out += ["", line]
@@ -144,6 +148,12 @@ def render_markdown(runs: RunSet, table: tables.Table, written: dict[str, pathli
       out.append(f"- `{t.name}`: {t.status}" + (f": {_one_line(t.error)}" if t.error else ""))
   else:
     out.append("None: every trial finished.")
+  if runs.duplicates:
+    out += ["", "## Duplicates", "",
+            "Trials whose config.json trains the same model as another trial's, seed included (it differs at most "
+            "in fields that do not change the model: when, how often or where a run works, or what neither model "
+            "uses): a copied run directory, counted once. Left out of the table, the means and the plots:", ""]
+    out += [f"- `{t.name}` ({t.status}): duplicates `{kept}`" for t, kept in runs.duplicates]
   out += ["", "## Plots", ""]
   titles = {plots.PPL_VS_LENGTH: "Perplexity vs evaluation length", plots.CURVES: "Training and validation loss",
             plots.TIED_VS_UNTIED: "Tied vs untied embeddings"}

@@ -24,6 +24,8 @@ import math
 import pathlib
 from typing import Any
 
+from research import run_fields
+
 SWEEP_FILE = "sweep.json"
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
@@ -294,6 +296,11 @@ class RunSet:
   layout: str  # sweep | runs | single
   trials: list[Trial]
   swept_fields: list[str]  # dotted names whose values differ across trials, seeds included
+  # A directory of runs: copies of a run (the same model, seed included), left out of `trials` and every mean:
+  # [(the copy, the name of the trial it duplicates)], in listing order (`_duplicates`).
+  duplicates: list[tuple[Trial, str]] = dataclasses.field(default_factory=list)
+  # A directory of runs: the trials without config.json, whose fields are left out of the comparison.
+  without_config: list[str] = dataclasses.field(default_factory=list)
 
   @property
   def replicate_fields(self) -> list[str]:
@@ -715,5 +722,40 @@ def load_runs(directory: str | pathlib.Path) -> RunSet:
     raise ReportError(f"{directory} {what}: expected {SWEEP_FILE}, or {CONFIG_FILE}/{SUMMARY_FILE} in it or in its "
                       f"subdirectories")
   trials = [_load_trial(p, p.name) for p in subdirs]
+  configured = [t for t in trials if t.config is not None]
+  ignored = _same_model_ignored(configured)
+  trials, duplicates = _duplicates(trials, ignored)
+  configured = [t for t in trials if t.config is not None]  # a trial without config.json has no field to compare
+  fields = [f for f in _config_fields(configured) if f not in ignored]
   return RunSet(directory=directory, name=directory.resolve().name, layout="runs", trials=trials,
-                swept_fields=_differing_fields(trials, _config_fields(trials)))
+                swept_fields=_differing_fields(configured, fields), duplicates=duplicates,
+                without_config=[t.name for t in trials if t.config is None])
+
+
+def _same_model_ignored(trials: list[Trial]) -> set[str]:
+  """The config fields in which runs may differ and still train the same model (research-train's resume rule,
+  `run_fields.same_model_ignored`: when, how often or where a run works, and what no model of them uses), judged
+  over all of `trials` at once: not swept fields, and no reason to tell two runs apart."""
+  if not trials:
+    return set()
+  configs = [t.config for t in trials]
+  ignored = set(run_fields.same_model_ignored(configs[0], configs[0]))
+  for config in configs[1:]:
+    ignored &= set(run_fields.same_model_ignored(configs[0], config))
+  return ignored
+
+
+def _duplicates(trials: list[Trial], ignored: set[str]) -> tuple[list[Trial], list[tuple[Trial, str]]]:
+  """(the trials, each model once; [(a copy, the trial it duplicates)]): trials whose configs are equal but for
+  `ignored` fields (seed included: a copied run directory, or a rerun of the same config) train the same model, so
+  counting both would count one run twice. The first finished one in listing order is kept (else the first)."""
+  same: dict[Any, list[Trial]] = {}
+  for t in trials:
+    if t.config is not None:
+      key = json.dumps({k: v for k, v in flatten(t.config).items() if k not in ignored}, sort_keys=True, default=str)
+      same.setdefault(key, []).append(t)
+  copies: dict[int, str] = {}
+  for group in same.values():
+    kept = next((t for t in group if t.finished), group[0])
+    copies.update({id(t): kept.name for t in group if t is not kept})
+  return [t for t in trials if id(t) not in copies], [(t, copies[id(t)]) for t in trials if id(t) in copies]

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from research import schema
+from research import run_fields, schema
 from research.error_text import first_line, unwritable
 from research.data import batches as batches_lib
 from research.data import corpora
@@ -357,12 +357,8 @@ def check_not_a_file(workdir: str | os.PathLike) -> Path:
   return path
 
 
-# The character CNN's settings, which shape nothing while model.char_embeddings is none.
-CHAR_FIELDS = ("model.char_dim", "model.char_padding", "model.char_spelling", "model.char_filters")
-
-
-# RoPE's scaling, which shapes nothing in a scheme that does not rotate with RoPE's frequencies.
-ROPE_SCALING_FIELDS = ("model.rope_scaling", "model.rope_factor")
+CHAR_FIELDS = run_fields.CHAR_FIELDS  # the char CNN's settings (research/run_fields.py)
+ROPE_SCALING_FIELDS = run_fields.ROPE_SCALING_FIELDS  # RoPE's scaling (research/run_fields.py)
 
 
 def _rotates(config: Mapping[str, Any]) -> bool | None:
@@ -375,17 +371,13 @@ def _rotates(config: Mapping[str, Any]) -> bool | None:
 
 
 def unused_fields(previous: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[str, ...]:
-  """Fields that may differ between a saved run's config and a rerun's because neither model uses them: the char
-  CNN's when both have model.char_embeddings none; RoPE's scaling when neither scheme rotates with RoPE's
-  frequencies. Without it every old run would need the legacy value of each char field added since
-  (schema.LEGACY_VALUES) to resume, though it never had a CNN, and a run written with a scaling its scheme ignored
-  (accepted before `configuration.validate_rope_scaling`) could not resume at all: validation refuses the saved
-  value, the resume check the default."""
-  off = lambda c: c.get("model", {}).get("char_embeddings", "none") == "none"  # noqa: E731
-  unused = CHAR_FIELDS if off(previous) and off(current) else ()
-  if _rotates(previous) is False and _rotates(current) is False:
-    unused += ROPE_SCALING_FIELDS
-  return unused
+  """Fields that may differ between a saved run's config and a rerun's because neither model uses them
+  (`run_fields.unused_fields`, with the schemes imported here): the char CNN's when both have model.char_embeddings
+  none; RoPE's scaling when neither scheme rotates with RoPE's frequencies. Without it every old run would need the
+  legacy value of each char field added since (schema.LEGACY_VALUES) to resume, though it never had a CNN, and a
+  run written with a scaling its scheme ignored (accepted before `configuration.validate_rope_scaling`) could not
+  resume at all: validation refuses the saved value, the resume check the default."""
+  return run_fields.unused_fields(previous, current, _rotates)
 
 
 def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
