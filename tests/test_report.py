@@ -1245,3 +1245,21 @@ def test_a_copied_run_is_counted_once_and_runs_differing_only_in_cadence_share_a
   assert "## Duplicates" in md and "- `alibi0_backup` (finished): duplicates `alibi0`" in md
   assert "- `a_unfinished` (unfinished): duplicates `alibi0`" in md
   assert "Trials without config.json" in md and "`summary_only`" in md
+
+
+def test_no_best_perplexity_is_marked_when_the_rows_differ_in_what_a_perplexity_measures(tmp_path):
+  """Another vocabulary size (read from the trials' configs) makes the perplexities incomparable: no bold in
+  their columns, and report.md and the LaTeX caption say which field."""
+  for scheme, vocab in (("alibi", 512), ("rope", 1024)):
+    for seed in (0, 1):
+      write_trial(tmp_path, f"{scheme}{seed}", scheme, seed)
+      loop.write_config(configuration.apply_overrides(trial_config(scheme, seed), {"data.vocab_size": vocab}),
+                        tmp_path / f"{scheme}{seed}")
+  report = build_report(tmp_path)
+  assert report.data.incomparable == ["data.vocab_size"] and "data.vocab_size" in report.runs.swept_fields
+  _, rows = parse_md_table(report.table)
+  assert len(rows) == 2 and not any("**" in cell for row in rows.values() for cell in row)
+  assert report.data.best == {}
+  md = report.markdown_path.read_text()
+  assert "no best is marked, because the rows differ in `data.vocab_size`" in md
+  assert "\\textbf" not in report.latex_path.read_text()

@@ -106,6 +106,24 @@ def _has_rare(runs: RunSet) -> bool:
   return any(t.rare is not None for t in runs.trials)
 
 
+def _best_sentence(table: tables.Table) -> str:
+  """What the bold marks mean, per kind of column the table has: perplexities (lower is better; none marked when
+  the rows differ in what a perplexity measures, `Table.incomparable`), higher-is-better figures, descriptive ones."""
+  ppl = [c.header for c in table.columns if c.perplexity]
+  higher = [c.header for c in table.columns if c.higher_is_better]
+  descriptive = [c.header for c in table.columns if c.descriptive]
+  if table.incomparable:
+    parts = [f"perplexities ({', '.join(ppl)}): no best is marked, because the rows differ in "
+             + ", ".join(f"`{f}`" for f in table.incomparable) + ", which change what a perplexity measures"]
+  else:
+    parts = [f"perplexities ({', '.join(ppl)}): lower is better, the lowest mean per column is in **bold**"]
+  if higher:
+    parts.append(f"{', '.join(higher)}: higher is better, the highest mean is in **bold**")
+  if descriptive:
+    parts.append(f"{', '.join(descriptive)}: descriptive, no best marked")
+  return "; ".join(parts) + "."
+
+
 def render_markdown(runs: RunSet, table: tables.Table, written: dict[str, pathlib.Path],
                     skipped: dict[str, str]) -> tuple[str, str]:
   """(report.md text, the table with its footnotes)."""
@@ -125,9 +143,8 @@ def render_markdown(runs: RunSet, table: tables.Table, written: dict[str, pathli
       "",
       f"Rows group the trials by the swept fields {swept}"
       + (f" (replicates, averaged over: {seeds})" if seeds else "")
-      + ". Cells are perplexities, mean ± sample std (ddof=1) over the finished trials of a row (`n`; a cell's "
-      "own n is shown where it differs); lower is better, the best mean per column is in **bold**; n/a = no value "
-      "(footnotes say why).",
+      + ". Cells are mean ± sample std (ddof=1) over the finished trials of a row (`n`; a cell's own n is shown "
+      "where it differs); " + _best_sentence(table) + " n/a = no value (footnotes say why).",
   ]
   if runs.without_config:
     out += ["", "Trials without config.json (their fields are compared with no other trial's; rows show them as "
