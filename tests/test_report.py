@@ -1263,3 +1263,40 @@ def test_no_best_perplexity_is_marked_when_the_rows_differ_in_what_a_perplexity_
   md = report.markdown_path.read_text()
   assert "no best is marked, because the rows differ in `data.vocab_size`" in md
   assert "\\textbf" not in report.latex_path.read_text()
+
+
+@pytest.mark.slow
+def test_passkey_columns_show_the_mean_accuracy_over_depths_of_what_research_evaluate_wrote(real_sweep, tmp_path):
+  directory = tmp_path / "sweep"
+  shutil.copytree(real_sweep, directory)
+  for trial in directory.iterdir():
+    if (trial / "config.json").is_file():
+      extrapolation.evaluate_run(trial, (1, 2), passkey=True, passkey_depths=(0, 1), passkey_trials=2)
+  report = build_report(directory)
+  header, rows = parse_md_table(report.table)
+  assert header[-2:] == ["passkey 1× (32)", "passkey 2× (64)"]
+  labels = [g.label for g in report.data.groups]
+  for trial in report.runs.trials:
+    written = json.loads((trial.path / "eval" / "passkey.json").read_text())["results"]
+    gi = labels.index(f"position={trial.field('model.position')}")
+    for length, key in ((32, "passkey_1x_32"), (64, "passkey_2x_64")):
+      cells = [r for r in written if r["length"] == length]
+      scored = [r["accuracy"] for r in cells if r["accuracy"] is not None]
+      cell = report.data.cell(gi, key)
+      if scored:
+        assert cell.n == 1 and cell.mean == pytest.approx(np.mean(scored), rel=1e-12)
+      else:  # every depth n/a: the file's note is the footnote
+        assert cell.n == 0 and f"passkey: {cells[0]['note']}" in cell.notes
+        assert cells[0]["note"] in report.table
+  assert "passkey 1× (32)" not in str(report.data.best)
+  with open(report.csv_path, newline="") as f:
+    csv_rows = {r["group"]: r for r in csv.DictReader(f)}
+  alibi = [r for r in json.loads((directory / "position=alibi,seed=0" / "eval" / "passkey.json").read_text())[
+      "results"] if r["length"] == 64]
+  assert float(csv_rows["position=alibi"]["passkey_2x_64_mean"]) == pytest.approx(
+      np.mean([r["accuracy"] for r in alibi]), rel=1e-12)
+  assert csv_rows["position=alibi"]["passkey_2x_64_n"] == "1" and csv_rows["position=learned"]["passkey_2x_64_n"] == "0"
+  assert "passkey retrieval: higher is better" not in report.markdown_path.read_text()  # said per column
+  assert "passkey 2× (64): higher is better" in report.markdown_path.read_text() or \
+      "passkey 1× (32), passkey 2× (64): higher is better" in report.markdown_path.read_text()
+  assert set(report.plots) == {"ppl_vs_length.png", "curves.png", "loss_by_position.png"}

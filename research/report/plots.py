@@ -67,7 +67,7 @@ def _n_text(counts) -> str:
 def ppl_series(table: Table) -> list[tuple]:
   """[(group index, group, sorted [(length, mean, min, max)], legend n)] of the groups with an evaluated length: the
   lines of ppl_vs_length.png (the table's cells, so stale and n/a values are left out as there)."""
-  eval_columns = [c for c in table.columns if c.length is not None]
+  eval_columns = [c for c in table.columns if c.length is not None and not c.passkey]
   series = []
   for gi, g in enumerate(table.groups):
     cells = [(c, table.cell(gi, c)) for c in eval_columns]
@@ -79,7 +79,7 @@ def ppl_series(table: Table) -> list[tuple]:
 
 def plot_ppl_vs_length(table: Table, path: pathlib.Path) -> str | None:
   """Mean perplexity per group against evaluation length (log-log), shaded min..max over seeds; n/a skipped."""
-  eval_columns = [c for c in table.columns if c.length is not None]
+  eval_columns = [c for c in table.columns if c.length is not None and not c.passkey]
   series = ppl_series(table)
   if not series:
     return "no finished trial has an evaluated length (eval/extrapolation.json with a perplexity" + \

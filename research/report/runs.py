@@ -54,6 +54,7 @@ BY_POSITION_FILE = pathlib.Path("eval") / "loss_by_position.json"  # research-ev
 # absent_rows of rare_tokens.json: rows no batch held ("rows"), and the largest change of theirs from the initial
 # table ("max_abs_change": exactly 0 when none moved), both at the step update_counts.npz counts up to.
 RARE_ABSENT = ("rows", "max_abs_change", "updated_while_absent")
+PASSKEY_FILE = pathlib.Path("eval") / "passkey.json"  # research-evaluate --passkey (passkey_<scaling>.json: not read)
 SCALED_PREFIX = "extrapolation_"  # eval/extrapolation_<scaling>.json: research-evaluate --rope_scaling=<scaling>
 
 
@@ -107,6 +108,23 @@ class PositionCurve:
 
 
 @dataclasses.dataclass(frozen=True)
+class PasskeyLength:
+  """One length of eval/passkey.json: `accuracy` = the mean over depths of the scored cells' accuracy (n/a cells
+  left out), None when every depth is n/a (then `note` is the file's note)."""
+  multiple: float
+  length: int
+  accuracy: float | None
+  note: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Passkey:
+  lengths: tuple[PasskeyLength, ...]  # sorted by length
+  checkpoint_step: int | None = None
+  checkpoint: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class LossByPosition:
   train_len: int | None
   mode: str | None
@@ -152,6 +170,7 @@ class Trial:
   quality_input: dict[str, float | None] | None = None  # QUALITY_INPUT_FIGURES of eval/embedding_quality_input.json
   rare: RareTokens | None = None  # eval/rare_tokens.json, if analyzed with --rare
   by_position: LossByPosition | None = None  # eval/loss_by_position.json, if evaluated with --by_position
+  passkey: Passkey | None = None  # eval/passkey.json, if evaluated with --passkey
   # {analysis file (QUALITY_FILE, QUALITY_INPUT_FILE, RARE_FILE, as posix): (checkpoint_step, checkpoint choice)} of
   # the research-analyze files the trial has: `analysis_stale` judges them by the evaluations' rule.
   analysis_checkpoints: dict[str, tuple[int | None, str | None]] = dataclasses.field(default_factory=dict)
@@ -247,11 +266,12 @@ class Trial:
 
   @functools.cached_property
   def stale_reasons(self) -> dict[str, str]:
-    """{eval file (as `extrapolation_file` and BY_POSITION_FILE name it): its `stale_reason`} for the trial's stale
-    evaluations (extrapolation, RoPE-scaled, loss by position), judged once (the sweep runner evaluates these
+    """{eval file (as `extrapolation_file`, BY_POSITION_FILE and PASSKEY_FILE name it): its `stale_reason`} for the
+    trial's stale evaluations (extrapolation, RoPE-scaled, loss by position, passkey), judged once (the sweep runner evaluates these
     again)."""
     files = [(self.extrapolation, extrapolation_file(None)),
-             *((e, extrapolation_file(s)) for s, e in self.scaled.items()), (self.by_position, BY_POSITION_FILE)]
+             *((e, extrapolation_file(s)) for s, e in self.scaled.items()), (self.by_position, BY_POSITION_FILE),
+             (self.passkey, PASSKEY_FILE)]
     reasons = {f.as_posix(): self.stale_reason(e.checkpoint_step, f.as_posix(), e.checkpoint)
                for e, f in files if e is not None}
     return {file: reason for file, reason in reasons.items() if reason is not None}
@@ -542,6 +562,33 @@ def _read_by_position(path: pathlib.Path) -> LossByPosition | None:
                         checkpoint=_choice_or_none(path, data.get("checkpoint")))
 
 
+@_names_file
+def _read_passkey(path: pathlib.Path) -> Passkey | None:
+  """eval/passkey.json: per length the mean over depths of the scored cells' accuracy."""
+  if not path.is_file():
+    return None
+  data = _read_json_object(path)
+  if not isinstance(data.get("results"), list):
+    raise ReportError(f"{path} has no 'results' list")
+  by_length: dict[tuple[int, float], tuple[list[float], list[str]]] = {}
+  for i, r in enumerate(data["results"]):
+    try:
+      multiple, length = float(r["multiple"]), int(r["length"])
+      accuracy = _finite_or_none(r.get("accuracy"), repr(f"results[{i}].accuracy"))
+    except (KeyError, TypeError, ValueError):
+      raise ReportError(f"{path}: every result needs 'multiple', 'length' and 'accuracy', got {_short(r)}") from None
+    scored, notes = by_length.setdefault((length, multiple), ([], []))
+    if accuracy is not None:
+      scored.append(accuracy)
+    elif r.get("note") is not None and str(r["note"]) not in notes:
+      notes.append(str(r["note"]))
+  lengths = tuple(PasskeyLength(multiple, length, math.fsum(scored) / len(scored) if scored else None,
+                                None if scored else ("; ".join(notes) or "no depth scored"))
+                  for (length, multiple), (scored, notes) in sorted(by_length.items()))
+  return Passkey(lengths=lengths, checkpoint_step=_step_or_none(path, data.get("checkpoint_step")),
+                 checkpoint=_choice_or_none(path, data.get("checkpoint")))
+
+
 def _read_scaled(path: pathlib.Path) -> dict[str, Extrapolation]:
   """{scaling: evaluation} from eval/extrapolation_<scaling>.json; the file name names the scaling, as the
   evaluator names the file."""
@@ -634,7 +681,8 @@ def _load_trial(path: pathlib.Path, name: str, status: str | None = None, overri
                quality_input=_read_quality(path / QUALITY_INPUT_FILE, analyzed[QUALITY_INPUT_FILE],
                                            QUALITY_INPUT_FIGURES),
                rare=_read_rare(path / RARE_FILE, analyzed[RARE_FILE]),
-               by_position=_read_by_position(path / BY_POSITION_FILE), analysis_checkpoints=analysis)
+               by_position=_read_by_position(path / BY_POSITION_FILE), passkey=_read_passkey(path / PASSKEY_FILE),
+               analysis_checkpoints=analysis)
 
 
 def load_run(path: str | pathlib.Path) -> Trial:

@@ -26,7 +26,7 @@ import math
 import re
 from typing import Any
 
-from research.report.runs import (MISSING, QUALITY_FIGURES, QUALITY_FILE, QUALITY_FLOORS, QUALITY_INPUT_FIGURES,
+from research.report.runs import (MISSING, PASSKEY_FILE, QUALITY_FIGURES, QUALITY_FILE, QUALITY_FLOORS, QUALITY_INPUT_FIGURES,
                                   QUALITY_INPUT_FILE, RARE_ABSENT, RARE_FILE, RARE_GEOMETRY, RunSet, Trial,
                                   display, extrapolation_file, hashable)
 
@@ -75,6 +75,7 @@ class Column:
   quality: str | None = None  # a QUALITY_FIGURES name: higher is better (a QUALITY_FLOORS one: descriptive)
   geometry: str | None = None  # a RARE_GEOMETRY name: descriptive, no best
   absent: str | None = None  # a RARE_ABSENT name: descriptive, no best
+  passkey: bool = False  # eval/passkey.json's mean accuracy over depths at (multiple, length): higher is better
 
   @property
   def descriptive(self) -> bool:
@@ -82,11 +83,11 @@ class Column:
 
   @property
   def perplexity(self) -> bool:
-    return self.key in (VALID_PPL, BEST_VALID_PPL, VALID_PPL_RARE) or self.length is not None
+    return self.key in (VALID_PPL, BEST_VALID_PPL, VALID_PPL_RARE) or (self.length is not None and not self.passkey)
 
   @property
   def higher_is_better(self) -> bool:
-    return self.quality is not None and self.quality not in QUALITY_FLOORS
+    return self.passkey or (self.quality is not None and self.quality not in QUALITY_FLOORS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,6 +179,11 @@ def _columns(trials: list[Trial]) -> list[Column]:
   for length, multiple in pairs:
     columns.append(Column(f"ppl_{_multiple_text(multiple)}x_{length}", f"{_multiple_text(multiple)}× ({length})",
                           multiple=multiple, length=length))
+  passkey = sorted({(p.length, p.multiple) for t in trials if t.passkey is not None for p in t.passkey.lengths})
+  for length, multiple in passkey:
+    columns.append(Column(f"passkey_{_multiple_text(multiple)}x_{length}",
+                          f"passkey {_multiple_text(multiple)}× ({length})", multiple=multiple, length=length,
+                          passkey=True))
   if any(t.quality is not None for t in trials):
     columns += [Column(f"quality_{name}", QUALITY_HEADERS[name], quality=name) for name in QUALITY_FIGURES
                 if name not in QUALITY_FLOORS or any((t.quality or {}).get(name) is not None for t in trials)]
@@ -266,6 +272,18 @@ def _trial_value(trial: Trial, column: Column, rope_scaling: str | None = None) 
     if value is None and column.absent == "updated_while_absent":
       return None, f"not in {RARE_FILE.as_posix()} (analyzed before the figure existed: rerun --rare)"
     return (value, None) if value is not None else (None, "no row was absent from every batch")
+  if column.passkey:
+    if rope_scaling is not None:
+      return None, f"passkey retrieval with RoPE scaling (eval/passkey_{rope_scaling}.json) is not reported"
+    if trial.passkey is None:
+      return None, f"not evaluated (no {PASSKEY_FILE.as_posix()}; run research-evaluate --passkey)"
+    stale = trial.stale.get(PASSKEY_FILE.as_posix())
+    if stale is not None:
+      return None, stale
+    for p in trial.passkey.lengths:
+      if p.length == column.length and p.multiple == column.multiple:
+        return (p.accuracy, None) if p.accuracy is not None else (None, f"passkey: {p.note}")
+    return None, f"passkey: length {column.length} not evaluated"
   evaluation = trial.evaluation(rope_scaling)
   if evaluation is None:
     return None, f"not evaluated (no {extrapolation_file(rope_scaling).as_posix()})"
@@ -444,6 +462,8 @@ def to_latex(table: Table) -> str:
       headers.append(ABSENT_LATEX[c.absent])
     elif c.key in (VALID_PPL_RARE, BEST_VALID_PPL):
       headers.append(c.header)
+    elif c.passkey:
+      headers.append(f"passkey ${_multiple_text(c.multiple)}\\times$ ({c.length})")
     else:
       headers.append(f"${_multiple_text(c.multiple)}\\times$ ({c.length})")
   lines = [
@@ -453,6 +473,7 @@ def to_latex(table: Table) -> str:
       f"\\caption{{{latex_escape(table.title)}: perplexity, mean $\\pm$ sample std over seeds ("
       f"{_latex_ppl_best(table)}; "
       f"{'embedding quality: higher is better; ' if any(c.quality for c in table.columns) else ''}"
+      f"{'passkey accuracy: higher is better; ' if any(c.passkey for c in table.columns) else ''}"
       f"best per column in bold).}}",
       f"\\label{{tab:{re.sub(r'[^A-Za-z0-9:-]+', '-', table.title)}}}",
       "\\begin{tabular}{l" + "r" * (len(table.columns) + 1) + "}",
