@@ -191,8 +191,13 @@ def test_a_runs_rare_token_report_from_its_files(word_run):
   for name in (rare.NORM_PLOT, rare.BUCKETS_PLOT):
     assert (word_run / "eval" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   _, table, tok, counts = quality.run_table(word_run)
-  assert sum(b["rows"] for b in report["buckets"]) == tok.get_vocab_size() == 512
-  assert sum(b["tokens"] for b in report["buckets"]) == counts.sum()
+  # Every row but the four markers ([PAD], [CLS], [SEP], [MASK]: no text's frequency) is in one bucket.
+  markers = [tok.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")]
+  assert report["marker_rows"] == sorted(markers) and tok.token_to_id("[UNK]") not in markers
+  assert sum(b["rows"] for b in report["buckets"]) == tok.get_vocab_size() - 4 == 508
+  assert sum(b["tokens"] for b in report["buckets"]) == counts.sum() - counts[markers].sum()
+  assert counts[tok.token_to_id("[SEP]")] > 0  # so leaving it out changed a bucket
+  assert report["update_counts_step"] == report["checkpoint_step"] == 4
   present = np.load(word_run / loop.UPDATE_COUNTS_FILE)["present"]
   assert report["has_init"] and report["has_update_counts"]
   frequent = report["buckets"][-1]  # the most frequent words are in every batch
@@ -216,6 +221,45 @@ def test_a_runs_rare_token_report_from_its_files(word_run):
   whole = quality.analyze_run(word_run)["benchmarks"]["wordsim353"]["coverage"]
   scored = [b["benchmarks"]["wordsim353"]["coverage"] for b in report["buckets"] if b.get("benchmarks")]
   assert scored and all(c <= whole for c in scored)
+
+
+def test_update_counts_of_another_step_than_the_analysed_one_are_named():
+  report = {"geometry": {}, "buckets": [], "checkpoint_step": 660, "update_counts_step": 400,
+            "absent_rows": {"note": None, "rows": 3, "rows_changed": 0, "max_abs_change": 0.0, "step": 400,
+                            "updated_while_absent": 5, "updated_while_absent_steps": 9}}
+  lines = rare.summary_lines(report)
+  assert any("(to step 400): 5" in line for line in lines)
+  assert any(line.startswith("note: the update counts are those of step 400") and "analysed step 660" in line
+             for line in lines)
+  assert not any(line.startswith("note:") for line in rare.summary_lines({**report, "checkpoint_step": 400}))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, damage", [
+    ("token_counts.npy", lambda b: b[:100]), (loop.UPDATE_COUNTS_FILE, lambda b: b[: len(b) // 2]),
+    (loop.INIT_TABLE_FILE, lambda b: b[:-10]), (loop.UPDATE_COUNTS_FILE, lambda b: b"x" * len(b))],
+    ids=["counts-truncated", "update-counts-truncated", "init-truncated", "update-counts-overwritten"])
+def test_a_damaged_run_file_is_one_error_naming_it(word_run, tmp_path, name, damage):
+  import shutil
+
+  from research.analysis import quality
+  run = shutil.copytree(word_run, tmp_path / "run", ignore=shutil.ignore_patterns("eval"))
+  (run / name).write_bytes(damage((run / name).read_bytes()))
+  with pytest.raises(quality.AnalysisError, match=rf"^'{run / name}' is damaged \(.+\): .*(rerun|delete)"):
+    rare.analyze_run(run)
+
+
+@pytest.mark.slow
+def test_a_resume_without_its_token_counts_counts_them_again(word_run, tmp_path):
+  import json
+  import shutil
+  run = shutil.copytree(word_run, tmp_path / "run", ignore=shutil.ignore_patterns("eval"))
+  (run / "token_counts.npy").unlink()
+  config = tiny_config(**{"data.tokenizer": "word", "train.steps": 5, "train.checkpoint_every": 4,
+                          "train.eval_batches": 1, "train.async_checkpoints": False, "model.tie_embeddings": False})
+  loop.train(config, run)  # valid_ppl_rare's rule and research-analyze --rare need the counts: the same again
+  np.testing.assert_array_equal(np.load(run / "token_counts.npy"), np.load(word_run / "token_counts.npy"))
+  assert json.loads((run / loop.SUMMARY_FILE).read_text())["step"] == 5
 
 
 ABSENT_RUN = {"data.tokenizer": "word", "train.steps": 3, "train.checkpoint_every": 1, "train.eval_batches": 1,

@@ -24,12 +24,14 @@ figure is the floor a trained table is read against (docs/embeddings.md, "The fl
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
 import re
 import shutil
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -269,13 +271,28 @@ def analyze_vectors(path: str | os.PathLike, format: str = "auto", names: dict[s
           "benchmarks": benchmarks(kv), "neighbours": neighbours(kv, frequent_words(kv.index_to_key))}
 
 
+@contextlib.contextmanager
+def damaged_file(path: Path, remedy: str):
+  """Turns a run file numpy cannot read (truncated by a full disk or a copy, overwritten) into one AnalysisError
+  naming it and what to do, instead of numpy's traceback."""
+  try:
+    yield
+  except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise AnalysisError(f"{str(path)!r} is damaged ({reason[:200]}): {remedy}") from None
+
+
 def run_table(workdir: str | os.PathLike, checkpoint: str = "best"):
   """(loaded run, [V, d] input table as numpy, tokenizer, counts or None)."""
   from research.evaluate import extrapolation
   run = extrapolation.load_run(workdir, checkpoint)
   tokenizer = tokenizers_lib.load_tokenizer(workdir)  # load_run read it already: a damaged one failed there
   counts_file = tokenizers_lib.counts_path(workdir)
-  counts = np.load(counts_file) if counts_file.exists() else None
+  counts = None
+  if counts_file.exists():
+    with damaged_file(counts_file, "rerun research-train in that workdir with its config: it counts the training "
+                                   "stream again"):
+      counts = np.load(counts_file)
   return run, np.asarray(run.params["token_embed"]["embedding"], np.float32), tokenizer, counts
 
 
@@ -296,7 +313,9 @@ def initial_table(workdir: str | os.PathLike, shape: tuple[int, ...]) -> np.ndar
   path = Path(workdir) / loop.INIT_TABLE_FILE
   if not path.exists():
     return None
-  init_VxD = np.load(path)
+  with damaged_file(path, "no run rewrites it; delete it to analyse the run without the figures measured from the "
+                          "initial table"):
+    init_VxD = np.load(path)
   return init_VxD if init_VxD.shape == tuple(shape) else None
 
 

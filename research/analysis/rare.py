@@ -116,12 +116,14 @@ def _mean(x: np.ndarray) -> float | None:
 
 def buckets(table_VxD: np.ndarray, counts_V: np.ndarray, *, init_VxD: np.ndarray | None = None,
             present_V: np.ndarray | None = None, words: Sequence[str] | None = None,
-            base: float = 10.0, scorer: str = "batched") -> list[dict[str, Any]]:
+            base: float = 10.0, scorer: str = "batched", exclude_rows: Sequence[int] = ()) -> list[dict[str, Any]]:
   """One record per non-empty bucket, in order of frequency (see the module docstring); `scorer`: the analogy
-  scorer of the word benchmarks (`quality.benchmarks`)."""
+  scorer of the word benchmarks (`quality.benchmarks`). Rows in `exclude_rows` are in no bucket (a run's marker
+  tokens: their counts say nothing about text); they are still neighbours of the others."""
   table_VxD = np.asarray(table_VxD, np.float64)
   counts_V = np.asarray(counts_V, np.float64)
   index_V = bucket_index(counts_V, base)
+  index_V[np.asarray(exclude_rows, np.int64)] = -1
   norms_V = np.linalg.norm(table_VxD, axis=1)
   knn_V = knn_cosine(table_VxD)
   if init_VxD is not None:
@@ -129,7 +131,7 @@ def buckets(table_VxD: np.ndarray, counts_V: np.ndarray, *, init_VxD: np.ndarray
     drift_V = np.linalg.norm(table_VxD - init_VxD, axis=1)
     cos_V = np.sum(_unit(table_VxD) * _unit(init_VxD), axis=1)
   out = []
-  for k in np.unique(index_V):
+  for k in np.unique(index_V[index_V >= 0]):
     rows = np.flatnonzero(index_V == k)
     low, high = bucket_bounds(int(k), base)
     record: dict[str, Any] = {
@@ -245,12 +247,14 @@ def updated_while_absent(present_V: np.ndarray, nonzero_V: np.ndarray) -> dict[s
 
 def rare_report(table_VxD: np.ndarray, counts_V: np.ndarray, *, init_VxD: np.ndarray | None = None,
                 present_V: np.ndarray | None = None, head_VxD: np.ndarray | None = None,
-                words: Sequence[str] | None = None, base: float = 10.0, scorer: str = "batched") -> dict[str, Any]:
-  """The figures of rare_tokens.json for arrays: buckets of the input table, geometry of it (and of the head)."""
+                words: Sequence[str] | None = None, base: float = 10.0, scorer: str = "batched",
+                exclude_rows: Sequence[int] = ()) -> dict[str, Any]:
+  """The figures of rare_tokens.json for arrays: buckets of the input table (without `exclude_rows`), geometry of it
+  (every row; and of the head)."""
   report: dict[str, Any] = {
       "vocab_size": int(table_VxD.shape[0]), "dim": int(table_VxD.shape[1]), "bucket_base": base,
       "buckets": buckets(table_VxD, counts_V, init_VxD=init_VxD, present_V=present_V, words=words, base=base,
-                         scorer=scorer),
+                         scorer=scorer, exclude_rows=exclude_rows),
       "geometry": {"input": geometry(table_VxD, counts_V)}}
   if head_VxD is not None:
     report["geometry"]["output"] = geometry(head_VxD, counts_V)
@@ -260,12 +264,15 @@ def rare_report(table_VxD: np.ndarray, counts_V: np.ndarray, *, init_VxD: np.nda
 # ---------------------------------------------------------------------------------------------------- plots
 
 
-def plot_norm_vs_frequency(table_VxD: np.ndarray, counts_V: np.ndarray, path: Path, title: str = "") -> None:
-  """Row norm against training count (log x; never-seen rows drawn at 0.5, left of 1)."""
+def plot_norm_vs_frequency(table_VxD: np.ndarray, counts_V: np.ndarray, path: Path, title: str = "",
+                           exclude_rows: Sequence[int] = ()) -> None:
+  """Row norm against training count (log x; never-seen rows drawn at 0.5, left of 1), without `exclude_rows`."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
-  norms = np.linalg.norm(np.asarray(table_VxD, np.float64), axis=1)
-  counts = np.asarray(counts_V, np.float64)
+  keep = np.ones(len(counts_V), bool)
+  keep[np.asarray(exclude_rows, np.int64)] = False
+  norms = np.linalg.norm(np.asarray(table_VxD, np.float64), axis=1)[keep]
+  counts = np.asarray(counts_V, np.float64)[keep]
   fig = Figure(figsize=(6, 4))
   FigureCanvasAgg(fig)
   ax = fig.add_subplot()
@@ -312,15 +319,28 @@ def _save(fig, path: Path) -> None:
 # ----------------------------------------------------------------------------------------------- entry point
 
 
+def update_counts(workdir: Path) -> dict[str, Any] | None:
+  """RUN/update_counts.npz as {'present', 'nonzero', 'step' (None in a file written before it had one)}, or None
+  without the file; a damaged file is an AnalysisError naming it (a rerun of research-train writes it again)."""
+  from research.analysis import quality
+  from research.train import loop
+  path = workdir / loop.UPDATE_COUNTS_FILE
+  if not path.exists():
+    return None
+  remedy = "rerun research-train in that workdir with its config: a finished run writes it again"
+  with quality.damaged_file(path, remedy), np.load(path) as npz:
+    return {"present": npz["present"], "nonzero": npz["nonzero"],
+            "step": int(npz["step"]) if "step" in npz.files else None}
+
+
 def run_arrays(workdir: Path, params: Any, table_shape: tuple[int, ...]) -> dict[str, Any]:
   """(init table or None, present counts or None, head [V, width] or None) from a run's files and parameters; the
   init table is None when it is not this table's start (an older run's file)."""
   from research.analysis import quality
-  from research.train import loop
-  counts_file = workdir / loop.UPDATE_COUNTS_FILE
+  counts = update_counts(workdir)
   head = params.get("lm_head", {}).get("kernel") if isinstance(params.get("lm_head"), dict) else None
   return {"init_VxD": quality.initial_table(workdir, table_shape),
-          "present_V": np.load(counts_file)["present"] if counts_file.exists() else None,
+          "present_V": None if counts is None else counts["present"],
           "head_VxD": None if head is None else np.asarray(head, np.float32).T}
 
 
@@ -340,23 +360,16 @@ def run_absent_rows(workdir: Path, run_step: int, table_VxD: np.ndarray,
   step for a file written before it had one: both are written at the end of training): the analysed checkpoint's
   table when that is the step (a finished run's last checkpoint), else the checkpoint of that step. Also `step`
   and `note`: why the figures are None, when they are."""
-  import json
-
   from research.train import loop
   out: dict[str, Any] = {"rows": None, "rows_changed": None, "max_abs_change": None, "updated_while_absent": None,
                          "updated_while_absent_steps": None, "step": None, "note": None}
-  counts_file = workdir / loop.UPDATE_COUNTS_FILE
-  if not counts_file.exists():
+  counts = update_counts(workdir)
+  if counts is None:
     return {**out, "note": f"no {loop.UPDATE_COUNTS_FILE} (train.count_updates off, or the run did not finish)"}
-  with np.load(counts_file) as npz:
-    present_V = npz["present"]
-    step = int(npz["step"]) if "step" in npz.files else None
-    out.update(updated_while_absent(present_V, npz["nonzero"]))  # counts only: no table needed
+  present_V, step = counts["present"], counts_step(workdir, counts)
+  out.update(updated_while_absent(present_V, counts["nonzero"]))  # counts only: no table needed
   if init_VxD is None:
     return {**out, "note": f"no {loop.INIT_TABLE_FILE} of this table's shape"}
-  summary_file = workdir / loop.SUMMARY_FILE
-  if step is None and summary_file.exists():
-    step = json.loads(summary_file.read_text()).get("step")
   if step is None:
     return {**out, "note": f"the step {loop.UPDATE_COUNTS_FILE} counts up to is unknown"}
   table = table_VxD if step == run_step else _table_at(workdir, step)
@@ -375,6 +388,28 @@ def check_run_files(workdir: str | os.PathLike) -> None:
     raise quality.AnalysisError(f"run {str(workdir)!r} has no token_counts.npy: frequency buckets need it")
 
 
+def marker_rows(vocab_size: int) -> list[int]:
+  """The rows no bucket holds: the tokenizer's markers ([PAD], [CLS], [SEP], [MASK]), which stand for no text, so
+  their training counts say nothing about a word's frequency ([MASK] counts 0 and is read at every MLM step). [UNK]
+  stands for words and stays."""
+  from research.data import tokenizers as tokenizers_lib
+  return [i for i in tokenizers_lib.SPECIAL_IDS if i != tokenizers_lib.UNK_ID and i < vocab_size]
+
+
+def counts_step(workdir: Path, counts: dict[str, Any] | None) -> int | None:
+  """The step update_counts.npz counts up to: its own `step`, else (a file written before it had one) summary.json's,
+  written in the same call at the end of training."""
+  import json
+
+  from research.train import loop
+  if counts is None:
+    return None
+  if counts["step"] is not None:
+    return counts["step"]
+  summary_file = workdir / loop.SUMMARY_FILE
+  return json.loads(summary_file.read_text()).get("step") if summary_file.exists() else None
+
+
 def analyze_run(workdir: str | os.PathLike, checkpoint: str = "best", base: float = 10.0) -> dict[str, Any]:
   """The rare-token figures of the run's best (or last) checkpoint: RUN/eval/rare_tokens.json and two plots."""
   from research.analysis import quality
@@ -390,14 +425,16 @@ def analyze_run(workdir: str | os.PathLike, checkpoint: str = "best", base: floa
   words = pretrained.token_words(tokens, kind) if kind == "word" else None
   if words is not None:  # the five special tokens are not words
     words = ["" if t in tokenizers_lib.SPECIAL_TOKENS else w for t, w in zip(tokens, words)]
+  markers = marker_rows(table_VxD.shape[0])
   report = {"checkpoint_step": run.step, "checkpoint": checkpoint, "tokenizer": kind,
             "tied": bool(run.config.model.tie_embeddings),
             **rare_report(table_VxD, counts, init_VxD=init, present_V=arrays["present_V"],
-                          head_VxD=arrays["head_VxD"], words=words, base=base),
-            "has_init": init is not None, "has_update_counts": arrays["present_V"] is not None,
+                          head_VxD=arrays["head_VxD"], words=words, base=base, exclude_rows=markers),
+            "marker_rows": markers, "has_init": init is not None, "has_update_counts": arrays["present_V"] is not None,
+            "update_counts_step": counts_step(workdir, update_counts(workdir)),
             "absent_rows": run_absent_rows(workdir, run.step, table_VxD, init)}
   out_dir = write_rare(workdir, report).parent
-  plot_norm_vs_frequency(table_VxD, counts, out_dir / NORM_PLOT, title=workdir.resolve().name)
+  plot_norm_vs_frequency(table_VxD, counts, out_dir / NORM_PLOT, title=workdir.resolve().name, exclude_rows=markers)
   plot_buckets(report, out_dir / BUCKETS_PLOT, title=workdir.resolve().name)
   return report
 
@@ -427,7 +464,12 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     change = "n/a" if absent["max_abs_change"] is None else f"{absent['max_abs_change']:.3g}"
     lines.append(f"rows absent from every batch (to step {absent['step']}): {absent['rows']}, of which "
                  f"{absent['rows_changed']} moved from init; max |change| {change}")
+  counted = report.get("update_counts_step")
   if absent and absent.get("updated_while_absent") is not None:
-    lines.append(f"rows updated in a step no batch held them: {absent['updated_while_absent']} "
-                 f"(at least {absent['updated_while_absent_steps']} row-steps)")
+    lines.append(f"rows updated in a step no batch held them{'' if counted is None else f' (to step {counted})'}: "
+                 f"{absent['updated_while_absent']} (at least {absent['updated_while_absent_steps']} row-steps)")
+  if counted is not None and counted != report["checkpoint_step"]:
+    lines.append(f"note: the update counts are those of step {counted} (where training last ended), not of the "
+                 f"analysed step {report['checkpoint_step']}: mean_present and the per-step figures count steps "
+                 f"1-{counted}")
   return lines

@@ -152,10 +152,12 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> RunData:
       counts = np.load(counts_file)
     except (OSError, ValueError, EOFError) as e:  # truncated by a full disk: one epoch of the stream, counted again
       damaged = first_line(e)
-  if not resumed or damaged:  # a resumed run keeps the counts it started with (its valid_ppl_rare rule, its buckets)
-    if damaged and jax.process_index() == 0:
-      print(f"note: {str(counts_file)!r} is damaged ({damaged[:200]}); counting the training stream again",
-            flush=True)
+  # A resumed run keeps the counts it started with (its valid_ppl_rare rule, its buckets); a damaged or missing file
+  # (deleted, or a run from before the file existed) is counted again, so valid_ppl_rare does not silently go null.
+  if not resumed or counts is None:
+    if resumed and jax.process_index() == 0:
+      why = f"is damaged ({damaged[:200]})" if damaged else "is missing"
+      print(f"note: {str(counts_file)!r} {why}; counting the training stream again", flush=True)
     counts = batches_lib.stream_counts(splits["train"], tokenizer.get_vocab_size(), seq_len=config.data.seq_len,
                                        objective=config.objective)
     # Atomically: in a multi-process run every process writes it while the others may be reading it.
