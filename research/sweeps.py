@@ -57,7 +57,7 @@ from typing import Any, Callable, Mapping, Sequence
 from absl import flags
 import ml_collections
 
-from research import hugepages, schema, supervisor
+from research import hugepages, supervisor
 from research.flag_text import expected_flag_value
 from research.error_text import file_error
 from research.embeddings import registry
@@ -274,22 +274,18 @@ def load_sweep(path: str | Path) -> Sweep:
                notes=tuple(same_model_notes(configs)))
 
 
-# Resumable fields that still change what a run trains: a longer run is another point of the comparison.
-_MODEL_FIELDS = ("train.steps",)
-
-
 def same_model_notes(configs: Mapping[str, Any]) -> list[str]:
   """A warning for each group of trials that train the same model: their configs differ only in fields that change
   when, how often or where a run works (`schema.RESUMABLE_FIELDS` but train.steps), e.g. a sweep over
-  train.log_every or model.remat, or that neither model uses (`loop.unused_fields`: the char CNN's, without one).
+  train.log_every or model.remat, or that neither model uses (`loop.unused_fields`: the char CNN's, without one);
+  the rule is research/run_fields.py's, which research-report's duplicate runs use too.
   Such a sweep is legitimate to measure speed or memory, so it is said, not refused; as an ablation it would report
   one model twice (its arms' losses differ only by float rounding, if at all)."""
-  resumable = tuple(f for f in schema.RESUMABLE_FIELDS if f not in _MODEL_FIELDS)
   dicts = {name: config.to_dict() for name, config in configs.items()}
 
   def same(a, b) -> bool:  # research-train's resume rule, unused fields included
     a, b = dicts[a], dicts[b]
-    return not checkpoint_lib.config_differences(a, b, ignore=resumable + loop.unused_fields(a, b))
+    return not checkpoint_lib.config_differences(a, b, ignore=loop.same_model_ignored(a, b))
 
   groups: list[list[str]] = []
   for name in configs:

@@ -382,6 +382,12 @@ def unused_fields(previous: Mapping[str, Any], current: Mapping[str, Any]) -> tu
   return run_fields.unused_fields(previous, current, _rotates)
 
 
+def same_model_ignored(previous: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[str, ...]:
+  """The fields in which two configs may differ and still train the same model (`run_fields.same_model_ignored`,
+  with the schemes imported here): research-sweep's same-model warning."""
+  return run_fields.same_model_ignored(previous, current, _rotates)
+
+
 def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
                   backend: str | Callable[[], str] | None = None) -> Path:
   """The workdir as a Path, checked and left untouched: not a URL, not a file, and, when it holds a run (its
