@@ -534,6 +534,19 @@ def test_the_initial_tables_analogy_floor_is_a_descriptive_column_when_any_trial
   assert "analogy acc.\\ at init" in (tmp_path / "table.tex").read_text()
 
 
+def test_an_initial_table_scored_without_a_covered_question_is_not_called_unscored(tmp_path, quality_benchmarks):
+  for name, seed in (("a0", 0), ("a1", 1)):
+    write_trial(tmp_path, name, "alibi", seed)
+    _write_quality(tmp_path / name, quality_benchmarks, 0.1, 0.3, 0.2, analogy_init=0.02)
+  path = tmp_path / "a1" / "eval" / "embedding_quality.json"
+  record = json.loads(path.read_text())  # what research-analyze writes when no question is covered: scored 0
+  record["benchmarks_init"]["analogy"].update(accuracy=None, correct=0, scored=0, coverage=0.0)
+  path.write_text(json.dumps(record))
+  report = build_report(tmp_path)
+  assert "the initial table was scored, but no analogy question was covered" in report.table
+  assert "no initial table scored" not in report.table
+
+
 def test_the_input_vectors_scores_are_their_own_columns_next_to_the_tables(tmp_path, quality_benchmarks):
   for seed in (0, 1):
     write_trial(tmp_path, f"a{seed}", "alibi", seed)

@@ -618,7 +618,14 @@ def _read_quality(path: pathlib.Path, data: dict[str, Any] | None,
     if key == "accuracy" and isinstance(figures.get(section), dict) and figures[section].get("scored") == 0:
       value = None  # no question scored: a file written before research-analyze said null there holds 0.0 (0 / 0)
     out[name] = _finite_or_none(value, repr(f"{block}.{section}.{key}"))
+    if name in QUALITY_FLOORS:  # was the initial table scored at all (else: scored, but no question covered)
+      out[floor_scored(name)] = isinstance(data.get(block), dict)
   return out
+
+
+def floor_scored(name: str) -> str:
+  """The key of a quality dict that says whether the file scored the initial table at all (QUALITY_FLOORS)."""
+  return f"{name}:scored"
 
 
 @_names_file

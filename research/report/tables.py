@@ -28,7 +28,7 @@ from typing import Any
 
 from research.report.runs import (MISSING, PASSKEY_FILE, QUALITY_FIGURES, QUALITY_FILE, QUALITY_FLOORS, QUALITY_INPUT_FIGURES,
                                   QUALITY_INPUT_FILE, RARE_ABSENT, RARE_FILE, RARE_GEOMETRY, RunSet, Trial,
-                                  display, extrapolation_file, hashable)
+                                  display, extrapolation_file, floor_scored, hashable)
 
 VALID_PPL = "valid_ppl"
 BEST_VALID_PPL = "best_valid_ppl"  # summary.json: the run's best evaluation (early stopping's figure)
@@ -246,6 +246,8 @@ def _trial_value(trial: Trial, column: Column, rope_scaling: str | None = None) 
       return None, stale
     value = figures.get(column.quality)
     if value is None and column.quality in QUALITY_FLOORS:
+      if figures.get(floor_scored(column.quality)):
+        return None, "the initial table was scored, but no analogy question was covered"
       return None, "no initial table scored (a run without RUN/embedding_init.npy, or analyzed before the figure)"
     return (value, None) if value is not None else (None, f"{column.quality} not scored (no covered items)")
   if column.geometry is not None:
