@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from research.data import batches as B
+from research.data import corpora
 from research.data import tokenizers as T
 from research.data.corpora import CorpusError, load_corpus
 
@@ -392,6 +393,26 @@ def test_cache_rebuilds_when_a_text_file_changes(lee_tok, tmp_path):
   (data / "d.txt").write_text("one more line\n", encoding="utf-8")  # a new file matched by the spec
   B.build_or_load_cache(spec, counting, "k", cache)
   assert counting.calls == 9
+
+
+def test_a_file_edited_after_the_corpus_was_read_does_not_file_old_tokens_under_the_new_key(lee_tok, tmp_path):
+  """The key of a `text:` cache is the fingerprint of the bytes the loaded corpus was cut from, not of a second read
+  of the files: an edit between load_corpus and the cache build must not give the old documents' tokens the new
+  content's key (a later start on the edited file would then train on the old text)."""
+  _, tok = lee_tok
+  data = tmp_path / "data.txt"
+  _write_docs(data, "old")
+  spec, cache = f"text:{data}", tmp_path / "cache"
+  corpus = load_corpus(spec)
+  old_fingerprint = corpora.corpus_fingerprint(spec)
+  _write_docs(data, "new")  # edited while the run was tokenizing the text it read
+  B.build_or_load_cache(spec, tok, "k", cache, corpus=corpus)
+  edited = load_corpus(spec)
+  later = B.build_or_load_cache(spec, tok, "k", cache)  # the next start, on the edited file
+  for split, ids in B.encode_splits(edited, tok).items():
+    np.testing.assert_array_equal(later[split], ids)
+  assert corpus.fingerprint == old_fingerprint != edited.fingerprint  # one definition of the fingerprint
+  assert B.cache_key(spec, "k", corpus=corpus) != B.cache_key(spec, "k")
 
 
 def test_cache_key_covers_errors_policy_of_text_corpora(tmp_path):

@@ -65,16 +65,19 @@ def encode_splits(corpus: Corpus, tokenizer) -> dict[str, np.ndarray]:
   return {s: encode_split(tokenizer, corpus.split(s)) for s in SPLITS}
 
 
-def cache_key(corpus_spec: str, tokenizer_key: str, errors: str = "strict") -> str:
+def cache_key(corpus_spec: str, tokenizer_key: str, errors: str = "strict", *, corpus: Corpus | None = None) -> str:
   """Hash of (corpus spec, tokenizer settings, code versions, and for `text:` the errors policy and the files'
-  fingerprint): any change gives a new cache directory."""
+  fingerprint): any change gives a new cache directory. The fingerprint is `corpus.fingerprint` when the loaded
+  corpus is given (the bytes its documents were cut from: a file edited since then must not file these documents'
+  tokens under the new content's key), else the files are read for it (`corpora.corpus_fingerprint`)."""
   parts = {"corpus": corpus_spec, "tokenizer": tokenizer_key, "corpus_version": CORPUS_VERSION,
            "token_cache_version": TOKEN_CACHE_VERSION}
   if corpus_spec.startswith("text:"):
     # Only local files are decoded under `errors` (see load_corpus); keying the other specs on it would make two
     # callers that pass different (irrelevant) policies build two identical caches.
     parts["errors"] = errors
-    parts["files"] = corpus_fingerprint(corpus_spec)
+    loaded = corpus.fingerprint if corpus is not None else None
+    parts["files"] = loaded if loaded is not None else corpus_fingerprint(corpus_spec)
   if corpus_spec == "passkey":  # generated: its documents change with the generator's own version
     parts["passkey_version"] = passkey.CORPUS_VERSION
   return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
@@ -93,7 +96,7 @@ def build_or_load_cache(corpus_spec: str, tokenizer, tokenizer_key: str | None =
   """
   if tokenizer_key is None:
     tokenizer_key = fingerprint(tokenizer)
-  key = cache_key(corpus_spec, tokenizer_key, errors)
+  key = cache_key(corpus_spec, tokenizer_key, errors, corpus=corpus)
   root = cache_root(cache_dir) / "tokens"
   final = root / key
   if (final / "meta.json").exists():

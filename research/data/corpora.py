@@ -44,12 +44,15 @@ class CorpusError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Corpus:
-  """Documents of one corpus, already split. Each document is one string."""
+  """Documents of one corpus, already split. Each document is one string. `fingerprint`: for `text:` corpora, the
+  hash of the very bytes the documents were cut from (`corpus_fingerprint`'s value for them), so a cache keyed on it
+  describes these documents even when a file changes after they were read; None for the other specs."""
 
   name: str
   train: list[str]
   valid: list[str]
   test: list[str]
+  fingerprint: str | None = dataclasses.field(default=None, compare=False)
 
   def split(self, name: str) -> list[str]:
     if name not in SPLITS:
@@ -179,10 +182,18 @@ def read_text_file(path: str | os.PathLike, errors: str = "strict") -> str:
   if errors not in ERROR_POLICIES:
     raise ValueError(f"unknown errors policy {errors!r}; valid: {', '.join(ERROR_POLICIES)}")
   path = Path(path)
+  return _decode(path, _read_bytes(path), errors)
+
+
+def _read_bytes(path: Path) -> bytes:
   try:
-    data = path.read_bytes()
+    return path.read_bytes()
   except FileNotFoundError:
     raise CorpusError(f"corpus file not found: {path}") from None
+
+
+def _decode(path: Path, data: bytes, errors: str) -> str:
+  """`data` (the bytes of `path`) as UTF-8 under the `errors` policy, or a CorpusError naming the byte offset."""
   try:
     return data.decode("utf-8", errors=errors)
   except UnicodeDecodeError as e:
@@ -370,7 +381,7 @@ def corpus_fingerprint(spec: str) -> str | None:
   """
   if not spec.startswith("text:"):
     return None
-  parts: list = [TEXT_READER_VERSION]
+  digests = []
   for f in resolve_text_files(spec[len("text:"):]):
     digest = hashlib.sha256()
     try:
@@ -379,7 +390,14 @@ def corpus_fingerprint(spec: str) -> str | None:
           digest.update(block)
     except FileNotFoundError:
       raise CorpusError(f"corpus file not found: {f}") from None
-    parts.append((str(f.resolve()), digest.hexdigest()))
+    digests.append((f, digest.hexdigest()))
+  return _files_fingerprint(digests)
+
+
+def _files_fingerprint(digests: Sequence[tuple[Path, str]]) -> str:
+  """The fingerprint of files given as (path, SHA-256 of its bytes): `corpus_fingerprint` reads them for it,
+  `load_corpus` hashes the bytes it decodes (one read, so the key and the documents are of the same content)."""
+  parts: list = [TEXT_READER_VERSION, *((str(f.resolve()), digest) for f, digest in digests)]
   return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
@@ -391,7 +409,12 @@ def normalise_text(text: str) -> str:
 
 def _text_corpus(pattern: str, errors: str) -> Corpus:
   files = resolve_text_files(pattern)
-  texts = [normalise_text(read_text_file(f, errors)) for f in files]
+  texts, digests = [], []
+  for f in files:  # one read per file: the fingerprint is of the bytes these documents come from
+    data = _read_bytes(f)
+    digests.append((f, hashlib.sha256(data).hexdigest()))
+    texts.append(normalise_text(_decode(f, data, errors)))
+  fingerprint = _files_fingerprint(digests)
   if len(files) == 1 and not texts[0].strip():
     raise CorpusError(f"corpus file is empty: {files[0]}")
   name = f"text:{pattern}"
@@ -401,7 +424,7 @@ def _text_corpus(pattern: str, errors: str) -> Corpus:
     # One per non-blank line. Lines end at "\n" only: str.splitlines would also cut at form feeds, U+2028, NEL and
     # other separators that are text inside a line.
     docs = [line.strip() for t in texts for line in t.split("\n") if line.strip()]
-  return _check_splits(split_documents(docs, name))
+  return _check_splits(dataclasses.replace(split_documents(docs, name), fingerprint=fingerprint))
 
 
 def _lee() -> Corpus:
