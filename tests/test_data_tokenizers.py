@@ -282,3 +282,43 @@ def test_the_unk_share_is_a_share_of_the_texts_tokens_not_of_the_separators(obje
   found = [n for n in loop.data_notes(config, tokenizer, counts) if "[UNK]" in n]
   assert share > 2 * loop.UNK_NOTE_SHARE and len(found) == 1
   assert found[0].startswith(f"note: {share:.1%} of the train split's tokens are [UNK]")
+
+
+_BUILD_WHEN_TOLD = """
+import sys, time
+from pathlib import Path
+from research.data import tokenizers as T
+from research.data.corpora import Corpus
+cache, go = sys.argv[1], Path(sys.argv[2])
+texts = [f"word{i} alpha beta gamma \\u03b4\\u03ad\\u03bb\\u03c4\\u03b1 {i * 7} na\\u00efve caf\\u00e9 stra\\u00dfe" for i in range(40)]
+corpus = Corpus("mixed", texts, ["alpha"], ["beta"])
+(go.parent / f"ready{sys.argv[3]}").touch()
+while not go.exists():
+  time.sleep(0.001)
+for kind in ("wordpiece", "unigram"):
+  print(kind, T.build_or_load_tokenizer(kind, corpus, 150, cache_dir=cache)[0].to_str(), sep="\\t")
+"""
+
+
+def test_processes_building_the_same_tokenizer_at_once_train_it_once_and_use_the_same_ids(tmp_path):
+  """wordpiece and unigram train differently each time (hash order, ties): two processes that find the tokenizer
+  uncached at the same moment (a sweep's --jobs=2 trials, two runs started together) must not each train and use
+  their own. The build holds a lock; the second process waits and loads the first one's."""
+  import subprocess
+  import sys
+  import time
+  from tests.train_utils import ROOT
+  cache, go = tmp_path / "cache", tmp_path / "go"
+  procs = [subprocess.Popen([sys.executable, "-c", _BUILD_WHEN_TOLD, str(cache), str(go), str(i)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  deadline = time.monotonic() + 60
+  while not all((tmp_path / f"ready{i}").exists() for i in range(2)) and time.monotonic() < deadline:
+    time.sleep(0.005)
+  go.touch()  # both are past their imports: they look for the cached tokenizer within a millisecond of each other
+  outs = [p.communicate(timeout=60) for p in procs]
+  assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+  (a, b) = ([line.split("\t") for line in out.splitlines()] for out, _ in outs)
+  assert [kind for kind, _ in a] == [kind for kind, _ in b] == ["wordpiece", "unigram"]
+  for (kind, first), (_, second) in zip(a, b):
+    assert first == second, f"{kind}: the two processes use different tokenizers"
+    assert T.load_tokenizer(next(cache.glob(f"tokenizers/mixed-{kind}-*"))).to_str() == first

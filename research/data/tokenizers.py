@@ -19,6 +19,7 @@ Kinds (all trained on the text you pass, i.e. the train split only):
 from __future__ import annotations
 
 import collections
+import fcntl
 import hashlib
 import json
 import os
@@ -311,25 +312,45 @@ def build_or_load_tokenizer(kind: str, corpus, vocab_size: int, *, cache_dir=Non
   """Train on `corpus.train` (with counts saved beside it), or load when the same settings were trained before.
 
   Cached under <cache_root>/tokenizers/<corpus name>-<kind>-<vocab_size>-<tokenizer_cache_key>/; returns the
-  tokenizer and its directory.
+  tokenizer and its directory. A build holds an exclusive lock (`.<directory name>.lock` beside it) from "not
+  cached" to "cached", so processes that start together (a sweep's trials, two runs) train it once: the others
+  wait and load it. That matters for wordpiece and unigram, whose training is not deterministic: each would
+  otherwise train, and use, its own vocabulary.
   """
   from research.data.corpora import cache_root
   _check_kind(kind)
   safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in corpus.name)
   key = tokenizer_cache_key(kind, corpus, vocab_size)
   directory = cache_root(cache_dir) / "tokenizers" / f"{safe[:40]}-{kind}-{vocab_size}-{key}"
-  if tokenizer_path(directory).exists() and counts_path(directory).exists():
-    try:
-      load_counts(directory)
-      return load_tokenizer(directory), directory
-    except Exception as e:  # noqa: BLE001 — the tokenizers library raises a bare Exception for a damaged file
+  cached = _load_cached(directory, note=False)  # no lock on a hit: a read-only cache works
+  if cached is not None:
+    return cached, directory
+  directory.parent.mkdir(parents=True, exist_ok=True)
+  with open(directory.parent / f".{directory.name}.lock", "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when the process dies
+    cached = _load_cached(directory, note=True)  # built by the process that held the lock before us
+    if cached is not None:
+      return cached, directory
+    tok = train_tokenizer(kind, corpus.train, vocab_size)
+    save_counts(token_counts(tok, corpus.train), directory)
+    save_tokenizer(tok, directory)  # written last: its presence means the directory is complete
+  return tok, directory
+
+
+def _load_cached(directory: Path, *, note: bool) -> Tokenizer | None:
+  """The tokenizer cached in `directory`, or None when there is none or it is damaged (with a note when `note`:
+  the caller trains it again)."""
+  if not (tokenizer_path(directory).exists() and counts_path(directory).exists()):
+    return None
+  try:
+    load_counts(directory)
+    return load_tokenizer(directory)
+  except Exception as e:  # noqa: BLE001 — the tokenizers library raises a bare Exception for a damaged file
+    if note:
       print(f"note: the cached tokenizer {str(directory)!r} is damaged ({' '.join(str(e).split())[:200]}); training "
             f"it again (wordpiece and unigram training is not deterministic: runs started before may have other "
             f"ids; each run keeps its own RUN/tokenizer.json)", flush=True)
-  tok = train_tokenizer(kind, corpus.train, vocab_size)
-  save_counts(token_counts(tok, corpus.train), directory)
-  save_tokenizer(tok, directory)  # written last: its presence means the directory is complete
-  return tok, directory
+    return None
 
 
 def vocabulary(tokenizer) -> list[str]:
