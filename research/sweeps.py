@@ -524,13 +524,23 @@ def check_trials_outside_corpus(sweep: Sweep, directory: Path) -> None:
           from None
 
 
+def saved_objective(trial_dir: Path) -> str | None:
+  """The objective the trial's RUN/config.json records, or None when it cannot be read."""
+  try:
+    saved = json.loads((trial_dir / loop.CONFIG_FILE).read_text())
+  except (OSError, ValueError):
+    return None
+  return saved.get("objective") if isinstance(saved, dict) else None
+
+
 def evaluation_outdated(sweep: Sweep, trial_dir: Path) -> str | None:
   """Why a trial evaluated before (every file of `eval_files` exists) must be evaluated again for this sweep's
   EVALUATE, or None: its extrapolation file lacks a requested length, or records other options (mode, stride, split,
   RoPE factor, and `checkpoint` where the file records it, as files written since it does; the scaling is in the
-  file's name), or its passkey file other depths, trials or lengths (`passkey_outdated`). What the files do not
-  record is not compared: `max_tokens_per_batch` (batching only); by_position's file is compared by its presence
-  (`missing_eval_files`)."""
+  file's name), or its passkey file other depths, trials or lengths (`passkey_outdated`), or an MLM trial's file
+  lacks `mlm_masks` (scored with masks per batch, which moved with the batch size: `extrapolation.MLM_MASKS`). What
+  the files do not record is not compared: `max_tokens_per_batch` (batching only); by_position's file is compared by
+  its presence (`missing_eval_files`)."""
   if not sweep.evaluate:
     return None
   path = trial_dir / "eval" / eval_file(sweep)
@@ -556,6 +566,9 @@ def evaluation_outdated(sweep: Sweep, trial_dir: Path) -> str | None:
   differ = [f"{key}={report.get(key)!r} (now {value!r})" for key, value in wanted.items() if report.get(key) != value]
   if differ:
     return f"eval/{path.name} was made with {', '.join(differ)}"
+  if report.get("mlm_masks") != extrapolation.MLM_MASKS and saved_objective(trial_dir) == "mlm":
+    return (f"eval/{path.name} was scored with MLM masks drawn per batch (they moved with max_tokens_per_batch); "
+            f"masks are now drawn per row (mlm_masks={extrapolation.MLM_MASKS!r})")
   if options["passkey"]:
     why = passkey_outdated(trial_dir / "eval" / passkey.report_file(options["rope_scaling"]), options, multiples)
     if why:

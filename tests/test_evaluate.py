@@ -174,7 +174,8 @@ def rope_plain(runs):
 
 # Evaluation on 4 simulated CPU devices (XLA_FLAGS must be set before jax is imported: a subprocess). Batches of
 # 3 rows (96 tokens at T=32, 1 row at 2T) must be padded to the 4 devices; the MLM case checks that the padding
-# leaves the masks of the real rows alone (an untrained encoder: masking, not learning, is under test).
+# leaves the masks of the real rows alone, and that batches of 3 rows on the mesh score the masks of one batch of all 7
+# rows on one device (an untrained encoder: masking, not learning, is under test).
 FOUR_DEVICES = """
 import json, sys
 import jax, numpy as np
@@ -189,8 +190,8 @@ model_cfg = configuration.model_config(config, 64)
 params = Transformer(model_cfg).init(jax.random.key(0), np.zeros((1, 16), np.int32))["params"]
 ids = np.random.default_rng(0).integers(5, 64, 14 * 7).astype(np.uint16)
 mlm = [extrapolation.split_perplexity(extrapolation.LoadedRun(config, model_cfg, params, 0, {}, mesh=mesh),
-                                      model_cfg, ids, 16, max_tokens_per_batch=48)[0]
-       for mesh in (None, extrapolation.evaluation_mesh(config))]
+                                      model_cfg, ids, 16, max_tokens_per_batch=tokens)[0]
+       for mesh, tokens in ((None, 16 * 7), (extrapolation.evaluation_mesh(config), 48))]
 print(json.dumps({"devices": jax.device_count(), "mesh": dict(run.mesh.shape), "mlm": mlm,
                   "table_devices": len(run.params["token_embed"]["embedding"].sharding.device_set),
                   "results": report["results"]}))
@@ -259,22 +260,144 @@ def _mlm_run(seq_len=16):
   return extrapolation.LoadedRun(config, model_cfg, params, 0, {}), config, model_cfg, params
 
 
-def test_mlm_evaluation_draws_other_masks_in_every_batch_and_the_same_on_a_rerun():
+def test_mlm_evaluation_draws_other_masks_in_every_row_and_the_same_on_a_rerun():
   import numpy as np
   run, config, model_cfg, params = _mlm_run()
   chunk = np.random.default_rng(0).integers(5, 64, 14)  # seq_len − 2: every [CLS] chunk [SEP] row is identical
   one, four = chunk.astype(np.uint16), np.tile(chunk, 4).astype(np.uint16)
-  # One row per batch: batches identical but for their masking key. With one key for every batch, four identical
-  # rows would score exactly like one.
-  ppl_one, _ = extrapolation.split_perplexity(run, model_cfg, one, 16, max_tokens_per_batch=16)
-  ppl_four, _ = extrapolation.split_perplexity(run, model_cfg, four, 16, max_tokens_per_batch=16)
-  assert ppl_four != ppl_one
-  assert extrapolation.split_perplexity(run, model_cfg, four, 16, max_tokens_per_batch=16)[0] == ppl_four
+  # With one key for every row (or every batch of one row), four identical rows would score exactly like one.
+  for rows in (1, 4):
+    ppl_one, _ = extrapolation.split_perplexity(run, model_cfg, one, 16, max_tokens_per_batch=16 * rows)
+    ppl_four, _ = extrapolation.split_perplexity(run, model_cfg, four, 16, max_tokens_per_batch=16 * rows)
+    assert ppl_four != ppl_one
+    assert extrapolation.split_perplexity(run, model_cfg, four, 16, max_tokens_per_batch=16 * rows)[0] == ppl_four
   # The trainer's validation: the same property, through Trainer.evaluate.
   trainer = loop.Trainer.build(config, 64)
   state = trainer.init_state()
   losses = [trainer.evaluate(state.params, np.tile(chunk, n).astype(np.uint16))["loss"] for n in (16, 32, 32)]
   assert losses[1] != losses[0] and losses[2] == losses[1]
+
+
+def _mlm_trainer(batch_size, **overrides):
+  """A Trainer of `_mlm_run`'s config validating every row (train.eval_batches=0) in batches of `batch_size`."""
+  config = tiny_config(**{"objective": "mlm", "data.seq_len": 16, "model.position": "alibi",
+                          "train.batch_size": batch_size, "train.eval_batches": 0, **overrides})
+  return loop.Trainer.build(config, 64)
+
+
+def test_mlm_scores_do_not_depend_on_the_batch_size_and_the_trainer_scores_what_research_evaluate_does():
+  """The masks of a row depend on its index in the split, not on how the split is cut into batches: the same
+  checkpoint gave 340.15 / 331.57 / 329.80 at --max_tokens_per_batch=8192 / 4096 / 64 (masks keyed per batch), and
+  the trainer's valid ppl moved with train.batch_size. Now every cut scores the same targets with the same masks, and
+  research-evaluate at 1x equals the trainer's validation over the same rows."""
+  import numpy as np
+  ids = np.random.default_rng(2).integers(5, 64, 14 * 21 + 5).astype(np.uint16)  # 22 rows, the last one short
+  trainer = _mlm_trainer(4)
+  params = trainer.init_state().params
+  run = extrapolation.LoadedRun(trainer.config, trainer.model.cfg, params, 0, {})
+  scores = {rows: extrapolation.split_perplexity(run, trainer.model.cfg, ids, 16, max_tokens_per_batch=16 * rows)
+            for rows in (1, 3, 8, 22, 64)}
+  ppl, tokens = scores[22]
+  for other_ppl, other_tokens in scores.values():
+    assert other_tokens == tokens and other_ppl == pytest.approx(ppl, rel=1e-6)
+  valid = {b: _mlm_trainer(b).evaluate(params, ids) for b in (4, 16)}  # 16: the last batch is mostly padding
+  for metrics in valid.values():
+    assert metrics["tokens"] == tokens
+    assert metrics["loss"] == pytest.approx(valid[4]["loss"], rel=1e-6)
+    assert metrics["ppl"] == pytest.approx(ppl, rel=1e-5)
+
+
+def test_an_mlm_run_evaluated_at_1x_gives_the_trainers_valid_ppl_and_records_its_masks(tmp_path):
+  """End to end: research-evaluate at 1x over the whole valid split (any --max_tokens_per_batch) scores the masks
+  the trainer's validation scored over it (train.eval_batches=0), and extrapolation.json records the rule. With no
+  target selected, the note gives the run's data.mlm_select_rate (it said ~15 % whatever the rate)."""
+  workdir = _train(tmp_path / "mlm", **{"objective": "mlm", "model.position": "alibi", "train.steps": 2,
+                                        "train.eval_every": 2, "train.checkpoint_every": 2, "train.eval_batches": 0,
+                                        "train.batch_size": 8})
+  summary = json.loads((workdir / "summary.json").read_text())
+  reports = [extrapolation.evaluate_run(workdir, (1,), max_tokens_per_batch=tokens) for tokens in (96, 8192)]
+  for report in reports:
+    assert report["mlm_masks"] == extrapolation.MLM_MASKS == "per_row"
+    assert report["results"][0]["tokens"] == reports[0]["results"][0]["tokens"] > 0
+    assert report["results"][0]["ppl"] == pytest.approx(summary["valid_ppl"], rel=1e-5)
+  config = json.loads((workdir / "config.json").read_text())
+  config["data"]["mlm_select_rate"] = 1e-9
+  (workdir / "config.json").write_text(json.dumps(config))
+  (result,) = extrapolation.evaluate_run(workdir, (1,))["results"]
+  assert result["ppl"] is None and "an MLM selects ~1e-07 % of a split's tokens" in result["note"], result
+
+
+def test_mlm_evaluation_masks_differ_between_rows_and_select_the_configured_share():
+  """Each row draws its own masks from fold_in(eval_key(seed, length), row), whatever batch holds it; the share of
+  tokens selected is data.mlm_select_rate."""
+  import numpy as np
+  from research.train import steps
+  rows, length = 64, 64
+  tokens = np.tile(np.random.default_rng(0).integers(5, 64, length).astype(np.int32), (rows, 1))  # identical rows
+  batch = {"inputs": tokens, "targets": tokens, "weights": np.ones_like(tokens, np.float32),
+           "positions": np.broadcast_to(np.arange(length), tokens.shape)}
+
+  def selected(rate, key, part=slice(None), batch_index=0):
+    settings = steps.StepSettings(objective="mlm", vocab_size=64, mlm_select_rate=rate)
+    sub = steps.with_row_indices({k: v[part] for k, v in batch.items()}, batch_index)
+    return np.asarray(steps.prepare_inputs(sub, key, settings)[2]) > 0
+
+  key = steps.eval_key(0, length)
+  for rate in (0.15, 0.4):
+    masks = selected(rate, key)
+    assert len({m.tobytes() for m in masks}) == rows  # not one mask repeated
+    assert abs(masks.mean() - rate) < 0.03  # 4,096 tokens: the standard error is < 0.008
+  masks = selected(0.15, key)
+  # Rows 8..15 as batch 1 of batches of 8 rows: the masks of the same rows of the whole batch.
+  assert np.array_equal(selected(0.15, key, slice(8, 16), batch_index=1), masks[8:16])
+  assert not np.array_equal(selected(0.15, steps.eval_key(0, 2 * length)), masks)  # the length is folded in
+  assert not np.array_equal(selected(0.15, steps.eval_key(1, length)), masks)  # and the seed
+
+
+def test_row_indices_are_the_rows_the_evaluation_batches_hold_on_every_process():
+  """`steps.with_row_indices` names the split's row of every row of the evaluation batches, on each of P
+  processes: the row the batch holds is the one `PackedBatches` builds for that index alone."""
+  import numpy as np
+  from research.data import batches
+  from research.train import steps
+  ids = np.random.default_rng(3).integers(5, 64, 14 * 9 + 3).astype(np.uint16)  # 10 rows
+  for count in (1, 3):
+    seen = []
+    for index in range(count):
+      it = batches.PackedBatches(ids, 16, 2, objective="mlm", shuffle=False, num_epochs=1, process_index=index,
+                                 process_count=count)
+      for i, batch in enumerate(it):
+        for row, inputs, weights in zip(steps.with_row_indices(batch, i, index, count)["rows"], batch["inputs"],
+                                        batch["weights"]):
+          if weights.any():
+            (alone,) = batches.PackedBatches(ids, 16, 1, objective="mlm", shuffle=False).batch(0, row)["inputs"]
+            assert np.array_equal(inputs, alone)
+            seen.append(int(row))
+    assert sorted(seen) == list(range(10))
+
+
+def test_a_sweep_evaluates_an_mlm_trial_again_when_its_file_predates_per_row_masks(tmp_path):
+  """An MLM trial's extrapolation.json without `mlm_masks` was scored with masks per batch: a rerun of the sweep
+  evaluates it again (its figures moved with max_tokens_per_batch). A CLM trial's file is current without it."""
+  from research import sweeps
+  sweep_file = tmp_path / "s.py"
+  sweep_file.write_text("BASE_CONFIG = 'configs/tiny.py'\nEVALUATE = {'lengths': [1]}\n\n"
+                        "def get_sweep():\n  return [{'seed': 0}]\n")
+  sweep = sweeps.load_sweep(sweep_file)
+  for objective in ("clm", "mlm"):
+    trial_dir = tmp_path / objective
+    (trial_dir / "eval").mkdir(parents=True)
+    (trial_dir / "config.json").write_text(json.dumps(tiny_config(objective=objective).to_dict()))
+    for masks in (None, extrapolation.MLM_MASKS):
+      extrapolation.write_report(trial_dir, extrapolation.report_record(
+          train_len=64, mode="nonoverlapping", stride=None, split="valid", checkpoint_step=4, rope_scaling=None,
+          rope_factor=None, results=[extrapolation.result_record(1, 64, 30.0, 100)], checkpoint="best",
+          mlm_masks=masks))
+      why = sweeps.evaluation_outdated(sweep, trial_dir)
+      if objective == "mlm" and masks is None:
+        assert why is not None and "drawn per batch" in why and "mlm_masks='per_row'" in why, why
+      else:
+        assert why is None, (objective, masks, why)
 
 
 def test_a_batch_larger_than_the_split_is_cut_to_its_windows_with_the_same_scores(runs):
@@ -315,20 +438,6 @@ def test_a_diverged_checkpoint_scores_the_capped_perplexity_not_a_traceback(runs
   ppl, tokens = extrapolation.split_perplexity(diverged, run.model_cfg, np.asarray(run.splits["valid"])[:400], 16)
   assert ppl == math.exp(700.0) and tokens == 399
   assert loop.perplexity(math.log(5.0)) == pytest.approx(5.0)
-
-
-def test_mlm_evaluation_keys_select_different_positions_per_batch_and_length():
-  import numpy as np
-  from research.train import steps
-  tokens = np.random.default_rng(0).integers(5, 64, (8, 32)).astype(np.int32)
-  batch = {"inputs": tokens, "targets": tokens, "weights": np.ones_like(tokens, np.float32),
-           "positions": np.broadcast_to(np.arange(32), tokens.shape)}
-  settings = steps.StepSettings(objective="mlm", vocab_size=64)
-  selected = lambda key: np.asarray(steps.prepare_inputs(batch, key, settings)[2]) > 0  # noqa: E731
-  pairs = {i: set(zip(*np.nonzero(selected(steps.eval_key(0, 32, i))))) for i in range(3)}
-  assert pairs[0] != pairs[1] != pairs[2] != pairs[0]
-  assert set(zip(*np.nonzero(selected(steps.eval_key(0, 64, 0))))) != pairs[0]  # the length is folded in too
-  assert set(zip(*np.nonzero(selected(steps.eval_key(0, 32, 1))))) == pairs[1]  # and nothing else
 
 
 @pytest.mark.slow

@@ -17,9 +17,10 @@ checkpoint's (a per-layer scheme: one panel or curve per layer).
                            encoder only); Toeplitz schemes have one value per distance, so the mean is that value.
   attention.png            every scheme: mean attention distance Σ_j p_ij·|i − j| (in tokens of the row) and entropy
                            −Σ_j p_ij·log p_ij per layer and head, averaged over the real (non-padding) queries of the
-                           first `batches` validation batches, as the run's evaluation feeds them (MLM masking from
-                           `steps.eval_key`; data.document_positions / document_mask from the run's config). The
-                           model sows its attention probabilities only when asked (`attention.INTERMEDIATES`).
+                           first `batches` validation batches, as the run's evaluation feeds them (MLM: each row's
+                           masks from `steps.eval_key`, the ones the evaluation scores; data.document_positions /
+                           document_mask from the run's config). The model sows its attention probabilities only
+                           when asked (`attention.INTERMEDIATES`).
 
 CoPE's logit-dependent bias (`logit_bias`) depends on the content, so it has no picture against distance; its
 attention statistics show what it does. `positions.json` holds every number drawn, plus the references a reader
@@ -198,7 +199,8 @@ def attention_statistics(run, num_batches: int = DEFAULT_BATCHES) -> dict[str, A
   for i, batch in enumerate(it):
     if used == num_batches:
       break
-    probabilities, mask = jax.device_get(forward(run.params, batch, steps.eval_key(config.seed, length, i)))
+    probabilities, mask = jax.device_get(forward(run.params, steps.with_row_indices(batch, i),
+                                                 steps.eval_key(config.seed, length)))
     queries = batch["inputs"] != PAD_ID
     for layer, p in enumerate(probabilities):
       sums = attention_sums(p, mask, queries)

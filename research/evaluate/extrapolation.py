@@ -5,7 +5,7 @@ length (nonoverlapping windows, or strided sliding windows that score only the l
 docs/reports.md, "Evaluation protocol") and writes `RUN/eval/extrapolation.json`:
 
   {"train_len": T, "mode": ..., "stride": S | null, "split": "valid", "checkpoint_step": k, "checkpoint": "best",
-   "rope_scaling": ...,
+   "rope_scaling": ..., "mlm_masks": "per_row" (an MLM's only),
    "results": [{"multiple": m, "length": m*T, "ppl": x, "tokens": n}, ...]}
 
 A scheme that cannot represent a length (a learned table shorter than m·T), or whose parameters for it were never
@@ -21,7 +21,9 @@ With more than one device (a GPU host, a TPU slice, simulated CPU devices) the e
 (`evaluation_mesh`): parameters restored straight onto it with the trainer's sharding rule, every batch padded with
 empty rows to a multiple of the devices and split over them, each process scoring its own share of the windows
 (`jax.distributed` is started as in training, from `mesh.distributed`). Every target is still scored exactly once,
-so the perplexity is the single-device one (a test checks it on 4 simulated devices, to 1e-5).
+so the perplexity is the single-device one (a test checks it on 4 simulated devices, to 1e-5). An MLM masks each row
+of the split from its own key (`steps.eval_key`), so its masks, like every other number here, do not depend on
+`max_tokens_per_batch`, the devices or the processes, and at 1x they are those of the trainer's validation.
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ MODES = batches_lib.EVAL_MODES
 CHECKPOINTS = ("best", "last")
 ROPE_SCALINGS = tuple(s for s in model_config_lib.ROPE_SCALINGS if s != "none")  # switched on at evaluation
 EVAL_DIR = "eval"
+# An MLM's masking rule, recorded in its extrapolation.json: every row of the split masked from its own key
+# (`steps.eval_key`), whatever the batch size. A file without it was scored with masks per batch, which moved with
+# --max_tokens_per_batch (research-sweep evaluates such a file again: sweeps.evaluation_outdated).
+MLM_MASKS = "per_row"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,12 +248,12 @@ def split_scores(run: LoadedRun, model_cfg: ModelConfig, ids: np.ndarray, length
   nll, tokens = 0.0, 0.0
   nll_by_column = np.zeros(length) if by_position else None
   tokens_by_column = np.zeros(length) if by_position else None
+  rng = steps.eval_key(run.config.seed, length)  # row r masked with fold_in(rng, r): whatever the batch size
   for i, batch in enumerate(it):
+    batch = steps.with_row_indices(batch, i, index, count)  # before the padding rows, which score nothing
     if run.mesh is not None:
-      # Appended empty rows leave the real rows' MLM masks as they are: jax's random bits for a row do not depend on
-      # the rows after it (threefry, partitionable).
       batch = mesh_lib.shard_batch(batches_lib.pad_rows(batch, jax.local_device_count()), run.mesh)
-    sums = jax.device_get(step(run.params, batch, steps.eval_key(run.config.seed, length, i)))
+    sums = jax.device_get(step(run.params, batch, rng))
     nll += float(sums["nll_sum"])
     tokens += float(sums["weight_sum"])
     if by_position:
@@ -422,8 +428,10 @@ def evaluate_run(workdir: str | Path, lengths: Sequence[int] = (1, 2, 4, 8, 16),
       if scores.tokens:
         results.append(result_record(int(multiple), length, scores.ppl, scores.tokens))
       else:  # exp(0 / 0) would read as a perfect 1.00
+        rate = float(run.config.data.mlm_select_rate)
         results.append(result_record(int(multiple), length, note=f"no target to score in the {split} split at this "
-                                     f"length (an MLM selects ~15 % of a split's tokens: a tiny split may give none)"))
+                                     f"length (an MLM selects ~{100 * rate:g} % of a split's tokens, "
+                                     f"data.mlm_select_rate: a tiny split may give none)"))
       if by_position:
         position_results.append(by_position_lib.result_record(
             int(multiple), length, train_len=train_len, nll_by_column=scores.nll_by_column,
@@ -441,7 +449,8 @@ def evaluate_run(workdir: str | Path, lengths: Sequence[int] = (1, 2, 4, 8, 16),
         trials=passkey_trials, depths=passkey_depths, rope_scaling=rope_scaling, rope_factor=rope_factor,
         results=passkey_results))
   report = report_record(train_len=train_len, mode=mode, stride=stride, split=split, checkpoint_step=run.step,
-                         checkpoint=checkpoint, rope_scaling=rope_scaling, rope_factor=rope_factor, results=results)
+                         checkpoint=checkpoint, rope_scaling=rope_scaling, rope_factor=rope_factor, results=results,
+                         mlm_masks=MLM_MASKS if run.config.objective == "mlm" else None)
   write_report(workdir, report, output)
   return report
 
@@ -489,12 +498,14 @@ def result_record(multiple: int, length: int, ppl: float | None = None, tokens: 
 
 def report_record(*, train_len: int, mode: str, stride: int | None, split: str, checkpoint_step: int,
                   rope_scaling: str | None, rope_factor: float | None, results: list[dict],
-                  checkpoint: str | None = None) -> dict[str, Any]:
+                  checkpoint: str | None = None, mlm_masks: str | None = None) -> dict[str, Any]:
   """`checkpoint`: the choice (best | last) that selected `checkpoint_step`, so that a report can tell when the
-  same choice would select another step now (docs/reports.md, "Stale evaluations")."""
-  return {"train_len": train_len, "mode": mode, "stride": stride if mode == "sliding" else None, "split": split,
-          "checkpoint_step": checkpoint_step, "checkpoint": checkpoint, "rope_scaling": rope_scaling,
-          "rope_factor": rope_factor if rope_scaling else None, "results": results}
+  same choice would select another step now (docs/reports.md, "Stale evaluations"). `mlm_masks` (an MLM run's
+  only): the masking rule, `MLM_MASKS`."""
+  record = {"train_len": train_len, "mode": mode, "stride": stride if mode == "sliding" else None, "split": split,
+            "checkpoint_step": checkpoint_step, "checkpoint": checkpoint, "rope_scaling": rope_scaling,
+            "rope_factor": rope_factor if rope_scaling else None, "results": results}
+  return {**record, "mlm_masks": mlm_masks} if mlm_masks else record
 
 
 def report_file(rope_scaling: str | None = None) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from research.data.batches import document_ids, document_positions, mask_tokens
@@ -103,7 +104,8 @@ def count_rows(counts: dict[str, Array], row_mask_V: Array, table_update_VxE: Ar
 
 
 def prepare_inputs(batch, rng, settings: StepSettings, *, training: bool = False):
-  """(inputs, targets, weights, positions, key_mask): MLM applies the BERT masking here, from the step's key;
+  """(inputs, targets, weights, positions, key_mask): MLM applies the BERT masking here, from the step's key (a
+  batch with `rows`, evaluation's: row r from `fold_in(rng, r)`, see `eval_key`);
   `document_positions=reset` restarts the positions at every [SEP] of the row (`batches.document_positions`); in
   training, `position_sampling=randomized` then replaces the positions by a sorted random sample (Ruoss et al. 2023)
   drawn from `fold_in(rng, POSITION_STREAM)`, so a resumed run draws the same positions (with reset positions, each
@@ -122,9 +124,14 @@ def prepare_inputs(batch, rng, settings: StepSettings, *, training: bool = False
     positions = randomized_positions(jax.random.fold_in(rng, POSITION_STREAM), positions,
                                      settings.max_position or positions.shape[1])
   if settings.objective == "mlm":
-    inputs, targets, selected = mask_tokens(
-        rng, batch["inputs"], vocab_size=settings.vocab_size, select_rate=settings.mlm_select_rate,
+    mask = lambda key, tokens: mask_tokens(  # noqa: E731
+        key, tokens, vocab_size=settings.vocab_size, select_rate=settings.mlm_select_rate,
         mask_rate=settings.mlm_mask_rate, random_rate=settings.mlm_random_rate, special_ids=SPECIAL_IDS)
+    if "rows" in batch:  # evaluation: row r masked with fold_in(rng, r), whatever batch it is in (`eval_key`)
+      keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, batch["rows"])
+      inputs, targets, selected = jax.vmap(mask)(keys, batch["inputs"])
+    else:  # training: the whole batch from the step's key
+      inputs, targets, selected = mask(rng, batch["inputs"])
     # [PAD] is special, so masking never selects it nor draws it as a random replacement: the original inputs tell.
     return inputs, targets, selected * batch["weights"], positions, batch["inputs"] != PAD_ID
   return batch["inputs"], batch["targets"], batch["weights"], positions, None
@@ -136,12 +143,24 @@ def segments(batch, settings: StepSettings):
   return document_ids(batch["inputs"]) if settings.document_mask else None
 
 
-def eval_key(seed: int, length: int, batch_index: int) -> jax.Array:
-  """The MLM masking key of evaluation batch `batch_index` at window `length`: every batch draws its own masks (one
-  key for all would mask the same (row, position) pairs in every batch), and a rerun draws the same ones. The
-  masks depend on how the split is cut into batches, so the trainer's validation (batches of train.batch_size) and
-  research-evaluate (batches of max_tokens_per_batch // length) score an MLM on different, equally likely masks."""
-  return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed + 1), length), batch_index)
+def eval_key(seed: int, length: int) -> jax.Array:
+  """The MLM masking key of evaluation at window `length`: row r of the split at that length is masked with
+  `fold_in(eval_key(seed, length), r)` (`with_row_indices`, `prepare_inputs`). Every row draws its own masks, a rerun
+  draws the same ones, and a row's masks depend on nothing but the seed, the length, the row index and the row's
+  tokens: not on the batch size (train.batch_size, --max_tokens_per_batch), the number of devices or processes, or
+  the empty rows padding a batch. So the trainer's validation and research-evaluate at 1x score the same masks."""
+  return jax.random.fold_in(jax.random.key(seed + 1), length)
+
+
+def with_row_indices(batch, batch_index: int, process_index: int = 0, process_count: int = 1):
+  """`batch` (batch `batch_index` of this process's evaluation batches, before any padding for devices) with `rows`:
+  int32 [B], each row's index among the split's rows at that length. The evaluation iterators lay the split out in
+  order, process h taking rows h, h + P, … (`batches.eval_batches`, `PackedBatches(shuffle=False)`), so row j of
+  batch i is h + P·(i·B + j); empty rows past the split's end get the indices they would have (weight 0 anyway).
+  Only MLM masking reads them (`prepare_inputs`)."""
+  size = batch["inputs"].shape[0]
+  rows = process_index + process_count * (batch_index * size + np.arange(size, dtype=np.int64))
+  return {**batch, "rows": rows.astype(np.int32)}
 
 
 def lm_loss_sums(params, model: Transformer, inputs, targets, weights, positions, key_mask=None, segments_BxL=None,
@@ -251,7 +270,8 @@ def train_step(state: TrainState, batch, *, model: Transformer, optimizer, sched
 
 def eval_step(params, batch, rng, *, model: Transformer, settings: StepSettings, rare_V=None,
               by_position: bool = False):
-  """Loss sums over one evaluation batch (MLM masks with `rng`: `eval_key(seed, length, batch_index)`).
+  """Loss sums over one evaluation batch (MLM: `rng` = `eval_key(seed, length)`, and the batch carries its `rows`,
+  `with_row_indices`).
 
   With `rare_V` (bool [V]: the rare rows, e.g. training count < 10) also `rare_nll_sum` and `rare_weight_sum` over
   the scored targets that are rare (a second pass with those targets' weights only; evaluation is cheap).
