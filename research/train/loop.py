@@ -907,12 +907,14 @@ class Trainer:
     return jax.jit(step, in_shardings=(self.state_shardings.params, mesh_lib.batch_sharding(self.mesh), None))
 
   def evaluate(self, params, ids: np.ndarray) -> dict[str, float]:
-    """Loss, perplexity and accuracy over the validation split. MLM masks batch i with `steps.eval_key(seed, seq_len,
-    i)`: other masks in every batch, the same ones at every evaluation (comparable checkpoints)."""
+    """Loss, perplexity and accuracy over the validation split. MLM masks row r of the split with
+    `fold_in(steps.eval_key(seed, seq_len), r)`: other masks in every row, the same ones at every evaluation
+    (comparable checkpoints) whatever train.batch_size, and those research-evaluate scores at 1x."""
     totals: dict[str, float] = {}
     start = time.time()
+    rng = steps.eval_key(self.config.seed, self.config.data.seq_len)
     for i, batch in enumerate(valid_batches(self.config, ids, self.config.train.batch_size // jax.process_count())):
-      rng = steps.eval_key(self.config.seed, self.config.data.seq_len, i)
+      batch = steps.with_row_indices(batch, i, jax.process_index(), jax.process_count())
       sums = jax.device_get(self.eval_step(params, mesh_lib.shard_batch(batch, self.mesh), rng))
       for key, value in sums.items():
         totals[key] = totals.get(key, 0.0) + float(value)
