@@ -3,6 +3,7 @@
 import dataclasses
 import importlib.util
 import json
+import os
 import re
 import socket
 import sys
@@ -422,3 +423,42 @@ def test_research_train_on_an_hf_corpus_without_datasets_is_one_line(tmp_path):
                "--config.data.corpus=hf:wikitext/wikitext-2-raw-v1")
   assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
   assert result.stderr.strip().splitlines()[-1].endswith("(pip install datasets) and a network connection")
+
+
+def _cache_run(tmp_path, corpus, cache_dir):
+  """loop.train on a small `text:` corpus with data.cache_dir=`cache_dir`: what it raises (it is refused before
+  training, or the test fails)."""
+  from research.train import loop
+  from tests.train_utils import tiny_config
+  config = tiny_config(**{"data.corpus": corpus, "data.cache_dir": str(cache_dir), "data.tokenizer": "char",
+                          "data.vocab_size": 100, "train.steps": 1})
+  with pytest.raises(Exception) as raised:
+    loop.train(config, tmp_path / "run")
+  return raised.value
+
+
+def test_a_data_cache_where_the_corpus_reads_or_that_is_not_a_writable_directory_is_one_line_naming_it(tmp_path):
+  """data.cache_dir is refused like a workdir inside a `text:` corpus (its tokenizers and token streams would be
+  read as text at the next start), before anything is written there; a file, or a directory that cannot be
+  written, is one line naming data.cache_dir (not the run directory, not an errno traceback)."""
+  from research.train import configuration, loop
+  data = tmp_path / "data"
+  data.mkdir()
+  _write_lines(data / "a.txt", 40)
+  for corpus, cache in ((f"text:{data}", data / "cache"), (f"text:{tmp_path}/g/**/*.npy", tmp_path / "g" / "c")):
+    error = _cache_run(tmp_path, corpus, cache)
+    assert isinstance(error, configuration.ConfigError) and "\n" not in str(error)
+    assert str(error).startswith(f"data.cache_dir {str(cache)!r} is inside data.corpus={corpus!r}"), error
+    assert not cache.exists()
+  assert not corpora.reads_path(f"text:{data}", data / ".cache", corpora.CACHE_FILES)  # a hidden one is allowed
+  (tmp_path / "file").write_text("x")
+  for cache in (tmp_path / "file", tmp_path / "file" / "sub"):
+    error = _cache_run(tmp_path, f"text:{data}", cache)
+    assert isinstance(error, configuration.ConfigError), error
+    assert str(error).startswith(f"data.cache_dir {str(cache)!r} is not a directory"), error
+    assert "a writable directory" in str(error)
+  if os.path.isdir("/sys/fs"):  # not writable by anyone, root included (sysfs; read-only in containers)
+    error = _cache_run(tmp_path, f"text:{data}", "/sys/fs/research-cache")
+    assert isinstance(error, loop.StorageError) and "\n" not in str(error), error
+    assert str(error).startswith("data.cache_dir '/sys/fs/research-cache' could not be written"), error
+    assert "writable directory" in str(error) and str(tmp_path / "run") not in str(error)

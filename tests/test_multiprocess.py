@@ -320,6 +320,50 @@ def test_the_job_check_compares_the_model_and_run_but_not_how_each_process_joins
   assert loop.job_differences([base, same, other]) == "process 2 of 3 was started with --config.seed=7 (process 0: 0)"
 
 
+_PREPARE_DATA = """
+import hashlib, sys
+from pathlib import Path
+import numpy as np
+from research.train import loop, mesh
+from tests.train_utils import tiny_config
+corpus, cache, runs = sys.argv[1:4]
+mesh.maybe_initialize_distributed(True, heartbeat_timeout_s=30, init_timeout_s=60)
+for vocab in (20, 150):
+  config = tiny_config(**{"data.corpus": corpus, "data.cache_dir": cache, "data.tokenizer": "wordpiece",
+                          "data.vocab_size": vocab})
+  (Path(runs) / str(vocab)).mkdir(parents=True, exist_ok=True)
+  try:
+    data = loop.prepare_data(config, Path(runs) / str(vocab))
+  except Exception as e:
+    print("result: error:", e)
+  else:
+    print("result:", hashlib.sha256(data.tokenizer.to_str().encode()).hexdigest(),
+          hashlib.sha256(np.asarray(data.splits["train"]).tobytes()).hexdigest())
+"""
+
+
+def test_the_processes_of_one_job_use_process_0s_tokenizer_even_with_their_own_caches(tmp_path):
+  """wordpiece training is not deterministic: processes that each trained their own tokenizer (each host has its
+  own data.cache_dir) fed the shared model ids of different vocabularies. Process 0 builds it and writes
+  RUN/tokenizer.json; the others wait and load that file, and all tokenize the same streams. A user error of the
+  build (a vocabulary too small) is the same one line on every process, none left waiting."""
+  data = tmp_path / "data.txt"
+  data.write_text("".join(f"word{i} alpha beta gamma \u03b4\u03ad\u03bb\u03c4\u03b1 {i * 7} na\u00efve caf\u00e9 "
+                          f"stra\u00dfe\n" for i in range(40)), encoding="utf-8")
+  job = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{_free_port()}", "JAX_NUM_PROCESSES": "2"}
+  procs = [subprocess.Popen([sys.executable, "-c", _PREPARE_DATA, f"text:{data}", str(tmp_path / f"cache{i}"),
+                             str(tmp_path / "runs")], cwd=ROOT, env=_env(tmp_path / "jax", 1, **job, JAX_PROCESS_ID=str(i)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  results = _finish(procs, timeout=120)
+  _ok(results)
+  first, second = ([line.removeprefix("result: ") for line in out.splitlines() if line.startswith("result: ")]
+                   for _, out, _ in results)
+  assert first[0] == second[0] and first[0].startswith(
+      "error: data.tokenizer='wordpiece', data.vocab_size=20: vocab_size=20 is too small"), (first, second)
+  assert first[1] == second[1] and not first[1].startswith("error"), "the processes use different tokenizers"
+  assert not (tmp_path / "cache1" / "tokenizers").exists()  # process 1 built nothing
+
+
 @pytest.mark.parametrize("environ, message", [
     ({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"}, "JAX_PROCESS_ID=2 must be 0 … 1, one number per process"),
     ({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "-1"}, "JAX_PROCESS_ID=-1 must be 0 … 1"),

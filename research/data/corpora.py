@@ -246,22 +246,29 @@ RUN_FILES = ("config.json", "data.json", "metrics.jsonl", "summary.json", "token
              "eval/ppl_vs_length.png", "eval/previous/extrapolation.json")
 
 
-def reads_path(spec: str, path: str | os.PathLike) -> bool:
+# What the data cache holds (research/data/*: its corpora, tokenizers and token streams), for `reads_path`.
+CACHE_FILES = (f"corpora/wikipedia-sample-v{CORPUS_VERSION}.json", "tokenizers/x-bpe-1-0/tokenizer.json",
+               "tokenizers/x-bpe-1-0/token_counts.npy", "tokenizers/.x-bpe-1-0.lock", "tokens/0/train.npy",
+               "tokens/0/valid.npy", "tokens/0/test.npy", "tokens/0/meta.json", "hf/x")
+
+
+def reads_path(spec: str, path: str | os.PathLike, names: Sequence[str] = RUN_FILES) -> bool:
   """Whether the corpus `spec` will read files a run writes under `path` (a workdir, a sweep's trial directory),
   as far as can be told before they exist, by the reader's own rules (`resolve_text_files`): a `text:` directory
   whose walk (non-hidden names, symlinked directories followed) reaches `path`; a glob whose matches include such a
-  directory, or that matches `path`, a directory above it or one of `RUN_FILES`. What this cannot foresee (a file
-  name it does not list, a symlink made later) `files_inside` finds at the run's next start. False for other specs,
-  and for a path the system cannot even look at (the reader reports that itself)."""
+  directory, or that matches `path`, a directory above it or one of `names` below it (`RUN_FILES`; `CACHE_FILES` for
+  the data cache). What this cannot foresee (a file name it does not list, a symlink made later) `files_inside`
+  finds at the run's next start. False for other specs, and for a path the system cannot even look at (the reader
+  reports that itself)."""
   if not isinstance(spec, str) or not spec.startswith("text:") or not spec[len("text:"):]:
     return False
   try:
-    return _reads_path(os.path.expanduser(spec[len("text:"):]), _real_target(Path(os.path.abspath(path))))
+    return _reads_path(os.path.expanduser(spec[len("text:"):]), _real_target(Path(os.path.abspath(path))), names)
   except (OSError, ValueError):  # a name too long, a NUL: not a corpus the reader can open either
     return False
 
 
-def _reads_path(expanded: str, target: Path) -> bool:
+def _reads_path(expanded: str, target: Path, names: Sequence[str]) -> bool:
   if globlib.has_magic(expanded) and not Path(expanded).exists():
     for match in globlib.glob(expanded, recursive=True):  # directories matched now: the reader walks them
       if os.path.isdir(match) and _walk_reaches(Path(match), target):
@@ -270,7 +277,7 @@ def _reads_path(expanded: str, target: Path) -> bool:
     for above in (target, *target.parents):  # a directory matched: its walk reads the non-hidden names below it
       if _glob_matches(pattern, above.parts) and _visible(target, above):
         return True
-    for name in RUN_FILES:  # a file the run writes, or a directory of them, matched by name
+    for name in names:  # a file the run writes, or a directory of them, matched by name
       file = target / name
       if any(_glob_matches(pattern, above.parts) for above in (file, *file.parents) if target in above.parents):
         return True

@@ -126,21 +126,13 @@ class RunData:
 def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> RunData:
   """Corpus → tokenizer (reused from the workdir when resuming) → memory-mapped token streams."""
   cache_dir = config.data.cache_dir or None
+  check_cache_dir(config)
   check_corpus_excludes_run(config, workdir)
   corpus = corpora.load_corpus(config.data.corpus, errors=config.data.errors, cache_dir=cache_dir)
   # A tokenizer in the workdir is reused only by a run that saved a checkpoint (a resume, whose config was checked);
   # one left by a start that failed before its first checkpoint may belong to another config, and is rebuilt.
   resumed = (workdir / TOKENIZER_FILE).exists() and checkpoint_lib.has_checkpoint(workdir / "checkpoints")
-  if resumed:
-    tokenizer = load_run_tokenizer(workdir)
-  else:
-    try:
-      tokenizer, directory = tokenizers_lib.build_or_load_tokenizer(config.data.tokenizer, corpus,
-                                                                    config.data.vocab_size, cache_dir=cache_dir)
-    except ValueError as e:  # e.g. a vocabulary too small for the alphabet: a user error, not a bug
-      raise configuration.ConfigError(f"data.tokenizer={config.data.tokenizer!r}, data.vocab_size="
-                                      f"{config.data.vocab_size}: {e}") from None
-    tokenizers_lib.save_tokenizer(tokenizer, workdir)
+  tokenizer = load_run_tokenizer(workdir) if resumed else fresh_tokenizer(config, corpus, workdir)
   splits = batches_lib.build_or_load_cache(config.data.corpus, tokenizer, cache_dir=cache_dir, corpus=corpus,
                                            errors=config.data.errors)
   check_splits(splits, tokenizer.get_vocab_size())
@@ -169,6 +161,44 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> RunData:
     for line in stream_notes(config, splits["train"]):
       print(line, flush=True)
   return RunData(tokenizer, splits, tokenizer.get_vocab_size(), counts)
+
+
+def fresh_tokenizer(config: ml_collections.ConfigDict, corpus: corpora.Corpus, workdir: Path):
+  """A fresh start's tokenizer (built, or loaded from the data cache), saved as RUN/tokenizer.json.
+
+  In a multi-process run process 0 alone builds or loads it and writes RUN/tokenizer.json; the other processes
+  wait for it and load that file (the workdir is shared: checkpoints need it). Each building its own would feed the
+  shared model ids of different vocabularies: wordpiece and unigram training is not deterministic, and a host's
+  data.cache_dir is its own. Process 0 broadcasts its outcome, which is also the barrier: an empty text, or the
+  one line every process then raises."""
+  tokenizer, error = None, ""
+  if jax.process_index() == 0:
+    try:
+      tokenizer, _ = tokenizers_lib.build_or_load_tokenizer(config.data.tokenizer, corpus, config.data.vocab_size,
+                                                            cache_dir=config.data.cache_dir or None)
+      tokenizers_lib.save_tokenizer(tokenizer, workdir)
+    except ValueError as e:  # e.g. a vocabulary too small for the alphabet: a user error, not a bug
+      error = f"data.tokenizer={config.data.tokenizer!r}, data.vocab_size={config.data.vocab_size}: {e}"
+    except Exception as e:
+      if jax.process_count() > 1:  # the others stop too, in one line; this process reports its own error
+        broadcast_text(f"process 0 could not build the tokenizer ({first_line(e)[:300]}); see its output")
+      raise
+  if jax.process_count() > 1:
+    error = broadcast_text(error)
+  if error:
+    raise configuration.ConfigError(error)
+  return tokenizer if tokenizer is not None else load_run_tokenizer(workdir)
+
+
+def broadcast_text(text: str) -> str:
+  """Process 0's `text`, on every process of the job (the others pass anything); every process waits for it."""
+  from jax.experimental import multihost_utils
+  data = text.encode("utf-8")
+  size = int(multihost_utils.broadcast_one_to_all(np.array(len(data), np.int32)))
+  if not size:
+    return ""
+  sent = multihost_utils.broadcast_one_to_all(np.frombuffer(data.ljust(size, b"\0")[:size], np.uint8))
+  return bytes(np.asarray(sent, np.uint8)).decode("utf-8", "replace")
 
 
 def trained_splits(config: ml_collections.ConfigDict, splits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -442,6 +472,42 @@ def check_outside_corpus(config: ml_collections.ConfigDict, path: Path, what: st
     raise configuration.ConfigError(
         f"{what} {str(path)!r} is inside data.corpus={corpus!r}: the run's files (checkpoints, logs) would become "
         f"training text at its next start; give it a directory outside the corpus")
+
+
+def cache_dir_name(config: ml_collections.ConfigDict) -> str:
+  """How the data cache's directory was chosen, for a line about it."""
+  if config.data.cache_dir:
+    return "data.cache_dir"
+  return "$RESEARCH_CACHE_DIR" if os.environ.get("RESEARCH_CACHE_DIR") else "the data cache (data.cache_dir)"
+
+
+def check_cache_dir(config: ml_collections.ConfigDict) -> None:
+  """A one-line ConfigError, before anything is written, when the data cache's directory (`corpora.cache_root`) is
+  not a directory (it, or a directory above it, is a file) or lies where the run's `text:` corpus reads (its token
+  streams and tokenizers would become training text at the next start, as a workdir's files would)."""
+  root, name = corpora.cache_root(config.data.cache_dir or None), cache_dir_name(config)
+  for above in (root, *root.parents):
+    if above.exists() or above.is_symlink():
+      if not above.is_dir():
+        which = "" if above == root else f" ({str(above)!r} is a file)"
+        raise configuration.ConfigError(f"{name} {str(root)!r} is not a directory{which}; give a writable directory")
+      break
+  if corpora.reads_path(config.data.corpus, root, corpora.CACHE_FILES):
+    raise configuration.ConfigError(
+        f"{name} {str(root)!r} is inside data.corpus={config.data.corpus!r}: the cache's files (tokenizers, token "
+        f"streams) would become training text at the next start; give it a directory outside the corpus")
+
+
+def in_cache_dir(e: OSError, config: ml_collections.ConfigDict, workdir: Path) -> bool:
+  """Whether the file an OSError names is the data cache's directory, inside it, or a directory above it that its
+  creation needed (and not the run directory's)."""
+  if not e.filename:
+    return False
+  path, run = Path(os.path.abspath(os.fsdecode(e.filename))), Path(os.path.abspath(workdir))
+  root = Path(os.path.abspath(corpora.cache_root(config.data.cache_dir or None)))
+  if path == run or run in path.parents:
+    return False
+  return path == root or path in root.parents or root in path.parents
 
 
 def check_corpus_excludes_run(config: ml_collections.ConfigDict, workdir: Path) -> None:
@@ -975,6 +1041,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
       what, remedy = DISK_FULL_MESSAGES[full]
       raise StorageError(f"{what.format(place=storage_place(e, workdir, config))} ({full}); what was written before "
                          f"is intact: {remedy} and rerun the command, {resume}") from None
+    if in_cache_dir(denied, config, workdir):
+      raise StorageError(f"{cache_dir_name(config)} {str(corpora.cache_root(config.data.cache_dir or None))!r} could "
+                         f"not be written ({first_line(denied)[:200]}); give a writable directory (or make it "
+                         f"writable) and rerun the command, {resume}") from None
     raise StorageError(f"a file of {str(workdir)!r} could not be written ({first_line(denied)[:200]}); what was "
                        f"written before is intact: make it writable and rerun the command, {resume}") from None
   finally:
