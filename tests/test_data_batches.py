@@ -498,3 +498,28 @@ def test_a_damaged_cached_tokenizer_is_trained_again(tmp_path, capsys):
   assert same == directory and "is damaged" in capsys.readouterr().out
   assert again.to_str() == tok.to_str()  # bpe trains deterministically
   assert T.load_tokenizer(directory).to_str() == tok.to_str()
+
+
+def test_a_flipped_bit_in_a_cached_stream_is_found_and_tokenized_again(tmp_path, capsys):
+  """A cached stream whose bytes changed but still hold valid ids (a bit flip, an edit) would be trained on: its
+  SHA-256 in meta.json, recorded at the build, differs, so it is rebuilt with a note. A cache from before the
+  checksums were kept is rebuilt once too."""
+  corpus = load_corpus("lee")
+  tok = T.train_tokenizer("char", corpus.train, 100)
+  fresh = {s: np.array(v) for s, v in B.build_or_load_cache("lee", tok, cache_dir=tmp_path).items()}
+  (cache,) = (tmp_path / "tokens").iterdir()
+  flipped = fresh["train"].copy()
+  flipped[1000] ^= 1  # another valid id of the vocabulary
+  assert flipped[1000] < tok.get_vocab_size()
+  np.save(cache / "train.npy", flipped)
+  again = B.build_or_load_cache("lee", tok, cache_dir=tmp_path)
+  assert "train.npy's checksum is not the one meta.json recorded" in capsys.readouterr().out
+  assert all(np.array_equal(again[s], fresh[s]) for s in fresh)
+  meta = json.loads((cache / "meta.json").read_text())
+  del meta["sha256"]
+  (cache / "meta.json").write_text(json.dumps(meta))
+  again = B.build_or_load_cache("lee", tok, cache_dir=tmp_path)
+  assert "has no checksums (built before they were kept); tokenizing the corpus again" in capsys.readouterr().out
+  assert "sha256" in json.loads((cache / "meta.json").read_text())
+  B.build_or_load_cache("lee", tok, cache_dir=tmp_path)
+  assert capsys.readouterr().out == ""  # a sound cache loads without a note

@@ -103,8 +103,9 @@ def build_or_load_cache(corpus_spec: str, tokenizer, tokenizer_key: str | None =
     try:
       return _load_streams(final)
     except (OSError, ValueError, KeyError, TypeError) as e:  # a truncated file (a full disk), a damaged meta.json
-      print(f"note: the token cache {str(final)!r} is damaged ({' '.join(str(e).split())[:200]}); tokenizing the "
-            f"corpus again", flush=True)
+      why = ("has no checksums (built before they were kept)" if isinstance(e, UncheckedCache) else
+             f"is damaged ({' '.join(str(e).split())[:200]})")
+      print(f"note: the token cache {str(final)!r} {why}; tokenizing the corpus again", flush=True)
       aside = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}.damaged."))
       try:
         os.replace(final, aside / key)
@@ -121,7 +122,8 @@ def build_or_load_cache(corpus_spec: str, tokenizer, tokenizer_key: str | None =
         np.save(tmp / f"{s}.npy", ids)
       meta = {"corpus": corpus_spec, "tokenizer": tokenizer_key, "corpus_version": CORPUS_VERSION, "errors": errors,
               "token_cache_version": TOKEN_CACHE_VERSION, "vocab_size": tokenizer.get_vocab_size(),
-              "num_tokens": {s: int(v.size) for s, v in streams.items()}}
+              "num_tokens": {s: int(v.size) for s, v in streams.items()},
+              "sha256": {s: stream_sha256(v) for s, v in streams.items()}}
       (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
       try:
         os.replace(tmp, final)
@@ -133,14 +135,30 @@ def build_or_load_cache(corpus_spec: str, tokenizer, tokenizer_key: str | None =
   return _load_streams(final)
 
 
+class UncheckedCache(ValueError):
+  """A token cache whose meta.json holds no checksums (built before they were kept): built again, once."""
+
+
+def stream_sha256(ids: np.ndarray) -> str:
+  """SHA-256 of a stream's bytes (its ids in the cache's dtype), as meta.json keeps it."""
+  return hashlib.sha256(np.ascontiguousarray(ids)).hexdigest()
+
+
 def _load_streams(final: Path) -> dict[str, np.ndarray]:
   """The cached streams, memory-mapped, each as long as meta.json says (np.load refuses a truncated array file;
-  a shorter one with a rewritten header would pass it)."""
-  counts = json.loads((final / "meta.json").read_text())["num_tokens"]
+  a shorter one with a rewritten header would pass it) and with the SHA-256 meta.json recorded when it was built
+  (a flipped bit holds valid ids, and would be trained on)."""
+  meta = json.loads((final / "meta.json").read_text())
+  counts = meta["num_tokens"]
+  if not isinstance(meta.get("sha256"), dict):
+    raise UncheckedCache("meta.json has no checksums")
   streams = {s: np.load(final / f"{s}.npy", mmap_mode="r") for s in SPLITS}
   short = [s for s in SPLITS if streams[s].size != int(counts[s])]
   if short:
     raise ValueError(f"{short[0]}.npy holds {streams[short[0]].size} tokens, meta.json says {counts[short[0]]}")
+  changed = [s for s in SPLITS if stream_sha256(streams[s]) != meta["sha256"][s]]
+  if changed:
+    raise ValueError(f"{changed[0]}.npy's checksum is not the one meta.json recorded when it was built")
   return streams
 
 
