@@ -462,3 +462,22 @@ def test_a_data_cache_where_the_corpus_reads_or_that_is_not_a_writable_directory
     assert isinstance(error, loop.StorageError) and "\n" not in str(error), error
     assert str(error).startswith("data.cache_dir '/sys/fs/research-cache' could not be written"), error
     assert "writable directory" in str(error) and str(tmp_path / "run") not in str(error)
+
+
+@pytest.mark.parametrize("content", [None, [], 3, {"train": ["a"], "valid": ["b"]}, {s: ["a", 1] for s in SPLITS},
+                                     {s: "abc" for s in SPLITS}])
+def test_cached_splits_of_the_wrong_shape_are_a_value_error(content):
+  with pytest.raises(ValueError, match="JSON|split is not a list of texts"):
+    corpora.cached_splits(content, "x")
+
+
+def test_a_cached_wikipedia_sample_of_the_wrong_shape_is_extracted_again_with_a_note(wiki, wiki_cache, tmp_path,
+                                                                                       capsys):
+  """`null` (or any JSON of the wrong shape) in the cached corpus file was a TypeError traceback: it is damage,
+  extracted again with a note, like undecodable JSON."""
+  path = tmp_path / "corpora" / f"wikipedia-sample-v{corpora.CORPUS_VERSION}.json"
+  path.parent.mkdir()
+  path.write_text("null\n")
+  again = load_corpus("wikipedia-sample", cache_dir=tmp_path)
+  assert "note: the cached corpus" in capsys.readouterr().out and again == wiki
+  assert json.loads(path.read_text()) == {s: wiki.split(s) for s in SPLITS}

@@ -159,14 +159,26 @@ def extract_wikipedia_sample() -> list[tuple[str, str]]:
   return articles
 
 
+def cached_splits(data, name: str) -> Corpus:
+  """The corpus a cache file's JSON holds: an object with a list of strings for each split; anything else (null,
+  a list, a number where a document was) is a ValueError saying what is wrong."""
+  if not isinstance(data, dict):
+    raise ValueError(f"a JSON {type(data).__name__} where an object of splits belongs")
+  for s in SPLITS:
+    docs = data.get(s)
+    if not isinstance(docs, list) or not all(isinstance(d, str) for d in docs):
+      raise ValueError(f"its {s!r} split is not a list of texts")
+  return Corpus(name, data["train"], data["valid"], data["test"])
+
+
 def _wikipedia_sample(cache_dir) -> Corpus:
   path = cache_root(cache_dir) / "corpora" / f"wikipedia-sample-v{CORPUS_VERSION}.json"
   if path.exists():
     try:
-      data = json.loads(path.read_text(encoding="utf-8"))
-      return Corpus("wikipedia-sample", data["train"], data["valid"], data["test"])
-    except (ValueError, KeyError):
-      pass  # a corrupt cache (should not happen: writes are atomic) is rebuilt below
+      return cached_splits(json.loads(path.read_text(encoding="utf-8")), "wikipedia-sample")
+    except (OSError, ValueError) as e:  # damage (writes are atomic, but a disk, an editor or a user can break it)
+      print(f"note: the cached corpus {str(path)!r} is damaged ({' '.join(str(e).split())[:200]}); extracting it "
+            f"again", flush=True)
   articles = extract_wikipedia_sample()
   corpus = split_documents([f"{title}\n\n{text}" for title, text in articles], "wikipedia-sample")
   atomic_write_text(path, json.dumps({s: corpus.split(s) for s in SPLITS}, ensure_ascii=False))
