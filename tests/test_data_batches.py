@@ -523,3 +523,29 @@ def test_a_flipped_bit_in_a_cached_stream_is_found_and_tokenized_again(tmp_path,
   assert "sha256" in json.loads((cache / "meta.json").read_text())
   B.build_or_load_cache("lee", tok, cache_dir=tmp_path)
   assert capsys.readouterr().out == ""  # a sound cache loads without a note
+
+
+def test_the_temporary_directory_of_a_killed_cache_build_is_removed_by_a_later_build(lee_tok, tmp_path):
+  """A build killed mid-way leaves `tokens/.<key>.xxxx`; a later build removes it once no process holds it (a
+  live build holds its directory's flock) and it is older than an hour; a live or a young one is left alone."""
+  import fcntl
+  import os
+  import time
+  lee, tok = lee_tok
+  root = tmp_path / "tokens"
+  old = time.time() - 3 * 3600  # older than B.ABANDONED_AFTER_S
+  killed, live, young = (root / f".{name}.tmp" for name in ("killed", "live", "young"))
+  for d in (killed, live, young):
+    d.mkdir(parents=True)
+    (d / "train.npy").write_bytes(b"half")
+  for d in (killed, live):
+    os.utime(d, (old, old))
+  held = os.open(live, os.O_RDONLY)
+  fcntl.flock(held, fcntl.LOCK_EX)  # as a build in another process holds it
+  try:
+    B.build_or_load_cache("lee", tok, "k", tmp_path, corpus=lee)
+    assert not killed.exists() and live.exists() and young.exists()
+  finally:
+    os.close(held)
+  assert B.remove_abandoned(root) == [live]  # its writer is gone now
+  assert sorted(p.name for p in root.iterdir()) == sorted([B.cache_key("lee", "k"), young.name])

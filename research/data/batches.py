@@ -20,11 +20,13 @@ epoch, over all hosts, every target token is scored exactly once, and all hosts 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -116,7 +118,10 @@ def build_or_load_cache(corpus_spec: str, tokenizer, tokenizer_key: str | None =
     corpus = corpus if corpus is not None else load_corpus(corpus_spec, errors=errors, cache_dir=cache_dir)
     streams = encode_splits(corpus, tokenizer)
     root.mkdir(parents=True, exist_ok=True)
+    remove_abandoned(root)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}."))
+    writing = os.open(tmp, os.O_RDONLY)
+    fcntl.flock(writing, fcntl.LOCK_EX)  # held while this process builds here: `remove_abandoned` leaves it alone
     try:
       for s, ids in streams.items():
         np.save(tmp / f"{s}.npy", ids)
@@ -132,7 +137,38 @@ def build_or_load_cache(corpus_spec: str, tokenizer, tokenizer_key: str | None =
           raise
     finally:
       shutil.rmtree(tmp, ignore_errors=True)
+      os.close(writing)
   return _load_streams(final)
+
+
+ABANDONED_AFTER_S = 3600
+
+
+def remove_abandoned(root: Path, min_age_s: float = ABANDONED_AFTER_S) -> list[Path]:
+  """Removes the temporary directories of token-cache builds that were killed (`<root>/.<key>.*`, which a build
+  renames into place or removes when it ends): those that no process holds locked (a build holds its directory's
+  flock, which the system releases when the process dies) and that are older than `min_age_s` (a directory made
+  an instant ago may not be locked yet; a pre-lock build's directory is left until then). Returns what it removed;
+  what cannot be looked at or removed is left alone."""
+  removed = []
+  now = time.time()
+  for path in root.glob(".*"):
+    try:
+      if not path.is_dir() or path.is_symlink() or now - path.stat().st_mtime < min_age_s:
+        continue
+      handle = os.open(path, os.O_RDONLY)
+    except OSError:
+      continue
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # its writer is alive
+      continue
+    else:
+      shutil.rmtree(path, ignore_errors=True)
+      removed.append(path)
+    finally:
+      os.close(handle)
+  return removed
 
 
 class UncheckedCache(ValueError):
