@@ -534,6 +534,26 @@ def test_the_initial_tables_analogy_floor_is_a_descriptive_column_when_any_trial
   assert "analogy acc.\\ at init" in (tmp_path / "table.tex").read_text()
 
 
+def test_mlm_evaluations_of_both_masking_rules_are_named_and_warned_about(tmp_path):
+  """An MLM's perplexity depends on its masks: files written before per-row masks (no mlm_masks) and after are
+  another setting, as another mode or split would be."""
+  for name, seed in (("m0", 0), ("m1", 1)):
+    write_trial(tmp_path, name, "alibi", seed)
+    config = configuration.apply_overrides(trial_config("alibi", seed), {"objective": "mlm"})
+    loop.write_config(config, tmp_path / name)
+  path = tmp_path / "m1" / "eval" / "extrapolation.json"
+  record = json.loads(path.read_text())
+  record["mlm_masks"] = extrapolation.MLM_MASKS  # what research-evaluate writes for an MLM run now
+  path.write_text(json.dumps(record))
+  text = build_report(tmp_path).markdown_path.read_text()
+  assert f"MLM masks={extrapolation.MLM_MASKS}" in text and "MLM masks=per batch" in text
+  assert "the trials were evaluated with different settings" in text
+  record = json.loads(path.read_text())
+  (tmp_path / "m0" / "eval" / "extrapolation.json").write_text(json.dumps(record))  # both per row now
+  text = build_report(tmp_path).markdown_path.read_text()
+  assert "MLM masks=per batch" not in text and "different settings" not in text
+
+
 def test_an_initial_table_scored_without_a_covered_question_is_not_called_unscored(tmp_path, quality_benchmarks):
   for name, seed in (("a0", 0), ("a1", 1)):
     write_trial(tmp_path, name, "alibi", seed)

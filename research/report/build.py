@@ -76,6 +76,8 @@ def _evaluation_line(runs: RunSet, table: tables.Table) -> str | None:
         continue
       s = f"mode={e.mode}" + (f", stride={e.stride}" if e.stride is not None else "")
       s += f", split={e.split}, train length={e.train_len}"
+      if t.field("objective") == "mlm":  # the masks of an MLM's perplexity: per row, or per batch (older files)
+        s += f", MLM masks={e.mlm_masks or 'per batch (evaluated before 2026-12-07)'}"
       if s not in settings:
         settings.append(s)
       if e.rope_scaling is not None:

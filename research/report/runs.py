@@ -93,6 +93,7 @@ class Extrapolation:
   rope_factor: float | None = None  # None with a scaling: the multiple itself at each length
   checkpoint_step: int | None = None  # the step of the checkpoint research-evaluate scored
   checkpoint: str | None = None  # the choice that selected it (best | last); None in files written before
+  mlm_masks: str | None = None  # an MLM run's masking rule ("per_row"); None: a CLM run, or per batch (older files)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -531,7 +532,8 @@ def _read_extrapolation(path: pathlib.Path, rope_scaling: str | None = None) -> 
                        split=data.get("split"), points=tuple(sorted(points, key=lambda p: (p.length, p.multiple))),
                        rope_scaling=rope_scaling, rope_factor=_finite_or_none(data.get("rope_factor"), "'rope_factor'"),
                        checkpoint_step=_step_or_none(path, data.get("checkpoint_step")),
-                       checkpoint=_choice_or_none(path, data.get("checkpoint")))
+                       checkpoint=_choice_or_none(path, data.get("checkpoint")),
+                       mlm_masks=data.get("mlm_masks") if isinstance(data.get("mlm_masks"), str) else None)
 
 
 @_names_file
