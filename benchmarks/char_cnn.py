@@ -150,12 +150,14 @@ def main(argv=None):
   for v in variants:
     if v not in VARIANTS:
       p.error(f"--variants: {v!r} is not one of {', '.join(VARIANTS)}")
+  if args.rounds < 1 or args.steps < 1:
+    p.error(f"--rounds={args.rounds} --steps={args.steps}: each must be at least 1")
   if args.vocab < 1 or args.chars < 3:
     p.error(f"--vocab={args.vocab} --chars={args.chars}: need at least 1 entry and 3 characters (BOW, one, EOW)")
 
   import jax
   import jax.numpy as jnp
-  from benchmarks.common import commit, cpu_info
+  from benchmarks.common import commit, cpu_info, cpu_text
   from research.embeddings import chars as chars_lib
 
   filters = chars_lib.parse_filters(chars_lib.DEFAULT_FILTERS)
@@ -179,7 +181,7 @@ def main(argv=None):
   info = cpu_info()
   print(f"char CNN forward+backward, V={args.vocab} C={args.chars} char_dim={args.char_dim} filters "
         f"{chars_lib.DEFAULT_FILTERS} out={args.out}; best of {args.rounds} rounds x {args.steps}; commit {commit()}; "
-        f"{info['model'] or 'unknown CPU'} (family {info['family'] or '?'}), {os.cpu_count()} cores, "
+        f"{cpu_text(info)}, {os.cpu_count()} cores, "
         f"load {os.getloadavg()[0]:.1f}")
   print("| variant | ms per pass | speed vs module |")
   print("|---|--:|--:|")

@@ -129,7 +129,15 @@ def cpu_info(path: str = "/proc/cpuinfo") -> dict:
     pass
   flags = set(fields.get("flags", "").split())
   return {"model": fields.get("model name", ""), "family": fields.get("cpu family", ""),
+          "model_number": fields.get("model", ""), "avx512": "avx512f" in flags,
           "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags}
+
+
+def cpu_text(info: dict) -> str:
+  """'AMD EPYC (family 25, model 17, AVX-512)': a family alone names CPUs with opposite features (AMD family 25 is
+  Zen 3, without AVX-512, and Zen 4, with it), and lscpu's model name can be just "AMD EPYC"."""
+  return (f"{info['model'] or 'unknown CPU'} (family {info['family'] or '?'}, model {info.get('model_number') or '?'}, "
+          f"{'AVX-512' if info.get('avx512') else 'no AVX-512'})")
 
 
 def peak_rss_mb() -> float:

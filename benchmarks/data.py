@@ -51,8 +51,8 @@ def main():
   p.add_argument("--batch", type=int, default=32)
   p.add_argument("--steps", type=int, default=200)
   p.add_argument("--cache-dir", default=None)
-  # The goal compares the iterator with the model it feeds: 3700 tokens/s is the training throughput measured on
-  # the 2-core dev box at the benchmark shape (L=512, B=32); pass the number for another machine or model.
+  # The goal compares the iterator with the model it feeds: 3700 tokens/s is throughput.py's training rate on the
+  # 2-core dev box at its shape (T=256, B=16); pass the number for another machine or model.
   p.add_argument("--train-tokens-per-s", type=float, default=3700.0,
                  help="the model's training throughput at this shape, for the >= 20x goal (default: %(default)s)")
   args = p.parse_args()

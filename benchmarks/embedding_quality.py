@@ -24,7 +24,6 @@ import concurrent.futures
 import multiprocessing
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -115,9 +114,8 @@ def main(argv=None):
   from research.data import tokenizers
   from research.embeddings import pretrained
 
-  cpu = subprocess.run("lscpu | grep -E 'Model name|CPU family'", shell=True, capture_output=True,
-                       text=True).stdout
-  cpu = ", ".join(" ".join(line.split()) for line in cpu.strip().splitlines())
+  from hardware import cpu_description
+  cpu = cpu_description()
   tokenizer = _tokenizer(args.rows)  # built (or loaded) once here, so the children load it from the cache
   results = {}
   for scorer in (["batched", "gensim"] if args.scorer == "both" else [args.scorer]):

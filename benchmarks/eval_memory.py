@@ -59,11 +59,15 @@ def main() -> None:
   if args.child:
     print(json.dumps(measure(args.child, args.length, args.attention)))
     return
+  if args.length < 1:
+    parser.error(f"--length={args.length}: must be at least 1")
   rows = []
-  for scheme in args.schemes.split(","):
+  for scheme in [s for s in args.schemes.split(",") if s]:
     out = subprocess.run([sys.executable, __file__, f"--child={scheme}", f"--length={args.length}",
-                          f"--attention={args.attention}"],
-                         capture_output=True, text=True, check=True)
+                          f"--attention={args.attention}"], capture_output=True, text=True)
+    if out.returncode:  # the child's own last line says why (an unknown scheme, a length it cannot run)
+      last = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
+      raise SystemExit(f"error: scheme {scheme!r} failed: {last}")
     rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
   if args.json:
     for row in rows:

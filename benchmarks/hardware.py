@@ -49,7 +49,8 @@ def published_peak(device_kind: str) -> tuple[float, str] | None:
 
 
 def cpu_description() -> str:
-  """'<lscpu model name>, CPU family <n>' (docs/benchmarks.md records it next to every figure)."""
+  """'<lscpu model name>, CPU family <n>, model <m>, AVX-512 or not, <k> CPUs' (docs/benchmarks.md records it next
+  to every figure: a family alone names CPUs with opposite features)."""
   try:
     out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
   except (OSError, subprocess.CalledProcessError):
@@ -59,4 +60,5 @@ def cpu_description() -> str:
     key, _, value = line.partition(":")
     fields[key.strip()] = value.strip()
   model, family = fields.get("Model name", "unknown CPU"), fields.get("CPU family", "?")
-  return f"{model}, CPU family {family}, {fields.get('CPU(s)', '?')} CPUs"
+  avx512 = "AVX-512" if "avx512f" in fields.get("Flags", "").split() else "no AVX-512"
+  return f"{model}, CPU family {family}, model {fields.get('Model', '?')}, {avx512}, {fields.get('CPU(s)', '?')} CPUs"

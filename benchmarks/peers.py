@@ -363,7 +363,7 @@ def run_header(args) -> dict:
   cpu = common.cpu_info()
   shape = throughput.shape_from(args)
   return {"commit": common.commit(), "date": time.strftime("%Y-%m-%d %H:%M"), "cpu_model": cpu["model"] or "unknown",
-          "cpu_family": cpu["family"] or "?", "cpus": os.cpu_count(), "jax": jax.__version__,
+          "cpu_family": cpu["family"] or "?", "cpu": common.cpu_text(cpu), "cpus": os.cpu_count(), "jax": jax.__version__,
           "torch": torch.__version__, "x_transformers": importlib.metadata.version("x-transformers"),
           "torch_threads": args.threads or os.cpu_count(), "shape": dataclasses.asdict(shape), "attention": args.attention,
           "loss_chunk": args.loss_chunk, "warmup": args.warmup, "steps": args.steps, "windows": args.windows,
@@ -372,7 +372,7 @@ def run_header(args) -> dict:
 
 def print_table(header: dict, rows: list[dict], load_before, load_after) -> None:
   h, s = header, header["shape"]
-  print(f"commit {h['commit']}  {h['date']}  CPU: {h['cpu_model']} (family {h['cpu_family']}), {h['cpus']} CPUs  "
+  print(f"commit {h['commit']}  {h['date']}  CPU: {h['cpu']}, {h['cpus']} CPUs  "
         f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after")
   print(f"jax {h['jax']}  torch {h['torch']} ({h['torch_threads']} threads)  x-transformers {h['x_transformers']}  "
         f"GLIBC_TUNABLES={h['glibc_tunables']!r}")

@@ -108,7 +108,47 @@ def parse_args(argv=None):
                  help="time a named model's train step on random ids (configs/gpt2_small.py) instead of the schemes")
   p.add_argument("--remat", default="", help="--preset only: model.remat (none | block | dots_saveable)")
   p.add_argument("--worker", default="", help=argparse.SUPPRESS)
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  check_args(p, args)
+  return args
+
+
+def check_args(p: argparse.ArgumentParser, args) -> None:
+  """One line (argparse's `error`, exit 2) for a value the timing cannot use, before any worker starts: each would
+  otherwise end in a worker's traceback, or print a table of nonsense (0 tokens/s, a negative MFU)."""
+  for flag, _ in SHAPE_FLAGS:
+    if getattr(args, flag[2:].replace("-", "_")) < 1:
+      p.error(f"{flag}={getattr(args, flag[2:].replace('-', '_'))}: must be at least 1")
+  for name in ("warmup", "steps", "windows"):
+    if getattr(args, name) < 1:
+      p.error(f"--{name}={getattr(args, name)}: must be at least 1")
+  if args.peak_size < 1 or args.peak < 0:
+    p.error(f"--peak-size={args.peak_size} --peak={args.peak:g}: the size must be at least 1 and the peak 0 (measure "
+            "it) or more")
+  if args.loss_chunk < 0:
+    p.error(f"--loss-chunk={args.loss_chunk}: must be 0 (off) or a number of tokens")
+  if args.dtypes and (not dtype_list(args.dtypes)
+                      or any(d not in ("float32", "bfloat16") for d in dtype_list(args.dtypes))):
+    p.error(f"--dtypes={args.dtypes!r}: give a comma-separated list of float32, bfloat16")
+  modes = [flag for flag, on in (("--dtypes", bool(args.dtypes)), ("--interleave", args.interleave),
+                                  ("--count_updates", args.count_updates)) if on]
+  if len(modes) > 1 and not args.worker:  # each is its own way of timing; one would silently be ignored
+    p.error(f"{' and '.join(modes)}: choose one (each times the rows its own way)")
+  if not args.preset and not args.worker:
+    specs = [s for s in args.schemes.split(",") if s]
+    if not specs:
+      p.error(f"--schemes={args.schemes!r}: give at least one scheme")
+    for spec in specs:  # the model config of every row, as the workers will build it (ModelConfig validates)
+      if "+" in spec and not args.interleave:
+        p.error(f"--schemes: {spec!r}: a row spec with fields (scheme+field=value) needs --interleave")
+      try:
+        row_config(args, spec)
+      except (ValueError, TypeError) as e:
+        p.error(f"--schemes: {spec!r}: {' '.join(str(e).split())}")
+
+
+def dtype_list(text: str) -> list[str]:
+  return [d for d in text.split(",") if d]
 
 
 def shape_from(args):
@@ -207,8 +247,10 @@ def row_config(args, spec: str):
   for item in fields:
     name, _, value = item.partition("=")
     if name not in defaults:
-      raise SystemExit(f"row {spec!r}: {name!r} is not a model field")
+      raise ValueError(f"{name!r} is not a model field")
     kind = type(defaults[name])
+    if kind is bool and value.lower() not in ("true", "false"):
+      raise ValueError(f"{name}={value!r}: expected true or false")
     overrides[name] = value.lower() == "true" if kind is bool else kind(value)
   return dataclasses.replace(cfg, **overrides)
 
@@ -477,7 +519,8 @@ def dtypes_row(args) -> dict:
 
 def bf16_support_line(info: dict) -> str:
   """One line naming the CPU and whether bf16 products can be fast on it."""
-  cpu = f"CPU: {info['model'] or 'unknown'} (family {info['family'] or '?'})"
+  import common
+  cpu = f"CPU: {common.cpu_text(info)}"
   if info["avx512_bf16"] or info["amx_bf16"]:
     units = ", ".join(u for u in ("avx512_bf16", "amx_bf16") if info[u])
     return f"{cpu}, {units}: bf16 × bf16 → f32 products run in hardware"

@@ -64,6 +64,35 @@ def test_the_preset_runs_its_train_step_on_random_ids_and_reports_mfu(tmp_path):
   assert row["cpu"] and row["commit"]
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--schemes", "foo"], "--schemes: 'foo': unknown positional scheme 'foo'"),
+    (["--windows", "0"], "--windows=0: must be at least 1"),
+    (["--warmup", "0"], "--warmup=0: must be at least 1"),
+    (["--batch", "0"], "--batch=0: must be at least 1"),
+    (["--peak=-1e9"], "the size must be at least 1 and the peak 0 (measure it) or more"),
+    (["--heads", "3"], "model.num_heads=3 does not divide the model width 256"),
+    (["--loss-chunk", "-1"], "--loss-chunk=-1: must be 0 (off)"),
+    (["--dtypes=,"], "--dtypes=',': give a comma-separated list of float32, bfloat16"),
+    (["--schemes", ","], "--schemes=',': give at least one scheme"),
+    (["--schemes", "none+table_dim=16"], "needs --interleave"),
+    (["--interleave", "--schemes", "none,none+tie_embeddings=1"], "tie_embeddings='1': expected true or false"),
+    (["--interleave", "--count_updates"], "--interleave and --count_updates: choose one"),
+], ids=lambda x: x if isinstance(x, str) and x.startswith("-") else None)
+def test_throughputs_bad_values_are_one_line_before_any_worker(args, message, capsys):
+  """Each used to end in a worker's traceback, or in a table of nonsense (0 tokens/s, a negative MFU, an untied row
+  for tie_embeddings=1)."""
+  with pytest.raises(SystemExit) as exit_info:
+    _module("throughput").parse_args(args)
+  assert exit_info.value.code == 2 and message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_throughputs_row_specs_read_booleans_as_the_config_does():
+  throughput = _module("throughput")
+  args = throughput.parse_args(["--interleave", "--schemes", "none,none+tie_embeddings=false"])
+  assert throughput.row_config(args, "none+tie_embeddings=false").tie_embeddings is False
+  assert throughput.row_config(args, "none+tie_embeddings=True").tie_embeddings is True
+
+
 def test_the_evaluation_memory_benchmark_scores_its_windows_through_the_real_evaluator():
   """benchmarks/eval_memory.py's measurement at a short length (its config is the library's schema, so a new data
   or model field cannot break it unseen)."""
