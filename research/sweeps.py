@@ -538,9 +538,10 @@ def evaluation_outdated(sweep: Sweep, trial_dir: Path) -> str | None:
   EVALUATE, or None: its extrapolation file lacks a requested length, or records other options (mode, stride, split,
   RoPE factor, and `checkpoint` where the file records it, as files written since it does; the scaling is in the
   file's name), or its passkey file other depths, trials or lengths (`passkey_outdated`), or an MLM trial's file
-  lacks `mlm_masks` (scored with masks per batch, which moved with the batch size: `extrapolation.MLM_MASKS`). What
-  the files do not record is not compared: `max_tokens_per_batch` (batching only); by_position's file is compared by
-  its presence (`missing_eval_files`)."""
+  lacks `mlm_masks` (scored with masks per batch, which moved with the batch size: `extrapolation.MLM_MASKS`), its
+  loss_by_position file too when EVALUATE asks for by_position. What the files do not record is not compared:
+  `max_tokens_per_batch` (batching only); by_position's other options by the file's presence
+  (`missing_eval_files`)."""
   if not sweep.evaluate:
     return None
   path = trial_dir / "eval" / eval_file(sweep)
@@ -566,9 +567,19 @@ def evaluation_outdated(sweep: Sweep, trial_dir: Path) -> str | None:
   differ = [f"{key}={report.get(key)!r} (now {value!r})" for key, value in wanted.items() if report.get(key) != value]
   if differ:
     return f"eval/{path.name} was made with {', '.join(differ)}"
-  if report.get("mlm_masks") != extrapolation.MLM_MASKS and saved_objective(trial_dir) == "mlm":
+  mlm = saved_objective(trial_dir) == "mlm"
+  if report.get("mlm_masks") != extrapolation.MLM_MASKS and mlm:
     return (f"eval/{path.name} was scored with MLM masks drawn per batch (they moved with max_tokens_per_batch); "
             f"masks are now drawn per row (mlm_masks={extrapolation.MLM_MASKS!r})")
+  if options["by_position"] and mlm:  # its losses by position were scored with the same masks
+    lbp = trial_dir / "eval" / by_position.report_file(options["rope_scaling"])
+    try:
+      masks = json.loads(lbp.read_text()).get("mlm_masks")
+    except (OSError, ValueError, AttributeError):  # AttributeError: JSON that is not an object
+      return f"eval/{lbp.name} cannot be read"
+    if masks != extrapolation.MLM_MASKS:
+      return (f"eval/{lbp.name} was scored with MLM masks drawn per batch (they moved with max_tokens_per_batch); "
+              f"masks are now drawn per row (mlm_masks={extrapolation.MLM_MASKS!r})")
   if options["passkey"]:
     why = passkey_outdated(trial_dir / "eval" / passkey.report_file(options["rope_scaling"]), options, multiples)
     if why:

@@ -315,7 +315,10 @@ def test_an_mlm_run_evaluated_at_1x_gives_the_trainers_valid_ppl_and_records_its
                                         "train.eval_every": 2, "train.checkpoint_every": 2, "train.eval_batches": 0,
                                         "train.batch_size": 8})
   summary = json.loads((workdir / "summary.json").read_text())
-  reports = [extrapolation.evaluate_run(workdir, (1,), max_tokens_per_batch=tokens) for tokens in (96, 8192)]
+  reports = [extrapolation.evaluate_run(workdir, (1,), max_tokens_per_batch=tokens, by_position=tokens == 96)
+             for tokens in (96, 8192)]
+  by_position = json.loads((workdir / "eval" / "loss_by_position.json").read_text())
+  assert by_position["mlm_masks"] == extrapolation.MLM_MASKS  # its losses were scored with the same masks
   for report in reports:
     assert report["mlm_masks"] == extrapolation.MLM_MASKS == "per_row"
     assert report["results"][0]["tokens"] == reports[0]["results"][0]["tokens"] > 0
@@ -398,6 +401,39 @@ def test_a_sweep_evaluates_an_mlm_trial_again_when_its_file_predates_per_row_mas
         assert why is not None and "drawn per batch" in why and "mlm_masks='per_row'" in why, why
       else:
         assert why is None, (objective, masks, why)
+
+
+def test_a_sweep_evaluates_an_mlm_trials_loss_by_position_again_when_it_predates_per_row_masks(tmp_path):
+  """With EVALUATE's by_position, an MLM trial's loss_by_position.json without `mlm_masks` (scored per batch) is
+  outdated even when its extrapolation.json is current; a CLM trial's, or a sweep not asking for it, is not."""
+  from research import sweeps
+  from research.evaluate import by_position
+  sweeps_by_position = {}
+  for asked in (True, False):
+    sweep_file = tmp_path / f"s{asked}.py"
+    sweep_file.write_text(f"BASE_CONFIG = 'configs/tiny.py'\nEVALUATE = {{'lengths': [1], 'by_position': {asked}}}\n"
+                          "\ndef get_sweep():\n  return [{'seed': 0}]\n")
+    sweeps_by_position[asked] = sweeps.load_sweep(sweep_file)
+  for objective in ("clm", "mlm"):
+    trial_dir = tmp_path / objective
+    (trial_dir / "eval").mkdir(parents=True)
+    (trial_dir / "config.json").write_text(json.dumps(tiny_config(objective=objective).to_dict()))
+    masks = extrapolation.MLM_MASKS if objective == "mlm" else None
+    extrapolation.write_report(trial_dir, extrapolation.report_record(
+        train_len=64, mode="nonoverlapping", stride=None, split="valid", checkpoint_step=4, rope_scaling=None,
+        rope_factor=None, results=[extrapolation.result_record(1, 64, 30.0, 100)], checkpoint="best",
+        mlm_masks=masks))
+    for lbp_masks in (None, extrapolation.MLM_MASKS):
+      by_position.write_report(trial_dir, by_position.report_record(
+          train_len=64, mode="nonoverlapping", stride=None, split="valid", checkpoint_step=4, checkpoint="best",
+          objective=objective, rope_scaling=None, rope_factor=None, mlm_masks=lbp_masks,
+          results=[by_position.result_record(1, 64, note="n/a")]))
+      for asked, sweep in sweeps_by_position.items():
+        why = sweeps.evaluation_outdated(sweep, trial_dir)
+        if objective == "mlm" and asked and lbp_masks is None:
+          assert why is not None and "loss_by_position.json" in why and "drawn per batch" in why, why
+        else:
+          assert why is None, (objective, asked, lbp_masks, why)
 
 
 def test_a_batch_larger_than_the_split_is_cut_to_its_windows_with_the_same_scores(runs):

@@ -735,6 +735,31 @@ def _write_by_position(trial_dir, scheme, seed):
   return report
 
 
+def test_an_mlm_loss_by_position_scored_with_masks_per_batch_is_left_out_of_the_plot_and_named(tmp_path):
+  """An MLM run's loss_by_position.json without `mlm_masks` was scored with masks per batch (before per-row masks):
+  it is not drawn as if per row; report.md names the trial and the command that scores it again. A CLM file needs
+  no masks."""
+  from research.report import plots
+  for name, seed in (("m0", 0), ("m1", 1), ("c0", 2)):
+    write_trial(tmp_path, name, "alibi", seed)
+    if name != "c0":
+      loop.write_config(configuration.apply_overrides(trial_config("alibi", seed), {"objective": "mlm"}),
+                        tmp_path / name)
+    _write_by_position(tmp_path / name, "alibi", seed)
+  for name in ("m0", "m1"):  # written as research-evaluate writes an MLM's: its objective, m1 with the masks
+    path = tmp_path / name / "eval" / "loss_by_position.json"
+    record = {**json.loads(path.read_text()), "objective": "mlm"}
+    path.write_text(json.dumps({**record, "mlm_masks": extrapolation.MLM_MASKS} if name == "m1" else record))
+  report = build_report(tmp_path)
+  text = report.markdown_path.read_text()
+  assert "m0: eval/loss_by_position.json was scored with MLM masks drawn per batch" in text
+  assert "rerun research-evaluate --by_position" in text and "m1: eval/loss_by_position.json" not in text
+  assert "c0: eval/loss_by_position.json" not in text
+  series = plots.position_series(report.data)
+  assert {gi: n for s in series.values() for gi, n in s["n"].items()} == {0: 1, 1: 1}  # m1, and c0: not m0
+  assert report.plots[plots.LOSS_BY_POSITION].read_bytes()[:8] == PNG_MAGIC
+
+
 def test_loss_by_position_plot_averages_seeds_per_bucket_and_names_na_groups(tmp_path):
   from research.report import plots
   for scheme in ("alibi", "rope", "learned"):

@@ -3,6 +3,7 @@
 
   {"train_len": T, "mode": ..., "stride": S | null, "split": "valid", "checkpoint_step": k, "checkpoint": "best",
    "objective": "clm", "rope_scaling": ..., "rope_factor": ..., "buckets": "log2, 2 per octave, + T",
+   "mlm_masks": "per_row" (an MLM's only, as in extrapolation.json),
    "results": [{"multiple": m, "length": L, "edges": [0, 1, 2, 3, 4, 6, 8, ...], "tokens": [...], "loss": [...]},
                {"multiple": m, "length": L, "note": "..."}  (n/a, as in extrapolation.json), ...]}
 
@@ -69,11 +70,15 @@ def result_record(multiple: int, length: int, *, train_len: int | None = None, n
 
 def report_record(*, train_len: int, mode: str, stride: int | None, split: str, checkpoint_step: int, objective: str,
                   rope_scaling: str | None, rope_factor: float | None, results: list[dict],
-                  checkpoint: str | None = None) -> dict[str, Any]:
-  return {"train_len": train_len, "mode": mode, "stride": stride if mode == "sliding" else None, "split": split,
-          "checkpoint_step": checkpoint_step, "checkpoint": checkpoint, "objective": objective,
-          "rope_scaling": rope_scaling,
-          "rope_factor": rope_factor if rope_scaling else None, "buckets": BUCKETS, "results": results}
+                  checkpoint: str | None = None, mlm_masks: str | None = None) -> dict[str, Any]:
+  """`mlm_masks` (an MLM run's only): the masking rule, `extrapolation.MLM_MASKS`; a file without it was scored with
+  masks per batch (before 2026-12-07), which research-report leaves out of its plot and research-sweep evaluates
+  again."""
+  record = {"train_len": train_len, "mode": mode, "stride": stride if mode == "sliding" else None, "split": split,
+            "checkpoint_step": checkpoint_step, "checkpoint": checkpoint, "objective": objective,
+            "rope_scaling": rope_scaling,
+            "rope_factor": rope_factor if rope_scaling else None, "buckets": BUCKETS, "results": results}
+  return {**record, "mlm_masks": mlm_masks} if mlm_masks else record
 
 
 def report_file(rope_scaling: str | None = None) -> str:

@@ -442,7 +442,8 @@ def evaluate_run(workdir: str | Path, lengths: Sequence[int] = (1, 2, 4, 8, 16),
   if by_position:
     by_position_lib.write_report(workdir, by_position_lib.report_record(
         train_len=train_len, mode=mode, stride=stride, split=split, checkpoint_step=run.step, checkpoint=checkpoint,
-        objective=run.config.objective, rope_scaling=rope_scaling, rope_factor=rope_factor, results=position_results))
+        objective=run.config.objective, rope_scaling=rope_scaling, rope_factor=rope_factor, results=position_results,
+        mlm_masks=MLM_MASKS if run.config.objective == "mlm" else None))
   if passkey:
     passkey_lib.write_report(workdir, passkey_lib.report_record(
         train_len=train_len, checkpoint_step=run.step, checkpoint=checkpoint, seed=int(run.config.seed),

@@ -159,6 +159,10 @@ def render_markdown(runs: RunSet, table: tables.Table, written: dict[str, pathli
     out += ["", "**Stale evaluations** (an older checkpoint than the one research-evaluate or research-analyze would "
             "score now; left out of the means, the plots and the best marks, rerun the command each note names):",
             ""] + [f"- {n}" for n in stale]
+  per_batch = [t.by_position_per_batch for t in runs.trials if t.finished and t.by_position_per_batch]
+  if per_batch:
+    out += ["", "**Loss by position of MLM masks per batch** (they moved with the batch size; left out of the plot):",
+            ""] + [f"- {n}" for n in per_batch]
   out += ["", table_text, ""]
   not_finished = [t for t in runs.trials if not t.finished]
   out += ["## Failed and unfinished trials", ""]

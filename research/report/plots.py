@@ -267,8 +267,8 @@ def position_series(table: Table) -> dict[int, dict[str, list]]:
     by_length: dict[int, tuple[tuple[int, ...], list[list[float]], int | None]] = {}
     notes: dict[int, str] = {}
     for t in g.finished:
-      if t.by_position is None or BY_POSITION_FILE.as_posix() in t.stale:
-        continue  # a stale evaluation (an old checkpoint's) is left out, as in the table; report.md names it
+      if t.by_position is None or BY_POSITION_FILE.as_posix() in t.stale or t.by_position_per_batch:
+        continue  # a stale evaluation (an old checkpoint's, an MLM's masks per batch) is left out; report.md names it
       for c in t.by_position.curves:
         if c.note is not None:
           notes.setdefault(c.length, c.note)
@@ -298,7 +298,7 @@ def plot_loss_by_position(table: Table, path: pathlib.Path) -> str | None:
   over its finished trials, dotted line at the training length; groups that are n/a at a length are named there."""
   series = {length: s for length, s in position_series(table).items() if s["lines"]}
   if not series:
-    if _any_stale(table):
+    if _any_stale(table) or any(t.by_position_per_batch for g in table.groups for t in g.finished):
       return "no finished trial has a loss by position that is not stale (see report.md: rerun research-evaluate)"
     return "no finished trial has a loss by position (eval/loss_by_position.json: research-evaluate --by_position)"
   cols = min(3, len(series))

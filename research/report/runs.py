@@ -133,6 +133,7 @@ class LossByPosition:
   curves: tuple[PositionCurve, ...]  # sorted by length
   checkpoint_step: int | None = None  # the step of the checkpoint research-evaluate scored
   checkpoint: str | None = None  # the choice that selected it (best | last); None in files written before
+  mlm_masks: str | None = None  # an MLM run's masking rule ("per_row"); None: a CLM run, or per batch (older files)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,6 +284,17 @@ class Trial:
     table's cells, the plots and report.md look them up here."""
     return {file: f"{self.name}: {reason}: stale, left out of the means and plots (rerun research-evaluate)"
             for file, reason in self.stale_reasons.items()}
+
+  @property
+  def by_position_per_batch(self) -> str | None:
+    """The note for an MLM run's eval/loss_by_position.json scored with masks drawn per batch (a file without
+    `mlm_masks`, written before per-row masks), or None: its losses moved with the batch size, so they are left out
+    of loss_by_position.png rather than drawn as if per row (docs/reports.md, "Loss by position")."""
+    lbp = self.by_position
+    if lbp is None or lbp.mlm_masks is not None or (lbp.objective or self.field("objective")) != "mlm":
+      return None
+    return (f"{self.name}: {BY_POSITION_FILE.as_posix()} was scored with MLM masks drawn per batch (written before "
+            f"per-row masks, 2026-12-07): left out of loss_by_position.png (rerun research-evaluate --by_position)")
 
   @functools.cached_property
   def analysis_stale(self) -> dict[str, str]:
@@ -561,7 +573,8 @@ def _read_by_position(path: pathlib.Path) -> LossByPosition | None:
   return LossByPosition(train_len=data.get("train_len"), mode=data.get("mode"), objective=data.get("objective"),
                         curves=tuple(sorted(curves, key=lambda c: (c.length, c.multiple))),
                         checkpoint_step=_step_or_none(path, data.get("checkpoint_step")),
-                        checkpoint=_choice_or_none(path, data.get("checkpoint")))
+                        checkpoint=_choice_or_none(path, data.get("checkpoint")),
+                        mlm_masks=data.get("mlm_masks") if isinstance(data.get("mlm_masks"), str) else None)
 
 
 @_names_file
