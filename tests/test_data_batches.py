@@ -1,7 +1,12 @@
 """Token cache, packed batches (coverage, determinism, resume, sharding), evaluation windows, MLM masking."""
 
+import contextlib
 import functools
 import json
+import os
+import re
+import subprocess
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +19,7 @@ from research.data import batches as B
 from research.data import corpora
 from research.data import tokenizers as T
 from research.data.corpora import CorpusError, load_corpus
+from tests.train_utils import tiny_config
 
 HYP = settings(max_examples=40, deadline=None)
 KEYS = ("inputs", "targets", "positions", "weights")
@@ -515,14 +521,105 @@ def test_a_flipped_bit_in_a_cached_stream_is_found_and_tokenized_again(tmp_path,
   again = B.build_or_load_cache("lee", tok, cache_dir=tmp_path)
   assert "train.npy's checksum is not the one meta.json recorded" in capsys.readouterr().out
   assert all(np.array_equal(again[s], fresh[s]) for s in fresh)
+  B.build_or_load_cache("lee", tok, cache_dir=tmp_path)
+  assert capsys.readouterr().out == ""  # a sound cache loads without a note
+
+
+def _cache_without_checksums(tok, cache_dir):
+  """A filled token cache as the code before the checksums wrote it (meta.json without `sha256`): its directory
+  and its streams."""
+  fresh = {s: np.array(v) for s, v in B.build_or_load_cache("lee", tok, cache_dir=cache_dir).items()}
+  (cache,) = (cache_dir / "tokens").iterdir()
   meta = json.loads((cache / "meta.json").read_text())
   del meta["sha256"]
   (cache / "meta.json").write_text(json.dumps(meta))
-  again = B.build_or_load_cache("lee", tok, cache_dir=tmp_path)
-  assert "has no checksums (built before they were kept); tokenizing the corpus again" in capsys.readouterr().out
-  assert "sha256" in json.loads((cache / "meta.json").read_text())
-  B.build_or_load_cache("lee", tok, cache_dir=tmp_path)
-  assert capsys.readouterr().out == ""  # a sound cache loads without a note
+  return cache, fresh
+
+
+@contextlib.contextmanager
+def read_only(path):
+  """`path` and everything below it unwritable for this process, as a read-only mount is: chmod for a user, and for
+  root, whom chmod does not stop, the immutable attribute as well (chattr +i); skipped where neither holds."""
+  every = [path, *path.rglob("*")]
+  immutable = False
+  try:
+    for p in every:
+      p.chmod(0o555 if p.is_dir() else 0o444)
+    if _writable(path):
+      immutable = subprocess.run(["chattr", "-R", "+i", str(path)], capture_output=True).returncode == 0
+      if not immutable or _writable(path):
+        pytest.skip("cannot make a read-only directory here (root, and no chattr +i on this file system)")
+    yield path
+  finally:
+    if immutable:
+      subprocess.run(["chattr", "-R", "-i", str(path)], check=True)
+    for p in every:
+      p.chmod(0o755 if p.is_dir() else 0o644)
+
+
+def _writable(directory) -> bool:
+  try:
+    os.rmdir(tempfile.mkdtemp(dir=directory))
+  except OSError:
+    return False
+  return True
+
+
+def test_a_token_cache_from_before_the_checksums_is_used_as_it_is_and_gains_them(tmp_path, capsys):
+  """A cache written before the checksums were kept is not tokenized again (a read-only one could not be): its
+  lengths are checked, and its meta.json gains the SHA-256 of its streams as they are, with a note, once."""
+  tok = T.train_tokenizer("char", load_corpus("lee").train, 100)
+  cache, fresh = _cache_without_checksums(tok, tmp_path)
+  counting = CountingTokenizer(tok)
+  loaded = B.build_or_load_cache("lee", counting, cache_dir=tmp_path)
+  assert counting.calls == 0 and all(np.array_equal(loaded[s], fresh[s]) for s in fresh)
+  assert "had no checksums (built before they were kept)" in capsys.readouterr().out
+  sha = json.loads((cache / "meta.json").read_text())["sha256"]
+  assert sha == {s: B.stream_sha256(fresh[s]) for s in fresh}
+  B.build_or_load_cache("lee", counting, cache_dir=tmp_path)
+  assert capsys.readouterr().out == "" and counting.calls == 0  # once
+  assert [p.name for p in (tmp_path / "tokens").iterdir()] == [cache.name]
+
+
+def test_a_read_only_token_cache_from_before_the_checksums_is_used_and_a_damaged_one_is_one_line(tmp_path, capsys):
+  """A read-only, filled cache written before the checksums is used as it is (its meta.json cannot gain them): no
+  tokenizing, no note, no error. A damaged entry in a read-only cache cannot be built again there: one line (a
+  CorpusError, which every command prints as `error: ...`) naming the entry, the damage and data.cache_dir, in
+  research-train's loader and research-evaluate's and research-analyze's (`extrapolation.load_run`) alike."""
+  from research.evaluate import extrapolation
+  from research.train import loop
+  tok = T.train_tokenizer("char", load_corpus("lee").train, 100)
+  cache_dir = tmp_path / "cache"
+  cache, fresh = _cache_without_checksums(tok, cache_dir)
+  before = (cache / "meta.json").read_text()
+  counting = CountingTokenizer(tok)
+  with read_only(cache_dir):
+    loaded = B.build_or_load_cache("lee", counting, cache_dir=cache_dir)
+    assert counting.calls == 0 and all(np.array_equal(loaded[s], fresh[s]) for s in fresh)
+    assert capsys.readouterr().out == "" and (cache / "meta.json").read_text() == before
+  B.build_or_load_cache("lee", tok, cache_dir=cache_dir)  # writable again: the checksums are recorded
+  flipped = fresh["train"].copy()
+  flipped[1000] ^= 1
+  np.save(cache / "train.npy", flipped)
+  run = tmp_path / "run"
+  run.mkdir()
+  config = tiny_config(**{"data.corpus": "lee", "data.tokenizer": "char", "data.vocab_size": 100,
+                          "data.cache_dir": str(cache_dir)})
+  (run / loop.CONFIG_FILE).write_text(json.dumps(config.to_dict()))
+  T.save_tokenizer(tok, run)
+  with read_only(cache_dir):
+    for load in (lambda: B.build_or_load_cache("lee", tok, cache_dir=cache_dir),
+                 lambda: extrapolation.load_run(run)):
+      with pytest.raises(CorpusError) as e:
+        load()
+      message = str(e.value)
+      assert "\n" not in message and f"the token cache {str(cache)!r} is damaged (train.npy's checksum" in message
+      assert f"the data cache {str(cache_dir)!r} (data.cache_dir) cannot be written" in message
+      assert e.value.__context__ is None and e.value.__cause__ is None  # research-train: not "could not be written"
+      assert "tokenizing" not in capsys.readouterr().out
+    assert np.array_equal(np.load(cache / "train.npy"), flipped)  # left as it was
+  B.build_or_load_cache("lee", tok, cache_dir=cache_dir)  # writable: built again, with a note
+  assert "is damaged" in capsys.readouterr().out
 
 
 def test_the_temporary_directory_of_a_killed_cache_build_is_removed_by_a_later_build(lee_tok, tmp_path):

@@ -35,7 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from research.data import passkey
-from research.data.corpora import CORPUS_VERSION, SPLITS, Corpus, cache_root, corpus_fingerprint, load_corpus
+from research.data.corpora import (CORPUS_VERSION, SPLITS, Corpus, CorpusError, atomic_write_text, cache_root,
+                                   corpus_fingerprint, load_corpus)
 from research.data.tokenizers import (CLS_ID, MASK_ID, PAD_ID, SEP_ID, SPECIAL_IDS, encode_ids, fingerprint)
 
 # Bump whenever the stream layout or encoding changes: part of the token-cache key.
@@ -105,15 +106,14 @@ def build_or_load_cache(corpus_spec: str, tokenizer, tokenizer_key: str | None =
     try:
       return _load_streams(final)
     except (OSError, ValueError, KeyError, TypeError) as e:  # a truncated file (a full disk), a damaged meta.json
-      why = ("has no checksums (built before they were kept)" if isinstance(e, UncheckedCache) else
-             f"is damaged ({' '.join(str(e).split())[:200]})")
-      print(f"note: the token cache {str(final)!r} {why}; tokenizing the corpus again", flush=True)
-      aside = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}.damaged."))
-      try:
-        os.replace(final, aside / key)
-      except OSError:  # another process moved or rebuilt it first
-        pass
-      shutil.rmtree(aside, ignore_errors=True)
+      why = " ".join(str(e).split())[:200]
+    denied = _move_aside(final, root, key)
+    if denied is not None:  # raised here, outside the handler: the one line is about the damage, not the write
+      raise TokenCacheError(
+          f"the token cache {str(final)!r} is damaged ({why}) and cannot be built again: the data cache "
+          f"{str(root.parent)!r} (data.cache_dir) cannot be written ({denied}); make it writable, or give "
+          f"data.cache_dir a writable directory, and rerun")
+    print(f"note: the token cache {str(final)!r} is damaged ({why}); tokenizing the corpus again", flush=True)
   if not (final / "meta.json").exists():
     corpus = corpus if corpus is not None else load_corpus(corpus_spec, errors=errors, cache_dir=cache_dir)
     streams = encode_splits(corpus, tokenizer)
@@ -171,8 +171,28 @@ def remove_abandoned(root: Path, min_age_s: float = ABANDONED_AFTER_S) -> list[P
   return removed
 
 
-class UncheckedCache(ValueError):
-  """A token cache whose meta.json holds no checksums (built before they were kept): built again, once."""
+class TokenCacheError(CorpusError):
+  """A damaged token cache that cannot be built again where it lies (the data cache cannot be written): a user
+  error, one line naming the cache and what to do."""
+
+
+def _move_aside(final: Path, root: Path, key: str) -> str | None:
+  """Moves the damaged cache `final` out of the way and removes it, so that it is built again; None when done (or
+  when another process moved it first), else the first line of the OSError that kept it there (the cache cannot
+  be written: a read-only mount, no permission)."""
+  try:
+    aside = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}.damaged."))
+  except OSError as e:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+  try:
+    os.replace(final, aside / key)
+  except FileNotFoundError:  # another process moved or rebuilt it first
+    pass
+  except OSError as e:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+  finally:
+    shutil.rmtree(aside, ignore_errors=True)
+  return None
 
 
 def stream_sha256(ids: np.ndarray) -> str:
@@ -183,19 +203,35 @@ def stream_sha256(ids: np.ndarray) -> str:
 def _load_streams(final: Path) -> dict[str, np.ndarray]:
   """The cached streams, memory-mapped, each as long as meta.json says (np.load refuses a truncated array file;
   a shorter one with a rewritten header would pass it) and with the SHA-256 meta.json recorded when it was built
-  (a flipped bit holds valid ids, and would be trained on)."""
+  (a flipped bit holds valid ids, and would be trained on). A cache built before the checksums were kept is not
+  built again (a read-only one could not be): its lengths are checked, and `_record_checksums` adds those of its
+  streams as they are."""
   meta = json.loads((final / "meta.json").read_text())
   counts = meta["num_tokens"]
-  if not isinstance(meta.get("sha256"), dict):
-    raise UncheckedCache("meta.json has no checksums")
   streams = {s: np.load(final / f"{s}.npy", mmap_mode="r") for s in SPLITS}
   short = [s for s in SPLITS if streams[s].size != int(counts[s])]
   if short:
     raise ValueError(f"{short[0]}.npy holds {streams[short[0]].size} tokens, meta.json says {counts[short[0]]}")
+  if "sha256" not in meta:
+    _record_checksums(final, meta, streams)
+    return streams
   changed = [s for s in SPLITS if stream_sha256(streams[s]) != meta["sha256"][s]]
   if changed:
     raise ValueError(f"{changed[0]}.npy's checksum is not the one meta.json recorded when it was built")
   return streams
+
+
+def _record_checksums(final: Path, meta: dict, streams: Mapping[str, np.ndarray]) -> None:
+  """Adds the SHA-256 of `streams` as they are to the meta.json of a cache built before checksums were kept
+  (atomically: a concurrent reader sees the old or the new file), with a note; later loads verify them. A cache
+  that cannot be written (a read-only mount) is used unchecked, as before the checksums, without a word."""
+  checked = {**meta, "sha256": {s: stream_sha256(streams[s]) for s in SPLITS}}
+  try:
+    atomic_write_text(final / "meta.json", json.dumps(checked, indent=1))
+  except OSError:
+    return
+  print(f"note: the token cache {str(final)!r} had no checksums (built before they were kept); its meta.json now "
+        f"records those of its streams as they are", flush=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------
