@@ -622,6 +622,28 @@ def test_a_read_only_token_cache_from_before_the_checksums_is_used_and_a_damaged
   assert "is damaged" in capsys.readouterr().out
 
 
+def test_research_evaluate_names_data_cache_dir_when_it_is_not_a_directory_or_cannot_be_written(tmp_path):
+  """A run whose config.json's data.cache_dir is a file, or a read-only directory without the run's streams, is one
+  line naming data.cache_dir (was "[Errno 20] Not a directory: .../tokens", or an OSError traceback)."""
+  from research.evaluate import extrapolation
+  from research.train import loop
+  tok = T.train_tokenizer("char", load_corpus("lee").train, 100)
+  run, cache_dir = tmp_path / "run", tmp_path / "cache"
+  run.mkdir()
+  cache_dir.write_text("not a directory")
+  T.save_tokenizer(tok, run)
+  config = tiny_config(**{"data.corpus": "lee", "data.tokenizer": "char", "data.vocab_size": 100,
+                          "data.cache_dir": str(cache_dir)})
+  (run / loop.CONFIG_FILE).write_text(json.dumps(config.to_dict()))
+  named = f"^run {re.escape(repr(str(run)))}: data.cache_dir {re.escape(repr(str(cache_dir)))}"
+  with pytest.raises(extrapolation.EvaluationError, match=f"{named} is not a directory"):
+    extrapolation.load_run(run)
+  cache_dir.unlink()
+  cache_dir.mkdir()
+  with read_only(cache_dir), pytest.raises(extrapolation.EvaluationError, match=f"{named} could not be written"):
+    extrapolation.load_run(run)
+
+
 def test_the_temporary_directory_of_a_killed_cache_build_is_removed_by_a_later_build(lee_tok, tmp_path):
   """A build killed mid-way leaves `tokens/.<key>.xxxx`; a later build removes it once no process holds it (a
   live build holds its directory's flock) and it is older than an hour; a live or a young one is left alone."""

@@ -40,6 +40,7 @@ import numpy as np
 
 from research.error_text import first_line
 from research.data import batches as batches_lib
+from research.data import corpora
 from research.embeddings import registry, relative
 from research.evaluate import by_position as by_position_lib
 from research.evaluate import passkey as passkey_lib
@@ -131,11 +132,20 @@ def load_run(workdir: str | Path, checkpoint: str = "best") -> LoadedRun:
   config = read_config(workdir)
   try:
     loop.check_corpus_excludes_run(config, workdir)  # else "trained on other data", which hides why
+    loop.check_cache_dir(config)  # a file there: one line naming data.cache_dir, not "[Errno 20] ...: .../tokens"
   except configuration.ConfigError as e:
-    raise EvaluationError(str(e)) from None
+    raise EvaluationError(f"run {str(workdir)!r}: {e}") from None
   tokenizer = loop.load_run_tokenizer(workdir)
-  splits = batches_lib.build_or_load_cache(config.data.corpus, tokenizer, cache_dir=config.data.cache_dir or None,
-                                           errors=config.data.errors)
+  try:
+    splits = batches_lib.build_or_load_cache(config.data.corpus, tokenizer, cache_dir=config.data.cache_dir or None,
+                                             errors=config.data.errors)
+  except OSError as e:  # the streams are not cached and the cache cannot be written (a read-only mount)
+    if not loop.in_cache_dir(e, config, workdir):
+      raise
+    raise EvaluationError(f"run {str(workdir)!r}: {loop.cache_dir_name(config)} "
+                          f"{str(corpora.cache_root(config.data.cache_dir or None))!r} could not be written "
+                          f"({first_line(e)[:200]}) to tokenize the corpus into it; make it writable and "
+                          f"rerun") from None
   ckpt_dir = workdir / "checkpoints"
   if not ckpt_dir.exists():
     raise EvaluationError(f"run {str(workdir)!r} has no checkpoints to evaluate")
