@@ -198,6 +198,9 @@ def test_a_runs_rare_token_report_from_its_files(word_run):
   assert sum(b["tokens"] for b in report["buckets"]) == counts.sum() - counts[markers].sum()
   assert counts[tok.token_to_id("[SEP]")] > 0  # so leaving it out changed a bucket
   assert report["update_counts_step"] == report["checkpoint_step"] == 4
+  keep = np.setdiff1d(np.arange(len(counts)), markers)  # norm against frequency: the markers have none either
+  assert report["geometry"]["input"]["norm_freq_spearman"] == pytest.approx(
+      rare.norm_frequency_spearman(table[keep], counts[keep]))
   present = np.load(word_run / loop.UPDATE_COUNTS_FILE)["present"]
   assert report["has_init"] and report["has_update_counts"]
   frequent = report["buckets"][-1]  # the most frequent words are in every batch
@@ -249,12 +252,39 @@ def test_a_damaged_run_file_is_one_error_naming_it(word_run, tmp_path, name, dam
     rare.analyze_run(run)
 
 
+def _damage_npz(path, **changes):
+  with np.load(path) as npz:
+    arrays = {k: npz[k] for k in npz.files}
+  np.savez(path, **{**arrays, **{k: v(arrays[k]) for k, v in changes.items()}})
+
+
 @pytest.mark.slow
-def test_a_resume_without_its_token_counts_counts_them_again(word_run, tmp_path):
+@pytest.mark.parametrize("name, damage", [
+    ("token_counts.npy", lambda path: np.save(path, np.zeros(10, np.int64))),
+    ("token_counts.npy", lambda path: np.save(path, np.load(path).reshape(1, -1))),
+    ("token_counts.npy", lambda path: np.save(path, np.load(path) - 10**6)),
+    (loop.UPDATE_COUNTS_FILE, lambda path: _damage_npz(path, present=lambda a: a[:10])),
+    (loop.UPDATE_COUNTS_FILE, lambda path: _damage_npz(path, step=lambda a: np.array([1, 2]))),
+], ids=["counts-short", "counts-2d", "counts-negative", "present-short", "step-not-scalar"])
+def test_a_run_file_of_the_wrong_shape_is_one_error_naming_it(word_run, tmp_path, name, damage):
+  """Files that load but are not what a run writes: they would be read out of bounds, or broadcast."""
+  import shutil
+
+  from research.analysis import quality
+  run = shutil.copytree(word_run, tmp_path / "run", ignore=shutil.ignore_patterns("eval"))
+  damage(run / name)
+  with pytest.raises(quality.AnalysisError, match=rf"^'{run / name}' is damaged \(.+\): rerun"):
+    rare.analyze_run(run)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", [lambda path: path.unlink(), lambda path: np.save(path, np.zeros(10, np.int64))],
+                         ids=["missing", "wrong-shape"])
+def test_a_resume_without_its_token_counts_counts_them_again(word_run, tmp_path, damage):
   import json
   import shutil
   run = shutil.copytree(word_run, tmp_path / "run", ignore=shutil.ignore_patterns("eval"))
-  (run / "token_counts.npy").unlink()
+  damage(run / "token_counts.npy")  # a file of another shape would mark the wrong ids rare in valid_ppl_rare
   config = tiny_config(**{"data.tokenizer": "word", "train.steps": 5, "train.checkpoint_every": 4,
                           "train.eval_batches": 1, "train.async_checkpoints": False, "model.tie_embeddings": False})
   loop.train(config, run)  # valid_ppl_rare's rule and research-analyze --rare need the counts: the same again

@@ -214,11 +214,17 @@ def norm_frequency_spearman(table_VxD: np.ndarray, counts_V: np.ndarray) -> floa
   return float(spearmanr(norms, logf).statistic)
 
 
-def geometry(table_VxD: np.ndarray, counts_V: np.ndarray | None = None) -> dict[str, float | None]:
+def geometry(table_VxD: np.ndarray, counts_V: np.ndarray | None = None,
+             exclude_rows: Sequence[int] = ()) -> dict[str, float | None]:
+  """The table's geometry (every row), and the norm-frequency correlation over the rows not in `exclude_rows` (the
+  markers: their counts are no word's frequency, as for the buckets)."""
   shares = variance_shares(table_VxD)
+  keep = np.ones(len(table_VxD), bool)
+  keep[np.asarray(exclude_rows, np.int64)] = False
+  spearman = None if counts_V is None else norm_frequency_spearman(np.asarray(table_VxD)[keep],
+                                                                   np.asarray(counts_V)[keep])
   return {"anisotropy": anisotropy(table_VxD), "variance_top1": shares[1], "variance_top10": shares[10],
-          "isotropy": isotropy(table_VxD),
-          "norm_freq_spearman": None if counts_V is None else norm_frequency_spearman(table_VxD, counts_V)}
+          "isotropy": isotropy(table_VxD), "norm_freq_spearman": spearman}
 
 
 # ------------------------------------------------------------------------------------------- absent rows
@@ -250,14 +256,14 @@ def rare_report(table_VxD: np.ndarray, counts_V: np.ndarray, *, init_VxD: np.nda
                 words: Sequence[str] | None = None, base: float = 10.0, scorer: str = "batched",
                 exclude_rows: Sequence[int] = ()) -> dict[str, Any]:
   """The figures of rare_tokens.json for arrays: buckets of the input table (without `exclude_rows`), geometry of it
-  (every row; and of the head)."""
+  (every row, but the norm-frequency correlation without `exclude_rows`; and of the head)."""
   report: dict[str, Any] = {
       "vocab_size": int(table_VxD.shape[0]), "dim": int(table_VxD.shape[1]), "bucket_base": base,
       "buckets": buckets(table_VxD, counts_V, init_VxD=init_VxD, present_V=present_V, words=words, base=base,
                          scorer=scorer, exclude_rows=exclude_rows),
-      "geometry": {"input": geometry(table_VxD, counts_V)}}
+      "geometry": {"input": geometry(table_VxD, counts_V, exclude_rows)}}
   if head_VxD is not None:
-    report["geometry"]["output"] = geometry(head_VxD, counts_V)
+    report["geometry"]["output"] = geometry(head_VxD, counts_V, exclude_rows)
   return report
 
 
@@ -319,9 +325,10 @@ def _save(fig, path: Path) -> None:
 # ----------------------------------------------------------------------------------------------- entry point
 
 
-def update_counts(workdir: Path) -> dict[str, Any] | None:
+def update_counts(workdir: Path, vocab_size: int) -> dict[str, Any] | None:
   """RUN/update_counts.npz as {'present', 'nonzero', 'step' (None in a file written before it had one)}, or None
-  without the file; a damaged file is an AnalysisError naming it (a rerun of research-train writes it again)."""
+  without the file; a damaged file (unreadable, or not two [vocab_size] counts and a step) is an AnalysisError
+  naming it (a rerun of research-train writes it again)."""
   from research.analysis import quality
   from research.train import loop
   path = workdir / loop.UPDATE_COUNTS_FILE
@@ -329,15 +336,21 @@ def update_counts(workdir: Path) -> dict[str, Any] | None:
     return None
   remedy = "rerun research-train in that workdir with its config: a finished run writes it again"
   with quality.damaged_file(path, remedy), np.load(path) as npz:
-    return {"present": npz["present"], "nonzero": npz["nonzero"],
-            "step": int(npz["step"]) if "step" in npz.files else None}
+    out = {"present": quality.check_counts(npz["present"], vocab_size, "'present'"),
+           "nonzero": quality.check_counts(npz["nonzero"], vocab_size, "'nonzero'"), "step": None}
+    if "step" in npz.files:
+      step = npz["step"]
+      if step.shape != () or step.dtype.kind not in "iu" or int(step) < 0:
+        raise ValueError(f"'step' is {step.dtype}{list(step.shape)}, not a step number")
+      out["step"] = int(step)
+    return out
 
 
 def run_arrays(workdir: Path, params: Any, table_shape: tuple[int, ...]) -> dict[str, Any]:
   """(init table or None, present counts or None, head [V, width] or None) from a run's files and parameters; the
   init table is None when it is not this table's start (an older run's file)."""
   from research.analysis import quality
-  counts = update_counts(workdir)
+  counts = update_counts(workdir, table_shape[0])
   head = params.get("lm_head", {}).get("kernel") if isinstance(params.get("lm_head"), dict) else None
   return {"init_VxD": quality.initial_table(workdir, table_shape),
           "present_V": None if counts is None else counts["present"],
@@ -363,7 +376,7 @@ def run_absent_rows(workdir: Path, run_step: int, table_VxD: np.ndarray,
   from research.train import loop
   out: dict[str, Any] = {"rows": None, "rows_changed": None, "max_abs_change": None, "updated_while_absent": None,
                          "updated_while_absent_steps": None, "step": None, "note": None}
-  counts = update_counts(workdir)
+  counts = update_counts(workdir, table_VxD.shape[0])
   if counts is None:
     return {**out, "note": f"no {loop.UPDATE_COUNTS_FILE} (train.count_updates off, or the run did not finish)"}
   present_V, step = counts["present"], counts_step(workdir, counts)
@@ -431,7 +444,7 @@ def analyze_run(workdir: str | os.PathLike, checkpoint: str = "best", base: floa
             **rare_report(table_VxD, counts, init_VxD=init, present_V=arrays["present_V"],
                           head_VxD=arrays["head_VxD"], words=words, base=base, exclude_rows=markers),
             "marker_rows": markers, "has_init": init is not None, "has_update_counts": arrays["present_V"] is not None,
-            "update_counts_step": counts_step(workdir, update_counts(workdir)),
+            "update_counts_step": counts_step(workdir, update_counts(workdir, table_VxD.shape[0])),
             "absent_rows": run_absent_rows(workdir, run.step, table_VxD, init)}
   out_dir = write_rare(workdir, report).parent
   plot_norm_vs_frequency(table_VxD, counts, out_dir / NORM_PLOT, title=workdir.resolve().name, exclude_rows=markers)

@@ -142,8 +142,11 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> RunData:
   if resumed and counts_file.exists():
     try:
       counts = np.load(counts_file)
+      vocab = tokenizer.get_vocab_size()  # one count per id: another shape would mark the wrong ids rare
+      if counts.shape != (vocab,) or counts.dtype.kind not in "iu" or (counts.size and counts.min() < 0):
+        raise ValueError(f"{counts.dtype}{list(counts.shape)}, not {vocab} non-negative integer counts")
     except (OSError, ValueError, EOFError) as e:  # truncated by a full disk: one epoch of the stream, counted again
-      damaged = first_line(e)
+      counts, damaged = None, first_line(e)
   # A resumed run keeps the counts it started with (its valid_ppl_rare rule, its buckets); a damaged or missing file
   # (deleted, or a run from before the file existed) is counted again, so valid_ppl_rare does not silently go null.
   if not resumed or counts is None:
