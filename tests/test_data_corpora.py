@@ -94,7 +94,7 @@ def test_wikipedia_sample_markup_removed(wiki):
 
 def test_wikipedia_sample_cached_atomically_and_reused(wiki, wiki_cache, monkeypatch):
   path = wiki_cache / "corpora" / f"wikipedia-sample-v{corpora.CORPUS_VERSION}.json"
-  assert json.loads(path.read_text(encoding="utf-8"))["valid"] == wiki.valid
+  assert json.loads(path.read_text(encoding="utf-8"))["splits"]["valid"] == wiki.valid
   assert not list(path.parent.glob("*.tmp"))
 
   def boom():
@@ -480,4 +480,25 @@ def test_a_cached_wikipedia_sample_of_the_wrong_shape_is_extracted_again_with_a_
   path.write_text("null\n")
   again = load_corpus("wikipedia-sample", cache_dir=tmp_path)
   assert "note: the cached corpus" in capsys.readouterr().out and again == wiki
-  assert json.loads(path.read_text()) == {s: wiki.split(s) for s in SPLITS}
+  assert corpora.read_corpus_file(path.read_text(), "wikipedia-sample") == wiki
+
+
+def test_a_cached_wikipedia_sample_of_the_right_shape_and_wrong_content_is_extracted_again(wiki, tmp_path, capsys):
+  """A cache file of the right shape but other content (emptied splits: "split 'train' is empty", blaming the
+  corpus; a document per split: 1/1/1 loaded silently) is found by the checksum of its splits recorded at the
+  extraction, or by having none, and extracted again with a note. In a read-only cache the extraction is used and
+  the file left as it is."""
+  from tests.test_data_batches import read_only
+  path = tmp_path / "corpora" / f"wikipedia-sample-v{corpora.CORPUS_VERSION}.json"
+  path.parent.mkdir()
+  path.write_text(json.dumps({s: [] for s in SPLITS}))  # as the code before the checksums wrote it, emptied
+  assert load_corpus("wikipedia-sample", cache_dir=tmp_path) == wiki
+  assert "has no checksum (written before they were kept); extracting it again" in capsys.readouterr().out
+  recorded = json.loads(path.read_text())
+  assert recorded["sha256"] == corpora.splits_sha256(wiki)
+  cut = {**recorded, "splits": {s: wiki.split(s)[:1] for s in SPLITS}}  # the checksum of the full splits kept
+  path.write_text(json.dumps(cut))
+  with read_only(tmp_path):
+    assert load_corpus("wikipedia-sample", cache_dir=tmp_path) == wiki
+    assert "is damaged (its splits are not the ones whose checksum it recorded" in capsys.readouterr().out
+  assert json.loads(path.read_text()) == cut  # read-only: left as it was

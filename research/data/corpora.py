@@ -171,17 +171,56 @@ def cached_splits(data, name: str) -> Corpus:
   return Corpus(name, data["train"], data["valid"], data["test"])
 
 
+class UncheckedCorpusFile(ValueError):
+  """A cached corpus file without a checksum (written before they were kept, or not by this code)."""
+
+
+def splits_sha256(corpus: Corpus) -> str:
+  """SHA-256 of the corpus's splits as the cache file holds them (JSON, in SPLITS order)."""
+  splits = {s: corpus.split(s) for s in SPLITS}
+  return hashlib.sha256(json.dumps(splits, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def corpus_file_text(corpus: Corpus) -> str:
+  """The cache file of an extracted corpus: its splits and their SHA-256 (`read_corpus_file` verifies it)."""
+  return json.dumps({"sha256": splits_sha256(corpus), "splits": {s: corpus.split(s) for s in SPLITS}},
+                    ensure_ascii=False)
+
+
+def read_corpus_file(text: str, name: str) -> Corpus:
+  """The corpus a cache file (`corpus_file_text`) holds. A file of the right shape is not enough: one emptied or cut
+  to a document per split by hand, a disk or an editor would load silently (or blame the corpus), so its splits
+  must have the SHA-256 recorded at the extraction: a ValueError otherwise (UncheckedCorpusFile when there is
+  none)."""
+  data = json.loads(text)
+  if not isinstance(data, dict) or "sha256" not in data:
+    raise UncheckedCorpusFile("no checksum")
+  corpus = cached_splits(data.get("splits"), name)
+  if splits_sha256(corpus) != data["sha256"]:
+    raise ValueError("its splits are not the ones whose checksum it recorded at the extraction")
+  return corpus
+
+
 def _wikipedia_sample(cache_dir) -> Corpus:
   path = cache_root(cache_dir) / "corpora" / f"wikipedia-sample-v{CORPUS_VERSION}.json"
-  if path.exists():
+  cached = path.exists()
+  if cached:
     try:
-      return cached_splits(json.loads(path.read_text(encoding="utf-8")), "wikipedia-sample")
+      return read_corpus_file(path.read_text(encoding="utf-8"), "wikipedia-sample")
+    except UncheckedCorpusFile:
+      print(f"note: the cached corpus {str(path)!r} has no checksum (written before they were kept); extracting it "
+            f"again", flush=True)
     except (OSError, ValueError) as e:  # damage (writes are atomic, but a disk, an editor or a user can break it)
       print(f"note: the cached corpus {str(path)!r} is damaged ({' '.join(str(e).split())[:200]}); extracting it "
             f"again", flush=True)
   articles = extract_wikipedia_sample()
   corpus = split_documents([f"{title}\n\n{text}" for title, text in articles], "wikipedia-sample")
-  atomic_write_text(path, json.dumps({s: corpus.split(s) for s in SPLITS}, ensure_ascii=False))
+  try:
+    atomic_write_text(path, corpus_file_text(corpus))
+  except OSError:
+    if not cached:  # a cache that cannot be written: the caller's one line (research-train names data.cache_dir)
+      raise
+    # A read-only cache holding a file this code does not trust: the extraction is used, the file left as it is.
   return corpus
 
 
