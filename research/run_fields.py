@@ -27,16 +27,29 @@ CHAR_FIELDS = ("model.char_dim", "model.char_padding", "model.char_spelling", "m
 # RoPE's scaling, which shapes nothing in a scheme that does not rotate with RoPE's frequencies.
 ROPE_SCALING_FIELDS = ("model.rope_scaling", "model.rope_factor")
 
+# The masked LM's rates, which a causal LM (objective clm) never reads.
+MLM_FIELDS = ("data.mlm_select_rate", "data.mlm_mask_rate", "data.mlm_random_rate")
+
+# The tokenizer kinds whose vocabulary does not depend on data.vocab_size (research/data/tokenizers.py): byte has its
+# 5 + 256 ids, char the specials and every character of the train split; data.vocab_size is only checked to be large
+# enough, so two runs that differ in it train the same model on the same ids.
+FIXED_VOCAB_TOKENIZERS = ("byte", "char")
+
 
 def unused_fields(previous: Mapping[str, Any], current: Mapping[str, Any],
                   rotates: Callable[[Mapping[str, Any]], bool | None] = lambda config: None) -> tuple[str, ...]:
   """Fields of two nested config dicts that may differ because neither model uses them: the char CNN's when both
   have model.char_embeddings none; RoPE's scaling when `rotates` (whether a config's scheme rotates with RoPE's
-  frequencies; None: cannot be told, the default here, where no scheme is imported) is False for both."""
-  off = lambda c: c.get("model", {}).get("char_embeddings", "none") == "none"  # noqa: E731
-  unused = CHAR_FIELDS if off(previous) and off(current) else ()
+  frequencies; None: cannot be told, the default here, where no scheme is imported) is False for both; the MLM
+  rates when both have objective clm; data.vocab_size when both tokenizers are of FIXED_VOCAB_TOKENIZERS."""
+  both = lambda test: test(previous) and test(current)  # noqa: E731
+  unused = CHAR_FIELDS if both(lambda c: c.get("model", {}).get("char_embeddings", "none") == "none") else ()
   if rotates(previous) is False and rotates(current) is False:
     unused += ROPE_SCALING_FIELDS
+  if both(lambda c: c.get("objective") == "clm"):
+    unused += MLM_FIELDS
+  if both(lambda c: c.get("data", {}).get("tokenizer") in FIXED_VOCAB_TOKENIZERS):
+    unused += ("data.vocab_size",)
   return unused
 
 

@@ -1305,6 +1305,34 @@ def test_a_copied_run_is_counted_once_and_runs_differing_only_in_cadence_share_a
   assert "Trials without config.json" in md and "`summary_only`" in md
 
 
+def _set_summary(trial_dir, **figures):
+  path = trial_dir / "summary.json"
+  path.write_text(json.dumps({**json.loads(path.read_text()), **figures}))
+
+
+def test_fields_a_run_does_not_read_split_no_rows_and_the_real_vocabulary_decides_the_best(tmp_path):
+  """A byte tokenizer ignores data.vocab_size (261 ids whatever it says) and a causal LM the MLM rates: runs that
+  differ only there are one model (a duplicate when the seed is equal too), the rows are not split by them and the
+  best is marked. What decides comparability is the vocabulary the run had (summary.json's vocab_size)."""
+  for scheme, vocab, rate in (("alibi", 512, 0.15), ("rope", 1024, 0.3)):
+    for seed in (0, 1):
+      name = f"{scheme}{seed}"
+      write_trial(tmp_path, name, scheme, seed)
+      loop.write_config(configuration.apply_overrides(trial_config(scheme, seed), {
+          "data.tokenizer": "byte", "data.vocab_size": vocab + seed, "data.mlm_select_rate": rate}), tmp_path / name)
+      _set_summary(tmp_path / name, vocab_size=261)
+  shutil.copytree(tmp_path / "alibi0", tmp_path / "alibi0_v999")
+  loop.write_config(configuration.apply_overrides(trial_config("alibi", 0), {
+      "data.tokenizer": "byte", "data.vocab_size": 999, "data.mlm_select_rate": 0.15}), tmp_path / "alibi0_v999")
+  report = build_report(tmp_path)
+  assert report.runs.swept_fields == ["model.position", "seed"]
+  assert [(t.name, kept) for t, kept in report.runs.duplicates] == [("alibi0_v999", "alibi0")]
+  assert report.data.incomparable == [] and report.data.best
+  assert "lower is better, the lowest mean per column is in **bold**" in report.markdown_path.read_text()
+  _set_summary(tmp_path / "rope1", vocab_size=300)  # another vocabulary really (another tokenizer's): no best
+  assert build_report(tmp_path).data.incomparable == ["data.vocab_size"]
+
+
 def test_no_best_perplexity_is_marked_when_the_rows_differ_in_what_a_perplexity_measures(tmp_path):
   """Another vocabulary size (read from the trials' configs) makes the perplexities incomparable: no bold in
   their columns, and report.md and the LaTeX caption say which field."""
@@ -1313,6 +1341,7 @@ def test_no_best_perplexity_is_marked_when_the_rows_differ_in_what_a_perplexity_
       write_trial(tmp_path, f"{scheme}{seed}", scheme, seed)
       loop.write_config(configuration.apply_overrides(trial_config(scheme, seed), {"data.vocab_size": vocab}),
                         tmp_path / f"{scheme}{seed}")
+      _set_summary(tmp_path / f"{scheme}{seed}", vocab_size=vocab)  # the tokenizer had the size asked for
   report = build_report(tmp_path)
   assert report.data.incomparable == ["data.vocab_size"] and "data.vocab_size" in report.runs.swept_fields
   _, rows = parse_md_table(report.table)

@@ -814,6 +814,32 @@ def test_trials_that_train_the_same_model_are_named_in_a_warning(tmp_path):
   assert result.returncode == 0 and result.stderr.count("warning: trials ") == 4, result.stderr
 
 
+def test_fields_a_run_does_not_read_make_no_other_model(tmp_path):
+  """A causal LM never reads the MLM rates, and a byte or char tokenizer ignores data.vocab_size (the same ids for
+  any size it accepts): trials differing only there are one model (the sweep's warning, research-train's resume
+  rule and research-report's duplicates all read run_fields.unused_fields). An MLM's rates and a BPE's size count."""
+  from research import run_fields
+  from research.data import tokenizers
+  texts = ["hello world, ça va? 日本語"] * 3
+  for kind in run_fields.FIXED_VOCAB_TOKENIZERS:  # the premise, on a real tokenizer of each kind
+    small, large = (tokenizers.train_tokenizer(kind, texts, size) for size in (300, 5000))
+    assert small.get_vocab() == large.get_vocab(), kind
+  trials = [{"seed": 0, "data.mlm_select_rate": 0.1}, {"seed": 0, "data.mlm_select_rate": 0.2},
+            {"seed": 1, "objective": "mlm", "data.mlm_select_rate": 0.1},
+            {"seed": 1, "objective": "mlm", "data.mlm_select_rate": 0.2},
+            {"seed": 2, "data.tokenizer": "byte", "data.vocab_size": 512},
+            {"seed": 2, "data.tokenizer": "byte", "data.vocab_size": 1024},
+            {"seed": 3, "data.tokenizer": "char", "data.vocab_size": 300},
+            {"seed": 3, "data.tokenizer": "char", "data.vocab_size": 400},
+            {"seed": 4, "data.tokenizer": "bpe", "data.vocab_size": 512},
+            {"seed": 4, "data.tokenizer": "bpe", "data.vocab_size": 1024}]
+  notes = sweeps.load_sweep(write_sweep(tmp_path / "unused.py", trials)).notes
+  assert len(notes) == 3, notes
+  assert "differ only in data.mlm_select_rate " in notes[0] and "'seed=0,mlm_select_rate=0.1'" in notes[0]
+  assert all("differ only in data.vocab_size " in n for n in notes[1:])
+  assert "seed=2" in notes[1] and "seed=3" in notes[2]
+
+
 def test_two_trials_of_one_config_are_refused_and_long_names_are_cut_with_a_hash(tmp_path):
   for trials in ([{"seed": 0, "model.position": "rope"}, {"model.position": "rope", "seed": 0}],
                  [{"train.learning_rate": 1}, {"train.learning_rate": 1.0}]):

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from research import schema
+from research import run_fields, schema
 from research.train import checkpoint as checkpoint_lib
 from research.train import configuration, loop, optim
 from tests.train_utils import ROOT, cli, mark_finished, read_metrics, tiny_config
@@ -157,7 +157,8 @@ def finished_tiny_run(tmp_path_factory):
 
 
 PROTECTED = sorted(set(configuration.flatten(configuration.reference_config())) - set(schema.RESUMABLE_FIELDS)
-                   - set(loop.CHAR_FIELDS) - set(loop.ROPE_SCALING_FIELDS))  # (compared only where used: below)
+                   - set(loop.CHAR_FIELDS) - set(loop.ROPE_SCALING_FIELDS)
+                   - set(run_fields.MLM_FIELDS))  # (compared only where used: below; the tiny run is a clm)
 
 
 @pytest.mark.parametrize("field", PROTECTED)
@@ -183,6 +184,24 @@ def test_a_resume_that_changes_a_char_cnn_field_is_refused_when_either_run_has_t
     current = configuration.apply_overrides(saved, {"model.char_embeddings": chars, field: _changed(value)})
     if saved_chars == chars == "none":
       assert loop.check_workdir(current, tmp_path) == tmp_path  # shapes nothing on either side
+    else:
+      with pytest.raises(configuration.ConfigError, match=re.escape(f"{field}: {value!r} (saved)")):
+        loop.check_workdir(current, tmp_path)
+
+
+@pytest.mark.parametrize("field", run_fields.MLM_FIELDS + ("data.vocab_size",))
+def test_a_resume_that_changes_an_mlm_rate_or_the_vocab_size_is_refused_only_where_the_run_reads_it(field, tmp_path):
+  """A causal LM never reads the MLM rates, a byte or char tokenizer not data.vocab_size (run_fields.unused_fields)."""
+  unused = {"data.vocab_size": {"data.tokenizer": "byte", "data.vocab_size": 300}}.get(field, {"objective": "clm"})
+  used = {"data.vocab_size": {"data.tokenizer": "bpe"}}.get(field, {"objective": "mlm"})
+  for settings, refused in ((unused, False), (used, True)):
+    saved = tiny_config(**settings)
+    tmp_path.joinpath("config.json").write_text(json.dumps(saved.to_dict()))
+    mark_finished(tmp_path)
+    value = configuration.flatten(saved)[field]
+    current = configuration.apply_overrides(saved, {field: value + 0.05 if isinstance(value, float) else value + 1})
+    if not refused:
+      assert loop.check_workdir(current, tmp_path) == tmp_path
     else:
       with pytest.raises(configuration.ConfigError, match=re.escape(f"{field}: {value!r} (saved)")):
         loop.check_workdir(current, tmp_path)

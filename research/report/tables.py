@@ -59,11 +59,21 @@ MLM_MEANING = ("data.mlm_select_rate", "data.mlm_mask_rate", "data.mlm_random_ra
 
 def incomparable_fields(trials: list[Trial]) -> list[str]:
   """The PPL_MEANING (and, among MLM trials, MLM_MEANING) fields whose values differ across `trials` (their configs
-  or overrides: a field need not be a swept field's label to differ); a trial without the field is not counted."""
+  or overrides: a field need not be a swept field's label to differ); a trial without the field is not counted.
+  data.vocab_size is the vocabulary the run really has (`real_vocab_size`): a byte or char tokenizer ignores the
+  field, and a corpus too small for it gives fewer ids."""
   def differs(name: str, among: list[Trial]) -> bool:
-    return len({hashable(v) for t in among if (v := t.field(name)) != MISSING}) > 1
+    value = real_vocab_size if name == "data.vocab_size" else lambda t: t.field(name)
+    return len({hashable(v) for t in among if (v := value(t)) != MISSING}) > 1
   mlm = [t for t in trials if t.field("objective") == "mlm"]
   return [f for f in PPL_MEANING if differs(f, trials)] + [f for f in MLM_MEANING if differs(f, mlm)]
+
+
+def real_vocab_size(trial: Trial) -> Any:
+  """summary.json's `vocab_size` (the tokenizer's size, the rows of the model's table), else data.vocab_size (a
+  summary written without it, or none)."""
+  size = (trial.summary or {}).get("vocab_size")
+  return size if isinstance(size, int) and not isinstance(size, bool) else trial.field("data.vocab_size")
 
 
 @dataclasses.dataclass(frozen=True)
