@@ -1333,6 +1333,27 @@ def test_fields_a_run_does_not_read_split_no_rows_and_the_real_vocabulary_decide
   assert build_report(tmp_path).data.incomparable == ["data.vocab_size"]
 
 
+def test_of_duplicate_runs_the_copy_with_the_most_evaluation_files_is_kept_and_the_others_files_are_named(tmp_path):
+  """A copy listed first but never evaluated is not kept over a later copy that was: the 1x column stays. What a
+  left-out copy has that the kept one lacks is named under Duplicates (not used)."""
+  write_trial(tmp_path, "a0", "alibi", 0, evaluate=False)
+  _write_by_position(tmp_path / "a0", "alibi", 0)  # one file
+  _, ppls = write_trial(tmp_path, "a0_eval", "alibi", 0)  # the same model: extrapolation.json, and a scaled one
+  extrapolation.write_report(tmp_path / "a0_eval", extrapolation.report_record(
+      train_len=TRAIN_LEN, mode="nonoverlapping", stride=None, split="valid", checkpoint_step=100,
+      rope_scaling="linear", rope_factor=None, results=[extrapolation.result_record(1, TRAIN_LEN, 30.0, 4096)]))
+  write_trial(tmp_path, "a1", "alibi", 1, evaluate=False)
+  report = build_report(tmp_path)
+  assert [(t.name, kept) for t, kept in report.runs.duplicates] == [("a0", "a0_eval")]
+  assert report.data.cell(0, f"ppl_1x_{TRAIN_LEN}").values == (ppls[1],)
+  md = report.markdown_path.read_text()
+  assert ("- `a0` (finished): duplicates `a0_eval`; its evaluation files that `a0_eval` lacks are not used: "
+          "`eval/loss_by_position.json`") in md
+  shutil.rmtree(tmp_path / "a0_eval" / "eval")  # a tie (no file against one): the first copy listed is kept
+  (tmp_path / "a0" / "eval" / "loss_by_position.json").unlink()
+  assert [(t.name, kept) for t, kept in build_report(tmp_path).runs.duplicates] == [("a0_eval", "a0")]
+
+
 def test_no_best_perplexity_is_marked_when_the_rows_differ_in_what_a_perplexity_measures(tmp_path):
   """Another vocabulary size (read from the trials' configs) makes the perplexities incomparable: no bold in
   their columns, and report.md and the LaTeX caption say which field."""

@@ -97,6 +97,17 @@ def _evaluation_line(runs: RunSet, table: tables.Table) -> str | None:
   return line
 
 
+def _duplicate_line(runs: RunSet, trial, kept: str) -> str:
+  """A Duplicates entry: the copy, the trial kept in its place, and the evaluation files the copy has that the kept
+  one lacks (not used: only the kept trial's files are read)."""
+  line = f"- `{trial.name}` ({trial.status}): duplicates `{kept}`"
+  kept_files = next((set(t.evaluation_files()) for t in runs.trials if t.name == kept), set())
+  unused = [f for f in trial.evaluation_files() if f not in kept_files]
+  if unused:
+    line += f"; its evaluation files that `{kept}` lacks are not used: {', '.join(f'`{f}`' for f in unused)}"
+  return line
+
+
 def _has_by_position(runs: RunSet) -> bool:
   """Any trial evaluated with research-evaluate --by_position: only then is loss_by_position.png drawn (or
   explained)."""
@@ -176,7 +187,7 @@ def render_markdown(runs: RunSet, table: tables.Table, written: dict[str, pathli
             "Trials whose config.json trains the same model as another trial's, seed included (it differs at most "
             "in fields that do not change the model: when, how often or where a run works, or what neither model "
             "uses): a copied run directory, counted once. Left out of the table, the means and the plots:", ""]
-    out += [f"- `{t.name}` ({t.status}): duplicates `{kept}`" for t, kept in runs.duplicates]
+    out += [_duplicate_line(runs, t, kept) for t, kept in runs.duplicates]
   out += ["", "## Plots", ""]
   titles = {plots.PPL_VS_LENGTH: "Perplexity vs evaluation length", plots.CURVES: "Training and validation loss",
             plots.TIED_VS_UNTIED: "Tied vs untied embeddings"}

@@ -308,6 +308,15 @@ class Trial:
         notes[file] = f"{self.name}: {reason}: stale, left out of the means and plots (rerun research-analyze)"
     return notes
 
+  def evaluation_files(self) -> list[str]:
+    """The evaluation and analysis files of the trial that the report reads (eval/extrapolation*.json,
+    loss_by_position.json, passkey.json, embedding_quality*.json, rare_tokens.json), as posix paths."""
+    files = [(self.extrapolation, extrapolation_file(None)),
+             *((e, extrapolation_file(s)) for s, e in self.scaled.items()), (self.by_position, BY_POSITION_FILE),
+             (self.passkey, PASSKEY_FILE), (self.quality, QUALITY_FILE), (self.quality_input, QUALITY_INPUT_FILE),
+             (self.rare, RARE_FILE)]
+    return [f.as_posix() for data, f in files if data is not None]
+
   def stale_evaluations(self) -> list[str]:
     """The stale notes of every evaluation file of the trial, in `stale`'s order."""
     return list(self.stale.values())
@@ -818,7 +827,9 @@ def _same_model_ignored(trials: list[Trial]) -> set[str]:
 def _duplicates(trials: list[Trial], ignored: set[str]) -> tuple[list[Trial], list[tuple[Trial, str]]]:
   """(the trials, each model once; [(a copy, the trial it duplicates)]): trials whose configs are equal but for
   `ignored` fields (seed included: a copied run directory, or a rerun of the same config) train the same model, so
-  counting both would count one run twice. The first finished one in listing order is kept (else the first)."""
+  counting both would count one run twice. The finished one with the most evaluation and analysis files is kept
+  (`Trial.evaluation_files`: a copy that was evaluated is not dropped for one that was not; ties: listing order),
+  else the first."""
   same: dict[Any, list[Trial]] = {}
   for t in trials:
     if t.config is not None:
@@ -826,6 +837,7 @@ def _duplicates(trials: list[Trial], ignored: set[str]) -> tuple[list[Trial], li
       same.setdefault(key, []).append(t)
   copies: dict[int, str] = {}
   for group in same.values():
-    kept = next((t for t in group if t.finished), group[0])
+    finished = [t for t in group if t.finished]
+    kept = max(finished, key=lambda t: len(t.evaluation_files())) if finished else group[0]  # max: the first of ties
     copies.update({id(t): kept.name for t in group if t is not kept})
   return [t for t in trials if id(t) not in copies], [(t, copies[id(t)]) for t in trials if id(t) in copies]
