@@ -1,5 +1,6 @@
 """Length-extrapolation evaluation (research/evaluate, research-evaluate) on tiny runs trained once per module."""
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -148,8 +149,9 @@ def test_cli_prints_the_table_and_writes_the_file(runs):
     (["--workdir={alibi}", "--lengths=1,two"], "error: --lengths=1,two must be integers"),
     (["--workdir={alibi}", "--lengths=0,1"], "error: lengths=[0, 1] must be positive multiples of the training "
                                              "length"),
-    (["--workdir={alibi}", "--rope_scaling=yarn"], "error: rope_scaling='yarn' needs a RoPE run, but '{alibi}' was "
-                                                   "trained with model.position='alibi'"),
+    (["--workdir={alibi}", "--rope_scaling=yarn"], "error: rope_scaling='yarn' needs a run whose scheme rotates with "
+                                                   "RoPE's frequencies (rope, p_rope), but '{alibi}' was trained with "
+                                                   "model.position='alibi'"),
 ])
 def test_cli_errors_are_one_line_with_status_2(runs, tmp_path, args, message):
   paths = {"missing": tmp_path / "no_such_run", "alibi": runs["alibi"]}
@@ -686,6 +688,21 @@ def test_an_evaluation_scaling_the_run_cannot_take_is_one_line_before_anything_l
   extrapolation.check_run_options(narrow, tiny_config(**{"model.position": "rope", "model.rope_fraction": 0.125}),
                                   [1, 2], mode="nonoverlapping", stride=None, rope_scaling="yarn",
                                   passkey=False)  # what it can take passes
+
+
+def test_a_p_rope_run_takes_rope_scaling_at_evaluation_as_in_training():
+  """p-RoPE rotates with RoPE's (scaled) frequencies: refusing it named a reason that was not true."""
+  from research.embeddings import registry
+  from research.train import configuration
+  config = tiny_config(**{"model.position": "p_rope"})
+  extrapolation.check_run_options("run", config, [1, 2], mode="nonoverlapping", stride=None, rope_scaling="linear",
+                                  passkey=False)
+  plain = configuration.model_config(config)
+  scaled = dataclasses.replace(plain, rope_scaling="linear", rope_factor=2.0)
+  inv_plain, _ = registry.get_scheme("p_rope")(plain).frequencies()
+  inv_scaled, _ = registry.get_scheme("p_rope")(scaled).frequencies()
+  kept = np.asarray(inv_plain) > 0  # p-RoPE zeroes the slowest pairs' frequencies
+  np.testing.assert_allclose(np.asarray(inv_scaled)[kept], np.asarray(inv_plain)[kept] / 2, rtol=1e-6)
 
 
 def test_passkey_errors_are_one_line_before_anything_loads(tmp_path):

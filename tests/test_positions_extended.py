@@ -355,6 +355,33 @@ def test_xpos_scores_are_shift_invariant_and_finite_at_large_positions(shift, se
   np.testing.assert_allclose(base, shifted, rtol=2e-3, atol=2e-3)
 
 
+def test_xpos_scores_are_the_formula_over_its_whole_span_and_longer_is_refused():
+  """Up to XPOS_MAX_SPAN positions the scaled q and k are normal float32 numbers and each score is
+  rot(q, n)·rot(k, m)·ζ^((n−m)/B) (float64 here); a little past it the fastest pair's scale overflows (inf / 0 /
+  NaN), so training refuses such spans and evaluation reports them n/a, with the reason."""
+  from research.evaluate import extrapolation
+  span, d = relative.XPOS_MAX_SPAN, 8
+  inv_freq, _ = relative.rope_frequencies(d)
+  zeta = relative.xpos_zeta(d)
+  x = jax.random.normal(jax.random.key(3), (1, span, 1, d))
+  pos = jnp.arange(span)[None]
+  q = np.asarray(relative.apply_xpos(x, pos, inv_freq, zeta, 1.0), np.float64)
+  k = np.asarray(relative.apply_xpos(x, pos, inv_freq, zeta, -1.0), np.float64)
+  rot = np.asarray(relative.apply_rope(x, pos, inv_freq), np.float64)
+  z = np.concatenate([np.asarray(zeta, np.float64)] * 2)
+  for n, m in ((0, 0), (span - 1, 0), (span - 1, span - 100), (span // 2, 7)):
+    want = np.sum(rot[0, n, 0] * rot[0, m, 0] * z ** ((n - m) / relative.XPOS_SCALE_BASE))
+    assert np.isclose(q[0, n, 0] @ k[0, m, 0], want, rtol=1e-4, atol=1e-6 * np.abs(rot[0, n, 0]).sum())
+  over = int(span * 1.12)  # past ~139·B: the scales leave float32's range
+  pos = jnp.arange(over)[None]
+  assert not np.all(np.isfinite(relative.apply_xpos(x[:, :1].repeat(over, 1), pos, inv_freq, zeta, 1.0)))
+  with pytest.raises(ValueError, match=rf"max_position={over} exceeds the {span} positions .*float32's range"):
+    tiny(position="xpos", position_sampling="randomized", max_position=over)
+  cfg = tiny(position="xpos")
+  assert "float32's range" in extrapolation.unscorable_note(cfg, span + 1, 64)
+  assert extrapolation.unscorable_note(cfg, span, 64) is None
+
+
 def test_xpos_scales_queries_and_keys_oppositely_and_decays_with_distance():
   cfg = tiny(position="xpos")  # head_dim 8: 4 rotated pairs (i, i + 4)
   pos = jnp.arange(600)[None]

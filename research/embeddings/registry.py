@@ -73,6 +73,11 @@ class PositionalScheme(nn.Module):
     return None
 
   @classmethod
+  def max_length_note(cls, cfg) -> str:
+    """What sets `max_length`, for the lines that refuse or leave out a longer sequence."""
+    return "model.max_len"
+
+  @classmethod
   def trained_length(cls, cfg, train_len: int) -> int | None:
     """The longest sequence whose every positional parameter training updated, when that is shorter than
     `max_length` (a learned table longer than the training windows has rows no step touched), else None.

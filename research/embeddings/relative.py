@@ -290,6 +290,11 @@ class PartialFrequencyRotaryPositions(RotaryPositions):
 
 XPOS_GAMMA = 0.4  # γ of ζ_i = (2i/d + γ)/(1 + γ) (the paper and x-transformers)
 XPOS_SCALE_BASE = 512.0  # B (the paper and x-transformers' default)
+# The longest span of positions in a row (last − first + 1) whose scales stay normal float32 numbers: with c the
+# middle of the span, the fastest pair scales by ζ₀^(±(span/2)/B), ζ₀ = γ/(1 + γ) = 2/7; at 128·B that is
+# e^(±80.2), inside float32's normal range (e^±87.3), and a little past ~139·B queries become inf and keys 0 (NaN
+# scores). The paper's and x-transformers' centring have the same limit.
+XPOS_MAX_SPAN = int(128 * XPOS_SCALE_BASE)
 
 
 def xpos_zeta(rot_dim: int, gamma: float = XPOS_GAMMA):
@@ -325,7 +330,8 @@ def apply_xpos(x_BxLxHxD, positions_BxL, inv_freq_R, zeta_R, sign: float, scale_
   Transformer", arXiv 2212.10554, eq. 11): queries with sign +1, keys with −1, so that a score q_n·k_m carries
   ζ^((n − m)/B), which decays with the distance n − m ≥ 0. The offset c (`xpos_centre` of each row, the same for
   queries and keys) cancels in every score; subtracting it keeps ζ^(±n/B) finite at large positions, as
-  x-transformers centres the positions at seq_len // 2. Channels past 2R pass unscaled and unrotated."""
+  x-transformers centres the positions at seq_len // 2, up to a span of `XPOS_MAX_SPAN` positions (the scheme's
+  `max_length`: longer windows are refused in training and n/a in evaluation). Channels past 2R pass unscaled and unrotated."""
   cos_BxLx1xR, sin_BxLx1xR, q_scale_BxLx1xR, k_scale_BxLx1xR = xpos_tables(positions_BxL, inv_freq_R, zeta_R,
                                                                             scale_base)
   scale_BxLx1xR = q_scale_BxLx1xR if sign > 0 else k_scale_BxLx1xR
@@ -344,6 +350,15 @@ class XposPositions(PositionalScheme):
   scaled by ζ^(n/B) and keys by ζ^(−m/B), γ = 0.4, B = 512 (see `apply_xpos`). Follows x-transformers'
   `RotaryEmbedding(use_xpos=True)` (scale = (arange(0, d, 2) + 0.4d)/1.4d, power = (t − L//2)/scale_base,
   rotate then scale) and the torchscale reference; causal only."""
+
+  @classmethod
+  def max_length(cls, cfg) -> int:
+    return XPOS_MAX_SPAN
+
+  @classmethod
+  def max_length_note(cls, cfg) -> str:
+    return (f"beyond a span of {XPOS_MAX_SPAN} positions its scales ζ^(±n/{XPOS_SCALE_BASE:g}) leave float32's "
+            f"range")
 
   @classmethod
   def validate(cls, cfg) -> None:

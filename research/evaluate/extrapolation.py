@@ -281,7 +281,7 @@ def unscorable_note(model_cfg: ModelConfig, length: int, train_len: int) -> str 
   limit = scheme.max_length(model_cfg)
   if limit is not None and length > limit:
     # The same text at every length, so a report shows one footnote for the row, not one per column.
-    return f"{model_cfg.position} positions are defined up to {limit} tokens (model.max_len)"
+    return f"{model_cfg.position} positions are defined up to {limit} tokens ({scheme.max_length_note(model_cfg)})"
   trained = scheme.trained_length(model_cfg, train_len)
   if trained is not None and length > trained:
     return (f"{model_cfg.position} positions beyond {trained} were never trained (model.max_len={model_cfg.max_len} "
@@ -347,16 +347,23 @@ def check_options(lengths: Sequence[int], *, mode: str = "nonoverlapping", strid
   return multiples
 
 
+def _rotates_with_rope(position: str) -> bool:
+  try:
+    return configuration.rotates_with_rope(position)
+  except Exception:  # noqa: BLE001 (an unknown or external scheme: loading the run names it)
+    return False
+
+
 def check_run_options(workdir: str | Path, config: ml_collections.ConfigDict, multiples: Sequence[int], *,
                       mode: str, stride: int | None, rope_scaling: str | None, passkey: bool) -> None:
   """One-line errors for options the run's config.json rules out; before its checkpoint is restored (and before a
   sweep trains the run: research/sweeps.py `check_evaluate_options`)."""
   position = config.model.position
-  if rope_scaling and position != "rope":
-    # Only the RoPE scheme reads the scaling: another scheme would run unchanged and extrapolation_<scaling>.json
-    # would hold plain numbers labelled as scaled ones.
-    raise EvaluationError(f"rope_scaling={rope_scaling!r} needs a RoPE run, but {str(workdir)!r} was trained with "
-                          f"model.position={position!r}")
+  if rope_scaling and not _rotates_with_rope(position):
+    # Only the schemes that rotate with RoPE's frequencies (rope, p_rope) read the scaling: another would run
+    # unchanged and extrapolation_<scaling>.json would hold plain numbers labelled as scaled ones.
+    raise EvaluationError(f"rope_scaling={rope_scaling!r} needs a run whose scheme rotates with RoPE's frequencies "
+                          f"(rope, p_rope), but {str(workdir)!r} was trained with model.position={position!r}")
   if rope_scaling and config.model.rope_scaling != "none":
     # The evaluation's scaling replaces the model's (factor = the multiple): the run's trained one would be dropped,
     # and extrapolation_<scaling>.json would hold another model's numbers.

@@ -358,6 +358,9 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
   cfg = model_config(config)
   validate_rope_scaling(cfg)
   limit = cfg.scheme.max_length(cfg)
+  if limit is not None and limit < config.data.seq_len and cfg.scheme.max_length_note(cfg) != "model.max_len":
+    raise ConfigError(f"data.seq_len={config.data.seq_len} is longer than the {limit} positions "
+                      f"model.position={config.model.position!r} can represent ({cfg.scheme.max_length_note(cfg)})")
   if limit is not None and limit < config.data.seq_len:
     raise ConfigError(f"model.max_len={config.model.max_len} is smaller than data.seq_len={config.data.seq_len}: "
                       f"model.position={config.model.position!r} represents positions 0 … {limit - 1} only; set "
