@@ -594,9 +594,26 @@ def _write_rare(trial_dir, scale, seed):
   counts = (1000 / np.arange(1, 201)).astype(np.int64)
   counts[-20:] = 0
   table = rng.normal(size=(200, 8)) * scale + (scale - 1.0)  # scale 1: isotropic; larger: a common direction
-  report = rare.rare_report(table, counts, init_VxD=table * 0.5, present_V=counts // 10)
+  markers = rare.marker_rows(len(table))  # in no bucket, as analyze_run writes them
+  report = {**rare.rare_report(table, counts, init_VxD=table * 0.5, present_V=counts // 10, exclude_rows=markers),
+            "marker_rows": markers}
   rare.write_rare(trial_dir, {"checkpoint_step": 100, **report})
   return report
+
+
+def test_rare_token_files_written_before_marker_rows_are_named_in_the_report(tmp_path):
+  """A rare_tokens.json without `marker_rows` (before the markers left the buckets) counts them in its buckets: the
+  report names those trials in one line, with the command that analyses them again."""
+  for name, seed in (("a0", 0), ("a1", 1)):
+    write_trial(tmp_path, name, "alibi", seed)
+    assert "marker_rows" in _write_rare(tmp_path / name, 1.0, seed)  # what research-analyze --rare writes now
+  assert "analysed under the old rule" not in build_report(tmp_path).markdown_path.read_text()
+  path = tmp_path / "a1" / "eval" / "rare_tokens.json"
+  record = json.loads(path.read_text())
+  del record["marker_rows"]
+  path.write_text(json.dumps(record))
+  lines = [l for l in build_report(tmp_path).markdown_path.read_text().splitlines() if "under the old rule" in l]
+  assert len(lines) == 1 and lines[0].endswith("rerun research-analyze --rare): `a1`."), lines
 
 
 def test_rare_token_geometry_columns_and_bucket_plots(tmp_path):

@@ -170,6 +170,11 @@ def render_markdown(runs: RunSet, table: tables.Table, written: dict[str, pathli
     out += ["", "**Stale evaluations** (an older checkpoint than the one research-evaluate or research-analyze would "
             "score now; left out of the means, the plots and the best marks, rerun the command each note names):",
             ""] + [f"- {n}" for n in stale]
+  old_rare = [t.name for t in runs.trials if t.finished and t.rare is not None and not t.rare.markers_excluded]
+  if old_rare:
+    out += ["", "Rare tokens analysed under the old rule (eval/rare_tokens.json without `marker_rows`: the markers "
+            "[PAD], [CLS], [SEP], [MASK] are counted in the frequency buckets, averaged here with the others; rerun "
+            "research-analyze --rare): " + ", ".join(f"`{name}`" for name in old_rare) + "."]
   per_batch = [t.by_position_per_batch for t in runs.trials if t.finished and t.by_position_per_batch]
   if per_batch:
     out += ["", "**Loss by position of MLM masks per batch** (they moved with the batch size; left out of the plot):",

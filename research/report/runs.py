@@ -153,6 +153,9 @@ class RareTokens:
   # `absent_rows` of rare_tokens.json (rows no batch held: RARE_ABSENT figures, `note` when not measured); None for
   # a file written before it existed.
   absent: dict[str, Any] | None = None
+  # Whether the markers ([PAD], [CLS], [SEP], [MASK]) are in no bucket: False for a file written before `marker_rows`
+  # (bcf3d36), whose buckets count them (an MLM's [MASK] in "never seen").
+  markers_excluded: bool = True
 
 
 @dataclasses.dataclass
@@ -679,7 +682,7 @@ def _read_rare(path: pathlib.Path, data: dict[str, Any] | None) -> RareTokens | 
               "note": None if absent.get("note") is None else str(absent["note"])}
   return RareTokens(geometry={m: _finite_or_none(geometry.get(m), repr(f"geometry.input.{m}")) for m in RARE_GEOMETRY},
                     buckets=tuple(buckets),
-                    absent=absent)
+                    absent=absent, markers_excluded="marker_rows" in data)
 
 
 def _load_trial(path: pathlib.Path, name: str, status: str | None = None, overrides: dict | None = None,
