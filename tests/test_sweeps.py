@@ -193,8 +193,8 @@ def _one_error_line(result) -> str:
     ({"passkey_trials": 3}, "EVALUATE: --passkey_trials applies with --passkey only"),
     ({"passkey": False, "passkey_depths": [0.5]}, "EVALUATE: --passkey_depths applies with --passkey only"),
     # What only a trial's config rules out: named with the trial.
-    ({"rope_scaling": "linear"}, "EVALUATE does not suit trial 'position=alibi': rope_scaling='linear' needs a RoPE "
-                                 "run"),
+    ({"rope_scaling": "linear"}, "EVALUATE does not suit trial 'position=alibi': rope_scaling='linear' needs a run "
+                                 "whose scheme rotates with RoPE's frequencies"),
     ({"mode": "sliding", "stride": 1000}, "EVALUATE does not suit trial 'position=rope': --stride=1000 must be an "
                                           "integer between 1 and 64"),
 ])
