@@ -411,9 +411,8 @@ def unused_fields(previous: Mapping[str, Any], current: Mapping[str, Any]) -> tu
   none; RoPE's scaling when neither scheme rotates with RoPE's frequencies; the MLM rates when both are causal LMs;
   data.vocab_size when both tokenizers have a fixed or text-given vocabulary (byte, char). Without it every old run
   would need the legacy value of each char field added since (schema.LEGACY_VALUES) to resume, though it never had
-  a CNN, and a
-  run written with a scaling its scheme ignored (accepted before `configuration.validate_rope_scaling`) could not
-  resume at all: validation refuses the saved value, the resume check the default."""
+  a CNN, and a run written with a scaling its scheme ignored (accepted before `configuration.validate_rope_scaling`)
+  could not resume at all: validation refuses the saved value, the resume check the default."""
   return run_fields.unused_fields(previous, current, _rotates)
 
 
