@@ -176,6 +176,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     path = given.split(":", 1)[0] if given else getattr(e, "filename", None) or "?"
     if isinstance(e, AttributeError) and "get_config" in str(e):
       fail(f"config file {path!r} defines no get_config()")
+    if isinstance(e, AttributeError) and "FrozenConfigDict is immutable" in str(e):  # ml_collections locks it
+      fail(f"--config={given!r}: get_config() returned a FrozenConfigDict; it must return the config (an "
+           f"ml_collections.ConfigDict, which --config.FIELD overrides can change)")
     fail(f"config file {path!r} {file_error(path, e)}")
   finally:
     logging.set_verbosity(verbosity)

@@ -180,6 +180,10 @@ def test_a_single_dash_or_no_config_override_is_checked_as_the_double_dash_one(f
      "get_config() returned a dict; it must return the config (an ml_collections.ConfigDict)"),
     ("def get_config():\n  return [1, 2]\n",
      "get_config() returned a list; it must return the config (an ml_collections.ConfigDict)"),
+    ("import ml_collections\nfrom configs import tiny\n"
+     "def get_config():\n  return ml_collections.FrozenConfigDict(tiny.get_config())\n",
+     "get_config() returned a FrozenConfigDict; it must return the config (an ml_collections.ConfigDict, which "
+     "--config.FIELD overrides can change)"),
     # ml_collections' type check inside get_config(): its message, not the whole traceback on one line
     ("from configs import tiny\ndef get_config():\n  c = tiny.get_config()\n  c.model.d_model = 64.0\n  return c\n",
      "line 4: get_config() raised TypeError: Could not override field 'd_model' (reference). 64.0 is of original "

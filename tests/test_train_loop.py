@@ -601,7 +601,11 @@ def test_a_warmup_longer_than_the_run_is_a_note(tmp_path, capsys):
   assert ("note: train.warmup_steps=20 is more than train.steps=3: the learning rate warms up for the whole run, to "
           "10% of train.learning_rate at the last step, and the cosine schedule after warmup never starts") \
       in capsys.readouterr().out
-  assert configuration.schedule_notes(tiny_config(**{"train.steps": 20})) == []
+  # Equal: the last update is step 19's, at 19/20 of the peak: the same note.
+  assert configuration.schedule_notes(tiny_config(**{"train.steps": 20})) == [
+      "note: train.warmup_steps=20 is equal to train.steps=20: the learning rate warms up for the whole run, to 95% "
+      "of train.learning_rate at the last step, and the cosine schedule after warmup never starts"]
+  assert configuration.schedule_notes(tiny_config(**{"train.steps": 21})) == []
 
 
 @pytest.mark.slow

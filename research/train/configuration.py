@@ -423,13 +423,15 @@ def check_vector_file(config: ml_collections.ConfigDict) -> None:
 
 
 def schedule_notes(config: ml_collections.ConfigDict) -> list[str]:
-  """A note (the run is legal) when train.warmup_steps > train.steps: the learning rate then rises for the whole
-  run, never reaching train.learning_rate nor the schedule's decay. Not refused: a short run of a config with a
-  long warmup (a smoke test of configs/tiny.py) is meant, and a resumed run may raise train.steps past it."""
+  """A note (the run is legal) when train.warmup_steps >= train.steps: the learning rate then rises for the whole
+  run (the last update is step steps − 1's, at (steps − 1)/warmup_steps of the peak), never reaching
+  train.learning_rate nor the schedule's decay. Not refused: a short run of a config with a long warmup (a smoke
+  test of configs/tiny.py) is meant, and a resumed run may raise train.steps past it."""
   t = config.train
-  if not 0 < t.steps < t.warmup_steps:
+  if not 0 < t.steps <= t.warmup_steps:
     return []
-  return [f"note: train.warmup_steps={t.warmup_steps} is more than train.steps={t.steps}: the learning rate warms "
+  than = "more than" if t.warmup_steps > t.steps else "equal to"
+  return [f"note: train.warmup_steps={t.warmup_steps} is {than} train.steps={t.steps}: the learning rate warms "
           f"up for the whole run, to {(t.steps - 1) / t.warmup_steps:.0%} of train.learning_rate at the last step, "
           f"and the {t.schedule} schedule after warmup never starts"]
 
