@@ -110,13 +110,16 @@ def test_when_no_checkpoint_restores_the_rerun_is_refused_in_one_line(reference_
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "4"]  # untouched
 
 
-def test_a_rerun_may_not_shorten_the_run_and_leaves_its_config(reference_run, tmp_path):
+def test_a_rerun_may_not_shorten_the_run_and_leaves_its_config(reference_run, tmp_path, capsys):
   workdir = _copy(reference_run, tmp_path)
   before = (workdir / "config.json").read_text()
+  config = _config(**{"train.steps": 3, "train.checkpoint_every": 2, "train.keep_checkpoints": 3})
+  assert configuration.schedule_notes(config)  # a run of these steps would get a note...
   with pytest.raises(configuration.ConfigError) as err:
-    loop.train(_config(**{"train.steps": 3, "train.checkpoint_every": 2, "train.keep_checkpoints": 3}), workdir)
+    loop.train(config, workdir)
   assert "train.steps=3 is below step 4, which the run in" in str(err.value) and "\n" not in str(err.value)
   assert (workdir / "config.json").read_text() == before
+  assert "note:" not in capsys.readouterr().out  # ...but the refused rerun makes no run: the error alone
 
 
 def test_a_corpus_edited_in_place_is_refused_on_resume_and_a_touched_one_is_not(tmp_path):

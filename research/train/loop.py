@@ -556,13 +556,15 @@ def check_not_shortened(config: ml_collections.ConfigDict, workdir: Path, remedy
         f"reached; a run is not shortened: {remedy.format(step=saved[-1])}")
 
 
+NOT_SHORTENED_REMEDY = "pass train.steps >= {step} (research-evaluate --checkpoint=best|last scores its checkpoints)"
+
+
 def check_resume(config: ml_collections.ConfigDict, workdir: Path, data: "RunData") -> None:
   """Before config.json is rewritten: a rerun of a run that saved checkpoints neither shortens it (train.steps below
   the newest checkpoint's step) nor continues it on other token streams than it started on (RUN/data.json: a corpus
   file edited in place). Each is one line. Then writes data.json where it is missing (a fresh start, or a run
   written before the file existed, which is checked from now on)."""
-  check_not_shortened(config, workdir, "pass train.steps >= {step} (research-evaluate --checkpoint=best|last scores "
-                                      "its checkpoints)")
+  check_not_shortened(config, workdir, NOT_SHORTENED_REMEDY)
   saved_steps = checkpoint_lib.checkpoint_steps(workdir / "checkpoints")
   current = data_record(data.splits)
   path = workdir / DATA_FILE
@@ -1029,6 +1031,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   configuration.check_batch_devices(config, mesh.size)
   if not checkpoint_lib.has_checkpoint(workdir / "checkpoints"):  # a fresh start reads the vector file
     configuration.check_vector_file(config)
+  check_not_shortened(config, workdir, NOT_SHORTENED_REMEDY)  # before the notes, which describe the run it makes
   for line in configuration.schedule_notes(config):
     print(line, flush=True)
   workdir.mkdir(parents=True, exist_ok=True)
