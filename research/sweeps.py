@@ -569,9 +569,10 @@ def evaluation_outdated(sweep: Sweep, trial_dir: Path) -> str | None:
   if differ:
     return f"eval/{path.name} was made with {', '.join(differ)}"
   mlm = saved_objective(trial_dir) == "mlm"
+  per_batch = (lambda name: f"eval/{name} was scored with MLM masks drawn per batch (they moved with "  # noqa: E731
+               f"max_tokens_per_batch); masks are now drawn per row (mlm_masks={extrapolation.MLM_MASKS!r})")
   if report.get("mlm_masks") != extrapolation.MLM_MASKS and mlm:
-    return (f"eval/{path.name} was scored with MLM masks drawn per batch (they moved with max_tokens_per_batch); "
-            f"masks are now drawn per row (mlm_masks={extrapolation.MLM_MASKS!r})")
+    return per_batch(path.name)
   if options["by_position"] and mlm:  # its losses by position were scored with the same masks
     lbp = trial_dir / "eval" / by_position.report_file(options["rope_scaling"])
     try:
@@ -579,8 +580,7 @@ def evaluation_outdated(sweep: Sweep, trial_dir: Path) -> str | None:
     except (OSError, ValueError, AttributeError):  # AttributeError: JSON that is not an object
       return f"eval/{lbp.name} cannot be read"
     if masks != extrapolation.MLM_MASKS:
-      return (f"eval/{lbp.name} was scored with MLM masks drawn per batch (they moved with max_tokens_per_batch); "
-              f"masks are now drawn per row (mlm_masks={extrapolation.MLM_MASKS!r})")
+      return per_batch(lbp.name)
   if options["passkey"]:
     why = passkey_outdated(trial_dir / "eval" / passkey.report_file(options["rope_scaling"]), options, multiples)
     if why:

@@ -316,7 +316,8 @@ def test_rows_no_batch_held_stay_unchanged_exactly_when_no_gradient_reaches_them
   present = np.load(tmp_path / loop.UPDATE_COUNTS_FILE)["present"]
   assert int(np.load(tmp_path / loop.UPDATE_COUNTS_FILE)["step"]) == 3
   # Analysed at step 1 (say, the best): the figures still come from step 3's checkpoint, not from this table.
-  absent = rare.run_absent_rows(tmp_path, 1, np.full_like(init, np.nan), init)
+  absent = rare.run_absent_rows(tmp_path, 1, np.full_like(init, np.nan), init,
+                                rare.update_counts(tmp_path, init.shape[0]))
   assert absent["step"] == 3 and absent["note"] is None and absent["rows"] == (present == 0).sum() > 0
   if moved:
     assert absent["max_abs_change"] > 0 and absent["rows_changed"] == absent["rows"]
@@ -326,7 +327,9 @@ def test_rows_no_batch_held_stay_unchanged_exactly_when_no_gradient_reaches_them
   counts = np.load(tmp_path / loop.UPDATE_COUNTS_FILE)
   assert absent["updated_while_absent"] == int((counts["nonzero"] > counts["present"]).sum())
   # Without the counts' checkpoint there is no figure, and the note says why.
-  assert "no update_counts.npz" in rare.run_absent_rows(tmp_path / "elsewhere", 1, init, init)["note"]
+  elsewhere = tmp_path / "elsewhere"
+  assert "no update_counts.npz" in rare.run_absent_rows(elsewhere, 1, init, init,
+                                                        rare.update_counts(elsewhere, init.shape[0]))["note"]
 
 
 def test_absent_rows_on_a_hand_built_table():

@@ -282,16 +282,6 @@ def damaged_file(path: Path, remedy: str):
     raise AnalysisError(f"{str(path)!r} is damaged ({reason[:200]}): {remedy}") from None
 
 
-def check_counts(counts: np.ndarray, vocab_size: int, what: str) -> np.ndarray:
-  """`counts` when it is what a run writes, one non-negative integer per row of the table; a ValueError (a damaged
-  file, for `damaged_file`) otherwise: a file of another shape would be read out of bounds or broadcast."""
-  if counts.shape != (vocab_size,) or counts.dtype.kind not in "iu":
-    raise ValueError(f"{what} is {counts.dtype}{list(counts.shape)}, not {vocab_size} integer counts (one per row)")
-  if counts.size and counts.min() < 0:
-    raise ValueError(f"{what} holds a negative count ({int(counts.min())})")
-  return counts
-
-
 def run_table(workdir: str | os.PathLike, checkpoint: str = "best"):
   """(loaded run, [V, d] input table as numpy, tokenizer, counts or None)."""
   from research.evaluate import extrapolation
@@ -303,7 +293,7 @@ def run_table(workdir: str | os.PathLike, checkpoint: str = "best"):
   if counts_file.exists():
     with damaged_file(counts_file, "rerun research-train in that workdir with its config: it counts the training "
                                    "stream again"):
-      counts = check_counts(np.load(counts_file), table.shape[0], "the array")
+      counts = tokenizers_lib.check_counts(np.load(counts_file), table.shape[0], "the array")
   return run, table, tokenizer, counts
 
 

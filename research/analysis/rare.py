@@ -214,13 +214,19 @@ def norm_frequency_spearman(table_VxD: np.ndarray, counts_V: np.ndarray) -> floa
   return float(spearmanr(norms, logf).statistic)
 
 
+def kept_rows(num_rows: int, exclude_rows: Sequence[int]) -> np.ndarray:
+  """bool [num_rows]: False at `exclude_rows` (the markers), True elsewhere."""
+  keep = np.ones(num_rows, bool)
+  keep[np.asarray(exclude_rows, np.int64)] = False
+  return keep
+
+
 def geometry(table_VxD: np.ndarray, counts_V: np.ndarray | None = None,
              exclude_rows: Sequence[int] = ()) -> dict[str, float | None]:
   """The table's geometry (every row), and the norm-frequency correlation over the rows not in `exclude_rows` (the
   markers: their counts are no word's frequency, as for the buckets)."""
   shares = variance_shares(table_VxD)
-  keep = np.ones(len(table_VxD), bool)
-  keep[np.asarray(exclude_rows, np.int64)] = False
+  keep = kept_rows(len(table_VxD), exclude_rows)
   spearman = None if counts_V is None else norm_frequency_spearman(np.asarray(table_VxD)[keep],
                                                                    np.asarray(counts_V)[keep])
   return {"anisotropy": anisotropy(table_VxD), "variance_top1": shares[1], "variance_top10": shares[10],
@@ -275,8 +281,7 @@ def plot_norm_vs_frequency(table_VxD: np.ndarray, counts_V: np.ndarray, path: Pa
   """Row norm against training count (log x; never-seen rows drawn at 0.5, left of 1), without `exclude_rows`."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
-  keep = np.ones(len(counts_V), bool)
-  keep[np.asarray(exclude_rows, np.int64)] = False
+  keep = kept_rows(len(counts_V), exclude_rows)
   norms = np.linalg.norm(np.asarray(table_VxD, np.float64), axis=1)[keep]
   counts = np.asarray(counts_V, np.float64)[keep]
   fig = Figure(figsize=(6, 4))
@@ -330,14 +335,15 @@ def update_counts(workdir: Path, vocab_size: int) -> dict[str, Any] | None:
   without the file; a damaged file (unreadable, or not two [vocab_size] counts and a step) is an AnalysisError
   naming it (a rerun of research-train writes it again)."""
   from research.analysis import quality
+  from research.data import tokenizers as tokenizers_lib
   from research.train import loop
   path = workdir / loop.UPDATE_COUNTS_FILE
   if not path.exists():
     return None
   remedy = "rerun research-train in that workdir with its config: a finished run writes it again"
   with quality.damaged_file(path, remedy), np.load(path) as npz:
-    out = {"present": quality.check_counts(npz["present"], vocab_size, "'present'"),
-           "nonzero": quality.check_counts(npz["nonzero"], vocab_size, "'nonzero'"), "step": None}
+    out = {"present": tokenizers_lib.check_counts(npz["present"], vocab_size, "'present'"),
+           "nonzero": tokenizers_lib.check_counts(npz["nonzero"], vocab_size, "'nonzero'"), "step": None}
     if "step" in npz.files:
       step = npz["step"]
       if step.shape != () or step.dtype.kind not in "iu" or int(step) < 0:
@@ -346,11 +352,11 @@ def update_counts(workdir: Path, vocab_size: int) -> dict[str, Any] | None:
     return out
 
 
-def run_arrays(workdir: Path, params: Any, table_shape: tuple[int, ...]) -> dict[str, Any]:
-  """(init table or None, present counts or None, head [V, width] or None) from a run's files and parameters; the
-  init table is None when it is not this table's start (an older run's file)."""
+def run_arrays(workdir: Path, params: Any, table_shape: tuple[int, ...],
+               counts: dict[str, Any] | None) -> dict[str, Any]:
+  """(init table or None, present counts or None, head [V, width] or None) from a run's files, its `update_counts`
+  and its parameters; the init table is None when it is not this table's start (an older run's file)."""
   from research.analysis import quality
-  counts = update_counts(workdir, table_shape[0])
   head = params.get("lm_head", {}).get("kernel") if isinstance(params.get("lm_head"), dict) else None
   return {"init_VxD": quality.initial_table(workdir, table_shape),
           "present_V": None if counts is None else counts["present"],
@@ -367,8 +373,8 @@ def _table_at(workdir: Path, step: int) -> np.ndarray | None:
   return np.asarray(params["token_embed"]["embedding"], np.float32)
 
 
-def run_absent_rows(workdir: Path, run_step: int, table_VxD: np.ndarray,
-                    init_VxD: np.ndarray | None) -> dict[str, Any]:
+def run_absent_rows(workdir: Path, run_step: int, table_VxD: np.ndarray, init_VxD: np.ndarray | None,
+                    counts: dict[str, Any] | None) -> dict[str, Any]:
   """`absent_rows` of a run, measured at the step its update_counts.npz counts up to (its `step`; the summary's
   step for a file written before it had one: both are written at the end of training): the analysed checkpoint's
   table when that is the step (a finished run's last checkpoint), else the checkpoint of that step. Also `step`
@@ -376,8 +382,7 @@ def run_absent_rows(workdir: Path, run_step: int, table_VxD: np.ndarray,
   from research.train import loop
   out: dict[str, Any] = {"rows": None, "rows_changed": None, "max_abs_change": None, "updated_while_absent": None,
                          "updated_while_absent_steps": None, "step": None, "note": None}
-  counts = update_counts(workdir, table_VxD.shape[0])
-  if counts is None:
+  if counts is None:  # `update_counts`: no file
     return {**out, "note": f"no {loop.UPDATE_COUNTS_FILE} (train.count_updates off, or the run did not finish)"}
   present_V, step = counts["present"], counts_step(workdir, counts)
   out.update(updated_while_absent(present_V, counts["nonzero"]))  # counts only: no table needed
@@ -433,7 +438,8 @@ def analyze_run(workdir: str | os.PathLike, checkpoint: str = "best", base: floa
   check_run_files(workdir)  # counts is None without the file
   kind = run.config.data.tokenizer
   tokens = tokenizers_lib.vocabulary(tokenizer)
-  arrays = run_arrays(workdir, run.params, table_VxD.shape)
+  updates = update_counts(workdir, table_VxD.shape[0])  # read once: buckets, absent rows, its step
+  arrays = run_arrays(workdir, run.params, table_VxD.shape, updates)
   init = arrays["init_VxD"]  # None for an older run's file: no drift rather than a wrong one
   words = pretrained.token_words(tokens, kind) if kind == "word" else None
   if words is not None:  # the five special tokens are not words
@@ -444,8 +450,8 @@ def analyze_run(workdir: str | os.PathLike, checkpoint: str = "best", base: floa
             **rare_report(table_VxD, counts, init_VxD=init, present_V=arrays["present_V"],
                           head_VxD=arrays["head_VxD"], words=words, base=base, exclude_rows=markers),
             "marker_rows": markers, "has_init": init is not None, "has_update_counts": arrays["present_V"] is not None,
-            "update_counts_step": counts_step(workdir, update_counts(workdir, table_VxD.shape[0])),
-            "absent_rows": run_absent_rows(workdir, run.step, table_VxD, init)}
+            "update_counts_step": counts_step(workdir, updates),
+            "absent_rows": run_absent_rows(workdir, run.step, table_VxD, init, updates)}
   out_dir = write_rare(workdir, report).parent
   plot_norm_vs_frequency(table_VxD, counts, out_dir / NORM_PLOT, title=workdir.resolve().name, exclude_rows=markers)
   plot_buckets(report, out_dir / BUCKETS_PLOT, title=workdir.resolve().name)

@@ -292,6 +292,17 @@ def load_counts(path: str | os.PathLike) -> np.ndarray:
   return np.load(counts_path(path))
 
 
+def check_counts(counts: np.ndarray, vocab_size: int, what: str) -> np.ndarray:
+  """`counts` when it is what a run writes (token_counts.npy, update_counts.npz's arrays), one non-negative integer
+  per row of the table; a ValueError (a damaged file) otherwise: a file of another shape would be read out of
+  bounds or broadcast, and mark the wrong ids rare."""
+  if counts.shape != (vocab_size,) or counts.dtype.kind not in "iu":
+    raise ValueError(f"{what} is {counts.dtype}{list(counts.shape)}, not {vocab_size} integer counts (one per row)")
+  if counts.size and counts.min() < 0:
+    raise ValueError(f"{what} holds a negative count ({int(counts.min())})")
+  return counts
+
+
 def tokenizer_cache_key(kind: str, corpus, vocab_size: int) -> str:
   """Hash of everything a trained tokenizer depends on: the train split's text, kind, size and code versions.
 

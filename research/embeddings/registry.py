@@ -73,9 +73,10 @@ class PositionalScheme(nn.Module):
     return None
 
   @classmethod
-  def max_length_note(cls, cfg) -> str:
-    """What sets `max_length`, for the lines that refuse or leave out a longer sequence."""
-    return "model.max_len"
+  def max_length_note(cls, cfg) -> str | None:
+    """What sets `max_length` when it is not model.max_len (None: it is), for the lines that refuse or leave out a
+    longer sequence."""
+    return None
 
   @classmethod
   def trained_length(cls, cfg, train_len: int) -> int | None:

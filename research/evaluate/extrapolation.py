@@ -281,7 +281,8 @@ def unscorable_note(model_cfg: ModelConfig, length: int, train_len: int) -> str 
   limit = scheme.max_length(model_cfg)
   if limit is not None and length > limit:
     # The same text at every length, so a report shows one footnote for the row, not one per column.
-    return f"{model_cfg.position} positions are defined up to {limit} tokens ({scheme.max_length_note(model_cfg)})"
+    why = scheme.max_length_note(model_cfg) or "model.max_len"
+    return f"{model_cfg.position} positions are defined up to {limit} tokens ({why})"
   trained = scheme.trained_length(model_cfg, train_len)
   if trained is not None and length > trained:
     return (f"{model_cfg.position} positions beyond {trained} were never trained (model.max_len={model_cfg.max_len} "
@@ -347,19 +348,12 @@ def check_options(lengths: Sequence[int], *, mode: str = "nonoverlapping", strid
   return multiples
 
 
-def _rotates_with_rope(position: str) -> bool:
-  try:
-    return configuration.rotates_with_rope(position)
-  except Exception:  # noqa: BLE001 (an unknown or external scheme: loading the run names it)
-    return False
-
-
 def check_run_options(workdir: str | Path, config: ml_collections.ConfigDict, multiples: Sequence[int], *,
                       mode: str, stride: int | None, rope_scaling: str | None, passkey: bool) -> None:
   """One-line errors for options the run's config.json rules out; before its checkpoint is restored (and before a
   sweep trains the run: research/sweeps.py `check_evaluate_options`)."""
   position = config.model.position
-  if rope_scaling and not _rotates_with_rope(position):
+  if rope_scaling and not configuration.rotates_with_rope_or_none(position):  # None: loading the run names it
     # Only the schemes that rotate with RoPE's frequencies (rope, p_rope) read the scaling: another would run
     # unchanged and extrapolation_<scaling>.json would hold plain numbers labelled as scaled ones.
     raise EvaluationError(f"rope_scaling={rope_scaling!r} needs a run whose scheme rotates with RoPE's frequencies "
@@ -456,11 +450,12 @@ def evaluate_run(workdir: str | Path, lengths: Sequence[int] = (1, 2, 4, 8, 16),
     if passkey:  # only the scheme's limit applies: the prompts are generated text and never read the split
       passkey_results += passkey_cells(run, model_cfg, int(multiple), length, prompts[length], unscorable,
                                        max_tokens_per_batch)
+  masks = MLM_MASKS if run.config.objective == "mlm" else None  # recorded in every file an MLM's masks scored
   if by_position:
     by_position_lib.write_report(workdir, by_position_lib.report_record(
         train_len=train_len, mode=mode, stride=stride, split=split, checkpoint_step=run.step, checkpoint=checkpoint,
         objective=run.config.objective, rope_scaling=rope_scaling, rope_factor=rope_factor, results=position_results,
-        mlm_masks=MLM_MASKS if run.config.objective == "mlm" else None))
+        mlm_masks=masks))
   if passkey:
     passkey_lib.write_report(workdir, passkey_lib.report_record(
         train_len=train_len, checkpoint_step=run.step, checkpoint=checkpoint, seed=int(run.config.seed),
@@ -468,7 +463,7 @@ def evaluate_run(workdir: str | Path, lengths: Sequence[int] = (1, 2, 4, 8, 16),
         results=passkey_results))
   report = report_record(train_len=train_len, mode=mode, stride=stride, split=split, checkpoint_step=run.step,
                          checkpoint=checkpoint, rope_scaling=rope_scaling, rope_factor=rope_factor, results=results,
-                         mlm_masks=MLM_MASKS if run.config.objective == "mlm" else None)
+                         mlm_masks=masks)
   write_report(workdir, report, output)
   return report
 

@@ -195,8 +195,8 @@ class ModelConfig:
     scheme.validate(self)
     limit = scheme.max_length(self)
     if self.position_sampling == "randomized" and limit is not None and self.max_position > limit:
-      fix = ("raise model.max_len or lower max_position" if scheme.max_length_note(self) == "model.max_len"
-             else f"{scheme.max_length_note(self)}; lower max_position")
+      note = scheme.max_length_note(self)
+      fix = "raise model.max_len or lower max_position" if note is None else f"{note}; lower max_position"
       raise ValueError(f"model.max_position={self.max_position} exceeds the {limit} positions that "
                        f"model.position={self.position!r} can represent ({fix})")
 

@@ -272,13 +272,10 @@ class Trial:
   @functools.cached_property
   def stale_reasons(self) -> dict[str, str]:
     """{eval file (as `extrapolation_file`, BY_POSITION_FILE and PASSKEY_FILE name it): its `stale_reason`} for the
-    trial's stale evaluations (extrapolation, RoPE-scaled, loss by position, passkey), judged once (the sweep runner evaluates these
-    again)."""
-    files = [(self.extrapolation, extrapolation_file(None)),
-             *((e, extrapolation_file(s)) for s, e in self.scaled.items()), (self.by_position, BY_POSITION_FILE),
-             (self.passkey, PASSKEY_FILE)]
+    trial's stale evaluations (extrapolation, RoPE-scaled, loss by position, passkey), judged once (the sweep runner
+    evaluates these again)."""
     reasons = {f.as_posix(): self.stale_reason(e.checkpoint_step, f.as_posix(), e.checkpoint)
-               for e, f in files if e is not None}
+               for e, f in self._evaluations() if e is not None}
     return {file: reason for file, reason in reasons.items() if reason is not None}
 
   @functools.cached_property
@@ -314,11 +311,16 @@ class Trial:
   def evaluation_files(self) -> list[str]:
     """The evaluation and analysis files of the trial that the report reads (eval/extrapolation*.json,
     loss_by_position.json, passkey.json, embedding_quality*.json, rare_tokens.json), as posix paths."""
-    files = [(self.extrapolation, extrapolation_file(None)),
-             *((e, extrapolation_file(s)) for s, e in self.scaled.items()), (self.by_position, BY_POSITION_FILE),
-             (self.passkey, PASSKEY_FILE), (self.quality, QUALITY_FILE), (self.quality_input, QUALITY_INPUT_FILE),
+    files = [*self._evaluations(), (self.quality, QUALITY_FILE), (self.quality_input, QUALITY_INPUT_FILE),
              (self.rare, RARE_FILE)]
     return [f.as_posix() for data, f in files if data is not None]
+
+  def _evaluations(self) -> list[tuple[Any, pathlib.Path]]:
+    """[(what was read, its file)] of research-evaluate's files (extrapolation, RoPE-scaled, loss by position,
+    passkey), None where the trial has no such file."""
+    return [(self.extrapolation, extrapolation_file(None)),
+            *((e, extrapolation_file(s)) for s, e in self.scaled.items()), (self.by_position, BY_POSITION_FILE),
+            (self.passkey, PASSKEY_FILE)]
 
   def stale_evaluations(self) -> list[str]:
     """The stale notes of every evaluation file of the trial, in `stale`'s order."""
@@ -556,8 +558,7 @@ def _read_extrapolation(path: pathlib.Path, rope_scaling: str | None = None) -> 
                        split=data.get("split"), points=tuple(sorted(points, key=lambda p: (p.length, p.multiple))),
                        rope_scaling=rope_scaling, rope_factor=_finite_or_none(data.get("rope_factor"), "'rope_factor'"),
                        checkpoint_step=_step_or_none(path, data.get("checkpoint_step")),
-                       checkpoint=_choice_or_none(path, data.get("checkpoint")),
-                       mlm_masks=data.get("mlm_masks") if isinstance(data.get("mlm_masks"), str) else None)
+                       checkpoint=_choice_or_none(path, data.get("checkpoint")), mlm_masks=_mlm_masks(data))
 
 
 @_names_file
@@ -585,8 +586,13 @@ def _read_by_position(path: pathlib.Path) -> LossByPosition | None:
   return LossByPosition(train_len=data.get("train_len"), mode=data.get("mode"), objective=data.get("objective"),
                         curves=tuple(sorted(curves, key=lambda c: (c.length, c.multiple))),
                         checkpoint_step=_step_or_none(path, data.get("checkpoint_step")),
-                        checkpoint=_choice_or_none(path, data.get("checkpoint")),
-                        mlm_masks=data.get("mlm_masks") if isinstance(data.get("mlm_masks"), str) else None)
+                        checkpoint=_choice_or_none(path, data.get("checkpoint")), mlm_masks=_mlm_masks(data))
+
+
+def _mlm_masks(data: dict[str, Any]) -> str | None:
+  """An evaluation file's `mlm_masks` (an MLM's masking rule), or None: a CLM's file, or one written before it."""
+  masks = data.get("mlm_masks")
+  return masks if isinstance(masks, str) else None
 
 
 @_names_file

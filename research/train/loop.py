@@ -141,10 +141,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> RunData:
   counts, damaged = None, None
   if resumed and counts_file.exists():
     try:
-      counts = np.load(counts_file)
-      vocab = tokenizer.get_vocab_size()  # one count per id: another shape would mark the wrong ids rare
-      if counts.shape != (vocab,) or counts.dtype.kind not in "iu" or (counts.size and counts.min() < 0):
-        raise ValueError(f"{counts.dtype}{list(counts.shape)}, not {vocab} non-negative integer counts")
+      counts = tokenizers_lib.check_counts(np.load(counts_file), tokenizer.get_vocab_size(), "the array")
     except (OSError, ValueError, EOFError) as e:  # truncated by a full disk: one epoch of the stream, counted again
       counts, damaged = None, first_line(e)
   # A resumed run keeps the counts it started with (its valid_ppl_rare rule, its buckets); a damaged or missing file
@@ -399,10 +396,7 @@ ROPE_SCALING_FIELDS = run_fields.ROPE_SCALING_FIELDS  # RoPE's scaling (research
 def _rotates(config: Mapping[str, Any]) -> bool | None:
   """Whether the config's scheme rotates with RoPE's frequencies (rope, p_rope); None when it cannot be told (an
   external scheme that does not import here)."""
-  try:
-    return configuration.rotates_with_rope(config.get("model", {}).get("position", ""))
-  except Exception:  # noqa: BLE001 (a user's module: whatever it raises means "cannot tell")
-    return None
+  return configuration.rotates_with_rope_or_none(config.get("model", {}).get("position", ""))
 
 
 def unused_fields(previous: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[str, ...]:
