@@ -1376,7 +1376,8 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, mesh, start_
         if config.objective == "mlm" else ""
     print(f"note: the validation split ({data.splits['valid'].size} tokens) gave no target to score{why}: "
           f"valid_loss=0 and valid_ppl=1 say nothing; use a larger corpus", flush=True)
-  progress_state["wall_s"] += time.time() - start_time
+  if int(state.step) > start_step:  # a rerun of a finished run trains nothing: its wall_s stays the run's
+    progress_state["wall_s"] += time.time() - start_time
   summary = summary_record(step=int(state.step), train_loss=progress_state["train_loss"], valid=valid,
                            tokens_seen=progress_state["tokens_seen"], num_params=num_params,
                            num_embedding_params=count_embedding_params(state.params),
