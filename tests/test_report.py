@@ -1425,3 +1425,29 @@ def test_passkey_columns_show_the_mean_accuracy_over_depths_of_what_research_eva
   assert "passkey 2× (64): higher is better" in report.markdown_path.read_text() or \
       "passkey 1× (32), passkey 2× (64): higher is better" in report.markdown_path.read_text()
   assert set(report.plots) == {"ppl_vs_length.png", "curves.png", "loss_by_position.png"}
+
+
+@pytest.mark.slow
+def test_passkey_with_rope_scaling_fills_the_scaled_row_from_its_own_file(tmp_path):
+  run = tmp_path / "rope"
+  loop.train(configuration.apply_overrides(tiny.get_config(), {
+      "model.position": "rope", "data.seq_len": 32, "train.steps": 20, "train.eval_every": 10,
+      "train.checkpoint_every": 10, "train.eval_batches": 0, "train.async_checkpoints": False}), run)
+  for scaling in (None, "linear"):
+    extrapolation.evaluate_run(run, (2, 4), rope_scaling=scaling, passkey=True, passkey_depths=(0, 0.5, 1),
+                               passkey_trials=3)
+  report = build_report(run)
+  labels = [g.label for g in report.data.groups]
+  assert len(labels) == 2 and labels[1] == f"{labels[0]}, rope_scaling=linear"
+  for gi, file in enumerate(("passkey.json", "passkey_linear.json")):
+    written = json.loads((run / "eval" / file).read_text())["results"]
+    for length, key in ((64, "passkey_2x_64"), (128, "passkey_4x_128")):
+      scored = [r["accuracy"] for r in written if r["length"] == length and r["accuracy"] is not None]
+      cell = report.data.cell(gi, key)
+      assert len(scored) == 3 and cell.n == 1 and cell.mean == pytest.approx(np.mean(scored), rel=1e-12), (file, key)
+  # The scaled file is judged by the stale rules under its own name: a "last" evaluation of step 10 is stale.
+  scaled = json.loads((run / "eval" / "passkey_linear.json").read_text())
+  (run / "eval" / "passkey_linear.json").write_text(json.dumps({**scaled, "checkpoint_step": 10, "checkpoint": "last"}))
+  report = build_report(run)
+  assert report.data.cell(1, "passkey_2x_64").n == 0 and report.data.cell(0, "passkey_2x_64").n == 1
+  assert "eval/passkey_linear.json" in report.table and "stale" in report.table

@@ -7,7 +7,8 @@ Three layouts are accepted:
   * a single run directory: `config.json` and/or `summary.json` in the directory itself.
 
 Besides `eval/extrapolation.json`, evaluations with RoPE scaling switched on (`eval/extrapolation_<scaling>.json`)
-are loaded into `Trial.scaled`, research-evaluate's `eval/loss_by_position.json` (`--by_position`) into
+are loaded into `Trial.scaled` (passkey retrieval with RoPE scaling, `eval/passkey_<scaling>.json`, into
+`Trial.scaled_passkey`), research-evaluate's `eval/loss_by_position.json` (`--by_position`) into
 `Trial.by_position`, research-analyze's `eval/embedding_quality.json` into `Trial.quality`, its
 `eval/embedding_quality_input.json` (`--vectors_of=input`) into `Trial.quality_input` and its
 `eval/rare_tokens.json` (`--rare`) into `Trial.rare`.
@@ -54,7 +55,8 @@ BY_POSITION_FILE = pathlib.Path("eval") / "loss_by_position.json"  # research-ev
 # absent_rows of rare_tokens.json: rows no batch held ("rows"), and the largest change of theirs from the initial
 # table ("max_abs_change": exactly 0 when none moved), both at the step update_counts.npz counts up to.
 RARE_ABSENT = ("rows", "max_abs_change", "updated_while_absent")
-PASSKEY_FILE = pathlib.Path("eval") / "passkey.json"  # research-evaluate --passkey (passkey_<scaling>.json: not read)
+PASSKEY_FILE = pathlib.Path("eval") / "passkey.json"  # research-evaluate --passkey
+PASSKEY_PREFIX = "passkey_"  # eval/passkey_<scaling>.json: research-evaluate --passkey --rope_scaling=<scaling>
 SCALED_PREFIX = "extrapolation_"  # eval/extrapolation_<scaling>.json: research-evaluate --rope_scaling=<scaling>
 
 
@@ -63,6 +65,13 @@ def extrapolation_file(rope_scaling: str | None = None) -> pathlib.Path:
   if rope_scaling is None:
     return EXTRAPOLATION_FILE
   return EXTRAPOLATION_FILE.with_name(f"{SCALED_PREFIX}{rope_scaling}.json")
+
+
+def passkey_file(rope_scaling: str | None = None) -> pathlib.Path:
+  """eval/passkey.json, or eval/passkey_<scaling>.json for passkey retrieval with RoPE scaling."""
+  if rope_scaling is None:
+    return PASSKEY_FILE
+  return PASSKEY_FILE.with_name(f"{PASSKEY_PREFIX}{rope_scaling}.json")
 
 CHECKPOINT_CHOICES = ("best", "last")  # research-evaluate --checkpoint
 MISSING = "<missing>"  # value of a field a config does not have (when deriving swept fields from configs)
@@ -176,6 +185,7 @@ class Trial:
   rare: RareTokens | None = None  # eval/rare_tokens.json, if analyzed with --rare
   by_position: LossByPosition | None = None  # eval/loss_by_position.json, if evaluated with --by_position
   passkey: Passkey | None = None  # eval/passkey.json, if evaluated with --passkey
+  scaled_passkey: dict[str, Passkey] = dataclasses.field(default_factory=dict)  # rope scaling -> passkey_<s>.json
   # {analysis file (QUALITY_FILE, QUALITY_INPUT_FILE, RARE_FILE, as posix): (checkpoint_step, checkpoint choice)} of
   # the research-analyze files the trial has: `analysis_stale` judges them by the evaluations' rule.
   analysis_checkpoints: dict[str, tuple[int | None, str | None]] = dataclasses.field(default_factory=dict)
@@ -184,6 +194,9 @@ class Trial:
 
   def evaluation(self, rope_scaling: str | None = None) -> Extrapolation | None:
     return self.extrapolation if rope_scaling is None else self.scaled.get(rope_scaling)
+
+  def passkey_evaluation(self, rope_scaling: str | None = None) -> Passkey | None:
+    return self.passkey if rope_scaling is None else self.scaled_passkey.get(rope_scaling)
 
   @property
   def finished(self) -> bool:
@@ -320,7 +333,7 @@ class Trial:
     passkey), None where the trial has no such file."""
     return [(self.extrapolation, extrapolation_file(None)),
             *((e, extrapolation_file(s)) for s, e in self.scaled.items()), (self.by_position, BY_POSITION_FILE),
-            (self.passkey, PASSKEY_FILE)]
+            (self.passkey, PASSKEY_FILE), *((p, passkey_file(s)) for s, p in self.scaled_passkey.items())]
 
   def stale_evaluations(self) -> list[str]:
     """The stale notes of every evaluation file of the trial, in `stale`'s order."""
@@ -622,17 +635,17 @@ def _read_passkey(path: pathlib.Path) -> Passkey | None:
                  checkpoint=_choice_or_none(path, data.get("checkpoint")))
 
 
-def _read_scaled(path: pathlib.Path) -> dict[str, Extrapolation]:
-  """{scaling: evaluation} from eval/extrapolation_<scaling>.json; the file name names the scaling, as the
-  evaluator names the file."""
+def _read_scaled(path: pathlib.Path, prefix: str = SCALED_PREFIX, read=None) -> dict[str, Any]:
+  """{scaling: evaluation} from eval/extrapolation_<scaling>.json (or, with PASSKEY_PREFIX and `_read_passkey`,
+  eval/passkey_<scaling>.json); the file name names the scaling, as the evaluator names the file."""
   eval_dir = path / EXTRAPOLATION_FILE.parent
   if not eval_dir.is_dir():
     return {}
   out = {}
-  for file in sorted(eval_dir.glob(f"{SCALED_PREFIX}*.json")):
-    scaling = file.stem[len(SCALED_PREFIX):]
+  for file in sorted(eval_dir.glob(f"{prefix}*.json")):
+    scaling = file.stem[len(prefix):]
     if scaling:
-      out[scaling] = _read_extrapolation(file, scaling)
+      out[scaling] = _read_extrapolation(file, scaling) if read is None else read(file)
   return out
 
 
@@ -722,7 +735,7 @@ def _load_trial(path: pathlib.Path, name: str, status: str | None = None, overri
                                            QUALITY_INPUT_FIGURES),
                rare=_read_rare(path / RARE_FILE, analyzed[RARE_FILE]),
                by_position=_read_by_position(path / BY_POSITION_FILE), passkey=_read_passkey(path / PASSKEY_FILE),
-               analysis_checkpoints=analysis)
+               scaled_passkey=_read_scaled(path, PASSKEY_PREFIX, _read_passkey), analysis_checkpoints=analysis)
 
 
 def load_run(path: str | pathlib.Path) -> Trial:

@@ -26,9 +26,9 @@ import math
 import re
 from typing import Any
 
-from research.report.runs import (MISSING, PASSKEY_FILE, QUALITY_FIGURES, QUALITY_FILE, QUALITY_FLOORS, QUALITY_INPUT_FIGURES,
+from research.report.runs import (MISSING, QUALITY_FIGURES, QUALITY_FILE, QUALITY_FLOORS, QUALITY_INPUT_FIGURES,
                                   QUALITY_INPUT_FILE, RARE_ABSENT, RARE_FILE, RARE_GEOMETRY, RunSet, Trial,
-                                  display, extrapolation_file, floor_scored, hashable)
+                                  display, extrapolation_file, floor_scored, hashable, passkey_file)
 
 VALID_PPL = "valid_ppl"
 BEST_VALID_PPL = "best_valid_ppl"  # summary.json: the run's best evaluation (early stopping's figure)
@@ -189,7 +189,8 @@ def _columns(trials: list[Trial]) -> list[Column]:
   for length, multiple in pairs:
     columns.append(Column(f"ppl_{_multiple_text(multiple)}x_{length}", f"{_multiple_text(multiple)}× ({length})",
                           multiple=multiple, length=length))
-  passkey = sorted({(p.length, p.multiple) for t in trials if t.passkey is not None for p in t.passkey.lengths})
+  passkey = sorted({(p.length, p.multiple) for t in trials for k in (t.passkey, *t.scaled_passkey.values())
+                     if k is not None for p in k.lengths})
   for length, multiple in passkey:
     columns.append(Column(f"passkey_{_multiple_text(multiple)}x_{length}",
                           f"passkey {_multiple_text(multiple)}× ({length})", multiple=multiple, length=length,
@@ -285,14 +286,14 @@ def _trial_value(trial: Trial, column: Column, rope_scaling: str | None = None) 
       return None, f"not in {RARE_FILE.as_posix()} (analyzed before the figure existed: rerun --rare)"
     return (value, None) if value is not None else (None, "no row was absent from every batch")
   if column.passkey:
-    if rope_scaling is not None:
-      return None, f"passkey retrieval with RoPE scaling (eval/passkey_{rope_scaling}.json) is not reported"
-    if trial.passkey is None:
-      return None, f"not evaluated (no {PASSKEY_FILE.as_posix()}; run research-evaluate --passkey)"
-    stale = trial.stale.get(PASSKEY_FILE.as_posix())
+    evaluated, file = trial.passkey_evaluation(rope_scaling), passkey_file(rope_scaling).as_posix()
+    if evaluated is None:
+      flags = "--passkey" + (f" --rope_scaling={rope_scaling}" if rope_scaling is not None else "")
+      return None, f"not evaluated (no {file}; run research-evaluate {flags})"
+    stale = trial.stale.get(file)
     if stale is not None:
       return None, stale
-    for p in trial.passkey.lengths:
+    for p in evaluated.lengths:
       if p.length == column.length and p.multiple == column.multiple:
         return (p.accuracy, None) if p.accuracy is not None else (None, f"passkey: {p.note}")
     return None, f"passkey: length {column.length} not evaluated"
@@ -325,7 +326,7 @@ def _with_scaled_rows(groups: list[Group], short: dict[str, str]) -> list[Group]
   out = []
   for g in groups:
     out.append(g)
-    scalings = dict.fromkeys(s for t in g.trials for s in t.scaled)
+    scalings = dict.fromkeys(s for t in g.trials for s in (*t.scaled, *t.scaled_passkey))
     for s in scalings:
       out.append(Group(label=f"{g.label}, {name}={s}", values=g.values, trials=g.trials, rope_scaling=s))
   return out
