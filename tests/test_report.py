@@ -684,6 +684,28 @@ def test_absent_row_columns_when_rare_tokens_json_has_them(tmp_path):
   assert rows["position=alibi"][-3] == "2016.5 ± 0.71" and rows["position=alibi"][-1] == "123456 ± 0"
 
 
+def test_moved_while_absent_is_shown_when_the_tables_figures_are_not_measured(tmp_path):
+  """An absent_rows with a note (no initial table of this shape, no checkpoint of the counts' step) still holds
+  updated_while_absent, which the counts answer alone: that column shows it; the figures of the tables are n/a."""
+  from research.analysis import rare
+  for seed in (0, 1):
+    write_trial(tmp_path, f"a{seed}", "alibi", seed)
+    _write_rare(tmp_path / f"a{seed}", 1.0, seed)
+  present = np.array([3, 0, 0, 5, 0, 1])
+  for name, nonzero in (("a0", present), ("a1", present + np.array([0, 0, 2, 0, 0, 0]))):
+    report = json.loads((tmp_path / name / "eval" / "rare_tokens.json").read_text())
+    report["absent_rows"] = {"rows": None, "rows_changed": None, "max_abs_change": None, "step": None,
+                             "note": "no embedding_init.npy of this table's shape",
+                             **rare.updated_while_absent(present, nonzero)}  # what run_absent_rows writes then
+    rare.write_rare(tmp_path / name, report)
+  table = build_report(tmp_path).table
+  header, rows = parse_md_table(table)
+  assert header[-3:] == ["absent rows", "absent max Δ", "moved while absent"]
+  (row,) = rows.values()  # one arm
+  assert row[-3].startswith("n/a") and row[-2].startswith("n/a") and row[-1] == "0.5 ± 0.71"
+  assert "absent rows not measured: no embedding_init.npy of this table's shape" in table
+
+
 def test_a_best_valid_ppl_column_only_when_some_run_was_best_before_its_end(tmp_path):
   for seed in (0, 1):
     write_trial(tmp_path, f"a{seed}", "alibi", seed)

@@ -279,9 +279,10 @@ def _trial_value(trial: Trial, column: Column, rope_scaling: str | None = None) 
       return None, trial.analysis_stale[RARE_FILE.as_posix()]
     if trial.rare.absent is None:
       return None, f"no absent_rows in {RARE_FILE.as_posix()} (analyzed before it existed: rerun --rare)"
-    if trial.rare.absent.get("note"):
-      return None, f"absent rows not measured: {trial.rare.absent['note']}"
     value = trial.rare.absent.get(column.absent)
+    if trial.rare.absent.get("note") and not (column.absent == "updated_while_absent" and value is not None):
+      # The note n/a's the figures that need the tables; updated_while_absent is the counts' alone (rare.py).
+      return None, f"absent rows not measured: {trial.rare.absent['note']}"
     if value is None and column.absent == "updated_while_absent":
       return None, f"not in {RARE_FILE.as_posix()} (analyzed before the figure existed: rerun --rare)"
     return (value, None) if value is not None else (None, "no row was absent from every batch")
