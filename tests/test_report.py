@@ -265,6 +265,23 @@ def test_directory_of_runs_without_sweep_json_derives_the_swept_fields(tmp_path)
   assert report.data.cell(0, "valid_ppl").mean == pytest.approx(np.mean(values["alibi"]), rel=1e-12)
 
 
+def test_a_sweep_directory_among_runs_is_named_as_skipped_not_silently_left_out(tmp_path):
+  """PARENT holding a sweep SW/ (sweep.json + trials) and a run w1/: the sweep's trials are not merged in (another
+  layout, its own index), and report.md says so with the command that reports it; only sweeps: one error naming it."""
+  make_sweep(tmp_path / "SW", schemes=("alibi",), seeds=(0,))
+  with pytest.raises(ReportError, match=r"holds no runs: .*SW is a sweep directory: report it on its own "
+                                        r"\(research-report .*SW\)"):
+    load_runs(tmp_path)
+  write_trial(tmp_path, "w1", "rope", 0)
+  report = build_report(tmp_path)
+  assert [t.name for t in report.runs.trials] == ["w1"]
+  assert report.runs.skipped == {"SW": f"a sweep directory: report it on its own (research-report {tmp_path / 'SW'})"}
+  text = report.markdown_path.read_text()
+  assert f"Skipped directories (not reported here): `SW`: a sweep directory: report it on its own (research-report " \
+         f"{tmp_path / 'SW'})." in text
+  assert build_report(tmp_path / "SW").runs.layout == "sweep"  # reported on its own, as the line says
+
+
 def test_partially_evaluated_group_shows_its_own_n(tmp_path):
   seeds = [write_trial(tmp_path, f"a{s}", "alibi", s, evaluate=s != 2) for s in range(3)]
   seeds += [write_trial(tmp_path, f"r{s}", "rope", s) for s in range(3)]

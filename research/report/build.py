@@ -159,6 +159,9 @@ def render_markdown(runs: RunSet, table: tables.Table, written: dict[str, pathli
       + ". Cells are mean ± sample std (ddof=1) over the finished trials of a row (`n`; a cell's own n is shown "
       "where it differs); " + _best_sentence(table) + " n/a = no value (footnotes say why).",
   ]
+  if runs.skipped:
+    out += ["", "Skipped directories (not reported here): "
+            + "; ".join(f"`{name}`: {why}" for name, why in runs.skipped.items()) + "."]
   if runs.without_config:
     out += ["", "Trials without config.json (their fields are compared with no other trial's; rows show them as "
             "`(unset)`): " + ", ".join(f"`{name}`" for name in runs.without_config) + "."]

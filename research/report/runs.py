@@ -361,6 +361,8 @@ class RunSet:
   duplicates: list[tuple[Trial, str]] = dataclasses.field(default_factory=list)
   # A directory of runs: the trials without config.json, whose fields are left out of the comparison.
   without_config: list[str] = dataclasses.field(default_factory=list)
+  # A directory of runs: subdirectories not reported, {name: why} (a sweep directory among the runs, `_sweep_dirs`).
+  skipped: dict[str, str] = dataclasses.field(default_factory=dict)
 
   @property
   def replicate_fields(self) -> list[str]:
@@ -818,10 +820,12 @@ def load_runs(directory: str | pathlib.Path) -> RunSet:
     trial = _load_trial(directory, directory.resolve().name)
     return RunSet(directory=directory, name=trial.name, layout="single", trials=[trial], swept_fields=[])
   subdirs = sorted(p for p in directory.iterdir() if p.is_dir() and _is_run_dir(p))
+  skipped = _sweep_dirs(directory)
   if not subdirs:
     what = "is empty" if not any(directory.iterdir()) else "holds no runs"
+    sweeps = "".join(f"; {name} is {why}" for name, why in skipped.items())
     raise ReportError(f"{directory} {what}: expected {SWEEP_FILE}, or {CONFIG_FILE}/{SUMMARY_FILE} in it or in its "
-                      f"subdirectories")
+                      f"subdirectories{sweeps}")
   trials = [_load_trial(p, p.name) for p in subdirs]
   configured = [t for t in trials if t.config is not None]
   ignored = _same_model_ignored(configured)
@@ -830,7 +834,15 @@ def load_runs(directory: str | pathlib.Path) -> RunSet:
   fields = [f for f in _config_fields(configured) if f not in ignored]
   return RunSet(directory=directory, name=directory.resolve().name, layout="runs", trials=trials,
                 swept_fields=_differing_fields(configured, fields), duplicates=duplicates,
-                without_config=[t.name for t in trials if t.config is None])
+                without_config=[t.name for t in trials if t.config is None], skipped=skipped)
+
+
+def _sweep_dirs(directory: pathlib.Path) -> dict[str, str]:
+  """{name: why} of the subdirectories of a directory of runs that hold sweep.json: a sweep's trials are its own
+  report's rows (its index says which they are, with their overrides and status), not runs of this directory, and
+  merging them would mix two layouts; so they are named, not silently left out."""
+  return {p.name: f"a sweep directory: report it on its own (research-report {p})"
+          for p in sorted(directory.iterdir()) if p.is_dir() and (p / SWEEP_FILE).is_file() and not _is_run_dir(p)}
 
 
 def _same_model_ignored(trials: list[Trial]) -> set[str]:
