@@ -332,6 +332,28 @@ def test_rows_no_batch_held_stay_unchanged_exactly_when_no_gradient_reaches_them
                                                         rare.update_counts(elsewhere, init.shape[0]))["note"]
 
 
+@pytest.mark.slow
+def test_a_damaged_checkpoint_of_the_counts_step_nulls_the_absent_rows_with_a_note_not_a_traceback(tmp_path):
+  """The analysed checkpoint is another (the best, step 2) and the counts' one (step 3) has its files overwritten:
+  the absent-row figures are null with a note naming that checkpoint; the rest of the analysis is written."""
+  import json
+  loop.train(tiny_config(**ABSENT_RUN, **{"train.optimizer": "sgd", "model.tie_embeddings": False}), tmp_path)
+  ckpt = tmp_path / "checkpoints"
+  assert sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())[-2:] == [2, 3]
+  (ckpt / "3" / "metrics" / "metrics").write_text(json.dumps({"valid_loss": 1e9}))  # step 2 is now the best
+  for path in (ckpt / "3" / "state").rglob("*"):
+    if path.is_file():
+      path.write_bytes(b"damaged")
+  report = rare.analyze_run(tmp_path)
+  assert report["checkpoint_step"] == 2 and report["update_counts_step"] == 3
+  absent = json.loads((tmp_path / "eval" / rare.RARE_FILE).read_text())["absent_rows"]
+  assert absent["rows"] is None and absent["max_abs_change"] is None and absent["step"] == 3
+  assert absent["note"].startswith(f"the checkpoint of step 3, the step {loop.UPDATE_COUNTS_FILE} counts up to "
+                                   f"({str(ckpt / '3')!r}) cannot be restored, its files are missing or damaged ("), absent
+  assert absent["updated_while_absent"] is not None  # the counts' own figure needs no table
+  assert report["buckets"] and report["geometry"]["input"]["anisotropy"] is not None
+
+
 def test_absent_rows_on_a_hand_built_table():
   init = np.zeros((5, 2))
   table = init.copy()

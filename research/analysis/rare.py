@@ -363,14 +363,23 @@ def run_arrays(workdir: Path, params: Any, table_shape: tuple[int, ...],
           "head_VxD": None if head is None else np.asarray(head, np.float32).T}
 
 
-def _table_at(workdir: Path, step: int) -> np.ndarray | None:
-  """The token table of the run's checkpoint at `step`, or None when that checkpoint is not kept."""
+def _table_at(workdir: Path, step: int) -> tuple[np.ndarray | None, str | None]:
+  """(the token table of the run's checkpoint at `step`, None) or (None, why not): that checkpoint is not kept, or its
+  files are missing or damaged (the analysed checkpoint's damage is load_run's one line; this one only costs the
+  figures measured from it, so the rest of the analysis is still written)."""
+  from research.error_text import first_line
   from research.train import checkpoint as checkpoint_lib
-  with checkpoint_lib.Checkpointer(workdir / "checkpoints", keep=10**6, async_save=False, read_only=True) as ckpt:
+  from research.train import loop
+  ckpt_dir = workdir / "checkpoints"
+  what = f"step {step}, the step {loop.UPDATE_COUNTS_FILE} counts up to"
+  with checkpoint_lib.Checkpointer(ckpt_dir, keep=10**6, async_save=False, read_only=True) as ckpt:
     if step not in ckpt.all_steps():
-      return None
-    params = ckpt.restore_params(step)
-  return np.asarray(params["token_embed"]["embedding"], np.float32)
+      return None, f"no checkpoint of {what}"
+    try:
+      return np.asarray(ckpt.restore_params(step)["token_embed"]["embedding"], np.float32), None
+    except Exception as e:  # noqa: BLE001 (Orbax raises TypeError, ValueError or a bare Exception for missing files)
+      return None, (f"the checkpoint of {what} ({str(ckpt_dir / str(step))!r}) cannot be restored, its files are "
+                    f"missing or damaged ({first_line(e, limit=100)})")
 
 
 def run_absent_rows(workdir: Path, run_step: int, table_VxD: np.ndarray, init_VxD: np.ndarray | None,
@@ -390,10 +399,9 @@ def run_absent_rows(workdir: Path, run_step: int, table_VxD: np.ndarray, init_Vx
     return {**out, "note": f"no {loop.INIT_TABLE_FILE} of this table's shape"}
   if step is None:
     return {**out, "note": f"the step {loop.UPDATE_COUNTS_FILE} counts up to is unknown"}
-  table = table_VxD if step == run_step else _table_at(workdir, step)
+  table, why = (table_VxD, None) if step == run_step else _table_at(workdir, step)
   if table is None:
-    return {**out, "step": step, "note": f"no checkpoint of step {step}, the step {loop.UPDATE_COUNTS_FILE} "
-                                         f"counts up to"}
+    return {**out, "step": step, "note": why}
   return {**out, **absent_rows(table, init_VxD, present_V), "step": step, "note": None}
 
 
