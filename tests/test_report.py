@@ -1000,6 +1000,41 @@ def test_an_analysis_of_a_checkpoint_the_run_moved_past_is_stale_and_left_out(tm
   assert build_report(run).data.cell(0, "quality_analogy").values == (0.25,)  # analyzed again: shown
 
 
+@pytest.mark.slow
+def test_rare_tokens_counted_to_an_earlier_end_are_stale_after_training_on(tmp_path):
+  """A real run analyzed with --rare, then trained on (train.steps raised) to a validation loss no lower (a learning
+  rate too small to move a float32 weight: the analysed checkpoint stays a best, so the checkpoint rules keep the
+  file): its update_counts_step is the earlier end's, so mean_present and the absent rows count fewer steps than
+  the run has. Left out with a note naming the steps and the command; while it equals the run's step, kept."""
+  from research.analysis import rare
+  from research.report import plots
+  overrides = {"data.seq_len": 32, "train.steps": 4, "train.eval_every": 2, "train.checkpoint_every": 2,
+               "train.eval_batches": 1, "train.async_checkpoints": False, "train.warmup_steps": 0,
+               "train.learning_rate": 1e-30}
+  run = tmp_path / "run"
+  loop.train(configuration.apply_overrides(tiny.get_config(), overrides), run)
+  written = rare.analyze_run(run)
+  assert written["update_counts_step"] == 4
+  before = build_report(run)
+  assert before.runs.trials[0].analysis_stale == {} and (run / plots.rare_plot_name("mean_present")).is_file()
+  geometry = next(c.key for c in before.data.columns if c.geometry is not None)
+  assert before.data.cell(0, geometry).n == 1  # counts of the run's own end: kept
+  loop.train(configuration.apply_overrides(tiny.get_config(), {**overrides, "train.steps": 6}), run)
+  losses = {r["step"]: r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if r.get("split") == "valid"}
+  assert losses[6] == losses[written["checkpoint_step"]]  # the premise: no checkpoint beats the analysed one
+  after = build_report(run)
+  trial = after.runs.trials[0]
+  note = (f"run: eval/rare_tokens.json counts the updates up to step 4 (update_counts_step), the run ended at "
+          f"step 6: stale, left out of the means and plots (rerun research-analyze --rare)")
+  assert trial.analysis_stale == {"eval/rare_tokens.json": note} and trial.stale == {}
+  for column in after.data.columns:
+    if column.geometry is not None or column.absent is not None:
+      assert after.data.cell(0, column.key).n == 0 and after.data.cell(0, column.key).notes == (note,)
+  assert plots.plot_rare_bucket_metric(after.data, "mean_present", tmp_path / "x.png").startswith("no finished trial")
+  assert note in after.markdown_path.read_text()
+
+
 def test_a_fresh_best_evaluation_of_an_overfit_run_is_not_flagged(tmp_path):
   """The default --checkpoint=best scores the lowest-loss checkpoint, before the final step when the run overfits:
   not stale. Nor is an evaluation of the final step, nor one of a run without summary.json (nothing to compare)."""

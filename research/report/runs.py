@@ -165,6 +165,9 @@ class RareTokens:
   # Whether the markers ([PAD], [CLS], [SEP], [MASK]) are in no bucket: False for a file written before `marker_rows`
   # (bcf3d36), whose buckets count them (an MLM's [MASK] in "never seen").
   markers_excluded: bool = True
+  # The step update_counts.npz counted up to when the file was written (`update_counts_step`: where training then
+  # ended); None in a file without it. `Trial.analysis_stale` compares it with the finished run's step.
+  update_counts_step: int | None = None
 
 
 @dataclasses.dataclass
@@ -319,6 +322,12 @@ class Trial:
       reason = self.stale_reason(step, file, choice)
       if reason is not None:
         notes[file] = f"{self.name}: {reason}: stale, left out of the means and plots (rerun research-analyze)"
+    counted, end = None if self.rare is None else self.rare.update_counts_step, (self.summary or {}).get("step")
+    if RARE_FILE.as_posix() not in notes and counted is not None and isinstance(end, int) and counted != end:
+      # Trained on since (train.steps raised): its per-bucket presence and absent rows count an earlier end's steps.
+      notes[RARE_FILE.as_posix()] = (
+          f"{self.name}: {RARE_FILE.as_posix()} counts the updates up to step {counted} (update_counts_step), the "
+          f"run ended at step {end}: stale, left out of the means and plots (rerun research-analyze --rare)")
     return notes
 
   def evaluation_files(self) -> list[str]:
@@ -703,7 +712,8 @@ def _read_rare(path: pathlib.Path, data: dict[str, Any] | None) -> RareTokens | 
               "note": None if absent.get("note") is None else str(absent["note"])}
   return RareTokens(geometry={m: _finite_or_none(geometry.get(m), repr(f"geometry.input.{m}")) for m in RARE_GEOMETRY},
                     buckets=tuple(buckets),
-                    absent=absent, markers_excluded="marker_rows" in data)
+                    absent=absent, markers_excluded="marker_rows" in data,
+                    update_counts_step=_step_or_none(path, data.get("update_counts_step"), "update_counts_step"))
 
 
 def _load_trial(path: pathlib.Path, name: str, status: str | None = None, overrides: dict | None = None,
