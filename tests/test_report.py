@@ -1025,8 +1025,8 @@ def test_rare_tokens_counted_to_an_earlier_end_are_stale_after_training_on(tmp_p
   assert losses[6] == losses[written["checkpoint_step"]]  # the premise: no checkpoint beats the analysed one
   after = build_report(run)
   trial = after.runs.trials[0]
-  note = (f"run: eval/rare_tokens.json counts the updates up to step 4 (update_counts_step), the run ended at "
-          f"step 6: stale, left out of the means and plots (rerun research-analyze --rare)")
+  note = ("run: eval/rare_tokens.json counts the updates up to step 4 (update_counts_step), the run ended at "
+          "step 6: stale, left out of the means and plots (rerun research-analyze --rare)")
   assert trial.analysis_stale == {"eval/rare_tokens.json": note} and trial.stale == {}
   for column in after.data.columns:
     if column.geometry is not None or column.absent is not None:
