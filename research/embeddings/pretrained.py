@@ -11,7 +11,8 @@ an error or a fixed random orthogonal projection; `scale=match` rescales the vec
 norm is the one the normal initialiser gives at the run's std.
 
 The file is checked when it is read (`load_vectors`, before anything compiles): every vector finite float32, a
-header count equal to the vectors the file holds, not every vector zero. A word given twice keeps its first vector
+header count equal to the vectors the file holds, not every vector zero, a binary's values on one scale (a word with
+a space puts its records out of step: `_binary_misread`). A word given twice keeps its first vector
 (gensim's rule), reported as `duplicate_words`; zero rows are legal (a padding vector) and copied as they are, but a
 vocabulary covered by zero vectors only is refused.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import struct
 from pathlib import Path
 from typing import Any, Sequence
@@ -139,25 +141,116 @@ def _text_lines(path: Path):
     yield from f
 
 
-def _binary_words(path: Path, dim: int, chunk: int = 1 << 20):
-  """The raw word of each complete record of a word2vec binary, in the layout gensim's reader walks
-  (`keyedvectors._add_bytes_to_kv`: a word, a space, DIM float32s; newlines before a word are dropped). Only to count
-  the records and to point at a bad one: the vectors themselves are gensim's."""
+def _binary_records(path: Path, dim: int, chunk: int = 1 << 20):
+  """Each complete record of a word2vec binary as gensim's reader walks it (`keyedvectors._add_bytes_to_kv`: a word,
+  a space, DIM float32s; newlines before a word are dropped): (data, previous, start, space), where the record's
+  word is data[start:space] (newlines stripped) and `previous` is where the previous record starts in `data` (-1 for
+  the first). Only to count the records and to point at a bad one: the vectors themselves are gensim's."""
   from gensim import utils
   record = 4 * dim
   with utils.open(str(path), "rb") as f:
     f.readline()
-    buf, start = b"", 0
+    buf, start, previous = b"", 0, -1
     while True:
       space = buf.find(b" ", start)
       if space == -1 or len(buf) - space - 1 < record:
         more = f.read(chunk)
         if not more:
           return
-        buf, start = buf[start:] + more, 0
+        keep = start if previous < 0 else previous  # the previous record stays in the buffer (`_space_word`)
+        buf, start, previous = buf[keep:] + more, start - keep, previous - keep if previous >= 0 else -1
         continue
-      yield buf[start:space].lstrip(b"\n")
-      start = space + 1 + record
+      while buf[start:start + 1] == b"\n":
+        start += 1
+      yield buf, previous, start, space
+      previous, start = start, space + 1 + record
+
+
+def _binary_words(path: Path, dim: int):
+  """The raw word of each complete record of a word2vec binary (`_binary_records`)."""
+  for data, _, start, space in _binary_records(path, dim):
+    yield data[start:space]
+
+
+# A binary's records out of step (a word with a space, which the format cannot hold: gensim writes one anyway) read
+# float32 bytes shifted by 1 to 3 bytes, or a word's letters, as numbers: their exponents are then near uniform over
+# float32's 2^-126 ... 2^127, where honest vectors (trained, normalised or count-based) span a few decades around
+# their scale. A vector with a component beyond these multiples of the file's scale (the median over vectors of
+# max |x|) is read out of step; both bounds are ratios, so a file of any scale passes (docs/embeddings.md).
+OUTLIER_ABOVE = 1e6  # a lowercase letter read as a float32's top byte is >= 2^67 ~ 1.5e20
+OUTLIER_BELOW = 1e-12  # nonzero; a space or a control byte read as a top byte is <= 2^-63 ~ 1.1e-19
+
+
+def _row_scales(matrix) -> tuple[np.ndarray, np.ndarray]:
+  """(max |x|, the smallest nonzero |x|; inf for a zero row) per row, NaN / inf rows as inf, in blocks."""
+  highs, lows = [], []
+  for start in range(0, len(matrix), _CHECK_ROWS):
+    block = np.abs(np.asarray(matrix[start:start + _CHECK_ROWS], np.float64))
+    block[~np.isfinite(block)] = np.inf
+    highs.append(block.max(axis=1) if block.shape[1] else np.zeros(len(block)))
+    lows.append(np.where(block > 0, block, np.inf).min(axis=1) if block.shape[1] else np.zeros(len(block)))
+  return (np.concatenate(highs), np.concatenate(lows)) if highs else (np.zeros(0), np.zeros(0))
+
+
+def _file_scale(matrix) -> float:
+  """The median over nonzero finite vectors of max |x| (0.0 when there is none)."""
+  high, _ = _row_scales(matrix)
+  high = high[np.isfinite(high) & (high > 0)]
+  return float(np.median(high)) if len(high) else 0.0
+
+
+def _first_implausible(matrix, scale: float) -> int | None:
+  """The first vector with a component that is not finite or off the file's `scale` (OUTLIER_ABOVE / _BELOW)."""
+  high, low = _row_scales(matrix)
+  bad = ~np.isfinite(high) | (high > OUTLIER_ABOVE * scale) | (low < OUTLIER_BELOW * scale)
+  return int(np.argmax(bad)) if bad.any() else None
+
+
+def _plausible(raw: bytes, scale: float) -> bool:
+  return _first_implausible(np.frombuffer(raw, "<f4")[None], scale) is None
+
+
+def _space_word(data: bytes, previous: int, start: int, space: int, dim: int, scale: float) -> bytes | None:
+  """The true word of the previous record when it contains a space (gensim read it up to its first space, took the
+  rest and the vector's first bytes as the vector, and resynchronised inside the word it read next, data[start:space],
+  which then begins with the vector's last bytes), else None. The hypothesis holds when a later space, free of
+  control characters and UTF-8 like the word that then follows, ends a word after which DIM plausible float32s end
+  exactly inside that next word."""
+  if previous < 0:
+    return None
+  first = data.find(b" ", previous)
+  for j in range(1, space - start):
+    q = start + j - 4 * dim - 1  # where the previous record's true word would end
+    if q <= first or data[q] != 0x20:
+      continue
+    word, following = data[previous:q], data[start + j:space]
+    if any(_CONTROL.search(w) or _undecodable(w, "utf-8") is not None for w in (word, following)):
+      continue
+    if _plausible(data[q + 1:start + j], scale):
+      return word
+  return None
+
+
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+_SUSPECT = re.compile(rb"[\x00-\x1f\x7f-\xff]")
+
+
+def _first_space_word(path: Path, dim: int, scale: float, at: int | None = None) -> tuple[int, bytes] | None:
+  """(i, the true word of vector i + 1) for the first record that `_space_word` shows to hold a word with a space,
+  tried at each word with control characters or bytes that are not UTF-8 (what the vector's last bytes usually
+  make of the next word), or only at vector `at + 1`'s record when `at` is given."""
+  for i, (data, previous, start, space) in enumerate(_binary_records(path, dim)):
+    if at is not None and i != at + 1:
+      if i > at + 1:
+        return None
+      continue
+    raw = data[start:space]
+    if at is None and (not _SUSPECT.search(raw) or not _CONTROL.search(raw) and _undecodable(raw, "utf-8") is None):
+      continue
+    word = _space_word(data, previous, start, space, dim, scale)
+    if word is not None:
+      return i - 1, word
+  return None
 
 
 def _is_binary(path: Path, count: int, dim: int) -> bool:
@@ -269,20 +362,50 @@ def _undecodable(raw: bytes, encoding: str) -> UnicodeDecodeError | None:
   return None
 
 
-def _out_of_step(i: int, word, previous) -> str:
-  before = f" (vector {i} reads {previous!r}: a word containing a space?)" if previous is not None else ""
-  return (f"the word of vector {i + 1} ({word[:20]!r}) holds control characters, so the records are out of "
-          f"step{before}; a word2vec binary cannot hold words with spaces")
+def _out_of_step(i: int, word, previous, true_word: bytes | None = None, value: str = "") -> str:
+  """Records out of step at vector i + 1, read as `word` (after `previous`): a word containing a space, which the
+  format separates from its vector by a space."""
+  before = f" after {previous!r} (vector {i})" if previous is not None else ""
+  what = (f"its word is {true_word.decode()!r}, which gensim read as {word!r} and the rest as numbers" if true_word
+          else f"it reads as {word!r}{value}")
+  return (f"the records are out of step at vector {i + 1}{before}: {what}; a word2vec binary cannot hold a word "
+          f"containing a space (nothing ends a word but a space): write the vectors as word2vec text and rename or "
+          f"drop that word")
 
 
-def _binary_out_of_step(path: Path, header: tuple[int, int], i: int, word, previous) -> str:
+def _binary_out_of_step(path: Path, header: tuple[int, int], i: int, word, previous,
+                        true_word: bytes | None = None, value: str = "") -> str:
   """A word2vec binary's records out of step at vector i + 1: a header DIM other than the records' width when another
   width reads the file cleanly, else a word with a space."""
   width = _binary_width(path, *header)
   if width is not None:
     return (f"its header says each vector has {header[1]} number{'s' if header[1] != 1 else ''} but its records "
             f"hold {width} float32s each; correct the header's second number")
-  return _out_of_step(i, word, previous)
+  return _out_of_step(i, word, previous, true_word, value)
+
+
+def _binary_misread(path: Path, kv, header: tuple[int, int]) -> str | None:
+  """Why a word2vec binary that gensim read was read out of step, else None: a vector of implausible values (a
+  component off the file's scale: refused; not finite: refused as out of step when a word with a space explains it,
+  else left to the finiteness check's message), or a word whose bytes a word with a space before it explains."""
+  keys, scale = kv.index_to_key, _file_scale(kv.vectors)
+  bad = _first_implausible(kv.vectors, scale)
+  previous = lambda i: keys[i - 1] if i else None  # noqa: E731
+  if bad is not None:
+    found = _first_space_word(path, kv.vector_size, scale, at=bad)
+    row = np.abs(np.asarray(kv.vectors[bad], np.float64))
+    if found is None and not np.isfinite(row).all():
+      return None if _binary_width(path, *header) is None else _binary_out_of_step(path, header, bad, keys[bad], None)
+    odd = row[(row > OUTLIER_ABOVE * scale) | ((row > 0) & (row < OUTLIER_BELOW * scale))]
+    value = f", a vector holding {odd[0]:.3g} where the file's vectors reach {scale:.3g}" if len(odd) else ""
+    return _binary_out_of_step(path, header, bad, keys[bad], previous(bad), found and found[1], value)
+  if not re.search("[\x00-\x1f\x7f\ufffd]", "".join(key for key in keys if key)):  # one scan: no word to explain
+    return None
+  found = _first_space_word(path, kv.vector_size, scale)  # a fallback: the values caught every misread file measured
+  if found is not None:
+    i, word = found
+    return _binary_out_of_step(path, header, i, keys[i], previous(i), word)
+  return None
 
 
 def _failure(path: Path, resolved: str, e: BaseException, names: dict[str, str], unicode_errors: str) -> str | None:
@@ -323,15 +446,24 @@ def _diagnose(path: Path, resolved: str, encoding: str, names: dict[str, str],
   strict = unicode_errors == "strict"
   if resolved == "word2vec-binary":
     count, dim = header
-    previous = None
-    for i, raw in enumerate(_binary_words(path, dim)):
-      if any(b < 0x20 for b in raw):  # float bytes read as a word: the records are out of step
-        return _binary_out_of_step(path, header, i, raw, previous)
+    earlier, previous, highs, width = None, None, [], ...
+    for i, (data, before, start, space) in enumerate(_binary_records(path, dim)):
+      raw = data[start:space]
       e = _undecodable(raw, encoding)
+      if _CONTROL.search(raw) or e is not None:  # float bytes read as a word, when a word with a space explains them
+        known = [h for h in highs[:-1] if 0 < h < np.inf]  # not the vector read out of step
+        scale = float(np.median(known)) if known else 1.0
+        true_word = _space_word(data, before, start, space, dim, scale)
+        if true_word is None and _CONTROL.search(raw):
+          width = _binary_width(path, *header) if width is ... else width
+        if true_word is not None or isinstance(width, int):
+          return _binary_out_of_step(path, header, i - 1, previous.decode(errors="replace"),
+                                     earlier.decode(errors="replace") if i > 1 else None, true_word)
+      highs.append(float(np.abs(np.frombuffer(data[space + 1:space + 1 + 4 * dim], "<f4")).max(initial=0.0)))
       if e is not None and strict:
         return (f"the word of vector {i + 1} ({raw[:40]!r}) is not UTF-8 ({e.reason}): the file's words are in "
                 f"another encoding or cut inside a character; {_unicode_hint(names)}")
-      previous = raw
+      earlier, previous = previous, raw
     return None
   if resolved not in ("word2vec", "fasttext", "glove"):
     return None
@@ -546,13 +678,8 @@ def load_vectors(path: str | os.PathLike, format: str = "auto", *, names: dict[s
       # gensim's binary reader accepts a text file with a count header: words then swallow the text's line breaks.
       raise PretrainedError(f"{where} does not parse as 'word2vec-binary'{auto}: its words contain line breaks (a "
                             f"text file? try {names['format']}=word2vec)")
-    import re
-    control = re.compile("[\x00-\x1f\x7f]")
-    bad = None
-    if control.search("".join(key for key in keys if key)):  # one scan; the loop only to find the word
-      bad = next((i for i, key in enumerate(keys) if key and control.search(key)), None)
-    if bad is not None:
-      reason = _binary_out_of_step(path, (len(keys), kv.vector_size), bad, keys[bad], keys[bad - 1] if bad else None)
+    reason = _binary_misread(path, kv, (len(keys), kv.vector_size))
+    if reason is not None:
       raise PretrainedError(f"{where} does not parse as 'word2vec-binary'{auto}: {reason}")
   dropped = _drop_unfilled(kv) if resolved != "fasttext-bin" else 0
   if notes is not None:
