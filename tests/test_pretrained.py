@@ -473,6 +473,16 @@ def test_the_reason_named_is_the_lines_own(tmp_path):
       assert "unicode_errors" not in message
 
 
+@pytest.mark.parametrize("binary", [False, True])
+def test_a_header_count_of_zero_before_vectors_names_both_numbers(binary, tmp_path):
+  """gensim reads no vector from 'COUNT 0 ...': that was 'holds no vectors', where the header is what is wrong."""
+  path = write_w2v(tmp_path / ("v.bin" if binary else "v.txt"), {w: [0.5, 1.5] for w in ("the", "cat", "dog")}, binary)
+  path.write_bytes(path.read_bytes().replace(b"3 2\n", b"0 2\n", 1))
+  message = refusal(lambda: pretrained.load_vectors(path))
+  assert f"its header announces 0 vectors but the file holds 3 {'vectors' if binary else 'vector lines'}" in message
+  assert "no vectors" not in message
+
+
 def test_the_other_of_word2vec_text_and_binary_is_named_with_the_format_that_reads_it(tmp_path):
   """A word2vec binary read as text is not 'bytes that are not UTF-8: set unicode_errors' (which cannot help), and a
   text file named .bin (what research-vectors used to write for --out=X.bin) is not a header count to correct: each

@@ -685,15 +685,20 @@ def load_vectors(path: str | os.PathLike, format: str = "auto", *, names: dict[s
   if notes is not None:
     example = str(duplicates.records[0][0]) if duplicates.records else None
     notes.update(duplicate_words=dropped, duplicate_example=example)
-  if len(kv.index_to_key) == 0 or kv.vector_size < 1:
-    raise PretrainedError(f"{where} holds no vectors (format {resolved!r})")
   if _has_header(resolved):
     count = dropped + len(kv.index_to_key)  # what gensim read: the header's count
     found = _vectors_in_file(path, resolved, kv.vector_size)
     if found > count:
       unit = "vectors" if resolved == "word2vec-binary" else "vector lines"
       raise PretrainedError(f"{where}: its header announces {count} vectors but the file holds {found} {unit}; "
-                            f"gensim would read only the first {count}: correct the header's first number")
+                            f"gensim would read {f'only the first {count}' if count else 'none of them'}: correct the "
+                            f"header's first number")
+  if len(kv.index_to_key) == 0 or kv.vector_size < 1:  # after the header's count: 'COUNT 0' names its numbers there
+    reason = _first_bad_line(path, _header(path), "utf-8", names, unicode_errors) \
+        if resolved in ("word2vec", "fasttext", "glove") else None
+    if reason is not None:
+      raise PretrainedError(f"{where} does not parse as {resolved!r}{auto}: {reason}")
+    raise PretrainedError(f"{where} holds no vectors (format {resolved!r})")
   if resolved in ("word2vec", "fasttext", "glove"):
     other = _line_of_other_width(path, resolved, kv.vector_size)
     if other is not None:
