@@ -483,6 +483,25 @@ def test_a_header_count_of_zero_before_vectors_names_both_numbers(binary, tmp_pa
   assert "no vectors" not in message
 
 
+def test_tabs_and_double_spaces_in_text_are_named_as_such(tmp_path):
+  """gensim splits text vector lines on single spaces: a tab-separated GloVe file read as 'no vectors'."""
+  path, source = shipped(tmp_path)
+  glove = tmp_path / "glove.txt"
+  source.save_word2vec_format(str(glove), write_header=False)
+  lines = glove.read_text().splitlines(keepends=True)
+  cases = [("tabs_glove.txt", "".join(line.replace(" ", "\t") for line in lines),
+            "line 1 separates its fields with a tab"),
+           ("tab_w2v.txt", path.read_text().replace(lines[2], lines[2].replace(" ", "\t")),
+            "line 4 separates its fields with a tab"),
+           ("space.txt", path.read_text().replace(lines[1], "new york " + lines[1].split(" ", 1)[1]),
+            "line 3: the word 'new york' contains a space")]
+  for name, text, part in cases:
+    (tmp_path / name).write_text(text)
+    message = refusal(lambda: pretrained.load_vectors(tmp_path / name))
+    assert part in message and "no vectors" not in message, (name, message)
+    assert ("contains a space" in message) == (name == "space.txt"), (name, message)
+
+
 def test_the_other_of_word2vec_text_and_binary_is_named_with_the_format_that_reads_it(tmp_path):
   """A word2vec binary read as text is not 'bytes that are not UTF-8: set unicode_errors' (which cannot help), and a
   text file named .bin (what research-vectors used to write for --out=X.bin) is not a header count to correct: each

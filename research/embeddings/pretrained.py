@@ -497,6 +497,9 @@ def _first_bad_line(path: Path, header: tuple[int, int] | None, encoding: str, n
     if not raw.strip():
       return f"line {line_no} is blank"
     parts = raw.decode(encoding, errors=unicode_errors).rstrip().split(" ")
+    if "\t" in parts[0] and (len(parts) == 1 or dim is not None and len(parts) != dim + 1):
+      return (f"line {line_no} separates its fields with a tab: the word and the numbers of a vector line must be "
+              f"separated by single spaces (gensim splits on spaces only)")
     if dim is None:
       dim = len(parts) - 1
     if len(parts) > dim + 1 and all(_is_number(x) for x in parts[-dim:]) and \
