@@ -484,7 +484,8 @@ def test_a_header_count_of_zero_before_vectors_names_both_numbers(binary, tmp_pa
 
 
 def test_tabs_and_double_spaces_in_text_are_named_as_such(tmp_path):
-  """gensim splits text vector lines on single spaces: a tab-separated GloVe file read as 'no vectors'."""
+  """gensim splits text vector lines on single spaces: a tab-separated GloVe file read as 'no vectors', and two
+  spaces after a word as 'the word 'the ' contains a space'."""
   path, source = shipped(tmp_path)
   glove = tmp_path / "glove.txt"
   source.save_word2vec_format(str(glove), write_header=False)
@@ -493,6 +494,10 @@ def test_tabs_and_double_spaces_in_text_are_named_as_such(tmp_path):
             "line 1 separates its fields with a tab"),
            ("tab_w2v.txt", path.read_text().replace(lines[2], lines[2].replace(" ", "\t")),
             "line 4 separates its fields with a tab"),
+           ("double.txt", path.read_text().replace(lines[1], lines[1].replace(" ", "  ", 1)),
+            f"line 3 has two spaces in a row after the word {source.index_to_key[1]!r}, an empty field"),
+           ("double_glove.txt", "".join(lines).replace(lines[0], lines[0].replace(" ", "  ", 2).replace("  ", " ", 1)),
+            "line 1 has two spaces in a row after its number 1"),
            ("space.txt", path.read_text().replace(lines[1], "new york " + lines[1].split(" ", 1)[1]),
             "line 3: the word 'new york' contains a space")]
   for name, text, part in cases:

@@ -500,6 +500,13 @@ def _first_bad_line(path: Path, header: tuple[int, int] | None, encoding: str, n
     if "\t" in parts[0] and (len(parts) == 1 or dim is not None and len(parts) != dim + 1):
       return (f"line {line_no} separates its fields with a tab: the word and the numbers of a vector line must be "
               f"separated by single spaces (gensim splits on spaces only)")
+    fields = [x for x in parts if x]
+    if "" in parts[1:] and len(fields) > 1 and all(_is_number(x) for x in fields[1:]) and \
+        (dim is None or len(fields) == dim + 1):
+      at = parts.index("", 1)
+      where_ = f"after the word {parts[0]!r}" if at == 1 else f"after its number {at - 1} ({parts[at - 1]!r})"
+      return (f"line {line_no} has two spaces in a row {where_}, an empty field gensim cannot read as a number: "
+              f"separate the fields by single spaces")
     if dim is None:
       dim = len(parts) - 1
     if len(parts) > dim + 1 and all(_is_number(x) for x in parts[-dim:]) and \
