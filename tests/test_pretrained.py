@@ -507,6 +507,19 @@ def test_tabs_and_double_spaces_in_text_are_named_as_such(tmp_path):
     assert ("contains a space" in message) == (name == "space.txt"), (name, message)
 
 
+def test_a_binary_headers_wrong_dim_is_named_with_a_long_word_among_its_first_records(tmp_path):
+  """gensim reads words of any length; the width diagnosis walked words of at most 256 bytes, so a long word among
+  the first records made a wrong header DIM 'a word containing a space?'."""
+  rng = np.random.default_rng(0)
+  for length in (300, 5000):
+    words = {w: rng.normal(scale=0.3, size=8) for w in ("the", "x" * length, "cat", "dog", "sun")}
+    path = write_w2v(tmp_path / f"long{length}.bin", words, binary=True)
+    assert pretrained.load_vectors(path)[0].index_to_key == list(words)
+    path.write_bytes(path.read_bytes().replace(b"5 8\n", b"5 4\n", 1))
+    message = refusal(lambda: pretrained.load_vectors(path))
+    assert "its header says each vector has 4 numbers but its records hold 8 float32s each" in message, message
+
+
 def test_the_other_of_word2vec_text_and_binary_is_named_with_the_format_that_reads_it(tmp_path):
   """A word2vec binary read as text is not 'bytes that are not UTF-8: set unicode_errors' (which cannot help), and a
   text file named .bin (what research-vectors used to write for --out=X.bin) is not a header count to correct: each

@@ -264,19 +264,24 @@ def _is_binary(path: Path, count: int, dim: int) -> bool:
   return n == count
 
 
+_WORD_END = re.compile(rb"[\x00-\x1f ]")  # a space ends a word; a control character is no word's
+
+
 def _walks(data: bytes, start: int, width: int, records: int, whole: bool) -> bool:
   """Whether `records` more word2vec binary records of `width` float32s, the first starting at `start` in `data`,
-  each have a word of at most 256 bytes without control characters, ended by a space; `whole` (`data` is the whole
-  rest of the file): then the last one must end where the file does (or before one line break)."""
+  each have a word without control characters, of any length (gensim reads any), ended by a space; `whole` (`data`
+  is the whole rest of the file): then the last one must end where the file does (or before one line break)."""
   for _ in range(records):
     if start >= len(data):
       return not whole
     while data[start:start + 1] == b"\n":
       start += 1
-    space = data.find(b" ", start, start + 256)
-    if space <= start or any(b < 0x20 for b in data[start:space]):
+    end = _WORD_END.search(data, start)  # stops at the first control byte: float bytes hold one every few bytes
+    if end is None:
+      return not whole  # a word longer than what was read: the pass over the file decides
+    if end.start() == start or data[end.start()] != 0x20:
       return False
-    start = space + 1 + 4 * width
+    start = end.start() + 1 + 4 * width
   return not whole or start <= len(data) and data[start:] in (b"", b"\n")
 
 
@@ -291,7 +296,8 @@ def _binary_width(path: Path, count: int, dim: int, limit: int = 1 << 16) -> int
     f.readline()
     data = f.read(wanted)
   whole = len(data) < wanted
-  first = data.find(b" ", 0, 256)
+  end = _WORD_END.search(data)
+  first = end.start() if end is not None and data[end.start()] == 0x20 else -1
   if first <= 0:
     return None
   for width in range(1, limit + 1):
