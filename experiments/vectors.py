@@ -3,9 +3,10 @@ r"""Train word vectors (gensim Word2Vec or FastText) on a corpus's train split a
   research-vectors --corpus=wikipedia-sample --method=word2vec|fasttext --dim=128 --out=FILE [--split=train]
                    [--window=5] [--min_count=2] [--epochs=5] [--seed=0] [--errors=strict|replace|ignore]
 
-Words are split as the `word` tokenizer splits them. word2vec writes word2vec text (a word2vec binary for a `.bin`
-FILE); fasttext writes a fastText `.bin` with its subword model. FILE ending .gz / .bz2 / .xz is compressed (not for
-fasttext: refused). --dim is at most 4096. Either file is a `--config.model.pretrained.path` for research-train.
+Words are split as the `word` tokenizer splits them. FILE's extension decides the format: word2vec writes word2vec
+text (a word2vec binary for a `.bin` FILE); fasttext writes word2vec text of its word vectors for a `.vec` / `.txt`
+FILE (no subword n-grams), else a fastText `.bin` with its subword model. FILE ending .gz / .bz2 / .xz is compressed
+(not a fastText .bin: refused). --dim is at most 4096. Either file is a `--config.model.pretrained.path` for research-train.
 """
 
 from absl import app, flags, logging
@@ -18,8 +19,9 @@ _CORPUS = flags.DEFINE_string("corpus", "wikipedia-sample", "Corpus spec (as dat
 _SPLIT = flags.DEFINE_enum("split", "train", ["train"], "Split to train on: train only (never validation text).")
 _METHOD = flags.DEFINE_enum("method", "word2vec", list(train_vectors.METHODS), "gensim model.")
 _DIM = flags.DEFINE_integer("dim", 128, f"Vector dimension (1 ... {train_vectors.MAX_DIM}).")
-_OUT = flags.DEFINE_string("out", None, "Output file (word2vec text, a word2vec binary if named .bin, or fastText .bin "
-                           "for --method=fasttext; .gz / .bz2 / .xz compress word2vec files).")
+_OUT = flags.DEFINE_string("out", None, "Output file (word2vec text, a word2vec binary if named .bin; for "
+                           "--method=fasttext text of the word vectors if named .vec / .txt, else fastText .bin; "
+                           ".gz / .bz2 / .xz compress all but a fastText .bin).")
 _WINDOW = flags.DEFINE_integer("window", 5, "Context window.")
 _MIN_COUNT = flags.DEFINE_integer("min_count", 2, "Ignore words seen fewer times.")
 _EPOCHS = flags.DEFINE_integer("epochs", 5, "Passes over the text.")
@@ -42,8 +44,10 @@ def main(argv):
   model = train_vectors.train_vectors(sentences, _METHOD.value, _DIM.value, window=_WINDOW.value,
                                       min_count=_MIN_COUNT.value, epochs=_EPOCHS.value, seed=_SEED.value)
   fmt = train_vectors.save_vectors(model, _OUT.value, _METHOD.value)
-  print(f"{_OUT.value}: {len(model.wv.index_to_key)} words × {_DIM.value} ({fmt}) from {len(sentences)} lines of "
-        f"{corpus.name}/{_SPLIT.value}")
+  note = "; word vectors only: fastText's subword n-grams are not in that format (a .bin keeps them)" \
+      if _METHOD.value == "fasttext" and fmt != "fasttext-bin" else ""
+  print(f"{_OUT.value}: {len(model.wv.index_to_key)} words × {_DIM.value} ({fmt}{note}) from {len(sentences)} lines "
+        f"of {corpus.name}/{_SPLIT.value}")
 
 
 def run():

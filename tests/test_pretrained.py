@@ -915,13 +915,35 @@ def test_the_vectors_cli_checks_out_before_reading_the_corpus(out, message, extr
 
 
 def test_the_vectors_cli_makes_the_directories_of_out_as_research_train_makes_its_workdir(tmp_path):
-  """docs/walkthrough.md's first command writes runs/walk/w2v-64.txt in a fresh checkout, which has no runs/."""
+  """docs/walkthrough.md's first command writes runs/walk/w2v-64.txt in a fresh checkout, which has no runs/. Here
+  fastText to a .vec name: text, whose printed line says that the subword n-grams are not in it."""
   (tmp_path / "c.txt").write_text("\n".join(f"alpha beta gamma {i % 3}" for i in range(30)) + "\n")
-  out = tmp_path / "runs" / "walk" / "v.txt"
-  result = cli("experiments.vectors", f"--corpus=text:{tmp_path / 'c.txt'}", "--method=word2vec", "--dim=4",
+  out = tmp_path / "runs" / "walk" / "v.vec"
+  result = cli("experiments.vectors", f"--corpus=text:{tmp_path / 'c.txt'}", "--method=fasttext", "--dim=4",
                "--min_count=1", "--epochs=1", f"--out={out}", f"--cache_dir={tmp_path / 'cache'}")
   assert result.returncode == 0, result.stderr[-2000:]
   assert {"alpha", "beta"} <= set(gensim_vectors(out).index_to_key)
+  assert "(fasttext; word vectors only: fastText's subword n-grams are not in that format" in result.stdout
+
+
+@pytest.mark.parametrize("name, fmt", [("f.vec", "fasttext"), ("f.txt", "word2vec"), ("f.bin", "fasttext-bin"),
+                                       ("f.vec.gz", "fasttext")])
+def test_a_fasttext_models_file_format_follows_its_name(name, fmt, lee_sentences, tmp_path):
+  """research-vectors --method=fasttext --out=f.vec wrote a Facebook .bin under a .vec name (and for .txt too); the
+  extension decides, as the loader detects: text of the word vectors for .vec / .txt (compressed by name), else
+  the Facebook .bin. Each reads back with gensim's reader of that format and with format=auto."""
+  from gensim.models.fasttext import load_facebook_vectors
+  from research.embeddings import train_vectors
+  model = train_vectors.train_vectors(lee_sentences, "fasttext", 8, epochs=1, seed=3)
+  path = tmp_path / name
+  assert train_vectors.save_vectors(model, path, "fasttext") == fmt
+  gensim = load_facebook_vectors(str(path)) if fmt == "fasttext-bin" else gensim_vectors(path)
+  assert gensim.index_to_key == model.wv.index_to_key
+  np.testing.assert_allclose(gensim.vectors, model.wv.vectors, rtol=1e-6, atol=1e-7)
+  table, report = pretrained.pretrained_table(path, SPECIALS + ["the", "unseenword"], "word", d_model=8, std=0.1,
+                                              scale="keep")
+  assert report["format"] == fmt and report["rules"]["subword"] == (fmt == "fasttext-bin")
+  np.testing.assert_allclose(table[5], model.wv["the"], rtol=1e-6, atol=1e-7)
 
 
 def test_the_vectors_cli_refuses_undecodable_text_in_one_line_and_loads_it_with_errors_replace(tmp_path):

@@ -4,11 +4,13 @@
     model = train_vectors(sentences, "fasttext", dim=128, seed=0)
     fmt = save_vectors(model, "vectors.bin", "fasttext")                  # fastText .bin: the subword model survives
 
-word2vec models are written as word2vec text (`KeyedVectors.save_word2vec_format`), or as a word2vec binary for a
-`.bin` name (word2vec.c's convention, and how `research.embeddings.pretrained` detects the format), fastText models as
-a Facebook `.bin` (`gensim.models.fasttext.save_facebook_model`), so `research.embeddings.pretrained` and gensim read
-them back, n-grams included. A `.gz`, `.bz2` or `.xz` name gets a compressed file (gensim compresses by the name's
-ending), except for fastText, whose `.bin` gensim writes and reads uncompressed only: refused. Training is
+The name's extension decides the format, as `research.embeddings.pretrained` detects it (`output_format`): word2vec
+models are written as word2vec text (`KeyedVectors.save_word2vec_format`), or as a word2vec binary for a `.bin` name
+(word2vec.c's convention); fastText models as word2vec text of their word vectors for a `.vec` or `.txt` name
+(fastText's own `.vec`; the subword n-grams are not in that format), else as a Facebook `.bin`
+(`gensim.models.fasttext.save_facebook_model`), so `research.embeddings.pretrained` and gensim read them back,
+n-grams included. A `.gz`, `.bz2` or `.xz` name gets a compressed file (gensim compresses by the name's ending),
+except for a fastText `.bin`, which gensim writes and reads uncompressed only: refused. Training is
 deterministic for a seed: one worker thread (gensim's own condition for reproducibility) and gensim 4's seeded
 `numpy` generator for the initial vectors.
 
@@ -111,6 +113,18 @@ def compression(path: str | os.PathLike) -> str:
   return suffix if suffix in pretrained.COMPRESSED else ""
 
 
+FASTTEXT_TEXT = {".vec": "fasttext", ".txt": "word2vec"}  # fastText word vectors as text, by extension
+
+
+def output_format(path: str | os.PathLike, method: str) -> str:
+  """The format `save_vectors` writes for this name, as `research.embeddings.pretrained` names (and detects) it:
+  by the extension, compression suffixes skipped."""
+  ext = pretrained.extension(path)
+  if method == "fasttext":
+    return FASTTEXT_TEXT.get(ext, "fasttext-bin")
+  return "word2vec-binary" if ext == ".bin" else "word2vec"
+
+
 def check_out(path: str | os.PathLike, method: str = "word2vec") -> Path:
   """`--out` as a Path, or one line: empty, a directory, under a path that cannot hold it (a file where a directory
   should be, a directory that is not writable), or a compressed name that gensim would not write as compressed (a
@@ -126,7 +140,7 @@ def check_out(path: str | os.PathLike, method: str = "word2vec") -> Path:
   if suffix in pretrained.UNWRITTEN_COMPRESSIONS:
     raise VectorsError(f"--out={str(path)!r}: {suffix} compression is not written (its package is not a dependency); "
                        f"use {', '.join(pretrained.COMPRESSED)} or no compression")
-  if method == "fasttext" and compression(path):
+  if output_format(path, method) == "fasttext-bin" and compression(path):
     raise VectorsError(f"--out={str(path)!r}: a fastText .bin cannot be compressed (gensim writes and reads fastText "
                        f"models uncompressed only); drop the {suffix}")
   parent = path.absolute().parent
@@ -158,18 +172,18 @@ def _remove_dead_temporaries(path: Path) -> None:
 
 
 def save_vectors(model, path: str | os.PathLike, method: str) -> str:
-  """Writes `model` (word2vec text; a word2vec binary for a `.bin` name, compressed or not; fastText .bin with its
-  n-gram buckets); returns the file's format name as `research.embeddings.pretrained` knows it (and detects it)."""
+  """Writes `model` in the format of its name (`output_format`: word2vec text, a word2vec binary for a `.bin` name,
+  compressed or not; for fastText, text of its word vectors for `.vec` / `.txt`, else a .bin with its n-gram
+  buckets); returns the file's format name as `research.embeddings.pretrained` knows it (and detects it)."""
   path = check_out(path, method)
   path.absolute().parent.mkdir(parents=True, exist_ok=True)
   _remove_dead_temporaries(path)
   tmp = temporary_path(path)
-  if method == "fasttext":
+  fmt = output_format(path, method)
+  if fmt == "fasttext-bin":
     from gensim.models.fasttext import save_facebook_model
     save_facebook_model(model, str(tmp))
-    fmt = "fasttext-bin"
   else:
-    fmt = "word2vec-binary" if pretrained.extension(path) == ".bin" else "word2vec"
     model.wv.save_word2vec_format(str(tmp), binary=fmt == "word2vec-binary")
   os.replace(tmp, path)
   return fmt
