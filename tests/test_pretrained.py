@@ -17,7 +17,7 @@ from research.data import tokenizers
 from research.embeddings import pretrained
 from research.train import checkpoint as checkpoint_lib
 from research.train import configuration, loop, optim
-from tests.train_utils import cli, tiny_config
+from tests.train_utils import cli, mark_finished, tiny_config
 
 SPECIALS = list(tokenizers.SPECIAL_TOKENS)
 
@@ -693,6 +693,31 @@ def test_the_trainer_reads_words_that_are_not_utf8_with_model_pretrained_unicode
   assert read.returncode == 0, read.stderr[-2000:]
   other = cli("experiments.analyze", f"--workdir={tmp_path}", "--unicode_errors=replace")
   assert other.stderr.strip() == "error: --unicode_errors is for --vectors (a run's table needs none)"
+
+
+def test_a_rerun_naming_the_same_vector_file_by_another_path_resumes_and_another_file_is_refused(tmp_path,
+                                                                                                 monkeypatch):
+  """A resumed run never reads the vector file, but a rerun that gave it by a relative path (or through a symlink)
+  was refused as another run: "model.pretrained.path: '/abs/files/w2v.txt' (saved) != 'files/w2v.txt'". The
+  paths are compared resolved, from the rerun's working directory; another file is still another run."""
+  import json
+  files = tmp_path / "files"
+  files.mkdir()
+  vectors = write_w2v(files / "w2v.txt", {"the": [0.5, 1.5], "cat": [1.0, -1.0]})
+  write_w2v(files / "other.txt", {"the": [0.5, 1.5], "cat": [1.0, -1.0]})
+  (tmp_path / "link.txt").symlink_to(vectors)
+  run = tmp_path / "run"
+  run.mkdir()
+  config = lambda path: tiny_config(**{"model.embed_init": "pretrained", "model.pretrained.path": path})  # noqa
+  (run / "config.json").write_text(json.dumps(config(str(vectors)).to_dict()))
+  mark_finished(run)
+  monkeypatch.chdir(tmp_path)
+  for same in ("files/w2v.txt", "./files/../files/w2v.txt", "link.txt", str(vectors)):
+    assert loop.check_workdir(config(same), run) == run
+  for other in ("files/other.txt", "w2v.txt"):
+    with pytest.raises(configuration.ConfigError, match=f"model.pretrained.path: '{vectors}' \\(saved\\) != "
+                                                        f"'{other}' \\(current\\)"):
+      loop.check_workdir(config(other), run)
 
 
 def test_the_trainer_refuses_broken_vector_files_before_anything_compiles(tmp_path):

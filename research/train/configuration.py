@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import os
 from typing import Any, Callable, Mapping
 
 import ml_collections
@@ -76,11 +77,28 @@ def with_defaults(saved: Mapping[str, Any]) -> dict[str, Any]:
 BACKEND_RESOLVED = {"model.attention": attention.resolve}
 
 
+# Fields naming a file that only a fresh start reads (a resumed run has the vectors in its checkpoint): a rerun that
+# names the same file by another spelling (relative to its working directory, through a symlink) is the same run.
+RESOLVED_PATHS = ("model.pretrained.path",)
+
+
+def same_file(saved: Any, current: Any) -> bool:
+  """Whether two path values name the same file: equal as `os.path.realpath`s, both resolved against this process's
+  working directory (a saved absolute path is itself; a relative one was written by a run started here, as a rerun
+  normally is)."""
+  if not isinstance(saved, str) or not isinstance(current, str) or not saved.strip() or not current.strip():
+    return saved == current
+  if is_url(saved) or is_url(current):
+    return saved == current
+  return os.path.realpath(saved) == os.path.realpath(current)
+
+
 def align_backend_choices(saved: Mapping[str, Any], current: Mapping[str, Any],
                           backend: str | Callable[[], str] | None = None) -> dict[str, Any]:
   """A copy of `saved` (nested dicts) in which each `BACKEND_RESOLVED` field takes `current`'s value where the two
-  resolve to the same choice on `backend` (default: this process's, jax.default_backend()), so that a resume check
-  compares what the runs compute with. `backend` may be a function giving the name, called only when such a field
+  resolve to the same choice on `backend` (default: this process's, jax.default_backend()), and each
+  `RESOLVED_PATHS` field where the two name the same file (`same_file`), so that a resume check compares what the
+  runs compute with. `backend` may be a function giving the name, called only when such a field
   differs: a process that must not start a JAX client of its own (a sweep's parent, whose client would hold GPU
   memory its trials need) asks another process, and only when it has to."""
   out = json.loads(json.dumps(saved))
@@ -93,6 +111,13 @@ def align_backend_choices(saved: Mapping[str, Any], current: Mapping[str, Any],
       backend = backend() if callable(backend) else backend
       if resolve(node[leaf], backend) == resolve(now[leaf], backend):
         node[leaf] = now[leaf]
+  for field in RESOLVED_PATHS:  # the same file by another spelling: not a difference
+    *parents, leaf = field.split(".")
+    node, now = out, current
+    for parent in parents:
+      node, now = node.get(parent, {}), now.get(parent, {})
+    if leaf in node and leaf in now and node[leaf] != now[leaf] and same_file(node[leaf], now[leaf]):
+      node[leaf] = now[leaf]
   return out
 
 
@@ -199,7 +224,7 @@ def _floats_where_floats(values: dict[str, Any], reference: Mapping[str, Any], p
   return out
 
 
-def _kind_text(default: Any) -> str:
+def kind_text(default: Any) -> str:
   """What a field holding `default` accepts, in words, as the command line's errors say it."""
   if isinstance(default, bool):
     return "true or false"
@@ -263,8 +288,8 @@ def _kind_ok(value: Any, default: Any) -> bool:
 
 def _kind_message(name: str, value: Any, default: Any) -> str:
   if value is None:
-    return f"{name}=None: expected {_kind_text(default)}"
-  return f"{name}={value!r}: expected {_kind_text(default)}, got a {type(value).__name__}"
+    return f"{name}=None: expected {kind_text(default)}"
+  return f"{name}={value!r}: expected {kind_text(default)}, got a {type(value).__name__}"
 
 
 def _check_kind(name: str, value: Any, default: Any) -> None:
