@@ -6,7 +6,8 @@ r"""Train word vectors (gensim Word2Vec or FastText) on a corpus's train split a
 Words are split as the `word` tokenizer splits them. FILE's extension decides the format: word2vec writes word2vec
 text (a word2vec binary for a `.bin` FILE); fasttext writes word2vec text of its word vectors for a `.vec` / `.txt`
 FILE (no subword n-grams), else a fastText `.bin` with its subword model. FILE ending .gz / .bz2 / .xz is compressed
-(not a fastText .bin: refused). --dim is at most 4096. Either file is a `--config.model.pretrained.path` for research-train.
+(not a fastText .bin: refused). --dim is at most 4096. Either file is a `--config.model.pretrained.path` for
+research-train.
 """
 
 from absl import app, flags, logging
