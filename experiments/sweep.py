@@ -1,7 +1,7 @@
 r"""Run a sweep: one process per trial, resumable, with a sweep.json index.
 
   research-sweep --sweep=configs/sweeps/positions.py --workdir=runs/positions [--jobs=N] [--dry_run]
-                 [--evaluate | --noevaluate]
+                 [--evaluate | --noevaluate] [--set=FIELD=VALUE ...]
   research-sweep --sweep=configs/sweeps/positions.py --workdir=/mnt/shared/positions --print_commands \
                  --tpu=NAME --zone=ZONE [--repo_dir=~/research]
 
@@ -19,6 +19,10 @@ them) and are recorded as interrupted, queued ones stay pending, and it exits wi
 signal's number; rerunning resumes them. With --print_commands the workdir must be a filesystem every TPU worker
 mounts (gcsfuse, NFS), not a gs:// URL. Multi-process trials (started with the same command on every host, in a
 cluster's environment) run one at a time: --jobs > 1 is refused.
+
+--set=FIELD=VALUE (repeatable) changes a field every trial shares, e.g. a shipped sweep run small:
+--set=train.steps=40 --set=model.d_model=32. It replaces the value the sweep gives every trial (trial names say the
+new value) or adds the field to each; a field the sweep varies is refused, since setting it would merge arms.
 """
 
 import dataclasses
@@ -42,6 +46,8 @@ _EVALUATE = flags.DEFINE_bool("evaluate", None, "Run research-evaluate after eac
 _PRINT = flags.DEFINE_bool("print_commands", False, "Print per-host TPU pod commands instead of running.")
 _TPU = flags.DEFINE_string("tpu", None, "TPU VM name (with --print_commands).")
 _ZONE = flags.DEFINE_string("zone", None, "TPU zone (with --print_commands).")
+_SET = flags.DEFINE_multi_string("set", [], "FIELD=VALUE: a config field every trial shares, set for all of them "
+                                  "(repeatable; a field the sweep varies is refused).")
 _REPO_DIR = flags.DEFINE_string("repo_dir", "~/research", "This repository's clone on every TPU worker (with "
                                 "--print_commands).")
 
@@ -54,7 +60,8 @@ def main(argv):
     raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
   if _JOBS.value < 1:
     raise ConfigError(f"--jobs={_JOBS.value} must be >= 1")
-  sweep = sweeps.load_sweep(_SWEEP.value)
+  settings = dict(sweeps.parse_setting(text) for text in _SET.value)
+  sweep = sweeps.load_sweep(_SWEEP.value, settings)
   sweeps.check_not_interrupted()
   for note in sweep.notes:
     print(f"warning: {note}", file=sys.stderr, flush=True)
@@ -75,6 +82,7 @@ def main(argv):
     sweeps.check_jobs(sweep, _JOBS.value)
     sweeps.check_trials_outside_corpus(sweep, Path(_WORKDIR.value).resolve())
     sweeps.check_trial_directories(sweep, _WORKDIR.value)
+    sweeps.check_vector_files(sweep, Path(_WORKDIR.value))
     skipped, steps = 0, sweeps.trial_steps(sweep)
     for trial in sweep.trials:
       workdir = f"{_WORKDIR.value.rstrip('/')}/{trial.name}"

@@ -31,6 +31,7 @@ refused in one line (`check_jobs`), since trials side by side would share one co
 
 from __future__ import annotations
 
+import ast
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -224,8 +225,55 @@ def load_base_config(path: str | Path) -> ml_collections.ConfigDict:
   return config
 
 
-def load_sweep(path: str | Path) -> Sweep:
-  """Reads a sweep file and validates every trial's overrides against its base config (no trial runs yet)."""
+def parse_setting(text: str) -> tuple[str, Any]:
+  """One `research-sweep --set=FIELD=VALUE` as (field, value), the value of the field's kind in the schema (an
+  integer, a number, true or false, a string, a Python list); one line naming the setting when it is not."""
+  field, sep, raw = str(text).partition("=")
+  valid = configuration.flatten(configuration.reference_config())
+  if not sep or not field:
+    raise configuration.ConfigError(f"--set={text!r} is not FIELD=VALUE (e.g. --set=train.steps=20)")
+  if field not in valid:
+    raise configuration.ConfigError(f"--set={text!r}: {configuration.unknown_field_message(field, valid)}")
+  default = valid[field]
+  try:
+    if isinstance(default, bool):
+      value = {"true": True, "1": True, "false": False, "0": False}[raw.strip().lower()]
+    elif isinstance(default, int):
+      value = int(raw)
+    elif isinstance(default, float):
+      value = float(raw)
+    elif isinstance(default, (list, tuple)):
+      value = ast.literal_eval(raw)
+      if not isinstance(value, (list, tuple)):
+        raise ValueError(raw)
+      value = list(value)
+    else:
+      value = raw
+  except (KeyError, ValueError, SyntaxError):
+    raise configuration.ConfigError(f"--set={text!r}: {raw!r} is not {configuration.kind_text(default)} (the kind "
+                                    f"of {field})") from None
+  return field, value
+
+
+def with_settings(points: Sequence[Mapping[str, Any]], settings: Mapping[str, Any],
+                  path: str | Path) -> list[dict[str, Any]]:
+  """The sweep's trials with `research-sweep --set` applied to each: a field the sweep sets to one value (a shared
+  budget such as train.steps, a width) takes the new value in place, so that the trial's name says it; a field it
+  does not set is added at the end. A field the sweep gives several values is refused: setting it would merge its
+  arms (docs/reports.md, "Running a shipped sweep small")."""
+  for field in settings:
+    given = {json.dumps(p[field], sort_keys=True, default=repr) for p in points if field in p}
+    if len(given) > 1:
+      raise configuration.ConfigError(
+          f"--set={field}=...: sweep {str(path)!r} varies {field} ({', '.join(sorted(given))}); --set changes "
+          f"only a field every trial has the same value of (or none)")
+  return [{**{k: settings.get(k, v) for k, v in p.items()}, **{k: v for k, v in settings.items() if k not in p}}
+          for p in points]
+
+
+def load_sweep(path: str | Path, settings: Mapping[str, Any] | None = None) -> Sweep:
+  """Reads a sweep file and validates every trial's overrides against its base config (no trial runs yet).
+  `settings` ({field: value}, from `research-sweep --set`) change a field every trial shares (`with_settings`)."""
   module = load_config_file(path)
   if not hasattr(module, "get_sweep"):
     raise configuration.ConfigError(f"sweep file {str(path)!r} defines no get_sweep()")
@@ -251,6 +299,8 @@ def load_sweep(path: str | Path) -> Sweep:
   if not points:
     raise configuration.ConfigError(f"sweep {str(path)!r}: get_sweep() returned no trials (an empty grid: is one "
                                     f"axis an empty list?)")
+  if settings:
+    points = with_settings(points, settings, path)
   trials, names, configs, same = [], set(), {}, {}
   for overrides in points:
     config = configuration.apply_overrides(base_config, overrides)  # unknown fields fail here
@@ -523,6 +573,20 @@ def check_trials_outside_corpus(sweep: Sweep, directory: Path) -> None:
     except configuration.ConfigError as e:
       raise configuration.ConfigError(f"sweep directory {str(directory)!r}: {e} (--workdir of research-sweep)") \
           from None
+
+
+def check_vector_files(sweep: Sweep, directory: Path) -> None:
+  """research-train's check of model.pretrained.path (`configuration.check_vector_file`) for every trial that would
+  start fresh (no checkpoint yet: a resumed run never reads the file), before any trial runs: a missing vector file
+  would otherwise fail its trials one by one, after the trials before them trained."""
+  base = load_base_config(sweep.base_config)
+  for trial in sweep.trials:
+    if checkpoint_lib.has_checkpoint(Path(directory) / trial.name / "checkpoints"):
+      continue
+    try:  # the trials run in this process's directory: a relative path is read from here, as they read it
+      configuration.check_vector_file(trial_config(sweep, trial, base))
+    except configuration.ConfigError as e:
+      raise configuration.ConfigError(f"trial {trial.name!r}: {e}; no trial was run") from None
 
 
 def saved_objective(trial_dir: Path) -> str | None:
@@ -870,6 +934,8 @@ def run_trial(sweep: Sweep, trial: Trial, directory: Path, train: bool = True,
       _, stderr = proc.communicate()
     finally:
       processes.done(proc)
+    if proc.returncode != 0 and train and i == 0 and trained_to_end(sweep, trial, workdir):
+      continue  # the signal came after research-train wrote summary.json (its last act): the trial is trained
     if proc.returncode != 0:
       stopped = processes.signum is not None
       error = f"stopped by {signal_text(processes.signum)} to research-sweep" if stopped else \
@@ -879,6 +945,15 @@ def run_trial(sweep: Sweep, trial: Trial, directory: Path, train: bool = True,
       (workdir / "error.log").write_text(stderr + ended)
       return {"status": "interrupted" if stopped else "failed", "error": error, "wall_s": time.time() - start}
   return {"status": "finished", "error": None, "wall_s": time.time() - start}
+
+
+def trained_to_end(sweep: Sweep, trial: Trial, workdir: Path) -> bool:
+  """Does the trial's summary.json (written last by research-train) say it reached the trial's train.steps?"""
+  try:
+    reached = int(json.loads((workdir / "summary.json").read_text())["step"])
+  except (OSError, ValueError, TypeError, KeyError, OverflowError):
+    return False
+  return reached >= int(trial_config(sweep, trial).train.steps)
 
 
 def adopt_legacy_trial_dirs(sweep: Sweep, directory: Path, log: Callable[[str], None] = print) -> None:
@@ -950,6 +1025,7 @@ def run_sweep(sweep: Sweep, directory: str | Path, jobs: int = 1,
   directory.mkdir(parents=True, exist_ok=True)
   adopt_legacy_trial_dirs(sweep, directory, log)
   check_trial_directories(sweep, directory)  # a trial directory holding another model refuses the whole sweep
+  check_vector_files(sweep, directory)
   status: dict[str, dict[str, Any]] = {}
   todo, evaluate_again = [], {}
   total, done = len(sweep.trials), 0

@@ -1126,3 +1126,51 @@ def test_a_dry_run_refuses_what_the_run_refuses(tmp_path):
   line = _one_error_line(cli("experiments.sweep", f"--sweep={path}", f"--workdir={tmp_path / 'out'}", "--jobs=2",
                              "--dry_run"))
   assert line.startswith("error: --jobs=2 cannot run multi-process trials (trial 'seed=0,distributed=true' sets ")
+
+
+def test_set_changes_a_field_every_trial_shares_and_refuses_one_the_sweep_varies(tmp_path):
+  trials = [{"model.position": p, "train.steps": 800, "seed": 0} for p in ("rope", "alibi")]
+  path = write_sweep(tmp_path / "s.py", trials)
+  sweep = sweeps.load_sweep(path, dict(map(sweeps.parse_setting, ["train.steps=20", "model.d_model=32",
+                                                                    "train.embedding.lazy=true"])))
+  # In place where the sweep sets it (the name says the new value), added at the end where it does not.
+  assert [t.name for t in sweep.trials] == [f"position={p},steps=20,seed=0,d_model=32,lazy=True"
+                                            for p in ("rope", "alibi")]
+  for trial in sweep.trials:
+    config = sweeps.trial_config(sweep, trial)
+    assert (config.train.steps, config.model.d_model, config.train.embedding.lazy) == (20, 32, True)
+  lines = _dry_run(path, tmp_path / "out", "--set=train.steps=20", "--set=train.learning_rate=1e-3")
+  assert lines[0].endswith("--config.train.steps=20 --config.seed=0 --config.train.learning_rate=0.001")
+  for setting, message in [
+      ("model.position=t5", f"error: --set=model.position=...: sweep {str(path)!r} varies model.position "
+                            "(\"alibi\", \"rope\"); --set changes only a field every trial has the same value of"),
+      ("train.steps=x", "error: --set='train.steps=x': 'x' is not an integer (the kind of train.steps)"),
+      ("train.embedding.lazy=maybe", "error: --set='train.embedding.lazy=maybe': 'maybe' is not true or false"),
+      ("model.dmodel=32", "error: --set='model.dmodel=32': unknown config field 'model.dmodel'"),
+      ("train.steps", "error: --set='train.steps' is not FIELD=VALUE")]:
+    line = _one_error_line(cli("experiments.sweep", f"--sweep={path}", f"--workdir={tmp_path / 'out'}",
+                               f"--set={setting}", "--dry_run"))
+    assert line.startswith(message), line
+  assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_vector_file_refuses_the_sweep_before_any_trial_trains(tmp_path):
+  vectors = tmp_path / "vectors.txt"
+  trials = [{"seed": 0}, {"seed": 1, "model.embed_init": "pretrained", "model.pretrained.path": str(vectors)}]
+  path = write_sweep(tmp_path / "s.py", trials)
+  for flags in (["--dry_run"], []):
+    line = _one_error_line(cli("experiments.sweep", f"--sweep={path}", f"--workdir={tmp_path / 'out'}", *flags))
+    assert line.startswith("error: trial 'seed=1,embed_init=pretrained,") and "no such file" in line, line
+  assert not (tmp_path / "out" / "seed=0").exists()  # the trial before it did not train
+
+
+def test_a_trial_whose_trainer_ends_non_zero_after_writing_its_summary_is_finished(tmp_path, monkeypatch):
+  path = write_sweep(tmp_path / "s.py", [{"seed": 0, "train.steps": 20}])
+  sweep = sweeps.load_sweep(path)
+  trial, workdir = sweep.trials[0], tmp_path / "out" / sweep.trials[0].name
+  workdir.mkdir(parents=True)
+  # A stop that landed after research-train's last act (summary.json) ends it with status 130, as a SIGINT would.
+  monkeypatch.setattr(sweeps, "train_command", lambda *a, **k: [sys.executable, "-c", "raise SystemExit(130)"])
+  for step, status in ((12, "failed"), (20, "finished")):
+    (workdir / "summary.json").write_text(json.dumps({"step": step, "valid_ppl": 9.0}))
+    assert sweeps.run_trial(sweep, trial, tmp_path / "out")["status"] == status, step
