@@ -354,6 +354,30 @@ def test_an_einsum_run_resumes_under_auto_where_auto_is_einsum_and_keeps_einsum(
   assert loop.keep_saved_choices(current, tmp_path / "fresh") is current  # a fresh run keeps its own config
 
 
+def test_a_start_over_with_another_attention_path_trains_with_the_new_one(tmp_path):
+  # A first start with xla that saved no checkpoint; the corrected command asks for einsum: check_workdir lets it
+  # start over, and the saved xla must not come back (it would train, and record, the path the user replaced).
+  first = tiny_config(**{"model.attention": "xla"})
+  tmp_path.joinpath("config.json").write_text(json.dumps(first.to_dict()))
+  corrected = tiny_config(**{"model.attention": "einsum"})
+  assert loop.check_workdir(corrected, tmp_path) == tmp_path
+  assert loop.keep_saved_choices(corrected, tmp_path).model.attention == "einsum"
+  assert loop.keep_saved_choices(tiny_config(), tmp_path).model.attention == "auto"  # auto is einsum here, not xla
+
+
+def test_a_resume_naming_the_vector_file_another_way_keeps_the_saved_spelling(tmp_path, monkeypatch):
+  (tmp_path / "vectors.txt").write_text("1 2\nword 0.5 0.25\n")
+  monkeypatch.chdir(tmp_path)
+  saved = tiny_config(**{"model.embed_init": "pretrained", "model.pretrained.path": str(tmp_path / "vectors.txt")})
+  tmp_path.joinpath("run").mkdir()
+  tmp_path.joinpath("run", "config.json").write_text(json.dumps(saved.to_dict()))
+  rerun = tiny_config(**{"model.embed_init": "pretrained", "model.pretrained.path": "vectors.txt"})
+  assert loop.keep_saved_choices(rerun, tmp_path / "run").model.pretrained.path == str(tmp_path / "vectors.txt")
+  (tmp_path / "other.txt").write_text("1 2\nword 0.5 0.25\n")
+  other = tiny_config(**{"model.embed_init": "pretrained", "model.pretrained.path": "other.txt"})
+  assert loop.keep_saved_choices(other, tmp_path / "run").model.pretrained.path == "other.txt"
+
+
 @pytest.mark.slow
 def test_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_path):
   result = cli("--config=configs/tiny.py", f"--workdir={tmp_path}", "--config.train.learning_rate=1e30",

@@ -609,14 +609,22 @@ def read_saved_config(workdir: str | os.PathLike) -> dict[str, Any]:
 
 
 def keep_saved_choices(config: ml_collections.ConfigDict, workdir: Path) -> ml_collections.ConfigDict:
-  """`config` with each `configuration.BACKEND_RESOLVED` field (model.attention) set to the value of the run in
-  `workdir`, if any: `check_workdir` vouched that both resolve to the same choice here, and config.json then keeps
-  saying what the run was trained with (an einsum run resumed under auto still evaluates with einsum on a GPU)."""
+  """`config` with each `configuration.BACKEND_RESOLVED` field (model.attention) and each `RESOLVED_PATHS` field
+  (model.pretrained.path) set to the value of the run in `workdir` where the two mean the same here (the same choice
+  on this backend, the same file): config.json then keeps saying what the run was trained with (an einsum run
+  resumed under auto still evaluates with einsum on a GPU; the vector file keeps its first spelling). Where they
+  differ (a start that saved no checkpoint, corrected: `check_workdir` lets it start over) the new value stands."""
   saved = Path(workdir) / CONFIG_FILE
   if not saved.exists():
     return config
   previous = configuration.flatten(configuration.with_defaults(read_saved_config(workdir)))
-  return configuration.apply_overrides(config, {f: previous[f] for f in configuration.BACKEND_RESOLVED})
+  current = configuration.flatten(config)
+  backend = jax.default_backend()
+  same = {f: previous[f] for f, resolve in configuration.BACKEND_RESOLVED.items()
+          if f in previous and resolve(previous[f], backend) == resolve(current[f], backend)}
+  same.update({f: previous[f] for f in configuration.RESOLVED_PATHS
+               if f in previous and configuration.same_file(previous[f], current[f])})
+  return configuration.apply_overrides(config, same)
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
