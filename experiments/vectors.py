@@ -47,7 +47,8 @@ def main(argv):
   fmt = train_vectors.save_vectors(model, _OUT.value, _METHOD.value)
   note = "; word vectors only: fastText's subword n-grams are not in that format (a .bin keeps them)" \
       if _METHOD.value == "fasttext" and fmt != "fasttext-bin" else ""
-  print(f"{_OUT.value}: {len(model.wv.index_to_key)} words × {_DIM.value} ({fmt}{note}) from {len(sentences)} lines "
+  print(f"{_OUT.value}: {len(model.wv.index_to_key)} words × {_DIM.value} ({fmt}{note}) from {len(sentences)} sentences "
+        f"(non-blank lines, cut at {train_vectors.MAX_SENTENCE_WORDS:,} words) "
         f"of {corpus.name}/{_SPLIT.value}")
 
 

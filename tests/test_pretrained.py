@@ -416,6 +416,16 @@ def test_honest_binaries_of_any_scale_pass_the_value_check(lee_sentences, tmp_pa
     np.testing.assert_array_equal(kv.vectors, reference.vectors)
 
 
+def test_sentences_are_the_corpus_readers_lines_cut_at_gensims_limit():
+  from research.embeddings import train_vectors
+  line = "alpha beta\u2028gamma delta\x0ceps zeta\x85eta\x1etheta"  # breaks to str.splitlines, text to the reader
+  assert train_vectors.sentences_of([f"{line}\n\n{line}\r\n", "iota"], tokenizers.split_words) == [
+      tokenizers.split_words(line), tokenizers.split_words(line), ["iota"]]
+  long = " ".join(["w"] * (2 * train_vectors.MAX_SENTENCE_WORDS + 3))
+  assert [len(s) for s in train_vectors.sentences_of([long], tokenizers.split_words)] == [
+      train_vectors.MAX_SENTENCE_WORDS, train_vectors.MAX_SENTENCE_WORDS, 3]
+
+
 def test_research_vectors_binary_of_words_with_control_characters_is_read_back(tmp_path):
   """The word splitter keeps control characters ('lam\\x7fbda'); gensim writes and reads such words in a binary
   intact, which the loader used to refuse as 'records out of step'. research-vectors' .bin output now loads, as a

@@ -39,10 +39,12 @@ class VectorsError(ValueError):
 
 def sentences_of(texts: Iterable[str], split_words: Callable[[str], list[str]]) -> list[list[str]]:
   """One sentence per non-blank line of every text (a paragraph of an article), in words, at most
-  MAX_SENTENCE_WORDS long: windows then never span two paragraphs."""
+  MAX_SENTENCE_WORDS long: windows then never span two paragraphs. Lines end at "\n" only, as the corpus reader
+  defines them (docs/data.md): a form feed or U+2028 inside a line is text, not a break (str.splitlines would cut
+  there)."""
   sentences = []
   for text in texts:
-    for line in text.splitlines():
+    for line in text.split("\n"):
       words = split_words(line)
       for start in range(0, len(words), MAX_SENTENCE_WORDS):
         sentences.append(words[start:start + MAX_SENTENCE_WORDS])
