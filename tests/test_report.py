@@ -569,6 +569,10 @@ def test_mlm_evaluations_of_both_masking_rules_are_named_and_warned_about(tmp_pa
   (tmp_path / "m0" / "eval" / "extrapolation.json").write_text(json.dumps(record))  # both per row now
   text = build_report(tmp_path).markdown_path.read_text()
   assert "MLM masks=per batch" not in text and "different settings" not in text
+  # A causal LM evaluated by the same command is no other setting: the masks are said of the MLM trials only.
+  write_trial(tmp_path, "c0", "alibi", 0)
+  text = build_report(tmp_path).markdown_path.read_text()
+  assert f"(MLM masks={extrapolation.MLM_MASKS})." in text and "different settings" not in text
 
 
 def test_an_initial_table_scored_without_a_covered_question_is_not_called_unscored(tmp_path, quality_benchmarks):

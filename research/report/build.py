@@ -67,7 +67,7 @@ def _one_line(text: str, limit: int = 500) -> str:
 
 
 def _evaluation_line(runs: RunSet, table: tables.Table) -> str | None:
-  settings, scalings = [], {}
+  settings, masks, scalings = [], [], {}
   for t in runs.trials:
     if not t.finished:
       continue
@@ -76,10 +76,14 @@ def _evaluation_line(runs: RunSet, table: tables.Table) -> str | None:
         continue
       s = f"mode={e.mode}" + (f", stride={e.stride}" if e.stride is not None else "")
       s += f", split={e.split}, train length={e.train_len}"
-      if t.field("objective") == "mlm":  # the masks of an MLM's perplexity: per row, or per batch (older files)
-        s += f", MLM masks={e.mlm_masks or 'per batch (evaluated before 2026-12-07)'}"
       if s not in settings:
         settings.append(s)
+      # The masks of an MLM's perplexity (per row, or per batch in older files): a setting among MLM trials only, not
+      # a difference between a causal LM's evaluation and a masked LM's made by the same command.
+      mask = f"MLM masks={e.mlm_masks or 'per batch (evaluated before 2026-12-07)'}" \
+          if t.field("objective") == "mlm" else None
+      if mask is not None and mask not in masks:
+        masks.append(mask)
       if e.rope_scaling is not None:
         factor = f"factor {e.rope_factor:g}" if e.rope_factor is not None else "factor = the multiple at each length"
         scalings.setdefault(e.rope_scaling, [])
@@ -87,8 +91,8 @@ def _evaluation_line(runs: RunSet, table: tables.Table) -> str | None:
           scalings[e.rope_scaling].append(factor)
   if not settings:
     return None
-  line = "Evaluation: " + "; ".join(settings) + "."
-  if len(settings) > 1:
+  line = "Evaluation: " + "; ".join(settings) + (f" ({'; '.join(masks)})" if masks else "") + "."
+  if len(settings) > 1 or len(masks) > 1:
     line += " **Warning:** the trials were evaluated with different settings."
   if scalings:
     line += (f" Rows labelled `{tables.scaling_label(table.short)}=S` are the same trials evaluated with RoPE "
