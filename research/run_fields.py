@@ -35,14 +35,71 @@ MLM_FIELDS = ("data.mlm_select_rate", "data.mlm_mask_rate", "data.mlm_random_rat
 # enough, so two runs that differ in it train the same model on the same ids.
 FIXED_VOCAB_TOKENIZERS = ("byte", "char")
 
+# Which optimizers read which of their settings (research/train/optim.py `_core`): train.momentum only sgd's;
+# train.b1 and train.b2 adamw's, adam's and lion's (adafactor is optax's factored RMS with its own constants). A
+# name not listed here (none is valid) reads everything.
+OPTIMIZER_FIELDS = {"train.momentum": ("sgd",), "train.b1": ("adamw", "adam", "lion"),
+                    "train.b2": ("adamw", "adam", "lion")}
+OPTIMIZERS = ("adamw", "adam", "sgd", "adafactor", "lion")
+
+# The schedules that decay to train.min_lr_ratio · learning_rate (optim.make_schedule): constant and rsqrt never
+# read it.
+FLOOR_SCHEDULES = ("cosine", "linear")
+SCHEDULES = ("constant", "cosine", "linear", "rsqrt")
+
+# The token table's own optimizer settings, which a frozen table (train.embedding.freeze: optax.set_to_zero in
+# place of its optimizer) never reads: its learning-rate multiplier and delayed start, lazy rows, and its weight
+# decay (it only picks the table's leaf in the decay mask, and that leaf gets no update either way).
+FROZEN_TABLE_FIELDS = ("train.embedding.lr_multiplier", "train.embedding.freeze_steps", "train.embedding.lazy",
+                       "train.embedding.weight_decay")
+
+# The word-vector file's options, read only at a fresh start with model.embed_init pretrained (loop.pretrained_table).
+PRETRAINED_FIELDS = ("model.pretrained.path", "model.pretrained.format", "model.pretrained.oov",
+                     "model.pretrained.dim_mismatch", "model.pretrained.scale", "model.pretrained.unicode_errors")
+
+# Model fields that only some built-in positional schemes read (research/embeddings/: the `cfg.<field>` of each
+# registered class and its bases; tests/test_sweeps.py checks this table against their source): {field: the schemes
+# that read it}. A scheme not in BUILTIN_SCHEMES (registered elsewhere, or package.module:Class) may read anything.
+SCHEME_FIELDS = {
+    "model.sinusoidal_wavelength": ("sinusoidal",),
+    "model.rope_base": ("rope", "p_rope", "xpos"), "model.rope_fraction": ("rope", "p_rope", "xpos"),
+    "model.rope_original_len": ("rope", "p_rope"), "model.rope_keep_fraction": ("p_rope",),
+    "model.t5_buckets": ("t5",), "model.t5_max_distance": ("t5",), "model.cope_max_pos": ("cope",),
+    "model.fire_init_length": ("fire",)}
+BUILTIN_SCHEMES = ("none", "learned", "sinusoidal", "rope", "p_rope", "xpos", "alibi", "sandwich", "t5", "cope",
+                   "fire", "kerple_log", "kerple_log_shared", "kerple_power", "kerple_power_shared")
+
+
+def _get(config: Mapping[str, Any], field: str, default: Any = None) -> Any:
+  """A dotted field of a nested config dict, `default` when a section or the field is missing."""
+  *sections, name = field.split(".")
+  for section in sections:
+    config = config.get(section, {})
+    if not isinstance(config, Mapping):
+      return default
+  return config.get(name, default)
+
+
+def _read_only_by(field: str, values: tuple[Any, ...], readers: tuple[str, ...], known: tuple[str, ...]) -> bool:
+  """Whether none of `values` (the two configs' choice of optimizer, schedule or scheme) reads `field`: each is a
+  known choice and not one of its `readers`."""
+  return all(v in known and v not in readers for v in values)
+
 
 def unused_fields(previous: Mapping[str, Any], current: Mapping[str, Any],
                   rotates: Callable[[Mapping[str, Any]], bool | None] = lambda config: None) -> tuple[str, ...]:
   """Fields of two nested config dicts that may differ because neither model uses them: the char CNN's when both
   have model.char_embeddings none; RoPE's scaling when `rotates` (whether a config's scheme rotates with RoPE's
   frequencies; None: cannot be told, the default here, where no scheme is imported) is False for both; the MLM
-  rates when both have objective clm; data.vocab_size when both tokenizers are of FIXED_VOCAB_TOKENIZERS."""
+  rates when both have objective clm; data.vocab_size when both tokenizers are of FIXED_VOCAB_TOKENIZERS; an
+  optimizer's setting neither optimizer reads (`OPTIMIZER_FIELDS`: train.momentum but under sgd, train.b1 and b2
+  under sgd or adafactor); train.min_lr_ratio when neither schedule decays to a floor (constant, rsqrt);
+  `FROZEN_TABLE_FIELDS` when both tables are frozen; `PRETRAINED_FIELDS` when neither has model.embed_init
+  pretrained; model.pos_dim when both have model.combine add; model.max_position when both have
+  model.position_sampling none; a scheme's own field (`SCHEME_FIELDS`) when both schemes are built-in ones that do
+  not read it. Each rule holds only where the field is verified unread; anything unknown counts as read."""
   both = lambda test: test(previous) and test(current)  # noqa: E731
+  values = lambda field, default=None: (_get(previous, field, default), _get(current, field, default))  # noqa: E731
   unused = CHAR_FIELDS if both(lambda c: c.get("model", {}).get("char_embeddings", "none") == "none") else ()
   if rotates(previous) is False and rotates(current) is False:
     unused += ROPE_SCALING_FIELDS
@@ -50,6 +107,20 @@ def unused_fields(previous: Mapping[str, Any], current: Mapping[str, Any],
     unused += MLM_FIELDS
   if both(lambda c: c.get("data", {}).get("tokenizer") in FIXED_VOCAB_TOKENIZERS):
     unused += ("data.vocab_size",)
+  unused += tuple(f for f, readers in OPTIMIZER_FIELDS.items()
+                  if _read_only_by(f, values("train.optimizer"), readers, OPTIMIZERS))
+  if _read_only_by("train.min_lr_ratio", values("train.schedule"), FLOOR_SCHEDULES, SCHEDULES):
+    unused += ("train.min_lr_ratio",)
+  if all(v is True for v in values("train.embedding.freeze")):
+    unused += FROZEN_TABLE_FIELDS
+  if all(isinstance(v, str) and v != "pretrained" for v in values("model.embed_init", "normal")):
+    unused += PRETRAINED_FIELDS
+  if all(v == "add" for v in values("model.combine", "add")):
+    unused += ("model.pos_dim",)
+  if all(v == "none" for v in values("model.position_sampling", "none")):
+    unused += ("model.max_position",)
+  unused += tuple(f for f, readers in SCHEME_FIELDS.items()
+                  if _read_only_by(f, values("model.position"), readers, BUILTIN_SCHEMES))
   return unused
 
 

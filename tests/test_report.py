@@ -1400,6 +1400,30 @@ def test_a_copied_run_is_counted_once_and_runs_differing_only_in_cadence_share_a
   assert "Trials without config.json" in md and "`summary_only`" in md
 
 
+@pytest.mark.slow
+def test_real_runs_differing_only_in_a_field_their_optimizer_never_reads_are_one_model(tmp_path):
+  """Two real tiny runs, AdamW, differing only in train.momentum (sgd's alone, research/train/optim.py): bit-identical
+  validation losses, so one row, the other run under Duplicates; and research-train resumes a run with the changed
+  momentum (run_fields.unused_fields, the rule both read)."""
+  overrides = {"data.seq_len": 32, "train.steps": 2, "train.eval_every": 2, "train.checkpoint_every": 2,
+               "train.eval_batches": 1, "train.async_checkpoints": False, "train.warmup_steps": 0,
+               "train.optimizer": "adamw"}
+  config = lambda **more: configuration.apply_overrides(tiny.get_config(), {**overrides, **more})  # noqa: E731
+  for name, momentum in (("m9", 0.9), ("m5", 0.5)):
+    loop.train(config(**{"train.momentum": momentum}), tmp_path / name)
+  summaries = [json.loads((tmp_path / name / "summary.json").read_text()) for name in ("m5", "m9")]
+  assert summaries[0]["valid_loss"] == summaries[1]["valid_loss"]  # bit-identical: the same model
+  report = build_report(tmp_path)
+  _, rows = parse_md_table(report.table)
+  assert len(rows) == 1 and "train.momentum" not in report.runs.swept_fields
+  assert [(t.name, kept) for t, kept in report.runs.duplicates] == [("m9", "m5")]
+  assert "- `m9` (finished): duplicates `m5`" in report.markdown_path.read_text()
+  loop.train(config(**{"train.momentum": 0.9, "train.steps": 3}), tmp_path / "m5")  # a resume: not refused
+  assert json.loads((tmp_path / "m5" / "summary.json").read_text())["step"] == 3
+  with pytest.raises(configuration.ConfigError, match="train.momentum"):  # where sgd reads it, another model
+    loop.check_workdir(config(**{"train.optimizer": "sgd", "train.momentum": 0.5}), tmp_path / "m9")
+
+
 def _set_summary(trial_dir, **figures):
   path = trial_dir / "summary.json"
   path.write_text(json.dumps({**json.loads(path.read_text()), **figures}))

@@ -840,6 +840,123 @@ def test_fields_a_run_does_not_read_make_no_other_model(tmp_path):
   assert "seed=2" in notes[1] and "seed=3" in notes[2]
 
 
+def _config(**overrides):
+  """The schema's defaults as a nested dict (what config.json holds), with dotted `overrides`."""
+  from research import schema
+  config = schema.get_config().to_dict()
+  for field, value in overrides.items():
+    *sections, name = field.split(".")
+    section = config
+    for key in sections:
+      section = section[key]
+    section[name] = value
+  return config
+
+
+# (fields, a config that does not read them, one that does): each rule of run_fields.unused_fields added for the
+# optimizer, the schedule, a frozen table, the pretrained options, concatenation, randomized positions.
+UNREAD = [
+    (("train.momentum",), {"train.optimizer": "adamw"}, {"train.optimizer": "sgd"}),
+    (("train.momentum",), {"train.optimizer": "adafactor"}, {"train.optimizer": "sgd"}),
+    (("train.b1", "train.b2"), {"train.optimizer": "sgd"}, {"train.optimizer": "adam"}),
+    (("train.b1", "train.b2"), {"train.optimizer": "adafactor"}, {"train.optimizer": "lion"}),
+    (("train.min_lr_ratio",), {"train.schedule": "constant"}, {"train.schedule": "cosine"}),
+    (("train.min_lr_ratio",), {"train.schedule": "rsqrt"}, {"train.schedule": "linear"}),
+    (("train.embedding.lr_multiplier", "train.embedding.freeze_steps", "train.embedding.lazy",
+      "train.embedding.weight_decay"), {"train.embedding.freeze": True}, {"train.embedding.freeze": False}),
+    (("model.pretrained.path", "model.pretrained.oov"), {"model.embed_init": "uniform"},
+     {"model.embed_init": "pretrained"}),
+    (("model.pos_dim",), {"model.combine": "add"}, {"model.combine": "concat"}),
+    (("model.max_position",), {"model.position_sampling": "none"}, {"model.position_sampling": "randomized"}),
+    (("model.t5_buckets", "model.t5_max_distance"), {"model.position": "alibi"}, {"model.position": "t5"}),
+    (("model.rope_base", "model.rope_fraction"), {"model.position": "learned"}, {"model.position": "xpos"}),
+    (("model.rope_keep_fraction",), {"model.position": "rope"}, {"model.position": "p_rope"}),
+    (("model.sinusoidal_wavelength",), {"model.position": "t5"}, {"model.position": "sinusoidal"}),
+    (("model.cope_max_pos",), {"model.position": "fire"}, {"model.position": "cope"}),
+    (("model.fire_init_length",), {"model.position": "cope"}, {"model.position": "fire"}),
+    (("model.t5_buckets",), {"model.position": "alibi"}, {"model.position": "my_pkg.schemes:Mine"}),  # unknown
+]
+
+
+@pytest.mark.parametrize("fields, unread, reads", UNREAD, ids=[f"{f[0]}-{next(iter(u.values()))}-"
+                                                                f"{next(iter(r.values()))}" for f, u, r in UNREAD])
+def test_a_field_is_unused_only_when_neither_config_reads_it(fields, unread, reads):
+  """Both directions of each rule: unused when neither config reads the field (the two may differ in it and train
+  one model), used as soon as one of them does (then a difference is another model)."""
+  from research import run_fields
+  assert set(fields) <= set(run_fields.unused_fields(_config(**unread), _config(**unread)))
+  for pair in ((_config(**unread), _config(**reads)), (_config(**reads), _config(**unread)),
+               (_config(**reads), _config(**reads))):
+    assert not set(fields) & set(run_fields.unused_fields(*pair)), pair
+  assert set(fields) <= set(run_fields.same_model_ignored(_config(**unread), _config(**unread)))
+
+
+def test_the_scheme_fields_table_is_what_the_built_in_schemes_read():
+  """run_fields.SCHEME_FIELDS (JAX-free) against the source: every registered scheme is a BUILTIN_SCHEMES name, and
+  a field is listed as read by exactly the schemes whose class (or a base) reads `cfg.<field>`; nothing outside the
+  schemes and ModelConfig's own checks reads these fields (the trainer, the evaluator, the attention)."""
+  import inspect
+
+  from research import run_fields
+  from research.embeddings import registry
+  assert sorted(registry.names()) == sorted(run_fields.BUILTIN_SCHEMES)
+  for name in registry.names():
+    source = "".join(inspect.getsource(c) for c in registry.get_scheme(name).__mro__
+                     if c.__module__.startswith("research."))
+    for field, readers in run_fields.SCHEME_FIELDS.items():
+      reads = re.search(rf"cfg\.{field.split('.')[-1]}\b", source) is not None
+      assert reads == (name in readers), (name, field)
+  allowed = {"research/model/config.py", "research/run_fields.py"}
+  for path in sorted((ROOT / "research").rglob("*.py")):
+    relative = path.relative_to(ROOT).as_posix()
+    if relative in allowed or relative.startswith("research/embeddings/"):
+      continue
+    text = path.read_text()
+    for field in run_fields.SCHEME_FIELDS:
+      assert not re.search(rf"\.{field.split('.')[-1]}\b", text), (relative, field)
+
+
+def test_optimizer_settings_the_rules_call_unused_change_no_update():
+  """The optimizer rules measured on optax itself (optim.make_optimizer, four steps on a real parameter tree):
+  momentum under adamw, adam, lion and adafactor, b1 and b2 under sgd and adafactor, min_lr_ratio under constant and
+  rsqrt, and a frozen table's own settings give bit-identical updates; under the optimizers that read them, not."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from research import run_fields
+  from research.train import optim
+  params = {"token_embed": {"embedding": jnp.linspace(-1, 1, 15).reshape(5, 3)},
+            "block": {"kernel": jnp.linspace(0.5, 2, 9).reshape(3, 3), "bias": jnp.ones(3)}}
+  rng = np.random.default_rng(0)  # another gradient each step: a sign-based update (lion) still sees its moments
+  grads = [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params) for _ in range(4)]
+
+  def updates(**overrides):
+    train = _config(**{"train.warmup_steps": 0, "train.steps": 4, **overrides})["train"]
+    tx = optim.make_optimizer(train)
+    state, out = tx.init(params), []
+    for g in grads:
+      u, state = tx.update(g, state, params)
+      out += [np.asarray(x) for x in jax.tree.leaves(u)]
+    return out
+
+  same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(updates(**a), updates(**b)))  # noqa: E731
+  changes = {"train.momentum": 0.5, "train.b1": 0.7, "train.b2": 0.9, "train.min_lr_ratio": 0.5,
+             "train.embedding.lr_multiplier": 3.0, "train.embedding.freeze_steps": 2, "train.embedding.lazy": True,
+             "train.embedding.weight_decay": True}
+  for optimizer in run_fields.OPTIMIZERS:
+    for field, readers in run_fields.OPTIMIZER_FIELDS.items():
+      assert same({"train.optimizer": optimizer}, {"train.optimizer": optimizer, field: changes[field]}) \
+          == (optimizer not in readers), (optimizer, field)
+  for schedule in run_fields.SCHEDULES:
+    assert same({"train.schedule": schedule}, {"train.schedule": schedule, "train.min_lr_ratio": 0.5}) \
+        == (schedule not in run_fields.FLOOR_SCHEDULES), schedule
+  for field in run_fields.FROZEN_TABLE_FIELDS:
+    assert same({"train.embedding.freeze": True}, {"train.embedding.freeze": True, field: changes[field]}), field
+    if field != "train.embedding.lazy":  # lazy rows need the batch's rows (the trainer passes them): not here
+      assert not same({}, {field: changes[field]}), field
+
+
 def test_two_trials_of_one_config_are_refused_and_long_names_are_cut_with_a_hash(tmp_path):
   for trials in ([{"seed": 0, "model.position": "rope"}, {"model.position": "rope", "seed": 0}],
                  [{"train.learning_rate": 1}, {"train.learning_rate": 1.0}]):
