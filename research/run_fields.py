@@ -97,7 +97,9 @@ def unused_fields(previous: Mapping[str, Any], current: Mapping[str, Any],
   `FROZEN_TABLE_FIELDS` when both tables are frozen; `PRETRAINED_FIELDS` when neither has model.embed_init
   pretrained; model.pos_dim when both have model.combine add; model.max_position when both have
   model.position_sampling none; a scheme's own field (`SCHEME_FIELDS`) when both schemes are built-in ones that do
-  not read it. Each rule holds only where the field is verified unread; anything unknown counts as read."""
+  not read it; model.table_dim when both are the plain table (0 or their d_model), model.max_len when both are the
+  training length (0 or their data.seq_len). Each rule holds only where the field is verified unread (or its two
+  values name one model); anything unknown counts as read."""
   both = lambda test: test(previous) and test(current)  # noqa: E731
   values = lambda field, default=None: (_get(previous, field, default), _get(current, field, default))  # noqa: E731
   unused = CHAR_FIELDS if both(lambda c: c.get("model", {}).get("char_embeddings", "none") == "none") else ()
@@ -121,7 +123,20 @@ def unused_fields(previous: Mapping[str, Any], current: Mapping[str, Any],
     unused += ("model.max_position",)
   unused += tuple(f for f, readers in SCHEME_FIELDS.items()
                   if _read_only_by(f, values("model.position"), readers, BUILTIN_SCHEMES))
+  # Values that name the same model: model.table_dim 0 and d_model are both the plain V × d table (ModelConfig:
+  # `table_dim or d_model`, factorized only when that differs from d_model); model.max_len 0 and data.seq_len are
+  # both the training length (configuration.model_config). d_model and seq_len themselves are still compared.
+  if all(_same_as_default(c, "model.table_dim", "model.d_model") for c in (previous, current)):
+    unused += ("model.table_dim",)
+  if all(_same_as_default(c, "model.max_len", "data.seq_len") for c in (previous, current)):
+    unused += ("model.max_len",)
   return unused
+
+
+def _same_as_default(config: Mapping[str, Any], field: str, default_field: str) -> bool:
+  """Whether `field` is 0 (which means `default_field`'s value) or that value itself."""
+  value, default = _get(config, field, 0), _get(config, default_field)
+  return isinstance(value, int) and not isinstance(value, bool) and value in (0, default)
 
 
 def same_model_ignored(previous: Mapping[str, Any], current: Mapping[str, Any],

@@ -328,7 +328,8 @@ def same_model_notes(configs: Mapping[str, Any]) -> list[str]:
   """A warning for each group of trials that train the same model: their configs differ only in fields that change
   when, how often or where a run works (`schema.RESUMABLE_FIELDS` but train.steps), e.g. a sweep over
   train.log_every or model.remat, or that neither model uses (`loop.unused_fields`: the char CNN's without one, a
-  causal LM's MLM rates, data.vocab_size with the byte or char tokenizer, ...);
+  causal LM's MLM rates, train.momentum but under sgd, a scheme's field under another scheme, model.table_dim 0 vs
+  d_model, ...);
   the rule is research/run_fields.py's, which research-report's duplicate runs use too.
   Such a sweep is legitimate to measure speed or memory, so it is said, not refused; as an ablation it would report
   one model twice (its arms' losses differ only by float rounding, if at all)."""

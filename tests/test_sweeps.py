@@ -875,7 +875,21 @@ UNREAD = [
     (("model.cope_max_pos",), {"model.position": "fire"}, {"model.position": "cope"}),
     (("model.fire_init_length",), {"model.position": "cope"}, {"model.position": "fire"}),
     (("model.t5_buckets",), {"model.position": "alibi"}, {"model.position": "my_pkg.schemes:Mine"}),  # unknown
+    (("model.table_dim",), {"model.table_dim": 0}, {"model.table_dim": 32}),  # the plain table, a factorized one
+    (("model.max_len",), {"model.max_len": 0}, {"model.max_len": 1024}),  # the training length, a longer table
 ]
+
+
+def test_the_values_that_name_the_plain_table_or_the_training_length_are_one_model():
+  from research import run_fields
+  d, seq_len = _config()["model"]["d_model"], _config()["data"]["seq_len"]
+  assert {"model.table_dim", "model.max_len"} <= set(run_fields.unused_fields(
+      _config(**{"model.table_dim": 0, "model.max_len": 0}),
+      _config(**{"model.table_dim": d, "model.max_len": seq_len})))
+  # A factorized table of half the width is another model, whichever side spells the plain one how.
+  for plain in (0, d):
+    assert "model.table_dim" not in run_fields.unused_fields(
+        _config(**{"model.table_dim": plain}), _config(**{"model.table_dim": d // 2}))
 
 
 @pytest.mark.parametrize("fields, unread, reads", UNREAD, ids=[f"{f[0]}-{next(iter(u.values()))}-"

@@ -401,9 +401,9 @@ def _rotates(config: Mapping[str, Any]) -> bool | None:
 
 def unused_fields(previous: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[str, ...]:
   """Fields that may differ between a saved run's config and a rerun's because neither model uses them
-  (`run_fields.unused_fields`, with the schemes imported here): the char CNN's when both have model.char_embeddings
-  none; RoPE's scaling when neither scheme rotates with RoPE's frequencies; the MLM rates when both are causal LMs;
-  data.vocab_size when both tokenizers have a fixed or text-given vocabulary (byte, char). Without it every old run
+  (`run_fields.unused_fields`, with the schemes imported here; its docstring lists every rule): e.g. the char CNN's
+  when both have model.char_embeddings none; RoPE's scaling when neither scheme rotates with RoPE's frequencies; the
+  MLM rates when both are causal LMs; an optimizer's setting neither optimizer reads. Without it every old run
   would need the legacy value of each char field added since (schema.LEGACY_VALUES) to resume, though it never had
   a CNN, and a run written with a scaling its scheme ignored (accepted before `configuration.validate_rope_scaling`)
   could not resume at all: validation refuses the saved value, the resume check the default."""
