@@ -619,9 +619,11 @@ def keep_saved_choices(config: ml_collections.ConfigDict, workdir: Path) -> ml_c
     return config
   previous = configuration.flatten(configuration.with_defaults(read_saved_config(workdir)))
   current = configuration.flatten(config)
-  backend = jax.default_backend()
+  # The backend is asked only where the values differ: asking starts JAX's backend, which a multi-process run must
+  # not do before jax.distributed.initialize (a resume with the same value, the usual case, never asks).
   same = {f: previous[f] for f, resolve in configuration.BACKEND_RESOLVED.items()
-          if f in previous and resolve(previous[f], backend) == resolve(current[f], backend)}
+          if f in previous and (previous[f] == current[f] or resolve(previous[f], jax.default_backend())
+                                == resolve(current[f], jax.default_backend()))}
   same.update({f: previous[f] for f in configuration.RESOLVED_PATHS
                if f in previous and configuration.same_file(previous[f], current[f])})
   return configuration.apply_overrides(config, same)
