@@ -1238,6 +1238,11 @@ def test_a_failed_trial_is_named_and_a_trainer_ended_by_a_signal_says_which(tmp_
   assert sweeps._last_error("", -signal.SIGKILL).startswith("ended by signal SIGKILL (")
   assert sweeps._last_error("error: bad\n", -signal.SIGKILL) == "bad"
   assert sweeps._last_error("", 1) == "exit status 1 and nothing on stderr"
+  # An exception raised in traced code: JAX prints a note after the exception's line; the error is the exception.
+  code = "import jax\ndef f(x):\n  raise RuntimeError('deliberate failure in a scheme')\njax.jit(f)(1.0)\n"
+  traced = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert traced.returncode == 1 and "JAX" in traced.stderr.strip().splitlines()[-1]
+  assert sweeps._last_error(traced.stderr, 1) == "RuntimeError: deliberate failure in a scheme"
   trials = [{"model.position": "none", "data.tokenizer": "byte", "data.vocab_size": 100, **TINY}]  # fails at once
   path = write_sweep(tmp_path / "s.py", trials)
   result = _sweep_cli(path, tmp_path / "out")
