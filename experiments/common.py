@@ -221,6 +221,29 @@ def config_flag_value(argv: list[str], name: str = "config") -> str | None:
   return given
 
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def with_shipped_config(argv: list[str], name: str = "config") -> list[str]:
+  """`argv` with a relative `--config=PATH[:ARGS]` that names no file in the current directory but one of this
+  repository (the shipped configs/clm.py, ...) made that file's absolute path, so that the everyday commands work
+  from any directory, as research-sweep's --sweep and BASE_CONFIG do; a file of the current directory wins."""
+  out = list(argv)
+  for i, arg in enumerate(out[1:], 1):
+    match = re.fullmatch(rf"(--?{re.escape(name)}=)(.*)", arg, re.S)
+    if match:
+      prefix, value = match.group(1), match.group(2)
+    elif re.fullmatch(rf"--?{re.escape(name)}", arg) and i + 1 < len(out):
+      prefix, value, i = "", out[i + 1], i + 1
+    else:
+      continue
+    path, colon, rest = value.partition(":")
+    shipped = os.path.join(REPO_ROOT, path)
+    if path and not os.path.isabs(path) and not os.path.exists(path) and os.path.isfile(shipped):
+      out[i] = f"{prefix}{shipped}{colon}{rest}"
+  return out
+
+
 def check_config_file(argv: list[str], name: str = "config") -> None:
   """A `--config=PATH` (ml_collections' config file flag) that names no file fails here with one line; ml_collections
   would raise `OSError: Failed loading config file` with a traceback, while parsing flags or when the config is
@@ -234,7 +257,7 @@ def check_config_file(argv: list[str], name: str = "config") -> None:
   if not os.path.isfile(path):
     what = "is a directory, not a config file" if os.path.isdir(path) else "does not exist"
     where = "" if os.path.isabs(path) else f" (a relative path is resolved against the current directory, " \
-                                           f"{os.getcwd()})"
+                                           f"{os.getcwd()}, then this repository, {REPO_ROOT})"
     fail(f"--{name}={given!r}: config file {path!r} {what}{where}")
 
 

@@ -18,7 +18,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments.common import check_config_file, check_override_flags, end_interrupted, parse_flags, run_main
+from experiments.common import (check_config_file, check_override_flags, end_interrupted, parse_flags, run_main,
+                                with_shipped_config)
 from research import supervisor
 from research.train import configuration, loop
 
@@ -39,6 +40,7 @@ def main(argv):
 
 def run():
   hugepages.maybe_reexec()  # first: restarts the process with huge pages for XLA's buffers (Linux)
+  sys.argv = with_shipped_config(sys.argv)  # configs/clm.py from any directory (a file here wins)
   check_config_file(sys.argv)
   check_override_flags(sys.argv)
   supervisor.maybe_supervise()  # multi-process jobs: a lost process ends the others with one line (exits here)

@@ -148,11 +148,20 @@ def test_a_config_file_that_does_not_exist_is_one_line(tmp_path):
   missing = tmp_path / "nowhere.py"
   result = cli(f"--config={missing}", f"--workdir={tmp_path / 'run'}", "--config.train.steps=3")
   assert error_line(result) == f"error: --config='{missing}': config file '{missing}' does not exist"
-  # A relative path is resolved against the current directory, not the repository's: named in the line.
-  command = [sweeps.script("research-train"), "--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}"]
-  result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-  assert error_line(result) == ("error: --config='configs/tiny.py': config file 'configs/tiny.py' does not exist (a "
-                                f"relative path is resolved against the current directory, {tmp_path})")
+  # A relative path is resolved against the current directory, then the repository (the shipped configs/ from any
+  # directory, as research-sweep finds them): both are named when neither has it.
+  run = lambda config, *flags: subprocess.run(  # noqa: E731
+      [sweeps.script("research-train"), config, f"--workdir={tmp_path / 'run'}", *flags], cwd=tmp_path,
+      capture_output=True, text=True, timeout=300)
+  assert error_line(run("--config=configs/nothere.py")) == (
+      "error: --config='configs/nothere.py': config file 'configs/nothere.py' does not exist (a relative path is "
+      f"resolved against the current directory, {tmp_path}, then this repository, {ROOT})")
+  # The shipped file, found from tmp_path: it loads (the refusal is of the value, after the file was read).
+  assert error_line(run("--config=configs/tiny.py", "--config.train.steps=-1")).startswith("error: train.steps=-1")
+  (tmp_path / "configs").mkdir()
+  (tmp_path / "configs" / "tiny.py").write_text("def get_config():\n  raise ValueError('the local one')\n")
+  line = error_line(run("--config=configs/tiny.py", "--config.train.steps=-1"))  # a file of the current directory wins
+  assert "the local one" in line, line
   assert not (tmp_path / "run").exists()
 
 
