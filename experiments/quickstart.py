@@ -1,7 +1,7 @@
 r"""The quickstart: a small positional-scheme / tying ablation on the built-in corpus, evaluated at 1×–8× the
 training length, with its report — in under 10 minutes on 2 CPU cores.
 
-  research-quickstart [--workdir=runs/quickstart] [--jobs=1]
+  research-quickstart [--workdir=runs/quickstart] [--jobs=1] [--sweep=configs/sweeps/quickstart.py]
 
 Equivalent to
   research-sweep --sweep=configs/sweeps/quickstart.py --workdir=runs/quickstart && research-report runs/quickstart
@@ -35,7 +35,9 @@ def main(argv):
   sweep = sweeps.load_sweep(_SWEEP.value)
   sweeps.check_directory(_WORKDIR.value)
   sweeps.check_not_interrupted()
-  print(f"quickstart: {len(sweep.trials)} trials of {sweep.base_config} on the built-in corpus -> {_WORKDIR.value}")
+  base = sweeps.load_base_config(sweep.base_config)
+  corpora = list(dict.fromkeys(str(sweeps.trial_config(sweep, t, base).data.corpus) for t in sweep.trials))
+  print(f"quickstart: {len(sweep.trials)} trials of {sweep.base_config} on {', '.join(corpora)} -> {_WORKDIR.value}")
   status = sweeps.run_sweep(sweep, _WORKDIR.value, jobs=_JOBS.value)
   # The report: a Ctrl-C ends it at once (KeyboardInterrupt, one line in `run`), a TERM as by default.
   signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -501,6 +501,7 @@ def test_quickstart_entry_prints_the_report_and_fails_when_a_trial_failed(tmp_pa
   out = tmp_path / "qs"
   result = cli("experiments.quickstart", f"--sweep={path}", f"--workdir={out}", timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.startswith(f"quickstart: 2 trials of {ROOT / 'configs' / 'tiny.py'} on wikipedia-sample -> {out}\n")
   assert "| group | n | valid ppl | 1× (32) | 2× (64) |" in result.stdout
   assert sum(line.startswith("| position=") for line in result.stdout.splitlines()) == 2
   assert f"report: {out / 'report.md'}" in result.stdout and (out / "report.md").is_file()
