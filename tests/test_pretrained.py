@@ -405,6 +405,15 @@ def test_honest_binaries_of_any_scale_pass_the_value_check(lee_sentences, tmp_pa
            write_w2v(tmp_path / "tiny.bin", {f"w{i}": rng.normal(scale=1e-4, size=4) for i in range(30)}, True),
            write_w2v(tmp_path / "huge.bin", {f"w{i}": rng.normal(scale=1e4, size=300) for i in range(30)}, True),
            write_w2v(tmp_path / "counts.bin", {f"w{i}": counts[i] for i in range(40)}, True)]
+  # Heavy tails the scale rule alone would call misread (no word with a space explains them, no word is garbled):
+  # Zipf counts (a frequent word's row ~1e11 × the median), one huge row, a lone outlier, tiny nonzeros, denormals.
+  zipf = rng.zipf(1.3, size=(200, 8)).astype(np.float64)
+  rows = {f"w{i}": np.ones(8) for i in range(50)}
+  files += [write_w2v(tmp_path / "zipf.bin", {f"w{i}": zipf[i] for i in range(200)}, True),
+            write_w2v(tmp_path / "one_huge.bin", {**rows, "w7": np.full(8, 1e7)}, True),
+            write_w2v(tmp_path / "outlier.bin", {**rows, "w3": np.r_[3e6, np.ones(7)]}, True),
+            write_w2v(tmp_path / "tiny_nonzero.bin", {**rows, "w5": np.r_[1e-13, np.ones(7)]}, True),
+            write_w2v(tmp_path / "denormal.bin", {**rows, "w9": np.full(8, 1e-40)}, True)]
   for method in train_vectors.METHODS:
     model = train_vectors.train_vectors(lee_sentences, method, 16, epochs=1, seed=3)
     model.wv.save_word2vec_format(str(tmp_path / f"{method}.bin"), binary=True)

@@ -179,6 +179,9 @@ def _binary_words(path: Path, dim: int):
 # max |x|) is read out of step; both bounds are ratios, so a file of any scale passes (docs/embeddings.md).
 OUTLIER_ABOVE = 1e6  # a lowercase letter read as a float32's top byte is >= 2^67 ~ 1.5e20
 OUTLIER_BELOW = 1e-12  # nonzero; a space or a control byte read as a top byte is <= 2^-63 ~ 1.1e-19
+# Beyond this multiple of the file's scale a value is a misread on its own (a lowercase letter read as a float32's top
+# byte is >= 2^67; Zipf-distributed count vectors measured reach ~1e11 × their median row maximum).
+EXTREME_ABOVE = 1e15
 
 
 def _row_scales(matrix) -> tuple[np.ndarray, np.ndarray]:
@@ -402,9 +405,15 @@ def _binary_misread(path: Path, kv, header: tuple[int, int]) -> str | None:
     row = np.abs(np.asarray(kv.vectors[bad], np.float64))
     if found is None and not np.isfinite(row).all():
       return None if _binary_width(path, *header) is None else _binary_out_of_step(path, header, bad, keys[bad], None)
-    odd = row[(row > OUTLIER_ABOVE * scale) | ((row > 0) & (row < OUTLIER_BELOW * scale))]
-    value = f", a vector holding {odd[0]:.3g} where the file's vectors reach {scale:.3g}" if len(odd) else ""
-    return _binary_out_of_step(path, header, bad, keys[bad], previous(bad), found and found[1], value)
+    # Values off the file's scale are evidence, not proof: an honest file of heavy-tailed values (count vectors, a
+    # few outliers, tiny nonzeros) has them too. A misread is concluded when a word with a space explains the bytes,
+    # or when some word also holds what misread bytes make of a word (control characters, or U+FFFD from
+    # unicode_errors=replace); otherwise the file reads as gensim read it.
+    extreme = bool((row > EXTREME_ABOVE * scale).any())
+    if found is not None or extreme or re.search("[\x00-\x1f\x7f\ufffd]", "".join(key for key in keys if key)):
+      odd = row[(row > OUTLIER_ABOVE * scale) | ((row > 0) & (row < OUTLIER_BELOW * scale))]
+      value = f", a vector holding {odd[0]:.3g} where the file's vectors reach {scale:.3g}" if len(odd) else ""
+      return _binary_out_of_step(path, header, bad, keys[bad], previous(bad), found and found[1], value)
   if not re.search("[\x00-\x1f\x7f\ufffd]", "".join(key for key in keys if key)):  # one scan: no word to explain
     return None
   found = _first_space_word(path, kv.vector_size, scale)  # a fallback: the values caught every misread file measured
