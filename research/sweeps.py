@@ -255,14 +255,22 @@ def parse_setting(text: str) -> tuple[str, Any]:
   return field, value
 
 
-def with_settings(points: Sequence[Mapping[str, Any]], settings: Mapping[str, Any],
-                  path: str | Path) -> list[dict[str, Any]]:
+def _trial_value(point: Mapping[str, Any], field: str, base: ml_collections.ConfigDict) -> Any:
+  """The value of `field` in the config of a trial with overrides `point`: its override as the config holds it (1
+  becomes 1.0 in a float field), else the base config's."""
+  config = configuration.apply_overrides(base, {field: point[field]}) if field in point else base
+  return configuration.flatten(config)[field]
+
+
+def with_settings(points: Sequence[Mapping[str, Any]], settings: Mapping[str, Any], path: str | Path,
+                  base: ml_collections.ConfigDict) -> list[dict[str, Any]]:
   """The sweep's trials with `research-sweep --set` applied to each: a field the sweep sets to one value (a shared
   budget such as train.steps, a width) takes the new value in place, so that the trial's name says it; a field it
   does not set is added at the end. A field the sweep gives several values is refused: setting it would merge its
-  arms (docs/reports.md, "Running a shipped sweep small")."""
+  arms. A trial that does not set the field has `base`'s value of it (the sweep's BASE_CONFIG): a field set in some
+  trials only (rare_tokens' plain-SGD arm, momentum 0 against the default 0.9) varies too."""
   for field in settings:
-    given = {json.dumps(p[field], sort_keys=True, default=repr) for p in points if field in p}
+    given = {json.dumps(_trial_value(p, field, base), sort_keys=True, default=repr) for p in points}
     if len(given) > 1:
       raise configuration.ConfigError(
           f"--set={field}=...: sweep {str(path)!r} varies {field} ({', '.join(sorted(given))}); --set changes "
@@ -300,7 +308,7 @@ def load_sweep(path: str | Path, settings: Mapping[str, Any] | None = None) -> S
     raise configuration.ConfigError(f"sweep {str(path)!r}: get_sweep() returned no trials (an empty grid: is one "
                                     f"axis an empty list?)")
   if settings:
-    points = with_settings(points, settings, path)
+    points = with_settings(points, settings, path, base_config)
   trials, names, configs, same = [], set(), {}, {}
   for overrides in points:
     config = configuration.apply_overrides(base_config, overrides)  # unknown fields fail here

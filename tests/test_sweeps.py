@@ -1289,6 +1289,14 @@ def test_set_changes_a_field_every_trial_shares_and_refuses_one_the_sweep_varies
                                f"--set={setting}", "--dry_run"))
     assert line.startswith(message), line
   assert not (tmp_path / "out").exists()
+  # A field set in some trials only varies too: the others have the base config's value (momentum 0.9 here).
+  some = write_sweep(tmp_path / "some.py", [{"train.optimizer": "sgd"}, {"train.optimizer": "sgd", "train.momentum": 0}])
+  with pytest.raises(configuration.ConfigError, match=r"varies train.momentum \(0.0, 0.9\)"):
+    sweeps.load_sweep(some, {"train.momentum": 0.5})
+  # ... and one that only spells the base value another way (1 for 1.0) does not.
+  same = write_sweep(tmp_path / "same.py", [{"seed": 0}, {"seed": 1, "train.embedding.lr_multiplier": 1}])
+  assert sweeps.load_sweep(same, {"train.embedding.lr_multiplier": 2.0}).trials[1].overrides == {
+      "seed": 1, "train.embedding.lr_multiplier": 2.0}
 
 
 def test_a_missing_vector_file_refuses_the_sweep_before_any_trial_trains(tmp_path):
