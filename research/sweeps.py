@@ -788,9 +788,22 @@ def _last_error(stderr: str, returncode: int | None = None) -> str:
   if returncode is not None and returncode < 0:
     cause = " (from outside the sweep, or the kernel's out-of-memory killer)" if -returncode == signal.SIGKILL else ""
     return f"ended by {signal_text(-returncode)}{cause}"
+  raised = _exception_line(lines)
+  if raised is not None:
+    return raised[:2000]
   if lines:
     return lines[-1][:2000]
   return "unknown error" if returncode is None else f"exit status {returncode} and nothing on stderr"
+
+
+def _exception_line(lines: Sequence[str]) -> str | None:
+  """The first line of the exception a Python traceback ends in (`Type: message`: the first unindented line after
+  the last `Traceback (most recent call last):`, whose frames are indented), or None without a traceback. What
+  follows it (a message's further lines, JAX's 'See https://...' and filtering note) is left out."""
+  starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last):")]
+  if not starts:
+    return None
+  return next((line for line in lines[starts[-1] + 1:] if not line.startswith((" ", "\t"))), None)
 
 
 def _is_jax_traceback_note(line: str) -> bool:

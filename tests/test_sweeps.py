@@ -1244,6 +1244,14 @@ def test_a_failed_trial_is_named_and_a_trainer_ended_by_a_signal_says_which(tmp_
   traced = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
   assert traced.returncode == 1 and "JAX" in traced.stderr.strip().splitlines()[-1]
   assert sweeps._last_error(traced.stderr, 1) == "RuntimeError: deliberate failure in a scheme"
+  # JAX's own errors end in a 'See https://...' line, and a message may span lines: the exception's first line.
+  code = ("import jax, jax.numpy as jnp\ndef f(x):\n  if jnp.sum(x) > 0:\n    return x\n  return -x\n"
+          "jax.jit(f)(jnp.ones(2))\n")
+  traced = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert sweeps._last_error(traced.stderr, 1).startswith("jax.errors.TracerBoolConversionError: "), traced.stderr
+  two = subprocess.run([sys.executable, "-c", "raise ValueError('first line\\nsecond line')"], capture_output=True,
+                       text=True, timeout=60)
+  assert sweeps._last_error(two.stderr, 1) == "ValueError: first line"
   trials = [{"model.position": "none", "data.tokenizer": "byte", "data.vocab_size": 100, **TINY}]  # fails at once
   path = write_sweep(tmp_path / "s.py", trials)
   result = _sweep_cli(path, tmp_path / "out")
