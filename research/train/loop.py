@@ -608,6 +608,15 @@ def read_saved_config(workdir: str | os.PathLike) -> dict[str, Any]:
   return saved
 
 
+def _summary_wall_s(workdir: Path, step: int, default: float) -> float:
+  """summary.json's wall_s when it is of `step` (the run's end, with the time after its last save), else `default`."""
+  try:
+    summary = json.loads((Path(workdir) / SUMMARY_FILE).read_text())
+    return float(summary["wall_s"]) if summary.get("step") == step else default
+  except (OSError, ValueError, TypeError, KeyError, AttributeError):
+    return default
+
+
 def keep_saved_choices(config: ml_collections.ConfigDict, workdir: Path) -> ml_collections.ConfigDict:
   """`config` with each `configuration.BACKEND_RESOLVED` field (model.attention) and each `RESOLVED_PATHS` field
   (model.pretrained.path) set to the value of the run in `workdir` where the two mean the same here (the same choice
@@ -1386,8 +1395,10 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, mesh, start_
         if config.objective == "mlm" else ""
     print(f"note: the validation split ({data.splits['valid'].size} tokens) gave no target to score{why}: "
           f"valid_loss=0 and valid_ppl=1 say nothing; use a larger corpus", flush=True)
-  if int(state.step) > start_step:  # a rerun of a finished run trains nothing: its wall_s stays the run's
+  if int(state.step) > start_step:
     progress_state["wall_s"] += time.time() - start_time
+  else:  # a rerun of a finished run trains nothing: wall_s stays summary.json's (the checkpoint's lacks the end)
+    progress_state["wall_s"] = _summary_wall_s(workdir, int(state.step), progress_state["wall_s"])
   summary = summary_record(step=int(state.step), train_loss=progress_state["train_loss"], valid=valid,
                            tokens_seen=progress_state["tokens_seen"], num_params=num_params,
                            num_embedding_params=count_embedding_params(state.params),
