@@ -608,6 +608,23 @@ def read_saved_config(workdir: str | os.PathLike) -> dict[str, Any]:
   return saved
 
 
+def start_distributed(config: ml_collections.ConfigDict) -> None:
+  """jax.distributed.initialize() for a multi-process run (mesh.distributed; `mesh.maybe_initialize_distributed`),
+  once: a later call does nothing."""
+  distributed = str(config.mesh.distributed).lower()
+  mesh_lib.maybe_initialize_distributed(None if distributed == "auto" else distributed == "true",
+                                        heartbeat_timeout_s=config.mesh.heartbeat_timeout_s,
+                                        init_timeout_s=config.mesh.init_timeout_s)
+
+
+def _backend_after_distributed(config: ml_collections.ConfigDict) -> str:
+  """jax.default_backend(), for the resume checks of backend-resolved fields (model.attention), asked only when such
+  a field differs: the multi-process runtime is started first, since asking starts JAX's backend, which
+  jax.distributed.initialize must precede."""
+  start_distributed(config)
+  return jax.default_backend()
+
+
 def _summary_wall_s(workdir: Path, step: int, default: float) -> float:
   """summary.json's wall_s when it is of `step` (the run's end, with the time after its last save), else `default`."""
   try:
@@ -617,7 +634,8 @@ def _summary_wall_s(workdir: Path, step: int, default: float) -> float:
     return default
 
 
-def keep_saved_choices(config: ml_collections.ConfigDict, workdir: Path) -> ml_collections.ConfigDict:
+def keep_saved_choices(config: ml_collections.ConfigDict, workdir: Path,
+                       backend: Callable[[], str] = jax.default_backend) -> ml_collections.ConfigDict:
   """`config` with each `configuration.BACKEND_RESOLVED` field (model.attention) and each `RESOLVED_PATHS` field
   (model.pretrained.path) set to the value of the run in `workdir` where the two mean the same here (the same choice
   on this backend, the same file): config.json then keeps saying what the run was trained with (an einsum run
@@ -631,8 +649,8 @@ def keep_saved_choices(config: ml_collections.ConfigDict, workdir: Path) -> ml_c
   # The backend is asked only where the values differ: asking starts JAX's backend, which a multi-process run must
   # not do before jax.distributed.initialize (a resume with the same value, the usual case, never asks).
   same = {f: previous[f] for f, resolve in configuration.BACKEND_RESOLVED.items()
-          if f in previous and (previous[f] == current[f] or resolve(previous[f], jax.default_backend())
-                                == resolve(current[f], jax.default_backend()))}
+          if f in previous and (previous[f] == current[f] or resolve(previous[f], backend())
+                                == resolve(current[f], backend()))}
   same.update({f: previous[f] for f in configuration.RESOLVED_PATHS
                if f in previous and configuration.same_file(previous[f], current[f])})
   return configuration.apply_overrides(config, same)
@@ -1032,13 +1050,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   """Trains (or resumes) the run in `workdir`; returns the summary written to summary.json."""
   start_time = time.time()
   configuration.check_fields(config)
-  workdir = check_workdir(config, workdir)  # a rerun that would become another model is refused first
-  config = keep_saved_choices(config, workdir)
+  backend = functools.partial(_backend_after_distributed, config)
+  workdir = check_workdir(config, workdir, backend)  # a rerun that would become another model is refused first
+  config = keep_saved_choices(config, workdir, backend)
   configuration.validate(config)
-  distributed = str(config.mesh.distributed).lower()
-  mesh_lib.maybe_initialize_distributed(None if distributed == "auto" else distributed == "true",
-                                        heartbeat_timeout_s=config.mesh.heartbeat_timeout_s,
-                                        init_timeout_s=config.mesh.init_timeout_s)
+  start_distributed(config)
   check_same_job(config, workdir)  # every process of a multi-process job was given the same command
   mesh = make_mesh(config)  # a mesh that does not fit the devices fails here, before the workdir is touched
   configuration.check_batch_devices(config, mesh.size)
