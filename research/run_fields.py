@@ -70,6 +70,18 @@ BUILTIN_SCHEMES = ("none", "learned", "sinusoidal", "rope", "p_rope", "xpos", "a
                    "fire", "kerple_log", "kerple_log_shared", "kerple_power", "kerple_power_shared")
 
 
+# The built-in schemes that rotate with RoPE's frequencies (subclasses of relative.RotaryPositions; a test checks this
+# against the registry), for a caller that imports no scheme (research-report).
+ROTARY_SCHEMES = ("rope", "p_rope")
+
+
+def builtin_rotates(config: Mapping[str, Any]) -> bool | None:
+  """Whether a config's scheme rotates with RoPE's frequencies, for the built-in schemes; None (cannot be told
+  without importing it) for another. The `rotates` argument of `unused_fields` where no scheme may be imported."""
+  position = _get(config, "model.position")
+  return position in ROTARY_SCHEMES if position in BUILTIN_SCHEMES else None
+
+
 def _get(config: Mapping[str, Any], field: str, default: Any = None) -> Any:
   """A dotted field of a nested config dict, `default` when a section or the field is missing."""
   *sections, name = field.split(".")

@@ -1399,6 +1399,19 @@ def test_a_copied_run_is_counted_once_and_runs_differing_only_in_cadence_share_a
   assert "- `a_unfinished` (unfinished): duplicates `alibi0`" in md
   assert "Trials without config.json" in md and "`summary_only`" in md
 
+  # A run written before RoPE scaling was refused on other schemes: alibi "with" linear scaling is the same model (the
+  # resume rule says so too: run_fields.unused_fields with the built-in schemes' rotation).
+  alibi = tmp_path / "alibi_only"
+  for name in ("alibi0", "alibi1"):
+    shutil.copytree(tmp_path / name, alibi / name)
+  shutil.copytree(tmp_path / "alibi1", alibi / "alibi1_scaled")
+  scaled = json.loads((alibi / "alibi1_scaled" / "config.json").read_text())
+  scaled["model"].update(rope_scaling="linear", rope_factor=2.0)
+  (alibi / "alibi1_scaled" / "config.json").write_text(json.dumps(scaled))
+  report = build_report(alibi)
+  assert report.runs.swept_fields == ["seed"]
+  assert [(t.name, kept) for t, kept in report.runs.duplicates] == [("alibi1_scaled", "alibi1")]
+
 
 @pytest.mark.slow
 def test_real_runs_differing_only_in_a_field_their_optimizer_never_reads_are_one_model(tmp_path):

@@ -862,9 +862,10 @@ def _same_model_ignored(trials: list[Trial]) -> set[str]:
   if not trials:
     return set()
   configs = [t.config for t in trials]
-  ignored = set(run_fields.same_model_ignored(configs[0], configs[0]))
+  rotates = run_fields.builtin_rotates  # the report imports no scheme: an external one cannot be told (None)
+  ignored = set(run_fields.same_model_ignored(configs[0], configs[0], rotates))
   for config in configs[1:]:
-    ignored &= set(run_fields.same_model_ignored(configs[0], config))
+    ignored &= set(run_fields.same_model_ignored(configs[0], config, rotates))
   return ignored
 
 

@@ -452,7 +452,8 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     elif diffs:
       raise configuration.ConfigError(
           f"workdir {str(path)!r} holds another run, and resuming it with this config would train another model: "
-          f"{'; '.join(diffs)}. Only {', '.join(schema.RESUMABLE_FIELDS)} may change on resume; use a new workdir")
+          f"{'; '.join(diffs)}. Only {', '.join(schema.RESUMABLE_FIELDS)} and fields neither model reads "
+          f"(docs/training.md, \"Resume\") may change on resume; use a new workdir")
   elif checkpoint_lib.has_checkpoint(path / "checkpoints"):
     # Without config.json nothing says which model the checkpoints are; resuming them under any config (another
     # learning rate, another scheme) would continue them as that model, and config.json would then misdescribe them.
