@@ -779,9 +779,9 @@ def signal_text(number: int) -> str:
 
 def _last_error(stderr: str, returncode: int | None = None) -> str:
   """A failed process's error in one line: its last `error: ` line, else, when a signal ended it (`returncode` < 0:
-  a kill -9, the kernel's out-of-memory killer), which one, else its last line of stderr (JAX's note that it filtered
-  its frames from a traceback, which follows the exception's own line, left out), else its exit status."""
-  lines = [line for line in stderr.strip().splitlines() if line.strip() and not _is_jax_traceback_note(line)]
+  a kill -9, the kernel's out-of-memory killer), which one, else the first line of the exception its traceback ends
+  in (`_exception_line`), else its last line of stderr, else its exit status."""
+  lines = [line for line in stderr.strip().splitlines() if line.strip()]
   errors = [line for line in lines if line.startswith("error: ")]
   if errors:
     return errors[-1][len("error: "):][:2000]
@@ -804,12 +804,6 @@ def _exception_line(lines: Sequence[str]) -> str | None:
   if not starts:
     return None
   return next((line for line in lines[starts[-1] + 1:] if not line.startswith((" ", "\t"))), None)
-
-
-def _is_jax_traceback_note(line: str) -> bool:
-  """The two lines JAX prints after an exception raised in traced code: a rule, and that it filtered its frames."""
-  return re.fullmatch(r"-{5,}", line.strip()) is not None or \
-      line.startswith("For simplicity, JAX has removed its internal frames")
 
 
 def trial_environment() -> dict[str, str]:
