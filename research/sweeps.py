@@ -695,14 +695,10 @@ def trial_plan(sweep: Sweep, trial_dir: Path, steps: int | None = None) -> tuple
     passkey; or an evaluation that never ran) or was made with other options (`evaluation_outdated`): only the
     evaluation runs (again), the old files kept in eval/previous/ (`keep_previous_evaluation`);
   - ("skip", None): finished."""
-  summary = trial_dir / "summary.json"
-  if not summary.exists():
+  if not (trial_dir / "summary.json").exists():
     return "run", None
   if steps is not None:
-    try:
-      reached = int(json.loads(summary.read_text())["step"])
-    except (OSError, ValueError, TypeError, KeyError, OverflowError):
-      reached = None
+    reached = summary_step(trial_dir)
     if reached is not None and reached < steps:
       return "run", f"trained to step {reached}, train.steps is now {steps}"
   if not sweep.evaluate:
@@ -970,13 +966,18 @@ def run_trial(sweep: Sweep, trial: Trial, directory: Path, train: bool = True,
   return {"status": "finished", "error": None, "wall_s": time.time() - start}
 
 
-def trained_to_end(sweep: Sweep, trial: Trial, workdir: Path) -> bool:
-  """Does the trial's summary.json (written last by research-train) say it reached the trial's train.steps?"""
+def summary_step(trial_dir: Path) -> int | None:
+  """The step the trial's summary.json (written last by research-train) records, or None when it cannot be read."""
   try:
-    reached = int(json.loads((workdir / "summary.json").read_text())["step"])
+    return int(json.loads((trial_dir / "summary.json").read_text())["step"])
   except (OSError, ValueError, TypeError, KeyError, OverflowError):
-    return False
-  return reached >= int(trial_config(sweep, trial).train.steps)
+    return None
+
+
+def trained_to_end(sweep: Sweep, trial: Trial, workdir: Path) -> bool:
+  """Does the trial's summary.json say it reached the trial's train.steps?"""
+  reached = summary_step(workdir)
+  return reached is not None and reached >= int(trial_config(sweep, trial).train.steps)
 
 
 def adopt_legacy_trial_dirs(sweep: Sweep, directory: Path, log: Callable[[str], None] = print) -> None:

@@ -399,6 +399,8 @@ def _binary_misread(path: Path, kv, header: tuple[int, int]) -> str | None:
   else left to the finiteness check's message), or a word whose bytes a word with a space before it explains."""
   keys, scale = kv.index_to_key, _file_scale(kv.vectors)
   bad = _first_implausible(kv.vectors, scale)
+  # What misread bytes make of a word: control characters, or U+FFFD from unicode_errors=replace (one scan).
+  garbled = re.search("[\x00-\x1f\x7f\ufffd]", "".join(key for key in keys if key)) is not None
   previous = lambda i: keys[i - 1] if i else None  # noqa: E731
   if bad is not None:
     found = _first_space_word(path, kv.vector_size, scale, at=bad)
@@ -407,14 +409,13 @@ def _binary_misread(path: Path, kv, header: tuple[int, int]) -> str | None:
       return None if _binary_width(path, *header) is None else _binary_out_of_step(path, header, bad, keys[bad], None)
     # Values off the file's scale are evidence, not proof: an honest file of heavy-tailed values (count vectors, a
     # few outliers, tiny nonzeros) has them too. A misread is concluded when a word with a space explains the bytes,
-    # or when some word also holds what misread bytes make of a word (control characters, or U+FFFD from
-    # unicode_errors=replace); otherwise the file reads as gensim read it.
+    # a value is extreme, or some word is `garbled`; otherwise the file reads as gensim read it.
     extreme = bool((row > EXTREME_ABOVE * scale).any())
-    if found is not None or extreme or re.search("[\x00-\x1f\x7f\ufffd]", "".join(key for key in keys if key)):
+    if found is not None or extreme or garbled:
       odd = row[(row > OUTLIER_ABOVE * scale) | ((row > 0) & (row < OUTLIER_BELOW * scale))]
       value = f", a vector holding {odd[0]:.3g} where the file's vectors reach {scale:.3g}" if len(odd) else ""
       return _binary_out_of_step(path, header, bad, keys[bad], previous(bad), found and found[1], value)
-  if not re.search("[\x00-\x1f\x7f\ufffd]", "".join(key for key in keys if key)):  # one scan: no word to explain
+  if not garbled:  # no word to explain
     return None
   found = _first_space_word(path, kv.vector_size, scale)  # a fallback: the values caught every misread file measured
   if found is not None:

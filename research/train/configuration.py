@@ -100,7 +100,8 @@ def align_backend_choices(saved: Mapping[str, Any], current: Mapping[str, Any],
   `RESOLVED_PATHS` field where the two name the same file (`same_file`), so that a resume check compares what the
   runs compute with. `backend` may be a function giving the name, called only when such a field
   differs: a process that must not start a JAX client of its own (a sweep's parent, whose client would hold GPU
-  memory its trials need) asks another process, and only when it has to."""
+  memory its trials need) asks another process, and only when it has to. (`loop.keep_saved_choices` calls it with
+  the roles swapped: the rerun's config taking the saved values.)"""
   out = json.loads(json.dumps(saved))
   for field, resolve in BACKEND_RESOLVED.items():
     *parents, leaf = field.split(".")

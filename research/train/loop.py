@@ -645,16 +645,13 @@ def keep_saved_choices(config: ml_collections.ConfigDict, workdir: Path,
   saved = Path(workdir) / CONFIG_FILE
   if not saved.exists():
     return config
-  previous = configuration.flatten(configuration.with_defaults(read_saved_config(workdir)))
-  current = configuration.flatten(config)
-  # The backend is asked only where the values differ: asking starts JAX's backend, which a multi-process run must
-  # not do before jax.distributed.initialize (a resume with the same value, the usual case, never asks).
-  same = {f: previous[f] for f, resolve in configuration.BACKEND_RESOLVED.items()
-          if f in previous and (previous[f] == current[f] or resolve(previous[f], backend())
-                                == resolve(current[f], backend()))}
-  same.update({f: previous[f] for f in configuration.RESOLVED_PATHS
-               if f in previous and configuration.same_file(previous[f], current[f])})
-  return configuration.apply_overrides(config, same)
+  previous = configuration.with_defaults(read_saved_config(workdir))
+  # The resume check's alignment the other way round: this config, with the saved value wherever the two mean the
+  # same here. It asks the backend only where the values differ (asking starts JAX's backend, which a multi-process
+  # run must not do before jax.distributed.initialize: `backend` starts that first).
+  kept = configuration.flatten(configuration.align_backend_choices(config.to_dict(), previous, backend))
+  return configuration.apply_overrides(
+      config, {f: kept[f] for f in (*configuration.BACKEND_RESOLVED, *configuration.RESOLVED_PATHS)})
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
