@@ -18,10 +18,11 @@ research/analysis/positions.py, docs/architecture.md). With --vectors: the same 
 One entry point for every analysis of a table: a new one is a flag and one more step in `main`.
 """
 
-from research import hugepages
+from research import hugepages, interrupts
 
 if __name__ == "__main__":  # `python -m`: restart first, before the imports below (JAX's) are made twice
   hugepages.maybe_reexec()
+  interrupts.record()  # a Ctrl-C during the imports is raised once the command can end in one line (`run`)
 
 from pathlib import Path
 
@@ -137,6 +138,7 @@ def main(argv):
 def run():
   hugepages.maybe_reexec()  # first: restarts the process with huge pages for XLA's buffers (Linux)
   try:
+    interrupts.deliver()  # (a Ctrl-C recorded since the first line is raised here)
     app.run(main, flags_parser=parse_flags)
   except KeyboardInterrupt:
     end_interrupted("rerun the command to analyze the run")

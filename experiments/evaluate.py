@@ -11,10 +11,11 @@ With more than one device it evaluates on the run's mesh (docs/reports.md, "Eval
 Every option is checked, for every length, before anything is loaded or scored: a bad one fails in one line (status 2).
 """
 
-from research import hugepages
+from research import hugepages, interrupts
 
 if __name__ == "__main__":  # `python -m`: restart first, before the imports below (JAX's) are made twice
   hugepages.maybe_reexec()
+  interrupts.record()  # a Ctrl-C during the imports is raised once the command can end in one line (`run`)
 
 import json
 from pathlib import Path
@@ -97,6 +98,7 @@ def run():
   supervisor.maybe_supervise()  # multi-process jobs: a lost or missing process is one line, not a C++ report
   flags.mark_flags_as_required(["workdir"])
   try:
+    interrupts.deliver()  # (a Ctrl-C recorded since the first line is raised here)
     app.run(main, flags_parser=parse_flags)
   except KeyboardInterrupt:
     end_interrupted("nothing was scored to the end: rerun the command to evaluate")

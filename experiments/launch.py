@@ -4,11 +4,12 @@ the module it names before calling it, so naming `experiments.train:run` itself 
 once in the process the restart replaces. `python -m experiments.train` restarts at the top of the module instead.
 """
 
-from research import hugepages
+from research import hugepages, interrupts
 
 
 def _restart_then(module: str) -> None:
   hugepages.maybe_reexec()
+  interrupts.record()  # a Ctrl-C during the imports below is raised once the command can end in one line
   import importlib
   importlib.import_module(f"experiments.{module}").run()
 

@@ -8,10 +8,11 @@ command runs the trainer under a supervisor (research/supervisor.py): when a pro
 line naming it (exit status 3) instead of hanging or printing the runtime's C++ report.
 """
 
-from research import hugepages
+from research import hugepages, interrupts
 
 if __name__ == "__main__":  # `python -m`: restart first, before the imports below (JAX's) are made twice
   hugepages.maybe_reexec()
+  interrupts.record()  # a Ctrl-C during the imports is raised once the command can end in one line (`run`)
 
 import sys
 
@@ -46,6 +47,7 @@ def run():
   supervisor.maybe_supervise()  # multi-process jobs: a lost process ends the others with one line (exits here)
   flags.mark_flags_as_required(["config", "workdir"])
   try:
+    interrupts.deliver()  # (a Ctrl-C recorded since the first line is raised here)
     app.run(main, flags_parser=parse_flags)
   except KeyboardInterrupt:
     end_interrupted("the checkpoints written so far are kept: rerun the same command to resume from the last one")

@@ -58,7 +58,7 @@ from typing import Any, Callable, Mapping, Sequence
 from absl import flags
 import ml_collections
 
-from research import hugepages, supervisor
+from research import hugepages, interrupts, supervisor
 from research.flag_text import expected_flag_value
 from research.error_text import file_error
 from research.embeddings import registry
@@ -878,24 +878,20 @@ class TrialProcesses:
     return len(running)
 
 
-_DEFERRED: list[int] = []  # SIGINT / SIGTERM received since `defer_signals`, before `stopping_on_signals`
-
-
 def defer_signals() -> None:
   """For research-sweep's and research-quickstart's process, from the start of their `run`: SIGINT and SIGTERM are
-  recorded, not raised, until `stopping_on_signals` takes over (which then stops the sweep before any trial starts).
-  A KeyboardInterrupt raised while the sweep loads can land in a callback that swallows it (JAX's gc hook prints
-  "Exception ignored" and goes on), and the sweep then trained every trial and exited 0. Main thread only."""
-  if threading.current_thread() is threading.main_thread():
-    for sig in (signal.SIGINT, signal.SIGTERM):
-      signal.signal(sig, lambda signum, frame: _DEFERRED.append(signum))
+  recorded (`interrupts.record`), not raised, until `stopping_on_signals` takes over (which then stops the sweep
+  before any trial starts). A KeyboardInterrupt raised while the sweep loads can land in a callback that swallows it
+  (JAX's gc hook prints "Exception ignored" and goes on), and the sweep then trained every trial and exited 0."""
+  interrupts.record((signal.SIGINT, signal.SIGTERM), even_ignored=True)
 
 
 def check_not_interrupted() -> None:
   """SweepInterrupted (research-sweep's one line and status) when `defer_signals` recorded a signal: for the paths
   that start no trial (a dry run, the printed commands, the checks before the first trial)."""
-  if _DEFERRED:
-    raise SweepInterrupted(f"interrupted by {signal_text(_DEFERRED[0])} before any trial started", _DEFERRED[0])
+  if interrupts.RECEIVED:
+    signum = interrupts.RECEIVED[0]
+    raise SweepInterrupted(f"interrupted by {signal_text(signum)} before any trial started", signum)
 
 
 @contextlib.contextmanager
@@ -918,8 +914,8 @@ def stopping_on_signals(processes: TrialProcesses, log: Callable[[str], None]):
         f"a rerun), starting no more; send it again to kill them\n").encode())
 
   previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-  if _DEFERRED:  # a signal came while the command was loading (`defer_signals`): stop before any trial starts
-    handler(_DEFERRED[0], None)
+  if interrupts.RECEIVED:  # a signal came while the command was loading (`defer_signals`): stop before any trial
+    handler(interrupts.RECEIVED[0], None)  # starts
   try:
     yield
   finally:

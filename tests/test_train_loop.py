@@ -134,6 +134,25 @@ def test_ctrl_c_ends_a_run_in_one_line_by_sigint_and_the_rerun_resumes(tmp_path)
   assert resumed.returncode == 0 and f"step={saved + 2} " in resumed.stdout, resumed.stderr[-2000:]
 
 
+def test_a_ctrl_c_whose_keyboard_interrupt_a_callback_swallowed_still_ends_the_run(tmp_path):
+  """A Ctrl-C that lands in a callback which swallows exceptions (JAX's gc hook prints "Exception ignored" and goes
+  on; here an object's __del__ while the config loads) was lost: research-train trained its whole run, and a sweep
+  stopped by Ctrl-C waited for it. The signal is recorded (research/interrupts.py): the run ends before its first
+  step, in one line, by SIGINT."""
+  config = tmp_path / "swallows.py"
+  config.write_text(
+      "import os, signal\n\nfrom configs import tiny\n\n\n"
+      "class Swallows:\n  def __del__(self):\n    os.kill(os.getpid(), signal.SIGINT)\n"
+      "    for _ in range(100000):  # the handler runs here, where a KeyboardInterrupt is 'ignored'\n      pass\n\n\n"
+      "def get_config():\n  Swallows()\n  return tiny.get_config()\n")
+  workdir = tmp_path / "run"
+  result = cli(f"--config={config}", "--config.train.steps=100000", "--config.train.checkpoint_every=100000",
+               "--config.train.eval_every=100000", f"--workdir={workdir}", timeout=300)
+  assert result.returncode == -signal.SIGINT and "Traceback" not in result.stderr, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines()[-1].startswith("error: interrupted (Ctrl-C); "), result.stderr[-3000:]
+  assert not (workdir / "checkpoints").is_dir() or not any((workdir / "checkpoints").iterdir())
+
+
 def _changed(value):
   """Another value of the same type (check_workdir runs before validation, so it need not be a valid one)."""
   if isinstance(value, bool):

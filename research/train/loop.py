@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from research import run_fields, schema
+from research import interrupts, run_fields, schema
 from research.error_text import first_line, unwritable
 from research.data import batches as batches_lib
 from research.data import corpora
@@ -1369,6 +1369,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, mesh, start_
 
   try:
     for step in range(start_step + 1, t.steps + 1):
+      interrupts.check()  # a Ctrl-C whose KeyboardInterrupt a callback swallowed (JAX's gc hook) still ends the run
       batch = next(iterator)
       check_ids(batch["inputs"], data.vocab_size)
       state, metrics = trainer.train_step(state, mesh_lib.shard_batch(batch, trainer.mesh))
