@@ -495,6 +495,33 @@ def test_a_damaged_token_cache_is_tokenized_again_not_read(tmp_path, capsys):
   assert [p.name for p in (tmp_path / "tokens").iterdir()] == [cache.name]  # nothing left aside
 
 
+def test_a_token_cache_entry_without_meta_json_is_built_again_in_train_and_evaluate(tmp_path, capsys):
+  """An entry directory whose meta.json is gone (an entry is renamed into place with it) is damaged: moved aside and
+  built again with a note, by the trainer's loader and research-evaluate's (`extrapolation.load_run`) alike (was
+  "[Errno 39] Directory not empty" on every rerun, which research-evaluate blamed on an unwritable cache)."""
+  from research.evaluate import extrapolation
+  from research.train import loop
+  tok = T.train_tokenizer("char", load_corpus("lee").train, 100)
+  fresh = {s: np.array(v) for s, v in B.build_or_load_cache("lee", tok, cache_dir=tmp_path).items()}
+  (cache,) = (tmp_path / "tokens").iterdir()
+  run = tmp_path / "run"
+  run.mkdir()
+  config = tiny_config(**{"data.corpus": "lee", "data.tokenizer": "char", "data.vocab_size": 100,
+                          "data.cache_dir": str(tmp_path)})
+  (run / loop.CONFIG_FILE).write_text(json.dumps(config.to_dict()))
+  T.save_tokenizer(tok, run)
+  past_the_cache = pytest.raises(extrapolation.EvaluationError, match="has no checkpoints")  # the run has none
+  for load, ends in ((lambda: B.build_or_load_cache("lee", tok, cache_dir=tmp_path), contextlib.nullcontext()),
+                     (lambda: extrapolation.load_run(run), past_the_cache)):
+    (cache / "meta.json").unlink()
+    with ends:
+      load()
+    assert f"note: the token cache {str(cache)!r} is damaged (no meta.json)" in capsys.readouterr().out
+    again = B.build_or_load_cache("lee", tok, cache_dir=tmp_path)
+    assert all(np.array_equal(again[s], fresh[s]) for s in fresh) and capsys.readouterr().out == ""
+  assert [p.name for p in (tmp_path / "tokens").iterdir()] == [cache.name]  # nothing left aside
+
+
 def test_a_damaged_cached_tokenizer_is_trained_again(tmp_path, capsys):
   corpus = load_corpus("lee")
   tok, directory = T.build_or_load_tokenizer("bpe", corpus, 300, cache_dir=tmp_path)

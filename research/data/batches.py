@@ -95,14 +95,15 @@ def build_or_load_cache(corpus_spec: str, tokenizer, tokenizer_key: str | None =
   in memory; it must be the one `corpus_spec` and `errors` give. For `text:` specs the key covers the errors
   policy and each file's path and content hash, so an edited file rebuilds (`corpora.corpus_fingerprint`).
   Layout: <cache_root>/tokens/<key>/{train,valid,test}.npy and meta.json; the directory is renamed into place in
-  one step, so a crash never leaves half a cache.
+  one step, so a crash never leaves half a cache. An entry that does not load (no or an unreadable meta.json, a
+  truncated stream, a changed checksum) is damaged: moved aside and built again, with a note.
   """
   if tokenizer_key is None:
     tokenizer_key = fingerprint(tokenizer)
   key = cache_key(corpus_spec, tokenizer_key, errors, corpus=corpus)
   root = cache_root(cache_dir) / "tokens"
   final = root / key
-  if (final / "meta.json").exists():
+  if os.path.lexists(final):  # renamed into place whole, meta.json last written: an entry without one is damaged
     try:
       return _load_streams(final)
     except (OSError, ValueError, KeyError, TypeError) as e:  # a truncated file (a full disk), a damaged meta.json
@@ -203,10 +204,13 @@ def stream_sha256(ids: np.ndarray) -> str:
 def _load_streams(final: Path) -> dict[str, np.ndarray]:
   """The cached streams, memory-mapped, each as long as meta.json says (np.load refuses a truncated array file;
   a shorter one with a rewritten header would pass it) and with the SHA-256 meta.json recorded when it was built
-  (a flipped bit holds valid ids, and would be trained on). A cache built before the checksums were kept is not
-  built again (a read-only one could not be): its lengths are checked, and `_record_checksums` adds those of its
-  streams as they are."""
-  meta = json.loads((final / "meta.json").read_text())
+  (a flipped bit holds valid ids, and would be trained on); a ValueError without meta.json. A cache built before
+  the checksums were kept is not built again (a read-only one could not be): its lengths are checked, and
+  `_record_checksums` adds those of its streams as they are."""
+  try:
+    meta = json.loads((final / "meta.json").read_text())
+  except FileNotFoundError:  # an entry is renamed into place with its meta.json: one without it was damaged since
+    raise ValueError("no meta.json") from None
   counts = meta["num_tokens"]
   streams = {s: np.load(final / f"{s}.npy", mmap_mode="r") for s in SPLITS}
   short = [s for s in SPLITS if streams[s].size != int(counts[s])]
