@@ -417,6 +417,37 @@ def test_hf_without_datasets_says_what_to_install(monkeypatch):
     load_corpus("hf:wikitext/wikitext-2-raw-v1")
 
 
+def _stand_in_datasets(directory, raises):
+  """A minimal `datasets` package in `directory` whose load_dataset raises `raises` (Python source), as the real one
+  does without a network; the caller puts `directory` on sys.path."""
+  package = directory / "datasets"
+  package.mkdir()
+  (package / "__init__.py").write_text(
+      "class DatasetNotFoundError(FileNotFoundError):\n  pass\n\n"
+      f"def load_dataset(name, config=None, **kwargs):\n  raise {raises}\n")
+
+
+@pytest.mark.parametrize("raises, line", [
+    ("ConnectionError(\"Couldn't reach 'wikitext' on the Hub (ConnectionError)\\nsecond line\")",
+     "corpus spec 'hf:wikitext/wikitext-2-raw-v1' could not be loaded (ConnectionError: Couldn't reach 'wikitext' on "
+     "the Hub (ConnectionError)); loading a dataset from the Hugging Face hub needs the network (the offline "
+     "corpora wikipedia-sample, lee, passkey and text: need none)"),
+    ("DatasetNotFoundError(\"Dataset 'wikitext' doesn't exist on the Hub or cannot be accessed.\")",
+     "corpus spec 'hf:wikitext/wikitext-2-raw-v1' could not be loaded (DatasetNotFoundError: Dataset 'wikitext' "
+     "doesn't exist on the Hub or cannot be accessed.)"),
+])
+def test_hf_a_dataset_that_cannot_be_loaded_is_one_line_naming_the_spec(tmp_path, monkeypatch, raises, line):
+  """`datasets` installed but the hub unreachable (load_dataset raises ConnectionError, an OSError) or the name
+  unknown: one CorpusError line naming the spec and the library's first line, and, for a connection error, that
+  hub loading needs the network (was a traceback from research-train)."""
+  _stand_in_datasets(tmp_path, raises)
+  monkeypatch.delitem(sys.modules, "datasets", raising=False)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  with pytest.raises(CorpusError) as e:
+    load_corpus("hf:wikitext/wikitext-2-raw-v1", cache_dir=tmp_path / "cache")
+  assert str(e.value) == line and e.value.__suppress_context__  # one line, no chained traceback
+
+
 @pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="datasets is installed here")
 def test_research_train_on_an_hf_corpus_without_datasets_is_one_line(tmp_path):
   result = cli("experiments.train", "--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}",

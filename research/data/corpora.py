@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 from research.data import passkey
+from research.error_text import first_line
 
 # Bump whenever extraction / cleaning / splitting changes: it is part of every cache key downstream.
 CORPUS_VERSION = "1"
@@ -495,6 +496,15 @@ def _lee() -> Corpus:
 # Hugging Face hub (optional)
 
 
+def _network_error(error: BaseException) -> bool:
+  """Whether `error` says the network failed: Python's ConnectionError / TimeoutError, or a class of that name that
+  a network library defines for itself (requests' ConnectionError and Timeout, httpx's ConnectError,
+  huggingface_hub's OfflineModeIsEnabled), which `datasets` may raise unwrapped."""
+  names = {c.__name__ for c in type(error).__mro__}
+  return (isinstance(error, (ConnectionError, TimeoutError))
+          or bool(names & {"ConnectionError", "ConnectError", "Timeout", "ConnectTimeout", "OfflineModeIsEnabled"}))
+
+
 def _hf_corpus(spec: str, cache_dir) -> Corpus:
   try:
     import datasets  # optional extra
@@ -505,7 +515,12 @@ def _hf_corpus(spec: str, cache_dir) -> Corpus:
   if not name:
     raise CorpusError("corpus spec 'hf:' needs a dataset name: hf:<name>[/<config>]")
   hf_cache = str(cache_root(cache_dir) / "hf")
-  ds = datasets.load_dataset(name, config or None, cache_dir=hf_cache)
+  try:
+    ds = datasets.load_dataset(name, config or None, cache_dir=hf_cache)
+  except Exception as e:  # the hub unreachable, an unknown name, ...: a user's error, one line, the library's own
+    network = ("; loading a dataset from the Hugging Face hub needs the network (the offline corpora "
+               "wikipedia-sample, lee, passkey and text: need none)" if _network_error(e) else "")
+    raise CorpusError(f"corpus spec 'hf:{spec}' could not be loaded ({first_line(e, 300)}){network}") from None
   if "train" not in ds:
     raise CorpusError(f"hf:{spec} has no 'train' split (it has {', '.join(ds)})")
   column = "text" if "text" in ds["train"].column_names else ds["train"].column_names[0]
