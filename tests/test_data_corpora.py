@@ -417,6 +417,23 @@ def test_hf_without_datasets_says_what_to_install(monkeypatch):
     load_corpus("hf:wikitext/wikitext-2-raw-v1")
 
 
+def test_a_tilde_in_the_cache_dir_is_the_home_directory(tmp_path, monkeypatch):
+  """`--config.data.cache_dir=~/c` (and $RESEARCH_CACHE_DIR=~/e) reach the program unexpanded: the cache is under
+  the home directory, as a `text:` spec's `~` is (was a directory named `~` in the working directory)."""
+  from research.data import tokenizers
+  home, elsewhere = tmp_path / "home", tmp_path / "cwd"
+  home.mkdir()
+  elsewhere.mkdir()
+  monkeypatch.setenv("HOME", str(home))
+  monkeypatch.chdir(elsewhere)
+  assert corpora.cache_root("~/c") == home / "c"
+  monkeypatch.setenv("RESEARCH_CACHE_DIR", "~/e")
+  assert corpora.cache_root() == home / "e"
+  _, directory = tokenizers.build_or_load_tokenizer("char", load_corpus("lee"), 100, cache_dir="~/c")
+  assert directory.is_relative_to(home / "c") and directory.is_dir()
+  assert list(elsewhere.iterdir()) == []  # no ./~
+
+
 def _stand_in_datasets(directory, raises):
   """A minimal `datasets` package in `directory` whose load_dataset raises `raises` (Python source), as the real one
   does without a network; the caller puts `directory` on sys.path."""

@@ -65,11 +65,12 @@ class Corpus:
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-  """cache_dir, else $RESEARCH_CACHE_DIR, else ~/.cache/research."""
+  """cache_dir, else $RESEARCH_CACHE_DIR, else ~/.cache/research; a leading `~` or `~user` is the home directory
+  (as in `text:` specs: a flag's `~/c` reaches the program unexpanded, and was a directory named `~` here)."""
   if cache_dir is not None:
-    return Path(cache_dir)
+    return Path(cache_dir).expanduser()
   env = os.environ.get("RESEARCH_CACHE_DIR")
-  return Path(env) if env else Path.home() / ".cache" / "research"
+  return Path(env).expanduser() if env else Path.home() / ".cache" / "research"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
