@@ -527,8 +527,23 @@ def test_a_cached_wikipedia_sample_of_the_wrong_shape_is_extracted_again_with_a_
   path.parent.mkdir()
   path.write_text("null\n")
   again = load_corpus("wikipedia-sample", cache_dir=tmp_path)
-  assert "note: the cached corpus" in capsys.readouterr().out and again == wiki
+  assert f"note: the cached corpus {str(path)!r} is damaged (a JSON" in capsys.readouterr().out and again == wiki
   assert corpora.read_corpus_file(path.read_text(), "wikipedia-sample") == wiki
+
+
+@pytest.mark.parametrize("text, why", [
+    ("null", "a JSON null where an object of splits belongs"), ("[1, 2]", "a JSON array where an object"),
+    ('{"train": ["a"], "valid": ["b"]}', "its 'test' split is not a list of texts"),
+    ('{"splits": {"train": [], "valid": [], "test": []}}', "its 'train' split is not a list of texts")])
+def test_a_cached_corpus_file_of_another_shape_is_damaged_not_unchecked(text, why):
+  """Only a well-formed file of the old format (an object of splits, written before the checksums were kept) is
+  "unchecked"; `null`, a list, a split missing, or the new format without its checksum are damaged (the note said
+  "has no checksum (written before they were kept)" for them)."""
+  with pytest.raises(ValueError, match=re.escape(why)) as e:
+    corpora.read_corpus_file(text, "wikipedia-sample")
+  assert not isinstance(e.value, corpora.UncheckedCorpusFile)
+  with pytest.raises(corpora.UncheckedCorpusFile):
+    corpora.read_corpus_file(json.dumps({s: ["a doc"] for s in SPLITS}), "wikipedia-sample")
 
 
 def test_a_cached_wikipedia_sample_of_the_right_shape_and_wrong_content_is_extracted_again(wiki, tmp_path, capsys):

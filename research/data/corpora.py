@@ -165,7 +165,8 @@ def cached_splits(data, name: str) -> Corpus:
   """The corpus a cache file's JSON holds: an object with a list of strings for each split; anything else (null,
   a list, a number where a document was) is a ValueError saying what is wrong."""
   if not isinstance(data, dict):
-    raise ValueError(f"a JSON {type(data).__name__} where an object of splits belongs")
+    kind = {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string", list: "array"}
+    raise ValueError(f"a JSON {kind.get(type(data), type(data).__name__)} where an object of splits belongs")
   for s in SPLITS:
     docs = data.get(s)
     if not isinstance(docs, list) or not all(isinstance(d, str) for d in docs):
@@ -192,10 +193,12 @@ def corpus_file_text(corpus: Corpus) -> str:
 def read_corpus_file(text: str, name: str) -> Corpus:
   """The corpus a cache file (`corpus_file_text`) holds. A file of the right shape is not enough: one emptied or cut
   to a document per split by hand, a disk or an editor would load silently (or blame the corpus), so its splits
-  must have the SHA-256 recorded at the extraction: a ValueError otherwise (UncheckedCorpusFile when there is
-  none)."""
+  must have the SHA-256 recorded at the extraction: a ValueError otherwise. UncheckedCorpusFile only for a file
+  of the old format (an object of splits, each a list of texts) without one; any other shape (`null`, a list) is
+  damaged, not old."""
   data = json.loads(text)
   if not isinstance(data, dict) or "sha256" not in data:
+    cached_splits(data, name)  # the old format, else a ValueError saying what is wrong (`null`: not an object)
     raise UncheckedCorpusFile("no checksum")
   corpus = cached_splits(data.get("splits"), name)
   if splits_sha256(corpus) != data["sha256"]:
