@@ -272,6 +272,25 @@ def test_a_workdir_inside_its_text_corpus_is_refused_before_anything_is_written(
   assert sorted(p.name for p in corpus.iterdir()) == ["a.txt"]
 
 
+@pytest.mark.parametrize("pattern", ["mydata.txt", "*.txt", ""])
+def test_a_corpus_kept_inside_the_run_directory_is_told_to_stay_outside_it(tmp_path, pattern):
+  """A corpus file inside the run directory (`text:RUN/mydata.txt`, a glob there, the directory itself) was called
+  "this run's own files", and the way out said to move the run directory outside the corpus, which moves the corpus
+  too: the line now says the corpus lies inside the run directory and to keep it outside. A corpus that holds the
+  run directory keeps the old line."""
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "mydata.txt").write_text((ROOT / "README.md").read_text())
+  spec = f"text:{run}/{pattern}".rstrip("/")
+  with pytest.raises(configuration.ConfigError) as err:
+    loop.check_corpus_excludes_run(tiny_config(**{"data.corpus": spec}), run)
+  assert str(err.value) == (f"data.corpus={spec!r} lies inside the run directory {str(run)!r} (it reads "
+                            f"{str(run / 'mydata.txt')!r}), whose files are the run's own; keep the corpus outside "
+                            f"the run directory (or use another workdir) and rerun")
+  with pytest.raises(configuration.ConfigError, match="reads this run's own files .* move the run directory"):
+    loop.check_corpus_excludes_run(tiny_config(**{"data.corpus": f"text:{tmp_path}"}), run)
+
+
 def test_a_corpus_that_reads_the_runs_own_files_at_a_later_start_is_refused_with_the_way_out(tmp_path):
   """What the first start cannot foresee (here a glob matching a name Orbax writes, state/manifest.ocdbt, that the
   check does not list): the next start finds the run's files among the corpus's and says to move the run out;

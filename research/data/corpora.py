@@ -356,6 +356,16 @@ def files_inside(spec: str, path: str | os.PathLike) -> list[Path]:
   return [f for f in files if root in Path(os.path.realpath(f)).parents]
 
 
+def spec_root(spec: str) -> Path | None:
+  """Where a `text:` corpus lies: its path up to the first name with a glob character (the file, the directory, or
+  the directory its glob starts in), `~` expanded, symlinks resolved; None for other specs and an empty path."""
+  if not isinstance(spec, str) or not spec.startswith("text:") or not spec[len("text:"):]:
+    return None
+  parts = Path(os.path.abspath(os.path.expanduser(spec[len("text:"):]))).parts
+  literal = next((i for i, part in enumerate(parts) if globlib.has_magic(part)), len(parts))
+  return Path(os.path.realpath(Path(*parts[:literal])))
+
+
 def _real_target(path: Path) -> Path:
   """`path` with its deepest existing ancestor resolved (symlinks), the rest (not created yet) as written."""
   for above in (path, *path.parents):

@@ -512,10 +512,17 @@ def in_cache_dir(e: OSError, config: ml_collections.ConfigDict, workdir: Path) -
 def check_corpus_excludes_run(config: ml_collections.ConfigDict, workdir: Path) -> None:
   """A one-line ConfigError when the run's `text:` corpus now reads files inside its workdir (`corpora.files_inside`):
   what `check_outside_corpus` could not foresee at the first start (a file name it does not know, a symlink made
-  since). Moving the run directory out restores the corpus the run started on, so the rerun resumes."""
+  since). Moving the run directory out restores the corpus the run started on, so the rerun resumes. A corpus kept
+  inside the run directory (`text:RUN/mydata.txt`) would move with it: the line says to keep it outside instead."""
   inside = corpora.files_inside(config.data.corpus, workdir)
   if inside:
     more = f" and {len(inside) - 1} more" if len(inside) > 1 else ""
+    corpus, run = corpora.spec_root(config.data.corpus), Path(os.path.realpath(workdir))
+    if corpus is not None and (corpus == run or run in corpus.parents):
+      raise configuration.ConfigError(
+          f"data.corpus={config.data.corpus!r} lies inside the run directory {str(workdir)!r} (it reads "
+          f"{str(inside[0])!r}{more}), whose files are the run's own; keep the corpus outside the run directory (or "
+          f"use another workdir) and rerun")
     raise configuration.ConfigError(
         f"data.corpus={config.data.corpus!r} reads this run's own files ({str(inside[0])!r}{more}) as training "
         f"text; move the run directory {str(workdir)!r} outside the corpus and rerun there (the corpus then reads "
