@@ -37,7 +37,10 @@ is measured on the spot on CPU (the `--dtype` matmul, as above) and taken from t
 peaks in benchmarks/hardware.py on a GPU or TPU (chosen by `jax.devices()[0].device_kind`; `--peak` overrides).
 On CPU it runs a few steps of one sequence (`PRESET_RUNS`) so that the path is exercised; the shape flags
 (`--seq-len`, `--batch`, `--layers`, ...) and `--attention`, `--remat`, `--loss-chunk` change the preset only when
-given. `--dtype` is the compute dtype (float32 unless given; bfloat16 on accelerators).
+given. `--dtype` is the compute dtype (float32 unless given; bfloat16 on accelerators). The preset's config is
+validated before anything runs (one line: `--heads=5` does not divide 768); the flags it would ignore (`--schemes`,
+`--interleave`, `--count_updates`, `--dtypes`) are refused with it, as `--remat` is without it. Flags are not
+abbreviated (which ones were given is read from the command line).
 """
 
 from __future__ import annotations
@@ -56,9 +59,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_SCHEMES = "none,learned,sinusoidal,rope,alibi,t5"
 PRESETS = {"gpt2-small": "gpt2_small"}  # --preset → configs/<module>.py
 # How a preset runs: on CPU a few steps of one sequence (a 124 M step at T = 1024 takes seconds there; the point is
-# to exercise the path), on an accelerator a micro-batch of 16 sequences per device, as nanoGPT's.
-PRESET_RUNS = {"cpu": {"batch": 1, "warmup": 1, "steps": 1, "windows": 2},
-               "accelerator": {"batch": 16, "warmup": 3, "steps": 10, "windows": 5}}
+# to exercise the path), on an accelerator a micro-batch of 16 sequences per device, as nanoGPT's, in bfloat16 (the
+# dtype of the published peak it is measured against).
+PRESET_RUNS = {"cpu": {"batch": 1, "warmup": 1, "steps": 1, "windows": 2, "dtype": "float32"},
+               "accelerator": {"batch": 16, "warmup": 3, "steps": 10, "windows": 5, "dtype": "bfloat16"}}
 # Command-line flags that override a preset's config field, only when given.
 PRESET_FIELDS = {"--vocab": ("vocab", "data.vocab_size"), "--d-model": ("d_model", "model.d_model"),
                  "--layers": ("layers", "model.num_layers"), "--heads": ("heads", "model.num_heads"),
@@ -83,7 +87,12 @@ def shape_argv(args) -> list[str]:
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  from research.model.config import REMATS
+
+  argv = list(sys.argv[1:] if argv is None else argv)
+  # No abbreviations (--inter for --interleave): which flags were given is read from argv's words (`_given`).
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                              allow_abbrev=False)
   p.add_argument("--schemes", default=DEFAULT_SCHEMES, help="comma-separated registered scheme names")
   p.add_argument("--json", action="store_true", help="one JSON object per scheme instead of a table")
   add_shape_args(p)
@@ -106,16 +115,31 @@ def parse_args(argv=None):
                  help="all rows in one worker, timing windows in turn each round; ratios to the first row")
   p.add_argument("--preset", default="", choices=("",) + tuple(PRESETS),
                  help="time a named model's train step on random ids (configs/gpt2_small.py) instead of the schemes")
-  p.add_argument("--remat", default="", help="--preset only: model.remat (none | block | dots_saveable)")
+  p.add_argument("--remat", default="", choices=REMATS, help="--preset only: the preset's model.remat")
   p.add_argument("--worker", default="", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
-  check_args(p, args)
+  check_args(p, args, argv)
   return args
 
 
-def check_args(p: argparse.ArgumentParser, args) -> None:
-  """One line (argparse's `error`, exit 2) for a value the timing cannot use, before any worker starts: each would
-  otherwise end in a worker's traceback, or print a table of nonsense (0 tokens/s, a negative MFU)."""
+# Flags that one way of timing never reads, and why: given there, each is refused (it would be silently ignored).
+PRESET_IGNORES = {"--schemes": "the preset times its own model, not the schemes",
+                  "--interleave": "the preset times one train step, not rows in turn",
+                  "--count_updates": "the preset's config sets train.count_updates",
+                  "--dtypes": "the preset times one dtype (--dtype)"}
+SCHEMES_IGNORE = {"--remat": "only --preset reads it (the schemes' rows take remat as a row field: --interleave "
+                             "--schemes=none+remat=block)"}
+
+
+def check_args(p: argparse.ArgumentParser, args, argv=()) -> None:
+  """One line (argparse's `error`, exit 2) for a value the timing cannot use, or a flag it would ignore, before any
+  worker starts: each would otherwise end in a worker's traceback, print a table of nonsense (0 tokens/s, a negative
+  MFU), or time something other than what was asked for. `argv` is the command line (which flags were given)."""
+  if not args.worker:
+    ignored = PRESET_IGNORES if args.preset else SCHEMES_IGNORE
+    for flag, why in ignored.items():
+      if _given(argv, flag):
+        p.error(f"{flag} with{'' if args.preset else 'out'} --preset: {why}")
   for flag, _ in SHAPE_FLAGS:
     if getattr(args, flag[2:].replace("-", "_")) < 1:
       p.error(f"{flag}={getattr(args, flag[2:].replace('-', '_'))}: must be at least 1")
@@ -134,6 +158,13 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
                                   ("--count_updates", args.count_updates)) if on]
   if len(modes) > 1 and not args.worker:  # each is its own way of timing; one would silently be ignored
     p.error(f"{' and '.join(modes)}: choose one (each times the rows its own way)")
+  if args.preset and not args.worker:
+    from research.train import configuration
+    try:  # the preset's config as the run builds it, with the CPU's batch: no device is touched before the re-exec
+      given = {name: getattr(args, name) for name in PRESET_RUNS["cpu"] if _given(argv, f"--{name}")}
+      preset_config(args, argv, {**PRESET_RUNS["cpu"], **given})
+    except configuration.ConfigError as e:
+      p.error(f"--preset={args.preset}: {' '.join(str(e).split())}")
   if not args.preset and not args.worker:
     specs = [s for s in args.schemes.split(",") if s]
     if not specs:
@@ -325,30 +356,42 @@ def _given(argv, flag: str) -> bool:
   return any(a == flag or a.startswith(flag + "=") for a in argv)
 
 
-def preset_config(args, argv):
+def preset_config(args, argv, run=None):
   """The preset's experiment config: configs/<preset>.py, the shape flags given on the command line, `--dtype`,
-  one micro-batch per step (no accumulation) and a data-parallel mesh over every device."""
+  one micro-batch per step (no accumulation) and a data-parallel mesh over every device. Validated (a
+  `configuration.ConfigError` names a bad value). `run` is `preset_run`'s (this platform's, asked of jax when
+  None); its batch must split over the devices only when it is None (`check_preset_batch`)."""
   import importlib
-
-  import jax
 
   from research.train import configuration
 
   config = importlib.import_module(f"configs.{PRESETS[args.preset]}").get_config()
   overrides = {field: getattr(args, dest) for flag, (dest, field) in PRESET_FIELDS.items() if _given(argv, flag)}
-  run = preset_run(args, argv)
-  overrides.update({"model.dtype": args.dtype, "train.batch_size": run["batch"], "train.grad_accum": 1,
+  check_devices = run is None
+  run = preset_run(args, argv) if run is None else run
+  overrides.update({"model.dtype": run["dtype"], "train.batch_size": run["batch"], "train.grad_accum": 1,
                     "mesh.data": -1, "mesh.fsdp": 1})
   config = configuration.apply_overrides(config, overrides)
   configuration.validate(config)
-  if run["batch"] % jax.device_count():
-    raise SystemExit(f"--batch={run['batch']} is not divisible by the {jax.device_count()} devices")
+  if check_devices:
+    import jax
+    check_preset_batch(run["batch"], jax.device_count(), _given(argv, "--batch"))
   return config
 
 
+def check_preset_batch(batch: int, devices: int, given: bool) -> None:
+  """Exits with one line when the preset's batch does not split over the devices, naming where the batch came from:
+  `--batch`, or the preset's own for CPU (PRESET_RUNS: one sequence, which a multi-device CPU cannot split; an
+  accelerator's is a multiple of the device count)."""
+  if batch % devices:
+    source = f"--batch={batch}" if given else f"the preset's batch on CPU ({batch}, PRESET_RUNS['cpu'])"
+    raise SystemExit(f"error: {source} is not divisible by the {devices} devices: give --batch=N with N a multiple "
+                     f"of {devices}")
+
+
 def preset_run(args, argv) -> dict:
-  """Batch (all devices together), warm-up steps, steps per window and windows: PRESET_RUNS for this platform, each
-  replaced by its flag when given."""
+  """Batch (all devices together), warm-up steps, steps per window, windows and compute dtype: PRESET_RUNS for this
+  platform, each replaced by its flag when given."""
   import jax
 
   platform = "cpu" if jax.devices()[0].platform == "cpu" else "accelerator"

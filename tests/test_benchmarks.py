@@ -77,6 +77,15 @@ def test_the_preset_runs_its_train_step_on_random_ids_and_reports_mfu(tmp_path):
     (["--schemes", "none+table_dim=16"], "needs --interleave"),
     (["--interleave", "--schemes", "none,none+tie_embeddings=1"], "tie_embeddings='1': expected true or false"),
     (["--interleave", "--count_updates"], "--interleave and --count_updates: choose one"),
+    (["--preset=gpt2-small", "--remat=full"], "argument --remat: invalid choice: 'full' (choose from 'none', 'block'"),
+    (["--remat=bogus", "--schemes=none"], "argument --remat: invalid choice: 'bogus'"),
+    (["--preset=gpt2-small", "--heads=5"], "--preset=gpt2-small: model.num_heads=5 does not divide the model width"),
+    (["--remat=block"], "--remat without --preset: only --preset reads it"),
+    (["--preset=gpt2-small", "--interleave"], "--interleave with --preset: the preset times one train step"),
+    (["--preset=gpt2-small", "--schemes=none"], "--schemes with --preset: the preset times its own model"),
+    (["--preset=gpt2-small", "--count_updates"], "--count_updates with --preset: the preset's config sets"),
+    (["--preset=gpt2-small", "--dtypes=float32,bfloat16"], "--dtypes with --preset: the preset times one dtype"),
+    (["--preset=gpt2-small", "--inter"], "unrecognized arguments: --inter"),
 ], ids=lambda x: x if isinstance(x, str) and x.startswith("-") else None)
 def test_throughputs_bad_values_are_one_line_before_any_worker(args, message, capsys):
   """Each used to end in a worker's traceback, or in a table of nonsense (0 tokens/s, a negative MFU, an untied row
@@ -84,6 +93,37 @@ def test_throughputs_bad_values_are_one_line_before_any_worker(args, message, ca
   with pytest.raises(SystemExit) as exit_info:
     _module("throughput").parse_args(args)
   assert exit_info.value.code == 2 and message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_throughputs_preset_accepts_what_it_reads_and_remat_reaches_scheme_rows_as_a_field():
+  throughput = _module("throughput")
+  args = throughput.parse_args(["--preset=gpt2-small", "--remat=dots_saveable", "--heads=6", "--batch=2"])
+  config = throughput.preset_config(args, ["--remat=dots_saveable", "--heads=6"], throughput.PRESET_RUNS["cpu"])
+  assert config.model.remat == "dots_saveable" and config.model.num_heads == 6
+  args = throughput.parse_args(["--interleave", "--schemes", "none,none+remat=block"])
+  assert throughput.row_config(args, "none+remat=block").remat == "block"
+
+
+def test_the_preset_runs_in_bfloat16_on_an_accelerator_unless_dtype_is_given():
+  """The accelerator's MFU is against a published bf16 peak; the preset used to run float32 there unless told."""
+  throughput = _module("throughput")
+  args = throughput.parse_args(["--preset=gpt2-small"])
+  assert throughput.preset_config(args, [], throughput.PRESET_RUNS["accelerator"]).model.dtype == "bfloat16"
+  assert throughput.preset_config(args, [], throughput.PRESET_RUNS["cpu"]).model.dtype == "float32"
+  argv = ["--preset=gpt2-small", "--dtype=bfloat16"]
+  assert throughput.preset_run(throughput.parse_args(argv), argv)["dtype"] == "bfloat16"  # this CPU, given
+
+
+def test_the_presets_batch_that_does_not_split_over_the_devices_says_where_it_came_from():
+  """A multi-device CPU used to be told `--batch=1 is not divisible` when no --batch was given (the preset's own)."""
+  throughput = _module("throughput")
+  throughput.check_preset_batch(4, 4, given=False)
+  with pytest.raises(SystemExit) as exit_info:
+    throughput.check_preset_batch(throughput.PRESET_RUNS["cpu"]["batch"], 4, given=False)
+  assert str(exit_info.value) == ("error: the preset's batch on CPU (1, PRESET_RUNS['cpu']) is not divisible by the 4 "
+                                  "devices: give --batch=N with N a multiple of 4")
+  with pytest.raises(SystemExit, match=r"^error: --batch=6 is not divisible by the 4 devices"):
+    throughput.check_preset_batch(6, 4, given=True)
 
 
 def test_throughputs_row_specs_read_booleans_as_the_config_does():
