@@ -725,13 +725,24 @@ def repo_relative(path: str) -> str:
     return path
 
 
+def remote_path(path: str) -> str:
+  """`path` as one word for a worker's shell: quoted (a space, a quote or a `$` stays part of the path), except a
+  leading `~` or `~/`, left bare so that the worker's shell expands it to the home directory there
+  (`~/my repo` -> `~/'my repo'`)."""
+  if path == "~" or path == "~/":
+    return path
+  if path.startswith("~/"):
+    return "~/" + shlex.quote(path[2:])
+  return shlex.quote(path)
+
+
 def tpu_commands(sweep: Sweep, directory: str, tpu: str, zone: str, repo_dir: str = "~/research") -> list[str]:
   """One line per trial: train on every host of a TPU VM pod slice, then evaluate on worker 0.
 
   Every host runs the same training program (the trainer calls jax.distributed.initialize(), which finds the slice's
   coordinator by itself), so `directory` must be a filesystem shared by all workers (gcsfuse, NFS), and `repo_dir`
   this repository's clone on each, installed there (`pip install -e .`, which puts research-train and
-  research-evaluate on PATH). Evaluation is one process on one host; a single host cannot bring up a slice's
+  research-evaluate on PATH; quoted for the worker's shell, its leading `~` left to expand there: `remote_path`). Evaluation is one process on one host; a single host cannot bring up a slice's
   TPU runtime without the others (JAX waits for them), so it runs on that host's CPUs (JAX_PLATFORMS=cpu). It
   starts only after training succeeded on every host (`&&`).
   """
@@ -741,13 +752,13 @@ def tpu_commands(sweep: Sweep, directory: str, tpu: str, zone: str, repo_dir: st
   out = []
   sweep = dataclasses.replace(sweep, base_config=repo_relative(sweep.base_config))
   ssh = f"gcloud compute tpus tpu-vm ssh {shlex.quote(tpu)} --zone={shlex.quote(zone)}"
+  repo = remote_path(repo_dir)
   for trial in sweep.trials:
     workdir = f"{directory.rstrip('/')}/{trial.name}"
-    # repo_dir is left unquoted so that the remote shell expands its `~`.
-    train = f"cd {repo_dir} && {shlex.join(train_command(sweep, trial, workdir, train='research-train'))}"
+    train = f"cd {repo} && {shlex.join(train_command(sweep, trial, workdir, train='research-train'))}"
     line = f"{ssh} --worker=all --command={shlex.quote(train)}"
     if sweep.evaluate:
-      evaluate = (f"cd {repo_dir} && JAX_PLATFORMS=cpu "
+      evaluate = (f"cd {repo} && JAX_PLATFORMS=cpu "
                   f"{shlex.join(evaluate_command(sweep, workdir, evaluate='research-evaluate'))}")
       line += f" && {ssh} --worker=0 --command={shlex.quote(evaluate)}"
     out.append(line)

@@ -417,6 +417,23 @@ def test_tpu_commands_default_repo_dir_and_refuse_urls(tmp_path):
   assert "gcsfuse" in lines[0] and result.stdout == ""
 
 
+@pytest.mark.parametrize("repo_dir, expected", [
+    ("~/my repo/it's $HOME", "{home}/my repo/it's $HOME"), ("~", "{home}"),
+    ("/opt/a b/`x` $y;z", "/opt/a b/`x` $y;z"), ("/opt/research", "/opt/research")])
+def test_tpu_commands_repo_dir_reaches_the_workers_shell_as_one_path(tmp_path, repo_dir, expected):
+  """A repo_dir with a space (or a quote, a `$`) used to be pasted unquoted: `cd ~/my repo && ...` on the worker."""
+  sweep = sweeps.load_sweep(_tpu_sweep(tmp_path))
+  home = tmp_path / "home"
+  for line in sweeps.tpu_commands(sweep, "/mnt/shared/runs", "tpu", "zone", repo_dir=repo_dir):
+    remotes = [w.removeprefix("--command=") for w in shlex.split(line) if w.startswith("--command=")]
+    assert len(remotes) == 2
+    for remote in remotes:  # the worker's shell, its cd and commands replaced by ones that print their arguments
+      out = subprocess.run(["bash", "-c", "cd() { printf '<%s>\\n' \"$@\"; }; research-train() { :; }; "
+                            "research-evaluate() { :; }; " + remote], capture_output=True, text=True,
+                           env={**os.environ, "HOME": str(home)})
+      assert out.returncode == 0 and out.stdout == f"<{expected.format(home=home)}>\n", (remote, out)
+
+
 def _statuses_from(index):
   return {t["name"]: t["status"] for t in index["trials"]}
 
