@@ -742,9 +742,10 @@ def tpu_commands(sweep: Sweep, directory: str, tpu: str, zone: str, repo_dir: st
   Every host runs the same training program (the trainer calls jax.distributed.initialize(), which finds the slice's
   coordinator by itself), so `directory` must be a filesystem shared by all workers (gcsfuse, NFS), and `repo_dir`
   this repository's clone on each, installed there (`pip install -e .`, which puts research-train and
-  research-evaluate on PATH; quoted for the worker's shell, its leading `~` left to expand there: `remote_path`). Evaluation is one process on one host; a single host cannot bring up a slice's
-  TPU runtime without the others (JAX waits for them), so it runs on that host's CPUs (JAX_PLATFORMS=cpu). It
-  starts only after training succeeded on every host (`&&`).
+  research-evaluate on PATH; quoted for the worker's shell, its leading `~` left to expand there: `remote_path`).
+  Evaluation is one process on one host; a single host cannot bring up a slice's TPU runtime without the others
+  (JAX waits for them), so it runs on that host's CPUs (JAX_PLATFORMS=cpu). It starts only after training
+  succeeded on every host (`&&`).
   """
   if configuration.is_url(directory):
     raise configuration.ConfigError(f"workdir {directory!r} is a URL; TPU workers need a shared filesystem path "
