@@ -14,8 +14,8 @@ warm-up steps, cosine to 6e-5 over 600,000 steps, ~0.5 M tokens per step (512 ×
 `benchmarks/throughput.py --preset=gpt2-small` times this model's real train step on random ids (no corpus). To
 train it, give it a corpus that can fill a 50 k vocabulary (`--config.data.corpus=hf:...` or `text:...`; the
 built-in sample is far too small) and, on a GPU or TPU, `--config.model.dtype=bfloat16`. `model.attention=auto`
-runs jax.nn.dot_product_attention there; `--config.model.remat=block` trades compute for activation memory when a
-micro-batch does not fit.
+runs jax.nn.dot_product_attention there; `--config.model.remat=block` trades compute for activation memory there
+when a micro-batch does not fit (on XLA:CPU it saves none: docs/architecture.md, "Gradient checkpointing").
 """
 
 from configs import default

@@ -125,7 +125,8 @@ class ModelConfig:
   attention: str = "auto"
   # Gradient checkpointing per block (flax nn.remat): none | block (keep each block's inputs, recompute the rest in
   # the backward pass) | dots_saveable (keep the matmul outputs too, recompute the elementwise work). Same values and
-  # gradients; less activation memory for more compute.
+  # gradients; on a GPU / TPU less activation memory for more compute, on XLA:CPU the recomputation and no memory
+  # saved (measured: docs/architecture.md, "Gradient checkpointing").
   remat: str = "none"
 
   def __post_init__(self):
