@@ -213,6 +213,21 @@ def test_an_unwritable_directory_is_one_line_before_anything_runs():
     assert "\n" not in str(err.value)
 
 
+def test_a_file_where_the_results_directory_goes_is_one_line_and_a_failed_write_leaves_no_temporary(tmp_path):
+  """research-analyze computed its whole analysis, then failed with a FileExistsError traceback at the final write,
+  when RUN/eval was a file: check_writable (called before anything is computed) passed it. And a write whose rename
+  fails (the target a directory) left its .tmp file behind."""
+  (tmp_path / "eval").write_text("")
+  with pytest.raises(configuration.ConfigError, match="is not a directory; results are written in it") as err:
+    loop.check_writable(tmp_path / "eval")
+  assert "\n" not in str(err.value)
+  (tmp_path / "out").mkdir()
+  (tmp_path / "out" / "positions.json").mkdir()
+  with pytest.raises(OSError):
+    loop.atomic_write_json(tmp_path / "out" / "positions.json", {"a": 1})
+  assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["positions.json"]
+
+
 def test_a_full_device_is_recognised_through_the_exceptions_orbax_and_python_raise():
   import errno
   full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/run/checkpoints/20/state")

@@ -11,7 +11,8 @@ checkpoint's (a per-layer scheme: one panel or curve per layer).
   rotary_kernel.png        a q/k transform (rope, p_rope, xpos): the score q·k after the transform of a query at
                            position d and a key at position 0 (d < 0 in an encoder: the query at 0, the key at −d),
                            for q = k = u, averaged over ROTARY_SAMPLES fixed random unit vectors u per head (seed 0).
-                           For RoPE that is the rotary kernel (1/D)·Σ_i |u_i|²·cos(θ_i·d) in expectation: 1 at d = 0.
+                           For RoPE that is the rotary kernel Σ_i |u_i|²·cos(θ_i·d) over the D/2 rotated pairs u_i,
+                           (2/D)·Σ_i cos(θ_i·d) in expectation: 1 at d = 0 (YaRN: its mscale²).
   bias_by_distance.png     a score bias (alibi, t5, kerple_*, fire, sandwich): per head, the mean bias over the
                            pairs (i, j) of positions 0 … T−1 at distance d = i − j (d < 0: keys after the query, in an
                            encoder only); Toeplitz schemes have one value per distance, so the mean is that value.
@@ -228,8 +229,12 @@ def _figure(size):
 def _save(fig, path: Path) -> None:
   fig.tight_layout()
   tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-  fig.savefig(tmp, format="png", dpi=110)
-  os.replace(tmp, path)
+  try:
+    fig.savefig(tmp, format="png", dpi=110)
+    os.replace(tmp, path)
+  except BaseException:
+    tmp.unlink(missing_ok=True)
+    raise
 
 
 def _layer_label(layer) -> str:

@@ -69,9 +69,13 @@ class NonFiniteError(RuntimeError):
 def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
   """`write(binary file)` into a temporary beside `path`, then renamed over it: a crash never leaves half a file."""
   tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-  with tmp.open("wb") as f:
-    write(f)
-  os.replace(tmp, path)
+  try:
+    with tmp.open("wb") as f:
+      write(f)
+    os.replace(tmp, path)
+  except BaseException:
+    tmp.unlink(missing_ok=True)  # (a failed write or rename leaves no temporary behind)
+    raise
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -1263,6 +1267,9 @@ def check_writable(directory: str | os.PathLike) -> None:
   another user's run. research-evaluate and research-analyze call it for RUN/eval before they compute anything, so
   no evaluation is lost at the final write. A missing parent is left to the callers' own checks."""
   directory = Path(directory)
+  if directory.exists() and not directory.is_dir():  # a file where RUN/eval goes: mkdir fails after the work
+    raise configuration.ConfigError(f"{str(directory)!r} is not a directory; results are written in it: move the "
+                                    f"file away")
   target = directory if directory.exists() else directory.parent
   if not target.is_dir():
     return
