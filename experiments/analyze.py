@@ -21,8 +21,8 @@ One entry point for every analysis of a table: a new one is a flag and one more 
 from research import hugepages, interrupts
 
 if __name__ == "__main__":  # `python -m`: restart first, before the imports below (JAX's) are made twice
+  interrupts.record()  # a Ctrl-C from here on is raised once the command can end in one line (`run`)
   hugepages.maybe_reexec()
-  interrupts.record()  # a Ctrl-C during the imports is raised once the command can end in one line (`run`)
 
 from pathlib import Path
 
@@ -108,7 +108,8 @@ def main(argv):
   logging.set_verbosity(logging.ERROR)
   check_flags()
   if _WORKDIR.value:
-    from research.train import loop
+    with interrupts.held():  # JAX's imports (seconds): a Ctrl-C during them is raised after them, not inside
+      from research.train import loop
     loop.check_writable(Path(_WORKDIR.value) / "eval")  # before the analyses, not at their final write
     if _RARE.value:  # --rare's input, checked before the quality analysis writes its file
       rare.check_run_files(_WORKDIR.value)
@@ -122,10 +123,12 @@ def main(argv):
     print(f"{_WORKDIR.value}/{quality.EVAL_DIR}/{quality.QUALITY_FILES[_VECTORS_OF.value]} "
           f"(step {report['checkpoint_step']})")
   print("\n".join(quality.summary_lines(report)))
+  interrupts.check()  # a Ctrl-C whose KeyboardInterrupt a callback swallowed (JAX's gc hook) ends the command here
   if _RARE.value:
     rare_report = rare.analyze_run(_WORKDIR.value, _CHECKPOINT.value)
     print(f"{_WORKDIR.value}/{quality.EVAL_DIR}/{rare.RARE_FILE} (step {rare_report['checkpoint_step']})")
     print("\n".join(rare.summary_lines(rare_report)))
+    interrupts.check()
   if _POSITIONS.value:
     pictures = positions.analyze_run(_WORKDIR.value, _CHECKPOINT.value, _POSITIONS_BATCHES.value)
     print(f"{_WORKDIR.value}/{quality.EVAL_DIR}/{positions.POSITIONS_FILE} (step {pictures['checkpoint_step']})")

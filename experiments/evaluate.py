@@ -14,8 +14,8 @@ Every option is checked, for every length, before anything is loaded or scored: 
 from research import hugepages, interrupts
 
 if __name__ == "__main__":  # `python -m`: restart first, before the imports below (JAX's) are made twice
+  interrupts.record()  # a Ctrl-C from here on is raised once the command can end in one line (`run`)
   hugepages.maybe_reexec()
-  interrupts.record()  # a Ctrl-C during the imports is raised once the command can end in one line (`run`)
 
 import json
 from pathlib import Path

@@ -1,15 +1,23 @@
-"""The console scripts of the commands that restart with huge pages (research-train, research-evaluate,
-research-analyze): each restarts first (`hugepages.maybe_reexec`), then imports its command. A console script imports
-the module it names before calling it, so naming `experiments.train:run` itself made the imports (JAX's, ~2 s) twice,
-once in the process the restart replaces. `python -m experiments.train` restarts at the top of the module instead.
+"""The console scripts: each records Ctrl-C from its first line (research/interrupts.py), before it imports its
+command (JAX's imports take seconds), and the ones whose processes run XLA (research-train, research-evaluate,
+research-analyze) then restart with huge pages (`hugepages.maybe_reexec`). A console script imports the module it
+names before calling it: naming `experiments.train:run` itself made the imports (JAX's, ~2 s) twice, once in the
+process the restart replaces, and left a Ctrl-C during them to Python's default handling (a traceback, or lost in a
+callback that swallows it). `python -m experiments.train` does the same at the top of the module instead.
 """
+
+import signal
 
 from research import hugepages, interrupts
 
 
 def _restart_then(module: str) -> None:
+  interrupts.record()  # a Ctrl-C from here on is raised once the command can end in one line
   hugepages.maybe_reexec()
-  interrupts.record()  # a Ctrl-C during the imports below is raised once the command can end in one line
+  _run(module)
+
+
+def _run(module: str) -> None:
   import importlib
   importlib.import_module(f"experiments.{module}").run()
 
@@ -24,3 +32,23 @@ def evaluate() -> None:
 
 def analyze() -> None:
   _restart_then("analyze")
+
+
+def vectors() -> None:
+  interrupts.record()
+  _run("vectors")
+
+
+def report() -> None:
+  interrupts.record()
+  _run("report")
+
+
+def sweep() -> None:
+  interrupts.record((signal.SIGINT, signal.SIGTERM), even_ignored=True)  # as sweeps.defer_signals, from here on
+  _run("sweep")
+
+
+def quickstart() -> None:
+  interrupts.record((signal.SIGINT, signal.SIGTERM), even_ignored=True)
+  _run("quickstart")

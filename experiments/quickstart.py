@@ -10,6 +10,12 @@ the others; the errors are in the report and in sweep.json).
 """
 
 import signal
+
+from research import interrupts
+
+if __name__ == "__main__":  # `python -m`: signals are recorded before the imports below (seconds; launch.py)
+  interrupts.record((signal.SIGINT, signal.SIGTERM), even_ignored=True)
+
 import sys
 
 from absl import app, flags
@@ -39,9 +45,9 @@ def main(argv):
   corpora = list(dict.fromkeys(str(sweeps.trial_config(sweep, t, base).data.corpus) for t in sweep.trials))
   print(f"quickstart: {len(sweep.trials)} trials of {sweep.base_config} on {', '.join(corpora)} -> {_WORKDIR.value}")
   status = sweeps.run_sweep(sweep, _WORKDIR.value, jobs=_JOBS.value)
-  # The report: a Ctrl-C ends it at once (KeyboardInterrupt, one line in `run`), a TERM as by default.
-  signal.signal(signal.SIGINT, signal.default_int_handler)
-  signal.signal(signal.SIGTERM, signal.SIG_DFL)
+  # The report: a Ctrl-C or a TERM ends it at once (a KeyboardInterrupt: one line in `run`, 128 + the signal).
+  interrupts.record((signal.SIGINT, signal.SIGTERM), even_ignored=True)
+  interrupts.deliver((signal.SIGINT, signal.SIGTERM))
   report = build_report(_WORKDIR.value)
   print()
   print(report.table)
@@ -61,8 +67,11 @@ def run():
   try:
     app.run(main, flags_parser=parse_flags)
   except KeyboardInterrupt:  # during the report: the trials are done, the report is written again by a rerun
-    print("error: interrupted while writing the report; rerun the command to write it", file=sys.stderr, flush=True)
-    exit_now(128 + signal.SIGINT)
+    signum = interrupts.RECEIVED[-1] if interrupts.RECEIVED else signal.SIGINT
+    by = "" if signum == signal.SIGINT else f" by {sweeps.signal_text(signum)}"
+    print(f"error: interrupted{by} while writing the report; rerun the command to write it", file=sys.stderr,
+          flush=True)
+    exit_now(128 + signum)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,17 @@ Writes DIR/report.md, DIR/table.csv, DIR/table.tex and PNG plots, prints the tab
 empty, foreign or unwritable directory, or a malformed run file, prints `error: <message>` and exits with status 2.
 """
 
+from research import interrupts
+
+if __name__ == "__main__":  # `python -m`: a Ctrl-C is recorded before the imports below (seconds; launch.py)
+  interrupts.record()
+
 import signal
 import sys
 
 from absl import app
 
-from experiments.common import parse_flags
+from experiments.common import end_interrupted, parse_flags
 from research.report import ReportError, build_report
 from research.report.runs import display
 
@@ -44,7 +49,11 @@ def main(argv):
 def run():
   if hasattr(signal, "SIGPIPE"):  # `research-report DIR | head` ends quietly
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-  app.run(main, flags_parser=parse_flags)
+  try:
+    interrupts.deliver()  # (a Ctrl-C recorded since the first line is raised here)
+    app.run(main, flags_parser=parse_flags)
+  except KeyboardInterrupt:
+    end_interrupted("no file is left half-written; rerun the command to write the report")
 
 
 if __name__ == "__main__":

@@ -25,9 +25,15 @@ cluster's environment) run one at a time: --jobs > 1 is refused.
 new value) or adds the field to each; a field the sweep varies is refused, since setting it would merge arms.
 """
 
+import signal
+
+from research import interrupts
+
+if __name__ == "__main__":  # `python -m`: signals are recorded before the imports below (seconds; launch.py)
+  interrupts.record((signal.SIGINT, signal.SIGTERM), even_ignored=True)
+
 import dataclasses
 import shlex
-import signal
 import sys
 from pathlib import Path
 

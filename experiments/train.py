@@ -11,8 +11,8 @@ line naming it (exit status 3) instead of hanging or printing the runtime's C++ 
 from research import hugepages, interrupts
 
 if __name__ == "__main__":  # `python -m`: restart first, before the imports below (JAX's) are made twice
+  interrupts.record()  # a Ctrl-C from here on is raised once the command can end in one line (`run`)
   hugepages.maybe_reexec()
-  interrupts.record()  # a Ctrl-C during the imports is raised once the command can end in one line (`run`)
 
 import sys
 

@@ -10,6 +10,11 @@ FILE (no subword n-grams), else a fastText `.bin` with its subword model. FILE e
 research-train.
 """
 
+from research import interrupts
+
+if __name__ == "__main__":  # `python -m`: a Ctrl-C is recorded before the imports below (seconds; launch.py)
+  interrupts.record()
+
 from absl import app, flags, logging
 
 from experiments.common import end_interrupted, parse_flags, run_main
@@ -55,6 +60,7 @@ def main(argv):
 def run():
   flags.mark_flags_as_required(["out"])
   try:
+    interrupts.deliver()  # (a Ctrl-C recorded since the first line is raised here)
     app.run(main, flags_parser=parse_flags)
   except KeyboardInterrupt:
     end_interrupted("--out is written only when training finished: rerun the command")

@@ -20,6 +20,8 @@ import platform
 import sys
 from typing import Mapping, Sequence
 
+from research import interrupts
+
 TUNABLE = "glibc.malloc.hugetlb=1"
 THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
 OPT_OUT = "RESEARCH_HUGE_PAGES"
@@ -69,4 +71,5 @@ def maybe_reexec(argv: Sequence[str] | None = None, enabled: bool = True) -> Non
   argv = list(sys.orig_argv if argv is None else argv)
   sys.stdout.flush()
   sys.stderr.flush()
+  interrupts.hold_across_exec()  # a Ctrl-C during the new interpreter's start-up waits for its interrupts.record
   os.execve(sys.executable, [sys.executable, *argv[1:]], env)

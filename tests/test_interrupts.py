@@ -4,6 +4,7 @@ KeyboardInterrupt was swallowed is raised again by `check`; an ignored SIGINT st
 import os
 import signal
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +72,72 @@ def test_an_ignored_sigint_stays_ignored_unless_asked(fresh_state):
   interrupts.record((signal.SIGINT,), even_ignored=True)  # research-sweep
   _interrupt_self()
   assert interrupts.RECEIVED == [signal.SIGINT]
+
+
+def test_held_raises_a_signal_that_came_inside_it_after_it(fresh_state):
+  """A KeyboardInterrupt inside a lazy import left half a module ("module 'jax' has no attribute 'core'")."""
+  interrupts.record()
+  interrupts.deliver()
+  inside = []
+  with pytest.raises(KeyboardInterrupt):
+    with interrupts.held():
+      _interrupt_self()  # not raised here
+      inside.append("finished")
+  assert inside == ["finished"]
+
+
+def test_deliver_raises_for_the_signals_it_is_given_only(fresh_state):
+  """research-quickstart's report: SIGTERM as well as SIGINT ends it in one line (it used to end by SIGTERM, no line)."""
+  previous = signal.getsignal(signal.SIGTERM)
+  try:
+    interrupts.record((signal.SIGINT, signal.SIGTERM))
+    interrupts.deliver((signal.SIGINT,))
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(1000):
+      pass
+    assert interrupts.RECEIVED == [signal.SIGTERM]  # recorded, not raised
+    with pytest.raises(KeyboardInterrupt):
+      interrupts.deliver((signal.SIGINT, signal.SIGTERM))
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_sigint_across_the_huge_pages_restart_waits_for_the_new_process_to_record_it(tmp_path):
+  """The restart (os.execve) started a second interpreter, whose start-up turned a Ctrl-C into a traceback (or
+  "Fatal Python error: init_import_site"). Blocked across it, the signal is pending in the new process until its
+  `record` unblocks it, and is then recorded, not lost."""
+  import subprocess
+  script = tmp_path / "restart.py"
+  script.write_text(
+      "import os, signal, sys\n"
+      "from research import interrupts\n"
+      "if len(sys.argv) == 1:\n"
+      "  interrupts.record()\n"
+      "  signal.raise_signal(signal.SIGINT)  # recorded in this process\n"
+      "  interrupts.hold_across_exec()\n"
+      "  os.execv(sys.executable, [sys.executable, __file__, 'restarted'])\n"
+      "pending = signal.SIGINT in signal.sigpending()\n"
+      "interrupts.record()  # unblocks it: recorded here\n"
+      "print(pending, interrupts.RECEIVED == [signal.SIGINT], signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))\n")
+  env = {**os.environ, "PYTHONPATH": str(Path(interrupts.__file__).parents[1])}
+  result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.default_int_handler))
+  assert result.returncode == 0 and result.stdout.split() == ["True", "True", "False"], result.stderr[-2000:]
+
+
+def test_every_console_script_records_signals_before_it_imports_its_command():
+  """A console script imports the module it names before calling it: naming the command's module made its imports
+  (JAX's, seconds) run with Python's default handling of Ctrl-C (a traceback, or lost in a swallowing callback;
+  research-sweep then trained every trial). Each goes through experiments/launch.py, which records first."""
+  import ast
+  import configparser
+  from experiments import launch
+  parser = configparser.ConfigParser()
+  parser.read(Path(interrupts.__file__).parents[1] / "setup.cfg")
+  scripts = dict(line.split(" = ") for line in parser["options.entry_points"]["console_scripts"].split("\n") if line)
+  assert scripts and all(target.startswith("experiments.launch:") for target in scripts.values()), scripts
+  tree = ast.parse(Path(launch.__file__).read_text())
+  for target in scripts.values():
+    function = next(f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == target.split(":")[1])
+    first = ast.unparse(function.body[0])
+    assert first.startswith(("interrupts.record(", "_restart_then(")), (target, first)
