@@ -24,11 +24,12 @@ if __name__ == "__main__":  # `python -m`: restart first, before the imports bel
   interrupts.record()  # a Ctrl-C from here on is raised once the command can end in one line (`run`)
   hugepages.maybe_reexec()
 
+import sys
 from pathlib import Path
 
 from absl import app, flags, logging
 
-from experiments.common import end_interrupted, parse_flags, run_main
+from experiments.common import end_interrupted, expand_home_flags, parse_flags, run_main
 from research.analysis import positions, quality, rare
 from research.embeddings import pretrained
 from research.error_text import unwritable
@@ -139,6 +140,7 @@ def main(argv):
 
 
 def run():
+  sys.argv = expand_home_flags(sys.argv)  # --workdir=~/runs/x: the home directory, not a directory named ~
   hugepages.maybe_reexec()  # first: restarts the process with huge pages for XLA's buffers (Linux)
   try:
     interrupts.deliver()  # (a Ctrl-C recorded since the first line is raised here)

@@ -224,6 +224,18 @@ def config_flag_value(argv: list[str], name: str = "config") -> str | None:
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def expand_home_flags(argv: list[str]) -> list[str]:
+  """`argv` with a leading `~` (`~/runs`, `~`, `~user/x`) in a `--flag=VALUE` expanded to the home directory, as the
+  shell expands it in `--flag ~/runs` but not after the `=`: `--workdir=~/runs` made a directory named `~` in the
+  current directory (which a later `rm -rf ~` would take for the home directory). Call it first in a command's
+  `run`, before anything reads sys.argv."""
+  out = list(argv[:1])
+  for arg in argv[1:]:
+    match = re.match(r"(--?[A-Za-z_][\w.-]*=)(~.*)", arg, re.S)
+    out.append(match.group(1) + os.path.expanduser(match.group(2)) if match else arg)
+  return out
+
+
 def with_shipped_config(argv: list[str], name: str = "config") -> list[str]:
   """`argv` with a relative `--config=PATH[:ARGS]` that names no file in the current directory but one of this
   repository (the shipped configs/clm.py, ...) made that file's absolute path, so that the everyday commands work

@@ -18,11 +18,12 @@ if __name__ == "__main__":  # `python -m`: restart first, before the imports bel
   hugepages.maybe_reexec()
 
 import json
+import sys
 from pathlib import Path
 
 from absl import app, flags, logging
 
-from experiments.common import end_interrupted, parse_flags, run_main
+from experiments.common import end_interrupted, expand_home_flags, parse_flags, run_main
 from research import supervisor
 from research.evaluate import extrapolation, passkey
 
@@ -94,6 +95,7 @@ def print_passkey(workdir: str, rope_scaling: str | None) -> None:
 
 
 def run():
+  sys.argv = expand_home_flags(sys.argv)  # --workdir=~/runs/x: the home directory, not a directory named ~
   hugepages.maybe_reexec()  # first: restarts the process with huge pages for XLA's buffers (Linux)
   supervisor.maybe_supervise()  # multi-process jobs: a lost or missing process is one line, not a C++ report
   flags.mark_flags_as_required(["workdir"])

@@ -20,7 +20,7 @@ import sys
 
 from absl import app, flags
 
-from experiments.common import exit_now, parse_flags, run_main
+from experiments.common import exit_now, expand_home_flags, parse_flags, run_main
 from research import sweeps
 from research.report import build_report
 from research.train.configuration import ConfigError
@@ -63,6 +63,7 @@ def main(argv):
 
 
 def run():
+  sys.argv = expand_home_flags(sys.argv)  # --workdir=~/runs/x: the home directory, not a directory named ~
   sweeps.defer_signals()  # a Ctrl-C while the sweep loads stops it before its first trial (never lost)
   try:
     app.run(main, flags_parser=parse_flags)

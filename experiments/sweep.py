@@ -39,7 +39,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from experiments.common import exit_now, parse_flags, run_main
+from experiments.common import exit_now, expand_home_flags, parse_flags, run_main
 from research import sweeps
 from research.train.configuration import ConfigError
 
@@ -118,6 +118,7 @@ def main(argv):
 
 
 def run():
+  sys.argv = expand_home_flags(sys.argv)  # --workdir=~/runs/x: the home directory, not a directory named ~
   sweeps.defer_signals()  # a Ctrl-C while the sweep loads stops it before its first trial (never lost)
   flags.mark_flags_as_required(["sweep", "workdir"])
   try:

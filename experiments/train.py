@@ -19,8 +19,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments.common import (check_config_file, check_override_flags, end_interrupted, parse_flags, run_main,
-                                with_shipped_config)
+from experiments.common import (check_config_file, check_override_flags, end_interrupted, expand_home_flags,
+                                parse_flags, run_main, with_shipped_config)
 from research import supervisor
 from research.train import configuration, loop
 
@@ -40,6 +40,7 @@ def main(argv):
 
 
 def run():
+  sys.argv = expand_home_flags(sys.argv)  # --workdir=~/runs/x: the home directory, not a directory named ~
   hugepages.maybe_reexec()  # first: restarts the process with huge pages for XLA's buffers (Linux)
   sys.argv = with_shipped_config(sys.argv)  # configs/clm.py from any directory (a file here wins)
   check_config_file(sys.argv)

@@ -15,9 +15,11 @@ from research import interrupts
 if __name__ == "__main__":  # `python -m`: a Ctrl-C is recorded before the imports below (seconds; launch.py)
   interrupts.record()
 
+import sys
+
 from absl import app, flags, logging
 
-from experiments.common import end_interrupted, parse_flags, run_main
+from experiments.common import end_interrupted, expand_home_flags, parse_flags, run_main
 from research.data import corpora, tokenizers
 from research.embeddings import train_vectors
 
@@ -58,6 +60,7 @@ def main(argv):
 
 
 def run():
+  sys.argv = expand_home_flags(sys.argv)  # --out=~/vectors.txt: the home directory, not a directory named ~
   flags.mark_flags_as_required(["out"])
   try:
     interrupts.deliver()  # (a Ctrl-C recorded since the first line is raised here)

@@ -203,3 +203,21 @@ def test_a_config_file_that_does_not_load_is_one_line(tmp_path, source, message)
   path.write_text(source)
   line = error_line(cli(f"--config={path}", f"--workdir={tmp_path / 'run'}"))
   assert str(path) in line and line.endswith(message), line
+
+
+def test_a_tilde_after_a_flags_equals_sign_is_the_home_directory(tmp_path, monkeypatch):
+  """`--workdir=~/runs/x` (the shell expands `~` in `--workdir ~/runs/x`, not after the `=`) made a directory named
+  `~` in the current directory; every command's run() now expands it first."""
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  argv = ["prog", "--workdir=~/runs/x", "--out=~", "--config.data.cache_dir=~/c", "--name=a~b", "~/positional",
+          "--flag", "~/separate", "--x=~nosuchuser_zz/y"]
+  assert common.expand_home_flags(argv) == [
+      "prog", f"--workdir={tmp_path}/home/runs/x", f"--out={tmp_path}/home", f"--config.data.cache_dir={tmp_path}/home/c",
+      "--name=a~b", "~/positional", "--flag", "~/separate", "--x=~nosuchuser_zz/y"]
+  # A real command: the run directory it names is the home directory's.
+  (tmp_path / "home").mkdir()
+  result = cli("experiments.evaluate", "--workdir=~/nowhere", "--lengths=1", cwd=tmp_path,
+               env={"HOME": str(tmp_path / "home")})
+  assert result.returncode == 2 and f"{tmp_path}/home/nowhere" in result.stderr.strip().splitlines()[-1], \
+      result.stderr[-2000:]
+  assert not (tmp_path / "~").exists()
