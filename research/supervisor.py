@@ -129,8 +129,9 @@ def lost_peer_message(report: str, environ: Mapping[str, str]) -> str | None:
             f"finish within mesh.heartbeat_timeout_s seconds; {me}")
   if index != 0 and "CoordinationService/" in report and any(s in report for s in _CONNECTION_LOST):
     return f"lost the coordinator, {_process(0, count)}{at} (its connection closed); {me}"
-  if gloo:
-    return f"lost a peer process: a collective failed ({gloo.group(1) or gloo.group(2)}); {me}"
+  if gloo:  # the collective does not say which peer failed it; in a job of two it can only be the other one
+    peer = _process(1 - index, count) if count == 2 and index in (0, 1) else "a peer process"
+    return f"lost {peer}: a collective failed ({gloo.group(1) or gloo.group(2)}); {me}"
   status = re.search(r"absl::Status: ([^\n]*)", report)
   return f"the distributed runtime stopped the run ({status.group(1) if status else 'see its log'}); {me}"
 

@@ -206,7 +206,9 @@ def test_a_killed_process_ends_the_other_in_one_line_and_the_rerun_resumes(two_p
   # Found by its missing heartbeats (mesh.heartbeat_timeout_s), not after JAX's defaults (100 s, 300 s).
   assert elapsed < HEARTBEAT_S + 30, elapsed
   lines = [line for line in err.splitlines() if line.strip()]
-  assert len(lines) == 1 and lines[0].startswith("error: lost process 1 of 2: no heartbeat"), err[-3000:]
+  # Found by its missing heartbeats, or first by a collective it left torn (a race the machine's load decides).
+  assert len(lines) == 1 and lines[0].startswith(("error: lost process 1 of 2: no heartbeat",
+                                                  "error: lost process 1 of 2: a collective failed")), err[-3000:]
   assert "mesh.heartbeat_timeout_s" in lines[0] and "rerun every process" in lines[0]
   assert not (workdir / "summary.json").exists(), "the run finished before it could be killed"
   saved = _saved_steps(workdir)
@@ -494,7 +496,7 @@ ValueError: something else went wrong
     (INIT_REPORT, "1", "the job did not come together: not all 2 processes reached the coordinator at "
                        "127.0.0.1:4321 within mesh.init_timeout_s seconds"),
     # A peer killed while it sent: the survivor's gloo read a torn message (seen once in CI under load).
-    (TORN_REPORT, "0", "lost a peer process: a collective failed (Received data size doesn't match expected size); "
+    (TORN_REPORT, "0", "lost process 1 of 2: a collective failed (Received data size doesn't match expected size); "
                        "process 0 stops too"),
     (BUG_REPORT, "0", None),
 ])
@@ -503,6 +505,11 @@ def test_the_runtime_report_becomes_one_line_naming_the_lost_process(report, pro
   message = supervisor.lost_peer_message(report, env)
   assert message == expected if expected is None else message.startswith(expected), message
   assert message is None or "\n" not in message
+
+
+def test_a_torn_collective_in_a_job_of_three_cannot_say_which_peer():
+  env = {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:4321", "JAX_NUM_PROCESSES": "3", "JAX_PROCESS_ID": "0"}
+  assert supervisor.lost_peer_message(TORN_REPORT, env).startswith("lost a peer process: a collective failed (")
 
 
 def _relay(writes) -> tuple[bytes, bytes, bool]:
