@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from typing import Callable, NoReturn
+from typing import Callable, NoReturn, Sequence
 
 from absl import flags
 
@@ -224,15 +224,25 @@ def config_flag_value(argv: list[str], name: str = "config") -> str | None:
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def expand_home_flags(argv: list[str]) -> list[str]:
+def expand_home_flags(argv: list[str], remote: Sequence[str] = ()) -> list[str]:
   """`argv` with a leading `~` (`~/runs`, `~`, `~user/x`) in a `--flag=VALUE` expanded to the home directory, as the
   shell expands it in `--flag ~/runs` but not after the `=`: `--workdir=~/runs` made a directory named `~` in the
-  current directory (which a later `rm -rf ~` would take for the home directory). Call it first in a command's
-  `run`, before anything reads sys.argv."""
+  current directory (which a later `rm -rf ~` would take for the home directory). Not for the flags in `remote`
+  (research-sweep's --repo_dir: a path on other machines, whose shells expand it). A path that exists as written
+  (`./~/runs/x`, a run made before this expansion) stays as written, with a note, so that its rerun still resumes
+  it. Call it first in a command's `run`, before anything reads sys.argv."""
   out = list(argv[:1])
   for arg in argv[1:]:
-    match = re.match(r"(--?[A-Za-z_][\w.-]*=)(~.*)", arg, re.S)
-    out.append(match.group(1) + os.path.expanduser(match.group(2)) if match else arg)
+    match = re.match(r"--?([A-Za-z_][\w.-]*)=(~.*)", arg, re.S)
+    if not match or match.group(1) in remote:
+      out.append(arg)
+    elif os.path.lexists(match.group(2)):
+      print(f"note: {arg}: {os.path.join('.', match.group(2))!r} exists in the current directory (made before a "
+            f"leading ~ was the home directory): using it; move it to {os.path.expanduser(match.group(2))!r} to "
+            f"use the home directory's", file=sys.stderr, flush=True)
+      out.append(arg)
+    else:
+      out.append(arg[:match.start(2)] + os.path.expanduser(match.group(2)))
   return out
 
 

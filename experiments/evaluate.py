@@ -97,14 +97,19 @@ def print_passkey(workdir: str, rope_scaling: str | None) -> None:
 def run():
   sys.argv = expand_home_flags(sys.argv)  # --workdir=~/runs/x: the home directory, not a directory named ~
   hugepages.maybe_reexec()  # first: restarts the process with huge pages for XLA's buffers (Linux)
-  supervisor.maybe_supervise()  # multi-process jobs: a lost or missing process is one line, not a C++ report
   flags.mark_flags_as_required(["workdir"])
   try:
     interrupts.deliver()  # (a Ctrl-C recorded since the first line is raised here)
+    # Multi-process jobs: a lost or missing process is one line, not a C++ report (after `deliver`: research-train's
+    # comment says why).
+    supervisor.maybe_supervise()
     app.run(main, flags_parser=parse_flags)
   except KeyboardInterrupt:
     end_interrupted("nothing was scored to the end: rerun the command to evaluate")
 
 
 if __name__ == "__main__":
-  run()
+  try:
+    run()
+  finally:
+    interrupts.done()  # (as launch.py's)

@@ -19,7 +19,10 @@ def _restart_then(module: str) -> None:
 
 def _run(module: str) -> None:
   import importlib
-  importlib.import_module(f"experiments.{module}").run()
+  try:
+    importlib.import_module(f"experiments.{module}").run()
+  finally:
+    interrupts.done()  # a signal in the interpreter's shutdown does not end a finished command
 
 
 def train() -> None:

@@ -57,4 +57,7 @@ def run():
 
 
 if __name__ == "__main__":
-  run()
+  try:
+    run()
+  finally:
+    interrupts.done()  # (as launch.py's)

@@ -118,7 +118,7 @@ def main(argv):
 
 
 def run():
-  sys.argv = expand_home_flags(sys.argv)  # --workdir=~/runs/x: the home directory, not a directory named ~
+  sys.argv = expand_home_flags(sys.argv, remote=("repo_dir",))  # --workdir=~/x: the home directory
   sweeps.defer_signals()  # a Ctrl-C while the sweep loads stops it before its first trial (never lost)
   flags.mark_flags_as_required(["sweep", "workdir"])
   try:
@@ -129,4 +129,7 @@ def run():
 
 
 if __name__ == "__main__":
-  run()
+  try:
+    run()
+  finally:
+    interrupts.done()  # (as launch.py's)

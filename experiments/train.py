@@ -45,14 +45,19 @@ def run():
   sys.argv = with_shipped_config(sys.argv)  # configs/clm.py from any directory (a file here wins)
   check_config_file(sys.argv)
   check_override_flags(sys.argv)
-  supervisor.maybe_supervise()  # multi-process jobs: a lost process ends the others with one line (exits here)
   flags.mark_flags_as_required(["config", "workdir"])
   try:
     interrupts.deliver()  # (a Ctrl-C recorded since the first line is raised here)
+    # Multi-process jobs: a lost process ends the others with one line (the supervisor exits here). After `deliver`:
+    # the supervisor's own handlers forward later signals to the trainer, and would drop one recorded before.
+    supervisor.maybe_supervise()
     app.run(main, flags_parser=parse_flags)
   except KeyboardInterrupt:
     end_interrupted("the checkpoints written so far are kept: rerun the same command to resume from the last one")
 
 
 if __name__ == "__main__":
-  run()
+  try:
+    run()
+  finally:
+    interrupts.done()  # (as launch.py's)

@@ -85,6 +85,15 @@ def check() -> None:
     raise KeyboardInterrupt
 
 
+def done() -> None:
+  """The command's work is over (its `run` returned or raised): the signals it records are ignored from now on, so
+  that one landing in the interpreter's shutdown (JAX's and Orbax's teardown) no longer ends a finished command by
+  the signal, with no line (status 130 for work that completed)."""
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    if signal.getsignal(sig) is _handler:
+      signal.signal(sig, signal.SIG_IGN)
+
+
 def hold_across_exec() -> None:
   """Just before os.execve, when this process records SIGINT (`record`): SIGINT is blocked, so that one sent while
   the new interpreter starts stays pending (the mask and the calling thread's pending signals survive execve) until

@@ -214,10 +214,15 @@ def test_a_tilde_after_a_flags_equals_sign_is_the_home_directory(tmp_path, monke
   assert common.expand_home_flags(argv) == [
       "prog", f"--workdir={tmp_path}/home/runs/x", f"--out={tmp_path}/home", f"--config.data.cache_dir={tmp_path}/home/c",
       "--name=a~b", "~/positional", "--flag", "~/separate", "--x=~nosuchuser_zz/y"]
+  assert common.expand_home_flags(["prog", "--repo_dir=~/research", "--workdir=~/w"], remote=("repo_dir",)) == [
+      "prog", "--repo_dir=~/research", f"--workdir={tmp_path}/home/w"]  # a path on TPU workers: theirs to expand
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "~" / "oldrun").mkdir(parents=True)  # a run made before the expansion: its rerun still resumes it
+  assert common.expand_home_flags(["prog", "--workdir=~/oldrun"]) == ["prog", "--workdir=~/oldrun"]
   # A real command: the run directory it names is the home directory's.
   (tmp_path / "home").mkdir()
   result = cli("experiments.evaluate", "--workdir=~/nowhere", "--lengths=1", cwd=tmp_path,
                env={"HOME": str(tmp_path / "home")})
   assert result.returncode == 2 and f"{tmp_path}/home/nowhere" in result.stderr.strip().splitlines()[-1], \
       result.stderr[-2000:]
-  assert not (tmp_path / "~").exists()
+  assert not (tmp_path / "~" / "nowhere").exists()

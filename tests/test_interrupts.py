@@ -141,3 +141,29 @@ def test_every_console_script_records_signals_before_it_imports_its_command():
     function = next(f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == target.split(":")[1])
     first = ast.unparse(function.body[0])
     assert first.startswith(("interrupts.record(", "_restart_then(")), (target, first)
+
+
+def test_done_ignores_the_recorded_signals_from_then_on(fresh_state):
+  """A Ctrl-C in the interpreter's shutdown, after the work was done, ended the command by SIGINT with no line."""
+  previous = signal.getsignal(signal.SIGTERM)
+  try:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not recorded: left as it is
+    interrupts.record()
+    interrupts.deliver()
+    interrupts.done()
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_multi_process_command_delivers_a_recorded_ctrl_c_before_the_supervisor_takes_the_signals():
+  """The supervisor replaces the recording handler with one that forwards to the trainer: a Ctrl-C recorded before
+  it (the first seconds of a multi-process research-train or research-evaluate) was dropped, and the job trained to
+  its end with status 0. `deliver` comes first now."""
+  import ast
+  for name in ("train", "evaluate"):
+    source = (Path(interrupts.__file__).parents[1] / "experiments" / f"{name}.py").read_text()
+    run = next(f for f in ast.parse(source).body if isinstance(f, ast.FunctionDef) and f.name == "run")
+    nodes = sorted((n for n in ast.walk(run) if isinstance(n, ast.Call)), key=lambda n: (n.lineno, n.col_offset))
+    calls = [ast.unparse(n.func) for n in nodes]
+    assert calls.index("interrupts.deliver") < calls.index("supervisor.maybe_supervise"), (name, calls)
