@@ -9,8 +9,9 @@ So a command records signals from its first line (`record`), raises the Keyboard
 `except KeyboardInterrupt` is in place (`deliver`), holds it again around lazy imports (`held`), and its long loops
 ask `check`, which raises again for a signal whose KeyboardInterrupt something swallowed. Across the huge-pages
 restart (hugepages.maybe_reexec) the signal is blocked, so one that comes while the new interpreter starts waits for
-its `record` (`hold_across_exec`). research-sweep records SIGTERM as well (`record`'s `signals`) and handles both
-itself. Standard library only: it is imported before anything else.
+its `record` (`hold_across_exec`); once the command's `run` is over, they are ignored (`done`: one in the shutdown
+would end finished work by the signal). research-sweep records SIGTERM as well (`record`'s `signals`) and handles
+both itself. Standard library only: it is imported before anything else.
 """
 
 from __future__ import annotations
