@@ -140,8 +140,8 @@ def main(argv):
 
 
 def run():
-  sys.argv = expand_home_flags(sys.argv)  # --workdir=~/runs/x: the home directory, not a directory named ~
   hugepages.maybe_reexec()  # first: restarts the process with huge pages for XLA's buffers (Linux)
+  sys.argv = expand_home_flags(sys.argv)  # --workdir=~/runs/x: the home directory, not a directory named ~
   try:
     interrupts.deliver()  # (a Ctrl-C recorded since the first line is raised here)
     app.run(main, flags_parser=parse_flags)
@@ -150,7 +150,4 @@ def run():
 
 
 if __name__ == "__main__":
-  try:
-    run()
-  finally:
-    interrupts.done()  # (as launch.py's)
+  interrupts.run_command(run)  # (as launch.py's)

@@ -95,8 +95,8 @@ def print_passkey(workdir: str, rope_scaling: str | None) -> None:
 
 
 def run():
-  sys.argv = expand_home_flags(sys.argv)  # --workdir=~/runs/x: the home directory, not a directory named ~
   hugepages.maybe_reexec()  # first: restarts the process with huge pages for XLA's buffers (Linux)
+  sys.argv = expand_home_flags(sys.argv)  # --workdir=~/runs/x: the home directory, not a directory named ~
   flags.mark_flags_as_required(["workdir"])
   try:
     interrupts.deliver()  # (a Ctrl-C recorded since the first line is raised here)
@@ -109,7 +109,4 @@ def run():
 
 
 if __name__ == "__main__":
-  try:
-    run()
-  finally:
-    interrupts.done()  # (as launch.py's)
+  interrupts.run_command(run)  # (as launch.py's)

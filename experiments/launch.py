@@ -19,10 +19,8 @@ def _restart_then(module: str) -> None:
 
 def _run(module: str) -> None:
   import importlib
-  try:
-    importlib.import_module(f"experiments.{module}").run()
-  finally:
-    interrupts.done()  # a signal in the interpreter's shutdown does not end a finished command
+  # (then interrupts.done: a signal in the interpreter's shutdown does not end a finished command)
+  interrupts.run_command(importlib.import_module(f"experiments.{module}").run)
 
 
 def train() -> None:

@@ -45,8 +45,8 @@ def main(argv):
   corpora = list(dict.fromkeys(str(sweeps.trial_config(sweep, t, base).data.corpus) for t in sweep.trials))
   print(f"quickstart: {len(sweep.trials)} trials of {sweep.base_config} on {', '.join(corpora)} -> {_WORKDIR.value}")
   status = sweeps.run_sweep(sweep, _WORKDIR.value, jobs=_JOBS.value)
-  # The report: a Ctrl-C or a TERM ends it at once (a KeyboardInterrupt: one line in `run`, 128 + the signal).
-  interrupts.record((signal.SIGINT, signal.SIGTERM), even_ignored=True)
+  # The report: a Ctrl-C or a TERM ends it at once (a KeyboardInterrupt: one line in `run`, 128 + the signal). Both
+  # are recorded since `run` (sweeps.defer_signals; stopping_on_signals put that handler back).
   interrupts.deliver((signal.SIGINT, signal.SIGTERM))
   report = build_report(_WORKDIR.value)
   print()
@@ -76,7 +76,4 @@ def run():
 
 
 if __name__ == "__main__":
-  try:
-    run()
-  finally:
-    interrupts.done()  # (as launch.py's)
+  interrupts.run_command(run)  # (as launch.py's)

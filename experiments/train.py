@@ -40,8 +40,8 @@ def main(argv):
 
 
 def run():
-  sys.argv = expand_home_flags(sys.argv)  # --workdir=~/runs/x: the home directory, not a directory named ~
   hugepages.maybe_reexec()  # first: restarts the process with huge pages for XLA's buffers (Linux)
+  sys.argv = expand_home_flags(sys.argv)  # --workdir=~/runs/x: the home directory, not a directory named ~
   sys.argv = with_shipped_config(sys.argv)  # configs/clm.py from any directory (a file here wins)
   check_config_file(sys.argv)
   check_override_flags(sys.argv)
@@ -57,7 +57,4 @@ def run():
 
 
 if __name__ == "__main__":
-  try:
-    run()
-  finally:
-    interrupts.done()  # (as launch.py's)
+  interrupts.run_command(run)  # (as launch.py's)

@@ -70,7 +70,4 @@ def run():
 
 
 if __name__ == "__main__":
-  try:
-    run()
-  finally:
-    interrupts.done()  # (as launch.py's)
+  interrupts.run_command(run)  # (as launch.py's)

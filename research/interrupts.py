@@ -9,8 +9,8 @@ So a command records signals from its first line (`record`), raises the Keyboard
 `except KeyboardInterrupt` is in place (`deliver`), holds it again around lazy imports (`held`), and its long loops
 ask `check`, which raises again for a signal whose KeyboardInterrupt something swallowed. Across the huge-pages
 restart (hugepages.maybe_reexec) the signal is blocked, so one that comes while the new interpreter starts waits for
-its `record` (`hold_across_exec`); once the command's `run` is over, they are ignored (`done`: one in the shutdown
-would end finished work by the signal). research-sweep records SIGTERM as well (`record`'s `signals`) and handles
+its `record` (`hold_across_exec`); once the command's `run` is over, they are ignored (`done`, by `run_command`:
+one in the shutdown would end finished work by the signal). research-sweep records SIGTERM as well (`record`'s `signals`) and handles
 both itself. Standard library only: it is imported before anything else.
 """
 
@@ -20,7 +20,7 @@ import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 RECEIVED: list[int] = []  # the signals received since `record`, in order
 _previous_unraisable = sys.unraisablehook
@@ -93,6 +93,14 @@ def done() -> None:
   for sig in (signal.SIGINT, signal.SIGTERM):
     if signal.getsignal(sig) is _handler:
       signal.signal(sig, signal.SIG_IGN)
+
+
+def run_command(run: Callable[[], None]) -> None:
+  """A command's `run` (the console script's, experiments/launch.py, or `python -m`'s), then `done` however it ends."""
+  try:
+    run()
+  finally:
+    done()
 
 
 def hold_across_exec() -> None:
