@@ -21,3 +21,12 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 from research import hugepages  # noqa: E402
 
 os.environ.update(hugepages.environment())
+
+# The Ctrl-C tests send SIGINT to this process and to the commands it starts, as a terminal does. A suite started
+# with SIGINT ignored (a shell's background job: `pytest &`) passes that on to every child, and a command started so
+# keeps ignoring it by design (research/interrupts.py): those tests then waited out their timeouts and failed. Take
+# SIGINT back here, as a terminal's pytest has it; the children then start with the default action.
+import signal  # noqa: E402
+
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+  signal.signal(signal.SIGINT, signal.default_int_handler)
