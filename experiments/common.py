@@ -13,21 +13,24 @@ from research.flag_text import expected_flag_value
 from research.error_text import file_error
 
 
+# The exceptions that are a user's error (one line, no traceback), as (module, class). An exception of one of them can
+# only have been raised once its module was imported, so `user_errors` looks them up among the loaded modules instead
+# of importing them: a refusal that comes before JAX's import (research-report's, research-analyze's flag checks) ends
+# without JAX's import too (it took about 1.3 s of every such refusal).
+USER_ERRORS = (
+    ("research.train.configuration", "ConfigError"), ("research.data.corpora", "CorpusError"),
+    ("research.train.loop", "NonFiniteError"), ("research.train.loop", "StorageError"),
+    ("research.evaluate.extrapolation", "EvaluationError"), ("research.report", "ReportError"),
+    ("research.embeddings.pretrained", "PretrainedError"), ("research.embeddings.train_vectors", "VectorsError"),
+    ("research.analysis.quality", "AnalysisError"), ("research.sweeps", "SweepInterrupted"),
+)
+
+
 def user_errors() -> tuple[type[Exception], ...]:
-  """The exceptions that are a user's error: one line, no traceback. Imported when asked for, not with this module,
-  so that research-report, which parses its flags here, does not import JAX."""
-  from research.analysis.quality import AnalysisError
-  from research.data.corpora import CorpusError
-  from research.embeddings.pretrained import PretrainedError
-  from research.embeddings.train_vectors import VectorsError
-  from research.evaluate.extrapolation import EvaluationError
-  from research.report import ReportError
-  from research.sweeps import SweepInterrupted
-  from research.train.configuration import ConfigError
-  from research.train.loop import NonFiniteError, StorageError
-  return (ConfigError, CorpusError, NonFiniteError, StorageError, EvaluationError, ReportError, PretrainedError,
-          VectorsError,
-          AnalysisError, SweepInterrupted, FileNotFoundError, NotADirectoryError)
+  """The exceptions that are a user's error: USER_ERRORS's classes of the modules already loaded, and the builtins
+  FileNotFoundError and NotADirectoryError."""
+  loaded = [getattr(sys.modules[module], name) for module, name in USER_ERRORS if module in sys.modules]
+  return (*loaded, FileNotFoundError, NotADirectoryError)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

@@ -226,3 +226,17 @@ def test_a_tilde_after_a_flags_equals_sign_is_the_home_directory(tmp_path, monke
   assert result.returncode == 2 and f"{tmp_path}/home/nowhere" in result.stderr.strip().splitlines()[-1], \
       result.stderr[-2000:]
   assert not (tmp_path / "~" / "nowhere").exists()
+
+
+def test_the_user_error_classes_are_looked_up_among_loaded_modules_without_importing_jax():
+  """`run_main` asks `user_errors` for the exceptions that are one line: each name is a real exception class, and
+  asking imports nothing (research-analyze's flag refusals imported JAX for it, ~1.3 s of every refusal)."""
+  import importlib
+  for module, name in common.USER_ERRORS:
+    assert issubclass(getattr(importlib.import_module(module), name), Exception), (module, name)
+  assert set(common.user_errors()) >= {getattr(sys.modules[m], n) for m, n in common.USER_ERRORS}
+  probe = ("import sys; from experiments import common; errors = common.user_errors(); "
+           "print(sorted(m for m in ('jax', 'research.train.loop', 'research.report') if m in sys.modules), "
+           "[e.__name__ for e in errors])")
+  out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.stdout.strip() == "[] ['FileNotFoundError', 'NotADirectoryError']", out.stderr[-2000:]
