@@ -242,6 +242,21 @@ def test_plots_are_skipped_and_said_so_when_data_is_missing(tmp_path):
   assert "(`curves.png`): skipped, no trial has a metrics.jsonl" in md
 
 
+def test_a_picture_is_replaced_whole_or_not_at_all_and_a_failed_write_leaves_no_temporary(tmp_path):
+  """research/figures.py, the one PNG writer of the report, research-analyze and research-evaluate (two of the four
+  writers it replaced left their temporary file behind when the write failed)."""
+  from research import figures
+  fig = figures.figure((2, 2))
+  fig.add_subplot().plot([0, 1], [1, 0])
+  path = figures.save_png(fig, tmp_path / "a.png", dpi=50, tight=True)
+  assert path.read_bytes().startswith(b"\x89PNG") and [p.name for p in tmp_path.iterdir()] == ["a.png"]
+  target = tmp_path / "taken.png"
+  target.mkdir()  # the rename over it fails after the PNG was written
+  with pytest.raises(OSError):
+    figures.save_png(fig, target, dpi=50)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "taken.png"] and not any(target.iterdir())
+
+
 def test_single_run_directory_shows_the_mean_without_std(tmp_path):
   valid, _ = write_trial(tmp_path, "run", "alibi", 0)
   report = build_report(tmp_path / "run")

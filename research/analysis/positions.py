@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from research import figures
+
 POSITIONS_FILE = "positions.json"
 SIMILARITY_PLOT, ROTARY_PLOT = "position_similarity.png", "rotary_kernel.png"
 BIAS_PLOT, ATTENTION_PLOT = "bias_by_distance.png", "attention.png"
@@ -218,31 +220,12 @@ def attention_statistics(run, num_batches: int = DEFAULT_BATCHES) -> dict[str, A
 # ---------------------------------------------------------------------------------------------------------- plots
 
 
-def _figure(size):
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-  fig = Figure(figsize=size)
-  FigureCanvasAgg(fig)
-  return fig
-
-
-def _save(fig, path: Path) -> None:
-  fig.tight_layout()
-  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-  try:
-    fig.savefig(tmp, format="png", dpi=110)
-    os.replace(tmp, path)
-  except BaseException:
-    tmp.unlink(missing_ok=True)
-    raise
-
-
 def _layer_label(layer) -> str:
   return "shared by the layers" if layer == "shared" else f"layer {layer}"
 
 
 def plot_similarity(similarity: dict, path: Path, title: str = "") -> None:
-  fig = _figure((5.2, 4.4))
+  fig = figures.figure((5.2, 4.4))
   ax = fig.add_subplot()
   pos = similarity["positions"]
   image = ax.imshow(np.asarray(similarity["cosine"]), vmin=-1, vmax=1, cmap="RdBu_r", origin="lower",
@@ -251,13 +234,13 @@ def plot_similarity(similarity: dict, path: Path, title: str = "") -> None:
   ax.set_xlabel("position")
   ax.set_ylabel("position")
   ax.set_title(f"{title}\ncosine similarity of the positional vectors".strip(), fontsize=10)
-  _save(fig, path)
+  figures.save_png(fig, path, dpi=110, tight=True)
 
 
 def _layer_panels(layers, path: Path, title: str, ylabel: str, draw) -> None:
   columns = min(4, len(layers))
   rows = -(-len(layers) // columns)
-  fig = _figure((4.2 * columns, 3.4 * rows))
+  fig = figures.figure((4.2 * columns, 3.4 * rows))
   for i, entry in enumerate(layers):
     ax = fig.add_subplot(rows, columns, i + 1)
     draw(ax, entry)
@@ -266,7 +249,7 @@ def _layer_panels(layers, path: Path, title: str, ylabel: str, draw) -> None:
     ax.set_title(_layer_label(entry["layer"]), fontsize=9)
     ax.grid(True, alpha=0.3)
   fig.suptitle(title, fontsize=10)
-  _save(fig, path)
+  figures.save_png(fig, path, dpi=110, tight=True)
 
 
 def plot_rotary(kernel: dict, path: Path, title: str = "") -> None:
@@ -288,7 +271,7 @@ def plot_bias(bias: dict, path: Path, title: str = "") -> None:
 
 
 def plot_attention(stats: dict, path: Path, title: str = "") -> None:
-  fig = _figure((10, 0.6 * len(stats["layers"]) + 2.6))
+  fig = figures.figure((10, 0.6 * len(stats["layers"]) + 2.6))
   for i, (key, label) in enumerate((("mean_distance", f"mean attention distance (tokens; uniform: "
                                                        f"{stats['uniform_mean_distance']:.1f})"),
                                     ("entropy", f"attention entropy (nats; uniform: {stats['max_entropy']:.2f})"))):
@@ -305,7 +288,7 @@ def plot_attention(stats: dict, path: Path, title: str = "") -> None:
     ax.set_title(label, fontsize=9)
   fig.suptitle(f"{title}: {stats['queries']} queries of {stats['batches']} validation batches".strip(": "),
                fontsize=10)
-  _save(fig, path)
+  figures.save_png(fig, path, dpi=110, tight=True)
 
 
 # ---------------------------------------------------------------------------------------------------- entry point

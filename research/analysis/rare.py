@@ -33,6 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from research import figures
 from research.analysis import blas
 
 RARE_FILE = "rare_tokens.json"
@@ -279,13 +280,10 @@ def rare_report(table_VxD: np.ndarray, counts_V: np.ndarray, *, init_VxD: np.nda
 def plot_norm_vs_frequency(table_VxD: np.ndarray, counts_V: np.ndarray, path: Path, title: str = "",
                            exclude_rows: Sequence[int] = ()) -> None:
   """Row norm against training count (log x; never-seen rows drawn at 0.5, left of 1), without `exclude_rows`."""
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
   keep = kept_rows(len(counts_V), exclude_rows)
   norms = np.linalg.norm(np.asarray(table_VxD, np.float64), axis=1)[keep]
   counts = np.asarray(counts_V, np.float64)[keep]
-  fig = Figure(figsize=(6, 4))
-  FigureCanvasAgg(fig)
+  fig = figures.figure((6, 4))
   ax = fig.add_subplot()
   ax.scatter(np.where(counts > 0, counts, 0.5), norms, s=3, alpha=0.4, linewidths=0)
   ax.set_xscale("log")
@@ -293,16 +291,13 @@ def plot_norm_vs_frequency(table_VxD: np.ndarray, counts_V: np.ndarray, path: Pa
   ax.set_ylabel("row norm")
   ax.set_title(f"{title}\nrow norm vs training frequency".strip(), fontsize=10)
   ax.grid(True, alpha=0.3)
-  _save(fig, path)
+  figures.save_png(fig, path, dpi=110, tight=True)
 
 
 def plot_buckets(report: dict[str, Any], path: Path, title: str = "") -> None:
   """One panel per bucket metric, x = frequency bucket."""
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
   rows = report["buckets"]
-  fig = Figure(figsize=(4 * len(BUCKET_METRICS), 3.6))
-  FigureCanvasAgg(fig)
+  fig = figures.figure((4 * len(BUCKET_METRICS), 3.6))
   for i, (metric, label) in enumerate(BUCKET_METRICS.items()):
     ax = fig.add_subplot(1, len(BUCKET_METRICS), i + 1)
     pts = [(j, r[metric]) for j, r in enumerate(rows) if r.get(metric) is not None]
@@ -317,14 +312,7 @@ def plot_buckets(report: dict[str, Any], path: Path, title: str = "") -> None:
     ax.set_title(label, fontsize=9)
     ax.grid(True, alpha=0.3)
   fig.suptitle(title, fontsize=10)
-  _save(fig, path)
-
-
-def _save(fig, path: Path) -> None:
-  fig.tight_layout()
-  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-  fig.savefig(tmp, format="png", dpi=110)
-  os.replace(tmp, path)
+  figures.save_png(fig, path, dpi=110, tight=True)
 
 
 # ----------------------------------------------------------------------------------------------- entry point

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research import figures
 from research.data import passkey as text
 from research.data import tokenizers
 from research.data.tokenizers import PAD_ID, SEP_ID, UNK_ID
@@ -231,8 +232,6 @@ def write_report(workdir: str | os.PathLike, report: dict[str, Any]) -> tuple[Pa
 
 def plot_heatmap(report: dict[str, Any], path: str | os.PathLike) -> Path:
   """Depth (rows) × length (columns) accuracy, each cell annotated; n/a cells grey."""
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
   import matplotlib
 
   depths = report["depths"]
@@ -241,8 +240,7 @@ def plot_heatmap(report: dict[str, Any], path: str | os.PathLike) -> Path:
   for r in report["results"]:
     if r["accuracy"] is not None:
       grid[depths.index(r["depth"]), columns.index((r["length"], r["multiple"]))] = r["accuracy"]
-  fig = Figure(figsize=(1.1 * len(columns) + 2.5, 0.55 * len(depths) + 1.8))
-  FigureCanvasAgg(fig)
+  fig = figures.figure((1.1 * len(columns) + 2.5, 0.55 * len(depths) + 1.8))
   ax = fig.add_subplot()
   cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")
   image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
@@ -257,9 +255,4 @@ def plot_heatmap(report: dict[str, Any], path: str | os.PathLike) -> Path:
   ax.set_ylabel("depth of the key")
   ax.set_title(f"passkey retrieval: exact match, {report['trials']} keys per cell", fontsize=10)
   fig.colorbar(image, ax=ax, label="accuracy")
-  fig.tight_layout()
-  path = Path(path)
-  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-  fig.savefig(tmp, format="png", dpi=110)
-  os.replace(tmp, path)
-  return path
+  return figures.save_png(fig, path, dpi=110, tight=True)

@@ -7,14 +7,12 @@ Each plot function writes its file and returns None, or returns the reason it wa
 from __future__ import annotations
 
 import math
-import os
 import pathlib
 import textwrap
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from research import figures
 from research.report.runs import BY_POSITION_FILE, RARE_BUCKET_METRICS, RARE_FILE, RunSet, Trial, unscored
 from research.report.tables import VALID_PPL, Table, format_value
 
@@ -36,18 +34,6 @@ def _color(i: int) -> str:
 def _any_stale(table: Table) -> bool:
   """Whether a finished trial of the table has a stale evaluation (left out of the plots; report.md names it)."""
   return any(t.stale for g in table.groups for t in g.finished)
-
-
-def _save(fig: Figure, path: pathlib.Path) -> None:
-  """The figure as a PNG at `path`, atomically (a temp file renamed over it; removed when saving fails)."""
-  FigureCanvasAgg(fig)
-  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-  try:
-    fig.savefig(tmp, format="png", dpi=120)
-    os.replace(tmp, path)
-  except BaseException:
-    tmp.unlink(missing_ok=True)
-    raise
 
 
 def _wrapped(text: str, inches: float, fontsize: float = 10) -> str:
@@ -84,7 +70,7 @@ def plot_ppl_vs_length(table: Table, path: pathlib.Path) -> str | None:
   if not series:
     return "no finished trial has an evaluated length (eval/extrapolation.json with a perplexity" + \
         ("; stale evaluations are left out, see report.md" if _any_stale(table) else "") + ")"
-  fig = Figure(figsize=(7, 4.5), layout="constrained")
+  fig = figures.figure((7, 4.5), layout="constrained")
   ax = fig.add_subplot()
   for gi, g, pts, n in series:
     xs, means, lows, highs = zip(*pts)
@@ -113,7 +99,7 @@ def plot_ppl_vs_length(table: Table, path: pathlib.Path) -> str | None:
                         f"seeds{scaled})", fig.get_figwidth()), fontsize=10)
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8)
-  _save(fig, path)
+  figures.save_png(fig, path, dpi=120)
   return None
 
 
@@ -137,7 +123,7 @@ def plot_curves(table: Table, runs: RunSet, path: pathlib.Path) -> str | None:
   lines = [(t, curves) for t in runs.trials if (curves := loss_curves(t))]
   if not lines:
     return "no trial has a metrics.jsonl with losses"
-  fig = Figure(figsize=(10, 4), layout="constrained")
+  fig = figures.figure((10, 4), layout="constrained")
   axes = {"train": fig.add_subplot(1, 2, 1), "valid": fig.add_subplot(1, 2, 2)}
   labelled = set()
   for t, curves in lines:
@@ -158,7 +144,7 @@ def plot_curves(table: Table, runs: RunSet, path: pathlib.Path) -> str | None:
     ax.grid(True, alpha=0.3)
     if ax.lines:
       ax.legend(fontsize=7)
-  _save(fig, path)
+  figures.save_png(fig, path, dpi=120)
   return None
 
 
@@ -194,7 +180,7 @@ def plot_tied_vs_untied(table: Table, path: pathlib.Path) -> str | None:
   pairs = tied_bars(table)
   if not pairs:
     return "no finished trial has a validation perplexity"
-  fig = Figure(figsize=(max(5, 1.3 * len(pairs) + 2), 4), layout="constrained")
+  fig = figures.figure((max(5, 1.3 * len(pairs) + 2), 4), layout="constrained")
   ax = fig.add_subplot()
   width = 0.38
   labels = [", ".join(f"{table.short[f]}={v}" for f, v in zip(others, k)) or "all" for k in pairs]
@@ -215,7 +201,7 @@ def plot_tied_vs_untied(table: Table, path: pathlib.Path) -> str | None:
                         f"seed)", fig.get_figwidth()), fontsize=10)
   ax.grid(True, axis="y", alpha=0.3)
   ax.legend()
-  _save(fig, path)
+  figures.save_png(fig, path, dpi=120)
   return None
 
 
@@ -238,7 +224,7 @@ def plot_rare_bucket_metric(table: Table, metric: str, path: pathlib.Path) -> st
                      _n_text(len(v) for v in by_low.values())))
   if not series:
     return f"no finished trial has {metric} in eval/rare_tokens.json (research-analyze --rare)"
-  fig = Figure(figsize=(7, 4.5), layout="constrained")
+  fig = figures.figure((7, 4.5), layout="constrained")
   ax = fig.add_subplot()
   for gi, g, pts, n in series:
     xs, ys = zip(*pts)
@@ -250,7 +236,7 @@ def plot_rare_bucket_metric(table: Table, metric: str, path: pathlib.Path) -> st
                         fig.get_figwidth()), fontsize=10)
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8)
-  _save(fig, path)
+  figures.save_png(fig, path, dpi=120)
   return None
 
 
@@ -303,7 +289,7 @@ def plot_loss_by_position(table: Table, path: pathlib.Path) -> str | None:
     return "no finished trial has a loss by position (eval/loss_by_position.json: research-evaluate --by_position)"
   cols = min(3, len(series))
   rows = math.ceil(len(series) / cols)
-  fig = Figure(figsize=(5.2 * cols, 3.9 * rows), layout="constrained")
+  fig = figures.figure((5.2 * cols, 3.9 * rows), layout="constrained")
   for i, (length, s) in enumerate(series.items()):
     ax = fig.add_subplot(rows, cols, i + 1)
     for gi, g, xs, ys, _ in s["lines"]:
@@ -323,5 +309,5 @@ def plot_loss_by_position(table: Table, path: pathlib.Path) -> str | None:
     if i == 0:
       ax.legend(fontsize=6)
   fig.suptitle(_wrapped(f"{table.title}: loss by position (line: mean over seeds)", fig.get_figwidth()), fontsize=10)
-  _save(fig, path)
+  figures.save_png(fig, path, dpi=120)
   return None
