@@ -5,7 +5,9 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
+import flax.struct
 import numpy as np
 import pytest
 from gensim.test.utils import datapath
@@ -67,6 +69,58 @@ def _copy(reference_run, tmp_path):
   workdir = tmp_path / "run"
   shutil.copytree(reference_run, workdir)
   return workdir
+
+
+NO_COUNTS = {"train.steps": 4, "train.checkpoint_every": 2, "train.keep_checkpoints": 3, "train.count_updates": False}
+
+
+@pytest.fixture(scope="module")
+def uncounted_run(tmp_path_factory):
+  """`reference_run` without train.count_updates: what a run from before the counts is held to."""
+  workdir = tmp_path_factory.mktemp("uncounted") / "run"
+  loop.train(_config(**NO_COUNTS), workdir)
+  return workdir
+
+
+@flax.struct.dataclass
+class StateBeforeCounts:
+  """steps.TrainState as commit c1f1ef1 and every commit before 8bf42b2 saved it: no `counts` field."""
+  step: Any
+  params: Any
+  opt_state: Any
+  rng: Any
+
+
+def _as_written_before_counts(workdir, config):
+  """`workdir`'s checkpoints rewritten by the real Checkpointer as the writer before the counts saved them (the state
+  without `counts`; the same arrays, data position and metadata), its newest one and summary.json removed: a run
+  from before the counts, killed after its first checkpoint."""
+  vocab_size = loop.load_run_tokenizer(workdir).get_vocab_size()
+  target = loop.Trainer.build(config, vocab_size).init_state()
+  directory = workdir / "checkpoints"
+  with checkpoint_lib.Checkpointer(directory) as c:
+    steps = c.all_steps()
+    saved = {step: (*c.restore(step, target=target), c.read_metadata(step)) for step in steps}
+  shutil.rmtree(directory)
+  with checkpoint_lib.Checkpointer(directory, async_save=False) as c:
+    for step, (state, data, meta) in saved.items():
+      old = StateBeforeCounts(step=state.step, params=state.params, opt_state=state.opt_state, rng=state.rng)
+      c.save(step, old, data, meta["metrics"], metadata=meta["metadata"])
+  shutil.rmtree(directory / str(steps[-1]))
+  (workdir / "summary.json").unlink()
+  metadata = json.loads((directory / str(steps[0]) / "state" / "_METADATA").read_text())["tree_metadata"]
+  assert not any("counts" in key for key in metadata) and any("rng" in key for key in metadata)
+
+
+def test_a_checkpoint_from_before_the_counts_resumes_as_the_uninterrupted_run(uncounted_run, tmp_path):
+  workdir = _copy(uncounted_run, tmp_path)
+  _as_written_before_counts(workdir, _config(**NO_COUNTS))
+  loop.train(_config(**NO_COUNTS), workdir)  # it said "no checkpoint ... restores (tree structures do not match)"
+  timeless = lambda records: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in records]  # noqa: E731
+  assert timeless(_metrics(workdir)) == timeless(_metrics(uncounted_run))
+  for a, b in zip(_params(workdir, 4), _params(uncounted_run, 4)):
+    assert np.array_equal(a, b)
+  assert not (workdir / "update_counts.npz").exists()
 
 
 def test_a_torn_last_metrics_line_is_dropped_and_the_run_extends(reference_run, tmp_path):

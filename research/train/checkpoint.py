@@ -16,6 +16,7 @@ directory that `latest_step` / `restore` ignore and the next `Checkpointer` remo
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -71,6 +72,18 @@ def _from_restored(restored: Any, target: Any, impls: Mapping[str, str]) -> Any:
     return value
 
   return jax.tree_util.tree_map_with_path(convert, restored, target)
+
+
+def unsaved_empty_fields(target: Any, saved_keys: frozenset[str] | None) -> tuple[str, ...]:
+  """The fields of a dataclass state `target` (the TrainState) that are None in it and absent from the state saved in
+  a checkpoint (`saved_keys`, its top-level keys): fields added to the state after the checkpoint was written, which
+  the run does not use (`counts` without train.count_updates, in a checkpoint from before the field existed). Such a
+  checkpoint restores into `target` with them left None; a field the run uses (not None) and the checkpoint lacks is
+  a real mismatch, which the restore reports."""
+  if saved_keys is None or not dataclasses.is_dataclass(target) or isinstance(target, type):
+    return ()
+  return tuple(f.name for f in dataclasses.fields(target)
+               if getattr(target, f.name) is None and f.name not in saved_keys)
 
 
 def _jsonable(tree: Any) -> Any:
@@ -225,10 +238,37 @@ class Checkpointer:
     step = self._resolve(step)
     meta = self.read_metadata(step)
     abstract = None if target is None else jax.tree.map(_abstract, target)
+    absent = () if target is None else unsaved_empty_fields(target, self._saved_state_keys(step))
+    if absent:  # the saved state has the shape of the target without these (None) fields: restore that shape
+      abstract = {f.name: getattr(abstract, f.name) for f in dataclasses.fields(abstract) if f.name not in absent}
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
-    state = restored.state if target is None else _from_restored(restored.state, target, meta['typed_keys'])
+    state = restored.state
+    if absent:
+      state = dataclasses.replace(target, **state)  # the absent fields keep the target's None
+    if target is not None:
+      state = _from_restored(state, target, meta['typed_keys'])
     return state, dict(restored.data)
+
+  def _state_metadata(self, step: int) -> Any:
+    """The saved state's tree of array metadata at `step` (nested dicts, as Orbax reads `<step>/state/_METADATA`),
+    or None when there is none."""
+    path = os.path.join(os.fspath(self.directory), str(step), 'state')
+    if not os.path.isdir(path):
+      raise FileNotFoundError(f'checkpoint step {step}: {path} is missing')
+    with ocp.StandardCheckpointer() as reader:
+      metadata = reader.metadata(path)
+    tree = getattr(metadata, 'item_metadata', metadata)
+    return getattr(tree, 'tree', tree)
+
+  def _saved_state_keys(self, step: int) -> frozenset[str] | None:
+    """The top-level keys of the state saved at `step` (a dataclass state is saved as a dict of its fields), or
+    None when its metadata cannot be read (the restore then meets whatever is wrong and names it)."""
+    try:
+      tree = self._state_metadata(step)
+    except (OSError, ValueError):
+      return None
+    return frozenset(tree) if isinstance(tree, Mapping) else None
 
   def restore_params(self, step: int | None = None, sharding: Any = None) -> Any:
     """The parameters of `step` (default: latest) alone, restored with `sharding`: one Sharding for every leaf, or a
@@ -240,12 +280,7 @@ class Checkpointer:
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
     sharding_of = sharding if callable(sharding) else (lambda shape: sharding)
     path = os.path.join(os.fspath(self.directory), str(step), 'state')
-    if not os.path.isdir(path):
-      raise FileNotFoundError(f'checkpoint step {step}: {path} is missing')
-    with ocp.StandardCheckpointer() as reader:
-      metadata = reader.metadata(path)
-    tree = getattr(metadata, 'item_metadata', metadata)
-    tree = getattr(tree, 'tree', tree)
+    tree = self._state_metadata(step)
     if not isinstance(tree, Mapping) or 'params' not in tree:
       raise FileNotFoundError(f'checkpoint step {step}: {path} has no parameter metadata')
     is_array = lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype')  # noqa: E731
