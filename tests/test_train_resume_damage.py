@@ -151,6 +151,11 @@ def test_a_damaged_latest_checkpoint_is_moved_aside_and_the_run_resumes_from_the
 
 def test_when_no_checkpoint_restores_the_rerun_is_refused_in_one_line(reference_run, tmp_path):
   workdir = _copy(reference_run, tmp_path)
+  for later in ("data.json", "token_counts.npy"):  # as a run written before these files existed
+    (workdir / later).unlink()
+  run_files = lambda: {p.name: p.read_bytes() for p in workdir.iterdir()  # noqa: E731
+                       if p.is_file() and p.name != loop.LOCK_FILE}
+  files = run_files()
   for step in ("2", "4"):
     for array_file in (workdir / "checkpoints" / step / "state").rglob("*"):
       if array_file.is_file() and "ocdbt" in str(array_file) and array_file.stat().st_size > 0:
@@ -162,6 +167,8 @@ def test_when_no_checkpoint_restores_the_rerun_is_refused_in_one_line(reference_
   message = str(err.value)
   assert "\n" not in message and "no checkpoint of" in message and "(step 4: " in message
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["2", "4"]  # untouched
+  # The refused resume wrote nothing first: config.json kept its steps (it said 6), no data.json or counts appeared.
+  assert run_files() == files
 
 
 def test_a_rerun_may_not_shorten_the_run_and_leaves_its_config(reference_run, tmp_path, capsys):

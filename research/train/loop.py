@@ -125,6 +125,7 @@ class RunData:
   splits: dict[str, np.ndarray]
   vocab_size: int
   train_counts: np.ndarray | None = None  # RUN/token_counts.npy (None: a run written before the file existed)
+  counts_unsaved: bool = False  # a resume counted them again: `save_counts` writes the file once the run restored
 
 
 def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> RunData:
@@ -150,21 +151,28 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> RunData:
       counts, damaged = None, first_line(e)
   # A resumed run keeps the counts it started with (its valid_ppl_rare rule, its buckets); a damaged or missing file
   # (deleted, or a run from before the file existed) is counted again, so valid_ppl_rare does not silently go null.
+  recounted = resumed and counts is None
   if not resumed or counts is None:
     if resumed and jax.process_index() == 0:
       why = f"is damaged ({damaged[:200]})" if damaged else "is missing"
       print(f"note: {str(counts_file)!r} {why}; counting the training stream again", flush=True)
     counts = batches_lib.stream_counts(splits["train"], tokenizer.get_vocab_size(), seq_len=config.data.seq_len,
                                        objective=config.objective)
-    # Atomically: in a multi-process run every process writes it while the others may be reading it.
-    atomic_save_npy(tokenizers_lib.counts_path(workdir), counts)
+    if not resumed:  # a resume's are written once its checkpoint restored (`save_counts`): a refused one adds nothing
+      save_counts(workdir, counts)
     if jax.process_index() == 0 and not resumed:
       for line in data_notes(config, tokenizer, counts):
         print(line, flush=True)  # stdout: stderr holds errors alone
   if jax.process_index() == 0:
     for line in stream_notes(config, splits["train"]):
       print(line, flush=True)
-  return RunData(tokenizer, splits, tokenizer.get_vocab_size(), counts)
+  return RunData(tokenizer, splits, tokenizer.get_vocab_size(), counts, counts_unsaved=recounted)
+
+
+def save_counts(workdir: Path, counts: np.ndarray) -> None:
+  """RUN/token_counts.npy. Atomically: in a multi-process run every process writes it while the others may be
+  reading it."""
+  atomic_save_npy(tokenizers_lib.counts_path(workdir), counts)
 
 
 def fresh_tokenizer(config: ml_collections.ConfigDict, corpus: corpora.Corpus, workdir: Path):
@@ -565,11 +573,11 @@ def check_not_shortened(config: ml_collections.ConfigDict, workdir: Path, remedy
 NOT_SHORTENED_REMEDY = "pass train.steps >= {step} (research-evaluate --checkpoint=best|last scores its checkpoints)"
 
 
-def check_resume(config: ml_collections.ConfigDict, workdir: Path, data: "RunData") -> None:
-  """Before config.json is rewritten: a rerun of a run that saved checkpoints neither shortens it (train.steps below
+def check_resume(config: ml_collections.ConfigDict, workdir: Path, data: "RunData") -> dict[str, Any] | None:
+  """Before config.json is written: a rerun of a run that saved checkpoints neither shortens it (train.steps below
   the newest checkpoint's step) nor continues it on other token streams than it started on (RUN/data.json: a corpus
-  file edited in place). Each is one line. Then writes data.json where it is missing (a fresh start, or a run
-  written before the file existed, which is checked from now on)."""
+  file edited in place). Each is one line. Returns the data.json to write where it is missing (a fresh start, or a
+  run written before the file existed, which is checked from now on), else None; `write_run_records` writes it."""
   check_not_shortened(config, workdir, NOT_SHORTENED_REMEDY)
   saved_steps = checkpoint_lib.checkpoint_steps(workdir / "checkpoints")
   current = data_record(data.splits)
@@ -582,8 +590,20 @@ def check_resume(config: ml_collections.ConfigDict, workdir: Path, data: "RunDat
           f"workdir {str(workdir)!r} holds a run trained on other data: {differ} from the "
           f"one{'s' if len(changed) > 1 else ''} it started on (was {config.data.corpus!r} edited?); restore the "
           f"corpus or use a new workdir")
-  if (not saved_steps or not path.exists()) and jax.process_index() == 0:
-    atomic_write_json(path, current)
+  return current if not saved_steps or not path.exists() else None
+
+
+def write_run_records(config: ml_collections.ConfigDict, workdir: Path, data: "RunData",
+                      data_json: dict[str, Any] | None) -> None:
+  """config.json, and data.json (`check_resume`'s) and token_counts.npy (`RunData.counts_unsaved`) where they are
+  due: at a fresh start once the data and the model are built, at a resume once its checkpoint restored, so that a
+  resume refused or failed on the way (no checkpoint restores, another data position) leaves the run's files as
+  they were."""
+  if data.counts_unsaved:
+    save_counts(workdir, data.train_counts)
+  if data_json is not None and jax.process_index() == 0:
+    atomic_write_json(workdir / DATA_FILE, data_json)
+  write_config(config, workdir)
 
 
 def read_data_record(workdir: Path) -> dict[str, Any]:
@@ -1316,12 +1336,13 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, mesh, start_
   if config.model.embed_init == "pretrained" and not checkpoint_lib.has_checkpoint(workdir / "checkpoints"):
     # Fresh start only: a resumed run's table is in its checkpoint, and the vector file is never read again.
     table, table_report = pretrained_table(config, data, workdir)
-  check_resume(config, workdir, data)
-  write_config(config, workdir)
+  data_json = check_resume(config, workdir, data)
   reopen = functools.partial(checkpoint_lib.Checkpointer, workdir / "checkpoints", keep=t.keep_checkpoints,
                              keep_best=True, async_save=t.async_checkpoints)
   checkpointer = open_checkpointer(workdir, reopen)
   last_saved = checkpointer.latest_step()
+  if last_saved is None:
+    write_run_records(config, workdir, data, data_json)  # a fresh start; a resume's come once its checkpoint restored
   if last_saved is None and table is None and config.model.embed_init == "pretrained":
     table, table_report = pretrained_table(config, data, workdir)  # only if the disk and Orbax ever disagree
 
@@ -1349,6 +1370,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, mesh, start_
       raise configuration.ConfigError(f"workdir {str(workdir)!r} holds a run over other training data (was "
                                       f"data.train_fraction changed?); use a new workdir. {e}") from None
     progress_state.update({k: saved[k] for k in progress_state if k in saved})
+    write_run_records(config, workdir, data, data_json)
   start_step = int(state.step)
   num_params = count_params(state.params)
   log = MetricsLog(workdir, start_step)
