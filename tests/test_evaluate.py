@@ -921,3 +921,34 @@ def test_a_run_whose_checkpoints_directory_holds_no_finished_step_is_one_line(tw
   # One line, and no traceback of a checkpoint manager's thread after it (it is never started).
   assert _one_line_error(result) == f"error: run '{copy}' has no complete checkpoint"
   assert "Traceback" not in result.stderr
+
+
+def test_an_evaluation_without_by_position_moves_a_loss_by_position_it_no_longer_matches_aside(two_checkpoints,
+                                                                                             tmp_path, capsys):
+  """extrapolation.json rewritten without --by_position: a loss_by_position.json of another checkpoint step or
+  protocol (or RoPE factor, for the scaled pair) is moved to eval/previous/<UTC time>/, with one line saying so,
+  so that research-report never reads it beside an evaluation it did not come from; a matching one stays."""
+  import re
+  import shutil
+  run = tmp_path / "run"
+  shutil.copytree(two_checkpoints, run, ignore=shutil.ignore_patterns("eval"))
+  lbp = run / "eval" / "loss_by_position.json"
+  extrapolation.evaluate_run(run, (1,), by_position=True)  # the best checkpoint, step 1
+  written = lbp.read_text()
+  capsys.readouterr()
+  extrapolation.evaluate_run(run, (1,))  # the same protocol and step: it still goes with it
+  assert lbp.read_text() == written and not (run / "eval" / "previous").exists()
+  assert "moved" not in capsys.readouterr().out
+  extrapolation.evaluate_run(run, (1,), checkpoint="last")  # step 2
+  moved = list((run / "eval" / "previous").glob("*/loss_by_position.json"))
+  assert not lbp.exists() and len(moved) == 1 and moved[0].read_text() == written
+  assert re.fullmatch(r"\d{8}T\d{6}Z", moved[0].parent.name)  # research-sweep's naming of eval/previous/
+  out = capsys.readouterr().out.strip().splitlines()
+  assert out == [f"note: moved eval/loss_by_position.json to {moved[0]}: it was scored otherwise than the "
+                 f"eval/extrapolation.json just written (step 1 vs 2); add --by_position to score both"]
+  extrapolation.evaluate_run(run, (1,), mode="sliding", stride=TRAIN_LEN, rope_scaling="linear", by_position=True)
+  extrapolation.evaluate_run(run, (1,), rope_scaling="linear", rope_factor=2.0)
+  assert not (run / "eval" / "loss_by_position_linear.json").exists()
+  assert (f"(mode sliding, stride {TRAIN_LEN}, factor = the multiple at each length vs mode nonoverlapping, factor 2)"
+          in capsys.readouterr().out)
+  assert len(list((run / "eval" / "previous").glob("*/loss_by_position_linear.json"))) == 1

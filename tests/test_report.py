@@ -787,7 +787,7 @@ def test_a_rare_target_perplexity_column_when_summaries_have_it(tmp_path):
   assert rows["position=rope"][column].startswith("**250.00 (n=1)")  # lower is better
 
 
-def _write_by_position(trial_dir, scheme, seed):
+def _write_by_position(trial_dir, scheme, seed, mode="nonoverlapping", stride=None, checkpoint_step=100):
   """eval/loss_by_position.json as research-evaluate --by_position writes it (its own record writers), with made-up
   per-column sums: the loss falls with context and, beyond the training length, rises for rope. Returns it."""
   from research.evaluate import by_position
@@ -803,9 +803,9 @@ def _write_by_position(trial_dir, scheme, seed):
     loss = 4.0 / np.log2(columns + 2) + (0.01 * np.maximum(columns - TRAIN_LEN, 0) if scheme == "rope" else 0)
     results.append(by_position.result_record(m, length, train_len=TRAIN_LEN, tokens_by_column=tokens,
                                              nll_by_column=tokens * (loss + rng.normal(0, 0.05, length))))
-  report = by_position.report_record(train_len=TRAIN_LEN, mode="nonoverlapping", stride=None, split="valid",
-                                     checkpoint_step=100, objective="clm", rope_scaling=None, rope_factor=None,
-                                     results=results)
+  report = by_position.report_record(train_len=TRAIN_LEN, mode=mode, stride=stride, split="valid",
+                                     checkpoint_step=checkpoint_step, objective="clm", rope_scaling=None,
+                                     rope_factor=None, results=results)
   by_position.write_report(trial_dir, report)
   return report
 
@@ -1581,3 +1581,109 @@ def test_passkey_with_rope_scaling_fills_the_scaled_row_from_its_own_file(tmp_pa
   report = build_report(run)
   assert report.data.cell(1, "passkey_2x_64").n == 0 and report.data.cell(0, "passkey_2x_64").n == 1
   assert "eval/passkey_linear.json" in report.table and "stale" in report.table
+
+
+# --- evaluation files of different protocols: never mixed silently -------------------------------------------------
+
+
+def test_a_loss_by_position_of_another_protocol_or_step_than_its_extrapolation_is_stale_and_left_out(tmp_path):
+  """research-evaluate without --by_position replaces extrapolation.json and (before it moved the old one aside) left
+  loss_by_position.json of another mode, stride or checkpoint beside it: its curves are not averaged with the
+  others under extrapolation.json's evaluation line; report.md says which field differs. An older file lacking a
+  field is compared on what it records."""
+  from research.report import plots
+  for seed in (0, 1):
+    write_trial(tmp_path, f"rope{seed}", "rope", seed)  # extrapolation.json: nonoverlapping, step 100
+    _write_by_position(tmp_path / f"rope{seed}", "rope", seed)
+  report = build_report(tmp_path)
+  assert plots.position_series(report.data)[TRAIN_LEN]["n"] == {0: 2}
+  assert "Stale" not in report.markdown_path.read_text()
+  for kwargs, said in (({"mode": "sliding", "stride": 1}, "(mode sliding, stride 1 vs mode nonoverlapping"),
+                       ({"checkpoint_step": 80}, "(step 80 vs 100")):
+    _write_by_position(tmp_path / "rope1", "rope", 1, **kwargs)
+    report = build_report(tmp_path)
+    text = report.markdown_path.read_text()
+    assert f"rope1: eval/loss_by_position.json does not match eval/extrapolation.json beside it {said}" in text
+    assert "rope0: eval/loss_by_position.json" not in text
+    series = plots.position_series(report.data)
+    assert {length: s["n"] for length, s in series.items()} == {m * TRAIN_LEN: {0: 1} for m in MULTIPLES}
+    assert report.plots[plots.LOSS_BY_POSITION].read_bytes()[:8] == PNG_MAGIC  # rope0 alone
+  path = tmp_path / "rope1" / "eval" / "loss_by_position.json"
+  _write_by_position(tmp_path / "rope1", "rope", 1)
+  old = {k: v for k, v in json.loads(path.read_text()).items() if k not in ("stride", "split", "checkpoint_step")}
+  path.write_text(json.dumps(old))  # a file written before those fields: nothing says it differs
+  report = build_report(tmp_path)
+  assert plots.position_series(report.data)[TRAIN_LEN]["n"] == {0: 2}
+  assert "Stale" not in report.markdown_path.read_text()
+
+
+def _write_passkey(trial_dir, rope_scaling=None, rope_factor=None, depths=(0.0, 1.0), trials=2, accuracy=0.5):
+  """eval/passkey(_<scaling>).json (and its heatmap) as research-evaluate --passkey writes them, at 1× and 2×."""
+  from research.evaluate import passkey
+  results = [{**passkey.cell_record(m, m * TRAIN_LEN, d, note="n/a"), "accuracy": accuracy, "n": trials}
+             for m in (1, 2) for d in depths]
+  passkey.write_report(trial_dir, passkey.report_record(
+      train_len=TRAIN_LEN, checkpoint_step=100, seed=0, trials=trials, depths=depths, rope_scaling=rope_scaling,
+      rope_factor=rope_factor, results=[{k: v for k, v in r.items() if k != "note"} for r in results]))
+
+
+def test_a_row_averaging_trials_of_different_rope_factors_or_passkey_depths_is_marked_and_not_ranked(tmp_path):
+  """Seeds of one row scaled with different factors (or passkey files of different depths and keys per cell) are
+  not averaged silently into a cell that wins the bold: the cell has a footnote, is not ranked, and report.md names
+  the runs and their settings; so does a run whose passkey_S.json and extrapolation_S.json differ in factor."""
+  directory = tmp_path / "sweep"
+  make_sweep(directory, schemes=("alibi", "rope"), seeds=(0, 1))
+  for seed in (0, 1):
+    _write_scaled(directory / f"rope-s{seed}", "linear", seed, factor=2.0)
+    _write_passkey(directory / f"rope-s{seed}")
+    _write_passkey(directory / f"alibi-s{seed}", accuracy=0.25)
+  report = build_report(directory)
+  text = report.markdown_path.read_text()
+  assert "mixed evaluation settings" not in text and "different settings" not in report.table
+  labels = [g.label for g in report.data.groups]
+  scaled = labels.index("position=rope, rope_scaling=linear")
+  rope = labels.index("position=rope")
+  assert report.data.best["ppl_1x_64"] == {rope, scaled}  # the made-up 1× figures are equal: a tie, both bold
+  assert labels.index("position=rope") in report.data.best["passkey_1x_64"]
+
+  _write_scaled(directory / "rope-s1", "linear", 1, factor=None)  # factor = the multiple
+  _write_passkey(directory / "rope-s1", depths=(0.0, 0.5, 1.0), trials=3)
+  _write_passkey(directory / "rope-s0", rope_scaling="linear", rope_factor=None)
+  report = build_report(directory)
+  text = report.markdown_path.read_text()
+  assert ("- row `position=rope, rope_scaling=linear` averages perplexities of trials evaluated with different "
+          "settings: `rope-s0` factor 2; `rope-s1` factor = the multiple at each length") in text
+  assert ("- row `position=rope` averages passkey accuracies of trials evaluated with different settings: "
+          "`rope-s0` depths [0, 1], 2 keys per cell; `rope-s1` depths [0, 0.5, 1], 3 keys per cell") in text
+  assert ("- `rope-s0`: eval/passkey_linear.json was made with factor = the multiple at each length, "
+          "eval/extrapolation_linear.json with factor 2") in text
+  cell = report.data.cell(scaled, "ppl_1x_64")
+  assert cell.mixed and cell.n == 2 and report.data.best["ppl_1x_64"] == {rope}  # the mixed mean is not ranked
+  _, rows = parse_md_table(report.table)
+  assert re.fullmatch(r"[\d.]+ ± [\d.]+\[\^\d+\]", rows["position=rope, rope_scaling=linear"][-3]), rows
+  assert "mean of trials evaluated with different settings (rope-s0: factor 2; rope-s1: factor = the multiple" in \
+      report.table
+  assert report.data.cell(rope, "passkey_1x_64").mixed and rope not in report.data.best["passkey_1x_64"]
+  assert not report.data.cell(labels.index("position=alibi"), "passkey_1x_64").mixed
+
+
+def test_an_mlm_runs_passkey_cells_are_not_applicable_rather_than_a_command_it_refuses(tmp_path):
+  write_trial(tmp_path, "clm", "alibi", 0)
+  _write_passkey(tmp_path / "clm")
+  write_trial(tmp_path, "mlm", "alibi", 1)
+  loop.write_config(configuration.apply_overrides(trial_config("alibi", 1), {"objective": "mlm"}), tmp_path / "mlm")
+  report = build_report(tmp_path)
+  gi = [g.label for g in report.data.groups].index("objective=mlm")
+  assert report.data.cell(gi, "passkey_1x_64").notes == (
+      "not applicable: passkey retrieval needs a causal LM (objective=mlm)",)
+  assert "--passkey" not in report.table
+
+
+def test_a_directory_of_seeds_only_says_so_plainly(tmp_path):
+  for seed in (0, 1):
+    write_trial(tmp_path, f"s{seed}", "alibi", seed)
+  text = build_report(tmp_path).markdown_path.read_text()
+  assert "The trials differ only in `seed` (replicates, averaged over in one group)." in text
+  assert "swept fields none" not in text
+  text = build_report(tmp_path / "s0").markdown_path.read_text()
+  assert "No field is swept (one group)." in text and "swept fields none" not in text

@@ -30,7 +30,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
+import os
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -465,7 +468,35 @@ def evaluate_run(workdir: str | Path, lengths: Sequence[int] = (1, 2, 4, 8, 16),
                          checkpoint=checkpoint, rope_scaling=rope_scaling, rope_factor=rope_factor, results=results,
                          mlm_masks=masks)
   write_report(workdir, report, output)
+  if not by_position and output is None:
+    set_aside_unmatched_by_position(workdir, report)
   return report
+
+
+def set_aside_unmatched_by_position(workdir: str | Path, report: dict[str, Any]) -> Path | None:
+  """Moves eval/loss_by_position(_<scaling>).json to eval/previous/<UTC time>/ (where research-sweep keeps the files
+  an evaluation rewrites) when it no longer matches `report`, the extrapolation file of its scaling just written
+  without --by_position: another protocol or checkpoint step (`report_runs.protocol_differences`). Left beside it,
+  its curves would read as this evaluation's. A matching one stays; prints one line. Returns where it went."""
+  path = Path(workdir) / EVAL_DIR / by_position_lib.report_file(report["rope_scaling"])
+  if jax.process_index() != 0 or not path.is_file():
+    return None
+  try:
+    old = json.loads(path.read_text(encoding="utf-8"))
+  except (OSError, ValueError):  # unreadable: research-report names it; nothing says what it was scored with
+    return None
+  if not isinstance(old, dict):
+    return None
+  from research.report import runs as report_runs  # here: the report package imports matplotlib (0.2 s)
+  differ = report_runs.protocol_differences(report_runs.protocol(old), report_runs.protocol(report))
+  if differ is None:
+    return None
+  target = Path(workdir) / EVAL_DIR / "previous" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+  target.mkdir(parents=True, exist_ok=True)
+  os.replace(path, target / path.name)
+  print(f"note: moved eval/{path.name} to {target / path.name}: it was scored otherwise than the "
+        f"eval/{report_file(report['rope_scaling'])} just written ({differ}); add --by_position to score both")
+  return target / path.name
 
 
 def passkey_prompts(workdir: str | Path, config: ml_collections.ConfigDict, lengths: Sequence[int],

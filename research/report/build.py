@@ -85,7 +85,7 @@ def _evaluation_line(runs: RunSet, table: tables.Table) -> str | None:
       if mask is not None and mask not in masks:
         masks.append(mask)
       if e.rope_scaling is not None:
-        factor = f"factor {e.rope_factor:g}" if e.rope_factor is not None else "factor = the multiple at each length"
+        factor = tables.factor_text(e.rope_factor)
         scalings.setdefault(e.rope_scaling, [])
         if factor not in scalings[e.rope_scaling]:
           scalings[e.rope_scaling].append(factor)
@@ -149,8 +149,15 @@ def render_markdown(runs: RunSet, table: tables.Table, written: dict[str, pathli
   counts: dict[str, int] = {}
   for t in runs.trials:
     counts[t.status] = counts.get(t.status, 0) + 1
-  swept = ", ".join(f"`{f}`" for f in table.fields) or "none"
+  swept = ", ".join(f"`{f}`" for f in table.fields)
   seeds = ", ".join(f"`{f}`" for f in runs.replicate_fields)
+  if swept:
+    rows = f"Rows group the trials by the swept fields {swept}" + (f" (replicates, averaged over: {seeds})" if seeds
+                                                                    else "")
+  elif seeds:
+    rows = f"The trials differ only in {seeds} (replicates, averaged over in one group)"
+  else:
+    rows = "No field is swept (one group)"
   out = [
       f"# Report: {runs.name}",
       "",
@@ -158,9 +165,7 @@ def render_markdown(runs: RunSet, table: tables.Table, written: dict[str, pathli
       + ", ".join(f"{n} {s}" for s, n in counts.items()) + ")"
       + (f", and {len(runs.duplicates)} duplicate(s), left out (below)." if runs.duplicates else "."),
       "",
-      f"Rows group the trials by the swept fields {swept}"
-      + (f" (replicates, averaged over: {seeds})" if seeds else "")
-      + ". Cells are mean ± sample std (ddof=1) over the finished trials of a row (`n`; a cell's own n is shown "
+      rows + ". Cells are mean ± sample std (ddof=1) over the finished trials of a row (`n`; a cell's own n is shown "
       "where it differs); " + _best_sentence(table) + " n/a = no value (footnotes say why).",
   ]
   if runs.skipped:
@@ -172,10 +177,14 @@ def render_markdown(runs: RunSet, table: tables.Table, written: dict[str, pathli
   line = _evaluation_line(runs, table)
   if line:
     out += ["", line]
+  if table.mixed:
+    out += ["", "**Warning: mixed evaluation settings** (the table's cells averaging them carry a footnote and are "
+            "not ranked for best; rerun research-evaluate with one setting):", ""] + [f"- {w}" for w in table.mixed]
   stale = [note for t in runs.trials for note in (*t.stale_evaluations(), *t.analysis_stale.values())]
   if stale:
     out += ["", "**Stale evaluations** (an older checkpoint than the one research-evaluate or research-analyze would "
-            "score now; left out of the means, the plots and the best marks, rerun the command each note names):",
+            "score now, or a loss by position scored otherwise than the extrapolation.json beside it; left out of the "
+            "means, the plots and the best marks, rerun the command each note names):",
             ""] + [f"- {n}" for n in stale]
   old_rare = [t.name for t in runs.trials if t.finished and t.rare is not None and not t.rare.markers_excluded]
   if old_rare:

@@ -73,6 +73,41 @@ def passkey_file(rope_scaling: str | None = None) -> pathlib.Path:
     return PASSKEY_FILE
   return PASSKEY_FILE.with_name(f"{PASSKEY_PREFIX}{rope_scaling}.json")
 
+# What an evaluation file records of how it scored (its protocol, RoPE factor included) and which checkpoint: a
+# loss_by_position.json counts beside the extrapolation.json of its scaling only where these agree
+# (`protocol_differences`; research-evaluate moves one aside that no longer does).
+PROTOCOL_FIELDS = ("mode", "stride", "split", "train_len", "rope_factor", "checkpoint_step")
+_PROTOCOL_NAMES = {"train_len": "train length", "rope_factor": "factor", "checkpoint_step": "step"}
+
+
+def protocol(data: dict[str, Any]) -> dict[str, Any]:
+  """The PROTOCOL_FIELDS an evaluation file's JSON object records (a field an older file lacks is left out)."""
+  return {k: data[k] for k in PROTOCOL_FIELDS if k in data}
+
+
+def protocol_differences(by_position: dict[str, Any], extrapolation: dict[str, Any]) -> str | None:
+  """How a loss_by_position file's `protocol` differs from that of the extrapolation file beside it, by-position
+  first: "mode sliding, stride 1 vs mode nonoverlapping", "step 125 vs 200"; None when every field both record is
+  equal (a field one of them lacks is not compared: nothing says it differs)."""
+  def text(data: dict[str, Any], keys: list[str]) -> str:
+    shown = [f"{_PROTOCOL_NAMES.get(k, k)} {_value_text(k, data[k])}" for k in keys
+             if data[k] is not None or k == "rope_factor"]
+    return ", ".join(shown) or ", ".join(f"{_PROTOCOL_NAMES.get(k, k)} null" for k in keys)
+  differ = [k for k in PROTOCOL_FIELDS if k in by_position and k in extrapolation
+            and by_position[k] != extrapolation[k]]
+  parts = [[k for k in differ if k != "checkpoint_step"], [k for k in differ if k == "checkpoint_step"]]
+  said = [f"{text(by_position, keys)} vs {text(extrapolation, keys)}" for keys in parts[:1] if keys]
+  if parts[1]:
+    said.append(f"step {by_position['checkpoint_step']} vs {extrapolation['checkpoint_step']}")
+  return "; ".join(said) or None
+
+
+def _value_text(key: str, value: Any) -> str:
+  if key == "rope_factor" and value is None:
+    return "= the multiple at each length"  # research-evaluate --rope_scaling without --rope_factor
+  return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 CHECKPOINT_CHOICES = ("best", "last")  # research-evaluate --checkpoint
 MISSING = "<missing>"  # value of a field a config does not have (when deriving swept fields from configs)
 
@@ -103,6 +138,7 @@ class Extrapolation:
   checkpoint_step: int | None = None  # the step of the checkpoint research-evaluate scored
   checkpoint: str | None = None  # the choice that selected it (best | last); None in files written before
   mlm_masks: str | None = None  # an MLM run's masking rule ("per_row"); None: a CLM run, or per batch (older files)
+  protocol: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)  # `protocol` of the file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +168,9 @@ class Passkey:
   lengths: tuple[PasskeyLength, ...]  # sorted by length
   checkpoint_step: int | None = None
   checkpoint: str | None = None
+  rope_factor: float | None = None  # with a scaling: None = the multiple at each length, as in Extrapolation
+  depths: tuple[float, ...] | None = None  # --passkey_depths; None in a file without them
+  trials: int | None = None  # --passkey_trials (keys per cell); None in a file without them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +182,7 @@ class LossByPosition:
   checkpoint_step: int | None = None  # the step of the checkpoint research-evaluate scored
   checkpoint: str | None = None  # the choice that selected it (best | last); None in files written before
   mlm_masks: str | None = None  # an MLM run's masking rule ("per_row"); None: a CLM run, or per batch (older files)
+  protocol: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)  # `protocol` of the file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,11 +328,27 @@ class Trial:
   @functools.cached_property
   def stale_reasons(self) -> dict[str, str]:
     """{eval file (as `extrapolation_file`, BY_POSITION_FILE and PASSKEY_FILE name it): its `stale_reason`} for the
-    trial's stale evaluations (extrapolation, RoPE-scaled, loss by position, passkey), judged once (the sweep runner
-    evaluates these again)."""
+    trial's stale evaluations (extrapolation, RoPE-scaled, loss by position, passkey; a loss by position that does
+    not match extrapolation.json, `by_position_mismatch`, too), judged once (the sweep runner evaluates these
+    again)."""
     reasons = {f.as_posix(): self.stale_reason(e.checkpoint_step, f.as_posix(), e.checkpoint)
                for e, f in self._evaluations() if e is not None}
+    if self.by_position is not None and reasons.get(BY_POSITION_FILE.as_posix()) is None:
+      reasons[BY_POSITION_FILE.as_posix()] = self.by_position_mismatch
     return {file: reason for file, reason in reasons.items() if reason is not None}
+
+  @property
+  def by_position_mismatch(self) -> str | None:
+    """Why eval/loss_by_position.json does not go with the eval/extrapolation.json beside it, or None: another
+    protocol or checkpoint step (`protocol_differences`), as research-evaluate without --by_position leaves an
+    earlier one behind. Its curves would be drawn under the other file's evaluation line, so it is stale."""
+    if self.by_position is None or self.extrapolation is None:
+      return None
+    differ = protocol_differences(self.by_position.protocol, self.extrapolation.protocol)
+    if differ is None:
+      return None
+    return (f"{BY_POSITION_FILE.as_posix()} does not match {EXTRAPOLATION_FILE.as_posix()} beside it ({differ}; "
+            f"research-evaluate --by_position with the options of the latter scores both again)")
 
   @functools.cached_property
   def stale(self) -> dict[str, str]:
@@ -582,7 +638,8 @@ def _read_extrapolation(path: pathlib.Path, rope_scaling: str | None = None) -> 
                        split=data.get("split"), points=tuple(sorted(points, key=lambda p: (p.length, p.multiple))),
                        rope_scaling=rope_scaling, rope_factor=_finite_or_none(data.get("rope_factor"), "'rope_factor'"),
                        checkpoint_step=_step_or_none(path, data.get("checkpoint_step")),
-                       checkpoint=_choice_or_none(path, data.get("checkpoint")), mlm_masks=_mlm_masks(data))
+                       checkpoint=_choice_or_none(path, data.get("checkpoint")), mlm_masks=_mlm_masks(data),
+                       protocol=protocol(data))
 
 
 @_names_file
@@ -610,7 +667,8 @@ def _read_by_position(path: pathlib.Path) -> LossByPosition | None:
   return LossByPosition(train_len=data.get("train_len"), mode=data.get("mode"), objective=data.get("objective"),
                         curves=tuple(sorted(curves, key=lambda c: (c.length, c.multiple))),
                         checkpoint_step=_step_or_none(path, data.get("checkpoint_step")),
-                        checkpoint=_choice_or_none(path, data.get("checkpoint")), mlm_masks=_mlm_masks(data))
+                        checkpoint=_choice_or_none(path, data.get("checkpoint")), mlm_masks=_mlm_masks(data),
+                        protocol=protocol(data))
 
 
 def _mlm_masks(data: dict[str, Any]) -> str | None:
@@ -642,8 +700,13 @@ def _read_passkey(path: pathlib.Path) -> Passkey | None:
   lengths = tuple(PasskeyLength(multiple, length, math.fsum(scored) / len(scored) if scored else None,
                                 None if scored else ("; ".join(notes) or "no depth scored"))
                   for (length, multiple), (scored, notes) in sorted(by_length.items()))
+  depths, trials = data.get("depths"), data.get("trials")
   return Passkey(lengths=lengths, checkpoint_step=_step_or_none(path, data.get("checkpoint_step")),
-                 checkpoint=_choice_or_none(path, data.get("checkpoint")))
+                 checkpoint=_choice_or_none(path, data.get("checkpoint")),
+                 rope_factor=_finite_or_none(data.get("rope_factor"), "'rope_factor'"),
+                 depths=tuple(float(d) for d in depths) if isinstance(depths, list) and all(
+                     _finite_or_none(d) is not None for d in depths) else None,
+                 trials=trials if isinstance(trials, int) and not isinstance(trials, bool) else None)
 
 
 def _read_scaled(path: pathlib.Path, prefix: str = SCALED_PREFIX, read=None) -> dict[str, Any]:

@@ -14,7 +14,9 @@ change does not; descriptive too).
 A group whose trials were also evaluated with RoPE scaling (eval/extrapolation_<scaling>.json) gets one more row per
 scaling, right below it, labelled `..., rope_scaling=S`.
 A cell is the mean and sample standard deviation (ddof=1) over the group's finished trials; the best mean per column
-is marked: the lowest perplexity, the highest quality figure.
+is marked: the lowest perplexity, the highest quality figure. A cell whose trials' files differ in a setting the rows
+do not group by (a scaled row's RoPE factor, passkey depths and keys per cell: `_settings`) is footnoted and not
+ranked, and `Table.mixed` says so for report.md.
 """
 
 from __future__ import annotations
@@ -103,7 +105,9 @@ class Column:
 @dataclasses.dataclass(frozen=True)
 class Cell:
   values: tuple[float, ...]  # one per trial that has a value
-  notes: tuple[str, ...] = ()  # why the group's other trials have none
+  notes: tuple[str, ...] = ()  # why the group's other trials have none (and `mixed`'s note first)
+  # Whether the values come from files of different settings (`_mixed_note`): footnoted and not ranked for best.
+  mixed: bool = False
 
   @property
   def n(self) -> int:
@@ -149,6 +153,9 @@ class Table:
   best: dict[str, set[int]]  # column key -> group indices with the lowest mean
   # PPL_MEANING fields the rows' trials differ in: no best is marked in the perplexity columns (`incomparable_fields`)
   incomparable: list[str] = dataclasses.field(default_factory=list)
+  # report.md's warnings of mixed settings: rows averaging trials of different RoPE factors or passkey depths and
+  # keys per cell, and trials whose scaled files of one scaling differ in factor (`_mixed_warnings`)
+  mixed: list[str] = dataclasses.field(default_factory=list)
 
   def cell(self, group_index: int, column: Column | str) -> Cell:
     return self.cells[(group_index, column if isinstance(column, str) else column.key)]
@@ -288,6 +295,9 @@ def _trial_value(trial: Trial, column: Column, rope_scaling: str | None = None) 
     return (value, None) if value is not None else (None, "no row was absent from every batch")
   if column.passkey:
     evaluated, file = trial.passkey_evaluation(rope_scaling), passkey_file(rope_scaling).as_posix()
+    objective = trial.field("objective")
+    if evaluated is None and objective not in ("clm", MISSING):  # research-evaluate refuses --passkey for it
+      return None, f"not applicable: passkey retrieval needs a causal LM (objective={objective})"
     if evaluated is None:
       flags = "--passkey" + (f" --rope_scaling={rope_scaling}" if rope_scaling is not None else "")
       return None, f"not evaluated (no {file}; run research-evaluate {flags})"
@@ -308,6 +318,61 @@ def _trial_value(trial: Trial, column: Column, rope_scaling: str | None = None) 
     if p.length == column.length and p.multiple == column.multiple:
       return (p.ppl, None) if p.ppl is not None else (None, p.note or "not evaluated")
   return None, f"length {column.length} not evaluated"
+
+
+def factor_text(factor: float | None) -> str:
+  """A RoPE-scaled file's factor as report.md names it (None: `--rope_factor` left out)."""
+  return f"factor {factor:g}" if factor is not None else "factor = the multiple at each length"
+
+
+def _settings(trial: Trial, column: Column, rope_scaling: str | None) -> str | None:
+  """The settings of the file `trial`'s value in `column` comes from that the report does not group by, and in
+  which the trials of one cell may differ (research-sweep evaluates a trial again for either: its
+  `evaluation_outdated`): a scaled row's RoPE factor; passkey's depths and keys per cell. None where none apply."""
+  parts = []
+  if column.passkey:
+    evaluated = trial.passkey_evaluation(rope_scaling)
+    if evaluated is None:
+      return None
+    if rope_scaling is not None:
+      parts.append(factor_text(evaluated.rope_factor))
+    if evaluated.depths is not None:
+      parts.append("depths [" + ", ".join(f"{d:g}" for d in evaluated.depths) + "]")
+    if evaluated.trials is not None:
+      parts.append(f"{evaluated.trials} key{'s' if evaluated.trials != 1 else ''} per cell")
+  elif column.length is not None and rope_scaling is not None and trial.evaluation(rope_scaling) is not None:
+    parts.append(factor_text(trial.evaluation(rope_scaling).rope_factor))
+  return ", ".join(parts) or None
+
+
+def _mixed_note(settings: dict[str, str]) -> str | None:
+  """The footnote of a cell whose trials' values come from files of different `_settings` ({trial: settings})."""
+  if len(set(settings.values())) < 2:
+    return None
+  return ("mean of trials evaluated with different settings (" + "; ".join(f"{n}: {s}" for n, s in settings.items())
+          + "): not ranked, see report.md")
+
+
+def _mixed_warnings(groups: list[Group], columns: list[Column],
+                    mixed: dict[tuple[int, str], dict[str, str]]) -> list[str]:
+  """report.md's lines for `Table.mixed`: each row whose perplexity or passkey cells mix settings (once per row and
+  kind, with the trials and their settings), and each trial whose extrapolation_S.json and passkey_S.json were
+  made with different factors (two columns, so no cell mixes them, but one row reads them side by side)."""
+  out = []
+  for gi, g in enumerate(groups):
+    for kind, passkey in (("perplexities", False), ("passkey accuracies", True)):
+      settings = next((mixed[(gi, c.key)] for c in columns if c.passkey == passkey and (gi, c.key) in mixed), None)
+      if settings is not None:
+        out.append(f"row `{g.label}` averages {kind} of trials evaluated with different settings: "
+                   + "; ".join(f"`{n}` {s}" for n, s in settings.items()))
+  trials = {t.name: t for g in groups for t in g.finished}
+  for t in trials.values():
+    for s in t.scaled:
+      if s in t.scaled_passkey and t.scaled[s].rope_factor != t.scaled_passkey[s].rope_factor:
+        out.append(f"`{t.name}`: {passkey_file(s).as_posix()} was made with "
+                   f"{factor_text(t.scaled_passkey[s].rope_factor)}, {extrapolation_file(s).as_posix()} with "
+                   f"{factor_text(t.scaled[s].rope_factor)}")
+  return out
 
 
 def scaling_name(short: dict[str, str]) -> str:
@@ -350,30 +415,38 @@ def build_table(runs: RunSet) -> Table:
 
   columns = _columns([t for t in runs.trials if t.finished])
   cells: dict[tuple[int, str], Cell] = {}
+  mixed: dict[tuple[int, str], dict[str, str]] = {}  # the mixed cells: {trial: its `_settings`}
   for gi, g in enumerate(groups):
     for c in columns:
-      values, notes = [], []
+      values, notes, settings = [], [], {}
       for t in g.finished:
         v, why = _trial_value(t, c, g.rope_scaling)
         if v is None:
           notes.append(why)
         else:
           values.append(v)
+          if (setting := _settings(t, c, g.rope_scaling)) is not None:
+            settings[t.name] = setting
       if not g.finished:
         notes.append("no finished trial (see the failed and unfinished trials)")
-      cells[(gi, c.key)] = Cell(tuple(values), tuple(dict.fromkeys(notes)))
+      note = _mixed_note(settings)
+      if note is not None:
+        notes.insert(0, note)
+        mixed[(gi, c.key)] = settings
+      cells[(gi, c.key)] = Cell(tuple(values), tuple(dict.fromkeys(notes)), mixed=note is not None)
 
   incomparable = incomparable_fields([t for t in runs.trials if t.finished])
   best: dict[str, set[int]] = {}
   for c in columns:
-    means = {gi: cells[(gi, c.key)].mean for gi in range(len(groups)) if cells[(gi, c.key)].n}
+    means = {gi: cells[(gi, c.key)].mean for gi in range(len(groups))
+             if cells[(gi, c.key)].n and not cells[(gi, c.key)].mixed}  # a mean of mixed settings is no result
     if c.perplexity and incomparable:  # another objective, vocabulary or text: lower is not better
       continue
     if len(means) >= 2 and not c.descriptive:  # bolding the only number in a column says nothing
       top = max(means.values()) if c.higher_is_better else min(means.values())
       best[c.key] = {gi for gi, m in means.items() if m == top}
   return Table(title=display(runs.name), fields=fields, short=short, columns=columns, groups=groups, cells=cells,
-               best=best, incomparable=incomparable)
+               best=best, incomparable=incomparable, mixed=_mixed_warnings(groups, columns, mixed))
 
 
 def format_number(x: float, digits: int = 2) -> str:
