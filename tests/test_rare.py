@@ -610,16 +610,17 @@ def test_a_char_aware_run_trains_and_loads_for_evaluation(tmp_path):
   assert run.char_ids is not None and run.char_ids.array.shape[0] == 512
 
 
-def test_a_run_from_before_the_counts_resumes_only_without_them(tmp_path):
+def test_a_run_from_before_the_counts_resumes_without_them_under_the_default(tmp_path, capsys):
   import json
-  from research.train import configuration
   saved = tiny_config().to_dict()
   del saved["train"]["count_updates"]  # written before train.count_updates existed: it counted nothing
   (tmp_path / "config.json").write_text(json.dumps(saved))
   mark_finished(tmp_path)
-  with pytest.raises(configuration.ConfigError, match=r"train.count_updates: False \(saved\) != True \(current\)"):
-    loop.check_workdir(tiny_config(), tmp_path)
-  assert loop.check_workdir(tiny_config(**{"train.count_updates": False}), tmp_path) == tmp_path
+  for config in (tiny_config(), tiny_config(**{"train.count_updates": False})):  # it was refused under the default
+    assert loop.check_workdir(config, tmp_path) == tmp_path
+    assert loop.keep_saved_choices(config, tmp_path).train.count_updates is False
+  notes = capsys.readouterr().out.splitlines()
+  assert len(notes) == 1 and "train.count_updates=False" in notes[0]  # once: the second config asked for it
 
 
 # ------------------------------------------------------------------------------------------------ valid_ppl_rare

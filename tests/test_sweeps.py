@@ -638,6 +638,23 @@ def test_a_trial_directory_without_a_saved_run_is_no_conflict(tmp_path):
   sweeps.check_trial_directories(sweep, tmp_path / "out")  # its own config
 
 
+def test_a_trial_written_before_fields_were_added_is_no_conflict_and_keeps_its_name(tmp_path):
+  path = write_sweep(tmp_path / "s.py", [{"seed": 0, **TINY}])
+  sweep = sweeps.load_sweep(path)
+  run = tmp_path / "out" / sweep.trials[0].name
+  run.mkdir(parents=True)
+  saved = sweeps.trial_config(sweep, sweep.trials[0]).to_dict()
+  del saved["train"]["count_updates"], saved["train"]["position"]  # an old version's trial: it had neither field
+  (run / "config.json").write_text(json.dumps(saved))
+  (run / "summary.json").write_text("{}")
+  sweeps.check_trial_directories(sweep, tmp_path / "out")  # was refused: "train.count_updates: False (saved) != ..."
+  saved["model"]["d_model"] = 32  # another model is still refused
+  (run / "config.json").write_text(json.dumps(saved))
+  with pytest.raises(configuration.ConfigError, match=r"model\.d_model") as err:
+    sweeps.check_trial_directories(sweep, tmp_path / "out")
+  assert "count_updates" not in str(err.value) and "position" not in str(err.value)
+
+
 def _alive(pid: int) -> bool:
   try:
     state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

@@ -335,19 +335,29 @@ def test_every_differing_field_is_named_and_only_the_allow_list_may_change(finis
   assert loop.check_workdir(configuration.apply_overrides(config, allowed), workdir) == workdir
 
 
-def test_a_field_the_saved_run_lacks_means_what_runs_did_before_it_existed(tmp_path):
+def test_a_field_the_saved_run_lacks_means_what_runs_did_before_it_existed(tmp_path, capsys):
   saved = tiny_config(**{"model.position": "t5"}).to_dict()
   del saved["train"]["position"]  # written before train.position.weight_decay: its T5 table was decayed
   del saved["model"]["attention"]  # before auto: einsum (LEGACY_VALUES), which auto is on this CPU
   tmp_path.joinpath("config.json").write_text(json.dumps(saved))
-  mark_finished(tmp_path)
   before = _snapshot(tmp_path)
-  with pytest.raises(configuration.ConfigError) as err:
-    loop.check_workdir(tiny_config(**{"model.position": "t5"}), tmp_path)
-  assert "train.position.weight_decay: True (saved) != False (current)" in str(err.value)
-  assert "model.attention" not in str(err.value) and _snapshot(tmp_path) == before
-  # The same model as before: resumable.
+  # A start that saved nothing: the command's own values (it starts over).
+  assert loop.keep_saved_choices(tiny_config(**{"model.position": "t5"}), tmp_path).train.position.weight_decay \
+      is False
+  mark_finished(tmp_path)
+  # A run: the same command resumes it as the model it is (it was refused over the new default), with one note.
+  command = tiny_config(**{"model.position": "t5"})
+  assert loop.check_workdir(command, tmp_path) == tmp_path
+  kept = loop.keep_saved_choices(command, tmp_path)
+  assert kept.train.position.weight_decay is True and kept.model.attention == "einsum"
+  out = capsys.readouterr().out
+  assert out.count("note:") == 1 and "was written before train.position.weight_decay existed" in out, out
+  assert "train.position.weight_decay=True" in out and "model.attention" not in out  # (auto is einsum here)
   assert loop.check_workdir(tiny_config(**{"model.position": "t5", "train.position.weight_decay": True}), tmp_path)
+  assert loop.keep_saved_choices(kept, tmp_path).to_dict() == kept.to_dict() and not capsys.readouterr().out
+  with pytest.raises(configuration.ConfigError, match="model.t5_buckets"):  # a field the run has is compared
+    loop.check_workdir(tiny_config(**{"model.position": "t5", "model.t5_buckets": 8}), tmp_path)
+  assert {k: v for k, v in _snapshot(tmp_path).items() if k != "summary.json"} == before  # the checks write nothing
 
 
 def test_a_run_without_a_char_cnn_resumes_whatever_the_cnns_fields_say(tmp_path):
@@ -363,12 +373,12 @@ def test_a_run_without_a_char_cnn_resumes_whatever_the_cnns_fields_say(tmp_path)
     if chars == "none":
       assert loop.check_workdir(current, tmp_path) == tmp_path
       assert loop.check_workdir(configuration.apply_overrides(current, {"model.char_dim": 8}), tmp_path)
-    else:
-      with pytest.raises(configuration.ConfigError) as err:
-        loop.check_workdir(current, tmp_path)
-      assert "model.char_padding: 'learned' (saved)" in str(err.value) and "model.char_spelling" in str(err.value)
-      assert loop.check_workdir(configuration.apply_overrides(
-          current, {"model.char_padding": "learned", "model.char_spelling": "raw"}), tmp_path)
+    else:  # a CNN: the run keeps the values it had (learned, raw), which the command cannot change
+      assert loop.check_workdir(current, tmp_path) == tmp_path
+      kept = loop.keep_saved_choices(current, tmp_path).model
+      assert (kept.char_padding, kept.char_spelling) == ("learned", "raw")
+      with pytest.raises(configuration.ConfigError, match="model.char_dim"):  # a field the run has is compared
+        loop.check_workdir(configuration.apply_overrides(current, {"model.char_dim": 8}), tmp_path)
     with pytest.raises(configuration.ConfigError, match="model.char_embeddings"):  # switching the CNN on or off
       loop.check_workdir(tiny_config(**{"model.char_embeddings": "concat" if chars == "none" else "none"}), tmp_path)
 
@@ -376,7 +386,7 @@ def test_a_run_without_a_char_cnn_resumes_whatever_the_cnns_fields_say(tmp_path)
 def test_an_einsum_run_resumes_under_auto_where_auto_is_einsum_and_keeps_einsum(tmp_path):
   config_differences = checkpoint_lib.config_differences
   current = tiny_config()  # model.attention = auto (the default)
-  for saved_value in ("einsum", None):  # written with einsum, or before the field existed
+  for saved_value in (None, "einsum"):  # written before the field existed, or with einsum
     saved = current.to_dict()
     if saved_value is None:
       del saved["model"]["attention"]

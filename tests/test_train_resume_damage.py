@@ -71,12 +71,14 @@ def _copy(reference_run, tmp_path):
   return workdir
 
 
-NO_COUNTS = {"train.steps": 4, "train.checkpoint_every": 2, "train.keep_checkpoints": 3, "train.count_updates": False}
+# What a run from before train.count_updates and train.position.weight_decay existed trained with.
+NO_COUNTS = {"train.steps": 4, "train.checkpoint_every": 2, "train.keep_checkpoints": 3, "train.count_updates": False,
+             "train.position.weight_decay": True}
 
 
 @pytest.fixture(scope="module")
 def uncounted_run(tmp_path_factory):
-  """`reference_run` without train.count_updates: what a run from before the counts is held to."""
+  """`reference_run` as a run from before the counts trained (`NO_COUNTS`): what such a run's resume is held to."""
   workdir = tmp_path_factory.mktemp("uncounted") / "run"
   loop.train(_config(**NO_COUNTS), workdir)
   return workdir
@@ -121,6 +123,26 @@ def test_a_checkpoint_from_before_the_counts_resumes_as_the_uninterrupted_run(un
   for a, b in zip(_params(workdir, 4), _params(uncounted_run, 4)):
     assert np.array_equal(a, b)
   assert not (workdir / "update_counts.npz").exists()
+
+
+def test_a_run_from_before_fields_were_added_resumes_under_the_same_command_with_one_note(uncounted_run, tmp_path,
+                                                                                         capsys):
+  workdir = _copy(uncounted_run, tmp_path)
+  _as_written_before_counts(workdir, _config(**NO_COUNTS))
+  saved = json.loads((workdir / "config.json").read_text())
+  del saved["train"]["count_updates"], saved["train"]["position"]  # the fields the old version did not have
+  (workdir / "config.json").write_text(json.dumps(saved))
+  command = {"train.steps": 4, "train.checkpoint_every": 2, "train.keep_checkpoints": 3}  # today's defaults
+  loop.train(_config(**command), workdir)  # was refused: "train.count_updates: False (saved) != True (current)"
+  notes = [line for line in capsys.readouterr().out.splitlines() if "was written before" in line]
+  assert len(notes) == 1 and "train.count_updates=False" in notes[0] \
+      and "train.position.weight_decay=True" in notes[0], notes
+  timeless = lambda records: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in records]  # noqa: E731
+  assert timeless(_metrics(workdir)) == timeless(_metrics(uncounted_run))  # the model it is: no counts, decayed table
+  kept = json.loads((workdir / "config.json").read_text())
+  assert kept == saved  # still without the two fields: written out, they would refuse the next rerun
+  summary = loop.train(_config(**{**command, "train.steps": 5}), workdir)  # the same command, extended: resumes
+  assert summary["step"] == 5 and json.loads((workdir / "config.json").read_text())["train"]["steps"] == 5
 
 
 def test_a_torn_last_metrics_line_is_dropped_and_the_run_extends(reference_run, tmp_path):

@@ -70,6 +70,13 @@ def with_defaults(saved: Mapping[str, Any]) -> dict[str, Any]:
   return out
 
 
+def lacking_fields(saved: Mapping[str, Any]) -> tuple[str, ...]:
+  """The schema fields a saved run config (config.json) lacks: those added since the run was written, which
+  `with_defaults` fills with what they meant then. A resume keeps those values (`loop.keep_saved_choices`)."""
+  present = flatten(saved)
+  return tuple(field for field in flatten(reference_config()) if field not in present)
+
+
 # Fields whose value may name a choice made per backend ("auto"), with the function that makes it. A rerun's value
 # and the saved one are the same run when they resolve to the same choice on this backend: a run written with
 # model.attention=einsum resumes under the default auto on CPU (both einsum, bit for bit), and is refused on a GPU,

@@ -451,12 +451,13 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
   check_outside_corpus(config, path, "workdir")
   saved = path / CONFIG_FILE
   if saved.exists():
-    current = config.to_dict()
-    previous = configuration.align_backend_choices(configuration.with_defaults(read_saved_config(path)), current,
-                                                     backend)
-    diffs = checkpoint_lib.config_differences(previous, current,
-                                              ignore=schema.RESUMABLE_FIELDS + unused_fields(previous, current))
-    if diffs and not checkpoint_lib.has_checkpoint(path / "checkpoints") and not (path / SUMMARY_FILE).exists():
+    current, raw = config.to_dict(), read_saved_config(path)
+    previous = configuration.align_backend_choices(configuration.with_defaults(raw), current, backend)
+    # Fields added since the run was written keep what they meant then (`keep_saved_choices`): not a difference.
+    implied = configuration.lacking_fields(raw) if holds_a_run(path) else ()
+    diffs = checkpoint_lib.config_differences(
+        previous, current, ignore=schema.RESUMABLE_FIELDS + unused_fields(previous, current) + implied)
+    if diffs and not holds_a_run(path):
       # A start that failed before its first checkpoint (a non-finite loss at step 1, a kill): nothing of that
       # model exists, so the corrected command starts over in the same workdir (its files are rewritten).
       print(f"note: workdir {str(path)!r} holds a start of another run that saved no checkpoint ({'; '.join(diffs)}); "
@@ -474,6 +475,12 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         f"{CONFIG_FILE} from a copy (every checkpoint's meta/metadata holds the config it was trained with), or use "
         f"a new workdir")
   return path
+
+
+def holds_a_run(path: Path) -> bool:
+  """Whether the workdir holds a model: a checkpoint, or summary.json (a finished run). A config.json without either
+  is a start that failed before its first checkpoint, which another config may replace."""
+  return checkpoint_lib.has_checkpoint(path / "checkpoints") or (path / SUMMARY_FILE).exists()
 
 
 def check_outside_corpus(config: ml_collections.ConfigDict, path: Path, what: str) -> None:
@@ -594,16 +601,20 @@ def check_resume(config: ml_collections.ConfigDict, workdir: Path, data: "RunDat
 
 
 def write_run_records(config: ml_collections.ConfigDict, workdir: Path, data: "RunData",
-                      data_json: dict[str, Any] | None) -> None:
+                      data_json: dict[str, Any] | None, resumed: bool) -> None:
   """config.json, and data.json (`check_resume`'s) and token_counts.npy (`RunData.counts_unsaved`) where they are
   due: at a fresh start once the data and the model are built, at a resume once its checkpoint restored, so that a
   resume refused or failed on the way (no checkpoint restores, another data position) leaves the run's files as
-  they were."""
+  they were. A resume's config.json still lacks the fields the saved one lacked (`keep_saved_choices` gave them the
+  values they meant then): written out, they would read as chosen, and the next rerun of the same command would be
+  refused over them."""
   if data.counts_unsaved:
     save_counts(workdir, data.train_counts)
   if data_json is not None and jax.process_index() == 0:
     atomic_write_json(workdir / DATA_FILE, data_json)
-  write_config(config, workdir)
+  omit = configuration.lacking_fields(read_saved_config(workdir)) \
+      if resumed and (workdir / CONFIG_FILE).exists() else ()
+  write_config(config, workdir, omit)
 
 
 def read_data_record(workdir: Path) -> dict[str, Any]:
@@ -672,22 +683,56 @@ def keep_saved_choices(config: ml_collections.ConfigDict, workdir: Path,
   (model.pretrained.path) set to the value of the run in `workdir` where the two mean the same here (the same choice
   on this backend, the same file): config.json then keeps saying what the run was trained with (an einsum run
   resumed under auto still evaluates with einsum on a GPU; the vector file keeps its first spelling). Where they
-  differ (a start that saved no checkpoint, corrected: `check_workdir` lets it start over) the new value stands."""
+  differ (a start that saved no checkpoint, corrected: `check_workdir` lets it start over) the new value stands.
+
+  A field the run's config.json lacks (added to the schema since the run was written) takes what it meant then
+  (`configuration.with_defaults`: train.count_updates false, train.position.weight_decay true), whatever this
+  config says: the run resumes as the model it is, with one note naming each such field that the run's model reads
+  and whose value this config would have changed (a value given on the command line cannot be told from the
+  default here)."""
   saved = Path(workdir) / CONFIG_FILE
   if not saved.exists():
     return config
-  previous = configuration.with_defaults(read_saved_config(workdir))
+  raw = read_saved_config(workdir)
+  previous = configuration.with_defaults(raw)
   # The resume check's alignment the other way round: this config, with the saved value wherever the two mean the
   # same here. It asks the backend only where the values differ (asking starts JAX's backend, which a multi-process
   # run must not do before jax.distributed.initialize: `backend` starts that first).
   kept = configuration.flatten(configuration.align_backend_choices(config.to_dict(), previous, backend))
-  return configuration.apply_overrides(
-      config, {f: kept[f] for f in (*configuration.BACKEND_RESOLVED, *configuration.RESOLVED_PATHS)})
+  overrides = {f: kept[f] for f in (*configuration.BACKEND_RESOLVED, *configuration.RESOLVED_PATHS)}
+  if holds_a_run(Path(workdir)):
+    implied, current = configuration.flatten(previous), configuration.flatten(config.to_dict())
+    changed = [f for f in configuration.lacking_fields(raw) if _json(implied[f]) != _json(current.get(f))]
+    overrides.update({f: implied[f] for f in changed})
+    unused = unused_fields(previous, config.to_dict())  # and, below, choices that compute the same here (auto)
+    noted = [f for f in changed if not any(f == u or f.startswith(u + ".") for u in unused)
+             and _json(implied[f]) != _json(kept.get(f))]
+    if noted and jax.process_index() == 0:
+      print(f"note: the run in {str(workdir)!r} was written before {', '.join(noted)} existed; it resumes as the "
+            f"model it is, with {', '.join(f'{f}={implied[f]!r}' for f in noted)} (docs/training.md, \"Resume\")",
+            flush=True)
+  return configuration.apply_overrides(config, overrides)
 
 
-def write_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
+def _json(value: Any) -> Any:
+  """`value` as JSON reads it back (tuples as lists), for comparing a config's value with a saved one."""
+  return json.loads(json.dumps(value))
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: Path, omit: tuple[str, ...] = ()) -> None:
+  """RUN/config.json: `config`, without the fields in `omit`."""
   if jax.process_index() == 0:
-    atomic_write_json(Path(workdir) / CONFIG_FILE, config.to_dict())
+    values = config.to_dict()
+    for field in omit:
+      *parents, leaf = field.split(".")
+      nodes = [values]  # nodes[i + 1] is nodes[i][parents[i]]
+      for parent in parents:
+        nodes.append(nodes[-1].get(parent, {}))
+      nodes[-1].pop(leaf, None)
+      for i in reversed(range(len(parents))):  # a section the saved config lacked whole stays absent
+        if nodes[i].get(parents[i]) == {}:
+          del nodes[i][parents[i]]
+    atomic_write_json(Path(workdir) / CONFIG_FILE, values)
 
 
 def restore_newest_good(checkpointer, workdir: Path, target, reopen: Callable[[], Any]):
@@ -1342,7 +1387,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, mesh, start_
   checkpointer = open_checkpointer(workdir, reopen)
   last_saved = checkpointer.latest_step()
   if last_saved is None:
-    write_run_records(config, workdir, data, data_json)  # a fresh start; a resume's come once its checkpoint restored
+    write_run_records(config, workdir, data, data_json, resumed=False)  # a resume's come once its checkpoint restored
   if last_saved is None and table is None and config.model.embed_init == "pretrained":
     table, table_report = pretrained_table(config, data, workdir)  # only if the disk and Orbax ever disagree
 
@@ -1370,7 +1415,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, mesh, start_
       raise configuration.ConfigError(f"workdir {str(workdir)!r} holds a run over other training data (was "
                                       f"data.train_fraction changed?); use a new workdir. {e}") from None
     progress_state.update({k: saved[k] for k in progress_state if k in saved})
-    write_run_records(config, workdir, data, data_json)
+    write_run_records(config, workdir, data, data_json, resumed=True)
   start_step = int(state.step)
   num_params = count_params(state.params)
   log = MetricsLog(workdir, start_step)
