@@ -69,6 +69,13 @@ SCHEME_FIELDS = {
 BUILTIN_SCHEMES = ("none", "learned", "sinusoidal", "rope", "p_rope", "xpos", "alibi", "sandwich", "t5", "cope",
                    "fire", "kerple_log", "kerple_log_shared", "kerple_power", "kerple_power_shared")
 
+# The built-in schemes that own no parameters (closed forms, fixed slopes: docs/training.md, "What each built-in scheme
+# owns"; a test checks it against each scheme's initialised parameters), and the settings of the optimizer's
+# `position` group (train.position.*; a test checks this list against the schema), which reach only parameters under
+# a scheme's `position_embed` module: nothing, in a run of one of these schemes.
+PARAMETERLESS_SCHEMES = ("none", "sinusoidal", "rope", "p_rope", "xpos", "alibi", "sandwich")
+POSITION_GROUP_FIELDS = ("train.position.weight_decay",)
+
 
 # The built-in schemes that rotate with RoPE's frequencies (subclasses of relative.RotaryPositions; a test checks this
 # against the registry), for a caller that imports no scheme (research-report).
@@ -109,7 +116,8 @@ def unused_fields(previous: Mapping[str, Any], current: Mapping[str, Any],
   `FROZEN_TABLE_FIELDS` when both tables are frozen; `PRETRAINED_FIELDS` when neither has model.embed_init
   pretrained; model.pos_dim when both have model.combine add; model.max_position when both have
   model.position_sampling none; a scheme's own field (`SCHEME_FIELDS`) when both schemes are built-in ones that do
-  not read it; model.table_dim when both are the plain table (0 or their d_model), model.max_len when both are the
+  not read it; the positional group's optimizer settings (`POSITION_GROUP_FIELDS`) when both schemes are built-in
+  ones without parameters (`PARAMETERLESS_SCHEMES`); model.table_dim when both are the plain table (0 or their d_model), model.max_len when both are the
   training length (0 or their data.seq_len). Each rule holds only where the field is verified unread (or its two
   values name one model); anything unknown counts as read."""
   both = lambda test: test(previous) and test(current)  # noqa: E731
@@ -135,6 +143,8 @@ def unused_fields(previous: Mapping[str, Any], current: Mapping[str, Any],
     unused += ("model.max_position",)
   unused += tuple(f for f, readers in SCHEME_FIELDS.items()
                   if _read_only_by(f, values("model.position"), readers, BUILTIN_SCHEMES))
+  if all(v in PARAMETERLESS_SCHEMES for v in values("model.position")):
+    unused += POSITION_GROUP_FIELDS
   # Values that name the same model: model.table_dim 0 and d_model are both the plain V × d table (ModelConfig:
   # `table_dim or d_model`, factorized only when that differs from d_model); model.max_len 0 and data.seq_len are
   # both the training length (configuration.model_config). d_model and seq_len themselves are still compared.

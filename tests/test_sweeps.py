@@ -967,6 +967,42 @@ def test_the_scheme_fields_table_is_what_the_built_in_schemes_read():
       assert not re.search(rf"\.{field.split('.')[-1]}\b", text), (relative, field)
 
 
+def test_the_parameterless_schemes_own_no_parameters_and_their_runs_ignore_the_position_group(tmp_path):
+  """run_fields.PARAMETERLESS_SCHEMES against the models (no leaf under a `position_embed` module, which is all the
+  optimizer's position group reaches, `optim.is_position_path`); every other built-in owns some. Between two of them
+  train.position.weight_decay is unused (a RoPE or ALiBi run, old or new, was refused over it); with a scheme that
+  has parameters, or an external one, it is compared."""
+  import jax
+  import jax.numpy as jnp
+
+  from research import run_fields
+  from research.model.transformer import Transformer
+  from research.train import loop, optim
+  from tests.train_utils import tiny_config
+  for name in run_fields.BUILTIN_SCHEMES:
+    model = Transformer(configuration.model_config(tiny_config(**{"model.position": name}), 64))
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))["params"]
+    owned = [p for p, _ in jax.tree_util.tree_flatten_with_path(shapes)[0] if optim.is_position_path(p)]
+    assert (not owned) == (name in run_fields.PARAMETERLESS_SCHEMES), (name, owned)
+  reference = configuration.flatten(configuration.reference_config())
+  assert sorted(run_fields.POSITION_GROUP_FIELDS) == sorted(f for f in reference if f.startswith("train.position."))
+  unused = lambda a, b: run_fields.unused_fields(_config(**{"model.position": a}),  # noqa: E731
+                                                 _config(**{"model.position": b}))
+  assert "train.position.weight_decay" in unused("rope", "alibi")
+  for pair in (("rope", "learned"), ("t5", "t5"), ("alibi", "my_pkg.schemes:Mine")):
+    assert "train.position.weight_decay" not in unused(*pair), pair
+  for scheme in ("alibi", "learned"):  # runs that set it, rerun under the default
+    saved = tiny_config(**{"model.position": scheme, "train.position.weight_decay": True})
+    (tmp_path / "config.json").write_text(json.dumps(saved.to_dict()))
+    (tmp_path / "summary.json").write_text("{}")
+    current = tiny_config(**{"model.position": scheme})
+    if scheme == "alibi":
+      assert loop.check_workdir(current, tmp_path) == tmp_path  # it was refused: "True (saved) != False (current)"
+    else:
+      with pytest.raises(configuration.ConfigError, match=r"train.position.weight_decay: True \(saved\)"):
+        loop.check_workdir(current, tmp_path)
+
+
 def test_optimizer_settings_the_rules_call_unused_change_no_update():
   """The optimizer rules measured on optax itself (optim.make_optimizer, four steps on a real parameter tree):
   momentum under adamw, adam, lion and adafactor, b1 and b2 under sgd and adafactor, min_lr_ratio under constant and
