@@ -19,6 +19,7 @@ from configs import tiny
 from research import sweeps
 from research.evaluate import extrapolation
 from research.report import ReportError, build_report, load_runs
+from research.report import runs as runs_lib
 from research.report.tables import short_names
 from research.train import configuration, loop
 
@@ -1687,3 +1688,30 @@ def test_a_directory_of_seeds_only_says_so_plainly(tmp_path):
   assert "swept fields none" not in text
   text = build_report(tmp_path / "s0").markdown_path.read_text()
   assert "No field is swept (one group)." in text and "swept fields none" not in text
+
+
+def test_a_field_an_older_config_lacks_reads_as_the_resume_rule_reads_it_and_only_an_unknown_one_is_unset(tmp_path):
+  """A config.json written before a field existed means what research-train's resume rule fills it with
+  (`configuration.with_defaults`): an old run is a seed of the new run's row, not a row of `(unset)` values; a field
+  the report has no implied value for (a newer schema's) is still `(unset)`."""
+  from research.report import saved_fields
+  assert saved_fields.IMPLIED_VALUES == runs_lib.flatten(configuration.with_defaults({})), \
+      "regenerate research/report/saved_fields.py from configuration.with_defaults({})"
+  assert saved_fields.IMPLIED_VALUES["train.position.weight_decay"] is True  # schema.LEGACY_VALUES, not the default
+  write_trial(tmp_path, "new", "alibi", 0)
+  write_trial(tmp_path, "old", "alibi", 1)
+  config = json.loads((tmp_path / "old" / "config.json").read_text())
+  for section, leaf in (("data", "document_mask"), ("data", "document_positions"), ("data", "train_fraction"),
+                        ("mesh", "heartbeat_timeout_s")):
+    del config[section][leaf]  # as a config.json of 2026-11-24 lacks them
+  (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+  report = build_report(tmp_path)
+  assert report.runs.swept_fields == ["seed"] and [g.n for g in report.data.groups] == [2]
+  old = next(t for t in report.runs.trials if t.name == "old")
+  assert old.field("data.document_mask") is False and old.field("data.train_fraction") == 1.0
+  assert "data.document_mask" in old.implied and "(unset)" not in report.table
+  config = json.loads((tmp_path / "new" / "config.json").read_text())
+  config["model"]["future_field"] = 2  # a field this report's table does not know
+  (tmp_path / "new" / "config.json").write_text(json.dumps(config))
+  header, rows = parse_md_table(build_report(tmp_path).table)
+  assert set(rows) == {"future_field=2", "future_field=(unset)"}

@@ -26,6 +26,7 @@ import pathlib
 from typing import Any
 
 from research import run_fields
+from research.report.saved_fields import IMPLIED_VALUES
 
 SWEEP_FILE = "sweep.json"
 CONFIG_FILE = "config.json"
@@ -234,6 +235,9 @@ class Trial:
   analysis_checkpoints: dict[str, tuple[int | None, str | None]] = dataclasses.field(default_factory=dict)
   # For a trial without config.json: the base config's values of fields other trials override (`_load_sweep`).
   defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
+  # The fields its config.json lacks (written before they existed), which `config` holds with the value research-train's
+  # resume rule reads them as (`with_implied`): the report compares and groups them as research-train would.
+  implied: tuple[str, ...] = ()
 
   def evaluation(self, rope_scaling: str | None = None) -> Extrapolation | None:
     return self.extrapolation if rope_scaling is None else self.scaled.get(rope_scaling)
@@ -779,9 +783,28 @@ def _read_rare(path: pathlib.Path, data: dict[str, Any] | None) -> RareTokens | 
                     update_counts_step=_step_or_none(path, data.get("update_counts_step"), "update_counts_step"))
 
 
+def with_implied(config: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+  """(`config` with every IMPLIED_VALUES field it lacks filled in, as `configuration.with_defaults` fills it for the
+  resume rule; the fields filled): a run written before a field existed means that value by it."""
+  out, filled = json.loads(json.dumps(config)), []
+  for field, value in IMPLIED_VALUES.items():
+    *parents, leaf = field.split(".")
+    node = out
+    for parent in parents:
+      node = node.setdefault(parent, {})
+      if not isinstance(node, dict):
+        break
+    else:
+      if leaf not in node:
+        node[leaf] = value
+        filled.append(field)
+  return out, tuple(filled)
+
+
 def _load_trial(path: pathlib.Path, name: str, status: str | None = None, overrides: dict | None = None,
                 error: str | None = None) -> Trial:
-  config = _read_json_object(path / CONFIG_FILE) if (path / CONFIG_FILE).is_file() else None
+  config, implied = with_implied(_read_json_object(path / CONFIG_FILE)) if (path / CONFIG_FILE).is_file() \
+      else (None, ())
   summary = _check_summary(path / SUMMARY_FILE, _read_json_object(path / SUMMARY_FILE)) \
       if (path / SUMMARY_FILE).is_file() else None
   if status is None:  # no sweep index: summary.json is the only sign of completion
@@ -810,7 +833,8 @@ def _load_trial(path: pathlib.Path, name: str, status: str | None = None, overri
                                            QUALITY_INPUT_FIGURES),
                rare=_read_rare(path / RARE_FILE, analyzed[RARE_FILE]),
                by_position=_read_by_position(path / BY_POSITION_FILE), passkey=_read_passkey(path / PASSKEY_FILE),
-               scaled_passkey=_read_scaled(path, PASSKEY_PREFIX, _read_passkey), analysis_checkpoints=analysis)
+               scaled_passkey=_read_scaled(path, PASSKEY_PREFIX, _read_passkey), analysis_checkpoints=analysis,
+               implied=implied)
 
 
 def load_run(path: str | pathlib.Path) -> Trial:
