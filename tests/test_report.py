@@ -1690,6 +1690,83 @@ def test_a_directory_of_seeds_only_says_so_plainly(tmp_path):
   assert "No field is swept (one group)." in text and "swept fields none" not in text
 
 
+def _mlm_trial(directory, name, seed, valid_ppl, masks=True, lacking=()):
+  """A finished MLM trial by the trainer's writers: its summary.json records its validation masks (`masks`) as the
+  trainer's does now, or not, as one written before; `lacking`: config.json fields removed (an older run's)."""
+  write_trial(directory, name, "alibi", seed, evaluate=False)
+  loop.write_config(configuration.apply_overrides(trial_config("alibi", seed), {"objective": "mlm"}), directory / name)
+  config = json.loads((directory / name / "config.json").read_text())
+  for field in lacking:  # a section left empty goes too (the old config had no train.position at all)
+    *parents, leaf = field.split(".")
+    nodes = [config]
+    for parent in parents:
+      nodes.append(nodes[-1][parent])
+    del nodes[-1][leaf]
+    while len(nodes) > 1 and not nodes[-1]:
+      nodes.pop()
+      del nodes[-1][parents[len(nodes) - 1]]
+  (directory / name / "config.json").write_text(json.dumps(config))
+  loop.write_summary(directory / name, loop.summary_record(
+      step=100, train_loss=3.0, valid={"loss": math.log(valid_ppl), "ppl": valid_ppl, "accuracy": 0.3},
+      tokens_seen=51200.0, num_params=100000, num_embedding_params=32768, vocab_size=512, wall_s=1.0,
+      objective="mlm" if masks else None))
+
+
+def test_an_mlm_runs_summary_records_its_validation_masks_and_rules_are_never_averaged_or_ranked_unsaid(tmp_path):
+  """The trainer's summary.json of an MLM run names its validation's masking rule (one of a causal LM none); a row
+  whose MLM trials were validated by different rules, or by one the files cannot tell, is footnoted and not ranked,
+  and report.md names the trials and rules; such runs are no copies of each other; rows of different rules get no
+  best in valid ppl. (An audit: 306.77 with masks per batch and 336.60 per row were averaged to 321.69 ± 21.10.)"""
+  run = tmp_path / "real"
+  loop.train(configuration.apply_overrides(tiny.get_config(), {
+      "objective": "mlm", "data.seq_len": 32, "train.steps": 1, "train.eval_every": 1, "train.checkpoint_every": 1,
+      "train.eval_batches": 1, "train.batch_size": 4, "train.async_checkpoints": False}), run)
+  assert json.loads((run / "summary.json").read_text())["mlm_masks"] == extrapolation.MLM_MASKS
+  assert "mlm_masks" not in loop.summary_record(step=1, train_loss=1.0, valid={"loss": 1.0, "ppl": 2.7,
+                                                                             "accuracy": 0.1}, tokens_seen=1.0,
+                                                num_params=1, num_embedding_params=1, vocab_size=1, wall_s=1.0,
+                                                objective="clm")
+  # The same model and seed twice: today's run (per row) and one written by the 12-06 code (per batch: its summary
+  # lacks mlm_masks, its config.json model.char_spelling): two measurements, not a copy.
+  runs = tmp_path / "runs"
+  _mlm_trial(runs, "new", 0, 268.86)
+  _mlm_trial(runs, "old", 0, 306.77, masks=False, lacking=("model.char_spelling",))
+  report = build_report(runs)
+  assert report.runs.duplicates == [] and [g.n for g in report.data.groups] == [2]
+  cell = report.data.cell(0, "valid_ppl")
+  assert cell.mixed and sorted(cell.values) == [268.86, 306.77] and "valid_ppl" not in report.data.best
+  text = report.markdown_path.read_text()
+  assert "averages validation perplexities of trials evaluated with different settings" in text
+  assert "`new` validation masks per row" in text and "`old` validation masks per batch (trained before b2cb295" in text
+  assert re.search(r"\| 287\.81 ± 26\.81\[\^1\] \|", report.table) and "[^1]: mean of trials evaluated" in report.table
+  # A summary without mlm_masks from a config.json of today's fields: per batch or per row, the files cannot tell.
+  shutil.rmtree(runs / "old")
+  _mlm_trial(runs, "today", 1, 336.60, masks=False)
+  report = build_report(runs)
+  assert report.data.cell(0, "valid_ppl").mixed and "different or untold settings" in report.table
+  assert "`today` validation masks not recorded (per batch before b2cb295, per row since" in \
+      report.markdown_path.read_text()
+  # A run of 11-24 (no train.position: one key for every batch) is told, and a copy of it is still a copy.
+  shutil.rmtree(runs / "today")
+  _mlm_trial(runs, "o7", 0, 274.86, masks=False, lacking=("train.position.weight_decay", "model.char_spelling"))
+  shutil.copytree(runs / "o7", runs / "o7_copy")
+  report = build_report(runs)
+  assert [(t.name, kept) for t, kept in report.runs.duplicates] == [("o7_copy", "o7")]
+  assert "`o7` validation masks from one key for every batch (trained before 059dd28" in \
+      report.markdown_path.read_text()
+  # In rows of their own (another position), the two rules' valid ppl are not ranked against each other.
+  config = json.loads((runs / "o7" / "config.json").read_text())
+  config["model"]["position"] = "rope"
+  (runs / "o7" / "config.json").write_text(json.dumps(config))
+  shutil.rmtree(runs / "o7_copy")
+  report = build_report(runs)
+  assert len(report.data.groups) == 2 and not any(report.data.cell(gi, "valid_ppl").mixed for gi in (0, 1))
+  assert "valid_ppl" not in report.data.best and report.data.validation_rules
+  assert "but none in valid ppl: the rows' MLM validations masked the split by different rules" in \
+      report.markdown_path.read_text()
+  assert "**" not in report.table
+
+
 def test_a_field_an_older_config_lacks_reads_as_the_resume_rule_reads_it_and_only_an_unknown_one_is_unset(tmp_path):
   """A config.json written before a field existed means what research-train's resume rule fills it with
   (`configuration.with_defaults`): an old run is a seed of the new run's row, not a row of `(unset)` values; a field

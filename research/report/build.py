@@ -134,6 +134,11 @@ def _best_sentence(table: tables.Table) -> str:
              + ", ".join(f"`{f}`" for f in table.incomparable) + ", which change what a perplexity measures"]
   else:
     parts = [f"perplexities ({', '.join(ppl)}): lower is better, the lowest mean per column is in **bold**"]
+    if table.validation_rules:
+      validation = [c.header for c in table.columns if c.key in tables.VALIDATION]
+      parts[0] += (f", but none in {', '.join(validation)}: the rows' MLM validations masked the split by different "
+                   f"rules, or by ones their files cannot tell (" + "; ".join(table.validation_rules)
+                   + f"; {tables.RESCORE})")
   if higher:
     parts.append(f"{', '.join(higher)}: higher is better, the highest mean is in **bold**")
   if descriptive:

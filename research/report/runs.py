@@ -110,6 +110,10 @@ def _value_text(key: str, value: Any) -> str:
 
 
 CHECKPOINT_CHOICES = ("best", "last")  # research-evaluate --checkpoint
+# The commit since which summary.json records an MLM run's validation masks (`mlm_masks`; `Trial.validation_masks`),
+# and how a trial whose files cannot tell them is described.
+VALIDATION_MASKS_RECORDED = "9487863, 2026-12-07"
+UNTOLD_MASKS = "validation masks not recorded"
 MISSING = "<missing>"  # value of a field a config does not have (when deriving swept fields from configs)
 
 
@@ -407,6 +411,28 @@ class Trial:
   def stale_evaluations(self) -> list[str]:
     """The stale notes of every evaluation file of the trial, in `stale`'s order."""
     return list(self.stale.values())
+
+  @property
+  def validation_masks(self) -> tuple[str, bool] | None:
+    """How an MLM run's validation (summary.json's valid ppl, its best and rare figures) masked the split, as (text,
+    told), or None for a causal LM. The rule changed twice, and each moved the figure (one run's parameters: valid
+    ppl 274.86, 306.77, 268.86): `told` is False where the files cannot say which rule it was.
+
+    summary.json's `mlm_masks` (`loop.summary_record`, since VALIDATION_MASKS_RECORDED) names it. A summary without
+    it is told by the fields config.json lacks: without train.position.weight_decay (added with per-batch masks,
+    059dd28) the run drew every batch's masks from one key; without model.char_spelling (91bcc56, before per-row
+    masks b2cb295) it drew them per batch. Any other was written per batch or per row: not told."""
+    if self.field("objective") != "mlm":
+      return None
+    masks = (self.summary or {}).get("mlm_masks")
+    if isinstance(masks, str):
+      return f"validation masks {masks.replace('_', ' ')}", True
+    if self.config is not None and "train.position.weight_decay" in self.implied:
+      return "validation masks from one key for every batch (trained before 059dd28, 2026-12-01)", True
+    if self.config is not None and "model.char_spelling" in self.implied:
+      return "validation masks per batch (trained before b2cb295, 2026-12-07)", True
+    return (f"{UNTOLD_MASKS} (per batch before b2cb295, per row since; recorded since "
+            f"{VALIDATION_MASKS_RECORDED})"), False
 
   def field(self, name: str) -> Any:
     """A dotted config field: the sweep override when there is one, else the resolved config's value."""
@@ -961,11 +987,13 @@ def _duplicates(trials: list[Trial], ignored: set[str]) -> tuple[list[Trial], li
   `ignored` fields (seed included: a copied run directory, or a rerun of the same config) train the same model, so
   counting both would count one run twice. The finished one with the most evaluation and analysis files is kept
   (`Trial.evaluation_files`: a copy that was evaluated is not dropped for one that was not; ties: listing order),
-  else the first."""
+  else the first. MLM runs validated by different masking rules (`Trial.validation_masks`) are no copies: their
+  valid ppl measures other things (an old run and its rerun by today's code)."""
   same: dict[Any, list[Trial]] = {}
   for t in trials:
     if t.config is not None:
-      key = json.dumps({k: v for k, v in flatten(t.config).items() if k not in ignored}, sort_keys=True, default=str)
+      key = json.dumps([{k: v for k, v in flatten(t.config).items() if k not in ignored}, t.validation_masks],
+                       sort_keys=True, default=str)
       same.setdefault(key, []).append(t)
   copies: dict[int, str] = {}
   for group in same.values():

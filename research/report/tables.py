@@ -29,12 +29,13 @@ import re
 from typing import Any
 
 from research.report.runs import (MISSING, QUALITY_FIGURES, QUALITY_FILE, QUALITY_FLOORS, QUALITY_INPUT_FIGURES,
-                                  QUALITY_INPUT_FILE, RARE_ABSENT, RARE_FILE, RARE_GEOMETRY, RunSet, Trial,
-                                  display, extrapolation_file, floor_scored, hashable, passkey_file)
+                                  QUALITY_INPUT_FILE, RARE_ABSENT, RARE_FILE, RARE_GEOMETRY, UNTOLD_MASKS, RunSet,
+                                  Trial, display, extrapolation_file, floor_scored, hashable, passkey_file)
 
 VALID_PPL = "valid_ppl"
 BEST_VALID_PPL = "best_valid_ppl"  # summary.json: the run's best evaluation (early stopping's figure)
 VALID_PPL_RARE = "valid_ppl_rare"  # summary.json: validation targets seen < 10 times in training (docs/rare_tokens.md)
+VALIDATION = (VALID_PPL, BEST_VALID_PPL, VALID_PPL_RARE)  # the trainer's validation figures (summary.json)
 QUALITY_HEADERS = {"analogy": "analogy acc", "wordsim353": "WordSim ρ", "simlex999": "SimLex ρ",
                    "analogy_init": "analogy acc at init", "analogy_input": "analogy acc (input)",
                    "wordsim353_input": "WordSim ρ (input)", "simlex999_input": "SimLex ρ (input)"}
@@ -95,7 +96,7 @@ class Column:
 
   @property
   def perplexity(self) -> bool:
-    return self.key in (VALID_PPL, BEST_VALID_PPL, VALID_PPL_RARE) or (self.length is not None and not self.passkey)
+    return self.key in VALIDATION or (self.length is not None and not self.passkey)
 
   @property
   def higher_is_better(self) -> bool:
@@ -156,6 +157,9 @@ class Table:
   # report.md's warnings of mixed settings: rows averaging trials of different RoPE factors or passkey depths and
   # keys per cell, and trials whose scaled files of one scaling differ in factor (`_mixed_warnings`)
   mixed: list[str] = dataclasses.field(default_factory=list)
+  # The MLM validation masking rules of rows that differ in them (or cannot tell them): no best is marked in the
+  # VALIDATION columns (`_validation_rules`)
+  validation_rules: list[str] = dataclasses.field(default_factory=list)
 
   def cell(self, group_index: int, column: Column | str) -> Cell:
     return self.cells[(group_index, column if isinstance(column, str) else column.key)]
@@ -328,8 +332,12 @@ def factor_text(factor: float | None) -> str:
 def _settings(trial: Trial, column: Column, rope_scaling: str | None) -> str | None:
   """The settings of the file `trial`'s value in `column` comes from that the report does not group by, and in
   which the trials of one cell may differ (research-sweep evaluates a trial again for either: its
-  `evaluation_outdated`): a scaled row's RoPE factor; passkey's depths and keys per cell. None where none apply."""
+  `evaluation_outdated`): a scaled row's RoPE factor; passkey's depths and keys per cell; an MLM's validation masks
+  (summary.json's figures: `Trial.validation_masks`). None where none apply."""
   parts = []
+  if column.key in VALIDATION:
+    masks = trial.validation_masks
+    return None if masks is None else masks[0]
   if column.passkey:
     evaluated = trial.passkey_evaluation(rope_scaling)
     if evaluated is None:
@@ -345,11 +353,24 @@ def _settings(trial: Trial, column: Column, rope_scaling: str | None) -> str | N
   return ", ".join(parts) or None
 
 
+# What compares MLM runs validated by different masking rules: research-evaluate scores any run by today's.
+RESCORE = ("research-evaluate at 1x scores every run with today's per-row masks: compare its column, or retrain "
+           "the older runs")
+
+
+def _untold(settings: dict[str, str]) -> bool:
+  """Whether a cell of more than one trial has one whose settings its files cannot tell (an MLM's validation masks
+  before summary.json recorded them): its mean may mix rules, so it is treated as mixed."""
+  return len(settings) > 1 and any(s.startswith(UNTOLD_MASKS) for s in settings.values())
+
+
 def _mixed_note(settings: dict[str, str]) -> str | None:
-  """The footnote of a cell whose trials' values come from files of different `_settings` ({trial: settings})."""
-  if len(set(settings.values())) < 2:
+  """The footnote of a cell whose trials' values come from files of different `_settings` ({trial: settings}), or
+  of settings that cannot be told (`_untold`)."""
+  if len(set(settings.values())) < 2 and not _untold(settings):
     return None
-  return ("mean of trials evaluated with different settings (" + "; ".join(f"{n}: {s}" for n, s in settings.items())
+  how = "different or untold settings" if _untold(settings) else "different settings"
+  return (f"mean of trials evaluated with {how} (" + "; ".join(f"{n}: {s}" for n, s in settings.items())
           + "): not ranked, see report.md")
 
 
@@ -359,12 +380,17 @@ def _mixed_warnings(groups: list[Group], columns: list[Column],
   kind, with the trials and their settings), and each trial whose extrapolation_S.json and passkey_S.json were
   made with different factors (two columns, so no cell mixes them, but one row reads them side by side)."""
   out = []
+  kinds = (("validation perplexities", lambda c: c.key in VALIDATION),
+           ("perplexities", lambda c: c.key not in VALIDATION and not c.passkey),
+           ("passkey accuracies", lambda c: c.passkey))
   for gi, g in enumerate(groups):
-    for kind, passkey in (("perplexities", False), ("passkey accuracies", True)):
-      settings = next((mixed[(gi, c.key)] for c in columns if c.passkey == passkey and (gi, c.key) in mixed), None)
+    for kind, of_kind in kinds:
+      settings = next((mixed[(gi, c.key)] for c in columns if of_kind(c) and (gi, c.key) in mixed), None)
       if settings is not None:
-        out.append(f"row `{g.label}` averages {kind} of trials evaluated with different settings: "
-                   + "; ".join(f"`{n}` {s}" for n, s in settings.items()))
+        how = "whose settings differ or cannot be told" if _untold(settings) else "evaluated with different settings"
+        out.append(f"row `{g.label}` averages {kind} of trials {how}: "
+                   + "; ".join(f"`{n}` {s}" for n, s in settings.items())
+                   + (f" ({RESCORE})" if kind.startswith("validation") else ""))
   trials = {t.name: t for g in groups for t in g.finished}
   for t in trials.values():
     for s in t.scaled:
@@ -373,6 +399,22 @@ def _mixed_warnings(groups: list[Group], columns: list[Column],
                    f"{factor_text(t.scaled_passkey[s].rope_factor)}, {extrapolation_file(s).as_posix()} with "
                    f"{factor_text(t.scaled[s].rope_factor)}")
   return out
+
+
+def _validation_rules(groups: list[Group], cells: dict[tuple[int, str], Cell]) -> list[str]:
+  """The MLM validation masking rules (`Trial.validation_masks`) of the rows ranked in valid ppl, when two such rows
+  differ in them or a rule cannot be told: their valid ppl compares masking rules, not models, so no best is marked
+  in the VALIDATION columns. [] otherwise."""
+  rules: dict[str, bool] = {}
+  rows = 0
+  for gi, g in enumerate(groups):
+    cell = cells.get((gi, VALID_PPL))
+    if cell is None or not cell.n or cell.mixed:
+      continue
+    masks = [t.validation_masks for t in g.finished if t.validation_masks is not None]
+    rows += bool(masks)
+    rules.update(masks)
+  return list(rules) if rows > 1 and (len(rules) > 1 or not all(rules.values())) else []
 
 
 def scaling_name(short: dict[str, str]) -> str:
@@ -436,17 +478,21 @@ def build_table(runs: RunSet) -> Table:
       cells[(gi, c.key)] = Cell(tuple(values), tuple(dict.fromkeys(notes)), mixed=note is not None)
 
   incomparable = incomparable_fields([t for t in runs.trials if t.finished])
+  rules = _validation_rules(groups, cells)
   best: dict[str, set[int]] = {}
   for c in columns:
     means = {gi: cells[(gi, c.key)].mean for gi in range(len(groups))
              if cells[(gi, c.key)].n and not cells[(gi, c.key)].mixed}  # a mean of mixed settings is no result
     if c.perplexity and incomparable:  # another objective, vocabulary or text: lower is not better
       continue
+    if c.key in VALIDATION and rules:  # MLM validations of other (or untold) masks: lower is not better
+      continue
     if len(means) >= 2 and not c.descriptive:  # bolding the only number in a column says nothing
       top = max(means.values()) if c.higher_is_better else min(means.values())
       best[c.key] = {gi for gi, m in means.items() if m == top}
   return Table(title=display(runs.name), fields=fields, short=short, columns=columns, groups=groups, cells=cells,
-               best=best, incomparable=incomparable, mixed=_mixed_warnings(groups, columns, mixed))
+               best=best, incomparable=incomparable, mixed=_mixed_warnings(groups, columns, mixed),
+               validation_rules=rules)
 
 
 def format_number(x: float, digits: int = 2) -> str:
@@ -534,6 +580,8 @@ def _latex_ppl_best(table: Table) -> str:
   if table.incomparable:
     return ("no best marked: the rows differ in " + ", ".join(latex_escape(f) for f in table.incomparable)
             + ", which change what a perplexity measures")
+  if table.validation_rules:
+    return "lower is better; none marked in valid ppl: the rows' MLM validations masked by different rules"
   return "lower is better"
 
 
