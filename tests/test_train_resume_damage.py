@@ -348,6 +348,24 @@ def test_a_torn_final_valid_line_is_written_again_so_the_best_figures_hold(refer
   assert timeless(_metrics(workdir)) == timeless(_metrics(reference_run))  # the line as it was, its lr included
 
 
+def test_a_rerun_with_no_step_left_leaves_summary_json_and_one_without_it_writes_it(reference_run, tmp_path):
+  """A finished run's rerun trains nothing: summary.json, the record of its end, is returned as it is (it was
+  rewritten from a new evaluation: an old MLM run's valid_ppl went 306.77 -> 268.86 under today's masks, beside the
+  unchanged best_valid_loss); without summary.json (a crash after the last checkpoint) the end is computed now."""
+  workdir = _copy(reference_run, tmp_path)
+  summary = json.loads((workdir / "summary.json").read_text())
+  summary["valid_ppl"] = 306.77  # what an earlier version measured at the end
+  (workdir / "summary.json").write_text(json.dumps(summary))
+  before = (workdir / "summary.json").read_bytes(), (workdir / "metrics.jsonl").read_bytes()
+  assert loop.train(_config(**REF), workdir) == summary
+  assert ((workdir / "summary.json").read_bytes(), (workdir / "metrics.jsonl").read_bytes()) == before
+  (workdir / "summary.json").unlink()
+  computed = loop.train(_config(**REF), workdir)
+  reference = json.loads((reference_run / "summary.json").read_text())
+  assert {k: v for k, v in computed.items() if k != "wall_s"} == {k: v for k, v in reference.items() if k != "wall_s"}
+  assert json.loads((workdir / "summary.json").read_text()) == computed
+
+
 def test_damaged_run_files_are_one_line_or_recovered_and_config_json_is_required(reference_run, tmp_path, capsys):
   """What a full disk or a hand leaves: data.json damaged (one line: the only record of the streams), a truncated
   token_counts.npy (counted again from the stream it counts), a checkpoint whose metrics file is damaged (Orbax

@@ -668,13 +668,16 @@ def _backend_after_distributed(config: ml_collections.ConfigDict) -> str:
   return jax.default_backend()
 
 
-def _summary_wall_s(workdir: Path, step: int, default: float) -> float:
-  """summary.json's wall_s when it is of `step` (the run's end, with the time after its last save), else `default`."""
+def finished_summary(workdir: Path, step: int) -> dict[str, Any] | None:
+  """RUN/summary.json when it records `step` (the run finished there), else None (missing, damaged, of another
+  step). A rerun with no step left to train returns it as it is instead of evaluating again: the current code may
+  score the same parameters otherwise (an MLM's masks changed since: valid_ppl 306.77 became 268.86 beside the
+  unchanged best_valid_loss and metrics.jsonl), and summary.json is the run's record of its end."""
   try:
     summary = json.loads((Path(workdir) / SUMMARY_FILE).read_text())
-    return float(summary["wall_s"]) if summary.get("step") == step else default
-  except (OSError, ValueError, TypeError, KeyError, AttributeError):
-    return default
+  except (OSError, ValueError, UnicodeDecodeError):
+    return None
+  return summary if isinstance(summary, dict) and summary.get("step") == step else None
 
 
 def keep_saved_choices(config: ml_collections.ConfigDict, workdir: Path,
@@ -868,16 +871,11 @@ def ranking_loss(valid: dict[str, Any]) -> float:
 
 def summary_record(*, step: int, train_loss: float | None, valid: dict[str, float], tokens_seen: float,
                    num_params: int, num_embedding_params: int, vocab_size: int, wall_s: float,
-                   best: dict[str, Any] | None = None, objective: str | None = None) -> dict[str, Any]:
-  """summary.json's record. An MLM run's (`objective` mlm) has `mlm_masks`: the rule its validation masked the split
-  by, "per_row" (`Trainer.evaluate`; the name and value eval/extrapolation.json records, extrapolation.MLM_MASKS),
-  so that research-report can tell its valid ppl from one of a run validated otherwise (a summary without it was
-  written before the field: masks per batch before b2cb295, one key for every batch before 059dd28)."""
-  record = {"step": step, "train_loss": train_loss, "valid_loss": valid["loss"], "valid_ppl": valid["ppl"],
-            **(best or {}), "valid_ppl_rare": valid.get("ppl_rare"),
-            "valid_accuracy": valid["accuracy"], "tokens_seen": tokens_seen, "num_params": num_params,
-            "num_embedding_params": num_embedding_params, "vocab_size": vocab_size, "wall_s": wall_s}
-  return {**record, "mlm_masks": "per_row"} if objective == "mlm" else record
+                   best: dict[str, Any] | None = None) -> dict[str, Any]:
+  return {"step": step, "train_loss": train_loss, "valid_loss": valid["loss"], "valid_ppl": valid["ppl"],
+          **(best or {}), "valid_ppl_rare": valid.get("ppl_rare"),
+          "valid_accuracy": valid["accuracy"], "tokens_seen": tokens_seen, "num_params": num_params,
+          "num_embedding_params": num_embedding_params, "vocab_size": vocab_size, "wall_s": wall_s}
 
 
 def write_summary(workdir: Path, summary: dict[str, Any]) -> None:
@@ -1487,7 +1485,15 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, mesh, start_
       checkpointer.close()  # else its threads keep the process from ever exiting
       log.close()
 
-  if not valid:  # e.g. steps == 0, or resumed at the end
+  finished = finished_summary(workdir, start_step) if int(state.step) == start_step else None
+  if finished is not None:  # a rerun of a finished run trains nothing: its figures stand as measured at its end
+    if start_step > 0 and not any(r.get("split") == "valid" and r.get("step") == start_step
+                                  for r in read_metrics(log.path)):
+      # its final validation line was torn: written again (summary.json's best was drawn from the whole log)
+      valid = trainer.evaluate(state.params, data.splits["valid"])
+      log.write_missing_valid(valid_record(start_step, valid, float(schedule(start_step - 1))))
+    return finished
+  if not valid:  # e.g. steps == 0, or resumed at the end without summary.json (a crash after the last checkpoint)
     valid = trainer.evaluate(state.params, data.splits["valid"])
     if int(state.step) > 0:  # resumed at the end: a metrics.jsonl whose last line was torn lacks it
       log.write_missing_valid(valid_record(int(state.step), valid, float(schedule(int(state.step) - 1))))
@@ -1496,15 +1502,13 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, mesh, start_
         if config.objective == "mlm" else ""
     print(f"note: the validation split ({data.splits['valid'].size} tokens) gave no target to score{why}: "
           f"valid_loss=0 and valid_ppl=1 say nothing; use a larger corpus", flush=True)
-  if int(state.step) > start_step:
+  if int(state.step) > start_step:  # (else the checkpoint's: a finished run's summary.json is missing)
     progress_state["wall_s"] += time.time() - start_time
-  else:  # a rerun of a finished run trains nothing: wall_s stays summary.json's (the checkpoint's lacks the end)
-    progress_state["wall_s"] = _summary_wall_s(workdir, int(state.step), progress_state["wall_s"])
   summary = summary_record(step=int(state.step), train_loss=progress_state["train_loss"], valid=valid,
                            tokens_seen=progress_state["tokens_seen"], num_params=num_params,
                            num_embedding_params=count_embedding_params(state.params),
                            vocab_size=data.vocab_size, wall_s=progress_state["wall_s"],
-                           best=best_validation(log.path, int(state.step), valid), objective=config.objective)
+                           best=best_validation(log.path, int(state.step), valid))
   write_update_counts(workdir, state.counts, int(state.step))
   write_summary(workdir, summary)  # last: its presence means "finished"
   return summary
