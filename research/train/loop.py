@@ -871,11 +871,16 @@ def ranking_loss(valid: dict[str, Any]) -> float:
 
 def summary_record(*, step: int, train_loss: float | None, valid: dict[str, float], tokens_seen: float,
                    num_params: int, num_embedding_params: int, vocab_size: int, wall_s: float,
-                   best: dict[str, Any] | None = None) -> dict[str, Any]:
-  return {"step": step, "train_loss": train_loss, "valid_loss": valid["loss"], "valid_ppl": valid["ppl"],
-          **(best or {}), "valid_ppl_rare": valid.get("ppl_rare"),
-          "valid_accuracy": valid["accuracy"], "tokens_seen": tokens_seen, "num_params": num_params,
-          "num_embedding_params": num_embedding_params, "vocab_size": vocab_size, "wall_s": wall_s}
+                   best: dict[str, Any] | None = None, objective: str | None = None) -> dict[str, Any]:
+  """summary.json's record. An MLM run's (`objective` mlm) has `mlm_masks`: the rule its validation masked the split
+  by, "per_row" (`Trainer.evaluate`; the name and value eval/extrapolation.json records, extrapolation.MLM_MASKS),
+  so that research-report can tell its valid ppl from one of a run validated otherwise (a summary without it was
+  written before the field: masks per batch before b2cb295, one key for every batch before 059dd28)."""
+  record = {"step": step, "train_loss": train_loss, "valid_loss": valid["loss"], "valid_ppl": valid["ppl"],
+            **(best or {}), "valid_ppl_rare": valid.get("ppl_rare"),
+            "valid_accuracy": valid["accuracy"], "tokens_seen": tokens_seen, "num_params": num_params,
+            "num_embedding_params": num_embedding_params, "vocab_size": vocab_size, "wall_s": wall_s}
+  return {**record, "mlm_masks": "per_row"} if objective == "mlm" else record
 
 
 def write_summary(workdir: Path, summary: dict[str, Any]) -> None:
@@ -1508,7 +1513,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, mesh, start_
                            tokens_seen=progress_state["tokens_seen"], num_params=num_params,
                            num_embedding_params=count_embedding_params(state.params),
                            vocab_size=data.vocab_size, wall_s=progress_state["wall_s"],
-                           best=best_validation(log.path, int(state.step), valid))
+                           best=best_validation(log.path, int(state.step), valid), objective=config.objective)
   write_update_counts(workdir, state.counts, int(state.step))
   write_summary(workdir, summary)  # last: its presence means "finished"
   return summary
