@@ -27,9 +27,10 @@ RESUMABLE_FIELDS = run_fields.RESUMABLE_FIELDS
 
 
 # The value that reproduces a run written before the field existed, where that is not the field's default. A saved
-# config.json that lacks a field is compared as if it held this value (else the default): an old run resumes when
-# the current config trains the same model, and is refused, naming the field, when the new default would change it
-# (an old learned or T5 run decayed its positional table: resume it with train.position.weight_decay=true).
+# config.json that lacks a field means this value (else the default): a rerun of such a run keeps it, whatever the
+# current default, and says so in one note (configuration.lacking_fields, loop.keep_saved_choices; an old learned or
+# T5 run decayed its positional table and goes on decaying it). research/report/saved_fields.py holds the same
+# values for the JAX-free report.
 # model.attention existed with the default einsum before auto: an old run that lacks the field ran einsum.
 # model.char_padding: the CNN's padding character was an ordinary learned row before the field existed.
 # model.char_spelling: a piece that stands for no text was spelled with its raw string alone, without the mark.
