@@ -5,6 +5,7 @@ warning and research-report's swept fields and duplicate runs all read it from h
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable, Mapping
 
 # Fields that change when, how often or where a run does its work, never what model it trains (model.remat: which
@@ -166,3 +167,23 @@ def same_model_ignored(previous: Mapping[str, Any], current: Mapping[str, Any],
   """The fields in which two configs may differ and still train the same model: `RESUMABLE_FIELDS` but
   `MODEL_FIELDS`, and `unused_fields`."""
   return tuple(f for f in RESUMABLE_FIELDS if f not in MODEL_FIELDS) + unused_fields(previous, current, rotates)
+
+
+def fill_lacking(saved: Mapping[str, Any], values: Mapping[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
+  """(a copy of the saved run config `saved` (nested dicts, config.json) with each dotted field of `values` it lacks
+  set to that value; the fields set). A field under a section that is not a dict is left alone. The resume rule
+  fills a config.json written before a field existed with what the field meant then
+  (`configuration.with_defaults`), and research-report reads such a config the same way (JAX-free, here)."""
+  out, filled = json.loads(json.dumps(saved)), []
+  for field, value in values.items():
+    *parents, leaf = field.split(".")
+    node = out
+    for parent in parents:
+      node = node.setdefault(parent, {})
+      if not isinstance(node, dict):
+        break
+    else:
+      if leaf not in node:
+        node[leaf] = value
+        filled.append(field)
+  return out, tuple(filled)

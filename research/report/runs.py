@@ -812,19 +812,7 @@ def _read_rare(path: pathlib.Path, data: dict[str, Any] | None) -> RareTokens | 
 def with_implied(config: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:
   """(`config` with every IMPLIED_VALUES field it lacks filled in, as `configuration.with_defaults` fills it for the
   resume rule; the fields filled): a run written before a field existed means that value by it."""
-  out, filled = json.loads(json.dumps(config)), []
-  for field, value in IMPLIED_VALUES.items():
-    *parents, leaf = field.split(".")
-    node = out
-    for parent in parents:
-      node = node.setdefault(parent, {})
-      if not isinstance(node, dict):
-        break
-    else:
-      if leaf not in node:
-        node[leaf] = value
-        filled.append(field)
-  return out, tuple(filled)
+  return run_fields.fill_lacking(config, IMPLIED_VALUES)
 
 
 def _load_trial(path: pathlib.Path, name: str, status: str | None = None, overrides: dict | None = None,

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 
 import ml_collections
 
-from research import schema
+from research import run_fields, schema
 from research.data import corpora, tokenizers
 from research.embeddings import pretrained, registry, relative
 from research.model import attention
@@ -57,24 +57,23 @@ def with_defaults(saved: Mapping[str, Any]) -> dict[str, Any]:
   """A saved run config (nested dicts, config.json) with every schema field it lacks filled in with what it meant
   when the run was written, before the field existed (`schema.saved_value`: the field's default, or its entry in
   `schema.LEGACY_VALUES` where the default changes what such a run did)."""
-  out = json.loads(json.dumps(saved))
-  for field, default in flatten(reference_config()).items():
-    *parents, leaf = field.split(".")
-    node = out
-    for parent in parents:
-      node = node.setdefault(parent, {})
-      if not isinstance(node, dict):
-        break
-    else:
-      node.setdefault(leaf, schema.saved_value(field, default))
-  return out
+  implied = {field: schema.saved_value(field, default) for field, default in flatten(reference_config()).items()}
+  return run_fields.fill_lacking(saved, implied)[0]
 
 
-def lacking_fields(saved: Mapping[str, Any]) -> tuple[str, ...]:
+def lacking_fields(saved: Mapping[str, Any], current: Mapping[str, Any] | None = None) -> tuple[str, ...]:
   """The schema fields a saved run config (config.json) lacks: those added since the run was written, which
-  `with_defaults` fills with what they meant then. A resume keeps those values (`loop.keep_saved_choices`)."""
-  present = flatten(saved)
-  return tuple(field for field in flatten(reference_config()) if field not in present)
+  `with_defaults` fills with what they meant then. With `current` (the rerun's config, nested dicts): only those it
+  leaves at their schema default, which a resume replaces by the saved meaning (`loop.keep_saved_choices`); a
+  value other than the default was asked for, and is compared as any other field (another model where the run's
+  model reads it)."""
+  present, defaults = flatten(saved), flatten(reference_config())
+  lacking = [field for field in defaults if field not in present]
+  if current is not None:
+    now = flatten(current)
+    same = lambda a, b: json.loads(json.dumps(a)) == json.loads(json.dumps(b))  # noqa: E731 (tuples as lists)
+    lacking = [field for field in lacking if field in now and same(now[field], defaults[field])]
+  return tuple(lacking)
 
 
 # Fields whose value may name a choice made per backend ("auto"), with the function that makes it. A rerun's value

@@ -454,7 +454,7 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     current, raw = config.to_dict(), read_saved_config(path)
     previous = configuration.align_backend_choices(configuration.with_defaults(raw), current, backend)
     # Fields added since the run was written keep what they meant then (`keep_saved_choices`): not a difference.
-    implied = configuration.lacking_fields(raw) if holds_a_run(path) else ()
+    implied = configuration.lacking_fields(raw, current) if holds_a_run(path) else ()
     diffs = checkpoint_lib.config_differences(
         previous, current, ignore=schema.RESUMABLE_FIELDS + unused_fields(previous, current) + implied)
     if diffs and not holds_a_run(path):
@@ -705,7 +705,8 @@ def keep_saved_choices(config: ml_collections.ConfigDict, workdir: Path,
   overrides = {f: kept[f] for f in (*configuration.BACKEND_RESOLVED, *configuration.RESOLVED_PATHS)}
   if holds_a_run(Path(workdir)):
     implied, current = configuration.flatten(previous), configuration.flatten(config.to_dict())
-    changed = [f for f in configuration.lacking_fields(raw) if _json(implied[f]) != _json(current.get(f))]
+    changed = [f for f in configuration.lacking_fields(raw, config.to_dict())
+               if _json(implied[f]) != _json(current.get(f))]
     overrides.update({f: implied[f] for f in changed})
     unused = unused_fields(previous, config.to_dict())  # and, below, choices that compute the same here (auto)
     noted = [f for f in changed if not any(f == u or f.startswith(u + ".") for u in unused)
