@@ -141,8 +141,38 @@ def test_a_run_from_before_fields_were_added_resumes_under_the_same_command_with
   assert timeless(_metrics(workdir)) == timeless(_metrics(uncounted_run))  # the model it is: no counts, decayed table
   kept = json.loads((workdir / "config.json").read_text())
   assert kept == saved  # still without the two fields: written out, they would refuse the next rerun
+  # The checkpoints the resume wrote hold the same text: the copy the docs name for restoring a lost config.json
+  # (written in full, it was refused alike).
+  with checkpoint_lib.Checkpointer(workdir / "checkpoints", read_only=True) as c:
+    assert c.read_metadata(4)["metadata"]["config"] == kept
   summary = loop.train(_config(**{**command, "train.steps": 5}), workdir)  # the same command, extended: resumes
   assert summary["step"] == 5 and json.loads((workdir / "config.json").read_text())["train"]["steps"] == 5
+
+
+def test_an_mlm_run_validated_under_an_older_masking_rule_is_not_trained_on_and_its_figures_stay(tmp_path, capsys):
+  """An MLM run whose config.json lacks model.char_spelling was validated with masks per batch (before b2cb295); today's
+  code masks per row, and the same parameters score otherwise (valid ppl 306.77 against 268.86 on an audited run).
+  Training it on would pick its best step and draw its curve across the two rules: refused in one line. A rerun of
+  the finished run returns its summary as it is, and a torn final validation line is not rewritten by the new rule."""
+  workdir = tmp_path / "run"
+  command = {"objective": "mlm", "train.steps": 2, "train.checkpoint_every": 2}
+  loop.train(_config(**command), workdir)
+  saved = json.loads((workdir / "config.json").read_text())
+  del saved["model"]["char_spelling"]  # as the writer before that field wrote it
+  (workdir / "config.json").write_text(json.dumps(saved))
+  summary = (workdir / "summary.json").read_text()
+  with pytest.raises(configuration.ConfigError, match=r"validation used masks per batch \(written before b2cb295\); "
+                                                      r"today's code masks per row.*research-evaluate"):
+    loop.train(_config(**{**command, "train.steps": 3}), workdir)
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  assert json.loads(lines[-1])["split"] == "valid"
+  (workdir / "metrics.jsonl").write_text("".join(line + "\n" for line in lines[:-1]) + lines[-1][:20])  # torn
+  capsys.readouterr()
+  assert loop.train(_config(**command), workdir) == json.loads(summary)
+  assert (workdir / "summary.json").read_text() == summary
+  assert "lacks the final validation line (step 2); not written again" in capsys.readouterr().out
+  assert [json.loads(line)["split"] for line in (workdir / "metrics.jsonl").read_text().splitlines()] == \
+      [json.loads(line)["split"] for line in lines[:-1]]
 
 
 def test_a_torn_last_metrics_line_is_dropped_and_the_run_extends(reference_run, tmp_path):

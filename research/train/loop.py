@@ -467,6 +467,12 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
           f"workdir {str(path)!r} holds another run, and resuming it with this config would train another model: "
           f"{'; '.join(diffs)}. Only {', '.join(schema.RESUMABLE_FIELDS)} and fields neither model reads "
           f"(docs/training.md, \"Resume\") may change on resume; use a new workdir")
+    rule = run_fields.outdated_mlm_validation(raw) if holds_a_run(path) else None
+    if rule and finished_summary(path, config.train.steps) is None:
+      raise configuration.ConfigError(
+          f"workdir {str(path)!r} holds an MLM run whose validation used {rule}; today's code masks per row, so "
+          f"training it on would pick its best step and draw its valid curve across two rules: score its checkpoints "
+          f"with research-evaluate (one rule for all of them), or train again in a new workdir")
   elif checkpoint_lib.has_checkpoint(path / "checkpoints"):
     # Without config.json nothing says which model the checkpoints are; resuming them under any config (another
     # learning rate, another scheme) would continue them as that model, and config.json would then misdescribe them.
@@ -601,20 +607,21 @@ def check_resume(config: ml_collections.ConfigDict, workdir: Path, data: "RunDat
 
 
 def write_run_records(config: ml_collections.ConfigDict, workdir: Path, data: "RunData",
-                      data_json: dict[str, Any] | None, resumed: bool) -> None:
+                      data_json: dict[str, Any] | None, resumed: bool) -> dict[str, Any]:
   """config.json, and data.json (`check_resume`'s) and token_counts.npy (`RunData.counts_unsaved`) where they are
   due: at a fresh start once the data and the model are built, at a resume once its checkpoint restored, so that a
   resume refused or failed on the way (no checkpoint restores, another data position) leaves the run's files as
   they were. A resume's config.json still lacks the fields the saved one lacked (`keep_saved_choices` gave them the
   values they meant then): written out, they would read as chosen, and the next rerun of the same command would be
-  refused over them."""
+  refused over them. Returns the config as written, which every checkpoint's metadata then holds too (the copy the
+  docs name for restoring a lost config.json: written in full, it would be refused alike)."""
   if data.counts_unsaved:
     save_counts(workdir, data.train_counts)
   if data_json is not None and jax.process_index() == 0:
     atomic_write_json(workdir / DATA_FILE, data_json)
   omit = configuration.lacking_fields(read_saved_config(workdir)) \
       if resumed and (workdir / CONFIG_FILE).exists() else ()
-  write_config(config, workdir, omit)
+  return write_config(config, workdir, omit)
 
 
 def read_data_record(workdir: Path) -> dict[str, Any]:
@@ -723,20 +730,21 @@ def _json(value: Any) -> Any:
   return json.loads(json.dumps(value))
 
 
-def write_config(config: ml_collections.ConfigDict, workdir: Path, omit: tuple[str, ...] = ()) -> None:
-  """RUN/config.json: `config`, without the fields in `omit`."""
+def write_config(config: ml_collections.ConfigDict, workdir: Path, omit: tuple[str, ...] = ()) -> dict[str, Any]:
+  """RUN/config.json: `config`, without the fields in `omit`; returns what it holds."""
+  values = config.to_dict()
+  for field in omit:
+    *parents, leaf = field.split(".")
+    nodes = [values]  # nodes[i + 1] is nodes[i][parents[i]]
+    for parent in parents:
+      nodes.append(nodes[-1].get(parent, {}))
+    nodes[-1].pop(leaf, None)
+    for i in reversed(range(len(parents))):  # a section the saved config lacked whole stays absent
+      if nodes[i].get(parents[i]) == {}:
+        del nodes[i][parents[i]]
   if jax.process_index() == 0:
-    values = config.to_dict()
-    for field in omit:
-      *parents, leaf = field.split(".")
-      nodes = [values]  # nodes[i + 1] is nodes[i][parents[i]]
-      for parent in parents:
-        nodes.append(nodes[-1].get(parent, {}))
-      nodes[-1].pop(leaf, None)
-      for i in reversed(range(len(parents))):  # a section the saved config lacked whole stays absent
-        if nodes[i].get(parents[i]) == {}:
-          del nodes[i][parents[i]]
     atomic_write_json(Path(workdir) / CONFIG_FILE, values)
+  return values
 
 
 def restore_newest_good(checkpointer, workdir: Path, target, reopen: Callable[[], Any]):
@@ -1396,7 +1404,8 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, mesh, start_
   checkpointer = open_checkpointer(workdir, reopen)
   last_saved = checkpointer.latest_step()
   if last_saved is None:
-    write_run_records(config, workdir, data, data_json, resumed=False)  # a resume's come once its checkpoint restored
+    # (a resume's come once its checkpoint restored)
+    run_config = write_run_records(config, workdir, data, data_json, resumed=False)
   if last_saved is None and table is None and config.model.embed_init == "pretrained":
     table, table_report = pretrained_table(config, data, workdir)  # only if the disk and Orbax ever disagree
 
@@ -1424,7 +1433,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, mesh, start_
       raise configuration.ConfigError(f"workdir {str(workdir)!r} holds a run over other training data (was "
                                       f"data.train_fraction changed?); use a new workdir. {e}") from None
     progress_state.update({k: saved[k] for k in progress_state if k in saved})
-    write_run_records(config, workdir, data, data_json, resumed=True)
+    run_config = write_run_records(config, workdir, data, data_json, resumed=True)
   start_step = int(state.step)
   num_params = count_params(state.params)
   log = MetricsLog(workdir, start_step)
@@ -1479,7 +1488,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, mesh, start_
         start_time = time.time()
         data_state = {"iterator": iterator.get_state(), **progress_state}
         checkpointer.save(step, state, data_state, {"valid_loss": ranking_loss(valid)},
-                          metadata={"config": config.to_dict()})
+                          metadata={"config": run_config})  # config.json's text: a copy to restore it from
         log.flush()
         last_saved = step
     drain()
@@ -1495,9 +1504,15 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: Path, mesh, start_
   if finished is not None:  # a rerun of a finished run trains nothing: its figures stand as measured at its end
     if start_step > 0 and not any(r.get("split") == "valid" and r.get("step") == start_step
                                   for r in read_metrics(log.path)):
-      # its final validation line was torn: written again (summary.json's best was drawn from the whole log)
-      valid = trainer.evaluate(state.params, data.splits["valid"])
-      log.write_missing_valid(valid_record(start_step, valid, float(schedule(start_step - 1))))
+      # its final validation line was torn: written again (summary.json's best was drawn from the whole log), unless
+      # today's code would score it otherwise than the lines before it (an MLM run validated under an older rule)
+      rule = run_fields.outdated_mlm_validation(read_saved_config(workdir))
+      if rule is None:
+        valid = trainer.evaluate(state.params, data.splits["valid"])
+        log.write_missing_valid(valid_record(start_step, valid, float(schedule(start_step - 1))))
+      elif jax.process_index() == 0:
+        print(f"note: metrics.jsonl lacks the final validation line (step {start_step}); not written again: this "
+              f"run's validation used {rule}, today's code masks per row (summary.json holds the figure)", flush=True)
     return finished
   if not valid:  # e.g. steps == 0, or resumed at the end without summary.json (a crash after the last checkpoint)
     valid = trainer.evaluate(state.params, data.splits["valid"])
