@@ -190,10 +190,11 @@ def fill_lacking(saved: Mapping[str, Any], values: Mapping[str, Any]) -> tuple[d
 
 
 # How an MLM run's validation masked the split before today's rule (per row, b2cb295), told by the first field of
-# the schema its config.json lacks: each rule moved the figure (one run's parameters: valid ppl 274.86, 306.77,
-# 268.86). research-train refuses to train such a run on (`loop.check_workdir`); research-report names the rule.
-OLD_MLM_VALIDATION = (("train.position.weight_decay", "masks from one key for every batch (written before 059dd28)"),
-                      ("model.char_spelling", "masks per batch (written before b2cb295)"))
+# the schema its config.json lacks, as (field, the rule, the commit that changed it, its date): each rule moved the
+# figure (one run's parameters: valid ppl 274.86, 306.77, 268.86). research-train refuses to train such a run on
+# (`loop.check_workdir`); research-report names the rule (`Trial.validation_masks`).
+OLD_MLM_VALIDATION = (("train.position.weight_decay", "from one key for every batch", "059dd28", "2026-12-01"),
+                      ("model.char_spelling", "per batch", "b2cb295", "2026-12-07"))
 
 
 def outdated_mlm_validation(saved: Mapping[str, Any]) -> str | None:
@@ -202,4 +203,5 @@ def outdated_mlm_validation(saved: Mapping[str, Any]) -> str | None:
   if _get(saved, "objective") != "mlm":
     return None
   missing = object()
-  return next((rule for field, rule in OLD_MLM_VALIDATION if _get(saved, field, missing) is missing), None)
+  return next((f"masks {rule} (written before {commit})" for field, rule, commit, _ in OLD_MLM_VALIDATION
+               if _get(saved, field, missing) is missing), None)

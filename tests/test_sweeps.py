@@ -623,11 +623,17 @@ def test_a_rerun_evaluates_new_lengths_again_and_refuses_a_trial_of_another_conf
   assert json.loads((run / "config.json").read_text())["model"]["d_model"] == 64
 
 
-def test_a_trial_directory_without_a_saved_run_is_no_conflict(tmp_path):
+def _one_trial_directory(tmp_path):
+  """(sweep file, sweep, its trial's directory, created empty): a sweep of one TINY trial into tmp_path/out."""
   path = write_sweep(tmp_path / "s.py", [{"seed": 0, **TINY}])
   sweep = sweeps.load_sweep(path)
   run = tmp_path / "out" / sweep.trials[0].name
   run.mkdir(parents=True)
+  return path, sweep, run
+
+
+def test_a_trial_directory_without_a_saved_run_is_no_conflict(tmp_path):
+  _, sweep, run = _one_trial_directory(tmp_path)
   other = configuration.apply_overrides(sweeps.trial_config(sweep, sweep.trials[0]), {"model.d_model": 32})
   (run / "config.json").write_text(json.dumps(other.to_dict()))
   sweeps.check_trial_directories(sweep, tmp_path / "out")  # a start that saved no checkpoint: replaced
@@ -639,10 +645,7 @@ def test_a_trial_directory_without_a_saved_run_is_no_conflict(tmp_path):
 
 
 def test_a_trial_written_before_fields_were_added_is_no_conflict_and_keeps_its_name(tmp_path):
-  path = write_sweep(tmp_path / "s.py", [{"seed": 0, **TINY}])
-  sweep = sweeps.load_sweep(path)
-  run = tmp_path / "out" / sweep.trials[0].name
-  run.mkdir(parents=True)
+  _, sweep, run = _one_trial_directory(tmp_path)
   saved = sweeps.trial_config(sweep, sweep.trials[0]).to_dict()
   del saved["train"]["count_updates"], saved["train"]["position"]  # an old version's trial: it had neither field
   (run / "config.json").write_text(json.dumps(saved))
@@ -708,10 +711,7 @@ def test_the_sweep_parent_starts_no_jax_client_to_compare_per_backend_fields(tmp
   # A finished trial saved with model.attention=einsum, the sweep now asking for the default "auto". Which run that
   # is depends on the backend the trials train on; the parent learns it from a child process, so no JAX client (on a
   # GPU, memory the trials need) starts in the parent. On CPU auto is einsum: the same run. "xla" is another one.
-  path = write_sweep(tmp_path / "s.py", [{"seed": 0, **TINY}])
-  sweep = sweeps.load_sweep(path)
-  run = tmp_path / "out" / sweep.trials[0].name
-  run.mkdir(parents=True)
+  path, sweep, run = _one_trial_directory(tmp_path)
   saved = sweeps.trial_config(sweep, sweep.trials[0]).to_dict()
   assert saved["model"]["attention"] == "auto"
   (run / "summary.json").write_text("{}")

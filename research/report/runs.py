@@ -419,18 +419,18 @@ class Trial:
     ppl 274.86, 306.77, 268.86): `told` is False where the files cannot say which rule it was.
 
     summary.json's `mlm_masks` (`loop.summary_record`, since VALIDATION_MASKS_RECORDED) names it. A summary without
-    it is told by the fields config.json lacks: without train.position.weight_decay (added with per-batch masks,
-    059dd28) the run drew every batch's masks from one key; without model.char_spelling (91bcc56, before per-row
-    masks b2cb295) it drew them per batch. Any other was written per batch or per row: not told."""
+    it is told by the fields config.json lacks (`run_fields.OLD_MLM_VALIDATION`, which research-train reads too):
+    without train.position.weight_decay (added with per-batch masks, 059dd28) the run drew every batch's masks from
+    one key; without model.char_spelling (91bcc56, before per-row masks b2cb295) it drew them per batch. Any other
+    was written per batch or per row: not told."""
     if self.field("objective") != "mlm":
       return None
     masks = (self.summary or {}).get("mlm_masks")
     if isinstance(masks, str):
       return f"validation masks {masks.replace('_', ' ')}", True
-    if self.config is not None and "train.position.weight_decay" in self.implied:
-      return "validation masks from one key for every batch (trained before 059dd28, 2026-12-01)", True
-    if self.config is not None and "model.char_spelling" in self.implied:
-      return "validation masks per batch (trained before b2cb295, 2026-12-07)", True
+    for field, rule, commit, date in run_fields.OLD_MLM_VALIDATION:
+      if self.config is not None and field in self.implied:
+        return f"validation masks {rule} (trained before {commit}, {date})", True
     return (f"{UNTOLD_MASKS} (per batch before b2cb295, per row since; recorded since "
             f"{VALIDATION_MASKS_RECORDED})"), False
 
