@@ -32,6 +32,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -1162,6 +1163,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     full, denied = disk_full_reason(e), is_write_denied(e)
     if not (full or denied):
       raise
+    ignore_abandoned_writes()
     saved = checkpoint_lib.checkpoint_steps(workdir / "checkpoints")
     resume = f"it resumes from step {saved[-1]}" if saved else "it starts over (no checkpoint was finished)"
     if full:
@@ -1342,6 +1344,13 @@ def quiet_storage_failures() -> None:
       logger.addFilter(_OrbaxStorageNoise())
   if not getattr(sys.unraisablehook, "quiet_closed_loops", False):
     sys.unraisablehook = _unraisable_without_closed_loops(sys.unraisablehook)
+
+
+def ignore_abandoned_writes() -> None:
+  """After a failed write: Python's "coroutine ... was never awaited" warnings, printed when the interpreter collects
+  the writes Orbax's serializer created and abandoned (`async_serialize_from_host`'s fragments; the exit is when,
+  so the race decides whether any is left), are not printed after the run's one line."""
+  warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited", category=RuntimeWarning)
 
 
 def check_writable(directory: str | os.PathLike) -> None:
