@@ -240,3 +240,20 @@ def test_the_user_error_classes_are_looked_up_among_loaded_modules_without_impor
            "[e.__name__ for e in errors])")
   out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert out.stdout.strip() == "[] ['FileNotFoundError', 'NotADirectoryError']", out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("module, args", [
+    ("experiments.evaluate", ["--workdir=missing"]),
+    ("experiments.train", ["--config=configs/tiny.py", "--workdir=run", "--config.train.stepz=3"]),
+    ("experiments.report", ["--sweep_dir=."]),
+])
+def test_the_fork_server_gives_what_a_subprocess_gives(module, args, tmp_path, monkeypatch):
+  """tests/cli_server.py runs most of the suite's command lines: the same output and status as `python -m` in a
+  process of its own, in another working directory too (relative paths and the output files are that directory's)."""
+  from tests import train_utils
+  forked = cli(module, *args, cwd=tmp_path)
+  assert train_utils._server is not None and train_utils._server.poll() is None  # it ran there
+  monkeypatch.setenv(train_utils.SUBPROCESS_ONLY, "1")
+  alone = cli(module, *args, cwd=tmp_path)
+  assert (forked.returncode, forked.stdout, forked.stderr) == (alone.returncode, alone.stdout, alone.stderr)
+  assert forked.returncode != 0 and forked.stderr.startswith("error: ")

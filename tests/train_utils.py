@@ -18,14 +18,80 @@ def tiny_config(**overrides):
   return configuration.apply_overrides(tiny.get_config(), overrides)
 
 
+# Variables read when an interpreter starts or a module is imported: a call that sets one to another value than the
+# fork server started with runs in a real subprocess (tests/cli_server.py).
+_START_VARIABLES = ("PYTHON", "JAX_", "XLA_", "TF_", "GLIBC_", "LD_", "OMP_", "OPENBLAS_", "MKL_", "TPU_", "CUDA_")
+SUBPROCESS_ONLY = "RESEARCH_TESTS_SUBPROCESS"  # =1: every call in a subprocess of its own, as before the fork server
+_server = None
+
+
+def _server_process():
+  """This process's fork server (tests/cli_server.py), started at the first call, again if it died."""
+  global _server
+  if _server is None or _server.poll() is not None:
+    _server = subprocess.Popen([sys.executable, "-m", "tests.cli_server"], cwd=ROOT, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=dict(os.environ))
+    _server.env, _server.pending = dict(os.environ), b""
+  return _server
+
+
+def _reply(server, timeout=None):
+  """The server's next reply line as a dict; None when `timeout` seconds pass first."""
+  import select
+  import time
+  deadline = None if timeout is None else time.monotonic() + timeout
+  while b"\n" not in server.pending:
+    left = None if deadline is None else max(deadline - time.monotonic(), 0)
+    if not select.select([server.stdout], [], [], left)[0]:
+      return None
+    chunk = os.read(server.stdout.fileno(), 65536)
+    if not chunk:
+      raise RuntimeError("the tests' fork server (tests/cli_server.py) ended")
+    server.pending += chunk
+  line, server.pending = server.pending.split(b"\n", 1)
+  return json.loads(line)
+
+
+def _forked(module, args, cwd, env, timeout):
+  """`python -m module args` run by the fork server: a CompletedProcess, or TimeoutExpired as subprocess.run."""
+  import signal
+  import tempfile
+  server = _server_process()
+  with tempfile.TemporaryDirectory() as tmp:
+    out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
+    for path in (out, err):
+      open(path, "w").close()
+    request = {"module": module, "args": list(args), "cwd": str(cwd), "env": env, "stdout": out, "stderr": err}
+    server.stdin.write(json.dumps(request).encode() + b"\n")
+    server.stdin.flush()
+    pid = _reply(server)["pid"]
+    reply = _reply(server, timeout)
+    timed_out = reply is None
+    if timed_out:
+      os.kill(pid, signal.SIGKILL)
+      reply = _reply(server)
+    stdout, stderr = (open(path, errors="replace").read() for path in (out, err))
+  cmd = [sys.executable, "-m", module, *args]
+  if timed_out:
+    raise subprocess.TimeoutExpired(cmd, timeout, stdout, stderr)
+  return subprocess.CompletedProcess(cmd, os.waitstatus_to_exitcode(reply["status"]), stdout, stderr)
+
+
 def cli(*args, env=None, timeout=300, **kwargs):
-  """Runs `python -m experiments.train ...` (or another module given as the first arg) in a subprocess."""
+  """Runs `python -m experiments.train ...` (or another module given as the first arg): in a child of this process's
+  fork server (tests/cli_server.py), which skips the interpreter's start and imports, or, when the environment
+  changes what those read (`_START_VARIABLES`) or subprocess.run is given other options, in a subprocess."""
   module = args[0] if args and args[0].startswith("experiments.") else "experiments.train"
   args = args[1:] if args and args[0].startswith("experiments.") else args
   full_env = {**os.environ, **(env or {})}
   cwd = kwargs.pop("cwd", ROOT)
   if cwd != ROOT:  # the repository's packages importable from elsewhere too
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), full_env.get("PYTHONPATH")) if p)
+  server_env = _server.env if _server is not None else os.environ
+  changed = {k for k in {*full_env, *server_env} if full_env.get(k) != server_env.get(k)}
+  forked = not kwargs and os.environ.get(SUBPROCESS_ONLY, "0") == "0"
+  if forked and not any(k.startswith(_START_VARIABLES) for k in changed - {"PYTHONPATH"}):
+    return _forked(module, args, cwd, full_env, timeout)
   return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True,
                         text=True, timeout=timeout, **kwargs)
 
