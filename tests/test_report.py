@@ -788,9 +788,11 @@ def test_a_rare_target_perplexity_column_when_summaries_have_it(tmp_path):
   assert rows["position=rope"][column].startswith("**250.00 (n=1)")  # lower is better
 
 
-def _write_by_position(trial_dir, scheme, seed, mode="nonoverlapping", stride=None, checkpoint_step=100):
+def _write_by_position(trial_dir, scheme, seed, mode="nonoverlapping", stride=None, checkpoint_step=100,
+                       rope_scaling=None, rope_factor=None):
   """eval/loss_by_position.json as research-evaluate --by_position writes it (its own record writers), with made-up
-  per-column sums: the loss falls with context and, beyond the training length, rises for rope. Returns it."""
+  per-column sums: the loss falls with context and, beyond the training length, rises for rope (half as fast with a
+  RoPE scaling: eval/loss_by_position_<scaling>.json). Returns it."""
   from research.evaluate import by_position
   rng = np.random.default_rng(zlib.crc32(f"{scheme}/{seed}".encode()))
   results = []
@@ -801,12 +803,13 @@ def _write_by_position(trial_dir, scheme, seed, mode="nonoverlapping", stride=No
       continue
     columns = np.arange(length)
     tokens = np.full(length, 50.0)
-    loss = 4.0 / np.log2(columns + 2) + (0.01 * np.maximum(columns - TRAIN_LEN, 0) if scheme == "rope" else 0)
+    rise = (0.005 if rope_scaling else 0.01) if scheme == "rope" else 0
+    loss = 4.0 / np.log2(columns + 2) + rise * np.maximum(columns - TRAIN_LEN, 0)
     results.append(by_position.result_record(m, length, train_len=TRAIN_LEN, tokens_by_column=tokens,
                                              nll_by_column=tokens * (loss + rng.normal(0, 0.05, length))))
   report = by_position.report_record(train_len=TRAIN_LEN, mode=mode, stride=stride, split="valid",
-                                     checkpoint_step=checkpoint_step, objective="clm", rope_scaling=None,
-                                     rope_factor=None, results=results)
+                                     checkpoint_step=checkpoint_step, objective="clm", rope_scaling=rope_scaling,
+                                     rope_factor=rope_factor, results=results)
   by_position.write_report(trial_dir, report)
   return report
 
@@ -864,6 +867,39 @@ def test_loss_by_position_plot_averages_seeds_per_bucket_and_names_na_groups(tmp
     if m > 1:
       assert [g.label for g, _ in series[m * TRAIN_LEN]["na"]] == ["position=learned"]
       assert ys[-1] > ys[edges.index(TRAIN_LEN) - 1]  # the made-up rope degrades past the training length
+
+
+def test_a_rope_scaled_row_draws_its_own_loss_by_position_and_a_mismatched_file_is_stale(tmp_path):
+  """research-evaluate --by_position --rope_scaling=S writes eval/loss_by_position_S.json: the scaled row's line in
+  loss_by_position.png averages those files (not the unscaled ones), and one that does not match the
+  extrapolation_S.json beside it (another factor here) is stale and left out, as for the unscaled file."""
+  from research.evaluate import by_position
+  from research.report import plots
+  from research.report.runs import by_position_file
+  assert by_position_file("yarn").name == by_position.report_file("yarn")  # the name the evaluator writes
+  written = {}
+  for seed in (0, 1):
+    run = tmp_path / f"rope{seed}"
+    write_trial(tmp_path, run.name, "rope", seed)
+    scaled = {**json.loads((run / "eval" / "extrapolation.json").read_text()), "rope_scaling": "yarn",
+              "rope_factor": None}
+    extrapolation.write_report(run, scaled)
+    written[seed] = (_write_by_position(run, "rope", seed), _write_by_position(run, "rope", seed, rope_scaling="yarn"))
+  report = build_report(tmp_path)
+  series = plots.position_series(report.data)
+  for i, m in enumerate(MULTIPLES):
+    lines = {g.rope_scaling: ys for _, g, _, ys, _ in series[m * TRAIN_LEN]["lines"]}
+    assert set(lines) == {None, "yarn"} and series[m * TRAIN_LEN]["n"] == {0: 2, 1: 2}
+    for k, scaling in enumerate((None, "yarn")):
+      expected = np.mean([written[seed][k]["results"][i]["loss"] for seed in (0, 1)], axis=0)
+      assert list(lines[scaling]) == pytest.approx(expected, rel=1e-12)
+  assert lines["yarn"][-1] < lines[None][-1]  # the made-up scaling halves the rise past the training length
+  assert report.plots[plots.LOSS_BY_POSITION].read_bytes()[:8] == PNG_MAGIC
+  _write_by_position(tmp_path / "rope1", "rope", 1, rope_scaling="yarn", rope_factor=2.0)
+  report = build_report(tmp_path)
+  assert ("rope1: eval/loss_by_position_yarn.json does not match eval/extrapolation_yarn.json beside it (factor 2 "
+          "vs factor = the multiple at each length") in report.markdown_path.read_text()
+  assert plots.position_series(report.data)[TRAIN_LEN]["n"] == {0: 2, 1: 1}
 
 
 def test_a_pending_trial_groups_with_its_arm_when_another_arm_sets_more_fields(tmp_path):

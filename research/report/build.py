@@ -115,7 +115,7 @@ def _duplicate_line(runs: RunSet, trial, kept: str) -> str:
 def _has_by_position(runs: RunSet) -> bool:
   """Any trial evaluated with research-evaluate --by_position: only then is loss_by_position.png drawn (or
   explained)."""
-  return any(t.by_position is not None for t in runs.trials)
+  return any(t.by_position is not None or t.scaled_by_position for t in runs.trials)
 
 
 def _has_rare(runs: RunSet) -> bool:
@@ -196,7 +196,7 @@ def render_markdown(runs: RunSet, table: tables.Table, written: dict[str, pathli
     out += ["", "Rare tokens analysed under the old rule (eval/rare_tokens.json without `marker_rows`: the markers "
             "[PAD], [CLS], [SEP], [MASK] are counted in the frequency buckets, averaged here with the others; rerun "
             "research-analyze --rare): " + ", ".join(f"`{name}`" for name in old_rare) + "."]
-  per_batch = [t.by_position_per_batch for t in runs.trials if t.finished and t.by_position_per_batch]
+  per_batch = [note for t in runs.trials if t.finished for note in t.by_position_notes()]
   if per_batch:
     out += ["", "**Loss by position of MLM masks per batch** (they moved with the batch size; left out of the plot):",
             ""] + [f"- {n}" for n in per_batch]

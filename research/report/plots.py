@@ -13,7 +13,7 @@ import textwrap
 from matplotlib.ticker import FuncFormatter
 
 from research import figures
-from research.report.runs import BY_POSITION_FILE, RARE_BUCKET_METRICS, RARE_FILE, RunSet, Trial, unscored
+from research.report.runs import RARE_BUCKET_METRICS, RARE_FILE, RunSet, Trial, by_position_file, unscored
 from research.report.tables import VALID_PPL, Table, format_value
 
 PPL_VS_LENGTH = "ppl_vs_length.png"
@@ -242,25 +242,26 @@ def plot_rare_bucket_metric(table: Table, metric: str, path: pathlib.Path) -> st
 
 def position_series(table: Table) -> dict[int, dict[str, list]]:
   """{length: {"lines": [(group index, group, xs, mean losses, train_len)], "na": [(group, note)], "n": {group index:
-  trials averaged}}} from the groups' finished trials' eval/loss_by_position.json. A bucket's x is the 1-based centre of its columns ((lo + hi + 1) / 2:
-  a CLM target there has that many tokens of context); its y the mean over trials of the bucket's mean loss
+  trials averaged}}} from the groups' finished trials' eval/loss_by_position.json (a RoPE-scaled row's: that
+  scaling's eval/loss_by_position_<scaling>.json). A bucket's x is the 1-based centre of its columns ((lo + hi + 1) /
+  2: a CLM target there has that many tokens of context); its y the mean over trials of the bucket's mean loss
   (empty buckets left out). Trials of a group whose buckets at a length differ from its first trial's are left out
   there (another training length)."""
   out: dict[int, dict[str, list]] = {}
   for gi, g in enumerate(table.groups):
-    if g.rope_scaling is not None:  # the same trials, evaluated without scaling
-      continue
+    file = by_position_file(g.rope_scaling).as_posix()
     by_length: dict[int, tuple[tuple[int, ...], list[list[float]], int | None]] = {}
     notes: dict[int, str] = {}
     for t in g.finished:
-      if t.by_position is None or BY_POSITION_FILE.as_posix() in t.stale or t.by_position_per_batch:
+      lbp = t.by_position_evaluation(g.rope_scaling)
+      if lbp is None or file in t.stale or t.by_position_per_batch(g.rope_scaling):
         continue  # a stale evaluation (an old checkpoint's, an MLM's masks per batch) is left out; report.md names it
-      for c in t.by_position.curves:
+      for c in lbp.curves:
         if c.note is not None:
           notes.setdefault(c.length, c.note)
           continue
         edges, values, train_len, used = by_length.setdefault(c.length, (c.edges, [[] for _ in c.loss],
-                                                                         t.by_position.train_len, []))
+                                                                         lbp.train_len, []))
         if c.edges == edges:
           used.append(t.name)
           for b, v in enumerate(c.loss):
@@ -284,7 +285,7 @@ def plot_loss_by_position(table: Table, path: pathlib.Path) -> str | None:
   over its finished trials, dotted line at the training length; groups that are n/a at a length are named there."""
   series = {length: s for length, s in position_series(table).items() if s["lines"]}
   if not series:
-    if _any_stale(table) or any(t.by_position_per_batch for g in table.groups for t in g.finished):
+    if _any_stale(table) or any(t.by_position_notes() for g in table.groups for t in g.finished):
       return "no finished trial has a loss by position that is not stale (see report.md: rerun research-evaluate)"
     return "no finished trial has a loss by position (eval/loss_by_position.json: research-evaluate --by_position)"
   cols = min(3, len(series))
@@ -293,7 +294,8 @@ def plot_loss_by_position(table: Table, path: pathlib.Path) -> str | None:
   for i, (length, s) in enumerate(series.items()):
     ax = fig.add_subplot(rows, cols, i + 1)
     for gi, g, xs, ys, _ in s["lines"]:
-      ax.plot(xs, ys, marker=".", markersize=4, linewidth=1.2, color=_color(gi), label=f"{g.label} (n={s['n'][gi]})")
+      ax.plot(xs, ys, marker=".", markersize=4, linewidth=1.2, color=_color(gi), label=f"{g.label} (n={s['n'][gi]})",
+              linestyle="--" if g.rope_scaling else "-")
     for t in sorted({train_len for *_, train_len in s["lines"] if train_len and train_len < length}):
       ax.axvline(t + 0.5, color="0.4", linestyle=":", linewidth=1)
     ax.set_xscale("log", base=2)
@@ -308,6 +310,9 @@ def plot_loss_by_position(table: Table, path: pathlib.Path) -> str | None:
               va="bottom", color="0.3")
     if i == 0:
       ax.legend(fontsize=6)
-  fig.suptitle(_wrapped(f"{table.title}: loss by position (line: mean over seeds)", fig.get_figwidth()), fontsize=10)
+  scaled = "; dashed: RoPE scaling at evaluation" if any(g.rope_scaling for s in series.values()
+                                                         for _, g, *_ in s["lines"]) else ""
+  fig.suptitle(_wrapped(f"{table.title}: loss by position (line: mean over seeds{scaled})", fig.get_figwidth()),
+               fontsize=10)
   figures.save_png(fig, path, dpi=120)
   return None

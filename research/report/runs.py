@@ -53,6 +53,7 @@ RARE_BUCKET_METRICS = {"mean_norm": "mean row norm", "mean_drift_l2": "mean L2 d
                        "mean_cosine_to_init": "mean cosine to the initial row",
                        "mean_knn_cosine": "mean cosine to the 10 nearest rows", "mean_present": "mean steps present"}
 BY_POSITION_FILE = pathlib.Path("eval") / "loss_by_position.json"  # research-evaluate --by_position
+BY_POSITION_PREFIX = "loss_by_position_"  # eval/loss_by_position_<scaling>.json: --by_position --rope_scaling=<s>
 # absent_rows of rare_tokens.json: rows no batch held ("rows"), and the largest change of theirs from the initial
 # table ("max_abs_change": exactly 0 when none moved), both at the step update_counts.npz counts up to.
 RARE_ABSENT = ("rows", "max_abs_change", "updated_while_absent")
@@ -66,6 +67,13 @@ def extrapolation_file(rope_scaling: str | None = None) -> pathlib.Path:
   if rope_scaling is None:
     return EXTRAPOLATION_FILE
   return EXTRAPOLATION_FILE.with_name(f"{SCALED_PREFIX}{rope_scaling}.json")
+
+
+def by_position_file(rope_scaling: str | None = None) -> pathlib.Path:
+  """eval/loss_by_position.json, or eval/loss_by_position_<scaling>.json for an evaluation with RoPE scaling."""
+  if rope_scaling is None:
+    return BY_POSITION_FILE
+  return BY_POSITION_FILE.with_name(f"{BY_POSITION_PREFIX}{rope_scaling}.json")
 
 
 def passkey_file(rope_scaling: str | None = None) -> pathlib.Path:
@@ -234,6 +242,8 @@ class Trial:
   by_position: LossByPosition | None = None  # eval/loss_by_position.json, if evaluated with --by_position
   passkey: Passkey | None = None  # eval/passkey.json, if evaluated with --passkey
   scaled_passkey: dict[str, Passkey] = dataclasses.field(default_factory=dict)  # rope scaling -> passkey_<s>.json
+  # rope scaling -> eval/loss_by_position_<scaling>.json
+  scaled_by_position: dict[str, LossByPosition] = dataclasses.field(default_factory=dict)
   # {analysis file (QUALITY_FILE, QUALITY_INPUT_FILE, RARE_FILE, as posix): (checkpoint_step, checkpoint choice)} of
   # the research-analyze files the trial has: `analysis_stale` judges them by the evaluations' rule.
   analysis_checkpoints: dict[str, tuple[int | None, str | None]] = dataclasses.field(default_factory=dict)
@@ -248,6 +258,9 @@ class Trial:
 
   def passkey_evaluation(self, rope_scaling: str | None = None) -> Passkey | None:
     return self.passkey if rope_scaling is None else self.scaled_passkey.get(rope_scaling)
+
+  def by_position_evaluation(self, rope_scaling: str | None = None) -> LossByPosition | None:
+    return self.by_position if rope_scaling is None else self.scaled_by_position.get(rope_scaling)
 
   @property
   def finished(self) -> bool:
@@ -341,22 +354,26 @@ class Trial:
     again)."""
     reasons = {f.as_posix(): self.stale_reason(e.checkpoint_step, f.as_posix(), e.checkpoint)
                for e, f in self._evaluations() if e is not None}
-    if self.by_position is not None and reasons.get(BY_POSITION_FILE.as_posix()) is None:
-      reasons[BY_POSITION_FILE.as_posix()] = self.by_position_mismatch
+    for scaling in (None, *self.scaled_by_position):
+      file = by_position_file(scaling).as_posix()
+      if file in reasons and reasons[file] is None:
+        reasons[file] = self.by_position_mismatch(scaling)
     return {file: reason for file, reason in reasons.items() if reason is not None}
 
-  @property
-  def by_position_mismatch(self) -> str | None:
-    """Why eval/loss_by_position.json does not go with the eval/extrapolation.json beside it, or None: another
-    protocol or checkpoint step (`protocol_differences`), as research-evaluate without --by_position leaves an
-    earlier one behind. Its curves would be drawn under the other file's evaluation line, so it is stale."""
-    if self.by_position is None or self.extrapolation is None:
+  def by_position_mismatch(self, rope_scaling: str | None = None) -> str | None:
+    """Why eval/loss_by_position.json (or that of a RoPE scaling) does not go with the eval/extrapolation.json of
+    the same scaling beside it, or None: another protocol or checkpoint step (`protocol_differences`), as
+    research-evaluate without --by_position leaves an earlier one behind. Its curves would be drawn under the other
+    file's evaluation line, so it is stale."""
+    by_position, evaluation = self.by_position_evaluation(rope_scaling), self.evaluation(rope_scaling)
+    if by_position is None or evaluation is None:
       return None
-    differ = protocol_differences(self.by_position.protocol, self.extrapolation.protocol)
+    differ = protocol_differences(by_position.protocol, evaluation.protocol)
     if differ is None:
       return None
-    return (f"{BY_POSITION_FILE.as_posix()} does not match {EXTRAPOLATION_FILE.as_posix()} beside it ({differ}; "
-            f"research-evaluate --by_position with the options of the latter scores both again)")
+    return (f"{by_position_file(rope_scaling).as_posix()} does not match "
+            f"{extrapolation_file(rope_scaling).as_posix()} beside it ({differ}; research-evaluate --by_position "
+            f"with the options of the latter scores both again)")
 
   @functools.cached_property
   def stale(self) -> dict[str, str]:
@@ -365,16 +382,22 @@ class Trial:
     return {file: f"{self.name}: {reason}: stale, left out of the means and plots (rerun research-evaluate)"
             for file, reason in self.stale_reasons.items()}
 
-  @property
-  def by_position_per_batch(self) -> str | None:
-    """The note for an MLM run's eval/loss_by_position.json scored with masks drawn per batch (a file without
-    `mlm_masks`, written before per-row masks), or None: its losses moved with the batch size, so they are left out
-    of loss_by_position.png rather than drawn as if per row (docs/reports.md, "Loss by position")."""
-    lbp = self.by_position
+  def by_position_per_batch(self, rope_scaling: str | None = None) -> str | None:
+    """The note for an MLM run's eval/loss_by_position.json (or that of a RoPE scaling) scored with masks drawn per
+    batch (a file without `mlm_masks`, written before per-row masks), or None: its losses moved with the batch size,
+    so they are left out of loss_by_position.png rather than drawn as if per row (docs/reports.md, "Loss by
+    position")."""
+    lbp = self.by_position_evaluation(rope_scaling)
     if lbp is None or lbp.mlm_masks is not None or (lbp.objective or self.field("objective")) != "mlm":
       return None
-    return (f"{self.name}: {BY_POSITION_FILE.as_posix()} was scored with MLM masks drawn per batch (written before "
-            f"per-row masks, 2026-12-07): left out of loss_by_position.png (rerun research-evaluate --by_position)")
+    return (f"{self.name}: {by_position_file(rope_scaling).as_posix()} was scored with MLM masks drawn per batch "
+            f"(written before per-row masks, 2026-12-07): left out of loss_by_position.png (rerun research-evaluate "
+            f"--by_position)")
+
+  def by_position_notes(self) -> list[str]:
+    """`by_position_per_batch`'s notes of every loss-by-position file of the trial, unscaled first."""
+    notes = (self.by_position_per_batch(s) for s in (None, *sorted(self.scaled_by_position)))
+    return [note for note in notes if note]
 
   @functools.cached_property
   def analysis_stale(self) -> dict[str, str]:
@@ -406,6 +429,7 @@ class Trial:
     passkey), None where the trial has no such file."""
     return [(self.extrapolation, extrapolation_file(None)),
             *((e, extrapolation_file(s)) for s, e in self.scaled.items()), (self.by_position, BY_POSITION_FILE),
+            *((b, by_position_file(s)) for s, b in self.scaled_by_position.items()),
             (self.passkey, PASSKEY_FILE), *((p, passkey_file(s)) for s, p in self.scaled_passkey.items())]
 
   def stale_evaluations(self) -> list[str]:
@@ -847,7 +871,9 @@ def _load_trial(path: pathlib.Path, name: str, status: str | None = None, overri
                                            QUALITY_INPUT_FIGURES),
                rare=_read_rare(path / RARE_FILE, analyzed[RARE_FILE]),
                by_position=_read_by_position(path / BY_POSITION_FILE), passkey=_read_passkey(path / PASSKEY_FILE),
-               scaled_passkey=_read_scaled(path, PASSKEY_PREFIX, _read_passkey), analysis_checkpoints=analysis,
+               scaled_passkey=_read_scaled(path, PASSKEY_PREFIX, _read_passkey),
+               scaled_by_position=_read_scaled(path, BY_POSITION_PREFIX, _read_by_position),
+               analysis_checkpoints=analysis,
                implied=implied)
 
 
