@@ -77,6 +77,9 @@ BUILTIN_SCHEMES = ("none", "learned", "sinusoidal", "rope", "p_rope", "xpos", "a
 PARAMETERLESS_SCHEMES = ("none", "sinusoidal", "rope", "p_rope", "xpos", "alibi", "sandwich")
 POSITION_GROUP_FIELDS = ("train.position.weight_decay",)
 
+# The untied head's optimizer settings (optim.decay_mask's `lm_head`), which a tied model (no such module) never reads.
+UNTIED_HEAD_FIELDS = ("train.head.weight_decay",)
+
 
 # The built-in schemes that rotate with RoPE's frequencies (subclasses of relative.RotaryPositions; a test checks this
 # against the registry), for a caller that imports no scheme (research-report).
@@ -118,7 +121,8 @@ def unused_fields(previous: Mapping[str, Any], current: Mapping[str, Any],
   pretrained; model.pos_dim when both have model.combine add; model.max_position when both have
   model.position_sampling none; a scheme's own field (`SCHEME_FIELDS`) when both schemes are built-in ones that do
   not read it; the positional group's optimizer settings (`POSITION_GROUP_FIELDS`) when both schemes are built-in
-  ones without parameters (`PARAMETERLESS_SCHEMES`); model.table_dim when both are the plain table (0 or their d_model), model.max_len when both are the
+  ones without parameters (`PARAMETERLESS_SCHEMES`); the untied head's (`UNTIED_HEAD_FIELDS`) when both models
+  are tied; model.table_dim when both are the plain table (0 or their d_model), model.max_len when both are the
   training length (0 or their data.seq_len). Each rule holds only where the field is verified unread (or its two
   values name one model); anything unknown counts as read."""
   both = lambda test: test(previous) and test(current)  # noqa: E731
@@ -146,6 +150,8 @@ def unused_fields(previous: Mapping[str, Any], current: Mapping[str, Any],
                   if _read_only_by(f, values("model.position"), readers, BUILTIN_SCHEMES))
   if all(v in PARAMETERLESS_SCHEMES for v in values("model.position")):
     unused += POSITION_GROUP_FIELDS
+  if all(v is True for v in values("model.tie_embeddings", True)):
+    unused += UNTIED_HEAD_FIELDS
   # Values that name the same model: model.table_dim 0 and d_model are both the plain V × d table (ModelConfig:
   # `table_dim or d_model`, factorized only when that differs from d_model); model.max_len 0 and data.seq_len are
   # both the training length (configuration.model_config). d_model and seq_len themselves are still compared.

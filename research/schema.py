@@ -34,8 +34,9 @@ RESUMABLE_FIELDS = run_fields.RESUMABLE_FIELDS
 # model.attention existed with the default einsum before auto: an old run that lacks the field ran einsum.
 # model.char_padding: the CNN's padding character was an ordinary learned row before the field existed.
 # model.char_spelling: a piece that stands for no text was spelled with its raw string alone, without the mark.
+# train.head.weight_decay: the untied head was decayed with the transformer's matrices before the field existed.
 LEGACY_VALUES = {"train.position.weight_decay": True, "train.count_updates": False, "model.attention": "einsum",
-                 "model.char_padding": "learned", "model.char_spelling": "raw"}
+                 "model.char_padding": "learned", "model.char_spelling": "raw", "train.head.weight_decay": True}
 
 
 def saved_value(field: str, default):
@@ -122,6 +123,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Decay the positional scheme's parameters (learned table, T5 buckets, ...)? Off, as the token table, and as
   # minGPT's configure_optimizers (its position embedding is "not decayed"): docs/training.md, "Parameter groups".
   c.train.position.weight_decay = False
+  c.train.head = ml_collections.ConfigDict()
+  # Decay the untied output head (lm_head, [width, V])? Off, as the token table it replaces: a tied and an untied
+  # arm then differ in tying only (docs/training.md, "Parameter groups"). Unread by a tied model.
+  c.train.head.weight_decay = False
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # -1 fills with the devices left

@@ -335,6 +335,28 @@ def test_every_differing_field_is_named_and_only_the_allow_list_may_change(finis
   assert loop.check_workdir(configuration.apply_overrides(config, allowed), workdir) == workdir
 
 
+def test_an_untied_run_from_before_the_heads_flag_goes_on_decaying_its_head_and_a_tied_one_never_reads_it(tmp_path,
+                                                                                                          capsys):
+  """train.head.weight_decay (default off) came after runs that decayed their untied head: such a run resumes as the
+  model it is, with one note; a tied run has no head of its own, so the field is neither noted nor compared."""
+  from research import run_fields
+  for tied in (False, True):
+    workdir = tmp_path / f"tied{tied}"
+    workdir.mkdir()
+    saved = tiny_config(**{"model.tie_embeddings": tied}).to_dict()
+    del saved["train"]["head"]
+    workdir.joinpath("config.json").write_text(json.dumps(saved))
+    mark_finished(workdir)
+    command = tiny_config(**{"model.tie_embeddings": tied})
+    assert loop.check_workdir(command, workdir) == workdir
+    kept = loop.keep_saved_choices(command, workdir)
+    out = capsys.readouterr().out
+    assert kept.train.head.weight_decay is True  # what the field meant before it existed (unread when tied)
+    assert ("train.head.weight_decay=True" in out) == (not tied), out
+    other = tiny_config(**{"model.tie_embeddings": tied, "train.head.weight_decay": True})
+    assert ("train.head.weight_decay" in run_fields.unused_fields(command.to_dict(), other.to_dict())) == tied
+
+
 def test_a_field_the_saved_run_lacks_means_what_runs_did_before_it_existed(tmp_path, capsys):
   saved = tiny_config(**{"model.position": "t5"}).to_dict()
   del saved["train"]["position"]  # written before train.position.weight_decay: its T5 table was decayed

@@ -99,10 +99,38 @@ def test_decay_mask_excludes_1d_bias_and_scale():
   for flag in (True, False):
     mask = optim.decay_mask(params, embedding_weight_decay=flag)
     assert mask['decoder']['token_embed']['embedding'] is flag
-    assert mask['decoder']['block']['dense']['kernel'] and mask['lm_head']['kernel']
+    assert mask['decoder']['block']['dense']['kernel'] and not mask['lm_head']['kernel']  # (its own flag: below)
     assert not mask['decoder']['block']['dense']['bias']
     assert not mask['decoder']['block']['ln']['scale'] and not mask['decoder']['block']['ln']['bias']
     assert not mask['lm_head']['bias']
+    assert optim.decay_mask(params, head_weight_decay=True)['lm_head']['kernel']
+
+
+def test_a_tied_and_an_untied_model_decay_the_same_matrices_and_the_head_only_with_its_flag():
+  """The untied head is the token table's counterpart (an output embedding, [width, V]): by default neither is
+  decayed, so a tying ablation's arms differ in tying only (train.head.weight_decay; before it existed the untied
+  head was decayed with the transformer's matrices: schema.LEGACY_VALUES). Real models, their real optimizer."""
+  from research.model.transformer import Transformer
+  from research.train import configuration
+  from tests.train_utils import tiny_config
+
+  def decayed(**overrides):
+    config = tiny_config(**{"train.warmup_steps": 0, "train.weight_decay": 0.1, **overrides})  # lr > 0 at step 0
+    model = Transformer(configuration.model_config(config, 64))
+    params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    mask = optim.decay_mask(params, head_weight_decay=config.train.head.weight_decay)
+    tx = optim.make_optimizer(config.train)
+    zero = jax.tree.map(jnp.zeros_like, params)  # zero gradients: what moves is the decay alone
+    moved = tx.update(zero, tx.init(params), params)[0]
+    paths = lambda tree: {jax.tree_util.keystr(p) for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]  # noqa: E731
+                          if np.any(np.asarray(leaf))}
+    assert paths(mask) == paths(moved)  # the optimizer decays what the mask says
+    return paths(mask)
+
+  tied, untied = decayed(), decayed(**{"model.tie_embeddings": False})
+  assert tied == untied and tied and not any("token_embed" in p for p in tied)
+  assert decayed(**{"model.tie_embeddings": False, "train.head.weight_decay": True}) == {
+      *tied, "['lm_head']['kernel']"}
 
 
 def test_weight_decay_applies_only_where_masked():

@@ -39,7 +39,7 @@ IMPLIED_VALUES: dict[str, Any] = {
     "train.checkpoint_every": 500, "train.count_updates": False, "train.embedding.freeze": False,
     "train.embedding.freeze_steps": 0, "train.embedding.lazy": False, "train.embedding.lr_multiplier": 1.0,
     "train.embedding.weight_decay": False, "train.eval_batches": 0, "train.eval_every": 250, "train.grad_accum": 1,
-    "train.grad_clip": 1.0, "train.keep_checkpoints": 2, "train.learning_rate": 0.003, "train.log_every": 50,
+    "train.grad_clip": 1.0, "train.head.weight_decay": True, "train.keep_checkpoints": 2, "train.learning_rate": 0.003, "train.log_every": 50,
     "train.loss_chunk": 512, "train.min_lr_ratio": 0.0, "train.momentum": 0.9, "train.optimizer": "adamw",
     "train.position.weight_decay": True, "train.schedule": "cosine", "train.steps": 1000, "train.warmup_steps": 100,
     "train.weight_decay": 0.1, "train.z_loss": 0.0,

@@ -5,7 +5,8 @@
     clip_by_global_norm(grad_clip)            # skipped when grad_clip == 0
     partition by param_groups(params):
       'other':     optimizer(schedule)       with the weight-decay mask; the positional parameters are in this
-                                            partition, decayed iff position.weight_decay
+                                            partition, decayed iff position.weight_decay, and so is an
+                                            untied head, decayed iff head.weight_decay
       'embedding': optimizer(mult * schedule) decayed iff embedding.weight_decay (that rate is 0 for the first
                    embedding.freeze_steps steps),
                    wrapped in lazy_rows(...) when embedding.lazy,
@@ -21,7 +22,8 @@ positional parameters are every leaf under a module named `position_embed` (the 
 layers, or one per layer inside a block): a learned table, T5's bucket biases, and whatever a scheme owns. They are
 a group of their own (their own norms, their own decay flag) so that no scheme is regularised differently from
 another by accident: with the defaults neither the token table nor any positional parameter is decayed
-(docs/training.md, "Parameter groups"). They share the 'other' partition's optimizer (same rule, same learning
+(docs/training.md, "Parameter groups"). Nor is an untied head (`lm_head`, its own decay flag; its norms are the
+'other' group's), so that a tied and an untied model differ in tying only. They share the 'other' partition's optimizer (same rule, same learning
 rate), which keeps the optimizer state's structure what it was before the group existed: older checkpoints restore.
 """
 
@@ -36,6 +38,7 @@ import optax
 
 EMBEDDING_PATH_SUFFIX = ('token_embed', 'embedding')
 POSITION_MODULE = 'position_embed'
+UNTIED_HEAD_MODULE = 'lm_head'  # research/model/transformer.py: the untied model's output head
 GROUPS = ('embedding', 'position', 'other')
 NO_DECAY_NAMES = frozenset({'bias', 'scale'})
 OPTIMIZERS = ('adamw', 'adam', 'sgd', 'adafactor', 'lion')
@@ -80,15 +83,23 @@ def partition_labels(params: Any) -> Any:
   return jax.tree.map(lambda group: 'embedding' if group == 'embedding' else 'other', param_groups(params))
 
 
-def decay_mask(params: Any, embedding_weight_decay: bool = False, position_weight_decay: bool = False) -> Any:
-  """True where weight decay applies: >=2-d leaves not named bias/scale; the token table and the positional
-  parameters (of any rank) iff their flags say so."""
+def is_untied_head_path(path: tuple[Any, ...]) -> bool:
+  """A leaf of the untied output head (the model's `lm_head` module, [width, V])."""
+  return UNTIED_HEAD_MODULE in path_names(path)
+
+
+def decay_mask(params: Any, embedding_weight_decay: bool = False, position_weight_decay: bool = False,
+               head_weight_decay: bool = False) -> Any:
+  """True where weight decay applies: >=2-d leaves not named bias/scale; the token table, the positional
+  parameters (of any rank) and the untied head iff their flags say so."""
 
   def rule(path, leaf):
     if is_embedding_path(path):
       return bool(embedding_weight_decay)
     if is_position_path(path):
       return bool(position_weight_decay)
+    if is_untied_head_path(path):
+      return bool(head_weight_decay)
     name = path_names(path)[-1] if path else None
     return jnp.ndim(leaf) >= 2 and name not in NO_DECAY_NAMES
 
@@ -219,6 +230,7 @@ def make_optimizer(train_cfg: Mapping[str, Any]) -> optax.GradientTransformation
   emb = train_cfg.get('embedding', None) or {}
   emb_decay = bool(emb.get('weight_decay', False))  # the schema's defaults (docs/training.md, "Parameter groups")
   position_decay = bool((train_cfg.get('position', None) or {}).get('weight_decay', False))
+  head_decay = bool((train_cfg.get('head', None) or {}).get('weight_decay', False))
   multiplier = float(emb.get('lr_multiplier', 1.0))
   freeze, lazy = bool(emb.get('freeze', False)), bool(emb.get('lazy', False))
   freeze_steps = int(emb.get('freeze_steps', 0) or 0)
@@ -227,7 +239,7 @@ def make_optimizer(train_cfg: Mapping[str, Any]) -> optax.GradientTransformation
                      'mixes all rows; use adamw, adam, sgd or lion')
 
   schedule = make_schedule(train_cfg)
-  mask = lambda params: decay_mask(params, emb_decay, position_decay)
+  mask = lambda params: decay_mask(params, emb_decay, position_decay, head_decay)
   if freeze:
     embedding_tx = optax.set_to_zero()
   else:
