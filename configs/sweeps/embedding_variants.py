@@ -6,9 +6,11 @@ d/4), word tokenizer, tied head, CLM, 3 seeds (18 trials).
 
 Every arm has the budget of configs/sweeps/positions.py (data.seq_len 64, 800 steps, evaluated and checkpointed
 every 400), RoPE, the schema's optimizer, schedule and regularisation, the same 16 384-word vocabulary and the same
-data; only the two fields above change. summary.json's num_embedding_params shows what each variant costs (table,
-projections, CNN); valid_ppl_rare (validation targets seen fewer than 10 times in training) is where the char-aware
-claim should show.
+data; only the two fields above change, but the arms do not start at one scale (concat's char_combine about halves
+the token vectors, a factorized tied head without chars about halves the logits), and the CNN's and projections'
+matrices are weight-decayed where the table is not: measured in docs/rare_tokens.md, "Sweeps". summary.json's
+num_embedding_params shows what each variant costs (table, projections, CNN); valid_ppl_rare (validation targets
+seen fewer than 10 times in training) is where the char-aware claim should show.
 
   research-sweep --sweep=configs/sweeps/embedding_variants.py --workdir=runs/embedding_variants
   for t in runs/embedding_variants/*/; do research-analyze --workdir=$t --rare; done

@@ -16,6 +16,10 @@ report:
   research-report runs/pretrained
 
 A trial whose vector file is missing fails at once with a one-line error naming the path.
+
+model.pretrained.scale=match equalises only the mean row norm: the word2vec and fastText rows share a large common
+direction (mean pairwise cosine ~0.75, no centring applied), so those arms start with about half the normal arm's
+per-token spread (centred rows' mean norm ~0.49 vs ~1.0): measured in docs/embeddings.md, "The pretrained-init sweep".
 """
 
 from research.sweeps import product, seeds
