@@ -786,6 +786,16 @@ def test_a_rare_target_perplexity_column_when_summaries_have_it(tmp_path):
   column = header.index("valid ppl (rare)") - 1
   assert rows["position=alibi"][column].startswith("310.00 ± 14.14")
   assert rows["position=rope"][column].startswith("**250.00 (n=1)")  # lower is better
+  # Trained on other fractions of the split, the rows count other targets as rare: that column is not ranked (the
+  # others are: the validation split is the same).
+  for name in ("r0", "r1"):
+    loop.write_config(configuration.apply_overrides(trial_config("rope", int(name[1])), {"data.train_fraction": 0.5}),
+                      tmp_path / name)
+  report = build_report(tmp_path)
+  assert report.data.rare_incomparable == ["data.train_fraction"] and "valid_ppl_rare" not in report.data.best
+  assert report.data.best["valid_ppl"]
+  assert ("none in valid ppl (rare): the rows differ in `data.train_fraction`, which changes which validation "
+          "targets are rare") in report.markdown_path.read_text()
 
 
 def _write_by_position(trial_dir, scheme, seed, mode="nonoverlapping", stride=None, checkpoint_step=100,
@@ -900,6 +910,14 @@ def test_a_rope_scaled_row_draws_its_own_loss_by_position_and_a_mismatched_file_
   assert ("rope1: eval/loss_by_position_yarn.json does not match eval/extrapolation_yarn.json beside it (factor 2 "
           "vs factor = the multiple at each length") in report.markdown_path.read_text()
   assert plots.position_series(report.data)[TRAIN_LEN]["n"] == {0: 2, 1: 1}
+  scaled = {**json.loads((tmp_path / "rope1" / "eval" / "extrapolation_yarn.json").read_text()), "rope_factor": 2.0}
+  extrapolation.write_report(tmp_path / "rope1", scaled)  # now they match: factor 2 here, the multiple in rope0
+  series = plots.position_series(build_report(tmp_path).data)
+  for m in MULTIPLES:  # the factors applied agree at 2x only; elsewhere the scaled row is n/a, not a mixed mean
+    entry = series[m * TRAIN_LEN]
+    assert entry["n"] == ({0: 2, 1: 2} if m == 2 else {0: 2}), m
+    assert [note for g, note in entry["na"] if g.rope_scaling] == (
+        [] if m == 2 else ["its trials applied different RoPE factors (see report.md)"])
 
 
 def test_a_pending_trial_groups_with_its_arm_when_another_arm_sets_more_fields(tmp_path):
@@ -1688,8 +1706,9 @@ def test_a_row_averaging_trials_of_different_rope_factors_or_passkey_depths_is_m
   _write_passkey(directory / "rope-s0", rope_scaling="linear", rope_factor=None)
   report = build_report(directory)
   text = report.markdown_path.read_text()
+  # The factor each file applied at a length is compared (None: the multiple), not how the files name it.
   assert ("- row `position=rope, rope_scaling=linear` averages perplexities of trials evaluated with different "
-          "settings: `rope-s0` factor 2; `rope-s1` factor = the multiple at each length") in text
+          "settings: `rope-s0` factor 2; `rope-s1` factor 1") in text
   assert ("- row `position=rope` averages passkey accuracies of trials evaluated with different settings: "
           "`rope-s0` depths [0, 1], 2 keys per cell; `rope-s1` depths [0, 0.5, 1], 3 keys per cell") in text
   assert ("- `rope-s0`: eval/passkey_linear.json was made with factor = the multiple at each length, "
@@ -1698,8 +1717,12 @@ def test_a_row_averaging_trials_of_different_rope_factors_or_passkey_depths_is_m
   assert cell.mixed and cell.n == 2 and report.data.best["ppl_1x_64"] == {rope}  # the mixed mean is not ranked
   _, rows = parse_md_table(report.table)
   assert re.fullmatch(r"[\d.]+ ± [\d.]+\[\^\d+\]", rows["position=rope, rope_scaling=linear"][-3]), rows
-  assert "mean of trials evaluated with different settings (rope-s0: factor 2; rope-s1: factor = the multiple" in \
-      report.table
+  assert "mean of trials evaluated with different settings (rope-s0: factor 2; rope-s1: factor 1)" in report.table
+  mixed = {m: report.data.cell(scaled, f"ppl_{m}x_{m * TRAIN_LEN}").mixed for m in MULTIPLES}
+  assert mixed == {m: m != 2 for m in MULTIPLES}  # at 2x both applied factor 2: one setting, ranked
+  from research.report import plots
+  lines = {g.label: [length for length, *_ in pts] for _, g, pts, _ in plots.ppl_series(report.data)}
+  assert lines["position=rope, rope_scaling=linear"] == [2 * TRAIN_LEN]  # mixed means are not drawn either
   assert report.data.cell(rope, "passkey_1x_64").mixed and rope not in report.data.best["passkey_1x_64"]
   assert not report.data.cell(labels.index("position=alibi"), "passkey_1x_64").mixed
 

@@ -134,6 +134,12 @@ def _best_sentence(table: tables.Table) -> str:
              + ", ".join(f"`{f}`" for f in table.incomparable) + ", which change what a perplexity measures"]
   else:
     parts = [f"perplexities ({', '.join(ppl)}): lower is better, the lowest mean per column is in **bold**"]
+    rare = [c.header for c in table.columns if c.key == tables.VALID_PPL_RARE]
+    if rare and table.rare_incomparable:
+      parts[0] += (f", but none in {rare[0]}: the rows differ in "
+                   + ", ".join(f"`{f}`" for f in table.rare_incomparable)
+                   + ", which changes which validation targets are rare (seen < 10 times in the run's training "
+                   "stream)")
     if table.validation_rules:
       validation = [c.header for c in table.columns if c.key in tables.VALIDATION]
       parts[0] += (f", but none in {', '.join(validation)}: the rows' MLM validations masked the split by different "

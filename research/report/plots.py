@@ -14,7 +14,7 @@ from matplotlib.ticker import FuncFormatter
 
 from research import figures
 from research.report.runs import RARE_BUCKET_METRICS, RARE_FILE, RunSet, Trial, by_position_file, unscored
-from research.report.tables import VALID_PPL, Table, format_value
+from research.report.tables import VALID_PPL, Table, applied_factor, format_value
 
 PPL_VS_LENGTH = "ppl_vs_length.png"
 LOSS_BY_POSITION = "loss_by_position.png"
@@ -52,14 +52,15 @@ def _n_text(counts) -> str:
 
 def ppl_series(table: Table) -> list[tuple]:
   """[(group index, group, sorted [(length, mean, min, max)], legend n)] of the groups with an evaluated length: the
-  lines of ppl_vs_length.png (the table's cells, so stale and n/a values are left out as there)."""
+  lines of ppl_vs_length.png (the table's cells, so stale and n/a values are left out as there, and so is a mean
+  of trials scored with different settings, which the table does not rank: `Cell.mixed`)."""
   eval_columns = [c for c in table.columns if c.length is not None and not c.passkey]
   series = []
   for gi, g in enumerate(table.groups):
-    cells = [(c, table.cell(gi, c)) for c in eval_columns]
-    pts = [(c.length, cell.mean, min(cell.values), max(cell.values)) for c, cell in cells if cell.n]
+    cells = [(c, cell) for c in eval_columns if (cell := table.cell(gi, c)).n and not cell.mixed]
+    pts = [(c.length, cell.mean, min(cell.values), max(cell.values)) for c, cell in cells]
     if pts:
-      series.append((gi, g, sorted(pts), _n_text(cell.n for _, cell in cells if cell.n)))
+      series.append((gi, g, sorted(pts), _n_text(cell.n for _, cell in cells)))
   return series
 
 
@@ -246,12 +247,14 @@ def position_series(table: Table) -> dict[int, dict[str, list]]:
   scaling's eval/loss_by_position_<scaling>.json). A bucket's x is the 1-based centre of its columns ((lo + hi + 1) /
   2: a CLM target there has that many tokens of context); its y the mean over trials of the bucket's mean loss
   (empty buckets left out). Trials of a group whose buckets at a length differ from its first trial's are left out
-  there (another training length)."""
+  there (another training length). A scaled row whose trials applied different RoPE factors at a length
+  (`tables.applied_factor`) has no line there but an n/a note, as the table does not rank such a mean."""
   out: dict[int, dict[str, list]] = {}
   for gi, g in enumerate(table.groups):
     file = by_position_file(g.rope_scaling).as_posix()
     by_length: dict[int, tuple[tuple[int, ...], list[list[float]], int | None]] = {}
     notes: dict[int, str] = {}
+    factors: dict[int, set] = {}
     for t in g.finished:
       lbp = t.by_position_evaluation(g.rope_scaling)
       if lbp is None or file in t.stale or t.by_position_per_batch(g.rope_scaling):
@@ -263,10 +266,14 @@ def position_series(table: Table) -> dict[int, dict[str, list]]:
         edges, values, train_len, used = by_length.setdefault(c.length, (c.edges, [[] for _ in c.loss],
                                                                          lbp.train_len, []))
         if c.edges == edges:
+          factors.setdefault(c.length, set()).add(applied_factor(lbp.protocol.get("rope_factor"), c.multiple))
           used.append(t.name)
           for b, v in enumerate(c.loss):
             if v is not None:
               values[b].append(v)
+    for length in [n for n, applied in factors.items() if g.rope_scaling is not None and len(applied) > 1]:
+      del by_length[length]
+      notes[length] = "its trials applied different RoPE factors (see report.md)"
     for length, (edges, values, train_len, used) in by_length.items():
       pts = [((edges[b] + edges[b + 1] + 1) / 2, sum(v) / len(v)) for b, v in enumerate(values) if v]
       if pts:

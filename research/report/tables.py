@@ -58,6 +58,9 @@ ABSENT_LATEX = {"rows": "absent rows", "max_abs_change": "absent max $|\\Delta|$
 # in one have perplexities that are not comparable, so no best is marked in the perplexity columns.
 PPL_MEANING = ("objective", "data.tokenizer", "data.vocab_size", "data.corpus")
 MLM_MEANING = ("data.mlm_select_rate", "data.mlm_mask_rate", "data.mlm_random_rate")  # only among MLM trials
+# Fields that change which validation targets valid ppl (rare) scores (those seen < 10 times in the run's training
+# stream): rows that differ in one score other token sets there, so no best is marked in that column.
+RARE_MEANING = ("data.train_fraction",)
 
 
 def incomparable_fields(trials: list[Trial]) -> list[str]:
@@ -154,6 +157,8 @@ class Table:
   best: dict[str, set[int]]  # column key -> group indices with the lowest mean
   # PPL_MEANING fields the rows' trials differ in: no best is marked in the perplexity columns (`incomparable_fields`)
   incomparable: list[str] = dataclasses.field(default_factory=list)
+  # RARE_MEANING fields the rows' trials differ in: no best is marked in valid ppl (rare) (`rare_incomparable`)
+  rare_incomparable: list[str] = dataclasses.field(default_factory=list)
   # report.md's warnings of mixed settings: rows averaging trials of different RoPE factors or passkey depths and
   # keys per cell, and trials whose scaled files of one scaling differ in factor (`_mixed_warnings`)
   mixed: list[str] = dataclasses.field(default_factory=list)
@@ -329,10 +334,17 @@ def factor_text(factor: float | None) -> str:
   return f"factor {factor:g}" if factor is not None else "factor = the multiple at each length"
 
 
+def applied_factor(factor: float | None, multiple: float | None) -> float | None:
+  """The RoPE factor a scaled file applied at a length of `multiple` × the training length: its `rope_factor`, or,
+  where that was left out (None), the multiple itself. Two files that name their factor differently applied the same
+  one at a length where these agree (None and 2 at 2×)."""
+  return factor if factor is not None or multiple is None else float(multiple)
+
+
 def _settings(trial: Trial, column: Column, rope_scaling: str | None) -> str | None:
   """The settings of the file `trial`'s value in `column` comes from that the report does not group by, and in
   which the trials of one cell may differ (research-sweep evaluates a trial again for either: its
-  `evaluation_outdated`): a scaled row's RoPE factor; passkey's depths and keys per cell; an MLM's validation masks
+  `evaluation_outdated`): a scaled row's RoPE factor at the column's length (`applied_factor`); passkey's depths and keys per cell; an MLM's validation masks
   (summary.json's figures: `Trial.validation_masks`). None where none apply."""
   parts = []
   if column.key in VALIDATION:
@@ -343,13 +355,13 @@ def _settings(trial: Trial, column: Column, rope_scaling: str | None) -> str | N
     if evaluated is None:
       return None
     if rope_scaling is not None:
-      parts.append(factor_text(evaluated.rope_factor))
+      parts.append(factor_text(applied_factor(evaluated.rope_factor, column.multiple)))
     if evaluated.depths is not None:
       parts.append("depths [" + ", ".join(f"{d:g}" for d in evaluated.depths) + "]")
     if evaluated.trials is not None:
       parts.append(f"{evaluated.trials} key{'s' if evaluated.trials != 1 else ''} per cell")
   elif column.length is not None and rope_scaling is not None and trial.evaluation(rope_scaling) is not None:
-    parts.append(factor_text(trial.evaluation(rope_scaling).rope_factor))
+    parts.append(factor_text(applied_factor(trial.evaluation(rope_scaling).rope_factor, column.multiple)))
   return ", ".join(parts) or None
 
 
@@ -478,6 +490,8 @@ def build_table(runs: RunSet) -> Table:
       cells[(gi, c.key)] = Cell(tuple(values), tuple(dict.fromkeys(notes)), mixed=note is not None)
 
   incomparable = incomparable_fields([t for t in runs.trials if t.finished])
+  rare_incomparable = [f for f in RARE_MEANING if len({hashable(v) for t in runs.trials if t.finished
+                                                       and (v := t.field(f)) != MISSING}) > 1]
   rules = _validation_rules(groups, cells)
   best: dict[str, set[int]] = {}
   for c in columns:
@@ -487,11 +501,14 @@ def build_table(runs: RunSet) -> Table:
       continue
     if c.key in VALIDATION and rules:  # MLM validations of other (or untold) masks: lower is not better
       continue
+    if c.key == VALID_PPL_RARE and rare_incomparable:  # other training streams: other targets are rare
+      continue
     if len(means) >= 2 and not c.descriptive:  # bolding the only number in a column says nothing
       top = max(means.values()) if c.higher_is_better else min(means.values())
       best[c.key] = {gi for gi, m in means.items() if m == top}
   return Table(title=display(runs.name), fields=fields, short=short, columns=columns, groups=groups, cells=cells,
-               best=best, incomparable=incomparable, mixed=_mixed_warnings(groups, columns, mixed),
+               best=best, incomparable=incomparable, rare_incomparable=rare_incomparable,
+               mixed=_mixed_warnings(groups, columns, mixed),
                validation_rules=rules)
 
 
