@@ -149,9 +149,9 @@ def test_cli_prints_the_table_and_writes_the_file(runs):
     (["--workdir={alibi}", "--lengths=1,two"], "error: --lengths=1,two must be integers"),
     (["--workdir={alibi}", "--lengths=0,1"], "error: lengths=[0, 1] must be positive multiples of the training "
                                              "length"),
-    (["--workdir={alibi}", "--rope_scaling=yarn"], "error: rope_scaling='yarn' needs a run whose scheme rotates with "
+    (["--workdir={alibi}", "--rope_scaling=yarn"], "error: --rope_scaling=yarn needs a run whose scheme scales "
                                                    "RoPE's frequencies (rope, p_rope), but '{alibi}' was trained with "
-                                                   "model.position='alibi'"),
+                                                   "model.position='alibi', which does not"),
 ])
 def test_cli_errors_are_one_line_with_status_2(runs, tmp_path, args, message):
   paths = {"missing": tmp_path / "no_such_run", "alibi": runs["alibi"]}
@@ -671,23 +671,89 @@ def _fake_run_dir(path, **overrides):
 def test_an_evaluation_scaling_the_run_cannot_take_is_one_line_before_anything_loads(tmp_path):
   """--rope_scaling replaces the model's scaling (factor = the multiple): refused on a run trained with a scaling of
   its own, which would be dropped, and where the scaling cannot be computed (it raised ZeroDivisionError at 2x,
-  after scoring 1x)."""
+  after scoring 1x). The messages name the flag the user gave, not the model's field (they blamed
+  model.rope_scaling='ntk', which the run never set)."""
   scaled = _fake_run_dir(tmp_path / "scaled", **{"model.position": "rope", "model.rope_scaling": "linear",
                                                  "model.rope_factor": 4.0})
-  with pytest.raises(extrapolation.EvaluationError, match=r"^rope_scaling='ntk' would replace the scaling '.*scaled' "
+  with pytest.raises(extrapolation.EvaluationError, match=r"^--rope_scaling=ntk would replace the scaling '.*scaled' "
                                                           r"was trained with \(model.rope_scaling='linear', "
-                                                          r"rope_factor=4\); its plain evaluation already applies"):
+                                                          r"model.rope_factor=4\); its plain evaluation already "
+                                                          r"applies that one$"):
     extrapolation.evaluate_run(scaled, (1, 2), rope_scaling="ntk")
   narrow = _fake_run_dir(tmp_path / "narrow", **{"model.position": "rope", "model.rope_fraction": 0.125})
-  with pytest.raises(extrapolation.EvaluationError, match=r"^rope_scaling='ntk' does not suit '.*narrow': "
-                                                          r"model.rope_scaling='ntk' needs a rotary dimension >= 4"):
+  with pytest.raises(extrapolation.EvaluationError, match=r"^--rope_scaling=ntk does not suit '.*narrow': it needs "
+                                                          r"a rotary dimension >= 4 \(its base exponent is "
+                                                          r"d/\(d-2\)\), got 2 \(head dimension x "
+                                                          r"model.rope_fraction, rounded down to even\)$"):
     extrapolation.evaluate_run(narrow, (1, 2), rope_scaling="ntk")
   base_one = _fake_run_dir(tmp_path / "base_one", **{"model.position": "rope", "model.rope_base": 1.0})
-  with pytest.raises(extrapolation.EvaluationError, match=r"^rope_scaling='yarn' does not suit .*rope_base > 1"):
+  with pytest.raises(extrapolation.EvaluationError, match=r"^--rope_scaling=yarn does not suit '.*base_one': it "
+                                                          r"needs model.rope_base > 1 .*got 1$"):
     extrapolation.evaluate_run(base_one, (1, 2), rope_scaling="yarn")
   extrapolation.check_run_options(narrow, tiny_config(**{"model.position": "rope", "model.rope_fraction": 0.125}),
                                   [1, 2], mode="nonoverlapping", stride=None, rope_scaling="yarn",
                                   passkey=False)  # what it can take passes
+
+
+@pytest.mark.parametrize("scaling", ["linear", "ntk", "yarn"])
+def test_a_run_trained_with_a_scaling_at_factor_1_trained_plain_rope_and_takes_one_at_evaluation(scaling):
+  """At model.rope_factor=1 every scaling is plain RoPE (`rope_frequencies` returns before scaling): such a run was
+  refused, "its plain evaluation already applies that one", though its plain evaluation applies none."""
+  from research.embeddings import registry
+  from research.train import configuration
+  config = tiny_config(**{"model.position": "rope", "model.rope_scaling": scaling, "model.rope_factor": 1.0})
+  trained = configuration.model_config(config)
+  plain = dataclasses.replace(trained, rope_scaling="none")
+  for a, b in zip(registry.get_scheme("rope")(trained).frequencies(), registry.get_scheme("rope")(plain).frequencies()):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # what the run trained is plain RoPE
+  for evaluated in ("linear", "ntk", "yarn"):
+    extrapolation.check_run_options("run", config, [1, 2], mode="nonoverlapping", stride=None,
+                                    rope_scaling=evaluated, passkey=True)
+  config.model.rope_factor = 1.5  # a scaling that did change the frequencies is still refused
+  with pytest.raises(extrapolation.EvaluationError, match=r"^--rope_scaling=linear would replace the scaling 'run' "
+                                                          rf"was trained with \(model.rope_scaling='{scaling}', "
+                                                          r"model.rope_factor=1.5\)"):
+    extrapolation.check_run_options("run", config, [1, 2], mode="nonoverlapping", stride=None,
+                                    rope_scaling="linear", passkey=False)
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.1])
+def test_a_scaling_of_a_run_that_rotates_nothing_is_refused_before_anything_loads(tmp_path, keep):
+  """p_rope with model.rope_keep_fraction=0 (NoPE), or one that keeps less than a pair of 8 (int(p·16 // 2) = 0, as
+  p-RoPE computes it), rotates nothing: --rope_scaling was accepted and eval/extrapolation_<S>.json held the plain
+  evaluation's numbers (linear, ntk) or the plain model times YaRN's attention factor, labelled as scaled. With
+  --passkey too; a fraction that keeps one pair takes a scaling."""
+  from research.train import configuration
+  run = _fake_run_dir(tmp_path / "nope", **{"model.position": "p_rope", "model.rope_keep_fraction": keep})
+  for scaling in ("linear", "ntk", "yarn"):
+    for passkey in (False, True):
+      with pytest.raises(extrapolation.EvaluationError, match=(
+          rf"^--rope_scaling={scaling} has nothing to scale in '.*nope': its model.position='p_rope' rotates nothing "
+          rf"\(model.rope_keep_fraction={keep:g} keeps none of its 8 rotary frequencies\)$")):
+        extrapolation.evaluate_run(run, (1, 2), rope_scaling=scaling, passkey=passkey)
+  assert not (run / "eval").exists() or not any((run / "eval").iterdir())
+  one_pair = tiny_config(**{"model.position": "p_rope", "model.rope_keep_fraction": 0.125})
+  assert relative.p_rope_kept_pairs(8, 0.125) == 1
+  assert int(np.count_nonzero(relative.p_rope_frequencies(np.ones(8, np.float32), 0.125))) == 1
+  assert configuration.unrotated_reason(configuration.model_config(one_pair)) is None
+  extrapolation.check_run_options("run", one_pair, [1, 2], mode="nonoverlapping", stride=None,
+                                  rope_scaling="ntk", passkey=True)
+  # A model.rope_fraction that leaves no pair is RoPE's validation's to refuse, in one line, before anything loads.
+  narrowest = _fake_run_dir(tmp_path / "narrowest", **{"model.position": "rope", "model.rope_fraction": 0.0625})
+  with pytest.raises(configuration.ConfigError, match=r"^model.rope_fraction=0.0625 must be in \(0, 1\] and rotate "
+                                                      r"at least 2 of the 16 head dimensions$"):
+    extrapolation.evaluate_run(narrowest, (1, 2), rope_scaling="linear")
+
+
+def test_xpos_is_refused_a_rope_scaling_for_what_it_is():
+  """xPos rotates with RoPE's frequencies; the refusal said it did not. It never scales them."""
+  config = tiny_config(**{"model.position": "xpos"})
+  with pytest.raises(extrapolation.EvaluationError, match=r"^--rope_scaling=yarn needs a run whose scheme scales "
+                                                          r"RoPE's frequencies \(rope, p_rope\), but 'run' was "
+                                                          r"trained with model.position='xpos', which does not \(it "
+                                                          r"rotates with RoPE's frequencies but never scales them"):
+    extrapolation.check_run_options("run", config, [1, 2], mode="nonoverlapping", stride=None, rope_scaling="yarn",
+                                    passkey=False)
 
 
 def test_a_p_rope_run_takes_rope_scaling_at_evaluation_as_in_training():

@@ -193,8 +193,8 @@ def _one_error_line(result) -> str:
     ({"passkey_trials": 3}, "EVALUATE: --passkey_trials applies with --passkey only"),
     ({"passkey": False, "passkey_depths": [0.5]}, "EVALUATE: --passkey_depths applies with --passkey only"),
     # What only a trial's config rules out: named with the trial.
-    ({"rope_scaling": "linear"}, "EVALUATE does not suit trial 'position=alibi': rope_scaling='linear' needs a run "
-                                 "whose scheme rotates with RoPE's frequencies"),
+    ({"rope_scaling": "linear"}, "EVALUATE does not suit trial 'position=alibi': --rope_scaling=linear needs a run "
+                                 "whose scheme scales RoPE's frequencies"),
     ({"mode": "sliding", "stride": 1000}, "EVALUATE does not suit trial 'position=rope': --stride=1000 must be an "
                                           "integer between 1 and 64"),
 ])
@@ -204,6 +204,19 @@ def test_every_evaluate_value_research_evaluate_would_refuse_is_refused_when_the
                      evaluate=evaluate)
   with pytest.raises(configuration.ConfigError, match=re.escape(f"sweep {str(path)!r}: {message}")):
     sweeps.load_sweep(path)
+
+
+def test_a_rope_scaling_for_a_trial_that_rotates_nothing_is_refused_when_the_sweep_loads(tmp_path):
+  """p_rope with model.rope_keep_fraction=0 rotates nothing: every trial would train, then write plain numbers
+  labelled as scaled (research-evaluate now refuses it); a trial that keeps some frequencies loads."""
+  trials = [{"model.position": "p_rope", "model.rope_keep_fraction": keep} for keep in (0.5, 0.0)]
+  path = write_sweep(tmp_path / "bad.py", trials, evaluate={"rope_scaling": "yarn", "passkey": True})
+  with pytest.raises(configuration.ConfigError, match=re.escape(
+      f"sweep {str(path)!r}: EVALUATE does not suit trial 'position=p_rope,rope_keep_fraction=0.0': "
+      f"--rope_scaling=yarn has nothing to scale in 'position=p_rope,rope_keep_fraction=0.0': its "
+      f"model.position='p_rope' rotates nothing (model.rope_keep_fraction=0 keeps none of its 8 rotary frequencies)")):
+    sweeps.load_sweep(path)
+  sweeps.load_sweep(write_sweep(tmp_path / "good.py", trials[:1], evaluate={"rope_scaling": "yarn"}))
 
 
 def test_evaluate_for_a_masked_lm_trial_is_refused_when_the_sweep_loads(tmp_path):

@@ -159,6 +159,17 @@ class RotaryPositions(PositionalScheme):
     if cfg.rope_factor > 1.0:  # at factor 1 every scaling is plain RoPE (`rope_frequencies` returns before dividing)
       check_scaling(cfg, cfg.rope_scaling)
 
+  @classmethod
+  def unrotated_note(cls, cfg) -> str | None:
+    """Why this config rotates no channel pair, or None when it rotates at least one: a RoPE scaling of it would
+    change nothing but YaRN's attention factor. Pure Python, no JAX: research-evaluate asks it before anything
+    loads. (`validate` refuses a model.rope_fraction that leaves no pair, so of a valid config only a subclass that
+    rotates fewer pairs, p_rope, can say more than None.)"""
+    head_dim = cfg.width // cfg.num_heads
+    if rope_rotary_dim(head_dim, cfg.rope_fraction) >= 2:
+      return None
+    return f"model.rope_fraction={cfg.rope_fraction:g} leaves no pair of the {head_dim} head dimensions to rotate"
+
   def frequencies(self):
     """(inv_freq [rotary_dim // 2], attention_factor) for this config (see `rope_frequencies`)."""
     cfg = self.cfg
@@ -258,8 +269,15 @@ def p_rope_frequencies(inv_freq_R, keep_fraction: float):
   `apply_p_rope`, which pads the timescales with ∞ after `int(p · head_dim // 2)` rotating pairs. p = 1 is RoPE,
   p = 0 is NoPE."""
   pairs = inv_freq_R.shape[0]
-  kept = int(keep_fraction * 2 * pairs // 2)
-  return jnp.where(jnp.arange(pairs) < kept, inv_freq_R, 0.0).astype(inv_freq_R.dtype)
+  return jnp.where(jnp.arange(pairs) < p_rope_kept_pairs(pairs, keep_fraction), inv_freq_R,
+                   0.0).astype(inv_freq_R.dtype)
+
+
+def p_rope_kept_pairs(pairs: int, keep_fraction: float) -> int:
+  """How many of RoPE's `pairs` frequencies p-RoPE keeps rotating: `int(p · head_dim // 2)` as the paper's
+  `apply_p_rope` computes it (head_dim = 2·pairs), 0 when p·pairs < 1. Pure Python, so a check can ask it without
+  starting JAX (`PartialFrequencyRotaryPositions.unrotated_note`, which research-evaluate asks)."""
+  return int(keep_fraction * 2 * pairs // 2)
 
 
 @register("p_rope")
@@ -280,6 +298,15 @@ class PartialFrequencyRotaryPositions(RotaryPositions):
     super().validate(cfg)
     if not 0.0 <= cfg.rope_keep_fraction <= 1.0:
       raise ValueError(f"model.rope_keep_fraction={cfg.rope_keep_fraction} must be in [0, 1] (0 = NoPE, 1 = RoPE)")
+
+  @classmethod
+  def unrotated_note(cls, cfg) -> str | None:
+    """RoPE's, or the keep fraction's when it keeps none of the rotated pairs' frequencies (`p_rope_kept_pairs`:
+    p = 0 is NoPE, and p·R < 1 keeps none of R)."""
+    note, pairs = super().unrotated_note(cfg), rope_rotary_dim(cfg.width // cfg.num_heads, cfg.rope_fraction) // 2
+    if note or p_rope_kept_pairs(pairs, cfg.rope_keep_fraction) >= 1:
+      return note
+    return f"model.rope_keep_fraction={cfg.rope_keep_fraction:g} keeps none of its {pairs} rotary frequencies"
 
   def frequencies(self):
     inv_freq, attention_factor = super().frequencies()

@@ -428,6 +428,20 @@ def rotates_with_rope_or_none(position: str) -> bool | None:
     return None
 
 
+def unrotated_reason(cfg: ModelConfig) -> str | None:
+  """Why the scheme of `cfg`, one that rotates with RoPE's frequencies (`rotates_with_rope`), rotates no channel
+  pair, or None when it rotates at least one (the scheme's `unrotated_note`: p_rope's keep fraction may keep none
+  of the frequencies). Pure Python: no JAX starts."""
+  return registry.get_scheme(cfg.position).unrotated_note(cfg)
+
+
+def trains_scaled(cfg: ModelConfig) -> bool:
+  """Whether the model's own RoPE scaling changes its frequencies: a model.rope_scaling other than none with a
+  model.rope_factor other than 1 (at factor 1 every scaling is plain RoPE: `relative.rope_frequencies` returns
+  before scaling, YaRN's attention factor 0.1·ln 1 + 1 is 1)."""
+  return cfg.rope_scaling != "none" and cfg.rope_factor != 1.0
+
+
 def validate_rope_scaling(cfg: ModelConfig) -> None:
   """model.rope_scaling and model.rope_factor on a scheme that rotates with RoPE's frequencies (a subclass of
   `relative.RotaryPositions`: rope, p_rope); any other scheme would train unscaled while config.json says scaled.
