@@ -611,11 +611,11 @@ def evaluation_outdated(sweep: Sweep, trial_dir: Path) -> str | None:
   """Why a trial evaluated before (every file of `eval_files` exists) must be evaluated again for this sweep's
   EVALUATE, or None: its extrapolation file lacks a requested length, or records other options (mode, stride, split,
   RoPE factor, and `checkpoint` where the file records it, as files written since it does; the scaling is in the
-  file's name), or its passkey file other depths, trials or lengths (`passkey_outdated`), or an MLM trial's file
-  lacks `mlm_masks` (scored with masks per batch, which moved with the batch size: `extrapolation.MLM_MASKS`), its
-  loss_by_position file too when EVALUATE asks for by_position. What the files do not record is not compared:
-  `max_tokens_per_batch` (batching only); by_position's other options by the file's presence
-  (`missing_eval_files`)."""
+  file's name), or its passkey file other depths, trials, lengths or RoPE factor (`passkey_outdated`), or an MLM
+  trial's file lacks `mlm_masks` (scored with masks per batch, which moved with the batch size:
+  `extrapolation.MLM_MASKS`), its loss_by_position file too when EVALUATE asks for by_position. What the files do
+  not record is not compared: `max_tokens_per_batch` (batching only); by_position's other options by the file's
+  presence (`missing_eval_files`)."""
   if not sweep.evaluate:
     return None
   path = trial_dir / "eval" / eval_file(sweep)
@@ -669,20 +669,23 @@ def evaluation_outdated(sweep: Sweep, trial_dir: Path) -> str | None:
 
 
 def passkey_outdated(path: Path, options: Mapping[str, Any], multiples: Sequence[int]) -> str | None:
-  """Why an existing eval/passkey.json does not answer EVALUATE's passkey options, or None: it lacks a length, or
-  records other depths or another number of trials (passkey_depths, passkey_trials)."""
+  """Why an existing eval/passkey(_<scaling>).json does not answer EVALUATE's passkey options, or None: it lacks a
+  length, or records other depths or another number of trials (passkey_depths, passkey_trials), or, scaled, another
+  RoPE factor (rope_factor; None: the multiple at each length), as `evaluation_outdated` compares the extrapolation
+  file's (the scaling is in the file's name)."""
   try:
     report = json.loads(path.read_text())
     recorded = {int(r["multiple"]) for r in report["results"]}
-    depths, trials = [float(d) for d in report["depths"]], report["trials"]
+    got = {"depths": [float(d) for d in report["depths"]], "trials": report["trials"]}
   except (OSError, ValueError, TypeError, KeyError, OverflowError):
     return f"eval/{path.name} cannot be read"
   missing = [m for m in multiples if m not in recorded]
   if missing:
     return f"eval/{path.name} lacks length{'s' if len(missing) > 1 else ''} {', '.join(f'{m}x' for m in missing)}"
   wanted = {"depths": [float(d) for d in options["passkey_depths"]], "trials": options["passkey_trials"]}
-  differ = [f"{key}={got!r} (now {wanted[key]!r})" for key, got in (("depths", depths), ("trials", trials))
-            if got != wanted[key]]
+  if options["rope_scaling"]:
+    wanted["rope_factor"], got["rope_factor"] = options["rope_factor"], report.get("rope_factor")
+  differ = [f"{key}={got[key]!r} (now {value!r})" for key, value in wanted.items() if got[key] != value]
   return f"eval/{path.name} was made with {', '.join(differ)}" if differ else None
 
 

@@ -1260,6 +1260,41 @@ def test_an_evaluation_with_other_passkey_depths_or_trials_is_evaluated_again(tm
   assert plan({"lengths": [1], "passkey": "t"}) == ("evaluate", "eval/passkey.json is missing")
 
 
+def test_a_scaled_passkey_file_of_another_rope_factor_is_evaluated_again(tmp_path):
+  """passkey_<scaling>.json records its RoPE factor (None: the multiple at each length), a protocol setting as the
+  extrapolation file's is: one scored with another factor than EVALUATE asks for was kept, "finished (skipped)"."""
+  from research.evaluate import extrapolation, passkey
+  run = tmp_path / "out" / "trial"
+  run.mkdir(parents=True)
+  _write_trained_and_evaluated(run, step=4, valid_loss=3.0, checkpoint_step=4)
+
+  def write(factor_extrapolation, factor_passkey):
+    extrapolation.write_report(run, extrapolation.report_record(
+        train_len=32, mode="nonoverlapping", stride=None, split="valid", checkpoint_step=4, rope_scaling="linear",
+        rope_factor=factor_extrapolation, results=[extrapolation.result_record(1, 32, 20.0, 100)], checkpoint="best"))
+    record = passkey.report_record(train_len=32, checkpoint_step=4, seed=0, trials=2, depths=[0.5],
+                                   rope_scaling="linear", rope_factor=factor_passkey, checkpoint="best",
+                                   results=[passkey.cell_record(1, 32, 0.5, note="too short")])
+    (run / "eval" / passkey.report_file("linear")).write_text(json.dumps(record))
+
+  def plan(**evaluate):
+    evaluate = {"lengths": [1], "passkey": True, "passkey_trials": 2, "passkey_depths": [0.5],
+                "rope_scaling": "linear", **evaluate}
+    sweep = sweeps.load_sweep(write_sweep(tmp_path / "s.py", [{"model.position": "rope", **TINY}], evaluate))
+    return sweeps.trial_plan(sweep, run, 4)
+
+  write(None, None)
+  assert plan() == ("skip", None)
+  assert plan(rope_factor=2) == ("evaluate", "eval/extrapolation_linear.json was made with rope_factor=None (now "
+                                             "2.0)")
+  write(2.0, None)  # the extrapolation file was evaluated again, the passkey file kept from the other factor
+  assert plan(rope_factor=2) == ("evaluate", "eval/passkey_linear.json was made with rope_factor=None (now 2.0)")
+  write(2.0, 2.0)
+  assert plan(rope_factor=2) == ("skip", None)
+  write(None, 2.0)
+  assert plan() == ("evaluate", "eval/passkey_linear.json was made with rope_factor=2.0 (now None)")
+
+
 @pytest.mark.parametrize("scaling", [None, "linear"])
 def test_evaluating_again_keeps_the_passkey_heatmap_it_redraws(tmp_path, scaling):
   """keep_previous_evaluation copied only the JSON files: passkey.png (passkey_<scaling>.png), which research-evaluate
