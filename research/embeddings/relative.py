@@ -39,7 +39,11 @@ def rope_frequencies(rot_dim: int, base: float = 10_000.0, scaling: str = "none"
       whose wavelength makes r rotations over L0: low = floor(.) at r = `beta_fast`, high = ceil(.) at r =
       `beta_slow` (HF's `truncate=True`), clamped to [0, d − 1] (d, not d/2, as HF does), and high + 0.001 when
       low == high. The ramp γ_i = clip((i − low) / (high − low), 0, 1) over pair index i blends θ'_i =
-      (θ_i / s)·γ_i + θ_i·(1 − γ_i): fast pairs keep θ_i (extrapolation), slow ones are interpolated. The
+      (θ_i / s)·γ_i + θ_i·(1 − γ_i): fast pairs keep θ_i (extrapolation), slow ones are interpolated. The ramp
+      is linear in the pair index i between the correction dimensions, as HF's `linear_ramp_factor` and the
+      authors' code (jquesnelle/yarn, `_yarn_linear_ramp_mask`) compute it, not linear in r = L0/λ_i as the
+      paper writes its γ(r) (that γ is 1 − γ_i here): r_i = L0·θ_i/(2π) falls geometrically with i, so the two
+      agree at the ends (up to the rounding of low and high) and differ in between. The
       attention factor (HF's "mscale", `get_mscale(s)` = 0.1·ln(s) + 1 with `attention_factor`, `mscale` and
       `mscale_all_dim` unset) multiplies cos and sin, so q·k logits of the rotated channels grow by its square.
   Returns (inv_freq of shape [rot_dim // 2], attention_factor); factor 1 (or "none") is plain RoPE.
