@@ -642,7 +642,7 @@ def test_an_unknown_section_is_named_as_a_section_with_the_sections_there_are():
   with pytest.raises(configuration.ConfigError) as err:
     configuration.validate(config)
   assert str(err.value) == ("unknown config field 'extra.a': there is no section 'extra'; sections: data, mesh, "
-                            "model, model.pretrained, train, train.embedding, train.position")
+                            "model, model.pretrained, train, train.embedding, train.head, train.position")
 
 
 @pytest.mark.parametrize("overrides,message", [
