@@ -20,6 +20,7 @@ from research import sweeps
 from research.evaluate import extrapolation
 from research.report import ReportError, build_report, load_runs
 from research.report import runs as runs_lib
+from research.report import tables
 from research.report.tables import short_names
 from research.train import configuration, loop
 
@@ -409,7 +410,11 @@ def test_rope_scaled_evaluations_are_extra_rows_below_their_group(tmp_path):
       np.mean([p[8] for p in linear]), rel=1e-12)
   yarn_row = rows["position=rope, rope_scaling=yarn"]
   assert yarn_row[0] == "3" and re.fullmatch(r"n/a\[\^\d+\]", yarn_row[1])  # valid ppl belongs to the plain row
-  assert all(re.search(r" \(n=2\)\**\[\^\d+\]$", c) for c in yarn_row[2:]), yarn_row
+  assert all(re.search(r" \(n=2\)\**(\[\^\d+\])+$", c) for c in yarn_row[2:]), yarn_row
+  # At 1x, without --rope_factor, the factor is 1: no scaling, the unscaled row's value, which is not ranked twice.
+  assert [report.data.cell(gi, f"ppl_{m}x_{m * TRAIN_LEN}").unscaled for m in MULTIPLES] == [True, False, False, False]
+  assert gi not in report.data.best["ppl_1x_64"] and tables.UNSCALED_NOTE in report.table
+  assert not report.data.cell(labels.index("position=rope, rope_scaling=linear"), "ppl_1x_64").unscaled  # factor 4
   assert "not evaluated (no eval/extrapolation_yarn.json)" in report.table
   assert "valid ppl is in the row without rope_scaling" in report.table
   md = report.markdown_path.read_text()

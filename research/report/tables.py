@@ -112,6 +112,9 @@ class Cell:
   notes: tuple[str, ...] = ()  # why the group's other trials have none (and `mixed`'s note first)
   # Whether the values come from files of different settings (`_mixed_note`): footnoted and not ranked for best.
   mixed: bool = False
+  # A RoPE-scaled row's perplexity where every trial applied factor 1 (`applied_factor`: no --rope_factor, at 1x):
+  # no scaling at all, so the unscaled row's value; footnoted and not ranked (it would tie with that row for best).
+  unscaled: bool = False
 
   @property
   def n(self) -> int:
@@ -440,6 +443,15 @@ def scaling_label(short: dict[str, str]) -> str:
   return scaling_name(short).replace("eval_", "eval ")
 
 
+UNSCALED_NOTE = "factor 1 here applies no scaling: the unscaled row's value, not ranked"
+
+
+def _applies_no_scaling(group: Group, column: Column) -> bool:
+  """Whether every finished trial of a scaled row that has a file of its scaling applied factor 1 at `column`."""
+  files = [e for t in group.finished if (e := t.evaluation(group.rope_scaling)) is not None]
+  return bool(files) and all(applied_factor(e.rope_factor, column.multiple) == 1.0 for e in files)
+
+
 def _with_scaled_rows(groups: list[Group], short: dict[str, str]) -> list[Group]:
   """Each group followed by one row per RoPE scaling that any of its trials was evaluated with."""
   name = scaling_label(short)
@@ -487,7 +499,12 @@ def build_table(runs: RunSet) -> Table:
       if note is not None:
         notes.insert(0, note)
         mixed[(gi, c.key)] = settings
-      cells[(gi, c.key)] = Cell(tuple(values), tuple(dict.fromkeys(notes)), mixed=note is not None)
+      unscaled = (g.rope_scaling is not None and c.length is not None and not c.passkey and bool(values)
+                  and note is None and _applies_no_scaling(g, c))
+      if unscaled:
+        notes.insert(0, UNSCALED_NOTE)
+      cells[(gi, c.key)] = Cell(tuple(values), tuple(dict.fromkeys(notes)), mixed=note is not None,
+                                unscaled=unscaled)
 
   incomparable = incomparable_fields([t for t in runs.trials if t.finished])
   rare_incomparable = [f for f in RARE_MEANING if len({hashable(v) for t in runs.trials if t.finished
@@ -495,8 +512,8 @@ def build_table(runs: RunSet) -> Table:
   rules = _validation_rules(groups, cells)
   best: dict[str, set[int]] = {}
   for c in columns:
-    means = {gi: cells[(gi, c.key)].mean for gi in range(len(groups))
-             if cells[(gi, c.key)].n and not cells[(gi, c.key)].mixed}  # a mean of mixed settings is no result
+    means = {gi: cells[(gi, c.key)].mean for gi in range(len(groups))  # a mean of mixed settings is no result
+             if cells[(gi, c.key)].n and not cells[(gi, c.key)].mixed and not cells[(gi, c.key)].unscaled}
     if c.perplexity and incomparable:  # another objective, vocabulary or text: lower is not better
       continue
     if c.key in VALIDATION and rules:  # MLM validations of other (or untold) masks: lower is not better
