@@ -251,6 +251,7 @@ def test_the_fork_server_gives_what_a_subprocess_gives(module, args, tmp_path, m
   """tests/cli_server.py runs most of the suite's command lines: the same output and status as `python -m` in a
   process of its own, in another working directory too (relative paths and the output files are that directory's)."""
   from tests import train_utils
+  monkeypatch.setenv(train_utils.SUBPROCESS_ONLY, "0")  # (a suite run with RESEARCH_TESTS_SUBPROCESS=1 too)
   forked = cli(module, *args, cwd=tmp_path)
   assert train_utils._server is not None and train_utils._server.poll() is None  # it ran there
   monkeypatch.setenv(train_utils.SUBPROCESS_ONLY, "1")
