@@ -351,13 +351,11 @@ def check_options(lengths: Sequence[int], *, mode: str = "nonoverlapping", strid
   return multiples
 
 
-def check_run_options(workdir: str | Path, config: ml_collections.ConfigDict, multiples: Sequence[int], *,
-                      mode: str, stride: int | None, rope_scaling: str | None, passkey: bool) -> None:
-  """One-line errors for options the run's config.json rules out; before its checkpoint is restored (and before a
-  sweep trains the run: research/sweeps.py `check_evaluate_options`)."""
+def _check_scaling_option(workdir: str | Path, config: ml_collections.ConfigDict, rope_scaling: str) -> None:
+  """`check_run_options`'s one-line errors for `--rope_scaling` on the run of `config`."""
   position = config.model.position
   flag = f"--rope_scaling={rope_scaling}"
-  if rope_scaling and not configuration.rotates_with_rope_or_none(position):  # None: loading the run names it
+  if not configuration.rotates_with_rope_or_none(position):  # None: loading the run names it
     # Only the schemes that scale RoPE's frequencies (rope, p_rope) read the scaling: another would run unchanged
     # and extrapolation_<scaling>.json would hold plain numbers labelled as scaled ones. xPos rotates with RoPE's
     # frequencies but never scales them (its validation refuses model.rope_scaling): its decay is its length control.
@@ -365,28 +363,35 @@ def check_run_options(workdir: str | Path, config: ml_collections.ConfigDict, mu
            "scores instead)" if position == "xpos" else "")
     raise EvaluationError(f"{flag} needs a run whose scheme scales RoPE's frequencies (rope, p_rope), but "
                           f"{str(workdir)!r} was trained with model.position={position!r}, which does not{why}")
-  model_cfg = configuration.model_config(config) if rope_scaling else None
-  unrotated = configuration.unrotated_reason(model_cfg) if rope_scaling else None
+  model_cfg = configuration.model_config(config)
+  unrotated = configuration.unrotated_reason(model_cfg)
   if unrotated:
     # The scaled frequencies would all be 0 (or absent): linear and NTK give the plain numbers, YaRN the plain model
     # with its attention factor, each labelled as scaled.
     raise EvaluationError(f"{flag} has nothing to scale in {str(workdir)!r}: its model.position={position!r} "
                           f"rotates nothing ({unrotated})")
-  if rope_scaling and configuration.trains_scaled(model_cfg):
+  if configuration.trains_scaled(model_cfg):
     # The evaluation's scaling replaces the model's (factor = the multiple): the run's trained one would be dropped,
     # and extrapolation_<scaling>.json would hold another model's numbers. At model.rope_factor=1 the run trained
     # plain RoPE whatever model.rope_scaling says, so nothing is dropped.
     raise EvaluationError(f"{flag} would replace the scaling {str(workdir)!r} was trained with "
                           f"(model.rope_scaling={model_cfg.rope_scaling!r}, model.rope_factor="
                           f"{model_cfg.rope_factor:g}); its plain evaluation already applies that one")
-  if rope_scaling:  # the factor is the multiple (> 1 past 1x) unless --rope_factor says otherwise
-    try:
-      relative.check_scaling(model_cfg, rope_scaling)
-    except ValueError as e:
-      # check_scaling names the model's field (RoPE's validation asks it of model.rope_scaling): the user gave the flag
-      field, reason = f"model.rope_scaling={rope_scaling!r} ", str(e)
-      reason = f"it {reason[len(field):]}" if reason.startswith(field) else reason
-      raise EvaluationError(f"{flag} does not suit {str(workdir)!r}: {reason}") from None
+  try:  # the factor is the multiple (> 1 past 1x) unless --rope_factor says otherwise
+    relative.check_scaling(model_cfg, rope_scaling)
+  except ValueError as e:
+    # check_scaling names the model's field (RoPE's validation asks it of model.rope_scaling): the user gave the flag
+    field, reason = f"model.rope_scaling={rope_scaling!r} ", str(e)
+    reason = f"it {reason[len(field):]}" if reason.startswith(field) else reason
+    raise EvaluationError(f"{flag} does not suit {str(workdir)!r}: {reason}") from None
+
+
+def check_run_options(workdir: str | Path, config: ml_collections.ConfigDict, multiples: Sequence[int], *,
+                      mode: str, stride: int | None, rope_scaling: str | None, passkey: bool) -> None:
+  """One-line errors for options the run's config.json rules out; before its checkpoint is restored (and before a
+  sweep trains the run: research/sweeps.py `check_evaluate_options`)."""
+  if rope_scaling:
+    _check_scaling_option(workdir, config, rope_scaling)
   if passkey and config.objective != "clm":
     raise EvaluationError(f"passkey retrieval needs a causal LM, but {str(workdir)!r} was trained with "
                           f"objective={config.objective!r} (a masked LM does not generate the key left to right)")
