@@ -68,11 +68,15 @@ def incomparable_fields(trials: list[Trial]) -> list[str]:
   or overrides: a field need not be a swept field's label to differ); a trial without the field is not counted.
   data.vocab_size is the vocabulary the run really has (`real_vocab_size`): a byte or char tokenizer ignores the
   field, and a corpus too small for it gives fewer ids."""
-  def differs(name: str, among: list[Trial]) -> bool:
-    value = real_vocab_size if name == "data.vocab_size" else lambda t: t.field(name)
-    return len({hashable(v) for t in among if (v := value(t)) != MISSING}) > 1
   mlm = [t for t in trials if t.field("objective") == "mlm"]
-  return [f for f in PPL_MEANING if differs(f, trials)] + [f for f in MLM_MEANING if differs(f, mlm)]
+  return [f for f in PPL_MEANING if _differs(f, trials)] + [f for f in MLM_MEANING if _differs(f, mlm)]
+
+
+def _differs(name: str, trials: list[Trial]) -> bool:
+  """Whether `trials` hold more than one value of field `name` (a trial without it not counted; data.vocab_size: the
+  vocabulary the run really has, `real_vocab_size`)."""
+  value = real_vocab_size if name == "data.vocab_size" else lambda t: t.field(name)
+  return len({hashable(v) for t in trials if (v := value(t)) != MISSING}) > 1
 
 
 def real_vocab_size(trial: Trial) -> Any:
@@ -347,8 +351,9 @@ def applied_factor(factor: float | None, multiple: float | None) -> float | None
 def _settings(trial: Trial, column: Column, rope_scaling: str | None) -> str | None:
   """The settings of the file `trial`'s value in `column` comes from that the report does not group by, and in
   which the trials of one cell may differ (research-sweep evaluates a trial again for either: its
-  `evaluation_outdated`): a scaled row's RoPE factor at the column's length (`applied_factor`); passkey's depths and keys per cell; an MLM's validation masks
-  (summary.json's figures: `Trial.validation_masks`). None where none apply."""
+  `evaluation_outdated`): a scaled row's RoPE factor at the column's length (`applied_factor`); passkey's depths
+  and keys per cell; an MLM's validation masks (summary.json's figures: `Trial.validation_masks`). None where none
+  apply."""
   parts = []
   if column.key in VALIDATION:
     masks = trial.validation_masks
@@ -506,9 +511,9 @@ def build_table(runs: RunSet) -> Table:
       cells[(gi, c.key)] = Cell(tuple(values), tuple(dict.fromkeys(notes)), mixed=note is not None,
                                 unscaled=unscaled)
 
-  incomparable = incomparable_fields([t for t in runs.trials if t.finished])
-  rare_incomparable = [f for f in RARE_MEANING if len({hashable(v) for t in runs.trials if t.finished
-                                                       and (v := t.field(f)) != MISSING}) > 1]
+  finished = [t for t in runs.trials if t.finished]
+  incomparable = incomparable_fields(finished)
+  rare_incomparable = [f for f in RARE_MEANING if _differs(f, finished)]
   rules = _validation_rules(groups, cells)
   best: dict[str, set[int]] = {}
   for c in columns:
