@@ -162,6 +162,31 @@ def unused_fields(previous: Mapping[str, Any], current: Mapping[str, Any],
   return unused
 
 
+def unread_reason(field: str, config: Mapping[str, Any]) -> str:
+  """Why `field` (one of `unused_fields(config, config)`) is not read by `config`'s model, for research-train's note
+  on a value that was set (not the default) but shapes nothing."""
+  position, optimizer, schedule = (_get(config, f) for f in ("model.position", "train.optimizer", "train.schedule"))
+  if field in SCHEME_FIELDS:
+    return f"read only by model.position {' or '.join(SCHEME_FIELDS[field])}, and this run's is {position!r}"
+  if field in OPTIMIZER_FIELDS:
+    return f"read only by train.optimizer {' or '.join(OPTIMIZER_FIELDS[field])}, and this run's is {optimizer!r}"
+  reasons = {
+      CHAR_FIELDS: "read only with a character CNN, and this run's model.char_embeddings is 'none'",
+      ROPE_SCALING_FIELDS: f"read only by a scheme that rotates with RoPE, and this run's is {position!r}",
+      MLM_FIELDS: "read only by objective mlm, and this run's is 'clm'",
+      ("data.vocab_size",): f"not read by the {_get(config, 'data.tokenizer')!r} tokenizer's fixed vocabulary",
+      ("train.min_lr_ratio",): f"read only by train.schedule {' or '.join(FLOOR_SCHEDULES)}, and this run's is "
+                               f"{schedule!r}",
+      FROZEN_TABLE_FIELDS: "not read while train.embedding.freeze is true",
+      PRETRAINED_FIELDS: f"read only with model.embed_init 'pretrained', and this run's is "
+                         f"{_get(config, 'model.embed_init', 'normal')!r}",
+      ("model.pos_dim",): "read only with model.combine other than 'add', and this run's is 'add'",
+      ("model.max_position",): "read only with model.position_sampling other than 'none', and this run's is 'none'",
+      POSITION_GROUP_FIELDS: f"read only by a scheme with parameters, and {position!r} has none",
+      UNTIED_HEAD_FIELDS: "read only by an untied head, and this run's model.tie_embeddings is true"}
+  return next((why for fields, why in reasons.items() if field in fields), "not read by this run's model")
+
+
 def _same_as_default(config: Mapping[str, Any], field: str, default_field: str) -> bool:
   """Whether `field` is 0 (which means `default_field`'s value) or that value itself."""
   value, default = _get(config, field, 0), _get(config, default_field)

@@ -697,15 +697,58 @@ def test_a_warmup_longer_than_the_run_is_a_note(tmp_path, capsys):
   """warmup_steps > steps is legal (a smoke run of a config with a long warmup), but the learning rate never
   reaches its peak nor the schedule's decay: the run says so."""
   loop.train(tiny_config(**{"train.steps": 3, "train.eval_batches": 1, "train.checkpoint_every": 3,
-                            "train.eval_every": 3}), tmp_path / "run")
+                            "train.eval_every": 3, "model.position": "rope", "model.t5_buckets": 16}),
+             tmp_path / "run")
+  out = capsys.readouterr().out
   assert ("note: train.warmup_steps=20 is more than train.steps=3: the learning rate warms up for the whole run, to "
-          "10% of train.learning_rate at the last step, and the cosine schedule after warmup never starts") \
-      in capsys.readouterr().out
+          "10% of train.learning_rate at the last step, and the cosine schedule after warmup never starts") in out
+  assert ("note: model.t5_buckets=16 is read only by model.position t5, and this run's is 'rope': it changes "
+          "nothing in this run") in out  # (`unread_notes`, printed with the other notes)
   # Equal: the last update is step 19's, at 19/20 of the peak: the same note.
   assert configuration.schedule_notes(tiny_config(**{"train.steps": 20})) == [
       "note: train.warmup_steps=20 is equal to train.steps=20: the learning rate warms up for the whole run, to 95% "
       "of train.learning_rate at the last step, and the cosine schedule after warmup never starts"]
   assert configuration.schedule_notes(tiny_config(**{"train.steps": 21})) == []
+
+
+def test_a_set_field_the_model_never_reads_is_a_note_naming_what_reads_it():
+  """A value the chosen scheme, objective or optimizer never reads trains the model of the default value while
+  config.json records it: a note per such field, none for a default value, a field the run reads, or a value that
+  names the same model (model.table_dim equal to d_model)."""
+  notes = loop.unread_notes(tiny_config(**{"model.position": "rope", "model.rope_keep_fraction": 0.5,
+                                           "model.t5_max_distance": 64, "train.momentum": 0.5}))
+  assert notes == [
+      "note: train.momentum=0.5 is read only by train.optimizer sgd, and this run's is 'adamw': it changes nothing in "
+      "this run",
+      "note: model.rope_keep_fraction=0.5 is read only by model.position p_rope, and this run's is 'rope': it "
+      "changes nothing in this run",
+      "note: model.t5_max_distance=64 is read only by model.position t5, and this run's is 'rope': it changes nothing "
+      "in this run"], notes
+  assert loop.unread_notes(tiny_config(**{"model.position": "p_rope", "model.rope_keep_fraction": 0.5})) == []
+  assert loop.unread_notes(tiny_config(**{"model.position": "rope"})) == []
+  assert loop.unread_notes(tiny_config(**{"model.table_dim": 64, "model.d_model": 64, "model.num_heads": 4})) == []
+  assert loop.unread_notes(tiny_config(**{"objective": "clm", "data.mlm_mask_rate": 0.5})) == [
+      "note: data.mlm_mask_rate=0.5 is read only by objective mlm, and this run's is 'clm': it changes nothing in "
+      "this run"]
+  # Every field a rule can list has its own reason, not the catch-all.
+  fields = (list(run_fields.SCHEME_FIELDS) + list(run_fields.OPTIMIZER_FIELDS) + [
+      *run_fields.CHAR_FIELDS, *run_fields.ROPE_SCALING_FIELDS, *run_fields.MLM_FIELDS, "data.vocab_size",
+      "train.min_lr_ratio", *run_fields.FROZEN_TABLE_FIELDS, *run_fields.PRETRAINED_FIELDS, "model.pos_dim",
+      "model.max_position", *run_fields.POSITION_GROUP_FIELDS, *run_fields.UNTIED_HEAD_FIELDS])
+  config = tiny_config().to_dict()
+  assert not [f for f in fields if run_fields.unread_reason(f, config) == "not read by this run's model"]
+
+
+def test_no_shipped_config_or_sweep_trial_sets_a_field_its_model_never_reads():
+  from research import sweeps
+  for path in sorted((ROOT / "configs").glob("*.py")):
+    if path.name != "__init__.py":
+      assert loop.unread_notes(sweeps.load_config_file(path).get_config()) == [], path
+  for path in sorted((ROOT / "configs" / "sweeps").glob("*.py")):
+    if path.name != "__init__.py":
+      sweep = sweeps.load_sweep(path)
+      for trial in sweep.trials:
+        assert loop.unread_notes(sweeps.trial_config(sweep, trial)) == [], (path, trial.name)
 
 
 @pytest.mark.slow

@@ -423,6 +423,23 @@ def unused_fields(previous: Mapping[str, Any], current: Mapping[str, Any]) -> tu
   return run_fields.unused_fields(previous, current, _rotates)
 
 
+# Fields `unused_fields` lists whose other values still name the same model (0 and its default's value): no note.
+SAME_MODEL_VALUES = ("model.table_dim", "model.max_len")
+
+
+def unread_notes(config: ml_collections.ConfigDict) -> list[str]:
+  """A note (the run is legal) for each field set to other than the schema's default that this run's model never
+  reads (`unused_fields` of the config with itself; the reason from `run_fields.unread_reason`), e.g.
+  model.rope_keep_fraction in a rope run (only p_rope reads it): config.json records the value, and the run trains
+  as it would at the default. Not refused: a user's base config may set a field of a scheme it does not always
+  choose (research-sweep warns of trials that therefore train the same model)."""
+  d, flat = config.to_dict(), configuration.flatten(config)
+  default = configuration.flatten(schema.get_config())
+  return [f"note: {field}={flat[field]!r} is {run_fields.unread_reason(field, d)}: it changes nothing in this run"
+          for field in unused_fields(d, d)
+          if field not in SAME_MODEL_VALUES and field in flat and flat[field] != default.get(field)]
+
+
 def same_model_ignored(previous: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[str, ...]:
   """The fields in which two configs may differ and still train the same model (`run_fields.same_model_ignored`,
   with the schemes imported here): research-sweep's same-model warning."""
@@ -1153,8 +1170,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   if not checkpoint_lib.has_checkpoint(workdir / "checkpoints"):  # a fresh start reads the vector file
     configuration.check_vector_file(config)
   check_not_shortened(config, workdir, NOT_SHORTENED_REMEDY)  # before the notes, which describe the run it makes
-  for line in configuration.schedule_notes(config):
-    print(line, flush=True)
+  if jax.process_index() == 0:
+    for line in configuration.schedule_notes(config) + unread_notes(config):
+      print(line, flush=True)
   workdir.mkdir(parents=True, exist_ok=True)
   lock = lock_workdir(workdir)
   try:
