@@ -1061,6 +1061,38 @@ def test_a_model_too_large_for_the_machine_is_one_line_before_anything_allocates
   assert time.time() - start < 120
 
 
+def test_a_huge_positional_table_is_refused_naming_the_parameter_not_only_the_block_sizes(tmp_path):
+  """cope_max_pos 10^9 makes each block's CoPE table 10^9 × head_dim: the line names that parameter and its shape
+  (the block fields it lists are all small)."""
+  trainer = loop.Trainer.build(tiny_config(**{"model.position": "cope", "model.cope_max_pos": 10 ** 9}), 512)
+  with pytest.raises(configuration.ConfigError) as info:
+    trainer.check_memory()
+  message = str(info.value)
+  assert re.search(r"the largest, block_\d+/\S*position_embed\S* of shape \(1000000000, \d+\), holds ", message), message
+
+
+def test_an_absurd_batch_is_refused_naming_train_batch_size_before_anything_compiles(tmp_path):
+  config = tiny_config(**{"train.batch_size": 2 ** 40, "train.steps": 2})
+  with pytest.raises(configuration.ConfigError) as info:
+    loop.train(config, tmp_path / "run")
+  assert str(info.value).startswith(f"train.batch_size={2 ** 40} does not fit: the residual stream"), str(info.value)
+  assert not (tmp_path / "run" / "config.json").exists()
+
+
+@pytest.mark.parametrize("overrides", [{"model.remat": "block"}, {"train.grad_accum": 2, "model.combine": "concat",
+                                                                  "model.position": "learned", "model.pos_dim": 16}])
+def test_the_residual_stream_bound_is_below_what_the_compiled_step_allocates(overrides):
+  """`residual_stream_bytes` refuses batches as a lower bound: XLA's own temporary buffers for the compiled train
+  step hold at least that (with remat too, which keeps each block's input)."""
+  trainer = loop.Trainer.build(tiny_config(**{"train.batch_size": 8, **overrides}), 512)
+  B, L = trainer.config.train.batch_size, trainer.config.data.seq_len
+  ints = jax.ShapeDtypeStruct((B, L), np.int32)
+  batch = {"inputs": ints, "targets": ints, "positions": ints, "weights": jax.ShapeDtypeStruct((B, L), np.float32)}
+  compiled = trainer.train_step.lower(trainer.abstract_state, batch).compile()
+  bound = loop.residual_stream_bytes(B // trainer.config.train.grad_accum, L, trainer.model.cfg)
+  assert 0 < bound <= compiled.memory_analysis().temp_size_in_bytes
+
+
 @pytest.mark.parametrize("overrides", [{}, {"model.table_dim": 16}, {"model.tie_embeddings": False},
                                        {"model.combine": "concat", "model.position": "learned", "model.pos_dim": 16}])
 def test_the_config_lower_bound_never_exceeds_the_real_parameter_count(overrides):

@@ -360,6 +360,22 @@ def matrix_params(m) -> int:
   return int(m.vocab_size) * int(m.table_width) + int(m.num_layers) * (4 * width * width + 2 * width * int(m.mlp_dim))
 
 
+def residual_stream_bytes(rows: int, seq_len: int, m) -> int:
+  """A lower bound on a micro-batch's activations: the float32 residual stream (rows × seq_len × width) at the input
+  of each block and after the last, which the backward pass keeps with or without model.remat (a block's remat
+  recomputes its inside from its input). Attention scores, MLP activations and logits come on top."""
+  return int(rows) * int(seq_len) * int(m.width) * (int(m.num_layers) + 1) * 4
+
+
+def largest_param(tree) -> str:
+  """'the largest, PATH of shape (a, b), holds N; ' for the parameter with the most entries, so that the "does not
+  fit" line names what made a model huge (a positional table of model.cope_max_pos or model.max_len rows, a wide
+  model.table_dim) and not only the fields that size the blocks."""
+  path, leaf = max(jax.tree_util.tree_flatten_with_path(tree)[0], key=lambda item: int(np.prod(item[1].shape)))
+  name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+  return f"the largest, {name} of shape {tuple(leaf.shape)}, holds {int(np.prod(leaf.shape)):,}; "
+
+
 def device_memory_bytes(device) -> tuple[int | None, str]:
   """(bytes a train state may use on `device`, how to name it): an accelerator's `bytes_limit`; on CPU the host's
   MemAvailable (Linux /proc/meminfo) divided among this process's CPU devices. (None, ...) when unknown."""
@@ -1067,8 +1083,10 @@ class Trainer:
     """One line, before anything allocates or compiles, when the train state alone cannot fit: per device, the
     shards of the parameters, the optimizer state and the gradients (`state_bytes_per_device`) against the device's
     memory (GPU / TPU: its `bytes_limit`; CPU: the host's MemAvailable shared by this process's devices). Without
-    this, such a run fails inside XLA's allocator or is killed by the kernel with no word. Activations are not
-    counted, so passing this check does not promise that a run fits.
+    this, such a run fails inside XLA's allocator or is killed by the kernel with no word. Of the activations only
+    a lower bound is counted, on its own (`residual_stream_bytes` of one micro-batch: an absurd train.batch_size is
+    refused naming it, instead of a traceback after compiling), so passing this check does not promise that a run
+    fits. The line names the largest parameter (`largest_param`) and a factorized table's model.table_dim.
 
     The memory is read first (tracing a very deep model takes memory of its own), and a lower bound from the config
     alone (`matrix_params`: the table and the blocks' matrices, float32, with their gradients, spread over every
@@ -1078,25 +1096,36 @@ class Trainer:
     if have is None:
       return
     m = self.model.cfg
-    def refuse(params: str, need: float, of_what: str, cnn: int = 0) -> None:
+    def refuse(params: str, need: float, of_what: str, cnn: int = 0, largest: str = "") -> None:
       # The character CNN's size follows model.char_filters (its highway is (Σ counts)² wide): named when it is most.
       chars = (f"{cnn:,} of them in the character CNN: model.char_filters={m.char_filters!r}, model.char_dim="
                f"{m.char_dim}; ") if cnn else ""
+      table = f"model.table_dim={m.table_dim}, " if m.table_width != m.d_model else ""
       raise configuration.ConfigError(
-          f"the model does not fit: {params} parameters ({chars}model.d_model={m.d_model}, model.num_layers="
-          f"{m.num_layers}, model.mlp_dim={m.mlp_dim}, a vocabulary of {m.vocab_size:,}) need {need / 2**30:.1f} "
+          f"the model does not fit: {params} parameters ({largest}{chars}{table}model.d_model={m.d_model}, "
+          f"model.num_layers={m.num_layers}, model.mlp_dim={m.mlp_dim}, a vocabulary of {m.vocab_size:,}) need "
+          f"{need / 2**30:.1f} "
           f"GiB per device for {of_what}, and {where} has {have / 2**30:.1f} GiB; use a smaller model, or more "
           f"devices (mesh.fsdp shards the state)")
     lower = matrix_params(m)
     if lower * 8 / self.mesh.size > have:
       refuse(f"at least {lower:,}", lower * 8 / self.mesh.size, "the parameters and their gradients alone")
+    t, seq_len = self.config.train, int(self.config.data.seq_len)
+    stream = residual_stream_bytes(t.batch_size // t.grad_accum, seq_len, m) / self.mesh.size
+    if stream > have:
+      raise configuration.ConfigError(
+          f"train.batch_size={t.batch_size} does not fit: the residual stream of one micro-batch alone "
+          f"({t.batch_size // t.grad_accum:,} rows of data.seq_len={seq_len}, float32, model width {m.width}, kept at "
+          f"the input of each of model.num_layers={m.num_layers} blocks and after the last) needs "
+          f"{stream / 2**30:.1f} GiB per device, and {where} has {have / 2**30:.1f} GiB; use a smaller "
+          f"train.batch_size, a larger train.grad_accum, or more devices")
     need = state_bytes_per_device(self.abstract_state, self.state_shardings)
     if need > have:
       tree = self.abstract_state.params
       params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
       cnn = sum(int(np.prod(x.shape)) for x in jax.tree.leaves([tree[k] for k in CHAR_MODULES if k in tree]))
       refuse(f"{params:,}", need, "the parameters, the optimizer state and the gradients",
-             cnn if 2 * cnn > params else 0)
+             cnn if 2 * cnn > params else 0, largest=largest_param(tree))
 
   def _init(self, rng):
     return steps.init_state(rng, model=self.model, optimizer=self.optimizer, seq_len=self.config.data.seq_len,
