@@ -510,6 +510,10 @@ def test_a_data_cache_where_the_corpus_reads_or_that_is_not_a_writable_directory
     assert isinstance(error, loop.StorageError) and "\n" not in str(error), error
     assert str(error).startswith("data.cache_dir '/sys/fs/research-cache' could not be written"), error
     assert "writable directory" in str(error) and str(tmp_path / "run") not in str(error)
+  if os.path.isdir("/proc/self"):  # procfs: mkdir of a new name answers ENOENT (not EACCES), root included
+    error = _cache_run(tmp_path, f"text:{data}", "/proc/research-cache")
+    assert isinstance(error, loop.StorageError) and "\n" not in str(error), error
+    assert str(error).startswith("data.cache_dir '/proc/research-cache' could not be written (FileNotFoundError"), error
 
 
 @pytest.mark.parametrize("content", [None, [], 3, {"train": ["a"], "valid": ["b"]}, {s: ["a", 1] for s in SPLITS},

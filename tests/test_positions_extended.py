@@ -628,6 +628,11 @@ def test_randomized_position_config_fields_resolve_and_validate():
   assert resolved.max_position == 64  # 0 = data.seq_len
   with pytest.raises(configuration.ConfigError, match=r"model.max_position=10 is smaller than data.seq_len=64"):
     configuration.validate(tiny_config(**{"model.position_sampling": "randomized", "model.max_position": 10}))
+  # Without randomized positions the field is unread (a note, `loop.unread_notes`), not a refusal blaming sampling;
+  # a negative value is still its own range line.
+  configuration.validate(tiny_config(**{"model.max_position": 10}))
+  with pytest.raises(configuration.ConfigError, match=r"model.max_position=-1 must be an integer >= 0"):
+    configuration.validate(tiny_config(**{"model.max_position": -1}))
   with pytest.raises(configuration.ConfigError, match=r"model.max_position=256 exceeds the 64 positions"):
     configuration.validate(tiny_config(**{"model.position_sampling": "randomized", "model.max_position": 256}))
   with pytest.raises(configuration.ConfigError, match=r"model.position_sampling='sorted' is not one of none, "):

@@ -650,9 +650,8 @@ def test_an_unknown_section_is_named_as_a_section_with_the_sections_there_are():
     ({"model.position": "learned", "model.rope_scaling": "yarn", "model.rope_factor": 8.0},
      "model.rope_scaling='yarn' with model.rope_factor=8 applies to model.position=p_rope or rope only; "
      "model.position='learned' would ignore it: set model.rope_scaling='none' and model.rope_factor=1"),
-    ({"model.position": "alibi", "model.rope_factor": 4.0}, "model.rope_scaling='none' with model.rope_factor=4 "
-                                                             "applies to model.position=p_rope or rope only; "
-                                                             "model.position='alibi' would ignore it"),
+    ({"model.position": "alibi", "model.rope_factor": 4.0}, "model.rope_factor=4 applies to model.position=p_rope "
+                                                             "or rope only; model.position='alibi' would ignore it"),
     # an OverflowError (int32) in the first step, after config.json, checkpoints/ and the tokenizer were written
     ({"model.position": "rope", "model.position_sampling": "randomized", "model.max_position": 3_000_000_000},
      "model.max_position=3000000000 is too large: at most 16,777,216 (2^24: "),

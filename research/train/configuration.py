@@ -179,6 +179,10 @@ def unknown_field_message(name: str, valid: Mapping[str, Any]) -> str:
   close = difflib.get_close_matches(name, list(valid), n=3, cutoff=0.6)
   hint = f" (did you mean {' or '.join(close)}?)" if close else ""
   sections = _sections(valid)
+  if name in sections:  # --config.model=3, --set=model=3: a value for a whole section
+    fields = sorted(v for v in valid if v.startswith(name + ".") and "." not in v[len(name) + 1:])
+    return f"{name!r} is a section, not a field: set its fields one by one ({name}.FIELD=VALUE); its fields: " \
+           f"{', '.join(fields)}"
   if "." not in name:
     top = sorted(v for v in valid if "." not in v)
     return f"unknown config field {name!r}{hint}; top-level fields: {', '.join(top)}; sections: " \
@@ -372,7 +376,8 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
     raise ConfigError(f"data.seq_len={config.data.seq_len!r} must be >= 3 for mlm ([CLS] … [SEP])")
   validate_documents(config.data)
   validate_pretrained(config)
-  if config.model.max_position and config.model.max_position < config.data.seq_len:
+  if (config.model.position_sampling != "none" and isinstance(config.model.max_position, int)
+      and 0 < config.model.max_position < config.data.seq_len):  # (negative: ModelConfig's own range line)
     raise ConfigError(f"model.max_position={config.model.max_position} is smaller than data.seq_len="
                       f"{config.data.seq_len}: randomized positions draw seq_len distinct positions from it")
   minimum = len(tokenizers.SPECIAL_TOKENS) + 1
@@ -452,9 +457,11 @@ def validate_rope_scaling(cfg: ModelConfig) -> None:
   if rotates_with_rope(cfg.position):
     return
   rotary = [n for n in registry.names() if rotates_with_rope(n)]
-  raise ConfigError(f"model.rope_scaling={cfg.rope_scaling!r} with model.rope_factor={cfg.rope_factor:g} applies to "
-                    f"model.position={' or '.join(rotary)} only; model.position={cfg.position!r} would ignore it: "
-                    f"set model.rope_scaling={defaults['rope_scaling']!r} and "
+  given = " with ".join(text for text, differs in (  # the fields set, not a default beside them
+      (f"model.rope_scaling={cfg.rope_scaling!r}", cfg.rope_scaling != defaults["rope_scaling"]),
+      (f"model.rope_factor={cfg.rope_factor:g}", cfg.rope_factor != defaults["rope_factor"])) if differs)
+  raise ConfigError(f"{given} applies to model.position={' or '.join(rotary)} only; model.position={cfg.position!r} "
+                    f"would ignore it: set model.rope_scaling={defaults['rope_scaling']!r} and "
                     f"model.rope_factor={defaults['rope_factor']:g}")
 
 

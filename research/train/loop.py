@@ -1207,7 +1207,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   try:
     return _train_locked(config, workdir, mesh, start_time)
   except Exception as e:
-    full, denied = disk_full_reason(e), is_write_denied(e)
+    full, denied = disk_full_reason(e), is_write_denied(e) or cache_not_created(e, config, workdir)
     if not (full or denied):
       raise
     ignore_abandoned_writes()
@@ -1356,6 +1356,13 @@ WRITE_DENIED_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
 def is_write_denied(e: BaseException) -> BaseException | None:
   """The OSError of a denied write (permissions, a read-only mount) that `e` was raised from or during, or None."""
   return next((x for x in _exception_chain(e) if isinstance(x, OSError) and x.errno in WRITE_DENIED_ERRNOS), None)
+
+
+def cache_not_created(e: BaseException, config: ml_collections.ConfigDict, workdir: Path) -> OSError | None:
+  """The FileNotFoundError of a data cache directory that cannot be created where its parent exists (a directory of
+  /proc, say: mkdir answers ENOENT there), for the cache's own one line; None for anything else."""
+  return next((x for x in _exception_chain(e) if isinstance(x, FileNotFoundError)
+               and in_cache_dir(x, config, workdir)), None)
 
 
 class _OrbaxStorageNoise(logging.Filter):
