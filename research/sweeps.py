@@ -204,8 +204,9 @@ def load_config_file(path: str | Path, root_first: bool = False):
 
 def load_base_config(path: str | Path) -> ml_collections.ConfigDict:
   """The config a BASE_CONFIG file's get_config() returns, or research-train's one line for a file it would refuse:
-  no get_config(), one that raises (`line N: get_config() raised Type: message`), or one that returns no
-  ConfigDict (None, a dict)."""
+  no get_config(), one that raises (`line N: get_config() raised Type: message`), one that returns no ConfigDict
+  (None, a dict), or one whose fields `configuration.check_fields` refuses (unknown, missing, a section given a
+  value)."""
   module = load_config_file(path, root_first=True)
   file = Path(module.__file__)
   if not callable(getattr(module, "get_config", None)):
@@ -222,6 +223,10 @@ def load_base_config(path: str | Path) -> ml_collections.ConfigDict:
     got = "None" if config is None else f"a {type(config).__name__}"
     raise configuration.ConfigError(f"config file {str(file)!r}: get_config() returned {got}; it must return the "
                                     f"config (an ml_collections.ConfigDict)")
+  try:  # a typo'd field in the file is named with the file, not as if the sweep's overrides had it
+    configuration.check_fields(config)
+  except configuration.ConfigError as e:
+    raise configuration.ConfigError(f"config file {str(file)!r}: {e}") from None
   return config
 
 

@@ -1347,6 +1347,17 @@ def test_a_broken_base_config_fails_in_research_trains_one_line(tmp_path, source
       (" " if message.startswith("defines") else ": ") + message
 
 
+def test_a_typo_in_the_base_config_is_named_with_the_base_config_file(tmp_path):
+  base = tmp_path / "base.py"
+  base.write_text("from research import schema\ndef get_config():\n  c = schema.get_config()\n"
+                  "  c.model.d_modle = 32\n  return c\n")
+  path = write_sweep(tmp_path / "s.py", [{"seed": 0}], base=str(base))
+  with pytest.raises(configuration.ConfigError) as info:
+    sweeps.load_sweep(path)
+  assert str(info.value).startswith(f"sweep {str(path)!r}: BASE_CONFIG: config file {str(base)!r}: unknown config "
+                                    f"field 'model.d_modle' (did you mean model.d_model"), str(info.value)
+
+
 def test_a_sweep_file_and_a_base_config_without_py_load_as_research_train_loads_them(tmp_path):
   base = tmp_path / "base.cfg"
   base.write_text((ROOT / "configs" / "tiny.py").read_text())
