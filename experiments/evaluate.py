@@ -102,7 +102,7 @@ def run():
     interrupts.deliver()  # (a Ctrl-C recorded since the first line is raised here)
     # Multi-process jobs: a lost or missing process is one line, not a C++ report (after `deliver`: research-train's
     # comment says why).
-    supervisor.maybe_supervise()
+    supervisor.maybe_supervise(rerun=supervisor.RERUN_EVALUATE)  # a lost process's remedy: score again
     app.run(main, flags_parser=parse_flags)
   except KeyboardInterrupt:
     end_interrupted("nothing was scored to the end: rerun the command to evaluate")

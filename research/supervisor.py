@@ -14,7 +14,8 @@ child and relays its output (`maybe_supervise`):
   propagate" (which ends every process with one) they are held until the child ends;
 - when the child ends with the runtime's report (`lost_peer_message` reads it), this process prints instead one line,
   `error: lost process 1 of 2: no heartbeat for mesh.heartbeat_timeout_s seconds; process 0 stops too; rerun every
-  process with the same command to resume from the last checkpoint`, and exits with `LOST_PEER_EXIT` (3); when the
+  process with the same command to resume from the last checkpoint` (research-evaluate's says `... to evaluate
+  again`: `RERUN_EVALUATE`), and exits with `LOST_PEER_EXIT` (3); when the
   trainer had printed its own `error: ...` line first (it ended on an error, and the others could not end with it),
   that line stays the last one, with status 2; any other end passes through with the child's own exit status (128 + N
   for a signal N, with one line naming the signal).
@@ -44,7 +45,9 @@ OPT_OUT = "RESEARCH_SUPERVISE"  # "0": no supervisor
 CHILD_ENV = "RESEARCH_SUPERVISOR_PID"  # set in the child: the supervisor's pid
 LOST_PEER_EXIT = 3
 HOLD_S = 10.0
-RERUN = "rerun every process with the same command to resume from the last checkpoint"
+RERUN = "rerun every process with the same command to resume from the last checkpoint"  # research-train's remedy
+# research-evaluate's: it writes its files only at its end, so a lost process leaves nothing to resume.
+RERUN_EVALUATE = "nothing was written: rerun every process with the same command to evaluate again"
 
 _REPORT_START = re.compile(rb"^([IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]|Traceback \(most recent call last\)|"
                            rb"terminate called after throwing an instance of 'gloo::)")
@@ -100,12 +103,13 @@ def _lost_processes(report: str) -> list[int]:
   return sorted({int(i) for i in _TASK.findall(report)}) if "heartbeat" in report else []
 
 
-def lost_peer_message(report: str, environ: Mapping[str, str]) -> str | None:
+def lost_peer_message(report: str, environ: Mapping[str, str], rerun: str = RERUN) -> str | None:
   """The one line (without 'error: ') for a child that ended with the distributed runtime's report `report` (the
   stderr lines held back at its end), naming the lost process where the report says which; None when `report` is
-  not such a report (the child ended for another reason)."""
+  not such a report (the child ended for another reason). `rerun` is the command's remedy (`RERUN` resumes a
+  training, `RERUN_EVALUATE` scores again)."""
   index, count = process_identity(environ)
-  me = f"{'this process' if index is None else f'process {index}'} stops too; {RERUN}"
+  me = f"{'this process' if index is None else f'process {index}'} stops too; {rerun}"
   gloo = _GLOO.search(report)
   if _FATAL not in report and not gloo:
     return None
@@ -113,7 +117,7 @@ def lost_peer_message(report: str, environ: Mapping[str, str]) -> str | None:
   others = [i for i in lost if i != index]
   if lost and not others:
     return (f"this process ({_process(index, count)}) sent no heartbeat for mesh.heartbeat_timeout_s seconds and "
-            f"was declared lost; the others stop too; {RERUN}")
+            f"was declared lost; the others stop too; {rerun}")
   if others:
     of = "" if count is None else f" of {count}"
     names = f"process{'es' if len(others) > 1 else ''} {', '.join(map(str, others))}{of}"
@@ -121,9 +125,12 @@ def lost_peer_message(report: str, environ: Mapping[str, str]) -> str | None:
   address = environ.get("JAX_COORDINATOR_ADDRESS")
   at = f" at {address}" if address else ""
   if "RegisterTask" in report and "DEADLINE_EXCEEDED" in report:
+    # Two processes with one JAX_PROCESS_ID look the same from here: the coordinator counts one of them, and waits.
     every = "all" if count is None else f"all {count}"
+    ids = "0 … JAX_NUM_PROCESSES − 1" if count is None else f"0 … {count - 1}"
     return (f"the job did not come together: not {every} processes reached the coordinator{at} within "
-            f"mesh.init_timeout_s seconds (is every process started, with the same JAX_COORDINATOR_ADDRESS?)")
+            f"mesh.init_timeout_s seconds (is every process started, with the same JAX_COORDINATOR_ADDRESS and its "
+            f"own JAX_PROCESS_ID, one of {ids}?)")
   if "Shutdown barrier" in report:
     return (f"the processes did not end together: another one stopped early (its log says why) or could not "
             f"finish within mesh.heartbeat_timeout_s seconds; {me}")
@@ -196,15 +203,16 @@ def _die_with_parent(parent_pid: int) -> None:
     os._exit(1)
 
 
-def supervise(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
-  """Runs `argv` as the supervised child (see the module docstring) and returns the exit status to end with."""
+def supervise(argv: Sequence[str], environ: Mapping[str, str] | None = None, rerun: str = RERUN) -> int:
+  """Runs `argv` as the supervised child (see the module docstring) and returns the exit status to end with;
+  `rerun` is the remedy a lost process's line names (`lost_peer_message`)."""
   env = {**(os.environ if environ is None else environ), CHILD_ENV: str(os.getpid())}
   child = subprocess.Popen(list(argv), env=env, stderr=subprocess.PIPE, process_group=0)
   for sig in (signal.SIGINT, signal.SIGTERM):
     signal.signal(sig, lambda number, frame: child.send_signal(number))
   held, errored = relay(child.stderr, sys.stderr.buffer)
   code = child.wait()
-  message = lost_peer_message(held.decode(errors="replace"), env) if code else None
+  message = lost_peer_message(held.decode(errors="replace"), env, rerun) if code else None
   if message and errored:
     # The trainer ended on its own error, and the runtime's report came after it (the other processes did not reach
     # the end with it): its one line stays the last word, with the status of an error line.
@@ -221,11 +229,11 @@ def supervise(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> 
   return code
 
 
-def maybe_supervise(argv: Sequence[str] | None = None) -> None:
+def maybe_supervise(argv: Sequence[str] | None = None, rerun: str = RERUN) -> None:
   """Call it early in a command-line entry point, never from library code. In a multi-process job (`wanted`),
   reruns this command (`argv`, default the interpreter's original command line, as `hugepages.maybe_reexec` does) as
-  a supervised child and exits with `supervise`'s status; in that child, ties its life to the supervisor's and
-  returns; otherwise returns at once."""
+  a supervised child and exits with `supervise`'s status (`rerun`: the command's remedy for a lost process); in
+  that child, ties its life to the supervisor's and returns; otherwise returns at once."""
   if os.environ.get(CHILD_ENV):
     _die_with_parent(int(os.environ[CHILD_ENV]))
     return
@@ -234,4 +242,4 @@ def maybe_supervise(argv: Sequence[str] | None = None) -> None:
   argv = list(sys.orig_argv if argv is None else argv)
   sys.stdout.flush()
   sys.stderr.flush()
-  sys.exit(supervise([sys.executable, *argv[1:]]))
+  sys.exit(supervise([sys.executable, *argv[1:]], rerun=rerun))

@@ -493,8 +493,10 @@ ValueError: something else went wrong
     (HEARTBEATS_REPORT, "1", "this process (process 1 of 2) sent no heartbeat for mesh.heartbeat_timeout_s seconds"),
     (COORDINATOR_REPORT, "1", "lost the coordinator, process 0 of 2 at 127.0.0.1:4321 (its connection closed); "
                               "process 1 stops too"),
+    # Also what two processes started with one JAX_PROCESS_ID end with: its line names that cause too.
     (INIT_REPORT, "1", "the job did not come together: not all 2 processes reached the coordinator at "
-                       "127.0.0.1:4321 within mesh.init_timeout_s seconds"),
+                       "127.0.0.1:4321 within mesh.init_timeout_s seconds (is every process started, with the same "
+                       "JAX_COORDINATOR_ADDRESS and its own JAX_PROCESS_ID, one of 0 … 1?)"),
     # A peer killed while it sent: the survivor's gloo read a torn message (seen once in CI under load).
     (TORN_REPORT, "0", "lost process 1 of 2: a collective failed (Received data size doesn't match expected size); "
                        "process 0 stops too"),
@@ -505,6 +507,16 @@ def test_the_runtime_report_becomes_one_line_naming_the_lost_process(report, pro
   message = supervisor.lost_peer_message(report, env)
   assert message == expected if expected is None else message.startswith(expected), message
   assert message is None or "\n" not in message
+
+
+def test_a_lost_process_tells_research_evaluate_to_evaluate_again_not_to_resume():
+  """research-evaluate's supervisor told its users to "resume from the last checkpoint": an evaluation writes its
+  files at its end, so the remedy is to score again."""
+  env = {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:4321", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"}
+  for report in (HEARTBEATS_REPORT, TORN_REPORT):
+    message = supervisor.lost_peer_message(report, env, supervisor.RERUN_EVALUATE)
+    assert message.endswith("; nothing was written: rerun every process with the same command to evaluate again")
+    assert "resume" not in message
 
 
 def test_a_torn_collective_in_a_job_of_three_cannot_say_which_peer():
