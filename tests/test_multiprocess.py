@@ -304,6 +304,30 @@ def test_research_evaluate_alone_in_a_two_process_job_is_one_line_within_the_run
   assert lines[0].startswith("error: the job did not come together: not all 2 processes reached the coordinator")
 
 
+@pytest.mark.slow
+def test_research_evaluate_processes_given_other_options_refuse_in_one_line_and_write_nothing(one_process,
+                                                                                              compile_cache, tmp_path):
+  """research-evaluate had no same-job check: process 0 with --checkpoint=best and process 1 with --checkpoint=last
+  (or another --split, --workdir) exited 0 with one figure mixing both shares of the windows (ppl 237.36 where best
+  alone is 238.01 and last 236.65). Every process now refuses in training's kind of line, before anything is
+  scored or written."""
+  workdir = tmp_path / "run"
+  shutil.copytree(one_process, workdir)
+  job = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{_free_port()}", "JAX_NUM_PROCESSES": "2"}
+  extra = [[], ["--checkpoint=last", "--split=test"]]
+  procs = [subprocess.Popen([sys.executable, "-m", "experiments.evaluate", f"--workdir={workdir}", "--lengths=1",
+                             *extra[i]], cwd=ROOT, env=_env(compile_cache, 4, **job, JAX_PROCESS_ID=str(i)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  for code, _, err in _finish(procs, timeout=240):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err[-3000:]
+    assert lines[0] == ("error: process 1 of 2 was started with --checkpoint='last' (process 0: 'best'), "
+                        "--split='test' (process 0: 'valid'): every process of a job runs the same research-evaluate "
+                        "command with the same number of devices (docs/reports.md, \"Evaluation protocol\", "
+                        "Devices)"), lines[0]
+  assert not (workdir / "eval").exists() or not any((workdir / "eval").iterdir())  # nothing scored was written
+
+
 def test_an_environment_that_names_a_job_but_not_this_process_says_so_in_one_line(compile_cache, tmp_path):
   """JAX_PROCESS_ID missing with mesh.distributed=auto: the line named `mesh.distributed=true`, which the user never
   set; it names what in the environment asked for a job."""
@@ -328,6 +352,29 @@ def test_the_job_check_compares_the_model_and_run_but_not_how_each_process_joins
   assert loop.job_differences([base, same]) is None
   other = loop.job_description(tiny_config(seed=7), tmp_path / "run")
   assert loop.job_differences([base, same, other]) == "process 2 of 3 was started with --config.seed=7 (process 0: 0)"
+
+
+def test_the_evaluation_job_check_compares_its_options_and_run_and_names_the_first_difference(tmp_path):
+  """research-evaluate's description (`extrapolation.job_description`, compared by `loop.job_differences` as
+  training's is): the options that change what is scored and the resolved run directory."""
+  from research.evaluate import extrapolation
+  from research.train import loop
+  options = dict(mode="nonoverlapping", stride=None, split="valid", checkpoint="best", rope_scaling=None,
+                 rope_factor=None, by_position=False, passkey=False, passkey_depths=(0.0, 0.5),
+                 passkey_trials=10, max_tokens_per_batch=8192)
+  base = extrapolation.job_description(tmp_path / "run", [1, 2], **options)
+  same = extrapolation.job_description(tmp_path / "x" / ".." / "run", [1, 2], **options)
+  assert loop.job_differences([base, same]) is None
+  other = extrapolation.job_description(tmp_path / "run", [1, 2], **{**options, "checkpoint": "last"})
+  longer = extrapolation.job_description(tmp_path / "run", [1, 2, 4], **options)
+  assert loop.job_differences([base, same, other]) == ("process 2 of 3 was started with --checkpoint='last' "
+                                                      "(process 0: 'best')")
+  assert loop.job_differences([base, longer]) == ("process 1 of 2 was started with --lengths='1,2,4' "
+                                                 "(process 0: '1,2')")
+  assert extrapolation.step_differences([9, 9], "best", tmp_path) is None
+  assert extrapolation.step_differences([9, 9, 6], "best", tmp_path).startswith(
+      f"process 2 of 3 resolved --checkpoint=best to step 6 of {str(tmp_path)!r} (process 0: step 9): every process "
+      f"reads the same run directory")
 
 
 _PREPARE_DATA = """

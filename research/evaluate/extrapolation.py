@@ -108,6 +108,54 @@ def start_distributed(config: ml_collections.ConfigDict) -> None:
                                         init_timeout_s=config.mesh.init_timeout_s)
 
 
+# What a job whose processes were given other options ends with (after `loop.job_differences`' text).
+SAME_JOB_RULE = ("every process of a job runs the same research-evaluate command with the same number of devices "
+                 "(docs/reports.md, \"Evaluation protocol\", Devices)")
+
+
+def job_description(workdir: str | Path, multiples: Sequence[int], **options: Any) -> dict[str, Any]:
+  """What every process of one research-evaluate job must agree on: each option that changes what is computed or
+  written (`options`: evaluate_run's keywords, named as their flags), the multiples, the run directory resolved and
+  this process's number of devices. `loop.job_description`'s kind, for `loop.refuse_other_jobs`."""
+  shown = {f"--{k}": ",".join(f"{v:g}" for v in value) if k == "passkey_depths" else value
+           for k, value in options.items()}
+  return {**shown, "--lengths": ",".join(map(str, multiples)), "--workdir": str(Path(workdir).resolve()),
+          "local devices": jax.local_device_count()}
+
+
+def check_same_job(workdir: str | Path, multiples: Sequence[int], **options: Any) -> None:
+  """In a multi-process job, every process refuses in the same one line (`loop.refuse_other_jobs`, exit status 2)
+  when any of them was given other options, another run directory or another number of devices: each would score
+  its share of other windows (another split, checkpoint or run) and process 0 would write one figure mixing them, or
+  the processes would wait on each other's collectives until the runtime ended them. Right after the job comes
+  together, before anything is loaded, scored or written."""
+  if jax.process_count() > 1:
+    loop.refuse_other_jobs(job_description(workdir, multiples, **options), SAME_JOB_RULE, EvaluationError)
+
+
+def step_differences(steps: Sequence[int], checkpoint: str, workdir: str | Path) -> str | None:
+  """None when every process resolved --checkpoint to process 0's step (`steps`, one per process); else the one
+  line naming the first that did not: the processes read the run directory through different file systems (a copy
+  per host), or a live trainer saved a checkpoint between their reads."""
+  for index, step in enumerate(steps[1:], start=1):
+    if step != steps[0]:
+      return (f"process {index} of {len(steps)} resolved --checkpoint={checkpoint} to step {step} of "
+              f"{str(workdir)!r} (process 0: step {steps[0]}): every process reads the same run directory (one "
+              f"shared file system, not a copy per host); if the run is still training, rerun once it has saved")
+  return None
+
+
+def check_same_step(step: int, checkpoint: str, workdir: str | Path) -> None:
+  """In a multi-process job, every process refuses in the same one line (`step_differences`) unless all resolved
+  --checkpoint to the same step; before its parameters are restored (`loop.gather_descriptions` exchanges them)."""
+  if jax.process_count() == 1:
+    return
+  steps = [d["step"] for d in loop.gather_descriptions({"step": int(step)})]
+  differences = step_differences(steps, checkpoint, workdir)
+  if differences:
+    raise EvaluationError(differences)
+
+
 def check_same_data(workdir: Path, config, splits) -> None:
   """The token streams the run trained and chose its best checkpoint on (RUN/data.json) are the ones its config gives
   now: a corpus edited in place, or a relative `text:` path read from another working directory, would be scored
@@ -175,6 +223,7 @@ def load_run(workdir: str | Path, checkpoint: str = "best") -> LoadedRun:
     step = (ckpt.best_step() if checkpoint == "best" else None) or ckpt.latest_step()
     if step is None:
       raise EvaluationError(f"run {str(workdir)!r} has no complete checkpoint")
+    check_same_step(step, checkpoint, workdir)  # a multi-process job's processes restore one checkpoint
     try:
       params = ckpt.restore_params(step, None if mesh is None else functools.partial(mesh_lib.leaf_sharding,
                                                                                      mesh=mesh))
@@ -438,6 +487,10 @@ def evaluate_run(workdir: str | Path, lengths: Sequence[int] = (1, 2, 4, 8, 16),
   # Prompts first (tokenization only): a tokenizer that cannot spell the keys fails before anything loads.
   prompts = passkey_prompts(workdir, config, multiples, passkey_depths, passkey_trials) if passkey else None
   start_distributed(config)
+  check_same_job(workdir, multiples, mode=mode, stride=stride, split=split, checkpoint=checkpoint,
+                 rope_scaling=rope_scaling, rope_factor=rope_factor, by_position=by_position, passkey=passkey,
+                 passkey_depths=passkey_depths, passkey_trials=passkey_trials,
+                 max_tokens_per_batch=max_tokens_per_batch)
   run = load_run(workdir, checkpoint)
   if split not in run.splits:
     raise EvaluationError(f"split={split!r} is not one of {', '.join(run.splits)}")

@@ -1258,25 +1258,42 @@ def check_same_job(config: ml_collections.ConfigDict, workdir: Path) -> None:
   """In a multi-process job, every process refuses in the same one line when any of them was given another config,
   run directory or number of devices: such a job would train a model that none of the configs describes (each
   process its own learning rate or seed, config.json only process 0's), or hang at its first checkpoint (two run
-  directories), or fail in Orbax (unequal device shares). One all-gather of each process's `job_description`
-  (its JSON, padded to the longest), before anything is written or compiled."""
-  if jax.process_count() == 1:
-    return
-  # The device counts first, from the device list every process sees (the all-gather below needs equal shares).
+  directories), or fail in Orbax (unequal device shares). Before anything is written or compiled."""
+  if jax.process_count() > 1:
+    refuse_other_jobs(job_description(config, workdir))
+
+
+# What a refusal of `refuse_other_jobs` ends with: research-evaluate passes its own.
+SAME_JOB_RULE = ("every process of a job runs the same command with the same number of devices (docs/training.md, "
+                 "\"Multi-process runs\")")
+
+
+def refuse_other_jobs(description: dict[str, Any], rule: str = SAME_JOB_RULE,
+                      error: type[Exception] = configuration.ConfigError) -> None:
+  """`check_same_job`'s machinery, for any command (research-evaluate's too): every process of a multi-process job
+  calls it with its own `description` (a JSON-able dict, `job_description`'s kind), and every one raises `error`
+  with the same line (`job_differences`, then `rule`) when any description differs from process 0's. The device
+  counts are compared first, from the device list every process sees (the all-gather needs equal shares)."""
   shares = [sum(d.process_index == i for d in jax.devices()) for i in range(jax.process_count())]
-  _refuse_differences([{"local devices": share} for share in shares])
+  _refuse_differences([{"local devices": share} for share in shares], rule, error)
+  _refuse_differences(gather_descriptions(description), rule, error)
+
+
+def gather_descriptions(description: dict[str, Any]) -> list[dict[str, Any]]:
+  """Every process's `description` (JSON-able), in process order, on every process: one all-gather of its JSON,
+  padded to the longest. Every process of the job must call it (each waits for the others)."""
   from jax.experimental import multihost_utils
-  mine = json.dumps(job_description(config, workdir), sort_keys=True, default=repr).encode()
+  mine = json.dumps(description, sort_keys=True, default=repr).encode()
   longest = int(np.max(multihost_utils.process_allgather(np.array([len(mine)], np.int32))))
   padded = np.frombuffer(mine.ljust(longest, b" "), np.uint8)
-  _refuse_differences([json.loads(row.tobytes()) for row in np.asarray(multihost_utils.process_allgather(padded))])
+  return [json.loads(row.tobytes()) for row in np.asarray(multihost_utils.process_allgather(padded))]
 
 
-def _refuse_differences(descriptions: list[dict[str, Any]]) -> None:
+def _refuse_differences(descriptions: list[dict[str, Any]], rule: str = SAME_JOB_RULE,
+                        error: type[Exception] = configuration.ConfigError) -> None:
   differences = job_differences(descriptions)
   if differences:
-    raise configuration.ConfigError(f"{differences}: every process of a job runs the same command with the same "
-                                    "number of devices (docs/training.md, \"Multi-process runs\")")
+    raise error(f"{differences}: {rule}")
 
 
 class StorageError(RuntimeError):
