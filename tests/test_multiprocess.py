@@ -267,6 +267,33 @@ def test_processes_started_with_other_settings_refuse_in_one_line(extra, devices
 
 
 @pytest.mark.slow
+def test_processes_whose_corpus_reads_other_text_refuse_in_one_line_before_training(compile_cache, tmp_path):
+  """A relative `text:` path read from two working directories (or a host's own copy of the corpus that differs)
+  trained silently with half of every batch from the other text (98 % [UNK] on process 1, whose text process 0's
+  tokenizer never saw), RUN/data.json recording process 0's streams only. The processes now compare their streams
+  at the start, and refuse in one line naming data.corpus, which no rerun of the same command would cure."""
+  job = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{_free_port()}", "JAX_NUM_PROCESSES": "2"}
+  args = [f"--config={ROOT / 'configs' / 'tiny.py'}", *ARGS[1:], f"--workdir={tmp_path / 'run'}",
+          "--config.data.corpus=text:corpus.txt"]
+  procs = []
+  for i, words in enumerate((("alpha", "beta", "gamma"), ("uno", "dos", "tres"))):
+    host = tmp_path / f"host{i}"
+    host.mkdir()
+    (host / "corpus.txt").write_text("".join(f"{words[n % 3]} {words[(n + 1) % 3]} {n % 17} {words[n % 2]}\n"
+                                             for n in range(400)))
+    env = _env(compile_cache, 4, **job, JAX_PROCESS_ID=str(i), PYTHONPATH=str(ROOT))
+    procs.append(subprocess.Popen([sys.executable, "-m", "experiments.train", *args], cwd=host, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  for code, _, err in _finish(procs, timeout=240):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err[-3000:]
+    assert lines[0].startswith("error: process 1 of 2 loaded other data than process 0 from "
+                               "data.corpus='text:corpus.txt': the train and valid token streams differ ("), lines[0]
+    assert "same command" not in lines[0], lines[0]
+  assert not (tmp_path / "run" / "config.json").exists() and not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.slow
 def test_sigterm_ends_a_multi_process_run(compile_cache, tmp_path):
   """jax.distributed.initialize installs JAX's preemption notifier, which caught SIGTERM: a scheduler's TERM did
   nothing and the run went on to its last step. TERM now ends it, as in a single-process run."""
@@ -375,6 +402,20 @@ def test_the_evaluation_job_check_compares_its_options_and_run_and_names_the_fir
   assert extrapolation.step_differences([9, 9, 6], "best", tmp_path).startswith(
       f"process 2 of 3 resolved --checkpoint=best to step 6 of {str(tmp_path)!r} (process 0: step 9): every process "
       f"reads the same run directory")
+
+
+def test_the_stream_check_names_the_process_and_the_corpus_and_no_rerun_of_the_same_command():
+  """`loop.stream_differences`: what RUN/data.json records, compared across processes (`check_same_streams`)."""
+  import numpy as np
+  from research.train import loop
+  splits = {name: np.arange(10, dtype=np.int32) for name in loop.DATA_SPLITS}
+  base = loop.data_record(splits)["splits"]
+  other = loop.data_record({**splits, "valid": np.arange(11, dtype=np.int32)})["splits"]
+  assert loop.stream_differences([base, base], "text:c.txt") is None
+  line = loop.stream_differences([base, base, other], "text:c.txt")
+  assert line.startswith("process 2 of 3 loaded other data than process 0 from data.corpus='text:c.txt': the valid "
+                         "token stream differs (")
+  assert "same command" not in line and "\n" not in line
 
 
 _PREPARE_DATA = """

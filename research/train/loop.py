@@ -143,6 +143,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> RunData:
                                            errors=config.data.errors)
   check_splits(splits, tokenizer.get_vocab_size())
   splits = trained_splits(config, splits)
+  check_same_streams(config, splits)  # every process of a job loaded the same text
   counts_file = tokenizers_lib.counts_path(workdir)
   counts, damaged = None, None
   if resumed and counts_file.exists():
@@ -1294,6 +1295,34 @@ def _refuse_differences(descriptions: list[dict[str, Any]], rule: str = SAME_JOB
   differences = job_differences(descriptions)
   if differences:
     raise error(f"{differences}: {rule}")
+
+
+def stream_differences(records: list[dict[str, Any]], corpus: str) -> str | None:
+  """None when every process's token streams (`data_record(splits)["splits"]`, one per process) equal process 0's;
+  else the one line naming the first process whose streams differ, which ones, and `corpus` (data.corpus). The
+  remedy is the corpus's, not a rerun: the same command would read the same text again."""
+  for index, record in enumerate(records[1:], start=1):
+    changed, differ = changed_streams(records[0], record)
+    if changed:
+      return (f"process {index} of {len(records)} loaded other data than process 0 from data.corpus={corpus!r}: "
+              f"{differ} (a relative path read from another working directory, or a host's copy of the corpus "
+              f"that differs?); make data.corpus read the same text on every host (an absolute path to one copy "
+              f"on a shared file system, or identical copies), then start the job again")
+  return None
+
+
+def check_same_streams(config: ml_collections.ConfigDict, splits: dict[str, np.ndarray]) -> None:
+  """In a multi-process job, every process refuses in the same one line (`stream_differences`) when the token
+  streams it loaded differ from process 0's: each host reads data.corpus itself (a relative `text:` path resolves
+  against each process's working directory, a host's local copy may differ), and each trains on its own share of
+  every batch, so half of each batch would come from another text while RUN/data.json records only process 0's.
+  At every start, fresh or resumed, before the token counts are written or anything trains (`gather_descriptions`
+  exchanges what data.json records)."""
+  if jax.process_count() == 1:
+    return
+  differences = stream_differences(gather_descriptions(data_record(splits)["splits"]), config.data.corpus)
+  if differences:
+    raise configuration.ConfigError(differences)
 
 
 class StorageError(RuntimeError):
