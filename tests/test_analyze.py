@@ -326,3 +326,73 @@ def test_a_char_aware_factorized_run_scores_its_combined_input_vectors(tmp_path)
   saved = json.loads((workdir / "eval" / "embedding_quality_input.json").read_text())
   assert saved["dim"] == run.model_cfg.d_model and saved["vectors_of"] == "input"
   assert not (workdir / "eval" / "embedding_quality.json").exists()  # the table's report is another file
+
+
+@pytest.fixture(scope="module")
+def three_checkpoints(tmp_path_factory):
+  """A real tiny word run with checkpoints at steps 2, 4 and 6 (kept: the newest two and the best)."""
+  workdir = tmp_path_factory.mktemp("three_checkpoints") / "run"
+  loop.train(tiny_config(**{"data.tokenizer": "word", "train.steps": 6, "train.checkpoint_every": 2,
+                            "train.eval_every": 2, "train.eval_batches": 1, "train.async_checkpoints": False}),
+             workdir)
+  return workdir
+
+
+def test_one_analyze_call_analyses_one_checkpoint_while_a_trainer_rotates_them(three_checkpoints, tmp_path,
+                                                                               monkeypatch):
+  """A live trainer's retention deletes the newest checkpoint (as it deletes an old one) once the quality file is
+  written: every file of the call still records the step chosen at its start (each analysis resolving --checkpoint
+  again recorded another step, or failed on the checkpoint gone)."""
+  import shutil
+
+  from experiments import analyze
+  from research.train import checkpoint as checkpoint_lib
+  run = tmp_path / "run"
+  shutil.copytree(three_checkpoints, run, ignore=shutil.ignore_patterns("eval"))
+  newest = checkpoint_lib.checkpoint_steps(run / "checkpoints")[-1]
+  write_quality = quality.write_quality
+
+  def write_then_rotate(*args, **kwargs):
+    path = write_quality(*args, **kwargs)
+    shutil.rmtree(run / "checkpoints" / str(newest))
+    return path
+
+  monkeypatch.setattr(quality, "write_quality", write_then_rotate)
+  reports = analyze.analyze_workdir(str(run), "last", rare_tokens=True, positions_batches=1)
+  assert not (run / "checkpoints" / str(newest)).exists() and checkpoint_lib.checkpoint_steps(run / "checkpoints")
+  saved = {name: json.loads((run / "eval" / name).read_text())["checkpoint_step"]
+           for name in ("embedding_quality.json", "rare_tokens.json", "positions.json")}
+  assert saved == dict.fromkeys(saved, newest)
+  assert {name: r["checkpoint_step"] for name, r in reports.items()} == dict.fromkeys(reports, newest)
+
+
+@pytest.mark.parametrize("rotation", ["deleted", "deleting"])
+def test_a_checkpoint_rotated_away_while_it_is_read_is_named_so_not_damaged(three_checkpoints, tmp_path,
+                                                                           monkeypatch, rotation):
+  """Between choosing --checkpoint=last and reading it, the trainer saves a newer step and its retention removes the
+  chosen one (all of it, or part of it so far): one line saying the run is still writing checkpoints, not 'missing
+  or damaged ... try --checkpoint=best'."""
+  import shutil
+
+  from research.evaluate import extrapolation
+  from research.train import checkpoint as checkpoint_lib
+  run = tmp_path / "run"
+  shutil.copytree(three_checkpoints, run, ignore=shutil.ignore_patterns("eval"))
+  ckpt_dir = run / "checkpoints"
+  newest = checkpoint_lib.checkpoint_steps(ckpt_dir)[-1]
+  restore_params = checkpoint_lib.Checkpointer.restore_params
+
+  def rotate_then_restore(self, step=None, sharding=None):
+    shutil.copytree(ckpt_dir / str(newest), ckpt_dir / str(newest + 2))  # the trainer's next save
+    if rotation == "deleted":
+      shutil.rmtree(ckpt_dir / str(step))
+    else:  # a deletion in progress: the parameters' metadata is gone, the directory not yet
+      shutil.rmtree(ckpt_dir / str(step) / "state")
+    return restore_params(self, step, sharding)
+
+  monkeypatch.setattr(checkpoint_lib.Checkpointer, "restore_params", rotate_then_restore)
+  with pytest.raises(extrapolation.EvaluationError) as e:
+    extrapolation.load_run(run, "last")  # research-analyze's and research-evaluate's
+  assert str(e.value) == (f"checkpoint step {newest} ({str(ckpt_dir / str(newest))!r}, --checkpoint=last) was "
+                          f"deleted while it was being read: the run is still writing checkpoints (research-train "
+                          f"keeps the newest train.keep_checkpoints and rotated this one away); rerun the command")

@@ -318,16 +318,17 @@ def positions_report(run, num_batches: int = DEFAULT_BATCHES) -> dict[str, Any]:
           "attention": attention_statistics(run, num_batches)}
 
 
-def analyze_run(workdir: str | os.PathLike, checkpoint: str = "best", num_batches: int = DEFAULT_BATCHES
-                ) -> dict[str, Any]:
-  """RUN/eval/positions.json and the pictures its scheme has (module docstring); returns the report."""
+def analyze_run(workdir: str | os.PathLike, checkpoint: str = "best", num_batches: int = DEFAULT_BATCHES, *,
+                run=None) -> dict[str, Any]:
+  """RUN/eval/positions.json and the pictures its scheme has (module docstring); returns the report. `run`: that
+  checkpoint already loaded (`quality.load_run`: one research-analyze call analyses one step)."""
   from research.analysis import quality
   from research.evaluate import extrapolation
   from research.train import loop
   if not isinstance(num_batches, int) or num_batches < 1:
     raise quality.AnalysisError(f"--positions_batches={num_batches!r} must be an integer >= 1")
   workdir = Path(workdir)
-  report = positions_report(extrapolation.load_run(workdir, checkpoint), num_batches)
+  report = positions_report(extrapolation.load_run(workdir, checkpoint) if run is None else run, num_batches)
   out_dir = workdir / quality.EVAL_DIR
   out_dir.mkdir(parents=True, exist_ok=True)
   title = f"{workdir.resolve().name} ({report['position']}, {report['objective']})"

@@ -282,10 +282,18 @@ def damaged_file(path: Path, remedy: str):
     raise AnalysisError(f"{str(path)!r} is damaged ({reason[:200]}): {remedy}") from None
 
 
-def run_table(workdir: str | os.PathLike, checkpoint: str = "best"):
-  """(loaded run, [V, d] input table as numpy, tokenizer, counts or None)."""
+def load_run(workdir: str | os.PathLike, checkpoint: str = "best"):
+  """The run with the parameters of its best (or last) checkpoint (`extrapolation.load_run`). research-analyze loads
+  it once and hands it to every analysis of the call (`run=`): resolving best/last again for each let a live
+  trainer's new checkpoint slip in between, and the files recorded different steps."""
   from research.evaluate import extrapolation
-  run = extrapolation.load_run(workdir, checkpoint)
+  return extrapolation.load_run(workdir, checkpoint)
+
+
+def run_table(workdir: str | os.PathLike, checkpoint: str = "best", run=None):
+  """(loaded run, [V, d] input table as numpy, tokenizer, counts or None); `run`: the run already loaded (`load_run`),
+  whose checkpoint this is, else the `checkpoint` of `workdir` is loaded."""
+  run = load_run(workdir, checkpoint) if run is None else run
   tokenizer = tokenizers_lib.load_tokenizer(workdir)  # load_run read it already: a damaged one failed there
   counts_file = tokenizers_lib.counts_path(workdir)
   table = np.asarray(run.params["token_embed"]["embedding"], np.float32)
@@ -321,14 +329,15 @@ def initial_table(workdir: str | os.PathLike, shape: tuple[int, ...]) -> np.ndar
 
 
 def analyze_run(workdir: str | os.PathLike, checkpoint: str = "best", *, export_word2vec_path=None,
-                export_projector_dir=None, vectors_of: str = "table") -> dict[str, Any]:
+                export_projector_dir=None, vectors_of: str = "table", run=None) -> dict[str, Any]:
   """Scores the input table of the run's best (or last) checkpoint; writes RUN/eval/embedding_quality.json. With
   vectors_of="input", the model's input vectors instead (`input_vectors`), written to
-  RUN/eval/embedding_quality_input.json; their initial values are not kept, so `benchmarks_init` is null there."""
+  RUN/eval/embedding_quality_input.json; their initial values are not kept, so `benchmarks_init` is null there.
+  `run`: that checkpoint already loaded (`load_run`: one research-analyze call analyses one step)."""
   if vectors_of not in VECTORS_OF:
     raise AnalysisError(f"vectors_of={vectors_of!r} is not one of {', '.join(VECTORS_OF)}")
   workdir = Path(workdir)
-  run, table_VxD, tokenizer, counts = run_table(workdir, checkpoint)
+  run, table_VxD, tokenizer, counts = run_table(workdir, checkpoint, run)
   init_VxD = initial_table(workdir, table_VxD.shape) if vectors_of == "table" else None
   if vectors_of == "input":
     table_VxD = input_vectors(run)

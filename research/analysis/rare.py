@@ -424,13 +424,15 @@ def counts_step(workdir: Path, counts: dict[str, Any] | None) -> int | None:
   return json.loads(summary_file.read_text()).get("step") if summary_file.exists() else None
 
 
-def analyze_run(workdir: str | os.PathLike, checkpoint: str = "best", base: float = 10.0) -> dict[str, Any]:
-  """The rare-token figures of the run's best (or last) checkpoint: RUN/eval/rare_tokens.json and two plots."""
+def analyze_run(workdir: str | os.PathLike, checkpoint: str = "best", base: float = 10.0, *, run=None
+                ) -> dict[str, Any]:
+  """The rare-token figures of the run's best (or last) checkpoint: RUN/eval/rare_tokens.json and two plots. `run`:
+  that checkpoint already loaded (`quality.load_run`: one research-analyze call analyses one step)."""
   from research.analysis import quality
   from research.data import tokenizers as tokenizers_lib
   from research.embeddings import pretrained
   workdir = Path(workdir)
-  run, table_VxD, tokenizer, counts = quality.run_table(workdir, checkpoint)
+  run, table_VxD, tokenizer, counts = quality.run_table(workdir, checkpoint, run)
   check_run_files(workdir)  # counts is None without the file
   kind = run.config.data.tokenizer
   tokens = tokenizers_lib.vocabulary(tokenizer)

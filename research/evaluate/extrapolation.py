@@ -238,7 +238,13 @@ def load_run(workdir: str | Path, checkpoint: str = "best") -> LoadedRun:
 
 def unrestorable_message(ckpt: checkpoint_lib.Checkpointer, ckpt_dir: Path, step: int, checkpoint: str,
                          error: Exception) -> str:
-  """The one line for a checkpoint whose parameters cannot be read (files missing or damaged), with a way out."""
+  """The one line for a checkpoint whose parameters cannot be read (files missing or damaged), with a way out. A
+  checkpoint a live trainer rotated away between choosing it and reading it (`rotated_away`) is named as that, not
+  as damaged: nothing is wrong with the run, a rerun picks a kept checkpoint."""
+  if rotated_away(ckpt, ckpt_dir, step):
+    return (f"checkpoint step {step} ({str(ckpt_dir / str(step))!r}, --checkpoint={checkpoint}) was deleted while it "
+            f"was being read: the run is still writing checkpoints (research-train keeps the newest "
+            f"train.keep_checkpoints and rotated this one away); rerun the command")
   detail = first_line(error, limit=100)
   best, latest = ckpt.best_step(), ckpt.latest_step()
   earlier = [s for s in ckpt.all_steps() if s < step]
@@ -253,6 +259,14 @@ def unrestorable_message(ckpt: checkpoint_lib.Checkpointer, ckpt_dir: Path, step
     hint = "the run has no other checkpoint to evaluate"
   return (f"checkpoint step {step} ({str(ckpt_dir / str(step))!r}, --checkpoint={checkpoint}) cannot be restored, "
           f"its files are missing or damaged ({detail}); {hint}")
+
+
+def rotated_away(ckpt: checkpoint_lib.Checkpointer, ckpt_dir: Path, step: int) -> bool:
+  """Whether checkpoint `step`, which `ckpt` listed when it opened, has gone or is going under a live trainer: its
+  directory is gone, or steps appeared on disk since the listing (the trainer saved, then its retention deletes the
+  oldest: Orbax deletes after the new step is finalized, and a deletion in progress leaves a partial directory)."""
+  return not (ckpt_dir / str(step)).is_dir() or \
+      bool(set(checkpoint_lib.checkpoint_steps(ckpt_dir)) - set(ckpt.all_steps()))
 
 
 def batch_rows(num_tokens: int, length: int, max_tokens_per_batch: int, objective: str = "clm",
