@@ -687,6 +687,55 @@ def test_rare_token_geometry_columns_and_bucket_plots(tmp_path):
   assert "anisotropy" not in report.table and not list(tmp_path.glob("rare_*.png"))
 
 
+def test_geometry_shares_of_tables_of_different_widths_are_footnoted_and_shown_against_isotropic(tmp_path):
+  """Rows whose rare_tokens.json analysed tables of different widths (a factorized table beside a plain one): var
+  top-1 / top-10 of an isotropic table are 1/width and 10/width, so the raw columns differ by the width alone. Their
+  cells say so, and `... / isotropic` columns beside them divide by that value; one width: none of it."""
+  import csv
+
+  from research.analysis import rare
+  written = {}
+  for name, position, width, seed in (("a0", "alibi", 8, 0), ("a1", "alibi", 8, 1), ("r0", "rope", 32, 2)):
+    write_trial(tmp_path, name, position, seed)
+    table = np.random.default_rng(seed).normal(size=(1000, width))  # isotropic: only the width differs
+    counts = (10000 / np.arange(1, 1001)).astype(np.int64)
+    written[name] = rare.rare_report(table, counts, exclude_rows=rare.marker_rows(1000))
+    rare.write_rare(tmp_path / name, {"checkpoint_step": 100, **written[name]})
+  report = build_report(tmp_path)
+  header, rows = parse_md_table(report.table)
+  assert header[-7:] == ["anisotropy", "var top-1", "var top-1 / isotropic", "var top-10", "var top-10 / isotropic",
+                         "isotropy", "norm~freq ρ"]
+  alibi, rope = rows["position=alibi"], rows["position=rope"]
+  share = {n: written[n]["geometry"]["input"] for n in written}
+  mean = lambda name, key: np.mean([share[n][key] for n in ("a0", "a1")])  # noqa: E731
+  assert alibi[-5].startswith(f"{mean('a', 'variance_top1') * 8:.3f} ± ")
+  assert alibi[-3].startswith(f"{mean('a', 'variance_top10'):.3f} ± ")  # 10 components of 8: all of it
+  assert rope[-6].startswith(f"{share['r0']['variance_top1']:.3f}[^")
+  assert rope[-5] == f"{share['r0']['variance_top1'] * 32:.3f}"
+  assert rope[-3] == f"{share['r0']['variance_top10'] * 32 / 10:.3f}"
+  # The raw shares differ ~4x by the width alone; against an isotropic table of each width they are alike.
+  assert share["r0"]["variance_top1"] * 2.5 < mean("a", "variance_top1")
+  assert 1 / 1.5 < share["r0"]["variance_top1"] * 32 / (mean("a", "variance_top1") * 8) < 1.5
+  assert not any("**" in cell for cell in alibi[-7:] + rope[-7:])  # descriptive: no best
+  note = ("var top-1 depends on the table's width (an isotropic table: 1/width), and the rows analysed tables of "
+          "widths 8, 32: compare var top-1 / isotropic (1 = isotropic)")
+  assert f"]: {note}" in report.table and "an isotropic table: 10/width" in report.table
+  for cells in (alibi, rope):  # the raw shares are footnoted, the ratios not
+    assert "[^" in cells[-6] and "[^" in cells[-4] and "[^" not in cells[-5] and "[^" not in cells[-3]
+  markdown = report.markdown_path.read_text()
+  assert "**Tables of different widths**: the rows analysed input tables of widths 8, 32" in markdown
+  with open(tmp_path / "table.csv") as f:
+    csv_rows = {r["group"]: r for r in csv.DictReader(f)}
+  assert float(csv_rows["position=rope"]["geometry_variance_top1_vs_isotropic_mean"]) == pytest.approx(
+      share["r0"]["variance_top1"] * 32)
+  assert "var.\\ top-1 / isotropic" in (tmp_path / "table.tex").read_text()
+  for name in ("a0", "a1"):  # one width: the columns and words go
+    rare.write_rare(tmp_path / name, {**json.loads((tmp_path / "r0" / "eval" / "rare_tokens.json").read_text())})
+  report = build_report(tmp_path)
+  assert "/ isotropic" not in report.table and "depends on the table's width" not in report.table
+  assert "Tables of different widths" not in report.markdown_path.read_text()
+
+
 def test_absent_row_columns_when_rare_tokens_json_has_them(tmp_path):
   """rows / max |Δ| of the rows no batch held: exact zeros read 0, tiny changes keep their digits, no best."""
   from research.analysis import rare
@@ -1415,6 +1464,8 @@ def test_names_that_are_not_utf8_are_shown_escaped_everywhere(tmp_path):
     ({"buckets": {"a": 1}}, "needs 'geometry.input' and a 'buckets' list"),
     ({"buckets": [1]}, "every bucket needs 'label', 'low', 'high' and 'rows', got 1"),
     ({"buckets": ["abc"]}, "every bucket needs 'label', 'low', 'high' and 'rows', got 'abc'"),
+    ({"dim": 0}, "'dim' must be >= 1 (the table's width), got 0"),
+    ({"dim": "32"}, "'dim' must be an integer, got '32'"),
 ])
 def test_a_malformed_rare_tokens_json_is_one_error_naming_the_file(tmp_path, damage, message):
   write_trial(tmp_path, "run", "alibi", 0)

@@ -221,6 +221,9 @@ class RareTokens:
   # The step update_counts.npz counted up to when the file was written (`update_counts_step`: where training then
   # ended); None in a file without it. `Trial.analysis_stale` compares it with the finished run's step.
   update_counts_step: int | None = None
+  # The analysed table's width (rare_tokens.json's `dim`: V × dim, a factorized table's model.table_dim); None in a
+  # file without it. Shares of variance depend on it (`tables.WIDTH_GEOMETRY`).
+  dim: int | None = None
 
 
 @dataclasses.dataclass
@@ -827,10 +830,14 @@ def _read_rare(path: pathlib.Path, data: dict[str, Any] | None) -> RareTokens | 
   if absent is not None:
     absent = {**{m: _finite_or_none(absent.get(m), repr(f"absent_rows.{m}")) for m in RARE_ABSENT},
               "note": None if absent.get("note") is None else str(absent["note"])}
+  dim = _step_or_none(path, data.get("dim"), "dim")
+  if dim is not None and dim < 1:
+    raise ReportError(f"{path}: 'dim' must be >= 1 (the table's width), got {dim}")
   return RareTokens(geometry={m: _finite_or_none(geometry.get(m), repr(f"geometry.input.{m}")) for m in RARE_GEOMETRY},
                     buckets=tuple(buckets),
                     absent=absent, markers_excluded="marker_rows" in data,
-                    update_counts_step=_step_or_none(path, data.get("update_counts_step"), "update_counts_step"))
+                    update_counts_step=_step_or_none(path, data.get("update_counts_step"), "update_counts_step"),
+                    dim=dim)
 
 
 def with_implied(config: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...]]:

@@ -7,7 +7,8 @@ analogy accuracy and the WordSim-353 / SimLex-999 Spearman correlations of its t
 the same analogies on its initial table when any trial has that figure: the floor a subword table's composed
 vectors reach from spelling alone; descriptive), and, when any trial was
 analyzed with `--rare` (eval/rare_tokens.json), the input table's geometry (anisotropy, variance share of the top 1
-and 10 components, Mu & Viswanath's isotropy, Spearman of norm with frequency; descriptive: no best is marked) and,
+and 10 components, Mu & Viswanath's isotropy, Spearman of norm with frequency; descriptive: no best is marked; rows
+of tables of different widths get the two shares footnoted and divided by an isotropic table's, `WIDTH_GEOMETRY`) and,
 when rare_tokens.json has `absent_rows`, the rows no batch held and the largest change of theirs from the initial
 table (`absent rows`, `absent max Δ` = max |Δ|: three significant digits, so an exact 0 reads `0` and a tiny
 change does not; descriptive too).
@@ -47,6 +48,16 @@ GEOMETRY_HEADERS = {"anisotropy": "anisotropy", "variance_top1": "var top-1", "v
                     "isotropy": "isotropy", "norm_freq_spearman": "norm~freq ρ"}
 GEOMETRY_LATEX = {"anisotropy": "anisotropy", "variance_top1": "var.\\ top-1", "variance_top10": "var.\\ top-10",
                   "isotropy": "isotropy", "norm_freq_spearman": "norm--freq.\\ $\\rho$"}
+# Geometry figures that depend on the table's width alone: {name: k}, the share of the centred variance in the top k
+# principal components, which an isotropic table of width w spreads evenly, min(k, w) / w. Measured on random normal
+# tables of 4000 rows at widths 8 to 128 (any std): var top-1 × w = 1.07 to 1.39 and var top-10 × w / 10 = 1.04 to 1.32
+# (finite rows lift the top eigenvalue), while anisotropy (|mean cosine| < 0.01), isotropy (0.98 to 1.00) and norm~freq
+# ρ (|ρ| < 0.03) do not move with the width. Rows of tables of different widths read these through
+# `<name>_vs_isotropic` columns (share / its isotropic value: 1 = isotropic), and their own cells carry a footnote.
+WIDTH_GEOMETRY = {"variance_top1": 1, "variance_top10": 10}
+VS_ISOTROPIC = "_vs_isotropic"  # the suffix of those columns' keys
+VS_ISOTROPIC_HEADERS = {name: f"{GEOMETRY_HEADERS[name]} / isotropic" for name in WIDTH_GEOMETRY}
+VS_ISOTROPIC_LATEX = {name: f"{GEOMETRY_LATEX[name]} / isotropic" for name in WIDTH_GEOMETRY}
 # Rows absent from every batch (eval/rare_tokens.json's absent_rows): descriptive, no best.
 # (max |Δ|: a "|" in a header would split the markdown cell)
 ABSENT_HEADERS = {"rows": "absent rows", "max_abs_change": "absent max Δ",
@@ -94,6 +105,7 @@ class Column:
   length: int | None = None
   quality: str | None = None  # a QUALITY_FIGURES name: higher is better (a QUALITY_FLOORS one: descriptive)
   geometry: str | None = None  # a RARE_GEOMETRY name: descriptive, no best
+  vs_isotropic: bool = False  # a WIDTH_GEOMETRY figure divided by an isotropic table's value at the table's width
   absent: str | None = None  # a RARE_ABSENT name: descriptive, no best
   passkey: bool = False  # eval/passkey.json's mean accuracy over depths at (multiple, length): higher is better
 
@@ -172,6 +184,9 @@ class Table:
   # The MLM validation masking rules of rows that differ in them (or cannot tell them): no best is marked in the
   # VALIDATION columns (`_validation_rules`)
   validation_rules: list[str] = dataclasses.field(default_factory=list)
+  # The widths of the tables the rows' rare_tokens.json analysed, when there are several (`table_widths`): the
+  # WIDTH_GEOMETRY cells are footnoted and their `_vs_isotropic` columns shown; [] otherwise
+  widths: list[int] = dataclasses.field(default_factory=list)
 
   def cell(self, group_index: int, column: Column | str) -> Cell:
     return self.cells[(group_index, column if isinstance(column, str) else column.key)]
@@ -201,6 +216,27 @@ def _overfit(trial: Trial) -> bool:
   return summary.get("best_step") is not None and summary["best_step"] != summary.get("step")
 
 
+def _shown_rare(trial: Trial) -> bool:
+  """Whether the table shows `trial`'s rare_tokens.json figures (finished, analysed, not stale)."""
+  return trial.finished and trial.rare is not None and RARE_FILE.as_posix() not in trial.analysis_stale
+
+
+def table_widths(trials: list[Trial]) -> list[int]:
+  """The widths of the tables whose geometry the table shows (rare_tokens.json's `dim`), ascending, when there are
+  several; [] when they are one width (or unknown: a file without `dim`)."""
+  widths = sorted({t.rare.dim for t in trials if _shown_rare(t) and t.rare.dim is not None})
+  return widths if len(widths) > 1 else []
+
+
+def width_note(name: str, widths: list[int]) -> str:
+  """The footnote of a WIDTH_GEOMETRY cell of a table whose rows analysed tables of `widths`."""
+  k = WIDTH_GEOMETRY[name]
+  isotropic = "1/width" if k == 1 else f"{k}/width"
+  return (f"{GEOMETRY_HEADERS[name]} depends on the table's width (an isotropic table: {isotropic}), and the rows "
+          f"analysed tables of widths {', '.join(map(str, widths))}: compare {VS_ISOTROPIC_HEADERS[name]} (1 = "
+          f"isotropic)")
+
+
 def _columns(trials: list[Trial]) -> list[Column]:
   evaluations = [e for t in trials for e in (t.extrapolation, *t.scaled.values()) if e is not None]
   pairs = sorted({(p.length, p.multiple) for e in evaluations for p in e.points})
@@ -224,7 +260,12 @@ def _columns(trials: list[Trial]) -> list[Column]:
   if any(t.quality_input is not None for t in trials):
     columns += [Column(f"quality_{name}", QUALITY_HEADERS[name], quality=name) for name in QUALITY_INPUT_FIGURES]
   if any(t.rare is not None for t in trials):
-    columns += [Column(f"geometry_{name}", GEOMETRY_HEADERS[name], geometry=name) for name in RARE_GEOMETRY]
+    widths = table_widths(trials)
+    for name in RARE_GEOMETRY:
+      columns.append(Column(f"geometry_{name}", GEOMETRY_HEADERS[name], geometry=name))
+      if widths and name in WIDTH_GEOMETRY:  # beside the share it divides
+        columns.append(Column(f"geometry_{name}{VS_ISOTROPIC}", VS_ISOTROPIC_HEADERS[name], geometry=name,
+                              vs_isotropic=True))
   if any(t.rare is not None and t.rare.absent is not None for t in trials):
     columns += [Column(f"absent_{name}", ABSENT_HEADERS[name], absent=name) for name in RARE_ABSENT]
   return columns
@@ -292,7 +333,14 @@ def _trial_value(trial: Trial, column: Column, rope_scaling: str | None = None) 
     if RARE_FILE.as_posix() in trial.analysis_stale:
       return None, trial.analysis_stale[RARE_FILE.as_posix()]
     value = trial.rare.geometry.get(column.geometry)
-    return (value, None) if value is not None else (None, f"{column.geometry} undefined for this table")
+    if value is None:
+      return None, f"{column.geometry} undefined for this table"
+    if column.vs_isotropic:
+      width = trial.rare.dim
+      if width is None:
+        return None, f"{RARE_FILE.as_posix()} has no 'dim' (the table's width): rerun research-analyze --rare"
+      return value * width / min(WIDTH_GEOMETRY[column.geometry], width), None
+    return value, None
   if column.absent is not None:
     if rope_scaling is not None:
       return None, "the table does not depend on RoPE scaling: its absent rows are in the row without rope_scaling"
@@ -512,6 +560,14 @@ def build_table(runs: RunSet) -> Table:
                                 unscaled=unscaled)
 
   finished = [t for t in runs.trials if t.finished]
+  widths = table_widths(finished)
+  if widths:  # shares of other widths' variance side by side: each cell says so, the _vs_isotropic columns compare
+    for c in columns:
+      if c.geometry in WIDTH_GEOMETRY and not c.vs_isotropic:
+        for gi in range(len(groups)):
+          cell = cells[(gi, c.key)]
+          if cell.n:
+            cells[(gi, c.key)] = dataclasses.replace(cell, notes=(width_note(c.geometry, widths), *cell.notes))
   incomparable = incomparable_fields(finished)
   rare_incomparable = [f for f in RARE_MEANING if _differs(f, finished)]
   rules = _validation_rules(groups, cells)
@@ -531,7 +587,7 @@ def build_table(runs: RunSet) -> Table:
   return Table(title=display(runs.name), fields=fields, short=short, columns=columns, groups=groups, cells=cells,
                best=best, incomparable=incomparable, rare_incomparable=rare_incomparable,
                mixed=_mixed_warnings(groups, columns, mixed),
-               validation_rules=rules)
+               validation_rules=rules, widths=widths)
 
 
 def format_number(x: float, digits: int = 2) -> str:
@@ -631,7 +687,7 @@ def to_latex(table: Table) -> str:
     if c.quality is not None:
       headers.append(QUALITY_LATEX[c.quality])
     elif c.geometry is not None:
-      headers.append(GEOMETRY_LATEX[c.geometry])
+      headers.append((VS_ISOTROPIC_LATEX if c.vs_isotropic else GEOMETRY_LATEX)[c.geometry])
     elif c.absent is not None:
       headers.append(ABSENT_LATEX[c.absent])
     elif c.key in (VALID_PPL_RARE, BEST_VALID_PPL):
