@@ -23,7 +23,9 @@ empty rows to a multiple of the devices and split over them, each process scorin
 (`jax.distributed` is started as in training, from `mesh.distributed`). Every target is still scored exactly once,
 so the perplexity is the single-device one (a test checks it on 4 simulated devices, to 1e-5). An MLM masks each row
 of the split from its own key (`steps.eval_key`), so its masks, like every other number here, do not depend on
-`max_tokens_per_batch`, the devices or the processes, and at 1x they are those of the trainer's validation.
+`max_tokens_per_batch`, the devices or the processes, and at 1x they are those of the trainer's validation. The
+processes of a job must be given the same command, which they check before anything is scored (`check_same_job`,
+`check_same_step`: research-train's `loop.refuse_other_jobs`).
 """
 
 from __future__ import annotations
@@ -494,17 +496,19 @@ def evaluate_run(workdir: str | Path, lengths: Sequence[int] = (1, 2, 4, 8, 16),
   if passkey:
     passkey_depths = passkey_lib.check_options(passkey_depths, passkey_trials)  # each once, -0 as 0
   config = read_config(workdir)
+  start_distributed(config)
+  # Then the processes of a job compare their options, before the checks of the run's options: a process given
+  # another option that one of those refuses would otherwise end alone, the others waiting for it in a collective.
+  check_same_job(workdir, multiples, mode=mode, stride=stride, split=split, checkpoint=checkpoint,
+                 rope_scaling=rope_scaling, rope_factor=rope_factor, by_position=by_position, passkey=passkey,
+                 passkey_depths=passkey_depths, passkey_trials=passkey_trials,
+                 max_tokens_per_batch=max_tokens_per_batch)
   loop.check_writable(Path(workdir) / "eval")  # before the evaluation, not at its final write
   check_run_options(workdir, config, multiples, mode=mode, stride=stride, rope_scaling=rope_scaling,
                     passkey=passkey)
   train_len = int(config.data.seq_len)
   # Prompts first (tokenization only): a tokenizer that cannot spell the keys fails before anything loads.
   prompts = passkey_prompts(workdir, config, multiples, passkey_depths, passkey_trials) if passkey else None
-  start_distributed(config)
-  check_same_job(workdir, multiples, mode=mode, stride=stride, split=split, checkpoint=checkpoint,
-                 rope_scaling=rope_scaling, rope_factor=rope_factor, by_position=by_position, passkey=passkey,
-                 passkey_depths=passkey_depths, passkey_trials=passkey_trials,
-                 max_tokens_per_batch=max_tokens_per_batch)
   run = load_run(workdir, checkpoint)
   if split not in run.splits:
     raise EvaluationError(f"split={split!r} is not one of {', '.join(run.splits)}")
