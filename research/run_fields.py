@@ -70,6 +70,10 @@ SCHEME_FIELDS = {
 BUILTIN_SCHEMES = ("none", "learned", "sinusoidal", "rope", "p_rope", "xpos", "alibi", "sandwich", "t5", "cope",
                    "fire", "kerple_log", "kerple_log_shared", "kerple_power", "kerple_power_shared")
 
+# The built-in schemes that contribute input channels (`has_input`: learned, sinusoidal; a test checks it against
+# the registry): model.combine and model.pos_dim shape only their runs (ModelConfig.positional_width).
+INPUT_SCHEMES = ("learned", "sinusoidal")
+
 # The built-in schemes that own no parameters (closed forms, fixed slopes: docs/training.md, "What each built-in scheme
 # owns"; a test checks it against each scheme's initialised parameters), and the settings of the optimizer's
 # `position` group (train.position.*; a test checks this list against the schema), which reach only parameters under
@@ -119,7 +123,8 @@ def unused_fields(previous: Mapping[str, Any], current: Mapping[str, Any],
   under sgd or adafactor); train.min_lr_ratio when neither schedule decays to a floor (constant, rsqrt);
   `FROZEN_TABLE_FIELDS` when both tables are frozen; `PRETRAINED_FIELDS` when neither has model.embed_init
   pretrained; model.pos_dim when both have model.combine add; model.max_position when both have
-  model.position_sampling none; a scheme's own field (`SCHEME_FIELDS`) when both schemes are built-in ones that do
+  model.position_sampling none; model.combine and model.pos_dim when both schemes are built-in ones without input
+  channels (`INPUT_SCHEMES`); a scheme's own field (`SCHEME_FIELDS`) when both schemes are built-in ones that do
   not read it; the positional group's optimizer settings (`POSITION_GROUP_FIELDS`) when both schemes are built-in
   ones without parameters (`PARAMETERLESS_SCHEMES`); the untied head's (`UNTIED_HEAD_FIELDS`) when both models
   are tied; model.table_dim when both are the plain table (0 or their d_model), model.max_len when both are the
@@ -144,6 +149,8 @@ def unused_fields(previous: Mapping[str, Any], current: Mapping[str, Any],
     unused += PRETRAINED_FIELDS
   if all(v == "add" for v in values("model.combine", "add")):
     unused += ("model.pos_dim",)
+  if _read_only_by("model.combine", values("model.position"), INPUT_SCHEMES, BUILTIN_SCHEMES):
+    unused += tuple(f for f in ("model.combine", "model.pos_dim") if f not in unused)
   if all(v == "none" for v in values("model.position_sampling", "none")):
     unused += ("model.max_position",)
   unused += tuple(f for f, readers in SCHEME_FIELDS.items()
@@ -166,6 +173,8 @@ def unread_reason(field: str, config: Mapping[str, Any]) -> str:
   """Why `field` (one of `unused_fields(config, config)`) is not read by `config`'s model, for research-train's note
   on a value that was set (not the default) but shapes nothing."""
   position, optimizer, schedule = (_get(config, f) for f in ("model.position", "train.optimizer", "train.schedule"))
+  if field in ("model.combine", "model.pos_dim") and position in BUILTIN_SCHEMES and position not in INPUT_SCHEMES:
+    return f"read only by a scheme with input channels ({' or '.join(INPUT_SCHEMES)}), and this run's is {position!r}"
   if field in SCHEME_FIELDS:
     return f"read only by model.position {' or '.join(SCHEME_FIELDS[field])}, and this run's is {position!r}"
   if field in OPTIMIZER_FIELDS:

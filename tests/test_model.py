@@ -464,6 +464,7 @@ def test_embedding_dropout_is_elementwise_and_off_in_eval():
 
 @pytest.mark.parametrize("overrides,message", [
     (dict(num_heads=3), r"num_heads=3 does not divide the model width 16; allowed head counts: 1, 2, 4, 8, 16"),
+    (dict(num_heads=3, d_model=130), r"allowed head counts: 1, 2, 5, 10, 13, 26, 65, 130$"),  # every one, past 64
     (dict(position="rope", d_model=18, num_heads=2),
      r"rope needs an even head dimension, got 9 .*; allowed num_heads for width 18: 1, 3, 9$"),
     (dict(position="rope", d_model=15, num_heads=3),

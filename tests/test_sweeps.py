@@ -972,6 +972,7 @@ def test_the_scheme_fields_table_is_what_the_built_in_schemes_read():
   from research.embeddings import registry
   assert sorted(registry.names()) == sorted(run_fields.BUILTIN_SCHEMES)
   assert sorted(run_fields.ROTARY_SCHEMES) == sorted(n for n in registry.names() if configuration.rotates_with_rope(n))
+  assert sorted(run_fields.INPUT_SCHEMES) == sorted(n for n in registry.names() if registry.get_scheme(n).has_input)
   assert run_fields.builtin_rotates({"model": {"position": "my_pkg.schemes:Mine"}}) is None
   for name in registry.names():
     source = "".join(inspect.getsource(c) for c in registry.get_scheme(name).__mro__

@@ -729,6 +729,14 @@ def test_a_set_field_the_model_never_reads_is_a_note_naming_what_reads_it():
   assert loop.unread_notes(tiny_config(**{"objective": "clm", "data.mlm_mask_rate": 0.5})) == [
       "note: data.mlm_mask_rate=0.5 is read only by objective mlm, and this run's is 'clm': it changes nothing in "
       "this run"]
+  # model.combine / pos_dim under a scheme without input channels: the plain model (and a rerun may change them).
+  concat = {"model.position": "alibi", "model.combine": "concat", "model.pos_dim": 5}
+  assert loop.unread_notes(tiny_config(**concat)) == [
+      f"note: model.{f} is read only by a scheme with input channels (learned or sinusoidal), and this run's is "
+      f"'alibi': it changes nothing in this run" for f in ("combine='concat'", "pos_dim=5")]
+  assert loop.unread_notes(tiny_config(**{**concat, "model.position": "learned"})) == []
+  assert {"model.combine", "model.pos_dim"} <= set(loop.unused_fields(
+      tiny_config(**concat).to_dict(), tiny_config(**{"model.position": "alibi"}).to_dict()))
   # Every field a rule can list has its own reason, not the catch-all.
   fields = (list(run_fields.SCHEME_FIELDS) + list(run_fields.OPTIMIZER_FIELDS) + [
       *run_fields.CHAR_FIELDS, *run_fields.ROPE_SCALING_FIELDS, *run_fields.MLM_FIELDS, "data.vocab_size",

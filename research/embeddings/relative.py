@@ -7,6 +7,7 @@ the model config.
 
 from __future__ import annotations
 
+import fractions
 import functools
 import math
 
@@ -136,7 +137,10 @@ def apply_rope(x_BxLxHxD, positions_BxL, inv_freq_R, attention_factor: float = 1
 
 
 def rope_rotary_dim(head_dim: int, fraction: float) -> int:
-  return int(head_dim * fraction) // 2 * 2
+  """The dimensions of a head that rotate: head_dim × model.rope_fraction rounded down to even, the product taken on
+  the decimal value given (0.58 × 100 = 58), not on its float, which truncates a few exact products one short (GPT-NeoX's
+  `int(head_size * rotary_pct)` rotates 56 of 100 dimensions at 0.58)."""
+  return int(fractions.Fraction(repr(float(fraction))) * head_dim) // 2 * 2
 
 
 @register("rope")
@@ -414,6 +418,10 @@ class XposPositions(PositionalScheme):
 # ------------------------------------------------------------------------------------------------------- Sandwich
 
 
+# The narrowest head Sandwich accepts (`SandwichPositions.validate`): 2 frequencies, 10000^-0.5 and 10000^-1.
+SANDWICH_MIN_HEAD_DIM = 4
+
+
 def sandwich_bias(q_positions_BxL, k_positions_BxL, num_heads: int, dim: int):
   """Sandwich (Chi et al. 2023, "Dissecting Transformer Length Extrapolation via the Lens of Receptive Field
   Analysis", arXiv 2212.10356): the inner product of two sinusoidal position embeddings minus its maximum,
@@ -441,6 +449,18 @@ def sandwich_bias(q_positions_BxL, k_positions_BxL, num_heads: int, dim: int):
 @register("sandwich")
 class SandwichPositions(PositionalScheme):
   """Sandwich: a parameter-free, per-head-scaled sinusoidal-kernel bias (see `sandwich_bias`), shared by layers."""
+
+  @classmethod
+  def validate(cls, cfg) -> None:
+    """A head of fewer than SANDWICH_MIN_HEAD_DIM dimensions is refused: d' = 1 has no frequency (the bias is 0, NoPE)
+    and d' = 2, 3 only 10000^(-2/d'), a bias below 0.01 within 64 positions: the run would train as NoPE."""
+    head_dim = cfg.width // cfg.num_heads
+    if head_dim < SANDWICH_MIN_HEAD_DIM:
+      what = "no frequency at all" if head_dim < 2 else f"one frequency, 10000^(-2/{head_dim})"
+      raise ValueError(f"model.position='sandwich' needs a head dimension of at least {SANDWICH_MIN_HEAD_DIM}, and "
+                       f"width {cfg.width} / model.num_heads={cfg.num_heads} is {head_dim}: its bias sums "
+                       f"cos(Δ/10000^(2i/d')) over i = 1 … d'/2 (d' = the head dimension), here {what}, so the run "
+                       f"would train as NoPE; use fewer heads")
 
   def bias(self, q_positions_BxL, k_positions_BxL):
     return sandwich_bias(q_positions_BxL, k_positions_BxL, self.cfg.num_heads, self.cfg.width // self.cfg.num_heads)

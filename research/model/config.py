@@ -265,4 +265,4 @@ class ModelConfig:
 
 
 def _divisors(n: int) -> list[int]:
-  return [h for h in range(1, min(n, 64) + 1) if n % h == 0]
+  return [h for h in range(1, n + 1) if n % h == 0]

@@ -370,7 +370,7 @@ def residual_stream_bytes(rows: int, seq_len: int, m) -> int:
 
 def largest_param(tree) -> str:
   """'the largest, PATH of shape (a, b), holds N; ' for the parameter with the most entries, so that the "does not
-  fit" line names what made a model huge (a positional table of model.cope_max_pos or model.max_len rows, a wide
+  fit" line names what made a model huge (a positional table of CoPE's or a learned scheme's many rows, a wide
   model.table_dim) and not only the fields that size the blocks."""
   path, leaf = max(jax.tree_util.tree_flatten_with_path(tree)[0], key=lambda item: int(np.prod(item[1].shape)))
   name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
@@ -447,7 +447,7 @@ SAME_MODEL_VALUES = ("model.table_dim", "model.max_len")
 def unread_notes(config: ml_collections.ConfigDict) -> list[str]:
   """A note (the run is legal) for each field set to other than the schema's default that this run's model never
   reads (`unused_fields` of the config with itself; the reason from `run_fields.unread_reason`), e.g.
-  model.rope_keep_fraction in a rope run (only p_rope reads it): config.json records the value, and the run trains
+  p-RoPE's keep fraction in a rope run (only p_rope reads it): config.json records the value, and the run trains
   as it would at the default. Not refused: a user's base config may set a field of a scheme it does not always
   choose (research-sweep warns of trials that therefore train the same model)."""
   d, flat = config.to_dict(), configuration.flatten(config)
