@@ -15,7 +15,7 @@ docs/rare_tokens.md), --positions pictures of the run's positional scheme (RUN/e
 hooks have: position_similarity.png, rotary_kernel.png, bias_by_distance.png, attention.png;
 research/analysis/positions.py, docs/architecture.md). With --vectors: the same benchmarks for a vector file.
 
-One entry point for every analysis of a table: a new one is a flag and one more step in `analyze_workdir`, which
+One entry point for every analysis of a table: a new one is a flag and one more step in `research.analysis.workdir.analyze_workdir`, which
 loads the run's checkpoint once for all of them (one call, one step in every file it writes).
 """
 
@@ -32,6 +32,7 @@ from absl import app, flags, logging
 
 from experiments.common import end_interrupted, expand_home_flags, parse_flags, run_main
 from research.analysis import positions, quality, rare
+from research.analysis.workdir import analyze_workdir
 from research.embeddings import pretrained
 from research.error_text import unwritable
 
@@ -101,31 +102,6 @@ def check_flags() -> None:
     raise quality.AnalysisError("--positions_batches is for --positions")
   if _POSITIONS_BATCHES.value < 1:
     raise quality.AnalysisError(f"--positions_batches={_POSITIONS_BATCHES.value} must be >= 1")
-
-
-def analyze_workdir(workdir: str, checkpoint: str, *, export_word2vec: str | None = None,
-                    export_projector: str | None = None, vectors_of: str = "table", rare_tokens: bool = False,
-                    positions_batches: int | None = None) -> dict[str, dict]:
-  """Every analysis one call asks for, of ONE checkpoint, printing each file's summary as it is written; returns the
-  reports by name ("quality", "rare", "positions"). The run is loaded once (best/last resolved, the parameters
-  restored) and handed to each analysis, so every file records the same step even while a live trainer writes and
-  rotates checkpoints (each analysis resolving best/last again analysed different steps in one call)."""
-  run = quality.load_run(workdir, checkpoint)
-  reports = {"quality": quality.analyze_run(workdir, checkpoint, export_word2vec_path=export_word2vec,
-                                            export_projector_dir=export_projector, vectors_of=vectors_of, run=run)}
-  print(f"{workdir}/{quality.EVAL_DIR}/{quality.QUALITY_FILES[vectors_of]} (step {run.step})")
-  print("\n".join(quality.summary_lines(reports["quality"])))
-  interrupts.check()  # a Ctrl-C whose KeyboardInterrupt a callback swallowed (JAX's gc hook) ends the command here
-  if rare_tokens:
-    reports["rare"] = rare.analyze_run(workdir, checkpoint, run=run)
-    print(f"{workdir}/{quality.EVAL_DIR}/{rare.RARE_FILE} (step {run.step})")
-    print("\n".join(rare.summary_lines(reports["rare"])))
-    interrupts.check()
-  if positions_batches is not None:
-    reports["positions"] = positions.analyze_run(workdir, checkpoint, positions_batches, run=run)
-    print(f"{workdir}/{quality.EVAL_DIR}/{positions.POSITIONS_FILE} (step {run.step})")
-    print("\n".join(positions.summary_lines(reports["positions"])))
-  return reports
 
 
 @run_main

@@ -345,7 +345,7 @@ def test_one_analyze_call_analyses_one_checkpoint_while_a_trainer_rotates_them(t
   again recorded another step, or failed on the checkpoint gone)."""
   import shutil
 
-  from experiments import analyze
+  from research.analysis import workdir as analyze
   from research.train import checkpoint as checkpoint_lib
   run = tmp_path / "run"
   shutil.copytree(three_checkpoints, run, ignore=shutil.ignore_patterns("eval"))
