@@ -231,10 +231,13 @@ def table_widths(trials: list[Trial]) -> list[int]:
 def width_note(name: str, widths: list[int]) -> str:
   """The footnote of a WIDTH_GEOMETRY cell of a table whose rows analysed tables of `widths`."""
   k = WIDTH_GEOMETRY[name]
-  isotropic = "1/width" if k == 1 else f"{k}/width"
+  isotropic = "1/width" if k == 1 else f"min({k}, width)/width"
+  full = [w for w in widths if w <= k]  # the top k directions hold all of such a table's variance: 1 whatever it is
+  blind = (f"; at width {', '.join(map(str, full))} ≤ {k} both are 1 by construction and tell nothing"
+           if full and k > 1 else "")
   return (f"{GEOMETRY_HEADERS[name]} depends on the table's width (an isotropic table: {isotropic}), and the rows "
           f"analysed tables of widths {', '.join(map(str, widths))}: compare {VS_ISOTROPIC_HEADERS[name]} (1 = "
-          f"isotropic)")
+          f"isotropic){blind}")
 
 
 def _columns(trials: list[Trial]) -> list[Column]:
