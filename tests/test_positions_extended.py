@@ -499,35 +499,40 @@ def test_sandwich_as_an_inner_product_equals_the_sum_of_cosines_of_the_distance_
 
 
 def test_sandwich_refuses_a_head_too_narrow_for_any_bias():
-  """At head dimension 1 the kernel has no frequency (exactly NoPE) and at 2 only 10000^-1: refused, not trained as
-  NoPE under Sandwich's name; 4 (two frequencies) is accepted."""
+  """At head dimension 1 the kernel has no frequency (exactly NoPE) and at 2 only 10000^-1: a new run is refused,
+  not trained as NoPE under Sandwich's name; 4 (two frequencies) is accepted. The model itself still builds at such
+  a shape, so a run trained before the check evaluates."""
+  from tests.train_utils import tiny_config
   for heads, width in ((4, 4), (8, 16), (4, 12)):
-    with pytest.raises(ValueError, match=rf"model.position='sandwich' needs a head dimension of at least 4, and "
-                                         rf"width {width} / model.num_heads={heads} is {width // heads}: "):
-      tiny(position="sandwich", d_model=width, num_heads=heads)
-  tiny(position="sandwich", d_model=16, num_heads=4)
+    overrides = {"model.position": "sandwich", "model.d_model": width, "model.num_heads": heads}
+    with pytest.raises(configuration.ConfigError, match=rf"model.position='sandwich' needs a head dimension of at "
+                                                         rf"least 4, and width {width} / model.num_heads={heads} is "
+                                                         rf"{width // heads}: "):
+      configuration.validate(tiny_config(**overrides))
+    tiny(position="sandwich", d_model=width, num_heads=heads)  # the evaluator's model of an old run
+  configuration.validate(tiny_config(**{"model.position": "sandwich", "model.d_model": 16, "model.num_heads": 4}))
   largest = lambda dim: float(np.abs(np.asarray(relative.sandwich_bias(  # noqa: E731 (one head, 1024 positions)
       jnp.arange(1024)[None], jnp.arange(1024)[None], 1, dim))).max())
   assert largest(2) < 1e-3 < 0.1 < largest(4)  # (head 1's divisor is 8: the kernel's 2 − 2cos at most, / 8)
 
 
-def test_the_rotary_dimension_is_the_exact_product_rounded_down_to_even():
-  """head_dim × rope_fraction on the decimal fraction given, rounded down to even: 0.58 of 100 rotates 58 (the float
-  product 57.99… truncated one short before), for every even head dimension up to 256 and every fraction k/100."""
-  assert relative.rope_rotary_dim(100, 0.58) == 58 and relative.rope_rotary_dim(180, 0.7) == 126
-  for head_dim in range(2, 257, 2):
-    for k in range(1, 101):
-      assert relative.rope_rotary_dim(head_dim, k / 100) == head_dim * k // 100 // 2 * 2, (head_dim, k)
-  # What each rotary scheme rotates: the dims of q that a shift of position changes, at head_dim 100, fraction 0.58.
-  q = jax.random.normal(jax.random.key(0), (1, 1, 1, 100))
-  for position in ("rope", "p_rope", "xpos"):
-    cfg = tiny(position=position, d_model=100, num_heads=1, rope_fraction=0.58, rope_keep_fraction=1.0)
-    scheme = cfg.scheme(cfg)
+def test_the_rotary_dimension_is_gpt_neox_s_and_what_every_rotary_scheme_rotates():
+  """GPT-NeoX's `int(head_size * rotary_pct)` rounded down to even, as trained runs have it: exact for thirds (1/3 of
+  48 is 16), one short where the float product falls below an integer (0.58 × 100 = 57.99…: 56)."""
+  assert relative.rope_rotary_dim(48, 1 / 3) == 16 and relative.rope_rotary_dim(96, 2 / 3) == 64
+  assert relative.rope_rotary_dim(100, 0.58) == 56 and relative.rope_rotary_dim(100, 0.5) == 50
+  # What each rotary scheme rotates: the dims of q that a shift of position changes is rope_rotary_dim's count.
+  for head_dim, fraction in ((100, 0.58), (48, 1 / 3)):
+    q = jax.random.normal(jax.random.key(0), (1, 1, 1, head_dim))
+    for position in ("rope", "p_rope", "xpos"):
+      cfg = tiny(position=position, d_model=head_dim, num_heads=1, rope_fraction=fraction, rope_keep_fraction=1.0)
+      scheme = cfg.scheme(cfg)
 
-    def rotated(p):
-      fn = scheme.apply({}, jnp.array([[p]]), method=scheme.rotary)
-      return np.asarray((fn[0] if isinstance(fn, tuple) else fn)(q))
-    assert int((np.abs(rotated(0) - rotated(3)) > 1e-6).any(axis=(0, 1, 2)).sum()) == 58, position
+      def rotated(p):
+        fn = scheme.apply({}, jnp.array([[p]]), method=scheme.rotary)
+        return np.asarray((fn[0] if isinstance(fn, tuple) else fn)(q))
+      changed = int((np.abs(rotated(0) - rotated(3)) > 1e-6).any(axis=(0, 1, 2)).sum())
+      assert changed == relative.rope_rotary_dim(head_dim, fraction), (position, head_dim, fraction)
 
 
 @pytest.mark.parametrize("heads,dim", [(2, 8), (4, 16), (3, 6)])

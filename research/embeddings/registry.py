@@ -68,6 +68,12 @@ class PositionalScheme(nn.Module):
     """Raises ValueError for a model config this scheme cannot run with."""
 
   @classmethod
+  def validate_training(cls, cfg) -> None:
+    """Raises ValueError for a model config this scheme runs but should not start training with (a shape that makes
+    it another scheme in all but name). Checked for new training only (`configuration.validate`): a run written
+    before the check still evaluates and analyses."""
+
+  @classmethod
   def max_length(cls, cfg) -> int | None:
     """The longest sequence the scheme can represent, or None when unbounded."""
     return None

@@ -7,7 +7,6 @@ the model config.
 
 from __future__ import annotations
 
-import fractions
 import functools
 import math
 
@@ -137,10 +136,10 @@ def apply_rope(x_BxLxHxD, positions_BxL, inv_freq_R, attention_factor: float = 1
 
 
 def rope_rotary_dim(head_dim: int, fraction: float) -> int:
-  """The dimensions of a head that rotate: head_dim × model.rope_fraction rounded down to even, the product taken on
-  the decimal value given (0.58 × 100 = 58), not on its float, which truncates a few exact products one short (GPT-NeoX's
-  `int(head_size * rotary_pct)` rotates 56 of 100 dimensions at 0.58)."""
-  return int(fractions.Fraction(repr(float(fraction))) * head_dim) // 2 * 2
+  """The dimensions of a head that rotate: GPT-NeoX's `int(head_size * rotary_pct)` (a float product, truncated),
+  rounded down to even. Kept as trained runs have it: a few decimal fractions land just below an integer in float
+  (0.58 × 100 = 57.99…: 56 rotate, not 58), while 1/3 × 48 is exactly 16 (docs/architecture.md, the rope row)."""
+  return int(head_dim * fraction) // 2 * 2
 
 
 @register("rope")
@@ -451,9 +450,10 @@ class SandwichPositions(PositionalScheme):
   """Sandwich: a parameter-free, per-head-scaled sinusoidal-kernel bias (see `sandwich_bias`), shared by layers."""
 
   @classmethod
-  def validate(cls, cfg) -> None:
-    """A head of fewer than SANDWICH_MIN_HEAD_DIM dimensions is refused: d' = 1 has no frequency (the bias is 0, NoPE)
-    and d' = 2, 3 only 10000^(-2/d'), a bias below 0.01 within 64 positions: the run would train as NoPE."""
+  def validate_training(cls, cfg) -> None:
+    """A head of fewer than SANDWICH_MIN_HEAD_DIM dimensions is refused for training: d' = 1 has no frequency (the
+    bias is 0, NoPE) and d' = 2, 3 only 10000^(-2/d'), a bias below 0.001 within 1,024 positions: the run would train
+    as NoPE. A run trained at such a shape before the check still evaluates."""
     head_dim = cfg.width // cfg.num_heads
     if head_dim < SANDWICH_MIN_HEAD_DIM:
       what = "no frequency at all" if head_dim < 2 else f"one frequency, 10000^(-2/{head_dim})"

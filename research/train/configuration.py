@@ -394,6 +394,10 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
       raise ConfigError(f"{name}={value!r} must be a finite number")
   cfg = model_config(config)
   validate_rope_scaling(cfg)
+  try:
+    cfg.scheme.validate_training(cfg)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   limit = cfg.scheme.max_length(cfg)
   if limit is not None and limit < config.data.seq_len and cfg.scheme.max_length_note(cfg) is not None:
     raise ConfigError(f"data.seq_len={config.data.seq_len} is longer than the {limit} positions "
