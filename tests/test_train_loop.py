@@ -656,6 +656,9 @@ def test_an_unknown_section_is_named_as_a_section_with_the_sections_there_are():
     ({"model.position": "rope", "model.position_sampling": "randomized", "model.max_position": 3_000_000_000},
      "model.max_position=3000000000 is too large: at most 16,777,216 (2^24: "),
     ({"data.cache_dir": " "}, "data.cache_dir=' ' is blank: give a directory, or \"\" for the default"),
+    # an OverflowError tracing the first step (optax's schedules count in int32), after config.json was written
+    ({"train.warmup_steps": 3_000_000_000}, "train.warmup_steps=3000000000 is too large: at most 2,147,483,647"),
+    ({"train.steps": 2 ** 31, "train.schedule": "linear"}, f"train.steps={2 ** 31} is too large: at most "),
     ({"data.corpus": "bogus"}, "unknown corpus spec 'bogus'; valid specs: wikipedia-sample, lee, passkey, "
                                "text:<path|glob|dir>, hf:<name>[/<config>]"),
     ({"data.corpus": ""}, "unknown corpus spec ''; valid specs: "),

@@ -349,6 +349,9 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
                            ("mesh.init_timeout_s", config.mesh.init_timeout_s, 1)):
     if not isinstance(value, int) or value < low:
       raise ConfigError(f"{name}={value!r} must be an integer >= {low}")
+  for name, value in (("train.steps", t.steps), ("train.warmup_steps", t.warmup_steps)):
+    if value >= 2 ** 31:  # the schedule's step counts are int32 inside the jitted step (optax's schedules)
+      raise ConfigError(f"{name}={value} is too large: at most {2 ** 31 - 1:,} (the schedule computes in int32)")
   for name, value, low, high, what in (
       ("train.grad_clip", t.grad_clip, 0.0, math.inf, ">= 0 (0 = off)"),
       ("train.weight_decay", t.weight_decay, 0.0, math.inf, ">= 0"),
