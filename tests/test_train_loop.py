@@ -672,7 +672,7 @@ def test_errors_that_need_no_data_are_refused_before_the_workdir_exists(tmp_path
   made a directory ' ' in the current one) or trained a model other than its config.json says."""
   monkeypatch.chdir(tmp_path)
   with pytest.raises(configuration.ConfigError) as err:  # (a run of one step, should it start)
-    loop.train(tiny_config(**overrides, **{"train.steps": 1, "train.eval_batches": 1}), tmp_path / "run")
+    loop.train(tiny_config(**{"train.steps": 1, "train.eval_batches": 1, **overrides}), tmp_path / "run")
   assert str(err.value).startswith(message) and "\n" not in str(err.value), str(err.value)
   assert sorted(p.name for p in tmp_path.iterdir()) == []
 
