@@ -80,6 +80,8 @@ def main(argv):
       raise ConfigError("--print_commands needs --tpu=NAME and --zone=ZONE")
     lines = sweeps.tpu_commands(sweep, _WORKDIR.value, _TPU.value, _ZONE.value, repo_dir=_REPO_DIR.value)
     sweeps.check_not_interrupted()
+    for note in sweeps.tpu_notes(sweep, _WORKDIR.value):  # stderr: stdout stays the commands alone
+      print(note, file=sys.stderr)
     for line in lines:
       print(line)
     return

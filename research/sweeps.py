@@ -744,6 +744,20 @@ def remote_path(path: str) -> str:
   return shlex.quote(path)
 
 
+def tpu_notes(sweep: Sweep, directory: str) -> list[str]:
+  """Notes (stderr, beside the printed commands) on paths the TPU workers would not share: a relative --workdir, which
+  each worker resolves under its own clone (`repo_dir`), a per-host directory, not the shared filesystem every host
+  must see; a BASE_CONFIG outside this repository, a path on this machine that the workers' clones do not have."""
+  notes = []
+  if not Path(directory).expanduser().is_absolute():
+    notes.append(f"note: --workdir={directory!r} is relative: each worker resolves it in its own clone (--repo_dir), "
+                 f"so the hosts would not share the run directories; give the shared filesystem's absolute path")
+  if Path(repo_relative(sweep.base_config)).is_absolute():
+    notes.append(f"note: BASE_CONFIG {sweep.base_config!r} is outside this repository: each worker needs the file at "
+                 f"that path (put it in the repository's clones, or on the shared filesystem)")
+  return notes
+
+
 def tpu_commands(sweep: Sweep, directory: str, tpu: str, zone: str, repo_dir: str = "~/research") -> list[str]:
   """One line per trial: train on every host of a TPU VM pod slice, then evaluate on worker 0.
 

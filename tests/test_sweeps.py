@@ -397,7 +397,7 @@ def test_tpu_commands_train_on_every_host_and_evaluate_on_worker_0(tmp_path):
   path = _tpu_sweep(tmp_path)
   result = cli("experiments.sweep", f"--sweep={path}", "--workdir=/mnt/shared/runs", "--print_commands",
                "--tpu=my-v4-32", "--zone=us-central2-b", "--repo_dir=/opt/research")
-  assert result.returncode == 0, result.stderr
+  assert result.returncode == 0 and result.stderr == "", result.stderr  # an absolute workdir, a shipped config
   lines = result.stdout.strip().splitlines()
   assert len(lines) == 2
   ssh = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "my-v4-32", "--zone=us-central2-b"]
@@ -413,6 +413,19 @@ def test_tpu_commands_train_on_every_host_and_evaluate_on_worker_0(tmp_path):
     assert "research-evaluate" not in remote_train
     assert remote_eval == (f"cd /opt/research && JAX_PLATFORMS=cpu research-evaluate "
                            f"--workdir={workdir} --lengths=1,4")
+
+
+def test_tpu_notes_name_a_relative_workdir_and_a_base_config_outside_the_repository(tmp_path):
+  sweep = sweeps.load_sweep(_tpu_sweep(tmp_path))  # BASE_CONFIG configs/tiny.py: in the repository
+  assert sweeps.tpu_notes(sweep, "/mnt/shared/runs") == []
+  relative = sweeps.tpu_notes(sweep, "runs/tpu")
+  assert len(relative) == 1 and relative[0].startswith("note: --workdir='runs/tpu' is relative: each worker "), relative
+  base = tmp_path / "mybase.py"
+  base.write_text((ROOT / "configs" / "tiny.py").read_text())
+  outside = sweeps.load_sweep(write_sweep(tmp_path / "o.py", [{"seed": 0}], base=str(base)))
+  assert sweeps.tpu_notes(outside, "/mnt/shared/runs") == [
+      f"note: BASE_CONFIG {str(base)!r} is outside this repository: each worker needs the file at that path (put it "
+      f"in the repository's clones, or on the shared filesystem)"]
 
 
 def test_tpu_commands_default_repo_dir_and_refuse_urls(tmp_path):

@@ -711,6 +711,11 @@ def test_a_warmup_longer_than_the_run_is_a_note(tmp_path, capsys):
       "note: train.warmup_steps=20 is equal to train.steps=20: the learning rate warms up for the whole run, to 95% "
       "of train.learning_rate at the last step, and the cosine schedule after warmup never starts"]
   assert configuration.schedule_notes(tiny_config(**{"train.steps": 21})) == []
+  # A delayed start of the table past the run's end: the table never moves.
+  assert configuration.schedule_notes(tiny_config(**{"train.steps": 30, "train.embedding.freeze_steps": 200})) == [
+      "note: train.embedding.freeze_steps=200 is more than train.steps=30: the token table stays frozen for the "
+      "whole run"]
+  assert configuration.schedule_notes(tiny_config(**{"train.steps": 30, "train.embedding.freeze_steps": 29})) == []
 
 
 def test_a_set_field_the_model_never_reads_is_a_note_naming_what_reads_it():

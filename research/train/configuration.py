@@ -494,15 +494,20 @@ def check_vector_file(config: ml_collections.ConfigDict) -> None:
 def schedule_notes(config: ml_collections.ConfigDict) -> list[str]:
   """A note (the run is legal) when train.warmup_steps >= train.steps: the learning rate then rises for the whole
   run (the last update is step steps − 1's, at (steps − 1)/warmup_steps of the peak), never reaching
-  train.learning_rate nor the schedule's decay. Not refused: a short run of a config with a long warmup (a smoke
-  test of configs/tiny.py) is meant, and a resumed run may raise train.steps past it."""
-  t = config.train
-  if not 0 < t.steps <= t.warmup_steps:
-    return []
-  than = "more than" if t.warmup_steps > t.steps else "equal to"
-  return [f"note: train.warmup_steps={t.warmup_steps} is {than} train.steps={t.steps}: the learning rate warms "
-          f"up for the whole run, to {(t.steps - 1) / t.warmup_steps:.0%} of train.learning_rate at the last step, "
-          f"and the {t.schedule} schedule after warmup never starts"]
+  train.learning_rate nor the schedule's decay; and when train.embedding.freeze_steps >= train.steps: the table
+  never moves. Not refused: a short run of a config with a long warmup (a smoke test of configs/tiny.py) is meant,
+  and a resumed run may raise train.steps past either."""
+  t, notes = config.train, []
+  if 0 < t.steps <= t.warmup_steps:
+    than = "more than" if t.warmup_steps > t.steps else "equal to"
+    notes.append(f"note: train.warmup_steps={t.warmup_steps} is {than} train.steps={t.steps}: the learning rate "
+                 f"warms up for the whole run, to {(t.steps - 1) / t.warmup_steps:.0%} of train.learning_rate at the "
+                 f"last step, and the {t.schedule} schedule after warmup never starts")
+  freeze = t.embedding.freeze_steps
+  if 0 < t.steps <= freeze and not t.embedding.freeze:  # (a frozen table: the field is unread, `unread_notes`)
+    notes.append(f"note: train.embedding.freeze_steps={freeze} is {'more than' if freeze > t.steps else 'equal to'} "
+                 f"train.steps={t.steps}: the token table stays frozen for the whole run")
+  return notes
 
 
 def validate_mlm_rates(data: ml_collections.ConfigDict) -> None:
