@@ -417,7 +417,7 @@ class XposPositions(PositionalScheme):
 # ------------------------------------------------------------------------------------------------------- Sandwich
 
 
-# The narrowest head Sandwich accepts (`SandwichPositions.validate`): 2 frequencies, 10000^-0.5 and 10000^-1.
+# The narrowest head Sandwich trains with (`SandwichPositions.validate_training`): 2 frequencies, 10000^-0.5, 10000^-1.
 SANDWICH_MIN_HEAD_DIM = 4
 
 

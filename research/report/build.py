@@ -160,7 +160,7 @@ def width_paragraph(widths: list[int]) -> str:
   relative = " and ".join(tables.VS_ISOTROPIC_HEADERS[name] for name in tables.WIDTH_GEOMETRY)
   return (f"**Tables of different widths**: the rows analysed input tables of widths {', '.join(map(str, widths))} "
           f"(rare_tokens.json's `dim`; a factorized table's is `model.table_dim`). {shares} are shares of the width's "
-          f"variance, which an isotropic table spreads evenly (1/width, 10/width), so they differ by the width alone "
+          f"variance, which an isotropic table spreads evenly (1/width, min(10, width)/width), so they differ by the width alone "
           f"(footnoted); {relative} divide by that value (1 = isotropic) and compare across widths. The per-bucket "
           f"10-NN cosine plot depends on the width too (a random table of 4000 rows: 0.69 at width 16, 0.52 at 32, "
           f"0.27 at 128), and the mean row norm plot starts at std·√width (1 for a plain table, √(table_dim/d_model) "

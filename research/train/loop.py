@@ -1105,18 +1105,18 @@ class Trainer:
       raise configuration.ConfigError(
           f"the model does not fit: {params} parameters ({largest}{chars}{table}model.d_model={m.d_model}, "
           f"model.num_layers={m.num_layers}, model.mlp_dim={m.mlp_dim}, a vocabulary of {m.vocab_size:,}) need "
-          f"{need / 2**30:.1f} "
-          f"GiB per device for {of_what}, and {where} has {have / 2**30:.1f} GiB; use a smaller model, or more "
-          f"devices (mesh.fsdp shards the state)")
+          f"{need / 2**30:.1f} GiB per device for {of_what}, and {where} has {have / 2**30:.1f} GiB; use a smaller "
+          f"model, or more devices (mesh.fsdp shards the state)")
     lower = matrix_params(m)
     if lower * 8 / self.mesh.size > have:
       refuse(f"at least {lower:,}", lower * 8 / self.mesh.size, "the parameters and their gradients alone")
     t, seq_len = self.config.train, int(self.config.data.seq_len)
-    stream = residual_stream_bytes(t.batch_size // t.grad_accum, seq_len, m) / self.mesh.size
+    rows = t.batch_size // t.grad_accum  # one micro-batch
+    stream = residual_stream_bytes(rows, seq_len, m) / self.mesh.size
     if stream > have:
       raise configuration.ConfigError(
           f"train.batch_size={t.batch_size} does not fit: the residual stream of one micro-batch alone "
-          f"({t.batch_size // t.grad_accum:,} rows of data.seq_len={seq_len}, float32, model width {m.width}, kept at "
+          f"({rows:,} rows of data.seq_len={seq_len}, float32, model width {m.width}, kept at "
           f"the input of each of model.num_layers={m.num_layers} blocks and after the last) needs "
           f"{stream / 2**30:.1f} GiB per device, and {where} has {have / 2**30:.1f} GiB; use a smaller "
           f"train.batch_size, a larger train.grad_accum, or more devices")
