@@ -81,8 +81,15 @@ INPUT_SCHEMES = ("learned", "sinusoidal")
 PARAMETERLESS_SCHEMES = ("none", "sinusoidal", "rope", "p_rope", "xpos", "alibi", "sandwich")
 POSITION_GROUP_FIELDS = ("train.position.weight_decay",)
 
-# The untied head's optimizer settings (optim.decay_mask's `lm_head`), which a tied model (no such module) never reads.
+# The head's optimizer settings (optim.decay_mask): an untied head's (`lm_head`) decay flag, which a tied model reads
+# only for a factorized table's head_projection, when train.head.projection_group puts it in the head; and that group,
+# which only a tied factorized model has a head_projection to read it for.
 UNTIED_HEAD_FIELDS = ("train.head.weight_decay",)
+PROJECTION_GROUP_FIELDS = ("train.head.projection_group",)
+
+# Which rows a lazy table updates: read only with lazy rows of an unfrozen table and an untied head (with a tied head
+# both values name the inputs' and the targets' rows).
+LAZY_ROWS_FIELDS = ("train.embedding.lazy_rows",)
 
 
 # The built-in schemes that rotate with RoPE's frequencies (subclasses of relative.RotaryPositions; a test checks this
@@ -126,9 +133,11 @@ def unused_fields(previous: Mapping[str, Any], current: Mapping[str, Any],
   model.position_sampling none; model.combine and model.pos_dim when both schemes are built-in ones without input
   channels (`INPUT_SCHEMES`); a scheme's own field (`SCHEME_FIELDS`) when both schemes are built-in ones that do
   not read it; the positional group's optimizer settings (`POSITION_GROUP_FIELDS`) when both schemes are built-in
-  ones without parameters (`PARAMETERLESS_SCHEMES`); the untied head's (`UNTIED_HEAD_FIELDS`) when both models
-  are tied; model.table_dim when both are the plain table (0 or their d_model), model.max_len when both are the
-  training length (0 or their data.seq_len). Each rule holds only where the field is verified unread (or its two
+  ones without parameters (`PARAMETERLESS_SCHEMES`); the head's decay (`UNTIED_HEAD_FIELDS`) when neither model has
+  an untied head nor a factorized tied head_projection in the head's group, and that group
+  (`PROJECTION_GROUP_FIELDS`) when neither is a tied factorized model; `LAZY_ROWS_FIELDS` when neither has lazy
+  rows of an unfrozen table under an untied head; model.table_dim when both are the plain table (0 or their
+  d_model), model.max_len when both are the training length (0 or their data.seq_len). Each rule holds only where the field is verified unread (or its two
   values name one model); anything unknown counts as read."""
   both = lambda test: test(previous) and test(current)  # noqa: E731
   values = lambda field, default=None: (_get(previous, field, default), _get(current, field, default))  # noqa: E731
@@ -157,8 +166,12 @@ def unused_fields(previous: Mapping[str, Any], current: Mapping[str, Any],
                   if _read_only_by(f, values("model.position"), readers, BUILTIN_SCHEMES))
   if all(v in PARAMETERLESS_SCHEMES for v in values("model.position")):
     unused += POSITION_GROUP_FIELDS
-  if all(v is True for v in values("model.tie_embeddings", True)):
+  if not any(map(_reads_head_decay, (previous, current))):
     unused += UNTIED_HEAD_FIELDS
+  if not any(map(_tied_factorized, (previous, current))):
+    unused += PROJECTION_GROUP_FIELDS
+  if not any(map(_reads_lazy_rows, (previous, current))):
+    unused += LAZY_ROWS_FIELDS
   # Values that name the same model: model.table_dim 0 and d_model are both the plain V × d table (ModelConfig:
   # `table_dim or d_model`, factorized only when that differs from d_model); model.max_len 0 and data.seq_len are
   # both the training length (configuration.model_config). d_model and seq_len themselves are still compared.
@@ -167,6 +180,29 @@ def unused_fields(previous: Mapping[str, Any], current: Mapping[str, Any],
   if all(_same_as_default(c, "model.max_len", "data.seq_len") for c in (previous, current)):
     unused += ("model.max_len",)
   return unused
+
+
+def _tied(config: Mapping[str, Any]) -> bool:
+  return _get(config, "model.tie_embeddings", True) is True
+
+
+def _tied_factorized(config: Mapping[str, Any]) -> bool:
+  """Whether a config's model has a factorized tied table, whose head_projection is the head's (anything unknown
+  counts as factorized)."""
+  return _tied(config) and not _same_as_default(config, "model.table_dim", "model.d_model")
+
+
+def _reads_head_decay(config: Mapping[str, Any]) -> bool:
+  """Whether train.head.weight_decay reaches a parameter of the config's model: an untied head, or a factorized tied
+  table's head_projection in the head's group."""
+  in_head = _get(config, "train.head.projection_group", "head") != "matrices"
+  return not _tied(config) or (_tied_factorized(config) and in_head)
+
+
+def _reads_lazy_rows(config: Mapping[str, Any]) -> bool:
+  """Whether train.embedding.lazy_rows chooses anything: lazy rows of an unfrozen table under an untied head."""
+  return (_get(config, "train.embedding.lazy", False) is not False and _get(config, "train.embedding.freeze", False)
+          is not True and not _tied(config))
 
 
 def unread_reason(field: str, config: Mapping[str, Any]) -> str:
@@ -192,7 +228,12 @@ def unread_reason(field: str, config: Mapping[str, Any]) -> str:
       ("model.pos_dim",): "read only with model.combine other than 'add', and this run's is 'add'",
       ("model.max_position",): "read only with model.position_sampling other than 'none', and this run's is 'none'",
       POSITION_GROUP_FIELDS: f"read only by a scheme with parameters, and {position!r} has none",
-      UNTIED_HEAD_FIELDS: "read only by an untied head, and this run's model.tie_embeddings is true"}
+      UNTIED_HEAD_FIELDS: "read only by an untied head or a factorized tied table's head_projection (with "
+                          "train.head.projection_group 'head'), and this run's model has neither",
+      PROJECTION_GROUP_FIELDS: "read only by a tied model with a factorized table (model.table_dim other than "
+                               "model.d_model), and this run's model is not one",
+      LAZY_ROWS_FIELDS: "read only with train.embedding.lazy true, an unfrozen table and an untied head "
+                        "(model.tie_embeddings false), and this run has not all three"}
   return next((why for fields, why in reasons.items() if field in fields), "not read by this run's model")
 
 

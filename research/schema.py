@@ -35,8 +35,11 @@ RESUMABLE_FIELDS = run_fields.RESUMABLE_FIELDS
 # model.char_padding: the CNN's padding character was an ordinary learned row before the field existed.
 # model.char_spelling: a piece that stands for no text was spelled with its raw string alone, without the mark.
 # train.head.weight_decay: the untied head was decayed with the transformer's matrices before the field existed.
+# train.head.projection_group: a factorized tied table's head_projection was decayed with the transformer's matrices.
+# train.embedding.lazy_rows: lazy rows were the ids of the inputs and the targets, whether the head was tied or not.
 LEGACY_VALUES = {"train.position.weight_decay": True, "train.count_updates": False, "model.attention": "einsum",
-                 "model.char_padding": "learned", "model.char_spelling": "raw", "train.head.weight_decay": True}
+                 "model.char_padding": "learned", "model.char_spelling": "raw", "train.head.weight_decay": True,
+                 "train.head.projection_group": "matrices", "train.embedding.lazy_rows": "batch"}
 
 
 def saved_value(field: str, default):
@@ -119,6 +122,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.embedding.freeze = False
   c.train.embedding.freeze_steps = 0  # the table gets zero updates for the first K steps, then trains
   c.train.embedding.lazy = False  # LazyAdam-style: rows absent from the batch keep values and moments
+  # Which rows a lazy table updates (docs/training.md, "Lazy embedding updates"): lookups (the rows the table's
+  # gradient reaches: the inputs' ids, and the targets' when the head is tied) | batch (the ids of inputs and
+  # targets, head tied or not: runs before the field). Read only with lazy rows and an untied head.
+  c.train.embedding.lazy_rows = "lookups"
   c.train.position = ml_collections.ConfigDict()
   # Decay the positional scheme's parameters (learned table, T5 buckets, ...)? Off, as the token table, and as
   # minGPT's configure_optimizers (its position embedding is "not decayed"): docs/training.md, "Parameter groups".
@@ -127,6 +134,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Decay the untied output head (lm_head, [width, V])? Off, as the token table it replaces: a tied and an untied
   # arm then differ in tying only (docs/training.md, "Parameter groups"). Unread by a tied model.
   c.train.head.weight_decay = False
+  # A factorized tied table's head_projection ([d_model, table_dim], the head's way back to the table): head (decayed
+  # iff train.head.weight_decay, as the untied lm_head it stands in for) | matrices (the >=2-d rule with the
+  # transformer's matrices, decayed at train.weight_decay: runs before the field). Read only by a tied factorized model.
+  c.train.head.projection_group = "head"
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # -1 fills with the devices left

@@ -74,6 +74,26 @@ def test_nonzero_counts_follow_the_update_lazy_or_dense(lazy):
     assert (nonzero == 3).all()
 
 
+@pytest.mark.parametrize("lazy_rows", ["lookups", "batch"])
+def test_an_untied_lazy_table_updates_only_the_rows_its_lookups_reach(lazy_rows):
+  """With an untied head the table is looked up at the inputs alone: a row that is only a target (a row's last
+  target, an MLM token behind [MASK]) gets no gradient. train.embedding.lazy_rows=lookups (the default) keeps it,
+  as TF's LazyAdam keeps every row outside the sparse gradient; batch (runs before the field) moved it by its stale
+  momentum and decay. The counts' `present` counts the row either way (the batch held it)."""
+  state, step = ts.setup(tie=False, embedding_lazy=True, count_updates=True, lazy_rows=lazy_rows)
+  state, _ = step(state, ts.batch(0, low=5, high=20))  # rows 5..19 get momentum
+  held = ts.batch(1, low=20, high=40)
+  held["targets"][:, -1] = 7  # 7: a target of this batch, no input
+  assert 7 not in held["inputs"]
+  before = np.asarray(steps.table_leaf(state.params))
+  state, _ = step(state, held)
+  after = np.asarray(steps.table_leaf(state.params))
+  assert np.array_equal(after[7], before[7]) == (lazy_rows == "lookups")
+  assert not np.array_equal(after[20:40], before[20:40])  # the rows looked up move either way
+  assert int(state.counts["present"][7]) == 2
+  assert int(state.counts["nonzero"][7]) == (1 if lazy_rows == "lookups" else 2)
+
+
 def test_counts_off_leave_no_counts_in_the_state():
   state, step = ts.setup()
   assert state.counts is None and step(state, ts.batch())[0].counts is None

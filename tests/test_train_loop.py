@@ -357,6 +357,39 @@ def test_an_untied_run_from_before_the_heads_flag_goes_on_decaying_its_head_and_
     assert ("train.head.weight_decay" in run_fields.unused_fields(command.to_dict(), other.to_dict())) == tied
 
 
+@pytest.mark.parametrize("field, legacy, reads, ignores", [
+    ("train.head.projection_group", "matrices", {"model.table_dim": 16},
+     [{}, {"model.table_dim": 16, "model.tie_embeddings": False}]),
+    ("train.embedding.lazy_rows", "batch", {"train.embedding.lazy": True, "model.tie_embeddings": False},
+     [{"train.embedding.lazy": True}, {"model.tie_embeddings": False},
+      {"train.embedding.lazy": True, "model.tie_embeddings": False, "train.embedding.freeze": True}]),
+])
+def test_a_run_from_before_the_head_projection_group_or_lazy_rows_resumes_as_the_model_it_is(tmp_path, capsys, field,
+                                                                                               legacy, reads, ignores):
+  """train.head.projection_group (a factorized tied table's head_projection in the head's decay group) and
+  train.embedding.lazy_rows (an untied lazy table updates its looked-up rows only) changed what such runs train: a
+  run written before them resumes with the old meaning and one note; a run whose model never reads the field
+  (plain or untied table; dense, frozen or tied lazy table) is neither noted nor compared on it."""
+  from research import run_fields
+  section, name = field.split(".")[1:]
+  for case, overrides in enumerate([reads, *ignores]):
+    workdir = tmp_path / f"case{case}"
+    workdir.mkdir()
+    saved = tiny_config(**overrides).to_dict()
+    del saved["train"][section][name]
+    workdir.joinpath("config.json").write_text(json.dumps(saved))
+    mark_finished(workdir)
+    command = tiny_config(**overrides)
+    assert loop.check_workdir(command, workdir) == workdir
+    kept = configuration.flatten(loop.keep_saved_choices(command, workdir))
+    out = capsys.readouterr().out
+    assert kept[field] == legacy
+    assert (f"{field}={legacy!r}" in out) == (overrides is reads), (overrides, out)
+    other = tiny_config(**overrides, **{field: legacy})
+    assert (field in run_fields.unused_fields(command.to_dict(), other.to_dict())) == (overrides is not reads)
+    assert (loop.unread_notes(other) != []) == (overrides is not reads)
+
+
 def test_a_field_the_saved_run_lacks_means_what_runs_did_before_it_existed(tmp_path, capsys):
   saved = tiny_config(**{"model.position": "t5"}).to_dict()
   del saved["train"]["position"]  # written before train.position.weight_decay: its T5 table was decayed
@@ -749,7 +782,8 @@ def test_a_set_field_the_model_never_reads_is_a_note_naming_what_reads_it():
   fields = (list(run_fields.SCHEME_FIELDS) + list(run_fields.OPTIMIZER_FIELDS) + [
       *run_fields.CHAR_FIELDS, *run_fields.ROPE_SCALING_FIELDS, *run_fields.MLM_FIELDS, "data.vocab_size",
       "train.min_lr_ratio", *run_fields.FROZEN_TABLE_FIELDS, *run_fields.PRETRAINED_FIELDS, "model.pos_dim",
-      "model.max_position", *run_fields.POSITION_GROUP_FIELDS, *run_fields.UNTIED_HEAD_FIELDS])
+      "model.max_position", *run_fields.POSITION_GROUP_FIELDS, *run_fields.UNTIED_HEAD_FIELDS,
+      *run_fields.PROJECTION_GROUP_FIELDS, *run_fields.LAZY_ROWS_FIELDS])
   config = tiny_config().to_dict()
   assert not [f for f in fields if run_fields.unread_reason(f, config) == "not read by this run's model"]
 

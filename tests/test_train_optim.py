@@ -118,7 +118,8 @@ def test_a_tied_and_an_untied_model_decay_the_same_matrices_and_the_head_only_wi
     config = tiny_config(**{"train.warmup_steps": 0, "train.weight_decay": 0.1, **overrides})  # lr > 0 at step 0
     model = Transformer(configuration.model_config(config, 64))
     params = model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
-    mask = optim.decay_mask(params, head_weight_decay=config.train.head.weight_decay)
+    mask = optim.decay_mask(params, head_weight_decay=config.train.head.weight_decay,
+                            projection_group=config.train.head.projection_group)
     tx = optim.make_optimizer(config.train)
     zero = jax.tree.map(jnp.zeros_like, params)  # zero gradients: what moves is the decay alone
     moved = tx.update(zero, tx.init(params), params)[0]
@@ -131,6 +132,16 @@ def test_a_tied_and_an_untied_model_decay_the_same_matrices_and_the_head_only_wi
   assert tied == untied and tied and not any("token_embed" in p for p in tied)
   assert decayed(**{"model.tie_embeddings": False, "train.head.weight_decay": True}) == {
       *tied, "['lm_head']['kernel']"}
+  # A factorized table (ALBERT's V×e + e→d): the tied head goes back d→e through head_projection, part of the head as
+  # lm_head is of an untied one; the input's e→d projection is decayed in both arms.
+  factorized = {"model.table_dim": 8}
+  tied, untied = decayed(**factorized), decayed(**factorized, **{"model.tie_embeddings": False})
+  projection, head = "['token_embed']['head_projection']['kernel']", "['lm_head']['kernel']"
+  assert tied == untied and "['token_embed']['projection']['kernel']" in tied and projection not in tied
+  assert decayed(**factorized, **{"train.head.weight_decay": True}) == {*tied, projection}
+  assert decayed(**factorized, **{"model.tie_embeddings": False, "train.head.weight_decay": True}) == {*tied, head}
+  # Runs before train.head.projection_group decayed it with the transformer's matrices (schema.LEGACY_VALUES).
+  assert decayed(**factorized, **{"train.head.projection_group": "matrices"}) == {*tied, projection}
 
 
 def test_weight_decay_applies_only_where_masked():

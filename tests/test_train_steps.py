@@ -14,7 +14,8 @@ from research.train import optim, steps
 V, B, L = 41, 8, 12
 
 
-def setup(objective="clm", grad_accum=1, loss_chunk=0, dtype="float32", model_kw=None, count_updates=False, **train):
+def setup(objective="clm", grad_accum=1, loss_chunk=0, dtype="float32", model_kw=None, count_updates=False,
+          lazy_rows="lookups", **train):
   cfg = ModelConfig(vocab_size=V, d_model=16, num_layers=1, num_heads=2, mlp_dim=32, max_len=L,
                     kind="decoder" if objective == "clm" else "encoder", tie_embeddings=train.pop("tie", True),
                     dtype=dtype, **(model_kw or {}))
@@ -31,7 +32,7 @@ def setup(objective="clm", grad_accum=1, loss_chunk=0, dtype="float32", model_kw
       train_cfg[k] = v
   model, tx = Transformer(cfg), optim.make_optimizer(train_cfg)
   settings = steps.StepSettings(objective=objective, vocab_size=V, grad_accum=grad_accum, loss_chunk=loss_chunk,
-                                count_updates=count_updates)
+                                count_updates=count_updates, lazy_rows=lazy_rows)
   state = steps.init_state(jax.random.key(0), model=model, optimizer=tx, seq_len=L, count_updates=count_updates)
   step = jax.jit(functools.partial(steps.train_step, model=model, optimizer=tx,
                                    schedule=optim.make_schedule(train_cfg), settings=settings))

@@ -338,6 +338,8 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
     _choice("model.position", config.model.position, registry.names())
   _choice("train.optimizer", config.train.optimizer, optim.OPTIMIZERS)
   _choice("train.schedule", config.train.schedule, optim.SCHEDULES)
+  _choice("train.head.projection_group", config.train.head.projection_group, optim.PROJECTION_GROUPS)
+  _choice("train.embedding.lazy_rows", config.train.embedding.lazy_rows, optim.LAZY_ROWS)
   _choice("mesh.distributed", str(config.mesh.distributed).lower(), DISTRIBUTED)
   t = config.train
   for name, value, low in (("train.steps", t.steps, 0), ("train.batch_size", t.batch_size, 1),

@@ -1066,7 +1066,7 @@ class Trainer:
         mlm_select_rate=config.data.mlm_select_rate, mlm_mask_rate=config.data.mlm_mask_rate,
         mlm_random_rate=config.data.mlm_random_rate, position_sampling=model_cfg.position_sampling,
         max_position=model_cfg.max_position, count_updates=bool(config.train.count_updates),
-        **steps.document_settings(config.data))
+        lazy_rows=str(config.train.embedding.lazy_rows), **steps.document_settings(config.data))
     rare_V = None if train_counts is None else np.asarray(train_counts)[:vocab_size] < RARE_TRAIN_COUNT
     return cls(config, Transformer(model_cfg, char_ids=char_ids), mesh, optim.make_optimizer(config.train),
                optim.make_schedule(config.train), settings, rare_V)

@@ -6,7 +6,8 @@
     partition by param_groups(params):
       'other':     optimizer(schedule)       with the weight-decay mask; the positional parameters are in this
                                             partition, decayed iff position.weight_decay, and so is an
-                                            untied head, decayed iff head.weight_decay
+                                            untied head (or a factorized tied table's head_projection),
+                                            decayed iff head.weight_decay
       'embedding': optimizer(mult * schedule) decayed iff embedding.weight_decay (that rate is 0 for the first
                    embedding.freeze_steps steps),
                    wrapped in lazy_rows(...) when embedding.lazy,
@@ -23,7 +24,8 @@ layers, or one per layer inside a block): a learned table, T5's bucket biases, a
 a group of their own (their own norms, their own decay flag) so that no scheme is regularised differently from
 another by accident: with the defaults neither the token table nor any positional parameter is decayed
 (docs/training.md, "Parameter groups"). Nor is an untied head (`lm_head`, its own decay flag; its norms are the
-'other' group's), so that a tied and an untied model differ in tying only. They share the 'other' partition's optimizer (same rule, same learning
+'other' group's), nor a factorized tied table's `head_projection`, so that a tied and an untied model differ in
+tying only. They share the 'other' partition's optimizer (same rule, same learning
 rate), which keeps the optimizer state's structure what it was before the group existed: older checkpoints restore.
 """
 
@@ -39,6 +41,10 @@ import optax
 EMBEDDING_PATH_SUFFIX = ('token_embed', 'embedding')
 POSITION_MODULE = 'position_embed'
 UNTIED_HEAD_MODULE = 'lm_head'  # research/model/transformer.py: the untied model's output head
+# research/embeddings/token.py: a factorized tied table's d→e projection, the head's way back to the table.
+HEAD_PROJECTION_SUFFIX = ('token_embed', 'head_projection')
+PROJECTION_GROUPS = ('head', 'matrices')  # train.head.projection_group
+LAZY_ROWS = ('lookups', 'batch')  # train.embedding.lazy_rows
 GROUPS = ('embedding', 'position', 'other')
 NO_DECAY_NAMES = frozenset({'bias', 'scale'})
 OPTIMIZERS = ('adamw', 'adam', 'sgd', 'adafactor', 'lion')
@@ -88,17 +94,26 @@ def is_untied_head_path(path: tuple[Any, ...]) -> bool:
   return UNTIED_HEAD_MODULE in path_names(path)
 
 
+def is_head_projection_path(path: tuple[Any, ...]) -> bool:
+  """A leaf of a factorized tied table's head projection (`token_embed/head_projection`, [d_model, e])."""
+  names = path_names(path)
+  return any(names[i:i + 2] == HEAD_PROJECTION_SUFFIX for i in range(len(names) - 1))
+
+
 def decay_mask(params: Any, embedding_weight_decay: bool = False, position_weight_decay: bool = False,
-               head_weight_decay: bool = False) -> Any:
+               head_weight_decay: bool = False, projection_group: str = 'head') -> Any:
   """True where weight decay applies: >=2-d leaves not named bias/scale; the token table, the positional
-  parameters (of any rank) and the untied head iff their flags say so."""
+  parameters (of any rank) and the untied head iff their flags say so. A factorized tied table's head projection
+  belongs to the head (`projection_group` 'head': decayed iff `head_weight_decay`, as the untied head it stands in
+  for) or, as in runs before train.head.projection_group existed ('matrices'), to the >=2-d rule."""
+  _check_choice('train.head.projection_group', projection_group, PROJECTION_GROUPS)
 
   def rule(path, leaf):
     if is_embedding_path(path):
       return bool(embedding_weight_decay)
     if is_position_path(path):
       return bool(position_weight_decay)
-    if is_untied_head_path(path):
+    if is_untied_head_path(path) or (projection_group == 'head' and is_head_projection_path(path)):
       return bool(head_weight_decay)
     name = path_names(path)[-1] if path else None
     return jnp.ndim(leaf) >= 2 and name not in NO_DECAY_NAMES
@@ -230,7 +245,8 @@ def make_optimizer(train_cfg: Mapping[str, Any]) -> optax.GradientTransformation
   emb = train_cfg.get('embedding', None) or {}
   emb_decay = bool(emb.get('weight_decay', False))  # the schema's defaults (docs/training.md, "Parameter groups")
   position_decay = bool((train_cfg.get('position', None) or {}).get('weight_decay', False))
-  head_decay = bool((train_cfg.get('head', None) or {}).get('weight_decay', False))
+  head = train_cfg.get('head', None) or {}
+  head_decay, projection_group = bool(head.get('weight_decay', False)), str(head.get('projection_group', 'head'))
   multiplier = float(emb.get('lr_multiplier', 1.0))
   freeze, lazy = bool(emb.get('freeze', False)), bool(emb.get('lazy', False))
   freeze_steps = int(emb.get('freeze_steps', 0) or 0)
@@ -239,7 +255,7 @@ def make_optimizer(train_cfg: Mapping[str, Any]) -> optax.GradientTransformation
                      'mixes all rows; use adamw, adam, sgd or lion')
 
   schedule = make_schedule(train_cfg)
-  mask = lambda params: decay_mask(params, emb_decay, position_decay, head_decay)
+  mask = lambda params: decay_mask(params, emb_decay, position_decay, head_decay, projection_group)
   if freeze:
     embedding_tx = optax.set_to_zero()
   else:

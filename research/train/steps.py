@@ -59,6 +59,9 @@ class StepSettings:
   position_sampling: str = "none"  # none | randomized (training only; evaluation always uses the batch's arange)
   max_position: int = 0  # randomized positions come from [0, max_position); 0 = the batch's length
   count_updates: bool = False  # keep state.counts (train.count_updates)
+  # The rows a lazy table updates (train.embedding.lazy_rows): lookups (the inputs' ids, and the targets' when the
+  # head is tied: the rows the table's gradient reaches through its lookups) | batch (inputs and targets, always).
+  lazy_rows: str = "lookups"
   # Document boundaries inside a row (data.document_positions / data.document_mask), training and evaluation alike.
   document_positions: str = "continuous"  # continuous | reset (0 at every [SEP])
   document_mask: bool = False  # attention only within a document
@@ -248,7 +251,12 @@ def train_step(state: TrainState, batch, *, model: Transformer, optimizer, sched
   denom = jnp.maximum(weight_sum, 1.0)
   grads = jax.tree.map(lambda g: g / denom, grads)
 
-  row_mask = optim.present_rows(jnp.concatenate([inputs, targets], axis=1), settings.vocab_size)
+  # The rows the batch holds (update counts' `present`), and those a lazy table updates: with an untied head the
+  # table is only looked up at the inputs, so a row that is only a target has no gradient and stays (lazy_rows).
+  batch_rows = optim.present_rows(jnp.concatenate([inputs, targets], axis=1), settings.vocab_size)
+  row_mask = batch_rows
+  if settings.lazy_rows == "lookups" and not model.cfg.tie_embeddings:
+    row_mask = optim.present_rows(inputs, settings.vocab_size)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params, row_mask=row_mask)
   # A scheme's constrained parameters (Kerple's r ≥ 1e-2) are projected back into their box after the update.
   params = registry.project_params(optax.apply_updates(state.params, updates), registry.get_scheme(model.cfg.position))
@@ -263,7 +271,7 @@ def train_step(state: TrainState, batch, *, model: Transformer, optimizer, sched
       metrics[f"{name}/{group}"] = value
   counts = state.counts
   if settings.count_updates:
-    counts = count_rows(state.counts, row_mask, table_leaf(updates))
+    counts = count_rows(state.counts, batch_rows, table_leaf(updates))
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, counts=counts)
   return new_state, metrics
 
