@@ -423,6 +423,36 @@ def test_xpos_in_an_encoder_is_an_error_with_the_reason():
     tiny(position="xpos", rope_scaling="yarn", rope_factor=2.0)
 
 
+def test_xpos_with_reset_positions_needs_the_document_mask_for_training():
+  """Reset positions without the mask put keys of the previous document at larger positions than the query: the
+  score's ζ^((n−m)/B) then grows with the distance (a real row's positions, the real hook), as in an encoder."""
+  from research.data import batches
+  from research.train import configuration
+  from tests.train_utils import tiny_config
+  row = np.full((1, 4096), 7, np.int32)
+  row[0, [0, 4000]] = batches.SEP_ID
+  positions = np.asarray(batches.document_positions(row, np.arange(4096, dtype=np.int32)[None]))
+  query, key = 4010, 3999  # the query at reset position 10, a key of the previous document at 3998
+  assert positions[0, key] > positions[0, query]
+  d = 8
+  inv_freq = 1.0 / 10000 ** (np.arange(0, d, 2) / d)
+  unit = np.zeros((1, 4096, 1, d), np.float32)
+  unit[..., 0] = 1.0  # the fastest pair, whose ζ is the smallest
+  pos = jnp.asarray(positions)
+  q = relative.apply_xpos(jnp.asarray(unit), pos, inv_freq, relative.xpos_zeta(d), 1.0)
+  k = relative.apply_xpos(jnp.asarray(unit), pos, inv_freq, relative.xpos_zeta(d), -1.0)
+  rope_q = relative.apply_rope(jnp.asarray(unit), pos, inv_freq)
+  rope_k = relative.apply_rope(jnp.asarray(unit), pos, inv_freq)
+  ratio = float(jnp.sum(q[0, query] * k[0, key]) / jnp.sum(rope_q[0, query] * rope_k[0, key]))
+  assert ratio > 1000  # amplified, not decayed
+  flags = {"model.position": "xpos", "data.document_positions": "reset"}
+  with pytest.raises(configuration.ConfigError, match=r"xpos' with data.document_positions='reset' needs "
+                                                      r"data.document_mask=true"):
+    configuration.validate(tiny_config(**flags))
+  configuration.validate(tiny_config(**flags, **{"data.document_mask": True}))
+  configuration.validate(tiny_config(**{**flags, "model.position": "rope"}))  # the others' negative angles: allowed
+
+
 # -------------------------------------------------------------------------------------------------------- CoPE
 
 

@@ -74,6 +74,11 @@ class PositionalScheme(nn.Module):
     before the check still evaluates and analyses."""
 
   @classmethod
+  def validate_documents(cls, cfg, document_positions: str, document_mask: bool) -> None:
+    """Raises ValueError for document boundaries (data.document_positions, data.document_mask) this scheme should
+    not start training with. Checked for new training only, as `validate_training`."""
+
+  @classmethod
   def max_length(cls, cfg) -> int | None:
     """The longest sequence the scheme can represent, or None when unbounded."""
     return None

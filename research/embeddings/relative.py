@@ -405,6 +405,16 @@ class XposPositions(PositionalScheme):
                        "controls long-range scores); use none")
     RotaryPositions.validate(cfg)
 
+  @classmethod
+  def validate_documents(cls, cfg, document_positions: str, document_mask: bool) -> None:
+    """Reset positions without the document mask let a query read keys of the previous document at larger positions
+    than its own: ζ^((n−m)/B) then amplifies them, as keys after the query in an encoder (1.7·10^4 at a distance of
+    −4,000), instead of decaying them."""
+    if document_positions == "reset" and not document_mask:
+      raise ValueError("model.position='xpos' with data.document_positions='reset' needs data.document_mask=true: "
+                       "without it a query reads keys of the previous document at larger positions than its own, "
+                       "and ζ^((n−m)/B) amplifies them without bound instead of decaying them")
+
   def rotary(self, positions_BxL):
     cfg = self.cfg
     rot_dim = rope_rotary_dim(cfg.width // cfg.num_heads, cfg.rope_fraction)

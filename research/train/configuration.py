@@ -401,6 +401,7 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
   validate_rope_scaling(cfg)
   try:
     cfg.scheme.validate_training(cfg)
+    cfg.scheme.validate_documents(cfg, config.data.document_positions, config.data.document_mask)
   except ValueError as e:
     raise ConfigError(str(e)) from None
   limit = cfg.scheme.max_length(cfg)
