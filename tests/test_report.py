@@ -1572,6 +1572,35 @@ def _set_summary(trial_dir, **figures):
   path.write_text(json.dumps({**json.loads(path.read_text()), **figures}))
 
 
+def test_a_field_one_run_reads_does_not_split_the_runs_that_do_not(tmp_path):
+  """train.head.projection_group is read by a factorized tied table only. An old plain run (its config.json lacks
+  the field: implied 'matrices') and a new one (the default 'head') are the same model: one a duplicate of the other,
+  not two rows, beside a factorized run that does read it; the plain row shows the field as unread."""
+  for name, overrides in (("old_plain", {}), ("new_plain", {}), ("factorized", {"model.table_dim": 16})):
+    write_trial(tmp_path, name, "alibi", 0)
+    config = configuration.apply_overrides(trial_config("alibi", 0), overrides).to_dict()
+    if name == "old_plain":
+      del config["train"]["head"]["projection_group"]
+    (tmp_path / name / "config.json").write_text(json.dumps(config))
+  report = build_report(tmp_path)
+  assert [t.name for t, _ in report.runs.duplicates] == ["old_plain"] or \
+      [t.name for t, _ in report.runs.duplicates] == ["new_plain"]
+  assert "model.table_dim" in report.runs.swept_fields
+  _, rows = parse_md_table(report.markdown_path.read_text())
+  assert len(rows) == 2, rows
+  assert report.runs.swept_fields == ["model.table_dim"]  # no other field differs among runs that read it
+  assert sorted(t.field("train.head.projection_group") for t in report.runs.trials) == [runs_lib.UNREAD, "head"]
+  # Two factorized runs that differ there are two models, and the plain run's cell says it does not read it.
+  write_trial(tmp_path, "factorized_old", "alibi", 0)
+  config = configuration.apply_overrides(trial_config("alibi", 0), {"model.table_dim": 16}).to_dict()
+  del config["train"]["head"]["projection_group"]
+  (tmp_path / "factorized_old" / "config.json").write_text(json.dumps(config))
+  report = build_report(tmp_path)
+  assert report.runs.swept_fields == ["model.table_dim", "train.head.projection_group"]
+  _, rows = parse_md_table(report.markdown_path.read_text())
+  assert len(rows) == 3 and sum(runs_lib.UNREAD in " ".join(cells) + label for label, cells in rows.items()) == 1
+
+
 def test_fields_a_run_does_not_read_split_no_rows_and_the_real_vocabulary_decides_the_best(tmp_path):
   """A byte tokenizer ignores data.vocab_size (261 ids whatever it says) and a causal LM the MLM rates: runs that
   differ only there are one model (a duplicate when the seed is equal too), the rows are not split by them and the

@@ -388,6 +388,27 @@ def test_a_run_from_before_the_head_projection_group_or_lazy_rows_resumes_as_the
     other = tiny_config(**overrides, **{field: legacy})
     assert (field in run_fields.unused_fields(command.to_dict(), other.to_dict())) == (overrides is not reads)
     assert (loop.unread_notes(other) != []) == (overrides is not reads)
+    # The resume set the old meaning itself: no note calls it set but unread.
+    kept = loop.keep_saved_choices(command, workdir)
+    capsys.readouterr()
+    assert not [n for n in loop.unread_notes(kept, loop.chosen_by_the_run(command, kept)) if field in n]
+
+
+def test_a_run_trained_before_a_training_only_check_resumes_and_a_new_one_is_refused(tmp_path, monkeypatch, capsys):
+  """Sandwich at a head dimension of 2 is refused for new training (it trains as NoPE); a run trained so before the
+  check existed (made here by lowering the bound for its first steps) resumes and extends as the model it is."""
+  from research.embeddings import relative
+  overrides = {"model.position": "sandwich", "model.d_model": 16, "model.num_heads": 8, "model.mlp_dim": 32,
+               "data.seq_len": 16, "train.batch_size": 4, "train.eval_batches": 1, "train.warmup_steps": 0,
+               "train.checkpoint_every": 2, "train.eval_every": 2, "train.log_every": 1}
+  with pytest.raises(configuration.ConfigError, match=r"sandwich' needs a head dimension of at least 4"):
+    loop.train(tiny_config(**overrides, **{"train.steps": 2}), tmp_path / "new")
+  assert not (tmp_path / "new").exists()
+  with monkeypatch.context() as patch:
+    patch.setattr(relative, "SANDWICH_MIN_HEAD_DIM", 2)  # the version before the check
+    loop.train(tiny_config(**overrides, **{"train.steps": 2}), tmp_path / "old")
+  capsys.readouterr()
+  assert loop.train(tiny_config(**overrides, **{"train.steps": 4}), tmp_path / "old")["step"] == 4
 
 
 def test_a_field_the_saved_run_lacks_means_what_runs_did_before_it_existed(tmp_path, capsys):

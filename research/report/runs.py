@@ -123,6 +123,8 @@ CHECKPOINT_CHOICES = ("best", "last")  # research-evaluate --checkpoint
 VALIDATION_MASKS_RECORDED = "9487863, 2026-12-07"
 UNTOLD_MASKS = "validation masks not recorded"
 MISSING = "<missing>"  # value of a field a config does not have (when deriving swept fields from configs)
+# The value of a field the trial's own model never reads (`Trial.unread`): runs that differ only there are one model.
+UNREAD = "(unread)"
 
 
 class ReportError(ValueError):
@@ -255,6 +257,11 @@ class Trial:
   # The fields its config.json lacks (written before they existed), which `config` holds with the value research-train's
   # resume rule reads them as (`with_implied`): the report compares and groups them as research-train would.
   implied: tuple[str, ...] = ()
+  # In a directory of runs (`load_runs`), the fields its own model never reads (`run_fields.unused_fields` of its
+  # config with itself: a factorized head's projection group in a plain table, lazy rows of a dense one): shown and
+  # grouped as UNREAD, so that two runs of one model are one row whatever such a field says (an old run holds its
+  # implied value there, a new one the default). A sweep's rows are its overrides, as the sweep file names them.
+  unread: tuple[str, ...] = ()
 
   def evaluation(self, rope_scaling: str | None = None) -> Extrapolation | None:
     return self.extrapolation if rope_scaling is None else self.scaled.get(rope_scaling)
@@ -465,6 +472,8 @@ class Trial:
     """A dotted config field: the sweep override when there is one, else the resolved config's value."""
     if name in self.overrides:
       return self.overrides[name]
+    if name in self.unread:
+      return UNREAD
     if self.config is None and name in self.defaults:
       return self.defaults[name]
     return lookup(self.config or {}, name, MISSING)
@@ -846,6 +855,20 @@ def with_implied(config: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...
   return run_fields.fill_lacking(config, IMPLIED_VALUES)
 
 
+# Fields `run_fields.unused_fields` lists because two values name one model, not because the model never reads them
+# (model.table_dim 0 = d_model, model.max_len 0 = seq_len; data.vocab_size of a fixed vocabulary, which the tables
+# group by the tokenizer's real size): shown as they are.
+SAME_MODEL_VALUES = ("model.table_dim", "model.max_len", "data.vocab_size")
+
+
+def _unread(config: dict[str, Any] | None) -> tuple[str, ...]:
+  """The fields a run config's own model never reads (`Trial.unread`)."""
+  if config is None:
+    return ()
+  return tuple(f for f in run_fields.unused_fields(config, config, run_fields.builtin_rotates)
+               if f not in SAME_MODEL_VALUES)
+
+
 def _load_trial(path: pathlib.Path, name: str, status: str | None = None, overrides: dict | None = None,
                 error: str | None = None) -> Trial:
   config, implied = with_implied(_read_json_object(path / CONFIG_FILE)) if (path / CONFIG_FILE).is_file() \
@@ -896,7 +919,9 @@ def _is_run_dir(path: pathlib.Path) -> bool:
 
 
 def _differing_fields(trials: list[Trial], names: list[str]) -> list[str]:
-  return [n for n in names if len({hashable(t.field(n)) for t in trials}) > 1]
+  """The fields whose values differ among the trials that read them (a field one model never reads, UNREAD, sets no
+  run apart from the others)."""
+  return [n for n in names if len({hashable(t.field(n)) for t in trials if t.field(n) != UNREAD}) > 1]
 
 
 def _load_sweep(directory: pathlib.Path) -> RunSet:
@@ -971,6 +996,8 @@ def load_runs(directory: str | pathlib.Path) -> RunSet:
     raise ReportError(f"{directory} {what}: expected {SWEEP_FILE}, or {CONFIG_FILE}/{SUMMARY_FILE} in it or in its "
                       f"subdirectories{sweeps}")
   trials = [_load_trial(p, p.name) for p in subdirs]
+  for t in trials:  # runs of no common plan: a field one model never reads sets it apart from none
+    t.unread = _unread(t.config)
   configured = [t for t in trials if t.config is not None]
   ignored = _same_model_ignored(configured)
   trials, duplicates = _duplicates(trials, ignored)
@@ -1013,7 +1040,8 @@ def _duplicates(trials: list[Trial], ignored: set[str]) -> tuple[list[Trial], li
   same: dict[Any, list[Trial]] = {}
   for t in trials:
     if t.config is not None:
-      key = json.dumps([{k: v for k, v in flatten(t.config).items() if k not in ignored}, t.validation_masks],
+      key = json.dumps([{k: UNREAD if k in t.unread else v for k, v in flatten(t.config).items() if k not in ignored},
+                        t.validation_masks],
                        sort_keys=True, default=str)
       same.setdefault(key, []).append(t)
   copies: dict[int, str] = {}

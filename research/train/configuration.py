@@ -316,8 +316,11 @@ def _check_kind(name: str, value: Any, default: Any) -> None:
 MAX_SEED = 2 ** 32 - 1
 
 
-def validate(config: ml_collections.ConfigDict) -> ModelConfig:
-  """Every check that needs no data and no compilation. Returns the model config (with data.vocab_size)."""
+def validate(config: ml_collections.ConfigDict, new_run: bool = True) -> ModelConfig:
+  """Every check that needs no data and no compilation. Returns the model config (with data.vocab_size). With
+  `new_run` False (a resume of a run that holds a checkpoint or a summary) the checks for new training only
+  (`validate_rope_scaling`, the scheme's `validate_training` and `validate_documents`) are left out: a run trained
+  before one of them existed resumes, evaluates and analyses as what it is."""
   check_fields(config)
   check_kinds(config)
   if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not 0 <= config.seed <= MAX_SEED:
@@ -398,12 +401,13 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
     if isinstance(reference.get(name), float) and isinstance(value, float) and not math.isfinite(value):
       raise ConfigError(f"{name}={value!r} must be a finite number")
   cfg = model_config(config)
-  validate_rope_scaling(cfg)
-  try:
-    cfg.scheme.validate_training(cfg)
-    cfg.scheme.validate_documents(cfg, config.data.document_positions, config.data.document_mask)
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
+  if new_run:
+    validate_rope_scaling(cfg)
+    try:
+      cfg.scheme.validate_training(cfg)
+      cfg.scheme.validate_documents(cfg, config.data.document_positions, config.data.document_mask)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
   limit = cfg.scheme.max_length(cfg)
   if limit is not None and limit < config.data.seq_len and cfg.scheme.max_length_note(cfg) is not None:
     raise ConfigError(f"data.seq_len={config.data.seq_len} is longer than the {limit} positions "

@@ -444,17 +444,25 @@ def unused_fields(previous: Mapping[str, Any], current: Mapping[str, Any]) -> tu
 SAME_MODEL_VALUES = ("model.table_dim", "model.max_len")
 
 
-def unread_notes(config: ml_collections.ConfigDict) -> list[str]:
+def unread_notes(config: ml_collections.ConfigDict, skip: tuple[str, ...] = ()) -> list[str]:
   """A note (the run is legal) for each field set to other than the schema's default that this run's model never
   reads (`unused_fields` of the config with itself; the reason from `run_fields.unread_reason`), e.g.
   p-RoPE's keep fraction in a rope run (only p_rope reads it): config.json records the value, and the run trains
   as it would at the default. Not refused: a user's base config may set a field of a scheme it does not always
-  choose (research-sweep warns of trials that therefore train the same model)."""
+  choose (research-sweep warns of trials that therefore train the same model). `skip`: fields whose value the
+  resumed run chose, not the command (`chosen_by_the_run`)."""
   d, flat = config.to_dict(), configuration.flatten(config)
   default = configuration.flatten(schema.get_config())
   return [f"note: {field}={flat[field]!r} is {run_fields.unread_reason(field, d)}: it changes nothing in this run"
-          for field in unused_fields(d, d)
-          if field not in SAME_MODEL_VALUES and field in flat and flat[field] != default.get(field)]
+          for field in unused_fields(d, d) if field not in SAME_MODEL_VALUES and field not in skip
+          and field in flat and flat[field] != default.get(field)]
+
+
+def chosen_by_the_run(command: ml_collections.ConfigDict, kept: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The fields `keep_saved_choices` took from the run rather than from the command (what a field the run's
+  config.json lacks meant then, a backend choice, a path's first spelling): no note calls them set but unread."""
+  given, run = configuration.flatten(command), configuration.flatten(kept)
+  return tuple(f for f, value in run.items() if _json(value) != _json(given.get(f)))
 
 
 def same_model_ignored(previous: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[str, ...]:
@@ -1191,8 +1199,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   configuration.check_fields(config)
   backend = functools.partial(_backend_after_distributed, config)
   workdir = check_workdir(config, workdir, backend)  # a rerun that would become another model is refused first
-  config = keep_saved_choices(config, workdir, backend)
-  configuration.validate(config)
+  command, config = config, keep_saved_choices(config, workdir, backend)
+  # The checks for new training only (a scheme's shape, RoPE scaling's scheme) let a run trained before them go on.
+  configuration.validate(config, new_run=not holds_a_run(workdir))
   start_distributed(config)
   check_same_job(config, workdir)  # every process of a multi-process job was given the same command
   mesh = make_mesh(config)  # a mesh that does not fit the devices fails here, before the workdir is touched
@@ -1201,7 +1210,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     configuration.check_vector_file(config)
   check_not_shortened(config, workdir, NOT_SHORTENED_REMEDY)  # before the notes, which describe the run it makes
   if jax.process_index() == 0:
-    for line in configuration.schedule_notes(config) + unread_notes(config):
+    for line in configuration.schedule_notes(config) + unread_notes(config, chosen_by_the_run(command, config)):
       print(line, flush=True)
   workdir.mkdir(parents=True, exist_ok=True)
   lock = lock_workdir(workdir)
