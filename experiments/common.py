@@ -151,15 +151,70 @@ def print_help(flag_values: flags.FlagValues = flags.FLAGS, full: bool = False) 
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
 
 
+# Multi flags whose values are FIELD=VALUE: setting one FIELD twice is refused as a flag given twice is.
+FIELD_FLAGS = ("set",)
+
+
+def given_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[tuple[str, str]]:
+  """(flag name, value as given) of every flag on the command line, in each spelling absl accepts: `--x=v`, `-x=v`,
+  `--x v` (not a boolean), `--x` / `--nox` (a boolean: 'true' / 'false'). `--config.FIELD` overrides count as flags
+  before ml_collections defines them (while --config is parsed): one without `=` takes the next argument when that
+  is no flag, else is 'true'. Arguments after `--`, positional ones and unknown flags (absl names those) are left
+  out."""
+  given, args, i = [], argv[1:], 0
+  while i < len(args):
+    arg, i = args[i], i + 1
+    if arg == "--":
+      break
+    match = re.fullmatch(r"--?([A-Za-z_][\w.-]*)(?:=(.*))?", arg, re.S)
+    if not match:
+      continue
+    name, value = match.groups()
+    if value is not None:
+      given.append((name, value))
+    elif name in flag_values and flag_values[name].boolean:
+      given.append((name, "true"))
+    elif name.startswith("no") and name[2:] in flag_values and flag_values[name[2:]].boolean:
+      given.append((name[2:], "false"))
+    elif name.startswith("noconfig."):
+      given.append((name[2:], "false"))
+    elif name in flag_values or name.startswith("config."):
+      takes_next = i < len(args) and (name in flag_values or not args[i].startswith("-"))
+      given.append((name, args[i] if takes_next else "true"))
+      i += takes_next
+  return given
+
+
+def check_repeated_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """One line for a flag given twice (absl keeps the last value silently, and two --config files with an override
+  printed absl's 'defined twice' error): any flag but a multi one (`DEFINE_multi_*`), `--config.FIELD` overrides
+  included, in any of its spellings (`given_flags`); and a multi flag of FIELD_FLAGS (--set) that sets one FIELD
+  twice. Call it where a command parses its flags, before anything else reads them."""
+  first: dict[str, str] = {}
+  for name, value in given_flags(argv, flag_values):
+    if name in flag_values and isinstance(flag_values[name], flags.MultiFlag):
+      if name not in FIELD_FLAGS:
+        continue
+      field = value.partition("=")[0].strip()
+      key, what = (name, field), f"--{name} sets {field} twice"
+    else:
+      key, what = name, f"--{name} is given twice"
+    if key in first:
+      fail(f"{what} ({first[key]!r} and {value!r}): give it once")
+    first[key] = value
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """`app.run(main, flags_parser=parse_flags)`: parses the command line as app.run does, but a flag that does not
   parse (a value of the wrong type, an unknown choice or flag, a required flag missing) prints one line `error:
   ...` and exits with status 2 instead of absl's two lines and status 1. --help (`HELP_ARGS`) prints the entry
-  point's docstring and its own flags, --helpfull every flag (`print_help`), both with status 0."""
+  point's docstring and its own flags, --helpfull every flag (`print_help`), both with status 0. A flag given twice
+  is refused first (`check_repeated_flags`)."""
   asked = help_asked(argv)
   if asked:
     print_help(full=asked == "full")
     sys.exit(0)
+  check_repeated_flags(argv)
   from absl import logging
   verbosity = logging.get_verbosity()
   logging.set_verbosity(logging.ERROR)  # ml_collections' warning about a get_config() that returned None: see below

@@ -19,8 +19,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments.common import (check_config_file, check_override_flags, end_interrupted, expand_home_flags,
-                                parse_flags, run_main, with_shipped_config)
+from experiments.common import (check_config_file, check_override_flags, check_repeated_flags, end_interrupted,
+                                expand_home_flags, parse_flags, run_main, with_shipped_config)
 from research import supervisor
 from research.train import configuration, loop
 
@@ -43,6 +43,7 @@ def run():
   hugepages.maybe_reexec()  # first: restarts the process with huge pages for XLA's buffers (Linux)
   sys.argv = expand_home_flags(sys.argv)  # --workdir=~/runs/x: the home directory, not a directory named ~
   sys.argv = with_shipped_config(sys.argv)  # configs/clm.py from any directory (a file here wins)
+  check_repeated_flags(sys.argv)  # (again in parse_flags, as every command's): before the config files are read
   check_config_file(sys.argv)
   check_override_flags(sys.argv)
   flags.mark_flags_as_required(["config", "workdir"])

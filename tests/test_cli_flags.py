@@ -258,3 +258,45 @@ def test_the_fork_server_gives_what_a_subprocess_gives(module, args, tmp_path, m
   alone = cli(module, *args, cwd=tmp_path)
   assert (forked.returncode, forked.stdout, forked.stderr) == (alone.returncode, alone.stdout, alone.stderr)
   assert forked.returncode != 0 and forked.stderr.startswith("error: ")
+
+
+@pytest.mark.parametrize("module,args,message", [
+    ("experiments.train", ["--config=ROOT/configs/tiny.py", "--config=ROOT/configs/tiny.py",
+                           "--config.train.steps=3", "--workdir=OUT"],
+     "--config is given twice ('ROOT/configs/tiny.py' and 'ROOT/configs/tiny.py'): give it once"),
+    ("experiments.train", ["--config=ROOT/configs/tiny.py", "--config.train.steps", "3", "-config.train.steps=4",
+                           "--workdir=OUT"], "--config.train.steps is given twice ('3' and '4'): give it once"),
+    ("experiments.train", ["--config=ROOT/configs/tiny.py", "--config.model.tie_embeddings",
+                           "--noconfig.model.tie_embeddings", "--workdir=OUT"],
+     "--config.model.tie_embeddings is given twice ('true' and 'false'): give it once"),
+    ("experiments.evaluate", ["--workdir=OUT", "--lengths=1", "--lengths", "2"],
+     "--lengths is given twice ('1' and '2'): give it once"),
+    ("experiments.evaluate", ["--workdir=OUT", "--by_position", "--noby_position"],
+     "--by_position is given twice ('true' and 'false'): give it once"),
+    ("experiments.sweep", ["--sweep=ROOT/configs/sweeps/positions.py", "--workdir=OUT", "--set=train.steps=5",
+                           "--set=model.d_model=32", "--set=train.steps=6"],
+     "--set sets train.steps twice ('train.steps=5' and 'train.steps=6'): give it once"),
+    ("experiments.analyze", ["--workdir=OUT", "-workdir=OUT"],
+     "--workdir is given twice ('OUT' and 'OUT'): give it once"),
+])
+def test_a_flag_given_twice_is_refused_naming_both_values(tmp_path, module, args, message):
+  """absl kept the last value silently (two --config files with an override printed its 'defined twice' error);
+  --set=FIELD=... twice kept the last too. A multi flag may repeat with other fields (--set above)."""
+  out = tmp_path / "out"
+  fill = lambda text: text.replace("OUT", str(out)).replace("ROOT", str(ROOT))  # noqa: E731
+  result = cli(module, *map(fill, args))
+  assert error_line(result) == f"error: {fill(message)}"
+  assert not out.exists()
+
+
+def test_given_flags_reads_every_spelling_absl_accepts():
+  from absl import flags as absl_flags
+  values = absl_flags.FlagValues()
+  absl_flags.DEFINE_string("name", None, "", flag_values=values)
+  absl_flags.DEFINE_bool("fast", False, "", flag_values=values)
+  absl_flags.DEFINE_multi_string("set", [], "", flag_values=values)
+  argv = ["prog", "--name", "a", "-name=b", "--fast", "--nofast", "--fast=false", "pos", "--set=x=1", "--set", "y=2",
+          "--config.a.b", "--noconfig.c", "--config.d", "4", "--", "--name=z"]
+  assert common.given_flags(argv, values) == [
+      ("name", "a"), ("name", "b"), ("fast", "true"), ("fast", "false"), ("fast", "false"), ("set", "x=1"),
+      ("set", "y=2"), ("config.a.b", "true"), ("config.c", "false"), ("config.d", "4")]
