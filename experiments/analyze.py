@@ -25,6 +25,7 @@ if __name__ == "__main__":  # `python -m`: restart first, before the imports bel
   interrupts.record()  # a Ctrl-C from here on is raised once the command can end in one line (`run`)
   hugepages.maybe_reexec()
 
+import os
 import sys
 from pathlib import Path
 
@@ -56,6 +57,31 @@ _POSITIONS_BATCHES = flags.DEFINE_integer("positions_batches", positions.DEFAULT
                                           "With --positions: validation batches for the attention statistics.")
 
 
+def run_directory_of(path: Path) -> Path | None:
+  """The run directory `path` lies in (its nearest parent that holds a run), else None. A run is research-train's
+  `loop.is_run_directory`, restated here because research.train.loop imports JAX and --vectors' checks run without
+  it: config.json beside tokenizer.json or checkpoints/ (a test checks that both agree)."""
+  for parent in path.parents:
+    if (parent / "config.json").is_file() and ((parent / "tokenizer.json").exists() or
+                                                (parent / "checkpoints").is_dir()):
+      return parent
+  return None
+
+
+def check_not_a_run_file(name: str, value: str) -> None:
+  """One line when `--name=value` is a file that exists inside a run directory (config.json, summary.json, a
+  checkpoint's or eval/'s file, through a symbolic link too): writing there replaced it and broke the run. A new file
+  in a run, or a file outside any run, may be written."""
+  path = Path(value)
+  if not path.is_file():
+    return
+  for where in dict.fromkeys((path.absolute(), Path(os.path.realpath(path)))):
+    run = run_directory_of(where)
+    if run is not None:
+      raise quality.AnalysisError(f"--{name}={value!r} is the file {str(where.relative_to(run))!r} of the run "
+                                  f"{str(run)!r}, which writing it would replace; give a new file")
+
+
 def check_flags() -> None:
   if bool(_WORKDIR.value) == bool(_VECTORS.value):
     raise quality.AnalysisError("give exactly one of --workdir=RUN and --vectors=FILE")
@@ -85,6 +111,7 @@ def check_flags() -> None:
       path = Path(flag.value)
       if path.is_dir() or not path.name:
         raise quality.AnalysisError(f"--{name}={flag.value!r} is a directory; give a file path")
+      check_not_a_run_file(name, flag.value)
       if not path.absolute().parent.is_dir():
         raise quality.AnalysisError(f"--{name}={flag.value!r}: the directory {str(path.absolute().parent)!r} does "
                                     f"not exist")

@@ -300,3 +300,31 @@ def test_given_flags_reads_every_spelling_absl_accepts():
   assert common.given_flags(argv, values) == [
       ("name", "a"), ("name", "b"), ("fast", "true"), ("fast", "false"), ("fast", "false"), ("set", "x=1"),
       ("set", "y=2"), ("config.a.b", "true"), ("config.c", "false"), ("config.d", "4")]
+
+
+@pytest.mark.parametrize("layout,target,refused", [
+    (["config.json", "tokenizer.json"], "config.json", True),
+    (["config.json", "checkpoints/30/meta"], "checkpoints/30/meta", True),  # a run by its checkpoints, deeper
+    (["config.json", "tokenizer.json", "eval/extrapolation.json"], "eval/extrapolation.json", True),
+    (["config.json", "tokenizer.json"], "new.txt", False),  # a new file in a run
+    (["config.json"], "config.json", False),  # a config.json alone is anyone's file (loop.is_run_directory)
+])
+def test_analyze_refuses_to_overwrite_a_file_of_a_run(tmp_path, layout, target, refused):
+  """--export_word2vec=RUN/config.json (or --output= any file a run wrote) replaced the run's file and broke the
+  run; refused before the analysis, whichever run it is in. Overwriting a file outside a run stays allowed."""
+  run = tmp_path / "run"
+  for name in layout:
+    (run / name).parent.mkdir(parents=True, exist_ok=True)
+    (run / name).write_text("kept")
+  other = tmp_path / "other"
+  (other / "config.json").parent.mkdir()
+  (other / "config.json").write_text("{}")
+  (other / "tokenizer.json").write_text("{}")
+  for flag, args in (("export_word2vec", [f"--workdir={other}"]), ("output", [f"--vectors={tmp_path / 'none.txt'}"])):
+    result = cli("experiments.analyze", *args, f"--{flag}={run / target}")
+    assert result.returncode == 2, result.stderr
+    line = error_line(result)
+    assert (f"--{flag}={str(run / target)!r} is the file {target!r} of the run {str(run)!r}" in line) == refused, \
+        line
+    if refused:
+      assert (run / target).read_text() == "kept"
