@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -86,13 +87,21 @@ def shape_argv(args) -> list[str]:
   return [word for flag, _ in SHAPE_FLAGS for word in (flag, str(getattr(args, flag[2:].replace("-", "_"))))]
 
 
+class OneLineParser(argparse.ArgumentParser):
+  """argparse, whose error is one line `error: ...` on stderr (exit status 2), as the research-* commands' are, not
+  the usage block (eleven lines) before it; --help still prints the usage."""
+
+  def error(self, message: str):
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(2)
+
+
 def parse_args(argv=None):
   from research.model.config import REMATS
 
   argv = list(sys.argv[1:] if argv is None else argv)
   # No abbreviations (--inter for --interleave): which flags were given is read from argv's words (`_given`).
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                              allow_abbrev=False)
+  p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
   p.add_argument("--schemes", default=DEFAULT_SCHEMES, help="comma-separated registered scheme names")
   p.add_argument("--json", action="store_true", help="one JSON object per scheme instead of a table")
   add_shape_args(p)
@@ -146,9 +155,10 @@ def check_args(p: argparse.ArgumentParser, args, argv=()) -> None:
   for name in ("warmup", "steps", "windows"):
     if getattr(args, name) < 1:
       p.error(f"--{name}={getattr(args, name)}: must be at least 1")
-  if args.peak_size < 1 or args.peak < 0:
-    p.error(f"--peak-size={args.peak_size} --peak={args.peak:g}: the size must be at least 1 and the peak 0 (measure "
-            "it) or more")
+  if args.peak_size < 1:
+    p.error(f"--peak-size={args.peak_size}: must be at least 1")
+  if _given(argv, "--peak") and not (math.isfinite(args.peak) and args.peak > 0):  # nan or inf: an MFU of nan or 0
+    p.error(f"--peak={args.peak:g}: give a finite matmul peak > 0 in FLOP/s (leave --peak out to measure it)")
   if args.loss_chunk < 0:
     p.error(f"--loss-chunk={args.loss_chunk}: must be 0 (off) or a number of tokens")
   if args.dtypes and (not dtype_list(args.dtypes)

@@ -69,7 +69,10 @@ def test_the_preset_runs_its_train_step_on_random_ids_and_reports_mfu(tmp_path):
     (["--windows", "0"], "--windows=0: must be at least 1"),
     (["--warmup", "0"], "--warmup=0: must be at least 1"),
     (["--batch", "0"], "--batch=0: must be at least 1"),
-    (["--peak=-1e9"], "the size must be at least 1 and the peak 0 (measure it) or more"),
+    (["--peak=-1e9"], "--peak=-1e+09: give a finite matmul peak > 0 in FLOP/s"),
+    (["--peak=nan"], "--peak=nan: give a finite matmul peak > 0 in FLOP/s"),  # an MFU of nan
+    (["--peak", "inf"], "--peak=inf: give a finite matmul peak > 0 in FLOP/s"),
+    (["--peak-size=0"], "--peak-size=0: must be at least 1"),
     (["--heads", "3"], "model.num_heads=3 does not divide the model width 256"),
     (["--loss-chunk", "-1"], "--loss-chunk=-1: must be 0 (off)"),
     (["--dtypes=,"], "--dtypes=',': give a comma-separated list of float32, bfloat16"),
@@ -89,10 +92,12 @@ def test_the_preset_runs_its_train_step_on_random_ids_and_reports_mfu(tmp_path):
 ], ids=lambda x: x if isinstance(x, str) and x.startswith("-") else None)
 def test_throughputs_bad_values_are_one_line_before_any_worker(args, message, capsys):
   """Each used to end in a worker's traceback, or in a table of nonsense (0 tokens/s, a negative MFU, an untied row
-  for tie_embeddings=1)."""
+  for tie_embeddings=1). One line `error: ...` (argparse's usage block before it was ten more)."""
   with pytest.raises(SystemExit) as exit_info:
     _module("throughput").parse_args(args)
-  assert exit_info.value.code == 2 and message in capsys.readouterr().err.strip().splitlines()[-1]
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], \
+      lines
 
 
 def test_throughputs_preset_accepts_what_it_reads_and_remat_reaches_scheme_rows_as_a_field():
