@@ -41,7 +41,7 @@ from absl import app, flags
 
 from experiments.common import exit_now, expand_home_flags, parse_flags, run_main
 from research import sweeps
-from research.train.configuration import ConfigError
+from research.train.configuration import ConfigError, is_url
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file defining get_sweep().")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory: one subdirectory per trial.")
@@ -66,6 +66,11 @@ def main(argv):
     raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
   if _JOBS.value < 1:
     raise ConfigError(f"--jobs={_JOBS.value} must be >= 1")
+  if not _PRINT.value:
+    for flag in (_TPU, _ZONE, _REPO_DIR):  # were ignored, exit 0, with the sweep run here
+      if flag.present:
+        raise ConfigError(f"--{flag.name} is for --print_commands (the TPU pod's commands); without it the sweep "
+                          f"runs on this machine")
   settings = dict(sweeps.parse_setting(text) for text in _SET.value)
   sweep = sweeps.load_sweep(_SWEEP.value, settings)
   sweeps.check_not_interrupted()
@@ -85,8 +90,11 @@ def main(argv):
     for line in lines:
       print(line)
     return
-  if _DRY_RUN.value:
-    sweeps.check_directory(_WORKDIR.value)  # what the real run would refuse
+  if _DRY_RUN.value:  # what the real run would refuse (sweeps.run_sweep's checks)
+    if is_url(_WORKDIR.value):
+      raise ConfigError(f"workdir {_WORKDIR.value!r} is a URL; a sweep directory is a local or shared filesystem "
+                        f"path (mount a bucket with gcsfuse)")
+    sweeps.check_directory(_WORKDIR.value)
     sweeps.check_jobs(sweep, _JOBS.value)
     sweeps.check_trials_outside_corpus(sweep, Path(_WORKDIR.value).resolve())
     sweeps.check_trial_directories(sweep, _WORKDIR.value)

@@ -328,3 +328,22 @@ def test_analyze_refuses_to_overwrite_a_file_of_a_run(tmp_path, layout, target, 
         line
     if refused:
       assert (run / target).read_text() == "kept"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--dry_run", "--tpu=pod"], "--tpu is for --print_commands (the TPU pod's commands); without it the sweep "
+                                 "runs on this machine"),
+    (["--dry_run", "--zone=us-central2-b"], "--zone is for --print_commands (the TPU pod's commands); without it the "
+                                            "sweep runs on this machine"),
+    (["--dry_run", "--repo_dir=/srv/research"], "--repo_dir is for --print_commands (the TPU pod's commands); "
+                                                "without it the sweep runs on this machine"),
+    (["--dry_run", "--workdir=gs://bucket/sweep"], "workdir 'gs://bucket/sweep' is a URL; a sweep directory is a "
+                                                   "local or shared filesystem path (mount a bucket with gcsfuse)"),
+])
+def test_sweep_refuses_what_it_would_ignore_or_refuse_when_run(tmp_path, args, message):
+  """--tpu, --zone and --repo_dir without --print_commands were ignored (exit 0, the sweep ran here); --dry_run
+  printed commands for a gs:// workdir that the real run refuses."""
+  workdir = [] if any(a.startswith("--workdir") for a in args) else [f"--workdir={tmp_path / 'sweep'}"]
+  result = cli("experiments.sweep", f"--sweep={ROOT / 'configs/sweeps/positions.py'}", *workdir, *args)
+  assert error_line(result) == f"error: {message}" and result.stdout == ""
+  assert not (tmp_path / "sweep").exists()
