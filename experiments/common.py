@@ -221,6 +221,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     rest = flags.FLAGS(argv)
     check_empty_paths()
+    check_sweep_file()
     check_config_returned(argv)
     return rest
   except flags.Error as e:
@@ -254,6 +255,23 @@ def check_empty_paths(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     if name in flag_values and flag_values[name].present and isinstance(flag_values[name].value, str) and \
         not flag_values[name].value.strip():
       fail(f"--{name} is empty: give {what}")
+
+
+def check_sweep_file(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """One line naming --sweep (research-sweep's, research-quickstart's) when it names no file: the sweep loader said
+  "config file '/x.py' does not exist", naming no flag. A relative path is looked up as the loader looks it up
+  (`sweeps.config_path`: the current directory, else this repository); research.sweeps (JAX) is imported only by a
+  command that has the flag, and imports it anyway."""
+  given = flag_values["sweep"].value if "sweep" in flag_values else None
+  if not isinstance(given, str) or not given.strip():
+    return  # absent (the required-flag check) or empty (check_empty_paths)
+  from research import sweeps
+  path = sweeps.config_path(given)
+  if not path.is_file():
+    what = "is a directory, not a sweep file" if path.is_dir() else "does not exist"
+    where = "" if os.path.isabs(given) else f" (a relative path is a file of the current directory, {os.getcwd()}, " \
+                                            f"else of this repository, {REPO_ROOT})"
+    fail(f"--sweep={given!r}: sweep file {str(path)!r} {what}{where}")
 
 
 def check_config_returned(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:

@@ -15,6 +15,7 @@ if __name__ == "__main__":  # `python -m`: restart first, before the imports bel
   hugepages.maybe_reexec()
 
 import sys
+from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -22,11 +23,29 @@ from ml_collections import config_flags
 from experiments.common import (check_config_file, check_override_flags, check_repeated_flags, end_interrupted,
                                 expand_home_flags, parse_flags, run_main, with_shipped_config)
 from research import supervisor
+from research.error_text import unwritable
 from research.train import configuration, loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config().",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (created; resumed when it holds a run).")
+
+
+def check_workdir_creatable(workdir: str) -> None:
+  """One line naming --workdir when a workdir that does not exist cannot be created: its nearest existing parent is a
+  file, or no directory can be made there (`/proc/x`: the trainer's mkdir said only `[Errno 2] No such file or
+  directory: '/proc/x'`). An existing workdir is research.train.loop's to check; a URL too."""
+  path = Path(workdir).absolute()
+  if configuration.is_url(workdir) or path.exists():
+    return
+  parent = next(p for p in path.parents if p.exists())
+  if not parent.is_dir():
+    raise configuration.ConfigError(f"--workdir={workdir!r} cannot be created: {str(parent)!r} is a file, not a "
+                                    f"directory")
+  why = unwritable(parent)
+  if why:
+    raise configuration.ConfigError(f"--workdir={workdir!r} cannot be created: no directory can be made in "
+                                    f"{str(parent)!r} ({why})")
 
 
 @run_main
@@ -35,6 +54,7 @@ def main(argv):
     raise configuration.ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.ERROR)  # Orbax logs every save (and saves without metrics) at INFO/WARNING
   loop.quiet_storage_failures()  # a full disk: the one line, not Orbax's thread tracebacks before it
+  check_workdir_creatable(_WORKDIR.value)
   summary = loop.train(_CONFIG.value, _WORKDIR.value)
   print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
 

@@ -16,12 +16,14 @@ if __name__ == "__main__":  # `python -m`: a Ctrl-C is recorded before the impor
   interrupts.record()
 
 import sys
+from pathlib import Path
 
 from absl import app, flags, logging
 
 from experiments.common import end_interrupted, expand_home_flags, parse_flags, run_main
 from research.data import corpora, tokenizers
 from research.embeddings import train_vectors
+from research.error_text import unwritable
 
 _CORPUS = flags.DEFINE_string("corpus", "wikipedia-sample", "Corpus spec (as data.corpus).")
 _SPLIT = flags.DEFINE_enum("split", "train", ["train"], "Split to train on: train only (never validation text).")
@@ -39,6 +41,22 @@ _ERRORS = flags.DEFINE_enum("errors", "strict", list(corpora.ERROR_POLICIES),
                             "Undecodable bytes in text: corpora (as data.errors).")
 
 
+def check_cache_dir(value: str) -> None:
+  """One line naming --cache_dir, before the corpus is read, when the cache cannot be a directory there: it or its
+  nearest existing parent is a file, or nothing can be written in it (`--cache_dir=/etc/passwd` failed after
+  seconds with `[Errno 20] Not a directory: '/etc/passwd/corpora'`). Empty: the corpora's default cache."""
+  if not value:
+    return
+  path = Path(value).absolute()
+  existing = next(p for p in (path, *path.parents) if p.exists())
+  if not existing.is_dir():
+    what = "is a file" if existing == path else f"is inside the file {str(existing)!r}"
+    raise train_vectors.VectorsError(f"--cache_dir={value!r} {what}; give a directory (it is created)")
+  why = unwritable(existing)
+  if why:
+    raise train_vectors.VectorsError(f"--cache_dir={value!r}: the directory {str(existing)!r} is not writable ({why})")
+
+
 @run_main
 def main(argv):
   if len(argv) > 1:
@@ -47,6 +65,7 @@ def main(argv):
   train_vectors.check_out(_OUT.value, _METHOD.value)  # before the corpus is read and the vectors trained
   train_vectors.check_options(_METHOD.value, _DIM.value, window=_WINDOW.value, min_count=_MIN_COUNT.value,
                               epochs=_EPOCHS.value, seed=_SEED.value)
+  check_cache_dir(_CACHE_DIR.value)
   corpus = corpora.load_corpus(_CORPUS.value, errors=_ERRORS.value, cache_dir=_CACHE_DIR.value or None)
   sentences = train_vectors.sentences_of(corpus.split(_SPLIT.value), tokenizers.split_words)
   model = train_vectors.train_vectors(sentences, _METHOD.value, _DIM.value, window=_WINDOW.value,

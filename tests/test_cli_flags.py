@@ -347,3 +347,39 @@ def test_sweep_refuses_what_it_would_ignore_or_refuse_when_run(tmp_path, args, m
   result = cli("experiments.sweep", f"--sweep={ROOT / 'configs/sweeps/positions.py'}", *workdir, *args)
   assert error_line(result) == f"error: {message}" and result.stdout == ""
   assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("module,args,message", [
+    ("experiments.sweep", ["--sweep=/nonexistent/sweep.py", "--workdir=OUT"],
+     "--sweep='/nonexistent/sweep.py': sweep file '/nonexistent/sweep.py' does not exist"),
+    ("experiments.quickstart", ["--sweep=/nonexistent/sweep.py", "--workdir=OUT"],
+     "--sweep='/nonexistent/sweep.py': sweep file '/nonexistent/sweep.py' does not exist"),
+    ("experiments.sweep", ["--sweep=TMP", "--workdir=OUT"], "--sweep='TMP': sweep file 'TMP' is a directory, not a "
+                                                            "sweep file"),
+    ("experiments.vectors", ["--out=TMP/v.txt", "--cache_dir=FILE"],
+     "--cache_dir='FILE' is a file; give a directory (it is created)"),
+    ("experiments.vectors", ["--out=TMP/v.txt", "--cache_dir=FILE/cache"],
+     "--cache_dir='FILE/cache' is inside the file 'FILE'; give a directory (it is created)"),
+    ("experiments.train", ["--config=ROOT/configs/tiny.py", "--workdir=FILE/run"],
+     "--workdir='FILE/run' cannot be created: 'FILE' is a file, not a directory"),
+])
+def test_a_path_that_cannot_be_used_is_refused_naming_its_flag(tmp_path, module, args, message):
+  """Each said no flag: 'config file ... does not exist' for --sweep, `[Errno 20] Not a directory:
+  '/etc/passwd/corpora'` after seconds for --cache_dir, a bare `[Errno 20]` (or, under /proc, `[Errno 2]`) for
+  --workdir."""
+  (tmp_path / "file").write_text("x")
+  fill = lambda text: (text.replace("OUT", str(tmp_path / "out")).replace("TMP", str(tmp_path))  # noqa: E731
+                       .replace("FILE", str(tmp_path / "file")).replace("ROOT", str(ROOT)))
+  result = cli(module, *map(fill, args))
+  assert error_line(result) == f"error: {fill(message)}"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_research_train_names_a_workdir_where_no_directory_can_be_made(tmp_path):
+  from research.error_text import unwritable
+  why = unwritable("/proc")
+  if why is None:
+    pytest.skip("a directory can be made in /proc here")
+  result = cli("--config=configs/tiny.py", "--workdir=/proc/no_such_run")
+  assert error_line(result) == f"error: --workdir='/proc/no_such_run' cannot be created: no directory can be made " \
+                               f"in '/proc' ({why})"
