@@ -284,9 +284,12 @@ def with_settings(points: Sequence[Mapping[str, Any]], settings: Mapping[str, An
           for p in points]
 
 
-def load_sweep(path: str | Path, settings: Mapping[str, Any] | None = None) -> Sweep:
+def load_sweep(path: str | Path, settings: Mapping[str, Any] | None = None, directory: str | Path | None = None
+               ) -> Sweep:
   """Reads a sweep file and validates every trial's overrides against its base config (no trial runs yet).
-  `settings` ({field: value}, from `research-sweep --set`) change a field every trial shares (`with_settings`)."""
+  `settings` ({field: value}, from `research-sweep --set`) change a field every trial shares (`with_settings`).
+  `directory`: the sweep directory, where a trial trained before a check for new training only existed resumes
+  as research-train resumes it (`loop.trained_as`)."""
   module = load_config_file(path)
   if not hasattr(module, "get_sweep"):
     raise configuration.ConfigError(f"sweep file {str(path)!r} defines no get_sweep()")
@@ -317,8 +320,9 @@ def load_sweep(path: str | Path, settings: Mapping[str, Any] | None = None) -> S
   trials, names, configs, same = [], set(), {}, {}
   for overrides in points:
     config = configuration.apply_overrides(base_config, overrides)  # unknown fields fail here
-    configuration.validate(config)  # unknown choices, bad numbers, bad shapes fail here
     name = trial_name(overrides)
+    trained_as = loop.trained_as(Path(directory) / name) if directory is not None else None
+    configuration.validate(config, trained_as)  # unknown choices, bad numbers, bad shapes fail here
     if name in names:
       raise configuration.ConfigError(f"sweep {str(path)!r} has two trials named {name!r}")
     key = json.dumps(config.to_dict(), sort_keys=True, default=repr)

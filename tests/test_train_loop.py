@@ -409,6 +409,13 @@ def test_a_run_trained_before_a_training_only_check_resumes_and_a_new_one_is_ref
     loop.train(tiny_config(**overrides, **{"train.steps": 2}), tmp_path / "old")
   capsys.readouterr()
   assert loop.train(tiny_config(**overrides, **{"train.steps": 4}), tmp_path / "old")["step"] == 4
+  # A rerun may not add what a fresh start is refused for: RoPE scaling on a scheme that ignores it (its fields are
+  # unread by the run's model, so the resume rule does not compare them).
+  scaled = {"model.rope_scaling": "linear", "model.rope_factor": 4.0, "train.steps": 6}
+  with pytest.raises(configuration.ConfigError, match=r"model.rope_scaling='linear' with model.rope_factor=4 "
+                                                      r"applies to model.position=p_rope or rope only"):
+    loop.train(tiny_config(**overrides, **scaled), tmp_path / "old")
+  assert json.loads((tmp_path / "old" / "config.json").read_text())["model"]["rope_scaling"] == "none"
 
 
 def test_a_field_the_saved_run_lacks_means_what_runs_did_before_it_existed(tmp_path, capsys):

@@ -316,11 +316,11 @@ def _check_kind(name: str, value: Any, default: Any) -> None:
 MAX_SEED = 2 ** 32 - 1
 
 
-def validate(config: ml_collections.ConfigDict, new_run: bool = True) -> ModelConfig:
-  """Every check that needs no data and no compilation. Returns the model config (with data.vocab_size). With
-  `new_run` False (a resume of a run that holds a checkpoint or a summary) the checks for new training only
-  (`validate_rope_scaling`, the scheme's `validate_training` and `validate_documents`) are left out: a run trained
-  before one of them existed resumes, evaluates and analyses as what it is."""
+def validate(config: ml_collections.ConfigDict, trained_as: str | None = None) -> ModelConfig:
+  """Every check that needs no data and no compilation. Returns the model config (with data.vocab_size).
+  `trained_as`: the error the checks for new training only (`training_only_error`) give the run this config resumes
+  (`loop.trained_as`: one trained before the check existed); a config that meets exactly that error goes on, as the
+  model it is, and any other is refused (a rerun cannot add what a fresh start would be refused for)."""
   check_fields(config)
   check_kinds(config)
   if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not 0 <= config.seed <= MAX_SEED:
@@ -401,13 +401,9 @@ def validate(config: ml_collections.ConfigDict, new_run: bool = True) -> ModelCo
     if isinstance(reference.get(name), float) and isinstance(value, float) and not math.isfinite(value):
       raise ConfigError(f"{name}={value!r} must be a finite number")
   cfg = model_config(config)
-  if new_run:
-    validate_rope_scaling(cfg)
-    try:
-      cfg.scheme.validate_training(cfg)
-      cfg.scheme.validate_documents(cfg, config.data.document_positions, config.data.document_mask)
-    except ValueError as e:
-      raise ConfigError(str(e)) from None
+  error = training_only_error(config)
+  if error is not None and error != trained_as:
+    raise ConfigError(error)
   limit = cfg.scheme.max_length(cfg)
   if limit is not None and limit < config.data.seq_len and cfg.scheme.max_length_note(cfg) is not None:
     raise ConfigError(f"data.seq_len={config.data.seq_len} is longer than the {limit} positions "
@@ -417,6 +413,22 @@ def validate(config: ml_collections.ConfigDict, new_run: bool = True) -> ModelCo
                       f"model.position={config.model.position!r} represents positions 0 … {limit - 1} only; set "
                       f"model.max_len >= {config.data.seq_len} (0 = data.seq_len)")
   return cfg
+
+
+def training_only_error(config: ml_collections.ConfigDict) -> str | None:
+  """The first error of the checks for new training only: RoPE scaling on a scheme that ignores it
+  (`validate_rope_scaling`), a shape the scheme should not start training with (`validate_training`: Sandwich's head
+  dimension) and document boundaries it should not (`validate_documents`: xpos's reset positions without the mask).
+  None when the config passes them. A run trained before one of them existed still evaluates and analyses, and
+  resumes (`validate`'s `trained_as`)."""
+  cfg = model_config(config)
+  try:
+    validate_rope_scaling(cfg)
+    cfg.scheme.validate_training(cfg)
+    cfg.scheme.validate_documents(cfg, config.data.document_positions, config.data.document_mask)
+  except ValueError as e:  # ConfigError included
+    return str(e)
+  return None
 
 
 def validate_corpus(spec: str) -> None:

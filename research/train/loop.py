@@ -526,6 +526,21 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
   return path
 
 
+def trained_as(workdir: Path) -> str | None:
+  """The error the checks for new training only (`configuration.training_only_error`) give the config of the run in
+  `workdir`, when it holds a model (a checkpoint or summary.json): a run trained before the check existed, which its
+  rerun may continue (`configuration.validate`). None for a workdir without such a run, or a config.json that cannot
+  be read (`check_workdir` says what is wrong with it)."""
+  workdir = Path(workdir)
+  if not holds_a_run(workdir) or not (workdir / CONFIG_FILE).is_file():
+    return None
+  try:
+    saved = ml_collections.ConfigDict(configuration.with_defaults(read_saved_config(workdir)))
+    return configuration.training_only_error(saved)
+  except (ValueError, TypeError, KeyError, AttributeError, OSError):  # a config this version cannot build at all
+    return None
+
+
 def holds_a_run(path: Path) -> bool:
   """Whether the workdir holds a model: a checkpoint, or summary.json (a finished run). A config.json without either
   is a start that failed before its first checkpoint, which another config may replace."""
@@ -1200,8 +1215,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   backend = functools.partial(_backend_after_distributed, config)
   workdir = check_workdir(config, workdir, backend)  # a rerun that would become another model is refused first
   command, config = config, keep_saved_choices(config, workdir, backend)
-  # The checks for new training only (a scheme's shape, RoPE scaling's scheme) let a run trained before them go on.
-  configuration.validate(config, new_run=not holds_a_run(workdir))
+  configuration.validate(config, trained_as(workdir))  # a run trained before a training-only check goes on
   start_distributed(config)
   check_same_job(config, workdir)  # every process of a multi-process job was given the same command
   mesh = make_mesh(config)  # a mesh that does not fit the devices fails here, before the workdir is touched
