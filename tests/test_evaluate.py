@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -1018,3 +1019,22 @@ def test_an_evaluation_without_by_position_moves_a_loss_by_position_it_no_longer
   assert (f"(mode sliding, stride {TRAIN_LEN}, factor = the multiple at each length vs mode nonoverlapping, factor 2)"
           in capsys.readouterr().out)
   assert len(list((run / "eval" / "previous").glob("*/loss_by_position_linear.json"))) == 1
+
+
+def test_an_evaluation_keeps_the_file_it_replaces_in_eval_previous(runs, tmp_path):
+  """Every research-evaluate rewrote eval/extrapolation.json: one that scored nothing (a length beyond the learned
+  table: one n/a row) lost the earlier figures. The replaced file is copied to eval/previous/<UTC time>/ first, once
+  (a rewrite with the same bytes adds no copy)."""
+  workdir = tmp_path / "run"
+  shutil.copytree(runs["learned"], workdir)
+  shutil.rmtree(workdir / "eval", ignore_errors=True)
+  path = workdir / "eval" / "extrapolation.json"
+  first = extrapolation.evaluate_run(workdir, [1])
+  assert first["results"][0]["ppl"] is not None and not (workdir / "eval" / "previous").exists()
+  written = path.read_bytes()
+  assert extrapolation.evaluate_run(workdir, [100000000])["results"][0]["ppl"] is None
+  copies = sorted((workdir / "eval" / "previous").glob("*/extrapolation.json"))
+  assert [c.read_bytes() for c in copies] == [written]
+  extrapolation.write_report(workdir, json.loads(path.read_text()))  # the same report again: nothing lost, no copy
+  assert sorted((workdir / "eval" / "previous").glob("*/extrapolation.json")) == copies
+  assert extrapolation.keep_previous(path) == copies[-1]  # the newest copy holds its bytes: not copied again

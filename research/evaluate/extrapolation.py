@@ -35,6 +35,7 @@ import functools
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -648,10 +649,35 @@ def report_file(rope_scaling: str | None = None) -> str:
 
 
 def write_report(workdir: str | Path, report: dict[str, Any], output: str | None = None) -> Path:
-  """Writes the report (process 0 only: every process of a multi-host evaluation holds the same one)."""
+  """Writes the report (process 0 only: every process of a multi-host evaluation holds the same one); the file it
+  replaces is kept first (`keep_previous`)."""
   out_dir = Path(workdir) / EVAL_DIR
   path = out_dir / (output or report_file(report["rope_scaling"]))
   if jax.process_index() == 0:
     out_dir.mkdir(exist_ok=True)
+    keep_previous(path, report)
     loop.atomic_write_json(path, report)
   return path
+
+
+def keep_previous(path: Path, report: dict[str, Any] | None = None) -> Path | None:
+  """Copies `path`, a file an evaluation is about to replace (with `report`), to eval/previous/<UTC time>/ (where
+  research-sweep keeps what its evaluations rewrite, `sweeps.keep_previous_evaluation`; research-report does not read
+  it): every research-evaluate rewrote extrapolation(_<scaling>).json, and one that scored nothing (a length beyond
+  the table) or another split lost the earlier figures. Not copied when it holds `report` already (nothing is lost),
+  nor again when the newest copy there holds the same bytes (the sweep's own copy). Returns the copy, or None."""
+  if not path.is_file():
+    return None
+  try:
+    if report is not None and json.loads(path.read_text(encoding="utf-8")) == json.loads(json.dumps(report)):
+      return None
+  except ValueError:  # not JSON (damaged): kept, as any other
+    pass
+  previous = path.parent / "previous"
+  copies = sorted(previous.glob(f"*/{path.name}"))  # the folders' names sort by time
+  if copies and copies[-1].read_bytes() == path.read_bytes():
+    return copies[-1]
+  target = previous / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+  target.mkdir(parents=True, exist_ok=True)
+  shutil.copy2(path, target / path.name)
+  return target / path.name
