@@ -38,7 +38,7 @@ def main(argv):
     raise ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
   if _JOBS.value < 1:
     raise ConfigError(f"--jobs={_JOBS.value} must be >= 1")
-  sweep = sweeps.load_sweep(_SWEEP.value)
+  sweep = sweeps.load_sweep(_SWEEP.value, directory=_WORKDIR.value or None)
   sweeps.check_directory(_WORKDIR.value)
   sweeps.check_not_interrupted()
   base = sweeps.load_base_config(sweep.base_config)

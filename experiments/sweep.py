@@ -72,7 +72,7 @@ def main(argv):
         raise ConfigError(f"--{flag.name} is for --print_commands (the TPU pod's commands); without it the sweep "
                           f"runs on this machine")
   settings = dict(sweeps.parse_setting(text) for text in _SET.value)
-  sweep = sweeps.load_sweep(_SWEEP.value, settings)
+  sweep = sweeps.load_sweep(_SWEEP.value, settings, _WORKDIR.value or None)
   sweeps.check_not_interrupted()
   for note in sweep.notes:
     print(f"warning: {note}", file=sys.stderr, flush=True)

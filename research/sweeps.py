@@ -322,7 +322,10 @@ def load_sweep(path: str | Path, settings: Mapping[str, Any] | None = None, dire
     config = configuration.apply_overrides(base_config, overrides)  # unknown fields fail here
     name = trial_name(overrides)
     trained_as = loop.trained_as(Path(directory) / name) if directory is not None else None
-    configuration.validate(config, trained_as)  # unknown choices, bad numbers, bad shapes fail here
+    try:
+      configuration.validate(config, trained_as)  # unknown choices, bad numbers, bad shapes fail here
+    except configuration.ConfigError as e:
+      raise configuration.ConfigError(f"sweep {str(path)!r}: trial {name!r}: {e}") from None
     if name in names:
       raise configuration.ConfigError(f"sweep {str(path)!r} has two trials named {name!r}")
     key = json.dumps(config.to_dict(), sort_keys=True, default=repr)

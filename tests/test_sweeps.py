@@ -147,6 +147,25 @@ def test_every_override_is_validated_before_any_trial_starts(tmp_path, trials, m
   assert not (tmp_path / "out").exists()
 
 
+def test_a_trial_trained_before_a_training_only_check_is_validated_as_research_train_resumes_it(tmp_path):
+  """Sandwich at a head dimension of 2 is refused for new training; a sweep whose trial directory already holds a
+  run of it (trained before the check: its config.json and summary.json, by the trainer's writers) loads, as
+  research-train resumes that run, and another trial of the same shape without a run is still refused."""
+  from research.train import loop
+  from tests.train_utils import mark_finished, tiny_config
+  trial = {"model.position": "sandwich", "model.num_heads": 32}  # tiny's d_model 64: head dimension 2
+  path = write_sweep(tmp_path / "s.py", [trial])
+  with pytest.raises(configuration.ConfigError, match=r"sandwich' needs a head dimension of at least 4"):
+    sweeps.load_sweep(path, directory=tmp_path / "out")
+  run = tmp_path / "out" / sweeps.trial_name(trial)
+  run.mkdir(parents=True)
+  loop.write_config(tiny_config(**trial), run)
+  mark_finished(run)
+  assert [t.name for t in sweeps.load_sweep(path, directory=tmp_path / "out").trials] == [run.name]
+  with pytest.raises(configuration.ConfigError, match=r"sandwich' needs a head dimension of at least 4"):
+    sweeps.load_sweep(path)  # no directory: every trial is a new one
+
+
 @pytest.mark.parametrize("evaluate,message", [
     ({"length": [1, 2]}, "EVALUATE key 'length' is not a research-evaluate option; allowed: lengths, mode, stride, "
                          "split, checkpoint, rope_scaling, rope_factor, by_position, passkey, passkey_depths, "
