@@ -575,7 +575,8 @@ def test_non_finite_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tmp_pa
     (["--config.model.position=rope", "--config.model.rope_factor=nan"], "model.rope_factor=nan must be a finite"),
 ])
 def test_cli_user_errors_are_one_line_without_traceback(args, message, tmp_path):
-  result = cli("--config=configs/tiny.py", f"--workdir={tmp_path / 'run'}", *args)
+  workdir = [] if any(a.startswith("--workdir=") for a in args) else [f"--workdir={tmp_path / 'run'}"]
+  result = cli("--config=configs/tiny.py", *workdir, *args)  # (a flag given twice is an error of its own)
   assert result.returncode == 2
   assert result.stderr.startswith("error: ") and message in result.stderr, result.stderr[-2000:]
   assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

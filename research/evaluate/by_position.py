@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from research.evaluate import previous
 from research.train import loop
 
 BUCKETS = "log2, 2 per octave, + T"  # what `bucket_edges` does, recorded in the file
@@ -86,8 +87,10 @@ def report_file(rope_scaling: str | None = None) -> str:
 
 
 def write_report(workdir: str | Path, report: dict[str, Any]) -> Path:
-  """RUN/eval/loss_by_position.json (loss_by_position_<scaling>.json with a RoPE scaling), written atomically."""
+  """RUN/eval/loss_by_position.json (loss_by_position_<scaling>.json with a RoPE scaling), written atomically; the
+  file it replaces is kept first (`previous.keep_previous`)."""
   path = Path(workdir) / "eval" / report_file(report["rope_scaling"])
   path.parent.mkdir(exist_ok=True)
+  previous.keep_previous(path, report)
   loop.atomic_write_json(path, report)
   return path

@@ -35,7 +35,6 @@ import functools
 import json
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -48,7 +47,7 @@ from research.error_text import first_line
 from research.data import batches as batches_lib
 from research.data import corpora
 from research.embeddings import registry, relative
-from research.evaluate import by_position as by_position_lib
+from research.evaluate import by_position as by_position_lib, previous
 from research.evaluate import passkey as passkey_lib
 from research.evaluate.errors import EvaluationError  # noqa: F401 (public here: research.evaluate.extrapolation's)
 from research.model import config as model_config_lib
@@ -660,24 +659,4 @@ def write_report(workdir: str | Path, report: dict[str, Any], output: str | None
   return path
 
 
-def keep_previous(path: Path, report: dict[str, Any] | None = None) -> Path | None:
-  """Copies `path`, a file an evaluation is about to replace (with `report`), to eval/previous/<UTC time>/ (where
-  research-sweep keeps what its evaluations rewrite, `sweeps.keep_previous_evaluation`; research-report does not read
-  it): every research-evaluate rewrote extrapolation(_<scaling>).json, and one that scored nothing (a length beyond
-  the table) or another split lost the earlier figures. Not copied when it holds `report` already (nothing is lost),
-  nor again when the newest copy there holds the same bytes (the sweep's own copy). Returns the copy, or None."""
-  if not path.is_file():
-    return None
-  try:
-    if report is not None and json.loads(path.read_text(encoding="utf-8")) == json.loads(json.dumps(report)):
-      return None
-  except ValueError:  # not JSON (damaged): kept, as any other
-    pass
-  previous = path.parent / "previous"
-  copies = sorted(previous.glob(f"*/{path.name}"))  # the folders' names sort by time
-  if copies and copies[-1].read_bytes() == path.read_bytes():
-    return copies[-1]
-  target = previous / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-  target.mkdir(parents=True, exist_ok=True)
-  shutil.copy2(path, target / path.name)
-  return target / path.name
+keep_previous = previous.keep_previous  # (its first home: tests and callers name it here)

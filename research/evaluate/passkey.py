@@ -35,6 +35,7 @@ from research import figures
 from research.data import passkey as text
 from research.data import tokenizers
 from research.data.tokenizers import PAD_ID, SEP_ID, UNK_ID
+from research.evaluate import previous
 from research.evaluate.errors import EvaluationError
 from research.model.config import ModelConfig
 from research.model.transformer import Transformer
@@ -222,10 +223,12 @@ def plot_file(rope_scaling: str | None = None) -> str:
 
 
 def write_report(workdir: str | os.PathLike, report: dict[str, Any]) -> tuple[Path, Path]:
-  """RUN/eval/passkey.json and its heatmap RUN/eval/passkey.png (`_<scaling>` with a RoPE scaling)."""
+  """RUN/eval/passkey.json and its heatmap RUN/eval/passkey.png (`_<scaling>` with a RoPE scaling); the json it
+  replaces is kept first (`previous.keep_previous`; the heatmap is drawn from it)."""
   out_dir = Path(workdir) / "eval"
   out_dir.mkdir(exist_ok=True)
   path = out_dir / report_file(report["rope_scaling"])
+  previous.keep_previous(path, report)
   loop.atomic_write_json(path, report)
   return path, plot_heatmap(report, out_dir / plot_file(report["rope_scaling"]))
 
