@@ -1038,9 +1038,12 @@ def test_an_evaluation_keeps_the_file_it_replaces_in_eval_previous(runs, tmp_pat
   extrapolation.write_report(workdir, json.loads(path.read_text()))  # the same report again: nothing lost, no copy
   assert sorted((workdir / "eval" / "previous").glob("*/extrapolation.json")) == copies
   assert extrapolation.keep_previous(path) == copies[-1]  # the newest copy holds its bytes: not copied again
-  # loss_by_position.json and passkey.json alike: a second evaluation with fewer passkey trials keeps the first's.
+  # passkey.json and loss_by_position.json alike: a second evaluation with fewer passkey trials keeps the first's
+  # passkey.json; its loss_by_position.json is the same report again, so nothing is lost and nothing is copied.
   extrapolation.evaluate_run(workdir, [1], by_position=True, passkey=True, passkey_depths=[0.5], passkey_trials=2)
-  written = {name: (workdir / "eval" / name).read_bytes() for name in ("loss_by_position.json", "passkey.json")}
+  written = (workdir / "eval" / "passkey.json").read_bytes()
   extrapolation.evaluate_run(workdir, [1], by_position=True, passkey=True, passkey_depths=[0.5], passkey_trials=1)
-  for name, data in written.items():
-    assert sorted((workdir / "eval" / "previous").glob(f"*/{name}"))[-1].read_bytes() == data, name
+  assert [c.read_bytes() for c in (workdir / "eval" / "previous").glob("*/passkey.json")] == [written]
+  assert not list((workdir / "eval" / "previous").glob("*/loss_by_position.json"))
+  extrapolation.evaluate_run(workdir, [1, 2], by_position=True)  # another report: the one it replaces is kept
+  assert len(list((workdir / "eval" / "previous").glob("*/loss_by_position.json"))) == 1
