@@ -34,6 +34,7 @@ from absl import app, flags, logging
 from experiments.common import end_interrupted, expand_home_flags, parse_flags, run_main
 from research.analysis import positions, quality, rare
 from research.analysis.workdir import analyze_workdir
+from research.data import corpora
 from research.embeddings import pretrained
 from research.error_text import unwritable
 
@@ -69,17 +70,17 @@ def run_directory_of(path: Path) -> Path | None:
 
 
 def check_not_a_run_file(name: str, value: str) -> None:
-  """One line when `--name=value` is a file that exists inside a run directory (config.json, summary.json, a
-  checkpoint's or eval/'s file, through a symbolic link too): writing there replaced it and broke the run. A new file
-  in a run, or a file outside any run, may be written."""
+  """One line when `--name=value` names a file a run's commands write, inside a run directory (config.json,
+  summary.json, a checkpoint's, anything under eval/, through a symbolic link too), existing or not: writing there
+  replaced it and broke the run, or the analysis wrote its report there and the export then replaced it. Any other
+  file in a run (an earlier export of one's own) or outside every run may be written."""
   path = Path(value)
-  if not path.is_file():
-    return
-  for where in dict.fromkeys((path.absolute(), Path(os.path.realpath(path)))):
+  for where in dict.fromkeys((Path(os.path.abspath(path)), Path(os.path.realpath(path)))):
     run = run_directory_of(where)
-    if run is not None:
+    if run is not None and corpora.is_run_file(where.relative_to(run)):
       raise quality.AnalysisError(f"--{name}={value!r} is the file {str(where.relative_to(run))!r} of the run "
-                                  f"{str(run)!r}, which writing it would replace; give a new file")
+                                  f"{str(run)!r}, one its commands write; give another name, outside the run's "
+                                  f"eval/ and checkpoints/")
 
 
 def check_flags() -> None:

@@ -189,7 +189,13 @@ def check_repeated_flags(argv: list[str], flag_values: flags.FlagValues = flags.
   """One line for a flag given twice (absl keeps the last value silently, and two --config files with an override
   printed absl's 'defined twice' error): any flag but a multi one (`DEFINE_multi_*`), `--config.FIELD` overrides
   included, in any of its spellings (`given_flags`); and a multi flag of FIELD_FLAGS (--set) that sets one FIELD
-  twice. Call it where a command parses its flags, before anything else reads them."""
+  twice. The flags of `--flagfile`s count where the files stand (`FlagValues.read_flags_from_files`), so several
+  flag files may be given, and a flag in one and on the command line is given twice. Call it where a command parses
+  its flags, before anything else reads them."""
+  try:  # each --flagfile's flags in its place, as absl reads them (the files themselves may be several)
+    argv = flag_values.read_flags_from_files(argv, force_gnu=False)
+  except (flags.Error, OSError):
+    return  # a flag file that cannot be read: absl's parse says so in its own line
   first: dict[str, str] = {}
   for name, value in given_flags(argv, flag_values):
     if name in flag_values and isinstance(flag_values[name], flags.MultiFlag):

@@ -14,6 +14,7 @@ if __name__ == "__main__":  # `python -m`: restart first, before the imports bel
   interrupts.record()  # a Ctrl-C from here on is raised once the command can end in one line (`run`)
   hugepages.maybe_reexec()
 
+import os
 import sys
 from pathlib import Path
 
@@ -38,6 +39,10 @@ def check_workdir_creatable(workdir: str) -> None:
   path = Path(workdir).absolute()
   if configuration.is_url(workdir) or path.exists():
     return
+  for link in (path, *path.parents):  # a link to nothing: exists() is False, and mkdir fails (File exists)
+    if link.is_symlink() and not link.exists():
+      raise configuration.ConfigError(f"--workdir={workdir!r} cannot be created: {str(link)!r} is a symbolic link "
+                                      f"to {os.readlink(link)!r}, which does not exist")
   parent = next(p for p in path.parents if p.exists())
   if not parent.is_dir():
     raise configuration.ConfigError(f"--workdir={workdir!r} cannot be created: {str(parent)!r} is a file, not a "

@@ -289,6 +289,23 @@ def test_a_flag_given_twice_is_refused_naming_both_values(tmp_path, module, args
   assert not out.exists()
 
 
+def test_flag_files_count_where_they_stand_and_several_may_be_given(tmp_path, capsys):
+  """absl reads every --flagfile in turn: two files are no flag given twice, but a flag in a file and again on the
+  command line (or in both files) is."""
+  from absl import flags as absl_flags
+  values = absl_flags.FlagValues()
+  absl_flags.DEFINE_string("lengths", None, "", flag_values=values)
+  absl_flags.DEFINE_string("mode", None, "", flag_values=values)
+  (tmp_path / "a.flags").write_text("--lengths=1,2\n")
+  (tmp_path / "b.flags").write_text("--mode=sliding\n")
+  files = [f"--flagfile={tmp_path / 'a.flags'}", f"--flagfile={tmp_path / 'b.flags'}"]
+  common.check_repeated_flags(["prog", *files], values)  # no error
+  for argv in (["prog", *files, "--lengths=4"], ["prog", files[0], files[0]]):
+    with pytest.raises(SystemExit):
+      common.check_repeated_flags(argv, values)
+    assert "error: --lengths is given twice ('1,2' and " in capsys.readouterr().err
+
+
 def test_given_flags_reads_every_spelling_absl_accepts():
   from absl import flags as absl_flags
   values = absl_flags.FlagValues()
@@ -307,6 +324,9 @@ def test_given_flags_reads_every_spelling_absl_accepts():
     (["config.json", "checkpoints/30/meta"], "checkpoints/30/meta", True),  # a run by its checkpoints, deeper
     (["config.json", "tokenizer.json", "eval/extrapolation.json"], "eval/extrapolation.json", True),
     (["config.json", "tokenizer.json"], "new.txt", False),  # a new file in a run
+    (["config.json", "tokenizer.json", "vectors.txt"], "vectors.txt", False),  # an earlier export of one's own
+    (["config.json", "tokenizer.json"], "eval/embedding_quality.json", True),  # the analysis writes it first
+    (["config.json", "tokenizer.json"], "summary.json", True),  # an unfinished run's summary, written later
     (["config.json"], "config.json", False),  # a config.json alone is anyone's file (loop.is_run_directory)
 ])
 def test_analyze_refuses_to_overwrite_a_file_of_a_run(tmp_path, layout, target, refused):
@@ -324,10 +344,24 @@ def test_analyze_refuses_to_overwrite_a_file_of_a_run(tmp_path, layout, target, 
     result = cli("experiments.analyze", *args, f"--{flag}={run / target}")
     assert result.returncode == 2, result.stderr
     line = error_line(result)
-    assert (f"--{flag}={str(run / target)!r} is the file {target!r} of the run {str(run)!r}" in line) == refused, \
-        line
-    if refused:
+    assert (f"--{flag}={str(run / target)!r} is the file {target!r} of the run {str(run)!r}, one its commands "
+            f"write" in line) == refused, line
+    if refused and (run / target).exists():
       assert (run / target).read_text() == "kept"
+
+
+def test_the_run_files_analyze_protects_are_what_a_run_holds():
+  """research-analyze's list of a run's own files (JAX-free) against a real run's: every file and directory a tiny
+  run leaves, and what research-train names, is protected; an export of one's own is not."""
+  from pathlib import Path
+  from research.data import corpora
+  from research.train import loop
+  for name in (loop.CONFIG_FILE, loop.TOKENIZER_FILE, loop.METRICS_FILE, loop.SUMMARY_FILE, loop.DATA_FILE,
+               loop.INIT_TABLE_FILE, loop.EMBEDDING_INIT_FILE, loop.UPDATE_COUNTS_FILE, loop.LOCK_FILE,
+               "token_counts.npy", "events.out.tfevents.1.host", f"{loop.UNREADABLE_DIR}/1/x", "checkpoints/7/state",
+               "eval/rare_tokens.json"):
+    assert corpora.is_run_file(Path(name)), name
+  assert not corpora.is_run_file(Path("vectors.txt")) and not corpora.is_run_file(Path("exports/vectors.bin"))
 
 
 @pytest.mark.parametrize("args,message", [
@@ -383,3 +417,14 @@ def test_research_train_names_a_workdir_where_no_directory_can_be_made(tmp_path)
   result = cli("--config=configs/tiny.py", "--workdir=/proc/no_such_run")
   assert error_line(result) == f"error: --workdir='/proc/no_such_run' cannot be created: no directory can be made " \
                                f"in '/proc' ({why})"
+
+
+def test_research_train_names_a_workdir_behind_a_link_to_nothing(tmp_path):
+  """A symbolic link to a path that does not exist (the workdir itself, or a parent): exists() says no, and the
+  trainer's mkdir failed with a traceback (File exists)."""
+  (tmp_path / "dangling").symlink_to(tmp_path / "nothing")
+  for workdir in (tmp_path / "dangling", tmp_path / "dangling" / "run"):
+    result = cli("--config=configs/tiny.py", f"--workdir={workdir}")
+    assert error_line(result) == f"error: --workdir={str(workdir)!r} cannot be created: " \
+                                 f"{str(tmp_path / 'dangling')!r} is a symbolic link to " \
+                                 f"{str(tmp_path / 'nothing')!r}, which does not exist"

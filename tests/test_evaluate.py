@@ -1037,7 +1037,15 @@ def test_an_evaluation_keeps_the_file_it_replaces_in_eval_previous(runs, tmp_pat
   assert [c.read_bytes() for c in copies] == [written]
   extrapolation.write_report(workdir, json.loads(path.read_text()))  # the same report again: nothing lost, no copy
   assert sorted((workdir / "eval" / "previous").glob("*/extrapolation.json")) == copies
-  assert extrapolation.keep_previous(path) == copies[-1]  # the newest copy holds its bytes: not copied again
+  kept = extrapolation.keep_previous(path)  # the n/a report itself, kept now
+  assert kept not in copies and kept.read_bytes() == path.read_bytes() and copies[0].read_bytes() == written
+  assert extrapolation.keep_previous(path) == kept  # the newest copy holds its bytes: not copied again
+  for text in ('{"a": 1}', '{"a": 2}'):  # two replacements within one second: both copies kept, in order
+    path.write_text(text)
+    extrapolation.keep_previous(path)
+  assert [c.read_text() for c in sorted((workdir / "eval" / "previous").glob("*/extrapolation.json"))][-2:] == [
+      '{"a": 1}', '{"a": 2}']
+  path.write_bytes(written)
   # passkey.json and loss_by_position.json alike: a second evaluation with fewer passkey trials keeps the first's
   # passkey.json; its loss_by_position.json is the same report again, so nothing is lost and nothing is copied.
   extrapolation.evaluate_run(workdir, [1], by_position=True, passkey=True, passkey_depths=[0.5], passkey_trials=2)

@@ -302,6 +302,21 @@ RUN_FILES = ("config.json", "data.json", "metrics.jsonl", "summary.json", "token
              "eval/ppl_vs_length.png", "eval/previous/extrapolation.json")
 
 
+# What the run's commands write in a run directory, by name: these top-level files, TensorBoard's event files and
+# everything under these directories (research-analyze refuses to export over them: `is_run_file`).
+RUN_DIRS = ("checkpoints", "checkpoints_unreadable", "eval")
+RUN_TOP_FILES = (*(f for f in RUN_FILES if "/" not in f and not f.startswith("events.")), ".lock")
+
+
+def is_run_file(relative: Path) -> bool:
+  """Whether a path relative to a run directory is one the run's commands write, or may write later (an analysis
+  file not written yet is one too)."""
+  parts = Path(relative).parts
+  if len(parts) > 1:
+    return parts[0] in RUN_DIRS
+  return Path(relative).name in RUN_TOP_FILES or Path(relative).name.startswith("events.out.tfevents.")
+
+
 # What the data cache holds (research/data/*: its corpora, tokenizers and token streams), for `reads_path`.
 CACHE_FILES = (f"corpora/wikipedia-sample-v{CORPUS_VERSION}.json", "tokenizers/x-bpe-1-0/tokenizer.json",
                "tokenizers/x-bpe-1-0/token_counts.npy", "tokenizers/.x-bpe-1-0.lock", "tokens/0/train.npy",

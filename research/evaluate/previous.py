@@ -28,7 +28,11 @@ def keep_previous(path: Path, report: dict[str, Any] | None = None) -> Path | No
   copies = sorted(previous.glob(f"*/{path.name}"))  # the folders' names sort by time
   if copies and copies[-1].read_bytes() == path.read_bytes():
     return copies[-1]
-  target = previous / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+  stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+  target, n = previous / stamp, 1
+  while (target / path.name).exists():  # a second copy within the same second: a folder of its own (sorts after)
+    n += 1
+    target = previous / f"{stamp}-{n}"
   target.mkdir(parents=True, exist_ok=True)
   shutil.copy2(path, target / path.name)
   return target / path.name
