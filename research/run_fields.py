@@ -92,6 +92,11 @@ PROJECTION_GROUP_FIELDS = ("train.head.projection_group",)
 LAZY_ROWS_FIELDS = ("train.embedding.lazy_rows",)
 
 
+# The RoPE scalings research-evaluate switches on (--rope_scaling; extrapolation.ROPE_SCALINGS, which a test checks
+# against this), for the report, which reads eval/extrapolation_<scaling>.json and its siblings of these names only.
+EVALUATION_SCALINGS = ("linear", "ntk", "yarn")
+
+
 # The built-in schemes that rotate with RoPE's frequencies (subclasses of relative.RotaryPositions; a test checks this
 # against the registry), for a caller that imports no scheme (research-report).
 ROTARY_SCHEMES = ("rope", "p_rope")

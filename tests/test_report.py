@@ -427,6 +427,16 @@ def test_rope_scaled_evaluations_are_extra_rows_below_their_group(tmp_path):
       np.mean([p[4] for p in linear]), rel=1e-12)
   assert "position=rope, rope\\_scaling=yarn" in report.latex_path.read_text()
   assert set(report.plots) == {"ppl_vs_length.png", "curves.png"}
+  # A file of another name (a user's copy) is no evaluation of a scaling: no row, the table unchanged.
+  for s in (0, 1, 2):
+    shutil.copy(directory / f"rope-s{s}" / "eval" / "extrapolation.json",
+                directory / f"rope-s{s}" / "eval" / "extrapolation_backup.json")
+  assert [g.label for g in build_report(directory).data.groups] == labels
+
+
+def test_the_reports_scalings_are_the_evaluators():
+  from research import run_fields
+  assert run_fields.EVALUATION_SCALINGS == extrapolation.ROPE_SCALINGS
 
 
 @pytest.fixture(scope="session")

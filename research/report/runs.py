@@ -777,14 +777,16 @@ def _read_passkey(path: pathlib.Path) -> Passkey | None:
 
 def _read_scaled(path: pathlib.Path, prefix: str = SCALED_PREFIX, read=None) -> dict[str, Any]:
   """{scaling: evaluation} from eval/extrapolation_<scaling>.json (or, with PASSKEY_PREFIX and `_read_passkey`,
-  eval/passkey_<scaling>.json); the file name names the scaling, as the evaluator names the file."""
+  eval/passkey_<scaling>.json); the file name names the scaling, as the evaluator names the file. Only the scalings
+  research-evaluate writes (`run_fields.EVALUATION_SCALINGS`): another name (a user's extrapolation_backup.json) is
+  not an evaluation of a scaling, and would be a row labelled as one."""
   eval_dir = path / EXTRAPOLATION_FILE.parent
   if not eval_dir.is_dir():
     return {}
   out = {}
   for file in sorted(eval_dir.glob(f"{prefix}*.json")):
     scaling = file.stem[len(prefix):]
-    if scaling:
+    if scaling in run_fields.EVALUATION_SCALINGS:
       out[scaling] = _read_extrapolation(file, scaling) if read is None else read(file)
   return out
 
