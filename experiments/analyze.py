@@ -58,17 +58,6 @@ _POSITIONS_BATCHES = flags.DEFINE_integer("positions_batches", positions.DEFAULT
                                           "With --positions: validation batches for the attention statistics.")
 
 
-def run_directory_of(path: Path) -> Path | None:
-  """The run directory `path` lies in (its nearest parent that holds a run), else None. A run is research-train's
-  `loop.is_run_directory`, restated here because research.train.loop imports JAX and --vectors' checks run without
-  it: config.json beside tokenizer.json or checkpoints/ (a test checks that both agree)."""
-  for parent in path.parents:
-    if (parent / "config.json").is_file() and ((parent / "tokenizer.json").exists() or
-                                                (parent / "checkpoints").is_dir()):
-      return parent
-  return None
-
-
 def check_not_a_run_file(name: str, value: str) -> None:
   """One line when `--name=value` names a file a run's commands write, inside a run directory (config.json,
   summary.json, a checkpoint's, anything under eval/, through a symbolic link too), existing or not: writing there
@@ -76,7 +65,7 @@ def check_not_a_run_file(name: str, value: str) -> None:
   file in a run (an earlier export of one's own) or outside every run may be written."""
   path = Path(value)
   for where in dict.fromkeys((Path(os.path.abspath(path)), Path(os.path.realpath(path)))):
-    run = run_directory_of(where)
+    run = corpora.run_directory_of(where)
     if run is not None and corpora.is_run_file(where.relative_to(run)):
       raise quality.AnalysisError(f"--{name}={value!r} is the file {str(where.relative_to(run))!r} of the run "
                                   f"{str(run)!r}, one its commands write; give another name, outside the run's "

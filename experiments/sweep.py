@@ -41,7 +41,7 @@ from absl import app, flags
 
 from experiments.common import exit_now, expand_home_flags, parse_flags, run_main
 from research import sweeps
-from research.train.configuration import ConfigError, is_url
+from research.train.configuration import ConfigError
 
 _SWEEP = flags.DEFINE_string("sweep", None, "Sweep file defining get_sweep().")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory: one subdirectory per trial.")
@@ -91,9 +91,6 @@ def main(argv):
       print(line)
     return
   if _DRY_RUN.value:  # what the real run would refuse (sweeps.run_sweep's checks)
-    if is_url(_WORKDIR.value):
-      raise ConfigError(f"workdir {_WORKDIR.value!r} is a URL; a sweep directory is a local or shared filesystem "
-                        f"path (mount a bucket with gcsfuse)")
     sweeps.check_directory(_WORKDIR.value)
     sweeps.check_jobs(sweep, _JOBS.value)
     sweeps.check_trials_outside_corpus(sweep, Path(_WORKDIR.value).resolve())

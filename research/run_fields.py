@@ -210,6 +210,11 @@ def _reads_lazy_rows(config: Mapping[str, Any]) -> bool:
           is not True and not _tied(config))
 
 
+# Fields `unused_fields` lists because two values name one model (0 and its default's value), not because the model
+# never reads them: research-train notes neither, and research-report shows them as they are.
+SAME_MODEL_VALUES = ("model.table_dim", "model.max_len")
+
+
 def unread_reason(field: str, config: Mapping[str, Any]) -> str:
   """Why `field` (one of `unused_fields(config, config)`) is not read by `config`'s model, for research-train's note
   on a value that was set (not the default) but shapes nothing."""

@@ -63,6 +63,7 @@ from research.flag_text import expected_flag_value
 from research.error_text import file_error
 from research.embeddings import registry
 from research.evaluate import by_position, extrapolation, passkey
+from research.evaluate import previous as previous_files
 from research.report import runs as report_runs
 from research.train import checkpoint as checkpoint_lib, configuration, loop, mesh as mesh_lib
 
@@ -863,8 +864,7 @@ def keep_previous_evaluation(sweep: Sweep, workdir: Path) -> Path | None:
   files = [workdir / "eval" / f for f in eval_files(sweep) + plots if (workdir / "eval" / f).is_file()]
   if not files:
     return None
-  target = workdir / "eval" / "previous" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-  target.mkdir(parents=True, exist_ok=True)
+  target = previous_files.folder(workdir / "eval", [file.name for file in files])
   for file in files:
     shutil.copy2(file, target / file.name)
   return target
@@ -1060,7 +1060,10 @@ def check_directory(directory: str | Path) -> None:
   """A sweep directory that is an existing file, a run directory (`loop.is_run_directory`: the sweep's sweep.json
   and report would go among the run's files, and research-train refuses a workdir holding sweep.json) or a
   directory inside a run fails in one line, before anything is written (research-train's own checks of its
-  workdir; the rest of `loop.check_workdir` does not apply: it refuses a sweep directory)."""
+  workdir; the rest of `loop.check_workdir` does not apply: it refuses a sweep directory). A URL too."""
+  if configuration.is_url(directory):
+    raise configuration.ConfigError(f"workdir {str(directory)!r} is a URL; a sweep directory is a local or shared "
+                                    f"filesystem path (mount a bucket with gcsfuse)")
   path = loop.check_not_a_file(directory)
   loop.check_no_brackets(path)  # the trials' workdirs are inside it
   for run in (path.absolute(), *path.absolute().parents):
@@ -1076,9 +1079,6 @@ def run_sweep(sweep: Sweep, directory: str | Path, jobs: int = 1,
   One progress line per trial, skipped ones included. SIGINT / SIGTERM stop it (`stopping_on_signals`): the running
   trials are stopped and recorded as "interrupted", the queued ones stay "pending", and SweepInterrupted is raised
   once the running ones have ended (a rerun resumes them all)."""
-  if configuration.is_url(directory):
-    raise configuration.ConfigError(f"workdir {str(directory)!r} is a URL; a sweep directory is a local or shared "
-                                    f"filesystem path (mount a bucket with gcsfuse)")
   check_directory(directory)
   check_jobs(sweep, jobs)
   directory = Path(directory).resolve()

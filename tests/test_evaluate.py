@@ -11,7 +11,7 @@ import pytest
 
 from research.analysis import positions
 from research.embeddings import relative
-from research.evaluate import extrapolation
+from research.evaluate import extrapolation, previous
 from research.report import build_report
 from research.train import checkpoint as checkpoint_lib
 from research.train import loop
@@ -1037,12 +1037,12 @@ def test_an_evaluation_keeps_the_file_it_replaces_in_eval_previous(runs, tmp_pat
   assert [c.read_bytes() for c in copies] == [written]
   extrapolation.write_report(workdir, json.loads(path.read_text()))  # the same report again: nothing lost, no copy
   assert sorted((workdir / "eval" / "previous").glob("*/extrapolation.json")) == copies
-  kept = extrapolation.keep_previous(path)  # the n/a report itself, kept now
+  kept = previous.keep_previous(path)  # the n/a report itself, kept now
   assert kept not in copies and kept.read_bytes() == path.read_bytes() and copies[0].read_bytes() == written
-  assert extrapolation.keep_previous(path) == kept  # the newest copy holds its bytes: not copied again
+  assert previous.keep_previous(path) == kept  # the newest copy holds its bytes: not copied again
   for text in ('{"a": 1}', '{"a": 2}'):  # two replacements within one second: both copies kept, in order
     path.write_text(text)
-    extrapolation.keep_previous(path)
+    previous.keep_previous(path)
   assert [c.read_text() for c in sorted((workdir / "eval" / "previous").glob("*/extrapolation.json"))][-2:] == [
       '{"a": 1}', '{"a": 2}']
   path.write_bytes(written)

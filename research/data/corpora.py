@@ -308,6 +308,19 @@ RUN_DIRS = ("checkpoints", "checkpoints_unreadable", "eval")
 RUN_TOP_FILES = (*(f for f in RUN_FILES if "/" not in f and not f.startswith("events.")), ".lock")
 
 
+def is_run_directory(path: Path) -> bool:
+  """Whether `path` holds a run: its config.json beside its tokenizer.json or checkpoints/ (a start that got that
+  far). A config.json or summary.json alone may be anyone's file. Here, JAX-free, for research-analyze's checks of
+  its output paths as for research-train's of its workdir (`loop.is_run_directory`)."""
+  path = Path(path)
+  return (path / "config.json").is_file() and ((path / "tokenizer.json").exists() or (path / "checkpoints").is_dir())
+
+
+def run_directory_of(path: Path) -> Path | None:
+  """The run directory `path` lies in (its nearest parent that holds a run), else None."""
+  return next((parent for parent in Path(path).parents if is_run_directory(parent)), None)
+
+
 def is_run_file(relative: Path) -> bool:
   """Whether a path relative to a run directory is one the run's commands write, or may write later (an analysis
   file not written yet is one too)."""

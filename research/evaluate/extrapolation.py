@@ -35,7 +35,6 @@ import functools
 import json
 import math
 import os
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -582,8 +581,7 @@ def set_aside_unmatched_by_position(workdir: str | Path, report: dict[str, Any])
   differ = report_runs.protocol_differences(report_runs.protocol(old), report_runs.protocol(report))
   if differ is None:
     return None
-  target = Path(workdir) / EVAL_DIR / "previous" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-  target.mkdir(parents=True, exist_ok=True)
+  target = previous.folder(Path(workdir) / EVAL_DIR, [path.name])
   os.replace(path, target / path.name)
   print(f"note: moved eval/{path.name} to {target / path.name}: it was scored otherwise than the "
         f"eval/{report_file(report['rope_scaling'])} just written ({differ}); add --by_position to score both")
@@ -649,14 +647,12 @@ def report_file(rope_scaling: str | None = None) -> str:
 
 def write_report(workdir: str | Path, report: dict[str, Any], output: str | None = None) -> Path:
   """Writes the report (process 0 only: every process of a multi-host evaluation holds the same one); the file it
-  replaces is kept first (`keep_previous`)."""
+  replaces is kept first (`previous.keep_previous`)."""
   out_dir = Path(workdir) / EVAL_DIR
   path = out_dir / (output or report_file(report["rope_scaling"]))
   if jax.process_index() == 0:
     out_dir.mkdir(exist_ok=True)
-    keep_previous(path, report)
+    previous.keep_previous(path, report)
     loop.atomic_write_json(path, report)
   return path
 
-
-keep_previous = previous.keep_previous  # (its first home: tests and callers name it here)

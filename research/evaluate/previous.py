@@ -10,7 +10,21 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
+
+
+def folder(eval_dir: Path, names: Sequence[str]) -> Path:
+  """A folder eval_dir/previous/<UTC time>/ for kept files of these `names`, created: one that holds none of them
+  yet (two keeps within the same second: <UTC time>-2/, which sorts after it), so no kept file replaces another.
+  research-evaluate's copies, research-sweep's (`sweeps.keep_previous_evaluation`) and the loss-by-position file set
+  aside (`extrapolation.set_aside_unmatched_by_position`) all go through it."""
+  stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+  target, n = Path(eval_dir) / "previous" / stamp, 1
+  while any((target / name).exists() for name in names):
+    n += 1
+    target = Path(eval_dir) / "previous" / f"{stamp}-{n}"
+  target.mkdir(parents=True, exist_ok=True)
+  return target
 
 
 def keep_previous(path: Path, report: dict[str, Any] | None = None) -> Path | None:
@@ -24,15 +38,9 @@ def keep_previous(path: Path, report: dict[str, Any] | None = None) -> Path | No
       return None
   except ValueError:  # not JSON (damaged): kept, as any other
     pass
-  previous = path.parent / "previous"
-  copies = sorted(previous.glob(f"*/{path.name}"))  # the folders' names sort by time
+  copies = sorted((path.parent / "previous").glob(f"*/{path.name}"))  # the folders' names sort by time
   if copies and copies[-1].read_bytes() == path.read_bytes():
     return copies[-1]
-  stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-  target, n = previous / stamp, 1
-  while (target / path.name).exists():  # a second copy within the same second: a folder of its own (sorts after)
-    n += 1
-    target = previous / f"{stamp}-{n}"
-  target.mkdir(parents=True, exist_ok=True)
+  target = folder(path.parent, [path.name])
   shutil.copy2(path, target / path.name)
   return target / path.name

@@ -857,10 +857,10 @@ def with_implied(config: dict[str, Any]) -> tuple[dict[str, Any], tuple[str, ...
   return run_fields.fill_lacking(config, IMPLIED_VALUES)
 
 
-# Fields `run_fields.unused_fields` lists because two values name one model, not because the model never reads them
-# (model.table_dim 0 = d_model, model.max_len 0 = seq_len; data.vocab_size of a fixed vocabulary, which the tables
-# group by the tokenizer's real size): shown as they are.
-SAME_MODEL_VALUES = ("model.table_dim", "model.max_len", "data.vocab_size")
+# Fields `run_fields.unused_fields` lists that are shown as they are, not as UNREAD: those whose two values name one
+# model (`run_fields.SAME_MODEL_VALUES`), and data.vocab_size of a fixed vocabulary, which the tables group by the
+# tokenizer's real size.
+SHOWN_AS_THEY_ARE = (*run_fields.SAME_MODEL_VALUES, "data.vocab_size")
 
 
 def _unread(config: dict[str, Any] | None) -> tuple[str, ...]:
@@ -868,7 +868,7 @@ def _unread(config: dict[str, Any] | None) -> tuple[str, ...]:
   if config is None:
     return ()
   return tuple(f for f in run_fields.unused_fields(config, config, run_fields.builtin_rotates)
-               if f not in SAME_MODEL_VALUES)
+               if f not in SHOWN_AS_THEY_ARE)
 
 
 def _load_trial(path: pathlib.Path, name: str, status: str | None = None, overrides: dict | None = None,

@@ -401,7 +401,7 @@ def validate(config: ml_collections.ConfigDict, trained_as: str | None = None) -
     if isinstance(reference.get(name), float) and isinstance(value, float) and not math.isfinite(value):
       raise ConfigError(f"{name}={value!r} must be a finite number")
   cfg = model_config(config)
-  error = training_only_error(config)
+  error = training_only_error(config, cfg)
   if error is not None and error != trained_as:
     raise ConfigError(error)
   limit = cfg.scheme.max_length(cfg)
@@ -415,13 +415,13 @@ def validate(config: ml_collections.ConfigDict, trained_as: str | None = None) -
   return cfg
 
 
-def training_only_error(config: ml_collections.ConfigDict) -> str | None:
+def training_only_error(config: ml_collections.ConfigDict, cfg: ModelConfig | None = None) -> str | None:
   """The first error of the checks for new training only: RoPE scaling on a scheme that ignores it
   (`validate_rope_scaling`), a shape the scheme should not start training with (`validate_training`: Sandwich's head
   dimension) and document boundaries it should not (`validate_documents`: xpos's reset positions without the mask).
   None when the config passes them. A run trained before one of them existed still evaluates and analyses, and
-  resumes (`validate`'s `trained_as`)."""
-  cfg = model_config(config)
+  resumes (`validate`'s `trained_as`). `cfg`: the config's model config, when the caller has it."""
+  cfg = cfg or model_config(config)
   try:
     validate_rope_scaling(cfg)
     cfg.scheme.validate_training(cfg)

@@ -405,10 +405,7 @@ def check_no_brackets(path: Path) -> None:
                                     f"reads them as a glob pattern, and its saves would never restore); rename it")
 
 
-def is_run_directory(path: Path) -> bool:
-  """Whether `path` holds a run: its config.json beside its tokenizer.json or checkpoints/ (a start that got that
-  far). A config.json or summary.json alone may be anyone's file."""
-  return (path / CONFIG_FILE).is_file() and ((path / TOKENIZER_FILE).exists() or (path / "checkpoints").is_dir())
+is_run_directory = corpora.is_run_directory  # config.json beside tokenizer.json or checkpoints/ (JAX-free there)
 
 
 def check_not_a_file(workdir: str | os.PathLike) -> Path:
@@ -440,10 +437,6 @@ def unused_fields(previous: Mapping[str, Any], current: Mapping[str, Any]) -> tu
   return run_fields.unused_fields(previous, current, _rotates)
 
 
-# Fields `unused_fields` lists whose other values still name the same model (0 and its default's value): no note.
-SAME_MODEL_VALUES = ("model.table_dim", "model.max_len")
-
-
 def unread_notes(config: ml_collections.ConfigDict, skip: tuple[str, ...] = ()) -> list[str]:
   """A note (the run is legal) for each field set to other than the schema's default that this run's model never
   reads (`unused_fields` of the config with itself; the reason from `run_fields.unread_reason`), e.g.
@@ -454,7 +447,7 @@ def unread_notes(config: ml_collections.ConfigDict, skip: tuple[str, ...] = ()) 
   d, flat = config.to_dict(), configuration.flatten(config)
   default = configuration.flatten(schema.get_config())
   return [f"note: {field}={flat[field]!r} is {run_fields.unread_reason(field, d)}: it changes nothing in this run"
-          for field in unused_fields(d, d) if field not in SAME_MODEL_VALUES and field not in skip
+          for field in unused_fields(d, d) if field not in run_fields.SAME_MODEL_VALUES and field not in skip
           and field in flat and flat[field] != default.get(field)]
 
 
