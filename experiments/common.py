@@ -159,8 +159,8 @@ def given_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
   """(flag name, value as given) of every flag on the command line, in each spelling absl accepts: `--x=v`, `-x=v`,
   `--x v` (not a boolean), `--x` / `--nox` (a boolean: 'true' / 'false'). `--config.FIELD` overrides count as flags
   before ml_collections defines them (while --config is parsed): one without `=` takes the next argument when that
-  is no flag, else is 'true'. Arguments after `--`, positional ones and unknown flags (absl names those) are left
-  out."""
+  is no flag, else is 'true'. A flag's short name is reported as its name. Arguments after `--`, positional ones
+  and unknown flags (absl names those) are left out."""
   given, args, i = [], argv[1:], 0
   while i < len(args):
     arg, i = args[i], i + 1
@@ -170,6 +170,8 @@ def given_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
     if not match:
       continue
     name, value = match.groups()
+    if name in flag_values:  # a short name (absl's `-v` for --verbosity) counts as the flag's own name
+      name = flag_values[name].name
     if value is not None:
       given.append((name, value))
     elif name in flag_values and flag_values[name].boolean:

@@ -278,6 +278,8 @@ def test_the_fork_server_gives_what_a_subprocess_gives(module, args, tmp_path, m
      "--set sets train.steps twice ('train.steps=5' and 'train.steps=6'): give it once"),
     ("experiments.analyze", ["--workdir=OUT", "-workdir=OUT"],
      "--workdir is given twice ('OUT' and 'OUT'): give it once"),
+    ("experiments.report", ["OUT", "-v", "1", "--verbosity=1"],  # absl's short name of one flag
+     "--verbosity is given twice ('1' and '1'): give it once"),
 ])
 def test_a_flag_given_twice_is_refused_naming_both_values(tmp_path, module, args, message):
   """absl kept the last value silently (two --config files with an override printed its 'defined twice' error);
@@ -312,11 +314,13 @@ def test_given_flags_reads_every_spelling_absl_accepts():
   absl_flags.DEFINE_string("name", None, "", flag_values=values)
   absl_flags.DEFINE_bool("fast", False, "", flag_values=values)
   absl_flags.DEFINE_multi_string("set", [], "", flag_values=values)
+  absl_flags.DEFINE_integer("verbosity", 0, "", short_name="v", flag_values=values)
   argv = ["prog", "--name", "a", "-name=b", "--fast", "--nofast", "--fast=false", "pos", "--set=x=1", "--set", "y=2",
-          "--config.a.b", "--noconfig.c", "--config.d", "4", "--", "--name=z"]
+          "--config.a.b", "--noconfig.c", "--config.d", "4", "-v", "1", "--verbosity=2", "--", "--name=z"]
   assert common.given_flags(argv, values) == [
       ("name", "a"), ("name", "b"), ("fast", "true"), ("fast", "false"), ("fast", "false"), ("set", "x=1"),
-      ("set", "y=2"), ("config.a.b", "true"), ("config.c", "false"), ("config.d", "4")]
+      ("set", "y=2"), ("config.a.b", "true"), ("config.c", "false"), ("config.d", "4"), ("verbosity", "1"),
+      ("verbosity", "2")]
 
 
 @pytest.mark.parametrize("layout,target,refused", [
