@@ -243,7 +243,7 @@ def test_a_corpus_edited_in_place_is_refused_on_resume_and_a_touched_one_is_not(
                                     "data.corpus": f"text:{corpus}", "data.cache_dir": str(tmp_path / "cache")})
   loop.train(config(1), workdir)
   record = json.loads((workdir / "data.json").read_text())["splits"]
-  assert set(record) == {"train", "valid"} and all(len(r["sha256"]) == 64 and r["tokens"] > 0
+  assert set(record) == {"train", "valid", "test"} and all(len(r["sha256"]) == 64 and r["tokens"] > 0
                                                    for r in record.values())
   os.utime(corpus)  # a new mtime, the same text: the same tokens, so the run continues
   loop.train(config(2), workdir)
@@ -264,6 +264,36 @@ def test_a_corpus_edited_in_place_is_refused_on_resume_and_a_touched_one_is_not(
   assert not (workdir / "eval" / "extrapolation.json").exists()
   corpus.write_text(text)
   assert extrapolation.evaluate_run(workdir, [1])["results"][0]["ppl"] > 1
+
+
+def test_an_edited_test_split_is_refused_where_it_is_scored_and_on_resume(tmp_path):
+  """data.json recorded train and valid only: research-evaluate --split=test scored an edited test part silently.
+  The valid split still scores (it is unchanged); a run whose data.json predates the test record is not checked."""
+  from research.evaluate import extrapolation
+  corpus = tmp_path / "lee.txt"
+  shutil.copyfile(datapath("lee_background.cor"), corpus)
+  workdir = tmp_path / "run"
+  config = lambda steps: _config(**{"train.steps": steps, "train.checkpoint_every": 1,  # noqa: E731
+                                    "data.corpus": f"text:{corpus}", "data.cache_dir": str(tmp_path / "cache")})
+  loop.train(config(1), workdir)
+  lines = corpus.read_text().splitlines()
+  before = extrapolation.evaluate_run(workdir, [1], split="test")["results"][0]["ppl"]
+  corpus.write_text("\n".join(lines[:-1] + [lines[-1].replace(" the ", " a ")]) + "\n")  # the last document only
+  assert extrapolation.evaluate_run(workdir, [1], split="valid")["results"][0]["ppl"] > 1
+  with pytest.raises(extrapolation.EvaluationError) as err:
+    extrapolation.evaluate_run(workdir, [1], split="test")
+  message = str(err.value)
+  assert "\n" not in message and "has another test split than it started with: the test token stream differs" in message
+  with pytest.raises(configuration.ConfigError) as err:
+    loop.train(config(2), workdir)
+  assert "whose corpus changed in its test split: the test token stream differs" in str(err.value)
+  record = json.loads((workdir / "data.json").read_text())
+  del record["splits"]["test"]  # a run written before data.json recorded the test stream
+  (workdir / "data.json").write_text(json.dumps(record))
+  after = extrapolation.evaluate_run(workdir, [1], split="test")["results"][0]["ppl"]
+  assert after != before  # the edited text, scored: nothing recorded says otherwise
+  loop.train(config(2), workdir)
+  assert "test" not in json.loads((workdir / "data.json").read_text())["splits"]  # the start's record, kept
 
 
 @pytest.mark.parametrize("damage", ["config", "tokenizer"])

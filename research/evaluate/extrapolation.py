@@ -157,11 +157,11 @@ def check_same_step(step: int, checkpoint: str, workdir: str | Path) -> None:
     raise EvaluationError(differences)
 
 
-def check_same_data(workdir: Path, config, splits) -> None:
-  """The token streams the run trained and chose its best checkpoint on (RUN/data.json) are the ones its config gives
-  now: a corpus edited in place, or a relative `text:` path read from another working directory, would be scored
-  silently otherwise (research-train refuses the same rerun). Runs written before data.json existed are not
-  checked."""
+def check_same_data(workdir: Path, config, splits, scored: str = "valid") -> None:
+  """The token streams the run trained and chose its best checkpoint on (RUN/data.json), and the split `scored`, are
+  the ones its config gives now: a corpus edited in place, or a relative `text:` path read from another working
+  directory, would be scored silently otherwise (research-train refuses the same rerun). Runs written before
+  data.json existed are not checked, nor the test split of runs written before data.json recorded it."""
   path = workdir / loop.DATA_FILE
   if not path.exists():
     return
@@ -169,17 +169,20 @@ def check_same_data(workdir: Path, config, splits) -> None:
     saved = loop.read_data_record(workdir)
   except configuration.ConfigError as e:
     raise EvaluationError(str(e)) from None
-  current = {name: stream for name, stream in loop.data_record(splits)["splits"].items() if name in saved}
+  checked = {"train", "valid", scored} & set(saved)
+  current = {name: stream for name, stream in loop.data_record(splits)["splits"].items() if name in checked}
   changed, differ = loop.changed_streams(saved, current)
   if changed:
+    what = "was trained on other data" if set(changed) - {"test"} else "has another test split than it started with"
     raise EvaluationError(
-        f"run {str(workdir)!r} was trained on other data: {differ} from RUN/{loop.DATA_FILE}'s record (was "
+        f"run {str(workdir)!r} {what}: {differ} from RUN/{loop.DATA_FILE}'s record (was "
         f"data.corpus={config.data.corpus!r} edited, or is it a relative path read from another directory?); "
         f"restore the corpus, or evaluate from the directory the run was started in")
 
 
-def load_run(workdir: str | Path, checkpoint: str = "best") -> LoadedRun:
-  """Config, tokenizer, token streams and the parameters of the run's best (or last) checkpoint."""
+def load_run(workdir: str | Path, checkpoint: str = "best", scored: str = "valid") -> LoadedRun:
+  """Config, tokenizer, token streams and the parameters of the run's best (or last) checkpoint. `scored`: the split
+  the caller scores, whose stream is checked against RUN/data.json with the train and valid ones."""
   workdir = Path(workdir)
   config = read_config(workdir)
   try:
@@ -205,7 +208,7 @@ def load_run(workdir: str | Path, checkpoint: str = "best") -> LoadedRun:
     raise EvaluationError(f"run {str(workdir)!r} has no complete checkpoint")
   loop.check_splits(splits, tokenizer.get_vocab_size())
   splits = loop.trained_splits(config, splits)  # data.json records the train split after data.train_fraction's cut
-  check_same_data(workdir, config, splits)
+  check_same_data(workdir, config, splits, scored)
   model_cfg = configuration.model_config(config, tokenizer.get_vocab_size())
   # Only the parameters, onto this process's first device or the evaluation mesh (with the trainer's rule), whatever
   # mesh the run was trained on and whatever its optimizer state looks like (counts, optimizer options); their
@@ -508,7 +511,7 @@ def evaluate_run(workdir: str | Path, lengths: Sequence[int] = (1, 2, 4, 8, 16),
   train_len = int(config.data.seq_len)
   # Prompts first (tokenization only): a tokenizer that cannot spell the keys fails before anything loads.
   prompts = passkey_prompts(workdir, config, multiples, passkey_depths, passkey_trials) if passkey else None
-  run = load_run(workdir, checkpoint)
+  run = load_run(workdir, checkpoint, split)
   if split not in run.splits:
     raise EvaluationError(f"split={split!r} is not one of {', '.join(run.splits)}")
   if mode == "sliding" and stride is None:

@@ -58,7 +58,9 @@ CONFIG_FILE, TOKENIZER_FILE, METRICS_FILE, SUMMARY_FILE = "config.json", "tokeni
 EMBEDDING_INIT_FILE = "embedding_init.json"
 INIT_TABLE_FILE, UPDATE_COUNTS_FILE = "embedding_init.npy", "update_counts.npz"
 DATA_FILE, UNREADABLE_DIR, LOCK_FILE = "data.json", "checkpoints_unreadable", ".lock"
-DATA_SPLITS = ("train", "valid")  # what a run's model and its best checkpoint depend on
+# What RUN/data.json records: the streams the model and its best checkpoint depend on (train, valid), and the one
+# research-evaluate --split=test scores. Runs written before the test stream was recorded hold train and valid only.
+DATA_SPLITS = ("train", "valid", "test")
 # valid_ppl_rare: the perplexity of the validation targets whose training count (token_counts.npy) is below this.
 RARE_TRAIN_COUNT = 10
 
@@ -608,7 +610,8 @@ def check_corpus_excludes_run(config: ml_collections.ConfigDict, workdir: Path) 
 def data_record(splits: dict[str, np.ndarray]) -> dict[str, Any]:
   """RUN/data.json's content: SHA-256 and length of the token streams in `DATA_SPLITS` as the run reads them (the
   train split after data.train_fraction's prefix: `trained_splits`). Token ids, not files: touching a corpus file
-  changes nothing here, editing its text does."""
+  changes nothing here, editing its text does. The test stream is recorded too: no model depends on it, but a
+  research-evaluate --split=test of an edited test part would score other text under the run's name."""
   return {"splits": {name: {"sha256": hashlib.sha256(np.ascontiguousarray(splits[name]).tobytes()).hexdigest(),
                             "tokens": int(splits[name].size), "dtype": str(splits[name].dtype)}
                      for name in DATA_SPLITS}}
@@ -647,11 +650,12 @@ def check_resume(config: ml_collections.ConfigDict, workdir: Path, data: "RunDat
   current = data_record(data.splits)
   path = workdir / DATA_FILE
   if saved_steps and path.exists():
-    saved = read_data_record(workdir)
-    changed, differ = changed_streams(saved, current["splits"])
+    saved = read_data_record(workdir)  # a run's record of its start: train and valid only in runs before `test`
+    changed, differ = changed_streams(saved, {name: v for name, v in current["splits"].items() if name in saved})
     if changed:
+      what = "trained on other data" if set(changed) - {"test"} else "whose corpus changed in its test split"
       raise configuration.ConfigError(
-          f"workdir {str(workdir)!r} holds a run trained on other data: {differ} from the "
+          f"workdir {str(workdir)!r} holds a run {what}: {differ} from the "
           f"one{'s' if len(changed) > 1 else ''} it started on (was {config.data.corpus!r} edited?); restore the "
           f"corpus or use a new workdir")
   return current if not saved_steps or not path.exists() else None
