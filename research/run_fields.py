@@ -229,7 +229,8 @@ def unread_reason(field: str, config: Mapping[str, Any]) -> str:
       CHAR_FIELDS: "read only with a character CNN, and this run's model.char_embeddings is 'none'",
       ROPE_SCALING_FIELDS: f"read only by a scheme that rotates with RoPE, and this run's is {position!r}",
       MLM_FIELDS: "read only by objective mlm, and this run's is 'clm'",
-      ("data.vocab_size",): f"not read by the {_get(config, 'data.tokenizer')!r} tokenizer's fixed vocabulary",
+      ("data.vocab_size",): f"not read by the {_get(config, 'data.tokenizer')!r} tokenizer, whose vocabulary does "
+                            f"not depend on it (it is only checked to be large enough)",
       ("train.min_lr_ratio",): f"read only by train.schedule {' or '.join(FLOOR_SCHEDULES)}, and this run's is "
                                f"{schedule!r}",
       FROZEN_TABLE_FIELDS: "not read while train.embedding.freeze is true",

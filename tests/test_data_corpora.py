@@ -58,6 +58,20 @@ def test_a_text_corpus_reads_a_path_inside_its_directory_or_matched_by_its_glob(
   run.mkdir(parents=True)
   (run / "metrics.jsonl").write_text("{}\n")
   assert all(".runs" not in str(f) for f in corpora.resolve_text_files(str(data)))
+
+
+def test_a_corpus_that_is_a_pipe_is_refused_in_one_line_and_skipped_in_a_directory(tmp_path):
+  """A FIFO (or a shell's `<(...)`) was taken as the corpus: the run read it once, and research-evaluate then waited
+  forever on the fingerprint's second read. A directory holding one skips it, as it always did."""
+  import os
+  (tmp_path / "a.txt").write_text("one\ntwo\nthree\n")
+  os.mkfifo(tmp_path / "pipe.txt")
+  with pytest.raises(corpora.CorpusError) as err:
+    corpora.resolve_text_files(str(tmp_path / "pipe.txt"))
+  assert str(err.value).startswith(f"corpus path {tmp_path / 'pipe.txt'} is not a regular file")
+  assert corpora.resolve_text_files(str(tmp_path)) == [tmp_path / "a.txt"]
+
+
 from tests.train_utils import cli
 
 

@@ -445,7 +445,8 @@ def _glob_matches(pattern: Sequence[str], parts: Sequence[str]) -> bool:
 def resolve_text_files(pattern: str) -> list[Path]:
   """A file, a directory (all non-hidden files below it, sorted, following symlinked directories) or a glob (its
   sorted matches; a matched directory contributes its files), each real file once. A path that exists is taken as
-  itself even when it holds glob characters (`notes [final].txt`)."""
+  itself even when it holds glob characters (`notes [final].txt`). A single path that is no regular file (a FIFO,
+  a device) is refused: a directory or glob skips such entries."""
   if not pattern:
     raise CorpusError("empty path in corpus spec 'text:'")
   expanded = os.path.expanduser(pattern)
@@ -464,6 +465,10 @@ def resolve_text_files(pattern: str) -> list[Path]:
     return _distinct(files)
   if not path.exists():
     raise CorpusError(f"corpus path not found: {path}")
+  if not path.is_file():  # a FIFO, `<(...)`, a device: read once for the fingerprint, its text is gone (or never ends)
+    raise CorpusError(f"corpus path {path} is not a regular file (a pipe, device or socket); give a file, a directory "
+                      f"or a glob: a corpus is read more than once (its fingerprint, then its text, again at each "
+                      f"evaluation)")
   return [path]
 
 
