@@ -266,6 +266,24 @@ def test_a_corpus_edited_in_place_is_refused_on_resume_and_a_touched_one_is_not(
   assert extrapolation.evaluate_run(workdir, [1])["results"][0]["ppl"] > 1
 
 
+def test_a_start_refused_after_the_workdir_was_made_leaves_no_directory_behind(tmp_path):
+  """A corpus refused once read (here: one document) left the new workdir holding only its lock (and, after a later
+  refusal, tokenizer.json and token_counts.npy); a directory that existed before is left as it was."""
+  from research.data import corpora
+  corpus = tmp_path / "one.txt"
+  corpus.write_text("a single line of text\n")
+  config = _config(**{"train.steps": 1, "data.corpus": f"text:{corpus}", "data.cache_dir": str(tmp_path / "cache")})
+  for workdir in (tmp_path / "new" / "run", tmp_path / "existing"):
+    if workdir.name == "existing":
+      workdir.mkdir()
+      (workdir / "notes.txt").write_text("mine\n")
+    with pytest.raises((configuration.ConfigError, corpora.CorpusError)) as err:
+      loop.train(config, workdir)
+    assert "at least 3 are needed" in str(err.value)
+  assert not (tmp_path / "new" / "run").exists()
+  assert sorted(p.name for p in (tmp_path / "existing").iterdir()) == [".lock", "notes.txt"]
+
+
 def test_an_edited_test_split_is_refused_where_it_is_scored_and_on_resume(tmp_path):
   """data.json recorded train and valid only: research-evaluate --split=test scored an edited test part silently.
   The valid split still scores (it is unchanged); a run whose data.json predates the test record is not checked."""

@@ -7,7 +7,8 @@ Run directory (docs/architecture.md):
   checkpoints/    Orbax (train state, data-iterator state, metadata)
   events.*        TensorBoard
   summary.json    final figures, written last: its presence means "finished"
-  embedding_init.json   with model.embed_init=pretrained: the coverage report of the vectors (fresh start only)
+  embedding_init.json   with model.embed_init=pretrained: the coverage report of the vectors and the file's
+                        resolved path, size and sha256 (fresh start only)
   embedding_init.npy    the initial token table [V, table width] (fresh start only), so drift can be measured
   update_counts.npz     with train.count_updates: `present` and `nonzero` int32 [V], `step` (written at the end)
   data.json       SHA-256 and length of the train and valid token streams the run started on (a resume on other
@@ -297,6 +298,19 @@ def pretrained_table(config, data: RunData, workdir: Path) -> tuple[np.ndarray, 
     raise configuration.ConfigError(str(e)) from None
 
 
+def recorded_files(workdir: str | os.PathLike) -> dict[str, tuple[str, str]]:
+  """{"model.pretrained.path": (the value the run read the vectors by, the file that named then)} from the run's
+  RUN/embedding_init.json (`pretrained.file_record`'s `resolved_path`), for the resume check's `same_file`; {} for a
+  run without the record (written before it existed, or random init) or with an unreadable one."""
+  try:
+    report = json.loads((Path(workdir) / EMBEDDING_INIT_FILE).read_text())
+  except (OSError, ValueError, UnicodeDecodeError):
+    return {}
+  if not isinstance(report, dict) or not all(isinstance(report.get(k), str) for k in ("path", "resolved_path")):
+    return {}
+  return {"model.pretrained.path": (report["path"], report["resolved_path"])}
+
+
 def with_table(state: steps.TrainState, table_VxD: np.ndarray) -> steps.TrainState:
   """`state` with the token table replaced, on the table's sharding. Set after init rather than passed as an
   initializer (`token.from_matrix`) so that the jitted init does not carry a V×d constant; the optimizer state
@@ -490,7 +504,8 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
   saved = path / CONFIG_FILE
   if saved.exists():
     current, raw = config.to_dict(), read_saved_config(path)
-    previous = configuration.align_backend_choices(configuration.with_defaults(raw), current, backend)
+    previous = configuration.align_backend_choices(configuration.with_defaults(raw), current, backend,
+                                                   recorded_files(path))
     # Fields added since the run was written keep what they meant then (`keep_saved_choices`): not a difference.
     implied = configuration.lacking_fields(raw, current) if holds_a_run(path) else ()
     diffs = checkpoint_lib.config_differences(
@@ -763,7 +778,11 @@ def keep_saved_choices(config: ml_collections.ConfigDict, workdir: Path,
   # The resume check's alignment the other way round: this config, with the saved value wherever the two mean the
   # same here. It asks the backend only where the values differ (asking starts JAX's backend, which a multi-process
   # run must not do before jax.distributed.initialize: `backend` starts that first).
-  kept = configuration.flatten(configuration.align_backend_choices(config.to_dict(), previous, backend))
+  # The vector file's record counts only where the run is resumed: a fresh start reads the file by the value kept,
+  # from here, so there the two must name one file from here.
+  resumed = checkpoint_lib.has_checkpoint(Path(workdir) / "checkpoints")
+  kept = configuration.flatten(configuration.align_backend_choices(config.to_dict(), previous, backend,
+                                                                  recorded_files(workdir) if resumed else None))
   overrides = {f: kept[f] for f in (*configuration.BACKEND_RESOLVED, *configuration.RESOLVED_PATHS)}
   if holds_a_run(Path(workdir)):
     implied, current = configuration.flatten(previous), configuration.flatten(config.to_dict())
@@ -1223,11 +1242,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   if jax.process_index() == 0:
     for line in configuration.schedule_notes(config) + unread_notes(config, chosen_by_the_run(command, config)):
       print(line, flush=True)
+  created = not workdir.exists()
   workdir.mkdir(parents=True, exist_ok=True)
   lock = lock_workdir(workdir)
   try:
     return _train_locked(config, workdir, mesh, start_time)
-  except Exception as e:
+  except BaseException as e:
+    if created:
+      remove_unstarted(workdir)
+    if not isinstance(e, Exception):
+      raise
     full, denied = disk_full_reason(e), is_write_denied(e) or cache_not_created(e, config, workdir)
     if not (full or denied):
       raise
@@ -1247,6 +1271,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   finally:
     if lock is not None:
       lock.close()  # releases the lock (as the end of the process would)
+
+
+def remove_unstarted(workdir: Path) -> None:
+  """Removes a workdir this command created when it failed before writing config.json (a corpus refused once read,
+  a tokenizer that cannot be trained, Ctrl-C during the data's preparation): it holds no run, only the lock and
+  what the data preparation left (tokenizer.json, token_counts.npy), and the corrected command starts it afresh.
+  One process only: in a multi-process job the others share the directory."""
+  if jax.process_count() == 1 and not (workdir / CONFIG_FILE).exists():
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 # Fields a process may set for itself: where its host keeps the data cache, and how it joins the job (auto on one
