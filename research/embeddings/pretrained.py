@@ -23,6 +23,7 @@ the trainer reports them as config errors.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -627,6 +628,23 @@ def check_vector_path(path: str | os.PathLike, name: str = CONFIG_NAMES["path"])
     raise PretrainedError(f"{where}: no such file")
 
 
+_DIGEST_CHUNK = 1 << 20  # bytes per read of `file_record` (bounded memory on multi-GB files)
+
+
+def file_record(path: str | os.PathLike) -> dict[str, Any]:
+  """What names the vector file's contents, for RUN/embedding_init.json: `resolved_path` (os.path.realpath: the
+  file a relative path or a symlink named from this process's working directory), `bytes` and `sha256` of its
+  bytes as stored (a compressed file's compressed bytes), read in 1 MiB blocks. A sweep compares the hash before a
+  trial starts from the file again (research-sweep), the report before it averages runs (research-report); a
+  resume compares a rerun's path with `resolved_path` (`configuration.same_file`)."""
+  digest, size = hashlib.sha256(), 0
+  with open(path, "rb") as f:
+    while block := f.read(_DIGEST_CHUNK):
+      digest.update(block)
+      size += len(block)
+  return {"resolved_path": os.path.realpath(path), "bytes": size, "sha256": digest.hexdigest()}
+
+
 def load_vectors(path: str | os.PathLike, format: str = "auto", *, names: dict[str, str] | None = None,
                  unicode_errors: str = "strict", notes: dict[str, Any] | None = None) -> tuple[Any, str]:
   """(gensim KeyedVectors, the format used). Every problem with the file is a one-line PretrainedError naming the
@@ -894,7 +912,8 @@ def pretrained_table(path: str | os.PathLike, tokens: Sequence[str], kind: str, 
                  "zero_rows_covered": zero_rows,
                  "source_dim": source_dim, "table_shape": [len(tokens), d_model], "tokenizer": kind, "oov": oov,
                  "dim_mismatch": dim_mismatch, "projected": source_dim != d_model, "scale": scale,
-                 "scale_factor": factor, "covered_mean_norm": covered_norm, "init_mean_norm": target_norm})
+                 "scale_factor": factor, "covered_mean_norm": covered_norm, "init_mean_norm": target_norm,
+                 **file_record(path)})
   return table_VxD.astype(np.float32), report
 
 

@@ -88,26 +88,36 @@ BACKEND_RESOLVED = {"model.attention": attention.resolve}
 RESOLVED_PATHS = ("model.pretrained.path",)
 
 
-def same_file(saved: Any, current: Any) -> bool:
-  """Whether two path values name the same file: equal as `os.path.realpath`s, both resolved against this process's
-  working directory (a saved absolute path is itself; a relative one was written by a run started here, as a rerun
-  normally is)."""
+def same_file(saved: Any, current: Any, recorded: tuple[str, str] | None = None) -> bool:
+  """Whether two path values name the same file. `recorded`: (the run's value, the file it named when the run read
+  it, resolved then: RUN/embedding_init.json's `resolved_path`). When one value is the run's, the other is resolved
+  against this process's working directory and compared with that file, so a saved relative path means what it
+  meant to the run, wherever the rerun starts. Without a record (a run written before it existed) both are resolved
+  here (`os.path.realpath`): right for a rerun started where the run was. Equal strings are the same file without
+  a look at the disk (a resume never reads the file; it may be gone)."""
+  if saved == current:
+    return True
   if not isinstance(saved, str) or not isinstance(current, str) or not saved.strip() or not current.strip():
-    return saved == current
+    return False
   if is_url(saved) or is_url(current):
-    return saved == current
+    return False
+  if recorded is not None and recorded[0] in (saved, current) and recorded[1]:
+    other = current if saved == recorded[0] else saved
+    return os.path.realpath(other) == recorded[1]
   return os.path.realpath(saved) == os.path.realpath(current)
 
 
 def align_backend_choices(saved: Mapping[str, Any], current: Mapping[str, Any],
-                          backend: str | Callable[[], str] | None = None) -> dict[str, Any]:
+                          backend: str | Callable[[], str] | None = None,
+                          recorded: Mapping[str, tuple[str, str]] | None = None) -> dict[str, Any]:
   """A copy of `saved` (nested dicts) in which each `BACKEND_RESOLVED` field takes `current`'s value where the two
   resolve to the same choice on `backend` (default: this process's, jax.default_backend()), and each
   `RESOLVED_PATHS` field where the two name the same file (`same_file`), so that a resume check compares what the
   runs compute with. `backend` may be a function giving the name, called only when such a field
   differs: a process that must not start a JAX client of its own (a sweep's parent, whose client would hold GPU
-  memory its trials need) asks another process, and only when it has to. (`loop.keep_saved_choices` calls it with
-  the roles swapped: the rerun's config taking the saved values.)"""
+  memory its trials need) asks another process, and only when it has to. `recorded`: {RESOLVED_PATHS field: (the
+  run's value, the file it named then)}, what the run recorded (`loop.recorded_files`), for `same_file`.
+  (`loop.keep_saved_choices` calls it with the roles swapped: the rerun's config taking the saved values.)"""
   out = json.loads(json.dumps(saved))
   for field, resolve in BACKEND_RESOLVED.items():
     *parents, leaf = field.split(".")
@@ -123,7 +133,8 @@ def align_backend_choices(saved: Mapping[str, Any], current: Mapping[str, Any],
     node, now = out, current
     for parent in parents:
       node, now = node.get(parent, {}), now.get(parent, {})
-    if leaf in node and leaf in now and node[leaf] != now[leaf] and same_file(node[leaf], now[leaf]):
+    if leaf in node and leaf in now and node[leaf] != now[leaf] and \
+        same_file(node[leaf], now[leaf], (recorded or {}).get(field)):
       node[leaf] = now[leaf]
   return out
 
