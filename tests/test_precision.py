@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from research.model import precision
+from research.embeddings import registry
+from research.model import attention, precision
 from research.model.config import ModelConfig
 from research.model.transformer import Transformer
 from research.train import optim, steps
@@ -162,6 +163,39 @@ def test_f32_train_step_has_no_bf16():
   text = step.lower(state, _batch()).as_text()
   assert _lowered_products(text) and all(p == ("f32", "f32", "f32") for p in _lowered_products(text))
   assert "bf16" not in text
+
+
+# The products model.dtype=bfloat16 leaves in float32 (docs/architecture.md, "dtypes": "Not covered"), by the last
+# name JAX records for them: a positional scheme's own products. CoPE's position logits, FIRE's MLP, and Sandwich's
+# kernel of position features (kept float32 at HIGHEST: bf16 features would move it by up to 0.04 at d' = 64).
+FLOAT32_PRODUCTS = {"cope": {"blhd,pd->bhlp"}, "fire": {"mlp_hidden", "mlp_out"}, "sandwich": {"bli,bsi->bls"}}
+
+
+def _float32_products(jaxpr) -> set[str]:
+  """The names of a jaxpr's products that are not bf16 × bf16 → f32."""
+  return {str(e.source_info.name_stack).split("/")[-1] for e in dot_generals(jaxpr)
+          if tuple(v.aval.dtype for v in e.invars) != (BF16, BF16) or e.outvars[0].aval.dtype != F32}
+
+
+@pytest.mark.parametrize("scheme", registry.names())
+def test_every_scheme_multiplies_in_bf16_but_its_documented_float32_products(scheme):
+  """Every scheme's bf16 train step (forward and backward; the evaluation step is its forward pass) and the apply
+  that sows the attention probabilities (research-analyze --positions): every product is bf16 × bf16 → f32 except
+  the scheme's FLOAT32_PRODUCTS, which are there (the list is not stale). Traced only, nothing compiled."""
+  cfg = ModelConfig(vocab_size=V, d_model=32, num_layers=1, num_heads=2, mlp_dim=64, max_len=L, dtype="bfloat16",
+                    position=scheme)
+  net, tx = Transformer(cfg), optim.make_optimizer(TRAIN)
+  state = jax.eval_shape(functools.partial(steps.init_state, model=net, optimizer=tx, seq_len=L), jax.random.key(0))
+  step = functools.partial(steps.train_step, model=net, optimizer=tx, schedule=optim.make_schedule(TRAIN),
+                           settings=steps.StepSettings(objective="clm", vocab_size=V, loss_chunk=32))
+  batch = _batch()
+  expected = FLOAT32_PRODUCTS.get(scheme, set())
+  assert _float32_products(jax.make_jaxpr(step)(state, batch).jaxpr) == expected
+  sow = lambda params: net.apply({"params": params}, batch["inputs"], mutable=[attention.INTERMEDIATES])  # noqa: E731
+  jaxpr, (_, sown) = jax.make_jaxpr(sow, return_shape=True)(state.params)
+  assert sown[attention.INTERMEDIATES]["block_0"]["attention"]["probabilities"][0].shape == (B, 2, L, L)
+  # The probabilities come from the forward pass's own bf16 q·kᵀ, not from a float32 one it never made.
+  assert _float32_products(jaxpr.jaxpr) == expected
 
 
 def test_bf16_loss_and_gradients_track_f32():

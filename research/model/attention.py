@@ -151,10 +151,12 @@ ATTENTION_FNS: dict[str, Callable] = {"einsum": einsum_attention, "xla": xla_att
 INTERMEDIATES = "intermediates"
 
 
-def attention_probabilities(q_BxLxHxD, k_BxSxHxD, bias=None, mask=None):
+def attention_probabilities(q_BxLxHxD, k_BxSxHxD, bias=None, mask=None, dot_general=jax.lax.dot_general):
   """softmax(q·kᵀ/√d + bias) over the allowed keys, float32 [B, H, L, S] (0 exactly on masked keys; a query with no
-  allowed key gets a uniform row, as both attention paths do)."""
-  scores_BxHxLxS = attention_logits(q_BxLxHxD, k_BxSxHxD)
+  allowed key gets a uniform row, as both attention paths do). q·kᵀ goes through `dot_general`, the model's product
+  (`ModelConfig.dot_general`): with model.dtype=bfloat16 these are the probabilities of the bf16 scores the forward
+  pass computes, not of a float32 q·kᵀ it never made."""
+  scores_BxHxLxS = attention_logits(q_BxLxHxD, k_BxSxHxD, dot_general)
   if bias is not None:
     scores_BxHxLxS = scores_BxHxLxS + bias.astype(jnp.float32)
   if mask is not None:
@@ -229,7 +231,7 @@ class MultiHeadAttention(nn.Module):
       extra = hooks.logit_bias(q, scores_BxHxLxS, mask).astype(jnp.float32)
       bias = extra if bias is None else bias.astype(jnp.float32) + extra
     if self.is_mutable_collection(INTERMEDIATES):  # analysis asked for the probabilities (research.analysis)
-      self.sow(INTERMEDIATES, "probabilities", attention_probabilities(q, k, bias, mask))
+      self.sow(INTERMEDIATES, "probabilities", attention_probabilities(q, k, bias, mask, cfg.dot_general))
     out_BxLxHxDh = ATTENTION_FNS[resolve(cfg.attention)](q, k, v, bias, mask, causal=causal,
                                                          dot_general=cfg.dot_general)
     out_NxHxDh = out_BxLxHxDh.reshape(batch * length, *out_BxLxHxDh.shape[2:])
