@@ -1848,6 +1848,26 @@ def test_a_directory_of_seeds_only_says_so_plainly(tmp_path):
   assert "No field is swept (one group)." in text and "swept fields none" not in text
 
 
+def test_report_md_says_the_trials_model_dtype_whether_swept_or_not(tmp_path, sweep):
+  """A bf16 sweep's report.md named bf16 nowhere: the rows name only the swept fields. One line says the trials'
+  model.dtype: one value (a sweep with a trial not started yet included), or the mix."""
+  for seed in (0, 1):
+    write_trial(tmp_path / "runs", f"s{seed}", "alibi", seed)
+    config = configuration.apply_overrides(trial_config("alibi", seed), {"model.dtype": "bfloat16"})
+    loop.write_config(config, tmp_path / "runs" / f"s{seed}")
+
+  def lines(report):  # report.md's lines on the dtype
+    return [l for l in report.markdown_path.read_text().splitlines() if l.startswith("Model dtype")]
+  assert lines(build_report(tmp_path / "runs")) == [
+      "Model dtype: `model.dtype=bfloat16` in every trial (bf16 × bf16 → f32 products)."]
+  assert lines(build_report(sweep[0])) == ["Model dtype: `model.dtype=float32` in every trial (float32 products)."]
+  write_trial(tmp_path / "runs", "s2", "alibi", 2)  # float32, as tiny has it
+  report = build_report(tmp_path / "runs")
+  assert report.data.fields == ["model.dtype"]
+  assert lines(report) == ["Model dtype: mixed, `model.dtype` is bfloat16 in 2 trials, float32 in 1 trial; the "
+                           "rows show it."]
+
+
 def _mlm_trial(directory, name, seed, valid_ppl, masks=True, lacking=()):
   """A finished MLM trial by the trainer's writers: its summary.json records its validation masks (`masks`) as the
   trainer's does now, or not, as one written before; `lacking`: config.json fields removed (an older run's)."""

@@ -10,7 +10,7 @@ import re
 
 from research.error_text import unwritable
 from research.report import plots, tables
-from research.report.runs import RARE_BUCKET_METRICS, ReportError, RunSet, display, load_runs
+from research.report.runs import MISSING, RARE_BUCKET_METRICS, UNREAD, ReportError, RunSet, display, load_runs
 
 REPORT_MD = "report.md"
 TABLE_CSV = "table.csv"
@@ -99,6 +99,33 @@ def _evaluation_line(runs: RunSet, table: tables.Table) -> str | None:
              "scaling S switched on at evaluation time (`eval/extrapolation_S.json`: " + "; ".join(
                  f"{s}, {', '.join(f)}" for s, f in scalings.items()) + ").")
   return line
+
+
+DTYPE_FIELD = "model.dtype"
+
+
+def dtype_line(runs: RunSet, table: tables.Table) -> str:
+  """report.md's one line on the trials' `model.dtype`, the operands of every product (research-evaluate scores a
+  run in its own): a setting that changes every figure slightly, said even when it is not swept (the table's rows
+  then never name it). A sweep's trial not started yet that does not override it runs with the base config's value,
+  which a started trial that does not override it shows (as `runs.load_runs` groups it); a trial whose value is
+  still unknown (a run directory without config.json) is counted as such."""
+  base = next((t.field(DTYPE_FIELD) for t in runs.trials if t.config is not None and DTYPE_FIELD not in t.overrides),
+              MISSING) if runs.layout == "sweep" else MISSING
+  counts: dict[str, int] = {}
+  for t in runs.trials:
+    value = t.field(DTYPE_FIELD)
+    if value == MISSING and t.config is None:
+      value = base
+    value = "unknown" if value in (MISSING, UNREAD) else str(value)
+    counts[value] = counts.get(value, 0) + 1
+  if len(counts) == 1:
+    value = next(iter(counts))
+    products = {"bfloat16": " (bf16 × bf16 → f32 products)", "float32": " (float32 products)"}.get(value, "")
+    return f"Model dtype: `{DTYPE_FIELD}={value}` in every trial{products}."
+  mixed = ", ".join(f"{value} in {n} trial{'s' if n > 1 else ''}" for value, n in counts.items())
+  where = "; the rows show it" if DTYPE_FIELD in table.fields else ""
+  return f"Model dtype: mixed, `{DTYPE_FIELD}` is {mixed}{where}."
 
 
 def _duplicate_line(runs: RunSet, trial, kept: str) -> str:
@@ -200,6 +227,7 @@ def render_markdown(runs: RunSet, table: tables.Table, written: dict[str, pathli
   if runs.without_config:
     out += ["", "Trials without config.json (their fields are compared with no other trial's; rows show them as "
             "`(unset)`): " + ", ".join(f"`{name}`" for name in runs.without_config) + "."]
+  out += ["", dtype_line(runs, table)]
   line = _evaluation_line(runs, table)
   if line:
     out += ["", line]
