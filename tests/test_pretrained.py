@@ -2,6 +2,7 @@
 the OOV / projection / scale policies, freeze_steps in a real run, and the one-line errors."""
 
 import os
+import re
 from pathlib import Path
 
 import jax
@@ -739,6 +740,41 @@ def test_a_rerun_naming_the_same_vector_file_by_another_path_resumes_and_another
       loop.check_workdir(config(other), run)
 
 
+def test_a_resume_compares_the_rerun_path_with_the_file_the_run_read_wherever_it_starts(tmp_path, monkeypatch):
+  """A saved relative model.pretrained.path was resolved against the rerun's working directory: from another
+  directory the same file named by its absolute path was refused ("'v/w2v.txt' (saved) != '/.../a/v/w2v.txt'
+  (current)"), and another file of the same relative name accepted. RUN/embedding_init.json records the file the
+  run read; the rerun's value, resolved from where it runs, is compared with that (the same string is accepted
+  without a look at the disk)."""
+  import json
+  words = {w: [float(i), 1.0, -1.0, 0.5] for i, w in enumerate("the cat sat on mat of in and to a".split())}
+  for where in ("a", "b"):
+    (tmp_path / where / "v").mkdir(parents=True)
+    write_w2v(tmp_path / where / "v" / "w2v.txt", words)  # the same bytes, two files
+  overrides = {"model.embed_init": "pretrained", "data.tokenizer": "word", "model.pretrained.dim_mismatch": "project",
+               "train.eval_batches": 1, "train.async_checkpoints": False}
+  config = lambda path, steps=1: tiny_config(**{**overrides, "model.pretrained.path": path,  # noqa: E731
+                                                "train.steps": steps})
+  run, read = tmp_path / "run", str(tmp_path / "a" / "v" / "w2v.txt")
+  monkeypatch.chdir(tmp_path / "a")
+  loop.train(config("v/w2v.txt"), run)
+  assert json.loads((run / "embedding_init.json").read_text())["resolved_path"] == os.path.realpath(read)
+  monkeypatch.chdir(tmp_path / "b")
+  for same in (read, "../a/v/w2v.txt", "v/w2v.txt"):  # the last: the saved string itself
+    assert loop.check_workdir(config(same), run) == run
+  for other in (str(tmp_path / "b" / "v" / "w2v.txt"), "./v/w2v.txt"):
+    with pytest.raises(configuration.ConfigError, match=f"model.pretrained.path: 'v/w2v.txt' \\(saved\\) != "
+                                                        f"'{re.escape(other)}' \\(current\\)"):
+      loop.check_workdir(config(other), run)
+  monkeypatch.chdir(tmp_path / "a")  # and from the run's own directory, another file is another run
+  with pytest.raises(configuration.ConfigError, match="model.pretrained.path: 'v/w2v.txt' \\(saved\\)"):
+    loop.check_workdir(config(str(tmp_path / "b" / "v" / "w2v.txt")), run)
+  monkeypatch.chdir(tmp_path / "b")  # the resume itself, the file gone: config.json keeps the first spelling
+  os.unlink(read)
+  assert loop.train(config(read, steps=2), run)["step"] == 2
+  assert json.loads((run / "config.json").read_text())["model"]["pretrained"]["path"] == "v/w2v.txt"
+
+
 def test_the_trainer_refuses_broken_vector_files_before_anything_compiles(tmp_path):
   rng = np.random.default_rng(0)
   words = ["the", "of", "and", "to", "a", "in"]
@@ -819,6 +855,11 @@ def test_a_pretrained_run_starts_from_the_vectors_freezes_them_for_k_steps_and_r
   import json
   report = json.loads((tmp_path / "a" / "embedding_init.json").read_text())
   assert report["rows_covered"] > 3 and report["format"] == "word2vec"
+  # What the file held: its bytes' sha256 and size, and the file its path named (research-sweep, research-report and
+  # the resume check compare them).
+  import hashlib
+  assert report["sha256"] == hashlib.sha256(vectors.read_bytes()).hexdigest()
+  assert report["bytes"] == vectors.stat().st_size and report["resolved_path"] == os.path.realpath(vectors)
   data = loop.prepare_data(tiny_config(**overrides), tmp_path / "a")
   initial, _ = loop.pretrained_table(tiny_config(**overrides), data, tmp_path / "a")
   tables = _tables(tmp_path / "a")
