@@ -23,7 +23,8 @@ An interrupted one resumes from its checkpoints; a failed one is recorded with i
 others. SIGINT / SIGTERM stop the sweep (`stopping_on_signals`): no trial starts after it, running ones get the
 signal, and research-sweep ends with one line.
 A trial directory holding a run of another config (BASE_CONFIG or an override edited since) refuses the whole sweep
-in one line before any trial runs (`check_trial_directories`, research-train's own check). Trial processes die with
+in one line before any trial runs (`check_trial_directories`, research-train's own check), and so does a vector
+file whose bytes differ from those another trial recorded reading (`check_vector_files`). Trial processes die with
 the sweep (Linux). Multi-process trials (the
 environment describes a multi-process job, or a trial sets mesh.distributed=true) run one at a time: `jobs` > 1 is
 refused in one line (`check_jobs`), since trials side by side would share one coordinator address and process ids.
@@ -61,7 +62,7 @@ import ml_collections
 from research import hugepages, interrupts, supervisor
 from research.flag_text import expected_flag_value
 from research.error_text import file_error
-from research.embeddings import registry
+from research.embeddings import pretrained, registry
 from research.evaluate import by_position, extrapolation, passkey
 from research.evaluate import previous as previous_files
 from research.report import runs as report_runs
@@ -600,15 +601,59 @@ def check_trials_outside_corpus(sweep: Sweep, directory: Path) -> None:
 def check_vector_files(sweep: Sweep, directory: Path) -> None:
   """research-train's check of model.pretrained.path (`configuration.check_vector_file`) for every trial that would
   start fresh (no checkpoint yet: a resumed run never reads the file), before any trial runs: a missing vector file
-  would otherwise fail its trials one by one, after the trials before them trained."""
+  would otherwise fail its trials one by one, after the trials before them trained. Then the file's contents: a
+  trial that would start from a file another trial of the sweep (one holding a checkpoint) read with other bytes
+  (the sha256 of its RUN/embedding_init.json, `recorded_vectors`) refuses the sweep, since its seeds would average
+  runs from different vectors; each such file is hashed once."""
   base = load_base_config(sweep.base_config)
+  directory = Path(directory)
+  recorded = None
+  digests: dict[str, str] = {}
   for trial in sweep.trials:
-    if checkpoint_lib.has_checkpoint(Path(directory) / trial.name / "checkpoints"):
+    if checkpoint_lib.has_checkpoint(directory / trial.name / "checkpoints"):
       continue
+    config = trial_config(sweep, trial, base)
     try:  # the trials run in this process's directory: a relative path is read from here, as they read it
-      configuration.check_vector_file(trial_config(sweep, trial, base))
+      configuration.check_vector_file(config)
     except configuration.ConfigError as e:
       raise configuration.ConfigError(f"trial {trial.name!r}: {e}; no trial was run") from None
+    if config.model.embed_init != "pretrained":
+      continue
+    recorded = recorded_vectors(sweep, directory) if recorded is None else recorded
+    path = str(config.model.pretrained.path)
+    resolved = os.path.realpath(path)
+    if not recorded.get(resolved):
+      continue
+    if resolved not in digests:
+      try:
+        digests[resolved] = pretrained.file_record(path)["sha256"]
+      except OSError:  # unreadable: research-train names it in its own line
+        continue
+    records = recorded[resolved]
+    other = next(((name, sha) for name, sha in records if sha != digests[resolved]), None)
+    if other is not None:
+      raise configuration.ConfigError(
+          f"trial {trial.name!r}: model.pretrained.path={path!r} now holds other vectors (sha256 "
+          f"{digests[resolved][:12]}) than trial {other[0]!r} of this sweep started from (sha256 {other[1][:12]}, its "
+          f"{loop.EMBEDDING_INIT_FILE}): restore that file, or give the sweep a new --workdir; no trial was run")
+
+
+def recorded_vectors(sweep: Sweep, directory: Path) -> dict[str, list[tuple[str, str]]]:
+  """{resolved vector file: [(trial, the sha256 of the bytes it read)]} of the sweep's trials that hold a checkpoint
+  and recorded the file (RUN/embedding_init.json since `pretrained.file_record`; a trial written before records
+  nothing, and a start without a checkpoint will read the file again)."""
+  out: dict[str, list[tuple[str, str]]] = {}
+  for trial in sweep.trials:
+    workdir = Path(directory) / trial.name
+    if not checkpoint_lib.has_checkpoint(workdir / "checkpoints"):
+      continue
+    try:
+      report = json.loads((workdir / loop.EMBEDDING_INIT_FILE).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+      continue
+    if isinstance(report, dict) and all(isinstance(report.get(k), str) for k in ("resolved_path", "sha256")):
+      out.setdefault(report["resolved_path"], []).append((trial.name, report["sha256"]))
+  return out
 
 
 def saved_objective(trial_dir: Path) -> str | None:

@@ -1501,3 +1501,55 @@ def test_a_trial_whose_trainer_ends_non_zero_after_writing_its_summary_is_finish
   for step, status in ((12, "failed"), (20, "finished")):
     (workdir / "summary.json").write_text(json.dumps({"step": step, "valid_ppl": 9.0}))
     assert sweeps.run_trial(sweep, trial, tmp_path / "out")["status"] == status, step
+
+
+def test_a_trial_that_would_start_from_a_rewritten_vector_file_refuses_the_sweep_and_the_report_splits_its_row(
+    tmp_path):
+  """A vector file regenerated between a sweep's trials (stopped after trial 1, research-vectors run again, resumed)
+  gave the seeds of one row different initial tables, and research-report averaged them silently. A trial that would
+  start from the file now refuses the sweep when another trial recorded other bytes of it (RUN/embedding_init.json's
+  sha256); a trial that holds a checkpoint never reads it again and is not checked. Where trials of one row did
+  start from different contents, the report gives each its own row, labelled by the file's hash."""
+  from gensim.models import KeyedVectors
+  from research.report import build_table, load_runs, runs as report_runs
+  from research.train import loop
+
+  vectors = tmp_path / "w2v.txt"
+
+  def write_vectors(offset):
+    words = "the of and to a in is it that was".split()
+    kv = KeyedVectors(4)
+    kv.add_vectors(words, [[i + offset, 1.0, -1.0, 0.5] for i in range(len(words))])
+    kv.save_word2vec_format(str(vectors))
+    return vectors.read_bytes()
+
+  original = write_vectors(0.0)
+  shared = {"model.embed_init": "pretrained", "model.pretrained.path": str(vectors), "data.tokenizer": "word",
+            "model.pretrained.dim_mismatch": "project", **TINY}
+  sweep = sweeps.load_sweep(write_sweep(tmp_path / "s.py", [{"seed": s, **shared} for s in (0, 1)]))
+  out, (first, second) = tmp_path / "out", sweep.trials
+  loop.train(sweeps.trial_config(sweep, first), out / first.name)  # the sweep stopped after its first trial
+  sweeps.check_vector_files(sweep, out)  # the same bytes
+  write_vectors(0.5)
+  with pytest.raises(configuration.ConfigError) as info:
+    sweeps.check_vector_files(sweep, out)
+  line = str(info.value)
+  assert line.startswith(f"trial {second.name!r}: model.pretrained.path={str(vectors)!r} now holds other vectors ")
+  assert f"than trial {first.name!r} of this sweep started from" in line and "\n" not in line
+  assert line.endswith("restore that file, or give the sweep a new --workdir; no trial was run"), line
+  vectors.write_bytes(original)
+  sweeps.check_vector_files(sweep, out)  # restored
+  # The second trial started from other contents anyway (before this check existed): once both hold checkpoints
+  # nothing reads the file again, and the report splits their row by the file's hash instead of averaging them.
+  write_vectors(0.5)
+  loop.train(sweeps.trial_config(sweep, second), out / second.name)
+  sweeps.check_vector_files(sweep, out)
+  sweeps.write_index(out, sweep, {t.name: {"status": "finished", "error": None} for t in sweep.trials})
+  runs = load_runs(out)
+  assert runs.group_fields == [report_runs.VECTORS_FIELD]
+  labels = sorted(g.label for g in build_table(runs).groups)
+  hashes = sorted(json.loads((out / t.name / "embedding_init.json").read_text())["sha256"][:12]
+                  for t in sweep.trials)
+  assert labels == [f"sha256={h}" for h in hashes] and hashes[0] != hashes[1]
+  (out / second.name / "embedding_init.json").write_text("{}")  # a run written before the hash: no split
+  assert load_runs(out).group_fields == [] and len(build_table(load_runs(out)).groups) == 1

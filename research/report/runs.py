@@ -125,6 +125,11 @@ UNTOLD_MASKS = "validation masks not recorded"
 MISSING = "<missing>"  # value of a field a config does not have (when deriving swept fields from configs)
 # The value of a field the trial's own model never reads (`Trial.unread`): runs that differ only there are one model.
 UNREAD = "(unread)"
+# The vector file's contents (the first 12 hex digits of the sha256 RUN/embedding_init.json records since
+# `pretrained.file_record`): a row label, added only where trials that would share a row started from files of
+# different bytes (`_with_vector_rows`), so that no mean mixes two initial tables.
+VECTORS_FIELD = "vectors.sha256"
+EMBEDDING_INIT_FILE = "embedding_init.json"
 
 
 class ReportError(ValueError):
@@ -262,6 +267,8 @@ class Trial:
   # grouped as UNREAD, so that two runs of one model are one row whatever such a field says (an old run holds its
   # implied value there, a new one the default). A sweep's rows are its overrides, as the sweep file names them.
   unread: tuple[str, ...] = ()
+  # The sha256 of the vector file the run started from (RUN/embedding_init.json); None where none is recorded.
+  vectors_sha256: str | None = None
 
   def evaluation(self, rope_scaling: str | None = None) -> Extrapolation | None:
     return self.extrapolation if rope_scaling is None else self.scaled.get(rope_scaling)
@@ -469,7 +476,10 @@ class Trial:
             f"{VALIDATION_MASKS_RECORDED})"), False
 
   def field(self, name: str) -> Any:
-    """A dotted config field: the sweep override when there is one, else the resolved config's value."""
+    """A dotted config field: the sweep override when there is one, else the resolved config's value
+    (VECTORS_FIELD: the recorded vectors' hash, shortened)."""
+    if name == VECTORS_FIELD:
+      return self.vectors_sha256[:12] if self.vectors_sha256 else MISSING
     if name in self.overrides:
       return self.overrides[name]
     if name in self.unread:
@@ -906,7 +916,32 @@ def _load_trial(path: pathlib.Path, name: str, status: str | None = None, overri
                scaled_passkey=_read_scaled(path, PASSKEY_PREFIX, _read_passkey),
                scaled_by_position=_read_scaled(path, BY_POSITION_PREFIX, _read_by_position),
                analysis_checkpoints=analysis,
-               implied=implied)
+               implied=implied, vectors_sha256=_vectors_sha256(path, config))
+
+
+def _vectors_sha256(path: pathlib.Path, config: dict[str, Any] | None) -> str | None:
+  """The sha256 of the vector file a pretrained run started from (its embedding_init.json), or None: another init,
+  a run written before the hash was recorded, or an unreadable record (the report reads what it can)."""
+  record = path / EMBEDDING_INIT_FILE
+  if config is None or lookup(config, "model.embed_init") != "pretrained" or not record.is_file():
+    return None
+  try:
+    sha = json.loads(record.read_text()).get("sha256")
+  except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+    return None
+  return sha if isinstance(sha, str) and sha else None
+
+
+def _with_vector_rows(trials: list[Trial], swept: list[str]) -> list[str]:
+  """`swept` and VECTORS_FIELD when two trials that the other fields put in one row (seeds aside) started from
+  vector files of different contents (a file regenerated between a sweep's trials): the row is then split by the
+  file's hash rather than averaging two initial tables. Trials without a recorded hash change nothing."""
+  hashes: dict[tuple, set[str]] = {}
+  for t in trials:
+    if t.vectors_sha256:
+      key = tuple(hashable(t.field(f)) for f in swept if not is_seed_field(f))
+      hashes.setdefault(key, set()).add(t.vectors_sha256)
+  return [*swept, VECTORS_FIELD] if any(len(h) > 1 for h in hashes.values()) else swept
 
 
 def load_run(path: str | pathlib.Path) -> Trial:
@@ -955,7 +990,7 @@ def _load_sweep(directory: pathlib.Path) -> RunSet:
   for t in planned:
     t.defaults = {name: value for name, value in base.items() if name not in t.overrides}
   return RunSet(directory=directory, name=str(index.get("sweep") or directory.name), layout="sweep", trials=trials,
-                swept_fields=_differing_fields(trials, override_names))
+                swept_fields=_with_vector_rows(trials, _differing_fields(trials, override_names)))
 
 
 def _base_value(trials: list[Trial], name: str) -> Any:
@@ -1006,7 +1041,7 @@ def load_runs(directory: str | pathlib.Path) -> RunSet:
   configured = [t for t in trials if t.config is not None]  # a trial without config.json has no field to compare
   fields = [f for f in _config_fields(configured) if f not in ignored]
   return RunSet(directory=directory, name=directory.resolve().name, layout="runs", trials=trials,
-                swept_fields=_differing_fields(configured, fields), duplicates=duplicates,
+                swept_fields=_with_vector_rows(trials, _differing_fields(configured, fields)), duplicates=duplicates,
                 without_config=[t.name for t in trials if t.config is None], skipped=skipped)
 
 
@@ -1038,7 +1073,8 @@ def _duplicates(trials: list[Trial], ignored: set[str]) -> tuple[list[Trial], li
   counting both would count one run twice. The finished one with the most evaluation and analysis files is kept
   (`Trial.evaluation_files`: a copy that was evaluated is not dropped for one that was not; ties: listing order),
   else the first. MLM runs validated by different masking rules (`Trial.validation_masks`) are no copies: their
-  valid ppl measures other things (an old run and its rerun by today's code)."""
+  valid ppl measures other things (an old run and its rerun by today's code), nor are runs whose recorded vector
+  files differ in contents (`Trial.vectors_sha256`: they started from other tables)."""
   same: dict[Any, list[Trial]] = {}
   for t in trials:
     if t.config is not None:
@@ -1047,8 +1083,18 @@ def _duplicates(trials: list[Trial], ignored: set[str]) -> tuple[list[Trial], li
                        sort_keys=True, default=str)
       same.setdefault(key, []).append(t)
   copies: dict[int, str] = {}
-  for group in same.values():
+  for group in (part for group in same.values() for part in _by_vectors(group)):
     finished = [t for t in group if t.finished]
     kept = max(finished, key=lambda t: len(t.evaluation_files())) if finished else group[0]  # max: the first of ties
     copies.update({id(t): kept.name for t in group if t is not kept})
   return [t for t in trials if id(t) not in copies], [(t, copies[id(t)]) for t in trials if id(t) in copies]
+
+
+def _by_vectors(group: list[Trial]) -> list[list[Trial]]:
+  """`group` split by the recorded vector hash where it holds two (a trial without one joins the first part), else
+  `group` itself: a run written before the hash was recorded stays a copy of its rerun."""
+  hashes = list(dict.fromkeys(t.vectors_sha256 for t in group if t.vectors_sha256))
+  if len(hashes) < 2:
+    return [group]
+  return [[t for t in group if t.vectors_sha256 == h or (i == 0 and not t.vectors_sha256)]
+          for i, h in enumerate(hashes)]
