@@ -1551,5 +1551,13 @@ def test_a_trial_that_would_start_from_a_rewritten_vector_file_refuses_the_sweep
   hashes = sorted(json.loads((out / t.name / "embedding_init.json").read_text())["sha256"][:12]
                   for t in sweep.trials)
   assert labels == [f"sha256={h}" for h in hashes] and hashes[0] != hashes[1]
+  # In a directory of runs, two runs of one seed from different contents are two models, not a run and its copy.
+  import shutil
+  for name, trial in (("x", first), ("y", second)):
+    shutil.copytree(out / trial.name, tmp_path / "runs" / name)
+  config = json.loads((tmp_path / "runs" / "y" / "config.json").read_text())
+  (tmp_path / "runs" / "y" / "config.json").write_text(json.dumps({**config, "seed": 0}))
+  runs = load_runs(tmp_path / "runs")
+  assert runs.duplicates == [] and runs.group_fields == [report_runs.VECTORS_FIELD]
   (out / second.name / "embedding_init.json").write_text("{}")  # a run written before the hash: no split
   assert load_runs(out).group_fields == [] and len(build_table(load_runs(out)).groups) == 1
