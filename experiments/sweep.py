@@ -95,6 +95,7 @@ def main(argv):
     sweeps.check_jobs(sweep, _JOBS.value)
     sweeps.check_trials_outside_corpus(sweep, Path(_WORKDIR.value).resolve())
     sweeps.check_trial_directories(sweep, _WORKDIR.value)
+    sweeps.check_dropped_trials(sweep, _WORKDIR.value)
     sweeps.check_vector_files(sweep, Path(_WORKDIR.value))
     skipped, steps = 0, sweeps.trial_steps(sweep)
     for trial in sweep.trials:

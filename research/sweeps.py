@@ -577,6 +577,30 @@ def check_trial_directories(sweep: Sweep, directory: str | Path) -> None:
     check_not_shortened(trial.name, config, workdir)
 
 
+def check_dropped_trials(sweep: Sweep, directory: str | Path) -> None:
+  """Refuses the sweep in one line, before any trial runs, when the directory's sweep.json lists a trial this sweep
+  lacks whose directory holds a run (a checkpoint or summary.json): the rerun would rewrite sweep.json without it,
+  and research-report, which reads the trials sweep.json lists, would leave its results out with no word (another
+  sweep file, another `--set`, reordered axes or `1` for `1.0`, all of which name trials anew). A trial whose
+  directory holds no run (never started, failed before its first checkpoint) may drop out; so may a trial listed
+  under its legacy name (`adopt_legacy_trial_dirs` renames it). An unreadable sweep.json is not checked."""
+  directory = Path(directory)
+  try:
+    listed = [t.get("name") for t in json.loads((directory / SWEEP_FILE).read_text())["trials"]]
+  except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+    return
+  kept = {t.name for t in sweep.trials} | {legacy_trial_name(t.overrides) for t in sweep.trials}
+  dropped = [name for name in listed if isinstance(name, str) and name and "/" not in name and name not in kept
+             and loop.holds_a_run(directory / name)]
+  if dropped:
+    more = f" and {len(dropped) - 1} more" if len(dropped) > 1 else ""
+    raise configuration.ConfigError(
+        f"--workdir={str(directory)!r} holds trials of another sweep (its {SWEEP_FILE}) that this one lacks, with "
+        f"their runs: {dropped[0]!r}{more}; run here, this sweep would rewrite {SWEEP_FILE} without them and "
+        f"research-report would leave their results out: give this sweep a new --workdir (or run the sweep that "
+        f"lists them)")
+
+
 def check_not_shortened(name: str, config: ml_collections.ConfigDict, workdir: Path) -> None:
   """research-train's rule (`loop.check_not_shortened`) before any trial runs: a trial's train.steps below the step
   of its newest checkpoint is refused in one line. The trial would otherwise count as finished and be skipped, its
@@ -1131,6 +1155,7 @@ def run_sweep(sweep: Sweep, directory: str | Path, jobs: int = 1,
   directory.mkdir(parents=True, exist_ok=True)
   adopt_legacy_trial_dirs(sweep, directory, log)
   check_trial_directories(sweep, directory)  # a trial directory holding another model refuses the whole sweep
+  check_dropped_trials(sweep, directory)  # trials of another sweep here would drop out of sweep.json
   check_vector_files(sweep, directory)
   status: dict[str, dict[str, Any]] = {}
   todo, evaluate_again = [], {}

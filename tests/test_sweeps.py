@@ -689,6 +689,32 @@ def test_a_trial_directory_without_a_saved_run_is_no_conflict(tmp_path):
   sweeps.check_trial_directories(sweep, tmp_path / "out")  # its own config
 
 
+def test_a_sweep_that_would_drop_another_sweeps_trained_trials_from_sweep_json_is_refused(tmp_path):
+  """A rerun with another --set (or sweep file, or reordered axes) names every trial anew: it was accepted, rewrote
+  sweep.json without the earlier trials, and research-report left their results out with no word. Refused now when
+  a dropped trial holds a run; one that never saved a checkpoint may drop out, and a superset of the trials runs."""
+  path, sweep, run = _one_trial_directory(tmp_path)
+  out = tmp_path / "out"
+  sweeps.write_index(out, sweep, {t.name: {"status": "finished", "error": None} for t in sweep.trials})
+  other = sweeps.Sweep("other", sweep.base_config, [
+      sweeps.Trial(name=sweeps.trial_name(o), overrides=o) for o in ({"seed": 0, **TINY, "model.dtype": "bfloat16"},
+                                                                    {"seed": 1, **TINY, "model.dtype": "bfloat16"})],
+                       None)
+  sweeps.check_dropped_trials(other, out)  # the dropped trial holds no run: nothing is lost
+  (run / "summary.json").write_text("{}")
+  with pytest.raises(configuration.ConfigError) as err:
+    sweeps.check_dropped_trials(other, out)
+  assert str(err.value).startswith(f"--workdir={str(out)!r} holds trials of another sweep (its sweep.json) that this "
+                                   f"one lacks, with their runs: {sweep.trials[0].name!r};")
+  wider = sweeps.Sweep("wider", sweep.base_config, [*sweep.trials, *other.trials], None)
+  sweeps.check_dropped_trials(wider, out)  # every listed trial is still one of this sweep's
+  write_sweep(path, [{"seed": 0, **TINY, "model.dtype": "bfloat16"}])
+  index = (out / "sweep.json").read_text()
+  line = _one_error_line(_sweep_cli(path, out, "--dry_run"))
+  assert "holds trials of another sweep" in line and "new --workdir" in line
+  assert (out / "sweep.json").read_text() == index
+
+
 def test_a_trial_written_before_fields_were_added_is_no_conflict_and_keeps_its_name(tmp_path):
   _, sweep, run = _one_trial_directory(tmp_path)
   saved = sweeps.trial_config(sweep, sweep.trials[0]).to_dict()
