@@ -24,7 +24,9 @@ others. SIGINT / SIGTERM stop the sweep (`stopping_on_signals`): no trial starts
 signal, and research-sweep ends with one line.
 A trial directory holding a run of another config (BASE_CONFIG or an override edited since) refuses the whole sweep
 in one line before any trial runs (`check_trial_directories`, research-train's own check), and so does a vector
-file whose bytes differ from those another trial recorded reading (`check_vector_files`). Trial processes die with
+file whose bytes differ from those another trial recorded reading (`check_vector_files`), or a sweep.json listing
+trials this sweep lacks whose directories hold runs (`check_dropped_trials`: they would drop out of it and of the
+report). Trial processes die with
 the sweep (Linux). Multi-process trials (the
 environment describes a multi-process job, or a trial sets mesh.distributed=true) run one at a time: `jobs` > 1 is
 refused in one line (`check_jobs`), since trials side by side would share one coordinator address and process ids.
