@@ -166,6 +166,20 @@ def test_text_single_file_split_by_lines(tmp_path):
   assert c.valid == ["line 36", "line 37"] and c.test == ["line 38", "line 39"]
 
 
+def test_a_file_without_a_final_newline_keeps_its_last_line(tmp_path):
+  """The last line of a file need not end with "\n": it is a document like the others, by line and by file."""
+  lines = [f"line {i}" for i in range(40)]
+  (tmp_path / "a.txt").write_text("\n".join(lines), encoding="utf-8")
+  c = load_corpus(f"text:{tmp_path / 'a.txt'}")
+  assert c.train + c.valid + c.test == lines and c.test[-1] == "line 39"
+  n = corpora.MIN_FILES_FOR_FILE_SPLIT
+  for i in range(n):  # by file: one line each, none ending with "\n"
+    (tmp_path / "many" / f"f{i:02d}.txt").parent.mkdir(exist_ok=True)
+    (tmp_path / "many" / f"f{i:02d}.txt").write_text(f"file {i}", encoding="utf-8")
+  c = load_corpus(f"text:{tmp_path / 'many'}")
+  assert c.train + c.valid + c.test == [f"file {i}" for i in range(n)]
+
+
 @pytest.mark.parametrize("n_files", [3, corpora.MIN_FILES_FOR_FILE_SPLIT - 1, corpora.MIN_FILES_FOR_FILE_SPLIT, 25])
 @pytest.mark.parametrize("form", ["directory", "glob"])
 def test_text_directory_or_glob_splits_by_line_or_by_file(tmp_path, form, n_files):

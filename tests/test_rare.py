@@ -175,6 +175,22 @@ def test_geometry_of_a_rank_one_dominated_table():
   assert g["isotropy"] < 1e-4
 
 
+def test_variance_shares_are_a_pca_of_the_column_centred_table():
+  """The principal components of the rows around their mean vector: a numpy SVD of the table minus its column means
+  gives the same shares, and shifting every row by one vector (a common direction) changes none of them."""
+  rng = np.random.default_rng(5)
+  d = 16
+  scales = np.geomspace(1.0, 0.05, d)  # unequal variances along the axes, so the shares are not all ~1/d
+  noise = rng.normal(size=(500, d)) * scales
+  common = rng.normal(size=d)
+  table = noise + 5 * common / np.linalg.norm(common)  # the mean vector is far longer than any row's spread
+  singular = np.linalg.svd(table - table.mean(axis=0, keepdims=True), compute_uv=False)
+  expected = {k: float(np.sum(singular[:k] ** 2) / np.sum(singular ** 2)) for k in (1, 3, 10)}
+  shares = rare.variance_shares(table, top=(1, 3, 10))
+  assert shares == pytest.approx(expected, rel=1e-9)
+  assert rare.variance_shares(noise, top=(1, 3, 10)) == pytest.approx(expected, rel=1e-9)
+
+
 def test_isotropy_is_exactly_the_partition_function_ratio():
   """Against a direct transcription of Mu & Viswanath's I(W) on a small table (no logsumexp)."""
   w = _isotropic(50, 4, seed=3) * 3

@@ -95,6 +95,20 @@ def test_loss_metrics():
   assert float(empty['loss']) == 0.0 and float(empty['tokens']) == 0.0
 
 
+def test_perplexity_is_exp_of_the_nll_not_of_the_loss_with_its_z_loss():
+  """With z_loss > 0 `loss` includes the auxiliary term but `ppl` is exp(nll) only (docs/training.md)."""
+  logits, targets, weights = sample(6)
+  z = 0.1
+  m = objectives.loss_metrics(*objectives.cross_entropy(logits, targets, weights, z_loss=z))
+  w = np.asarray(weights)
+  mean_nll = (np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits, targets)) * w).sum() / w.sum()
+  mean_z = z * (numpy_lse(logits) ** 2 * w).sum() / w.sum()
+  np.testing.assert_allclose(m['nll'], mean_nll, rtol=1e-5)
+  np.testing.assert_allclose(m['loss'], mean_nll + mean_z, rtol=1e-5)
+  np.testing.assert_allclose(m['ppl'], np.exp(mean_nll), rtol=1e-5)
+  assert abs(np.log(float(m['ppl'])) - float(m['loss'])) > 0.1  # the z-loss term is not in the perplexity
+
+
 def test_loss_is_jittable_and_differentiable():
   logits, targets, weights = sample(5)
   grad = jax.jit(jax.grad(lambda x: objectives.cross_entropy(x, targets, weights)[0]))(logits)

@@ -112,6 +112,21 @@ def test_lazy_rows_freeze_absent_rows_in_the_real_step(lazy, tie):
     state = new_state
 
 
+@pytest.mark.parametrize("tie", [True, False])
+def test_lazy_lookups_move_a_row_that_is_only_a_target_exactly_when_the_head_is_tied(tie):
+  """lazy_rows='lookups' updates the inputs' rows, and the targets' when the head is tied (the head's gradient
+  reaches them); untied, a row that is only a target has no gradient and stays."""
+  state, step = setup(tie=tie, embedding_lazy=True)
+  b = batch(0, low=5, high=20)
+  b["targets"][:, -1] = 30  # row 30: a target, never an input; rows 31..40 neither
+  assert 30 not in b["inputs"] and b["weights"][0, -1] == 1.0
+  new_state, _ = step(state, b)
+  table, old = (np.asarray(s.params["token_embed"]["embedding"]) for s in (new_state, state))
+  assert np.any(table[30] != old[30]) == tie
+  np.testing.assert_array_equal(table[31:], old[31:])
+  assert np.all(np.any(table[np.unique(b["inputs"])] != old[np.unique(b["inputs"])], axis=1))
+
+
 def test_mlm_inputs_are_80_10_10_masked_and_targets_are_the_original_tokens():
   from research.data.tokenizers import MASK_ID, SPECIAL_IDS
   rng = np.random.default_rng(0)
