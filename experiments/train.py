@@ -79,7 +79,8 @@ def run():
     supervisor.maybe_supervise()
     app.run(main, flags_parser=parse_flags)
   except KeyboardInterrupt:
-    end_interrupted("the checkpoints written so far are kept: rerun the same command to resume from the last one")
+    end_interrupted("the checkpoints written so far are kept (a new workdir stopped before its run started is "
+                    "removed): rerun the same command to resume from the last one, or start")
 
 
 if __name__ == "__main__":

@@ -280,8 +280,16 @@ def test_a_start_refused_after_the_workdir_was_made_leaves_no_directory_behind(t
     with pytest.raises((configuration.ConfigError, corpora.CorpusError)) as err:
       loop.train(config, workdir)
     assert "at least 3 are needed" in str(err.value)
-  assert not (tmp_path / "new" / "run").exists()
+  assert not (tmp_path / "new").exists()  # the parents this start made went with it
   assert sorted(p.name for p in (tmp_path / "existing").iterdir()) == [".lock", "notes.txt"]
+  # A data cache placed inside the new workdir (it may hold a download) stays, and the workdir with it: only what
+  # the start itself wrote goes.
+  inside, lee = tmp_path / "with_cache", tmp_path / "lee.txt"
+  shutil.copyfile(datapath("lee_background.cor"), lee)
+  with pytest.raises(configuration.ConfigError, match="too small"):  # refused once the corpus is in the cache
+    loop.train(_config(**{"train.steps": 1, "data.corpus": f"text:{lee}", "data.cache_dir": str(inside / "c"),
+                          "data.tokenizer": "char", "data.vocab_size": 10}), inside)
+  assert any((inside / "c").rglob("*")) and sorted(p.name for p in inside.iterdir()) == ["c"]
 
 
 def test_an_edited_test_split_is_refused_where_it_is_scored_and_on_resume(tmp_path):

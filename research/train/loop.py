@@ -464,7 +464,12 @@ def unread_notes(config: ml_collections.ConfigDict, skip: tuple[str, ...] = ()) 
   default = configuration.flatten(schema.get_config())
   return [f"note: {field}={flat[field]!r} is {run_fields.unread_reason(field, d)}: it changes nothing in this run"
           for field in unused_fields(d, d) if field not in run_fields.SAME_MODEL_VALUES and field not in skip
-          and field in flat and flat[field] != default.get(field)]
+          and field not in CHECKED_UNREAD and field in flat and flat[field] != default.get(field)]
+
+
+# Fields that shape no model where `unused_fields` says so, yet are still checked: data.vocab_size under byte or char
+# must hold their vocabulary (a smaller one is refused once the corpus is read), so no note calls it unread.
+CHECKED_UNREAD = ("data.vocab_size",)
 
 
 def chosen_by_the_run(command: ml_collections.ConfigDict, kept: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -1242,14 +1247,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   if jax.process_index() == 0:
     for line in configuration.schedule_notes(config) + unread_notes(config, chosen_by_the_run(command, config)):
       print(line, flush=True)
-  created = not workdir.exists()
+  created = [d for d in (workdir, *workdir.parents) if not d.exists()]  # what this start makes, leaf first
   workdir.mkdir(parents=True, exist_ok=True)
   lock = lock_workdir(workdir)
   try:
     return _train_locked(config, workdir, mesh, start_time)
   except BaseException as e:
     if created:
-      remove_unstarted(workdir)
+      remove_unstarted(created)
     if not isinstance(e, Exception):
       raise
     full, denied = disk_full_reason(e), is_write_denied(e) or cache_not_created(e, config, workdir)
@@ -1273,13 +1278,34 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
       lock.close()  # releases the lock (as the end of the process would)
 
 
-def remove_unstarted(workdir: Path) -> None:
-  """Removes a workdir this command created when it failed before writing config.json (a corpus refused once read,
-  a tokenizer that cannot be trained, Ctrl-C during the data's preparation): it holds no run, only the lock and
-  what the data preparation left (tokenizer.json, token_counts.npy), and the corrected command starts it afresh.
-  One process only: in a multi-process job the others share the directory."""
-  if jax.process_count() == 1 and not (workdir / CONFIG_FILE).exists():
-    shutil.rmtree(workdir, ignore_errors=True)
+# What a fresh start may have written before config.json (the data preparation's files, the lock, an empty
+# checkpoint directory, an atomic write's temporary file): `remove_unstarted` removes these and nothing else.
+UNSTARTED_FILES = (LOCK_FILE, TOKENIZER_FILE, tokenizers_lib.COUNTS_FILE, EMBEDDING_INIT_FILE, INIT_TABLE_FILE,
+                   DATA_FILE)
+
+
+def remove_unstarted(created: list[Path]) -> None:
+  """Removes what a start that failed before writing config.json (a corpus refused once read, a tokenizer that
+  cannot be trained, Ctrl-C during the data's preparation) left in the workdir this command created: the lock and
+  the data preparation's files (`UNSTARTED_FILES`), then the directories of `created` (the workdir and the parents
+  this command made, leaf first) that are then empty, so the corrected command starts afresh and no half-made run
+  directory stays behind. Anything else in it (a data.cache_dir placed inside, which may hold a download) stays, and
+  with it the directory. One process only: in a multi-process job the others share the directory."""
+  workdir = created[0]
+  if jax.process_count() != 1 or (workdir / CONFIG_FILE).exists():
+    return
+  for name in UNSTARTED_FILES:
+    (workdir / name).unlink(missing_ok=True)
+  for tmp in workdir.glob(".*.tmp*"):  # an atomic write cut short
+    tmp.unlink(missing_ok=True)
+  checkpoints = workdir / "checkpoints"
+  if checkpoints.is_dir() and not checkpoint_lib.has_checkpoint(checkpoints):
+    shutil.rmtree(checkpoints, ignore_errors=True)
+  for directory in created:
+    try:
+      directory.rmdir()  # only when empty
+    except OSError:
+      return
 
 
 # Fields a process may set for itself: where its host keeps the data cache, and how it joins the job (auto on one
