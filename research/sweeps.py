@@ -648,14 +648,16 @@ def check_vector_files(sweep: Sweep, directory: Path) -> None:
     recorded = recorded_vectors(sweep, directory) if recorded is None else recorded
     path = str(config.model.pretrained.path)
     resolved = os.path.realpath(path)
-    if not recorded.get(resolved):
+    # The trials that read this file, or read a file by this name: a symbolic link moved to other bytes between
+    # trials resolves elsewhere, but the sweep still names the file it named.
+    records = recorded.get(resolved, []) + recorded.get(GIVEN_PATH + path, [])
+    if not records:
       continue
     if resolved not in digests:
       try:
         digests[resolved] = pretrained.file_record(path)["sha256"]
       except OSError:  # unreadable: research-train names it in its own line
         continue
-    records = recorded[resolved]
     other = next(((name, sha) for name, sha in records if sha != digests[resolved]), None)
     if other is not None:
       raise configuration.ConfigError(
@@ -664,10 +666,14 @@ def check_vector_files(sweep: Sweep, directory: Path) -> None:
           f"{loop.EMBEDDING_INIT_FILE}): restore that file, or give the sweep a new --workdir; no trial was run")
 
 
+GIVEN_PATH = "path:"  # `recorded_vectors`' key prefix for model.pretrained.path as the trial gave it
+
+
 def recorded_vectors(sweep: Sweep, directory: Path) -> dict[str, list[tuple[str, str]]]:
   """{resolved vector file: [(trial, the sha256 of the bytes it read)]} of the sweep's trials that hold a checkpoint
   and recorded the file (RUN/embedding_init.json since `pretrained.file_record`; a trial written before records
-  nothing, and a start without a checkpoint will read the file again)."""
+  nothing, and a start without a checkpoint will read the file again); the same under GIVEN_PATH + the path as the
+  trial gave it (the trials run in research-sweep's directory, so one name means one place to all of them)."""
   out: dict[str, list[tuple[str, str]]] = {}
   for trial in sweep.trials:
     workdir = Path(directory) / trial.name
@@ -679,6 +685,8 @@ def recorded_vectors(sweep: Sweep, directory: Path) -> dict[str, list[tuple[str,
       continue
     if isinstance(report, dict) and all(isinstance(report.get(k), str) for k in ("resolved_path", "sha256")):
       out.setdefault(report["resolved_path"], []).append((trial.name, report["sha256"]))
+      if isinstance(report.get("path"), str):
+        out.setdefault(GIVEN_PATH + report["path"], []).append((trial.name, report["sha256"]))
   return out
 
 

@@ -1565,6 +1565,15 @@ def test_a_trial_that_would_start_from_a_rewritten_vector_file_refuses_the_sweep
   assert line.endswith("restore that file, or give the sweep a new --workdir; no trial was run"), line
   vectors.write_bytes(original)
   sweeps.check_vector_files(sweep, out)  # restored
+  # The name made a symbolic link to a file of other bytes: it resolves elsewhere, but it is the file the sweep names.
+  vectors.rename(tmp_path / "kept.txt")
+  write_vectors(0.5)
+  vectors.rename(tmp_path / "other.txt")
+  vectors.symlink_to(tmp_path / "other.txt")
+  with pytest.raises(configuration.ConfigError, match="now holds other vectors"):
+    sweeps.check_vector_files(sweep, out)
+  vectors.unlink()
+  (tmp_path / "kept.txt").rename(vectors)
   # The second trial started from other contents anyway (before this check existed): once both hold checkpoints
   # nothing reads the file again, and the report splits their row by the file's hash instead of averaging them.
   write_vectors(0.5)
