@@ -288,7 +288,7 @@ def test_processes_whose_corpus_reads_other_text_refuse_in_one_line_before_train
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1, err[-3000:]
     assert lines[0].startswith("error: process 1 of 2 loaded other data than process 0 from "
-                               "data.corpus='text:corpus.txt': the train and valid token streams differ ("), lines[0]
+                               "data.corpus='text:corpus.txt': the train, valid and test token streams differ ("), lines[0]
     assert "same command" not in lines[0], lines[0]
   assert not (tmp_path / "run" / "config.json").exists() and not (tmp_path / "run" / "checkpoints").exists()
 

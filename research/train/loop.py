@@ -639,11 +639,14 @@ def data_record(splits: dict[str, np.ndarray]) -> dict[str, Any]:
 
 def changed_streams(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], str]:
   """The splits of `current` (entries of `data_record(splits)["splits"]`) whose stream differs from `saved`,
-  RUN/data.json's "splits" (a split `saved` lacks differs), and how to say it: "the train and valid token streams
-  differ" (research-train's resume check and research-evaluate's share it)."""
-  changed = [name for name in current if saved.get(name) != current[name]]
-  return changed, (f"the {' and '.join(changed)} token stream{'s differ' if len(changed) > 1 else ' differs'}"
-                   if changed else "")
+  RUN/data.json's "splits" (a split `saved` lacks differs), in DATA_SPLITS' order, and how to say it: "the train,
+  valid and test token streams differ" (research-train's resume check and research-evaluate's share it)."""
+  order = {name: i for i, name in enumerate(DATA_SPLITS)}  # train, valid, test, however the records were keyed
+  changed = sorted((name for name in current if saved.get(name) != current[name]), key=lambda n: order.get(n, 99))
+  if not changed:
+    return changed, ""
+  names = f"{', '.join(changed[:-1])} and {changed[-1]}" if len(changed) > 1 else changed[0]
+  return changed, f"the {names} token stream{'s differ' if len(changed) > 1 else ' differs'}"
 
 
 def check_not_shortened(config: ml_collections.ConfigDict, workdir: Path, remedy: str, who: str = "") -> None:
