@@ -235,13 +235,19 @@ def test_a_rerun_may_not_shorten_the_run_and_leaves_its_config(reference_run, tm
   assert "note:" not in capsys.readouterr().out  # ...but the refused rerun makes no run: the error alone
 
 
-def test_a_corpus_edited_in_place_is_refused_on_resume_and_a_touched_one_is_not(tmp_path):
+def _run_on_a_copy_of_lee(tmp_path):
+  """(corpus: a copy of gensim's lee_background.cor, workdir, config(steps)) of a 1-step run trained on it."""
   corpus = tmp_path / "lee.txt"
   shutil.copyfile(datapath("lee_background.cor"), corpus)
   workdir = tmp_path / "run"
   config = lambda steps: _config(**{"train.steps": steps, "train.checkpoint_every": 1,  # noqa: E731
                                     "data.corpus": f"text:{corpus}", "data.cache_dir": str(tmp_path / "cache")})
   loop.train(config(1), workdir)
+  return corpus, workdir, config
+
+
+def test_a_corpus_edited_in_place_is_refused_on_resume_and_a_touched_one_is_not(tmp_path):
+  corpus, workdir, config = _run_on_a_copy_of_lee(tmp_path)
   record = json.loads((workdir / "data.json").read_text())["splits"]
   assert set(record) == {"train", "valid", "test"} and all(len(r["sha256"]) == 64 and r["tokens"] > 0
                                                    for r in record.values())
@@ -296,12 +302,7 @@ def test_an_edited_test_split_is_refused_where_it_is_scored_and_on_resume(tmp_pa
   """data.json recorded train and valid only: research-evaluate --split=test scored an edited test part silently.
   The valid split still scores (it is unchanged); a run whose data.json predates the test record is not checked."""
   from research.evaluate import extrapolation
-  corpus = tmp_path / "lee.txt"
-  shutil.copyfile(datapath("lee_background.cor"), corpus)
-  workdir = tmp_path / "run"
-  config = lambda steps: _config(**{"train.steps": steps, "train.checkpoint_every": 1,  # noqa: E731
-                                    "data.corpus": f"text:{corpus}", "data.cache_dir": str(tmp_path / "cache")})
-  loop.train(config(1), workdir)
+  corpus, workdir, config = _run_on_a_copy_of_lee(tmp_path)
   lines = corpus.read_text().splitlines()
   before = extrapolation.evaluate_run(workdir, [1], split="test")["results"][0]["ppl"]
   corpus.write_text("\n".join(lines[:-1] + [lines[-1].replace(" the ", " a ")]) + "\n")  # the last document only
