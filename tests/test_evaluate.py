@@ -116,6 +116,15 @@ def test_sliding_windows_see_more_context_than_nonoverlapping_ones(runs):
 
 
 @pytest.mark.slow
+def test_sliding_mode_without_a_stride_slides_by_half_the_training_length(runs):
+  default = extrapolation.evaluate_run(runs["alibi"], (1,), mode="sliding")
+  assert default["stride"] == TRAIN_LEN // 2
+  half, whole = (extrapolation.evaluate_run(runs["alibi"], (1,), mode="sliding", stride=s)["results"][0]
+                 for s in (TRAIN_LEN // 2, TRAIN_LEN))
+  assert default["results"][0] == half and half["ppl"] != pytest.approx(whole["ppl"], rel=1e-6)
+
+
+@pytest.mark.slow
 def test_best_and_last_checkpoints(runs):
   workdir = runs["learned"]
   with checkpoint_lib.Checkpointer(workdir / "checkpoints", keep=10, async_save=False) as ckpt:
