@@ -984,6 +984,11 @@ UNREAD = [
     (("model.pos_dim",), {"model.combine": "add"}, {"model.combine": "concat"}),
     (("model.max_position",), {"model.position_sampling": "none"}, {"model.position_sampling": "randomized"}),
     (("model.t5_buckets", "model.t5_max_distance"), {"model.position": "alibi"}, {"model.position": "t5"}),
+    (("data.vocab_size",), {"data.tokenizer": "char"}, {"data.tokenizer": "word"}),  # word's vocabulary is its size
+    (("data.vocab_size",), {"data.tokenizer": "byte"}, {"data.tokenizer": "bpe"}),
+    (("data.mlm_select_rate", "data.mlm_mask_rate", "data.mlm_random_rate"), {"objective": "clm"},
+     {"objective": "mlm"}),
+    (("train.position.weight_decay",), {"model.position": "alibi"}, {"model.position": "learned"}),
     (("model.rope_base", "model.rope_fraction"), {"model.position": "learned"}, {"model.position": "xpos"}),
     (("model.rope_keep_fraction",), {"model.position": "rope"}, {"model.position": "p_rope"}),
     (("model.sinusoidal_wavelength",), {"model.position": "t5"}, {"model.position": "sinusoidal"}),

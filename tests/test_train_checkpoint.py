@@ -237,6 +237,11 @@ def test_config_differences_name_every_field_outside_the_ignored_ones():
   assert any('learning_rate' in d for d in checkpoint.config_differences(saved, current))
   assert checkpoint.config_differences(saved, current, ignore=['model', 'train']) == []
   assert checkpoint.config_differences({'a': (1, 2)}, {'a': [1, 2]}) == []  # JSON round trip of tuples
+  # A prefix ends at a field's boundary: ignoring model.pos_dim does not ignore model.position (or model.pos_dims).
+  diffs = checkpoint.config_differences({'model': {'pos_dim': 1, 'position': 'rope', 'pos_dims': 1}},
+                                        {'model': {'pos_dim': 2, 'position': 'alibi', 'pos_dims': 2}},
+                                        ignore=['model.pos_dim', 'model.pos'])
+  assert [d.split(':')[0] for d in diffs] == ['model.pos_dims', 'model.position']
 
 
 RESHARD = textwrap.dedent('''

@@ -372,3 +372,16 @@ def test_the_api_defaults_decay_neither_the_table_nor_positions_as_the_schema_an
   updates = tx.update(zero, tx.init(params), params)[0]
   assert not np.any(np.asarray(updates['decoder']['token_embed']['embedding']))
   assert np.all(np.asarray(updates['decoder']['block']['dense']['kernel']) != 0)
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_adam_and_sgd_decay_is_coupled_l2_entering_the_gradient_before_the_moments(name):
+  """Classic L2 (docs/training.md): the decay wd·p is added to the gradient before Adam's moments (or SGD's step), so
+  with a zero gradient Adam's first update is lr-sized whatever the decay (it normalises wd·p), and SGD's is
+  -lr·wd·p; decay added after Adam would give +wd·p (no learning rate, the wrong sign)."""
+  lr, wd = 0.01, 0.1
+  params = {"w": jnp.full((2, 3), 2.0)}
+  tx = optim._core(name, lr, {"weight_decay": wd}, mask=lambda p: jax.tree.map(lambda _: True, p))
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  expected = -lr if name == "adam" else -lr * wd * 2.0
+  np.testing.assert_allclose(np.asarray(updates["w"]), expected, rtol=1e-4)
